@@ -1,0 +1,110 @@
+//! The journal's error type: every variant names what failed and where.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use super::format::Invalid;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// An I/O call failed.
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    /// Another process (or another handle in this one) holds the state
+    /// directory's lock file.
+    Locked { lock_file: PathBuf, holder: String },
+    /// Damage that is not a torn tail: open refuses.
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: Invalid,
+    },
+    /// A write or sync failed earlier; no append is accepted until the journal
+    /// is reopened and replayed.
+    Poisoned { cause: String },
+    /// A record does not fit in a frame or in an empty segment.
+    RecordTooLarge { len: usize, max: usize },
+    /// A record could not be encoded.
+    Encode(String),
+    /// The configuration cannot work (e.g. segments smaller than the minimum).
+    Config(String),
+    /// A checkpoint was requested for a sequence number not yet durable.
+    CheckpointAhead { seq: u64, durable: u64 },
+    /// The journal was closed.
+    Closed,
+}
+
+impl JournalError {
+    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: io::Error) -> Self {
+        JournalError::Io {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+
+    /// True for damage (not I/O trouble, not a lock).
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, JournalError::Corrupt { .. })
+    }
+}
+
+impl fmt::Display for JournalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalError::Io {
+                path,
+                action,
+                source,
+            } => write!(f, "{action} {}: {source}", path.display()),
+            JournalError::Locked { lock_file, holder } => {
+                write!(
+                    f,
+                    "state directory is locked: {} is held by another opener",
+                    lock_file.display()
+                )?;
+                if !holder.is_empty() {
+                    write!(f, " ({holder})")?;
+                }
+                Ok(())
+            }
+            JournalError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => write!(
+                f,
+                "journal corrupt: {} at offset {offset}: {reason}",
+                file.display()
+            ),
+            JournalError::Poisoned { cause } => write!(
+                f,
+                "journal poisoned by an earlier write/sync failure ({cause}); reopen to recover"
+            ),
+            JournalError::RecordTooLarge { len, max } => {
+                write!(f, "record of {len} bytes exceeds the limit of {max}")
+            }
+            JournalError::Encode(e) => write!(f, "record does not encode: {e}"),
+            JournalError::Config(e) => write!(f, "invalid journal configuration: {e}"),
+            JournalError::CheckpointAhead { seq, durable } => write!(
+                f,
+                "checkpoint at sequence {seq} requested but only {durable} is durable"
+            ),
+            JournalError::Closed => write!(f, "journal is closed"),
+        }
+    }
+}
+
+impl std::error::Error for JournalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JournalError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The write-ahead journal: checksummed frames in preallocated segments,
+//! group commit, checkpoints, and recovery that tells a torn tail from damage.
+//!
+//! The journal is generic over its record type ([`JournalRecord`]): it knows
+//! sequence numbers, bytes and a one-byte record kind, never volumes. Opening
+//! takes the state directory's exclusive lock, loads the newest valid
+//! checkpoint (falling back to the previous one), replays the segments after
+//! it, truncates a torn tail (copying it to a `.broken` file first) and refuses
+//! anything else. See `journal-format.md` for the bytes.
+
+mod codec;
+mod error;
+pub mod format;
+pub mod reader;
+mod writer;
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+
+pub use codec::{decode_checkpoint, decode_record, encode_checkpoint, encode_record};
+pub use error::JournalError;
+pub use format::Invalid;
+pub use reader::LogEnd;
+
+use crate::storage::{RealStorage, Storage};
+use writer::{Request, Shared, Writer};
+
+/// Directory of the segments, under the state directory.
+pub const JOURNAL_DIR: &str = "journal";
+/// Directory of the checkpoints, under the state directory.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+/// The lock file, under the state directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// A record type the journal can carry.
+pub trait JournalRecord: Serialize + DeserializeOwned + Send + 'static {
+    /// One byte stored in the frame header so tools can filter without decoding.
+    fn kind(&self) -> u8;
+}
+
+/// Tunables. The defaults suit a host agent.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// Size each segment is preallocated to; rotation happens before a batch
+    /// that would not fit.
+    pub segment_size: u64,
+    /// Upper bound of one group commit's bytes.
+    pub max_batch_bytes: usize,
+    /// Depth of the queue between appenders and the writer thread.
+    pub queue_depth: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            segment_size: 16 << 20,
+            max_batch_bytes: 1 << 20,
+            queue_depth: 4096,
+        }
+    }
+}
+
+/// What opening found and did, for the caller to log and replay.
+#[derive(Debug)]
+pub struct Recovery<R> {
+    /// The checkpoint replay started from: its sequence number and payload.
+    pub checkpoint: Option<(u64, Vec<u8>)>,
+    /// Checkpoints that were newer but could not be used, with the reason.
+    pub rejected_checkpoints: Vec<(PathBuf, String)>,
+    /// Records after the checkpoint, in order.
+    pub records: Vec<(u64, R)>,
+    /// How the log ended; a torn tail has been truncated.
+    pub end: LogEnd,
+    /// Where the torn tail's bytes were copied before truncation.
+    pub broken_file: Option<PathBuf>,
+}
+
+/// The journal handle. Appends may run concurrently from many tasks.
+pub struct Journal<R> {
+    tx: Option<mpsc::Sender<Request>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    segment_size: u64,
+    state_dir: PathBuf,
+    _record: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for Journal<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("state_dir", &self.state_dir)
+            .field("durable_seq", &self.durable_seq())
+            .finish()
+    }
+}
+
+impl<R: JournalRecord> Journal<R> {
+    /// Opens (creating if needed) the journal of `state_dir` on the real file system.
+    pub fn open(
+        state_dir: &Path,
+        config: JournalConfig,
+    ) -> Result<(Self, Recovery<R>), JournalError> {
+        Self::open_with_storage(Arc::new(RealStorage), state_dir, config)
+    }
+
+    /// Opens through a given storage (the fault-injection and simulation seam).
+    pub fn open_with_storage(
+        storage: Arc<dyn Storage>,
+        state_dir: &Path,
+        config: JournalConfig,
+    ) -> Result<(Self, Recovery<R>), JournalError> {
+        if config.segment_size < format::MIN_SEGMENT_LEN
+            || config.segment_size > format::MAX_SEGMENT_LEN
+        {
+            return Err(JournalError::Config(format!(
+                "segment size {} outside {}..={}",
+                config.segment_size,
+                format::MIN_SEGMENT_LEN,
+                format::MAX_SEGMENT_LEN
+            )));
+        }
+        if config.queue_depth == 0 || config.max_batch_bytes == 0 {
+            return Err(JournalError::Config(
+                "queue depth and batch size must be positive".into(),
+            ));
+        }
+        let journal_dir = state_dir.join(JOURNAL_DIR);
+        let checkpoint_dir = state_dir.join(CHECKPOINT_DIR);
+        for dir in [state_dir, &journal_dir, &checkpoint_dir] {
+            storage
+                .create_dir_all(dir)
+                .map_err(|e| JournalError::io(dir, "create directory", e))?;
+        }
+        let lock_path = state_dir.join(LOCK_FILE);
+        let holder = format!("pid {}", std::process::id());
+        let lock = storage
+            .lock_exclusive(&lock_path, &holder)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock => JournalError::Locked {
+                    lock_file: lock_path.clone(),
+                    holder: e.to_string(),
+                },
+                _ => JournalError::io(&lock_path, "lock", e),
+            })?;
+        remove_temp_files(storage.as_ref(), &journal_dir)?;
+        remove_temp_files(storage.as_ref(), &checkpoint_dir)?;
+
+        let mut records = Vec::new();
+        let walk = reader::walk(
+            storage.as_ref(),
+            state_dir,
+            |seq, _kind, payload, file, offset| {
+                let record =
+                    codec::decode_record::<R>(payload).map_err(|e| JournalError::Corrupt {
+                        file: file.to_owned(),
+                        offset,
+                        reason: Invalid::Decode(e),
+                    })?;
+                records.push((seq, record));
+                Ok(())
+            },
+        )?;
+
+        // Repair a torn tail: copy the bytes aside, zero them, sync.
+        let mut broken_file = None;
+        if let LogEnd::TornTail {
+            segment,
+            offset,
+            len,
+            reason,
+        } = &walk.end
+        {
+            let path = truncate_torn_tail(storage.as_ref(), segment, *offset, *len)?;
+            tracing::warn!(
+                segment = %segment.display(),
+                offset,
+                bytes = len,
+                %reason,
+                broken = %path.display(),
+                "journal: torn tail truncated"
+            );
+            broken_file = Some(path);
+        }
+
+        let next_seq = walk.last_seq + 1;
+        let (file, segment_first_seq, offset, mut segments) = match &walk.append_at {
+            Some((first, path, offset)) => {
+                let file = storage
+                    .open(path)
+                    .map_err(|e| JournalError::io(path, "open segment", e))?;
+                let segs: Vec<u64> = walk.all_segments.iter().map(|(s, _)| *s).collect();
+                (file, *first, *offset, segs)
+            }
+            None => {
+                let file = writer::create_segment(
+                    storage.as_ref(),
+                    &journal_dir,
+                    next_seq,
+                    config.segment_size,
+                )?;
+                let segs: Vec<u64> = walk.all_segments.iter().map(|(s, _)| *s).collect();
+                (file, next_seq, format::SEGMENT_HEADER_LEN as u64, segs)
+            }
+        };
+        if !segments.contains(&segment_first_seq) {
+            segments.push(segment_first_seq);
+            segments.sort_unstable();
+        }
+        let segment_len = file
+            .len()
+            .map_err(|e| JournalError::io(&journal_dir, "stat segment", e))?;
+        let checkpoints = reader::list_checkpoints(storage.as_ref(), &checkpoint_dir)?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+
+        let shared = Arc::new(Shared::default());
+        shared.durable_seq.store(walk.last_seq, Ordering::Release);
+        let writer = Writer {
+            storage: storage.clone(),
+            journal_dir,
+            checkpoint_dir,
+            segment_size: config.segment_size,
+            active_len: segment_len,
+            max_batch_bytes: config.max_batch_bytes,
+            file,
+            segment_first_seq,
+            offset,
+            next_seq,
+            segments,
+            checkpoints,
+            shared: shared.clone(),
+            _lock: lock,
+        };
+        let (tx, rx) = mpsc::channel(config.queue_depth);
+        let thread = std::thread::Builder::new()
+            .name("volmgr-journal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| JournalError::io(state_dir, "spawn journal writer", e))?;
+
+        let recovery = Recovery {
+            checkpoint: walk.checkpoint.map(|(seq, _, payload)| (seq, payload)),
+            rejected_checkpoints: walk
+                .checkpoint_attempts
+                .into_iter()
+                .filter_map(|a| a.rejected.map(|r| (a.path, r)))
+                .collect(),
+            records,
+            end: walk.end,
+            broken_file,
+        };
+        for (path, why) in &recovery.rejected_checkpoints {
+            tracing::warn!(checkpoint = %path.display(), reason = %why, "journal: checkpoint unusable, falling back");
+        }
+        Ok((
+            Journal {
+                tx: Some(tx),
+                shared,
+                thread: Some(thread),
+                segment_size: config.segment_size,
+                state_dir: state_dir.to_owned(),
+                _record: PhantomData,
+            },
+            recovery,
+        ))
+    }
+
+    /// Appends one record; returns its sequence number once it is durable.
+    pub async fn append(&self, record: &R) -> Result<u64, JournalError> {
+        self.append_all(std::slice::from_ref(record)).await
+    }
+
+    /// Appends records contiguously in one write batch (all or none durable);
+    /// returns the first one's sequence number once all are durable.
+    pub async fn append_all(&self, records: &[R]) -> Result<u64, JournalError> {
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(JournalError::Poisoned { cause });
+        }
+        let mut encoded = Vec::with_capacity(records.len());
+        let mut total = 0usize;
+        for record in records {
+            let payload = codec::encode_record(record).map_err(JournalError::Encode)?;
+            if payload.len() > format::MAX_PAYLOAD_LEN {
+                return Err(JournalError::RecordTooLarge {
+                    len: payload.len(),
+                    max: format::MAX_PAYLOAD_LEN,
+                });
+            }
+            total += format::frame_len(payload.len());
+            encoded.push((record.kind(), payload));
+        }
+        let capacity = (self.segment_size as usize).saturating_sub(format::SEGMENT_HEADER_LEN);
+        if total > capacity {
+            return Err(JournalError::RecordTooLarge {
+                len: total,
+                max: capacity,
+            });
+        }
+        if encoded.is_empty() {
+            return Ok(self.durable_seq() + 1);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Append {
+            records: encoded,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| self.gone())?
+    }
+
+    /// Stores a snapshot of the caller's state as of sequence `seq` (which
+    /// must be durable), then removes what it makes unnecessary.
+    pub async fn checkpoint(&self, seq: u64, payload: Vec<u8>) -> Result<(), JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Checkpoint {
+            seq,
+            payload,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| self.gone())?.map(|_| ())
+    }
+
+    async fn send(&self, request: Request) -> Result<(), JournalError> {
+        let tx = self.tx.as_ref().ok_or(JournalError::Closed)?;
+        tx.send(request).await.map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> JournalError {
+        match self.shared.poisoned() {
+            Some(cause) => JournalError::Poisoned { cause },
+            None => JournalError::Closed,
+        }
+    }
+}
+
+impl<R> Journal<R> {
+    /// Sequence number of the last durable record (0 when empty).
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// Number of `fdatasync` calls made for appends since open.
+    pub fn sync_count(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// The cause, if a failed write or sync has poisoned the journal.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Stops the writer thread after the queued requests and releases the lock.
+    pub async fn close(mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl<R> Drop for Journal<R> {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {
+    let names = storage
+        .list_dir(dir)
+        .map_err(|e| JournalError::io(dir, "list directory", e))?;
+    let mut removed = false;
+    for name in names
+        .iter()
+        .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
+    {
+        let path = dir.join(name);
+        storage
+            .remove_file(&path)
+            .map_err(|e| JournalError::io(&path, "remove temp file", e))?;
+        removed = true;
+    }
+    if removed {
+        writer::sync_dir(storage, dir)?;
+    }
+    Ok(())
+}
+
+/// Copies `[offset, offset+len)` of `segment` to a new `.broken` file (durably),
+/// then zeroes that range and syncs the segment. Returns the `.broken` path.
+pub fn truncate_torn_tail(
+    storage: &dyn Storage,
+    segment: &Path,
+    offset: u64,
+    len: u64,
+) -> Result<PathBuf, JournalError> {
+    let file = storage
+        .open(segment)
+        .map_err(|e| JournalError::io(segment, "open segment", e))?;
+    let mut removed = vec![0u8; len as usize];
+    file.read_exact_at(&mut removed, offset)
+        .map_err(|e| JournalError::io(segment, "read torn tail", e))?;
+    let dir = segment.parent().unwrap_or(Path::new("."));
+    let seg_name = segment
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("segment");
+    let name = format!("{seg_name}.at-{offset}.broken");
+    writer::write_new_file(storage, dir, &name, &removed)?;
+    file.write_all_at(&vec![0u8; len as usize], offset)
+        .map_err(|e| JournalError::io(segment, "zero torn tail", e))?;
+    file.sync_data()
+        .map_err(|e| JournalError::io(segment, "fsync segment", e))?;
+    Ok(dir.join(name))
+}

@@ -1,0 +1,185 @@
+//! The storage seam under the journal and checkpoints.
+//!
+//! Everything the journal does to the filesystem goes through [`Storage`] and
+//! [`StorageFile`]: reads, positioned writes, `fdatasync`, renames, directory
+//! syncs, removals and the state-directory lock. [`RealStorage`] maps them onto
+//! `std::fs`; [`fault::FaultyStorage`] wraps any storage and fails a chosen call,
+//! which is how the poison and failpoint tests inject errors. A simulated
+//! storage that models unsynced bytes (power-cut tests) implements the same
+//! traits. Nothing here knows about frames or records.
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+pub mod fault;
+
+/// A held exclusive lock; dropping it releases the lock.
+pub type LockGuard = Box<dyn Any + Send + Sync>;
+
+/// The file-system operations the journal needs, and nothing more.
+pub trait Storage: Send + Sync + Debug + 'static {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Names (not paths) of the entries of a directory, unsorted.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// Opens an existing file for reading and writing.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
+    /// Creates (or truncates) a file for reading and writing.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creates, renames, removals) durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Takes an exclusive, non-blocking lock on `path` (created if absent) and
+    /// records `holder` in it. On contention returns `WouldBlock` and the
+    /// current holder's text as the error message.
+    fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard>;
+}
+
+/// An open file: positioned I/O only, so concurrent readers need no cursor.
+#[allow(clippy::len_without_is_empty)]
+pub trait StorageFile: Send + Sync + Debug {
+    fn len(&self) -> io::Result<u64>;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// `fdatasync`: the written bytes (not necessarily metadata) are durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// `fsync`: bytes and metadata (size) are durable.
+    fn sync_all(&self) -> io::Result<()>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves `len` bytes of zeros (fallocate), falling back to `set_len`.
+    fn allocate(&self, len: u64) -> io::Result<()>;
+}
+
+/// Reads a whole file, refusing (before allocating) one longer than `max_len`.
+pub fn read_bounded(storage: &dyn Storage, path: &Path, max_len: u64) -> io::Result<Vec<u8>> {
+    let file = storage.open(path)?;
+    let len = file.len()?;
+    if len > max_len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("file is {len} bytes, more than the limit of {max_len}"),
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealStorage;
+
+#[derive(Debug)]
+struct RealFile(File);
+
+impl Storage for RealStorage {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(path)? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Box::new(RealFile(file)))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Box::new(RealFile(file)))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let current = fs::read_to_string(path).unwrap_or_default();
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    current.trim().to_owned(),
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        file.set_len(0)?;
+        file.write_all_at(holder.as_bytes(), 0)?;
+        Ok(Box::new(file))
+    }
+}
+
+impl StorageFile for RealFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(&self.0, buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(&self.0, buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn sync_all(&self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let len_i64 = i64::try_from(len).map_err(|_| io::Error::other("allocation too large"))?;
+        // SAFETY: fallocate on a valid, owned file descriptor with plain integers.
+        let rc = unsafe { libc::fallocate(self.0.as_raw_fd(), 0, 0, len_i64) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => self.0.set_len(len),
+            _ => Err(err),
+        }
+    }
+}
