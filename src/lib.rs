@@ -5,4 +5,6 @@
 //! (journal files) and providers (volumes). See `ARCHITECTURE.md` for the map.
 
 pub mod journal;
+pub mod provider;
+pub mod state;
 pub mod storage;

@@ -1,0 +1,222 @@
+//! Storage providers: the trait the manager drives, and its implementations.
+//!
+//! A provider knows its file system and its commands, never the journal or
+//! the state. Every side effect is idempotent and tagged with the volume id and
+//! the operation id that made it (the ownership tag), so reconciliation can
+//! tell done from not done and ours from foreign. Methods are blocking; the
+//! manager calls them on the blocking pool. Implementations: [`dir`] (the
+//! embedded default, plain directories), btrfs and zfs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use crate::state::{Details, OpId, VolumeKind};
+
+/// Configuration of a provider as journaled: string keys and values.
+pub type ProviderConfig = BTreeMap<String, String>;
+
+/// Identity of a volume to create: what the ownership tag records.
+#[derive(Debug, Clone, Copy)]
+pub struct VolumeSpec<'a> {
+    pub id: &'a str,
+    pub op: OpId,
+    pub kind: VolumeKind,
+}
+
+/// An existing volume, as the state (or an inventory) knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct VolumeRef<'a> {
+    pub id: &'a str,
+    pub kind: VolumeKind,
+    /// The volume this one derives from (source of a snapshot, origin of a fork).
+    pub parent: Option<&'a str>,
+    pub location: &'a str,
+    pub details: &'a Details,
+}
+
+/// What a successful create/snapshot/fork/receive produced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Created {
+    pub location: String,
+    pub details: Details,
+}
+
+/// The ownership tag found on provider data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub volume: String,
+    pub op: OpId,
+    pub kind: VolumeKind,
+    pub parent: Option<String>,
+}
+
+/// Whether a found item is whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    Complete,
+    /// Exists but half-made (e.g. created but not mounted; a partial receive).
+    Incomplete {
+        reason: String,
+    },
+}
+
+/// One item of a provider's inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Provider-native name (a path, a dataset name).
+    pub name: String,
+    /// `None`: not ours (foreign), never touched.
+    pub tag: Option<Tag>,
+    pub presence: Presence,
+    pub location: String,
+    pub details: Details,
+}
+
+/// A provider failure, carrying the provider's own message.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ProviderError {
+    NotFound(String),
+    AlreadyExists(String),
+    /// The target stayed busy after bounded retries.
+    Busy {
+        what: String,
+        cause: String,
+    },
+    HasDependents {
+        what: String,
+        dependents: Vec<String>,
+    },
+    InvalidConfig(String),
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// An external command failed.
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    /// A transfer stream is malformed or does not fit the target.
+    Stream(String),
+    /// Anything else the provider reports.
+    Other(String),
+}
+
+impl ProviderError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ProviderError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProviderError::NotFound(what) => write!(f, "{what} not found"),
+            ProviderError::AlreadyExists(what) => write!(f, "{what} already exists"),
+            ProviderError::Busy { what, cause } => write!(f, "{what} is busy: {cause}"),
+            ProviderError::HasDependents { what, dependents } => {
+                write!(f, "{what} has dependents: {}", dependents.join(", "))
+            }
+            ProviderError::InvalidConfig(e) => write!(f, "invalid provider configuration: {e}"),
+            ProviderError::Io { context, source } => write!(f, "{context}: {source}"),
+            ProviderError::Command {
+                command,
+                status,
+                stderr,
+            } => write!(f, "`{command}` failed ({status}): {}", stderr.trim()),
+            ProviderError::Stream(e) => write!(f, "bad snapshot stream: {e}"),
+            ProviderError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for ProviderError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProviderError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Statistics of one send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SendStats {
+    pub bytes: u64,
+    pub incremental: bool,
+}
+
+/// A storage provider. All methods block; all side effects are idempotent.
+pub trait Provider: Send + Sync + fmt::Debug {
+    /// `dir`, `btrfs`, `zfs`, ...
+    fn kind(&self) -> &'static str;
+
+    /// The configuration to journal so the provider can be rebuilt at open.
+    fn config(&self) -> ProviderConfig;
+
+    /// Creates an empty data volume tagged with `spec`. Succeeds if it already
+    /// exists with the same tag (idempotent), finishing it if half-made.
+    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError>;
+
+    /// Takes a read-only snapshot of `source`, tagged with `spec`.
+    fn create_snapshot(
+        &self,
+        source: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError>;
+
+    /// Makes a writable volume from a snapshot, tagged with `spec`.
+    fn fork_volume(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError>;
+
+    /// Destroys a volume or snapshot. Succeeds if it is already gone.
+    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError>;
+
+    /// Writes a stream of `snapshot`; incremental from `base` when given (a
+    /// snapshot the receiver also has, found by the manager from its haves).
+    fn send_snapshot(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+        out: &mut dyn Write,
+    ) -> Result<SendStats, ProviderError>;
+
+    /// Receives a stream into data volume `target` (its content becomes the
+    /// stream's) and records the result as snapshot `spec` of it. The
+    /// snapshot's `details[guid]` is the sender's snapshot identity.
+    fn receive_snapshot(
+        &self,
+        target: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+        input: &mut dyn Read,
+    ) -> Result<Created, ProviderError>;
+
+    /// Everything under the provider's root, in one call.
+    fn inventory(&self) -> Result<Vec<Found>, ProviderError>;
+
+    /// Completes a half-made item found by [`Provider::inventory`].
+    fn finish(&self, found: &Found) -> Result<Created, ProviderError>;
+
+    /// Removes partial state an interrupted operation `op` may have left
+    /// outside the inventory (staging areas, partial receives). Idempotent.
+    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError>;
+}
+
+/// Builds a provider of a kind from its journaled configuration.
+pub type ProviderFactory =
+    Arc<dyn Fn(&ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> + Send + Sync>;
+
+/// The factories of the built-in provider kinds.
+pub fn builtin_factories() -> BTreeMap<String, ProviderFactory> {
+    BTreeMap::new()
+}
