@@ -5,6 +5,9 @@
 //! (journal files) and providers (volumes). See `ARCHITECTURE.md` for the map.
 
 pub mod journal;
+pub mod manager;
 pub mod provider;
+pub mod reconcile;
 pub mod state;
 pub mod storage;
+pub mod validate;

@@ -196,6 +196,7 @@ pub enum Case {
     VolumeLost,
     LostVolumeFound,
     OrphanReported,
+    OrphanGone,
     ForeignIgnored,
     ProviderAddInterrupted,
     AdoptInterrupted,
@@ -214,6 +215,7 @@ impl Case {
             Case::VolumeLost => "volume-lost",
             Case::LostVolumeFound => "lost-volume-found",
             Case::OrphanReported => "orphan-reported",
+            Case::OrphanGone => "orphan-gone",
             Case::ForeignIgnored => "foreign-ignored",
             Case::ProviderAddInterrupted => "provider-add-interrupted",
             Case::AdoptInterrupted => "adopt-interrupted",
@@ -252,6 +254,10 @@ pub enum Effect {
         volume: String,
     },
     NoteOrphan(Orphan),
+    ForgetOrphan {
+        provider: String,
+        volume: String,
+    },
 }
 
 /// One journal record.
@@ -429,6 +435,10 @@ impl State {
                 Effect::NoteOrphan(orphan) => {
                     self.orphans
                         .insert(orphan_key(&orphan.provider, &orphan.volume), orphan.clone());
+                    Ok(Vec::new())
+                }
+                Effect::ForgetOrphan { provider, volume } => {
+                    self.orphans.remove(&orphan_key(provider, volume));
                     Ok(Vec::new())
                 }
             },
