@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use crate::state::{Details, OpId, VolumeKind};
 
+pub mod sim;
+
 /// Configuration of a provider as journaled: string keys and values.
 pub type ProviderConfig = BTreeMap<String, String>;
 

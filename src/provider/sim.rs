@@ -1,0 +1,443 @@
+//! A simulated, in-memory provider for deterministic fault injection.
+//!
+//! Named as such: it never replaces the real-provider tests. It keeps volumes
+//! as maps of file name to bytes, tags them like a real provider would, and can
+//! fail any call before or after its side effect ([`SimFault`]), or report an
+//! item as half-made, so tests can build every reconciliation situation and
+//! every crash window of the write path. Clones share one store, so a test can
+//! hand the same instance to successive manager opens (a provider that
+//! "persists" across restarts).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Created, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory, SendStats,
+    Tag, VolumeRef, VolumeSpec,
+};
+use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
+
+pub const KIND: &str = "sim";
+
+/// The provider calls a fault can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SimCall {
+    Create,
+    Snapshot,
+    Fork,
+    Destroy,
+    Send,
+    Receive,
+    Inventory,
+}
+
+/// Whether the injected failure comes before or after the side effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Before,
+    After,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimFault {
+    pub call: SimCall,
+    pub when: When,
+    /// 1-based occurrence of `call` that fails.
+    pub nth: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Item {
+    volume: String,
+    op: OpId,
+    kind: VolumeKind,
+    parent: Option<String>,
+    complete: bool,
+    files: BTreeMap<String, Vec<u8>>,
+    guid: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    items: BTreeMap<String, Item>,
+    /// Untagged names under the root.
+    foreign: Vec<String>,
+    fault: Option<SimFault>,
+    calls: BTreeMap<String, u64>,
+    partial_ops: Vec<OpId>,
+    next_guid: u64,
+}
+
+/// The simulated provider. Cheap to clone; clones share the store.
+#[derive(Debug, Clone, Default)]
+pub struct SimProvider {
+    store: Arc<Mutex<Store>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SimStream {
+    guid: String,
+    base_guid: Option<String>,
+    files: BTreeMap<String, Vec<u8>>,
+    deleted: Vec<String>,
+}
+
+impl SimProvider {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A factory that always returns this same instance.
+    pub fn factory(&self) -> ProviderFactory {
+        let me = self.clone();
+        Arc::new(move |_config: &ProviderConfig| Ok(Arc::new(me.clone()) as Arc<dyn Provider>))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_fault(&self, fault: Option<SimFault>) {
+        let mut s = self.lock();
+        s.fault = fault;
+        s.calls.clear();
+    }
+
+    /// Writes a file into a volume (what a container would do).
+    pub fn write_file(&self, volume: &str, name: &str, data: &[u8]) {
+        let mut s = self.lock();
+        let item = s
+            .items
+            .get_mut(volume)
+            .expect("volume exists in the simulation");
+        item.files.insert(name.to_owned(), data.to_vec());
+    }
+
+    pub fn read_file(&self, volume: &str, name: &str) -> Option<Vec<u8>> {
+        self.lock().items.get(volume)?.files.get(name).cloned()
+    }
+
+    /// Ids of every tagged item, complete or not.
+    pub fn volume_ids(&self) -> Vec<String> {
+        self.lock().items.keys().cloned().collect()
+    }
+
+    /// Removes an item behind the manager's back (a lost volume).
+    pub fn remove_behind_back(&self, volume: &str) {
+        self.lock().items.remove(volume);
+    }
+
+    /// Adds a tagged item no journal knows (an orphan).
+    pub fn plant_orphan(&self, volume: &str, op: OpId, kind: VolumeKind, complete: bool) {
+        self.lock().items.insert(
+            volume.to_owned(),
+            Item {
+                volume: volume.to_owned(),
+                op,
+                kind,
+                parent: None,
+                complete,
+                files: BTreeMap::new(),
+                guid: None,
+            },
+        );
+    }
+
+    /// Adds an untagged item under the root.
+    pub fn plant_foreign(&self, name: &str) {
+        self.lock().foreign.push(name.to_owned());
+    }
+
+    pub fn foreign(&self) -> Vec<String> {
+        self.lock().foreign.clone()
+    }
+
+    /// Marks an item half-made.
+    pub fn set_complete(&self, volume: &str, complete: bool) {
+        if let Some(item) = self.lock().items.get_mut(volume) {
+            item.complete = complete;
+        }
+    }
+
+    /// Operations whose partial state `abort_partial` has not removed.
+    pub fn partial_ops(&self) -> Vec<OpId> {
+        self.lock().partial_ops.clone()
+    }
+
+    fn check(&self, call: SimCall, when: When) -> Result<(), ProviderError> {
+        let mut s = self.lock();
+        let key = format!("{call:?}/{when:?}");
+        let n = {
+            let c = s.calls.entry(key).or_insert(0);
+            *c += 1;
+            *c
+        };
+        if let Some(f) = s.fault
+            && f.call == call
+            && f.when == when
+            && f.nth == n
+        {
+            return Err(ProviderError::Other(format!(
+                "simulated fault: {call:?} {when:?} #{n}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn created(item: &Item) -> Created {
+        let mut details = Details::new();
+        if let Some(g) = &item.guid {
+            details.insert(DETAIL_GUID.into(), g.clone());
+        }
+        Created {
+            location: format!("sim://{}", item.volume),
+            details,
+        }
+    }
+
+    fn make(
+        &self,
+        call: SimCall,
+        spec: &VolumeSpec<'_>,
+        parent: Option<&str>,
+        files: BTreeMap<String, Vec<u8>>,
+        guid: Option<String>,
+    ) -> Result<Created, ProviderError> {
+        self.check(call, When::Before)?;
+        let created = {
+            let mut s = self.lock();
+            if let Some(existing) = s.items.get_mut(spec.id) {
+                if existing.op != spec.op {
+                    return Err(ProviderError::AlreadyExists(spec.id.to_owned()));
+                }
+                existing.complete = true;
+                Self::created(existing)
+            } else {
+                let guid = match (spec.kind, guid) {
+                    (VolumeKind::Snapshot, None) => {
+                        s.next_guid += 1;
+                        Some(format!("sim-{}-{}", spec.id, s.next_guid))
+                    }
+                    (_, g) => g,
+                };
+                let item = Item {
+                    volume: spec.id.to_owned(),
+                    op: spec.op,
+                    kind: spec.kind,
+                    parent: parent.map(str::to_owned),
+                    complete: true,
+                    files,
+                    guid,
+                };
+                let created = Self::created(&item);
+                s.items.insert(spec.id.to_owned(), item);
+                created
+            }
+        };
+        self.check(call, When::After)?;
+        Ok(created)
+    }
+
+    fn files_of(&self, id: &str) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.lock()
+            .items
+            .get(id)
+            .map(|i| i.files.clone())
+            .ok_or_else(|| ProviderError::NotFound(id.to_owned()))
+    }
+}
+
+impl Provider for SimProvider {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn config(&self) -> ProviderConfig {
+        ProviderConfig::new()
+    }
+
+    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
+        self.make(SimCall::Create, spec, None, BTreeMap::new(), None)
+    }
+
+    fn create_snapshot(
+        &self,
+        source: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        let files = self.files_of(source.id)?;
+        self.make(SimCall::Snapshot, spec, Some(source.id), files, None)
+    }
+
+    fn fork_volume(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        let files = self.files_of(snapshot.id)?;
+        self.make(SimCall::Fork, spec, Some(snapshot.id), files, None)
+    }
+
+    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        self.check(SimCall::Destroy, When::Before)?;
+        self.lock().items.remove(volume.id);
+        self.check(SimCall::Destroy, When::After)
+    }
+
+    fn send_snapshot(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+        out: &mut dyn Write,
+    ) -> Result<SendStats, ProviderError> {
+        self.check(SimCall::Send, When::Before)?;
+        let (guid, files) = {
+            let s = self.lock();
+            let item = s
+                .items
+                .get(snapshot.id)
+                .ok_or_else(|| ProviderError::NotFound(snapshot.id.to_owned()))?;
+            (item.guid.clone().unwrap_or_default(), item.files.clone())
+        };
+        let (base_guid, files, deleted) = match base {
+            None => (None, files, Vec::new()),
+            Some(b) => {
+                let base_files = self.files_of(b.id)?;
+                let changed = files
+                    .iter()
+                    .filter(|(k, v)| base_files.get(*k) != Some(v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let deleted = base_files
+                    .keys()
+                    .filter(|k| !files.contains_key(*k))
+                    .cloned()
+                    .collect();
+                (b.details.get(DETAIL_GUID).cloned(), changed, deleted)
+            }
+        };
+        let incremental = base_guid.is_some();
+        let bytes = serde_json::to_vec(&SimStream {
+            guid,
+            base_guid,
+            files,
+            deleted,
+        })
+        .map_err(|e| ProviderError::Stream(e.to_string()))?;
+        out.write_all(&bytes)
+            .map_err(|e| ProviderError::io("send", e))?;
+        self.check(SimCall::Send, When::After)?;
+        Ok(SendStats {
+            bytes: bytes.len() as u64,
+            incremental,
+        })
+    }
+
+    fn receive_snapshot(
+        &self,
+        target: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+        input: &mut dyn Read,
+    ) -> Result<Created, ProviderError> {
+        let mut bytes = Vec::new();
+        input
+            .take(64 << 20)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ProviderError::io("receive", e))?;
+        let stream: SimStream =
+            serde_json::from_slice(&bytes).map_err(|e| ProviderError::Stream(e.to_string()))?;
+        self.lock().partial_ops.push(spec.op);
+        let mut files = match &stream.base_guid {
+            None => BTreeMap::new(),
+            Some(base) => {
+                let s = self.lock();
+                s.items
+                    .values()
+                    .find(|i| {
+                        i.guid.as_deref() == Some(base.as_str())
+                            && i.parent.as_deref() == Some(target.id)
+                    })
+                    .map(|i| i.files.clone())
+                    .ok_or_else(|| {
+                        ProviderError::Stream(format!(
+                            "base {base} not present on target {}",
+                            target.id
+                        ))
+                    })?
+            }
+        };
+        for d in &stream.deleted {
+            files.remove(d);
+        }
+        files.extend(stream.files);
+        if let Some(t) = self.lock().items.get_mut(target.id) {
+            t.files = files.clone();
+        }
+        let created = self.make(
+            SimCall::Receive,
+            spec,
+            Some(target.id),
+            files,
+            Some(stream.guid),
+        )?;
+        self.lock().partial_ops.retain(|op| *op != spec.op);
+        Ok(created)
+    }
+
+    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
+        self.check(SimCall::Inventory, When::Before)?;
+        let s = self.lock();
+        let mut found: Vec<Found> = s
+            .items
+            .values()
+            .map(|i| Found {
+                name: format!("sim/{}", i.volume),
+                tag: Some(Tag {
+                    volume: i.volume.clone(),
+                    op: i.op,
+                    kind: i.kind,
+                    parent: i.parent.clone(),
+                }),
+                presence: if i.complete {
+                    Presence::Complete
+                } else {
+                    Presence::Incomplete {
+                        reason: "simulated half-made".into(),
+                    }
+                },
+                location: Self::created(i).location,
+                details: Self::created(i).details,
+            })
+            .collect();
+        found.extend(s.foreign.iter().map(|name| Found {
+            name: format!("sim/{name}"),
+            tag: None,
+            presence: Presence::Complete,
+            location: format!("sim://{name}"),
+            details: Details::new(),
+        }));
+        Ok(found)
+    }
+
+    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
+        let tag = found
+            .tag
+            .as_ref()
+            .ok_or_else(|| ProviderError::Other("untagged".into()))?;
+        let mut s = self.lock();
+        let item = s
+            .items
+            .get_mut(&tag.volume)
+            .ok_or_else(|| ProviderError::NotFound(tag.volume.clone()))?;
+        item.complete = true;
+        Ok(Self::created(item))
+    }
+
+    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
+        self.lock().partial_ops.retain(|o| *o != op);
+        Ok(())
+    }
+}
