@@ -490,12 +490,13 @@ impl Manager {
             let vid = id.clone();
             inner
                 .run(claim, action, &provider_id, move |op| {
-                    let created = provider.create_volume(&VolumeSpec {
+                    let spec = VolumeSpec {
                         id: &vid,
                         op,
                         kind: VolumeKind::Data,
-                    })?;
-                    Ok(done(created))
+                    };
+                    let created = provider.create_volume(&spec);
+                    undo_on_error(provider.as_ref(), &spec, created)
                 })
                 .await?;
             inner.volume(&id)
@@ -575,7 +576,8 @@ impl Manager {
                         op,
                         kind: VolumeKind::Snapshot,
                     };
-                    Ok(done(provider.create_snapshot(&volume_ref(&source), &spec)?))
+                    let created = provider.create_snapshot(&volume_ref(&source), &spec);
+                    undo_on_error(provider.as_ref(), &spec, created)
                 })
                 .await?;
             inner.volume(&snap_id)
@@ -627,7 +629,8 @@ impl Manager {
                         op,
                         kind: VolumeKind::Data,
                     };
-                    Ok(done(provider.fork_volume(&volume_ref(&snapshot), &spec)?))
+                    let created = provider.fork_volume(&volume_ref(&snapshot), &spec);
+                    undo_on_error(provider.as_ref(), &spec, created)
                 })
                 .await?;
             inner.volume(&id)
@@ -912,13 +915,12 @@ impl Manager {
         .await
     }
 
-    /// Waits for in-flight operations' records, then closes the journal.
+    /// Closes the journal (after the records already queued) and releases
+    /// the state directory's lock. Operations still running on other clones
+    /// fail with a journal `Closed` error; their intents are reconciled at the
+    /// next open. A host agent stops accepting requests before calling this.
     pub async fn close(self) {
-        if let Ok(inner) = Arc::try_unwrap(self.inner)
-            && let Ok(journal) = Arc::try_unwrap(inner.journal)
-        {
-            journal.close().await;
-        }
+        self.inner.journal.shutdown().await;
     }
 
     async fn spawn<T, F>(&self, body: F) -> Result<T, ManagerError>
@@ -1119,6 +1121,34 @@ fn resolve(
         Resolution::Ignore => unreachable!("ignored decisions are not journaled"),
     };
     Effect::Resolve { op, result }
+}
+
+/// After a failed creating call, removes whatever the provider holds that is
+/// tagged with this very operation (never anything else), so a Failed outcome
+/// leaves no orphan behind. If the cleanup itself fails, the item stays and the
+/// next open reports it as an orphan: visible, never silent.
+fn undo_on_error(
+    provider: &dyn Provider,
+    spec: &VolumeSpec<'_>,
+    created: Result<Created, ProviderError>,
+) -> Result<Done, ProviderError> {
+    let error = match created {
+        Ok(created) => return Ok(done(created)),
+        Err(e) => e,
+    };
+    if let Err(e) = provider.abort_partial(spec.op) {
+        tracing::warn!(op = %spec.op, error = %e, "cleanup of partial state failed");
+    }
+    match find(provider, spec.id) {
+        Ok(Some(found)) if found.tag.as_ref().is_some_and(|t| t.op == spec.op) => {
+            if let Err(e) = provider.destroy(&found_ref(&found, spec.id, spec.kind)) {
+                tracing::warn!(op = %spec.op, volume = spec.id, error = %e, "cleanup after failure failed");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(op = %spec.op, error = %e, "inventory after failure failed"),
+    }
+    Err(error)
 }
 
 fn done(created: Created) -> Done {
