@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use crate::state::{Details, OpId, VolumeKind};
 
+pub mod btrfs;
+pub mod cmd;
 pub mod sim;
 
 /// Configuration of a provider as journaled: string keys and values.
@@ -220,5 +222,7 @@ pub type ProviderFactory =
 
 /// The factories of the built-in provider kinds.
 pub fn builtin_factories() -> BTreeMap<String, ProviderFactory> {
-    BTreeMap::new()
+    let mut factories = BTreeMap::new();
+    factories.insert(btrfs::KIND.to_owned(), btrfs::BtrfsProvider::factory());
+    factories
 }

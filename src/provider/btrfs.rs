@@ -1,0 +1,1213 @@
+//! The btrfs provider: volumes are subvolumes, snapshots are read-only
+//! snapshots, forks are writable snapshots of a snapshot, transfers are
+//! `btrfs send` / `btrfs receive` streams.
+//!
+//! # Configuration
+//!
+//! `root` (required): an absolute directory inside a mounted btrfs file system
+//! (checked with `statfs`, magic `0x9123683E`). It is created if missing, but
+//! only when its parent is already on btrfs (so an unmounted file system is an
+//! error, not a directory silently made on the disk below it). Everything the
+//! provider owns lives under it:
+//!
+//! ```text
+//! <root>/data/<id>/tag          ownership tag of data volume <id>
+//! <root>/data/<id>/vol          its subvolume (writable): the volume's location
+//! <root>/snapshot/<id>/tag      ownership tag of snapshot <id>
+//! <root>/snapshot/<id>/vol      its read-only subvolume: the snapshot's location
+//! <root>/.volmgr/stage/<op>/    an item being built by operation <op>
+//! <root>/.volmgr/trash/<name>/  removed from the namespace, being deleted
+//! ```
+//!
+//! Every item is a plain *container* directory holding a `tag` file and a
+//! `vol` subvolume. A container is built under `stage/<op>` and renamed into
+//! place (`renameat2(RENAME_NOREPLACE)`), so an item in `data/` or
+//! `snapshot/` appears at once with its tag; and it leaves the namespace by a
+//! rename into `trash/`. The container is a plain directory even around a
+//! read-only snapshot, which is what makes the rename possible: btrfs refuses
+//! to move a read-only subvolume to another directory (`EROFS`), but moving
+//! the writable directory above it is fine.
+//!
+//! # Ownership tags
+//!
+//! The tag is the one-line file `tag`: `volume=<id> op=<uuid> kind=<data|snapshot> parent=<id|->`,
+//! written temp + fsync + rename + directory fsync. Extended attributes on
+//! the subvolume root are not used on purpose: they travel with the data, so
+//! every snapshot, fork and *received copy* (send streams carry xattrs) would
+//! inherit a tag that lies about which volume it is; a read-only snapshot
+//! cannot be tagged after creation; and a received snapshot cannot be made
+//! writable to tag it without btrfs dropping its received UUID (which
+//! incremental receives need). A tag file beside the subvolume has none of
+//! these problems. An item is *ours* only if its container holds a valid tag
+//! naming the container's own id and kind; anything else under the root
+//! (untagged containers, bare subvolumes, files, other top-level entries) is
+//! *foreign*: reported, never touched.
+//!
+//! # Complete, incomplete, absent
+//!
+//! For [`Provider::inventory`]:
+//! - **Complete**: a tagged container in place whose `vol` is a subvolume
+//!   (read-only for a snapshot) and whose operation has no stage left.
+//! - **Incomplete**: a tagged container still under `stage/<op>` (the
+//!   operation died before renaming it into place; it is reported with its
+//!   final location); a snapshot in place that is not read-only; a received
+//!   snapshot in place whose receive has not committed (its `stage/<op>` still
+//!   exists: see below). [`Provider::finish`] completes a staged create,
+//!   snapshot or fork and makes a writable snapshot read-only; an interrupted
+//!   receive cannot be finished and is undone by reconciliation.
+//! - **Absent**: no container, or a tagged container without its `vol`
+//!   subvolume (the subvolume was deleted, by us in a destroy that died before
+//!   removing the container, or behind our back: a live volume in that state
+//!   is reported lost, not half-made). Such stale containers are replaced by a
+//!   later create of the same id and removed by [`Provider::destroy`].
+//!
+//! # Verbs
+//!
+//! - create / snapshot / fork: stage `tag`, then `btrfs subvolume create`, or
+//!   `snapshot -r <root>/data/<src>/vol`, or `snapshot <root>/snapshot/<s>/vol`,
+//!   into `stage/<op>/vol`; `syncfs`; rename into place. Idempotent: the same
+//!   op finds its item in place (done) or its stage (finished); another op
+//!   gets `AlreadyExists`.
+//! - destroy: `btrfs subvolume delete --commit-after` of `vol` (retried a few
+//!   times while busy, then [`ProviderError::Busy`]), then the container goes
+//!   to trash. Succeeds if absent; refuses an untagged item. A snapshot with
+//!   forks can be deleted without harm (btrfs forks are independent
+//!   copy-on-write subvolumes); refusing it is the manager's job.
+//! - send: `btrfs send [-p <base>/vol] <snapshot>/vol` streamed to the writer.
+//! - receive: like `zfs recv -F`. `btrfs receive --chroot stage/<op>/in` from
+//!   the reader (an incremental stream finds its parent by received UUID,
+//!   which is why received snapshots are never moved or made writable); check
+//!   that exactly one read-only subvolume with a received UUID arrived; rename
+//!   it to `in/vol` (same directory) and tag `in`; make a writable snapshot of
+//!   it and *exchange* it with the target's `vol` (`RENAME_EXCHANGE`, atomic);
+//!   rename `in` to `snapshot/<id>`; `syncfs`; commit by moving `stage/<op>` to
+//!   trash; `syncfs`; delete the old target content. The target's path stays
+//!   the same; processes holding files of the old content open keep reading
+//!   the old content. If anything fails or the process dies before the commit,
+//!   [`Provider::abort_partial`] exchanges the target's old content back, so a
+//!   failed receive leaves the target as it was.
+//!
+//! # Identities (haves)
+//!
+//! `details[guid]` of a snapshot is the UUID `btrfs send` writes into streams
+//! for it: its received UUID if it has one, else its own UUID. So a sender's
+//! snapshot GUID equals the GUID of the snapshot received from it, on any
+//! host, and chains (A sends to B, B sends on to C) keep the identity.
+//!
+//! # Inventory cost
+//!
+//! One directory scan of `data/`, `snapshot/` and `stage/`, one small file
+//! read per tag, and one `BTRFS_IOC_GET_SUBVOL_INFO` ioctl per subvolume
+//! (UUIDs, read-only flag): no process is started, whatever the number of
+//! volumes. The subvolume test is `st_ino == 256` (every subvolume root has
+//! that inode number).
+//!
+//! # Limits
+//!
+//! Subvolumes a user creates *inside* a volume make its deletion fail (btrfs
+//! cannot delete a subvolume that contains another); the error is reported.
+//! `syncfs` after each creating step makes the result durable before the
+//! manager journals the outcome; deletions use `--commit-after`.
+
+use std::collections::BTreeSet;
+use std::ffi::{CString, OsStr};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::cmd::Cmd;
+use super::{
+    Created, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory, SendStats,
+    Tag, VolumeRef, VolumeSpec,
+};
+use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
+
+pub const KIND: &str = "btrfs";
+/// Configuration key of the root directory.
+pub const CONFIG_ROOT: &str = "root";
+/// `statfs` magic of btrfs.
+pub const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+
+const TAG_FILE: &str = "tag";
+const VOL: &str = "vol";
+const META_DIR: &str = ".volmgr";
+/// Inode number of every subvolume root.
+const SUBVOL_ROOT_INO: u64 = 256;
+/// Attempts of a `subvolume delete` that reports the subvolume busy.
+const BUSY_ATTEMPTS: u32 = 5;
+const MAX_TAG_BYTES: u64 = 4096;
+
+/// The btrfs provider. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct BtrfsProvider {
+    root: PathBuf,
+    program: String,
+}
+
+fn kind_dir(kind: VolumeKind) -> &'static str {
+    match kind {
+        VolumeKind::Data => "data",
+        VolumeKind::Snapshot => "snapshot",
+    }
+}
+
+fn parse_kind(s: &str) -> Option<VolumeKind> {
+    match s {
+        "data" => Some(VolumeKind::Data),
+        "snapshot" => Some(VolumeKind::Snapshot),
+        _ => None,
+    }
+}
+
+/// Refuses an id that could escape its directory or be read as a flag. The
+/// manager validates ids already; this guards the provider used on its own.
+fn check_id(id: &str) -> Result<(), ProviderError> {
+    crate::validate::id(id)
+        .map_err(|reason| ProviderError::Other(format!("refusing volume id {id:?}: {reason}")))?;
+    super::cmd::guard(id)?;
+    Ok(())
+}
+
+fn format_tag(tag: &Tag) -> String {
+    format!(
+        "volume={} op={} kind={} parent={}\n",
+        tag.volume,
+        tag.op,
+        tag.kind.as_str(),
+        tag.parent.as_deref().unwrap_or("-")
+    )
+}
+
+fn parse_tag(text: &str) -> Option<Tag> {
+    let line = text.strip_suffix('\n')?;
+    if line.contains('\n') {
+        return None;
+    }
+    let mut volume = None;
+    let mut op = None;
+    let mut kind = None;
+    let mut parent = None;
+    for field in line.split(' ') {
+        let (k, v) = field.split_once('=')?;
+        match k {
+            "volume" if volume.is_none() => volume = Some(v.to_owned()),
+            "op" if op.is_none() => op = Some(Uuid::parse_str(v).ok()?),
+            "kind" if kind.is_none() => kind = Some(parse_kind(v)?),
+            "parent" if parent.is_none() => {
+                parent = Some(if v == "-" { None } else { Some(v.to_owned()) })
+            }
+            _ => return None,
+        }
+    }
+    let tag = Tag {
+        volume: volume?,
+        op: op?,
+        kind: kind?,
+        parent: parent?,
+    };
+    crate::validate::id(&tag.volume).ok()?;
+    if let Some(p) = &tag.parent {
+        crate::validate::id(p).ok()?;
+    }
+    Some(tag)
+}
+
+fn read_tag(container: &Path) -> Option<Tag> {
+    let file = File::open(container.join(TAG_FILE)).ok()?;
+    let mut text = String::new();
+    file.take(MAX_TAG_BYTES).read_to_string(&mut text).ok()?;
+    parse_tag(&text)
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ProviderError {
+    let context = context.into();
+    move |e| ProviderError::io(context, e)
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), ProviderError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("fsync {}", dir.display())))
+}
+
+/// Writes `<container>/tag`: temp file, fsync, rename, directory fsync.
+fn write_tag(container: &Path, tag: &Tag) -> Result<(), ProviderError> {
+    let tmp = container.join(".tag.tmp");
+    let target = container.join(TAG_FILE);
+    let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+    f.write_all(format_tag(tag).as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(format!("write {}", tmp.display())))?;
+    drop(f);
+    fs::rename(&tmp, &target).map_err(io_err(format!("rename {}", target.display())))?;
+    fsync_dir(container)
+}
+
+fn is_subvolume(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == SUBVOL_ROOT_INO)
+}
+
+fn cpath(path: &Path) -> Result<CString, ProviderError> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| ProviderError::Other(format!("path {} contains NUL", path.display())))
+}
+
+fn rename2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
+    let (a, b) = (
+        cpath(from).map_err(|e| io::Error::other(e.to_string()))?,
+        cpath(to).map_err(|e| io::Error::other(e.to_string()))?,
+    );
+    // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Facts about one subvolume, from `BTRFS_IOC_GET_SUBVOL_INFO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubvolInfo {
+    pub uuid: Uuid,
+    pub parent_uuid: Option<Uuid>,
+    pub received_uuid: Option<Uuid>,
+    pub read_only: bool,
+}
+
+impl SubvolInfo {
+    /// The identity `btrfs send` writes for this subvolume.
+    pub fn guid(&self) -> Uuid {
+        self.received_uuid.unwrap_or(self.uuid)
+    }
+}
+
+#[repr(C)]
+struct IoctlTimespec {
+    sec: u64,
+    nsec: u32,
+}
+
+/// `struct btrfs_ioctl_get_subvol_info_args` (linux/btrfs.h).
+#[repr(C)]
+struct GetSubvolInfoArgs {
+    treeid: u64,
+    name: [u8; 256],
+    parent_id: u64,
+    dirid: u64,
+    generation: u64,
+    flags: u64,
+    uuid: [u8; 16],
+    parent_uuid: [u8; 16],
+    received_uuid: [u8; 16],
+    ctransid: u64,
+    otransid: u64,
+    stransid: u64,
+    rtransid: u64,
+    times: [IoctlTimespec; 4],
+    reserved: [u64; 8],
+}
+
+const _: () = assert!(std::mem::size_of::<GetSubvolInfoArgs>() == 504);
+/// `_IOR(BTRFS_IOCTL_MAGIC, 60, struct btrfs_ioctl_get_subvol_info_args)`.
+const BTRFS_IOC_GET_SUBVOL_INFO: u64 = (2 << 30) | (504 << 16) | (0x94 << 8) | 60;
+/// `BTRFS_ROOT_SUBVOL_RDONLY` in the root item flags.
+const BTRFS_ROOT_SUBVOL_RDONLY: u64 = 1;
+
+/// Reads a subvolume's UUIDs and read-only flag (one ioctl, no process).
+pub fn subvol_info(path: &Path) -> Result<SubvolInfo, ProviderError> {
+    if !is_subvolume(path) {
+        return Err(ProviderError::NotFound(format!(
+            "subvolume {}",
+            path.display()
+        )));
+    }
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(format!("open {}", path.display())))?;
+    // SAFETY: the struct is plain data; zero is a valid value for every field.
+    let mut args: GetSubvolInfoArgs = unsafe { std::mem::zeroed() };
+    // SAFETY: the request matches the struct's size and layout (asserted).
+    let r = unsafe {
+        libc::ioctl(
+            dir.as_raw_fd(),
+            BTRFS_IOC_GET_SUBVOL_INFO as _,
+            &mut args as *mut GetSubvolInfoArgs,
+        )
+    };
+    if r != 0 {
+        return Err(ProviderError::io(
+            format!("BTRFS_IOC_GET_SUBVOL_INFO on {}", path.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    let opt = |b: [u8; 16]| (b != [0u8; 16]).then(|| Uuid::from_bytes(b));
+    Ok(SubvolInfo {
+        uuid: Uuid::from_bytes(args.uuid),
+        parent_uuid: opt(args.parent_uuid),
+        received_uuid: opt(args.received_uuid),
+        read_only: args.flags & BTRFS_ROOT_SUBVOL_RDONLY != 0,
+    })
+}
+
+/// The `statfs` type of the file system holding `path`.
+pub fn fs_type(path: &Path) -> io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as i64)
+}
+
+/// Commits the file system's transaction (`syncfs`).
+fn syncfs(path: &Path) -> Result<(), ProviderError> {
+    let dir = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(ProviderError::io(
+            format!("syncfs {}", path.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// What sits at an item's place in `data/` or `snapshot/`.
+enum InPlace {
+    Absent,
+    /// Tagged; `has_vol` tells whether its subvolume exists.
+    Ours {
+        tag: Tag,
+        has_vol: bool,
+    },
+    Foreign,
+}
+
+impl BtrfsProvider {
+    /// Opens (and prepares) the provider at `root`. See the module doc.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, ProviderError> {
+        let root: PathBuf = root.into();
+        if !root.is_absolute() {
+            return Err(ProviderError::InvalidConfig(format!(
+                "btrfs root {} is not an absolute path",
+                root.display()
+            )));
+        }
+        let on_btrfs = |p: &Path| -> Result<(), ProviderError> {
+            let t = fs_type(p).map_err(io_err(format!("statfs {}", p.display())))?;
+            if t != BTRFS_SUPER_MAGIC {
+                return Err(ProviderError::InvalidConfig(format!(
+                    "{} is not on a btrfs file system (statfs type {t:#x}); is it mounted?",
+                    p.display()
+                )));
+            }
+            Ok(())
+        };
+        if !root.exists() {
+            let parent = root.parent().ok_or_else(|| {
+                ProviderError::InvalidConfig(format!("btrfs root {} has no parent", root.display()))
+            })?;
+            on_btrfs(parent)?;
+            fs::create_dir(&root).map_err(io_err(format!("create {}", root.display())))?;
+        }
+        on_btrfs(&root)?;
+        let provider = BtrfsProvider {
+            root,
+            program: "btrfs".into(),
+        };
+        provider
+            .btrfs()
+            .arg("--version")
+            .run()
+            .map_err(|e| ProviderError::InvalidConfig(format!("btrfs-progs is not usable: {e}")))?;
+        for dir in [
+            provider.root.join("data"),
+            provider.root.join("snapshot"),
+            provider.stage_root(),
+            provider.trash_root(),
+        ] {
+            fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        }
+        provider.purge_trash();
+        Ok(provider)
+    }
+
+    /// Builds the provider from its journaled configuration.
+    pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
+        let root = config.get(CONFIG_ROOT).ok_or_else(|| {
+            ProviderError::InvalidConfig(format!("btrfs provider needs {CONFIG_ROOT:?}"))
+        })?;
+        if let Some(k) = config.keys().find(|k| k.as_str() != CONFIG_ROOT) {
+            return Err(ProviderError::InvalidConfig(format!(
+                "unknown btrfs configuration key {k:?}"
+            )));
+        }
+        Self::new(root)
+    }
+
+    /// The factory of kind `btrfs`.
+    pub fn factory() -> ProviderFactory {
+        Arc::new(|config: &ProviderConfig| {
+            Ok(Arc::new(BtrfsProvider::from_config(config)?) as Arc<dyn Provider>)
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn btrfs(&self) -> Cmd {
+        Cmd::new(&self.program)
+    }
+
+    fn stage_root(&self) -> PathBuf {
+        self.root.join(META_DIR).join("stage")
+    }
+
+    fn trash_root(&self) -> PathBuf {
+        self.root.join(META_DIR).join("trash")
+    }
+
+    fn stage(&self, op: OpId) -> PathBuf {
+        self.stage_root().join(op.to_string())
+    }
+
+    /// `<root>/<data|snapshot>/<id>`.
+    pub fn container(&self, kind: VolumeKind, id: &str) -> PathBuf {
+        self.root.join(kind_dir(kind)).join(id)
+    }
+
+    /// The subvolume (location) of an item.
+    pub fn location(&self, kind: VolumeKind, id: &str) -> PathBuf {
+        self.container(kind, id).join(VOL)
+    }
+
+    fn in_place(&self, kind: VolumeKind, id: &str) -> InPlace {
+        let place = self.container(kind, id);
+        match fs::symlink_metadata(&place) {
+            Err(_) => InPlace::Absent,
+            Ok(m) if !m.is_dir() => InPlace::Foreign,
+            Ok(_) => match read_tag(&place) {
+                Some(tag) if tag.volume == id && tag.kind == kind => InPlace::Ours {
+                    tag,
+                    has_vol: is_subvolume(&place.join(VOL)),
+                },
+                _ => InPlace::Foreign,
+            },
+        }
+    }
+
+    fn created(&self, kind: VolumeKind, id: &str) -> Result<Created, ProviderError> {
+        let location = self.location(kind, id);
+        let mut details = Details::new();
+        if kind == VolumeKind::Snapshot {
+            let info = subvol_info(&location)?;
+            details.insert(DETAIL_GUID.into(), info.guid().to_string());
+        }
+        Ok(Created {
+            location: location.to_string_lossy().into_owned(),
+            details,
+        })
+    }
+
+    /// Deletes subvolumes in one command, retrying while busy.
+    fn delete_subvolumes(&self, paths: &[PathBuf]) -> Result<(), ProviderError> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = self.btrfs().arg("subvolume").arg("delete").arg("-c");
+        for p in paths {
+            cmd = cmd.path_arg(p)?;
+        }
+        let mut delay = Duration::from_millis(20);
+        for attempt in 1..=BUSY_ATTEMPTS {
+            match cmd.run() {
+                Ok(_) => return Ok(()),
+                Err(ProviderError::Command { stderr, .. })
+                    if stderr.contains("busy") || stderr.contains("not permitted") =>
+                {
+                    if attempt == BUSY_ATTEMPTS || !stderr.contains("busy") {
+                        return Err(ProviderError::Busy {
+                            what: paths
+                                .iter()
+                                .map(|p| p.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            cause: format!(
+                                "{} (after {attempt} attempts; is it mounted, or being sent?)",
+                                stderr.trim()
+                            ),
+                        });
+                    }
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Moves `path` into trash (atomically out of the namespace), then
+    /// deletes it. Deletion failures leave it in trash, purged later.
+    fn trash(&self, path: &Path) -> Result<(), ProviderError> {
+        let dest = self.trash_root().join(Uuid::new_v4().to_string());
+        fs::rename(path, &dest).map_err(io_err(format!("move {} to trash", path.display())))?;
+        if let Some(parent) = path.parent() {
+            fsync_dir(parent)?;
+        }
+        if let Err(e) = self.purge(&dest) {
+            tracing::warn!(path = %dest.display(), error = %e, "trash not emptied; retried at next start");
+        }
+        Ok(())
+    }
+
+    /// Deletes a directory tree that may contain subvolumes (not descending
+    /// into them).
+    fn purge(&self, dir: &Path) -> Result<(), ProviderError> {
+        let mut subvolumes = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            let entries = match fs::read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ProviderError::io(format!("read {}", d.display()), e)),
+            };
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if is_subvolume(&p) {
+                    subvolumes.push(p);
+                } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(p);
+                }
+            }
+        }
+        self.delete_subvolumes(&subvolumes)?;
+        match fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ProviderError::io(format!("remove {}", dir.display()), e)),
+        }
+    }
+
+    fn purge_trash(&self) {
+        let Ok(entries) = fs::read_dir(self.trash_root()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if let Err(e) = self.purge(&entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %e, "trash not emptied");
+            }
+        }
+    }
+
+    /// Stages (or resumes) the container of `tag`, builds its subvolume with
+    /// `build` unless present, and renames it into place.
+    fn make(
+        &self,
+        tag: Tag,
+        build: impl FnOnce(&Path) -> Result<(), ProviderError>,
+    ) -> Result<Created, ProviderError> {
+        check_id(&tag.volume)?;
+        match self.in_place(tag.kind, &tag.volume) {
+            InPlace::Ours {
+                tag: t,
+                has_vol: true,
+            } => {
+                return if t.op == tag.op {
+                    self.created(tag.kind, &tag.volume)
+                } else {
+                    Err(ProviderError::AlreadyExists(format!(
+                        "{} {} (made by op {})",
+                        tag.kind, tag.volume, t.op
+                    )))
+                };
+            }
+            InPlace::Ours { has_vol: false, .. } => {
+                // A stale container whose subvolume is gone: replace it.
+                self.trash(&self.container(tag.kind, &tag.volume))?;
+            }
+            InPlace::Foreign => {
+                return Err(ProviderError::AlreadyExists(format!(
+                    "{} (not tagged as ours; left alone)",
+                    self.container(tag.kind, &tag.volume).display()
+                )));
+            }
+            InPlace::Absent => {}
+        }
+        let stage = self.stage(tag.op);
+        if stage.exists() && read_tag(&stage).as_ref() != Some(&tag) {
+            self.trash(&stage)?;
+        }
+        if !stage.exists() {
+            fs::create_dir(&stage).map_err(io_err(format!("create {}", stage.display())))?;
+            write_tag(&stage, &tag)?;
+        }
+        let vol = stage.join(VOL);
+        let result = (|| {
+            if !is_subvolume(&vol) {
+                build(&vol)?;
+            }
+            syncfs(&self.root)?;
+            self.commit(&stage, tag.kind, &tag.volume)
+        })();
+        if let Err(e) = result {
+            if stage.exists() {
+                let _ = self.trash(&stage);
+            }
+            return Err(e);
+        }
+        self.created(tag.kind, &tag.volume)
+    }
+
+    /// Renames a staged container into place (never over anything).
+    fn commit(&self, staged: &Path, kind: VolumeKind, id: &str) -> Result<(), ProviderError> {
+        let place = self.container(kind, id);
+        rename2(staged, &place, libc::RENAME_NOREPLACE).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                ProviderError::AlreadyExists(place.display().to_string())
+            } else {
+                ProviderError::io(format!("rename into {}", place.display()), e)
+            }
+        })?;
+        fsync_dir(&self.root.join(kind_dir(kind)))
+    }
+
+    /// The received subvolume of receive `op`: still staged, or in place.
+    fn received_vol(&self, op: OpId, snapshot: &str) -> Option<PathBuf> {
+        let staged = self.stage(op).join("in").join(VOL);
+        if is_subvolume(&staged) {
+            return Some(staged);
+        }
+        match self.in_place(VolumeKind::Snapshot, snapshot) {
+            InPlace::Ours { tag, has_vol: true } if tag.op == op => {
+                Some(self.location(VolumeKind::Snapshot, snapshot))
+            }
+            _ => None,
+        }
+    }
+
+    fn receive_steps(
+        &self,
+        target: &str,
+        spec: &VolumeSpec<'_>,
+        input: &mut dyn Read,
+    ) -> Result<Created, ProviderError> {
+        let stage = self.stage(spec.op);
+        let tag = Tag {
+            volume: spec.id.to_owned(),
+            op: spec.op,
+            kind: VolumeKind::Snapshot,
+            parent: Some(target.to_owned()),
+        };
+        fs::create_dir(&stage).map_err(io_err(format!("create {}", stage.display())))?;
+        write_tag(&stage, &tag)?;
+        let incoming = stage.join("in");
+        fs::create_dir(&incoming).map_err(io_err(format!("create {}", incoming.display())))?;
+        self.btrfs()
+            .arg("receive")
+            .arg("--chroot")
+            .path_arg(&incoming)?
+            .run_from(input)?;
+        // Exactly one read-only subvolume with a received UUID must be there.
+        let entries: Vec<_> = fs::read_dir(&incoming)
+            .map_err(io_err(format!("read {}", incoming.display())))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        let [received] = entries.as_slice() else {
+            return Err(ProviderError::Stream(format!(
+                "expected one subvolume from the stream, found {} entries",
+                entries.len()
+            )));
+        };
+        let info = subvol_info(received)
+            .map_err(|e| ProviderError::Stream(format!("received item is no subvolume: {e}")))?;
+        if !info.read_only || info.received_uuid.is_none() {
+            return Err(ProviderError::Stream(
+                "the stream did not complete (no read-only received subvolume)".into(),
+            ));
+        }
+        let vol = incoming.join(VOL);
+        if received != &vol {
+            fs::rename(received, &vol).map_err(io_err(format!("rename {}", vol.display())))?;
+        }
+        write_tag(&incoming, &tag)?;
+        // The target's new content: a writable snapshot, exchanged atomically
+        // with its current subvolume.
+        let fresh = stage.join("new");
+        self.btrfs()
+            .arg("subvolume")
+            .arg("snapshot")
+            .path_arg(&vol)?
+            .path_arg(&fresh)?
+            .run()?;
+        let target_vol = self.location(VolumeKind::Data, target);
+        rename2(&fresh, &target_vol, libc::RENAME_EXCHANGE)
+            .map_err(io_err(format!("exchange {}", target_vol.display())))?;
+        self.commit(&incoming, VolumeKind::Snapshot, spec.id)?;
+        syncfs(&self.root)?;
+        // Commit: the stage (now holding the old content) leaves.
+        let trashed = self.trash_root().join(spec.op.to_string());
+        fs::rename(&stage, &trashed)
+            .map_err(io_err(format!("move {} to trash", stage.display())))?;
+        syncfs(&self.root)?;
+        if let Err(e) = self.purge(&trashed) {
+            tracing::warn!(path = %trashed.display(), error = %e, "old target content not deleted yet");
+        }
+        Ok(Created {
+            location: self
+                .location(VolumeKind::Snapshot, spec.id)
+                .to_string_lossy()
+                .into_owned(),
+            details: Details::from([(DETAIL_GUID.to_owned(), info.guid().to_string())]),
+        })
+    }
+
+    fn foreign(path: &Path) -> Found {
+        let name = path.to_string_lossy().into_owned();
+        Found {
+            name: name.clone(),
+            tag: None,
+            presence: Presence::Complete,
+            location: name,
+            details: Details::new(),
+        }
+    }
+}
+
+impl Provider for BtrfsProvider {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn config(&self) -> ProviderConfig {
+        ProviderConfig::from([(
+            CONFIG_ROOT.to_owned(),
+            self.root.to_string_lossy().into_owned(),
+        )])
+    }
+
+    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
+        let tag = Tag {
+            volume: spec.id.to_owned(),
+            op: spec.op,
+            kind: VolumeKind::Data,
+            parent: None,
+        };
+        self.make(tag, |vol| {
+            self.btrfs()
+                .arg("subvolume")
+                .arg("create")
+                .path_arg(vol)?
+                .run()
+                .map(drop)
+        })
+    }
+
+    fn create_snapshot(
+        &self,
+        source: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        check_id(source.id)?;
+        let src = self.location(VolumeKind::Data, source.id);
+        let tag = Tag {
+            volume: spec.id.to_owned(),
+            op: spec.op,
+            kind: VolumeKind::Snapshot,
+            parent: Some(source.id.to_owned()),
+        };
+        self.make(tag, |vol| {
+            if !is_subvolume(&src) {
+                return Err(ProviderError::NotFound(format!("volume {}", source.id)));
+            }
+            self.btrfs()
+                .arg("subvolume")
+                .arg("snapshot")
+                .arg("-r")
+                .path_arg(&src)?
+                .path_arg(vol)?
+                .run()
+                .map(drop)
+        })
+    }
+
+    fn fork_volume(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        check_id(snapshot.id)?;
+        let src = self.location(VolumeKind::Snapshot, snapshot.id);
+        let tag = Tag {
+            volume: spec.id.to_owned(),
+            op: spec.op,
+            kind: VolumeKind::Data,
+            parent: Some(snapshot.id.to_owned()),
+        };
+        self.make(tag, |vol| {
+            if !is_subvolume(&src) {
+                return Err(ProviderError::NotFound(format!("snapshot {}", snapshot.id)));
+            }
+            self.btrfs()
+                .arg("subvolume")
+                .arg("snapshot")
+                .path_arg(&src)?
+                .path_arg(vol)?
+                .run()
+                .map(drop)
+        })
+    }
+
+    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        check_id(volume.id)?;
+        // Staged leftovers of this volume (an interrupted create) go too.
+        if let Ok(entries) = fs::read_dir(self.stage_root()) {
+            for entry in entries.flatten() {
+                if read_tag(&entry.path()).is_some_and(|t| t.volume == volume.id) {
+                    self.trash(&entry.path())?;
+                }
+            }
+        }
+        let place = self.container(volume.kind, volume.id);
+        match self.in_place(volume.kind, volume.id) {
+            InPlace::Absent => Ok(()),
+            InPlace::Foreign => Err(ProviderError::Other(format!(
+                "refusing to destroy {}: it carries no volmgr tag for {}",
+                place.display(),
+                volume.id
+            ))),
+            InPlace::Ours { has_vol, .. } => {
+                if has_vol {
+                    self.delete_subvolumes(&[place.join(VOL)])?;
+                }
+                self.trash(&place)
+            }
+        }
+    }
+
+    fn send_snapshot(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+        out: &mut dyn Write,
+    ) -> Result<SendStats, ProviderError> {
+        check_id(snapshot.id)?;
+        let path = self.location(VolumeKind::Snapshot, snapshot.id);
+        if !is_subvolume(&path) {
+            return Err(ProviderError::NotFound(format!("snapshot {}", snapshot.id)));
+        }
+        let mut cmd = self.btrfs().arg("send").arg("-q");
+        if let Some(base) = base {
+            check_id(base.id)?;
+            let base_path = self.location(VolumeKind::Snapshot, base.id);
+            if !is_subvolume(&base_path) {
+                return Err(ProviderError::NotFound(format!(
+                    "base snapshot {}",
+                    base.id
+                )));
+            }
+            cmd = cmd.arg("-p").path_arg(&base_path)?;
+        }
+        let (bytes, _) = cmd.path_arg(&path)?.run_to(out)?;
+        Ok(SendStats {
+            bytes,
+            incremental: base.is_some(),
+        })
+    }
+
+    fn receive_snapshot(
+        &self,
+        target: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+        input: &mut dyn Read,
+    ) -> Result<Created, ProviderError> {
+        check_id(target.id)?;
+        check_id(spec.id)?;
+        match self.in_place(VolumeKind::Data, target.id) {
+            InPlace::Ours { has_vol: true, .. } => {}
+            _ => return Err(ProviderError::NotFound(format!("volume {}", target.id))),
+        }
+        if !matches!(
+            self.in_place(VolumeKind::Snapshot, spec.id),
+            InPlace::Absent
+        ) {
+            return Err(ProviderError::AlreadyExists(format!(
+                "snapshot {}",
+                spec.id
+            )));
+        }
+        let stage = self.stage(spec.op);
+        if stage.exists() {
+            self.abort_partial(spec.op)?;
+        }
+        match self.receive_steps(target.id, spec, input) {
+            Ok(created) => Ok(created),
+            Err(e) => {
+                if let Err(undo) = self.abort_partial(spec.op) {
+                    tracing::warn!(op = %spec.op, error = %undo, "undo of a failed receive failed");
+                }
+                if let InPlace::Ours { tag, .. } = self.in_place(VolumeKind::Snapshot, spec.id)
+                    && tag.op == spec.op
+                {
+                    let _ = self.destroy(&VolumeRef {
+                        id: spec.id,
+                        kind: VolumeKind::Snapshot,
+                        parent: Some(target.id),
+                        location: "",
+                        details: &Details::new(),
+                    });
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
+        let mut found = Vec::new();
+        let staged_ops: BTreeSet<String> = fs::read_dir(self.stage_root())
+            .map_err(io_err(format!("read {}", self.stage_root().display())))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut placed = BTreeSet::new();
+        for kind in [VolumeKind::Data, VolumeKind::Snapshot] {
+            let dir = self.root.join(kind_dir(kind));
+            let entries = fs::read_dir(&dir).map_err(io_err(format!("read {}", dir.display())))?;
+            for entry in entries {
+                let entry = entry.map_err(io_err(format!("read {}", dir.display())))?;
+                let path = entry.path();
+                let name = entry.file_name();
+                let tag = match entry.file_type() {
+                    Ok(t) if t.is_dir() => read_tag(&path)
+                        .filter(|t| t.kind == kind && OsStr::new(&t.volume) == name.as_os_str()),
+                    _ => None,
+                };
+                let Some(tag) = tag else {
+                    found.push(Self::foreign(&path));
+                    continue;
+                };
+                let vol = path.join(VOL);
+                if !is_subvolume(&vol) {
+                    continue; // stale container: absent
+                }
+                let mut details = Details::new();
+                let presence = match subvol_info(&vol) {
+                    Err(e) => Presence::Incomplete {
+                        reason: format!("cannot inspect the subvolume: {e}"),
+                    },
+                    Ok(_) if staged_ops.contains(&tag.op.to_string()) => Presence::Incomplete {
+                        reason: format!("receive of op {} not committed", tag.op),
+                    },
+                    Ok(info) => {
+                        if kind == VolumeKind::Snapshot {
+                            details.insert(DETAIL_GUID.into(), info.guid().to_string());
+                        }
+                        if kind == VolumeKind::Snapshot && !info.read_only {
+                            Presence::Incomplete {
+                                reason: "snapshot is not read-only".into(),
+                            }
+                        } else {
+                            Presence::Complete
+                        }
+                    }
+                };
+                placed.insert(tag.volume.clone());
+                found.push(Found {
+                    name: path.to_string_lossy().into_owned(),
+                    tag: Some(tag),
+                    presence,
+                    location: vol.to_string_lossy().into_owned(),
+                    details,
+                });
+            }
+        }
+        for op in &staged_ops {
+            let stage = self.stage_root().join(op);
+            let Some(tag) = read_tag(&stage).filter(|t| t.op.to_string() == *op) else {
+                continue; // nothing tagged was made yet: ours, empty, not an item
+            };
+            if placed.contains(&tag.volume) {
+                continue;
+            }
+            let location = self.location(tag.kind, &tag.volume);
+            found.push(Found {
+                name: stage.to_string_lossy().into_owned(),
+                presence: Presence::Incomplete {
+                    reason: format!("staged by op {}, not yet in place", tag.op),
+                },
+                tag: Some(tag),
+                location: location.to_string_lossy().into_owned(),
+                details: Details::new(),
+            });
+        }
+        for entry in fs::read_dir(&self.root)
+            .map_err(io_err(format!("read {}", self.root.display())))?
+            .flatten()
+        {
+            let name = entry.file_name();
+            if !matches!(name.as_bytes(), b"data" | b"snapshot" | b".volmgr") {
+                found.push(Self::foreign(&entry.path()));
+            }
+        }
+        Ok(found)
+    }
+
+    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
+        let tag = found
+            .tag
+            .clone()
+            .ok_or_else(|| ProviderError::Other(format!("{} is not ours", found.name)))?;
+        check_id(&tag.volume)?;
+        let stage = self.stage(tag.op);
+        if stage.join("in").exists() || stage.join("new").exists() {
+            return Err(ProviderError::Other(format!(
+                "an interrupted receive ({}) cannot be finished",
+                tag.op
+            )));
+        }
+        match self.in_place(tag.kind, &tag.volume) {
+            InPlace::Ours {
+                tag: t,
+                has_vol: true,
+            } if t.op == tag.op => {
+                let vol = self.location(tag.kind, &tag.volume);
+                if tag.kind == VolumeKind::Snapshot && !subvol_info(&vol)?.read_only {
+                    self.btrfs()
+                        .arg("property")
+                        .arg("set")
+                        .arg("-ts")
+                        .path_arg(&vol)?
+                        .arg("ro")
+                        .arg("true")
+                        .run()?;
+                    syncfs(&self.root)?;
+                }
+                return self.created(tag.kind, &tag.volume);
+            }
+            InPlace::Absent => {}
+            _ => {
+                return Err(ProviderError::AlreadyExists(format!(
+                    "{} {}",
+                    tag.kind, tag.volume
+                )));
+            }
+        }
+        if read_tag(&stage).as_ref() != Some(&tag) {
+            return Err(ProviderError::NotFound(format!(
+                "staged {} {} of op {}",
+                tag.kind, tag.volume, tag.op
+            )));
+        }
+        // A staged create is rebuilt; a staged snapshot or fork only if its
+        // subvolume was made (its source may have changed since).
+        let can_build = tag.kind == VolumeKind::Data && tag.parent.is_none();
+        let vol = stage.join(VOL);
+        if !is_subvolume(&vol) && !can_build {
+            return Err(ProviderError::Other(format!(
+                "staged {} {} has no subvolume; cannot finish",
+                tag.kind, tag.volume
+            )));
+        }
+        self.make(tag, |vol| {
+            self.btrfs()
+                .arg("subvolume")
+                .arg("create")
+                .path_arg(vol)?
+                .run()
+                .map(drop)
+        })
+    }
+
+    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
+        let stage = self.stage(op);
+        if !stage.exists() {
+            return Ok(());
+        }
+        // An interrupted receive may have exchanged the target's content:
+        // exchange it back (the stage's `new` then holds the old content).
+        let fresh = stage.join("new");
+        if is_subvolume(&fresh)
+            && let Some(tag) = read_tag(&stage).filter(|t| t.op == op)
+            && let Some(target) = tag.parent.as_deref()
+            && check_id(target).is_ok()
+            && let Some(received) = self.received_vol(op, &tag.volume)
+        {
+            let target_vol = self.location(VolumeKind::Data, target);
+            let received = subvol_info(&received)?;
+            if subvol_info(&target_vol).is_ok_and(|t| t.parent_uuid == Some(received.uuid)) {
+                rename2(&fresh, &target_vol, libc::RENAME_EXCHANGE)
+                    .map_err(io_err(format!("restore {}", target_vol.display())))?;
+                syncfs(&self.root)?;
+            }
+        }
+        self.trash(&stage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip_and_garbage_is_not_a_tag() {
+        let tag = Tag {
+            volume: "vol-1".into(),
+            op: Uuid::from_u128(7),
+            kind: VolumeKind::Snapshot,
+            parent: Some("src".into()),
+        };
+        assert_eq!(parse_tag(&format_tag(&tag)), Some(tag.clone()));
+        let data = Tag {
+            kind: VolumeKind::Data,
+            parent: None,
+            ..tag
+        };
+        assert_eq!(parse_tag(&format_tag(&data)), Some(data));
+        for bad in [
+            "",
+            "volume=a op=x kind=data parent=-\n",
+            "volume=a kind=data parent=-\n",
+            "volume=../a op=00000000-0000-0000-0000-000000000007 kind=data parent=-\n",
+            "volume=a op=00000000-0000-0000-0000-000000000007 kind=zvol parent=-\n",
+            "volume=a op=00000000-0000-0000-0000-000000000007 kind=data parent=-",
+            "volume=a volume=b op=00000000-0000-0000-0000-000000000007 kind=data parent=-\n",
+        ] {
+            assert_eq!(parse_tag(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_root_that_is_not_btrfs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        if fs_type(dir.path()).unwrap() == BTRFS_SUPER_MAGIC {
+            return;
+        }
+        let err = BtrfsProvider::new(dir.path()).unwrap_err();
+        assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err}");
+        let err = BtrfsProvider::new("relative/root").unwrap_err();
+        assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err}");
+    }
+}
