@@ -352,7 +352,9 @@ pub fn subvol_info(path: &Path) -> Result<SubvolInfo, ProviderError> {
             &mut args as *mut GetSubvolInfoArgs,
         )
     };
-    if r != 0 {
+    // The kernel may return a positive value on success (a b-tree search
+    // result); only -1 is an error, as btrfs-progs' libbtrfsutil checks.
+    if r < 0 {
         return Err(ProviderError::io(
             format!("BTRFS_IOC_GET_SUBVOL_INFO on {}", path.display()),
             io::Error::last_os_error(),
@@ -749,6 +751,9 @@ impl BtrfsProvider {
                 "the stream did not complete (no read-only received subvolume)".into(),
             ));
         }
+        if let Some(base) = info.parent_uuid {
+            self.check_base(target, base)?;
+        }
         let vol = incoming.join(VOL);
         if received != &vol {
             fs::rename(received, &vol).map_err(io_err(format!("rename {}", vol.display())))?;
@@ -783,6 +788,42 @@ impl BtrfsProvider {
                 .into_owned(),
             details: Details::from([(DETAIL_GUID.to_owned(), info.guid().to_string())]),
         })
+    }
+
+    /// An incremental stream was applied on local subvolume `base` (btrfs
+    /// picks it by received UUID, anywhere on the file system). Accept it only
+    /// if `target` has a snapshot with the same identity, as a ZFS receive
+    /// would: a stream is received into the volume that holds its base.
+    fn check_base(&self, target: &str, base: Uuid) -> Result<(), ProviderError> {
+        let mut base_guid = None;
+        let mut target_guids = BTreeSet::new();
+        let dir = self.root.join(kind_dir(VolumeKind::Snapshot));
+        for entry in fs::read_dir(&dir)
+            .map_err(io_err(format!("read {}", dir.display())))?
+            .flatten()
+        {
+            let Some(tag) = read_tag(&entry.path()) else {
+                continue;
+            };
+            let Ok(info) = subvol_info(&entry.path().join(VOL)) else {
+                continue;
+            };
+            if info.uuid == base {
+                base_guid = Some(info.guid());
+            }
+            if tag.parent.as_deref() == Some(target) {
+                target_guids.insert(info.guid());
+            }
+        }
+        match base_guid {
+            Some(g) if target_guids.contains(&g) => Ok(()),
+            Some(g) => Err(ProviderError::Stream(format!(
+                "incremental stream from base {g}, which volume {target} does not have"
+            ))),
+            None => Err(ProviderError::Stream(format!(
+                "incremental stream applied on subvolume {base}, which is none of our snapshots"
+            ))),
+        }
     }
 
     fn foreign(path: &Path) -> Found {

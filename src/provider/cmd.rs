@@ -10,11 +10,13 @@
 //!   check for callers that assemble arguments themselves.
 //! - stdout and stderr are captured (bounded) or streamed ([`Cmd::run_to`],
 //!   [`Cmd::run_from`]); stdin is `/dev/null` unless streamed in.
-//! - The child runs with `LC_ALL=C` (messages the provider may match on), and
-//!   dies with the thread that started it (`PR_SET_PDEATHSIG`): a killed
-//!   manager leaves no `btrfs receive` running behind its back while the next
-//!   open reconciles. Keep the calling thread alive while the child runs (every
-//!   method here blocks until it has been reaped, so this holds).
+//! - The child runs with `LC_ALL=C` (messages the provider may match on).
+//!   No `pre_exec` hook, so std spawns with `posix_spawn` (vfork-like): a
+//!   forked copy of the process would hold every descriptor, the journal's
+//!   `LOCK` included, until its exec. A child is *not* killed when the manager
+//!   is (`PR_SET_PDEATHSIG` would need that hook): run the host agent so its
+//!   supervisor stops the whole process group or cgroup (systemd does), or a
+//!   `btrfs receive` may outlive a killed manager while the next open reconciles.
 //! - An optional timeout kills the child (SIGKILL) and reports it.
 //! - Failures map to [`ProviderError::Command`] carrying the command line, the
 //!   exit status and the child's stderr; a program that cannot be started is a
@@ -22,7 +24,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -153,16 +155,6 @@ impl Cmd {
             .stdin(stdin)
             .stdout(stdout)
             .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork
-        // and exec.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         command.spawn().map_err(|e| ProviderError::Command {
             command: self.display(),
             status: "not started".into(),

@@ -1,0 +1,140 @@
+//! The providers the contract suite runs on: one small setup function per
+//! provider, returning a [`Backend`] (or `None` after printing why the test
+//! is skipped).
+//!
+//! Selection: `VOLMGR_CONTRACT_PROVIDER` is a comma-separated list of backend
+//! names (`dir`, `btrfs`, `zfs`); unset means [`DEFAULT_BACKENDS`]. A backend
+//! that is selected but unavailable prints SKIP, or fails when its
+//! `VOLMGR_REQUIRE_*` variable is `1`.
+//!
+//! Adding ZFS: fill in [`zfs`] (a pool on a file vdev or on `ZFSVM_DISKS`, a
+//! dataset from `VOLMGR_ZFS_DATASET`, `restart_host` = `zpool export` +
+//! `zpool import`), then run
+//! `VOLMGR_CONTRACT_PROVIDER=zfs cargo test --test provider_contract`
+//! (inside the guest: `ZFS_TEST_TARGETS=provider_contract scripts/zfs-test`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use volmgr::provider::btrfs::BtrfsProvider;
+use volmgr::provider::{Provider, ProviderConfig, ProviderFactory};
+
+use super::{BtrfsFs, skip_or_fail};
+
+pub const CONTRACT_PROVIDER: &str = "VOLMGR_CONTRACT_PROVIDER";
+/// Backends run when `VOLMGR_CONTRACT_PROVIDER` is unset.
+pub const DEFAULT_BACKENDS: &[&str] = &["dir", "btrfs"];
+
+/// One provider under test, with the few provider-specific hooks the
+/// contract suite needs.
+pub trait Backend: Send + Sync {
+    /// Backend name (`btrfs`), for messages.
+    fn name(&self) -> &'static str;
+    /// The provider kind to register.
+    fn kind(&self) -> &'static str;
+    /// Configuration of this test's provider (a fresh root/dataset).
+    fn config(&self) -> ProviderConfig;
+    /// The factory of the kind.
+    fn factory(&self) -> ProviderFactory;
+    /// A provider instance on the same root, for calls behind the manager's
+    /// back.
+    fn provider(&self) -> Arc<dyn Provider> {
+        (self.factory())(&self.config()).expect("provider builds from its config")
+    }
+    /// Puts an item under the provider's root that carries no ownership tag.
+    fn plant_foreign(&self, name: &str);
+    /// Whether that item is still there, untouched.
+    fn foreign_present(&self, name: &str) -> bool;
+    /// Simulated host shutdown and boot (unmount/mount, pool export/import).
+    /// Called with no manager open.
+    fn restart_host(&mut self);
+}
+
+/// Whether backend `name` is selected by `VOLMGR_CONTRACT_PROVIDER`.
+pub fn selected(name: &str) -> bool {
+    match std::env::var(CONTRACT_PROVIDER) {
+        Ok(list) => list.split(',').any(|s| s.trim() == name),
+        Err(_) => DEFAULT_BACKENDS.contains(&name),
+    }
+}
+
+fn unselected(test: &str, name: &str) -> Option<Box<dyn Backend>> {
+    println!("SKIP {test} on {name}: not selected by {CONTRACT_PROVIDER}");
+    None
+}
+
+/// btrfs on a fresh loop-mounted file system per test.
+pub struct Btrfs {
+    pub fs: BtrfsFs,
+    pub root: PathBuf,
+}
+
+impl Btrfs {
+    pub fn new(fs: BtrfsFs) -> Btrfs {
+        let root = fs.path().join("volumes");
+        Btrfs { fs, root }
+    }
+}
+
+pub fn btrfs(test: &str) -> Option<Box<dyn Backend>> {
+    if !selected("btrfs") {
+        return unselected(test, "btrfs");
+    }
+    let fs = BtrfsFs::for_test(test, 512)?;
+    Some(Box::new(Btrfs::new(fs)))
+}
+
+impl Backend for Btrfs {
+    fn name(&self) -> &'static str {
+        "btrfs"
+    }
+    fn kind(&self) -> &'static str {
+        volmgr::provider::btrfs::KIND
+    }
+    fn config(&self) -> ProviderConfig {
+        ProviderConfig::from([(
+            volmgr::provider::btrfs::CONFIG_ROOT.to_owned(),
+            self.root.to_string_lossy().into_owned(),
+        )])
+    }
+    fn factory(&self) -> ProviderFactory {
+        BtrfsProvider::factory()
+    }
+    fn plant_foreign(&self, name: &str) {
+        // The most tempting kind of foreign item: an untagged subvolume right
+        // where a data volume of that name would live.
+        let _ = std::fs::create_dir_all(self.root.join("data"));
+        let path = self.root.join("data").join(name);
+        let out = Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::fs::write(path.join("theirs"), b"not yours").unwrap();
+    }
+    fn foreign_present(&self, name: &str) -> bool {
+        std::fs::read(self.root.join("data").join(name).join("theirs"))
+            .is_ok_and(|b| b == b"not yours")
+    }
+    fn restart_host(&mut self) {
+        self.fs.remount();
+    }
+}
+
+/// ZFS: selected only explicitly (`VOLMGR_CONTRACT_PROVIDER=zfs`), and not
+/// written yet: the ZFS provider's engineer fills this in.
+pub fn zfs(test: &str) -> Option<Box<dyn Backend>> {
+    if !selected("zfs") {
+        return unselected(test, "zfs");
+    }
+    let dataset = std::env::var("VOLMGR_ZFS_DATASET").unwrap_or_default();
+    skip_or_fail(
+        test,
+        "zfs",
+        &format!("the ZFS contract backend is not implemented yet (dataset {dataset:?})"),
+        "VOLMGR_REQUIRE_ZFS",
+    );
+    None
+}

@@ -1,0 +1,188 @@
+//! Helpers shared by the real-provider tests (and `benches/providers.rs`):
+//! a loop-mounted btrfs file system with a drop guard, skip-or-fail rules,
+//! the per-provider backends of the contract suite, and file-tree helpers.
+#![allow(dead_code)]
+
+pub mod backends;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `VOLMGR_REQUIRE_BTRFS=1`: "no btrfs here" is a failure, not a skip.
+pub const REQUIRE_BTRFS: &str = "VOLMGR_REQUIRE_BTRFS";
+
+/// Reports a missing facility: a SKIP line, or a panic when `require_var=1`.
+pub fn skip_or_fail(test: &str, what: &str, reason: &str, require_var: &str) {
+    if std::env::var(require_var).is_ok_and(|v| v == "1") {
+        panic!("{test}: {what} is required ({require_var}=1) but unavailable: {reason}");
+    }
+    println!(
+        "SKIP {test}: {what} unavailable: {reason} (set {require_var}=1 to make this a failure)"
+    );
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn found_in_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+        || ["/sbin", "/usr/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(program).is_file())
+}
+
+/// A btrfs file system on a sparse image, attached to a loop device and
+/// mounted on a temporary directory. Unmounted, detached and deleted on drop
+/// (also when the test panics).
+pub struct BtrfsFs {
+    dir: tempfile::TempDir,
+    dev: String,
+    mnt: PathBuf,
+    mounted: bool,
+}
+
+impl BtrfsFs {
+    /// Makes one of `size_mb` MiB. Errors say why btrfs is unavailable.
+    pub fn create(size_mb: u64) -> Result<BtrfsFs, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root (mount and losetup need it)".into());
+        }
+        for program in ["mkfs.btrfs", "btrfs", "losetup", "mount", "umount"] {
+            if !found_in_path(program) {
+                return Err(format!(
+                    "{program} not found (install btrfs-progs / util-linux)"
+                ));
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("volmgr-btrfs-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let image = dir.path().join("fs.img");
+        fs::File::create(&image)
+            .and_then(|f| f.set_len(size_mb << 20))
+            .map_err(|e| format!("sparse image: {e}"))?;
+        let image_s = image.to_str().ok_or("temp path is not UTF-8")?;
+        run("mkfs.btrfs", &["-q", "-f", image_s])?;
+        let dev = run("losetup", &["-f", "--show", image_s])?;
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+        if let Err(e) = run("mount", &["-t", "btrfs", &dev, mnt.to_str().unwrap()]) {
+            let _ = run("losetup", &["-d", &dev]);
+            return Err(e);
+        }
+        Ok(BtrfsFs {
+            dir,
+            dev,
+            mnt,
+            mounted: true,
+        })
+    }
+
+    /// Like [`BtrfsFs::create`], but prints SKIP (or fails under
+    /// `VOLMGR_REQUIRE_BTRFS=1`) and returns `None` when btrfs is unavailable.
+    pub fn for_test(test: &str, size_mb: u64) -> Option<BtrfsFs> {
+        match BtrfsFs::create(size_mb) {
+            Ok(fs) => Some(fs),
+            Err(reason) => {
+                skip_or_fail(test, "btrfs", &reason, REQUIRE_BTRFS);
+                None
+            }
+        }
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    pub fn device(&self) -> &str {
+        &self.dev
+    }
+
+    /// A host shutdown and boot, as far as the file system sees it: unmount,
+    /// then mount the same device again.
+    pub fn remount(&mut self) {
+        run("umount", &[self.mnt.to_str().unwrap()]).expect("unmount");
+        self.mounted = false;
+        run(
+            "mount",
+            &["-t", "btrfs", &self.dev, self.mnt.to_str().unwrap()],
+        )
+        .expect("mount");
+        self.mounted = true;
+    }
+}
+
+impl Drop for BtrfsFs {
+    fn drop(&mut self) {
+        let mnt = self.mnt.to_str().unwrap_or_default().to_owned();
+        if self.mounted && run("umount", &[&mnt]).is_err() {
+            // Something still holds it (a panicking test): detach lazily.
+            let _ = run("umount", &["-l", &mnt]);
+        }
+        if let Err(e) = run("losetup", &["-d", &self.dev]) {
+            eprintln!("warning: could not detach {}: {e}", self.dev);
+        }
+        let _ = &self.dir;
+    }
+}
+
+/// Every regular file under `root`, by relative path, with its content.
+pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+            let entry = entry.unwrap();
+            let t = entry.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(entry.path());
+            } else if t.is_file() {
+                let rel = entry
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Deterministic incompressible bytes (splitmix64).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
