@@ -235,12 +235,19 @@ impl DirProvider {
         if root_str.contains('\0') {
             return Err(invalid("contains NUL"));
         }
-        fs::create_dir_all(&root)
-            .map_err(|e| ProviderError::io(format!("creating {}", root.display()), e))?;
-        let md = fs::metadata(&root)
-            .map_err(|e| ProviderError::io(format!("examining {}", root.display()), e))?;
-        if !md.is_dir() {
-            return Err(invalid("not a directory"));
+        match fs::metadata(&root) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => return Err(invalid("not a directory")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(&root)
+                    .map_err(|e| ProviderError::io(format!("creating {}", root.display()), e))?;
+            }
+            Err(e) => {
+                return Err(ProviderError::io(
+                    format!("examining {}", root.display()),
+                    e,
+                ));
+            }
         }
         let p = DirProvider { root, root_str };
         let mut created = BTreeSet::new();
