@@ -606,7 +606,7 @@ impl Craft {
 
     fn end(self) -> Vec<u8> {
         let n = self.n;
-        let mut b = self.raw(&[b'E']).u64(n).b;
+        let mut b = self.raw(b"E").u64(n).b;
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_be_bytes());
         b
