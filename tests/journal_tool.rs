@@ -865,6 +865,51 @@ fn state_at_seq_before_compacted_history_fails_naming_the_oldest_state() {
     assert_eq!(run.code, 0, "{}", run.stdout);
 }
 
+#[test]
+fn tools_read_the_journal_the_manager_writes_while_it_runs() {
+    use volmgr::manager::{Manager, ManagerConfig};
+    use volmgr::provider::sim::SimProvider;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let sim = SimProvider::new();
+    let mut mc = ManagerConfig::default();
+    mc.factories.insert("sim".into(), sim.factory());
+    mc.journal = config();
+    mc.checkpoint_every = 7;
+    let manager = rt.block_on(async {
+        let m = Manager::open(dir.path(), mc).await.unwrap();
+        m.add_provider("p", "sim", Default::default())
+            .await
+            .unwrap();
+        for i in 0..30 {
+            let id = format!("v{i}");
+            m.create_volume("p", Some(&id), Meta::new()).await.unwrap();
+            if i % 3 == 0 {
+                m.destroy_volume(&id).await.unwrap();
+            }
+        }
+        m
+    });
+    let run = journal_cmd(dir.path(), "verify", &[]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let run = journal_cmd(dir.path(), "state", &["--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let mut ids: Vec<String> = v["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut expected: Vec<String> = manager.volumes().into_iter().map(|v| v.id).collect();
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert_eq!(v["seq"], manager.stats().durable_seq);
+    rt.block_on(manager.close());
+}
+
 // ---------------------------------------------------------------- read-only
 
 #[test]

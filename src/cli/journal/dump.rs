@@ -42,8 +42,12 @@ pub(super) fn run(args: &DumpArgs, out: &mut Out) -> Result<i32, CliError> {
         out,
         json: args.output.format == Format::Json,
     };
+    if args.follow {
+        install_stop_handlers();
+    }
     printer.header()?;
     let end = scan::scan(&storage, state_dir, args.raw, &mut |item| match item {
+        Item::Record(_) if STOP.load(Ordering::SeqCst) => Ok(Flow::Stop),
         Item::Record(found) => {
             let described = ops.describe(&found.record);
             if found.seq > filter.to {
@@ -518,7 +522,6 @@ fn follow(
     printer: &mut Printer<'_>,
     raw: bool,
 ) -> Result<i32, CliError> {
-    install_stop_handlers();
     let journal_dir = state_dir.join(JOURNAL_DIR);
     let mut cur = tail;
     let mut stuck_polls = 0u32;
