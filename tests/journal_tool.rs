@@ -910,6 +910,137 @@ fn tools_read_the_journal_the_manager_writes_while_it_runs() {
     rt.block_on(manager.close());
 }
 
+/// Runs the tool with a deadline; `None` if it had to be killed.
+fn run_bounded(args: &[&str], limit: Duration) -> Option<Run> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volmgr"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain the pipes on threads so a large output cannot block the child.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).ok();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).ok();
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Some(Run {
+        code: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.metadata().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn damaged_journals_get_an_exit_code_never_a_panic_or_a_hang() {
+    let template = long_journal();
+    let mut files: Vec<PathBuf> = segments(template.path());
+    files.push(
+        template
+            .path()
+            .join("checkpoints")
+            .join(format!("{STORY_CHECKPOINT:020}.ckpt")),
+    );
+    // xorshift64: deterministic damage.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |bound: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % bound.max(1)
+    };
+    for case in 0..30 {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        let victim = dir.path().join(
+            files[next(files.len() as u64) as usize]
+                .strip_prefix(template.path())
+                .unwrap(),
+        );
+        let len = fs::metadata(&victim).unwrap().len();
+        let at = next(len);
+        let what = match case % 4 {
+            0 => {
+                let b = fs::read(&victim).unwrap()[at as usize];
+                write_at(&victim, at, &[b ^ (1 << next(8))]);
+                format!("flip a bit at {at}")
+            }
+            1 => {
+                let sector = at / 512 * 512;
+                let n = 512.min(len - sector) as usize;
+                write_at(&victim, sector, &vec![0; n]);
+                format!("zero the sector at {sector}")
+            }
+            2 => {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&victim)
+                    .unwrap()
+                    .set_len(at)
+                    .unwrap();
+                format!("truncate to {at}")
+            }
+            _ => {
+                let n = (1 + next(64)).min(len - at) as usize;
+                let garbage: Vec<u8> = (0..n).map(|_| next(256) as u8).collect();
+                write_at(&victim, at, &garbage);
+                format!("{n} garbage bytes at {at}")
+            }
+        };
+        let before = snapshot(dir.path());
+        let d = dir.path().to_str().unwrap();
+        for args in [
+            vec!["journal", "verify", d, "--raw"],
+            vec!["journal", "dump", d, "--raw", "--format", "json"],
+            vec!["journal", "stats", d],
+            vec!["journal", "state", d],
+        ] {
+            let run = run_bounded(&args, Duration::from_secs(20))
+                .unwrap_or_else(|| panic!("{args:?} hung after: {what} in {}", victim.display()));
+            assert!(
+                (0..=2).contains(&run.code) && !run.stderr.contains("panicked"),
+                "{args:?} after {what} in {}: exit {}\n{}",
+                victim.display(),
+                run.code,
+                run.stderr
+            );
+        }
+        assert_eq!(snapshot(dir.path()), before, "read-only commands wrote");
+    }
+}
+
 // ---------------------------------------------------------------- read-only
 
 #[test]

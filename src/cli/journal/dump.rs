@@ -343,7 +343,7 @@ impl Printer<'_> {
             });
         }
         let note = match expected_seq {
-            Some(e) if seq == e + 1 => format!(" (seq {e} not found)"),
+            Some(e) if e.checked_add(1) == Some(seq) => format!(" (seq {e} not found)"),
             Some(e) if seq > e => format!(" (seq {e}..{} not found)", seq - 1),
             Some(e) if seq < e => format!(" (expected seq {e}: an older record)"),
             _ => String::new(),
@@ -554,7 +554,7 @@ fn follow(
             stuck_polls = 0;
             let at = t.offset;
             t.offset += len as u64;
-            t.next_seq += 1;
+            t.next_seq = t.next_seq.saturating_add(1);
             t.batch_first_seq = Some(h.batch_first_seq);
             match journal::decode_record::<Record>(&payload) {
                 Ok(record) if record.kind() == h.kind => {

@@ -211,7 +211,7 @@ fn plan(state_dir: &Path, seq: u64) -> Result<Plan, CliError> {
                 .tail
                 .as_ref()
                 .map(|t| t.next_seq)
-                .or(last_seq.map(|s| s + 1));
+                .or(last_seq.map(|s| s.saturating_add(1)));
             let clean = end.first_corrupt.is_none() && end.torn.is_none();
             if clean && next == Some(seq) {
                 None
@@ -224,7 +224,7 @@ fn plan(state_dir: &Path, seq: u64) -> Result<Plan, CliError> {
                     (Some(d), Some(b)) => {
                         format!(
                             " and damage at {d} follows; cut at seq {} or earlier",
-                            b + 1
+                            b.saturating_add(1)
                         )
                     }
                     (Some(d), None) => format!(" and damage at {d} follows"),
@@ -269,7 +269,7 @@ fn plan(state_dir: &Path, seq: u64) -> Result<Plan, CliError> {
     };
     let replayable = Replayer::new(&kept, first_kept_segment, Some(seq - 1)).and_then(|r| {
         let base = r.base.unwrap_or(0);
-        if first_kept_segment.is_none() && base + 1 < seq {
+        if first_kept_segment.is_none() && base.saturating_add(1) < seq {
             Err(scan::ReplayError::Hole {
                 checkpoint: base,
                 first_seq: seq,

@@ -623,7 +623,7 @@ impl Scanner<'_, '_> {
     ) -> Result<Option<Option<u64>>, CliError> {
         debug_assert!(self.raw, "resume only in raw mode");
         let mut search_from = from;
-        let mut expected_seq = seg.records.map(|(_, last)| last + 1);
+        let mut expected_seq = seg.records.and_then(|(_, last)| last.checked_add(1));
         // Bounded: each round starts at least one alignment unit further.
         loop {
             let Some((start, header)) = reader::find_next_valid_frame(bytes, search_from) else {
@@ -689,7 +689,7 @@ impl Scanner<'_, '_> {
                         }
                         batch = Some(h.batch_first_seq);
                         pos += len;
-                        seq += 1;
+                        seq = seq.saturating_add(1);
                     }
                     Err(reason) => break reason,
                 }
@@ -744,7 +744,7 @@ impl std::fmt::Display for ReplayError {
                 f,
                 "checkpoint {checkpoint} needs the records from seq {} on, but the oldest \
                  segment starts at seq {first_seq}",
-                checkpoint + 1
+                checkpoint.saturating_add(1)
             ),
         }
     }
@@ -780,7 +780,7 @@ impl Replayer {
         let (base, state) = match base {
             Some((seq, state)) => {
                 if let Some(first) = first_seq
-                    && first > seq + 1
+                    && first > seq.saturating_add(1)
                     && target > seq
                 {
                     return Err(ReplayError::Hole {
@@ -823,10 +823,10 @@ impl Replayer {
         if seq <= self.state.seq {
             return Flow::Continue;
         }
-        if seq != self.state.seq + 1 {
+        if Some(seq) != self.state.seq.checked_add(1) {
             self.failed = Some(format!(
                 "records {}..{} are missing",
-                self.state.seq + 1,
+                self.state.seq.saturating_add(1),
                 seq - 1
             ));
             return Flow::Stop;

@@ -64,7 +64,7 @@ pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
                 expected_seq,
             } => {
                 let note = match expected_seq {
-                    Some(e) if seq == e + 1 => format!(" (seq {e} not found)"),
+                    Some(e) if e.checked_add(1) == Some(seq) => format!(" (seq {e} not found)"),
                     Some(e) if seq > e => format!(" (seq {e}..{} not found)", seq - 1),
                     Some(e) if seq < e => format!(" (expected seq {e}: an older record)"),
                     _ => String::new(),
@@ -235,7 +235,9 @@ impl Report<'_> {
         newest_valid: Option<u64>,
     ) -> Result<(), CliError> {
         let records = match seg.records {
-            Some((a, b)) if seg.count == b - a + 1 => format!("records {a}..{b}"),
+            Some((a, b)) if b.checked_sub(a).map(|d| d.saturating_add(1)) == Some(seg.count) => {
+                format!("records {a}..{b}")
+            }
             Some((a, b)) => format!("records {a}..{b} ({} valid)", seg.count),
             None => "no records".to_owned(),
         };
