@@ -707,6 +707,27 @@ fn verify_torn_tail_exits_1() {
 }
 
 #[test]
+fn dump_and_state_of_a_torn_journal_exit_0_noting_the_torn_tail() {
+    let dir = story_journal();
+    tear_tail(dir.path());
+    let run = journal_cmd(dir.path(), "dump", &[]);
+    assert_eq!(run.code, 0);
+    assert_eq!(run.stdout.lines().count(), story().len());
+    assert!(
+        run.stderr
+            .contains("torn tail at 00000000000000000038.seg:448"),
+        "{}",
+        run.stderr
+    );
+    let run = journal_cmd(dir.path(), "state", &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .starts_with(&format!("state at seq {} ", story().len()))
+    );
+}
+
+#[test]
 fn verify_corrupt_middle_segment_exits_2_naming_segment_and_offset() {
     let dir = long_journal();
     let (middle, at) = corrupt_middle_segment(dir.path());

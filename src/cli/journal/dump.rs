@@ -101,10 +101,16 @@ pub(super) fn run(args: &DumpArgs, out: &mut Out) -> Result<i32, CliError> {
         return Ok(EXIT_CORRUPT);
     }
     if args.follow {
+        // Without a known tail (damage to the end of the last segment, or no
+        // segment yet) follow from the next segment to appear.
+        let start = match end.tail {
+            Some(tail) => Start::Tail(tail),
+            None => Start::After(end.last_segment),
+        };
         let code = follow(
             &storage,
             state_dir,
-            end.tail,
+            start,
             &filter,
             &mut ops,
             &mut printer,
@@ -513,17 +519,27 @@ fn enter_segment(
     })
 }
 
+/// Where `--follow` starts.
+enum Start {
+    Tail(Tail),
+    /// At the first segment newer than this one (any segment if `None`).
+    After(Option<u64>),
+}
+
 fn follow(
     storage: &dyn Storage,
     state_dir: &Path,
-    tail: Option<Tail>,
+    start: Start,
     filter: &Filter,
     ops: &mut OpIndex,
     printer: &mut Printer<'_>,
     raw: bool,
 ) -> Result<i32, CliError> {
     let journal_dir = state_dir.join(JOURNAL_DIR);
-    let mut cur = tail;
+    let (mut cur, after) = match start {
+        Start::Tail(tail) => (Some(tail), None),
+        Start::After(after) => (None, after),
+    };
     let mut stuck_polls = 0u32;
     let mut code = EXIT_OK;
     loop {
@@ -533,7 +549,8 @@ fn follow(
         let Some(t) = cur.as_mut() else {
             // No segment yet: wait for the first one.
             let segments = reader::list_segments(storage, &journal_dir).map_err(journal_error)?;
-            if let Some((first, path)) = segments.first() {
+            let newer = segments.iter().find(|(s, _)| after.is_none_or(|a| *s > a));
+            if let Some((first, path)) = newer {
                 match enter_segment(storage, *first, path)? {
                     Ok(t) => cur = Some(t),
                     Err(p) => {

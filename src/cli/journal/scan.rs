@@ -318,6 +318,8 @@ pub(crate) struct ScanEnd {
     /// The visitor asked to stop.
     pub stopped: bool,
     pub tail: Option<Tail>,
+    /// First sequence number (name) of the last segment read.
+    pub last_segment: Option<u64>,
 }
 
 type Visit<'v> = dyn FnMut(Item<'_>) -> Result<Flow, CliError> + 'v;
@@ -341,6 +343,7 @@ pub(crate) fn scan(
     let mut expected: Option<u64> = None;
     for (i, (name_seq, path)) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
+        s.end.last_segment = Some(*name_seq);
         let file = file_name(path);
         let bytes = match reader::read_segment(storage, path) {
             Ok(bytes) => bytes,
