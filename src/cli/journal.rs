@@ -67,7 +67,9 @@ Exit codes: 0 ok (a torn tail is noted on stderr), 2 corruption found (without
 
 const VERIFY_HELP: &str = "\
 Checks every segment header, frame (length, sequence, checksum, batch, padding),
-record payload and checkpoint, then replays the state as opening would.
+record payload and checkpoint, then replays the state as opening would. Segments
+a checkpoint already covers are checked too: damage there (or in a checkpoint)
+counts as corruption although opening might not read it.
 
 Examples:
   volmgr journal verify /var/lib/volmgr
