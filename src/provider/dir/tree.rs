@@ -430,7 +430,8 @@ enum Task {
 
 /// Copies the tree `src` (true modes per `src_modes`) to the new directory
 /// `dst` (which must not exist; its parent must), storing modes per
-/// `dst_policy`. Every file and directory is synced. Returns the destination's
+/// `dst_policy`. With `durable`, every file and directory is fsynced (else
+/// the caller syncs the file system before relying on it). Returns the destination's
 /// mode exceptions. Directories, regular files and symlinks (not followed)
 /// are copied; anything else is an error naming the path.
 pub(crate) fn copy_tree(
@@ -438,6 +439,7 @@ pub(crate) fn copy_tree(
     src_modes: &Modes,
     dst: &Path,
     dst_policy: Policy,
+    durable: bool,
 ) -> Result<Modes, ProviderError> {
     let mut dst_modes = Modes::new(dst_policy);
     let mut reflink = true;
@@ -471,7 +473,7 @@ pub(crate) fn copy_tree(
                         let mut d = create_new_file(&dp)?;
                         clone_or_copy(&mut s, &mut d, &mut reflink)?;
                         d.set_permissions(fs::Permissions::from_mode(stored))?;
-                        d.sync_all()
+                        if durable { d.sync_all() } else { Ok(()) }
                     };
                     copy().map_err(|e| {
                         ProviderError::io(
@@ -493,7 +495,7 @@ pub(crate) fn copy_tree(
                 let finish = || -> io::Result<()> {
                     let d = open_dir_nofollow(&dp)?;
                     d.set_permissions(fs::Permissions::from_mode(stored))?;
-                    d.sync_all()
+                    if durable { d.sync_all() } else { Ok(()) }
                 };
                 finish().map_err(|e| io_err("finishing directory", &dp, e))?;
             }
