@@ -212,6 +212,7 @@ fn fill_varied(root: &Path) {
     fs::create_dir_all(root.join("shared")).unwrap();
     chmod(&root.join("shared"), 0o2775);
     write(&root.join("shared/notes"), b"team", 0o664);
+
     symlink("hello.txt", root.join("link-to-hello")).unwrap();
     symlink("/nonexistent/target", root.join("dangling")).unwrap();
     fs::create_dir_all(root.join("empty-dir")).unwrap();
@@ -1180,4 +1181,43 @@ fn finish_completes_a_receive_interrupted_after_the_swap_and_refuses_before() {
         by_name_in(&inv, "snapshot/after").presence,
         Presence::Complete
     );
+}
+
+#[test]
+fn restrictive_modes_survive_receive_send_and_fork_even_unprivileged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path());
+    let t = create(&p, "t");
+    let stream = Craft::new(0x5eed, None)
+        .dir("", 0o751)
+        .dir("locked", 0o300)
+        .file("locked/secret", 0o000, b"s3cret")
+        .file("locked/wo", 0o200, b"write only")
+        .file("plain", 0o644, b"plain")
+        .end();
+    let r = receive(&p, &t, "r", &stream).unwrap();
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    // Stored in the snapshot: no write bits, but readable by its owner.
+    assert_eq!(mode(&r.path().join("locked")), 0o500);
+    assert_eq!(mode(&r.path().join("locked/secret")), 0o400);
+    assert_eq!(mode(&r.path().join("locked/wo")), 0o400);
+    assert_eq!(mode(&r.path()), 0o551);
+    // The target carries the true modes.
+    assert_eq!(mode(&t.path()), 0o751);
+    assert_eq!(mode(&t.path().join("locked")), 0o300);
+    assert_eq!(mode(&t.path().join("locked/secret")), 0o000);
+    assert_eq!(mode(&t.path().join("locked/wo")), 0o200);
+    // Sending the snapshot gives back the very same bytes (same guid, same
+    // true modes, same order).
+    let (again, _) = send(&p, &r, None);
+    assert_eq!(again, stream);
+    // A fork has the true modes.
+    let f = fork(&p, &r, "f");
+    assert_eq!(mode(&f.path().join("locked")), 0o300);
+    assert_eq!(mode(&f.path().join("locked/secret")), 0o000);
+    // Everything goes away cleanly.
+    for v in [&f, &r, &t] {
+        p.destroy(&v.r()).unwrap();
+    }
+    assert!(p.inventory().unwrap().is_empty());
 }

@@ -250,8 +250,10 @@ pub(crate) fn unsupported(path: &Path, ft: fs::FileType) -> ProviderError {
 pub(crate) enum Policy {
     /// Data volumes: stored = true.
     Plain,
-    /// Snapshots: stored = true without write bits (read-only tree); the true
-    /// mode is stored | `u+w` unless an exception records otherwise.
+    /// Snapshots: stored = true without write bits (read-only tree) but with
+    /// owner read (and search, for directories), so the provider can always
+    /// read its own snapshots; the true mode is stored | `u+w` unless an
+    /// exception records otherwise.
     Snapshot,
     /// Receive staging: stored = true plus `u+rwx` (directories) or `u+rw`
     /// (files), so the provider can always fill and read it; the true mode is
@@ -264,7 +266,7 @@ impl Policy {
         let m = true_mode & PERM_BITS;
         match self {
             Policy::Plain => m,
-            Policy::Snapshot => m & !0o222,
+            Policy::Snapshot => (m & !0o222) | if is_dir { 0o500 } else { 0o400 },
             Policy::Staging => m | if is_dir { 0o700 } else { 0o600 },
         }
     }
