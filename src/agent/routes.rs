@@ -546,29 +546,84 @@ fn volume_events(
     shared: &Shared,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<>> {
     let rx = manager.subscribe();
-    let mut initial: Vec<SseEvent> = manager
-        .volumes()
+    let initial: Vec<VolumeInfo> = manager.volumes().iter().map(VolumeInfo::from).collect();
+    let stream = event_stream(initial, rx)
+        .map(|(name, data)| Ok(SseEvent::default().event(name).data(data)))
+        .take_until(shared.stopping.clone().cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn json_text<T: Serialize>(data: &T) -> String {
+    serde_json::to_string(data).unwrap_or_else(|_| "{}".into())
+}
+
+/// The (event name, JSON data) pairs of the volume event stream.
+fn event_stream(
+    initial: Vec<VolumeInfo>,
+    rx: tokio::sync::broadcast::Receiver<Event>,
+) -> impl Stream<Item = (&'static str, String)> {
+    let mut first: Vec<(&'static str, String)> = initial
         .iter()
-        .map(|v| sse_json(events::CREATE, &VolumeInfo::from(v)))
+        .map(|v| (events::CREATE, json_text(v)))
         .collect();
-    initial.push(sse_json(events::CURRENT, &serde_json::json!({})));
+    first.push((events::CURRENT, "{}".to_owned()));
     let live = stream::unfold(rx, |mut rx| async move {
         loop {
             let event = match rx.recv().await {
-                Ok(Event::Created(v)) => sse_json(events::CREATE, &VolumeInfo::from(&v)),
-                Ok(Event::Destroyed { id }) => sse_json(events::DESTROY, &IdEvent { id }),
-                Ok(Event::Lost { id }) => sse_json(events::LOST, &IdEvent { id }),
-                Ok(Event::Found { id }) => sse_json(events::FOUND, &IdEvent { id }),
+                Ok(Event::Created(v)) => (events::CREATE, json_text(&VolumeInfo::from(&v))),
+                Ok(Event::Destroyed { id }) => (events::DESTROY, json_text(&IdEvent { id })),
+                Ok(Event::Lost { id }) => (events::LOST, json_text(&IdEvent { id })),
+                Ok(Event::Found { id }) => (events::FOUND, json_text(&IdEvent { id })),
                 Ok(_) => continue,
-                Err(RecvError::Lagged(missed)) => sse_json(events::LAGGED, &LaggedEvent { missed }),
+                Err(RecvError::Lagged(missed)) => {
+                    (events::LAGGED, json_text(&LaggedEvent { missed }))
+                }
                 Err(RecvError::Closed) => return None,
             };
             return Some((event, rx));
         }
     });
-    let stream = stream::iter(initial)
-        .chain(live)
-        .map(Ok)
-        .take_until(shared.stopping.clone().cancelled_owned());
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    stream::iter(first).chain(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{VolumeKind, VolumeStatus};
+
+    fn volume(id: &str) -> crate::state::Volume {
+        crate::state::Volume {
+            id: id.into(),
+            provider: "p".into(),
+            kind: VolumeKind::Data,
+            parent: None,
+            meta: Default::default(),
+            created_at_ms: 0,
+            location: String::new(),
+            status: VolumeStatus::Live,
+            op: Default::default(),
+            details: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_gets_a_lagged_event_then_live_ones() {
+        let (tx, rx) = tokio::sync::broadcast::channel(2);
+        for id in ["a", "b", "c", "d"] {
+            tx.send(Event::Created(volume(id))).unwrap();
+        }
+        drop(tx);
+        let got: Vec<(&str, String)> = event_stream(vec![VolumeInfo::from(&volume("x"))], rx)
+            .collect()
+            .await;
+        let names: Vec<&str> = got.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            ["create", "current", "lagged", "create", "create"],
+            "{got:?}"
+        );
+        assert_eq!(got[2].1, r#"{"missed":2}"#);
+        assert!(got[3].1.contains(r#""id":"c""#));
+        assert!(got[4].1.contains(r#""id":"d""#));
+    }
 }
