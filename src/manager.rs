@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -189,6 +191,18 @@ pub struct ReconcileReport {
 pub struct ManagerStats {
     pub durable_seq: u64,
     pub syncs: u64,
+    /// Mutating operations completed through the write path since open.
+    pub operations: u64,
+    /// Their summed wall time, and the part spent awaiting durable appends.
+    pub operation_ns: u64,
+    pub journal_wait_ns: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    operations: AtomicU64,
+    operation_ns: AtomicU64,
+    journal_wait_ns: AtomicU64,
 }
 
 struct Core {
@@ -211,6 +225,7 @@ struct Inner {
     checkpoint_every: u64,
     state_dir: PathBuf,
     report: Mutex<ReconcileReport>,
+    counters: Counters,
 }
 
 /// The volume manager. Cheap to clone; all clones share one state.
@@ -310,6 +325,7 @@ impl Manager {
             checkpoint_every: config.checkpoint_every.max(1),
             state_dir,
             report: Mutex::new(report),
+            counters: Counters::default(),
         });
         let manager = Manager { inner };
 
@@ -376,6 +392,9 @@ impl Manager {
         ManagerStats {
             durable_seq: self.inner.journal.durable_seq(),
             syncs: self.inner.journal.sync_count(),
+            operations: self.inner.counters.operations.load(Ordering::Relaxed),
+            operation_ns: self.inner.counters.operation_ns.load(Ordering::Relaxed),
+            journal_wait_ns: self.inner.counters.journal_wait_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -490,12 +509,13 @@ impl Manager {
             let vid = id.clone();
             inner
                 .run(claim, action, &provider_id, move |op| {
-                    let created = provider.create_volume(&VolumeSpec {
+                    let spec = VolumeSpec {
                         id: &vid,
                         op,
                         kind: VolumeKind::Data,
-                    })?;
-                    Ok(done(created))
+                    };
+                    let created = provider.create_volume(&spec);
+                    undo_on_error(provider.as_ref(), &spec, created)
                 })
                 .await?;
             inner.volume(&id)
@@ -575,7 +595,8 @@ impl Manager {
                         op,
                         kind: VolumeKind::Snapshot,
                     };
-                    Ok(done(provider.create_snapshot(&volume_ref(&source), &spec)?))
+                    let created = provider.create_snapshot(&volume_ref(&source), &spec);
+                    undo_on_error(provider.as_ref(), &spec, created)
                 })
                 .await?;
             inner.volume(&snap_id)
@@ -627,7 +648,8 @@ impl Manager {
                         op,
                         kind: VolumeKind::Data,
                     };
-                    Ok(done(provider.fork_volume(&volume_ref(&snapshot), &spec)?))
+                    let created = provider.fork_volume(&volume_ref(&snapshot), &spec);
+                    undo_on_error(provider.as_ref(), &spec, created)
                 })
                 .await?;
             inner.volume(&id)
@@ -917,13 +939,12 @@ impl Manager {
         .await
     }
 
-    /// Waits for in-flight operations' records, then closes the journal.
+    /// Closes the journal (after the records already queued) and releases
+    /// the state directory's lock. Operations still running on other clones
+    /// fail with a journal `Closed` error; their intents are reconciled at the
+    /// next open. A host agent stops accepting requests before calling this.
     pub async fn close(self) {
-        if let Ok(inner) = Arc::try_unwrap(self.inner)
-            && let Ok(journal) = Arc::try_unwrap(inner.journal)
-        {
-            journal.close().await;
-        }
+        self.inner.journal.shutdown().await;
     }
 
     async fn spawn<T, F>(&self, body: F) -> Result<T, ManagerError>
@@ -1126,6 +1147,34 @@ fn resolve(
     Effect::Resolve { op, result }
 }
 
+/// After a failed creating call, removes whatever the provider holds that is
+/// tagged with this very operation (never anything else), so a Failed outcome
+/// leaves no orphan behind. If the cleanup itself fails, the item stays and the
+/// next open reports it as an orphan: visible, never silent.
+fn undo_on_error(
+    provider: &dyn Provider,
+    spec: &VolumeSpec<'_>,
+    created: Result<Created, ProviderError>,
+) -> Result<Done, ProviderError> {
+    let error = match created {
+        Ok(created) => return Ok(done(created)),
+        Err(e) => e,
+    };
+    if let Err(e) = provider.abort_partial(spec.op) {
+        tracing::warn!(op = %spec.op, error = %e, "cleanup of partial state failed");
+    }
+    match find(provider, spec.id) {
+        Ok(Some(found)) if found.tag.as_ref().is_some_and(|t| t.op == spec.op) => {
+            if let Err(e) = provider.destroy(&found_ref(&found, spec.id, spec.kind)) {
+                tracing::warn!(op = %spec.op, volume = spec.id, error = %e, "cleanup after failure failed");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(op = %spec.op, error = %e, "inventory after failure failed"),
+    }
+    Err(error)
+}
+
 fn done(created: Created) -> Done {
     Done {
         location: created.location,
@@ -1247,6 +1296,7 @@ impl Inner {
     where
         F: FnOnce(OpId) -> Result<Done, ProviderError> + Send + 'static,
     {
+        let started = Instant::now();
         let op = Uuid::now_v7();
         let name = action.name();
         let span = tracing::info_span!("op", %op, kind = name, volume = ?action.volumes().first());
@@ -1259,6 +1309,7 @@ impl Inner {
         };
         // Invariant 1: the intent is durable before the provider is touched.
         let seq = self.journal.append(&intent).await?;
+        let mut journal_ns = started.elapsed().as_nanos() as u64;
         self.submit(seq, intent);
         self.wait_applied(seq).await;
         let result = tokio::task::spawn_blocking(move || effect(op))
@@ -1283,7 +1334,10 @@ impl Inner {
             result: outcome,
         };
         // Invariant 2: acknowledged only once the outcome is durable.
-        let seq = match self.journal.append(&record).await {
+        let append_started = Instant::now();
+        let appended = self.journal.append(&record).await;
+        journal_ns += append_started.elapsed().as_nanos() as u64;
+        let seq = match appended {
             Ok(seq) => seq,
             Err(e) => {
                 // The intent stays pending; its volumes stay claimed until a
@@ -1294,6 +1348,11 @@ impl Inner {
         };
         self.submit(seq, record);
         self.wait_applied(seq).await;
+        let c = &self.counters;
+        c.operations.fetch_add(1, Ordering::Relaxed);
+        c.operation_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        c.journal_wait_ns.fetch_add(journal_ns, Ordering::Relaxed);
         tracing::debug!(%op, kind = name, seq, "operation done");
         match error {
             Some(e) => Err(e),

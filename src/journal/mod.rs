@@ -242,7 +242,12 @@ impl<R: JournalRecord> Journal<R> {
         let (tx, rx) = mpsc::channel(config.queue_depth);
         let thread = std::thread::Builder::new()
             .name("volmgr-journal".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                if let Some(reply) = writer.run(rx) {
+                    // `run` consumed the writer: files and lock are released.
+                    let _ = reply.send(());
+                }
+            })
             .map_err(|e| JournalError::io(state_dir, "spawn journal writer", e))?;
 
         let recovery = Recovery {
@@ -362,10 +367,19 @@ impl<R> Journal<R> {
     }
 
     /// Stops the writer thread after the queued requests and releases the lock.
-    pub async fn close(mut self) {
-        self.tx.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    pub async fn close(self) {
+        self.shutdown().await;
+    }
+
+    /// Like [`Journal::close`], through a shared handle: once it returns the
+    /// lock is released and every later append fails with `Closed`.
+    pub async fn shutdown(&self) {
+        let Some(tx) = self.tx.as_ref() else {
+            return;
+        };
+        let (reply, done) = oneshot::channel();
+        if tx.send(Request::Shutdown { reply }).await.is_ok() {
+            let _ = done.await;
         }
     }
 }

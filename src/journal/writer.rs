@@ -33,6 +33,9 @@ pub(crate) enum Request {
         payload: Vec<u8>,
         reply: Reply,
     },
+    /// Stop after the requests queued before this one; the reply is sent by
+    /// the thread after the writer (files, lock) is dropped.
+    Shutdown { reply: oneshot::Sender<()> },
 }
 
 /// State shared between the handle and the thread.
@@ -87,17 +90,15 @@ fn poisoned_error(shared: &Shared) -> JournalError {
 }
 
 impl Writer {
-    /// The thread body: runs until every handle is gone.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+    /// The thread body: runs until every handle is gone or a shutdown
+    /// request arrives; returns that request's reply channel.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Request>) -> Option<oneshot::Sender<()>> {
         let mut pending: Option<Request> = None;
         let mut buf: Vec<u8> = Vec::with_capacity(self.max_batch_bytes);
         loop {
             let first = match pending.take() {
                 Some(r) => r,
-                None => match rx.blocking_recv() {
-                    Some(r) => r,
-                    None => return,
-                },
+                None => rx.blocking_recv()?,
             };
             let (seq, payload, reply) = match first {
                 Request::Checkpoint {
@@ -105,6 +106,19 @@ impl Writer {
                     payload,
                     reply,
                 } => (seq, payload, reply),
+                Request::Shutdown { reply } => {
+                    rx.close();
+                    // Requests already queued are refused, not dropped silently.
+                    while let Ok(r) = rx.try_recv() {
+                        match r {
+                            Request::Append { reply, .. } | Request::Checkpoint { reply, .. } => {
+                                let _ = reply.send(Err(JournalError::Closed));
+                            }
+                            Request::Shutdown { reply } => drop(reply),
+                        }
+                    }
+                    return Some(reply);
+                }
                 Request::Append { records, reply } => {
                     let mut batch = vec![(records, reply)];
                     let mut bytes: usize = batch_bytes(&batch[0].0);

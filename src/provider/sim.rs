@@ -60,8 +60,42 @@ struct Item {
     guid: Option<String>,
 }
 
+/// A gate that holds one call inside the provider until released.
+#[derive(Debug, Default)]
+pub struct Gate {
+    state: Mutex<(bool, bool)>,
+    cond: std::sync::Condvar,
+}
+
+impl Gate {
+    /// Blocks until a call has entered the gate.
+    pub fn wait_entered(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !s.0 {
+            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Lets the held call continue.
+    pub fn release(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.1 = true;
+        self.cond.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 = true;
+        self.cond.notify_all();
+        while !s.1 {
+            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Store {
+    gate: Option<(SimCall, Arc<Gate>)>,
     items: BTreeMap<String, Item>,
     /// Untagged names under the root.
     foreign: Vec<String>,
@@ -167,7 +201,26 @@ impl SimProvider {
         self.lock().partial_ops.clone()
     }
 
+    /// The next `call` blocks inside the provider until the gate is released.
+    pub fn hold_next(&self, call: SimCall) -> Arc<Gate> {
+        let gate = Arc::new(Gate::default());
+        self.lock().gate = Some((call, gate.clone()));
+        gate
+    }
+
     fn check(&self, call: SimCall, when: When) -> Result<(), ProviderError> {
+        if when == When::Before {
+            let gate = {
+                let mut s = self.lock();
+                match &s.gate {
+                    Some((c, _)) if *c == call => s.gate.take().map(|(_, g)| g),
+                    _ => None,
+                }
+            };
+            if let Some(gate) = gate {
+                gate.pass();
+            }
+        }
         let mut s = self.lock();
         let key = format!("{call:?}/{when:?}");
         let n = {

@@ -1,0 +1,277 @@
+//! The manager's verbs through the public API, on the simulated provider:
+//! typed errors for bad input with nothing journaled, dependents, busy,
+//! provider failures on both sides of the side effect, events, transfers,
+//! checkpoints and replay determinism.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use volmgr::journal::{JournalConfig, encode_checkpoint};
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::provider::sim::{SimCall, SimFault, SimProvider, When};
+use volmgr::state::{Event, Meta, VolumeKind};
+
+fn config(sim: &SimProvider) -> ManagerConfig {
+    let mut config = ManagerConfig::default();
+    config.factories.insert("sim".into(), sim.factory());
+    config
+}
+
+async fn open(dir: &std::path::Path, sim: &SimProvider) -> Manager {
+    let manager = Manager::open(dir, config(sim)).await.unwrap();
+    if manager.providers().is_empty() {
+        manager
+            .add_provider("p", "sim", Default::default())
+            .await
+            .unwrap();
+    }
+    manager
+}
+
+#[tokio::test]
+async fn hostile_ids_and_meta_get_typed_errors_and_nothing_is_journaled_or_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let m = open(dir.path(), &sim).await;
+    let before = m.stats().durable_seq;
+    let long = "x".repeat(300);
+    for bad in ["../x", "a/b", "", long.as_str(), "a\0b", "-rf"] {
+        let err = m
+            .create_volume("p", Some(bad), Meta::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ManagerError::InvalidId { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+    let mut meta = Meta::new();
+    meta.insert("k".into(), "v".repeat(100_000));
+    let err = m.create_volume("p", Some("ok"), meta).await.unwrap_err();
+    assert!(matches!(err, ManagerError::InvalidMeta(_)), "{err}");
+    let err = m
+        .create_volume("nope", Some("ok"), Meta::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::NoSuchProvider(_)), "{err}");
+    let err = m.destroy_volume("missing").await.unwrap_err();
+    assert!(matches!(err, ManagerError::NoSuchVolume(_)), "{err}");
+    assert_eq!(m.stats().durable_seq, before, "nothing journaled");
+    assert!(sim.volume_ids().is_empty(), "nothing created");
+    m.close().await;
+}
+
+#[tokio::test]
+async fn snapshot_with_forks_refuses_destroy_and_forks_need_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let m = open(dir.path(), &sim).await;
+    let v = m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    let err = m.fork_volume(&v.id, None, Meta::new()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ManagerError::WrongKind {
+                expected: VolumeKind::Snapshot,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let s = m.create_snapshot("v", Meta::new()).await.unwrap();
+    let f = m.fork_volume(&s.id, Some("f"), Meta::new()).await.unwrap();
+    assert_eq!(f.parent.as_deref(), Some(s.id.as_str()));
+    let err = m.destroy_volume(&s.id).await.unwrap_err();
+    match err {
+        ManagerError::HasDependents { dependents, .. } => {
+            assert_eq!(dependents, vec!["f".to_string()])
+        }
+        other => panic!("expected HasDependents, got {other}"),
+    }
+    m.destroy_volume("f").await.unwrap();
+    m.destroy_volume(&s.id).await.unwrap();
+    m.destroy_volume("v").await.unwrap();
+    assert!(m.volumes().is_empty());
+    assert!(sim.volume_ids().is_empty());
+    m.close().await;
+}
+
+#[tokio::test]
+async fn second_operation_on_a_volume_in_flight_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let m = open(dir.path(), &sim).await;
+    m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    let gate = sim.hold_next(SimCall::Snapshot);
+    let m2 = m.clone();
+    let snap = tokio::spawn(async move { m2.create_snapshot("v", Meta::new()).await });
+    let g = gate.clone();
+    tokio::task::spawn_blocking(move || g.wait_entered())
+        .await
+        .unwrap();
+    let err = m.destroy_volume("v").await.unwrap_err();
+    assert!(
+        matches!(err, ManagerError::Busy(ref id) if id == "v"),
+        "{err}"
+    );
+    // Another volume is not blocked meanwhile.
+    m.create_volume("p", Some("w"), Meta::new()).await.unwrap();
+    gate.release();
+    snap.await.unwrap().unwrap();
+    m.close().await;
+}
+
+#[tokio::test]
+async fn provider_failure_before_or_after_the_side_effect_leaves_nothing_behind() {
+    for when in [When::Before, When::After] {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimProvider::new();
+        let m = open(dir.path(), &sim).await;
+        sim.set_fault(Some(SimFault {
+            call: SimCall::Create,
+            when,
+            nth: 1,
+        }));
+        let err = m
+            .create_volume("p", Some("v"), Meta::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ManagerError::Provider { .. }),
+            "{when:?}: {err}"
+        );
+        assert!(m.volumes().is_empty(), "{when:?}: state holds no volume");
+        assert!(
+            sim.volume_ids().is_empty(),
+            "{when:?}: provider holds nothing"
+        );
+        assert!(m.state().pending.is_empty());
+        m.close().await;
+        let m = open(dir.path(), &sim).await;
+        assert!(
+            m.reconcile_report().resolutions.is_empty(),
+            "nothing to reconcile"
+        );
+        m.close().await;
+    }
+}
+
+#[tokio::test]
+async fn subscribers_see_events_and_a_slow_one_learns_it_lagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut cfg = config(&sim);
+    cfg.event_capacity = 2;
+    let m = Manager::open(dir.path(), cfg).await.unwrap();
+    m.add_provider("p", "sim", Default::default())
+        .await
+        .unwrap();
+    let mut fast = m.subscribe();
+    let mut slow = m.subscribe();
+    m.create_volume("p", Some("a"), Meta::new()).await.unwrap();
+    match fast.recv().await.unwrap() {
+        Event::Created(v) => assert_eq!(v.id, "a"),
+        other => panic!("{other:?}"),
+    }
+    for i in 0..5 {
+        m.create_volume("p", Some(&format!("b{i}")), Meta::new())
+            .await
+            .unwrap();
+    }
+    m.destroy_volume("a").await.unwrap();
+    assert!(matches!(slow.recv().await, Err(RecvError::Lagged(_))));
+    m.close().await;
+}
+
+#[tokio::test]
+async fn incremental_send_is_used_when_the_receiver_has_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let m = open(dir.path(), &sim).await;
+    m.create_volume("p", Some("src"), Meta::new())
+        .await
+        .unwrap();
+    sim.write_file("src", "big", &vec![7u8; 10_000]);
+    let s1 = m.create_snapshot("src", Meta::new()).await.unwrap();
+    m.create_volume("p", Some("dst"), Meta::new())
+        .await
+        .unwrap();
+
+    let mut stream = Vec::new();
+    let haves = m.list_haves("dst").unwrap();
+    assert!(haves.is_empty());
+    let full = m.send_snapshot(&s1.id, &haves, &mut stream).await.unwrap();
+    assert!(!full.incremental);
+    let r1 = m.receive_snapshot("dst", stream.as_slice()).await.unwrap();
+    assert_eq!(r1.kind, VolumeKind::Snapshot);
+    assert_eq!(r1.details.get("guid"), s1.details.get("guid"));
+
+    sim.write_file("src", "small", b"hello");
+    let s2 = m.create_snapshot("src", Meta::new()).await.unwrap();
+    let haves = m.list_haves("dst").unwrap();
+    let mut stream = Vec::new();
+    let inc = m.send_snapshot(&s2.id, &haves, &mut stream).await.unwrap();
+    assert!(inc.incremental);
+    assert!(
+        inc.bytes * 10 < full.bytes,
+        "incremental {} vs full {}",
+        inc.bytes,
+        full.bytes
+    );
+    let r2 = m.receive_snapshot("dst", stream.as_slice()).await.unwrap();
+    assert_eq!(
+        sim.read_file(&r2.id, "small").as_deref(),
+        Some(&b"hello"[..])
+    );
+    assert_eq!(sim.read_file(&r2.id, "big").map(|b| b.len()), Some(10_000));
+    m.close().await;
+}
+
+#[tokio::test]
+async fn replay_rebuilds_the_same_state_byte_for_byte_with_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut cfg = config(&sim);
+    cfg.checkpoint_every = 7;
+    cfg.journal = JournalConfig {
+        segment_size: 8192,
+        ..JournalConfig::default()
+    };
+    let m = Manager::open(dir.path(), cfg).await.unwrap();
+    m.add_provider("p", "sim", Default::default())
+        .await
+        .unwrap();
+    let m = Arc::new(m);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("v{i}");
+            m.create_volume("p", Some(&id), Meta::new()).await.unwrap();
+            let s = m.create_snapshot(&id, Meta::new()).await.unwrap();
+            if i % 3 == 0 {
+                m.destroy_volume(&s.id).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let live = m.state();
+    Arc::try_unwrap(m).unwrap().close().await;
+
+    let mut bytes = Vec::new();
+    for _ in 0..2 {
+        let mut cfg = config(&sim);
+        cfg.checkpoint_every = 7;
+        let m = Manager::open(dir.path(), cfg).await.unwrap();
+        assert!(
+            m.reconcile_report().checkpoint_seq.is_some(),
+            "a checkpoint was used"
+        );
+        assert_eq!(m.state(), live, "replayed state equals live state");
+        bytes.push(encode_checkpoint(&m.state()).unwrap());
+        m.close().await;
+    }
+    assert_eq!(bytes[0], bytes[1], "two replays, identical bytes");
+}

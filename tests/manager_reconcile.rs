@@ -1,0 +1,415 @@
+//! One test per row of the reconciliation table: each builds that exact
+//! situation (a journal written by hand, a simulated provider arranged to
+//! match), opens the manager, and checks the resolution record it journaled.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use uuid::Uuid;
+use volmgr::journal::{Journal, JournalConfig};
+use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::provider::sim::SimProvider;
+use volmgr::state::{
+    Action, Case, Done, Effect, Meta, OpResult, ProviderRecord, Record, VolumeKind, VolumeStatus,
+};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn config(sim: &SimProvider) -> ManagerConfig {
+    let mut config = ManagerConfig::default();
+    config.factories.insert("sim".into(), sim.factory());
+    config
+}
+
+fn op(n: u128) -> Uuid {
+    Uuid::from_u128(n)
+}
+
+/// Provider `p` registered, as the journal would hold it.
+fn provider_records() -> Vec<Record> {
+    vec![
+        Record::Intent {
+            op: op(1),
+            at_ms: T0,
+            action: Action::AddProvider(ProviderRecord {
+                id: "p".into(),
+                kind: "sim".into(),
+                config: BTreeMap::new(),
+            }),
+        },
+        Record::Outcome {
+            op: op(1),
+            at_ms: T0,
+            result: OpResult::Done(Done::default()),
+        },
+    ]
+}
+
+fn create_intent(n: u128, volume: &str) -> Record {
+    Record::Intent {
+        op: op(n),
+        at_ms: T0 + n as u64,
+        action: Action::CreateVolume {
+            provider: "p".into(),
+            volume: volume.into(),
+            meta: Meta::new(),
+        },
+    }
+}
+
+fn done(n: u128, volume: &str) -> Record {
+    Record::Outcome {
+        op: op(n),
+        at_ms: T0 + n as u64,
+        result: OpResult::Done(Done {
+            location: format!("sim://{volume}"),
+            details: BTreeMap::new(),
+        }),
+    }
+}
+
+async fn write_journal(dir: &Path, records: &[Record]) {
+    let (journal, _) = Journal::<Record>::open(dir, JournalConfig::default()).unwrap();
+    for r in records {
+        journal.append(r).await.unwrap();
+    }
+    journal.close().await;
+}
+
+/// Opens the manager (which reconciles), closes it, and returns the
+/// reconciliation records it journaled.
+async fn reconcile(dir: &Path, sim: &SimProvider) -> (Vec<(Case, Effect)>, volmgr::state::State) {
+    let manager = Manager::open(dir, config(sim)).await.unwrap();
+    let state = manager.state();
+    manager.close().await;
+    let (_j, recovery) = Journal::<Record>::open(dir, JournalConfig::default()).unwrap();
+    let resolutions = recovery
+        .records
+        .into_iter()
+        .filter_map(|(_, r)| match r {
+            Record::Reconciled { case, effect, .. } => Some((case, effect)),
+            _ => None,
+        })
+        .collect();
+    (resolutions, state)
+}
+
+fn only(resolutions: &[(Case, Effect)]) -> (Case, Effect) {
+    assert_eq!(
+        resolutions.len(),
+        1,
+        "exactly one resolution expected: {resolutions:?}"
+    );
+    resolutions[0].clone()
+}
+
+#[tokio::test]
+async fn pending_create_present_with_its_tag_rolls_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.push(create_intent(2, "v"));
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("v", op(2), VolumeKind::Data, true);
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::CreateRolledForward);
+    assert!(matches!(effect, Effect::Resolve { op: o, result: OpResult::Done(_) } if o == op(2)));
+    assert_eq!(state.volumes["v"].status, VolumeStatus::Live);
+    assert!(state.pending.is_empty());
+}
+
+#[tokio::test]
+async fn pending_create_absent_fails_as_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.push(create_intent(2, "v"));
+    write_journal(dir.path(), &records).await;
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::CreateInterrupted);
+    assert!(
+        matches!(effect, Effect::Resolve { result: OpResult::Failed { ref error }, .. } if error == "interrupted")
+    );
+    assert!(!state.volumes.contains_key("v"));
+}
+
+#[tokio::test]
+async fn pending_create_half_made_is_finished_then_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.push(create_intent(2, "v"));
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("v", op(2), VolumeKind::Data, false);
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::CreateFinished);
+    assert!(matches!(
+        effect,
+        Effect::Resolve {
+            result: OpResult::Done(_),
+            ..
+        }
+    ));
+    assert!(state.volumes.contains_key("v"));
+    let found = sim.volume_ids();
+    assert_eq!(found, vec!["v".to_string()]);
+}
+
+#[tokio::test]
+async fn pending_destroy_of_present_volume_destroys_it_then_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([
+        create_intent(2, "v"),
+        done(2, "v"),
+        Record::Intent {
+            op: op(3),
+            at_ms: T0 + 3,
+            action: Action::DestroyVolume { volume: "v".into() },
+        },
+    ]);
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("v", op(2), VolumeKind::Data, true);
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::DestroyFinished);
+    assert!(matches!(effect, Effect::Resolve { op: o, result: OpResult::Done(_) } if o == op(3)));
+    assert!(sim.volume_ids().is_empty(), "the volume was destroyed");
+    assert!(!state.volumes.contains_key("v"));
+}
+
+#[tokio::test]
+async fn pending_destroy_of_absent_volume_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([
+        create_intent(2, "v"),
+        done(2, "v"),
+        Record::Intent {
+            op: op(3),
+            at_ms: T0 + 3,
+            action: Action::DestroyVolume { volume: "v".into() },
+        },
+    ]);
+    write_journal(dir.path(), &records).await;
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, _) = only(&res);
+    assert_eq!(case, Case::DestroyAlreadyGone);
+    assert!(!state.volumes.contains_key("v"));
+}
+
+#[tokio::test]
+async fn pending_snapshot_present_and_complete_rolls_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([
+        create_intent(2, "v"),
+        done(2, "v"),
+        Record::Intent {
+            op: op(3),
+            at_ms: T0 + 3,
+            action: Action::CreateSnapshot {
+                source: "v".into(),
+                snapshot: "s".into(),
+                meta: Meta::new(),
+            },
+        },
+    ]);
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("v", op(2), VolumeKind::Data, true);
+    sim.plant_orphan("s", op(3), VolumeKind::Snapshot, true);
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, _) = only(&res);
+    assert_eq!(case, Case::DerivedRolledForward);
+    assert_eq!(state.volumes["s"].kind, VolumeKind::Snapshot);
+    assert_eq!(state.volumes["s"].parent.as_deref(), Some("v"));
+}
+
+#[tokio::test]
+async fn pending_fork_half_made_is_undone_and_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([
+        create_intent(2, "v"),
+        done(2, "v"),
+        Record::Intent {
+            op: op(3),
+            at_ms: T0 + 3,
+            action: Action::CreateSnapshot {
+                source: "v".into(),
+                snapshot: "s".into(),
+                meta: Meta::new(),
+            },
+        },
+        Record::Outcome {
+            op: op(3),
+            at_ms: T0 + 3,
+            result: OpResult::Done(Done::default()),
+        },
+        Record::Intent {
+            op: op(4),
+            at_ms: T0 + 4,
+            action: Action::ForkVolume {
+                snapshot: "s".into(),
+                volume: "f".into(),
+                meta: Meta::new(),
+            },
+        },
+    ]);
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("v", op(2), VolumeKind::Data, true);
+    sim.plant_orphan("s", op(3), VolumeKind::Snapshot, true);
+    sim.plant_orphan("f", op(4), VolumeKind::Data, false);
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::DerivedUndone);
+    assert!(matches!(
+        effect,
+        Effect::Resolve {
+            result: OpResult::Failed { .. },
+            ..
+        }
+    ));
+    assert!(
+        !sim.volume_ids().contains(&"f".to_string()),
+        "partial fork removed"
+    );
+    assert!(!state.volumes.contains_key("f"));
+}
+
+#[tokio::test]
+async fn pending_receive_absent_is_undone_and_partial_state_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([
+        create_intent(2, "v"),
+        done(2, "v"),
+        Record::Intent {
+            op: op(3),
+            at_ms: T0 + 3,
+            action: Action::ReceiveSnapshot {
+                target: "v".into(),
+                snapshot: "r".into(),
+                meta: Meta::new(),
+            },
+        },
+    ]);
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("v", op(2), VolumeKind::Data, true);
+
+    let (res, _) = reconcile(dir.path(), &sim).await;
+    let (case, _) = only(&res);
+    assert_eq!(case, Case::DerivedUndone);
+    assert!(sim.partial_ops().is_empty());
+}
+
+#[tokio::test]
+async fn live_volume_missing_from_provider_is_marked_lost_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([create_intent(2, "v"), done(2, "v")]);
+    write_journal(dir.path(), &records).await;
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::VolumeLost);
+    assert_eq!(effect, Effect::MarkLost { volume: "v".into() });
+    assert_eq!(
+        state.volumes["v"].status,
+        VolumeStatus::Lost,
+        "kept, and reported"
+    );
+
+    // When it shows up again, it is found.
+    sim.plant_orphan("v", op(2), VolumeKind::Data, true);
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    assert_eq!(res.last().unwrap().0, Case::LostVolumeFound);
+    assert_eq!(state.volumes["v"].status, VolumeStatus::Live);
+}
+
+#[tokio::test]
+async fn tagged_item_without_record_is_reported_as_orphan_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    write_journal(dir.path(), &provider_records()).await;
+    sim.plant_orphan("o", op(9), VolumeKind::Data, true);
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::OrphanReported);
+    assert!(matches!(effect, Effect::NoteOrphan(ref o) if o.volume == "o"));
+    assert_eq!(sim.volume_ids(), vec!["o".to_string()], "orphan untouched");
+    assert!(state.orphans.contains_key("p/o"));
+    assert!(!state.volumes.contains_key("o"));
+
+    // Reported once: a second open journals nothing new for it.
+    let (res, _) = reconcile(dir.path(), &sim).await;
+    assert_eq!(res.len(), 1, "no duplicate orphan record: {res:?}");
+
+    // Explicit adopt turns it into a volume.
+    let manager = Manager::open(dir.path(), config(&sim)).await.unwrap();
+    let v = manager.adopt_orphan("p", "o").await.unwrap();
+    assert_eq!(v.id, "o");
+    assert!(manager.orphans().is_empty());
+    manager.close().await;
+}
+
+#[tokio::test]
+async fn orphan_is_destroyed_only_on_explicit_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    write_journal(dir.path(), &provider_records()).await;
+    sim.plant_orphan("o", op(9), VolumeKind::Data, true);
+    let manager = Manager::open(dir.path(), config(&sim)).await.unwrap();
+    assert_eq!(sim.volume_ids(), vec!["o".to_string()]);
+    manager.destroy_orphan("p", "o").await.unwrap();
+    assert!(sim.volume_ids().is_empty());
+    assert!(manager.orphans().is_empty());
+    manager.close().await;
+}
+
+#[tokio::test]
+async fn untagged_item_is_foreign_never_touched_nor_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    write_journal(dir.path(), &provider_records()).await;
+    sim.plant_foreign("someone-elses");
+
+    let manager = Manager::open(dir.path(), config(&sim)).await.unwrap();
+    let report = manager.reconcile_report();
+    assert_eq!(report.foreign.len(), 1);
+    assert!(report.resolutions.is_empty());
+    manager.close().await;
+    assert_eq!(sim.foreign(), vec!["someone-elses".to_string()]);
+    let (res, _) = reconcile(dir.path(), &sim).await;
+    assert!(res.is_empty(), "foreign items are never journaled: {res:?}");
+}
+
+#[tokio::test]
+async fn pending_add_provider_fails_as_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let records = provider_records();
+    write_journal(dir.path(), &records[..1]).await;
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, _) = only(&res);
+    assert_eq!(case, Case::ProviderAddInterrupted);
+    assert!(state.providers.is_empty());
+}
