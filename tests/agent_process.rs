@@ -321,7 +321,6 @@ fn entries(dir: &Path) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the dir provider (not yet on main)"]
 async fn sigterm_during_a_burst_of_creates_keeps_every_acknowledged_volume_and_leaks_none() {
     let state = tempfile::tempdir().unwrap();
     let server = tokio::task::block_in_place(|| Server::start(state.path()));

@@ -98,7 +98,6 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
 }
 
 #[tokio::test]
-#[ignore = "needs the dir provider (not yet on main)"]
 async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = TestAgent::open(

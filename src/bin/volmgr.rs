@@ -1,8 +1,6 @@
 //! `volmgr`: the host agent (`serve`), its client (`volume`) and the
 //! offline journal tool (`journal`). Exit codes are in the README.
 
-use std::process::ExitCode;
-
 use clap::{Parser, Subcommand};
 use volmgr::cli;
 
@@ -23,12 +21,26 @@ enum Command {
     Journal(cli::journal::JournalArgs),
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => std::process::exit(parse_error_exit_code(&e)),
+    };
     let code = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Volume(args) => cli::volume::run(args),
         Command::Journal(args) => cli::journal::run(args),
     };
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+    std::process::exit(code);
+}
+
+/// Prints a parse error (or help); returns the exit code: the journal
+/// tool's own usage code (3) for `volmgr journal`, clap's (2; 0 for help
+/// and version) elsewhere.
+fn parse_error_exit_code(e: &clap::Error) -> i32 {
+    if std::env::args().nth(1).as_deref() == Some("journal") {
+        return cli::journal::parse_error_exit_code(e);
+    }
+    let _ = e.print();
+    e.exit_code()
 }
