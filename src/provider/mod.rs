@@ -16,7 +16,9 @@ use crate::state::{Details, OpId, VolumeKind};
 
 pub mod btrfs;
 pub mod cmd;
+pub mod dir;
 pub mod sim;
+pub mod stream;
 
 /// Configuration of a provider as journaled: string keys and values.
 pub type ProviderConfig = BTreeMap<String, String>;
@@ -222,7 +224,13 @@ pub type ProviderFactory =
 
 /// The factories of the built-in provider kinds.
 pub fn builtin_factories() -> BTreeMap<String, ProviderFactory> {
-    let mut factories = BTreeMap::new();
+    let mut factories: BTreeMap<String, ProviderFactory> = BTreeMap::new();
+    factories.insert(
+        dir::KIND.to_owned(),
+        Arc::new(|config: &ProviderConfig| {
+            Ok(Arc::new(dir::DirProvider::from_config(config)?) as Arc<dyn Provider>)
+        }),
+    );
     factories.insert(btrfs::KIND.to_owned(), btrfs::BtrfsProvider::factory());
     factories
 }
