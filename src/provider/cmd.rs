@@ -345,8 +345,10 @@ fn join_tail(h: JoinHandle<Vec<u8>>) -> String {
 /// (so a recycled pid is never hit): the reaper first waits with `WNOWAIT`,
 /// then tells the watchdog to stand down, then reaps.
 struct Watchdog {
-    shared: Option<(Arc<(Mutex<WatchState>, Condvar)>, JoinHandle<()>)>,
+    shared: Option<(Arc<Watch>, JoinHandle<()>)>,
 }
+
+type Watch = (Mutex<WatchState>, Condvar);
 
 #[derive(Default)]
 struct WatchState {

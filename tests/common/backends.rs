@@ -18,6 +18,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use volmgr::provider::btrfs::BtrfsProvider;
+use volmgr::provider::dir::DirProvider;
 use volmgr::provider::{Provider, ProviderConfig, ProviderFactory};
 
 use super::{BtrfsFs, skip_or_fail};
@@ -49,6 +50,11 @@ pub trait Backend: Send + Sync {
     /// Simulated host shutdown and boot (unmount/mount, pool export/import).
     /// Called with no manager open.
     fn restart_host(&mut self);
+    /// Whether writing into a snapshot fails for this process (the
+    /// directory provider's read-only modes do not stop root).
+    fn snapshots_refuse_writes(&self) -> bool {
+        true
+    }
 }
 
 /// Whether backend `name` is selected by `VOLMGR_CONTRACT_PROVIDER`.
@@ -62,6 +68,59 @@ pub fn selected(name: &str) -> bool {
 fn unselected(test: &str, name: &str) -> Option<Box<dyn Backend>> {
     println!("SKIP {test} on {name}: not selected by {CONTRACT_PROVIDER}");
     None
+}
+
+/// The directory provider on a fresh temporary directory per test.
+pub struct Dir {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+pub fn dir(test: &str) -> Option<Box<dyn Backend>> {
+    if !selected("dir") {
+        return unselected(test, "dir");
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let root = tmp.path().join("volumes");
+    Some(Box::new(Dir { _tmp: tmp, root }))
+}
+
+impl Backend for Dir {
+    fn name(&self) -> &'static str {
+        "dir"
+    }
+    fn kind(&self) -> &'static str {
+        volmgr::provider::dir::KIND
+    }
+    fn config(&self) -> ProviderConfig {
+        ProviderConfig::from([(
+            volmgr::provider::dir::CONFIG_ROOT.to_owned(),
+            self.root.to_string_lossy().into_owned(),
+        )])
+    }
+    fn factory(&self) -> ProviderFactory {
+        Arc::new(|config: &ProviderConfig| {
+            Ok(Arc::new(DirProvider::from_config(config)?) as Arc<dyn Provider>)
+        })
+    }
+    fn plant_foreign(&self, name: &str) {
+        // A directory without an ownership marker where a data volume of
+        // that name would live.
+        let path = self.root.join("data").join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("theirs"), b"not yours").unwrap();
+    }
+    fn foreign_present(&self, name: &str) -> bool {
+        std::fs::read(self.root.join("data").join(name).join("theirs"))
+            .is_ok_and(|b| b == b"not yours")
+    }
+    fn restart_host(&mut self) {
+        // Plain directories: nothing to unmount; the reopen is the test.
+    }
+    fn snapshots_refuse_writes(&self) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() != 0 }
+    }
 }
 
 /// btrfs on a fresh loop-mounted file system per test.
