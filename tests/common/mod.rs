@@ -23,8 +23,19 @@ pub fn skip_or_fail(test: &str, what: &str, reason: &str, require_var: &str) {
     );
 }
 
+/// Finds `program` on PATH, or in /usr/sbin and /sbin (where mkfs.btrfs and
+/// losetup live, even when PATH lacks them).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
+    let exe = which(program).ok_or_else(|| format!("{program} not found"))?;
+    let out = Command::new(exe)
         .args(args)
         .env("LC_ALL", "C")
         .output()
@@ -39,15 +50,6 @@ fn run(program: &str, args: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
-}
-
-fn found_in_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-        || ["/sbin", "/usr/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(program).is_file())
 }
 
 /// A btrfs file system on a sparse image, attached to a loop device and
@@ -68,7 +70,7 @@ impl BtrfsFs {
             return Err("not running as root (mount and losetup need it)".into());
         }
         for program in ["mkfs.btrfs", "btrfs", "losetup", "mount", "umount"] {
-            if !found_in_path(program) {
+            if which(program).is_none() {
                 return Err(format!(
                     "{program} not found (install btrfs-progs / util-linux)"
                 ));
