@@ -1,0 +1,344 @@
+//! btrfs-only properties of the btrfs provider, on a loop-mounted btrfs:
+//! crash states of a receive and of a create built by hand (exactly what a
+//! process killed at that step leaves) and resolved by reconciliation;
+//! snapshot identities as btrfs sees them; ownership refusals.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::BtrfsFs;
+use uuid::Uuid;
+use volmgr::journal::{Journal, JournalConfig};
+use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::provider::btrfs::BtrfsProvider;
+use volmgr::provider::{Presence, Provider, VolumeRef};
+use volmgr::state::{Action, Case, DETAIL_GUID, Details, Meta, Record, VolumeKind};
+
+fn btrfs(args: &[&str], paths: &[&Path]) -> String {
+    let out = Command::new("btrfs")
+        .args(args)
+        .args(paths)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "btrfs {args:?} {paths:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn show_field(path: &Path, field: &str) -> String {
+    btrfs(&["subvolume", "show"], &[path])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(field).map(|v| v.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no {field} for {}", path.display()))
+}
+
+fn subvolume_count(fs: &BtrfsFs) -> usize {
+    btrfs(&["subvolume", "list"], &[fs.path()]).lines().count()
+}
+
+fn exchange(a: &Path, b: &Path) {
+    let (a, b) = (
+        CString::new(a.as_os_str().as_bytes()).unwrap(),
+        CString::new(b.as_os_str().as_bytes()).unwrap(),
+    );
+    // SAFETY: two valid NUL-terminated paths.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+}
+
+fn config() -> ManagerConfig {
+    ManagerConfig::default()
+}
+
+async fn open_with_provider(state: &Path, root: &Path) -> Manager {
+    let m = Manager::open(state, config()).await.unwrap();
+    if m.providers().is_empty() {
+        let root = root.to_string_lossy().into_owned();
+        m.add_provider("p", "btrfs", BTreeMap::from([("root".into(), root)]))
+            .await
+            .unwrap();
+    }
+    m
+}
+
+async fn append(state: &Path, record: Record) {
+    let (journal, _) = Journal::<Record>::open(state, JournalConfig::default()).unwrap();
+    journal.append(&record).await.unwrap();
+    journal.close().await;
+}
+
+fn tag_line(volume: &str, op: Uuid, kind: &str, parent: &str) -> String {
+    format!("volume={volume} op={op} kind={kind} parent={parent}\n")
+}
+
+fn cases(m: &Manager) -> Vec<(Case, Option<String>)> {
+    m.reconcile_report()
+        .resolutions
+        .into_iter()
+        .map(|(c, v, _)| (c, v))
+        .collect()
+}
+
+/// Builds, by hand, what a receive of `stream` into `target` by op `op`
+/// leaves when killed after exchanging the target's content (and, if
+/// `placed`, after renaming the snapshot into place), then reopens.
+async fn receive_killed_after_exchange(placed: bool) {
+    let test = if placed {
+        "receive_killed_after_placing_its_snapshot_is_undone_and_target_restored"
+    } else {
+        "receive_killed_after_exchanging_target_content_is_undone_and_target_restored"
+    };
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let state = tempfile::tempdir().unwrap();
+    let m = open_with_provider(state.path(), &root).await;
+    let t = m.create_volume("p", Some("t"), Meta::new()).await.unwrap();
+    std::fs::write(Path::new(&t.location).join("who"), b"old").unwrap();
+    let src = m
+        .create_volume("p", Some("src"), Meta::new())
+        .await
+        .unwrap();
+    std::fs::write(Path::new(&src.location).join("who"), b"new").unwrap();
+    let s = m.create_snapshot("src", Meta::new()).await.unwrap();
+    let mut stream = Vec::new();
+    m.send_snapshot(&s.id, &[], &mut stream).await.unwrap();
+    m.close().await;
+
+    let op = Uuid::now_v7();
+    append(
+        state.path(),
+        Record::Intent {
+            op,
+            at_ms: 1,
+            action: Action::ReceiveSnapshot {
+                target: "t".into(),
+                snapshot: "r".into(),
+                meta: Meta::new(),
+            },
+        },
+    )
+    .await;
+    let stage = root.join(".volmgr/stage").join(op.to_string());
+    std::fs::create_dir(&stage).unwrap();
+    std::fs::write(stage.join("tag"), tag_line("r", op, "snapshot", "t")).unwrap();
+    let incoming = stage.join("in");
+    std::fs::create_dir(&incoming).unwrap();
+    let mut child = Command::new("btrfs")
+        .arg("receive")
+        .arg(&incoming)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &stream).unwrap();
+    assert!(child.wait().unwrap().success());
+    let name = std::fs::read_dir(&incoming)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::rename(&name, incoming.join("vol")).unwrap();
+    std::fs::write(incoming.join("tag"), tag_line("r", op, "snapshot", "t")).unwrap();
+    let fresh = stage.join("new");
+    btrfs(&["subvolume", "snapshot"], &[&incoming.join("vol"), &fresh]);
+    exchange(&fresh, Path::new(&t.location));
+    if placed {
+        std::fs::rename(&incoming, root.join("snapshot/r")).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(Path::new(&t.location).join("who")).unwrap(),
+        b"new"
+    );
+
+    let m = open_with_provider(state.path(), &root).await;
+    assert_eq!(cases(&m), vec![(Case::DerivedUndone, Some("r".into()))]);
+    assert!(m.volume("r").is_err());
+    assert_eq!(
+        std::fs::read(Path::new(&t.location).join("who")).unwrap(),
+        b"old",
+        "the target's content was exchanged back"
+    );
+    assert_eq!(
+        subvolume_count(&fs),
+        3,
+        "t, src, and the snapshot: nothing leaked"
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join(".volmgr/stage"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // The target takes a receive afterwards as if nothing happened.
+    let r = m.receive_snapshot("t", stream.as_slice()).await.unwrap();
+    assert_eq!(r.details[DETAIL_GUID], s.details[DETAIL_GUID]);
+    assert_eq!(
+        std::fs::read(Path::new(&t.location).join("who")).unwrap(),
+        b"new"
+    );
+    m.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_killed_after_exchanging_target_content_is_undone_and_target_restored() {
+    receive_killed_after_exchange(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_killed_after_placing_its_snapshot_is_undone_and_target_restored() {
+    receive_killed_after_exchange(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_killed_after_staging_its_tag_is_finished_by_reconciliation() {
+    let test = "create_killed_after_staging_its_tag_is_finished_by_reconciliation";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let state = tempfile::tempdir().unwrap();
+    open_with_provider(state.path(), &root).await.close().await;
+    let op = Uuid::now_v7();
+    append(
+        state.path(),
+        Record::Intent {
+            op,
+            at_ms: 1,
+            action: Action::CreateVolume {
+                provider: "p".into(),
+                volume: "v".into(),
+                meta: Meta::new(),
+            },
+        },
+    )
+    .await;
+    let stage = root.join(".volmgr/stage").join(op.to_string());
+    std::fs::create_dir(&stage).unwrap();
+    std::fs::write(stage.join("tag"), tag_line("v", op, "data", "-")).unwrap();
+
+    let m = open_with_provider(state.path(), &root).await;
+    assert_eq!(cases(&m), vec![(Case::CreateFinished, Some("v".into()))]);
+    let v = m.volume("v").unwrap();
+    assert_eq!(v.op, op);
+    std::fs::write(Path::new(&v.location).join("usable"), b"yes").unwrap();
+    assert_eq!(subvolume_count(&fs), 1);
+    assert_eq!(
+        std::fs::read_dir(root.join(".volmgr/stage"))
+            .unwrap()
+            .count(),
+        0
+    );
+    m.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_identity_is_the_uuid_btrfs_send_carries() {
+    let test = "snapshot_identity_is_the_uuid_btrfs_send_carries";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let state = tempfile::tempdir().unwrap();
+    let m = open_with_provider(state.path(), &root).await;
+    let src = m
+        .create_volume("p", Some("src"), Meta::new())
+        .await
+        .unwrap();
+    std::fs::write(Path::new(&src.location).join("f"), b"x").unwrap();
+    let s = m.create_snapshot("src", Meta::new()).await.unwrap();
+    let s_path = PathBuf::from(&s.location);
+    assert_eq!(s.details[DETAIL_GUID], show_field(&s_path, "UUID:"));
+    assert_eq!(
+        btrfs(&["property", "get", "-ts"], &[&s_path]).trim(),
+        "ro=true"
+    );
+    m.create_volume("p", Some("dst"), Meta::new())
+        .await
+        .unwrap();
+    let mut stream = Vec::new();
+    m.send_snapshot(&s.id, &[], &mut stream).await.unwrap();
+    let r = m.receive_snapshot("dst", stream.as_slice()).await.unwrap();
+    let r_path = PathBuf::from(&r.location);
+    assert_eq!(
+        show_field(&r_path, "Received UUID:"),
+        s.details[DETAIL_GUID],
+        "the receiver's received UUID is the sender's UUID"
+    );
+    assert_eq!(r.details[DETAIL_GUID], s.details[DETAIL_GUID]);
+    assert_eq!(
+        btrfs(&["property", "get", "-ts"], &[&r_path]).trim(),
+        "ro=true"
+    );
+    m.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_snapshot_is_incomplete_until_finished_and_untagged_subvolume_is_never_destroyed()
+{
+    let test =
+        "writable_snapshot_is_incomplete_until_finished_and_untagged_subvolume_is_never_destroyed";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let state = tempfile::tempdir().unwrap();
+    let m = open_with_provider(state.path(), &root).await;
+    m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    let s = m.create_snapshot("v", Meta::new()).await.unwrap();
+    m.close().await;
+    let p = BtrfsProvider::new(&root).unwrap();
+    let made_writable = Command::new("btrfs")
+        .args(["property", "set", "-ts"])
+        .arg(&s.location)
+        .args(["ro", "false"])
+        .status()
+        .unwrap();
+    assert!(made_writable.success());
+    let found = p
+        .inventory()
+        .unwrap()
+        .into_iter()
+        .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == s.id))
+        .unwrap();
+    assert!(
+        matches!(found.presence, Presence::Incomplete { .. }),
+        "{found:?}"
+    );
+    let finished = p.finish(&found).unwrap();
+    assert_eq!(finished.details, s.details);
+    assert_eq!(
+        btrfs(&["property", "get", "-ts"], &[Path::new(&s.location)]).trim(),
+        "ro=true"
+    );
+
+    let theirs = root.join("data").join("theirs");
+    btrfs(&["subvolume", "create"], &[&theirs]);
+    let details = Details::new();
+    let err = p
+        .destroy(&VolumeRef {
+            id: "theirs",
+            kind: VolumeKind::Data,
+            parent: None,
+            location: "",
+            details: &details,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("no volmgr tag"), "{err}");
+    assert!(theirs.is_dir(), "never touched");
+}
