@@ -224,7 +224,13 @@ impl Writer {
         self.active_len = self.segment_size;
         self.segment_first_seq = self.next_seq;
         self.offset = SEGMENT_HEADER_LEN as u64;
-        self.segments.push(self.next_seq);
+        // An empty active segment (e.g. one cut short outside our control) is
+        // replaced under the same name: list it once, or checkpoint cleanup
+        // would take the duplicate for a finished segment and delete it.
+        if self.segments.last() != Some(&self.next_seq) {
+            self.segments.push(self.next_seq);
+        }
+        debug_assert!(self.segments.windows(2).all(|w| w[0] < w[1]));
         Ok(())
     }
 
