@@ -297,6 +297,17 @@ impl<R: JournalRecord> Journal<R> {
                     max: format::MAX_PAYLOAD_LEN,
                 });
             }
+            // Pair assertion: what is written must replay. bincode's limit
+            // counts integers at their in-memory width (a u64 is 8 bytes
+            // against the limit however few it takes on disk), so a payload
+            // under 1 MiB can still exceed the decode limit; such a record,
+            // once durable, would make the journal refuse to open.
+            if let Err(e) = codec::decode_record::<R>(&payload) {
+                return Err(JournalError::Encode(format!(
+                    "record of {} bytes would not decode on replay: {e}",
+                    payload.len()
+                )));
+            }
             total += format::frame_len(payload.len());
             encoded.push((record.kind(), payload));
         }
