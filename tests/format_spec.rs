@@ -256,6 +256,15 @@ fn bincode_configuration_is_standard_little_endian_varint() {
     // Option: 0 = None, 1 = Some then the value. bool: one byte 0/1.
     assert_eq!(volmgr::journal::encode_record(&Some(true)).unwrap(), [1, 1]);
     assert_eq!(volmgr::journal::encode_record(&None::<bool>).unwrap(), [0]);
+    // u8/i8 are one raw byte, never a varint; u16 255 is a varint.
+    assert_eq!(volmgr::journal::encode_record(&255u8).unwrap(), [255]);
+    assert_eq!(volmgr::journal::encode_record(&-2i8).unwrap(), [0xFE]);
+    assert_eq!(
+        volmgr::journal::encode_record(&255u16).unwrap(),
+        [251, 255, 0]
+    );
+    // char: its UTF-8 bytes.
+    assert_eq!(volmgr::journal::encode_record(&'é').unwrap(), [0xC3, 0xA9]);
     // Fixed-width little endian is NOT used for integers: u32 7 is one byte.
     assert_eq!(volmgr::journal::encode_record(&7u32).unwrap(), [7]);
     // Trailing bytes are refused.
