@@ -331,7 +331,9 @@ impl<R: JournalRecord> Journal<R> {
     }
 
     /// Stores a snapshot of the caller's state as of sequence `seq` (which
-    /// must be durable), then removes what it makes unnecessary.
+    /// must be durable), then removes what it makes unnecessary: checkpoints
+    /// but the newest two, and segments wholly covered by the older of those.
+    /// A checkpoint at or before the newest stored one is a no-op.
     pub async fn checkpoint(&self, seq: u64, payload: Vec<u8>) -> Result<(), JournalError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Checkpoint {

@@ -242,7 +242,10 @@ impl Writer {
         if seq > durable {
             return Err(JournalError::CheckpointAhead { seq, durable });
         }
-        if self.checkpoints.last() == Some(&seq) {
+        // Not newer than the newest: nothing to gain, and storing it would
+        // let retention keep it instead of a newer one whose covered
+        // segments are already gone.
+        if self.checkpoints.last().is_some_and(|&newest| seq <= newest) {
             return Ok(seq);
         }
         let bytes = format::encode_checkpoint(seq, payload);
