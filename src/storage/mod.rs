@@ -16,6 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 pub mod fault;
+pub mod unsynced;
 
 /// A held exclusive lock; dropping it releases the lock.
 pub type LockGuard = Box<dyn Any + Send + Sync>;
@@ -137,8 +138,10 @@ impl Storage for RealStorage {
             }
             Err(fs::TryLockError::Error(e)) => return Err(e),
         }
-        file.set_len(0)?;
+        // Write, then cut to length: truncating to zero first would make
+        // ext4 (auto_da_alloc) flush the file when it is closed.
         file.write_all_at(holder.as_bytes(), 0)?;
+        file.set_len(holder.len() as u64)?;
         Ok(Box::new(file))
     }
 }
