@@ -434,7 +434,8 @@ fn main() {
         .fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
     println!();
     println!(
-        "raw loop measured {} times: {lo:.0}..{hi:.0} records/s (the raw/s column is the mean of the runs          before and after each row)",
+        "raw loop measured {} times: {lo:.0}..{hi:.0} records/s (the raw/s column is the mean of the runs \
+         before and after each row)",
         raws.len()
     );
     println!();
