@@ -240,7 +240,18 @@ fn list_numbered(
 
 /// Reads one segment file, bounded.
 pub fn read_segment(storage: &dyn Storage, path: &Path) -> Result<Vec<u8>, JournalError> {
-    storage::read_bounded(storage, path, MAX_SEGMENT_LEN).map_err(|e| {
+    let mut buf = Vec::new();
+    read_segment_into(storage, path, &mut buf)?;
+    Ok(buf)
+}
+
+/// Reads one segment file, bounded, into `buf` (its old content is replaced).
+pub fn read_segment_into(
+    storage: &dyn Storage,
+    path: &Path,
+    buf: &mut Vec<u8>,
+) -> Result<(), JournalError> {
+    storage::read_bounded_into(storage, path, MAX_SEGMENT_LEN, buf).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidData {
             let len = storage.open(path).and_then(|f| f.len()).unwrap_or(0);
             JournalError::Corrupt {
@@ -366,9 +377,11 @@ pub fn walk(
     let mut expected_first: Option<u64> = None;
     let mut append_at = None;
     let mut end = LogEnd::Clean;
+    // One buffer for every segment: no fresh pages to fault in per file.
+    let mut bytes = Vec::new();
     for (i, (name_seq, path)) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
-        let bytes = read_segment(storage, path)?;
+        read_segment_into(storage, path, &mut bytes)?;
         let scan = match scan_segment(&bytes) {
             Ok(scan) => scan,
             Err((offset, reason)) => {
