@@ -101,7 +101,7 @@ fn crafted_frames_claiming_huge_lengths_at_every_offset_scan_in_linear_time() {
     use volmgr::journal::format::{self, FRAME_ALIGN, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN};
     use volmgr::journal::reader::{self, SegmentEnd};
 
-    let len = 4 << 20;
+    let len = 24 << 20;
     let mut bytes = vec![0u8; len];
     bytes[..format::SEGMENT_HEADER_LEN].copy_from_slice(&format::encode_segment_header(1));
     let mut p = format::SEGMENT_HEADER_LEN;

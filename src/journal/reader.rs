@@ -122,23 +122,26 @@ fn dirty_end(bytes: &[u8]) -> usize {
     bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)
 }
 
-/// Bytes the forward scans below may checksum for one call, relative to the
-/// bytes scanned: real damage needs a handful of checksums, but crafted input
-/// could make every 8-byte offset claim a 1 MiB frame (quadratic work).
+/// Bytes the forward scans below may checksum for one call: linear in the
+/// bytes scanned. Real damage needs few checksums (most garbage claims a
+/// length over the limit or past the end, refused before any checksum), but
+/// crafted input could make every 8-byte offset claim a frame that fits,
+/// which would be quadratic work.
 fn checksum_budget(bytes: &[u8]) -> usize {
-    bytes
-        .len()
-        .saturating_mul(8)
-        .saturating_add(format::MAX_PAYLOAD_LEN)
+    bytes.len().saturating_mul(8).saturating_add(64 << 20)
 }
 
-/// Cost of checking the candidate frame at `bytes[p..]`: its claimed length.
+/// Checksum work of checking the candidate frame at `bytes[p..]`: its claimed
+/// length if it fits in what remains (only then is a checksum computed).
 fn candidate_cost(bytes: &[u8], p: usize) -> usize {
     let len = bytes[p + FRAME_LEN_OFFSET..p + FRAME_LEN_OFFSET + 4]
         .try_into()
         .map(u32::from_le_bytes)
         .unwrap_or(0) as usize;
-    FRAME_HEADER_LEN + len.min(format::MAX_PAYLOAD_LEN)
+    if len > format::MAX_PAYLOAD_LEN || format::frame_len(len) > bytes.len() - p {
+        return FRAME_HEADER_LEN;
+    }
+    format::frame_len(len)
 }
 
 /// Looks after `from` for a valid frame that belongs to a write batch later
