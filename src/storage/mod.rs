@@ -16,6 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 pub mod fault;
+pub mod unsynced;
 
 /// A held exclusive lock; dropping it releases the lock.
 pub type LockGuard = Box<dyn Any + Send + Sync>;
@@ -56,6 +57,20 @@ pub trait StorageFile: Send + Sync + Debug {
 
 /// Reads a whole file, refusing (before allocating) one longer than `max_len`.
 pub fn read_bounded(storage: &dyn Storage, path: &Path, max_len: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    read_bounded_into(storage, path, max_len, &mut buf)?;
+    Ok(buf)
+}
+
+/// Like [`read_bounded`], into a caller's buffer (replaced, not appended to),
+/// so a walk over many segments reuses one allocation instead of faulting in
+/// fresh pages for every file.
+pub fn read_bounded_into(
+    storage: &dyn Storage,
+    path: &Path,
+    max_len: u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
     let file = storage.open(path)?;
     let len = file.len()?;
     if len > max_len {
@@ -64,9 +79,9 @@ pub fn read_bounded(storage: &dyn Storage, path: &Path, max_len: u64) -> io::Res
             format!("file is {len} bytes, more than the limit of {max_len}"),
         ));
     }
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, 0)?;
-    Ok(buf)
+    buf.clear();
+    buf.resize(len as usize, 0);
+    file.read_exact_at(buf, 0)
 }
 
 /// The real file system.
@@ -137,8 +152,10 @@ impl Storage for RealStorage {
             }
             Err(fs::TryLockError::Error(e)) => return Err(e),
         }
-        file.set_len(0)?;
+        // Write, then cut to length: truncating to zero first would make
+        // ext4 (auto_da_alloc) flush the file when it is closed.
         file.write_all_at(holder.as_bytes(), 0)?;
+        file.set_len(holder.len() as u64)?;
         Ok(Box::new(file))
     }
 }
