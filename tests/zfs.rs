@@ -470,7 +470,7 @@ async fn incremental_stream_between_two_pools_is_small_and_carries_the_data() {
     let inc_time = t.elapsed();
     assert!(inc.incremental, "base found among the receiver's haves");
     assert!(
-        inc.bytes >= 10 << 20 && inc.bytes < 20 << 20,
+        ((10 << 20)..(20 << 20)).contains(&inc.bytes),
         "an incremental stream carries the change only: {} bytes",
         inc.bytes
     );

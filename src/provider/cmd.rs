@@ -345,6 +345,7 @@ fn join_tail(h: JoinHandle<Vec<u8>>) -> String {
 /// (so a recycled pid is never hit): the reaper first waits with `WNOWAIT`,
 /// then tells the watchdog to stand down, then reaps.
 struct Watchdog {
+    #[allow(clippy::type_complexity)]
     shared: Option<(Arc<(Mutex<WatchState>, Condvar)>, JoinHandle<()>)>,
 }
 

@@ -102,7 +102,7 @@ const COLUMNS: &str = "name,type,guid,createtxg,origin,mounted,receive_resume_to
 const BUSY_ATTEMPTS: u32 = 8;
 
 /// `DMU_BACKUP_MAGIC` of a send stream's begin record.
-const BACKUP_MAGIC: u64 = 0x2F5b_acbac;
+const BACKUP_MAGIC: u64 = 0x2_f5ba_cbac;
 /// Size of the `DRR_BEGIN` record (type, payload length, begin body).
 const BEGIN_LEN: usize = 8 + 8 + 8 + 8 + 4 + 4 + 8 + 8 + 256;
 
