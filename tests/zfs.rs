@@ -313,9 +313,10 @@ async fn zfs_kill_mid_operation_then_reconcile_leaves_inventory_equal_to_state()
                 now.orphans.keys().collect::<Vec<_>>()
             ));
         }
-        if !report.foreign.is_empty() {
-            problems.push(format!("foreign items appeared: {:?}", report.foreign));
-        }
+        // (The report's foreign list is taken before recovery acts: a
+        // snapshot that arrived untagged when the receive was killed shows
+        // there, then abort_partial removes it. What must hold is that
+        // nothing untagged remains afterwards: checked on the inventory below.)
         manager.close().await;
         let inventory = ZfsProvider::from_config(&config)
             .unwrap()

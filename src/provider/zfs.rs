@@ -52,7 +52,8 @@
 //! `<target>@<spec.id>`, and clears the mark. A failed receive with a resume
 //! token is aborted at once (`zfs recv -A`; the token is named in the error),
 //! and [`Provider::abort_partial`] does the same after a crash (plus removing
-//! an arrived-but-untagged snapshot of that operation), so a partial receive
+//! an arrived-but-untagged snapshot of that operation, and mounting the
+//! target again: a killed receive leaves it unmounted), so a partial receive
 //! never blocks the dataset.
 //!
 //! # Errors
@@ -794,6 +795,7 @@ impl ZfsProvider {
                 None => "receive failed".to_owned(),
             };
             let _ = self.clear_receiving(tname);
+            let _ = self.ensure_mounted(tname);
             return Err(ProviderError::Stream(format!("{note}: {e}")));
         }
         let arrived = self
@@ -819,6 +821,7 @@ impl ZfsProvider {
             })?;
         }
         self.clear_receiving(tname)?;
+        self.ensure_mounted(tname)?;
         let row = self
             .one(&want)?
             .ok_or_else(|| ProviderError::NotFound(want.clone()))?;
@@ -1139,6 +1142,9 @@ impl Provider for ZfsProvider {
                 }
             }
             self.clear_receiving(&r.name)?;
+            // A receive killed mid-way leaves the target unmounted (the
+            // receive unmounts it to swap or roll it back).
+            self.ensure_mounted(&r.name)?;
         }
         Ok(())
     }
