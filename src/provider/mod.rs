@@ -19,6 +19,7 @@ pub mod cmd;
 pub mod dir;
 pub mod sim;
 pub mod stream;
+pub mod zfs;
 
 /// Configuration of a provider as journaled: string keys and values.
 pub type ProviderConfig = BTreeMap<String, String>;
@@ -232,5 +233,6 @@ pub fn builtin_factories() -> BTreeMap<String, ProviderFactory> {
         }),
     );
     factories.insert(btrfs::KIND.to_owned(), btrfs::BtrfsProvider::factory());
+    factories.insert(zfs::KIND.to_owned(), zfs::ZfsProvider::factory());
     factories
 }

@@ -21,7 +21,7 @@ use volmgr::provider::btrfs::BtrfsProvider;
 use volmgr::provider::dir::DirProvider;
 use volmgr::provider::{Provider, ProviderConfig, ProviderFactory};
 
-use super::{BtrfsFs, skip_or_fail};
+use super::BtrfsFs;
 
 pub const CONTRACT_PROVIDER: &str = "VOLMGR_CONTRACT_PROVIDER";
 /// Backends run when `VOLMGR_CONTRACT_PROVIDER` is unset.
@@ -182,18 +182,51 @@ impl Backend for Btrfs {
     }
 }
 
-/// ZFS: selected only explicitly (`VOLMGR_CONTRACT_PROVIDER=zfs`), and not
-/// written yet: the ZFS provider's engineer fills this in.
+/// ZFS: selected only explicitly (`VOLMGR_CONTRACT_PROVIDER=zfs`): a fresh
+/// pool per test on a sparse file vdev under `/tmp`, created by the provider
+/// itself (`pool_vdev`); `restart_host` exports the pool and leaves the
+/// re-import to the provider when the manager reopens (the "re-import an
+/// existing vdev file" path).
 pub fn zfs(test: &str) -> Option<Box<dyn Backend>> {
     if !selected("zfs") {
         return unselected(test, "zfs");
     }
-    let dataset = std::env::var("VOLMGR_ZFS_DATASET").unwrap_or_default();
-    skip_or_fail(
-        test,
-        "zfs",
-        &format!("the ZFS contract backend is not implemented yet (dataset {dataset:?})"),
-        "VOLMGR_REQUIRE_ZFS",
-    );
-    None
+    let pool = super::ZfsPool::for_test(test, 512)?;
+    Some(Box::new(pool))
+}
+
+impl Backend for super::ZfsPool {
+    fn name(&self) -> &'static str {
+        "zfs"
+    }
+    fn kind(&self) -> &'static str {
+        volmgr::provider::zfs::KIND
+    }
+    fn config(&self) -> ProviderConfig {
+        self.provider_config()
+    }
+    fn factory(&self) -> ProviderFactory {
+        volmgr::provider::zfs::ZfsProvider::factory()
+    }
+    fn plant_foreign(&self, name: &str) {
+        // An untagged dataset right where a data volume of that name would live.
+        let mnt = self.workdir.join("foreign").join(name);
+        let ds = format!("{}/data/{name}", self.dataset());
+        let out = Command::new("zfs")
+            .arg("create")
+            .arg("-o")
+            .arg(format!("mountpoint={}", mnt.display()))
+            .arg(&ds)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::fs::write(mnt.join("theirs"), b"not yours").unwrap();
+    }
+    fn foreign_present(&self, name: &str) -> bool {
+        std::fs::read(self.workdir.join("foreign").join(name).join("theirs"))
+            .is_ok_and(|b| b == b"not yours")
+    }
+    fn restart_host(&mut self) {
+        self.export();
+    }
 }

@@ -188,3 +188,143 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// `VOLMGR_REQUIRE_ZFS=1`: "no ZFS here" is a failure, not a skip.
+pub const REQUIRE_ZFS: &str = "VOLMGR_REQUIRE_ZFS";
+
+/// Why ZFS is unusable here, or `None` if `zfs`/`zpool` work.
+pub fn zfs_unusable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".into());
+    }
+    if !Path::new("/dev/zfs").exists() {
+        return Some("/dev/zfs is missing (no zfs kernel module)".into());
+    }
+    for program in ["zfs", "zpool"] {
+        if which(program).is_none() {
+            return Some(format!("{program} not found (install zfsutils-linux)"));
+        }
+    }
+    run("zpool", &["list", "-H"]).err()
+}
+
+/// A throw-away pool for one test. Either on a sparse file vdev under
+/// `/tmp/volmgr-zfs` made by the provider itself (`pool_vdev`, re-imported
+/// by the provider after [`ZfsPool::export`]), or on a whole disk.
+/// Destroyed (and its file removed) on drop, also when the test panics.
+pub struct ZfsPool {
+    pub pool: String,
+    pub vdev: PathBuf,
+    pub workdir: PathBuf,
+    pub size_mb: u64,
+    on_disk: bool,
+}
+
+impl ZfsPool {
+    /// A pool name from the test name: short, starts with a letter, unique per test.
+    pub fn name_for(test: &str) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        test.hash(&mut h);
+        format!("vt{:08x}", h.finish() as u32)
+    }
+
+    /// Prints SKIP (or panics under `VOLMGR_REQUIRE_ZFS=1`) when ZFS is unusable.
+    pub fn for_test(test: &str, size_mb: u64) -> Option<ZfsPool> {
+        if let Some(why) = zfs_unusable() {
+            skip_or_fail(test, "zfs", &why, REQUIRE_ZFS);
+            return None;
+        }
+        let pool = Self::name_for(test);
+        let base = PathBuf::from("/tmp/volmgr-zfs");
+        let p = ZfsPool {
+            vdev: base.join(format!("{pool}.img")),
+            workdir: base.join(format!("{pool}-work")),
+            pool,
+            size_mb,
+            on_disk: false,
+        };
+        p.cleanup();
+        Some(p)
+    }
+
+    /// A pool created by the test on a whole disk (`/dev/vdX` in the guest).
+    pub fn on_disk(test: &str, name: &str, disk: &str) -> Option<ZfsPool> {
+        if let Some(why) = zfs_unusable() {
+            skip_or_fail(test, "zfs", &why, REQUIRE_ZFS);
+            return None;
+        }
+        let p = ZfsPool {
+            pool: name.to_owned(),
+            vdev: PathBuf::from(disk),
+            workdir: PathBuf::from("/tmp/volmgr-zfs").join(format!("{name}-work")),
+            size_mb: 0,
+            on_disk: true,
+        };
+        p.cleanup();
+        run("zpool", &["create", "-f", "-m", "none", name, disk]).expect("zpool create on disk");
+        Some(p)
+    }
+
+    pub fn dataset(&self) -> String {
+        format!("{}/volmgr", self.pool)
+    }
+
+    pub fn provider_config(&self) -> BTreeMap<String, String> {
+        let mut c = BTreeMap::from([
+            ("dataset".to_owned(), self.dataset()),
+            (
+                "workdir".to_owned(),
+                self.workdir.to_string_lossy().into_owned(),
+            ),
+        ]);
+        if !self.on_disk {
+            c.insert(
+                "pool_vdev".to_owned(),
+                self.vdev.to_string_lossy().into_owned(),
+            );
+            c.insert("pool_size".to_owned(), format!("{}M", self.size_mb));
+        }
+        c
+    }
+
+    /// Simulated host shutdown: the pool goes away (its datasets unmount).
+    pub fn export(&self) {
+        run("zpool", &["export", &self.pool]).expect("zpool export");
+    }
+
+    /// Simulated boot for a pool the provider does not import itself.
+    pub fn import(&self) {
+        let dir = if self.on_disk {
+            "/dev".to_owned()
+        } else {
+            self.vdev.to_string_lossy().into_owned()
+        };
+        run("zpool", &["import", "-d", &dir, &self.pool]).expect("zpool import");
+    }
+
+    pub fn imported(&self) -> bool {
+        run("zpool", &["list", "-H", "-o", "name", &self.pool]).is_ok()
+    }
+
+    fn cleanup(&self) {
+        let _ = run("zpool", &["destroy", "-f", &self.pool]);
+        if !self.on_disk {
+            let _ = fs::remove_file(&self.vdev);
+        }
+        let _ = fs::remove_dir_all(&self.workdir);
+    }
+}
+
+impl Drop for ZfsPool {
+    fn drop(&mut self) {
+        if !self.imported() && !self.on_disk && self.vdev.exists() {
+            let _ = run(
+                "zpool",
+                &["import", "-d", &self.vdev.to_string_lossy(), &self.pool],
+            );
+        }
+        self.cleanup();
+    }
+}
