@@ -133,11 +133,15 @@ impl<R: JournalRecord> Journal<R> {
         }
         let journal_dir = state_dir.join(JOURNAL_DIR);
         let checkpoint_dir = state_dir.join(CHECKPOINT_DIR);
-        for dir in [state_dir, &journal_dir, &checkpoint_dir] {
+        // New directories are entries of their parents: make them durable
+        // too, or a power cut can take the whole journal along (invariant 5).
+        create_dir_durable(storage.as_ref(), state_dir)?;
+        for dir in [&journal_dir, &checkpoint_dir] {
             storage
                 .create_dir_all(dir)
                 .map_err(|e| JournalError::io(dir, "create directory", e))?;
         }
+        writer::sync_dir(storage.as_ref(), state_dir)?;
         let lock_path = state_dir.join(LOCK_FILE);
         let holder = format!("pid {}", std::process::id());
         let lock = storage
@@ -391,6 +395,24 @@ impl<R> Drop for Journal<R> {
             let _ = thread.join();
         }
     }
+}
+
+/// Creates `dir` if missing, with its missing ancestors, and syncs the parent
+/// of each directory it created, so the new entries survive a power cut.
+fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {
+    match storage.list_dir(dir) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(JournalError::io(dir, "list directory", e)),
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_dir_durable(storage, parent)?;
+    }
+    storage
+        .create_dir_all(dir)
+        .map_err(|e| JournalError::io(dir, "create directory", e))?;
+    writer::sync_dir(storage, parent.unwrap_or(Path::new(".")))
 }
 
 fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {
