@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -189,6 +191,18 @@ pub struct ReconcileReport {
 pub struct ManagerStats {
     pub durable_seq: u64,
     pub syncs: u64,
+    /// Mutating operations completed through the write path since open.
+    pub operations: u64,
+    /// Their summed wall time, and the part spent awaiting durable appends.
+    pub operation_ns: u64,
+    pub journal_wait_ns: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    operations: AtomicU64,
+    operation_ns: AtomicU64,
+    journal_wait_ns: AtomicU64,
 }
 
 struct Core {
@@ -211,6 +225,7 @@ struct Inner {
     checkpoint_every: u64,
     state_dir: PathBuf,
     report: Mutex<ReconcileReport>,
+    counters: Counters,
 }
 
 /// The volume manager. Cheap to clone; all clones share one state.
@@ -310,6 +325,7 @@ impl Manager {
             checkpoint_every: config.checkpoint_every.max(1),
             state_dir,
             report: Mutex::new(report),
+            counters: Counters::default(),
         });
         let manager = Manager { inner };
 
@@ -376,6 +392,9 @@ impl Manager {
         ManagerStats {
             durable_seq: self.inner.journal.durable_seq(),
             syncs: self.inner.journal.sync_count(),
+            operations: self.inner.counters.operations.load(Ordering::Relaxed),
+            operation_ns: self.inner.counters.operation_ns.load(Ordering::Relaxed),
+            journal_wait_ns: self.inner.counters.journal_wait_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -1272,6 +1291,7 @@ impl Inner {
     where
         F: FnOnce(OpId) -> Result<Done, ProviderError> + Send + 'static,
     {
+        let started = Instant::now();
         let op = Uuid::now_v7();
         let name = action.name();
         let span = tracing::info_span!("op", %op, kind = name, volume = ?action.volumes().first());
@@ -1284,6 +1304,7 @@ impl Inner {
         };
         // Invariant 1: the intent is durable before the provider is touched.
         let seq = self.journal.append(&intent).await?;
+        let mut journal_ns = started.elapsed().as_nanos() as u64;
         self.submit(seq, intent);
         self.wait_applied(seq).await;
         let result = tokio::task::spawn_blocking(move || effect(op))
@@ -1308,7 +1329,10 @@ impl Inner {
             result: outcome,
         };
         // Invariant 2: acknowledged only once the outcome is durable.
-        let seq = match self.journal.append(&record).await {
+        let append_started = Instant::now();
+        let appended = self.journal.append(&record).await;
+        journal_ns += append_started.elapsed().as_nanos() as u64;
+        let seq = match appended {
             Ok(seq) => seq,
             Err(e) => {
                 // The intent stays pending; its volumes stay claimed until a
@@ -1319,6 +1343,11 @@ impl Inner {
         };
         self.submit(seq, record);
         self.wait_applied(seq).await;
+        let c = &self.counters;
+        c.operations.fetch_add(1, Ordering::Relaxed);
+        c.operation_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        c.journal_wait_ns.fetch_add(journal_ns, Ordering::Relaxed);
         tracing::debug!(%op, kind = name, seq, "operation done");
         match error {
             Some(e) => Err(e),
