@@ -291,7 +291,10 @@ impl Manager {
         let state_dir = state_dir.as_ref().to_owned();
         let journal_config = config.journal.clone();
         let dir = state_dir.clone();
-        let storage = config.storage.clone().unwrap_or_else(|| Arc::new(RealStorage));
+        let storage = config
+            .storage
+            .clone()
+            .unwrap_or_else(|| Arc::new(RealStorage));
         let (journal, recovery) = tokio::task::spawn_blocking(move || {
             Journal::<Record>::open_with_storage(storage, &dir, journal_config)
         })

@@ -21,10 +21,20 @@
 //!   temp-file cleanup, first segment) still reopens to the same guarantees.
 //!
 //! Prints `power-cut sweep: crash points N x seeds S = T, acknowledged records
-//! lost 0, open failures 0`. Each crash point gets 2 fixed policies and 6
+//! lost 0, open failures 0`.
+//!
+//! The second sweep does the same to the manager (journal on `SimStorage`,
+//! volumes on the simulated provider, which keeps its store across the cut:
+//! it is a separate durable system): after every cut, open reconciles, and
+//! the provider's tagged items must equal the state's volumes, nothing may
+//! stay pending, no acknowledged create or destroy may be undone, and the
+//! manager must take new operations. It prints `manager power-cut sweep: ...`. Each crash point gets 2 fixed policies and 6
 //! seeded ones; `VOLMGR_TORTURE_SCALE` multiplies the seeded ones.
 
 mod torture_support;
+
+use torture_support::manager_workload as mw;
+use volmgr::provider::sim::SimProvider;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -479,5 +489,110 @@ async fn power_cut_at_every_sync_point_loses_no_acknowledged_record_and_open_nev
         tally.lost == 0 && tally.open_failures == 0 && tally.violations == 0,
         "first failures:\n{}",
         tally.failures.join("\n")
+    );
+}
+
+/// Manager workload rounds per run.
+const MANAGER_ROUNDS: u32 = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_power_cut_at_every_sync_point_keeps_provider_and_state_in_agreement() {
+    let scale = torture_support::scale();
+    let base_seed = torture_support::seed(0x5EED_0002);
+    let (mut points, mut images, mut lost, mut open_failures, mut disagreements) =
+        (0u64, 0, 0, 0, 0);
+    let mut seeds_per_point = 0;
+    let mut failures: Vec<String> = Vec::new();
+    for point in 1..=100_000u64 {
+        let storage = SimStorage::new();
+        storage.crash_at_sync(Some(point));
+        let sim = SimProvider::new();
+        let mut model = mw::Model::default();
+        if let Ok(m) = mw::open(
+            Arc::new(storage.clone()),
+            &mw::CountingProvider::new(sim.clone()),
+        )
+        .await
+        {
+            mw::run_ops(&m, MANAGER_ROUNDS, &mut model).await;
+            m.close().await;
+        }
+        let fired = storage.crashed();
+        storage.freeze();
+        points += 1;
+        let mut cuts = vec![
+            (
+                0,
+                CutPolicy {
+                    data: DataLoss::DropAll,
+                    dirs: DirLoss::ForgetAll,
+                },
+            ),
+            (
+                0,
+                CutPolicy {
+                    data: DataLoss::KeepAll,
+                    dirs: DirLoss::KeepAll,
+                },
+            ),
+        ];
+        for i in 0..3 * scale {
+            let seed = base_seed ^ (point << 20) ^ (i << 8);
+            cuts.push((seed, CutPolicy::RANDOM));
+            cuts.push((
+                seed ^ 1,
+                CutPolicy {
+                    data: DataLoss::Random,
+                    dirs: DirLoss::RandomPrefix,
+                },
+            ));
+        }
+        seeds_per_point = cuts.len() as u64;
+        for (seed, policy) in cuts {
+            images += 1;
+            let image = storage.power_cut_with(seed, policy);
+            let sim = sim.deep_copy();
+            let label = format!("crash point {point}, seed {seed:#x}, {policy:?}");
+            let m = match mw::open(Arc::new(image), &mw::CountingProvider::new(sim.clone())).await {
+                Ok(m) => m,
+                Err(e) => {
+                    open_failures += 1;
+                    failures.push(format!("{label}: open failed: {e}"));
+                    continue;
+                }
+            };
+            let problems = mw::probe(&m, &sim, &model).await;
+            let state = m.state();
+            lost += model
+                .must_exist
+                .iter()
+                .filter(|v| !state.volumes.contains_key(*v))
+                .count() as u64
+                + model
+                    .must_not_exist
+                    .iter()
+                    .filter(|v| state.volumes.contains_key(*v))
+                    .count() as u64;
+            if !problems.is_empty() {
+                disagreements += 1;
+                failures.push(format!("{label}: {}", problems.join("; ")));
+            }
+            m.close().await;
+        }
+        if !fired {
+            break;
+        }
+    }
+    println!(
+        "manager power-cut sweep: crash points {points} x seeds {seeds_per_point} = {images}, acknowledged operations lost {lost}, open failures {open_failures}, provider/state disagreements {disagreements}"
+    );
+    println!(
+        "manager power-cut sweep detail: seed {base_seed:#x}, scale {scale}, rounds {MANAGER_ROUNDS}"
+    );
+    failures.truncate(10);
+    assert!(
+        lost == 0 && open_failures == 0 && disagreements == 0,
+        "first failures:\n{}",
+        failures.join("\n")
     );
 }

@@ -37,3 +37,5 @@ pub fn seed(default: u64) -> u64 {
         Err(_) => default,
     }
 }
+
+pub mod manager_workload;
