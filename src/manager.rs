@@ -563,8 +563,16 @@ impl Manager {
             let provider_id = volume.provider.clone();
             inner
                 .run(claim, action, &provider_id, move |_op| {
-                    provider.destroy(&volume_ref(&volume))?;
-                    Ok(Done::default())
+                    match provider.destroy(&volume_ref(&volume)) {
+                        Ok(()) => Ok(Done::default()),
+                        // Failed after its side effect? If the volume is gone
+                        // the destroy happened: journal Done, not Failed, or
+                        // the state would keep a volume the provider lost.
+                        Err(e) => match find(provider.as_ref(), &volume.id) {
+                            Ok(None) => Ok(Done::default()),
+                            _ => Err(e),
+                        },
+                    }
                 })
                 .await
         })
@@ -812,11 +820,9 @@ impl Manager {
                         buf: Vec::new(),
                         pos: 0,
                     };
-                    Ok(done(provider.receive_snapshot(
-                        &volume_ref(&target),
-                        &spec,
-                        &mut reader,
-                    )?))
+                    let received =
+                        provider.receive_snapshot(&volume_ref(&target), &spec, &mut reader);
+                    undo_on_error(provider.as_ref(), &spec, received)
                 })
                 .await?;
             inner.volume(&snap_id)
