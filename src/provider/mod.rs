@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use crate::state::{Details, OpId, VolumeKind};
 
+pub mod dir;
 pub mod sim;
+pub mod stream;
 
 /// Configuration of a provider as journaled: string keys and values.
 pub type ProviderConfig = BTreeMap<String, String>;
@@ -220,5 +222,12 @@ pub type ProviderFactory =
 
 /// The factories of the built-in provider kinds.
 pub fn builtin_factories() -> BTreeMap<String, ProviderFactory> {
-    BTreeMap::new()
+    let mut factories: BTreeMap<String, ProviderFactory> = BTreeMap::new();
+    factories.insert(
+        dir::KIND.to_owned(),
+        Arc::new(|config: &ProviderConfig| {
+            Ok(Arc::new(dir::DirProvider::from_config(config)?) as Arc<dyn Provider>)
+        }),
+    );
+    factories
 }

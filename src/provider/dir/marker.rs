@@ -1,0 +1,219 @@
+//! Ownership markers and snapshot mode manifests of the directory provider.
+//!
+//! A marker is a small JSON document, written atomically (temp file, fsync,
+//! rename, fsync of the directory). A mode manifest lists a snapshot's mode
+//! exceptions (see [`super::tree::Policy::Snapshot`]) in a checksummed binary
+//! form: magic `VMGRMOD1`, `u64` count, then per entry `u16` path length, path
+//! bytes and `u32` mode, then the CRC-32 of everything before it; big-endian.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::tree::{self, Modes, Policy};
+use crate::provider::ProviderError;
+use crate::provider::stream::{HashReader, HashWriter};
+use crate::state::{OpId, VolumeKind};
+
+/// Version of the marker document.
+pub(crate) const MARKER_FORMAT: u32 = 1;
+/// Markers are small; anything bigger is not one of ours.
+const MAX_MARKER_BYTES: u64 = 64 * 1024;
+const MANIFEST_MAGIC: &[u8; 8] = b"VMGRMOD1";
+const MAX_PATH: usize = 4096;
+
+/// Where an item stands. Only `Complete` (with its directory present) counts
+/// as a whole volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum MarkerState {
+    Complete,
+    /// An empty data volume being created.
+    Creating,
+    /// Content being copied from `parent` (a snapshot, or a fork).
+    Copying,
+    /// Content being built from a stream.
+    Receiving,
+    /// A received snapshot is whole; the target's content is being exchanged
+    /// with the staged content, whose directory had this device and inode.
+    Swapping {
+        dev: u64,
+        ino: u64,
+    },
+    /// Being destroyed.
+    Destroying,
+}
+
+impl MarkerState {
+    pub(crate) fn describe(&self, parent: Option<&str>) -> String {
+        let parent = parent.unwrap_or("?");
+        match self {
+            MarkerState::Complete => "complete".into(),
+            MarkerState::Creating => "create interrupted".into(),
+            MarkerState::Copying => format!("copy from {parent} interrupted"),
+            MarkerState::Receiving => format!("receive into {parent} interrupted"),
+            MarkerState::Swapping { .. } => {
+                format!("receive interrupted while replacing the content of {parent}")
+            }
+            MarkerState::Destroying => "destroy interrupted".into(),
+        }
+    }
+}
+
+/// The ownership tag of one volume or snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Marker {
+    pub format: u32,
+    pub volume: String,
+    pub op: OpId,
+    pub kind: VolumeKind,
+    /// Source of a snapshot, snapshot of a fork, target of a receive.
+    pub parent: Option<String>,
+    /// Snapshot identity (32 lowercase hex digits); `None` for data volumes.
+    pub guid: Option<String>,
+    pub state: MarkerState,
+}
+
+impl Marker {
+    pub(crate) fn with_state(&self, state: MarkerState) -> Marker {
+        Marker {
+            state,
+            ..self.clone()
+        }
+    }
+}
+
+/// Reads the marker at `path`: `None` if absent; an error if it is not a
+/// well-formed marker for (`kind`, `id`).
+pub(crate) fn read(
+    path: &Path,
+    kind: VolumeKind,
+    id: &str,
+) -> Result<Option<Marker>, ProviderError> {
+    let file = match tree::open_file_nofollow(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ProviderError::io(
+                format!("opening marker {}", path.display()),
+                e,
+            ));
+        }
+    };
+    let mut text = Vec::new();
+    file.take(MAX_MARKER_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| ProviderError::io(format!("reading marker {}", path.display()), e))?;
+    let bad = |why: String| {
+        ProviderError::Other(format!(
+            "unreadable ownership marker {}: {why}",
+            path.display()
+        ))
+    };
+    if text.len() as u64 > MAX_MARKER_BYTES {
+        return Err(bad(format!("longer than {MAX_MARKER_BYTES} bytes")));
+    }
+    let m: Marker = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    if m.format != MARKER_FORMAT {
+        return Err(bad(format!("unknown format {}", m.format)));
+    }
+    if m.volume != id || m.kind != kind {
+        return Err(bad(format!(
+            "it names {} {}, not {kind} {id}",
+            m.kind, m.volume
+        )));
+    }
+    Ok(Some(m))
+}
+
+/// Writes a marker durably.
+pub(crate) fn write(dir: &Path, m: &Marker) -> Result<(), ProviderError> {
+    let text = serde_json::to_vec_pretty(m)
+        .map_err(|e| ProviderError::Other(format!("encoding marker: {e}")))?;
+    tree::write_atomic(dir, &m.volume, &text)
+}
+
+/// Writes a snapshot's mode exceptions durably (or removes a stale manifest
+/// when there are none).
+pub(crate) fn write_manifest(dir: &Path, id: &str, modes: &Modes) -> Result<(), ProviderError> {
+    if modes.exceptions.is_empty() {
+        tree::remove_file_if_present(&dir.join(id))?;
+        return Ok(());
+    }
+    let mut w = HashWriter::new(Vec::with_capacity(
+        16 + modes.key_bytes() + 6 * modes.exceptions.len(),
+    ));
+    let mut put = |b: &[u8]| io::Write::write_all(&mut w, b).expect("writing to a Vec");
+    put(MANIFEST_MAGIC);
+    put(&(modes.exceptions.len() as u64).to_be_bytes());
+    for (rel, mode) in &modes.exceptions {
+        put(&(rel.len() as u16).to_be_bytes());
+        put(rel);
+        put(&mode.to_be_bytes());
+    }
+    let crc = w.crc();
+    w.write_unhashed(&crc.to_be_bytes())
+        .expect("writing to a Vec");
+    tree::write_atomic(dir, id, &w.into_inner())
+}
+
+/// Reads a snapshot's mode exceptions (none if there is no manifest).
+pub(crate) fn read_manifest(dir: &Path, id: &str) -> Result<Modes, ProviderError> {
+    let path = dir.join(id);
+    let mut modes = Modes::new(Policy::Snapshot);
+    let file = match tree::open_file_nofollow(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(modes),
+        Err(e) => return Err(ProviderError::io(format!("opening {}", path.display()), e)),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| ProviderError::io(format!("examining {}", path.display()), e))?
+        .len();
+    let bad = |e: ProviderError| {
+        ProviderError::Other(format!("damaged mode manifest {}: {e}", path.display()))
+    };
+    let mut r = HashReader::new(io::BufReader::new(file));
+    let magic = r.read_bytes(8, 8, "magic").map_err(bad)?;
+    if magic != MANIFEST_MAGIC {
+        return Err(bad(ProviderError::Other("bad magic".into())));
+    }
+    let count = r.read_u64("count").map_err(bad)?;
+    // Each entry takes at least 6 bytes: a count beyond the file is a lie.
+    if count > len / 6 {
+        return Err(bad(ProviderError::Other(format!(
+            "count {count} does not fit in {len} bytes"
+        ))));
+    }
+    for _ in 0..count {
+        let n = r.read_u16("path length").map_err(bad)? as usize;
+        let rel = r.read_bytes(n, MAX_PATH, "path").map_err(bad)?;
+        let mode = r.read_u32("mode").map_err(bad)?;
+        modes.record(&rel, mode, false);
+    }
+    let want = r.crc();
+    let crc = r.read_u32("checksum").map_err(bad)?;
+    if crc != want {
+        return Err(bad(ProviderError::Other("checksum mismatch".into())));
+    }
+    Ok(modes)
+}
+
+/// Lists the names in a marker directory (dot-names are temp files).
+pub(crate) fn list(dir: &Path) -> Result<Vec<String>, ProviderError> {
+    let mut names = Vec::new();
+    for entry in
+        fs::read_dir(dir).map_err(|e| ProviderError::io(format!("listing {}", dir.display()), e))?
+    {
+        let entry =
+            entry.map_err(|e| ProviderError::io(format!("listing {}", dir.display()), e))?;
+        if let Some(name) = entry.file_name().to_str()
+            && !name.starts_with('.')
+        {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}

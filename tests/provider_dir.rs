@@ -1,0 +1,1078 @@
+//! The directory provider against a real file system: idempotence, read-only
+//! snapshots, forks, full and incremental transfers, hostile streams,
+//! inventory and cleanup.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+use volmgr::provider::dir::{self, DirProvider};
+use volmgr::provider::{
+    Created, Presence, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef, VolumeSpec,
+    builtin_factories,
+};
+use volmgr::state::{DETAIL_GUID, OpId, VolumeKind};
+
+// ---------------------------------------------------------------- helpers
+
+struct Vol {
+    id: String,
+    kind: VolumeKind,
+    parent: Option<String>,
+    op: OpId,
+    c: Created,
+}
+
+impl Vol {
+    fn r(&self) -> VolumeRef<'_> {
+        VolumeRef {
+            id: &self.id,
+            kind: self.kind,
+            parent: self.parent.as_deref(),
+            location: &self.c.location,
+            details: &self.c.details,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(&self.c.location)
+    }
+
+    fn guid(&self) -> &str {
+        &self.c.details[DETAIL_GUID]
+    }
+}
+
+fn provider(root: &Path) -> DirProvider {
+    DirProvider::new(root.to_path_buf()).expect("provider opens")
+}
+
+fn spec(id: &str, op: OpId, kind: VolumeKind) -> VolumeSpec<'_> {
+    VolumeSpec { id, op, kind }
+}
+
+fn create(p: &DirProvider, id: &str) -> Vol {
+    let op = Uuid::now_v7();
+    let c = p
+        .create_volume(&spec(id, op, VolumeKind::Data))
+        .expect("create");
+    Vol {
+        id: id.into(),
+        kind: VolumeKind::Data,
+        parent: None,
+        op,
+        c,
+    }
+}
+
+fn snapshot(p: &DirProvider, src: &Vol, id: &str) -> Vol {
+    let op = Uuid::now_v7();
+    let c = p
+        .create_snapshot(&src.r(), &spec(id, op, VolumeKind::Snapshot))
+        .expect("snapshot");
+    Vol {
+        id: id.into(),
+        kind: VolumeKind::Snapshot,
+        parent: Some(src.id.clone()),
+        op,
+        c,
+    }
+}
+
+fn fork(p: &DirProvider, snap: &Vol, id: &str) -> Vol {
+    let op = Uuid::now_v7();
+    let c = p
+        .fork_volume(&snap.r(), &spec(id, op, VolumeKind::Data))
+        .expect("fork");
+    Vol {
+        id: id.into(),
+        kind: VolumeKind::Data,
+        parent: Some(snap.id.clone()),
+        op,
+        c,
+    }
+}
+
+fn send(p: &DirProvider, snap: &Vol, base: Option<&Vol>) -> (Vec<u8>, SendStats) {
+    let mut out = Vec::new();
+    let base_ref = base.map(Vol::r);
+    let stats = p
+        .send_snapshot(&snap.r(), base_ref.as_ref(), &mut out)
+        .expect("send");
+    assert_eq!(stats.bytes, out.len() as u64, "stats count every byte");
+    (out, stats)
+}
+
+fn receive(p: &DirProvider, target: &Vol, id: &str, stream: &[u8]) -> Result<Vol, ProviderError> {
+    let op = Uuid::now_v7();
+    let mut input = stream;
+    let c = p.receive_snapshot(&target.r(), &spec(id, op, VolumeKind::Snapshot), &mut input)?;
+    Ok(Vol {
+        id: id.into(),
+        kind: VolumeKind::Snapshot,
+        parent: Some(target.id.clone()),
+        op,
+        c,
+    })
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so copies are real copies.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, bytes).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Dir(u32),
+    File { mode: u32, len: u64, crc: u32 },
+    Link(PathBuf),
+    Other,
+}
+
+/// Every entry under `root` (relative path -> type, mode, content digest),
+/// without following symlinks.
+fn listing(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let path = root.join(&rel);
+        let md = fs::symlink_metadata(&path).unwrap();
+        let mode = md.mode() & 0o7777;
+        let entry = if md.is_dir() {
+            for e in fs::read_dir(&path).unwrap() {
+                stack.push(rel.join(e.unwrap().file_name()));
+            }
+            Entry::Dir(mode)
+        } else if md.file_type().is_symlink() {
+            Entry::Link(fs::read_link(&path).unwrap())
+        } else if md.is_file() {
+            Entry::File {
+                mode,
+                len: md.len(),
+                crc: crc32fast::hash(&fs::read(&path).unwrap()),
+            }
+        } else {
+            Entry::Other
+        };
+        out.insert(rel, entry);
+    }
+    out
+}
+
+/// The listing as a read-only snapshot stores it: no write bits.
+fn without_write(l: &BTreeMap<PathBuf, Entry>) -> BTreeMap<PathBuf, Entry> {
+    l.iter()
+        .map(|(k, v)| {
+            let v = match v.clone() {
+                Entry::Dir(m) => Entry::Dir(m & !0o222),
+                Entry::File { mode, len, crc } => Entry::File {
+                    mode: mode & !0o222,
+                    len,
+                    crc,
+                },
+                other => other,
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// A varied tree: nested dirs, a symlink, an empty file, a 3 MB file, a
+/// read-only file, a group-writable directory, an executable.
+fn fill_varied(root: &Path) {
+    write(&root.join("hello.txt"), b"hello\n", 0o644);
+    write(&root.join("empty"), b"", 0o644);
+    write(&root.join("big.bin"), &noise(3 * 1024 * 1024, 7), 0o640);
+    write(&root.join("a/b/c/deep.txt"), b"deep", 0o600);
+    write(&root.join("a/ro.txt"), b"read only", 0o444);
+    write(&root.join("bin/run.sh"), b"#!/bin/sh\necho hi\n", 0o755);
+    fs::create_dir_all(root.join("shared")).unwrap();
+    chmod(&root.join("shared"), 0o2775);
+    write(&root.join("shared/notes"), b"team", 0o664);
+    symlink("hello.txt", root.join("link-to-hello")).unwrap();
+    symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+}
+
+fn is_stream_err(e: &ProviderError) -> bool {
+    matches!(e, ProviderError::Stream(_))
+}
+
+fn staging_entries(root: &Path) -> usize {
+    fs::read_dir(root.join(".staging")).unwrap().count()
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn create_and_destroy_are_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path());
+    let op = Uuid::now_v7();
+    let first = p.create_volume(&spec("v1", op, VolumeKind::Data)).unwrap();
+    assert_eq!(
+        first.location,
+        tmp.path().join("data/v1").to_str().unwrap(),
+        "location is the volume's directory"
+    );
+    assert!(first.details.is_empty(), "a data volume has no guid");
+    fs::write(Path::new(&first.location).join("f"), b"kept").unwrap();
+    let again = p.create_volume(&spec("v1", op, VolumeKind::Data)).unwrap();
+    assert_eq!(again, first, "same id and op: the same volume");
+    assert_eq!(
+        fs::read(Path::new(&first.location).join("f")).unwrap(),
+        b"kept",
+        "a repeated create does not reset the volume"
+    );
+    let other = p.create_volume(&spec("v1", Uuid::now_v7(), VolumeKind::Data));
+    assert!(
+        matches!(other, Err(ProviderError::AlreadyExists(_))),
+        "{other:?}"
+    );
+
+    let v = Vol {
+        id: "v1".into(),
+        kind: VolumeKind::Data,
+        parent: None,
+        op,
+        c: first,
+    };
+    p.destroy(&v.r()).unwrap();
+    assert!(!v.path().exists());
+    assert!(
+        !tmp.path().join(".volmgr/data/v1").exists(),
+        "marker removed"
+    );
+    p.destroy(&v.r()).unwrap();
+    assert!(p.inventory().unwrap().is_empty());
+    assert_eq!(
+        fs::read_dir(tmp.path().join(".trash")).unwrap().count(),
+        0,
+        "the trash is emptied"
+    );
+
+    // The id is free again, for a new operation.
+    let v2 = create(&p, "v1");
+    assert_ne!(v2.op, op);
+}
+
+#[test]
+fn snapshot_is_read_only_and_equals_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path());
+    let v = create(&p, "src");
+    fill_varied(&v.path());
+    let source = listing(&v.path());
+    let s = snapshot(&p, &v, "snap");
+    assert_eq!(s.path(), tmp.path().join("snapshot/snap"));
+    let guid = s.guid();
+    assert_eq!(guid.len(), 32);
+    assert!(guid.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let snap = listing(&s.path());
+    for (rel, e) in &snap {
+        if let Entry::Dir(m) | Entry::File { mode: m, .. } = e {
+            assert_eq!(m & 0o222, 0, "{rel:?} has write bits: {m:o}");
+        }
+    }
+    assert_eq!(snap, without_write(&source), "same tree, modes minus w");
+
+    // The source stays writable and unchanged; a new snapshot gets a new guid.
+    assert_eq!(listing(&v.path()), source);
+    let s2 = snapshot(&p, &v, "snap2");
+    assert_ne!(s2.guid(), guid);
+
+    // Idempotent with the same op; taken by another op: AlreadyExists.
+    let again = p
+        .create_snapshot(&v.r(), &spec("snap", s.op, VolumeKind::Snapshot))
+        .unwrap();
+    assert_eq!(again, s.c);
+    let clash = p.create_snapshot(&v.r(), &spec("snap", Uuid::now_v7(), VolumeKind::Snapshot));
+    assert!(
+        matches!(clash, Err(ProviderError::AlreadyExists(_))),
+        "{clash:?}"
+    );
+
+    // Destroy copes with the read-only tree.
+    p.destroy(&s.r()).unwrap();
+    assert!(!s.path().exists());
+}
+
+#[test]
+fn fork_is_writable_and_independent_of_the_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path());
+    let v = create(&p, "src");
+    fill_varied(&v.path());
+    let source = listing(&v.path());
+    let s = snapshot(&p, &v, "snap");
+    let snap_before = listing(&s.path());
+    let f = fork(&p, &s, "fork");
+    assert_eq!(
+        listing(&f.path()),
+        source,
+        "a fork has the source's true modes back (0444 stays 0444, 2775 stays 2775)"
+    );
+    let md = fs::metadata(f.path().join("hello.txt")).unwrap();
+    assert_ne!(md.mode() & 0o200, 0, "fork files are writable");
+
+    fs::write(f.path().join("hello.txt"), b"changed").unwrap();
+    fs::write(f.path().join("new"), b"new").unwrap();
+    fs::remove_file(f.path().join("big.bin")).unwrap();
+    assert_eq!(listing(&s.path()), snap_before, "the snapshot is untouched");
+
+    let inv = p.inventory().unwrap();
+    let tag = inv
+        .iter()
+        .find_map(|f| f.tag.as_ref().filter(|t| t.volume == "fork"))
+        .expect("fork in inventory");
+    assert_eq!(tag.parent.as_deref(), Some("snap"));
+    assert_eq!(tag.kind, VolumeKind::Data);
+
+    // Only snapshots can be forked.
+    let bad = p.fork_volume(&v.r(), &spec("fork2", Uuid::now_v7(), VolumeKind::Data));
+    assert!(bad.is_err());
+    assert!(!tmp.path().join("data/fork2").exists());
+}
+
+#[test]
+fn full_send_receive_between_two_providers_gives_identical_trees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = provider(&tmp.path().join("a"));
+    let b = provider(&tmp.path().join("b"));
+    let v = create(&a, "vol");
+    fill_varied(&v.path());
+    chmod(&v.path(), 0o750);
+    let s = snapshot(&a, &v, "s1");
+
+    let target = create(&b, "copy");
+    write(&target.path().join("junk/old.txt"), b"goes away", 0o644);
+    let (stream, stats) = send(&a, &s, None);
+    assert!(!stats.incremental);
+    let r = receive(&b, &target, "r1", &stream).unwrap();
+
+    assert_eq!(listing(&r.path()), listing(&s.path()), "snapshot equal");
+    assert_eq!(
+        listing(&target.path()),
+        listing(&v.path()),
+        "target content is the stream's, with its true modes (recv -F)"
+    );
+    assert_eq!(
+        r.guid(),
+        s.guid(),
+        "a received snapshot keeps the sender's guid"
+    );
+    assert_eq!(staging_entries(b.root()), 0);
+
+    // Identical content gives an identical stream, whichever side sends.
+    let (again, _) = send(&b, &r, None);
+    assert_eq!(again, stream);
+
+    let inv = b.inventory().unwrap();
+    let found = inv
+        .iter()
+        .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == "r1"))
+        .unwrap();
+    assert_eq!(found.presence, Presence::Complete);
+    assert_eq!(found.details[DETAIL_GUID], s.guid());
+    assert_eq!(found.location, r.c.location);
+    assert_eq!(found.tag.as_ref().unwrap().parent.as_deref(), Some("copy"));
+}
+
+#[test]
+fn incremental_send_carries_only_changes_and_deletions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = provider(&tmp.path().join("a"));
+    let b = provider(&tmp.path().join("b"));
+    let v = create(&a, "vol");
+    for i in 0..5 {
+        write(
+            &v.path().join(format!("blobs/{i}.bin")),
+            &noise(1024 * 1024, i + 1),
+            0o644,
+        );
+    }
+    for i in 0..20 {
+        write(
+            &v.path().join(format!("small/{i}.txt")),
+            format!("small file {i}\n").as_bytes(),
+            0o644,
+        );
+    }
+    let s1 = snapshot(&a, &v, "s1");
+    let (full, fstats) = send(&a, &s1, None);
+    let target = create(&b, "t");
+    let r1 = receive(&b, &target, "r1", &full).unwrap();
+
+    // Change one small file, add one, delete one, change one mode.
+    fs::write(v.path().join("small/3.txt"), b"changed content\n").unwrap();
+    write(&v.path().join("small/new.txt"), b"brand new\n", 0o600);
+    fs::remove_file(v.path().join("small/7.txt")).unwrap();
+    chmod(&v.path().join("small/9.txt"), 0o600);
+    let s2 = snapshot(&a, &v, "s2");
+    let (incr, istats) = send(&a, &s2, Some(&s1));
+    assert!(istats.incremental);
+    println!(
+        "full stream: {} bytes; incremental stream: {} bytes ({:.4}%)",
+        fstats.bytes,
+        istats.bytes,
+        100.0 * istats.bytes as f64 / fstats.bytes as f64
+    );
+    assert!(fstats.bytes > 5 * 1024 * 1024);
+    assert!(
+        istats.bytes * 5 < fstats.bytes,
+        "incremental {} vs full {}",
+        istats.bytes,
+        fstats.bytes
+    );
+    assert!(istats.bytes < 1024, "only the small changes travel");
+
+    let r2 = receive(&b, &target, "r2", &incr).unwrap();
+    assert_eq!(listing(&r2.path()), listing(&s2.path()));
+    assert_eq!(listing(&target.path()), listing(&v.path()));
+    assert!(
+        !target.path().join("small/7.txt").exists(),
+        "deletion carried"
+    );
+    assert!(!r2.path().join("small/7.txt").exists());
+    assert_eq!(r2.guid(), s2.guid());
+    assert_eq!(
+        listing(&r1.path()),
+        listing(&s1.path()),
+        "the base snapshot is untouched"
+    );
+    let mode = fs::metadata(target.path().join("small/9.txt"))
+        .unwrap()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode change carried");
+
+    // An incremental of nothing is tiny and changes nothing.
+    let s3 = snapshot(&a, &v, "s3");
+    let (nothing, _) = send(&a, &s3, Some(&s2));
+    assert!(nothing.len() < 100, "{} bytes", nothing.len());
+    receive(&b, &target, "r3", &nothing).unwrap();
+    assert_eq!(listing(&target.path()), listing(&v.path()));
+}
+
+#[test]
+fn incremental_stream_handles_type_changes_and_root_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = provider(&tmp.path().join("a"));
+    let b = provider(&tmp.path().join("b"));
+    let v = create(&a, "vol");
+    write(&v.path().join("was-file"), b"file", 0o644);
+    write(&v.path().join("was-dir/inner/x"), b"x", 0o644);
+    symlink("one", v.path().join("link")).unwrap();
+    write(&v.path().join("was-link"), b"", 0o644);
+    fs::remove_file(v.path().join("was-link")).unwrap();
+    symlink("somewhere", v.path().join("was-link")).unwrap();
+    write(&v.path().join("gone-dir/a/b"), b"b", 0o644);
+    let s1 = snapshot(&a, &v, "s1");
+    let target = create(&b, "t");
+    receive(&b, &target, "r1", &send(&a, &s1, None).0).unwrap();
+
+    fs::remove_file(v.path().join("was-file")).unwrap();
+    write(&v.path().join("was-file/now-inside"), b"inside", 0o644);
+    fs::remove_dir_all(v.path().join("was-dir")).unwrap();
+    write(&v.path().join("was-dir"), b"now a file", 0o644);
+    fs::remove_file(v.path().join("link")).unwrap();
+    symlink("two", v.path().join("link")).unwrap();
+    fs::remove_file(v.path().join("was-link")).unwrap();
+    fs::create_dir(v.path().join("was-link")).unwrap();
+    fs::remove_dir_all(v.path().join("gone-dir")).unwrap();
+    chmod(&v.path(), 0o700);
+    let s2 = snapshot(&a, &v, "s2");
+    let (incr, stats) = send(&a, &s2, Some(&s1));
+    assert!(stats.incremental);
+    let r2 = receive(&b, &target, "r2", &incr).unwrap();
+    assert_eq!(listing(&r2.path()), listing(&s2.path()));
+    assert_eq!(listing(&target.path()), listing(&v.path()));
+}
+
+#[test]
+fn incremental_receive_without_its_base_fails_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = provider(&tmp.path().join("a"));
+    let b = provider(&tmp.path().join("b"));
+    let v = create(&a, "vol");
+    write(&v.path().join("f"), b"one", 0o644);
+    let s1 = snapshot(&a, &v, "s1");
+    fs::write(v.path().join("f"), b"two").unwrap();
+    let s2 = snapshot(&a, &v, "s2");
+    let (incr, _) = send(&a, &s2, Some(&s1));
+
+    let target = create(&b, "t");
+    write(&target.path().join("mine"), b"local", 0o644);
+    let before = listing(b.root());
+    let inv_before = b.inventory().unwrap();
+    let err = receive(&b, &target, "r2", &incr).err().expect("must fail");
+    assert!(is_stream_err(&err), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(s1.guid()) && msg.contains("not present"),
+        "the message names the missing base: {msg}"
+    );
+    assert_eq!(listing(b.root()), before, "nothing left behind");
+    assert_eq!(b.inventory().unwrap(), inv_before);
+    assert_eq!(staging_entries(b.root()), 0);
+
+    // A snapshot with that guid but of another volume is not a base either.
+    let other = create(&b, "other");
+    let (full, _) = send(&a, &s1, None);
+    receive(&b, &other, "r1", &full).unwrap();
+    let err = receive(&b, &target, "r2", &incr).err().expect("must fail");
+    assert!(is_stream_err(&err), "{err:?}");
+}
+
+/// Builds streams by hand, following the documented format.
+struct Craft {
+    b: Vec<u8>,
+    n: u64,
+}
+
+impl Craft {
+    fn new(guid: u128, base: Option<u128>) -> Self {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"VMGRDIRS");
+        b.extend_from_slice(&1u16.to_be_bytes());
+        b.extend_from_slice(&u16::from(base.is_some()).to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&guid.to_be_bytes());
+        b.extend_from_slice(&base.unwrap_or(0).to_be_bytes());
+        Craft { b, n: 0 }
+    }
+
+    fn rec(mut self, tag: u8, path: &[u8]) -> Self {
+        self.n += 1;
+        self.b.push(tag);
+        self.b.extend_from_slice(&(path.len() as u16).to_be_bytes());
+        self.b.extend_from_slice(path);
+        self
+    }
+
+    fn u32(mut self, v: u32) -> Self {
+        self.b.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    fn u64(mut self, v: u64) -> Self {
+        self.b.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    fn raw(mut self, bytes: &[u8]) -> Self {
+        self.b.extend_from_slice(bytes);
+        self
+    }
+
+    fn dir(self, path: &str, mode: u32) -> Self {
+        self.rec(b'D', path.as_bytes()).u32(mode)
+    }
+
+    fn file(self, path: &str, mode: u32, content: &[u8]) -> Self {
+        self.rec(b'F', path.as_bytes())
+            .u32(mode)
+            .u64(content.len() as u64)
+            .raw(content)
+    }
+
+    fn link(self, path: &str, target: &str) -> Self {
+        self.rec(b'L', path.as_bytes())
+            .raw(&(target.len() as u16).to_be_bytes())
+            .raw(target.as_bytes())
+    }
+
+    fn end(self) -> Vec<u8> {
+        let n = self.n;
+        let mut b = self.raw(b"E").u64(n).b;
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_be_bytes());
+        b
+    }
+}
+
+#[test]
+fn hostile_streams_fail_cleanly_without_touching_anything_outside_the_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    write(&outside.join("precious"), b"do not touch", 0o644);
+    let p = provider(&tmp.path().join("root"));
+    let target = create(&p, "t");
+    write(&target.path().join("mine"), b"local", 0o644);
+    let before = listing(tmp.path());
+    let check_clean = |what: &str| {
+        assert_eq!(listing(tmp.path()), before, "{what}: something changed");
+    };
+
+    // A small valid stream, crafted by hand: it is accepted as a whole...
+    let valid = Craft::new(0xabcdef, None)
+        .dir("", 0o755)
+        .dir("d", 0o755)
+        .file("d/f", 0o644, b"content")
+        .link("l", "d/f")
+        .end();
+    // ...and refused when truncated at every byte.
+    for cut in 0..valid.len() {
+        let err = receive(&p, &target, "cut", &valid[..cut])
+            .err()
+            .unwrap_or_else(|| panic!("a stream cut at byte {cut} was accepted"));
+        assert!(is_stream_err(&err), "cut at {cut}: {err:?}");
+        check_clean(&format!("cut at {cut}"));
+    }
+
+    let bad_magic = {
+        let mut b = valid.clone();
+        b[0] = b'X';
+        b
+    };
+    let bad_crc = {
+        let mut b = valid.clone();
+        let n = b.len();
+        b[n - 1] ^= 0xff;
+        b
+    };
+    let flipped_content = {
+        let mut b = valid.clone();
+        let at = b.windows(7).position(|w| w == b"content").unwrap();
+        b[at] = b'C';
+        b
+    };
+    let escape_to = format!("{}/evil", outside.display());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("bad magic", bad_magic),
+        ("bad checksum", bad_crc),
+        ("content changed in flight", flipped_content),
+        (
+            "../escape",
+            Craft::new(1, None)
+                .dir("", 0o755)
+                .file("../escape", 0o644, b"x")
+                .end(),
+        ),
+        (
+            "nested ..",
+            Craft::new(1, None)
+                .dir("", 0o755)
+                .dir("a", 0o755)
+                .file("a/../../../../outside/evil", 0o644, b"x")
+                .end(),
+        ),
+        (
+            "absolute path",
+            Craft::new(1, None)
+                .dir("", 0o755)
+                .file(&escape_to, 0o644, b"x")
+                .end(),
+        ),
+        (
+            "NUL in a path",
+            Craft::new(1, None)
+                .dir("", 0o755)
+                .file("a\0b", 0o644, b"x")
+                .end(),
+        ),
+        (
+            "write through a symlink",
+            Craft::new(1, None)
+                .dir("", 0o755)
+                .link("l", outside.to_str().unwrap())
+                .file("l/evil", 0o644, b"x")
+                .end(),
+        ),
+        (
+            "directory through a symlink",
+            Craft::new(1, None)
+                .dir("", 0o755)
+                .link("l", outside.to_str().unwrap())
+                .dir("l/evil", 0o755)
+                .end(),
+        ),
+        (
+            "huge declared file length",
+            Craft::new(1, None)
+                .dir("", 0o755)
+                .rec(b'F', b"f")
+                .u32(0o644)
+                .u64(u64::MAX)
+                .raw(b"tiny")
+                .end(),
+        ),
+        (
+            "declared 1 GiB, carries 4 bytes",
+            Craft::new(1, None)
+                .dir("", 0o755)
+                .rec(b'F', b"f")
+                .u32(0o644)
+                .u64(1 << 30)
+                .raw(b"tiny")
+                .end(),
+        ),
+        (
+            "path longer than 4096",
+            Craft::new(1, None)
+                .dir("", 0o755)
+                .file(&"a".repeat(5000), 0o644, b"x")
+                .end(),
+        ),
+        (
+            "huge link target",
+            Craft::new(1, None)
+                .dir("", 0o755)
+                .rec(b'L', b"l")
+                .raw(&u16::MAX.to_be_bytes())
+                .raw(b"short")
+                .end(),
+        ),
+        (
+            "mode with file-type bits",
+            Craft::new(1, None).dir("", 0o40755).end(),
+        ),
+        (
+            "unknown record",
+            Craft::new(1, None).dir("", 0o755).rec(b'Z', b"x").end(),
+        ),
+        (
+            "entry count mismatch",
+            Craft::new(1, None)
+                .dir("", 0o755)
+                .raw(b"E")
+                .u64(7)
+                .raw(&[0, 0, 0, 0])
+                .b,
+        ),
+        ("full stream naming a base", {
+            let mut b = Craft::new(1, None).dir("", 0o755).end();
+            b[8 + 2 + 2 + 4 + 16 + 15] = 1;
+            b
+        }),
+        ("empty input", Vec::new()),
+    ];
+    for (what, stream) in &cases {
+        let err = receive(&p, &target, "evil", stream)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        assert!(is_stream_err(&err), "{what}: {err:?}");
+        check_clean(what);
+    }
+
+    let ok = receive(&p, &target, "fine", &valid).unwrap();
+    assert_eq!(fs::read(ok.path().join("d/f")).unwrap(), b"content");
+    assert_eq!(
+        fs::read_link(target.path().join("l")).unwrap(),
+        PathBuf::from("d/f")
+    );
+    assert!(!target.path().join("mine").exists(), "target replaced");
+    assert_eq!(fs::read(outside.join("precious")).unwrap(), b"do not touch");
+}
+
+/// Writes a marker by hand (the documented JSON), as a crash would leave it.
+fn hand_marker(root: &Path, kind: &str, id: &str, op: OpId, parent: Option<&str>, state: &str) {
+    let parent = parent.map_or("null".to_owned(), |p| format!("\"{p}\""));
+    let json = format!(
+        r#"{{"format":1,"volume":"{id}","op":"{op}","kind":"{}","parent":{parent},"guid":null,"state":"{state}"}}"#,
+        if kind == "data" { "Data" } else { "Snapshot" }
+    );
+    fs::write(root.join(".volmgr").join(kind).join(id), json).unwrap();
+}
+
+#[test]
+fn inventory_reports_tagged_foreign_and_incomplete_items() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let p = provider(root);
+    let v = create(&p, "vol");
+    let s = snapshot(&p, &v, "snap");
+    fs::create_dir(root.join("data/foreign")).unwrap();
+    fs::write(root.join("snapshot/stray-file"), b"?").unwrap();
+
+    // A create interrupted after its marker: marker "creating", no directory.
+    let op_create = Uuid::now_v7();
+    hand_marker(root, "data", "half", op_create, None, "creating");
+    // A snapshot interrupted mid-copy.
+    let op_copy = Uuid::now_v7();
+    hand_marker(
+        root,
+        "snapshot",
+        "mid-copy",
+        op_copy,
+        Some("vol"),
+        "copying",
+    );
+    write(&root.join("snapshot/mid-copy/partial"), b"part", 0o444);
+    // A damaged marker: not provably ours.
+    fs::create_dir(root.join("data/damaged")).unwrap();
+    fs::write(root.join(".volmgr/data/damaged"), b"{not json").unwrap();
+    // A complete marker whose directory is gone: absent (lost), not listed.
+    let gone = create(&p, "gone");
+    fs::remove_dir(gone.path()).unwrap();
+
+    let inv = p.inventory().unwrap();
+    let by_name = |n: &str| {
+        inv.iter()
+            .find(|f| f.name.ends_with(n))
+            .unwrap_or_else(|| panic!("{n} not in {inv:#?}"))
+    };
+    let vol = by_name("data/vol");
+    assert_eq!(vol.presence, Presence::Complete);
+    let tag = vol.tag.as_ref().unwrap();
+    assert_eq!(
+        (tag.volume.as_str(), tag.op, tag.kind),
+        ("vol", v.op, VolumeKind::Data)
+    );
+    let snap = by_name("snapshot/snap");
+    assert_eq!(snap.presence, Presence::Complete);
+    assert_eq!(snap.details[DETAIL_GUID], s.guid());
+    assert_eq!(snap.tag.as_ref().unwrap().parent.as_deref(), Some("vol"));
+
+    let foreign = by_name("data/foreign");
+    assert_eq!(foreign.tag, None, "untagged: foreign");
+    assert_eq!(by_name("snapshot/stray-file").tag, None);
+    let damaged = by_name("data/damaged");
+    assert_eq!(damaged.tag, None, "a damaged marker proves nothing");
+    assert!(matches!(damaged.presence, Presence::Incomplete { .. }));
+
+    let half = by_name("data/half");
+    assert_eq!(half.tag.as_ref().unwrap().op, op_create);
+    assert!(
+        matches!(half.presence, Presence::Incomplete { .. }),
+        "{half:?}"
+    );
+    let mid = by_name("snapshot/mid-copy");
+    assert!(
+        matches!(&mid.presence, Presence::Incomplete { reason } if reason.contains("copy")),
+        "{mid:?}"
+    );
+    assert!(!inv.iter().any(|f| f.name.ends_with("data/gone")));
+    assert_eq!(inv.len(), 7, "{inv:#?}");
+
+    // finish: the half-made create completes; the half-made copy cannot.
+    let created = p.finish(half).unwrap();
+    assert!(Path::new(&created.location).is_dir());
+    assert!(p.finish(mid).is_err());
+    assert!(
+        p.finish(foreign).is_err(),
+        "foreign items are never touched"
+    );
+    let inv = p.inventory().unwrap();
+    assert_eq!(by_name_in(&inv, "data/half").presence, Presence::Complete);
+
+    // Destroy removes half-made items (read-only partial content included),
+    // and refuses what it cannot prove is ours.
+    let mid_ref = VolumeRef {
+        id: "mid-copy",
+        kind: VolumeKind::Snapshot,
+        parent: Some("vol"),
+        location: &mid.location,
+        details: &mid.details,
+    };
+    p.destroy(&mid_ref).unwrap();
+    assert!(!root.join("snapshot/mid-copy").exists());
+    assert!(!root.join(".volmgr/snapshot/mid-copy").exists());
+    let foreign_ref = VolumeRef {
+        id: "foreign",
+        kind: VolumeKind::Data,
+        parent: None,
+        location: &foreign.location,
+        details: &foreign.details,
+    };
+    assert!(p.destroy(&foreign_ref).is_err());
+    assert!(root.join("data/foreign").is_dir(), "foreign data untouched");
+    let damaged_ref = VolumeRef {
+        id: "damaged",
+        ..foreign_ref
+    };
+    assert!(p.destroy(&damaged_ref).is_err());
+    assert!(root.join("data/damaged").is_dir());
+    // The lost volume's marker goes with an explicit destroy.
+    p.destroy(&gone.r()).unwrap();
+    assert!(!root.join(".volmgr/data/gone").exists());
+}
+
+fn by_name_in<'a>(inv: &'a [volmgr::provider::Found], n: &str) -> &'a volmgr::provider::Found {
+    inv.iter().find(|f| f.name.ends_with(n)).unwrap()
+}
+
+#[test]
+fn finish_redoes_an_interrupted_fork_from_its_immutable_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let p = provider(root);
+    let v = create(&p, "vol");
+    fill_varied(&v.path());
+    let s = snapshot(&p, &v, "snap");
+    let op = Uuid::now_v7();
+    hand_marker(root, "data", "fk", op, Some("snap"), "copying");
+    write(&root.join("data/fk/partial"), b"half", 0o644);
+    let inv = p.inventory().unwrap();
+    let found = by_name_in(&inv, "data/fk");
+    assert!(matches!(found.presence, Presence::Incomplete { .. }));
+    let created = p.finish(found).unwrap();
+    assert_eq!(listing(Path::new(&created.location)), listing(&v.path()));
+    let _ = s;
+}
+
+#[test]
+fn abort_partial_removes_staging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path());
+    let op = Uuid::now_v7();
+    let staging = tmp.path().join(".staging").join(op.to_string());
+    write(&staging.join("new/a/b/file"), b"x", 0o444);
+    chmod(&staging.join("new/a/b"), 0o555);
+    chmod(&staging.join("new/a"), 0o500);
+    let outside = tmp.path().join("outside-target");
+    write(&outside.join("keep"), b"keep", 0o644);
+    symlink(&outside, staging.join("new/link-out")).unwrap();
+    let other = tmp.path().join(".staging").join(Uuid::now_v7().to_string());
+    fs::create_dir_all(&other).unwrap();
+
+    p.abort_partial(op).unwrap();
+    assert!(!staging.exists());
+    assert!(other.exists(), "only that operation's staging");
+    assert_eq!(
+        fs::read(outside.join("keep")).unwrap(),
+        b"keep",
+        "links not followed"
+    );
+    p.abort_partial(op).unwrap();
+}
+
+#[test]
+fn special_files_are_refused_naming_the_path_and_leave_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path());
+    let v = create(&p, "vol");
+    write(&v.path().join("ok"), b"fine", 0o644);
+    let fifo = v.path().join("sub/pipe");
+    fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let err = p
+        .create_snapshot(&v.r(), &spec("s", Uuid::now_v7(), VolumeKind::Snapshot))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("sub/pipe") && msg.contains("fifo"), "{msg}");
+    assert!(!tmp.path().join("snapshot/s").exists());
+    assert!(!tmp.path().join(".volmgr/snapshot/s").exists());
+    assert_eq!(p.inventory().unwrap().len(), 1);
+}
+
+#[test]
+fn destroy_never_follows_symlinks_out_of_the_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    write(&outside.join("precious"), b"keep", 0o444);
+    let p = provider(&tmp.path().join("root"));
+    let v = create(&p, "vol");
+    symlink(&outside, v.path().join("out")).unwrap();
+    symlink(outside.join("precious"), v.path().join("file-out")).unwrap();
+    write(&v.path().join("ro/inner"), b"x", 0o444);
+    chmod(&v.path().join("ro"), 0o555);
+    let s = snapshot(&p, &v, "snap");
+    assert_eq!(
+        fs::read_link(s.path().join("out")).unwrap(),
+        outside,
+        "links are copied as links"
+    );
+    p.destroy(&s.r()).unwrap();
+    p.destroy(&v.r()).unwrap();
+    assert_eq!(fs::read(outside.join("precious")).unwrap(), b"keep");
+    assert!(
+        p.inventory().unwrap().is_empty(),
+        "{:?}",
+        p.inventory().unwrap()
+    );
+}
+
+#[test]
+fn unsafe_ids_are_refused_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path());
+    let long = "x".repeat(300);
+    for id in [
+        "../x",
+        "a/b",
+        "",
+        ".hidden",
+        "-flag",
+        "..",
+        "a\0b",
+        "sp ace",
+        long.as_str(),
+    ] {
+        let err = p.create_volume(&spec(id, Uuid::now_v7(), VolumeKind::Data));
+        assert!(
+            matches!(err, Err(ProviderError::Other(_))),
+            "{id:?}: {err:?}"
+        );
+    }
+    assert!(p.inventory().unwrap().is_empty());
+    assert_eq!(fs::read_dir(tmp.path().join("data")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(tmp.path().join(".volmgr/data"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn config_requires_one_absolute_root_and_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("nested/root");
+    let cfg = ProviderConfig::from([("root".to_owned(), root.to_str().unwrap().to_owned())]);
+    let p = DirProvider::from_config(&cfg).unwrap();
+    assert!(root.join("data").is_dir(), "the root is created");
+    assert_eq!(p.config(), cfg);
+    assert_eq!(p.kind(), dir::KIND);
+
+    let factory = builtin_factories()
+        .remove(dir::KIND)
+        .expect("dir is a built-in");
+    let built = factory(&cfg).unwrap();
+    assert_eq!(built.config(), cfg);
+
+    for bad in [
+        ProviderConfig::new(),
+        ProviderConfig::from([("root".to_owned(), "relative/path".to_owned())]),
+        ProviderConfig::from([("root".to_owned(), "/a/../b".to_owned())]),
+        ProviderConfig::from([
+            ("root".to_owned(), root.to_str().unwrap().to_owned()),
+            ("bogus".to_owned(), "1".to_owned()),
+        ]),
+    ] {
+        let r = DirProvider::from_config(&bad);
+        assert!(
+            matches!(r, Err(ProviderError::InvalidConfig(_))),
+            "{bad:?}: {r:?}"
+        );
+    }
+    let file = tmp.path().join("a-file");
+    fs::write(&file, b"").unwrap();
+    assert!(matches!(
+        DirProvider::new(file),
+        Err(ProviderError::InvalidConfig(_))
+    ));
+}
