@@ -40,13 +40,9 @@ use volmgr::journal::{Journal, JournalConfig, JournalRecord};
 use volmgr::provider::sim::{SimCall, SimFault, SimProvider, When};
 use volmgr::storage::Storage;
 use volmgr::storage::fault::{FaultKind, FaultOp, FaultPlan, FaultyStorage};
-use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
+use volmgr::storage::sim::SimStorage;
 
 const STATE_DIR: &str = "/state";
-const KEEP_ALL: CutPolicy = CutPolicy {
-    data: DataLoss::KeepAll,
-    dirs: DirLoss::KeepAll,
-};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Rec {
@@ -238,7 +234,7 @@ fn check_journal_run(storage: &SimStorage, run: &JournalRun, seed: u64) -> Vec<S
             run.accepted_after_failure, run.attempted_after_failure
         ));
     }
-    let live = storage.power_cut_with(0, KEEP_ALL);
+    let live = storage.restart();
     let cut = storage.power_cut(seed);
     for (what, image) in [("as left", live), ("after a power cut", cut)] {
         for p in check_journal_image(&image, run) {
@@ -343,9 +339,75 @@ async fn journal_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
     }
 }
 
+/// A failed sync with Linux write-back error semantics at every sync point
+/// (the unsynced changes stay visible but are never written), then a reopen
+/// in the same boot that appends more, then a power cut: the records the
+/// second life acknowledged must survive, and so must the first life's.
+async fn journal_write_back_errors(tally: &mut Tally, base_seed: u64, scale: u64) {
+    let dry = SimStorage::new();
+    journal_workload(Arc::new(dry.clone()), &dry).await;
+    let sync_points = dry.sync_points();
+    for n in 1..=sync_points {
+        let sim = SimStorage::new();
+        sim.fail_sync_at(Some(n));
+        let mut run = journal_workload(Arc::new(sim.clone()), &sim).await;
+        sim.fail_sync_at(None);
+        let mut problems = Vec::new();
+        if run.accepted_after_failure > 0 {
+            problems.push(format!(
+                "{} appends acknowledged after a failed sync",
+                run.accepted_after_failure
+            ));
+        }
+        // The second life, same boot: reopen, replay, append.
+        match Journal::<Rec>::open_with_storage(
+            Arc::new(sim.clone()),
+            Path::new(STATE_DIR),
+            journal_config(),
+        ) {
+            Ok((journal, _)) => {
+                for i in 0..40u32 {
+                    let rec = Rec {
+                        task: 9,
+                        n: i,
+                        pad: vec![9; (i as usize * 53) % 200],
+                    };
+                    run.attempted.insert((9, i));
+                    match journal.append(&rec).await {
+                        Ok(seq) => {
+                            run.acked.insert(seq, (9, i));
+                        }
+                        Err(e) => {
+                            problems.push(format!("second life append failed: {e}"));
+                            break;
+                        }
+                    }
+                }
+                journal.close().await;
+            }
+            Err(e) => problems.push(format!("reopen in the same boot failed: {e}")),
+        }
+        for s in 0..2 * scale {
+            let seed = base_seed ^ (n << 16) ^ s;
+            let image = sim.power_cut(seed);
+            for p in check_journal_image(&image, &run) {
+                problems.push(format!("after a power cut (seed {seed:#x}): {p}"));
+            }
+        }
+        tally.attempted_after_failure += run.attempted_after_failure;
+        tally.fired += u64::from(run.errors > 0);
+        tally.record(
+            format!("journal write-back error at sync point {n}"),
+            problems,
+        );
+    }
+}
+
 /// A fault for one manager run: in the journal's storage or in the provider.
 #[derive(Debug, Clone)]
 enum Fault {
+    /// A failed sync with Linux write-back error semantics at this sync point.
+    WriteBack(u64),
     Storage(FaultPlan),
     Provider(SimFault),
 }
@@ -360,6 +422,7 @@ async fn manager_run(
     mw::Model,
     BTreeMap<String, (FaultOp, u64)>,
     mw::CountingProvider,
+    u64,
 ) {
     let sim_storage = SimStorage::new();
     let faulty = FaultyStorage::new(Arc::new(sim_storage.clone()));
@@ -376,6 +439,7 @@ async fn manager_run(
     match fault {
         Some(Fault::Storage(plan)) => faulty.set_plan(Some(plan.clone())),
         Some(Fault::Provider(f)) => sim.set_fault(Some(*f)),
+        Some(Fault::WriteBack(n)) => sim_storage.fail_sync_at(Some(*n)),
         None => {}
     }
     let mut model = mw::Model::default();
@@ -384,6 +448,7 @@ async fn manager_run(
         m.close().await;
     }
     let storage_calls = dry_counts(&faulty);
+    let sync_points = sim_storage.sync_points();
     faulty.set_plan(None);
     sim.set_fault(None);
 
@@ -394,15 +459,31 @@ async fn manager_run(
             model.accepted_after_failure, model.attempted_after_failure
         ));
     }
-    // Reopen as the process left it, then (against the provider as the run
-    // left it) after a power cut.
+    sim_storage.fail_sync_at(None);
+    // Reopen as the process left it (same boot), work, and lose power then;
+    // and, against the provider as the run left it, after a power cut.
     let provider_then = sim.deep_copy();
-    let live = sim_storage.power_cut_with(0, KEEP_ALL);
+    let same_boot = sim_storage.restart();
     let cut = sim_storage.power_cut(seed);
-    for (what, image, sim) in [
-        ("as left", live, sim),
-        ("after a power cut", cut, provider_then),
-    ] {
+    let mut lives = vec![("as left", same_boot.clone(), sim.clone())];
+    if let Ok(m) = mw::open(
+        Arc::new(same_boot.clone()),
+        &mw::CountingProvider::new(sim.clone()),
+    )
+    .await
+    {
+        for p in mw::probe(&m, &sim, &model).await {
+            problems.push(format!("as left: {p}"));
+        }
+        m.close().await;
+        lives = vec![(
+            "as left, worked on, then a power cut",
+            same_boot.power_cut(seed ^ 1),
+            sim,
+        )];
+    }
+    lives.push(("after a power cut", cut, provider_then));
+    for (what, image, sim) in lives {
         sim.set_fault(None);
         match mw::open(Arc::new(image), &mw::CountingProvider::new(sim.clone())).await {
             Ok(m) => {
@@ -414,13 +495,14 @@ async fn manager_run(
             Err(e) => problems.push(format!("{what}: reopen failed: {e}")),
         }
     }
-    (problems, model, storage_calls, provider)
+    (problems, model, storage_calls, provider, sync_points)
 }
 
 const ROUNDS_MANAGER: u32 = 3;
 
 async fn manager_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
-    let (problems, model, storage_calls, provider) = manager_run(None, base_seed).await;
+    let (problems, model, storage_calls, provider, sync_points) =
+        manager_run(None, base_seed).await;
     assert!(problems.is_empty(), "dry run: {problems:?}");
     assert!(model.errors == 0 && model.acked > 0, "dry run: {model:?}");
     let mut faults = Vec::new();
@@ -442,12 +524,13 @@ async fn manager_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
             }
         }
     }
+    faults.extend((1..=sync_points).map(Fault::WriteBack));
     let mut i = 0u64;
     for fault in &faults {
         for s in 0..scale {
             i += 1;
             let seed = base_seed ^ (i << 16) ^ s;
-            let (problems, model, _, _) = manager_run(Some(fault), seed).await;
+            let (problems, model, _, _, _) = manager_run(Some(fault), seed).await;
             tally.attempted_after_failure += model.attempted_after_failure;
             tally.accepted_after_failure += model.accepted_after_failure;
             tally.fired += u64::from(model.errors > 0);
@@ -462,6 +545,7 @@ async fn every_failpoint_at_every_trigger_loses_nothing_acknowledged_and_poisons
     let base_seed = torture_support::seed(0x5EED_0003);
     let mut tally = Tally::default();
     journal_failpoints(&mut tally, base_seed, scale).await;
+    journal_write_back_errors(&mut tally, base_seed, scale).await;
     let journal_combinations = tally.combinations;
     manager_failpoints(&mut tally, base_seed, scale).await;
     println!(

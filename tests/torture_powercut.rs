@@ -596,3 +596,201 @@ async fn manager_power_cut_at_every_sync_point_keeps_provider_and_state_in_agree
         failures.join("\n")
     );
 }
+
+/// Life 2 after a kill: reopens in the same boot (the page cache survived),
+/// appends `count` records one by one; returns the ids it replayed and the
+/// acknowledged (seq, id) pairs.
+async fn second_life(
+    storage: &SimStorage,
+    count: u32,
+) -> Result<(Vec<Id>, Vec<(u64, Id)>), String> {
+    let (journal, recovery) = open_image(storage)?;
+    let replay = replayed(&recovery)?;
+    let mut acked = Vec::new();
+    for n in 0..count {
+        let rec = Rec {
+            task: 100,
+            n,
+            pad: vec![100; (n as usize * 71) % 250],
+        };
+        let seq = journal
+            .append(&rec)
+            .await
+            .map_err(|e| format!("second life append: {e}"))?;
+        acked.push((seq, rec.id()));
+    }
+    journal.close().await;
+    Ok((replay, acked))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_then_reopen_in_the_same_boot_then_power_cut_loses_nothing_either_life_acknowledged() {
+    let scale = torture_support::scale();
+    let base_seed = torture_support::seed(0x5EED_0004);
+    let mut tally = Tally::default();
+    let mut points = 0u64;
+    let mut seeds_per_point = 0u64;
+    for point in 1..=100_000u64 {
+        let storage = SimStorage::new();
+        storage.crash_at_sync(Some(point));
+        let run = run_workload(&storage, base_seed).await;
+        let fired = storage.crashed();
+        let restarted = storage.restart();
+        points += 1;
+        let label = format!("kill at sync point {point}");
+        let (replay, acked) = match second_life(&restarted, 12).await {
+            Ok(x) => x,
+            Err(e) => {
+                tally.open_failures += 1;
+                tally.fail(format!("{label}: second life: {e}"));
+                continue;
+            }
+        };
+        let (lost, examples, problems) = check_replay(&run, &replay);
+        tally.lost += lost;
+        tally.violations += problems.len() as u64;
+        if lost > 0 || !problems.is_empty() {
+            tally.fail(format!(
+                "{label}: second life replay: {examples:?} {problems:?}"
+            ));
+        }
+        let mut expected = replay.clone();
+        expected.extend(acked.iter().map(|(_, id)| *id));
+        let policies = policies(base_seed, point, scale);
+        seeds_per_point = policies.len() as u64;
+        for (seed, policy) in policies {
+            tally.images += 1;
+            let image = restarted.power_cut_with(seed, policy);
+            let label = format!("{label}, then a cut with seed {seed:#x}, {policy:?}");
+            let ids = match open_image(&image).and_then(|(_, r)| replayed(&r)) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tally.open_failures += 1;
+                    tally.fail(format!("{label}: {e}"));
+                    continue;
+                }
+            };
+            if ids.get(..expected.len()) != Some(&expected[..]) {
+                let first_bad = expected
+                    .iter()
+                    .zip(&ids)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                let lost_here = (expected.len() - first_bad) as u64;
+                tally.lost += lost_here;
+                tally.fail(format!(
+                    "{label}: the log the second life built on changed: {} of {} records kept (replayed {} in life 2, acknowledged {} more)",
+                    first_bad,
+                    expected.len(),
+                    replay.len(),
+                    acked.len()
+                ));
+            }
+        }
+        if !fired {
+            break;
+        }
+    }
+    println!(
+        "kill then power-cut sweep: kill points {points} x seeds {seeds_per_point} = {}, acknowledged records lost {}, open failures {}",
+        tally.images, tally.lost, tally.open_failures
+    );
+    assert!(
+        tally.lost == 0 && tally.open_failures == 0 && tally.violations == 0,
+        "first failures:\n{}",
+        tally.failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_kill_then_power_cut_during_the_next_open_keeps_provider_and_state_in_agreement() {
+    let scale = torture_support::scale();
+    let base_seed = torture_support::seed(0x5EED_0005);
+    let (mut kills, mut cuts, mut images, mut open_failures, mut disagreements) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut failures: Vec<String> = Vec::new();
+    for point in 1..=100_000u64 {
+        let storage = SimStorage::new();
+        storage.crash_at_sync(Some(point));
+        let sim = SimProvider::new();
+        let mut model = mw::Model::default();
+        if let Ok(m) = mw::open(
+            Arc::new(storage.clone()),
+            &mw::CountingProvider::new(sim.clone()),
+        )
+        .await
+        {
+            mw::run_ops(&m, MANAGER_ROUNDS, &mut model).await;
+            m.close().await;
+        }
+        let fired = storage.crashed();
+        storage.freeze();
+        kills += 1;
+        // The second life reopens in the same boot (reconciling against the
+        // provider) and works; the power goes at each of its sync points.
+        for k in 1..=1_000u64 {
+            let second = storage.restart();
+            second.crash_at_sync(Some(k));
+            let sim2 = sim.deep_copy();
+            if let Ok(m) = mw::open(
+                Arc::new(second.clone()),
+                &mw::CountingProvider::new(sim2.clone()),
+            )
+            .await
+            {
+                let _ = mw::probe(&m, &sim2, &model).await;
+                m.close().await;
+            }
+            let fired2 = second.crashed();
+            second.freeze();
+            cuts += 1;
+            let mut policies = vec![(
+                0,
+                CutPolicy {
+                    data: DataLoss::DropAll,
+                    dirs: DirLoss::ForgetAll,
+                },
+            )];
+            for i in 0..scale {
+                policies.push((base_seed ^ (point << 24) ^ (k << 8) ^ i, CutPolicy::RANDOM));
+            }
+            for (seed, policy) in policies {
+                images += 1;
+                let image = second.power_cut_with(seed, policy);
+                let sim3 = sim2.deep_copy();
+                let label = format!(
+                    "kill at sync point {point}, cut at the next life's sync point {k}, seed {seed:#x}, {policy:?}"
+                );
+                match mw::open(Arc::new(image), &mw::CountingProvider::new(sim3.clone())).await {
+                    Ok(m) => {
+                        let problems = mw::check_agreement(&m, &sim3, &model);
+                        if !problems.is_empty() {
+                            disagreements += 1;
+                            failures.push(format!("{label}: {}", problems.join("; ")));
+                        }
+                        m.close().await;
+                    }
+                    Err(e) => {
+                        open_failures += 1;
+                        failures.push(format!("{label}: open failed: {e}"));
+                    }
+                }
+            }
+            if !fired2 {
+                break;
+            }
+        }
+        if !fired {
+            break;
+        }
+    }
+    println!(
+        "manager kill then power-cut sweep: kill points {kills}, cuts in the next life {cuts}, images {images}, open failures {open_failures}, provider/state disagreements {disagreements}"
+    );
+    failures.truncate(10);
+    assert!(
+        open_failures == 0 && disagreements == 0,
+        "first failures:\n{}",
+        failures.join("\n")
+    );
+}

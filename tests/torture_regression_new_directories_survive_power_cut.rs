@@ -12,9 +12,11 @@
 //! left a hole and open refused with "missing segment". ext4 usually hides
 //! this (its journal commits the mkdir with the next fsync), but POSIX does not
 //! promise it and DESIGN.md's invariant 5 asks for the directory fsync.
-//! Fix: open creates missing directories durably (syncing the parent of each
-//! one it creates, ancestors first) and syncs the state directory after
-//! creating the subdirectories.
+//!
+//! Fix: open creates missing directories and syncs the parent of every
+//! directory on the path to the state directory, root first, then syncs the
+//! state directory after creating its subdirectories (every time, not only
+//! when it created them: see the kill-then-reopen regression).
 
 use std::path::Path;
 use std::sync::Arc;

@@ -40,7 +40,8 @@
 //! sector therefore never damages them.
 //!
 //! Paths are used as given (no `..` resolution); a path without a parent, or
-//! with an empty one, lives in the root directory, which always exists.
+//! with an empty one, lives in the root directory (`/`, `.` or the empty
+//! path), which always exists.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -166,6 +167,7 @@ struct Fs {
     next_lock_token: u64,
     sync_points: u64,
     crash_at: Option<u64>,
+    fail_sync_at: Option<u64>,
     frozen: bool,
     capacity: Option<u64>,
 }
@@ -175,7 +177,7 @@ fn parent_of(path: &Path) -> PathBuf {
 }
 
 fn is_root(path: &Path) -> bool {
-    path.as_os_str().is_empty() || path == Path::new("/")
+    path.as_os_str().is_empty() || path == Path::new("/") || path == Path::new(".")
 }
 
 fn eio(what: &str) -> io::Error {
@@ -199,14 +201,17 @@ impl Fs {
         Ok(())
     }
 
-    fn sync_point(&mut self, what: &str) -> io::Result<()> {
+    /// Counts a sync point; `Ok(false)` when it is the one armed to fail
+    /// the way Linux does after a write-back error (see
+    /// [`SimStorage::fail_sync_at`]): the caller forgets what was pending.
+    fn sync_point(&mut self, what: &str) -> io::Result<bool> {
         self.check_live(what)?;
         self.sync_points += 1;
         if self.crash_at == Some(self.sync_points) {
             self.frozen = true;
             return Err(eio(what));
         }
-        Ok(())
+        Ok(self.fail_sync_at != Some(self.sync_points))
     }
 
     fn dir_exists(&self, path: &Path) -> bool {
@@ -286,9 +291,19 @@ impl Fs {
     }
 
     fn sync_file(&mut self, ino: u64, what: &str) -> io::Result<()> {
-        self.sync_point(what)?;
+        let proceed = self.sync_point(what)?;
         let inode = self.inode(ino);
-        inode.durable = inode.data.clone();
+        if !proceed {
+            // The changes stay visible but will never be written back.
+            inode.pending.clear();
+            return Err(io::Error::other(format!(
+                "simulated write-back error: {what} (EIO; the unsynced changes are dropped)"
+            )));
+        }
+        // The pending changes, applied to the durable bytes (not a copy of
+        // what reads see: changes an earlier failed sync dropped stay lost).
+        let mut unused = SplitMix64::new(0);
+        inode.durable = cut_file(inode, &mut unused, DataLoss::KeepAll);
         inode.pending.clear();
         Ok(())
     }
@@ -363,6 +378,7 @@ impl Fs {
             next_lock_token: self.next_lock_token,
             sync_points: 0,
             crash_at: None,
+            fail_sync_at: None,
             frozen: false,
             capacity: self.capacity,
         }
@@ -459,6 +475,18 @@ impl SimStorage {
         self.lock().crash_at = n;
     }
 
+    /// Makes sync point `n` fail with `EIO`. For a file, the way Linux reports
+    /// a write-back error (the "fsyncgate" semantics PostgreSQL learned in
+    /// 2018): what the file had not yet made durable stays visible to reads
+    /// but is dropped from the write-back queue, so no later sync makes it
+    /// durable and a power cut reverts it. For a directory the changes stay
+    /// queued (a later directory sync may still make them durable). Nothing
+    /// freezes: the process may go on, and reopen, in the same boot. `None`
+    /// disarms.
+    pub fn fail_sync_at(&self, n: Option<u64>) {
+        self.lock().fail_sync_at = n;
+    }
+
     /// True once an armed crash point was reached (the state is frozen).
     pub fn crashed(&self) -> bool {
         self.lock().frozen
@@ -493,6 +521,33 @@ impl SimStorage {
         fs.frozen = true;
         SimStorage {
             fs: Arc::new(Mutex::new(fs.cut(seed, policy))),
+        }
+    }
+
+    /// The file system after the process dies (kill -9) without a power
+    /// loss: an independent copy where everything stays as it is, visible
+    /// and durable bytes and the queues of changes not yet durable (the page
+    /// cache survives the process), with every lock released. This storage is
+    /// frozen afterwards, so what still runs on it changes nothing. A later
+    /// [`SimStorage::power_cut`] of the copy loses what no one synced.
+    pub fn restart(&self) -> SimStorage {
+        let mut fs = self.lock();
+        fs.frozen = true;
+        SimStorage {
+            fs: Arc::new(Mutex::new(Fs {
+                names: fs.names.clone(),
+                durable_names: fs.durable_names.clone(),
+                dir_pending: fs.dir_pending.clone(),
+                inodes: fs.inodes.clone(),
+                next_ino: fs.next_ino,
+                locks: HashMap::new(),
+                next_lock_token: fs.next_lock_token,
+                sync_points: 0,
+                crash_at: None,
+                fail_sync_at: None,
+                frozen: false,
+                capacity: fs.capacity,
+            })),
         }
     }
 
@@ -664,7 +719,13 @@ impl Storage for SimStorage {
         if !fs.dir_exists(path) {
             return Err(not_found(path));
         }
-        fs.sync_point("sync_dir")?;
+        if !fs.sync_point("sync_dir")? {
+            // Directory changes are metadata: they stay queued, and a later
+            // directory sync may still make them durable.
+            return Err(io::Error::other(
+                "simulated write-back error: sync_dir (EIO)",
+            ));
+        }
         let changes = fs.dir_pending.remove(path).unwrap_or_default();
         for change in changes {
             for (p, node) in change {
@@ -898,6 +959,50 @@ mod tests {
         assert_eq!(s.sync_points(), 2);
         // The name of "/f" was never synced: it is gone after the cut.
         assert!(s.power_cut(0).paths().is_empty());
+    }
+
+    #[test]
+    fn a_failed_sync_drops_its_changes_for_good_like_linux_write_back_errors() {
+        let s = SimStorage::new();
+        let f = write_file(&s, "/f", &[0u8; 1024]);
+        f.sync_all().unwrap();
+        s.sync_dir(Path::new("/")).unwrap();
+        s.fail_sync_at(Some(3));
+        f.write_all_at(&[1u8; 512], 0).unwrap();
+        assert!(f.sync_data().is_err());
+        assert!(!s.crashed(), "the storage goes on");
+        f.write_all_at(&[2u8; 512], 512).unwrap();
+        f.sync_data().unwrap();
+        let mut seen = vec![0u8; 1024];
+        f.read_exact_at(&mut seen, 0).unwrap();
+        assert_eq!(
+            &seen[..512],
+            &[1u8; 512],
+            "reads still see the dropped write"
+        );
+        let after = s.power_cut(5).read(Path::new("/f")).unwrap();
+        assert_eq!(&after[..512], &[0u8; 512], "a later sync did not save it");
+        assert_eq!(&after[512..], &[2u8; 512]);
+    }
+
+    #[test]
+    fn a_restart_keeps_what_is_not_durable_until_a_power_cut() {
+        let s = SimStorage::new();
+        let f = write_file(&s, "/f", b"unsynced");
+        let _guard = s.lock_exclusive(Path::new("/LOCK"), "pid 1").unwrap();
+        let after = s.restart();
+        assert!(s.crashed(), "the dead process's storage is frozen");
+        assert!(f.write_all_at(b"x", 0).is_err());
+        assert_eq!(after.read(Path::new("/f")).unwrap(), b"unsynced");
+        drop(after.lock_exclusive(Path::new("/LOCK"), "pid 2").unwrap());
+        let cut = after.power_cut_with(
+            0,
+            CutPolicy {
+                data: DataLoss::DropAll,
+                dirs: DirLoss::ForgetAll,
+            },
+        );
+        assert!(cut.read(Path::new("/f")).is_none());
     }
 
     #[test]
