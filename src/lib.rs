@@ -4,6 +4,7 @@
 //! replayed at startup; storage side effects go through the [`storage`] seam
 //! (journal files) and providers (volumes). See `ARCHITECTURE.md` for the map.
 
+pub mod agent;
 pub mod cli;
 pub mod journal;
 pub mod manager;

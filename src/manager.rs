@@ -803,7 +803,7 @@ impl Manager {
             snapshot: snap_id.clone(),
             meta: Meta::new(),
         };
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
+        let (tx, rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(16);
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
             let sid = snap_id.clone();
@@ -835,11 +835,16 @@ impl Manager {
             match input.read(&mut chunk).await {
                 Ok(0) => break,
                 Ok(n) => {
-                    if tx.send(chunk[..n].to_vec()).await.is_err() {
+                    if tx.send(Ok(chunk[..n].to_vec())).await.is_err() {
                         break;
                     }
                 }
                 Err(e) => {
+                    // The provider must see a failed read, not the end of a
+                    // stream that may parse as complete.
+                    let _ = tx
+                        .send(Err(std::io::Error::new(e.kind(), e.to_string())))
+                        .await;
                     read_error = Some(e);
                     break;
                 }
@@ -1457,7 +1462,7 @@ impl std::io::Write for ChannelWriter {
 }
 
 struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
     buf: Vec<u8>,
     pos: usize,
 }
@@ -1466,10 +1471,11 @@ impl std::io::Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos >= self.buf.len() {
             match self.rx.blocking_recv() {
-                Some(chunk) => {
+                Some(Ok(chunk)) => {
                     self.buf = chunk;
                     self.pos = 0;
                 }
+                Some(Err(e)) => return Err(e),
                 None => return Ok(0),
             }
         }

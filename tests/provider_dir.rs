@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
@@ -211,9 +212,12 @@ fn fill_varied(root: &Path) {
     fs::create_dir_all(root.join("shared")).unwrap();
     chmod(&root.join("shared"), 0o2775);
     write(&root.join("shared/notes"), b"team", 0o664);
+
     symlink("hello.txt", root.join("link-to-hello")).unwrap();
     symlink("/nonexistent/target", root.join("dangling")).unwrap();
     fs::create_dir_all(root.join("empty-dir")).unwrap();
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9 \x01odd name");
+    write(&root.join("a").join(latin1), b"not utf-8", 0o644);
 }
 
 fn is_stream_err(e: &ProviderError) -> bool {
@@ -1075,4 +1079,145 @@ fn config_requires_one_absolute_root_and_round_trips() {
         DirProvider::new(file),
         Err(ProviderError::InvalidConfig(_))
     ));
+}
+
+#[test]
+fn a_destroy_interrupted_after_the_trash_rename_is_finished_at_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let p = provider(root);
+    let v = create(&p, "vol");
+    write(&v.path().join("f"), b"x", 0o444);
+    let keep = create(&p, "keep");
+    // The crash: the tree went to the trash, the marker stayed.
+    let trashed = root.join(format!(".trash/item.data.{}.0123.vol", v.op));
+    fs::rename(v.path(), &trashed).unwrap();
+    // A stale trash entry of an older op must not take a newer marker along.
+    let stale = root.join(format!(".trash/item.data.{}.4567.keep", Uuid::now_v7()));
+    fs::create_dir(&stale).unwrap();
+    let inv = p.inventory().unwrap();
+    assert!(
+        !inv.iter().any(|f| f.name.ends_with("data/vol")),
+        "a marker without its directory is absent: {inv:#?}"
+    );
+    drop(p);
+
+    let p = provider(root);
+    assert!(
+        !root.join(".volmgr/data/vol").exists(),
+        "marker removed by the sweep"
+    );
+    assert_eq!(fs::read_dir(root.join(".trash")).unwrap().count(), 0);
+    let inv = p.inventory().unwrap();
+    assert_eq!(inv.len(), 1, "{inv:#?}");
+    assert_eq!(inv[0].tag.as_ref().unwrap().op, keep.op, "keep survives");
+    // The id is free again.
+    create(&p, "vol");
+}
+
+#[test]
+fn finish_completes_a_receive_interrupted_after_the_swap_and_refuses_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let p = provider(root);
+    let target = create(&p, "t");
+    write(&target.path().join("old"), b"old", 0o644);
+    let swapped_marker = |id: &str, op: OpId, dev: u64, ino: u64| {
+        let json = format!(
+            r#"{{"format":1,"volume":"{id}","op":"{op}","kind":"Snapshot","parent":"t","guid":"{:032x}","state":{{"swapping":{{"dev":{dev},"ino":{ino}}}}}}}"#,
+            0x1234u128
+        );
+        fs::write(root.join(".volmgr/snapshot").join(id), json).unwrap();
+    };
+
+    // Crash before the exchange: the staged tree is still in staging.
+    let op = Uuid::now_v7();
+    let new = root.join(".staging").join(op.to_string()).join("new");
+    write(&new.join("fresh"), b"new", 0o644);
+    write(&root.join("snapshot/before/fresh"), b"new", 0o444);
+    let md = fs::metadata(&new).unwrap();
+    swapped_marker("before", op, md.dev(), md.ino());
+    let inv = p.inventory().unwrap();
+    let found = by_name_in(&inv, "snapshot/before");
+    assert!(matches!(found.presence, Presence::Incomplete { .. }));
+    assert!(p.finish(found).is_err(), "the target was not replaced");
+    assert!(target.path().join("old").exists());
+    p.abort_partial(op).unwrap();
+    p.destroy(&VolumeRef {
+        id: "before",
+        kind: VolumeKind::Snapshot,
+        parent: Some("t"),
+        location: &found.location,
+        details: &found.details,
+    })
+    .unwrap();
+
+    // Crash after the exchange: the target's directory is the staged one.
+    let op = Uuid::now_v7();
+    let staging = root.join(".staging").join(op.to_string());
+    let new = staging.join("new");
+    write(&new.join("fresh"), b"new", 0o644);
+    chmod(&new, 0o700);
+    write(&root.join("snapshot/after/fresh"), b"new", 0o444);
+    chmod(&root.join("snapshot/after"), 0o555);
+    let md = fs::metadata(&new).unwrap();
+    swapped_marker("after", op, md.dev(), md.ino());
+    fs::rename(target.path(), staging.join("old")).unwrap();
+    fs::rename(&new, target.path()).unwrap();
+    let inv = p.inventory().unwrap();
+    let found = by_name_in(&inv, "snapshot/after");
+    let created = p.finish(found).unwrap();
+    assert_eq!(created.details[DETAIL_GUID], format!("{:032x}", 0x1234u128));
+    assert_eq!(fs::read(target.path().join("fresh")).unwrap(), b"new");
+    assert!(!target.path().join("old").exists());
+    assert_eq!(
+        fs::metadata(target.path()).unwrap().mode() & 0o7777,
+        0o755,
+        "the target root gets the snapshot's true root mode"
+    );
+    assert!(!staging.exists(), "staging (the old content) removed");
+    let inv = p.inventory().unwrap();
+    assert_eq!(
+        by_name_in(&inv, "snapshot/after").presence,
+        Presence::Complete
+    );
+}
+
+#[test]
+fn restrictive_modes_survive_receive_send_and_fork_even_unprivileged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path());
+    let t = create(&p, "t");
+    let stream = Craft::new(0x5eed, None)
+        .dir("", 0o751)
+        .dir("locked", 0o300)
+        .file("locked/secret", 0o000, b"s3cret")
+        .file("locked/wo", 0o200, b"write only")
+        .file("plain", 0o644, b"plain")
+        .end();
+    let r = receive(&p, &t, "r", &stream).unwrap();
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    // Stored in the snapshot: no write bits, but readable by its owner.
+    assert_eq!(mode(&r.path().join("locked")), 0o500);
+    assert_eq!(mode(&r.path().join("locked/secret")), 0o400);
+    assert_eq!(mode(&r.path().join("locked/wo")), 0o400);
+    assert_eq!(mode(&r.path()), 0o551);
+    // The target carries the true modes.
+    assert_eq!(mode(&t.path()), 0o751);
+    assert_eq!(mode(&t.path().join("locked")), 0o300);
+    assert_eq!(mode(&t.path().join("locked/secret")), 0o000);
+    assert_eq!(mode(&t.path().join("locked/wo")), 0o200);
+    // Sending the snapshot gives back the very same bytes (same guid, same
+    // true modes, same order).
+    let (again, _) = send(&p, &r, None);
+    assert_eq!(again, stream);
+    // A fork has the true modes.
+    let f = fork(&p, &r, "f");
+    assert_eq!(mode(&f.path().join("locked")), 0o300);
+    assert_eq!(mode(&f.path().join("locked/secret")), 0o000);
+    // Everything goes away cleanly.
+    for v in [&f, &r, &t] {
+        p.destroy(&v.r()).unwrap();
+    }
+    assert!(p.inventory().unwrap().is_empty());
 }

@@ -1,29 +1,46 @@
-//! The `volmgr` command line.
-//!
-//! Temporary wiring of the `journal` subcommand until the agent's entry point
-//! (serve, volume verbs) lands; the lead merges the two.
+//! `volmgr`: the host agent (`serve`), its client (`volume`) and the
+//! offline journal tool (`journal`). Exit codes are in the README.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use volmgr::cli;
 
-#[derive(Debug, Parser)]
+#[derive(Parser, Debug)]
 #[command(name = "volmgr", version, about = "Event-sourced host volume manager")]
 struct Cli {
     #[command(subcommand)]
-    command: Cmd,
+    command: Command,
 }
 
-#[derive(Debug, clap::Subcommand)]
-enum Cmd {
-    Journal(volmgr::cli::journal::JournalArgs),
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the host agent (HTTP API) on a state directory
+    Serve(cli::serve::ServeArgs),
+    /// Create, list, snapshot, fork, destroy and pull volumes on a running agent
+    Volume(cli::volume::VolumeArgs),
+    /// Inspect and repair a journal directory offline
+    Journal(cli::journal::JournalArgs),
 }
 
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => std::process::exit(volmgr::cli::journal::parse_error_exit_code(&e)),
+        Err(e) => std::process::exit(parse_error_exit_code(&e)),
     };
     let code = match cli.command {
-        Cmd::Journal(args) => volmgr::cli::journal::run(args),
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Volume(args) => cli::volume::run(args),
+        Command::Journal(args) => cli::journal::run(args),
     };
     std::process::exit(code);
+}
+
+/// Prints a parse error (or help); returns the exit code: the journal
+/// tool's own usage code (3) for `volmgr journal`, clap's (2; 0 for help
+/// and version) elsewhere.
+fn parse_error_exit_code(e: &clap::Error) -> i32 {
+    if std::env::args().nth(1).as_deref() == Some("journal") {
+        return cli::journal::parse_error_exit_code(e);
+    }
+    let _ = e.print();
+    e.exit_code()
 }

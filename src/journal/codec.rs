@@ -4,6 +4,13 @@
 //! (journal-format.md spells out the encoding), and always a byte limit, so a
 //! damaged length prefix inside a payload yields an error instead of a huge
 //! allocation. Decoding also insists that the payload is consumed exactly.
+//!
+//! The limit is bincode's "bytes claimed", which counts every integer at its
+//! in-memory width (8 for a u64, also for a length prefix) and a string's or
+//! byte vector's bytes, not the bytes read: a payload smaller than the limit
+//! may still exceed it. Encoding does not check the limit at all. So
+//! `Journal::append_all` decodes every record before writing it, and
+//! [`encode_checkpoint`] checks the encoded size.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,8 +54,18 @@ pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 }
 
 /// Encodes a checkpoint payload (the caller's state).
+/// The caller should decode the result once ([`decode_checkpoint`]) before
+/// handing it to `Journal::checkpoint`, for the reason in the module doc.
 pub fn encode_checkpoint<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    bincode::serde::encode_to_vec(value, CHECKPOINT_CONFIG).map_err(|e| e.to_string())
+    let bytes =
+        bincode::serde::encode_to_vec(value, CHECKPOINT_CONFIG).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_CHECKPOINT_PAYLOAD_LEN {
+        return Err(format!(
+            "checkpoint of {} bytes exceeds the limit of {MAX_CHECKPOINT_PAYLOAD_LEN}",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Decodes a checkpoint payload; every byte must be used.

@@ -43,6 +43,9 @@ pub const MAX_PAYLOAD_LEN: usize = 1 << 20;
 pub const MAX_SEGMENT_LEN: u64 = 1 << 30;
 /// Smallest segment size the writer accepts.
 pub const MIN_SEGMENT_LEN: u64 = 4096;
+/// Sequence numbers of records run from 1 to this; `u64::MAX` is never a
+/// record's, so "the sequence after the last one" always fits in a `u64`.
+pub const MAX_SEQ: u64 = u64::MAX - 1;
 
 // ---------------------------------------------------------------- checkpoint
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"VMGRCKPT";
@@ -106,6 +109,8 @@ pub enum Invalid {
         expected: u64,
         found: u64,
     },
+    /// A sequence number outside `1..=MAX_SEQ` (a checkpoint's may also be 0).
+    SequenceOutOfRange(u64),
     BatchField {
         seq: u64,
         batch_first_seq: u64,
@@ -169,6 +174,9 @@ impl std::fmt::Display for Invalid {
             Invalid::SequenceMismatch { expected, found } => {
                 write!(f, "sequence number {found}, expected {expected}")
             }
+            Invalid::SequenceOutOfRange(seq) => {
+                write!(f, "sequence number {seq} outside 1..={MAX_SEQ}")
+            }
             Invalid::BatchField {
                 seq,
                 batch_first_seq,
@@ -213,6 +221,10 @@ impl std::fmt::Display for Invalid {
 
 /// Encodes a segment header.
 pub fn encode_segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    assert!(
+        (1..=MAX_SEQ).contains(&first_seq),
+        "segment first sequence out of range"
+    );
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[SEG_MAGIC_OFFSET..SEG_VERSION_OFFSET].copy_from_slice(&SEGMENT_MAGIC);
     h[SEG_VERSION_OFFSET..SEG_RESERVED_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -246,7 +258,11 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, Invalid> {
     if u32_at(h, SEG_RESERVED_OFFSET) != 0 || u32_at(h, SEG_RESERVED2_OFFSET) != 0 {
         return Err(Invalid::ReservedNotZero);
     }
-    Ok(u64_at(h, SEG_FIRST_SEQ_OFFSET))
+    let first_seq = u64_at(h, SEG_FIRST_SEQ_OFFSET);
+    if !(1..=MAX_SEQ).contains(&first_seq) {
+        return Err(Invalid::SequenceOutOfRange(first_seq));
+    }
+    Ok(first_seq)
 }
 
 // ---------------------------------------------------------------- frames
@@ -269,6 +285,10 @@ pub fn encode_frame(out: &mut Vec<u8>, header: FrameHeader, payload: &[u8]) {
     assert!(
         header.batch_first_seq <= header.seq,
         "batch start after the frame"
+    );
+    assert!(
+        header.batch_first_seq >= 1 && header.seq <= MAX_SEQ,
+        "sequence number out of range"
     );
     let start = out.len();
     out.resize(start + FRAME_HEADER_LEN, 0);
@@ -350,13 +370,16 @@ pub fn decode_frame(
         batch_first_seq: u64_at(h, FRAME_BATCH_OFFSET),
         kind: h[FRAME_KIND_OFFSET],
     };
+    if !(1..=MAX_SEQ).contains(&header.seq) {
+        return Err(Invalid::SequenceOutOfRange(header.seq));
+    }
     if header.seq != expected_seq {
         return Err(Invalid::SequenceMismatch {
             expected: expected_seq,
             found: header.seq,
         });
     }
-    if header.batch_first_seq > header.seq {
+    if header.batch_first_seq > header.seq || header.batch_first_seq == 0 {
         return Err(Invalid::BatchField {
             seq: header.seq,
             batch_first_seq: header.batch_first_seq,
@@ -383,6 +406,11 @@ pub fn frame_at(bytes: &[u8], expected_seq: u64) -> Result<FrameAt<'_>, Invalid>
 
 /// Encodes a checkpoint file: header followed by the payload.
 pub fn encode_checkpoint(seq: u64, payload: &[u8]) -> Vec<u8> {
+    assert!(seq <= MAX_SEQ, "checkpoint sequence out of range");
+    assert!(
+        payload.len() as u64 <= MAX_CHECKPOINT_PAYLOAD_LEN,
+        "checkpoint payload over the limit"
+    );
     let mut out = vec![0u8; CHECKPOINT_HEADER_LEN];
     out[CKPT_MAGIC_OFFSET..CKPT_VERSION_OFFSET].copy_from_slice(&CHECKPOINT_MAGIC);
     out[CKPT_VERSION_OFFSET..CKPT_RESERVED_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -439,7 +467,11 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<(u64, &[u8]), Invalid> {
     if u32_at(h, CKPT_RESERVED_OFFSET) != 0 || u32_at(h, CKPT_RESERVED2_OFFSET) != 0 {
         return Err(Invalid::ReservedNotZero);
     }
-    Ok((u64_at(h, CKPT_SEQ_OFFSET), payload))
+    let seq = u64_at(h, CKPT_SEQ_OFFSET);
+    if seq > MAX_SEQ {
+        return Err(Invalid::SequenceOutOfRange(seq));
+    }
+    Ok((seq, payload))
 }
 
 // ---------------------------------------------------------------- file names

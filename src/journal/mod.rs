@@ -301,8 +301,12 @@ impl<R: JournalRecord> Journal<R> {
         self.append_all(std::slice::from_ref(record)).await
     }
 
-    /// Appends records contiguously in one write batch (all or none durable);
-    /// returns the first one's sequence number once all are durable.
+    /// Appends records contiguously in one write batch (one sync); returns the
+    /// first one's sequence number once all are durable. On `Ok` all of them
+    /// are durable. If the call fails or the process dies first, recovery may
+    /// replay any prefix of them (a frame records its batch's first sequence
+    /// number, not the batch's length): callers that need all-or-none must
+    /// make their records idempotent or self-describing.
     pub async fn append_all(&self, records: &[R]) -> Result<u64, JournalError> {
         if let Some(cause) = self.shared.poisoned() {
             return Err(JournalError::Poisoned { cause });
@@ -316,6 +320,17 @@ impl<R: JournalRecord> Journal<R> {
                     len: payload.len(),
                     max: format::MAX_PAYLOAD_LEN,
                 });
+            }
+            // Pair assertion: what is written must replay. bincode's limit
+            // counts integers at their in-memory width (a u64 is 8 bytes
+            // against the limit however few it takes on disk), so a payload
+            // under 1 MiB can still exceed the decode limit; such a record,
+            // once durable, would make the journal refuse to open.
+            if let Err(e) = codec::decode_record::<R>(&payload) {
+                return Err(JournalError::Encode(format!(
+                    "record of {} bytes would not decode on replay: {e}",
+                    payload.len()
+                )));
             }
             total += format::frame_len(payload.len());
             encoded.push((record.kind(), payload));
@@ -340,7 +355,9 @@ impl<R: JournalRecord> Journal<R> {
     }
 
     /// Stores a snapshot of the caller's state as of sequence `seq` (which
-    /// must be durable), then removes what it makes unnecessary.
+    /// must be durable), then removes what it makes unnecessary: checkpoints
+    /// but the newest two, and segments wholly covered by the older of those.
+    /// A checkpoint at or before the newest stored one is a no-op.
     pub async fn checkpoint(&self, seq: u64, payload: Vec<u8>) -> Result<(), JournalError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Checkpoint {
@@ -503,6 +520,8 @@ fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<(), JournalErr
 
 /// Copies `[offset, offset+len)` of `segment` to a new `.broken` file (durably),
 /// then zeroes that range and syncs the segment. Returns the `.broken` path.
+/// An `offset` inside the segment header (a torn segment creation) also
+/// rewrites the header from the first sequence number in the file name.
 pub fn truncate_torn_tail(
     storage: &dyn Storage,
     segment: &Path,
@@ -524,6 +543,19 @@ pub fn truncate_torn_tail(
     writer::write_new_file(storage, dir, &name, &removed)?;
     file.write_all_at(&vec![0u8; len as usize], offset)
         .map_err(|e| JournalError::io(segment, "zero torn tail", e))?;
+    if offset < format::SEGMENT_HEADER_LEN as u64 {
+        // The segment's own creation was torn: write its header again, from
+        // the first sequence number in its name. Idempotent if interrupted.
+        let first_seq = format::parse_numbered_name(seg_name, "seg")
+            .filter(|s| (1..=format::MAX_SEQ).contains(s))
+            .ok_or_else(|| JournalError::Corrupt {
+                file: segment.to_owned(),
+                offset,
+                reason: Invalid::BadMagic,
+            })?;
+        file.write_all_at(&format::encode_segment_header(first_seq), 0)
+            .map_err(|e| JournalError::io(segment, "rewrite segment header", e))?;
+    }
     file.sync_data()
         .map_err(|e| JournalError::io(segment, "fsync segment", e))?;
     Ok(dir.join(name))

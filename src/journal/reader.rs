@@ -332,11 +332,34 @@ pub fn walk(
     for (i, (name_seq, path)) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
         let bytes = read_segment(storage, path)?;
-        let scan = scan_segment(&bytes).map_err(|(offset, reason)| JournalError::Corrupt {
-            file: path.clone(),
-            offset,
-            reason,
-        })?;
+        let scan = match scan_segment(&bytes) {
+            Ok(scan) => scan,
+            Err((offset, reason)) => {
+                // A last segment whose header is invalid and that holds no
+                // valid frame anywhere, named for exactly the sequence the log
+                // expects next, is a segment whose creation never became
+                // durable: a torn tail at offset 0. Anything else is damage.
+                let expected_next = expected_first.unwrap_or(covered + 1);
+                if is_last
+                    && *name_seq == expected_next
+                    && find_next_valid_frame(&bytes, 0).is_none()
+                {
+                    append_at = Some((*name_seq, path.clone(), SEGMENT_HEADER_LEN as u64));
+                    end = LogEnd::TornTail {
+                        segment: path.clone(),
+                        offset: 0,
+                        len: dirty_end(&bytes) as u64,
+                        reason,
+                    };
+                    break;
+                }
+                return Err(JournalError::Corrupt {
+                    file: path.clone(),
+                    offset,
+                    reason,
+                });
+            }
+        };
         if scan.first_seq != *name_seq {
             return Err(JournalError::Corrupt {
                 file: path.clone(),

@@ -256,7 +256,13 @@ impl Writer {
         self.active_len = self.segment_size;
         self.segment_first_seq = self.next_seq;
         self.offset = SEGMENT_HEADER_LEN as u64;
-        self.segments.push(self.next_seq);
+        // An empty active segment (e.g. one cut short outside our control) is
+        // replaced under the same name: list it once, or checkpoint cleanup
+        // would take the duplicate for a finished segment and delete it.
+        if self.segments.last() != Some(&self.next_seq) {
+            self.segments.push(self.next_seq);
+        }
+        debug_assert!(self.segments.windows(2).all(|w| w[0] < w[1]));
         Ok(())
     }
 
@@ -268,7 +274,10 @@ impl Writer {
         if seq > durable {
             return Err(JournalError::CheckpointAhead { seq, durable });
         }
-        if self.checkpoints.last() == Some(&seq) {
+        // Not newer than the newest: nothing to gain, and storing it would
+        // let retention keep it instead of a newer one whose covered
+        // segments are already gone.
+        if self.checkpoints.last().is_some_and(|&newest| seq <= newest) {
             return Ok(seq);
         }
         let bytes = format::encode_checkpoint(seq, payload);

@@ -17,6 +17,7 @@ use std::path::Path;
 
 pub mod fault;
 pub mod sim;
+pub mod unsynced;
 
 /// A held exclusive lock; dropping it releases the lock.
 pub type LockGuard = Box<dyn Any + Send + Sync>;
@@ -138,8 +139,10 @@ impl Storage for RealStorage {
             }
             Err(fs::TryLockError::Error(e)) => return Err(e),
         }
-        file.set_len(0)?;
+        // Write, then cut to length: truncating to zero first would make
+        // ext4 (auto_da_alloc) flush the file when it is closed.
         file.write_all_at(holder.as_bytes(), 0)?;
+        file.set_len(holder.len() as u64)?;
         Ok(Box::new(file))
     }
 }

@@ -42,8 +42,6 @@ pub(crate) enum MarkerState {
         dev: u64,
         ino: u64,
     },
-    /// Being destroyed.
-    Destroying,
 }
 
 impl MarkerState {
@@ -57,7 +55,6 @@ impl MarkerState {
             MarkerState::Swapping { .. } => {
                 format!("receive interrupted while replacing the content of {parent}")
             }
-            MarkerState::Destroying => "destroy interrupted".into(),
         }
     }
 }

@@ -250,8 +250,10 @@ pub(crate) fn unsupported(path: &Path, ft: fs::FileType) -> ProviderError {
 pub(crate) enum Policy {
     /// Data volumes: stored = true.
     Plain,
-    /// Snapshots: stored = true without write bits (read-only tree); the true
-    /// mode is stored | `u+w` unless an exception records otherwise.
+    /// Snapshots: stored = true without write bits (read-only tree) but with
+    /// owner read (and search, for directories), so the provider can always
+    /// read its own snapshots; the true mode is stored | `u+w` unless an
+    /// exception records otherwise.
     Snapshot,
     /// Receive staging: stored = true plus `u+rwx` (directories) or `u+rw`
     /// (files), so the provider can always fill and read it; the true mode is
@@ -264,7 +266,7 @@ impl Policy {
         let m = true_mode & PERM_BITS;
         match self {
             Policy::Plain => m,
-            Policy::Snapshot => m & !0o222,
+            Policy::Snapshot => (m & !0o222) | if is_dir { 0o500 } else { 0o400 },
             Policy::Staging => m | if is_dir { 0o700 } else { 0o600 },
         }
     }
@@ -430,7 +432,8 @@ enum Task {
 
 /// Copies the tree `src` (true modes per `src_modes`) to the new directory
 /// `dst` (which must not exist; its parent must), storing modes per
-/// `dst_policy`. Every file and directory is synced. Returns the destination's
+/// `dst_policy`. With `durable`, every file and directory is fsynced (else
+/// the caller syncs the file system before relying on it). Returns the destination's
 /// mode exceptions. Directories, regular files and symlinks (not followed)
 /// are copied; anything else is an error naming the path.
 pub(crate) fn copy_tree(
@@ -438,6 +441,7 @@ pub(crate) fn copy_tree(
     src_modes: &Modes,
     dst: &Path,
     dst_policy: Policy,
+    durable: bool,
 ) -> Result<Modes, ProviderError> {
     let mut dst_modes = Modes::new(dst_policy);
     let mut reflink = true;
@@ -471,7 +475,7 @@ pub(crate) fn copy_tree(
                         let mut d = create_new_file(&dp)?;
                         clone_or_copy(&mut s, &mut d, &mut reflink)?;
                         d.set_permissions(fs::Permissions::from_mode(stored))?;
-                        d.sync_all()
+                        if durable { d.sync_all() } else { Ok(()) }
                     };
                     copy().map_err(|e| {
                         ProviderError::io(
@@ -493,7 +497,7 @@ pub(crate) fn copy_tree(
                 let finish = || -> io::Result<()> {
                     let d = open_dir_nofollow(&dp)?;
                     d.set_permissions(fs::Permissions::from_mode(stored))?;
-                    d.sync_all()
+                    if durable { d.sync_all() } else { Ok(()) }
                 };
                 finish().map_err(|e| io_err("finishing directory", &dp, e))?;
             }

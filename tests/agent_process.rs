@@ -1,0 +1,424 @@
+//! The `volmgr` binary: the `volume` client against an agent on loopback,
+//! and `serve` as a real process (refusals, SIGTERM during a burst).
+
+mod agent_support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use agent_support::{TestAgent, sim_config};
+use serde_json::Value;
+use volmgr::agent::ServeOptions;
+use volmgr::agent::api::VolumeInfo;
+use volmgr::cli::{EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE};
+use volmgr::provider::sim::SimProvider;
+
+const BIN: &str = env!("CARGO_BIN_EXE_volmgr");
+
+/// Runs `volmgr` off the runtime's thread (the agent under test keeps
+/// serving on it).
+async fn volmgr(args: Vec<String>, env: Vec<(&'static str, String)>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args)
+            .env_remove("VOLMGR_TOKEN")
+            .env_remove("VOLMGR_AGENT")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("volmgr runs")
+    })
+    .await
+    .unwrap()
+}
+
+fn args(agent: &str, rest: &[&str]) -> Vec<String> {
+    ["volume", "--agent", agent]
+        .iter()
+        .chain(rest)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[track_caller]
+fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_volume_cli_drives_every_verb_and_reports_failures_by_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let agent = TestAgent::open(dir.path(), sim_config(&sim), ServeOptions::default()).await;
+    let url = agent.url.as_str();
+
+    let o = volmgr(
+        args(url, &["create", "--id", "web", "--meta", "app=web"]),
+        vec![],
+    )
+    .await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), "web\n");
+
+    let o = volmgr(args(url, &["create", "--json"]), vec![]).await;
+    assert_exit(&o, 0);
+    let anonymous: VolumeInfo = serde_json::from_slice(&o.stdout).unwrap();
+
+    let o = volmgr(args(url, &["snapshot", "web"]), vec![]).await;
+    assert_exit(&o, 0);
+    let snap = stdout(&o).trim().to_owned();
+    assert_eq!(
+        agent.client.get(&snap).await.unwrap().parent.as_deref(),
+        Some("web")
+    );
+
+    let o = volmgr(args(url, &["fork", &snap, "--id", "copy"]), vec![]).await;
+    assert_exit(&o, 0);
+    assert_eq!(stdout(&o), "copy\n");
+
+    // Not a terminal: tab-separated rows, no header.
+    let o = volmgr(args(url, &["list"]), vec![]).await;
+    assert_exit(&o, 0);
+    let rows: Vec<Vec<String>> = stdout(&o)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let web = rows.iter().find(|r| r[0] == "web").expect("web listed");
+    assert_eq!(&web[1..5], ["data", "default", "-", "live"]);
+    let copy = rows.iter().find(|r| r[0] == "copy").expect("copy listed");
+    assert_eq!(copy[3], snap);
+
+    let o = volmgr(args(url, &["list", "--json"]), vec![]).await;
+    assert_exit(&o, 0);
+    let listed: Vec<VolumeInfo> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(listed.iter().any(|v| v.id == anonymous.id));
+
+    let o = volmgr(args(url, &["inspect", "web"]), vec![]).await;
+    assert_exit(&o, 0);
+    let text = stdout(&o);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("id:") && l.ends_with(" web")),
+        "{text}"
+    );
+    assert!(text.contains("app=web"), "{text}");
+    let o = volmgr(args(url, &["inspect", "web", "--json"]), vec![]).await;
+    let inspected: VolumeInfo = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(inspected, agent.client.get("web").await.unwrap());
+
+    // Pull, here from the agent itself into another data volume.
+    agent
+        .client
+        .create_volume("default", Some("mirror"), Default::default())
+        .await
+        .unwrap();
+    let o = volmgr(
+        args(
+            url,
+            &["pull", "mirror", "--source", url, "--snapshot", &snap],
+        ),
+        vec![],
+    )
+    .await;
+    assert_exit(&o, 0);
+    let received = agent.client.get(stdout(&o).trim()).await.unwrap();
+    assert_eq!(received.parent.as_deref(), Some("mirror"));
+
+    // Failures, by exit code.
+    let o = volmgr(args(url, &["inspect", "nope"]), vec![]).await;
+    assert_exit(&o, EXIT_NOT_FOUND);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such volume"));
+    assert!(o.stdout.is_empty());
+    let o = volmgr(args(url, &["destroy", "web"]), vec![]).await;
+    assert_exit(&o, EXIT_CONFLICT);
+    let o = volmgr(args(url, &["create", "--meta", "novalue"]), vec![]).await;
+    assert_exit(&o, EXIT_USAGE);
+    let o = volmgr(args(url, &["create", "--id", "../x"]), vec![]).await;
+    assert_exit(&o, 1);
+    let o = volmgr(args(url, &["frobnicate"]), vec![]).await;
+    assert_exit(&o, EXIT_USAGE);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let o = volmgr(args(&format!("http://{closed}"), &["list"]), vec![]).await;
+    assert_exit(&o, EXIT_UNAVAILABLE);
+
+    let o = volmgr(args(url, &["destroy", "copy"]), vec![]).await;
+    assert_exit(&o, 0);
+    assert!(o.stdout.is_empty());
+    assert!(agent.client.get("copy").await.is_err());
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_volume_cli_presents_the_token_from_a_flag_a_file_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let options = ServeOptions {
+        token: Some("t0ken".into()),
+        ..ServeOptions::default()
+    };
+    let agent = TestAgent::open(dir.path(), sim_config(&sim), options).await;
+    let url = agent.url.as_str();
+    let o = volmgr(args(url, &["list"]), vec![]).await;
+    assert_exit(&o, 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("401"));
+    let o = volmgr(args(url, &["list", "--token", "t0ken"]), vec![]).await;
+    assert_exit(&o, 0);
+    let file = dir.path().join("token");
+    std::fs::write(&file, "t0ken\n").unwrap();
+    let o = volmgr(
+        args(url, &["list", "--token-file", file.to_str().unwrap()]),
+        vec![],
+    )
+    .await;
+    assert_exit(&o, 0);
+    let o = volmgr(args(url, &["list"]), vec![("VOLMGR_TOKEN", "t0ken".into())]).await;
+    assert_exit(&o, 0);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_volume_cli_exits_cleanly_when_stdout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let agent = TestAgent::open(dir.path(), sim_config(&sim), ServeOptions::default()).await;
+    for i in 0..20 {
+        agent
+            .client
+            .create_volume("default", Some(&format!("v{i}")), Default::default())
+            .await
+            .unwrap();
+    }
+    let url = agent.url.clone();
+    let o = tokio::task::spawn_blocking(move || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        Command::new(BIN)
+            .args(["volume", "--agent", &url, "list"])
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_exit(&o, 0);
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    agent.shutdown().await;
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .args(["serve", "--state-dir"])
+        .arg(dir.path())
+        .args(["--listen", "0.0.0.0:0"])
+        .env_remove("VOLMGR_TOKEN")
+        .output()
+        .unwrap();
+    assert_exit(&o, EXIT_USAGE);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("token"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !dir.path().join("journal").exists(),
+        "the state directory must not be opened"
+    );
+}
+
+/// A `volmgr serve` process with JSON logs on stderr, parsed as they come.
+struct Server {
+    child: Child,
+    logs: std_mpsc::Receiver<Value>,
+    url: String,
+}
+
+/// Bound on waiting for the agent's own log lines (not a synchronisation
+/// delay: the wait ends as soon as the line arrives).
+const LOG_WAIT: Duration = Duration::from_secs(120);
+
+impl Server {
+    fn start(state_dir: &Path) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env_remove("VOLMGR_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, logs) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({"fields": {"message": line}}));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            logs,
+            url: String::new(),
+        };
+        let serving = server.wait_for("serving");
+        server.url = format!("http://{}", serving["fields"]["addr"].as_str().unwrap());
+        server
+    }
+
+    /// The next log line whose message is `message`.
+    fn wait_for(&self, message: &str) -> Value {
+        loop {
+            let line = self
+                .logs
+                .recv_timeout(LOG_WAIT)
+                .unwrap_or_else(|e| panic!("no {message:?} log line: {e}"));
+            if line["fields"]["message"] == message {
+                return line;
+            }
+        }
+    }
+}
+
+/// Names of the entries of a directory (empty if it does not exist).
+fn entries(dir: &Path) -> BTreeSet<String> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_burst_of_creates_keeps_every_acknowledged_volume_and_leaks_none() {
+    let state = tempfile::tempdir().unwrap();
+    let server = tokio::task::block_in_place(|| Server::start(state.path()));
+    tokio::task::block_in_place(|| server.wait_for("ready"));
+    let url = server.url.clone();
+
+    // Workers create volumes back to back until the agent stops answering.
+    const WORKERS: usize = 16;
+    const PER_WORKER_MAX: usize = 500;
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let url = url.clone();
+        let acked = acked_tx.clone();
+        workers.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut refused = None;
+            for n in 0..PER_WORKER_MAX {
+                let id = format!("w{w:02}-{n:03}");
+                let answer = http
+                    .post(format!("{url}/storage/providers/default/volumes"))
+                    .json(&serde_json::json!({ "id": id }))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = acked.send(id);
+                    }
+                    Ok(r) => {
+                        refused = Some(format!("{}", r.status()));
+                        break;
+                    }
+                    Err(e) => {
+                        refused = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            refused
+        }));
+    }
+    drop(acked_tx);
+    let mut acked = BTreeSet::new();
+    while acked.len() < 20 {
+        acked.insert(acked_rx.recv().await.expect("creates are acknowledged"));
+    }
+    let pid = server.child.id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut refusals = Vec::new();
+    for w in workers {
+        refusals.extend(w.await.unwrap());
+    }
+    while let Some(id) = acked_rx.recv().await {
+        acked.insert(id);
+    }
+    let mut server = server;
+    let status = tokio::task::block_in_place(|| server.child.wait()).unwrap();
+    assert!(status.success(), "clean shutdown after SIGTERM: {status}");
+    let answered_503 = refusals.iter().filter(|r| r.starts_with("503")).count();
+    eprintln!(
+        "{} creates acknowledged; workers stopped by 503 stopping: {answered_503}, \
+         by a closed connection: {}",
+        acked.len(),
+        refusals.len() - answered_503
+    );
+
+    let server = tokio::task::block_in_place(|| Server::start(state.path()));
+    let report = tokio::task::block_in_place(|| server.wait_for("opened and reconciled"));
+    assert_eq!(
+        report["fields"]["resolutions"], 0,
+        "a clean shutdown leaves nothing to reconcile: {report}"
+    );
+    assert_eq!(report["fields"]["orphans"], 0, "{report}");
+    tokio::task::block_in_place(|| server.wait_for("ready"));
+    let listed: Vec<VolumeInfo> = reqwest::get(format!("{}/storage/volumes", server.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let recorded: BTreeSet<String> = listed.iter().map(|v| v.id.clone()).collect();
+    let missing: Vec<&String> = acked.difference(&recorded).collect();
+    assert!(missing.is_empty(), "acknowledged but gone: {missing:?}");
+    eprintln!("{} volumes recorded after the restart", recorded.len());
+    let root = state.path().join("volumes");
+    assert_eq!(
+        entries(&root.join("data")),
+        recorded,
+        "the provider holds exactly the recorded volumes"
+    );
+    assert!(entries(&root.join("snapshot")).is_empty());
+    let mut server = server;
+    // SAFETY: as above.
+    unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(
+        tokio::task::block_in_place(|| server.child.wait())
+            .unwrap()
+            .success()
+    );
+}

@@ -1,0 +1,370 @@
+//! Snapshot pulls between two agents on loopback.
+
+mod agent_support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use agent_support::{TestAgent, assert_error, raw, sim_config};
+use serde_json::json;
+use volmgr::agent::ServeOptions;
+use volmgr::manager::ManagerConfig;
+use volmgr::provider::sim::{SimCall, SimFault, SimProvider, When};
+
+/// Deterministic, poorly compressible bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Pair {
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    sim_a: SimProvider,
+    sim_b: SimProvider,
+    a: TestAgent,
+    b: TestAgent,
+}
+
+async fn two_agents() -> Pair {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (sim_a, sim_b) = (SimProvider::new(), SimProvider::new());
+    let a = TestAgent::open(dir_a.path(), sim_config(&sim_a), ServeOptions::default()).await;
+    let b = TestAgent::open(dir_b.path(), sim_config(&sim_b), ServeOptions::default()).await;
+    Pair {
+        _dirs: (dir_a, dir_b),
+        sim_a,
+        sim_b,
+        a,
+        b,
+    }
+}
+
+const FILES: [&str; 3] = ["big-1.bin", "big-2.bin", "config.txt"];
+
+/// A manager configuration whose default provider is a directory provider
+/// under `<state>/volumes` (what `volmgr serve` registers).
+fn dir_config(state: &Path) -> ManagerConfig {
+    let root = state.join("volumes").to_str().unwrap().to_owned();
+    ManagerConfig {
+        default_provider: Some(Box::new(move || {
+            Ok((
+                "dir".into(),
+                [("root".to_owned(), root)].into_iter().collect(),
+            ))
+        })),
+        ..ManagerConfig::default()
+    }
+}
+
+/// One entry of a file tree: what a transfer must carry.
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    Dir { mode: u32 },
+    File { mode: u32, content: Vec<u8> },
+    Link { target: PathBuf },
+}
+
+/// Every entry under `root`, by relative path (symlinks not followed).
+fn tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Entry>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_owned();
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, Entry::Link { target });
+            } else if meta.is_dir() {
+                out.insert(rel, Entry::Dir { mode });
+                walk(root, &path, out);
+            } else {
+                let content = std::fs::read(&path).unwrap();
+                out.insert(rel, Entry::File { mode, content });
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+#[tokio::test]
+async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestAgent::open(
+        dir_a.path(),
+        dir_config(dir_a.path()),
+        ServeOptions::default(),
+    )
+    .await;
+    let b = TestAgent::open(
+        dir_b.path(),
+        dir_config(dir_b.path()),
+        ServeOptions::default(),
+    )
+    .await;
+
+    let app = a
+        .client
+        .create_volume("default", Some("app"), Default::default())
+        .await
+        .unwrap();
+    let loc = PathBuf::from(&app.location);
+    std::fs::create_dir_all(loc.join("nested/deeper")).unwrap();
+    std::fs::write(loc.join("big-1.bin"), noise(1, 512 * 1024)).unwrap();
+    std::fs::write(loc.join("nested/big-2.bin"), noise(2, 512 * 1024)).unwrap();
+    std::fs::write(loc.join("nested/deeper/config.txt"), "workers = 4\n").unwrap();
+    std::fs::write(loc.join("obsolete.txt"), "remove me\n").unwrap();
+    std::fs::write(loc.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(loc.join("run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("nested/deeper/config.txt", loc.join("config")).unwrap();
+    let snap1 = a
+        .client
+        .snapshot(&app.id, Default::default())
+        .await
+        .unwrap();
+
+    let replica = b
+        .client
+        .create_volume("default", Some("app-replica"), Default::default())
+        .await
+        .unwrap();
+    let full = b
+        .client
+        .pull(&replica.id, &a.url, &snap1.id)
+        .await
+        .expect("full pull");
+    assert_eq!(full.snapshot.parent.as_deref(), Some("app-replica"));
+    assert_eq!(
+        tree(Path::new(&full.snapshot.location)),
+        tree(Path::new(&snap1.location)),
+        "the received snapshot is the sent one"
+    );
+    assert_eq!(tree(Path::new(&replica.location)), tree(&loc));
+
+    std::fs::write(loc.join("nested/deeper/config.txt"), "workers = 8\n").unwrap();
+    std::fs::remove_file(loc.join("obsolete.txt")).unwrap();
+    std::fs::write(loc.join("new.txt"), "new\n").unwrap();
+    let snap2 = a
+        .client
+        .snapshot(&app.id, Default::default())
+        .await
+        .unwrap();
+    let incremental = b
+        .client
+        .pull(&replica.id, &a.url, &snap2.id)
+        .await
+        .expect("incremental pull");
+    eprintln!(
+        "dir provider: full pull {} bytes, incremental pull {} bytes",
+        full.bytes, incremental.bytes
+    );
+    assert!(full.bytes > 1024 * 1024, "full: {}", full.bytes);
+    assert!(
+        incremental.bytes * 100 < full.bytes,
+        "second transfer is not incremental: {} vs {} bytes",
+        incremental.bytes,
+        full.bytes
+    );
+    assert_eq!(
+        tree(Path::new(&incremental.snapshot.location)),
+        tree(Path::new(&snap2.location)),
+        "the received snapshot is the sent one"
+    );
+    assert_eq!(
+        tree(Path::new(&replica.location)),
+        tree(&loc),
+        "the target volume holds the sender's data"
+    );
+    // The first received snapshot is untouched by the second transfer.
+    assert_eq!(
+        tree(Path::new(&full.snapshot.location)),
+        tree(Path::new(&snap1.location))
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_pull_between_simulated_agents_is_incremental_and_the_data_matches() {
+    let Pair {
+        _dirs,
+        sim_a,
+        sim_b,
+        a,
+        b,
+    } = two_agents().await;
+    let app = a
+        .client
+        .create_volume("default", Some("app"), Default::default())
+        .await
+        .unwrap();
+    sim_a.write_file("app", FILES[0], &noise(1, 256 * 1024));
+    sim_a.write_file("app", FILES[1], &noise(2, 256 * 1024));
+    sim_a.write_file("app", FILES[2], b"workers = 4\n");
+    let snap1 = a
+        .client
+        .snapshot(&app.id, Default::default())
+        .await
+        .unwrap();
+
+    let replica = b
+        .client
+        .create_volume("default", Some("app-replica"), Default::default())
+        .await
+        .unwrap();
+    let full = b
+        .client
+        .pull(&replica.id, &a.url, &snap1.id)
+        .await
+        .expect("full pull");
+    assert_eq!(full.snapshot.parent.as_deref(), Some("app-replica"));
+
+    sim_a.write_file("app", FILES[2], b"workers = 8\n");
+    let snap2 = a
+        .client
+        .snapshot(&app.id, Default::default())
+        .await
+        .unwrap();
+    let incremental = b
+        .client
+        .pull(&replica.id, &a.url, &snap2.id)
+        .await
+        .expect("incremental pull");
+    eprintln!(
+        "full pull: {} bytes; incremental pull: {} bytes",
+        full.bytes, incremental.bytes
+    );
+    assert!(full.bytes > 512 * 1024, "full: {}", full.bytes);
+    assert!(
+        incremental.bytes * 100 < full.bytes,
+        "second transfer is not incremental: {} vs {} bytes",
+        incremental.bytes,
+        full.bytes
+    );
+
+    for name in FILES {
+        let sent = sim_a.read_file(&snap2.id, name).unwrap();
+        assert_eq!(
+            sim_b.read_file(&incremental.snapshot.id, name).as_ref(),
+            Some(&sent),
+            "{name} differs in the received snapshot"
+        );
+        assert_eq!(
+            sim_b.read_file(&replica.id, name).as_ref(),
+            Some(&sent),
+            "{name} differs in the target volume"
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pull_streams_progress_events_then_its_result() {
+    let Pair {
+        _dirs,
+        sim_a,
+        sim_b: _,
+        a,
+        b,
+    } = two_agents().await;
+    a.client
+        .create_volume("default", Some("v"), Default::default())
+        .await
+        .unwrap();
+    sim_a.write_file("v", "data", &noise(3, 128 * 1024));
+    let snap = a.client.snapshot("v", Default::default()).await.unwrap();
+    b.client
+        .create_volume("default", Some("t"), Default::default())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let done = b
+        .client
+        .pull_with_progress("t", &a.url, &snap.id, |bytes| seen.push(bytes))
+        .await
+        .unwrap();
+    assert_eq!(seen.last(), Some(&done.bytes));
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert_eq!(
+        b.client.get(&done.snapshot.id).await.unwrap(),
+        done.snapshot
+    );
+
+    // A failure is an `error` event carrying the status and code.
+    let err = b
+        .client
+        .pull_with_progress("t", &a.url, "no-such-snapshot", |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(404), Some("source_not_found"))
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The sender's provider fails after writing `len` bytes of file data
+/// (the manager forwards its output in 256 KiB chunks): the pull must fail
+/// with `code`, and the receiver must hold no new snapshot.
+async fn failed_send_leaves_no_snapshot(len: usize, code: &str) {
+    let Pair {
+        _dirs,
+        sim_a,
+        sim_b: _,
+        a,
+        b,
+    } = two_agents().await;
+    a.client
+        .create_volume("default", Some("v"), Default::default())
+        .await
+        .unwrap();
+    sim_a.write_file("v", "data", &noise(4, len));
+    let snap = a.client.snapshot("v", Default::default()).await.unwrap();
+    b.client
+        .create_volume("default", Some("t"), Default::default())
+        .await
+        .unwrap();
+    sim_a.set_fault(Some(SimFault {
+        call: SimCall::Send,
+        when: When::After,
+        nth: 1,
+    }));
+    let answer = raw(
+        "POST",
+        &format!("{}/storage/volumes/t/pull_snapshot", b.url),
+        Some(&json!({"source": a.url, "snapshot_id": snap.id}).to_string()),
+        None,
+    )
+    .await;
+    assert_error(&answer, 502, code);
+    let volumes = b.client.list().await.unwrap();
+    assert_eq!(
+        volumes.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+        ["t"],
+        "a failed transfer must not leave a snapshot"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_send_that_fails_before_its_first_byte_is_a_502_with_the_sources_error() {
+    failed_send_leaves_no_snapshot(16 * 1024, "source_failed").await;
+}
+
+#[tokio::test]
+async fn a_send_that_fails_mid_stream_aborts_the_transfer_and_leaves_no_snapshot() {
+    failed_send_leaves_no_snapshot(512 * 1024, "source_stream_failed").await;
+}
