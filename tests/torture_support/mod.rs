@@ -39,3 +39,43 @@ pub fn seed(default: u64) -> u64 {
 }
 
 pub mod manager_workload;
+
+/// A tmpfs mounted for a test (root only); unmounted on drop, whatever
+/// happened. `None` when not root or the mount fails.
+pub struct Tmpfs {
+    pub dir: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let tmp = tempfile::tempdir().ok()?;
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs { dir, _tmp: tmp })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
