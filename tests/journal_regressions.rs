@@ -87,3 +87,43 @@ async fn an_out_of_order_checkpoint_never_displaces_a_newer_one() {
         (101..=130).collect::<Vec<_>>()
     );
 }
+
+/// The bug: after an invalid frame, the reader looks for a valid frame of a
+/// later write batch (to tell damage from a torn write), and `dump --raw`
+/// looks for the next valid frame; both tried every 8-byte offset and
+/// checksummed the frame each one claimed. Crafted bytes where every offset
+/// claims a 1 MiB frame made that quadratic: hours for a large segment (found
+/// while building the journal tool). Both scans now have a checksum budget
+/// linear in the bytes scanned; running out of it counts as "cannot be a torn
+/// write" for the classifier and as "nothing further" for the raw dump.
+#[test]
+fn crafted_frames_claiming_huge_lengths_at_every_offset_scan_in_linear_time() {
+    use volmgr::journal::format::{self, FRAME_ALIGN, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN};
+    use volmgr::journal::reader::{self, SegmentEnd};
+
+    let len = 24 << 20;
+    let mut bytes = vec![0u8; len];
+    bytes[..format::SEGMENT_HEADER_LEN].copy_from_slice(&format::encode_segment_header(1));
+    let mut p = format::SEGMENT_HEADER_LEN;
+    while p + FRAME_HEADER_LEN <= len {
+        // crc 0 (wrong), len just under the limit, seq 9, batch 9.
+        bytes[p + 4..p + 8].copy_from_slice(&((MAX_PAYLOAD_LEN - 64) as u32).to_le_bytes());
+        bytes[p + 8..p + 16].copy_from_slice(&9u64.to_le_bytes());
+        bytes[p + 16..p + 24].copy_from_slice(&9u64.to_le_bytes());
+        p += FRAME_ALIGN;
+    }
+    let scan = reader::scan_segment(&bytes).expect("header is valid");
+    match scan.end {
+        SegmentEnd::Invalid {
+            later_batch_frame, ..
+        } => assert!(
+            later_batch_frame.is_some(),
+            "unclassifiable damage is never a torn tail"
+        ),
+        other => panic!("crafted bytes accepted: {other:?}"),
+    }
+    assert_eq!(
+        reader::find_next_valid_frame(&bytes, format::SEGMENT_HEADER_LEN),
+        None
+    );
+}

@@ -413,3 +413,66 @@ async fn pending_add_provider_fails_as_interrupted() {
     assert_eq!(case, Case::ProviderAddInterrupted);
     assert!(state.providers.is_empty());
 }
+
+#[tokio::test]
+async fn pending_adopt_fails_as_interrupted_and_the_orphan_stays_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([
+        Record::Reconciled {
+            at_ms: T0 + 2,
+            case: Case::OrphanReported,
+            detail: "planted".into(),
+            effect: Effect::NoteOrphan(volmgr::state::Orphan {
+                provider: "p".into(),
+                volume: "o".into(),
+                kind: VolumeKind::Data,
+                tagged_op: op(9),
+                location: "sim://o".into(),
+            }),
+        },
+        Record::Intent {
+            op: op(3),
+            at_ms: T0 + 3,
+            action: Action::AdoptOrphan {
+                provider: "p".into(),
+                volume: "o".into(),
+                kind: VolumeKind::Data,
+                tagged_op: op(9),
+            },
+        },
+    ]);
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("o", op(9), VolumeKind::Data, true);
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    // The first Reconciled record is the one this test wrote.
+    let (case, effect) = only(&res[1..]);
+    assert_eq!(case, Case::AdoptInterrupted);
+    assert!(
+        matches!(effect, Effect::Resolve { op: o, result: OpResult::Failed { .. } } if o == op(3))
+    );
+    assert!(
+        state.orphans.contains_key("p/o"),
+        "still an orphan, still reported"
+    );
+    assert!(!state.volumes.contains_key("o"));
+    assert_eq!(sim.volume_ids(), vec!["o".to_string()], "untouched");
+}
+
+#[tokio::test]
+async fn reported_orphan_that_disappeared_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    write_journal(dir.path(), &provider_records()).await;
+    sim.plant_orphan("o", op(9), VolumeKind::Data, true);
+    let (res, _) = reconcile(dir.path(), &sim).await;
+    assert_eq!(only(&res).0, Case::OrphanReported);
+
+    sim.remove_behind_back("o");
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    assert_eq!(res.len(), 2, "{res:?}");
+    assert_eq!(res[1].0, Case::OrphanGone);
+    assert!(state.orphans.is_empty());
+}

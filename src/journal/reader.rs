@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use super::JournalError;
 use super::format::{
-    self, FRAME_ALIGN, FRAME_BATCH_OFFSET, FRAME_HEADER_LEN, FRAME_SEQ_OFFSET, FrameAt,
-    FrameHeader, Invalid, MAX_SEGMENT_LEN, SEGMENT_HEADER_LEN,
+    self, FRAME_ALIGN, FRAME_BATCH_OFFSET, FRAME_HEADER_LEN, FRAME_LEN_OFFSET, FRAME_SEQ_OFFSET,
+    FrameAt, FrameHeader, Invalid, MAX_SEGMENT_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::storage::{self, Storage};
 
@@ -122,11 +122,38 @@ fn dirty_end(bytes: &[u8]) -> usize {
     bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)
 }
 
+/// Bytes the forward scans below may checksum for one call: linear in the
+/// bytes scanned. Real damage needs few checksums (most garbage claims a
+/// length over the limit or past the end, refused before any checksum), but
+/// crafted input could make every 8-byte offset claim a frame that fits,
+/// which would be quadratic work.
+fn checksum_budget(bytes: &[u8]) -> usize {
+    bytes.len().saturating_mul(8).saturating_add(64 << 20)
+}
+
+/// Checksum work of checking the candidate frame at `bytes[p..]`: its claimed
+/// length if it fits in what remains (only then is a checksum computed).
+fn candidate_cost(bytes: &[u8], p: usize) -> usize {
+    let len = bytes[p + FRAME_LEN_OFFSET..p + FRAME_LEN_OFFSET + 4]
+        .try_into()
+        .map(u32::from_le_bytes)
+        .unwrap_or(0) as usize;
+    if len > format::MAX_PAYLOAD_LEN || format::frame_len(len) > bytes.len() - p {
+        return FRAME_HEADER_LEN;
+    }
+    format::frame_len(len)
+}
+
 /// Looks after `from` for a valid frame that belongs to a write batch later
 /// than the one holding sequence `bad_seq` (its batch starts after `bad_seq`).
 /// Frames of the same batch as the bad one prove nothing: one group commit's
 /// sectors can reach the disk in any order before its sync completes.
+///
+/// `Some(offset)` means the damage cannot be taken for a torn write: a later
+/// batch's frame starts at `offset`, or (only on crafted input) the checksum
+/// budget ran out at `offset` before the scan could rule that out.
 pub fn find_later_batch_frame(bytes: &[u8], from: usize, bad_seq: u64) -> Option<usize> {
+    let mut budget = checksum_budget(bytes);
     let mut p = from + FRAME_ALIGN;
     while p + FRAME_HEADER_LEN <= bytes.len() {
         let h = &bytes[p..p + FRAME_HEADER_LEN];
@@ -136,12 +163,17 @@ pub fn find_later_batch_frame(bytes: &[u8], from: usize, bad_seq: u64) -> Option
                 .try_into()
                 .ok()?,
         );
-        if batch > bad_seq
-            && seq >= batch
-            && let Ok((header, _, _)) = format::decode_frame(&bytes[p..], seq)
-            && header.batch_first_seq > bad_seq
-        {
-            return Some(p);
+        if batch > bad_seq && seq >= batch {
+            let cost = candidate_cost(bytes, p);
+            if cost > budget {
+                return Some(p);
+            }
+            budget -= cost;
+            if let Ok((header, _, _)) = format::decode_frame(&bytes[p..], seq)
+                && header.batch_first_seq > bad_seq
+            {
+                return Some(p);
+            }
         }
         p += FRAME_ALIGN;
     }
@@ -149,12 +181,20 @@ pub fn find_later_batch_frame(bytes: &[u8], from: usize, bad_seq: u64) -> Option
 }
 
 /// Scans forward from `from` for the next offset that holds a valid frame with
-/// any sequence number (`dump --raw` uses it to continue past damage).
+/// any sequence number (`dump --raw` uses it to continue past damage). Gives
+/// up (`None`) once its checksum budget is spent, so crafted input cannot make
+/// it quadratic.
 pub fn find_next_valid_frame(bytes: &[u8], from: usize) -> Option<(usize, FrameHeader)> {
+    let mut budget = checksum_budget(bytes);
     let mut p = from.next_multiple_of(FRAME_ALIGN);
     while p + FRAME_HEADER_LEN <= bytes.len() {
         let h = &bytes[p..p + FRAME_HEADER_LEN];
         if h.iter().any(|&b| b != 0) {
+            let cost = candidate_cost(bytes, p);
+            if cost > budget {
+                return None;
+            }
+            budget -= cost;
             let seq =
                 u64::from_le_bytes(h[FRAME_SEQ_OFFSET..FRAME_SEQ_OFFSET + 8].try_into().ok()?);
             if let Ok((header, _, _)) = format::decode_frame(&bytes[p..], seq) {
@@ -203,7 +243,18 @@ fn list_numbered(
 
 /// Reads one segment file, bounded.
 pub fn read_segment(storage: &dyn Storage, path: &Path) -> Result<Vec<u8>, JournalError> {
-    storage::read_bounded(storage, path, MAX_SEGMENT_LEN).map_err(|e| {
+    let mut buf = Vec::new();
+    read_segment_into(storage, path, &mut buf)?;
+    Ok(buf)
+}
+
+/// Reads one segment file, bounded, into `buf` (its old content is replaced).
+pub fn read_segment_into(
+    storage: &dyn Storage,
+    path: &Path,
+    buf: &mut Vec<u8>,
+) -> Result<(), JournalError> {
+    storage::read_bounded_into(storage, path, MAX_SEGMENT_LEN, buf).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidData {
             let len = storage.open(path).and_then(|f| f.len()).unwrap_or(0);
             JournalError::Corrupt {
@@ -329,9 +380,11 @@ pub fn walk(
     let mut expected_first: Option<u64> = None;
     let mut append_at = None;
     let mut end = LogEnd::Clean;
+    // One buffer for every segment: no fresh pages to fault in per file.
+    let mut bytes = Vec::new();
     for (i, (name_seq, path)) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
-        let bytes = read_segment(storage, path)?;
+        read_segment_into(storage, path, &mut bytes)?;
         let scan = match scan_segment(&bytes) {
             Ok(scan) => scan,
             Err((offset, reason)) => {

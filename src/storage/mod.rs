@@ -58,6 +58,20 @@ pub trait StorageFile: Send + Sync + Debug {
 
 /// Reads a whole file, refusing (before allocating) one longer than `max_len`.
 pub fn read_bounded(storage: &dyn Storage, path: &Path, max_len: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    read_bounded_into(storage, path, max_len, &mut buf)?;
+    Ok(buf)
+}
+
+/// Like [`read_bounded`], into a caller's buffer (replaced, not appended to),
+/// so a walk over many segments reuses one allocation instead of faulting in
+/// fresh pages for every file.
+pub fn read_bounded_into(
+    storage: &dyn Storage,
+    path: &Path,
+    max_len: u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
     let file = storage.open(path)?;
     let len = file.len()?;
     if len > max_len {
@@ -66,9 +80,9 @@ pub fn read_bounded(storage: &dyn Storage, path: &Path, max_len: u64) -> io::Res
             format!("file is {len} bytes, more than the limit of {max_len}"),
         ));
     }
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, 0)?;
-    Ok(buf)
+    buf.clear();
+    buf.resize(len as usize, 0);
+    file.read_exact_at(buf, 0)
 }
 
 /// The real file system.
