@@ -34,6 +34,7 @@ use crate::state::{
     Action, Case, DETAIL_GUID, Done, Effect, Event, Meta, OpId, OpResult, Orphan, ProviderRecord,
     Record, State, Volume, VolumeKind, VolumeStatus,
 };
+use crate::storage::{RealStorage, Storage};
 use crate::validate;
 
 /// Id of the provider the default factory registers.
@@ -54,6 +55,9 @@ pub struct ManagerConfig {
     pub factories: BTreeMap<String, ProviderFactory>,
     /// Events a subscriber may fall behind before it is told it lagged.
     pub event_capacity: usize,
+    /// The file system under the journal; `None` is the real one. A test seam
+    /// (fault injection, simulated power cuts).
+    pub storage: Option<Arc<dyn Storage>>,
 }
 
 impl Default for ManagerConfig {
@@ -64,6 +68,7 @@ impl Default for ManagerConfig {
             default_provider: None,
             factories: provider::builtin_factories(),
             event_capacity: 1024,
+            storage: None,
         }
     }
 }
@@ -75,6 +80,7 @@ impl fmt::Debug for ManagerConfig {
             .field("checkpoint_every", &self.checkpoint_every)
             .field("default_provider", &self.default_provider.is_some())
             .field("factories", &self.factories.keys().collect::<Vec<_>>())
+            .field("storage", &self.storage)
             .finish()
     }
 }
@@ -285,10 +291,15 @@ impl Manager {
         let state_dir = state_dir.as_ref().to_owned();
         let journal_config = config.journal.clone();
         let dir = state_dir.clone();
-        let (journal, recovery) =
-            tokio::task::spawn_blocking(move || Journal::<Record>::open(&dir, journal_config))
-                .await
-                .map_err(|e| ManagerError::Internal(e.to_string()))??;
+        let storage = config
+            .storage
+            .clone()
+            .unwrap_or_else(|| Arc::new(RealStorage));
+        let (journal, recovery) = tokio::task::spawn_blocking(move || {
+            Journal::<Record>::open_with_storage(storage, &dir, journal_config)
+        })
+        .await
+        .map_err(|e| ManagerError::Internal(e.to_string()))??;
 
         let mut state = match &recovery.checkpoint {
             Some((_, payload)) => journal::decode_checkpoint::<State>(payload)
@@ -552,8 +563,16 @@ impl Manager {
             let provider_id = volume.provider.clone();
             inner
                 .run(claim, action, &provider_id, move |_op| {
-                    provider.destroy(&volume_ref(&volume))?;
-                    Ok(Done::default())
+                    match provider.destroy(&volume_ref(&volume)) {
+                        Ok(()) => Ok(Done::default()),
+                        // Failed after its side effect? If the volume is gone
+                        // the destroy happened: journal Done, not Failed, or
+                        // the state would keep a volume the provider lost.
+                        Err(e) => match find(provider.as_ref(), &volume.id) {
+                            Ok(None) => Ok(Done::default()),
+                            _ => Err(e),
+                        },
+                    }
                 })
                 .await
         })
@@ -801,11 +820,9 @@ impl Manager {
                         buf: Vec::new(),
                         pos: 0,
                     };
-                    Ok(done(provider.receive_snapshot(
-                        &volume_ref(&target),
-                        &spec,
-                        &mut reader,
-                    )?))
+                    let received =
+                        provider.receive_snapshot(&volume_ref(&target), &spec, &mut reader);
+                    undo_on_error(provider.as_ref(), &spec, received)
                 })
                 .await?;
             inner.volume(&snap_id)

@@ -38,6 +38,10 @@ pub const JOURNAL_DIR: &str = "journal";
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 /// The lock file, under the state directory.
 pub const LOCK_FILE: &str = "LOCK";
+/// Left in the journal directory by a commit whose write or sync failed:
+/// `<segment first seq> <offset of the failed batch> <crc32 of those, hex>`.
+/// The next open discards that batch and removes the marker.
+pub const FAILED_COMMIT_FILE: &str = "FAILED-COMMIT";
 
 /// A record type the journal can carry.
 pub trait JournalRecord: Serialize + DeserializeOwned + Send + 'static {
@@ -133,11 +137,17 @@ impl<R: JournalRecord> Journal<R> {
         }
         let journal_dir = state_dir.join(JOURNAL_DIR);
         let checkpoint_dir = state_dir.join(CHECKPOINT_DIR);
-        for dir in [state_dir, &journal_dir, &checkpoint_dir] {
+        // Directories are entries of their parents: make them durable too, or
+        // a power cut can take the whole journal along (invariant 5). Always,
+        // not only when this open creates them: a process killed before its
+        // directory sync leaves entries that are visible but not durable.
+        create_dir_durable(storage.as_ref(), state_dir)?;
+        for dir in [&journal_dir, &checkpoint_dir] {
             storage
                 .create_dir_all(dir)
                 .map_err(|e| JournalError::io(dir, "create directory", e))?;
         }
+        writer::sync_dir(storage.as_ref(), state_dir)?;
         let lock_path = state_dir.join(LOCK_FILE);
         let holder = format!("pid {}", std::process::id());
         let lock = storage
@@ -151,6 +161,10 @@ impl<R: JournalRecord> Journal<R> {
             })?;
         remove_temp_files(storage.as_ref(), &journal_dir)?;
         remove_temp_files(storage.as_ref(), &checkpoint_dir)?;
+        // Likewise a rename or removal a killed process did not sync.
+        writer::sync_dir(storage.as_ref(), &journal_dir)?;
+        writer::sync_dir(storage.as_ref(), &checkpoint_dir)?;
+        discard_failed_commit(storage.as_ref(), &journal_dir)?;
 
         let mut records = Vec::new();
         let walk = reader::walk(
@@ -195,6 +209,11 @@ impl<R: JournalRecord> Journal<R> {
                 let file = storage
                     .open(path)
                     .map_err(|e| JournalError::io(path, "open segment", e))?;
+                // What replay just trusted may exist only in the page cache
+                // (a killed process wrote it without a sync): make it durable
+                // before anything acts on it or is appended after it.
+                file.sync_data()
+                    .map_err(|e| JournalError::io(path, "fsync segment", e))?;
                 let segs: Vec<u64> = walk.all_segments.iter().map(|(s, _)| *s).collect();
                 (file, *first, *offset, segs)
             }
@@ -408,6 +427,74 @@ impl<R> Drop for Journal<R> {
             let _ = thread.join();
         }
     }
+}
+
+/// Creates `dir` and its missing ancestors and syncs the parent of each, from
+/// the root down, so every entry on the path is durable.
+fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {
+    let Some(parent) = dir.parent() else {
+        return Ok(()); // the root
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        create_dir_durable(storage, parent)?;
+        parent
+    };
+    storage
+        .create_dir_all(dir)
+        .map_err(|e| JournalError::io(dir, "create directory", e))?;
+    writer::sync_dir(storage, parent)
+}
+
+/// A commit whose write or sync failed left [`FAILED_COMMIT_FILE`]. Its batch
+/// was never acknowledged, but it may sit in the page cache without ever
+/// reaching the disk: Linux takes pages whose write-back failed off the dirty
+/// list, so no later fsync writes them, while reads still return them.
+/// Replaying it in this boot would build on bytes a power cut takes away
+/// (the records after it would then follow a hole and open would refuse).
+/// So the batch is zeroed durably (only bytes past the last durable one are
+/// written), then the marker goes.
+fn discard_failed_commit(storage: &dyn Storage, journal_dir: &Path) -> Result<(), JournalError> {
+    let marker = journal_dir.join(FAILED_COMMIT_FILE);
+    let text = match crate::storage::read_bounded(storage, &marker, 64) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(JournalError::io(&marker, "read failed-commit marker", e)),
+    };
+    // `<seq> <offset> <crc32 of "<seq> <offset>", hex>`. A marker torn by a
+    // crash names nothing reliable: ignore it (whatever it pointed at then
+    // ends like any unfinished write).
+    let parsed = std::str::from_utf8(&text).ok().and_then(|t| {
+        let (fields, crc) = t.trim_end().rsplit_once(' ')?;
+        if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(fields.as_bytes()) {
+            return None;
+        }
+        let (seq, offset) = fields.split_once(' ')?;
+        Some((seq.parse::<u64>().ok()?, offset.parse::<u64>().ok()?))
+    });
+    if let Some((first_seq, offset)) = parsed {
+        let segment = journal_dir.join(format::segment_file_name(first_seq));
+        match storage.open(&segment) {
+            Ok(file) => {
+                let len = file
+                    .len()
+                    .map_err(|e| JournalError::io(&segment, "stat segment", e))?;
+                if offset >= format::SEGMENT_HEADER_LEN as u64 && offset < len {
+                    tracing::warn!(segment = %segment.display(), offset, "journal: discarding the batch of a failed commit");
+                    file.write_all_at(&vec![0u8; (len - offset) as usize], offset)
+                        .and_then(|()| file.sync_data())
+                        .map_err(|e| JournalError::io(&segment, "discard failed commit", e))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(JournalError::io(&segment, "open segment", e)),
+        }
+    }
+    storage
+        .remove_file(&marker)
+        .map_err(|e| JournalError::io(&marker, "remove failed-commit marker", e))?;
+    writer::sync_dir(storage, journal_dir)
 }
 
 fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {

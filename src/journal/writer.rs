@@ -210,6 +210,7 @@ impl Writer {
             });
         if let Err(cause) = written {
             tracing::error!(%cause, "journal poisoned");
+            self.mark_failed_commit();
             self.shared.set_poison(cause);
             for (_, reply) in batch {
                 let _ = reply.send(Err(poisoned_error(&self.shared)));
@@ -222,6 +223,23 @@ impl Writer {
         self.shared.durable_seq.store(seq - 1, Ordering::Release);
         for ((_, reply), first) in batch.into_iter().zip(firsts) {
             let _ = reply.send(Ok(first));
+        }
+    }
+
+    /// Leaves a marker naming where the failed batch starts, so the next open
+    /// in this boot discards it (see `discard_failed_commit`). Not synced: it
+    /// only has to outlive the process (a power cut takes the page cache, and
+    /// the batch's unsynced bytes with it, anyway). Best effort.
+    fn mark_failed_commit(&self) {
+        let path = self.journal_dir.join(super::FAILED_COMMIT_FILE);
+        let fields = format!("{} {}", self.segment_first_seq, self.offset);
+        let text = format!("{fields} {:08x}\n", crc32fast::hash(fields.as_bytes()));
+        let written = self
+            .storage
+            .create(&path)
+            .and_then(|f| f.write_all_at(text.as_bytes(), 0));
+        if let Err(e) = written {
+            tracing::error!(error = %e, marker = %path.display(), "could not mark the failed commit");
         }
     }
 

@@ -93,7 +93,7 @@ impl Gate {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Store {
     gate: Option<(SimCall, Arc<Gate>)>,
     items: BTreeMap<String, Item>,
@@ -128,6 +128,15 @@ impl SimProvider {
     pub fn factory(&self) -> ProviderFactory {
         let me = self.clone();
         Arc::new(move |_config: &ProviderConfig| Ok(Arc::new(me.clone()) as Arc<dyn Provider>))
+    }
+
+    /// An independent copy of the store as it is now (faults and call counts
+    /// included): the provider as a crash left it, to reconcile one journal
+    /// image against without disturbing the next.
+    pub fn deep_copy(&self) -> SimProvider {
+        SimProvider {
+            store: Arc::new(Mutex::new(self.lock().clone())),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {

@@ -16,6 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 pub mod fault;
+pub mod sim;
 pub mod unsynced;
 
 /// A held exclusive lock; dropping it releases the lock.

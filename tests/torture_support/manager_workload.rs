@@ -1,0 +1,321 @@
+//! A manager workload shared by the power-cut and failpoint suites, the model
+//! of what its acknowledgements promise, and the agreement check between the
+//! state and the simulated provider after a reopen.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use volmgr::journal::JournalConfig;
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::provider::sim::{SimCall, SimProvider};
+use volmgr::provider::{
+    Created, Found, Provider, ProviderConfig, ProviderError, ProviderFactory, SendStats, VolumeRef,
+    VolumeSpec,
+};
+use volmgr::state::{Meta, OpId, VolumeStatus};
+use volmgr::storage::Storage;
+
+pub const STATE_DIR: &str = "/state";
+pub const PROVIDER: &str = "p";
+
+/// Counts the calls that reach the simulated provider, by [`SimCall`], so a
+/// dry run tells how many occurrences each provider failpoint can target.
+#[derive(Debug, Clone)]
+pub struct CountingProvider {
+    pub inner: SimProvider,
+    pub counts: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl CountingProvider {
+    pub fn new(inner: SimProvider) -> Self {
+        CountingProvider {
+            inner,
+            counts: Arc::default(),
+        }
+    }
+
+    fn count(&self, call: SimCall) {
+        *self
+            .counts
+            .lock()
+            .unwrap()
+            .entry(format!("{call:?}"))
+            .or_insert(0) += 1;
+    }
+
+    pub fn calls(&self, call: SimCall) -> u64 {
+        self.counts
+            .lock()
+            .unwrap()
+            .get(&format!("{call:?}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn factory(&self) -> ProviderFactory {
+        let me = self.clone();
+        Arc::new(move |_config: &ProviderConfig| Ok(Arc::new(me.clone()) as Arc<dyn Provider>))
+    }
+}
+
+impl Provider for CountingProvider {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn config(&self) -> ProviderConfig {
+        self.inner.config()
+    }
+    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
+        self.count(SimCall::Create);
+        self.inner.create_volume(spec)
+    }
+    fn create_snapshot(
+        &self,
+        source: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        self.count(SimCall::Snapshot);
+        self.inner.create_snapshot(source, spec)
+    }
+    fn fork_volume(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        self.count(SimCall::Fork);
+        self.inner.fork_volume(snapshot, spec)
+    }
+    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        self.count(SimCall::Destroy);
+        self.inner.destroy(volume)
+    }
+    fn send_snapshot(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+        out: &mut dyn Write,
+    ) -> Result<SendStats, ProviderError> {
+        self.count(SimCall::Send);
+        self.inner.send_snapshot(snapshot, base, out)
+    }
+    fn receive_snapshot(
+        &self,
+        target: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+        input: &mut dyn Read,
+    ) -> Result<Created, ProviderError> {
+        self.count(SimCall::Receive);
+        self.inner.receive_snapshot(target, spec, input)
+    }
+    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
+        self.count(SimCall::Inventory);
+        self.inner.inventory()
+    }
+    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
+        self.inner.finish(found)
+    }
+    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
+        self.inner.abort_partial(op)
+    }
+}
+
+/// A manager configuration on `storage` with small segments and frequent
+/// checkpoints, so a short workload rotates, checkpoints and deletes.
+pub fn config(storage: Arc<dyn Storage>, provider: &CountingProvider) -> ManagerConfig {
+    let mut config = ManagerConfig {
+        journal: JournalConfig {
+            segment_size: 4096,
+            max_batch_bytes: 2048,
+            queue_depth: 64,
+        },
+        checkpoint_every: 7,
+        storage: Some(storage),
+        ..ManagerConfig::default()
+    };
+    config.factories.insert("sim".into(), provider.factory());
+    config
+}
+
+/// Opens the manager and registers the provider if the journal has none.
+pub async fn open(
+    storage: Arc<dyn Storage>,
+    provider: &CountingProvider,
+) -> Result<Manager, ManagerError> {
+    let m = Manager::open(Path::new(STATE_DIR), config(storage, provider)).await?;
+    if m.providers().is_empty() {
+        m.add_provider(PROVIDER, "sim", ProviderConfig::new())
+            .await?;
+    }
+    Ok(m)
+}
+
+/// What the acknowledgements of a run promise, and how the run behaved
+/// after its first journal failure.
+#[derive(Debug, Default, Clone)]
+pub struct Model {
+    /// Volumes whose creation was acknowledged and destruction was not.
+    pub must_exist: BTreeSet<String>,
+    /// Volumes whose destruction was acknowledged.
+    pub must_not_exist: BTreeSet<String>,
+    pub acked: u64,
+    pub errors: u64,
+    /// A journal error was seen (the journal is poisoned from then on).
+    pub journal_failed: bool,
+    /// Mutating operations started after the first journal error.
+    pub attempted_after_failure: u64,
+    /// ... and how many of them were acknowledged (must be 0).
+    pub accepted_after_failure: u64,
+}
+
+impl Model {
+    fn note<T>(
+        &mut self,
+        started_after_failure: bool,
+        result: &Result<T, ManagerError>,
+        created: Option<&str>,
+        destroyed: Option<&str>,
+    ) {
+        if started_after_failure {
+            self.attempted_after_failure += 1;
+        }
+        match result {
+            Ok(_) => {
+                self.acked += 1;
+                if started_after_failure {
+                    self.accepted_after_failure += 1;
+                }
+                if let Some(id) = created {
+                    self.must_exist.insert(id.to_owned());
+                }
+                if let Some(id) = destroyed {
+                    self.must_exist.remove(id);
+                    self.must_not_exist.insert(id.to_owned());
+                }
+            }
+            Err(e) => {
+                self.errors += 1;
+                if matches!(e, ManagerError::Journal(_)) {
+                    self.journal_failed = true;
+                }
+                // A destroy that failed in the journal or the provider may
+                // still have happened (its intent may be durable, the
+                // provider may have acted): the volume is no longer promised.
+                if let Some(id) = destroyed
+                    && matches!(e, ManagerError::Journal(_) | ManagerError::Provider { .. })
+                {
+                    self.must_exist.remove(id);
+                }
+            }
+        }
+    }
+}
+
+/// Creates, snapshots, sends and receives, forks and destroys, `rounds`
+/// times, two creates at a time. It keeps going after errors (so a
+/// poisoned journal is asked for more and must refuse).
+pub async fn run_ops(m: &Manager, rounds: u32, model: &mut Model) {
+    for r in 0..rounds {
+        let (a, b, fork) = (format!("v{r}a"), format!("v{r}b"), format!("f{r}"));
+        let after = model.journal_failed;
+        let (ra, rb) = tokio::join!(
+            m.create_volume(PROVIDER, Some(&a), Meta::new()),
+            m.create_volume(PROVIDER, Some(&b), Meta::new())
+        );
+        model.note(after, &ra, Some(&a), None);
+        model.note(after, &rb, Some(&b), None);
+
+        let after = model.journal_failed;
+        let snap = m.create_snapshot(&a, Meta::new()).await;
+        let snap_id = snap.as_ref().ok().map(|v| v.id.clone());
+        model.note(after, &snap, snap_id.as_deref(), None);
+        if let Some(snap_id) = &snap_id {
+            let mut stream = Vec::new();
+            if m.send_snapshot(snap_id, &[], &mut stream).await.is_ok() {
+                let after = model.journal_failed;
+                let received = m.receive_snapshot(&a, &stream[..]).await;
+                let id = received.as_ref().ok().map(|v| v.id.clone());
+                model.note(after, &received, id.as_deref(), None);
+            }
+            let after = model.journal_failed;
+            let forked = m.fork_volume(snap_id, Some(&fork), Meta::new()).await;
+            model.note(after, &forked, Some(&fork), None);
+        }
+
+        let after = model.journal_failed;
+        let destroyed = m.destroy_volume(&b).await;
+        model.note(after, &destroyed, None, Some(&b));
+        if r % 2 == 1 {
+            let after = model.journal_failed;
+            let destroyed = m.destroy_volume(&fork).await;
+            model.note(after, &destroyed, None, Some(&fork));
+        }
+    }
+}
+
+/// After a reopen: nothing pending, no lost volume, no orphan, the
+/// provider's tagged items are exactly the state's volumes, and the model's
+/// promises hold. Returns the disagreements found.
+pub fn check_agreement(m: &Manager, sim: &SimProvider, model: &Model) -> Vec<String> {
+    let mut problems = Vec::new();
+    let state = m.state();
+    if !state.pending.is_empty() {
+        problems.push(format!(
+            "{} operations still pending: {:?}",
+            state.pending.len(),
+            state
+                .pending
+                .values()
+                .map(|p| p.action.name())
+                .collect::<Vec<_>>()
+        ));
+    }
+    let lost: Vec<&String> = state
+        .volumes
+        .values()
+        .filter(|v| v.status != VolumeStatus::Live)
+        .map(|v| &v.id)
+        .collect();
+    if !lost.is_empty() {
+        problems.push(format!("volumes marked lost: {lost:?}"));
+    }
+    if !state.orphans.is_empty() {
+        problems.push(format!(
+            "orphans: {:?}",
+            state.orphans.keys().collect::<Vec<_>>()
+        ));
+    }
+    let in_state: BTreeSet<String> = state.volumes.keys().cloned().collect();
+    let in_provider: BTreeSet<String> = sim.volume_ids().into_iter().collect();
+    if in_state != in_provider {
+        problems.push(format!(
+            "state and provider disagree: only in state {:?}, only in provider {:?}",
+            in_state.difference(&in_provider).collect::<Vec<_>>(),
+            in_provider.difference(&in_state).collect::<Vec<_>>()
+        ));
+    }
+    let missing: Vec<&String> = model.must_exist.difference(&in_state).collect();
+    if !missing.is_empty() {
+        problems.push(format!("acknowledged volumes missing: {missing:?}"));
+    }
+    let back: Vec<&String> = model.must_not_exist.intersection(&in_state).collect();
+    if !back.is_empty() {
+        problems.push(format!("acknowledged destroys undone: {back:?}"));
+    }
+    problems
+}
+
+/// The reopened manager still works: a create and a destroy are
+/// acknowledged and leave state and provider in agreement.
+pub async fn probe(m: &Manager, sim: &SimProvider, model: &Model) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = m.create_volume(PROVIDER, Some("probe"), Meta::new()).await {
+        problems.push(format!("create after reopen failed: {e}"));
+    }
+    if let Err(e) = m.destroy_volume("probe").await {
+        problems.push(format!("destroy after reopen failed: {e}"));
+    }
+    problems.extend(check_agreement(m, sim, model));
+    problems
+}
