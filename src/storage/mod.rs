@@ -142,7 +142,22 @@ impl Storage for RealStorage {
             .create(true)
             .truncate(false)
             .open(path)?;
-        match file.try_lock() {
+        // A process that forks (to run a command) while we hold the lock
+        // shares the lock's open file until its child calls exec: a just
+        // released lock can look held for that instant. So contention is
+        // confirmed over a short, bounded window (20 tries, 5 ms apart) before
+        // it is reported; a real holder keeps the lock far longer than that.
+        let mut attempt = 0;
+        let locked = loop {
+            match file.try_lock() {
+                Err(fs::TryLockError::WouldBlock) if attempt < 20 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other,
+            }
+        };
+        match locked {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 let current = fs::read_to_string(path).unwrap_or_default();
