@@ -273,6 +273,10 @@ async fn crash_at_random_points_loses_nothing_acknowledged() {
         violations.len()
     );
     assert!(
+        acked_total > 0,
+        "the children acknowledged nothing: the run proved nothing"
+    );
+    assert!(
         violations.is_empty(),
         "violations:\n{}",
         violations.join("\n")
