@@ -455,7 +455,7 @@ impl Manager {
             )));
         }
         let claim_id = format!("provider:{id}");
-        let claim = self.inner.claim(&[claim_id.as_str()], |s| {
+        let (claim, ()) = self.inner.claim(&[claim_id.as_str()], |s| {
             if s.providers.contains_key(id) {
                 return Err(ManagerError::AlreadyExists(id.to_owned()));
             }
@@ -503,7 +503,7 @@ impl Manager {
         check_id(&id)?;
         validate::meta(&meta).map_err(ManagerError::InvalidMeta)?;
         let provider = self.inner.provider(provider_id)?;
-        let claim = self.inner.claim(&[id.as_str()], |s| {
+        let (claim, ()) = self.inner.claim(&[id.as_str()], |s| {
             if s.volumes.contains_key(&id) {
                 return Err(ManagerError::AlreadyExists(id.clone()));
             }
@@ -537,8 +537,7 @@ impl Manager {
     /// Destroys a volume or snapshot. Refused while it has dependents.
     pub async fn destroy_volume(&self, id: &str) -> Result<(), ManagerError> {
         check_id(id)?;
-        let mut volume = None;
-        let claim = self.inner.claim(&[id], |s| {
+        let (claim, volume) = self.inner.claim(&[id], |s| {
             let v = s
                 .volumes
                 .get(id)
@@ -550,10 +549,8 @@ impl Manager {
                     dependents,
                 });
             }
-            volume = Some(v.clone());
-            Ok(())
+            Ok(v.clone())
         })?;
-        let volume = volume.expect("set by the claim check");
         let provider = self.inner.provider(&volume.provider)?;
         let action = Action::DestroyVolume {
             volume: id.to_owned(),
@@ -584,19 +581,9 @@ impl Manager {
         check_id(id)?;
         validate::meta(&meta).map_err(ManagerError::InvalidMeta)?;
         let snap_id = Uuid::new_v4().to_string();
-        let mut source = None;
-        let claim = self.inner.claim(&[id, snap_id.as_str()], |s| {
-            let v = live(s, id)?;
-            if v.kind != VolumeKind::Data {
-                return Err(ManagerError::WrongKind {
-                    id: id.to_owned(),
-                    expected: VolumeKind::Data,
-                });
-            }
-            source = Some(v.clone());
-            Ok(())
+        let (claim, source) = self.inner.claim(&[id, snap_id.as_str()], |s| {
+            live_kind(s, id, VolumeKind::Data).cloned()
         })?;
-        let source = source.expect("set by the claim check");
         let provider = self.inner.provider(&source.provider)?;
         let action = Action::CreateSnapshot {
             source: id.to_owned(),
@@ -634,22 +621,13 @@ impl Manager {
         let id = id.map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
         check_id(&id)?;
         validate::meta(&meta).map_err(ManagerError::InvalidMeta)?;
-        let mut snapshot = None;
-        let claim = self.inner.claim(&[snapshot_id, id.as_str()], |s| {
-            let v = live(s, snapshot_id)?;
-            if v.kind != VolumeKind::Snapshot {
-                return Err(ManagerError::WrongKind {
-                    id: snapshot_id.to_owned(),
-                    expected: VolumeKind::Snapshot,
-                });
-            }
+        let (claim, snapshot) = self.inner.claim(&[snapshot_id, id.as_str()], |s| {
+            let v = live_kind(s, snapshot_id, VolumeKind::Snapshot)?;
             if s.volumes.contains_key(&id) {
                 return Err(ManagerError::AlreadyExists(id.clone()));
             }
-            snapshot = Some(v.clone());
-            Ok(())
+            Ok(v.clone())
         })?;
-        let snapshot = snapshot.expect("set by the claim check");
         let provider = self.inner.provider(&snapshot.provider)?;
         let action = Action::ForkVolume {
             snapshot: snapshot_id.to_owned(),
@@ -708,13 +686,7 @@ impl Manager {
     {
         check_id(id)?;
         let (snapshot, base) = self.with_state(|s| {
-            let snap = live(s, id)?.clone();
-            if snap.kind != VolumeKind::Snapshot {
-                return Err(ManagerError::WrongKind {
-                    id: id.to_owned(),
-                    expected: VolumeKind::Snapshot,
-                });
-            }
+            let snap = live_kind(s, id, VolumeKind::Snapshot)?.clone();
             let base = s
                 .volumes
                 .values()
@@ -731,7 +703,7 @@ impl Manager {
                 })
                 .max_by_key(|v| (v.created_at_ms, v.id.clone()))
                 .cloned();
-            Ok((snap, base))
+            Ok::<_, ManagerError>((snap, base))
         })?;
         let provider = self.inner.provider(&snapshot.provider)?;
         let provider_id = snapshot.provider.clone();
@@ -784,19 +756,9 @@ impl Manager {
     {
         check_id(id)?;
         let snap_id = Uuid::new_v4().to_string();
-        let mut target = None;
-        let claim = self.inner.claim(&[id, snap_id.as_str()], |s| {
-            let v = live(s, id)?;
-            if v.kind != VolumeKind::Data {
-                return Err(ManagerError::WrongKind {
-                    id: id.to_owned(),
-                    expected: VolumeKind::Data,
-                });
-            }
-            target = Some(v.clone());
-            Ok(())
+        let (claim, target) = self.inner.claim(&[id, snap_id.as_str()], |s| {
+            live_kind(s, id, VolumeKind::Data).cloned()
         })?;
-        let target = target.expect("set by the claim check");
         let provider = self.inner.provider(&target.provider)?;
         let action = Action::ReceiveSnapshot {
             target: id.to_owned(),
@@ -871,22 +833,12 @@ impl Manager {
     ) -> Result<Volume, ManagerError> {
         check_id(provider_id)?;
         check_id(volume_id)?;
-        let key = crate::state::orphan_key(provider_id, volume_id);
-        let mut orphan = None;
-        let claim =
-            self.inner.claim(&[volume_id], |s| {
-                if s.volumes.contains_key(volume_id) {
-                    return Err(ManagerError::AlreadyExists(volume_id.to_owned()));
-                }
-                orphan = Some(s.orphans.get(&key).cloned().ok_or_else(|| {
-                    ManagerError::NoSuchOrphan {
-                        provider: provider_id.to_owned(),
-                        volume: volume_id.to_owned(),
-                    }
-                })?);
-                Ok(())
-            })?;
-        let orphan = orphan.expect("set by the claim check");
+        let (claim, orphan) = self.inner.claim(&[volume_id], |s| {
+            if s.volumes.contains_key(volume_id) {
+                return Err(ManagerError::AlreadyExists(volume_id.to_owned()));
+            }
+            noted_orphan(s, provider_id, volume_id)
+        })?;
         let provider = self.inner.provider(provider_id)?;
         let action = Action::AdoptOrphan {
             provider: provider_id.to_owned(),
@@ -923,19 +875,9 @@ impl Manager {
     ) -> Result<(), ManagerError> {
         check_id(provider_id)?;
         check_id(volume_id)?;
-        let key = crate::state::orphan_key(provider_id, volume_id);
-        let mut orphan = None;
-        let claim =
-            self.inner.claim(&[volume_id], |s| {
-                orphan = Some(s.orphans.get(&key).cloned().ok_or_else(|| {
-                    ManagerError::NoSuchOrphan {
-                        provider: provider_id.to_owned(),
-                        volume: volume_id.to_owned(),
-                    }
-                })?);
-                Ok(())
-            })?;
-        let orphan = orphan.expect("set by the claim check");
+        let (claim, orphan) = self
+            .inner
+            .claim(&[volume_id], |s| noted_orphan(s, provider_id, volume_id))?;
         let provider = self.inner.provider(provider_id)?;
         let action = Action::DestroyOrphan {
             provider: provider_id.to_owned(),
@@ -1210,6 +1152,29 @@ fn live<'a>(s: &'a State, id: &str) -> Result<&'a Volume, ManagerError> {
     Ok(v)
 }
 
+/// A live volume that must be of `kind` (snapshot, fork and transfer sources).
+fn live_kind<'a>(s: &'a State, id: &str, kind: VolumeKind) -> Result<&'a Volume, ManagerError> {
+    let v = live(s, id)?;
+    if v.kind != kind {
+        return Err(ManagerError::WrongKind {
+            id: id.to_owned(),
+            expected: kind,
+        });
+    }
+    Ok(v)
+}
+
+/// An orphan reconciliation reported and no command has resolved yet.
+fn noted_orphan(s: &State, provider: &str, volume: &str) -> Result<Orphan, ManagerError> {
+    s.orphans
+        .get(&crate::state::orphan_key(provider, volume))
+        .cloned()
+        .ok_or_else(|| ManagerError::NoSuchOrphan {
+            provider: provider.to_owned(),
+            volume: volume.to_owned(),
+        })
+}
+
 fn volume_ref(v: &Volume) -> VolumeRef<'_> {
     VolumeRef {
         id: &v.id,
@@ -1281,25 +1246,27 @@ impl Inner {
             .ok_or_else(|| ManagerError::NoSuchVolume(id.to_owned()))
     }
 
-    /// Validates against the state and marks `ids` busy, atomically.
-    fn claim(
+    /// Validates against the state and marks `ids` busy, atomically; returns
+    /// the claim and whatever the check extracted from the state.
+    fn claim<T>(
         self: &Arc<Self>,
         ids: &[&str],
-        check: impl FnOnce(&State) -> Result<(), ManagerError>,
-    ) -> Result<Claim, ManagerError> {
+        check: impl FnOnce(&State) -> Result<T, ManagerError>,
+    ) -> Result<(Claim, T), ManagerError> {
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(id) = ids.iter().find(|id| core.busy.contains(**id)) {
             return Err(ManagerError::Busy((*id).to_owned()));
         }
-        check(&core.state)?;
+        let value = check(&core.state)?;
         for id in ids {
             core.busy.insert((*id).to_owned());
         }
-        Ok(Claim {
+        let claim = Claim {
             inner: self.clone(),
             ids: ids.iter().map(|s| (*s).to_owned()).collect(),
             keep: false,
-        })
+        };
+        Ok((claim, value))
     }
 
     /// The write path shared by every verb (see the module doc).
