@@ -430,7 +430,8 @@ impl<R> Drop for Journal<R> {
 }
 
 /// Creates `dir` and its missing ancestors and syncs the parent of each, from
-/// the root down, so every entry on the path is durable.
+/// the root down, so every entry on the path is durable (a directory we are
+/// not allowed to read, hence to fsync, is skipped with a warning).
 fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {
     let Some(parent) = dir.parent() else {
         return Ok(()); // the root
@@ -444,7 +445,16 @@ fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> Result<(), JournalEr
     storage
         .create_dir_all(dir)
         .map_err(|e| JournalError::io(dir, "create directory", e))?;
-    writer::sync_dir(storage, parent)
+    match storage.sync_dir(parent) {
+        Ok(()) => Ok(()),
+        // A directory above the state directory we may not read (so not
+        // open to fsync): its entry's durability is the administrator's.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!(dir = %parent.display(), error = %e, "journal: cannot fsync a directory above the state directory");
+            Ok(())
+        }
+        Err(e) => Err(JournalError::io(parent, "fsync directory", e)),
+    }
 }
 
 /// A commit whose write or sync failed left [`FAILED_COMMIT_FILE`]. Its batch
