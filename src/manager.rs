@@ -679,12 +679,52 @@ impl Manager {
         &self,
         id: &str,
         haves: &[String],
+        out: W,
+    ) -> Result<SendStats, ManagerError>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        self.send_snapshot_resuming(id, haves, None, out).await
+    }
+
+    /// Whether the provider can continue a stream of snapshot `id` from a
+    /// receiver's resume `token` (a dry run; nothing is sent).
+    pub async fn resume_fits(&self, id: &str, token: &str) -> Result<bool, ManagerError> {
+        check_id(id)?;
+        validate::resume_token(token).map_err(ManagerError::InvalidInput)?;
+        let snapshot = self.with_state(|s| live_kind(s, id, VolumeKind::Snapshot).cloned())?;
+        let provider = self.inner.provider(&snapshot.provider)?;
+        let token = token.to_owned();
+        let provider_id = snapshot.provider.clone();
+        tokio::task::spawn_blocking(move || provider.resume_fits(&volume_ref(&snapshot), &token))
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?
+            .map_err(|error| ManagerError::Provider {
+                provider: provider_id,
+                error,
+            })
+    }
+
+    /// As [`Manager::send_snapshot`], but if the receiver hands back the
+    /// resume token of an interrupted stream of this snapshot, and the
+    /// provider can continue it, only the rest is sent
+    /// ([`SendStats::resumed`]). A token that does not fit is ignored: the
+    /// stream is then a whole one, and the receiver discards its partial state.
+    pub async fn send_snapshot_resuming<W>(
+        &self,
+        id: &str,
+        haves: &[String],
+        resume_token: Option<&str>,
         mut out: W,
     ) -> Result<SendStats, ManagerError>
     where
         W: AsyncWrite + Unpin + Send,
     {
         check_id(id)?;
+        if let Some(token) = resume_token {
+            validate::resume_token(token).map_err(ManagerError::InvalidInput)?;
+        }
+        let resume_token = resume_token.map(str::to_owned);
         let (snapshot, base) = self.with_state(|s| {
             let snap = live_kind(s, id, VolumeKind::Snapshot)?.clone();
             let base = s
@@ -713,11 +753,17 @@ impl Manager {
                 tx,
                 buf: Vec::new(),
             };
-            let stats = provider.send_snapshot(
-                &volume_ref(&snapshot),
-                base.as_ref().map(volume_ref).as_ref(),
-                &mut writer,
-            )?;
+            let snap = volume_ref(&snapshot);
+            let stats = match resume_token {
+                Some(token) if provider.resume_fits(&snap, &token)? => {
+                    provider.send_resumed(&snap, &token, &mut writer)?
+                }
+                _ => provider.send_snapshot(
+                    &snap,
+                    base.as_ref().map(volume_ref).as_ref(),
+                    &mut writer,
+                )?,
+            };
             std::io::Write::flush(&mut writer).map_err(|e| ProviderError::io("send", e))?;
             Ok::<_, ProviderError>(stats)
         });
@@ -746,15 +792,34 @@ impl Manager {
     }
 
     /// Receives a stream into data volume `id`; returns the new snapshot.
-    pub async fn receive_snapshot<Rd>(
+    pub async fn receive_snapshot<Rd>(&self, id: &str, input: Rd) -> Result<Volume, ManagerError>
+    where
+        Rd: AsyncRead + Unpin + Send,
+    {
+        self.receive_snapshot_with(id, Meta::new(), input).await
+    }
+
+    /// Receives a stream into data volume `id` as a new snapshot with `meta`.
+    ///
+    /// A stream that stops part-way on a provider with resumable receives
+    /// (ZFS) leaves its partial state on the target and fails with
+    /// [`ProviderError::Suspended`]; the journal records the resume token and
+    /// the target's `details` show it ([`crate::state::DETAIL_RESUME_TOKEN`]),
+    /// so the sender can continue the stream
+    /// ([`Manager::send_snapshot_resuming`]) into a later receive. Any other
+    /// stream into the target, a destroy, or [`Manager::abort_receive`]
+    /// discards the partial state.
+    pub async fn receive_snapshot_with<Rd>(
         &self,
         id: &str,
+        meta: Meta,
         mut input: Rd,
     ) -> Result<Volume, ManagerError>
     where
         Rd: AsyncRead + Unpin + Send,
     {
         check_id(id)?;
+        validate::meta(&meta).map_err(ManagerError::InvalidMeta)?;
         let snap_id = Uuid::new_v4().to_string();
         let (claim, target) = self.inner.claim(&[id, snap_id.as_str()], |s| {
             live_kind(s, id, VolumeKind::Data).cloned()
@@ -763,7 +828,7 @@ impl Manager {
         let action = Action::ReceiveSnapshot {
             target: id.to_owned(),
             snapshot: snap_id.clone(),
-            meta: Meta::new(),
+            meta,
         };
         let (tx, rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(16);
         let inner = self.inner.clone();
@@ -823,6 +888,30 @@ impl Manager {
             ))),
             (Err(e), None) => Err(e),
         }
+    }
+
+    /// Discards the resumable partial receive data volume `id` holds (see
+    /// [`Manager::receive_snapshot_with`]). Succeeds if it holds none.
+    pub async fn abort_receive(&self, id: &str) -> Result<(), ManagerError> {
+        check_id(id)?;
+        let (claim, target) = self.inner.claim(&[id], |s| {
+            live_kind(s, id, VolumeKind::Data).cloned()
+        })?;
+        let provider = self.inner.provider(&target.provider)?;
+        let action = Action::AbortReceive {
+            target: id.to_owned(),
+        };
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            let provider_id = target.provider.clone();
+            inner
+                .run(claim, action, &provider_id, move |_op| {
+                    provider.abort_receive(&volume_ref(&target))?;
+                    Ok(Done::default())
+                })
+                .await
+        })
+        .await
     }
 
     /// Records an orphan reported by reconciliation as a volume.
@@ -1070,6 +1159,39 @@ fn resolve(
             }
         }
         Resolution::Done => OpResult::Done(Done::default()),
+        Resolution::KeepResumable => {
+            let target = d.found.as_ref().expect("a resumable receive has its target");
+            let partial = target.partial.clone().expect("a resumable target has a partial");
+            // A killed receive may leave its target unmounted; finishing the
+            // target mounts it again and keeps the partial state.
+            match provider.map(|p| p.finish(target)) {
+                Some(Ok(_)) => OpResult::Suspended {
+                    error: "receive interrupted; resumable".into(),
+                    token: partial.token,
+                    guid: partial.guid,
+                },
+                Some(Err(e)) => {
+                    if let Some(p) = provider {
+                        let _ = p.abort_partial(op);
+                    }
+                    interrupted(format!(
+                        "receive interrupted; its target could not be made usable ({e}), partial state removed"
+                    ))
+                }
+                None => interrupted("interrupted; provider unavailable".into()),
+            }
+        }
+        Resolution::AbortReceiveThenDone => {
+            let vol = d.volume.as_deref().unwrap_or_default();
+            let result = match state.volumes.get(vol) {
+                Some(v) => provider.map(|p| p.abort_receive(&volume_ref(v))),
+                None => None,
+            };
+            match result {
+                Some(Ok(())) | None => OpResult::Done(Done::default()),
+                Some(Err(e)) => interrupted(format!("abort-receive during recovery failed: {e}")),
+            }
+        }
         Resolution::UndoThenFail => {
             if let Some(p) = provider {
                 let _ = p.abort_partial(op);
@@ -1117,6 +1239,8 @@ fn undo_on_error(
 ) -> Result<Done, ProviderError> {
     let error = match created {
         Ok(created) => return Ok(done(created)),
+        // Kept on purpose: resumable.
+        Err(e @ ProviderError::Suspended { .. }) => return Err(e),
         Err(e) => e,
     };
     if let Err(e) = provider.abort_partial(spec.op) {
@@ -1302,6 +1426,25 @@ impl Inner {
             .and_then(|r| r);
         let (outcome, error) = match result {
             Ok(done) => (OpResult::Done(done), None),
+            Err(ProviderError::Suspended {
+                what,
+                partial,
+                cause,
+            }) => (
+                OpResult::Suspended {
+                    error: cause.clone(),
+                    token: partial.token.clone(),
+                    guid: partial.guid.clone(),
+                },
+                Some(ManagerError::Provider {
+                    provider: provider_id.to_owned(),
+                    error: ProviderError::Suspended {
+                        what,
+                        partial,
+                        cause,
+                    },
+                }),
+            ),
             Err(e) => (
                 OpResult::Failed {
                     error: e.to_string(),

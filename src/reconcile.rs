@@ -22,6 +22,7 @@ pub enum JournalSays {
     PendingDerived,
     PendingAddProvider,
     PendingAdopt,
+    PendingAbortReceive,
     Live,
     Lost,
     /// An orphan noted earlier.
@@ -38,6 +39,9 @@ pub enum ProviderShows {
     /// Tagged as ours.
     Tagged,
     Untagged,
+    /// The new snapshot of a receive is absent, but its target holds a
+    /// resumable partial receive.
+    Resumable,
     /// The row does not depend on the provider.
     Any,
 }
@@ -61,6 +65,10 @@ pub enum Resolution {
     MarkFound,
     ReportOrphan,
     ForgetOrphan,
+    /// Keep the target's partial receive; record it resumable (Suspended).
+    KeepResumable,
+    /// Discard the target's partial receive (again), then Done.
+    AbortReceiveThenDone,
     /// Report only; never touch, never journal.
     Ignore,
 }
@@ -149,6 +157,18 @@ pub const TABLE: &[Row] = &[
         R::UndoThenFail,
     ),
     row(
+        Case::ReceiveSuspended,
+        J::PendingDerived,
+        P::Resumable,
+        R::KeepResumable,
+    ),
+    row(
+        Case::AbortReceiveFinished,
+        J::PendingAbortReceive,
+        P::Any,
+        R::AbortReceiveThenDone,
+    ),
+    row(
         Case::ProviderAddInterrupted,
         J::PendingAddProvider,
         P::Any,
@@ -206,7 +226,7 @@ pub fn provider_of(state: &State, action: &Action) -> Option<String> {
         Action::DestroyVolume { volume } => of(volume),
         Action::CreateSnapshot { source, .. } => of(source),
         Action::ForkVolume { snapshot, .. } => of(snapshot),
-        Action::ReceiveSnapshot { target, .. } => of(target),
+        Action::ReceiveSnapshot { target, .. } | Action::AbortReceive { target } => of(target),
     }
 }
 
@@ -235,6 +255,7 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
                     orphan: Option<Orphan>,
                     detail: String| {
         let provider = match journal {
+            J::PendingDerived if found.is_some_and(|f| f.partial.is_some() && f.tag.as_ref().is_some_and(|t| Some(t.volume.as_str()) != volume)) => P::Resumable,
             J::NoRecord => {
                 if found.is_some_and(|f| f.tag.is_some()) {
                     P::Tagged
@@ -290,12 +311,25 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
                 let f = by_volume(volume).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
                 push(J::PendingCreate, f, Some(p.op), Some(volume), None, what)
             }
-            Action::CreateSnapshot { snapshot: new, .. }
-            | Action::ForkVolume { volume: new, .. }
-            | Action::ReceiveSnapshot { snapshot: new, .. } => {
+            Action::ReceiveSnapshot {
+                snapshot: new,
+                target,
+                ..
+            } => {
+                claimed.push(new);
+                let f = by_volume(new).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
+                // Not arrived, but resumable: the subject is the target.
+                let f = f.or_else(|| by_volume(target).filter(|t| t.partial.is_some()));
+                push(J::PendingDerived, f, Some(p.op), Some(new), None, what)
+            }
+            Action::CreateSnapshot { snapshot: new, .. } | Action::ForkVolume { volume: new, .. } => {
                 claimed.push(new);
                 let f = by_volume(new).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
                 push(J::PendingDerived, f, Some(p.op), Some(new), None, what)
+            }
+            Action::AbortReceive { target } => {
+                let f = by_volume(target);
+                push(J::PendingAbortReceive, f, Some(p.op), Some(target), None, what)
             }
         }
     }

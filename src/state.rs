@@ -25,6 +25,20 @@ pub type Details = BTreeMap<String, String>;
 
 /// Detail key of a snapshot's identity, used as a "have" in transfers.
 pub const DETAIL_GUID: &str = "guid";
+/// Detail keys of a data volume holding a resumable partial receive: the
+/// provider's resume token and the guid of the snapshot the stream carries.
+/// Set by a [`OpResult::Suspended`] receive; cleared by any other outcome of
+/// a receive into the volume and by a done abort-receive.
+pub const DETAIL_RESUME_TOKEN: &str = "resume-token";
+pub const DETAIL_RESUME_GUID: &str = "resume-guid";
+/// With a resumable partial receive of a pull: its source agent and snapshot
+/// (copied from the receive's [`META_PULL_SOURCE`], [`META_PULL_SNAPSHOT`]).
+pub const DETAIL_RESUME_SOURCE: &str = "resume-source";
+pub const DETAIL_RESUME_SNAPSHOT: &str = "resume-snapshot";
+/// Meta keys a pull puts on its receive (and so on the received snapshot):
+/// where the stream comes from, so an interrupted pull can be resumed.
+pub const META_PULL_SOURCE: &str = "pull-source";
+pub const META_PULL_SNAPSHOT: &str = "pull-snapshot";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum VolumeKind {
@@ -120,6 +134,10 @@ pub enum Action {
         provider: String,
         volume: String,
     },
+    /// Discard the resumable partial receive data volume `target` holds.
+    AbortReceive {
+        target: String,
+    },
 }
 
 impl Action {
@@ -133,6 +151,7 @@ impl Action {
             Action::ReceiveSnapshot { .. } => "receive",
             Action::AdoptOrphan { .. } => "adopt-orphan",
             Action::DestroyOrphan { .. } => "destroy-orphan",
+            Action::AbortReceive { .. } => "abort-receive",
         }
     }
 
@@ -165,6 +184,7 @@ impl Action {
             Action::AdoptOrphan { volume, .. } | Action::DestroyOrphan { volume, .. } => {
                 vec![volume]
             }
+            Action::AbortReceive { target } => vec![target],
         }
     }
 }
@@ -181,6 +201,13 @@ pub struct Done {
 pub enum OpResult {
     Done(Done),
     Failed { error: String },
+    /// A receive stopped part-way; its target keeps the partial state,
+    /// resumable with `token` (a stream of the snapshot with `guid`).
+    Suspended {
+        error: String,
+        token: String,
+        guid: String,
+    },
 }
 
 /// The named rows of the reconciliation table (see reconcile.rs).
@@ -200,6 +227,8 @@ pub enum Case {
     ForeignIgnored,
     ProviderAddInterrupted,
     AdoptInterrupted,
+    ReceiveSuspended,
+    AbortReceiveFinished,
 }
 
 impl Case {
@@ -219,6 +248,8 @@ impl Case {
             Case::ForeignIgnored => "foreign-ignored",
             Case::ProviderAddInterrupted => "provider-add-interrupted",
             Case::AdoptInterrupted => "adopt-interrupted",
+            Case::ReceiveSuspended => "receive-suspended",
+            Case::AbortReceiveFinished => "abort-receive-finished",
         }
     }
 }
@@ -450,8 +481,54 @@ impl State {
             .pending
             .remove(&op)
             .ok_or_else(|| format!("outcome for unknown operation {op}"))?;
+        // Every outcome of a receive says whether its target holds a
+        // partial receive afterwards; an abort that was done, that it does not.
+        if let Action::ReceiveSnapshot { target, .. } | Action::AbortReceive { target } =
+            &pending.action
+        {
+            let clear = match (&pending.action, result) {
+                (Action::AbortReceive { .. }, OpResult::Failed { .. }) => false,
+                (_, OpResult::Suspended { .. }) => false,
+                _ => true,
+            };
+            if let Some(v) = self.volumes.get_mut(target) {
+                if clear {
+                    for key in [
+                        DETAIL_RESUME_TOKEN,
+                        DETAIL_RESUME_GUID,
+                        DETAIL_RESUME_SOURCE,
+                        DETAIL_RESUME_SNAPSHOT,
+                    ] {
+                        v.details.remove(key);
+                    }
+                } else if let OpResult::Suspended { token, guid, .. } = result {
+                    v.details.insert(DETAIL_RESUME_TOKEN.to_owned(), token.clone());
+                    v.details.insert(DETAIL_RESUME_GUID.to_owned(), guid.clone());
+                    if let Action::ReceiveSnapshot { meta, .. } = &pending.action {
+                        for (from, to) in [
+                            (META_PULL_SOURCE, DETAIL_RESUME_SOURCE),
+                            (META_PULL_SNAPSHOT, DETAIL_RESUME_SNAPSHOT),
+                        ] {
+                            match meta.get(from) {
+                                Some(value) => v.details.insert(to.to_owned(), value.clone()),
+                                None => v.details.remove(to),
+                            };
+                        }
+                    }
+                }
+            }
+        }
         let done = match result {
             OpResult::Failed { .. } => return Ok(Vec::new()),
+            OpResult::Suspended { .. } => {
+                return match pending.action {
+                    Action::ReceiveSnapshot { .. } => Ok(Vec::new()),
+                    _ => Err(format!(
+                        "suspended outcome for a {} operation",
+                        pending.action.name()
+                    )),
+                };
+            }
             OpResult::Done(done) => done,
         };
         let new_volume =
@@ -489,6 +566,7 @@ impl State {
                 self.orphans.remove(&orphan_key(provider, volume));
                 return Ok(Vec::new());
             }
+            Action::AbortReceive { .. } => return Ok(Vec::new()),
             Action::CreateVolume {
                 provider,
                 volume,

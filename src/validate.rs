@@ -15,6 +15,8 @@ pub const MAX_META_ENTRIES: usize = 64;
 pub const MAX_META_KEY_LEN: usize = 128;
 pub const MAX_META_VALUE_LEN: usize = 4096;
 pub const MAX_META_BYTES: usize = 16 * 1024;
+/// Resume tokens (ZFS's are a few hundred bytes).
+pub const MAX_RESUME_TOKEN_LEN: usize = 4096;
 /// Provider configuration values (paths, dataset names).
 pub const MAX_CONFIG_VALUE_LEN: usize = 1024;
 
@@ -34,6 +36,30 @@ pub fn id(id: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
         return Err(format!("id contains {c:?}; allowed: A-Z a-z 0-9 . _ -"));
+    }
+    Ok(())
+}
+
+/// Checks a resume token a caller hands back: 1 to [`MAX_RESUME_TOKEN_LEN`]
+/// characters of `[A-Za-z0-9_-]`, starting with an alphanumeric (never a
+/// flag). Providers check their own token syntax on top.
+pub fn resume_token(token: &str) -> Result<(), String> {
+    if token.is_empty() || token.len() > MAX_RESUME_TOKEN_LEN {
+        return Err(format!(
+            "resume token is {} bytes; allowed 1..={MAX_RESUME_TOKEN_LEN}",
+            token.len()
+        ));
+    }
+    if !token.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err("resume token must start with a letter or digit".into());
+    }
+    if let Some(c) = token
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+    {
+        return Err(format!(
+            "resume token contains {c:?}; allowed: A-Z a-z 0-9 _ -"
+        ));
     }
     Ok(())
 }

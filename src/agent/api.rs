@@ -155,6 +155,11 @@ pub struct ForkRequest {
 pub struct SendRequest {
     #[serde(default)]
     pub haves: Vec<String>,
+    /// The receiver's resume token of an interrupted stream of this
+    /// snapshot: if the source can continue it, only the rest is sent (the
+    /// answer's `x-volmgr-resumed` header says `true`); else a whole stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<String>,
 }
 
 /// `POST /storage/volumes/{id}/pull_snapshot`.
@@ -174,6 +179,9 @@ pub struct PullResponse {
     pub snapshot: VolumeInfo,
     /// Bytes of the snapshot stream received from the source.
     pub bytes: u64,
+    /// The stream continued an interrupted pull (only the rest was sent).
+    #[serde(default)]
+    pub resumed: bool,
 }
 
 /// Progress event of a pull streamed as server-sent events.

@@ -355,6 +355,7 @@ impl Client {
         let path = format!("/storage/volumes/{}/send", segment(id));
         let body = SendRequest {
             haves: haves.to_vec(),
+            resume_token: None,
         };
         let response = self
             .execute(self.with_json(reqwest::Method::POST, &path, &body))

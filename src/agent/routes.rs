@@ -15,7 +15,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use futures_util::{Stream, StreamExt, stream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -32,7 +32,10 @@ use super::error::ApiError;
 use super::server::Shared;
 use crate::manager::{Manager, ManagerError};
 use crate::provider::ProviderError;
-use crate::state::{Event, VolumeKind, VolumeStatus};
+use crate::state::{
+    DETAIL_RESUME_SNAPSHOT, DETAIL_RESUME_SOURCE, DETAIL_RESUME_TOKEN, Event, META_PULL_SNAPSHOT, META_PULL_SOURCE, Meta, VolumeKind,
+    VolumeStatus,
+};
 use crate::validate;
 
 type AppState = State<Arc<Shared>>;
@@ -54,6 +57,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/storage/volumes/{id}/fork", post(fork))
         .route("/storage/volumes/{id}/send", get(send).post(send))
         .route("/storage/volumes/{id}/pull_snapshot", post(pull_snapshot))
+        .route("/storage/volumes/{id}/receive", delete(abort_receive))
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
@@ -239,15 +243,27 @@ async fn fork(
     Ok(Json(VolumeInfo::from(&v)))
 }
 
-/// Haves as `{"haves": [...]}`, a bare JSON array, or an empty body (none).
-fn parse_haves(body: &RawBody) -> Result<Vec<String>, ApiError> {
+/// `{"haves": [...], "resume_token": ...}`, a bare JSON array of haves, or
+/// an empty body (no haves).
+fn parse_send(body: &RawBody) -> Result<SendRequest, ApiError> {
     if body.is_empty() {
-        return Ok(Vec::new());
+        return Ok(SendRequest::default());
     }
-    if let Ok(list) = serde_json::from_slice::<Vec<String>>(&body.0) {
-        return Ok(list);
+    if let Ok(haves) = serde_json::from_slice::<Vec<String>>(&body.0) {
+        return Ok(SendRequest {
+            haves,
+            resume_token: None,
+        });
     }
-    Ok(body.json::<SendRequest>()?.haves)
+    body.json::<SendRequest>()
+}
+
+/// Discards the resumable partial receive volume `{id}` holds (204; also
+/// when it holds none).
+async fn abort_receive(State(shared): AppState, Id(id): Id) -> Result<StatusCode, ApiError> {
+    note("abort-receive", &id);
+    shared.manager()?.abort_receive(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// 409 unless `id` is a live volume of `kind`.
@@ -273,14 +289,27 @@ fn require(manager: &Manager, id: &str, kind: VolumeKind) -> Result<(), ApiError
 /// sees a broken transfer, never a short one.
 async fn send(State(shared): AppState, Id(id): Id, body: RawBody) -> Result<Response, ApiError> {
     note("send", &id);
-    let haves = parse_haves(&body)?;
+    let SendRequest {
+        haves,
+        resume_token,
+    } = parse_send(&body)?;
     let manager = shared.manager()?;
     require(&manager, &id, VolumeKind::Snapshot)?;
+    // Decided before the first byte, so the answer can say so.
+    let resume_token = match resume_token {
+        Some(token) if manager.resume_fits(&id, &token).await? => Some(token),
+        _ => None,
+    };
+    let resumed = resume_token.is_some();
     let (writer, reader) = tokio::io::duplex(256 * 1024);
     let send_id = id.clone();
     let task = shared.tracker.spawn(
-        async move { manager.send_snapshot(&send_id, &haves, writer).await }
-            .instrument(tracing::Span::current()),
+        async move {
+            manager
+                .send_snapshot_resuming(&send_id, &haves, resume_token.as_deref(), writer)
+                .await
+        }
+        .instrument(tracing::Span::current()),
     );
     let mut chunks = ReaderStream::with_capacity(reader, 64 * 1024);
     let first = chunks.next().await;
@@ -296,7 +325,13 @@ async fn send(State(shared): AppState, Id(id): Id, body: RawBody) -> Result<Resp
         None => match task.await {
             Ok(Ok(_)) => {
                 return Ok((
-                    [(header::CONTENT_TYPE, "application/octet-stream")],
+                    [
+                        (header::CONTENT_TYPE, "application/octet-stream"),
+                        (
+                header::HeaderName::from_static(RESUMED_HEADER),
+                if resumed { "true" } else { "false" },
+            ),
+                    ],
                     Body::empty(),
                 )
                     .into_response());
@@ -336,11 +371,21 @@ async fn send(State(shared): AppState, Id(id): Id, body: RawBody) -> Result<Resp
         .chain(chunks)
         .chain(tail);
     Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (
+                header::HeaderName::from_static(RESUMED_HEADER),
+                if resumed { "true" } else { "false" },
+            ),
+        ],
         Body::from_stream(body),
     )
         .into_response())
 }
+
+/// Answer header of a send: `true` if the stream continues the caller's
+/// interrupted one (its resume token fitted), else `false`.
+pub const RESUMED_HEADER: &str = "x-volmgr-resumed";
 
 /// Checks a pull's source: an `http://host[:port][/prefix]` base URL.
 fn source_base(source: &str) -> Result<String, ApiError> {
@@ -392,8 +437,18 @@ async fn run_pull(
     progress: Arc<AtomicU64>,
 ) -> Result<PullResponse, ApiError> {
     let url = format!("{base}/storage/volumes/{snapshot_id}/send");
-    tracing::info!(%url, haves = haves.len(), "pulling");
-    let mut request = shared.http.post(&url).json(&SendRequest { haves });
+    // An interrupted pull into this target left a resume token: hand it
+    // back; the source continues the stream if the token fits.
+    let resume_token = manager
+        .volume(&target)?
+        .details
+        .get(DETAIL_RESUME_TOKEN)
+        .cloned();
+    tracing::info!(%url, haves = haves.len(), resume = resume_token.is_some(), "pulling");
+    let mut request = shared.http.post(&url).json(&SendRequest {
+        haves,
+        resume_token,
+    });
     if let Some(token) = &shared.options.token {
         request = request.bearer_auth(token);
     }
@@ -409,6 +464,14 @@ async fn run_pull(
         let body = response.bytes().await.unwrap_or_default();
         return Err(source_error(status, &body));
     }
+    let resumed = response
+        .headers()
+        .get(RESUMED_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"true");
+    let meta = Meta::from([
+        (META_PULL_SOURCE.to_owned(), base.clone()),
+        (META_PULL_SNAPSHOT.to_owned(), snapshot_id.clone()),
+    ]);
     let counter = progress.clone();
     let chunks = response.bytes_stream().map(move |chunk| match chunk {
         Ok(bytes) => {
@@ -419,9 +482,19 @@ async fn run_pull(
     });
     let reader = StreamReader::new(Box::pin(chunks));
     let snapshot = manager
-        .receive_snapshot(&target, reader)
+        .receive_snapshot_with(&target, meta, reader)
         .await
         .map_err(|e| match e {
+            ManagerError::Provider {
+                error: error @ ProviderError::Suspended { .. },
+                ..
+            } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "transfer_interrupted",
+                format!(
+                    "the transfer from {url} broke; the partial receive is kept: pull again to resume ({error})"
+                ),
+            ),
             ManagerError::Provider {
                 error: ProviderError::Stream(why),
                 ..
@@ -442,7 +515,76 @@ async fn run_pull(
     Ok(PullResponse {
         snapshot: VolumeInfo::from(&snapshot),
         bytes,
+        resumed,
     })
+}
+
+/// Resumes every pull that was interrupted (by a broken transfer, or by a
+/// crash that reconciliation recorded as resumable): a data volume whose
+/// details hold a resume token and the pull's source. Run once when the
+/// agent becomes ready. A pull that fails for a transient reason (the source
+/// is unreachable, the transfer broke again) stays resumable; any other
+/// failure discards the partial receive, so it never blocks the volume.
+pub(crate) async fn resume_interrupted_pulls(shared: Arc<Shared>) {
+    let Ok(manager) = shared.manager() else {
+        return;
+    };
+    for v in manager.volumes() {
+        let (Some(_), Some(source), Some(snapshot)) = (
+            v.details.get(DETAIL_RESUME_TOKEN),
+            v.details.get(DETAIL_RESUME_SOURCE),
+            v.details.get(DETAIL_RESUME_SNAPSHOT),
+        ) else {
+            continue;
+        };
+        let span = tracing::info_span!("resume-pull", volume = %v.id, %source, %snapshot);
+        let pulled = async {
+            let base = source_base(source)?;
+            validate::id(snapshot)
+                .map_err(|why| ApiError::bad_request("invalid_id", why.to_string()))?;
+            let haves = manager.list_haves(&v.id)?;
+            let progress = Arc::new(AtomicU64::new(0));
+            run_pull(
+                shared.clone(),
+                manager.clone(),
+                v.id.clone(),
+                base,
+                snapshot.clone(),
+                haves,
+                progress,
+            )
+            .await
+        }
+        .instrument(span.clone())
+        .await;
+        let _enter = span.enter();
+        match pulled {
+            Ok(done) => tracing::info!(
+                bytes = done.bytes,
+                resumed = done.resumed,
+                snapshot = %done.snapshot.id,
+                "interrupted pull finished"
+            ),
+            Err(e)
+                if matches!(
+                    e.code,
+                    "transfer_interrupted"
+                        | "source_unreachable"
+                        | "source_stream_failed"
+                        | "busy"
+                        | "stopping"
+                ) =>
+            {
+                tracing::warn!(code = e.code, error = %e.message, "interrupted pull kept resumable");
+            }
+            Err(e) => {
+                tracing::warn!(code = e.code, error = %e.message, "interrupted pull cannot be resumed; discarding its partial receive");
+                if let Err(e) = manager.abort_receive(&v.id).await {
+                    tracing::error!(error = %e, "discarding the partial receive failed");
+                }
+            }
+        }
+    }
 }
 
 /// Pulls snapshot `snapshot_id` of the agent at `source` into data volume

@@ -55,6 +55,9 @@ pub struct ServeOptions {
     pub pull_read_timeout: Duration,
     /// Interval of progress events of a pull streamed as server-sent events.
     pub pull_progress_interval: Duration,
+    /// When ready, resume in the background every pull that was interrupted
+    /// (a volume whose details hold a resume token and the pull's source).
+    pub resume_pulls: bool,
 }
 
 impl Default for ServeOptions {
@@ -65,6 +68,7 @@ impl Default for ServeOptions {
             pull_connect_timeout: Duration::from_secs(10),
             pull_read_timeout: Duration::from_secs(120),
             pull_progress_interval: Duration::from_millis(250),
+            resume_pulls: true,
         }
     }
 }
@@ -210,6 +214,15 @@ impl Agent {
         }
         *slot = Some(manager);
         self.shared.phase.store(READY, Ordering::Release);
+        drop(slot);
+        if self.shared.options.resume_pulls
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let _guard = runtime.enter();
+            self.shared
+                .tracker
+                .spawn(routes::resume_interrupted_pulls(self.shared.clone()));
+        }
         Ok(())
     }
 

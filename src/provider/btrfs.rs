@@ -834,6 +834,7 @@ impl BtrfsProvider {
             presence: Presence::Complete,
             location: name,
             details: Details::new(),
+            partial: None,
         }
     }
 }
@@ -976,6 +977,7 @@ impl Provider for BtrfsProvider {
         Ok(SendStats {
             bytes,
             incremental: base.is_some(),
+            resumed: false,
         })
     }
 
@@ -1082,6 +1084,7 @@ impl Provider for BtrfsProvider {
                     presence,
                     location: vol.to_string_lossy().into_owned(),
                     details,
+                    partial: None,
                 });
             }
         }
@@ -1102,6 +1105,7 @@ impl Provider for BtrfsProvider {
                 tag: Some(tag),
                 location: location.to_string_lossy().into_owned(),
                 details: Details::new(),
+                partial: None,
             });
         }
         for entry in fs::read_dir(&self.root)

@@ -1060,6 +1060,7 @@ impl Provider for DirProvider {
                     presence,
                     location: shown.clone(),
                     details,
+                    partial: None,
                 };
                 match marker {
                     None => {
@@ -1101,6 +1102,7 @@ impl Provider for DirProvider {
                             presence,
                             location: created.location,
                             details: created.details,
+                            partial: None,
                         });
                     }
                 }

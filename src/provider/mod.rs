@@ -79,6 +79,20 @@ pub struct Found {
     pub presence: Presence,
     pub location: String,
     pub details: Details,
+    /// A resumable partial receive held by this item (data volumes only).
+    pub partial: Option<PartialReceive>,
+}
+
+/// What an interrupted, resumable receive left on its target: the state a
+/// sender needs to continue the stream where it stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialReceive {
+    /// The provider's resume token (ZFS `receive_resume_token`), opaque here.
+    pub token: String,
+    /// Identity (`details[guid]`) of the snapshot the stream carries.
+    pub guid: String,
+    /// The operation whose receive left it, if the provider knows.
+    pub op: Option<OpId>,
 }
 
 /// A provider failure, carrying the provider's own message.
@@ -109,6 +123,15 @@ pub enum ProviderError {
     },
     /// A transfer stream is malformed or does not fit the target.
     Stream(String),
+    /// A receive stopped part-way and its target keeps the partial state,
+    /// resumable from `partial.token` (nothing else of the target changed).
+    Suspended {
+        what: String,
+        partial: PartialReceive,
+        cause: String,
+    },
+    /// The provider cannot do this (e.g. resume a transfer).
+    Unsupported(String),
     /// Anything else the provider reports.
     Other(String),
 }
@@ -139,6 +162,16 @@ impl fmt::Display for ProviderError {
                 stderr,
             } => write!(f, "`{command}` failed ({status}): {}", stderr.trim()),
             ProviderError::Stream(e) => write!(f, "bad snapshot stream: {e}"),
+            ProviderError::Suspended {
+                what,
+                partial,
+                cause,
+            } => write!(
+                f,
+                "receive into {what} interrupted, resumable (token {}): {cause}",
+                partial.token
+            ),
+            ProviderError::Unsupported(e) => write!(f, "not supported: {e}"),
             ProviderError::Other(e) => f.write_str(e),
         }
     }
@@ -158,6 +191,8 @@ impl std::error::Error for ProviderError {
 pub struct SendStats {
     pub bytes: u64,
     pub incremental: bool,
+    /// The stream continues an interrupted one ([`Provider::send_resumed`]).
+    pub resumed: bool,
 }
 
 /// A storage provider. All methods block; all side effects are idempotent.
@@ -217,6 +252,42 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Removes partial state an interrupted operation `op` may have left
     /// outside the inventory (staging areas, partial receives). Idempotent.
     fn abort_partial(&self, op: OpId) -> Result<(), ProviderError>;
+
+    /// The resumable partial receive data volume `target` holds, if any.
+    /// Providers without resumable receives hold none.
+    fn partial_receive(
+        &self,
+        _target: &VolumeRef<'_>,
+    ) -> Result<Option<PartialReceive>, ProviderError> {
+        Ok(None)
+    }
+
+    /// Discards the partial receive `target` holds. Idempotent.
+    fn abort_receive(&self, _target: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    /// Whether `token` (a receiver's [`PartialReceive::token`]) continues a
+    /// stream of `snapshot`, so [`Provider::send_resumed`] can serve it.
+    fn resume_fits(&self, _snapshot: &VolumeRef<'_>, _token: &str) -> Result<bool, ProviderError> {
+        Ok(false)
+    }
+
+    /// Writes the rest of a stream of `snapshot` from where the receiver's
+    /// `token` says it stopped. Fails before writing anything if the token
+    /// does not fit.
+    fn send_resumed(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        _token: &str,
+        _out: &mut dyn Write,
+    ) -> Result<SendStats, ProviderError> {
+        Err(ProviderError::Unsupported(format!(
+            "{} cannot resume a stream of {}",
+            self.kind(),
+            snapshot.id
+        )))
+    }
 }
 
 /// Builds a provider of a kind from its journaled configuration.

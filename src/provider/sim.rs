@@ -395,6 +395,7 @@ impl Provider for SimProvider {
         Ok(SendStats {
             bytes: bytes.len() as u64,
             incremental,
+            resumed: false,
         })
     }
 
@@ -472,6 +473,7 @@ impl Provider for SimProvider {
                 },
                 location: Self::created(i).location,
                 details: Self::created(i).details,
+                partial: None,
             })
             .collect();
         found.extend(s.foreign.iter().map(|name| Found {
@@ -480,6 +482,7 @@ impl Provider for SimProvider {
             presence: Presence::Complete,
             location: format!("sim://{name}"),
             details: Details::new(),
+            partial: None,
         }));
         Ok(found)
     }

@@ -70,8 +70,8 @@ use std::time::Duration;
 use super::cmd::Cmd;
 use super::dir::check_id;
 use super::{
-    Created, Found, Presence, Provider, ProviderConfig, ProviderError, SendStats, Tag, VolumeRef,
-    VolumeSpec,
+    Created, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError, SendStats,
+    Tag, VolumeRef, VolumeSpec,
 };
 use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
 
@@ -223,6 +223,64 @@ pub struct StreamHeader {
     pub toguid: u64,
     pub fromguid: u64,
     pub toname: String,
+    /// A resumed stream (`zfs send -t`): it continues a partial receive.
+    pub resuming: bool,
+}
+
+/// `DMU_BACKUP_FEATURE_RESUMING` as a bit of the begin record's versioninfo
+/// (feature flags start at bit 2).
+const FEATURE_RESUMING: u64 = 1 << 22;
+
+/// Longest resume token accepted from a caller (ZFS's are a few hundred bytes).
+pub const MAX_RESUME_TOKEN_LEN: usize = 4096;
+
+/// Checks a resume token from a caller: `<version>-<hex>-<hex>-<hex>`, ASCII
+/// hex digits and dashes only, bounded, never flag-like.
+pub fn check_token(token: &str) -> Result<(), ProviderError> {
+    let ok = !token.is_empty()
+        && token.len() <= MAX_RESUME_TOKEN_LEN
+        && token.starts_with(|c: char| c.is_ascii_digit())
+        && token.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ProviderError::Stream(format!(
+            "invalid resume token ({} bytes): expected hex digits and dashes, at most {MAX_RESUME_TOKEN_LEN}",
+            token.len()
+        )))
+    }
+}
+
+/// What `zfs send -nvP -t TOKEN` says a token continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenContents {
+    pub toguid: u64,
+    pub fromguid: Option<u64>,
+    pub toname: String,
+}
+
+/// Parses the `resume token contents:` nvlist dump of `zfs send -nv -t`.
+pub fn parse_token_contents(text: &str) -> Option<TokenContents> {
+    let mut toguid = None;
+    let mut fromguid = None;
+    let mut toname = None;
+    for line in text.lines() {
+        let Some((k, v)) = line.trim().split_once(" = ") else {
+            continue;
+        };
+        let hex = |v: &str| u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok();
+        match k {
+            "toguid" => toguid = hex(v),
+            "fromguid" => fromguid = hex(v),
+            "toname" => toname = Some(v.trim().to_owned()),
+            _ => {}
+        }
+    }
+    Some(TokenContents {
+        toguid: toguid?,
+        fromguid,
+        toname: toname?,
+    })
 }
 
 /// Parses the `DRR_BEGIN` record at the start of a (non-compound) stream.
@@ -262,6 +320,7 @@ pub fn parse_begin(b: &[u8]) -> Result<StreamHeader, ProviderError> {
         toguid: u64_at(40),
         fromguid: u64_at(48),
         toname: String::from_utf8_lossy(&name[..end]).into_owned(),
+        resuming: u64_at(16) & FEATURE_RESUMING != 0,
     })
 }
 
@@ -524,6 +583,17 @@ impl ZfsProvider {
         })
     }
 
+    /// The resumable partial receive a filesystem row holds: its token, and
+    /// the stream's guid and operation from our `volmgr:receiving` mark.
+    fn partial_of(&self, row: &Row) -> Option<PartialReceive> {
+        let token = row.token.clone()?;
+        let (op, guid) = match row.receiving.as_deref().and_then(|m| m.split_once(':')) {
+            Some((op, guid)) => (op.parse().ok(), guid.to_owned()),
+            None => (None, String::new()),
+        };
+        Some(PartialReceive { token, guid, op })
+    }
+
     fn location_of(&self, row: &Row) -> String {
         let rest = row
             .name
@@ -714,7 +784,7 @@ impl ZfsProvider {
     }
 
     /// Discards the partial state of an interrupted `recv -s` on `name`.
-    fn abort_receive(&self, name: &str) -> Result<(), ProviderError> {
+    fn recv_abort(&self, name: &str) -> Result<(), ProviderError> {
         self.retry_busy(name, || {
             match Cmd::new("zfs").arg("recv").arg("-A").user_arg(name)?.run() {
                 Ok(_) => Ok(()),
@@ -736,40 +806,38 @@ impl ZfsProvider {
             .read_exact(&mut head)
             .map_err(|e| ProviderError::Stream(format!("reading the stream header: {e}")))?;
         let header = parse_begin(&head)?;
-        let snaps = self.snapshots_of(tname)?;
         let toguid = header.toguid.to_string();
-        if let Some(have) = snaps.iter().find(|r| r.guid == toguid) {
-            if let Some(t) = self.tag_of(have)
-                && t.volume == spec.id
-                && t.op == spec.op
-            {
-                return Ok(self.created_of(have));
+        let partial = self.one(tname)?.and_then(|r| self.partial_of(&r));
+        if header.resuming {
+            // A resumed stream continues the partial receive the target holds,
+            // or nothing: refused, the partial state is discarded so it can
+            // never block the target.
+            match &partial {
+                Some(p) if p.guid == toguid => {}
+                other => {
+                    let held = other.as_ref().map_or("no partial receive".to_owned(), |p| {
+                        format!("a partial receive of guid {}", p.guid)
+                    });
+                    if other.is_some() {
+                        self.recv_abort(tname)?;
+                    }
+                    return Err(ProviderError::Stream(format!(
+                        "resumed stream of guid {toguid}, but {tname} holds {held}"
+                    )));
+                }
             }
-            return Err(ProviderError::AlreadyExists(format!(
-                "{tname} already holds snapshot guid {toguid} as {}",
-                have.name
-            )));
         }
-        if header.fromguid != 0 {
-            let from = header.fromguid.to_string();
-            if snaps.last().map(|r| r.guid.as_str()) != Some(from.as_str()) {
-                return Err(ProviderError::Stream(format!(
-                    "incremental stream from guid {from}, but the newest snapshot of {tname} is {}",
-                    snaps
-                        .last()
-                        .map_or("none".into(), |r| format!("{} (guid {})", r.name, r.guid))
-                )));
+        if let Err(e) = self.check_stream_fits(tname, spec, &header) {
+            if header.resuming {
+                self.recv_abort(tname)?;
             }
-        } else if !snaps.is_empty() {
-            return Err(ProviderError::Stream(format!(
-                "full stream into {tname}, which has {} snapshot(s): destroy them first",
-                snaps.len()
-            )));
+            return match e {
+                Fits::Already(created) => Ok(created),
+                Fits::Refused(e) => Err(e),
+            };
         }
-        if let Some(row) = self.one(tname)?
-            && row.token.is_some()
-        {
-            self.abort_receive(tname)?;
+        if !header.resuming && partial.is_some() {
+            self.recv_abort(tname)?;
         }
         self.set_props(tname, &[kv(P_RECEIVING, &format!("{}:{toguid}", spec.op))])?;
         let mut cmd = Cmd::new("zfs").arg("recv").arg("-F").arg("-s");
@@ -779,24 +847,7 @@ impl ZfsProvider {
         let cmd = cmd.user_arg(tname)?;
         let mut stream = std::io::Cursor::new(head).chain(input);
         if let Err(e) = cmd.run_from(&mut stream) {
-            let token = self.one(tname).ok().flatten().and_then(|r| r.token);
-            let note = match token {
-                Some(t) => {
-                    let aborted = self.abort_receive(tname);
-                    format!(
-                        "receive interrupted; resume token {t} {}",
-                        if aborted.is_ok() {
-                            "discarded (recv -A)"
-                        } else {
-                            "could not be discarded"
-                        }
-                    )
-                }
-                None => "receive failed".to_owned(),
-            };
-            let _ = self.clear_receiving(tname);
-            let _ = self.ensure_mounted(tname);
-            return Err(ProviderError::Stream(format!("{note}: {e}")));
+            return Err(self.after_failed_receive(tname, partial.as_ref(), header.resuming, e));
         }
         let arrived = self
             .snapshots_of(tname)?
@@ -833,6 +884,118 @@ impl ZfsProvider {
         }
         Ok(self.created_of(&row))
     }
+
+    /// Checks a stream's header against the target before anything changes:
+    /// an incremental's base must be the target's newest snapshot (by GUID);
+    /// a full stream needs a target without snapshots; a GUID already present
+    /// is this very receive done before (idempotent) or refused.
+    fn check_stream_fits(
+        &self,
+        tname: &str,
+        spec: &VolumeSpec<'_>,
+        header: &StreamHeader,
+    ) -> Result<(), Fits> {
+        let snaps = self.snapshots_of(tname).map_err(Fits::Refused)?;
+        let toguid = header.toguid.to_string();
+        if let Some(have) = snaps.iter().find(|r| r.guid == toguid) {
+            if let Some(t) = self.tag_of(have)
+                && t.volume == spec.id
+                && t.op == spec.op
+            {
+                return Err(Fits::Already(self.created_of(have)));
+            }
+            return Err(Fits::Refused(ProviderError::AlreadyExists(format!(
+                "{tname} already holds snapshot guid {toguid} as {}",
+                have.name
+            ))));
+        }
+        if header.fromguid != 0 {
+            let from = header.fromguid.to_string();
+            if snaps.last().map(|r| r.guid.as_str()) != Some(from.as_str()) {
+                return Err(Fits::Refused(ProviderError::Stream(format!(
+                    "incremental stream from guid {from}, but the newest snapshot of {tname} is {}",
+                    snaps
+                        .last()
+                        .map_or("none".into(), |r| format!("{} (guid {})", r.name, r.guid))
+                ))));
+            }
+        } else if !snaps.is_empty() {
+            return Err(Fits::Refused(ProviderError::Stream(format!(
+                "full stream into {tname}, which has {} snapshot(s): destroy them first",
+                snaps.len()
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Settles a `zfs recv` that failed. If the target now holds a partial
+    /// receive that moved on (a new token), it is kept, resumable:
+    /// [`ProviderError::Suspended`]. A resume that made no progress (same
+    /// token: ZFS refused it) is discarded, so a stuck partial receive never
+    /// blocks the target; so is anything else, as before.
+    fn after_failed_receive(
+        &self,
+        tname: &str,
+        before: Option<&PartialReceive>,
+        resuming: bool,
+        error: ProviderError,
+    ) -> ProviderError {
+        let now = self.one(tname).ok().flatten().and_then(|r| self.partial_of(&r));
+        let _ = self.ensure_mounted(tname);
+        match now {
+            Some(p) if !(resuming && before.is_some_and(|b| b.token == p.token)) => {
+                ProviderError::Suspended {
+                    what: tname.to_owned(),
+                    partial: p,
+                    cause: error.to_string(),
+                }
+            }
+            Some(_) => {
+                let aborted = self.recv_abort(tname);
+                let _ = self.clear_receiving(tname);
+                ProviderError::Stream(format!(
+                    "the resumed receive made no progress; partial state {}: {error}",
+                    if aborted.is_ok() {
+                        "discarded (recv -A)"
+                    } else {
+                        "could not be discarded"
+                    }
+                ))
+            }
+            None => {
+                let _ = self.clear_receiving(tname);
+                error
+            }
+        }
+    }
+
+    /// The contents of a resume token, by a dry run (`zfs send -nvP -t`).
+    /// `None` if ZFS does not accept the token.
+    fn token_contents(&self, token: &str) -> Result<Option<TokenContents>, ProviderError> {
+        check_token(token)?;
+        let out = Cmd::new("zfs")
+            .arg("send")
+            .arg("-nvP")
+            .arg("-t")
+            .user_arg(token)?
+            .run();
+        match out {
+            Ok(out) => Ok(parse_token_contents(&format!(
+                "{}\n{}",
+                out.stdout_str(),
+                out.stderr
+            ))),
+            Err(ProviderError::Command { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Why a stream does not go into a target as it is.
+enum Fits {
+    /// This very receive happened already: its result.
+    Already(Created),
+    Refused(ProviderError),
 }
 
 /// 70% of the size of the file system that will hold `vdev`, else 100 GB.
@@ -963,7 +1126,7 @@ impl Provider for ZfsProvider {
             }
         }
         if row.token.is_some() {
-            self.abort_receive(&name)?;
+            self.recv_abort(&name)?;
         }
         let result = self.retry_busy(&name, || {
             Cmd::new("zfs")
@@ -1045,6 +1208,7 @@ impl Provider for ZfsProvider {
         Ok(SendStats {
             bytes,
             incremental: base.is_some(),
+            resumed: false,
         })
     }
 
@@ -1072,11 +1236,9 @@ impl Provider for ZfsProvider {
             .into_iter()
             .filter(|r| r.name != self.dataset && r.name != data_root)
             .map(|r| {
-                let presence = if let Some(t) = &r.token {
-                    Presence::Incomplete {
-                        reason: format!("partial receive (resume token {t})"),
-                    }
-                } else if !r.is_snapshot && !r.mounted {
+                // A partial receive leaves its target whole (it is reported as
+                // `partial`); a killed receive may leave it unmounted.
+                let presence = if !r.is_snapshot && !r.mounted {
                     Presence::Incomplete {
                         reason: "not mounted".into(),
                     }
@@ -1086,6 +1248,7 @@ impl Provider for ZfsProvider {
                 let created = self.created_of(&r);
                 Found {
                     tag: self.tag_of(&r),
+                    partial: self.partial_of(&r),
                     name: r.name,
                     presence,
                     location: created.location,
@@ -1108,12 +1271,6 @@ impl Provider for ZfsProvider {
         if row.is_snapshot {
             return Ok(self.created_of(&row));
         }
-        if row.token.is_some() {
-            return Err(ProviderError::Other(format!(
-                "{} holds a partial receive: the stream is gone, nothing to finish",
-                found.name
-            )));
-        }
         let _ = tag;
         let row = self.ensure_mounted(&found.name)?;
         Ok(self.created_of(&row))
@@ -1127,7 +1284,7 @@ impl Provider for ZfsProvider {
                 continue;
             };
             if r.token.is_some() {
-                self.abort_receive(&r.name)?;
+                self.recv_abort(&r.name)?;
             }
             // A snapshot that arrived but was never tagged as ours.
             for s in self.snapshots_of(&r.name)? {
@@ -1147,6 +1304,65 @@ impl Provider for ZfsProvider {
             self.ensure_mounted(&r.name)?;
         }
         Ok(())
+    }
+
+    fn partial_receive(
+        &self,
+        target: &VolumeRef<'_>,
+    ) -> Result<Option<PartialReceive>, ProviderError> {
+        let name = self.name_of(target)?;
+        Ok(self.one(&name)?.and_then(|r| self.partial_of(&r)))
+    }
+
+    fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        let name = self.name_of(target)?;
+        let Some(row) = self.one(&name)? else {
+            return Ok(());
+        };
+        if row.token.is_some() {
+            self.recv_abort(&name)?;
+        }
+        if row.receiving.is_some() {
+            self.clear_receiving(&name)?;
+        }
+        self.ensure_mounted(&name).map(|_| ())
+    }
+
+    fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {
+        check_token(token)?;
+        let (snap, row) = self.require(snapshot)?;
+        Ok(self
+            .token_contents(token)?
+            .is_some_and(|c| c.toname == snap && c.toguid.to_string() == row.guid))
+    }
+
+    fn send_resumed(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        token: &str,
+        out: &mut dyn Write,
+    ) -> Result<SendStats, ProviderError> {
+        check_token(token)?;
+        let (snap, row) = self.require(snapshot)?;
+        let contents = self.token_contents(token)?.ok_or_else(|| {
+            ProviderError::Stream("ZFS does not accept the resume token".to_owned())
+        })?;
+        if contents.toname != snap || contents.toguid.to_string() != row.guid {
+            return Err(ProviderError::Stream(format!(
+                "the resume token continues {} (guid {}), not {snap} (guid {})",
+                contents.toname, contents.toguid, row.guid
+            )));
+        }
+        let (bytes, _) = Cmd::new("zfs")
+            .arg("send")
+            .arg("-t")
+            .user_arg(token)?
+            .run_to(out)?;
+        Ok(SendStats {
+            bytes,
+            incremental: contents.fromguid.is_some(),
+            resumed: true,
+        })
     }
 }
 

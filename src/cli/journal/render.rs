@@ -295,6 +295,12 @@ fn result_summary(result: &OpResult, action: Option<&str>) -> String {
             s
         }
         OpResult::Failed { error } => format!("failed error={}", quote(error)),
+        OpResult::Suspended { error, token, guid } => format!(
+            "suspended guid={} resume_token={} error={}",
+            quote(guid),
+            quote(token),
+            quote(error)
+        ),
     };
     if let Some(name) = action {
         let _ = write!(s, " action={name}");
@@ -320,6 +326,9 @@ pub(crate) fn action_summary(action: &Action) -> String {
         }
         Action::DestroyVolume { volume } => {
             let _ = write!(s, " vol={}", quote(volume));
+        }
+        Action::AbortReceive { target } => {
+            let _ = write!(s, " target={}", quote(target));
         }
         Action::CreateSnapshot {
             source,

@@ -274,6 +274,7 @@ pub(crate) fn send(
     Ok(SendStats {
         bytes: enc.w.bytes(),
         incremental: base.is_some(),
+        resumed: false,
     })
 }
 
