@@ -894,9 +894,9 @@ impl Manager {
     /// [`Manager::receive_snapshot_with`]). Succeeds if it holds none.
     pub async fn abort_receive(&self, id: &str) -> Result<(), ManagerError> {
         check_id(id)?;
-        let (claim, target) = self.inner.claim(&[id], |s| {
-            live_kind(s, id, VolumeKind::Data).cloned()
-        })?;
+        let (claim, target) = self
+            .inner
+            .claim(&[id], |s| live_kind(s, id, VolumeKind::Data).cloned())?;
         let provider = self.inner.provider(&target.provider)?;
         let action = Action::AbortReceive {
             target: id.to_owned(),
@@ -1160,8 +1160,14 @@ fn resolve(
         }
         Resolution::Done => OpResult::Done(Done::default()),
         Resolution::KeepResumable => {
-            let target = d.found.as_ref().expect("a resumable receive has its target");
-            let partial = target.partial.clone().expect("a resumable target has a partial");
+            let target = d
+                .found
+                .as_ref()
+                .expect("a resumable receive has its target");
+            let partial = target
+                .partial
+                .clone()
+                .expect("a resumable target has a partial");
             // A killed receive may leave its target unmounted; finishing the
             // target mounts it again and keeps the partial state.
             match provider.map(|p| p.finish(target)) {

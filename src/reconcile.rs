@@ -255,7 +255,16 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
                     orphan: Option<Orphan>,
                     detail: String| {
         let provider = match journal {
-            J::PendingDerived if found.is_some_and(|f| f.partial.is_some() && f.tag.as_ref().is_some_and(|t| Some(t.volume.as_str()) != volume)) => P::Resumable,
+            J::PendingDerived
+                if found.is_some_and(|f| {
+                    f.partial.is_some()
+                        && f.tag
+                            .as_ref()
+                            .is_some_and(|t| Some(t.volume.as_str()) != volume)
+                }) =>
+            {
+                P::Resumable
+            }
             J::NoRecord => {
                 if found.is_some_and(|f| f.tag.is_some()) {
                     P::Tagged
@@ -322,14 +331,22 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
                 let f = f.or_else(|| by_volume(target).filter(|t| t.partial.is_some()));
                 push(J::PendingDerived, f, Some(p.op), Some(new), None, what)
             }
-            Action::CreateSnapshot { snapshot: new, .. } | Action::ForkVolume { volume: new, .. } => {
+            Action::CreateSnapshot { snapshot: new, .. }
+            | Action::ForkVolume { volume: new, .. } => {
                 claimed.push(new);
                 let f = by_volume(new).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
                 push(J::PendingDerived, f, Some(p.op), Some(new), None, what)
             }
             Action::AbortReceive { target } => {
                 let f = by_volume(target);
-                push(J::PendingAbortReceive, f, Some(p.op), Some(target), None, what)
+                push(
+                    J::PendingAbortReceive,
+                    f,
+                    Some(p.op),
+                    Some(target),
+                    None,
+                    what,
+                )
             }
         }
     }

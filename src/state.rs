@@ -200,7 +200,9 @@ pub struct Done {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
     Done(Done),
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     /// A receive stopped part-way; its target keeps the partial state,
     /// resumable with `token` (a stream of the snapshot with `guid`).
     Suspended {
@@ -486,11 +488,11 @@ impl State {
         if let Action::ReceiveSnapshot { target, .. } | Action::AbortReceive { target } =
             &pending.action
         {
-            let clear = match (&pending.action, result) {
-                (Action::AbortReceive { .. }, OpResult::Failed { .. }) => false,
-                (_, OpResult::Suspended { .. }) => false,
-                _ => true,
-            };
+            let clear = !matches!(
+                (&pending.action, result),
+                (Action::AbortReceive { .. }, OpResult::Failed { .. })
+                    | (_, OpResult::Suspended { .. })
+            );
             if let Some(v) = self.volumes.get_mut(target) {
                 if clear {
                     for key in [
@@ -502,8 +504,10 @@ impl State {
                         v.details.remove(key);
                     }
                 } else if let OpResult::Suspended { token, guid, .. } = result {
-                    v.details.insert(DETAIL_RESUME_TOKEN.to_owned(), token.clone());
-                    v.details.insert(DETAIL_RESUME_GUID.to_owned(), guid.clone());
+                    v.details
+                        .insert(DETAIL_RESUME_TOKEN.to_owned(), token.clone());
+                    v.details
+                        .insert(DETAIL_RESUME_GUID.to_owned(), guid.clone());
                     if let Action::ReceiveSnapshot { meta, .. } = &pending.action {
                         for (from, to) in [
                             (META_PULL_SOURCE, DETAIL_RESUME_SOURCE),

@@ -33,8 +33,8 @@ use super::server::Shared;
 use crate::manager::{Manager, ManagerError};
 use crate::provider::ProviderError;
 use crate::state::{
-    DETAIL_RESUME_SNAPSHOT, DETAIL_RESUME_SOURCE, DETAIL_RESUME_TOKEN, Event, META_PULL_SNAPSHOT, META_PULL_SOURCE, Meta, VolumeKind,
-    VolumeStatus,
+    DETAIL_RESUME_SNAPSHOT, DETAIL_RESUME_SOURCE, DETAIL_RESUME_TOKEN, Event, META_PULL_SNAPSHOT,
+    META_PULL_SOURCE, Meta, VolumeKind, VolumeStatus,
 };
 use crate::validate;
 
@@ -328,9 +328,9 @@ async fn send(State(shared): AppState, Id(id): Id, body: RawBody) -> Result<Resp
                     [
                         (header::CONTENT_TYPE, "application/octet-stream"),
                         (
-                header::HeaderName::from_static(RESUMED_HEADER),
-                if resumed { "true" } else { "false" },
-            ),
+                            header::HeaderName::from_static(RESUMED_HEADER),
+                            if resumed { "true" } else { "false" },
+                        ),
                     ],
                     Body::empty(),
                 )

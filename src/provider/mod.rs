@@ -127,7 +127,7 @@ pub enum ProviderError {
     /// resumable from `partial.token` (nothing else of the target changed).
     Suspended {
         what: String,
-        partial: PartialReceive,
+        partial: Box<PartialReceive>,
         cause: String,
     },
     /// The provider cannot do this (e.g. resume a transfer).

@@ -940,13 +940,17 @@ impl ZfsProvider {
         resuming: bool,
         error: ProviderError,
     ) -> ProviderError {
-        let now = self.one(tname).ok().flatten().and_then(|r| self.partial_of(&r));
+        let now = self
+            .one(tname)
+            .ok()
+            .flatten()
+            .and_then(|r| self.partial_of(&r));
         let _ = self.ensure_mounted(tname);
         match now {
             Some(p) if !(resuming && before.is_some_and(|b| b.token == p.token)) => {
                 ProviderError::Suspended {
                     what: tname.to_owned(),
-                    partial: p,
+                    partial: Box::new(p),
                     cause: error.to_string(),
                 }
             }
