@@ -153,6 +153,15 @@ mod tests {
     }
 
     #[test]
+    fn resume_tokens_that_could_be_flags_or_carry_other_bytes_are_refused() {
+        let long = "1".repeat(MAX_RESUME_TOKEN_LEN + 1);
+        for bad in ["", "-t", "1 2", "1-ab;rm", "1-a\nb", "é1", long.as_str()] {
+            assert!(resume_token(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(resume_token("1-9924c2c09-b8-789c6360").is_ok());
+    }
+
+    #[test]
     fn oversized_or_control_meta_is_refused() {
         let mut m = Meta::new();
         m.insert("k".into(), "x".repeat(MAX_META_VALUE_LEN + 1));

@@ -771,3 +771,68 @@ async fn the_volume_event_stream_lists_then_follows_creates_and_destroys() {
     agent.shutdown().await;
     while let Some(Ok(_)) = events.next().await {}
 }
+
+#[tokio::test]
+async fn abort_receive_discards_the_partial_receive_and_a_token_that_does_not_fit_gets_a_whole_stream()
+ {
+    let (_dir, sim, agent) = sim_agent().await;
+    let url = &agent.url;
+    let v = agent
+        .client
+        .create_volume("default", Some("v"), Default::default())
+        .await
+        .unwrap();
+    sim.plant_partial(&v.id, uuid::Uuid::from_u128(9), "77", "1-abc");
+    let answer = raw(
+        "DELETE",
+        &format!("{url}/storage/volumes/v/receive"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(answer.0, 204, "{:?}", answer.1);
+    assert!(sim.partial("v").is_none(), "discarded");
+    let again = raw(
+        "DELETE",
+        &format!("{url}/storage/volumes/v/receive"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(again.0, 204, "idempotent");
+    let missing = raw(
+        "DELETE",
+        &format!("{url}/storage/volumes/nope/receive"),
+        None,
+        None,
+    )
+    .await;
+    assert_error(&missing, 404, "no_such_volume");
+
+    // The simulated provider resumes nothing: the token is ignored and a
+    // whole stream is sent, marked as not resumed.
+    let s = agent
+        .client
+        .snapshot("v", Default::default())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("{url}/storage/volumes/{}/send", s.id))
+        .body(r#"{"haves": [], "resume_token": "1-abc"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-volmgr-resumed"], "false");
+    assert!(!response.bytes().await.unwrap().is_empty());
+    let hostile = raw(
+        "POST",
+        &format!("{url}/storage/volumes/{}/send", s.id),
+        Some(r#"{"resume_token": "-t; rm -rf /"}"#),
+        None,
+    )
+    .await;
+    assert_error(&hostile, 400, "invalid_input");
+    agent.shutdown().await;
+}

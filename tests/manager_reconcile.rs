@@ -10,7 +10,9 @@ use volmgr::journal::{Journal, JournalConfig};
 use volmgr::manager::{Manager, ManagerConfig};
 use volmgr::provider::sim::SimProvider;
 use volmgr::state::{
-    Action, Case, Done, Effect, Meta, OpResult, ProviderRecord, Record, VolumeKind, VolumeStatus,
+    Action, Case, DETAIL_RESUME_GUID, DETAIL_RESUME_SNAPSHOT, DETAIL_RESUME_SOURCE,
+    DETAIL_RESUME_TOKEN, Done, Effect, META_PULL_SNAPSHOT, META_PULL_SOURCE, Meta, OpResult,
+    ProviderRecord, Record, VolumeKind, VolumeStatus,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -316,6 +318,101 @@ async fn pending_receive_absent_is_undone_and_partial_state_removed() {
     let (case, _) = only(&res);
     assert_eq!(case, Case::DerivedUndone);
     assert!(sim.partial_ops().is_empty());
+}
+
+fn receive_intent(n: u128, target: &str, snapshot: &str, meta: Meta) -> Record {
+    Record::Intent {
+        op: op(n),
+        at_ms: T0 + n as u64,
+        action: Action::ReceiveSnapshot {
+            target: target.into(),
+            snapshot: snapshot.into(),
+            meta,
+        },
+    }
+}
+
+#[tokio::test]
+async fn pending_receive_whose_target_holds_a_partial_receive_is_kept_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    let meta = Meta::from([
+        (
+            META_PULL_SOURCE.to_owned(),
+            "http://10.0.0.2:1113".to_owned(),
+        ),
+        (META_PULL_SNAPSHOT.to_owned(), "s1".to_owned()),
+    ]);
+    records.extend([
+        create_intent(2, "v"),
+        done(2, "v"),
+        receive_intent(3, "v", "r", meta),
+    ]);
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("v", op(2), VolumeKind::Data, true);
+    sim.plant_partial("v", op(3), "777", "1-abc-def");
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::ReceiveSuspended);
+    assert!(matches!(
+        effect,
+        Effect::Resolve {
+            result: OpResult::Suspended { .. },
+            ..
+        }
+    ));
+    assert_eq!(sim.partial("v").unwrap().token, "1-abc-def", "kept");
+    let details = &state.volumes["v"].details;
+    assert_eq!(details[DETAIL_RESUME_TOKEN], "1-abc-def");
+    assert_eq!(details[DETAIL_RESUME_GUID], "777");
+    assert_eq!(details[DETAIL_RESUME_SOURCE], "http://10.0.0.2:1113");
+    assert_eq!(details[DETAIL_RESUME_SNAPSHOT], "s1");
+    assert!(!state.volumes.contains_key("r"));
+    assert!(state.pending.is_empty());
+}
+
+#[tokio::test]
+async fn pending_abort_receive_is_done_again_and_clears_the_resume_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([
+        create_intent(2, "v"),
+        done(2, "v"),
+        receive_intent(3, "v", "r", Meta::new()),
+        Record::Outcome {
+            op: op(3),
+            at_ms: T0 + 3,
+            result: OpResult::Suspended {
+                error: "broken transfer".into(),
+                token: "1-abc-def".into(),
+                guid: "777".into(),
+            },
+        },
+        Record::Intent {
+            op: op(4),
+            at_ms: T0 + 4,
+            action: Action::AbortReceive { target: "v".into() },
+        },
+    ]);
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("v", op(2), VolumeKind::Data, true);
+    sim.plant_partial("v", op(3), "777", "1-abc-def");
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::AbortReceiveFinished);
+    assert!(matches!(
+        effect,
+        Effect::Resolve {
+            result: OpResult::Done(_),
+            ..
+        }
+    ));
+    assert!(sim.partial("v").is_none(), "discarded");
+    assert!(!state.volumes["v"].details.contains_key(DETAIL_RESUME_TOKEN));
 }
 
 #[tokio::test]

@@ -325,6 +325,14 @@ impl Client {
             .map(drop)
     }
 
+    /// `DELETE /storage/volumes/{id}/receive`: discards a partial receive.
+    pub async fn abort_receive(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/storage/volumes/{}/receive", segment(id));
+        self.execute(self.request(reqwest::Method::DELETE, &path))
+            .await
+            .map(drop)
+    }
+
     /// `PUT /storage/volumes/{id}/snapshot`.
     pub async fn snapshot(&self, id: &str, meta: StringMap) -> Result<VolumeInfo, ClientError> {
         let path = format!("/storage/volumes/{}/snapshot", segment(id));

@@ -81,6 +81,9 @@ pub enum VolumeCommand {
     },
     /// Destroy a volume or snapshot (refused while it has dependents)
     Destroy { id: String },
+    /// Discard the partial receive a data volume keeps after an interrupted
+    /// pull (ZFS), instead of resuming it
+    AbortReceive { id: String },
     /// Pull a snapshot from another agent into data volume TARGET; prints
     /// the new snapshot's id
     Pull {
@@ -278,6 +281,10 @@ async fn execute(client: &Client, json: bool, command: VolumeCommand) -> i32 {
             }
         }
         VolumeCommand::Destroy { id } => match client.destroy(&id).await {
+            Ok(()) => EXIT_OK,
+            Err(e) => fail(&e),
+        },
+        VolumeCommand::AbortReceive { id } => match client.abort_receive(&id).await {
             Ok(()) => EXIT_OK,
             Err(e) => fail(&e),
         },

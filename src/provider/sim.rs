@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Created, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory, SendStats,
-    Tag, VolumeRef, VolumeSpec,
+    Created, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
+    ProviderFactory, SendStats, Tag, VolumeRef, VolumeSpec,
 };
 use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
 
@@ -103,6 +103,8 @@ struct Store {
     calls: BTreeMap<String, u64>,
     partial_ops: Vec<OpId>,
     next_guid: u64,
+    /// Resumable partial receives, by target volume.
+    partials: BTreeMap<String, PartialReceive>,
 }
 
 /// The simulated provider. Cheap to clone; clones share the store.
@@ -203,6 +205,24 @@ impl SimProvider {
         if let Some(item) = self.lock().items.get_mut(volume) {
             item.complete = complete;
         }
+    }
+
+    /// Leaves a resumable partial receive of `op` (a stream of snapshot
+    /// `guid`) on data volume `target`, as an interrupted receive would.
+    pub fn plant_partial(&self, target: &str, op: OpId, guid: &str, token: &str) {
+        self.lock().partials.insert(
+            target.to_owned(),
+            PartialReceive {
+                token: token.to_owned(),
+                guid: guid.to_owned(),
+                op: Some(op),
+            },
+        );
+    }
+
+    /// The partial receive `target` holds.
+    pub fn partial(&self, target: &str) -> Option<PartialReceive> {
+        self.lock().partials.get(target).cloned()
     }
 
     /// Operations whose partial state `abort_partial` has not removed.
@@ -473,7 +493,7 @@ impl Provider for SimProvider {
                 },
                 location: Self::created(i).location,
                 details: Self::created(i).details,
-                partial: None,
+                partial: s.partials.get(&i.volume).cloned(),
             })
             .collect();
         found.extend(s.foreign.iter().map(|name| Found {
@@ -502,7 +522,21 @@ impl Provider for SimProvider {
     }
 
     fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
-        self.lock().partial_ops.retain(|o| *o != op);
+        let mut s = self.lock();
+        s.partial_ops.retain(|o| *o != op);
+        s.partials.retain(|_, p| p.op != Some(op));
+        Ok(())
+    }
+
+    fn partial_receive(
+        &self,
+        target: &VolumeRef<'_>,
+    ) -> Result<Option<PartialReceive>, ProviderError> {
+        Ok(self.lock().partials.get(target.id).cloned())
+    }
+
+    fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        self.lock().partials.remove(target.id);
         Ok(())
     }
 }

@@ -1419,6 +1419,32 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_stream_is_told_by_its_header_feature_flag() {
+        let mut b = vec![0u8; BEGIN_LEN];
+        b[8..16].copy_from_slice(&BACKUP_MAGIC.to_le_bytes());
+        // versioninfo of a real `zfs send -t` stream (OpenZFS 2.1).
+        b[16..24].copy_from_slice(&0x0040_0011u64.to_le_bytes());
+        assert!(parse_begin(&b).unwrap().resuming);
+        b[16..24].copy_from_slice(&0x0000_0011u64.to_le_bytes());
+        assert!(!parse_begin(&b).unwrap().resuming);
+    }
+
+    #[test]
+    fn token_contents_are_read_from_the_dry_run_and_junk_tokens_refused() {
+        // As `zfs send -nvP -t` prints it (OpenZFS 2.1.11).
+        let out = "resume token contents:\nnvlist version: 0\n\tfromguid = 0xdf70feb473014f96\n\tobject = 0x80\n\toffset = 0x2a0000\n\tbytes = 0x2c3c20\n\ttoguid = 0xcdd3b5a9c1c885cc\n\ttoname = tank/src@s2\nincremental\ttank/src@s1\ttank/src@s2\t7613904\nsize\t7613904\n";
+        let c = parse_token_contents(out).unwrap();
+        assert_eq!(c.toguid, 0xcdd3_b5a9_c1c8_85cc);
+        assert_eq!(c.fromguid, Some(0xdf70_feb4_7301_4f96));
+        assert_eq!(c.toname, "tank/src@s2");
+        assert!(parse_token_contents("cannot resume send: resume token is corrupt").is_none());
+        for bad in ["", "-t", "x-1", "1-ab cd", "1-ab/../cd"] {
+            assert!(check_token(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_token("1-9924c2c09-b8-789c636064").is_ok());
+    }
+
+    #[test]
     fn unknown_and_bad_configuration_is_refused_before_any_command() {
         let cfg = |pairs: &[(&str, &str)]| -> ProviderConfig {
             pairs
