@@ -883,6 +883,16 @@ impl Manager {
             .map_err(|e| ManagerError::Internal(e.to_string()))?;
         match (result, read_error) {
             (Ok(v), _) => Ok(v),
+            // The partial receive is kept: that is what the caller must know.
+            (
+                Err(
+                    e @ ManagerError::Provider {
+                        error: ProviderError::Suspended { .. },
+                        ..
+                    },
+                ),
+                _,
+            ) => Err(e),
             (Err(e), Some(read)) => Err(ManagerError::Stream(format!(
                 "reading the stream: {read} ({e})"
             ))),

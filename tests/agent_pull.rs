@@ -368,3 +368,135 @@ async fn a_send_that_fails_before_its_first_byte_is_a_502_with_the_sources_error
 async fn a_send_that_fails_mid_stream_aborts_the_transfer_and_leaves_no_snapshot() {
     failed_send_leaves_no_snapshot(512 * 1024, "source_stream_failed").await;
 }
+
+/// A source volume `src` with one snapshot of `len` bytes of noise, a
+/// target `dst` on `b`, and a resumable simulated provider on `b`.
+async fn resumable_pair(len: usize) -> (Pair, String) {
+    let p = two_agents().await;
+    p.sim_b.set_resumable(true);
+    p.a.client
+        .create_volume("default", Some("src"), Default::default())
+        .await
+        .unwrap();
+    p.sim_a.write_file("src", "f", &noise(5, len));
+    let s =
+        p.a.client
+            .snapshot("src", Default::default())
+            .await
+            .unwrap();
+    p.b.client
+        .create_volume("default", Some("dst"), Default::default())
+        .await
+        .unwrap();
+    (p, s.id)
+}
+
+fn pull_body(source: &str, snapshot: &str) -> String {
+    json!({"source": source, "snapshot_id": snapshot}).to_string()
+}
+
+#[tokio::test]
+async fn a_broken_pull_is_kept_resumable_and_the_next_pull_sends_only_the_rest() {
+    let (p, snap) = resumable_pair(200_000).await;
+    let whole = p.a.client.send(&snap, &[]).await.unwrap().len();
+    let cut = whole / 3;
+    p.sim_a.cut_next_send(cut);
+    let url = format!("{}/storage/volumes/dst/pull_snapshot", p.b.url);
+    let broken = raw("POST", &url, Some(&pull_body(&p.a.url, &snap)), None).await;
+    assert_error(&broken, 502, "transfer_interrupted");
+    let dst = p.b.client.get("dst").await.unwrap();
+    assert!(dst.details["resume-token"].starts_with("1_"), "{dst:?}");
+    assert_eq!(dst.details["resume-source"], p.a.url);
+    assert_eq!(dst.details["resume-snapshot"], snap);
+    assert!(p.sim_b.partial("dst").is_some());
+
+    let done = p.b.client.pull("dst", &p.a.url, &snap).await.unwrap();
+    assert!(done.resumed, "{done:?}");
+    assert_eq!(
+        done.bytes as usize,
+        whole - cut,
+        "only the rest crossed (whole stream {whole} bytes, cut at {cut})"
+    );
+    assert_eq!(
+        p.sim_b.read_file(&done.snapshot.id, "f").unwrap(),
+        noise(5, 200_000)
+    );
+    let dst = p.b.client.get("dst").await.unwrap();
+    assert!(!dst.details.contains_key("resume-token"), "{dst:?}");
+    assert!(p.sim_b.partial("dst").is_none());
+}
+
+#[tokio::test]
+async fn an_agent_resumes_an_interrupted_pull_when_ready_and_discards_one_it_cannot() {
+    let (p, snap) = resumable_pair(100_000).await;
+    // A second target whose source snapshot goes away before the restart.
+    let gone =
+        p.a.client
+            .snapshot("src", Default::default())
+            .await
+            .unwrap();
+    p.b.client
+        .create_volume("default", Some("dst2"), Default::default())
+        .await
+        .unwrap();
+    for (target, snapshot) in [("dst", &snap), ("dst2", &gone.id)] {
+        p.sim_a.cut_next_send(30_000);
+        let url = format!("{}/storage/volumes/{target}/pull_snapshot", p.b.url);
+        let broken = raw("POST", &url, Some(&pull_body(&p.a.url, snapshot)), None).await;
+        assert_error(&broken, 502, "transfer_interrupted");
+    }
+    p.a.client.destroy(&gone.id).await.unwrap();
+    let Pair {
+        _dirs,
+        sim_a: _sim_a,
+        sim_b,
+        a,
+        b,
+    } = p;
+    b.shutdown().await;
+
+    // Restart: the agent resumes the pull into dst by itself...
+    let manager = volmgr::manager::Manager::open(_dirs.1.path(), sim_config(&sim_b))
+        .await
+        .unwrap();
+    let mut events = manager.subscribe();
+    let b = TestAgent::serve(manager, ServeOptions::default()).await;
+    let received = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            match events.recv().await {
+                Ok(volmgr::state::Event::Created(v)) if v.parent.as_deref() == Some("dst") => {
+                    break v;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the interrupted pull is finished");
+    assert_eq!(
+        sim_b.read_file(&received.id, "f").unwrap(),
+        noise(5, 100_000)
+    );
+    // ...and discards the one whose source snapshot is gone (the resume
+    // task is tracked: it has finished once the agent has shut down).
+    b.shutdown().await;
+    let manager = volmgr::manager::Manager::open(_dirs.1.path(), sim_config(&sim_b))
+        .await
+        .unwrap();
+    for target in ["dst", "dst2"] {
+        let v = manager.volume(target).unwrap();
+        assert!(!v.details.contains_key("resume-token"), "{v:?}");
+        assert!(sim_b.partial(target).is_none(), "{target}");
+    }
+    assert_eq!(
+        manager
+            .volumes()
+            .iter()
+            .filter(|v| v.parent.as_deref() == Some("dst2"))
+            .count(),
+        0
+    );
+    manager.close().await;
+    a.shutdown().await;
+}

@@ -452,7 +452,18 @@ async fn run_pull(
     if let Some(token) = &shared.options.token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|e| {
+    // A send is a read: asking again is safe. Once, for a pooled
+    // connection the source closed after a broken transfer.
+    let again = request.try_clone();
+    let response = match (request.send().await, again) {
+        (Ok(response), _) => Ok(response),
+        (Err(e), Some(again)) if !e.is_timeout() => {
+            tracing::debug!(error = %e, "asking the source again");
+            again.send().await
+        }
+        (Err(e), _) => Err(e),
+    }
+    .map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "source_unreachable",

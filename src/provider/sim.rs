@@ -7,6 +7,12 @@
 //! every crash window of the write path. Clones share one store, so a test can
 //! hand the same instance to successive manager opens (a provider that
 //! "persists" across restarts).
+//!
+//! Resumable transfers, simulated: with [`SimProvider::set_resumable`], a
+//! receive whose stream breaks keeps the bytes that arrived as a partial
+//! receive with the token `1_<offset hex>_<guid>_<base guid or 0>`, and a
+//! sender continues a stream from such a token; [`SimProvider::cut_next_send`]
+//! breaks a sender's next stream after N bytes.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -103,8 +109,12 @@ struct Store {
     calls: BTreeMap<String, u64>,
     partial_ops: Vec<OpId>,
     next_guid: u64,
-    /// Resumable partial receives, by target volume.
+    /// Resumable partial receives, by target volume, with the bytes that
+    /// arrived (none for planted ones).
     partials: BTreeMap<String, PartialReceive>,
+    partial_bytes: BTreeMap<String, Vec<u8>>,
+    resumable: bool,
+    cut_next_send: Option<usize>,
 }
 
 /// The simulated provider. Cheap to clone; clones share the store.
@@ -218,6 +228,159 @@ impl SimProvider {
                 op: Some(op),
             },
         );
+    }
+
+    /// A resumable receive: the stream continues the target's partial
+    /// receive, or replaces it; if it breaks, what arrived is kept.
+    fn settle_resumable(
+        &self,
+        target: &str,
+        op: OpId,
+        bytes: Vec<u8>,
+        read: std::io::Result<usize>,
+    ) -> Result<SimStream, ProviderError> {
+        let held = self.lock().partial_bytes.remove(target);
+        self.lock().partials.remove(target);
+        let mut whole = held.clone().unwrap_or_default();
+        whole.extend_from_slice(&bytes);
+        if read.is_ok() {
+            for candidate in [&whole, &bytes] {
+                if let Ok(stream) = serde_json::from_slice::<SimStream>(candidate) {
+                    return Ok(stream);
+                }
+            }
+        }
+        // Broken: keep what arrived (a continuation extends the old part).
+        let prefix = if held.is_some() && Self::partial_of_prefix(&whole).is_some() {
+            whole
+        } else {
+            bytes
+        };
+        let cause = match read {
+            Err(e) => format!("reading the stream: {e}"),
+            Ok(_) => "the stream ended early".to_owned(),
+        };
+        let Some(mut partial) = Self::partial_of_prefix(&prefix) else {
+            return Err(ProviderError::Stream(cause));
+        };
+        partial.op = Some(op);
+        let mut s = self.lock();
+        s.partials.insert(target.to_owned(), partial.clone());
+        s.partial_bytes.insert(target.to_owned(), prefix);
+        Err(ProviderError::Suspended {
+            what: target.to_owned(),
+            partial: Box::new(partial),
+            cause,
+        })
+    }
+
+    /// Receives that break keep what arrived, resumable (like ZFS).
+    pub fn set_resumable(&self, resumable: bool) {
+        self.lock().resumable = resumable;
+    }
+
+    /// The next send writes only the first `bytes` bytes, then fails (a
+    /// transfer that breaks half-way).
+    pub fn cut_next_send(&self, bytes: usize) {
+        self.lock().cut_next_send = Some(bytes);
+    }
+
+    /// The bytes of the stream of `snapshot`, incremental from `base`.
+    fn stream_bytes(
+        &self,
+        snapshot: &str,
+        base: Option<&str>,
+    ) -> Result<(Vec<u8>, Option<String>), ProviderError> {
+        let (guid, files) = {
+            let s = self.lock();
+            let item = s
+                .items
+                .get(snapshot)
+                .ok_or_else(|| ProviderError::NotFound(snapshot.to_owned()))?;
+            (item.guid.clone().unwrap_or_default(), item.files.clone())
+        };
+        let (base_guid, files, deleted) = match base {
+            None => (None, files, Vec::new()),
+            Some(b) => {
+                let base_files = self.files_of(b)?;
+                let base_guid = self.lock().items.get(b).and_then(|i| i.guid.clone());
+                let changed = files
+                    .iter()
+                    .filter(|(k, v)| base_files.get(*k) != Some(v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let deleted = base_files
+                    .keys()
+                    .filter(|k| !files.contains_key(*k))
+                    .cloned()
+                    .collect();
+                (base_guid, changed, deleted)
+            }
+        };
+        let bytes = serde_json::to_vec(&SimStream {
+            guid,
+            base_guid: base_guid.clone(),
+            files,
+            deleted,
+        })
+        .map_err(|e| ProviderError::Stream(e.to_string()))?;
+        Ok((bytes, base_guid))
+    }
+
+    /// Writes `bytes`, or only their first part if a cut is armed.
+    fn write_stream(&self, bytes: &[u8], out: &mut dyn Write) -> Result<(), ProviderError> {
+        let cut = self.lock().cut_next_send.take();
+        let n = cut.map_or(bytes.len(), |n| n.min(bytes.len()));
+        out.write_all(&bytes[..n])
+            .map_err(|e| ProviderError::io("send", e))?;
+        if cut.is_some() {
+            // What was written went out before the break.
+            out.flush().map_err(|e| ProviderError::io("send", e))?;
+            return Err(ProviderError::Stream(format!(
+                "simulated broken transfer after {n} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    /// (offset, guid, base guid) of a simulated resume token.
+    fn parse_token(token: &str) -> Option<(usize, String, Option<String>)> {
+        let mut parts = token.split('_');
+        if parts.next()? != "1" {
+            return None;
+        }
+        let offset = usize::from_str_radix(parts.next()?, 16).ok()?;
+        let guid = parts.next()?.to_owned();
+        let base = parts.next()?;
+        if parts.next().is_some() || guid.is_empty() {
+            return None;
+        }
+        Some((offset, guid, (base != "0").then(|| base.to_owned())))
+    }
+
+    /// The partial receive a broken stream leaves: what arrived, if it is
+    /// far enough in to name its snapshot and base.
+    fn partial_of_prefix(prefix: &[u8]) -> Option<PartialReceive> {
+        let text = std::str::from_utf8(prefix).ok().or_else(|| {
+            // A cut inside a multi-byte character: the valid part.
+            std::str::from_utf8(&prefix[..prefix.len().saturating_sub(3)]).ok()
+        })?;
+        let rest = text.strip_prefix("{\"guid\":\"")?;
+        let (guid, rest) = rest.split_once('"')?;
+        let rest = rest.strip_prefix(",\"base_guid\":")?;
+        let base = if rest.starts_with("null") {
+            "0".to_owned()
+        } else {
+            rest.strip_prefix('"')?.split_once('"')?.0.to_owned()
+        };
+        if !rest.contains(",\"files\":") {
+            return None;
+        }
+        Some(PartialReceive {
+            token: format!("1_{:x}_{guid}_{base}", prefix.len()),
+            guid: guid.to_owned(),
+            op: None,
+        })
     }
 
     /// The partial receive `target` holds.
@@ -376,46 +539,57 @@ impl Provider for SimProvider {
         out: &mut dyn Write,
     ) -> Result<SendStats, ProviderError> {
         self.check(SimCall::Send, When::Before)?;
-        let (guid, files) = {
-            let s = self.lock();
-            let item = s
-                .items
-                .get(snapshot.id)
-                .ok_or_else(|| ProviderError::NotFound(snapshot.id.to_owned()))?;
-            (item.guid.clone().unwrap_or_default(), item.files.clone())
-        };
-        let (base_guid, files, deleted) = match base {
-            None => (None, files, Vec::new()),
-            Some(b) => {
-                let base_files = self.files_of(b.id)?;
-                let changed = files
-                    .iter()
-                    .filter(|(k, v)| base_files.get(*k) != Some(v))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                let deleted = base_files
-                    .keys()
-                    .filter(|k| !files.contains_key(*k))
-                    .cloned()
-                    .collect();
-                (b.details.get(DETAIL_GUID).cloned(), changed, deleted)
-            }
-        };
-        let incremental = base_guid.is_some();
-        let bytes = serde_json::to_vec(&SimStream {
-            guid,
-            base_guid,
-            files,
-            deleted,
-        })
-        .map_err(|e| ProviderError::Stream(e.to_string()))?;
-        out.write_all(&bytes)
-            .map_err(|e| ProviderError::io("send", e))?;
+        let (bytes, base_guid) = self.stream_bytes(snapshot.id, base.map(|b| b.id))?;
+        self.write_stream(&bytes, out)?;
         self.check(SimCall::Send, When::After)?;
         Ok(SendStats {
             bytes: bytes.len() as u64,
-            incremental,
+            incremental: base_guid.is_some(),
             resumed: false,
+        })
+    }
+
+    fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {
+        let s = self.lock();
+        let guid = s.items.get(snapshot.id).and_then(|i| i.guid.clone());
+        Ok(Self::parse_token(token).is_some_and(|(_, g, base)| {
+            Some(&g) == guid.as_ref()
+                && base.is_none_or(|b| s.items.values().any(|i| i.guid.as_deref() == Some(&b)))
+        }))
+    }
+
+    fn send_resumed(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        token: &str,
+        out: &mut dyn Write,
+    ) -> Result<SendStats, ProviderError> {
+        self.check(SimCall::Send, When::Before)?;
+        if !self.resume_fits(snapshot, token)? {
+            return Err(ProviderError::Stream(format!(
+                "the resume token does not continue a stream of {}",
+                snapshot.id
+            )));
+        }
+        let (offset, _, base_guid) = Self::parse_token(token).expect("checked");
+        let base = base_guid.as_ref().and_then(|g| {
+            let s = self.lock();
+            s.items
+                .values()
+                .find(|i| {
+                    i.guid.as_deref() == Some(g) && i.parent == snapshot.parent.map(str::to_owned)
+                })
+                .map(|i| i.volume.clone())
+        });
+        let (bytes, _) = self.stream_bytes(snapshot.id, base.as_deref())?;
+        let rest = bytes.get(offset..).ok_or_else(|| {
+            ProviderError::Stream(format!("resume offset {offset} is past the stream's end"))
+        })?;
+        self.write_stream(rest, out)?;
+        Ok(SendStats {
+            bytes: rest.len() as u64,
+            incremental: base_guid.is_some(),
+            resumed: true,
         })
     }
 
@@ -426,12 +600,15 @@ impl Provider for SimProvider {
         input: &mut dyn Read,
     ) -> Result<Created, ProviderError> {
         let mut bytes = Vec::new();
-        input
-            .take(64 << 20)
-            .read_to_end(&mut bytes)
-            .map_err(|e| ProviderError::io("receive", e))?;
-        let stream: SimStream =
-            serde_json::from_slice(&bytes).map_err(|e| ProviderError::Stream(e.to_string()))?;
+        let read = input.take(64 << 20).read_to_end(&mut bytes);
+        let resumable = self.lock().resumable;
+        let stream = if resumable {
+            self.settle_resumable(target.id, spec.op, bytes, read)?
+        } else {
+            read.map_err(|e| ProviderError::io("receive", e))?;
+            serde_json::from_slice::<SimStream>(&bytes)
+                .map_err(|e| ProviderError::Stream(e.to_string()))?
+        };
         self.lock().partial_ops.push(spec.op);
         let mut files = match &stream.base_guid {
             None => BTreeMap::new(),
@@ -536,7 +713,9 @@ impl Provider for SimProvider {
     }
 
     fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
-        self.lock().partials.remove(target.id);
+        let mut s = self.lock();
+        s.partials.remove(target.id);
+        s.partial_bytes.remove(target.id);
         Ok(())
     }
 }

@@ -704,8 +704,11 @@ impl ZfsProvider {
         Err(last.unwrap_or_else(|| ProviderError::Other(format!("{name} does not mount"))))
     }
 
-    /// Runs a creating command; "created, but not mounted" is finished by
-    /// mounting, a racing "already exists" is settled by the tag.
+    /// Runs a creating command (`create`, `clone`). Success means created
+    /// and mounted (ZFS exits non-zero with "created, but not mounted"
+    /// otherwise): nothing more to ask. "Not mounted" is finished by
+    /// mounting; "already exists" is settled by the tag (idempotent: ours
+    /// from this very op, then mounted if it is not).
     fn make_fs(
         &self,
         cmd: Cmd,
@@ -713,7 +716,12 @@ impl ZfsProvider {
         spec: &VolumeSpec<'_>,
     ) -> Result<Created, ProviderError> {
         match cmd.run() {
-            Ok(_) => {}
+            Ok(_) => {
+                return Ok(Created {
+                    location: self.mountpoint(spec.id).to_string_lossy().into_owned(),
+                    details: Details::new(),
+                });
+            }
             Err(e) if stderr_of(&e).contains("not mounted") => {}
             Err(e) if stderr_of(&e).contains("already exists") => {
                 if self.existing(name, spec)?.is_none() {
@@ -1038,11 +1046,9 @@ impl Provider for ZfsProvider {
                 spec.kind
             )));
         }
+        // One command when all goes well: an existing dataset is found by
+        // `create`'s own "already exists" (make_fs settles it by the tag).
         let name = self.fs_name(spec.id);
-        if self.existing(&name, spec)?.is_some() {
-            let row = self.ensure_mounted(&name)?;
-            return Ok(self.created_of(&row));
-        }
         let mut cmd = Cmd::new("zfs").arg("create").arg("-o").user_arg(&kv(
             "mountpoint",
             &self.mountpoint(spec.id).to_string_lossy(),
@@ -1068,14 +1074,22 @@ impl Provider for ZfsProvider {
         }
         let (src, _) = self.require(source)?;
         let name = format!("{src}@{}", spec.id);
-        if let Some(row) = self.existing(&name, spec)? {
-            return Ok(self.created_of(&row));
-        }
         let mut cmd = Cmd::new("zfs").arg("snapshot");
         for t in self.tags(spec, Some(source.id)) {
             cmd = cmd.arg("-o").user_arg(&t)?;
         }
-        cmd.user_arg(&name)?.run()?;
+        match cmd.user_arg(&name)?.run() {
+            Ok(_) => {}
+            // Idempotent: this very operation made it before.
+            Err(e) if stderr_of(&e).contains("already exists") => {
+                if let Some(row) = self.existing(&name, spec)? {
+                    return Ok(self.created_of(&row));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        // Its guid, the snapshot's identity in transfers.
         let row = self
             .one(&name)?
             .ok_or_else(|| ProviderError::NotFound(name.clone()))?;
@@ -1096,10 +1110,6 @@ impl Provider for ZfsProvider {
         }
         let (snap, _) = self.require(snapshot)?;
         let name = self.fs_name(spec.id);
-        if self.existing(&name, spec)?.is_some() {
-            let row = self.ensure_mounted(&name)?;
-            return Ok(self.created_of(&row));
-        }
         let mut cmd = Cmd::new("zfs").arg("clone").arg("-o").user_arg(&kv(
             "mountpoint",
             &self.mountpoint(spec.id).to_string_lossy(),
