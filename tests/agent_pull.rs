@@ -400,10 +400,11 @@ async fn a_broken_pull_is_kept_resumable_and_the_next_pull_sends_only_the_rest()
     let (p, snap) = resumable_pair(200_000).await;
     let whole = p.a.client.send(&snap, &[]).await.unwrap().len();
     let cut = whole / 3;
-    p.sim_a.cut_next_send(cut);
+    p.sim_a.cut_sends(Some(cut));
     let url = format!("{}/storage/volumes/dst/pull_snapshot", p.b.url);
     let broken = raw("POST", &url, Some(&pull_body(&p.a.url, &snap)), None).await;
     assert_error(&broken, 502, "transfer_interrupted");
+    p.sim_a.cut_sends(None);
     let dst = p.b.client.get("dst").await.unwrap();
     assert!(dst.details["resume-token"].starts_with("1_"), "{dst:?}");
     assert_eq!(dst.details["resume-source"], p.a.url);
@@ -439,12 +440,13 @@ async fn an_agent_resumes_an_interrupted_pull_when_ready_and_discards_one_it_can
         .create_volume("default", Some("dst2"), Default::default())
         .await
         .unwrap();
+    p.sim_a.cut_sends(Some(30_000));
     for (target, snapshot) in [("dst", &snap), ("dst2", &gone.id)] {
-        p.sim_a.cut_next_send(30_000);
         let url = format!("{}/storage/volumes/{target}/pull_snapshot", p.b.url);
         let broken = raw("POST", &url, Some(&pull_body(&p.a.url, snapshot)), None).await;
         assert_error(&broken, 502, "transfer_interrupted");
     }
+    p.sim_a.cut_sends(None);
     p.a.client.destroy(&gone.id).await.unwrap();
     let Pair {
         _dirs,

@@ -11,8 +11,8 @@
 //! Resumable transfers, simulated: with [`SimProvider::set_resumable`], a
 //! receive whose stream breaks keeps the bytes that arrived as a partial
 //! receive with the token `1_<offset hex>_<guid>_<base guid or 0>`, and a
-//! sender continues a stream from such a token; [`SimProvider::cut_next_send`]
-//! breaks a sender's next stream after N bytes.
+//! sender continues a stream from such a token; [`SimProvider::cut_sends`]
+//! cuts a sender's streams short after N bytes.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -114,7 +114,7 @@ struct Store {
     partials: BTreeMap<String, PartialReceive>,
     partial_bytes: BTreeMap<String, Vec<u8>>,
     resumable: bool,
-    cut_next_send: Option<usize>,
+    cut_sends: Option<usize>,
 }
 
 /// The simulated provider. Cheap to clone; clones share the store.
@@ -279,10 +279,11 @@ impl SimProvider {
         self.lock().resumable = resumable;
     }
 
-    /// The next send writes only the first `bytes` bytes, then fails (a
-    /// transfer that breaks half-way).
-    pub fn cut_next_send(&self, bytes: usize) {
-        self.lock().cut_next_send = Some(bytes);
+    /// From now on every send writes only its first `bytes` bytes and ends
+    /// there, as a transfer whose connection drops half-way looks to the
+    /// receiver (a short stream); `None` ends that.
+    pub fn cut_sends(&self, bytes: Option<usize>) {
+        self.lock().cut_sends = bytes;
     }
 
     /// The bytes of the stream of `snapshot`, incremental from `base`.
@@ -327,20 +328,14 @@ impl SimProvider {
         Ok((bytes, base_guid))
     }
 
-    /// Writes `bytes`, or only their first part if a cut is armed.
-    fn write_stream(&self, bytes: &[u8], out: &mut dyn Write) -> Result<(), ProviderError> {
-        let cut = self.lock().cut_next_send.take();
+    /// Writes `bytes`, or only their first part if a cut is armed; returns
+    /// how many.
+    fn write_stream(&self, bytes: &[u8], out: &mut dyn Write) -> Result<u64, ProviderError> {
+        let cut = self.lock().cut_sends;
         let n = cut.map_or(bytes.len(), |n| n.min(bytes.len()));
         out.write_all(&bytes[..n])
             .map_err(|e| ProviderError::io("send", e))?;
-        if cut.is_some() {
-            // What was written went out before the break.
-            out.flush().map_err(|e| ProviderError::io("send", e))?;
-            return Err(ProviderError::Stream(format!(
-                "simulated broken transfer after {n} bytes"
-            )));
-        }
-        Ok(())
+        Ok(n as u64)
     }
 
     /// (offset, guid, base guid) of a simulated resume token.
@@ -540,10 +535,10 @@ impl Provider for SimProvider {
     ) -> Result<SendStats, ProviderError> {
         self.check(SimCall::Send, When::Before)?;
         let (bytes, base_guid) = self.stream_bytes(snapshot.id, base.map(|b| b.id))?;
-        self.write_stream(&bytes, out)?;
+        let written = self.write_stream(&bytes, out)?;
         self.check(SimCall::Send, When::After)?;
         Ok(SendStats {
-            bytes: bytes.len() as u64,
+            bytes: written,
             incremental: base_guid.is_some(),
             resumed: false,
         })
@@ -585,9 +580,9 @@ impl Provider for SimProvider {
         let rest = bytes.get(offset..).ok_or_else(|| {
             ProviderError::Stream(format!("resume offset {offset} is past the stream's end"))
         })?;
-        self.write_stream(rest, out)?;
+        let written = self.write_stream(rest, out)?;
         Ok(SendStats {
-            bytes: rest.len() as u64,
+            bytes: written,
             incremental: base_guid.is_some(),
             resumed: true,
         })
