@@ -191,6 +191,36 @@ fn story() -> Vec<Record> {
             },
         ),
         done(9, 51, "/srv/volmgr/.snap/web-snap-2", &[("guid", "5678")]),
+        // A pull whose transfer broke: kept resumable, then discarded.
+        intent(
+            11,
+            51,
+            Action::ReceiveSnapshot {
+                target: "web-data".into(),
+                snapshot: "web-snap-3".into(),
+                meta: meta(&[
+                    ("pull-source", "http://10.0.0.2:1113"),
+                    ("pull-snapshot", "snap-on-b"),
+                ]),
+            },
+        ),
+        Record::Outcome {
+            op: op(11),
+            at_ms: T0_MS + 51_500,
+            result: OpResult::Suspended {
+                error: "the stream ended early".into(),
+                token: "1-b2c-d4e5".into(),
+                guid: "9012".into(),
+            },
+        },
+        intent(
+            12,
+            51,
+            Action::AbortReceive {
+                target: "web-data".into(),
+            },
+        ),
+        done(12, 51, "", &[]),
         // Pending: no outcome yet.
         intent(10, 52, create("default", "scratch", meta(&[("ttl", "1h")]))),
     ]);
@@ -715,7 +745,7 @@ fn dump_and_state_of_a_torn_journal_exit_0_noting_the_torn_tail() {
     assert_eq!(run.stdout.lines().count(), story().len());
     assert!(
         run.stderr
-            .contains("torn tail at 00000000000000000038.seg:448"),
+            .contains("torn tail at 00000000000000000038.seg:832"),
         "{}",
         run.stderr
     );
