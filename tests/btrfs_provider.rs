@@ -36,10 +36,6 @@ fn show_field(path: &Path, field: &str) -> String {
         .unwrap_or_else(|| panic!("no {field} for {}", path.display()))
 }
 
-fn subvolume_count(fs: &BtrfsFs) -> usize {
-    btrfs(&["subvolume", "list"], &[fs.path()]).lines().count()
-}
-
 fn exchange(a: &Path, b: &Path) {
     let (a, b) = (
         CString::new(a.as_os_str().as_bytes()).unwrap(),
@@ -175,7 +171,7 @@ async fn receive_killed_after_exchange(placed: bool) {
         "the target's content was exchanged back"
     );
     assert_eq!(
-        subvolume_count(&fs),
+        fs.subvolume_count(),
         3,
         "t, src, and the snapshot: nothing leaked"
     );
@@ -237,7 +233,7 @@ async fn create_killed_after_staging_its_tag_is_finished_by_reconciliation() {
     let v = m.volume("v").unwrap();
     assert_eq!(v.op, op);
     std::fs::write(Path::new(&v.location).join("usable"), b"yes").unwrap();
-    assert_eq!(subvolume_count(&fs), 1);
+    assert_eq!(fs.subvolume_count(), 1);
     assert_eq!(
         std::fs::read_dir(root.join(".volmgr/stage"))
             .unwrap()

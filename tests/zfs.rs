@@ -8,31 +8,20 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::crash::{CrashTest, Reopened, child_workload};
 use common::{ZfsPool, noise, tree};
 use uuid::Uuid;
-use volmgr::manager::{Manager, ManagerConfig, ManagerError};
-use volmgr::provider::zfs::ZfsProvider;
+use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::provider::zfs::{KIND, ZfsProvider};
 use volmgr::provider::{Presence, Provider, ProviderConfig, ProviderError, VolumeRef, VolumeSpec};
-use volmgr::state::{DETAIL_GUID, Details, Meta, VolumeKind, VolumeStatus};
-
-const ENV_STATE: &str = "VOLMGR_ZFS_CRASH_STATE";
-const ENV_CONFIG: &str = "VOLMGR_ZFS_CRASH_CONFIG";
-const ENV_SEED: &str = "VOLMGR_ZFS_CRASH_SEED";
+use volmgr::state::{DETAIL_GUID, Details, Meta, VolumeKind};
 
 fn manager_config(provider: ProviderConfig) -> ManagerConfig {
-    ManagerConfig {
-        default_provider: Some(Box::new(move || Ok(("zfs".to_string(), provider)))),
-        checkpoint_every: 50,
-        ..ManagerConfig::default()
-    }
+    common::crash::manager_config(KIND, provider)
 }
 
 fn zfs_out(args: &[&str]) -> String {
@@ -71,302 +60,51 @@ fn vref<'a>(
 
 // --- crash test ---------------------------------------------------------------
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn ack(line: String) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "ACK {line}");
-    let _ = out.flush();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of zfs_kill_mid_operation_then_reconcile_leaves_inventory_equal_to_state"]
 async fn crash_child_workload() {
-    let state = std::env::var(ENV_STATE).expect("run only as the crash test's child");
-    let config: ProviderConfig = serde_json::from_str(&std::env::var(ENV_CONFIG).unwrap()).unwrap();
-    let seed: u64 = std::env::var(ENV_SEED).unwrap().parse().unwrap();
-    let manager = Arc::new(Manager::open(&state, manager_config(config)).await.unwrap());
-    println!("READY");
-    let mut workers = Vec::new();
-    for w in 0..3u64 {
-        let m = manager.clone();
-        workers.push(tokio::spawn(async move {
-            let mut rng = Rng(seed ^ (w + 1).wrapping_mul(0x1234_5678_9ABC_DEF1));
-            loop {
-                let volumes = m.volumes();
-                let data: Vec<_> = volumes
-                    .iter()
-                    .filter(|v| v.kind == VolumeKind::Data)
-                    .collect();
-                let snaps: Vec<_> = volumes
-                    .iter()
-                    .filter(|v| v.kind == VolumeKind::Snapshot)
-                    .collect();
-                let pick = rng.below(10);
-                let result: Result<String, ManagerError> = if pick < 3 || data.is_empty() {
-                    match m.create_volume("default", None, Meta::new()).await {
-                        Ok(v) => {
-                            let _ = std::fs::write(Path::new(&v.location).join("data"), &v.id);
-                            Ok(format!("create {}", v.id))
-                        }
-                        Err(e) => Err(e),
-                    }
-                } else if pick < 5 {
-                    let v = data[rng.below(data.len() as u64) as usize];
-                    m.create_snapshot(&v.id, Meta::new())
-                        .await
-                        .map(|s| format!("snapshot {}", s.id))
-                } else if pick < 6 && !snaps.is_empty() {
-                    let s = snaps[rng.below(snaps.len() as u64) as usize];
-                    m.fork_volume(&s.id, None, Meta::new())
-                        .await
-                        .map(|f| format!("fork {}", f.id))
-                } else if pick < 8 && !snaps.is_empty() {
-                    let s = snaps[rng.below(snaps.len() as u64) as usize];
-                    let t = data[rng.below(data.len() as u64) as usize];
-                    let haves = m.list_haves(&t.id).unwrap_or_default();
-                    let mut stream = Vec::new();
-                    match m.send_snapshot(&s.id, &haves, &mut stream).await {
-                        Ok(_) => m
-                            .receive_snapshot(&t.id, stream.as_slice())
-                            .await
-                            .map(|r| format!("receive {}", r.id)),
-                        Err(e) => Err(e),
-                    }
-                } else {
-                    let all: Vec<_> = volumes.iter().collect();
-                    let v = all[rng.below(all.len() as u64) as usize];
-                    ack(format!("destroying {}", v.id));
-                    m.destroy_volume(&v.id)
-                        .await
-                        .map(|()| format!("destroy {}", v.id))
-                };
-                if let Ok(line) = result {
-                    ack(line);
-                }
-            }
-        }));
-    }
-    for w in workers {
-        let _ = w.await;
-    }
+    child_workload().await;
 }
 
-/// Runs the child until it has acknowledged `acks_before_kill` operations,
-/// then SIGKILLs its whole process group (a `zfs` command it runs included).
-fn run_child(
-    state: &Path,
-    config: &ProviderConfig,
-    seed: u64,
-    acks_before_kill: usize,
-) -> Vec<String> {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "crash_child_workload",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ENV_STATE, state)
-        .env(ENV_CONFIG, serde_json::to_string(config).unwrap())
-        .env(ENV_SEED, seed.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let pgid = child.id() as libc::pid_t;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut acks = Vec::new();
-    for line in lines.by_ref() {
-        let Ok(line) = line else { break };
-        if let Some(rest) = line.strip_prefix("ACK ") {
-            acks.push(rest.to_owned());
-            if acks.len() >= acks_before_kill {
-                break;
-            }
-        }
-    }
-    // SAFETY: kill and waitpid on our own child's process group.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
-    let _ = child.wait();
-    loop {
-        let mut status = 0;
-        let r = unsafe { libc::waitpid(-pgid, &mut status, 0) };
-        if r < 0 {
-            break;
-        }
-    }
-    for line in lines.map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("ACK ") {
-            acks.push(rest.to_owned());
-        }
-    }
-    acks
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Known {
-    Exists,
-    Gone,
-    Either,
-}
-
+/// The workload and the common checks are `tests/common/crash.rs`, shared
+/// with the directory and btrfs crash tests; three workers, as a 2-core
+/// guest runs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zfs_kill_mid_operation_then_reconcile_leaves_inventory_equal_to_state() {
     let test = "zfs_kill_mid_operation_then_reconcile_leaves_inventory_equal_to_state";
     let Some(pool) = ZfsPool::for_test(test, 512) else {
         return;
     };
-    // SAFETY: makes this process the reaper of the killed child's children.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
-    }
-    let iterations: u64 = 8 * std::env::var("VOLMGR_TORTURE_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let seed: u64 = std::env::var("VOLMGR_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::process::id() as u64 ^ 0x2F5);
-    println!("zfs crash test: seed {seed} (set VOLMGR_CRASH_SEED to replay)");
-    let state = tempfile::tempdir().unwrap();
-    let config = pool.provider_config();
-    let mut rng = Rng(seed);
-    let mut model: BTreeMap<String, Known> = BTreeMap::new();
-    let mut violations = Vec::new();
-    let (mut acked_total, mut resolutions_total) = (0usize, 0usize);
-    for i in 0..iterations {
-        let acks = run_child(
-            state.path(),
-            &config,
-            rng.next(),
-            1 + rng.below(20) as usize,
-        );
-        acked_total += acks
+    // The report's foreign list is taken before recovery acts: a snapshot
+    // that arrived untagged when the receive was killed shows there, then
+    // abort_partial removes it. What must hold is that nothing untagged
+    // remains afterwards, in the inventory taken after the manager closed.
+    let zfs_checks = |r: &Reopened| {
+        let untagged: Vec<_> = r
+            .inventory
             .iter()
-            .filter(|a| !a.starts_with("destroying "))
-            .count();
-        for a in &acks {
-            let (verb, id) = a.split_once(' ').unwrap();
-            let known = match verb {
-                "destroy" => Known::Gone,
-                "destroying" => Known::Either,
-                _ => Known::Exists,
-            };
-            if model.get(id) != Some(&Known::Gone) {
-                model.insert(id.to_owned(), known);
-            }
-        }
-        let manager = Manager::open(state.path(), manager_config(config.clone()))
-            .await
-            .unwrap();
-        let report = manager.reconcile_report();
-        resolutions_total += report.resolutions.len();
-        let now = manager.state();
-        let mut problems = Vec::new();
-        for (id, known) in &model {
-            match (known, now.volumes.get(id)) {
-                (Known::Exists, None) => problems.push(format!("acknowledged {id} missing")),
-                (Known::Gone, Some(_)) => {
-                    problems.push(format!("acknowledged destroy of {id} undone"))
-                }
-                _ => {}
-            }
-        }
-        for v in now.volumes.values() {
-            if v.status != VolumeStatus::Live {
-                problems.push(format!("{} is {:?}", v.id, v.status));
-            }
-            if !Path::new(&v.location).is_dir() {
-                problems.push(format!("{} has no directory at {}", v.id, v.location));
-            }
-        }
-        if !now.pending.is_empty() {
-            problems.push(format!(
-                "{} pending intents after reconcile",
-                now.pending.len()
-            ));
-        }
-        if !now.orphans.is_empty() {
-            problems.push(format!(
-                "orphans: {:?}",
-                now.orphans.keys().collect::<Vec<_>>()
-            ));
-        }
-        // (The report's foreign list is taken before recovery acts: a
-        // snapshot that arrived untagged when the receive was killed shows
-        // there, then abort_partial removes it. What must hold is that
-        // nothing untagged remains afterwards: checked on the inventory below.)
-        manager.close().await;
-        let inventory = ZfsProvider::from_config(&config)
-            .unwrap()
-            .inventory()
-            .unwrap();
-        let found: BTreeSet<String> = inventory
-            .iter()
-            .filter_map(|f| f.tag.as_ref().map(|t| t.volume.clone()))
+            .filter(|f| f.tag.is_none())
+            .map(|f| &f.name)
             .collect();
-        let recorded: BTreeSet<String> = now.volumes.keys().cloned().collect();
-        if found != recorded {
-            problems.push(format!(
-                "inventory != state: only in ZFS {:?}, only in state {:?}",
-                found.difference(&recorded).collect::<Vec<_>>(),
-                recorded.difference(&found).collect::<Vec<_>>()
-            ));
+        if untagged.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!("untagged datasets appeared: {untagged:?}")]
         }
-        if inventory.len() != found.len() {
-            problems.push(format!(
-                "untagged datasets appeared: {:?}",
-                inventory
-                    .iter()
-                    .filter(|f| f.tag.is_none())
-                    .map(|f| &f.name)
-                    .collect::<Vec<_>>()
-            ));
-        }
-        if let Some(f) = inventory.iter().find(|f| f.presence != Presence::Complete) {
-            problems.push(format!("half-made item in ZFS: {f:?}"));
-        }
-        for p in problems {
-            violations.push(format!("iteration {i}: {p}"));
-        }
-        model = model
-            .into_iter()
-            .filter(|(id, k)| *k != Known::Exists && !recorded.contains(id))
-            .map(|(id, _)| (id, Known::Gone))
-            .chain(recorded.iter().map(|id| (id.clone(), Known::Exists)))
-            .collect();
+    };
+    CrashTest {
+        label: "zfs crash test",
+        kind: KIND,
+        config: pool.provider_config(),
+        lives: 8,
+        max_acks_per_life: 20,
+        workers: 3,
+        destroy_tenths: 2,
+        seed_salt: 0x2F5,
+        provider_checks: &zfs_checks,
     }
-    println!(
-        "zfs crash test: seed {seed}, iterations {iterations}, acknowledged operations \
-         {acked_total}, reconciliation records {resolutions_total}, violations {}",
-        violations.len()
-    );
-    assert!(
-        violations.is_empty(),
-        "violations:\n{}",
-        violations.join("\n")
-    );
+    .run()
+    .await;
 }
 
 // --- two hosts ----------------------------------------------------------------

@@ -1,9 +1,11 @@
 //! Helpers shared by the real-provider tests (and `benches/providers.rs`):
 //! a loop-mounted btrfs file system with a drop guard, skip-or-fail rules,
-//! the per-provider backends of the contract suite, and file-tree helpers.
+//! the per-provider backends of the contract suite, the SIGKILL crash test
+//! of every provider (`crash`), and file-tree helpers.
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod crash;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -120,6 +122,15 @@ impl BtrfsFs {
 
     pub fn device(&self) -> &str {
         &self.dev
+    }
+
+    /// How many subvolumes the file system holds (`btrfs subvolume list`).
+    pub fn subvolume_count(&self) -> usize {
+        let mnt = self.mnt.to_str().unwrap();
+        run("btrfs", &["subvolume", "list", mnt])
+            .expect("btrfs subvolume list")
+            .lines()
+            .count()
     }
 
     /// A host shutdown and boot, as far as the file system sees it: unmount,
