@@ -78,7 +78,8 @@ pub struct CrashTest<'a> {
     /// 1 fork, the remainder send/receive; create when there is no data
     /// volume, destroy when a fork or receive has no snapshot to use).
     pub destroy_tenths: u64,
-    /// The default seed is the process id xor this (`VOLMGR_CRASH_SEED` wins).
+    /// The default seed mixes the process id, the clock and this
+    /// (`VOLMGR_CRASH_SEED` wins).
     pub seed_salt: u64,
     /// Provider-specific checks after each reopen: the problems found.
     pub provider_checks: &'a dyn Fn(&Reopened) -> Vec<String>,
@@ -131,8 +132,13 @@ impl CrashTest<'_> {
         }
         let label = self.label;
         let lives = self.lives * env_u64("VOLMGR_TORTURE_SCALE").unwrap_or(1);
-        let seed = env_u64("VOLMGR_CRASH_SEED")
-            .unwrap_or_else(|| u64::from(std::process::id()) ^ self.seed_salt);
+        let seed = env_u64("VOLMGR_CRASH_SEED").unwrap_or_else(|| {
+            // The clock too: a guest boots with nearly the same pids.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            (u64::from(std::process::id()) ^ self.seed_salt ^ u64::from(nanos)) % 100_000
+        });
         println!("{label}: seed {seed} (set VOLMGR_CRASH_SEED to replay)");
         let state = tempfile::tempdir().unwrap();
         let stderr_dir = tempfile::tempdir().unwrap();
