@@ -505,6 +505,11 @@ async fn manager_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
         manager_run(None, base_seed).await;
     assert!(problems.is_empty(), "dry run: {problems:?}");
     assert!(model.errors == 0 && model.acked > 0, "dry run: {model:?}");
+    assert_eq!(
+        (model.suspended, model.resumed),
+        (u64::from(ROUNDS_MANAGER), u64::from(ROUNDS_MANAGER)),
+        "dry run: every round cuts a receive short and resumes it: {model:?}"
+    );
     let mut faults = Vec::new();
     for (op, count) in storage_calls.values() {
         faults.extend(plans(*op, *count).into_iter().map(Fault::Storage));
