@@ -305,6 +305,10 @@ fn settle(model: &mut BTreeMap<String, Known>, recorded: &BTreeSet<String>) {
         .collect();
 }
 
+/// The longest one child life may take to reach its kill point (a life in
+/// the TCG guest takes about 40 s).
+const LIFE_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What one child life printed.
 struct Life {
     /// Its `ACK` and `BEGIN` lines, in order.
@@ -338,6 +342,22 @@ fn run_child(spec: &ChildSpec, acks_before_kill: usize, stderr_dir: &Path) -> Li
         .spawn()
         .unwrap();
     let pgid = child.id() as libc::pid_t;
+    // A child that hangs is killed after LIFE_LIMIT and reported, rather
+    // than stalling the test forever.
+    let (alive, watched) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let hung = matches!(
+            watched.recv_timeout(LIFE_LIMIT),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if hung {
+            // SAFETY: kill(2) on the process group we created.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+        hung
+    });
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut life = Life {
         lines: Vec::new(),
@@ -358,6 +378,8 @@ fn run_child(spec: &ChildSpec, acks_before_kill: usize, stderr_dir: &Path) -> Li
             break;
         }
     }
+    drop(alive);
+    let hung = watchdog.join().unwrap_or(false);
     // SAFETY: kill(2) on the process group we created.
     unsafe {
         libc::kill(-pgid, libc::SIGKILL);
@@ -384,7 +406,14 @@ fn run_child(spec: &ChildSpec, acks_before_kill: usize, stderr_dir: &Path) -> Li
     if !reached {
         // Its first panic is the cause: the start of its stderr.
         let text = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-        life.died = Some(text.lines().take(20).collect::<Vec<_>>().join("\n"));
+        let mut why = text.lines().take(20).collect::<Vec<_>>().join("\n");
+        if hung {
+            why = format!(
+                "hung: {} of {acks_before_kill} acknowledgements within {LIFE_LIMIT:?}\n{why}",
+                life.acked
+            );
+        }
+        life.died = Some(why);
     }
     life
 }
