@@ -754,11 +754,13 @@ impl Manager {
                 buf: Vec::new(),
             };
             let snap = volume_ref(&snapshot);
-            let stats = match resume_token {
-                Some(token) if provider.resume_fits(&snap, &token)? => {
-                    provider.send_resumed(&snap, &token, &mut writer)?
-                }
-                _ => provider.send_snapshot(
+            let resumed = match resume_token {
+                Some(token) => provider.send_resumed(&snap, &token, &mut writer)?,
+                None => None,
+            };
+            let stats = match resumed {
+                Some(stats) => stats,
+                None => provider.send_snapshot(
                     &snap,
                     base.as_ref().map(volume_ref).as_ref(),
                     &mut writer,
@@ -1442,28 +1444,16 @@ impl Inner {
             .and_then(|r| r);
         let (outcome, error) = match result {
             Ok(done) => (OpResult::Done(done), None),
-            Err(ProviderError::Suspended {
-                what,
-                partial,
-                cause,
-            }) => (
-                OpResult::Suspended {
-                    error: cause.clone(),
-                    token: partial.token.clone(),
-                    guid: partial.guid.clone(),
-                },
-                Some(ManagerError::Provider {
-                    provider: provider_id.to_owned(),
-                    error: ProviderError::Suspended {
-                        what,
-                        partial,
-                        cause,
-                    },
-                }),
-            ),
             Err(e) => (
-                OpResult::Failed {
-                    error: e.to_string(),
+                match &e {
+                    ProviderError::Suspended { partial, cause, .. } => OpResult::Suspended {
+                        error: cause.clone(),
+                        token: partial.token.clone(),
+                        guid: partial.guid.clone(),
+                    },
+                    _ => OpResult::Failed {
+                        error: e.to_string(),
+                    },
                 },
                 Some(ManagerError::Provider {
                     provider: provider_id.to_owned(),

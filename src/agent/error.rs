@@ -99,7 +99,6 @@ impl From<ManagerError> for ApiError {
                 ProviderError::HasDependents { .. } => (S::CONFLICT, "has_dependents"),
                 ProviderError::InvalidConfig(_) => (S::BAD_REQUEST, "invalid_config"),
                 ProviderError::Suspended { .. } => (S::BAD_GATEWAY, "transfer_interrupted"),
-                ProviderError::Unsupported(_) => (S::CONFLICT, "unsupported"),
                 _ => (S::INTERNAL_SERVER_ERROR, "provider_failed"),
             },
             ManagerError::ProviderUnavailable { .. } => {

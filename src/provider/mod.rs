@@ -130,8 +130,6 @@ pub enum ProviderError {
         partial: Box<PartialReceive>,
         cause: String,
     },
-    /// The provider cannot do this (e.g. resume a transfer).
-    Unsupported(String),
     /// Anything else the provider reports.
     Other(String),
 }
@@ -171,7 +169,6 @@ impl fmt::Display for ProviderError {
                 "receive into {what} interrupted, resumable (token {}): {cause}",
                 partial.token
             ),
-            ProviderError::Unsupported(e) => write!(f, "not supported: {e}"),
             ProviderError::Other(e) => f.write_str(e),
         }
     }
@@ -274,19 +271,16 @@ pub trait Provider: Send + Sync + fmt::Debug {
     }
 
     /// Writes the rest of a stream of `snapshot` from where the receiver's
-    /// `token` says it stopped. Fails before writing anything if the token
-    /// does not fit.
+    /// `token` says it stopped. `None`, with nothing written, if the token
+    /// does not continue a stream of `snapshot` (or the provider cannot
+    /// resume at all): the caller then sends a whole stream.
     fn send_resumed(
         &self,
-        snapshot: &VolumeRef<'_>,
+        _snapshot: &VolumeRef<'_>,
         _token: &str,
         _out: &mut dyn Write,
-    ) -> Result<SendStats, ProviderError> {
-        Err(ProviderError::Unsupported(format!(
-            "{} cannot resume a stream of {}",
-            self.kind(),
-            snapshot.id
-        )))
+    ) -> Result<Option<SendStats>, ProviderError> {
+        Ok(None)
     }
 }
 

@@ -74,6 +74,7 @@ use super::{
     Tag, VolumeRef, VolumeSpec,
 };
 use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::validate::MAX_RESUME_TOKEN_LEN;
 
 /// The provider kind.
 pub const KIND: &str = "zfs";
@@ -230,9 +231,6 @@ pub struct StreamHeader {
 /// `DMU_BACKUP_FEATURE_RESUMING` as a bit of the begin record's versioninfo
 /// (feature flags start at bit 2).
 const FEATURE_RESUMING: u64 = 1 << 22;
-
-/// Longest resume token accepted from a caller (ZFS's are a few hundred bytes).
-pub const MAX_RESUME_TOKEN_LEN: usize = 4096;
 
 /// Checks a resume token from a caller: `<version>-<hex>-<hex>-<hex>`, ASCII
 /// hex digits and dashes only, bounded, never flag-like.
@@ -835,14 +833,12 @@ impl ZfsProvider {
                 }
             }
         }
-        if let Err(e) = self.check_stream_fits(tname, spec, &header) {
-            if header.resuming {
-                self.recv_abort(tname)?;
-            }
-            return match e {
-                Fits::Already(created) => Ok(created),
-                Fits::Refused(e) => Err(e),
-            };
+        let fits = self.check_stream_fits(tname, spec, &header);
+        if header.resuming && !matches!(fits, Ok(None)) {
+            self.recv_abort(tname)?;
+        }
+        if let Some(created) = fits? {
+            return Ok(created);
         }
         if !header.resuming && partial.is_some() {
             self.recv_abort(tname)?;
@@ -896,44 +892,44 @@ impl ZfsProvider {
     /// Checks a stream's header against the target before anything changes:
     /// an incremental's base must be the target's newest snapshot (by GUID);
     /// a full stream needs a target without snapshots; a GUID already present
-    /// is this very receive done before (idempotent) or refused.
+    /// is this very receive done before (its result: idempotent) or refused.
     fn check_stream_fits(
         &self,
         tname: &str,
         spec: &VolumeSpec<'_>,
         header: &StreamHeader,
-    ) -> Result<(), Fits> {
-        let snaps = self.snapshots_of(tname).map_err(Fits::Refused)?;
+    ) -> Result<Option<Created>, ProviderError> {
+        let snaps = self.snapshots_of(tname)?;
         let toguid = header.toguid.to_string();
         if let Some(have) = snaps.iter().find(|r| r.guid == toguid) {
             if let Some(t) = self.tag_of(have)
                 && t.volume == spec.id
                 && t.op == spec.op
             {
-                return Err(Fits::Already(self.created_of(have)));
+                return Ok(Some(self.created_of(have)));
             }
-            return Err(Fits::Refused(ProviderError::AlreadyExists(format!(
+            return Err(ProviderError::AlreadyExists(format!(
                 "{tname} already holds snapshot guid {toguid} as {}",
                 have.name
-            ))));
+            )));
         }
         if header.fromguid != 0 {
             let from = header.fromguid.to_string();
             if snaps.last().map(|r| r.guid.as_str()) != Some(from.as_str()) {
-                return Err(Fits::Refused(ProviderError::Stream(format!(
+                return Err(ProviderError::Stream(format!(
                     "incremental stream from guid {from}, but the newest snapshot of {tname} is {}",
                     snaps
                         .last()
                         .map_or("none".into(), |r| format!("{} (guid {})", r.name, r.guid))
-                ))));
+                )));
             }
         } else if !snaps.is_empty() {
-            return Err(Fits::Refused(ProviderError::Stream(format!(
+            return Err(ProviderError::Stream(format!(
                 "full stream into {tname}, which has {} snapshot(s): destroy them first",
                 snaps.len()
-            ))));
+            )));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Settles a `zfs recv` that failed. If the target now holds a partial
@@ -981,10 +977,23 @@ impl ZfsProvider {
         }
     }
 
+    /// What `token` continues, if that is a stream of `snapshot` (this very
+    /// snapshot and guid, so a token can never reach another dataset).
+    fn fitting_token(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        token: &str,
+    ) -> Result<Option<TokenContents>, ProviderError> {
+        check_token(token)?;
+        let (snap, row) = self.require(snapshot)?;
+        Ok(self
+            .token_contents(token)?
+            .filter(|c| c.toname == snap && c.toguid.to_string() == row.guid))
+    }
+
     /// The contents of a resume token, by a dry run (`zfs send -nvP -t`).
     /// `None` if ZFS does not accept the token.
     fn token_contents(&self, token: &str) -> Result<Option<TokenContents>, ProviderError> {
-        check_token(token)?;
         let out = Cmd::new("zfs")
             .arg("send")
             .arg("-nvP")
@@ -1001,13 +1010,6 @@ impl ZfsProvider {
             Err(e) => Err(e),
         }
     }
-}
-
-/// Why a stream does not go into a target as it is.
-enum Fits {
-    /// This very receive happened already: its result.
-    Already(Created),
-    Refused(ProviderError),
 }
 
 /// 70% of the size of the file system that will hold `vdev`, else 100 GB.
@@ -1343,11 +1345,7 @@ impl Provider for ZfsProvider {
     }
 
     fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {
-        check_token(token)?;
-        let (snap, row) = self.require(snapshot)?;
-        Ok(self
-            .token_contents(token)?
-            .is_some_and(|c| c.toname == snap && c.toguid.to_string() == row.guid))
+        Ok(self.fitting_token(snapshot, token)?.is_some())
     }
 
     fn send_resumed(
@@ -1355,28 +1353,20 @@ impl Provider for ZfsProvider {
         snapshot: &VolumeRef<'_>,
         token: &str,
         out: &mut dyn Write,
-    ) -> Result<SendStats, ProviderError> {
-        check_token(token)?;
-        let (snap, row) = self.require(snapshot)?;
-        let contents = self.token_contents(token)?.ok_or_else(|| {
-            ProviderError::Stream("ZFS does not accept the resume token".to_owned())
-        })?;
-        if contents.toname != snap || contents.toguid.to_string() != row.guid {
-            return Err(ProviderError::Stream(format!(
-                "the resume token continues {} (guid {}), not {snap} (guid {})",
-                contents.toname, contents.toguid, row.guid
-            )));
-        }
+    ) -> Result<Option<SendStats>, ProviderError> {
+        let Some(contents) = self.fitting_token(snapshot, token)? else {
+            return Ok(None);
+        };
         let (bytes, _) = Cmd::new("zfs")
             .arg("send")
             .arg("-t")
             .user_arg(token)?
             .run_to(out)?;
-        Ok(SendStats {
+        Ok(Some(SendStats {
             bytes,
             incremental: contents.fromguid.is_some(),
             resumed: true,
-        })
+        }))
     }
 }
 

@@ -139,7 +139,7 @@ impl Provider for CountingProvider {
         snapshot: &VolumeRef<'_>,
         token: &str,
         out: &mut dyn Write,
-    ) -> Result<SendStats, ProviderError> {
+    ) -> Result<Option<SendStats>, ProviderError> {
         self.count(SimCall::Send);
         self.inner.send_resumed(snapshot, token, out)
     }
