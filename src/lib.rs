@@ -1,15 +1,13 @@
-//! volmgr: an event-sourced host volume manager.
+//! volmgr: the front-ends of the volume manager — the HTTP agent
+//! ([`agent`]) and the command line ([`cli`]) — over the embeddable core
+//! library `volmgr-core`, whose modules are re-exported here under their own
+//! names (`volmgr::manager` is `volmgr_core::manager`).
 //!
-//! Every operation is appended to a checksummed write-ahead [`journal`] and
-//! replayed at startup; storage side effects go through the [`storage`] seam
-//! (journal files) and providers (volumes). See `ARCHITECTURE.md` for the map.
+//! A host agent that only embeds the manager depends on `volmgr-core`, which
+//! builds without axum, clap, indicatif or tracing-subscriber. See
+//! `ARCHITECTURE.md` for the map.
+
+pub use volmgr_core::{journal, manager, provider, reconcile, state, storage, validate};
 
 pub mod agent;
 pub mod cli;
-pub mod journal;
-pub mod manager;
-pub mod provider;
-pub mod reconcile;
-pub mod state;
-pub mod storage;
-pub mod validate;

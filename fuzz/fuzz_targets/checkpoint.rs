@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use serde::{Deserialize, Serialize};
-use volmgr::journal::{self, format};
+use volmgr_core::journal::{self, format};
 
 /// A record shaped like the journal's real ones: nested enums, strings,
 /// byte vectors, options, maps and integers of every width.

@@ -23,8 +23,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use volmgr::journal::format::{self, FRAME_ALIGN, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
-use volmgr::journal::reader::{self, SegmentEnd};
+use volmgr_core::journal::format::{self, FRAME_ALIGN, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use volmgr_core::journal::reader::{self, SegmentEnd};
 
 fn check(bytes: &[u8]) {
     let Ok(scan) = reader::scan_segment(bytes) else {

@@ -1,0 +1,178 @@
+//! Manager tunables, the verbs' typed errors, and what open and the write
+//! path report.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::journal::{JournalConfig, JournalError, LogEnd};
+use crate::provider::{self, ProviderConfig, ProviderError, ProviderFactory};
+use crate::state::{Case, VolumeKind};
+use crate::storage::Storage;
+
+/// Id of the provider the default factory registers.
+pub const DEFAULT_PROVIDER_ID: &str = "default";
+
+/// Builds the default provider's (kind, configuration) when the journal has none.
+pub type DefaultProviderFactory =
+    Box<dyn FnOnce() -> Result<(String, ProviderConfig), String> + Send>;
+
+/// Manager tunables.
+pub struct ManagerConfig {
+    pub journal: JournalConfig,
+    /// Write a checkpoint after this many records.
+    pub checkpoint_every: u64,
+    /// Runs only when the journal holds no provider; registers `default`.
+    pub default_provider: Option<DefaultProviderFactory>,
+    /// Provider kinds that can be built, by kind name.
+    pub factories: BTreeMap<String, ProviderFactory>,
+    /// Events a subscriber may fall behind before it is told it lagged.
+    pub event_capacity: usize,
+    /// The file system under the journal; `None` is the real one. A test seam
+    /// (fault injection, simulated power cuts).
+    pub storage: Option<Arc<dyn Storage>>,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            journal: JournalConfig::default(),
+            checkpoint_every: 10_000,
+            default_provider: None,
+            factories: provider::builtin_factories(),
+            event_capacity: 1024,
+            storage: None,
+        }
+    }
+}
+
+impl fmt::Debug for ManagerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagerConfig")
+            .field("journal", &self.journal)
+            .field("checkpoint_every", &self.checkpoint_every)
+            .field("default_provider", &self.default_provider.is_some())
+            .field("factories", &self.factories.keys().collect::<Vec<_>>())
+            .field("storage", &self.storage)
+            .finish()
+    }
+}
+
+/// Errors of the manager's verbs.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ManagerError {
+    NoSuchVolume(String),
+    NoSuchProvider(String),
+    NoSuchOrphan {
+        provider: String,
+        volume: String,
+    },
+    AlreadyExists(String),
+    InvalidId {
+        id: String,
+        reason: String,
+    },
+    InvalidMeta(String),
+    InvalidInput(String),
+    /// The volume has snapshots or forks.
+    HasDependents {
+        id: String,
+        dependents: Vec<String>,
+    },
+    /// Another operation on that volume is in flight.
+    Busy(String),
+    /// The operation needs a snapshot (fork, send) or a data volume.
+    WrongKind {
+        id: String,
+        expected: VolumeKind,
+    },
+    /// The volume is recorded but its provider does not show it.
+    VolumeLost(String),
+    /// The provider failed; carries its message.
+    Provider {
+        provider: String,
+        error: ProviderError,
+    },
+    /// The provider could not be built at open (its volumes are untouched).
+    ProviderUnavailable {
+        provider: String,
+        reason: String,
+    },
+    /// The journal failed (poisoned, I/O, corruption at open).
+    Journal(JournalError),
+    /// The journal contradicts itself on replay.
+    Replay(String),
+    /// A transfer stream failed on our side.
+    Stream(String),
+    Internal(String),
+}
+
+impl fmt::Display for ManagerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ManagerError::NoSuchVolume(id) => write!(f, "no such volume: {id}"),
+            ManagerError::NoSuchProvider(id) => write!(f, "no such provider: {id}"),
+            ManagerError::NoSuchOrphan { provider, volume } => {
+                write!(f, "no orphan {volume} on provider {provider}")
+            }
+            ManagerError::AlreadyExists(id) => write!(f, "already exists: {id}"),
+            ManagerError::InvalidId { id, reason } => write!(f, "invalid id {id:?}: {reason}"),
+            ManagerError::InvalidMeta(reason) => write!(f, "invalid metadata: {reason}"),
+            ManagerError::InvalidInput(reason) => write!(f, "invalid input: {reason}"),
+            ManagerError::HasDependents { id, dependents } => {
+                write!(f, "{id} has dependents: {}", dependents.join(", "))
+            }
+            ManagerError::Busy(id) => write!(f, "volume {id} is busy with another operation"),
+            ManagerError::WrongKind { id, expected } => {
+                write!(f, "{id} is not a {expected} volume")
+            }
+            ManagerError::VolumeLost(id) => {
+                write!(f, "volume {id} is lost (its provider does not show it)")
+            }
+            ManagerError::Provider { provider, error } => write!(f, "provider {provider}: {error}"),
+            ManagerError::ProviderUnavailable { provider, reason } => {
+                write!(f, "provider {provider} is unavailable: {reason}")
+            }
+            ManagerError::Journal(e) => write!(f, "{e}"),
+            ManagerError::Replay(e) => write!(f, "replay failed: {e}"),
+            ManagerError::Stream(e) => write!(f, "transfer failed: {e}"),
+            ManagerError::Internal(e) => write!(f, "internal error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ManagerError {}
+
+impl From<JournalError> for ManagerError {
+    fn from(e: JournalError) -> Self {
+        ManagerError::Journal(e)
+    }
+}
+
+/// What reconciliation did at open.
+#[derive(Debug, Clone, Default)]
+pub struct ReconcileReport {
+    /// (case, volume, detail) per journaled resolution.
+    pub resolutions: Vec<(Case, Option<String>, String)>,
+    /// Untagged items under a provider root, never touched.
+    pub foreign: Vec<(String, String)>,
+    /// Providers that could not be built, with the reason.
+    pub unavailable: Vec<(String, String)>,
+    /// How the journal ended; a torn tail was truncated.
+    pub journal_end: Option<LogEnd>,
+    pub checkpoint_seq: Option<u64>,
+    pub replayed_records: usize,
+}
+
+/// Journal statistics for benchmarks and the agent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ManagerStats {
+    pub durable_seq: u64,
+    pub syncs: u64,
+    /// Mutating operations completed through the write path since open.
+    pub operations: u64,
+    /// Their summed wall time, and the part spent awaiting durable appends.
+    pub operation_ns: u64,
+    pub journal_wait_ns: u64,
+}

@@ -1,0 +1,358 @@
+//! The manager: the public async API a host agent embeds, and the write path.
+//!
+//! Every mutating verb runs the same path (DESIGN.md): validate against the
+//! state and claim the volumes it touches (typed error, nothing written);
+//! append a durable Intent; perform the provider side effect on the blocking
+//! pool, tagged with the volume id and op id; append a durable Outcome; apply
+//! both records; broadcast events; answer. The body runs in a spawned task, so
+//! a caller that gives up cannot leave a durable record unapplied.
+//!
+//! **Invariant:** nothing reaches a provider before its Intent is durable.
+//! **Invariant:** nothing is acknowledged before its Outcome is durable.
+//! **Invariant:** records are applied to the state in sequence order (a small
+//! reorder buffer absorbs concurrent appenders), so live state equals replay.
+//!
+//! The module's parts: `config` (tunables, errors, reports), `verbs` (the
+//! mutating verbs), `transfer` (send and receive, with their stream bridges),
+//! `recovery` (reconciliation at open: the decision table's provider steps),
+//! `write_path` (claims, the intent → effect → outcome path and the reorder
+//! buffer).
+
+mod config;
+mod recovery;
+mod transfer;
+mod verbs;
+mod write_path;
+
+pub use config::{
+    DEFAULT_PROVIDER_ID, DefaultProviderFactory, ManagerConfig, ManagerError, ManagerStats,
+    ReconcileReport,
+};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, watch};
+
+use crate::journal::{self, Journal};
+use crate::provider::{Created, Found, Provider, ProviderError, ProviderFactory, VolumeRef};
+use crate::state::{
+    Done, Event, Orphan, ProviderRecord, Record, State, Volume, VolumeKind, VolumeStatus,
+};
+use crate::storage::RealStorage;
+use crate::validate;
+
+#[derive(Debug, Default)]
+struct Counters {
+    operations: AtomicU64,
+    operation_ns: AtomicU64,
+    journal_wait_ns: AtomicU64,
+}
+
+struct Core {
+    state: State,
+    /// Durable records not yet applied because an earlier one is still missing.
+    waiting: BTreeMap<u64, Record>,
+    /// Volume ids with an operation in flight.
+    busy: BTreeSet<String>,
+    since_checkpoint: u64,
+}
+
+pub(super) struct Inner {
+    journal: Arc<Journal<Record>>,
+    core: Mutex<Core>,
+    applied: watch::Sender<u64>,
+    providers: RwLock<HashMap<String, Arc<dyn Provider>>>,
+    unavailable: RwLock<HashMap<String, String>>,
+    factories: BTreeMap<String, ProviderFactory>,
+    events: broadcast::Sender<Event>,
+    checkpoint_every: u64,
+    state_dir: PathBuf,
+    report: Mutex<ReconcileReport>,
+    counters: Counters,
+}
+
+/// The volume manager. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("state_dir", &self.inner.state_dir)
+            .finish()
+    }
+}
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(super) fn check_id(id: &str) -> Result<(), ManagerError> {
+    validate::id(id).map_err(|reason| ManagerError::InvalidId {
+        id: id.to_owned(),
+        reason,
+    })
+}
+
+impl Manager {
+    /// Opens the state directory: lock, checkpoint, replay, reconcile, ready.
+    pub async fn open(
+        state_dir: impl AsRef<Path>,
+        config: ManagerConfig,
+    ) -> Result<Manager, ManagerError> {
+        let state_dir = state_dir.as_ref().to_owned();
+        let journal_config = config.journal.clone();
+        let dir = state_dir.clone();
+        let storage = config
+            .storage
+            .clone()
+            .unwrap_or_else(|| Arc::new(RealStorage));
+        let (journal, recovery) = tokio::task::spawn_blocking(move || {
+            Journal::<Record>::open_with_storage(storage, &dir, journal_config)
+        })
+        .await
+        .map_err(|e| ManagerError::Internal(e.to_string()))??;
+
+        let mut state = match &recovery.checkpoint {
+            Some((_, payload)) => journal::decode_checkpoint::<State>(payload)
+                .map_err(|e| ManagerError::Replay(format!("checkpoint does not decode: {e}")))?,
+            None => State::default(),
+        };
+        for (seq, record) in &recovery.records {
+            state
+                .apply(*seq, record)
+                .map_err(|e| ManagerError::Replay(e.to_string()))?;
+        }
+        let report = ReconcileReport {
+            journal_end: Some(recovery.end.clone()),
+            checkpoint_seq: recovery.checkpoint.as_ref().map(|(s, _)| *s),
+            replayed_records: recovery.records.len(),
+            ..ReconcileReport::default()
+        };
+        let seq = state.seq;
+        let (applied, _) = watch::channel(seq);
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let inner = Arc::new(Inner {
+            journal: Arc::new(journal),
+            core: Mutex::new(Core {
+                state,
+                waiting: BTreeMap::new(),
+                busy: BTreeSet::new(),
+                since_checkpoint: 0,
+            }),
+            applied,
+            providers: RwLock::new(HashMap::new()),
+            unavailable: RwLock::new(HashMap::new()),
+            factories: config.factories,
+            events,
+            checkpoint_every: config.checkpoint_every.max(1),
+            state_dir,
+            report: Mutex::new(report),
+            counters: Counters::default(),
+        });
+        let manager = Manager { inner };
+
+        // Providers come back from the journal; the factory runs only if none.
+        let records: Vec<ProviderRecord> =
+            manager.with_state(|s| s.providers.values().cloned().collect());
+        for record in &records {
+            match manager.inner.build_provider(&record.kind, &record.config) {
+                Ok(p) => {
+                    manager
+                        .inner
+                        .providers
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(record.id.clone(), p);
+                }
+                Err(e) => {
+                    tracing::error!(provider = %record.id, error = %e, "provider unavailable");
+                    manager
+                        .inner
+                        .unavailable
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(record.id.clone(), e.to_string());
+                }
+            }
+        }
+        manager.reconcile().await?;
+        if records.is_empty()
+            && let Some(factory) = config.default_provider
+        {
+            let (kind, provider_config) =
+                factory().map_err(|e| ManagerError::ProviderUnavailable {
+                    provider: DEFAULT_PROVIDER_ID.into(),
+                    reason: e,
+                })?;
+            manager
+                .add_provider(DEFAULT_PROVIDER_ID, &kind, provider_config)
+                .await?;
+        }
+        Ok(manager)
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let core = self.inner.core.lock().unwrap_or_else(|e| e.into_inner());
+        f(&core.state)
+    }
+
+    /// A copy of the whole state (for tools and tests).
+    pub fn state(&self) -> State {
+        self.with_state(State::clone)
+    }
+
+    /// What reconciliation did at open.
+    pub fn reconcile_report(&self) -> ReconcileReport {
+        self.inner
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn stats(&self) -> ManagerStats {
+        ManagerStats {
+            durable_seq: self.inner.journal.durable_seq(),
+            syncs: self.inner.journal.sync_count(),
+            operations: self.inner.counters.operations.load(Ordering::Relaxed),
+            operation_ns: self.inner.counters.operation_ns.load(Ordering::Relaxed),
+            journal_wait_ns: self.inner.counters.journal_wait_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+
+    /// One volume's info.
+    pub fn volume(&self, id: &str) -> Result<Volume, ManagerError> {
+        self.with_state(|s| s.volumes.get(id).cloned())
+            .ok_or_else(|| ManagerError::NoSuchVolume(id.to_owned()))
+    }
+
+    /// All volumes, sorted by id.
+    pub fn volumes(&self) -> Vec<Volume> {
+        self.with_state(|s| s.volumes.values().cloned().collect())
+    }
+
+    pub fn providers(&self) -> Vec<ProviderRecord> {
+        self.with_state(|s| s.providers.values().cloned().collect())
+    }
+
+    /// Orphans reconciliation reported and no command has resolved yet.
+    pub fn orphans(&self) -> Vec<Orphan> {
+        self.with_state(|s| s.orphans.values().cloned().collect())
+    }
+
+    /// Create, destroy, lost and found events. A subscriber that falls more
+    /// than `event_capacity` behind gets `RecvError::Lagged` and never blocks
+    /// the manager.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Closes the journal (after the records already queued) and releases
+    /// the state directory's lock. Operations still running on other clones
+    /// fail with a journal `Closed` error; their intents are reconciled at the
+    /// next open. A host agent stops accepting requests before calling this.
+    pub async fn close(self) {
+        self.inner.journal.shutdown().await;
+    }
+
+    async fn spawn<T, F>(&self, body: F) -> Result<T, ManagerError>
+    where
+        F: Future<Output = Result<T, ManagerError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(body)
+            .await
+            .map_err(|e| ManagerError::Internal(format!("operation task failed: {e}")))?
+    }
+}
+
+pub(super) fn done(created: Created) -> Done {
+    Done {
+        location: created.location,
+        details: created.details,
+    }
+}
+
+pub(super) fn live<'a>(s: &'a State, id: &str) -> Result<&'a Volume, ManagerError> {
+    let v = s
+        .volumes
+        .get(id)
+        .ok_or_else(|| ManagerError::NoSuchVolume(id.to_owned()))?;
+    if v.status == VolumeStatus::Lost {
+        return Err(ManagerError::VolumeLost(id.to_owned()));
+    }
+    Ok(v)
+}
+
+/// A live volume that must be of `kind` (snapshot, fork and transfer sources).
+pub(super) fn live_kind<'a>(
+    s: &'a State,
+    id: &str,
+    kind: VolumeKind,
+) -> Result<&'a Volume, ManagerError> {
+    let v = live(s, id)?;
+    if v.kind != kind {
+        return Err(ManagerError::WrongKind {
+            id: id.to_owned(),
+            expected: kind,
+        });
+    }
+    Ok(v)
+}
+
+/// An orphan reconciliation reported and no command has resolved yet.
+pub(super) fn noted_orphan(
+    s: &State,
+    provider: &str,
+    volume: &str,
+) -> Result<Orphan, ManagerError> {
+    s.orphans
+        .get(&crate::state::orphan_key(provider, volume))
+        .cloned()
+        .ok_or_else(|| ManagerError::NoSuchOrphan {
+            provider: provider.to_owned(),
+            volume: volume.to_owned(),
+        })
+}
+
+pub(super) fn volume_ref(v: &Volume) -> VolumeRef<'_> {
+    VolumeRef {
+        id: &v.id,
+        kind: v.kind,
+        parent: v.parent.as_deref(),
+        location: &v.location,
+        details: &v.details,
+    }
+}
+
+pub(super) fn found_ref<'a>(f: &'a Found, id: &'a str, kind: VolumeKind) -> VolumeRef<'a> {
+    VolumeRef {
+        id,
+        kind,
+        parent: f.tag.as_ref().and_then(|t| t.parent.as_deref()),
+        location: &f.location,
+        details: &f.details,
+    }
+}
+
+pub(super) fn find(provider: &dyn Provider, volume: &str) -> Result<Option<Found>, ProviderError> {
+    Ok(provider
+        .inventory()?
+        .into_iter()
+        .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == volume)))
+}

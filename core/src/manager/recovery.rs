@@ -1,0 +1,241 @@
+//! Reconciliation at open: runs `reconcile::decide` against each provider's
+//! inventory, performs each decision's provider step, and journals the
+//! resolution records.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{Manager, ManagerError, ReconcileReport, done, found_ref, now_ms, volume_ref};
+use crate::provider::Provider;
+use crate::reconcile::{self, Resolution};
+use crate::state::{Done, Effect, OpResult, Record, State, VolumeKind};
+
+impl Manager {
+    /// Runs reconciliation for every available provider (and provider-less
+    /// pending operations) and journals each resolution.
+    pub(super) async fn reconcile(&self) -> Result<(), ManagerError> {
+        let inner = &self.inner;
+        let state = self.state();
+        let mut report = ReconcileReport::default();
+        let mut decisions = reconcile::decide(&state, None, &[]);
+        let mut providers: Vec<(String, Arc<dyn Provider>)> = inner
+            .providers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        providers.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut provider_of: HashMap<usize, Arc<dyn Provider>> = HashMap::new();
+        for (id, provider) in &providers {
+            let p = provider.clone();
+            let found = tokio::task::spawn_blocking(move || p.inventory())
+                .await
+                .map_err(|e| ManagerError::Internal(e.to_string()))?;
+            let found = match found {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::error!(provider = %id, error = %e, "inventory failed; provider unavailable");
+                    inner
+                        .unavailable
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.clone(), e.to_string());
+                    report.unavailable.push((id.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            let start = decisions.len();
+            decisions.extend(reconcile::decide(&state, Some(id), &found));
+            for i in start..decisions.len() {
+                provider_of.insert(i, provider.clone());
+            }
+        }
+        for (id, reason) in inner
+            .unavailable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if !report.unavailable.iter().any(|(p, _)| p == id) {
+                report.unavailable.push((id.clone(), reason.clone()));
+            }
+        }
+        // Pending operations on unavailable providers stay pending, and their
+        // volumes stay claimed until a later open can decide them.
+        let unavailable: Vec<String> = report.unavailable.iter().map(|(p, _)| p.clone()).collect();
+        {
+            let mut core = inner.core.lock().unwrap_or_else(|e| e.into_inner());
+            for p in core.state.pending.values().cloned().collect::<Vec<_>>() {
+                if reconcile::provider_of(&core.state, &p.action)
+                    .is_some_and(|id| unavailable.contains(&id))
+                {
+                    for v in p.action.volumes() {
+                        core.busy.insert(v.to_owned());
+                    }
+                }
+            }
+        }
+
+        for (i, d) in decisions.into_iter().enumerate() {
+            if d.resolution == Resolution::Ignore {
+                if let Some(found) = &d.found {
+                    tracing::info!(item = %found.name, "reconcile: foreign item left alone");
+                    report.foreign.push((found.name.clone(), d.detail.clone()));
+                }
+                continue;
+            }
+            let provider = provider_of.get(&i).cloned();
+            let pending = d.op.and_then(|op| state.pending.get(&op).cloned());
+            let effect = {
+                let d = d.clone();
+                let state = state.clone();
+                tokio::task::spawn_blocking(move || {
+                    resolve(&d, provider.as_deref(), pending.as_ref(), &state)
+                })
+                .await
+                .map_err(|e| ManagerError::Internal(e.to_string()))?
+            };
+            let record = Record::Reconciled {
+                at_ms: now_ms(),
+                case: d.case,
+                detail: d.detail.clone(),
+                effect,
+            };
+            let seq = inner.journal.append(&record).await?;
+            inner.submit(seq, record);
+            tracing::warn!(case = %d.case, volume = ?d.volume, detail = %d.detail, "reconciled");
+            report
+                .resolutions
+                .push((d.case, d.volume.clone(), d.detail.clone()));
+        }
+        let mut stored = inner.report.lock().unwrap_or_else(|e| e.into_inner());
+        stored.resolutions = report.resolutions;
+        stored.foreign = report.foreign;
+        stored.unavailable = report.unavailable;
+        Ok(())
+    }
+}
+
+/// Performs a decision's provider step and returns the effect to journal.
+fn resolve(
+    d: &reconcile::Decision,
+    provider: Option<&dyn Provider>,
+    pending: Option<&crate::state::Pending>,
+    state: &State,
+) -> Effect {
+    let interrupted = |why: String| OpResult::Failed { error: why };
+    let op = d.op.unwrap_or_default();
+    let result = match d.resolution {
+        Resolution::RollForward => {
+            let found = d.found.as_ref().expect("roll forward has a found item");
+            OpResult::Done(Done {
+                location: found.location.clone(),
+                details: found.details.clone(),
+            })
+        }
+        Resolution::FailInterrupted => interrupted("interrupted".into()),
+        Resolution::FinishThenDone => {
+            let found = d.found.as_ref().expect("finish has a found item");
+            match provider.map(|p| p.finish(found)) {
+                Some(Ok(created)) => OpResult::Done(done(created)),
+                Some(Err(e)) => {
+                    // Could not finish: remove it so nothing half-made stays.
+                    if let (Some(p), Some(vol)) = (provider, d.volume.as_deref()) {
+                        let kind = reconcile::found_kind(found).unwrap_or(VolumeKind::Data);
+                        let _ = p.destroy(&found_ref(found, vol, kind));
+                    }
+                    interrupted(format!("interrupted; could not finish: {e}"))
+                }
+                None => interrupted("interrupted; provider unavailable".into()),
+            }
+        }
+        Resolution::DestroyThenDone => {
+            let found = d.found.as_ref().expect("destroy has a found item");
+            let vol = d.volume.as_deref().unwrap_or_default();
+            let kind = reconcile::found_kind(found).unwrap_or(VolumeKind::Data);
+            let result = match state.volumes.get(vol) {
+                Some(v) => provider.map(|p| p.destroy(&volume_ref(v))),
+                None => provider.map(|p| p.destroy(&found_ref(found, vol, kind))),
+            };
+            match result {
+                Some(Ok(())) | None => OpResult::Done(Done::default()),
+                // The destroy intent stays the operator's wish; report it.
+                Some(Err(e)) => interrupted(format!("destroy during recovery failed: {e}")),
+            }
+        }
+        Resolution::Done => OpResult::Done(Done::default()),
+        Resolution::KeepResumable => {
+            let target = d
+                .found
+                .as_ref()
+                .expect("a resumable receive has its target");
+            let partial = target
+                .partial
+                .clone()
+                .expect("a resumable target has a partial");
+            // A killed receive may leave its target unmounted; finishing the
+            // target mounts it again and keeps the partial state.
+            match provider.map(|p| p.finish(target)) {
+                Some(Ok(_)) => OpResult::Suspended {
+                    error: "receive interrupted; resumable".into(),
+                    token: partial.token,
+                    guid: partial.guid,
+                },
+                Some(Err(e)) => {
+                    if let Some(p) = provider {
+                        let _ = p.abort_partial(op);
+                    }
+                    interrupted(format!(
+                        "receive interrupted; its target could not be made usable ({e}), partial state removed"
+                    ))
+                }
+                None => interrupted("interrupted; provider unavailable".into()),
+            }
+        }
+        Resolution::AbortReceiveThenDone => {
+            let vol = d.volume.as_deref().unwrap_or_default();
+            let result = match state.volumes.get(vol) {
+                Some(v) => provider.map(|p| p.abort_receive(&volume_ref(v))),
+                None => None,
+            };
+            match result {
+                Some(Ok(())) | None => OpResult::Done(Done::default()),
+                Some(Err(e)) => interrupted(format!("abort-receive during recovery failed: {e}")),
+            }
+        }
+        Resolution::UndoThenFail => {
+            if let Some(p) = provider {
+                let _ = p.abort_partial(op);
+                if let (Some(found), Some(vol)) = (&d.found, d.volume.as_deref()) {
+                    let kind = reconcile::found_kind(found).unwrap_or(VolumeKind::Snapshot);
+                    let _ = p.destroy(&found_ref(found, vol, kind));
+                }
+            }
+            let what = pending.map_or("operation", |p| p.action.name());
+            interrupted(format!("{what} interrupted; partial state removed"))
+        }
+        Resolution::MarkLost => {
+            return Effect::MarkLost {
+                volume: d.volume.clone().unwrap_or_default(),
+            };
+        }
+        Resolution::MarkFound => {
+            return Effect::MarkFound {
+                volume: d.volume.clone().unwrap_or_default(),
+            };
+        }
+        Resolution::ReportOrphan => {
+            return Effect::NoteOrphan(d.orphan.clone().expect("orphan decision"));
+        }
+        Resolution::ForgetOrphan => {
+            let o = d.orphan.as_ref().expect("orphan decision");
+            return Effect::ForgetOrphan {
+                provider: o.provider.clone(),
+                volume: o.volume.clone(),
+            };
+        }
+        Resolution::Ignore => unreachable!("ignored decisions are not journaled"),
+    };
+    Effect::Resolve { op, result }
+}

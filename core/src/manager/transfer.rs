@@ -1,0 +1,340 @@
+//! Snapshot transfers: haves, send (full, incremental or resumed) and
+//! receive, bridging async streams to the providers' blocking readers and
+//! writers through bounded channels.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::provider::{ProviderError, SendStats, VolumeSpec};
+use crate::state::{Action, DETAIL_GUID, Done, Meta, Volume, VolumeKind, VolumeStatus};
+use crate::validate;
+
+use super::verbs::undo_on_error;
+use super::{Manager, ManagerError, check_id, live, live_kind, volume_ref};
+
+impl Manager {
+    /// Identities (GUIDs) of the snapshots of data volume `id`: what a sender
+    /// may use as the base of an incremental stream.
+    pub fn list_haves(&self, id: &str) -> Result<Vec<String>, ManagerError> {
+        check_id(id)?;
+        self.with_state(|s| {
+            live(s, id)?;
+            let mut snaps: Vec<&Volume> = s
+                .volumes
+                .values()
+                .filter(|v| v.kind == VolumeKind::Snapshot && v.parent.as_deref() == Some(id))
+                .collect();
+            snaps.sort_by_key(|v| (v.created_at_ms, v.id.clone()));
+            Ok(snaps
+                .iter()
+                .filter_map(|v| v.details.get(DETAIL_GUID).cloned())
+                .collect())
+        })
+    }
+
+    /// Streams snapshot `id` to `out`: incremental from the newest older
+    /// snapshot of the same volume whose GUID is among `haves`, else full.
+    pub async fn send_snapshot<W>(
+        &self,
+        id: &str,
+        haves: &[String],
+        out: W,
+    ) -> Result<SendStats, ManagerError>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        self.send_snapshot_resuming(id, haves, None, out).await
+    }
+
+    /// Whether the provider can continue a stream of snapshot `id` from a
+    /// receiver's resume `token` (a dry run; nothing is sent).
+    pub async fn resume_fits(&self, id: &str, token: &str) -> Result<bool, ManagerError> {
+        check_id(id)?;
+        validate::resume_token(token).map_err(ManagerError::InvalidInput)?;
+        let snapshot = self.with_state(|s| live_kind(s, id, VolumeKind::Snapshot).cloned())?;
+        let provider = self.inner.provider(&snapshot.provider)?;
+        let token = token.to_owned();
+        let provider_id = snapshot.provider.clone();
+        tokio::task::spawn_blocking(move || provider.resume_fits(&volume_ref(&snapshot), &token))
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?
+            .map_err(|error| ManagerError::Provider {
+                provider: provider_id,
+                error,
+            })
+    }
+
+    /// As [`Manager::send_snapshot`], but if the receiver hands back the
+    /// resume token of an interrupted stream of this snapshot, and the
+    /// provider can continue it, only the rest is sent
+    /// ([`SendStats::resumed`]). A token that does not fit is ignored: the
+    /// stream is then a whole one, and the receiver discards its partial state.
+    pub async fn send_snapshot_resuming<W>(
+        &self,
+        id: &str,
+        haves: &[String],
+        resume_token: Option<&str>,
+        mut out: W,
+    ) -> Result<SendStats, ManagerError>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        check_id(id)?;
+        if let Some(token) = resume_token {
+            validate::resume_token(token).map_err(ManagerError::InvalidInput)?;
+        }
+        let resume_token = resume_token.map(str::to_owned);
+        let (snapshot, base) = self.with_state(|s| {
+            let snap = live_kind(s, id, VolumeKind::Snapshot)?.clone();
+            let base = s
+                .volumes
+                .values()
+                .filter(|v| {
+                    v.kind == VolumeKind::Snapshot
+                        && v.id != snap.id
+                        && v.status == VolumeStatus::Live
+                        && v.parent == snap.parent
+                        && v.provider == snap.provider
+                        && (v.created_at_ms, &v.id) < (snap.created_at_ms, &snap.id)
+                        && v.details
+                            .get(DETAIL_GUID)
+                            .is_some_and(|g| haves.contains(g))
+                })
+                .max_by_key(|v| (v.created_at_ms, v.id.clone()))
+                .cloned();
+            Ok::<_, ManagerError>((snap, base))
+        })?;
+        let provider = self.inner.provider(&snapshot.provider)?;
+        let provider_id = snapshot.provider.clone();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut writer = ChannelWriter {
+                tx,
+                buf: Vec::new(),
+            };
+            let snap = volume_ref(&snapshot);
+            let resumed = match resume_token {
+                Some(token) => provider.send_resumed(&snap, &token, &mut writer)?,
+                None => None,
+            };
+            let stats = match resumed {
+                Some(stats) => stats,
+                None => provider.send_snapshot(
+                    &snap,
+                    base.as_ref().map(volume_ref).as_ref(),
+                    &mut writer,
+                )?,
+            };
+            std::io::Write::flush(&mut writer).map_err(|e| ProviderError::io("send", e))?;
+            Ok::<_, ProviderError>(stats)
+        });
+        let mut write_error = None;
+        while let Some(chunk) = rx.recv().await {
+            if let Err(e) = out.write_all(&chunk).await {
+                write_error = Some(e);
+                break;
+            }
+        }
+        drop(rx);
+        let result = producer
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        if let Some(e) = write_error {
+            return Err(ManagerError::Stream(format!("writing the stream: {e}")));
+        }
+        let stats = result.map_err(|error| ManagerError::Provider {
+            provider: provider_id,
+            error,
+        })?;
+        out.flush()
+            .await
+            .map_err(|e| ManagerError::Stream(format!("flushing the stream: {e}")))?;
+        Ok(stats)
+    }
+
+    /// Receives a stream into data volume `id`; returns the new snapshot.
+    pub async fn receive_snapshot<Rd>(&self, id: &str, input: Rd) -> Result<Volume, ManagerError>
+    where
+        Rd: AsyncRead + Unpin + Send,
+    {
+        self.receive_snapshot_with(id, Meta::new(), input).await
+    }
+
+    /// Receives a stream into data volume `id` as a new snapshot with `meta`.
+    ///
+    /// A stream that stops part-way on a provider with resumable receives
+    /// (ZFS) leaves its partial state on the target and fails with
+    /// [`ProviderError::Suspended`]; the journal records the resume token and
+    /// the target's `details` show it ([`crate::state::DETAIL_RESUME_TOKEN`]),
+    /// so the sender can continue the stream
+    /// ([`Manager::send_snapshot_resuming`]) into a later receive. Any other
+    /// stream into the target, a destroy, or [`Manager::abort_receive`]
+    /// discards the partial state.
+    pub async fn receive_snapshot_with<Rd>(
+        &self,
+        id: &str,
+        meta: Meta,
+        mut input: Rd,
+    ) -> Result<Volume, ManagerError>
+    where
+        Rd: AsyncRead + Unpin + Send,
+    {
+        check_id(id)?;
+        validate::meta(&meta).map_err(ManagerError::InvalidMeta)?;
+        let snap_id = Uuid::new_v4().to_string();
+        let (claim, target) = self.inner.claim(&[id, snap_id.as_str()], |s| {
+            live_kind(s, id, VolumeKind::Data).cloned()
+        })?;
+        let provider = self.inner.provider(&target.provider)?;
+        let action = Action::ReceiveSnapshot {
+            target: id.to_owned(),
+            snapshot: snap_id.clone(),
+            meta,
+        };
+        let (tx, rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(16);
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let sid = snap_id.clone();
+            let provider_id = target.provider.clone();
+            inner
+                .run(claim, action, &provider_id, move |op| {
+                    let spec = VolumeSpec {
+                        id: &sid,
+                        op,
+                        kind: VolumeKind::Snapshot,
+                    };
+                    let mut reader = ChannelReader {
+                        rx,
+                        buf: Vec::new(),
+                        pos: 0,
+                    };
+                    let received =
+                        provider.receive_snapshot(&volume_ref(&target), &spec, &mut reader);
+                    undo_on_error(provider.as_ref(), &spec, received)
+                })
+                .await?;
+            inner.volume(&snap_id)
+        });
+        // Pump the caller's stream to the provider; if the caller stops, the
+        // provider sees a short stream and the operation fails cleanly.
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut read_error = None;
+        loop {
+            match input.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.send(Ok(chunk[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // The provider must see a failed read, not the end of a
+                    // stream that may parse as complete.
+                    let _ = tx
+                        .send(Err(std::io::Error::new(e.kind(), e.to_string())))
+                        .await;
+                    read_error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let result = task
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        match (result, read_error) {
+            (Ok(v), _) => Ok(v),
+            // The partial receive is kept: that is what the caller must know.
+            (
+                Err(
+                    e @ ManagerError::Provider {
+                        error: ProviderError::Suspended { .. },
+                        ..
+                    },
+                ),
+                _,
+            ) => Err(e),
+            (Err(e), Some(read)) => Err(ManagerError::Stream(format!(
+                "reading the stream: {read} ({e})"
+            ))),
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// Discards the resumable partial receive data volume `id` holds (see
+    /// [`Manager::receive_snapshot_with`]). Succeeds if it holds none.
+    pub async fn abort_receive(&self, id: &str) -> Result<(), ManagerError> {
+        check_id(id)?;
+        let (claim, target) = self
+            .inner
+            .claim(&[id], |s| live_kind(s, id, VolumeKind::Data).cloned())?;
+        let provider = self.inner.provider(&target.provider)?;
+        let action = Action::AbortReceive {
+            target: id.to_owned(),
+        };
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            let provider_id = target.provider.clone();
+            inner
+                .run(claim, action, &provider_id, move |_op| {
+                    provider.abort_receive(&volume_ref(&target))?;
+                    Ok(Done::default())
+                })
+                .await
+        })
+        .await
+    }
+}
+
+struct ChannelWriter {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 256 * 1024 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.buf);
+        self.tx.blocking_send(chunk).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "receiver of the stream went away",
+            )
+        })
+    }
+}
+
+struct ChannelReader {
+    rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,240 @@
+//! The write path shared by every verb: claims on volume ids, intent →
+//! provider side effect → outcome, and the reorder buffer that applies
+//! durable records to the state in sequence order.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use super::{Inner, ManagerError, now_ms};
+use crate::journal::{self};
+use crate::provider::{Provider, ProviderConfig, ProviderError};
+use crate::state::{Action, Done, OpId, OpResult, Record, State, Volume};
+
+/// Releases claimed volume ids when the operation ends (or its task panics).
+pub(super) struct Claim {
+    inner: Arc<Inner>,
+    ids: Vec<String>,
+    /// Left claimed on purpose: the outcome could not be journaled.
+    keep: bool,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let mut core = self.inner.core.lock().unwrap_or_else(|e| e.into_inner());
+        for id in &self.ids {
+            core.busy.remove(id);
+        }
+    }
+}
+
+impl Inner {
+    pub(super) fn build_provider(
+        &self,
+        kind: &str,
+        config: &ProviderConfig,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        let factory = self.factories.get(kind).ok_or_else(|| {
+            ProviderError::InvalidConfig(format!("unknown provider kind {kind:?}"))
+        })?;
+        factory(config)
+    }
+
+    pub(super) fn provider(&self, id: &str) -> Result<Arc<dyn Provider>, ManagerError> {
+        if let Some(p) = self
+            .providers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            return Ok(p.clone());
+        }
+        if let Some(reason) = self
+            .unavailable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            return Err(ManagerError::ProviderUnavailable {
+                provider: id.to_owned(),
+                reason: reason.clone(),
+            });
+        }
+        Err(ManagerError::NoSuchProvider(id.to_owned()))
+    }
+
+    pub(super) fn volume(&self, id: &str) -> Result<Volume, ManagerError> {
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        core.state
+            .volumes
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ManagerError::NoSuchVolume(id.to_owned()))
+    }
+
+    /// Validates against the state and marks `ids` busy, atomically; returns
+    /// the claim and whatever the check extracted from the state.
+    pub(super) fn claim<T>(
+        self: &Arc<Self>,
+        ids: &[&str],
+        check: impl FnOnce(&State) -> Result<T, ManagerError>,
+    ) -> Result<(Claim, T), ManagerError> {
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = ids.iter().find(|id| core.busy.contains(**id)) {
+            return Err(ManagerError::Busy((*id).to_owned()));
+        }
+        let value = check(&core.state)?;
+        for id in ids {
+            core.busy.insert((*id).to_owned());
+        }
+        let claim = Claim {
+            inner: self.clone(),
+            ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+            keep: false,
+        };
+        Ok((claim, value))
+    }
+
+    /// The write path shared by every verb (see the module doc).
+    pub(super) async fn run<F>(
+        self: &Arc<Self>,
+        mut claim: Claim,
+        action: Action,
+        provider_id: &str,
+        effect: F,
+    ) -> Result<(), ManagerError>
+    where
+        F: FnOnce(OpId) -> Result<Done, ProviderError> + Send + 'static,
+    {
+        let started = Instant::now();
+        let op = Uuid::now_v7();
+        let name = action.name();
+        let span = tracing::info_span!("op", %op, kind = name, volume = ?action.volumes().first());
+        let _enter = span.enter();
+        drop(_enter);
+        let intent = Record::Intent {
+            op,
+            at_ms: now_ms(),
+            action,
+        };
+        // Invariant 1: the intent is durable before the provider is touched.
+        let seq = self.journal.append(&intent).await?;
+        let mut journal_ns = started.elapsed().as_nanos() as u64;
+        self.submit(seq, intent);
+        self.wait_applied(seq).await;
+        let result = tokio::task::spawn_blocking(move || effect(op))
+            .await
+            .map_err(|e| ProviderError::Other(format!("provider call panicked: {e}")))
+            .and_then(|r| r);
+        let (outcome, error) = match result {
+            Ok(done) => (OpResult::Done(done), None),
+            Err(e) => (
+                match &e {
+                    ProviderError::Suspended { partial, cause, .. } => OpResult::Suspended {
+                        error: cause.clone(),
+                        token: partial.token.clone(),
+                        guid: partial.guid.clone(),
+                    },
+                    _ => OpResult::Failed {
+                        error: e.to_string(),
+                    },
+                },
+                Some(ManagerError::Provider {
+                    provider: provider_id.to_owned(),
+                    error: e,
+                }),
+            ),
+        };
+        let record = Record::Outcome {
+            op,
+            at_ms: now_ms(),
+            result: outcome,
+        };
+        // Invariant 2: acknowledged only once the outcome is durable.
+        let append_started = Instant::now();
+        let appended = self.journal.append(&record).await;
+        journal_ns += append_started.elapsed().as_nanos() as u64;
+        let seq = match appended {
+            Ok(seq) => seq,
+            Err(e) => {
+                // The intent stays pending; its volumes stay claimed until a
+                // reopen reconciles it.
+                claim.keep = true;
+                return Err(e.into());
+            }
+        };
+        self.submit(seq, record);
+        self.wait_applied(seq).await;
+        let c = &self.counters;
+        c.operations.fetch_add(1, Ordering::Relaxed);
+        c.operation_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        c.journal_wait_ns.fetch_add(journal_ns, Ordering::Relaxed);
+        tracing::debug!(%op, kind = name, seq, "operation done");
+        match error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands a durable record to the state; applies every record that is now
+    /// contiguous, in sequence order, and broadcasts their events.
+    pub(super) fn submit(&self, seq: u64, record: Record) {
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        core.waiting.insert(seq, record);
+        let mut applied_any = false;
+        loop {
+            let next = core.state.seq + 1;
+            let Some(record) = core.waiting.remove(&next) else {
+                break;
+            };
+            match core.state.apply(next, &record) {
+                Ok(events) => {
+                    for event in events {
+                        let _ = self.events.send(event);
+                    }
+                }
+                Err(e) => {
+                    // Validation happens before the intent is written, so this
+                    // is a bug; keep the record order and make it loud.
+                    tracing::error!(error = %e, "state rejected a durable record");
+                    core.state.seq = next;
+                }
+            }
+            core.since_checkpoint += 1;
+            applied_any = true;
+        }
+        if applied_any {
+            let seq = core.state.seq;
+            self.applied.send_replace(seq);
+            if core.since_checkpoint >= self.checkpoint_every {
+                core.since_checkpoint = 0;
+                match journal::encode_checkpoint(&core.state) {
+                    Ok(payload) => self.checkpoint_later(seq, payload),
+                    Err(e) => tracing::error!(error = %e, "state does not encode for a checkpoint"),
+                }
+            }
+        }
+    }
+
+    pub(super) fn checkpoint_later(&self, seq: u64, payload: Vec<u8>) {
+        // The journal accepts checkpoint requests through its queue; the send
+        // happens on a task so `submit` never awaits under the state lock.
+        let journal = self.journal.clone();
+        tokio::spawn(async move {
+            if let Err(e) = journal.checkpoint(seq, payload).await {
+                tracing::error!(error = %e, seq, "checkpoint failed");
+            }
+        });
+    }
+
+    async fn wait_applied(&self, seq: u64) {
+        let mut rx = self.applied.subscribe();
+        let _ = rx.wait_for(|applied| *applied >= seq).await;
+    }
+}
