@@ -10,6 +10,8 @@
 //! dump tool shows what recovery did and why. Pairs absent from the table
 //! (a live volume that is present, say) need nothing.
 
+use std::collections::{HashMap, HashSet};
+
 use crate::provider::{Found, Presence};
 use crate::state::{Action, Case, OpId, Orphan, State, VolumeKind, VolumeStatus};
 
@@ -243,11 +245,15 @@ fn shows(found: Option<&Found>) -> ProviderShows {
 /// when `provider_id` is `None`.
 pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<Decision> {
     let mut decisions = Vec::new();
-    let by_volume = |id: &str| {
-        found
-            .iter()
-            .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == id))
-    };
+    // The first item tagged with each volume id: one pass, so a decision
+    // costs a lookup, not a scan of the inventory (restart stays linear).
+    let mut tagged: HashMap<&str, &Found> = HashMap::with_capacity(found.len());
+    for f in found {
+        if let Some(tag) = &f.tag {
+            tagged.entry(tag.volume.as_str()).or_insert(f);
+        }
+    }
+    let by_volume = |id: &str| tagged.get(id).copied();
     let mut push = |journal: JournalSays,
                     found: Option<&Found>,
                     op: Option<OpId>,
@@ -290,7 +296,7 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
     // Pending operations, oldest first.
     let mut pending: Vec<_> = state.pending.values().collect();
     pending.sort_by_key(|p| p.seq);
-    let mut claimed: Vec<&str> = Vec::new();
+    let mut claimed: HashSet<&str> = HashSet::new();
     for p in pending {
         if provider_of(state, &p.action).as_deref() != provider_id {
             continue;
@@ -306,16 +312,16 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
                 format!("{what}: provider {} never confirmed", rec.id),
             ),
             Action::AdoptOrphan { volume, .. } => {
-                claimed.push(volume);
+                claimed.insert(volume);
                 push(J::PendingAdopt, None, Some(p.op), Some(volume), None, what)
             }
             Action::DestroyVolume { volume } | Action::DestroyOrphan { volume, .. } => {
-                claimed.push(volume);
+                claimed.insert(volume);
                 let f = by_volume(volume);
                 push(J::PendingDestroy, f, Some(p.op), Some(volume), None, what)
             }
             Action::CreateVolume { volume, .. } => {
-                claimed.push(volume);
+                claimed.insert(volume);
                 // Only the item tagged with this very operation counts as its result.
                 let f = by_volume(volume).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
                 push(J::PendingCreate, f, Some(p.op), Some(volume), None, what)
@@ -325,7 +331,7 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
                 target,
                 ..
             } => {
-                claimed.push(new);
+                claimed.insert(new);
                 let f = by_volume(new).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
                 // Not arrived, but resumable: the subject is the target.
                 let f = f.or_else(|| by_volume(target).filter(|t| t.partial.is_some()));
@@ -333,7 +339,7 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
             }
             Action::CreateSnapshot { snapshot: new, .. }
             | Action::ForkVolume { volume: new, .. } => {
-                claimed.push(new);
+                claimed.insert(new);
                 let f = by_volume(new).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
                 push(J::PendingDerived, f, Some(p.op), Some(new), None, what)
             }
@@ -356,7 +362,7 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
 
     // Recorded volumes of this provider.
     for v in state.volumes.values().filter(|v| v.provider == provider_id) {
-        if claimed.contains(&v.id.as_str()) {
+        if claimed.contains(v.id.as_str()) {
             continue;
         }
         let f = by_volume(&v.id);
@@ -373,7 +379,7 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
         match &f.tag {
             Some(tag) => {
                 let known = state.volumes.contains_key(&tag.volume)
-                    || claimed.contains(&tag.volume.as_str())
+                    || claimed.contains(tag.volume.as_str())
                     || state
                         .orphans
                         .contains_key(&crate::state::orphan_key(provider_id, &tag.volume));
