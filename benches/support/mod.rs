@@ -152,3 +152,138 @@ pub fn cpu_secs() -> f64 {
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
+
+/// A keep-alive HTTP/1.1 connection speaking just enough to time requests.
+pub struct HttpConn {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+    auth: String,
+}
+
+impl HttpConn {
+    /// Connects to `addr`; `token` is sent as a bearer token when given.
+    pub fn connect(addr: std::net::SocketAddr, token: Option<&str>) -> std::io::Result<HttpConn> {
+        let stream = std::net::TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(HttpConn {
+            stream,
+            buf: Vec::with_capacity(4096),
+            auth: token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n")),
+        })
+    }
+
+    /// Sends one request and reads the whole response; returns its status.
+    pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
+        use std::io::{Read, Write};
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.auth,
+            body.len()
+        );
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        self.stream.write_all(&req)?;
+        self.buf.clear();
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+        let mut chunk = [0u8; 4096];
+        let header_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(bad("connection closed before the response"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = std::str::from_utf8(&self.buf[..header_end]).map_err(|_| bad("head not UTF-8"))?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no status"))?;
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())
+                    .flatten()
+            })
+            .ok_or_else(|| bad("no content-length"))?;
+        while self.buf.len() < header_end + len {
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(bad("connection closed inside the body"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(status)
+    }
+}
+
+/// A `volmgr serve` child on 127.0.0.1 with its state directory; stopped
+/// with SIGTERM when dropped.
+pub struct AgentProcess {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub state_dir: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts the agent and waits (up to two minutes) for `200` from `/healthz`;
+    /// returns it with the time that took.
+    pub fn start(state_dir: &Path) -> (AgentProcess, Duration) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let started = Instant::now();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_volmgr"))
+            .args(["serve", "--state-dir"])
+            .arg(state_dir)
+            .args(["--listen", &addr.to_string()])
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("volmgr serve starts");
+        let mut agent = AgentProcess {
+            child,
+            addr,
+            state_dir: state_dir.to_owned(),
+        };
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                panic!("volmgr serve exited early: {status}");
+            }
+            let healthy = HttpConn::connect(addr, agent.token().as_deref())
+                .and_then(|mut c| c.request("GET", "/healthz", b""))
+                .is_ok_and(|s| s == 200);
+            if healthy {
+                return (agent, started.elapsed());
+            }
+            assert!(Instant::now() < deadline, "volmgr serve not healthy in 2 minutes");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The agent's bearer token, once it writes one to `<state-dir>/token`.
+    pub fn token(&self) -> Option<String> {
+        std::fs::read_to_string(self.state_dir.join("token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}

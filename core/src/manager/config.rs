@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::journal::{JournalConfig, JournalError, LogEnd};
 use crate::provider::{self, ProviderConfig, ProviderError, ProviderFactory};
@@ -163,6 +164,27 @@ pub struct ReconcileReport {
     pub journal_end: Option<LogEnd>,
     pub checkpoint_seq: Option<u64>,
     pub replayed_records: usize,
+    /// How long each step of open took.
+    pub phases: OpenPhases,
+}
+
+/// Wall time of each step of [`crate::manager::Manager::open`], for the log
+/// and the restart benchmark (each should grow linearly with the volumes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenPhases {
+    /// `Journal::open`: lock, checkpoint file read and verified, segments
+    /// after it walked and their records decoded.
+    pub journal_open: Duration,
+    /// The checkpoint's payload decoded into the state.
+    pub checkpoint_decode: Duration,
+    /// The records after the checkpoint applied to the state.
+    pub replay: Duration,
+    /// Providers built from their journaled records.
+    pub providers: Duration,
+    /// Every provider's inventory.
+    pub inventory: Duration,
+    /// The decision table run, resolutions performed and journaled.
+    pub reconcile: Duration,
 }
 
 /// Journal statistics for benchmarks and the agent.

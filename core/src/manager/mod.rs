@@ -26,7 +26,7 @@ mod write_path;
 
 pub use config::{
     DEFAULT_PROVIDER_ID, DefaultProviderFactory, ManagerConfig, ManagerError, ManagerStats,
-    ReconcileReport,
+    OpenPhases, ReconcileReport,
 };
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -34,7 +34,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, watch};
 
@@ -117,26 +117,34 @@ impl Manager {
             .storage
             .clone()
             .unwrap_or_else(|| Arc::new(RealStorage));
+        let mut phases = OpenPhases::default();
+        let started = Instant::now();
         let (journal, recovery) = tokio::task::spawn_blocking(move || {
             Journal::<Record>::open_with_storage(storage, &dir, journal_config)
         })
         .await
         .map_err(|e| ManagerError::Internal(e.to_string()))??;
+        phases.journal_open = started.elapsed();
 
+        let started = Instant::now();
         let mut state = match &recovery.checkpoint {
             Some((_, payload)) => journal::decode_checkpoint::<State>(payload)
                 .map_err(|e| ManagerError::Replay(format!("checkpoint does not decode: {e}")))?,
             None => State::default(),
         };
+        phases.checkpoint_decode = started.elapsed();
+        let started = Instant::now();
         for (seq, record) in &recovery.records {
             state
                 .apply(*seq, record)
                 .map_err(|e| ManagerError::Replay(e.to_string()))?;
         }
+        phases.replay = started.elapsed();
         let report = ReconcileReport {
             journal_end: Some(recovery.end.clone()),
             checkpoint_seq: recovery.checkpoint.as_ref().map(|(s, _)| *s),
             replayed_records: recovery.records.len(),
+            phases,
             ..ReconcileReport::default()
         };
         let seq = state.seq;
@@ -163,6 +171,7 @@ impl Manager {
         let manager = Manager { inner };
 
         // Providers come back from the journal; the factory runs only if none.
+        let started = Instant::now();
         let records: Vec<ProviderRecord> =
             manager.with_state(|s| s.providers.values().cloned().collect());
         for record in &records {
@@ -186,6 +195,13 @@ impl Manager {
                 }
             }
         }
+        manager
+            .inner
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .phases
+            .providers = started.elapsed();
         manager.reconcile().await?;
         if records.is_empty()
             && let Some(factory) = config.default_provider

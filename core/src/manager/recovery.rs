@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{Manager, ManagerError, ReconcileReport, done, found_ref, now_ms, volume_ref};
 use crate::provider::Provider;
@@ -15,6 +16,8 @@ impl Manager {
     /// pending operations) and journals each resolution.
     pub(super) async fn reconcile(&self) -> Result<(), ManagerError> {
         let inner = &self.inner;
+        let started = Instant::now();
+        let mut inventory_time = Duration::ZERO;
         let state = self.state();
         let mut report = ReconcileReport::default();
         let mut decisions = reconcile::decide(&state, None, &[]);
@@ -29,9 +32,11 @@ impl Manager {
         let mut provider_of: HashMap<usize, Arc<dyn Provider>> = HashMap::new();
         for (id, provider) in &providers {
             let p = provider.clone();
+            let inventory_started = Instant::now();
             let found = tokio::task::spawn_blocking(move || p.inventory())
                 .await
                 .map_err(|e| ManagerError::Internal(e.to_string()))?;
+            inventory_time += inventory_started.elapsed();
             let found = match found {
                 Ok(found) => found,
                 Err(e) => {
@@ -113,6 +118,8 @@ impl Manager {
         stored.resolutions = report.resolutions;
         stored.foreign = report.foreign;
         stored.unavailable = report.unavailable;
+        stored.phases.inventory = inventory_time;
+        stored.phases.reconcile = started.elapsed().saturating_sub(inventory_time);
         Ok(())
     }
 }
