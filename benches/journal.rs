@@ -12,8 +12,9 @@
 //!   writers are N threads sharing the `Database`;
 //! - the raw reference: one thread doing 200-byte `pwrite` + `fdatasync` on a
 //!   file preallocated the way segments are, run before and after each row
-//!   (the disk is shared and drifts; a row is compared with the mean of both);
-//! then replay of 1,000,000 records into memory (warm page cache), and open
+//!   (the disk is shared and drifts; a row is compared with the mean of both).
+//!
+//! Then replay of 1,000,000 records into memory (warm page cache), and open
 //! time with a checkpoint plus a short tail.
 //!
 //! Prints figures and the ratios journal/raw, journal/sqlite, journal/redb,
@@ -87,7 +88,11 @@ fn raw_loop(bench: &mut Bench) -> Case {
 }
 
 /// Threads running `op` until the deadline; each call timed.
-fn threads_case(writers: usize, secs: Duration, op: impl Fn(usize) + Send + Sync + 'static) -> Case {
+fn threads_case(
+    writers: usize,
+    secs: Duration,
+    op: impl Fn(usize) + Send + Sync + 'static,
+) -> Case {
     let op = Arc::new(op);
     let start = Instant::now();
     let deadline = start + secs;
@@ -396,7 +401,10 @@ fn main() {
     for line in &summary {
         println!("summary: {line}");
     }
-    println!("load average after the append cases: {}", support::load_avg());
+    println!(
+        "load average after the append cases: {}",
+        support::load_avg()
+    );
     println!();
     let replay_records: u64 = env_or("BENCH_REPLAY_RECORDS", 1_000_000);
     if replay_records > 0 {

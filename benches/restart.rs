@@ -39,7 +39,8 @@ fn config(state_dir: &Path, unsynced: bool) -> ManagerConfig {
             Ok(("dir".into(), BTreeMap::from([("root".into(), root)])))
         })),
         storage: unsynced.then(|| {
-            Arc::new(UnsyncedStorage::new(Arc::new(RealStorage))) as Arc<dyn volmgr::storage::Storage>
+            Arc::new(UnsyncedStorage::new(Arc::new(RealStorage)))
+                as Arc<dyn volmgr::storage::Storage>
         }),
         ..ManagerConfig::default()
     }
@@ -48,7 +49,9 @@ fn config(state_dir: &Path, unsynced: bool) -> ManagerConfig {
 /// Grows the fixture from `have` to `want` volumes; returns the seconds taken.
 async fn grow(state_dir: &Path, have: usize, want: usize) -> f64 {
     let started = Instant::now();
-    let m = Manager::open(state_dir, config(state_dir, true)).await.unwrap();
+    let m = Manager::open(state_dir, config(state_dir, true))
+        .await
+        .unwrap();
     let next = Arc::new(AtomicU64::new(have as u64));
     let mut tasks = Vec::new();
     for _ in 0..64 {
@@ -175,9 +178,9 @@ fn main() {
             format!("{:.0}ms", ms(agent))
         );
         summary.push(format!(
-            "{n} volumes: healthy manager in {:.2} s (agent /healthz {}), {} records replayed after the checkpoint",
+            "{n} volumes: healthy manager in {:.2} s (agent /healthz {:.2} s), {} records replayed after the checkpoint",
             r.total.as_secs_f64(),
-            format!("{:.2} s", agent.as_secs_f64()),
+            agent.as_secs_f64(),
             r.replayed
         ));
     }

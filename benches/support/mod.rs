@@ -197,7 +197,8 @@ impl HttpConn {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         };
-        let head = std::str::from_utf8(&self.buf[..header_end]).map_err(|_| bad("head not UTF-8"))?;
+        let head =
+            std::str::from_utf8(&self.buf[..header_end]).map_err(|_| bad("head not UTF-8"))?;
         let status: u16 = head
             .split_whitespace()
             .nth(1)
@@ -267,7 +268,10 @@ impl AgentProcess {
             if healthy {
                 return (agent, started.elapsed());
             }
-            assert!(Instant::now() < deadline, "volmgr serve not healthy in 2 minutes");
+            assert!(
+                Instant::now() < deadline,
+                "volmgr serve not healthy in 2 minutes"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }

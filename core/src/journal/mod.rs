@@ -345,7 +345,11 @@ impl<R: JournalRecord> Journal<R> {
         tokio::task::spawn_blocking(move || committer.checkpoint(seq, &payload))
             .await
             .map_err(|e| {
-                JournalError::io(&self.state_dir, "write checkpoint", std::io::Error::other(e))
+                JournalError::io(
+                    &self.state_dir,
+                    "write checkpoint",
+                    std::io::Error::other(e),
+                )
             })?
             .map(|_| ())
     }
@@ -360,6 +364,11 @@ impl<R> Journal<R> {
     /// Number of `fdatasync` calls made for appends since open.
     pub fn sync_count(&self) -> u64 {
         self.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Wall time the commits spent in their write and `fdatasync`, summed.
+    pub fn sync_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.shared.sync_ns.load(Ordering::Relaxed))
     }
 
     /// The cause, if a failed write or sync has poisoned the journal.

@@ -43,6 +43,8 @@ pub(crate) type Encoded = Vec<(u8, Vec<u8>)>;
 pub(crate) struct Shared {
     pub durable_seq: AtomicU64,
     pub syncs: AtomicU64,
+    /// Wall time of the commits' writes and syncs, summed.
+    pub sync_ns: AtomicU64,
     pub poison: Mutex<Option<String>>,
 }
 
@@ -240,11 +242,7 @@ impl Committer {
             committer: self,
             rx: Some(rx),
         };
-        let turn = follower
-            .rx
-            .as_mut()
-            .expect("armed until answered")
-            .await;
+        let turn = follower.rx.as_mut().expect("armed until answered").await;
         follower.rx = None;
         match turn {
             Ok(Turn::Done(result)) => result,
@@ -495,6 +493,7 @@ impl Writer {
             }
         }
         assert_eq!(buf.len(), bytes, "batch size computed before encoding");
+        let started = std::time::Instant::now();
         let written = self
             .file
             .write_all_at(&buf, self.offset)
@@ -511,6 +510,9 @@ impl Writer {
             return refuse(&self.shared);
         }
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .sync_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.offset += bytes as u64;
         self.next_seq = seq;
         self.shared.durable_seq.store(seq - 1, Ordering::Release);

@@ -197,4 +197,7 @@ pub struct ManagerStats {
     /// Their summed wall time, and the part spent awaiting durable appends.
     pub operation_ns: u64,
     pub journal_wait_ns: u64,
+    /// Time the journal's commits spent writing and in `fdatasync` (each
+    /// commit once, however many operations it carried).
+    pub journal_sync_ns: u64,
 }

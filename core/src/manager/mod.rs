@@ -244,6 +244,7 @@ impl Manager {
             operations: self.inner.counters.operations.load(Ordering::Relaxed),
             operation_ns: self.inner.counters.operation_ns.load(Ordering::Relaxed),
             journal_wait_ns: self.inner.counters.journal_wait_ns.load(Ordering::Relaxed),
+            journal_sync_ns: self.inner.journal.sync_time().as_nanos() as u64,
         }
     }
 
