@@ -17,7 +17,8 @@
 //! matter, and the disk is shared. Not a test: nothing here asserts a speed.
 //!
 //! Environment: `BENCH_DIR` (scratch root), `BENCH_VOLUMES` (default
-//! `10000,50000,100000`), `BENCH_RESTARTS` (default 3).
+//! `10000,50000,100000`), `BENCH_RESTARTS` (default 3), `BENCH_KEEP=1` keeps
+//! the state directory (its path is printed) for profiling.
 
 mod support;
 
@@ -189,4 +190,8 @@ fn main() {
         println!("summary: {line}");
     }
     println!("load average at the end: {}", support::load_avg());
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        println!("kept: {}", state_dir.display());
+        std::mem::forget(root);
+    }
 }

@@ -247,7 +247,7 @@ impl AgentProcess {
             .args(["serve", "--state-dir"])
             .arg(state_dir)
             .args(["--listen", &addr.to_string()])
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "off")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
             .spawn()
