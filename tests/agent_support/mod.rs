@@ -9,6 +9,9 @@
 
 #![allow(dead_code)]
 
+pub mod flynn;
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
