@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod fake_peer;
 pub mod flynn;
 pub mod process;
 

@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ const LOG_WAIT: Duration = Duration::from_secs(120);
 pub struct ServeProcess {
     pub child: Child,
     logs: std_mpsc::Receiver<Value>,
+    /// Every log line read so far.
+    seen: Mutex<Vec<Value>>,
     pub url: String,
     pub state_dir: PathBuf,
     /// The token from `<state-dir>/token` (empty with --insecure-no-auth).
@@ -58,6 +61,7 @@ impl ServeProcess {
         let mut p = ServeProcess {
             child,
             logs,
+            seen: Mutex::new(Vec::new()),
             url: String::new(),
             state_dir: state_dir.to_owned(),
             token: String::new(),
@@ -77,6 +81,7 @@ impl ServeProcess {
                 .logs
                 .recv_timeout(LOG_WAIT)
                 .unwrap_or_else(|e| panic!("no {message:?} log line: {e}"));
+            self.seen.lock().unwrap().push(line.clone());
             if line["fields"]["message"] == message {
                 return line;
             }
@@ -84,8 +89,10 @@ impl ServeProcess {
     }
 
     /// Every log line received so far.
-    pub fn drain_logs(&self) -> Vec<Value> {
-        self.logs.try_iter().collect()
+    pub fn logs(&self) -> Vec<Value> {
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend(self.logs.try_iter());
+        seen.clone()
     }
 }
 
