@@ -4,9 +4,7 @@
 
 mod agent_support;
 
-use agent_support::{
-    Auth, GateProvider, TestAgent, assert_error, peers, raw, raw_as, sim_config,
-};
+use agent_support::{Auth, GateProvider, TestAgent, assert_error, peers, raw, raw_as, sim_config};
 use serde_json::{Value, json};
 use volmgr::agent::api::{Kind, VolumeEvent, VolumeInfo};
 use volmgr::agent::{Agent, AgentError, PullFrom, ServeOptions};
@@ -202,7 +200,11 @@ async fn every_route_answers_its_success_status_with_the_documented_json() {
         None,
     )
     .await;
-    assert_eq!((deleted.0, deleted.2.len()), (200, 0), "Flynn's 200, no body");
+    assert_eq!(
+        (deleted.0, deleted.2.len()),
+        (200, 0),
+        "Flynn's 200, no body"
+    );
     let gone = raw(
         "GET",
         &format!("{url}/storage/volumes/web-copy"),

@@ -227,7 +227,10 @@ async fn the_volume_cli_presents_the_token_from_a_flag_a_file_or_the_environment
     // A named state directory without a token file is a usage error.
     let empty = tempfile::tempdir().unwrap();
     let o = volmgr(
-        args(url, &["list", "--state-dir", empty.path().to_str().unwrap()]),
+        args(
+            url,
+            &["list", "--state-dir", empty.path().to_str().unwrap()],
+        ),
         vec![("VOLMGR_TOKEN", String::new())],
     )
     .await;

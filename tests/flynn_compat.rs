@@ -111,9 +111,12 @@ fn flynns_volume_calls_get_the_answers_flynns_client_expects() {
         404,
         "object_not_found",
     );
-    let list: Vec<Value> =
-        serde_json::from_slice(host.send("GET", "/storage/volumes", None).flynn_result().unwrap())
-            .unwrap();
+    let list: Vec<Value> = serde_json::from_slice(
+        host.send("GET", "/storage/volumes", None)
+            .flynn_result()
+            .unwrap(),
+    )
+    .unwrap();
     list.iter().for_each(assert_info);
     let ids: Vec<&str> = list.iter().map(|v| v["id"].as_str().unwrap()).collect();
     for id in ["flynn-a", "flynn-b", anon["id"].as_str().unwrap()] {
@@ -155,13 +158,20 @@ fn flynns_volume_calls_get_the_answers_flynns_client_expects() {
     let spec = json!({"id": "", "kind": "dir", "metadata": {"root": root}}).to_string();
     let added = host.send("POST", "/storage/providers", Some(&spec));
     let added: Value = serde_json::from_slice(added.flynn_result().unwrap()).unwrap();
-    assert!(uuid::Uuid::parse_str(added["id"].as_str().unwrap()).is_ok(), "{added}");
+    assert!(
+        uuid::Uuid::parse_str(added["id"].as_str().unwrap()).is_ok(),
+        "{added}"
+    );
     assert_eq!(
         (&added["kind"], &added["metadata"]),
         (&json!("dir"), &json!({"root": root}))
     );
     let blank = flynn_error(
-        &host.send("POST", "/storage/providers", Some(r#"{"id":"p","kind":""}"#)),
+        &host.send(
+            "POST",
+            "/storage/providers",
+            Some(r#"{"id":"p","kind":""}"#),
+        ),
         400,
         "validation_error",
     );
@@ -214,7 +224,10 @@ fn flynns_send_and_pull_by_host_id_work_between_two_agents_configured_with_peers
         .send("POST", create, Some(&info_json("src", "", None)))
         .info();
     let src_dir = src["location"].as_str().unwrap().to_owned();
-    write_files(&src_dir, &[("one.txt", b"one\n"), ("big.bin", &[7u8; 300_000])]);
+    write_files(
+        &src_dir,
+        &[("one.txt", b"one\n"), ("big.bin", &[7u8; 300_000])],
+    );
     let s1 = ha.send("PUT", "/storage/volumes/src/snapshot", None).info();
     let s1_id = s1["id"].as_str().unwrap();
 
@@ -242,7 +255,10 @@ fn flynns_send_and_pull_by_host_id_work_between_two_agents_configured_with_peers
     assert_ne!(p1["id"], s1["id"]);
     let dst = hb.send("GET", "/storage/volumes/dst", None).info();
     let dst_dir = dst["location"].as_str().unwrap().to_owned();
-    assert_eq!(std::fs::read(Path::new(&dst_dir).join("one.txt")).unwrap(), b"one\n");
+    assert_eq!(
+        std::fs::read(Path::new(&dst_dir).join("one.txt")).unwrap(),
+        b"one\n"
+    );
 
     // Again, incremental: only the change crosses.
     write_files(&src_dir, &[("two.txt", b"two\n")]);
@@ -254,7 +270,10 @@ fn flynns_send_and_pull_by_host_id_work_between_two_agents_configured_with_peers
         p1["bytes"],
         p2["bytes"]
     );
-    assert_eq!(std::fs::read(Path::new(&dst_dir).join("two.txt")).unwrap(), b"two\n");
+    assert_eq!(
+        std::fs::read(Path::new(&dst_dir).join("two.txt")).unwrap(),
+        b"two\n"
+    );
 
     // Refusals with Flynn's codes.
     let unknown = flynn_error(
@@ -365,7 +384,9 @@ async fn flynns_event_stream_reader_gets_create_and_destroy_with_the_volume_and_
         // The listing, the extension event `current`, then keep-alives.
         read_until(&rx, &mut seen, |s| contains(s, "event: current\r"));
         let listed = seen.len();
-        read_until(&rx, &mut seen, |s| s.len() > listed + 4 && s.ends_with(b":\n"));
+        read_until(&rx, &mut seen, |s| {
+            s.len() > listed + 4 && s.ends_with(b":\n")
+        });
         host.send("POST", create, Some(&info_json("after", "", None)))
             .info();
         let gone = host.send("DELETE", "/storage/volumes/before", None);
@@ -403,9 +424,16 @@ async fn flynns_event_stream_reader_gets_create_and_destroy_with_the_volume_and_
         .collect();
     assert_eq!(
         summary,
-        [("create", "before"), ("create", "after"), ("destroy", "before")]
+        [
+            ("create", "before"),
+            ("create", "after"),
+            ("destroy", "before")
+        ]
     );
-    assert_eq!(events[2]["volume"], before, "a destroy carries the volume's info");
+    assert_eq!(
+        events[2]["volume"], before,
+        "a destroy carries the volume's info"
+    );
 
     // A reconnect (Last-Event-Id of Flynn's resuming stream) starts with
     // the whole listing again.
@@ -448,8 +476,5 @@ fn the_pkg_sse_model_drops_a_stream_on_a_standard_keep_alive_as_flynn_does() {
     assert!(items.iter().all(|i| matches!(i, SseItem::Event(_))));
     // An event named error is a server error to Flynn's reader.
     let error = b"event: error\ndata: boom\n\n";
-    assert_eq!(
-        flynn_events(error),
-        [SseItem::ServerError("boom".into())]
-    );
+    assert_eq!(flynn_events(error), [SseItem::ServerError("boom".into())]);
 }

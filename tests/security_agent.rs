@@ -73,7 +73,11 @@ fn a_local_unprivileged_user_is_refused_on_loopback_and_cannot_read_the_token() 
     let agent = ServeProcess::start(state.path(), &[]);
     let token_path = state.path().join("token");
     let meta = std::fs::metadata(&token_path).unwrap();
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "the token file is private");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "the token file is private"
+    );
     assert_eq!(agent.token.len(), 64, "a generated token");
 
     // nobody cannot read the token...
@@ -85,9 +89,21 @@ fn a_local_unprivileged_user_is_refused_on_loopback_and_cannot_read_the_token() 
     let state_dir = state.path().to_str().unwrap();
     for argv in [
         vec![BIN, "volume", "--agent", &agent.url, "list"],
-        vec![BIN, "volume", "--agent", &agent.url, "create", "--id", "pwned"],
-        vec![BIN, "volume", "--agent", &agent.url, "--token", "guess", "list"],
-        vec![BIN, "volume", "--agent", &agent.url, "--state-dir", state_dir, "list"],
+        vec![
+            BIN, "volume", "--agent", &agent.url, "create", "--id", "pwned",
+        ],
+        vec![
+            BIN, "volume", "--agent", &agent.url, "--token", "guess", "list",
+        ],
+        vec![
+            BIN,
+            "volume",
+            "--agent",
+            &agent.url,
+            "--state-dir",
+            state_dir,
+            "list",
+        ],
     ] {
         let o = as_nobody(&argv);
         assert!(!o.status.success(), "{argv:?}: {}", text(&o));
@@ -137,7 +153,11 @@ fn the_token_file_is_created_private_and_an_exposed_one_is_refused() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("lets group or others in"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("lets group or others in"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -233,7 +253,10 @@ async fn the_token_goes_to_configured_peers_only() {
     assert_eq!(to_peer.len(), 2);
     for r in &to_peer {
         assert_eq!(r.path, "/storage/volumes/s/send");
-        assert_eq!(r.header("authorization"), Some(&*format!("Bearer {TEST_TOKEN}")));
+        assert_eq!(
+            r.header("authorization"),
+            Some(&*format!("Bearer {TEST_TOKEN}"))
+        );
     }
     let to_stranger = stranger.requests();
     assert_eq!(to_stranger.len(), 1, "an allowed arbitrary source is asked");
@@ -260,20 +283,28 @@ async fn a_peer_that_redirects_is_not_followed() {
         let answer = raw("POST", &pull_url(&agent), Some(&body), None).await;
         assert_error(&answer, 502, "source_failed");
         assert!(
-            answer.1["message"].as_str().unwrap().contains("never followed"),
+            answer.1["message"]
+                .as_str()
+                .unwrap()
+                .contains("never followed"),
             "{}",
             answer.1
         );
         assert_eq!(peer.requests().len(), 1);
         agent.shutdown().await;
     }
-    assert!(elsewhere.requests().is_empty(), "{:?}", elsewhere.requests());
+    assert!(
+        elsewhere.requests().is_empty(),
+        "{:?}",
+        elsewhere.requests()
+    );
 }
 
 #[tokio::test]
 async fn an_endless_error_body_from_a_source_is_read_only_a_little() {
-    let chunk = br#"{"code":"x","message":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"#
-        .repeat(1000);
+    let chunk =
+        br#"{"code":"x","message":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"#
+            .repeat(1000);
     let peer = FakePeer::start(Script::Endless {
         status: 500,
         chunk: chunk.clone(),
@@ -312,7 +343,11 @@ async fn a_hostile_error_body_is_not_echoed() {
         "volmgr_code": "\u{1b}]0;pwned\u{7}",
     })
     .to_string();
-    for (status, code) in [(500, "source_failed"), (404, "source_not_found"), (409, "source_conflict")] {
+    for (status, code) in [
+        (500, "source_failed"),
+        (404, "source_not_found"),
+        (409, "source_conflict"),
+    ] {
         let peer = FakePeer::start(fixed(
             status,
             &[("content-type", "application/json")],
@@ -361,7 +396,12 @@ async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
     // A real directory stream, served by a fake peer that claims it
     // continues an interrupted one.
     let dir_a = tempfile::tempdir().unwrap();
-    let a = TestAgent::open(dir_a.path(), dir_config(dir_a.path()), ServeOptions::default()).await;
+    let a = TestAgent::open(
+        dir_a.path(),
+        dir_config(dir_a.path()),
+        ServeOptions::default(),
+    )
+    .await;
     let v = a
         .client
         .create_volume("default", Some("v"), Default::default())
@@ -390,10 +430,17 @@ async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
         .create_volume("default", Some("t"), Default::default())
         .await
         .unwrap();
-    let done = b.client.pull("t", PullFrom::Host("liar"), &s.id).await.unwrap();
+    let done = b
+        .client
+        .pull("t", PullFrom::Host("liar"), &s.id)
+        .await
+        .unwrap();
     assert!(!done.resumed, "the receiver resumed nothing: {done:?}");
     assert_eq!(done.bytes, stream.len() as u64);
     let t = b.client.get("t").await.unwrap();
-    assert_eq!(std::fs::read(Path::new(&t.location).join("f")).unwrap(), b"content");
+    assert_eq!(
+        std::fs::read(Path::new(&t.location).join("f")).unwrap(),
+        b"content"
+    );
     b.shutdown().await;
 }

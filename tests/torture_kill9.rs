@@ -106,7 +106,11 @@ impl Agent {
         // The token file exists before the agent serves.
         let token = volmgr::agent::credential::read_token_file(&state_dir.join("token"))
             .expect("the agent's token file");
-        assert_eq!(*TOKEN.get_or_init(|| token.clone()), token, "one token per state directory");
+        assert_eq!(
+            *TOKEN.get_or_init(|| token.clone()),
+            token,
+            "one token per state directory"
+        );
         agent
     }
 

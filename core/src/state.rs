@@ -386,9 +386,15 @@ pub enum Event {
         id: String,
         volume: Box<Volume>,
     },
-    Lost { id: String },
-    Found { id: String },
-    ProviderAdded { id: String },
+    Lost {
+        id: String,
+    },
+    Found {
+        id: String,
+    },
+    ProviderAdded {
+        id: String,
+    },
 }
 
 /// Why a record could not be applied: the journal contradicts itself.

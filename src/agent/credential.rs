@@ -34,12 +34,21 @@ pub fn token_path(state_dir: &Path) -> PathBuf {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum CredentialError {
-    Io { path: PathBuf, error: io::Error },
+    Io {
+        path: PathBuf,
+        error: io::Error,
+    },
     /// The token is empty, too long, or not a valid header value.
-    Invalid { path: Option<PathBuf>, why: String },
+    Invalid {
+        path: Option<PathBuf>,
+        why: String,
+    },
     /// The token file can be read by group or others, or belongs to
     /// another user.
-    Exposed { path: PathBuf, why: String },
+    Exposed {
+        path: PathBuf,
+        why: String,
+    },
 }
 
 impl std::fmt::Display for CredentialError {
@@ -234,9 +243,15 @@ mod tests {
     #[test]
     fn bearer_and_basic_with_the_token_as_password_are_understood() {
         let basic = base64::engine::general_purpose::STANDARD.encode(":s3cret");
-        assert_eq!(presented(&format!("Basic {basic}")).as_deref(), Some("s3cret"));
+        assert_eq!(
+            presented(&format!("Basic {basic}")).as_deref(),
+            Some("s3cret")
+        );
         let named = base64::engine::general_purpose::STANDARD.encode("flynn:s3cret");
-        assert_eq!(presented(&format!("basic {named}")).as_deref(), Some("s3cret"));
+        assert_eq!(
+            presented(&format!("basic {named}")).as_deref(),
+            Some("s3cret")
+        );
         assert_eq!(presented("Bearer s3cret").as_deref(), Some("s3cret"));
         assert_eq!(presented("Digest x"), None);
         assert_eq!(presented("Basic !!!"), None);

@@ -215,7 +215,9 @@ mod tests {
                 "{status} {code}"
             );
         }
-        let body = ApiError::bad_request("invalid_type", "m").field("type").body();
+        let body = ApiError::bad_request("invalid_type", "m")
+            .field("type")
+            .body();
         assert_eq!(body.detail, Some(serde_json::json!({"field": "type"})));
     }
 }

@@ -62,7 +62,8 @@ impl Peers {
     pub fn insert(&mut self, host_id: &str, url: &str) -> Result<(), PeerError> {
         validate::id(host_id)
             .map_err(|why| PeerError(format!("peer host id {host_id:?}: {why}")))?;
-        let base = base_url(url).map_err(|why| PeerError(format!("peer {host_id}: {url:?}: {why}")))?;
+        let base =
+            base_url(url).map_err(|why| PeerError(format!("peer {host_id}: {url:?}: {why}")))?;
         if self.by_id.contains_key(host_id) {
             return Err(PeerError(format!("peer {host_id} is given twice")));
         }

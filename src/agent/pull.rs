@@ -24,7 +24,9 @@ use futures_util::{StreamExt, stream};
 use tokio_util::io::StreamReader;
 use tracing::Instrument;
 
-use super::api::{ErrorBody, ErrorEvent, PullProgress, PullRequest, PullResponse, SendRequest, VolumeInfo, events};
+use super::api::{
+    ErrorBody, ErrorEvent, PullProgress, PullRequest, PullResponse, SendRequest, VolumeInfo, events,
+};
 use super::error::ApiError;
 use super::events::frame_named;
 use super::peers::base_url;
@@ -120,7 +122,13 @@ pub(crate) fn resolve(
 fn sanitize(text: &str) -> String {
     let mut out: String = text
         .chars()
-        .map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' })
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
         .take(MAX_ECHOED_CHARS)
         .collect();
     if text.chars().count() > MAX_ECHOED_CHARS {
@@ -155,11 +163,7 @@ pub(crate) async fn bounded_prefix(
 /// error body, only its code and a sanitized, shortened message.
 fn source_error(status: reqwest::StatusCode, body: &[u8]) -> ApiError {
     let said = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => format!(
-            "{} ({})",
-            sanitize(&e.message),
-            sanitize(e.volmgr_code())
-        ),
+        Ok(e) => format!("{} ({})", sanitize(&e.message), sanitize(e.volmgr_code())),
         Err(_) => "an answer that is not an error object".to_owned(),
     };
     let message = format!("the source agent answered {}: {said}", status.as_u16());
@@ -409,7 +413,10 @@ pub(crate) async fn pull_snapshot(
     validate::id(&req.snapshot_id).map_err(|why| {
         ApiError::bad_request(
             "invalid_id",
-            format!("invalid snapshot_id {:?}: {why}", sanitize(&req.snapshot_id)),
+            format!(
+                "invalid snapshot_id {:?}: {why}",
+                sanitize(&req.snapshot_id)
+            ),
         )
         .field("snapshot_id")
     })?;
@@ -492,7 +499,10 @@ mod tests {
             r#"{{"code":"x","message":"\u001b[31mred\u202e {} end","volmgr_code":"evil\nline"}}"#,
             "A".repeat(5000)
         );
-        let e = source_error(reqwest::StatusCode::INTERNAL_SERVER_ERROR, hostile.as_bytes());
+        let e = source_error(
+            reqwest::StatusCode::INTERNAL_SERVER_ERROR,
+            hostile.as_bytes(),
+        );
         assert_eq!((e.status.as_u16(), e.code), (502, "source_failed"));
         assert!(e.message.len() < 600, "{}", e.message.len());
         assert!(
@@ -500,7 +510,10 @@ mod tests {
             "{:?}",
             e.message
         );
-        let e = source_error(reqwest::StatusCode::INTERNAL_SERVER_ERROR, b"<html>secret</html>");
+        let e = source_error(
+            reqwest::StatusCode::INTERNAL_SERVER_ERROR,
+            b"<html>secret</html>",
+        );
         assert!(!e.message.contains("secret"), "{}", e.message);
         let e = source_error(reqwest::StatusCode::TEMPORARY_REDIRECT, b"");
         assert!(e.message.contains("never followed"), "{}", e.message);

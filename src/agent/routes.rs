@@ -297,11 +297,10 @@ fn parse_send(body: &RawBody) -> Result<SendRequest, ApiError> {
         body.json::<SendRequest>()?
     };
     if request.haves.len() > MAX_HAVES {
-        return Err(ApiError::bad_request(
-            "invalid_input",
-            format!("more than {MAX_HAVES} haves"),
-        )
-        .field("haves"));
+        return Err(
+            ApiError::bad_request("invalid_input", format!("more than {MAX_HAVES} haves"))
+                .field("haves"),
+        );
     }
     Ok(request)
 }

@@ -133,7 +133,9 @@ fn init_logging(format: LogFormat) {
 /// The token given by `--token-file` or `VOLMGR_TOKEN`; `None` if neither
 /// (the state directory's token is used, or none with `--insecure-no-auth`).
 fn given_token(args: &ServeArgs) -> Result<Option<String>, String> {
-    let env = std::env::var(ENV_TOKEN).ok().filter(|t| !t.trim().is_empty());
+    let env = std::env::var(ENV_TOKEN)
+        .ok()
+        .filter(|t| !t.trim().is_empty());
     if let Some(path) = &args.token_file {
         return credential::read_token_file(path)
             .map(Some)
@@ -182,10 +184,7 @@ fn peers(args: &ServeArgs) -> Result<Peers, String> {
     if let Some(path) = &args.peers_file {
         let mut text = String::new();
         std::fs::File::open(path)
-            .and_then(|f| {
-                f.take(MAX_PEERS_FILE_BYTES + 1)
-                    .read_to_string(&mut text)
-            })
+            .and_then(|f| f.take(MAX_PEERS_FILE_BYTES + 1).read_to_string(&mut text))
             .map_err(|e| format!("peers file {}: {e}", path.display()))?;
         if text.len() as u64 > MAX_PEERS_FILE_BYTES {
             return Err(format!(

@@ -104,7 +104,12 @@ pub enum VolumeCommand {
         /// Data volume on this agent that receives the snapshot
         target: String,
         /// Host id of the agent that has the snapshot (a peer of this agent)
-        #[arg(long, value_name = "HOST_ID", required_unless_present = "source", conflicts_with = "source")]
+        #[arg(
+            long,
+            value_name = "HOST_ID",
+            required_unless_present = "source",
+            conflicts_with = "source"
+        )]
         host: Option<String>,
         /// Base URL of the agent that has the snapshot (a peer's, or any if the agent
         /// allows arbitrary sources)

@@ -97,7 +97,10 @@ pub fn assert_info(v: &Value) {
     assert!(v["id"].as_str().is_some_and(|id| !id.is_empty()), "{v}");
     assert_eq!(v["type"], "data", "Info.Type: {v}");
     let created = v["created_at"].as_str().expect("created_at");
-    assert!(is_rfc3339(created), "created_at {created:?} is not RFC 3339");
+    assert!(
+        is_rfc3339(created),
+        "created_at {created:?} is not RFC 3339"
+    );
     assert!(v["meta"].is_null() || v["meta"].is_object(), "{v}");
 }
 
