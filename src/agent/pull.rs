@@ -63,13 +63,16 @@ pub(crate) fn resolve(
     source: Option<&str>,
 ) -> Result<Source, ApiError> {
     let peers = &shared.options.peers;
+    // Go sends an unset string as "": absent.
+    let host_id = host_id.filter(|h| !h.is_empty());
+    let source = source.filter(|s| !s.is_empty());
     match (host_id, source) {
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "invalid_source",
             "give host_id or source, not both",
         )
         .field("host_id")),
-        (None, None) | (Some(""), None) => Err(ApiError::bad_request(
+        (None, None) => Err(ApiError::bad_request(
             "invalid_source",
             "host_id is required: the id of a configured peer (volmgr serve --peer HOST_ID=URL)",
         )
