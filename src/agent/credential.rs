@@ -100,15 +100,22 @@ pub fn check_token(token: &str) -> Result<&str, String> {
 
 /// Reads a token file (as `--token-file` does): its trimmed content.
 pub fn read_token_file(path: &Path) -> Result<String, CredentialError> {
-    let io_err = |error| CredentialError::Io {
+    let file = File::open(path).map_err(|error| CredentialError::Io {
         path: path.to_owned(),
         error,
-    };
-    let file = File::open(path).map_err(io_err)?;
+    })?;
+    read_token(file, path)
+}
+
+/// The trimmed, checked token in `file` (read up to a bound).
+fn read_token(file: File, path: &Path) -> Result<String, CredentialError> {
     let mut text = String::new();
     file.take(MAX_TOKEN_BYTES as u64 + 2)
         .read_to_string(&mut text)
-        .map_err(io_err)?;
+        .map_err(|error| CredentialError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
     check_token(&text)
         .map(str::to_owned)
         .map_err(|why| CredentialError::Invalid {
@@ -141,17 +148,27 @@ pub fn load_or_create(state_dir: &Path) -> Result<(String, bool), CredentialErro
     }
 }
 
-/// Reads a token file that must be private: owned by this user, no
-/// permission for group or others.
+/// Reads a token file that must be private: a regular file (not a
+/// symlink: opened `O_NOFOLLOW`, checked by `fstat`), owned by this user,
+/// no permission for group or others.
 fn read_private(path: &Path) -> Result<String, CredentialError> {
-    let meta = std::fs::symlink_metadata(path).map_err(|error| CredentialError::Io {
+    let io_err = |error| CredentialError::Io {
         path: path.to_owned(),
         error,
-    })?;
+    };
     let exposed = |why: String| CredentialError::Exposed {
         path: path.to_owned(),
         why,
     };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => exposed("a symbolic link".into()),
+            _ => io_err(e),
+        })?;
+    let meta = file.metadata().map_err(io_err)?;
     if !meta.file_type().is_file() {
         return Err(exposed("not a regular file".into()));
     }
@@ -169,7 +186,7 @@ fn read_private(path: &Path) -> Result<String, CredentialError> {
             meta.mode() & 0o7777
         )));
     }
-    read_token_file(path)
+    read_token(file, path)
 }
 
 /// A new random token: [`GENERATED_TOKEN_BYTES`] from the OS, hex.
@@ -272,6 +289,16 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, [TOKEN_FILE], "no temporary file is left");
+    }
+
+    #[test]
+    fn a_token_file_that_is_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "guessable\n").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, token_path(dir.path())).unwrap();
+        let e = load_or_create(dir.path()).unwrap_err();
+        assert!(matches!(e, CredentialError::Exposed { .. }), "{e}");
     }
 
     #[test]
