@@ -84,33 +84,47 @@ fn a_local_unprivileged_user_is_refused_on_loopback_and_cannot_read_the_token() 
     let cat = as_nobody(&["cat", token_path.to_str().unwrap()]);
     assert!(!cat.status.success(), "{}", text(&cat));
     assert!(!String::from_utf8_lossy(&cat.stdout).contains(&agent.token));
-    // ...and every request it makes is refused 401, with no credential,
-    // a guessed one, or the CLI pointed at the agent's state directory.
+    // ...and every request it makes is refused 401, with no credential or
+    // a guessed one; the CLI pointed at the agent's state directory cannot
+    // read the token. The client is a copy of the binary that nobody may
+    // run wherever the checkout lives.
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("volmgr");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin.to_str().unwrap();
     let state_dir = state.path().to_str().unwrap();
-    for argv in [
-        vec![BIN, "volume", "--agent", &agent.url, "list"],
-        vec![
-            BIN, "volume", "--agent", &agent.url, "create", "--id", "pwned",
-        ],
-        vec![
-            BIN, "volume", "--agent", &agent.url, "--token", "guess", "list",
-        ],
-        vec![
-            BIN,
-            "volume",
-            "--agent",
-            &agent.url,
-            "--state-dir",
-            state_dir,
-            "list",
-        ],
+    let url = agent.url.as_str();
+    let unauthorized = "(401 unauthorized)";
+    for (argv, expected) in [
+        (vec![bin, "volume", "--agent", url, "list"], unauthorized),
+        (
+            vec![bin, "volume", "--agent", url, "create", "--id", "pwned"],
+            unauthorized,
+        ),
+        (
+            vec![bin, "volume", "--agent", url, "--token", "guess", "list"],
+            unauthorized,
+        ),
+        (
+            vec![
+                bin,
+                "volume",
+                "--agent",
+                url,
+                "--state-dir",
+                state_dir,
+                "list",
+            ],
+            "token: Permission denied",
+        ),
     ] {
         let o = as_nobody(&argv);
         assert!(!o.status.success(), "{argv:?}: {}", text(&o));
-        let err = String::from_utf8_lossy(&o.stderr);
         assert!(
-            err.contains("401") || err.contains("Permission denied"),
-            "{argv:?}: {}",
+            String::from_utf8_lossy(&o.stderr).contains(expected),
+            "{argv:?}: expected {expected:?}: {}",
             text(&o)
         );
     }
