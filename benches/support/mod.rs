@@ -248,6 +248,7 @@ impl AgentProcess {
             .arg(state_dir)
             .args(["--listen", &addr.to_string()])
             .env("RUST_LOG", "off")
+            .env_remove("VOLMGR_TOKEN")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
             .spawn()
