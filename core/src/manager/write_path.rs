@@ -125,9 +125,8 @@ impl Inner {
         // Invariant 1: the intent is durable before the provider is touched.
         let seq = self.journal.append(&intent).await?;
         let mut journal_ns = started.elapsed().as_nanos() as u64;
-        // Applied in sequence order by whoever completes the run; the side
-        // effect need not wait for it (its outcome is applied after it).
         self.submit(seq, intent);
+        self.wait_applied(seq).await;
         let result = tokio::task::spawn_blocking(move || effect(op))
             .await
             .map_err(|e| ProviderError::Other(format!("provider call panicked: {e}")))
