@@ -18,7 +18,9 @@ impl Manager {
         let inner = &self.inner;
         let started = Instant::now();
         let mut inventory_time = Duration::ZERO;
-        let state = self.state();
+        // Shared with every resolution's blocking task: one copy, not one
+        // per decision (thousands of decisions must not copy it thousands of times).
+        let state = Arc::new(self.state());
         let mut report = ReconcileReport::default();
         let mut decisions = reconcile::decide(&state, None, &[]);
         let mut providers: Vec<(String, Arc<dyn Provider>)> = inner
