@@ -11,8 +11,13 @@
 //! - redb 4 (one write transaction per record, `Durability::Immediate`); N
 //!   writers are N threads sharing the `Database`;
 //! - the raw reference: one thread doing 200-byte `pwrite` + `fdatasync` on a
-//!   file preallocated the way segments are, run before and after each row
-//!   (the disk is shared and drifts; a row is compared with the mean of both).
+//!   file preallocated the way segments are.
+//!
+//! The disk is shared and drifts, so the four systems of a row are not run
+//! one after the other: each runs `BENCH_SLICES` (default 8) slices of
+//! `BENCH_SECS / BENCH_SLICES`, interleaved with the others in a rotating
+//! order, and each system's slices are summed. Every ratio compares figures
+//! measured under the same drift.
 //!
 //! Then replay of 1,000,000 records into memory (warm page cache), and open
 //! time with a checkpoint plus a short tail.
@@ -22,21 +27,22 @@
 //! a speed.
 //!
 //! Environment: `BENCH_DIR` (default: a temp dir under `target/`; a tmpfs is
-//! reported, since fsync is free there), `BENCH_SECS` per case (default 4),
+//! reported, since fsync is free there), `BENCH_SECS` per system and row
+//! (default 4), `BENCH_SLICES` (default 8),
 //! `BENCH_WRITERS` (default `1,4,16,64`), `BENCH_REPLAY_RECORDS` (default
 //! 1000000).
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use support::{Case, Latencies, cpu_secs, env_list, env_or, raw_fdatasync_loop};
+use support::{Case, Latencies, cpu_secs, env_list, env_or};
 use volmgr::journal::{Journal, JournalConfig, JournalRecord};
-use volmgr::storage::RealStorage;
+use volmgr::storage::{RealStorage, Storage, StorageFile};
 
 /// A 200-byte record (its bincode payload is exactly 200 bytes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,30 +86,18 @@ impl Bench {
     }
 }
 
-fn raw_loop(bench: &mut Bench) -> Case {
-    let dir = bench.fresh_dir("raw");
-    let case = raw_fdatasync_loop(&dir, bench.case);
-    std::fs::remove_dir_all(&dir).unwrap();
-    case
-}
-
-/// Threads running `op` until the deadline; each call timed.
-fn threads_case(
-    writers: usize,
-    secs: Duration,
-    op: impl Fn(usize) + Send + Sync + 'static,
-) -> Case {
-    let op = Arc::new(op);
+/// Threads running `op` for `secs`; each call timed.
+fn threads_case(writers: usize, secs: Duration, op: Arc<dyn Fn() + Send + Sync>) -> Case {
     let start = Instant::now();
     let deadline = start + secs;
     let threads: Vec<_> = (0..writers)
-        .map(|w| {
+        .map(|_| {
             let op = op.clone();
             std::thread::spawn(move || {
                 let mut lat = Latencies::default();
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    op(w);
+                    op();
                     lat.push(t.elapsed());
                 }
                 lat
@@ -120,96 +114,237 @@ fn threads_case(
     case
 }
 
-/// Journal appends; also returns records per fdatasync.
-fn journal_appends(bench: &mut Bench, writers: usize) -> (Case, f64) {
-    let dir = bench.fresh_dir("journal");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let secs = bench.case;
-    rt.block_on(async move {
-        let (journal, _) = Journal::<BenchRec>::open(&dir, JournalConfig::default()).unwrap();
-        let journal = Arc::new(journal);
-        let syncs_before = journal.sync_count();
-        let start = Instant::now();
-        let deadline = start + secs;
-        let mut tasks = Vec::new();
-        for w in 0..writers {
-            let journal = journal.clone();
-            tasks.push(tokio::spawn(async move {
-                let rec = record(w as u32);
-                let mut lat = Latencies::default();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    journal.append(&rec).await.unwrap();
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
+/// One system under test, kept open across the slices of a row.
+trait System {
+    /// Runs `writers` concurrent appenders for `secs`.
+    fn run(&mut self, writers: usize, secs: Duration) -> Case;
+    /// Records per sync so far, if the system counts its syncs.
+    fn per_sync(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// The raw reference: one thread of 200-byte pwrite + fdatasync on a file
+/// preallocated the way segments are.
+struct Raw {
+    file: Box<dyn StorageFile>,
+    offset: u64,
+}
+
+const RAW_FILE_LEN: u64 = 256 << 20;
+
+impl Raw {
+    fn new(dir: &Path) -> Raw {
+        let file = RealStorage.create(&dir.join("raw.dat")).unwrap();
+        file.allocate(RAW_FILE_LEN).unwrap();
+        file.sync_all().unwrap();
+        Raw { file, offset: 0 }
+    }
+}
+
+impl System for Raw {
+    fn run(&mut self, _writers: usize, secs: Duration) -> Case {
+        let buf = [0x5Au8; RECORD_LEN];
         let mut case = Case::default();
-        for t in tasks {
-            let lat = t.await.unwrap();
-            case.ops += lat.0.len() as u64;
-            case.latencies.extend(lat);
+        let start = Instant::now();
+        while start.elapsed() < secs {
+            let t = Instant::now();
+            self.file.write_all_at(&buf, self.offset).unwrap();
+            self.file.sync_data().unwrap();
+            case.latencies.push(t.elapsed());
+            case.ops += 1;
+            // Always fresh (unwritten) blocks, as a segment's appends are.
+            self.offset = (self.offset + RECORD_LEN as u64) % (RAW_FILE_LEN - RECORD_LEN as u64);
         }
         case.secs = start.elapsed().as_secs_f64();
-        let syncs = (journal.sync_count() - syncs_before).max(1);
-        Arc::into_inner(journal).unwrap().close().await;
-        std::fs::remove_dir_all(&dir).unwrap();
-        let per_sync = case.ops as f64 / syncs as f64;
-        (case, per_sync)
-    })
+        case
+    }
 }
 
-fn sqlite_appends(bench: &mut Bench, writers: usize) -> Case {
-    let dir = bench.fresh_dir("sqlite");
-    let conn = rusqlite::Connection::open(dir.join("bench.db")).unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute(
-        "CREATE TABLE records (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)",
-        [],
-    )
-    .unwrap();
-    let conn = Arc::new(Mutex::new(conn));
-    let case = threads_case(writers, bench.case, move |_| {
-        let body = [0x5Au8; RECORD_LEN];
-        let conn = conn.lock().unwrap();
-        // Autocommit: one row, one transaction, one WAL fsync.
-        conn.prepare_cached("INSERT INTO records (body) VALUES (?1)")
-            .unwrap()
-            .execute([&body[..]])
+struct JournalSystem {
+    rt: tokio::runtime::Runtime,
+    journal: Option<Arc<Journal<BenchRec>>>,
+    ops: u64,
+    syncs_before: u64,
+}
+
+impl JournalSystem {
+    fn new(dir: &Path) -> JournalSystem {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
             .unwrap();
-    });
-    std::fs::remove_dir_all(&dir).unwrap();
-    case
+        let (journal, _) = Journal::<BenchRec>::open(dir, JournalConfig::default()).unwrap();
+        let syncs_before = journal.sync_count();
+        JournalSystem {
+            rt,
+            journal: Some(Arc::new(journal)),
+            ops: 0,
+            syncs_before,
+        }
+    }
+
+    fn journal(&self) -> &Arc<Journal<BenchRec>> {
+        self.journal.as_ref().expect("open")
+    }
 }
 
-fn redb_appends(bench: &mut Bench, writers: usize) -> Case {
-    const TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("records");
-    let dir = bench.fresh_dir("redb");
-    let db = Arc::new(redb::Database::create(dir.join("bench.redb")).unwrap());
-    let next = Arc::new(AtomicU64::new(0));
-    let case = {
-        let db = db.clone();
-        threads_case(writers, bench.case, move |_| {
-            let body = [0x5Au8; RECORD_LEN];
-            let mut tx = db.begin_write().unwrap();
-            tx.set_durability(redb::Durability::Immediate).unwrap();
-            {
-                let mut table = tx.open_table(TABLE).unwrap();
-                let key = next.fetch_add(1, Ordering::Relaxed);
-                table.insert(key, &body[..]).unwrap();
+impl System for JournalSystem {
+    fn run(&mut self, writers: usize, secs: Duration) -> Case {
+        let journal = self.journal().clone();
+        let case = self.rt.block_on(async move {
+            let start = Instant::now();
+            let deadline = start + secs;
+            let tasks: Vec<_> = (0..writers)
+                .map(|w| {
+                    let journal = journal.clone();
+                    tokio::spawn(async move {
+                        let rec = record(w as u32);
+                        let mut lat = Latencies::default();
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            journal.append(&rec).await.unwrap();
+                            lat.push(t.elapsed());
+                        }
+                        lat
+                    })
+                })
+                .collect();
+            let mut case = Case::default();
+            for t in tasks {
+                let lat = t.await.unwrap();
+                case.ops += lat.0.len() as u64;
+                case.latencies.extend(lat);
             }
-            tx.commit().unwrap();
-        })
-    };
-    drop(db);
-    std::fs::remove_dir_all(&dir).unwrap();
-    case
+            case.secs = start.elapsed().as_secs_f64();
+            case
+        });
+        self.ops += case.ops;
+        case
+    }
+
+    fn per_sync(&self) -> Option<f64> {
+        let syncs = (self.journal().sync_count() - self.syncs_before).max(1);
+        Some(self.ops as f64 / syncs as f64)
+    }
+}
+
+impl Drop for JournalSystem {
+    fn drop(&mut self) {
+        if let Some(journal) = self.journal.take() {
+            self.rt
+                .block_on(Arc::into_inner(journal).expect("no appender left").close());
+        }
+    }
+}
+
+struct Sqlite(Arc<Mutex<rusqlite::Connection>>);
+
+impl Sqlite {
+    fn new(dir: &Path) -> Sqlite {
+        let conn = rusqlite::Connection::open(dir.join("bench.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        conn.execute(
+            "CREATE TABLE records (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)",
+            [],
+        )
+        .unwrap();
+        Sqlite(Arc::new(Mutex::new(conn)))
+    }
+}
+
+impl System for Sqlite {
+    fn run(&mut self, writers: usize, secs: Duration) -> Case {
+        let conn = self.0.clone();
+        threads_case(
+            writers,
+            secs,
+            Arc::new(move || {
+                let body = [0x5Au8; RECORD_LEN];
+                let conn = conn.lock().unwrap();
+                // Autocommit: one row, one transaction, one WAL fsync.
+                conn.prepare_cached("INSERT INTO records (body) VALUES (?1)")
+                    .unwrap()
+                    .execute([&body[..]])
+                    .unwrap();
+            }),
+        )
+    }
+}
+
+struct Redb {
+    db: Arc<redb::Database>,
+    next: Arc<AtomicU64>,
+}
+
+const REDB_TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("records");
+
+impl Redb {
+    fn new(dir: &Path) -> Redb {
+        Redb {
+            db: Arc::new(redb::Database::create(dir.join("bench.redb")).unwrap()),
+            next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl System for Redb {
+    fn run(&mut self, writers: usize, secs: Duration) -> Case {
+        let (db, next) = (self.db.clone(), self.next.clone());
+        threads_case(
+            writers,
+            secs,
+            Arc::new(move || {
+                let body = [0x5Au8; RECORD_LEN];
+                let mut tx = db.begin_write().unwrap();
+                tx.set_durability(redb::Durability::Immediate).unwrap();
+                {
+                    let mut table = tx.open_table(REDB_TABLE).unwrap();
+                    let key = next.fetch_add(1, Ordering::Relaxed);
+                    table.insert(key, &body[..]).unwrap();
+                }
+                tx.commit().unwrap();
+            }),
+        )
+    }
+}
+
+const SYSTEMS: [&str; 4] = ["journal", "sqlite", "redb", "raw"];
+
+/// One row: every system runs `slices` times for `case / slices`, in an
+/// order that rotates each slice, so disk drift hits all of them alike.
+fn row(bench: &mut Bench, writers: usize, slices: u32) -> Vec<(Case, Option<f64>)> {
+    let dirs: Vec<PathBuf> = SYSTEMS.iter().map(|n| bench.fresh_dir(n)).collect();
+    let mut systems: Vec<Box<dyn System>> = vec![
+        Box::new(JournalSystem::new(&dirs[0])),
+        Box::new(Sqlite::new(&dirs[1])),
+        Box::new(Redb::new(&dirs[2])),
+        Box::new(Raw::new(&dirs[3])),
+    ];
+    let slice = bench.case / slices;
+    let mut cases = vec![Case::default(); systems.len()];
+    for i in 0..slices as usize {
+        for k in 0..systems.len() {
+            let s = (i + k) % systems.len();
+            let c = systems[s].run(writers, slice);
+            let total = &mut cases[s];
+            total.ops += c.ops;
+            total.secs += c.secs;
+            total.latencies.extend(c.latencies);
+        }
+    }
+    let out = cases
+        .into_iter()
+        .zip(&systems)
+        .map(|(c, s)| (c, s.per_sync()))
+        .collect();
+    drop(systems);
+    for dir in dirs {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    out
 }
 
 fn print_row(writers: usize, system: &str, case: &mut Case, per_sync: Option<f64>, raw: f64) {
@@ -347,10 +482,13 @@ fn main() {
         case: Duration::from_secs_f64(env_or("BENCH_SECS", 4.0)),
         n: 0,
     };
+    let slices: u32 = env_or("BENCH_SLICES", 8u32).max(1);
     let writers = env_list("BENCH_WRITERS", "1,4,16,64");
     println!(
-        "each case runs {:.1} s; records are {RECORD_LEN} bytes; journal: default config (16 MiB segments); \
-         latencies in microseconds",
+        "each system runs {:.1} s per row, in {slices} slices interleaved with the others (the disk drifts; \
+         interleaving exposes all to the same drift); records are {RECORD_LEN} bytes; journal: default \
+         config (16 MiB segments); raw: one thread of pwrite+fdatasync on a preallocated file; latencies \
+         in microseconds",
         bench.case.as_secs_f64()
     );
     println!();
@@ -358,46 +496,27 @@ fn main() {
         "{:>7} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "writers", "system", "ops/s", "p50 us", "p99 us", "p999 us", "rec/sync", "vs raw"
     );
-    let mut raw_before = raw_loop(&mut bench);
-    let mut raws = vec![raw_before.rate()];
     let mut summary = Vec::new();
     for &w in &writers {
-        let (mut journal, per_sync) = journal_appends(&mut bench, w);
-        let mut sqlite = sqlite_appends(&mut bench, w);
-        let mut redb = redb_appends(&mut bench, w);
-        // The disk is shared and drifts: compare with a raw loop run right
-        // after this row, averaged with the one before it.
-        let raw_after = raw_loop(&mut bench);
-        let raw = (raw_before.rate() + raw_after.rate()) / 2.0;
-        raws.push(raw_after.rate());
-        let mut raw_case = raw_before.clone();
-        raw_case.latencies.extend(raw_after.latencies.clone());
-        raw_case.ops += raw_after.ops;
-        raw_case.secs += raw_after.secs;
-        print_row(w, "journal", &mut journal, Some(per_sync), raw);
-        print_row(w, "sqlite", &mut sqlite, None, raw);
-        print_row(w, "redb", &mut redb, None, raw);
-        print_row(w, "raw", &mut raw_case, None, raw);
+        let mut cases = row(&mut bench, w, slices);
+        let raw = cases[3].0.rate();
+        for (name, (case, per_sync)) in SYSTEMS.iter().zip(cases.iter_mut()) {
+            print_row(w, name, case, *per_sync, raw);
+        }
+        let (journal, sqlite, redb) = (cases[0].0.rate(), cases[1].0.rate(), cases[2].0.rate());
         let line = format!(
-            "{w:>2} writers: journal/raw {:.2}x, journal/sqlite {:.2}x, journal/redb {:.2}x, journal p99 {:.0} us",
-            journal.rate() / raw,
-            journal.rate() / sqlite.rate(),
-            journal.rate() / redb.rate(),
-            journal.latencies.percentiles_us().1
+            "{w:>2} writers: journal/raw {:.2}x, journal/sqlite {:.2}x, journal/redb {:.2}x, journal p99 {:.0} us \
+             (raw {raw:.0}/s, p50 {:.0} us)",
+            journal / raw,
+            journal / sqlite,
+            journal / redb,
+            cases[0].0.latencies.percentiles_us().1,
+            cases[3].0.latencies.percentiles_us().0,
         );
         println!("        {line}");
         summary.push(line);
-        raw_before = raw_after;
     }
-    let (lo, hi) = raws
-        .iter()
-        .fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
     println!();
-    println!(
-        "raw loop measured {} times: {lo:.0}..{hi:.0} records/s (each row's \"vs raw\" divides by the mean \
-         of the runs before and after it)",
-        raws.len()
-    );
     for line in &summary {
         println!("summary: {line}");
     }
