@@ -341,26 +341,3 @@ fn a_commit_that_panics_poisons_the_journal_and_answers_its_followers() {
         "no append after a commit that did not finish: {after:?}"
     );
 }
-
-#[test]
-fn a_new_leader_dropped_while_it_lets_others_queue_still_commits_the_queue() {
-    let dir = tempfile::tempdir().unwrap();
-    let scene = leader_holding_its_sync(dir.path());
-    let journal = scene.journal.clone();
-    let mut follower = Box::pin(async move { journal.append(&Rec("follower".into())).await });
-    assert!(poll_once(follower.as_mut()).is_pending());
-    scene.gate.release();
-    assert_eq!(scene.leader.join().unwrap().unwrap(), 1);
-    // Told to lead, it first yields so the appenders just answered can queue:
-    // caught there, then dropped.
-    assert!(poll_once(follower.as_mut()).is_pending());
-    assert_eq!(scene.journal.durable_seq(), 1, "not committed yet");
-    drop(follower);
-    assert_eq!(
-        scene.journal.durable_seq(),
-        2,
-        "the leadership it held was not lost with it"
-    );
-    let seq = block_on(scene.journal.append(&Rec("after".into()))).unwrap();
-    assert_eq!(seq, 3);
-}

@@ -185,18 +185,6 @@ impl Drop for Follower<'_> {
     }
 }
 
-/// Leadership held across an await: if the holder is dropped there, it
-/// still commits the queue (synchronously, while being dropped).
-struct LeadOnDrop<'a>(Option<&'a Committer>);
-
-impl Drop for LeadOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(committer) = self.0.take() {
-            let _ = committer.lead();
-        }
-    }
-}
-
 impl Committer {
     pub fn new(mut writer: Writer, queue_depth: usize) -> Arc<Committer> {
         let checkpoints = std::mem::take(&mut writer.checkpoints);
@@ -258,18 +246,7 @@ impl Committer {
         follower.rx = None;
         match turn {
             Ok(Turn::Done(result)) => result,
-            Ok(Turn::Lead) => {
-                // The previous leader just woke the appenders of its batch.
-                // Let them run first: their next requests queue now and ride
-                // in this batch, instead of waiting a whole commit for the
-                // next one (one commit per round of writers, not two).
-                // Holding the leadership across the yield: if this task is
-                // dropped meanwhile, the guard commits the batch.
-                let mut holding = LeadOnDrop(Some(self));
-                tokio::task::yield_now().await;
-                holding.0 = None;
-                self.lead()
-            }
+            Ok(Turn::Lead) => self.lead(),
             // The leader went away without an answer (it panicked).
             Err(_) => Err(poisoned_error(&self.shared)),
         }
