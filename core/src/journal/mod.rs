@@ -167,20 +167,11 @@ impl<R: JournalRecord> Journal<R> {
         discard_failed_commit(storage.as_ref(), &journal_dir)?;
 
         let mut records = Vec::new();
-        let walk = reader::walk(
-            storage.as_ref(),
-            state_dir,
-            |seq, _kind, payload, file, offset| {
-                let record =
-                    codec::decode_record::<R>(payload).map_err(|e| JournalError::Corrupt {
-                        file: file.to_owned(),
-                        offset,
-                        reason: Invalid::Decode(e),
-                    })?;
-                records.push((seq, record));
-                Ok(())
-            },
-        )?;
+        let read = reader::read_log::<R>(storage.as_ref(), state_dir, |seq, record| {
+            records.push((seq, record));
+        })?;
+        let end = read.walked.verdict.clone().map_err(JournalError::from)?;
+        let walked = read.walked;
 
         // Repair a torn tail: copy the bytes aside, zero them, sync.
         let mut broken_file = None;
@@ -189,7 +180,7 @@ impl<R: JournalRecord> Journal<R> {
             offset,
             len,
             reason,
-        } = &walk.end
+        } = &end
         {
             let path = truncate_torn_tail(storage.as_ref(), segment, *offset, *len)?;
             tracing::warn!(
@@ -203,9 +194,16 @@ impl<R: JournalRecord> Journal<R> {
             broken_file = Some(path);
         }
 
-        let next_seq = walk.last_seq + 1;
-        let (file, segment_first_seq, offset, mut segments) = match &walk.append_at {
-            Some((first, path, offset)) => {
+        let next_seq = walked.last_seq + 1;
+        let segs: Vec<u64> = walked.segments.iter().map(|(s, _)| *s).collect();
+        let (file, segment_first_seq, offset, mut segments) = match &walked.tail {
+            Some(tail) => {
+                let (first, path, offset) = (&tail.segment, &tail.path, &tail.cursor.offset);
+                // Pair assertion: appends continue exactly where replay ended.
+                assert_eq!(
+                    tail.cursor.next_seq, next_seq,
+                    "the log's tail names the next record"
+                );
                 let file = storage
                     .open(path)
                     .map_err(|e| JournalError::io(path, "open segment", e))?;
@@ -214,7 +212,6 @@ impl<R: JournalRecord> Journal<R> {
                 // before anything acts on it or is appended after it.
                 file.sync_data()
                     .map_err(|e| JournalError::io(path, "fsync segment", e))?;
-                let segs: Vec<u64> = walk.all_segments.iter().map(|(s, _)| *s).collect();
                 (file, *first, *offset, segs)
             }
             None => {
@@ -224,7 +221,6 @@ impl<R: JournalRecord> Journal<R> {
                     next_seq,
                     config.segment_size,
                 )?;
-                let segs: Vec<u64> = walk.all_segments.iter().map(|(s, _)| *s).collect();
                 (file, next_seq, format::SEGMENT_HEADER_LEN as u64, segs)
             }
         };
@@ -241,7 +237,7 @@ impl<R: JournalRecord> Journal<R> {
             .collect();
 
         let shared = Arc::new(Shared::default());
-        shared.durable_seq.store(walk.last_seq, Ordering::Release);
+        shared.durable_seq.store(walked.last_seq, Ordering::Release);
         let writer = Writer {
             storage: storage.clone(),
             journal_dir,
@@ -270,14 +266,14 @@ impl<R: JournalRecord> Journal<R> {
             .map_err(|e| JournalError::io(state_dir, "spawn journal writer", e))?;
 
         let recovery = Recovery {
-            checkpoint: walk.checkpoint.map(|(seq, _, payload)| (seq, payload)),
-            rejected_checkpoints: walk
+            checkpoint: read.checkpoint.map(|c| (c.seq, c.payload)),
+            rejected_checkpoints: read
                 .checkpoint_attempts
                 .into_iter()
                 .filter_map(|a| a.rejected.map(|r| (a.path, r)))
                 .collect(),
             records,
-            end: walk.end,
+            end,
             broken_file,
         };
         for (path, why) in &recovery.rejected_checkpoints {
