@@ -401,6 +401,36 @@ impl fmt::Display for ApplyError {
 
 impl std::error::Error for ApplyError {}
 
+/// Detail keys to set (`Some`) or remove (`None`).
+type DetailUpdates = Vec<(&'static str, Option<String>)>;
+
+/// A checked change to the state (see [`State::apply`]).
+#[derive(Debug)]
+enum Change {
+    Pend(Pending),
+    Status(String, VolumeStatus),
+    NoteOrphan(Orphan),
+    ForgetOrphan(String),
+    Finish {
+        op: OpId,
+        /// A receive's target and the resume details to set (`Some`) or
+        /// remove (`None`).
+        target: Option<(String, DetailUpdates)>,
+        effect: Finished,
+    },
+}
+
+/// What a finished operation changes besides removing it from `pending`.
+#[derive(Debug)]
+enum Finished {
+    Nothing,
+    AddProvider(ProviderRecord),
+    Destroy(String),
+    ForgetOrphan(String),
+    /// A new volume, and the orphan key it replaces (adoption).
+    Create(Volume, Option<String>),
+}
+
 /// The manager's whole state, rebuilt from checkpoint plus records.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct State {
@@ -415,121 +445,129 @@ pub struct State {
 
 impl State {
     /// Applies record `seq`. Records must arrive in sequence order.
+    ///
+    /// **Invariant:** atomic. Every check runs before the first change, so a
+    /// record that is refused (`Err`) leaves the state exactly as it was; the
+    /// live path, replay and the journal tool all stop at that record.
     pub fn apply(&mut self, seq: u64, record: &Record) -> Result<Vec<Event>, ApplyError> {
-        if seq != self.seq + 1 {
+        if Some(seq) != self.seq.checked_add(1) {
             return Err(ApplyError {
                 seq,
                 reason: format!("out of order: state is at {}", self.seq),
             });
         }
-        let events = self
-            .apply_inner(seq, record)
+        let change = self
+            .check(seq, record)
             .map_err(|reason| ApplyError { seq, reason })?;
+        let events = self.commit(change);
         self.seq = seq;
+        // Pair assertion: an outcome's operation is no longer pending.
+        debug_assert!(
+            record.op().is_none_or(|op| !self.pending.contains_key(&op))
+                || matches!(record, Record::Intent { .. })
+        );
         Ok(events)
     }
 
-    fn apply_inner(&mut self, seq: u64, record: &Record) -> Result<Vec<Event>, String> {
+    /// Validates `record` against the state without changing it, and says
+    /// what applying it changes.
+    fn check(&self, seq: u64, record: &Record) -> Result<Change, String> {
         match record {
             Record::Intent { op, at_ms, action } => {
                 if self.pending.contains_key(op) {
                     return Err(format!("duplicate intent {op}"));
                 }
-                self.pending.insert(
-                    *op,
-                    Pending {
-                        op: *op,
-                        at_ms: *at_ms,
-                        action: action.clone(),
-                        seq,
-                    },
-                );
-                Ok(Vec::new())
+                Ok(Change::Pend(Pending {
+                    op: *op,
+                    at_ms: *at_ms,
+                    action: action.clone(),
+                    seq,
+                }))
             }
-            Record::Outcome { op, at_ms, result } => self.finish(*op, *at_ms, result),
+            Record::Outcome { op, at_ms, result } => self.check_finish(*op, *at_ms, result),
             Record::Reconciled { effect, at_ms, .. } => match effect {
-                Effect::Resolve { op, result } => self.finish(*op, *at_ms, result),
+                Effect::Resolve { op, result } => self.check_finish(*op, *at_ms, result),
                 Effect::MarkLost { volume } => {
-                    let v = self
-                        .volumes
-                        .get_mut(volume)
-                        .ok_or(format!("lost {volume} unknown"))?;
-                    v.status = VolumeStatus::Lost;
-                    Ok(vec![Event::Lost { id: volume.clone() }])
+                    if !self.volumes.contains_key(volume) {
+                        return Err(format!("lost {volume} unknown"));
+                    }
+                    Ok(Change::Status(volume.clone(), VolumeStatus::Lost))
                 }
                 Effect::MarkFound { volume } => {
-                    let v = self
-                        .volumes
-                        .get_mut(volume)
-                        .ok_or(format!("found {volume} unknown"))?;
-                    v.status = VolumeStatus::Live;
-                    Ok(vec![Event::Found { id: volume.clone() }])
+                    if !self.volumes.contains_key(volume) {
+                        return Err(format!("found {volume} unknown"));
+                    }
+                    Ok(Change::Status(volume.clone(), VolumeStatus::Live))
                 }
-                Effect::NoteOrphan(orphan) => {
-                    self.orphans
-                        .insert(orphan_key(&orphan.provider, &orphan.volume), orphan.clone());
-                    Ok(Vec::new())
-                }
+                Effect::NoteOrphan(orphan) => Ok(Change::NoteOrphan(orphan.clone())),
                 Effect::ForgetOrphan { provider, volume } => {
-                    self.orphans.remove(&orphan_key(provider, volume));
-                    Ok(Vec::new())
+                    Ok(Change::ForgetOrphan(orphan_key(provider, volume)))
                 }
             },
         }
     }
 
-    fn finish(&mut self, op: OpId, at_ms: u64, result: &OpResult) -> Result<Vec<Event>, String> {
+    /// Checks an outcome (or a reconciliation's resolution) of `op`.
+    fn check_finish(&self, op: OpId, at_ms: u64, result: &OpResult) -> Result<Change, String> {
         let pending = self
             .pending
-            .remove(&op)
+            .get(&op)
             .ok_or_else(|| format!("outcome for unknown operation {op}"))?;
+        let action = &pending.action;
         // Every outcome of a receive says whether its target holds a
         // partial receive afterwards; an abort that was done, that it does not.
-        if let Action::ReceiveSnapshot { target, .. } | Action::AbortReceive { target } =
-            &pending.action
-        {
-            let clear = !matches!(
-                (&pending.action, result),
-                (Action::AbortReceive { .. }, OpResult::Failed { .. })
-                    | (_, OpResult::Suspended { .. })
-            );
-            if let Some(v) = self.volumes.get_mut(target) {
-                if clear {
-                    for key in [
-                        DETAIL_RESUME_TOKEN,
-                        DETAIL_RESUME_GUID,
-                        DETAIL_RESUME_SOURCE,
-                        DETAIL_RESUME_SNAPSHOT,
-                    ] {
-                        v.details.remove(key);
-                    }
-                } else if let OpResult::Suspended { token, guid, .. } = result {
-                    v.details
-                        .insert(DETAIL_RESUME_TOKEN.to_owned(), token.clone());
-                    v.details
-                        .insert(DETAIL_RESUME_GUID.to_owned(), guid.clone());
-                    if let Action::ReceiveSnapshot { meta, .. } = &pending.action {
-                        for (from, to) in [
-                            (META_PULL_SOURCE, DETAIL_RESUME_SOURCE),
-                            (META_PULL_SNAPSHOT, DETAIL_RESUME_SNAPSHOT),
-                        ] {
-                            match meta.get(from) {
-                                Some(value) => v.details.insert(to.to_owned(), value.clone()),
-                                None => v.details.remove(to),
-                            };
+        let target = match action {
+            Action::ReceiveSnapshot { target, .. } | Action::AbortReceive { target }
+                if self.volumes.contains_key(target) =>
+            {
+                let update = match (action, result) {
+                    (Action::AbortReceive { .. }, OpResult::Failed { .. }) => None,
+                    (_, OpResult::Suspended { token, guid, .. }) => {
+                        let mut set = vec![
+                            (DETAIL_RESUME_TOKEN, Some(token.clone())),
+                            (DETAIL_RESUME_GUID, Some(guid.clone())),
+                        ];
+                        if let Action::ReceiveSnapshot { meta, .. } = action {
+                            for (from, to) in [
+                                (META_PULL_SOURCE, DETAIL_RESUME_SOURCE),
+                                (META_PULL_SNAPSHOT, DETAIL_RESUME_SNAPSHOT),
+                            ] {
+                                set.push((to, meta.get(from).cloned()));
+                            }
                         }
+                        Some(set)
                     }
-                }
+                    _ => Some(
+                        [
+                            DETAIL_RESUME_TOKEN,
+                            DETAIL_RESUME_GUID,
+                            DETAIL_RESUME_SOURCE,
+                            DETAIL_RESUME_SNAPSHOT,
+                        ]
+                        .into_iter()
+                        .map(|key| (key, None))
+                        .collect(),
+                    ),
+                };
+                update.map(|u| (target.clone(), u))
             }
-        }
+            _ => None,
+        };
+        let finish = |effect| {
+            Ok(Change::Finish {
+                op,
+                target: target.clone(),
+                effect,
+            })
+        };
         let done = match result {
-            OpResult::Failed { .. } => return Ok(Vec::new()),
+            OpResult::Failed { .. } => return finish(Finished::Nothing),
             OpResult::Suspended { .. } => {
-                return match pending.action {
-                    Action::ReceiveSnapshot { .. } => Ok(Vec::new()),
+                return match action {
+                    Action::ReceiveSnapshot { .. } => finish(Finished::Nothing),
                     _ => Err(format!(
                         "suspended outcome for a {} operation",
-                        pending.action.name()
+                        action.name()
                     )),
                 };
             }
@@ -548,46 +586,37 @@ impl State {
                 op,
                 details: done.details.clone(),
             };
-        let provider_of = |state: &State, id: &str| {
-            state
-                .volumes
+        let provider_of = |id: &str| {
+            self.volumes
                 .get(id)
                 .map(|v| v.provider.clone())
-                .ok_or_else(|| format!("{} refers to unknown volume {id}", pending.action.name()))
+                .ok_or_else(|| format!("{} refers to unknown volume {id}", action.name()))
         };
-        let created = match &pending.action {
-            Action::AddProvider(record) => {
-                self.providers.insert(record.id.clone(), record.clone());
-                return Ok(vec![Event::ProviderAdded {
-                    id: record.id.clone(),
-                }]);
-            }
-            Action::DestroyVolume { volume } => {
-                self.volumes.remove(volume);
-                return Ok(vec![Event::Destroyed { id: volume.clone() }]);
-            }
+        let (created, forget) = match action {
+            Action::AddProvider(record) => return finish(Finished::AddProvider(record.clone())),
+            Action::DestroyVolume { volume } => return finish(Finished::Destroy(volume.clone())),
             Action::DestroyOrphan { provider, volume } => {
-                self.orphans.remove(&orphan_key(provider, volume));
-                return Ok(Vec::new());
+                return finish(Finished::ForgetOrphan(orphan_key(provider, volume)));
             }
-            Action::AbortReceive { .. } => return Ok(Vec::new()),
+            Action::AbortReceive { .. } => return finish(Finished::Nothing),
             Action::CreateVolume {
                 provider,
                 volume,
                 meta,
-            } => new_volume(volume, provider, VolumeKind::Data, None, meta),
+            } => (
+                new_volume(volume, provider, VolumeKind::Data, None, meta),
+                None,
+            ),
             Action::CreateSnapshot {
                 source,
                 snapshot,
                 meta,
             } => {
-                let provider = provider_of(self, source)?;
-                new_volume(
-                    snapshot,
-                    &provider,
-                    VolumeKind::Snapshot,
-                    Some(source),
-                    meta,
+                let provider = provider_of(source)?;
+                let kind = VolumeKind::Snapshot;
+                (
+                    new_volume(snapshot, &provider, kind, Some(source), meta),
+                    None,
                 )
             }
             Action::ForkVolume {
@@ -595,21 +624,23 @@ impl State {
                 volume,
                 meta,
             } => {
-                let provider = provider_of(self, snapshot)?;
-                new_volume(volume, &provider, VolumeKind::Data, Some(snapshot), meta)
+                let provider = provider_of(snapshot)?;
+                let kind = VolumeKind::Data;
+                (
+                    new_volume(volume, &provider, kind, Some(snapshot), meta),
+                    None,
+                )
             }
             Action::ReceiveSnapshot {
                 target,
                 snapshot,
                 meta,
             } => {
-                let provider = provider_of(self, target)?;
-                new_volume(
-                    snapshot,
-                    &provider,
-                    VolumeKind::Snapshot,
-                    Some(target),
-                    meta,
+                let provider = provider_of(target)?;
+                let kind = VolumeKind::Snapshot;
+                (
+                    new_volume(snapshot, &provider, kind, Some(target), meta),
+                    None,
                 )
             }
             Action::AdoptOrphan {
@@ -618,17 +649,81 @@ impl State {
                 kind,
                 tagged_op,
             } => {
-                self.orphans.remove(&orphan_key(provider, volume));
                 let mut v = new_volume(volume, provider, *kind, None, &Meta::new());
                 v.op = *tagged_op;
-                v
+                (v, Some(orphan_key(provider, volume)))
             }
         };
         if self.volumes.contains_key(&created.id) {
             return Err(format!("volume {} created twice", created.id));
         }
-        self.volumes.insert(created.id.clone(), created.clone());
-        Ok(vec![Event::Created(created)])
+        finish(Finished::Create(created, forget))
+    }
+
+    /// Makes a checked change. Infallible: everything that can refuse a
+    /// record was checked first.
+    fn commit(&mut self, change: Change) -> Vec<Event> {
+        match change {
+            Change::Pend(pending) => {
+                self.pending.insert(pending.op, pending);
+                Vec::new()
+            }
+            Change::Status(volume, status) => {
+                let event = match status {
+                    VolumeStatus::Lost => Event::Lost { id: volume.clone() },
+                    VolumeStatus::Live => Event::Found { id: volume.clone() },
+                };
+                if let Some(v) = self.volumes.get_mut(&volume) {
+                    v.status = status;
+                }
+                vec![event]
+            }
+            Change::NoteOrphan(orphan) => {
+                self.orphans
+                    .insert(orphan_key(&orphan.provider, &orphan.volume), orphan);
+                Vec::new()
+            }
+            Change::ForgetOrphan(key) => {
+                self.orphans.remove(&key);
+                Vec::new()
+            }
+            Change::Finish { op, target, effect } => {
+                self.pending.remove(&op);
+                if let Some((id, updates)) = target
+                    && let Some(v) = self.volumes.get_mut(&id)
+                {
+                    for (key, value) in updates {
+                        match value {
+                            Some(value) => v.details.insert(key.to_owned(), value),
+                            None => v.details.remove(key),
+                        };
+                    }
+                }
+                match effect {
+                    Finished::Nothing => Vec::new(),
+                    Finished::AddProvider(record) => {
+                        let id = record.id.clone();
+                        self.providers.insert(id.clone(), record);
+                        vec![Event::ProviderAdded { id }]
+                    }
+                    Finished::Destroy(volume) => {
+                        self.volumes.remove(&volume);
+                        vec![Event::Destroyed { id: volume }]
+                    }
+                    Finished::ForgetOrphan(key) => {
+                        self.orphans.remove(&key);
+                        Vec::new()
+                    }
+                    Finished::Create(created, forget) => {
+                        if let Some(key) = forget {
+                            self.orphans.remove(&key);
+                        }
+                        self.volumes.insert(created.id.clone(), created.clone());
+                        vec![Event::Created(created)]
+                    }
+                }
+            }
+        }
     }
 
     /// Ids of volumes whose parent is `id` (snapshots of it, forks of it).
@@ -797,5 +892,63 @@ mod tests {
         .unwrap();
         let err = s.apply(7, &suspended(7)).unwrap_err();
         assert!(err.reason.contains("suspended outcome"), "{err}");
+    }
+
+    #[test]
+    fn a_refused_record_leaves_the_state_exactly_as_it_was() {
+        let mut s = with_pending_receive(Meta::new());
+        s.apply(6, &suspended(3)).unwrap();
+        // An orphan, then an adoption of it whose outcome would create a
+        // volume that already exists ("v"): refused, the orphan stays.
+        let orphan = Orphan {
+            provider: "p".into(),
+            volume: "v".into(),
+            kind: VolumeKind::Data,
+            tagged_op: op(40),
+            location: "/x".into(),
+        };
+        let note = Record::Reconciled {
+            at_ms: 30,
+            case: Case::OrphanReported,
+            detail: String::new(),
+            effect: Effect::NoteOrphan(orphan),
+        };
+        s.apply(7, &note).unwrap();
+        let adopt = Record::Intent {
+            op: op(41),
+            at_ms: 31,
+            action: Action::AdoptOrphan {
+                provider: "p".into(),
+                volume: "v".into(),
+                kind: VolumeKind::Data,
+                tagged_op: op(40),
+            },
+        };
+        s.apply(8, &adopt).unwrap();
+        let before = s.clone();
+        let done = Record::Outcome {
+            op: op(41),
+            at_ms: 32,
+            result: OpResult::Done(Done::default()),
+        };
+        let err = s.apply(9, &done).unwrap_err();
+        assert!(err.reason.contains("created twice"), "{err}");
+        assert_eq!(s, before, "nothing changed: pending, orphan and seq kept");
+        // A suspended outcome of a receive-abort: refused before its target's
+        // resume details are touched.
+        s.apply(
+            9,
+            &Record::Intent {
+                op: op(42),
+                at_ms: 33,
+                action: Action::AbortReceive { target: "v".into() },
+            },
+        )
+        .unwrap();
+        let before = s.clone();
+        let err = s.apply(10, &suspended(42)).unwrap_err();
+        assert!(err.reason.contains("suspended outcome"), "{err}");
+        assert_eq!(s, before);
+        assert_eq!(s.volumes["v"].details[DETAIL_RESUME_TOKEN], "1-ab");
     }
 }

@@ -108,6 +108,7 @@ impl From<ManagerError> for ApiError {
                 JournalError::RecordTooLarge { .. } => (S::BAD_REQUEST, "invalid_input"),
                 _ => (S::SERVICE_UNAVAILABLE, "journal_unavailable"),
             },
+            ManagerError::RecordRejected(_) => (S::SERVICE_UNAVAILABLE, "journal_unavailable"),
             ManagerError::Stream(_) => (S::BAD_GATEWAY, "stream_failed"),
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),
         };

@@ -12,6 +12,7 @@ mod codec;
 mod error;
 pub mod format;
 pub mod reader;
+mod repair;
 mod writer;
 
 use std::marker::PhantomData;
@@ -28,6 +29,8 @@ pub use codec::{decode_checkpoint, decode_record, encode_checkpoint, encode_reco
 pub use error::JournalError;
 pub use format::Invalid;
 pub use reader::LogEnd;
+use repair::discard_failed_commit;
+pub use repair::truncate_torn_tail;
 
 use crate::storage::{RealStorage, Storage};
 use writer::{Request, Shared, Writer};
@@ -453,56 +456,6 @@ fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> Result<(), JournalEr
     }
 }
 
-/// A commit whose write or sync failed left [`FAILED_COMMIT_FILE`]. Its batch
-/// was never acknowledged, but it may sit in the page cache without ever
-/// reaching the disk: Linux takes pages whose write-back failed off the dirty
-/// list, so no later fsync writes them, while reads still return them.
-/// Replaying it in this boot would build on bytes a power cut takes away
-/// (the records after it would then follow a hole and open would refuse).
-/// So the batch is zeroed durably (only bytes past the last durable one are
-/// written), then the marker goes.
-fn discard_failed_commit(storage: &dyn Storage, journal_dir: &Path) -> Result<(), JournalError> {
-    let marker = journal_dir.join(FAILED_COMMIT_FILE);
-    let text = match crate::storage::read_bounded(storage, &marker, 64) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(JournalError::io(&marker, "read failed-commit marker", e)),
-    };
-    // `<seq> <offset> <crc32 of "<seq> <offset>", hex>`. A marker torn by a
-    // crash names nothing reliable: ignore it (whatever it pointed at then
-    // ends like any unfinished write).
-    let parsed = std::str::from_utf8(&text).ok().and_then(|t| {
-        let (fields, crc) = t.trim_end().rsplit_once(' ')?;
-        if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(fields.as_bytes()) {
-            return None;
-        }
-        let (seq, offset) = fields.split_once(' ')?;
-        Some((seq.parse::<u64>().ok()?, offset.parse::<u64>().ok()?))
-    });
-    if let Some((first_seq, offset)) = parsed {
-        let segment = journal_dir.join(format::segment_file_name(first_seq));
-        match storage.open(&segment) {
-            Ok(file) => {
-                let len = file
-                    .len()
-                    .map_err(|e| JournalError::io(&segment, "stat segment", e))?;
-                if offset >= format::SEGMENT_HEADER_LEN as u64 && offset < len {
-                    tracing::warn!(segment = %segment.display(), offset, "journal: discarding the batch of a failed commit");
-                    file.write_all_at(&vec![0u8; (len - offset) as usize], offset)
-                        .and_then(|()| file.sync_data())
-                        .map_err(|e| JournalError::io(&segment, "discard failed commit", e))?;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(JournalError::io(&segment, "open segment", e)),
-        }
-    }
-    storage
-        .remove_file(&marker)
-        .map_err(|e| JournalError::io(&marker, "remove failed-commit marker", e))?;
-    writer::sync_dir(storage, journal_dir)
-}
-
 fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {
     let names = storage
         .list_dir(dir)
@@ -522,47 +475,4 @@ fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<(), JournalErr
         writer::sync_dir(storage, dir)?;
     }
     Ok(())
-}
-
-/// Copies `[offset, offset+len)` of `segment` to a new `.broken` file (durably),
-/// then zeroes that range and syncs the segment. Returns the `.broken` path.
-/// An `offset` inside the segment header (a torn segment creation) also
-/// rewrites the header from the first sequence number in the file name.
-pub fn truncate_torn_tail(
-    storage: &dyn Storage,
-    segment: &Path,
-    offset: u64,
-    len: u64,
-) -> Result<PathBuf, JournalError> {
-    let file = storage
-        .open(segment)
-        .map_err(|e| JournalError::io(segment, "open segment", e))?;
-    let mut removed = vec![0u8; len as usize];
-    file.read_exact_at(&mut removed, offset)
-        .map_err(|e| JournalError::io(segment, "read torn tail", e))?;
-    let dir = segment.parent().unwrap_or(Path::new("."));
-    let seg_name = segment
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("segment");
-    let name = format!("{seg_name}.at-{offset}.broken");
-    writer::write_new_file(storage, dir, &name, &removed)?;
-    file.write_all_at(&vec![0u8; len as usize], offset)
-        .map_err(|e| JournalError::io(segment, "zero torn tail", e))?;
-    if offset < format::SEGMENT_HEADER_LEN as u64 {
-        // The segment's own creation was torn: write its header again, from
-        // the first sequence number in its name. Idempotent if interrupted.
-        let first_seq = format::parse_numbered_name(seg_name, "seg")
-            .filter(|s| (1..=format::MAX_SEQ).contains(s))
-            .ok_or_else(|| JournalError::Corrupt {
-                file: segment.to_owned(),
-                offset,
-                reason: Invalid::BadMagic,
-            })?;
-        file.write_all_at(&format::encode_segment_header(first_seq), 0)
-            .map_err(|e| JournalError::io(segment, "rewrite segment header", e))?;
-    }
-    file.sync_data()
-        .map_err(|e| JournalError::io(segment, "fsync segment", e))?;
-    Ok(dir.join(name))
 }
