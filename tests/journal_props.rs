@@ -8,6 +8,12 @@
 //! checkpoints, and close/reopen. After every reopen the recovered checkpoint
 //! and records must equal the model; at the end, replaying the same bytes twice
 //! (read-only walks, and two opens) must yield identical records.
+//!
+//! `damage` (tests/journal_props/damage.rs): randomly damaged journals, where
+//! `volmgr journal verify` must reach the verdict `Journal::open` acts on.
+
+#[path = "journal_props/damage.rs"]
+mod damage;
 
 use std::collections::BTreeMap;
 use std::path::Path;
