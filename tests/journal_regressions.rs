@@ -136,7 +136,7 @@ mod tool {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use volmgr::journal::format::{self, SEGMENT_HEADER_LEN};
+    use volmgr::journal::format;
     use volmgr::journal::{Journal, JournalConfig, JournalError, encode_checkpoint};
     use volmgr::state::{Action, Done, Meta, OpResult, ProviderRecord, Record, State, Volume};
 
@@ -369,7 +369,6 @@ mod tool {
         .unwrap();
         format::CHECKPOINT_HEADER_LEN as u64 + payload_len
     }
-
 }
 
 /// The bug (issue 15): when the next segment, named by the next sequence
@@ -554,6 +553,8 @@ fn own_peak_kib() -> i64 {
 /// Peak resident memory (KiB) and exit code of `volmgr journal <args>`,
 /// measured by `wait4` on the child alone.
 fn peak_rss_kib(args: &[&str]) -> (i64, i32) {
+    // Reaped by wait4 below (Child::wait would lose the rusage).
+    #[allow(clippy::zombie_processes)]
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_volmgr"))
         .arg("journal")
         .args(args)
