@@ -18,6 +18,8 @@
 //! `write_path` (claims, the intent → effect → outcome path and the reorder
 //! buffer).
 
+#[cfg(test)]
+mod apply_props;
 mod config;
 mod recovery;
 mod replay;
