@@ -1279,3 +1279,95 @@ fn usage_errors_exit_2() {
         2
     );
 }
+
+// ---------------------------------------------------------------- vocabulary
+
+#[test]
+fn state_json_speaks_the_api_vocabulary() {
+    let dir = story_journal();
+    let run = journal_cmd(dir.path(), "state", &["--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let volumes = v["volumes"].as_array().unwrap();
+    assert!(volumes.iter().any(|v| v["kind"] == "snapshot"));
+    assert!(volumes.iter().any(|v| v["status"] == "lost"));
+    for vol in volumes {
+        // The HTTP API's volume object (README, "A volume"), plus its op.
+        let info: volmgr::agent::api::VolumeInfo =
+            serde_json::from_value(vol.clone()).unwrap_or_else(|e| panic!("{e}: {vol}"));
+        assert!(["data", "snapshot"].contains(&vol["kind"].as_str().unwrap()));
+        assert!(["live", "lost"].contains(&vol["status"].as_str().unwrap()));
+        assert_eq!(info.created_at.len(), "2026-01-01T00:00:00.000Z".len());
+        assert!(info.created_at.starts_with("2026-01-01T") && info.created_at.ends_with('Z'));
+        assert!(vol.get("created_at_ms").is_none() && vol["op"].is_string());
+    }
+    assert_eq!(v["orphans"][0]["kind"], "data");
+    assert_eq!(v["pending"][0]["action"], "create");
+    assert!(v["pending"][0]["time"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn state_at_seq_past_the_end_of_the_journal_exits_1() {
+    let dir = story_journal();
+    let last = story().len();
+    let run = journal_cmd(dir.path(), "state", &["--at-seq", &(last + 1).to_string()]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "past the end of the journal: its last record is seq {last}"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty());
+    let run = journal_cmd(dir.path(), "state", &["--at-seq", &last.to_string()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
+fn dump_filtered_on_a_volume_no_record_names_says_so_on_stderr() {
+    let dir = story_journal();
+    let run = journal_cmd(dir.path(), "dump", &["--volume", "no-such-volume"]);
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("no record matches volume no-such-volume (nothing printed)"),
+        "{}",
+        run.stderr
+    );
+    // A filter that matches says nothing on stderr.
+    let run = journal_cmd(dir.path(), "dump", &["--volume", "web-data"]);
+    assert!(
+        !run.stdout.is_empty() && run.stderr.is_empty(),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn the_volume_column_fits_a_uuid_and_summaries_do_not_repeat_the_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let uuid = "0d5f8a7e-3c1b-4e7a-9b2d-6f4e3a2c1b0a";
+    let mut records = story()[..2].to_vec();
+    records.push(intent(50, 60, create("default", uuid, Meta::new())));
+    records.push(done(50, 60, "/srv/volmgr/x", &[]));
+    write_journal(dir.path(), &records, &[]);
+    let run = journal_cmd(dir.path(), "dump", &["--align", "always"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    // The OP column starts at the same place on every line: the volume id
+    // did not push it.
+    let op_at = lines[0].find("OP").unwrap();
+    for line in &lines[1..] {
+        let op = &line[op_at..op_at + 8];
+        assert!(op == "01940000", "{line}");
+    }
+    assert!(lines[3].contains(uuid) && lines[4].contains(uuid));
+    for line in &lines[1..] {
+        let summary = line[op_at + 36..].trim_start();
+        for kind in ["intent", "outcome", "reconciled"] {
+            assert!(!summary.starts_with(kind), "{line}");
+        }
+    }
+}
