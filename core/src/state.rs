@@ -380,10 +380,21 @@ pub struct Pending {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     Created(Volume),
-    Destroyed { id: String },
-    Lost { id: String },
-    Found { id: String },
-    ProviderAdded { id: String },
+    /// `volume` is the volume as it was when destroyed (subscribers such as
+    /// Flynn's client want its info, not only its id).
+    Destroyed {
+        id: String,
+        volume: Box<Volume>,
+    },
+    Lost {
+        id: String,
+    },
+    Found {
+        id: String,
+    },
+    ProviderAdded {
+        id: String,
+    },
 }
 
 /// Why a record could not be applied: the journal contradicts itself.
@@ -706,10 +717,16 @@ impl State {
                         self.providers.insert(id.clone(), record);
                         vec![Event::ProviderAdded { id }]
                     }
-                    Finished::Destroy(volume) => {
-                        self.volumes.remove(&volume);
-                        vec![Event::Destroyed { id: volume }]
-                    }
+                    // The volume as it was (subscribers want its info).
+                    Finished::Destroy(volume) => self
+                        .volumes
+                        .remove(&volume)
+                        .map(|gone| Event::Destroyed {
+                            id: volume,
+                            volume: Box::new(gone),
+                        })
+                        .into_iter()
+                        .collect(),
                     Finished::ForgetOrphan(key) => {
                         self.orphans.remove(&key);
                         Vec::new()
