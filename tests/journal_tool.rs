@@ -1371,3 +1371,47 @@ fn the_volume_column_fits_a_uuid_and_summaries_do_not_repeat_the_kind() {
         }
     }
 }
+
+/// The replay policy is one: a record the state machine refuses stops
+/// `verify`, `state` and `stats` where it stops opening, naming its sequence
+/// number and reason (exit 7).
+#[test]
+fn a_record_the_state_machine_refuses_stops_the_tool_where_it_stops_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = story()[..4].to_vec();
+    // An outcome of an operation that never had an intent, then more.
+    records.push(done(77, 9, "/x", &[]));
+    records.extend(story()[4..6].iter().cloned());
+    {
+        let rt = runtime();
+        let (journal, _) = Journal::<Record>::open(dir.path(), config()).unwrap();
+        rt.block_on(async {
+            for r in &records {
+                journal.append(r).await.unwrap();
+            }
+            journal.close().await;
+        });
+    }
+    let reason = format!(
+        "record 5 cannot be applied: outcome for unknown operation {}",
+        op(77)
+    );
+    let run = journal_cmd(dir.path(), "verify", &["--align", "never"]);
+    assert_eq!(run.code, 7, "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!(
+            "open\t-\tREFUSES\tthe journal contradicts the state machine: {reason}"
+        )),
+        "{}",
+        run.stdout
+    );
+    let run = journal_cmd(dir.path(), "state", &[]);
+    assert_eq!(run.code, 7);
+    assert!(run.stderr.contains(&reason), "{}", run.stderr);
+    assert!(run.stdout.starts_with("state at seq 4 "), "{}", run.stdout);
+    let run = journal_cmd(dir.path(), "stats", &["--format", "json"]);
+    assert_eq!(run.code, 7);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v["state"]["seq"], 4);
+    assert_eq!(v["state"]["error"], reason.as_str());
+}
