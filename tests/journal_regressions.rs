@@ -1,4 +1,15 @@
 //! Regression tests, each opening with the story of its bug.
+//!
+//! Tests here that reopen a state directory or spawn processes hold
+//! [`serial`]: a child process forked while this process holds a journal's
+//! `LOCK` keeps the lock (flock) until it execs, so a reopen in parallel with
+//! a spawn can be refused as locked.
+
+/// One at a time for the tests that reopen journals or spawn processes.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 use serde::{Deserialize, Serialize};
 use volmgr::journal::{Journal, JournalConfig, JournalError, JournalRecord, LogEnd};
@@ -23,7 +34,10 @@ impl JournalRecord for Counters {
 /// whose payload was within 16 bytes of the limit). Now `append` decodes every
 /// record before writing it and refuses one that would not replay.
 #[tokio::test]
+// Each test runs on its own thread and runtime: the guard only orders tests.
+#[allow(clippy::await_holding_lock)]
 async fn a_record_under_the_frame_limit_that_would_not_decode_is_refused_not_written() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let config = JournalConfig {
         segment_size: 4 << 20,
@@ -52,7 +66,10 @@ async fn a_record_under_the_frame_limit_that_would_not_decode_is_refused_not_wri
 /// then fell back to 50, whose history was gone, and open refused. Now a
 /// checkpoint at or before the newest one is a no-op.
 #[tokio::test]
+// Each test runs on its own thread and runtime: the guard only orders tests.
+#[allow(clippy::await_holding_lock)]
 async fn an_out_of_order_checkpoint_never_displaces_a_newer_one() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let config = JournalConfig {
         segment_size: 4096,
@@ -382,6 +399,7 @@ mod tool {
 /// both, at the same file and offset.
 #[test]
 fn a_next_segment_whose_creation_did_not_land_is_judged_alike_by_verify_and_open() {
+    let _serial = serial();
     for shape in 0..4 {
         for name_offset in [0u64, 1] {
             let dir = tempfile::tempdir().unwrap();
@@ -462,6 +480,7 @@ fn mkfifo(path: &std::path::Path) {
 /// does not call a regular file, naming it.
 #[test]
 fn a_fifo_in_place_of_a_segment_or_checkpoint_is_refused_naming_it_and_nothing_blocks() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let records = tool::records(40);
     let states = tool::write(dir.path(), &records);
@@ -582,6 +601,7 @@ fn peak_rss_kib(args: &[&str]) -> (i64, i32) {
 /// journal with one such checkpoint.
 #[test]
 fn many_large_checkpoints_are_read_one_at_a_time() {
+    let _serial = serial();
     const BALLAST: usize = 24 << 20;
     let dir = tempfile::tempdir().unwrap();
     let records = tool::records(10);
