@@ -634,6 +634,7 @@ fn run_case(
 
 #[test]
 fn verify_reaches_the_verdict_open_acts_on_for_every_damage() {
+    let _serial = super::serial();
     let cases = std::env::var("DAMAGE_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
