@@ -47,7 +47,7 @@ pub const EXIT_CORRUPT: i32 = 7;
 /// The exit-code rows every journal subcommand's help ends with.
 macro_rules! exit_codes {
     () => {
-        "\
+        "
 Exit codes:
   0  success (verify: a clean journal; repair: repaired or nothing to do)
   1  an I/O error, the state directory is locked, or the request cannot be met
