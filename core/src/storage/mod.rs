@@ -9,10 +9,11 @@
 //! traits. Nothing here knows about frames or records.
 
 use std::any::Any;
+use std::fmt;
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 pub mod fault;
@@ -27,7 +28,9 @@ pub trait Storage: Send + Sync + Debug + 'static {
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Names (not paths) of the entries of a directory, unsorted.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
-    /// Opens an existing file for reading and writing.
+    /// Opens an existing regular file for reading and writing. Anything
+    /// else (a FIFO, a device, a socket, a directory) is refused with a
+    /// [`NotRegularFile`] error, without blocking on it.
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
     /// Creates (or truncates) a file for reading and writing.
     fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
@@ -54,6 +57,54 @@ pub trait StorageFile: Send + Sync + Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Reserves `len` bytes of zeros (fallocate), falling back to `set_len`.
     fn allocate(&self, len: u64) -> io::Result<()>;
+}
+
+/// Why a journal file was refused: it is not a regular file. A FIFO in place
+/// of a segment would otherwise block every reader (and the agent's open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotRegularFile {
+    /// `a FIFO`, `a directory`, `a character device`, ...
+    pub what: &'static str,
+}
+
+impl fmt::Display for NotRegularFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not a regular file ({})", self.what)
+    }
+}
+
+impl std::error::Error for NotRegularFile {}
+
+impl NotRegularFile {
+    /// The refusal carried by `e`, if it is one.
+    pub fn of(e: &io::Error) -> Option<&NotRegularFile> {
+        e.get_ref()?.downcast_ref::<NotRegularFile>()
+    }
+}
+
+/// Opens `path` with `options` plus `O_NONBLOCK` (so a FIFO cannot block the
+/// open) and refuses anything that `fstat` does not call a regular file.
+/// `O_NONBLOCK` has no effect on regular files.
+pub fn open_regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    let file = options.custom_flags(libc::O_NONBLOCK).open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "an unknown file type"
+    };
+    Err(io::Error::other(NotRegularFile { what }))
 }
 
 /// Reads a whole file, refusing (before allocating) one longer than `max_len`.
@@ -109,7 +160,7 @@ impl Storage for RealStorage {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let file = open_regular(OpenOptions::new().read(true).write(true), path)?;
         Ok(Box::new(RealFile(file)))
     }
 
