@@ -44,6 +44,11 @@ pub trait Storage: Send + Sync + Debug + 'static {
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard>;
 }
 
+/// Tries, and the pause between them, before a held lock is reported as held
+/// (see `RealStorage::lock_exclusive`): 2 s in all.
+const LOCK_CONFIRM_TRIES: u32 = 100;
+const LOCK_CONFIRM_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// An open file: positioned I/O only, so concurrent readers need no cursor.
 #[allow(clippy::len_without_is_empty)]
 pub trait StorageFile: Send + Sync + Debug {
@@ -195,15 +200,19 @@ impl Storage for RealStorage {
             .open(path)?;
         // A process that forks (to run a command) while we hold the lock
         // shares the lock's open file until its child calls exec: a just
-        // released lock can look held for that instant. So contention is
-        // confirmed over a short, bounded window (20 tries, 5 ms apart) before
-        // it is reported; a real holder keeps the lock far longer than that.
+        // released lock can look held for that instant, and on a loaded
+        // machine the child may wait a second or more for a CPU before it
+        // execs (seen: 32 of 300 reopens refused under a 100 ms window). So
+        // contention is confirmed over a bounded window (LOCK_CONFIRM_TRIES
+        // tries, LOCK_CONFIRM_PAUSE apart, 2 s in all) before it is reported; a
+        // real holder keeps the lock far longer, and its second opener is told
+        // after that window.
         let mut attempt = 0;
         let locked = loop {
             match file.try_lock() {
-                Err(fs::TryLockError::WouldBlock) if attempt < 20 => {
+                Err(fs::TryLockError::WouldBlock) if attempt < LOCK_CONFIRM_TRIES => {
                     attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    std::thread::sleep(LOCK_CONFIRM_PAUSE);
                 }
                 other => break other,
             }
