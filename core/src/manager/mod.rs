@@ -23,6 +23,7 @@
 #[cfg(test)]
 mod apply_props;
 mod config;
+mod provider_sync;
 mod recovery;
 mod replay;
 mod transfer;
@@ -94,6 +95,8 @@ pub(super) struct Inner {
     state_dir: PathBuf,
     report: Mutex<ReconcileReport>,
     counters: Counters,
+    /// The shared sync of each provider with batched durability.
+    sync_groups: Mutex<HashMap<String, Arc<provider_sync::SyncGroup>>>,
 }
 
 /// The volume manager. Cheap to clone; all clones share one state.
@@ -178,6 +181,7 @@ impl Manager {
             state_dir,
             report: Mutex::new(report),
             counters: Counters::default(),
+            sync_groups: Mutex::new(HashMap::new()),
         });
         let manager = Manager { inner };
 
@@ -264,6 +268,14 @@ impl Manager {
             operation_ns: self.inner.counters.operation_ns.load(Ordering::Relaxed),
             journal_wait_ns: self.inner.counters.journal_wait_ns.load(Ordering::Relaxed),
             journal_sync_ns: self.inner.journal.sync_time().as_nanos() as u64,
+            provider_syncs: self
+                .inner
+                .sync_groups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|g| g.syncs.load(Ordering::Relaxed))
+                .sum(),
         }
     }
 

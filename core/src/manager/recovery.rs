@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Manager, ManagerError, ReconcileReport, done, found_ref, now_ms, volume_ref};
-use crate::provider::Provider;
+use crate::provider::{Durability, Provider};
 use crate::reconcile::{self, Step};
 use crate::state::{Done, Effect, OpResult, Record, State, VolumeKind};
 
@@ -31,13 +31,22 @@ impl Manager {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         providers.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut provider_of: HashMap<usize, Arc<dyn Provider>> = HashMap::new();
+        let mut provider_of: HashMap<usize, (String, Arc<dyn Provider>)> = HashMap::new();
         for (id, provider) in &providers {
             let p = provider.clone();
             let inventory_started = Instant::now();
-            let found = tokio::task::spawn_blocking(move || p.inventory())
-                .await
-                .map_err(|e| ManagerError::Internal(e.to_string()))?;
+            // A provider with batched durability may hold side effects of the
+            // previous run that are visible but not durable (a killed process
+            // leaves them in the page cache): make them durable before
+            // anything is decided from them.
+            let found = tokio::task::spawn_blocking(move || {
+                if p.durability() == Durability::Batched {
+                    p.sync()?;
+                }
+                p.inventory()
+            })
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
             inventory_time += inventory_started.elapsed();
             let found = match found {
                 Ok(found) => found,
@@ -55,7 +64,7 @@ impl Manager {
             let start = decisions.len();
             decisions.extend(reconcile::decide(&state, Some(id), &found));
             for i in start..decisions.len() {
-                provider_of.insert(i, provider.clone());
+                provider_of.insert(i, (id.clone(), provider.clone()));
             }
         }
         for (id, reason) in inner
@@ -70,18 +79,8 @@ impl Manager {
         }
         // Pending operations on unavailable providers stay pending, and their
         // volumes stay claimed until a later open can decide them.
-        let unavailable: Vec<String> = report.unavailable.iter().map(|(p, _)| p.clone()).collect();
-        {
-            let mut core = inner.core.lock().unwrap_or_else(|e| e.into_inner());
-            for p in core.state.pending.values().cloned().collect::<Vec<_>>() {
-                if reconcile::provider_of(&core.state, &p.action)
-                    .is_some_and(|id| unavailable.contains(&id))
-                {
-                    for v in p.action.volumes() {
-                        core.busy.insert(v.to_owned());
-                    }
-                }
-            }
+        for (id, _) in &report.unavailable {
+            inner.claim_pending_of(id);
         }
 
         for (i, d) in decisions.into_iter().enumerate() {
@@ -90,7 +89,20 @@ impl Manager {
                 report.foreign.push((found.name.clone(), d.detail.clone()));
                 continue;
             }
-            let provider = provider_of.get(&i).cloned();
+            let (provider_id, provider) = provider_of.get(&i).cloned().unzip();
+            if let Some(id) = provider_id.as_deref()
+                && report.unavailable.iter().any(|(p, _)| p == id)
+            {
+                continue;
+            }
+            let touches_provider = matches!(
+                d.step,
+                Step::FinishThenDone { .. }
+                    | Step::DestroyThenDone { .. }
+                    | Step::KeepResumable { .. }
+                    | Step::AbortReceiveThenDone { .. }
+                    | Step::UndoThenFail { .. }
+            );
             let action = d
                 .step
                 .op()
@@ -100,11 +112,29 @@ impl Manager {
                 let step = d.step.clone();
                 let state = state.clone();
                 tokio::task::spawn_blocking(move || {
-                    resolve(step, provider.as_deref(), action, &state)
+                    let effect = resolve(step, provider.as_deref(), action, &state);
+                    // The step's side effects are durable before its record.
+                    let synced = match provider {
+                        Some(p) if touches_provider && p.durability() == Durability::Batched => {
+                            p.sync().map_err(|e| format!("provider sync failed: {e}"))
+                        }
+                        _ => Ok(()),
+                    };
+                    (effect, synced)
                 })
                 .await
                 .map_err(|e| ManagerError::Internal(e.to_string()))?
             };
+            let (effect, synced) = effect;
+            if let Err(why) = synced {
+                // Nothing of this provider is journaled from here on; its
+                // pending operations stay pending (claimed) until a later open.
+                let id = provider_id.unwrap_or_default();
+                inner.set_unavailable(&id, &why);
+                inner.claim_pending_of(&id);
+                report.unavailable.push((id, why));
+                continue;
+            }
             let Some(effect) = effect else {
                 continue;
             };
@@ -244,4 +274,20 @@ fn resolve(
         Step::Ignore { .. } => return None,
     };
     Some(Effect::Resolve { op, result })
+}
+
+impl super::Inner {
+    /// Claims the volumes of every pending operation on provider `id`: they
+    /// stay busy until a later open can decide them.
+    fn claim_pending_of(&self, id: &str) {
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let volumes: Vec<String> = core
+            .state
+            .pending
+            .values()
+            .filter(|p| reconcile::provider_of(&core.state, &p.action).as_deref() == Some(id))
+            .flat_map(|p| p.action.volumes().into_iter().map(str::to_owned))
+            .collect();
+        core.busy.extend(volumes);
+    }
 }
