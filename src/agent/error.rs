@@ -62,9 +62,15 @@ pub fn flynn_code(status: StatusCode, code: &str) -> &'static str {
 /// Whether asking again later may succeed (Flynn's `retry`).
 fn retryable(status: StatusCode, code: &str) -> bool {
     status == StatusCode::SERVICE_UNAVAILABLE
+        || status == StatusCode::TOO_MANY_REQUESTS
         || matches!(
             code,
-            "busy" | "transfer_interrupted" | "source_unreachable" | "source_stream_failed"
+            "busy"
+                | "transfer_interrupted"
+                | "transfer_stalled"
+                | "transfer_deadline"
+                | "source_unreachable"
+                | "source_stream_failed"
         )
 }
 
@@ -124,10 +130,14 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
-        } else {
-            tracing::info!(status = self.status.as_u16(), code = self.code, message = %self.message, "request refused");
+        // Expected states (starting, stopping, a limit reached) and the
+        // caller's mistakes are not errors of the agent; a peer's failure
+        // (502, 504) is a warning; only a failure on our side is an error.
+        let (status, code, message) = (self.status.as_u16(), self.code, &self.message);
+        match status {
+            502 | 504 | 507 => tracing::warn!(status, code, %message, "request failed"),
+            500.. if status != 503 => tracing::error!(status, code, %message, "request failed"),
+            _ => tracing::info!(status, code, %message, "request refused"),
         }
         let mut response = (self.status, Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
