@@ -198,7 +198,21 @@ impl RawBody {
         self.json()
     }
 
+    /// The body, a JSON object, as `T` (serde would also take an array
+    /// for a struct: refused, the API's requests are objects).
     pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.0.trim_ascii_start().starts_with(b"[") {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                "the JSON body does not have the expected shape: expected a JSON object, \
+                 not an array",
+            ));
+        }
+        self.json_value()
+    }
+
+    /// The body as `T`, whatever JSON value it is.
+    pub(crate) fn json_value<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if self.is_empty() {
             return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
         }
@@ -368,7 +382,7 @@ fn parse_send(body: &RawBody) -> Result<SendRequest, ApiError> {
         return Ok(SendRequest::default());
     }
     let request = if body.0.trim_ascii_start().starts_with(b"[") {
-        let values: Vec<serde_json::Value> = body.json()?;
+        let values: Vec<serde_json::Value> = body.json_value()?;
         SendRequest {
             haves: values
                 .into_iter()

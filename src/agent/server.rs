@@ -45,6 +45,10 @@ use super::slots::Slots;
 use super::{conn, pull, pull_watch, routes};
 use crate::manager::Manager;
 
+/// After the shutdown grace period, how long cancelled transfers get to
+/// answer before their connections are closed.
+const FINAL_ANSWERS: Duration = Duration::from_secs(5);
+
 /// Default listen address of `volmgr serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1113";
 /// Limit of a JSON request body (haves lists included).
@@ -351,8 +355,13 @@ impl Agent {
                 "shutdown grace period over: cancelling transfers and closing connections"
             );
             self.shared.transfers.cancel();
-            drop_connections.cancel();
-            connections.wait().await;
+            // A cancelled pull answers once its outcome is journaled: give
+            // the answers a moment, then close what is still open.
+            let answers = grace.min(FINAL_ANSWERS);
+            if tokio::time::timeout(answers, connections.wait()).await.is_err() {
+                drop_connections.cancel();
+                connections.wait().await;
+            }
         }
         // Every connection is closed; wait for operations spawned for them
         // (a cancelled pull journals its outcome first).
