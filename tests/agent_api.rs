@@ -565,14 +565,49 @@ async fn json_of_the_wrong_shape_is_bad_body_and_no_message_names_a_rust_type() 
         .unwrap();
     let url = &agent.url;
     let cases = [
-        (format!("{url}/storage/volumes/{}/snapshot", v.id), "PUT", r#""x""#, "bad_body"),
-        (format!("{url}/storage/volumes/{}/snapshot", v.id), "PUT", "[]", "bad_body"),
-        (format!("{url}/storage/volumes/{}/snapshot", v.id), "PUT", r#"{"meta": 5}"#, "bad_body"),
-        (format!("{url}/storage/volumes/{}/snapshot", v.id), "PUT", r#"{"mета": {}}"#, "bad_body"),
-        (format!("{url}/storage/volumes/{}/pull_snapshot", v.id), "POST", r#"{"host_id": "a"}"#, "bad_body"),
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            r#""x""#,
+            "bad_body",
+        ),
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            "[]",
+            "bad_body",
+        ),
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            r#"{"meta": 5}"#,
+            "bad_body",
+        ),
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            r#"{"mета": {}}"#,
+            "bad_body",
+        ),
+        (
+            format!("{url}/storage/volumes/{}/pull_snapshot", v.id),
+            "POST",
+            r#"{"host_id": "a"}"#,
+            "bad_body",
+        ),
         (format!("{url}/storage/providers"), "POST", "7", "bad_body"),
-        (format!("{url}/storage/volumes/{}/snapshot", v.id), "PUT", r#"{"meta": "#, "bad_json"),
-        (format!("{url}/storage/volumes/{}/snapshot", v.id), "PUT", "{]", "bad_json"),
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            r#"{"meta": "#,
+            "bad_json",
+        ),
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            "{]",
+            "bad_json",
+        ),
     ];
     for (url, method, body, code) in cases {
         let answer = raw(method, &url, Some(body), None).await;

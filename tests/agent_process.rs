@@ -125,7 +125,8 @@ async fn the_volume_cli_drives_every_verb_and_reports_failures_by_exit_code() {
         "{text}"
     );
     assert!(
-        text.lines().any(|l| l.starts_with("meta:") && l.ends_with(r#" app="web""#)),
+        text.lines()
+            .any(|l| l.starts_with("meta:") && l.ends_with(r#" app="web""#)),
         "meta is quoted: {text}"
     );
     let o = volmgr(args(url, &["inspect", "web", "--json"]), vec![]).await;
@@ -170,7 +171,10 @@ async fn the_volume_cli_drives_every_verb_and_reports_failures_by_exit_code() {
     let o = volmgr(args(&format!("http://{closed}"), &["list"]), vec![]).await;
     assert_exit(&o, EXIT_UNAVAILABLE);
     let said = String::from_utf8_lossy(&o.stderr);
-    assert!(said.contains("connection refused"), "names the cause: {said}");
+    assert!(
+        said.contains("connection refused"),
+        "names the cause: {said}"
+    );
 
     let o = volmgr(args(url, &["destroy", "copy"]), vec![]).await;
     assert_exit(&o, 0);

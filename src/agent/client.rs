@@ -165,9 +165,14 @@ fn transport_cause(e: &reqwest::Error) -> String {
 
 /// Whether a resolver's message says the name does not resolve.
 fn is_name_error(text: &str) -> bool {
-    ["failed to lookup address", "Name or service not known", "No address associated", "nodename nor servname"]
-        .iter()
-        .any(|m| text.contains(m))
+    [
+        "failed to lookup address",
+        "Name or service not known",
+        "No address associated",
+        "nodename nor servname",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
 }
 
 /// One server-sent event.

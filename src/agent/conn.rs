@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::Router;
@@ -64,6 +64,9 @@ struct ConnState {
     idle_since: Mutex<Instant>,
     /// Cancelled to close the connection (evicted for a newer one).
     evict: CancellationToken,
+    /// The task that last waited to read: woken when the connection turns
+    /// idle, so its idle deadline is armed even if nothing arrives.
+    reader: Mutex<Option<Waker>>,
 }
 
 impl ConnState {
@@ -72,6 +75,7 @@ impl ConnState {
             in_flight: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             evict: CancellationToken::new(),
+            reader: Mutex::new(None),
         }
     }
 
@@ -101,6 +105,18 @@ impl Drop for InFlight {
         let mut since = self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner());
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             *since = Instant::now();
+            drop(since);
+            // The reader may wait without a deadline (it was busy): let it
+            // arm the idle one.
+            let waker = self
+                .0
+                .reader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
     }
 }
@@ -369,12 +385,18 @@ impl Guarded {
             sleep.as_mut().reset(deadline);
         }
         match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what.to_owned())),
+            Poll::Ready(()) => {
+                Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what.to_owned()))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
 
-    fn on_write<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    fn on_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
         match polled {
             Poll::Ready(r) => {
                 self.write_stalled = None;
@@ -383,7 +405,12 @@ impl Guarded {
             Poll::Pending => {
                 let since = *self.write_stalled.get_or_insert_with(Instant::now);
                 let deadline = since + self.limits.write_timeout;
-                match Self::wait_until(&mut self.write_timer, deadline, cx, "write timed out: the client stopped reading") {
+                match Self::wait_until(
+                    &mut self.write_timer,
+                    deadline,
+                    cx,
+                    "write timed out: the client stopped reading",
+                ) {
                     Poll::Ready(e) => Poll::Ready(Err(e)),
                     Poll::Pending => Poll::Pending,
                 }
@@ -412,8 +439,18 @@ impl AsyncRead for Guarded {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let Some(deadline) = me.read_deadline() else {
-                    return Poll::Pending;
+                let deadline = match me.read_deadline() {
+                    Some(d) => d,
+                    None => {
+                        // Busy: no deadline. Leave the waker for the turn
+                        // to idle, then look again (it may have turned).
+                        *me.state.reader.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(cx.waker().clone());
+                        match me.read_deadline() {
+                            Some(d) => d,
+                            None => return Poll::Pending,
+                        }
+                    }
                 };
                 let what = if me.head_started.is_some() {
                     "request head timed out"
@@ -430,7 +467,11 @@ impl AsyncRead for Guarded {
 }
 
 impl AsyncWrite for Guarded {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
         let polled = Pin::new(&mut me.io).poll_write(cx, data);
         me.on_write(cx, polled)
@@ -486,7 +527,11 @@ impl<W> StallLimited<W> {
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for StallLimited<W> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
         match Pin::new(&mut me.inner).poll_write(cx, data) {
             Poll::Ready(r) => {

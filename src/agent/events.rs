@@ -101,11 +101,16 @@ pub const LIST_PAGE: usize = 64;
 /// The volume events of `manager`: the listing (streamed page by page),
 /// `current`, then live ones. The subscription starts before the listing,
 /// so nothing falls between.
-pub fn volume_events(manager: &Manager, max_pending: usize) -> impl Stream<Item = VolumeEvent> + use<> {
+pub fn volume_events(
+    manager: &Manager,
+    max_pending: usize,
+) -> impl Stream<Item = VolumeEvent> + use<> {
     let rx = manager.subscribe();
     let manager = manager.clone();
     event_stream(
-        move |after: Option<&str>, rx: &mut Receiver<Event>| manager.volume_page(after, LIST_PAGE, rx),
+        move |after: Option<&str>, rx: &mut Receiver<Event>| {
+            manager.volume_page(after, LIST_PAGE, rx)
+        },
         LIST_PAGE,
         rx,
         max_pending,
@@ -232,9 +237,10 @@ impl<P> Subscriber<P> {
             debug_assert!(self.cursor.as_deref().is_none_or(|c| c < last.id.as_str()));
             self.cursor = Some(last.id.clone());
         }
-        self.out.extend(page.volumes.iter().map(|volume| VolumeEvent::Create {
-            volume: VolumeInfo::from(volume),
-        }));
+        self.out
+            .extend(page.volumes.iter().map(|volume| VolumeEvent::Create {
+                volume: VolumeInfo::from(volume),
+            }));
         if complete {
             self.pages = None;
             self.out.push_back(VolumeEvent::Current {});
@@ -268,7 +274,12 @@ mod tests {
     /// and broadcast under one lock, pages drain and read under it.
     #[derive(Clone)]
     struct Model {
-        inner: std::sync::Arc<std::sync::Mutex<(std::collections::BTreeMap<String, crate::state::Volume>, tokio::sync::broadcast::Sender<Event>)>>,
+        inner: std::sync::Arc<
+            std::sync::Mutex<(
+                std::collections::BTreeMap<String, crate::state::Volume>,
+                tokio::sync::broadcast::Sender<Event>,
+            )>,
+        >,
     }
 
     impl Model {
@@ -305,13 +316,12 @@ mod tests {
                     Err(_) => break,
                 }
             }
-            page.volumes = m
-                .0
-                .values()
-                .filter(|v| after.is_none_or(|a| v.id.as_str() > a))
-                .take(limit)
-                .cloned()
-                .collect();
+            page.volumes =
+                m.0.values()
+                    .filter(|v| after.is_none_or(|a| v.id.as_str() > a))
+                    .take(limit)
+                    .cloned()
+                    .collect();
             page
         }
         fn ids(&self) -> Vec<String> {
@@ -327,7 +337,11 @@ mod tests {
         for e in events {
             match e {
                 VolumeEvent::Create { volume } => {
-                    assert!(held.insert(volume.id.clone()), "created twice: {}", volume.id)
+                    assert!(
+                        held.insert(volume.id.clone()),
+                        "created twice: {}",
+                        volume.id
+                    )
                 }
                 VolumeEvent::Destroy { volume } => {
                     assert!(held.remove(&volume.id), "destroyed unheld: {}", volume.id)
@@ -379,7 +393,10 @@ mod tests {
             }
         }
         assert_eq!(apply(&got), model.ids(), "{got:?}");
-        let listed = got.iter().position(|e| *e == VolumeEvent::Current {}).unwrap();
+        let listed = got
+            .iter()
+            .position(|e| *e == VolumeEvent::Current {})
+            .unwrap();
         assert!(listed >= 3, "{got:?}");
     }
 
@@ -391,10 +408,14 @@ mod tests {
             model.create(id);
         }
         let m = model.clone();
-        let got: Vec<VolumeEvent> =
-            event_stream(move |after: Option<&str>, rx: &mut Receiver<Event>| m.page(after, 3, rx), 3, rx, 100)
-                .collect()
-                .await;
+        let got: Vec<VolumeEvent> = event_stream(
+            move |after: Option<&str>, rx: &mut Receiver<Event>| m.page(after, 3, rx),
+            3,
+            rx,
+            100,
+        )
+        .collect()
+        .await;
         assert_eq!(got, [VolumeEvent::Lagged { missed: 2 }]);
         // Lagging after the listing: the listing, current, lagged.
         let model = Model::new(&["x"], 2);

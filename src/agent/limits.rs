@@ -187,7 +187,15 @@ mod tests {
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        for bad in ["", "s", "1.5s", "-1s", "10d", "1 s", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "s",
+            "1.5s",
+            "-1s",
+            "10d",
+            "1 s",
+            "99999999999999999999h",
+        ] {
             let e = parse_duration(bad).unwrap_err();
             assert!(e.contains("expected") || e.contains("longer"), "{bad}: {e}");
         }

@@ -29,12 +29,14 @@ use tracing::Instrument;
 use super::api::{
     ErrorBody, ErrorEvent, PullProgress, PullRequest, PullResponse, SendRequest, VolumeInfo, events,
 };
+use super::client::describe_transport_error;
 use super::error::ApiError;
 use super::events::frame_named;
-use super::client::describe_transport_error;
 use super::peers::base_url;
 use super::pull_watch::Watch;
-use super::routes::{Id, RESUMED_HEADER, RawBody, STREAM_SIZE_HEADER, note, require, wants_event_stream};
+use super::routes::{
+    Id, RESUMED_HEADER, RawBody, STREAM_SIZE_HEADER, note, require, wants_event_stream,
+};
 use super::server::Shared;
 use crate::manager::{Manager, ManagerError};
 use crate::provider::ProviderError;

@@ -347,7 +347,10 @@ impl Agent {
         tracing::info!("shutdown requested: draining in-flight requests");
         self.begin_stopping();
         let grace = limits.shutdown_grace;
-        if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 grace = %format_duration(grace),
                 sends = self.shared.sends.taken(),
@@ -358,7 +361,10 @@ impl Agent {
             // A cancelled pull answers once its outcome is journaled: give
             // the answers a moment, then close what is still open.
             let answers = grace.min(FINAL_ANSWERS);
-            if tokio::time::timeout(answers, connections.wait()).await.is_err() {
+            if tokio::time::timeout(answers, connections.wait())
+                .await
+                .is_err()
+            {
                 drop_connections.cancel();
                 connections.wait().await;
             }

@@ -176,7 +176,9 @@ fn listen_address(text: &str) -> Result<String, String> {
         host.len() > 2
             && host.starts_with('[')
             && host.ends_with(']')
-            && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok()
+            && host[1..host.len() - 1]
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok()
     } else {
         !host.is_empty()
             && !host.contains(':')

@@ -99,7 +99,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let held = take(dir.path()).unwrap();
         let e = take(dir.path()).unwrap_err();
-        assert!(e.contains("in use by another agent") && e.contains(&format!("pid {}", std::process::id())), "{e}");
+        assert!(
+            e.contains("in use by another agent")
+                && e.contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
         let lock = dir.path().join(LOCK_FILE);
         let guard = held.lock_exclusive(&lock, "x").expect("the held lock");
         // Handed over once: a second take through the wrapper is a real

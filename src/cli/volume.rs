@@ -259,8 +259,7 @@ fn meta_text(meta: &std::collections::BTreeMap<String, String>) -> String {
     }
     let plain = |v: &str| {
         !v.is_empty()
-            && v
-                .chars()
+            && v.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._:/@+-".contains(c))
     };
     meta.iter()
@@ -283,8 +282,10 @@ fn listing_order(volumes: &[VolumeInfo]) -> Vec<&VolumeInfo> {
     };
     let mut data: Vec<&VolumeInfo> = volumes.iter().filter(|v| v.kind == Kind::Data).collect();
     data.sort_by(by_age);
-    let mut snapshots: Vec<&VolumeInfo> =
-        volumes.iter().filter(|v| v.kind == Kind::Snapshot).collect();
+    let mut snapshots: Vec<&VolumeInfo> = volumes
+        .iter()
+        .filter(|v| v.kind == Kind::Snapshot)
+        .collect();
     snapshots.sort_by(by_age);
     let mut ordered = Vec::with_capacity(volumes.len());
     for v in data {
@@ -466,7 +467,9 @@ fn destroy_plan(volumes: &[VolumeInfo], id: &str) -> Result<Vec<String>, String>
         .iter()
         .filter(|v| v.kind == Kind::Snapshot && v.parent.as_deref() == Some(id))
         .collect();
-    doomed.sort_by(|a, b| (b.created_at.as_str(), b.id.as_str()).cmp(&(a.created_at.as_str(), a.id.as_str())));
+    doomed.sort_by(|a, b| {
+        (b.created_at.as_str(), b.id.as_str()).cmp(&(a.created_at.as_str(), a.id.as_str()))
+    });
     doomed.push(target);
     let forks: Vec<String> = doomed
         .iter()

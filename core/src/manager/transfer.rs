@@ -164,7 +164,10 @@ impl Manager {
         let provider = self.inner.provider(&snapshot.provider)?;
         let provider_id = snapshot.provider.clone();
         tokio::task::spawn_blocking(move || {
-            provider.send_size(&volume_ref(&snapshot), base.as_ref().map(volume_ref).as_ref())
+            provider.send_size(
+                &volume_ref(&snapshot),
+                base.as_ref().map(volume_ref).as_ref(),
+            )
         })
         .await
         .map_err(|e| ManagerError::Internal(e.to_string()))?
