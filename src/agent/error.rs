@@ -130,13 +130,10 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // Expected states (starting, stopping, a limit reached) and the
-        // caller's mistakes are not errors of the agent; a peer's failure
-        // (502, 504) is a warning; only a failure on our side is an error.
         let (status, code, message) = (self.status.as_u16(), self.code, &self.message);
-        match status {
-            502 | 504 | 507 => tracing::warn!(status, code, %message, "request failed"),
-            500.. if status != 503 => tracing::error!(status, code, %message, "request failed"),
+        match log_level(self.status) {
+            tracing::Level::ERROR => tracing::error!(status, code, %message, "request failed"),
+            tracing::Level::WARN => tracing::warn!(status, code, %message, "request failed"),
             _ => tracing::info!(status, code, %message, "request refused"),
         }
         let mut response = (self.status, Json(self.body())).into_response();
@@ -147,6 +144,19 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// The level an error answer is logged at: expected states (503 starting,
+/// stopping, a limit reached) and the caller's mistakes (4xx) are not
+/// errors of the agent (INFO); a peer's or the disk's failure (502, 504,
+/// 507) is a WARN; only a failure on our side (other 5xx) is an ERROR.
+pub fn log_level(status: StatusCode) -> tracing::Level {
+    match status.as_u16() {
+        502 | 504 | 507 => tracing::Level::WARN,
+        503 => tracing::Level::INFO,
+        500.. => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
     }
 }
 
@@ -202,6 +212,30 @@ impl From<ManagerError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new user's report: a `/healthz` probe during startup was logged at
+    /// ERROR (`request failed status=503 code="starting"`).
+    #[test]
+    fn expected_states_are_not_logged_as_errors() {
+        use tracing::Level;
+        for (status, level) in [
+            (503, Level::INFO),
+            (400, Level::INFO),
+            (404, Level::INFO),
+            (409, Level::INFO),
+            (429, Level::INFO),
+            (502, Level::WARN),
+            (504, Level::WARN),
+            (507, Level::WARN),
+            (500, Level::ERROR),
+        ] {
+            assert_eq!(
+                log_level(StatusCode::from_u16(status).unwrap()),
+                level,
+                "{status}"
+            );
+        }
+    }
 
     #[test]
     fn flynn_codes_follow_httphelper_and_volmgr_codes_ride_along() {

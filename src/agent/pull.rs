@@ -515,7 +515,14 @@ pub(crate) async fn pull_snapshot(
                 biased;
                 result = &mut job => {
                     let frame = match result {
-                        Ok(Ok(done)) => frame_named(events::DONE, &done),
+                        // The last progress (with the total, which a
+                        // fast pull never showed), then the result.
+                        Ok(Ok(done)) => [
+                            frame_named(events::PROGRESS, &progress.now()),
+                            frame_named(events::DONE, &done),
+                        ]
+                        .concat()
+                        .into(),
                         Ok(Err(e)) => frame_named(events::ERROR, &ErrorEvent {
                             status: e.status.as_u16(),
                             error: e.body(),

@@ -562,3 +562,48 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
         Err(e) => failure(&format!("server task failed: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    #[test]
+    fn the_limit_flags_default_to_the_library_defaults() {
+        let flags = Flags::parse_from(["serve"]);
+        assert_eq!(flags.limits.limits(), Limits::default());
+        let flags = Flags::parse_from([
+            "serve",
+            "--write-timeout",
+            "500ms",
+            "--pull-min-rate",
+            "1KiB",
+        ]);
+        assert_eq!(
+            flags.limits.limits().write_timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(flags.limits.limits().pull_min_rate, 1024);
+    }
+
+    #[test]
+    fn listen_addresses_are_host_and_port() {
+        for good in ["127.0.0.1:1113", "[::1]:0", "localhost:80", "0.0.0.0:65535"] {
+            assert_eq!(listen_address(good), Ok(good.to_owned()));
+        }
+        for bad in [
+            "foo", "1.2.3.4", ":1", "h:", "h:65536", "[::1:1", "::1:1", "a b:1",
+        ] {
+            assert!(
+                listen_address(bad).unwrap_err().contains("HOST:PORT"),
+                "{bad}"
+            );
+        }
+    }
+}
