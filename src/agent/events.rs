@@ -272,14 +272,15 @@ mod tests {
 
     /// A manager's state and event broadcast in miniature: changes apply
     /// and broadcast under one lock, pages drain and read under it.
+    /// The volumes and the sender of events, under one lock.
+    type Shared = std::sync::Mutex<(
+        std::collections::BTreeMap<String, crate::state::Volume>,
+        tokio::sync::broadcast::Sender<Event>,
+    )>;
+
     #[derive(Clone)]
     struct Model {
-        inner: std::sync::Arc<
-            std::sync::Mutex<(
-                std::collections::BTreeMap<String, crate::state::Volume>,
-                tokio::sync::broadcast::Sender<Event>,
-            )>,
-        >,
+        inner: std::sync::Arc<Shared>,
     }
 
     impl Model {
