@@ -8,8 +8,10 @@
 //! the async API a host agent embeds. This crate compiles no HTTP server and
 //! no command line: those live in the `volmgr` crate. See `ARCHITECTURE.md`.
 
+pub mod fsutil;
 pub mod journal;
 pub mod manager;
+pub mod model;
 pub mod provider;
 pub mod reconcile;
 pub mod state;

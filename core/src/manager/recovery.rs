@@ -143,7 +143,7 @@ fn resolve(
                     // Could not finish: remove it so nothing half-made stays.
                     if let (Some(p), Some(vol)) = (provider, d.volume.as_deref()) {
                         let kind = reconcile::found_kind(found).unwrap_or(VolumeKind::Data);
-                        let _ = p.destroy(&found_ref(found, vol, kind));
+                        let _ = found_ref(found, vol, kind).and_then(|r| p.destroy(&r));
                     }
                     interrupted(format!("interrupted; could not finish: {e}"))
                 }
@@ -155,8 +155,8 @@ fn resolve(
             let vol = d.volume.as_deref().unwrap_or_default();
             let kind = reconcile::found_kind(found).unwrap_or(VolumeKind::Data);
             let result = match state.volumes.get(vol) {
-                Some(v) => provider.map(|p| p.destroy(&volume_ref(v))),
-                None => provider.map(|p| p.destroy(&found_ref(found, vol, kind))),
+                Some(v) => provider.map(|p| volume_ref(v).and_then(|r| p.destroy(&r))),
+                None => provider.map(|p| found_ref(found, vol, kind).and_then(|r| p.destroy(&r))),
             };
             match result {
                 Some(Ok(())) | None => OpResult::Done(Done::default()),
@@ -196,7 +196,7 @@ fn resolve(
         Resolution::AbortReceiveThenDone => {
             let vol = d.volume.as_deref().unwrap_or_default();
             let result = match state.volumes.get(vol) {
-                Some(v) => provider.map(|p| p.abort_receive(&volume_ref(v))),
+                Some(v) => provider.map(|p| volume_ref(v).and_then(|r| p.abort_receive(&r))),
                 None => None,
             };
             match result {
@@ -209,7 +209,7 @@ fn resolve(
                 let _ = p.abort_partial(op);
                 if let (Some(found), Some(vol)) = (&d.found, d.volume.as_deref()) {
                     let kind = reconcile::found_kind(found).unwrap_or(VolumeKind::Snapshot);
-                    let _ = p.destroy(&found_ref(found, vol, kind));
+                    let _ = found_ref(found, vol, kind).and_then(|r| p.destroy(&r));
                 }
             }
             let what = pending.map_or("operation", |p| p.action.name());

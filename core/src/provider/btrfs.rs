@@ -127,7 +127,7 @@ use super::{
     Created, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory, SendStats,
     Tag, VolumeRef, VolumeSpec,
 };
-use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 
 pub const KIND: &str = "btrfs";
 /// Configuration key of the root directory.
@@ -718,7 +718,7 @@ impl BtrfsProvider {
     ) -> Result<Created, ProviderError> {
         let stage = self.stage(spec.op);
         let tag = Tag {
-            volume: spec.id.to_owned(),
+            volume: spec.id.to_string(),
             op: spec.op,
             kind: VolumeKind::Snapshot,
             parent: Some(target.to_owned()),
@@ -853,7 +853,7 @@ impl Provider for BtrfsProvider {
 
     fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
         let tag = Tag {
-            volume: spec.id.to_owned(),
+            volume: spec.id.to_string(),
             op: spec.op,
             kind: VolumeKind::Data,
             parent: None,
@@ -876,10 +876,10 @@ impl Provider for BtrfsProvider {
         check_id(source.id)?;
         let src = self.location(VolumeKind::Data, source.id);
         let tag = Tag {
-            volume: spec.id.to_owned(),
+            volume: spec.id.to_string(),
             op: spec.op,
             kind: VolumeKind::Snapshot,
-            parent: Some(source.id.to_owned()),
+            parent: Some(source.id.to_string()),
         };
         self.make(tag, |vol| {
             if !is_subvolume(&src) {
@@ -904,10 +904,10 @@ impl Provider for BtrfsProvider {
         check_id(snapshot.id)?;
         let src = self.location(VolumeKind::Snapshot, snapshot.id);
         let tag = Tag {
-            volume: spec.id.to_owned(),
+            volume: spec.id.to_string(),
             op: spec.op,
             kind: VolumeKind::Data,
-            parent: Some(snapshot.id.to_owned()),
+            parent: Some(snapshot.id.to_string()),
         };
         self.make(tag, |vol| {
             if !is_subvolume(&src) {

@@ -153,6 +153,7 @@
 //! three for a snapshot with a mode manifest.
 
 mod marker;
+mod modes;
 mod tree;
 pub mod wire;
 
@@ -172,39 +173,25 @@ use super::{
     Created, Found, Presence, Provider, ProviderConfig, ProviderError, SendStats, Tag, VolumeRef,
     VolumeSpec,
 };
-use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::fsutil;
+use crate::model::{DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
 
 /// The provider kind.
 pub const KIND: &str = "dir";
 /// The configuration key of the root directory (required, absolute).
 pub const CONFIG_ROOT: &str = "root";
 /// Longest volume id accepted.
-pub const MAX_ID_LEN: usize = 128;
+pub use crate::model::MAX_ID_LEN;
 
 const MARKERS: &str = ".volmgr";
 const MODES: &str = "modes";
 const STAGING: &str = ".staging";
 const TRASH: &str = ".trash";
 
-/// Checks that `id` is one safe path component (the manager's id rule).
+/// Checks that `id` is one safe path component: the one id rule
+/// ([`crate::model::id_problem`]).
 pub fn check_id(id: &str) -> Result<(), ProviderError> {
-    let why = if id.is_empty() {
-        Some("it is empty".to_owned())
-    } else if id.len() > MAX_ID_LEN {
-        Some(format!("it is longer than {MAX_ID_LEN} bytes"))
-    } else if id.starts_with('.') || id.starts_with('-') {
-        Some("it starts with '.' or '-'".to_owned())
-    } else {
-        id.bytes()
-            .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
-            .map(|b| format!("it contains {:?}", b as char))
-    };
-    match why {
-        Some(why) => Err(ProviderError::Other(format!(
-            "refusing volume id {id:?}: {why} (allowed: one path component of A-Z a-z 0-9 . _ -)"
-        ))),
-        None => Ok(()),
-    }
+    super::check_id(id)
 }
 
 fn guid_hex(guid: u128) -> String {
@@ -636,10 +623,10 @@ impl DirProvider {
                 }
                 let m = Marker {
                     format: MARKER_FORMAT,
-                    volume: spec.id.to_owned(),
+                    volume: spec.id.to_string(),
                     op: spec.op,
                     kind,
-                    parent: Some(source.id.to_owned()),
+                    parent: Some(source.id.to_string()),
                     guid: (kind == VolumeKind::Snapshot)
                         .then(|| guid_hex(Uuid::new_v4().as_u128())),
                     state: MarkerState::Copying,
@@ -731,12 +718,20 @@ impl DirProvider {
                 tree::copy_tree(&bpath, &bmodes, &new, Policy::Staging, false)?
             }
         };
-        wire::apply(&mut r, &new, &mut modes)?;
+        let applied = wire::apply(&mut r, &new, &mut modes)?;
+        // The snapshot is a copy of the staged tree: it must fit too.
+        let staged = fsutil::Dir::open(staging)
+            .map_err(|e| ProviderError::io(format!("opening {}", staging.display()), e))?;
+        wire::SpaceGuard::new(staged).check(
+            "the received snapshot",
+            applied.entries,
+            applied.bytes,
+        )?;
 
         // The stream is whole and verified: make the snapshot.
         let m = Marker {
             format: MARKER_FORMAT,
-            volume: spec.id.to_owned(),
+            volume: spec.id.to_string(),
             op: spec.op,
             kind: VolumeKind::Snapshot,
             parent: Some(target.to_owned()),
@@ -872,7 +867,7 @@ impl Provider for DirProvider {
                 }
                 let m = Marker {
                     format: MARKER_FORMAT,
-                    volume: spec.id.to_owned(),
+                    volume: spec.id.to_string(),
                     op: spec.op,
                     kind: VolumeKind::Data,
                     parent: None,
@@ -1028,6 +1023,7 @@ impl Provider for DirProvider {
         fs::create_dir(&staging)
             .map_err(|e| ProviderError::io(format!("creating {}", staging.display()), e))?;
         self.receive_staged(target.id, &tpath, spec, &staging, input)
+            .map_err(|e| e.or_no_space(&format!("the receive into {}", target.id)))
             .inspect_err(|_| {
                 if let Err(e) = remove_tree(&staging) {
                     tracing::warn!(path = %staging.display(), error = %e, "could not remove staging");
@@ -1149,6 +1145,9 @@ impl Provider for DirProvider {
             (MarkerState::Copying, VolumeKind::Data) => {
                 let Some(parent) = m.parent.as_deref() else {
                     return refuse("it names no source snapshot");
+                };
+                let Ok(parent) = VolumeId::new(parent) else {
+                    return refuse("its source snapshot id is not valid");
                 };
                 let source = VolumeRef {
                     id: parent,

@@ -67,13 +67,13 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::check_id;
 use super::cmd::Cmd;
-use super::dir::check_id;
 use super::{
     Created, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError, SendStats,
     Tag, VolumeRef, VolumeSpec,
 };
-use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
 
 /// The provider kind.

@@ -2,13 +2,13 @@
 //! and the bounded decoder that applies a stream to a staging tree. The format
 //! is specified in the parent module's documentation.
 
-use std::fs::{self, DirBuilder};
-use std::io::{BufWriter, Read, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use super::tree::{self, Modes, PERM_BITS, join, lstat};
+use super::tree::{self, KEPT_BITS, MAX_DEPTH, Modes, PERM_BITS};
+use crate::fsutil::{Dir, Kind};
 use crate::provider::stream::{CHUNK, HashReader, HashWriter};
 use crate::provider::{ProviderError, SendStats};
 
@@ -25,8 +25,11 @@ pub(crate) const TAG_END: u8 = b'E';
 
 /// Longest relative path (bytes) a stream may carry.
 pub const MAX_PATH: usize = 4096;
-/// Longest symlink target (bytes).
+/// Longest symlink target (bytes) a sender sends; a receiver takes at most
+/// one byte less (the kernel's `PATH_MAX` counts the NUL).
 pub const MAX_LINK: usize = 4096;
+/// Longest path component (bytes): the kernel's `NAME_MAX`.
+pub const MAX_NAME: usize = 255;
 /// Most records (excluding the end record) one stream may carry.
 pub const MAX_ENTRIES: u64 = 1 << 26;
 /// Largest file (bytes) one record may declare.
@@ -50,11 +53,24 @@ struct Enc<'a> {
     w: HashWriter<BufWriter<&'a mut dyn Write>>,
     count: u64,
     buf: Vec<u8>,
+    /// The snapshot's path, for messages.
+    root: &'a Path,
+}
+
+/// A directory being sent: its handle, relative path, names left (reversed).
+struct Frame {
+    dir: Dir,
+    rel: Vec<u8>,
+    left: Vec<Vec<u8>>,
 }
 
 impl<'a> Enc<'a> {
     fn put(&mut self, b: &[u8]) -> Result<(), ProviderError> {
         self.w.write_all(b).map_err(wio)
+    }
+
+    fn err(&self, what: &str, rel: &[u8], e: std::io::Error) -> ProviderError {
+        ProviderError::io(format!("{what} {}", tree::shown_in(self.root, rel)), e)
     }
 
     fn record(&mut self, tag: u8, rel: &[u8]) -> Result<(), ProviderError> {
@@ -84,14 +100,11 @@ impl<'a> Enc<'a> {
         self.record(TAG_DELETE, rel)
     }
 
-    fn link(&mut self, rel: &[u8], path: &Path) -> Result<(), ProviderError> {
-        let target = fs::read_link(path)
-            .map_err(|e| ProviderError::io(format!("reading link {}", path.display()), e))?;
-        let target = target.as_os_str().as_bytes();
+    fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
         if target.len() > MAX_LINK {
             return Err(ProviderError::Other(format!(
                 "cannot send {}: link target longer than {MAX_LINK} bytes",
-                path.display()
+                tree::shown_in(self.root, rel)
             )));
         }
         self.record(TAG_LINK, rel)?;
@@ -99,9 +112,9 @@ impl<'a> Enc<'a> {
         self.put(target)
     }
 
-    fn file(&mut self, rel: &[u8], mode: u32, path: &Path, len: u64) -> Result<(), ProviderError> {
-        let mut f = tree::open_file_nofollow(path)
-            .map_err(|e| ProviderError::io(format!("opening {}", path.display()), e))?;
+    /// A file record with the content of the open file `f` (`len` bytes, as
+    /// `fstat` said when it was opened).
+    fn file(&mut self, rel: &[u8], mode: u32, f: &mut File, len: u64) -> Result<(), ProviderError> {
         self.record(TAG_FILE, rel)?;
         self.put(&mode.to_be_bytes())?;
         self.put(&len.to_be_bytes())?;
@@ -113,11 +126,11 @@ impl<'a> Enc<'a> {
             let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
             let n = f
                 .read(&mut self.buf[..want])
-                .map_err(|e| ProviderError::io(format!("reading {}", path.display()), e))?;
+                .map_err(|e| self.err("reading", rel, e))?;
             if n == 0 {
                 return Err(ProviderError::Other(format!(
                     "{} shrank while being sent",
-                    path.display()
+                    tree::shown_in(self.root, rel)
                 )));
             }
             self.w.write_all(&self.buf[..n]).map_err(wio)?;
@@ -126,43 +139,106 @@ impl<'a> Enc<'a> {
         Ok(())
     }
 
-    /// Sends `rel` and everything under it, in full.
-    fn subtree(&mut self, root: &Path, modes: &Modes, rel: Vec<u8>) -> Result<(), ProviderError> {
-        let mut stack = vec![rel];
-        while let Some(rel) = stack.pop() {
-            let path = join(root, &rel);
-            let md = lstat(&path)?.ok_or_else(|| {
-                ProviderError::Other(format!("{} vanished while being sent", path.display()))
+    /// Sends entry `name` of `parent` (at `rel`), in full; a directory is
+    /// returned open for the caller to walk.
+    fn entry(
+        &mut self,
+        parent: &Dir,
+        name: &[u8],
+        rel: &[u8],
+        modes: &Modes,
+    ) -> Result<Option<Dir>, ProviderError> {
+        let st = parent
+            .stat_at(name)
+            .map_err(|e| self.err("examining", rel, e))?
+            .ok_or_else(|| {
+                ProviderError::Other(format!(
+                    "{} vanished while being sent",
+                    tree::shown_in(self.root, rel)
+                ))
             })?;
-            let ft = md.file_type();
-            if ft.is_dir() {
-                self.dir(&rel, modes.true_mode(&rel, md.mode()))?;
-                for name in tree::sorted_names(&path)?.into_iter().rev() {
-                    stack.push(tree::child(&rel, &name));
-                }
-            } else if ft.is_file() {
-                self.file(&rel, modes.true_mode(&rel, md.mode()), &path, md.len())?;
-            } else if ft.is_symlink() {
-                self.link(&rel, &path)?;
-            } else {
-                return Err(tree::unsupported(&path, ft));
+        match st.kind {
+            Kind::Dir => {
+                let d = parent
+                    .open_dir(name)
+                    .map_err(|e| self.err("opening directory", rel, e))?;
+                let st = d.stat().map_err(|e| self.err("examining", rel, e))?;
+                self.dir(rel, modes.true_mode(rel, st.mode))?;
+                Ok(Some(d))
+            }
+            Kind::File => {
+                let (mut f, st) = parent
+                    .open_file(name)
+                    .map_err(|e| self.err("opening", rel, e))?;
+                self.file(rel, modes.true_mode(rel, st.mode), &mut f, st.len)?;
+                Ok(None)
+            }
+            Kind::Symlink => {
+                let target = parent
+                    .read_link(name)
+                    .map_err(|e| self.err("reading link", rel, e))?;
+                self.link(rel, &target)?;
+                Ok(None)
+            }
+            other => Err(tree::unsupported(&tree::shown_in(self.root, rel), other)),
+        }
+    }
+
+    fn frame(&self, dir: Dir, rel: Vec<u8>, depth: usize) -> Result<Frame, ProviderError> {
+        if depth >= MAX_DEPTH {
+            return Err(tree::too_deep(&tree::shown_in(self.root, &rel)));
+        }
+        let mut left = dir.names().map_err(|e| self.err("listing", &rel, e))?;
+        left.reverse();
+        Ok(Frame { dir, rel, left })
+    }
+
+    /// Sends everything under the open directory `dir` (at `rel`), in full.
+    fn walk(&mut self, dir: Dir, rel: Vec<u8>, modes: &Modes) -> Result<(), ProviderError> {
+        let base_depth = rel.split(|&b| b == b'/').count();
+        let mut stack = vec![self.frame(dir, rel, base_depth)?];
+        while let Some(frame) = stack.last_mut() {
+            let Some(name) = frame.left.pop() else {
+                stack.pop();
+                continue;
+            };
+            let rel = tree::child(&frame.rel, &name);
+            if let Some(d) = self.entry(&frame.dir, &name, &rel, modes)? {
+                let depth = base_depth + stack.len();
+                stack.push(self.frame(d, rel, depth)?);
             }
         }
         Ok(())
     }
 
-    /// Sends what changed from `base` to `snap`, both directories at `rel`.
+    /// Sends entry `name` of `parent` and everything under it, in full.
+    fn subtree(
+        &mut self,
+        parent: &Dir,
+        name: &[u8],
+        rel: Vec<u8>,
+        modes: &Modes,
+    ) -> Result<(), ProviderError> {
+        match self.entry(parent, name, &rel, modes)? {
+            Some(d) => self.walk(d, rel, modes),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends what changed from `base` to `snap`, both open snapshot roots.
     fn diff(
         &mut self,
-        snap: &Path,
+        snap: Dir,
         smodes: &Modes,
-        base: &Path,
+        base: Dir,
         bmodes: &Modes,
     ) -> Result<(), ProviderError> {
-        let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
-        while let Some(rel) = stack.pop() {
-            let s_names = tree::sorted_names(&join(snap, &rel))?;
-            let b_names = tree::sorted_names(&join(base, &rel))?;
+        let mut stack: Vec<(Dir, Dir, Vec<u8>)> = vec![(snap, base, Vec::new())];
+        while let Some((sd, bd, rel)) = stack.pop() {
+            let s_names = sd.names().map_err(|e| self.err("listing", &rel, e))?;
+            let b_names = bd
+                .names()
+                .map_err(|e| self.err("listing the base of", &rel, e))?;
             let (mut i, mut j) = (0, 0);
             let mut dirs = Vec::new();
             while i < s_names.len() || j < b_names.len() {
@@ -173,7 +249,8 @@ impl<'a> Enc<'a> {
                 };
                 match order {
                     std::cmp::Ordering::Less => {
-                        self.subtree(snap, smodes, tree::child(&rel, &s_names[i]))?;
+                        let c = tree::child(&rel, &s_names[i]);
+                        self.subtree(&sd, &s_names[i], c, smodes)?;
                         i += 1;
                     }
                     std::cmp::Ordering::Greater => {
@@ -181,45 +258,17 @@ impl<'a> Enc<'a> {
                         j += 1;
                     }
                     std::cmp::Ordering::Equal => {
-                        let c = tree::child(&rel, &s_names[i]);
+                        let name = &s_names[i];
+                        let c = tree::child(&rel, name);
                         i += 1;
                         j += 1;
-                        let (sp, bp) = (join(snap, &c), join(base, &c));
-                        let vanished = |p: &Path| {
-                            ProviderError::Other(format!(
-                                "{} vanished while being sent",
-                                p.display()
-                            ))
-                        };
-                        let smd = lstat(&sp)?.ok_or_else(|| vanished(&sp))?;
-                        let bmd = lstat(&bp)?.ok_or_else(|| vanished(&bp))?;
-                        let (sft, bft) = (smd.file_type(), bmd.file_type());
-                        let smode = smodes.true_mode(&c, smd.mode());
-                        let bmode = bmodes.true_mode(&c, bmd.mode());
-                        if sft.is_dir() && bft.is_dir() {
-                            if smode != bmode {
-                                self.dir(&c, smode)?;
+                        if let Some(pair) = self.changed(&sd, &bd, name, &c, smodes, bmodes)? {
+                            if rel.split(|&b| b == b'/').count() + stack.len() + dirs.len()
+                                >= MAX_DEPTH
+                            {
+                                return Err(tree::too_deep(&tree::shown_in(self.root, &c)));
                             }
-                            dirs.push(c);
-                        } else if sft.is_file() && bft.is_file() {
-                            if smd.len() != bmd.len() || !tree::same_content(&sp, &bp)? {
-                                self.file(&c, smode, &sp, smd.len())?;
-                            } else if smode != bmode {
-                                self.perm(&c, smode)?;
-                            }
-                        } else if sft.is_symlink() && bft.is_symlink() {
-                            let st = fs::read_link(&sp).map_err(|e| {
-                                ProviderError::io(format!("reading link {}", sp.display()), e)
-                            })?;
-                            let bt = fs::read_link(&bp).map_err(|e| {
-                                ProviderError::io(format!("reading link {}", bp.display()), e)
-                            })?;
-                            if st != bt {
-                                self.link(&c, &sp)?;
-                            }
-                        } else {
-                            // The type changed: the receiver replaces the entry.
-                            self.subtree(snap, smodes, c)?;
+                            dirs.push((pair.0, pair.1, c));
                         }
                     }
                 }
@@ -228,10 +277,93 @@ impl<'a> Enc<'a> {
         }
         Ok(())
     }
+
+    /// Sends what changed in entry `name`, present in both trees; two
+    /// directories are returned open for the caller to compare.
+    fn changed(
+        &mut self,
+        sd: &Dir,
+        bd: &Dir,
+        name: &[u8],
+        c: &[u8],
+        smodes: &Modes,
+        bmodes: &Modes,
+    ) -> Result<Option<(Dir, Dir)>, ProviderError> {
+        let vanished = |what: &str| {
+            ProviderError::Other(format!(
+                "{what} {} vanished while being sent",
+                tree::shown_in(self.root, c)
+            ))
+        };
+        let sst = sd
+            .stat_at(name)
+            .map_err(|e| self.err("examining", c, e))?
+            .ok_or_else(|| vanished("snapshot entry"))?;
+        let bst = bd
+            .stat_at(name)
+            .map_err(|e| self.err("examining the base of", c, e))?
+            .ok_or_else(|| vanished("base entry"))?;
+        match (sst.kind, bst.kind) {
+            (Kind::Dir, Kind::Dir) => {
+                let s = sd.open_dir(name).map_err(|e| self.err("opening", c, e))?;
+                let b = bd
+                    .open_dir(name)
+                    .map_err(|e| self.err("opening the base of", c, e))?;
+                let smode =
+                    smodes.true_mode(c, s.stat().map_err(|e| self.err("examining", c, e))?.mode);
+                let bmode = bmodes.true_mode(
+                    c,
+                    b.stat()
+                        .map_err(|e| self.err("examining the base of", c, e))?
+                        .mode,
+                );
+                if smode != bmode {
+                    self.dir(c, smode)?;
+                }
+                Ok(Some((s, b)))
+            }
+            (Kind::File, Kind::File) => {
+                let (mut sf, sst) = sd.open_file(name).map_err(|e| self.err("opening", c, e))?;
+                let (mut bf, bst) = bd
+                    .open_file(name)
+                    .map_err(|e| self.err("opening the base of", c, e))?;
+                let smode = smodes.true_mode(c, sst.mode);
+                let bmode = bmodes.true_mode(c, bst.mode);
+                let same = sst.len == bst.len
+                    && tree::same_content(&mut sf, &mut bf)
+                        .map_err(|e| self.err("comparing", c, e))?;
+                if !same {
+                    sf.seek(SeekFrom::Start(0))
+                        .map_err(|e| self.err("rewinding", c, e))?;
+                    self.file(c, smode, &mut sf, sst.len)?;
+                } else if smode != bmode {
+                    self.perm(c, smode)?;
+                }
+                Ok(None)
+            }
+            (Kind::Symlink, Kind::Symlink) => {
+                let st = sd
+                    .read_link(name)
+                    .map_err(|e| self.err("reading link", c, e))?;
+                let bt = bd
+                    .read_link(name)
+                    .map_err(|e| self.err("reading the base's link", c, e))?;
+                if st != bt {
+                    self.link(c, &st)?;
+                }
+                Ok(None)
+            }
+            // The type changed: the receiver replaces the entry.
+            _ => {
+                self.subtree(sd, name, c.to_vec(), smodes)?;
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// Writes a stream of the snapshot tree `snap` (identity `guid`), in full or,
-/// with `base`, incremental from it.
+/// with `base`, incremental from it. Both trees are walked by handle.
 pub(crate) fn send(
     snap: &Path,
     smodes: &Modes,
@@ -239,10 +371,15 @@ pub(crate) fn send(
     base: Option<(&Path, &Modes, u128)>,
     out: &mut dyn Write,
 ) -> Result<SendStats, ProviderError> {
+    let open = |p: &Path| {
+        Dir::open(p).map_err(|e| ProviderError::io(format!("opening {}", p.display()), e))
+    };
+    let sdir = open(snap)?;
     let mut enc = Enc {
         w: HashWriter::new(BufWriter::with_capacity(CHUNK, out)),
         count: 0,
         buf: Vec::new(),
+        root: snap,
     };
     let flags = if base.is_some() { FLAG_INCREMENTAL } else { 0 };
     enc.put(MAGIC)?;
@@ -251,18 +388,24 @@ pub(crate) fn send(
     enc.put(&0u32.to_be_bytes())?;
     enc.put(&guid.to_be_bytes())?;
     enc.put(&base.map_or(0, |b| b.2).to_be_bytes())?;
+    let smode = smodes.true_mode(
+        b"",
+        sdir.stat().map_err(|e| enc.err("examining", b"", e))?.mode,
+    );
     match base {
-        None => enc.subtree(snap, smodes, Vec::new())?,
+        None => {
+            enc.dir(b"", smode)?;
+            enc.walk(sdir, Vec::new(), smodes)?;
+        }
         Some((bpath, bmodes, _)) => {
-            let smd =
-                lstat(snap)?.ok_or_else(|| ProviderError::NotFound(snap.display().to_string()))?;
-            let bmd = lstat(bpath)?
-                .ok_or_else(|| ProviderError::NotFound(bpath.display().to_string()))?;
-            let smode = smodes.true_mode(b"", smd.mode());
-            if smode != bmodes.true_mode(b"", bmd.mode()) {
+            let bdir = open(bpath)?;
+            let bst = bdir
+                .stat()
+                .map_err(|e| ProviderError::io(format!("examining {}", bpath.display()), e))?;
+            if smode != bmodes.true_mode(b"", bst.mode) {
                 enc.dir(b"", smode)?;
             }
-            enc.diff(snap, smodes, bpath, bmodes)?;
+            enc.diff(sdir, smodes, bdir, bmodes)?;
         }
     }
     let count = enc.count;
@@ -344,6 +487,7 @@ fn read_path<R: Read>(r: &mut HashReader<R>, allow_root: bool) -> Result<Vec<u8>
             shown(&rel)
         )));
     }
+    let mut depth = 0;
     for comp in rel.split(|&b| b == b'/') {
         if comp.is_empty() || comp == b"." || comp == b".." {
             return Err(bad(format!(
@@ -352,10 +496,26 @@ fn read_path<R: Read>(r: &mut HashReader<R>, allow_root: bool) -> Result<Vec<u8>
                 String::from_utf8_lossy(comp)
             )));
         }
+        if comp.len() > MAX_NAME {
+            return Err(bad(format!(
+                "path {} has a component of {} bytes, more than {MAX_NAME} (byte {at})",
+                shown(&rel),
+                comp.len()
+            )));
+        }
+        depth += 1;
+    }
+    if depth > MAX_DEPTH {
+        return Err(bad(format!(
+            "path {} is {depth} components deep, more than {MAX_DEPTH} (byte {at})",
+            shown(&rel[..rel.len().min(64)])
+        )));
     }
     Ok(rel)
 }
 
+/// Reads a mode: bits beyond [`PERM_BITS`] are refused; setuid and setgid
+/// are accepted and dropped (nothing received becomes setuid or setgid).
 fn read_mode<R: Read>(r: &mut HashReader<R>) -> Result<u32, ProviderError> {
     let mode = r.read_u32("a mode")?;
     if mode & !PERM_BITS != 0 {
@@ -363,7 +523,7 @@ fn read_mode<R: Read>(r: &mut HashReader<R>) -> Result<u32, ProviderError> {
             "mode {mode:#o} has bits beyond {PERM_BITS:#o}"
         )));
     }
-    Ok(mode)
+    Ok(mode & KEPT_BITS)
 }
 
 /// Parent of a relative path (`None` for a top-level entry).
@@ -371,87 +531,119 @@ fn parent_of(rel: &[u8]) -> Option<&[u8]> {
     rel.iter().rposition(|&b| b == b'/').map(|i| &rel[..i])
 }
 
-/// Applies stream records to the staging tree `root`.
+/// Applies stream records to the staging tree, every path resolved beneath
+/// its root handle without following a symlink.
 struct Apply<'a> {
-    root: &'a Path,
+    root: Dir,
+    root_path: &'a Path,
     modes: &'a mut Modes,
-    /// A parent directory already checked to be a real directory chain.
-    checked: Option<Vec<u8>>,
+    /// The parent directory of the last record, by relative path.
+    cached: Option<(Vec<u8>, Dir)>,
+    space: SpaceGuard,
+}
+
+/// Splits a non-empty relative path into its parent and its last name.
+fn split_rel(rel: &[u8]) -> (&[u8], &[u8]) {
+    match parent_of(rel) {
+        Some(p) => (p, &rel[p.len() + 1..]),
+        None => (&rel[..0], rel),
+    }
 }
 
 impl Apply<'_> {
-    /// Whether every ancestor of `rel` is a real directory (not a symlink),
-    /// so `join(root, rel)` resolves inside the tree.
-    fn ancestors_ok(&mut self, rel: &[u8]) -> Result<bool, ProviderError> {
-        let Some(parent) = parent_of(rel) else {
-            return Ok(true);
-        };
-        if self.checked.as_deref() == Some(parent) {
-            return Ok(true);
+    fn io(&self, what: &str, rel: &[u8], e: std::io::Error) -> ProviderError {
+        if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+            return bad(format!("{}: {e}", shown(rel)));
         }
-        let mut end = 0;
-        loop {
-            let next = parent[end..]
-                .iter()
-                .position(|&b| b == b'/')
-                .map_or(parent.len(), |i| end + i);
-            match lstat(&join(self.root, &parent[..next]))? {
-                Some(md) if md.file_type().is_dir() => {}
-                _ => return Ok(false),
-            }
-            if next == parent.len() {
-                break;
-            }
-            end = next + 1;
-        }
-        self.checked = Some(parent.to_vec());
-        Ok(true)
+        ProviderError::io(format!("{what} {}", tree::shown_in(self.root_path, rel)), e)
     }
 
-    fn need_parent(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
-        if self.ancestors_ok(rel)? {
-            Ok(())
-        } else {
-            Err(bad(format!(
+    /// The parent directory of `rel`, if every ancestor is a real directory
+    /// of the tree (`None` otherwise: absent, a symlink, a file).
+    fn parent(&mut self, rel: &[u8]) -> Result<Option<&Dir>, ProviderError> {
+        let (parent, _) = split_rel(rel);
+        if self
+            .cached
+            .as_ref()
+            .is_none_or(|(p, _)| p.as_slice() != parent)
+        {
+            self.cached = None;
+            match self.root.open_beneath(parent) {
+                Ok(d) => self.cached = Some((parent.to_vec(), d)),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+                    ) || e.kind() == std::io::ErrorKind::Other =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(self.io("opening the parent of", rel, e)),
+            }
+        }
+        Ok(self.cached.as_ref().map(|(_, d)| d))
+    }
+
+    fn need_parent(&mut self, rel: &[u8]) -> Result<Dir, ProviderError> {
+        match self.parent(rel)? {
+            Some(d) => d
+                .try_clone()
+                .map_err(|e| ProviderError::io("duplicating a directory handle", e)),
+            None => Err(bad(format!(
                 "{}: its parent is not a directory of the stream",
                 shown(rel)
-            )))
+            ))),
         }
     }
 
-    /// Removes whatever is at `rel` (and its modes), unless it is a directory
-    /// and `keep_dir`. Returns whether a directory was kept.
-    fn clear(&mut self, rel: &[u8], keep_dir: bool) -> Result<bool, ProviderError> {
-        let path = join(self.root, rel);
-        match lstat(&path)? {
+    /// Removes whatever is at `name` of `dir` (entry `rel`, and its modes),
+    /// unless it is a directory and `keep_dir`. Returns whether a directory
+    /// was kept.
+    fn clear(
+        &mut self,
+        dir: &Dir,
+        name: &[u8],
+        rel: &[u8],
+        keep_dir: bool,
+    ) -> Result<bool, ProviderError> {
+        match dir
+            .stat_at(name)
+            .map_err(|e| self.io("examining", rel, e))?
+        {
             None => Ok(false),
-            Some(md) if md.file_type().is_dir() && keep_dir => Ok(true),
-            Some(_) => {
-                tree::remove_tree(&path)?;
+            Some(st) if st.kind == Kind::Dir && keep_dir => Ok(true),
+            Some(st) => {
+                tree::remove_entry(dir, name).map_err(|e| self.io("removing", rel, e))?;
                 self.modes.forget_subtree(rel);
-                self.checked = None;
+                if st.kind == Kind::Dir {
+                    // The cached parent may have been under it.
+                    self.cached = None;
+                }
                 Ok(false)
             }
         }
     }
 
     fn dir(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
-        let path = join(self.root, rel);
-        if !rel.is_empty() {
-            self.need_parent(rel)?;
+        self.space.entry(0)?;
+        if rel.is_empty() {
+            let stored = self.modes.record(rel, mode, true);
+            return self
+                .root
+                .set_mode(stored)
+                .map_err(|e| self.io("setting the mode of", rel, e));
         }
-        let kept = self.clear(rel, true)?;
-        if !kept {
-            if rel.is_empty() {
-                return Err(bad("the stream replaced the root directory".into()));
-            }
-            DirBuilder::new()
-                .mode(0o700)
-                .create(&path)
-                .map_err(|e| ProviderError::io(format!("creating {}", path.display()), e))?;
+        let parent = self.need_parent(rel)?;
+        let (_, name) = split_rel(rel);
+        if !self.clear(&parent, name, rel, true)? {
+            parent
+                .create_dir(name, 0o700)
+                .map_err(|e| self.io("creating", rel, e))?;
         }
         let stored = self.modes.record(rel, mode, true);
-        tree::chmod_dir(&path, stored)
+        parent
+            .set_mode_at(name, stored)
+            .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
     fn file<R: Read>(
@@ -461,55 +653,152 @@ impl Apply<'_> {
         mode: u32,
         len: u64,
     ) -> Result<(), ProviderError> {
-        self.need_parent(rel)?;
-        self.clear(rel, false)?;
-        let path = join(self.root, rel);
-        let mut f = tree::create_new_file(&path)
-            .map_err(|e| ProviderError::io(format!("creating {}", path.display()), e))?;
+        self.space.entry(len)?;
+        let parent = self.need_parent(rel)?;
+        let (_, name) = split_rel(rel);
+        self.clear(&parent, name, rel, false)?;
+        let mut f = parent
+            .create_file(name, 0o600)
+            .map_err(|e| self.io("creating", rel, e))?;
         r.copy_exact(len, &mut f, "file content")?;
         let stored = self.modes.record(rel, mode, false);
         f.set_permissions(fs::Permissions::from_mode(stored))
-            .map_err(|e| ProviderError::io(format!("setting the mode of {}", path.display()), e))
+            .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
     fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
-        self.need_parent(rel)?;
-        self.clear(rel, false)?;
-        let path = join(self.root, rel);
-        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path)
-            .map_err(|e| ProviderError::io(format!("creating symlink {}", path.display()), e))
+        self.space.entry(0)?;
+        let parent = self.need_parent(rel)?;
+        let (_, name) = split_rel(rel);
+        self.clear(&parent, name, rel, false)?;
+        parent
+            .symlink(target, name)
+            .map_err(|e| self.io("creating symlink", rel, e))
     }
 
     fn perm(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
-        let path = join(self.root, rel);
-        let md = if self.ancestors_ok(rel)? {
-            lstat(&path)?
-        } else {
-            None
-        };
-        match md {
-            Some(md) if md.file_type().is_dir() => {
-                let stored = self.modes.record(rel, mode, true);
-                tree::chmod_dir(&path, stored)
-            }
-            Some(md) if md.file_type().is_file() => {
-                let stored = self.modes.record(rel, mode, false);
-                tree::chmod_file(&path, stored)
-            }
-            _ => Err(bad(format!(
-                "mode change for {}, which is not a file or directory of the base",
-                shown(rel)
-            ))),
+        if rel.is_empty() {
+            let stored = self.modes.record(rel, mode, true);
+            return self
+                .root
+                .set_mode(stored)
+                .map_err(|e| self.io("setting the mode of", rel, e));
         }
+        let (_, name) = split_rel(rel);
+        let st = match self.parent(rel)? {
+            Some(d) => d
+                .stat_at(name)
+                .map_err(|e| ProviderError::io("examining", e))?,
+            None => None,
+        };
+        let is_dir = match st.map(|s| s.kind) {
+            Some(Kind::Dir) => true,
+            Some(Kind::File) => false,
+            _ => {
+                return Err(bad(format!(
+                    "mode change for {}, which is not a file or directory of the base",
+                    shown(rel)
+                )));
+            }
+        };
+        let stored = self.modes.record(rel, mode, is_dir);
+        let parent = self.need_parent(rel)?;
+        parent
+            .set_mode_at(name, stored)
+            .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
     fn delete(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
         // Absent (or under something that is not a directory): nothing to do.
-        if self.ancestors_ok(rel)? {
-            self.clear(rel, false)?;
+        if self.parent(rel)?.is_some() {
+            let parent = self.need_parent(rel)?;
+            let (_, name) = split_rel(rel);
+            self.clear(&parent, name, rel, false)?;
         }
         Ok(())
     }
+}
+
+/// Keeps a receive from filling its file system: before each entry, the
+/// free inodes (every [`SPACE_CHECK_EVERY`] entries) and, for file content,
+/// the free bytes are checked against what the entry needs plus a reserve of
+/// 2% of the file system (at least [`MIN_RESERVE_INODES`] inodes), so a
+/// hostile stream is refused with [`ProviderError::NoSpace`] instead of
+/// leaving the host's disk full.
+pub(crate) struct SpaceGuard {
+    dir: Dir,
+    since_check: u32,
+    /// Entries and content bytes the stream staged so far.
+    pub(crate) entries: u64,
+    pub(crate) bytes: u64,
+}
+
+/// Entries between two inode checks (a file's content is checked every time).
+pub const SPACE_CHECK_EVERY: u32 = 64;
+/// Least number of inodes a receive leaves free.
+pub const MIN_RESERVE_INODES: u64 = 2 * SPACE_CHECK_EVERY as u64;
+
+impl SpaceGuard {
+    pub(crate) fn new(dir: Dir) -> Self {
+        SpaceGuard {
+            dir,
+            since_check: SPACE_CHECK_EVERY,
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Checks that `entries` more entries holding `bytes` more bytes fit,
+    /// leaving the reserve free.
+    pub(crate) fn check(&self, what: &str, entries: u64, bytes: u64) -> Result<(), ProviderError> {
+        let sp = self
+            .dir
+            .space()
+            .map_err(|e| ProviderError::io("examining free space", e))?;
+        let reserve_bytes = sp.total_bytes / 50;
+        if sp.free_bytes < bytes.saturating_add(reserve_bytes) {
+            return Err(ProviderError::NoSpace {
+                what: what.to_owned(),
+                detail: format!(
+                    "{bytes} more bytes needed, {} free, {reserve_bytes} kept in reserve",
+                    sp.free_bytes
+                ),
+            });
+        }
+        if let (Some(free), Some(total)) = (sp.free_inodes, sp.total_inodes) {
+            let reserve = (total / 50).max(MIN_RESERVE_INODES);
+            if free < entries.saturating_add(reserve) {
+                return Err(ProviderError::NoSpace {
+                    what: what.to_owned(),
+                    detail: format!(
+                        "{entries} more inodes needed, {free} free, {reserve} kept in reserve"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Before one more entry with `len` bytes of content.
+    fn entry(&mut self, len: u64) -> Result<(), ProviderError> {
+        self.entries += 1;
+        self.bytes = self.bytes.saturating_add(len);
+        self.since_check += 1;
+        if len > 0 || self.since_check >= SPACE_CHECK_EVERY {
+            self.since_check = 0;
+            self.check("the received stream", u64::from(SPACE_CHECK_EVERY), len)?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Applied {
+    pub records: u64,
+    /// Entries created or replaced, and their content bytes.
+    pub entries: u64,
+    pub bytes: u64,
 }
 
 /// Applies the records after the header to the staging tree `root` (whose
@@ -520,11 +809,20 @@ pub(crate) fn apply<R: Read>(
     r: &mut HashReader<R>,
     root: &Path,
     modes: &mut Modes,
-) -> Result<u64, ProviderError> {
+) -> Result<Applied, ProviderError> {
+    let root_dir =
+        Dir::open(root).map_err(|e| ProviderError::io(format!("opening {}", root.display()), e))?;
+    let space = SpaceGuard::new(
+        root_dir
+            .try_clone()
+            .map_err(|e| ProviderError::io("duplicating a directory handle", e))?,
+    );
     let mut a = Apply {
-        root,
+        root: root_dir,
+        root_path: root,
         modes,
-        checked: None,
+        cached: None,
+        space,
     };
     let mut count = 0u64;
     loop {
@@ -544,7 +842,11 @@ pub(crate) fn apply<R: Read>(
                     "checksum mismatch: the stream says {crc:#010x}, its bytes give {want:#010x}"
                 )));
             }
-            return Ok(count);
+            return Ok(Applied {
+                records: count,
+                entries: a.space.entries,
+                bytes: a.space.bytes,
+            });
         }
         count += 1;
         if count > MAX_ENTRIES {
@@ -572,9 +874,9 @@ pub(crate) fn apply<R: Read>(
                 let rel = read_path(r, false)?;
                 let n = r.read_u16("a link target length")? as usize;
                 let target = r.read_bytes(n, MAX_LINK, "a link target")?;
-                if target.is_empty() || target.contains(&0) {
+                if target.is_empty() || target.contains(&0) || target.len() >= MAX_LINK {
                     return Err(bad(format!(
-                        "symlink {} has an empty target or one with NUL",
+                        "symlink {} has an empty target, one with NUL, or one of {MAX_LINK} bytes or more",
                         shown(&rel)
                     )));
                 }
