@@ -15,6 +15,7 @@ use common::BtrfsFs;
 use uuid::Uuid;
 use volmgr::journal::{Journal, JournalConfig};
 use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::model::VolumeId;
 use volmgr::provider::btrfs::BtrfsProvider;
 use volmgr::provider::{Presence, Provider, VolumeRef};
 use volmgr::state::{Action, Case, DETAIL_GUID, Details, Meta, Record, VolumeKind};
@@ -328,7 +329,7 @@ async fn writable_snapshot_is_incomplete_until_finished_and_untagged_subvolume_i
     let details = Details::new();
     let err = p
         .destroy(&VolumeRef {
-            id: "theirs",
+            id: VolumeId::new("theirs").unwrap(),
             kind: VolumeKind::Data,
             parent: None,
             location: "",

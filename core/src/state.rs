@@ -622,6 +622,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     fn op(n: u128) -> OpId {
         Uuid::from_u128(n)

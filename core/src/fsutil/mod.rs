@@ -109,6 +109,21 @@ pub fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
     }
 }
 
+/// The mount flags (`ST_NOSUID`, `ST_NODEV`, `ST_RDONLY`, ...) of the file
+/// system holding `path`, from `statvfs`.
+pub fn mount_flags(path: &Path) -> io::Result<u64> {
+    let c = cpath(path)?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid path and output buffer.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_flag as u64)
+}
+
 /// Outcome of [`retry_busy`] when every attempt was busy.
 #[derive(Debug)]
 pub struct StillBusy<E> {
@@ -118,11 +133,12 @@ pub struct StillBusy<E> {
 }
 
 /// Runs `f` up to `attempts` times while `is_busy` says its error is a
-/// transient "busy", sleeping 20 ms, 40 ms, ... (at most 640 ms) between
-/// attempts. Any other outcome is returned at once; the last busy error
-/// comes back as [`StillBusy`].
+/// transient "busy", sleeping `first_delay`, then twice as long each time (at
+/// most 16 times `first_delay`) between attempts. Any other outcome is
+/// returned at once; the last busy error comes back as [`StillBusy`].
 pub fn retry_busy<T, E>(
     attempts: u32,
+    first_delay: Duration,
     is_busy: impl Fn(&E) -> bool,
     mut f: impl FnMut() -> Result<T, E>,
 ) -> Result<Result<T, E>, StillBusy<E>> {
@@ -138,7 +154,7 @@ pub fn retry_busy<T, E>(
                         attempts: attempt,
                     });
                 }
-                std::thread::sleep(Duration::from_millis(20 << (attempt - 1).min(5)));
+                std::thread::sleep(first_delay * (1 << (attempt - 1).min(4)));
             }
             other => return Ok(other),
         }
@@ -154,6 +170,7 @@ mod tests {
         let mut calls = 0;
         let r: Result<Result<u32, &str>, _> = retry_busy(
             5,
+            Duration::ZERO,
             |e: &&str| *e == "busy",
             || {
                 calls += 1;
@@ -162,12 +179,14 @@ mod tests {
         );
         assert_eq!(r.unwrap().unwrap(), 3);
 
-        let r: Result<Result<(), &str>, _> = retry_busy(5, |e: &&str| *e == "busy", || Err("no"));
+        let r: Result<Result<(), &str>, _> =
+            retry_busy(5, Duration::ZERO, |e: &&str| *e == "busy", || Err("no"));
         assert_eq!(r.unwrap().unwrap_err(), "no");
 
         let mut calls = 0;
         let r: Result<Result<(), &str>, _> = retry_busy(
             2,
+            Duration::ZERO,
             |e: &&str| *e == "busy",
             || {
                 calls += 1;

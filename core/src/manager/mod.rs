@@ -19,6 +19,7 @@
 //! buffer).
 
 mod config;
+mod overlap;
 mod recovery;
 mod transfer;
 mod verbs;

@@ -32,6 +32,11 @@ impl Manager {
             if s.providers.contains_key(id) {
                 return Err(ManagerError::AlreadyExists(id.to_owned()));
             }
+            if let Some(why) = super::overlap::conflict(s, &config) {
+                return Err(ManagerError::InvalidInput(format!(
+                    "refusing provider {id:?}: {why}"
+                )));
+            }
             Ok(())
         })?;
         let inner = self.inner.clone();

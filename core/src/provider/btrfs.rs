@@ -127,6 +127,7 @@ use super::{
     Created, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory, SendStats,
     Tag, VolumeRef, VolumeSpec,
 };
+use crate::fsutil;
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 
 pub const KIND: &str = "btrfs";
@@ -226,60 +227,35 @@ fn read_tag(container: &Path) -> Option<Tag> {
     parse_tag(&text)
 }
 
+fn stderr_text(e: &ProviderError) -> String {
+    match e {
+        ProviderError::Command { stderr, .. } => stderr.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ProviderError {
     let context = context.into();
     move |e| ProviderError::io(context, e)
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), ProviderError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(format!("fsync {}", dir.display())))
+    fsutil::fsync_dir(dir).map_err(io_err(format!("fsync {}", dir.display())))
 }
 
-/// Writes `<container>/tag`: temp file, fsync, rename, directory fsync.
+/// Writes `<container>/tag` durably ([`fsutil::write_atomic`]: temp file
+/// never through a symlink, fsync, rename, directory fsync).
 fn write_tag(container: &Path, tag: &Tag) -> Result<(), ProviderError> {
-    let tmp = container.join(".tag.tmp");
-    let target = container.join(TAG_FILE);
-    let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
-    f.write_all(format_tag(tag).as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io_err(format!("write {}", tmp.display())))?;
-    drop(f);
-    fs::rename(&tmp, &target).map_err(io_err(format!("rename {}", target.display())))?;
-    fsync_dir(container)
+    fsutil::write_atomic(container, TAG_FILE, format_tag(tag).as_bytes(), 0o644).map_err(io_err(
+        format!("write {}", container.join(TAG_FILE).display()),
+    ))
 }
 
 fn is_subvolume(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == SUBVOL_ROOT_INO)
 }
 
-fn cpath(path: &Path) -> Result<CString, ProviderError> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| ProviderError::Other(format!("path {} contains NUL", path.display())))
-}
-
-fn rename2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
-    let (a, b) = (
-        cpath(from).map_err(|e| io::Error::other(e.to_string()))?,
-        cpath(to).map_err(|e| io::Error::other(e.to_string()))?,
-    );
-    // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
+use crate::fsutil::rename2;
 
 /// Facts about one subvolume, from `BTRFS_IOC_GET_SUBVOL_INFO`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,15 +360,7 @@ pub fn fs_type(path: &Path) -> io::Result<i64> {
 
 /// Commits the file system's transaction (`syncfs`).
 fn syncfs(path: &Path) -> Result<(), ProviderError> {
-    let dir = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
-    // SAFETY: a valid open descriptor.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(ProviderError::io(
-            format!("syncfs {}", path.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    fsutil::syncfs(path).map_err(io_err(format!("syncfs {}", path.display())))
 }
 
 /// What sits at an item's place in `data/` or `snapshot/`.
@@ -451,8 +419,35 @@ impl BtrfsProvider {
         ] {
             fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         }
+        if let Err(e) = provider.refuse_unsafe_mount() {
+            tracing::warn!(error = %e, "receives into this btrfs provider are refused");
+        }
         provider.purge_trash();
         Ok(provider)
+    }
+
+    /// Receives need the file system mounted `nosuid,nodev`: `btrfs receive`
+    /// (run as root) recreates the setuid bits and device nodes a stream
+    /// describes, which volmgr does not parse, so only the mount options
+    /// make them harmless. volmgr does not mount btrfs itself; the operator
+    /// does, and is told here.
+    fn refuse_unsafe_mount(&self) -> Result<(), ProviderError> {
+        let flags = crate::fsutil::mount_flags(&self.root)
+            .map_err(io_err(format!("statvfs {}", self.root.display())))?;
+        let missing: Vec<&str> = [(libc::ST_NOSUID, "nosuid"), (libc::ST_NODEV, "nodev")]
+            .into_iter()
+            .filter(|(bit, _)| flags & bit == 0)
+            .map(|(_, name)| name)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ProviderError::InvalidConfig(format!(
+            "the btrfs file system holding {} is mounted without {}: a received stream could \
+             plant setuid executables or device nodes; remount it with -o nosuid,nodev",
+            self.root.display(),
+            missing.join(",")
+        )))
     }
 
     /// Builds the provider from its journaled configuration.
@@ -542,33 +537,35 @@ impl BtrfsProvider {
         for p in paths {
             cmd = cmd.path_arg(p)?;
         }
-        let mut delay = Duration::from_millis(20);
-        for attempt in 1..=BUSY_ATTEMPTS {
-            match cmd.run() {
-                Ok(_) => return Ok(()),
-                Err(ProviderError::Command { stderr, .. })
-                    if stderr.contains("busy") || stderr.contains("not permitted") =>
-                {
-                    if attempt == BUSY_ATTEMPTS || !stderr.contains("busy") {
-                        return Err(ProviderError::Busy {
-                            what: paths
-                                .iter()
-                                .map(|p| p.display().to_string())
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            cause: format!(
-                                "{} (after {attempt} attempts; is it mounted, or being sent?)",
-                                stderr.trim()
-                            ),
-                        });
-                    }
-                    std::thread::sleep(delay);
-                    delay *= 2;
+        let busy = |e: &ProviderError| matches!(e, ProviderError::Command { stderr, .. } if stderr.contains("busy"));
+        let still = match fsutil::retry_busy(BUSY_ATTEMPTS, Duration::from_millis(20), busy, || {
+            cmd.run()
+        }) {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(ProviderError::Command { stderr, .. })) if stderr.contains("not permitted") => {
+                fsutil::StillBusy {
+                    last: stderr,
+                    attempts: 1,
                 }
-                Err(e) => return Err(e),
             }
-        }
-        unreachable!("the last attempt returns")
+            Ok(Err(e)) => return Err(e),
+            Err(still) => fsutil::StillBusy {
+                last: stderr_text(&still.last),
+                attempts: still.attempts,
+            },
+        };
+        Err(ProviderError::Busy {
+            what: paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            cause: format!(
+                "{} (after {} attempts; is it mounted, or being sent?)",
+                still.last.trim(),
+                still.attempts
+            ),
+        })
     }
 
     /// Moves `path` into trash (atomically out of the namespace), then
@@ -989,6 +986,7 @@ impl Provider for BtrfsProvider {
     ) -> Result<Created, ProviderError> {
         check_id(target.id)?;
         check_id(spec.id)?;
+        self.refuse_unsafe_mount()?;
         match self.in_place(VolumeKind::Data, target.id) {
             InPlace::Ours { has_vol: true, .. } => {}
             _ => return Err(ProviderError::NotFound(format!("volume {}", target.id))),

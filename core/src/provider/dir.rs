@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! <root>/
+//!   .volmgr/provider         ownership marker of the root (written first)
 //!   data/<id>/               a data volume (its `location`)
 //!   snapshot/<id>/           a snapshot: a read-only copy
 //!   .volmgr/data/<id>        ownership marker of data volume <id>
@@ -13,6 +14,13 @@
 //!   .staging/<op>/           receive staging of operation <op>
 //!   .trash/                  trees being removed (swept when the provider starts)
 //! ```
+//!
+//! The root must be new or empty, or carry the ownership marker (a root made
+//! by an earlier volmgr, with a `.volmgr` directory, is adopted): a
+//! non-empty directory without it is refused, so the provider never sweeps
+//! or lists as its own files it did not create. A root inside the tree of
+//! another provider (any ancestor holding `.volmgr`) is refused too; the
+//! manager also refuses overlapping roots and roots inside volumes.
 //!
 //! Ids are single safe path components (`[A-Za-z0-9._-]`, not starting with
 //! `.` or `-`, at most 128 bytes; the manager's rule, checked again here), so
@@ -194,6 +202,75 @@ pub fn check_id(id: &str) -> Result<(), ProviderError> {
     super::check_id(id)
 }
 
+/// The ownership marker of a provider root: `<root>/.volmgr/provider`.
+const ROOT_MARKER: &str = "provider";
+const ROOT_MARKER_TEXT: &str = "volmgr dir provider root (format 1)\n";
+
+/// Refuses a root that lies inside the tree of a volmgr provider (its root,
+/// a volume, a snapshot, the staging area): any strict ancestor holding a
+/// `.volmgr` directory. Providers and volumes never nest.
+fn refuse_nested_root(root: &Path) -> Result<(), ProviderError> {
+    let mut probe = root.to_path_buf();
+    // Resolve the longest existing prefix, so a symlink cannot hide nesting.
+    while fs::symlink_metadata(&probe).is_err() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let real = fs::canonicalize(&probe).unwrap_or(probe);
+    for ancestor in real.ancestors().chain(root.ancestors()) {
+        if ancestor == root || ancestor == real {
+            continue;
+        }
+        if tree::is_real_dir(&ancestor.join(MARKERS)).unwrap_or(false) {
+            return Err(ProviderError::InvalidConfig(format!(
+                "{CONFIG_ROOT} {} lies inside {}, the tree of another volmgr provider (a volume, \
+                 a snapshot or its state): providers never nest",
+                root.display(),
+                ancestor.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure `root` is ours before anything under it is touched: it carries
+/// our ownership marker, or it is empty (the marker is written first), or it
+/// is a root made by an earlier volmgr (a `.volmgr` directory, adopted).
+/// Anything else is refused: volmgr never takes over, let alone empties, a
+/// directory it did not create.
+fn claim_root(root: &Path) -> Result<(), ProviderError> {
+    let markers = root.join(MARKERS);
+    let marker = markers.join(ROOT_MARKER);
+    if lstat(&marker)?.is_some_and(|md| md.file_type().is_file()) {
+        return Ok(());
+    }
+    let names = tree::sorted_names(root)?;
+    let legacy = tree::is_real_dir(&markers)?;
+    if !names.is_empty() && !legacy {
+        let shown: Vec<String> = names
+            .iter()
+            .take(3)
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        return Err(ProviderError::InvalidConfig(format!(
+            "{CONFIG_ROOT} {} is not empty ({}{}) and carries no volmgr ownership marker \
+             ({MARKERS}/{ROOT_MARKER}): volmgr only uses a new or empty directory",
+            root.display(),
+            shown.join(", "),
+            if names.len() > 3 { ", ..." } else { "" }
+        )));
+    }
+    if !legacy {
+        DirBuilder::new()
+            .mode(0o755)
+            .create(&markers)
+            .map_err(|e| ProviderError::io(format!("creating {}", markers.display()), e))?;
+        sync_dir(root)?;
+    }
+    tree::write_atomic(&markers, ROOT_MARKER, ROOT_MARKER_TEXT.as_bytes())
+}
+
 fn guid_hex(guid: u128) -> String {
     format!("{guid:032x}")
 }
@@ -239,6 +316,7 @@ impl DirProvider {
         if root_str.contains('\0') {
             return Err(invalid("contains NUL"));
         }
+        refuse_nested_root(&root)?;
         match fs::metadata(&root) {
             Ok(md) if md.is_dir() => {}
             Ok(_) => return Err(invalid("not a directory")),
@@ -253,6 +331,7 @@ impl DirProvider {
                 ));
             }
         }
+        claim_root(&root)?;
         let p = DirProvider { root, root_str };
         let mut created = BTreeSet::new();
         for sub in [
@@ -468,6 +547,15 @@ impl DirProvider {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
+            // Only what this provider put there (defence in depth: the root
+            // carries our ownership marker, so the trash is ours anyway).
+            let ours = name
+                .to_str()
+                .is_some_and(|n| n.starts_with("item.") || n.starts_with("staging."));
+            if !ours {
+                tracing::warn!(path = %entry.path().display(), "leaving an entry of the trash that volmgr did not name");
+                continue;
+            }
             if let Some((kind, op, id)) = name.to_str().and_then(Self::parse_item_trash_name)
                 && let Ok(Some(m)) = self.marker(kind, id)
                 && m.op == op

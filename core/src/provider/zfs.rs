@@ -19,7 +19,8 @@
 //! # Layout and tags
 //!
 //! ```text
-//! <dataset>                   mountpoint=none (created if missing)
+//! <dataset>                   mountpoint=none setuid=off devices=off (created if missing; the two
+//!                             are set on an existing one too, and every receive passes them with -o)
 //! <dataset>/data              mountpoint=none
 //! <dataset>/data/<id>         data volume (or fork: a clone), mounted at <workdir>/mnt/data/<id>
 //! <dataset>/data/<src>@<id>   snapshot <id> of data volume <src>
@@ -73,6 +74,7 @@ use super::{
     Created, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError, SendStats,
     Tag, VolumeRef, VolumeSpec,
 };
+use crate::fsutil;
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
 
@@ -86,6 +88,11 @@ pub const CONFIG_POOL_SIZE: &str = "pool_size";
 pub const CONFIG_POOL_NAME: &str = "pool_name";
 /// Default working directory (mounts under `<workdir>/mnt`).
 pub const DEFAULT_WORKDIR: &str = "/var/lib/volmgr/zfs";
+/// Set on the root dataset (so every volume, clone and received dataset
+/// inherits them) and on every receive: no setuid executable and no device
+/// node inside a volume works.
+const SETUID_OFF: &str = "setuid=off";
+const DEVICES_OFF: &str = "devices=off";
 /// Pool size when the state disk's size is unknown.
 pub const FALLBACK_POOL_SIZE: u64 = 100 * 1000 * 1000 * 1000;
 
@@ -470,13 +477,11 @@ impl ZfsProvider {
     fn ensure_root(&self) -> Result<(), ProviderError> {
         for name in [self.dataset.clone(), self.data_root()] {
             if self.list(&name, false)?.is_empty() {
-                let made = Cmd::new("zfs")
-                    .arg("create")
-                    .arg("-p")
-                    .arg("-o")
-                    .arg("mountpoint=none")
-                    .user_arg(&name)?
-                    .run();
+                let mut cmd = Cmd::new("zfs").arg("create").arg("-p");
+                for prop in ["mountpoint=none", SETUID_OFF, DEVICES_OFF] {
+                    cmd = cmd.arg("-o").arg(prop);
+                }
+                let made = cmd.user_arg(&name)?.run();
                 if let Err(e) = made
                     && !stderr_of(&e).contains("already exists")
                 {
@@ -484,6 +489,14 @@ impl ZfsProvider {
                 }
             }
         }
+        // An existing root (made by an earlier version, or by the operator)
+        // gets them too: every dataset below inherits them.
+        Cmd::new("zfs")
+            .arg("set")
+            .arg(SETUID_OFF)
+            .arg(DEVICES_OFF)
+            .user_arg(&self.dataset)?
+            .run()?;
         Ok(())
     }
 
@@ -652,25 +665,16 @@ impl ZfsProvider {
         what: &str,
         mut f: impl FnMut() -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        let mut attempt = 0;
-        loop {
-            match f() {
-                Err(e) if is_busy(&e) => {
-                    attempt += 1;
-                    if attempt >= BUSY_ATTEMPTS {
-                        return Err(ProviderError::Busy {
-                            what: what.to_owned(),
-                            cause: format!(
-                                "{} (still busy after {attempt} attempts: open files, a mount in another namespace, a concurrent receive or a hold)",
-                                stderr_of(&e).trim()
-                            ),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(50 << attempt.min(5)));
-                }
-                other => return other,
-            }
-        }
+        fsutil::retry_busy(BUSY_ATTEMPTS, Duration::from_millis(100), is_busy, &mut f).unwrap_or_else(|still| {
+            Err(ProviderError::Busy {
+                what: what.to_owned(),
+                cause: format!(
+                    "{} (still busy after {} attempts: open files, a mount in another namespace, a concurrent receive or a hold)",
+                    stderr_of(&still.last).trim(),
+                    still.attempts
+                ),
+            })
+        })
     }
 
     /// Mounts filesystem `name` if it is not (bounded retries: a create may
@@ -848,6 +852,9 @@ impl ZfsProvider {
         for p in [P_OWNER, P_VOLUME, P_OP, P_KIND, P_PARENT, P_RECEIVING] {
             cmd = cmd.arg("-x").user_arg(p)?;
         }
+        // Whatever the stream says (a `send -p` stream carries properties),
+        // nothing received runs setuid or opens a device.
+        cmd = cmd.arg("-o").arg(SETUID_OFF).arg("-o").arg(DEVICES_OFF);
         let cmd = cmd.user_arg(tname)?;
         let mut stream = std::io::Cursor::new(head).chain(input);
         if let Err(e) = cmd.run_from(&mut stream) {
