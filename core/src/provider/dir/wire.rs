@@ -1,16 +1,55 @@
 //! The directory provider's transfer stream: encoder (full and incremental)
-//! and the bounded decoder that applies a stream to a staging tree. The format
-//! is specified in the parent module's documentation.
+//! and the bounded decoder that applies a stream to a staging tree.
+//!
+//! # Format (version 1)
+//!
+//! All integers big-endian. Paths are relative, `/`-separated bytes; the empty
+//! path is the volume's root.
+//!
+//! ```text
+//! header   magic "VMGRDIRS" (8) | version u16 = 1 | flags u16 (bit 0: incremental)
+//!          | reserved u32 = 0 | guid u128 (the snapshot's) | base guid u128 (0 if full)
+//! records  tag u8, then:
+//!   'D' directory     path | mode u32            (creates it, or sets its mode)
+//!   'F' regular file  path | mode u32 | len u64 | len bytes of content
+//!   'L' symlink       path | target len u16 | target bytes
+//!   'P' mode change   path | mode u32            (existing file or directory)
+//!   'X' deletion      path                       (whatever is there, recursively)
+//! end      'E' | count u64 (records before it) | crc32 u32 of every byte before it
+//! path     len u16 | bytes
+//! ```
+//!
+//! A full stream carries the whole tree in pre-order (a directory before its
+//! entries, names in byte order). An incremental stream carries, relative to
+//! the base snapshot: new entries in full; files whose size or content differs
+//! (compared byte by byte; timestamps are unreliable after copies) in full; a
+//! `P` record for a file whose only change is its mode; a `D` record for a
+//! directory whose mode changed; changed symlinks; entries whose type changed
+//! (in full: the receiver replaces them); and an `X` record per path present
+//! in the base but not in the snapshot. Modes are the true modes (`0o7777`).
+//!
+//! The receiver trusts nothing: the magic, version, flags and reserved field
+//! must match; a path must be 1..=4096 bytes, relative, without NUL, empty,
+//! `.` or `..` components, and every ancestor must be a real directory of the
+//! tree being built (never a symlink), so nothing is created, changed or
+//! removed outside the staging tree; link targets are 1..=4096 bytes without
+//! NUL (they are stored, never followed); a file declares at most 2^44 bytes
+//! and its content is copied in 128 KiB chunks; a stream holds at most 2^26
+//! records; the end record's count and CRC must hold. Any violation, and any
+//! short read, is a [`ProviderError::Stream`] and the staging area is removed.
+//! The receiver stops reading at the end record (it does not require EOF).
+//!
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::fs;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use super::space::SpaceGuard;
 use super::tree::{self, KEPT_BITS, MAX_DEPTH, Modes, PERM_BITS};
 use crate::fsutil::{Dir, Kind};
-use crate::provider::stream::{CHUNK, HashReader, HashWriter};
-use crate::provider::{ProviderError, SendStats};
+use crate::provider::ProviderError;
+use crate::provider::stream::HashReader;
 
 pub(crate) const MAGIC: &[u8; 8] = b"VMGRDIRS";
 pub(crate) const VERSION: u16 = 1;
@@ -43,382 +82,6 @@ pub const MAX_MODE_EXCEPTION_BYTES: usize = 64 << 20;
 pub(crate) struct Header {
     pub guid: u128,
     pub base: Option<u128>,
-}
-
-fn wio(e: std::io::Error) -> ProviderError {
-    ProviderError::io("writing the stream", e)
-}
-
-struct Enc<'a> {
-    w: HashWriter<BufWriter<&'a mut dyn Write>>,
-    count: u64,
-    buf: Vec<u8>,
-    /// The snapshot's path, for messages.
-    root: &'a Path,
-}
-
-/// A directory being sent: its handle, relative path, names left (reversed).
-struct Frame {
-    dir: Dir,
-    rel: Vec<u8>,
-    left: Vec<Vec<u8>>,
-}
-
-impl<'a> Enc<'a> {
-    fn put(&mut self, b: &[u8]) -> Result<(), ProviderError> {
-        self.w.write_all(b).map_err(wio)
-    }
-
-    fn err(&self, what: &str, rel: &[u8], e: std::io::Error) -> ProviderError {
-        ProviderError::io(format!("{what} {}", tree::shown_in(self.root, rel)), e)
-    }
-
-    fn record(&mut self, tag: u8, rel: &[u8]) -> Result<(), ProviderError> {
-        if rel.len() > MAX_PATH {
-            return Err(ProviderError::Other(format!(
-                "cannot send {}: path longer than {MAX_PATH} bytes",
-                tree::show(rel)
-            )));
-        }
-        self.count += 1;
-        self.put(&[tag])?;
-        self.put(&(rel.len() as u16).to_be_bytes())?;
-        self.put(rel)
-    }
-
-    fn dir(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
-        self.record(TAG_DIR, rel)?;
-        self.put(&mode.to_be_bytes())
-    }
-
-    fn perm(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
-        self.record(TAG_PERM, rel)?;
-        self.put(&mode.to_be_bytes())
-    }
-
-    fn delete(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
-        self.record(TAG_DELETE, rel)
-    }
-
-    fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
-        if target.len() > MAX_LINK {
-            return Err(ProviderError::Other(format!(
-                "cannot send {}: link target longer than {MAX_LINK} bytes",
-                tree::shown_in(self.root, rel)
-            )));
-        }
-        self.record(TAG_LINK, rel)?;
-        self.put(&(target.len() as u16).to_be_bytes())?;
-        self.put(target)
-    }
-
-    /// A file record with the content of the open file `f` (`len` bytes, as
-    /// `fstat` said when it was opened).
-    fn file(&mut self, rel: &[u8], mode: u32, f: &mut File, len: u64) -> Result<(), ProviderError> {
-        self.record(TAG_FILE, rel)?;
-        self.put(&mode.to_be_bytes())?;
-        self.put(&len.to_be_bytes())?;
-        if self.buf.is_empty() {
-            self.buf = vec![0u8; CHUNK];
-        }
-        let mut left = len;
-        while left > 0 {
-            let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
-            let n = f
-                .read(&mut self.buf[..want])
-                .map_err(|e| self.err("reading", rel, e))?;
-            if n == 0 {
-                return Err(ProviderError::Other(format!(
-                    "{} shrank while being sent",
-                    tree::shown_in(self.root, rel)
-                )));
-            }
-            self.w.write_all(&self.buf[..n]).map_err(wio)?;
-            left -= n as u64;
-        }
-        Ok(())
-    }
-
-    /// Sends entry `name` of `parent` (at `rel`), in full; a directory is
-    /// returned open for the caller to walk.
-    fn entry(
-        &mut self,
-        parent: &Dir,
-        name: &[u8],
-        rel: &[u8],
-        modes: &Modes,
-    ) -> Result<Option<Dir>, ProviderError> {
-        let st = parent
-            .stat_at(name)
-            .map_err(|e| self.err("examining", rel, e))?
-            .ok_or_else(|| {
-                ProviderError::Other(format!(
-                    "{} vanished while being sent",
-                    tree::shown_in(self.root, rel)
-                ))
-            })?;
-        match st.kind {
-            Kind::Dir => {
-                let d = parent
-                    .open_dir(name)
-                    .map_err(|e| self.err("opening directory", rel, e))?;
-                let st = d.stat().map_err(|e| self.err("examining", rel, e))?;
-                self.dir(rel, modes.true_mode(rel, st.mode))?;
-                Ok(Some(d))
-            }
-            Kind::File => {
-                let (mut f, st) = parent
-                    .open_file(name)
-                    .map_err(|e| self.err("opening", rel, e))?;
-                self.file(rel, modes.true_mode(rel, st.mode), &mut f, st.len)?;
-                Ok(None)
-            }
-            Kind::Symlink => {
-                let target = parent
-                    .read_link(name)
-                    .map_err(|e| self.err("reading link", rel, e))?;
-                self.link(rel, &target)?;
-                Ok(None)
-            }
-            other => Err(tree::unsupported(&tree::shown_in(self.root, rel), other)),
-        }
-    }
-
-    fn frame(&self, dir: Dir, rel: Vec<u8>, depth: usize) -> Result<Frame, ProviderError> {
-        if depth >= MAX_DEPTH {
-            return Err(tree::too_deep(&tree::shown_in(self.root, &rel)));
-        }
-        let mut left = dir.names().map_err(|e| self.err("listing", &rel, e))?;
-        left.reverse();
-        Ok(Frame { dir, rel, left })
-    }
-
-    /// Sends everything under the open directory `dir` (at `rel`), in full.
-    fn walk(&mut self, dir: Dir, rel: Vec<u8>, modes: &Modes) -> Result<(), ProviderError> {
-        let base_depth = rel.split(|&b| b == b'/').count();
-        let mut stack = vec![self.frame(dir, rel, base_depth)?];
-        while let Some(frame) = stack.last_mut() {
-            let Some(name) = frame.left.pop() else {
-                stack.pop();
-                continue;
-            };
-            let rel = tree::child(&frame.rel, &name);
-            if let Some(d) = self.entry(&frame.dir, &name, &rel, modes)? {
-                let depth = base_depth + stack.len();
-                stack.push(self.frame(d, rel, depth)?);
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends entry `name` of `parent` and everything under it, in full.
-    fn subtree(
-        &mut self,
-        parent: &Dir,
-        name: &[u8],
-        rel: Vec<u8>,
-        modes: &Modes,
-    ) -> Result<(), ProviderError> {
-        match self.entry(parent, name, &rel, modes)? {
-            Some(d) => self.walk(d, rel, modes),
-            None => Ok(()),
-        }
-    }
-
-    /// Sends what changed from `base` to `snap`, both open snapshot roots.
-    fn diff(
-        &mut self,
-        snap: Dir,
-        smodes: &Modes,
-        base: Dir,
-        bmodes: &Modes,
-    ) -> Result<(), ProviderError> {
-        let mut stack: Vec<(Dir, Dir, Vec<u8>)> = vec![(snap, base, Vec::new())];
-        while let Some((sd, bd, rel)) = stack.pop() {
-            let s_names = sd.names().map_err(|e| self.err("listing", &rel, e))?;
-            let b_names = bd
-                .names()
-                .map_err(|e| self.err("listing the base of", &rel, e))?;
-            let (mut i, mut j) = (0, 0);
-            let mut dirs = Vec::new();
-            while i < s_names.len() || j < b_names.len() {
-                let order = match (s_names.get(i), b_names.get(j)) {
-                    (Some(s), Some(b)) => s.cmp(b),
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, _) => std::cmp::Ordering::Greater,
-                };
-                match order {
-                    std::cmp::Ordering::Less => {
-                        let c = tree::child(&rel, &s_names[i]);
-                        self.subtree(&sd, &s_names[i], c, smodes)?;
-                        i += 1;
-                    }
-                    std::cmp::Ordering::Greater => {
-                        self.delete(&tree::child(&rel, &b_names[j]))?;
-                        j += 1;
-                    }
-                    std::cmp::Ordering::Equal => {
-                        let name = &s_names[i];
-                        let c = tree::child(&rel, name);
-                        i += 1;
-                        j += 1;
-                        if let Some(pair) = self.changed(&sd, &bd, name, &c, smodes, bmodes)? {
-                            if rel.split(|&b| b == b'/').count() + stack.len() + dirs.len()
-                                >= MAX_DEPTH
-                            {
-                                return Err(tree::too_deep(&tree::shown_in(self.root, &c)));
-                            }
-                            dirs.push((pair.0, pair.1, c));
-                        }
-                    }
-                }
-            }
-            stack.extend(dirs.into_iter().rev());
-        }
-        Ok(())
-    }
-
-    /// Sends what changed in entry `name`, present in both trees; two
-    /// directories are returned open for the caller to compare.
-    fn changed(
-        &mut self,
-        sd: &Dir,
-        bd: &Dir,
-        name: &[u8],
-        c: &[u8],
-        smodes: &Modes,
-        bmodes: &Modes,
-    ) -> Result<Option<(Dir, Dir)>, ProviderError> {
-        let vanished = |what: &str| {
-            ProviderError::Other(format!(
-                "{what} {} vanished while being sent",
-                tree::shown_in(self.root, c)
-            ))
-        };
-        let sst = sd
-            .stat_at(name)
-            .map_err(|e| self.err("examining", c, e))?
-            .ok_or_else(|| vanished("snapshot entry"))?;
-        let bst = bd
-            .stat_at(name)
-            .map_err(|e| self.err("examining the base of", c, e))?
-            .ok_or_else(|| vanished("base entry"))?;
-        match (sst.kind, bst.kind) {
-            (Kind::Dir, Kind::Dir) => {
-                let s = sd.open_dir(name).map_err(|e| self.err("opening", c, e))?;
-                let b = bd
-                    .open_dir(name)
-                    .map_err(|e| self.err("opening the base of", c, e))?;
-                let smode =
-                    smodes.true_mode(c, s.stat().map_err(|e| self.err("examining", c, e))?.mode);
-                let bmode = bmodes.true_mode(
-                    c,
-                    b.stat()
-                        .map_err(|e| self.err("examining the base of", c, e))?
-                        .mode,
-                );
-                if smode != bmode {
-                    self.dir(c, smode)?;
-                }
-                Ok(Some((s, b)))
-            }
-            (Kind::File, Kind::File) => {
-                let (mut sf, sst) = sd.open_file(name).map_err(|e| self.err("opening", c, e))?;
-                let (mut bf, bst) = bd
-                    .open_file(name)
-                    .map_err(|e| self.err("opening the base of", c, e))?;
-                let smode = smodes.true_mode(c, sst.mode);
-                let bmode = bmodes.true_mode(c, bst.mode);
-                let same = sst.len == bst.len
-                    && tree::same_content(&mut sf, &mut bf)
-                        .map_err(|e| self.err("comparing", c, e))?;
-                if !same {
-                    sf.seek(SeekFrom::Start(0))
-                        .map_err(|e| self.err("rewinding", c, e))?;
-                    self.file(c, smode, &mut sf, sst.len)?;
-                } else if smode != bmode {
-                    self.perm(c, smode)?;
-                }
-                Ok(None)
-            }
-            (Kind::Symlink, Kind::Symlink) => {
-                let st = sd
-                    .read_link(name)
-                    .map_err(|e| self.err("reading link", c, e))?;
-                let bt = bd
-                    .read_link(name)
-                    .map_err(|e| self.err("reading the base's link", c, e))?;
-                if st != bt {
-                    self.link(c, &st)?;
-                }
-                Ok(None)
-            }
-            // The type changed: the receiver replaces the entry.
-            _ => {
-                self.subtree(sd, name, c.to_vec(), smodes)?;
-                Ok(None)
-            }
-        }
-    }
-}
-
-/// Writes a stream of the snapshot tree `snap` (identity `guid`), in full or,
-/// with `base`, incremental from it. Both trees are walked by handle.
-pub(crate) fn send(
-    snap: &Path,
-    smodes: &Modes,
-    guid: u128,
-    base: Option<(&Path, &Modes, u128)>,
-    out: &mut dyn Write,
-) -> Result<SendStats, ProviderError> {
-    let open = |p: &Path| {
-        Dir::open(p).map_err(|e| ProviderError::io(format!("opening {}", p.display()), e))
-    };
-    let sdir = open(snap)?;
-    let mut enc = Enc {
-        w: HashWriter::new(BufWriter::with_capacity(CHUNK, out)),
-        count: 0,
-        buf: Vec::new(),
-        root: snap,
-    };
-    let flags = if base.is_some() { FLAG_INCREMENTAL } else { 0 };
-    enc.put(MAGIC)?;
-    enc.put(&VERSION.to_be_bytes())?;
-    enc.put(&flags.to_be_bytes())?;
-    enc.put(&0u32.to_be_bytes())?;
-    enc.put(&guid.to_be_bytes())?;
-    enc.put(&base.map_or(0, |b| b.2).to_be_bytes())?;
-    let smode = smodes.true_mode(
-        b"",
-        sdir.stat().map_err(|e| enc.err("examining", b"", e))?.mode,
-    );
-    match base {
-        None => {
-            enc.dir(b"", smode)?;
-            enc.walk(sdir, Vec::new(), smodes)?;
-        }
-        Some((bpath, bmodes, _)) => {
-            let bdir = open(bpath)?;
-            let bst = bdir
-                .stat()
-                .map_err(|e| ProviderError::io(format!("examining {}", bpath.display()), e))?;
-            if smode != bmodes.true_mode(b"", bst.mode) {
-                enc.dir(b"", smode)?;
-            }
-            enc.diff(sdir, smodes, bdir, bmodes)?;
-        }
-    }
-    let count = enc.count;
-    enc.put(&[TAG_END])?;
-    enc.put(&count.to_be_bytes())?;
-    let crc = enc.w.crc();
-    enc.w.write_unhashed(&crc.to_be_bytes()).map_err(wio)?;
-    enc.w.flush().map_err(wio)?;
-    Ok(SendStats {
-        bytes: enc.w.bytes(),
-        incremental: base.is_some(),
-        resumed: false,
-    })
 }
 
 fn bad(msg: String) -> ProviderError {
@@ -719,79 +382,6 @@ impl Apply<'_> {
     }
 }
 
-/// Keeps a receive from filling its file system: before each entry, the
-/// free inodes (every [`SPACE_CHECK_EVERY`] entries) and, for file content,
-/// the free bytes are checked against what the entry needs plus a reserve of
-/// 2% of the file system (at least [`MIN_RESERVE_INODES`] inodes), so a
-/// hostile stream is refused with [`ProviderError::NoSpace`] instead of
-/// leaving the host's disk full.
-pub(crate) struct SpaceGuard {
-    dir: Dir,
-    since_check: u32,
-    /// Entries and content bytes the stream staged so far.
-    pub(crate) entries: u64,
-    pub(crate) bytes: u64,
-}
-
-/// Entries between two inode checks (a file's content is checked every time).
-pub const SPACE_CHECK_EVERY: u32 = 64;
-/// Least number of inodes a receive leaves free.
-pub const MIN_RESERVE_INODES: u64 = 2 * SPACE_CHECK_EVERY as u64;
-
-impl SpaceGuard {
-    pub(crate) fn new(dir: Dir) -> Self {
-        SpaceGuard {
-            dir,
-            since_check: SPACE_CHECK_EVERY,
-            entries: 0,
-            bytes: 0,
-        }
-    }
-
-    /// Checks that `entries` more entries holding `bytes` more bytes fit,
-    /// leaving the reserve free.
-    pub(crate) fn check(&self, what: &str, entries: u64, bytes: u64) -> Result<(), ProviderError> {
-        let sp = self
-            .dir
-            .space()
-            .map_err(|e| ProviderError::io("examining free space", e))?;
-        let reserve_bytes = sp.total_bytes / 50;
-        if sp.free_bytes < bytes.saturating_add(reserve_bytes) {
-            return Err(ProviderError::NoSpace {
-                what: what.to_owned(),
-                detail: format!(
-                    "{bytes} more bytes needed, {} free, {reserve_bytes} kept in reserve",
-                    sp.free_bytes
-                ),
-            });
-        }
-        if let (Some(free), Some(total)) = (sp.free_inodes, sp.total_inodes) {
-            let reserve = (total / 50).max(MIN_RESERVE_INODES);
-            if free < entries.saturating_add(reserve) {
-                return Err(ProviderError::NoSpace {
-                    what: what.to_owned(),
-                    detail: format!(
-                        "{entries} more inodes needed, {free} free, {reserve} kept in reserve"
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Before one more entry with `len` bytes of content.
-    fn entry(&mut self, len: u64) -> Result<(), ProviderError> {
-        self.entries += 1;
-        self.bytes = self.bytes.saturating_add(len);
-        self.since_check += 1;
-        if len > 0 || self.since_check >= SPACE_CHECK_EVERY {
-            self.since_check = 0;
-            self.check("the received stream", u64::from(SPACE_CHECK_EVERY), len)?;
-        }
-        Ok(())
-    }
-}
-
 /// What [`apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Applied {
@@ -901,4 +491,18 @@ pub(crate) fn apply<R: Read>(
             )));
         }
     }
+}
+
+/// Applies a whole stream (header and records) to the existing directory
+/// `dir`, whose content is the base of an incremental stream (a full stream
+/// expects it empty), then sets the entries' true modes. The receiver's
+/// decoder without any provider state (no markers, no snapshot, no swap):
+/// for tools and fuzzing. Returns the number of records applied.
+pub fn apply_stream(input: &mut dyn Read, dir: &Path) -> Result<u64, ProviderError> {
+    let mut r = HashReader::new(input);
+    read_header(&mut r)?;
+    let mut modes = Modes::new(tree::Policy::Staging);
+    let applied = apply(&mut r, dir, &mut modes)?;
+    modes.apply_true_modes(dir, false)?;
+    Ok(applied.records)
 }
