@@ -41,8 +41,8 @@
 //! leaves an untagged directory of its own behind, and a directory without a
 //! marker is foreign (reported with tag `None`, never touched, never destroyed).
 //!
-//! An item is [`Presence::Complete`] only if its marker says `complete` and its
-//! directory exists. A half-made marker is [`Presence::Incomplete`] with a
+//! An item is [`Presence::Complete`](crate::provider::Presence::Complete) only if its marker says `complete` and its
+//! directory exists. A half-made marker is [`Presence::Incomplete`](crate::provider::Presence::Incomplete) with a
 //! reason. A `complete` marker whose directory is gone is left out of the
 //! inventory: the volume is absent (the manager reports it lost; destroying it
 //! removes the marker).
