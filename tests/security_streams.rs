@@ -9,7 +9,6 @@ mod security_support;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
 use std::process::Command;
 
 use security_support::*;
@@ -159,49 +158,6 @@ fn names_the_kernel_refuses_are_a_bad_stream_not_an_internal_error() {
             .next()
             .is_none()
     );
-}
-
-/// A small ext4 on a loop device, unmounted (and its image removed) on drop.
-struct SmallFs {
-    _tmp: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-impl SmallFs {
-    fn new(size_mb: u64, inodes: u64) -> SmallFs {
-        let tmp = tempfile::tempdir().unwrap();
-        let img = tmp.path().join("img");
-        let mnt = tmp.path().join("mnt");
-        fs::create_dir(&mnt).unwrap();
-        fs::File::create(&img)
-            .unwrap()
-            .set_len(size_mb << 20)
-            .unwrap();
-        let ok = |c: &mut Command| {
-            let out = c.output().unwrap();
-            assert!(out.status.success(), "{c:?}: {out:?}");
-        };
-        ok(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-N", &inodes.to_string(), "-m", "0"])
-            .arg(&img));
-        ok(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mnt));
-        SmallFs { _tmp: tmp, mnt }
-    }
-
-    fn free(&self) -> (u64, u64) {
-        let d = volmgr::fsutil::Dir::open(&self.mnt).unwrap();
-        let s = d.space().unwrap();
-        (s.free_bytes, s.free_inodes.unwrap())
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-    }
 }
 
 fn expect_no_space(r: Result<Vol, ProviderError>, what: &str) {

@@ -301,6 +301,45 @@ fn a_tree_deeper_than_the_limit_is_refused_by_snapshot_and_still_destroyed() {
     );
 }
 
+/// Story: a copy makes every hard link a file of its own, so a volume user
+/// can make a snapshot (or a fork) far larger than the volume: one 8 MB file
+/// linked 100 times is 800 MB of copy. The copy checks free space as it
+/// goes and is refused with NoSpace before the disk is full, leaving
+/// nothing behind.
+#[test]
+fn hard_links_cannot_make_a_snapshot_fill_the_disk() {
+    if !have_root("loop-mounted ext4") {
+        return;
+    }
+    let small = SmallFs::new(64, 4096);
+    let p = provider(&small.mnt.join("root"));
+    let v = create(&p, "v");
+    fs::write(v.path().join("big"), vec![3u8; 8 << 20]).unwrap();
+    for i in 0..100 {
+        fs::hard_link(v.path().join("big"), v.path().join(format!("link{i}"))).unwrap();
+    }
+    let (bytes0, inodes0) = small.free();
+    match snapshot(&p, &v, "s") {
+        Err(ProviderError::NoSpace { what, detail }) => {
+            eprintln!("refused: not enough space for {what}: {detail}")
+        }
+        Err(other) => panic!("wanted NoSpace, got {other:?}"),
+        Ok(_) => panic!("an 800 MB copy fit on a 64 MB file system"),
+    }
+    let (bytes1, inodes1) = small.free();
+    assert_eq!(inodes1, inodes0, "the refused snapshot left inodes in use");
+    assert!(
+        bytes1 + (1 << 20) >= bytes0,
+        "space left behind: {bytes0} -> {bytes1}"
+    );
+    assert!(!small.mnt.join("root/snapshot/s").exists());
+    // A snapshot of what fits still works.
+    for i in 0..100 {
+        fs::remove_file(v.path().join(format!("link{i}"))).unwrap();
+    }
+    snapshot(&p, &v, "s").unwrap();
+}
+
 fn dir_config(root: &Path) -> ProviderConfig {
     [("root".to_owned(), root.display().to_string())].into()
 }

@@ -196,3 +196,46 @@ pub fn listing(root: &Path) -> Vec<(PathBuf, u32)> {
     out.sort();
     out
 }
+
+/// A small ext4 on a loop device, unmounted (and its image removed) on drop.
+pub struct SmallFs {
+    _tmp: tempfile::TempDir,
+    pub mnt: PathBuf,
+}
+
+impl SmallFs {
+    pub fn new(size_mb: u64, inodes: u64) -> SmallFs {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("img");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(size_mb << 20)
+            .unwrap();
+        let ok = |c: &mut std::process::Command| {
+            let out = c.output().unwrap();
+            assert!(out.status.success(), "{c:?}: {out:?}");
+        };
+        ok(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-N", &inodes.to_string(), "-m", "0"])
+            .arg(&img));
+        ok(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt));
+        SmallFs { _tmp: tmp, mnt }
+    }
+
+    pub fn free(&self) -> (u64, u64) {
+        let d = volmgr::fsutil::Dir::open(&self.mnt).unwrap();
+        let s = d.space().unwrap();
+        (s.free_bytes, s.free_inodes.unwrap())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+    }
+}

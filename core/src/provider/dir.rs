@@ -491,6 +491,7 @@ impl DirProvider {
             }
         };
         self.copy_into(source.kind, source.id, &src, &m)
+            .map_err(|e| e.or_no_space(&format!("the copy of {}", source.id)))
             .inspect_err(|_| self.discard(kind, spec.id, spec.op))
     }
 }

@@ -1,4 +1,6 @@
-//! The free-space guard of a receive: a hostile stream is refused with
+//! The free-space guard of receives and copies: a hostile stream, or a
+//! volume whose copy would be larger than it looks (a file hard-linked a
+//! thousand times becomes a thousand files), is refused with
 //! [`ProviderError::NoSpace`] before it fills the file system.
 
 use crate::fsutil::Dir;
@@ -66,12 +68,17 @@ impl SpaceGuard {
 
     /// Before one more entry with `len` bytes of content.
     pub(crate) fn entry(&mut self, len: u64) -> Result<(), ProviderError> {
+        self.entry_for("the received stream", len)
+    }
+
+    /// [`Self::entry`] naming `what` in the error.
+    pub(crate) fn entry_for(&mut self, what: &str, len: u64) -> Result<(), ProviderError> {
         self.entries += 1;
         self.bytes = self.bytes.saturating_add(len);
         self.since_check += 1;
         if len > 0 || self.since_check >= SPACE_CHECK_EVERY {
             self.since_check = 0;
-            self.check("the received stream", u64::from(SPACE_CHECK_EVERY), len)?;
+            self.check(what, u64::from(SPACE_CHECK_EVERY), len)?;
         }
         Ok(())
     }

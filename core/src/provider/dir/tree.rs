@@ -18,6 +18,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 pub(crate) use super::modes::{KEPT_BITS, Modes, PERM_BITS, Policy};
+use super::space::SpaceGuard;
 use crate::fsutil::{self, Dir, Kind, Stat};
 use crate::provider::ProviderError;
 use crate::provider::stream::CHUNK;
@@ -404,12 +405,14 @@ pub(crate) fn copy_tree(
         .open_dir(dname)
         .map_err(|e| io_err("opening", dst, e))?;
     let root_stat = sdir.stat().map_err(|e| io_err("examining", src, e))?;
+    let space = SpaceGuard::new(ddir.try_clone().map_err(|e| io_err("opening", dst, e))?);
     let mut copy = TreeCopy {
         src_root: src,
         src_modes,
         dst_modes: Modes::new(dst_policy),
         reflink: true,
         durable,
+        space,
     };
     copy.run(sdir, ddir, src_modes.true_mode(b"", root_stat.mode))?;
     Ok(copy.dst_modes)
@@ -421,6 +424,9 @@ struct TreeCopy<'a> {
     dst_modes: Modes,
     reflink: bool,
     durable: bool,
+    /// Free bytes (where files are byte copies) and inodes, checked as the
+    /// copy goes.
+    space: SpaceGuard,
 }
 
 impl TreeCopy<'_> {
@@ -451,6 +457,12 @@ impl TreeCopy<'_> {
             else {
                 continue;
             };
+            let cost = if st.kind == Kind::File && !self.reflink {
+                st.len
+            } else {
+                0
+            };
+            self.space.entry_for("the copy", cost)?;
             match st.kind {
                 Kind::Dir => {
                     if stack.len() >= MAX_DEPTH {
