@@ -185,6 +185,7 @@ impl From<ManagerError> for ApiError {
                     (S::BAD_REQUEST, "invalid_config", Some("metadata"))
                 }
                 ProviderError::Suspended { .. } => (S::BAD_GATEWAY, "transfer_interrupted", None),
+                ProviderError::NoSpace { .. } => (S::INSUFFICIENT_STORAGE, "no_space", None),
                 _ => (S::INTERNAL_SERVER_ERROR, "provider_failed", None),
             },
             ManagerError::ProviderUnavailable { .. } => {
@@ -235,6 +236,26 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn out_of_space_is_507_naming_what_did_not_fit() {
+        let e = ApiError::from(ManagerError::Provider {
+            provider: "default".into(),
+            error: ProviderError::NoSpace {
+                what: "the receive into t".into(),
+                detail: "needs 400 MB, 12 MB free".into(),
+            },
+        });
+        assert_eq!((e.status.as_u16(), e.code), (507, "no_space"));
+        assert!(
+            e.message
+                .contains("not enough space for the receive into t")
+                && e.message.contains("12 MB free"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.body().code, "unknown_error");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::provider::{ProviderError, SendStats, VolumeSpec};
+use crate::provider::{ProviderError, SendStats, VolumeSpec, volume_id};
 use crate::state::{Action, DETAIL_GUID, Done, Meta, State, Volume, VolumeKind, VolumeStatus};
 use crate::validate;
 
@@ -56,13 +56,15 @@ impl Manager {
         let provider = self.inner.provider(&snapshot.provider)?;
         let token = token.to_owned();
         let provider_id = snapshot.provider.clone();
-        tokio::task::spawn_blocking(move || provider.resume_fits(&volume_ref(&snapshot), &token))
-            .await
-            .map_err(|e| ManagerError::Internal(e.to_string()))?
-            .map_err(|error| ManagerError::Provider {
-                provider: provider_id,
-                error,
-            })
+        tokio::task::spawn_blocking(move || {
+            volume_ref(&snapshot).and_then(|r| provider.resume_fits(&r, &token))
+        })
+        .await
+        .map_err(|e| ManagerError::Internal(e.to_string()))?
+        .map_err(|error| ManagerError::Provider {
+            provider: provider_id,
+            error,
+        })
     }
 
     /// As [`Manager::send_snapshot`], but if the receiver hands back the
@@ -109,18 +111,15 @@ impl Manager {
                 tx,
                 buf: Vec::new(),
             };
-            let snap = volume_ref(&snapshot);
+            let snap = volume_ref(&snapshot)?;
+            let base = base.as_ref().map(volume_ref).transpose()?;
             let resumed = match resume_token {
                 Some(token) => provider.send_resumed(&snap, &token, &mut writer)?,
                 None => None,
             };
             let stats = match resumed {
                 Some(stats) => stats,
-                None => provider.send_snapshot(
-                    &snap,
-                    base.as_ref().map(volume_ref).as_ref(),
-                    &mut writer,
-                )?,
+                None => provider.send_snapshot(&snap, base.as_ref(), &mut writer)?,
             };
             std::io::Write::flush(&mut writer).map_err(|e| ProviderError::io("send", e))?;
             Ok::<_, ProviderError>(stats)
@@ -164,10 +163,9 @@ impl Manager {
         let provider = self.inner.provider(&snapshot.provider)?;
         let provider_id = snapshot.provider.clone();
         tokio::task::spawn_blocking(move || {
-            provider.send_size(
-                &volume_ref(&snapshot),
-                base.as_ref().map(volume_ref).as_ref(),
-            )
+            let snap = volume_ref(&snapshot)?;
+            let base = base.as_ref().map(volume_ref).transpose()?;
+            provider.send_size(&snap, base.as_ref())
         })
         .await
         .map_err(|e| ManagerError::Internal(e.to_string()))?
@@ -224,7 +222,7 @@ impl Manager {
             inner
                 .run(claim, action, &provider_id, move |op| {
                     let spec = VolumeSpec {
-                        id: &sid,
+                        id: volume_id(&sid)?,
                         op,
                         kind: VolumeKind::Snapshot,
                     };
@@ -233,8 +231,8 @@ impl Manager {
                         buf: Vec::new(),
                         pos: 0,
                     };
-                    let received =
-                        provider.receive_snapshot(&volume_ref(&target), &spec, &mut reader);
+                    let received = volume_ref(&target)
+                        .and_then(|r| provider.receive_snapshot(&r, &spec, &mut reader));
                     undo_on_error(provider.as_ref(), &spec, received)
                 })
                 .await?;
@@ -302,7 +300,7 @@ impl Manager {
             let provider_id = target.provider.clone();
             inner
                 .run(claim, action, &provider_id, move |_op| {
-                    provider.abort_receive(&volume_ref(&target))?;
+                    provider.abort_receive(&volume_ref(&target)?)?;
                     Ok(Done::default())
                 })
                 .await
