@@ -267,6 +267,54 @@ async fn a_pull_reports_the_stream_size_the_source_announces() {
     agent.shutdown().await;
 }
 
+/// The directory provider announces the exact size of a full stream (a
+/// walk of the snapshot's metadata), and none for an incremental one.
+#[tokio::test]
+async fn a_full_pull_from_the_directory_provider_announces_its_exact_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("volumes").to_str().unwrap().to_owned();
+    let config = volmgr::manager::ManagerConfig {
+        default_provider: Some(Box::new(move || {
+            Ok((
+                "dir".into(),
+                [("root".to_owned(), root)].into_iter().collect(),
+            ))
+        })),
+        ..volmgr::manager::ManagerConfig::default()
+    };
+    let agent = TestAgent::open(dir.path(), config, ServeOptions::default()).await;
+    let c = &agent.client;
+    let v = c
+        .create_volume("default", Some("v"), Default::default())
+        .await
+        .unwrap();
+    let at = std::path::Path::new(&v.location);
+    std::fs::create_dir_all(at.join("a/b")).unwrap();
+    std::fs::write(at.join("a/b/big"), vec![9u8; 1 << 20]).unwrap();
+    std::fs::write(at.join("small"), b"x").unwrap();
+    std::fs::write(at.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("a/b/big", at.join("link")).unwrap();
+    let s1 = c.snapshot("v", Default::default()).await.unwrap();
+    c.create_volume("default", Some("t"), Default::default())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let done = c
+        .pull_with_progress("t", PullFrom::Host("self"), &s1.id, |p| seen.push(p))
+        .await
+        .unwrap();
+    assert_eq!(seen.last().unwrap().total, Some(done.bytes), "{seen:?}");
+    // Incremental: no size announced.
+    std::fs::write(at.join("small"), b"changed").unwrap();
+    let s2 = c.snapshot("v", Default::default()).await.unwrap();
+    let mut seen = Vec::new();
+    c.pull_with_progress("t", PullFrom::Host("self"), &s2.id, |p| seen.push(p))
+        .await
+        .unwrap();
+    assert!(seen.iter().all(|p| p.total.is_none()), "{seen:?}");
+    agent.shutdown().await;
+}
+
 #[tokio::test]
 async fn destroy_recursive_takes_the_snapshots_along_and_refuses_when_forks_depend() {
     let dir = tempfile::tempdir().unwrap();
