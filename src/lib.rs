@@ -11,3 +11,4 @@ pub use volmgr_core::{journal, manager, provider, reconcile, state, storage, val
 
 pub mod agent;
 pub mod cli;
+pub mod csi;

@@ -23,6 +23,7 @@ pub enum JournalSays {
     PendingAddProvider,
     PendingAdopt,
     PendingAbortReceive,
+    PendingSetAttributes,
     Live,
     Lost,
     /// An orphan noted earlier.
@@ -69,6 +70,9 @@ pub enum Resolution {
     KeepResumable,
     /// Discard the target's partial receive (again), then Done.
     AbortReceiveThenDone,
+    /// Apply the pending attributes again (idempotent), then Done (Failed
+    /// if the provider refuses).
+    ReapplyThenDone,
     /// Report only; never touch, never journal.
     Ignore,
 }
@@ -169,6 +173,24 @@ pub const TABLE: &[Row] = &[
         R::AbortReceiveThenDone,
     ),
     row(
+        Case::AttributesReapplied,
+        J::PendingSetAttributes,
+        P::Complete,
+        R::ReapplyThenDone,
+    ),
+    row(
+        Case::AttributesReapplied,
+        J::PendingSetAttributes,
+        P::HalfMade,
+        R::ReapplyThenDone,
+    ),
+    row(
+        Case::AttributesInterrupted,
+        J::PendingSetAttributes,
+        P::Absent,
+        R::FailInterrupted,
+    ),
+    row(
         Case::ProviderAddInterrupted,
         J::PendingAddProvider,
         P::Any,
@@ -227,6 +249,7 @@ pub fn provider_of(state: &State, action: &Action) -> Option<String> {
         Action::CreateSnapshot { source, .. } => of(source),
         Action::ForkVolume { snapshot, .. } => of(snapshot),
         Action::ReceiveSnapshot { target, .. } | Action::AbortReceive { target } => of(target),
+        Action::SetAttributes { volume, .. } => of(volume),
     }
 }
 
@@ -336,6 +359,18 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
                 claimed.push(new);
                 let f = by_volume(new).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
                 push(J::PendingDerived, f, Some(p.op), Some(new), None, what)
+            }
+            Action::SetAttributes { volume, .. } => {
+                claimed.push(volume);
+                let f = by_volume(volume);
+                push(
+                    J::PendingSetAttributes,
+                    f,
+                    Some(p.op),
+                    Some(volume),
+                    None,
+                    what,
+                )
             }
             Action::AbortReceive { target } => {
                 let f = by_volume(target);

@@ -35,6 +35,13 @@ pub const DETAIL_RESUME_GUID: &str = "resume-guid";
 /// (copied from the receive's [`META_PULL_SOURCE`], [`META_PULL_SNAPSHOT`]).
 pub const DETAIL_RESUME_SOURCE: &str = "resume-source";
 pub const DETAIL_RESUME_SNAPSHOT: &str = "resume-snapshot";
+/// Detail key of a data volume's capacity in bytes, where its provider
+/// enforces one (ZFS `refquota`, a btrfs qgroup limit). Absent: unlimited
+/// (bounded by the provider's free space only).
+pub const DETAIL_CAPACITY: &str = "capacity-bytes";
+/// Prefix of the detail keys recording a data volume's provider options
+/// (`option.compression`).
+pub const DETAIL_OPTION_PREFIX: &str = "option.";
 /// Meta keys a pull puts on its receive (and so on the received snapshot):
 /// where the stream comes from, so an interrupted pull can be resumed.
 pub const META_PULL_SOURCE: &str = "pull-source";
@@ -138,6 +145,15 @@ pub enum Action {
     AbortReceive {
         target: String,
     },
+    /// Set data volume `volume`'s enforced capacity (when `Some`) and
+    /// provider options (such as ZFS `compression`): a new volume's, or an
+    /// expansion. Done: the volume's details record them
+    /// ([`DETAIL_CAPACITY`], `option.<key>`).
+    SetAttributes {
+        volume: String,
+        capacity_bytes: Option<u64>,
+        options: BTreeMap<String, String>,
+    },
 }
 
 impl Action {
@@ -152,6 +168,7 @@ impl Action {
             Action::AdoptOrphan { .. } => "adopt-orphan",
             Action::DestroyOrphan { .. } => "destroy-orphan",
             Action::AbortReceive { .. } => "abort-receive",
+            Action::SetAttributes { .. } => "set-attributes",
         }
     }
 
@@ -185,6 +202,7 @@ impl Action {
                 vec![volume]
             }
             Action::AbortReceive { target } => vec![target],
+            Action::SetAttributes { volume, .. } => vec![volume],
         }
     }
 }
@@ -231,6 +249,10 @@ pub enum Case {
     AdoptInterrupted,
     ReceiveSuspended,
     AbortReceiveFinished,
+    /// A pending set-attributes whose volume is there: applied again, Done.
+    AttributesReapplied,
+    /// A pending set-attributes whose volume is gone: Failed.
+    AttributesInterrupted,
 }
 
 impl Case {
@@ -252,6 +274,8 @@ impl Case {
             Case::AdoptInterrupted => "adopt-interrupted",
             Case::ReceiveSuspended => "receive-suspended",
             Case::AbortReceiveFinished => "abort-receive-finished",
+            Case::AttributesReapplied => "attributes-reapplied",
+            Case::AttributesInterrupted => "attributes-interrupted",
         }
     }
 }
@@ -571,6 +595,25 @@ impl State {
                 return Ok(Vec::new());
             }
             Action::AbortReceive { .. } => return Ok(Vec::new()),
+            Action::SetAttributes {
+                volume,
+                capacity_bytes,
+                options,
+            } => {
+                let v = self
+                    .volumes
+                    .get_mut(volume)
+                    .ok_or_else(|| format!("set-attributes of unknown volume {volume}"))?;
+                if let Some(bytes) = capacity_bytes {
+                    v.details
+                        .insert(DETAIL_CAPACITY.to_owned(), bytes.to_string());
+                }
+                for (key, value) in options {
+                    v.details
+                        .insert(format!("{DETAIL_OPTION_PREFIX}{key}"), value.clone());
+                }
+                return Ok(Vec::new());
+            }
             Action::CreateVolume {
                 provider,
                 volume,

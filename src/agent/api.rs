@@ -67,6 +67,10 @@ pub struct VolumeInfo {
     /// Provider facts (a snapshot's `guid`, its identity in transfers).
     #[serde(default)]
     pub details: StringMap,
+    /// The enforced capacity in bytes (ZFS refquota, btrfs qgroup limit);
+    /// absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
 }
 
 impl From<&Volume> for VolumeInfo {
@@ -87,6 +91,10 @@ impl From<&Volume> for VolumeInfo {
                 VolumeStatus::Lost => Status::Lost,
             },
             details: v.details.clone(),
+            capacity_bytes: v
+                .details
+                .get(crate::state::DETAIL_CAPACITY)
+                .and_then(|c| c.parse().ok()),
         }
     }
 }
@@ -128,6 +136,10 @@ pub struct CreateVolumeRequest {
     pub id: Option<String>,
     #[serde(default)]
     pub meta: StringMap,
+    /// A capacity to enforce, in bytes (providers that enforce capacity:
+    /// zfs, btrfs; others answer 400 `invalid_input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
 }
 
 /// `PUT /storage/volumes/{id}/snapshot` (the body is optional).

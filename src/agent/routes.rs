@@ -189,9 +189,24 @@ async fn create_volume(
     let req: CreateVolumeRequest = body.json_or_default()?;
     note("create", req.id.as_deref().unwrap_or(""));
     let manager = shared.manager()?;
-    let v = manager
-        .create_volume(&provider, req.id.as_deref(), req.meta)
-        .await?;
+    let v = match req.capacity_bytes {
+        None => {
+            manager
+                .create_volume(&provider, req.id.as_deref(), req.meta)
+                .await?
+        }
+        Some(bytes) => {
+            manager
+                .create_volume_with(
+                    &provider,
+                    req.id.as_deref(),
+                    req.meta,
+                    Some(bytes),
+                    Default::default(),
+                )
+                .await?
+        }
+    };
     note("create", &v.id);
     Ok(Json(VolumeInfo::from(&v)))
 }

@@ -18,12 +18,14 @@
 //! `write_path` (claims, the intent → effect → outcome path and the reorder
 //! buffer).
 
+mod attributes;
 mod config;
 mod recovery;
 mod transfer;
 mod verbs;
 mod write_path;
 
+pub use attributes::ProviderTraits;
 pub use config::{
     DEFAULT_PROVIDER_ID, DefaultProviderFactory, ManagerConfig, ManagerError, ManagerStats,
     ReconcileReport,

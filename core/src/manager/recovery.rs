@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{Manager, ManagerError, ReconcileReport, done, found_ref, now_ms, volume_ref};
 use crate::provider::Provider;
 use crate::reconcile::{self, Resolution};
-use crate::state::{Done, Effect, OpResult, Record, State, VolumeKind};
+use crate::state::{Action, Done, Effect, OpResult, Record, State, VolumeKind};
 
 impl Manager {
     /// Runs reconciliation for every available provider (and provider-less
@@ -202,6 +202,29 @@ fn resolve(
             match result {
                 Some(Ok(())) | None => OpResult::Done(Done::default()),
                 Some(Err(e)) => interrupted(format!("abort-receive during recovery failed: {e}")),
+            }
+        }
+        Resolution::ReapplyThenDone => {
+            let vol = d.volume.as_deref().unwrap_or_default();
+            let result = match (pending.map(|p| &p.action), state.volumes.get(vol), provider) {
+                (
+                    Some(Action::SetAttributes {
+                        capacity_bytes,
+                        options,
+                        ..
+                    }),
+                    Some(v),
+                    Some(p),
+                ) => capacity_bytes
+                    .map_or(Ok(()), |bytes| p.set_capacity(&volume_ref(v), bytes))
+                    .and_then(|()| p.set_volume_options(&volume_ref(v), options)),
+                _ => Err(crate::provider::ProviderError::Other(
+                    "nothing to apply the attributes to".into(),
+                )),
+            };
+            match result {
+                Ok(()) => OpResult::Done(Done::default()),
+                Err(e) => interrupted(format!("set-attributes during recovery failed: {e}")),
             }
         }
         Resolution::UndoThenFail => {
