@@ -523,7 +523,7 @@ impl proto::controller_server::Controller for Controller {
         &self,
         request: Request<ControllerExpandVolumeRequest>,
     ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
-        let m = self.plugin.manager()?;
+        self.plugin.manager()?;
         let r = request.into_inner();
         checks::volume_id(&r.volume_id)?;
         let Some(range) = r.capacity_range.as_ref() else {
@@ -533,7 +533,6 @@ impl proto::controller_server::Controller for Controller {
         if let Some(cap) = &r.volume_capability {
             checks::capability(cap)?;
         }
-        let _ = m;
         let capacity_bytes = self.expand(&r.volume_id, requested).await?;
         Ok(Response::new(ControllerExpandVolumeResponse {
             capacity_bytes,
