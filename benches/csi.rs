@@ -76,7 +76,9 @@ async fn run() {
         })),
         ..ManagerConfig::default()
     };
-    let manager = Manager::open(dir.path().join("state"), config).await.unwrap();
+    let manager = Manager::open(dir.path().join("state"), config)
+        .await
+        .unwrap();
 
     let stop = CancellationToken::new();
     let socket = dir.path().join("csi.sock");
@@ -94,7 +96,10 @@ async fn run() {
     let grpc = CsiClients::connect(&socket).await.unwrap();
     let client = Client::new(&url, None).unwrap();
     println!("csi bench: {pairs} create+delete pairs per case, dir provider under {base}");
-    println!("{:>11} {:>14} {:>14}", "concurrency", "gRPC pairs/s", "HTTP pairs/s");
+    println!(
+        "{:>11} {:>14} {:>14}",
+        "concurrency", "gRPC pairs/s", "HTTP pairs/s"
+    );
     for concurrency in [1usize, 16] {
         let g = grpc.clone();
         let grpc_rate = measure(concurrency, pairs, move |name: String| {

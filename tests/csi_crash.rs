@@ -234,7 +234,11 @@ async fn creates_killed_mid_flight_and_retried_by_name_happen_exactly_once() {
         assert_eq!(vset, expected_volumes, "volumes after kill {k}");
         assert_eq!(sset, expected_snapshots, "snapshots after kill {k}");
         // The provider holds exactly those: no duplicate, no orphan.
-        assert_eq!(entries(&root.join("data")), expected_volumes, "data dirs after kill {k}");
+        assert_eq!(
+            entries(&root.join("data")),
+            expected_volumes,
+            "data dirs after kill {k}"
+        );
         assert_eq!(
             entries(&root.join(".volmgr").join("data")),
             expected_volumes,
@@ -255,5 +259,10 @@ async fn creates_killed_mid_flight_and_retried_by_name_happen_exactly_once() {
          wrong answers 0"
     );
     assert_eq!(found_after_restart + made_by_retry, calls);
-    assert_eq!(agent.stop(), Some(0), "clean stop; log:\n{}", agent.log_text());
+    assert_eq!(
+        agent.stop(),
+        Some(0),
+        "clean stop; log:\n{}",
+        agent.log_text()
+    );
 }

@@ -18,9 +18,9 @@ use volmgr::csi::client::CsiClients;
 use volmgr::csi::proto::{
     CapacityRange, ControllerExpandVolumeRequest, ControllerGetCapabilitiesRequest,
     CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest, DeleteVolumeRequest,
-    ListSnapshotsRequest, ListVolumesRequest, NodePublishVolumeRequest,
-    NodeUnpublishVolumeRequest, ProbeRequest, VolumeCapability, VolumeContentSource,
-    controller_service_capability, volume_capability, volume_content_source,
+    ListSnapshotsRequest, ListVolumesRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
+    ProbeRequest, VolumeCapability, VolumeContentSource, controller_service_capability,
+    volume_capability, volume_content_source,
 };
 use volmgr::csi::{CsiOptions, CsiServer, names};
 use volmgr::manager::{Manager, ManagerConfig};
@@ -131,9 +131,18 @@ async fn before_the_manager_is_open_probe_is_not_ready_and_calls_are_unavailable
     let server = CsiServer::new(CsiOptions::new("n1").unwrap());
     let listener = CsiServer::bind(&socket).unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(server.clone().serve(listener, stop.clone().cancelled_owned()));
+    tokio::spawn(
+        server
+            .clone()
+            .serve(listener, stop.clone().cancelled_owned()),
+    );
     let mut c = CsiClients::connect(&socket).await.unwrap();
-    let probe = c.identity.probe(ProbeRequest {}).await.unwrap().into_inner();
+    let probe = c
+        .identity
+        .probe(ProbeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(probe.ready, Some(false));
     let r = c.controller.create_volume(create_req("pvc-1")).await;
     assert_eq!(code(r), Code::Unavailable);
@@ -143,8 +152,16 @@ async fn before_the_manager_is_open_probe_is_not_ready_and_calls_are_unavailable
 #[tokio::test]
 async fn create_volume_is_idempotent_by_name_and_incompatible_retries_are_already_exists() {
     let mut p = plugin().await;
-    let a = p.c.controller.create_volume(create_req("pvc-a")).await.unwrap();
-    let b = p.c.controller.create_volume(create_req("pvc-a")).await.unwrap();
+    let a =
+        p.c.controller
+            .create_volume(create_req("pvc-a"))
+            .await
+            .unwrap();
+    let b =
+        p.c.controller
+            .create_volume(create_req("pvc-a"))
+            .await
+            .unwrap();
     assert_eq!(a.into_inner().volume, b.into_inner().volume);
     assert_eq!(p.manager.volumes().len(), 1, "one volume for one name");
 
@@ -152,7 +169,10 @@ async fn create_volume_is_idempotent_by_name_and_incompatible_retries_are_alread
     let mut other = create_req("pvc-a");
     other.parameters = HashMap::from([("provider".into(), "elsewhere".into())]);
     // (a provider that does not exist is INVALID_ARGUMENT before any lookup)
-    assert_eq!(code(p.c.controller.create_volume(other).await), Code::InvalidArgument);
+    assert_eq!(
+        code(p.c.controller.create_volume(other).await),
+        Code::InvalidArgument
+    );
     let mut from_snap = create_req("pvc-a");
     from_snap.volume_content_source = Some(VolumeContentSource {
         r#type: Some(volume_content_source::Type::Snapshot(
@@ -161,7 +181,10 @@ async fn create_volume_is_idempotent_by_name_and_incompatible_retries_are_alread
             },
         )),
     });
-    assert_eq!(code(p.c.controller.create_volume(from_snap).await), Code::AlreadyExists);
+    assert_eq!(
+        code(p.c.controller.create_volume(from_snap).await),
+        Code::AlreadyExists
+    );
     // A volume made outside the plugin is not taken over.
     p.manager
         .create_volume("default", Some("by-hand"), BTreeMap::new())
@@ -175,16 +198,34 @@ async fn create_volume_is_idempotent_by_name_and_incompatible_retries_are_alread
 #[tokio::test]
 async fn hostile_names_become_valid_ids_under_the_provider_root() {
     let mut p = plugin().await;
-    for name in ["../../etc/passwd", "-rf", ".hidden", &"x".repeat(300), "a b c"] {
-        let v = p.c.controller.create_volume(create_req(name)).await.unwrap();
+    for name in [
+        "../../etc/passwd",
+        "-rf",
+        ".hidden",
+        &"x".repeat(300),
+        "a b c",
+    ] {
+        let v =
+            p.c.controller
+                .create_volume(create_req(name))
+                .await
+                .unwrap();
         let id = v.into_inner().volume.unwrap().volume_id;
         assert_eq!(id, names::id_for_name(name));
         assert!(id.starts_with("csi-") && id.len() == 36, "{id}");
         let loc = PathBuf::from(p.manager.volume(&id).unwrap().location);
-        assert!(loc.starts_with(&p.root), "{} escapes {}", loc.display(), p.root.display());
+        assert!(
+            loc.starts_with(&p.root),
+            "{} escapes {}",
+            loc.display(),
+            p.root.display()
+        );
         assert_eq!(p.manager.volume(&id).unwrap().meta[names::META_NAME], name);
     }
-    let r = p.c.controller.create_volume(create_req("bad\u{7}name")).await;
+    let r =
+        p.c.controller
+            .create_volume(create_req("bad\u{7}name"))
+            .await;
     assert_eq!(code(r), Code::InvalidArgument);
     p.stop.cancel();
 }
@@ -198,43 +239,51 @@ async fn the_dir_provider_reports_capacity_unknown_takes_no_options_and_cannot_e
         limit_bytes: 0,
     });
     let v = p.c.controller.create_volume(req.clone()).await.unwrap();
-    assert_eq!(v.into_inner().volume.unwrap().capacity_bytes, 0, "never pretend");
+    assert_eq!(
+        v.into_inner().volume.unwrap().capacity_bytes,
+        0,
+        "never pretend"
+    );
     // A retry asking for more than was recorded is incompatible.
     req.capacity_range = Some(CapacityRange {
         required_bytes: 2 << 30,
         limit_bytes: 2 << 30,
     });
-    assert_eq!(code(p.c.controller.create_volume(req).await), Code::AlreadyExists);
+    assert_eq!(
+        code(p.c.controller.create_volume(req).await),
+        Code::AlreadyExists
+    );
 
     let mut opt = create_req("pvc-opt");
     opt.parameters = HashMap::from([("compression".into(), "lz4".into())]);
-    assert_eq!(code(p.c.controller.create_volume(opt).await), Code::InvalidArgument);
+    assert_eq!(
+        code(p.c.controller.create_volume(opt).await),
+        Code::InvalidArgument
+    );
 
-    let caps = p
-        .c
-        .controller
-        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .capabilities;
+    let caps =
+        p.c.controller
+            .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .capabilities;
     let expand = controller_service_capability::rpc::Type::ExpandVolume as i32;
     assert!(!caps.iter().any(|c| matches!(
         &c.r#type,
         Some(controller_service_capability::Type::Rpc(r)) if r.r#type == expand
     )));
-    let r = p
-        .c
-        .controller
-        .controller_expand_volume(ControllerExpandVolumeRequest {
-            volume_id: "pvc-sized".into(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 2 << 30,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        })
-        .await;
+    let r =
+        p.c.controller
+            .controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: "pvc-sized".into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 2 << 30,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await;
     assert_eq!(code(r), Code::FailedPrecondition);
     p.stop.cancel();
 }
@@ -242,7 +291,10 @@ async fn the_dir_provider_reports_capacity_unknown_takes_no_options_and_cannot_e
 #[tokio::test]
 async fn a_clone_keeps_its_source_until_deleted_and_takes_its_internal_snapshot_along() {
     let mut p = plugin().await;
-    p.c.controller.create_volume(create_req("src")).await.unwrap();
+    p.c.controller
+        .create_volume(create_req("src"))
+        .await
+        .unwrap();
     std::fs::write(
         Path::new(&p.manager.volume("src").unwrap().location).join("f"),
         b"data",
@@ -256,28 +308,40 @@ async fn a_clone_keeps_its_source_until_deleted_and_takes_its_internal_snapshot_
             },
         )),
     });
-    let v = p.c.controller.create_volume(clone.clone()).await.unwrap().into_inner();
+    let v =
+        p.c.controller
+            .create_volume(clone.clone())
+            .await
+            .unwrap()
+            .into_inner();
     assert!(v.volume.unwrap().content_source.is_some());
-    let again = p.c.controller.create_volume(clone).await.unwrap().into_inner();
+    let again =
+        p.c.controller
+            .create_volume(clone)
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(again.volume.unwrap().volume_id, "clone");
     let copied = Path::new(&p.manager.volume("clone").unwrap().location).join("f");
     assert_eq!(std::fs::read(copied).unwrap(), b"data");
 
     // The internal snapshot is no CSI snapshot.
-    let listed = p
-        .c
-        .controller
-        .list_snapshots(ListSnapshotsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let listed =
+        p.c.controller
+            .list_snapshots(ListSnapshotsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
     assert!(listed.entries.is_empty());
 
     let del = |id: &str| DeleteVolumeRequest {
         volume_id: id.to_owned(),
         ..Default::default()
     };
-    assert_eq!(code(p.c.controller.delete_volume(del("src")).await), Code::FailedPrecondition);
+    assert_eq!(
+        code(p.c.controller.delete_volume(del("src")).await),
+        Code::FailedPrecondition
+    );
     p.c.controller.delete_volume(del("clone")).await.unwrap();
     assert!(p.manager.volume(&names::clone_source_id("clone")).is_err());
     p.c.controller.delete_volume(del("src")).await.unwrap();
@@ -289,20 +353,45 @@ async fn a_clone_keeps_its_source_until_deleted_and_takes_its_internal_snapshot_
 #[tokio::test]
 async fn snapshots_are_idempotent_by_name_and_block_their_source_and_restores() {
     let mut p = plugin().await;
-    p.c.controller.create_volume(create_req("v1")).await.unwrap();
-    p.c.controller.create_volume(create_req("v2")).await.unwrap();
+    p.c.controller
+        .create_volume(create_req("v1"))
+        .await
+        .unwrap();
+    p.c.controller
+        .create_volume(create_req("v2"))
+        .await
+        .unwrap();
     let snap = |name: &str, src: &str| CreateSnapshotRequest {
         name: name.to_owned(),
         source_volume_id: src.to_owned(),
         ..Default::default()
     };
-    let a = p.c.controller.create_snapshot(snap("s1", "v1")).await.unwrap().into_inner();
-    let b = p.c.controller.create_snapshot(snap("s1", "v1")).await.unwrap().into_inner();
+    let a =
+        p.c.controller
+            .create_snapshot(snap("s1", "v1"))
+            .await
+            .unwrap()
+            .into_inner();
+    let b =
+        p.c.controller
+            .create_snapshot(snap("s1", "v1"))
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(a.snapshot, b.snapshot);
-    assert_eq!(code(p.c.controller.create_snapshot(snap("s1", "v2")).await), Code::AlreadyExists);
-    assert_eq!(code(p.c.controller.create_snapshot(snap("s2", "nope")).await), Code::NotFound);
+    assert_eq!(
+        code(p.c.controller.create_snapshot(snap("s1", "v2")).await),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(p.c.controller.create_snapshot(snap("s2", "nope")).await),
+        Code::NotFound
+    );
     // A snapshot name taken by a volume is ALREADY_EXISTS, not that volume.
-    assert_eq!(code(p.c.controller.create_snapshot(snap("v2", "v1")).await), Code::AlreadyExists);
+    assert_eq!(
+        code(p.c.controller.create_snapshot(snap("v2", "v1")).await),
+        Code::AlreadyExists
+    );
 
     let mut restore = create_req("restored");
     restore.volume_content_source = Some(VolumeContentSource {
@@ -328,7 +417,10 @@ async fn snapshots_are_idempotent_by_name_and_block_their_source_and_restores() 
         })
         .await
         .unwrap();
-    p.c.controller.delete_snapshot(del_snap.clone()).await.unwrap();
+    p.c.controller
+        .delete_snapshot(del_snap.clone())
+        .await
+        .unwrap();
     p.c.controller.delete_snapshot(del_snap).await.unwrap();
     p.stop.cancel();
 }
@@ -345,18 +437,21 @@ async fn lists_page_through_every_volume_once_and_refuse_foreign_tokens() {
     let mut seen = Vec::new();
     let mut token = String::new();
     for _ in 0..10 {
-        let page = p
-            .c
-            .controller
-            .list_volumes(ListVolumesRequest {
-                max_entries: 3,
-                starting_token: token.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let page =
+            p.c.controller
+                .list_volumes(ListVolumesRequest {
+                    max_entries: 3,
+                    starting_token: token.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
         assert!(page.entries.len() <= 3);
-        seen.extend(page.entries.into_iter().map(|e| e.volume.unwrap().volume_id));
+        seen.extend(
+            page.entries
+                .into_iter()
+                .map(|e| e.volume.unwrap().volume_id),
+        );
         token = page.next_token;
         if token.is_empty() {
             break;
@@ -365,24 +460,22 @@ async fn lists_page_through_every_volume_once_and_refuse_foreign_tokens() {
     let expected: Vec<String> = (0..7).map(|i| format!("pvc-{i}")).collect();
     assert_eq!(seen, expected);
     for bad in ["invalid-token", "after:../x", "3"] {
-        let r = p
-            .c
-            .controller
-            .list_volumes(ListVolumesRequest {
-                max_entries: 0,
-                starting_token: bad.into(),
-            })
-            .await;
+        let r =
+            p.c.controller
+                .list_volumes(ListVolumesRequest {
+                    max_entries: 0,
+                    starting_token: bad.into(),
+                })
+                .await;
         assert_eq!(code(r), Code::Aborted, "{bad}");
     }
-    let r = p
-        .c
-        .controller
-        .list_volumes(ListVolumesRequest {
-            max_entries: -1,
-            starting_token: String::new(),
-        })
-        .await;
+    let r =
+        p.c.controller
+            .list_volumes(ListVolumesRequest {
+                max_entries: -1,
+                starting_token: String::new(),
+            })
+            .await;
     assert_eq!(code(r), Code::InvalidArgument);
     p.stop.cancel();
 }
@@ -401,8 +494,14 @@ async fn published_volumes_are_nosuid_nodev_bind_mounts_and_honour_readonly() {
         return;
     }
     let mut p = plugin().await;
-    p.c.controller.create_volume(create_req("pub")).await.unwrap();
-    p.c.controller.create_volume(create_req("other")).await.unwrap();
+    p.c.controller
+        .create_volume(create_req("pub"))
+        .await
+        .unwrap();
+    p.c.controller
+        .create_volume(create_req("other"))
+        .await
+        .unwrap();
     let mnt = tempfile::tempdir().unwrap();
     let target = mnt.path().join("target");
     let publish = |cap: VolumeCapability, readonly: bool, id: &str| NodePublishVolumeRequest {
@@ -419,35 +518,69 @@ async fn published_volumes_are_nosuid_nodev_bind_mounts_and_honour_readonly() {
         )),
         access_mode: mount_cap("", &[]).access_mode,
     };
-    assert_eq!(code(p.c.node.node_publish_volume(publish(block, false, "pub")).await), Code::InvalidArgument);
-    let r = p.c.node.node_publish_volume(publish(mount_cap("vfat", &[]), false, "pub")).await;
+    assert_eq!(
+        code(
+            p.c.node
+                .node_publish_volume(publish(block, false, "pub"))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    let r =
+        p.c.node
+            .node_publish_volume(publish(mount_cap("vfat", &[]), false, "pub"))
+            .await;
     assert_eq!(code(r), Code::InvalidArgument);
     assert_eq!(mount_options(&target), None);
 
-    p.c.node.node_publish_volume(publish(mount_cap("", &[]), true, "pub")).await.unwrap();
-    p.c.node.node_publish_volume(publish(mount_cap("", &[]), true, "pub")).await.unwrap();
+    p.c.node
+        .node_publish_volume(publish(mount_cap("", &[]), true, "pub"))
+        .await
+        .unwrap();
+    p.c.node
+        .node_publish_volume(publish(mount_cap("", &[]), true, "pub"))
+        .await
+        .unwrap();
     let opts = mount_options(&target).expect("mounted");
     for flag in ["ro", "nosuid", "nodev"] {
-        assert!(opts.split(',').any(|o| o == flag), "{flag} missing from {opts}");
+        assert!(
+            opts.split(',').any(|o| o == flag),
+            "{flag} missing from {opts}"
+        );
     }
-    assert!(std::fs::write(target.join("x"), b"no").is_err(), "read-only for root too");
+    assert!(
+        std::fs::write(target.join("x"), b"no").is_err(),
+        "read-only for root too"
+    );
     // Another volume, or other options, at the same target: ALREADY_EXISTS.
-    let r = p.c.node.node_publish_volume(publish(mount_cap("", &[]), true, "other")).await;
+    let r =
+        p.c.node
+            .node_publish_volume(publish(mount_cap("", &[]), true, "other"))
+            .await;
     assert_eq!(code(r), Code::AlreadyExists);
-    let r = p.c.node.node_publish_volume(publish(mount_cap("", &[]), false, "pub")).await;
+    let r =
+        p.c.node
+            .node_publish_volume(publish(mount_cap("", &[]), false, "pub"))
+            .await;
     assert_eq!(code(r), Code::AlreadyExists);
 
     let unpublish = NodeUnpublishVolumeRequest {
         volume_id: "pub".into(),
         target_path: target.to_string_lossy().into_owned(),
     };
-    p.c.node.node_unpublish_volume(unpublish.clone()).await.unwrap();
+    p.c.node
+        .node_unpublish_volume(unpublish.clone())
+        .await
+        .unwrap();
     assert_eq!(mount_options(&target), None);
     assert!(!target.exists(), "the target is removed");
     p.c.node.node_unpublish_volume(unpublish).await.unwrap();
 
     // Writable publish: files land in the volume.
-    p.c.node.node_publish_volume(publish(mount_cap("", &["noexec"]), false, "pub")).await.unwrap();
+    p.c.node
+        .node_publish_volume(publish(mount_cap("", &["noexec"]), false, "pub"))
+        .await
+        .unwrap();
     std::fs::write(target.join("hello"), b"hi").unwrap();
     let loc = PathBuf::from(p.manager.volume("pub").unwrap().location);
     assert_eq!(std::fs::read(loc.join("hello")).unwrap(), b"hi");
@@ -486,7 +619,12 @@ async fn btrfs_enforces_the_requested_capacity_and_expansion_raises_it() {
         required_bytes: 8 << 20,
         limit_bytes: 0,
     });
-    let v = p.c.controller.create_volume(req).await.unwrap().into_inner();
+    let v =
+        p.c.controller
+            .create_volume(req)
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(v.volume.unwrap().capacity_bytes, 8 << 20);
     let loc = PathBuf::from(p.manager.volume("pvc-q").unwrap().location);
     let write = |name: &str, mb: usize| -> std::io::Result<()> {
@@ -504,25 +642,30 @@ async fn btrfs_enforces_the_requested_capacity_and_expansion_raises_it() {
     // Let btrfs account the freed space before the next writes.
     let dir = std::fs::File::open(&loc).unwrap();
     // SAFETY: a valid open descriptor.
-    assert_eq!(unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) }, 0);
+    assert_eq!(
+        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) },
+        0
+    );
 
-    let r = p
-        .c
-        .controller
-        .controller_expand_volume(ControllerExpandVolumeRequest {
-            volume_id: "pvc-q".into(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 64 << 20,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r =
+        p.c.controller
+            .controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: "pvc-q".into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 64 << 20,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(r.capacity_bytes, 64 << 20);
     assert!(!r.node_expansion_required);
     write("fits", 16).expect("16 MiB into a 64 MiB volume");
-    assert_eq!(p.manager.volume("pvc-q").unwrap().details["capacity-bytes"], (64u64 << 20).to_string());
+    assert_eq!(
+        p.manager.volume("pvc-q").unwrap().details["capacity-bytes"],
+        (64u64 << 20).to_string()
+    );
     p.stop.cancel();
 }

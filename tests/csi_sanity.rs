@@ -67,7 +67,10 @@ fn run_sanity(test: &str, binary: &Path, work: &Path, extra: &[String]) -> Strin
     let out = Command::new(binary)
         .arg(format!("-csi.endpoint=unix://{}", socket.display()))
         .arg(format!("-csi.mountdir={}", work.join("mnt").display()))
-        .arg(format!("-csi.stagingdir={}", work.join("staging").display()))
+        .arg(format!(
+            "-csi.stagingdir={}",
+            work.join("staging").display()
+        ))
         .arg(format!("-csi.testvolumesize={}", 1u64 << 30))
         .arg("-ginkgo.timeout=30m")
         .arg("-ginkgo.no-color")
@@ -102,7 +105,9 @@ fn csi_sanity_passes_on_the_dir_provider() {
         println!("SKIP {test}: the guest runs the ZFS case");
         return;
     }
-    let Some(binary) = sanity_binary(test) else { return };
+    let Some(binary) = sanity_binary(test) else {
+        return;
+    };
     if !root(test) {
         return;
     }
@@ -117,8 +122,12 @@ fn csi_sanity_passes_on_btrfs() {
         println!("SKIP {test}: the guest runs the ZFS case");
         return;
     }
-    let Some(binary) = sanity_binary(test) else { return };
-    let Some(fs) = BtrfsFs::for_test(test, 512) else { return };
+    let Some(binary) = sanity_binary(test) else {
+        return;
+    };
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let root = fs.path().join("volumes");
     run_sanity(
@@ -141,8 +150,12 @@ fn csi_sanity_passes_on_zfs() {
         println!("SKIP {test}: ZFS runs in the guest (scripts/zfs-test)");
         return;
     }
-    let Some(binary) = sanity_binary(test) else { return };
-    let Some(pool) = ZfsPool::for_test(test, 512) else { return };
+    let Some(binary) = sanity_binary(test) else {
+        return;
+    };
+    let Some(pool) = ZfsPool::for_test(test, 512) else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let mut extra = vec!["--provider-kind".to_owned(), "zfs".to_owned()];
     for (k, v) in pool.provider_config() {

@@ -23,7 +23,9 @@ fn yaml_docs(rel: &str) -> Vec<Value> {
 }
 
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    docs.iter().filter(|d| d["kind"].as_str() == Some(kind)).collect()
+    docs.iter()
+        .filter(|d| d["kind"].as_str() == Some(kind))
+        .collect()
 }
 
 fn strs(v: &Value) -> Vec<&str> {
@@ -64,10 +66,16 @@ fn the_kubernetes_files_parse_and_match_the_plugin() {
     let volmgr = container(ds, "volmgr");
     let args = strs(&volmgr["args"]);
     assert_eq!(args.first(), Some(&"serve"));
-    assert!(args.contains(&"--csi-endpoint=unix:///csi/csi.sock"), "{args:?}");
+    assert!(
+        args.contains(&"--csi-endpoint=unix:///csi/csi.sock"),
+        "{args:?}"
+    );
     assert!(args.contains(&"--node-id=$(NODE_NAME)"), "{args:?}");
     assert!(has_node_name_env(volmgr));
-    assert_eq!(volmgr["securityContext"]["privileged"].as_bool(), Some(true));
+    assert_eq!(
+        volmgr["securityContext"]["privileged"].as_bool(),
+        Some(true)
+    );
     let bidirectional = volmgr["volumeMounts"]
         .as_sequence()
         .unwrap()
@@ -76,12 +84,16 @@ fn the_kubernetes_files_parse_and_match_the_plugin() {
             m["mountPath"].as_str() == Some("/var/lib/kubelet")
                 && m["mountPropagation"].as_str() == Some("Bidirectional")
         });
-    assert!(bidirectional, "the kubelet directory needs Bidirectional propagation");
+    assert!(
+        bidirectional,
+        "the kubelet directory needs Bidirectional propagation"
+    );
 
     let registrar = container(ds, "node-driver-registrar");
     let args = strs(&registrar["args"]);
     assert!(args.contains(&"--csi-address=/csi/csi.sock"));
-    let registration = format!("--kubelet-registration-path=/var/lib/kubelet/plugins/{PLUGIN_NAME}/csi.sock");
+    let registration =
+        format!("--kubelet-registration-path=/var/lib/kubelet/plugins/{PLUGIN_NAME}/csi.sock");
     assert!(args.contains(&registration.as_str()), "{args:?}");
     let plugin_dir = ds["spec"]["template"]["spec"]["volumes"]
         .as_sequence()
@@ -98,7 +110,10 @@ fn the_kubernetes_files_parse_and_match_the_plugin() {
     let args = strs(&provisioner["args"]);
     assert!(args.contains(&"--node-deployment=true"), "{args:?}");
     assert!(args.contains(&"--strict-topology=true"), "{args:?}");
-    assert!(has_node_name_env(provisioner), "--node-deployment needs NODE_NAME");
+    assert!(
+        has_node_name_env(provisioner),
+        "--node-deployment needs NODE_NAME"
+    );
 
     let snapshotter = container(ds, "csi-snapshotter");
     let args = strs(&snapshotter["args"]);
@@ -117,7 +132,10 @@ fn the_kubernetes_files_parse_and_match_the_plugin() {
     assert!(!sc.is_empty());
     for c in sc {
         assert_eq!(c["provisioner"].as_str(), Some(PLUGIN_NAME));
-        assert_eq!(c["volumeBindingMode"].as_str(), Some("WaitForFirstConsumer"));
+        assert_eq!(
+            c["volumeBindingMode"].as_str(),
+            Some("WaitForFirstConsumer")
+        );
         for (k, v) in c["parameters"].as_mapping().unwrap() {
             let (k, v) = (k.as_str().unwrap(), v.as_str().unwrap());
             if k != "provider" {
@@ -135,8 +153,7 @@ fn the_kubernetes_files_parse_and_match_the_plugin() {
 
 #[test]
 fn the_nomad_files_parse_and_name_one_monolith_plugin() {
-    let job: serde_json::Value =
-        hcl::from_str(&read("deploy/nomad/volmgr-csi.nomad.hcl")).unwrap();
+    let job: serde_json::Value = hcl::from_str(&read("deploy/nomad/volmgr-csi.nomad.hcl")).unwrap();
     let task = &job["job"]["volmgr-csi"]["group"]["plugin"]["task"]["volmgr"];
     assert_eq!(task["csi_plugin"]["type"], "monolith");
     assert_eq!(task["csi_plugin"]["id"], "volmgr");

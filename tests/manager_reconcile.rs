@@ -622,7 +622,13 @@ async fn pending_set_attributes_the_provider_cannot_apply_fails_and_records_no_c
     let (res, state) = reconcile(dir.path(), &sim).await;
     let (case, effect) = only(&res);
     assert_eq!(case, Case::AttributesReapplied);
-    assert!(matches!(effect, Effect::Resolve { result: OpResult::Failed { .. }, .. }));
+    assert!(matches!(
+        effect,
+        Effect::Resolve {
+            result: OpResult::Failed { .. },
+            ..
+        }
+    ));
     assert!(!state.volumes["v"].details.contains_key("capacity-bytes"));
 }
 

@@ -157,8 +157,7 @@ fn csi_server(args: &ServeArgs) -> Result<Option<(CsiServer, PathBuf)>, String> 
     let path = crate::csi::endpoint_path(endpoint)?;
     let node_id = match &args.node_id {
         Some(n) => n.clone(),
-        None => crate::csi::host_name()
-            .ok_or("cannot read the host name: give --node-id NAME")?,
+        None => crate::csi::host_name().ok_or("cannot read the host name: give --node-id NAME")?,
     };
     let options = CsiOptions::new(&node_id)?;
     Ok(Some((CsiServer::new(options), path)))

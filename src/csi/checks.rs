@@ -86,7 +86,11 @@ pub fn capability(cap: &VolumeCapability) -> Result<(), Status> {
             ));
         }
         Some(volume_capability::AccessType::Mount(mount)) => {
-            if let Some(flag) = mount.mount_flags.iter().find(|f| !MOUNT_FLAGS.contains(&f.as_str())) {
+            if let Some(flag) = mount
+                .mount_flags
+                .iter()
+                .find(|f| !MOUNT_FLAGS.contains(&f.as_str()))
+            {
                 return Err(Status::invalid_argument(format!(
                     "mount flag {flag:?} is not supported (supported: {})",
                     MOUNT_FLAGS.join(", ")
@@ -166,8 +170,7 @@ pub fn parameters(
         let ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 128
-                && s
-                    .bytes()
+                && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
         };
         if !ok(key) || !ok(value) {
@@ -235,9 +238,7 @@ pub fn topology(node_id: &str) -> Topology {
 
 /// Whether `t` names this node (a topology without our key names any node).
 pub fn topology_is_node(t: &Topology, node_id: &str) -> bool {
-    t.segments
-        .get(TOPOLOGY_KEY)
-        .is_none_or(|n| n == node_id)
+    t.segments.get(TOPOLOGY_KEY).is_none_or(|n| n == node_id)
 }
 
 /// A volume can be made here unless the requisite topologies all name
@@ -262,16 +263,19 @@ pub enum Source {
 impl Source {
     pub fn from_proto(s: &VolumeContentSource) -> Result<Source, Status> {
         let (source, id) = match &s.r#type {
-            Some(volume_content_source::Type::Snapshot(snap)) => {
-                (Source::Snapshot(snap.snapshot_id.clone()), &snap.snapshot_id)
-            }
+            Some(volume_content_source::Type::Snapshot(snap)) => (
+                Source::Snapshot(snap.snapshot_id.clone()),
+                &snap.snapshot_id,
+            ),
             Some(volume_content_source::Type::Volume(v)) => {
                 (Source::Volume(v.volume_id.clone()), &v.volume_id)
             }
             None => return Err(Status::invalid_argument("volume_content_source is empty")),
         };
         if id.is_empty() {
-            return Err(Status::invalid_argument("volume_content_source names no id"));
+            return Err(Status::invalid_argument(
+                "volume_content_source names no id",
+            ));
         }
         if validate::id(id).is_err() {
             return Err(Status::not_found(format!("no source {id:?}")));
@@ -279,7 +283,7 @@ impl Source {
         Ok(source)
     }
 
-    pub fn to_proto(self) -> VolumeContentSource {
+    pub fn into_proto(self) -> VolumeContentSource {
         use volume_content_source::{SnapshotSource, Type, VolumeSource};
         VolumeContentSource {
             r#type: Some(match self {
@@ -301,7 +305,8 @@ impl Source {
         if let Some(id) = s.strip_prefix("snapshot:") {
             Some(Source::Snapshot(id.to_owned()))
         } else {
-            s.strip_prefix("volume:").map(|id| Source::Volume(id.to_owned()))
+            s.strip_prefix("volume:")
+                .map(|id| Source::Volume(id.to_owned()))
         }
     }
 }
@@ -329,17 +334,27 @@ mod tests {
     #[test]
     fn raw_block_multi_node_modes_and_unknown_mount_flags_are_invalid_arguments() {
         let bad = [
-            cap(volume_capability::AccessType::Block(BlockVolume {}), Mode::SingleNodeWriter),
+            cap(
+                volume_capability::AccessType::Block(BlockVolume {}),
+                Mode::SingleNodeWriter,
+            ),
             cap(mount("", &[]), Mode::MultiNodeMultiWriter),
             cap(mount("", &[]), Mode::Unknown),
             cap(mount("", &["suid"]), Mode::SingleNodeWriter),
             cap(mount("", &["dev"]), Mode::SingleNodeWriter),
         ];
         for c in &bad {
-            assert_eq!(capability(c).unwrap_err().code(), tonic::Code::InvalidArgument, "{c:?}");
+            assert_eq!(
+                capability(c).unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{c:?}"
+            );
         }
         assert!(capability(&cap(mount("", &["ro", "noatime"]), Mode::SingleNodeWriter)).is_ok());
-        assert_eq!(capabilities(&[]).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            capabilities(&[]).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]
@@ -348,12 +363,21 @@ mod tests {
             required_bytes: req,
             limit_bytes: lim,
         };
-        assert_eq!(Requested::from_proto(Some(&r(-1, 0))).unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(Requested::from_proto(Some(&r(10, 5))).unwrap_err().code(), tonic::Code::OutOfRange);
+        assert_eq!(
+            Requested::from_proto(Some(&r(-1, 0))).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            Requested::from_proto(Some(&r(10, 5))).unwrap_err().code(),
+            tonic::Code::OutOfRange
+        );
         let q = Requested::from_proto(Some(&r(10, 20))).unwrap();
         assert_eq!(q.bytes(), Some(10));
         assert!(q.admits(10) && q.admits(20) && !q.admits(9) && !q.admits(21));
-        assert_eq!(Requested::from_proto(Some(&r(0, 7))).unwrap().bytes(), Some(7));
+        assert_eq!(
+            Requested::from_proto(Some(&r(0, 7))).unwrap().bytes(),
+            Some(7)
+        );
         assert_eq!(Requested::from_proto(None).unwrap().bytes(), None);
     }
 
@@ -366,7 +390,11 @@ mod tests {
                 .collect::<HashMap<_, _>>()
         };
         let (provider, opts) = parameters(
-            &p(&[("provider", "tank"), ("compression", "lz4"), ("csi.storage.k8s.io/pvc/name", "x y")]),
+            &p(&[
+                ("provider", "tank"),
+                ("compression", "lz4"),
+                ("csi.storage.k8s.io/pvc/name", "x y"),
+            ]),
             "default",
         )
         .unwrap();
@@ -378,7 +406,11 @@ mod tests {
             p(&[("-o", "x")]),
             p(&[("k", "")]),
         ] {
-            assert_eq!(parameters(&bad, "d").unwrap_err().code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert_eq!(
+                parameters(&bad, "d").unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{bad:?}"
+            );
         }
     }
 
@@ -388,7 +420,10 @@ mod tests {
             requisite: vec![topology("n2")],
             preferred: vec![],
         };
-        assert_eq!(topology_admits(Some(&other), "n1").unwrap_err().code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            topology_admits(Some(&other), "n1").unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
         let mine = TopologyRequirement {
             requisite: vec![topology("n2"), topology("n1")],
             preferred: vec![],

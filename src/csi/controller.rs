@@ -50,8 +50,7 @@ impl Plugin {
     /// capacity (ZFS, btrfs; never the dir provider).
     pub(crate) fn expandable(&self) -> Result<bool, Status> {
         let m = self.manager()?;
-        Ok(m
-            .provider_traits(&self.options.default_provider)
+        Ok(m.provider_traits(&self.options.default_provider)
             .map_err(from_manager)?
             .enforces_capacity)
     }
@@ -62,7 +61,11 @@ impl Plugin {
             capacity_bytes: capacity_of(v).unwrap_or(0),
             volume_id: v.id.clone(),
             volume_context: Default::default(),
-            content_source: v.meta.get(META_SOURCE).and_then(|s| Source::parse(s)).map(Source::to_proto),
+            content_source: v
+                .meta
+                .get(META_SOURCE)
+                .and_then(|s| Source::parse(s))
+                .map(Source::into_proto),
             accessible_topology: vec![checks::topology(&self.options.node_id)],
         }
     }
@@ -81,15 +84,19 @@ pub(crate) fn capacity_of(v: &Volume) -> Option<i64> {
 fn recorded_capacity(v: &Volume) -> Option<u64> {
     capacity_of(v)
         .and_then(|c| u64::try_from(c).ok())
-        .or_else(|| v.meta.get(META_REQUESTED_BYTES).and_then(|c| c.parse().ok()))
+        .or_else(|| {
+            v.meta
+                .get(META_REQUESTED_BYTES)
+                .and_then(|c| c.parse().ok())
+        })
 }
 
 /// Whether `v` still lacks the capacity or an option a CreateVolume asked for.
 fn needs_attributes(v: &Volume, capacity: Option<u64>, options: &ProviderConfig) -> bool {
     (capacity.is_some() && capacity_of(v).is_none())
-        || options.iter().any(|(k, val)| {
-            v.details.get(&format!("{DETAIL_OPTION_PREFIX}{k}")) != Some(val)
-        })
+        || options
+            .iter()
+            .any(|(k, val)| v.details.get(&format!("{DETAIL_OPTION_PREFIX}{k}")) != Some(val))
 }
 
 fn rpc_capability(t: rpc::Type) -> ControllerServiceCapability {
@@ -110,7 +117,10 @@ fn incompatible(
     requested: &Requested,
 ) -> Option<String> {
     if !names::made_for(v, name) {
-        return Some(format!("volume {} exists and was not made for this name", v.id));
+        return Some(format!(
+            "volume {} exists and was not made for this name",
+            v.id
+        ));
     }
     if v.kind != VolumeKind::Data || names::is_internal(v) {
         return Some(format!("{} is not a volume", v.id));
@@ -154,7 +164,10 @@ impl Controller {
             .map_err(from_manager)?;
         let options_text = checks::encode_options(&options);
         let requested = Requested::from_proto(r.capacity_range.as_ref())?;
-        checks::topology_admits(r.accessibility_requirements.as_ref(), &plugin.options.node_id)?;
+        checks::topology_admits(
+            r.accessibility_requirements.as_ref(),
+            &plugin.options.node_id,
+        )?;
         let source = r
             .volume_content_source
             .as_ref()
@@ -167,9 +180,14 @@ impl Controller {
         let capacity = requested.bytes().filter(|_| traits.enforces_capacity);
 
         if let Ok(v) = m.volume(&id) {
-            if let Some(why) =
-                incompatible(&v, &r.name, &provider, &options_text, source.as_ref(), &requested)
-            {
+            if let Some(why) = incompatible(
+                &v,
+                &r.name,
+                &provider,
+                &options_text,
+                source.as_ref(),
+                &requested,
+            ) {
                 return Err(Status::already_exists(why));
             }
             // An earlier attempt may have died between making the volume and
@@ -447,7 +465,8 @@ impl proto::controller_server::Controller for Controller {
     ) -> Result<Response<GetCapacityResponse>, Status> {
         let m = self.plugin.manager()?;
         let r = request.into_inner();
-        let (provider, _) = checks::parameters(&r.parameters, &self.plugin.options.default_provider)?;
+        let (provider, _) =
+            checks::parameters(&r.parameters, &self.plugin.options.default_provider)?;
         checks::capabilities_if_any(&r.volume_capabilities)?;
         let here = r
             .accessible_topology

@@ -23,9 +23,9 @@ impl Identity {
 
 fn service(t: service::Type) -> PluginCapability {
     PluginCapability {
-        r#type: Some(plugin_capability::Type::Service(plugin_capability::Service {
-            r#type: t as i32,
-        })),
+        r#type: Some(plugin_capability::Type::Service(
+            plugin_capability::Service { r#type: t as i32 },
+        )),
     }
 }
 
@@ -62,7 +62,9 @@ impl proto::identity_server::Identity for Identity {
                 )),
             });
         }
-        Ok(Response::new(GetPluginCapabilitiesResponse { capabilities }))
+        Ok(Response::new(GetPluginCapabilitiesResponse {
+            capabilities,
+        }))
     }
 
     /// Ready once the manager has opened the journal and reconciled.

@@ -72,7 +72,9 @@ pub fn check_node_id(id: &str) -> Result<(), String> {
         ));
     }
     if !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!("node id {id:?} has a space or a non-printable character"));
+        return Err(format!(
+            "node id {id:?} has a space or a non-printable character"
+        ));
     }
     Ok(())
 }

@@ -38,7 +38,9 @@ const TOKEN_PREFIX: &str = "after:";
 fn fnv1a_128(bytes: &[u8]) -> u128 {
     const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
     const PRIME: u128 = 0x0000000001000000000000000000013B;
-    bytes.iter().fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
+    bytes
+        .iter()
+        .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
 }
 
 /// The volume id a CSI name maps to.
@@ -52,7 +54,10 @@ pub fn id_for_name(name: &str) -> String {
 
 /// The id of the internal snapshot a clone with id `clone_id` is made from.
 pub fn clone_source_id(clone_id: &str) -> String {
-    format!("{CLONE_SOURCE_PREFIX}{:032x}", fnv1a_128(clone_id.as_bytes()))
+    format!(
+        "{CLONE_SOURCE_PREFIX}{:032x}",
+        fnv1a_128(clone_id.as_bytes())
+    )
 }
 
 /// Whether `v` was made by the plugin under CSI name `name`.
@@ -89,7 +94,12 @@ mod tests {
     #[test]
     fn a_valid_name_is_its_own_id_and_any_other_name_hashes_to_a_valid_id() {
         assert_eq!(id_for_name("pvc-0f3a"), "pvc-0f3a");
-        for name in ["a".repeat(200), "sanity+1".into(), "ünïcode".into(), ".x".into()] {
+        for name in [
+            "a".repeat(200),
+            "sanity+1".into(),
+            "ünïcode".into(),
+            ".x".into(),
+        ] {
             let id = id_for_name(&name);
             assert!(validate::id(&id).is_ok(), "{id}");
             assert_eq!(id, id_for_name(&name), "stable");

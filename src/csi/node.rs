@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::Plugin;
 use super::checks;
 use super::controller::data_volume;
 use super::mount::{self, BindOptions};
@@ -25,7 +26,6 @@ use super::proto::{
     volume_capability::access_mode::Mode,
     volume_usage::Unit,
 };
-use super::Plugin;
 
 /// Longest target path accepted.
 const MAX_PATH_LEN: usize = 4096;
@@ -72,7 +72,12 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("node task failed: {e}")))?
 }
 
-fn publish(location: &Path, target: &Path, fs_type: &str, options: BindOptions) -> Result<(), Status> {
+fn publish(
+    location: &Path,
+    target: &Path,
+    fs_type: &str,
+    options: BindOptions,
+) -> Result<(), Status> {
     let actual = mount::fs_type(location).map_err(|e| internal("examining the volume", e))?;
     if !fs_type.is_empty() && Some(fs_type) != actual {
         return Err(Status::invalid_argument(format!(
@@ -94,7 +99,8 @@ fn publish(location: &Path, target: &Path, fs_type: &str, options: BindOptions) 
         Err(e) => return Err(internal("examining the target", e)),
     }
     if mount::is_mount_point(target).map_err(|e| internal("reading the mount table", e))? {
-        let same = mount::same_dir(target, location).map_err(|e| internal("examining the target", e))?;
+        let same =
+            mount::same_dir(target, location).map_err(|e| internal("examining the target", e))?;
         let readonly = mount::stats(target)
             .map_err(|e| internal("examining the target", e))?
             .readonly;
@@ -178,7 +184,8 @@ impl proto::node_server::Node for Node {
         let options = BindOptions {
             readonly: r.readonly
                 || has("ro")
-                || cap.access_mode.as_ref().map(|a| a.mode) == Some(Mode::SingleNodeReaderOnly as i32),
+                || cap.access_mode.as_ref().map(|a| a.mode)
+                    == Some(Mode::SingleNodeReaderOnly as i32),
             noexec: has("noexec"),
             noatime: has("noatime"),
         };
@@ -197,7 +204,10 @@ impl proto::node_server::Node for Node {
         let r = request.into_inner();
         checks::volume_id(&r.volume_id)?;
         let target = target_path(&r.target_path, "target_path")?;
-        let location = m.volume(&r.volume_id).ok().map(|v| PathBuf::from(v.location));
+        let location = m
+            .volume(&r.volume_id)
+            .ok()
+            .map(|v| PathBuf::from(v.location));
         let _guard = self.plugin.node_lock.lock().await;
         blocking(move || unpublish(location, &target)).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
@@ -233,7 +243,12 @@ impl proto::node_server::Node for Node {
         Ok(Response::new(NodeGetVolumeStatsResponse {
             usage: vec![
                 usage(Unit::Bytes, s.bytes_total, s.bytes_available, s.bytes_used),
-                usage(Unit::Inodes, s.inodes_total, s.inodes_available, s.inodes_used),
+                usage(
+                    Unit::Inodes,
+                    s.inodes_total,
+                    s.inodes_available,
+                    s.inodes_used,
+                ),
             ],
             volume_condition: None,
         }))
@@ -275,7 +290,11 @@ mod tests {
     fn target_paths_must_be_absolute_and_plain() {
         assert!(target_path("/var/lib/kubelet/pods/x/mount", "t").is_ok());
         for bad in ["", "rel/path", "/a/../b", "/a/./b", "/a\0b"] {
-            assert_eq!(target_path(bad, "t").unwrap_err().code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert_eq!(
+                target_path(bad, "t").unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{bad:?}"
+            );
         }
     }
 }

@@ -7,12 +7,12 @@
 use prost_types::Timestamp;
 use tonic::Status;
 
+use super::Plugin;
 use super::checks;
 use super::controller::{data_volume, page};
 use super::names;
 use super::proto::{self, CreateSnapshotRequest, ListSnapshotsRequest, ListSnapshotsResponse};
 use super::status::from_manager;
-use super::Plugin;
 use crate::manager::{Manager, ManagerError};
 use crate::state::{Volume, VolumeKind, VolumeStatus};
 
@@ -80,7 +80,10 @@ pub(crate) async fn create(
         )));
     }
     if crate::validate::id(&r.source_volume_id).is_err() {
-        return Err(Status::not_found(format!("no volume {:?}", r.source_volume_id)));
+        return Err(Status::not_found(format!(
+            "no volume {:?}",
+            r.source_volume_id
+        )));
     }
     data_volume(m, &r.source_volume_id)?;
     let v = m
@@ -105,7 +108,10 @@ pub(crate) async fn delete(plugin: &Plugin, id: &str) -> Result<(), Status> {
     }
 }
 
-pub(crate) fn list(plugin: &Plugin, r: ListSnapshotsRequest) -> Result<ListSnapshotsResponse, Status> {
+pub(crate) fn list(
+    plugin: &Plugin,
+    r: ListSnapshotsRequest,
+) -> Result<ListSnapshotsResponse, Status> {
     let m = plugin.manager()?;
     let snapshots: Vec<Volume> = m
         .volumes()
@@ -113,7 +119,8 @@ pub(crate) fn list(plugin: &Plugin, r: ListSnapshotsRequest) -> Result<ListSnaps
         .filter(|v| v.kind == VolumeKind::Snapshot && !names::is_internal(v))
         .filter(|v| r.snapshot_id.is_empty() || v.id == r.snapshot_id)
         .filter(|v| {
-            r.source_volume_id.is_empty() || v.parent.as_deref() == Some(r.source_volume_id.as_str())
+            r.source_volume_id.is_empty()
+                || v.parent.as_deref() == Some(r.source_volume_id.as_str())
         })
         .collect();
     let (snapshots, next_token) = page(snapshots, |v| &v.id, r.max_entries, &r.starting_token)?;

@@ -80,7 +80,10 @@ mod tests {
             (
                 ManagerError::Provider {
                     provider: "p".into(),
-                    error: ProviderError::io("writing", std::io::Error::from_raw_os_error(libc::ENOSPC)),
+                    error: ProviderError::io(
+                        "writing",
+                        std::io::Error::from_raw_os_error(libc::ENOSPC),
+                    ),
                 },
                 Code::ResourceExhausted,
             ),

@@ -64,7 +64,10 @@ impl CsiAgent {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("agent exited ({status}) before ready; log:\n{}", self.log_text());
+                panic!(
+                    "agent exited ({status}) before ready; log:\n{}",
+                    self.log_text()
+                );
             }
             if let Ok(mut c) = CsiClients::connect(&self.socket).await
                 && let Ok(r) = c.identity.probe(ProbeRequest {}).await

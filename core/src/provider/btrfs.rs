@@ -862,7 +862,10 @@ impl Provider for BtrfsProvider {
             self.in_place(VolumeKind::Data, volume.id),
             InPlace::Ours { has_vol: true, .. }
         ) {
-            return Err(ProviderError::NotFound(format!("data volume {}", volume.id)));
+            return Err(ProviderError::NotFound(format!(
+                "data volume {}",
+                volume.id
+            )));
         }
         let path = self.location(VolumeKind::Data, volume.id);
         let limit = || {

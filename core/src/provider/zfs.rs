@@ -138,15 +138,34 @@ pub fn check_dataset(name: &str) -> Result<(), ProviderError> {
 
 /// ZFS `compression` values a volume may ask for.
 pub const COMPRESSION_VALUES: &[&str] = &[
-    "on", "off", "lz4", "lzjb", "zle", "gzip", "gzip-1", "gzip-2", "gzip-3", "gzip-4", "gzip-5",
-    "gzip-6", "gzip-7", "gzip-8", "gzip-9", "zstd", "zstd-fast",
+    "on",
+    "off",
+    "lz4",
+    "lzjb",
+    "zle",
+    "gzip",
+    "gzip-1",
+    "gzip-2",
+    "gzip-3",
+    "gzip-4",
+    "gzip-5",
+    "gzip-6",
+    "gzip-7",
+    "gzip-8",
+    "gzip-9",
+    "zstd",
+    "zstd-fast",
 ];
 
 /// Checks one volume option: `compression` (one of [`COMPRESSION_VALUES`],
 /// or `zstd-1`..`zstd-19`) or `recordsize` (a power of two from 512 bytes
 /// to 1 MiB, bytes or with a K/M suffix).
 pub fn check_volume_option(key: &str, value: &str) -> Result<(), ProviderError> {
-    let bad = |why: &str| Err(ProviderError::InvalidConfig(format!("{key}={value:?}: {why}")));
+    let bad = |why: &str| {
+        Err(ProviderError::InvalidConfig(format!(
+            "{key}={value:?}: {why}"
+        )))
+    };
     match key {
         "compression" => {
             let zstd_level = value
@@ -1103,7 +1122,9 @@ impl Provider for ZfsProvider {
     }
 
     fn check_volume_options(&self, options: &ProviderConfig) -> Result<(), ProviderError> {
-        options.iter().try_for_each(|(k, v)| check_volume_option(k, v))
+        options
+            .iter()
+            .try_for_each(|(k, v)| check_volume_option(k, v))
     }
 
     fn set_volume_options(
