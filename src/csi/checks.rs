@@ -168,14 +168,14 @@ pub fn parameters(
             continue;
         }
         let ok = |s: &str| {
-            !s.is_empty()
+            s.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && s.len() <= 128
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
         };
         if !ok(key) || !ok(value) {
             return Err(Status::invalid_argument(format!(
-                "parameter {key:?}={value:?}: keys and values are 1 to 128 of [A-Za-z0-9._:-]"
+                "parameter {key:?}={value:?}: keys and values are 1 to 128 of [A-Za-z0-9._:-], starting with a letter or digit"
             )));
         }
         options.insert(key.clone(), value.clone());

@@ -48,9 +48,11 @@ fn target_path(path: &str, what: &str) -> Result<PathBuf, Status> {
         return Err(Status::invalid_argument(format!("{what} is required")));
     }
     let p = Path::new(path);
+    // `components()` hides `.`; the raw segments are checked too.
     let plain = p
         .components()
-        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && !path.split('/').any(|seg| seg == "." || seg == "..");
     if path.len() > MAX_PATH_LEN || !p.is_absolute() || !plain || path.contains('\0') {
         return Err(Status::invalid_argument(format!(
             "{what} {path:?} must be an absolute path without . or .. components"
