@@ -164,3 +164,123 @@ fn csi_sanity_passes_on_zfs() {
     }
     run_sanity(test, &binary, work.path(), &extra);
 }
+
+/// Beyond the suite: on ZFS the requested capacity is the dataset's
+/// `refquota` (a write past it fails with EDQUOT), the StorageClass's
+/// `compression` and `recordsize` are set on the dataset, expansion raises
+/// the refquota, and an invalid option is INVALID_ARGUMENT before anything
+/// is made.
+#[test]
+fn zfs_enforces_capacity_and_sets_dataset_options_through_csi() {
+    let test = "zfs_enforces_capacity_and_sets_dataset_options_through_csi";
+    if !in_guest() && std::env::var(REQUIRE_ZFS).map_or(true, |v| v != "1") {
+        println!("SKIP {test}: ZFS runs in the guest (scripts/zfs-test)");
+        return;
+    }
+    let Some(pool) = ZfsPool::for_test(test, 256) else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use std::collections::HashMap;
+        use volmgr::csi::client::CsiClients;
+        use volmgr::csi::proto::{
+            CapacityRange, ControllerExpandVolumeRequest, CreateVolumeRequest, VolumeCapability,
+            volume_capability,
+        };
+        let work = tempfile::tempdir().unwrap();
+        let config = pool.provider_config();
+        let manager = volmgr::manager::Manager::open(
+            work.path().join("state"),
+            volmgr::manager::ManagerConfig {
+                default_provider: Some(Box::new(move || Ok(("zfs".into(), config)))),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let socket = work.path().join("csi.sock");
+        let server = volmgr::csi::CsiServer::new(volmgr::csi::CsiOptions::new("n1").unwrap());
+        server.ready(manager.clone()).unwrap();
+        let listener = volmgr::csi::CsiServer::bind(&socket).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(server.serve(listener, stop.clone().cancelled_owned()));
+        let mut c = CsiClients::connect(&socket).await.unwrap();
+        let req = |name: &str, params: &[(&str, &str)]| CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 8 << 20,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![VolumeCapability {
+                access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+                access_mode: Some(volume_capability::AccessMode {
+                    mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+                }),
+            }],
+            parameters: params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<HashMap<_, _>>(),
+            ..Default::default()
+        };
+        let bad = c
+            .controller
+            .create_volume(req("pvc-bad", &[("compression", "lz5")]))
+            .await;
+        assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert!(manager.volume("pvc-bad").is_err(), "nothing made");
+
+        let v = c
+            .controller
+            .create_volume(req(
+                "pvc-z",
+                &[("compression", "lz4"), ("recordsize", "64K")],
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(v.capacity_bytes, 8 << 20);
+        let dataset = format!("{}/data/pvc-z", pool.dataset());
+        let prop = |name: &str| {
+            let out = Command::new("zfs")
+                .args(["get", "-Hp", "-o", "value", name, &dataset])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(prop("refquota"), (8u64 << 20).to_string());
+        assert_eq!(prop("compression"), "lz4");
+        assert_eq!(prop("recordsize"), (64u64 << 10).to_string());
+
+        let loc = PathBuf::from(manager.volume("pvc-z").unwrap().location);
+        let write = |name: &str, mb: u64| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(loc.join(name))?;
+            for i in 0..mb {
+                f.write_all(&common::noise(i + 1, 1 << 20))?;
+            }
+            f.sync_all()
+        };
+        let err = write("big", 16).expect_err("16 MiB of noise into an 8 MiB volume");
+        assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+        std::fs::remove_file(loc.join("big")).unwrap();
+
+        let r = c
+            .controller
+            .controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: "pvc-z".into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 64 << 20,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.capacity_bytes, 64 << 20);
+        assert_eq!(prop("refquota"), (64u64 << 20).to_string());
+        write("fits", 16).expect("16 MiB into a 64 MiB volume");
+        stop.cancel();
+    });
+}
