@@ -76,6 +76,17 @@ async fn plugin() -> Plugin {
     plugin_on(None).await
 }
 
+/// The HTTP API on the plugin's manager (the same process serves both);
+/// returns a client of it.
+async fn http_on(p: &Plugin) -> volmgr::agent::client::Client {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let agent = volmgr::agent::Agent::new(volmgr::agent::ServeOptions::default()).unwrap();
+    agent.ready(p.manager.clone()).unwrap();
+    tokio::spawn(agent.serve(listener, p.stop.clone().cancelled_owned()));
+    volmgr::agent::client::Client::new(&url, None).unwrap()
+}
+
 fn mount_cap(fs_type: &str, flags: &[&str]) -> VolumeCapability {
     VolumeCapability {
         access_type: Some(volume_capability::AccessType::Mount(
@@ -260,6 +271,23 @@ async fn the_dir_provider_reports_capacity_unknown_takes_no_options_and_cannot_e
         code(p.c.controller.create_volume(opt).await),
         Code::InvalidArgument
     );
+
+    // The HTTP create refuses a capacity the provider cannot enforce.
+    let http = http_on(&p).await;
+    let err = http
+        .create_volume_sized(
+            "default",
+            Some("http-sized"),
+            BTreeMap::new(),
+            Some(1 << 20),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, volmgr::agent::client::ClientError::Api { status: 400, code, .. } if code == "invalid_input"),
+        "{err}"
+    );
+    assert!(p.manager.volume("http-sized").is_err(), "nothing made");
 
     let caps =
         p.c.controller
@@ -663,6 +691,23 @@ async fn btrfs_enforces_the_requested_capacity_and_expansion_raises_it() {
     assert_eq!(r.capacity_bytes, 64 << 20);
     assert!(!r.node_expansion_required);
     write("fits", 16).expect("16 MiB into a 64 MiB volume");
+
+    // The HTTP API shows the capacity, and its create enforces one too.
+    let http = http_on(&p).await;
+    assert_eq!(
+        http.get("pvc-q").await.unwrap().capacity_bytes,
+        Some(64 << 20)
+    );
+    let v = http
+        .create_volume_sized("default", Some("http-q"), BTreeMap::new(), Some(4 << 20))
+        .await
+        .unwrap();
+    assert_eq!(v.capacity_bytes, Some(4 << 20));
+    let http_loc = PathBuf::from(&v.location);
+    let err = std::fs::write(http_loc.join("big"), vec![1u8; 16 << 20])
+        .and_then(|()| std::fs::File::open(http_loc.join("big"))?.sync_all())
+        .expect_err("16 MiB into a 4 MiB volume");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
     assert_eq!(
         p.manager.volume("pvc-q").unwrap().details["capacity-bytes"],
         (64u64 << 20).to_string()

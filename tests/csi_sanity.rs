@@ -177,7 +177,9 @@ fn zfs_enforces_capacity_and_sets_dataset_options_through_csi() {
         println!("SKIP {test}: ZFS runs in the guest (scripts/zfs-test)");
         return;
     }
-    let Some(pool) = ZfsPool::for_test(test, 256) else { return };
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use std::collections::HashMap;
