@@ -24,6 +24,7 @@ use volmgr::csi::proto::{
 };
 use volmgr::csi::{CsiOptions, CsiServer, names};
 use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::provider::sim::{SimCall, SimProvider};
 
 struct Plugin {
     _dir: tempfile::TempDir,
@@ -37,6 +38,13 @@ struct Plugin {
 /// A plugin over a manager whose default provider is `kind` with `config`
 /// (the dir provider under the temp dir when `None`).
 async fn plugin_on(provider: Option<(&str, BTreeMap<String, String>)>) -> Plugin {
+    plugin_with(provider, None).await
+}
+
+async fn plugin_with(
+    provider: Option<(&str, BTreeMap<String, String>)>,
+    sim: Option<&SimProvider>,
+) -> Plugin {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("volumes");
     let (kind, config) = match provider {
@@ -46,15 +54,16 @@ async fn plugin_on(provider: Option<(&str, BTreeMap<String, String>)>) -> Plugin
             BTreeMap::from([("root".to_owned(), root.to_string_lossy().into_owned())]),
         ),
     };
-    let manager = Manager::open(
-        dir.path().join("state"),
-        ManagerConfig {
-            default_provider: Some(Box::new(move || Ok((kind, config)))),
-            ..ManagerConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mut manager_config = ManagerConfig {
+        default_provider: Some(Box::new(move || Ok((kind, config)))),
+        ..ManagerConfig::default()
+    };
+    if let Some(sim) = sim {
+        manager_config.factories.insert("sim".into(), sim.factory());
+    }
+    let manager = Manager::open(dir.path().join("state"), manager_config)
+        .await
+        .unwrap();
     let socket = dir.path().join("csi.sock");
     let server = CsiServer::new(CsiOptions::new("n1").unwrap());
     server.ready(manager.clone()).unwrap();
@@ -712,5 +721,49 @@ async fn btrfs_enforces_the_requested_capacity_and_expansion_raises_it() {
         p.manager.volume("pvc-q").unwrap().details["capacity-bytes"],
         (64u64 << 20).to_string()
     );
+    p.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_a_volume_with_an_operation_in_flight_are_aborted() {
+    let sim = SimProvider::new();
+    let mut p = plugin_with(Some(("sim", BTreeMap::new())), Some(&sim)).await;
+    let gate = sim.hold_next(SimCall::Create);
+    let mut first = p.c.clone();
+    let held =
+        tokio::spawn(async move { first.controller.create_volume(create_req("pvc-x")).await });
+    let g = gate.clone();
+    tokio::task::spawn_blocking(move || g.wait_entered())
+        .await
+        .unwrap();
+
+    let again = p.c.controller.create_volume(create_req("pvc-x")).await;
+    assert_eq!(code(again), Code::Aborted);
+    let delete =
+        p.c.controller
+            .delete_volume(DeleteVolumeRequest {
+                volume_id: "pvc-x".into(),
+                ..Default::default()
+            })
+            .await;
+    assert_eq!(
+        code(delete),
+        Code::Aborted,
+        "never OK for a volume being made"
+    );
+    let snap =
+        p.c.controller
+            .create_snapshot(CreateSnapshotRequest {
+                name: "s".into(),
+                source_volume_id: "pvc-x".into(),
+                ..Default::default()
+            })
+            .await;
+    assert_eq!(code(snap), Code::NotFound, "not made yet");
+
+    gate.release();
+    let v = held.await.unwrap().unwrap().into_inner().volume.unwrap();
+    assert_eq!(v.volume_id, "pvc-x");
+    assert_eq!(p.manager.volumes().len(), 1);
     p.stop.cancel();
 }

@@ -292,8 +292,13 @@ impl Controller {
     async fn delete(&self, id: &str) -> Result<(), Status> {
         let m = self.plugin.manager()?;
         checks::volume_id(id)?;
+        if crate::validate::id(id).is_err() {
+            return Ok(()); // names nothing: already deleted (idempotent)
+        }
         let Ok(v) = m.volume(id) else {
-            return Ok(()); // unknown: already deleted (idempotent)
+            // Unknown: already deleted (idempotent), unless an operation
+            // making it is in flight (then the manager says busy: ABORTED).
+            return destroy(m, id).await;
         };
         if v.kind != VolumeKind::Data {
             return Ok(()); // a snapshot id is no volume of ours to delete

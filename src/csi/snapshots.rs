@@ -98,9 +98,13 @@ pub(crate) async fn delete(plugin: &Plugin, id: &str) -> Result<(), Status> {
     if id.is_empty() {
         return Err(Status::invalid_argument("snapshot_id is required"));
     }
+    if crate::validate::id(id).is_err() {
+        return Ok(()); // names nothing: already deleted (idempotent)
+    }
     match m.volume(id) {
         Ok(v) if v.kind == VolumeKind::Snapshot && !names::is_internal(&v) => {}
-        _ => return Ok(()), // unknown: already deleted (idempotent)
+        Ok(_) => return Ok(()), // not a snapshot of ours: no snapshot to delete
+        Err(_) => {}            // unknown: gone, or being made (the manager says busy)
     }
     match m.destroy_volume(id).await {
         Ok(()) | Err(ManagerError::NoSuchVolume(_)) => Ok(()),
