@@ -89,12 +89,18 @@ async fn run() {
 
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", http.local_addr().unwrap());
-    let agent = Agent::new(ServeOptions::default()).unwrap();
+    // The HTTP API's auth is on, as in production: the client presents the token.
+    let token = "csi-bench-token".to_owned();
+    let agent = Agent::new(ServeOptions {
+        token: Some(token.clone()),
+        ..ServeOptions::default()
+    })
+    .unwrap();
     agent.ready(manager).unwrap();
     let http_task = tokio::spawn(agent.serve(http, stop.clone().cancelled_owned()));
 
     let grpc = CsiClients::connect(&socket).await.unwrap();
-    let client = Client::new(&url, None).unwrap();
+    let client = Client::new(&url, Some(token)).unwrap();
     println!("csi bench: {pairs} create+delete pairs per case, dir provider under {base}");
     println!(
         "{:>11} {:>14} {:>14}",

@@ -4,10 +4,10 @@
 
 mod agent_support;
 
-use agent_support::{GateProvider, TestAgent, assert_error, raw, sim_config};
+use agent_support::{Auth, GateProvider, TestAgent, assert_error, peers, raw, raw_as, sim_config};
 use serde_json::{Value, json};
-use volmgr::agent::api::{Kind, VolumeInfo};
-use volmgr::agent::{Agent, AgentError, ServeOptions};
+use volmgr::agent::api::{Kind, VolumeEvent, VolumeInfo};
+use volmgr::agent::{Agent, AgentError, PullFrom, ServeOptions};
 use volmgr::manager::{Manager, ManagerConfig};
 use volmgr::provider::sim::{SimCall, SimFault, SimProvider, When};
 
@@ -41,7 +41,7 @@ async fn every_route_answers_its_success_status_with_the_documented_json() {
         (added.0, &added.1),
         (
             200,
-            &json!({"id": "second", "kind": "sim", "config": {"pool": "p1"}})
+            &json!({"id": "second", "kind": "sim", "metadata": {"pool": "p1"}})
         )
     );
 
@@ -56,11 +56,13 @@ async fn every_route_answers_its_success_status_with_the_documented_json() {
     assert_eq!(created.0, 200, "{}", created.1);
     let anonymous = volume(&created.1);
     assert!(uuid::Uuid::parse_str(&anonymous.id).is_ok());
+    assert_eq!(created.1["type"], "data", "Flynn's volume type");
     assert_eq!(anonymous.kind, Kind::Data);
     assert_eq!(anonymous.provider, "default");
     assert_eq!(anonymous.parent, None);
     for key in [
         "id",
+        "type",
         "provider",
         "kind",
         "parent",
@@ -198,7 +200,11 @@ async fn every_route_answers_its_success_status_with_the_documented_json() {
         None,
     )
     .await;
-    assert_eq!(deleted.0, 204);
+    assert_eq!(
+        (deleted.0, deleted.2.len()),
+        (200, 0),
+        "Flynn's 200, no body"
+    );
     let gone = raw(
         "GET",
         &format!("{url}/storage/volumes/web-copy"),
@@ -583,13 +589,21 @@ async fn with_a_token_every_route_refuses_requests_without_it_401() {
         ("POST", "/storage/volumes/x/pull_snapshot"),
         ("GET", "/no/such/route"),
     ] {
-        for token in [None, Some("wrong")] {
-            let answer = raw(method, &format!("{url}{path}"), None, token).await;
+        for auth in [
+            Auth::None,
+            Auth::Bearer("wrong"),
+            Auth::Basic("wrong"),
+            Auth::Bearer("s3cre"),
+            Auth::Bearer("s3crett"),
+        ] {
+            let answer = raw_as(method, &format!("{url}{path}"), None, auth).await;
             assert_error(&answer, 401, "unauthorized");
         }
     }
-    let ok = raw("GET", &format!("{url}/healthz"), None, Some("s3cret")).await;
-    assert_eq!(ok.0, 200);
+    for auth in [Auth::Bearer("s3cret"), Auth::Basic("s3cret")] {
+        let ok = raw_as("GET", &format!("{url}/healthz"), None, auth).await;
+        assert_eq!(ok.0, 200, "{auth:?}");
+    }
     // The client presents it; pulls present it to the source agent too.
     let v = agent
         .client
@@ -608,7 +622,7 @@ async fn with_a_token_every_route_refuses_requests_without_it_401() {
         .unwrap();
     agent
         .client
-        .pull(&target.id, url, &snap.id)
+        .pull(&target.id, PullFrom::Host("self"), &snap.id)
         .await
         .expect("a pull between agents sharing the token");
     agent.shutdown().await;
@@ -718,21 +732,27 @@ async fn a_failing_provider_is_a_500_and_leaves_no_volume() {
 
 #[tokio::test]
 async fn a_pull_from_an_unreachable_source_is_answered_502() {
-    let (_dir, _sim, agent) = sim_agent().await;
+    // A peer on a port nobody listens on: bound, then released.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let options = ServeOptions {
+        peers: peers(&[("down", &format!("http://{closed}"))]),
+        ..ServeOptions::default()
+    };
+    let agent = TestAgent::open(dir.path(), sim_config(&sim), options).await;
     agent
         .client
         .create_volume("default", Some("t"), Default::default())
         .await
         .unwrap();
-    // A port nobody listens on: bound, then released.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
     let answer = raw(
         "POST",
         &format!("{}/storage/volumes/t/pull_snapshot", agent.url),
-        Some(&json!({"source": format!("http://{closed}"), "snapshot_id": "s"}).to_string()),
+        Some(&json!({"host_id": "down", "snapshot_id": "s"}).to_string()),
         None,
     )
     .await;
@@ -750,21 +770,33 @@ async fn the_volume_event_stream_lists_then_follows_creates_and_destroys() {
     let mut events = c.events().await.unwrap();
     let first = events.next().await.unwrap().unwrap();
     assert_eq!(first.event, "create");
-    assert_eq!(first.json::<VolumeInfo>().unwrap().id, "before");
-    assert_eq!(events.next().await.unwrap().unwrap().event, "current");
+    let before = match first.json::<VolumeEvent>().unwrap() {
+        VolumeEvent::Create { volume } => volume,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(before.id, "before");
+    let current = events.next().await.unwrap().unwrap();
+    assert_eq!(
+        (current.event.as_str(), current.json::<Value>().unwrap()),
+        ("current", json!({"type": "current"}))
+    );
 
     c.create_volume("default", Some("after"), Default::default())
         .await
         .unwrap();
     let created = events.next().await.unwrap().unwrap();
     assert_eq!(created.event, "create");
-    assert_eq!(created.json::<VolumeInfo>().unwrap().id, "after");
+    assert!(
+        matches!(created.json::<VolumeEvent>().unwrap(), VolumeEvent::Create { volume } if volume.id == "after")
+    );
 
     c.destroy("before").await.unwrap();
     let destroyed = events.next().await.unwrap().unwrap();
+    assert_eq!(destroyed.event, "destroy");
     assert_eq!(
-        (destroyed.event.as_str(), destroyed.json::<Value>().unwrap()),
-        ("destroy", json!({"id": "before"}))
+        destroyed.json::<VolumeEvent>().unwrap(),
+        VolumeEvent::Destroy { volume: before },
+        "a destroy carries the volume's info"
     );
 
     // Shutdown ends the stream instead of waiting for it.
@@ -790,7 +822,7 @@ async fn abort_receive_discards_the_partial_receive_and_a_token_that_does_not_fi
         None,
     )
     .await;
-    assert_eq!(answer.0, 204, "{:?}", answer.1);
+    assert_eq!((answer.0, answer.2.len()), (200, 0), "{:?}", answer.1);
     assert!(sim.partial("v").is_none(), "discarded");
     let again = raw(
         "DELETE",
@@ -799,7 +831,7 @@ async fn abort_receive_discards_the_partial_receive_and_a_token_that_does_not_fi
         None,
     )
     .await;
-    assert_eq!(again.0, 204, "idempotent");
+    assert_eq!(again.0, 200, "idempotent");
     let missing = raw(
         "DELETE",
         &format!("{url}/storage/volumes/nope/receive"),
@@ -819,6 +851,7 @@ async fn abort_receive_discards_the_partial_receive_and_a_token_that_does_not_fi
     let http = reqwest::Client::new();
     let response = http
         .post(format!("{url}/storage/volumes/{}/send", s.id))
+        .bearer_auth(agent.token.as_deref().unwrap())
         .body(r#"{"haves": [], "resume_token": "1-abc"}"#)
         .send()
         .await

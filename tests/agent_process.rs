@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use agent_support::{TestAgent, sim_config};
+use agent_support::{TEST_TOKEN, TestAgent, sim_config};
 use serde_json::Value;
 use volmgr::agent::ServeOptions;
 use volmgr::agent::api::VolumeInfo;
@@ -20,13 +20,15 @@ use volmgr::provider::sim::SimProvider;
 const BIN: &str = env!("CARGO_BIN_EXE_volmgr");
 
 /// Runs `volmgr` off the runtime's thread (the agent under test keeps
-/// serving on it).
+/// serving on it). `VOLMGR_TOKEN` is the test agents' token unless `env`
+/// sets it (`""`: none).
 async fn volmgr(args: Vec<String>, env: Vec<(&'static str, String)>) -> Output {
     tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new(BIN);
         cmd.args(&args)
-            .env_remove("VOLMGR_TOKEN")
+            .env("VOLMGR_TOKEN", TEST_TOKEN)
             .env_remove("VOLMGR_AGENT")
+            .env_remove("VOLMGR_STATE_DIR")
             .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
@@ -131,7 +133,7 @@ async fn the_volume_cli_drives_every_verb_and_reports_failures_by_exit_code() {
     let o = volmgr(
         args(
             url,
-            &["pull", "mirror", "--source", url, "--snapshot", &snap],
+            &["pull", "mirror", "--host", "self", "--snapshot", &snap],
         ),
         vec![],
     )
@@ -192,6 +194,47 @@ async fn the_volume_cli_presents_the_token_from_a_flag_a_file_or_the_environment
     assert_exit(&o, 0);
     let o = volmgr(args(url, &["list"]), vec![("VOLMGR_TOKEN", "t0ken".into())]).await;
     assert_exit(&o, 0);
+    // The agent's own token file, as `volmgr serve` keeps it.
+    let state = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(state.path()).unwrap();
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(state.path().join("token"))
+            .unwrap();
+        f.write_all(b"t0ken\n").unwrap();
+    }
+    let state_dir = state.path().to_str().unwrap();
+    let o = volmgr(
+        args(url, &["list", "--state-dir", state_dir]),
+        vec![("VOLMGR_TOKEN", String::new())],
+    )
+    .await;
+    assert_exit(&o, 0);
+    let o = volmgr(
+        args(url, &["list"]),
+        vec![
+            ("VOLMGR_TOKEN", String::new()),
+            ("VOLMGR_STATE_DIR", state_dir.to_owned()),
+        ],
+    )
+    .await;
+    assert_exit(&o, 0);
+    // A named state directory without a token file is a usage error.
+    let empty = tempfile::tempdir().unwrap();
+    let o = volmgr(
+        args(
+            url,
+            &["list", "--state-dir", empty.path().to_str().unwrap()],
+        ),
+        vec![("VOLMGR_TOKEN", String::new())],
+    )
+    .await;
+    assert_exit(&o, EXIT_USAGE);
     agent.shutdown().await;
 }
 
@@ -213,6 +256,7 @@ async fn the_volume_cli_exits_cleanly_when_stdout_is_closed() {
         drop(reader);
         Command::new(BIN)
             .args(["volume", "--agent", &url, "list"])
+            .env("VOLMGR_TOKEN", TEST_TOKEN)
             .stdout(writer)
             .stderr(Stdio::piped())
             .output()
@@ -233,7 +277,7 @@ async fn the_volume_cli_exits_cleanly_when_stdout_is_closed() {
 fn serve_refuses_a_non_loopback_address_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let o = Command::new(BIN)
-        .args(["serve", "--state-dir"])
+        .args(["serve", "--insecure-no-auth", "--state-dir"])
         .arg(dir.path())
         .args(["--listen", "0.0.0.0:0"])
         .env_remove("VOLMGR_TOKEN")
@@ -241,7 +285,7 @@ fn serve_refuses_a_non_loopback_address_without_a_token() {
         .unwrap();
     assert_exit(&o, EXIT_USAGE);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("token"),
+        String::from_utf8_lossy(&o.stderr).contains("without a token"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -256,6 +300,8 @@ struct Server {
     child: Child,
     logs: std_mpsc::Receiver<Value>,
     url: String,
+    /// The token the agent generated in its state directory.
+    token: String,
 }
 
 /// Bound on waiting for the agent's own log lines (not a synchronisation
@@ -290,9 +336,12 @@ impl Server {
             child,
             logs,
             url: String::new(),
+            token: String::new(),
         };
         let serving = server.wait_for("serving");
         server.url = format!("http://{}", serving["fields"]["addr"].as_str().unwrap());
+        server.token =
+            volmgr::agent::credential::read_token_file(&state_dir.join("token")).unwrap();
         server
     }
 
@@ -326,6 +375,7 @@ async fn sigterm_during_a_burst_of_creates_keeps_every_acknowledged_volume_and_l
     let server = tokio::task::block_in_place(|| Server::start(state.path()));
     tokio::task::block_in_place(|| server.wait_for("ready"));
     let url = server.url.clone();
+    let token = server.token.clone();
 
     // Workers create volumes back to back until the agent stops answering.
     const WORKERS: usize = 16;
@@ -334,6 +384,7 @@ async fn sigterm_during_a_burst_of_creates_keeps_every_acknowledged_volume_and_l
     let mut workers = Vec::new();
     for w in 0..WORKERS {
         let url = url.clone();
+        let token = token.clone();
         let acked = acked_tx.clone();
         workers.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
@@ -342,6 +393,7 @@ async fn sigterm_during_a_burst_of_creates_keeps_every_acknowledged_volume_and_l
                 let id = format!("w{w:02}-{n:03}");
                 let answer = http
                     .post(format!("{url}/storage/providers/default/volumes"))
+                    .bearer_auth(&token)
                     .json(&serde_json::json!({ "id": id }))
                     .send()
                     .await;
@@ -396,7 +448,11 @@ async fn sigterm_during_a_burst_of_creates_keeps_every_acknowledged_volume_and_l
     );
     assert_eq!(report["fields"]["orphans"], 0, "{report}");
     tokio::task::block_in_place(|| server.wait_for("ready"));
-    let listed: Vec<VolumeInfo> = reqwest::get(format!("{}/storage/volumes", server.url))
+    assert_eq!(server.token, token, "the token survives a restart");
+    let listed: Vec<VolumeInfo> = reqwest::Client::new()
+        .get(format!("{}/storage/volumes", server.url))
+        .bearer_auth(&server.token)
+        .send()
         .await
         .unwrap()
         .json()

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use agent_support::{TestAgent, assert_error, raw, sim_config};
+use agent_support::{TestAgent, assert_error, peers, raw, sim_config};
 use serde_json::json;
-use volmgr::agent::ServeOptions;
+use volmgr::agent::{PullFrom, ServeOptions};
 use volmgr::manager::ManagerConfig;
 use volmgr::provider::sim::{SimCall, SimFault, SimProvider, When};
 
@@ -37,13 +37,21 @@ async fn two_agents() -> Pair {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (sim_a, sim_b) = (SimProvider::new(), SimProvider::new());
     let a = TestAgent::open(dir_a.path(), sim_config(&sim_a), ServeOptions::default()).await;
-    let b = TestAgent::open(dir_b.path(), sim_config(&sim_b), ServeOptions::default()).await;
+    let b = TestAgent::open(dir_b.path(), sim_config(&sim_b), peer_a(&a)).await;
     Pair {
         _dirs: (dir_a, dir_b),
         sim_a,
         sim_b,
         a,
         b,
+    }
+}
+
+/// Options of an agent that has `a` as peer `a`.
+fn peer_a(a: &TestAgent) -> ServeOptions {
+    ServeOptions {
+        peers: peers(&[("a", &a.url)]),
+        ..ServeOptions::default()
     }
 }
 
@@ -106,12 +114,7 @@ async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
         ServeOptions::default(),
     )
     .await;
-    let b = TestAgent::open(
-        dir_b.path(),
-        dir_config(dir_b.path()),
-        ServeOptions::default(),
-    )
-    .await;
+    let b = TestAgent::open(dir_b.path(), dir_config(dir_b.path()), peer_a(&a)).await;
 
     let app = a
         .client
@@ -140,7 +143,7 @@ async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
         .unwrap();
     let full = b
         .client
-        .pull(&replica.id, &a.url, &snap1.id)
+        .pull(&replica.id, PullFrom::Host("a"), &snap1.id)
         .await
         .expect("full pull");
     assert_eq!(full.snapshot.parent.as_deref(), Some("app-replica"));
@@ -161,7 +164,7 @@ async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
         .unwrap();
     let incremental = b
         .client
-        .pull(&replica.id, &a.url, &snap2.id)
+        .pull(&replica.id, PullFrom::Host("a"), &snap2.id)
         .await
         .expect("incremental pull");
     eprintln!(
@@ -224,7 +227,7 @@ async fn a_second_pull_between_simulated_agents_is_incremental_and_the_data_matc
         .unwrap();
     let full = b
         .client
-        .pull(&replica.id, &a.url, &snap1.id)
+        .pull(&replica.id, PullFrom::Host("a"), &snap1.id)
         .await
         .expect("full pull");
     assert_eq!(full.snapshot.parent.as_deref(), Some("app-replica"));
@@ -237,7 +240,7 @@ async fn a_second_pull_between_simulated_agents_is_incremental_and_the_data_matc
         .unwrap();
     let incremental = b
         .client
-        .pull(&replica.id, &a.url, &snap2.id)
+        .pull(&replica.id, PullFrom::Host("a"), &snap2.id)
         .await
         .expect("incremental pull");
     eprintln!(
@@ -291,7 +294,7 @@ async fn a_pull_streams_progress_events_then_its_result() {
     let mut seen = Vec::new();
     let done = b
         .client
-        .pull_with_progress("t", &a.url, &snap.id, |bytes| seen.push(bytes))
+        .pull_with_progress("t", PullFrom::Host("a"), &snap.id, |bytes| seen.push(bytes))
         .await
         .unwrap();
     assert_eq!(seen.last(), Some(&done.bytes));
@@ -304,7 +307,7 @@ async fn a_pull_streams_progress_events_then_its_result() {
     // A failure is an `error` event carrying the status and code.
     let err = b
         .client
-        .pull_with_progress("t", &a.url, "no-such-snapshot", |_| {})
+        .pull_with_progress("t", PullFrom::Url(&a.url), "no-such-snapshot", |_| {})
         .await
         .unwrap_err();
     assert_eq!(
@@ -411,7 +414,11 @@ async fn a_broken_pull_is_kept_resumable_and_the_next_pull_sends_only_the_rest()
     assert_eq!(dst.details["resume-snapshot"], snap);
     assert!(p.sim_b.partial("dst").is_some());
 
-    let done = p.b.client.pull("dst", &p.a.url, &snap).await.unwrap();
+    let done =
+        p.b.client
+            .pull("dst", PullFrom::Url(&p.a.url), &snap)
+            .await
+            .unwrap();
     assert!(done.resumed, "{done:?}");
     assert_eq!(
         done.bytes as usize,
@@ -462,7 +469,7 @@ async fn an_agent_resumes_an_interrupted_pull_when_ready_and_discards_one_it_can
         .await
         .unwrap();
     let mut events = manager.subscribe();
-    let b = TestAgent::serve(manager, ServeOptions::default()).await;
+    let b = TestAgent::serve(manager, peer_a(&a)).await;
     let received = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         loop {
             match events.recv().await {

@@ -90,10 +90,15 @@ async fn plugin() -> Plugin {
 async fn http_on(p: &Plugin) -> volmgr::agent::client::Client {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let agent = volmgr::agent::Agent::new(volmgr::agent::ServeOptions::default()).unwrap();
+    let token = "csi-plugin-test-token".to_owned();
+    let agent = volmgr::agent::Agent::new(volmgr::agent::ServeOptions {
+        token: Some(token.clone()),
+        ..volmgr::agent::ServeOptions::default()
+    })
+    .unwrap();
     agent.ready(p.manager.clone()).unwrap();
     tokio::spawn(agent.serve(listener, p.stop.clone().cancelled_owned()));
-    volmgr::agent::client::Client::new(&url, None).unwrap()
+    volmgr::agent::client::Client::new(&url, Some(token)).unwrap()
 }
 
 fn mount_cap(fs_type: &str, flags: &[&str]) -> VolumeCapability {

@@ -51,6 +51,15 @@ const WORKERS: usize = 4;
 /// wait ends when the line arrives).
 const LOG_WAIT: Duration = Duration::from_secs(120);
 
+/// The agent's token: auth is on by default, the agent generates it in
+/// its state directory at first start (mode 0600), and the workers read it
+/// from there as the CLI does.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn token() -> Option<String> {
+    TOKEN.get().cloned()
+}
+
 /// A `volmgr serve` process whose JSON log lines arrive on a channel; killed
 /// on drop if still running.
 struct Agent {
@@ -93,6 +102,14 @@ impl Agent {
         agent.url = format!(
             "http://{}",
             serving["fields"]["addr"].as_str().expect("serving addr")
+        );
+        // The token file exists before the agent serves.
+        let token = volmgr::agent::credential::read_token_file(&state_dir.join("token"))
+            .expect("the agent's token file");
+        assert_eq!(
+            *TOKEN.get_or_init(|| token.clone()),
+            token,
+            "one token per state directory"
         );
         agent
     }
@@ -185,7 +202,7 @@ async fn worker(
     model: Arc<Mutex<Model>>,
     acks: tokio::sync::mpsc::UnboundedSender<()>,
 ) {
-    let client = Client::new(&url, None).expect("client");
+    let client = Client::new(&url, token()).expect("client");
     let ack = || {
         let _ = acks.send(());
     };
@@ -228,7 +245,7 @@ async fn worker(
 /// thousands of lives (else every start would reconcile an ever larger
 /// inventory). Its destroys are checked like any other.
 async fn janitor(url: String, model: Arc<Mutex<Model>>) {
-    let client = Client::new(&url, None).expect("client");
+    let client = Client::new(&url, token()).expect("client");
     let Ok(volumes) = client.list().await else {
         return;
     };
@@ -271,7 +288,7 @@ async fn check(agent: &Agent, report: &Value, root: &Path, model: &Model) -> (u6
             problems.push(format!("reconciliation reports {field}: {report}"));
         }
     }
-    let client = Client::new(&agent.url, None).expect("client");
+    let client = Client::new(&agent.url, token()).expect("client");
     let volumes: Vec<VolumeInfo> = client.list().await.expect("list volumes");
     let ids: BTreeSet<String> = volumes.iter().map(|v| v.id.clone()).collect();
     for v in &volumes {

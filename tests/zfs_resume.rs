@@ -417,7 +417,13 @@ async fn killed_pull_is_reconciled_resumable_and_the_agent_finishes_it_when_read
 
     // The agent, once ready, finishes the pull from where it stopped.
     let mut events = b.subscribe();
-    let agent = TestAgent::serve(b, ServeOptions::default()).await;
+    // The source is a configured peer: the agent may pull from it and
+    // present the shared token.
+    let options = ServeOptions {
+        peers: agent_support::peers(&[("source", &source_agent.url)]),
+        ..ServeOptions::default()
+    };
+    let agent = TestAgent::serve(b, options).await;
     let received = tokio::time::timeout(Duration::from_secs(300), async {
         loop {
             match events.recv().await {

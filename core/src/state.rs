@@ -404,10 +404,21 @@ pub struct Pending {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     Created(Volume),
-    Destroyed { id: String },
-    Lost { id: String },
-    Found { id: String },
-    ProviderAdded { id: String },
+    /// `volume` is the volume as it was when destroyed (subscribers such as
+    /// Flynn's client want its info, not only its id).
+    Destroyed {
+        id: String,
+        volume: Box<Volume>,
+    },
+    Lost {
+        id: String,
+    },
+    Found {
+        id: String,
+    },
+    ProviderAdded {
+        id: String,
+    },
 }
 
 /// Why a record could not be applied: the journal contradicts itself.
@@ -587,8 +598,15 @@ impl State {
                 }]);
             }
             Action::DestroyVolume { volume } => {
-                self.volumes.remove(volume);
-                return Ok(vec![Event::Destroyed { id: volume.clone() }]);
+                return Ok(self
+                    .volumes
+                    .remove(volume)
+                    .map(|gone| Event::Destroyed {
+                        id: volume.clone(),
+                        volume: Box::new(gone),
+                    })
+                    .into_iter()
+                    .collect());
             }
             Action::DestroyOrphan { provider, volume } => {
                 self.orphans.remove(&orphan_key(provider, volume));

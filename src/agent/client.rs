@@ -1,6 +1,7 @@
 //! A typed client of the agent's HTTP API (the CLI's transport; tests use
 //! it too). Plain HTTP only: put TLS in front of an agent that leaves the
-//! host, or keep it on loopback.
+//! host, or keep it on loopback. An error answer is read up to
+//! [`MAX_ERROR_BODY_BYTES`]; never followed redirects.
 
 use std::fmt;
 use std::time::Duration;
@@ -15,6 +16,35 @@ use super::api::{
     PullRequest, PullResponse, SendRequest, SnapshotRequest, StringMap, VolumeInfo, events,
 };
 use super::server::DEFAULT_LISTEN;
+
+/// Most bytes of an error answer read (the rest is never read).
+pub const MAX_ERROR_BODY_BYTES: usize = 16 * 1024;
+/// Longest time spent reading an error answer.
+const ERROR_BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Where a pull comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullFrom<'a> {
+    /// A peer of the pulling agent, by host id (Flynn's `host_id`).
+    Host(&'a str),
+    /// An agent's base URL: a peer's, or any where the pulling agent
+    /// allows arbitrary sources.
+    Url(&'a str),
+}
+
+impl PullFrom<'_> {
+    fn request(self, snapshot_id: &str) -> PullRequest {
+        let (host_id, source) = match self {
+            PullFrom::Host(h) => (Some(h.to_owned()), None),
+            PullFrom::Url(u) => (None, Some(u.to_owned())),
+        };
+        PullRequest {
+            host_id,
+            source,
+            snapshot_id: snapshot_id.to_owned(),
+        }
+    }
+}
 
 /// The agent a client talks to by default.
 pub fn default_agent_url() -> String {
@@ -105,12 +135,14 @@ impl SseMessage {
 /// Longest SSE line the parser keeps (a volume with maximal metadata fits).
 const MAX_SSE_LINE_BYTES: usize = 1 << 20;
 
-/// Server-sent events read from a response body.
+/// Server-sent events read from a response body. Lines end with LF, CR
+/// or CRLF (the agent frames its extension events with CR).
 pub struct EventStream {
     body: std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     buf: BytesMut,
     event: String,
     data: Vec<String>,
+    ended: bool,
 }
 
 impl fmt::Debug for EventStream {
@@ -126,16 +158,28 @@ impl EventStream {
             buf: BytesMut::new(),
             event: String::new(),
             data: Vec::new(),
+            ended: false,
         }
+    }
+
+    /// The next complete line, without its end; `None` if more bytes are
+    /// needed. A CR at the end of the buffer waits for the next byte (it
+    /// may be a CRLF), unless the body ended.
+    fn line(&mut self) -> Option<String> {
+        let pos = self.buf.iter().position(|b| *b == b'\n' || *b == b'\r')?;
+        let width = match (self.buf[pos], self.buf.get(pos + 1)) {
+            (b'\r', Some(b'\n')) => 2,
+            (b'\r', None) if !self.ended => return None,
+            _ => 1,
+        };
+        let line = self.buf.split_to(pos + width);
+        Some(String::from_utf8_lossy(&line[..pos]).into_owned())
     }
 
     /// The next event (comments and keep-alives skipped); `None` at the end.
     pub async fn next(&mut self) -> Option<Result<SseMessage, ClientError>> {
         loop {
-            while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-                let line = self.buf.split_to(pos + 1);
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim_end_matches(['\n', '\r']);
+            while let Some(line) = self.line() {
                 if line.is_empty() {
                     if self.data.is_empty() && self.event.is_empty() {
                         continue;
@@ -154,7 +198,7 @@ impl EventStream {
                 if line.starts_with(':') {
                     continue;
                 }
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let (field, value) = line.split_once(':').unwrap_or((&line, ""));
                 let value = value.strip_prefix(' ').unwrap_or(value);
                 match field {
                     "event" => self.event = value.to_owned(),
@@ -162,12 +206,16 @@ impl EventStream {
                     _ => {}
                 }
             }
+            if self.ended {
+                return None;
+            }
             if self.buf.len() > MAX_SSE_LINE_BYTES {
                 return Some(Err(ClientError::Protocol("event line too long".into())));
             }
-            match self.body.next().await? {
-                Ok(chunk) => self.buf.extend_from_slice(&chunk),
-                Err(e) => return Some(Err(transport(e))),
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Some(Err(transport(e))),
+                None => self.ended = true,
             }
         }
     }
@@ -193,6 +241,7 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
         Ok(Client {
@@ -224,17 +273,21 @@ impl Client {
         if status.is_success() {
             return Ok(response);
         }
-        let body = response.bytes().await.unwrap_or_default();
+        let body =
+            super::pull::bounded_prefix(response, MAX_ERROR_BODY_BYTES, ERROR_BODY_DEADLINE).await;
         Err(match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(e) => ClientError::Api {
                 status: status.as_u16(),
-                code: e.code,
+                code: e.volmgr_code().to_owned(),
                 message: e.message,
             },
             Err(_) => ClientError::Api {
                 status: status.as_u16(),
                 code: "unknown".into(),
-                message: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+                message: String::from_utf8_lossy(&body[..body.len().min(512)])
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect(),
             },
         })
     }
@@ -303,6 +356,7 @@ impl Client {
             id: id.map(str::to_owned),
             meta,
             capacity_bytes,
+            ..CreateVolumeRequest::default()
         };
         let path = format!("/storage/providers/{}/volumes", segment(provider));
         self.json(self.with_json(reqwest::Method::POST, &path, &body))
@@ -387,14 +441,11 @@ impl Client {
     pub async fn pull(
         &self,
         target: &str,
-        source: &str,
+        from: PullFrom<'_>,
         snapshot_id: &str,
     ) -> Result<PullResponse, ClientError> {
         let path = format!("/storage/volumes/{}/pull_snapshot", segment(target));
-        let body = PullRequest {
-            source: source.into(),
-            snapshot_id: snapshot_id.into(),
-        };
+        let body = from.request(snapshot_id);
         self.json(self.with_json(reqwest::Method::POST, &path, &body))
             .await
     }
@@ -404,15 +455,12 @@ impl Client {
     pub async fn pull_with_progress(
         &self,
         target: &str,
-        source: &str,
+        from: PullFrom<'_>,
         snapshot_id: &str,
         mut progress: impl FnMut(u64),
     ) -> Result<PullResponse, ClientError> {
         let path = format!("/storage/volumes/{}/pull_snapshot", segment(target));
-        let body = PullRequest {
-            source: source.into(),
-            snapshot_id: snapshot_id.into(),
-        };
+        let body = from.request(snapshot_id);
         let request = self
             .with_json(reqwest::Method::POST, &path, &body)
             .header(reqwest::header::ACCEPT, "text/event-stream");
@@ -430,8 +478,8 @@ impl Client {
                     let e: ErrorEvent = message.json()?;
                     return Err(ClientError::Api {
                         status: e.status,
-                        code: e.code,
-                        message: e.message,
+                        code: e.error.volmgr_code().to_owned(),
+                        message: e.error.message,
                     });
                 }
                 _ => {}

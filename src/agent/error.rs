@@ -1,4 +1,14 @@
-//! API errors: a status, a stable code and a message, answered as JSON.
+//! API errors: a status, a stable code and a message, answered as JSON in
+//! Flynn's error shape.
+//!
+//! The body is Flynn's `pkg/httphelper.JSONError`: `{"code", "message",
+//! "detail"?, "retry"}` where `code` is one of Flynn's codes
+//! (`object_not_found`, `object_exists`, `validation_error`, `conflict`,
+//! ...), so Flynn's `IsObjectNotFoundError` and friends work, plus
+//! `volmgr_code`, volmgr's finer code (`has_dependents`, `busy`, ...; the
+//! README's table). The Flynn code is derived from volmgr's code and the
+//! status in one place ([`flynn_code`]), so a new volmgr error gets a Flynn
+//! code without a second table to keep in step.
 //!
 //! The mapping from [`ManagerError`] is the one place that decides statuses:
 //! 400 for input the caller can fix, 404 for unknown ids, 409 for conflicts
@@ -17,8 +27,45 @@ use crate::provider::ProviderError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
+    /// volmgr's code (`volmgr_code` on the wire).
     pub code: &'static str,
     pub message: String,
+    /// Flynn's `detail`: `{"field": NAME}` for a validation error that
+    /// names the request field at fault.
+    pub field: Option<&'static str>,
+}
+
+/// Flynn's error code for volmgr's `code` answered with `status`
+/// (`pkg/httphelper`'s codes; its table gives each a status, which the
+/// agent's statuses agree with except `request_body_too_big`, 413 here and
+/// 400 there, and the 502s, `unknown_error` here and 500 there).
+pub fn flynn_code(status: StatusCode, code: &str) -> &'static str {
+    match code {
+        "already_exists" => return "object_exists",
+        "bad_json" => return "syntax_error",
+        "body_too_large" => return "request_body_too_big",
+        "no_such_route" => return "not_found",
+        _ => {}
+    }
+    match status.as_u16() {
+        400 | 405 => "validation_error",
+        401 => "unauthorized",
+        404 => "object_not_found",
+        409 => "conflict",
+        412 => "precondition_failed",
+        429 => "ratelimited",
+        503 => "service_unavailable",
+        _ => "unknown_error",
+    }
+}
+
+/// Whether asking again later may succeed (Flynn's `retry`).
+fn retryable(status: StatusCode, code: &str) -> bool {
+    status == StatusCode::SERVICE_UNAVAILABLE
+        || matches!(
+            code,
+            "busy" | "transfer_interrupted" | "source_unreachable" | "source_stream_failed"
+        )
 }
 
 impl ApiError {
@@ -27,6 +74,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
         }
     }
 
@@ -38,10 +86,26 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 
+    /// Names the request field at fault (Flynn's `detail.field`).
+    pub fn field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
+    }
+
+    /// Flynn's code for this error.
+    pub fn flynn_code(&self) -> &'static str {
+        flynn_code(self.status, self.code)
+    }
+
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
-            code: self.code.to_owned(),
+            code: self.flynn_code().to_owned(),
             message: self.message.clone(),
+            detail: self
+                .field
+                .map(|field| serde_json::json!({ "field": field })),
+            retry: retryable(self.status, self.code),
+            volmgr_code: self.code.to_owned(),
         }
     }
 }
@@ -69,7 +133,7 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
+                header::HeaderValue::from_static("Bearer, Basic realm=\"volmgr\""),
             );
         }
         response
@@ -80,37 +144,80 @@ impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         use StatusCode as S;
         let message = e.to_string();
-        let (status, code) = match &e {
-            ManagerError::NoSuchVolume(_) => (S::NOT_FOUND, "no_such_volume"),
-            ManagerError::NoSuchProvider(_) => (S::NOT_FOUND, "no_such_provider"),
-            ManagerError::NoSuchOrphan { .. } => (S::NOT_FOUND, "no_such_orphan"),
-            ManagerError::AlreadyExists(_) => (S::CONFLICT, "already_exists"),
-            ManagerError::InvalidId { .. } => (S::BAD_REQUEST, "invalid_id"),
-            ManagerError::InvalidMeta(_) => (S::BAD_REQUEST, "invalid_meta"),
-            ManagerError::InvalidInput(_) => (S::BAD_REQUEST, "invalid_input"),
-            ManagerError::HasDependents { .. } => (S::CONFLICT, "has_dependents"),
-            ManagerError::Busy(_) => (S::CONFLICT, "busy"),
-            ManagerError::WrongKind { .. } => (S::CONFLICT, "wrong_kind"),
-            ManagerError::VolumeLost(_) => (S::CONFLICT, "volume_lost"),
+        let (status, code, field) = match &e {
+            ManagerError::NoSuchVolume(_) => (S::NOT_FOUND, "no_such_volume", None),
+            ManagerError::NoSuchProvider(_) => (S::NOT_FOUND, "no_such_provider", None),
+            ManagerError::NoSuchOrphan { .. } => (S::NOT_FOUND, "no_such_orphan", None),
+            ManagerError::AlreadyExists(_) => (S::CONFLICT, "already_exists", Some("id")),
+            ManagerError::InvalidId { .. } => (S::BAD_REQUEST, "invalid_id", Some("id")),
+            ManagerError::InvalidMeta(_) => (S::BAD_REQUEST, "invalid_meta", Some("meta")),
+            ManagerError::InvalidInput(_) => (S::BAD_REQUEST, "invalid_input", None),
+            ManagerError::HasDependents { .. } => (S::CONFLICT, "has_dependents", None),
+            ManagerError::Busy(_) => (S::CONFLICT, "busy", None),
+            ManagerError::WrongKind { .. } => (S::CONFLICT, "wrong_kind", None),
+            ManagerError::VolumeLost(_) => (S::CONFLICT, "volume_lost", None),
             ManagerError::Provider { error, .. } => match error {
-                ProviderError::NotFound(_) => (S::NOT_FOUND, "provider_not_found"),
-                ProviderError::AlreadyExists(_) => (S::CONFLICT, "already_exists"),
-                ProviderError::Busy { .. } => (S::CONFLICT, "busy"),
-                ProviderError::HasDependents { .. } => (S::CONFLICT, "has_dependents"),
-                ProviderError::InvalidConfig(_) => (S::BAD_REQUEST, "invalid_config"),
-                ProviderError::Suspended { .. } => (S::BAD_GATEWAY, "transfer_interrupted"),
-                _ => (S::INTERNAL_SERVER_ERROR, "provider_failed"),
+                ProviderError::NotFound(_) => (S::NOT_FOUND, "provider_not_found", None),
+                ProviderError::AlreadyExists(_) => (S::CONFLICT, "already_exists", None),
+                ProviderError::Busy { .. } => (S::CONFLICT, "busy", None),
+                ProviderError::HasDependents { .. } => (S::CONFLICT, "has_dependents", None),
+                ProviderError::InvalidConfig(_) => {
+                    (S::BAD_REQUEST, "invalid_config", Some("metadata"))
+                }
+                ProviderError::Suspended { .. } => (S::BAD_GATEWAY, "transfer_interrupted", None),
+                _ => (S::INTERNAL_SERVER_ERROR, "provider_failed", None),
             },
             ManagerError::ProviderUnavailable { .. } => {
-                (S::SERVICE_UNAVAILABLE, "provider_unavailable")
+                (S::SERVICE_UNAVAILABLE, "provider_unavailable", None)
             }
             ManagerError::Journal(j) => match j {
-                JournalError::RecordTooLarge { .. } => (S::BAD_REQUEST, "invalid_input"),
-                _ => (S::SERVICE_UNAVAILABLE, "journal_unavailable"),
+                JournalError::RecordTooLarge { .. } => (S::BAD_REQUEST, "invalid_input", None),
+                _ => (S::SERVICE_UNAVAILABLE, "journal_unavailable", None),
             },
-            ManagerError::Stream(_) => (S::BAD_GATEWAY, "stream_failed"),
-            _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+            ManagerError::Stream(_) => (S::BAD_GATEWAY, "stream_failed", None),
+            _ => (S::INTERNAL_SERVER_ERROR, "internal", None),
         };
-        ApiError::new(status, code, message)
+        ApiError {
+            status,
+            code,
+            message,
+            field,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flynn_codes_follow_httphelper_and_volmgr_codes_ride_along() {
+        let cases = [
+            (404, "no_such_volume", "object_not_found", false),
+            (409, "already_exists", "object_exists", false),
+            (409, "has_dependents", "conflict", false),
+            (409, "busy", "conflict", true),
+            (400, "invalid_id", "validation_error", false),
+            (400, "bad_json", "syntax_error", false),
+            (413, "body_too_large", "request_body_too_big", false),
+            (401, "unauthorized", "unauthorized", false),
+            (404, "no_such_route", "not_found", false),
+            (502, "transfer_interrupted", "unknown_error", true),
+            (500, "provider_failed", "unknown_error", false),
+            (503, "starting", "service_unavailable", true),
+        ];
+        for (status, code, flynn, retry) in cases {
+            let e = ApiError::new(StatusCode::from_u16(status).unwrap(), code, "m");
+            let body = e.body();
+            assert_eq!(
+                (body.code.as_str(), body.retry, body.volmgr_code.as_str()),
+                (flynn, retry, code),
+                "{status} {code}"
+            );
+        }
+        let body = ApiError::bad_request("invalid_type", "m")
+            .field("type")
+            .body();
+        assert_eq!(body.detail, Some(serde_json::json!({"field": "type"})));
     }
 }

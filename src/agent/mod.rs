@@ -1,18 +1,24 @@
-//! The host agent: an HTTP API (axum) over a [`Manager`](crate::manager::Manager),
-//! the routes of Flynn's volume API plus fork, and snapshot pulls between
-//! agents; and a typed [`client`] of that API.
+//! The host agent: an HTTP API (axum) over a [`Manager`](crate::manager::Manager)
+//! in Flynn's wire format (Flynn's own client works unchanged), plus
+//! volmgr's extensions (fork, resumable pulls, extra fields and events);
+//! snapshot pulls between peers; and a typed [`client`] of that API.
 //!
 //! Embedding: bind a listener, open a manager, call [`serve`] with a
-//! shutdown future. `volmgr serve` does the same, with an [`Agent`] in the
-//! starting phase while the manager opens. The agent uses the library's
-//! public API only, like any embedding host agent.
+//! shutdown future and a token. `volmgr serve` does the same, with an
+//! [`Agent`] in the starting phase while the manager opens. The agent uses
+//! the library's public API only, like any embedding host agent.
 
 pub mod api;
 pub mod client;
+pub mod credential;
 pub mod error;
+mod events;
+pub mod peers;
+mod pull;
 mod routes;
 mod server;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, PullFrom};
 pub use error::ApiError;
+pub use peers::Peers;
 pub use server::{Agent, AgentError, DEFAULT_LISTEN, MAX_JSON_BODY_BYTES, ServeOptions, serve};

@@ -8,9 +8,11 @@
 //! finished, and the manager is closed.
 //!
 //! Requests pass, outermost first: a span and an access log line per request
-//! (`req_id`, method, path; handlers add `op` and `volume`); the bearer-token
-//! check (when a token is configured; always on a non-loopback listener);
-//! the phase gate. Handlers run in tasks of a [`TaskTracker`], so a client
+//! (`req_id`, method, path; handlers add `op` and `volume`); the credential
+//! check (the token as Bearer, or as the password of HTTP Basic the way
+//! Flynn's client sends its key; loopback included: serving without a token
+//! takes [`ServeOptions::insecure_no_auth`], and never on a non-loopback
+//! listener); the phase gate. Handlers run in tasks of a [`TaskTracker`], so a client
 //! that hangs up never cancels an operation half-way, and shutdown waits for
 //! them.
 
@@ -32,8 +34,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::credential::{constant_time_eq, presented};
 use super::error::ApiError;
-use super::routes;
+use super::peers::Peers;
+use super::{pull, routes};
 use crate::manager::Manager;
 
 /// Default listen address of `volmgr serve`.
@@ -44,9 +48,17 @@ pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
 /// How the agent serves.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Bearer token every request must carry. Required on a non-loopback
-    /// listener; also presented to source agents when pulling.
+    /// The token every request must carry (Bearer, or Basic's password);
+    /// also presented to configured peers when pulling from them.
     pub token: Option<String>,
+    /// Serve without a token (loopback only). Without it, an agent with no
+    /// token refuses to serve.
+    pub insecure_no_auth: bool,
+    /// The agents pulls may come from, by host id.
+    pub peers: Peers,
+    /// Accept a pull's `source` URL that is not a configured peer (it never
+    /// gets the token).
+    pub allow_any_source: bool,
     /// Limit of a request body; snapshot streams are responses, not requests.
     pub max_body_bytes: usize,
     /// Connecting to a source agent during a pull.
@@ -58,6 +70,8 @@ pub struct ServeOptions {
     /// When ready, resume in the background every pull that was interrupted
     /// (a volume whose details hold a resume token and the pull's source).
     pub resume_pulls: bool,
+    /// Idle time after which an event stream sends a keep-alive line.
+    pub event_keep_alive: Duration,
 }
 
 impl Default for ServeOptions {
@@ -69,6 +83,10 @@ impl Default for ServeOptions {
             pull_read_timeout: Duration::from_secs(120),
             pull_progress_interval: Duration::from_millis(250),
             resume_pulls: true,
+            event_keep_alive: Duration::from_secs(15),
+            insecure_no_auth: false,
+            peers: Peers::new(),
+            allow_any_source: false,
         }
     }
 }
@@ -77,7 +95,8 @@ impl Default for ServeOptions {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AgentError {
-    /// A non-loopback listener without a token.
+    /// No token, and serving without one was not asked for (or the
+    /// listener is not on loopback, where it is never allowed).
     TokenRequired(SocketAddr),
     /// The token is empty or not a valid header value.
     BadToken(String),
@@ -89,9 +108,14 @@ pub enum AgentError {
 impl std::fmt::Display for AgentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            AgentError::TokenRequired(addr) if addr.ip().is_loopback() => write!(
+                f,
+                "refusing to serve on {addr} without a token: give one, or ask for \
+                 --insecure-no-auth explicitly"
+            ),
             AgentError::TokenRequired(addr) => write!(
                 f,
-                "refusing to serve on non-loopback address {addr} without a bearer token \
+                "refusing to serve on non-loopback address {addr} without a token \
                  (--token-file or VOLMGR_TOKEN)"
             ),
             AgentError::BadToken(why) => write!(f, "unusable token: {why}"),
@@ -178,15 +202,19 @@ impl Agent {
     /// An agent in the starting phase (503 until [`Agent::ready`]).
     pub fn new(options: ServeOptions) -> Result<Agent, AgentError> {
         if let Some(token) = &options.token {
-            if token.is_empty() {
-                return Err(AgentError::BadToken("it is empty".into()));
+            let checked = super::credential::check_token(token).map_err(AgentError::BadToken)?;
+            if checked != token {
+                return Err(AgentError::BadToken(
+                    "it has leading or trailing white space".into(),
+                ));
             }
-            HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| AgentError::BadToken("it is not a valid header value".into()))?;
         }
+        // Never follow a redirect: a source could point the agent (and a
+        // POST) anywhere.
         let http = reqwest::Client::builder()
             .connect_timeout(options.pull_connect_timeout)
             .read_timeout(options.pull_read_timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| AgentError::Client(e.to_string()))?;
         Ok(Agent {
@@ -221,7 +249,7 @@ impl Agent {
             let _guard = runtime.enter();
             self.shared
                 .tracker
-                .spawn(routes::resume_interrupted_pulls(self.shared.clone()));
+                .spawn(pull::resume_interrupted_pulls(self.shared.clone()));
         }
         Ok(())
     }
@@ -262,8 +290,16 @@ impl Agent {
         F: Future<Output = ()> + Send + 'static,
     {
         let addr = listener.local_addr()?;
-        if !addr.ip().is_loopback() && self.shared.options.token.is_none() {
+        let options = &self.shared.options;
+        if options.token.is_none() && (!options.insecure_no_auth || !addr.ip().is_loopback()) {
             return Err(AgentError::TokenRequired(addr));
+        }
+        if options.token.is_none() {
+            tracing::warn!(
+                %addr,
+                "serving WITHOUT authentication (--insecure-no-auth): any local process can \
+                 drive this agent, which acts as root"
+            );
         }
         let app = self.router();
         let me = self.clone();
@@ -272,7 +308,13 @@ impl Agent {
             tracing::info!("shutdown requested: draining in-flight requests");
             me.begin_stopping();
         };
-        tracing::info!(%addr, auth = self.shared.options.token.is_some(), "serving");
+        tracing::info!(
+            %addr,
+            auth = self.shared.options.token.is_some(),
+            peers = self.shared.options.peers.len(),
+            allow_any_source = self.shared.options.allow_any_source,
+            "serving"
+        );
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(signal)
             .await;
@@ -346,30 +388,20 @@ async fn authenticate(State(shared): State<Arc<Shared>>, req: Request, next: Nex
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(presented);
     match presented {
         Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => next.run(req).await,
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "wrong bearer token",
-        )
-        .into_response(),
+        Some(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong token").into_response()
+        }
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "this agent requires `Authorization: Bearer <token>`",
+            "this agent requires its token: `Authorization: Bearer <token>`, or HTTP Basic \
+             with the token as the password",
         )
         .into_response(),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// 503 while starting or stopping; otherwise runs the handler in a tracked

@@ -1,5 +1,11 @@
 //! `volmgr serve`: the host agent.
 //!
+//! Credential: `--token-file`, else `VOLMGR_TOKEN`, else `<state-dir>/token`
+//! (generated on first start, mode 0600). `--insecure-no-auth` serves
+//! without one (loopback only), with a warning at every start. Peers
+//! (`--peer HOST_ID=URL`, `--peers-file`) are the agents pulls may come
+//! from and the only ones that get the credential.
+//!
 //! Binds the listener first (requests get 503 `starting` while the manager
 //! opens, replays and reconciles), logs the reconciliation report, serves
 //! until SIGINT or SIGTERM, then drains in-flight requests and closes the
@@ -13,7 +19,9 @@ use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, eprintln_safe, key_values};
-use crate::agent::{Agent, DEFAULT_LISTEN, ServeOptions};
+use crate::agent::credential::{self, CredentialError};
+use crate::agent::peers::MAX_PEERS_FILE_BYTES;
+use crate::agent::{Agent, DEFAULT_LISTEN, Peers, ServeOptions};
 use crate::csi::{CsiOptions, CsiServer};
 use crate::manager::{DEFAULT_PROVIDER_ID, Manager, ManagerConfig, ReconcileReport};
 use crate::provider::ProviderConfig;
@@ -36,12 +44,27 @@ pub struct ServeArgs {
     /// default directory provider). Created if missing.
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
-    /// Address to listen on; a non-loopback address requires a token
+    /// Address to listen on
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: String,
-    /// File holding the bearer token every request must carry [else env: VOLMGR_TOKEN]
+    /// File holding the token every request must carry [else env: VOLMGR_TOKEN, else
+    /// <state-dir>/token, generated on first start with mode 0600]
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Serve without a token (loopback only; any local process can then drive the agent,
+    /// which runs as root). Logs a warning at every start.
+    #[arg(long, conflicts_with = "token_file")]
+    pub insecure_no_auth: bool,
+    /// An agent this one may pull from and present its token to (repeatable); a pull's
+    /// `host_id` names it
+    #[arg(long = "peer", value_name = "HOST_ID=URL")]
+    pub peers: Vec<String>,
+    /// File of peers: one HOST_ID=URL a line, `#` comments
+    #[arg(long, value_name = "FILE")]
+    pub peers_file: Option<PathBuf>,
+    /// Also pull from a `source` URL that is not a configured peer (it never gets the token)
+    #[arg(long)]
+    pub allow_any_source: bool,
     /// Log format (on stderr; filter with RUST_LOG)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -65,8 +88,12 @@ pub struct ServeArgs {
 /// non-loopback address without a token).
 pub fn run(args: ServeArgs) -> i32 {
     init_logging(args.log_format);
-    let token = match token(args.token_file.as_deref()) {
+    let token = match given_token(&args) {
         Ok(t) => t,
+        Err(e) => return usage(&e),
+    };
+    let peers = match peers(&args) {
+        Ok(p) => p,
         Err(e) => return usage(&e),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -79,7 +106,7 @@ pub fn run(args: ServeArgs) -> i32 {
             return EXIT_FAILURE;
         }
     };
-    runtime.block_on(serve(args, token))
+    runtime.block_on(serve(args, token, peers))
 }
 
 fn usage(e: &str) -> i32 {
@@ -111,19 +138,73 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-fn token(file: Option<&Path>) -> Result<Option<String>, String> {
-    let token = match file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("reading the token file {}: {e}", path.display()))?,
-        ),
-        None => std::env::var(ENV_TOKEN).ok(),
-    };
-    match token.as_deref().map(str::trim) {
-        Some("") if file.is_some() => Err("the token file is empty".into()),
-        Some("") | None => Ok(None),
-        Some(t) => Ok(Some(t.to_owned())),
+/// The token given by `--token-file` or `VOLMGR_TOKEN`; `None` if neither
+/// (the state directory's token is used, or none with `--insecure-no-auth`).
+fn given_token(args: &ServeArgs) -> Result<Option<String>, String> {
+    let env = std::env::var(ENV_TOKEN)
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    if let Some(path) = &args.token_file {
+        return credential::read_token_file(path)
+            .map(Some)
+            .map_err(|e| e.to_string());
     }
+    match env {
+        Some(_) if args.insecure_no_auth => Err(format!(
+            "--insecure-no-auth with {ENV_TOKEN} set: choose one"
+        )),
+        Some(t) => credential::check_token(&t)
+            .map(|t| Some(t.to_owned()))
+            .map_err(|why| format!("{ENV_TOKEN}: {why}")),
+        None => Ok(None),
+    }
+}
+
+/// The token the agent serves with: the given one, else `<state-dir>/token`
+/// (created on first start); `None` only with `--insecure-no-auth`.
+fn serving_token(
+    args: &ServeArgs,
+    given: Option<String>,
+    state_dir: &Path,
+) -> Result<Option<String>, CredentialError> {
+    if given.is_some() || args.insecure_no_auth {
+        return Ok(given);
+    }
+    let (token, created) = credential::load_or_create(state_dir)?;
+    let path = credential::token_path(state_dir);
+    if created {
+        tracing::info!(path = %path.display(), "generated the agent's token (mode 0600)");
+    } else {
+        tracing::info!(path = %path.display(), "using the agent's token");
+    }
+    Ok(Some(token))
+}
+
+/// The peers of `--peer` and `--peers-file`.
+fn peers(args: &ServeArgs) -> Result<Peers, String> {
+    use std::io::Read;
+    let mut peers = Peers::new();
+    for entry in &args.peers {
+        peers
+            .insert_entry(entry)
+            .map_err(|e| format!("--peer: {e}"))?;
+    }
+    if let Some(path) = &args.peers_file {
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_PEERS_FILE_BYTES + 1).read_to_string(&mut text))
+            .map_err(|e| format!("peers file {}: {e}", path.display()))?;
+        if text.len() as u64 > MAX_PEERS_FILE_BYTES {
+            return Err(format!(
+                "peers file {}: larger than {MAX_PEERS_FILE_BYTES} bytes",
+                path.display()
+            ));
+        }
+        peers
+            .insert_file_text(&text)
+            .map_err(|e| format!("peers file {}: {e}", path.display()))?;
+    }
+    Ok(peers)
 }
 
 /// The default provider's (kind, configuration) from the options.
@@ -219,7 +300,7 @@ fn log_report(report: &ReconcileReport, manager: &Manager) {
     }
 }
 
-async fn serve(args: ServeArgs, token: Option<String>) -> i32 {
+async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
     if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
         return failure(&format!(
             "creating the state directory {}: {e}",
@@ -234,6 +315,10 @@ async fn serve(args: ServeArgs, token: Option<String>) -> i32 {
         Ok(p) => p,
         Err(e) => return usage(&e),
     };
+    let token = match serving_token(&args, given, &state_dir) {
+        Ok(t) => t,
+        Err(e) => return failure(&e.to_string()),
+    };
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => return failure(&format!("cannot listen on {}: {e}", args.listen)),
@@ -244,12 +329,18 @@ async fn serve(args: ServeArgs, token: Option<String>) -> i32 {
     };
     if !addr.ip().is_loopback() && token.is_none() {
         return usage(&format!(
-            "refusing to listen on non-loopback address {addr} without a bearer token \
-             (--token-file FILE or {ENV_TOKEN})"
+            "refusing to listen on non-loopback address {addr} without a token \
+             (--insecure-no-auth is for loopback only)"
         ));
+    }
+    for (host, url) in peers.iter() {
+        tracing::info!(%host, %url, "peer");
     }
     let agent = match Agent::new(ServeOptions {
         token,
+        insecure_no_auth: args.insecure_no_auth,
+        peers,
+        allow_any_source: args.allow_any_source,
         ..ServeOptions::default()
     }) {
         Ok(a) => a,

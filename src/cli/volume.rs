@@ -1,4 +1,9 @@
 //! `volmgr volume ...`: a client of a running agent.
+//!
+//! The credential: `--token`, `--token-file`, `VOLMGR_TOKEN`, else the
+//! agent's own token file `<state-dir>/token` (`--state-dir`, else
+//! `VOLMGR_STATE_DIR`, else [`DEFAULT_STATE_DIR`]), readable by the user
+//! the agent runs as.
 
 use std::io::{self, IsTerminal};
 use std::path::PathBuf;
@@ -13,12 +18,17 @@ use super::{
 };
 use crate::agent::api::{PullResponse, VolumeInfo};
 use crate::agent::client::default_agent_url;
-use crate::agent::{Client, ClientError};
+use crate::agent::credential;
+use crate::agent::{Client, ClientError, PullFrom};
 
 /// Environment variable naming the agent URL.
 pub const ENV_AGENT: &str = "VOLMGR_AGENT";
 /// Environment variable holding the bearer token.
 pub const ENV_TOKEN: &str = "VOLMGR_TOKEN";
+/// Environment variable naming the agent's state directory (its token file).
+pub const ENV_STATE_DIR: &str = "VOLMGR_STATE_DIR";
+/// Where the CLI looks for the agent's token file by default.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/volmgr";
 
 /// Arguments of `volmgr volume`.
 #[derive(Args, Debug)]
@@ -37,6 +47,10 @@ pub struct VolumeArgs {
     /// File holding the bearer token
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// The agent's state directory, whose `token` file is read when no other token is
+    /// given [env: VOLMGR_STATE_DIR] [default: /var/lib/volmgr]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Print JSON (the API's objects) instead of tables and ids
     #[arg(long, global = true)]
     pub json: bool,
@@ -92,9 +106,18 @@ pub enum VolumeCommand {
     Pull {
         /// Data volume on this agent that receives the snapshot
         target: String,
-        /// Base URL of the agent that has the snapshot
+        /// Host id of the agent that has the snapshot (a peer of this agent)
+        #[arg(
+            long,
+            value_name = "HOST_ID",
+            required_unless_present = "source",
+            conflicts_with = "source"
+        )]
+        host: Option<String>,
+        /// Base URL of the agent that has the snapshot (a peer's, or any if the agent
+        /// allows arbitrary sources)
         #[arg(long, value_name = "URL")]
-        source: String,
+        source: Option<String>,
         /// The snapshot's id on the source agent
         #[arg(long, value_name = "ID")]
         snapshot: String,
@@ -140,20 +163,45 @@ fn token(args: &VolumeArgs) -> Result<Option<String>, String> {
         return Ok(Some(t.clone()));
     }
     if let Some(path) = &args.token_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading the token file {}: {e}", path.display()))?;
-        let t = text.trim();
-        if t.is_empty() {
-            return Err(format!("the token file {} is empty", path.display()));
-        }
-        return Ok(Some(t.to_owned()));
+        return credential::read_token_file(path)
+            .map(Some)
+            .map_err(|e| e.to_string());
     }
-    Ok(std::env::var(ENV_TOKEN).ok().filter(|t| !t.is_empty()))
+    if let Some(t) = std::env::var(ENV_TOKEN).ok().filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    let (dir, explicit) = state_dir(args);
+    match credential::read_token_file(&credential::token_path(&dir)) {
+        Ok(t) => Ok(Some(t)),
+        // An agent without a token file (another token source, or
+        // --insecure-no-auth), or a user who may not read it: the agent
+        // says whether it wants a token (401).
+        Err(_) if !explicit => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The agent's state directory, and whether the user named it.
+fn state_dir(args: &VolumeArgs) -> (PathBuf, bool) {
+    if let Some(dir) = &args.state_dir {
+        return (dir.clone(), true);
+    }
+    match std::env::var(ENV_STATE_DIR).ok().filter(|d| !d.is_empty()) {
+        Some(dir) => (PathBuf::from(dir), true),
+        None => (PathBuf::from(DEFAULT_STATE_DIR), false),
+    }
 }
 
 /// The exit code of a failed request; prints the error.
 fn fail(e: &ClientError) -> i32 {
     eprintln_safe(&format!("volmgr volume: {e}"));
+    if e.status() == Some(401) {
+        eprintln_safe(&format!(
+            "volmgr volume: the agent wants its token: the CLI reads <state-dir>/token \
+             (--state-dir, {ENV_STATE_DIR}, default {DEFAULT_STATE_DIR}; readable by the \
+             agent's user only), or pass --token-file or {ENV_TOKEN}"
+        ));
+    }
     match e {
         ClientError::Api { status: 404, .. } => EXIT_NOT_FOUND,
         ClientError::Api { status: 409, .. } => EXIT_CONFLICT,
@@ -312,9 +360,17 @@ async fn execute(client: &Client, json: bool, command: VolumeCommand) -> i32 {
         },
         VolumeCommand::Pull {
             target,
+            host,
             source,
             snapshot,
-        } => pull(client, json, &target, &source, &snapshot).await,
+        } => {
+            let from = match (&host, &source) {
+                (Some(h), _) => PullFrom::Host(h),
+                (None, Some(u)) => PullFrom::Url(u),
+                (None, None) => return usage("pull needs --host HOST_ID or --source URL"),
+            };
+            pull(client, json, &target, from, &snapshot).await
+        }
     }
 }
 
@@ -323,7 +379,13 @@ fn usage(e: &str) -> i32 {
     EXIT_USAGE
 }
 
-async fn pull(client: &Client, json: bool, target: &str, source: &str, snapshot: &str) -> i32 {
+async fn pull(
+    client: &Client,
+    json: bool,
+    target: &str,
+    from: PullFrom<'_>,
+    snapshot: &str,
+) -> i32 {
     let result = if io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -335,7 +397,7 @@ async fn pull(client: &Client, json: bool, target: &str, source: &str, snapshot:
         bar.set_message(snapshot.to_owned());
         bar.enable_steady_tick(Duration::from_millis(120));
         let result = client
-            .pull_with_progress(target, source, snapshot, |bytes| bar.set_position(bytes))
+            .pull_with_progress(target, from, snapshot, |bytes| bar.set_position(bytes))
             .await;
         match &result {
             Ok(_) => bar.finish(),
@@ -343,7 +405,7 @@ async fn pull(client: &Client, json: bool, target: &str, source: &str, snapshot:
         }
         result
     } else {
-        client.pull(target, source, snapshot).await
+        client.pull(target, from, snapshot).await
     };
     match result {
         Ok(done) => print_pulled(&done, json),

@@ -1,0 +1,460 @@
+//! The agent's trust boundary, attacked (issue: the agent runs as root and
+//! was found open to any local user on loopback, to SSRF and token leaks
+//! through a pull's `source`, to redirects that kept the POST, to a source's
+//! endless error body, and it echoed a source's claim of a resumed stream).
+//!
+//! Each test performs the attack for real: a local unprivileged user
+//! (`setpriv --reuid=65534`) against a real `volmgr serve`, and fake peers
+//! (test HTTP servers) that redirect, record the Authorization header, and
+//! answer hostile bodies. Root-only tests print a skip line without root and
+//! fail loudly with `VOLMGR_REQUIRE_ROOT=1` (CI).
+
+mod agent_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use agent_support::fake_peer::{FakePeer, Script};
+use agent_support::process::{BIN, ServeProcess};
+use agent_support::{TEST_TOKEN, TestAgent, assert_error, peers, raw, sim_config};
+use serde_json::json;
+use volmgr::agent::{Client, ClientError, PullFrom, ServeOptions};
+use volmgr::manager::ManagerConfig;
+use volmgr::provider::sim::SimProvider;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `true` to go on; `false` (after a skip line) without root, unless
+/// `VOLMGR_REQUIRE_ROOT=1`, which makes it a failure.
+fn root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("VOLMGR_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!("VOLMGR_REQUIRE_ROOT=1 but {test} needs root (setpriv to another user)");
+    }
+    println!("{test}: SKIPPED (needs root; VOLMGR_REQUIRE_ROOT=1 makes this a failure)");
+    false
+}
+
+/// Runs `argv` as user and group 65534 (nobody), no supplementary groups.
+fn as_nobody(argv: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(argv)
+        .env_remove("VOLMGR_TOKEN")
+        .env_remove("VOLMGR_STATE_DIR")
+        .output()
+        .expect("setpriv runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn a_local_unprivileged_user_is_refused_on_loopback_and_cannot_read_the_token() {
+    if !root_or_skip("a_local_unprivileged_user_is_refused_on_loopback") {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    // A state directory others may traverse: only the token file's own
+    // mode keeps them out.
+    std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = ServeProcess::start(state.path(), &[]);
+    let token_path = state.path().join("token");
+    let meta = std::fs::metadata(&token_path).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "the token file is private"
+    );
+    assert_eq!(agent.token.len(), 64, "a generated token");
+
+    // nobody cannot read the token...
+    let cat = as_nobody(&["cat", token_path.to_str().unwrap()]);
+    assert!(!cat.status.success(), "{}", text(&cat));
+    assert!(!String::from_utf8_lossy(&cat.stdout).contains(&agent.token));
+    // ...and every request it makes is refused 401, with no credential or
+    // a guessed one; the CLI pointed at the agent's state directory cannot
+    // read the token. The client is a copy of the binary that nobody may
+    // run wherever the checkout lives.
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("volmgr");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin.to_str().unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    let url = agent.url.as_str();
+    let unauthorized = "(401 unauthorized)";
+    for (argv, expected) in [
+        (vec![bin, "volume", "--agent", url, "list"], unauthorized),
+        (
+            vec![bin, "volume", "--agent", url, "create", "--id", "pwned"],
+            unauthorized,
+        ),
+        (
+            vec![bin, "volume", "--agent", url, "--token", "guess", "list"],
+            unauthorized,
+        ),
+        (
+            vec![
+                bin,
+                "volume",
+                "--agent",
+                url,
+                "--state-dir",
+                state_dir,
+                "list",
+            ],
+            "token: Permission denied",
+        ),
+    ] {
+        let o = as_nobody(&argv);
+        assert!(!o.status.success(), "{argv:?}: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(expected),
+            "{argv:?}: expected {expected:?}: {}",
+            text(&o)
+        );
+    }
+    // The owner's CLI reads the token from the state directory.
+    let o = Command::new(BIN)
+        .args(["volume", "--agent", &agent.url, "--state-dir", state_dir])
+        .args(["create", "--id", "mine"])
+        .env_remove("VOLMGR_TOKEN")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let client = Client::new(&agent.url, Some(agent.token.clone())).unwrap();
+    let ids: Vec<String> = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(client.list())
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(ids, ["mine"], "nothing nobody tried was done");
+}
+
+#[test]
+fn the_token_file_is_created_private_and_an_exposed_one_is_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let first = ServeProcess::start(state.path(), &[]);
+    let token = first.token.clone();
+    drop(first);
+    // Restarts keep the token.
+    let again = ServeProcess::start(state.path(), &[]);
+    assert_eq!(again.token, token);
+    drop(again);
+    // A token file others could have read is not trusted.
+    let path = state.path().join("token");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state.path())
+        .env_remove("VOLMGR_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("lets group or others in"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn serving_without_auth_takes_an_explicit_flag_and_warns_at_every_start() {
+    let state = tempfile::tempdir().unwrap();
+    for start in 0..2 {
+        let agent = ServeProcess::start(state.path(), &["--insecure-no-auth"]);
+        assert!(!state.path().join("token").exists(), "no token generated");
+        let warned = agent.logs().iter().any(|l| {
+            l["level"] == "WARN"
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("WITHOUT authentication"))
+        });
+        assert!(warned, "start {start}: no warning in {:?}", agent.logs());
+    }
+}
+
+/// A test agent with `options`, on the simulated provider.
+async fn sim_agent(options: ServeOptions) -> (tempfile::TempDir, SimProvider, TestAgent) {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let agent = TestAgent::open(dir.path(), sim_config(&sim), options).await;
+    agent
+        .client
+        .create_volume("default", Some("t"), Default::default())
+        .await
+        .unwrap();
+    (dir, sim, agent)
+}
+
+fn pull_url(agent: &TestAgent) -> String {
+    format!("{}/storage/volumes/t/pull_snapshot", agent.url)
+}
+
+fn fixed(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Script {
+    Script::Fixed {
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        body: body.to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn a_source_that_is_not_a_configured_peer_is_never_contacted() {
+    let fake = FakePeer::start(fixed(200, &[], b"")).await;
+    let port = fake.url.rsplit(':').next().unwrap().to_owned();
+    let (_dir, _sim, agent) = sim_agent(ServeOptions::default()).await;
+    for source in [
+        fake.url.clone(),
+        format!("http://2130706433:{port}"),
+        format!("http://0x7f000001:{port}"),
+        format!("http://127.1:{port}"),
+        "http://169.254.169.254".to_owned(),
+        "http://[::1]:1".to_owned(),
+    ] {
+        let body = json!({"source": source, "snapshot_id": "s"}).to_string();
+        let answer = raw("POST", &pull_url(&agent), Some(&body), None).await;
+        assert_error(&answer, 400, "source_not_allowed");
+    }
+    let body = json!({"host_id": "metadata", "snapshot_id": "s"}).to_string();
+    assert_error(
+        &raw("POST", &pull_url(&agent), Some(&body), None).await,
+        400,
+        "unknown_host",
+    );
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_token_goes_to_configured_peers_only() {
+    let peer = FakePeer::start(fixed(404, &[], b"{}")).await;
+    let stranger = FakePeer::start(fixed(404, &[], b"{}")).await;
+    let options = ServeOptions {
+        peers: peers(&[("peer", &peer.url)]),
+        allow_any_source: true,
+        ..ServeOptions::default()
+    };
+    let (_dir, _sim, agent) = sim_agent(options).await;
+    for body in [
+        json!({"host_id": "peer", "snapshot_id": "s"}),
+        json!({"source": peer.url, "snapshot_id": "s"}),
+        json!({"source": stranger.url, "snapshot_id": "s"}),
+    ] {
+        let answer = raw("POST", &pull_url(&agent), Some(&body.to_string()), None).await;
+        assert_error(&answer, 404, "source_not_found");
+    }
+    let to_peer = peer.requests();
+    assert_eq!(to_peer.len(), 2);
+    for r in &to_peer {
+        assert_eq!(r.path, "/storage/volumes/s/send");
+        assert_eq!(
+            r.header("authorization"),
+            Some(&*format!("Bearer {TEST_TOKEN}"))
+        );
+    }
+    let to_stranger = stranger.requests();
+    assert_eq!(to_stranger.len(), 1, "an allowed arbitrary source is asked");
+    assert_eq!(
+        to_stranger[0].header("authorization"),
+        None,
+        "but never given the token"
+    );
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_redirects_is_not_followed() {
+    let elsewhere = FakePeer::start(fixed(200, &[], b"")).await;
+    for status in [301, 302, 303, 307, 308] {
+        let location = format!("{}/steal", elsewhere.url);
+        let peer = FakePeer::start(fixed(status, &[("location", &location)], b"")).await;
+        let options = ServeOptions {
+            peers: peers(&[("peer", &peer.url)]),
+            ..ServeOptions::default()
+        };
+        let (_dir, _sim, agent) = sim_agent(options).await;
+        let body = json!({"host_id": "peer", "snapshot_id": "s"}).to_string();
+        let answer = raw("POST", &pull_url(&agent), Some(&body), None).await;
+        assert_error(&answer, 502, "source_failed");
+        assert!(
+            answer.1["message"]
+                .as_str()
+                .unwrap()
+                .contains("never followed"),
+            "{}",
+            answer.1
+        );
+        assert_eq!(peer.requests().len(), 1);
+        agent.shutdown().await;
+    }
+    assert!(
+        elsewhere.requests().is_empty(),
+        "{:?}",
+        elsewhere.requests()
+    );
+}
+
+#[tokio::test]
+async fn an_endless_error_body_from_a_source_is_read_only_a_little() {
+    let chunk =
+        br#"{"code":"x","message":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"#
+            .repeat(1000);
+    let peer = FakePeer::start(Script::Endless {
+        status: 500,
+        chunk: chunk.clone(),
+    })
+    .await;
+    let options = ServeOptions {
+        peers: peers(&[("peer", &peer.url)]),
+        ..ServeOptions::default()
+    };
+    let (_dir, _sim, agent) = sim_agent(options).await;
+    let body = json!({"host_id": "peer", "snapshot_id": "s"}).to_string();
+    // The pull is answered at all: the agent did not wait for the end of
+    // an endless body.
+    let answer = raw("POST", &pull_url(&agent), Some(&body), None).await;
+    assert_error(&answer, 502, "source_failed");
+    assert!(answer.2.len() < 1024, "{}", answer.2.len());
+    // The client (CLI) reads a bounded prefix of an error answer too.
+    let client = Client::new(&peer.url, None).unwrap();
+    let e = client.list().await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Api { status: 500, message, .. } if message.len() <= 512),
+        "{e:?}"
+    );
+    // What the fake managed to write before both hung up: socket buffers,
+    // not the whole (endless) body.
+    let written = *peer.endless_written.lock().unwrap();
+    println!("endless error body: {written} bytes written before the readers hung up");
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hostile_error_body_is_not_echoed() {
+    let hostile = json!({
+        "code": "x",
+        "message": format!("\u{1b}[2J\u{202e}evil\u{2028}{}", "B".repeat(10_000)),
+        "volmgr_code": "\u{1b}]0;pwned\u{7}",
+    })
+    .to_string();
+    for (status, code) in [
+        (500, "source_failed"),
+        (404, "source_not_found"),
+        (409, "source_conflict"),
+    ] {
+        let peer = FakePeer::start(fixed(
+            status,
+            &[("content-type", "application/json")],
+            hostile.as_bytes(),
+        ))
+        .await;
+        let html = FakePeer::start(fixed(status, &[], b"<html>internal secret page</html>")).await;
+        let options = ServeOptions {
+            peers: peers(&[("peer", &peer.url), ("html", &html.url)]),
+            ..ServeOptions::default()
+        };
+        let (_dir, _sim, agent) = sim_agent(options).await;
+        for host in ["peer", "html"] {
+            let body = json!({"host_id": host, "snapshot_id": "s"}).to_string();
+            let answer = raw("POST", &pull_url(&agent), Some(&body), None).await;
+            let expected_status = if status == 500 { 502 } else { status };
+            assert_error(&answer, expected_status, code);
+            let message = answer.1["message"].as_str().unwrap();
+            assert!(message.len() < 400, "short: {}", message.len());
+            assert!(
+                message.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+                "sanitized: {message:?}"
+            );
+            assert!(!message.contains("secret"), "{message}");
+        }
+        agent.shutdown().await;
+    }
+}
+
+/// A manager configuration whose default provider is a directory provider.
+fn dir_config(state: &Path) -> ManagerConfig {
+    let root = state.join("volumes").to_str().unwrap().to_owned();
+    ManagerConfig {
+        default_provider: Some(Box::new(move || {
+            Ok((
+                "dir".into(),
+                [("root".to_owned(), root)].into_iter().collect(),
+            ))
+        })),
+        ..ManagerConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
+    // A real directory stream, served by a fake peer that claims it
+    // continues an interrupted one.
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = TestAgent::open(
+        dir_a.path(),
+        dir_config(dir_a.path()),
+        ServeOptions::default(),
+    )
+    .await;
+    let v = a
+        .client
+        .create_volume("default", Some("v"), Default::default())
+        .await
+        .unwrap();
+    std::fs::write(Path::new(&v.location).join("f"), b"content").unwrap();
+    let s = a.client.snapshot("v", Default::default()).await.unwrap();
+    let stream = a.client.send(&s.id, &[]).await.unwrap();
+    a.shutdown().await;
+    let liar = FakePeer::start(fixed(
+        200,
+        &[
+            ("content-type", "application/octet-stream"),
+            ("x-volmgr-resumed", "true"),
+        ],
+        &stream,
+    ))
+    .await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let options = ServeOptions {
+        peers: peers(&[("liar", &liar.url)]),
+        ..ServeOptions::default()
+    };
+    let b = TestAgent::open(dir_b.path(), dir_config(dir_b.path()), options).await;
+    b.client
+        .create_volume("default", Some("t"), Default::default())
+        .await
+        .unwrap();
+    let done = b
+        .client
+        .pull("t", PullFrom::Host("liar"), &s.id)
+        .await
+        .unwrap();
+    assert!(!done.resumed, "the receiver resumed nothing: {done:?}");
+    assert_eq!(done.bytes, stream.len() as u64);
+    let t = b.client.get("t").await.unwrap();
+    assert_eq!(
+        std::fs::read(Path::new(&t.location).join("f")).unwrap(),
+        b"content"
+    );
+    b.shutdown().await;
+}
