@@ -304,10 +304,10 @@ impl Controller {
             return Ok(()); // a snapshot id is no volume of ours to delete
         }
         // Internal clone sources whose clone is gone are cleaned first.
-        for dep in m.state().dependents(id) {
+        for dep in m.dependents(id) {
             if let Ok(d) = m.volume(&dep)
                 && names::is_internal(&d)
-                && m.state().dependents(&dep).is_empty()
+                && m.dependents(&dep).is_empty()
             {
                 destroy(m, &dep).await?;
             }
@@ -318,7 +318,7 @@ impl Controller {
             && let Ok(p) = m.volume(parent)
             && names::is_internal(&p)
             && p.meta.get(META_CLONE_OF).map(String::as_str) == Some(id)
-            && m.state().dependents(parent).is_empty()
+            && m.dependents(parent).is_empty()
         {
             destroy(m, parent).await?;
         }

@@ -25,6 +25,12 @@ impl Manager {
         })
     }
 
+    /// Ids of the volumes whose parent is `id` (its snapshots, the forks of
+    /// a snapshot), without copying the whole state.
+    pub fn dependents(&self, id: &str) -> Vec<String> {
+        self.with_state(|s| s.dependents(id))
+    }
+
     /// Bytes available for new volumes on provider `id`, if it can tell.
     pub async fn provider_free_bytes(&self, id: &str) -> Result<Option<u64>, ManagerError> {
         let provider = self.inner.provider(id)?;
