@@ -6,10 +6,11 @@
 //! Controller and Node call with UNAVAILABLE (and Probe with `ready: false`)
 //! until [`CsiServer::ready`] hands it the opened and reconciled manager.
 //! The parts: `identity` (plugin info, capabilities, probe), `controller`
-//! (volumes, snapshots, clones, capacity, expansion), `node` and `mount`
-//! (bind mounts at the CO's target paths, volume statistics), `names`
-//! (CSI names to volume ids, the meta keys the plugin records, list tokens)
-//! and `status` (manager errors to the spec's gRPC codes). CSI names become
+//! (volumes, clones, capacity, expansion), `snapshots`, `checks` (request
+//! validation), `node` and `mount` (bind mounts at the CO's target paths,
+//! volume statistics), `names` (CSI names to volume ids, the meta keys the
+//! plugin records, list tokens), `status` (manager errors to the spec's gRPC
+//! codes) and `client` (the CO's side of the socket, for tests and tools). CSI names become
 //! volume ids (or hash to one when they are not valid ids), so idempotency
 //! and ListVolumes survive restarts through the journal alone.
 
