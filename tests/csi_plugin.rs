@@ -772,3 +772,26 @@ async fn calls_on_a_volume_with_an_operation_in_flight_are_aborted() {
     assert_eq!(p.manager.volumes().len(), 1);
     p.stop.cancel();
 }
+
+#[test]
+fn serve_refuses_a_relative_endpoint_and_a_bad_node_id_as_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = format!("unix://{}", dir.path().join("csi.sock").display());
+    for extra in [
+        vec!["--csi-endpoint", "relative.sock"],
+        vec!["--csi-endpoint", "unix://relative.sock"],
+        vec!["--csi-endpoint", sock.as_str(), "--node-id", "two words"],
+        vec!["--csi-endpoint", sock.as_str(), "--node-id", ""],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_volmgr"))
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {out:?}");
+        assert!(!dir.path().join("csi.sock").exists(), "{extra:?}");
+    }
+}
