@@ -8,6 +8,21 @@
 //! checkpoints, and close/reopen. After every reopen the recovered checkpoint
 //! and records must equal the model; at the end, replaying the same bytes twice
 //! (read-only walks, and two opens) must yield identical records.
+//!
+//! `damage` (tests/journal_props/damage.rs): randomly damaged journals, where
+//! `volmgr journal verify` must reach the verdict `Journal::open` acts on.
+
+#[path = "journal_props/damage.rs"]
+mod damage;
+
+/// The tests of this binary run one at a time: the damage test spawns
+/// processes, and a child forked while another test holds a journal's `LOCK`
+/// keeps that flock until it execs, so a reopen beside a spawn could be
+/// refused as locked.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -359,12 +374,14 @@ proptest! {
         segment_size in segment_size(),
         ops in prop::collection::vec(op(), 1..40),
     ) {
+        let _serial = serial();
         runtime().block_on(run_case(segment_size, ops))?;
     }
 }
 
 #[test]
 fn the_largest_accepted_record_round_trips_and_one_byte_more_is_refused() {
+    let _serial = serial();
     runtime().block_on(async {
         for segment_size in [format::MIN_SEGMENT_LEN, 2 << 20] {
             // The frame limit, less what bincode's decode limit costs this

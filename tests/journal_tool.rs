@@ -531,14 +531,14 @@ fn dump_filters_select_by_sequence_kind_volume_and_op() {
         "intent and its reconciliation"
     );
     let run = journal_cmd(d, "dump", &["--from-seq", "9", "--to-seq", "3"]);
-    assert_eq!(run.code, 3, "an empty range is a usage error");
+    assert_eq!(run.code, 2, "an empty range is a usage error");
 }
 
 #[test]
-fn dump_stops_at_corruption_and_exits_2_without_raw() {
+fn dump_stops_at_corruption_and_exits_7_without_raw() {
     let dir = long_journal();
     corrupt_middle_segment(dir.path());
-    let run = check("dump_corrupt.txt", dir.path(), "dump", &[], 2);
+    let run = check("dump_corrupt.txt", dir.path(), "dump", &[], 7);
     assert!(run.stdout.lines().last().unwrap().starts_with("!! corrupt"));
 }
 
@@ -546,7 +546,7 @@ fn dump_stops_at_corruption_and_exits_2_without_raw() {
 fn dump_raw_shows_records_after_a_corrupt_middle_segment() {
     let dir = long_journal();
     let (middle, at) = corrupt_middle_segment(dir.path());
-    let run = check("dump_raw_corrupt.txt", dir.path(), "dump", &["--raw"], 2);
+    let run = check("dump_raw_corrupt.txt", dir.path(), "dump", &["--raw"], 7);
     let name = middle.file_name().unwrap().to_str().unwrap();
     assert!(
         run.stdout.contains(&format!("!! corrupt {name}:{at}")),
@@ -724,7 +724,7 @@ fn verify_clean_journal_exits_0() {
 }
 
 #[test]
-fn verify_torn_tail_exits_1() {
+fn verify_torn_tail_exits_6() {
     let dir = story_journal();
     tear_tail(dir.path());
     check(
@@ -732,7 +732,7 @@ fn verify_torn_tail_exits_1() {
         dir.path(),
         "verify",
         &["--align", "always"],
-        1,
+        6,
     );
 }
 
@@ -758,7 +758,7 @@ fn dump_and_state_of_a_torn_journal_exit_0_noting_the_torn_tail() {
 }
 
 #[test]
-fn verify_corrupt_middle_segment_exits_2_naming_segment_and_offset() {
+fn verify_corrupt_middle_segment_exits_7_naming_segment_and_offset() {
     let dir = long_journal();
     let (middle, at) = corrupt_middle_segment(dir.path());
     let run = check(
@@ -766,7 +766,7 @@ fn verify_corrupt_middle_segment_exits_2_naming_segment_and_offset() {
         dir.path(),
         "verify",
         &["--align", "always"],
-        2,
+        7,
     );
     let name = middle.file_name().unwrap().to_str().unwrap();
     assert!(run.stdout.contains(name) && run.stdout.contains(&format!("at offset {at}")));
@@ -781,13 +781,13 @@ fn verify_raw_reports_what_follows_the_corruption() {
         dir.path(),
         "verify",
         &["--raw"],
-        2,
+        7,
     );
     assert!(run.stdout.contains("resumed"));
 }
 
 #[test]
-fn verify_damaged_checkpoint_exits_2() {
+fn verify_damaged_checkpoint_exits_7() {
     let dir = story_journal();
     let ckpt = dir
         .path()
@@ -796,7 +796,7 @@ fn verify_damaged_checkpoint_exits_2() {
     let len = fs::metadata(&ckpt).unwrap().len();
     write_at(&ckpt, len - 3, &[0xff]);
     let run = journal_cmd(dir.path(), "verify", &[]);
-    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert_eq!(run.code, 7, "{}", run.stdout);
     assert!(
         run.stdout
             .contains("checkpoint\t00000000000000000020.ckpt\tCORRUPT")
@@ -804,12 +804,12 @@ fn verify_damaged_checkpoint_exits_2() {
 }
 
 #[test]
-fn verify_of_a_missing_or_foreign_directory_exits_3() {
+fn verify_of_a_missing_or_foreign_directory_is_a_usage_error_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let run = journal_cmd(&dir.path().join("nope"), "verify", &[]);
-    assert_eq!(run.code, 3);
+    assert_eq!(run.code, 2);
     let run = journal_cmd(dir.path(), "verify", &[]);
-    assert_eq!(run.code, 3);
+    assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains("not a volmgr state directory"),
         "{}",
@@ -898,7 +898,7 @@ fn state_at_seq_before_compacted_history_fails_naming_the_oldest_state() {
     assert!(first > 1, "compaction removed the oldest segments");
 
     let run = journal_cmd(dir.path(), "state", &["--at-seq", "10"]);
-    assert_eq!(run.code, 3);
+    assert_eq!(run.code, 1, "a request that cannot be met");
     assert!(
         run.stderr.contains(&format!(
             "the history before seq {first} was compacted away; the oldest state available is at seq 60"
@@ -1081,7 +1081,7 @@ fn damaged_journals_get_an_exit_code_never_a_panic_or_a_hang() {
             let run = run_bounded(&args, Duration::from_secs(20))
                 .unwrap_or_else(|| panic!("{args:?} hung after: {what} in {}", victim.display()));
             assert!(
-                (0..=2).contains(&run.code) && !run.stderr.contains("panicked"),
+                [0, 6, 7].contains(&run.code) && !run.stderr.contains("panicked"),
                 "{args:?} after {what} in {}: exit {}\n{}",
                 victim.display(),
                 run.code,
@@ -1110,7 +1110,8 @@ fn read_only_commands_work_beside_the_lock_holder_and_write_nothing() {
         ("repair", vec!["--truncate-at", "30"]),
     ] {
         let run = journal_cmd(dir.path(), sub, &extra);
-        let expected = if sub == "repair" { 3 } else { 0 };
+        // The repair plan without its confirmation: a usage error.
+        let expected = if sub == "repair" { 2 } else { 0 };
         assert_eq!(run.code, expected, "{sub} {extra:?}: {}", run.stderr);
     }
     assert_eq!(snapshot(dir.path()), before, "no file changed");
@@ -1157,7 +1158,7 @@ fn repair_refuses_while_an_agent_holds_the_lock() {
         vec!["--truncate-at", "30", "--yes-destroy-records-after"],
     ] {
         let run = journal_cmd(dir.path(), "repair", &extra);
-        assert_eq!(run.code, 3);
+        assert_eq!(run.code, 1);
         assert!(
             run.stderr.contains("state directory is locked")
                 && run.stderr.contains(&format!("pid {}", std::process::id())),
@@ -1175,7 +1176,7 @@ fn repair_torn_tail_mode_refuses_corruption_and_changes_nothing() {
     corrupt_middle_segment(dir.path());
     let before = snapshot(dir.path());
     let run = journal_cmd(dir.path(), "repair", &["--truncate-torn-tail"]);
-    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(run.code, 7, "{}", run.stderr);
     assert!(run.stderr.contains("--truncate-at"), "{}", run.stderr);
     let after = snapshot(dir.path());
     let changed: Vec<_> = after
@@ -1196,11 +1197,11 @@ fn repair_truncate_at_without_confirmation_only_prints_the_plan() {
         dir.path(),
         "repair",
         &["--truncate-at", "25"],
-        3,
+        2,
     );
     assert_eq!(snapshot(dir.path()), before);
     let run = journal_cmd(dir.path(), "repair", &["--truncate-at", "45"]);
-    assert_eq!(run.code, 3);
+    assert_eq!(run.code, 1, "a cut the journal cannot be given");
     assert!(
         run.stderr.contains("cut at seq 40 or earlier"),
         "{}",
@@ -1213,7 +1214,7 @@ fn repair_truncate_at_confirmed_cuts_off_corruption_and_the_journal_opens() {
     let dir = long_journal();
     corrupt_middle_segment(dir.path());
     let run = journal_cmd(dir.path(), "verify", &[]);
-    assert_eq!(run.code, 2);
+    assert_eq!(run.code, 7);
     check(
         "repair_cut.txt",
         dir.path(),
@@ -1259,13 +1260,13 @@ fn every_subcommand_help_shows_examples() {
 }
 
 #[test]
-fn usage_errors_exit_3() {
-    assert_eq!(volmgr(&["journal", "dump"]).code, 3);
+fn usage_errors_exit_2() {
+    assert_eq!(volmgr(&["journal", "dump"]).code, 2);
     assert_eq!(
         volmgr(&["journal", "dump", "/tmp", "--kind", "bogus"]).code,
-        3
+        2
     );
-    assert_eq!(volmgr(&["journal", "repair", "/tmp"]).code, 3);
+    assert_eq!(volmgr(&["journal", "repair", "/tmp"]).code, 2);
     assert_eq!(
         volmgr(&[
             "journal",
@@ -1275,6 +1276,142 @@ fn usage_errors_exit_3() {
             "--truncate-torn-tail"
         ])
         .code,
-        3
+        2
     );
+}
+
+// ---------------------------------------------------------------- vocabulary
+
+#[test]
+fn state_json_speaks_the_api_vocabulary() {
+    let dir = story_journal();
+    let run = journal_cmd(dir.path(), "state", &["--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let volumes = v["volumes"].as_array().unwrap();
+    assert!(volumes.iter().any(|v| v["kind"] == "snapshot"));
+    assert!(volumes.iter().any(|v| v["status"] == "lost"));
+    for vol in volumes {
+        // The HTTP API's volume object (README, "A volume"), plus its op.
+        let info: volmgr::agent::api::VolumeInfo =
+            serde_json::from_value(vol.clone()).unwrap_or_else(|e| panic!("{e}: {vol}"));
+        assert!(["data", "snapshot"].contains(&vol["kind"].as_str().unwrap()));
+        assert!(["live", "lost"].contains(&vol["status"].as_str().unwrap()));
+        assert_eq!(info.created_at.len(), "2026-01-01T00:00:00.000Z".len());
+        assert!(info.created_at.starts_with("2026-01-01T") && info.created_at.ends_with('Z'));
+        assert!(vol.get("created_at_ms").is_none() && vol["op"].is_string());
+    }
+    assert_eq!(v["orphans"][0]["kind"], "data");
+    assert_eq!(v["pending"][0]["action"], "create");
+    assert!(v["pending"][0]["time"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn state_at_seq_past_the_end_of_the_journal_exits_1() {
+    let dir = story_journal();
+    let last = story().len();
+    let run = journal_cmd(dir.path(), "state", &["--at-seq", &(last + 1).to_string()]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "past the end of the journal: its last record is seq {last}"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty());
+    let run = journal_cmd(dir.path(), "state", &["--at-seq", &last.to_string()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
+fn dump_filtered_on_a_volume_no_record_names_says_so_on_stderr() {
+    let dir = story_journal();
+    let run = journal_cmd(dir.path(), "dump", &["--volume", "no-such-volume"]);
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("no record matches volume no-such-volume (nothing printed)"),
+        "{}",
+        run.stderr
+    );
+    // A filter that matches says nothing on stderr.
+    let run = journal_cmd(dir.path(), "dump", &["--volume", "web-data"]);
+    assert!(
+        !run.stdout.is_empty() && run.stderr.is_empty(),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn the_volume_column_fits_a_uuid_and_summaries_do_not_repeat_the_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let uuid = "0d5f8a7e-3c1b-4e7a-9b2d-6f4e3a2c1b0a";
+    let mut records = story()[..2].to_vec();
+    records.push(intent(50, 60, create("default", uuid, Meta::new())));
+    records.push(done(50, 60, "/srv/volmgr/x", &[]));
+    write_journal(dir.path(), &records, &[]);
+    let run = journal_cmd(dir.path(), "dump", &["--align", "always"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    // The OP column starts at the same place on every line: the volume id
+    // did not push it.
+    let op_at = lines[0].find("OP").unwrap();
+    for line in &lines[1..] {
+        let op = &line[op_at..op_at + 8];
+        assert!(op == "01940000", "{line}");
+    }
+    assert!(lines[3].contains(uuid) && lines[4].contains(uuid));
+    for line in &lines[1..] {
+        let summary = line[op_at + 36..].trim_start();
+        for kind in ["intent", "outcome", "reconciled"] {
+            assert!(!summary.starts_with(kind), "{line}");
+        }
+    }
+}
+
+/// The replay policy is one: a record the state machine refuses stops
+/// `verify`, `state` and `stats` where it stops opening, naming its sequence
+/// number and reason (exit 7).
+#[test]
+fn a_record_the_state_machine_refuses_stops_the_tool_where_it_stops_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut records = story()[..4].to_vec();
+    // An outcome of an operation that never had an intent, then more.
+    records.push(done(77, 9, "/x", &[]));
+    records.extend(story()[4..6].iter().cloned());
+    {
+        let rt = runtime();
+        let (journal, _) = Journal::<Record>::open(dir.path(), config()).unwrap();
+        rt.block_on(async {
+            for r in &records {
+                journal.append(r).await.unwrap();
+            }
+            journal.close().await;
+        });
+    }
+    let reason = format!(
+        "record 5 cannot be applied: outcome for unknown operation {}",
+        op(77)
+    );
+    let run = journal_cmd(dir.path(), "verify", &["--align", "never"]);
+    assert_eq!(run.code, 7, "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!(
+            "open\t-\tREFUSES\tthe journal contradicts the state machine: {reason}"
+        )),
+        "{}",
+        run.stdout
+    );
+    let run = journal_cmd(dir.path(), "state", &[]);
+    assert_eq!(run.code, 7);
+    assert!(run.stderr.contains(&reason), "{}", run.stderr);
+    assert!(run.stdout.starts_with("state at seq 4 "), "{}", run.stdout);
+    let run = journal_cmd(dir.path(), "stats", &["--format", "json"]);
+    assert_eq!(run.code, 7);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v["state"]["seq"], 4);
+    assert_eq!(v["state"]["error"], reason.as_str());
 }

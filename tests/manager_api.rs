@@ -275,3 +275,58 @@ async fn replay_rebuilds_the_same_state_byte_for_byte_with_checkpoints() {
     }
     assert_eq!(bytes[0], bytes[1], "two replays, identical bytes");
 }
+
+/// A journal holding a record the state machine refuses (here an outcome of
+/// an operation that never had an intent, after which a valid record was
+/// still written): opening refuses with that record's sequence number and
+/// reason, the same error a running manager is poisoned with when it meets
+/// such a record (the apply property test in core/src/manager/).
+#[tokio::test]
+async fn open_refuses_a_journal_whose_record_the_state_machine_refuses_naming_it() {
+    use volmgr::journal::Journal;
+    use volmgr::state::{Action, Done, OpResult, ProviderRecord, Record};
+
+    let dir = tempfile::tempdir().unwrap();
+    let op = |n: u128| uuid::Uuid::from_u128(n);
+    let records = [
+        Record::Intent {
+            op: op(1),
+            at_ms: 1,
+            action: Action::AddProvider(ProviderRecord {
+                id: "p".into(),
+                kind: "sim".into(),
+                config: Default::default(),
+            }),
+        },
+        Record::Outcome {
+            op: op(1),
+            at_ms: 2,
+            result: OpResult::Done(Done::default()),
+        },
+        Record::Outcome {
+            op: op(9),
+            at_ms: 3,
+            result: OpResult::Done(Done::default()),
+        },
+        Record::Intent {
+            op: op(2),
+            at_ms: 4,
+            action: Action::DestroyVolume { volume: "v".into() },
+        },
+    ];
+    let (journal, _) = Journal::<Record>::open(dir.path(), JournalConfig::default()).unwrap();
+    for r in &records {
+        journal.append(r).await.unwrap();
+    }
+    journal.close().await;
+
+    let sim = SimProvider::new();
+    match Manager::open(dir.path(), config(&sim)).await {
+        Err(ManagerError::RecordRejected(e)) => {
+            assert_eq!(e.seq, 3);
+            assert_eq!(e.reason, format!("outcome for unknown operation {}", op(9)));
+        }
+        Err(other) => panic!("open failed otherwise: {other}"),
+        Ok(_) => panic!("opened a journal that contradicts the state machine"),
+    }
+}

@@ -174,6 +174,9 @@ impl From<ManagerError> for ApiError {
                 JournalError::RecordTooLarge { .. } => (S::BAD_REQUEST, "invalid_input", None),
                 _ => (S::SERVICE_UNAVAILABLE, "journal_unavailable", None),
             },
+            ManagerError::RecordRejected(_) => {
+                (S::SERVICE_UNAVAILABLE, "journal_unavailable", None)
+            }
             ManagerError::Stream(_) => (S::BAD_GATEWAY, "stream_failed", None),
             _ => (S::INTERNAL_SERVER_ERROR, "internal", None),
         };

@@ -34,13 +34,9 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Prints a parse error (or help); returns the exit code: the journal
-/// tool's own usage code (3) for `volmgr journal`, clap's (2; 0 for help
-/// and version) elsewhere.
+/// Prints a parse error (or help); returns the exit code: clap's (2 for a
+/// usage error, 0 for help and version), the same for every subcommand.
 fn parse_error_exit_code(e: &clap::Error) -> i32 {
-    if std::env::args().nth(1).as_deref() == Some("journal") {
-        return cli::journal::parse_error_exit_code(e);
-    }
     let _ = e.print();
     e.exit_code()
 }

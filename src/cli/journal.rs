@@ -2,17 +2,23 @@
 //! state directory's journal, offline or beside a running agent, damaged or
 //! not (conventions of pg_waldump and etcd-dump-logs).
 //!
+//! Every subcommand judges the journal through the core reader
+//! (`journal::reader`), the one that opening the journal uses: the same
+//! checkpoint choice, frame loop and classification, so the tool and the
+//! agent reach the same verdict at the same offset (DESIGN.md invariant 12).
 //! The read-only subcommands (`dump`, `verify`, `stats`, `state`) read through
-//! a storage whose write calls fail, never take the state directory's lock,
-//! and reuse the journal's bounded readers, so corrupt input yields a report
-//! and an exit code, never a hang, a panic or an unbounded allocation.
-//! `repair` is the only writer: explicit flags, the exclusive lock, and a
-//! `.broken` copy of everything it removes.
+//! a storage whose write calls fail and that opens regular files only, never
+//! take the state directory's lock, and keep at most two decoded checkpoints
+//! in memory, so corrupt or hostile input yields a report and an exit code,
+//! never a hang, a panic or an unbounded allocation. `repair` is the only
+//! writer: explicit flags, the exclusive lock, and a `.broken` copy of
+//! everything it removes.
 //!
-//! Exit codes (also in the README): 0 success / clean; 1 (verify) torn tail
-//! only; 2 corruption found (or, for repair, damage the requested repair
-//! cannot fix); 3 usage error, I/O error, lock held, or a request that cannot
-//! be satisfied. A closed stdout (`| head`) ends the command with exit 0.
+//! Exit codes (the table of every `volmgr` subcommand, /work/coord's
+//! EXIT_CODES and the README): 0 success / clean; 1 I/O error, lock held, or
+//! a request that cannot be met; 2 usage; 6 (verify) torn tail only;
+//! 7 corruption found (or, for repair, damage the chosen mode may not
+//! remove). A closed stdout (`| head`) ends the command with exit 0.
 
 mod dump;
 mod render;
@@ -29,14 +35,33 @@ pub use render::{quote, rfc3339_ms};
 
 /// Success; for `verify`, a clean journal.
 pub const EXIT_OK: i32 = 0;
+/// An I/O error, the lock is held, or a request that cannot be met.
+pub const EXIT_FAILURE: i32 = super::EXIT_FAILURE;
+/// Usage: bad flags or arguments (clap's errors included).
+pub const EXIT_USAGE: i32 = super::EXIT_USAGE;
 /// `verify`: the only problem is a torn tail (what opening would truncate).
-pub const EXIT_TORN_TAIL: i32 = 1;
+pub const EXIT_TORN_TAIL: i32 = 6;
 /// Corruption found.
-pub const EXIT_CORRUPT: i32 = 2;
-/// Usage error, I/O error, lock held, or a request that cannot be satisfied.
-pub const EXIT_USAGE_OR_IO: i32 = 3;
+pub const EXIT_CORRUPT: i32 = 7;
 
-const JOURNAL_HELP: &str = "\
+/// The exit-code rows every journal subcommand's help ends with.
+macro_rules! exit_codes {
+    () => {
+        "
+Exit codes:
+  0  success (verify: a clean journal; repair: repaired or nothing to do)
+  1  an I/O error, the state directory is locked, or the request cannot be met
+     (e.g. state --at-seq N past the end, or before compacted history)
+  2  usage: bad flags or arguments, a path that is not a state directory,
+     a missing --yes-destroy-records-after
+  6  verify: the only problem is a torn tail (opening the journal truncates it)
+  7  corruption found (dump/stats/state print what precedes it; repair: damage
+     the chosen mode may not remove)"
+    };
+}
+
+const JOURNAL_HELP: &str = concat!(
+    "\
 Examples:
   volmgr journal verify /var/lib/volmgr
   volmgr journal dump /var/lib/volmgr --volume web-data
@@ -44,12 +69,15 @@ Examples:
   volmgr journal state /var/lib/volmgr --at-seq 1200
 
 The read-only subcommands (dump, verify, stats, state) never take the state
-directory's lock and never write: they work beside a running agent.
+directory's lock and never write: they work beside a running agent. Every
+subcommand judges the journal with the reader the agent opens it with: the
+same verdict (clean, torn tail, corrupt) at the same offset.
+",
+    exit_codes!()
+);
 
-Exit codes: 0 ok/clean, 1 torn tail only (verify), 2 corruption found,
-3 usage or I/O error (or lock held, or the request cannot be satisfied).";
-
-const DUMP_HELP: &str = "\
+const DUMP_HELP: &str = concat!(
+    "\
 Columns: SEQ, POSITION (segment:offset; the segment is named by its first
 sequence number), TIME (UTC), KIND, VOLUME, OP, SUMMARY.
 
@@ -62,45 +90,62 @@ Examples:
   volmgr journal dump /var/lib/volmgr --follow
   volmgr journal dump /var/lib/volmgr --raw      # keep going past damage
 
-Exit codes: 0 ok (a torn tail is noted on stderr), 2 corruption found (without
---raw the dump stops there), 3 usage or I/O error.";
+A torn tail is noted on stderr (exit 0); without --raw the dump stops at the
+first corruption (exit 7). --format json: one object per record with seq,
+segment, offset, time (RFC 3339), kind, volume, op, summary and record (the
+record as stored: see README, \"The journal tool\").
+",
+    exit_codes!()
+);
 
-const VERIFY_HELP: &str = "\
+const VERIFY_HELP: &str = concat!(
+    "\
 Checks every segment header, frame (length, sequence, checksum, batch, padding),
-record payload and checkpoint, then replays the state as opening would. Segments
-a checkpoint already covers are checked too: damage there (or in a checkpoint)
-counts as corruption although opening might not read it.
+record payload and checkpoint, replays the state as opening would, and says
+what opening does (the `open` row): open cleanly, truncate a torn tail, or
+refuse, naming the segment and offset. Segments a checkpoint already covers,
+and older checkpoints, are checked too: damage there counts as corruption
+(opening does not read it, but a fallback to an older checkpoint would).
 
 Examples:
   volmgr journal verify /var/lib/volmgr
   volmgr journal verify /var/lib/volmgr --raw    # report every damaged spot
+",
+    exit_codes!()
+);
 
-Exit codes: 0 clean; 1 torn tail only (an unfinished last write, which opening
-the journal truncates); 2 corruption (each bad segment:offset is printed with
-its reason); 3 usage or I/O error.";
-
-const STATS_HELP: &str = "\
+const STATS_HELP: &str = concat!(
+    "\
 Examples:
   volmgr journal stats /var/lib/volmgr
   volmgr journal stats /var/lib/volmgr --format json
 
-Exit codes: 0 ok, 2 corruption found (figures cover the records before it),
-3 usage or I/O error.";
+With corruption, the figures cover the records before it (exit 7).
+",
+    exit_codes!()
+);
 
-const STATE_HELP: &str = "\
+const STATE_HELP: &str = concat!(
+    "\
 Replays the newest usable checkpoint at or before the requested sequence number
-plus the records after it, and prints the volume table, pending intents and
-orphans as they were then.
+plus the records after it, as opening would, and prints the volume table,
+pending intents and orphans as they were then. --format json speaks the HTTP
+API's volume vocabulary (kind data|snapshot, status live|lost, created_at in
+RFC 3339).
 
 Examples:
   volmgr journal state /var/lib/volmgr
   volmgr journal state /var/lib/volmgr --at-seq 1200
   volmgr journal state /var/lib/volmgr --format json | jq '.volumes'
 
-Exit codes: 0 ok, 2 corruption found (the state shown is as of the last good
-record), 3 usage or I/O error, or the history before N was compacted away.";
+With corruption, the state shown is as of the last good record (exit 7);
+--at-seq past the end of the journal, or before compacted history, exits 1.
+",
+    exit_codes!()
+);
 
-const REPAIR_HELP: &str = "\
+const REPAIR_HELP: &str = concat!(
+    "\
 Repair never runs implicitly. It takes the state directory's exclusive lock
 (stop the agent first) and copies every byte it removes to a .broken file
 beside the segment before zeroing it; whole segments and checkpoints past the
@@ -111,9 +156,11 @@ Examples:
   volmgr journal repair /var/lib/volmgr --truncate-at 1234            # shows the plan
   volmgr journal repair /var/lib/volmgr --truncate-at 1234 --yes-destroy-records-after
 
-Exit codes: 0 repaired (or nothing to do), 2 the damage is not what the chosen
-repair may remove (e.g. corruption before the tail with --truncate-torn-tail),
-3 usage or I/O error, lock held, or confirmation missing.";
+--truncate-torn-tail refuses corruption before the tail (exit 7); --truncate-at
+without the confirmation prints the plan and exits 2.
+",
+    exit_codes!()
+);
 
 /// `volmgr journal ...`
 #[derive(Debug, Clone, clap::Args)]
@@ -297,15 +344,25 @@ pub(crate) enum CliError {
 }
 
 impl CliError {
+    /// An I/O error, a held lock, or a request that cannot be met: exit 1.
     pub(crate) fn io(message: impl Into<String>) -> Self {
         CliError::Fail {
-            code: EXIT_USAGE_OR_IO,
+            code: EXIT_FAILURE,
             message: message.into(),
         }
     }
 
-    pub(crate) fn usage(message: impl Into<String>) -> Self {
+    /// A request the journal cannot satisfy (e.g. `--at-seq` past its end).
+    pub(crate) fn unmet(message: impl Into<String>) -> Self {
         CliError::io(message)
+    }
+
+    /// Bad flags or arguments: exit 2.
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        CliError::Fail {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn corrupt(message: impl Into<String>) -> Self {
@@ -354,16 +411,5 @@ pub fn run_to(args: JournalArgs, sink: Box<dyn Write>) -> i32 {
             render::warn(&message);
             code
         }
-    }
-}
-
-/// The exit code for a command line that does not parse: 0 for `--help` and
-/// `--version`, else [`EXIT_USAGE_OR_IO`] (clap's own default, 2, would
-/// collide with "corruption found"). Prints clap's message first.
-pub fn parse_error_exit_code(err: &clap::Error) -> i32 {
-    let _ = err.print();
-    match err.kind() {
-        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => EXIT_OK,
-        _ => EXIT_USAGE_OR_IO,
     }
 }

@@ -131,8 +131,22 @@ pub enum Invalid {
         len: u64,
         max: u64,
     },
+    /// A FIFO, device, socket or directory where a journal file belongs
+    /// (refused without reading it, so it cannot block the reader).
+    NotRegularFile(&'static str),
+    /// The frame's kind byte is not the kind of the record its payload holds.
+    KindMismatch {
+        stored: u8,
+        record: u8,
+    },
     /// The checksum held but the payload does not decode as a record.
     Decode(String),
+    /// A record the checkpoint covers is damaged: the checkpoint was taken
+    /// only once it was durable, so this is damage, not a torn write.
+    BeforeCheckpoint {
+        cause: Box<Invalid>,
+        checkpoint: u64,
+    },
     /// A valid frame of a later write batch follows an invalid one, so the
     /// invalid one was once durable: this is damage, not a torn write.
     DurableDataFollows {
@@ -204,7 +218,17 @@ impl std::fmt::Display for Invalid {
             Invalid::FileTooLarge { len, max } => {
                 write!(f, "file is {len} bytes, more than the limit of {max}")
             }
+            Invalid::NotRegularFile(what) => write!(f, "not a regular file ({what})"),
+            Invalid::KindMismatch { stored, record } => write!(
+                f,
+                "frame kind byte {stored} but the payload is a record of kind {record}"
+            ),
             Invalid::Decode(e) => write!(f, "payload does not decode: {e}"),
+            Invalid::BeforeCheckpoint { cause, checkpoint } => write!(
+                f,
+                "{cause}, but the checkpoint at sequence {checkpoint} covers this record, \
+                 so it was durable: this is damage, not a torn write"
+            ),
             Invalid::DurableDataFollows {
                 cause,
                 valid_frame_at,

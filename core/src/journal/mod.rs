@@ -12,6 +12,7 @@ mod codec;
 mod error;
 pub mod format;
 pub mod reader;
+mod repair;
 mod writer;
 
 use std::marker::PhantomData;
@@ -28,6 +29,8 @@ pub use codec::{decode_checkpoint, decode_record, encode_checkpoint, encode_reco
 pub use error::JournalError;
 pub use format::Invalid;
 pub use reader::LogEnd;
+use repair::discard_failed_commit;
+pub use repair::truncate_torn_tail;
 
 use crate::storage::{RealStorage, Storage};
 use writer::{Request, Shared, Writer};
@@ -167,20 +170,11 @@ impl<R: JournalRecord> Journal<R> {
         discard_failed_commit(storage.as_ref(), &journal_dir)?;
 
         let mut records = Vec::new();
-        let walk = reader::walk(
-            storage.as_ref(),
-            state_dir,
-            |seq, _kind, payload, file, offset| {
-                let record =
-                    codec::decode_record::<R>(payload).map_err(|e| JournalError::Corrupt {
-                        file: file.to_owned(),
-                        offset,
-                        reason: Invalid::Decode(e),
-                    })?;
-                records.push((seq, record));
-                Ok(())
-            },
-        )?;
+        let read = reader::read_log::<R>(storage.as_ref(), state_dir, |seq, record| {
+            records.push((seq, record));
+        })?;
+        let end = read.walked.verdict.clone().map_err(JournalError::from)?;
+        let walked = read.walked;
 
         // Repair a torn tail: copy the bytes aside, zero them, sync.
         let mut broken_file = None;
@@ -189,7 +183,7 @@ impl<R: JournalRecord> Journal<R> {
             offset,
             len,
             reason,
-        } = &walk.end
+        } = &end
         {
             let path = truncate_torn_tail(storage.as_ref(), segment, *offset, *len)?;
             tracing::warn!(
@@ -203,9 +197,16 @@ impl<R: JournalRecord> Journal<R> {
             broken_file = Some(path);
         }
 
-        let next_seq = walk.last_seq + 1;
-        let (file, segment_first_seq, offset, mut segments) = match &walk.append_at {
-            Some((first, path, offset)) => {
+        let next_seq = walked.last_seq + 1;
+        let segs: Vec<u64> = walked.segments.iter().map(|(s, _)| *s).collect();
+        let (file, segment_first_seq, offset, mut segments) = match &walked.tail {
+            Some(tail) => {
+                let (first, path, offset) = (&tail.segment, &tail.path, &tail.cursor.offset);
+                // Pair assertion: appends continue exactly where replay ended.
+                assert_eq!(
+                    tail.cursor.next_seq, next_seq,
+                    "the log's tail names the next record"
+                );
                 let file = storage
                     .open(path)
                     .map_err(|e| JournalError::io(path, "open segment", e))?;
@@ -214,7 +215,6 @@ impl<R: JournalRecord> Journal<R> {
                 // before anything acts on it or is appended after it.
                 file.sync_data()
                     .map_err(|e| JournalError::io(path, "fsync segment", e))?;
-                let segs: Vec<u64> = walk.all_segments.iter().map(|(s, _)| *s).collect();
                 (file, *first, *offset, segs)
             }
             None => {
@@ -224,7 +224,6 @@ impl<R: JournalRecord> Journal<R> {
                     next_seq,
                     config.segment_size,
                 )?;
-                let segs: Vec<u64> = walk.all_segments.iter().map(|(s, _)| *s).collect();
                 (file, next_seq, format::SEGMENT_HEADER_LEN as u64, segs)
             }
         };
@@ -241,7 +240,7 @@ impl<R: JournalRecord> Journal<R> {
             .collect();
 
         let shared = Arc::new(Shared::default());
-        shared.durable_seq.store(walk.last_seq, Ordering::Release);
+        shared.durable_seq.store(walked.last_seq, Ordering::Release);
         let writer = Writer {
             storage: storage.clone(),
             journal_dir,
@@ -270,14 +269,14 @@ impl<R: JournalRecord> Journal<R> {
             .map_err(|e| JournalError::io(state_dir, "spawn journal writer", e))?;
 
         let recovery = Recovery {
-            checkpoint: walk.checkpoint.map(|(seq, _, payload)| (seq, payload)),
-            rejected_checkpoints: walk
+            checkpoint: read.checkpoint.map(|c| (c.seq, c.payload)),
+            rejected_checkpoints: read
                 .checkpoint_attempts
                 .into_iter()
                 .filter_map(|a| a.rejected.map(|r| (a.path, r)))
                 .collect(),
             records,
-            end: walk.end,
+            end,
             broken_file,
         };
         for (path, why) in &recovery.rejected_checkpoints {
@@ -457,56 +456,6 @@ fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> Result<(), JournalEr
     }
 }
 
-/// A commit whose write or sync failed left [`FAILED_COMMIT_FILE`]. Its batch
-/// was never acknowledged, but it may sit in the page cache without ever
-/// reaching the disk: Linux takes pages whose write-back failed off the dirty
-/// list, so no later fsync writes them, while reads still return them.
-/// Replaying it in this boot would build on bytes a power cut takes away
-/// (the records after it would then follow a hole and open would refuse).
-/// So the batch is zeroed durably (only bytes past the last durable one are
-/// written), then the marker goes.
-fn discard_failed_commit(storage: &dyn Storage, journal_dir: &Path) -> Result<(), JournalError> {
-    let marker = journal_dir.join(FAILED_COMMIT_FILE);
-    let text = match crate::storage::read_bounded(storage, &marker, 64) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(JournalError::io(&marker, "read failed-commit marker", e)),
-    };
-    // `<seq> <offset> <crc32 of "<seq> <offset>", hex>`. A marker torn by a
-    // crash names nothing reliable: ignore it (whatever it pointed at then
-    // ends like any unfinished write).
-    let parsed = std::str::from_utf8(&text).ok().and_then(|t| {
-        let (fields, crc) = t.trim_end().rsplit_once(' ')?;
-        if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(fields.as_bytes()) {
-            return None;
-        }
-        let (seq, offset) = fields.split_once(' ')?;
-        Some((seq.parse::<u64>().ok()?, offset.parse::<u64>().ok()?))
-    });
-    if let Some((first_seq, offset)) = parsed {
-        let segment = journal_dir.join(format::segment_file_name(first_seq));
-        match storage.open(&segment) {
-            Ok(file) => {
-                let len = file
-                    .len()
-                    .map_err(|e| JournalError::io(&segment, "stat segment", e))?;
-                if offset >= format::SEGMENT_HEADER_LEN as u64 && offset < len {
-                    tracing::warn!(segment = %segment.display(), offset, "journal: discarding the batch of a failed commit");
-                    file.write_all_at(&vec![0u8; (len - offset) as usize], offset)
-                        .and_then(|()| file.sync_data())
-                        .map_err(|e| JournalError::io(&segment, "discard failed commit", e))?;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(JournalError::io(&segment, "open segment", e)),
-        }
-    }
-    storage
-        .remove_file(&marker)
-        .map_err(|e| JournalError::io(&marker, "remove failed-commit marker", e))?;
-    writer::sync_dir(storage, journal_dir)
-}
-
 fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {
     let names = storage
         .list_dir(dir)
@@ -526,47 +475,4 @@ fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<(), JournalErr
         writer::sync_dir(storage, dir)?;
     }
     Ok(())
-}
-
-/// Copies `[offset, offset+len)` of `segment` to a new `.broken` file (durably),
-/// then zeroes that range and syncs the segment. Returns the `.broken` path.
-/// An `offset` inside the segment header (a torn segment creation) also
-/// rewrites the header from the first sequence number in the file name.
-pub fn truncate_torn_tail(
-    storage: &dyn Storage,
-    segment: &Path,
-    offset: u64,
-    len: u64,
-) -> Result<PathBuf, JournalError> {
-    let file = storage
-        .open(segment)
-        .map_err(|e| JournalError::io(segment, "open segment", e))?;
-    let mut removed = vec![0u8; len as usize];
-    file.read_exact_at(&mut removed, offset)
-        .map_err(|e| JournalError::io(segment, "read torn tail", e))?;
-    let dir = segment.parent().unwrap_or(Path::new("."));
-    let seg_name = segment
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("segment");
-    let name = format!("{seg_name}.at-{offset}.broken");
-    writer::write_new_file(storage, dir, &name, &removed)?;
-    file.write_all_at(&vec![0u8; len as usize], offset)
-        .map_err(|e| JournalError::io(segment, "zero torn tail", e))?;
-    if offset < format::SEGMENT_HEADER_LEN as u64 {
-        // The segment's own creation was torn: write its header again, from
-        // the first sequence number in its name. Idempotent if interrupted.
-        let first_seq = format::parse_numbered_name(seg_name, "seg")
-            .filter(|s| (1..=format::MAX_SEQ).contains(s))
-            .ok_or_else(|| JournalError::Corrupt {
-                file: segment.to_owned(),
-                offset,
-                reason: Invalid::BadMagic,
-            })?;
-        file.write_all_at(&format::encode_segment_header(first_seq), 0)
-            .map_err(|e| JournalError::io(segment, "rewrite segment header", e))?;
-    }
-    file.sync_data()
-        .map_err(|e| JournalError::io(segment, "fsync segment", e))?;
-    Ok(dir.join(name))
 }

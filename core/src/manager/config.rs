@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::journal::{JournalConfig, JournalError, LogEnd};
 use crate::provider::{self, ProviderConfig, ProviderError, ProviderFactory};
-use crate::state::{Case, VolumeKind};
+use crate::state::{ApplyError, Case, VolumeKind};
 use crate::storage::Storage;
 
 /// Id of the provider the default factory registers.
@@ -101,8 +101,13 @@ pub enum ManagerError {
     },
     /// The journal failed (poisoned, I/O, corruption at open).
     Journal(JournalError),
-    /// The journal contradicts itself on replay.
+    /// The checkpoint replay starts from does not hold a state.
     Replay(String),
+    /// The state machine refused a durable journal record (the journal
+    /// contradicts itself). Opening refuses with it; a running manager that
+    /// meets it stops and refuses every further operation with it, so the
+    /// live state never goes where replay cannot follow.
+    RecordRejected(ApplyError),
     /// A transfer stream failed on our side.
     Stream(String),
     Internal(String),
@@ -136,6 +141,12 @@ impl fmt::Display for ManagerError {
             }
             ManagerError::Journal(e) => write!(f, "{e}"),
             ManagerError::Replay(e) => write!(f, "replay failed: {e}"),
+            ManagerError::RecordRejected(e) => write!(
+                f,
+                "the journal contradicts the state machine: {e}; the manager stops there \
+                 (`volmgr journal verify` shows the record, `volmgr journal repair --truncate-at` \
+                 can cut it off)"
+            ),
             ManagerError::Stream(e) => write!(f, "transfer failed: {e}"),
             ManagerError::Internal(e) => write!(f, "internal error: {e}"),
         }

@@ -18,9 +18,12 @@
 //! `write_path` (claims, the intent → effect → outcome path and the reorder
 //! buffer).
 
+#[cfg(test)]
+mod apply_props;
 mod attributes;
 mod config;
 mod recovery;
+mod replay;
 mod transfer;
 mod verbs;
 mod write_path;
@@ -30,6 +33,7 @@ pub use config::{
     DEFAULT_PROVIDER_ID, DefaultProviderFactory, ManagerConfig, ManagerError, ManagerStats,
     ReconcileReport,
 };
+pub use replay::{apply_all, checkpoint_state, replay};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -40,10 +44,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, watch};
 
-use crate::journal::{self, Journal};
+use crate::journal::Journal;
 use crate::provider::{Created, Found, Provider, ProviderError, ProviderFactory, VolumeRef};
 use crate::state::{
-    Done, Event, Orphan, ProviderRecord, Record, State, Volume, VolumeKind, VolumeStatus,
+    ApplyError, Done, Event, Orphan, ProviderRecord, Record, State, Volume, VolumeKind,
+    VolumeStatus,
 };
 use crate::storage::RealStorage;
 use crate::validate;
@@ -62,12 +67,22 @@ struct Core {
     /// Volume ids with an operation in flight.
     busy: BTreeSet<String>,
     since_checkpoint: u64,
+    /// The durable record the state machine refused: nothing after it is
+    /// applied and every further operation is refused with it.
+    poisoned: Option<ApplyError>,
+}
+
+/// What the state has applied, for operations waiting on their records.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Applied {
+    seq: u64,
+    poisoned: Option<ApplyError>,
 }
 
 pub(super) struct Inner {
     journal: Arc<Journal<Record>>,
     core: Mutex<Core>,
-    applied: watch::Sender<u64>,
+    applied: watch::Sender<Applied>,
     providers: RwLock<HashMap<String, Arc<dyn Provider>>>,
     unavailable: RwLock<HashMap<String, String>>,
     factories: BTreeMap<String, ProviderFactory>,
@@ -125,16 +140,7 @@ impl Manager {
         .await
         .map_err(|e| ManagerError::Internal(e.to_string()))??;
 
-        let mut state = match &recovery.checkpoint {
-            Some((_, payload)) => journal::decode_checkpoint::<State>(payload)
-                .map_err(|e| ManagerError::Replay(format!("checkpoint does not decode: {e}")))?,
-            None => State::default(),
-        };
-        for (seq, record) in &recovery.records {
-            state
-                .apply(*seq, record)
-                .map_err(|e| ManagerError::Replay(e.to_string()))?;
-        }
+        let state = replay(&recovery)?;
         let report = ReconcileReport {
             journal_end: Some(recovery.end.clone()),
             checkpoint_seq: recovery.checkpoint.as_ref().map(|(s, _)| *s),
@@ -142,7 +148,10 @@ impl Manager {
             ..ReconcileReport::default()
         };
         let seq = state.seq;
-        let (applied, _) = watch::channel(seq);
+        let (applied, _) = watch::channel(Applied {
+            seq,
+            poisoned: None,
+        });
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let inner = Arc::new(Inner {
             journal: Arc::new(journal),
@@ -151,6 +160,7 @@ impl Manager {
                 waiting: BTreeMap::new(),
                 busy: BTreeSet::new(),
                 since_checkpoint: 0,
+                poisoned: None,
             }),
             applied,
             providers: RwLock::new(HashMap::new()),
@@ -207,6 +217,14 @@ impl Manager {
     fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         let core = self.inner.core.lock().unwrap_or_else(|e| e.into_inner());
         f(&core.state)
+    }
+
+    /// The durable record the state machine refused, if one did: the
+    /// manager then refuses every operation with
+    /// [`ManagerError::RecordRejected`] (and so does the next open).
+    pub fn poisoned(&self) -> Option<ApplyError> {
+        let core = self.inner.core.lock().unwrap_or_else(|e| e.into_inner());
+        core.poisoned.clone()
     }
 
     /// A copy of the whole state (for tools and tests).

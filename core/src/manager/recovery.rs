@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{Manager, ManagerError, ReconcileReport, done, found_ref, now_ms, volume_ref};
 use crate::provider::Provider;
-use crate::reconcile::{self, Resolution};
+use crate::reconcile::{self, Step};
 use crate::state::{Action, Done, Effect, OpResult, Record, State, VolumeKind};
 
 impl Manager {
@@ -78,23 +78,28 @@ impl Manager {
         }
 
         for (i, d) in decisions.into_iter().enumerate() {
-            if d.resolution == Resolution::Ignore {
-                if let Some(found) = &d.found {
-                    tracing::info!(item = %found.name, "reconcile: foreign item left alone");
-                    report.foreign.push((found.name.clone(), d.detail.clone()));
-                }
+            if let Step::Ignore { found } = &d.step {
+                tracing::info!(item = %found.name, "reconcile: foreign item left alone");
+                report.foreign.push((found.name.clone(), d.detail.clone()));
                 continue;
             }
             let provider = provider_of.get(&i).cloned();
-            let pending = d.op.and_then(|op| state.pending.get(&op).cloned());
+            let action = d
+                .step
+                .op()
+                .and_then(|op| state.pending.get(&op))
+                .map_or("operation", |p| p.action.name());
             let effect = {
-                let d = d.clone();
+                let step = d.step.clone();
                 let state = state.clone();
                 tokio::task::spawn_blocking(move || {
-                    resolve(&d, provider.as_deref(), pending.as_ref(), &state)
+                    resolve(step, provider.as_deref(), action, &state)
                 })
                 .await
                 .map_err(|e| ManagerError::Internal(e.to_string()))?
+            };
+            let Some(effect) = effect else {
+                continue;
             };
             let record = Record::Reconciled {
                 at_ms: now_ms(),
@@ -104,6 +109,9 @@ impl Manager {
             };
             let seq = inner.journal.append(&record).await?;
             inner.submit(seq, record);
+            if let Some(e) = inner.poison() {
+                return Err(e);
+            }
             tracing::warn!(case = %d.case, volume = ?d.volume, detail = %d.detail, "reconciled");
             report
                 .resolutions
@@ -117,66 +125,62 @@ impl Manager {
     }
 }
 
-/// Performs a decision's provider step and returns the effect to journal.
+/// Performs a decision's provider step and returns the effect to journal
+/// (`None` for an ignored item: reported, never journaled). `action` names
+/// the pending operation's action, for messages.
 fn resolve(
-    d: &reconcile::Decision,
+    step: Step,
     provider: Option<&dyn Provider>,
-    pending: Option<&crate::state::Pending>,
+    action: &str,
     state: &State,
-) -> Effect {
+) -> Option<Effect> {
     let interrupted = |why: String| OpResult::Failed { error: why };
-    let op = d.op.unwrap_or_default();
-    let result = match d.resolution {
-        Resolution::RollForward => {
-            let found = d.found.as_ref().expect("roll forward has a found item");
+    let (op, result) = match step {
+        Step::RollForward { op, found } => (
+            op,
             OpResult::Done(Done {
-                location: found.location.clone(),
-                details: found.details.clone(),
-            })
-        }
-        Resolution::FailInterrupted => interrupted("interrupted".into()),
-        Resolution::FinishThenDone => {
-            let found = d.found.as_ref().expect("finish has a found item");
-            match provider.map(|p| p.finish(found)) {
+                location: found.location,
+                details: found.details,
+            }),
+        ),
+        Step::FailInterrupted { op } => (op, interrupted("interrupted".into())),
+        Step::FinishThenDone { op, volume, found } => {
+            let result = match provider.map(|p| p.finish(&found)) {
                 Some(Ok(created)) => OpResult::Done(done(created)),
                 Some(Err(e)) => {
                     // Could not finish: remove it so nothing half-made stays.
-                    if let (Some(p), Some(vol)) = (provider, d.volume.as_deref()) {
-                        let kind = reconcile::found_kind(found).unwrap_or(VolumeKind::Data);
-                        let _ = p.destroy(&found_ref(found, vol, kind));
+                    if let Some(p) = provider {
+                        let kind = reconcile::found_kind(&found).unwrap_or(VolumeKind::Data);
+                        let _ = p.destroy(&found_ref(&found, &volume, kind));
                     }
                     interrupted(format!("interrupted; could not finish: {e}"))
                 }
                 None => interrupted("interrupted; provider unavailable".into()),
-            }
-        }
-        Resolution::DestroyThenDone => {
-            let found = d.found.as_ref().expect("destroy has a found item");
-            let vol = d.volume.as_deref().unwrap_or_default();
-            let kind = reconcile::found_kind(found).unwrap_or(VolumeKind::Data);
-            let result = match state.volumes.get(vol) {
-                Some(v) => provider.map(|p| p.destroy(&volume_ref(v))),
-                None => provider.map(|p| p.destroy(&found_ref(found, vol, kind))),
             };
-            match result {
+            (op, result)
+        }
+        Step::DestroyThenDone { op, volume, found } => {
+            let kind = reconcile::found_kind(&found).unwrap_or(VolumeKind::Data);
+            let destroyed = match state.volumes.get(&volume) {
+                Some(v) => provider.map(|p| p.destroy(&volume_ref(v))),
+                None => provider.map(|p| p.destroy(&found_ref(&found, &volume, kind))),
+            };
+            let result = match destroyed {
                 Some(Ok(())) | None => OpResult::Done(Done::default()),
                 // The destroy intent stays the operator's wish; report it.
                 Some(Err(e)) => interrupted(format!("destroy during recovery failed: {e}")),
-            }
+            };
+            (op, result)
         }
-        Resolution::Done => OpResult::Done(Done::default()),
-        Resolution::KeepResumable => {
-            let target = d
-                .found
-                .as_ref()
-                .expect("a resumable receive has its target");
-            let partial = target
-                .partial
-                .clone()
-                .expect("a resumable target has a partial");
+        Step::Done { op } => (op, OpResult::Done(Done::default())),
+        Step::KeepResumable {
+            op,
+            target,
+            partial,
+        } => {
             // A killed receive may leave its target unmounted; finishing the
             // target mounts it again and keeps the partial state.
-            match provider.map(|p| p.finish(target)) {
+            let result = match provider.map(|p| p.finish(&target)) {
                 Some(Ok(_)) => OpResult::Suspended {
                     error: "receive interrupted; resumable".into(),
                     token: partial.token,
@@ -191,22 +195,23 @@ fn resolve(
                     ))
                 }
                 None => interrupted("interrupted; provider unavailable".into()),
-            }
+            };
+            (op, result)
         }
-        Resolution::AbortReceiveThenDone => {
-            let vol = d.volume.as_deref().unwrap_or_default();
-            let result = match state.volumes.get(vol) {
+        Step::AbortReceiveThenDone { op, volume } => {
+            let aborted = match state.volumes.get(&volume) {
                 Some(v) => provider.map(|p| p.abort_receive(&volume_ref(v))),
                 None => None,
             };
-            match result {
+            let result = match aborted {
                 Some(Ok(())) | None => OpResult::Done(Done::default()),
                 Some(Err(e)) => interrupted(format!("abort-receive during recovery failed: {e}")),
-            }
+            };
+            (op, result)
         }
-        Resolution::ReapplyThenDone => {
-            let vol = d.volume.as_deref().unwrap_or_default();
-            let result = match (pending.map(|p| &p.action), state.volumes.get(vol), provider) {
+        Step::ReapplyThenDone { op, volume } => {
+            let pending = state.pending.get(&op).map(|p| &p.action);
+            let applied = match (pending, state.volumes.get(&volume), provider) {
                 (
                     Some(Action::SetAttributes {
                         capacity_bytes,
@@ -222,43 +227,36 @@ fn resolve(
                     "nothing to apply the attributes to".into(),
                 )),
             };
-            match result {
+            let result = match applied {
                 Ok(()) => OpResult::Done(Done::default()),
                 Err(e) => interrupted(format!("set-attributes during recovery failed: {e}")),
-            }
+            };
+            (op, result)
         }
-        Resolution::UndoThenFail => {
+        Step::UndoThenFail { op, volume, found } => {
             if let Some(p) = provider {
                 let _ = p.abort_partial(op);
-                if let (Some(found), Some(vol)) = (&d.found, d.volume.as_deref()) {
+                if let Some(found) = &found {
                     let kind = reconcile::found_kind(found).unwrap_or(VolumeKind::Snapshot);
-                    let _ = p.destroy(&found_ref(found, vol, kind));
+                    let _ = p.destroy(&found_ref(found, &volume, kind));
                 }
             }
-            let what = pending.map_or("operation", |p| p.action.name());
-            interrupted(format!("{what} interrupted; partial state removed"))
+            (
+                op,
+                interrupted(format!("{action} interrupted; partial state removed")),
+            )
         }
-        Resolution::MarkLost => {
-            return Effect::MarkLost {
-                volume: d.volume.clone().unwrap_or_default(),
-            };
+        Step::MarkLost { volume } => return Some(Effect::MarkLost { volume }),
+        Step::MarkFound { volume } => return Some(Effect::MarkFound { volume }),
+        Step::ReportOrphan(orphan) => return Some(Effect::NoteOrphan(orphan)),
+        Step::ForgetOrphan(orphan) => {
+            return Some(Effect::ForgetOrphan {
+                provider: orphan.provider,
+                volume: orphan.volume,
+            });
         }
-        Resolution::MarkFound => {
-            return Effect::MarkFound {
-                volume: d.volume.clone().unwrap_or_default(),
-            };
-        }
-        Resolution::ReportOrphan => {
-            return Effect::NoteOrphan(d.orphan.clone().expect("orphan decision"));
-        }
-        Resolution::ForgetOrphan => {
-            let o = d.orphan.as_ref().expect("orphan decision");
-            return Effect::ForgetOrphan {
-                provider: o.provider.clone(),
-                volume: o.volume.clone(),
-            };
-        }
-        Resolution::Ignore => unreachable!("ignored decisions are not journaled"),
+        // Ignored items are reported, never journaled.
+        Step::Ignore { .. } => return None,
     };
-    Effect::Resolve { op, result }
+    Some(Effect::Resolve { op, result })
 }

@@ -85,6 +85,13 @@ impl Inner {
         check: impl FnOnce(&State) -> Result<T, ManagerError>,
     ) -> Result<(Claim, T), ManagerError> {
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = &core.poisoned {
+            return Err(ManagerError::RecordRejected(e.clone()));
+        }
+        assert!(
+            !ids.is_empty(),
+            "an operation claims the volume ids it touches"
+        );
         if let Some(id) = ids.iter().find(|id| core.busy.contains(**id)) {
             return Err(ManagerError::Busy((*id).to_owned()));
         }
@@ -126,7 +133,7 @@ impl Inner {
         let seq = self.journal.append(&intent).await?;
         let mut journal_ns = started.elapsed().as_nanos() as u64;
         self.submit(seq, intent);
-        self.wait_applied(seq).await;
+        self.wait_applied(seq).await?;
         let result = tokio::task::spawn_blocking(move || effect(op))
             .await
             .map_err(|e| ProviderError::Other(format!("provider call panicked: {e}")))
@@ -169,7 +176,7 @@ impl Inner {
             }
         };
         self.submit(seq, record);
-        self.wait_applied(seq).await;
+        self.wait_applied(seq).await?;
         let c = &self.counters;
         c.operations.fetch_add(1, Ordering::Relaxed);
         c.operation_ns
@@ -183,11 +190,24 @@ impl Inner {
     }
 
     /// Hands a durable record to the state; applies every record that is now
-    /// contiguous, in sequence order, and broadcasts their events.
+    /// contiguous, in sequence order, and broadcasts their events. The first
+    /// record the state machine refuses poisons the manager (see
+    /// [`super::replay`]): nothing after it is applied, waiters are woken with
+    /// the error, and every later operation is refused with it.
     pub(super) fn submit(&self, seq: u64, record: Record) {
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        // Precondition: each durable record arrives once, after those applied.
+        assert!(
+            seq > core.state.seq && !core.waiting.contains_key(&seq),
+            "record {seq} handed to the state twice (state at {})",
+            core.state.seq
+        );
+        if core.poisoned.is_some() {
+            return;
+        }
         core.waiting.insert(seq, record);
         let mut applied_any = false;
+        // Bounded: each round removes one record from `waiting`.
         loop {
             let next = core.state.seq + 1;
             let Some(record) = core.waiting.remove(&next) else {
@@ -200,19 +220,26 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    // Validation happens before the intent is written, so this
-                    // is a bug; keep the record order and make it loud.
-                    tracing::error!(error = %e, "state rejected a durable record");
-                    core.state.seq = next;
+                    // The record is durable: replay will meet it too. Stop
+                    // here rather than serve a state replay cannot reach.
+                    tracing::error!(error = %e, "the state machine refused a durable journal record; the manager stops");
+                    core.waiting.clear();
+                    core.poisoned = Some(e);
+                    break;
                 }
             }
             core.since_checkpoint += 1;
             applied_any = true;
         }
-        if applied_any {
+        // Pair assertion: nothing waits that could be applied.
+        debug_assert!(!core.waiting.contains_key(&(core.state.seq + 1)) || core.poisoned.is_some());
+        if applied_any || core.poisoned.is_some() {
             let seq = core.state.seq;
-            self.applied.send_replace(seq);
-            if core.since_checkpoint >= self.checkpoint_every {
+            self.applied.send_replace(super::Applied {
+                seq,
+                poisoned: core.poisoned.clone(),
+            });
+            if core.poisoned.is_none() && core.since_checkpoint >= self.checkpoint_every {
                 core.since_checkpoint = 0;
                 match journal::encode_checkpoint(&core.state) {
                     Ok(payload) => self.checkpoint_later(seq, payload),
@@ -220,6 +247,12 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// The error every operation gets once the manager is poisoned.
+    pub(super) fn poison(&self) -> Option<ManagerError> {
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        core.poisoned.clone().map(ManagerError::RecordRejected)
     }
 
     pub(super) fn checkpoint_later(&self, seq: u64, payload: Vec<u8>) {
@@ -233,8 +266,18 @@ impl Inner {
         });
     }
 
-    async fn wait_applied(&self, seq: u64) {
+    /// Waits until record `seq` is applied; fails if the manager was
+    /// poisoned before it.
+    async fn wait_applied(&self, seq: u64) -> Result<(), ManagerError> {
         let mut rx = self.applied.subscribe();
-        let _ = rx.wait_for(|applied| *applied >= seq).await;
+        let applied = rx
+            .wait_for(|a| a.seq >= seq || a.poisoned.is_some())
+            .await
+            .map(|a| a.clone())
+            .map_err(|_| ManagerError::Internal("the manager is gone".into()))?;
+        match applied.poisoned {
+            Some(e) if applied.seq < seq => Err(ManagerError::RecordRejected(e)),
+            _ => Ok(()),
+        }
     }
 }

@@ -1,24 +1,21 @@
 //! `volmgr journal dump`: one line per record, filters, `--raw` past damage,
 //! and `--follow` across segment rotations.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::journal::format::{
-    self, FRAME_ALIGN, FRAME_HEADER_LEN, FRAME_LEN_OFFSET, FrameAt, FrameHeader, Invalid,
-    MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN,
-};
-use crate::journal::reader;
-use crate::journal::{self, JOURNAL_DIR, JournalRecord};
+use crate::journal::JOURNAL_DIR;
+use crate::journal::format::FRAME_HEADER_LEN;
+use crate::journal::reader::{self, Cursor, Options, Scope, Tail};
 use crate::state::{OpId, Record, kind_name};
 use crate::storage::Storage;
 
-use super::render::{Described, OpIndex, Out, rfc3339_ms, volumes_cell, warn};
+use super::render::{Described, OpIndex, Out, quote, rfc3339_ms, volumes_cell, warn};
 use super::scan::{
-    self, Flow, Item, Problem, ProblemKind, ReadOnlyStorage, Tail, file_name, journal_error,
+    self, Flow, Item, Problem, ProblemKind, ReadOnlyStorage, file_name, journal_error,
 };
 use super::{CliError, DumpArgs, EXIT_CORRUPT, EXIT_OK, Format};
 
@@ -32,64 +29,69 @@ pub(super) fn run(args: &DumpArgs, out: &mut Out) -> Result<i32, CliError> {
     scan::check_state_dir(state_dir)?;
     let filter = Filter::new(args)?;
     let storage = ReadOnlyStorage;
+    // Outcomes whose intents were compacted away are described through the
+    // pending operations of the checkpoints, each decoded and dropped in
+    // turn. The first whose bytes check is where opening's log starts.
     let mut ops = OpIndex::default();
-    for c in scan::load_checkpoints(&storage, state_dir)? {
+    let mut base = None;
+    scan::each_checkpoint(&storage, state_dir, |c| {
         if let Ok(state) = &c.state {
             ops.seed(state);
         }
-    }
+        if c.bytes_ok && base.is_none() {
+            base = Some(c.seq);
+        }
+        Ok(())
+    })?;
     let mut printer = Printer {
         out,
         json: args.output.format == Format::Json,
+        matched: 0,
     };
     if args.follow {
         install_stop_handlers();
     }
     printer.header()?;
-    let end = scan::scan(&storage, state_dir, args.raw, &mut |item| match item {
-        Item::Record(_) if STOP.load(Ordering::SeqCst) => Ok(Flow::Stop),
-        Item::Record(found) => {
-            let described = ops.describe(&found.record);
-            if found.seq > filter.to {
-                return Ok(Flow::Stop);
+    let end = scan::scan(
+        &storage,
+        state_dir,
+        &scan::all(base, args.raw),
+        &mut |item| match item {
+            Item::Record(_) if STOP.load(Ordering::SeqCst) => Ok(Flow::Stop),
+            Item::Record(found) => {
+                if found.seq > filter.to {
+                    return Ok(Flow::Stop);
+                }
+                printer.found(&found, &filter, &mut ops)?;
+                Ok(Flow::Continue)
             }
-            if filter.matches(found.seq, found.kind, &described) {
-                let line = Line {
-                    seq: found.seq,
-                    segment: found.segment,
-                    file: found.file,
-                    offset: found.offset,
-                    kind: found.kind,
-                    record: &found.record,
-                };
-                printer.record(&line, &described)?;
+            Item::Problem(p) => {
+                if let ProblemKind::Corrupt = p.kind {
+                    printer.problem(&p)?;
+                    if !args.raw {
+                        // Without --raw, the dump ends at the first damage,
+                        // history included.
+                        return Ok(Flow::Stop);
+                    }
+                }
+                Ok(Flow::Continue)
             }
-            Ok(Flow::Continue)
-        }
-        Item::Problem(p) => {
-            if let ProblemKind::Corrupt = p.kind {
-                printer.problem(&p)?;
+            Item::Resumed {
+                file,
+                offset,
+                seq,
+                expected_seq,
+            } => {
+                printer.resumed(&file, offset, seq, expected_seq)?;
+                Ok(Flow::Continue)
             }
-            Ok(Flow::Continue)
-        }
-        Item::Resumed {
-            file,
-            offset,
-            seq,
-            expected_seq,
-        } => {
-            printer.resumed(&file, offset, seq, expected_seq)?;
-            Ok(Flow::Continue)
-        }
-        Item::NothingValidAfter { file, offset } => {
-            printer.nothing_after(&file, offset)?;
-            Ok(Flow::Continue)
-        }
-        Item::SegmentDone(_) => Ok(Flow::Continue),
-    })?;
-    if end.stopped {
-        return Ok(EXIT_OK);
-    }
+            Item::NothingValidAfter { file, offset } => {
+                printer.nothing_after(&file, offset)?;
+                Ok(Flow::Continue)
+            }
+            Item::SegmentDone(_) => Ok(Flow::Continue),
+        },
+    )?;
     if let Some(p) = &end.first_corrupt
         && !args.raw
     {
@@ -100,12 +102,24 @@ pub(super) fn run(args: &DumpArgs, out: &mut Out) -> Result<i32, CliError> {
         ));
         return Ok(EXIT_CORRUPT);
     }
+    if end.stopped && end.first_corrupt.is_none() {
+        printer.no_match_note(&filter)?;
+        return Ok(EXIT_OK);
+    }
+    let corrupt = if end.corrupt > 0 {
+        EXIT_CORRUPT
+    } else {
+        EXIT_OK
+    };
     if args.follow {
-        // Without a known tail (damage to the end of the last segment, or no
-        // segment yet) follow from the next segment to appear.
-        let start = match end.tail {
-            Some(tail) => Start::Tail(tail),
-            None => Start::After(end.last_segment),
+        // Follow from where the log's written part ends: after a torn tail's
+        // valid prefix (the unfinished write may still complete), at the
+        // clean end otherwise. Without one (damage to the end of the last
+        // segment, or no segment yet) from the next segment to appear.
+        let start = match (&end.verdict, end.tail.clone(), end.end_at.clone()) {
+            (Ok(crate::journal::LogEnd::TornTail { .. }), Some(tail), _) => Start::Tail(tail),
+            (_, _, Some(at)) => Start::Tail(at),
+            _ => Start::After(end.last_segment),
         };
         let code = follow(
             &storage,
@@ -116,21 +130,14 @@ pub(super) fn run(args: &DumpArgs, out: &mut Out) -> Result<i32, CliError> {
             &mut printer,
             args.raw,
         )?;
-        return Ok(code.max(if end.corrupt > 0 {
-            EXIT_CORRUPT
-        } else {
-            EXIT_OK
-        }));
+        return Ok(code.max(corrupt));
     }
-    if let Some(p) = &end.torn {
+    if let Some(p) = end.torn() {
         printer.out.flush()?;
-        warn(&torn_note(p));
+        warn(&torn_note(&p));
     }
-    Ok(if end.corrupt > 0 {
-        EXIT_CORRUPT
-    } else {
-        EXIT_OK
-    })
+    printer.no_match_note(&filter)?;
+    Ok(corrupt)
 }
 
 pub(super) fn torn_note(p: &Problem) -> String {
@@ -247,12 +254,15 @@ struct JsonEvent<'a> {
 struct Printer<'o> {
     out: &'o mut Out,
     json: bool,
+    /// Records printed.
+    matched: u64,
 }
 
 const SEQ_WIDTH: usize = 6;
 const POS_WIDTH: usize = 10;
 const KIND_WIDTH: usize = 10;
-const VOLUME_WIDTH: usize = 20;
+/// Fits a UUID (the default volume id) in full.
+const VOLUME_WIDTH: usize = 36;
 const OP_WIDTH: usize = 36;
 
 impl Printer<'_> {
@@ -275,7 +285,57 @@ impl Printer<'_> {
         self.columns(["SEQ", "POSITION", "TIME", "KIND", "VOLUME", "OP", "SUMMARY"])
     }
 
+    /// Describes a record (always, to follow operations) and prints it if
+    /// the filter takes it.
+    fn found(
+        &mut self,
+        found: &scan::Found<'_>,
+        filter: &Filter,
+        ops: &mut OpIndex,
+    ) -> Result<(), CliError> {
+        let described = ops.describe(&found.record);
+        if filter.matches(found.seq, found.kind, &described) {
+            let line = Line {
+                seq: found.seq,
+                segment: found.segment,
+                file: found.file,
+                offset: found.offset,
+                kind: found.kind,
+                record: &found.record,
+            };
+            self.record(&line, &described)?;
+        }
+        Ok(())
+    }
+
+    /// Says on stderr when `--volume` (or another filter naming something)
+    /// matched no record at all.
+    fn no_match_note(&mut self, filter: &Filter) -> Result<(), CliError> {
+        if self.matched > 0 || (filter.volumes.is_empty() && filter.op_prefix.is_none()) {
+            return Ok(());
+        }
+        self.out.flush()?;
+        let mut named = Vec::new();
+        if !filter.volumes.is_empty() {
+            let list: Vec<String> = filter
+                .volumes
+                .iter()
+                .map(|v| quote(v).into_owned())
+                .collect();
+            named.push(format!("volume {}", list.join(" or ")));
+        }
+        if let Some(op) = &filter.op_prefix {
+            named.push(format!("operation {op}"));
+        }
+        warn(&format!(
+            "no record matches {} (nothing printed)",
+            named.join(" and ")
+        ));
+        Ok(())
+    }
+
     fn record(&mut self, line: &Line<'_>, d: &Described) -> Result<(), CliError> {
+        self.matched += 1;
         let time = rfc3339_ms(line.record.at_ms());
         if self.json {
             let json = JsonRecord {
@@ -407,118 +467,6 @@ fn stdout_closed() -> bool {
     n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
-/// What lies at the position `--follow` watches.
-enum Next {
-    Frame(FrameHeader, Vec<u8>, usize),
-    /// Zeros (or the end of the file): nothing written here yet.
-    Nothing,
-    /// Not (yet) a valid frame: an append in progress, or damage.
-    Invalid(Invalid),
-    /// The segment file is gone (compaction removed it).
-    Gone,
-}
-
-fn read_next(storage: &dyn Storage, t: &Tail) -> Result<Next, CliError> {
-    let io = |e: std::io::Error| CliError::io(format!("read {}: {e}", t.path.display()));
-    let file = match storage.open(&t.path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Next::Gone),
-        Err(e) => return Err(io(e)),
-    };
-    let len = file.len().map_err(io)?;
-    if t.offset >= len {
-        return Ok(Next::Nothing);
-    }
-    let head_len = (len - t.offset).min(FRAME_HEADER_LEN as u64) as usize;
-    let mut head = vec![0u8; head_len];
-    file.read_exact_at(&mut head, t.offset).map_err(io)?;
-    if head.iter().all(|&b| b == 0) {
-        return Ok(Next::Nothing);
-    }
-    if head_len < FRAME_HEADER_LEN {
-        return Ok(Next::Invalid(Invalid::Truncated {
-            needed: FRAME_HEADER_LEN as u64,
-            available: head_len as u64,
-        }));
-    }
-    let payload_len = u32::from_le_bytes(
-        head[FRAME_LEN_OFFSET..FRAME_LEN_OFFSET + 4]
-            .try_into()
-            .expect("4 bytes"),
-    ) as usize;
-    if payload_len > MAX_PAYLOAD_LEN {
-        return Ok(Next::Invalid(Invalid::PayloadTooLarge {
-            len: payload_len as u64,
-            max: MAX_PAYLOAD_LEN as u64,
-        }));
-    }
-    let total = format::frame_len(payload_len);
-    if t.offset + total as u64 > len {
-        return Ok(Next::Invalid(Invalid::Truncated {
-            needed: total as u64,
-            available: len - t.offset,
-        }));
-    }
-    let mut buf = vec![0u8; total];
-    file.read_exact_at(&mut buf, t.offset).map_err(io)?;
-    Ok(match format::frame_at(&buf, t.next_seq) {
-        Ok(FrameAt::Frame(h, payload, n)) => {
-            let fits = h.batch_first_seq == h.seq || t.batch_first_seq == Some(h.batch_first_seq);
-            if fits {
-                Next::Frame(h, payload.to_vec(), n)
-            } else {
-                Next::Invalid(Invalid::BatchField {
-                    seq: h.seq,
-                    batch_first_seq: h.batch_first_seq,
-                })
-            }
-        }
-        Ok(FrameAt::End) => Next::Nothing,
-        Err(reason) => Next::Invalid(reason),
-    })
-}
-
-/// Starts watching segment `first` at its first frame, after checking its header.
-fn enter_segment(
-    storage: &dyn Storage,
-    first: u64,
-    path: &Path,
-) -> Result<Result<Tail, Problem>, CliError> {
-    let io = |e: std::io::Error| CliError::io(format!("read {}: {e}", path.display()));
-    let file = storage.open(path).map_err(io)?;
-    let mut head = [0u8; SEGMENT_HEADER_LEN];
-    let header = file
-        .read_exact_at(&mut head, 0)
-        .map_err(|e| e.to_string())
-        .and_then(|()| format::decode_segment_header(&head).map_err(|e| e.to_string()));
-    let name = file_name(path);
-    let problem = |reason: String| Problem {
-        kind: ProblemKind::Corrupt,
-        file: name.clone(),
-        offset: 0,
-        expected_seq: Some(first),
-        reason,
-    };
-    Ok(match header {
-        Err(reason) => Err(problem(reason)),
-        Ok(seq) if seq != first => Err(problem(
-            Invalid::NameMismatch {
-                name_seq: first,
-                header_seq: seq,
-            }
-            .to_string(),
-        )),
-        Ok(_) => Ok(Tail {
-            segment: first,
-            path: path.to_owned(),
-            file: name.clone(),
-            offset: SEGMENT_HEADER_LEN as u64,
-            next_seq: first,
-            batch_first_seq: None,
-        }),
-    })
-}
-
 /// Where `--follow` starts.
 enum Start {
     Tail(Tail),
@@ -526,6 +474,29 @@ enum Start {
     After(Option<u64>),
 }
 
+/// Whether anything may have been written at `tail` since the last look:
+/// the 32 bytes there are not all zero (a frame header landed), or they
+/// cannot be read. A cheap look, so an idle follow reads 32 bytes a poll.
+fn maybe_new(storage: &dyn Storage, tail: &Tail) -> bool {
+    let Ok(file) = storage.open(&tail.path) else {
+        return true;
+    };
+    let mut head = [0u8; FRAME_HEADER_LEN];
+    match file.read_exact_at(&mut head, tail.cursor.offset) {
+        Ok(()) => head.iter().any(|&b| b != 0),
+        // Fewer bytes than a header left: nothing more fits in this file.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+        Err(_) => true,
+    }
+}
+
+/// Prints the records appended after `start` as they come, across segment
+/// rotations and compaction, reading through the same reader as opening the
+/// journal: each look walks from the last record printed on. An invalid
+/// frame in the last segment without a later batch's frame after it is an
+/// append in progress (a torn tail, if the writer died): `--follow` waits
+/// for it. Anything else is corruption, reported once a second look finds
+/// the same damage (a look may race a write).
 fn follow(
     storage: &dyn Storage,
     state_dir: &Path,
@@ -536,195 +507,230 @@ fn follow(
     raw: bool,
 ) -> Result<i32, CliError> {
     let journal_dir = state_dir.join(JOURNAL_DIR);
-    let (mut cur, after) = match start {
+    let (mut cur, mut after) = match start {
         Start::Tail(tail) => (Some(tail), None),
         Start::After(after) => (None, after),
     };
-    let mut stuck_polls = 0u32;
     let mut code = EXIT_OK;
+    // Damage seen by the previous look, awaiting confirmation.
+    let mut suspect: Option<(PathBuf, u64)> = None;
+    let mut stuck_polls = 0u32;
     loop {
         if STOP.load(Ordering::SeqCst) {
             return Ok(code);
         }
-        let Some(t) = cur.as_mut() else {
-            // No segment yet: wait for the first one.
-            let segments = reader::list_segments(storage, &journal_dir).map_err(journal_error)?;
-            let newer = segments.iter().find(|(s, _)| after.is_none_or(|a| *s > a));
-            if let Some((first, path)) = newer {
-                match enter_segment(storage, *first, path)? {
-                    Ok(t) => cur = Some(t),
-                    Err(p) => {
-                        printer.problem(&p)?;
-                        return corrupt_in_follow(printer, &p);
+        let segments = reader::list_segments(storage, &journal_dir).map_err(journal_error)?;
+        let Some(tail) = cur.clone() else {
+            // No position yet: start at the first segment newer than `after`.
+            match segments.iter().find(|(s, _)| after.is_none_or(|a| *s > a)) {
+                Some((first, path)) => {
+                    cur = Some(Tail {
+                        segment: *first,
+                        path: path.clone(),
+                        cursor: Cursor::segment_start(*first),
+                    });
+                    // Its header is checked by a walk from its start.
+                    match walk(
+                        storage,
+                        state_dir,
+                        Scope::From(*first),
+                        raw,
+                        filter,
+                        ops,
+                        printer,
+                    )? {
+                        Look::Moved(t) => cur = t.or(cur),
+                        Look::Corrupt(p) if !raw => {
+                            printer.problem(&p)?;
+                            return corrupt_in_follow(printer, &p);
+                        }
+                        Look::Corrupt(_) | Look::Waiting => {}
                     }
+                    continue;
                 }
-                continue;
+                None => {
+                    idle(printer)?;
+                    continue;
+                }
             }
-            idle(printer)?;
-            continue;
         };
-        if t.next_seq > filter.to {
+        if tail.cursor.next_seq > filter.to {
             return Ok(code);
         }
-        let next = read_next(storage, t)?;
-        if let Next::Frame(h, payload, len) = next {
-            stuck_polls = 0;
-            let at = t.offset;
-            t.offset += len as u64;
-            t.next_seq = t.next_seq.saturating_add(1);
-            t.batch_first_seq = Some(h.batch_first_seq);
-            match journal::decode_record::<Record>(&payload) {
-                Ok(record) if record.kind() == h.kind => {
-                    let d = ops.describe(&record);
-                    if filter.matches(h.seq, h.kind, &d) {
-                        let line = Line {
-                            seq: h.seq,
-                            segment: t.segment,
-                            file: &t.file,
-                            offset: at,
-                            kind: h.kind,
-                            record: &record,
-                        };
-                        printer.record(&line, &d)?;
-                    }
-                }
-                Ok(record) => {
-                    let reason = format!(
-                        "frame kind byte {} but the record is a {}",
-                        h.kind,
-                        kind_name(record.kind())
-                    );
-                    code = EXIT_CORRUPT;
-                    let p = corrupt_at(&t.file, at, h.seq, reason);
-                    printer.problem(&p)?;
-                    if !raw {
-                        return corrupt_in_follow(printer, &p);
-                    }
-                }
-                Err(e) => {
-                    code = EXIT_CORRUPT;
-                    let p = corrupt_at(&t.file, at, h.seq, Invalid::Decode(e).to_string());
-                    printer.problem(&p)?;
-                    if !raw {
-                        return corrupt_in_follow(printer, &p);
-                    }
-                }
-            }
-            continue;
-        }
-        printer.out.flush()?;
-        let segments = reader::list_segments(storage, &journal_dir).map_err(journal_error)?;
-        let successor = segments.iter().find(|(s, _)| *s > t.segment).cloned();
-        if let Next::Gone = next {
-            // Compaction removed the segment under us: continue at the oldest
+        let newer = segments.iter().any(|(s, _)| *s > tail.segment);
+        let present = segments.iter().any(|(s, _)| *s == tail.segment);
+        if !present {
+            // Compaction removed the segment under us: go on at the oldest
             // newer one.
-            if let Some((first, path)) = successor {
-                if first > t.next_seq {
+            if let Some((first, _)) = segments.iter().find(|(s, _)| *s > tail.segment) {
+                if *first > tail.cursor.next_seq {
                     warn(&format!(
                         "{} was removed by compaction; records {}..{} were not shown",
-                        t.file,
-                        t.next_seq,
+                        file_name(&tail.path),
+                        tail.cursor.next_seq,
                         first - 1
                     ));
                 }
-                match enter_segment(storage, first, &path)? {
-                    Ok(new) => cur = Some(new),
-                    Err(p) => {
-                        printer.problem(&p)?;
-                        return corrupt_in_follow(printer, &p);
-                    }
-                }
+                after = Some(tail.segment);
+                cur = None;
                 continue;
             }
             idle(printer)?;
             continue;
         }
-        if let Some((first, path)) = successor {
-            // A newer segment exists, so this one is final: look once more
-            // (an append may have landed before the rotation).
-            match read_next(storage, t)? {
-                Next::Frame(..) | Next::Gone => continue,
-                Next::Nothing => {
-                    if first != t.next_seq {
-                        let reason = Invalid::MissingSegment {
-                            expected_first_seq: t.next_seq,
-                            found_first_seq: first,
-                        };
-                        code = EXIT_CORRUPT;
-                        let p = corrupt_at(&file_name(&path), 0, t.next_seq, reason.to_string());
-                        printer.problem(&p)?;
-                        if !raw {
-                            return corrupt_in_follow(printer, &p);
-                        }
-                    }
-                }
-                Next::Invalid(reason) => {
-                    code = EXIT_CORRUPT;
-                    let p = corrupt_at(&t.file, t.offset, t.next_seq, reason.to_string());
-                    printer.problem(&p)?;
-                    if !raw {
-                        return corrupt_in_follow(printer, &p);
-                    }
-                    if resume_in_segment(storage, t, printer)? {
-                        continue;
-                    }
+        if !newer && !maybe_new(storage, &tail) {
+            idle(printer)?;
+            continue;
+        }
+        let look = match walk(
+            storage,
+            state_dir,
+            Scope::At(tail.clone()),
+            false,
+            filter,
+            ops,
+            printer,
+        ) {
+            Ok(look) => look,
+            Err(CliError::Fail { .. }) if !tail.path.exists() => continue,
+            Err(e) => return Err(e),
+        };
+        match look {
+            Look::Moved(Some(t))
+                if (t.segment, t.cursor.offset) != (tail.segment, tail.cursor.offset) =>
+            {
+                cur = Some(t);
+                suspect = None;
+                stuck_polls = 0;
+                continue;
+            }
+            Look::Moved(_) => {
+                suspect = None;
+                stuck_polls = 0;
+            }
+            Look::Waiting => {
+                // An append in progress: it completes, or (the writer died)
+                // the next open truncates it.
+                stuck_polls += 1;
+                if stuck_polls == FOLLOW_STUCK_POLLS {
+                    warn(&format!(
+                        "no complete record at {}:{} yet; an unfinished write, still waiting",
+                        file_name(&tail.path),
+                        tail.cursor.offset
+                    ));
                 }
             }
-            match enter_segment(storage, first, &path)? {
-                Ok(new) => cur = Some(new),
-                Err(p) => {
+            Look::Corrupt(p) => {
+                let here = (state_dir.join(JOURNAL_DIR).join(&p.file), p.offset);
+                if suspect.as_ref() != Some(&here) {
+                    // Look again before calling it damage: this look may
+                    // have raced a write.
+                    suspect = Some(here);
+                    idle(printer)?;
+                    continue;
+                }
+                suspect = None;
+                code = EXIT_CORRUPT;
+                if !raw {
                     printer.problem(&p)?;
                     return corrupt_in_follow(printer, &p);
                 }
-            }
-            stuck_polls = 0;
-            continue;
-        }
-        if let Next::Invalid(reason) = next {
-            // In the active segment an invalid frame is usually an append in
-            // progress. If it stays, look for proof that it is damage: a
-            // valid frame of a later write batch after it.
-            stuck_polls += 1;
-            if stuck_polls == FOLLOW_STUCK_POLLS {
-                let bytes = reader::read_segment(storage, &t.path).map_err(journal_error)?;
-                let at = t.offset as usize;
-                if let Some(valid_frame_at) = reader::find_later_batch_frame(&bytes, at, t.next_seq)
-                {
-                    let reason = Invalid::DurableDataFollows {
-                        cause: Box::new(reason),
-                        valid_frame_at: valid_frame_at as u64,
-                    };
-                    code = EXIT_CORRUPT;
-                    let p = corrupt_at(&t.file, t.offset, t.next_seq, reason.to_string());
-                    printer.problem(&p)?;
-                    if !raw {
-                        return corrupt_in_follow(printer, &p);
+                // Raw: report it and everything valid after it, then go on
+                // from where that reading ended.
+                match walk(
+                    storage,
+                    state_dir,
+                    Scope::At(tail.clone()),
+                    true,
+                    filter,
+                    ops,
+                    printer,
+                )? {
+                    Look::Moved(Some(t)) => cur = Some(t),
+                    _ => {
+                        after = segments.last().map(|(s, _)| *s);
+                        cur = None;
                     }
-                    if resume_in_segment(storage, t, printer)? {
-                        stuck_polls = 0;
-                        continue;
-                    }
-                } else {
-                    warn(&format!(
-                        "no complete record at {}:{} yet ({reason}); an unfinished write, \
-                         still waiting",
-                        t.file, t.offset
-                    ));
                 }
+                continue;
             }
         }
         idle(printer)?;
     }
 }
 
-fn corrupt_at(file: &str, offset: u64, expected_seq: u64, reason: String) -> Problem {
-    Problem {
-        kind: ProblemKind::Corrupt,
-        file: file.to_owned(),
-        offset,
-        expected_seq: Some(expected_seq),
-        reason,
-    }
+/// What one look at the journal found.
+enum Look {
+    /// Records up to a clean end were printed; the new position (`None`:
+    /// nothing new).
+    Moved(Option<Tail>),
+    /// An append in progress at the end of the last segment.
+    Waiting,
+    /// Corruption (not printed unless the walk was raw).
+    Corrupt(Problem),
+}
+
+/// Walks from `scope` on, printing every record (and, when `raw`, every
+/// damaged spot and resumption), and says where the next look starts.
+fn walk(
+    storage: &dyn Storage,
+    state_dir: &Path,
+    scope: Scope,
+    raw: bool,
+    filter: &Filter,
+    ops: &mut OpIndex,
+    printer: &mut Printer<'_>,
+) -> Result<Look, CliError> {
+    let mut last: Option<Tail> = None;
+    let options = Options { scope, raw };
+    let end = scan::scan(storage, state_dir, &options, &mut |item| {
+        match item {
+            Item::Record(found) => {
+                if STOP.load(Ordering::SeqCst) || found.seq > filter.to {
+                    return Ok(Flow::Stop);
+                }
+                printer.found(&found, filter, ops)?;
+                let path = scan::segment_path(state_dir, found.segment);
+                last = Some(Tail {
+                    segment: found.segment,
+                    path,
+                    cursor: Cursor {
+                        offset: found.offset + found.frame_len,
+                        next_seq: found.seq + 1,
+                        batch_first_seq: Some(found.batch_first_seq),
+                    },
+                });
+            }
+            Item::Problem(p) if raw && p.kind == ProblemKind::Corrupt => printer.problem(&p)?,
+            Item::Resumed {
+                file,
+                offset,
+                seq,
+                expected_seq,
+            } if raw => printer.resumed(&file, offset, seq, expected_seq)?,
+            Item::NothingValidAfter { file, offset } if raw => {
+                printer.nothing_after(&file, offset)?
+            }
+            _ => {}
+        }
+        Ok(Flow::Continue)
+    })?;
+    printer.out.flush()?;
+    Ok(match (&end.verdict, raw) {
+        (Ok(crate::journal::LogEnd::TornTail { .. }), false) => match last {
+            Some(t) => Look::Moved(Some(t)),
+            None => Look::Waiting,
+        },
+        (Err(_), false) => match last {
+            // Print what came before; the damage is looked at again from there.
+            Some(t) => Look::Moved(Some(t)),
+            None => match end.first_corrupt {
+                Some(p) => Look::Corrupt(p),
+                None => Look::Waiting,
+            },
+        },
+        _ => Look::Moved(end.end_at.or(last)),
+    })
 }
 
 fn corrupt_in_follow(printer: &mut Printer<'_>, p: &Problem) -> Result<i32, CliError> {
@@ -734,30 +740,6 @@ fn corrupt_in_follow(printer: &mut Printer<'_>, p: &Problem) -> Result<i32, CliE
         p.position()
     ));
     Ok(EXIT_CORRUPT)
-}
-
-/// Raw follow: moves `t` to the next valid frame after damage in its
-/// segment. False when none follows (the caller moves to the next segment).
-fn resume_in_segment(
-    storage: &dyn Storage,
-    t: &mut Tail,
-    printer: &mut Printer<'_>,
-) -> Result<bool, CliError> {
-    let bytes = reader::read_segment(storage, &t.path).map_err(journal_error)?;
-    let from = t.offset as usize + FRAME_ALIGN;
-    match reader::find_next_valid_frame(&bytes, from) {
-        Some((at, header)) => {
-            printer.resumed(&t.file, at as u64, header.seq, Some(t.next_seq))?;
-            t.offset = at as u64;
-            t.next_seq = header.seq;
-            t.batch_first_seq = Some(header.batch_first_seq);
-            Ok(true)
-        }
-        None => {
-            printer.nothing_after(&t.file, from.min(bytes.len()) as u64)?;
-            Ok(false)
-        }
-    }
 }
 
 /// Waits one poll interval; ends the command when asked to stop or when

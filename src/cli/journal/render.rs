@@ -192,7 +192,9 @@ impl OpIndex {
     }
 
     /// Describes `record` and updates the index; call it for every record
-    /// in order, filtered or not.
+    /// in order, filtered or not. The summary never repeats the record's
+    /// kind (its own column): an intent's starts with the action, an
+    /// outcome's with its result, a reconciliation's with its case.
     pub(crate) fn describe(&mut self, record: &Record) -> Described {
         match record {
             Record::Intent { op, action, .. } => {
@@ -209,7 +211,7 @@ impl OpIndex {
                 Described {
                     volumes,
                     op: Some(*op),
-                    summary: format!("outcome {}", result_summary(result, name)),
+                    summary: result_summary(result, name),
                 }
             }
             Record::Reconciled {
@@ -259,7 +261,7 @@ impl OpIndex {
                         ),
                     ),
                 };
-                let mut summary = format!("reconciled case={case} effect={what}");
+                let mut summary = format!("case={case} effect={what}");
                 if !detail.is_empty() {
                     let _ = write!(summary, " detail={}", quote(detail));
                 }

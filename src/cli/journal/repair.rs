@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 
 use crate::journal::format::SEGMENT_HEADER_LEN;
 use crate::journal::reader;
-use crate::journal::{self, CHECKPOINT_DIR, JOURNAL_DIR, JournalError, LOCK_FILE, LogEnd};
+use crate::journal::{self, CHECKPOINT_DIR, JOURNAL_DIR, LOCK_FILE, LogEnd};
+use crate::state::Record;
 use crate::storage::{LockGuard, RealStorage, Storage};
 
 use super::render::Out;
-use super::scan::{self, Flow, Item, ReadOnlyStorage, Replayer, file_name, journal_error};
+use super::scan::{self, Flow, Item, ReadOnlyStorage, file_name, journal_error};
 use super::{CliError, EXIT_OK, RepairArgs};
 
 pub(super) fn run(args: &RepairArgs, out: &mut Out) -> Result<i32, CliError> {
@@ -58,65 +59,70 @@ fn lock(state_dir: &Path) -> Result<LockGuard, CliError> {
     })
 }
 
+/// What opening would read (the core reader, read-only, every frame decoded).
+fn read_log(state_dir: &Path) -> Result<reader::LogRead, CliError> {
+    reader::read_log::<Record>(&ReadOnlyStorage, state_dir, |_, _| {}).map_err(journal_error)
+}
+
 /// Where the journal's end lands after a successful repair.
 fn report_end(state_dir: &Path, out: &mut Out) -> Result<i32, CliError> {
-    match reader::walk(&ReadOnlyStorage, state_dir, |_, _, _, _, _| Ok(())) {
-        Ok(walk) => match walk.end {
-            LogEnd::Clean => {
-                out.line(&format!(
-                    "the journal now ends cleanly at seq {}",
-                    walk.last_seq
-                ))?;
-                Ok(EXIT_OK)
-            }
-            LogEnd::TornTail {
-                segment, offset, ..
-            } => Err(CliError::corrupt(format!(
-                "after the repair the journal still ends in a torn tail at {}:{offset}",
-                file_name(&segment)
-            ))),
-        },
-        Err(e) => Err(CliError::corrupt(format!(
-            "after the repair the journal still does not open: {e}"
+    let read = read_log(state_dir)?;
+    match read.walked.verdict {
+        Ok(LogEnd::Clean) => {
+            out.line(&format!(
+                "the journal now ends cleanly at seq {}",
+                read.walked.last_seq
+            ))?;
+            Ok(EXIT_OK)
+        }
+        Ok(LogEnd::TornTail {
+            segment, offset, ..
+        }) => Err(CliError::corrupt(format!(
+            "after the repair the journal still ends in a torn tail at {}:{offset}",
+            file_name(&segment)
+        ))),
+        Err(c) => Err(CliError::corrupt(format!(
+            "after the repair the journal still does not open: corrupt at {}:{}: {}",
+            file_name(&c.file),
+            c.offset,
+            c.reason
         ))),
     }
 }
 
 fn truncate_torn_tail(state_dir: &Path, out: &mut Out) -> Result<i32, CliError> {
-    match reader::walk(&ReadOnlyStorage, state_dir, |_, _, _, _, _| Ok(())) {
-        Ok(walk) => match walk.end {
-            LogEnd::Clean => {
-                out.line(&format!(
-                    "nothing to repair: the journal ends cleanly at seq {}",
-                    walk.last_seq
-                ))?;
-                Ok(EXIT_OK)
-            }
-            LogEnd::TornTail {
-                segment,
-                offset,
-                len,
-                reason,
-            } => {
-                let broken = journal::truncate_torn_tail(&RealStorage, &segment, offset, len)
-                    .map_err(journal_error)?;
-                out.line(&format!(
-                    "truncated the torn tail at {}:{offset}: {len} bytes ({reason})",
-                    file_name(&segment)
-                ))?;
-                out.line(&format!(
-                    "the removed bytes are in {JOURNAL_DIR}/{}",
-                    file_name(&broken)
-                ))?;
-                report_end(state_dir, out)
-            }
-        },
-        Err(JournalError::Corrupt {
-            file,
+    let read = read_log(state_dir)?;
+    match read.walked.verdict {
+        Ok(LogEnd::Clean) => {
+            out.line(&format!(
+                "nothing to repair: the journal ends cleanly at seq {}",
+                read.walked.last_seq
+            ))?;
+            Ok(EXIT_OK)
+        }
+        Ok(LogEnd::TornTail {
+            segment,
             offset,
+            len,
             reason,
         }) => {
-            let hint = first_bad_seq(state_dir)
+            let broken = journal::truncate_torn_tail(&RealStorage, &segment, offset, len)
+                .map_err(journal_error)?;
+            out.line(&format!(
+                "truncated the torn tail at {}:{offset}: {len} bytes ({reason})",
+                file_name(&segment)
+            ))?;
+            out.line(&format!(
+                "the removed bytes are in {JOURNAL_DIR}/{}",
+                file_name(&broken)
+            ))?;
+            report_end(state_dir, out)
+        }
+        Err(c) => {
+            let hint = read
+                .walked
+                .first_corrupt
+                .and_then(|d| d.expected_seq)
                 .map(|seq| {
                     format!(
                         "; to cut it off with every record after it, run `volmgr journal repair \
@@ -126,21 +132,13 @@ fn truncate_torn_tail(state_dir: &Path, out: &mut Out) -> Result<i32, CliError> 
                 })
                 .unwrap_or_default();
             Err(CliError::corrupt(format!(
-                "not a torn tail, so nothing was changed: corruption at {}:{offset}: {reason}{hint}",
-                file_name(&file)
+                "not a torn tail, so nothing was changed: corruption at {}:{}: {}{hint}",
+                file_name(&c.file),
+                c.offset,
+                c.reason
             )))
         }
-        Err(e) => Err(journal_error(e)),
     }
-}
-
-/// The sequence number the first damaged spot should have held.
-fn first_bad_seq(state_dir: &Path) -> Option<u64> {
-    let end = scan::scan(&ReadOnlyStorage, state_dir, false, &mut |_| {
-        Ok(Flow::Continue)
-    })
-    .ok()?;
-    end.first_corrupt.and_then(|p| p.expected_seq)
 }
 
 /// What `--truncate-at` would do.
@@ -168,13 +166,14 @@ fn plan(state_dir: &Path, seq: u64) -> Result<Plan, CliError> {
     let storage = ReadOnlyStorage;
     let journal_dir = state_dir.join(JOURNAL_DIR);
     let segments = reader::list_segments(&storage, &journal_dir).map_err(journal_error)?;
+    let base = scan::open_base(&storage, state_dir, None)?.map(|(s, _)| s);
 
     // Find the position of record `seq`: a valid frame, or the damaged spot
     // (or clean end) where it should be.
     let mut at: Option<(String, u64)> = None;
     let mut readable: Option<(u64, u64)> = None;
     let mut damage: Option<String> = None;
-    let end = scan::scan(&storage, state_dir, false, &mut |item| {
+    let end = scan::scan(&storage, state_dir, &scan::all(base, false), &mut |item| {
         Ok(match item {
             Item::Record(found) => {
                 if found.seq == seq {
@@ -190,10 +189,9 @@ fn plan(state_dir: &Path, seq: u64) -> Result<Plan, CliError> {
                 damage = Some(format!("{}: {}", p.position(), p.reason));
                 if p.expected_seq == Some(seq) {
                     at = Some((p.file.clone(), p.offset));
-                    Flow::Stop
-                } else {
-                    Flow::Continue
                 }
+                // Like opening, nothing after the first damage counts.
+                Flow::Stop
             }
             _ => Flow::Continue,
         })
@@ -210,9 +208,9 @@ fn plan(state_dir: &Path, seq: u64) -> Result<Plan, CliError> {
             let next = end
                 .tail
                 .as_ref()
-                .map(|t| t.next_seq)
+                .map(|t| t.cursor.next_seq)
                 .or(last_seq.map(|s| s.saturating_add(1)));
-            let clean = end.first_corrupt.is_none() && end.torn.is_none();
+            let clean = damage.is_none();
             if clean && next == Some(seq) {
                 None
             } else {
@@ -230,7 +228,7 @@ fn plan(state_dir: &Path, seq: u64) -> Result<Plan, CliError> {
                     (Some(d), None) => format!(" and damage at {d} follows"),
                     (None, _) => String::new(),
                 };
-                return Err(CliError::usage(format!(
+                return Err(CliError::unmet(format!(
                     "seq {seq} is not in the journal: {readable}{at_damage}"
                 )));
             }
@@ -255,11 +253,18 @@ fn plan(state_dir: &Path, seq: u64) -> Result<Plan, CliError> {
         .map(|(_, p)| p)
         .collect();
 
-    // After the cut, replay must still have a starting point.
-    let kept: Vec<scan::Checkpoint> = scan::load_checkpoints(&storage, state_dir)?
-        .into_iter()
-        .filter(|c| c.seq < seq)
-        .collect();
+    // After the cut, replay must still have a starting point: the
+    // checkpoint opening would then choose, and the records after it.
+    let kept_base = match scan::open_base(&storage, state_dir, Some(seq - 1))? {
+        Some((c, Ok(_))) => Some(c),
+        Some((c, Err(why))) => {
+            return Err(CliError::unmet(format!(
+                "cutting at seq {seq} would leave a journal that cannot be replayed: \
+                 checkpoint {c} would be the one replay starts from, but {why}"
+            )));
+        }
+        None => None,
+    };
     let whole_segment_goes =
         matches!(&cut, Some((_, offset, _)) if *offset < SEGMENT_HEADER_LEN as u64);
     let first_kept_segment = match segments.first() {
@@ -267,20 +272,24 @@ fn plan(state_dir: &Path, seq: u64) -> Result<Plan, CliError> {
         Some((first, _)) => Some(*first),
         None => None,
     };
-    let replayable = Replayer::new(&kept, first_kept_segment, Some(seq - 1)).and_then(|r| {
-        let base = r.base.unwrap_or(0);
-        if first_kept_segment.is_none() && base.saturating_add(1) < seq {
-            Err(scan::ReplayError::Hole {
-                checkpoint: base,
-                first_seq: seq,
-            })
-        } else {
-            Ok(r)
-        }
-    });
-    if let Err(e) = replayable {
-        return Err(CliError::usage(format!(
-            "cutting at seq {seq} would leave a journal that cannot be replayed: {e}"
+    let from = kept_base.map_or(1, |c| c + 1);
+    let hole = match first_kept_segment {
+        Some(first) => first > from && from < seq,
+        None => from < seq,
+    };
+    if hole {
+        let needs = match kept_base {
+            Some(c) => format!("checkpoint {c} needs the records from seq {from} on"),
+            None => {
+                "without a checkpoint before it, replay needs the records from seq 1 on".to_owned()
+            }
+        };
+        let but = match first_kept_segment {
+            Some(first) => format!("the oldest segment starts at seq {first}"),
+            None => "no segment would remain".to_owned(),
+        };
+        return Err(CliError::unmet(format!(
+            "cutting at seq {seq} would leave a journal that cannot be replayed: {needs}, but {but}"
         )));
     }
 
@@ -289,7 +298,7 @@ fn plan(state_dir: &Path, seq: u64) -> Result<Plan, CliError> {
     let mut removed = 0u64;
     let mut removed_range = None;
     if let Some((cut_file, cut_offset)) = &cut_pos {
-        scan::scan(&storage, state_dir, true, &mut |item| {
+        scan::scan(&storage, state_dir, &scan::all(base, true), &mut |item| {
             if let Item::Record(found) = item {
                 let after = (found.file, found.offset) >= (cut_file.as_str(), *cut_offset);
                 if after {

@@ -24,11 +24,24 @@ pub(super) fn run(args: &StatsArgs, out: &mut Out) -> Result<i32, CliError> {
     let state_dir = args.state_dir.as_path();
     scan::check_state_dir(state_dir)?;
     let storage = ReadOnlyStorage;
-    let checkpoints = scan::load_checkpoints(&storage, state_dir)?;
-    let first_seq = scan::first_segment_seq(&storage, state_dir)?;
-    let replayer = Replayer::new(&checkpoints, first_seq, None);
-    let replay_error = replayer.as_ref().err().map(|e| e.to_string());
-    let mut replayer = replayer.ok();
+    // Checkpoints newest first, one decoded at a time; the first whose bytes
+    // check is the one opening replays from, and the only one kept.
+    let mut checkpoints: Vec<(u64, String, u64, Option<String>)> = Vec::new();
+    let mut base: Option<scan::Base> = None;
+    scan::each_checkpoint(&storage, state_dir, |c| {
+        checkpoints.push((c.seq, c.file, c.size, c.state.as_ref().err().cloned()));
+        if c.bytes_ok && base.is_none() {
+            base = Some((c.seq, c.state));
+        }
+        Ok(())
+    })?;
+    checkpoints.reverse();
+    let base_seq = base.as_ref().map(|(seq, _)| *seq);
+    let (mut replayer, replay_error) = match base {
+        Some((seq, Ok(state))) => (Some(Replayer::new(Some((seq, state)), None)), None),
+        Some((_, Err(why))) => (None, Some(why)),
+        None => (Some(Replayer::new(None, None)), None),
+    };
 
     let mut kinds: BTreeMap<u8, Kind> = [KIND_INTENT, KIND_OUTCOME, KIND_RECONCILED]
         .into_iter()
@@ -38,35 +51,46 @@ pub(super) fn run(args: &StatsArgs, out: &mut Out) -> Result<i32, CliError> {
     let mut last: Option<(u64, u64)> = None;
     let mut records = 0u64;
     let (mut file_bytes, mut used_bytes) = (0u64, 0u64);
-    let mut seen_problem = false;
-    let end = scan::scan(&storage, state_dir, false, &mut |item| {
-        match item {
-            Item::Record(found) => {
-                records += 1;
-                let k = kinds.entry(found.kind).or_default();
-                k.records += 1;
-                k.bytes += found.frame_len;
-                let at = (found.seq, found.record.at_ms());
-                first.get_or_insert(at);
-                last = Some(at);
-                if !seen_problem && let Some(r) = replayer.as_mut() {
-                    r.feed(found.seq, &found.record);
+    let end = scan::scan(
+        &storage,
+        state_dir,
+        &scan::all(base_seq, false),
+        &mut |item| {
+            match item {
+                Item::Record(found) => {
+                    records += 1;
+                    let k = kinds.entry(found.kind).or_default();
+                    k.records += 1;
+                    k.bytes += found.frame_len;
+                    let at = (found.seq, found.record.at_ms());
+                    first.get_or_insert(at);
+                    last = Some(at);
+                    if found.replayable
+                        && let Some(r) = replayer.as_mut()
+                    {
+                        r.feed(found.seq, &found.record);
+                    }
                 }
+                Item::SegmentDone(seg) => {
+                    file_bytes += seg.file_len;
+                    used_bytes += seg.used;
+                }
+                Item::Problem(_) | Item::Resumed { .. } | Item::NothingValidAfter { .. } => {}
             }
-            Item::Problem(_) => seen_problem = true,
-            Item::SegmentDone(seg) => {
-                file_bytes += seg.file_len;
-                used_bytes += seg.used;
-            }
-            Item::Resumed { .. } | Item::NothingValidAfter { .. } => {}
-        }
-        Ok(Flow::Continue)
-    })?;
-    let replay_failed = replayer.as_ref().and_then(|r| r.failed.clone());
-    let corrupt = end.corrupt > 0 || replay_failed.is_some() || replay_error.is_some();
+            Ok(Flow::Continue)
+        },
+    )?;
+    let replay_failed = replayer
+        .as_ref()
+        .and_then(|r| r.failed.as_ref().map(|e| e.to_string()));
+    let corrupt = end.corrupt > 0
+        || replay_failed.is_some()
+        || replay_error.is_some()
+        || checkpoints.iter().any(|c| c.3.is_some());
     let code = if corrupt { EXIT_CORRUPT } else { EXIT_OK };
+    let torn = end.torn();
 
-    let end_text = match (&end.first_corrupt, &end.torn) {
+    let end_text = match (&end.first_corrupt, &torn) {
         (Some(p), _) => format!("CORRUPT at {}: {}", p.position(), p.reason),
         (None, Some(p)) => torn_note(p),
         (None, None) => "clean".to_owned(),
@@ -76,9 +100,9 @@ pub(super) fn run(args: &StatsArgs, out: &mut Out) -> Result<i32, CliError> {
     } else {
         let list: Vec<String> = checkpoints
             .iter()
-            .map(|c| match &c.state {
-                Ok(_) => format!("seq {} ok", c.seq),
-                Err(why) => format!("seq {} CORRUPT ({why})", c.seq),
+            .map(|(seq, _, _, error)| match error {
+                None => format!("seq {seq} ok"),
+                Some(why) => format!("seq {seq} CORRUPT ({why})"),
             })
             .collect();
         format!("{}: {}", checkpoints.len(), list.join(", "))
@@ -108,7 +132,7 @@ pub(super) fn run(args: &StatsArgs, out: &mut Out) -> Result<i32, CliError> {
             }
             (None, error) => json!({ "error": error }),
         };
-        let end_json = match (&end.first_corrupt, &end.torn) {
+        let end_json = match (&end.first_corrupt, &torn) {
             (Some(p), _) => json!({
                 "status": "corrupt", "segment": p.file, "offset": p.offset, "reason": p.reason,
             }),
@@ -123,11 +147,11 @@ pub(super) fn run(args: &StatsArgs, out: &mut Out) -> Result<i32, CliError> {
         };
         let value = json!({
             "segments": { "count": end.segments, "bytes": file_bytes, "used": used_bytes },
-            "checkpoints": checkpoints.iter().map(|c| json!({
-                "seq": c.seq,
-                "file": c.file,
-                "bytes": c.size,
-                "error": c.state.as_ref().err(),
+            "checkpoints": checkpoints.iter().map(|(seq, file, size, error)| json!({
+                "seq": seq,
+                "file": file,
+                "bytes": size,
+                "error": error,
             })).collect::<Vec<_>>(),
             "records": records,
             "first": point(first),

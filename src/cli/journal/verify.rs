@@ -1,13 +1,14 @@
 //! `volmgr journal verify`: every checkpoint, segment header, frame and
-//! record payload, then a replay as opening would do it. The exit code
-//! classifies the journal: clean, torn tail only, or corrupt.
+//! record payload, then a replay as opening does it, then what opening does
+//! (the `open` row: the verdict of the reader opening uses, with its file
+//! and offset). The exit code classifies the journal: clean, torn tail
+//! only, or corrupt.
 
+use crate::journal::LogEnd;
 use crate::state::State;
 
 use super::render::Out;
-use super::scan::{
-    self, Checkpoint, Flow, Item, Problem, ProblemKind, ReadOnlyStorage, Replayer, SegmentInfo,
-};
+use super::scan::{self, Checkpoint, Flow, Item, Problem, ProblemKind, ReadOnlyStorage, Replayer};
 use super::{CliError, EXIT_CORRUPT, EXIT_OK, EXIT_TORN_TAIL, VerifyArgs};
 
 pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
@@ -16,47 +17,52 @@ pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
     let storage = ReadOnlyStorage;
     let mut report = Report { out, corrupt: 0 };
 
-    let checkpoints = scan::load_checkpoints(&storage, state_dir)?;
-    for c in &checkpoints {
-        report.checkpoint(c)?;
-    }
-    let newest_valid = checkpoints
-        .iter()
-        .rev()
-        .find(|c| c.state.is_ok())
-        .map(|c| c.seq);
-
-    let first_seq = scan::first_segment_seq(&storage, state_dir)?;
-    let mut replayer = match Replayer::new(&checkpoints, first_seq, None) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            report.row("replay", "-", "FAILED", &e.to_string())?;
-            report.corrupt += 1;
-            None
+    // Checkpoints newest first, one in memory at a time besides the base:
+    // the first whose bytes check is the one opening replays from.
+    let mut rows = Vec::new();
+    let mut base: Option<scan::Base> = None;
+    let mut count = 0usize;
+    scan::each_checkpoint(&storage, state_dir, |c: Checkpoint| {
+        count += 1;
+        rows.push(checkpoint_row(&c));
+        if c.bytes_ok && base.is_none() {
+            base = Some((c.seq, c.state));
         }
+        Ok(())
+    })?;
+    for (ok, file, detail) in rows.into_iter().rev() {
+        if !ok {
+            report.corrupt += 1;
+        }
+        report.row(
+            "checkpoint",
+            &file,
+            if ok { "ok" } else { "CORRUPT" },
+            &detail,
+        )?;
+    }
+    let base_seq = base.as_ref().map(|(seq, _)| *seq);
+    let (mut replayer, base_failed) = match base {
+        Some((seq, Ok(state))) => (Some(Replayer::new(Some((seq, state)), None)), None),
+        Some((_, Err(why))) => (None, Some(why)),
+        None => (Some(Replayer::new(None, None)), None),
     };
+
     let mut records = 0u64;
     let mut range: Option<(u64, u64)> = None;
-    let mut seen_problem = false;
-    let mut segment_status = "ok";
-    let end = scan::scan(&storage, state_dir, args.raw, &mut |item| {
+    let options = scan::all(base_seq, args.raw);
+    let end = scan::scan(&storage, state_dir, &options, &mut |item| {
         match item {
             Item::Record(found) => {
                 records += 1;
                 range = Some(range.map_or((found.seq, found.seq), |(a, _)| (a, found.seq)));
-                if !seen_problem && let Some(r) = replayer.as_mut() {
+                if found.replayable
+                    && let Some(r) = replayer.as_mut()
+                {
                     r.feed(found.seq, &found.record);
                 }
             }
-            Item::Problem(p) => {
-                if p.kind == ProblemKind::Corrupt {
-                    seen_problem = true;
-                    segment_status = "damaged";
-                } else if segment_status == "ok" {
-                    segment_status = "torn";
-                }
-                report.problem(&p)?;
-            }
+            Item::Problem(p) => report.problem(&p, base_seq)?,
             Item::Resumed {
                 file,
                 offset,
@@ -84,15 +90,12 @@ pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
                     &format!("no valid frame after offset {offset}"),
                 )?;
             }
-            Item::SegmentDone(seg) => {
-                report.segment(&seg, segment_status, newest_valid)?;
-                segment_status = "ok";
-            }
+            Item::SegmentDone(seg) => report.segment(&seg, base_seq)?,
         }
         Ok(Flow::Continue)
     })?;
     report.corrupt += end.corrupt;
-    if end.first_corrupt.is_some() && !args.raw {
+    if end.verdict.is_err() && !args.raw {
         report.row(
             "note",
             "-",
@@ -101,10 +104,19 @@ pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
         )?;
     }
 
-    if let Some(r) = &replayer {
-        if let Some(why) = &r.failed {
+    // The replay, and what opening does: the log's verdict first (open
+    // refuses corruption before replaying), then the replay's.
+    let log_corrupt = end.verdict.is_err();
+    let mut open_refuses = None;
+    if let Some(why) = &base_failed {
+        report.corrupt += 1;
+        report.row("replay", "-", "FAILED", why)?;
+        open_refuses = Some(format!("replay failed: {why}"));
+    } else if let Some(r) = &replayer {
+        if let Some(e) = &r.failed {
             report.corrupt += 1;
-            report.row("replay", "-", "FAILED", why)?;
+            report.row("replay", "-", "FAILED", &e.to_string())?;
+            open_refuses = Some(format!("the journal contradicts the state machine: {e}"));
         } else {
             let detail = format!(
                 "state at seq {} ({}): {}",
@@ -112,23 +124,52 @@ pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
                 r.provenance(),
                 state_summary(&r.state)
             );
-            let status = if seen_problem { "partial" } else { "ok" };
+            let status = if log_corrupt { "partial" } else { "ok" };
             report.row("replay", "-", status, &detail)?;
         }
     }
+    let seq_after = replayer.as_ref().map_or(0, |r| r.state.seq);
+    let (status, detail) = match (&end.verdict, open_refuses) {
+        (Err(c), _) => (
+            "REFUSES",
+            format!(
+                "corrupt at {}:{}: {}",
+                scan::file_name(&c.file),
+                c.offset,
+                c.reason
+            ),
+        ),
+        (Ok(_), Some(why)) => ("REFUSES", why),
+        (
+            Ok(LogEnd::TornTail {
+                segment,
+                offset,
+                len,
+                ..
+            }),
+            None,
+        ) => (
+            "repairs",
+            format!(
+                "truncates the torn tail at {}:{offset} ({len} bytes), then opens at seq {seq_after}",
+                scan::file_name(segment)
+            ),
+        ),
+        (Ok(LogEnd::Clean), None) => ("ok", format!("opens at seq {seq_after}")),
+    };
+    report.row("open", "-", status, &detail)?;
 
     let segments = end.segments;
     let plural = |n: usize| if n == 1 { "" } else { "s" };
     let summary = format!(
-        "{records} record{} ({}) in {segments} segment{}, {} checkpoint{}",
+        "{records} record{} ({}) in {segments} segment{}, {count} checkpoint{}",
         if records == 1 { "" } else { "s" },
         match range {
             Some((a, b)) => format!("seq {a}..{b}"),
             None => "none".to_owned(),
         },
         plural(segments),
-        checkpoints.len(),
-        plural(checkpoints.len()),
+        plural(count),
     );
     let (status, code) = if report.corrupt > 0 {
         let first = end
@@ -144,7 +185,7 @@ pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
             ),
             EXIT_CORRUPT,
         )
-    } else if let Some(p) = &end.torn {
+    } else if let Some(p) = end.torn() {
         (
             format!("torn tail at {}; {summary}", p.position()),
             EXIT_TORN_TAIL,
@@ -154,6 +195,18 @@ pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
     };
     report.row("result", "-", &format!("exit {code}"), &status)?;
     Ok(code)
+}
+
+/// (usable, file, detail) of a checkpoint row.
+fn checkpoint_row(c: &Checkpoint) -> (bool, String, String) {
+    match &c.state {
+        Ok(state) => (
+            true,
+            c.file.clone(),
+            format!("seq {}, {} bytes: {}", c.seq, c.size, state_summary(state)),
+        ),
+        Err(why) => (false, c.file.clone(), why.clone()),
+    }
 }
 
 /// "5 volumes (4 live, 1 lost), 2 pending, 1 orphan"
@@ -189,32 +242,24 @@ impl Report<'_> {
         }
     }
 
-    fn checkpoint(&mut self, c: &Checkpoint) -> Result<(), CliError> {
-        match &c.state {
-            Ok(state) => self.row(
-                "checkpoint",
-                &c.file,
-                "ok",
-                &format!("seq {}, {} bytes: {}", c.seq, c.size, state_summary(state)),
-            ),
-            Err(why) => {
-                self.corrupt += 1;
-                self.row("checkpoint", &c.file, "CORRUPT", why)
-            }
-        }
-    }
-
-    fn problem(&mut self, p: &Problem) -> Result<(), CliError> {
+    fn problem(&mut self, p: &Problem, base: Option<u64>) -> Result<(), CliError> {
         let expected = p
             .expected_seq
             .map(|s| format!(" (expected seq {s})"))
             .unwrap_or_default();
+        let history = match (p.history, base) {
+            (true, Some(c)) => format!(
+                "; opening does not read it (checkpoint {c} covers it), a fallback to an older \
+                 checkpoint would"
+            ),
+            _ => String::new(),
+        };
         match p.kind {
             ProblemKind::Corrupt => self.row(
                 "segment",
                 &p.file,
                 "CORRUPT",
-                &format!("at offset {}{expected}: {}", p.offset, p.reason),
+                &format!("at offset {}{expected}: {}{history}", p.offset, p.reason),
             ),
             ProblemKind::TornTail { len } => self.row(
                 "segment",
@@ -228,12 +273,7 @@ impl Report<'_> {
         }
     }
 
-    fn segment(
-        &mut self,
-        seg: &SegmentInfo,
-        status: &str,
-        newest_valid: Option<u64>,
-    ) -> Result<(), CliError> {
+    fn segment(&mut self, seg: &scan::SegmentInfo, base: Option<u64>) -> Result<(), CliError> {
         let records = match seg.records {
             Some((a, b)) if b.checked_sub(a).map(|d| d.saturating_add(1)) == Some(seg.count) => {
                 format!("records {a}..{b}")
@@ -241,14 +281,23 @@ impl Report<'_> {
             Some((a, b)) => format!("records {a}..{b} ({} valid)", seg.count),
             None => "no records".to_owned(),
         };
-        let covered = match (seg.records, newest_valid) {
-            (Some((_, last)), Some(c)) if last <= c => format!(" (covered by checkpoint {c})"),
+        let covered = match (seg.records, base) {
+            (Some((_, last)), Some(c)) if last <= c || seg.history => {
+                format!(" (covered by checkpoint {c})")
+            }
             _ => String::new(),
         };
         let detail = format!(
             "{records}, {} of {} bytes used{covered}",
             seg.used, seg.file_len
         );
+        let status = if seg.damaged {
+            "damaged"
+        } else if seg.torn {
+            "torn"
+        } else {
+            "ok"
+        };
         self.row("segment", &seg.file, status, &detail)
     }
 }

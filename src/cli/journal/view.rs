@@ -3,25 +3,51 @@
 
 use serde_json::json;
 
+use crate::agent::api::VolumeInfo;
+use crate::journal::JOURNAL_DIR;
+use crate::journal::reader::{self, Options, Scope};
 use crate::state::{State, VolumeStatus};
 
 use super::render::{Out, action_summary, quote, rfc3339_ms, warn};
-use super::scan::{self, Flow, Item, ReadOnlyStorage, ReplayError, Replayer};
+use super::scan::{self, Flow, Item, ReadOnlyStorage, Replayer};
 use super::{CliError, EXIT_CORRUPT, EXIT_OK, Format, StateArgs};
 
 pub(super) fn run(args: &StateArgs, out: &mut Out) -> Result<i32, CliError> {
     let state_dir = args.state_dir.as_path();
     scan::check_state_dir(state_dir)?;
     let storage = ReadOnlyStorage;
-    let checkpoints = scan::load_checkpoints(&storage, state_dir)?;
-    let first_seq = scan::first_segment_seq(&storage, state_dir)?;
-    let mut replayer = match Replayer::new(&checkpoints, first_seq, args.at_seq) {
-        Ok(r) => r,
-        Err(e @ ReplayError::Compacted { .. }) => return Err(CliError::usage(e.to_string())),
-        Err(e @ ReplayError::Hole { .. }) => return Err(CliError::corrupt(e.to_string())),
+    // The checkpoint opening would replay from, at or before the target.
+    let (base_seq, base_state) = match scan::open_base(&storage, state_dir, args.at_seq)? {
+        Some((seq, Ok(state))) => (Some(seq), Some(state)),
+        Some((_, Err(why))) => {
+            return Err(CliError::corrupt(format!(
+                "replay failed: {why} (opening the journal refuses it too)"
+            )));
+        }
+        None => (None, None),
     };
+    let mut replayer = Replayer::new(base_seq.zip(base_state), args.at_seq);
+    let log_from = base_seq.map_or(1, |b| b + 1);
+    let wanted = args.at_seq;
+    if base_seq.is_none()
+        && let Some(n) = wanted.filter(|n| *n > 0)
+    {
+        // Without a checkpoint at or before N, the records from seq 1 on
+        // are needed.
+        let first_segment = reader::list_segments(&storage, &state_dir.join(JOURNAL_DIR))
+            .map_err(scan::journal_error)?
+            .first()
+            .map(|(s, _)| *s);
+        if let Some(first) = first_segment.filter(|f| *f > 1) {
+            return Err(compacted(&storage, state_dir, n, first)?);
+        }
+    }
     let mut damage = None;
-    let end = scan::scan(&storage, state_dir, false, &mut |item| {
+    let options = Options {
+        scope: Scope::From(log_from),
+        raw: false,
+    };
+    let end = scan::scan(&storage, state_dir, &options, &mut |item| {
         Ok(match item {
             Item::Record(found) => replayer.feed(found.seq, &found.record),
             Item::Problem(p) => {
@@ -33,17 +59,18 @@ pub(super) fn run(args: &StateArgs, out: &mut Out) -> Result<i32, CliError> {
             _ => Flow::Continue,
         })
     })?;
-    let _ = end;
     let state = &replayer.state;
     let mut code = EXIT_OK;
-    let wanted = args.at_seq.unwrap_or(state.seq);
     if let Some(why) = &replayer.failed {
         warn(&format!(
-            "replay stopped: {why}; showing the state at seq {}",
+            "replay stopped: {why}; showing the state at seq {} (opening the journal refuses \
+             the same record)",
             state.seq
         ));
         code = EXIT_CORRUPT;
-    } else if state.seq < wanted {
+    } else if let Some(n) = wanted
+        && state.seq < n
+    {
         match &damage {
             Some(d) => {
                 warn(&format!(
@@ -52,13 +79,16 @@ pub(super) fn run(args: &StateArgs, out: &mut Out) -> Result<i32, CliError> {
                 ));
                 code = EXIT_CORRUPT;
             }
-            None => warn(&format!(
-                "the journal ends at seq {}; showing the state there",
-                state.seq
-            )),
+            None if !end.stopped => {
+                return Err(CliError::unmet(format!(
+                    "--at-seq {n} is past the end of the journal: its last record is seq {}",
+                    state.seq
+                )));
+            }
+            None => {}
         }
     } else if let Some(d) = &damage
-        && args.at_seq.is_none()
+        && wanted.is_none()
     {
         warn(&format!(
             "the journal is corrupt at {d}; showing the state at seq {}",
@@ -68,21 +98,86 @@ pub(super) fn run(args: &StateArgs, out: &mut Out) -> Result<i32, CliError> {
     }
 
     if args.output.format == Format::Json {
+        let volumes: Vec<serde_json::Value> = state.volumes.values().map(volume_json).collect();
+        let pending: Vec<serde_json::Value> = {
+            let mut pending: Vec<_> = state.pending.values().collect();
+            pending.sort_by_key(|p| p.seq);
+            pending
+                .into_iter()
+                .map(|p| {
+                    json!({
+                        "op": p.op,
+                        "seq": p.seq,
+                        "time": rfc3339_ms(p.at_ms),
+                        "action": p.action.name(),
+                        "volume": p.action.volumes(),
+                        "summary": action_summary(&p.action),
+                    })
+                })
+                .collect()
+        };
+        let orphans: Vec<serde_json::Value> = state
+            .orphans
+            .values()
+            .map(|o| {
+                json!({
+                    "provider": o.provider,
+                    "volume": o.volume,
+                    "kind": o.kind.as_str(),
+                    "tagged_op": o.tagged_op,
+                    "location": o.location,
+                })
+            })
+            .collect();
         let value = json!({
             "seq": state.seq,
             "requested_seq": args.at_seq,
             "from_checkpoint": replayer.base,
             "replayed_records": replayer.applied,
             "providers": state.providers.values().collect::<Vec<_>>(),
-            "volumes": state.volumes.values().collect::<Vec<_>>(),
-            "pending": state.pending.values().collect::<Vec<_>>(),
-            "orphans": state.orphans.values().collect::<Vec<_>>(),
+            "volumes": volumes,
+            "pending": pending,
+            "orphans": orphans,
         });
         out.line(&value.to_string())?;
         return Ok(code);
     }
     print_state(out, state, &replayer.provenance())?;
     Ok(code)
+}
+
+/// A volume as the HTTP API shows it (README, "A volume"), plus the
+/// operation that created it.
+fn volume_json(v: &crate::state::Volume) -> serde_json::Value {
+    let mut value = serde_json::to_value(VolumeInfo::from(v)).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("op".into(), json!(v.op));
+    }
+    value
+}
+
+/// The error for `--at-seq N` before the oldest history the journal keeps.
+fn compacted(
+    storage: &ReadOnlyStorage,
+    state_dir: &std::path::Path,
+    at: u64,
+    first: u64,
+) -> Result<CliError, CliError> {
+    let mut oldest = None;
+    scan::each_checkpoint(storage, state_dir, |c| {
+        if c.state.is_ok() {
+            oldest = Some(c.seq);
+        }
+        Ok(())
+    })?;
+    let mut text = format!(
+        "the state at seq {at} cannot be rebuilt: the history before seq {first} was compacted away"
+    );
+    match oldest {
+        Some(c) => text.push_str(&format!("; the oldest state available is at seq {c}")),
+        None => text.push_str(" and no usable checkpoint remains"),
+    }
+    Ok(CliError::unmet(text))
 }
 
 fn cell(s: &str) -> String {
