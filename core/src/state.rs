@@ -12,21 +12,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::journal::JournalRecord;
 
 mod apply;
 
-/// Operation id: a UUIDv7, unique per mutating operation.
-pub type OpId = Uuid;
+pub use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
+
 /// Free-form metadata of a volume (validated, bounded).
 pub type Meta = BTreeMap<String, String>;
-/// Provider-specific facts about a volume (e.g. a ZFS snapshot's GUID).
-pub type Details = BTreeMap<String, String>;
-
-/// Detail key of a snapshot's identity, used as a "have" in transfers.
-pub const DETAIL_GUID: &str = "guid";
 /// Detail keys of a data volume holding a resumable partial receive: the
 /// provider's resume token and the guid of the snapshot the stream carries.
 /// Set by a [`OpResult::Suspended`] receive; cleared by any other outcome of
@@ -48,27 +42,6 @@ pub const DETAIL_OPTION_PREFIX: &str = "option.";
 /// where the stream comes from, so an interrupted pull can be resumed.
 pub const META_PULL_SOURCE: &str = "pull-source";
 pub const META_PULL_SNAPSHOT: &str = "pull-snapshot";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum VolumeKind {
-    Data,
-    Snapshot,
-}
-
-impl VolumeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VolumeKind::Data => "data",
-            VolumeKind::Snapshot => "snapshot",
-        }
-    }
-}
-
-impl fmt::Display for VolumeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VolumeStatus {

@@ -16,6 +16,7 @@ use crate::provider::ProviderError;
 /// command saying so), which CSI reports as RESOURCE_EXHAUSTED.
 pub fn out_of_space(e: &ProviderError) -> bool {
     match e {
+        ProviderError::NoSpace { .. } => true,
         ProviderError::Io { source, .. } => matches!(
             source.raw_os_error(),
             Some(libc::ENOSPC) | Some(libc::EDQUOT)

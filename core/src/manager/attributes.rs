@@ -95,7 +95,7 @@ impl Manager {
             let provider_id = volume.provider.clone();
             inner
                 .run(claim, action, &provider_id, move |_op| {
-                    let v = volume_ref(&volume);
+                    let v = volume_ref(&volume)?;
                     if let Some(bytes) = capacity_bytes {
                         provider.set_capacity(&v, bytes)?;
                     }

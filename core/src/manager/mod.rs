@@ -22,6 +22,7 @@
 mod apply_props;
 mod attributes;
 mod config;
+mod overlap;
 mod recovery;
 mod replay;
 mod transfer;
@@ -45,7 +46,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 
 use crate::journal::Journal;
-use crate::provider::{Created, Found, Provider, ProviderError, ProviderFactory, VolumeRef};
+use crate::provider::{
+    Created, Found, Provider, ProviderError, ProviderFactory, VolumeRef, volume_id,
+};
 use crate::state::{
     ApplyError, Done, Event, Orphan, ProviderRecord, Record, State, Volume, VolumeKind,
     VolumeStatus,
@@ -350,24 +353,28 @@ pub(super) fn noted_orphan(
         })
 }
 
-pub(super) fn volume_ref(v: &Volume) -> VolumeRef<'_> {
-    VolumeRef {
-        id: &v.id,
+pub(super) fn volume_ref(v: &Volume) -> Result<VolumeRef<'_>, ProviderError> {
+    Ok(VolumeRef {
+        id: volume_id(&v.id)?,
         kind: v.kind,
         parent: v.parent.as_deref(),
         location: &v.location,
         details: &v.details,
-    }
+    })
 }
 
-pub(super) fn found_ref<'a>(f: &'a Found, id: &'a str, kind: VolumeKind) -> VolumeRef<'a> {
-    VolumeRef {
-        id,
+pub(super) fn found_ref<'a>(
+    f: &'a Found,
+    id: &'a str,
+    kind: VolumeKind,
+) -> Result<VolumeRef<'a>, ProviderError> {
+    Ok(VolumeRef {
+        id: volume_id(id)?,
         kind,
         parent: f.tag.as_ref().and_then(|t| t.parent.as_deref()),
         location: &f.location,
         details: &f.details,
-    }
+    })
 }
 
 pub(super) fn find(provider: &dyn Provider, volume: &str) -> Result<Option<Found>, ProviderError> {

@@ -151,7 +151,7 @@ fn resolve(
                     // Could not finish: remove it so nothing half-made stays.
                     if let Some(p) = provider {
                         let kind = reconcile::found_kind(&found).unwrap_or(VolumeKind::Data);
-                        let _ = p.destroy(&found_ref(&found, &volume, kind));
+                        let _ = found_ref(&found, &volume, kind).and_then(|r| p.destroy(&r));
                     }
                     interrupted(format!("interrupted; could not finish: {e}"))
                 }
@@ -162,8 +162,10 @@ fn resolve(
         Step::DestroyThenDone { op, volume, found } => {
             let kind = reconcile::found_kind(&found).unwrap_or(VolumeKind::Data);
             let destroyed = match state.volumes.get(&volume) {
-                Some(v) => provider.map(|p| p.destroy(&volume_ref(v))),
-                None => provider.map(|p| p.destroy(&found_ref(&found, &volume, kind))),
+                Some(v) => provider.map(|p| volume_ref(v).and_then(|r| p.destroy(&r))),
+                None => {
+                    provider.map(|p| found_ref(&found, &volume, kind).and_then(|r| p.destroy(&r)))
+                }
             };
             let result = match destroyed {
                 Some(Ok(())) | None => OpResult::Done(Done::default()),
@@ -200,7 +202,7 @@ fn resolve(
         }
         Step::AbortReceiveThenDone { op, volume } => {
             let aborted = match state.volumes.get(&volume) {
-                Some(v) => provider.map(|p| p.abort_receive(&volume_ref(v))),
+                Some(v) => provider.map(|p| volume_ref(v).and_then(|r| p.abort_receive(&r))),
                 None => None,
             };
             let result = match aborted {
@@ -220,9 +222,11 @@ fn resolve(
                     }),
                     Some(v),
                     Some(p),
-                ) => capacity_bytes
-                    .map_or(Ok(()), |bytes| p.set_capacity(&volume_ref(v), bytes))
-                    .and_then(|()| p.set_volume_options(&volume_ref(v), options)),
+                ) => volume_ref(v).and_then(|r| {
+                    capacity_bytes
+                        .map_or(Ok(()), |bytes| p.set_capacity(&r, bytes))
+                        .and_then(|()| p.set_volume_options(&r, options))
+                }),
                 _ => Err(crate::provider::ProviderError::Other(
                     "nothing to apply the attributes to".into(),
                 )),
@@ -238,7 +242,7 @@ fn resolve(
                 let _ = p.abort_partial(op);
                 if let Some(found) = &found {
                     let kind = reconcile::found_kind(found).unwrap_or(VolumeKind::Snapshot);
-                    let _ = p.destroy(&found_ref(found, &volume, kind));
+                    let _ = found_ref(found, &volume, kind).and_then(|r| p.destroy(&r));
                 }
             }
             (

@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::provider::{ProviderError, SendStats, VolumeSpec};
+use crate::provider::{ProviderError, SendStats, VolumeSpec, volume_id};
 use crate::state::{Action, DETAIL_GUID, Done, Meta, Volume, VolumeKind, VolumeStatus};
 use crate::validate;
 
@@ -56,13 +56,15 @@ impl Manager {
         let provider = self.inner.provider(&snapshot.provider)?;
         let token = token.to_owned();
         let provider_id = snapshot.provider.clone();
-        tokio::task::spawn_blocking(move || provider.resume_fits(&volume_ref(&snapshot), &token))
-            .await
-            .map_err(|e| ManagerError::Internal(e.to_string()))?
-            .map_err(|error| ManagerError::Provider {
-                provider: provider_id,
-                error,
-            })
+        tokio::task::spawn_blocking(move || {
+            volume_ref(&snapshot).and_then(|r| provider.resume_fits(&r, &token))
+        })
+        .await
+        .map_err(|e| ManagerError::Internal(e.to_string()))?
+        .map_err(|error| ManagerError::Provider {
+            provider: provider_id,
+            error,
+        })
     }
 
     /// As [`Manager::send_snapshot`], but if the receiver hands back the
@@ -113,18 +115,15 @@ impl Manager {
                 tx,
                 buf: Vec::new(),
             };
-            let snap = volume_ref(&snapshot);
+            let snap = volume_ref(&snapshot)?;
+            let base = base.as_ref().map(volume_ref).transpose()?;
             let resumed = match resume_token {
                 Some(token) => provider.send_resumed(&snap, &token, &mut writer)?,
                 None => None,
             };
             let stats = match resumed {
                 Some(stats) => stats,
-                None => provider.send_snapshot(
-                    &snap,
-                    base.as_ref().map(volume_ref).as_ref(),
-                    &mut writer,
-                )?,
+                None => provider.send_snapshot(&snap, base.as_ref(), &mut writer)?,
             };
             std::io::Write::flush(&mut writer).map_err(|e| ProviderError::io("send", e))?;
             Ok::<_, ProviderError>(stats)
@@ -200,7 +199,7 @@ impl Manager {
             inner
                 .run(claim, action, &provider_id, move |op| {
                     let spec = VolumeSpec {
-                        id: &sid,
+                        id: volume_id(&sid)?,
                         op,
                         kind: VolumeKind::Snapshot,
                     };
@@ -209,8 +208,8 @@ impl Manager {
                         buf: Vec::new(),
                         pos: 0,
                     };
-                    let received =
-                        provider.receive_snapshot(&volume_ref(&target), &spec, &mut reader);
+                    let received = volume_ref(&target)
+                        .and_then(|r| provider.receive_snapshot(&r, &spec, &mut reader));
                     undo_on_error(provider.as_ref(), &spec, received)
                 })
                 .await?;
@@ -278,7 +277,7 @@ impl Manager {
             let provider_id = target.provider.clone();
             inner
                 .run(claim, action, &provider_id, move |_op| {
-                    provider.abort_receive(&volume_ref(&target))?;
+                    provider.abort_receive(&volume_ref(&target)?)?;
                     Ok(Done::default())
                 })
                 .await

@@ -12,7 +12,8 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use crate::state::{Details, OpId, VolumeKind};
+pub use crate::model::VolumeId;
+use crate::model::{Details, OpId, VolumeKind};
 
 pub mod btrfs;
 pub mod cmd;
@@ -21,13 +22,24 @@ pub mod sim;
 pub mod stream;
 pub mod zfs;
 
+/// Checks that `id` is a valid volume id (the one id rule,
+/// [`crate::model::id_problem`]): one safe path component, never a flag.
+pub fn check_id(id: &str) -> Result<(), ProviderError> {
+    volume_id(id).map(drop)
+}
+
+/// `id` as a [`VolumeId`], or the provider error refusing it.
+pub fn volume_id(id: &str) -> Result<&VolumeId, ProviderError> {
+    VolumeId::new(id).map_err(|e| ProviderError::Other(format!("refusing volume id: {e}")))
+}
+
 /// Configuration of a provider as journaled: string keys and values.
 pub type ProviderConfig = BTreeMap<String, String>;
 
 /// Identity of a volume to create: what the ownership tag records.
 #[derive(Debug, Clone, Copy)]
 pub struct VolumeSpec<'a> {
-    pub id: &'a str,
+    pub id: &'a VolumeId,
     pub op: OpId,
     pub kind: VolumeKind,
 }
@@ -35,7 +47,7 @@ pub struct VolumeSpec<'a> {
 /// An existing volume, as the state (or an inventory) knows it.
 #[derive(Debug, Clone, Copy)]
 pub struct VolumeRef<'a> {
-    pub id: &'a str,
+    pub id: &'a VolumeId,
     pub kind: VolumeKind,
     /// The volume this one derives from (source of a snapshot, origin of a fork).
     pub parent: Option<&'a str>,
@@ -130,6 +142,13 @@ pub enum ProviderError {
         partial: Box<PartialReceive>,
         cause: String,
     },
+    /// The file system cannot hold what an operation would write (checked
+    /// before and during a receive, and the mapping of `ENOSPC`/`EDQUOT`
+    /// there). Nothing of the operation is left behind. (HTTP: 507.)
+    NoSpace {
+        what: String,
+        detail: String,
+    },
     /// Anything else the provider reports.
     Other(String),
 }
@@ -139,6 +158,22 @@ impl ProviderError {
         ProviderError::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// This error with an I/O failure that means "the file system is full"
+    /// (`ENOSPC`, `EDQUOT`) turned into [`ProviderError::NoSpace`] for `what`.
+    pub fn or_no_space(self, what: &str) -> Self {
+        match self {
+            ProviderError::Io { context, source }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                ProviderError::NoSpace {
+                    what: what.to_owned(),
+                    detail: format!("{context}: {source}"),
+                }
+            }
+            other => other,
         }
     }
 }
@@ -169,6 +204,9 @@ impl fmt::Display for ProviderError {
                 "receive into {what} interrupted, resumable (token {}): {cause}",
                 partial.token
             ),
+            ProviderError::NoSpace { what, detail } => {
+                write!(f, "not enough space for {what}: {detail}")
+            }
             ProviderError::Other(e) => f.write_str(e),
         }
     }

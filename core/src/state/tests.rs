@@ -1,6 +1,7 @@
 //! Unit tests of the state machine.
 
 use super::*;
+use uuid::Uuid;
 
 fn op(n: u128) -> OpId {
     Uuid::from_u128(n)

@@ -1,0 +1,818 @@
+//! The ZFS provider: datasets, snapshots and clones, driven through the
+//! `zfs` and `zpool` commands (parsed with `-H -p`), run by
+//! [`super::cmd::Cmd`] with separate arguments and no shell.
+//!
+//! # Configuration
+//!
+//! - `dataset` (required): the root dataset, e.g. `tank/volmgr`. Names are
+//!   `[A-Za-z0-9_.:/-]`, components non-empty, not `.`/`..`, no leading `-`.
+//! - `workdir` (default `/var/lib/volmgr/zfs`): data volumes are mounted at
+//!   `<workdir>/mnt/data/<id>` (`mountpoint_base` is accepted as its alias).
+//! - `pool_vdev` (optional, absolute path): a sparse file vdev. If the pool
+//!   (the dataset's first component) is not imported, an existing file is
+//!   imported (`zpool import -d FILE POOL`), never overwritten; a missing one
+//!   is created sparse with `pool_size` bytes (suffixes K M G T; default 70%
+//!   of the size of the file system holding the vdev, 100 GB if unknown) and
+//!   a pool is created on it.
+//! - `pool_name` (optional): must equal the dataset's first component.
+//!
+//! # Layout and tags
+//!
+//! ```text
+//! <dataset>                   mountpoint=none setuid=off devices=off (created if missing; the two
+//!                             are set on an existing one too, and every receive passes them with -o)
+//! <dataset>/data              mountpoint=none
+//! <dataset>/data/<id>         data volume (or fork: a clone), mounted at <workdir>/mnt/data/<id>
+//! <dataset>/data/<src>@<id>   snapshot <id> of data volume <src>
+//! ```
+//!
+//! Every dataset, clone and snapshot we make carries the user properties
+//! `volmgr:owner=volmgr`, `volmgr:volume-id`, `volmgr:op`, `volmgr:kind`
+//! and (snapshots, forks) `volmgr:parent`, set atomically by `create -o`,
+//! `snapshot -o`, `clone -o` (clones do not inherit the origin's properties).
+//! User properties are inherited by children and snapshots, so an item counts
+//! as ours only if its *own* name matches its tag: a filesystem
+//! `<dataset>/data/<id>` tagged volume `<id>` kind `data`, a snapshot
+//! `...@<id>` tagged volume `<id>` kind `snapshot`. Everything else under the
+//! root is foreign (tag `None`): reported, never touched.
+//!
+//! A snapshot's `location` is `<mountpoint of its volume>/.zfs/snapshot/<id>`:
+//! ZFS mounts it read-only on first access and it needs no mount state of
+//! ours (it survives export/import). Its identity, `details[guid]`, is the
+//! ZFS snapshot `guid` (decimal), which survives send/receive.
+//!
+//! # Send and receive
+//!
+//! Send is `zfs send [-i BASE] SNAP` (plain: no properties travel).
+//! Receive reads the stream's `DRR_BEGIN` header itself (toguid, fromguid,
+//! toname), checks it against the target first (an incremental's base must
+//! be the target's newest snapshot, by GUID; a full stream needs a target
+//! without snapshots; a GUID already present is refused), marks the target
+//! `volmgr:receiving=<op>:<toguid>`, runs `zfs recv -F -s -x volmgr:...`,
+//! then finds the arrived snapshot BY GUID, tags it and renames it to
+//! `<target>@<spec.id>`, and clears the mark. A failed receive with a resume
+//! token is aborted at once (`zfs recv -A`; the token is named in the error),
+//! and [`Provider::abort_partial`] does the same after a crash (plus removing
+//! an arrived-but-untagged snapshot of that operation, and mounting the
+//! target again: a killed receive leaves it unmounted), so a partial receive
+//! never blocks the dataset.
+//!
+//! # Errors
+//!
+//! "dataset is busy" is retried (bounded, growing back-off) then reported as
+//! [`ProviderError::Busy`] with ZFS's message as the cause; destroying a
+//! snapshot with clones or a volume with snapshots is
+//! [`ProviderError::HasDependents`]; destroying something absent succeeds.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::check_id;
+use super::cmd::Cmd;
+use super::{
+    Created, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError, SendStats,
+    Tag, VolumeRef, VolumeSpec,
+};
+use crate::fsutil;
+use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::validate::MAX_RESUME_TOKEN_LEN;
+
+mod attributes;
+mod parse;
+mod receive;
+mod setup;
+
+pub use attributes::{COMPRESSION_VALUES, check_volume_option};
+#[allow(clippy::wildcard_imports)]
+use parse::*;
+pub use parse::{
+    StreamHeader, TokenContents, check_dataset, check_token, parse_begin, parse_size,
+    parse_token_contents,
+};
+
+/// The provider kind.
+pub const KIND: &str = "zfs";
+pub const CONFIG_DATASET: &str = "dataset";
+pub const CONFIG_WORKDIR: &str = "workdir";
+pub const CONFIG_MOUNTPOINT_BASE: &str = "mountpoint_base";
+pub const CONFIG_POOL_VDEV: &str = "pool_vdev";
+pub const CONFIG_POOL_SIZE: &str = "pool_size";
+pub const CONFIG_POOL_NAME: &str = "pool_name";
+/// Default working directory (mounts under `<workdir>/mnt`).
+pub const DEFAULT_WORKDIR: &str = "/var/lib/volmgr/zfs";
+/// Set on the root dataset (so every volume, clone and received dataset
+/// inherits them) and on every receive: no setuid executable and no device
+/// node inside a volume works.
+const SETUID_OFF: &str = "setuid=off";
+const DEVICES_OFF: &str = "devices=off";
+/// Pool size when the state disk's size is unknown.
+pub const FALLBACK_POOL_SIZE: u64 = 100 * 1000 * 1000 * 1000;
+
+const P_OWNER: &str = "volmgr:owner";
+const P_VOLUME: &str = "volmgr:volume-id";
+const P_OP: &str = "volmgr:op";
+const P_KIND: &str = "volmgr:kind";
+const P_PARENT: &str = "volmgr:parent";
+const P_RECEIVING: &str = "volmgr:receiving";
+const OWNER: &str = "volmgr";
+
+/// Columns of every listing, in this order.
+const COLUMNS: &str = "name,type,guid,createtxg,origin,mounted,receive_resume_token,volmgr:owner,volmgr:volume-id,volmgr:op,volmgr:kind,volmgr:parent,volmgr:receiving";
+
+/// How often a busy dataset is retried.
+const BUSY_ATTEMPTS: u32 = 8;
+
+/// ZFS datasets under a root dataset. See the module documentation.
+#[derive(Debug)]
+pub struct ZfsProvider {
+    config: ProviderConfig,
+    dataset: String,
+    workdir: PathBuf,
+}
+
+impl ZfsProvider {
+    /// The factory for [`super::builtin_factories`].
+    pub fn factory() -> super::ProviderFactory {
+        std::sync::Arc::new(|config: &ProviderConfig| {
+            Ok(std::sync::Arc::new(ZfsProvider::from_config(config)?)
+                as std::sync::Arc<dyn Provider>)
+        })
+    }
+
+    pub fn dataset(&self) -> &str {
+        &self.dataset
+    }
+
+    fn data_root(&self) -> String {
+        format!("{}/data", self.dataset)
+    }
+
+    fn fs_name(&self, id: &str) -> String {
+        format!("{}/data/{id}", self.dataset)
+    }
+
+    fn mountpoint(&self, id: &str) -> PathBuf {
+        self.workdir.join("mnt").join("data").join(id)
+    }
+
+    fn snap_location(&self, volume: &str, id: &str) -> String {
+        self.mountpoint(volume)
+            .join(".zfs")
+            .join("snapshot")
+            .join(id)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// `zfs list` of `name` (with `-r` when `recursive`); empty if absent.
+    fn list(&self, name: &str, recursive: bool) -> Result<Vec<Row>, ProviderError> {
+        let mut cmd = Cmd::new("zfs")
+            .arg("list")
+            .arg("-H")
+            .arg("-p")
+            .arg("-t")
+            .arg("filesystem,snapshot")
+            .arg("-o")
+            .arg(COLUMNS);
+        if recursive {
+            cmd = cmd.arg("-r");
+        }
+        match cmd.user_arg(name)?.run() {
+            Ok(out) => parse_rows(&out.stdout_str()),
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn one(&self, name: &str) -> Result<Option<Row>, ProviderError> {
+        Ok(self.list(name, false)?.into_iter().find(|r| r.name == name))
+    }
+
+    /// Snapshots of filesystem `fs` (depth 1), oldest first by createtxg.
+    fn snapshots_of(&self, fs: &str) -> Result<Vec<Row>, ProviderError> {
+        let out = Cmd::new("zfs")
+            .arg("list")
+            .arg("-H")
+            .arg("-p")
+            .arg("-t")
+            .arg("snapshot")
+            .arg("-d")
+            .arg("1")
+            .arg("-o")
+            .arg(COLUMNS)
+            .user_arg(fs)?
+            .run();
+        let mut rows = match out {
+            Ok(out) => parse_rows(&out.stdout_str())?,
+            Err(e) if is_not_found(&e) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        rows.retain(|r| r.is_snapshot && r.name.split('@').next() == Some(fs));
+        rows.sort_by_key(|r| r.createtxg);
+        Ok(rows)
+    }
+
+    /// The tag of a row, if the row is ours under its own name.
+    fn tag_of(&self, row: &Row) -> Option<Tag> {
+        let rest = row.name.strip_prefix(&format!("{}/", self.data_root()))?;
+        let (own, kind) = match rest.split_once('@') {
+            Some((fs, snap)) if row.is_snapshot && !fs.contains('/') => {
+                (snap, VolumeKind::Snapshot)
+            }
+            None if !row.is_snapshot && !rest.contains('/') => (rest, VolumeKind::Data),
+            _ => return None,
+        };
+        if row.owner.as_deref() != Some(OWNER)
+            || row.volume.as_deref() != Some(own)
+            || row.kind.as_deref() != Some(kind.as_str())
+        {
+            return None;
+        }
+        let op = row.op.as_deref()?.parse().ok()?;
+        Some(Tag {
+            volume: own.to_owned(),
+            op,
+            kind,
+            parent: row.parent.clone(),
+        })
+    }
+
+    /// The resumable partial receive a filesystem row holds: its token, and
+    /// the stream's guid and operation from our `volmgr:receiving` mark.
+    fn partial_of(&self, row: &Row) -> Option<PartialReceive> {
+        let token = row.token.clone()?;
+        let (op, guid) = match row.receiving.as_deref().and_then(|m| m.split_once(':')) {
+            Some((op, guid)) => (op.parse().ok(), guid.to_owned()),
+            None => (None, String::new()),
+        };
+        Some(PartialReceive { token, guid, op })
+    }
+
+    fn location_of(&self, row: &Row) -> String {
+        let rest = row
+            .name
+            .strip_prefix(&format!("{}/", self.data_root()))
+            .unwrap_or(&row.name);
+        match rest.split_once('@') {
+            Some((fs, snap)) => self.snap_location(fs, snap),
+            None => self.mountpoint(rest).to_string_lossy().into_owned(),
+        }
+    }
+
+    fn created_of(&self, row: &Row) -> Created {
+        let mut details = Details::new();
+        if row.is_snapshot {
+            details.insert(DETAIL_GUID.to_owned(), row.guid.clone());
+        }
+        Created {
+            location: self.location_of(row),
+            details,
+        }
+    }
+
+    fn tags(&self, spec: &VolumeSpec<'_>, parent: Option<&str>) -> Vec<String> {
+        let mut t = vec![
+            kv(P_OWNER, OWNER),
+            kv(P_VOLUME, spec.id),
+            kv(P_OP, &spec.op.to_string()),
+            kv(P_KIND, spec.kind.as_str()),
+        ];
+        if let Some(p) = parent {
+            t.push(kv(P_PARENT, p));
+        }
+        t
+    }
+
+    /// An existing item for an idempotent create: ours with this op (Some),
+    /// absent (None), or an error.
+    fn existing(&self, name: &str, spec: &VolumeSpec<'_>) -> Result<Option<Row>, ProviderError> {
+        let Some(row) = self.one(name)? else {
+            return Ok(None);
+        };
+        match self.tag_of(&row) {
+            Some(t) if t.op == spec.op => Ok(Some(row)),
+            Some(t) => Err(ProviderError::AlreadyExists(format!(
+                "{name} (made by operation {})",
+                t.op
+            ))),
+            None => Err(ProviderError::AlreadyExists(format!(
+                "{name} (not tagged as ours)"
+            ))),
+        }
+    }
+
+    /// Runs `f` again while ZFS says the dataset is busy (bounded), then
+    /// reports [`ProviderError::Busy`] naming ZFS's message.
+    fn retry_busy<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut() -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        fsutil::retry_busy(BUSY_ATTEMPTS, Duration::from_millis(100), is_busy, &mut f).unwrap_or_else(|still| {
+            Err(ProviderError::Busy {
+                what: what.to_owned(),
+                cause: format!(
+                    "{} (still busy after {} attempts: open files, a mount in another namespace, a concurrent receive or a hold)",
+                    stderr_of(&still.last).trim(),
+                    still.attempts
+                ),
+            })
+        })
+    }
+
+    /// Mounts filesystem `name` if it is not (bounded retries: a create may
+    /// report "created, but not mounted").
+    fn ensure_mounted(&self, name: &str) -> Result<Row, ProviderError> {
+        let mut last = None;
+        for attempt in 0..5u32 {
+            let row = self
+                .one(name)?
+                .ok_or_else(|| ProviderError::NotFound(name.to_owned()))?;
+            if row.mounted {
+                return Ok(row);
+            }
+            match Cmd::new("zfs").arg("mount").user_arg(name)?.run() {
+                Ok(_) => {}
+                Err(e) if stderr_of(&e).contains("already mounted") => {}
+                Err(e) => last = Some(e),
+            }
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
+            }
+        }
+        let row = self
+            .one(name)?
+            .ok_or_else(|| ProviderError::NotFound(name.to_owned()))?;
+        if row.mounted {
+            return Ok(row);
+        }
+        Err(last.unwrap_or_else(|| ProviderError::Other(format!("{name} does not mount"))))
+    }
+
+    /// Runs a creating command (`create`, `clone`). Success means created
+    /// and mounted (ZFS exits non-zero with "created, but not mounted"
+    /// otherwise): nothing more to ask. "Not mounted" is finished by
+    /// mounting; "already exists" is settled by the tag (idempotent: ours
+    /// from this very op, then mounted if it is not).
+    fn make_fs(
+        &self,
+        cmd: Cmd,
+        name: &str,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        match cmd.run() {
+            Ok(_) => {
+                return Ok(Created {
+                    location: self.mountpoint(spec.id).to_string_lossy().into_owned(),
+                    details: Details::new(),
+                });
+            }
+            Err(e) if stderr_of(&e).contains("not mounted") => {}
+            Err(e) if stderr_of(&e).contains("already exists") => {
+                if self.existing(name, spec)?.is_none() {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        let row = self.ensure_mounted(name)?;
+        Ok(self.created_of(&row))
+    }
+
+    /// The ZFS name of a volume the caller names; snapshots need their parent
+    /// (else they are looked up by tag).
+    fn name_of(&self, v: &VolumeRef<'_>) -> Result<String, ProviderError> {
+        check_id(v.id)?;
+        match v.kind {
+            VolumeKind::Data => Ok(self.fs_name(v.id)),
+            VolumeKind::Snapshot => match v.parent {
+                Some(p) => {
+                    check_id(p)?;
+                    Ok(format!("{}@{}", self.fs_name(p), v.id))
+                }
+                None => self
+                    .inventory()?
+                    .into_iter()
+                    .find(|f| {
+                        f.tag
+                            .as_ref()
+                            .is_some_and(|t| t.volume == v.id && t.kind == VolumeKind::Snapshot)
+                    })
+                    .map(|f| f.name)
+                    .ok_or_else(|| ProviderError::NotFound(format!("snapshot {}", v.id))),
+            },
+        }
+    }
+
+    /// An input volume: it must exist and be ours.
+    fn require(&self, v: &VolumeRef<'_>) -> Result<(String, Row), ProviderError> {
+        let name = self.name_of(v)?;
+        let row = self
+            .one(&name)?
+            .ok_or_else(|| ProviderError::NotFound(format!("{} {} ({name})", v.kind, v.id)))?;
+        match self.tag_of(&row) {
+            Some(t) if t.volume == v.id => Ok((name, row)),
+            _ => Err(ProviderError::Other(format!(
+                "{name} is not tagged as {} {}: refusing to use it",
+                v.kind, v.id
+            ))),
+        }
+    }
+
+    fn set_props(&self, name: &str, props: &[String]) -> Result<(), ProviderError> {
+        let mut cmd = Cmd::new("zfs").arg("set");
+        for p in props {
+            cmd = cmd.user_arg(p)?;
+        }
+        cmd.user_arg(name)?.run().map(|_| ())
+    }
+
+    fn clear_receiving(&self, name: &str) -> Result<(), ProviderError> {
+        Cmd::new("zfs")
+            .arg("inherit")
+            .arg(P_RECEIVING)
+            .user_arg(name)?
+            .run()
+            .map(|_| ())
+    }
+
+    /// Discards the partial state of an interrupted `recv -s` on `name`.
+    fn recv_abort(&self, name: &str) -> Result<(), ProviderError> {
+        self.retry_busy(name, || {
+            match Cmd::new("zfs").arg("recv").arg("-A").user_arg(name)?.run() {
+                Ok(_) => Ok(()),
+                Err(e) if stderr_of(&e).contains("does not have any resumable") => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+impl Provider for ZfsProvider {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn enforces_capacity(&self) -> bool {
+        true
+    }
+
+    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
+        self.set_refquota(volume, bytes)
+    }
+
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        self.available_bytes()
+    }
+
+    fn check_volume_options(&self, options: &ProviderConfig) -> Result<(), ProviderError> {
+        options
+            .iter()
+            .try_for_each(|(k, v)| check_volume_option(k, v))
+    }
+
+    fn set_volume_options(
+        &self,
+        volume: &VolumeRef<'_>,
+        options: &ProviderConfig,
+    ) -> Result<(), ProviderError> {
+        self.set_options(volume, options)
+    }
+
+    fn config(&self) -> ProviderConfig {
+        self.config.clone()
+    }
+
+    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
+        check_id(spec.id)?;
+        if spec.kind != VolumeKind::Data {
+            return Err(ProviderError::Other(format!(
+                "create_volume asked for a {}",
+                spec.kind
+            )));
+        }
+        // One command when all goes well: an existing dataset is found by
+        // `create`'s own "already exists" (make_fs settles it by the tag).
+        let name = self.fs_name(spec.id);
+        let mut cmd = Cmd::new("zfs").arg("create").arg("-o").user_arg(&kv(
+            "mountpoint",
+            &self.mountpoint(spec.id).to_string_lossy(),
+        ))?;
+        for t in self.tags(spec, None) {
+            cmd = cmd.arg("-o").user_arg(&t)?;
+        }
+        let cmd = cmd.user_arg(&name)?;
+        self.make_fs(cmd, &name, spec)
+    }
+
+    fn create_snapshot(
+        &self,
+        source: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        check_id(spec.id)?;
+        if source.kind != VolumeKind::Data || spec.kind != VolumeKind::Snapshot {
+            return Err(ProviderError::Other(format!(
+                "a snapshot is taken of a data volume ({} {} given)",
+                source.kind, source.id
+            )));
+        }
+        let (src, _) = self.require(source)?;
+        let name = format!("{src}@{}", spec.id);
+        let mut cmd = Cmd::new("zfs").arg("snapshot");
+        for t in self.tags(spec, Some(source.id)) {
+            cmd = cmd.arg("-o").user_arg(&t)?;
+        }
+        match cmd.user_arg(&name)?.run() {
+            Ok(_) => {}
+            // Idempotent: this very operation made it before.
+            Err(e) if stderr_of(&e).contains("already exists") => {
+                if let Some(row) = self.existing(&name, spec)? {
+                    return Ok(self.created_of(&row));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        // Its guid, the snapshot's identity in transfers.
+        let row = self
+            .one(&name)?
+            .ok_or_else(|| ProviderError::NotFound(name.clone()))?;
+        Ok(self.created_of(&row))
+    }
+
+    fn fork_volume(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        check_id(spec.id)?;
+        if snapshot.kind != VolumeKind::Snapshot || spec.kind != VolumeKind::Data {
+            return Err(ProviderError::Other(format!(
+                "a fork is made from a snapshot ({} {} given)",
+                snapshot.kind, snapshot.id
+            )));
+        }
+        let (snap, _) = self.require(snapshot)?;
+        let name = self.fs_name(spec.id);
+        let mut cmd = Cmd::new("zfs").arg("clone").arg("-o").user_arg(&kv(
+            "mountpoint",
+            &self.mountpoint(spec.id).to_string_lossy(),
+        ))?;
+        for t in self.tags(spec, Some(snapshot.id)) {
+            cmd = cmd.arg("-o").user_arg(&t)?;
+        }
+        let cmd = cmd.user_arg(&snap)?.user_arg(&name)?;
+        self.make_fs(cmd, &name, spec)
+    }
+
+    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        let name = match self.name_of(volume) {
+            Ok(n) => n,
+            Err(ProviderError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Some(row) = self.one(&name)? else {
+            return Ok(());
+        };
+        match self.tag_of(&row) {
+            Some(t) if t.volume == volume.id => {}
+            _ => {
+                return Err(ProviderError::Other(format!(
+                    "{name} is not tagged as {} {}: refusing to destroy it",
+                    volume.kind, volume.id
+                )));
+            }
+        }
+        if row.token.is_some() {
+            self.recv_abort(&name)?;
+        }
+        let result = self.retry_busy(&name, || {
+            Cmd::new("zfs")
+                .arg("destroy")
+                .user_arg(&name)?
+                .run()
+                .map(|_| ())
+        });
+        match result {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) if stderr_of(&e).contains("dependent clones") => {
+                let clones = Cmd::new("zfs")
+                    .arg("get")
+                    .arg("-H")
+                    .arg("-p")
+                    .arg("-o")
+                    .arg("value")
+                    .arg("clones")
+                    .user_arg(&name)?
+                    .run()
+                    .map(|o| o.stdout_str())
+                    .unwrap_or_default();
+                let dependents = clones
+                    .trim()
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.rsplit('/').next().unwrap_or(s).to_owned())
+                    .collect();
+                return Err(ProviderError::HasDependents {
+                    what: name,
+                    dependents,
+                });
+            }
+            Err(e) if stderr_of(&e).contains("has children") => {
+                let dependents = self
+                    .snapshots_of(&name)?
+                    .into_iter()
+                    .map(|r| r.name.rsplit('@').next().unwrap_or_default().to_owned())
+                    .collect();
+                return Err(ProviderError::HasDependents {
+                    what: name,
+                    dependents,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        if volume.kind == VolumeKind::Data {
+            // The empty mountpoint directory; never anything with content.
+            let _ = std::fs::remove_dir(self.mountpoint(volume.id));
+        }
+        Ok(())
+    }
+
+    fn send_snapshot(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+        out: &mut dyn Write,
+    ) -> Result<SendStats, ProviderError> {
+        if snapshot.kind != VolumeKind::Snapshot {
+            return Err(ProviderError::Other(format!(
+                "only snapshots are sent ({} {} given)",
+                snapshot.kind, snapshot.id
+            )));
+        }
+        let (snap, _) = self.require(snapshot)?;
+        let mut cmd = Cmd::new("zfs").arg("send");
+        if let Some(base) = base {
+            let (b, _) = self.require(base)?;
+            if b.split('@').next() != snap.split('@').next() {
+                return Err(ProviderError::Other(format!(
+                    "incremental base {b} is not a snapshot of the same volume as {snap}"
+                )));
+            }
+            cmd = cmd.arg("-i").user_arg(&b)?;
+        }
+        let (bytes, _) = cmd.user_arg(&snap)?.run_to(out)?;
+        Ok(SendStats {
+            bytes,
+            incremental: base.is_some(),
+            resumed: false,
+        })
+    }
+
+    fn receive_snapshot(
+        &self,
+        target: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+        input: &mut dyn Read,
+    ) -> Result<Created, ProviderError> {
+        check_id(spec.id)?;
+        if target.kind != VolumeKind::Data || spec.kind != VolumeKind::Snapshot {
+            return Err(ProviderError::Other(format!(
+                "a stream is received into a data volume as a snapshot ({} {} given)",
+                target.kind, target.id
+            )));
+        }
+        let (tname, _) = self.require(target)?;
+        self.receive_into(&tname, spec, target, input)
+    }
+
+    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
+        let rows = self.list(&self.dataset, true)?;
+        let data_root = self.data_root();
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.name != self.dataset && r.name != data_root)
+            .map(|r| {
+                // A partial receive leaves its target whole (it is reported as
+                // `partial`); a killed receive may leave it unmounted.
+                let presence = if !r.is_snapshot && !r.mounted {
+                    Presence::Incomplete {
+                        reason: "not mounted".into(),
+                    }
+                } else {
+                    Presence::Complete
+                };
+                let created = self.created_of(&r);
+                Found {
+                    tag: self.tag_of(&r),
+                    partial: self.partial_of(&r),
+                    name: r.name,
+                    presence,
+                    location: created.location,
+                    details: created.details,
+                }
+            })
+            .collect())
+    }
+
+    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
+        let Some(tag) = &found.tag else {
+            return Err(ProviderError::Other(format!(
+                "{} is not ours: nothing to finish",
+                found.name
+            )));
+        };
+        let row = self
+            .one(&found.name)?
+            .ok_or_else(|| ProviderError::NotFound(found.name.clone()))?;
+        if row.is_snapshot {
+            return Ok(self.created_of(&row));
+        }
+        let _ = tag;
+        let row = self.ensure_mounted(&found.name)?;
+        Ok(self.created_of(&row))
+    }
+
+    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
+        let rows = self.list(&self.dataset, true)?;
+        let prefix = format!("{op}:");
+        for r in rows.iter().filter(|r| !r.is_snapshot) {
+            let Some(guid) = r.receiving.as_deref().and_then(|v| v.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if r.token.is_some() {
+                self.recv_abort(&r.name)?;
+            }
+            // A snapshot that arrived but was never tagged as ours.
+            for s in self.snapshots_of(&r.name)? {
+                if s.guid == guid && self.tag_of(&s).is_none() {
+                    self.retry_busy(&s.name, || {
+                        Cmd::new("zfs")
+                            .arg("destroy")
+                            .user_arg(&s.name)?
+                            .run()
+                            .map(|_| ())
+                    })?;
+                }
+            }
+            self.clear_receiving(&r.name)?;
+            // A receive killed mid-way leaves the target unmounted (the
+            // receive unmounts it to swap or roll it back).
+            self.ensure_mounted(&r.name)?;
+        }
+        Ok(())
+    }
+
+    fn partial_receive(
+        &self,
+        target: &VolumeRef<'_>,
+    ) -> Result<Option<PartialReceive>, ProviderError> {
+        let name = self.name_of(target)?;
+        Ok(self.one(&name)?.and_then(|r| self.partial_of(&r)))
+    }
+
+    fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        let name = self.name_of(target)?;
+        let Some(row) = self.one(&name)? else {
+            return Ok(());
+        };
+        if row.token.is_some() {
+            self.recv_abort(&name)?;
+        }
+        if row.receiving.is_some() {
+            self.clear_receiving(&name)?;
+        }
+        self.ensure_mounted(&name).map(|_| ())
+    }
+
+    fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {
+        Ok(self.fitting_token(snapshot, token)?.is_some())
+    }
+
+    fn send_resumed(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        token: &str,
+        out: &mut dyn Write,
+    ) -> Result<Option<SendStats>, ProviderError> {
+        let Some(contents) = self.fitting_token(snapshot, token)? else {
+            return Ok(None);
+        };
+        let (bytes, _) = Cmd::new("zfs")
+            .arg("send")
+            .arg("-t")
+            .user_arg(token)?
+            .run_to(out)?;
+        Ok(Some(SendStats {
+            bytes,
+            incremental: contents.fromguid.is_some(),
+            resumed: true,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;
