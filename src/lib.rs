@@ -13,3 +13,4 @@ pub use volmgr_core::{
 
 pub mod agent;
 pub mod cli;
+pub mod csi;

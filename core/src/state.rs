@@ -31,6 +31,13 @@ pub const DETAIL_RESUME_GUID: &str = "resume-guid";
 /// (copied from the receive's [`META_PULL_SOURCE`], [`META_PULL_SNAPSHOT`]).
 pub const DETAIL_RESUME_SOURCE: &str = "resume-source";
 pub const DETAIL_RESUME_SNAPSHOT: &str = "resume-snapshot";
+/// Detail key of a data volume's capacity in bytes, where its provider
+/// enforces one (ZFS `refquota`, a btrfs qgroup limit). Absent: unlimited
+/// (bounded by the provider's free space only).
+pub const DETAIL_CAPACITY: &str = "capacity-bytes";
+/// Prefix of the detail keys recording a data volume's provider options
+/// (`option.compression`).
+pub const DETAIL_OPTION_PREFIX: &str = "option.";
 /// Meta keys a pull puts on its receive (and so on the received snapshot):
 /// where the stream comes from, so an interrupted pull can be resumed.
 pub const META_PULL_SOURCE: &str = "pull-source";
@@ -113,6 +120,15 @@ pub enum Action {
     AbortReceive {
         target: String,
     },
+    /// Set data volume `volume`'s enforced capacity (when `Some`) and
+    /// provider options (such as ZFS `compression`): a new volume's, or an
+    /// expansion. Done: the volume's details record them
+    /// ([`DETAIL_CAPACITY`], `option.<key>`).
+    SetAttributes {
+        volume: String,
+        capacity_bytes: Option<u64>,
+        options: BTreeMap<String, String>,
+    },
 }
 
 impl Action {
@@ -127,6 +143,7 @@ impl Action {
             Action::AdoptOrphan { .. } => "adopt-orphan",
             Action::DestroyOrphan { .. } => "destroy-orphan",
             Action::AbortReceive { .. } => "abort-receive",
+            Action::SetAttributes { .. } => "set-attributes",
         }
     }
 
@@ -160,6 +177,7 @@ impl Action {
                 vec![volume]
             }
             Action::AbortReceive { target } => vec![target],
+            Action::SetAttributes { volume, .. } => vec![volume],
         }
     }
 }
@@ -206,6 +224,10 @@ pub enum Case {
     AdoptInterrupted,
     ReceiveSuspended,
     AbortReceiveFinished,
+    /// A pending set-attributes whose volume is there: applied again, Done.
+    AttributesReapplied,
+    /// A pending set-attributes whose volume is gone: Failed.
+    AttributesInterrupted,
 }
 
 impl Case {
@@ -227,6 +249,8 @@ impl Case {
             Case::AdoptInterrupted => "adopt-interrupted",
             Case::ReceiveSuspended => "receive-suspended",
             Case::AbortReceiveFinished => "abort-receive-finished",
+            Case::AttributesReapplied => "attributes-reapplied",
+            Case::AttributesInterrupted => "attributes-interrupted",
         }
     }
 }

@@ -83,6 +83,10 @@ pub struct VolumeInfo {
     /// Provider facts (a snapshot's `guid`, its identity in transfers).
     #[serde(default)]
     pub details: StringMap,
+    /// The enforced capacity in bytes (ZFS refquota, btrfs qgroup limit);
+    /// absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
 }
 
 impl From<&Volume> for VolumeInfo {
@@ -104,6 +108,10 @@ impl From<&Volume> for VolumeInfo {
                 VolumeStatus::Lost => Status::Lost,
             },
             details: v.details.clone(),
+            capacity_bytes: v
+                .details
+                .get(crate::state::DETAIL_CAPACITY)
+                .and_then(|c| c.parse().ok()),
         }
     }
 }
@@ -164,6 +172,10 @@ pub struct CreateVolumeRequest {
     /// the creation time itself.
     #[serde(default, skip_serializing)]
     pub created_at: Option<serde_json::Value>,
+    /// A capacity to enforce, in bytes (providers that enforce capacity:
+    /// zfs, btrfs; others answer 400 `invalid_input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
 }
 
 /// `null` (as Go encodes a nil map) decodes as the default.

@@ -402,9 +402,21 @@ impl Client {
         id: Option<&str>,
         meta: StringMap,
     ) -> Result<VolumeInfo, ClientError> {
+        self.create_volume_sized(provider, id, meta, None).await
+    }
+
+    /// `POST /storage/providers/{provider}/volumes` with a capacity to enforce.
+    pub async fn create_volume_sized(
+        &self,
+        provider: &str,
+        id: Option<&str>,
+        meta: StringMap,
+        capacity_bytes: Option<u64>,
+    ) -> Result<VolumeInfo, ClientError> {
         let body = CreateVolumeRequest {
             id: id.map(str::to_owned),
             meta,
+            capacity_bytes,
             ..CreateVolumeRequest::default()
         };
         let path = format!("/storage/providers/{}/volumes", segment(provider));

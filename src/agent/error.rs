@@ -185,6 +185,8 @@ impl From<ManagerError> for ApiError {
                     (S::BAD_REQUEST, "invalid_config", Some("metadata"))
                 }
                 ProviderError::Suspended { .. } => (S::BAD_GATEWAY, "transfer_interrupted", None),
+                // Stream bytes come from a source agent (a pull): its fault.
+                ProviderError::Stream(_) => (S::BAD_GATEWAY, "bad_stream", None),
                 ProviderError::NoSpace { .. } => (S::INSUFFICIENT_STORAGE, "no_space", None),
                 _ => (S::INTERNAL_SERVER_ERROR, "provider_failed", None),
             },
@@ -263,6 +265,8 @@ mod tests {
         let cases = [
             (404, "no_such_volume", "object_not_found", false),
             (409, "already_exists", "object_exists", false),
+            (507, "no_space", "unknown_error", false),
+            (502, "bad_stream", "unknown_error", false),
             (409, "has_dependents", "conflict", false),
             (409, "busy", "conflict", true),
             (400, "invalid_id", "validation_error", false),
@@ -287,5 +291,22 @@ mod tests {
             .field("type")
             .body();
         assert_eq!(body.detail, Some(serde_json::json!({"field": "type"})));
+    }
+
+    #[test]
+    fn provider_space_and_stream_errors_are_507_and_502_not_500() {
+        let of = |error| {
+            ApiError::from(ManagerError::Provider {
+                provider: "default".into(),
+                error,
+            })
+        };
+        let full = of(ProviderError::NoSpace {
+            what: "receive".into(),
+            detail: "free 1 MiB, need 2 MiB".into(),
+        });
+        assert_eq!((full.status.as_u16(), full.code), (507, "no_space"));
+        let bad = of(ProviderError::Stream("path component too long".into()));
+        assert_eq!((bad.status.as_u16(), bad.code), (502, "bad_stream"));
     }
 }

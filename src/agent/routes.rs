@@ -297,7 +297,14 @@ async fn create_volume(
     }
     note("create", id.unwrap_or(""));
     let manager = shared.manager()?;
-    let v = manager.create_volume(&provider, id, req.meta).await?;
+    let v = match req.capacity_bytes {
+        None => manager.create_volume(&provider, id, req.meta).await?,
+        Some(bytes) => {
+            manager
+                .create_volume_with(&provider, id, req.meta, Some(bytes), Default::default())
+                .await?
+        }
+    };
     note("create", &v.id);
     Ok(Json(VolumeInfo::from(&v)))
 }

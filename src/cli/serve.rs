@@ -32,6 +32,7 @@ use crate::agent::credential::{self, CredentialError};
 use crate::agent::limits::{parse_bytes, parse_duration};
 use crate::agent::peers::MAX_PEERS_FILE_BYTES;
 use crate::agent::{Agent, DEFAULT_LISTEN, Limits, Peers, ServeOptions};
+use crate::csi::{CsiOptions, CsiServer};
 use crate::manager::{DEFAULT_PROVIDER_ID, Manager, ManagerConfig, ReconcileReport};
 use crate::provider::ProviderConfig;
 
@@ -95,6 +96,13 @@ pub struct ServeArgs {
     /// Configuration of the default provider (repeatable) [default for dir: root=<state-dir>/volumes]
     #[arg(long, value_name = "KEY=VALUE", requires = "provider_kind")]
     pub provider_config: Vec<String>,
+    /// Also serve the CSI plugin (Identity, Controller, Node) on this unix
+    /// socket (mode 0600), e.g. unix:///run/volmgr/csi.sock
+    #[arg(long, value_name = "ENDPOINT")]
+    pub csi_endpoint: Option<String>,
+    /// The CSI node id (topology) [default: the host name]
+    #[arg(long, value_name = "NAME", requires = "csi_endpoint")]
+    pub node_id: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -392,6 +400,20 @@ fn default_provider(
     }
 }
 
+/// The CSI server and its socket path, when `--csi-endpoint` is given.
+fn csi_server(args: &ServeArgs) -> Result<Option<(CsiServer, PathBuf)>, String> {
+    let Some(endpoint) = &args.csi_endpoint else {
+        return Ok(None);
+    };
+    let path = crate::csi::endpoint_path(endpoint)?;
+    let node_id = match &args.node_id {
+        Some(n) => n.clone(),
+        None => crate::csi::host_name().ok_or("cannot read the host name: give --node-id NAME")?,
+    };
+    let options = CsiOptions::new(&node_id)?;
+    Ok(Some((CsiServer::new(options), path)))
+}
+
 /// Cancels `token` on SIGINT or SIGTERM; exits on the second signal.
 fn watch_signals(token: CancellationToken) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -503,10 +525,32 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
         Ok(a) => a,
         Err(e) => return usage(&e.to_string()),
     };
+    let csi = match csi_server(&args) {
+        Ok(c) => c,
+        Err(e) => return usage(&e),
+    };
+    let csi = match csi {
+        None => None,
+        Some((server, path)) => match CsiServer::bind(&path) {
+            Ok(listener) => {
+                tracing::info!(endpoint = %path.display(), "CSI plugin listening");
+                Some((server, listener))
+            }
+            Err(e) => return failure(&format!("cannot listen on {}: {e}", path.display())),
+        },
+    };
     let stop = CancellationToken::new();
     if let Err(e) = watch_signals(stop.clone()) {
         return failure(&e);
     }
+    let csi_task = csi.map(|(server, listener)| {
+        let task = tokio::spawn(
+            server
+                .clone()
+                .serve(listener, stop.clone().cancelled_owned()),
+        );
+        (server, task)
+    });
     let server = tokio::spawn(
         agent
             .clone()
@@ -546,6 +590,9 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
                     "provider options ignored: the journal already holds the default provider"
                 );
             }
+            if let Some((csi, _)) = &csi_task {
+                let _ = csi.ready(manager.clone());
+            }
             match agent.ready(manager) {
                 Ok(()) => tracing::info!("ready"),
                 Err(manager) => manager.close().await,
@@ -553,6 +600,13 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
             EXIT_OK
         }
     };
+    if let Some((_, task)) = csi_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "CSI server failed"),
+            Err(e) => tracing::error!(error = %e, "CSI server task failed"),
+        }
+    }
     match server.await {
         Ok(Ok(())) => {
             tracing::info!("stopped");

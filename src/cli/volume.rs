@@ -86,6 +86,9 @@ pub enum VolumeCommand {
         /// Metadata entry (repeatable)
         #[arg(long, value_name = "KEY=VALUE")]
         meta: Vec<String>,
+        /// Capacity to enforce: bytes, or with a K/M/G/T suffix (zfs, btrfs)
+        #[arg(long, value_name = "SIZE", value_parser = parse_capacity)]
+        capacity: Option<u64>,
     },
     /// List volumes and snapshots
     List,
@@ -334,6 +337,16 @@ const LIST_HEADER: [&str; 8] = [
     "ID", "KIND", "PROVIDER", "PARENT", "STATUS", "CREATED", "META", "LOCATION",
 ];
 
+/// A capacity: bytes, or with a K/M/G/T suffix (powers of 1024); not 0.
+fn parse_capacity(s: &str) -> Result<u64, String> {
+    match crate::provider::zfs::parse_size(s) {
+        Some(0) | None => Err(format!(
+            "{s:?} is not a capacity (bytes, or a number with K, M, G or T)"
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
 fn inspect_text(v: &VolumeInfo) -> String {
     let meta: Vec<(&str, String)> = if v.meta.is_empty() {
         vec![("meta", "-".into())]
@@ -351,6 +364,11 @@ fn inspect_text(v: &VolumeInfo) -> String {
         ("status", v.status.to_string()),
         ("created_at", v.created_at.clone()),
         ("location", v.location.clone()),
+        (
+            "capacity",
+            v.capacity_bytes
+                .map_or_else(|| "-".into(), |c| c.to_string()),
+        ),
     ]
     .into_iter()
     .chain(meta)
@@ -373,12 +391,16 @@ async fn execute(client: &Client, json: bool, command: VolumeCommand) -> i32 {
             provider,
             id,
             meta: m,
+            capacity,
         } => {
             let m = match meta(&m) {
                 Ok(m) => m,
                 Err(e) => return usage(&e),
             };
-            match client.create_volume(&provider, id.as_deref(), m).await {
+            match client
+                .create_volume_sized(&provider, id.as_deref(), m, capacity)
+                .await
+            {
                 Ok(v) => print_created(&v, json),
                 Err(e) => fail(&e),
             }

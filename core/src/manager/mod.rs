@@ -20,6 +20,7 @@
 
 #[cfg(test)]
 mod apply_props;
+mod attributes;
 mod config;
 mod overlap;
 mod recovery;
@@ -28,6 +29,7 @@ mod transfer;
 mod verbs;
 mod write_path;
 
+pub use attributes::ProviderTraits;
 pub use config::{
     DEFAULT_PROVIDER_ID, DefaultProviderFactory, ManagerConfig, ManagerError, ManagerStats,
     ReconcileReport,

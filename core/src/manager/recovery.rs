@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{Manager, ManagerError, ReconcileReport, done, found_ref, now_ms, volume_ref};
 use crate::provider::Provider;
 use crate::reconcile::{self, Step};
-use crate::state::{Done, Effect, OpResult, Record, State, VolumeKind};
+use crate::state::{Action, Done, Effect, OpResult, Record, State, VolumeKind};
 
 impl Manager {
     /// Runs reconciliation for every available provider (and provider-less
@@ -208,6 +208,32 @@ fn resolve(
             let result = match aborted {
                 Some(Ok(())) | None => OpResult::Done(Done::default()),
                 Some(Err(e)) => interrupted(format!("abort-receive during recovery failed: {e}")),
+            };
+            (op, result)
+        }
+        Step::ReapplyThenDone { op, volume } => {
+            let pending = state.pending.get(&op).map(|p| &p.action);
+            let applied = match (pending, state.volumes.get(&volume), provider) {
+                (
+                    Some(Action::SetAttributes {
+                        capacity_bytes,
+                        options,
+                        ..
+                    }),
+                    Some(v),
+                    Some(p),
+                ) => volume_ref(v).and_then(|r| {
+                    capacity_bytes
+                        .map_or(Ok(()), |bytes| p.set_capacity(&r, bytes))
+                        .and_then(|()| p.set_volume_options(&r, options))
+                }),
+                _ => Err(crate::provider::ProviderError::Other(
+                    "nothing to apply the attributes to".into(),
+                )),
+            };
+            let result = match applied {
+                Ok(()) => OpResult::Done(Done::default()),
+                Err(e) => interrupted(format!("set-attributes during recovery failed: {e}")),
             };
             (op, result)
         }

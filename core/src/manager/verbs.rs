@@ -156,11 +156,28 @@ impl Manager {
 
     /// Takes a snapshot of data volume `id`.
     pub async fn create_snapshot(&self, id: &str, meta: Meta) -> Result<Volume, ManagerError> {
+        self.create_snapshot_as(id, None, meta).await
+    }
+
+    /// Takes a snapshot of data volume `id` named `snapshot_id` (a UUID when
+    /// `None`), so a caller that retries under the same name (the CSI
+    /// plugin) finds the snapshot its earlier attempt made.
+    pub async fn create_snapshot_as(
+        &self,
+        id: &str,
+        snapshot_id: Option<&str>,
+        meta: Meta,
+    ) -> Result<Volume, ManagerError> {
         check_id(id)?;
         validate::meta(&meta).map_err(ManagerError::InvalidMeta)?;
-        let snap_id = Uuid::new_v4().to_string();
+        let snap_id = snapshot_id.map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
+        check_id(&snap_id)?;
         let (claim, source) = self.inner.claim(&[id, snap_id.as_str()], |s| {
-            live_kind(s, id, VolumeKind::Data).cloned()
+            let source = live_kind(s, id, VolumeKind::Data)?;
+            if s.volumes.contains_key(&snap_id) {
+                return Err(ManagerError::AlreadyExists(snap_id.clone()));
+            }
+            Ok(source.clone())
         })?;
         let provider = self.inner.provider(&source.provider)?;
         let action = Action::CreateSnapshot {

@@ -501,6 +501,10 @@ impl Provider for DirProvider {
         KIND
     }
 
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        super::statvfs_available(&self.root).map(Some)
+    }
+
     fn config(&self) -> ProviderConfig {
         BTreeMap::from([(CONFIG_ROOT.to_owned(), self.root_str.clone())])
     }

@@ -319,6 +319,51 @@ pub trait Provider: Send + Sync + fmt::Debug {
         Ok(false)
     }
 
+    /// Whether this provider enforces a data volume's capacity (a write past
+    /// it fails), so a capacity can be promised and expanded. The default: no.
+    fn enforces_capacity(&self) -> bool {
+        false
+    }
+
+    /// Sets (or raises) the capacity limit of data volume `volume` to
+    /// `bytes`. Idempotent. Providers that do not enforce capacity refuse.
+    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
+        let _ = bytes;
+        Err(ProviderError::Other(format!(
+            "the {} provider cannot enforce the capacity of {}",
+            self.kind(),
+            volume.id
+        )))
+    }
+
+    /// Bytes available for new volumes, if the provider can tell.
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        Ok(None)
+    }
+
+    /// Checks provider-specific options of a new data volume (such as ZFS
+    /// `compression` or `recordsize`) without acting. The default accepts none.
+    fn check_volume_options(&self, options: &ProviderConfig) -> Result<(), ProviderError> {
+        match options.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(ProviderError::InvalidConfig(format!(
+                "the {} provider has no volume option {key:?}",
+                self.kind()
+            ))),
+        }
+    }
+
+    /// Applies options [`Provider::check_volume_options`] accepted to data
+    /// volume `volume`. Idempotent. The default accepts none.
+    fn set_volume_options(
+        &self,
+        volume: &VolumeRef<'_>,
+        options: &ProviderConfig,
+    ) -> Result<(), ProviderError> {
+        let _ = volume;
+        self.check_volume_options(options)
+    }
+
     /// Writes the rest of a stream of `snapshot` from where the receiver's
     /// `token` says it stopped. `None`, with nothing written, if the token
     /// does not continue a stream of `snapshot` (or the provider cannot
@@ -331,6 +376,24 @@ pub trait Provider: Send + Sync + fmt::Debug {
     ) -> Result<Option<SendStats>, ProviderError> {
         Ok(None)
     }
+}
+
+/// Bytes available to an unprivileged writer on the file system holding
+/// `path` (statvfs `f_bavail * f_frsize`).
+pub fn statvfs_available(path: &std::path::Path) -> Result<u64, ProviderError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| ProviderError::Other(format!("{} contains a NUL byte", path.display())))?;
+    // SAFETY: zeroed statvfs is a valid out-parameter; `c` is NUL-terminated.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(ProviderError::io(
+            format!("statvfs {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
 }
 
 /// Builds a provider of a kind from its journaled configuration.

@@ -446,6 +446,58 @@ impl Provider for BtrfsProvider {
         KIND
     }
 
+    fn enforces_capacity(&self) -> bool {
+        true
+    }
+
+    /// The subvolume's qgroup limit (`btrfs qgroup limit BYTES PATH`);
+    /// quotas are enabled on the file system the first time one is set.
+    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
+        check_id(volume.id)?;
+        if volume.kind != VolumeKind::Data {
+            return Err(ProviderError::Other(format!(
+                "a capacity is set on data volumes, not on snapshot {}",
+                volume.id
+            )));
+        }
+        if !matches!(
+            self.in_place(VolumeKind::Data, volume.id),
+            InPlace::Ours { has_vol: true, .. }
+        ) {
+            return Err(ProviderError::NotFound(format!(
+                "data volume {}",
+                volume.id
+            )));
+        }
+        let path = self.location(VolumeKind::Data, volume.id);
+        let limit = || {
+            self.btrfs()
+                .arg("qgroup")
+                .arg("limit")
+                .user_arg(&bytes.to_string())?
+                .path_arg(&path)?
+                .run()
+        };
+        match limit() {
+            Ok(_) => Ok(()),
+            Err(ProviderError::Command { ref stderr, .. })
+                if stderr.contains("quota") || stderr.contains("not enabled") =>
+            {
+                self.btrfs()
+                    .arg("quota")
+                    .arg("enable")
+                    .path_arg(&self.root)?
+                    .run()?;
+                limit().map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        super::statvfs_available(&self.root).map(Some)
+    }
+
     fn config(&self) -> ProviderConfig {
         ProviderConfig::from([(
             CONFIG_ROOT.to_owned(),

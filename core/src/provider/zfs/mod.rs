@@ -78,10 +78,12 @@ use crate::fsutil;
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
 
+mod attributes;
 mod parse;
 mod receive;
 mod setup;
 
+pub use attributes::{COMPRESSION_VALUES, check_volume_option};
 #[allow(clippy::wildcard_imports)]
 use parse::*;
 pub use parse::{
@@ -450,6 +452,32 @@ impl ZfsProvider {
 impl Provider for ZfsProvider {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn enforces_capacity(&self) -> bool {
+        true
+    }
+
+    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
+        self.set_refquota(volume, bytes)
+    }
+
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        self.available_bytes()
+    }
+
+    fn check_volume_options(&self, options: &ProviderConfig) -> Result<(), ProviderError> {
+        options
+            .iter()
+            .try_for_each(|(k, v)| check_volume_option(k, v))
+    }
+
+    fn set_volume_options(
+        &self,
+        volume: &VolumeRef<'_>,
+        options: &ProviderConfig,
+    ) -> Result<(), ProviderError> {
+        self.set_options(volume, options)
     }
 
     fn config(&self) -> ProviderConfig {

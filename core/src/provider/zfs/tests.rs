@@ -23,6 +23,32 @@ fn dataset_names_that_could_be_flags_or_escape_are_refused() {
 }
 
 #[test]
+fn volume_options_are_checked_before_any_command() {
+    for (k, v) in [
+        ("compression", "lz4"),
+        ("compression", "zstd-19"),
+        ("compression", "off"),
+        ("recordsize", "128K"),
+        ("recordsize", "512"),
+        ("recordsize", "1M"),
+    ] {
+        assert!(check_volume_option(k, v).is_ok(), "{k}={v}");
+    }
+    for (k, v) in [
+        ("compression", "zstd-20"),
+        ("compression", "-o"),
+        ("compression", "lz4 mountpoint=/"),
+        ("recordsize", "100K"),
+        ("recordsize", "2M"),
+        ("recordsize", "256"),
+        ("mountpoint", "/etc"),
+        ("refquota", "1"),
+    ] {
+        assert!(check_volume_option(k, v).is_err(), "{k}={v}");
+    }
+}
+
+#[test]
 fn sizes_parse_with_suffixes() {
     assert_eq!(parse_size("100"), Some(100));
     assert_eq!(parse_size("64M"), Some(64 << 20));
