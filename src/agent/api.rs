@@ -257,7 +257,12 @@ pub struct PullResponse {
 /// Progress event of a pull streamed as server-sent events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullProgress {
+    /// Bytes of the stream received so far.
     pub bytes: u64,
+    /// The stream's size, when the source announced it
+    /// (`x-volmgr-stream-size`); a hint, never checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 /// `GET /healthz`.
@@ -316,7 +321,7 @@ pub mod events {
     /// Extension, data `{"type":"lagged","missed"}`: the subscriber fell
     /// behind; the stream ends after it (reconnect: a fresh listing).
     pub const LAGGED: &str = "lagged";
-    /// Pull progress: `{"bytes"}`.
+    /// Pull progress: `{"bytes", "total"?}`.
     pub const PROGRESS: &str = "progress";
     /// Pull result: a [`super::PullResponse`].
     pub const DONE: &str = "done";

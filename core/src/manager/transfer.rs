@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::provider::{ProviderError, SendStats, VolumeSpec, volume_id};
-use crate::state::{Action, DETAIL_GUID, Done, Meta, Volume, VolumeKind, VolumeStatus};
+use crate::state::{Action, DETAIL_GUID, Done, Meta, State, Volume, VolumeKind, VolumeStatus};
 use crate::validate;
 
 use super::verbs::undo_on_error;
@@ -87,26 +87,22 @@ impl Manager {
             validate::resume_token(token).map_err(ManagerError::InvalidInput)?;
         }
         let resume_token = resume_token.map(str::to_owned);
-        let (snapshot, base) = self.with_state(|s| {
+        // A shared claim for the whole send: the snapshot cannot be
+        // destroyed under it (busy), other sends and forks go on.
+        let (claim, (snapshot, base)) = self.inner.claim_with(&[], &[id], |s| {
             let snap = live_kind(s, id, VolumeKind::Snapshot)?.clone();
-            let base = s
-                .volumes
-                .values()
-                .filter(|v| {
-                    v.kind == VolumeKind::Snapshot
-                        && v.id != snap.id
-                        && v.status == VolumeStatus::Live
-                        && v.parent == snap.parent
-                        && v.provider == snap.provider
-                        && (v.created_at_ms, &v.id) < (snap.created_at_ms, &snap.id)
-                        && v.details
-                            .get(DETAIL_GUID)
-                            .is_some_and(|g| haves.contains(g))
-                })
-                .max_by_key(|v| (v.created_at_ms, v.id.clone()))
-                .cloned();
+            let base = send_base(s, &snap, haves);
             Ok::<_, ManagerError>((snap, base))
         })?;
+        // The base of an incremental stream is read too; one that another
+        // operation holds (a destroy in flight) is not used: a full stream.
+        let (base_claim, base) = match base {
+            Some(b) => match self.inner.claim_with(&[], &[b.id.as_str()], |_| Ok(())) {
+                Ok((c, ())) => (Some(c), Some(b)),
+                Err(_) => (None, None),
+            },
+            None => (None, None),
+        };
         let provider = self.inner.provider(&snapshot.provider)?;
         let provider_id = snapshot.provider.clone();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
@@ -149,7 +145,34 @@ impl Manager {
         out.flush()
             .await
             .map_err(|e| ManagerError::Stream(format!("flushing the stream: {e}")))?;
+        drop((claim, base_claim));
         Ok(stats)
+    }
+
+    /// The size in bytes of the stream [`Manager::send_snapshot`] would
+    /// write for these `haves`, if the provider knows it before sending
+    /// (`None` otherwise). A hint for progress displays: the stream may
+    /// still differ if the state changes meanwhile.
+    pub async fn send_size(&self, id: &str, haves: &[String]) -> Result<Option<u64>, ManagerError> {
+        check_id(id)?;
+        let (snapshot, base) = self.with_state(|s| {
+            let snap = live_kind(s, id, VolumeKind::Snapshot)?.clone();
+            let base = send_base(s, &snap, haves);
+            Ok::<_, ManagerError>((snap, base))
+        })?;
+        let provider = self.inner.provider(&snapshot.provider)?;
+        let provider_id = snapshot.provider.clone();
+        tokio::task::spawn_blocking(move || {
+            let snap = volume_ref(&snapshot)?;
+            let base = base.as_ref().map(volume_ref).transpose()?;
+            provider.send_size(&snap, base.as_ref())
+        })
+        .await
+        .map_err(|e| ManagerError::Internal(e.to_string()))?
+        .map_err(|error| ManagerError::Provider {
+            provider: provider_id,
+            error,
+        })
     }
 
     /// Receives a stream into data volume `id`; returns the new snapshot.
@@ -284,6 +307,27 @@ impl Manager {
         })
         .await
     }
+}
+
+/// The base of an incremental send of `snap`: the newest older live
+/// snapshot of the same volume on the same provider whose GUID the receiver
+/// has.
+fn send_base(s: &State, snap: &Volume, haves: &[String]) -> Option<Volume> {
+    s.volumes
+        .values()
+        .filter(|v| {
+            v.kind == VolumeKind::Snapshot
+                && v.id != snap.id
+                && v.status == VolumeStatus::Live
+                && v.parent == snap.parent
+                && v.provider == snap.provider
+                && (v.created_at_ms, &v.id) < (snap.created_at_ms, &snap.id)
+                && v.details
+                    .get(DETAIL_GUID)
+                    .is_some_and(|g| haves.contains(g))
+        })
+        .max_by_key(|v| (v.created_at_ms, v.id.clone()))
+        .cloned()
 }
 
 struct ChannelWriter {

@@ -216,7 +216,8 @@ impl Manager {
         let id = id.map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
         check_id(&id)?;
         validate::meta(&meta).map_err(ManagerError::InvalidMeta)?;
-        let (claim, snapshot) = self.inner.claim(&[snapshot_id, id.as_str()], |s| {
+        // The snapshot is only read: shared with sends and other forks.
+        let (claim, snapshot) = self.inner.claim_with(&[id.as_str()], &[snapshot_id], |s| {
             let v = live_kind(s, snapshot_id, VolumeKind::Snapshot)?;
             if s.volumes.contains_key(&id) {
                 return Err(ManagerError::AlreadyExists(id.clone()));

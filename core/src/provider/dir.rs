@@ -606,6 +606,22 @@ impl Provider for DirProvider {
         }
     }
 
+    /// Exact for a full stream (a walk of the snapshot's metadata); `None`
+    /// for an incremental one (its size is known only by comparing contents).
+    fn send_size(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+    ) -> Result<Option<u64>, ProviderError> {
+        if base.is_some() || snapshot.kind != VolumeKind::Snapshot {
+            return Ok(None);
+        }
+        let (m, path) = self.require(snapshot)?;
+        let guid = Self::guid_of(&m)?;
+        let modes = self.modes_of(VolumeKind::Snapshot, snapshot.id)?;
+        send::stream_size(&path, &modes, guid).map(Some)
+    }
+
     fn send_snapshot(
         &self,
         snapshot: &VolumeRef<'_>,

@@ -268,6 +268,17 @@ pub trait Provider: Send + Sync + fmt::Debug {
         out: &mut dyn Write,
     ) -> Result<SendStats, ProviderError>;
 
+    /// The size in bytes of the stream [`Provider::send_snapshot`] would
+    /// write, if known before sending (progress displays show a total and a
+    /// percentage then). `None` by default.
+    fn send_size(
+        &self,
+        _snapshot: &VolumeRef<'_>,
+        _base: Option<&VolumeRef<'_>>,
+    ) -> Result<Option<u64>, ProviderError> {
+        Ok(None)
+    }
+
     /// Receives a stream into data volume `target` (its content becomes the
     /// stream's) and records the result as snapshot `spec` of it. The
     /// snapshot's `details[guid]` is the sender's snapshot identity.

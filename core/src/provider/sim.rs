@@ -544,6 +544,15 @@ impl Provider for SimProvider {
         })
     }
 
+    fn send_size(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+    ) -> Result<Option<u64>, ProviderError> {
+        let (bytes, _) = self.stream_bytes(snapshot.id, base.map(|b| b.id.as_str()))?;
+        Ok(Some(bytes.len() as u64))
+    }
+
     fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {
         let s = self.lock();
         let guid = s

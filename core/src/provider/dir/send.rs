@@ -25,6 +25,10 @@ struct Enc<'a> {
     buf: Vec<u8>,
     /// The snapshot's path, for messages.
     root: &'a Path,
+    /// Sizing only ([`stream_size`]): file contents are counted in
+    /// `skipped`, never read.
+    dry: bool,
+    skipped: u64,
 }
 
 /// A directory being sent: its handle, relative path, names left (reversed).
@@ -88,6 +92,10 @@ impl<'a> Enc<'a> {
         self.record(TAG_FILE, rel)?;
         self.put(&mode.to_be_bytes())?;
         self.put(&len.to_be_bytes())?;
+        if self.dry {
+            self.skipped += len;
+            return Ok(());
+        }
         if self.buf.is_empty() {
             self.buf = vec![0u8; CHUNK];
         }
@@ -341,6 +349,26 @@ pub(crate) fn send(
     base: Option<(&Path, &Modes, u128)>,
     out: &mut dyn Write,
 ) -> Result<SendStats, ProviderError> {
+    encode(snap, smodes, guid, base, out, false)
+}
+
+/// The exact size of a full stream of `snap` (what [`send`] would write
+/// without a base, if the tree does not change meanwhile), from a walk of
+/// its metadata: file contents are counted, never read.
+pub(crate) fn stream_size(snap: &Path, smodes: &Modes, guid: u128) -> Result<u64, ProviderError> {
+    let mut sink = std::io::sink();
+    let stats = encode(snap, smodes, guid, None, &mut sink, true)?;
+    Ok(stats.bytes)
+}
+
+fn encode(
+    snap: &Path,
+    smodes: &Modes,
+    guid: u128,
+    base: Option<(&Path, &Modes, u128)>,
+    out: &mut dyn Write,
+    dry: bool,
+) -> Result<SendStats, ProviderError> {
     let open = |p: &Path| {
         Dir::open(p).map_err(|e| ProviderError::io(format!("opening {}", p.display()), e))
     };
@@ -350,6 +378,8 @@ pub(crate) fn send(
         count: 0,
         buf: Vec::new(),
         root: snap,
+        dry,
+        skipped: 0,
     };
     let flags = if base.is_some() { FLAG_INCREMENTAL } else { 0 };
     enc.put(MAGIC)?;
@@ -385,7 +415,7 @@ pub(crate) fn send(
     enc.w.write_unhashed(&crc.to_be_bytes()).map_err(wio)?;
     enc.w.flush().map_err(wio)?;
     Ok(SendStats {
-        bytes: enc.w.bytes(),
+        bytes: enc.w.bytes() + enc.skipped,
         incremental: base.is_some(),
         resumed: false,
     })
