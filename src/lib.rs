@@ -7,7 +7,10 @@
 //! builds without axum, clap, indicatif or tracing-subscriber. See
 //! `ARCHITECTURE.md` for the map.
 
-pub use volmgr_core::{journal, manager, provider, reconcile, state, storage, validate};
+pub use volmgr_core::{
+    fsutil, journal, manager, model, provider, reconcile, state, storage, validate,
+};
 
 pub mod agent;
 pub mod cli;
+pub mod csi;

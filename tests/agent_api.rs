@@ -223,9 +223,9 @@ async fn bad_input_is_answered_400_with_a_code_never_500() {
     let create = format!("{url}/storage/providers/default/volumes");
     let cases: Vec<(&str, String, Option<&str>, &str)> = vec![
         ("POST", create.clone(), Some("{"), "bad_json"),
-        ("POST", create.clone(), Some("[1, 2]"), "bad_json"),
-        ("POST", create.clone(), Some(r#"{"idd": "x"}"#), "bad_json"),
-        ("POST", create.clone(), Some(r#"{"id": 7}"#), "bad_json"),
+        ("POST", create.clone(), Some("[1, 2]"), "bad_body"),
+        ("POST", create.clone(), Some(r#"{"idd": "x"}"#), "bad_body"),
+        ("POST", create.clone(), Some(r#"{"id": 7}"#), "bad_body"),
         (
             "POST",
             create.clone(),
@@ -291,7 +291,7 @@ async fn bad_input_is_answered_400_with_a_code_never_500() {
             "POST",
             format!("{url}/storage/volumes/x/send"),
             Some(r#"{"haves": "nope"}"#),
-            "bad_json",
+            "bad_body",
         ),
         (
             "POST",
@@ -547,6 +547,84 @@ async fn a_body_over_the_limit_is_answered_413() {
     )
     .await;
     assert_error(&answer, 413, "body_too_large");
+    let message = answer.1["message"].as_str().unwrap();
+    assert!(message.contains("64 KiB"), "names the limit: {message}");
+    agent.shutdown().await;
+}
+
+/// A new user's report: valid JSON of the wrong shape was answered
+/// `bad_json` (documented as `bad_body`), with serde's Rust type names in
+/// the message (`expected struct SnapshotRequest`).
+#[tokio::test]
+async fn json_of_the_wrong_shape_is_bad_body_and_no_message_names_a_rust_type() {
+    let (_dir, _sim, agent) = sim_agent().await;
+    let v = agent
+        .client
+        .create_volume("default", Some("v"), Default::default())
+        .await
+        .unwrap();
+    let url = &agent.url;
+    let cases = [
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            r#""x""#,
+            "bad_body",
+        ),
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            "[]",
+            "bad_body",
+        ),
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            r#"{"meta": 5}"#,
+            "bad_body",
+        ),
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            r#"{"mета": {}}"#,
+            "bad_body",
+        ),
+        (
+            format!("{url}/storage/volumes/{}/pull_snapshot", v.id),
+            "POST",
+            r#"{"host_id": "a"}"#,
+            "bad_body",
+        ),
+        (format!("{url}/storage/providers"), "POST", "7", "bad_body"),
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            r#"{"meta": "#,
+            "bad_json",
+        ),
+        (
+            format!("{url}/storage/volumes/{}/snapshot", v.id),
+            "PUT",
+            "{]",
+            "bad_json",
+        ),
+    ];
+    for (url, method, body, code) in cases {
+        let answer = raw(method, &url, Some(body), None).await;
+        assert_error(&answer, 400, code);
+        let message = answer.1["message"].as_str().unwrap();
+        for rust in [
+            "Request",
+            "struct ",
+            "enum ",
+            "StringMap",
+            "BTreeMap",
+            "Option<",
+            "Vec<",
+        ] {
+            assert!(!message.contains(rust), "{method} {body}: {message}");
+        }
+    }
     agent.shutdown().await;
 }
 

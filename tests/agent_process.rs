@@ -103,8 +103,13 @@ async fn the_volume_cli_drives_every_verb_and_reports_failures_by_exit_code() {
     assert_eq!(rows.len(), 4, "{rows:?}");
     let web = rows.iter().find(|r| r[0] == "web").expect("web listed");
     assert_eq!(&web[1..5], ["data", "default", "-", "live"]);
+    assert_eq!(web[6], "app=web", "the META column: {web:?}");
     let copy = rows.iter().find(|r| r[0] == "copy").expect("copy listed");
     assert_eq!(copy[3], snap);
+    assert_eq!(copy[6], "-");
+    // A snapshot comes right after its volume.
+    let at = |id: &str| rows.iter().position(|r| r[0] == id).unwrap();
+    assert_eq!(at(&snap), at("web") + 1, "{rows:?}");
 
     let o = volmgr(args(url, &["list", "--json"]), vec![]).await;
     assert_exit(&o, 0);
@@ -119,7 +124,11 @@ async fn the_volume_cli_drives_every_verb_and_reports_failures_by_exit_code() {
             .any(|l| l.starts_with("id:") && l.ends_with(" web")),
         "{text}"
     );
-    assert!(text.contains("app=web"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("meta:") && l.ends_with(r#" app="web""#)),
+        "meta is quoted: {text}"
+    );
     let o = volmgr(args(url, &["inspect", "web", "--json"]), vec![]).await;
     let inspected: VolumeInfo = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(inspected, agent.client.get("web").await.unwrap());
@@ -161,6 +170,11 @@ async fn the_volume_cli_drives_every_verb_and_reports_failures_by_exit_code() {
         .unwrap();
     let o = volmgr(args(&format!("http://{closed}"), &["list"]), vec![]).await;
     assert_exit(&o, EXIT_UNAVAILABLE);
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("connection refused"),
+        "names the cause: {said}"
+    );
 
     let o = volmgr(args(url, &["destroy", "copy"]), vec![]).await;
     assert_exit(&o, 0);

@@ -294,7 +294,7 @@ async fn a_pull_streams_progress_events_then_its_result() {
     let mut seen = Vec::new();
     let done = b
         .client
-        .pull_with_progress("t", PullFrom::Host("a"), &snap.id, |bytes| seen.push(bytes))
+        .pull_with_progress("t", PullFrom::Host("a"), &snap.id, |p| seen.push(p.bytes))
         .await
         .unwrap();
     assert_eq!(seen.last(), Some(&done.bytes));

@@ -15,6 +15,7 @@ use common::BtrfsFs;
 use uuid::Uuid;
 use volmgr::journal::{Journal, JournalConfig};
 use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::model::VolumeId;
 use volmgr::provider::btrfs::BtrfsProvider;
 use volmgr::provider::{Presence, Provider, VolumeRef};
 use volmgr::state::{Action, Case, DETAIL_GUID, Details, Meta, Record, VolumeKind};
@@ -328,7 +329,7 @@ async fn writable_snapshot_is_incomplete_until_finished_and_untagged_subvolume_i
     let details = Details::new();
     let err = p
         .destroy(&VolumeRef {
-            id: "theirs",
+            id: VolumeId::new("theirs").unwrap(),
             kind: VolumeKind::Data,
             parent: None,
             location: "",
@@ -337,4 +338,56 @@ async fn writable_snapshot_is_incomplete_until_finished_and_untagged_subvolume_i
         .unwrap_err();
     assert!(err.to_string().contains("no volmgr tag"), "{err}");
     assert!(theirs.is_dir(), "never touched");
+}
+
+/// Story: `btrfs receive` runs as root and recreates the setuid bits and
+/// device nodes a stream describes; volmgr does not parse btrfs streams, so
+/// only a `nosuid,nodev` mount makes them harmless. A receive on a file
+/// system mounted without them is refused before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_is_refused_on_a_btrfs_mounted_without_nosuid_and_nodev() {
+    let test = "a_receive_is_refused_on_a_btrfs_mounted_without_nosuid_and_nodev";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let state = tempfile::tempdir().unwrap();
+    let m = open_with_provider(state.path(), &root).await;
+    let src = m
+        .create_volume("p", Some("src"), Meta::new())
+        .await
+        .unwrap();
+    std::fs::write(Path::new(&src.location).join("f"), b"x").unwrap();
+    let s = m.create_snapshot("src", Meta::new()).await.unwrap();
+    m.create_volume("p", Some("dst"), Meta::new())
+        .await
+        .unwrap();
+    let mut stream = Vec::new();
+    m.send_snapshot(&s.id, &[], &mut stream).await.unwrap();
+
+    let remount = |opts: &str| {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{opts}")])
+            .arg(fs.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "remount {opts}: {out:?}");
+    };
+    remount("suid,dev");
+    let err = m
+        .receive_snapshot("dst", stream.as_slice())
+        .await
+        .expect_err("a receive on a suid,dev mount");
+    let msg = err.to_string();
+    assert!(msg.contains("nosuid,nodev"), "{msg}");
+    assert!(
+        std::fs::read_dir(Path::new(&m.volume("dst").unwrap().location))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the target is untouched"
+    );
+    remount("nosuid,nodev");
+    m.receive_snapshot("dst", stream.as_slice()).await.unwrap();
+    m.close().await;
 }

@@ -573,3 +573,80 @@ async fn reported_orphan_that_disappeared_is_forgotten() {
     assert_eq!(res[1].0, Case::OrphanGone);
     assert!(state.orphans.is_empty());
 }
+
+fn set_attributes_intent(n: u128, volume: &str, capacity_bytes: Option<u64>) -> Record {
+    Record::Intent {
+        op: op(n),
+        at_ms: T0 + n as u64,
+        action: Action::SetAttributes {
+            volume: volume.into(),
+            capacity_bytes,
+            options: BTreeMap::new(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn pending_set_attributes_on_a_present_volume_is_applied_again_and_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([
+        create_intent(2, "v"),
+        done(2, "v"),
+        set_attributes_intent(3, "v", None),
+    ]);
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("v", op(2), VolumeKind::Data, true);
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::AttributesReapplied);
+    assert!(matches!(effect, Effect::Resolve { op: o, result: OpResult::Done(_) } if o == op(3)));
+    assert!(state.pending.is_empty());
+}
+
+#[tokio::test]
+async fn pending_set_attributes_the_provider_cannot_apply_fails_and_records_no_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([
+        create_intent(2, "v"),
+        done(2, "v"),
+        set_attributes_intent(3, "v", Some(1 << 20)),
+    ]);
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("v", op(2), VolumeKind::Data, true);
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::AttributesReapplied);
+    assert!(matches!(
+        effect,
+        Effect::Resolve {
+            result: OpResult::Failed { .. },
+            ..
+        }
+    ));
+    assert!(!state.volumes["v"].details.contains_key("capacity-bytes"));
+}
+
+#[tokio::test]
+async fn pending_set_attributes_of_a_vanished_volume_is_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([
+        create_intent(2, "v"),
+        done(2, "v"),
+        set_attributes_intent(3, "v", Some(1 << 20)),
+    ]);
+    write_journal(dir.path(), &records).await;
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let cases: Vec<Case> = res.iter().map(|(c, _)| *c).collect();
+    assert!(cases.contains(&Case::AttributesInterrupted), "{cases:?}");
+    assert!(state.pending.is_empty());
+    assert!(!state.volumes["v"].details.contains_key("capacity-bytes"));
+}

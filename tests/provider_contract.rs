@@ -25,6 +25,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 use volmgr::journal::{Journal, JournalConfig};
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::model::VolumeId;
 use volmgr::provider::{Presence, ProviderError, VolumeRef, VolumeSpec};
 use volmgr::state::{
     Action, Case, DETAIL_GUID, Details, Done, Meta, OpResult, ProviderRecord, Record, VolumeKind,
@@ -269,7 +270,7 @@ pub async fn provider_calls_are_idempotent_and_tagged_with_their_operation(b: Bo
     let p = b.provider();
     let op = Uuid::now_v7();
     let spec = VolumeSpec {
-        id: "x",
+        id: VolumeId::new("x").unwrap(),
         op,
         kind: VolumeKind::Data,
     };
@@ -286,7 +287,7 @@ pub async fn provider_calls_are_idempotent_and_tagged_with_their_operation(b: Bo
     ));
     let details = Details::new();
     let x = VolumeRef {
-        id: "x",
+        id: VolumeId::new("x").unwrap(),
         kind: VolumeKind::Data,
         parent: None,
         location: &first.location,
@@ -294,7 +295,7 @@ pub async fn provider_calls_are_idempotent_and_tagged_with_their_operation(b: Bo
     };
     let snap_op = Uuid::now_v7();
     let snap_spec = VolumeSpec {
-        id: "x-snap",
+        id: VolumeId::new("x-snap").unwrap(),
         op: snap_op,
         kind: VolumeKind::Snapshot,
     };
@@ -309,7 +310,7 @@ pub async fn provider_calls_are_idempotent_and_tagged_with_their_operation(b: Bo
     assert_eq!(items["x-snap"].details, snap.details, "inventory agrees");
     assert_eq!(items["x"].tag.as_ref().unwrap().op, op);
     let snap_ref = VolumeRef {
-        id: "x-snap",
+        id: VolumeId::new("x-snap").unwrap(),
         kind: VolumeKind::Snapshot,
         parent: Some("x"),
         location: &snap.location,
@@ -670,7 +671,7 @@ fn cases(m: &Manager) -> Vec<(Case, Option<String>)> {
 
 fn data_spec(id: &str, op: Uuid) -> VolumeSpec<'_> {
     VolumeSpec {
-        id,
+        id: VolumeId::new(id).unwrap(),
         op,
         kind: VolumeKind::Data,
     }
@@ -765,7 +766,7 @@ pub async fn volume_deleted_behind_the_managers_back_is_reported_lost(b: Box<dyn
     let details = Details::new();
     b.provider()
         .destroy(&VolumeRef {
-            id: "v",
+            id: VolumeId::new("v").unwrap(),
             kind: VolumeKind::Data,
             parent: None,
             location: &v.location,

@@ -9,6 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
+use volmgr::model::VolumeId;
 use volmgr::provider::dir::{self, DirProvider};
 use volmgr::provider::{
     Created, Presence, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef, VolumeSpec,
@@ -29,7 +30,7 @@ struct Vol {
 impl Vol {
     fn r(&self) -> VolumeRef<'_> {
         VolumeRef {
-            id: &self.id,
+            id: VolumeId::new(&self.id).unwrap(),
             kind: self.kind,
             parent: self.parent.as_deref(),
             location: &self.c.location,
@@ -51,7 +52,11 @@ fn provider(root: &Path) -> DirProvider {
 }
 
 fn spec(id: &str, op: OpId, kind: VolumeKind) -> VolumeSpec<'_> {
-    VolumeSpec { id, op, kind }
+    VolumeSpec {
+        id: VolumeId::new(id).unwrap(),
+        op,
+        kind,
+    }
 }
 
 fn create(p: &DirProvider, id: &str) -> Vol {
@@ -210,7 +215,8 @@ fn fill_varied(root: &Path) {
     write(&root.join("a/ro.txt"), b"read only", 0o444);
     write(&root.join("bin/run.sh"), b"#!/bin/sh\necho hi\n", 0o755);
     fs::create_dir_all(root.join("shared")).unwrap();
-    chmod(&root.join("shared"), 0o2775);
+    // Sticky travels; setuid and setgid never do (see security_streams.rs).
+    chmod(&root.join("shared"), 0o1775);
     write(&root.join("shared/notes"), b"team", 0o664);
 
     symlink("hello.txt", root.join("link-to-hello")).unwrap();
@@ -337,7 +343,7 @@ fn fork_is_writable_and_independent_of_the_snapshot() {
     assert_eq!(
         listing(&f.path()),
         source,
-        "a fork has the source's true modes back (0444 stays 0444, 2775 stays 2775)"
+        "a fork has the source's true modes back (0444 stays 0444, 1775 stays 1775)"
     );
     let md = fs::metadata(f.path().join("hello.txt")).unwrap();
     assert_ne!(md.mode() & 0o200, 0, "fork files are writable");
@@ -885,7 +891,7 @@ fn inventory_reports_tagged_foreign_and_incomplete_items() {
     // Destroy removes half-made items (read-only partial content included),
     // and refuses what it cannot prove is ours.
     let mid_ref = VolumeRef {
-        id: "mid-copy",
+        id: VolumeId::new("mid-copy").unwrap(),
         kind: VolumeKind::Snapshot,
         parent: Some("vol"),
         location: &mid.location,
@@ -895,7 +901,7 @@ fn inventory_reports_tagged_foreign_and_incomplete_items() {
     assert!(!root.join("snapshot/mid-copy").exists());
     assert!(!root.join(".volmgr/snapshot/mid-copy").exists());
     let foreign_ref = VolumeRef {
-        id: "foreign",
+        id: VolumeId::new("foreign").unwrap(),
         kind: VolumeKind::Data,
         parent: None,
         location: &foreign.location,
@@ -904,7 +910,7 @@ fn inventory_reports_tagged_foreign_and_incomplete_items() {
     assert!(p.destroy(&foreign_ref).is_err());
     assert!(root.join("data/foreign").is_dir(), "foreign data untouched");
     let damaged_ref = VolumeRef {
-        id: "damaged",
+        id: VolumeId::new("damaged").unwrap(),
         ..foreign_ref
     };
     assert!(p.destroy(&damaged_ref).is_err());
@@ -1026,7 +1032,10 @@ fn unsafe_ids_are_refused_and_create_nothing() {
         "sp ace",
         long.as_str(),
     ] {
-        let err = p.create_volume(&spec(id, Uuid::now_v7(), VolumeKind::Data));
+        // The provider interface takes a `VolumeId`, which cannot hold an
+        // unsafe id; the provider's own check refuses it too.
+        assert!(VolumeId::new(id).is_err(), "{id:?} is a VolumeId");
+        let err = dir::check_id(id);
         assert!(
             matches!(err, Err(ProviderError::Other(_))),
             "{id:?}: {err:?}"
@@ -1144,7 +1153,7 @@ fn finish_completes_a_receive_interrupted_after_the_swap_and_refuses_before() {
     assert!(target.path().join("old").exists());
     p.abort_partial(op).unwrap();
     p.destroy(&VolumeRef {
-        id: "before",
+        id: VolumeId::new("before").unwrap(),
         kind: VolumeKind::Snapshot,
         parent: Some("t"),
         location: &found.location,

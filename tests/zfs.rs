@@ -16,6 +16,7 @@ use common::crash::{CrashTest, Reopened, child_workload};
 use common::{ZfsPool, noise, tree};
 use uuid::Uuid;
 use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::model::VolumeId;
 use volmgr::provider::zfs::{KIND, ZfsProvider};
 use volmgr::provider::{Presence, Provider, ProviderConfig, ProviderError, VolumeRef, VolumeSpec};
 use volmgr::state::{DETAIL_GUID, Details, Meta, VolumeKind};
@@ -37,7 +38,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn data_spec(id: &str, op: Uuid) -> VolumeSpec<'_> {
     VolumeSpec {
-        id,
+        id: VolumeId::new(id).unwrap(),
         op,
         kind: VolumeKind::Data,
     }
@@ -50,7 +51,7 @@ fn vref<'a>(
     details: &'a Details,
 ) -> VolumeRef<'a> {
     VolumeRef {
-        id,
+        id: VolumeId::new(id).unwrap(),
         kind,
         parent,
         location: "",
@@ -250,7 +251,7 @@ fn snapshot_with_a_clone_is_refused_as_has_dependents_and_absent_destroy_succeed
     let none = Details::new();
     p.create_volume(&data_spec("v", Uuid::now_v7())).unwrap();
     let snap_spec = VolumeSpec {
-        id: "s",
+        id: VolumeId::new("s").unwrap(),
         op: Uuid::now_v7(),
         kind: VolumeKind::Snapshot,
     };
@@ -385,7 +386,7 @@ async fn partial_receive_of_an_operation_is_found_by_its_mark_and_aborted() {
     );
     // The target takes a receive again.
     let spec = VolumeSpec {
-        id: "r2",
+        id: VolumeId::new("r2").unwrap(),
         op: Uuid::now_v7(),
         kind: VolumeKind::Snapshot,
     };
@@ -411,10 +412,10 @@ async fn hostile_names_never_become_zfs_flags() {
     };
     let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     for bad in ["-r", "a/b", "a@b", "..", "a b"] {
-        assert!(
-            p.create_volume(&data_spec(bad, Uuid::now_v7())).is_err(),
-            "{bad:?}"
-        );
+        // The provider interface takes a `VolumeId`, which cannot hold a
+        // flag-like or path-like id; the providers' check refuses it too.
+        assert!(VolumeId::new(bad).is_err(), "{bad:?} is a VolumeId");
+        assert!(volmgr::provider::check_id(bad).is_err(), "{bad:?}");
     }
     let mut c = pool.provider_config();
     c.insert("dataset".into(), "-rf".into());

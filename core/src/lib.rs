@@ -55,8 +55,10 @@
 //! # }
 //! ```
 
+pub mod fsutil;
 pub mod journal;
 pub mod manager;
+pub mod model;
 pub mod provider;
 pub mod reconcile;
 pub mod state;

@@ -28,6 +28,7 @@ pub enum JournalSays {
     PendingAddProvider,
     PendingAdopt,
     PendingAbortReceive,
+    PendingSetAttributes,
     Live,
     Lost,
     /// An orphan noted earlier.
@@ -74,6 +75,9 @@ pub enum Resolution {
     KeepResumable,
     /// Discard the target's partial receive (again), then Done.
     AbortReceiveThenDone,
+    /// Apply the pending attributes again (idempotent), then Done (Failed
+    /// if the provider refuses).
+    ReapplyThenDone,
     /// Report only; never touch, never journal.
     Ignore,
 }
@@ -174,6 +178,24 @@ pub const TABLE: &[Row] = &[
         R::AbortReceiveThenDone,
     ),
     row(
+        Case::AttributesReapplied,
+        J::PendingSetAttributes,
+        P::Complete,
+        R::ReapplyThenDone,
+    ),
+    row(
+        Case::AttributesReapplied,
+        J::PendingSetAttributes,
+        P::HalfMade,
+        R::ReapplyThenDone,
+    ),
+    row(
+        Case::AttributesInterrupted,
+        J::PendingSetAttributes,
+        P::Absent,
+        R::FailInterrupted,
+    ),
+    row(
         Case::ProviderAddInterrupted,
         J::PendingAddProvider,
         P::Any,
@@ -260,6 +282,12 @@ pub enum Step {
         op: OpId,
         volume: String,
     },
+    /// Apply the pending set-attributes again, then Done (Failed if the
+    /// provider refuses).
+    ReapplyThenDone {
+        op: OpId,
+        volume: String,
+    },
     MarkLost {
         volume: String,
     },
@@ -286,6 +314,7 @@ impl Step {
             Step::UndoThenFail { .. } => R::UndoThenFail,
             Step::KeepResumable { .. } => R::KeepResumable,
             Step::AbortReceiveThenDone { .. } => R::AbortReceiveThenDone,
+            Step::ReapplyThenDone { .. } => R::ReapplyThenDone,
             Step::MarkLost { .. } => R::MarkLost,
             Step::MarkFound { .. } => R::MarkFound,
             Step::ReportOrphan(_) => R::ReportOrphan,
@@ -304,7 +333,8 @@ impl Step {
             | Step::Done { op }
             | Step::UndoThenFail { op, .. }
             | Step::KeepResumable { op, .. }
-            | Step::AbortReceiveThenDone { op, .. } => Some(*op),
+            | Step::AbortReceiveThenDone { op, .. }
+            | Step::ReapplyThenDone { op, .. } => Some(*op),
             _ => None,
         }
     }
@@ -372,6 +402,10 @@ fn step(resolution: Resolution, s: Subject<'_>) -> Option<Step> {
             op: op?,
             volume: volume()?,
         },
+        R::ReapplyThenDone => Step::ReapplyThenDone {
+            op: op?,
+            volume: volume()?,
+        },
         R::MarkLost => Step::MarkLost { volume: volume()? },
         R::MarkFound => Step::MarkFound { volume: volume()? },
         R::ReportOrphan => Step::ReportOrphan(s.orphan?.clone()),
@@ -392,6 +426,7 @@ pub fn provider_of(state: &State, action: &Action) -> Option<String> {
         Action::CreateSnapshot { source, .. } => of(source),
         Action::ForkVolume { snapshot, .. } => of(snapshot),
         Action::ReceiveSnapshot { target, .. } | Action::AbortReceive { target } => of(target),
+        Action::SetAttributes { volume, .. } => of(volume),
     }
 }
 
@@ -504,6 +539,11 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
                 claimed.insert(new);
                 let f = by_volume(new).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
                 push(J::PendingDerived, subject(Some(new), f), what)
+            }
+            Action::SetAttributes { volume, .. } => {
+                claimed.insert(volume);
+                let f = by_volume(volume);
+                push(J::PendingSetAttributes, subject(Some(volume), f), what)
             }
             Action::AbortReceive { target } => {
                 let f = by_volume(target);

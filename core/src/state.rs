@@ -12,21 +12,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::journal::JournalRecord;
 
 mod apply;
 
-/// Operation id: a UUIDv7, unique per mutating operation.
-pub type OpId = Uuid;
+pub use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
+
 /// Free-form metadata of a volume (validated, bounded).
 pub type Meta = BTreeMap<String, String>;
-/// Provider-specific facts about a volume (e.g. a ZFS snapshot's GUID).
-pub type Details = BTreeMap<String, String>;
-
-/// Detail key of a snapshot's identity, used as a "have" in transfers.
-pub const DETAIL_GUID: &str = "guid";
 /// Detail keys of a data volume holding a resumable partial receive: the
 /// provider's resume token and the guid of the snapshot the stream carries.
 /// Set by a [`OpResult::Suspended`] receive; cleared by any other outcome of
@@ -37,31 +31,17 @@ pub const DETAIL_RESUME_GUID: &str = "resume-guid";
 /// (copied from the receive's [`META_PULL_SOURCE`], [`META_PULL_SNAPSHOT`]).
 pub const DETAIL_RESUME_SOURCE: &str = "resume-source";
 pub const DETAIL_RESUME_SNAPSHOT: &str = "resume-snapshot";
+/// Detail key of a data volume's capacity in bytes, where its provider
+/// enforces one (ZFS `refquota`, a btrfs qgroup limit). Absent: unlimited
+/// (bounded by the provider's free space only).
+pub const DETAIL_CAPACITY: &str = "capacity-bytes";
+/// Prefix of the detail keys recording a data volume's provider options
+/// (`option.compression`).
+pub const DETAIL_OPTION_PREFIX: &str = "option.";
 /// Meta keys a pull puts on its receive (and so on the received snapshot):
 /// where the stream comes from, so an interrupted pull can be resumed.
 pub const META_PULL_SOURCE: &str = "pull-source";
 pub const META_PULL_SNAPSHOT: &str = "pull-snapshot";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum VolumeKind {
-    Data,
-    Snapshot,
-}
-
-impl VolumeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VolumeKind::Data => "data",
-            VolumeKind::Snapshot => "snapshot",
-        }
-    }
-}
-
-impl fmt::Display for VolumeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VolumeStatus {
@@ -140,6 +120,15 @@ pub enum Action {
     AbortReceive {
         target: String,
     },
+    /// Set data volume `volume`'s enforced capacity (when `Some`) and
+    /// provider options (such as ZFS `compression`): a new volume's, or an
+    /// expansion. Done: the volume's details record them
+    /// ([`DETAIL_CAPACITY`], `option.<key>`).
+    SetAttributes {
+        volume: String,
+        capacity_bytes: Option<u64>,
+        options: BTreeMap<String, String>,
+    },
 }
 
 impl Action {
@@ -154,6 +143,7 @@ impl Action {
             Action::AdoptOrphan { .. } => "adopt-orphan",
             Action::DestroyOrphan { .. } => "destroy-orphan",
             Action::AbortReceive { .. } => "abort-receive",
+            Action::SetAttributes { .. } => "set-attributes",
         }
     }
 
@@ -187,6 +177,7 @@ impl Action {
                 vec![volume]
             }
             Action::AbortReceive { target } => vec![target],
+            Action::SetAttributes { volume, .. } => vec![volume],
         }
     }
 }
@@ -233,6 +224,10 @@ pub enum Case {
     AdoptInterrupted,
     ReceiveSuspended,
     AbortReceiveFinished,
+    /// A pending set-attributes whose volume is there: applied again, Done.
+    AttributesReapplied,
+    /// A pending set-attributes whose volume is gone: Failed.
+    AttributesInterrupted,
 }
 
 impl Case {
@@ -254,6 +249,8 @@ impl Case {
             Case::AdoptInterrupted => "adopt-interrupted",
             Case::ReceiveSuspended => "receive-suspended",
             Case::AbortReceiveFinished => "abort-receive-finished",
+            Case::AttributesReapplied => "attributes-reapplied",
+            Case::AttributesInterrupted => "attributes-interrupted",
         }
     }
 }

@@ -5,12 +5,15 @@
 //! (so it can never be a flag, a hidden file or `..`). Metadata holds at most
 //! [`MAX_META_ENTRIES`] entries; keys are 1 to [`MAX_META_KEY_LEN`] characters
 //! of `[A-Za-z0-9._:/-]`; values are at most [`MAX_META_VALUE_LEN`] bytes of
-//! UTF-8 without NUL or other control characters except tab; the whole map is
-//! at most [`MAX_META_BYTES`] bytes.
+//! UTF-8 without NUL or other control characters except tab, and without the
+//! characters that can make a terminal show something else than the bytes
+//! say ([`is_deceptive`]: bidirectional overrides, embeddings, isolates and
+//! marks, line and paragraph separators); the whole map is at most
+//! [`MAX_META_BYTES`] bytes. Provider configuration values obey the same
+//! character rule, without the tab.
 
+pub use crate::model::MAX_ID_LEN;
 use crate::state::Meta;
-
-pub const MAX_ID_LEN: usize = 128;
 pub const MAX_META_ENTRIES: usize = 64;
 pub const MAX_META_KEY_LEN: usize = 128;
 pub const MAX_META_VALUE_LEN: usize = 4096;
@@ -21,23 +24,32 @@ pub const MAX_RESUME_TOKEN_LEN: usize = 4096;
 pub const MAX_CONFIG_VALUE_LEN: usize = 1024;
 
 /// Checks a volume or provider id; the error says why it is refused.
+/// The one id rule is [`crate::model::id_problem`].
 pub fn id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("id is empty".into());
+    match crate::model::id_problem(id) {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "id refused: {why} (allowed: 1 to {MAX_ID_LEN} bytes of A-Z a-z 0-9 . _ -, not starting with '.' or '-')"
+        )),
     }
-    if id.len() > MAX_ID_LEN {
-        return Err(format!("id is {} bytes, more than {MAX_ID_LEN}", id.len()));
-    }
-    if id.starts_with('.') || id.starts_with('-') {
-        return Err("id must not start with '.' or '-'".into());
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!("id contains {c:?}; allowed: A-Z a-z 0-9 . _ -"));
-    }
-    Ok(())
+}
+
+/// Characters that make displayed text lie about its bytes: bidirectional
+/// embeddings, overrides, isolates and marks (U+202A..U+202E,
+/// U+2066..U+2069, U+200E, U+200F, U+061C) and the line and paragraph
+/// separators U+2028 and U+2029 (which some terminals and log viewers treat
+/// as new lines).
+pub fn is_deceptive(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{061C}'
+            | '\u{2028}'
+            | '\u{2029}'
+    )
 }
 
 /// Checks a resume token a caller hands back: 1 to [`MAX_RESUME_TOKEN_LEN`]
@@ -96,6 +108,12 @@ pub fn meta(meta: &Meta) -> Result<(), String> {
                 "metadata value of {key:?} contains a control character"
             ));
         }
+        if let Some(c) = value.chars().find(|&c| is_deceptive(c)) {
+            return Err(format!(
+                "metadata value of {key:?} contains U+{:04X} (a bidirectional control or line separator)",
+                c as u32
+            ));
+        }
         total += key.len() + value.len();
     }
     if total > MAX_META_BYTES {
@@ -117,9 +135,11 @@ pub fn provider_config(
     }
     for (key, value) in config {
         id(key).map_err(|e| format!("provider configuration key: {e}"))?;
-        if value.len() > MAX_CONFIG_VALUE_LEN || value.chars().any(char::is_control) {
+        if value.len() > MAX_CONFIG_VALUE_LEN
+            || value.chars().any(|c| c.is_control() || is_deceptive(c))
+        {
             return Err(format!(
-                "provider configuration value of {key:?} is too long or has control characters"
+                "provider configuration value of {key:?} is too long or has control, bidirectional or line-separator characters"
             ));
         }
     }
@@ -176,5 +196,25 @@ mod tests {
         let mut m = Meta::new();
         m.insert("app/name".into(), "web\tfront".into());
         assert!(meta(&m).is_ok());
+    }
+
+    #[test]
+    fn meta_and_config_values_that_spoof_terminal_output_are_refused() {
+        for bad in [
+            "invoice\u{202E}fdp.exe",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "\u{2066}x\u{2069}",
+            "\u{200F}",
+            "\u{061C}",
+        ] {
+            let m: Meta = [("k".to_owned(), bad.to_owned())].into();
+            let e = meta(&m).unwrap_err();
+            assert!(e.contains("U+"), "{e}");
+            let c = [("root".to_owned(), format!("/srv/{bad}"))].into();
+            assert!(provider_config("dir", &c).is_err(), "{bad:?}");
+        }
+        let m: Meta = [("k".to_owned(), "héllo wörld ✓ 日本".to_owned())].into();
+        assert!(meta(&m).is_ok(), "ordinary non-ASCII text stays allowed");
     }
 }

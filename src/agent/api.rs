@@ -83,6 +83,10 @@ pub struct VolumeInfo {
     /// Provider facts (a snapshot's `guid`, its identity in transfers).
     #[serde(default)]
     pub details: StringMap,
+    /// The enforced capacity in bytes (ZFS refquota, btrfs qgroup limit);
+    /// absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
 }
 
 impl From<&Volume> for VolumeInfo {
@@ -104,6 +108,10 @@ impl From<&Volume> for VolumeInfo {
                 VolumeStatus::Lost => Status::Lost,
             },
             details: v.details.clone(),
+            capacity_bytes: v
+                .details
+                .get(crate::state::DETAIL_CAPACITY)
+                .and_then(|c| c.parse().ok()),
         }
     }
 }
@@ -164,6 +172,10 @@ pub struct CreateVolumeRequest {
     /// the creation time itself.
     #[serde(default, skip_serializing)]
     pub created_at: Option<serde_json::Value>,
+    /// A capacity to enforce, in bytes (providers that enforce capacity:
+    /// zfs, btrfs; others answer 400 `invalid_input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
 }
 
 /// `null` (as Go encodes a nil map) decodes as the default.
@@ -245,7 +257,12 @@ pub struct PullResponse {
 /// Progress event of a pull streamed as server-sent events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullProgress {
+    /// Bytes of the stream received so far.
     pub bytes: u64,
+    /// The stream's size, when the source announced it
+    /// (`x-volmgr-stream-size`); a hint, never checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 /// `GET /healthz`.
@@ -304,7 +321,7 @@ pub mod events {
     /// Extension, data `{"type":"lagged","missed"}`: the subscriber fell
     /// behind; the stream ends after it (reconnect: a fresh listing).
     pub const LAGGED: &str = "lagged";
-    /// Pull progress: `{"bytes"}`.
+    /// Pull progress: `{"bytes", "total"?}`.
     pub const PROGRESS: &str = "progress";
     /// Pull result: a [`super::PullResponse`].
     pub const DONE: &str = "done";

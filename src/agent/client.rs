@@ -105,13 +105,74 @@ impl ClientError {
 }
 
 fn transport(e: reqwest::Error) -> ClientError {
+    let described = describe_transport_error(&e);
     if e.is_connect() || e.is_timeout() {
-        ClientError::Unreachable(e.to_string())
+        ClientError::Unreachable(described)
     } else if e.is_builder() {
-        ClientError::Invalid(e.to_string())
+        ClientError::Invalid(described)
     } else {
-        ClientError::Protocol(e.to_string())
+        ClientError::Protocol(described)
     }
+}
+
+/// What went wrong with a request, cause first: `connection refused`,
+/// `timed out`, `no such host`, `connection reset`, ... then the URL (not
+/// only reqwest's `error sending request for url (...)`).
+pub(crate) fn describe_transport_error(e: &reqwest::Error) -> String {
+    let cause = transport_cause(e);
+    match e.url() {
+        Some(url) => format!("{cause} ({url})"),
+        None => cause,
+    }
+}
+
+fn transport_cause(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut innermost = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            let text = io.to_string();
+            let kind = match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => Some("connection refused"),
+                std::io::ErrorKind::ConnectionReset => Some("connection reset"),
+                std::io::ErrorKind::ConnectionAborted => Some("connection aborted"),
+                std::io::ErrorKind::TimedOut => Some("timed out"),
+                std::io::ErrorKind::HostUnreachable => Some("host unreachable"),
+                std::io::ErrorKind::NetworkUnreachable => Some("network unreachable"),
+                std::io::ErrorKind::UnexpectedEof => Some("connection closed"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                return kind.into();
+            }
+            if is_name_error(&text) {
+                return format!("no such host: {text}");
+            }
+        }
+        let text = s.to_string();
+        if is_name_error(&text) {
+            return format!("no such host: {text}");
+        }
+        innermost = text;
+        source = s.source();
+    }
+    innermost
+}
+
+/// Whether a resolver's message says the name does not resolve.
+fn is_name_error(text: &str) -> bool {
+    [
+        "failed to lookup address",
+        "Name or service not known",
+        "No address associated",
+        "nodename nor servname",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
 }
 
 /// One server-sent event.
@@ -341,9 +402,21 @@ impl Client {
         id: Option<&str>,
         meta: StringMap,
     ) -> Result<VolumeInfo, ClientError> {
+        self.create_volume_sized(provider, id, meta, None).await
+    }
+
+    /// `POST /storage/providers/{provider}/volumes` with a capacity to enforce.
+    pub async fn create_volume_sized(
+        &self,
+        provider: &str,
+        id: Option<&str>,
+        meta: StringMap,
+        capacity_bytes: Option<u64>,
+    ) -> Result<VolumeInfo, ClientError> {
         let body = CreateVolumeRequest {
             id: id.map(str::to_owned),
             meta,
+            capacity_bytes,
             ..CreateVolumeRequest::default()
         };
         let path = format!("/storage/providers/{}/volumes", segment(provider));
@@ -439,13 +512,14 @@ impl Client {
     }
 
     /// Like [`Client::pull`], calling `progress` with the bytes received so
-    /// far as the agent reports them.
+    /// far (and the stream's size, if the source announced it) as the agent
+    /// reports them.
     pub async fn pull_with_progress(
         &self,
         target: &str,
         from: PullFrom<'_>,
         snapshot_id: &str,
-        mut progress: impl FnMut(u64),
+        mut progress: impl FnMut(PullProgress),
     ) -> Result<PullResponse, ClientError> {
         let path = format!("/storage/volumes/{}/pull_snapshot", segment(target));
         let body = from.request(snapshot_id);
@@ -453,13 +527,21 @@ impl Client {
             .with_json(reqwest::Method::POST, &path, &body)
             .header(reqwest::header::ACCEPT, "text/event-stream");
         let mut stream = EventStream::new(self.execute(request).await?);
+        let mut total = None;
         while let Some(message) = stream.next().await {
             let message = message?;
             match message.event.as_str() {
-                events::PROGRESS => progress(message.json::<PullProgress>()?.bytes),
+                events::PROGRESS => {
+                    let now = message.json::<PullProgress>()?;
+                    total = now.total.or(total);
+                    progress(now);
+                }
                 events::DONE => {
                     let done: PullResponse = message.json()?;
-                    progress(done.bytes);
+                    progress(PullProgress {
+                        bytes: done.bytes,
+                        total,
+                    });
                     return Ok(done);
                 }
                 events::ERROR => {

@@ -62,9 +62,15 @@ pub fn flynn_code(status: StatusCode, code: &str) -> &'static str {
 /// Whether asking again later may succeed (Flynn's `retry`).
 fn retryable(status: StatusCode, code: &str) -> bool {
     status == StatusCode::SERVICE_UNAVAILABLE
+        || status == StatusCode::TOO_MANY_REQUESTS
         || matches!(
             code,
-            "busy" | "transfer_interrupted" | "source_unreachable" | "source_stream_failed"
+            "busy"
+                | "transfer_interrupted"
+                | "transfer_stalled"
+                | "transfer_deadline"
+                | "source_unreachable"
+                | "source_stream_failed"
         )
 }
 
@@ -124,10 +130,11 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
-        } else {
-            tracing::info!(status = self.status.as_u16(), code = self.code, message = %self.message, "request refused");
+        let (status, code, message) = (self.status.as_u16(), self.code, &self.message);
+        match log_level(self.status) {
+            tracing::Level::ERROR => tracing::error!(status, code, %message, "request failed"),
+            tracing::Level::WARN => tracing::warn!(status, code, %message, "request failed"),
+            _ => tracing::info!(status, code, %message, "request refused"),
         }
         let mut response = (self.status, Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
@@ -137,6 +144,19 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// The level an error answer is logged at: expected states (503 starting,
+/// stopping, a limit reached) and the caller's mistakes (4xx) are not
+/// errors of the agent (INFO); a peer's or the disk's failure (502, 504,
+/// 507) is a WARN; only a failure on our side (other 5xx) is an ERROR.
+pub fn log_level(status: StatusCode) -> tracing::Level {
+    match status.as_u16() {
+        502 | 504 | 507 => tracing::Level::WARN,
+        503 => tracing::Level::INFO,
+        500.. => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
     }
 }
 
@@ -165,6 +185,9 @@ impl From<ManagerError> for ApiError {
                     (S::BAD_REQUEST, "invalid_config", Some("metadata"))
                 }
                 ProviderError::Suspended { .. } => (S::BAD_GATEWAY, "transfer_interrupted", None),
+                // Stream bytes come from a source agent (a pull): its fault.
+                ProviderError::Stream(_) => (S::BAD_GATEWAY, "bad_stream", None),
+                ProviderError::NoSpace { .. } => (S::INSUFFICIENT_STORAGE, "no_space", None),
                 _ => (S::INTERNAL_SERVER_ERROR, "provider_failed", None),
             },
             ManagerError::ProviderUnavailable { .. } => {
@@ -193,11 +216,57 @@ impl From<ManagerError> for ApiError {
 mod tests {
     use super::*;
 
+    /// A new user's report: a `/healthz` probe during startup was logged at
+    /// ERROR (`request failed status=503 code="starting"`).
+    #[test]
+    fn expected_states_are_not_logged_as_errors() {
+        use tracing::Level;
+        for (status, level) in [
+            (503, Level::INFO),
+            (400, Level::INFO),
+            (404, Level::INFO),
+            (409, Level::INFO),
+            (429, Level::INFO),
+            (502, Level::WARN),
+            (504, Level::WARN),
+            (507, Level::WARN),
+            (500, Level::ERROR),
+        ] {
+            assert_eq!(
+                log_level(StatusCode::from_u16(status).unwrap()),
+                level,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_space_is_507_naming_what_did_not_fit() {
+        let e = ApiError::from(ManagerError::Provider {
+            provider: "default".into(),
+            error: ProviderError::NoSpace {
+                what: "the receive into t".into(),
+                detail: "needs 400 MB, 12 MB free".into(),
+            },
+        });
+        assert_eq!((e.status.as_u16(), e.code), (507, "no_space"));
+        assert!(
+            e.message
+                .contains("not enough space for the receive into t")
+                && e.message.contains("12 MB free"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.body().code, "unknown_error");
+    }
+
     #[test]
     fn flynn_codes_follow_httphelper_and_volmgr_codes_ride_along() {
         let cases = [
             (404, "no_such_volume", "object_not_found", false),
             (409, "already_exists", "object_exists", false),
+            (507, "no_space", "unknown_error", false),
+            (502, "bad_stream", "unknown_error", false),
             (409, "has_dependents", "conflict", false),
             (409, "busy", "conflict", true),
             (400, "invalid_id", "validation_error", false),
@@ -222,5 +291,22 @@ mod tests {
             .field("type")
             .body();
         assert_eq!(body.detail, Some(serde_json::json!({"field": "type"})));
+    }
+
+    #[test]
+    fn provider_space_and_stream_errors_are_507_and_502_not_500() {
+        let of = |error| {
+            ApiError::from(ManagerError::Provider {
+                provider: "default".into(),
+                error,
+            })
+        };
+        let full = of(ProviderError::NoSpace {
+            what: "receive".into(),
+            detail: "free 1 MiB, need 2 MiB".into(),
+        });
+        assert_eq!((full.status.as_u16(), full.code), (507, "no_space"));
+        let bad = of(ProviderError::Stream("path component too long".into()));
+        assert_eq!((bad.status.as_u16(), bad.code), (502, "bad_stream"));
     }
 }

@@ -18,10 +18,13 @@
 //!
 //! `Last-Event-Id` (sent by Flynn's resuming stream) is ignored: every
 //! connection starts with the whole current listing as `create` events, so
-//! a reconnecting client loses no volume. A subscriber that falls behind
-//! gets a `lagged` event and the stream ends, so a client reconnects and
-//! lists again rather than silently missing events.
+//! a reconnecting client loses no volume. The listing is streamed page by
+//! page ([`LIST_PAGE`] volumes), never built whole per subscriber, and still
+//! exact (see [`event_stream`]). A subscriber that falls behind gets a
+//! `lagged` event and the stream ends, so a client reconnects and lists
+//! again rather than silently missing events.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -29,10 +32,11 @@ use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt, stream};
+use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::api::{VolumeEvent, VolumeInfo};
-use crate::manager::Manager;
+use crate::manager::{Manager, VolumePage};
 use crate::state::Event;
 
 /// A keep-alive line, as Flynn's server sends it.
@@ -90,47 +94,160 @@ where
         .into_response()
 }
 
-/// The volume events of `manager`: the listing, `current`, then live ones.
-/// The subscription starts before the listing, so nothing falls between.
-pub fn volume_events(manager: &Manager) -> impl Stream<Item = VolumeEvent> + use<> {
+/// Volumes listed per page of the initial listing: a subscriber holds at
+/// most this many volumes of it at once, whatever the number of volumes.
+pub const LIST_PAGE: usize = 64;
+
+/// The volume events of `manager`: the listing (streamed page by page),
+/// `current`, then live ones. The subscription starts before the listing,
+/// so nothing falls between.
+pub fn volume_events(
+    manager: &Manager,
+    max_pending: usize,
+) -> impl Stream<Item = VolumeEvent> + use<> {
     let rx = manager.subscribe();
-    let initial: Vec<VolumeInfo> = manager.volumes().iter().map(VolumeInfo::from).collect();
-    event_stream(initial, rx)
+    let manager = manager.clone();
+    event_stream(
+        move |after: Option<&str>, rx: &mut Receiver<Event>| {
+            manager.volume_page(after, LIST_PAGE, rx)
+        },
+        LIST_PAGE,
+        rx,
+        max_pending,
+    )
 }
 
-/// Existing volumes as `create` events, `current`, then live
-/// create/destroy/lost/found events; `lagged` and the end if the
-/// subscriber fell behind.
-pub(crate) fn event_stream(
-    initial: Vec<VolumeInfo>,
-    rx: tokio::sync::broadcast::Receiver<Event>,
-) -> impl Stream<Item = VolumeEvent> {
-    let first = initial
-        .into_iter()
-        .map(|volume| VolumeEvent::Create { volume })
-        .chain([VolumeEvent::Current {}]);
-    let live = stream::unfold(Some(rx), |rx| async move {
-        let mut rx = rx?;
+/// The id an event is about.
+fn event_volume(event: &Event) -> Option<&str> {
+    match event {
+        Event::Created(v) => Some(&v.id),
+        Event::Destroyed { id, .. } | Event::Lost { id } | Event::Found { id } => Some(id),
+        _ => None,
+    }
+}
+
+/// The wire event of a state event (`None`: not a volume event).
+fn volume_event(event: Event) -> Option<VolumeEvent> {
+    Some(match event {
+        Event::Created(v) => VolumeEvent::Create {
+            volume: VolumeInfo::from(&v),
+        },
+        Event::Destroyed { volume, .. } => VolumeEvent::Destroy {
+            volume: VolumeInfo::from(volume.as_ref()),
+        },
+        Event::Lost { id } => VolumeEvent::Lost { id },
+        Event::Found { id } => VolumeEvent::Found { id },
+        _ => return None,
+    })
+}
+
+/// Where a subscriber is.
+struct Subscriber<P> {
+    /// Reads the next page (after an id) and drains `rx` in one instant;
+    /// `None` once the listing is complete.
+    pages: Option<P>,
+    page_len: usize,
+    rx: Receiver<Event>,
+    /// The last id listed.
+    cursor: Option<String>,
+    /// Events on ids already listed, received during the listing: sent
+    /// after it, in order.
+    pending: Vec<Event>,
+    max_pending: usize,
+    out: VecDeque<VolumeEvent>,
+    ended: bool,
+}
+
+/// Existing volumes as `create` events (read with `pages`, one page of
+/// `page_len` at a time), `current`, then live create/destroy/lost/found
+/// events; `lagged` and the end if the subscriber fell behind (or more than
+/// `max_pending` events arrived during the listing).
+///
+/// Each page is read in the same instant as the events `rx` holds: an
+/// event on an id not listed yet is reflected by a later page (dropped), an
+/// event on an id already listed happened after its page (kept, sent after
+/// `current`). Nothing is missed or doubled.
+pub(crate) fn event_stream<P>(
+    pages: P,
+    page_len: usize,
+    rx: Receiver<Event>,
+    max_pending: usize,
+) -> impl Stream<Item = VolumeEvent>
+where
+    P: FnMut(Option<&str>, &mut Receiver<Event>) -> VolumePage + Send + 'static,
+{
+    let subscriber = Subscriber {
+        pages: Some(pages),
+        page_len: page_len.max(1),
+        rx,
+        cursor: None,
+        pending: Vec::new(),
+        max_pending,
+        out: VecDeque::new(),
+        ended: false,
+    };
+    stream::unfold(subscriber, |mut sub| async move {
         loop {
-            let event = match rx.recv().await {
-                Ok(Event::Created(v)) => VolumeEvent::Create {
-                    volume: VolumeInfo::from(&v),
-                },
-                Ok(Event::Destroyed { volume, .. }) => VolumeEvent::Destroy {
-                    volume: VolumeInfo::from(volume.as_ref()),
-                },
-                Ok(Event::Lost { id }) => VolumeEvent::Lost { id },
-                Ok(Event::Found { id }) => VolumeEvent::Found { id },
-                Ok(_) => continue,
+            if let Some(event) = sub.out.pop_front() {
+                return Some((event, sub));
+            }
+            if sub.ended {
+                return None;
+            }
+            if let Some(pages) = sub.pages.as_mut() {
+                let page = pages(sub.cursor.as_deref(), &mut sub.rx);
+                sub.list(page);
+                continue;
+            }
+            match sub.rx.recv().await {
+                Ok(event) => sub.out.extend(volume_event(event)),
                 Err(RecvError::Lagged(missed)) => {
-                    return Some((VolumeEvent::Lagged { missed }, None));
+                    sub.out.push_back(VolumeEvent::Lagged { missed });
+                    sub.ended = true;
                 }
                 Err(RecvError::Closed) => return None,
-            };
-            return Some((event, Some(rx)));
+            }
         }
-    });
-    stream::iter(first).chain(live)
+    })
+}
+
+impl<P> Subscriber<P> {
+    /// Takes one page of the listing.
+    fn list(&mut self, page: VolumePage) {
+        if page.missed > 0 {
+            self.out.push_back(VolumeEvent::Lagged {
+                missed: page.missed,
+            });
+            self.ended = true;
+            return;
+        }
+        let cursor = self.cursor.as_deref();
+        let listed = |e: &Event| event_volume(e).is_some_and(|id| cursor.is_some_and(|c| id <= c));
+        self.pending.extend(page.events.into_iter().filter(listed));
+        if self.pending.len() > self.max_pending {
+            self.out.push_back(VolumeEvent::Lagged {
+                missed: self.pending.len() as u64,
+            });
+            self.ended = true;
+            return;
+        }
+        debug_assert!(page.volumes.len() <= self.page_len);
+        let complete = page.volumes.len() < self.page_len;
+        if let Some(last) = page.volumes.last() {
+            debug_assert!(self.cursor.as_deref().is_none_or(|c| c < last.id.as_str()));
+            self.cursor = Some(last.id.clone());
+        }
+        self.out
+            .extend(page.volumes.iter().map(|volume| VolumeEvent::Create {
+                volume: VolumeInfo::from(volume),
+            }));
+        if complete {
+            self.pages = None;
+            self.out.push_back(VolumeEvent::Current {});
+            self.out
+                .extend(self.pending.drain(..).filter_map(volume_event));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -153,19 +270,171 @@ mod tests {
         }
     }
 
+    /// A manager's state and event broadcast in miniature: changes apply
+    /// and broadcast under one lock, pages drain and read under it.
+    /// The volumes and the sender of events, under one lock.
+    type Shared = std::sync::Mutex<(
+        std::collections::BTreeMap<String, crate::state::Volume>,
+        tokio::sync::broadcast::Sender<Event>,
+    )>;
+
+    #[derive(Clone)]
+    struct Model {
+        inner: std::sync::Arc<Shared>,
+    }
+
+    impl Model {
+        fn new(ids: &[&str], capacity: usize) -> Model {
+            let (tx, _) = tokio::sync::broadcast::channel(capacity);
+            let volumes = ids.iter().map(|id| (id.to_string(), volume(id))).collect();
+            Model {
+                inner: std::sync::Arc::new(std::sync::Mutex::new((volumes, tx))),
+            }
+        }
+        fn subscribe(&self) -> Receiver<Event> {
+            self.inner.lock().unwrap().1.subscribe()
+        }
+        fn create(&self, id: &str) {
+            let mut m = self.inner.lock().unwrap();
+            m.0.insert(id.into(), volume(id));
+            let _ = m.1.send(Event::Created(volume(id)));
+        }
+        fn destroy(&self, id: &str) {
+            let mut m = self.inner.lock().unwrap();
+            let v = m.0.remove(id).unwrap();
+            let _ = m.1.send(Event::Destroyed {
+                id: id.into(),
+                volume: Box::new(v),
+            });
+        }
+        fn page(&self, after: Option<&str>, limit: usize, rx: &mut Receiver<Event>) -> VolumePage {
+            let m = self.inner.lock().unwrap();
+            let mut page = VolumePage::default();
+            loop {
+                match rx.try_recv() {
+                    Ok(e) => page.events.push(e),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => page.missed += n,
+                    Err(_) => break,
+                }
+            }
+            page.volumes =
+                m.0.values()
+                    .filter(|v| after.is_none_or(|a| v.id.as_str() > a))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+            page
+        }
+        fn ids(&self) -> Vec<String> {
+            self.inner.lock().unwrap().0.keys().cloned().collect()
+        }
+    }
+
+    /// The ids a client holds after applying `events` (create as insert,
+    /// destroy as remove), refusing a create of an id it holds or a destroy
+    /// of one it does not.
+    fn apply(events: &[VolumeEvent]) -> Vec<String> {
+        let mut held = std::collections::BTreeSet::new();
+        for e in events {
+            match e {
+                VolumeEvent::Create { volume } => {
+                    assert!(
+                        held.insert(volume.id.clone()),
+                        "created twice: {}",
+                        volume.id
+                    )
+                }
+                VolumeEvent::Destroy { volume } => {
+                    assert!(held.remove(&volume.id), "destroyed unheld: {}", volume.id)
+                }
+                _ => {}
+            }
+        }
+        held.into_iter().collect()
+    }
+
+    #[tokio::test]
+    async fn a_listing_streamed_in_pages_during_changes_misses_and_doubles_nothing() {
+        let ids = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let model = Model::new(&ids, 64);
+        let rx = model.subscribe();
+        // Changes between pages, on ids already listed and not yet listed.
+        let mut script: std::collections::VecDeque<Vec<(bool, &str)>> = [
+            vec![],
+            vec![(true, "b2"), (true, "z"), (false, "h"), (false, "a")],
+            vec![(true, "c1"), (false, "z"), (true, "zz")],
+            vec![(false, "b2"), (true, "e5")],
+        ]
+        .into();
+        let m = model.clone();
+        let pages = move |after: Option<&str>, rx: &mut Receiver<Event>| {
+            for (create, id) in script.pop_front().unwrap_or_default() {
+                if create { m.create(id) } else { m.destroy(id) }
+            }
+            m.page(after, 3, rx)
+        };
+        let mut stream = Box::pin(event_stream(pages, 3, rx, 100));
+        let mut got = Vec::new();
+        while let Some(e) = stream.next().await {
+            let current = e == VolumeEvent::Current {};
+            got.push(e);
+            if current {
+                break;
+            }
+        }
+        // What happened during the listing follows `current`; then live
+        // events, up to this one.
+        model.create("after");
+        loop {
+            let e = stream.next().await.unwrap();
+            let last = matches!(&e, VolumeEvent::Create { volume } if volume.id == "after");
+            got.push(e);
+            if last {
+                break;
+            }
+        }
+        assert_eq!(apply(&got), model.ids(), "{got:?}");
+        let listed = got
+            .iter()
+            .position(|e| *e == VolumeEvent::Current {})
+            .unwrap();
+        assert!(listed >= 3, "{got:?}");
+    }
+
     #[tokio::test]
     async fn a_subscriber_that_falls_behind_gets_a_lagged_event_and_the_stream_ends() {
-        let (tx, rx) = tokio::sync::broadcast::channel(2);
+        let model = Model::new(&["x"], 2);
+        let rx = model.subscribe();
         for id in ["a", "b", "c", "d"] {
-            tx.send(Event::Created(volume(id))).unwrap();
+            model.create(id);
         }
-        let got: Vec<VolumeEvent> = event_stream(vec![VolumeInfo::from(&volume("x"))], rx)
-            .collect()
-            .await;
-        let names: Vec<&str> = got.iter().map(VolumeEvent::name).collect();
-        assert_eq!(names, ["create", "current", "lagged"], "{got:?}");
-        assert_eq!(got[2], VolumeEvent::Lagged { missed: 2 });
-        drop(tx);
+        let m = model.clone();
+        let got: Vec<VolumeEvent> = event_stream(
+            move |after: Option<&str>, rx: &mut Receiver<Event>| m.page(after, 3, rx),
+            3,
+            rx,
+            100,
+        )
+        .collect()
+        .await;
+        assert_eq!(got, [VolumeEvent::Lagged { missed: 2 }]);
+        // Lagging after the listing: the listing, current, lagged.
+        let model = Model::new(&["x"], 2);
+        let rx = model.subscribe();
+        let m = model.clone();
+        let mut stream = Box::pin(event_stream(
+            move |after: Option<&str>, rx: &mut Receiver<Event>| m.page(after, 3, rx),
+            3,
+            rx,
+            100,
+        ));
+        assert_eq!(stream.next().await.unwrap().name(), "create");
+        assert_eq!(stream.next().await.unwrap(), VolumeEvent::Current {});
+        for id in ["a", "b", "c", "d"] {
+            model.create(id);
+        }
+        let rest: Vec<VolumeEvent> = stream.collect().await;
+        assert_eq!(rest, [VolumeEvent::Lagged { missed: 2 }]);
     }
 
     #[tokio::test]
@@ -173,13 +442,17 @@ mod tests {
         let (tx, rx) = tokio::sync::broadcast::channel(4);
         let mut gone = volume("gone");
         gone.meta.insert("app".into(), "web".into());
+        // The destroy happens after the (empty) listing was read.
+        let pages = |_: Option<&str>, _: &mut Receiver<Event>| VolumePage::default();
+        let mut stream = Box::pin(event_stream(pages, 3, rx, 100));
+        let mut got = vec![stream.next().await.unwrap()];
         tx.send(Event::Destroyed {
             id: "gone".into(),
             volume: Box::new(gone.clone()),
         })
         .unwrap();
         drop(tx);
-        let got: Vec<VolumeEvent> = event_stream(Vec::new(), rx).collect().await;
+        got.extend(stream.collect::<Vec<_>>().await);
         assert_eq!(
             got,
             [

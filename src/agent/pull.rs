@@ -9,11 +9,13 @@
 //! goes to configured peers only, an error answer is read up to
 //! [`MAX_SOURCE_ERROR_BYTES`] within [`SOURCE_ERROR_DEADLINE`] and nothing of
 //! it is echoed but a short sanitized message, and `resumed` reports what
-//! this agent did, never what the source claims.
+//! this agent did, never what the source claims. A pull holds a slot among
+//! `--max-pulls`, must keep a minimum rate and end before its deadline, and
+//! can be cancelled (`pull_watch.rs`). The source's announced stream size
+//! is shown in progress events only, never trusted for anything else.
 
-use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Json;
@@ -27,10 +29,14 @@ use tracing::Instrument;
 use super::api::{
     ErrorBody, ErrorEvent, PullProgress, PullRequest, PullResponse, SendRequest, VolumeInfo, events,
 };
+use super::client::describe_transport_error;
 use super::error::ApiError;
 use super::events::frame_named;
 use super::peers::base_url;
-use super::routes::{Id, RESUMED_HEADER, RawBody, note, require, wants_event_stream};
+use super::pull_watch::Watch;
+use super::routes::{
+    Id, RESUMED_HEADER, RawBody, STREAM_SIZE_HEADER, note, require, wants_event_stream,
+};
 use super::server::Shared;
 use crate::manager::{Manager, ManagerError};
 use crate::provider::ProviderError;
@@ -185,8 +191,26 @@ fn source_error(status: reqwest::StatusCode, body: &[u8]) -> ApiError {
     }
 }
 
+/// A pull's progress: bytes received, and the stream's size if the source
+/// announced it.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub bytes: Arc<AtomicU64>,
+    pub total: OnceLock<u64>,
+}
+
+impl Progress {
+    fn now(&self) -> PullProgress {
+        PullProgress {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            total: self.total.get().copied(),
+        }
+    }
+}
+
 /// The pull itself: ask the source's send endpoint with our haves, count
-/// the bytes, feed the stream into the manager's receive.
+/// the bytes, feed the stream into the manager's receive; all under the
+/// pull's limits (a slot, a minimum rate, a deadline, cancellation).
 pub(crate) async fn run_pull(
     shared: Arc<Shared>,
     manager: Manager,
@@ -194,8 +218,11 @@ pub(crate) async fn run_pull(
     source: Source,
     snapshot_id: String,
     haves: Vec<String>,
-    progress: Arc<AtomicU64>,
+    progress: Arc<Progress>,
 ) -> Result<PullResponse, ApiError> {
+    let ticket = shared.pulls.register(&target, &shared.transfers)?;
+    let limits = &shared.options.limits;
+    let watch = Watch::new(&ticket, limits);
     let url = format!("{}/storage/volumes/{snapshot_id}/send", source.base);
     // An interrupted pull into this target left a resume token: hand it
     // back; the source continues the stream if the token fits.
@@ -218,25 +245,39 @@ pub(crate) async fn run_pull(
     // A send is a read: asking again is safe. Once, for a pooled
     // connection the source closed after a broken transfer.
     let again = request.try_clone();
-    let response = match (request.send().await, again) {
-        (Ok(response), _) => Ok(response),
-        (Err(e), Some(again)) if !e.is_timeout() => {
-            tracing::debug!(error = %e, "asking the source again");
-            again.send().await
+    let asked = async {
+        match (request.send().await, again) {
+            (Ok(response), _) => Ok(response),
+            (Err(e), Some(again)) if !e.is_timeout() => {
+                tracing::debug!(error = %e, "asking the source again");
+                again.send().await
+            }
+            (Err(e), _) => Err(e),
         }
-        (Err(e), _) => Err(e),
+    };
+    let response = tokio::select! {
+        stop = watch.stopped() => return Err(stop.error(limits, false)),
+        asked = asked => asked,
     }
     .map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "source_unreachable",
-            format!("cannot reach {url}: {e}"),
+            format!("cannot reach {url}: {}", describe_transport_error(&e)),
         )
     })?;
     let status = response.status();
     if !status.is_success() {
         let body = bounded_prefix(response, MAX_SOURCE_ERROR_BYTES, SOURCE_ERROR_DEADLINE).await;
         return Err(source_error(status, &body));
+    }
+    if let Some(total) = response
+        .headers()
+        .get(STREAM_SIZE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let _ = progress.total.set(total);
     }
     let source_says_resumed = response
         .headers()
@@ -246,26 +287,37 @@ pub(crate) async fn run_pull(
         (META_PULL_SOURCE.to_owned(), source.base.clone()),
         (META_PULL_SNAPSHOT.to_owned(), snapshot_id.clone()),
     ]);
-    let counter = progress.clone();
     // The stream's first bytes, to judge a ZFS stream's own header.
     let head = Arc::new(Mutex::new(Vec::new()));
     let head_in = head.clone();
-    let chunks = response.bytes_stream().map(move |chunk| match chunk {
-        Ok(bytes) => {
-            counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let chunks = response.bytes_stream().map(move |chunk| {
+        if let Ok(bytes) = &chunk {
             let mut head = head_in.lock().unwrap_or_else(|e| e.into_inner());
             let room = ZFS_HEADER_BYTES.saturating_sub(head.len());
             head.extend_from_slice(&bytes[..bytes.len().min(room)]);
-            Ok(bytes)
         }
-        Err(e) => Err(io::Error::other(e)),
+        chunk
     });
-    let reader = StreamReader::new(Box::pin(chunks));
-    let snapshot = manager
-        .receive_snapshot_with(&target, meta, reader)
-        .await
-        .map_err(|e| receive_error(e, &url))?;
-    let bytes = progress.load(Ordering::Relaxed);
+    let chunks = watch.watch(Box::pin(chunks), progress.bytes.clone());
+    let reader = StreamReader::new(chunks);
+    let snapshot = match manager.receive_snapshot_with(&target, meta, reader).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            let kept = matches!(
+                e,
+                ManagerError::Provider {
+                    error: ProviderError::Suspended { .. },
+                    ..
+                }
+            );
+            return Err(match watch.stopped_by() {
+                Some(stop) => stop.error(limits, kept),
+                None => receive_error(e, &url),
+            });
+        }
+    };
+    drop(ticket);
+    let bytes = progress.bytes.load(Ordering::Relaxed);
     let head = head.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let resumed = handed_token
         && source_says_resumed
@@ -357,7 +409,7 @@ pub(crate) async fn resume_interrupted_pulls(shared: Arc<Shared>) {
             validate::id(snapshot)
                 .map_err(|why| ApiError::bad_request("invalid_id", why.to_string()))?;
             let haves = manager.list_haves(&v.id)?;
-            let progress = Arc::new(AtomicU64::new(0));
+            let progress = Arc::new(Progress::default());
             run_pull(
                 shared.clone(),
                 manager.clone(),
@@ -385,6 +437,9 @@ pub(crate) async fn resume_interrupted_pulls(shared: Arc<Shared>) {
                     "transfer_interrupted"
                         | "source_unreachable"
                         | "source_stream_failed"
+                        | "transfer_stalled"
+                        | "transfer_deadline"
+                        | "too_many_pulls"
                         | "busy"
                         | "stopping"
                 ) =>
@@ -427,7 +482,7 @@ pub(crate) async fn pull_snapshot(
     let manager = shared.manager()?;
     require(&manager, &id, VolumeKind::Data)?;
     let haves = manager.list_haves(&id)?;
-    let progress = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Progress::default());
     let job = shared.tracker.spawn(
         run_pull(
             shared.clone(),
@@ -460,7 +515,14 @@ pub(crate) async fn pull_snapshot(
                 biased;
                 result = &mut job => {
                     let frame = match result {
-                        Ok(Ok(done)) => frame_named(events::DONE, &done),
+                        // The last progress (with the total, which a
+                        // fast pull never showed), then the result.
+                        Ok(Ok(done)) => [
+                            frame_named(events::PROGRESS, &progress.now()),
+                            frame_named(events::DONE, &done),
+                        ]
+                        .concat()
+                        .into(),
                         Ok(Err(e)) => frame_named(events::ERROR, &ErrorEvent {
                             status: e.status.as_u16(),
                             error: e.body(),
@@ -480,8 +542,7 @@ pub(crate) async fn pull_snapshot(
                     Some((frame, None))
                 }
                 _ = tick.tick() => {
-                    let bytes = progress.load(Ordering::Relaxed);
-                    Some((frame_named(events::PROGRESS, &PullProgress { bytes }), Some((job, tick))))
+                    Some((frame_named(events::PROGRESS, &progress.now()), Some((job, tick))))
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! requires (DELETE included, with an empty body).
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -24,10 +25,13 @@ use super::api::{
     AddProviderRequest, CreateVolumeRequest, ForkRequest, Health, ProviderInfo, SendRequest,
     SnapshotRequest, VOLUME_TYPE_DATA, VolumeInfo,
 };
+use super::conn::{ClientAddr, StallLimited};
 use super::error::ApiError;
 use super::events;
+use super::limits::format_duration;
 use super::pull::pull_snapshot;
 use super::server::Shared;
+use super::slots::Full;
 use crate::manager::{Manager, ManagerError};
 use crate::state::{VolumeKind, VolumeStatus};
 use crate::validate;
@@ -83,28 +87,96 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     }
 }
 
-/// A request body, size-limited, parsed as JSON whatever its content type
-/// (curl's `-d` says form-urlencoded).
-pub(crate) struct RawBody(pub Bytes);
+/// The address of the client that sent the request (`None` when the
+/// router is served by something other than the agent's accept loop).
+pub(crate) struct Client(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequest<S> for RawBody {
+impl<S: Send + Sync> FromRequestParts<S> for Client {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state)
-            .await
-            .map(RawBody)
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
-                        e.body_text(),
-                    )
-                } else {
-                    ApiError::bad_request("bad_body", e.body_text())
-                }
-            })
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Client(
+            parts.extensions.get::<ClientAddr>().map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// A request body, size-limited and read within the header-read timeout,
+/// parsed as JSON whatever its content type (curl's `-d` says
+/// form-urlencoded).
+pub(crate) struct RawBody(pub Bytes);
+
+impl FromRequest<Arc<Shared>> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, shared: &Arc<Shared>) -> Result<Self, Self::Rejection> {
+        let limit = shared.options.max_body_bytes;
+        let timeout = shared.options.limits.header_read_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, shared)).await;
+        match read {
+            Ok(Ok(bytes)) => Ok(RawBody(bytes)),
+            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the request body is larger than the limit of {}",
+                    byte_size(limit)
+                ),
+            )),
+            Ok(Err(e)) => Err(ApiError::bad_request(
+                "bad_body",
+                format!("the request body could not be read: {}", e.body_text()),
+            )),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} (--header-read-timeout)",
+                    format_duration(timeout)
+                ),
+            )),
+        }
+    }
+}
+
+/// `64 KiB`, `1 MiB`, or bytes.
+fn byte_size(n: usize) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// What a JSON body's decoder said, in the API's words: `bad_json` for
+/// bytes that are not JSON, `bad_body` for JSON of the wrong shape, with
+/// serde's Rust type names (`struct SnapshotRequest`) said in JSON's terms.
+pub(crate) fn json_error(e: &serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let mut message = e.to_string();
+    for (rust, json) in [
+        ("struct ", "a JSON object"),
+        ("tuple struct ", "a JSON array"),
+        ("enum ", "one of the documented values"),
+        ("unit struct ", "null"),
+    ] {
+        // `expected struct Name` -> `expected a JSON object`.
+        while let Some(at) = message.find(&format!("expected {rust}")) {
+            let name_at = at + "expected ".len() + rust.len();
+            let name_len = message[name_at..]
+                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .unwrap_or(message.len() - name_at);
+            message.replace_range(at + "expected ".len()..name_at + name_len, json);
+        }
+    }
+    match e.classify() {
+        Category::Data => ApiError::bad_request(
+            "bad_body",
+            format!("the JSON body does not have the expected shape: {message}"),
+        ),
+        _ => ApiError::bad_request("bad_json", format!("malformed JSON body: {message}")),
     }
 }
 
@@ -126,12 +198,25 @@ impl RawBody {
         self.json()
     }
 
+    /// The body, a JSON object, as `T` (serde would also take an array
+    /// for a struct: refused, the API's requests are objects).
     pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.0.trim_ascii_start().starts_with(b"[") {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                "the JSON body does not have the expected shape: expected a JSON object, \
+                 not an array",
+            ));
+        }
+        self.json_value()
+    }
+
+    /// The body as `T`, whatever JSON value it is.
+    pub(crate) fn json_value<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if self.is_empty() {
             return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
         }
-        serde_json::from_slice(&self.0)
-            .map_err(|e| ApiError::bad_request("bad_json", format!("malformed JSON body: {e}")))
+        serde_json::from_slice(&self.0).map_err(|e| json_error(&e))
     }
 }
 
@@ -212,7 +297,14 @@ async fn create_volume(
     }
     note("create", id.unwrap_or(""));
     let manager = shared.manager()?;
-    let v = manager.create_volume(&provider, id, req.meta).await?;
+    let v = match req.capacity_bytes {
+        None => manager.create_volume(&provider, id, req.meta).await?,
+        Some(bytes) => {
+            manager
+                .create_volume_with(&provider, id, req.meta, Some(bytes), Default::default())
+                .await?
+        }
+    };
     note("create", &v.id);
     Ok(Json(VolumeInfo::from(&v)))
 }
@@ -221,10 +313,25 @@ async fn list_volumes(State(shared): AppState, headers: HeaderMap) -> Result<Res
     note("list", "");
     let manager = shared.manager()?;
     if wants_event_stream(&headers) {
+        let limits = &shared.options.limits;
+        let slot = shared.subscribers.try_take(None).map_err(|_| {
+            ApiError::unavailable(
+                "too_many_subscribers",
+                format!(
+                    "{} event-stream subscribers are connected, the most this agent serves \
+                     (--max-subscribers): retry later",
+                    limits.max_subscribers
+                ),
+            )
+        })?;
         // Flynn's resuming stream sends Last-Event-Id: ignored, every
-        // connection starts with the whole listing (see events.rs).
-        let frames = events::volume_events(&manager)
-            .map(|event| events::frame(&event))
+        // connection starts with the whole listing (see events.rs). The
+        // subscriber's slot lives as long as its stream.
+        let frames = events::volume_events(&manager, EVENTS_PENDING_MAX)
+            .map(move |event| {
+                let _held = &slot;
+                events::frame(&event)
+            })
             .take_until(shared.stopping.clone().cancelled_owned());
         return Ok(events::response(frames, shared.options.event_keep_alive));
     }
@@ -282,7 +389,7 @@ fn parse_send(body: &RawBody) -> Result<SendRequest, ApiError> {
         return Ok(SendRequest::default());
     }
     let request = if body.0.trim_ascii_start().starts_with(b"[") {
-        let values: Vec<serde_json::Value> = body.json()?;
+        let values: Vec<serde_json::Value> = body.json_value()?;
         SendRequest {
             haves: values
                 .into_iter()
@@ -305,11 +412,18 @@ fn parse_send(body: &RawBody) -> Result<SendRequest, ApiError> {
     Ok(request)
 }
 
-/// Discards the resumable partial receive volume `{id}` holds (200 with an
-/// empty body; also when it holds none).
+/// Cancels the pull into volume `{id}` if one is in flight (it answers
+/// 409 `cancelled` once its outcome is journaled), then discards the
+/// resumable partial receive `{id}` holds (200 with an empty body; also
+/// when it holds none).
 async fn abort_receive(State(shared): AppState, Id(id): Id) -> Result<StatusCode, ApiError> {
     note("abort-receive", &id);
-    shared.manager()?.abort_receive(&id).await?;
+    let manager = shared.manager()?;
+    if let Some(ended) = shared.pulls.cancel(&id) {
+        tracing::info!("cancelling the pull in flight");
+        ended.cancelled().await;
+    }
+    manager.abort_receive(&id).await?;
     Ok(StatusCode::OK)
 }
 
@@ -336,7 +450,17 @@ pub(crate) fn require(manager: &Manager, id: &str, kind: VolumeKind) -> Result<(
 /// pipe the response body reads. Errors found before the first byte are
 /// JSON answers; a failure mid-stream aborts the response, so the receiver
 /// sees a broken transfer, never a short one.
-async fn send(State(shared): AppState, Id(id): Id, body: RawBody) -> Result<Response, ApiError> {
+///
+/// A send holds a slot (`--max-sends`, `--max-sends-per-client`) and a
+/// shared claim on its snapshot (a destroy of it is 409 `busy` meanwhile)
+/// for as long as its body lives; a client that stops reading for
+/// `--write-timeout` loses it.
+async fn send(
+    State(shared): AppState,
+    Id(id): Id,
+    Client(client): Client,
+    body: RawBody,
+) -> Result<Response, ApiError> {
     note("send", &id);
     let SendRequest {
         haves,
@@ -344,13 +468,39 @@ async fn send(State(shared): AppState, Id(id): Id, body: RawBody) -> Result<Resp
     } = parse_send(&body)?;
     let manager = shared.manager()?;
     require(&manager, &id, VolumeKind::Snapshot)?;
+    let limits = &shared.options.limits;
+    let slot = shared.sends.try_take(client).map_err(|full| match full {
+        Full::All(max) => ApiError::unavailable(
+            "too_many_sends",
+            format!(
+                "{max} sends are running, the most this agent serves at once (--max-sends): \
+                 retry later"
+            ),
+        ),
+        Full::Client(max) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sends",
+            format!(
+                "this client has {max} sends running, the most one client gets at once \
+                 (--max-sends-per-client): retry later"
+            ),
+        ),
+    })?;
     // Decided before the first byte, so the answer can say so.
     let resume_token = match resume_token {
         Some(token) if manager.resume_fits(&id, &token).await? => Some(token),
         _ => None,
     };
     let resumed = resume_token.is_some();
+    // The stream's size, if the provider knows it before sending (a hint
+    // for progress: the receiver never relies on it).
+    let size = match &resume_token {
+        None => manager.send_size(&id, &haves).await.unwrap_or(None),
+        Some(_) => None,
+    };
     let (writer, reader) = tokio::io::duplex(256 * 1024);
+    // A body nobody polls (a server without write timeouts) still lets go.
+    let writer = StallLimited::new(writer, limits.write_timeout);
     let send_id = id.clone();
     let task = shared.tracker.spawn(
         async move {
@@ -418,8 +568,13 @@ async fn send(State(shared): AppState, Id(id): Id, body: RawBody) -> Result<Resp
     .filter_map(|item| async move { item });
     let body = stream::once(async move { Ok::<_, io::Error>(first) })
         .chain(chunks)
-        .chain(tail);
-    Ok((
+        .chain(tail)
+        .map(move |chunk| {
+            // The send's slot lives as long as its body.
+            let _held = &slot;
+            chunk
+        });
+    let mut response = (
         [
             (header::CONTENT_TYPE, "application/octet-stream"),
             (
@@ -429,8 +584,23 @@ async fn send(State(shared): AppState, Id(id): Id, body: RawBody) -> Result<Resp
         ],
         Body::from_stream(body),
     )
-        .into_response())
+        .into_response();
+    if let Some(size) = size {
+        response.headers_mut().insert(
+            header::HeaderName::from_static(STREAM_SIZE_HEADER),
+            header::HeaderValue::from(size),
+        );
+    }
+    Ok(response)
 }
+
+/// Answer header of a send: the stream's size in bytes, when the provider
+/// knows it before sending. A hint for progress only.
+pub const STREAM_SIZE_HEADER: &str = "x-volmgr-stream-size";
+
+/// Events a subscriber keeps while its listing is streamed (changes to
+/// volumes it already listed); more, and it gets `lagged`.
+const EVENTS_PENDING_MAX: usize = 1024;
 
 /// Answer header of a send: `true` if the stream continues the caller's
 /// interrupted one (its resume token fitted), else `false`.

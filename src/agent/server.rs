@@ -2,10 +2,13 @@
 //!
 //! Life cycle: an [`Agent`] starts in the *starting* phase (every route but
 //! `/healthz` answers 503 `starting`), turns *ready* when handed an open
-//! [`Manager`], and turns *stopping* on shutdown (503 `stopping`) while
-//! axum's graceful shutdown stops accepting, lets in-flight requests finish
-//! and ends event streams. Then every operation spawned for a request has
-//! finished, and the manager is closed.
+//! [`Manager`], and turns *stopping* on shutdown (503 `stopping`): the
+//! accept loop (`conn.rs`) stops accepting and asks each connection to
+//! finish its request in flight, event streams end. Transfers (sends and
+//! pulls) still running after [`Limits::shutdown_grace`] are cancelled and
+//! the connections still open are dropped; a cancelled pull's receive fails
+//! and its outcome is journaled like any other. Then every operation
+//! spawned for a request has finished, and the manager is closed.
 //!
 //! Requests pass, outermost first: a span and an access log line per request
 //! (`req_id`, method, path; handlers add `op` and `volume`); the credential
@@ -36,9 +39,15 @@ use uuid::Uuid;
 
 use super::credential::{constant_time_eq, presented};
 use super::error::ApiError;
+use super::limits::{Limits, format_duration};
 use super::peers::Peers;
-use super::{pull, routes};
+use super::slots::Slots;
+use super::{conn, pull, pull_watch, routes};
 use crate::manager::Manager;
+
+/// After the shutdown grace period, how long cancelled transfers get to
+/// answer before their connections are closed.
+const FINAL_ANSWERS: Duration = Duration::from_secs(5);
 
 /// Default listen address of `volmgr serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1113";
@@ -63,8 +72,6 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Connecting to a source agent during a pull.
     pub pull_connect_timeout: Duration,
-    /// Longest silence of a source agent's stream during a pull.
-    pub pull_read_timeout: Duration,
     /// Interval of progress events of a pull streamed as server-sent events.
     pub pull_progress_interval: Duration,
     /// When ready, resume in the background every pull that was interrupted
@@ -72,6 +79,9 @@ pub struct ServeOptions {
     pub resume_pulls: bool,
     /// Idle time after which an event stream sends a keep-alive line.
     pub event_keep_alive: Duration,
+    /// What clients and peers may hold: connections, time, transfers,
+    /// subscribers.
+    pub limits: Limits,
 }
 
 impl Default for ServeOptions {
@@ -80,13 +90,13 @@ impl Default for ServeOptions {
             token: None,
             max_body_bytes: MAX_JSON_BODY_BYTES,
             pull_connect_timeout: Duration::from_secs(10),
-            pull_read_timeout: Duration::from_secs(120),
             pull_progress_interval: Duration::from_millis(250),
             resume_pulls: true,
             event_keep_alive: Duration::from_secs(15),
             insecure_no_auth: false,
             peers: Peers::new(),
             allow_any_source: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -100,6 +110,8 @@ pub enum AgentError {
     TokenRequired(SocketAddr),
     /// The token is empty or not a valid header value.
     BadToken(String),
+    /// A limit cannot serve (a zero count or duration).
+    BadLimits(String),
     Io(io::Error),
     /// The HTTP client for pulls could not be built.
     Client(String),
@@ -119,6 +131,7 @@ impl std::fmt::Display for AgentError {
                  (--token-file or VOLMGR_TOKEN)"
             ),
             AgentError::BadToken(why) => write!(f, "unusable token: {why}"),
+            AgentError::BadLimits(why) => write!(f, "unusable limits: {why}"),
             AgentError::Io(e) => write!(f, "{e}"),
             AgentError::Client(e) => write!(f, "cannot build the HTTP client: {e}"),
         }
@@ -145,8 +158,17 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Cancelled when stopping: ends event streams.
     pub(crate) stopping: CancellationToken,
+    /// Cancelled when the shutdown grace period is over: ends the sends and
+    /// pulls still running.
+    pub(crate) transfers: CancellationToken,
     /// Client for pulls from other agents.
     pub(crate) http: reqwest::Client,
+    /// Sends being served, in all and per client.
+    pub(crate) sends: Arc<Slots>,
+    /// Event-stream subscribers.
+    pub(crate) subscribers: Arc<Slots>,
+    /// Pulls in flight, by target volume.
+    pub(crate) pulls: pull_watch::Registry,
 }
 
 impl Shared {
@@ -209,14 +231,19 @@ impl Agent {
                 ));
             }
         }
+        let limits = &options.limits;
+        limits.check().map_err(AgentError::BadLimits)?;
         // Never follow a redirect: a source could point the agent (and a
-        // POST) anywhere.
+        // POST) anywhere. A read waits at most one stall window.
         let http = reqwest::Client::builder()
             .connect_timeout(options.pull_connect_timeout)
-            .read_timeout(options.pull_read_timeout)
+            .read_timeout(limits.pull_stall_window)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| AgentError::Client(e.to_string()))?;
+        let sends = Slots::new(limits.max_sends, limits.max_sends_per_client);
+        let subscribers = Slots::new(limits.max_subscribers, limits.max_subscribers);
+        let pulls = pull_watch::Registry::new(limits.max_pulls);
         Ok(Agent {
             shared: Arc::new(Shared {
                 phase: AtomicU8::new(STARTING),
@@ -224,7 +251,11 @@ impl Agent {
                 options,
                 tracker: TaskTracker::new(),
                 stopping: CancellationToken::new(),
+                transfers: CancellationToken::new(),
                 http,
+                sends,
+                subscribers,
+                pulls,
             }),
         })
     }
@@ -302,24 +333,44 @@ impl Agent {
             );
         }
         let app = self.router();
-        let me = self.clone();
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutdown requested: draining in-flight requests");
-            me.begin_stopping();
-        };
+        let limits = self.shared.options.limits.clone();
         tracing::info!(
             %addr,
             auth = self.shared.options.token.is_some(),
             peers = self.shared.options.peers.len(),
             allow_any_source = self.shared.options.allow_any_source,
+            max_connections = limits.max_connections,
             "serving"
         );
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .await;
-        // Every connection is closed; wait for operations spawned for them.
+        let (connections, drop_connections) =
+            conn::accept_loop(listener, app, limits.clone(), shutdown).await;
+        tracing::info!("shutdown requested: draining in-flight requests");
         self.begin_stopping();
+        let grace = limits.shutdown_grace;
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace = %format_duration(grace),
+                sends = self.shared.sends.taken(),
+                pulls = self.shared.pulls.len(),
+                "shutdown grace period over: cancelling transfers and closing connections"
+            );
+            self.shared.transfers.cancel();
+            // A cancelled pull answers once its outcome is journaled: give
+            // the answers a moment, then close what is still open.
+            let answers = grace.min(FINAL_ANSWERS);
+            if tokio::time::timeout(answers, connections.wait())
+                .await
+                .is_err()
+            {
+                drop_connections.cancel();
+                connections.wait().await;
+            }
+        }
+        // Every connection is closed; wait for operations spawned for them
+        // (a cancelled pull journals its outcome first).
         self.shared.tracker.close();
         self.shared.tracker.wait().await;
         let manager = self
@@ -332,7 +383,7 @@ impl Agent {
             manager.close().await;
             tracing::info!("manager closed");
         }
-        served.map_err(AgentError::Io)
+        Ok(())
     }
 }
 

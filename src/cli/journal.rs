@@ -40,9 +40,9 @@ pub const EXIT_FAILURE: i32 = super::EXIT_FAILURE;
 /// Usage: bad flags or arguments (clap's errors included).
 pub const EXIT_USAGE: i32 = super::EXIT_USAGE;
 /// `verify`: the only problem is a torn tail (what opening would truncate).
-pub const EXIT_TORN_TAIL: i32 = 6;
+pub const EXIT_TORN_TAIL: i32 = super::EXIT_TORN_TAIL;
 /// Corruption found.
-pub const EXIT_CORRUPT: i32 = 7;
+pub const EXIT_CORRUPT: i32 = super::EXIT_CORRUPT;
 
 /// The exit-code rows every journal subcommand's help ends with.
 macro_rules! exit_codes {

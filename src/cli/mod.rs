@@ -3,6 +3,10 @@
 //! ([`journal`], the offline journal tool). `src/bin/volmgr.rs` parses the
 //! flags with clap and calls each module's `run`, which returns the exit code.
 //!
+//! Exit codes: one table for every subcommand (the constants below; each
+//! subcommand's `--help` ends with the rows that apply, the README has the
+//! whole table once).
+//!
 //! Output rules: results on stdout, diagnostics and progress on stderr;
 //! tables are aligned only when stdout is a terminal (tab-separated without a
 //! header otherwise); `--json` for scripts; a closed stdout (`| head`) is a
@@ -12,6 +16,7 @@ use std::io::{self, IsTerminal, Write};
 
 pub mod journal;
 pub mod serve;
+mod state_lock;
 pub mod volume;
 
 /// Success.
@@ -28,6 +33,10 @@ pub const EXIT_NOT_FOUND: i32 = 4;
 /// Conflict with the current state (exists, has dependents, busy, wrong
 /// kind, lost): HTTP 409.
 pub const EXIT_CONFLICT: i32 = 5;
+/// `journal`: the only problem is a torn tail (opening truncates it).
+pub const EXIT_TORN_TAIL: i32 = 6;
+/// `journal`: corruption found.
+pub const EXIT_CORRUPT: i32 = 7;
 
 /// Writes `text` to stdout; a closed pipe is not an error.
 pub fn print_stdout(text: &str) -> i32 {

@@ -6,22 +6,33 @@
 //! (`--peer HOST_ID=URL`, `--peers-file`) are the agents pulls may come
 //! from and the only ones that get the credential.
 //!
-//! Binds the listener first (requests get 503 `starting` while the manager
-//! opens, replays and reconciles), logs the reconciliation report, serves
-//! until SIGINT or SIGTERM, then drains in-flight requests and closes the
-//! journal. A second signal exits at once (the journal is consistent at any
-//! instant; only the requests in flight are lost).
+//! Takes the state directory's lock, then binds the listener (requests get
+//! 503 `starting` while the manager opens, replays and reconciles), logs the
+//! reconciliation report, serves until SIGINT or SIGTERM, then drains
+//! in-flight requests (transfers still running after `--shutdown-grace`
+//! are cancelled) and closes the journal. A second signal exits at once
+//! (the journal is consistent at any instant; only the requests in flight
+//! are lost).
+//!
+//! Every limit on what clients and peers may hold has a flag (the
+//! "Limits" heading of `--help`; defaults in [`Limits::default`]). A fatal
+//! error is reported once: a `volmgr serve: ...` line with text logs, an
+//! ERROR log line with JSON logs.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, eprintln_safe, key_values};
+use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, eprintln_safe, key_values, state_lock};
 use crate::agent::credential::{self, CredentialError};
+use crate::agent::limits::{parse_bytes, parse_duration};
 use crate::agent::peers::MAX_PEERS_FILE_BYTES;
-use crate::agent::{Agent, DEFAULT_LISTEN, Peers, ServeOptions};
+use crate::agent::{Agent, DEFAULT_LISTEN, Limits, Peers, ServeOptions};
+use crate::csi::{CsiOptions, CsiServer};
 use crate::manager::{DEFAULT_PROVIDER_ID, Manager, ManagerConfig, ReconcileReport};
 use crate::provider::ProviderConfig;
 
@@ -36,15 +47,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// The end of `volmgr serve --help`: its exit codes (the rows of the
+/// common table that apply).
+pub const SERVE_EXIT_CODES: &str = "\
+Exit codes:
+  0  clean shutdown (SIGINT or SIGTERM)
+  1  could not start (the state directory is locked by another agent or cannot be
+     opened, its token file is exposed, the address cannot be bound), or serving failed
+  2  usage: bad flags or arguments (e.g. --listen not HOST:PORT, a zero limit), an
+     unreadable token file, a bad --peer or peers file, --insecure-no-auth on a
+     non-loopback address";
+
 /// Arguments of `volmgr serve`.
 #[derive(Args, Debug)]
+#[command(after_help = SERVE_EXIT_CODES)]
 pub struct ServeArgs {
     /// State directory (journal, checkpoints, lock; `volumes/` for the
     /// default directory provider). Created if missing.
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
     /// Address to listen on
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN, value_parser = listen_address)]
     pub listen: String,
     /// File holding the token every request must carry [else env: VOLMGR_TOKEN, else
     /// <state-dir>/token, generated on first start with mode 0600]
@@ -73,6 +96,108 @@ pub struct ServeArgs {
     /// Configuration of the default provider (repeatable) [default for dir: root=<state-dir>/volumes]
     #[arg(long, value_name = "KEY=VALUE", requires = "provider_kind")]
     pub provider_config: Vec<String>,
+    /// Also serve the CSI plugin (Identity, Controller, Node) on this unix
+    /// socket (mode 0600), e.g. unix:///run/volmgr/csi.sock
+    #[arg(long, value_name = "ENDPOINT")]
+    pub csi_endpoint: Option<String>,
+    /// The CSI node id (topology) [default: the host name]
+    #[arg(long, value_name = "NAME", requires = "csi_endpoint")]
+    pub node_id: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The limits on what clients and peers may hold (see [`Limits`]). The
+/// defaults here are [`Limits::default`]'s (a test checks they agree).
+/// Durations take `ms`, `s`, `m` or `h`.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Open connections at most; at the cap, the connection idle the longest is closed for
+    /// a new one
+    #[arg(long, value_name = "N", default_value = "1024")]
+    pub max_connections: usize,
+    /// Time for a request head (and a JSON body) from its first byte
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A connection without a request in flight is closed after this
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// A response write without progress this long (a client that stopped reading)
+    /// closes the connection
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// Snapshot sends served at once (more: 503 too_many_sends)
+    #[arg(long, value_name = "N", default_value = "16")]
+    pub max_sends: usize,
+    /// Snapshot sends served at once to one client address (more: 429 too_many_sends)
+    #[arg(long, value_name = "N", default_value = "4")]
+    pub max_sends_per_client: usize,
+    /// Pulls running at once (more: 503 too_many_pulls)
+    #[arg(long, value_name = "N", default_value = "16")]
+    pub max_pulls: usize,
+    /// Volume event-stream subscribers at once (more: 503 too_many_subscribers)
+    #[arg(long, value_name = "N", default_value = "128")]
+    pub max_subscribers: usize,
+    /// A pull receiving fewer bytes per second than this over a stall window is stopped
+    /// (504 transfer_stalled); 0 disables the check
+    #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = parse_bytes)]
+    pub pull_min_rate: u64,
+    /// The window of --pull-min-rate (also the longest wait for a source's answer)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub pull_stall_window: Duration,
+    /// A pull still running this long after it started is stopped (504 transfer_deadline)
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub pull_deadline: Duration,
+    /// On shutdown, transfers still running after this are cancelled (their outcome is
+    /// journaled) and the connections still open are closed
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            write_timeout: self.write_timeout,
+            max_sends: self.max_sends,
+            max_sends_per_client: self.max_sends_per_client,
+            max_pulls: self.max_pulls,
+            max_subscribers: self.max_subscribers,
+            pull_min_rate: self.pull_min_rate,
+            pull_stall_window: self.pull_stall_window,
+            pull_deadline: self.pull_deadline,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+/// `--listen`: HOST:PORT (a name, an IPv4 address, or an IPv6 address in
+/// brackets; port 0 picks a free one).
+fn listen_address(text: &str) -> Result<String, String> {
+    let expected = "expected HOST:PORT, e.g. 127.0.0.1:1113, [::1]:1113 or localhost:1113";
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| expected.to_owned())?;
+    let bracketed = host.starts_with('[') || host.ends_with(']');
+    let host_ok = if bracketed {
+        host.len() > 2
+            && host.starts_with('[')
+            && host.ends_with(']')
+            && host[1..host.len() - 1]
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok()
+    } else {
+        !host.is_empty()
+            && !host.contains(':')
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
+    if !host_ok || port.parse::<u16>().is_err() {
+        return Err(expected.to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 /// Runs `volmgr serve`; returns the exit code: 0 after a clean shutdown,
@@ -80,6 +205,10 @@ pub struct ServeArgs {
 /// non-loopback address without a token).
 pub fn run(args: ServeArgs) -> i32 {
     init_logging(args.log_format);
+    JSON_LOGS.store(args.log_format == LogFormat::Json, Ordering::Relaxed);
+    if let Err(e) = args.limits.limits().check() {
+        return usage(&e);
+    }
     let token = match given_token(&args) {
         Ok(t) => t,
         Err(e) => return usage(&e),
@@ -101,16 +230,65 @@ pub fn run(args: ServeArgs) -> i32 {
     runtime.block_on(serve(args, token, peers))
 }
 
+/// Whether logs are JSON (a fatal error is then a log line, not a plain
+/// line among JSON ones).
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Reports a fatal error once: a log line with JSON logs, else a
+/// `volmgr serve: ...` line.
+fn fatal(e: &str) {
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        tracing::error!("{e}");
+    } else {
+        eprintln_safe(&format!("volmgr serve: {e}"));
+    }
+}
+
 fn usage(e: &str) -> i32 {
-    tracing::error!("{e}");
-    eprintln_safe(&format!("volmgr serve: {e}"));
+    fatal(e);
     EXIT_USAGE
 }
 
 fn failure(e: &str) -> i32 {
-    tracing::error!("{e}");
-    eprintln_safe(&format!("volmgr serve: {e}"));
+    fatal(e);
     EXIT_FAILURE
+}
+
+/// Raises the soft limit of open files to the hard one, so the connection
+/// cap, not the process's file limit, is what bounds connections; warns if
+/// even the hard limit is below what the cap needs.
+fn raise_file_limit(max_connections: usize) {
+    // Journal, providers, pulls and their pipes: spare descriptors beside
+    // the connections.
+    const SPARE: u64 = 256;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let needed = max_connections as u64 + SPARE;
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            max_connections,
+            "the open-file limit is below --max-connections plus {SPARE}: connections may be \
+             refused by the system before the cap (raise `ulimit -n`, or lower --max-connections)"
+        );
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -222,6 +400,20 @@ fn default_provider(
     }
 }
 
+/// The CSI server and its socket path, when `--csi-endpoint` is given.
+fn csi_server(args: &ServeArgs) -> Result<Option<(CsiServer, PathBuf)>, String> {
+    let Some(endpoint) = &args.csi_endpoint else {
+        return Ok(None);
+    };
+    let path = crate::csi::endpoint_path(endpoint)?;
+    let node_id = match &args.node_id {
+        Some(n) => n.clone(),
+        None => crate::csi::host_name().ok_or("cannot read the host name: give --node-id NAME")?,
+    };
+    let options = CsiOptions::new(&node_id)?;
+    Ok(Some((CsiServer::new(options), path)))
+}
+
 /// Cancels `token` on SIGINT or SIGTERM; exits on the second signal.
 fn watch_signals(token: CancellationToken) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -293,10 +485,18 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
         Ok(p) => p,
         Err(e) => return usage(&e),
     };
+    // The lock before the port: a second agent on this directory fails
+    // here, having bound nothing.
+    let lock = match state_lock::take(&state_dir) {
+        Ok(l) => l,
+        Err(e) => return failure(&e),
+    };
     let token = match serving_token(&args, given, &state_dir) {
         Ok(t) => t,
         Err(e) => return failure(&e.to_string()),
     };
+    let limits = args.limits.limits();
+    raise_file_limit(limits.max_connections);
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => return failure(&format!("cannot listen on {}: {e}", args.listen)),
@@ -319,15 +519,38 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
         insecure_no_auth: args.insecure_no_auth,
         peers,
         allow_any_source: args.allow_any_source,
+        limits,
         ..ServeOptions::default()
     }) {
         Ok(a) => a,
         Err(e) => return usage(&e.to_string()),
     };
+    let csi = match csi_server(&args) {
+        Ok(c) => c,
+        Err(e) => return usage(&e),
+    };
+    let csi = match csi {
+        None => None,
+        Some((server, path)) => match CsiServer::bind(&path) {
+            Ok(listener) => {
+                tracing::info!(endpoint = %path.display(), "CSI plugin listening");
+                Some((server, listener))
+            }
+            Err(e) => return failure(&format!("cannot listen on {}: {e}", path.display())),
+        },
+    };
     let stop = CancellationToken::new();
     if let Err(e) = watch_signals(stop.clone()) {
         return failure(&e);
     }
+    let csi_task = csi.map(|(server, listener)| {
+        let task = tokio::spawn(
+            server
+                .clone()
+                .serve(listener, stop.clone().cancelled_owned()),
+        );
+        (server, task)
+    });
     let server = tokio::spawn(
         agent
             .clone()
@@ -337,6 +560,7 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
     let config_for_check = (kind.clone(), config.clone());
     let manager_config = ManagerConfig {
         default_provider: Some(Box::new(move || Ok((kind, config)))),
+        storage: Some(lock as std::sync::Arc<dyn crate::storage::Storage>),
         ..ManagerConfig::default()
     };
     tracing::info!(state_dir = %state_dir.display(), %addr, "opening the state directory");
@@ -366,6 +590,9 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
                     "provider options ignored: the journal already holds the default provider"
                 );
             }
+            if let Some((csi, _)) = &csi_task {
+                let _ = csi.ready(manager.clone());
+            }
             match agent.ready(manager) {
                 Ok(()) => tracing::info!("ready"),
                 Err(manager) => manager.close().await,
@@ -373,6 +600,13 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
             EXIT_OK
         }
     };
+    if let Some((_, task)) = csi_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "CSI server failed"),
+            Err(e) => tracing::error!(error = %e, "CSI server task failed"),
+        }
+    }
     match server.await {
         Ok(Ok(())) => {
             tracing::info!("stopped");
@@ -380,5 +614,50 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
         }
         Ok(Err(e)) => failure(&format!("serving failed: {e}")),
         Err(e) => failure(&format!("server task failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    #[test]
+    fn the_limit_flags_default_to_the_library_defaults() {
+        let flags = Flags::parse_from(["serve"]);
+        assert_eq!(flags.limits.limits(), Limits::default());
+        let flags = Flags::parse_from([
+            "serve",
+            "--write-timeout",
+            "500ms",
+            "--pull-min-rate",
+            "1KiB",
+        ]);
+        assert_eq!(
+            flags.limits.limits().write_timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(flags.limits.limits().pull_min_rate, 1024);
+    }
+
+    #[test]
+    fn listen_addresses_are_host_and_port() {
+        for good in ["127.0.0.1:1113", "[::1]:0", "localhost:80", "0.0.0.0:65535"] {
+            assert_eq!(listen_address(good), Ok(good.to_owned()));
+        }
+        for bad in [
+            "foo", "1.2.3.4", ":1", "h:", "h:65536", "[::1:1", "::1:1", "a b:1",
+        ] {
+            assert!(
+                listen_address(bad).unwrap_err().contains("HOST:PORT"),
+                "{bad}"
+            );
+        }
     }
 }

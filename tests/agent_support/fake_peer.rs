@@ -39,6 +39,13 @@ pub enum Script {
     },
     /// Status and a body that never ends (chunks of `chunk` forever).
     Endless { status: u16, chunk: Vec<u8> },
+    /// 200 with `prefix` at once, then one more byte of `rest` (cycled)
+    /// every `every`, forever: a slow source.
+    Trickle {
+        prefix: Vec<u8>,
+        rest: Vec<u8>,
+        every: std::time::Duration,
+    },
 }
 
 pub struct FakePeer {
@@ -83,6 +90,34 @@ impl FakePeer {
                             head.push_str("\r\n");
                             let _ = conn.write_all(head.as_bytes()).await;
                             let _ = conn.write_all(&body).await;
+                        }
+                        Script::Trickle {
+                            prefix,
+                            rest,
+                            every,
+                        } => {
+                            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+                                        transfer-encoding: chunked\r\n\r\n";
+                            let framed = [
+                                format!("{:x}\r\n", prefix.len()).as_bytes(),
+                                &prefix,
+                                b"\r\n",
+                            ]
+                            .concat();
+                            if conn.write_all(head.as_bytes()).await.is_err()
+                                || (!prefix.is_empty() && conn.write_all(&framed).await.is_err())
+                            {
+                                return;
+                            }
+                            for byte in rest.iter().cycle() {
+                                // The attacker's pace, not a synchronisation.
+                                tokio::time::sleep(every).await;
+                                let one = [b"1\r\n".as_slice(), &[*byte], b"\r\n"].concat();
+                                if conn.write_all(&one).await.is_err() {
+                                    return;
+                                }
+                                *written.lock().unwrap() += 1;
+                            }
                         }
                         Script::Endless { status, chunk } => {
                             let head = format!(

@@ -1,5 +1,6 @@
 //! Helpers shared by the real-provider tests (and `benches/providers.rs`):
-//! a loop-mounted btrfs file system with a drop guard, skip-or-fail rules,
+//! a loop-mounted btrfs file system (`nosuid,nodev`, as the btrfs provider
+//! requires for receives) with a drop guard, skip-or-fail rules,
 //! the per-provider backends of the contract suite, the SIGKILL crash test
 //! of every provider (`crash`), and file-tree helpers.
 #![allow(dead_code)]
@@ -91,7 +92,17 @@ impl BtrfsFs {
         let dev = run("losetup", &["-f", "--show", image_s])?;
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).map_err(|e| e.to_string())?;
-        if let Err(e) = run("mount", &["-t", "btrfs", &dev, mnt.to_str().unwrap()]) {
+        if let Err(e) = run(
+            "mount",
+            &[
+                "-t",
+                "btrfs",
+                "-o",
+                "nosuid,nodev",
+                &dev,
+                mnt.to_str().unwrap(),
+            ],
+        ) {
             let _ = run("losetup", &["-d", &dev]);
             return Err(e);
         }
@@ -140,7 +151,14 @@ impl BtrfsFs {
         self.mounted = false;
         run(
             "mount",
-            &["-t", "btrfs", &self.dev, self.mnt.to_str().unwrap()],
+            &[
+                "-t",
+                "btrfs",
+                "-o",
+                "nosuid,nodev",
+                &self.dev,
+                self.mnt.to_str().unwrap(),
+            ],
         )
         .expect("mount");
         self.mounted = true;

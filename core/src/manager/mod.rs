@@ -22,7 +22,9 @@
 
 #[cfg(test)]
 mod apply_props;
+mod attributes;
 mod config;
+mod overlap;
 mod provider_sync;
 mod recovery;
 mod replay;
@@ -30,6 +32,7 @@ mod transfer;
 mod verbs;
 mod write_path;
 
+pub use attributes::ProviderTraits;
 pub use config::{
     DEFAULT_PROVIDER_ID, DefaultProviderFactory, ManagerConfig, ManagerError, ManagerStats,
     OpenPhases, ReconcileReport,
@@ -49,7 +52,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 
 use crate::journal::Journal;
-use crate::provider::{Created, Found, Provider, ProviderError, ProviderFactory, VolumeRef};
+use crate::provider::{
+    Created, Found, Provider, ProviderError, ProviderFactory, VolumeRef, volume_id,
+};
 use crate::state::{
     ApplyError, Done, Event, Orphan, ProviderRecord, Record, State, Volume, VolumeKind,
     VolumeStatus,
@@ -68,8 +73,11 @@ struct Core {
     state: State,
     /// Durable records not yet applied because an earlier one is still missing.
     waiting: BTreeMap<u64, Record>,
-    /// Volume ids with an operation in flight.
+    /// Volume ids with an operation in flight (exclusive claims).
     busy: BTreeSet<String>,
+    /// Volume ids read by operations in flight (shared claims: sends and
+    /// forks of a snapshot), with their count.
+    readers: BTreeMap<String, usize>,
     since_checkpoint: u64,
     /// The durable record the state machine refused: nothing after it is
     /// applied and every further operation is refused with it.
@@ -97,6 +105,18 @@ pub(super) struct Inner {
     counters: Counters,
     /// The shared sync of each provider with batched durability.
     sync_groups: Mutex<HashMap<String, Arc<provider_sync::SyncGroup>>>,
+}
+
+/// One page of [`Manager::volume_page`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumePage {
+    /// In id order.
+    pub volumes: Vec<Volume>,
+    /// The events the receiver held, oldest first.
+    pub events: Vec<Event>,
+    /// Events the receiver missed (it fell behind): more than zero means
+    /// the subscriber can no longer follow exactly.
+    pub missed: u64,
 }
 
 /// The volume manager. Cheap to clone; all clones share one state.
@@ -169,6 +189,7 @@ impl Manager {
                 state,
                 waiting: BTreeMap::new(),
                 busy: BTreeSet::new(),
+                readers: BTreeMap::new(),
                 since_checkpoint: 0,
                 poisoned: None,
             }),
@@ -292,6 +313,45 @@ impl Manager {
     /// All volumes, sorted by id.
     pub fn volumes(&self) -> Vec<Volume> {
         self.with_state(|s| s.volumes.values().cloned().collect())
+    }
+
+    /// Up to `limit` volumes whose ids sort after `after` (from the first
+    /// with `None`), read in the same instant as the events `events` holds,
+    /// which are drained. A subscriber lists the volumes page by page with
+    /// memory bounded by the page, and sorts each drained event by the page
+    /// boundary: an event on an id already listed happened after its page
+    /// was read (forward it), one on an id not yet listed is reflected by
+    /// the later page (drop it). Nothing is missed or doubled.
+    pub fn volume_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        events: &mut broadcast::Receiver<Event>,
+    ) -> VolumePage {
+        use std::ops::Bound;
+        // Events are broadcast under the same lock (`submit`): the drain
+        // and the page see one instant.
+        let core = self.inner.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut page = VolumePage::default();
+        loop {
+            match events.try_recv() {
+                Ok(event) => page.events.push(event),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => page.missed += n,
+                Err(_) => break,
+            }
+        }
+        let lower = match after {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        page.volumes = core
+            .state
+            .volumes
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, v)| v.clone())
+            .collect();
+        page
     }
 
     pub fn providers(&self) -> Vec<ProviderRecord> {
@@ -445,24 +505,28 @@ pub(super) fn noted_orphan(
         })
 }
 
-pub(super) fn volume_ref(v: &Volume) -> VolumeRef<'_> {
-    VolumeRef {
-        id: &v.id,
+pub(super) fn volume_ref(v: &Volume) -> Result<VolumeRef<'_>, ProviderError> {
+    Ok(VolumeRef {
+        id: volume_id(&v.id)?,
         kind: v.kind,
         parent: v.parent.as_deref(),
         location: &v.location,
         details: &v.details,
-    }
+    })
 }
 
-pub(super) fn found_ref<'a>(f: &'a Found, id: &'a str, kind: VolumeKind) -> VolumeRef<'a> {
-    VolumeRef {
-        id,
+pub(super) fn found_ref<'a>(
+    f: &'a Found,
+    id: &'a str,
+    kind: VolumeKind,
+) -> Result<VolumeRef<'a>, ProviderError> {
+    Ok(VolumeRef {
+        id: volume_id(id)?,
         kind,
         parent: f.tag.as_ref().and_then(|t| t.parent.as_deref()),
         location: &f.location,
         details: &f.details,
-    }
+    })
 }
 
 pub(super) fn find(provider: &dyn Provider, volume: &str) -> Result<Option<Found>, ProviderError> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::{Manager, ManagerError, ReconcileReport, done, found_ref, now_ms, volume_ref};
 use crate::provider::{Durability, Provider};
 use crate::reconcile::{self, Step};
-use crate::state::{Done, Effect, OpResult, Record, State, VolumeKind};
+use crate::state::{Action, Done, Effect, OpResult, Record, State, VolumeKind};
 
 impl Manager {
     /// Runs reconciliation for every available provider (and provider-less
@@ -190,7 +190,7 @@ fn resolve(
                     // Could not finish: remove it so nothing half-made stays.
                     if let Some(p) = provider {
                         let kind = reconcile::found_kind(&found).unwrap_or(VolumeKind::Data);
-                        let _ = p.destroy(&found_ref(&found, &volume, kind));
+                        let _ = found_ref(&found, &volume, kind).and_then(|r| p.destroy(&r));
                     }
                     interrupted(format!("interrupted; could not finish: {e}"))
                 }
@@ -201,8 +201,10 @@ fn resolve(
         Step::DestroyThenDone { op, volume, found } => {
             let kind = reconcile::found_kind(&found).unwrap_or(VolumeKind::Data);
             let destroyed = match state.volumes.get(&volume) {
-                Some(v) => provider.map(|p| p.destroy(&volume_ref(v))),
-                None => provider.map(|p| p.destroy(&found_ref(&found, &volume, kind))),
+                Some(v) => provider.map(|p| volume_ref(v).and_then(|r| p.destroy(&r))),
+                None => {
+                    provider.map(|p| found_ref(&found, &volume, kind).and_then(|r| p.destroy(&r)))
+                }
             };
             let result = match destroyed {
                 Some(Ok(())) | None => OpResult::Done(Done::default()),
@@ -239,7 +241,7 @@ fn resolve(
         }
         Step::AbortReceiveThenDone { op, volume } => {
             let aborted = match state.volumes.get(&volume) {
-                Some(v) => provider.map(|p| p.abort_receive(&volume_ref(v))),
+                Some(v) => provider.map(|p| volume_ref(v).and_then(|r| p.abort_receive(&r))),
                 None => None,
             };
             let result = match aborted {
@@ -248,12 +250,38 @@ fn resolve(
             };
             (op, result)
         }
+        Step::ReapplyThenDone { op, volume } => {
+            let pending = state.pending.get(&op).map(|p| &p.action);
+            let applied = match (pending, state.volumes.get(&volume), provider) {
+                (
+                    Some(Action::SetAttributes {
+                        capacity_bytes,
+                        options,
+                        ..
+                    }),
+                    Some(v),
+                    Some(p),
+                ) => volume_ref(v).and_then(|r| {
+                    capacity_bytes
+                        .map_or(Ok(()), |bytes| p.set_capacity(&r, bytes))
+                        .and_then(|()| p.set_volume_options(&r, options))
+                }),
+                _ => Err(crate::provider::ProviderError::Other(
+                    "nothing to apply the attributes to".into(),
+                )),
+            };
+            let result = match applied {
+                Ok(()) => OpResult::Done(Done::default()),
+                Err(e) => interrupted(format!("set-attributes during recovery failed: {e}")),
+            };
+            (op, result)
+        }
         Step::UndoThenFail { op, volume, found } => {
             if let Some(p) = provider {
                 let _ = p.abort_partial(op);
                 if let Some(found) = &found {
                     let kind = reconcile::found_kind(found).unwrap_or(VolumeKind::Snapshot);
-                    let _ = p.destroy(&found_ref(found, &volume, kind));
+                    let _ = found_ref(found, &volume, kind).and_then(|r| p.destroy(&r));
                 }
             }
             (

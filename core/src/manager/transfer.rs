@@ -6,8 +6,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::provider::{ProviderError, SendStats, VolumeSpec};
-use crate::state::{Action, DETAIL_GUID, Done, Meta, Volume, VolumeKind, VolumeStatus};
+use crate::provider::{ProviderError, SendStats, VolumeSpec, volume_id};
+use crate::state::{Action, DETAIL_GUID, Done, Meta, State, Volume, VolumeKind, VolumeStatus};
 use crate::validate;
 
 use super::verbs::undo_on_error;
@@ -56,13 +56,15 @@ impl Manager {
         let provider = self.inner.provider(&snapshot.provider)?;
         let token = token.to_owned();
         let provider_id = snapshot.provider.clone();
-        tokio::task::spawn_blocking(move || provider.resume_fits(&volume_ref(&snapshot), &token))
-            .await
-            .map_err(|e| ManagerError::Internal(e.to_string()))?
-            .map_err(|error| ManagerError::Provider {
-                provider: provider_id,
-                error,
-            })
+        tokio::task::spawn_blocking(move || {
+            volume_ref(&snapshot).and_then(|r| provider.resume_fits(&r, &token))
+        })
+        .await
+        .map_err(|e| ManagerError::Internal(e.to_string()))?
+        .map_err(|error| ManagerError::Provider {
+            provider: provider_id,
+            error,
+        })
     }
 
     /// As [`Manager::send_snapshot`], but if the receiver hands back the
@@ -85,26 +87,22 @@ impl Manager {
             validate::resume_token(token).map_err(ManagerError::InvalidInput)?;
         }
         let resume_token = resume_token.map(str::to_owned);
-        let (snapshot, base) = self.with_state(|s| {
+        // A shared claim for the whole send: the snapshot cannot be
+        // destroyed under it (busy), other sends and forks go on.
+        let (claim, (snapshot, base)) = self.inner.claim_with(&[], &[id], |s| {
             let snap = live_kind(s, id, VolumeKind::Snapshot)?.clone();
-            let base = s
-                .volumes
-                .values()
-                .filter(|v| {
-                    v.kind == VolumeKind::Snapshot
-                        && v.id != snap.id
-                        && v.status == VolumeStatus::Live
-                        && v.parent == snap.parent
-                        && v.provider == snap.provider
-                        && (v.created_at_ms, &v.id) < (snap.created_at_ms, &snap.id)
-                        && v.details
-                            .get(DETAIL_GUID)
-                            .is_some_and(|g| haves.contains(g))
-                })
-                .max_by_key(|v| (v.created_at_ms, v.id.clone()))
-                .cloned();
+            let base = send_base(s, &snap, haves);
             Ok::<_, ManagerError>((snap, base))
         })?;
+        // The base of an incremental stream is read too; one that another
+        // operation holds (a destroy in flight) is not used: a full stream.
+        let (base_claim, base) = match base {
+            Some(b) => match self.inner.claim_with(&[], &[b.id.as_str()], |_| Ok(())) {
+                Ok((c, ())) => (Some(c), Some(b)),
+                Err(_) => (None, None),
+            },
+            None => (None, None),
+        };
         let provider = self.inner.provider(&snapshot.provider)?;
         let provider_id = snapshot.provider.clone();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
@@ -113,18 +111,15 @@ impl Manager {
                 tx,
                 buf: Vec::new(),
             };
-            let snap = volume_ref(&snapshot);
+            let snap = volume_ref(&snapshot)?;
+            let base = base.as_ref().map(volume_ref).transpose()?;
             let resumed = match resume_token {
                 Some(token) => provider.send_resumed(&snap, &token, &mut writer)?,
                 None => None,
             };
             let stats = match resumed {
                 Some(stats) => stats,
-                None => provider.send_snapshot(
-                    &snap,
-                    base.as_ref().map(volume_ref).as_ref(),
-                    &mut writer,
-                )?,
+                None => provider.send_snapshot(&snap, base.as_ref(), &mut writer)?,
             };
             std::io::Write::flush(&mut writer).map_err(|e| ProviderError::io("send", e))?;
             Ok::<_, ProviderError>(stats)
@@ -150,7 +145,34 @@ impl Manager {
         out.flush()
             .await
             .map_err(|e| ManagerError::Stream(format!("flushing the stream: {e}")))?;
+        drop((claim, base_claim));
         Ok(stats)
+    }
+
+    /// The size in bytes of the stream [`Manager::send_snapshot`] would
+    /// write for these `haves`, if the provider knows it before sending
+    /// (`None` otherwise). A hint for progress displays: the stream may
+    /// still differ if the state changes meanwhile.
+    pub async fn send_size(&self, id: &str, haves: &[String]) -> Result<Option<u64>, ManagerError> {
+        check_id(id)?;
+        let (snapshot, base) = self.with_state(|s| {
+            let snap = live_kind(s, id, VolumeKind::Snapshot)?.clone();
+            let base = send_base(s, &snap, haves);
+            Ok::<_, ManagerError>((snap, base))
+        })?;
+        let provider = self.inner.provider(&snapshot.provider)?;
+        let provider_id = snapshot.provider.clone();
+        tokio::task::spawn_blocking(move || {
+            let snap = volume_ref(&snapshot)?;
+            let base = base.as_ref().map(volume_ref).transpose()?;
+            provider.send_size(&snap, base.as_ref())
+        })
+        .await
+        .map_err(|e| ManagerError::Internal(e.to_string()))?
+        .map_err(|error| ManagerError::Provider {
+            provider: provider_id,
+            error,
+        })
     }
 
     /// Receives a stream into data volume `id`; returns the new snapshot.
@@ -200,7 +222,7 @@ impl Manager {
             inner
                 .run(claim, action, &provider_id, move |op| {
                     let spec = VolumeSpec {
-                        id: &sid,
+                        id: volume_id(&sid)?,
                         op,
                         kind: VolumeKind::Snapshot,
                     };
@@ -209,8 +231,8 @@ impl Manager {
                         buf: Vec::new(),
                         pos: 0,
                     };
-                    let received =
-                        provider.receive_snapshot(&volume_ref(&target), &spec, &mut reader);
+                    let received = volume_ref(&target)
+                        .and_then(|r| provider.receive_snapshot(&r, &spec, &mut reader));
                     undo_on_error(provider.as_ref(), &spec, received)
                 })
                 .await?;
@@ -278,13 +300,34 @@ impl Manager {
             let provider_id = target.provider.clone();
             inner
                 .run(claim, action, &provider_id, move |_op| {
-                    provider.abort_receive(&volume_ref(&target))?;
+                    provider.abort_receive(&volume_ref(&target)?)?;
                     Ok(Done::default())
                 })
                 .await
         })
         .await
     }
+}
+
+/// The base of an incremental send of `snap`: the newest older live
+/// snapshot of the same volume on the same provider whose GUID the receiver
+/// has.
+fn send_base(s: &State, snap: &Volume, haves: &[String]) -> Option<Volume> {
+    s.volumes
+        .values()
+        .filter(|v| {
+            v.kind == VolumeKind::Snapshot
+                && v.id != snap.id
+                && v.status == VolumeStatus::Live
+                && v.parent == snap.parent
+                && v.provider == snap.provider
+                && (v.created_at_ms, &v.id) < (snap.created_at_ms, &snap.id)
+                && v.details
+                    .get(DETAIL_GUID)
+                    .is_some_and(|g| haves.contains(g))
+        })
+        .max_by_key(|v| (v.created_at_ms, v.id.clone()))
+        .cloned()
 }
 
 struct ChannelWriter {

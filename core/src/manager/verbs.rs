@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{
     Manager, ManagerError, check_id, done, find, found_ref, live_kind, noted_orphan, volume_ref,
 };
-use crate::provider::{Created, Provider, ProviderConfig, ProviderError, VolumeSpec};
+use crate::provider::{Created, Provider, ProviderConfig, ProviderError, VolumeSpec, volume_id};
 use crate::state::{Action, Done, Meta, ProviderRecord, Volume, VolumeKind};
 use crate::validate;
 
@@ -31,6 +31,11 @@ impl Manager {
         let (claim, ()) = self.inner.claim(&[claim_id.as_str()], |s| {
             if s.providers.contains_key(id) {
                 return Err(ManagerError::AlreadyExists(id.to_owned()));
+            }
+            if let Some(why) = super::overlap::conflict(s, &config) {
+                return Err(ManagerError::InvalidInput(format!(
+                    "refusing provider {id:?}: {why}"
+                )));
             }
             Ok(())
         })?;
@@ -94,7 +99,7 @@ impl Manager {
             inner
                 .run(claim, action, &provider_id, move |op| {
                     let spec = VolumeSpec {
-                        id: &vid,
+                        id: volume_id(&vid)?,
                         op,
                         kind: VolumeKind::Data,
                     };
@@ -133,7 +138,7 @@ impl Manager {
             let provider_id = volume.provider.clone();
             inner
                 .run(claim, action, &provider_id, move |_op| {
-                    match provider.destroy(&volume_ref(&volume)) {
+                    match provider.destroy(&volume_ref(&volume)?) {
                         Ok(()) => Ok(Done::default()),
                         // Failed after its side effect? If the volume is gone
                         // the destroy happened: journal Done, not Failed, or
@@ -151,11 +156,28 @@ impl Manager {
 
     /// Takes a snapshot of data volume `id`.
     pub async fn create_snapshot(&self, id: &str, meta: Meta) -> Result<Volume, ManagerError> {
+        self.create_snapshot_as(id, None, meta).await
+    }
+
+    /// Takes a snapshot of data volume `id` named `snapshot_id` (a UUID when
+    /// `None`), so a caller that retries under the same name (the CSI
+    /// plugin) finds the snapshot its earlier attempt made.
+    pub async fn create_snapshot_as(
+        &self,
+        id: &str,
+        snapshot_id: Option<&str>,
+        meta: Meta,
+    ) -> Result<Volume, ManagerError> {
         check_id(id)?;
         validate::meta(&meta).map_err(ManagerError::InvalidMeta)?;
-        let snap_id = Uuid::new_v4().to_string();
+        let snap_id = snapshot_id.map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
+        check_id(&snap_id)?;
         let (claim, source) = self.inner.claim(&[id, snap_id.as_str()], |s| {
-            live_kind(s, id, VolumeKind::Data).cloned()
+            let source = live_kind(s, id, VolumeKind::Data)?;
+            if s.volumes.contains_key(&snap_id) {
+                return Err(ManagerError::AlreadyExists(snap_id.clone()));
+            }
+            Ok(source.clone())
         })?;
         let provider = self.inner.provider(&source.provider)?;
         let action = Action::CreateSnapshot {
@@ -170,11 +192,11 @@ impl Manager {
             inner
                 .run(claim, action, &provider_id, move |op| {
                     let spec = VolumeSpec {
-                        id: &sid,
+                        id: volume_id(&sid)?,
                         op,
                         kind: VolumeKind::Snapshot,
                     };
-                    let created = provider.create_snapshot(&volume_ref(&source), &spec);
+                    let created = provider.create_snapshot(&volume_ref(&source)?, &spec);
                     undo_on_error(provider.as_ref(), &spec, created)
                 })
                 .await?;
@@ -194,7 +216,8 @@ impl Manager {
         let id = id.map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
         check_id(&id)?;
         validate::meta(&meta).map_err(ManagerError::InvalidMeta)?;
-        let (claim, snapshot) = self.inner.claim(&[snapshot_id, id.as_str()], |s| {
+        // The snapshot is only read: shared with sends and other forks.
+        let (claim, snapshot) = self.inner.claim_with(&[id.as_str()], &[snapshot_id], |s| {
             let v = live_kind(s, snapshot_id, VolumeKind::Snapshot)?;
             if s.volumes.contains_key(&id) {
                 return Err(ManagerError::AlreadyExists(id.clone()));
@@ -214,11 +237,11 @@ impl Manager {
             inner
                 .run(claim, action, &provider_id, move |op| {
                     let spec = VolumeSpec {
-                        id: &vid,
+                        id: volume_id(&vid)?,
                         op,
                         kind: VolumeKind::Data,
                     };
-                    let created = provider.fork_volume(&volume_ref(&snapshot), &spec);
+                    let created = provider.fork_volume(&volume_ref(&snapshot)?, &spec);
                     undo_on_error(provider.as_ref(), &spec, created)
                 })
                 .await?;
@@ -291,7 +314,7 @@ impl Manager {
             inner
                 .run(claim, action, &provider_id, move |_op| {
                     if let Some(found) = find(provider.as_ref(), &orphan.volume)? {
-                        provider.destroy(&found_ref(&found, &orphan.volume, orphan.kind))?;
+                        provider.destroy(&found_ref(&found, &orphan.volume, orphan.kind)?)?;
                     }
                     Ok(Done::default())
                 })
@@ -321,8 +344,9 @@ pub(super) fn undo_on_error(
     }
     match find(provider, spec.id) {
         Ok(Some(found)) if found.tag.as_ref().is_some_and(|t| t.op == spec.op) => {
-            if let Err(e) = provider.destroy(&found_ref(&found, spec.id, spec.kind)) {
-                tracing::warn!(op = %spec.op, volume = spec.id, error = %e, "cleanup after failure failed");
+            if let Err(e) = found_ref(&found, spec.id, spec.kind).and_then(|r| provider.destroy(&r))
+            {
+                tracing::warn!(op = %spec.op, volume = %spec.id, error = %e, "cleanup after failure failed");
             }
         }
         Ok(_) => {}

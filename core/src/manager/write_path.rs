@@ -1,6 +1,16 @@
 //! The write path shared by every verb: claims on volume ids, intent →
 //! provider side effect → outcome, and the reorder buffer that applies
 //! durable records to the state in sequence order.
+//!
+//! Claims come in two strengths. An exclusive claim (every mutating verb on
+//! the volumes it changes) excludes every other claim on the id. A shared
+//! claim (a send of a snapshot, a fork from it: they only read it) excludes
+//! exclusive claims but not other shared ones, so a snapshot being sent
+//! cannot be destroyed (409 busy) while any number of sends and forks read
+//! it together.
+//!
+//! **Invariant:** an id is either exclusively claimed once, or shared-claimed
+//! any number of times, never both.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -18,7 +28,10 @@ use crate::state::{Action, Done, OpId, OpResult, Record, State, Volume};
 /// Releases claimed volume ids when the operation ends (or its task panics).
 pub(super) struct Claim {
     inner: Arc<Inner>,
+    /// Claimed exclusively.
     ids: Vec<String>,
+    /// Claimed shared (read only).
+    shared: Vec<String>,
     /// Left claimed on purpose: the outcome could not be journaled.
     keep: bool,
 }
@@ -31,6 +44,14 @@ impl Drop for Claim {
         let mut core = self.inner.core.lock().unwrap_or_else(|e| e.into_inner());
         for id in &self.ids {
             core.busy.remove(id);
+        }
+        for id in &self.shared {
+            if let Some(n) = core.readers.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    core.readers.remove(id);
+                }
+            }
         }
     }
 }
@@ -109,24 +130,48 @@ impl Inner {
         ids: &[&str],
         check: impl FnOnce(&State) -> Result<T, ManagerError>,
     ) -> Result<(Claim, T), ManagerError> {
+        self.claim_with(ids, &[], check)
+    }
+
+    /// Like [`Inner::claim`], with `shared` claimed for reading only: busy
+    /// if another operation holds one of them exclusively, but shared with
+    /// other readers.
+    pub(super) fn claim_with<T>(
+        self: &Arc<Self>,
+        ids: &[&str],
+        shared: &[&str],
+        check: impl FnOnce(&State) -> Result<T, ManagerError>,
+    ) -> Result<(Claim, T), ManagerError> {
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = &core.poisoned {
             return Err(ManagerError::RecordRejected(e.clone()));
         }
         assert!(
-            !ids.is_empty(),
+            !ids.is_empty() || !shared.is_empty(),
             "an operation claims the volume ids it touches"
         );
-        if let Some(id) = ids.iter().find(|id| core.busy.contains(**id)) {
+        let taken = |id: &&&str| core.busy.contains(**id) || core.readers.contains_key(**id);
+        if let Some(id) = ids.iter().find(taken) {
+            return Err(ManagerError::Busy((*id).to_owned()));
+        }
+        if let Some(id) = shared.iter().find(|id| core.busy.contains(**id)) {
             return Err(ManagerError::Busy((*id).to_owned()));
         }
         let value = check(&core.state)?;
         for id in ids {
             core.busy.insert((*id).to_owned());
         }
+        for id in shared {
+            *core.readers.entry((*id).to_owned()).or_insert(0) += 1;
+        }
+        debug_assert!(
+            core.busy.iter().all(|id| !core.readers.contains_key(id)),
+            "an id both exclusively and shared claimed"
+        );
         let claim = Claim {
             inner: self.clone(),
             ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+            shared: shared.iter().map(|s| (*s).to_owned()).collect(),
             keep: false,
         };
         Ok((claim, value))

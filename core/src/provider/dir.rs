@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! <root>/
+//!   .volmgr/provider         ownership marker of the root (written first)
 //!   data/<id>/               a data volume (its `location`)
 //!   snapshot/<id>/           a snapshot: a read-only copy
 //!   .volmgr/data/<id>        ownership marker of data volume <id>
@@ -13,6 +14,13 @@
 //!   .staging/<op>/           receive staging of operation <op>
 //!   .trash/                  trees being removed (swept when the provider starts)
 //! ```
+//!
+//! The root must be new or empty, or carry the ownership marker (a root made
+//! by an earlier volmgr, with a `.volmgr` directory, is adopted): a
+//! non-empty directory without it is refused, so the provider never sweeps
+//! or lists as its own files it did not create. A root inside the tree of
+//! another provider (any ancestor holding `.volmgr`) is refused too; the
+//! manager also refuses overlapping roots and roots inside volumes.
 //!
 //! Ids are single safe path components (`[A-Za-z0-9._-]`, not starting with
 //! `.` or `-`, at most 128 bytes; the manager's rule, checked again here), so
@@ -33,8 +41,8 @@
 //! leaves an untagged directory of its own behind, and a directory without a
 //! marker is foreign (reported with tag `None`, never touched, never destroyed).
 //!
-//! An item is [`Presence::Complete`] only if its marker says `complete` and its
-//! directory exists. A half-made marker is [`Presence::Incomplete`] with a
+//! An item is [`Presence::Complete`](crate::provider::Presence::Complete) only if its marker says `complete` and its
+//! directory exists. A half-made marker is [`Presence::Incomplete`](crate::provider::Presence::Incomplete) with a
 //! reason. A `complete` marker whose directory is gone is left out of the
 //! inventory: the volume is absent (the manager reports it lost; destroying it
 //! removes the marker).
@@ -59,44 +67,6 @@
 //! mode manifest (a `0444` file, a group-writable `0775` directory). Forks and
 //! sends use the true modes, so a fork is writable exactly where the source
 //! was, and a receiver gets the sender's modes.
-//!
-//! # Stream format (version 1)
-//!
-//! All integers big-endian. Paths are relative, `/`-separated bytes; the empty
-//! path is the volume's root.
-//!
-//! ```text
-//! header   magic "VMGRDIRS" (8) | version u16 = 1 | flags u16 (bit 0: incremental)
-//!          | reserved u32 = 0 | guid u128 (the snapshot's) | base guid u128 (0 if full)
-//! records  tag u8, then:
-//!   'D' directory     path | mode u32            (creates it, or sets its mode)
-//!   'F' regular file  path | mode u32 | len u64 | len bytes of content
-//!   'L' symlink       path | target len u16 | target bytes
-//!   'P' mode change   path | mode u32            (existing file or directory)
-//!   'X' deletion      path                       (whatever is there, recursively)
-//! end      'E' | count u64 (records before it) | crc32 u32 of every byte before it
-//! path     len u16 | bytes
-//! ```
-//!
-//! A full stream carries the whole tree in pre-order (a directory before its
-//! entries, names in byte order). An incremental stream carries, relative to
-//! the base snapshot: new entries in full; files whose size or content differs
-//! (compared byte by byte; timestamps are unreliable after copies) in full; a
-//! `P` record for a file whose only change is its mode; a `D` record for a
-//! directory whose mode changed; changed symlinks; entries whose type changed
-//! (in full: the receiver replaces them); and an `X` record per path present
-//! in the base but not in the snapshot. Modes are the true modes (`0o7777`).
-//!
-//! The receiver trusts nothing: the magic, version, flags and reserved field
-//! must match; a path must be 1..=4096 bytes, relative, without NUL, empty,
-//! `.` or `..` components, and every ancestor must be a real directory of the
-//! tree being built (never a symlink), so nothing is created, changed or
-//! removed outside the staging tree; link targets are 1..=4096 bytes without
-//! NUL (they are stored, never followed); a file declares at most 2^44 bytes
-//! and its content is copied in 128 KiB chunks; a stream holds at most 2^26
-//! records; the end record's count and CRC must hold. Any violation, and any
-//! short read, is a [`ProviderError::Stream`] and the staging area is removed.
-//! The receiver stops reading at the end record (it does not require EOF).
 //!
 //! # Receive
 //!
@@ -152,59 +122,48 @@
 //! two (the parent after the rename into the trash, the marker directory),
 //! three for a snapshot with a mode manifest.
 
+mod inventory;
 mod marker;
+mod modes;
+mod receive;
+mod root;
+mod send;
+mod space;
+mod trash;
 mod tree;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, DirBuilder};
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 
 use uuid::Uuid;
 
 use self::marker::{MARKER_FORMAT, Marker, MarkerState};
 use self::tree::{Modes, Policy, lstat, remove_tree, sync_dir};
-use super::stream::HashReader;
 use super::{
-    Created, Found, Presence, Provider, ProviderConfig, ProviderError, SendStats, Tag, VolumeRef,
-    VolumeSpec,
+    Created, Found, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef, VolumeSpec,
 };
-use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::model::{DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
 
 /// The provider kind.
 pub const KIND: &str = "dir";
 /// The configuration key of the root directory (required, absolute).
 pub const CONFIG_ROOT: &str = "root";
 /// Longest volume id accepted.
-pub const MAX_ID_LEN: usize = 128;
+pub use crate::model::MAX_ID_LEN;
 
 const MARKERS: &str = ".volmgr";
 const MODES: &str = "modes";
 const STAGING: &str = ".staging";
 const TRASH: &str = ".trash";
 
-/// Checks that `id` is one safe path component (the manager's id rule).
+/// Checks that `id` is one safe path component: the one id rule
+/// ([`crate::model::id_problem`]).
 pub fn check_id(id: &str) -> Result<(), ProviderError> {
-    let why = if id.is_empty() {
-        Some("it is empty".to_owned())
-    } else if id.len() > MAX_ID_LEN {
-        Some(format!("it is longer than {MAX_ID_LEN} bytes"))
-    } else if id.starts_with('.') || id.starts_with('-') {
-        Some("it starts with '.' or '-'".to_owned())
-    } else {
-        id.bytes()
-            .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
-            .map(|b| format!("it contains {:?}", b as char))
-    };
-    match why {
-        Some(why) => Err(ProviderError::Other(format!(
-            "refusing volume id {id:?}: {why} (allowed: one path component of A-Z a-z 0-9 . _ -)"
-        ))),
-        None => Ok(()),
-    }
+    super::check_id(id)
 }
 
 fn guid_hex(guid: u128) -> String {
@@ -252,6 +211,7 @@ impl DirProvider {
         if root_str.contains('\0') {
             return Err(invalid("contains NUL"));
         }
+        root::refuse_nested_root(&root)?;
         match fs::metadata(&root) {
             Ok(md) if md.is_dir() => {}
             Ok(_) => return Err(invalid("not a directory")),
@@ -266,6 +226,7 @@ impl DirProvider {
                 ));
             }
         }
+        root::claim_root(&root)?;
         let p = DirProvider { root, root_str };
         let mut created = BTreeSet::new();
         for sub in [
@@ -413,125 +374,6 @@ impl DirProvider {
         })
     }
 
-    /// Moves a tree into the trash under `name` (atomic; the parent is synced)
-    /// and returns where it went; a non-directory is simply removed.
-    fn to_trash(&self, path: &Path, name: &str) -> Result<Option<PathBuf>, ProviderError> {
-        let Some(md) = lstat(path)? else {
-            return Ok(None);
-        };
-        let parent = path.parent().expect("not the root").to_path_buf();
-        if !md.file_type().is_dir() {
-            tree::remove_file_if_present(path)?;
-            sync_dir(&parent)?;
-            return Ok(None);
-        }
-        // Moving a directory to another parent needs write permission on it.
-        tree::ensure_owner_rwx(path, &md)?;
-        let doomed = self.trash().join(name);
-        fs::rename(path, &doomed)
-            .map_err(|e| ProviderError::io(format!("moving {} to the trash", path.display()), e))?;
-        sync_dir(&parent)?;
-        Ok(Some(doomed))
-    }
-
-    /// Removes a tree from the trash; one that resists stays for the next start.
-    fn empty_trash_entry(doomed: Option<PathBuf>) {
-        if let Some(doomed) = doomed
-            && let Err(e) = remove_tree(&doomed)
-        {
-            tracing::warn!(path = %doomed.display(), error = %e, "could not empty the trash; retried at the next start");
-        }
-    }
-
-    /// Trash name of an item's tree: `item.<kind>.<op>.<unique>.<id>`, so a
-    /// start after a crash knows whose marker to remove.
-    fn item_trash_name(m: &Marker) -> String {
-        format!(
-            "item.{}.{}.{}.{}",
-            dir_name(m.kind),
-            m.op,
-            Uuid::new_v4().simple(),
-            m.volume
-        )
-    }
-
-    fn parse_item_trash_name(name: &str) -> Option<(VolumeKind, OpId, &str)> {
-        let mut parts = name.splitn(5, '.');
-        if parts.next()? != "item" {
-            return None;
-        }
-        let kind = match parts.next()? {
-            "data" => VolumeKind::Data,
-            "snapshot" => VolumeKind::Snapshot,
-            _ => return None,
-        };
-        let op = parts.next()?.parse().ok()?;
-        parts.next()?;
-        let id = parts.next()?;
-        check_id(id).ok()?;
-        Some((kind, op, id))
-    }
-
-    /// Empties the trash. An item moved there by a destroy that was
-    /// interrupted before its marker went loses its marker now (if the marker
-    /// is still that operation's and nothing took the item's place).
-    fn sweep_trash(&self) {
-        let Ok(entries) = fs::read_dir(self.trash()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if let Some((kind, op, id)) = name.to_str().and_then(Self::parse_item_trash_name)
-                && let Ok(Some(m)) = self.marker(kind, id)
-                && m.op == op
-                && matches!(lstat(&self.path(kind, id)), Ok(None))
-                && let Err(e) = self.forget(&m)
-            {
-                tracing::warn!(%kind, id, error = %e, "could not remove the marker of a destroyed item");
-            }
-            Self::empty_trash_entry(Some(entry.path()));
-        }
-    }
-
-    /// Removes an item's manifest and marker (its tree being gone).
-    fn forget(&self, m: &Marker) -> Result<(), ProviderError> {
-        if m.kind == VolumeKind::Snapshot
-            && tree::remove_file_if_present(&self.modes_dir().join(&m.volume))?
-        {
-            sync_dir(&self.modes_dir())?;
-        }
-        let dir = self.marker_dir(m.kind);
-        tree::remove_file_if_present(&dir.join(&m.volume))?;
-        sync_dir(&dir)
-    }
-
-    /// Removes an item that carries marker `m`: its tree into the trash
-    /// (atomic, named after the item), then the manifest and the marker, then
-    /// the tree. A crash in between leaves a marker without a directory,
-    /// which the next start removes (see [`Self::sweep_trash`]).
-    fn remove_item(&self, m: &Marker) -> Result<(), ProviderError> {
-        let doomed = self.to_trash(&self.path(m.kind, &m.volume), &Self::item_trash_name(m))?;
-        self.forget(m)?;
-        Self::empty_trash_entry(doomed);
-        Ok(())
-    }
-
-    /// Best-effort removal of a half-made item of operation `op` after a
-    /// failure (the error being returned matters more than this one).
-    fn discard(&self, kind: VolumeKind, id: &str, op: OpId) {
-        match self.marker(kind, id) {
-            Ok(Some(m)) if m.op == op && m.state != MarkerState::Complete => {
-                if let Err(e) = self.remove_item(&m) {
-                    tracing::warn!(%kind, id, error = %e, "could not remove a half-made item");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(%kind, id, error = %e, "could not read the marker of a half-made item")
-            }
-        }
-    }
-
     /// Creates the directory of a `creating` data volume and marks it complete.
     fn finish_create(&self, m: &Marker) -> Result<Created, ProviderError> {
         let path = self.path(VolumeKind::Data, &m.volume);
@@ -636,10 +478,10 @@ impl DirProvider {
                 }
                 let m = Marker {
                     format: MARKER_FORMAT,
-                    volume: spec.id.to_owned(),
+                    volume: spec.id.to_string(),
                     op: spec.op,
                     kind,
-                    parent: Some(source.id.to_owned()),
+                    parent: Some(source.id.to_string()),
                     guid: (kind == VolumeKind::Snapshot)
                         .then(|| guid_hex(Uuid::new_v4().as_u128())),
                     state: MarkerState::Copying,
@@ -649,180 +491,18 @@ impl DirProvider {
             }
         };
         self.copy_into(source.kind, source.id, &src, &m)
+            .map_err(|e| e.or_no_space(&format!("the copy of {}", source.id)))
             .inspect_err(|_| self.discard(kind, spec.id, spec.op))
-    }
-
-    /// A complete snapshot whose parent is `target` and whose guid is `guid`.
-    fn find_base(&self, target: &str, guid: u128) -> Result<Option<String>, ProviderError> {
-        let want = guid_hex(guid);
-        for id in marker::list(&self.marker_dir(VolumeKind::Snapshot))? {
-            if check_id(&id).is_err() {
-                continue;
-            }
-            let Ok(Some(m)) = self.marker(VolumeKind::Snapshot, &id) else {
-                continue;
-            };
-            if m.state == MarkerState::Complete
-                && m.parent.as_deref() == Some(target)
-                && m.guid.as_deref() == Some(want.as_str())
-                && tree::is_real_dir(&self.path(VolumeKind::Snapshot, &id))?
-            {
-                return Ok(Some(id));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Puts the staged tree `new` in place of the target directory `tpath`:
-    /// an atomic exchange, or (unsupported) two renames. Afterwards `new`
-    /// holds the old content (or is absent).
-    fn swap_in(&self, new: &Path, tpath: &Path) -> Result<(), ProviderError> {
-        if let Some(md) = lstat(tpath)? {
-            tree::ensure_owner_rwx(tpath, &md)?;
-        }
-        if !tree::exchange(new, tpath)? {
-            let old = new.with_file_name("old");
-            fs::rename(tpath, &old)
-                .map_err(|e| ProviderError::io(format!("moving {} aside", tpath.display()), e))?;
-            fs::rename(new, tpath).map_err(|e| {
-                ProviderError::io(
-                    format!("moving the received tree to {}", tpath.display()),
-                    e,
-                )
-            })?;
-        }
-        sync_dir(tpath.parent().expect("has a parent"))?;
-        sync_dir(new.parent().expect("has a parent"))
-    }
-
-    /// The steps of a receive after the staging area exists.
-    fn receive_staged(
-        &self,
-        target: &str,
-        tpath: &Path,
-        spec: &VolumeSpec<'_>,
-        staging: &Path,
-        input: &mut dyn Read,
-    ) -> Result<Created, ProviderError> {
-        let mut r = HashReader::new(input);
-        let header = wire::read_header(&mut r)?;
-        let new = staging.join("new");
-        let mut modes = match header.base {
-            None => {
-                DirBuilder::new()
-                    .mode(0o700)
-                    .create(&new)
-                    .map_err(|e| ProviderError::io(format!("creating {}", new.display()), e))?;
-                let mut modes = Modes::new(Policy::Staging);
-                let stored = modes.record(b"", 0o755, true);
-                tree::chmod_dir(&new, stored)?;
-                modes
-            }
-            Some(base) => {
-                let Some(base_id) = self.find_base(target, base)? else {
-                    return Err(ProviderError::Stream(format!(
-                        "incremental stream base {} not present on target {target}: no complete \
-                         snapshot of {target} here has that guid (send a full stream)",
-                        guid_hex(base)
-                    )));
-                };
-                let bpath = self.path(VolumeKind::Snapshot, &base_id);
-                let bmodes = self.modes_of(VolumeKind::Snapshot, &base_id)?;
-                tree::copy_tree(&bpath, &bmodes, &new, Policy::Staging, false)?
-            }
-        };
-        wire::apply(&mut r, &new, &mut modes)?;
-
-        // The stream is whole and verified: make the snapshot.
-        let m = Marker {
-            format: MARKER_FORMAT,
-            volume: spec.id.to_owned(),
-            op: spec.op,
-            kind: VolumeKind::Snapshot,
-            parent: Some(target.to_owned()),
-            guid: Some(guid_hex(header.guid)),
-            state: MarkerState::Receiving,
-        };
-        self.put_marker(&m)?;
-        let snap = self.path(VolumeKind::Snapshot, spec.id);
-        let smodes = tree::copy_tree(&new, &modes, &snap, Policy::Snapshot, false)?;
-        marker::write_manifest(&self.modes_dir(), spec.id, &smodes)?;
-        sync_dir(&self.content_dir(VolumeKind::Snapshot))?;
-
-        // Then the target's content: true modes on the staged tree (its root
-        // keeps owner rwx until it is in place), durable, swapped in.
-        modes.apply_true_modes(&new, true)?;
-        tree::sync_fs(&self.root)?;
-        let md = lstat(&new)?
-            .ok_or_else(|| ProviderError::Other(format!("{} vanished", new.display())))?;
-        let m = m.with_state(MarkerState::Swapping {
-            dev: md.dev(),
-            ino: md.ino(),
-        });
-        self.put_marker(&m)?;
-        self.swap_in(&new, tpath)?;
-        self.complete_receive(&m, tpath, staging)
-    }
-
-    /// After the swap: the target root's true mode (from the snapshot), the
-    /// old content to the trash, the marker complete.
-    fn complete_receive(
-        &self,
-        m: &Marker,
-        tpath: &Path,
-        staging: &Path,
-    ) -> Result<Created, ProviderError> {
-        let snap = self.path(VolumeKind::Snapshot, &m.volume);
-        let smd = lstat(&snap)?
-            .ok_or_else(|| ProviderError::Other(format!("{} vanished", snap.display())))?;
-        let root_mode = self
-            .modes_of(VolumeKind::Snapshot, &m.volume)?
-            .true_mode(b"", smd.mode());
-        tree::chmod_dir(tpath, root_mode)?;
-        sync_dir(tpath)?;
-        let doomed = self.to_trash(staging, &format!("staging.{}", Uuid::new_v4().simple()))?;
-        let done = m.with_state(MarkerState::Complete);
-        self.put_marker(&done)?;
-        Self::empty_trash_entry(doomed);
-        Ok(self.created(&done))
-    }
-
-    /// `finish` for a received snapshot whose marker says `swapping`.
-    fn finish_swap(&self, m: &Marker, dev: u64, ino: u64) -> Result<Created, ProviderError> {
-        let target = m.parent.as_deref().ok_or_else(|| {
-            ProviderError::Other(format!("received snapshot {} names no target", m.volume))
-        })?;
-        check_id(target)?;
-        let tpath = self.path(VolumeKind::Data, target);
-        let staging = self.staging(m.op);
-        let new = staging.join("new");
-        let is_staged =
-            |md: &fs::Metadata| md.file_type().is_dir() && md.dev() == dev && md.ino() == ino;
-        match lstat(&tpath)? {
-            Some(md) if is_staged(&md) => {}
-            None if lstat(&new)?.is_some_and(|md| is_staged(&md)) => {
-                fs::rename(&new, &tpath).map_err(|e| {
-                    ProviderError::io(
-                        format!("moving the received tree to {}", tpath.display()),
-                        e,
-                    )
-                })?;
-                sync_dir(&self.content_dir(VolumeKind::Data))?;
-            }
-            _ => {
-                return Err(ProviderError::Other(format!(
-                    "cannot finish receive of {}: the content of {target} was not replaced",
-                    m.volume
-                )));
-            }
-        }
-        self.complete_receive(m, &tpath, &staging)
     }
 }
 
 impl Provider for DirProvider {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        super::statvfs_available(&self.root).map(Some)
     }
 
     fn config(&self) -> ProviderConfig {
@@ -872,7 +552,7 @@ impl Provider for DirProvider {
                 }
                 let m = Marker {
                     format: MARKER_FORMAT,
-                    volume: spec.id.to_owned(),
+                    volume: spec.id.to_string(),
                     op: spec.op,
                     kind: VolumeKind::Data,
                     parent: None,
@@ -926,6 +606,22 @@ impl Provider for DirProvider {
         }
     }
 
+    /// Exact for a full stream (a walk of the snapshot's metadata); `None`
+    /// for an incremental one (its size is known only by comparing contents).
+    fn send_size(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+    ) -> Result<Option<u64>, ProviderError> {
+        if base.is_some() || snapshot.kind != VolumeKind::Snapshot {
+            return Ok(None);
+        }
+        let (m, path) = self.require(snapshot)?;
+        let guid = Self::guid_of(&m)?;
+        let modes = self.modes_of(VolumeKind::Snapshot, snapshot.id)?;
+        send::stream_size(&path, &modes, guid).map(Some)
+    }
+
     fn send_snapshot(
         &self,
         snapshot: &VolumeRef<'_>,
@@ -958,7 +654,7 @@ impl Provider for DirProvider {
                 ))
             }
         };
-        wire::send(
+        send::send(
             &path,
             &modes,
             guid,
@@ -1028,6 +724,7 @@ impl Provider for DirProvider {
         fs::create_dir(&staging)
             .map_err(|e| ProviderError::io(format!("creating {}", staging.display()), e))?;
         self.receive_staged(target.id, &tpath, spec, &staging, input)
+            .map_err(|e| e.or_no_space(&format!("the receive into {}", target.id)))
             .inspect_err(|_| {
                 if let Err(e) = remove_tree(&staging) {
                     tracing::warn!(path = %staging.display(), error = %e, "could not remove staging");
@@ -1037,78 +734,7 @@ impl Provider for DirProvider {
     }
 
     fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
-        let mut found = Vec::new();
-        for kind in [VolumeKind::Data, VolumeKind::Snapshot] {
-            let content = self.content_dir(kind);
-            let mut names: BTreeSet<Vec<u8>> = tree::sorted_names(&content)?.into_iter().collect();
-            names.extend(
-                marker::list(&self.marker_dir(kind))?
-                    .into_iter()
-                    .map(String::into_bytes),
-            );
-            for name in names {
-                let path = content.join(std::ffi::OsStr::from_bytes(&name));
-                let shown = path.to_string_lossy().into_owned();
-                let present = lstat(&path)?;
-                let marker = match std::str::from_utf8(&name) {
-                    Ok(id) if check_id(id).is_ok() => self.marker(kind, id).transpose(),
-                    _ => None,
-                };
-                let item = |tag, presence, details| Found {
-                    name: shown.clone(),
-                    tag,
-                    presence,
-                    location: shown.clone(),
-                    details,
-                    partial: None,
-                };
-                match marker {
-                    None => {
-                        // Untagged: foreign. Reported, never touched.
-                        if present.is_some() {
-                            found.push(item(None, Presence::Complete, Details::new()));
-                        }
-                    }
-                    Some(Err(e)) => found.push(item(
-                        None,
-                        Presence::Incomplete {
-                            reason: e.to_string(),
-                        },
-                        Details::new(),
-                    )),
-                    Some(Ok(m)) => {
-                        let created = self.created(&m);
-                        let tag = Some(Tag {
-                            volume: m.volume.clone(),
-                            op: m.op,
-                            kind: m.kind,
-                            parent: m.parent.clone(),
-                        });
-                        let presence = match (&m.state, &present) {
-                            (MarkerState::Complete, None) => continue,
-                            (MarkerState::Complete, Some(md)) if md.file_type().is_dir() => {
-                                Presence::Complete
-                            }
-                            (MarkerState::Complete, Some(_)) => Presence::Incomplete {
-                                reason: format!("{shown} is not a directory"),
-                            },
-                            (state, _) => Presence::Incomplete {
-                                reason: state.describe(m.parent.as_deref()),
-                            },
-                        };
-                        found.push(Found {
-                            name: shown.clone(),
-                            tag,
-                            presence,
-                            location: created.location,
-                            details: created.details,
-                            partial: None,
-                        });
-                    }
-                }
-            }
-        }
-        Ok(found)
+        self.inventory_items()
     }
 
     fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
@@ -1149,6 +775,9 @@ impl Provider for DirProvider {
             (MarkerState::Copying, VolumeKind::Data) => {
                 let Some(parent) = m.parent.as_deref() else {
                     return refuse("it names no source snapshot");
+                };
+                let Ok(parent) = VolumeId::new(parent) else {
+                    return refuse("its source snapshot id is not valid");
                 };
                 let source = VolumeRef {
                     id: parent,

@@ -12,7 +12,8 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use crate::state::{Details, OpId, VolumeKind};
+pub use crate::model::VolumeId;
+use crate::model::{Details, OpId, VolumeKind};
 
 pub mod btrfs;
 pub mod cmd;
@@ -21,13 +22,24 @@ pub mod sim;
 pub mod stream;
 pub mod zfs;
 
+/// Checks that `id` is a valid volume id (the one id rule,
+/// [`crate::model::id_problem`]): one safe path component, never a flag.
+pub fn check_id(id: &str) -> Result<(), ProviderError> {
+    volume_id(id).map(drop)
+}
+
+/// `id` as a [`VolumeId`], or the provider error refusing it.
+pub fn volume_id(id: &str) -> Result<&VolumeId, ProviderError> {
+    VolumeId::new(id).map_err(|e| ProviderError::Other(format!("refusing volume id: {e}")))
+}
+
 /// Configuration of a provider as journaled: string keys and values.
 pub type ProviderConfig = BTreeMap<String, String>;
 
 /// Identity of a volume to create: what the ownership tag records.
 #[derive(Debug, Clone, Copy)]
 pub struct VolumeSpec<'a> {
-    pub id: &'a str,
+    pub id: &'a VolumeId,
     pub op: OpId,
     pub kind: VolumeKind,
 }
@@ -35,7 +47,7 @@ pub struct VolumeSpec<'a> {
 /// An existing volume, as the state (or an inventory) knows it.
 #[derive(Debug, Clone, Copy)]
 pub struct VolumeRef<'a> {
-    pub id: &'a str,
+    pub id: &'a VolumeId,
     pub kind: VolumeKind,
     /// The volume this one derives from (source of a snapshot, origin of a fork).
     pub parent: Option<&'a str>,
@@ -130,6 +142,13 @@ pub enum ProviderError {
         partial: Box<PartialReceive>,
         cause: String,
     },
+    /// The file system cannot hold what an operation would write (checked
+    /// before and during a receive, and the mapping of `ENOSPC`/`EDQUOT`
+    /// there). Nothing of the operation is left behind. (HTTP: 507.)
+    NoSpace {
+        what: String,
+        detail: String,
+    },
     /// Anything else the provider reports.
     Other(String),
 }
@@ -139,6 +158,22 @@ impl ProviderError {
         ProviderError::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// This error with an I/O failure that means "the file system is full"
+    /// (`ENOSPC`, `EDQUOT`) turned into [`ProviderError::NoSpace`] for `what`.
+    pub fn or_no_space(self, what: &str) -> Self {
+        match self {
+            ProviderError::Io { context, source }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                ProviderError::NoSpace {
+                    what: what.to_owned(),
+                    detail: format!("{context}: {source}"),
+                }
+            }
+            other => other,
         }
     }
 }
@@ -169,6 +204,9 @@ impl fmt::Display for ProviderError {
                 "receive into {what} interrupted, resumable (token {}): {cause}",
                 partial.token
             ),
+            ProviderError::NoSpace { what, detail } => {
+                write!(f, "not enough space for {what}: {detail}")
+            }
             ProviderError::Other(e) => f.write_str(e),
         }
     }
@@ -257,6 +295,17 @@ pub trait Provider: Send + Sync + fmt::Debug {
         out: &mut dyn Write,
     ) -> Result<SendStats, ProviderError>;
 
+    /// The size in bytes of the stream [`Provider::send_snapshot`] would
+    /// write, if known before sending (progress displays show a total and a
+    /// percentage then). `None` by default.
+    fn send_size(
+        &self,
+        _snapshot: &VolumeRef<'_>,
+        _base: Option<&VolumeRef<'_>>,
+    ) -> Result<Option<u64>, ProviderError> {
+        Ok(None)
+    }
+
     /// Receives a stream into data volume `target` (its content becomes the
     /// stream's) and records the result as snapshot `spec` of it. The
     /// snapshot's `details[guid]` is the sender's snapshot identity.
@@ -297,6 +346,51 @@ pub trait Provider: Send + Sync + fmt::Debug {
         Ok(false)
     }
 
+    /// Whether this provider enforces a data volume's capacity (a write past
+    /// it fails), so a capacity can be promised and expanded. The default: no.
+    fn enforces_capacity(&self) -> bool {
+        false
+    }
+
+    /// Sets (or raises) the capacity limit of data volume `volume` to
+    /// `bytes`. Idempotent. Providers that do not enforce capacity refuse.
+    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
+        let _ = bytes;
+        Err(ProviderError::Other(format!(
+            "the {} provider cannot enforce the capacity of {}",
+            self.kind(),
+            volume.id
+        )))
+    }
+
+    /// Bytes available for new volumes, if the provider can tell.
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        Ok(None)
+    }
+
+    /// Checks provider-specific options of a new data volume (such as ZFS
+    /// `compression` or `recordsize`) without acting. The default accepts none.
+    fn check_volume_options(&self, options: &ProviderConfig) -> Result<(), ProviderError> {
+        match options.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(ProviderError::InvalidConfig(format!(
+                "the {} provider has no volume option {key:?}",
+                self.kind()
+            ))),
+        }
+    }
+
+    /// Applies options [`Provider::check_volume_options`] accepted to data
+    /// volume `volume`. Idempotent. The default accepts none.
+    fn set_volume_options(
+        &self,
+        volume: &VolumeRef<'_>,
+        options: &ProviderConfig,
+    ) -> Result<(), ProviderError> {
+        let _ = volume;
+        self.check_volume_options(options)
+    }
+
     /// Writes the rest of a stream of `snapshot` from where the receiver's
     /// `token` says it stopped. `None`, with nothing written, if the token
     /// does not continue a stream of `snapshot` (or the provider cannot
@@ -309,6 +403,24 @@ pub trait Provider: Send + Sync + fmt::Debug {
     ) -> Result<Option<SendStats>, ProviderError> {
         Ok(None)
     }
+}
+
+/// Bytes available to an unprivileged writer on the file system holding
+/// `path` (statvfs `f_bavail * f_frsize`).
+pub fn statvfs_available(path: &std::path::Path) -> Result<u64, ProviderError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| ProviderError::Other(format!("{} contains a NUL byte", path.display())))?;
+    // SAFETY: zeroed statvfs is a valid out-parameter; `c` is NUL-terminated.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(ProviderError::io(
+            format!("statvfs {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
 }
 
 /// Builds a provider of a kind from its journaled configuration.

@@ -34,7 +34,7 @@ use super::{
     Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
     ProviderFactory, SendStats, Tag, VolumeRef, VolumeSpec,
 };
-use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::storage::Storage;
 
 pub const KIND: &str = "sim";
@@ -556,9 +556,9 @@ impl SimProvider {
         self.check(call, When::Before)?;
         let created = {
             let mut s = self.lock();
-            if let Some(existing) = s.items.get_mut(spec.id) {
+            if let Some(existing) = s.items.get_mut(spec.id.as_str()) {
                 if existing.op != spec.op {
-                    return Err(ProviderError::AlreadyExists(spec.id.to_owned()));
+                    return Err(ProviderError::AlreadyExists(spec.id.to_string()));
                 }
                 existing.complete = true;
                 Self::created(existing)
@@ -571,7 +571,7 @@ impl SimProvider {
                     (_, g) => g,
                 };
                 let item = Item {
-                    volume: spec.id.to_owned(),
+                    volume: spec.id.to_string(),
                     op: spec.op,
                     kind: spec.kind,
                     parent: parent.map(str::to_owned),
@@ -580,7 +580,7 @@ impl SimProvider {
                     guid,
                 };
                 let created = Self::created(&item);
-                s.items.insert(spec.id.to_owned(), item);
+                s.items.insert(spec.id.to_string(), item);
                 created
             }
         };
@@ -655,7 +655,7 @@ impl Provider for SimProvider {
 
     fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
         self.check(SimCall::Destroy, When::Before)?;
-        self.lock().items.remove(volume.id);
+        self.lock().items.remove(volume.id.as_str());
         self.check(SimCall::Destroy, When::After)
     }
 
@@ -666,7 +666,7 @@ impl Provider for SimProvider {
         out: &mut dyn Write,
     ) -> Result<SendStats, ProviderError> {
         self.check(SimCall::Send, When::Before)?;
-        let (bytes, base_guid) = self.stream_bytes(snapshot.id, base.map(|b| b.id))?;
+        let (bytes, base_guid) = self.stream_bytes(snapshot.id, base.map(|b| b.id.as_str()))?;
         let written = self.write_stream(&bytes, out)?;
         self.check(SimCall::Send, When::After)?;
         Ok(SendStats {
@@ -676,9 +676,21 @@ impl Provider for SimProvider {
         })
     }
 
+    fn send_size(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+    ) -> Result<Option<u64>, ProviderError> {
+        let (bytes, _) = self.stream_bytes(snapshot.id, base.map(|b| b.id.as_str()))?;
+        Ok(Some(bytes.len() as u64))
+    }
+
     fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {
         let s = self.lock();
-        let guid = s.items.get(snapshot.id).and_then(|i| i.guid.clone());
+        let guid = s
+            .items
+            .get(snapshot.id.as_str())
+            .and_then(|i| i.guid.clone());
         Ok(Self::parse_token(token).is_some_and(|(_, g, base)| {
             Some(&g) == guid.as_ref()
                 && base.is_none_or(|b| s.items.values().any(|i| i.guid.as_deref() == Some(&b)))
@@ -757,7 +769,7 @@ impl Provider for SimProvider {
             files.remove(d);
         }
         files.extend(stream.files);
-        if let Some(t) = self.lock().items.get_mut(target.id) {
+        if let Some(t) = self.lock().items.get_mut(target.id.as_str()) {
             t.files = files.clone();
         }
         let created = self.make(
@@ -833,13 +845,13 @@ impl Provider for SimProvider {
         &self,
         target: &VolumeRef<'_>,
     ) -> Result<Option<PartialReceive>, ProviderError> {
-        Ok(self.lock().partials.get(target.id).cloned())
+        Ok(self.lock().partials.get(target.id.as_str()).cloned())
     }
 
     fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
         let mut s = self.lock();
-        s.partials.remove(target.id);
-        s.partial_bytes.remove(target.id);
+        s.partials.remove(target.id.as_str());
+        s.partial_bytes.remove(target.id.as_str());
         Ok(())
     }
 }

@@ -6,9 +6,10 @@
 //! error.
 
 use super::{
-    Action, ApplyError, DETAIL_RESUME_GUID, DETAIL_RESUME_SNAPSHOT, DETAIL_RESUME_SOURCE,
-    DETAIL_RESUME_TOKEN, Effect, Event, META_PULL_SNAPSHOT, META_PULL_SOURCE, Meta, OpId, OpResult,
-    Orphan, Pending, ProviderRecord, Record, State, Volume, VolumeKind, VolumeStatus, orphan_key,
+    Action, ApplyError, DETAIL_CAPACITY, DETAIL_OPTION_PREFIX, DETAIL_RESUME_GUID,
+    DETAIL_RESUME_SNAPSHOT, DETAIL_RESUME_SOURCE, DETAIL_RESUME_TOKEN, Effect, Event,
+    META_PULL_SNAPSHOT, META_PULL_SOURCE, Meta, OpId, OpResult, Orphan, Pending, ProviderRecord,
+    Record, State, Volume, VolumeKind, VolumeStatus, orphan_key,
 };
 
 /// Detail keys to set (`Some`) or remove (`None`).
@@ -39,6 +40,8 @@ enum Finished {
     ForgetOrphan(String),
     /// A new volume, and the orphan key it replaces (adoption).
     Create(Volume, Option<String>),
+    /// Details to set on an existing volume (a done set-attributes).
+    SetDetails(String, Vec<(String, String)>),
 }
 
 impl State {
@@ -197,6 +200,25 @@ impl State {
                 return finish(Finished::ForgetOrphan(orphan_key(provider, volume)));
             }
             Action::AbortReceive { .. } => return finish(Finished::Nothing),
+            Action::SetAttributes {
+                volume,
+                capacity_bytes,
+                options,
+            } => {
+                if !self.volumes.contains_key(volume) {
+                    return Err(format!("set-attributes of unknown volume {volume}"));
+                }
+                let mut set: Vec<(String, String)> = capacity_bytes
+                    .map(|b| (DETAIL_CAPACITY.to_owned(), b.to_string()))
+                    .into_iter()
+                    .collect();
+                set.extend(
+                    options
+                        .iter()
+                        .map(|(k, v)| (format!("{DETAIL_OPTION_PREFIX}{k}"), v.clone())),
+                );
+                return finish(Finished::SetDetails(volume.clone(), set));
+            }
             Action::CreateVolume {
                 provider,
                 volume,
@@ -316,6 +338,12 @@ impl State {
                         .collect(),
                     Finished::ForgetOrphan(key) => {
                         self.orphans.remove(&key);
+                        Vec::new()
+                    }
+                    Finished::SetDetails(volume, set) => {
+                        if let Some(v) = self.volumes.get_mut(&volume) {
+                            v.details.extend(set);
+                        }
                         Vec::new()
                     }
                     Finished::Create(created, forget) => {

@@ -1,6 +1,7 @@
 //! Unit tests of the state machine.
 
 use super::*;
+use uuid::Uuid;
 
 fn op(n: u128) -> OpId {
     Uuid::from_u128(n)
@@ -133,6 +134,40 @@ fn a_failed_abort_keeps_the_token_and_a_done_abort_clears_it() {
     };
     s.apply(10, &done).unwrap();
     assert!(s.volumes["v"].details.is_empty());
+}
+
+#[test]
+fn a_done_set_attributes_records_capacity_and_options_and_a_failed_one_nothing() {
+    let mut s = with_pending_receive(Meta::new());
+    let set = |n: u128| Record::Intent {
+        op: op(n),
+        at_ms: 30,
+        action: Action::SetAttributes {
+            volume: "v".into(),
+            capacity_bytes: Some(4096),
+            options: BTreeMap::from([("compression".into(), "lz4".into())]),
+        },
+    };
+    s.apply(6, &set(8)).unwrap();
+    let failed = Record::Outcome {
+        op: op(8),
+        at_ms: 31,
+        result: OpResult::Failed {
+            error: "refused".into(),
+        },
+    };
+    s.apply(7, &failed).unwrap();
+    assert!(!s.volumes["v"].details.contains_key(DETAIL_CAPACITY));
+    s.apply(8, &set(9)).unwrap();
+    let done = Record::Outcome {
+        op: op(9),
+        at_ms: 32,
+        result: OpResult::Done(Done::default()),
+    };
+    s.apply(9, &done).unwrap();
+    let d = &s.volumes["v"].details;
+    assert_eq!(d[DETAIL_CAPACITY], "4096");
+    assert_eq!(d["option.compression"], "lz4");
 }
 
 #[test]

@@ -372,6 +372,17 @@ pub(crate) fn action_summary(action: &Action) -> String {
         Action::DestroyOrphan { provider, volume } => {
             let _ = write!(s, " provider={} vol={}", quote(provider), quote(volume));
         }
+        Action::SetAttributes {
+            volume,
+            capacity_bytes,
+            options,
+        } => {
+            let _ = write!(s, " vol={}", quote(volume));
+            if let Some(bytes) = capacity_bytes {
+                let _ = write!(s, " capacity={bytes}");
+            }
+            push_map(&mut s, "options", options);
+        }
     }
     s
 }

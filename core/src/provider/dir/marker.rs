@@ -13,9 +13,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::tree::{self, Modes, Policy};
+use crate::model::{OpId, VolumeKind};
 use crate::provider::ProviderError;
 use crate::provider::stream::{HashReader, HashWriter};
-use crate::state::{OpId, VolumeKind};
 
 /// Version of the marker document.
 pub(crate) const MARKER_FORMAT: u32 = 1;

@@ -1,36 +1,37 @@
-//! File-tree primitives of the directory provider: mode bookkeeping, the copy
-//! routine (reflink or copy), removal of read-only trees, atomic small files,
-//! directory syncs and the atomic exchange of two directories.
+//! File-tree primitives of the directory provider: the provider's own paths
+//! (examined, synced, written atomically), and the walks over a volume's
+//! tree, copy and removal, which go through [`Dir`] handles only.
 //!
-//! Paths inside a tree are *relative paths*: raw bytes, components separated
-//! by `/`, the empty path being the tree's root. Nothing here follows a
-//! symbolic link: entries are examined with `lstat`, files are opened with
-//! `O_NOFOLLOW`, and directories are re-opened with `O_NOFOLLOW` before they
-//! are changed.
+//! Two kinds of paths meet here. The provider's *own* paths (its root,
+//! `data/<id>`, the marker files) are resolved as given: no one but the
+//! provider writes there. Everything *inside* a volume's tree is reached from
+//! the tree's root handle by single names (`openat`, `unlinkat`, `fstatat`,
+//! never following a symlink), because a process using the volume may change
+//! that tree while we walk it. Relative paths inside a tree are raw bytes,
+//! components separated by `/`, the empty path being the tree's root.
 
-use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr};
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+pub(crate) use super::modes::{KEPT_BITS, Modes, PERM_BITS, Policy};
+use super::space::SpaceGuard;
+use crate::fsutil::{self, Dir, Kind, Stat};
 use crate::provider::ProviderError;
 use crate::provider::stream::CHUNK;
 
-/// Permission bits a mode may carry (rwx for all, setuid, setgid, sticky).
-pub(crate) const PERM_BITS: u32 = 0o7777;
-
-/// Joins a relative path onto a tree root.
-pub(crate) fn join(root: &Path, rel: &[u8]) -> PathBuf {
-    if rel.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(OsStr::from_bytes(rel))
-    }
-}
+/// Deepest directory nesting a copy or a stream may have (each level of a
+/// copy holds two open descriptors).
+pub const MAX_DEPTH: usize = 256;
+/// Directory handles a removal holds at most; deeper subtrees are moved up
+/// to the top of the tree being removed and removed from there.
+const REMOVE_HELD: usize = 64;
+/// Retries a removal allows for entries that change type under it before
+/// giving up (the tree stays in the trash, retried at the next start).
+const REMOVE_RACES: u32 = 10_000;
 
 /// `parent/name` as a relative path.
 pub(crate) fn child(parent: &[u8], name: &[u8]) -> Vec<u8> {
@@ -52,11 +53,20 @@ pub(crate) fn show(rel: &[u8]) -> String {
     }
 }
 
+/// `root/rel` for messages.
+pub(crate) fn shown_in(root: &Path, rel: &[u8]) -> String {
+    if rel.is_empty() {
+        root.display().to_string()
+    } else {
+        format!("{}/{}", root.display(), String::from_utf8_lossy(rel))
+    }
+}
+
 fn io_err(what: impl std::fmt::Display, path: &Path, e: io::Error) -> ProviderError {
     ProviderError::io(format!("{what} {}", path.display()), e)
 }
 
-/// `lstat`, with "absent" as `None`.
+/// `lstat`, with "absent" as `None` (the provider's own paths only).
 pub(crate) fn lstat(path: &Path) -> Result<Option<fs::Metadata>, ProviderError> {
     match fs::symlink_metadata(path) {
         Ok(md) => Ok(Some(md)),
@@ -70,49 +80,19 @@ pub(crate) fn is_real_dir(path: &Path) -> Result<bool, ProviderError> {
     Ok(lstat(path)?.is_some_and(|md| md.file_type().is_dir()))
 }
 
-/// `fsync` of a directory: makes its entries (creations, renames, removals)
-/// durable.
+/// `fsync` of a directory.
 pub(crate) fn sync_dir(path: &Path) -> Result<(), ProviderError> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_err("syncing directory", path, e))
+    fsutil::fsync_dir(path).map_err(|e| io_err("syncing directory", path, e))
 }
 
-/// `syncfs`: flushes the whole file system holding `path`.
+/// `syncfs` of the file system holding `path`.
 pub(crate) fn sync_fs(path: &Path) -> Result<(), ProviderError> {
-    let f = File::open(path).map_err(|e| io_err("opening", path, e))?;
-    // SAFETY: plain syscall on a descriptor we own for the duration of the call.
-    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
-    if rc != 0 {
-        return Err(io_err(
-            "syncing the file system of",
-            path,
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    fsutil::syncfs(path).map_err(|e| io_err("syncing the file system of", path, e))
 }
 
-/// Writes a small file durably: temp file, fsync, rename, fsync the directory.
-/// The temp name starts with a dot, so no listing of ours ever mistakes it for
-/// an entry.
+/// Writes a small file durably (see [`fsutil::write_atomic`]).
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ProviderError> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let target = dir.join(name);
-    let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    write().map_err(|e| io_err("writing", &tmp, e))?;
-    fs::rename(&tmp, &target).map_err(|e| io_err("renaming into place", &target, e))?;
-    sync_dir(dir)
+    fsutil::write_atomic(dir, name, bytes, 0o644).map_err(|e| io_err("writing", &dir.join(name), e))
 }
 
 /// Removes a file, ignoring its absence. Returns whether it existed.
@@ -124,37 +104,32 @@ pub(crate) fn remove_file_if_present(path: &Path) -> Result<bool, ProviderError>
     }
 }
 
-/// Opens a directory without following a symlink in its last component.
-fn open_dir_nofollow(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(path)
+/// Opens a file of the provider's own without following a symlink or
+/// blocking: a non-regular file is an error.
+pub(crate) fn open_file_nofollow(path: &Path) -> io::Result<File> {
+    let (parent, name) = split(path)?;
+    Ok(Dir::open(parent)?.open_file(name)?.0)
+}
+
+fn split(path: &Path) -> io::Result<(&Path, &[u8])> {
+    match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) => Ok((p, n.as_bytes())),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a path with a parent and a file name is needed",
+        )),
+    }
 }
 
 /// Sets a directory's mode without following a symlink.
 pub(crate) fn chmod_dir(path: &Path, mode: u32) -> Result<(), ProviderError> {
-    match open_dir_nofollow(path) {
-        Ok(d) => d
-            .set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| io_err("setting the mode of", path, e)),
-        // A directory we may not read (mode 0o000, say): it was just checked
-        // with lstat by the caller, so a path-based chmod is acceptable.
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode))
-                .map_err(|e| io_err("setting the mode of", path, e))
-        }
-        Err(e) => Err(io_err("opening directory", path, e)),
-    }
-}
-
-/// Sets a regular file's mode without following a symlink.
-pub(crate) fn chmod_file(path: &Path, mode: u32) -> Result<(), ProviderError> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .and_then(|f| f.set_permissions(fs::Permissions::from_mode(mode)))
+    let (parent, name) = split(path).map_err(|e| io_err("setting the mode of", path, e))?;
+    Dir::open(parent)
+        .and_then(|d| match d.stat_at(name)? {
+            Some(st) if st.kind == Kind::Dir => d.set_mode_at(name, mode),
+            Some(st) => Err(io::Error::other(format!("is {}", st.kind.describe()))),
+            None => Err(io::ErrorKind::NotFound.into()),
+        })
         .map_err(|e| io_err("setting the mode of", path, e))
 }
 
@@ -168,221 +143,191 @@ pub(crate) fn ensure_owner_rwx(path: &Path, md: &fs::Metadata) -> Result<(), Pro
     Ok(())
 }
 
-/// Removes a file tree without following symlinks, coping with read-only
-/// directories (their owner gets `rwx` first). Absent is fine.
+/// Names of a directory's entries, sorted bytewise (the provider's own
+/// directories).
+pub(crate) fn sorted_names(dir: &Path) -> Result<Vec<Vec<u8>>, ProviderError> {
+    Dir::open(dir)
+        .and_then(|d| d.names())
+        .map_err(|e| io_err("listing", dir, e))
+}
+
+/// Atomically exchanges two directories of the provider's own. Returns
+/// `Ok(false)` if the file system does not support the exchange.
+pub(crate) fn exchange(a: &Path, b: &Path) -> Result<bool, ProviderError> {
+    fsutil::exchange(a, b).map_err(|e| {
+        ProviderError::io(format!("exchanging {} and {}", a.display(), b.display()), e)
+    })
+}
+
+/// The error for an entry the provider cannot carry.
+pub(crate) fn unsupported(shown: &str, kind: Kind) -> ProviderError {
+    ProviderError::Other(format!(
+        "{shown} is {}: the directory provider carries only directories, regular files and symlinks",
+        kind.describe()
+    ))
+}
+
+/// The error for a tree deeper than [`MAX_DEPTH`].
+pub(crate) fn too_deep(shown: &str) -> ProviderError {
+    ProviderError::Other(format!(
+        "{shown} is more than {MAX_DEPTH} directories deep: the directory provider copies and sends at most that depth"
+    ))
+}
+
+/// Removes the tree at `path` (a provider-owned path; whatever is inside is
+/// walked by handle, never following a symlink), coping with read-only
+/// directories and with content that changes during the walk. Absent is fine.
 pub(crate) fn remove_tree(path: &Path) -> Result<(), ProviderError> {
-    let Some(md) = lstat(path)? else {
+    let (parent, name) = split(path).map_err(|e| io_err("removing", path, e))?;
+    let dir = match Dir::open(parent) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("opening", parent, e)),
+    };
+    remove_entry(&dir, name).map_err(|e| io_err("removing", path, e))
+}
+
+/// Gives the owner `rwx` on directory entry `name` of `dir` if it lacks any.
+fn owner_rwx_at(dir: &Dir, name: &[u8], st: &Stat) -> io::Result<()> {
+    if st.mode & 0o700 != 0o700 {
+        dir.set_mode_at(name, st.mode | 0o700)?;
+    }
+    Ok(())
+}
+
+/// Removes entry `name` of `parent`, and everything under it if it is a
+/// directory. See the module documentation; nothing outside `parent/name` is
+/// ever removed, whatever the tree does meanwhile.
+pub(crate) fn remove_entry(parent: &Dir, name: &[u8]) -> io::Result<()> {
+    let Some(st) = parent.stat_at(name)? else {
         return Ok(());
     };
-    if !md.file_type().is_dir() {
-        remove_file_if_present(path)?;
-        return Ok(());
+    if st.kind != Kind::Dir {
+        return ignore_absent(parent.remove_file(name));
     }
-    // (directory, its entries were already removed or queued)
-    let mut stack: Vec<(PathBuf, bool)> = vec![(path.to_path_buf(), false)];
-    while let Some((dir, expanded)) = stack.pop() {
-        if expanded {
-            match fs::remove_dir(&dir) {
+    owner_rwx_at(parent, name, &st)?;
+    let top = parent.open_dir(name)?;
+    let mut tries = 0;
+    loop {
+        empty_dir(&top)?;
+        match parent.remove_dir(name) {
+            // Entries added while the last ones went: empty it again.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) && tries < 3 => tries += 1,
+            other => return ignore_absent(other),
+        }
+    }
+}
+
+fn ignore_absent(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// A directory being emptied: its handle, its name in the frame below, the
+/// names left to remove.
+struct RmFrame {
+    dir: Dir,
+    name: Vec<u8>,
+    left: Vec<Vec<u8>>,
+}
+
+/// Removes everything inside `top` (an open directory), depth first, holding
+/// at most [`REMOVE_HELD`] handles: a directory found deeper is renamed to
+/// the top level and emptied from there.
+fn empty_dir(top: &Dir) -> io::Result<()> {
+    let mut stack = vec![RmFrame {
+        dir: top.try_clone()?,
+        name: Vec::new(),
+        left: top.names()?,
+    }];
+    let mut races = 0u32;
+    let mut spilled = 0u64;
+    let mut race = |e: io::Error| -> io::Result<()> {
+        races += 1;
+        if races > REMOVE_RACES {
+            Err(io::Error::other(format!(
+                "the tree keeps changing while it is removed ({e})"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    while !stack.is_empty() {
+        let depth = stack.len();
+        let frame = stack.last_mut().expect("a frame");
+        let Some(name) = frame.left.pop() else {
+            let done = stack.pop().expect("a frame");
+            if let Some(below) = stack.last_mut() {
+                match below.dir.remove_dir(&done.name) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    // Something was added meanwhile (or it was replaced):
+                    // look again.
+                    Err(e) => {
+                        race(e)?;
+                        below.left.push(done.name);
+                    }
+                }
+            }
+            continue;
+        };
+        let Some(st) = frame.dir.stat_at(&name)? else {
+            continue;
+        };
+        if st.kind != Kind::Dir {
+            match frame.dir.remove_file(&name) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("removing directory", &dir, e)),
+                // EISDIR / EPERM: it became a directory; look again.
+                Err(e) => {
+                    race(e)?;
+                    frame.left.push(name);
+                }
             }
             continue;
         }
-        let Some(md) = lstat(&dir)? else { continue };
-        if !md.file_type().is_dir() {
-            remove_file_if_present(&dir)?;
+        if depth >= REMOVE_HELD {
+            spilled += 1;
+            let spill = format!(".volmgr-deep.{spilled}").into_bytes();
+            let (first, rest) = stack.split_at_mut(1);
+            let frame = rest.last_mut().expect("deeper than one frame");
+            match frame
+                .dir
+                .rename(&name, &first[0].dir, &spill, libc::RENAME_NOREPLACE)
+            {
+                Ok(()) => first[0].left.insert(0, spill),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    race(e)?;
+                    frame.left.push(name);
+                }
+            }
             continue;
         }
-        ensure_owner_rwx(&dir, &md)?;
-        stack.push((dir.clone(), true));
-        let entries = fs::read_dir(&dir).map_err(|e| io_err("listing", &dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_err("listing", &dir, e))?;
-            let ft = entry
-                .file_type()
-                .map_err(|e| io_err("examining", &entry.path(), e))?;
-            if ft.is_dir() {
-                stack.push((entry.path(), false));
-            } else {
-                remove_file_if_present(&entry.path())?;
+        match owner_rwx_at(&frame.dir, &name, &st) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        match frame.dir.open_dir(&name) {
+            Ok(dir) => {
+                let left = dir.names()?;
+                stack.push(RmFrame { dir, name, left });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // ELOOP / ENOTDIR: replaced by a symlink or a file; look again.
+            Err(e) => {
+                race(e)?;
+                frame.left.push(name);
             }
         }
     }
     Ok(())
 }
 
-/// Names of a directory's entries, sorted bytewise (deterministic walks).
-pub(crate) fn sorted_names(dir: &Path) -> Result<Vec<Vec<u8>>, ProviderError> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| io_err("listing", dir, e))? {
-        let entry = entry.map_err(|e| io_err("listing", dir, e))?;
-        names.push(entry.file_name().as_bytes().to_vec());
-    }
-    names.sort_unstable();
-    Ok(names)
-}
-
-/// The error for an entry the provider cannot carry.
-pub(crate) fn unsupported(path: &Path, ft: fs::FileType) -> ProviderError {
-    let what = if ft.is_fifo() {
-        "a fifo"
-    } else if ft.is_socket() {
-        "a socket"
-    } else if ft.is_block_device() {
-        "a block device"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else {
-        "an unknown file type"
-    };
-    ProviderError::Other(format!(
-        "{} is {what}: the directory provider carries only directories, regular files and symlinks",
-        path.display()
-    ))
-}
-
-/// How a tree stores its entries' modes on disk.
-///
-/// The *true* mode of an entry is the one the user set and the one that
-/// travels in streams; the *stored* mode is what the inode carries here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Policy {
-    /// Data volumes: stored = true.
-    Plain,
-    /// Snapshots: stored = true without write bits (read-only tree) but with
-    /// owner read (and search, for directories), so the provider can always
-    /// read its own snapshots; the true mode is stored | `u+w` unless an
-    /// exception records otherwise.
-    Snapshot,
-    /// Receive staging: stored = true plus `u+rwx` (directories) or `u+rw`
-    /// (files), so the provider can always fill and read it; the true mode is
-    /// the stored one unless an exception records otherwise.
-    Staging,
-}
-
-impl Policy {
-    pub(crate) fn stored(self, true_mode: u32, is_dir: bool) -> u32 {
-        let m = true_mode & PERM_BITS;
-        match self {
-            Policy::Plain => m,
-            Policy::Snapshot => (m & !0o222) | if is_dir { 0o500 } else { 0o400 },
-            Policy::Staging => m | if is_dir { 0o700 } else { 0o600 },
-        }
-    }
-
-    fn default_true(self, stored: u32) -> u32 {
-        let m = stored & PERM_BITS;
-        match self {
-            Policy::Plain | Policy::Staging => m,
-            Policy::Snapshot => m | 0o200,
-        }
-    }
-}
-
-/// The true modes of a tree: its policy plus the exceptions to the policy's
-/// default rule, keyed by relative path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Modes {
-    pub(crate) policy: Policy,
-    pub(crate) exceptions: BTreeMap<Vec<u8>, u32>,
-    /// Sum of the exception keys' lengths, to bound memory.
-    key_bytes: usize,
-}
-
-impl Modes {
-    pub(crate) fn new(policy: Policy) -> Self {
-        Modes {
-            policy,
-            exceptions: BTreeMap::new(),
-            key_bytes: 0,
-        }
-    }
-
-    pub(crate) fn key_bytes(&self) -> usize {
-        self.key_bytes
-    }
-
-    /// The true mode of `rel`, whose inode carries `stored`.
-    pub(crate) fn true_mode(&self, rel: &[u8], stored: u32) -> u32 {
-        match self.policy {
-            Policy::Plain => stored & PERM_BITS,
-            _ => self
-                .exceptions
-                .get(rel)
-                .copied()
-                .unwrap_or_else(|| self.policy.default_true(stored)),
-        }
-    }
-
-    /// Records that `rel` has true mode `true_mode`; returns the mode to store.
-    pub(crate) fn record(&mut self, rel: &[u8], true_mode: u32, is_dir: bool) -> u32 {
-        let true_mode = true_mode & PERM_BITS;
-        let stored = self.policy.stored(true_mode, is_dir);
-        if self.policy.default_true(stored) == true_mode {
-            if self.exceptions.remove(rel).is_some() {
-                self.key_bytes -= rel.len();
-            }
-        } else if self.exceptions.insert(rel.to_vec(), true_mode).is_none() {
-            self.key_bytes += rel.len();
-        }
-        stored
-    }
-
-    /// Forgets `rel` and everything under it.
-    pub(crate) fn forget_subtree(&mut self, rel: &[u8]) {
-        if self.exceptions.remove(rel).is_some() {
-            self.key_bytes -= rel.len();
-        }
-        let doomed: Vec<Vec<u8>> = if rel.is_empty() {
-            self.exceptions.keys().cloned().collect()
-        } else {
-            // Descendants are exactly the keys starting with "rel/": in
-            // bytewise order they lie in ["rel/", "rel0") ('0' follows '/').
-            let mut lo = rel.to_vec();
-            lo.push(b'/');
-            let mut hi = rel.to_vec();
-            hi.push(b'0');
-            self.exceptions
-                .range(lo..hi)
-                .map(|(k, _)| k.clone())
-                .collect()
-        };
-        for k in doomed {
-            self.exceptions.remove(&k);
-            self.key_bytes -= k.len();
-        }
-    }
-
-    /// Sets the true modes on a staging tree (deepest paths first, so parents
-    /// stay traversable), except the root's. Only meaningful for
-    /// [`Policy::Staging`], where the tree otherwise already holds true modes.
-    pub(crate) fn apply_true_modes(
-        &self,
-        root: &Path,
-        skip_root: bool,
-    ) -> Result<(), ProviderError> {
-        let mut keys: Vec<&Vec<u8>> = self.exceptions.keys().collect();
-        keys.sort_by_key(|k| std::cmp::Reverse(k.iter().filter(|&&b| b == b'/').count()));
-        for rel in keys {
-            if skip_root && rel.is_empty() {
-                continue;
-            }
-            let mode = self.exceptions[rel];
-            let path = join(root, rel);
-            match lstat(&path)? {
-                Some(md) if md.file_type().is_dir() => chmod_dir(&path, mode)?,
-                Some(md) if md.file_type().is_file() => chmod_file(&path, mode)?,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Copies a regular file's content: `FICLONE` (reflink) where the file system
-/// supports it, else a kernel-side copy (`copy_file_range`), never buffering
-/// the whole file.
+/// supports it, else a kernel-side copy, never buffering the whole file.
 pub(crate) fn clone_or_copy(src: &mut File, dst: &mut File, reflink: &mut bool) -> io::Result<()> {
     if *reflink {
         // SAFETY: both descriptors are open for the duration of the call.
@@ -403,39 +348,46 @@ pub(crate) fn clone_or_copy(src: &mut File, dst: &mut File, reflink: &mut bool) 
     Ok(())
 }
 
-fn open_nofollow(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+/// Whether the file system holding `dir` clones files (`FICLONE`), so a
+/// copy's content costs no space: tried on two empty scratch files in `dir`
+/// (removed again). Any failure answers `false`.
+pub(crate) fn reflinks(dir: &Dir) -> bool {
+    let (a, b) = (
+        &b".volmgr-reflink-probe.a"[..],
+        &b".volmgr-reflink-probe.b"[..],
+    );
+    let _ = dir.remove_file(a);
+    let _ = dir.remove_file(b);
+    let probe = || -> io::Result<bool> {
+        let src = dir.create_file(a, 0o600)?;
+        let dst = dir.create_file(b, 0o600)?;
+        // SAFETY: both descriptors are open for the duration of the call.
+        Ok(unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0)
+    };
+    let cloned = probe().unwrap_or(false);
+    let _ = dir.remove_file(a);
+    let _ = dir.remove_file(b);
+    cloned
 }
 
-/// Creates a new file (never through a symlink, never over an existing entry).
-pub(crate) fn create_new_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-}
-
-pub(crate) fn open_file_nofollow(path: &Path) -> io::Result<File> {
-    open_nofollow(path)
-}
-
-enum Task {
-    Enter(Vec<u8>),
-    /// Set the directory's final mode and sync it, after its entries.
-    Leave(Vec<u8>, u32),
+/// A directory being copied: source and destination handles, its relative
+/// path, its true mode, the names left (reversed: popped in order).
+struct CopyFrame {
+    src: Dir,
+    dst: Dir,
+    rel: Vec<u8>,
+    true_mode: u32,
+    left: Vec<Vec<u8>>,
 }
 
 /// Copies the tree `src` (true modes per `src_modes`) to the new directory
 /// `dst` (which must not exist; its parent must), storing modes per
 /// `dst_policy`. With `durable`, every file and directory is fsynced (else
-/// the caller syncs the file system before relying on it). Returns the destination's
-/// mode exceptions. Directories, regular files and symlinks (not followed)
-/// are copied; anything else is an error naming the path.
+/// the caller syncs the file system before relying on it). Returns the
+/// destination's mode exceptions. Directories, regular files and symlinks
+/// (copied as links) are carried; anything else is an error naming the
+/// path, as is a tree deeper than [`MAX_DEPTH`]. An entry that vanishes
+/// during the copy is left out (a copy of a volume in use is not atomic).
 pub(crate) fn copy_tree(
     src: &Path,
     src_modes: &Modes,
@@ -443,108 +395,170 @@ pub(crate) fn copy_tree(
     dst_policy: Policy,
     durable: bool,
 ) -> Result<Modes, ProviderError> {
-    let mut dst_modes = Modes::new(dst_policy);
-    let mut reflink = true;
-    let mut stack = vec![Task::Enter(Vec::new())];
-    while let Some(task) = stack.pop() {
-        match task {
-            Task::Enter(rel) => {
-                let sp = join(src, &rel);
-                let dp = join(dst, &rel);
-                let md = fs::symlink_metadata(&sp).map_err(|e| io_err("examining", &sp, e))?;
-                let ft = md.file_type();
-                let true_mode = src_modes.true_mode(&rel, md.mode());
-                if ft.is_dir() {
-                    DirBuilder::new()
-                        .mode(0o700)
-                        .create(&dp)
-                        .map_err(|e| io_err("creating directory", &dp, e))?;
-                    stack.push(Task::Leave(rel.clone(), true_mode));
-                    for name in sorted_names(&sp)?.into_iter().rev() {
-                        stack.push(Task::Enter(child(&rel, &name)));
+    let sdir = Dir::open(src).map_err(|e| io_err("opening", src, e))?;
+    let (dparent, dname) = split(dst).map_err(|e| io_err("creating", dst, e))?;
+    let dparent = Dir::open(dparent).map_err(|e| io_err("opening", dparent, e))?;
+    dparent
+        .create_dir(dname, 0o700)
+        .map_err(|e| io_err("creating directory", dst, e))?;
+    let ddir = dparent
+        .open_dir(dname)
+        .map_err(|e| io_err("opening", dst, e))?;
+    let root_stat = sdir.stat().map_err(|e| io_err("examining", src, e))?;
+    let space = SpaceGuard::new(ddir.try_clone().map_err(|e| io_err("opening", dst, e))?);
+    let mut copy = TreeCopy {
+        src_root: src,
+        src_modes,
+        dst_modes: Modes::new(dst_policy),
+        reflink: true,
+        durable,
+        space,
+    };
+    copy.run(sdir, ddir, src_modes.true_mode(b"", root_stat.mode))?;
+    Ok(copy.dst_modes)
+}
+
+struct TreeCopy<'a> {
+    src_root: &'a Path,
+    src_modes: &'a Modes,
+    dst_modes: Modes,
+    reflink: bool,
+    durable: bool,
+    /// Free bytes (where files are byte copies) and inodes, checked as the
+    /// copy goes.
+    space: SpaceGuard,
+}
+
+impl TreeCopy<'_> {
+    fn err(&self, what: &str, rel: &[u8], e: io::Error) -> ProviderError {
+        ProviderError::io(format!("{what} {}", shown_in(self.src_root, rel)), e)
+    }
+
+    fn run(&mut self, src: Dir, dst: Dir, root_mode: u32) -> Result<(), ProviderError> {
+        let left = self.listing(&src, b"")?;
+        let mut stack = vec![CopyFrame {
+            src,
+            dst,
+            rel: Vec::new(),
+            true_mode: root_mode,
+            left,
+        }];
+        while let Some(frame) = stack.last_mut() {
+            let Some(name) = frame.left.pop() else {
+                let done = stack.pop().expect("a frame");
+                self.finish_dir(&done)?;
+                continue;
+            };
+            let rel = child(&frame.rel, &name);
+            let Some(st) = frame
+                .src
+                .stat_at(&name)
+                .map_err(|e| self.err("examining", &rel, e))?
+            else {
+                continue;
+            };
+            let cost = if st.kind == Kind::File && !self.reflink {
+                st.len
+            } else {
+                0
+            };
+            self.space.entry_for("the copy", cost)?;
+            match st.kind {
+                Kind::Dir => {
+                    if stack.len() >= MAX_DEPTH {
+                        return Err(too_deep(&shown_in(self.src_root, &rel)));
                     }
-                } else if rel.is_empty() {
-                    return Err(ProviderError::Other(format!(
-                        "{} is not a directory",
-                        sp.display()
-                    )));
-                } else if ft.is_file() {
-                    let stored = dst_modes.record(&rel, true_mode, false);
-                    let mut copy = || -> io::Result<()> {
-                        let mut s = open_nofollow(&sp)?;
-                        let mut d = create_new_file(&dp)?;
-                        clone_or_copy(&mut s, &mut d, &mut reflink)?;
+                    let frame = stack.last().expect("a frame");
+                    let src = frame
+                        .src
+                        .open_dir(&name)
+                        .map_err(|e| self.err("opening directory", &rel, e))?;
+                    let st = src.stat().map_err(|e| self.err("examining", &rel, e))?;
+                    frame
+                        .dst
+                        .create_dir(&name, 0o700)
+                        .map_err(|e| self.err("creating the copy of", &rel, e))?;
+                    let dst = frame
+                        .dst
+                        .open_dir(&name)
+                        .map_err(|e| self.err("opening the copy of", &rel, e))?;
+                    let left = self.listing(&src, &rel)?;
+                    let true_mode = self.src_modes.true_mode(&rel, st.mode);
+                    stack.push(CopyFrame {
+                        src,
+                        dst,
+                        rel,
+                        true_mode,
+                        left,
+                    });
+                }
+                Kind::File => {
+                    let frame = stack.last().expect("a frame");
+                    let (mut s, st) = frame
+                        .src
+                        .open_file(&name)
+                        .map_err(|e| self.err("opening", &rel, e))?;
+                    let true_mode = self.src_modes.true_mode(&rel, st.mode);
+                    let stored = self.dst_modes.record(&rel, true_mode, false);
+                    let mut d = frame
+                        .dst
+                        .create_file(&name, 0o600)
+                        .map_err(|e| self.err("creating the copy of", &rel, e))?;
+                    let durable = self.durable;
+                    let reflink = &mut self.reflink;
+                    let copied = (|| -> io::Result<()> {
+                        clone_or_copy(&mut s, &mut d, reflink)?;
                         d.set_permissions(fs::Permissions::from_mode(stored))?;
                         if durable { d.sync_all() } else { Ok(()) }
-                    };
-                    copy().map_err(|e| {
-                        ProviderError::io(
-                            format!("copying {} to {}", sp.display(), dp.display()),
-                            e,
-                        )
-                    })?;
-                } else if ft.is_symlink() {
-                    let target = fs::read_link(&sp).map_err(|e| io_err("reading link", &sp, e))?;
-                    std::os::unix::fs::symlink(&target, &dp)
-                        .map_err(|e| io_err("creating symlink", &dp, e))?;
-                } else {
-                    return Err(unsupported(&sp, ft));
+                    })();
+                    copied.map_err(|e| self.err("copying", &rel, e))?;
                 }
-            }
-            Task::Leave(rel, true_mode) => {
-                let dp = join(dst, &rel);
-                let stored = dst_modes.record(&rel, true_mode, true);
-                let finish = || -> io::Result<()> {
-                    let d = open_dir_nofollow(&dp)?;
-                    d.set_permissions(fs::Permissions::from_mode(stored))?;
-                    if durable { d.sync_all() } else { Ok(()) }
-                };
-                finish().map_err(|e| io_err("finishing directory", &dp, e))?;
+                Kind::Symlink => {
+                    let frame = stack.last().expect("a frame");
+                    let target = frame
+                        .src
+                        .read_link(&name)
+                        .map_err(|e| self.err("reading link", &rel, e))?;
+                    frame
+                        .dst
+                        .symlink(&target, &name)
+                        .map_err(|e| self.err("creating the copy of", &rel, e))?;
+                }
+                other => return Err(unsupported(&shown_in(self.src_root, &rel), other)),
             }
         }
+        Ok(())
     }
-    Ok(dst_modes)
-}
 
-/// Atomically exchanges two directories (`renameat2(RENAME_EXCHANGE)`).
-/// Returns `Ok(false)` if the file system does not support the exchange.
-pub(crate) fn exchange(a: &Path, b: &Path) -> Result<bool, ProviderError> {
-    let ca = CString::new(a.as_os_str().as_bytes())
-        .map_err(|_| ProviderError::Other(format!("{} contains NUL", a.display())))?;
-    let cb = CString::new(b.as_os_str().as_bytes())
-        .map_err(|_| ProviderError::Other(format!("{} contains NUL", b.display())))?;
-    // SAFETY: both strings are valid NUL-terminated paths for the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
-        return Ok(true);
+    fn listing(&self, dir: &Dir, rel: &[u8]) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let mut names = dir.names().map_err(|e| self.err("listing", rel, e))?;
+        names.reverse();
+        Ok(names)
     }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
-        _ => Err(ProviderError::io(
-            format!("exchanging {} and {}", a.display(), b.display()),
-            e,
-        )),
+
+    /// After a directory's entries: its stored mode, and its fsync.
+    fn finish_dir(&mut self, done: &CopyFrame) -> Result<(), ProviderError> {
+        let stored = self.dst_modes.record(&done.rel, done.true_mode, true);
+        done.dst
+            .set_mode(stored)
+            .and_then(|()| {
+                if self.durable {
+                    done.dst.sync()
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(|e| self.err("finishing the copy of", &done.rel, e))
     }
 }
 
-/// Compares two regular files' contents, chunk by chunk.
-pub(crate) fn same_content(a: &Path, b: &Path) -> Result<bool, ProviderError> {
-    let mut fa = open_nofollow(a).map_err(|e| io_err("opening", a, e))?;
-    let mut fb = open_nofollow(b).map_err(|e| io_err("opening", b, e))?;
+/// Compares two open regular files' contents, chunk by chunk.
+pub(crate) fn same_content(fa: &mut File, fb: &mut File) -> io::Result<bool> {
     let mut ba = vec![0u8; CHUNK];
     let mut bb = vec![0u8; CHUNK];
     loop {
-        let na = fill(&mut fa, &mut ba).map_err(|e| io_err("reading", a, e))?;
-        let nb = fill(&mut fb, &mut bb).map_err(|e| io_err("reading", b, e))?;
+        let na = fill(fa, &mut ba)?;
+        let nb = fill(fb, &mut bb)?;
         if na != nb || ba[..na] != bb[..nb] {
             return Ok(false);
         }
@@ -571,38 +585,66 @@ fn fill(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::symlink;
 
     #[test]
-    fn snapshot_policy_round_trips_every_mode() {
-        for mode in 0..=PERM_BITS {
-            for is_dir in [false, true] {
-                for policy in [Policy::Plain, Policy::Snapshot, Policy::Staging] {
-                    let mut m = Modes::new(policy);
-                    let stored = m.record(b"a/b", mode, is_dir);
-                    assert_eq!(m.true_mode(b"a/b", stored), mode, "{policy:?} {mode:o}");
-                    if policy == Policy::Snapshot {
-                        assert_eq!(stored & 0o222, 0);
-                    }
-                }
-            }
+    fn removal_of_a_deep_tree_holds_few_handles_and_keeps_what_is_outside() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("doomed");
+        fs::create_dir(&root).unwrap();
+        std::fs::write(t.path().join("keep.txt"), b"keep").unwrap();
+        // Deeper than REMOVE_HELD, built by handle (the path would exceed PATH_MAX).
+        let mut d = Dir::open(&root).unwrap();
+        for _ in 0..(3 * REMOVE_HELD) {
+            d.create_dir(b"dddddddddddddddddddddddddddddd", 0o500)
+                .unwrap();
+            d.create_file(b"f", 0o444).unwrap().write_all(b"x").unwrap();
+            d.symlink(t.path().join("keep.txt").as_os_str().as_bytes(), b"l")
+                .unwrap();
+            d = d.open_dir(b"dddddddddddddddddddddddddddddd").unwrap();
         }
-        let mut m = Modes::new(Policy::Snapshot);
-        m.record(b"a/b", 0o644, false);
-        assert!(
-            m.exceptions.is_empty(),
-            "the common case needs no exception"
-        );
+        drop(d);
+        symlink(t.path(), root.join("up")).unwrap();
+        remove_tree(&root).unwrap();
+        assert!(!root.exists());
+        assert_eq!(std::fs::read(t.path().join("keep.txt")).unwrap(), b"keep");
     }
 
     #[test]
-    fn forget_subtree_removes_exactly_the_descendants() {
-        let mut m = Modes::new(Policy::Snapshot);
-        for k in ["a", "a/b", "a/b/c", "a0", "a.b", "ab", "b"] {
-            m.record(k.as_bytes(), 0o444, false);
+    fn a_copy_refuses_a_fifo_and_a_tree_deeper_than_the_limit() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let fifo = std::ffi::CString::new(src.join("p").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let e = copy_tree(
+            &src,
+            &Modes::new(Policy::Plain),
+            &t.path().join("a"),
+            Policy::Plain,
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("is a fifo"), "{e}");
+
+        let deep = t.path().join("deep");
+        let mut d = Dir::open(t.path()).unwrap();
+        d.create_dir(b"deep", 0o755).unwrap();
+        d = d.open_dir(b"deep").unwrap();
+        for _ in 0..=MAX_DEPTH {
+            d.create_dir(b"d", 0o755).unwrap();
+            d = d.open_dir(b"d").unwrap();
         }
-        m.forget_subtree(b"a");
-        let left: Vec<_> = m.exceptions.keys().map(|k| show(k)).collect();
-        assert_eq!(left, ["a.b", "a0", "ab", "b"]);
-        assert_eq!(m.key_bytes(), 3 + 2 + 2 + 1);
+        let e = copy_tree(
+            &deep,
+            &Modes::new(Policy::Plain),
+            &t.path().join("b"),
+            Policy::Plain,
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("directories deep"), "{e}");
     }
 }

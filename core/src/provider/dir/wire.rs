@@ -1,16 +1,55 @@
 //! The directory provider's transfer stream: encoder (full and incremental)
-//! and the bounded decoder that applies a stream to a staging tree. The format
-//! is specified in the parent module's documentation.
+//! and the bounded decoder that applies a stream to a staging tree.
+//!
+//! # Format (version 1)
+//!
+//! All integers big-endian. Paths are relative, `/`-separated bytes; the empty
+//! path is the volume's root.
+//!
+//! ```text
+//! header   magic "VMGRDIRS" (8) | version u16 = 1 | flags u16 (bit 0: incremental)
+//!          | reserved u32 = 0 | guid u128 (the snapshot's) | base guid u128 (0 if full)
+//! records  tag u8, then:
+//!   'D' directory     path | mode u32            (creates it, or sets its mode)
+//!   'F' regular file  path | mode u32 | len u64 | len bytes of content
+//!   'L' symlink       path | target len u16 | target bytes
+//!   'P' mode change   path | mode u32            (existing file or directory)
+//!   'X' deletion      path                       (whatever is there, recursively)
+//! end      'E' | count u64 (records before it) | crc32 u32 of every byte before it
+//! path     len u16 | bytes
+//! ```
+//!
+//! A full stream carries the whole tree in pre-order (a directory before its
+//! entries, names in byte order). An incremental stream carries, relative to
+//! the base snapshot: new entries in full; files whose size or content differs
+//! (compared byte by byte; timestamps are unreliable after copies) in full; a
+//! `P` record for a file whose only change is its mode; a `D` record for a
+//! directory whose mode changed; changed symlinks; entries whose type changed
+//! (in full: the receiver replaces them); and an `X` record per path present
+//! in the base but not in the snapshot. Modes are the true modes (`0o7777`).
+//!
+//! The receiver trusts nothing: the magic, version, flags and reserved field
+//! must match; a path must be 1..=4096 bytes, relative, without NUL, empty,
+//! `.` or `..` components, and every ancestor must be a real directory of the
+//! tree being built (never a symlink), so nothing is created, changed or
+//! removed outside the staging tree; link targets are 1..=4096 bytes without
+//! NUL (they are stored, never followed); a file declares at most 2^44 bytes
+//! and its content is copied in 128 KiB chunks; a stream holds at most 2^26
+//! records; the end record's count and CRC must hold. Any violation, and any
+//! short read, is a [`ProviderError::Stream`] and the staging area is removed.
+//! The receiver stops reading at the end record (it does not require EOF).
+//!
 
-use std::fs::{self, DirBuilder};
-use std::io::{BufWriter, Read, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use super::tree::{self, Modes, PERM_BITS, join, lstat};
-use crate::provider::stream::{CHUNK, HashReader, HashWriter};
-use crate::provider::{ProviderError, SendStats};
+use super::space::SpaceGuard;
+use super::tree::{self, KEPT_BITS, MAX_DEPTH, Modes, PERM_BITS};
+use crate::fsutil::{Dir, Kind};
+use crate::provider::ProviderError;
+use crate::provider::stream::HashReader;
 
 pub(crate) const MAGIC: &[u8; 8] = b"VMGRDIRS";
 pub(crate) const VERSION: u16 = 1;
@@ -25,8 +64,11 @@ pub(crate) const TAG_END: u8 = b'E';
 
 /// Longest relative path (bytes) a stream may carry.
 pub const MAX_PATH: usize = 4096;
-/// Longest symlink target (bytes).
+/// Longest symlink target (bytes) a sender sends; a receiver takes at most
+/// one byte less (the kernel's `PATH_MAX` counts the NUL).
 pub const MAX_LINK: usize = 4096;
+/// Longest path component (bytes): the kernel's `NAME_MAX`.
+pub const MAX_NAME: usize = 255;
 /// Most records (excluding the end record) one stream may carry.
 pub const MAX_ENTRIES: u64 = 1 << 26;
 /// Largest file (bytes) one record may declare.
@@ -40,242 +82,6 @@ pub const MAX_MODE_EXCEPTION_BYTES: usize = 64 << 20;
 pub(crate) struct Header {
     pub guid: u128,
     pub base: Option<u128>,
-}
-
-fn wio(e: std::io::Error) -> ProviderError {
-    ProviderError::io("writing the stream", e)
-}
-
-struct Enc<'a> {
-    w: HashWriter<BufWriter<&'a mut dyn Write>>,
-    count: u64,
-    buf: Vec<u8>,
-}
-
-impl<'a> Enc<'a> {
-    fn put(&mut self, b: &[u8]) -> Result<(), ProviderError> {
-        self.w.write_all(b).map_err(wio)
-    }
-
-    fn record(&mut self, tag: u8, rel: &[u8]) -> Result<(), ProviderError> {
-        if rel.len() > MAX_PATH {
-            return Err(ProviderError::Other(format!(
-                "cannot send {}: path longer than {MAX_PATH} bytes",
-                tree::show(rel)
-            )));
-        }
-        self.count += 1;
-        self.put(&[tag])?;
-        self.put(&(rel.len() as u16).to_be_bytes())?;
-        self.put(rel)
-    }
-
-    fn dir(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
-        self.record(TAG_DIR, rel)?;
-        self.put(&mode.to_be_bytes())
-    }
-
-    fn perm(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
-        self.record(TAG_PERM, rel)?;
-        self.put(&mode.to_be_bytes())
-    }
-
-    fn delete(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
-        self.record(TAG_DELETE, rel)
-    }
-
-    fn link(&mut self, rel: &[u8], path: &Path) -> Result<(), ProviderError> {
-        let target = fs::read_link(path)
-            .map_err(|e| ProviderError::io(format!("reading link {}", path.display()), e))?;
-        let target = target.as_os_str().as_bytes();
-        if target.len() > MAX_LINK {
-            return Err(ProviderError::Other(format!(
-                "cannot send {}: link target longer than {MAX_LINK} bytes",
-                path.display()
-            )));
-        }
-        self.record(TAG_LINK, rel)?;
-        self.put(&(target.len() as u16).to_be_bytes())?;
-        self.put(target)
-    }
-
-    fn file(&mut self, rel: &[u8], mode: u32, path: &Path, len: u64) -> Result<(), ProviderError> {
-        let mut f = tree::open_file_nofollow(path)
-            .map_err(|e| ProviderError::io(format!("opening {}", path.display()), e))?;
-        self.record(TAG_FILE, rel)?;
-        self.put(&mode.to_be_bytes())?;
-        self.put(&len.to_be_bytes())?;
-        if self.buf.is_empty() {
-            self.buf = vec![0u8; CHUNK];
-        }
-        let mut left = len;
-        while left > 0 {
-            let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
-            let n = f
-                .read(&mut self.buf[..want])
-                .map_err(|e| ProviderError::io(format!("reading {}", path.display()), e))?;
-            if n == 0 {
-                return Err(ProviderError::Other(format!(
-                    "{} shrank while being sent",
-                    path.display()
-                )));
-            }
-            self.w.write_all(&self.buf[..n]).map_err(wio)?;
-            left -= n as u64;
-        }
-        Ok(())
-    }
-
-    /// Sends `rel` and everything under it, in full.
-    fn subtree(&mut self, root: &Path, modes: &Modes, rel: Vec<u8>) -> Result<(), ProviderError> {
-        let mut stack = vec![rel];
-        while let Some(rel) = stack.pop() {
-            let path = join(root, &rel);
-            let md = lstat(&path)?.ok_or_else(|| {
-                ProviderError::Other(format!("{} vanished while being sent", path.display()))
-            })?;
-            let ft = md.file_type();
-            if ft.is_dir() {
-                self.dir(&rel, modes.true_mode(&rel, md.mode()))?;
-                for name in tree::sorted_names(&path)?.into_iter().rev() {
-                    stack.push(tree::child(&rel, &name));
-                }
-            } else if ft.is_file() {
-                self.file(&rel, modes.true_mode(&rel, md.mode()), &path, md.len())?;
-            } else if ft.is_symlink() {
-                self.link(&rel, &path)?;
-            } else {
-                return Err(tree::unsupported(&path, ft));
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends what changed from `base` to `snap`, both directories at `rel`.
-    fn diff(
-        &mut self,
-        snap: &Path,
-        smodes: &Modes,
-        base: &Path,
-        bmodes: &Modes,
-    ) -> Result<(), ProviderError> {
-        let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
-        while let Some(rel) = stack.pop() {
-            let s_names = tree::sorted_names(&join(snap, &rel))?;
-            let b_names = tree::sorted_names(&join(base, &rel))?;
-            let (mut i, mut j) = (0, 0);
-            let mut dirs = Vec::new();
-            while i < s_names.len() || j < b_names.len() {
-                let order = match (s_names.get(i), b_names.get(j)) {
-                    (Some(s), Some(b)) => s.cmp(b),
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, _) => std::cmp::Ordering::Greater,
-                };
-                match order {
-                    std::cmp::Ordering::Less => {
-                        self.subtree(snap, smodes, tree::child(&rel, &s_names[i]))?;
-                        i += 1;
-                    }
-                    std::cmp::Ordering::Greater => {
-                        self.delete(&tree::child(&rel, &b_names[j]))?;
-                        j += 1;
-                    }
-                    std::cmp::Ordering::Equal => {
-                        let c = tree::child(&rel, &s_names[i]);
-                        i += 1;
-                        j += 1;
-                        let (sp, bp) = (join(snap, &c), join(base, &c));
-                        let vanished = |p: &Path| {
-                            ProviderError::Other(format!(
-                                "{} vanished while being sent",
-                                p.display()
-                            ))
-                        };
-                        let smd = lstat(&sp)?.ok_or_else(|| vanished(&sp))?;
-                        let bmd = lstat(&bp)?.ok_or_else(|| vanished(&bp))?;
-                        let (sft, bft) = (smd.file_type(), bmd.file_type());
-                        let smode = smodes.true_mode(&c, smd.mode());
-                        let bmode = bmodes.true_mode(&c, bmd.mode());
-                        if sft.is_dir() && bft.is_dir() {
-                            if smode != bmode {
-                                self.dir(&c, smode)?;
-                            }
-                            dirs.push(c);
-                        } else if sft.is_file() && bft.is_file() {
-                            if smd.len() != bmd.len() || !tree::same_content(&sp, &bp)? {
-                                self.file(&c, smode, &sp, smd.len())?;
-                            } else if smode != bmode {
-                                self.perm(&c, smode)?;
-                            }
-                        } else if sft.is_symlink() && bft.is_symlink() {
-                            let st = fs::read_link(&sp).map_err(|e| {
-                                ProviderError::io(format!("reading link {}", sp.display()), e)
-                            })?;
-                            let bt = fs::read_link(&bp).map_err(|e| {
-                                ProviderError::io(format!("reading link {}", bp.display()), e)
-                            })?;
-                            if st != bt {
-                                self.link(&c, &sp)?;
-                            }
-                        } else {
-                            // The type changed: the receiver replaces the entry.
-                            self.subtree(snap, smodes, c)?;
-                        }
-                    }
-                }
-            }
-            stack.extend(dirs.into_iter().rev());
-        }
-        Ok(())
-    }
-}
-
-/// Writes a stream of the snapshot tree `snap` (identity `guid`), in full or,
-/// with `base`, incremental from it.
-pub(crate) fn send(
-    snap: &Path,
-    smodes: &Modes,
-    guid: u128,
-    base: Option<(&Path, &Modes, u128)>,
-    out: &mut dyn Write,
-) -> Result<SendStats, ProviderError> {
-    let mut enc = Enc {
-        w: HashWriter::new(BufWriter::with_capacity(CHUNK, out)),
-        count: 0,
-        buf: Vec::new(),
-    };
-    let flags = if base.is_some() { FLAG_INCREMENTAL } else { 0 };
-    enc.put(MAGIC)?;
-    enc.put(&VERSION.to_be_bytes())?;
-    enc.put(&flags.to_be_bytes())?;
-    enc.put(&0u32.to_be_bytes())?;
-    enc.put(&guid.to_be_bytes())?;
-    enc.put(&base.map_or(0, |b| b.2).to_be_bytes())?;
-    match base {
-        None => enc.subtree(snap, smodes, Vec::new())?,
-        Some((bpath, bmodes, _)) => {
-            let smd =
-                lstat(snap)?.ok_or_else(|| ProviderError::NotFound(snap.display().to_string()))?;
-            let bmd = lstat(bpath)?
-                .ok_or_else(|| ProviderError::NotFound(bpath.display().to_string()))?;
-            let smode = smodes.true_mode(b"", smd.mode());
-            if smode != bmodes.true_mode(b"", bmd.mode()) {
-                enc.dir(b"", smode)?;
-            }
-            enc.diff(snap, smodes, bpath, bmodes)?;
-        }
-    }
-    let count = enc.count;
-    enc.put(&[TAG_END])?;
-    enc.put(&count.to_be_bytes())?;
-    let crc = enc.w.crc();
-    enc.w.write_unhashed(&crc.to_be_bytes()).map_err(wio)?;
-    enc.w.flush().map_err(wio)?;
-    Ok(SendStats {
-        bytes: enc.w.bytes(),
-        incremental: base.is_some(),
-        resumed: false,
-    })
 }
 
 fn bad(msg: String) -> ProviderError {
@@ -344,6 +150,7 @@ fn read_path<R: Read>(r: &mut HashReader<R>, allow_root: bool) -> Result<Vec<u8>
             shown(&rel)
         )));
     }
+    let mut depth = 0;
     for comp in rel.split(|&b| b == b'/') {
         if comp.is_empty() || comp == b"." || comp == b".." {
             return Err(bad(format!(
@@ -352,10 +159,26 @@ fn read_path<R: Read>(r: &mut HashReader<R>, allow_root: bool) -> Result<Vec<u8>
                 String::from_utf8_lossy(comp)
             )));
         }
+        if comp.len() > MAX_NAME {
+            return Err(bad(format!(
+                "path {} has a component of {} bytes, more than {MAX_NAME} (byte {at})",
+                shown(&rel),
+                comp.len()
+            )));
+        }
+        depth += 1;
+    }
+    if depth > MAX_DEPTH {
+        return Err(bad(format!(
+            "path {} is {depth} components deep, more than {MAX_DEPTH} (byte {at})",
+            shown(&rel[..rel.len().min(64)])
+        )));
     }
     Ok(rel)
 }
 
+/// Reads a mode: bits beyond [`PERM_BITS`] are refused; setuid and setgid
+/// are accepted and dropped (nothing received becomes setuid or setgid).
 fn read_mode<R: Read>(r: &mut HashReader<R>) -> Result<u32, ProviderError> {
     let mode = r.read_u32("a mode")?;
     if mode & !PERM_BITS != 0 {
@@ -363,7 +186,7 @@ fn read_mode<R: Read>(r: &mut HashReader<R>) -> Result<u32, ProviderError> {
             "mode {mode:#o} has bits beyond {PERM_BITS:#o}"
         )));
     }
-    Ok(mode)
+    Ok(mode & KEPT_BITS)
 }
 
 /// Parent of a relative path (`None` for a top-level entry).
@@ -371,87 +194,119 @@ fn parent_of(rel: &[u8]) -> Option<&[u8]> {
     rel.iter().rposition(|&b| b == b'/').map(|i| &rel[..i])
 }
 
-/// Applies stream records to the staging tree `root`.
+/// Applies stream records to the staging tree, every path resolved beneath
+/// its root handle without following a symlink.
 struct Apply<'a> {
-    root: &'a Path,
+    root: Dir,
+    root_path: &'a Path,
     modes: &'a mut Modes,
-    /// A parent directory already checked to be a real directory chain.
-    checked: Option<Vec<u8>>,
+    /// The parent directory of the last record, by relative path.
+    cached: Option<(Vec<u8>, Dir)>,
+    space: SpaceGuard,
+}
+
+/// Splits a non-empty relative path into its parent and its last name.
+fn split_rel(rel: &[u8]) -> (&[u8], &[u8]) {
+    match parent_of(rel) {
+        Some(p) => (p, &rel[p.len() + 1..]),
+        None => (&rel[..0], rel),
+    }
 }
 
 impl Apply<'_> {
-    /// Whether every ancestor of `rel` is a real directory (not a symlink),
-    /// so `join(root, rel)` resolves inside the tree.
-    fn ancestors_ok(&mut self, rel: &[u8]) -> Result<bool, ProviderError> {
-        let Some(parent) = parent_of(rel) else {
-            return Ok(true);
-        };
-        if self.checked.as_deref() == Some(parent) {
-            return Ok(true);
+    fn io(&self, what: &str, rel: &[u8], e: std::io::Error) -> ProviderError {
+        if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+            return bad(format!("{}: {e}", shown(rel)));
         }
-        let mut end = 0;
-        loop {
-            let next = parent[end..]
-                .iter()
-                .position(|&b| b == b'/')
-                .map_or(parent.len(), |i| end + i);
-            match lstat(&join(self.root, &parent[..next]))? {
-                Some(md) if md.file_type().is_dir() => {}
-                _ => return Ok(false),
-            }
-            if next == parent.len() {
-                break;
-            }
-            end = next + 1;
-        }
-        self.checked = Some(parent.to_vec());
-        Ok(true)
+        ProviderError::io(format!("{what} {}", tree::shown_in(self.root_path, rel)), e)
     }
 
-    fn need_parent(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
-        if self.ancestors_ok(rel)? {
-            Ok(())
-        } else {
-            Err(bad(format!(
+    /// The parent directory of `rel`, if every ancestor is a real directory
+    /// of the tree (`None` otherwise: absent, a symlink, a file).
+    fn parent(&mut self, rel: &[u8]) -> Result<Option<&Dir>, ProviderError> {
+        let (parent, _) = split_rel(rel);
+        if self
+            .cached
+            .as_ref()
+            .is_none_or(|(p, _)| p.as_slice() != parent)
+        {
+            self.cached = None;
+            match self.root.open_beneath(parent) {
+                Ok(d) => self.cached = Some((parent.to_vec(), d)),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+                    ) || e.kind() == std::io::ErrorKind::Other =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(self.io("opening the parent of", rel, e)),
+            }
+        }
+        Ok(self.cached.as_ref().map(|(_, d)| d))
+    }
+
+    fn need_parent(&mut self, rel: &[u8]) -> Result<Dir, ProviderError> {
+        match self.parent(rel)? {
+            Some(d) => d
+                .try_clone()
+                .map_err(|e| ProviderError::io("duplicating a directory handle", e)),
+            None => Err(bad(format!(
                 "{}: its parent is not a directory of the stream",
                 shown(rel)
-            )))
+            ))),
         }
     }
 
-    /// Removes whatever is at `rel` (and its modes), unless it is a directory
-    /// and `keep_dir`. Returns whether a directory was kept.
-    fn clear(&mut self, rel: &[u8], keep_dir: bool) -> Result<bool, ProviderError> {
-        let path = join(self.root, rel);
-        match lstat(&path)? {
+    /// Removes whatever is at `name` of `dir` (entry `rel`, and its modes),
+    /// unless it is a directory and `keep_dir`. Returns whether a directory
+    /// was kept.
+    fn clear(
+        &mut self,
+        dir: &Dir,
+        name: &[u8],
+        rel: &[u8],
+        keep_dir: bool,
+    ) -> Result<bool, ProviderError> {
+        match dir
+            .stat_at(name)
+            .map_err(|e| self.io("examining", rel, e))?
+        {
             None => Ok(false),
-            Some(md) if md.file_type().is_dir() && keep_dir => Ok(true),
-            Some(_) => {
-                tree::remove_tree(&path)?;
+            Some(st) if st.kind == Kind::Dir && keep_dir => Ok(true),
+            Some(st) => {
+                tree::remove_entry(dir, name).map_err(|e| self.io("removing", rel, e))?;
                 self.modes.forget_subtree(rel);
-                self.checked = None;
+                if st.kind == Kind::Dir {
+                    // The cached parent may have been under it.
+                    self.cached = None;
+                }
                 Ok(false)
             }
         }
     }
 
     fn dir(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
-        let path = join(self.root, rel);
-        if !rel.is_empty() {
-            self.need_parent(rel)?;
+        self.space.entry(0)?;
+        if rel.is_empty() {
+            let stored = self.modes.record(rel, mode, true);
+            return self
+                .root
+                .set_mode(stored)
+                .map_err(|e| self.io("setting the mode of", rel, e));
         }
-        let kept = self.clear(rel, true)?;
-        if !kept {
-            if rel.is_empty() {
-                return Err(bad("the stream replaced the root directory".into()));
-            }
-            DirBuilder::new()
-                .mode(0o700)
-                .create(&path)
-                .map_err(|e| ProviderError::io(format!("creating {}", path.display()), e))?;
+        let parent = self.need_parent(rel)?;
+        let (_, name) = split_rel(rel);
+        if !self.clear(&parent, name, rel, true)? {
+            parent
+                .create_dir(name, 0o700)
+                .map_err(|e| self.io("creating", rel, e))?;
         }
         let stored = self.modes.record(rel, mode, true);
-        tree::chmod_dir(&path, stored)
+        parent
+            .set_mode_at(name, stored)
+            .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
     fn file<R: Read>(
@@ -461,55 +316,79 @@ impl Apply<'_> {
         mode: u32,
         len: u64,
     ) -> Result<(), ProviderError> {
-        self.need_parent(rel)?;
-        self.clear(rel, false)?;
-        let path = join(self.root, rel);
-        let mut f = tree::create_new_file(&path)
-            .map_err(|e| ProviderError::io(format!("creating {}", path.display()), e))?;
+        self.space.entry(len)?;
+        let parent = self.need_parent(rel)?;
+        let (_, name) = split_rel(rel);
+        self.clear(&parent, name, rel, false)?;
+        let mut f = parent
+            .create_file(name, 0o600)
+            .map_err(|e| self.io("creating", rel, e))?;
         r.copy_exact(len, &mut f, "file content")?;
         let stored = self.modes.record(rel, mode, false);
         f.set_permissions(fs::Permissions::from_mode(stored))
-            .map_err(|e| ProviderError::io(format!("setting the mode of {}", path.display()), e))
+            .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
     fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
-        self.need_parent(rel)?;
-        self.clear(rel, false)?;
-        let path = join(self.root, rel);
-        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path)
-            .map_err(|e| ProviderError::io(format!("creating symlink {}", path.display()), e))
+        self.space.entry(0)?;
+        let parent = self.need_parent(rel)?;
+        let (_, name) = split_rel(rel);
+        self.clear(&parent, name, rel, false)?;
+        parent
+            .symlink(target, name)
+            .map_err(|e| self.io("creating symlink", rel, e))
     }
 
     fn perm(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
-        let path = join(self.root, rel);
-        let md = if self.ancestors_ok(rel)? {
-            lstat(&path)?
-        } else {
-            None
-        };
-        match md {
-            Some(md) if md.file_type().is_dir() => {
-                let stored = self.modes.record(rel, mode, true);
-                tree::chmod_dir(&path, stored)
-            }
-            Some(md) if md.file_type().is_file() => {
-                let stored = self.modes.record(rel, mode, false);
-                tree::chmod_file(&path, stored)
-            }
-            _ => Err(bad(format!(
-                "mode change for {}, which is not a file or directory of the base",
-                shown(rel)
-            ))),
+        if rel.is_empty() {
+            let stored = self.modes.record(rel, mode, true);
+            return self
+                .root
+                .set_mode(stored)
+                .map_err(|e| self.io("setting the mode of", rel, e));
         }
+        let (_, name) = split_rel(rel);
+        let st = match self.parent(rel)? {
+            Some(d) => d
+                .stat_at(name)
+                .map_err(|e| ProviderError::io("examining", e))?,
+            None => None,
+        };
+        let is_dir = match st.map(|s| s.kind) {
+            Some(Kind::Dir) => true,
+            Some(Kind::File) => false,
+            _ => {
+                return Err(bad(format!(
+                    "mode change for {}, which is not a file or directory of the base",
+                    shown(rel)
+                )));
+            }
+        };
+        let stored = self.modes.record(rel, mode, is_dir);
+        let parent = self.need_parent(rel)?;
+        parent
+            .set_mode_at(name, stored)
+            .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
     fn delete(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
         // Absent (or under something that is not a directory): nothing to do.
-        if self.ancestors_ok(rel)? {
-            self.clear(rel, false)?;
+        if self.parent(rel)?.is_some() {
+            let parent = self.need_parent(rel)?;
+            let (_, name) = split_rel(rel);
+            self.clear(&parent, name, rel, false)?;
         }
         Ok(())
     }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Applied {
+    pub records: u64,
+    /// Entries created or replaced, and their content bytes.
+    pub entries: u64,
+    pub bytes: u64,
 }
 
 /// Applies the records after the header to the staging tree `root` (whose
@@ -520,11 +399,20 @@ pub(crate) fn apply<R: Read>(
     r: &mut HashReader<R>,
     root: &Path,
     modes: &mut Modes,
-) -> Result<u64, ProviderError> {
+) -> Result<Applied, ProviderError> {
+    let root_dir =
+        Dir::open(root).map_err(|e| ProviderError::io(format!("opening {}", root.display()), e))?;
+    let space = SpaceGuard::new(
+        root_dir
+            .try_clone()
+            .map_err(|e| ProviderError::io("duplicating a directory handle", e))?,
+    );
     let mut a = Apply {
-        root,
+        root: root_dir,
+        root_path: root,
         modes,
-        checked: None,
+        cached: None,
+        space,
     };
     let mut count = 0u64;
     loop {
@@ -544,7 +432,11 @@ pub(crate) fn apply<R: Read>(
                     "checksum mismatch: the stream says {crc:#010x}, its bytes give {want:#010x}"
                 )));
             }
-            return Ok(count);
+            return Ok(Applied {
+                records: count,
+                entries: a.space.entries,
+                bytes: a.space.bytes,
+            });
         }
         count += 1;
         if count > MAX_ENTRIES {
@@ -572,9 +464,9 @@ pub(crate) fn apply<R: Read>(
                 let rel = read_path(r, false)?;
                 let n = r.read_u16("a link target length")? as usize;
                 let target = r.read_bytes(n, MAX_LINK, "a link target")?;
-                if target.is_empty() || target.contains(&0) {
+                if target.is_empty() || target.contains(&0) || target.len() >= MAX_LINK {
                     return Err(bad(format!(
-                        "symlink {} has an empty target or one with NUL",
+                        "symlink {} has an empty target, one with NUL, or one of {MAX_LINK} bytes or more",
                         shown(&rel)
                     )));
                 }
@@ -599,4 +491,18 @@ pub(crate) fn apply<R: Read>(
             )));
         }
     }
+}
+
+/// Applies a whole stream (header and records) to the existing directory
+/// `dir`, whose content is the base of an incremental stream (a full stream
+/// expects it empty), then sets the entries' true modes. The receiver's
+/// decoder without any provider state (no markers, no snapshot, no swap):
+/// for tools and fuzzing. Returns the number of records applied.
+pub fn apply_stream(input: &mut dyn Read, dir: &Path) -> Result<u64, ProviderError> {
+    let mut r = HashReader::new(input);
+    read_header(&mut r)?;
+    let mut modes = Modes::new(tree::Policy::Staging);
+    let applied = apply(&mut r, dir, &mut modes)?;
+    modes.apply_true_modes(dir, false)?;
+    Ok(applied.records)
 }

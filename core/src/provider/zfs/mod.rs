@@ -19,7 +19,8 @@
 //! # Layout and tags
 //!
 //! ```text
-//! <dataset>                   mountpoint=none (created if missing)
+//! <dataset>                   mountpoint=none setuid=off devices=off (created if missing; the two
+//!                             are set on an existing one too, and every receive passes them with -o)
 //! <dataset>/data              mountpoint=none
 //! <dataset>/data/<id>         data volume (or fork: a clone), mounted at <workdir>/mnt/data/<id>
 //! <dataset>/data/<src>@<id>   snapshot <id> of data volume <src>
@@ -67,14 +68,28 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::check_id;
 use super::cmd::Cmd;
-use super::dir::check_id;
 use super::{
     Created, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError, SendStats,
     Tag, VolumeRef, VolumeSpec,
 };
-use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::fsutil;
+use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
+
+mod attributes;
+mod parse;
+mod receive;
+mod setup;
+
+pub use attributes::{COMPRESSION_VALUES, check_volume_option};
+#[allow(clippy::wildcard_imports)]
+use parse::*;
+pub use parse::{
+    StreamHeader, TokenContents, check_dataset, check_token, parse_begin, parse_size,
+    parse_token_contents,
+};
 
 /// The provider kind.
 pub const KIND: &str = "zfs";
@@ -86,6 +101,11 @@ pub const CONFIG_POOL_SIZE: &str = "pool_size";
 pub const CONFIG_POOL_NAME: &str = "pool_name";
 /// Default working directory (mounts under `<workdir>/mnt`).
 pub const DEFAULT_WORKDIR: &str = "/var/lib/volmgr/zfs";
+/// Set on the root dataset (so every volume, clone and received dataset
+/// inherits them) and on every receive: no setuid executable and no device
+/// node inside a volume works.
+const SETUID_OFF: &str = "setuid=off";
+const DEVICES_OFF: &str = "devices=off";
 /// Pool size when the state disk's size is unknown.
 pub const FALLBACK_POOL_SIZE: u64 = 100 * 1000 * 1000 * 1000;
 
@@ -103,225 +123,6 @@ const COLUMNS: &str = "name,type,guid,createtxg,origin,mounted,receive_resume_to
 /// How often a busy dataset is retried.
 const BUSY_ATTEMPTS: u32 = 8;
 
-/// `DMU_BACKUP_MAGIC` of a send stream's begin record.
-const BACKUP_MAGIC: u64 = 0x2_f5ba_cbac;
-/// Size of the `DRR_BEGIN` record (type, payload length, begin body).
-const BEGIN_LEN: usize = 8 + 8 + 8 + 8 + 4 + 4 + 8 + 8 + 256;
-
-/// Checks a dataset name from the configuration.
-pub fn check_dataset(name: &str) -> Result<(), ProviderError> {
-    let bad = |why: &str| {
-        Err(ProviderError::InvalidConfig(format!(
-            "{CONFIG_DATASET} {name:?}: {why}"
-        )))
-    };
-    if name.is_empty() || name.len() > 200 {
-        return bad("must be 1..=200 bytes");
-    }
-    if name.starts_with('-') {
-        return bad("starts with '-'");
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')))
-    {
-        return bad(&format!("contains {c:?} (allowed: A-Z a-z 0-9 _ . : / -)"));
-    }
-    if name
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with('-'))
-    {
-        return bad("has an empty, '.', '..' or '-'-prefixed component");
-    }
-    Ok(())
-}
-
-/// Parses a size: bytes, or with a K/M/G/T suffix (powers of 1024).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last()? {
-        'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
-        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
-        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
-        'T' | 't' => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
-/// One row of `zfs list -H -p -o COLUMNS`.
-#[derive(Debug, Clone)]
-struct Row {
-    name: String,
-    is_snapshot: bool,
-    guid: String,
-    createtxg: u64,
-    mounted: bool,
-    token: Option<String>,
-    owner: Option<String>,
-    volume: Option<String>,
-    op: Option<String>,
-    kind: Option<String>,
-    parent: Option<String>,
-    receiving: Option<String>,
-}
-
-fn prop(v: &str) -> Option<String> {
-    (v != "-" && !v.is_empty()).then(|| v.to_owned())
-}
-
-fn parse_rows(out: &str) -> Result<Vec<Row>, ProviderError> {
-    let mut rows = Vec::new();
-    for line in out.lines().filter(|l| !l.is_empty()) {
-        let f: Vec<&str> = line.split('\t').collect();
-        if f.len() != 13 {
-            return Err(ProviderError::Other(format!(
-                "unexpected `zfs list` line ({} fields): {line:?}",
-                f.len()
-            )));
-        }
-        rows.push(Row {
-            name: f[0].to_owned(),
-            is_snapshot: f[1] == "snapshot",
-            guid: f[2].to_owned(),
-            createtxg: f[3].parse().unwrap_or(0),
-            mounted: f[5] == "yes",
-            token: prop(f[6]),
-            owner: prop(f[7]),
-            volume: prop(f[8]),
-            op: prop(f[9]),
-            kind: prop(f[10]),
-            parent: prop(f[11]),
-            receiving: prop(f[12]),
-        });
-    }
-    Ok(rows)
-}
-
-fn stderr_of(e: &ProviderError) -> &str {
-    match e {
-        ProviderError::Command { stderr, .. } => stderr,
-        _ => "",
-    }
-}
-
-fn is_not_found(e: &ProviderError) -> bool {
-    let s = stderr_of(e);
-    s.contains("does not exist") || s.contains("no such pool or dataset")
-}
-
-fn is_busy(e: &ProviderError) -> bool {
-    stderr_of(e).contains("is busy")
-}
-
-fn kv(key: &str, value: &str) -> String {
-    format!("{key}={value}")
-}
-
-/// The header of a send stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamHeader {
-    pub toguid: u64,
-    pub fromguid: u64,
-    pub toname: String,
-    /// A resumed stream (`zfs send -t`): it continues a partial receive.
-    pub resuming: bool,
-}
-
-/// `DMU_BACKUP_FEATURE_RESUMING` as a bit of the begin record's versioninfo
-/// (feature flags start at bit 2).
-const FEATURE_RESUMING: u64 = 1 << 22;
-
-/// Checks a resume token from a caller: `<version>-<hex>-<hex>-<hex>`, ASCII
-/// hex digits and dashes only, bounded, never flag-like.
-pub fn check_token(token: &str) -> Result<(), ProviderError> {
-    let ok = !token.is_empty()
-        && token.len() <= MAX_RESUME_TOKEN_LEN
-        && token.starts_with(|c: char| c.is_ascii_digit())
-        && token.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ProviderError::Stream(format!(
-            "invalid resume token ({} bytes): expected hex digits and dashes, at most {MAX_RESUME_TOKEN_LEN}",
-            token.len()
-        )))
-    }
-}
-
-/// What `zfs send -nvP -t TOKEN` says a token continues.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenContents {
-    pub toguid: u64,
-    pub fromguid: Option<u64>,
-    pub toname: String,
-}
-
-/// Parses the `resume token contents:` nvlist dump of `zfs send -nv -t`.
-pub fn parse_token_contents(text: &str) -> Option<TokenContents> {
-    let mut toguid = None;
-    let mut fromguid = None;
-    let mut toname = None;
-    for line in text.lines() {
-        let Some((k, v)) = line.trim().split_once(" = ") else {
-            continue;
-        };
-        let hex = |v: &str| u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok();
-        match k {
-            "toguid" => toguid = hex(v),
-            "fromguid" => fromguid = hex(v),
-            "toname" => toname = Some(v.trim().to_owned()),
-            _ => {}
-        }
-    }
-    Some(TokenContents {
-        toguid: toguid?,
-        fromguid,
-        toname: toname?,
-    })
-}
-
-/// Parses the `DRR_BEGIN` record at the start of a (non-compound) stream.
-pub fn parse_begin(b: &[u8]) -> Result<StreamHeader, ProviderError> {
-    if b.len() < BEGIN_LEN {
-        return Err(ProviderError::Stream(
-            "shorter than a ZFS stream header".into(),
-        ));
-    }
-    let le = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-    let be = |o: usize| u64::from_be_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-    let u64_at: &dyn Fn(usize) -> u64 = if le(8) == BACKUP_MAGIC {
-        &le
-    } else if be(8) == BACKUP_MAGIC {
-        &be
-    } else {
-        return Err(ProviderError::Stream(
-            "not a ZFS send stream (bad magic)".into(),
-        ));
-    };
-    let drr_type = u64_at(0) & 0xffff_ffff;
-    let drr_type_be = u64_at(0) >> 32;
-    if drr_type != 0 && drr_type_be != 0 {
-        return Err(ProviderError::Stream(
-            "stream does not start with BEGIN".into(),
-        ));
-    }
-    // DMU_GET_STREAM_HDRTYPE: 1 substream, 2 compound (send -R).
-    if u64_at(16) & 0x3 == 2 {
-        return Err(ProviderError::Stream(
-            "compound (send -R) streams are not accepted".into(),
-        ));
-    }
-    let name = &b[56..56 + 256];
-    let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-    Ok(StreamHeader {
-        toguid: u64_at(40),
-        fromguid: u64_at(48),
-        toname: String::from_utf8_lossy(&name[..end]).into_owned(),
-        resuming: u64_at(16) & FEATURE_RESUMING != 0,
-    })
-}
-
 /// ZFS datasets under a root dataset. See the module documentation.
 #[derive(Debug)]
 pub struct ZfsProvider {
@@ -331,82 +132,6 @@ pub struct ZfsProvider {
 }
 
 impl ZfsProvider {
-    /// Builds the provider from its configuration (see the module docs):
-    /// imports or creates the pool if a vdev is configured, creates the root
-    /// datasets if missing.
-    pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
-        let known = [
-            CONFIG_DATASET,
-            CONFIG_WORKDIR,
-            CONFIG_MOUNTPOINT_BASE,
-            CONFIG_POOL_VDEV,
-            CONFIG_POOL_SIZE,
-            CONFIG_POOL_NAME,
-        ];
-        if let Some(key) = config.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(ProviderError::InvalidConfig(format!(
-                "unknown key {key:?} (the zfs provider takes {known:?})"
-            )));
-        }
-        let dataset = config
-            .get(CONFIG_DATASET)
-            .ok_or_else(|| ProviderError::InvalidConfig(format!("missing {CONFIG_DATASET:?}")))?
-            .trim_end_matches('/')
-            .to_owned();
-        check_dataset(&dataset)?;
-        let pool = dataset.split('/').next().expect("non-empty").to_owned();
-        if let Some(p) = config.get(CONFIG_POOL_NAME)
-            && *p != pool
-        {
-            return Err(ProviderError::InvalidConfig(format!(
-                "{CONFIG_POOL_NAME} {p:?} is not the first component of {CONFIG_DATASET} {dataset:?}"
-            )));
-        }
-        let workdir = PathBuf::from(
-            config
-                .get(CONFIG_WORKDIR)
-                .or_else(|| config.get(CONFIG_MOUNTPOINT_BASE))
-                .map_or(DEFAULT_WORKDIR, String::as_str),
-        );
-        let abs_ok = |p: &Path| {
-            p.is_absolute()
-                && p.to_str().is_some_and(|s| {
-                    !s.contains(['\0', ',', '\n']) && !s.split('/').any(|c| c == "..")
-                })
-        };
-        if !abs_ok(&workdir) {
-            return Err(ProviderError::InvalidConfig(format!(
-                "{CONFIG_WORKDIR} {}: must be an absolute UTF-8 path without '..' or ','",
-                workdir.display()
-            )));
-        }
-        let size = match config.get(CONFIG_POOL_SIZE) {
-            Some(s) => Some(parse_size(s).filter(|&n| n >= 64 << 20).ok_or_else(|| {
-                ProviderError::InvalidConfig(format!(
-                    "{CONFIG_POOL_SIZE} {s:?}: a size of at least 64M (bytes or K/M/G/T)"
-                ))
-            })?),
-            None => None,
-        };
-        let p = ZfsProvider {
-            config: config.clone(),
-            dataset,
-            workdir,
-        };
-        if let Some(vdev) = config.get(CONFIG_POOL_VDEV) {
-            let vdev = PathBuf::from(vdev);
-            if !abs_ok(&vdev) {
-                return Err(ProviderError::InvalidConfig(format!(
-                    "{CONFIG_POOL_VDEV} {}: must be an absolute path",
-                    vdev.display()
-                )));
-            }
-            p.ensure_pool(&pool, &vdev, size)?;
-        }
-        p.ensure_root()?;
-        Ok(p)
-    }
-
     /// The factory for [`super::builtin_factories`].
     pub fn factory() -> super::ProviderFactory {
         std::sync::Arc::new(|config: &ProviderConfig| {
@@ -417,74 +142,6 @@ impl ZfsProvider {
 
     pub fn dataset(&self) -> &str {
         &self.dataset
-    }
-
-    fn ensure_pool(&self, pool: &str, vdev: &Path, size: Option<u64>) -> Result<(), ProviderError> {
-        let imported = Cmd::new("zpool")
-            .arg("list")
-            .arg("-H")
-            .arg("-o")
-            .arg("name")
-            .user_arg(pool)?
-            .run();
-        if imported.is_ok() {
-            return Ok(());
-        }
-        if vdev.exists() {
-            Cmd::new("zpool")
-                .arg("import")
-                .arg("-d")
-                .path_arg(vdev)?
-                .user_arg(pool)?
-                .run()?;
-            return Ok(());
-        }
-        let size = size.unwrap_or_else(|| default_pool_size(vdev));
-        if let Some(dir) = vdev.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| ProviderError::io(format!("creating {}", dir.display()), e))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(vdev)
-            .map_err(|e| ProviderError::io(format!("creating {}", vdev.display()), e))?;
-        file.set_len(size)
-            .map_err(|e| ProviderError::io(format!("sizing {}", vdev.display()), e))?;
-        drop(file);
-        let created = Cmd::new("zpool")
-            .arg("create")
-            .arg("-m")
-            .arg("none")
-            .user_arg(pool)?
-            .path_arg(vdev)?
-            .run();
-        if let Err(e) = created {
-            // Only what we just made goes; an existing file is never touched.
-            let _ = std::fs::remove_file(vdev);
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    fn ensure_root(&self) -> Result<(), ProviderError> {
-        for name in [self.dataset.clone(), self.data_root()] {
-            if self.list(&name, false)?.is_empty() {
-                let made = Cmd::new("zfs")
-                    .arg("create")
-                    .arg("-p")
-                    .arg("-o")
-                    .arg("mountpoint=none")
-                    .user_arg(&name)?
-                    .run();
-                if let Err(e) = made
-                    && !stderr_of(&e).contains("already exists")
-                {
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
     }
 
     fn data_root(&self) -> String {
@@ -652,25 +309,16 @@ impl ZfsProvider {
         what: &str,
         mut f: impl FnMut() -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        let mut attempt = 0;
-        loop {
-            match f() {
-                Err(e) if is_busy(&e) => {
-                    attempt += 1;
-                    if attempt >= BUSY_ATTEMPTS {
-                        return Err(ProviderError::Busy {
-                            what: what.to_owned(),
-                            cause: format!(
-                                "{} (still busy after {attempt} attempts: open files, a mount in another namespace, a concurrent receive or a hold)",
-                                stderr_of(&e).trim()
-                            ),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(50 << attempt.min(5)));
-                }
-                other => return other,
-            }
-        }
+        fsutil::retry_busy(BUSY_ATTEMPTS, Duration::from_millis(100), is_busy, &mut f).unwrap_or_else(|still| {
+            Err(ProviderError::Busy {
+                what: what.to_owned(),
+                cause: format!(
+                    "{} (still busy after {} attempts: open files, a mount in another namespace, a concurrent receive or a hold)",
+                    stderr_of(&still.last).trim(),
+                    still.attempts
+                ),
+            })
+        })
     }
 
     /// Mounts filesystem `name` if it is not (bounded retries: a create may
@@ -799,241 +447,37 @@ impl ZfsProvider {
             }
         })
     }
-
-    fn receive_into(
-        &self,
-        tname: &str,
-        spec: &VolumeSpec<'_>,
-        target: &VolumeRef<'_>,
-        input: &mut dyn Read,
-    ) -> Result<Created, ProviderError> {
-        let mut head = vec![0u8; BEGIN_LEN];
-        input
-            .read_exact(&mut head)
-            .map_err(|e| ProviderError::Stream(format!("reading the stream header: {e}")))?;
-        let header = parse_begin(&head)?;
-        let toguid = header.toguid.to_string();
-        let partial = self.one(tname)?.and_then(|r| self.partial_of(&r));
-        if header.resuming {
-            // A resumed stream continues the partial receive the target holds,
-            // or nothing: refused, the partial state is discarded so it can
-            // never block the target.
-            match &partial {
-                Some(p) if p.guid == toguid => {}
-                other => {
-                    let held = other.as_ref().map_or("no partial receive".to_owned(), |p| {
-                        format!("a partial receive of guid {}", p.guid)
-                    });
-                    if other.is_some() {
-                        self.recv_abort(tname)?;
-                    }
-                    return Err(ProviderError::Stream(format!(
-                        "resumed stream of guid {toguid}, but {tname} holds {held}"
-                    )));
-                }
-            }
-        }
-        let fits = self.check_stream_fits(tname, spec, &header);
-        if header.resuming && !matches!(fits, Ok(None)) {
-            self.recv_abort(tname)?;
-        }
-        if let Some(created) = fits? {
-            return Ok(created);
-        }
-        if !header.resuming && partial.is_some() {
-            self.recv_abort(tname)?;
-        }
-        self.set_props(tname, &[kv(P_RECEIVING, &format!("{}:{toguid}", spec.op))])?;
-        let mut cmd = Cmd::new("zfs").arg("recv").arg("-F").arg("-s");
-        for p in [P_OWNER, P_VOLUME, P_OP, P_KIND, P_PARENT, P_RECEIVING] {
-            cmd = cmd.arg("-x").user_arg(p)?;
-        }
-        let cmd = cmd.user_arg(tname)?;
-        let mut stream = std::io::Cursor::new(head).chain(input);
-        if let Err(e) = cmd.run_from(&mut stream) {
-            return Err(self.after_failed_receive(tname, partial.as_ref(), header.resuming, e));
-        }
-        let arrived = self
-            .snapshots_of(tname)?
-            .into_iter()
-            .find(|r| r.guid == toguid)
-            .ok_or_else(|| {
-                ProviderError::Stream(format!(
-                    "`zfs recv` succeeded but no snapshot with the stream's guid {toguid} ({}) is in {tname}",
-                    header.toname
-                ))
-            })?;
-        let want = format!("{tname}@{}", spec.id);
-        self.set_props(&arrived.name, &self.tags(spec, Some(target.id)))?;
-        if arrived.name != want {
-            self.retry_busy(&arrived.name, || {
-                Cmd::new("zfs")
-                    .arg("rename")
-                    .user_arg(&arrived.name)?
-                    .user_arg(&want)?
-                    .run()
-                    .map(|_| ())
-            })?;
-        }
-        self.clear_receiving(tname)?;
-        self.ensure_mounted(tname)?;
-        let row = self
-            .one(&want)?
-            .ok_or_else(|| ProviderError::NotFound(want.clone()))?;
-        if row.guid != toguid {
-            return Err(ProviderError::Stream(format!(
-                "{want} has guid {} after the rename, expected {toguid}",
-                row.guid
-            )));
-        }
-        Ok(self.created_of(&row))
-    }
-
-    /// Checks a stream's header against the target before anything changes:
-    /// an incremental's base must be the target's newest snapshot (by GUID);
-    /// a full stream needs a target without snapshots; a GUID already present
-    /// is this very receive done before (its result: idempotent) or refused.
-    fn check_stream_fits(
-        &self,
-        tname: &str,
-        spec: &VolumeSpec<'_>,
-        header: &StreamHeader,
-    ) -> Result<Option<Created>, ProviderError> {
-        let snaps = self.snapshots_of(tname)?;
-        let toguid = header.toguid.to_string();
-        if let Some(have) = snaps.iter().find(|r| r.guid == toguid) {
-            if let Some(t) = self.tag_of(have)
-                && t.volume == spec.id
-                && t.op == spec.op
-            {
-                return Ok(Some(self.created_of(have)));
-            }
-            return Err(ProviderError::AlreadyExists(format!(
-                "{tname} already holds snapshot guid {toguid} as {}",
-                have.name
-            )));
-        }
-        if header.fromguid != 0 {
-            let from = header.fromguid.to_string();
-            if snaps.last().map(|r| r.guid.as_str()) != Some(from.as_str()) {
-                return Err(ProviderError::Stream(format!(
-                    "incremental stream from guid {from}, but the newest snapshot of {tname} is {}",
-                    snaps
-                        .last()
-                        .map_or("none".into(), |r| format!("{} (guid {})", r.name, r.guid))
-                )));
-            }
-        } else if !snaps.is_empty() {
-            return Err(ProviderError::Stream(format!(
-                "full stream into {tname}, which has {} snapshot(s): destroy them first",
-                snaps.len()
-            )));
-        }
-        Ok(None)
-    }
-
-    /// Settles a `zfs recv` that failed. If the target now holds a partial
-    /// receive that moved on (a new token), it is kept, resumable:
-    /// [`ProviderError::Suspended`]. A resume that made no progress (same
-    /// token: ZFS refused it) is discarded, so a stuck partial receive never
-    /// blocks the target; so is anything else, as before.
-    fn after_failed_receive(
-        &self,
-        tname: &str,
-        before: Option<&PartialReceive>,
-        resuming: bool,
-        error: ProviderError,
-    ) -> ProviderError {
-        let now = self
-            .one(tname)
-            .ok()
-            .flatten()
-            .and_then(|r| self.partial_of(&r));
-        let _ = self.ensure_mounted(tname);
-        match now {
-            Some(p) if !(resuming && before.is_some_and(|b| b.token == p.token)) => {
-                ProviderError::Suspended {
-                    what: tname.to_owned(),
-                    partial: Box::new(p),
-                    cause: error.to_string(),
-                }
-            }
-            Some(_) => {
-                let aborted = self.recv_abort(tname);
-                let _ = self.clear_receiving(tname);
-                ProviderError::Stream(format!(
-                    "the resumed receive made no progress; partial state {}: {error}",
-                    if aborted.is_ok() {
-                        "discarded (recv -A)"
-                    } else {
-                        "could not be discarded"
-                    }
-                ))
-            }
-            None => {
-                let _ = self.clear_receiving(tname);
-                error
-            }
-        }
-    }
-
-    /// What `token` continues, if that is a stream of `snapshot` (this very
-    /// snapshot and guid, so a token can never reach another dataset).
-    fn fitting_token(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        token: &str,
-    ) -> Result<Option<TokenContents>, ProviderError> {
-        check_token(token)?;
-        let (snap, row) = self.require(snapshot)?;
-        Ok(self
-            .token_contents(token)?
-            .filter(|c| c.toname == snap && c.toguid.to_string() == row.guid))
-    }
-
-    /// The contents of a resume token, by a dry run (`zfs send -nvP -t`).
-    /// `None` if ZFS does not accept the token.
-    fn token_contents(&self, token: &str) -> Result<Option<TokenContents>, ProviderError> {
-        let out = Cmd::new("zfs")
-            .arg("send")
-            .arg("-nvP")
-            .arg("-t")
-            .user_arg(token)?
-            .run();
-        match out {
-            Ok(out) => Ok(parse_token_contents(&format!(
-                "{}\n{}",
-                out.stdout_str(),
-                out.stderr
-            ))),
-            Err(ProviderError::Command { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// 70% of the size of the file system that will hold `vdev`, else 100 GB.
-fn default_pool_size(vdev: &Path) -> u64 {
-    let dir = vdev.parent().unwrap_or(Path::new("/"));
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return FALLBACK_POOL_SIZE;
-    };
-    // SAFETY: statvfs fills the zeroed struct; c is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return FALLBACK_POOL_SIZE;
-    }
-    let total = (st.f_blocks as u64).saturating_mul(st.f_frsize as u64);
-    if total == 0 {
-        FALLBACK_POOL_SIZE
-    } else {
-        total / 10 * 7
-    }
 }
 
 impl Provider for ZfsProvider {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn enforces_capacity(&self) -> bool {
+        true
+    }
+
+    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
+        self.set_refquota(volume, bytes)
+    }
+
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        self.available_bytes()
+    }
+
+    fn check_volume_options(&self, options: &ProviderConfig) -> Result<(), ProviderError> {
+        options
+            .iter()
+            .try_for_each(|(k, v)| check_volume_option(k, v))
+    }
+
+    fn set_volume_options(
+        &self,
+        volume: &VolumeRef<'_>,
+        options: &ProviderConfig,
+    ) -> Result<(), ProviderError> {
+        self.set_options(volume, options)
     }
 
     fn config(&self) -> ProviderConfig {
@@ -1371,107 +815,4 @@ impl Provider for ZfsProvider {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dataset_names_that_could_be_flags_or_escape_are_refused() {
-        for bad in [
-            "",
-            "-o",
-            "tank/-x",
-            "tank//a",
-            "tank/../x",
-            "tank/a b",
-            "tank@s",
-            "/tank",
-            "t%a",
-        ] {
-            assert!(check_dataset(bad).is_err(), "{bad:?} accepted");
-        }
-        for good in ["tank", "tank/volmgr", "t_1/a.b:c-d"] {
-            check_dataset(good).unwrap();
-        }
-    }
-
-    #[test]
-    fn sizes_parse_with_suffixes() {
-        assert_eq!(parse_size("100"), Some(100));
-        assert_eq!(parse_size("64M"), Some(64 << 20));
-        assert_eq!(parse_size("2G"), Some(2 << 30));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size("-1"), None);
-    }
-
-    #[test]
-    fn stream_header_gives_guids_and_name() {
-        let mut b = vec![0u8; BEGIN_LEN];
-        b[8..16].copy_from_slice(&BACKUP_MAGIC.to_le_bytes());
-        b[16..24].copy_from_slice(&1u64.to_le_bytes());
-        b[40..48].copy_from_slice(&42u64.to_le_bytes());
-        b[48..56].copy_from_slice(&7u64.to_le_bytes());
-        b[56..62].copy_from_slice(b"p/a@s1");
-        let h = parse_begin(&b).unwrap();
-        assert_eq!((h.toguid, h.fromguid, h.toname.as_str()), (42, 7, "p/a@s1"));
-        b[8] ^= 1;
-        assert!(matches!(parse_begin(&b), Err(ProviderError::Stream(_))));
-        assert!(parse_begin(&b[..10]).is_err());
-    }
-
-    #[test]
-    fn a_resumed_stream_is_told_by_its_header_feature_flag() {
-        let mut b = vec![0u8; BEGIN_LEN];
-        b[8..16].copy_from_slice(&BACKUP_MAGIC.to_le_bytes());
-        // versioninfo of a real `zfs send -t` stream (OpenZFS 2.1).
-        b[16..24].copy_from_slice(&0x0040_0011u64.to_le_bytes());
-        assert!(parse_begin(&b).unwrap().resuming);
-        b[16..24].copy_from_slice(&0x0000_0011u64.to_le_bytes());
-        assert!(!parse_begin(&b).unwrap().resuming);
-    }
-
-    #[test]
-    fn token_contents_are_read_from_the_dry_run_and_junk_tokens_refused() {
-        // As `zfs send -nvP -t` prints it (OpenZFS 2.1.11).
-        let out = "resume token contents:\nnvlist version: 0\n\tfromguid = 0xdf70feb473014f96\n\tobject = 0x80\n\toffset = 0x2a0000\n\tbytes = 0x2c3c20\n\ttoguid = 0xcdd3b5a9c1c885cc\n\ttoname = tank/src@s2\nincremental\ttank/src@s1\ttank/src@s2\t7613904\nsize\t7613904\n";
-        let c = parse_token_contents(out).unwrap();
-        assert_eq!(c.toguid, 0xcdd3_b5a9_c1c8_85cc);
-        assert_eq!(c.fromguid, Some(0xdf70_feb4_7301_4f96));
-        assert_eq!(c.toname, "tank/src@s2");
-        assert!(parse_token_contents("cannot resume send: resume token is corrupt").is_none());
-        for bad in ["", "-t", "x-1", "1-ab cd", "1-ab/../cd"] {
-            assert!(check_token(bad).is_err(), "{bad:?} accepted");
-        }
-        assert!(check_token("1-9924c2c09-b8-789c636064").is_ok());
-    }
-
-    #[test]
-    fn unknown_and_bad_configuration_is_refused_before_any_command() {
-        let cfg = |pairs: &[(&str, &str)]| -> ProviderConfig {
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
-        for bad in [
-            cfg(&[]),
-            cfg(&[("dataset", "-rf")]),
-            cfg(&[("dataset", "tank/v"), ("colour", "red")]),
-            cfg(&[("dataset", "tank/v"), ("pool_name", "other")]),
-            cfg(&[("dataset", "tank/v"), ("workdir", "relative")]),
-            cfg(&[
-                ("dataset", "tank/v"),
-                ("pool_size", "1K"),
-                ("pool_vdev", "/x"),
-            ]),
-            cfg(&[("dataset", "tank/v"), ("pool_vdev", "rel/file")]),
-        ] {
-            assert!(
-                matches!(
-                    ZfsProvider::from_config(&bad),
-                    Err(ProviderError::InvalidConfig(_))
-                ),
-                "{bad:?}"
-            );
-        }
-    }
-}
+mod tests;

@@ -127,7 +127,19 @@ use super::{
     Created, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory, SendStats,
     Tag, VolumeRef, VolumeSpec,
 };
-use crate::state::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::fsutil;
+
+mod inventory;
+mod receive;
+mod subvol;
+mod tag;
+mod trash;
+
+use crate::fsutil::rename2;
+use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
+use subvol::is_subvolume;
+pub use subvol::{SubvolInfo, fs_type, subvol_info};
+use tag::{check_id, read_tag, write_tag};
 
 pub const KIND: &str = "btrfs";
 /// Configuration key of the root directory.
@@ -158,72 +170,11 @@ fn kind_dir(kind: VolumeKind) -> &'static str {
     }
 }
 
-fn parse_kind(s: &str) -> Option<VolumeKind> {
-    match s {
-        "data" => Some(VolumeKind::Data),
-        "snapshot" => Some(VolumeKind::Snapshot),
-        _ => None,
+fn stderr_text(e: &ProviderError) -> String {
+    match e {
+        ProviderError::Command { stderr, .. } => stderr.clone(),
+        other => other.to_string(),
     }
-}
-
-/// Refuses an id that could escape its directory or be read as a flag. The
-/// manager validates ids already; this guards the provider used on its own.
-fn check_id(id: &str) -> Result<(), ProviderError> {
-    crate::validate::id(id)
-        .map_err(|reason| ProviderError::Other(format!("refusing volume id {id:?}: {reason}")))?;
-    super::cmd::guard(id)?;
-    Ok(())
-}
-
-fn format_tag(tag: &Tag) -> String {
-    format!(
-        "volume={} op={} kind={} parent={}\n",
-        tag.volume,
-        tag.op,
-        tag.kind.as_str(),
-        tag.parent.as_deref().unwrap_or("-")
-    )
-}
-
-fn parse_tag(text: &str) -> Option<Tag> {
-    let line = text.strip_suffix('\n')?;
-    if line.contains('\n') {
-        return None;
-    }
-    let mut volume = None;
-    let mut op = None;
-    let mut kind = None;
-    let mut parent = None;
-    for field in line.split(' ') {
-        let (k, v) = field.split_once('=')?;
-        match k {
-            "volume" if volume.is_none() => volume = Some(v.to_owned()),
-            "op" if op.is_none() => op = Some(Uuid::parse_str(v).ok()?),
-            "kind" if kind.is_none() => kind = Some(parse_kind(v)?),
-            "parent" if parent.is_none() => {
-                parent = Some(if v == "-" { None } else { Some(v.to_owned()) })
-            }
-            _ => return None,
-        }
-    }
-    let tag = Tag {
-        volume: volume?,
-        op: op?,
-        kind: kind?,
-        parent: parent?,
-    };
-    crate::validate::id(&tag.volume).ok()?;
-    if let Some(p) = &tag.parent {
-        crate::validate::id(p).ok()?;
-    }
-    Some(tag)
-}
-
-fn read_tag(container: &Path) -> Option<Tag> {
-    let file = File::open(container.join(TAG_FILE)).ok()?;
-    let mut text = String::new();
-    file.take(MAX_TAG_BYTES).read_to_string(&mut text).ok()?;
-    parse_tag(&text)
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ProviderError {
@@ -232,167 +183,12 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ProviderError
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), ProviderError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(format!("fsync {}", dir.display())))
-}
-
-/// Writes `<container>/tag`: temp file, fsync, rename, directory fsync.
-fn write_tag(container: &Path, tag: &Tag) -> Result<(), ProviderError> {
-    let tmp = container.join(".tag.tmp");
-    let target = container.join(TAG_FILE);
-    let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
-    f.write_all(format_tag(tag).as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io_err(format!("write {}", tmp.display())))?;
-    drop(f);
-    fs::rename(&tmp, &target).map_err(io_err(format!("rename {}", target.display())))?;
-    fsync_dir(container)
-}
-
-fn is_subvolume(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == SUBVOL_ROOT_INO)
-}
-
-fn cpath(path: &Path) -> Result<CString, ProviderError> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| ProviderError::Other(format!("path {} contains NUL", path.display())))
-}
-
-fn rename2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
-    let (a, b) = (
-        cpath(from).map_err(|e| io::Error::other(e.to_string()))?,
-        cpath(to).map_err(|e| io::Error::other(e.to_string()))?,
-    );
-    // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Facts about one subvolume, from `BTRFS_IOC_GET_SUBVOL_INFO`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubvolInfo {
-    pub uuid: Uuid,
-    pub parent_uuid: Option<Uuid>,
-    pub received_uuid: Option<Uuid>,
-    pub read_only: bool,
-}
-
-impl SubvolInfo {
-    /// The identity `btrfs send` writes for this subvolume.
-    pub fn guid(&self) -> Uuid {
-        self.received_uuid.unwrap_or(self.uuid)
-    }
-}
-
-#[repr(C)]
-struct IoctlTimespec {
-    sec: u64,
-    nsec: u32,
-}
-
-/// `struct btrfs_ioctl_get_subvol_info_args` (linux/btrfs.h).
-#[repr(C)]
-struct GetSubvolInfoArgs {
-    treeid: u64,
-    name: [u8; 256],
-    parent_id: u64,
-    dirid: u64,
-    generation: u64,
-    flags: u64,
-    uuid: [u8; 16],
-    parent_uuid: [u8; 16],
-    received_uuid: [u8; 16],
-    ctransid: u64,
-    otransid: u64,
-    stransid: u64,
-    rtransid: u64,
-    times: [IoctlTimespec; 4],
-    reserved: [u64; 8],
-}
-
-const _: () = assert!(std::mem::size_of::<GetSubvolInfoArgs>() == 504);
-/// `_IOR(BTRFS_IOCTL_MAGIC, 60, struct btrfs_ioctl_get_subvol_info_args)`.
-const BTRFS_IOC_GET_SUBVOL_INFO: u64 = (2 << 30) | (504 << 16) | (0x94 << 8) | 60;
-/// `BTRFS_ROOT_SUBVOL_RDONLY` in the root item flags.
-const BTRFS_ROOT_SUBVOL_RDONLY: u64 = 1;
-
-/// Reads a subvolume's UUIDs and read-only flag (one ioctl, no process).
-pub fn subvol_info(path: &Path) -> Result<SubvolInfo, ProviderError> {
-    if !is_subvolume(path) {
-        return Err(ProviderError::NotFound(format!(
-            "subvolume {}",
-            path.display()
-        )));
-    }
-    let dir = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(io_err(format!("open {}", path.display())))?;
-    // SAFETY: the struct is plain data; zero is a valid value for every field.
-    let mut args: GetSubvolInfoArgs = unsafe { std::mem::zeroed() };
-    // SAFETY: the request matches the struct's size and layout (asserted).
-    let r = unsafe {
-        libc::ioctl(
-            dir.as_raw_fd(),
-            BTRFS_IOC_GET_SUBVOL_INFO as _,
-            &mut args as *mut GetSubvolInfoArgs,
-        )
-    };
-    // The kernel may return a positive value on success (a b-tree search
-    // result); only -1 is an error, as btrfs-progs' libbtrfsutil checks.
-    if r < 0 {
-        return Err(ProviderError::io(
-            format!("BTRFS_IOC_GET_SUBVOL_INFO on {}", path.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    let opt = |b: [u8; 16]| (b != [0u8; 16]).then(|| Uuid::from_bytes(b));
-    Ok(SubvolInfo {
-        uuid: Uuid::from_bytes(args.uuid),
-        parent_uuid: opt(args.parent_uuid),
-        received_uuid: opt(args.received_uuid),
-        read_only: args.flags & BTRFS_ROOT_SUBVOL_RDONLY != 0,
-    })
-}
-
-/// The `statfs` type of the file system holding `path`.
-pub fn fs_type(path: &Path) -> io::Result<i64> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)]
-    Ok(st.f_type as i64)
+    fsutil::fsync_dir(dir).map_err(io_err(format!("fsync {}", dir.display())))
 }
 
 /// Commits the file system's transaction (`syncfs`).
 fn syncfs(path: &Path) -> Result<(), ProviderError> {
-    let dir = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
-    // SAFETY: a valid open descriptor.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(ProviderError::io(
-            format!("syncfs {}", path.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    fsutil::syncfs(path).map_err(io_err(format!("syncfs {}", path.display())))
 }
 
 /// What sits at an item's place in `data/` or `snapshot/`.
@@ -451,8 +247,35 @@ impl BtrfsProvider {
         ] {
             fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         }
+        if let Err(e) = provider.refuse_unsafe_mount() {
+            tracing::warn!(error = %e, "receives into this btrfs provider are refused");
+        }
         provider.purge_trash();
         Ok(provider)
+    }
+
+    /// Receives need the file system mounted `nosuid,nodev`: `btrfs receive`
+    /// (run as root) recreates the setuid bits and device nodes a stream
+    /// describes, which volmgr does not parse, so only the mount options
+    /// make them harmless. volmgr does not mount btrfs itself; the operator
+    /// does, and is told here.
+    fn refuse_unsafe_mount(&self) -> Result<(), ProviderError> {
+        let flags = crate::fsutil::mount_flags(&self.root)
+            .map_err(io_err(format!("statvfs {}", self.root.display())))?;
+        let missing: Vec<&str> = [(libc::ST_NOSUID, "nosuid"), (libc::ST_NODEV, "nodev")]
+            .into_iter()
+            .filter(|(bit, _)| flags & bit == 0)
+            .map(|(_, name)| name)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ProviderError::InvalidConfig(format!(
+            "the btrfs file system holding {} is mounted without {}: a received stream could \
+             plant setuid executables or device nodes; remount it with -o nosuid,nodev",
+            self.root.display(),
+            missing.join(",")
+        )))
     }
 
     /// Builds the provider from its journaled configuration.
@@ -533,97 +356,6 @@ impl BtrfsProvider {
         })
     }
 
-    /// Deletes subvolumes in one command, retrying while busy.
-    fn delete_subvolumes(&self, paths: &[PathBuf]) -> Result<(), ProviderError> {
-        if paths.is_empty() {
-            return Ok(());
-        }
-        let mut cmd = self.btrfs().arg("subvolume").arg("delete").arg("-c");
-        for p in paths {
-            cmd = cmd.path_arg(p)?;
-        }
-        let mut delay = Duration::from_millis(20);
-        for attempt in 1..=BUSY_ATTEMPTS {
-            match cmd.run() {
-                Ok(_) => return Ok(()),
-                Err(ProviderError::Command { stderr, .. })
-                    if stderr.contains("busy") || stderr.contains("not permitted") =>
-                {
-                    if attempt == BUSY_ATTEMPTS || !stderr.contains("busy") {
-                        return Err(ProviderError::Busy {
-                            what: paths
-                                .iter()
-                                .map(|p| p.display().to_string())
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            cause: format!(
-                                "{} (after {attempt} attempts; is it mounted, or being sent?)",
-                                stderr.trim()
-                            ),
-                        });
-                    }
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        unreachable!("the last attempt returns")
-    }
-
-    /// Moves `path` into trash (atomically out of the namespace), then
-    /// deletes it. Deletion failures leave it in trash, purged later.
-    fn trash(&self, path: &Path) -> Result<(), ProviderError> {
-        let dest = self.trash_root().join(Uuid::new_v4().to_string());
-        fs::rename(path, &dest).map_err(io_err(format!("move {} to trash", path.display())))?;
-        if let Some(parent) = path.parent() {
-            fsync_dir(parent)?;
-        }
-        if let Err(e) = self.purge(&dest) {
-            tracing::warn!(path = %dest.display(), error = %e, "trash not emptied; retried at next start");
-        }
-        Ok(())
-    }
-
-    /// Deletes a directory tree that may contain subvolumes (not descending
-    /// into them).
-    fn purge(&self, dir: &Path) -> Result<(), ProviderError> {
-        let mut subvolumes = Vec::new();
-        let mut stack = vec![dir.to_owned()];
-        while let Some(d) = stack.pop() {
-            let entries = match fs::read_dir(&d) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(ProviderError::io(format!("read {}", d.display()), e)),
-            };
-            for entry in entries.flatten() {
-                let p = entry.path();
-                if is_subvolume(&p) {
-                    subvolumes.push(p);
-                } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(p);
-                }
-            }
-        }
-        self.delete_subvolumes(&subvolumes)?;
-        match fs::remove_dir_all(dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ProviderError::io(format!("remove {}", dir.display()), e)),
-        }
-    }
-
-    fn purge_trash(&self) {
-        let Ok(entries) = fs::read_dir(self.trash_root()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if let Err(e) = self.purge(&entry.path()) {
-                tracing::warn!(path = %entry.path().display(), error = %e, "trash not emptied");
-            }
-        }
-    }
-
     /// Stages (or resumes) the container of `tag`, builds its subvolume with
     /// `build` unless present, and renames it into place.
     fn make(
@@ -696,136 +428,6 @@ impl BtrfsProvider {
         fsync_dir(&self.root.join(kind_dir(kind)))
     }
 
-    /// The received subvolume of receive `op`: still staged, or in place.
-    fn received_vol(&self, op: OpId, snapshot: &str) -> Option<PathBuf> {
-        let staged = self.stage(op).join("in").join(VOL);
-        if is_subvolume(&staged) {
-            return Some(staged);
-        }
-        match self.in_place(VolumeKind::Snapshot, snapshot) {
-            InPlace::Ours { tag, has_vol: true } if tag.op == op => {
-                Some(self.location(VolumeKind::Snapshot, snapshot))
-            }
-            _ => None,
-        }
-    }
-
-    fn receive_steps(
-        &self,
-        target: &str,
-        spec: &VolumeSpec<'_>,
-        input: &mut dyn Read,
-    ) -> Result<Created, ProviderError> {
-        let stage = self.stage(spec.op);
-        let tag = Tag {
-            volume: spec.id.to_owned(),
-            op: spec.op,
-            kind: VolumeKind::Snapshot,
-            parent: Some(target.to_owned()),
-        };
-        fs::create_dir(&stage).map_err(io_err(format!("create {}", stage.display())))?;
-        write_tag(&stage, &tag)?;
-        let incoming = stage.join("in");
-        fs::create_dir(&incoming).map_err(io_err(format!("create {}", incoming.display())))?;
-        self.btrfs()
-            .arg("receive")
-            .arg("--chroot")
-            .path_arg(&incoming)?
-            .run_from(input)?;
-        // Exactly one read-only subvolume with a received UUID must be there.
-        let entries: Vec<_> = fs::read_dir(&incoming)
-            .map_err(io_err(format!("read {}", incoming.display())))?
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        let [received] = entries.as_slice() else {
-            return Err(ProviderError::Stream(format!(
-                "expected one subvolume from the stream, found {} entries",
-                entries.len()
-            )));
-        };
-        let info = subvol_info(received)
-            .map_err(|e| ProviderError::Stream(format!("received item is no subvolume: {e}")))?;
-        if !info.read_only || info.received_uuid.is_none() {
-            return Err(ProviderError::Stream(
-                "the stream did not complete (no read-only received subvolume)".into(),
-            ));
-        }
-        if let Some(base) = info.parent_uuid {
-            self.check_base(target, base)?;
-        }
-        let vol = incoming.join(VOL);
-        if received != &vol {
-            fs::rename(received, &vol).map_err(io_err(format!("rename {}", vol.display())))?;
-        }
-        write_tag(&incoming, &tag)?;
-        // The target's new content: a writable snapshot, exchanged atomically
-        // with its current subvolume.
-        let fresh = stage.join("new");
-        self.btrfs()
-            .arg("subvolume")
-            .arg("snapshot")
-            .path_arg(&vol)?
-            .path_arg(&fresh)?
-            .run()?;
-        let target_vol = self.location(VolumeKind::Data, target);
-        rename2(&fresh, &target_vol, libc::RENAME_EXCHANGE)
-            .map_err(io_err(format!("exchange {}", target_vol.display())))?;
-        self.commit(&incoming, VolumeKind::Snapshot, spec.id)?;
-        syncfs(&self.root)?;
-        // Commit: the stage (now holding the old content) leaves.
-        let trashed = self.trash_root().join(spec.op.to_string());
-        fs::rename(&stage, &trashed)
-            .map_err(io_err(format!("move {} to trash", stage.display())))?;
-        syncfs(&self.root)?;
-        if let Err(e) = self.purge(&trashed) {
-            tracing::warn!(path = %trashed.display(), error = %e, "old target content not deleted yet");
-        }
-        Ok(Created {
-            location: self
-                .location(VolumeKind::Snapshot, spec.id)
-                .to_string_lossy()
-                .into_owned(),
-            details: Details::from([(DETAIL_GUID.to_owned(), info.guid().to_string())]),
-        })
-    }
-
-    /// An incremental stream was applied on local subvolume `base` (btrfs
-    /// picks it by received UUID, anywhere on the file system). Accept it only
-    /// if `target` has a snapshot with the same identity, as a ZFS receive
-    /// would: a stream is received into the volume that holds its base.
-    fn check_base(&self, target: &str, base: Uuid) -> Result<(), ProviderError> {
-        let mut base_guid = None;
-        let mut target_guids = BTreeSet::new();
-        let dir = self.root.join(kind_dir(VolumeKind::Snapshot));
-        for entry in fs::read_dir(&dir)
-            .map_err(io_err(format!("read {}", dir.display())))?
-            .flatten()
-        {
-            let Some(tag) = read_tag(&entry.path()) else {
-                continue;
-            };
-            let Ok(info) = subvol_info(&entry.path().join(VOL)) else {
-                continue;
-            };
-            if info.uuid == base {
-                base_guid = Some(info.guid());
-            }
-            if tag.parent.as_deref() == Some(target) {
-                target_guids.insert(info.guid());
-            }
-        }
-        match base_guid {
-            Some(g) if target_guids.contains(&g) => Ok(()),
-            Some(g) => Err(ProviderError::Stream(format!(
-                "incremental stream from base {g}, which volume {target} does not have"
-            ))),
-            None => Err(ProviderError::Stream(format!(
-                "incremental stream applied on subvolume {base}, which is none of our snapshots"
-            ))),
-        }
-    }
-
     fn foreign(path: &Path) -> Found {
         let name = path.to_string_lossy().into_owned();
         Found {
@@ -844,6 +446,58 @@ impl Provider for BtrfsProvider {
         KIND
     }
 
+    fn enforces_capacity(&self) -> bool {
+        true
+    }
+
+    /// The subvolume's qgroup limit (`btrfs qgroup limit BYTES PATH`);
+    /// quotas are enabled on the file system the first time one is set.
+    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
+        check_id(volume.id)?;
+        if volume.kind != VolumeKind::Data {
+            return Err(ProviderError::Other(format!(
+                "a capacity is set on data volumes, not on snapshot {}",
+                volume.id
+            )));
+        }
+        if !matches!(
+            self.in_place(VolumeKind::Data, volume.id),
+            InPlace::Ours { has_vol: true, .. }
+        ) {
+            return Err(ProviderError::NotFound(format!(
+                "data volume {}",
+                volume.id
+            )));
+        }
+        let path = self.location(VolumeKind::Data, volume.id);
+        let limit = || {
+            self.btrfs()
+                .arg("qgroup")
+                .arg("limit")
+                .user_arg(&bytes.to_string())?
+                .path_arg(&path)?
+                .run()
+        };
+        match limit() {
+            Ok(_) => Ok(()),
+            Err(ProviderError::Command { ref stderr, .. })
+                if stderr.contains("quota") || stderr.contains("not enabled") =>
+            {
+                self.btrfs()
+                    .arg("quota")
+                    .arg("enable")
+                    .path_arg(&self.root)?
+                    .run()?;
+                limit().map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        super::statvfs_available(&self.root).map(Some)
+    }
+
     fn config(&self) -> ProviderConfig {
         ProviderConfig::from([(
             CONFIG_ROOT.to_owned(),
@@ -853,7 +507,7 @@ impl Provider for BtrfsProvider {
 
     fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
         let tag = Tag {
-            volume: spec.id.to_owned(),
+            volume: spec.id.to_string(),
             op: spec.op,
             kind: VolumeKind::Data,
             parent: None,
@@ -876,10 +530,10 @@ impl Provider for BtrfsProvider {
         check_id(source.id)?;
         let src = self.location(VolumeKind::Data, source.id);
         let tag = Tag {
-            volume: spec.id.to_owned(),
+            volume: spec.id.to_string(),
             op: spec.op,
             kind: VolumeKind::Snapshot,
-            parent: Some(source.id.to_owned()),
+            parent: Some(source.id.to_string()),
         };
         self.make(tag, |vol| {
             if !is_subvolume(&src) {
@@ -904,10 +558,10 @@ impl Provider for BtrfsProvider {
         check_id(snapshot.id)?;
         let src = self.location(VolumeKind::Snapshot, snapshot.id);
         let tag = Tag {
-            volume: spec.id.to_owned(),
+            volume: spec.id.to_string(),
             op: spec.op,
             kind: VolumeKind::Data,
-            parent: Some(snapshot.id.to_owned()),
+            parent: Some(snapshot.id.to_string()),
         };
         self.make(tag, |vol| {
             if !is_subvolume(&src) {
@@ -989,6 +643,7 @@ impl Provider for BtrfsProvider {
     ) -> Result<Created, ProviderError> {
         check_id(target.id)?;
         check_id(spec.id)?;
+        self.refuse_unsafe_mount()?;
         match self.in_place(VolumeKind::Data, target.id) {
             InPlace::Ours { has_vol: true, .. } => {}
             _ => return Err(ProviderError::NotFound(format!("volume {}", target.id))),
@@ -1029,95 +684,7 @@ impl Provider for BtrfsProvider {
     }
 
     fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
-        let mut found = Vec::new();
-        let staged_ops: BTreeSet<String> = fs::read_dir(self.stage_root())
-            .map_err(io_err(format!("read {}", self.stage_root().display())))?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        let mut placed = BTreeSet::new();
-        for kind in [VolumeKind::Data, VolumeKind::Snapshot] {
-            let dir = self.root.join(kind_dir(kind));
-            let entries = fs::read_dir(&dir).map_err(io_err(format!("read {}", dir.display())))?;
-            for entry in entries {
-                let entry = entry.map_err(io_err(format!("read {}", dir.display())))?;
-                let path = entry.path();
-                let name = entry.file_name();
-                let tag = match entry.file_type() {
-                    Ok(t) if t.is_dir() => read_tag(&path)
-                        .filter(|t| t.kind == kind && OsStr::new(&t.volume) == name.as_os_str()),
-                    _ => None,
-                };
-                let Some(tag) = tag else {
-                    found.push(Self::foreign(&path));
-                    continue;
-                };
-                let vol = path.join(VOL);
-                if !is_subvolume(&vol) {
-                    continue; // stale container: absent
-                }
-                let mut details = Details::new();
-                let presence = match subvol_info(&vol) {
-                    Err(e) => Presence::Incomplete {
-                        reason: format!("cannot inspect the subvolume: {e}"),
-                    },
-                    Ok(_) if staged_ops.contains(&tag.op.to_string()) => Presence::Incomplete {
-                        reason: format!("receive of op {} not committed", tag.op),
-                    },
-                    Ok(info) => {
-                        if kind == VolumeKind::Snapshot {
-                            details.insert(DETAIL_GUID.into(), info.guid().to_string());
-                        }
-                        if kind == VolumeKind::Snapshot && !info.read_only {
-                            Presence::Incomplete {
-                                reason: "snapshot is not read-only".into(),
-                            }
-                        } else {
-                            Presence::Complete
-                        }
-                    }
-                };
-                placed.insert(tag.volume.clone());
-                found.push(Found {
-                    name: path.to_string_lossy().into_owned(),
-                    tag: Some(tag),
-                    presence,
-                    location: vol.to_string_lossy().into_owned(),
-                    details,
-                    partial: None,
-                });
-            }
-        }
-        for op in &staged_ops {
-            let stage = self.stage_root().join(op);
-            let Some(tag) = read_tag(&stage).filter(|t| t.op.to_string() == *op) else {
-                continue; // nothing tagged was made yet: ours, empty, not an item
-            };
-            if placed.contains(&tag.volume) {
-                continue;
-            }
-            let location = self.location(tag.kind, &tag.volume);
-            found.push(Found {
-                name: stage.to_string_lossy().into_owned(),
-                presence: Presence::Incomplete {
-                    reason: format!("staged by op {}, not yet in place", tag.op),
-                },
-                tag: Some(tag),
-                location: location.to_string_lossy().into_owned(),
-                details: Details::new(),
-                partial: None,
-            });
-        }
-        for entry in fs::read_dir(&self.root)
-            .map_err(io_err(format!("read {}", self.root.display())))?
-            .flatten()
-        {
-            let name = entry.file_name();
-            if !matches!(name.as_bytes(), b"data" | b"snapshot" | b".volmgr") {
-                found.push(Self::foreign(&entry.path()));
-            }
-        }
-        Ok(found)
+        self.inventory_items()
     }
 
     fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
@@ -1213,46 +780,4 @@ impl Provider for BtrfsProvider {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags_round_trip_and_garbage_is_not_a_tag() {
-        let tag = Tag {
-            volume: "vol-1".into(),
-            op: Uuid::from_u128(7),
-            kind: VolumeKind::Snapshot,
-            parent: Some("src".into()),
-        };
-        assert_eq!(parse_tag(&format_tag(&tag)), Some(tag.clone()));
-        let data = Tag {
-            kind: VolumeKind::Data,
-            parent: None,
-            ..tag
-        };
-        assert_eq!(parse_tag(&format_tag(&data)), Some(data));
-        for bad in [
-            "",
-            "volume=a op=x kind=data parent=-\n",
-            "volume=a kind=data parent=-\n",
-            "volume=../a op=00000000-0000-0000-0000-000000000007 kind=data parent=-\n",
-            "volume=a op=00000000-0000-0000-0000-000000000007 kind=zvol parent=-\n",
-            "volume=a op=00000000-0000-0000-0000-000000000007 kind=data parent=-",
-            "volume=a volume=b op=00000000-0000-0000-0000-000000000007 kind=data parent=-\n",
-        ] {
-            assert_eq!(parse_tag(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn a_root_that_is_not_btrfs_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        if fs_type(dir.path()).unwrap() == BTRFS_SUPER_MAGIC {
-            return;
-        }
-        let err = BtrfsProvider::new(dir.path()).unwrap_err();
-        assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err}");
-        let err = BtrfsProvider::new("relative/root").unwrap_err();
-        assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err}");
-    }
-}
+mod tests;

@@ -1,0 +1,212 @@
+//! File-system primitives shared by the providers: durable updates (directory
+//! fsync, `syncfs`, atomic small-file writes, the `renameat2` exchange), the
+//! bounded busy-retry loop, and [`Dir`], the directory handle through which
+//! every access *inside a volume* goes.
+//!
+//! Durability rules: a creation, rename or removal is durable once the parent
+//! directory is fsynced ([`fsync_dir`]); a small file is replaced atomically
+//! by writing a temp file (never through a symlink), fsyncing it, renaming it
+//! over the target and fsyncing the directory ([`write_atomic`]).
+//!
+//! The paths taken here are the provider's *own* paths (its root and the
+//! fixed names under it), resolved by the kernel as given. Paths inside a
+//! volume's tree are never resolved from here: see [`dir`].
+
+pub mod dir;
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+pub use dir::{Dir, Kind, Space, Stat};
+
+/// `fsync` of a directory: makes its entries (creations, renames, removals)
+/// durable.
+pub fn fsync_dir(path: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)?
+        .sync_all()
+}
+
+/// `syncfs`: flushes the whole file system holding `path` (on btrfs, commits
+/// its transaction).
+pub fn syncfs(path: &Path) -> io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: plain syscall on a descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Replaces `dir/name` with `bytes` durably: temp file `.<name>.tmp` (created
+/// without following a symlink), fsync, rename, fsync of `dir`. The temp name
+/// starts with a dot, so no listing of ours mistakes it for an entry.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    fsync_dir(dir)
+}
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// `renameat2(from, to, flags)` on two paths.
+pub fn rename2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
+    let (a, b) = (cpath(from)?, cpath(to)?);
+    // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether an error from `renameat2` means the file system (or kernel) does
+/// not support the flag, rather than a failure of the rename itself.
+pub fn is_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
+}
+
+/// Atomically exchanges two entries (`renameat2(RENAME_EXCHANGE)`). Returns
+/// `Ok(false)` if the file system does not support the exchange.
+pub fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
+    match rename2(a, b, libc::RENAME_EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(e) if is_unsupported(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The mount flags (`ST_NOSUID`, `ST_NODEV`, `ST_RDONLY`, ...) of the file
+/// system holding `path`, from `statvfs`.
+pub fn mount_flags(path: &Path) -> io::Result<u64> {
+    let c = cpath(path)?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid path and output buffer.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_flag as u64)
+}
+
+/// Outcome of [`retry_busy`] when every attempt was busy.
+#[derive(Debug)]
+pub struct StillBusy<E> {
+    /// The last attempt's error.
+    pub last: E,
+    pub attempts: u32,
+}
+
+/// Runs `f` up to `attempts` times while `is_busy` says its error is a
+/// transient "busy", sleeping `first_delay`, then twice as long each time (at
+/// most 16 times `first_delay`) between attempts. Any other outcome is
+/// returned at once; the last busy error comes back as [`StillBusy`].
+pub fn retry_busy<T, E>(
+    attempts: u32,
+    first_delay: Duration,
+    is_busy: impl Fn(&E) -> bool,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<Result<T, E>, StillBusy<E>> {
+    assert!(attempts > 0, "retry_busy needs at least one attempt");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match f() {
+            Err(e) if is_busy(&e) => {
+                if attempt >= attempts {
+                    return Err(StillBusy {
+                        last: e,
+                        attempts: attempt,
+                    });
+                }
+                std::thread::sleep(first_delay * (1 << (attempt - 1).min(4)));
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_busy_stops_at_success_other_errors_and_the_bound() {
+        let mut calls = 0;
+        let r: Result<Result<u32, &str>, _> = retry_busy(
+            5,
+            Duration::ZERO,
+            |e: &&str| *e == "busy",
+            || {
+                calls += 1;
+                if calls < 3 { Err("busy") } else { Ok(calls) }
+            },
+        );
+        assert_eq!(r.unwrap().unwrap(), 3);
+
+        let r: Result<Result<(), &str>, _> =
+            retry_busy(5, Duration::ZERO, |e: &&str| *e == "busy", || Err("no"));
+        assert_eq!(r.unwrap().unwrap_err(), "no");
+
+        let mut calls = 0;
+        let r: Result<Result<(), &str>, _> = retry_busy(
+            2,
+            Duration::ZERO,
+            |e: &&str| *e == "busy",
+            || {
+                calls += 1;
+                Err("busy")
+            },
+        );
+        let still = r.unwrap_err();
+        assert_eq!((still.last, still.attempts, calls), ("busy", 2, 2));
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_never_writes_through_a_symlinked_temp() {
+        let d = tempfile::tempdir().unwrap();
+        write_atomic(d.path(), "f", b"one", 0o644).unwrap();
+        write_atomic(d.path(), "f", b"two", 0o644).unwrap();
+        assert_eq!(std::fs::read(d.path().join("f")).unwrap(), b"two");
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, b"keep").unwrap();
+        std::os::unix::fs::symlink(&outside, d.path().join(".g.tmp")).unwrap();
+        assert!(write_atomic(d.path(), "g", b"evil", 0o644).is_err());
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+    }
+}

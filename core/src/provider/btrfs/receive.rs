@@ -1,0 +1,138 @@
+//! The steps of a btrfs receive after `btrfs receive` ran: the arrived
+//! subvolume, the exchange into the target, the commit, and the base check
+//! of an incremental stream. See the parent module's "Verbs".
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+impl BtrfsProvider {
+    /// The received subvolume of receive `op`: still staged, or in place.
+    pub(super) fn received_vol(&self, op: OpId, snapshot: &str) -> Option<PathBuf> {
+        let staged = self.stage(op).join("in").join(VOL);
+        if is_subvolume(&staged) {
+            return Some(staged);
+        }
+        match self.in_place(VolumeKind::Snapshot, snapshot) {
+            InPlace::Ours { tag, has_vol: true } if tag.op == op => {
+                Some(self.location(VolumeKind::Snapshot, snapshot))
+            }
+            _ => None,
+        }
+    }
+
+    pub(super) fn receive_steps(
+        &self,
+        target: &str,
+        spec: &VolumeSpec<'_>,
+        input: &mut dyn Read,
+    ) -> Result<Created, ProviderError> {
+        let stage = self.stage(spec.op);
+        let tag = Tag {
+            volume: spec.id.to_string(),
+            op: spec.op,
+            kind: VolumeKind::Snapshot,
+            parent: Some(target.to_owned()),
+        };
+        fs::create_dir(&stage).map_err(io_err(format!("create {}", stage.display())))?;
+        write_tag(&stage, &tag)?;
+        let incoming = stage.join("in");
+        fs::create_dir(&incoming).map_err(io_err(format!("create {}", incoming.display())))?;
+        self.btrfs()
+            .arg("receive")
+            .arg("--chroot")
+            .path_arg(&incoming)?
+            .run_from(input)?;
+        // Exactly one read-only subvolume with a received UUID must be there.
+        let entries: Vec<_> = fs::read_dir(&incoming)
+            .map_err(io_err(format!("read {}", incoming.display())))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        let [received] = entries.as_slice() else {
+            return Err(ProviderError::Stream(format!(
+                "expected one subvolume from the stream, found {} entries",
+                entries.len()
+            )));
+        };
+        let info = subvol_info(received)
+            .map_err(|e| ProviderError::Stream(format!("received item is no subvolume: {e}")))?;
+        if !info.read_only || info.received_uuid.is_none() {
+            return Err(ProviderError::Stream(
+                "the stream did not complete (no read-only received subvolume)".into(),
+            ));
+        }
+        if let Some(base) = info.parent_uuid {
+            self.check_base(target, base)?;
+        }
+        let vol = incoming.join(VOL);
+        if received != &vol {
+            fs::rename(received, &vol).map_err(io_err(format!("rename {}", vol.display())))?;
+        }
+        write_tag(&incoming, &tag)?;
+        // The target's new content: a writable snapshot, exchanged atomically
+        // with its current subvolume.
+        let fresh = stage.join("new");
+        self.btrfs()
+            .arg("subvolume")
+            .arg("snapshot")
+            .path_arg(&vol)?
+            .path_arg(&fresh)?
+            .run()?;
+        let target_vol = self.location(VolumeKind::Data, target);
+        rename2(&fresh, &target_vol, libc::RENAME_EXCHANGE)
+            .map_err(io_err(format!("exchange {}", target_vol.display())))?;
+        self.commit(&incoming, VolumeKind::Snapshot, spec.id)?;
+        syncfs(&self.root)?;
+        // Commit: the stage (now holding the old content) leaves.
+        let trashed = self.trash_root().join(spec.op.to_string());
+        fs::rename(&stage, &trashed)
+            .map_err(io_err(format!("move {} to trash", stage.display())))?;
+        syncfs(&self.root)?;
+        if let Err(e) = self.purge(&trashed) {
+            tracing::warn!(path = %trashed.display(), error = %e, "old target content not deleted yet");
+        }
+        Ok(Created {
+            location: self
+                .location(VolumeKind::Snapshot, spec.id)
+                .to_string_lossy()
+                .into_owned(),
+            details: Details::from([(DETAIL_GUID.to_owned(), info.guid().to_string())]),
+        })
+    }
+
+    /// An incremental stream was applied on local subvolume `base` (btrfs
+    /// picks it by received UUID, anywhere on the file system). Accept it only
+    /// if `target` has a snapshot with the same identity, as a ZFS receive
+    /// would: a stream is received into the volume that holds its base.
+    pub(super) fn check_base(&self, target: &str, base: Uuid) -> Result<(), ProviderError> {
+        let mut base_guid = None;
+        let mut target_guids = BTreeSet::new();
+        let dir = self.root.join(kind_dir(VolumeKind::Snapshot));
+        for entry in fs::read_dir(&dir)
+            .map_err(io_err(format!("read {}", dir.display())))?
+            .flatten()
+        {
+            let Some(tag) = read_tag(&entry.path()) else {
+                continue;
+            };
+            let Ok(info) = subvol_info(&entry.path().join(VOL)) else {
+                continue;
+            };
+            if info.uuid == base {
+                base_guid = Some(info.guid());
+            }
+            if tag.parent.as_deref() == Some(target) {
+                target_guids.insert(info.guid());
+            }
+        }
+        match base_guid {
+            Some(g) if target_guids.contains(&g) => Ok(()),
+            Some(g) => Err(ProviderError::Stream(format!(
+                "incremental stream from base {g}, which volume {target} does not have"
+            ))),
+            None => Err(ProviderError::Stream(format!(
+                "incremental stream applied on subvolume {base}, which is none of our snapshots"
+            ))),
+        }
+    }
+}

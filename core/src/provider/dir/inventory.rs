@@ -1,0 +1,89 @@
+//! The directory provider's inventory: one scan of the content and marker
+//! directories; untagged entries are foreign, half-made markers incomplete.
+
+use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
+
+use super::marker::{self, MarkerState};
+use super::tree::{self, lstat};
+use super::{DirProvider, check_id};
+use crate::model::{Details, VolumeKind};
+use crate::provider::{Found, Presence, ProviderError, Tag};
+
+impl DirProvider {
+    /// Everything under the root, in one call (see [`crate::provider::Provider::inventory`]).
+    pub(super) fn inventory_items(&self) -> Result<Vec<Found>, ProviderError> {
+        let mut found = Vec::new();
+        for kind in [VolumeKind::Data, VolumeKind::Snapshot] {
+            let content = self.content_dir(kind);
+            let mut names: BTreeSet<Vec<u8>> = tree::sorted_names(&content)?.into_iter().collect();
+            names.extend(
+                marker::list(&self.marker_dir(kind))?
+                    .into_iter()
+                    .map(String::into_bytes),
+            );
+            for name in names {
+                let path = content.join(std::ffi::OsStr::from_bytes(&name));
+                let shown = path.to_string_lossy().into_owned();
+                let present = lstat(&path)?;
+                let marker = match std::str::from_utf8(&name) {
+                    Ok(id) if check_id(id).is_ok() => self.marker(kind, id).transpose(),
+                    _ => None,
+                };
+                let item = |tag, presence, details| Found {
+                    name: shown.clone(),
+                    tag,
+                    presence,
+                    location: shown.clone(),
+                    details,
+                    partial: None,
+                };
+                match marker {
+                    None => {
+                        // Untagged: foreign. Reported, never touched.
+                        if present.is_some() {
+                            found.push(item(None, Presence::Complete, Details::new()));
+                        }
+                    }
+                    Some(Err(e)) => found.push(item(
+                        None,
+                        Presence::Incomplete {
+                            reason: e.to_string(),
+                        },
+                        Details::new(),
+                    )),
+                    Some(Ok(m)) => {
+                        let created = self.created(&m);
+                        let tag = Some(Tag {
+                            volume: m.volume.clone(),
+                            op: m.op,
+                            kind: m.kind,
+                            parent: m.parent.clone(),
+                        });
+                        let presence = match (&m.state, &present) {
+                            (MarkerState::Complete, None) => continue,
+                            (MarkerState::Complete, Some(md)) if md.file_type().is_dir() => {
+                                Presence::Complete
+                            }
+                            (MarkerState::Complete, Some(_)) => Presence::Incomplete {
+                                reason: format!("{shown} is not a directory"),
+                            },
+                            (state, _) => Presence::Incomplete {
+                                reason: state.describe(m.parent.as_deref()),
+                            },
+                        };
+                        found.push(Found {
+                            name: shown.clone(),
+                            tag,
+                            presence,
+                            location: created.location,
+                            details: created.details,
+                            partial: None,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+}

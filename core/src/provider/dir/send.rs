@@ -1,0 +1,422 @@
+//! The encoder of the directory stream (see [`super::wire`] for the format):
+//! a full stream of a snapshot, or the changes from a base snapshot. Both
+//! trees are walked by handle ([`crate::fsutil::Dir`]), never by path.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use super::tree::{self, MAX_DEPTH, Modes};
+use super::wire::{
+    FLAG_INCREMENTAL, MAGIC, MAX_LINK, MAX_PATH, TAG_DELETE, TAG_DIR, TAG_END, TAG_FILE, TAG_LINK,
+    TAG_PERM, VERSION,
+};
+use crate::fsutil::{Dir, Kind};
+use crate::provider::stream::{CHUNK, HashWriter};
+use crate::provider::{ProviderError, SendStats};
+
+fn wio(e: std::io::Error) -> ProviderError {
+    ProviderError::io("writing the stream", e)
+}
+
+struct Enc<'a> {
+    w: HashWriter<BufWriter<&'a mut dyn Write>>,
+    count: u64,
+    buf: Vec<u8>,
+    /// The snapshot's path, for messages.
+    root: &'a Path,
+    /// Sizing only ([`stream_size`]): file contents are counted in
+    /// `skipped`, never read.
+    dry: bool,
+    skipped: u64,
+}
+
+/// A directory being sent: its handle, relative path, names left (reversed).
+struct Frame {
+    dir: Dir,
+    rel: Vec<u8>,
+    left: Vec<Vec<u8>>,
+}
+
+impl<'a> Enc<'a> {
+    fn put(&mut self, b: &[u8]) -> Result<(), ProviderError> {
+        self.w.write_all(b).map_err(wio)
+    }
+
+    fn err(&self, what: &str, rel: &[u8], e: std::io::Error) -> ProviderError {
+        ProviderError::io(format!("{what} {}", tree::shown_in(self.root, rel)), e)
+    }
+
+    fn record(&mut self, tag: u8, rel: &[u8]) -> Result<(), ProviderError> {
+        if rel.len() > MAX_PATH {
+            return Err(ProviderError::Other(format!(
+                "cannot send {}: path longer than {MAX_PATH} bytes",
+                tree::show(rel)
+            )));
+        }
+        self.count += 1;
+        self.put(&[tag])?;
+        self.put(&(rel.len() as u16).to_be_bytes())?;
+        self.put(rel)
+    }
+
+    fn dir(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
+        self.record(TAG_DIR, rel)?;
+        self.put(&mode.to_be_bytes())
+    }
+
+    fn perm(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
+        self.record(TAG_PERM, rel)?;
+        self.put(&mode.to_be_bytes())
+    }
+
+    fn delete(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
+        self.record(TAG_DELETE, rel)
+    }
+
+    fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
+        if target.len() > MAX_LINK {
+            return Err(ProviderError::Other(format!(
+                "cannot send {}: link target longer than {MAX_LINK} bytes",
+                tree::shown_in(self.root, rel)
+            )));
+        }
+        self.record(TAG_LINK, rel)?;
+        self.put(&(target.len() as u16).to_be_bytes())?;
+        self.put(target)
+    }
+
+    /// A file record with the content of the open file `f` (`len` bytes, as
+    /// `fstat` said when it was opened).
+    fn file(&mut self, rel: &[u8], mode: u32, f: &mut File, len: u64) -> Result<(), ProviderError> {
+        self.record(TAG_FILE, rel)?;
+        self.put(&mode.to_be_bytes())?;
+        self.put(&len.to_be_bytes())?;
+        if self.dry {
+            self.skipped += len;
+            return Ok(());
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; CHUNK];
+        }
+        let mut left = len;
+        while left > 0 {
+            let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
+            let n = f
+                .read(&mut self.buf[..want])
+                .map_err(|e| self.err("reading", rel, e))?;
+            if n == 0 {
+                return Err(ProviderError::Other(format!(
+                    "{} shrank while being sent",
+                    tree::shown_in(self.root, rel)
+                )));
+            }
+            self.w.write_all(&self.buf[..n]).map_err(wio)?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Sends entry `name` of `parent` (at `rel`), in full; a directory is
+    /// returned open for the caller to walk.
+    fn entry(
+        &mut self,
+        parent: &Dir,
+        name: &[u8],
+        rel: &[u8],
+        modes: &Modes,
+    ) -> Result<Option<Dir>, ProviderError> {
+        let st = parent
+            .stat_at(name)
+            .map_err(|e| self.err("examining", rel, e))?
+            .ok_or_else(|| {
+                ProviderError::Other(format!(
+                    "{} vanished while being sent",
+                    tree::shown_in(self.root, rel)
+                ))
+            })?;
+        match st.kind {
+            Kind::Dir => {
+                let d = parent
+                    .open_dir(name)
+                    .map_err(|e| self.err("opening directory", rel, e))?;
+                let st = d.stat().map_err(|e| self.err("examining", rel, e))?;
+                self.dir(rel, modes.true_mode(rel, st.mode))?;
+                Ok(Some(d))
+            }
+            Kind::File => {
+                let (mut f, st) = parent
+                    .open_file(name)
+                    .map_err(|e| self.err("opening", rel, e))?;
+                self.file(rel, modes.true_mode(rel, st.mode), &mut f, st.len)?;
+                Ok(None)
+            }
+            Kind::Symlink => {
+                let target = parent
+                    .read_link(name)
+                    .map_err(|e| self.err("reading link", rel, e))?;
+                self.link(rel, &target)?;
+                Ok(None)
+            }
+            other => Err(tree::unsupported(&tree::shown_in(self.root, rel), other)),
+        }
+    }
+
+    fn frame(&self, dir: Dir, rel: Vec<u8>, depth: usize) -> Result<Frame, ProviderError> {
+        if depth >= MAX_DEPTH {
+            return Err(tree::too_deep(&tree::shown_in(self.root, &rel)));
+        }
+        let mut left = dir.names().map_err(|e| self.err("listing", &rel, e))?;
+        left.reverse();
+        Ok(Frame { dir, rel, left })
+    }
+
+    /// Sends everything under the open directory `dir` (at `rel`), in full.
+    fn walk(&mut self, dir: Dir, rel: Vec<u8>, modes: &Modes) -> Result<(), ProviderError> {
+        let base_depth = rel.split(|&b| b == b'/').count();
+        let mut stack = vec![self.frame(dir, rel, base_depth)?];
+        while let Some(frame) = stack.last_mut() {
+            let Some(name) = frame.left.pop() else {
+                stack.pop();
+                continue;
+            };
+            let rel = tree::child(&frame.rel, &name);
+            if let Some(d) = self.entry(&frame.dir, &name, &rel, modes)? {
+                let depth = base_depth + stack.len();
+                stack.push(self.frame(d, rel, depth)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends entry `name` of `parent` and everything under it, in full.
+    fn subtree(
+        &mut self,
+        parent: &Dir,
+        name: &[u8],
+        rel: Vec<u8>,
+        modes: &Modes,
+    ) -> Result<(), ProviderError> {
+        match self.entry(parent, name, &rel, modes)? {
+            Some(d) => self.walk(d, rel, modes),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends what changed from `base` to `snap`, both open snapshot roots.
+    fn diff(
+        &mut self,
+        snap: Dir,
+        smodes: &Modes,
+        base: Dir,
+        bmodes: &Modes,
+    ) -> Result<(), ProviderError> {
+        let mut stack: Vec<(Dir, Dir, Vec<u8>)> = vec![(snap, base, Vec::new())];
+        while let Some((sd, bd, rel)) = stack.pop() {
+            let s_names = sd.names().map_err(|e| self.err("listing", &rel, e))?;
+            let b_names = bd
+                .names()
+                .map_err(|e| self.err("listing the base of", &rel, e))?;
+            let (mut i, mut j) = (0, 0);
+            let mut dirs = Vec::new();
+            while i < s_names.len() || j < b_names.len() {
+                let order = match (s_names.get(i), b_names.get(j)) {
+                    (Some(s), Some(b)) => s.cmp(b),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, _) => std::cmp::Ordering::Greater,
+                };
+                match order {
+                    std::cmp::Ordering::Less => {
+                        let c = tree::child(&rel, &s_names[i]);
+                        self.subtree(&sd, &s_names[i], c, smodes)?;
+                        i += 1;
+                    }
+                    std::cmp::Ordering::Greater => {
+                        self.delete(&tree::child(&rel, &b_names[j]))?;
+                        j += 1;
+                    }
+                    std::cmp::Ordering::Equal => {
+                        let name = &s_names[i];
+                        let c = tree::child(&rel, name);
+                        i += 1;
+                        j += 1;
+                        if let Some(pair) = self.changed(&sd, &bd, name, &c, smodes, bmodes)? {
+                            if rel.split(|&b| b == b'/').count() + stack.len() + dirs.len()
+                                >= MAX_DEPTH
+                            {
+                                return Err(tree::too_deep(&tree::shown_in(self.root, &c)));
+                            }
+                            dirs.push((pair.0, pair.1, c));
+                        }
+                    }
+                }
+            }
+            stack.extend(dirs.into_iter().rev());
+        }
+        Ok(())
+    }
+
+    /// Sends what changed in entry `name`, present in both trees; two
+    /// directories are returned open for the caller to compare.
+    fn changed(
+        &mut self,
+        sd: &Dir,
+        bd: &Dir,
+        name: &[u8],
+        c: &[u8],
+        smodes: &Modes,
+        bmodes: &Modes,
+    ) -> Result<Option<(Dir, Dir)>, ProviderError> {
+        let vanished = |what: &str| {
+            ProviderError::Other(format!(
+                "{what} {} vanished while being sent",
+                tree::shown_in(self.root, c)
+            ))
+        };
+        let sst = sd
+            .stat_at(name)
+            .map_err(|e| self.err("examining", c, e))?
+            .ok_or_else(|| vanished("snapshot entry"))?;
+        let bst = bd
+            .stat_at(name)
+            .map_err(|e| self.err("examining the base of", c, e))?
+            .ok_or_else(|| vanished("base entry"))?;
+        match (sst.kind, bst.kind) {
+            (Kind::Dir, Kind::Dir) => {
+                let s = sd.open_dir(name).map_err(|e| self.err("opening", c, e))?;
+                let b = bd
+                    .open_dir(name)
+                    .map_err(|e| self.err("opening the base of", c, e))?;
+                let smode =
+                    smodes.true_mode(c, s.stat().map_err(|e| self.err("examining", c, e))?.mode);
+                let bmode = bmodes.true_mode(
+                    c,
+                    b.stat()
+                        .map_err(|e| self.err("examining the base of", c, e))?
+                        .mode,
+                );
+                if smode != bmode {
+                    self.dir(c, smode)?;
+                }
+                Ok(Some((s, b)))
+            }
+            (Kind::File, Kind::File) => {
+                let (mut sf, sst) = sd.open_file(name).map_err(|e| self.err("opening", c, e))?;
+                let (mut bf, bst) = bd
+                    .open_file(name)
+                    .map_err(|e| self.err("opening the base of", c, e))?;
+                let smode = smodes.true_mode(c, sst.mode);
+                let bmode = bmodes.true_mode(c, bst.mode);
+                let same = sst.len == bst.len
+                    && tree::same_content(&mut sf, &mut bf)
+                        .map_err(|e| self.err("comparing", c, e))?;
+                if !same {
+                    sf.seek(SeekFrom::Start(0))
+                        .map_err(|e| self.err("rewinding", c, e))?;
+                    self.file(c, smode, &mut sf, sst.len)?;
+                } else if smode != bmode {
+                    self.perm(c, smode)?;
+                }
+                Ok(None)
+            }
+            (Kind::Symlink, Kind::Symlink) => {
+                let st = sd
+                    .read_link(name)
+                    .map_err(|e| self.err("reading link", c, e))?;
+                let bt = bd
+                    .read_link(name)
+                    .map_err(|e| self.err("reading the base's link", c, e))?;
+                if st != bt {
+                    self.link(c, &st)?;
+                }
+                Ok(None)
+            }
+            // The type changed: the receiver replaces the entry.
+            _ => {
+                self.subtree(sd, name, c.to_vec(), smodes)?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Writes a stream of the snapshot tree `snap` (identity `guid`), in full or,
+/// with `base`, incremental from it. Both trees are walked by handle.
+pub(crate) fn send(
+    snap: &Path,
+    smodes: &Modes,
+    guid: u128,
+    base: Option<(&Path, &Modes, u128)>,
+    out: &mut dyn Write,
+) -> Result<SendStats, ProviderError> {
+    encode(snap, smodes, guid, base, out, false)
+}
+
+/// The exact size of a full stream of `snap` (what [`send`] would write
+/// without a base, if the tree does not change meanwhile), from a walk of
+/// its metadata: file contents are counted, never read.
+pub(crate) fn stream_size(snap: &Path, smodes: &Modes, guid: u128) -> Result<u64, ProviderError> {
+    let mut sink = std::io::sink();
+    let stats = encode(snap, smodes, guid, None, &mut sink, true)?;
+    Ok(stats.bytes)
+}
+
+fn encode(
+    snap: &Path,
+    smodes: &Modes,
+    guid: u128,
+    base: Option<(&Path, &Modes, u128)>,
+    out: &mut dyn Write,
+    dry: bool,
+) -> Result<SendStats, ProviderError> {
+    let open = |p: &Path| {
+        Dir::open(p).map_err(|e| ProviderError::io(format!("opening {}", p.display()), e))
+    };
+    let sdir = open(snap)?;
+    let mut enc = Enc {
+        w: HashWriter::new(BufWriter::with_capacity(CHUNK, out)),
+        count: 0,
+        buf: Vec::new(),
+        root: snap,
+        dry,
+        skipped: 0,
+    };
+    let flags = if base.is_some() { FLAG_INCREMENTAL } else { 0 };
+    enc.put(MAGIC)?;
+    enc.put(&VERSION.to_be_bytes())?;
+    enc.put(&flags.to_be_bytes())?;
+    enc.put(&0u32.to_be_bytes())?;
+    enc.put(&guid.to_be_bytes())?;
+    enc.put(&base.map_or(0, |b| b.2).to_be_bytes())?;
+    let smode = smodes.true_mode(
+        b"",
+        sdir.stat().map_err(|e| enc.err("examining", b"", e))?.mode,
+    );
+    match base {
+        None => {
+            enc.dir(b"", smode)?;
+            enc.walk(sdir, Vec::new(), smodes)?;
+        }
+        Some((bpath, bmodes, _)) => {
+            let bdir = open(bpath)?;
+            let bst = bdir
+                .stat()
+                .map_err(|e| ProviderError::io(format!("examining {}", bpath.display()), e))?;
+            if smode != bmodes.true_mode(b"", bst.mode) {
+                enc.dir(b"", smode)?;
+            }
+            enc.diff(sdir, smodes, bdir, bmodes)?;
+        }
+    }
+    let count = enc.count;
+    enc.put(&[TAG_END])?;
+    enc.put(&count.to_be_bytes())?;
+    let crc = enc.w.crc();
+    enc.w.write_unhashed(&crc.to_be_bytes()).map_err(wio)?;
+    enc.w.flush().map_err(wio)?;
+    Ok(SendStats {
+        bytes: enc.w.bytes() + enc.skipped,
+        incremental: base.is_some(),
+        resumed: false,
+    })
+}

@@ -1,0 +1,85 @@
+//! The free-space guard of receives and copies: a hostile stream, or a
+//! volume whose copy would be larger than it looks (a file hard-linked a
+//! thousand times becomes a thousand files), is refused with
+//! [`ProviderError::NoSpace`] before it fills the file system.
+
+use crate::fsutil::Dir;
+use crate::provider::ProviderError;
+
+/// Keeps a receive from filling its file system: before each entry, the
+/// free inodes (every [`SPACE_CHECK_EVERY`] entries) and, for file content,
+/// the free bytes are checked against what the entry needs plus a reserve of
+/// 2% of the file system (at least [`MIN_RESERVE_INODES`] inodes), so a
+/// hostile stream is refused with [`ProviderError::NoSpace`] instead of
+/// leaving the host's disk full.
+pub(crate) struct SpaceGuard {
+    dir: Dir,
+    since_check: u32,
+    /// Entries and content bytes the stream staged so far.
+    pub(crate) entries: u64,
+    pub(crate) bytes: u64,
+}
+
+/// Entries between two inode checks (a file's content is checked every time).
+pub const SPACE_CHECK_EVERY: u32 = 64;
+/// Least number of inodes a receive leaves free.
+pub const MIN_RESERVE_INODES: u64 = 2 * SPACE_CHECK_EVERY as u64;
+
+impl SpaceGuard {
+    pub(crate) fn new(dir: Dir) -> Self {
+        SpaceGuard {
+            dir,
+            since_check: SPACE_CHECK_EVERY,
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Checks that `entries` more entries holding `bytes` more bytes fit,
+    /// leaving the reserve free.
+    pub(crate) fn check(&self, what: &str, entries: u64, bytes: u64) -> Result<(), ProviderError> {
+        let sp = self
+            .dir
+            .space()
+            .map_err(|e| ProviderError::io("examining free space", e))?;
+        let reserve_bytes = sp.total_bytes / 50;
+        if sp.free_bytes < bytes.saturating_add(reserve_bytes) {
+            return Err(ProviderError::NoSpace {
+                what: what.to_owned(),
+                detail: format!(
+                    "{bytes} more bytes needed, {} free, {reserve_bytes} kept in reserve",
+                    sp.free_bytes
+                ),
+            });
+        }
+        if let (Some(free), Some(total)) = (sp.free_inodes, sp.total_inodes) {
+            let reserve = (total / 50).max(MIN_RESERVE_INODES);
+            if free < entries.saturating_add(reserve) {
+                return Err(ProviderError::NoSpace {
+                    what: what.to_owned(),
+                    detail: format!(
+                        "{entries} more inodes needed, {free} free, {reserve} kept in reserve"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Before one more entry with `len` bytes of content.
+    pub(crate) fn entry(&mut self, len: u64) -> Result<(), ProviderError> {
+        self.entry_for("the received stream", len)
+    }
+
+    /// [`Self::entry`] naming `what` in the error.
+    pub(crate) fn entry_for(&mut self, what: &str, len: u64) -> Result<(), ProviderError> {
+        self.entries += 1;
+        self.bytes = self.bytes.saturating_add(len);
+        self.since_check += 1;
+        if len > 0 || self.since_check >= SPACE_CHECK_EVERY {
+            self.since_check = 0;
+            self.check(what, u64::from(SPACE_CHECK_EVERY), len)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! The receive of the ZFS provider: the stream's header checked against the
+//! target first, `zfs recv -F -s` with our properties excluded and
+//! `setuid=off devices=off` forced, then the arrived snapshot found by GUID,
+//! tagged and renamed; and what a failed or resumable receive leaves.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+impl ZfsProvider {
+    pub(super) fn receive_into(
+        &self,
+        tname: &str,
+        spec: &VolumeSpec<'_>,
+        target: &VolumeRef<'_>,
+        input: &mut dyn Read,
+    ) -> Result<Created, ProviderError> {
+        let mut head = vec![0u8; BEGIN_LEN];
+        input
+            .read_exact(&mut head)
+            .map_err(|e| ProviderError::Stream(format!("reading the stream header: {e}")))?;
+        let header = parse_begin(&head)?;
+        let toguid = header.toguid.to_string();
+        let partial = self.one(tname)?.and_then(|r| self.partial_of(&r));
+        if header.resuming {
+            // A resumed stream continues the partial receive the target holds,
+            // or nothing: refused, the partial state is discarded so it can
+            // never block the target.
+            match &partial {
+                Some(p) if p.guid == toguid => {}
+                other => {
+                    let held = other.as_ref().map_or("no partial receive".to_owned(), |p| {
+                        format!("a partial receive of guid {}", p.guid)
+                    });
+                    if other.is_some() {
+                        self.recv_abort(tname)?;
+                    }
+                    return Err(ProviderError::Stream(format!(
+                        "resumed stream of guid {toguid}, but {tname} holds {held}"
+                    )));
+                }
+            }
+        }
+        let fits = self.check_stream_fits(tname, spec, &header);
+        if header.resuming && !matches!(fits, Ok(None)) {
+            self.recv_abort(tname)?;
+        }
+        if let Some(created) = fits? {
+            return Ok(created);
+        }
+        if !header.resuming && partial.is_some() {
+            self.recv_abort(tname)?;
+        }
+        self.set_props(tname, &[kv(P_RECEIVING, &format!("{}:{toguid}", spec.op))])?;
+        let mut cmd = Cmd::new("zfs").arg("recv").arg("-F").arg("-s");
+        for p in [P_OWNER, P_VOLUME, P_OP, P_KIND, P_PARENT, P_RECEIVING] {
+            cmd = cmd.arg("-x").user_arg(p)?;
+        }
+        // Whatever the stream says (a `send -p` stream carries properties),
+        // nothing received runs setuid or opens a device.
+        cmd = cmd.arg("-o").arg(SETUID_OFF).arg("-o").arg(DEVICES_OFF);
+        let cmd = cmd.user_arg(tname)?;
+        let mut stream = std::io::Cursor::new(head).chain(input);
+        if let Err(e) = cmd.run_from(&mut stream) {
+            return Err(self.after_failed_receive(tname, partial.as_ref(), header.resuming, e));
+        }
+        let arrived = self
+            .snapshots_of(tname)?
+            .into_iter()
+            .find(|r| r.guid == toguid)
+            .ok_or_else(|| {
+                ProviderError::Stream(format!(
+                    "`zfs recv` succeeded but no snapshot with the stream's guid {toguid} ({}) is in {tname}",
+                    header.toname
+                ))
+            })?;
+        let want = format!("{tname}@{}", spec.id);
+        self.set_props(&arrived.name, &self.tags(spec, Some(target.id)))?;
+        if arrived.name != want {
+            self.retry_busy(&arrived.name, || {
+                Cmd::new("zfs")
+                    .arg("rename")
+                    .user_arg(&arrived.name)?
+                    .user_arg(&want)?
+                    .run()
+                    .map(|_| ())
+            })?;
+        }
+        self.clear_receiving(tname)?;
+        self.ensure_mounted(tname)?;
+        let row = self
+            .one(&want)?
+            .ok_or_else(|| ProviderError::NotFound(want.clone()))?;
+        if row.guid != toguid {
+            return Err(ProviderError::Stream(format!(
+                "{want} has guid {} after the rename, expected {toguid}",
+                row.guid
+            )));
+        }
+        Ok(self.created_of(&row))
+    }
+
+    /// Checks a stream's header against the target before anything changes:
+    /// an incremental's base must be the target's newest snapshot (by GUID);
+    /// a full stream needs a target without snapshots; a GUID already present
+    /// is this very receive done before (its result: idempotent) or refused.
+    pub(super) fn check_stream_fits(
+        &self,
+        tname: &str,
+        spec: &VolumeSpec<'_>,
+        header: &StreamHeader,
+    ) -> Result<Option<Created>, ProviderError> {
+        let snaps = self.snapshots_of(tname)?;
+        let toguid = header.toguid.to_string();
+        if let Some(have) = snaps.iter().find(|r| r.guid == toguid) {
+            if let Some(t) = self.tag_of(have)
+                && t.volume == spec.id
+                && t.op == spec.op
+            {
+                return Ok(Some(self.created_of(have)));
+            }
+            return Err(ProviderError::AlreadyExists(format!(
+                "{tname} already holds snapshot guid {toguid} as {}",
+                have.name
+            )));
+        }
+        if header.fromguid != 0 {
+            let from = header.fromguid.to_string();
+            if snaps.last().map(|r| r.guid.as_str()) != Some(from.as_str()) {
+                return Err(ProviderError::Stream(format!(
+                    "incremental stream from guid {from}, but the newest snapshot of {tname} is {}",
+                    snaps
+                        .last()
+                        .map_or("none".into(), |r| format!("{} (guid {})", r.name, r.guid))
+                )));
+            }
+        } else if !snaps.is_empty() {
+            return Err(ProviderError::Stream(format!(
+                "full stream into {tname}, which has {} snapshot(s): destroy them first",
+                snaps.len()
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Settles a `zfs recv` that failed. If the target now holds a partial
+    /// receive that moved on (a new token), it is kept, resumable:
+    /// [`ProviderError::Suspended`]. A resume that made no progress (same
+    /// token: ZFS refused it) is discarded, so a stuck partial receive never
+    /// blocks the target; so is anything else, as before.
+    pub(super) fn after_failed_receive(
+        &self,
+        tname: &str,
+        before: Option<&PartialReceive>,
+        resuming: bool,
+        error: ProviderError,
+    ) -> ProviderError {
+        let now = self
+            .one(tname)
+            .ok()
+            .flatten()
+            .and_then(|r| self.partial_of(&r));
+        let _ = self.ensure_mounted(tname);
+        match now {
+            Some(p) if !(resuming && before.is_some_and(|b| b.token == p.token)) => {
+                ProviderError::Suspended {
+                    what: tname.to_owned(),
+                    partial: Box::new(p),
+                    cause: error.to_string(),
+                }
+            }
+            Some(_) => {
+                let aborted = self.recv_abort(tname);
+                let _ = self.clear_receiving(tname);
+                ProviderError::Stream(format!(
+                    "the resumed receive made no progress; partial state {}: {error}",
+                    if aborted.is_ok() {
+                        "discarded (recv -A)"
+                    } else {
+                        "could not be discarded"
+                    }
+                ))
+            }
+            None => {
+                let _ = self.clear_receiving(tname);
+                error
+            }
+        }
+    }
+
+    /// What `token` continues, if that is a stream of `snapshot` (this very
+    /// snapshot and guid, so a token can never reach another dataset).
+    pub(super) fn fitting_token(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        token: &str,
+    ) -> Result<Option<TokenContents>, ProviderError> {
+        check_token(token)?;
+        let (snap, row) = self.require(snapshot)?;
+        Ok(self
+            .token_contents(token)?
+            .filter(|c| c.toname == snap && c.toguid.to_string() == row.guid))
+    }
+
+    /// The contents of a resume token, by a dry run (`zfs send -nvP -t`).
+    /// `None` if ZFS does not accept the token.
+    pub(super) fn token_contents(
+        &self,
+        token: &str,
+    ) -> Result<Option<TokenContents>, ProviderError> {
+        let out = Cmd::new("zfs")
+            .arg("send")
+            .arg("-nvP")
+            .arg("-t")
+            .user_arg(token)?
+            .run();
+        match out {
+            Ok(out) => Ok(parse_token_contents(&format!(
+                "{}\n{}",
+                out.stdout_str(),
+                out.stderr
+            ))),
+            Err(ProviderError::Command { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Opening the ZFS provider: its configuration, the pool (imported, or made
+//! on a sparse file vdev) and the root datasets with `setuid=off
+//! devices=off`.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+impl ZfsProvider {
+    /// Builds the provider from its configuration (see the module docs):
+    /// imports or creates the pool if a vdev is configured, creates the root
+    /// datasets if missing.
+    pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
+        let known = [
+            CONFIG_DATASET,
+            CONFIG_WORKDIR,
+            CONFIG_MOUNTPOINT_BASE,
+            CONFIG_POOL_VDEV,
+            CONFIG_POOL_SIZE,
+            CONFIG_POOL_NAME,
+        ];
+        if let Some(key) = config.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(ProviderError::InvalidConfig(format!(
+                "unknown key {key:?} (the zfs provider takes {known:?})"
+            )));
+        }
+        let dataset = config
+            .get(CONFIG_DATASET)
+            .ok_or_else(|| ProviderError::InvalidConfig(format!("missing {CONFIG_DATASET:?}")))?
+            .trim_end_matches('/')
+            .to_owned();
+        check_dataset(&dataset)?;
+        let pool = dataset.split('/').next().expect("non-empty").to_owned();
+        if let Some(p) = config.get(CONFIG_POOL_NAME)
+            && *p != pool
+        {
+            return Err(ProviderError::InvalidConfig(format!(
+                "{CONFIG_POOL_NAME} {p:?} is not the first component of {CONFIG_DATASET} {dataset:?}"
+            )));
+        }
+        let workdir = PathBuf::from(
+            config
+                .get(CONFIG_WORKDIR)
+                .or_else(|| config.get(CONFIG_MOUNTPOINT_BASE))
+                .map_or(DEFAULT_WORKDIR, String::as_str),
+        );
+        let abs_ok = |p: &Path| {
+            p.is_absolute()
+                && p.to_str().is_some_and(|s| {
+                    !s.contains(['\0', ',', '\n']) && !s.split('/').any(|c| c == "..")
+                })
+        };
+        if !abs_ok(&workdir) {
+            return Err(ProviderError::InvalidConfig(format!(
+                "{CONFIG_WORKDIR} {}: must be an absolute UTF-8 path without '..' or ','",
+                workdir.display()
+            )));
+        }
+        let size = match config.get(CONFIG_POOL_SIZE) {
+            Some(s) => Some(parse_size(s).filter(|&n| n >= 64 << 20).ok_or_else(|| {
+                ProviderError::InvalidConfig(format!(
+                    "{CONFIG_POOL_SIZE} {s:?}: a size of at least 64M (bytes or K/M/G/T)"
+                ))
+            })?),
+            None => None,
+        };
+        let p = ZfsProvider {
+            config: config.clone(),
+            dataset,
+            workdir,
+        };
+        if let Some(vdev) = config.get(CONFIG_POOL_VDEV) {
+            let vdev = PathBuf::from(vdev);
+            if !abs_ok(&vdev) {
+                return Err(ProviderError::InvalidConfig(format!(
+                    "{CONFIG_POOL_VDEV} {}: must be an absolute path",
+                    vdev.display()
+                )));
+            }
+            p.ensure_pool(&pool, &vdev, size)?;
+        }
+        p.ensure_root()?;
+        Ok(p)
+    }
+
+    pub(super) fn ensure_pool(
+        &self,
+        pool: &str,
+        vdev: &Path,
+        size: Option<u64>,
+    ) -> Result<(), ProviderError> {
+        let imported = Cmd::new("zpool")
+            .arg("list")
+            .arg("-H")
+            .arg("-o")
+            .arg("name")
+            .user_arg(pool)?
+            .run();
+        if imported.is_ok() {
+            return Ok(());
+        }
+        if vdev.exists() {
+            Cmd::new("zpool")
+                .arg("import")
+                .arg("-d")
+                .path_arg(vdev)?
+                .user_arg(pool)?
+                .run()?;
+            return Ok(());
+        }
+        let size = size.unwrap_or_else(|| default_pool_size(vdev));
+        if let Some(dir) = vdev.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ProviderError::io(format!("creating {}", dir.display()), e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(vdev)
+            .map_err(|e| ProviderError::io(format!("creating {}", vdev.display()), e))?;
+        file.set_len(size)
+            .map_err(|e| ProviderError::io(format!("sizing {}", vdev.display()), e))?;
+        drop(file);
+        let created = Cmd::new("zpool")
+            .arg("create")
+            .arg("-m")
+            .arg("none")
+            .user_arg(pool)?
+            .path_arg(vdev)?
+            .run();
+        if let Err(e) = created {
+            // Only what we just made goes; an existing file is never touched.
+            let _ = std::fs::remove_file(vdev);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub(super) fn ensure_root(&self) -> Result<(), ProviderError> {
+        for name in [self.dataset.clone(), self.data_root()] {
+            if self.list(&name, false)?.is_empty() {
+                let mut cmd = Cmd::new("zfs").arg("create").arg("-p");
+                for prop in ["mountpoint=none", SETUID_OFF, DEVICES_OFF] {
+                    cmd = cmd.arg("-o").arg(prop);
+                }
+                let made = cmd.user_arg(&name)?.run();
+                if let Err(e) = made
+                    && !stderr_of(&e).contains("already exists")
+                {
+                    return Err(e);
+                }
+            }
+        }
+        // An existing root (made by an earlier version, or by the operator)
+        // gets them too: every dataset below inherits them.
+        Cmd::new("zfs")
+            .arg("set")
+            .arg(SETUID_OFF)
+            .arg(DEVICES_OFF)
+            .user_arg(&self.dataset)?
+            .run()?;
+        Ok(())
+    }
+}
+
+/// 70% of the size of the file system that will hold `vdev`, else 100 GB.
+pub(super) fn default_pool_size(vdev: &Path) -> u64 {
+    let dir = vdev.parent().unwrap_or(Path::new("/"));
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return FALLBACK_POOL_SIZE;
+    };
+    // SAFETY: statvfs fills the zeroed struct; c is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return FALLBACK_POOL_SIZE;
+    }
+    let total = (st.f_blocks as u64).saturating_mul(st.f_frsize as u64);
+    if total == 0 {
+        FALLBACK_POOL_SIZE
+    } else {
+        total / 10 * 7
+    }
+}

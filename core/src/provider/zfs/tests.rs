@@ -1,0 +1,130 @@
+//! Unit tests of the ZFS provider that run no command.
+
+use super::*;
+
+#[test]
+fn dataset_names_that_could_be_flags_or_escape_are_refused() {
+    for bad in [
+        "",
+        "-o",
+        "tank/-x",
+        "tank//a",
+        "tank/../x",
+        "tank/a b",
+        "tank@s",
+        "/tank",
+        "t%a",
+    ] {
+        assert!(check_dataset(bad).is_err(), "{bad:?} accepted");
+    }
+    for good in ["tank", "tank/volmgr", "t_1/a.b:c-d"] {
+        check_dataset(good).unwrap();
+    }
+}
+
+#[test]
+fn volume_options_are_checked_before_any_command() {
+    for (k, v) in [
+        ("compression", "lz4"),
+        ("compression", "zstd-19"),
+        ("compression", "off"),
+        ("recordsize", "128K"),
+        ("recordsize", "512"),
+        ("recordsize", "1M"),
+    ] {
+        assert!(check_volume_option(k, v).is_ok(), "{k}={v}");
+    }
+    for (k, v) in [
+        ("compression", "zstd-20"),
+        ("compression", "-o"),
+        ("compression", "lz4 mountpoint=/"),
+        ("recordsize", "100K"),
+        ("recordsize", "2M"),
+        ("recordsize", "256"),
+        ("mountpoint", "/etc"),
+        ("refquota", "1"),
+    ] {
+        assert!(check_volume_option(k, v).is_err(), "{k}={v}");
+    }
+}
+
+#[test]
+fn sizes_parse_with_suffixes() {
+    assert_eq!(parse_size("100"), Some(100));
+    assert_eq!(parse_size("64M"), Some(64 << 20));
+    assert_eq!(parse_size("2G"), Some(2 << 30));
+    assert_eq!(parse_size("x"), None);
+    assert_eq!(parse_size("-1"), None);
+}
+
+#[test]
+fn stream_header_gives_guids_and_name() {
+    let mut b = vec![0u8; BEGIN_LEN];
+    b[8..16].copy_from_slice(&BACKUP_MAGIC.to_le_bytes());
+    b[16..24].copy_from_slice(&1u64.to_le_bytes());
+    b[40..48].copy_from_slice(&42u64.to_le_bytes());
+    b[48..56].copy_from_slice(&7u64.to_le_bytes());
+    b[56..62].copy_from_slice(b"p/a@s1");
+    let h = parse_begin(&b).unwrap();
+    assert_eq!((h.toguid, h.fromguid, h.toname.as_str()), (42, 7, "p/a@s1"));
+    b[8] ^= 1;
+    assert!(matches!(parse_begin(&b), Err(ProviderError::Stream(_))));
+    assert!(parse_begin(&b[..10]).is_err());
+}
+
+#[test]
+fn a_resumed_stream_is_told_by_its_header_feature_flag() {
+    let mut b = vec![0u8; BEGIN_LEN];
+    b[8..16].copy_from_slice(&BACKUP_MAGIC.to_le_bytes());
+    // versioninfo of a real `zfs send -t` stream (OpenZFS 2.1).
+    b[16..24].copy_from_slice(&0x0040_0011u64.to_le_bytes());
+    assert!(parse_begin(&b).unwrap().resuming);
+    b[16..24].copy_from_slice(&0x0000_0011u64.to_le_bytes());
+    assert!(!parse_begin(&b).unwrap().resuming);
+}
+
+#[test]
+fn token_contents_are_read_from_the_dry_run_and_junk_tokens_refused() {
+    // As `zfs send -nvP -t` prints it (OpenZFS 2.1.11).
+    let out = "resume token contents:\nnvlist version: 0\n\tfromguid = 0xdf70feb473014f96\n\tobject = 0x80\n\toffset = 0x2a0000\n\tbytes = 0x2c3c20\n\ttoguid = 0xcdd3b5a9c1c885cc\n\ttoname = tank/src@s2\nincremental\ttank/src@s1\ttank/src@s2\t7613904\nsize\t7613904\n";
+    let c = parse_token_contents(out).unwrap();
+    assert_eq!(c.toguid, 0xcdd3_b5a9_c1c8_85cc);
+    assert_eq!(c.fromguid, Some(0xdf70_feb4_7301_4f96));
+    assert_eq!(c.toname, "tank/src@s2");
+    assert!(parse_token_contents("cannot resume send: resume token is corrupt").is_none());
+    for bad in ["", "-t", "x-1", "1-ab cd", "1-ab/../cd"] {
+        assert!(check_token(bad).is_err(), "{bad:?} accepted");
+    }
+    assert!(check_token("1-9924c2c09-b8-789c636064").is_ok());
+}
+
+#[test]
+fn unknown_and_bad_configuration_is_refused_before_any_command() {
+    let cfg = |pairs: &[(&str, &str)]| -> ProviderConfig {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    for bad in [
+        cfg(&[]),
+        cfg(&[("dataset", "-rf")]),
+        cfg(&[("dataset", "tank/v"), ("colour", "red")]),
+        cfg(&[("dataset", "tank/v"), ("pool_name", "other")]),
+        cfg(&[("dataset", "tank/v"), ("workdir", "relative")]),
+        cfg(&[
+            ("dataset", "tank/v"),
+            ("pool_size", "1K"),
+            ("pool_vdev", "/x"),
+        ]),
+        cfg(&[("dataset", "tank/v"), ("pool_vdev", "rel/file")]),
+    ] {
+        assert!(
+            matches!(
+                ZfsProvider::from_config(&bad),
+                Err(ProviderError::InvalidConfig(_))
+            ),
+            "{bad:?}"
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The node's system calls: bind mounts (`nosuid,nodev`, read-only on
+//! request), unmounts, the mount table, file-system statistics and type.
+//!
+//! Blocking; the node service calls these on the blocking pool. Target paths
+//! come from the CO (root, through the 0600 socket) and are checked by the
+//! caller (absolute, no `..`); the volume's location comes from the journal.
+
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Bound on the mount table read (hostile or huge tables get an error).
+const MAX_MOUNTINFO_BYTES: u64 = 64 * 1024 * 1024;
+
+fn cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Options of a bind mount beyond `nosuid,nodev` (always set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BindOptions {
+    pub readonly: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+}
+
+impl BindOptions {
+    fn flags(self) -> libc::c_ulong {
+        let mut f = libc::MS_NOSUID | libc::MS_NODEV;
+        if self.readonly {
+            f |= libc::MS_RDONLY;
+        }
+        if self.noexec {
+            f |= libc::MS_NOEXEC;
+        }
+        if self.noatime {
+            f |= libc::MS_NOATIME;
+        }
+        f
+    }
+}
+
+/// Bind-mounts `source` at `target`, then remounts it with `nosuid,nodev`
+/// and the options (a bind mount takes its flags only on a remount). If the
+/// remount fails the bind mount is undone.
+pub fn bind(source: &Path, target: &Path, options: BindOptions) -> io::Result<()> {
+    let src = cstring(source)?;
+    let dst = cstring(target)?;
+    // SAFETY: valid NUL-terminated paths; null fs type and data are allowed
+    // for MS_BIND.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    })?;
+    // SAFETY: as above; a remount of the bind mount at `dst`.
+    let remount = check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_BIND | options.flags(),
+            std::ptr::null(),
+        )
+    });
+    if let Err(e) = remount {
+        let _ = unmount(target);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Unmounts `target` (the topmost mount there).
+pub fn unmount(target: &Path) -> io::Result<()> {
+    let dst = cstring(target)?;
+    // SAFETY: a valid NUL-terminated path.
+    check(unsafe { libc::umount2(dst.as_ptr(), libc::UMOUNT_NOFOLLOW) })
+}
+
+/// Undoes the octal escapes of a mountinfo path (`\040` for a space).
+fn unescape(field: &str) -> PathBuf {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+}
+
+/// Mount points of this mount namespace, from `/proc/self/mountinfo`
+/// (the fifth field of each line).
+pub fn mount_points() -> io::Result<Vec<PathBuf>> {
+    let mut text = String::new();
+    std::fs::File::open("/proc/self/mountinfo")?
+        .take(MAX_MOUNTINFO_BYTES)
+        .read_to_string(&mut text)?;
+    Ok(parse_mount_points(&text))
+}
+
+fn parse_mount_points(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| line.split(' ').nth(4).map(unescape))
+        .collect()
+}
+
+/// Whether `path` is a mount point.
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    Ok(mount_points()?.iter().any(|m| m == path))
+}
+
+/// Whether `a` and `b` are the same directory (a bind mount's root is the
+/// source directory itself: same device and inode).
+pub fn same_dir(a: &Path, b: &Path) -> io::Result<bool> {
+    let (ma, mb) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
+    Ok(ma.dev() == mb.dev() && ma.ino() == mb.ino())
+}
+
+/// File-system statistics of the file system holding `path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub bytes_total: u64,
+    pub bytes_available: u64,
+    pub bytes_used: u64,
+    pub inodes_total: u64,
+    pub inodes_available: u64,
+    pub inodes_used: u64,
+    pub readonly: bool,
+}
+
+pub fn stats(path: &Path) -> io::Result<FsStats> {
+    let p = cstring(path)?;
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-parameter.
+    check(unsafe { libc::statvfs(p.as_ptr(), &mut s) })?;
+    let frsize = s.f_frsize as u64;
+    let total = (s.f_blocks as u64).saturating_mul(frsize);
+    let free = (s.f_bfree as u64).saturating_mul(frsize);
+    Ok(FsStats {
+        bytes_total: total,
+        bytes_available: (s.f_bavail as u64).saturating_mul(frsize),
+        bytes_used: total.saturating_sub(free),
+        inodes_total: s.f_files as u64,
+        inodes_available: s.f_favail as u64,
+        inodes_used: (s.f_files as u64).saturating_sub(s.f_ffree as u64),
+        readonly: s.f_flag & libc::ST_RDONLY != 0,
+    })
+}
+
+/// The name of the file system type holding `path`, for the ones a volume
+/// can live on (an fs type a mount capability may name).
+pub fn fs_type(path: &Path) -> io::Result<Option<&'static str>> {
+    let p = cstring(path)?;
+    // SAFETY: zeroed statfs is a valid out-parameter.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-parameter.
+    check(unsafe { libc::statfs(p.as_ptr(), &mut s) })?;
+    #[allow(clippy::unnecessary_cast)]
+    let magic = s.f_type as i64;
+    Ok(match magic {
+        0xEF53 => Some("ext4"),
+        0x9123_683E => Some("btrfs"),
+        0x5846_5342 => Some("xfs"),
+        0x2FC1_2FC1 => Some("zfs"),
+        0x0102_1994 => Some("tmpfs"),
+        0x794C_7630 => Some("overlay"),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped_and_short_lines_skipped() {
+        let text = "36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n\
+                    garbage\n\
+                    37 35 98:0 / / rw - ext4 /dev/sda rw\n\
+                    38 35 0:1 / /x\\134y rw - tmpfs t rw\n\
+                    39 35 0:1 / /end\\04 rw - tmpfs t rw\n";
+        assert_eq!(
+            parse_mount_points(text),
+            vec![
+                PathBuf::from("/mnt/a b"),
+                PathBuf::from("/"),
+                PathBuf::from("/x\\y"),
+                PathBuf::from("/end\\04"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_root_is_a_mount_point_and_a_fresh_directory_is_not() {
+        assert!(is_mount_point(Path::new("/")).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_mount_point(dir.path()).unwrap());
+        let s = stats(dir.path()).unwrap();
+        assert!(s.bytes_total >= s.bytes_available && s.inodes_total >= s.inodes_used);
+    }
+}

@@ -1,0 +1,116 @@
+//! Manager errors to the gRPC codes the CSI spec prescribes.
+//!
+//! NOT_FOUND for a missing volume, ALREADY_EXISTS for a taken name,
+//! INVALID_ARGUMENT for bad input, FAILED_PRECONDITION for dependents and
+//! lost volumes, ABORTED while another operation on the volume is in flight,
+//! RESOURCE_EXHAUSTED when the provider is out of space, UNAVAILABLE when
+//! the provider or journal is, INTERNAL for the rest. Messages carry the
+//! manager's own text.
+
+use tonic::Status;
+
+use crate::manager::ManagerError;
+use crate::provider::ProviderError;
+
+/// Whether a provider failure means "out of space" (ENOSPC, EDQUOT, or a
+/// command saying so), which CSI reports as RESOURCE_EXHAUSTED.
+pub fn out_of_space(e: &ProviderError) -> bool {
+    match e {
+        ProviderError::NoSpace { .. } => true,
+        ProviderError::Io { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        ),
+        ProviderError::Command { stderr, .. } => {
+            let s = stderr.to_ascii_lowercase();
+            s.contains("out of space")
+                || s.contains("no space left")
+                || s.contains("quota exceeded")
+                || s.contains("disk quota")
+        }
+        _ => false,
+    }
+}
+
+/// The status of a manager error.
+pub fn from_manager(e: ManagerError) -> Status {
+    let message = e.to_string();
+    match e {
+        ManagerError::NoSuchVolume(_) | ManagerError::NoSuchOrphan { .. } => {
+            Status::not_found(message)
+        }
+        ManagerError::NoSuchProvider(_)
+        | ManagerError::InvalidId { .. }
+        | ManagerError::InvalidMeta(_)
+        | ManagerError::InvalidInput(_)
+        | ManagerError::WrongKind { .. } => Status::invalid_argument(message),
+        ManagerError::AlreadyExists(_) => Status::already_exists(message),
+        ManagerError::HasDependents { .. } | ManagerError::VolumeLost(_) => {
+            Status::failed_precondition(message)
+        }
+        ManagerError::Busy(_) => Status::aborted(message),
+        ManagerError::Provider { ref error, .. } if out_of_space(error) => {
+            Status::resource_exhausted(message)
+        }
+        ManagerError::ProviderUnavailable { .. } | ManagerError::Journal(_) => {
+            Status::unavailable(message)
+        }
+        _ => Status::internal(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn each_manager_error_gets_the_code_the_spec_names() {
+        let cases = [
+            (ManagerError::NoSuchVolume("v".into()), Code::NotFound),
+            (ManagerError::AlreadyExists("v".into()), Code::AlreadyExists),
+            (ManagerError::Busy("v".into()), Code::Aborted),
+            (
+                ManagerError::HasDependents {
+                    id: "v".into(),
+                    dependents: vec!["s".into()],
+                },
+                Code::FailedPrecondition,
+            ),
+            (ManagerError::InvalidMeta("x".into()), Code::InvalidArgument),
+            (
+                ManagerError::Provider {
+                    provider: "p".into(),
+                    error: ProviderError::io(
+                        "writing",
+                        std::io::Error::from_raw_os_error(libc::ENOSPC),
+                    ),
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                ManagerError::Provider {
+                    provider: "p".into(),
+                    error: ProviderError::Command {
+                        command: "zfs create".into(),
+                        status: "1".into(),
+                        stderr: "cannot create 'p/v': out of space".into(),
+                    },
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                ManagerError::Provider {
+                    provider: "p".into(),
+                    error: ProviderError::Other("boom".into()),
+                },
+                Code::Internal,
+            ),
+            (ManagerError::Internal("x".into()), Code::Internal),
+        ];
+        for (e, code) in cases {
+            let text = e.to_string();
+            assert_eq!(from_manager(e).code(), code, "{text}");
+        }
+    }
+}

@@ -1,0 +1,797 @@
+//! The CSI plugin's behaviour beyond the conformance suite, in process: a
+//! `CsiServer` on a temporary socket over a manager on the dir provider (and
+//! btrfs for capacity). Idempotency and ALREADY_EXISTS, hostile names,
+//! clones and the delete order they impose, pagination tokens, the socket's
+//! mode, readiness, capacity honesty on dir, capacity enforcement and
+//! expansion on btrfs, and the node's bind mounts (root only: nosuid, nodev,
+//! read-only, fs types, raw block, a target holding another volume).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use volmgr::csi::client::CsiClients;
+use volmgr::csi::proto::{
+    CapacityRange, ControllerExpandVolumeRequest, ControllerGetCapabilitiesRequest,
+    CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest, DeleteVolumeRequest,
+    ListSnapshotsRequest, ListVolumesRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
+    ProbeRequest, VolumeCapability, VolumeContentSource, controller_service_capability,
+    volume_capability, volume_content_source,
+};
+use volmgr::csi::{CsiOptions, CsiServer, names};
+use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::provider::sim::{SimCall, SimProvider};
+
+struct Plugin {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    socket: PathBuf,
+    c: CsiClients,
+    manager: Manager,
+    stop: CancellationToken,
+}
+
+/// A plugin over a manager whose default provider is `kind` with `config`
+/// (the dir provider under the temp dir when `None`).
+async fn plugin_on(provider: Option<(&str, BTreeMap<String, String>)>) -> Plugin {
+    plugin_with(provider, None).await
+}
+
+async fn plugin_with(
+    provider: Option<(&str, BTreeMap<String, String>)>,
+    sim: Option<&SimProvider>,
+) -> Plugin {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("volumes");
+    let (kind, config) = match provider {
+        Some((k, c)) => (k.to_owned(), c),
+        None => (
+            "dir".to_owned(),
+            BTreeMap::from([("root".to_owned(), root.to_string_lossy().into_owned())]),
+        ),
+    };
+    let mut manager_config = ManagerConfig {
+        default_provider: Some(Box::new(move || Ok((kind, config)))),
+        ..ManagerConfig::default()
+    };
+    if let Some(sim) = sim {
+        manager_config.factories.insert("sim".into(), sim.factory());
+    }
+    let manager = Manager::open(dir.path().join("state"), manager_config)
+        .await
+        .unwrap();
+    let socket = dir.path().join("csi.sock");
+    let server = CsiServer::new(CsiOptions::new("n1").unwrap());
+    server.ready(manager.clone()).unwrap();
+    let listener = CsiServer::bind(&socket).unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.serve(listener, stop.clone().cancelled_owned()));
+    let c = CsiClients::connect(&socket).await.unwrap();
+    Plugin {
+        _dir: dir,
+        root,
+        socket,
+        c,
+        manager,
+        stop,
+    }
+}
+
+async fn plugin() -> Plugin {
+    plugin_on(None).await
+}
+
+/// The HTTP API on the plugin's manager (the same process serves both);
+/// returns a client of it.
+async fn http_on(p: &Plugin) -> volmgr::agent::client::Client {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let token = "csi-plugin-test-token".to_owned();
+    let agent = volmgr::agent::Agent::new(volmgr::agent::ServeOptions {
+        token: Some(token.clone()),
+        ..volmgr::agent::ServeOptions::default()
+    })
+    .unwrap();
+    agent.ready(p.manager.clone()).unwrap();
+    tokio::spawn(agent.serve(listener, p.stop.clone().cancelled_owned()));
+    volmgr::agent::client::Client::new(&url, Some(token)).unwrap()
+}
+
+fn mount_cap(fs_type: &str, flags: &[&str]) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Mount(
+            volume_capability::MountVolume {
+                fs_type: fs_type.to_owned(),
+                mount_flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+                volume_mount_group: String::new(),
+            },
+        )),
+        access_mode: Some(volume_capability::AccessMode {
+            mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+fn create_req(name: &str) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.to_owned(),
+        volume_capabilities: vec![mount_cap("", &[])],
+        ..Default::default()
+    }
+}
+
+fn code<T>(r: Result<T, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test]
+async fn the_socket_is_owner_only_and_a_stale_socket_is_replaced_but_a_file_is_not() {
+    let p = plugin().await;
+    let mode = std::fs::metadata(&p.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    // A socket left by a killed agent is replaced ...
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(CsiServer::bind(&stale).is_ok());
+    // ... but a regular file in its place is never removed.
+    let file = dir.path().join("file.sock");
+    std::fs::write(&file, b"keep").unwrap();
+    assert!(CsiServer::bind(&file).is_err());
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    p.stop.cancel();
+}
+
+#[tokio::test]
+async fn before_the_manager_is_open_probe_is_not_ready_and_calls_are_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("csi.sock");
+    let server = CsiServer::new(CsiOptions::new("n1").unwrap());
+    let listener = CsiServer::bind(&socket).unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(
+        server
+            .clone()
+            .serve(listener, stop.clone().cancelled_owned()),
+    );
+    let mut c = CsiClients::connect(&socket).await.unwrap();
+    let probe = c
+        .identity
+        .probe(ProbeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(probe.ready, Some(false));
+    let r = c.controller.create_volume(create_req("pvc-1")).await;
+    assert_eq!(code(r), Code::Unavailable);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn create_volume_is_idempotent_by_name_and_incompatible_retries_are_already_exists() {
+    let mut p = plugin().await;
+    let a =
+        p.c.controller
+            .create_volume(create_req("pvc-a"))
+            .await
+            .unwrap();
+    let b =
+        p.c.controller
+            .create_volume(create_req("pvc-a"))
+            .await
+            .unwrap();
+    assert_eq!(a.into_inner().volume, b.into_inner().volume);
+    assert_eq!(p.manager.volumes().len(), 1, "one volume for one name");
+
+    // Other parameters, another source: ALREADY_EXISTS.
+    let mut other = create_req("pvc-a");
+    other.parameters = HashMap::from([("provider".into(), "elsewhere".into())]);
+    // (a provider that does not exist is INVALID_ARGUMENT before any lookup)
+    assert_eq!(
+        code(p.c.controller.create_volume(other).await),
+        Code::InvalidArgument
+    );
+    let mut from_snap = create_req("pvc-a");
+    from_snap.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Snapshot(
+            volume_content_source::SnapshotSource {
+                snapshot_id: "some-snap".into(),
+            },
+        )),
+    });
+    assert_eq!(
+        code(p.c.controller.create_volume(from_snap).await),
+        Code::AlreadyExists
+    );
+    // A volume made outside the plugin is not taken over.
+    p.manager
+        .create_volume("default", Some("by-hand"), BTreeMap::new())
+        .await
+        .unwrap();
+    let r = p.c.controller.create_volume(create_req("by-hand")).await;
+    assert_eq!(code(r), Code::AlreadyExists);
+    p.stop.cancel();
+}
+
+#[tokio::test]
+async fn hostile_names_become_valid_ids_under_the_provider_root() {
+    let mut p = plugin().await;
+    for name in [
+        "../../etc/passwd",
+        "-rf",
+        ".hidden",
+        &"x".repeat(300),
+        "a b c",
+    ] {
+        let v =
+            p.c.controller
+                .create_volume(create_req(name))
+                .await
+                .unwrap();
+        let id = v.into_inner().volume.unwrap().volume_id;
+        assert_eq!(id, names::id_for_name(name));
+        assert!(id.starts_with("csi-") && id.len() == 36, "{id}");
+        let loc = PathBuf::from(p.manager.volume(&id).unwrap().location);
+        assert!(
+            loc.starts_with(&p.root),
+            "{} escapes {}",
+            loc.display(),
+            p.root.display()
+        );
+        assert_eq!(p.manager.volume(&id).unwrap().meta[names::META_NAME], name);
+    }
+    let r =
+        p.c.controller
+            .create_volume(create_req("bad\u{7}name"))
+            .await;
+    assert_eq!(code(r), Code::InvalidArgument);
+    p.stop.cancel();
+}
+
+#[tokio::test]
+async fn the_dir_provider_reports_capacity_unknown_takes_no_options_and_cannot_expand() {
+    let mut p = plugin().await;
+    let mut req = create_req("pvc-sized");
+    req.capacity_range = Some(CapacityRange {
+        required_bytes: 1 << 30,
+        limit_bytes: 0,
+    });
+    let v = p.c.controller.create_volume(req.clone()).await.unwrap();
+    assert_eq!(
+        v.into_inner().volume.unwrap().capacity_bytes,
+        0,
+        "never pretend"
+    );
+    // A retry asking for more than was recorded is incompatible.
+    req.capacity_range = Some(CapacityRange {
+        required_bytes: 2 << 30,
+        limit_bytes: 2 << 30,
+    });
+    assert_eq!(
+        code(p.c.controller.create_volume(req).await),
+        Code::AlreadyExists
+    );
+
+    let mut opt = create_req("pvc-opt");
+    opt.parameters = HashMap::from([("compression".into(), "lz4".into())]);
+    assert_eq!(
+        code(p.c.controller.create_volume(opt).await),
+        Code::InvalidArgument
+    );
+
+    // The HTTP create refuses a capacity the provider cannot enforce.
+    let http = http_on(&p).await;
+    let err = http
+        .create_volume_sized(
+            "default",
+            Some("http-sized"),
+            BTreeMap::new(),
+            Some(1 << 20),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, volmgr::agent::client::ClientError::Api { status: 400, code, .. } if code == "invalid_input"),
+        "{err}"
+    );
+    assert!(p.manager.volume("http-sized").is_err(), "nothing made");
+
+    let caps =
+        p.c.controller
+            .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .capabilities;
+    let expand = controller_service_capability::rpc::Type::ExpandVolume as i32;
+    assert!(!caps.iter().any(|c| matches!(
+        &c.r#type,
+        Some(controller_service_capability::Type::Rpc(r)) if r.r#type == expand
+    )));
+    let r =
+        p.c.controller
+            .controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: "pvc-sized".into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 2 << 30,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await;
+    assert_eq!(code(r), Code::FailedPrecondition);
+    p.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_clone_keeps_its_source_until_deleted_and_takes_its_internal_snapshot_along() {
+    let mut p = plugin().await;
+    p.c.controller
+        .create_volume(create_req("src"))
+        .await
+        .unwrap();
+    std::fs::write(
+        Path::new(&p.manager.volume("src").unwrap().location).join("f"),
+        b"data",
+    )
+    .unwrap();
+    let mut clone = create_req("clone");
+    clone.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: "src".into(),
+            },
+        )),
+    });
+    let v =
+        p.c.controller
+            .create_volume(clone.clone())
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(v.volume.unwrap().content_source.is_some());
+    let again =
+        p.c.controller
+            .create_volume(clone)
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(again.volume.unwrap().volume_id, "clone");
+    let copied = Path::new(&p.manager.volume("clone").unwrap().location).join("f");
+    assert_eq!(std::fs::read(copied).unwrap(), b"data");
+
+    // The internal snapshot is no CSI snapshot.
+    let listed =
+        p.c.controller
+            .list_snapshots(ListSnapshotsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(listed.entries.is_empty());
+
+    let del = |id: &str| DeleteVolumeRequest {
+        volume_id: id.to_owned(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(p.c.controller.delete_volume(del("src")).await),
+        Code::FailedPrecondition
+    );
+    p.c.controller.delete_volume(del("clone")).await.unwrap();
+    assert!(p.manager.volume(&names::clone_source_id("clone")).is_err());
+    p.c.controller.delete_volume(del("src")).await.unwrap();
+    p.c.controller.delete_volume(del("src")).await.unwrap();
+    assert!(p.manager.volumes().is_empty());
+    p.stop.cancel();
+}
+
+#[tokio::test]
+async fn snapshots_are_idempotent_by_name_and_block_their_source_and_restores() {
+    let mut p = plugin().await;
+    p.c.controller
+        .create_volume(create_req("v1"))
+        .await
+        .unwrap();
+    p.c.controller
+        .create_volume(create_req("v2"))
+        .await
+        .unwrap();
+    let snap = |name: &str, src: &str| CreateSnapshotRequest {
+        name: name.to_owned(),
+        source_volume_id: src.to_owned(),
+        ..Default::default()
+    };
+    let a =
+        p.c.controller
+            .create_snapshot(snap("s1", "v1"))
+            .await
+            .unwrap()
+            .into_inner();
+    let b =
+        p.c.controller
+            .create_snapshot(snap("s1", "v1"))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(a.snapshot, b.snapshot);
+    assert_eq!(
+        code(p.c.controller.create_snapshot(snap("s1", "v2")).await),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(p.c.controller.create_snapshot(snap("s2", "nope")).await),
+        Code::NotFound
+    );
+    // A snapshot name taken by a volume is ALREADY_EXISTS, not that volume.
+    assert_eq!(
+        code(p.c.controller.create_snapshot(snap("v2", "v1")).await),
+        Code::AlreadyExists
+    );
+
+    let mut restore = create_req("restored");
+    restore.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Snapshot(
+            volume_content_source::SnapshotSource {
+                snapshot_id: "s1".into(),
+            },
+        )),
+    });
+    p.c.controller.create_volume(restore).await.unwrap();
+    let del_snap = DeleteSnapshotRequest {
+        snapshot_id: "s1".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(p.c.controller.delete_snapshot(del_snap.clone()).await),
+        Code::FailedPrecondition
+    );
+    p.c.controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: "restored".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    p.c.controller
+        .delete_snapshot(del_snap.clone())
+        .await
+        .unwrap();
+    p.c.controller.delete_snapshot(del_snap).await.unwrap();
+    p.stop.cancel();
+}
+
+#[tokio::test]
+async fn lists_page_through_every_volume_once_and_refuse_foreign_tokens() {
+    let mut p = plugin().await;
+    for i in 0..7 {
+        p.c.controller
+            .create_volume(create_req(&format!("pvc-{i}")))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    for _ in 0..10 {
+        let page =
+            p.c.controller
+                .list_volumes(ListVolumesRequest {
+                    max_entries: 3,
+                    starting_token: token.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(page.entries.len() <= 3);
+        seen.extend(
+            page.entries
+                .into_iter()
+                .map(|e| e.volume.unwrap().volume_id),
+        );
+        token = page.next_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let expected: Vec<String> = (0..7).map(|i| format!("pvc-{i}")).collect();
+    assert_eq!(seen, expected);
+    for bad in ["invalid-token", "after:../x", "3"] {
+        let r =
+            p.c.controller
+                .list_volumes(ListVolumesRequest {
+                    max_entries: 0,
+                    starting_token: bad.into(),
+                })
+                .await;
+        assert_eq!(code(r), Code::Aborted, "{bad}");
+    }
+    let r =
+        p.c.controller
+            .list_volumes(ListVolumesRequest {
+                max_entries: -1,
+                starting_token: String::new(),
+            })
+            .await;
+    assert_eq!(code(r), Code::InvalidArgument);
+    p.stop.cancel();
+}
+
+fn mount_options(target: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find(|l| l.split(' ').nth(4) == target.to_str())
+        .map(|l| l.split(' ').nth(5).unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn published_volumes_are_nosuid_nodev_bind_mounts_and_honour_readonly() {
+    let test = "published_volumes_are_nosuid_nodev_bind_mounts_and_honour_readonly";
+    if !csi_root(test) {
+        return;
+    }
+    let mut p = plugin().await;
+    p.c.controller
+        .create_volume(create_req("pub"))
+        .await
+        .unwrap();
+    p.c.controller
+        .create_volume(create_req("other"))
+        .await
+        .unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let target = mnt.path().join("target");
+    let publish = |cap: VolumeCapability, readonly: bool, id: &str| NodePublishVolumeRequest {
+        volume_id: id.to_owned(),
+        target_path: target.to_string_lossy().into_owned(),
+        volume_capability: Some(cap),
+        readonly,
+        ..Default::default()
+    };
+    // Raw block and a foreign fs type are refused before anything is mounted.
+    let block = VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Block(
+            volume_capability::BlockVolume {},
+        )),
+        access_mode: mount_cap("", &[]).access_mode,
+    };
+    assert_eq!(
+        code(
+            p.c.node
+                .node_publish_volume(publish(block, false, "pub"))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    let r =
+        p.c.node
+            .node_publish_volume(publish(mount_cap("vfat", &[]), false, "pub"))
+            .await;
+    assert_eq!(code(r), Code::InvalidArgument);
+    assert_eq!(mount_options(&target), None);
+
+    p.c.node
+        .node_publish_volume(publish(mount_cap("", &[]), true, "pub"))
+        .await
+        .unwrap();
+    p.c.node
+        .node_publish_volume(publish(mount_cap("", &[]), true, "pub"))
+        .await
+        .unwrap();
+    let opts = mount_options(&target).expect("mounted");
+    for flag in ["ro", "nosuid", "nodev"] {
+        assert!(
+            opts.split(',').any(|o| o == flag),
+            "{flag} missing from {opts}"
+        );
+    }
+    assert!(
+        std::fs::write(target.join("x"), b"no").is_err(),
+        "read-only for root too"
+    );
+    // Another volume, or other options, at the same target: ALREADY_EXISTS.
+    let r =
+        p.c.node
+            .node_publish_volume(publish(mount_cap("", &[]), true, "other"))
+            .await;
+    assert_eq!(code(r), Code::AlreadyExists);
+    let r =
+        p.c.node
+            .node_publish_volume(publish(mount_cap("", &[]), false, "pub"))
+            .await;
+    assert_eq!(code(r), Code::AlreadyExists);
+
+    let unpublish = NodeUnpublishVolumeRequest {
+        volume_id: "pub".into(),
+        target_path: target.to_string_lossy().into_owned(),
+    };
+    p.c.node
+        .node_unpublish_volume(unpublish.clone())
+        .await
+        .unwrap();
+    assert_eq!(mount_options(&target), None);
+    assert!(!target.exists(), "the target is removed");
+    p.c.node.node_unpublish_volume(unpublish).await.unwrap();
+
+    // Writable publish: files land in the volume.
+    p.c.node
+        .node_publish_volume(publish(mount_cap("", &["noexec"]), false, "pub"))
+        .await
+        .unwrap();
+    std::fs::write(target.join("hello"), b"hi").unwrap();
+    let loc = PathBuf::from(p.manager.volume("pub").unwrap().location);
+    assert_eq!(std::fs::read(loc.join("hello")).unwrap(), b"hi");
+    let opts = mount_options(&target).unwrap();
+    assert!(opts.split(',').any(|o| o == "noexec"), "{opts}");
+    p.c.node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: "pub".into(),
+            target_path: target.to_string_lossy().into_owned(),
+        })
+        .await
+        .unwrap();
+    p.stop.cancel();
+}
+
+fn csi_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    common::skip_or_fail(test, "root", "bind mounts need root", "VOLMGR_REQUIRE_ROOT");
+    false
+}
+
+#[tokio::test]
+async fn btrfs_enforces_the_requested_capacity_and_expansion_raises_it() {
+    let test = "btrfs_enforces_the_requested_capacity_and_expansion_raises_it";
+    let Some(fs) = common::BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let config = BTreeMap::from([("root".to_owned(), root.to_string_lossy().into_owned())]);
+    let mut p = plugin_on(Some(("btrfs", config))).await;
+    let mut req = create_req("pvc-q");
+    req.capacity_range = Some(CapacityRange {
+        required_bytes: 8 << 20,
+        limit_bytes: 0,
+    });
+    let v =
+        p.c.controller
+            .create_volume(req)
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(v.volume.unwrap().capacity_bytes, 8 << 20);
+    let loc = PathBuf::from(p.manager.volume("pvc-q").unwrap().location);
+    let write = |name: &str, mb: usize| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(loc.join(name))?;
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..mb {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    };
+    let err = write("big", 16).expect_err("16 MiB into an 8 MiB volume");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    std::fs::remove_file(loc.join("big")).unwrap();
+    // Let btrfs account the freed space before the next writes.
+    let dir = std::fs::File::open(&loc).unwrap();
+    // SAFETY: a valid open descriptor.
+    assert_eq!(
+        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) },
+        0
+    );
+
+    let r =
+        p.c.controller
+            .controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: "pvc-q".into(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 64 << 20,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(r.capacity_bytes, 64 << 20);
+    assert!(!r.node_expansion_required);
+    write("fits", 16).expect("16 MiB into a 64 MiB volume");
+
+    // The HTTP API shows the capacity, and its create enforces one too.
+    let http = http_on(&p).await;
+    assert_eq!(
+        http.get("pvc-q").await.unwrap().capacity_bytes,
+        Some(64 << 20)
+    );
+    let v = http
+        .create_volume_sized("default", Some("http-q"), BTreeMap::new(), Some(4 << 20))
+        .await
+        .unwrap();
+    assert_eq!(v.capacity_bytes, Some(4 << 20));
+    let http_loc = PathBuf::from(&v.location);
+    let err = std::fs::write(http_loc.join("big"), vec![1u8; 16 << 20])
+        .and_then(|()| std::fs::File::open(http_loc.join("big"))?.sync_all())
+        .expect_err("16 MiB into a 4 MiB volume");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    assert_eq!(
+        p.manager.volume("pvc-q").unwrap().details["capacity-bytes"],
+        (64u64 << 20).to_string()
+    );
+    p.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_a_volume_with_an_operation_in_flight_are_aborted() {
+    let sim = SimProvider::new();
+    let mut p = plugin_with(Some(("sim", BTreeMap::new())), Some(&sim)).await;
+    let gate = sim.hold_next(SimCall::Create);
+    let mut first = p.c.clone();
+    let held =
+        tokio::spawn(async move { first.controller.create_volume(create_req("pvc-x")).await });
+    let g = gate.clone();
+    tokio::task::spawn_blocking(move || g.wait_entered())
+        .await
+        .unwrap();
+
+    let again = p.c.controller.create_volume(create_req("pvc-x")).await;
+    assert_eq!(code(again), Code::Aborted);
+    let delete =
+        p.c.controller
+            .delete_volume(DeleteVolumeRequest {
+                volume_id: "pvc-x".into(),
+                ..Default::default()
+            })
+            .await;
+    assert_eq!(
+        code(delete),
+        Code::Aborted,
+        "never OK for a volume being made"
+    );
+    let snap =
+        p.c.controller
+            .create_snapshot(CreateSnapshotRequest {
+                name: "s".into(),
+                source_volume_id: "pvc-x".into(),
+                ..Default::default()
+            })
+            .await;
+    assert_eq!(code(snap), Code::NotFound, "not made yet");
+
+    gate.release();
+    let v = held.await.unwrap().unwrap().into_inner().volume.unwrap();
+    assert_eq!(v.volume_id, "pvc-x");
+    assert_eq!(p.manager.volumes().len(), 1);
+    p.stop.cancel();
+}
+
+#[test]
+fn serve_refuses_a_relative_endpoint_and_a_bad_node_id_as_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = format!("unix://{}", dir.path().join("csi.sock").display());
+    for extra in [
+        vec!["--csi-endpoint", "relative.sock"],
+        vec!["--csi-endpoint", "unix://relative.sock"],
+        vec!["--csi-endpoint", sock.as_str(), "--node-id", "two words"],
+        vec!["--csi-endpoint", sock.as_str(), "--node-id", ""],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_volmgr"))
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {out:?}");
+        assert!(!dir.path().join("csi.sock").exists(), "{extra:?}");
+    }
+}

@@ -1,0 +1,98 @@
+//! Shared claims (issue #16, item 6): a destroy of a snapshot during its
+//! send used to succeed, pulling the snapshot out from under the stream. A
+//! send now holds a shared claim on its snapshot for as long as it runs:
+//! a destroy is refused `Busy`, while other sends and forks (which only
+//! read the snapshot) go on beside it.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::provider::sim::SimProvider;
+use volmgr::state::Meta;
+
+async fn open(dir: &std::path::Path, sim: &SimProvider) -> Manager {
+    let mut config = ManagerConfig::default();
+    config.factories.insert("sim".into(), sim.factory());
+    let manager = Manager::open(dir, config).await.unwrap();
+    manager
+        .add_provider("p", "sim", Default::default())
+        .await
+        .unwrap();
+    manager
+}
+
+#[tokio::test]
+async fn a_snapshot_being_sent_cannot_be_destroyed_but_can_be_sent_and_forked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let m = open(dir.path(), &sim).await;
+    m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    sim.write_file("v", "f", &[7u8; 100_000]);
+    let s = m.create_snapshot("v", Meta::new()).await.unwrap();
+
+    // A send into a pipe nobody reads: it stays in progress.
+    let (writer, mut reader) = tokio::io::duplex(64);
+    let sending = tokio::spawn({
+        let m = m.clone();
+        let id = s.id.clone();
+        async move { m.send_snapshot(&id, &[], writer).await }
+    });
+    // The first bytes arrive: the send holds its claim now.
+    let mut first = [0u8; 16];
+    reader.read_exact(&mut first).await.unwrap();
+
+    let err = m.destroy_volume(&s.id).await.unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::Busy(id) if *id == s.id),
+        "{err}"
+    );
+    // Readers share it.
+    let mut other = Vec::new();
+    m.send_snapshot(&s.id, &[], &mut other).await.unwrap();
+    assert!(other.len() > 100_000);
+    let fork = m.fork_volume(&s.id, Some("f"), Meta::new()).await.unwrap();
+    let fork2 = m.fork_volume(&s.id, Some("g"), Meta::new()).await.unwrap();
+    // A snapshot of the volume (not the one being sent) is not held up.
+    m.create_snapshot("v", Meta::new()).await.unwrap();
+
+    // The receiver reads to the end: the send finishes, the claim goes.
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).await.unwrap();
+    let stats = sending.await.unwrap().unwrap();
+    assert_eq!(stats.bytes as usize, first.len() + rest.len());
+    for id in [&fork.id, &fork2.id] {
+        m.destroy_volume(id).await.unwrap();
+    }
+    m.destroy_volume(&s.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_send_whose_receiver_goes_away_releases_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let m = open(dir.path(), &sim).await;
+    m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    sim.write_file("v", "f", &[1u8; 100_000]);
+    let s = m.create_snapshot("v", Meta::new()).await.unwrap();
+    let (writer, mut reader) = tokio::io::duplex(64);
+    let sending = tokio::spawn({
+        let m = m.clone();
+        let id = s.id.clone();
+        async move { m.send_snapshot(&id, &[], writer).await }
+    });
+    let mut first = [0u8; 16];
+    reader.read_exact(&mut first).await.unwrap();
+    assert!(matches!(
+        m.destroy_volume(&s.id).await,
+        Err(ManagerError::Busy(_))
+    ));
+    drop(reader);
+    let err = tokio::time::timeout(Duration::from_secs(60), sending)
+        .await
+        .expect("the send ends once its receiver is gone")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::Stream(_)), "{err}");
+    m.destroy_volume(&s.id).await.unwrap();
+}

@@ -1,0 +1,444 @@
+//! Attacks from inside a volume: a process that can write a volume's content
+//! (a container) races the agent, which runs as root. Each test performs the
+//! attack for real and checks that nothing outside the volume was read,
+//! changed or removed, and that no operation blocked on volume content.
+
+mod security_support;
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use security_support::*;
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::provider::dir::DirProvider;
+use volmgr::provider::{Provider, ProviderConfig, ProviderError};
+use volmgr::state::Meta;
+
+const SECRET: &[u8] = b"TOPSECRET-do-not-copy";
+const KEEP: &[u8] = b"keep me";
+
+/// `outside/` with `keep.txt` and a 0700 `secret/secret.txt`.
+fn outside(tmp: &Path) -> std::path::PathBuf {
+    let out = tmp.join("outside");
+    fs::create_dir_all(out.join("secret")).unwrap();
+    fs::write(out.join("keep.txt"), KEEP).unwrap();
+    fs::write(out.join("secret/secret.txt"), SECRET).unwrap();
+    fs::set_permissions(out.join("secret"), fs::Permissions::from_mode(0o700)).unwrap();
+    out
+}
+
+fn assert_outside_intact(out: &Path) {
+    assert_eq!(
+        fs::read(out.join("keep.txt")).unwrap(),
+        KEEP,
+        "keep.txt was removed or changed"
+    );
+    assert_eq!(
+        fs::read(out.join("secret/secret.txt")).unwrap(),
+        SECRET,
+        "the secret was removed or changed"
+    );
+}
+
+/// Fails if any file under `root` holds the secret.
+fn assert_no_secret(root: &Path) {
+    for (path, _) in listing(root) {
+        if let Ok(md) = path.symlink_metadata()
+            && md.is_file()
+        {
+            let content = fs::read(&path).unwrap();
+            assert!(
+                !content.windows(SECRET.len()).any(|w| w == SECRET),
+                "{} holds the secret from outside the volume",
+                path.display()
+            );
+        }
+    }
+}
+
+/// A racer inside a volume: through a handle on the volume's directory (as a
+/// container's bind mount would), exchanges `a` and `b` as fast as it can
+/// until told to stop. Counts its successful swaps.
+struct Racer {
+    stop: Arc<AtomicBool>,
+    swaps: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Racer {
+    fn start(dir: &Path, a: &str, b: &str) -> Racer {
+        let fd = fs::File::open(dir).unwrap();
+        let (a, b) = (CString::new(a).unwrap(), CString::new(b).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let swaps = Arc::new(AtomicU64::new(0));
+        let (stop2, swaps2) = (stop.clone(), swaps.clone());
+        let thread = std::thread::spawn(move || {
+            use std::os::unix::io::AsRawFd;
+            while !stop2.load(Ordering::Relaxed) {
+                // SAFETY: valid descriptor and names.
+                let rc = unsafe {
+                    libc::renameat2(
+                        fd.as_raw_fd(),
+                        a.as_ptr(),
+                        fd.as_raw_fd(),
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                if rc == 0 {
+                    swaps2.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Racer {
+            stop,
+            swaps,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.swaps.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Racer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Fills `vol` with the race's pair: `d/` (a directory of files) and `s`, a
+/// symlink to `outside`.
+fn arm(vol: &Path, outside: &Path, files: usize) {
+    fs::create_dir(vol.join("d")).unwrap();
+    for i in 0..files {
+        fs::write(vol.join(format!("d/f{i}")), b"ordinary").unwrap();
+    }
+    fs::create_dir(vol.join("d/secret")).unwrap();
+    fs::write(vol.join("d/keep.txt"), b"inside").unwrap();
+    std::os::unix::fs::symlink(outside, vol.join("s")).unwrap();
+}
+
+const ROUNDS: usize = 40;
+
+#[test]
+fn a_symlink_swap_race_never_makes_snapshot_fork_send_receive_or_destroy_act_outside_the_volume() {
+    if !have_root("symlink swap race") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = outside(tmp.path());
+    let p = provider(&tmp.path().join("root"));
+    let v = create(&p, "v");
+    arm(&v.path(), &out, 50);
+
+    // Snapshots of a volume whose content races.
+    let racer = Racer::start(&v.path(), "d", "s");
+    let mut snaps = Vec::new();
+    for i in 0..ROUNDS {
+        if let Ok(s) = snapshot(&p, &v, &format!("s{i}")) {
+            snaps.push(s);
+        }
+    }
+    let swaps = racer.stop();
+    assert!(swaps > 0, "the racer never swapped");
+    for s in &snaps {
+        assert_no_secret(&s.path());
+    }
+    assert_outside_intact(&out);
+
+    // A clean snapshot, then forks and sends of it while its tree races
+    // (root can rename inside a read-only tree).
+    let clean = snapshot(&p, &v, "clean").expect("snapshot without a race");
+    let racer = Racer::start(&clean.path(), "d", "s");
+    let mut streams = Vec::new();
+    for i in 0..ROUNDS {
+        if let Ok(f) = fork(&p, &clean, &format!("f{i}")) {
+            assert_no_secret(&f.path());
+            p.destroy(&f.r()).unwrap();
+        }
+        let mut stream = Vec::new();
+        if p.send_snapshot(&clean.r(), None, &mut stream).is_ok() {
+            streams.push(stream);
+        }
+    }
+    racer.stop();
+    for s in &streams {
+        assert!(
+            !s.windows(SECRET.len()).any(|w| w == SECRET),
+            "a sent stream carries the secret"
+        );
+    }
+    assert_outside_intact(&out);
+
+    // Receives into a volume whose old content races (the old content goes
+    // to the trash and is removed while the racer swaps inside it).
+    let mut stream = Vec::new();
+    p.send_snapshot(&clean.r(), None, &mut stream).unwrap();
+    for i in 0..ROUNDS / 4 {
+        let t = create(&p, &format!("t{i}"));
+        arm(&t.path(), &out, 200);
+        let racer = Racer::start(&t.path(), "d", "s");
+        let _ = receive(&p, &t, &format!("r{i}"), &mut stream.as_slice());
+        racer.stop();
+        assert_outside_intact(&out);
+    }
+
+    // Destroys of volumes whose content races.
+    for i in 0..ROUNDS / 4 {
+        let victim = create(&p, &format!("x{i}"));
+        arm(&victim.path(), &out, 500);
+        let racer = Racer::start(&victim.path(), "d", "s");
+        let _ = p.destroy(&victim.r());
+        racer.stop();
+        assert_outside_intact(&out);
+    }
+    // Whatever a racer left in the trash is swept at the next start, still
+    // without touching anything outside.
+    drop(p);
+    let p = provider(&tmp.path().join("root"));
+    drop(p);
+    assert_outside_intact(&out);
+}
+
+/// Runs `f` on another thread; a hang becomes a failure instead of a stuck
+/// test (a watchdog, not a timing assertion).
+fn must_return<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(300))
+        .unwrap_or_else(|_| panic!("{what} blocked on volume content"))
+}
+
+#[test]
+fn a_fifo_swapped_in_for_a_regular_file_never_blocks_a_snapshot_and_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = Arc::new(provider(&tmp.path().join("root")));
+    let v = create(&*p, "v");
+    fs::write(v.path().join("r"), b"regular").unwrap();
+    let fifo = CString::new(v.path().join("p").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+
+    // A FIFO alone: refused at once, naming it.
+    let p2 = p.clone();
+    let vr = (v.id.clone(), v.c.clone());
+    let err = must_return("a snapshot of a volume holding a fifo", move || {
+        let v = Vol {
+            id: vr.0,
+            kind: volmgr::state::VolumeKind::Data,
+            parent: None,
+            op: uuid::Uuid::now_v7(),
+            c: vr.1,
+        };
+        snapshot(&*p2, &v, "once").err()
+    })
+    .expect("a fifo cannot be snapshotted");
+    assert!(err.to_string().contains("is a fifo"), "{err}");
+
+    // Swapped in and out for the regular file while snapshots run.
+    let racer = Racer::start(&v.path(), "r", "p");
+    let p2 = p.clone();
+    let vr = (v.id.clone(), v.c.clone());
+    let outcomes = must_return("snapshots racing a fifo swap", move || {
+        let v = Vol {
+            id: vr.0,
+            kind: volmgr::state::VolumeKind::Data,
+            parent: None,
+            op: uuid::Uuid::now_v7(),
+            c: vr.1,
+        };
+        (0..ROUNDS)
+            .map(|i| {
+                snapshot(&*p2, &v, &format!("s{i}"))
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .collect::<Vec<_>>()
+    });
+    assert!(racer.stop() > 0, "the racer never swapped");
+    for e in outcomes.into_iter().flatten() {
+        assert!(e.contains("is a fifo"), "unexpected error: {e}");
+    }
+}
+
+#[test]
+fn a_tree_deeper_than_the_limit_is_refused_by_snapshot_and_still_destroyed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(&tmp.path().join("root"));
+    let v = create(&p, "v");
+    // 600 levels, built relative to the previous level (the whole path is
+    // longer than PATH_MAX, as a container can make it).
+    let mut d = volmgr::fsutil::Dir::open(&v.path()).unwrap();
+    for _ in 0..600 {
+        d.create_dir(b"level-of-a-deep-tree", 0o755).unwrap();
+        d = d.open_dir(b"level-of-a-deep-tree").unwrap();
+    }
+    drop(d);
+    let err = snapshot(&p, &v, "s").err().expect("too deep to copy");
+    assert!(err.to_string().contains("directories deep"), "{err}");
+    p.destroy(&v.r()).unwrap();
+    assert!(!v.path().exists());
+    assert!(
+        fs::read_dir(tmp.path().join("root/.trash"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+/// Story: a copy makes every hard link a file of its own, so a volume user
+/// can make a snapshot (or a fork) far larger than the volume: one 8 MB file
+/// linked 100 times is 800 MB of copy. The copy checks free space as it
+/// goes and is refused with NoSpace before the disk is full, leaving
+/// nothing behind.
+#[test]
+fn hard_links_cannot_make_a_snapshot_fill_the_disk() {
+    if !have_root("loop-mounted ext4") {
+        return;
+    }
+    let small = SmallFs::new(64, 4096);
+    let p = provider(&small.mnt.join("root"));
+    let v = create(&p, "v");
+    fs::write(v.path().join("big"), vec![3u8; 8 << 20]).unwrap();
+    for i in 0..100 {
+        fs::hard_link(v.path().join("big"), v.path().join(format!("link{i}"))).unwrap();
+    }
+    let (bytes0, inodes0) = small.free();
+    match snapshot(&p, &v, "s") {
+        Err(ProviderError::NoSpace { what, detail }) => {
+            eprintln!("refused: not enough space for {what}: {detail}")
+        }
+        Err(other) => panic!("wanted NoSpace, got {other:?}"),
+        Ok(_) => panic!("an 800 MB copy fit on a 64 MB file system"),
+    }
+    let (bytes1, inodes1) = small.free();
+    assert_eq!(inodes1, inodes0, "the refused snapshot left inodes in use");
+    assert!(
+        bytes1 + (1 << 20) >= bytes0,
+        "space left behind: {bytes0} -> {bytes1}"
+    );
+    assert!(!small.mnt.join("root/snapshot/s").exists());
+    // A snapshot of what fits still works.
+    for i in 0..100 {
+        fs::remove_file(v.path().join(format!("link{i}"))).unwrap();
+    }
+    snapshot(&p, &v, "s").unwrap();
+}
+
+fn dir_config(root: &Path) -> ProviderConfig {
+    [("root".to_owned(), root.display().to_string())].into()
+}
+
+#[test]
+fn a_provider_never_deletes_files_it_did_not_create() {
+    let tmp = tempfile::tempdir().unwrap();
+    let some = tmp.path().join("some/dir");
+    fs::create_dir_all(some.join(".trash/precious")).unwrap();
+    fs::write(some.join(".trash/precious/file"), b"mine").unwrap();
+    fs::write(some.join(".trash/top"), b"mine too").unwrap();
+    let before = listing(tmp.path());
+
+    let err = DirProvider::new(some.clone()).expect_err("a foreign non-empty root");
+    assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("ownership marker"), "{err}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let m = Manager::open(tmp.path().join("state"), ManagerConfig::default())
+            .await
+            .unwrap();
+        let err = m
+            .add_provider("p", "dir", dir_config(&some))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("ownership marker"), "{err}");
+        m.close().await;
+    });
+    assert_eq!(
+        listing(tmp.path())
+            .into_iter()
+            .filter(|(p, _)| p.starts_with(&some))
+            .collect::<Vec<_>>(),
+        before
+            .into_iter()
+            .filter(|(p, _)| p.starts_with(&some))
+            .collect::<Vec<_>>(),
+        "files under the refused root changed"
+    );
+
+    // An empty directory is taken, and marked first.
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    DirProvider::new(empty.clone()).unwrap();
+    assert!(empty.join(".volmgr/provider").is_file());
+}
+
+#[test]
+fn a_provider_root_inside_a_volume_or_another_provider_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let m = Manager::open(tmp.path().join("state"), ManagerConfig::default())
+            .await
+            .unwrap();
+        let p1 = tmp.path().join("p1");
+        m.add_provider("p1", "dir", dir_config(&p1)).await.unwrap();
+        let v = m.create_volume("p1", Some("v"), Meta::new()).await.unwrap();
+        let inside_volume = Path::new(&v.location).join("sub");
+        for (what, root) in [
+            ("inside a volume", inside_volume.clone()),
+            ("the same root", p1.clone()),
+            ("inside the provider", p1.join("nested")),
+            ("holding the provider", tmp.path().to_path_buf()),
+        ] {
+            let err = m
+                .add_provider("p2", "dir", dir_config(&root))
+                .await
+                .expect_err(what);
+            assert!(
+                matches!(err, ManagerError::InvalidInput(_)),
+                "{what}: {err:?}"
+            );
+        }
+        // Through a symlink to the volume, too.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&v.location, &link).unwrap();
+        let err = m
+            .add_provider("p2", "dir", dir_config(&link.join("x")))
+            .await
+            .expect_err("a symlink into a volume");
+        assert!(matches!(err, ManagerError::InvalidInput(_)), "{err:?}");
+        assert!(
+            !inside_volume.exists(),
+            "nothing was created inside the volume"
+        );
+        m.close().await;
+    });
+    // The provider on its own refuses a root inside another provider's tree.
+    let err = DirProvider::new(tmp.path().join("p1/data/v/sub")).expect_err("nested");
+    assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err:?}");
+    assert!(!tmp.path().join("p1/data/v/sub").exists());
+    // A sibling is fine.
+    DirProvider::new(tmp.path().join("p3")).unwrap();
+}
+
+// Keep the trait in scope for the Arc<DirProvider> calls above.
+#[allow(dead_code)]
+fn _uses(p: &dyn Provider) -> &'static str {
+    p.kind()
+}
