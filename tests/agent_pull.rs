@@ -1,6 +1,8 @@
 //! Snapshot pulls between two agents on loopback.
 
 mod agent_support;
+#[path = "common/config.rs"]
+mod config;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +11,6 @@ use std::path::{Path, PathBuf};
 use agent_support::{TestAgent, assert_error, peers, raw, sim_config};
 use serde_json::json;
 use volmgr::agent::{PullFrom, ServeOptions};
-use volmgr::manager::ManagerConfig;
 use volmgr::provider::sim::{SimCall, SimFault, SimProvider, When};
 
 /// Deterministic, poorly compressible bytes.
@@ -57,21 +58,6 @@ fn peer_a(a: &TestAgent) -> ServeOptions {
 
 const FILES: [&str; 3] = ["big-1.bin", "big-2.bin", "config.txt"];
 
-/// A manager configuration whose default provider is a directory provider
-/// under `<state>/volumes` (what `volmgr serve` registers).
-fn dir_config(state: &Path) -> ManagerConfig {
-    let root = state.join("volumes").to_str().unwrap().to_owned();
-    ManagerConfig {
-        default_provider: Some(Box::new(move || {
-            Ok((
-                "dir".into(),
-                [("root".to_owned(), root)].into_iter().collect(),
-            ))
-        })),
-        ..ManagerConfig::default()
-    }
-}
-
 /// One entry of a file tree: what a transfer must carry.
 #[derive(Debug, PartialEq, Eq)]
 enum Entry {
@@ -110,11 +96,16 @@ async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = TestAgent::open(
         dir_a.path(),
-        dir_config(dir_a.path()),
+        config::serve_default(dir_a.path()),
         ServeOptions::default(),
     )
     .await;
-    let b = TestAgent::open(dir_b.path(), dir_config(dir_b.path()), peer_a(&a)).await;
+    let b = TestAgent::open(
+        dir_b.path(),
+        config::serve_default(dir_b.path()),
+        peer_a(&a),
+    )
+    .await;
 
     let app = a
         .client

@@ -239,10 +239,7 @@ fn zfs_enforces_capacity_and_sets_dataset_options_through_csi() {
         let config = pool.provider_config();
         let manager = volmgr::manager::Manager::open(
             work.path().join("state"),
-            volmgr::manager::ManagerConfig {
-                default_provider: Some(Box::new(move || Ok(("zfs".into(), config)))),
-                ..Default::default()
-            },
+            common::config::with_default_provider("zfs", config),
         )
         .await
         .unwrap();

@@ -17,59 +17,27 @@
 //! A flip in the newest checkpoint falls back to the previous one and replays
 //! from there; a flip in the older one is not even read.
 
+mod journal_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use journal_support::{Rec, overwrite};
 use volmgr::journal::format::{self, SEGMENT_HEADER_LEN};
 use volmgr::journal::reader::{self, SegmentEnd};
-use volmgr::journal::{Journal, JournalConfig, JournalError, JournalRecord, LogEnd, Recovery};
+use volmgr::journal::{Journal, JournalError, LogEnd, Recovery};
 use volmgr::storage::RealStorage;
-use volmgr::storage::unsynced::UnsyncedStorage;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Rec {
-    n: u64,
-    text: String,
-}
-
-impl JournalRecord for Rec {
-    fn kind(&self) -> u8 {
-        (self.n % 3) as u8
-    }
-}
 
 const SEGMENT_SIZE: u64 = 4096;
-
-fn config() -> JournalConfig {
-    JournalConfig {
-        segment_size: SEGMENT_SIZE,
-        ..JournalConfig::default()
-    }
-}
 
 /// Durability is not under test, detection is: syncs are skipped so the sweep
 /// takes seconds. The decisions above the storage seam are the same.
 fn open(dir: &Path) -> Result<(Journal<Rec>, Recovery<Rec>), JournalError> {
-    let storage = Arc::new(UnsyncedStorage::new(Arc::new(RealStorage)));
-    Journal::open_with_storage(storage, dir, config())
+    journal_support::open_unsynced(dir, journal_support::config(SEGMENT_SIZE))
 }
 
 fn rec(n: u64) -> Rec {
-    Rec {
-        n,
-        text: format!("record {n} ").repeat((n % 9) as usize),
-    }
-}
-
-/// Replaces a file's bytes in place (no truncation to zero, which ext4 would
-/// follow with a flush on close).
-fn overwrite(path: &Path, bytes: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.write_all_at(bytes, 0).unwrap();
-    file.set_len(bytes.len() as u64).unwrap();
+    Rec::new(n, format!("record {n} ").repeat((n % 9) as usize))
 }
 
 /// A snapshot of every file under the state directory's journal and

@@ -5,12 +5,9 @@
 //! `LOCK` keeps the lock (flock) until it execs, so a reopen in parallel with
 //! a spawn can be refused as locked.
 
-/// One at a time for the tests that reopen journals or spawn processes.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+mod journal_support;
 
+use journal_support::serial;
 use serde::{Deserialize, Serialize};
 use volmgr::journal::{Journal, JournalConfig, JournalError, JournalRecord, LogEnd};
 
@@ -150,22 +147,16 @@ fn crafted_frames_claiming_huge_lengths_at_every_offset_scan_in_linear_time() {
 mod tool {
     use std::os::unix::fs::FileExt;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
 
     use volmgr::journal::format;
     use volmgr::journal::{Journal, JournalConfig, JournalError, encode_checkpoint};
     use volmgr::state::{Action, Done, Meta, OpResult, ProviderRecord, Record, State, Volume};
 
-    pub fn config() -> JournalConfig {
-        JournalConfig {
-            segment_size: 4096,
-            ..JournalConfig::default()
-        }
-    }
+    use super::journal_support::op;
+    pub use super::journal_support::{Run, journal_tool as journal};
 
-    fn op(n: u64) -> uuid::Uuid {
-        uuid::Uuid::from_u128(0x0194_0000_0000_7000_8000_0000_0000_0000 | u128::from(n))
+    pub fn config() -> JournalConfig {
+        super::journal_support::config(4096)
     }
 
     /// Records 1..=2n: a provider, then volumes, intent and outcome.
@@ -230,53 +221,6 @@ mod tool {
             .collect();
         segs.sort();
         segs.pop().unwrap()
-    }
-
-    pub struct Run {
-        pub code: i32,
-        pub stdout: String,
-        pub stderr: String,
-    }
-
-    /// Runs `volmgr journal ...`; panics if it has not exited after 30 s
-    /// (a tool that blocks on a hostile file would otherwise hang the test).
-    pub fn journal(args: &[&str]) -> Run {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_volmgr"))
-            .arg("journal")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let out = std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut out, &mut s).ok();
-            s
-        });
-        let err = std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut err, &mut s).ok();
-            s
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                panic!("volmgr journal {args:?} hung");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Run {
-            code: status.code().unwrap_or(-1),
-            stdout: out.join().unwrap(),
-            stderr: err.join().unwrap(),
-        }
     }
 
     /// The `open` row of `verify --align never`: (status, detail).

@@ -6,6 +6,8 @@
 //! `UPDATE_GOLDEN=1` to rewrite them (then review the diff). The state
 //! directory's path is replaced by `<STATE>` before comparing.
 
+mod journal_support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -15,7 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use uuid::Uuid;
+use journal_support::{Run, T0_MS, op, run_bounded};
 use volmgr::journal::reader::{self, SegmentEnd};
 use volmgr::journal::{Journal, JournalConfig, LogEnd, encode_checkpoint};
 use volmgr::state::{
@@ -25,13 +27,6 @@ use volmgr::storage::RealStorage;
 
 // ---------------------------------------------------------------- fixtures
 
-/// 2026-01-01T00:00:00Z
-const T0_MS: u64 = 1_767_225_600_000;
-
-fn op(n: u128) -> Uuid {
-    Uuid::from_u128(0x0194_0000_0000_7000_8000_0000_0000_0000 | n)
-}
-
 fn meta(pairs: &[(&str, &str)]) -> Meta {
     pairs
         .iter()
@@ -39,7 +34,7 @@ fn meta(pairs: &[(&str, &str)]) -> Meta {
         .collect()
 }
 
-fn intent(n: u128, at_s: u64, action: Action) -> Record {
+fn intent(n: u64, at_s: u64, action: Action) -> Record {
     Record::Intent {
         op: op(n),
         at_ms: T0_MS + at_s * 1000,
@@ -47,7 +42,7 @@ fn intent(n: u128, at_s: u64, action: Action) -> Record {
     }
 }
 
-fn done(n: u128, at_s: u64, location: &str, details: &[(&str, &str)]) -> Record {
+fn done(n: u64, at_s: u64, location: &str, details: &[(&str, &str)]) -> Record {
     Record::Outcome {
         op: op(n),
         at_ms: T0_MS + at_s * 1000 + 250,
@@ -115,7 +110,7 @@ fn story() -> Vec<Record> {
         done(6, 5, "/srv/volmgr/cache", &[]),
     ];
     for i in 0..10u64 {
-        let n = 100 + u128::from(i);
+        let n = 100 + u64::from(i);
         let name = format!("vol-{i:02}");
         let purpose = format!("filler volume number {i} that makes the journal span segments");
         r.push(intent(
@@ -232,7 +227,7 @@ const STORY_CHECKPOINT: u64 = 20;
 
 fn filler(n: u64) -> Record {
     intent(
-        1000 + u128::from(n),
+        1000 + n,
         100 + n,
         create(
             "default",
@@ -243,10 +238,7 @@ fn filler(n: u64) -> Record {
 }
 
 fn config() -> JournalConfig {
-    JournalConfig {
-        segment_size: 4096,
-        ..JournalConfig::default()
-    }
+    journal_support::config(4096)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -354,12 +346,6 @@ fn corrupt_middle_segment(dir: &Path) -> (PathBuf, u64) {
 }
 
 // ---------------------------------------------------------------- running
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 fn volmgr(args: &[&str]) -> Run {
     let out: Output = Command::new(env!("CARGO_BIN_EXE_volmgr"))
@@ -959,46 +945,6 @@ fn tools_read_the_journal_the_manager_writes_while_it_runs() {
     assert_eq!(ids, expected);
     assert_eq!(v["seq"], manager.stats().durable_seq);
     rt.block_on(manager.close());
-}
-
-/// Runs the tool with a deadline; `None` if it had to be killed.
-fn run_bounded(args: &[&str], limit: Duration) -> Option<Run> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_volmgr"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Drain the pipes on threads so a large output cannot block the child.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut s).ok();
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).ok();
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Some(Run {
-        code: status.code().unwrap_or(-1),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    })
 }
 
 fn copy_dir(from: &Path, to: &Path) {

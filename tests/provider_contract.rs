@@ -85,9 +85,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PROVIDER: &str = "p";
 
 fn config(b: &dyn Backend) -> ManagerConfig {
-    let mut config = ManagerConfig::default();
-    config.factories.insert(b.kind().to_owned(), b.factory());
-    config
+    common::config::with_factory(b.kind(), b.factory())
 }
 
 /// Opens the manager; registers provider `p` on the first open.

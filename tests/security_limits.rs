@@ -20,6 +20,8 @@
 //! synchronise: waits are for events, or polls with a bound.
 
 mod agent_support;
+#[path = "common/config.rs"]
+mod config;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -583,16 +585,7 @@ async fn a_pull_in_flight_is_cancelled_by_delete_receive_and_pulls_are_capped() 
 /// by an in-process agent on the directory provider.
 async fn dir_stream() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("volumes").to_str().unwrap().to_owned();
-    let config = volmgr::manager::ManagerConfig {
-        default_provider: Some(Box::new(move || {
-            Ok((
-                "dir".into(),
-                [("root".to_owned(), root)].into_iter().collect(),
-            ))
-        })),
-        ..volmgr::manager::ManagerConfig::default()
-    };
+    let config = config::serve_default(dir.path());
     let agent = TestAgent::open(dir.path(), config, ServeOptions::default()).await;
     let v = agent
         .client
@@ -653,11 +646,7 @@ fn shutdown_cancels_a_pull_after_the_grace_period_and_the_next_start_is_clean() 
             )
         });
         poll_until("the pull asked its source", || !peer.requests().is_empty());
-        // SAFETY: kill(2) on our own child.
-        assert_eq!(
-            unsafe { libc::kill(agent.child.id() as libc::pid_t, libc::SIGTERM) },
-            0
-        );
+        agent.signal(libc::SIGTERM);
         pulling.join().unwrap()
     });
     let mut status = None;
@@ -678,9 +667,7 @@ fn shutdown_cancels_a_pull_after_the_grace_period_and_the_next_start_is_clean() 
     // target is live and usable.
     let again = ServeProcess::start(state.path(), &["--peer", &peer_arg]);
     let report = again
-        .logs()
-        .into_iter()
-        .find(|l| l["fields"]["message"] == "opened and reconciled")
+        .logged("opened and reconciled")
         .expect("a reconciliation report");
     assert_eq!(report["fields"]["resolutions"], 0, "{report}");
     assert_eq!(report["fields"]["orphans"], 0, "{report}");

@@ -3,6 +3,8 @@
 //! attack for real and checks that nothing outside the volume was read,
 //! changed or removed, and that no operation blocked on volume content.
 
+#[path = "common/config.rs"]
+mod config;
 mod security_support;
 
 use std::ffi::CString;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use security_support::*;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::dir::DirProvider;
-use volmgr::provider::{Provider, ProviderConfig, ProviderError};
+use volmgr::provider::{Provider, ProviderError};
 use volmgr::state::Meta;
 
 const SECRET: &[u8] = b"TOPSECRET-do-not-copy";
@@ -340,10 +342,6 @@ fn hard_links_cannot_make_a_snapshot_fill_the_disk() {
     snapshot(&p, &v, "s").unwrap();
 }
 
-fn dir_config(root: &Path) -> ProviderConfig {
-    [("root".to_owned(), root.display().to_string())].into()
-}
-
 #[test]
 fn a_provider_never_deletes_files_it_did_not_create() {
     let tmp = tempfile::tempdir().unwrap();
@@ -363,7 +361,7 @@ fn a_provider_never_deletes_files_it_did_not_create() {
             .await
             .unwrap();
         let err = m
-            .add_provider("p", "dir", dir_config(&some))
+            .add_provider("p", "dir", config::root_config(&some))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("ownership marker"), "{err}");
@@ -397,7 +395,9 @@ fn a_provider_root_inside_a_volume_or_another_provider_is_refused() {
             .await
             .unwrap();
         let p1 = tmp.path().join("p1");
-        m.add_provider("p1", "dir", dir_config(&p1)).await.unwrap();
+        m.add_provider("p1", "dir", config::root_config(&p1))
+            .await
+            .unwrap();
         let v = m.create_volume("p1", Some("v"), Meta::new()).await.unwrap();
         let inside_volume = Path::new(&v.location).join("sub");
         for (what, root) in [
@@ -407,7 +407,7 @@ fn a_provider_root_inside_a_volume_or_another_provider_is_refused() {
             ("holding the provider", tmp.path().to_path_buf()),
         ] {
             let err = m
-                .add_provider("p2", "dir", dir_config(&root))
+                .add_provider("p2", "dir", config::root_config(&root))
                 .await
                 .expect_err(what);
             assert!(
@@ -419,7 +419,7 @@ fn a_provider_root_inside_a_volume_or_another_provider_is_refused() {
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&v.location, &link).unwrap();
         let err = m
-            .add_provider("p2", "dir", dir_config(&link.join("x")))
+            .add_provider("p2", "dir", config::root_config(&link.join("x")))
             .await
             .expect_err("a symlink into a volume");
         assert!(matches!(err, ManagerError::InvalidInput(_)), "{err:?}");

@@ -10,33 +10,20 @@
 //! - a pull's progress showed no total.
 
 mod agent_support;
+#[path = "common/config.rs"]
+mod config;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use agent_support::process::{BIN, ServeProcess};
+use agent_support::process::{ServeProcess, describe as text, volmgr_command};
 use agent_support::{TestAgent, assert_error, peers, raw, sim_config};
 use serde_json::json;
 use volmgr::agent::{PullFrom, ServeOptions};
 use volmgr::cli::{EXIT_CONFLICT, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_USAGE};
 use volmgr::provider::sim::SimProvider;
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn volmgr(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("VOLMGR_TOKEN")
-        .env_remove("VOLMGR_AGENT")
-        .env_remove("VOLMGR_STATE_DIR")
-        .output()
-        .expect("volmgr runs")
+    volmgr_command().args(args).output().expect("volmgr runs")
 }
 
 #[test]
@@ -272,16 +259,7 @@ async fn a_pull_reports_the_stream_size_the_source_announces() {
 #[tokio::test]
 async fn a_full_pull_from_the_directory_provider_announces_its_exact_size() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("volumes").to_str().unwrap().to_owned();
-    let config = volmgr::manager::ManagerConfig {
-        default_provider: Some(Box::new(move || {
-            Ok((
-                "dir".into(),
-                [("root".to_owned(), root)].into_iter().collect(),
-            ))
-        })),
-        ..volmgr::manager::ManagerConfig::default()
-    };
+    let config = config::serve_default(dir.path());
     let agent = TestAgent::open(dir.path(), config, ServeOptions::default()).await;
     let c = &agent.client;
     let v = c
@@ -335,7 +313,7 @@ async fn destroy_recursive_takes_the_snapshots_along_and_refuses_when_forks_depe
     let url = agent.url.clone();
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
-            Command::new(BIN)
+            volmgr_command()
                 .args(&args)
                 .env("VOLMGR_TOKEN", agent_support::TEST_TOKEN)
                 .output()

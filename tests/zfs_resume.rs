@@ -39,10 +39,7 @@ const ENV_SNAPSHOT: &str = "VOLMGR_RESUME_CHILD_SNAPSHOT";
 const DATA_LEN: usize = 24 << 20;
 
 fn manager_config(provider: ProviderConfig) -> ManagerConfig {
-    ManagerConfig {
-        default_provider: Some(Box::new(move || Ok(("zfs".to_string(), provider)))),
-        ..ManagerConfig::default()
-    }
+    common::config::with_default_provider("zfs", provider)
 }
 
 fn zfs_out(args: &[&str]) -> String {

@@ -107,13 +107,12 @@ struct ChildSpec {
     destroy_tenths: u64,
 }
 
-/// A manager configuration registering `kind` with `config` as `default`.
+/// A manager configuration registering `kind` with `config` as `default`,
+/// checkpointing often (every 50 records).
 pub fn manager_config(kind: &str, config: ProviderConfig) -> ManagerConfig {
-    let kind = kind.to_owned();
     ManagerConfig {
-        default_provider: Some(Box::new(move || Ok((kind, config)))),
         checkpoint_every: 50,
-        ..ManagerConfig::default()
+        ..super::config::with_default_provider(kind, config)
     }
 }
 

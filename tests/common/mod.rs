@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod config;
 pub mod crash;
 
 use std::collections::BTreeMap;

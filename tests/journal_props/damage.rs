@@ -25,34 +25,25 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use uuid::Uuid;
 use volmgr::journal::format::{self, SEGMENT_HEADER_LEN};
 use volmgr::journal::{Journal, JournalConfig, JournalError, LogEnd, Recovery, encode_checkpoint};
 use volmgr::state::{Action, Done, Meta, OpResult, ProviderRecord, Record, State};
-use volmgr::storage::RealStorage;
-use volmgr::storage::unsynced::UnsyncedStorage;
+
+use super::journal_support::{T0_MS, journal_tool, op, open_unsynced};
 
 const SEGMENT_SIZE: u64 = 4096;
 
 fn config() -> JournalConfig {
-    JournalConfig {
-        segment_size: SEGMENT_SIZE,
-        ..JournalConfig::default()
-    }
-}
-
-fn op(n: u64) -> Uuid {
-    Uuid::from_u128(0x0194_0000_0000_7000_8000_0000_0000_0000 | u128::from(n))
+    super::journal_support::config(SEGMENT_SIZE)
 }
 
 fn intent(n: u64, action: Action) -> Record {
     Record::Intent {
         op: op(n),
-        at_ms: 1_767_225_600_000 + n,
+        at_ms: T0_MS + n,
         action,
     }
 }
@@ -60,7 +51,7 @@ fn intent(n: u64, action: Action) -> Record {
 fn done(n: u64, location: &str) -> Record {
     Record::Outcome {
         op: op(n),
-        at_ms: 1_767_225_600_000 + n,
+        at_ms: T0_MS + n,
         result: OpResult::Done(Done {
             location: location.into(),
             details: Meta::new(),
@@ -77,8 +68,7 @@ fn write_template(dir: &Path, volumes: u64, checkpoints: &[u64]) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let storage = Arc::new(UnsyncedStorage::new(Arc::new(RealStorage)));
-        let (journal, _) = Journal::<Record>::open_with_storage(storage, dir, config()).unwrap();
+        let (journal, _) = open_unsynced::<Record>(dir, config()).unwrap();
         let mut state = State::default();
         let mut batches: Vec<Vec<Record>> = vec![
             vec![intent(
@@ -465,17 +455,8 @@ struct Verified {
 }
 
 fn verify(dir: &Path) -> Verified {
-    let out = Command::new(env!("CARGO_BIN_EXE_volmgr"))
-        .args([
-            "journal",
-            "verify",
-            dir.to_str().unwrap(),
-            "--align",
-            "never",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap() + &String::from_utf8(out.stderr).unwrap();
+    let run = journal_tool(&["verify", dir.to_str().unwrap(), "--align", "never"]);
+    let text = run.stdout + &run.stderr;
     let mut open = (String::new(), String::new());
     let mut replay = None;
     let mut bad_checkpoints = Vec::new();
@@ -489,7 +470,7 @@ fn verify(dir: &Path) -> Verified {
         }
     }
     Verified {
-        code: out.status.code().expect("verify exits normally"),
+        code: run.code,
         open,
         replay,
         bad_checkpoints,
@@ -504,8 +485,7 @@ fn name(path: &Path) -> String {
 type Opened = Result<(Journal<Record>, Recovery<Record>), JournalError>;
 
 fn open(dir: &Path) -> Opened {
-    let storage = Arc::new(UnsyncedStorage::new(Arc::new(RealStorage)));
-    Journal::open_with_storage(storage, dir, config())
+    open_unsynced(dir, config())
 }
 
 /// Checks verify's report against what opening did.
