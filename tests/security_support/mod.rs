@@ -1,6 +1,7 @@
-//! Shared helpers of the security tests: a directory provider with its
-//! volumes, a stream crafter that writes the documented directory-stream
-//! format by hand (an attacker's sender), and the root requirement.
+//! Helpers of the directory provider's tests (`provider_dir`) and the
+//! security tests: a directory provider with its volumes, a stream crafter
+//! that writes the documented directory-stream format by hand (an attacker's
+//! sender), and the root requirement.
 
 #![allow(dead_code)]
 
