@@ -34,7 +34,7 @@ fn args(agent: &str, rest: &[&str]) -> Vec<String> {
     ["volume", "--agent", agent]
         .iter()
         .chain(rest)
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect()
 }
 

@@ -1,6 +1,6 @@
 //! Exactly once across crashes, through the CSI plugin: an agent serving
-//! CSI on the dir provider is SIGKILLed while CreateVolume and
-//! CreateSnapshot calls are in flight, restarted, and every call is retried
+//! CSI on the dir provider is killed (`SIGKILL`) while `CreateVolume` and
+//! `CreateSnapshot` calls are in flight, restarted, and every call is retried
 //! under the same name, as a CO does. Each retry must answer the volume or
 //! snapshot the name maps to; afterwards the provider must hold exactly the
 //! volumes and snapshots the plugin lists (no duplicate, no orphan), and

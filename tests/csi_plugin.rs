@@ -1,6 +1,6 @@
 //! The CSI plugin's behaviour beyond the conformance suite, in process: a
 //! `CsiServer` on a temporary socket over a manager on the dir provider (and
-//! btrfs for capacity). Idempotency and ALREADY_EXISTS, hostile names,
+//! btrfs for capacity). Idempotency and `ALREADY_EXISTS`, hostile names,
 //! clones and the delete order they impose, pagination tokens, the socket's
 //! mode, readiness, capacity honesty on dir, capacity enforcement and
 //! expansion on btrfs, and the node's bind mounts (root only: nosuid, nodev,

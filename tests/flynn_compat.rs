@@ -9,10 +9,10 @@
 //! (`agent_support::flynn`): status exactly 200, errors decoded as
 //! httphelper's `JSONError` and tested by code as `IsObjectNotFoundError`
 //! and friends do, volumes decoded as `volume.Info`, the event stream read
-//! the way pkg/sse reads it. Calls: CreateVolume, GetVolume, ListVolumes,
-//! CreateSnapshot, SendSnapshot, PullSnapshot (by host id, between two
+//! the way pkg/sse reads it. Calls: `CreateVolume`, `GetVolume`, `ListVolumes`,
+//! `CreateSnapshot`, `SendSnapshot`, `PullSnapshot` (by host id, between two
 //! `volmgr serve` processes configured with `--peer`/`--peers-file`),
-//! StreamVolumes, DestroyVolume; plus Flynn's ProviderSpec.
+//! `StreamVolumes`, `DestroyVolume`; plus Flynn's `ProviderSpec`.
 
 mod agent_support;
 

@@ -9,7 +9,7 @@
 //! and records must equal the model; at the end, replaying the same bytes twice
 //! (read-only walks, and two opens) must yield identical records.
 //!
-//! `damage` (tests/journal_props/damage.rs): randomly damaged journals, where
+//! `damage` (`tests/journal_props/damage.rs`): randomly damaged journals, where
 //! `volmgr journal verify` must reach the verdict `Journal::open` acts on.
 //!
 //! The tests run one at a time (`journal_support::serial`): the damage test
@@ -135,7 +135,7 @@ impl Case {
     }
 }
 
-/// The spec's limit rule: every payload at most MAX_PAYLOAD_LEN and decodable
+/// The spec's limit rule: every payload at most `MAX_PAYLOAD_LEN` and decodable
 /// under the codec's limit, and the request's frames fit in an empty segment
 /// (a batch never spans segments).
 fn fits(records: &[Rec], segment_size: u64) -> bool {

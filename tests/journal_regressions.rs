@@ -530,7 +530,7 @@ fn peak_rss_kib(args: &[&str]) -> (i64, i32) {
     // SAFETY: zeroed rusage is a valid out-parameter.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: waits for our own child, writing into valid locals.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let rc = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
     assert_eq!(rc, pid);
     assert!(libc::WIFEXITED(status));
     (usage.ru_maxrss, libc::WEXITSTATUS(status))

@@ -110,7 +110,7 @@ fn story() -> Vec<Record> {
         done(6, 5, "/srv/volmgr/cache", &[]),
     ];
     for i in 0..10u64 {
-        let n = 100 + u64::from(i);
+        let n = 100 + i;
         let name = format!("vol-{i:02}");
         let purpose = format!("filler volume number {i} that makes the journal span segments");
         r.push(intent(

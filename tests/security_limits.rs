@@ -95,19 +95,19 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr, rcvbuf: i32) -> TcpStream {
             fd,
             libc::SOL_SOCKET,
             libc::SO_RCVBUF,
-            (&buf as *const i32).cast(),
+            (&raw const buf).cast(),
             std::mem::size_of::<i32>() as libc::socklen_t,
         );
         let local = sockaddr(from, 0);
         assert_eq!(
-            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
+            libc::bind(fd, (&raw const local).cast(), len),
             0,
             "bind {from}: {}",
             std::io::Error::last_os_error()
         );
         let remote = sockaddr(*to.ip(), to.port());
         assert_eq!(
-            libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len),
+            libc::connect(fd, (&raw const remote).cast(), len),
             0,
             "connect: {}",
             std::io::Error::last_os_error()

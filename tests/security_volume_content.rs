@@ -306,7 +306,7 @@ fn a_tree_deeper_than_the_limit_is_refused_by_snapshot_and_still_destroyed() {
 /// Story: a copy makes every hard link a file of its own, so a volume user
 /// can make a snapshot (or a fork) far larger than the volume: one 8 MB file
 /// linked 100 times is 800 MB of copy. The copy checks free space as it
-/// goes and is refused with NoSpace before the disk is full, leaving
+/// goes and is refused with `NoSpace` before the disk is full, leaving
 /// nothing behind.
 #[test]
 fn hard_links_cannot_make_a_snapshot_fill_the_disk() {
@@ -323,7 +323,7 @@ fn hard_links_cannot_make_a_snapshot_fill_the_disk() {
     let (bytes0, inodes0) = small.free();
     match snapshot(&p, &v, "s") {
         Err(ProviderError::NoSpace { what, detail }) => {
-            eprintln!("refused: not enough space for {what}: {detail}")
+            eprintln!("refused: not enough space for {what}: {detail}");
         }
         Err(other) => panic!("wanted NoSpace, got {other:?}"),
         Ok(_) => panic!("an 800 MB copy fit on a 64 MB file system"),

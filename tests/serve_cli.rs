@@ -324,7 +324,7 @@ async fn destroy_recursive_takes_the_snapshots_along_and_refuses_when_forks_depe
         ["volume", "--agent", url.as_str()]
             .iter()
             .chain(rest)
-            .map(|s| s.to_string())
+            .map(std::string::ToString::to_string)
             .collect()
     };
     // b: a fork depends on its snapshot: refused, naming both, nothing gone.

@@ -342,10 +342,10 @@ mod tests {
                         held.insert(volume.id.clone()),
                         "created twice: {}",
                         volume.id
-                    )
+                    );
                 }
                 VolumeEvent::Destroy { volume } => {
-                    assert!(held.remove(&volume.id), "destroyed unheld: {}", volume.id)
+                    assert!(held.remove(&volume.id), "destroyed unheld: {}", volume.id);
                 }
                 _ => {}
             }

@@ -181,7 +181,7 @@ impl Shared {
         }
         self.manager
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
             .ok_or_else(starting)
     }
@@ -267,7 +267,7 @@ impl Agent {
             .shared
             .manager
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.shared.phase.load(Ordering::Acquire) == STOPPING {
             return Err(manager);
         }
@@ -292,7 +292,7 @@ impl Agent {
             .shared
             .manager
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.shared.phase.store(STOPPING, Ordering::Release);
         self.shared.stopping.cancel();
     }
@@ -377,7 +377,7 @@ impl Agent {
             .shared
             .manager
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(manager) = manager {
             manager.close().await;

@@ -1,6 +1,6 @@
 //! `volmgr journal dump|verify|stats|state|repair`: the operator's view of a
 //! state directory's journal, offline or beside a running agent, damaged or
-//! not (conventions of pg_waldump and etcd-dump-logs).
+//! not (conventions of `pg_waldump` and etcd-dump-logs).
 //!
 //! Every subcommand judges the journal through the core reader
 //! (`journal::reader`), the one that opening the journal uses: the same
@@ -15,7 +15,7 @@
 //! everything it removes.
 //!
 //! Exit codes (the table of every `volmgr` subcommand, /work/coord's
-//! EXIT_CODES and the README): 0 success / clean; 1 I/O error, lock held, or
+//! `EXIT_CODES` and the README): 0 success / clean; 1 I/O error, lock held, or
 //! a request that cannot be met; 2 usage; 6 (verify) torn tail only;
 //! 7 corruption found (or, for repair, damage the chosen mode may not
 //! remove). A closed stdout (`| head`) ends the command with exit 0.

@@ -2,13 +2,13 @@
 //! expand), capacity, and the controller's capabilities. Snapshots are in
 //! `snapshots`; the request checks shared with the node are in `checks`.
 //!
-//! CreateVolume is idempotent by name: the name maps to the volume id
+//! `CreateVolume` is idempotent by name: the name maps to the volume id
 //! (`names`), so a retry (after a timeout, or after the agent was killed
 //! and reconciled) finds the volume the first attempt made and answers it if
-//! the arguments are compatible, ALREADY_EXISTS if not. A volume source is
+//! the arguments are compatible, `ALREADY_EXISTS` if not. A volume source is
 //! cloned through an internal snapshot (`csi-clone-src-<hash of the clone's
 //! id>`), deleted with the clone. A volume with snapshots (or clones) cannot
-//! be deleted: FAILED_PRECONDITION, as the spec allows for plugins whose
+//! be deleted: `FAILED_PRECONDITION`, as the spec allows for plugins whose
 //! snapshots depend on their volume (ZFS snapshots and clones do); the CO
 //! retries once they are gone.
 
@@ -91,7 +91,7 @@ fn recorded_capacity(v: &Volume) -> Option<u64> {
         })
 }
 
-/// Whether `v` still lacks the capacity or an option a CreateVolume asked for.
+/// Whether `v` still lacks the capacity or an option a `CreateVolume` asked for.
 fn needs_attributes(v: &Volume, capacity: Option<u64>, options: &ProviderConfig) -> bool {
     (capacity.is_some() && capacity_of(v).is_none())
         || options
@@ -107,7 +107,7 @@ fn rpc_capability(t: rpc::Type) -> ControllerServiceCapability {
     }
 }
 
-/// Why an existing volume does not answer a CreateVolume, if it does not.
+/// Why an existing volume does not answer a `CreateVolume`, if it does not.
 fn incompatible(
     v: &Volume,
     name: &str,
@@ -334,7 +334,7 @@ async fn destroy(m: &Manager, id: &str) -> Result<(), Status> {
     }
 }
 
-/// Live data volume `id`, or NOT_FOUND.
+/// Live data volume `id`, or `NOT_FOUND`.
 pub(crate) fn data_volume(m: &Manager, id: &str) -> Result<Volume, Status> {
     match m.volume(id) {
         Ok(v) if v.kind == VolumeKind::Data && v.status == VolumeStatus::Live => Ok(v),

@@ -42,7 +42,7 @@ impl proto::identity_server::Identity for Identity {
         }))
     }
 
-    /// CONTROLLER_SERVICE and VOLUME_ACCESSIBILITY_CONSTRAINTS always;
+    /// `CONTROLLER_SERVICE` and `VOLUME_ACCESSIBILITY_CONSTRAINTS` always;
     /// online volume expansion only when the default provider enforces
     /// capacity (so, once the manager is open).
     async fn get_plugin_capabilities(

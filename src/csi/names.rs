@@ -5,7 +5,7 @@
 //! is the volume id itself; any other name (too long, other characters)
 //! maps to `csi-<32 hex digits>`, a 128-bit FNV-1a hash of the name, and the
 //! name itself is kept in meta under [`META_NAME`] so a hash collision is
-//! detected (ALREADY_EXISTS), never confused. Either way the mapping is a
+//! detected (`ALREADY_EXISTS`), never confused. Either way the mapping is a
 //! pure function of the name: a retry after a crash finds what the first
 //! attempt recorded in the journal.
 
@@ -16,14 +16,14 @@ use crate::validate;
 pub const META_NAME: &str = "csi.volmgr/name";
 /// Meta key: the content source, `snapshot:<id>` or `volume:<id>`.
 pub const META_SOURCE: &str = "csi.volmgr/source";
-/// Meta key: the canonical provider options of the CreateVolume parameters
+/// Meta key: the canonical provider options of the `CreateVolume` parameters
 /// (`key=value` pairs joined by `,`), compared on a retry.
 pub const META_OPTIONS: &str = "csi.volmgr/options";
-/// Meta key: the capacity the CreateVolume asked for, in bytes, where the
+/// Meta key: the capacity the `CreateVolume` asked for, in bytes, where the
 /// provider cannot enforce it (kept to judge a retry's compatibility).
 pub const META_REQUESTED_BYTES: &str = "csi.volmgr/requested-bytes";
 /// Meta key on the plugin's internal snapshots (the source of a clone):
-/// the clone's volume id. They are hidden from ListSnapshots.
+/// the clone's volume id. They are hidden from `ListSnapshots`.
 pub const META_CLONE_OF: &str = "csi.volmgr/clone-source-of";
 
 /// Prefix of ids derived from names that are not valid ids.

@@ -2,9 +2,9 @@
 //! its location at the CO's target path (read-only on request), unpublish
 //! (idempotent), volume statistics, node info and capabilities.
 //!
-//! There is no staging step (STAGE_UNSTAGE_VOLUME is not advertised): a
+//! There is no staging step (`STAGE_UNSTAGE_VOLUME` is not advertised): a
 //! volume is a directory on this node already. Raw block access and fs types
-//! other than the one the volume lives on are INVALID_ARGUMENT. Mounts and
+//! other than the one the volume lives on are `INVALID_ARGUMENT`. Mounts and
 //! unmounts are serialised by one lock and run on the blocking pool.
 
 use std::io;

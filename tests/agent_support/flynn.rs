@@ -129,7 +129,7 @@ pub enum FlynnError {
         code: String,
         body: Value,
     },
-    /// `httpclient: raw req: unexpected status N` (or ErrNotFound for 404).
+    /// `httpclient: raw req: unexpected status N` (or `ErrNotFound` for 404).
     UnexpectedStatus(u16),
 }
 

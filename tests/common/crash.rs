@@ -207,10 +207,10 @@ impl CrashTest<'_> {
         for (id, known) in model {
             match (known, now.volumes.get(id)) {
                 (Known::Exists, None) => {
-                    problems.push(format!("acknowledged {id} missing (no destroy was asked)"))
+                    problems.push(format!("acknowledged {id} missing (no destroy was asked)"));
                 }
                 (Known::Gone, Some(_)) => {
-                    problems.push(format!("acknowledged destroy of {id} undone"))
+                    problems.push(format!("acknowledged destroy of {id} undone"));
                 }
                 _ => {}
             }
@@ -389,7 +389,7 @@ fn run_child(spec: &ChildSpec, acks_before_kill: usize, stderr_dir: &Path) -> Li
     loop {
         let mut status = 0;
         // SAFETY: plain waitpid on our own process group.
-        if unsafe { libc::waitpid(-pgid, &mut status, 0) } < 0 {
+        if unsafe { libc::waitpid(-pgid, &raw mut status, 0) } < 0 {
             break;
         }
     }

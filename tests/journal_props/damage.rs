@@ -342,9 +342,7 @@ fn apply(dir: &Path, damage: &Damage) -> String {
             let next = match segments.last() {
                 Some((first, path)) => {
                     let bytes = std::fs::read(path).unwrap();
-                    volmgr::journal::reader::scan_segment(&bytes)
-                        .map(|s| s.next_seq())
-                        .unwrap_or(*first)
+                    volmgr::journal::reader::scan_segment(&bytes).map_or(*first, |s| s.next_seq())
                 }
                 None => 1,
             };

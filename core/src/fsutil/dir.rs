@@ -220,7 +220,7 @@ impl Dir {
                     libc::SYS_openat2,
                     self.raw(),
                     c.as_ptr(),
-                    &how as *const libc::open_how,
+                    &raw const how,
                     std::mem::size_of::<libc::open_how>(),
                 )
             };

@@ -366,10 +366,12 @@ impl Watchdog {
         let s = shared.clone();
         let handle = std::thread::spawn(move || {
             let (lock, cond) = &*s;
-            let state = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let state = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let (mut state, _) = cond
                 .wait_timeout_while(state, timeout, |st| !st.exited)
-                .unwrap_or_else(|e| e.into_inner());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if !state.exited {
                 // SAFETY: the child has not been reaped (the reaper sets
                 // `exited` under this lock before reaping), so `pid` is ours.
@@ -397,7 +399,7 @@ impl Watchdog {
                     libc::waitid(
                         libc::P_PID,
                         child.id() as libc::id_t,
-                        &mut info,
+                        &raw mut info,
                         libc::WEXITED | libc::WNOWAIT,
                     )
                 };
@@ -411,7 +413,9 @@ impl Watchdog {
             }
             let (lock, cond) = &*shared;
             {
-                let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 st.exited = true;
                 killed = st.killed;
                 cond.notify_all();

@@ -82,7 +82,7 @@ pub(super) fn run(args: &StatsArgs, out: &mut Out) -> Result<i32, CliError> {
     )?;
     let replay_failed = replayer
         .as_ref()
-        .and_then(|r| r.failed.as_ref().map(|e| e.to_string()));
+        .and_then(|r| r.failed.as_ref().map(std::string::ToString::to_string));
     let corrupt = end.corrupt > 0
         || replay_failed.is_some()
         || replay_error.is_some()

@@ -2,7 +2,7 @@
 //! its own data, snapshots not counted), its dataset options (`compression`,
 //! `recordsize`, checked before any command) and the pool's free space.
 
-use super::*;
+use super::{Cmd, ProviderConfig, ProviderError, VolumeKind, VolumeRef, ZfsProvider, parse_size};
 
 /// ZFS `compression` values a volume may ask for.
 pub const COMPRESSION_VALUES: &[&str] = &[

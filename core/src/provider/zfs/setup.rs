@@ -170,7 +170,7 @@ pub(super) fn default_pool_size(vdev: &Path) -> u64 {
     };
     // SAFETY: statvfs fills the zeroed struct; c is NUL-terminated.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+    if unsafe { libc::statvfs(c.as_ptr(), &raw mut st) } != 0 {
         return FALLBACK_POOL_SIZE;
     }
     let total = (st.f_blocks as u64).saturating_mul(st.f_frsize as u64);
