@@ -59,6 +59,9 @@ Exit codes:
      non-loopback address";
 
 /// Arguments of `volmgr serve`.
+// The field docs are the `--help` text, written for a terminal: rustdoc's
+// HTML and Markdown readings of them (`<state-dir>`) are not wanted there.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Args, Debug)]
 #[command(after_help = SERVE_EXIT_CODES)]
 pub struct ServeArgs {
