@@ -63,7 +63,8 @@ pub enum DirLoss {
     RandomPrefix,
 }
 
-/// How [`SimStorage::power_cut_with`] treats what is not durable.
+/// How [`SimStorage::power_cut_with`](super::SimStorage::power_cut_with)
+/// treats what is not durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CutPolicy {
     pub data: DataLoss,
