@@ -3,6 +3,7 @@
 
 mod agent_support;
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -121,7 +122,7 @@ async fn the_volume_cli_drives_every_verb_and_reports_failures_by_exit_code() {
     // Pull, here from the agent itself into another data volume.
     agent
         .client
-        .create_volume("default", Some("mirror"), Default::default())
+        .create_volume("default", Some("mirror"), BTreeMap::default())
         .await
         .unwrap();
     let o = volmgr(
@@ -245,7 +246,7 @@ async fn the_volume_cli_exits_cleanly_when_stdout_is_closed() {
     for i in 0..20 {
         agent
             .client
-            .create_volume("default", Some(&format!("v{i}")), Default::default())
+            .create_volume("default", Some(&format!("v{i}")), BTreeMap::default())
             .await
             .unwrap();
     }

@@ -109,7 +109,7 @@ async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
 
     let app = a
         .client
-        .create_volume("default", Some("app"), Default::default())
+        .create_volume("default", Some("app"), BTreeMap::default())
         .await
         .unwrap();
     let loc = PathBuf::from(&app.location);
@@ -123,13 +123,13 @@ async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
     std::os::unix::fs::symlink("nested/deeper/config.txt", loc.join("config")).unwrap();
     let snap1 = a
         .client
-        .snapshot(&app.id, Default::default())
+        .snapshot(&app.id, BTreeMap::default())
         .await
         .unwrap();
 
     let replica = b
         .client
-        .create_volume("default", Some("app-replica"), Default::default())
+        .create_volume("default", Some("app-replica"), BTreeMap::default())
         .await
         .unwrap();
     let full = b
@@ -150,7 +150,7 @@ async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
     std::fs::write(loc.join("new.txt"), "new\n").unwrap();
     let snap2 = a
         .client
-        .snapshot(&app.id, Default::default())
+        .snapshot(&app.id, BTreeMap::default())
         .await
         .unwrap();
     let incremental = b
@@ -199,7 +199,7 @@ async fn a_second_pull_between_simulated_agents_is_incremental_and_the_data_matc
     } = two_agents().await;
     let app = a
         .client
-        .create_volume("default", Some("app"), Default::default())
+        .create_volume("default", Some("app"), BTreeMap::default())
         .await
         .unwrap();
     sim_a.write_file("app", FILES[0], &noise(1, 256 * 1024));
@@ -207,13 +207,13 @@ async fn a_second_pull_between_simulated_agents_is_incremental_and_the_data_matc
     sim_a.write_file("app", FILES[2], b"workers = 4\n");
     let snap1 = a
         .client
-        .snapshot(&app.id, Default::default())
+        .snapshot(&app.id, BTreeMap::default())
         .await
         .unwrap();
 
     let replica = b
         .client
-        .create_volume("default", Some("app-replica"), Default::default())
+        .create_volume("default", Some("app-replica"), BTreeMap::default())
         .await
         .unwrap();
     let full = b
@@ -226,7 +226,7 @@ async fn a_second_pull_between_simulated_agents_is_incremental_and_the_data_matc
     sim_a.write_file("app", FILES[2], b"workers = 8\n");
     let snap2 = a
         .client
-        .snapshot(&app.id, Default::default())
+        .snapshot(&app.id, BTreeMap::default())
         .await
         .unwrap();
     let incremental = b
@@ -273,13 +273,13 @@ async fn a_pull_streams_progress_events_then_its_result() {
         b,
     } = two_agents().await;
     a.client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     sim_a.write_file("v", "data", &noise(3, 128 * 1024));
-    let snap = a.client.snapshot("v", Default::default()).await.unwrap();
+    let snap = a.client.snapshot("v", BTreeMap::default()).await.unwrap();
     b.client
-        .create_volume("default", Some("t"), Default::default())
+        .create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -321,13 +321,13 @@ async fn failed_send_leaves_no_snapshot(len: usize, code: &str) {
         b,
     } = two_agents().await;
     a.client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     sim_a.write_file("v", "data", &noise(4, len));
-    let snap = a.client.snapshot("v", Default::default()).await.unwrap();
+    let snap = a.client.snapshot("v", BTreeMap::default()).await.unwrap();
     b.client
-        .create_volume("default", Some("t"), Default::default())
+        .create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     sim_a.set_fault(Some(SimFault {
@@ -369,17 +369,17 @@ async fn resumable_pair(len: usize) -> (Pair, String) {
     let p = two_agents().await;
     p.sim_b.set_resumable(true);
     p.a.client
-        .create_volume("default", Some("src"), Default::default())
+        .create_volume("default", Some("src"), BTreeMap::default())
         .await
         .unwrap();
     p.sim_a.write_file("src", "f", &noise(5, len));
     let s =
         p.a.client
-            .snapshot("src", Default::default())
+            .snapshot("src", BTreeMap::default())
             .await
             .unwrap();
     p.b.client
-        .create_volume("default", Some("dst"), Default::default())
+        .create_volume("default", Some("dst"), BTreeMap::default())
         .await
         .unwrap();
     (p, s.id)
@@ -431,11 +431,11 @@ async fn an_agent_resumes_an_interrupted_pull_when_ready_and_discards_one_it_can
     // A second target whose source snapshot goes away before the restart.
     let gone =
         p.a.client
-            .snapshot("src", Default::default())
+            .snapshot("src", BTreeMap::default())
             .await
             .unwrap();
     p.b.client
-        .create_volume("default", Some("dst2"), Default::default())
+        .create_volume("default", Some("dst2"), BTreeMap::default())
         .await
         .unwrap();
     p.sim_a.cut_sends(Some(30_000));

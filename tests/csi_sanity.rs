@@ -256,7 +256,9 @@ fn zfs_enforces_capacity_and_sets_dataset_options_through_csi() {
                 limit_bytes: 0,
             }),
             volume_capabilities: vec![VolumeCapability {
-                access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+                access_type: Some(volume_capability::AccessType::Mount(
+                    volume_capability::MountVolume::default(),
+                )),
                 access_mode: Some(volume_capability::AccessMode {
                     mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
                 }),

@@ -134,7 +134,7 @@ fn crafted_frames_claiming_huge_lengths_at_every_offset_scan_in_linear_time() {
             later_batch_frame.is_some(),
             "unclassifiable damage is never a torn tail"
         ),
-        other => panic!("crafted bytes accepted: {other:?}"),
+        other @ SegmentEnd::Clean { .. } => panic!("crafted bytes accepted: {other:?}"),
     }
     assert_eq!(
         reader::find_next_valid_frame(&bytes, format::SEGMENT_HEADER_LEN),
@@ -167,7 +167,7 @@ mod tool {
                 Action::AddProvider(ProviderRecord {
                     id: "p".into(),
                     kind: "dir".into(),
-                    config: Default::default(),
+                    config: volmgr::provider::ProviderConfig::default(),
                 })
             } else {
                 Action::CreateVolume {
@@ -566,7 +566,7 @@ fn many_large_checkpoints_are_read_one_at_a_time() {
             if count == 1 { &mut one } else { &mut many }.push((sub.to_owned(), kib));
         }
     }
-    let size_kib = (size / 1024) as i64;
+    let size_kib = (size / 1024).cast_signed();
     let own = own_peak_kib();
     for ((sub, base), (_, peak)) in one.iter().zip(&many) {
         // The figures must be the tool's, not this process's inherited mark:

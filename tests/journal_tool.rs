@@ -916,7 +916,7 @@ fn tools_read_the_journal_the_manager_writes_while_it_runs() {
     mc.checkpoint_every = 7;
     let manager = rt.block_on(async {
         let m = Manager::open(dir.path(), mc).await.unwrap();
-        m.add_provider("p", "sim", Default::default())
+        m.add_provider("p", "sim", BTreeMap::default())
             .await
             .unwrap();
         for i in 0..30 {

@@ -4,6 +4,7 @@
 //! a destroy is refused `Busy`, while other sends and forks (which only
 //! read the snapshot) go on beside it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -16,7 +17,7 @@ async fn open(dir: &std::path::Path, sim: &SimProvider) -> Manager {
     config.factories.insert("sim".into(), sim.factory());
     let manager = Manager::open(dir, config).await.unwrap();
     manager
-        .add_provider("p", "sim", Default::default())
+        .add_provider("p", "sim", BTreeMap::default())
         .await
         .unwrap();
     manager

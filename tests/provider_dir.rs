@@ -554,7 +554,7 @@ fn hostile_streams_fail_cleanly_without_touching_anything_outside_the_root() {
     };
 
     // A small valid stream, crafted by hand: it is accepted as a whole...
-    let valid = Craft::new(0xabcdef, None)
+    let valid = Craft::new(0x00ab_cdef, None)
         .dir("", 0o755)
         .dir("d", 0o755)
         .file("d/f", 0o644, b"content")

@@ -13,6 +13,7 @@ mod agent_support;
 #[path = "common/config.rs"]
 mod config;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -188,7 +189,7 @@ async fn sim_agent(options: ServeOptions) -> (tempfile::TempDir, SimProvider, Te
     let agent = TestAgent::open(dir.path(), sim_config(&sim), options).await;
     agent
         .client
-        .create_volume("default", Some("t"), Default::default())
+        .create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     (dir, sim, agent)
@@ -395,11 +396,11 @@ async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
     .await;
     let v = a
         .client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     std::fs::write(Path::new(&v.location).join("f"), b"content").unwrap();
-    let s = a.client.snapshot("v", Default::default()).await.unwrap();
+    let s = a.client.snapshot("v", BTreeMap::default()).await.unwrap();
     let stream = a.client.send(&s.id, &[]).await.unwrap();
     a.shutdown().await;
     let liar = FakePeer::start(fixed(
@@ -418,7 +419,7 @@ async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
     };
     let b = TestAgent::open(dir_b.path(), config::serve_default(dir_b.path()), options).await;
     b.client
-        .create_volume("default", Some("t"), Default::default())
+        .create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     let done = b

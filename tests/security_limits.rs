@@ -23,6 +23,7 @@ mod agent_support;
 #[path = "common/config.rs"]
 mod config;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
@@ -449,7 +450,7 @@ async fn pulling_agent(limits: Limits, fake: &FakePeer) -> (tempfile::TempDir, T
     for id in ["t", "u"] {
         agent
             .client
-            .create_volume("default", Some(id), Default::default())
+            .create_volume("default", Some(id), BTreeMap::default())
             .await
             .unwrap();
     }
@@ -499,7 +500,7 @@ async fn a_source_trickling_bytes_is_stopped_by_the_minimum_rate_and_frees_its_t
     // The target is free: not busy, and a new operation on it succeeds.
     agent
         .client
-        .snapshot("t", Default::default())
+        .snapshot("t", BTreeMap::default())
         .await
         .unwrap();
     agent.shutdown().await;
@@ -517,7 +518,7 @@ async fn a_pull_past_its_deadline_is_stopped() {
     assert_error(&pull(&agent, "t").await, 504, "transfer_deadline");
     agent
         .client
-        .snapshot("t", Default::default())
+        .snapshot("t", BTreeMap::default())
         .await
         .unwrap();
     agent.shutdown().await;
@@ -556,7 +557,7 @@ async fn a_pull_in_flight_is_cancelled_by_delete_receive_and_pulls_are_capped() 
     assert_error(&in_flight.await.unwrap(), 409, "cancelled");
     agent
         .client
-        .snapshot("t", Default::default())
+        .snapshot("t", BTreeMap::default())
         .await
         .unwrap();
     // The slot is free again.
@@ -589,13 +590,13 @@ async fn dir_stream() -> Vec<u8> {
     let agent = TestAgent::open(dir.path(), config, ServeOptions::default()).await;
     let v = agent
         .client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     std::fs::write(Path::new(&v.location).join("f"), vec![7u8; 64 * 1024]).unwrap();
     let s = agent
         .client
-        .snapshot("v", Default::default())
+        .snapshot("v", BTreeMap::default())
         .await
         .unwrap();
     let stream = agent.client.send(&s.id, &[]).await.unwrap().to_vec();

@@ -122,17 +122,14 @@ async fn journal_workload(storage: Arc<dyn Storage>, sim: &SimStorage) -> Journa
                     if started_after_failure {
                         after.0.fetch_add(1, Ordering::SeqCst);
                     }
-                    match journal.append(&rec).await {
-                        Ok(seq) => {
-                            if started_after_failure {
-                                after.1.fetch_add(1, Ordering::SeqCst);
-                            }
-                            acked.lock().unwrap().insert(seq, (task, n));
+                    if let Ok(seq) = journal.append(&rec).await {
+                        if started_after_failure {
+                            after.1.fetch_add(1, Ordering::SeqCst);
                         }
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::SeqCst);
-                            failed.store(true, Ordering::SeqCst);
-                        }
+                        acked.lock().unwrap().insert(seq, (task, n));
+                    } else {
+                        errors.fetch_add(1, Ordering::SeqCst);
+                        failed.store(true, Ordering::SeqCst);
                     }
                 }
             }));

@@ -166,14 +166,11 @@ async fn run_workload(storage: &SimStorage, workload_seed: u64) -> Run {
             tasks.push(tokio::spawn(async move {
                 for request in requests(workload_seed, task, round) {
                     let ids: Vec<Id> = request.iter().map(Rec::id).collect();
-                    match journal.append_all(&request).await {
-                        Ok(first) => {
-                            acked.lock().unwrap().insert(first, ids);
-                        }
-                        Err(_) => {
-                            in_flight.lock().unwrap().push(ids);
-                            return false;
-                        }
+                    if let Ok(first) = journal.append_all(&request).await {
+                        acked.lock().unwrap().insert(first, ids);
+                    } else {
+                        in_flight.lock().unwrap().push(ids);
+                        return false;
                     }
                 }
                 true

@@ -353,7 +353,7 @@ async fn killed_pull_is_reconciled_resumable_and_the_agent_finishes_it_when_read
         .process_group(0)
         .spawn()
         .unwrap();
-    let pgid = child.id() as i32;
+    let pgid = child.id().cast_signed();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // The test harness prints its own lines first.
     let ready = lines

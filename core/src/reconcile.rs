@@ -673,7 +673,7 @@ mod tests {
             }),
             presence,
             location: "/v".into(),
-            details: Default::default(),
+            details: crate::model::Details::default(),
             partial,
         };
         let complete = item(Presence::Complete, None);

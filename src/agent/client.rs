@@ -262,7 +262,7 @@ impl EventStream {
                 let (field, value) = line.split_once(':').unwrap_or((&line, ""));
                 let value = value.strip_prefix(' ').unwrap_or(value);
                 match field {
-                    "event" => self.event = value.to_owned(),
+                    "event" => value.clone_into(&mut self.event),
                     "data" => self.data.push(value.to_owned()),
                     _ => {}
                 }

@@ -301,7 +301,13 @@ async fn create_volume(
         None => manager.create_volume(&provider, id, req.meta).await?,
         Some(bytes) => {
             manager
-                .create_volume_with(&provider, id, req.meta, Some(bytes), Default::default())
+                .create_volume_with(
+                    &provider,
+                    id,
+                    req.meta,
+                    Some(bytes),
+                    crate::provider::ProviderConfig::default(),
+                )
                 .await?
         }
     };

@@ -60,8 +60,9 @@ Exit codes:
 
 /// Arguments of `volmgr serve`.
 // The field docs are the `--help` text, written for a terminal: rustdoc's
-// HTML and Markdown readings of them (`<state-dir>`) are not wanted there.
-#[allow(rustdoc::invalid_html_tags)]
+// HTML and Markdown readings of them (`<state-dir>`, backticks) are not
+// wanted there.
+#[allow(rustdoc::invalid_html_tags, clippy::doc_markdown)]
 #[derive(Args, Debug)]
 #[command(after_help = SERVE_EXIT_CODES)]
 pub struct ServeArgs {
@@ -113,6 +114,8 @@ pub struct ServeArgs {
 /// The limits on what clients and peers may hold (see [`Limits`]). The
 /// defaults here are [`Limits::default`]'s (a test checks they agree).
 /// Durations take `ms`, `s`, `m` or `h`.
+// The field docs are the `--help` text (no Markdown: see `ServeArgs`).
+#[allow(clippy::doc_markdown)]
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Limits")]
 pub struct LimitArgs {

@@ -45,6 +45,9 @@ Exit codes:
      --recursive refused because forks depend on a snapshot)";
 
 /// Arguments of `volmgr volume`.
+// The field docs are the `--help` text, written for a terminal: no
+// Markdown backticks or angle brackets.
+#[allow(clippy::doc_markdown)]
 #[derive(Args, Debug)]
 #[command(after_help = VOLUME_EXIT_CODES)]
 pub struct VolumeArgs {

@@ -164,7 +164,7 @@ pub fn parameters(
             validate::id(value).map_err(|why| {
                 Status::invalid_argument(format!("parameter provider {value:?}: {why}"))
             })?;
-            provider = value.clone();
+            provider.clone_from(value);
             continue;
         }
         let ok = |s: &str| {

@@ -12,6 +12,7 @@
 //! snapshots depend on their volume (ZFS snapshots and clones do); the CO
 //! retries once they are gone.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -60,7 +61,7 @@ impl Plugin {
         proto::Volume {
             capacity_bytes: capacity_of(v).unwrap_or(0),
             volume_id: v.id.clone(),
-            volume_context: Default::default(),
+            volume_context: HashMap::default(),
             content_source: v
                 .meta
                 .get(META_SOURCE)
@@ -283,7 +284,7 @@ impl Controller {
             return Ok(i64::try_from(current).unwrap_or(i64::MAX));
         }
         let v = m
-            .set_volume_attributes(id, Some(want), Default::default())
+            .set_volume_attributes(id, Some(want), ProviderConfig::default())
             .await
             .map_err(from_manager)?;
         Ok(capacity_of(&v).unwrap_or(0))

@@ -1,5 +1,6 @@
 //! The CSI Identity service: plugin name and version, capabilities, probe.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -38,7 +39,7 @@ impl proto::identity_server::Identity for Identity {
         Ok(Response::new(GetPluginInfoResponse {
             name: PLUGIN_NAME.to_owned(),
             vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
-            manifest: Default::default(),
+            manifest: HashMap::default(),
         }))
     }
 

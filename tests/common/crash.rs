@@ -340,7 +340,7 @@ fn run_child(spec: &ChildSpec, acks_before_kill: usize, stderr_dir: &Path) -> Li
         .process_group(0)
         .spawn()
         .unwrap();
-    let pgid = child.id() as libc::pid_t;
+    let pgid = child.id().cast_signed();
     // A child that hangs is killed after LIFE_LIMIT and reported, rather
     // than stalling the test forever.
     let (alive, watched) = std::sync::mpsc::channel::<()>();

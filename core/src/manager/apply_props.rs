@@ -107,7 +107,7 @@ fn records(moves: &[Move], inject: Option<usize>) -> Vec<Record> {
                     0 => Action::AddProvider(ProviderRecord {
                         id: "p".into(),
                         kind: "none".into(),
-                        config: Default::default(),
+                        config: crate::provider::ProviderConfig::default(),
                     }),
                     1 => Action::CreateVolume {
                         provider: "p".into(),
@@ -271,7 +271,7 @@ async fn run(records: Vec<Record>, chunks: Vec<u8>) -> Result<(), TestCaseError>
     let mut after = Vec::new();
     let read =
         crate::journal::reader::read_log::<Record>(storage.as_ref(), dir.path(), |seq, r| {
-            after.push((seq, r))
+            after.push((seq, r));
         })
         .unwrap();
     let recovery = Recovery {

@@ -39,7 +39,11 @@ impl Drop for Claim {
         if self.keep {
             return;
         }
-        let mut core = self.inner.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut core = self
+            .inner
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for id in &self.ids {
             core.busy.remove(id);
         }
@@ -70,7 +74,7 @@ impl Inner {
         if let Some(p) = self
             .providers
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(id)
         {
             return Ok(p.clone());
@@ -78,7 +82,7 @@ impl Inner {
         if let Some(reason) = self
             .unavailable
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(id)
         {
             return Err(ManagerError::ProviderUnavailable {
@@ -90,7 +94,10 @@ impl Inner {
     }
 
     pub(super) fn volume(&self, id: &str) -> Result<Volume, ManagerError> {
-        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let core = self
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         core.state
             .volumes
             .get(id)
@@ -117,7 +124,10 @@ impl Inner {
         shared: &[&str],
         check: impl FnOnce(&State) -> Result<T, ManagerError>,
     ) -> Result<(Claim, T), ManagerError> {
-        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut core = self
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(e) = &core.poisoned {
             return Err(ManagerError::RecordRejected(e.clone()));
         }
@@ -240,7 +250,10 @@ impl Inner {
     /// [`super::replay`]): nothing after it is applied, waiters are woken with
     /// the error, and every later operation is refused with it.
     pub(super) fn submit(&self, seq: u64, record: Record) {
-        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut core = self
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Precondition: each durable record arrives once, after those applied.
         assert!(
             seq > core.state.seq && !core.waiting.contains_key(&seq),
@@ -296,7 +309,10 @@ impl Inner {
 
     /// The error every operation gets once the manager is poisoned.
     pub(super) fn poison(&self) -> Option<ManagerError> {
-        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let core = self
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         core.poisoned.clone().map(ManagerError::RecordRejected)
     }
 

@@ -362,7 +362,7 @@ impl Watchdog {
             return Watchdog { shared: None };
         };
         let shared = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
-        let pid = child.id() as libc::pid_t;
+        let pid = child.id().cast_signed();
         let s = shared.clone();
         let handle = std::thread::spawn(move || {
             let (lock, cond) = &*s;

@@ -591,18 +591,17 @@ impl Provider for DirProvider {
 
     fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
         check_id(volume.id)?;
-        match self.marker(volume.kind, volume.id)? {
-            Some(m) => self.remove_item(&m),
-            None => {
-                let path = self.path(volume.kind, volume.id);
-                if lstat(&path)?.is_some() {
-                    return Err(ProviderError::Other(format!(
-                        "refusing to destroy {}: it carries no ownership marker",
-                        path.display()
-                    )));
-                }
-                Ok(())
+        if let Some(m) = self.marker(volume.kind, volume.id)? {
+            self.remove_item(&m)
+        } else {
+            let path = self.path(volume.kind, volume.id);
+            if lstat(&path)?.is_some() {
+                return Err(ProviderError::Other(format!(
+                    "refusing to destroy {}: it carries no ownership marker",
+                    path.display()
+                )));
             }
+            Ok(())
         }
     }
 

@@ -271,7 +271,7 @@ impl StorageFile for RealFile {
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => self.0.set_len(len),
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => self.0.set_len(len),
             _ => Err(err),
         }
     }

@@ -644,7 +644,7 @@ fn follow(
                     ops,
                     printer,
                 )? {
-                    cur = Some(t)
+                    cur = Some(t);
                 } else {
                     after = segments.last().map(|(s, _)| *s);
                     cur = None;

@@ -94,7 +94,7 @@ pub(crate) fn warn(text: &str) {
 pub fn rfc3339_ms(at_ms: u64) -> String {
     let secs = at_ms / 1000;
     let milli = at_ms % 1000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let (y, m, d) = civil_from_days((secs / 86_400).cast_signed());
     let sod = secs % 86_400;
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",

@@ -39,7 +39,7 @@ pub(super) fn run(args: &StateArgs, out: &mut Out) -> Result<i32, CliError> {
             .first()
             .map(|(s, _)| *s);
         if let Some(first) = first_segment.filter(|f| *f > 1) {
-            return Err(compacted(&storage, state_dir, n, first)?);
+            return Err(compacted(storage, state_dir, n, first)?);
         }
     }
     let mut damage = None;
@@ -158,13 +158,13 @@ fn volume_json(v: &crate::state::Volume) -> serde_json::Value {
 
 /// The error for `--at-seq N` before the oldest history the journal keeps.
 fn compacted(
-    storage: &ReadOnlyStorage,
+    storage: ReadOnlyStorage,
     state_dir: &std::path::Path,
     at: u64,
     first: u64,
 ) -> Result<CliError, CliError> {
     let mut oldest = None;
-    scan::each_checkpoint(storage, state_dir, |c| {
+    scan::each_checkpoint(&storage, state_dir, |c| {
         if c.state.is_ok() {
             oldest = Some(c.seq);
         }

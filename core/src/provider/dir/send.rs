@@ -38,7 +38,7 @@ struct Frame {
     left: Vec<Vec<u8>>,
 }
 
-impl<'a> Enc<'a> {
+impl Enc<'_> {
     fn put(&mut self, b: &[u8]) -> Result<(), ProviderError> {
         self.w.write_all(b).map_err(wio)
     }

@@ -21,7 +21,10 @@ pub(super) struct SimLock {
 
 impl Drop for SimLock {
     fn drop(&mut self) {
-        let mut fs = self.fs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fs = self
+            .fs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if fs.locks.get(&self.path) == Some(&self.token) {
             fs.locks.remove(&self.path);
         }
@@ -43,7 +46,9 @@ impl fmt::Debug for SimFile {
 
 impl SimFile {
     fn lock(&self) -> MutexGuard<'_, Fs> {
-        self.fs.lock().unwrap_or_else(|e| e.into_inner())
+        self.fs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -89,7 +89,9 @@ impl SimStorage {
     }
 
     fn lock(&self) -> MutexGuard<'_, Fs> {
-        self.fs.lock().unwrap_or_else(|e| e.into_inner())
+        self.fs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sync points (`sync_data`, `sync_all`, `sync_dir` calls) so far,
