@@ -21,7 +21,7 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x as u8
+            x.to_le_bytes()[0]
         })
         .collect()
 }
@@ -412,7 +412,7 @@ async fn a_broken_pull_is_kept_resumable_and_the_next_pull_sends_only_the_rest()
             .unwrap();
     assert!(done.resumed, "{done:?}");
     assert_eq!(
-        done.bytes as usize,
+        usize::try_from(done.bytes).unwrap(),
         whole - cut,
         "only the rest crossed (whole stream {whole} bytes, cut at {cut})"
     );

@@ -141,10 +141,13 @@ async fn creates_killed_mid_flight_and_retried_by_name_happen_exactly_once() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
+            u64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos(),
+            )
+            .unwrap()
                 | 1
         });
     println!("csi crash test: seed {seed} (VOLMGR_CRASH_SEED={seed} replays it), {kills} kills");

@@ -98,7 +98,7 @@ fn expectation(segments: &[(PathBuf, Vec<u8>)], seg: usize, pos: usize) -> Expec
         return corrupt(0);
     }
     for (i, frame) in scan.frames.iter().enumerate() {
-        let start = frame.offset as usize;
+        let start = usize::try_from(frame.offset).unwrap();
         if (start..start + format::frame_len(frame.payload.len())).contains(&pos) {
             let is_last_record = is_last_segment && i + 1 == scan.frames.len();
             return if is_last_record {
@@ -375,7 +375,7 @@ async fn bit_flips_in_the_newest_checkpoint_fall_back_to_the_previous_one() {
         "{:#?}",
         &failures[..failures.len().min(10)]
     );
-    assert_eq!(fell_back as usize, ckpt_files[1].1.len());
+    assert_eq!(usize::try_from(fell_back).unwrap(), ckpt_files[1].1.len());
 }
 
 #[tokio::test]

@@ -90,7 +90,8 @@ fn segment_size() -> impl Strategy<Value = u64> {
 
 /// The largest payload one record may have in a segment of this size.
 fn payload_limit(segment_size: u64) -> usize {
-    let room = segment_size as usize - SEGMENT_HEADER_LEN - format::FRAME_HEADER_LEN;
+    let room =
+        usize::try_from(segment_size).unwrap() - SEGMENT_HEADER_LEN - format::FRAME_HEADER_LEN;
     format::MAX_PAYLOAD_LEN.min(room)
 }
 
@@ -148,7 +149,7 @@ fn fits(records: &[Rec], segment_size: u64) -> bool {
         }
         total += format::frame_len(len);
     }
-    total <= segment_size as usize - SEGMENT_HEADER_LEN
+    total <= usize::try_from(segment_size).unwrap() - SEGMENT_HEADER_LEN
 }
 
 /// Syncs are skipped: this is about what is replayed, and clean closes.

@@ -121,7 +121,8 @@ fn crafted_frames_claiming_huge_lengths_at_every_offset_scan_in_linear_time() {
     let mut p = format::SEGMENT_HEADER_LEN;
     while p + FRAME_HEADER_LEN <= len {
         // crc 0 (wrong), len just under the limit, seq 9, batch 9.
-        bytes[p + 4..p + 8].copy_from_slice(&((MAX_PAYLOAD_LEN - 64) as u32).to_le_bytes());
+        bytes[p + 4..p + 8]
+            .copy_from_slice(&u32::try_from(MAX_PAYLOAD_LEN - 64).unwrap().to_le_bytes());
         bytes[p + 8..p + 16].copy_from_slice(&9u64.to_le_bytes());
         bytes[p + 16..p + 24].copy_from_slice(&9u64.to_le_bytes());
         p += FRAME_ALIGN;
@@ -557,8 +558,12 @@ fn many_large_checkpoints_are_read_one_at_a_time() {
     for count in [1u64, 6] {
         for seq in 1..=count {
             // Newest last, so every one is a valid checkpoint of its seq.
-            size =
-                tool::big_checkpoint(dir.path(), 12 + seq, &states[(12 + seq) as usize], BALLAST);
+            size = tool::big_checkpoint(
+                dir.path(),
+                12 + seq,
+                &states[usize::try_from(12 + seq).unwrap()],
+                BALLAST,
+            );
         }
         for sub in ["verify", "stats", "state", "dump"] {
             let (kib, code) = peak_rss_kib(&[sub, &d]);

@@ -341,7 +341,11 @@ fn corrupt_middle_segment(dir: &Path) -> (PathBuf, u64) {
     let at = offsets[2];
     let bytes = fs::read(&middle).unwrap();
     let target = at + 40;
-    write_at(&middle, target, &[bytes[target as usize] ^ 0x5a]);
+    write_at(
+        &middle,
+        target,
+        &[bytes[usize::try_from(target).unwrap()] ^ 0x5a],
+    );
     (middle, at)
 }
 
@@ -982,7 +986,7 @@ fn damaged_journals_get_an_exit_code_never_a_panic_or_a_hang() {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(template.path(), dir.path());
         let victim = dir.path().join(
-            files[next(files.len() as u64) as usize]
+            files[usize::try_from(next(files.len() as u64)).unwrap()]
                 .strip_prefix(template.path())
                 .unwrap(),
         );
@@ -990,13 +994,13 @@ fn damaged_journals_get_an_exit_code_never_a_panic_or_a_hang() {
         let at = next(len);
         let what = match case % 4 {
             0 => {
-                let b = fs::read(&victim).unwrap()[at as usize];
+                let b = fs::read(&victim).unwrap()[usize::try_from(at).unwrap()];
                 write_at(&victim, at, &[b ^ (1 << next(8))]);
                 format!("flip a bit at {at}")
             }
             1 => {
                 let sector = at / 512 * 512;
-                let n = 512.min(len - sector) as usize;
+                let n = usize::try_from(512.min(len - sector)).unwrap();
                 write_at(&victim, sector, &vec![0; n]);
                 format!("zero the sector at {sector}")
             }
@@ -1010,8 +1014,8 @@ fn damaged_journals_get_an_exit_code_never_a_panic_or_a_hang() {
                 format!("truncate to {at}")
             }
             _ => {
-                let n = (1 + next(64)).min(len - at) as usize;
-                let garbage: Vec<u8> = (0..n).map(|_| next(256) as u8).collect();
+                let n = usize::try_from((1 + next(64)).min(len - at)).unwrap();
+                let garbage: Vec<u8> = (0..n).map(|_| u8::try_from(next(256)).unwrap()).collect();
                 write_at(&victim, at, &garbage);
                 format!("{n} garbage bytes at {at}")
             }

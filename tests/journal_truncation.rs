@@ -171,7 +171,7 @@ async fn every_cut_of_the_last_segment_opens_to_the_longest_valid_prefix() {
         .iter()
         .map(|f| {
             let len = format::frame_len(f.payload.len());
-            (f.offset as usize, len)
+            (usize::try_from(f.offset).unwrap(), len)
         })
         .collect();
     assert!(

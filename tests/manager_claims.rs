@@ -61,7 +61,10 @@ async fn a_snapshot_being_sent_cannot_be_destroyed_but_can_be_sent_and_forked_ag
     let mut rest = Vec::new();
     reader.read_to_end(&mut rest).await.unwrap();
     let stats = sending.await.unwrap().unwrap();
-    assert_eq!(stats.bytes as usize, first.len() + rest.len());
+    assert_eq!(
+        usize::try_from(stats.bytes).unwrap(),
+        first.len() + rest.len()
+    );
     for id in [&fork.id, &fork2.id] {
         m.destroy_volume(id).await.unwrap();
     }

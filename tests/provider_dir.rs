@@ -49,7 +49,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x as u8
+            x.to_le_bytes()[0]
         })
         .collect()
 }
@@ -494,7 +494,8 @@ impl Craft {
     fn rec(mut self, tag: u8, path: &[u8]) -> Self {
         self.n += 1;
         self.b.push(tag);
-        self.b.extend_from_slice(&(path.len() as u16).to_be_bytes());
+        self.b
+            .extend_from_slice(&u16::try_from(path.len()).unwrap().to_be_bytes());
         self.b.extend_from_slice(path);
         self
     }
@@ -527,7 +528,7 @@ impl Craft {
 
     fn link(self, path: &str, target: &str) -> Self {
         self.rec(b'L', path.as_bytes())
-            .raw(&(target.len() as u16).to_be_bytes())
+            .raw(&u16::try_from(target.len()).unwrap().to_be_bytes())
             .raw(target.as_bytes())
     }
 

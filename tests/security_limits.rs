@@ -78,14 +78,14 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr, rcvbuf: i32) -> TcpStream {
         panic!("IPv4 only")
     };
     let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap(),
         sin_port: port.to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(ip).to_be(),
         },
         sin_zero: [0; 8],
     };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap();
     // SAFETY: plain socket calls on a descriptor we own; the addresses are
     // valid sockaddr_in values of the given length.
     unsafe {
@@ -97,7 +97,7 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr, rcvbuf: i32) -> TcpStream {
             libc::SOL_SOCKET,
             libc::SO_RCVBUF,
             (&raw const buf).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
+            libc::socklen_t::try_from(std::mem::size_of::<i32>()).unwrap(),
         );
         let local = sockaddr(from, 0);
         assert_eq!(
@@ -302,7 +302,9 @@ fn big_snapshot(agent: &ServeProcess, id: &str, mib: usize) -> String {
     );
     assert_eq!(status, 200, "{v}");
     let location = v["location"].as_str().unwrap();
-    let block: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let block: Vec<u8> = (0..1 << 20)
+        .map(|i| u8::try_from(i * 7 % 251).unwrap())
+        .collect();
     let mut file = std::fs::File::create(Path::new(location).join("big")).unwrap();
     for _ in 0..mib {
         file.write_all(&block).unwrap();

@@ -203,10 +203,10 @@ fn check_journal_image(image: &SimStorage, run: &JournalRun) -> Vec<String> {
         ids.push((rec.task, rec.n));
     }
     for (seq, id) in &run.acked {
-        if ids.get(*seq as usize - 1) != Some(id) {
+        if ids.get(usize::try_from(*seq).unwrap() - 1) != Some(id) {
             problems.push(format!(
                 "acknowledged {id:?} at {seq} replayed as {:?}",
-                ids.get(*seq as usize - 1)
+                ids.get(usize::try_from(*seq).unwrap() - 1)
             ));
             break;
         }
@@ -297,7 +297,7 @@ async fn journal_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
     let sim = SimStorage::new();
     let faulty = FaultyStorage::new(Arc::new(sim.clone()));
     let dry = journal_workload(Arc::new(faulty.clone()), &sim).await;
-    assert!(dry.acked.len() as u32 == TASKS as u32 * APPENDS * ROUNDS);
+    assert!(u32::try_from(dry.acked.len()).unwrap() == TASKS as u32 * APPENDS * ROUNDS);
     let counts = dry_counts(&faulty);
     let mut i = 0u64;
     for (op, count) in counts.values() {

@@ -326,7 +326,7 @@ async fn kill_9_of_volmgr_serve_under_http_load_loses_no_acknowledged_volume_and
     let scale = torture_support::scale();
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap());
     let seed = torture_support::seed(clock);
     println!("kill -9: seed {seed:#x} (VOLMGR_TORTURE_SEED={seed:#x} replays the kill points)");
     let mut rng = SplitMix64::new(seed);

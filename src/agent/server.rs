@@ -420,7 +420,7 @@ async fn log_request(req: Request, next: Next) -> Response {
     async move {
         let mut response = next.run(req).await;
         let status = response.status().as_u16();
-        let latency_ms = started.elapsed().as_millis() as u64;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(status, latency_ms, "request done");
         if let Ok(v) = HeaderValue::from_str(&req_id.to_string()) {
             response.headers_mut().insert("x-request-id", v);

@@ -372,9 +372,9 @@ pub(crate) fn page<T>(
     max: i32,
     token: &str,
 ) -> Result<(Vec<T>, String), Status> {
-    if max < 0 {
+    let Ok(max) = usize::try_from(max) else {
         return Err(Status::invalid_argument("max_entries must not be negative"));
-    }
+    };
     let start = if token.is_empty() {
         0
     } else {
@@ -384,8 +384,8 @@ pub(crate) fn page<T>(
     };
     let mut rest: Vec<T> = items.into_iter().skip(start).collect();
     let mut next = String::new();
-    if max > 0 && rest.len() > max as usize {
-        rest.truncate(max as usize);
+    if max > 0 && rest.len() > max {
+        rest.truncate(max);
         next = names::token_after(id(&rest[rest.len() - 1]));
     }
     Ok((rest, next))

@@ -154,7 +154,7 @@ impl CrashTest<'_> {
                 workers: self.workers,
                 destroy_tenths: self.destroy_tenths,
             };
-            let acks_before_kill = 1 + rng.below(self.max_acks_per_life) as usize;
+            let acks_before_kill = 1 + usize::try_from(rng.below(self.max_acks_per_life)).unwrap();
             let life = run_child(&spec, acks_before_kill, stderr_dir.path());
             let mut problems = Vec::new();
             if let Some(stderr) = life.died {
@@ -477,23 +477,23 @@ async fn one_operation(
         let _ = std::fs::write(Path::new(&v.location).join("data"), &v.id);
         Ok(format!("create {}", v.id))
     } else if pick < 5 {
-        let v = data[rng.below(data.len() as u64) as usize];
+        let v = data[usize::try_from(rng.below(data.len() as u64)).unwrap()];
         let s = m.create_snapshot(&v.id, Meta::new()).await?;
         Ok(format!("snapshot {}", s.id))
     } else if pick < 6 && !snaps.is_empty() {
-        let s = snaps[rng.below(snaps.len() as u64) as usize];
+        let s = snaps[usize::try_from(rng.below(snaps.len() as u64)).unwrap()];
         let f = m.fork_volume(&s.id, None, Meta::new()).await?;
         Ok(format!("fork {}", f.id))
     } else if pick < receive_below && !snaps.is_empty() {
-        let s = snaps[rng.below(snaps.len() as u64) as usize];
-        let t = data[rng.below(data.len() as u64) as usize];
+        let s = snaps[usize::try_from(rng.below(snaps.len() as u64)).unwrap()];
+        let t = data[usize::try_from(rng.below(data.len() as u64)).unwrap()];
         let haves = m.list_haves(&t.id).unwrap_or_default();
         let mut stream = Vec::new();
         m.send_snapshot(&s.id, &haves, &mut stream).await?;
         let r = m.receive_snapshot(&t.id, stream.as_slice()).await?;
         Ok(format!("receive {}", r.id))
     } else {
-        let v = &volumes[rng.below(volumes.len() as u64) as usize];
+        let v = &volumes[usize::try_from(rng.below(volumes.len() as u64)).unwrap()];
         // Announced first: from here on its existence is uncertain.
         say(format!("BEGIN destroy {}", v.id));
         m.destroy_volume(&v.id).await?;

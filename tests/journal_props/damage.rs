@@ -88,7 +88,10 @@ fn write_template(dir: &Path, volumes: u64, checkpoints: &[u64]) {
                 Action::CreateVolume {
                     provider: "p".into(),
                     volume: name.clone(),
-                    meta: Meta::from([("note".to_owned(), "x".repeat((n % 7 * 9) as usize))]),
+                    meta: Meta::from([(
+                        "note".to_owned(),
+                        "x".repeat(usize::try_from(n % 7 * 9).unwrap()),
+                    )]),
                 },
             );
             let outcome = done(n, &format!("/srv/{name}"));
@@ -303,7 +306,11 @@ fn apply(dir: &Path, damage: &Damage) -> String {
                 return "empty file".into();
             }
             let at = u64::from(at) % bytes.len() as u64;
-            write_at(path, at, &[bytes[at as usize] ^ (1 << bit)]);
+            write_at(
+                path,
+                at,
+                &[bytes[usize::try_from(at).unwrap()] ^ (1 << bit)],
+            );
             format!("flip bit {bit} at {at} of {}", path.display())
         }
         Damage::Cut { segment, at } => {
@@ -325,7 +332,7 @@ fn apply(dir: &Path, damage: &Damage) -> String {
             }
             let at = u64::from(at) % size;
             let n = u64::from(len).min(size - at);
-            write_at(&path, at, &vec![0; n as usize]);
+            write_at(&path, at, &vec![0; usize::try_from(n).unwrap()]);
             format!("zero {n} bytes at {at} of {}", path.display())
         }
         Damage::GarbageAfterLast { skip, ref bytes } => {
@@ -334,7 +341,7 @@ fn apply(dir: &Path, damage: &Damage) -> String {
             };
             let end = written_end(&std::fs::read(&path).unwrap()) + u64::from(skip);
             let size = std::fs::metadata(&path).unwrap().len();
-            let n = (bytes.len() as u64).min(size.saturating_sub(end)) as usize;
+            let n = usize::try_from((bytes.len() as u64).min(size.saturating_sub(end))).unwrap();
             write_at(&path, end, &bytes[..n]);
             format!("{n} garbage bytes at {end} of {}", path.display())
         }
@@ -354,11 +361,11 @@ fn apply(dir: &Path, damage: &Damage) -> String {
             let bytes = match shape {
                 Shape::Empty => Vec::new(),
                 Shape::TenHeaderBytes => format::encode_segment_header(name)[..10].to_vec(),
-                Shape::Zeros => vec![0; SEGMENT_SIZE as usize],
+                Shape::Zeros => vec![0; usize::try_from(SEGMENT_SIZE).unwrap()],
                 Shape::StaleHeaderCrc => {
                     let mut b = format::encode_segment_header(name).to_vec();
                     b[format::SEG_CRC_OFFSET] ^= 0x40;
-                    b.resize(SEGMENT_SIZE as usize, 0);
+                    b.resize(usize::try_from(SEGMENT_SIZE).unwrap(), 0);
                     b
                 }
                 Shape::Garbage(seed) => {
@@ -368,7 +375,7 @@ fn apply(dir: &Path, damage: &Damage) -> String {
                             x ^= x << 13;
                             x ^= x >> 7;
                             x ^= x << 17;
-                            x as u8
+                            x.to_le_bytes()[0]
                         })
                         .collect()
                 }
@@ -421,7 +428,7 @@ fn apply(dir: &Path, damage: &Damage) -> String {
             match how {
                 CheckpointDamage::Flip { at, bit } => {
                     let at = u64::from(at) % len.max(1);
-                    let b = std::fs::read(&path).unwrap()[at as usize];
+                    let b = std::fs::read(&path).unwrap()[usize::try_from(at).unwrap()];
                     write_at(&path, at, &[b ^ (1 << bit)]);
                     format!("flip bit {bit} at {at} of {}", path.display())
                 }

@@ -23,6 +23,11 @@ use crate::journal::{self};
 use crate::provider::{Provider, ProviderConfig, ProviderError};
 use crate::state::{Action, Done, OpId, OpResult, Record, State, Volume};
 
+/// Nanoseconds since `t`, saturating (a u64 holds 584 years of them).
+fn nanos_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Releases claimed volume ids when the operation ends (or its task panics).
 pub(super) struct Claim {
     inner: Arc<Inner>,
@@ -177,8 +182,8 @@ impl Inner {
         let op = Uuid::now_v7();
         let name = action.name();
         let span = tracing::info_span!("op", %op, kind = name, volume = ?action.volumes().first());
-        let _enter = span.enter();
-        drop(_enter);
+        let entered = span.enter();
+        drop(entered);
         let intent = Record::Intent {
             op,
             at_ms: now_ms(),
@@ -186,7 +191,7 @@ impl Inner {
         };
         // Invariant 1: the intent is durable before the provider is touched.
         let seq = self.journal.append(&intent).await?;
-        let mut journal_ns = started.elapsed().as_nanos() as u64;
+        let mut journal_ns = nanos_since(started);
         self.submit(seq, intent);
         self.wait_applied(seq).await?;
         let result = tokio::task::spawn_blocking(move || effect(op))
@@ -220,7 +225,7 @@ impl Inner {
         // Invariant 2: acknowledged only once the outcome is durable.
         let append_started = Instant::now();
         let appended = self.journal.append(&record).await;
-        journal_ns += append_started.elapsed().as_nanos() as u64;
+        journal_ns += nanos_since(append_started);
         let seq = match appended {
             Ok(seq) => seq,
             Err(e) => {
@@ -235,7 +240,7 @@ impl Inner {
         let c = &self.counters;
         c.operations.fetch_add(1, Ordering::Relaxed);
         c.operation_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(nanos_since(started), Ordering::Relaxed);
         c.journal_wait_ns.fetch_add(journal_ns, Ordering::Relaxed);
         tracing::debug!(%op, kind = name, seq, "operation done");
         match error {

@@ -54,9 +54,10 @@ impl Enc<'_> {
                 tree::show(rel)
             )));
         }
+        let len = u16::try_from(rel.len()).expect("MAX_PATH fits in u16");
         self.count += 1;
         self.put(&[tag])?;
-        self.put(&(rel.len() as u16).to_be_bytes())?;
+        self.put(&len.to_be_bytes())?;
         self.put(rel)
     }
 
@@ -81,8 +82,9 @@ impl Enc<'_> {
                 tree::shown_in(self.root, rel)
             )));
         }
+        let len = u16::try_from(target.len()).expect("MAX_LINK fits in u16");
         self.record(TAG_LINK, rel)?;
-        self.put(&(target.len() as u16).to_be_bytes())?;
+        self.put(&len.to_be_bytes())?;
         self.put(target)
     }
 

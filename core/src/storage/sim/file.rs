@@ -8,7 +8,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::fs::Fs;
+use super::fs::{Fs, idx};
 use crate::storage::StorageFile;
 
 /// Releases its lock on drop, unless a power cut already released it (the
@@ -60,14 +60,14 @@ impl StorageFile for SimFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut fs = self.lock();
         let data = &fs.inode(self.ino).data;
-        let end = offset as usize + buf.len();
+        let end = idx(offset) + buf.len();
         if end > data.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "read past the end of the file",
             ));
         }
-        buf.copy_from_slice(&data[offset as usize..end]);
+        buf.copy_from_slice(&data[idx(offset)..end]);
         Ok(())
     }
 

@@ -57,6 +57,12 @@ pub(super) struct Fs {
     pub(super) capacity: Option<u64>,
 }
 
+/// A simulated file offset or length as an index into its bytes: they live
+/// in memory, so any length they reach fits in `usize`.
+pub(super) fn idx(n: u64) -> usize {
+    usize::try_from(n).expect("simulated file offsets fit in memory")
+}
+
 pub(super) fn parent_of(path: &Path) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or_default()
 }
@@ -151,14 +157,14 @@ impl Fs {
 
     pub(super) fn write(&mut self, ino: u64, buf: &[u8], offset: u64) -> io::Result<()> {
         self.check_live("write")?;
-        let end = offset as usize + buf.len();
+        let end = idx(offset) + buf.len();
         let old_len = self.inode(ino).data.len();
         self.charge(old_len, old_len.max(end))?;
         let inode = self.inode(ino);
         if inode.data.len() < end {
             inode.data.resize(end, 0);
         }
-        inode.data[offset as usize..end].copy_from_slice(buf);
+        inode.data[idx(offset)..end].copy_from_slice(buf);
         inode.pending.push(FileChange::Write {
             offset,
             bytes: buf.to_vec(),
@@ -169,9 +175,9 @@ impl Fs {
     pub(super) fn set_len(&mut self, ino: u64, len: u64) -> io::Result<()> {
         self.check_live("set_len")?;
         let old_len = self.inode(ino).data.len();
-        self.charge(old_len, len as usize)?;
+        self.charge(old_len, idx(len))?;
         let inode = self.inode(ino);
-        inode.data.resize(len as usize, 0);
+        inode.data.resize(idx(len), 0);
         inode.pending.push(FileChange::SetLen(len));
         Ok(())
     }
@@ -202,7 +208,7 @@ impl Fs {
             let keep = match policy.dirs {
                 DirLoss::ForgetAll => 0,
                 DirLoss::KeepAll => changes.len(),
-                DirLoss::RandomPrefix => rng.below(changes.len() as u64 + 1) as usize,
+                DirLoss::RandomPrefix => idx(rng.below(changes.len() as u64 + 1)),
             };
             for change in &changes[..keep] {
                 for (path, node) in change {
@@ -284,7 +290,7 @@ fn cut_file(inode: &Inode, rng: &mut SplitMix64, policy: DataLoss) -> Vec<u8> {
                     DataLoss::Random => rng.below(2) == 0,
                 };
                 if keep {
-                    bytes.resize(*len as usize, 0);
+                    bytes.resize(idx(*len), 0);
                 }
             }
             FileChange::Write {
@@ -295,17 +301,17 @@ fn cut_file(inode: &Inode, rng: &mut SplitMix64, policy: DataLoss) -> Vec<u8> {
                 let end = offset + written.len() as u64;
                 while pos < end {
                     let piece_end = ((pos / SECTOR_LEN + 1) * SECTOR_LEN).min(end);
-                    let piece = &written[(pos - offset) as usize..(piece_end - offset) as usize];
+                    let piece = &written[idx(pos - offset)..idx(piece_end - offset)];
                     let choice = match policy {
                         DataLoss::DropAll => 0,
                         DataLoss::KeepAll => 1,
                         DataLoss::Random => rng.below(3),
                     };
                     if choice != 0 {
-                        if bytes.len() < piece_end as usize {
-                            bytes.resize(piece_end as usize, 0);
+                        if bytes.len() < idx(piece_end) {
+                            bytes.resize(idx(piece_end), 0);
                         }
-                        let target = &mut bytes[pos as usize..piece_end as usize];
+                        let target = &mut bytes[idx(pos)..idx(piece_end)];
                         if choice == 1 {
                             target.copy_from_slice(piece);
                         } else {

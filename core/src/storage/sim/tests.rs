@@ -76,7 +76,7 @@ fn unsynced_sectors_are_dropped_kept_or_garbled_independently() {
     let mut seen = BTreeSet::new();
     for seed in 0..64 {
         let bytes = s.power_cut(seed).read(Path::new("/f")).unwrap();
-        for sector in bytes.chunks(SECTOR_LEN as usize) {
+        for sector in bytes.chunks(usize::try_from(SECTOR_LEN).unwrap()) {
             seen.insert(if sector.iter().all(|&b| b == 0) {
                 "dropped"
             } else if sector.iter().all(|&b| b == 1) {
