@@ -447,7 +447,7 @@ async fn an_agent_resumes_an_interrupted_pull_when_ready_and_discards_one_it_can
     p.sim_a.cut_sends(None);
     p.a.client.destroy(&gone.id).await.unwrap();
     let Pair {
-        _dirs,
+        _dirs: dirs,
         sim_a: _sim_a,
         sim_b,
         a,
@@ -456,7 +456,7 @@ async fn an_agent_resumes_an_interrupted_pull_when_ready_and_discards_one_it_can
     b.shutdown().await;
 
     // Restart: the agent resumes the pull into dst by itself...
-    let manager = volmgr::manager::Manager::open(_dirs.1.path(), sim_config(&sim_b))
+    let manager = volmgr::manager::Manager::open(dirs.1.path(), sim_config(&sim_b))
         .await
         .unwrap();
     let mut events = manager.subscribe();
@@ -481,7 +481,7 @@ async fn an_agent_resumes_an_interrupted_pull_when_ready_and_discards_one_it_can
     // ...and discards the one whose source snapshot is gone (the resume
     // task is tracked: it has finished once the agent has shut down).
     b.shutdown().await;
-    let manager = volmgr::manager::Manager::open(_dirs.1.path(), sim_config(&sim_b))
+    let manager = volmgr::manager::Manager::open(dirs.1.path(), sim_config(&sim_b))
         .await
         .unwrap();
     for target in ["dst", "dst2"] {

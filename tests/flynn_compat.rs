@@ -226,7 +226,7 @@ fn flynns_send_and_pull_by_host_id_work_between_two_agents_configured_with_peers
     let src_dir = src["location"].as_str().unwrap().to_owned();
     write_files(
         &src_dir,
-        &[("one.txt", b"one\n"), ("big.bin", &[7u8; 300_000])],
+        &[("one.txt", b"one\n"), ("big.bin", &vec![7u8; 300_000])],
     );
     let s1 = ha.send("PUT", "/storage/volumes/src/snapshot", None).info();
     let s1_id = s1["id"].as_str().unwrap();

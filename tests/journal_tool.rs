@@ -9,6 +9,7 @@
 mod journal_support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
@@ -309,8 +310,7 @@ fn frames(segment: &Path) -> (Vec<u64>, u64) {
     let bytes = fs::read(segment).unwrap();
     let scan = reader::scan_segment(&bytes).unwrap();
     let end = match scan.end {
-        SegmentEnd::Clean { offset } => offset,
-        SegmentEnd::Invalid { offset, .. } => offset,
+        SegmentEnd::Clean { offset } | SegmentEnd::Invalid { offset, .. } => offset,
     };
     (scan.frames.iter().map(|f| f.offset).collect(), end)
 }
@@ -374,7 +374,7 @@ fn journal_cmd(dir: &Path, sub: &str, extra: &[&str]) -> Run {
 fn transcript(run: &Run, dir: &Path) -> String {
     let d = dir.to_str().unwrap();
     let mut t = run.stdout.replace(d, "<STATE>");
-    t.push_str(&format!("[exit {}]\n", run.code));
+    writeln!(t, "[exit {}]", run.code).unwrap();
     if !run.stderr.is_empty() {
         t.push_str("[stderr]\n");
         t.push_str(&run.stderr.replace(d, "<STATE>"));
@@ -1089,10 +1089,10 @@ fn repair_truncates_a_torn_tail_keeping_the_bytes_in_a_broken_file() {
     ));
     assert_eq!(fs::read(broken).unwrap(), TORN_BYTES);
     assert_eq!(journal_cmd(dir.path(), "verify", &[]).code, 0);
-    let (_journal, recovery) = Journal::<Record>::open(dir.path(), config()).unwrap();
+    let (journal, recovery) = Journal::<Record>::open(dir.path(), config()).unwrap();
     assert_eq!(recovery.end, LogEnd::Clean);
     // A second run has nothing to do.
-    drop(_journal);
+    drop(journal);
     let run = journal_cmd(dir.path(), "repair", &["--truncate-torn-tail"]);
     assert_eq!(run.code, 0);
     assert!(run.stdout.starts_with("nothing to repair"));

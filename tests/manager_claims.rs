@@ -29,7 +29,7 @@ async fn a_snapshot_being_sent_cannot_be_destroyed_but_can_be_sent_and_forked_ag
     let sim = SimProvider::new();
     let m = open(dir.path(), &sim).await;
     m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
-    sim.write_file("v", "f", &[7u8; 100_000]);
+    sim.write_file("v", "f", &vec![7u8; 100_000]);
     let s = m.create_snapshot("v", Meta::new()).await.unwrap();
 
     // A send into a pipe nobody reads: it stays in progress.
@@ -77,7 +77,7 @@ async fn a_send_whose_receiver_goes_away_releases_its_snapshot() {
     let sim = SimProvider::new();
     let m = open(dir.path(), &sim).await;
     m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
-    sim.write_file("v", "f", &[1u8; 100_000]);
+    sim.write_file("v", "f", &vec![1u8; 100_000]);
     let s = m.create_snapshot("v", Meta::new()).await.unwrap();
     let (writer, mut reader) = tokio::io::duplex(64);
     let sending = tokio::spawn({

@@ -235,7 +235,7 @@ async fn a_pull_reports_the_stream_size_the_source_announces() {
     c.create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
-    sim.write_file("v", "f", &[3u8; 300_000]);
+    sim.write_file("v", "f", &vec![3u8; 300_000]);
     let s = c.snapshot("v", BTreeMap::default()).await.unwrap();
     c.create_volume("default", Some("t"), BTreeMap::default())
         .await

@@ -252,7 +252,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, label: String, problems: Vec<String>) {
+    fn record(&mut self, label: &str, problems: &[String]) {
         self.combinations += 1;
         self.violations += problems.len() as u64;
         if !problems.is_empty() && self.failures.len() < 10 {
@@ -313,7 +313,7 @@ async fn journal_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
                 tally.accepted_after_failure += run.accepted_after_failure;
                 let seed = base_seed ^ (i << 16) ^ s;
                 let problems = check_journal_run(&sim, &run, seed);
-                tally.record(format!("journal {plan:?}, seed {seed:#x}"), problems);
+                tally.record(&format!("journal {plan:?}, seed {seed:#x}"), &problems);
             }
         }
     }
@@ -330,8 +330,8 @@ async fn journal_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
         let seed = base_seed ^ 0xCAFE ^ k;
         let problems = check_journal_run(&sim, &run, seed);
         tally.record(
-            format!("journal capacity {cap} bytes, seed {seed:#x}"),
-            problems,
+            &format!("journal capacity {cap} bytes, seed {seed:#x}"),
+            &problems,
         );
     }
 }
@@ -394,8 +394,8 @@ async fn journal_write_back_errors(tally: &mut Tally, base_seed: u64, scale: u64
         tally.attempted_after_failure += run.attempted_after_failure;
         tally.fired += u64::from(run.errors > 0);
         tally.record(
-            format!("journal write-back error at sync point {n}"),
-            problems,
+            &format!("journal write-back error at sync point {n}"),
+            &problems,
         );
     }
 }
@@ -536,7 +536,7 @@ async fn manager_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
             tally.attempted_after_failure += model.attempted_after_failure;
             tally.accepted_after_failure += model.accepted_after_failure;
             tally.fired += u64::from(model.errors > 0);
-            tally.record(format!("manager {fault:?}, seed {seed:#x}"), problems);
+            tally.record(&format!("manager {fault:?}, seed {seed:#x}"), &problems);
         }
     }
 }

@@ -422,11 +422,10 @@ pub fn provider_of(state: &State, action: &Action) -> Option<String> {
         Action::CreateVolume { provider, .. }
         | Action::AdoptOrphan { provider, .. }
         | Action::DestroyOrphan { provider, .. } => Some(provider.clone()),
-        Action::DestroyVolume { volume } => of(volume),
+        Action::DestroyVolume { volume } | Action::SetAttributes { volume, .. } => of(volume),
         Action::CreateSnapshot { source, .. } => of(source),
         Action::ForkVolume { snapshot, .. } => of(snapshot),
         Action::ReceiveSnapshot { target, .. } | Action::AbortReceive { target } => of(target),
-        Action::SetAttributes { volume, .. } => of(volume),
     }
 }
 

@@ -33,7 +33,7 @@ fn main() {
     let code = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Volume(args) => cli::volume::run(args),
-        Command::Journal(args) => cli::journal::run(args),
+        Command::Journal(args) => cli::journal::run(&args),
     };
     std::process::exit(code);
 }

@@ -372,6 +372,8 @@ impl CliError {
         }
     }
 
+    // A `map_err` adapter: it takes the error the way `map_err` hands it over.
+    #[allow(clippy::needless_pass_by_value)]
     pub(crate) fn from_write(e: io::Error) -> Self {
         if e.kind() == io::ErrorKind::BrokenPipe {
             CliError::BrokenPipe
@@ -382,12 +384,12 @@ impl CliError {
 }
 
 /// Runs a parsed `volmgr journal` command and returns the process exit code.
-pub fn run(args: JournalArgs) -> i32 {
+pub fn run(args: &JournalArgs) -> i32 {
     run_to(args, Box::new(io::stdout()))
 }
 
 /// Like [`run`], writing the normal output to `sink`.
-pub fn run_to(args: JournalArgs, sink: Box<dyn Write>) -> i32 {
+pub fn run_to(args: &JournalArgs, sink: Box<dyn Write>) -> i32 {
     let aligned = match &args.command {
         JournalCommand::Dump(a) => a.output.align.aligned(),
         JournalCommand::Verify(a) => a.align.aligned(),

@@ -384,7 +384,7 @@ fn inspect_text(v: &VolumeInfo) -> String {
     .collect();
     // A key-value listing is aligned whatever stdout is.
     let text = table(&["", ""], &rows, true);
-    text.lines().skip(1).map(|l| format!("{l}\n")).collect()
+    text.lines().skip(1).flat_map(|l| [l, "\n"]).collect()
 }
 
 async fn execute(client: &Client, json: bool, command: VolumeCommand) -> i32 {

@@ -540,7 +540,7 @@ impl proto::controller_server::Controller for Controller {
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
         Ok(Response::new(snapshots::list(
             &self.plugin,
-            request.into_inner(),
+            &request.into_inner(),
         )?))
     }
 

@@ -114,7 +114,7 @@ pub(crate) async fn delete(plugin: &Plugin, id: &str) -> Result<(), Status> {
 
 pub(crate) fn list(
     plugin: &Plugin,
-    r: ListSnapshotsRequest,
+    r: &ListSnapshotsRequest,
 ) -> Result<ListSnapshotsResponse, Status> {
     let m = plugin.manager()?;
     let snapshots: Vec<Volume> = m

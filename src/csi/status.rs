@@ -32,6 +32,8 @@ pub fn out_of_space(e: &ProviderError) -> bool {
 }
 
 /// The status of a manager error.
+// A `map_err` adapter: it takes the error the way `map_err` hands it over.
+#[allow(clippy::needless_pass_by_value)]
 pub fn from_manager(e: ManagerError) -> Status {
     let message = e.to_string();
     match e {

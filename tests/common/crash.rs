@@ -417,7 +417,7 @@ fn run_child(spec: &ChildSpec, acks_before_kill: usize, stderr_dir: &Path) -> Li
     life
 }
 
-fn say(line: String) {
+fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -437,7 +437,7 @@ pub async fn child_workload() {
     let manager = Arc::new(manager);
     // Also ends the harness's `test crash_child_workload ... ` line, so
     // every ACK starts a line of its own.
-    say("READY".into());
+    say("READY");
     let mut workers = Vec::new();
     for w in 0..spec.workers {
         let m = manager.clone();
@@ -446,7 +446,7 @@ pub async fn child_workload() {
         workers.push(tokio::spawn(async move {
             loop {
                 if let Ok(line) = one_operation(&m, &mut rng, receive_below).await {
-                    say(format!("ACK {line}"));
+                    say(&format!("ACK {line}"));
                 }
             }
         }));
@@ -495,7 +495,7 @@ async fn one_operation(
     } else {
         let v = &volumes[usize::try_from(rng.below(volumes.len() as u64)).unwrap()];
         // Announced first: from here on its existence is uncertain.
-        say(format!("BEGIN destroy {}", v.id));
+        say(&format!("BEGIN destroy {}", v.id));
         m.destroy_volume(&v.id).await?;
         Ok(format!("destroy {}", v.id))
     }

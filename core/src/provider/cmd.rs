@@ -23,6 +23,7 @@
 //!   `Command` error with status `not started`.
 
 use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -139,7 +140,7 @@ impl Cmd {
                 || a.chars()
                     .any(|c| c.is_whitespace() || c == '"' || c == '\'')
             {
-                s.push_str(&format!("{a:?}"));
+                let _ = write!(s, "{a:?}");
             } else {
                 s.push_str(&a);
             }
@@ -297,7 +298,7 @@ fn pump(input: &mut dyn Read, mut stdin: ChildStdin) -> (u64, Option<io::Error>)
 fn read_all_bounded(mut r: impl Read + Send + 'static, limit: usize) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut out = Vec::new();
-        let mut buf = [0u8; 64 * 1024];
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
             match r.read(&mut buf) {
                 Ok(0) => break,

@@ -161,6 +161,8 @@ pub(crate) fn file_name(path: &Path) -> String {
 }
 
 /// A journal failure that is not damage (I/O, a lock): exit 1.
+// A `map_err` adapter: it takes the error the way `map_err` hands it over.
+#[allow(clippy::needless_pass_by_value)]
 pub(crate) fn journal_error(e: JournalError) -> CliError {
     CliError::io(e.to_string())
 }

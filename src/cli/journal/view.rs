@@ -1,6 +1,8 @@
 //! `volmgr journal state [--at-seq N]`: the volume table, pending intents and
 //! orphans as they were after record N (default: the latest).
 
+use std::fmt::Write as _;
+
 use serde_json::json;
 
 use crate::agent::api::VolumeInfo;
@@ -174,7 +176,9 @@ fn compacted(
         "the state at seq {at} cannot be rebuilt: the history before seq {first} was compacted away"
     );
     match oldest {
-        Some(c) => text.push_str(&format!("; the oldest state available is at seq {c}")),
+        Some(c) => {
+            let _ = write!(text, "; the oldest state available is at seq {c}");
+        }
         None => text.push_str(" and no usable checkpoint remains"),
     }
     Ok(CliError::unmet(text))

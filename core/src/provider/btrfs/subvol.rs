@@ -51,8 +51,9 @@ struct GetSubvolInfoArgs {
 }
 
 const _: () = assert!(std::mem::size_of::<GetSubvolInfoArgs>() == 504);
-/// `_IOR(BTRFS_IOCTL_MAGIC, 60, struct btrfs_ioctl_get_subvol_info_args)`.
-const BTRFS_IOC_GET_SUBVOL_INFO: u64 = (2 << 30) | (504 << 16) | (0x94 << 8) | 60;
+/// `_IOR(BTRFS_IOCTL_MAGIC, 60, struct btrfs_ioctl_get_subvol_info_args)`
+/// (60 is `0x3c`).
+const BTRFS_IOC_GET_SUBVOL_INFO: u64 = (2 << 30) | (504 << 16) | (0x94 << 8) | 0x3c;
 /// `BTRFS_ROOT_SUBVOL_RDONLY` in the root item flags.
 const BTRFS_ROOT_SUBVOL_RDONLY: u64 = 1;
 

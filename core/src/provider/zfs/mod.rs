@@ -166,7 +166,7 @@ impl ZfsProvider {
     }
 
     /// `zfs list` of `name` (with `-r` when `recursive`); empty if absent.
-    fn list(&self, name: &str, recursive: bool) -> Result<Vec<Row>, ProviderError> {
+    fn list(name: &str, recursive: bool) -> Result<Vec<Row>, ProviderError> {
         let mut cmd = Cmd::new("zfs")
             .arg("list")
             .arg("-H")
@@ -185,12 +185,14 @@ impl ZfsProvider {
         }
     }
 
-    fn one(&self, name: &str) -> Result<Option<Row>, ProviderError> {
-        Ok(self.list(name, false)?.into_iter().find(|r| r.name == name))
+    fn one(name: &str) -> Result<Option<Row>, ProviderError> {
+        Ok(Self::list(name, false)?
+            .into_iter()
+            .find(|r| r.name == name))
     }
 
     /// Snapshots of filesystem `fs` (depth 1), oldest first by createtxg.
-    fn snapshots_of(&self, fs: &str) -> Result<Vec<Row>, ProviderError> {
+    fn snapshots_of(fs: &str) -> Result<Vec<Row>, ProviderError> {
         let out = Cmd::new("zfs")
             .arg("list")
             .arg("-H")
@@ -240,7 +242,7 @@ impl ZfsProvider {
 
     /// The resumable partial receive a filesystem row holds: its token, and
     /// the stream's guid and operation from our `volmgr:receiving` mark.
-    fn partial_of(&self, row: &Row) -> Option<PartialReceive> {
+    fn partial_of(row: &Row) -> Option<PartialReceive> {
         let token = row.token.clone()?;
         let (op, guid) = match row.receiving.as_deref().and_then(|m| m.split_once(':')) {
             Some((op, guid)) => (op.parse().ok(), guid.to_owned()),
@@ -271,7 +273,7 @@ impl ZfsProvider {
         }
     }
 
-    fn tags(&self, spec: &VolumeSpec<'_>, parent: Option<&str>) -> Vec<String> {
+    fn tags(spec: &VolumeSpec<'_>, parent: Option<&str>) -> Vec<String> {
         let mut t = vec![
             kv(P_OWNER, OWNER),
             kv(P_VOLUME, spec.id),
@@ -287,7 +289,7 @@ impl ZfsProvider {
     /// An existing item for an idempotent create: ours with this op (Some),
     /// absent (None), or an error.
     fn existing(&self, name: &str, spec: &VolumeSpec<'_>) -> Result<Option<Row>, ProviderError> {
-        let Some(row) = self.one(name)? else {
+        let Some(row) = Self::one(name)? else {
             return Ok(None);
         };
         match self.tag_of(&row) {
@@ -305,7 +307,6 @@ impl ZfsProvider {
     /// Runs `f` again while ZFS says the dataset is busy (bounded), then
     /// reports [`ProviderError::Busy`] naming ZFS's message.
     fn retry_busy<T>(
-        &self,
         what: &str,
         mut f: impl FnMut() -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
@@ -323,12 +324,10 @@ impl ZfsProvider {
 
     /// Mounts filesystem `name` if it is not (bounded retries: a create may
     /// report "created, but not mounted").
-    fn ensure_mounted(&self, name: &str) -> Result<Row, ProviderError> {
+    fn ensure_mounted(name: &str) -> Result<Row, ProviderError> {
         let mut last = None;
         for attempt in 0..5u32 {
-            let row = self
-                .one(name)?
-                .ok_or_else(|| ProviderError::NotFound(name.to_owned()))?;
+            let row = Self::one(name)?.ok_or_else(|| ProviderError::NotFound(name.to_owned()))?;
             if row.mounted {
                 return Ok(row);
             }
@@ -341,9 +340,7 @@ impl ZfsProvider {
                 std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
             }
         }
-        let row = self
-            .one(name)?
-            .ok_or_else(|| ProviderError::NotFound(name.to_owned()))?;
+        let row = Self::one(name)?.ok_or_else(|| ProviderError::NotFound(name.to_owned()))?;
         if row.mounted {
             return Ok(row);
         }
@@ -357,7 +354,7 @@ impl ZfsProvider {
     /// from this very op, then mounted if it is not).
     fn make_fs(
         &self,
-        cmd: Cmd,
+        cmd: &Cmd,
         name: &str,
         spec: &VolumeSpec<'_>,
     ) -> Result<Created, ProviderError> {
@@ -376,7 +373,7 @@ impl ZfsProvider {
             }
             Err(e) => return Err(e),
         }
-        let row = self.ensure_mounted(name)?;
+        let row = Self::ensure_mounted(name)?;
         Ok(self.created_of(&row))
     }
 
@@ -408,8 +405,7 @@ impl ZfsProvider {
     /// An input volume: it must exist and be ours.
     fn require(&self, v: &VolumeRef<'_>) -> Result<(String, Row), ProviderError> {
         let name = self.name_of(v)?;
-        let row = self
-            .one(&name)?
+        let row = Self::one(&name)?
             .ok_or_else(|| ProviderError::NotFound(format!("{} {} ({name})", v.kind, v.id)))?;
         match self.tag_of(&row) {
             Some(t) if t.volume == v.id => Ok((name, row)),
@@ -420,7 +416,7 @@ impl ZfsProvider {
         }
     }
 
-    fn set_props(&self, name: &str, props: &[String]) -> Result<(), ProviderError> {
+    fn set_props(name: &str, props: &[String]) -> Result<(), ProviderError> {
         let mut cmd = Cmd::new("zfs").arg("set");
         for p in props {
             cmd = cmd.user_arg(p)?;
@@ -428,7 +424,7 @@ impl ZfsProvider {
         cmd.user_arg(name)?.run().map(|_| ())
     }
 
-    fn clear_receiving(&self, name: &str) -> Result<(), ProviderError> {
+    fn clear_receiving(name: &str) -> Result<(), ProviderError> {
         Cmd::new("zfs")
             .arg("inherit")
             .arg(P_RECEIVING)
@@ -438,8 +434,8 @@ impl ZfsProvider {
     }
 
     /// Discards the partial state of an interrupted `recv -s` on `name`.
-    fn recv_abort(&self, name: &str) -> Result<(), ProviderError> {
-        self.retry_busy(name, || {
+    fn recv_abort(name: &str) -> Result<(), ProviderError> {
+        Self::retry_busy(name, || {
             match Cmd::new("zfs").arg("recv").arg("-A").user_arg(name)?.run() {
                 Ok(_) => Ok(()),
                 Err(e) if stderr_of(&e).contains("does not have any resumable") => Ok(()),
@@ -499,11 +495,11 @@ impl Provider for ZfsProvider {
             "mountpoint",
             &self.mountpoint(spec.id).to_string_lossy(),
         ))?;
-        for t in self.tags(spec, None) {
+        for t in Self::tags(spec, None) {
             cmd = cmd.arg("-o").user_arg(&t)?;
         }
         let cmd = cmd.user_arg(&name)?;
-        self.make_fs(cmd, &name, spec)
+        self.make_fs(&cmd, &name, spec)
     }
 
     fn create_snapshot(
@@ -521,7 +517,7 @@ impl Provider for ZfsProvider {
         let (src, _) = self.require(source)?;
         let name = format!("{src}@{}", spec.id);
         let mut cmd = Cmd::new("zfs").arg("snapshot");
-        for t in self.tags(spec, Some(source.id)) {
+        for t in Self::tags(spec, Some(source.id)) {
             cmd = cmd.arg("-o").user_arg(&t)?;
         }
         match cmd.user_arg(&name)?.run() {
@@ -536,9 +532,7 @@ impl Provider for ZfsProvider {
             Err(e) => return Err(e),
         }
         // Its guid, the snapshot's identity in transfers.
-        let row = self
-            .one(&name)?
-            .ok_or_else(|| ProviderError::NotFound(name.clone()))?;
+        let row = Self::one(&name)?.ok_or_else(|| ProviderError::NotFound(name.clone()))?;
         Ok(self.created_of(&row))
     }
 
@@ -560,11 +554,11 @@ impl Provider for ZfsProvider {
             "mountpoint",
             &self.mountpoint(spec.id).to_string_lossy(),
         ))?;
-        for t in self.tags(spec, Some(snapshot.id)) {
+        for t in Self::tags(spec, Some(snapshot.id)) {
             cmd = cmd.arg("-o").user_arg(&t)?;
         }
         let cmd = cmd.user_arg(&snap)?.user_arg(&name)?;
-        self.make_fs(cmd, &name, spec)
+        self.make_fs(&cmd, &name, spec)
     }
 
     fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
@@ -573,7 +567,7 @@ impl Provider for ZfsProvider {
             Err(ProviderError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let Some(row) = self.one(&name)? else {
+        let Some(row) = Self::one(&name)? else {
             return Ok(());
         };
         match self.tag_of(&row) {
@@ -586,9 +580,9 @@ impl Provider for ZfsProvider {
             }
         }
         if row.token.is_some() {
-            self.recv_abort(&name)?;
+            Self::recv_abort(&name)?;
         }
-        let result = self.retry_busy(&name, || {
+        let result = Self::retry_busy(&name, || {
             Cmd::new("zfs")
                 .arg("destroy")
                 .user_arg(&name)?
@@ -622,8 +616,7 @@ impl Provider for ZfsProvider {
                 });
             }
             Err(e) if stderr_of(&e).contains("has children") => {
-                let dependents = self
-                    .snapshots_of(&name)?
+                let dependents = Self::snapshots_of(&name)?
                     .into_iter()
                     .map(|r| r.name.rsplit('@').next().unwrap_or_default().to_owned())
                     .collect();
@@ -690,7 +683,7 @@ impl Provider for ZfsProvider {
     }
 
     fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
-        let rows = self.list(&self.dataset, true)?;
+        let rows = Self::list(&self.dataset, true)?;
         let data_root = self.data_root();
         Ok(rows
             .into_iter()
@@ -708,7 +701,7 @@ impl Provider for ZfsProvider {
                 let created = self.created_of(&r);
                 Found {
                     tag: self.tag_of(&r),
-                    partial: self.partial_of(&r),
+                    partial: Self::partial_of(&r),
                     name: r.name,
                     presence,
                     location: created.location,
@@ -725,31 +718,30 @@ impl Provider for ZfsProvider {
                 found.name
             )));
         };
-        let row = self
-            .one(&found.name)?
-            .ok_or_else(|| ProviderError::NotFound(found.name.clone()))?;
+        let row =
+            Self::one(&found.name)?.ok_or_else(|| ProviderError::NotFound(found.name.clone()))?;
         if row.is_snapshot {
             return Ok(self.created_of(&row));
         }
         let _ = tag;
-        let row = self.ensure_mounted(&found.name)?;
+        let row = Self::ensure_mounted(&found.name)?;
         Ok(self.created_of(&row))
     }
 
     fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
-        let rows = self.list(&self.dataset, true)?;
+        let rows = Self::list(&self.dataset, true)?;
         let prefix = format!("{op}:");
         for r in rows.iter().filter(|r| !r.is_snapshot) {
             let Some(guid) = r.receiving.as_deref().and_then(|v| v.strip_prefix(&prefix)) else {
                 continue;
             };
             if r.token.is_some() {
-                self.recv_abort(&r.name)?;
+                Self::recv_abort(&r.name)?;
             }
             // A snapshot that arrived but was never tagged as ours.
-            for s in self.snapshots_of(&r.name)? {
+            for s in Self::snapshots_of(&r.name)? {
                 if s.guid == guid && self.tag_of(&s).is_none() {
-                    self.retry_busy(&s.name, || {
+                    Self::retry_busy(&s.name, || {
                         Cmd::new("zfs")
                             .arg("destroy")
                             .user_arg(&s.name)?
@@ -758,10 +750,10 @@ impl Provider for ZfsProvider {
                     })?;
                 }
             }
-            self.clear_receiving(&r.name)?;
+            Self::clear_receiving(&r.name)?;
             // A receive killed mid-way leaves the target unmounted (the
             // receive unmounts it to swap or roll it back).
-            self.ensure_mounted(&r.name)?;
+            Self::ensure_mounted(&r.name)?;
         }
         Ok(())
     }
@@ -771,21 +763,21 @@ impl Provider for ZfsProvider {
         target: &VolumeRef<'_>,
     ) -> Result<Option<PartialReceive>, ProviderError> {
         let name = self.name_of(target)?;
-        Ok(self.one(&name)?.and_then(|r| self.partial_of(&r)))
+        Ok(Self::one(&name)?.and_then(|r| Self::partial_of(&r)))
     }
 
     fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
         let name = self.name_of(target)?;
-        let Some(row) = self.one(&name)? else {
+        let Some(row) = Self::one(&name)? else {
             return Ok(());
         };
         if row.token.is_some() {
-            self.recv_abort(&name)?;
+            Self::recv_abort(&name)?;
         }
         if row.receiving.is_some() {
-            self.clear_receiving(&name)?;
+            Self::clear_receiving(&name)?;
         }
-        self.ensure_mounted(&name).map(|_| ())
+        Self::ensure_mounted(&name).map(|_| ())
     }
 
     fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {

@@ -40,7 +40,9 @@ pub(super) struct SimFile {
 
 impl fmt::Debug for SimFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimFile").field("ino", &self.ino).finish()
+        f.debug_struct("SimFile")
+            .field("ino", &self.ino)
+            .finish_non_exhaustive()
     }
 }
 
