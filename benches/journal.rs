@@ -1,26 +1,38 @@
 //! Journal benchmark: `cargo bench --bench journal` (release build).
 //!
-//! Measures, in one run and on one disk:
-//! - durable appends/s of 200-byte records through `Journal::append` with 1, 4,
-//!   16 and 64 concurrent writers (tokio tasks on a 2-worker runtime);
-//! - a raw loop of 200-byte `pwrite` + `fdatasync` on a file preallocated the
-//!   way segments are (`fallocate` through the storage seam);
+//! Measures, in one run and on one disk, for 1, 4, 16 and 64 concurrent
+//! writers, throughput and the p50/p99/p999 latency of each durable append:
+//! - `Journal::append` of 200-byte records (tokio tasks on a 2-worker
+//!   runtime), with records per `fdatasync` (group commit at work);
 //! - SQLite (rusqlite, bundled, WAL, synchronous=FULL, one row per
 //!   transaction); N writers are N threads sharing ONE connection behind a
 //!   mutex (with a connection each, SQLite's busy handler sleeps between
 //!   retries, which only makes it slower);
 //! - redb 4 (one write transaction per record, `Durability::Immediate`); N
 //!   writers are N threads sharing the `Database`;
-//! - replay of 1,000,000 records into memory (warm page cache), and open time
-//!   with a checkpoint plus a short tail.
+//! - the raw reference: one thread doing 200-byte `pwrite` + `fdatasync` on a
+//!   file preallocated the way segments are.
 //!
-//! Prints figures and the ratios journal/raw, journal/sqlite, journal/redb.
-//! Not a test: nothing here asserts a speed.
+//! The disk is shared and drifts, so the four systems of a row are not run
+//! one after the other: each runs `BENCH_SLICES` (default 8) slices of
+//! `BENCH_SECS / BENCH_SLICES`, interleaved with the others in a rotating
+//! order, and each system's slices are summed. Every ratio compares figures
+//! measured under the same drift.
+//!
+//! Then replay of 1,000,000 records into memory (warm page cache), and open
+//! time with a checkpoint plus a short tail.
+//!
+//! Prints figures and the ratios journal/raw, journal/sqlite, journal/redb,
+//! and the machine's load before and after. Not a test: nothing here asserts
+//! a speed.
 //!
 //! Environment: `BENCH_DIR` (default: a temp dir under `target/`; a tmpfs is
-//! reported, since fsync is free there), `BENCH_SECS` per case (default 4),
+//! reported, since fsync is free there), `BENCH_SECS` per system and row
+//! (default 4), `BENCH_SLICES` (default 8),
 //! `BENCH_WRITERS` (default `1,4,16,64`), `BENCH_REPLAY_RECORDS` (default
 //! 1000000).
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +40,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use support::{Case, Latencies, cpu_secs, env_list, env_or};
 use volmgr::journal::{Journal, JournalConfig, JournalRecord};
-use volmgr::storage::{RealStorage, Storage};
+use volmgr::storage::{RealStorage, Storage, StorageFile};
 
 /// A 200-byte record (its bincode payload is exactly 200 bytes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,7 +57,7 @@ impl JournalRecord for BenchRec {
     }
 }
 
-const RECORD_LEN: usize = 200;
+const RECORD_LEN: usize = support::RAW_RECORD_LEN;
 
 fn record(i: u32) -> BenchRec {
     let r = BenchRec {
@@ -56,39 +69,6 @@ fn record(i: u32) -> BenchRec {
         RECORD_LEN
     );
     r
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// User + system CPU seconds of this process so far.
-fn cpu_secs() -> f64 {
-    // SAFETY: getrusage fills the struct it is given; plain integers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// The file system type the directory lives on, from /proc/mounts.
-fn fs_type(dir: &Path) -> String {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let mut best: Option<(usize, String)> = None;
-    for line in mounts.lines() {
-        let mut f = line.split_whitespace();
-        let (_, Some(point), Some(kind)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        if dir.starts_with(point) && best.as_ref().is_none_or(|(len, _)| point.len() > *len) {
-            best = Some((point.len(), kind.to_owned()));
-        }
-    }
-    best.map_or_else(|| "unknown".into(), |(_, k)| k)
 }
 
 struct Bench {
@@ -106,146 +86,275 @@ impl Bench {
     }
 }
 
-/// Raw loop: 200-byte positioned writes + fdatasync on a preallocated file.
-fn raw_loop(bench: &mut Bench) -> f64 {
-    let dir = bench.fresh_dir("raw");
-    let path = dir.join("raw.dat");
-    let file = RealStorage.create(&path).unwrap();
-    let size = 256u64 << 20;
-    file.allocate(size).unwrap();
-    file.sync_all().unwrap();
-    let buf = [0x5Au8; RECORD_LEN];
+/// Threads running `op` for `secs`; each call timed.
+fn threads_case(writers: usize, secs: Duration, op: Arc<dyn Fn() + Send + Sync>) -> Case {
     let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < bench.case {
-        let offset = (n * RECORD_LEN as u64) % (size - RECORD_LEN as u64);
-        file.write_all_at(&buf, offset).unwrap();
-        file.sync_data().unwrap();
-        n += 1;
+    let deadline = start + secs;
+    let threads: Vec<_> = (0..writers)
+        .map(|_| {
+            let op = op.clone();
+            std::thread::spawn(move || {
+                let mut lat = Latencies::default();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    op();
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut case = Case::default();
+    for t in threads {
+        let lat = t.join().unwrap();
+        case.ops += lat.0.len() as u64;
+        case.latencies.extend(lat);
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_dir_all(&dir).unwrap();
-    rate
+    case.secs = start.elapsed().as_secs_f64();
+    case
 }
 
-fn journal_appends(bench: &mut Bench, writers: usize) -> (f64, f64) {
-    let dir = bench.fresh_dir("journal");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let case = bench.case;
-    let (rate, per_sync) = rt.block_on(async move {
-        let (journal, _) = Journal::<BenchRec>::open(&dir, JournalConfig::default()).unwrap();
-        let journal = Arc::new(journal);
-        let total = Arc::new(AtomicU64::new(0));
+/// One system under test, kept open across the slices of a row.
+trait System {
+    /// Runs `writers` concurrent appenders for `secs`.
+    fn run(&mut self, writers: usize, secs: Duration) -> Case;
+    /// Records per sync so far, if the system counts its syncs.
+    fn per_sync(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// The raw reference: one thread of 200-byte pwrite + fdatasync on a file
+/// preallocated the way segments are.
+struct Raw {
+    file: Box<dyn StorageFile>,
+    offset: u64,
+}
+
+const RAW_FILE_LEN: u64 = 256 << 20;
+
+impl Raw {
+    fn new(dir: &Path) -> Raw {
+        let file = RealStorage.create(&dir.join("raw.dat")).unwrap();
+        file.allocate(RAW_FILE_LEN).unwrap();
+        file.sync_all().unwrap();
+        Raw { file, offset: 0 }
+    }
+}
+
+impl System for Raw {
+    fn run(&mut self, _writers: usize, secs: Duration) -> Case {
+        let buf = [0x5Au8; RECORD_LEN];
+        let mut case = Case::default();
         let start = Instant::now();
-        let deadline = start + case;
-        let mut tasks = Vec::new();
-        for w in 0..writers {
-            let journal = journal.clone();
-            let total = total.clone();
-            tasks.push(tokio::spawn(async move {
-                let rec = record(w as u32);
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    journal.append(&rec).await.unwrap();
-                    n += 1;
-                }
-                total.fetch_add(n, Ordering::Relaxed);
-            }));
+        while start.elapsed() < secs {
+            let t = Instant::now();
+            self.file.write_all_at(&buf, self.offset).unwrap();
+            self.file.sync_data().unwrap();
+            case.latencies.push(t.elapsed());
+            case.ops += 1;
+            // Always fresh (unwritten) blocks, as a segment's appends are.
+            self.offset = (self.offset + RECORD_LEN as u64) % (RAW_FILE_LEN - RECORD_LEN as u64);
         }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let elapsed = start.elapsed().as_secs_f64();
-        let n = total.load(Ordering::Relaxed);
-        let syncs = journal.sync_count().max(1);
-        Arc::into_inner(journal).unwrap().close().await;
-        std::fs::remove_dir_all(&dir).unwrap();
-        (n as f64 / elapsed, n as f64 / syncs as f64)
-    });
-    (rate, per_sync)
+        case.secs = start.elapsed().as_secs_f64();
+        case
+    }
 }
 
-fn sqlite_appends(bench: &mut Bench, writers: usize) -> f64 {
-    let dir = bench.fresh_dir("sqlite");
-    let conn = rusqlite::Connection::open(dir.join("bench.db")).unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute(
-        "CREATE TABLE records (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)",
-        [],
-    )
-    .unwrap();
-    let conn = Arc::new(Mutex::new(conn));
-    let total = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + bench.case;
-    let threads: Vec<_> = (0..writers)
-        .map(|_| {
-            let conn = conn.clone();
-            let total = total.clone();
-            std::thread::spawn(move || {
-                let body = [0x5Au8; RECORD_LEN];
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    let conn = conn.lock().unwrap();
-                    // Autocommit: one row, one transaction, one WAL fsync.
-                    conn.prepare_cached("INSERT INTO records (body) VALUES (?1)")
-                        .unwrap()
-                        .execute([&body[..]])
-                        .unwrap();
-                    n += 1;
-                }
-                total.fetch_add(n, Ordering::Relaxed);
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let rate = total.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    drop(conn);
-    std::fs::remove_dir_all(&dir).unwrap();
-    rate
+struct JournalSystem {
+    rt: tokio::runtime::Runtime,
+    journal: Option<Arc<Journal<BenchRec>>>,
+    ops: u64,
+    syncs_before: u64,
 }
 
-fn redb_appends(bench: &mut Bench, writers: usize) -> f64 {
-    const TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("records");
-    let dir = bench.fresh_dir("redb");
-    let db = Arc::new(redb::Database::create(dir.join("bench.redb")).unwrap());
-    let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + bench.case;
-    let threads: Vec<_> = (0..writers)
-        .map(|_| {
-            let db = db.clone();
-            let next = next.clone();
-            std::thread::spawn(move || {
-                let body = [0x5Au8; RECORD_LEN];
-                while Instant::now() < deadline {
-                    let mut tx = db.begin_write().unwrap();
-                    tx.set_durability(redb::Durability::Immediate).unwrap();
-                    {
-                        let mut table = tx.open_table(TABLE).unwrap();
-                        let key = next.fetch_add(1, Ordering::Relaxed);
-                        table.insert(key, &body[..]).unwrap();
-                    }
-                    tx.commit().unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
+impl JournalSystem {
+    fn new(dir: &Path) -> JournalSystem {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (journal, _) = Journal::<BenchRec>::open(dir, JournalConfig::default()).unwrap();
+        let syncs_before = journal.sync_count();
+        JournalSystem {
+            rt,
+            journal: Some(Arc::new(journal)),
+            ops: 0,
+            syncs_before,
+        }
     }
-    let rate = next.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    drop(db);
-    std::fs::remove_dir_all(&dir).unwrap();
-    rate
+
+    fn journal(&self) -> &Arc<Journal<BenchRec>> {
+        self.journal.as_ref().expect("open")
+    }
+}
+
+impl System for JournalSystem {
+    fn run(&mut self, writers: usize, secs: Duration) -> Case {
+        let journal = self.journal().clone();
+        let case = self.rt.block_on(async move {
+            let start = Instant::now();
+            let deadline = start + secs;
+            let tasks: Vec<_> = (0..writers)
+                .map(|w| {
+                    let journal = journal.clone();
+                    tokio::spawn(async move {
+                        let rec = record(w as u32);
+                        let mut lat = Latencies::default();
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            journal.append(&rec).await.unwrap();
+                            lat.push(t.elapsed());
+                        }
+                        lat
+                    })
+                })
+                .collect();
+            let mut case = Case::default();
+            for t in tasks {
+                let lat = t.await.unwrap();
+                case.ops += lat.0.len() as u64;
+                case.latencies.extend(lat);
+            }
+            case.secs = start.elapsed().as_secs_f64();
+            case
+        });
+        self.ops += case.ops;
+        case
+    }
+
+    fn per_sync(&self) -> Option<f64> {
+        let syncs = (self.journal().sync_count() - self.syncs_before).max(1);
+        Some(self.ops as f64 / syncs as f64)
+    }
+}
+
+impl Drop for JournalSystem {
+    fn drop(&mut self) {
+        if let Some(journal) = self.journal.take() {
+            self.rt
+                .block_on(Arc::into_inner(journal).expect("no appender left").close());
+        }
+    }
+}
+
+struct Sqlite(Arc<Mutex<rusqlite::Connection>>);
+
+impl Sqlite {
+    fn new(dir: &Path) -> Sqlite {
+        let conn = rusqlite::Connection::open(dir.join("bench.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        conn.execute(
+            "CREATE TABLE records (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)",
+            [],
+        )
+        .unwrap();
+        Sqlite(Arc::new(Mutex::new(conn)))
+    }
+}
+
+impl System for Sqlite {
+    fn run(&mut self, writers: usize, secs: Duration) -> Case {
+        let conn = self.0.clone();
+        threads_case(
+            writers,
+            secs,
+            Arc::new(move || {
+                let body = [0x5Au8; RECORD_LEN];
+                let conn = conn.lock().unwrap();
+                // Autocommit: one row, one transaction, one WAL fsync.
+                conn.prepare_cached("INSERT INTO records (body) VALUES (?1)")
+                    .unwrap()
+                    .execute([&body[..]])
+                    .unwrap();
+            }),
+        )
+    }
+}
+
+struct Redb {
+    db: Arc<redb::Database>,
+    next: Arc<AtomicU64>,
+}
+
+const REDB_TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("records");
+
+impl Redb {
+    fn new(dir: &Path) -> Redb {
+        Redb {
+            db: Arc::new(redb::Database::create(dir.join("bench.redb")).unwrap()),
+            next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl System for Redb {
+    fn run(&mut self, writers: usize, secs: Duration) -> Case {
+        let (db, next) = (self.db.clone(), self.next.clone());
+        threads_case(
+            writers,
+            secs,
+            Arc::new(move || {
+                let body = [0x5Au8; RECORD_LEN];
+                let mut tx = db.begin_write().unwrap();
+                tx.set_durability(redb::Durability::Immediate).unwrap();
+                {
+                    let mut table = tx.open_table(REDB_TABLE).unwrap();
+                    let key = next.fetch_add(1, Ordering::Relaxed);
+                    table.insert(key, &body[..]).unwrap();
+                }
+                tx.commit().unwrap();
+            }),
+        )
+    }
+}
+
+const SYSTEMS: [&str; 4] = ["journal", "sqlite", "redb", "raw"];
+
+/// One row: every system runs `slices` times for `case / slices`, in an
+/// order that rotates each slice, so disk drift hits all of them alike.
+fn row(bench: &mut Bench, writers: usize, slices: u32) -> Vec<(Case, Option<f64>)> {
+    let dirs: Vec<PathBuf> = SYSTEMS.iter().map(|n| bench.fresh_dir(n)).collect();
+    let mut systems: Vec<Box<dyn System>> = vec![
+        Box::new(JournalSystem::new(&dirs[0])),
+        Box::new(Sqlite::new(&dirs[1])),
+        Box::new(Redb::new(&dirs[2])),
+        Box::new(Raw::new(&dirs[3])),
+    ];
+    let slice = bench.case / slices;
+    let mut cases = vec![Case::default(); systems.len()];
+    for i in 0..slices as usize {
+        for k in 0..systems.len() {
+            let s = (i + k) % systems.len();
+            let c = systems[s].run(writers, slice);
+            let total = &mut cases[s];
+            total.ops += c.ops;
+            total.secs += c.secs;
+            total.latencies.extend(c.latencies);
+        }
+    }
+    let out = cases
+        .into_iter()
+        .zip(&systems)
+        .map(|(c, s)| (c, s.per_sync()))
+        .collect();
+    drop(systems);
+    for dir in dirs {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    out
+}
+
+fn print_row(writers: usize, system: &str, case: &mut Case, per_sync: Option<f64>, raw: f64) {
+    let (p50, p99, p999) = case.latencies.percentiles_us();
+    let per_sync = per_sync.map_or_else(|| "-".into(), |p| format!("{p:.1}"));
+    println!(
+        "{writers:>7} {system:<8} {:>10.0} {p50:>9.0} {p99:>9.0} {p999:>9.0} {per_sync:>9} {:>7.2}x",
+        case.rate(),
+        case.rate() / raw
+    );
 }
 
 /// Replay of `count` records (warm) and open time with a checkpoint + tail.
@@ -366,77 +475,54 @@ fn replay_and_open(bench: &mut Bench, count: u64) {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
-    let root = match std::env::var_os("BENCH_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-tmp"),
-    };
-    std::fs::create_dir_all(&root).unwrap();
-    let root = tempfile::tempdir_in(&root).unwrap();
-    let fs = fs_type(root.path());
-    println!(
-        "journal bench in {} ({fs}){}",
-        root.path().display(),
-        if fs == "tmpfs" || fs == "ramfs" {
-            ": WARNING, fsync costs nothing on this file system; set BENCH_DIR to a disk"
-        } else {
-            ""
-        }
-    );
+    let root = tempfile::tempdir_in(support::bench_root()).unwrap();
+    println!("journal bench: {}", support::machine_line(root.path()));
     let mut bench = Bench {
         root: root.path().to_owned(),
         case: Duration::from_secs_f64(env_or("BENCH_SECS", 4.0)),
         n: 0,
     };
-    let writers: Vec<usize> = std::env::var("BENCH_WRITERS")
-        .unwrap_or_else(|_| "1,4,16,64".into())
-        .split(',')
-        .filter_map(|w| w.trim().parse().ok())
-        .collect();
+    let slices: u32 = env_or("BENCH_SLICES", 8u32).max(1);
+    let writers = env_list("BENCH_WRITERS", "1,4,16,64");
     println!(
-        "each case runs {:.1} s; records are {RECORD_LEN} bytes; journal: default config (16 MiB segments)",
+        "each system runs {:.1} s per row, in {slices} slices interleaved with the others (the disk drifts; \
+         interleaving exposes all to the same drift); records are {RECORD_LEN} bytes; journal: default \
+         config (16 MiB segments); raw: one thread of pwrite+fdatasync on a preallocated file; latencies \
+         in microseconds",
         bench.case.as_secs_f64()
     );
-
-    let raw = raw_loop(&mut bench);
-    println!("raw pwrite+fdatasync loop (fallocated file): {raw:.0} records/s");
     println!();
     println!(
-        "{:>7} | {:>11} {:>9} | {:>11} {:>11} | {:>9} | {:>8} {:>10} {:>9}",
-        "writers",
-        "journal/s",
-        "rec/sync",
-        "sqlite/s",
-        "redb/s",
-        "raw/s",
-        "j/raw",
-        "j/sqlite",
-        "j/redb"
+        "{:>7} {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "writers", "system", "ops/s", "p50 us", "p99 us", "p999 us", "rec/sync", "vs raw"
     );
-    let mut raws = vec![raw];
+    let mut summary = Vec::new();
     for &w in &writers {
-        let (journal, per_sync) = journal_appends(&mut bench, w);
-        let sqlite = sqlite_appends(&mut bench, w);
-        let redb = redb_appends(&mut bench, w);
-        // The disk is shared and drifts: compare with a raw loop run right
-        // after this row, averaged with the one before it.
-        let raw_now = raw_loop(&mut bench);
-        let raw_row = (raws.last().unwrap() + raw_now) / 2.0;
-        raws.push(raw_now);
-        println!(
-            "{w:>7} | {journal:>11.0} {per_sync:>9.1} | {sqlite:>11.0} {redb:>11.0} | {raw_row:>9.0} | {:>7.2}x {:>9.2}x {:>8.2}x",
-            journal / raw_row,
+        let mut cases = row(&mut bench, w, slices);
+        let raw = cases[3].0.rate();
+        for (name, (case, per_sync)) in SYSTEMS.iter().zip(cases.iter_mut()) {
+            print_row(w, name, case, *per_sync, raw);
+        }
+        let (journal, sqlite, redb) = (cases[0].0.rate(), cases[1].0.rate(), cases[2].0.rate());
+        let line = format!(
+            "{w:>2} writers: journal/raw {:.2}x, journal/sqlite {:.2}x, journal/redb {:.2}x, journal p99 {:.0} us \
+             (raw {raw:.0}/s, p50 {:.0} us)",
+            journal / raw,
             journal / sqlite,
-            journal / redb
+            journal / redb,
+            cases[0].0.latencies.percentiles_us().1,
+            cases[3].0.latencies.percentiles_us().0,
         );
+        println!("        {line}");
+        summary.push(line);
     }
-    let (lo, hi) = raws
-        .iter()
-        .fold((f64::MAX, 0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
     println!();
+    for line in &summary {
+        println!("summary: {line}");
+    }
     println!(
-        "raw loop measured {} times: {lo:.0}..{hi:.0} records/s (the raw/s column is the mean of the runs \
-         before and after each row)",
-        raws.len()
+        "load average after the append cases: {}",
+        support::load_avg()
     );
     println!();
     let replay_records: u64 = env_or("BENCH_REPLAY_RECORDS", 1_000_000);

@@ -1,16 +1,25 @@
-//! Manager benchmark (release): create+destroy operations per second on the
-//! directory provider at concurrency 1 and 16, the share of each operation's
-//! wall time spent awaiting durable journal appends, and fdatasyncs per
-//! operation (group commit at work when it falls well below 2).
+//! Manager benchmark: `cargo bench --bench manager` (release build).
 //!
-//! Run: `cargo bench --bench manager` (env BENCH_DIR picks the disk,
-//! BENCH_OPS the operations per case).
+//! Creates, then destroys, `BENCH_OPS` volumes on the directory provider
+//! through `Manager` (no HTTP) at concurrency 1 and 16, and prints per verb:
+//! operations/s, p50/p99 latency, journal `fdatasync`s per operation (group
+//! commit at work when it falls below 2), the share of each operation's wall
+//! time spent awaiting durable journal appends, and, at concurrency 1 (where
+//! every commit carries one operation's record, so the attribution is exact),
+//! the journal's overhead: that wait minus the time its own writes and syncs
+//! took, as a share of the operation. The raw `fdatasync` loop runs before
+//! the cases for scale, and the machine's load is printed.
+//!
+//! Environment: `BENCH_DIR` (scratch root, on the disk to measure),
+//! `BENCH_OPS` (default 2000 per case), `BENCH_CONCURRENCY` (default `1,16`).
+
+mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use volmgr::manager::{Manager, ManagerConfig};
+use support::{Case, Latencies};
+use volmgr::manager::{Manager, ManagerConfig, ManagerStats};
 use volmgr::state::Meta;
 
 fn main() {
@@ -18,63 +27,121 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run());
-}
-
-async fn run() {
-    let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
-    let pairs: usize = std::env::var("BENCH_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
-    println!("manager bench: {pairs} create+destroy pairs per case, state dir under {base}");
+    let root = tempfile::tempdir_in(support::bench_root()).unwrap();
+    let ops: usize = support::env_or("BENCH_OPS", 2000);
+    let levels = support::env_list("BENCH_CONCURRENCY", "1,16");
+    println!("manager bench: {}", support::machine_line(root.path()));
+    let raw_dir = root.path().join("raw");
+    std::fs::create_dir_all(&raw_dir).unwrap();
+    let mut raw = support::raw_fdatasync_loop(&raw_dir, Duration::from_secs(2));
+    let (raw_p50, _, _) = raw.latencies.percentiles_us();
     println!(
-        "{:>11} {:>10} {:>12} {:>14} {:>14}",
-        "concurrency", "ops/s", "syncs/op", "journal share", "op latency us"
+        "raw pwrite+fdatasync loop: {:.0}/s, p50 {raw_p50:.0} us; {ops} operations per case, dir provider",
+        raw.rate()
     );
-    for concurrency in [1usize, 16] {
-        let dir = tempfile::tempdir_in(&base).unwrap();
-        let root = dir.path().join("volumes").to_string_lossy().into_owned();
+    println!();
+    println!(
+        "{:>11} {:<8} | {:>8} {:>9} {:>9} | {:>12} {:>14} {:>16}",
+        "concurrency",
+        "verb",
+        "ops/s",
+        "p50 us",
+        "p99 us",
+        "fdatasync/op",
+        "journal share",
+        "journal overhead"
+    );
+    let mut summary = Vec::new();
+    for &concurrency in &levels {
+        let dir = tempfile::tempdir_in(root.path()).unwrap();
+        let volumes = dir.path().join("volumes").to_string_lossy().into_owned();
         let config = ManagerConfig {
             default_provider: Some(Box::new(move || {
-                Ok(("dir".into(), BTreeMap::from([("root".into(), root)])))
+                Ok(("dir".into(), BTreeMap::from([("root".into(), volumes)])))
             })),
             ..ManagerConfig::default()
         };
-        let m = Arc::new(Manager::open(dir.path(), config).await.unwrap());
-        let before = m.stats();
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for t in 0..concurrency {
-            let m = m.clone();
-            let n = pairs / concurrency;
-            tasks.push(tokio::spawn(async move {
-                for i in 0..n {
-                    let id = format!("b{t}-{i}");
-                    m.create_volume("default", Some(&id), Meta::new())
-                        .await
-                        .unwrap();
-                    m.destroy_volume(&id).await.unwrap();
-                }
-            }));
+        let m = rt.block_on(Manager::open(dir.path(), config)).unwrap();
+        for verb in ["create", "destroy"] {
+            let before = m.stats();
+            let mut case = rt.block_on(run(&m, verb, concurrency, ops));
+            let after = m.stats();
+            let line = row(concurrency, verb, &mut case, &before, &after);
+            summary.push(line);
         }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        let after = m.stats();
-        let ops = (after.operations - before.operations) as f64;
-        let syncs = (after.syncs - before.syncs) as f64;
-        let share = (after.journal_wait_ns - before.journal_wait_ns) as f64
-            / (after.operation_ns - before.operation_ns).max(1) as f64;
-        let latency_us = (after.operation_ns - before.operation_ns) as f64 / ops / 1000.0;
-        println!(
-            "{concurrency:>11} {:>10.0} {:>12.2} {:>13.1}% {:>14.0}",
-            ops / elapsed,
-            syncs / ops,
-            share * 100.0,
-            latency_us
-        );
-        Arc::try_unwrap(m).unwrap().close().await;
+        rt.block_on(m.close());
     }
+    println!();
+    for line in &summary {
+        println!("summary: {line}");
+    }
+    println!("load average at the end: {}", support::load_avg());
+}
+
+async fn run(m: &Manager, verb: &'static str, concurrency: usize, ops: usize) -> Case {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let m = m.clone();
+        let n = ops / concurrency;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Latencies::default();
+            for i in 0..n {
+                let id = format!("b{t}-{i}");
+                let op_started = Instant::now();
+                match verb {
+                    "create" => {
+                        m.create_volume("default", Some(&id), Meta::new())
+                            .await
+                            .unwrap();
+                    }
+                    _ => m.destroy_volume(&id).await.unwrap(),
+                }
+                lat.push(op_started.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut case = Case::default();
+    for t in tasks {
+        let lat = t.await.unwrap();
+        case.ops += lat.0.len() as u64;
+        case.latencies.extend(lat);
+    }
+    case.secs = started.elapsed().as_secs_f64();
+    case
+}
+
+fn row(
+    concurrency: usize,
+    verb: &str,
+    case: &mut Case,
+    before: &ManagerStats,
+    after: &ManagerStats,
+) -> String {
+    let ops = (after.operations - before.operations).max(1) as f64;
+    let syncs = (after.syncs - before.syncs) as f64;
+    let op_ns = (after.operation_ns - before.operation_ns).max(1) as f64;
+    let wait_ns = (after.journal_wait_ns - before.journal_wait_ns) as f64;
+    let sync_ns = (after.journal_sync_ns - before.journal_sync_ns) as f64;
+    let share = wait_ns / op_ns;
+    let overhead = (concurrency == 1).then(|| (wait_ns - sync_ns).max(0.0) / op_ns);
+    let (p50, p99, _) = case.latencies.percentiles_us();
+    println!(
+        "{concurrency:>11} {verb:<8} | {:>8.0} {p50:>9.0} {p99:>9.0} | {:>12.2} {:>13.1}% {:>16}",
+        case.rate(),
+        syncs / ops,
+        share * 100.0,
+        overhead.map_or_else(|| "-".into(), |o| format!("{:.1}%", o * 100.0))
+    );
+    format!(
+        "{verb} at concurrency {concurrency}: {:.0}/s, {:.2} journal fdatasyncs/op, journal share {:.1}%{}",
+        case.rate(),
+        syncs / ops,
+        share * 100.0,
+        overhead.map_or_else(String::new, |o| format!(
+            ", journal overhead beyond its syncs {:.1}%",
+            o * 100.0
+        ))
+    )
 }

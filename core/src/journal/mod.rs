@@ -19,11 +19,9 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::thread::JoinHandle;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
 
 pub use codec::{decode_checkpoint, decode_record, encode_checkpoint, encode_record};
 pub use error::JournalError;
@@ -33,7 +31,7 @@ use repair::discard_failed_commit;
 pub use repair::truncate_torn_tail;
 
 use crate::storage::{RealStorage, Storage};
-use writer::{Request, Shared, Writer};
+use writer::{Committer, Shared, Writer};
 
 /// Directory of the segments, under the state directory.
 pub const JOURNAL_DIR: &str = "journal";
@@ -60,7 +58,7 @@ pub struct JournalConfig {
     pub segment_size: u64,
     /// Upper bound of one group commit's bytes.
     pub max_batch_bytes: usize,
-    /// Depth of the queue between appenders and the writer thread.
+    /// Most append requests queued for a commit at once; more wait for room.
     pub queue_depth: usize,
 }
 
@@ -91,9 +89,8 @@ pub struct Recovery<R> {
 
 /// The journal handle. Appends may run concurrently from many tasks.
 pub struct Journal<R> {
-    tx: Option<mpsc::Sender<Request>>,
+    committer: Arc<Committer>,
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
     segment_size: u64,
     state_dir: PathBuf,
     _record: PhantomData<fn() -> R>,
@@ -257,16 +254,7 @@ impl<R: JournalRecord> Journal<R> {
             shared: shared.clone(),
             _lock: lock,
         };
-        let (tx, rx) = mpsc::channel(config.queue_depth);
-        let thread = std::thread::Builder::new()
-            .name("volmgr-journal".into())
-            .spawn(move || {
-                if let Some(reply) = writer.run(rx) {
-                    // `run` consumed the writer: files and lock are released.
-                    let _ = reply.send(());
-                }
-            })
-            .map_err(|e| JournalError::io(state_dir, "spawn journal writer", e))?;
+        let committer = Committer::new(writer, config.queue_depth);
 
         let recovery = Recovery {
             checkpoint: read.checkpoint.map(|c| (c.seq, c.payload)),
@@ -284,9 +272,8 @@ impl<R: JournalRecord> Journal<R> {
         }
         Ok((
             Journal {
-                tx: Some(tx),
+                committer,
                 shared,
-                thread: Some(thread),
                 segment_size: config.segment_size,
                 state_dir: state_dir.to_owned(),
                 _record: PhantomData,
@@ -344,40 +331,26 @@ impl<R: JournalRecord> Journal<R> {
         if encoded.is_empty() {
             return Ok(self.durable_seq() + 1);
         }
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Append {
-            records: encoded,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| self.gone())?
+        self.committer.append(encoded, total).await
     }
 
     /// Stores a snapshot of the caller's state as of sequence `seq` (which
     /// must be durable), then removes what it makes unnecessary: checkpoints
     /// but the newest two, and segments wholly covered by the older of those.
-    /// A checkpoint at or before the newest stored one is a no-op.
+    /// A checkpoint at or before the newest stored one is a no-op. The file
+    /// is written on the blocking pool; appends go on meanwhile.
     pub async fn checkpoint(&self, seq: u64, payload: Vec<u8>) -> Result<(), JournalError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Checkpoint {
-            seq,
-            payload,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| self.gone())?.map(|_| ())
-    }
-
-    async fn send(&self, request: Request) -> Result<(), JournalError> {
-        let tx = self.tx.as_ref().ok_or(JournalError::Closed)?;
-        tx.send(request).await.map_err(|_| self.gone())
-    }
-
-    fn gone(&self) -> JournalError {
-        match self.shared.poisoned() {
-            Some(cause) => JournalError::Poisoned { cause },
-            None => JournalError::Closed,
-        }
+        let committer = self.committer.clone();
+        tokio::task::spawn_blocking(move || committer.checkpoint(seq, &payload))
+            .await
+            .map_err(|e| {
+                JournalError::io(
+                    &self.state_dir,
+                    "write checkpoint",
+                    std::io::Error::other(e),
+                )
+            })?
+            .map(|_| ())
     }
 }
 
@@ -392,6 +365,11 @@ impl<R> Journal<R> {
         self.shared.syncs.load(Ordering::Relaxed)
     }
 
+    /// Wall time the commits spent in their write and `fdatasync`, summed.
+    pub fn sync_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.shared.sync_ns.load(Ordering::Relaxed))
+    }
+
     /// The cause, if a failed write or sync has poisoned the journal.
     pub fn poisoned(&self) -> Option<String> {
         self.shared.poisoned()
@@ -401,7 +379,8 @@ impl<R> Journal<R> {
         &self.state_dir
     }
 
-    /// Stops the writer thread after the queued requests and releases the lock.
+    /// Lets the queued appends commit, then closes the segment and releases
+    /// the lock.
     pub async fn close(self) {
         self.shutdown().await;
     }
@@ -409,22 +388,14 @@ impl<R> Journal<R> {
     /// Like [`Journal::close`], through a shared handle: once it returns the
     /// lock is released and every later append fails with `Closed`.
     pub async fn shutdown(&self) {
-        let Some(tx) = self.tx.as_ref() else {
-            return;
-        };
-        let (reply, done) = oneshot::channel();
-        if tx.send(Request::Shutdown { reply }).await.is_ok() {
-            let _ = done.await;
-        }
+        self.committer.shutdown().await;
     }
 }
 
 impl<R> Drop for Journal<R> {
     fn drop(&mut self) {
-        self.tx.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        // No append can be in flight: each borrows the handle.
+        self.committer.close_now();
     }
 }
 

@@ -1,66 +1,76 @@
-//! The writer thread: group commit, rotation, checkpoints, poisoning.
+//! The writer: leader/follower group commit, rotation, checkpoints, poisoning.
 //!
-//! One OS thread owns the active segment. Appenders send encoded records over
-//! a bounded channel and await a reply. The thread blocks for the first
-//! request, then drains whatever else is already queued (no timer: a lone
-//! writer is never delayed), assigns sequence numbers, writes the whole batch
-//! with one positioned write and makes it durable with one `fdatasync`. Only
-//! then are the appenders answered. A failed write or sync poisons the journal:
-//! the batch and every later request get [`JournalError::Poisoned`].
+//! There is no writer thread. An appender queues its encoded records; if no
+//! commit is under way it becomes the *leader*: it takes the queued requests
+//! (its own first, up to the batch limit), assigns sequence numbers, writes
+//! the batch with one positioned write and makes it durable with one
+//! `fdatasync`, on its own thread. A lone appender thus commits its own record
+//! with no hand-off to another thread and no wake-up. Appenders that arrive
+//! while a leader syncs are *followers*: they wait. When the leader's sync
+//! returns it answers the followers of its batch and, if more requests are
+//! queued, passes the leadership to the oldest of them, which commits the
+//! next batch (with everything that queued meanwhile). So every sync carries
+//! whatever arrived during the previous one, and no appender commits more than
+//! its own batch.
 //!
-//! **Invariant:** a reply `Ok(seq)` is sent only after the sync covering `seq`
-//! returned success. **Invariant:** a write batch never spans two segments.
+//! A failed write or sync poisons the journal: that batch and every later
+//! request get [`JournalError::Poisoned`]. A checkpoint is written without
+//! holding up appends (only the list of segments is shared), on the blocking
+//! pool.
+//!
+//! **Invariant:** an append is answered `Ok(seq)` only after the sync covering
+//! `seq` returned success. **Invariant:** a write batch never spans two
+//! segments. **Invariant:** at most one leader at a time; requests are queued
+//! only while a leader exists (`waiting` non-empty implies `leading`), so no
+//! request is ever left without a leader to commit it.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 
 use super::JournalError;
 use super::format::{self, FrameHeader, SEGMENT_HEADER_LEN};
 use crate::storage::{LockGuard, Storage, StorageFile};
 
-pub(crate) type Reply = oneshot::Sender<Result<u64, JournalError>>;
 /// Encoded records of one request: (kind, payload).
 pub(crate) type Encoded = Vec<(u8, Vec<u8>)>;
 
-pub(crate) enum Request {
-    /// Records (kind, encoded payload) written contiguously in one batch.
-    Append { records: Encoded, reply: Reply },
-    Checkpoint {
-        seq: u64,
-        payload: Vec<u8>,
-        reply: Reply,
-    },
-    /// Stop after the requests queued before this one; the reply is sent by
-    /// the thread after the writer (files, lock) is dropped.
-    Shutdown { reply: oneshot::Sender<()> },
-}
-
-/// State shared between the handle and the thread.
+/// State shared between the handle and the committer.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     pub durable_seq: AtomicU64,
     pub syncs: AtomicU64,
+    /// Wall time of the commits' writes and syncs, summed.
+    pub sync_ns: AtomicU64,
     pub poison: Mutex<Option<String>>,
 }
 
 impl Shared {
     pub fn poisoned(&self) -> Option<String> {
-        self.poison
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.poison).clone()
     }
     fn set_poison(&self, cause: String) {
-        let mut p = self.poison.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = lock(&self.poison);
         if p.is_none() {
             *p = Some(cause);
         }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn poisoned_error(shared: &Shared) -> JournalError {
+    JournalError::Poisoned {
+        cause: shared.poisoned().unwrap_or_else(|| "unknown".into()),
+    }
+}
+
+/// The open segment and what is on disk: owned by the leader of the moment.
 pub(crate) struct Writer {
     pub storage: Arc<dyn Storage>,
     pub journal_dir: PathBuf,
@@ -79,115 +89,399 @@ pub(crate) struct Writer {
     /// Sequence numbers of the checkpoints on disk, ascending.
     pub checkpoints: Vec<u64>,
     pub shared: Arc<Shared>,
-    /// Released when the thread ends, so no second opener runs beside it.
+    /// Released when the writer is dropped (at close), so no second opener
+    /// runs beside it.
     pub _lock: LockGuard,
 }
 
-fn poisoned_error(shared: &Shared) -> JournalError {
-    JournalError::Poisoned {
-        cause: shared.poisoned().unwrap_or_else(|| "unknown".into()),
+/// What a follower is told.
+enum Turn {
+    /// Its records were committed (or refused).
+    Done(Result<u64, JournalError>),
+    /// The previous leader is done and this follower's request is the oldest
+    /// queued: it commits the next batch.
+    Lead,
+}
+
+/// A queued request.
+struct Entry {
+    records: Encoded,
+    bytes: usize,
+    /// `None` for the leader's own request.
+    reply: Option<oneshot::Sender<Turn>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Entry>,
+    leading: bool,
+    /// No new request is accepted; the last leader closes the writer.
+    closing: bool,
+    /// The writer is gone (files closed, lock released).
+    closed: bool,
+    /// Shutdown calls waiting for the writer to close.
+    on_closed: Vec<oneshot::Sender<()>>,
+}
+
+/// The group-commit machinery behind a `Journal` handle.
+pub(crate) struct Committer {
+    queue: Mutex<Queue>,
+    /// `None` once closed. Lock order: `writer`, then `queue`.
+    writer: Mutex<Option<Writer>>,
+    /// Checkpoints on disk, ascending; held for a whole checkpoint, so
+    /// checkpoints run one at a time.
+    checkpoints: Mutex<Vec<u64>>,
+    /// Bounds the requests queued at once (`JournalConfig::queue_depth`).
+    permits: Semaphore,
+    pub shared: Arc<Shared>,
+    segment_size: u64,
+    max_batch_bytes: usize,
+    checkpoint_dir: PathBuf,
+    journal_dir: PathBuf,
+    storage: Arc<dyn Storage>,
+}
+
+/// Fails every request of a leader that panicked, so none waits forever.
+struct LeaderGuard<'a> {
+    committer: &'a Committer,
+    armed: bool,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.committer
+            .shared
+            .set_poison("a journal commit panicked".into());
+        let mut q = lock(&self.committer.queue);
+        q.leading = false;
+        for entry in q.waiting.drain(..) {
+            if let Some(reply) = entry.reply {
+                let _ = reply.send(Turn::Done(Err(poisoned_error(&self.committer.shared))));
+            }
+        }
+    }
+}
+
+/// A follower's wait. If the follower is dropped (its task cancelled) just
+/// as the leadership is handed to it, it still leads: synchronously, while
+/// being dropped, so the queue never stalls.
+struct Follower<'a> {
+    committer: &'a Committer,
+    rx: Option<oneshot::Receiver<Turn>>,
+}
+
+impl Drop for Follower<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            // After `close`, a send fails; one made before is still received.
+            rx.close();
+            if let Ok(Turn::Lead) = rx.try_recv() {
+                let _ = self.committer.lead();
+            }
+        }
+    }
+}
+
+impl Committer {
+    pub fn new(mut writer: Writer, queue_depth: usize) -> Arc<Committer> {
+        let checkpoints = std::mem::take(&mut writer.checkpoints);
+        Arc::new(Committer {
+            queue: Mutex::new(Queue::default()),
+            permits: Semaphore::new(queue_depth.min(Semaphore::MAX_PERMITS)),
+            shared: writer.shared.clone(),
+            segment_size: writer.segment_size,
+            max_batch_bytes: writer.max_batch_bytes,
+            checkpoint_dir: writer.checkpoint_dir.clone(),
+            journal_dir: writer.journal_dir.clone(),
+            storage: writer.storage.clone(),
+            checkpoints: Mutex::new(checkpoints),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Commits `records` (already encoded and checked to fit an empty
+    /// segment); returns the first one's sequence number once durable.
+    pub async fn append(&self, records: Encoded, bytes: usize) -> Result<u64, JournalError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        let rx = {
+            let mut q = lock(&self.queue);
+            if q.closing {
+                return Err(JournalError::Closed);
+            }
+            if let Some(cause) = self.shared.poisoned() {
+                return Err(JournalError::Poisoned { cause });
+            }
+            if q.leading {
+                let (tx, rx) = oneshot::channel();
+                q.waiting.push_back(Entry {
+                    records,
+                    bytes,
+                    reply: Some(tx),
+                });
+                rx
+            } else {
+                debug_assert!(q.waiting.is_empty(), "requests queued without a leader");
+                q.leading = true;
+                q.waiting.push_back(Entry {
+                    records,
+                    bytes,
+                    reply: None,
+                });
+                drop(q);
+                return self.lead();
+            }
+        };
+        let mut follower = Follower {
+            committer: self,
+            rx: Some(rx),
+        };
+        let turn = follower.rx.as_mut().expect("armed until answered").await;
+        follower.rx = None;
+        match turn {
+            Ok(Turn::Done(result)) => result,
+            Ok(Turn::Lead) => self.lead(),
+            // The leader went away without an answer (it panicked).
+            Err(_) => Err(poisoned_error(&self.shared)),
+        }
+    }
+
+    /// Commits one batch as the leader (whose own request is the oldest
+    /// queued), answers its followers, then hands the leadership on or
+    /// gives it up. Returns the leader's own result.
+    fn lead(&self) -> Result<u64, JournalError> {
+        let mut guard = LeaderGuard {
+            committer: self,
+            armed: true,
+        };
+        let mut writer = lock(&self.writer);
+        let (batch, bytes) = {
+            let mut q = lock(&self.queue);
+            debug_assert!(q.leading);
+            let room = writer.as_ref().map_or(0, Writer::segment_room);
+            self.take_batch(&mut q, room)
+        };
+        let results: Vec<Result<u64, JournalError>> = match writer.as_mut() {
+            Some(w) => w.commit(&batch, bytes),
+            None => batch.iter().map(|_| Err(JournalError::Closed)).collect(),
+        };
+        // Hand on or give up the leadership, and close when asked to.
+        let (next, on_closed) = {
+            let mut q = lock(&self.queue);
+            let poisoned = self.shared.poisoned().is_some();
+            if poisoned {
+                for entry in q.waiting.drain(..) {
+                    if let Some(reply) = entry.reply {
+                        let _ = reply.send(Turn::Done(Err(poisoned_error(&self.shared))));
+                    }
+                }
+            }
+            let next = q.waiting.front_mut().map(|e| {
+                e.reply
+                    .take()
+                    .expect("only the leader's own request has no reply")
+            });
+            let mut on_closed = Vec::new();
+            if next.is_none() {
+                q.leading = false;
+                if q.closing {
+                    *writer = None;
+                    q.closed = true;
+                    on_closed = std::mem::take(&mut q.on_closed);
+                }
+            }
+            (next, on_closed)
+        };
+        drop(writer);
+        guard.armed = false;
+        for done in on_closed {
+            let _ = done.send(());
+        }
+        let mut own = None;
+        for (entry, result) in batch.into_iter().zip(results) {
+            match entry.reply {
+                Some(reply) => {
+                    let _ = reply.send(Turn::Done(result));
+                }
+                None => own = Some(result),
+            }
+        }
+        if let Some(next) = next
+            && next.send(Turn::Lead).is_err()
+        {
+            // Its task is gone (and its drop saw no message): lead again.
+            self.lead_for_gone();
+        }
+        own.expect("the leader's own request is in its batch")
+    }
+
+    /// The new leader's task ended before it could be told: its request
+    /// (now the oldest) is committed by this thread, its answer dropped.
+    fn lead_for_gone(&self) {
+        let _ = self.lead();
+    }
+
+    /// Takes the oldest requests that fit one batch: the first always (it fits
+    /// an empty segment), more while they fit the batch limit and the room
+    /// where the batch will be written (this segment, or a fresh one).
+    fn take_batch(&self, q: &mut Queue, room: u64) -> (Vec<Entry>, usize) {
+        let first = q.waiting.pop_front().expect("a leader has its own request");
+        debug_assert!(first.reply.is_none(), "the leader's request comes first");
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        let cap = if bytes as u64 <= room {
+            room
+        } else {
+            self.segment_size - SEGMENT_HEADER_LEN as u64
+        };
+        while let Some(next) = q.waiting.front() {
+            let total = bytes + next.bytes;
+            if total > self.max_batch_bytes || total as u64 > cap {
+                break;
+            }
+            bytes = total;
+            batch.push(q.waiting.pop_front().expect("front exists"));
+        }
+        (batch, bytes)
+    }
+
+    /// Stops accepting appends, lets the queued ones commit, then closes the
+    /// segment and releases the lock.
+    pub async fn shutdown(&self) {
+        let wait = {
+            let mut q = lock(&self.queue);
+            if q.closed {
+                return;
+            }
+            q.closing = true;
+            if q.leading {
+                let (tx, rx) = oneshot::channel();
+                q.on_closed.push(tx);
+                Some(rx)
+            } else {
+                None
+            }
+        };
+        match wait {
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => self.close_now(),
+        }
+        self.permits.close();
+    }
+
+    /// Closes at once: for `Drop`, when no append can be in flight.
+    pub fn close_now(&self) {
+        let mut writer = lock(&self.writer);
+        let mut q = lock(&self.queue);
+        q.closing = true;
+        if !q.leading {
+            *writer = None;
+            q.closed = true;
+            for done in q.on_closed.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Stores a checkpoint of the caller's state as of durable `seq`, then
+    /// removes what it makes unnecessary (see `Journal::checkpoint`). Blocking;
+    /// appends go on meanwhile.
+    pub fn checkpoint(&self, seq: u64, payload: &[u8]) -> Result<u64, JournalError> {
+        let mut checkpoints = lock(&self.checkpoints);
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(JournalError::Poisoned { cause });
+        }
+        if lock(&self.queue).closed {
+            return Err(JournalError::Closed);
+        }
+        let durable = self.shared.durable_seq.load(Ordering::Acquire);
+        if seq > durable {
+            return Err(JournalError::CheckpointAhead { seq, durable });
+        }
+        // Not newer than the newest: nothing to gain, and storing it would
+        // let retention keep it instead of a newer one whose covered
+        // segments are already gone.
+        if checkpoints.last().is_some_and(|&newest| seq <= newest) {
+            return Ok(seq);
+        }
+        let storage = self.storage.as_ref();
+        let bytes = format::encode_checkpoint(seq, payload);
+        let name = format::checkpoint_file_name(seq);
+        write_new_file(storage, &self.checkpoint_dir, &name, &bytes)?;
+        checkpoints.push(seq);
+        // Keep the newest two; segments wholly covered by the older of them
+        // can go (invariant: deleted only after a covering checkpoint is durable).
+        while checkpoints.len() > 2 {
+            let old = checkpoints.remove(0);
+            let path = self.checkpoint_dir.join(format::checkpoint_file_name(old));
+            storage
+                .remove_file(&path)
+                .map_err(|e| JournalError::io(&path, "remove checkpoint", e))?;
+        }
+        if checkpoints.len() == 2 {
+            let covered = checkpoints[0];
+            // Segment i holds [segments[i], segments[i+1]-1]; never the active
+            // one. Only the list is shared with the leader; the files go after.
+            let gone: Vec<u64> = {
+                let mut writer = lock(&self.writer);
+                let Some(w) = writer.as_mut() else {
+                    return Err(JournalError::Closed);
+                };
+                let n = w
+                    .segments
+                    .windows(2)
+                    .take_while(|pair| pair[1] - 1 <= covered)
+                    .count();
+                w.segments.drain(..n).collect()
+            };
+            for first in gone {
+                let path = self.journal_dir.join(format::segment_file_name(first));
+                storage
+                    .remove_file(&path)
+                    .map_err(|e| JournalError::io(&path, "remove segment", e))?;
+            }
+        }
+        sync_dir(storage, &self.checkpoint_dir)?;
+        sync_dir(storage, &self.journal_dir)?;
+        Ok(seq)
     }
 }
 
 impl Writer {
-    /// The thread body: runs until every handle is gone or a shutdown
-    /// request arrives; returns that request's reply channel.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Request>) -> Option<oneshot::Sender<()>> {
-        let mut pending: Option<Request> = None;
-        let mut buf: Vec<u8> = Vec::with_capacity(self.max_batch_bytes);
-        loop {
-            let first = match pending.take() {
-                Some(r) => r,
-                None => rx.blocking_recv()?,
-            };
-            let (seq, payload, reply) = match first {
-                Request::Checkpoint {
-                    seq,
-                    payload,
-                    reply,
-                } => (seq, payload, reply),
-                Request::Shutdown { reply } => {
-                    rx.close();
-                    // Requests already queued are refused, not dropped silently.
-                    while let Ok(r) = rx.try_recv() {
-                        match r {
-                            Request::Append { reply, .. } | Request::Checkpoint { reply, .. } => {
-                                let _ = reply.send(Err(JournalError::Closed));
-                            }
-                            Request::Shutdown { reply } => drop(reply),
-                        }
-                    }
-                    return Some(reply);
-                }
-                Request::Append { records, reply } => {
-                    let mut batch = vec![(records, reply)];
-                    let mut bytes: usize = batch_bytes(&batch[0].0);
-                    while let Ok(next) = rx.try_recv() {
-                        match next {
-                            Request::Append { records, reply } => {
-                                let more = batch_bytes(&records);
-                                // The batch must fit where it will be written:
-                                // the rest of this segment, or a fresh one.
-                                let room = self.segment_room();
-                                let cap = if bytes as u64 <= room {
-                                    room
-                                } else {
-                                    self.segment_size - SEGMENT_HEADER_LEN as u64
-                                };
-                                if bytes + more > self.max_batch_bytes
-                                    || (bytes + more) as u64 > cap
-                                {
-                                    pending = Some(Request::Append { records, reply });
-                                    break;
-                                }
-                                bytes += more;
-                                batch.push((records, reply));
-                            }
-                            other => {
-                                pending = Some(other);
-                                break;
-                            }
-                        }
-                    }
-                    self.commit(batch, bytes, &mut buf);
-                    continue;
-                }
-            };
-            let result = self.checkpoint(seq, &payload);
-            let _ = reply.send(result);
-        }
-    }
-
     fn segment_room(&self) -> u64 {
         self.active_len.saturating_sub(self.offset)
     }
 
-    fn commit(&mut self, batch: Vec<(Encoded, Reply)>, bytes: usize, buf: &mut Vec<u8>) {
+    /// Writes and syncs one batch; one result per request.
+    fn commit(&mut self, batch: &[Entry], bytes: usize) -> Vec<Result<u64, JournalError>> {
+        let refuse = |shared: &Shared| batch.iter().map(|_| Err(poisoned_error(shared))).collect();
         if self.shared.poisoned().is_some() {
-            for (_, reply) in batch {
-                let _ = reply.send(Err(poisoned_error(&self.shared)));
-            }
-            return;
+            return refuse(&self.shared);
         }
         if bytes as u64 > self.segment_room()
             && let Err(e) = self.rotate()
         {
             self.shared.set_poison(e.to_string());
-            for (_, reply) in batch {
-                let _ = reply.send(Err(poisoned_error(&self.shared)));
-            }
-            return;
+            return refuse(&self.shared);
         }
         debug_assert!(bytes as u64 <= self.segment_room());
-        buf.clear();
+        let mut buf = Vec::with_capacity(bytes);
         let batch_first_seq = self.next_seq;
         let mut seq = self.next_seq;
         let mut firsts = Vec::with_capacity(batch.len());
-        for (records, _) in &batch {
+        for entry in batch {
             firsts.push(seq);
-            for (kind, payload) in records {
+            for (kind, payload) in &entry.records {
                 format::encode_frame(
-                    buf,
+                    &mut buf,
                     FrameHeader {
                         seq,
                         batch_first_seq,
@@ -199,9 +493,10 @@ impl Writer {
             }
         }
         assert_eq!(buf.len(), bytes, "batch size computed before encoding");
+        let started = std::time::Instant::now();
         let written = self
             .file
-            .write_all_at(buf, self.offset)
+            .write_all_at(&buf, self.offset)
             .map_err(|e| format!("write failed: {e}"))
             .and_then(|()| {
                 self.file
@@ -212,18 +507,16 @@ impl Writer {
             tracing::error!(%cause, "journal poisoned");
             self.mark_failed_commit();
             self.shared.set_poison(cause);
-            for (_, reply) in batch {
-                let _ = reply.send(Err(poisoned_error(&self.shared)));
-            }
-            return;
+            return refuse(&self.shared);
         }
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .sync_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.offset += bytes as u64;
         self.next_seq = seq;
         self.shared.durable_seq.store(seq - 1, Ordering::Release);
-        for ((_, reply), first) in batch.into_iter().zip(firsts) {
-            let _ = reply.send(Ok(first));
-        }
+        firsts.into_iter().map(Ok).collect()
     }
 
     /// Leaves a marker naming where the failed batch starts, so the next open
@@ -265,57 +558,6 @@ impl Writer {
         debug_assert!(self.segments.windows(2).all(|w| w[0] < w[1]));
         Ok(())
     }
-
-    fn checkpoint(&mut self, seq: u64, payload: &[u8]) -> Result<u64, JournalError> {
-        if let Some(cause) = self.shared.poisoned() {
-            return Err(JournalError::Poisoned { cause });
-        }
-        let durable = self.next_seq - 1;
-        if seq > durable {
-            return Err(JournalError::CheckpointAhead { seq, durable });
-        }
-        // Not newer than the newest: nothing to gain, and storing it would
-        // let retention keep it instead of a newer one whose covered
-        // segments are already gone.
-        if self.checkpoints.last().is_some_and(|&newest| seq <= newest) {
-            return Ok(seq);
-        }
-        let bytes = format::encode_checkpoint(seq, payload);
-        let name = format::checkpoint_file_name(seq);
-        write_new_file(self.storage.as_ref(), &self.checkpoint_dir, &name, &bytes)?;
-        self.checkpoints.push(seq);
-        // Keep the newest two; segments wholly covered by the older of them
-        // can go (invariant: deleted only after a covering checkpoint is durable).
-        let storage = self.storage.as_ref();
-        while self.checkpoints.len() > 2 {
-            let old = self.checkpoints.remove(0);
-            let path = self.checkpoint_dir.join(format::checkpoint_file_name(old));
-            storage
-                .remove_file(&path)
-                .map_err(|e| JournalError::io(&path, "remove checkpoint", e))?;
-        }
-        if self.checkpoints.len() == 2 {
-            let covered = self.checkpoints[0];
-            // Segment i holds [segments[i], segments[i+1]-1]; never the active one.
-            while self.segments.len() >= 2 && self.segments[1] - 1 <= covered {
-                let first = self.segments.remove(0);
-                let path = self.journal_dir.join(format::segment_file_name(first));
-                storage
-                    .remove_file(&path)
-                    .map_err(|e| JournalError::io(&path, "remove segment", e))?;
-            }
-        }
-        sync_dir(storage, &self.checkpoint_dir)?;
-        sync_dir(storage, &self.journal_dir)?;
-        Ok(seq)
-    }
-}
-
-fn batch_bytes(records: &[(u8, Vec<u8>)]) -> usize {
-    records
-        .iter()
-        .map(|(_, p)| format::frame_len(p.len()))
-        .sum()
 }
 
 pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {

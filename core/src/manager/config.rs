@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::journal::{JournalConfig, JournalError, LogEnd};
 use crate::provider::{self, ProviderConfig, ProviderError, ProviderFactory};
@@ -174,6 +175,27 @@ pub struct ReconcileReport {
     pub journal_end: Option<LogEnd>,
     pub checkpoint_seq: Option<u64>,
     pub replayed_records: usize,
+    /// How long each step of open took.
+    pub phases: OpenPhases,
+}
+
+/// Wall time of each step of [`crate::manager::Manager::open`], for the log
+/// and the restart benchmark (each should grow linearly with the volumes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenPhases {
+    /// `Journal::open`: lock, checkpoint file read and verified, segments
+    /// after it walked and their records decoded.
+    pub journal_open: Duration,
+    /// The checkpoint's payload decoded into the state.
+    pub checkpoint_decode: Duration,
+    /// The records after the checkpoint applied to the state.
+    pub replay: Duration,
+    /// Providers built from their journaled records.
+    pub providers: Duration,
+    /// Every provider's inventory.
+    pub inventory: Duration,
+    /// The decision table run, resolutions performed and journaled.
+    pub reconcile: Duration,
 }
 
 /// Journal statistics for benchmarks and the agent.
@@ -186,4 +208,7 @@ pub struct ManagerStats {
     /// Their summed wall time, and the part spent awaiting durable appends.
     pub operation_ns: u64,
     pub journal_wait_ns: u64,
+    /// Time the journal's commits spent writing and in `fdatasync` (each
+    /// commit once, however many operations it carried).
+    pub journal_sync_ns: u64,
 }

@@ -4,8 +4,10 @@
 //! state and claim the volumes it touches (typed error, nothing written);
 //! append a durable Intent; perform the provider side effect on the blocking
 //! pool, tagged with the volume id and op id; append a durable Outcome; apply
-//! both records; broadcast events; answer. The body runs in a spawned task, so
-//! a caller that gives up cannot leave a durable record unapplied.
+//! both records; broadcast events; answer. The body runs in the caller's task
+//! (no hand-off on the way in or out); if the caller gives up, the body moves
+//! to a task of its own and finishes there, so no durable record is left
+//! unapplied.
 //!
 //! **Invariant:** nothing reaches a provider before its Intent is durable.
 //! **Invariant:** nothing is acknowledged before its Outcome is durable.
@@ -32,16 +34,19 @@ mod write_path;
 pub use attributes::ProviderTraits;
 pub use config::{
     DEFAULT_PROVIDER_ID, DefaultProviderFactory, ManagerConfig, ManagerError, ManagerStats,
-    ReconcileReport,
+    OpenPhases, ReconcileReport,
 };
 pub use replay::{apply_all, checkpoint_state, replay};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, watch};
 
@@ -152,17 +157,21 @@ impl Manager {
             .storage
             .clone()
             .unwrap_or_else(|| Arc::new(RealStorage));
+        let mut phases = OpenPhases::default();
+        let started = Instant::now();
         let (journal, recovery) = tokio::task::spawn_blocking(move || {
             Journal::<Record>::open_with_storage(storage, &dir, journal_config)
         })
         .await
         .map_err(|e| ManagerError::Internal(e.to_string()))??;
+        phases.journal_open = started.elapsed();
 
-        let state = replay(&recovery)?;
+        let state = replay::replay_timed(&recovery, &mut phases)?;
         let report = ReconcileReport {
             journal_end: Some(recovery.end.clone()),
             checkpoint_seq: recovery.checkpoint.as_ref().map(|(s, _)| *s),
             replayed_records: recovery.records.len(),
+            phases,
             ..ReconcileReport::default()
         };
         let seq = state.seq;
@@ -194,6 +203,7 @@ impl Manager {
         let manager = Manager { inner };
 
         // Providers come back from the journal; the factory runs only if none.
+        let started = Instant::now();
         let records: Vec<ProviderRecord> =
             manager.with_state(|s| s.providers.values().cloned().collect());
         for record in &records {
@@ -217,6 +227,13 @@ impl Manager {
                 }
             }
         }
+        manager
+            .inner
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .phases
+            .providers = started.elapsed();
         manager.reconcile().await?;
         if records.is_empty()
             && let Some(factory) = config.default_provider
@@ -267,6 +284,7 @@ impl Manager {
             operations: self.inner.counters.operations.load(Ordering::Relaxed),
             operation_ns: self.inner.counters.operation_ns.load(Ordering::Relaxed),
             journal_wait_ns: self.inner.counters.journal_wait_ns.load(Ordering::Relaxed),
+            journal_sync_ns: self.inner.journal.sync_time().as_nanos() as u64,
         }
     }
 
@@ -348,14 +366,81 @@ impl Manager {
         self.inner.journal.shutdown().await;
     }
 
+    /// Runs an operation's body to completion even if the caller stops
+    /// waiting (see [`Detached`]).
     async fn spawn<T, F>(&self, body: F) -> Result<T, ManagerError>
     where
         F: Future<Output = Result<T, ManagerError>> + Send + 'static,
         T: Send + 'static,
     {
-        tokio::spawn(body)
-            .await
-            .map_err(|e| ManagerError::Internal(format!("operation task failed: {e}")))?
+        Detached {
+            body: Some(Box::pin(body)),
+        }
+        .await
+    }
+}
+
+/// An operation's body, polled in the caller's own task: no hand-off to
+/// another task or thread on the way in or out. If the caller's future is
+/// dropped before the body finished (a client that hung up, a timeout), the
+/// body is handed to a spawned task that completes it, so a durable intent
+/// always gets its outcome. A panic in the body is an `Internal` error, as a
+/// panic in a task of its own would be.
+struct Detached<F: Future + Send + 'static>
+where
+    F::Output: Send,
+{
+    body: Option<Pin<Box<F>>>,
+}
+
+impl<T, F> Future for Detached<F>
+where
+    F: Future<Output = Result<T, ManagerError>> + Send + 'static,
+    T: Send,
+{
+    type Output = Result<T, ManagerError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let body = self.body.as_mut().expect("polled after completion");
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx)));
+        let output = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(output)) => output,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(ManagerError::Internal(format!(
+                    "operation task failed: {why}"
+                )))
+            }
+        };
+        self.body = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detached<F>
+where
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        let Some(body) = self.body.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                // The body holds whatever it needs; its result goes nowhere.
+                runtime.spawn(async move {
+                    let _ = body.await;
+                });
+            }
+            Err(_) => tracing::error!(
+                "an operation's caller went away outside a runtime; its intent is reconciled at the next open"
+            ),
+        }
     }
 }
 

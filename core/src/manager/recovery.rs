@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{Manager, ManagerError, ReconcileReport, done, found_ref, now_ms, volume_ref};
 use crate::provider::Provider;
@@ -15,7 +16,11 @@ impl Manager {
     /// pending operations) and journals each resolution.
     pub(super) async fn reconcile(&self) -> Result<(), ManagerError> {
         let inner = &self.inner;
-        let state = self.state();
+        let started = Instant::now();
+        let mut inventory_time = Duration::ZERO;
+        // Shared with every resolution's blocking task: one copy, not one
+        // per decision (thousands of decisions must not copy it thousands of times).
+        let state = Arc::new(self.state());
         let mut report = ReconcileReport::default();
         let mut decisions = reconcile::decide(&state, None, &[]);
         let mut providers: Vec<(String, Arc<dyn Provider>)> = inner
@@ -29,9 +34,11 @@ impl Manager {
         let mut provider_of: HashMap<usize, Arc<dyn Provider>> = HashMap::new();
         for (id, provider) in &providers {
             let p = provider.clone();
+            let inventory_started = Instant::now();
             let found = tokio::task::spawn_blocking(move || p.inventory())
                 .await
                 .map_err(|e| ManagerError::Internal(e.to_string()))?;
+            inventory_time += inventory_started.elapsed();
             let found = match found {
                 Ok(found) => found,
                 Err(e) => {
@@ -121,6 +128,8 @@ impl Manager {
         stored.resolutions = report.resolutions;
         stored.foreign = report.foreign;
         stored.unavailable = report.unavailable;
+        stored.phases.inventory = inventory_time;
+        stored.phases.reconcile = started.elapsed().saturating_sub(inventory_time);
         Ok(())
     }
 }

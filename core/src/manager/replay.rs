@@ -12,7 +12,9 @@
 use crate::journal::{self, Recovery};
 use crate::state::{ApplyError, Record, State};
 
-use super::ManagerError;
+use std::time::Instant;
+
+use super::{ManagerError, OpenPhases};
 
 /// The state a checkpoint payload holds, checked against the checkpoint's
 /// sequence number.
@@ -41,10 +43,22 @@ pub fn apply_all<'a>(
 
 /// The state what opening the journal recovered replays to.
 pub fn replay(recovery: &Recovery<Record>) -> Result<State, ManagerError> {
+    replay_timed(recovery, &mut OpenPhases::default())
+}
+
+/// [`replay`], noting how long the checkpoint decode and the records took.
+pub(super) fn replay_timed(
+    recovery: &Recovery<Record>,
+    phases: &mut OpenPhases,
+) -> Result<State, ManagerError> {
+    let started = Instant::now();
     let mut state = match &recovery.checkpoint {
         Some((seq, payload)) => checkpoint_state(*seq, payload).map_err(ManagerError::Replay)?,
         None => State::default(),
     };
+    phases.checkpoint_decode = started.elapsed();
+    let started = Instant::now();
     apply_all(&mut state, &recovery.records).map_err(ManagerError::RecordRejected)?;
+    phases.replay = started.elapsed();
     Ok(state)
 }

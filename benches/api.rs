@@ -1,0 +1,111 @@
+//! HTTP API benchmark: `cargo bench --bench api` (release build).
+//!
+//! Starts the real agent (`volmgr serve`, the default directory provider
+//! under its state directory) and times `POST /storage/providers/default/volumes`
+//! (an empty body: the agent picks a UUID) from 1, 8 and 32 clients, each a
+//! thread with its own keep-alive connection, for `BENCH_SECS` per case. Each
+//! case gets a fresh state directory. The raw reference (one thread of
+//! 200-byte `pwrite` + `fdatasync` on a preallocated file) runs before and
+//! after every case on the same disk; a case is compared with the mean of
+//! the two. Prints creates/s, p50/p99/p999 latency, the raw rate and the
+//! ratio, and the machine's load. Not a test: nothing here asserts a speed.
+//!
+//! Environment: `BENCH_DIR` (scratch root, on the disk to measure),
+//! `BENCH_SECS` (default 4), `BENCH_CLIENTS` (default `1,8,32`).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{AgentProcess, Case, HttpConn, Latencies};
+
+const PATH: &str = "/storage/providers/default/volumes";
+
+fn creates(agent: &AgentProcess, clients: usize, secs: Duration) -> Case {
+    let token = agent.token();
+    let failures = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + secs;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let addr = agent.addr;
+            let token = token.clone();
+            let failures = failures.clone();
+            std::thread::spawn(move || {
+                let mut conn = HttpConn::connect(addr, token.as_deref()).expect("connects");
+                let mut lat = Latencies::default();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match conn.request("POST", PATH, b"") {
+                        Ok(200) => lat.push(t.elapsed()),
+                        Ok(status) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("create answered {status}");
+                        }
+                        Err(e) => panic!("create failed: {e}"),
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut case = Case::default();
+    for t in threads {
+        let lat = t.join().unwrap();
+        case.ops += lat.0.len() as u64;
+        case.latencies.extend(lat);
+    }
+    case.secs = start.elapsed().as_secs_f64();
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "every create succeeds");
+    case
+}
+
+fn main() {
+    let root = tempfile::tempdir_in(support::bench_root()).unwrap();
+    let secs = Duration::from_secs_f64(support::env_or("BENCH_SECS", 4.0));
+    let clients = support::env_list("BENCH_CLIENTS", "1,8,32");
+    println!("api bench: {}", support::machine_line(root.path()));
+    println!(
+        "POST {PATH} through `volmgr serve` (dir provider), {:.1} s per case, keep-alive \
+         connections, one thread per client; latencies in microseconds",
+        secs.as_secs_f64()
+    );
+    println!();
+    println!(
+        "{:>7} | {:>10} {:>9} {:>9} {:>9} | {:>9} {:>8} | {:>9}",
+        "clients", "creates/s", "p50 us", "p99 us", "p999 us", "raw/s", "vs raw", "start ms"
+    );
+    let raw_dir = root.path().join("raw");
+    std::fs::create_dir_all(&raw_dir).unwrap();
+    let mut raw_before = support::raw_fdatasync_loop(&raw_dir, secs).rate();
+    let mut summary = Vec::new();
+    for (i, &n) in clients.iter().enumerate() {
+        let state_dir = root.path().join(format!("state-{i}"));
+        let (agent, started) = AgentProcess::start(&state_dir);
+        let mut case = creates(&agent, n, secs);
+        drop(agent);
+        std::fs::remove_dir_all(&state_dir).unwrap();
+        let raw_after = support::raw_fdatasync_loop(&raw_dir, secs).rate();
+        let raw = (raw_before + raw_after) / 2.0;
+        raw_before = raw_after;
+        let (p50, p99, p999) = case.latencies.percentiles_us();
+        println!(
+            "{n:>7} | {:>10.0} {p50:>9.0} {p99:>9.0} {p999:>9.0} | {raw:>9.0} {:>7.3}x | {:>9.0}",
+            case.rate(),
+            case.rate() / raw,
+            started.as_secs_f64() * 1e3
+        );
+        summary.push(format!(
+            "{n} clients: {:.0} creates/s = {:.3}x raw fdatasync ({raw:.0}/s), p99 {p99:.0} us",
+            case.rate(),
+            case.rate() / raw
+        ));
+    }
+    println!();
+    for line in &summary {
+        println!("summary: {line}");
+    }
+    println!("load average at the end: {}", support::load_avg());
+}

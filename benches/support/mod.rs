@@ -1,0 +1,294 @@
+//! Shared by the benchmarks: the raw `fdatasync` reference loop, latency
+//! percentiles, the machine's load and the file system a directory is on.
+//! Not a benchmark itself (a subdirectory without `main.rs`).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use volmgr::storage::{RealStorage, Storage};
+
+/// Record size of the raw loop and of the journal bench.
+pub const RAW_RECORD_LEN: usize = 200;
+
+/// Latencies of one case, in nanoseconds.
+#[derive(Debug, Default, Clone)]
+pub struct Latencies(pub Vec<u64>);
+
+impl Latencies {
+    pub fn push(&mut self, d: Duration) {
+        self.0.push(d.as_nanos() as u64);
+    }
+
+    pub fn extend(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+
+    /// p50, p99 and p999 in microseconds (0 when empty).
+    pub fn percentiles_us(&mut self) -> (f64, f64, f64) {
+        if self.0.is_empty() {
+            return (0.0, 0.0, 0.0);
+        }
+        self.0.sort_unstable();
+        let at = |q: f64| {
+            let i = ((self.0.len() as f64 * q).ceil() as usize).clamp(1, self.0.len()) - 1;
+            self.0[i] as f64 / 1e3
+        };
+        (at(0.50), at(0.99), at(0.999))
+    }
+}
+
+/// One measured case: operations per second and per-operation latencies.
+#[derive(Debug, Default, Clone)]
+pub struct Case {
+    pub ops: u64,
+    pub secs: f64,
+    pub latencies: Latencies,
+}
+
+impl Case {
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / self.secs.max(1e-9)
+    }
+}
+
+/// The reference: 200-byte positioned writes + `fdatasync` on a file
+/// preallocated the way journal segments are (`fallocate`), for `secs`.
+pub fn raw_fdatasync_loop(dir: &Path, secs: Duration) -> Case {
+    let path = dir.join("raw-fdatasync.dat");
+    let file = RealStorage.create(&path).unwrap();
+    let size = 256u64 << 20;
+    file.allocate(size).unwrap();
+    file.sync_all().unwrap();
+    let buf = [0x5Au8; RAW_RECORD_LEN];
+    let mut case = Case::default();
+    let start = Instant::now();
+    while start.elapsed() < secs {
+        let t = Instant::now();
+        let offset = (case.ops * RAW_RECORD_LEN as u64) % (size - RAW_RECORD_LEN as u64);
+        file.write_all_at(&buf, offset).unwrap();
+        file.sync_data().unwrap();
+        case.latencies.push(t.elapsed());
+        case.ops += 1;
+    }
+    case.secs = start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    case
+}
+
+/// The 1-, 5- and 15-minute load averages, as /proc/loadavg prints them.
+pub fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// One line naming the machine: CPUs, load, file system of `dir`.
+pub fn machine_line(dir: &Path) -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let fs = fs_type(dir);
+    format!(
+        "machine: {cpus} CPUs, load average {} (1/5/15 min), {} on {fs}{}",
+        load_avg(),
+        dir.display(),
+        if fs == "tmpfs" || fs == "ramfs" {
+            " (WARNING: fsync costs nothing here; set BENCH_DIR to a disk)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The file system type the directory lives on, from /proc/mounts.
+pub fn fs_type(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut best: Option<(usize, String)> = None;
+    for line in mounts.lines() {
+        let mut f = line.split_whitespace();
+        let (_, Some(point), Some(kind)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if dir.starts_with(point) && best.as_ref().is_none_or(|(len, _)| point.len() > *len) {
+            best = Some((point.len(), kind.to_owned()));
+        }
+    }
+    best.map_or_else(|| "unknown".into(), |(_, k)| k)
+}
+
+/// The benches' scratch root: `BENCH_DIR`, else `target/bench-tmp`.
+pub fn bench_root() -> PathBuf {
+    let root = match std::env::var_os("BENCH_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-tmp"),
+    };
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
+
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A comma-separated list of numbers from the environment.
+pub fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|w| w.trim().parse().ok())
+        .collect()
+}
+
+/// User + system CPU seconds of this process so far.
+pub fn cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct it is given; plain integers.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// A keep-alive HTTP/1.1 connection speaking just enough to time requests.
+pub struct HttpConn {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+    auth: String,
+}
+
+impl HttpConn {
+    /// Connects to `addr`; `token` is sent as a bearer token when given.
+    pub fn connect(addr: std::net::SocketAddr, token: Option<&str>) -> std::io::Result<HttpConn> {
+        let stream = std::net::TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(HttpConn {
+            stream,
+            buf: Vec::with_capacity(4096),
+            auth: token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n")),
+        })
+    }
+
+    /// Sends one request and reads the whole response; returns its status.
+    pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
+        use std::io::{Read, Write};
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.auth,
+            body.len()
+        );
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        self.stream.write_all(&req)?;
+        self.buf.clear();
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+        let mut chunk = [0u8; 4096];
+        let header_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(bad("connection closed before the response"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head =
+            std::str::from_utf8(&self.buf[..header_end]).map_err(|_| bad("head not UTF-8"))?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no status"))?;
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())
+                    .flatten()
+            })
+            .ok_or_else(|| bad("no content-length"))?;
+        while self.buf.len() < header_end + len {
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(bad("connection closed inside the body"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(status)
+    }
+}
+
+/// A `volmgr serve` child on 127.0.0.1 with its state directory; stopped
+/// with SIGTERM when dropped.
+pub struct AgentProcess {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub state_dir: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts the agent and waits (up to two minutes) for `200` from `/healthz`;
+    /// returns it with the time that took.
+    pub fn start(state_dir: &Path) -> (AgentProcess, Duration) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let started = Instant::now();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_volmgr"))
+            .args(["serve", "--state-dir"])
+            .arg(state_dir)
+            .args(["--listen", &addr.to_string()])
+            .env("RUST_LOG", "off")
+            .env_remove("VOLMGR_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("volmgr serve starts");
+        let mut agent = AgentProcess {
+            child,
+            addr,
+            state_dir: state_dir.to_owned(),
+        };
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                panic!("volmgr serve exited early: {status}");
+            }
+            let healthy = HttpConn::connect(addr, agent.token().as_deref())
+                .and_then(|mut c| c.request("GET", "/healthz", b""))
+                .is_ok_and(|s| s == 200);
+            if healthy {
+                return (agent, started.elapsed());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "volmgr serve not healthy in 2 minutes"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The agent's bearer token, once it writes one to `<state-dir>/token`.
+    pub fn token(&self) -> Option<String> {
+        std::fs::read_to_string(self.state_dir.join("token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
