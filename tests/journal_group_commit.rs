@@ -49,7 +49,9 @@ struct GateState {
 
 impl Gate {
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn at_sync(&self) {
@@ -63,7 +65,10 @@ impl Gate {
         while s.armed {
             s.holding = true;
             self.changed.notify_all();
-            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = self
+                .changed
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         s.holding = false;
     }
@@ -75,7 +80,10 @@ impl Gate {
     fn wait_until_holding(&self) {
         let mut s = self.lock();
         while !s.holding {
-            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = self
+                .changed
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 

@@ -26,7 +26,7 @@ impl Manager {
         let mut providers: Vec<(String, Arc<dyn Provider>)> = inner
             .providers
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -46,7 +46,7 @@ impl Manager {
                     inner
                         .unavailable
                         .write()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(id.clone(), e.to_string());
                     report.unavailable.push((id.clone(), e.to_string()));
                     continue;
@@ -61,7 +61,7 @@ impl Manager {
         for (id, reason) in inner
             .unavailable
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
             if !report.unavailable.iter().any(|(p, _)| p == id) {
@@ -72,7 +72,10 @@ impl Manager {
         // volumes stay claimed until a later open can decide them.
         let unavailable: Vec<String> = report.unavailable.iter().map(|(p, _)| p.clone()).collect();
         {
-            let mut core = inner.core.lock().unwrap_or_else(|e| e.into_inner());
+            let mut core = inner
+                .core
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for p in core.state.pending.values().cloned().collect::<Vec<_>>() {
                 if reconcile::provider_of(&core.state, &p.action)
                     .is_some_and(|id| unavailable.contains(&id))
@@ -124,7 +127,10 @@ impl Manager {
                 .resolutions
                 .push((d.case, d.volume.clone(), d.detail.clone()));
         }
-        let mut stored = inner.report.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stored = inner
+            .report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         stored.resolutions = report.resolutions;
         stored.foreign = report.foreign;
         stored.unavailable = report.unavailable;
