@@ -18,3 +18,4 @@ pub use volmgr_core::{
 pub mod agent;
 pub mod cli;
 pub mod csi;
+pub mod timefmt;
