@@ -106,14 +106,7 @@ fn threads_case(writers: usize, secs: Duration, op: Arc<dyn Fn() + Send + Sync>)
             })
         })
         .collect();
-    let mut case = Case::default();
-    for t in threads {
-        let lat = t.join().unwrap();
-        case.ops += lat.0.len() as u64;
-        case.latencies.extend(lat);
-    }
-    case.secs = start.elapsed().as_secs_f64();
-    case
+    Case::join(threads, start)
 }
 
 /// One system under test, kept open across the slices of a row.

@@ -194,6 +194,22 @@ fn replayed(dir: &Path) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// The queue goes on after a follower's fate: the next append is seq 3, and
+/// replay finds the leader's, the follower's and that record, in order.
+fn appends_after_and_replays_leader_follower_after(journal: Arc<Journal<Rec>>, dir: &Path) {
+    let seq = block_on(journal.append(&Rec("after".into()))).unwrap();
+    assert_eq!(seq, 3, "the queue did not stall");
+    drop(journal);
+    assert_eq!(
+        replayed(dir),
+        vec![
+            (1, "leader".into()),
+            (2, "follower".into()),
+            (3, "after".into())
+        ]
+    );
+}
+
 /// A leader holding its sync, and a follower queued behind it (not yet
 /// answered: polled once, then left alone).
 struct Scene {
@@ -281,17 +297,7 @@ fn a_follower_dropped_as_the_leadership_reaches_it_still_commits_the_queue() {
         2,
         "the dropped follower's request was committed while it was dropped"
     );
-    let seq = block_on(scene.journal.append(&Rec("after".into()))).unwrap();
-    assert_eq!(seq, 3, "the queue did not stall");
-    drop(scene.journal);
-    assert_eq!(
-        replayed(dir.path()),
-        vec![
-            (1, "leader".into()),
-            (2, "follower".into()),
-            (3, "after".into())
-        ]
-    );
+    appends_after_and_replays_leader_follower_after(scene.journal, dir.path());
 }
 
 #[test]
@@ -309,17 +315,7 @@ fn a_follower_dropped_before_the_leadership_reaches_it_is_committed_by_the_leade
         2,
         "the leader committed the queued request of the task that went away"
     );
-    let seq = block_on(scene.journal.append(&Rec("after".into()))).unwrap();
-    assert_eq!(seq, 3);
-    drop(scene.journal);
-    assert_eq!(
-        replayed(dir.path()),
-        vec![
-            (1, "leader".into()),
-            (2, "follower".into()),
-            (3, "after".into())
-        ]
-    );
+    appends_after_and_replays_leader_follower_after(scene.journal, dir.path());
 }
 
 #[test]

@@ -54,6 +54,19 @@ impl Case {
     pub fn rate(&self) -> f64 {
         self.ops as f64 / self.secs.max(1e-9)
     }
+
+    /// Joins the threads of a case started at `start`, each returning the
+    /// latencies of its operations: one latency per operation done.
+    pub fn join(threads: Vec<std::thread::JoinHandle<Latencies>>, start: Instant) -> Case {
+        let mut case = Case::default();
+        for t in threads {
+            let lat = t.join().expect("a bench thread panicked");
+            case.ops += lat.0.len() as u64;
+            case.latencies.extend(lat);
+        }
+        case.secs = start.elapsed().as_secs_f64();
+        case
+    }
 }
 
 /// The reference: 200-byte positioned writes + `fdatasync` on a file
