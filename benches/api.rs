@@ -51,13 +51,7 @@ fn creates(agent: &AgentProcess, clients: usize, secs: Duration) -> Case {
             })
         })
         .collect();
-    let mut case = Case::default();
-    for t in threads {
-        let lat = t.join().unwrap();
-        case.ops += lat.0.len() as u64;
-        case.latencies.extend(lat);
-    }
-    case.secs = start.elapsed().as_secs_f64();
+    let case = Case::join(threads, start);
     assert_eq!(failures.load(Ordering::Relaxed), 0, "every create succeeds");
     case
 }

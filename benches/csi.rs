@@ -1,9 +1,9 @@
-//! CSI benchmark (release): CreateVolume + DeleteVolume pairs per second
+//! CSI benchmark (release): `CreateVolume` + `DeleteVolume` pairs per second
 //! through the plugin's gRPC socket at concurrency 1 and 16 on the dir
 //! provider, next to the HTTP API doing the same (create + destroy) in the
 //! same run, on the same manager, so the cost of each front end shows.
 //!
-//! Run: `cargo bench --bench csi` (env BENCH_DIR picks the disk, BENCH_OPS
+//! Run: `cargo bench --bench csi` (env `BENCH_DIR` picks the disk, `BENCH_OPS`
 //! the pairs per case).
 
 use std::collections::BTreeMap;

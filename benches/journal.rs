@@ -87,6 +87,8 @@ impl Bench {
 }
 
 /// Threads running `op` for `secs`; each call timed.
+// `op` arrives as a fresh `Arc` of a closure (unsized here); each thread clones it.
+#[allow(clippy::needless_pass_by_value)]
 fn threads_case(writers: usize, secs: Duration, op: Arc<dyn Fn() + Send + Sync>) -> Case {
     let start = Instant::now();
     let deadline = start + secs;
@@ -104,14 +106,7 @@ fn threads_case(writers: usize, secs: Duration, op: Arc<dyn Fn() + Send + Sync>)
             })
         })
         .collect();
-    let mut case = Case::default();
-    for t in threads {
-        let lat = t.join().unwrap();
-        case.ops += lat.0.len() as u64;
-        case.latencies.extend(lat);
-    }
-    case.secs = start.elapsed().as_secs_f64();
-    case
+    Case::join(threads, start)
 }
 
 /// One system under test, kept open across the slices of a row.
@@ -200,7 +195,7 @@ impl System for JournalSystem {
                 .map(|w| {
                     let journal = journal.clone();
                     tokio::spawn(async move {
-                        let rec = record(w as u32);
+                        let rec = record(u32::try_from(w).unwrap());
                         let mut lat = Latencies::default();
                         while Instant::now() < deadline {
                             let t = Instant::now();
@@ -372,7 +367,7 @@ fn replay_and_open(bench: &mut Bench, count: u64) {
         let batch: Vec<BenchRec> = (0..1000).map(record).collect();
         let mut written = 0;
         while written < count {
-            let n = (count - written).min(batch.len() as u64) as usize;
+            let n = usize::try_from((count - written).min(batch.len() as u64)).unwrap();
             journal.append_all(&batch[..n]).await.unwrap();
             written += n as u64;
         }
@@ -449,7 +444,10 @@ fn replay_and_open(bench: &mut Bench, count: u64) {
         let state = vec![0xC5u8; 1 << 20];
         journal.checkpoint(count, state).await.unwrap();
         for i in 0..tail {
-            journal.append(&record(i as u32)).await.unwrap();
+            journal
+                .append(&record(u32::try_from(i).unwrap()))
+                .await
+                .unwrap();
         }
         journal.close().await;
     });

@@ -7,6 +7,10 @@
 //! builds without axum, clap, indicatif or tracing-subscriber. See
 //! `ARCHITECTURE.md` for the map.
 
+// A panic in the agent or the library is a bug, never a reply: no unwrap
+// outside tests (clippy.toml allows it in #[test] code). Issue 15.
+#![warn(clippy::unwrap_used)]
+
 pub use volmgr_core::{
     fsutil, journal, manager, model, provider, reconcile, state, storage, validate,
 };
@@ -14,3 +18,4 @@ pub use volmgr_core::{
 pub mod agent;
 pub mod cli;
 pub mod csi;
+pub mod timefmt;

@@ -6,6 +6,7 @@ mod agent_support;
 
 use agent_support::{Auth, GateProvider, TestAgent, assert_error, peers, raw, raw_as, sim_config};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use volmgr::agent::api::{Kind, VolumeEvent, VolumeInfo};
 use volmgr::agent::{Agent, AgentError, PullFrom, ServeOptions};
 use volmgr::manager::{Manager, ManagerConfig};
@@ -337,7 +338,7 @@ async fn unknown_ids_providers_and_routes_are_answered_404() {
     let url = &agent.url;
     let data = agent
         .client
-        .create_volume("default", Some("data"), Default::default())
+        .create_volume("default", Some("data"), BTreeMap::default())
         .await
         .unwrap();
     let cases: Vec<(&str, String, Option<String>, &str)> = vec![
@@ -406,10 +407,10 @@ async fn conflicts_with_the_current_state_are_answered_409() {
     let url = &agent.url;
     let c = &agent.client;
     let data = c
-        .create_volume("default", Some("data"), Default::default())
+        .create_volume("default", Some("data"), BTreeMap::default())
         .await
         .unwrap();
-    let snap = c.snapshot(&data.id, Default::default()).await.unwrap();
+    let snap = c.snapshot(&data.id, BTreeMap::default()).await.unwrap();
     let cases: Vec<(&str, String, Option<String>, &str)> = vec![
         (
             "POST",
@@ -480,16 +481,16 @@ async fn a_volume_with_an_operation_in_flight_is_answered_409_busy() {
     let (gate, mut held) = GateProvider::new(SimProvider::new());
     let mut config = ManagerConfig::default();
     config.factories.insert("gate".into(), gate.factory());
-    config.default_provider = Some(Box::new(|| Ok(("gate".into(), Default::default()))));
+    config.default_provider = Some(Box::new(|| Ok(("gate".into(), BTreeMap::default()))));
     let agent = TestAgent::open(dir.path(), config, ServeOptions::default()).await;
     let url = agent.url.clone();
     agent
         .client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     let client = agent.client.clone();
-    let snapshot = tokio::spawn(async move { client.snapshot("v", Default::default()).await });
+    let snapshot = tokio::spawn(async move { client.snapshot("v", BTreeMap::default()).await });
     held.entered
         .recv()
         .await
@@ -513,7 +514,7 @@ async fn a_lost_volume_is_listed_as_lost_and_operations_on_it_are_409() {
     let sim = SimProvider::new();
     let manager = Manager::open(dir.path(), sim_config(&sim)).await.unwrap();
     manager
-        .create_volume("default", Some("gone"), Default::default())
+        .create_volume("default", Some("gone"), BTreeMap::default())
         .await
         .unwrap();
     manager.close().await;
@@ -560,7 +561,7 @@ async fn json_of_the_wrong_shape_is_bad_body_and_no_message_names_a_rust_type() 
     let (_dir, _sim, agent) = sim_agent().await;
     let v = agent
         .client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     let url = &agent.url;
@@ -685,17 +686,17 @@ async fn with_a_token_every_route_refuses_requests_without_it_401() {
     // The client presents it; pulls present it to the source agent too.
     let v = agent
         .client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     let snap = agent
         .client
-        .snapshot(&v.id, Default::default())
+        .snapshot(&v.id, BTreeMap::default())
         .await
         .unwrap();
     let target = agent
         .client
-        .create_volume("default", Some("t"), Default::default())
+        .create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     agent
@@ -824,7 +825,7 @@ async fn a_pull_from_an_unreachable_source_is_answered_502() {
     let agent = TestAgent::open(dir.path(), sim_config(&sim), options).await;
     agent
         .client
-        .create_volume("default", Some("t"), Default::default())
+        .create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     let answer = raw(
@@ -842,7 +843,7 @@ async fn a_pull_from_an_unreachable_source_is_answered_502() {
 async fn the_volume_event_stream_lists_then_follows_creates_and_destroys() {
     let (_dir, _sim, agent) = sim_agent().await;
     let c = &agent.client;
-    c.create_volume("default", Some("before"), Default::default())
+    c.create_volume("default", Some("before"), BTreeMap::default())
         .await
         .unwrap();
     let mut events = c.events().await.unwrap();
@@ -859,7 +860,7 @@ async fn the_volume_event_stream_lists_then_follows_creates_and_destroys() {
         ("current", json!({"type": "current"}))
     );
 
-    c.create_volume("default", Some("after"), Default::default())
+    c.create_volume("default", Some("after"), BTreeMap::default())
         .await
         .unwrap();
     let created = events.next().await.unwrap().unwrap();
@@ -889,7 +890,7 @@ async fn abort_receive_discards_the_partial_receive_and_a_token_that_does_not_fi
     let url = &agent.url;
     let v = agent
         .client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     sim.plant_partial(&v.id, uuid::Uuid::from_u128(9), "77", "1-abc");
@@ -923,7 +924,7 @@ async fn abort_receive_discards_the_partial_receive_and_a_token_that_does_not_fi
     // whole stream is sent, marked as not resumed.
     let s = agent
         .client
-        .snapshot("v", Default::default())
+        .snapshot("v", BTreeMap::default())
         .await
         .unwrap();
     let http = reqwest::Client::new();

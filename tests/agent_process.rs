@@ -3,33 +3,25 @@
 
 mod agent_support;
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
+use std::process::{Output, Stdio};
 
+use agent_support::process::{ServeProcess, describe, volmgr_command};
 use agent_support::{TEST_TOKEN, TestAgent, sim_config};
-use serde_json::Value;
 use volmgr::agent::ServeOptions;
 use volmgr::agent::api::VolumeInfo;
 use volmgr::cli::{EXIT_CONFLICT, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE};
 use volmgr::provider::sim::SimProvider;
-
-const BIN: &str = env!("CARGO_BIN_EXE_volmgr");
 
 /// Runs `volmgr` off the runtime's thread (the agent under test keeps
 /// serving on it). `VOLMGR_TOKEN` is the test agents' token unless `env`
 /// sets it (`""`: none).
 async fn volmgr(args: Vec<String>, env: Vec<(&'static str, String)>) -> Output {
     tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::new(BIN);
-        cmd.args(&args)
-            .env("VOLMGR_TOKEN", TEST_TOKEN)
-            .env_remove("VOLMGR_AGENT")
-            .env_remove("VOLMGR_STATE_DIR")
-            .stdin(Stdio::null());
+        let mut cmd = volmgr_command();
+        cmd.args(&args).env("VOLMGR_TOKEN", TEST_TOKEN);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -43,7 +35,7 @@ fn args(agent: &str, rest: &[&str]) -> Vec<String> {
     ["volume", "--agent", agent]
         .iter()
         .chain(rest)
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect()
 }
 
@@ -53,13 +45,7 @@ fn stdout(o: &Output) -> String {
 
 #[track_caller]
 fn assert_exit(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        stdout(o),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_eq!(o.status.code(), Some(code), "{}", describe(o));
 }
 
 #[tokio::test]
@@ -136,7 +122,7 @@ async fn the_volume_cli_drives_every_verb_and_reports_failures_by_exit_code() {
     // Pull, here from the agent itself into another data volume.
     agent
         .client
-        .create_volume("default", Some("mirror"), Default::default())
+        .create_volume("default", Some("mirror"), BTreeMap::default())
         .await
         .unwrap();
     let o = volmgr(
@@ -260,7 +246,7 @@ async fn the_volume_cli_exits_cleanly_when_stdout_is_closed() {
     for i in 0..20 {
         agent
             .client
-            .create_volume("default", Some(&format!("v{i}")), Default::default())
+            .create_volume("default", Some(&format!("v{i}")), BTreeMap::default())
             .await
             .unwrap();
     }
@@ -268,7 +254,7 @@ async fn the_volume_cli_exits_cleanly_when_stdout_is_closed() {
     let o = tokio::task::spawn_blocking(move || {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        Command::new(BIN)
+        volmgr_command()
             .args(["volume", "--agent", &url, "list"])
             .env("VOLMGR_TOKEN", TEST_TOKEN)
             .stdout(writer)
@@ -290,11 +276,10 @@ async fn the_volume_cli_exits_cleanly_when_stdout_is_closed() {
 #[test]
 fn serve_refuses_a_non_loopback_address_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(BIN)
+    let o = volmgr_command()
         .args(["serve", "--insecure-no-auth", "--state-dir"])
         .arg(dir.path())
         .args(["--listen", "0.0.0.0:0"])
-        .env_remove("VOLMGR_TOKEN")
         .output()
         .unwrap();
     assert_exit(&o, EXIT_USAGE);
@@ -307,70 +292,6 @@ fn serve_refuses_a_non_loopback_address_without_a_token() {
         !dir.path().join("journal").exists(),
         "the state directory must not be opened"
     );
-}
-
-/// A `volmgr serve` process with JSON logs on stderr, parsed as they come.
-struct Server {
-    child: Child,
-    logs: std_mpsc::Receiver<Value>,
-    url: String,
-    /// The token the agent generated in its state directory.
-    token: String,
-}
-
-/// Bound on waiting for the agent's own log lines (not a synchronisation
-/// delay: the wait ends as soon as the line arrives).
-const LOG_WAIT: Duration = Duration::from_secs(120);
-
-impl Server {
-    fn start(state_dir: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
-            .arg("--state-dir")
-            .arg(state_dir)
-            .env_remove("VOLMGR_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, logs) = std_mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| serde_json::json!({"fields": {"message": line}}));
-                if tx.send(value).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = Server {
-            child,
-            logs,
-            url: String::new(),
-            token: String::new(),
-        };
-        let serving = server.wait_for("serving");
-        server.url = format!("http://{}", serving["fields"]["addr"].as_str().unwrap());
-        server.token =
-            volmgr::agent::credential::read_token_file(&state_dir.join("token")).unwrap();
-        server
-    }
-
-    /// The next log line whose message is `message`.
-    fn wait_for(&self, message: &str) -> Value {
-        loop {
-            let line = self
-                .logs
-                .recv_timeout(LOG_WAIT)
-                .unwrap_or_else(|e| panic!("no {message:?} log line: {e}"));
-            if line["fields"]["message"] == message {
-                return line;
-            }
-        }
-    }
 }
 
 /// Names of the entries of a directory (empty if it does not exist).
@@ -386,10 +307,13 @@ fn entries(dir: &Path) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_burst_of_creates_keeps_every_acknowledged_volume_and_leaks_none() {
     let state = tempfile::tempdir().unwrap();
-    let server = tokio::task::block_in_place(|| Server::start(state.path()));
-    tokio::task::block_in_place(|| server.wait_for("ready"));
+    let mut server = tokio::task::block_in_place(|| ServeProcess::start(state.path(), &[]));
     let url = server.url.clone();
     let token = server.token.clone();
+    assert!(
+        !token.is_empty(),
+        "the agent keeps a token in its state directory"
+    );
 
     // Workers create volumes back to back until the agent stops answering.
     const WORKERS: usize = 16;
@@ -433,9 +357,7 @@ async fn sigterm_during_a_burst_of_creates_keeps_every_acknowledged_volume_and_l
     while acked.len() < 20 {
         acked.insert(acked_rx.recv().await.expect("creates are acknowledged"));
     }
-    let pid = server.child.id() as libc::pid_t;
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    server.signal(libc::SIGTERM);
     let mut refusals = Vec::new();
     for w in workers {
         refusals.extend(w.await.unwrap());
@@ -443,7 +365,6 @@ async fn sigterm_during_a_burst_of_creates_keeps_every_acknowledged_volume_and_l
     while let Some(id) = acked_rx.recv().await {
         acked.insert(id);
     }
-    let mut server = server;
     let status = tokio::task::block_in_place(|| server.child.wait()).unwrap();
     assert!(status.success(), "clean shutdown after SIGTERM: {status}");
     let answered_503 = refusals.iter().filter(|r| r.starts_with("503")).count();
@@ -454,14 +375,15 @@ async fn sigterm_during_a_burst_of_creates_keeps_every_acknowledged_volume_and_l
         refusals.len() - answered_503
     );
 
-    let server = tokio::task::block_in_place(|| Server::start(state.path()));
-    let report = tokio::task::block_in_place(|| server.wait_for("opened and reconciled"));
+    let mut server = tokio::task::block_in_place(|| ServeProcess::start(state.path(), &[]));
+    let report = server
+        .logged("opened and reconciled")
+        .expect("a reconciliation report before ready");
     assert_eq!(
         report["fields"]["resolutions"], 0,
         "a clean shutdown leaves nothing to reconcile: {report}"
     );
     assert_eq!(report["fields"]["orphans"], 0, "{report}");
-    tokio::task::block_in_place(|| server.wait_for("ready"));
     assert_eq!(server.token, token, "the token survives a restart");
     let listed: Vec<VolumeInfo> = reqwest::Client::new()
         .get(format!("{}/storage/volumes", server.url))
@@ -483,12 +405,5 @@ async fn sigterm_during_a_burst_of_creates_keeps_every_acknowledged_volume_and_l
         "the provider holds exactly the recorded volumes"
     );
     assert!(entries(&root.join("snapshot")).is_empty());
-    let mut server = server;
-    // SAFETY: as above.
-    unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
-    assert!(
-        tokio::task::block_in_place(|| server.child.wait())
-            .unwrap()
-            .success()
-    );
+    assert!(tokio::task::block_in_place(|| server.terminate()).success());
 }

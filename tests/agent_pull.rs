@@ -1,6 +1,8 @@
 //! Snapshot pulls between two agents on loopback.
 
 mod agent_support;
+#[path = "common/config.rs"]
+mod config;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +11,6 @@ use std::path::{Path, PathBuf};
 use agent_support::{TestAgent, assert_error, peers, raw, sim_config};
 use serde_json::json;
 use volmgr::agent::{PullFrom, ServeOptions};
-use volmgr::manager::ManagerConfig;
 use volmgr::provider::sim::{SimCall, SimFault, SimProvider, When};
 
 /// Deterministic, poorly compressible bytes.
@@ -20,7 +21,7 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x as u8
+            x.to_le_bytes()[0]
         })
         .collect()
 }
@@ -56,21 +57,6 @@ fn peer_a(a: &TestAgent) -> ServeOptions {
 }
 
 const FILES: [&str; 3] = ["big-1.bin", "big-2.bin", "config.txt"];
-
-/// A manager configuration whose default provider is a directory provider
-/// under `<state>/volumes` (what `volmgr serve` registers).
-fn dir_config(state: &Path) -> ManagerConfig {
-    let root = state.join("volumes").to_str().unwrap().to_owned();
-    ManagerConfig {
-        default_provider: Some(Box::new(move || {
-            Ok((
-                "dir".into(),
-                [("root".to_owned(), root)].into_iter().collect(),
-            ))
-        })),
-        ..ManagerConfig::default()
-    }
-}
 
 /// One entry of a file tree: what a transfer must carry.
 #[derive(Debug, PartialEq, Eq)]
@@ -110,15 +96,20 @@ async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = TestAgent::open(
         dir_a.path(),
-        dir_config(dir_a.path()),
+        config::serve_default(dir_a.path()),
         ServeOptions::default(),
     )
     .await;
-    let b = TestAgent::open(dir_b.path(), dir_config(dir_b.path()), peer_a(&a)).await;
+    let b = TestAgent::open(
+        dir_b.path(),
+        config::serve_default(dir_b.path()),
+        peer_a(&a),
+    )
+    .await;
 
     let app = a
         .client
-        .create_volume("default", Some("app"), Default::default())
+        .create_volume("default", Some("app"), BTreeMap::default())
         .await
         .unwrap();
     let loc = PathBuf::from(&app.location);
@@ -132,13 +123,13 @@ async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
     std::os::unix::fs::symlink("nested/deeper/config.txt", loc.join("config")).unwrap();
     let snap1 = a
         .client
-        .snapshot(&app.id, Default::default())
+        .snapshot(&app.id, BTreeMap::default())
         .await
         .unwrap();
 
     let replica = b
         .client
-        .create_volume("default", Some("app-replica"), Default::default())
+        .create_volume("default", Some("app-replica"), BTreeMap::default())
         .await
         .unwrap();
     let full = b
@@ -159,7 +150,7 @@ async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
     std::fs::write(loc.join("new.txt"), "new\n").unwrap();
     let snap2 = a
         .client
-        .snapshot(&app.id, Default::default())
+        .snapshot(&app.id, BTreeMap::default())
         .await
         .unwrap();
     let incremental = b
@@ -208,7 +199,7 @@ async fn a_second_pull_between_simulated_agents_is_incremental_and_the_data_matc
     } = two_agents().await;
     let app = a
         .client
-        .create_volume("default", Some("app"), Default::default())
+        .create_volume("default", Some("app"), BTreeMap::default())
         .await
         .unwrap();
     sim_a.write_file("app", FILES[0], &noise(1, 256 * 1024));
@@ -216,13 +207,13 @@ async fn a_second_pull_between_simulated_agents_is_incremental_and_the_data_matc
     sim_a.write_file("app", FILES[2], b"workers = 4\n");
     let snap1 = a
         .client
-        .snapshot(&app.id, Default::default())
+        .snapshot(&app.id, BTreeMap::default())
         .await
         .unwrap();
 
     let replica = b
         .client
-        .create_volume("default", Some("app-replica"), Default::default())
+        .create_volume("default", Some("app-replica"), BTreeMap::default())
         .await
         .unwrap();
     let full = b
@@ -235,7 +226,7 @@ async fn a_second_pull_between_simulated_agents_is_incremental_and_the_data_matc
     sim_a.write_file("app", FILES[2], b"workers = 8\n");
     let snap2 = a
         .client
-        .snapshot(&app.id, Default::default())
+        .snapshot(&app.id, BTreeMap::default())
         .await
         .unwrap();
     let incremental = b
@@ -282,13 +273,13 @@ async fn a_pull_streams_progress_events_then_its_result() {
         b,
     } = two_agents().await;
     a.client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     sim_a.write_file("v", "data", &noise(3, 128 * 1024));
-    let snap = a.client.snapshot("v", Default::default()).await.unwrap();
+    let snap = a.client.snapshot("v", BTreeMap::default()).await.unwrap();
     b.client
-        .create_volume("default", Some("t"), Default::default())
+        .create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -330,13 +321,13 @@ async fn failed_send_leaves_no_snapshot(len: usize, code: &str) {
         b,
     } = two_agents().await;
     a.client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     sim_a.write_file("v", "data", &noise(4, len));
-    let snap = a.client.snapshot("v", Default::default()).await.unwrap();
+    let snap = a.client.snapshot("v", BTreeMap::default()).await.unwrap();
     b.client
-        .create_volume("default", Some("t"), Default::default())
+        .create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     sim_a.set_fault(Some(SimFault {
@@ -378,17 +369,17 @@ async fn resumable_pair(len: usize) -> (Pair, String) {
     let p = two_agents().await;
     p.sim_b.set_resumable(true);
     p.a.client
-        .create_volume("default", Some("src"), Default::default())
+        .create_volume("default", Some("src"), BTreeMap::default())
         .await
         .unwrap();
     p.sim_a.write_file("src", "f", &noise(5, len));
     let s =
         p.a.client
-            .snapshot("src", Default::default())
+            .snapshot("src", BTreeMap::default())
             .await
             .unwrap();
     p.b.client
-        .create_volume("default", Some("dst"), Default::default())
+        .create_volume("default", Some("dst"), BTreeMap::default())
         .await
         .unwrap();
     (p, s.id)
@@ -421,7 +412,7 @@ async fn a_broken_pull_is_kept_resumable_and_the_next_pull_sends_only_the_rest()
             .unwrap();
     assert!(done.resumed, "{done:?}");
     assert_eq!(
-        done.bytes as usize,
+        usize::try_from(done.bytes).unwrap(),
         whole - cut,
         "only the rest crossed (whole stream {whole} bytes, cut at {cut})"
     );
@@ -440,11 +431,11 @@ async fn an_agent_resumes_an_interrupted_pull_when_ready_and_discards_one_it_can
     // A second target whose source snapshot goes away before the restart.
     let gone =
         p.a.client
-            .snapshot("src", Default::default())
+            .snapshot("src", BTreeMap::default())
             .await
             .unwrap();
     p.b.client
-        .create_volume("default", Some("dst2"), Default::default())
+        .create_volume("default", Some("dst2"), BTreeMap::default())
         .await
         .unwrap();
     p.sim_a.cut_sends(Some(30_000));
@@ -456,7 +447,7 @@ async fn an_agent_resumes_an_interrupted_pull_when_ready_and_discards_one_it_can
     p.sim_a.cut_sends(None);
     p.a.client.destroy(&gone.id).await.unwrap();
     let Pair {
-        _dirs,
+        _dirs: dirs,
         sim_a: _sim_a,
         sim_b,
         a,
@@ -465,7 +456,7 @@ async fn an_agent_resumes_an_interrupted_pull_when_ready_and_discards_one_it_can
     b.shutdown().await;
 
     // Restart: the agent resumes the pull into dst by itself...
-    let manager = volmgr::manager::Manager::open(_dirs.1.path(), sim_config(&sim_b))
+    let manager = volmgr::manager::Manager::open(dirs.1.path(), sim_config(&sim_b))
         .await
         .unwrap();
     let mut events = manager.subscribe();
@@ -490,7 +481,7 @@ async fn an_agent_resumes_an_interrupted_pull_when_ready_and_discards_one_it_can
     // ...and discards the one whose source snapshot is gone (the resume
     // task is tracked: it has finished once the agent has shut down).
     b.shutdown().await;
-    let manager = volmgr::manager::Manager::open(_dirs.1.path(), sim_config(&sim_b))
+    let manager = volmgr::manager::Manager::open(dirs.1.path(), sim_config(&sim_b))
         .await
         .unwrap();
     for target in ["dst", "dst2"] {

@@ -1,6 +1,6 @@
 //! Crash test on real btrfs: a child process runs a concurrent workload
 //! (create, snapshot, fork, send/receive, destroy) on a loop-mounted btrfs
-//! and is SIGKILLed, with every process it started, at random points. After
+//! and is killed (`SIGKILL`), with every process it started, at random points. After
 //! each kill the parent reopens the manager (which reconciles) and checks:
 //! every acknowledged operation is present, no volume is lost or pending,
 //! no orphan was reported, nothing foreign appeared, the provider's inventory

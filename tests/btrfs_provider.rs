@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -55,15 +54,12 @@ fn exchange(a: &Path, b: &Path) {
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
 }
 
-fn config() -> ManagerConfig {
-    ManagerConfig::default()
-}
-
 async fn open_with_provider(state: &Path, root: &Path) -> Manager {
-    let m = Manager::open(state, config()).await.unwrap();
+    let m = Manager::open(state, ManagerConfig::default())
+        .await
+        .unwrap();
     if m.providers().is_empty() {
-        let root = root.to_string_lossy().into_owned();
-        m.add_provider("p", "btrfs", BTreeMap::from([("root".into(), root)]))
+        m.add_provider("p", "btrfs", common::config::root_config(root))
             .await
             .unwrap();
     }

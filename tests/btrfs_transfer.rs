@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -21,10 +20,8 @@ async fn host(state: &Path, fs: &BtrfsFs) -> Manager {
     let m = Manager::open(state, ManagerConfig::default())
         .await
         .unwrap();
-    let root = fs.path().join("volumes").to_string_lossy().into_owned();
-    m.add_provider("local", "btrfs", BTreeMap::from([("root".into(), root)]))
-        .await
-        .unwrap();
+    let root = common::config::root_config(&fs.path().join("volumes"));
+    m.add_provider("local", "btrfs", root).await.unwrap();
     m
 }
 

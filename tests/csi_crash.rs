@@ -1,6 +1,6 @@
 //! Exactly once across crashes, through the CSI plugin: an agent serving
-//! CSI on the dir provider is SIGKILLed while CreateVolume and
-//! CreateSnapshot calls are in flight, restarted, and every call is retried
+//! CSI on the dir provider is killed (`SIGKILL`) while `CreateVolume` and
+//! `CreateSnapshot` calls are in flight, restarted, and every call is retried
 //! under the same name, as a CO does. Each retry must answer the volume or
 //! snapshot the name maps to; afterwards the provider must hold exactly the
 //! volumes and snapshots the plugin lists (no duplicate, no orphan), and
@@ -141,10 +141,13 @@ async fn creates_killed_mid_flight_and_retried_by_name_happen_exactly_once() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
+            u64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos(),
+            )
+            .unwrap()
                 | 1
         });
     println!("csi crash test: seed {seed} (VOLMGR_CRASH_SEED={seed} replays it), {kills} kills");

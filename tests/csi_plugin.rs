@@ -1,6 +1,6 @@
 //! The CSI plugin's behaviour beyond the conformance suite, in process: a
 //! `CsiServer` on a temporary socket over a manager on the dir provider (and
-//! btrfs for capacity). Idempotency and ALREADY_EXISTS, hostile names,
+//! btrfs for capacity). Idempotency and `ALREADY_EXISTS`, hostile names,
 //! clones and the delete order they impose, pagination tokens, the socket's
 //! mode, readiness, capacity honesty on dir, capacity enforcement and
 //! expansion on btrfs, and the node's bind mounts (root only: nosuid, nodev,
@@ -23,7 +23,7 @@ use volmgr::csi::proto::{
     volume_capability, volume_content_source,
 };
 use volmgr::csi::{CsiOptions, CsiServer, names};
-use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::manager::Manager;
 use volmgr::provider::sim::{SimCall, SimProvider};
 
 struct Plugin {
@@ -47,16 +47,9 @@ async fn plugin_with(
 ) -> Plugin {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("volumes");
-    let (kind, config) = match provider {
-        Some((k, c)) => (k.to_owned(), c),
-        None => (
-            "dir".to_owned(),
-            BTreeMap::from([("root".to_owned(), root.to_string_lossy().into_owned())]),
-        ),
-    };
-    let mut manager_config = ManagerConfig {
-        default_provider: Some(Box::new(move || Ok((kind, config)))),
-        ..ManagerConfig::default()
+    let mut manager_config = match provider {
+        Some((kind, config)) => common::config::with_default_provider(kind, config),
+        None => common::config::with_default_provider("dir", common::config::root_config(&root)),
     };
     if let Some(sim) = sim {
         manager_config.factories.insert("sim".into(), sim.factory());
@@ -654,7 +647,7 @@ async fn btrfs_enforces_the_requested_capacity_and_expansion_raises_it() {
         return;
     };
     let root = fs.path().join("volumes");
-    let config = BTreeMap::from([("root".to_owned(), root.to_string_lossy().into_owned())]);
+    let config = common::config::root_config(&root);
     let mut p = plugin_on(Some(("btrfs", config))).await;
     let mut req = create_req("pvc-q");
     req.capacity_range = Some(CapacityRange {

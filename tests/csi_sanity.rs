@@ -30,9 +30,8 @@ fn in_guest() -> bool {
 }
 
 fn sanity_binary(test: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("CSI_SANITY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_BINARY));
+    let path =
+        std::env::var_os("CSI_SANITY").map_or_else(|| PathBuf::from(DEFAULT_BINARY), PathBuf::from);
     if path.is_file() {
         return Some(path);
     }
@@ -79,7 +78,7 @@ fn only_connect_race(stdout: &str) -> bool {
 fn run_sanity(test: &str, binary: &Path, work: &Path, extra: &[String]) -> String {
     let _one = ONE_SUITE_AT_A_TIME
         .lock()
-        .unwrap_or_else(|e| e.into_inner());
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let state = work.join("state");
     let socket = work.join("csi.sock");
     let mut agent = CsiAgent::start(&state, &socket, extra);
@@ -213,9 +212,9 @@ fn csi_sanity_passes_on_zfs() {
 }
 
 /// Beyond the suite: on ZFS the requested capacity is the dataset's
-/// `refquota` (a write past it fails with EDQUOT), the StorageClass's
+/// `refquota` (a write past it fails with EDQUOT), the `StorageClass`'s
 /// `compression` and `recordsize` are set on the dataset, expansion raises
-/// the refquota, and an invalid option is INVALID_ARGUMENT before anything
+/// the refquota, and an invalid option is `INVALID_ARGUMENT` before anything
 /// is made.
 #[test]
 fn zfs_enforces_capacity_and_sets_dataset_options_through_csi() {
@@ -239,10 +238,7 @@ fn zfs_enforces_capacity_and_sets_dataset_options_through_csi() {
         let config = pool.provider_config();
         let manager = volmgr::manager::Manager::open(
             work.path().join("state"),
-            volmgr::manager::ManagerConfig {
-                default_provider: Some(Box::new(move || Ok(("zfs".into(), config)))),
-                ..Default::default()
-            },
+            common::config::with_default_provider("zfs", config),
         )
         .await
         .unwrap();
@@ -260,7 +256,9 @@ fn zfs_enforces_capacity_and_sets_dataset_options_through_csi() {
                 limit_bytes: 0,
             }),
             volume_capabilities: vec![VolumeCapability {
-                access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+                access_type: Some(volume_capability::AccessType::Mount(
+                    volume_capability::MountVolume::default(),
+                )),
                 access_mode: Some(volume_capability::AccessMode {
                     mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
                 }),

@@ -1,6 +1,6 @@
 //! The deployment examples under `deploy/` parse, and agree with the plugin:
 //! the driver name, the socket path the kubelet is told, the topology-aware
-//! node-local provisioning flags of the sidecars, the StorageClass's binding
+//! node-local provisioning flags of the sidecars, the `StorageClass`'s binding
 //! mode and parameters the provider accepts, and the Nomad plugin id. No
 //! cluster runs here; this keeps the files from rotting.
 

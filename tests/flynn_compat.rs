@@ -9,10 +9,10 @@
 //! (`agent_support::flynn`): status exactly 200, errors decoded as
 //! httphelper's `JSONError` and tested by code as `IsObjectNotFoundError`
 //! and friends do, volumes decoded as `volume.Info`, the event stream read
-//! the way pkg/sse reads it. Calls: CreateVolume, GetVolume, ListVolumes,
-//! CreateSnapshot, SendSnapshot, PullSnapshot (by host id, between two
+//! the way pkg/sse reads it. Calls: `CreateVolume`, `GetVolume`, `ListVolumes`,
+//! `CreateSnapshot`, `SendSnapshot`, `PullSnapshot` (by host id, between two
 //! `volmgr serve` processes configured with `--peer`/`--peers-file`),
-//! StreamVolumes, DestroyVolume; plus Flynn's ProviderSpec.
+//! `StreamVolumes`, `DestroyVolume`; plus Flynn's `ProviderSpec`.
 
 mod agent_support;
 
@@ -226,7 +226,7 @@ fn flynns_send_and_pull_by_host_id_work_between_two_agents_configured_with_peers
     let src_dir = src["location"].as_str().unwrap().to_owned();
     write_files(
         &src_dir,
-        &[("one.txt", b"one\n"), ("big.bin", &[7u8; 300_000])],
+        &[("one.txt", b"one\n"), ("big.bin", &vec![7u8; 300_000])],
     );
     let s1 = ha.send("PUT", "/storage/volumes/src/snapshot", None).info();
     let s1_id = s1["id"].as_str().unwrap();

@@ -101,7 +101,11 @@ fn hand_built_segment_header_matches_the_encoder_and_decodes() {
 /// Builds a frame from the frame-header table.
 fn hand_frame(seq: u64, batch_first_seq: u64, kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0u8; 32];
-    put(&mut f, 4, &(payload.len() as u32).to_le_bytes()); // payload length
+    put(
+        &mut f,
+        4,
+        &u32::try_from(payload.len()).unwrap().to_le_bytes(),
+    ); // payload length
     put(&mut f, 8, &seq.to_le_bytes()); // sequence number
     put(&mut f, 16, &batch_first_seq.to_le_bytes()); // batch's first sequence number
     f[24] = kind; // record kind
@@ -123,7 +127,7 @@ fn hand_built_frames_match_the_encoder_and_decode() {
     for (i, payload) in payloads.iter().enumerate() {
         let seq = 1000 + i as u64;
         let batch = 1000;
-        let kind = 0x40 + i as u8;
+        let kind = 0x40 + u8::try_from(i).unwrap();
         let hand = hand_frame(seq, batch, kind, payload);
         assert_eq!(hand.len(), (32 + payload.len()).div_ceil(8) * 8);
         assert_eq!(hand.len(), format::frame_len(payload.len()));

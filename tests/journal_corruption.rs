@@ -17,59 +17,27 @@
 //! A flip in the newest checkpoint falls back to the previous one and replays
 //! from there; a flip in the older one is not even read.
 
+mod journal_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use journal_support::{Rec, overwrite};
 use volmgr::journal::format::{self, SEGMENT_HEADER_LEN};
 use volmgr::journal::reader::{self, SegmentEnd};
-use volmgr::journal::{Journal, JournalConfig, JournalError, JournalRecord, LogEnd, Recovery};
+use volmgr::journal::{Journal, JournalError, LogEnd, Recovery};
 use volmgr::storage::RealStorage;
-use volmgr::storage::unsynced::UnsyncedStorage;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Rec {
-    n: u64,
-    text: String,
-}
-
-impl JournalRecord for Rec {
-    fn kind(&self) -> u8 {
-        (self.n % 3) as u8
-    }
-}
 
 const SEGMENT_SIZE: u64 = 4096;
-
-fn config() -> JournalConfig {
-    JournalConfig {
-        segment_size: SEGMENT_SIZE,
-        ..JournalConfig::default()
-    }
-}
 
 /// Durability is not under test, detection is: syncs are skipped so the sweep
 /// takes seconds. The decisions above the storage seam are the same.
 fn open(dir: &Path) -> Result<(Journal<Rec>, Recovery<Rec>), JournalError> {
-    let storage = Arc::new(UnsyncedStorage::new(Arc::new(RealStorage)));
-    Journal::open_with_storage(storage, dir, config())
+    journal_support::open_unsynced(dir, journal_support::config(SEGMENT_SIZE))
 }
 
 fn rec(n: u64) -> Rec {
-    Rec {
-        n,
-        text: format!("record {n} ").repeat((n % 9) as usize),
-    }
-}
-
-/// Replaces a file's bytes in place (no truncation to zero, which ext4 would
-/// follow with a flush on close).
-fn overwrite(path: &Path, bytes: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.write_all_at(bytes, 0).unwrap();
-    file.set_len(bytes.len() as u64).unwrap();
+    Rec::new(n, format!("record {n} ").repeat((n % 9) as usize))
 }
 
 /// A snapshot of every file under the state directory's journal and
@@ -130,7 +98,7 @@ fn expectation(segments: &[(PathBuf, Vec<u8>)], seg: usize, pos: usize) -> Expec
         return corrupt(0);
     }
     for (i, frame) in scan.frames.iter().enumerate() {
-        let start = frame.offset as usize;
+        let start = usize::try_from(frame.offset).unwrap();
         if (start..start + format::frame_len(frame.payload.len())).contains(&pos) {
             let is_last_record = is_last_segment && i + 1 == scan.frames.len();
             return if is_last_record {
@@ -407,7 +375,7 @@ async fn bit_flips_in_the_newest_checkpoint_fall_back_to_the_previous_one() {
         "{:#?}",
         &failures[..failures.len().min(10)]
     );
-    assert_eq!(fell_back as usize, ckpt_files[1].1.len());
+    assert_eq!(usize::try_from(fell_back).unwrap(), ckpt_files[1].1.len());
 }
 
 #[tokio::test]

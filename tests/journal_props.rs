@@ -9,44 +9,26 @@
 //! and records must equal the model; at the end, replaying the same bytes twice
 //! (read-only walks, and two opens) must yield identical records.
 //!
-//! `damage` (tests/journal_props/damage.rs): randomly damaged journals, where
+//! `damage` (`tests/journal_props/damage.rs`): randomly damaged journals, where
 //! `volmgr journal verify` must reach the verdict `Journal::open` acts on.
+//!
+//! The tests run one at a time (`journal_support::serial`): the damage test
+//! spawns processes.
 
 #[path = "journal_props/damage.rs"]
 mod damage;
-
-/// The tests of this binary run one at a time: the damage test spawns
-/// processes, and a child forked while another test holds a journal's `LOCK`
-/// keeps that flock until it execs, so a reopen beside a spawn could be
-/// refused as locked.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+mod journal_support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use journal_support::{Rec, serial};
 use proptest::prelude::*;
-use serde::{Deserialize, Serialize};
 use volmgr::journal::format::{self, SEGMENT_HEADER_LEN};
 use volmgr::journal::{Journal, JournalConfig, JournalError, JournalRecord, LogEnd, Recovery};
 use volmgr::journal::{decode_record, encode_checkpoint, encode_record, reader};
 use volmgr::storage::RealStorage;
-use volmgr::storage::unsynced::UnsyncedStorage;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Rec {
-    id: u64,
-    body: String,
-}
-
-impl JournalRecord for Rec {
-    fn kind(&self) -> u8 {
-        (self.id % 5) as u8
-    }
-}
 
 /// Record sizes, resolved against the segment size of the case.
 #[derive(Debug, Clone, Copy)]
@@ -108,18 +90,16 @@ fn segment_size() -> impl Strategy<Value = u64> {
 
 /// The largest payload one record may have in a segment of this size.
 fn payload_limit(segment_size: u64) -> usize {
-    let room = segment_size as usize - SEGMENT_HEADER_LEN - format::FRAME_HEADER_LEN;
+    let room =
+        usize::try_from(segment_size).unwrap() - SEGMENT_HEADER_LEN - format::FRAME_HEADER_LEN;
     format::MAX_PAYLOAD_LEN.min(room)
 }
 
 /// A record whose encoded payload is exactly `len` bytes (`len` >= 2).
-fn record_of_len(id: u64, len: usize) -> Rec {
+fn record_of_len(n: u64, len: usize) -> Rec {
     let mut body_len = len.saturating_sub(2);
     loop {
-        let r = Rec {
-            id,
-            body: "x".repeat(body_len),
-        };
+        let r = Rec::new(n, "x".repeat(body_len));
         let got = encode_record(&r).unwrap().len();
         if got == len || body_len == 0 {
             return r;
@@ -139,30 +119,24 @@ impl Case {
         let id = self.next_id;
         let limit = payload_limit(self.segment_size);
         match size {
-            Size::Empty => Rec {
+            Size::Empty => Rec::new(id, String::new()),
+            Size::Small(n) => Rec::new(
                 id,
-                body: String::new(),
-            },
-            Size::Small(n) => Rec {
-                id,
-                body: char::from(b'a' + (id % 26) as u8)
+                char::from(b'a' + (id % 26) as u8)
                     .to_string()
                     .repeat(n as usize),
-            },
+            ),
             Size::NearLimit(k) => record_of_len(id, limit - k as usize),
             Size::OverLimit => record_of_len(id, limit + 1),
         }
     }
 
     fn config(&self) -> JournalConfig {
-        JournalConfig {
-            segment_size: self.segment_size,
-            ..JournalConfig::default()
-        }
+        journal_support::config(self.segment_size)
     }
 }
 
-/// The spec's limit rule: every payload at most MAX_PAYLOAD_LEN and decodable
+/// The spec's limit rule: every payload at most `MAX_PAYLOAD_LEN` and decodable
 /// under the codec's limit, and the request's frames fit in an empty segment
 /// (a batch never spans segments).
 fn fits(records: &[Rec], segment_size: u64) -> bool {
@@ -175,13 +149,12 @@ fn fits(records: &[Rec], segment_size: u64) -> bool {
         }
         total += format::frame_len(len);
     }
-    total <= segment_size as usize - SEGMENT_HEADER_LEN
+    total <= usize::try_from(segment_size).unwrap() - SEGMENT_HEADER_LEN
 }
 
 /// Syncs are skipped: this is about what is replayed, and clean closes.
 fn open(dir: &Path, config: JournalConfig) -> Result<(Journal<Rec>, Recovery<Rec>), JournalError> {
-    let storage = Arc::new(UnsyncedStorage::new(Arc::new(RealStorage)));
-    Journal::open_with_storage(storage, dir, config)
+    journal_support::open_unsynced(dir, config)
 }
 
 #[derive(Default)]
@@ -206,7 +179,7 @@ impl Model {
     }
 
     fn state_payload(&self, seq: u64) -> Vec<u8> {
-        let bytes: usize = self.records.range(..=seq).map(|(_, r)| r.body.len()).sum();
+        let bytes: usize = self.records.range(..=seq).map(|(_, r)| r.text.len()).sum();
         encode_checkpoint(&(seq, bytes)).unwrap()
     }
 }
@@ -392,10 +365,7 @@ fn the_largest_accepted_record_round_trips_and_one_byte_more_is_refused() {
                 .find(|&len| fits(&[record_of_len(1, len)], segment_size))
                 .unwrap();
             let dir = tempfile::tempdir().unwrap();
-            let config = JournalConfig {
-                segment_size,
-                ..JournalConfig::default()
-            };
+            let config = journal_support::config(segment_size);
             let (journal, _) = open(dir.path(), config.clone()).unwrap();
             let at_limit = record_of_len(1, largest);
             assert_eq!(encode_record(&at_limit).unwrap().len(), largest);

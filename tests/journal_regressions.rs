@@ -5,12 +5,9 @@
 //! `LOCK` keeps the lock (flock) until it execs, so a reopen in parallel with
 //! a spawn can be refused as locked.
 
-/// One at a time for the tests that reopen journals or spawn processes.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+mod journal_support;
 
+use journal_support::serial;
 use serde::{Deserialize, Serialize};
 use volmgr::journal::{Journal, JournalConfig, JournalError, JournalRecord, LogEnd};
 
@@ -124,7 +121,8 @@ fn crafted_frames_claiming_huge_lengths_at_every_offset_scan_in_linear_time() {
     let mut p = format::SEGMENT_HEADER_LEN;
     while p + FRAME_HEADER_LEN <= len {
         // crc 0 (wrong), len just under the limit, seq 9, batch 9.
-        bytes[p + 4..p + 8].copy_from_slice(&((MAX_PAYLOAD_LEN - 64) as u32).to_le_bytes());
+        bytes[p + 4..p + 8]
+            .copy_from_slice(&u32::try_from(MAX_PAYLOAD_LEN - 64).unwrap().to_le_bytes());
         bytes[p + 8..p + 16].copy_from_slice(&9u64.to_le_bytes());
         bytes[p + 16..p + 24].copy_from_slice(&9u64.to_le_bytes());
         p += FRAME_ALIGN;
@@ -137,7 +135,7 @@ fn crafted_frames_claiming_huge_lengths_at_every_offset_scan_in_linear_time() {
             later_batch_frame.is_some(),
             "unclassifiable damage is never a torn tail"
         ),
-        other => panic!("crafted bytes accepted: {other:?}"),
+        other @ SegmentEnd::Clean { .. } => panic!("crafted bytes accepted: {other:?}"),
     }
     assert_eq!(
         reader::find_next_valid_frame(&bytes, format::SEGMENT_HEADER_LEN),
@@ -150,22 +148,16 @@ fn crafted_frames_claiming_huge_lengths_at_every_offset_scan_in_linear_time() {
 mod tool {
     use std::os::unix::fs::FileExt;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
 
     use volmgr::journal::format;
     use volmgr::journal::{Journal, JournalConfig, JournalError, encode_checkpoint};
     use volmgr::state::{Action, Done, Meta, OpResult, ProviderRecord, Record, State, Volume};
 
-    pub fn config() -> JournalConfig {
-        JournalConfig {
-            segment_size: 4096,
-            ..JournalConfig::default()
-        }
-    }
+    use super::journal_support::op;
+    pub use super::journal_support::{Run, journal_tool as journal};
 
-    fn op(n: u64) -> uuid::Uuid {
-        uuid::Uuid::from_u128(0x0194_0000_0000_7000_8000_0000_0000_0000 | u128::from(n))
+    pub fn config() -> JournalConfig {
+        super::journal_support::config(4096)
     }
 
     /// Records 1..=2n: a provider, then volumes, intent and outcome.
@@ -176,7 +168,7 @@ mod tool {
                 Action::AddProvider(ProviderRecord {
                     id: "p".into(),
                     kind: "dir".into(),
-                    config: Default::default(),
+                    config: volmgr::provider::ProviderConfig::default(),
                 })
             } else {
                 Action::CreateVolume {
@@ -230,53 +222,6 @@ mod tool {
             .collect();
         segs.sort();
         segs.pop().unwrap()
-    }
-
-    pub struct Run {
-        pub code: i32,
-        pub stdout: String,
-        pub stderr: String,
-    }
-
-    /// Runs `volmgr journal ...`; panics if it has not exited after 30 s
-    /// (a tool that blocks on a hostile file would otherwise hang the test).
-    pub fn journal(args: &[&str]) -> Run {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_volmgr"))
-            .arg("journal")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let out = std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut out, &mut s).ok();
-            s
-        });
-        let err = std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut err, &mut s).ok();
-            s
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                panic!("volmgr journal {args:?} hung");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Run {
-            code: status.code().unwrap_or(-1),
-            stdout: out.join().unwrap(),
-            stderr: err.join().unwrap(),
-        }
     }
 
     /// The `open` row of `verify --align never`: (status, detail).
@@ -586,7 +531,7 @@ fn peak_rss_kib(args: &[&str]) -> (i64, i32) {
     // SAFETY: zeroed rusage is a valid out-parameter.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: waits for our own child, writing into valid locals.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let rc = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
     assert_eq!(rc, pid);
     assert!(libc::WIFEXITED(status));
     (usage.ru_maxrss, libc::WEXITSTATUS(status))
@@ -613,8 +558,12 @@ fn many_large_checkpoints_are_read_one_at_a_time() {
     for count in [1u64, 6] {
         for seq in 1..=count {
             // Newest last, so every one is a valid checkpoint of its seq.
-            size =
-                tool::big_checkpoint(dir.path(), 12 + seq, &states[(12 + seq) as usize], BALLAST);
+            size = tool::big_checkpoint(
+                dir.path(),
+                12 + seq,
+                &states[usize::try_from(12 + seq).unwrap()],
+                BALLAST,
+            );
         }
         for sub in ["verify", "stats", "state", "dump"] {
             let (kib, code) = peak_rss_kib(&[sub, &d]);
@@ -622,7 +571,7 @@ fn many_large_checkpoints_are_read_one_at_a_time() {
             if count == 1 { &mut one } else { &mut many }.push((sub.to_owned(), kib));
         }
     }
-    let size_kib = (size / 1024) as i64;
+    let size_kib = (size / 1024).cast_signed();
     let own = own_peak_kib();
     for ((sub, base), (_, peak)) in one.iter().zip(&many) {
         // The figures must be the tool's, not this process's inherited mark:

@@ -1,29 +1,16 @@
 //! Quick end-to-end checks of the journal API: append, reopen, replay, lock, poison.
 
+mod journal_support;
+
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use volmgr::journal::{Journal, JournalConfig, JournalError, JournalRecord, LogEnd};
+use journal_support::Rec;
+use volmgr::journal::{Journal, JournalConfig, JournalError, LogEnd};
 use volmgr::storage::RealStorage;
 use volmgr::storage::fault::{FaultKind, FaultOp, FaultPlan, FaultyStorage};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Rec {
-    n: u64,
-    text: String,
-}
-
-impl JournalRecord for Rec {
-    fn kind(&self) -> u8 {
-        (self.n % 7) as u8
-    }
-}
-
 fn small() -> JournalConfig {
-    JournalConfig {
-        segment_size: 4096,
-        ..JournalConfig::default()
-    }
+    journal_support::config(4096)
 }
 
 #[tokio::test]
@@ -33,10 +20,7 @@ async fn appended_records_replay_in_order_across_rotations_and_checkpoints() {
     assert!(recovery.records.is_empty());
     for n in 1..=300u64 {
         let seq = journal
-            .append(&Rec {
-                n,
-                text: "x".repeat((n % 50) as usize),
-            })
+            .append(&Rec::new(n, "x".repeat((n % 50) as usize)))
             .await
             .unwrap();
         assert_eq!(seq, n);
@@ -55,13 +39,7 @@ async fn appended_records_replay_in_order_across_rotations_and_checkpoints() {
     assert_eq!(payload, 300u64.to_le_bytes().to_vec());
     assert!(recovery.records.is_empty());
     assert_eq!(
-        journal
-            .append(&Rec {
-                n: 301,
-                text: String::new()
-            })
-            .await
-            .unwrap(),
+        journal.append(&Rec::new(301, String::new())).await.unwrap(),
         301
     );
     journal.close().await;
@@ -88,35 +66,17 @@ async fn failed_sync_poisons_every_later_append() {
     let storage = FaultyStorage::new(Arc::new(RealStorage));
     let (journal, _) =
         Journal::<Rec>::open_with_storage(Arc::new(storage.clone()), dir.path(), small()).unwrap();
-    journal
-        .append(&Rec {
-            n: 1,
-            text: "a".into(),
-        })
-        .await
-        .unwrap();
+    journal.append(&Rec::new(1, "a")).await.unwrap();
     storage.set_plan(Some(FaultPlan {
         op: FaultOp::SyncData,
         nth: 1,
         sticky: false,
         kind: FaultKind::Io,
     }));
-    let err = journal
-        .append(&Rec {
-            n: 2,
-            text: "b".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = journal.append(&Rec::new(2, "b")).await.unwrap_err();
     assert!(matches!(err, JournalError::Poisoned { .. }), "{err}");
     // The fault fired once; the journal must refuse on its own from now on.
-    let err = journal
-        .append(&Rec {
-            n: 3,
-            text: "c".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = journal.append(&Rec::new(3, "c")).await.unwrap_err();
     assert!(matches!(err, JournalError::Poisoned { .. }), "{err}");
     assert_eq!(storage.fired(), 1);
     assert_eq!(

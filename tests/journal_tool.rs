@@ -6,7 +6,10 @@
 //! `UPDATE_GOLDEN=1` to rewrite them (then review the diff). The state
 //! directory's path is replaced by `<STATE>` before comparing.
 
+mod journal_support;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
@@ -15,7 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use uuid::Uuid;
+use journal_support::{Run, T0_MS, op, run_bounded};
 use volmgr::journal::reader::{self, SegmentEnd};
 use volmgr::journal::{Journal, JournalConfig, LogEnd, encode_checkpoint};
 use volmgr::state::{
@@ -25,13 +28,6 @@ use volmgr::storage::RealStorage;
 
 // ---------------------------------------------------------------- fixtures
 
-/// 2026-01-01T00:00:00Z
-const T0_MS: u64 = 1_767_225_600_000;
-
-fn op(n: u128) -> Uuid {
-    Uuid::from_u128(0x0194_0000_0000_7000_8000_0000_0000_0000 | n)
-}
-
 fn meta(pairs: &[(&str, &str)]) -> Meta {
     pairs
         .iter()
@@ -39,7 +35,7 @@ fn meta(pairs: &[(&str, &str)]) -> Meta {
         .collect()
 }
 
-fn intent(n: u128, at_s: u64, action: Action) -> Record {
+fn intent(n: u64, at_s: u64, action: Action) -> Record {
     Record::Intent {
         op: op(n),
         at_ms: T0_MS + at_s * 1000,
@@ -47,7 +43,7 @@ fn intent(n: u128, at_s: u64, action: Action) -> Record {
     }
 }
 
-fn done(n: u128, at_s: u64, location: &str, details: &[(&str, &str)]) -> Record {
+fn done(n: u64, at_s: u64, location: &str, details: &[(&str, &str)]) -> Record {
     Record::Outcome {
         op: op(n),
         at_ms: T0_MS + at_s * 1000 + 250,
@@ -115,7 +111,7 @@ fn story() -> Vec<Record> {
         done(6, 5, "/srv/volmgr/cache", &[]),
     ];
     for i in 0..10u64 {
-        let n = 100 + u128::from(i);
+        let n = 100 + i;
         let name = format!("vol-{i:02}");
         let purpose = format!("filler volume number {i} that makes the journal span segments");
         r.push(intent(
@@ -232,7 +228,7 @@ const STORY_CHECKPOINT: u64 = 20;
 
 fn filler(n: u64) -> Record {
     intent(
-        1000 + u128::from(n),
+        1000 + n,
         100 + n,
         create(
             "default",
@@ -243,10 +239,7 @@ fn filler(n: u64) -> Record {
 }
 
 fn config() -> JournalConfig {
-    JournalConfig {
-        segment_size: 4096,
-        ..JournalConfig::default()
-    }
+    journal_support::config(4096)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -317,8 +310,7 @@ fn frames(segment: &Path) -> (Vec<u64>, u64) {
     let bytes = fs::read(segment).unwrap();
     let scan = reader::scan_segment(&bytes).unwrap();
     let end = match scan.end {
-        SegmentEnd::Clean { offset } => offset,
-        SegmentEnd::Invalid { offset, .. } => offset,
+        SegmentEnd::Clean { offset } | SegmentEnd::Invalid { offset, .. } => offset,
     };
     (scan.frames.iter().map(|f| f.offset).collect(), end)
 }
@@ -349,17 +341,15 @@ fn corrupt_middle_segment(dir: &Path) -> (PathBuf, u64) {
     let at = offsets[2];
     let bytes = fs::read(&middle).unwrap();
     let target = at + 40;
-    write_at(&middle, target, &[bytes[target as usize] ^ 0x5a]);
+    write_at(
+        &middle,
+        target,
+        &[bytes[usize::try_from(target).unwrap()] ^ 0x5a],
+    );
     (middle, at)
 }
 
 // ---------------------------------------------------------------- running
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 fn volmgr(args: &[&str]) -> Run {
     let out: Output = Command::new(env!("CARGO_BIN_EXE_volmgr"))
@@ -384,7 +374,7 @@ fn journal_cmd(dir: &Path, sub: &str, extra: &[&str]) -> Run {
 fn transcript(run: &Run, dir: &Path) -> String {
     let d = dir.to_str().unwrap();
     let mut t = run.stdout.replace(d, "<STATE>");
-    t.push_str(&format!("[exit {}]\n", run.code));
+    writeln!(t, "[exit {}]", run.code).unwrap();
     if !run.stderr.is_empty() {
         t.push_str("[stderr]\n");
         t.push_str(&run.stderr.replace(d, "<STATE>"));
@@ -930,7 +920,7 @@ fn tools_read_the_journal_the_manager_writes_while_it_runs() {
     mc.checkpoint_every = 7;
     let manager = rt.block_on(async {
         let m = Manager::open(dir.path(), mc).await.unwrap();
-        m.add_provider("p", "sim", Default::default())
+        m.add_provider("p", "sim", BTreeMap::default())
             .await
             .unwrap();
         for i in 0..30 {
@@ -959,46 +949,6 @@ fn tools_read_the_journal_the_manager_writes_while_it_runs() {
     assert_eq!(ids, expected);
     assert_eq!(v["seq"], manager.stats().durable_seq);
     rt.block_on(manager.close());
-}
-
-/// Runs the tool with a deadline; `None` if it had to be killed.
-fn run_bounded(args: &[&str], limit: Duration) -> Option<Run> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_volmgr"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Drain the pipes on threads so a large output cannot block the child.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut s).ok();
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).ok();
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Some(Run {
-        code: status.code().unwrap_or(-1),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    })
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -1036,7 +986,7 @@ fn damaged_journals_get_an_exit_code_never_a_panic_or_a_hang() {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(template.path(), dir.path());
         let victim = dir.path().join(
-            files[next(files.len() as u64) as usize]
+            files[usize::try_from(next(files.len() as u64)).unwrap()]
                 .strip_prefix(template.path())
                 .unwrap(),
         );
@@ -1044,13 +994,13 @@ fn damaged_journals_get_an_exit_code_never_a_panic_or_a_hang() {
         let at = next(len);
         let what = match case % 4 {
             0 => {
-                let b = fs::read(&victim).unwrap()[at as usize];
+                let b = fs::read(&victim).unwrap()[usize::try_from(at).unwrap()];
                 write_at(&victim, at, &[b ^ (1 << next(8))]);
                 format!("flip a bit at {at}")
             }
             1 => {
                 let sector = at / 512 * 512;
-                let n = 512.min(len - sector) as usize;
+                let n = usize::try_from(512.min(len - sector)).unwrap();
                 write_at(&victim, sector, &vec![0; n]);
                 format!("zero the sector at {sector}")
             }
@@ -1064,8 +1014,8 @@ fn damaged_journals_get_an_exit_code_never_a_panic_or_a_hang() {
                 format!("truncate to {at}")
             }
             _ => {
-                let n = (1 + next(64)).min(len - at) as usize;
-                let garbage: Vec<u8> = (0..n).map(|_| next(256) as u8).collect();
+                let n = usize::try_from((1 + next(64)).min(len - at)).unwrap();
+                let garbage: Vec<u8> = (0..n).map(|_| u8::try_from(next(256)).unwrap()).collect();
                 write_at(&victim, at, &garbage);
                 format!("{n} garbage bytes at {at}")
             }
@@ -1139,10 +1089,10 @@ fn repair_truncates_a_torn_tail_keeping_the_bytes_in_a_broken_file() {
     ));
     assert_eq!(fs::read(broken).unwrap(), TORN_BYTES);
     assert_eq!(journal_cmd(dir.path(), "verify", &[]).code, 0);
-    let (_journal, recovery) = Journal::<Record>::open(dir.path(), config()).unwrap();
+    let (journal, recovery) = Journal::<Record>::open(dir.path(), config()).unwrap();
     assert_eq!(recovery.end, LogEnd::Clean);
     // A second run has nothing to do.
-    drop(_journal);
+    drop(journal);
     let run = journal_cmd(dir.path(), "repair", &["--truncate-torn-tail"]);
     assert_eq!(run.code, 0);
     assert!(run.stdout.starts_with("nothing to repair"));

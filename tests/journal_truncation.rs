@@ -9,52 +9,33 @@
 //! which also repairs the tail, and part of that sample appends afterwards and
 //! reopens, proving the repaired journal carries on.
 
+mod journal_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use journal_support::{Rec, overwrite};
 use volmgr::journal::format::{self, SEGMENT_HEADER_LEN};
 use volmgr::journal::reader;
-use volmgr::journal::{Journal, JournalConfig, JournalError, JournalRecord, LogEnd};
+use volmgr::journal::{Journal, JournalError, LogEnd, Recovery};
 use volmgr::storage::RealStorage;
-use volmgr::storage::unsynced::UnsyncedStorage;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Rec {
-    n: u64,
-    data: String,
-}
-
-impl JournalRecord for Rec {
-    fn kind(&self) -> u8 {
-        (self.n % 251) as u8
-    }
-}
 
 const SEGMENT_SIZE: u64 = 4096;
 
 /// Durability is not under test here, bytes are: skip the syncs so thousands
 /// of opens take seconds (the decisions above the storage seam are the same).
-fn open(dir: &Path) -> Result<(Journal<Rec>, volmgr::journal::Recovery<Rec>), JournalError> {
-    let storage = Arc::new(UnsyncedStorage::new(Arc::new(RealStorage)));
-    Journal::open_with_storage(storage, dir, config())
-}
-
-fn config() -> JournalConfig {
-    JournalConfig {
-        segment_size: SEGMENT_SIZE,
-        ..JournalConfig::default()
-    }
+fn open(dir: &Path) -> Result<(Journal<Rec>, Recovery<Rec>), JournalError> {
+    journal_support::open_unsynced(dir, journal_support::config(SEGMENT_SIZE))
 }
 
 fn rec(n: u64) -> Rec {
-    Rec {
+    Rec::new(
         n,
-        data: char::from(b'a' + (n % 26) as u8)
+        char::from(b'a' + (n % 26) as u8)
             .to_string()
             .repeat((n * 37 % 120) as usize),
-    }
+    )
 }
 
 /// Writes single appends, multi-record batches and concurrent appends until
@@ -155,15 +136,6 @@ fn expected(orig: &[u8], frames: &[(usize, usize)], cut: &[u8]) -> (usize, bool)
     (intact, cut[end..].iter().any(|&b| b != 0))
 }
 
-/// Replaces a file's bytes in place. (`fs::write` truncates to zero first,
-/// and ext4 then flushes on close, which would make the sweep take minutes.)
-fn overwrite(path: &Path, bytes: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.write_all_at(bytes, 0).unwrap();
-    file.set_len(bytes.len() as u64).unwrap();
-}
-
 fn clear_extras(journal_dir: &Path, originals: &[(u64, PathBuf, Vec<u8>)]) {
     for entry in std::fs::read_dir(journal_dir).unwrap() {
         let path = entry.unwrap().path();
@@ -199,7 +171,7 @@ async fn every_cut_of_the_last_segment_opens_to_the_longest_valid_prefix() {
         .iter()
         .map(|f| {
             let len = format::frame_len(f.payload.len());
-            (f.offset as usize, len)
+            (usize::try_from(f.offset).unwrap(), len)
         })
         .collect();
     assert!(

@@ -3,6 +3,7 @@
 //! provider failures on both sides of the side effect, events, transfers,
 //! checkpoints and replay determinism.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::broadcast::error::RecvError;
@@ -21,7 +22,7 @@ async fn open(dir: &std::path::Path, sim: &SimProvider) -> Manager {
     let manager = Manager::open(dir, config(sim)).await.unwrap();
     if manager.providers().is_empty() {
         manager
-            .add_provider("p", "sim", Default::default())
+            .add_provider("p", "sim", BTreeMap::default())
             .await
             .unwrap();
     }
@@ -84,7 +85,7 @@ async fn snapshot_with_forks_refuses_destroy_and_forks_need_snapshots() {
     let err = m.destroy_volume(&s.id).await.unwrap_err();
     match err {
         ManagerError::HasDependents { dependents, .. } => {
-            assert_eq!(dependents, vec!["f".to_string()])
+            assert_eq!(dependents, vec!["f".to_string()]);
         }
         other => panic!("expected HasDependents, got {other}"),
     }
@@ -163,7 +164,7 @@ async fn subscribers_see_events_and_a_slow_one_learns_it_lagged() {
     let mut cfg = config(&sim);
     cfg.event_capacity = 2;
     let m = Manager::open(dir.path(), cfg).await.unwrap();
-    m.add_provider("p", "sim", Default::default())
+    m.add_provider("p", "sim", BTreeMap::default())
         .await
         .unwrap();
     let mut fast = m.subscribe();
@@ -238,7 +239,7 @@ async fn replay_rebuilds_the_same_state_byte_for_byte_with_checkpoints() {
         ..JournalConfig::default()
     };
     let m = Manager::open(dir.path(), cfg).await.unwrap();
-    m.add_provider("p", "sim", Default::default())
+    m.add_provider("p", "sim", BTreeMap::default())
         .await
         .unwrap();
     let m = Arc::new(m);
@@ -295,7 +296,7 @@ async fn open_refuses_a_journal_whose_record_the_state_machine_refuses_naming_it
             action: Action::AddProvider(ProviderRecord {
                 id: "p".into(),
                 kind: "sim".into(),
-                config: Default::default(),
+                config: BTreeMap::default(),
             }),
         },
         Record::Outcome {

@@ -15,7 +15,9 @@ use volmgr::state::{Event, Meta};
 fn gate_config(gate: &GateProvider) -> ManagerConfig {
     let mut config = ManagerConfig::default();
     config.factories.insert("gate".into(), gate.factory());
-    config.default_provider = Some(Box::new(|| Ok(("gate".into(), Default::default()))));
+    config.default_provider = Some(Box::new(|| {
+        Ok(("gate".into(), volmgr::provider::ProviderConfig::default()))
+    }));
     config
 }
 

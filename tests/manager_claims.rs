@@ -4,6 +4,7 @@
 //! a destroy is refused `Busy`, while other sends and forks (which only
 //! read the snapshot) go on beside it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -16,7 +17,7 @@ async fn open(dir: &std::path::Path, sim: &SimProvider) -> Manager {
     config.factories.insert("sim".into(), sim.factory());
     let manager = Manager::open(dir, config).await.unwrap();
     manager
-        .add_provider("p", "sim", Default::default())
+        .add_provider("p", "sim", BTreeMap::default())
         .await
         .unwrap();
     manager
@@ -28,7 +29,7 @@ async fn a_snapshot_being_sent_cannot_be_destroyed_but_can_be_sent_and_forked_ag
     let sim = SimProvider::new();
     let m = open(dir.path(), &sim).await;
     m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
-    sim.write_file("v", "f", &[7u8; 100_000]);
+    sim.write_file("v", "f", &vec![7u8; 100_000]);
     let s = m.create_snapshot("v", Meta::new()).await.unwrap();
 
     // A send into a pipe nobody reads: it stays in progress.
@@ -60,7 +61,10 @@ async fn a_snapshot_being_sent_cannot_be_destroyed_but_can_be_sent_and_forked_ag
     let mut rest = Vec::new();
     reader.read_to_end(&mut rest).await.unwrap();
     let stats = sending.await.unwrap().unwrap();
-    assert_eq!(stats.bytes as usize, first.len() + rest.len());
+    assert_eq!(
+        usize::try_from(stats.bytes).unwrap(),
+        first.len() + rest.len()
+    );
     for id in [&fork.id, &fork2.id] {
         m.destroy_volume(id).await.unwrap();
     }
@@ -73,7 +77,7 @@ async fn a_send_whose_receiver_goes_away_releases_its_snapshot() {
     let sim = SimProvider::new();
     let m = open(dir.path(), &sim).await;
     m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
-    sim.write_file("v", "f", &[1u8; 100_000]);
+    sim.write_file("v", "f", &vec![1u8; 100_000]);
     let s = m.create_snapshot("v", Meta::new()).await.unwrap();
     let (writer, mut reader) = tokio::io::duplex(64);
     let sending = tokio::spawn({

@@ -1,6 +1,6 @@
 //! Crash test on the directory provider: a child process runs a concurrent
 //! workload (create, snapshot, fork, send/receive, destroy) and is
-//! SIGKILLed at random points, 100 times. After each kill the parent reopens
+//! killed (`SIGKILL`) at random points, 100 times. After each kill the parent reopens
 //! the manager and checks: every acknowledged operation is present, nothing
 //! is half-made, and the provider's inventory equals the state (no orphan,
 //! no lost volume, no pending intent). The workload and the checks are

@@ -50,7 +50,7 @@ fn provider_records() -> Vec<Record> {
 fn create_intent(n: u128, volume: &str) -> Record {
     Record::Intent {
         op: op(n),
-        at_ms: T0 + n as u64,
+        at_ms: T0 + u64::try_from(n).unwrap(),
         action: Action::CreateVolume {
             provider: "p".into(),
             volume: volume.into(),
@@ -62,7 +62,7 @@ fn create_intent(n: u128, volume: &str) -> Record {
 fn done(n: u128, volume: &str) -> Record {
     Record::Outcome {
         op: op(n),
-        at_ms: T0 + n as u64,
+        at_ms: T0 + u64::try_from(n).unwrap(),
         result: OpResult::Done(Done {
             location: format!("sim://{volume}"),
             details: BTreeMap::new(),
@@ -323,7 +323,7 @@ async fn pending_receive_absent_is_undone_and_partial_state_removed() {
 fn receive_intent(n: u128, target: &str, snapshot: &str, meta: Meta) -> Record {
     Record::Intent {
         op: op(n),
-        at_ms: T0 + n as u64,
+        at_ms: T0 + u64::try_from(n).unwrap(),
         action: Action::ReceiveSnapshot {
             target: target.into(),
             snapshot: snapshot.into(),
@@ -577,7 +577,7 @@ async fn reported_orphan_that_disappeared_is_forgotten() {
 fn set_attributes_intent(n: u128, volume: &str, capacity_bytes: Option<u64>) -> Record {
     Record::Intent {
         op: op(n),
-        at_ms: T0 + n as u64,
+        at_ms: T0 + u64::try_from(n).unwrap(),
         action: Action::SetAttributes {
             volume: volume.into(),
             capacity_bytes,

@@ -85,9 +85,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PROVIDER: &str = "p";
 
 fn config(b: &dyn Backend) -> ManagerConfig {
-    let mut config = ManagerConfig::default();
-    config.factories.insert(b.kind().to_owned(), b.factory());
-    config
+    common::config::with_factory(b.kind(), b.factory())
 }
 
 /// Opens the manager; registers provider `p` on the first open.
@@ -429,13 +427,13 @@ pub async fn volumes_with_dependents_refuse_destroy_until_they_are_gone(b: Box<d
     let f = m.fork_volume(&s.id, Some("f"), Meta::new()).await.unwrap();
     match m.destroy_volume("v").await.unwrap_err() {
         ManagerError::HasDependents { dependents, .. } => {
-            assert_eq!(dependents, vec![s.id.clone()])
+            assert_eq!(dependents, vec![s.id.clone()]);
         }
         other => panic!("expected HasDependents, got {other}"),
     }
     match m.destroy_volume(&s.id).await.unwrap_err() {
         ManagerError::HasDependents { dependents, .. } => {
-            assert_eq!(dependents, vec!["f".to_string()])
+            assert_eq!(dependents, vec!["f".to_string()]);
         }
         other => panic!("expected HasDependents, got {other}"),
     }

@@ -2,103 +2,33 @@
 //! snapshots, forks, full and incremental transfers, hostile streams,
 //! inventory and cleanup.
 
+mod security_support;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
+use security_support::{Vol, create, fork, provider, snapshot, spec};
 use uuid::Uuid;
 use volmgr::model::VolumeId;
 use volmgr::provider::dir::{self, DirProvider};
 use volmgr::provider::{
-    Created, Presence, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef, VolumeSpec,
-    builtin_factories,
+    Presence, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef, builtin_factories,
 };
 use volmgr::state::{DETAIL_GUID, OpId, VolumeKind};
 
 // ---------------------------------------------------------------- helpers
 
-struct Vol {
-    id: String,
-    kind: VolumeKind,
-    parent: Option<String>,
-    op: OpId,
-    c: Created,
+/// A volume's GUID detail.
+fn guid_of(v: &Vol) -> &str {
+    &v.c.details[DETAIL_GUID]
 }
 
-impl Vol {
-    fn r(&self) -> VolumeRef<'_> {
-        VolumeRef {
-            id: VolumeId::new(&self.id).unwrap(),
-            kind: self.kind,
-            parent: self.parent.as_deref(),
-            location: &self.c.location,
-            details: &self.c.details,
-        }
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(&self.c.location)
-    }
-
-    fn guid(&self) -> &str {
-        &self.c.details[DETAIL_GUID]
-    }
-}
-
-fn provider(root: &Path) -> DirProvider {
-    DirProvider::new(root.to_path_buf()).expect("provider opens")
-}
-
-fn spec(id: &str, op: OpId, kind: VolumeKind) -> VolumeSpec<'_> {
-    VolumeSpec {
-        id: VolumeId::new(id).unwrap(),
-        op,
-        kind,
-    }
-}
-
-fn create(p: &DirProvider, id: &str) -> Vol {
-    let op = Uuid::now_v7();
-    let c = p
-        .create_volume(&spec(id, op, VolumeKind::Data))
-        .expect("create");
-    Vol {
-        id: id.into(),
-        kind: VolumeKind::Data,
-        parent: None,
-        op,
-        c,
-    }
-}
-
-fn snapshot(p: &DirProvider, src: &Vol, id: &str) -> Vol {
-    let op = Uuid::now_v7();
-    let c = p
-        .create_snapshot(&src.r(), &spec(id, op, VolumeKind::Snapshot))
-        .expect("snapshot");
-    Vol {
-        id: id.into(),
-        kind: VolumeKind::Snapshot,
-        parent: Some(src.id.clone()),
-        op,
-        c,
-    }
-}
-
-fn fork(p: &DirProvider, snap: &Vol, id: &str) -> Vol {
-    let op = Uuid::now_v7();
-    let c = p
-        .fork_volume(&snap.r(), &spec(id, op, VolumeKind::Data))
-        .expect("fork");
-    Vol {
-        id: id.into(),
-        kind: VolumeKind::Data,
-        parent: Some(snap.id.clone()),
-        op,
-        c,
-    }
+/// Receives `stream` into `target` as snapshot `id`.
+fn receive(p: &DirProvider, target: &Vol, id: &str, stream: &[u8]) -> Result<Vol, ProviderError> {
+    security_support::receive(p, target, id, &mut &stream[..])
 }
 
 fn send(p: &DirProvider, snap: &Vol, base: Option<&Vol>) -> (Vec<u8>, SendStats) {
@@ -111,19 +41,6 @@ fn send(p: &DirProvider, snap: &Vol, base: Option<&Vol>) -> (Vec<u8>, SendStats)
     (out, stats)
 }
 
-fn receive(p: &DirProvider, target: &Vol, id: &str, stream: &[u8]) -> Result<Vol, ProviderError> {
-    let op = Uuid::now_v7();
-    let mut input = stream;
-    let c = p.receive_snapshot(&target.r(), &spec(id, op, VolumeKind::Snapshot), &mut input)?;
-    Ok(Vol {
-        id: id.into(),
-        kind: VolumeKind::Snapshot,
-        parent: Some(target.id.clone()),
-        op,
-        c,
-    })
-}
-
 /// Deterministic pseudo-random bytes (xorshift), so copies are real copies.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -132,7 +49,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x as u8
+            x.to_le_bytes()[0]
         })
         .collect()
 }
@@ -295,9 +212,9 @@ fn snapshot_is_read_only_and_equals_source() {
     let v = create(&p, "src");
     fill_varied(&v.path());
     let source = listing(&v.path());
-    let s = snapshot(&p, &v, "snap");
+    let s = snapshot(&p, &v, "snap").expect("snapshot");
     assert_eq!(s.path(), tmp.path().join("snapshot/snap"));
-    let guid = s.guid();
+    let guid = guid_of(&s);
     assert_eq!(guid.len(), 32);
     assert!(guid.bytes().all(|b| b.is_ascii_hexdigit()));
 
@@ -311,8 +228,8 @@ fn snapshot_is_read_only_and_equals_source() {
 
     // The source stays writable and unchanged; a new snapshot gets a new guid.
     assert_eq!(listing(&v.path()), source);
-    let s2 = snapshot(&p, &v, "snap2");
-    assert_ne!(s2.guid(), guid);
+    let s2 = snapshot(&p, &v, "snap2").expect("snapshot");
+    assert_ne!(guid_of(&s2), guid);
 
     // Idempotent with the same op; taken by another op: AlreadyExists.
     let again = p
@@ -337,9 +254,9 @@ fn fork_is_writable_and_independent_of_the_snapshot() {
     let v = create(&p, "src");
     fill_varied(&v.path());
     let source = listing(&v.path());
-    let s = snapshot(&p, &v, "snap");
+    let s = snapshot(&p, &v, "snap").expect("snapshot");
     let snap_before = listing(&s.path());
-    let f = fork(&p, &s, "fork");
+    let f = fork(&p, &s, "fork").expect("fork");
     assert_eq!(
         listing(&f.path()),
         source,
@@ -375,7 +292,7 @@ fn full_send_receive_between_two_providers_gives_identical_trees() {
     let v = create(&a, "vol");
     fill_varied(&v.path());
     chmod(&v.path(), 0o750);
-    let s = snapshot(&a, &v, "s1");
+    let s = snapshot(&a, &v, "s1").expect("snapshot");
 
     let target = create(&b, "copy");
     write(&target.path().join("junk/old.txt"), b"goes away", 0o644);
@@ -390,8 +307,8 @@ fn full_send_receive_between_two_providers_gives_identical_trees() {
         "target content is the stream's, with its true modes (recv -F)"
     );
     assert_eq!(
-        r.guid(),
-        s.guid(),
+        guid_of(&r),
+        guid_of(&s),
         "a received snapshot keeps the sender's guid"
     );
     assert_eq!(staging_entries(b.root()), 0);
@@ -406,7 +323,7 @@ fn full_send_receive_between_two_providers_gives_identical_trees() {
         .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == "r1"))
         .unwrap();
     assert_eq!(found.presence, Presence::Complete);
-    assert_eq!(found.details[DETAIL_GUID], s.guid());
+    assert_eq!(found.details[DETAIL_GUID], guid_of(&s));
     assert_eq!(found.location, r.c.location);
     assert_eq!(found.tag.as_ref().unwrap().parent.as_deref(), Some("copy"));
 }
@@ -431,7 +348,7 @@ fn incremental_send_carries_only_changes_and_deletions() {
             0o644,
         );
     }
-    let s1 = snapshot(&a, &v, "s1");
+    let s1 = snapshot(&a, &v, "s1").expect("snapshot");
     let (full, fstats) = send(&a, &s1, None);
     let target = create(&b, "t");
     let r1 = receive(&b, &target, "r1", &full).unwrap();
@@ -441,7 +358,7 @@ fn incremental_send_carries_only_changes_and_deletions() {
     write(&v.path().join("small/new.txt"), b"brand new\n", 0o600);
     fs::remove_file(v.path().join("small/7.txt")).unwrap();
     chmod(&v.path().join("small/9.txt"), 0o600);
-    let s2 = snapshot(&a, &v, "s2");
+    let s2 = snapshot(&a, &v, "s2").expect("snapshot");
     let (incr, istats) = send(&a, &s2, Some(&s1));
     assert!(istats.incremental);
     println!(
@@ -467,7 +384,7 @@ fn incremental_send_carries_only_changes_and_deletions() {
         "deletion carried"
     );
     assert!(!r2.path().join("small/7.txt").exists());
-    assert_eq!(r2.guid(), s2.guid());
+    assert_eq!(guid_of(&r2), guid_of(&s2));
     assert_eq!(
         listing(&r1.path()),
         listing(&s1.path()),
@@ -479,7 +396,7 @@ fn incremental_send_carries_only_changes_and_deletions() {
     assert_eq!(mode & 0o777, 0o600, "mode change carried");
 
     // An incremental of nothing is tiny and changes nothing.
-    let s3 = snapshot(&a, &v, "s3");
+    let s3 = snapshot(&a, &v, "s3").expect("snapshot");
     let (nothing, _) = send(&a, &s3, Some(&s2));
     assert!(nothing.len() < 100, "{} bytes", nothing.len());
     receive(&b, &target, "r3", &nothing).unwrap();
@@ -499,7 +416,7 @@ fn incremental_stream_handles_type_changes_and_root_mode() {
     fs::remove_file(v.path().join("was-link")).unwrap();
     symlink("somewhere", v.path().join("was-link")).unwrap();
     write(&v.path().join("gone-dir/a/b"), b"b", 0o644);
-    let s1 = snapshot(&a, &v, "s1");
+    let s1 = snapshot(&a, &v, "s1").expect("snapshot");
     let target = create(&b, "t");
     receive(&b, &target, "r1", &send(&a, &s1, None).0).unwrap();
 
@@ -513,7 +430,7 @@ fn incremental_stream_handles_type_changes_and_root_mode() {
     fs::create_dir(v.path().join("was-link")).unwrap();
     fs::remove_dir_all(v.path().join("gone-dir")).unwrap();
     chmod(&v.path(), 0o700);
-    let s2 = snapshot(&a, &v, "s2");
+    let s2 = snapshot(&a, &v, "s2").expect("snapshot");
     let (incr, stats) = send(&a, &s2, Some(&s1));
     assert!(stats.incremental);
     let r2 = receive(&b, &target, "r2", &incr).unwrap();
@@ -528,9 +445,9 @@ fn incremental_receive_without_its_base_fails_and_leaves_nothing() {
     let b = provider(&tmp.path().join("b"));
     let v = create(&a, "vol");
     write(&v.path().join("f"), b"one", 0o644);
-    let s1 = snapshot(&a, &v, "s1");
+    let s1 = snapshot(&a, &v, "s1").expect("snapshot");
     fs::write(v.path().join("f"), b"two").unwrap();
-    let s2 = snapshot(&a, &v, "s2");
+    let s2 = snapshot(&a, &v, "s2").expect("snapshot");
     let (incr, _) = send(&a, &s2, Some(&s1));
 
     let target = create(&b, "t");
@@ -541,7 +458,7 @@ fn incremental_receive_without_its_base_fails_and_leaves_nothing() {
     assert!(is_stream_err(&err), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.contains(s1.guid()) && msg.contains("not present"),
+        msg.contains(guid_of(&s1)) && msg.contains("not present"),
         "the message names the missing base: {msg}"
     );
     assert_eq!(listing(b.root()), before, "nothing left behind");
@@ -577,7 +494,8 @@ impl Craft {
     fn rec(mut self, tag: u8, path: &[u8]) -> Self {
         self.n += 1;
         self.b.push(tag);
-        self.b.extend_from_slice(&(path.len() as u16).to_be_bytes());
+        self.b
+            .extend_from_slice(&u16::try_from(path.len()).unwrap().to_be_bytes());
         self.b.extend_from_slice(path);
         self
     }
@@ -610,7 +528,7 @@ impl Craft {
 
     fn link(self, path: &str, target: &str) -> Self {
         self.rec(b'L', path.as_bytes())
-            .raw(&(target.len() as u16).to_be_bytes())
+            .raw(&u16::try_from(target.len()).unwrap().to_be_bytes())
             .raw(target.as_bytes())
     }
 
@@ -637,7 +555,7 @@ fn hostile_streams_fail_cleanly_without_touching_anything_outside_the_root() {
     };
 
     // A small valid stream, crafted by hand: it is accepted as a whole...
-    let valid = Craft::new(0xabcdef, None)
+    let valid = Craft::new(0x00ab_cdef, None)
         .dir("", 0o755)
         .dir("d", 0o755)
         .file("d/f", 0o644, b"content")
@@ -813,7 +731,7 @@ fn inventory_reports_tagged_foreign_and_incomplete_items() {
     let root = tmp.path();
     let p = provider(root);
     let v = create(&p, "vol");
-    let s = snapshot(&p, &v, "snap");
+    let s = snapshot(&p, &v, "snap").expect("snapshot");
     fs::create_dir(root.join("data/foreign")).unwrap();
     fs::write(root.join("snapshot/stray-file"), b"?").unwrap();
 
@@ -853,7 +771,7 @@ fn inventory_reports_tagged_foreign_and_incomplete_items() {
     );
     let snap = by_name("snapshot/snap");
     assert_eq!(snap.presence, Presence::Complete);
-    assert_eq!(snap.details[DETAIL_GUID], s.guid());
+    assert_eq!(snap.details[DETAIL_GUID], guid_of(&s));
     assert_eq!(snap.tag.as_ref().unwrap().parent.as_deref(), Some("vol"));
 
     let foreign = by_name("data/foreign");
@@ -931,7 +849,7 @@ fn finish_redoes_an_interrupted_fork_from_its_immutable_snapshot() {
     let p = provider(root);
     let v = create(&p, "vol");
     fill_varied(&v.path());
-    let s = snapshot(&p, &v, "snap");
+    let s = snapshot(&p, &v, "snap").expect("snapshot");
     let op = Uuid::now_v7();
     hand_marker(root, "data", "fk", op, Some("snap"), "copying");
     write(&root.join("data/fk/partial"), b"half", 0o644);
@@ -1000,7 +918,7 @@ fn destroy_never_follows_symlinks_out_of_the_tree() {
     symlink(outside.join("precious"), v.path().join("file-out")).unwrap();
     write(&v.path().join("ro/inner"), b"x", 0o444);
     chmod(&v.path().join("ro"), 0o555);
-    let s = snapshot(&p, &v, "snap");
+    let s = snapshot(&p, &v, "snap").expect("snapshot");
     assert_eq!(
         fs::read_link(s.path().join("out")).unwrap(),
         outside,
@@ -1221,7 +1139,7 @@ fn restrictive_modes_survive_receive_send_and_fork_even_unprivileged() {
     let (again, _) = send(&p, &r, None);
     assert_eq!(again, stream);
     // A fork has the true modes.
-    let f = fork(&p, &r, "f");
+    let f = fork(&p, &r, "f").expect("fork");
     assert_eq!(mode(&f.path().join("locked")), 0o300);
     assert_eq!(mode(&f.path().join("locked/secret")), 0o000);
     // Everything goes away cleanly.

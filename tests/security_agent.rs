@@ -10,17 +10,19 @@
 //! fail loudly with `VOLMGR_REQUIRE_ROOT=1` (CI).
 
 mod agent_support;
+#[path = "common/config.rs"]
+mod config;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use agent_support::fake_peer::{FakePeer, Script};
-use agent_support::process::{BIN, ServeProcess};
+use agent_support::process::{BIN, ServeProcess, describe as text, volmgr_command};
 use agent_support::{TEST_TOKEN, TestAgent, assert_error, peers, raw, sim_config};
 use serde_json::json;
 use volmgr::agent::{Client, ClientError, PullFrom, ServeOptions};
-use volmgr::manager::ManagerConfig;
 use volmgr::provider::sim::SimProvider;
 
 fn is_root() -> bool {
@@ -50,15 +52,6 @@ fn as_nobody(argv: &[&str]) -> Output {
         .env_remove("VOLMGR_STATE_DIR")
         .output()
         .expect("setpriv runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]
@@ -129,10 +122,9 @@ fn a_local_unprivileged_user_is_refused_on_loopback_and_cannot_read_the_token() 
         );
     }
     // The owner's CLI reads the token from the state directory.
-    let o = Command::new(BIN)
+    let o = volmgr_command()
         .args(["volume", "--agent", &agent.url, "--state-dir", state_dir])
         .args(["create", "--id", "mine"])
-        .env_remove("VOLMGR_TOKEN")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
@@ -152,6 +144,7 @@ fn the_token_file_is_created_private_and_an_exposed_one_is_refused() {
     let state = tempfile::tempdir().unwrap();
     let first = ServeProcess::start(state.path(), &[]);
     let token = first.token.clone();
+    assert!(!token.is_empty(), "the agent created its token file");
     drop(first);
     // Restarts keep the token.
     let again = ServeProcess::start(state.path(), &[]);
@@ -160,10 +153,9 @@ fn the_token_file_is_created_private_and_an_exposed_one_is_refused() {
     // A token file others could have read is not trusted.
     let path = state.path().join("token");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let o = Command::new(BIN)
+    let o = volmgr_command()
         .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
         .arg(state.path())
-        .env_remove("VOLMGR_TOKEN")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -197,7 +189,7 @@ async fn sim_agent(options: ServeOptions) -> (tempfile::TempDir, SimProvider, Te
     let agent = TestAgent::open(dir.path(), sim_config(&sim), options).await;
     agent
         .client
-        .create_volume("default", Some("t"), Default::default())
+        .create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     (dir, sim, agent)
@@ -391,20 +383,6 @@ async fn a_hostile_error_body_is_not_echoed() {
     }
 }
 
-/// A manager configuration whose default provider is a directory provider.
-fn dir_config(state: &Path) -> ManagerConfig {
-    let root = state.join("volumes").to_str().unwrap().to_owned();
-    ManagerConfig {
-        default_provider: Some(Box::new(move || {
-            Ok((
-                "dir".into(),
-                [("root".to_owned(), root)].into_iter().collect(),
-            ))
-        })),
-        ..ManagerConfig::default()
-    }
-}
-
 #[tokio::test]
 async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
     // A real directory stream, served by a fake peer that claims it
@@ -412,17 +390,17 @@ async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
     let dir_a = tempfile::tempdir().unwrap();
     let a = TestAgent::open(
         dir_a.path(),
-        dir_config(dir_a.path()),
+        config::serve_default(dir_a.path()),
         ServeOptions::default(),
     )
     .await;
     let v = a
         .client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     std::fs::write(Path::new(&v.location).join("f"), b"content").unwrap();
-    let s = a.client.snapshot("v", Default::default()).await.unwrap();
+    let s = a.client.snapshot("v", BTreeMap::default()).await.unwrap();
     let stream = a.client.send(&s.id, &[]).await.unwrap();
     a.shutdown().await;
     let liar = FakePeer::start(fixed(
@@ -439,9 +417,9 @@ async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
         peers: peers(&[("liar", &liar.url)]),
         ..ServeOptions::default()
     };
-    let b = TestAgent::open(dir_b.path(), dir_config(dir_b.path()), options).await;
+    let b = TestAgent::open(dir_b.path(), config::serve_default(dir_b.path()), options).await;
     b.client
-        .create_volume("default", Some("t"), Default::default())
+        .create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     let done = b

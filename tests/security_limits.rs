@@ -20,7 +20,10 @@
 //! synchronise: waits are for events, or polls with a bound.
 
 mod agent_support;
+#[path = "common/config.rs"]
+mod config;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
@@ -75,14 +78,14 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr, rcvbuf: i32) -> TcpStream {
         panic!("IPv4 only")
     };
     let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap(),
         sin_port: port.to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(ip).to_be(),
         },
         sin_zero: [0; 8],
     };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap();
     // SAFETY: plain socket calls on a descriptor we own; the addresses are
     // valid sockaddr_in values of the given length.
     unsafe {
@@ -93,19 +96,19 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr, rcvbuf: i32) -> TcpStream {
             fd,
             libc::SOL_SOCKET,
             libc::SO_RCVBUF,
-            (&buf as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
+            (&raw const buf).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<i32>()).unwrap(),
         );
         let local = sockaddr(from, 0);
         assert_eq!(
-            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
+            libc::bind(fd, (&raw const local).cast(), len),
             0,
             "bind {from}: {}",
             std::io::Error::last_os_error()
         );
         let remote = sockaddr(*to.ip(), to.port());
         assert_eq!(
-            libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len),
+            libc::connect(fd, (&raw const remote).cast(), len),
             0,
             "connect: {}",
             std::io::Error::last_os_error()
@@ -299,7 +302,9 @@ fn big_snapshot(agent: &ServeProcess, id: &str, mib: usize) -> String {
     );
     assert_eq!(status, 200, "{v}");
     let location = v["location"].as_str().unwrap();
-    let block: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let block: Vec<u8> = (0..1 << 20)
+        .map(|i| u8::try_from(i * 7 % 251).unwrap())
+        .collect();
     let mut file = std::fs::File::create(Path::new(location).join("big")).unwrap();
     for _ in 0..mib {
         file.write_all(&block).unwrap();
@@ -447,7 +452,7 @@ async fn pulling_agent(limits: Limits, fake: &FakePeer) -> (tempfile::TempDir, T
     for id in ["t", "u"] {
         agent
             .client
-            .create_volume("default", Some(id), Default::default())
+            .create_volume("default", Some(id), BTreeMap::default())
             .await
             .unwrap();
     }
@@ -497,7 +502,7 @@ async fn a_source_trickling_bytes_is_stopped_by_the_minimum_rate_and_frees_its_t
     // The target is free: not busy, and a new operation on it succeeds.
     agent
         .client
-        .snapshot("t", Default::default())
+        .snapshot("t", BTreeMap::default())
         .await
         .unwrap();
     agent.shutdown().await;
@@ -515,7 +520,7 @@ async fn a_pull_past_its_deadline_is_stopped() {
     assert_error(&pull(&agent, "t").await, 504, "transfer_deadline");
     agent
         .client
-        .snapshot("t", Default::default())
+        .snapshot("t", BTreeMap::default())
         .await
         .unwrap();
     agent.shutdown().await;
@@ -554,7 +559,7 @@ async fn a_pull_in_flight_is_cancelled_by_delete_receive_and_pulls_are_capped() 
     assert_error(&in_flight.await.unwrap(), 409, "cancelled");
     agent
         .client
-        .snapshot("t", Default::default())
+        .snapshot("t", BTreeMap::default())
         .await
         .unwrap();
     // The slot is free again.
@@ -583,26 +588,17 @@ async fn a_pull_in_flight_is_cancelled_by_delete_receive_and_pulls_are_capped() 
 /// by an in-process agent on the directory provider.
 async fn dir_stream() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("volumes").to_str().unwrap().to_owned();
-    let config = volmgr::manager::ManagerConfig {
-        default_provider: Some(Box::new(move || {
-            Ok((
-                "dir".into(),
-                [("root".to_owned(), root)].into_iter().collect(),
-            ))
-        })),
-        ..volmgr::manager::ManagerConfig::default()
-    };
+    let config = config::serve_default(dir.path());
     let agent = TestAgent::open(dir.path(), config, ServeOptions::default()).await;
     let v = agent
         .client
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     std::fs::write(Path::new(&v.location).join("f"), vec![7u8; 64 * 1024]).unwrap();
     let s = agent
         .client
-        .snapshot("v", Default::default())
+        .snapshot("v", BTreeMap::default())
         .await
         .unwrap();
     let stream = agent.client.send(&s.id, &[]).await.unwrap().to_vec();
@@ -653,11 +649,7 @@ fn shutdown_cancels_a_pull_after_the_grace_period_and_the_next_start_is_clean() 
             )
         });
         poll_until("the pull asked its source", || !peer.requests().is_empty());
-        // SAFETY: kill(2) on our own child.
-        assert_eq!(
-            unsafe { libc::kill(agent.child.id() as libc::pid_t, libc::SIGTERM) },
-            0
-        );
+        agent.signal(libc::SIGTERM);
         pulling.join().unwrap()
     });
     let mut status = None;
@@ -678,9 +670,7 @@ fn shutdown_cancels_a_pull_after_the_grace_period_and_the_next_start_is_clean() 
     // target is live and usable.
     let again = ServeProcess::start(state.path(), &["--peer", &peer_arg]);
     let report = again
-        .logs()
-        .into_iter()
-        .find(|l| l["fields"]["message"] == "opened and reconciled")
+        .logged("opened and reconciled")
         .expect("a reconciliation report");
     assert_eq!(report["fields"]["resolutions"], 0, "{report}");
     assert_eq!(report["fields"]["orphans"], 0, "{report}");

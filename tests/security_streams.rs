@@ -163,7 +163,7 @@ fn names_the_kernel_refuses_are_a_bad_stream_not_an_internal_error() {
 fn expect_no_space(r: Result<Vol, ProviderError>, what: &str) {
     match r {
         Err(ProviderError::NoSpace { what: w, detail }) => {
-            eprintln!("{what}: refused: not enough space for {w}: {detail}")
+            eprintln!("{what}: refused: not enough space for {w}: {detail}");
         }
         Err(other) => panic!("{what}: wanted NoSpace, got {other:?}"),
         Ok(_) => panic!("{what}: accepted"),

@@ -3,6 +3,8 @@
 //! attack for real and checks that nothing outside the volume was read,
 //! changed or removed, and that no operation blocked on volume content.
 
+#[path = "common/config.rs"]
+mod config;
 mod security_support;
 
 use std::ffi::CString;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use security_support::*;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::dir::DirProvider;
-use volmgr::provider::{Provider, ProviderConfig, ProviderError};
+use volmgr::provider::{Provider, ProviderError};
 use volmgr::state::Meta;
 
 const SECRET: &[u8] = b"TOPSECRET-do-not-copy";
@@ -304,7 +306,7 @@ fn a_tree_deeper_than_the_limit_is_refused_by_snapshot_and_still_destroyed() {
 /// Story: a copy makes every hard link a file of its own, so a volume user
 /// can make a snapshot (or a fork) far larger than the volume: one 8 MB file
 /// linked 100 times is 800 MB of copy. The copy checks free space as it
-/// goes and is refused with NoSpace before the disk is full, leaving
+/// goes and is refused with `NoSpace` before the disk is full, leaving
 /// nothing behind.
 #[test]
 fn hard_links_cannot_make_a_snapshot_fill_the_disk() {
@@ -321,7 +323,7 @@ fn hard_links_cannot_make_a_snapshot_fill_the_disk() {
     let (bytes0, inodes0) = small.free();
     match snapshot(&p, &v, "s") {
         Err(ProviderError::NoSpace { what, detail }) => {
-            eprintln!("refused: not enough space for {what}: {detail}")
+            eprintln!("refused: not enough space for {what}: {detail}");
         }
         Err(other) => panic!("wanted NoSpace, got {other:?}"),
         Ok(_) => panic!("an 800 MB copy fit on a 64 MB file system"),
@@ -338,10 +340,6 @@ fn hard_links_cannot_make_a_snapshot_fill_the_disk() {
         fs::remove_file(v.path().join(format!("link{i}"))).unwrap();
     }
     snapshot(&p, &v, "s").unwrap();
-}
-
-fn dir_config(root: &Path) -> ProviderConfig {
-    [("root".to_owned(), root.display().to_string())].into()
 }
 
 #[test]
@@ -363,7 +361,7 @@ fn a_provider_never_deletes_files_it_did_not_create() {
             .await
             .unwrap();
         let err = m
-            .add_provider("p", "dir", dir_config(&some))
+            .add_provider("p", "dir", config::root_config(&some))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("ownership marker"), "{err}");
@@ -397,7 +395,9 @@ fn a_provider_root_inside_a_volume_or_another_provider_is_refused() {
             .await
             .unwrap();
         let p1 = tmp.path().join("p1");
-        m.add_provider("p1", "dir", dir_config(&p1)).await.unwrap();
+        m.add_provider("p1", "dir", config::root_config(&p1))
+            .await
+            .unwrap();
         let v = m.create_volume("p1", Some("v"), Meta::new()).await.unwrap();
         let inside_volume = Path::new(&v.location).join("sub");
         for (what, root) in [
@@ -407,7 +407,7 @@ fn a_provider_root_inside_a_volume_or_another_provider_is_refused() {
             ("holding the provider", tmp.path().to_path_buf()),
         ] {
             let err = m
-                .add_provider("p2", "dir", dir_config(&root))
+                .add_provider("p2", "dir", config::root_config(&root))
                 .await
                 .expect_err(what);
             assert!(
@@ -419,7 +419,7 @@ fn a_provider_root_inside_a_volume_or_another_provider_is_refused() {
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&v.location, &link).unwrap();
         let err = m
-            .add_provider("p2", "dir", dir_config(&link.join("x")))
+            .add_provider("p2", "dir", config::root_config(&link.join("x")))
             .await
             .expect_err("a symlink into a volume");
         assert!(matches!(err, ManagerError::InvalidInput(_)), "{err:?}");

@@ -10,33 +10,21 @@
 //! - a pull's progress showed no total.
 
 mod agent_support;
+#[path = "common/config.rs"]
+mod config;
 
-use std::process::{Command, Output};
+use std::collections::BTreeMap;
+use std::process::Output;
 
-use agent_support::process::{BIN, ServeProcess};
+use agent_support::process::{ServeProcess, describe as text, volmgr_command};
 use agent_support::{TestAgent, assert_error, peers, raw, sim_config};
 use serde_json::json;
 use volmgr::agent::{PullFrom, ServeOptions};
 use volmgr::cli::{EXIT_CONFLICT, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_USAGE};
 use volmgr::provider::sim::SimProvider;
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn volmgr(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("VOLMGR_TOKEN")
-        .env_remove("VOLMGR_AGENT")
-        .env_remove("VOLMGR_STATE_DIR")
-        .output()
-        .expect("volmgr runs")
+    volmgr_command().args(args).output().expect("volmgr runs")
 }
 
 #[test]
@@ -226,7 +214,7 @@ async fn a_pull_from_an_unreachable_peer_says_why() {
     let agent = TestAgent::open(dir.path(), sim_config(&sim), options).await;
     agent
         .client
-        .create_volume("default", Some("t"), Default::default())
+        .create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     let body = json!({"host_id": "gone", "snapshot_id": "s"}).to_string();
@@ -244,12 +232,12 @@ async fn a_pull_reports_the_stream_size_the_source_announces() {
     let sim = SimProvider::new();
     let agent = TestAgent::open(dir.path(), sim_config(&sim), ServeOptions::default()).await;
     let c = &agent.client;
-    c.create_volume("default", Some("v"), Default::default())
+    c.create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
-    sim.write_file("v", "f", &[3u8; 300_000]);
-    let s = c.snapshot("v", Default::default()).await.unwrap();
-    c.create_volume("default", Some("t"), Default::default())
+    sim.write_file("v", "f", &vec![3u8; 300_000]);
+    let s = c.snapshot("v", BTreeMap::default()).await.unwrap();
+    c.create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -272,20 +260,11 @@ async fn a_pull_reports_the_stream_size_the_source_announces() {
 #[tokio::test]
 async fn a_full_pull_from_the_directory_provider_announces_its_exact_size() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("volumes").to_str().unwrap().to_owned();
-    let config = volmgr::manager::ManagerConfig {
-        default_provider: Some(Box::new(move || {
-            Ok((
-                "dir".into(),
-                [("root".to_owned(), root)].into_iter().collect(),
-            ))
-        })),
-        ..volmgr::manager::ManagerConfig::default()
-    };
+    let config = config::serve_default(dir.path());
     let agent = TestAgent::open(dir.path(), config, ServeOptions::default()).await;
     let c = &agent.client;
     let v = c
-        .create_volume("default", Some("v"), Default::default())
+        .create_volume("default", Some("v"), BTreeMap::default())
         .await
         .unwrap();
     let at = std::path::Path::new(&v.location);
@@ -294,8 +273,8 @@ async fn a_full_pull_from_the_directory_provider_announces_its_exact_size() {
     std::fs::write(at.join("small"), b"x").unwrap();
     std::fs::write(at.join("empty"), b"").unwrap();
     std::os::unix::fs::symlink("a/b/big", at.join("link")).unwrap();
-    let s1 = c.snapshot("v", Default::default()).await.unwrap();
-    c.create_volume("default", Some("t"), Default::default())
+    let s1 = c.snapshot("v", BTreeMap::default()).await.unwrap();
+    c.create_volume("default", Some("t"), BTreeMap::default())
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -306,7 +285,7 @@ async fn a_full_pull_from_the_directory_provider_announces_its_exact_size() {
     assert_eq!(seen.last().unwrap().total, Some(done.bytes), "{seen:?}");
     // Incremental: no size announced.
     std::fs::write(at.join("small"), b"changed").unwrap();
-    let s2 = c.snapshot("v", Default::default()).await.unwrap();
+    let s2 = c.snapshot("v", BTreeMap::default()).await.unwrap();
     let mut seen = Vec::new();
     c.pull_with_progress("t", PullFrom::Host("self"), &s2.id, |p| seen.push(p))
         .await
@@ -322,20 +301,20 @@ async fn destroy_recursive_takes_the_snapshots_along_and_refuses_when_forks_depe
     let agent = TestAgent::open(dir.path(), sim_config(&sim), ServeOptions::default()).await;
     let c = &agent.client;
     for id in ["a", "b"] {
-        c.create_volume("default", Some(id), Default::default())
+        c.create_volume("default", Some(id), BTreeMap::default())
             .await
             .unwrap();
     }
-    let a1 = c.snapshot("a", Default::default()).await.unwrap();
-    let a2 = c.snapshot("a", Default::default()).await.unwrap();
-    let b1 = c.snapshot("b", Default::default()).await.unwrap();
-    c.fork(&b1.id, Some("b-fork"), Default::default())
+    let a1 = c.snapshot("a", BTreeMap::default()).await.unwrap();
+    let a2 = c.snapshot("a", BTreeMap::default()).await.unwrap();
+    let b1 = c.snapshot("b", BTreeMap::default()).await.unwrap();
+    c.fork(&b1.id, Some("b-fork"), BTreeMap::default())
         .await
         .unwrap();
     let url = agent.url.clone();
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
-            Command::new(BIN)
+            volmgr_command()
                 .args(&args)
                 .env("VOLMGR_TOKEN", agent_support::TEST_TOKEN)
                 .output()
@@ -346,7 +325,7 @@ async fn destroy_recursive_takes_the_snapshots_along_and_refuses_when_forks_depe
         ["volume", "--agent", url.as_str()]
             .iter()
             .chain(rest)
-            .map(|s| s.to_string())
+            .map(std::string::ToString::to_string)
             .collect()
     };
     // b: a fork depends on its snapshot: refused, naming both, nothing gone.

@@ -126,17 +126,14 @@ async fn journal_workload(storage: Arc<dyn Storage>, sim: &SimStorage) -> Journa
                     if started_after_failure {
                         after.0.fetch_add(1, Ordering::SeqCst);
                     }
-                    match journal.append(&rec).await {
-                        Ok(seq) => {
-                            if started_after_failure {
-                                after.1.fetch_add(1, Ordering::SeqCst);
-                            }
-                            acked.lock().unwrap().insert(seq, (task, n));
+                    if let Ok(seq) = journal.append(&rec).await {
+                        if started_after_failure {
+                            after.1.fetch_add(1, Ordering::SeqCst);
                         }
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::SeqCst);
-                            failed.store(true, Ordering::SeqCst);
-                        }
+                        acked.lock().unwrap().insert(seq, (task, n));
+                    } else {
+                        errors.fetch_add(1, Ordering::SeqCst);
+                        failed.store(true, Ordering::SeqCst);
                     }
                 }
             }));
@@ -210,10 +207,10 @@ fn check_journal_image(image: &SimStorage, run: &JournalRun) -> Vec<String> {
         ids.push((rec.task, rec.n));
     }
     for (seq, id) in &run.acked {
-        if ids.get(*seq as usize - 1) != Some(id) {
+        if ids.get(usize::try_from(*seq).unwrap() - 1) != Some(id) {
             problems.push(format!(
                 "acknowledged {id:?} at {seq} replayed as {:?}",
-                ids.get(*seq as usize - 1)
+                ids.get(usize::try_from(*seq).unwrap() - 1)
             ));
             break;
         }
@@ -259,7 +256,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, label: String, problems: Vec<String>) {
+    fn record(&mut self, label: &str, problems: &[String]) {
         self.combinations += 1;
         self.violations += problems.len() as u64;
         if !problems.is_empty() && self.failures.len() < 10 {
@@ -304,7 +301,7 @@ async fn journal_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
     let sim = SimStorage::new();
     let faulty = FaultyStorage::new(Arc::new(sim.clone()));
     let dry = journal_workload(Arc::new(faulty.clone()), &sim).await;
-    assert!(dry.acked.len() as u32 == TASKS as u32 * APPENDS * ROUNDS);
+    assert!(u32::try_from(dry.acked.len()).unwrap() == TASKS as u32 * APPENDS * ROUNDS);
     let counts = dry_counts(&faulty);
     let mut i = 0u64;
     for (op, count) in counts.values() {
@@ -320,7 +317,7 @@ async fn journal_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
                 tally.accepted_after_failure += run.accepted_after_failure;
                 let seed = base_seed ^ (i << 16) ^ s;
                 let problems = check_journal_run(&sim, &run, seed);
-                tally.record(format!("journal {plan:?}, seed {seed:#x}"), problems);
+                tally.record(&format!("journal {plan:?}, seed {seed:#x}"), &problems);
             }
         }
     }
@@ -337,8 +334,8 @@ async fn journal_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
         let seed = base_seed ^ 0xCAFE ^ k;
         let problems = check_journal_run(&sim, &run, seed);
         tally.record(
-            format!("journal capacity {cap} bytes, seed {seed:#x}"),
-            problems,
+            &format!("journal capacity {cap} bytes, seed {seed:#x}"),
+            &problems,
         );
     }
 }
@@ -401,8 +398,8 @@ async fn journal_write_back_errors(tally: &mut Tally, base_seed: u64, scale: u64
         tally.attempted_after_failure += run.attempted_after_failure;
         tally.fired += u64::from(run.errors > 0);
         tally.record(
-            format!("journal write-back error at sync point {n}"),
-            problems,
+            &format!("journal write-back error at sync point {n}"),
+            &problems,
         );
     }
 }
@@ -554,8 +551,8 @@ async fn manager_failpoints(tally: &mut Tally, base_seed: u64, scale: u64, batch
             tally.fired += u64::from(model.errors > 0);
             let which = if batched { "batched" } else { "on return" };
             tally.record(
-                format!("manager ({which}) {fault:?}, seed {seed:#x}"),
-                problems,
+                &format!("manager ({which}) {fault:?}, seed {seed:#x}"),
+                &problems,
             );
         }
     }

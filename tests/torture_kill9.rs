@@ -28,6 +28,7 @@
 
 mod torture_support;
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -135,7 +136,7 @@ impl Agent {
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on the pid of a child this test spawned and has
         // not yet reaped.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        let rc = unsafe { libc::kill(self.child.id().cast_signed(), signal) };
         assert_eq!(rc, 0, "kill({signal})");
     }
 
@@ -209,21 +210,21 @@ async fn worker(
     for cycle in 0..10_000u64 {
         let v = format!("l{life}-w{w}-c{cycle}");
         match client
-            .create_volume("default", Some(&v), Default::default())
+            .create_volume("default", Some(&v), BTreeMap::default())
             .await
         {
             Ok(_) => model.lock().unwrap().created(&v),
             Err(_) => return,
         }
         ack();
-        let snap = match client.snapshot(&v, Default::default()).await {
+        let snap = match client.snapshot(&v, BTreeMap::default()).await {
             Ok(s) => s.id,
             Err(_) => return,
         };
         model.lock().unwrap().created(&snap);
         ack();
         let fork = format!("{v}-fork");
-        match client.fork(&snap, Some(&fork), Default::default()).await {
+        match client.fork(&snap, Some(&fork), BTreeMap::default()).await {
             Ok(_) => model.lock().unwrap().created(&fork),
             Err(_) => return,
         }
@@ -325,7 +326,7 @@ async fn kill_9_of_volmgr_serve_under_http_load_loses_no_acknowledged_volume_and
     let scale = torture_support::scale();
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap());
     let seed = torture_support::seed(clock);
     println!("kill -9: seed {seed:#x} (VOLMGR_TORTURE_SEED={seed:#x} replays the kill points)");
     let mut rng = SplitMix64::new(seed);

@@ -116,14 +116,14 @@ fn requests(workload_seed: u64, task: u8, round: u32) -> Vec<Vec<Rec>> {
     let mut n = round * 100;
     (0..REQUESTS)
         .map(|_| {
-            let count = 1 + rng.below(3) as usize;
+            let count = 1 + usize::try_from(rng.below(3)).unwrap();
             (0..count)
                 .map(|_| {
                     n += 1;
                     Rec {
                         task,
                         n,
-                        pad: vec![task; rng.below(240) as usize],
+                        pad: vec![task; usize::try_from(rng.below(240)).unwrap()],
                     }
                 })
                 .collect()
@@ -172,14 +172,11 @@ async fn run_workload(storage: &SimStorage, workload_seed: u64) -> Run {
             tasks.push(tokio::spawn(async move {
                 for request in requests(workload_seed, task, round) {
                     let ids: Vec<Id> = request.iter().map(Rec::id).collect();
-                    match journal.append_all(&request).await {
-                        Ok(first) => {
-                            acked.lock().unwrap().insert(first, ids);
-                        }
-                        Err(_) => {
-                            in_flight.lock().unwrap().push(ids);
-                            return false;
-                        }
+                    if let Ok(first) = journal.append_all(&request).await {
+                        acked.lock().unwrap().insert(first, ids);
+                    } else {
+                        in_flight.lock().unwrap().push(ids);
+                        return false;
                     }
                 }
                 true
@@ -246,18 +243,18 @@ fn check_replay(run: &Run, ids: &[Id]) -> (u64, Vec<String>, Vec<String>) {
     for (first, req) in &run.acked {
         for (i, id) in req.iter().enumerate() {
             let seq = first + i as u64;
-            if ids.get(seq as usize - 1) != Some(id) {
+            if ids.get(usize::try_from(seq).unwrap() - 1) != Some(id) {
                 lost += 1;
                 if examples.len() < 3 {
                     examples.push(format!(
                         "acknowledged {id:?} at {seq} replayed as {:?}",
-                        ids.get(seq as usize - 1)
+                        ids.get(usize::try_from(seq).unwrap() - 1)
                     ));
                 }
             }
         }
     }
-    let max_acked = run.max_acked() as usize;
+    let max_acked = usize::try_from(run.max_acked()).unwrap();
     let extras = ids.get(max_acked..).unwrap_or(&[]);
     let mut used = BTreeSet::new();
     let mut at = 0;

@@ -324,7 +324,7 @@ fn destroy_of_a_volume_in_use_retries_then_reports_busy_with_the_cause() {
 /// What reconciliation runs for a receive it cannot keep resumable (and
 /// what undoes a failed receive): the partial state of operation `op` is
 /// found by its mark and discarded, and the target takes a receive again.
-/// (Resumable receives: tests/zfs_resume.rs.)
+/// (Resumable receives: `tests/zfs_resume.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_receive_of_an_operation_is_found_by_its_mark_and_aborted() {
     let test = "partial_receive_of_an_operation_is_found_by_its_mark_and_aborted";

@@ -39,10 +39,7 @@ const ENV_SNAPSHOT: &str = "VOLMGR_RESUME_CHILD_SNAPSHOT";
 const DATA_LEN: usize = 24 << 20;
 
 fn manager_config(provider: ProviderConfig) -> ManagerConfig {
-    ManagerConfig {
-        default_provider: Some(Box::new(move || Ok(("zfs".to_string(), provider)))),
-        ..ManagerConfig::default()
-    }
+    common::config::with_default_provider("zfs", provider)
 }
 
 fn zfs_out(args: &[&str]) -> String {
@@ -356,7 +353,7 @@ async fn killed_pull_is_reconciled_resumable_and_the_agent_finishes_it_when_read
         .process_group(0)
         .spawn()
         .unwrap();
-    let pgid = child.id() as i32;
+    let pgid = child.id().cast_signed();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // The test harness prints its own lines first.
     let ready = lines

@@ -18,7 +18,7 @@ pub struct Latencies(pub Vec<u64>);
 
 impl Latencies {
     pub fn push(&mut self, d: Duration) {
-        self.0.push(d.as_nanos() as u64);
+        self.0.push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     }
 
     pub fn extend(&mut self, other: Latencies) {
@@ -32,7 +32,10 @@ impl Latencies {
         }
         self.0.sort_unstable();
         let at = |q: f64| {
-            let i = ((self.0.len() as f64 * q).ceil() as usize).clamp(1, self.0.len()) - 1;
+            // A rank: a small non-negative whole number of samples.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let rank = (self.0.len() as f64 * q).ceil() as usize;
+            let i = rank.clamp(1, self.0.len()) - 1;
             self.0[i] as f64 / 1e3
         };
         (at(0.50), at(0.99), at(0.999))
@@ -50,6 +53,19 @@ pub struct Case {
 impl Case {
     pub fn rate(&self) -> f64 {
         self.ops as f64 / self.secs.max(1e-9)
+    }
+
+    /// Joins the threads of a case started at `start`, each returning the
+    /// latencies of its operations: one latency per operation done.
+    pub fn join(threads: Vec<std::thread::JoinHandle<Latencies>>, start: Instant) -> Case {
+        let mut case = Case::default();
+        for t in threads {
+            let lat = t.join().expect("a bench thread panicked");
+            case.ops += lat.0.len() as u64;
+            case.latencies.extend(lat);
+        }
+        case.secs = start.elapsed().as_secs_f64();
+        case
     }
 }
 
@@ -80,14 +96,15 @@ pub fn raw_fdatasync_loop(dir: &Path, secs: Duration) -> Case {
 
 /// The 1-, 5- and 15-minute load averages, as /proc/loadavg prints them.
 pub fn load_avg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".into(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
 }
 
 /// One line naming the machine: CPUs, load, file system of `dir`.
 pub fn machine_line(dir: &Path) -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let fs = fs_type(dir);
     format!(
         "machine: {cpus} CPUs, load average {} (1/5/15 min), {} on {fs}{}",
@@ -148,7 +165,7 @@ pub fn env_list(name: &str, default: &str) -> Vec<usize> {
 pub fn cpu_secs() -> f64 {
     // SAFETY: getrusage fills the struct it is given; plain integers.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut usage) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
@@ -288,7 +305,7 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         // SAFETY: kill(2) on the pid of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGTERM) };
         let _ = self.child.wait();
     }
 }

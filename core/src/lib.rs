@@ -55,6 +55,10 @@
 //! # }
 //! ```
 
+// A panic in the agent or the library is a bug, never a reply: no unwrap
+// outside tests (clippy.toml allows it in #[test] code). Issue 15.
+#![warn(clippy::unwrap_used)]
+
 pub mod fsutil;
 pub mod journal;
 pub mod manager;

@@ -9,7 +9,7 @@ use std::ops::Deref;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Operation id: a UUIDv7, unique per mutating operation.
+/// Operation id: a `UUIDv7`, unique per mutating operation.
 pub type OpId = Uuid;
 /// Provider-specific facts about a volume (e.g. a ZFS snapshot's GUID).
 pub type Details = std::collections::BTreeMap<String, String>;
@@ -89,7 +89,7 @@ impl VolumeId {
         match id_problem(id) {
             // SAFETY: `VolumeId` is `repr(transparent)` over `str`, so the
             // pointer cast keeps layout and lifetime.
-            None => Ok(unsafe { &*(id as *const str as *const VolumeId) }),
+            None => Ok(unsafe { &*(std::ptr::from_ref::<str>(id) as *const VolumeId) }),
             Some(reason) => Err(InvalidId {
                 id: id.chars().take(MAX_ID_LEN + 8).collect(),
                 reason,

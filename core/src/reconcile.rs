@@ -422,11 +422,10 @@ pub fn provider_of(state: &State, action: &Action) -> Option<String> {
         Action::CreateVolume { provider, .. }
         | Action::AdoptOrphan { provider, .. }
         | Action::DestroyOrphan { provider, .. } => Some(provider.clone()),
-        Action::DestroyVolume { volume } => of(volume),
+        Action::DestroyVolume { volume } | Action::SetAttributes { volume, .. } => of(volume),
         Action::CreateSnapshot { source, .. } => of(source),
         Action::ForkVolume { snapshot, .. } => of(snapshot),
         Action::ReceiveSnapshot { target, .. } | Action::AbortReceive { target } => of(target),
-        Action::SetAttributes { volume, .. } => of(volume),
     }
 }
 
@@ -477,19 +476,18 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
         let Some(row) = lookup(journal, provider) else {
             return;
         };
-        match step(row.resolution, subject) {
-            Some(step) => decisions.push(Decision {
+        if let Some(step) = step(row.resolution, subject) {
+            decisions.push(Decision {
                 case: row.case,
                 volume: subject.volume.map(str::to_owned),
                 detail,
                 step,
-            }),
-            None => {
-                // The table pairs this resolution with a provider column
-                // that cannot supply what it needs: a bug in the table.
-                debug_assert!(false, "row {:?} cannot be performed", row.case);
-                tracing::error!(case = %row.case, %detail, "reconcile: a table row cannot be performed; skipped");
-            }
+            });
+        } else {
+            // The table pairs this resolution with a provider column
+            // that cannot supply what it needs: a bug in the table.
+            debug_assert!(false, "row {:?} cannot be performed", row.case);
+            tracing::error!(case = %row.case, %detail, "reconcile: a table row cannot be performed; skipped");
         }
     };
     // Pending operations, oldest first.
@@ -510,18 +508,18 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
             ),
             Action::AdoptOrphan { volume, .. } => {
                 claimed.insert(volume);
-                push(J::PendingAdopt, subject(Some(volume), None), what)
+                push(J::PendingAdopt, subject(Some(volume), None), what);
             }
             Action::DestroyVolume { volume } | Action::DestroyOrphan { volume, .. } => {
                 claimed.insert(volume);
                 let f = by_volume(volume);
-                push(J::PendingDestroy, subject(Some(volume), f), what)
+                push(J::PendingDestroy, subject(Some(volume), f), what);
             }
             Action::CreateVolume { volume, .. } => {
                 claimed.insert(volume);
                 // Only the item tagged with this very operation counts as its result.
                 let f = by_volume(volume).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
-                push(J::PendingCreate, subject(Some(volume), f), what)
+                push(J::PendingCreate, subject(Some(volume), f), what);
             }
             Action::ReceiveSnapshot {
                 snapshot: new,
@@ -532,22 +530,22 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
                 let f = by_volume(new).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
                 // Not arrived, but resumable: the subject is the target.
                 let f = f.or_else(|| by_volume(target).filter(|t| t.partial.is_some()));
-                push(J::PendingDerived, subject(Some(new), f), what)
+                push(J::PendingDerived, subject(Some(new), f), what);
             }
             Action::CreateSnapshot { snapshot: new, .. }
             | Action::ForkVolume { volume: new, .. } => {
                 claimed.insert(new);
                 let f = by_volume(new).filter(|f| f.tag.as_ref().is_some_and(|t| t.op == p.op));
-                push(J::PendingDerived, subject(Some(new), f), what)
+                push(J::PendingDerived, subject(Some(new), f), what);
             }
             Action::SetAttributes { volume, .. } => {
                 claimed.insert(volume);
                 let f = by_volume(volume);
-                push(J::PendingSetAttributes, subject(Some(volume), f), what)
+                push(J::PendingSetAttributes, subject(Some(volume), f), what);
             }
             Action::AbortReceive { target } => {
                 let f = by_volume(target);
-                push(J::PendingAbortReceive, subject(Some(target), f), what)
+                push(J::PendingAbortReceive, subject(Some(target), f), what);
             }
         }
     }
@@ -575,46 +573,43 @@ pub fn decide(state: &State, provider_id: Option<&str>, found: &[Found]) -> Vec<
 
     // Provider items with no record.
     for f in found {
-        match &f.tag {
-            Some(tag) => {
-                let known = state.volumes.contains_key(&tag.volume)
-                    || claimed.contains(tag.volume.as_str())
-                    || state
-                        .orphans
-                        .contains_key(&crate::state::orphan_key(provider_id, &tag.volume));
-                if known {
-                    continue;
-                }
-                let orphan = Orphan {
-                    provider: provider_id.to_owned(),
-                    volume: tag.volume.clone(),
-                    kind: tag.kind,
-                    tagged_op: tag.op,
-                    location: f.location.clone(),
-                };
-                let detail = format!(
-                    "{} tagged as volume {} by op {}",
-                    f.name, tag.volume, tag.op
-                );
-                let subject = Subject {
-                    volume: Some(&tag.volume),
-                    found: Some(f),
-                    orphan: Some(&orphan),
-                    ..Subject::default()
-                };
-                push(J::NoRecord, subject, detail);
+        if let Some(tag) = &f.tag {
+            let known = state.volumes.contains_key(&tag.volume)
+                || claimed.contains(tag.volume.as_str())
+                || state
+                    .orphans
+                    .contains_key(&crate::state::orphan_key(provider_id, &tag.volume));
+            if known {
+                continue;
             }
-            None => {
-                let subject = Subject {
-                    found: Some(f),
-                    ..Subject::default()
-                };
-                push(
-                    J::NoRecord,
-                    subject,
-                    format!("{} is not tagged as ours", f.name),
-                )
-            }
+            let orphan = Orphan {
+                provider: provider_id.to_owned(),
+                volume: tag.volume.clone(),
+                kind: tag.kind,
+                tagged_op: tag.op,
+                location: f.location.clone(),
+            };
+            let detail = format!(
+                "{} tagged as volume {} by op {}",
+                f.name, tag.volume, tag.op
+            );
+            let subject = Subject {
+                volume: Some(&tag.volume),
+                found: Some(f),
+                orphan: Some(&orphan),
+                ..Subject::default()
+            };
+            push(J::NoRecord, subject, detail);
+        } else {
+            let subject = Subject {
+                found: Some(f),
+                ..Subject::default()
+            };
+            push(
+                J::NoRecord,
+                subject,
+                format!("{} is not tagged as ours", f.name),
+            );
         }
     }
 
@@ -677,7 +672,7 @@ mod tests {
             }),
             presence,
             location: "/v".into(),
-            details: Default::default(),
+            details: crate::model::Details::default(),
             partial,
         };
         let complete = item(Presence::Complete, None);

@@ -150,11 +150,12 @@ impl Action {
     /// The volume id this action creates, if any.
     pub fn creates(&self) -> Option<&str> {
         match self {
-            Action::CreateVolume { volume, .. } | Action::ForkVolume { volume, .. } => Some(volume),
+            Action::CreateVolume { volume, .. }
+            | Action::ForkVolume { volume, .. }
+            | Action::AdoptOrphan { volume, .. } => Some(volume),
             Action::CreateSnapshot { snapshot, .. } | Action::ReceiveSnapshot { snapshot, .. } => {
                 Some(snapshot)
             }
-            Action::AdoptOrphan { volume, .. } => Some(volume),
             _ => None,
         }
     }
@@ -163,7 +164,11 @@ impl Action {
     pub fn volumes(&self) -> Vec<&str> {
         match self {
             Action::AddProvider(_) => vec![],
-            Action::CreateVolume { volume, .. } | Action::DestroyVolume { volume } => vec![volume],
+            Action::CreateVolume { volume, .. }
+            | Action::DestroyVolume { volume }
+            | Action::AdoptOrphan { volume, .. }
+            | Action::DestroyOrphan { volume, .. }
+            | Action::SetAttributes { volume, .. } => vec![volume],
             Action::CreateSnapshot {
                 source, snapshot, ..
             } => vec![source, snapshot],
@@ -173,11 +178,7 @@ impl Action {
             Action::ReceiveSnapshot {
                 target, snapshot, ..
             } => vec![target, snapshot],
-            Action::AdoptOrphan { volume, .. } | Action::DestroyOrphan { volume, .. } => {
-                vec![volume]
-            }
             Action::AbortReceive { target } => vec![target],
-            Action::SetAttributes { volume, .. } => vec![volume],
         }
     }
 }

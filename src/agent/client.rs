@@ -4,6 +4,7 @@
 //! [`MAX_ERROR_BODY_BYTES`]; never followed redirects.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -104,6 +105,8 @@ impl ClientError {
     }
 }
 
+// A `map_err` adapter: it takes the error the way `map_err` hands it over.
+#[allow(clippy::needless_pass_by_value)]
 fn transport(e: reqwest::Error) -> ClientError {
     let described = describe_transport_error(&e);
     if e.is_connect() || e.is_timeout() {
@@ -262,7 +265,7 @@ impl EventStream {
                 let (field, value) = line.split_once(':').unwrap_or((&line, ""));
                 let value = value.strip_prefix(' ').unwrap_or(value);
                 match field {
-                    "event" => self.event = value.to_owned(),
+                    "event" => value.clone_into(&mut self.event),
                     "data" => self.data.push(value.to_owned()),
                     _ => {}
                 }
@@ -569,7 +572,7 @@ fn segment(s: &str) -> String {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

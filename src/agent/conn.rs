@@ -80,7 +80,10 @@ impl ConnState {
     }
 
     fn idle_since(&self) -> Instant {
-        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn is_idle(&self) -> bool {
@@ -102,7 +105,11 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut since = self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+        let mut since = self
+            .0
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             *since = Instant::now();
             drop(since);
@@ -112,7 +119,7 @@ impl Drop for InFlight {
                 .0
                 .reader
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
             if let Some(waker) = waker {
                 waker.wake();
@@ -158,7 +165,10 @@ impl Table {
     /// Admits a connection under `max`, evicting the one idle the longest
     /// if at the cap; `None` if every connection is busy.
     fn admit(&self, max: usize) -> Option<(u64, Arc<ConnState>)> {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conns = self
+            .conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if conns.len() >= max {
             let victim = conns
                 .iter()
@@ -179,12 +189,15 @@ impl Table {
     fn remove(&self, id: u64) {
         self.conns
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
     }
 
     fn len(&self) -> usize {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -439,17 +452,19 @@ impl AsyncRead for Guarded {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let deadline = match me.read_deadline() {
-                    Some(d) => d,
-                    None => {
-                        // Busy: no deadline. Leave the waker for the turn
-                        // to idle, then look again (it may have turned).
-                        *me.state.reader.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(cx.waker().clone());
-                        match me.read_deadline() {
-                            Some(d) => d,
-                            None => return Poll::Pending,
-                        }
+                let deadline = if let Some(d) = me.read_deadline() {
+                    d
+                } else {
+                    // Busy: no deadline. Leave the waker for the turn
+                    // to idle, then look again (it may have turned).
+                    *me.state
+                        .reader
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(cx.waker().clone());
+                    match me.read_deadline() {
+                        Some(d) => d,
+                        None => return Poll::Pending,
                     }
                 };
                 let what = if me.head_started.is_some() {

@@ -11,6 +11,7 @@
 //! one token). The CLI reads the same file. A token file that group or
 //! others can read, or that another user owns, is refused.
 
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -193,7 +194,11 @@ fn read_private(path: &Path) -> Result<String, CredentialError> {
 fn generate() -> io::Result<String> {
     let mut bytes = [0u8; GENERATED_TOKEN_BYTES];
     getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    let mut hex = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        let _ = write!(hex, "{b:02x}");
+    }
+    Ok(hex)
 }
 
 /// Writes `token` to `path`, mode 0600 from creation, atomically: a

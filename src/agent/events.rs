@@ -122,7 +122,7 @@ fn event_volume(event: &Event) -> Option<&str> {
     match event {
         Event::Created(v) => Some(&v.id),
         Event::Destroyed { id, .. } | Event::Lost { id } | Event::Found { id } => Some(id),
-        _ => None,
+        Event::ProviderAdded { .. } => None,
     }
 }
 
@@ -137,7 +137,7 @@ fn volume_event(event: Event) -> Option<VolumeEvent> {
         },
         Event::Lost { id } => VolumeEvent::Lost { id },
         Event::Found { id } => VolumeEvent::Found { id },
-        _ => return None,
+        Event::ProviderAdded { .. } => return None,
     })
 }
 
@@ -253,7 +253,8 @@ impl<P> Subscriber<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{VolumeKind, VolumeStatus};
+    use crate::model::{Details, OpId};
+    use crate::state::{Meta, VolumeKind, VolumeStatus};
 
     fn volume(id: &str) -> crate::state::Volume {
         crate::state::Volume {
@@ -261,12 +262,12 @@ mod tests {
             provider: "p".into(),
             kind: VolumeKind::Data,
             parent: None,
-            meta: Default::default(),
+            meta: Meta::default(),
             created_at_ms: 0,
             location: String::new(),
             status: VolumeStatus::Live,
-            op: Default::default(),
-            details: Default::default(),
+            op: OpId::nil(),
+            details: Details::default(),
         }
     }
 
@@ -342,10 +343,10 @@ mod tests {
                         held.insert(volume.id.clone()),
                         "created twice: {}",
                         volume.id
-                    )
+                    );
                 }
                 VolumeEvent::Destroy { volume } => {
-                    assert!(held.remove(&volume.id), "destroyed unheld: {}", volume.id)
+                    assert!(held.remove(&volume.id), "destroyed unheld: {}", volume.id);
                 }
                 _ => {}
             }

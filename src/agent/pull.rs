@@ -292,7 +292,9 @@ pub(crate) async fn run_pull(
     let head_in = head.clone();
     let chunks = response.bytes_stream().map(move |chunk| {
         if let Ok(bytes) = &chunk {
-            let mut head = head_in.lock().unwrap_or_else(|e| e.into_inner());
+            let mut head = head_in
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let room = ZFS_HEADER_BYTES.saturating_sub(head.len());
             head.extend_from_slice(&bytes[..bytes.len().min(room)]);
         }
@@ -318,7 +320,10 @@ pub(crate) async fn run_pull(
     };
     drop(ticket);
     let bytes = progress.bytes.load(Ordering::Relaxed);
-    let head = head.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let head = head
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let resumed = handed_token
         && source_says_resumed
         && stream_continues(&manager, &snapshot.provider, &head);
@@ -349,7 +354,7 @@ fn stream_continues(manager: &Manager, provider: &str, head: &[u8]) -> bool {
         Some(crate::provider::zfs::KIND) => {
             crate::provider::zfs::parse_begin(head).is_ok_and(|h| h.resuming)
         }
-        Some(crate::provider::dir::KIND) | Some(crate::provider::btrfs::KIND) => false,
+        Some(crate::provider::dir::KIND | crate::provider::btrfs::KIND) => false,
         _ => true,
     }
 }
@@ -406,8 +411,7 @@ pub(crate) async fn resume_interrupted_pulls(shared: Arc<Shared>) {
         let span = tracing::info_span!("resume-pull", volume = %v.id, %source, %snapshot);
         let pulled = async {
             let source = resolve(&shared, None, Some(source))?;
-            validate::id(snapshot)
-                .map_err(|why| ApiError::bad_request("invalid_id", why.to_string()))?;
+            validate::id(snapshot).map_err(|why| ApiError::bad_request("invalid_id", why))?;
             let haves = manager.list_haves(&v.id)?;
             let progress = Arc::new(Progress::default());
             run_pull(

@@ -110,7 +110,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         self.pulls
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&self.target);
         self.entry.ended.cancel();
     }
@@ -131,7 +131,10 @@ impl Registry {
         target: &str,
         parent: &CancellationToken,
     ) -> Result<Ticket, ApiError> {
-        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pulls = self
+            .pulls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if pulls.contains_key(target) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -165,7 +168,10 @@ impl Registry {
     /// Cancels the pull into `target`, if one is in flight; returns a token
     /// cancelled once it has ended (its outcome journaled).
     pub(crate) fn cancel(&self, target: &str) -> Option<CancellationToken> {
-        let pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        let pulls = self
+            .pulls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = pulls.get(target)?;
         let _ = entry.reason.set(Stop::Cancelled);
         entry.cancel.cancel();
@@ -173,7 +179,10 @@ impl Registry {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.pulls.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.pulls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 }
 

@@ -282,7 +282,7 @@ async fn create_volume(
     // "data", its zero created_at (ignored).
     let id = req.id.as_deref().filter(|id| !id.is_empty());
     match req.volume_type.as_deref() {
-        None | Some("") | Some(VOLUME_TYPE_DATA) => {}
+        None | Some("" | VOLUME_TYPE_DATA) => {}
         Some(other) => {
             return Err(ApiError::bad_request(
                 "unsupported_type",
@@ -301,7 +301,13 @@ async fn create_volume(
         None => manager.create_volume(&provider, id, req.meta).await?,
         Some(bytes) => {
             manager
-                .create_volume_with(&provider, id, req.meta, Some(bytes), Default::default())
+                .create_volume_with(
+                    &provider,
+                    id,
+                    req.meta,
+                    Some(bytes),
+                    crate::provider::ProviderConfig::default(),
+                )
                 .await?
         }
     };

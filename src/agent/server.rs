@@ -181,7 +181,7 @@ impl Shared {
         }
         self.manager
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
             .ok_or_else(starting)
     }
@@ -267,7 +267,7 @@ impl Agent {
             .shared
             .manager
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.shared.phase.load(Ordering::Acquire) == STOPPING {
             return Err(manager);
         }
@@ -292,7 +292,7 @@ impl Agent {
             .shared
             .manager
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.shared.phase.store(STOPPING, Ordering::Release);
         self.shared.stopping.cancel();
     }
@@ -377,7 +377,7 @@ impl Agent {
             .shared
             .manager
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(manager) = manager {
             manager.close().await;
@@ -420,7 +420,7 @@ async fn log_request(req: Request, next: Next) -> Response {
     async move {
         let mut response = next.run(req).await;
         let status = response.status().as_u16();
-        let latency_ms = started.elapsed().as_millis() as u64;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(status, latency_ms, "request done");
         if let Ok(v) = HeaderValue::from_str(&req_id.to_string()) {
             response.headers_mut().insert("x-request-id", v);

@@ -52,7 +52,10 @@ impl Slots {
 
     /// Takes a slot for `client` (`None`: counted in all only).
     pub(crate) fn try_take(self: &Arc<Self>, client: Option<IpAddr>) -> Result<Slot, Full> {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if held.total >= self.max {
             return Err(Full::All(self.max));
         }
@@ -73,13 +76,20 @@ impl Slots {
 
     /// Slots taken now.
     pub(crate) fn taken(&self) -> usize {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).total
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .total
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self
+            .slots
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         held.total -= 1;
         if let Some(ip) = self.client
             && let Some(n) = held.per_client.get_mut(&ip)

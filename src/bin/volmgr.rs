@@ -1,6 +1,10 @@
 //! `volmgr`: the host agent (`serve`), its client (`volume`) and the
 //! offline journal tool (`journal`). Exit codes are in the README.
 
+// A panic in the agent or the library is a bug, never a reply: no unwrap
+// outside tests (clippy.toml allows it in #[test] code). Issue 15.
+#![warn(clippy::unwrap_used)]
+
 use clap::{Parser, Subcommand};
 use volmgr::cli;
 
@@ -29,7 +33,7 @@ fn main() {
     let code = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Volume(args) => cli::volume::run(args),
-        Command::Journal(args) => cli::journal::run(args),
+        Command::Journal(args) => cli::journal::run(&args),
     };
     std::process::exit(code);
 }

@@ -1,6 +1,6 @@
 //! `volmgr journal dump|verify|stats|state|repair`: the operator's view of a
 //! state directory's journal, offline or beside a running agent, damaged or
-//! not (conventions of pg_waldump and etcd-dump-logs).
+//! not (conventions of `pg_waldump` and etcd-dump-logs).
 //!
 //! Every subcommand judges the journal through the core reader
 //! (`journal::reader`), the one that opening the journal uses: the same
@@ -15,7 +15,7 @@
 //! everything it removes.
 //!
 //! Exit codes (the table of every `volmgr` subcommand, /work/coord's
-//! EXIT_CODES and the README): 0 success / clean; 1 I/O error, lock held, or
+//! `EXIT_CODES` and the README): 0 success / clean; 1 I/O error, lock held, or
 //! a request that cannot be met; 2 usage; 6 (verify) torn tail only;
 //! 7 corruption found (or, for repair, damage the chosen mode may not
 //! remove). A closed stdout (`| head`) ends the command with exit 0.
@@ -372,6 +372,8 @@ impl CliError {
         }
     }
 
+    // A `map_err` adapter: it takes the error the way `map_err` hands it over.
+    #[allow(clippy::needless_pass_by_value)]
     pub(crate) fn from_write(e: io::Error) -> Self {
         if e.kind() == io::ErrorKind::BrokenPipe {
             CliError::BrokenPipe
@@ -382,12 +384,12 @@ impl CliError {
 }
 
 /// Runs a parsed `volmgr journal` command and returns the process exit code.
-pub fn run(args: JournalArgs) -> i32 {
+pub fn run(args: &JournalArgs) -> i32 {
     run_to(args, Box::new(io::stdout()))
 }
 
 /// Like [`run`], writing the normal output to `sink`.
-pub fn run_to(args: JournalArgs, sink: Box<dyn Write>) -> i32 {
+pub fn run_to(args: &JournalArgs, sink: Box<dyn Write>) -> i32 {
     let aligned = match &args.command {
         JournalCommand::Dump(a) => a.output.align.aligned(),
         JournalCommand::Verify(a) => a.align.aligned(),

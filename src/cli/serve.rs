@@ -59,6 +59,10 @@ Exit codes:
      non-loopback address";
 
 /// Arguments of `volmgr serve`.
+// The field docs are the `--help` text, written for a terminal: rustdoc's
+// HTML and Markdown readings of them (`<state-dir>`, backticks) are not
+// wanted there.
+#[allow(rustdoc::invalid_html_tags, clippy::doc_markdown)]
 #[derive(Args, Debug)]
 #[command(after_help = SERVE_EXIT_CODES)]
 pub struct ServeArgs {
@@ -110,6 +114,8 @@ pub struct ServeArgs {
 /// The limits on what clients and peers may hold (see [`Limits`]). The
 /// defaults here are [`Limits::default`]'s (a test checks they agree).
 /// Durations take `ms`, `s`, `m` or `h`.
+// The field docs are the `--help` text (no Markdown: see `ServeArgs`).
+#[allow(clippy::doc_markdown)]
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Limits")]
 pub struct LimitArgs {
@@ -267,7 +273,7 @@ fn raise_file_limit(max_connections: usize) {
     };
     // SAFETY: getrlimit/setrlimit write/read the struct we own.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) != 0 {
             return;
         }
         if limit.rlim_cur < limit.rlim_max {
@@ -275,7 +281,7 @@ fn raise_file_limit(max_connections: usize) {
                 rlim_cur: limit.rlim_max,
                 rlim_max: limit.rlim_max,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
                 limit = raised;
             }
         }
@@ -382,21 +388,20 @@ fn default_provider(
     args: &ServeArgs,
     state_dir: &Path,
 ) -> Result<(String, ProviderConfig), String> {
-    match &args.provider_kind {
-        Some(kind) => Ok((
+    if let Some(kind) = &args.provider_kind {
+        Ok((
             kind.clone(),
             key_values(&args.provider_config, "--provider-config")?,
-        )),
-        None => {
-            let root = state_dir.join("volumes");
-            let root = root
-                .to_str()
-                .ok_or_else(|| format!("state directory {} is not UTF-8", state_dir.display()))?;
-            Ok((
-                DEFAULT_PROVIDER_KIND.to_owned(),
-                [("root".to_owned(), root.to_owned())].into_iter().collect(),
-            ))
-        }
+        ))
+    } else {
+        let root = state_dir.join("volumes");
+        let root = root
+            .to_str()
+            .ok_or_else(|| format!("state directory {} is not UTF-8", state_dir.display()))?;
+        Ok((
+            DEFAULT_PROVIDER_KIND.to_owned(),
+            [("root".to_owned(), root.to_owned())].into_iter().collect(),
+        ))
     }
 }
 
@@ -566,7 +571,7 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
     tracing::info!(state_dir = %state_dir.display(), %addr, "opening the state directory");
     let opened = tokio::select! {
         opened = Manager::open(&state_dir, manager_config) => Some(opened),
-        _ = stop.cancelled() => None,
+        () = stop.cancelled() => None,
     };
     let code = match opened {
         None => EXIT_OK,

@@ -82,7 +82,11 @@ impl Storage for Prelocked {
     }
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
         if path == self.path
-            && let Some(guard) = self.guard.lock().unwrap_or_else(|e| e.into_inner()).take()
+            && let Some(guard) = self
+                .guard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
         {
             return Ok(guard);
         }

@@ -45,6 +45,9 @@ Exit codes:
      --recursive refused because forks depend on a snapshot)";
 
 /// Arguments of `volmgr volume`.
+// The field docs are the `--help` text, written for a terminal: no
+// Markdown backticks or angle brackets.
+#[allow(clippy::doc_markdown)]
 #[derive(Args, Debug)]
 #[command(after_help = VOLUME_EXIT_CODES)]
 pub struct VolumeArgs {
@@ -381,7 +384,7 @@ fn inspect_text(v: &VolumeInfo) -> String {
     .collect();
     // A key-value listing is aligned whatever stdout is.
     let text = table(&["", ""], &rows, true);
-    text.lines().skip(1).map(|l| format!("{l}\n")).collect()
+    text.lines().skip(1).flat_map(|l| [l, "\n"]).collect()
 }
 
 async fn execute(client: &Client, json: bool, command: VolumeCommand) -> i32 {

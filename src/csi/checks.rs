@@ -1,7 +1,7 @@
 //! Checks of CSI request fields shared by the Controller and Node services:
 //! names and ids, volume capabilities (access modes, raw block, fs types),
-//! StorageClass parameters, capacity ranges, topology, content sources.
-//! Every failure is INVALID_ARGUMENT (or what the spec names), never a panic.
+//! `StorageClass` parameters, capacity ranges, topology, content sources.
+//! Every failure is `INVALID_ARGUMENT` (or what the spec names), never a panic.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,7 +18,7 @@ use crate::validate;
 
 /// Longest CSI name accepted (the spec asks for at least 128 bytes).
 pub const MAX_NAME_LEN: usize = 1024;
-/// The StorageClass parameter naming the provider.
+/// The `StorageClass` parameter naming the provider.
 pub const PARAM_PROVIDER: &str = "provider";
 /// Parameters the Kubernetes sidecars add themselves (PVC name, namespace,
 /// ...): accepted and ignored.
@@ -39,7 +39,7 @@ pub fn name(name: &str) -> Result<(), Status> {
 }
 
 /// A volume or snapshot id: required; one that is no valid id names
-/// nothing (the caller decides whether that is NOT_FOUND or OK).
+/// nothing (the caller decides whether that is `NOT_FOUND` or OK).
 pub fn volume_id(id: &str) -> Result<(), Status> {
     if id.is_empty() {
         return Err(Status::invalid_argument("volume_id is required"));
@@ -72,7 +72,7 @@ pub const MOUNT_FLAGS: &[&str] = &[
 
 /// One capability: mount access (raw block does not exist yet), a
 /// single-node access mode, mount flags a bind mount honours. The fs type
-/// is checked where the volume's file system is known (NodePublishVolume).
+/// is checked where the volume's file system is known (`NodePublishVolume`).
 pub fn capability(cap: &VolumeCapability) -> Result<(), Status> {
     match &cap.access_type {
         None => {
@@ -121,7 +121,7 @@ pub fn capabilities(caps: &[VolumeCapability]) -> Result<(), Status> {
     caps.iter().try_for_each(capability)
 }
 
-/// Capabilities where they are optional (GetCapacity).
+/// Capabilities where they are optional (`GetCapacity`).
 pub fn capabilities_if_any(caps: &[VolumeCapability]) -> Result<(), Status> {
     caps.iter().try_for_each(capability)
 }
@@ -142,7 +142,7 @@ pub fn mount_flags(cap: &VolumeCapability) -> &[String] {
     }
 }
 
-/// The provider and its volume options from StorageClass parameters:
+/// The provider and its volume options from `StorageClass` parameters:
 /// `provider` (default: the plugin's), keys the sidecars add (ignored), and
 /// everything else a provider option, checked by the provider itself.
 pub fn parameters(
@@ -164,7 +164,7 @@ pub fn parameters(
             validate::id(value).map_err(|why| {
                 Status::invalid_argument(format!("parameter provider {value:?}: {why}"))
             })?;
-            provider = value.clone();
+            provider.clone_from(value);
             continue;
         }
         let ok = |s: &str| {
@@ -242,7 +242,7 @@ pub fn topology_is_node(t: &Topology, node_id: &str) -> bool {
 }
 
 /// A volume can be made here unless the requisite topologies all name
-/// other nodes: then RESOURCE_EXHAUSTED, as the spec says.
+/// other nodes: then `RESOURCE_EXHAUSTED`, as the spec says.
 pub fn topology_admits(req: Option<&TopologyRequirement>, node_id: &str) -> Result<(), Status> {
     let Some(req) = req else { return Ok(()) };
     if req.requisite.is_empty() || req.requisite.iter().any(|t| topology_is_node(t, node_id)) {

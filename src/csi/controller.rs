@@ -2,16 +2,17 @@
 //! expand), capacity, and the controller's capabilities. Snapshots are in
 //! `snapshots`; the request checks shared with the node are in `checks`.
 //!
-//! CreateVolume is idempotent by name: the name maps to the volume id
+//! `CreateVolume` is idempotent by name: the name maps to the volume id
 //! (`names`), so a retry (after a timeout, or after the agent was killed
 //! and reconciled) finds the volume the first attempt made and answers it if
-//! the arguments are compatible, ALREADY_EXISTS if not. A volume source is
+//! the arguments are compatible, `ALREADY_EXISTS` if not. A volume source is
 //! cloned through an internal snapshot (`csi-clone-src-<hash of the clone's
 //! id>`), deleted with the clone. A volume with snapshots (or clones) cannot
-//! be deleted: FAILED_PRECONDITION, as the spec allows for plugins whose
+//! be deleted: `FAILED_PRECONDITION`, as the spec allows for plugins whose
 //! snapshots depend on their volume (ZFS snapshots and clones do); the CO
 //! retries once they are gone.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -60,7 +61,7 @@ impl Plugin {
         proto::Volume {
             capacity_bytes: capacity_of(v).unwrap_or(0),
             volume_id: v.id.clone(),
-            volume_context: Default::default(),
+            volume_context: HashMap::default(),
             content_source: v
                 .meta
                 .get(META_SOURCE)
@@ -91,7 +92,7 @@ fn recorded_capacity(v: &Volume) -> Option<u64> {
         })
 }
 
-/// Whether `v` still lacks the capacity or an option a CreateVolume asked for.
+/// Whether `v` still lacks the capacity or an option a `CreateVolume` asked for.
 fn needs_attributes(v: &Volume, capacity: Option<u64>, options: &ProviderConfig) -> bool {
     (capacity.is_some() && capacity_of(v).is_none())
         || options
@@ -107,7 +108,7 @@ fn rpc_capability(t: rpc::Type) -> ControllerServiceCapability {
     }
 }
 
-/// Why an existing volume does not answer a CreateVolume, if it does not.
+/// Why an existing volume does not answer a `CreateVolume`, if it does not.
 fn incompatible(
     v: &Volume,
     name: &str,
@@ -283,7 +284,7 @@ impl Controller {
             return Ok(i64::try_from(current).unwrap_or(i64::MAX));
         }
         let v = m
-            .set_volume_attributes(id, Some(want), Default::default())
+            .set_volume_attributes(id, Some(want), ProviderConfig::default())
             .await
             .map_err(from_manager)?;
         Ok(capacity_of(&v).unwrap_or(0))
@@ -334,7 +335,7 @@ async fn destroy(m: &Manager, id: &str) -> Result<(), Status> {
     }
 }
 
-/// Live data volume `id`, or NOT_FOUND.
+/// Live data volume `id`, or `NOT_FOUND`.
 pub(crate) fn data_volume(m: &Manager, id: &str) -> Result<Volume, Status> {
     match m.volume(id) {
         Ok(v) if v.kind == VolumeKind::Data && v.status == VolumeStatus::Live => Ok(v),
@@ -371,9 +372,9 @@ pub(crate) fn page<T>(
     max: i32,
     token: &str,
 ) -> Result<(Vec<T>, String), Status> {
-    if max < 0 {
+    let Ok(max) = usize::try_from(max) else {
         return Err(Status::invalid_argument("max_entries must not be negative"));
-    }
+    };
     let start = if token.is_empty() {
         0
     } else {
@@ -383,8 +384,8 @@ pub(crate) fn page<T>(
     };
     let mut rest: Vec<T> = items.into_iter().skip(start).collect();
     let mut next = String::new();
-    if max > 0 && rest.len() > max as usize {
-        rest.truncate(max as usize);
+    if max > 0 && rest.len() > max {
+        rest.truncate(max);
         next = names::token_after(id(&rest[rest.len() - 1]));
     }
     Ok((rest, next))
@@ -539,7 +540,7 @@ impl proto::controller_server::Controller for Controller {
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
         Ok(Response::new(snapshots::list(
             &self.plugin,
-            request.into_inner(),
+            &request.into_inner(),
         )?))
     }
 

@@ -1,5 +1,6 @@
 //! The CSI Identity service: plugin name and version, capabilities, probe.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -38,11 +39,11 @@ impl proto::identity_server::Identity for Identity {
         Ok(Response::new(GetPluginInfoResponse {
             name: PLUGIN_NAME.to_owned(),
             vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
-            manifest: Default::default(),
+            manifest: HashMap::default(),
         }))
     }
 
-    /// CONTROLLER_SERVICE and VOLUME_ACCESSIBILITY_CONSTRAINTS always;
+    /// `CONTROLLER_SERVICE` and `VOLUME_ACCESSIBILITY_CONSTRAINTS` always;
     /// online volume expansion only when the default provider enforces
     /// capacity (so, once the manager is open).
     async fn get_plugin_capabilities(

@@ -12,7 +12,7 @@
 //! plugin records, list tokens), `status` (manager errors to the spec's gRPC
 //! codes) and `client` (the CO's side of the socket, for tests and tools). CSI names become
 //! volume ids (or hash to one when they are not valid ids), so idempotency
-//! and ListVolumes survive restarts through the journal alone.
+//! and `ListVolumes` survive restarts through the journal alone.
 
 mod checks;
 pub mod client;
@@ -36,7 +36,7 @@ use tonic::Status;
 
 use crate::manager::{DEFAULT_PROVIDER_ID, Manager};
 
-/// The plugin's name (GetPluginInfo), also the CSIDriver object's name.
+/// The plugin's name (`GetPluginInfo`), also the `CSIDriver` object's name.
 pub const PLUGIN_NAME: &str = "volmgr.csi.local";
 /// The topology key: volumes live on one node, named by its node id.
 pub const TOPOLOGY_KEY: &str = "volmgr.csi.local/node";
@@ -46,7 +46,7 @@ pub const MAX_NODE_ID_LEN: usize = 253;
 /// How the plugin serves.
 #[derive(Debug, Clone)]
 pub struct CsiOptions {
-    /// This node's id (NodeGetInfo, topology).
+    /// This node's id (`NodeGetInfo`, topology).
     pub node_id: String,
     /// The provider volumes are created on unless a `provider` parameter
     /// names another; its kind decides what the plugin advertises.

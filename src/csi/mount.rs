@@ -158,7 +158,7 @@ pub fn stats(path: &Path) -> io::Result<FsStats> {
     // SAFETY: zeroed statvfs is a valid out-parameter.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid path and out-parameter.
-    check(unsafe { libc::statvfs(p.as_ptr(), &mut s) })?;
+    check(unsafe { libc::statvfs(p.as_ptr(), &raw mut s) })?;
     let frsize = s.f_frsize as u64;
     let total = (s.f_blocks as u64).saturating_mul(frsize);
     let free = (s.f_bfree as u64).saturating_mul(frsize);
@@ -180,7 +180,7 @@ pub fn fs_type(path: &Path) -> io::Result<Option<&'static str>> {
     // SAFETY: zeroed statfs is a valid out-parameter.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid path and out-parameter.
-    check(unsafe { libc::statfs(p.as_ptr(), &mut s) })?;
+    check(unsafe { libc::statfs(p.as_ptr(), &raw mut s) })?;
     #[allow(clippy::unnecessary_cast)]
     let magic = s.f_type as i64;
     Ok(match magic {

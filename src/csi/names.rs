@@ -5,7 +5,7 @@
 //! is the volume id itself; any other name (too long, other characters)
 //! maps to `csi-<32 hex digits>`, a 128-bit FNV-1a hash of the name, and the
 //! name itself is kept in meta under [`META_NAME`] so a hash collision is
-//! detected (ALREADY_EXISTS), never confused. Either way the mapping is a
+//! detected (`ALREADY_EXISTS`), never confused. Either way the mapping is a
 //! pure function of the name: a retry after a crash finds what the first
 //! attempt recorded in the journal.
 
@@ -16,14 +16,14 @@ use crate::validate;
 pub const META_NAME: &str = "csi.volmgr/name";
 /// Meta key: the content source, `snapshot:<id>` or `volume:<id>`.
 pub const META_SOURCE: &str = "csi.volmgr/source";
-/// Meta key: the canonical provider options of the CreateVolume parameters
+/// Meta key: the canonical provider options of the `CreateVolume` parameters
 /// (`key=value` pairs joined by `,`), compared on a retry.
 pub const META_OPTIONS: &str = "csi.volmgr/options";
-/// Meta key: the capacity the CreateVolume asked for, in bytes, where the
+/// Meta key: the capacity the `CreateVolume` asked for, in bytes, where the
 /// provider cannot enforce it (kept to judge a retry's compatibility).
 pub const META_REQUESTED_BYTES: &str = "csi.volmgr/requested-bytes";
 /// Meta key on the plugin's internal snapshots (the source of a clone):
-/// the clone's volume id. They are hidden from ListSnapshots.
+/// the clone's volume id. They are hidden from `ListSnapshots`.
 pub const META_CLONE_OF: &str = "csi.volmgr/clone-source-of";
 
 /// Prefix of ids derived from names that are not valid ids.
@@ -36,8 +36,8 @@ const TOKEN_PREFIX: &str = "after:";
 /// 128-bit FNV-1a: stable across versions and platforms (a journaled id
 /// depends on it), not cryptographic (collisions are detected, see above).
 fn fnv1a_128(bytes: &[u8]) -> u128 {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013B;
     bytes
         .iter()
         .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
@@ -126,6 +126,6 @@ mod tests {
     #[test]
     fn fnv1a_128_matches_the_published_test_vector() {
         // FNV-1a 128 of "a" (from the reference implementation's test suite).
-        assert_eq!(fnv1a_128(b"a"), 0xd228cb696f1a8caf78912b704e4a8964);
+        assert_eq!(fnv1a_128(b"a"), 0xd228_cb69_6f1a_8caf_7891_2b70_4e4a_8964);
     }
 }

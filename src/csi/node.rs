@@ -2,9 +2,9 @@
 //! its location at the CO's target path (read-only on request), unpublish
 //! (idempotent), volume statistics, node info and capabilities.
 //!
-//! There is no staging step (STAGE_UNSTAGE_VOLUME is not advertised): a
+//! There is no staging step (`STAGE_UNSTAGE_VOLUME` is not advertised): a
 //! volume is a directory on this node already. Raw block access and fs types
-//! other than the one the volume lives on are INVALID_ARGUMENT. Mounts and
+//! other than the one the volume lives on are `INVALID_ARGUMENT`. Mounts and
 //! unmounts are serialised by one lock and run on the blocking pool.
 
 use std::io;
@@ -61,6 +61,8 @@ fn target_path(path: &str, what: &str) -> Result<PathBuf, Status> {
     Ok(p.to_owned())
 }
 
+// Called as `map_err(|e| internal(what, e))`: it takes the error as handed over.
+#[allow(clippy::needless_pass_by_value)]
 fn internal(what: &str, e: io::Error) -> Status {
     Status::internal(format!("{what}: {e}"))
 }
@@ -117,7 +119,7 @@ fn publish(
     mount::bind(location, target, options).map_err(|e| internal("bind mount", e))
 }
 
-fn unpublish(location: Option<PathBuf>, target: &Path) -> Result<(), Status> {
+fn unpublish(location: Option<&Path>, target: &Path) -> Result<(), Status> {
     match std::fs::symlink_metadata(target) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(internal("examining the target", e)),
@@ -127,7 +129,7 @@ fn unpublish(location: Option<PathBuf>, target: &Path) -> Result<(), Status> {
         if !mount::is_mount_point(target).map_err(|e| internal("reading the mount table", e))? {
             break;
         }
-        if let Some(location) = &location
+        if let Some(location) = location
             && !mount::same_dir(target, location).unwrap_or(false)
         {
             return Err(Status::failed_precondition(format!(
@@ -211,7 +213,7 @@ impl proto::node_server::Node for Node {
             .ok()
             .map(|v| PathBuf::from(v.location));
         let _guard = self.plugin.node_lock.lock().await;
-        blocking(move || unpublish(location, &target)).await?;
+        blocking(move || unpublish(location.as_deref(), &target)).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 

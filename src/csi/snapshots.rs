@@ -1,6 +1,6 @@
-//! CSI snapshots: CreateSnapshot (idempotent by name), DeleteSnapshot
-//! (idempotent; FAILED_PRECONDITION while a volume was made from it),
-//! ListSnapshots (filters by snapshot id and source volume, paginated).
+//! CSI snapshots: `CreateSnapshot` (idempotent by name), `DeleteSnapshot`
+//! (idempotent; `FAILED_PRECONDITION` while a volume was made from it),
+//! `ListSnapshots` (filters by snapshot id and source volume, paginated).
 //! The plugin's internal clone sources are not CSI snapshots and are never
 //! listed.
 
@@ -16,7 +16,7 @@ use super::status::from_manager;
 use crate::manager::{Manager, ManagerError};
 use crate::state::{Volume, VolumeKind, VolumeStatus};
 
-/// Snapshot `id` as a CSI snapshot (not an internal one), or NOT_FOUND.
+/// Snapshot `id` as a CSI snapshot (not an internal one), or `NOT_FOUND`.
 pub(crate) fn csi_snapshot_of(m: &Manager, id: &str) -> Result<Volume, Status> {
     match m.volume(id) {
         Ok(v) if v.kind == VolumeKind::Snapshot && !names::is_internal(&v) => {
@@ -114,7 +114,7 @@ pub(crate) async fn delete(plugin: &Plugin, id: &str) -> Result<(), Status> {
 
 pub(crate) fn list(
     plugin: &Plugin,
-    r: ListSnapshotsRequest,
+    r: &ListSnapshotsRequest,
 ) -> Result<ListSnapshotsResponse, Status> {
     let m = plugin.manager()?;
     let snapshots: Vec<Volume> = m

@@ -1,9 +1,9 @@
 //! Manager errors to the gRPC codes the CSI spec prescribes.
 //!
-//! NOT_FOUND for a missing volume, ALREADY_EXISTS for a taken name,
-//! INVALID_ARGUMENT for bad input, FAILED_PRECONDITION for dependents and
+//! `NOT_FOUND` for a missing volume, `ALREADY_EXISTS` for a taken name,
+//! `INVALID_ARGUMENT` for bad input, `FAILED_PRECONDITION` for dependents and
 //! lost volumes, ABORTED while another operation on the volume is in flight,
-//! RESOURCE_EXHAUSTED when the provider is out of space, UNAVAILABLE when
+//! `RESOURCE_EXHAUSTED` when the provider is out of space, UNAVAILABLE when
 //! the provider or journal is, INTERNAL for the rest. Messages carry the
 //! manager's own text.
 
@@ -13,14 +13,13 @@ use crate::manager::ManagerError;
 use crate::provider::ProviderError;
 
 /// Whether a provider failure means "out of space" (ENOSPC, EDQUOT, or a
-/// command saying so), which CSI reports as RESOURCE_EXHAUSTED.
+/// command saying so), which CSI reports as `RESOURCE_EXHAUSTED`.
 pub fn out_of_space(e: &ProviderError) -> bool {
     match e {
         ProviderError::NoSpace { .. } => true,
-        ProviderError::Io { source, .. } => matches!(
-            source.raw_os_error(),
-            Some(libc::ENOSPC) | Some(libc::EDQUOT)
-        ),
+        ProviderError::Io { source, .. } => {
+            matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        }
         ProviderError::Command { stderr, .. } => {
             let s = stderr.to_ascii_lowercase();
             s.contains("out of space")
@@ -33,6 +32,8 @@ pub fn out_of_space(e: &ProviderError) -> bool {
 }
 
 /// The status of a manager error.
+// A `map_err` adapter: it takes the error the way `map_err` hands it over.
+#[allow(clippy::needless_pass_by_value)]
 pub fn from_manager(e: ManagerError) -> Status {
     let message = e.to_string();
     match e {

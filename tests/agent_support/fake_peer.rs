@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,7 +86,7 @@ impl FakePeer {
                                 body.len()
                             );
                             for (k, v) in headers {
-                                head.push_str(&format!("{k}: {v}\r\n"));
+                                write!(head, "{k}: {v}\r\n").unwrap();
                             }
                             head.push_str("\r\n");
                             let _ = conn.write_all(head.as_bytes()).await;

@@ -15,6 +15,7 @@
 
 #![allow(dead_code)]
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
@@ -129,7 +130,7 @@ pub enum FlynnError {
         code: String,
         body: Value,
     },
-    /// `httpclient: raw req: unexpected status N` (or ErrNotFound for 404).
+    /// `httpclient: raw req: unexpected status N` (or `ErrNotFound` for 404).
     UnexpectedStatus(u16),
 }
 
@@ -175,12 +176,12 @@ impl FlynnHost {
             self.addr
         );
         match (body, method) {
-            (Some(b), _) => out.push_str(&format!("Content-Length: {}\r\n", b.len())),
+            (Some(b), _) => write!(out, "Content-Length: {}\r\n", b.len()).unwrap(),
             (None, "POST" | "PUT" | "PATCH") => out.push_str("Content-Length: 0\r\n"),
             (None, _) => {}
         }
         for (k, v) in sorted {
-            out.push_str(&format!("{k}: {v}\r\n"));
+            write!(out, "{k}: {v}\r\n").unwrap();
         }
         out.push_str("Accept-Encoding: gzip\r\n\r\n");
         if let Some(b) = body {

@@ -1,12 +1,16 @@
 //! `volmgr serve` as a real process on 127.0.0.1:<ephemeral>: its address
 //! comes from its `serving` log line, its token from the file it keeps in
-//! its state directory; killed on drop.
+//! its state directory; stopped with a signal ([`ServeProcess::terminate`])
+//! or killed on drop. The one harness for a real agent process (the CSI tests
+//! start theirs through `csi_support`, which waits on the CSI socket
+//! instead of the log). Also: the `volmgr` command for one-shot runs, and an
+//! [`Output`] described for assertion messages.
 
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -94,6 +98,50 @@ impl ServeProcess {
         seen.extend(self.logs.try_iter());
         seen.clone()
     }
+
+    /// The first log line so far whose message is `message`.
+    pub fn logged(&self, message: &str) -> Option<Value> {
+        self.logs()
+            .into_iter()
+            .find(|l| l["fields"]["message"] == message)
+    }
+
+    /// Sends `signal` to the agent.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) on the pid of a child this process spawned and has
+        // not yet reaped (`self.child` is waited for only by `terminate` and
+        // drop).
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({signal}): {}", std::io::Error::last_os_error());
+    }
+
+    /// SIGTERM, then waits for the agent to exit; returns how it exited.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.child.wait().expect("wait for volmgr serve")
+    }
+}
+
+/// `volmgr` with none of the environment that points it at an agent, a
+/// token or a state directory, and no stdin.
+pub fn volmgr_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("VOLMGR_TOKEN")
+        .env_remove("VOLMGR_AGENT")
+        .env_remove("VOLMGR_STATE_DIR")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A finished run's exit, stdout and stderr, for assertion messages.
+pub fn describe(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 impl Drop for ServeProcess {

@@ -107,13 +107,12 @@ struct ChildSpec {
     destroy_tenths: u64,
 }
 
-/// A manager configuration registering `kind` with `config` as `default`.
+/// A manager configuration registering `kind` with `config` as `default`,
+/// checkpointing often (every 50 records).
 pub fn manager_config(kind: &str, config: ProviderConfig) -> ManagerConfig {
-    let kind = kind.to_owned();
     ManagerConfig {
-        default_provider: Some(Box::new(move || Ok((kind, config)))),
         checkpoint_every: 50,
-        ..ManagerConfig::default()
+        ..super::config::with_default_provider(kind, config)
     }
 }
 
@@ -155,7 +154,7 @@ impl CrashTest<'_> {
                 workers: self.workers,
                 destroy_tenths: self.destroy_tenths,
             };
-            let acks_before_kill = 1 + rng.below(self.max_acks_per_life) as usize;
+            let acks_before_kill = 1 + usize::try_from(rng.below(self.max_acks_per_life)).unwrap();
             let life = run_child(&spec, acks_before_kill, stderr_dir.path());
             let mut problems = Vec::new();
             if let Some(stderr) = life.died {
@@ -208,10 +207,10 @@ impl CrashTest<'_> {
         for (id, known) in model {
             match (known, now.volumes.get(id)) {
                 (Known::Exists, None) => {
-                    problems.push(format!("acknowledged {id} missing (no destroy was asked)"))
+                    problems.push(format!("acknowledged {id} missing (no destroy was asked)"));
                 }
                 (Known::Gone, Some(_)) => {
-                    problems.push(format!("acknowledged destroy of {id} undone"))
+                    problems.push(format!("acknowledged destroy of {id} undone"));
                 }
                 _ => {}
             }
@@ -341,7 +340,7 @@ fn run_child(spec: &ChildSpec, acks_before_kill: usize, stderr_dir: &Path) -> Li
         .process_group(0)
         .spawn()
         .unwrap();
-    let pgid = child.id() as libc::pid_t;
+    let pgid = child.id().cast_signed();
     // A child that hangs is killed after LIFE_LIMIT and reported, rather
     // than stalling the test forever.
     let (alive, watched) = std::sync::mpsc::channel::<()>();
@@ -390,7 +389,7 @@ fn run_child(spec: &ChildSpec, acks_before_kill: usize, stderr_dir: &Path) -> Li
     loop {
         let mut status = 0;
         // SAFETY: plain waitpid on our own process group.
-        if unsafe { libc::waitpid(-pgid, &mut status, 0) } < 0 {
+        if unsafe { libc::waitpid(-pgid, &raw mut status, 0) } < 0 {
             break;
         }
     }
@@ -418,7 +417,7 @@ fn run_child(spec: &ChildSpec, acks_before_kill: usize, stderr_dir: &Path) -> Li
     life
 }
 
-fn say(line: String) {
+fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -438,7 +437,7 @@ pub async fn child_workload() {
     let manager = Arc::new(manager);
     // Also ends the harness's `test crash_child_workload ... ` line, so
     // every ACK starts a line of its own.
-    say("READY".into());
+    say("READY");
     let mut workers = Vec::new();
     for w in 0..spec.workers {
         let m = manager.clone();
@@ -447,7 +446,7 @@ pub async fn child_workload() {
         workers.push(tokio::spawn(async move {
             loop {
                 if let Ok(line) = one_operation(&m, &mut rng, receive_below).await {
-                    say(format!("ACK {line}"));
+                    say(&format!("ACK {line}"));
                 }
             }
         }));
@@ -478,25 +477,25 @@ async fn one_operation(
         let _ = std::fs::write(Path::new(&v.location).join("data"), &v.id);
         Ok(format!("create {}", v.id))
     } else if pick < 5 {
-        let v = data[rng.below(data.len() as u64) as usize];
+        let v = data[usize::try_from(rng.below(data.len() as u64)).unwrap()];
         let s = m.create_snapshot(&v.id, Meta::new()).await?;
         Ok(format!("snapshot {}", s.id))
     } else if pick < 6 && !snaps.is_empty() {
-        let s = snaps[rng.below(snaps.len() as u64) as usize];
+        let s = snaps[usize::try_from(rng.below(snaps.len() as u64)).unwrap()];
         let f = m.fork_volume(&s.id, None, Meta::new()).await?;
         Ok(format!("fork {}", f.id))
     } else if pick < receive_below && !snaps.is_empty() {
-        let s = snaps[rng.below(snaps.len() as u64) as usize];
-        let t = data[rng.below(data.len() as u64) as usize];
+        let s = snaps[usize::try_from(rng.below(snaps.len() as u64)).unwrap()];
+        let t = data[usize::try_from(rng.below(data.len() as u64)).unwrap()];
         let haves = m.list_haves(&t.id).unwrap_or_default();
         let mut stream = Vec::new();
         m.send_snapshot(&s.id, &haves, &mut stream).await?;
         let r = m.receive_snapshot(&t.id, stream.as_slice()).await?;
         Ok(format!("receive {}", r.id))
     } else {
-        let v = &volumes[rng.below(volumes.len() as u64) as usize];
+        let v = &volumes[usize::try_from(rng.below(volumes.len() as u64)).unwrap()];
         // Announced first: from here on its existence is uncertain.
-        say(format!("BEGIN destroy {}", v.id));
+        say(&format!("BEGIN destroy {}", v.id));
         m.destroy_volume(&v.id).await?;
         Ok(format!("destroy {}", v.id))
     }

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod config;
 pub mod crash;
 
 use std::collections::BTreeMap;
@@ -256,7 +257,7 @@ impl ZfsPool {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         test.hash(&mut h);
-        format!("vt{:08x}", h.finish() as u32)
+        format!("vt{:08x}", h.finish() & 0xffff_ffff)
     }
 
     /// Prints SKIP (or panics under `VOLMGR_REQUIRE_ZFS=1`) when ZFS is unusable.

@@ -100,7 +100,7 @@ impl CsiAgent {
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         // SAFETY: kill with a valid pid of our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
         child.wait().ok().and_then(|s| s.code())
     }
 

@@ -25,34 +25,25 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use uuid::Uuid;
 use volmgr::journal::format::{self, SEGMENT_HEADER_LEN};
 use volmgr::journal::{Journal, JournalConfig, JournalError, LogEnd, Recovery, encode_checkpoint};
 use volmgr::state::{Action, Done, Meta, OpResult, ProviderRecord, Record, State};
-use volmgr::storage::RealStorage;
-use volmgr::storage::unsynced::UnsyncedStorage;
+
+use super::journal_support::{T0_MS, journal_tool, op, open_unsynced};
 
 const SEGMENT_SIZE: u64 = 4096;
 
 fn config() -> JournalConfig {
-    JournalConfig {
-        segment_size: SEGMENT_SIZE,
-        ..JournalConfig::default()
-    }
-}
-
-fn op(n: u64) -> Uuid {
-    Uuid::from_u128(0x0194_0000_0000_7000_8000_0000_0000_0000 | u128::from(n))
+    super::journal_support::config(SEGMENT_SIZE)
 }
 
 fn intent(n: u64, action: Action) -> Record {
     Record::Intent {
         op: op(n),
-        at_ms: 1_767_225_600_000 + n,
+        at_ms: T0_MS + n,
         action,
     }
 }
@@ -60,7 +51,7 @@ fn intent(n: u64, action: Action) -> Record {
 fn done(n: u64, location: &str) -> Record {
     Record::Outcome {
         op: op(n),
-        at_ms: 1_767_225_600_000 + n,
+        at_ms: T0_MS + n,
         result: OpResult::Done(Done {
             location: location.into(),
             details: Meta::new(),
@@ -77,8 +68,7 @@ fn write_template(dir: &Path, volumes: u64, checkpoints: &[u64]) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let storage = Arc::new(UnsyncedStorage::new(Arc::new(RealStorage)));
-        let (journal, _) = Journal::<Record>::open_with_storage(storage, dir, config()).unwrap();
+        let (journal, _) = open_unsynced::<Record>(dir, config()).unwrap();
         let mut state = State::default();
         let mut batches: Vec<Vec<Record>> = vec![
             vec![intent(
@@ -98,7 +88,10 @@ fn write_template(dir: &Path, volumes: u64, checkpoints: &[u64]) {
                 Action::CreateVolume {
                     provider: "p".into(),
                     volume: name.clone(),
-                    meta: Meta::from([("note".to_owned(), "x".repeat((n % 7 * 9) as usize))]),
+                    meta: Meta::from([(
+                        "note".to_owned(),
+                        "x".repeat(usize::try_from(n % 7 * 9).unwrap()),
+                    )]),
                 },
             );
             let outcome = done(n, &format!("/srv/{name}"));
@@ -313,7 +306,11 @@ fn apply(dir: &Path, damage: &Damage) -> String {
                 return "empty file".into();
             }
             let at = u64::from(at) % bytes.len() as u64;
-            write_at(path, at, &[bytes[at as usize] ^ (1 << bit)]);
+            write_at(
+                path,
+                at,
+                &[bytes[usize::try_from(at).unwrap()] ^ (1 << bit)],
+            );
             format!("flip bit {bit} at {at} of {}", path.display())
         }
         Damage::Cut { segment, at } => {
@@ -335,7 +332,7 @@ fn apply(dir: &Path, damage: &Damage) -> String {
             }
             let at = u64::from(at) % size;
             let n = u64::from(len).min(size - at);
-            write_at(&path, at, &vec![0; n as usize]);
+            write_at(&path, at, &vec![0; usize::try_from(n).unwrap()]);
             format!("zero {n} bytes at {at} of {}", path.display())
         }
         Damage::GarbageAfterLast { skip, ref bytes } => {
@@ -344,7 +341,7 @@ fn apply(dir: &Path, damage: &Damage) -> String {
             };
             let end = written_end(&std::fs::read(&path).unwrap()) + u64::from(skip);
             let size = std::fs::metadata(&path).unwrap().len();
-            let n = (bytes.len() as u64).min(size.saturating_sub(end)) as usize;
+            let n = usize::try_from((bytes.len() as u64).min(size.saturating_sub(end))).unwrap();
             write_at(&path, end, &bytes[..n]);
             format!("{n} garbage bytes at {end} of {}", path.display())
         }
@@ -352,9 +349,7 @@ fn apply(dir: &Path, damage: &Damage) -> String {
             let next = match segments.last() {
                 Some((first, path)) => {
                     let bytes = std::fs::read(path).unwrap();
-                    volmgr::journal::reader::scan_segment(&bytes)
-                        .map(|s| s.next_seq())
-                        .unwrap_or(*first)
+                    volmgr::journal::reader::scan_segment(&bytes).map_or(*first, |s| s.next_seq())
                 }
                 None => 1,
             };
@@ -366,11 +361,11 @@ fn apply(dir: &Path, damage: &Damage) -> String {
             let bytes = match shape {
                 Shape::Empty => Vec::new(),
                 Shape::TenHeaderBytes => format::encode_segment_header(name)[..10].to_vec(),
-                Shape::Zeros => vec![0; SEGMENT_SIZE as usize],
+                Shape::Zeros => vec![0; usize::try_from(SEGMENT_SIZE).unwrap()],
                 Shape::StaleHeaderCrc => {
                     let mut b = format::encode_segment_header(name).to_vec();
                     b[format::SEG_CRC_OFFSET] ^= 0x40;
-                    b.resize(SEGMENT_SIZE as usize, 0);
+                    b.resize(usize::try_from(SEGMENT_SIZE).unwrap(), 0);
                     b
                 }
                 Shape::Garbage(seed) => {
@@ -380,7 +375,7 @@ fn apply(dir: &Path, damage: &Damage) -> String {
                             x ^= x << 13;
                             x ^= x >> 7;
                             x ^= x << 17;
-                            x as u8
+                            x.to_le_bytes()[0]
                         })
                         .collect()
                 }
@@ -433,7 +428,7 @@ fn apply(dir: &Path, damage: &Damage) -> String {
             match how {
                 CheckpointDamage::Flip { at, bit } => {
                     let at = u64::from(at) % len.max(1);
-                    let b = std::fs::read(&path).unwrap()[at as usize];
+                    let b = std::fs::read(&path).unwrap()[usize::try_from(at).unwrap()];
                     write_at(&path, at, &[b ^ (1 << bit)]);
                     format!("flip bit {bit} at {at} of {}", path.display())
                 }
@@ -465,17 +460,8 @@ struct Verified {
 }
 
 fn verify(dir: &Path) -> Verified {
-    let out = Command::new(env!("CARGO_BIN_EXE_volmgr"))
-        .args([
-            "journal",
-            "verify",
-            dir.to_str().unwrap(),
-            "--align",
-            "never",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap() + &String::from_utf8(out.stderr).unwrap();
+    let run = journal_tool(&["verify", dir.to_str().unwrap(), "--align", "never"]);
+    let text = run.stdout + &run.stderr;
     let mut open = (String::new(), String::new());
     let mut replay = None;
     let mut bad_checkpoints = Vec::new();
@@ -489,7 +475,7 @@ fn verify(dir: &Path) -> Verified {
         }
     }
     Verified {
-        code: out.status.code().expect("verify exits normally"),
+        code: run.code,
         open,
         replay,
         bad_checkpoints,
@@ -504,8 +490,7 @@ fn name(path: &Path) -> String {
 type Opened = Result<(Journal<Record>, Recovery<Record>), JournalError>;
 
 fn open(dir: &Path) -> Opened {
-    let storage = Arc::new(UnsyncedStorage::new(Arc::new(RealStorage)));
-    Journal::open_with_storage(storage, dir, config())
+    open_unsynced(dir, config())
 }
 
 /// Checks verify's report against what opening did.

@@ -1,6 +1,7 @@
-//! Shared helpers of the security tests: a directory provider with its
-//! volumes, a stream crafter that writes the documented directory-stream
-//! format by hand (an attacker's sender), and the root requirement.
+//! Helpers of the directory provider's tests (`provider_dir`) and the
+//! security tests: a directory provider with its volumes, a stream crafter
+//! that writes the documented directory-stream format by hand (an attacker's
+//! sender), and the root requirement.
 
 #![allow(dead_code)]
 
@@ -139,7 +140,8 @@ impl Craft {
     pub fn rec(mut self, tag: u8, path: &[u8]) -> Self {
         self.n += 1;
         self.b.push(tag);
-        self.b.extend_from_slice(&(path.len() as u16).to_be_bytes());
+        self.b
+            .extend_from_slice(&u16::try_from(path.len()).unwrap().to_be_bytes());
         self.b.extend_from_slice(path);
         self
     }

@@ -220,12 +220,15 @@ impl Dir {
                     libc::SYS_openat2,
                     self.raw(),
                     c.as_ptr(),
-                    &how as *const libc::open_how,
+                    &raw const how,
                     std::mem::size_of::<libc::open_how>(),
                 )
             };
             if rc >= 0 {
-                let d = Dir::from_raw(rc as RawFd);
+                let fd = RawFd::try_from(rc).map_err(|_| {
+                    io::Error::other(format!("openat2 returned {rc}, not a descriptor"))
+                })?;
+                let d = Dir::from_raw(fd);
                 let st = d.stat()?;
                 if st.kind != Kind::Dir {
                     return Err(wrong_kind(st.kind, "a directory"));
@@ -346,10 +349,11 @@ impl Dir {
         // SAFETY: valid descriptor and name; the buffer is writable for its length.
         let n =
             unsafe { libc::readlinkat(self.raw(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
+        // Negative: failed, with errno set.
+        let Ok(n) = usize::try_from(n) else {
             return Err(io::Error::last_os_error());
-        }
-        buf.truncate(n as usize);
+        };
+        buf.truncate(n);
         Ok(buf)
     }
 

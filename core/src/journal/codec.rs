@@ -26,6 +26,8 @@ const RECORD_CONFIG: bincode::config::Configuration<
     .with_variable_int_encoding()
     .with_limit::<MAX_PAYLOAD_LEN>();
 
+// A constant: MAX_CHECKPOINT_PAYLOAD_LEN (a few MiB) fits in any usize.
+#[allow(clippy::cast_possible_truncation)]
 const CHECKPOINT_CONFIG: bincode::config::Configuration<
     bincode::config::LittleEndian,
     bincode::config::Varint,

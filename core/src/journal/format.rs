@@ -318,8 +318,11 @@ pub fn encode_frame(out: &mut Vec<u8>, header: FrameHeader, payload: &[u8]) {
     out.resize(start + FRAME_HEADER_LEN, 0);
     {
         let h = &mut out[start..start + FRAME_HEADER_LEN];
-        h[FRAME_LEN_OFFSET..FRAME_SEQ_OFFSET]
-            .copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        h[FRAME_LEN_OFFSET..FRAME_SEQ_OFFSET].copy_from_slice(
+            &u32::try_from(payload.len())
+                .expect("MAX_PAYLOAD_LEN fits in u32 (asserted above)")
+                .to_le_bytes(),
+        );
         h[FRAME_SEQ_OFFSET..FRAME_BATCH_OFFSET].copy_from_slice(&header.seq.to_le_bytes());
         h[FRAME_BATCH_OFFSET..FRAME_KIND_OFFSET]
             .copy_from_slice(&header.batch_first_seq.to_le_bytes());

@@ -101,7 +101,7 @@ impl<R> std::fmt::Debug for Journal<R> {
         f.debug_struct("Journal")
             .field("state_dir", &self.state_dir)
             .field("durable_seq", &self.durable_seq())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,6 +115,9 @@ impl<R: JournalRecord> Journal<R> {
     }
 
     /// Opens through a given storage (the fault-injection and simulation seam).
+    // The caller hands over its storage and configuration (the open journal
+    // keeps what it needs of them).
+    #[allow(clippy::needless_pass_by_value)]
     pub fn open_with_storage(
         storage: Arc<dyn Storage>,
         state_dir: &Path,
@@ -196,33 +199,30 @@ impl<R: JournalRecord> Journal<R> {
 
         let next_seq = walked.last_seq + 1;
         let segs: Vec<u64> = walked.segments.iter().map(|(s, _)| *s).collect();
-        let (file, segment_first_seq, offset, mut segments) = match &walked.tail {
-            Some(tail) => {
-                let (first, path, offset) = (&tail.segment, &tail.path, &tail.cursor.offset);
-                // Pair assertion: appends continue exactly where replay ended.
-                assert_eq!(
-                    tail.cursor.next_seq, next_seq,
-                    "the log's tail names the next record"
-                );
-                let file = storage
-                    .open(path)
-                    .map_err(|e| JournalError::io(path, "open segment", e))?;
-                // What replay just trusted may exist only in the page cache
-                // (a killed process wrote it without a sync): make it durable
-                // before anything acts on it or is appended after it.
-                file.sync_data()
-                    .map_err(|e| JournalError::io(path, "fsync segment", e))?;
-                (file, *first, *offset, segs)
-            }
-            None => {
-                let file = writer::create_segment(
-                    storage.as_ref(),
-                    &journal_dir,
-                    next_seq,
-                    config.segment_size,
-                )?;
-                (file, next_seq, format::SEGMENT_HEADER_LEN as u64, segs)
-            }
+        let (file, segment_first_seq, offset, mut segments) = if let Some(tail) = &walked.tail {
+            let (first, path, offset) = (&tail.segment, &tail.path, &tail.cursor.offset);
+            // Pair assertion: appends continue exactly where replay ended.
+            assert_eq!(
+                tail.cursor.next_seq, next_seq,
+                "the log's tail names the next record"
+            );
+            let file = storage
+                .open(path)
+                .map_err(|e| JournalError::io(path, "open segment", e))?;
+            // What replay just trusted may exist only in the page cache
+            // (a killed process wrote it without a sync): make it durable
+            // before anything acts on it or is appended after it.
+            file.sync_data()
+                .map_err(|e| JournalError::io(path, "fsync segment", e))?;
+            (file, *first, *offset, segs)
+        } else {
+            let file = writer::create_segment(
+                storage.as_ref(),
+                &journal_dir,
+                next_seq,
+                config.segment_size,
+            )?;
+            (file, next_seq, format::SEGMENT_HEADER_LEN as u64, segs)
         };
         if !segments.contains(&segment_first_seq) {
             segments.push(segment_first_seq);
@@ -321,7 +321,9 @@ impl<R: JournalRecord> Journal<R> {
             total += format::frame_len(payload.len());
             encoded.push((record.kind(), payload));
         }
-        let capacity = (self.segment_size as usize).saturating_sub(format::SEGMENT_HEADER_LEN);
+        let capacity = usize::try_from(self.segment_size)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(format::SEGMENT_HEADER_LEN);
         if total > capacity {
             return Err(JournalError::RecordTooLarge {
                 len: total,
@@ -427,6 +429,8 @@ fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> Result<(), JournalEr
     }
 }
 
+// Our own temporary names, `.<name>.tmp`: lowercase by construction.
+#[allow(clippy::case_sensitive_file_extension_comparisons)]
 fn remove_temp_files(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {
     let names = storage
         .list_dir(dir)

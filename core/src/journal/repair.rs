@@ -12,13 +12,18 @@ use crate::storage::{Storage, StorageFile};
 /// Bytes moved per read, write or zeroing call.
 const CHUNK_LEN: usize = 1 << 20;
 
+/// The next chunk of `remaining` bytes: at most [`CHUNK_LEN`].
+fn chunk(remaining: u64) -> usize {
+    usize::try_from(remaining).map_or(CHUNK_LEN, |r| r.min(CHUNK_LEN))
+}
+
 /// Writes zeros over `[offset, offset + len)` of `file`, one chunk at a time.
 fn zero_range(file: &dyn StorageFile, offset: u64, len: u64) -> std::io::Result<()> {
-    let zeros = vec![0u8; CHUNK_LEN.min(len as usize)];
+    let zeros = vec![0u8; chunk(len)];
     let mut at = offset;
     let end = offset + len;
     while at < end {
-        let n = (end - at).min(CHUNK_LEN as u64) as usize;
+        let n = chunk(end - at);
         file.write_all_at(&zeros[..n], at)?;
         at += n as u64;
     }
@@ -169,10 +174,10 @@ fn copy_to_new_file(
     let to = storage
         .create(&tmp)
         .map_err(|e| JournalError::io(&tmp, "create", e))?;
-    let mut buf = vec![0u8; CHUNK_LEN.min(len as usize)];
+    let mut buf = vec![0u8; chunk(len)];
     let mut done = 0u64;
     while done < len {
-        let n = (len - done).min(CHUNK_LEN as u64) as usize;
+        let n = chunk(len - done);
         from.read_exact_at(&mut buf[..n], offset + done)
             .map_err(|e| JournalError::io(&tmp, "read torn tail", e))?;
         to.write_all_at(&buf[..n], done)

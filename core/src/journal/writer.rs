@@ -61,7 +61,7 @@ impl Shared {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn poisoned_error(shared: &Shared) -> JournalError {
@@ -510,9 +510,10 @@ impl Writer {
             return refuse(&self.shared);
         }
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .sync_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.shared.sync_ns.fetch_add(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.offset += bytes as u64;
         self.next_seq = seq;
         self.shared.durable_seq.store(seq - 1, Ordering::Release);

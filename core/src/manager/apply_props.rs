@@ -91,7 +91,11 @@ fn records(moves: &[Move], inject: Option<usize>) -> Vec<Record> {
     for m in moves {
         next += 1;
         let at_ms = next;
-        let pending: Vec<u64> = model.pending.keys().map(|o| o.as_u128() as u64).collect();
+        let pending: Vec<u64> = model
+            .pending
+            .keys()
+            .map(|o| u64::try_from(o.as_u128()).unwrap())
+            .collect();
         let candidate = match *m {
             Move::Intent {
                 action,
@@ -107,7 +111,7 @@ fn records(moves: &[Move], inject: Option<usize>) -> Vec<Record> {
                     0 => Action::AddProvider(ProviderRecord {
                         id: "p".into(),
                         kind: "none".into(),
-                        config: Default::default(),
+                        config: crate::provider::ProviderConfig::default(),
                     }),
                     1 => Action::CreateVolume {
                         provider: "p".into(),
@@ -271,7 +275,7 @@ async fn run(records: Vec<Record>, chunks: Vec<u8>) -> Result<(), TestCaseError>
     let mut after = Vec::new();
     let read =
         crate::journal::reader::read_log::<Record>(storage.as_ref(), dir.path(), |seq, r| {
-            after.push((seq, r))
+            after.push((seq, r));
         })
         .unwrap();
     let recovery = Recovery {
@@ -293,7 +297,11 @@ async fn run(records: Vec<Record>, chunks: Vec<u8>) -> Result<(), TestCaseError>
             );
             // The state both stop at: every record before the refused one.
             let mut prefix = State::default();
-            for (i, record) in records.iter().enumerate().take(e.seq as usize - 1) {
+            for (i, record) in records
+                .iter()
+                .enumerate()
+                .take(usize::try_from(e.seq).unwrap() - 1)
+            {
                 prefix.apply(i as u64 + 1, record).unwrap();
             }
             prop_assert_eq!(&prefix, &live_state);

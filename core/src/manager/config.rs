@@ -54,6 +54,7 @@ impl fmt::Debug for ManagerConfig {
             .field("checkpoint_every", &self.checkpoint_every)
             .field("default_provider", &self.default_provider.is_some())
             .field("factories", &self.factories.keys().collect::<Vec<_>>())
+            .field("event_capacity", &self.event_capacity)
             .field("storage", &self.storage)
             .finish()
     }

@@ -136,8 +136,7 @@ impl fmt::Debug for Manager {
 pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub(super) fn check_id(id: &str) -> Result<(), ManagerError> {
@@ -217,7 +216,7 @@ impl Manager {
                         .inner
                         .providers
                         .write()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(record.id.clone(), p);
                 }
                 Err(e) => {
@@ -226,7 +225,7 @@ impl Manager {
                         .inner
                         .unavailable
                         .write()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(record.id.clone(), e.to_string());
                 }
             }
@@ -235,7 +234,7 @@ impl Manager {
             .inner
             .report
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .phases
             .providers = started.elapsed();
         manager.reconcile().await?;
@@ -255,7 +254,11 @@ impl Manager {
     }
 
     fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        let core = self.inner.core.lock().unwrap_or_else(|e| e.into_inner());
+        let core = self
+            .inner
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&core.state)
     }
 
@@ -263,7 +266,11 @@ impl Manager {
     /// manager then refuses every operation with
     /// [`ManagerError::RecordRejected`] (and so does the next open).
     pub fn poisoned(&self) -> Option<ApplyError> {
-        let core = self.inner.core.lock().unwrap_or_else(|e| e.into_inner());
+        let core = self
+            .inner
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         core.poisoned.clone()
     }
 
@@ -277,7 +284,7 @@ impl Manager {
         self.inner
             .report
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
@@ -288,12 +295,13 @@ impl Manager {
             operations: self.inner.counters.operations.load(Ordering::Relaxed),
             operation_ns: self.inner.counters.operation_ns.load(Ordering::Relaxed),
             journal_wait_ns: self.inner.counters.journal_wait_ns.load(Ordering::Relaxed),
-            journal_sync_ns: self.inner.journal.sync_time().as_nanos() as u64,
+            journal_sync_ns: u64::try_from(self.inner.journal.sync_time().as_nanos())
+                .unwrap_or(u64::MAX),
             provider_syncs: self
                 .inner
                 .sync_groups
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .values()
                 .map(|g| g.syncs.load(Ordering::Relaxed))
                 .sum(),
@@ -331,7 +339,11 @@ impl Manager {
         use std::ops::Bound;
         // Events are broadcast under the same lock (`submit`): the drain
         // and the page see one instant.
-        let core = self.inner.core.lock().unwrap_or_else(|e| e.into_inner());
+        let core = self
+            .inner
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut page = VolumePage::default();
         loop {
             match events.try_recv() {
@@ -442,16 +454,15 @@ where
         let Some(body) = self.body.take() else {
             return;
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                // The body holds whatever it needs; its result goes nowhere.
-                runtime.spawn(async move {
-                    let _ = body.await;
-                });
-            }
-            Err(_) => tracing::error!(
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // The body holds whatever it needs; its result goes nowhere.
+            runtime.spawn(async move {
+                let _ = body.await;
+            });
+        } else {
+            tracing::error!(
                 "an operation's caller went away outside a runtime; its intent is reconciled at the next open"
-            ),
+            );
         }
     }
 }

@@ -37,7 +37,7 @@ fn normal(path: &Path) -> PathBuf {
             return real;
         }
         match (
-            existing.file_name().map(|n| n.to_owned()),
+            existing.file_name().map(std::borrow::ToOwned::to_owned),
             existing.parent(),
         ) {
             (Some(name), Some(parent)) => {

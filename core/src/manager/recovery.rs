@@ -26,7 +26,7 @@ impl Manager {
         let mut providers: Vec<(String, Arc<dyn Provider>)> = inner
             .providers
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -55,7 +55,7 @@ impl Manager {
                     inner
                         .unavailable
                         .write()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(id.clone(), e.to_string());
                     report.unavailable.push((id.clone(), e.to_string()));
                     continue;
@@ -70,7 +70,7 @@ impl Manager {
         for (id, reason) in inner
             .unavailable
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
             if !report.unavailable.iter().any(|(p, _)| p == id) {
@@ -154,7 +154,10 @@ impl Manager {
                 .resolutions
                 .push((d.case, d.volume.clone(), d.detail.clone()));
         }
-        let mut stored = inner.report.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stored = inner
+            .report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         stored.resolutions = report.resolutions;
         stored.foreign = report.foreign;
         stored.unavailable = report.unavailable;

@@ -267,7 +267,9 @@ impl Manager {
             .map_err(|e| ManagerError::Internal(e.to_string()))?;
         match (result, read_error) {
             (Ok(v), _) => Ok(v),
-            // The partial receive is kept: that is what the caller must know.
+            // A suspended receive is reported as it is (the partial receive
+            // is kept: that is what the caller must know), as is any error
+            // while the stream was read without fault.
             (
                 Err(
                     e @ ManagerError::Provider {
@@ -276,11 +278,11 @@ impl Manager {
                     },
                 ),
                 _,
-            ) => Err(e),
+            )
+            | (Err(e), None) => Err(e),
             (Err(e), Some(read)) => Err(ManagerError::Stream(format!(
                 "reading the stream: {read} ({e})"
             ))),
-            (Err(e), None) => Err(e),
         }
     }
 

@@ -54,15 +54,21 @@ impl Manager {
             inner
                 .run(claim, action, &id, move |_op| {
                     let p = inner2.build_provider(&kind, &config)?;
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+                    *slot
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(p);
                     Ok(Done::default())
                 })
                 .await?;
-            if let Some(p) = built.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Some(p) = built
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+            {
                 inner
                     .providers
                     .write()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(id, p);
             }
             Ok(())

@@ -25,6 +25,11 @@ use crate::journal::{self};
 use crate::provider::{Durability, Provider, ProviderConfig, ProviderError};
 use crate::state::{Action, Done, OpId, OpResult, Record, State, Volume};
 
+/// Nanoseconds since `t`, saturating (a u64 holds 584 years of them).
+fn nanos_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Releases claimed volume ids when the operation ends (or its task panics).
 pub(super) struct Claim {
     inner: Arc<Inner>,
@@ -41,7 +46,11 @@ impl Drop for Claim {
         if self.keep {
             return;
         }
-        let mut core = self.inner.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut core = self
+            .inner
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for id in &self.ids {
             core.busy.remove(id);
         }
@@ -72,7 +81,7 @@ impl Inner {
         if let Some(p) = self
             .providers
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(id)
         {
             return Ok(p.clone());
@@ -80,7 +89,7 @@ impl Inner {
         if let Some(reason) = self
             .unavailable
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(id)
         {
             return Err(ManagerError::ProviderUnavailable {
@@ -115,7 +124,10 @@ impl Inner {
     }
 
     pub(super) fn volume(&self, id: &str) -> Result<Volume, ManagerError> {
-        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let core = self
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         core.state
             .volumes
             .get(id)
@@ -142,7 +154,10 @@ impl Inner {
         shared: &[&str],
         check: impl FnOnce(&State) -> Result<T, ManagerError>,
     ) -> Result<(Claim, T), ManagerError> {
-        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut core = self
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(e) = &core.poisoned {
             return Err(ManagerError::RecordRejected(e.clone()));
         }
@@ -192,8 +207,8 @@ impl Inner {
         let op = Uuid::now_v7();
         let name = action.name();
         let span = tracing::info_span!("op", %op, kind = name, volume = ?action.volumes().first());
-        let _enter = span.enter();
-        drop(_enter);
+        let entered = span.enter();
+        drop(entered);
         let intent = Record::Intent {
             op,
             at_ms: now_ms(),
@@ -201,7 +216,7 @@ impl Inner {
         };
         // Invariant 1: the intent is durable before the provider is touched.
         let seq = self.journal.append(&intent).await?;
-        let mut journal_ns = started.elapsed().as_nanos() as u64;
+        let mut journal_ns = nanos_since(started);
         self.submit(seq, intent);
         self.wait_applied(seq).await?;
         // The provider's batched durability step, if it has one: run on the
@@ -263,7 +278,7 @@ impl Inner {
         // Invariant 2: acknowledged only once the outcome is durable.
         let append_started = Instant::now();
         let appended = self.journal.append(&record).await;
-        journal_ns += append_started.elapsed().as_nanos() as u64;
+        journal_ns += nanos_since(append_started);
         let seq = match appended {
             Ok(seq) => seq,
             Err(e) => {
@@ -278,7 +293,7 @@ impl Inner {
         let c = &self.counters;
         c.operations.fetch_add(1, Ordering::Relaxed);
         c.operation_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(nanos_since(started), Ordering::Relaxed);
         c.journal_wait_ns.fetch_add(journal_ns, Ordering::Relaxed);
         tracing::debug!(%op, kind = name, seq, "operation done");
         match error {
@@ -293,7 +308,10 @@ impl Inner {
     /// [`super::replay`]): nothing after it is applied, waiters are woken with
     /// the error, and every later operation is refused with it.
     pub(super) fn submit(&self, seq: u64, record: Record) {
-        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut core = self
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Precondition: each durable record arrives once, after those applied.
         assert!(
             seq > core.state.seq && !core.waiting.contains_key(&seq),
@@ -349,7 +367,10 @@ impl Inner {
 
     /// The error every operation gets once the manager is poisoned.
     pub(super) fn poison(&self) -> Option<ManagerError> {
-        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let core = self
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         core.poisoned.clone().map(ManagerError::RecordRejected)
     }
 

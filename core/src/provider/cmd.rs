@@ -23,6 +23,7 @@
 //!   `Command` error with status `not started`.
 
 use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -139,7 +140,7 @@ impl Cmd {
                 || a.chars()
                     .any(|c| c.is_whitespace() || c == '"' || c == '\'')
             {
-                s.push_str(&format!("{a:?}"));
+                let _ = write!(s, "{a:?}");
             } else {
                 s.push_str(&a);
             }
@@ -297,7 +298,7 @@ fn pump(input: &mut dyn Read, mut stdin: ChildStdin) -> (u64, Option<io::Error>)
 fn read_all_bounded(mut r: impl Read + Send + 'static, limit: usize) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut out = Vec::new();
-        let mut buf = [0u8; 64 * 1024];
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
             match r.read(&mut buf) {
                 Ok(0) => break,
@@ -362,14 +363,16 @@ impl Watchdog {
             return Watchdog { shared: None };
         };
         let shared = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
-        let pid = child.id() as libc::pid_t;
+        let pid = child.id().cast_signed();
         let s = shared.clone();
         let handle = std::thread::spawn(move || {
             let (lock, cond) = &*s;
-            let state = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let state = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let (mut state, _) = cond
                 .wait_timeout_while(state, timeout, |st| !st.exited)
-                .unwrap_or_else(|e| e.into_inner());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if !state.exited {
                 // SAFETY: the child has not been reaped (the reaper sets
                 // `exited` under this lock before reaping), so `pid` is ours.
@@ -397,7 +400,7 @@ impl Watchdog {
                     libc::waitid(
                         libc::P_PID,
                         child.id() as libc::id_t,
-                        &mut info,
+                        &raw mut info,
                         libc::WEXITED | libc::WNOWAIT,
                     )
                 };
@@ -411,7 +414,9 @@ impl Watchdog {
             }
             let (lock, cond) = &*shared;
             {
-                let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 st.exited = true;
                 killed = st.killed;
                 cond.notify_all();

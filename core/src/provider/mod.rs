@@ -414,7 +414,7 @@ pub fn statvfs_available(path: &std::path::Path) -> Result<u64, ProviderError> {
     // SAFETY: zeroed statvfs is a valid out-parameter; `c` is NUL-terminated.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+    if unsafe { libc::statvfs(c.as_ptr(), &raw mut s) } != 0 {
         return Err(ProviderError::io(
             format!("statvfs {}", path.display()),
             std::io::Error::last_os_error(),

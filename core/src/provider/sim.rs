@@ -89,25 +89,40 @@ pub struct Gate {
 impl Gate {
     /// Blocks until a call has entered the gate.
     pub fn wait_entered(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while !s.0 {
-            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = self
+                .cond
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
     /// Lets the held call continue.
     pub fn release(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.1 = true;
         self.cond.notify_all();
     }
 
     fn pass(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.0 = true;
         self.cond.notify_all();
         while !s.1 {
-            s = self.cond.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = self
+                .cond
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 }
@@ -259,7 +274,9 @@ impl SimProvider {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn set_fault(&self, fault: Option<SimFault>) {

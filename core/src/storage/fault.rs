@@ -87,7 +87,10 @@ impl Injector {
 type Shared = Arc<Mutex<Injector>>;
 
 fn check(injector: &Shared, op: FaultOp) -> io::Result<()> {
-    injector.lock().unwrap_or_else(|e| e.into_inner()).check(op)
+    injector
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .check(op)
 }
 
 /// A storage that fails the call its plan names.
@@ -107,7 +110,10 @@ impl FaultyStorage {
 
     /// Arms (or with `None`, disarms) the plan; call counts restart at zero.
     pub fn set_plan(&self, plan: Option<FaultPlan>) {
-        let mut injector = self.injector.lock().unwrap_or_else(|e| e.into_inner());
+        let mut injector = self
+            .injector
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *injector = Injector {
             plan,
             ..Injector::default()
@@ -118,13 +124,16 @@ impl FaultyStorage {
     pub fn fired(&self) -> u64 {
         self.injector
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .fired
     }
 
     /// How many calls of `op` were made since the plan was set.
     pub fn calls(&self, op: FaultOp) -> u64 {
-        let injector = self.injector.lock().unwrap_or_else(|e| e.into_inner());
+        let injector = self
+            .injector
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         injector.calls.get(&op).copied().unwrap_or(0)
     }
 

@@ -136,8 +136,14 @@ pub fn read_bounded_into(
             format!("file is {len} bytes, more than the limit of {max_len}"),
         ));
     }
+    let len = usize::try_from(len).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("file is {len} bytes, more than memory can hold"),
+        )
+    })?;
     buf.clear();
-    buf.resize(len as usize, 0);
+    buf.resize(len, 0);
     file.read_exact_at(buf, 0)
 }
 
@@ -271,7 +277,7 @@ impl StorageFile for RealFile {
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => self.0.set_len(len),
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => self.0.set_len(len),
             _ => Err(err),
         }
     }

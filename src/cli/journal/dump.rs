@@ -463,7 +463,7 @@ fn stdout_closed() -> bool {
         revents: 0,
     };
     // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    let n = unsafe { libc::poll(&raw mut fd, 1, 0) };
     n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
@@ -522,36 +522,34 @@ fn follow(
         let segments = reader::list_segments(storage, &journal_dir).map_err(journal_error)?;
         let Some(tail) = cur.clone() else {
             // No position yet: start at the first segment newer than `after`.
-            match segments.iter().find(|(s, _)| after.is_none_or(|a| *s > a)) {
-                Some((first, path)) => {
-                    cur = Some(Tail {
-                        segment: *first,
-                        path: path.clone(),
-                        cursor: Cursor::segment_start(*first),
-                    });
-                    // Its header is checked by a walk from its start.
-                    match walk(
-                        storage,
-                        state_dir,
-                        Scope::From(*first),
-                        raw,
-                        filter,
-                        ops,
-                        printer,
-                    )? {
-                        Look::Moved(t) => cur = t.or(cur),
-                        Look::Corrupt(p) if !raw => {
-                            printer.problem(&p)?;
-                            return corrupt_in_follow(printer, &p);
-                        }
-                        Look::Corrupt(_) | Look::Waiting => {}
+            if let Some((first, path)) = segments.iter().find(|(s, _)| after.is_none_or(|a| *s > a))
+            {
+                cur = Some(Tail {
+                    segment: *first,
+                    path: path.clone(),
+                    cursor: Cursor::segment_start(*first),
+                });
+                // Its header is checked by a walk from its start.
+                match walk(
+                    storage,
+                    state_dir,
+                    Scope::From(*first),
+                    raw,
+                    filter,
+                    ops,
+                    printer,
+                )? {
+                    Look::Moved(t) => cur = t.or(cur),
+                    Look::Corrupt(p) if !raw => {
+                        printer.problem(&p)?;
+                        return corrupt_in_follow(printer, &p);
                     }
-                    continue;
+                    Look::Corrupt(_) | Look::Waiting => {}
                 }
-                None => {
-                    idle(printer)?;
-                    continue;
-                }
+                continue;
+            } else {
+                idle(printer)?;
+                continue;
             }
         };
         if tail.cursor.next_seq > filter.to {
@@ -637,7 +635,7 @@ fn follow(
                 }
                 // Raw: report it and everything valid after it, then go on
                 // from where that reading ended.
-                match walk(
+                if let Look::Moved(Some(t)) = walk(
                     storage,
                     state_dir,
                     Scope::At(tail.clone()),
@@ -646,11 +644,10 @@ fn follow(
                     ops,
                     printer,
                 )? {
-                    Look::Moved(Some(t)) => cur = Some(t),
-                    _ => {
-                        after = segments.last().map(|(s, _)| *s);
-                        cur = None;
-                    }
+                    cur = Some(t);
+                } else {
+                    after = segments.last().map(|(s, _)| *s);
+                    cur = None;
                 }
                 continue;
             }
@@ -709,7 +706,7 @@ fn walk(
                 expected_seq,
             } if raw => printer.resumed(&file, offset, seq, expected_seq)?,
             Item::NothingValidAfter { file, offset } if raw => {
-                printer.nothing_after(&file, offset)?
+                printer.nothing_after(&file, offset)?;
             }
             _ => {}
         }

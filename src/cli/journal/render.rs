@@ -90,33 +90,7 @@ pub(crate) fn warn(text: &str) {
     let _ = writeln!(io::stderr(), "volmgr journal: {text}");
 }
 
-/// `2026-01-01T00:00:00.000Z` from milliseconds since the Unix epoch.
-pub fn rfc3339_ms(at_ms: u64) -> String {
-    let secs = at_ms / 1000;
-    let milli = at_ms % 1000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let sod = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
+pub use crate::timefmt::rfc3339_ms;
 
 /// A value as it appears in a summary: bare when it is made of safe
 /// characters, otherwise quoted with escapes (so control characters in record
@@ -390,16 +364,6 @@ pub(crate) fn action_summary(action: &Action) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_matches_known_instants() {
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(1_767_225_600_000), "2026-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339_ms(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
-        // The largest input formats without overflow.
-        assert!(rfc3339_ms(u64::MAX).ends_with('Z'));
-    }
 
     #[test]
     fn quote_escapes_control_characters_and_spaces() {

@@ -197,41 +197,38 @@ fn plan(state_dir: &Path, seq: u64) -> Result<Plan, CliError> {
         })
     })?;
     let last_seq = readable.map(|(_, b)| b);
-    let cut = match at {
-        Some((file, offset)) => {
-            let path = journal_dir.join(&file);
-            let bytes = reader::read_segment(&storage, &path).map_err(journal_error)?;
-            let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1) as u64;
-            Some((path, offset, dirty_end))
-        }
-        None => {
-            let next = end
-                .tail
-                .as_ref()
-                .map(|t| t.cursor.next_seq)
-                .or(last_seq.map(|s| s.saturating_add(1)));
-            let clean = damage.is_none();
-            if clean && next == Some(seq) {
-                None
-            } else {
-                let readable = match readable {
-                    Some((a, b)) => format!("the readable records are seq {a}..{b}"),
-                    None => "no record is readable".to_owned(),
-                };
-                let at_damage = match (&damage, last_seq) {
-                    (Some(d), Some(b)) => {
-                        format!(
-                            " and damage at {d} follows; cut at seq {} or earlier",
-                            b.saturating_add(1)
-                        )
-                    }
-                    (Some(d), None) => format!(" and damage at {d} follows"),
-                    (None, _) => String::new(),
-                };
-                return Err(CliError::unmet(format!(
-                    "seq {seq} is not in the journal: {readable}{at_damage}"
-                )));
-            }
+    let cut = if let Some((file, offset)) = at {
+        let path = journal_dir.join(&file);
+        let bytes = reader::read_segment(&storage, &path).map_err(journal_error)?;
+        let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1) as u64;
+        Some((path, offset, dirty_end))
+    } else {
+        let next = end
+            .tail
+            .as_ref()
+            .map(|t| t.cursor.next_seq)
+            .or(last_seq.map(|s| s.saturating_add(1)));
+        let clean = damage.is_none();
+        if clean && next == Some(seq) {
+            None
+        } else {
+            let readable = match readable {
+                Some((a, b)) => format!("the readable records are seq {a}..{b}"),
+                None => "no record is readable".to_owned(),
+            };
+            let at_damage = match (&damage, last_seq) {
+                (Some(d), Some(b)) => {
+                    format!(
+                        " and damage at {d} follows; cut at seq {} or earlier",
+                        b.saturating_add(1)
+                    )
+                }
+                (Some(d), None) => format!(" and damage at {d} follows"),
+                (None, _) => String::new(),
+            };
+            return Err(CliError::unmet(format!(
+                "seq {seq} is not in the journal: {readable}{at_damage}"
+            )));
         }
     };
 

@@ -154,12 +154,15 @@ pub(crate) fn check_state_dir(state_dir: &Path) -> Result<(), CliError> {
 }
 
 pub(crate) fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// A journal failure that is not damage (I/O, a lock): exit 1.
+// A `map_err` adapter: it takes the error the way `map_err` hands it over.
+#[allow(clippy::needless_pass_by_value)]
 pub(crate) fn journal_error(e: JournalError) -> CliError {
     CliError::io(e.to_string())
 }

@@ -2,6 +2,7 @@
 //! first and last record, and the replayed state's volumes and pending intents.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use serde_json::json;
 
@@ -82,7 +83,7 @@ pub(super) fn run(args: &StatsArgs, out: &mut Out) -> Result<i32, CliError> {
     )?;
     let replay_failed = replayer
         .as_ref()
-        .and_then(|r| r.failed.as_ref().map(|e| e.to_string()));
+        .and_then(|r| r.failed.as_ref().map(std::string::ToString::to_string));
     let corrupt = end.corrupt > 0
         || replay_failed.is_some()
         || replay_error.is_some()
@@ -230,7 +231,7 @@ pub(super) fn run(args: &StatsArgs, out: &mut Out) -> Result<i32, CliError> {
                 .count();
             let mut at = format!("at seq {} ({})", s.seq, r.provenance());
             if let Some(why) = &replay_failed {
-                at.push_str(&format!("; replay stopped: {why}"));
+                let _ = write!(at, "; replay stopped: {why}");
             }
             rows.push(kv("state", at));
             rows.push(kv("providers", s.providers.len().to_string()));

@@ -1,6 +1,8 @@
 //! `volmgr journal state [--at-seq N]`: the volume table, pending intents and
 //! orphans as they were after record N (default: the latest).
 
+use std::fmt::Write as _;
+
 use serde_json::json;
 
 use crate::agent::api::VolumeInfo;
@@ -39,7 +41,7 @@ pub(super) fn run(args: &StateArgs, out: &mut Out) -> Result<i32, CliError> {
             .first()
             .map(|(s, _)| *s);
         if let Some(first) = first_segment.filter(|f| *f > 1) {
-            return Err(compacted(&storage, state_dir, n, first)?);
+            return Err(compacted(storage, state_dir, n, first)?);
         }
     }
     let mut damage = None;
@@ -158,13 +160,13 @@ fn volume_json(v: &crate::state::Volume) -> serde_json::Value {
 
 /// The error for `--at-seq N` before the oldest history the journal keeps.
 fn compacted(
-    storage: &ReadOnlyStorage,
+    storage: ReadOnlyStorage,
     state_dir: &std::path::Path,
     at: u64,
     first: u64,
 ) -> Result<CliError, CliError> {
     let mut oldest = None;
-    scan::each_checkpoint(storage, state_dir, |c| {
+    scan::each_checkpoint(&storage, state_dir, |c| {
         if c.state.is_ok() {
             oldest = Some(c.seq);
         }
@@ -174,7 +176,9 @@ fn compacted(
         "the state at seq {at} cannot be rebuilt: the history before seq {first} was compacted away"
     );
     match oldest {
-        Some(c) => text.push_str(&format!("; the oldest state available is at seq {c}")),
+        Some(c) => {
+            let _ = write!(text, "; the oldest state available is at seq {c}");
+        }
         None => text.push_str(" and no usable checkpoint remains"),
     }
     Ok(CliError::unmet(text))

@@ -310,7 +310,8 @@ pub fn read_frames(
                 }
             }
         }
-        let at = cur.offset as usize;
+        // An offset past the bytes (or past `usize`) leaves nothing to read.
+        let at = usize::try_from(cur.offset).unwrap_or(usize::MAX);
         let rest = bytes.get(at..).unwrap_or_default();
         let invalid = match format::frame_at(rest, cur.next_seq) {
             Ok(FrameAt::End) => {
@@ -491,7 +492,9 @@ pub fn scan_segment(bytes: &[u8]) -> Result<SegmentScan, (u64, Invalid)> {
         None,
         &mut |item| {
             if let Item::Frame(f) = item {
-                let start = f.offset as usize + FRAME_HEADER_LEN;
+                let start = usize::try_from(f.offset)
+                    .expect("a frame read from memory lies within it")
+                    + FRAME_HEADER_LEN;
                 frames.push(ScannedFrame {
                     header: f.header,
                     offset: f.offset,

@@ -253,7 +253,7 @@ pub fn read(
             },
             Some(log_from),
         );
-        if !w.damage(damage) || first == log_start {
+        if !w.damage(&damage) || first == log_start {
             return Ok(w.walked);
         }
     }
@@ -280,7 +280,7 @@ pub fn read(
                     Some(expected),
                 );
                 damage.history = true;
-                if !w.damage(damage) {
+                if !w.damage(&damage) {
                     break;
                 }
             }
@@ -325,7 +325,7 @@ pub fn read(
             },
             Some(next),
         );
-        w.damage(damage);
+        w.damage(&damage);
     }
     if w.walked.verdict.is_err() {
         w.walked.tail = None;
@@ -347,7 +347,7 @@ struct Walker<'v> {
 
 impl Walker<'_> {
     /// Records damage and reports it; false when the visitor stops.
-    fn damage(&mut self, damage: Damage) -> bool {
+    fn damage(&mut self, damage: &Damage) -> bool {
         if !damage.is_torn() {
             self.walked.corrupt += 1;
             if self.walked.first_corrupt.is_none() {
@@ -370,7 +370,7 @@ impl Walker<'_> {
                 }),
             };
         }
-        if (self.visit)(Event::Damage(&damage)) == Flow::Stop {
+        if (self.visit)(Event::Damage(damage)) == Flow::Stop {
             self.walked.stopped = true;
             return false;
         }
@@ -385,7 +385,7 @@ impl Walker<'_> {
     /// Reads one segment. Returns the first sequence number the next
     /// segment must carry (`None`: unknown after damage), or `None` in the
     /// outer option when the walk ends here.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::option_option)]
     fn segment(
         &mut self,
         storage: &dyn Storage,
@@ -411,7 +411,7 @@ impl Walker<'_> {
             Ok(()) => {}
             Err(JournalError::Corrupt { offset, reason, .. }) => {
                 let d = with_history(Damage::corrupt(path, offset, reason, Some(expected_next)));
-                if !self.damage(d) || self.ends_here(history) {
+                if !self.damage(&d) || self.ends_here(history) {
                     return Ok(None);
                 }
                 return Ok(Some(None));
@@ -439,7 +439,7 @@ impl Walker<'_> {
                             cursor: Cursor::segment_start(name_seq),
                         });
                         self.log_next = Some(name_seq);
-                        if !self.damage(d) {
+                        if !self.damage(&d) {
                             return Ok(None);
                         }
                         self.done(path, name_seq, bytes, None, history, (false, true));
@@ -448,7 +448,7 @@ impl Walker<'_> {
                     prefix_ok = false;
                     header_damaged = true;
                     let d = with_history(Damage::corrupt(path, 0, reason, Some(expected_next)));
-                    if !self.damage(d) || self.ends_here(history) {
+                    if !self.damage(&d) || self.ends_here(history) {
                         return Ok(None);
                     }
                     if !self.raw {
@@ -484,7 +484,7 @@ impl Walker<'_> {
                         prefix_ok = false;
                         header_damaged = true;
                         let d = with_history(Damage::corrupt(path, offset, reason, expected));
-                        if !self.damage(d) || self.ends_here(history) {
+                        if !self.damage(&d) || self.ends_here(history) {
                             return Ok(None);
                         }
                         if !self.raw {
@@ -537,7 +537,7 @@ impl Walker<'_> {
                     torn |= d.is_torn();
                     damaged |= !d.is_torn();
                     let is_torn = d.is_torn();
-                    if !self.damage(d) {
+                    if !self.damage(&d) {
                         return Flow::Stop;
                     }
                     if !is_torn && !raw && !history {

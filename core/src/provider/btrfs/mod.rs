@@ -360,7 +360,7 @@ impl BtrfsProvider {
     /// `build` unless present, and renames it into place.
     fn make(
         &self,
-        tag: Tag,
+        tag: &Tag,
         build: impl FnOnce(&Path) -> Result<(), ProviderError>,
     ) -> Result<Created, ProviderError> {
         check_id(&tag.volume)?;
@@ -391,12 +391,12 @@ impl BtrfsProvider {
             InPlace::Absent => {}
         }
         let stage = self.stage(tag.op);
-        if stage.exists() && read_tag(&stage).as_ref() != Some(&tag) {
+        if stage.exists() && read_tag(&stage).as_ref() != Some(tag) {
             self.trash(&stage)?;
         }
         if !stage.exists() {
             fs::create_dir(&stage).map_err(io_err(format!("create {}", stage.display())))?;
-            write_tag(&stage, &tag)?;
+            write_tag(&stage, tag)?;
         }
         let vol = stage.join(VOL);
         let result = (|| {
@@ -512,7 +512,7 @@ impl Provider for BtrfsProvider {
             kind: VolumeKind::Data,
             parent: None,
         };
-        self.make(tag, |vol| {
+        self.make(&tag, |vol| {
             self.btrfs()
                 .arg("subvolume")
                 .arg("create")
@@ -535,7 +535,7 @@ impl Provider for BtrfsProvider {
             kind: VolumeKind::Snapshot,
             parent: Some(source.id.to_string()),
         };
-        self.make(tag, |vol| {
+        self.make(&tag, |vol| {
             if !is_subvolume(&src) {
                 return Err(ProviderError::NotFound(format!("volume {}", source.id)));
             }
@@ -563,7 +563,7 @@ impl Provider for BtrfsProvider {
             kind: VolumeKind::Data,
             parent: Some(snapshot.id.to_string()),
         };
-        self.make(tag, |vol| {
+        self.make(&tag, |vol| {
             if !is_subvolume(&src) {
                 return Err(ProviderError::NotFound(format!("snapshot {}", snapshot.id)));
             }
@@ -743,7 +743,7 @@ impl Provider for BtrfsProvider {
                 tag.kind, tag.volume
             )));
         }
-        self.make(tag, |vol| {
+        self.make(&tag, |vol| {
             self.btrfs()
                 .arg("subvolume")
                 .arg("create")

@@ -51,8 +51,9 @@ struct GetSubvolInfoArgs {
 }
 
 const _: () = assert!(std::mem::size_of::<GetSubvolInfoArgs>() == 504);
-/// `_IOR(BTRFS_IOCTL_MAGIC, 60, struct btrfs_ioctl_get_subvol_info_args)`.
-const BTRFS_IOC_GET_SUBVOL_INFO: u64 = (2 << 30) | (504 << 16) | (0x94 << 8) | 60;
+/// `_IOR(BTRFS_IOCTL_MAGIC, 60, struct btrfs_ioctl_get_subvol_info_args)`
+/// (60 is `0x3c`).
+const BTRFS_IOC_GET_SUBVOL_INFO: u64 = (2 << 30) | (504 << 16) | (0x94 << 8) | 0x3c;
 /// `BTRFS_ROOT_SUBVOL_RDONLY` in the root item flags.
 const BTRFS_ROOT_SUBVOL_RDONLY: u64 = 1;
 
@@ -76,7 +77,7 @@ pub fn subvol_info(path: &Path) -> Result<SubvolInfo, ProviderError> {
         libc::ioctl(
             dir.as_raw_fd(),
             BTRFS_IOC_GET_SUBVOL_INFO as _,
-            &mut args as *mut GetSubvolInfoArgs,
+            &raw mut args,
         )
     };
     // The kernel may return a positive value on success (a b-tree search
@@ -102,7 +103,7 @@ pub fn fs_type(path: &Path) -> io::Result<i64> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
     // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
     #[allow(clippy::unnecessary_cast)]

@@ -47,7 +47,7 @@ pub(super) fn parse_tag(text: &str) -> Option<Tag> {
             "op" if op.is_none() => op = Some(Uuid::parse_str(v).ok()?),
             "kind" if kind.is_none() => kind = Some(parse_kind(v)?),
             "parent" if parent.is_none() => {
-                parent = Some(if v == "-" { None } else { Some(v.to_owned()) })
+                parent = Some(if v == "-" { None } else { Some(v.to_owned()) });
             }
             _ => return None,
         }

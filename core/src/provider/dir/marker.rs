@@ -146,7 +146,14 @@ pub(crate) fn write_manifest(dir: &Path, id: &str, modes: &Modes) -> Result<(), 
     put(MANIFEST_MAGIC);
     put(&(modes.exceptions.len() as u64).to_be_bytes());
     for (rel, mode) in &modes.exceptions {
-        put(&(rel.len() as u16).to_be_bytes());
+        let len = u16::try_from(rel.len()).map_err(|_| {
+            ProviderError::Other(format!(
+                "mode manifest of {id}: a path of {} bytes is longer than the format's {}",
+                rel.len(),
+                u16::MAX
+            ))
+        })?;
+        put(&len.to_be_bytes());
         put(rel);
         put(&mode.to_be_bytes());
     }

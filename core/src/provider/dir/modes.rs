@@ -145,7 +145,8 @@ impl Modes {
         let top = Dir::open(root)
             .map_err(|e| ProviderError::io(format!("opening {}", root.display()), e))?;
         let mut keys: Vec<&Vec<u8>> = self.exceptions.keys().collect();
-        keys.sort_by_key(|k| std::cmp::Reverse(k.iter().filter(|&&b| b == b'/').count()));
+        // Deepest first: by the number of path components.
+        keys.sort_by_key(|k| std::cmp::Reverse(k.split(|&b| b == b'/').count()));
         for rel in keys {
             let mode = self.exceptions[rel];
             if rel.is_empty() {

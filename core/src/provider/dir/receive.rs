@@ -47,7 +47,7 @@ impl DirProvider {
     /// Puts the staged tree `new` in place of the target directory `tpath`:
     /// an atomic exchange, or (unsupported) two renames. Afterwards `new`
     /// holds the old content (or is absent).
-    pub(super) fn swap_in(&self, new: &Path, tpath: &Path) -> Result<(), ProviderError> {
+    pub(super) fn swap_in(new: &Path, tpath: &Path) -> Result<(), ProviderError> {
         if let Some(md) = lstat(tpath)? {
             tree::ensure_owner_rwx(tpath, &md)?;
         }
@@ -145,7 +145,7 @@ impl DirProvider {
             ino: md.ino(),
         });
         self.put_marker(&m)?;
-        self.swap_in(&new, tpath)?;
+        Self::swap_in(&new, tpath)?;
         self.complete_receive(&m, tpath, staging)
     }
 

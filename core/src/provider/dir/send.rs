@@ -38,7 +38,7 @@ struct Frame {
     left: Vec<Vec<u8>>,
 }
 
-impl<'a> Enc<'a> {
+impl Enc<'_> {
     fn put(&mut self, b: &[u8]) -> Result<(), ProviderError> {
         self.w.write_all(b).map_err(wio)
     }
@@ -54,9 +54,10 @@ impl<'a> Enc<'a> {
                 tree::show(rel)
             )));
         }
+        let len = u16::try_from(rel.len()).expect("MAX_PATH fits in u16");
         self.count += 1;
         self.put(&[tag])?;
-        self.put(&(rel.len() as u16).to_be_bytes())?;
+        self.put(&len.to_be_bytes())?;
         self.put(rel)
     }
 
@@ -81,8 +82,9 @@ impl<'a> Enc<'a> {
                 tree::shown_in(self.root, rel)
             )));
         }
+        let len = u16::try_from(target.len()).expect("MAX_LINK fits in u16");
         self.record(TAG_LINK, rel)?;
-        self.put(&(target.len() as u16).to_be_bytes())?;
+        self.put(&len.to_be_bytes())?;
         self.put(target)
     }
 

@@ -141,7 +141,7 @@ impl DirProvider {
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(%kind, id, error = %e, "could not read the marker of a half-made item")
+                tracing::warn!(%kind, id, error = %e, "could not read the marker of a half-made item");
             }
         }
     }

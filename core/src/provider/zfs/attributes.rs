@@ -2,7 +2,7 @@
 //! its own data, snapshots not counted), its dataset options (`compression`,
 //! `recordsize`, checked before any command) and the pool's free space.
 
-use super::*;
+use super::{Cmd, ProviderConfig, ProviderError, VolumeKind, VolumeRef, ZfsProvider, parse_size};
 
 /// ZFS `compression` values a volume may ask for.
 pub const COMPRESSION_VALUES: &[&str] = &[
@@ -70,7 +70,7 @@ impl ZfsProvider {
             )));
         }
         let (name, _) = self.require(volume)?;
-        self.set_props(&name, &[format!("refquota={bytes}")])
+        Self::set_props(&name, &[format!("refquota={bytes}")])
     }
 
     /// The provider dataset's `available` bytes.
@@ -105,6 +105,6 @@ impl ZfsProvider {
         }
         let (name, _) = self.require(volume)?;
         let props: Vec<String> = options.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        self.set_props(&name, &props)
+        Self::set_props(&name, &props)
     }
 }

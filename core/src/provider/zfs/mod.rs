@@ -66,7 +66,6 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::check_id;
 use super::cmd::Cmd;
@@ -74,11 +73,11 @@ use super::{
     Created, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError, SendStats,
     Tag, VolumeRef, VolumeSpec,
 };
-use crate::fsutil;
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
 
 mod attributes;
+mod dataset;
 mod parse;
 mod receive;
 mod setup;
@@ -165,54 +164,6 @@ impl ZfsProvider {
             .into_owned()
     }
 
-    /// `zfs list` of `name` (with `-r` when `recursive`); empty if absent.
-    fn list(&self, name: &str, recursive: bool) -> Result<Vec<Row>, ProviderError> {
-        let mut cmd = Cmd::new("zfs")
-            .arg("list")
-            .arg("-H")
-            .arg("-p")
-            .arg("-t")
-            .arg("filesystem,snapshot")
-            .arg("-o")
-            .arg(COLUMNS);
-        if recursive {
-            cmd = cmd.arg("-r");
-        }
-        match cmd.user_arg(name)?.run() {
-            Ok(out) => parse_rows(&out.stdout_str()),
-            Err(e) if is_not_found(&e) => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn one(&self, name: &str) -> Result<Option<Row>, ProviderError> {
-        Ok(self.list(name, false)?.into_iter().find(|r| r.name == name))
-    }
-
-    /// Snapshots of filesystem `fs` (depth 1), oldest first by createtxg.
-    fn snapshots_of(&self, fs: &str) -> Result<Vec<Row>, ProviderError> {
-        let out = Cmd::new("zfs")
-            .arg("list")
-            .arg("-H")
-            .arg("-p")
-            .arg("-t")
-            .arg("snapshot")
-            .arg("-d")
-            .arg("1")
-            .arg("-o")
-            .arg(COLUMNS)
-            .user_arg(fs)?
-            .run();
-        let mut rows = match out {
-            Ok(out) => parse_rows(&out.stdout_str())?,
-            Err(e) if is_not_found(&e) => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        rows.retain(|r| r.is_snapshot && r.name.split('@').next() == Some(fs));
-        rows.sort_by_key(|r| r.createtxg);
-        Ok(rows)
-    }
-
     /// The tag of a row, if the row is ours under its own name.
     fn tag_of(&self, row: &Row) -> Option<Tag> {
         let rest = row.name.strip_prefix(&format!("{}/", self.data_root()))?;
@@ -240,7 +191,7 @@ impl ZfsProvider {
 
     /// The resumable partial receive a filesystem row holds: its token, and
     /// the stream's guid and operation from our `volmgr:receiving` mark.
-    fn partial_of(&self, row: &Row) -> Option<PartialReceive> {
+    fn partial_of(row: &Row) -> Option<PartialReceive> {
         let token = row.token.clone()?;
         let (op, guid) = match row.receiving.as_deref().and_then(|m| m.split_once(':')) {
             Some((op, guid)) => (op.parse().ok(), guid.to_owned()),
@@ -271,7 +222,7 @@ impl ZfsProvider {
         }
     }
 
-    fn tags(&self, spec: &VolumeSpec<'_>, parent: Option<&str>) -> Vec<String> {
+    fn tags(spec: &VolumeSpec<'_>, parent: Option<&str>) -> Vec<String> {
         let mut t = vec![
             kv(P_OWNER, OWNER),
             kv(P_VOLUME, spec.id),
@@ -287,7 +238,7 @@ impl ZfsProvider {
     /// An existing item for an idempotent create: ours with this op (Some),
     /// absent (None), or an error.
     fn existing(&self, name: &str, spec: &VolumeSpec<'_>) -> Result<Option<Row>, ProviderError> {
-        let Some(row) = self.one(name)? else {
+        let Some(row) = Self::one(name)? else {
             return Ok(None);
         };
         match self.tag_of(&row) {
@@ -302,54 +253,6 @@ impl ZfsProvider {
         }
     }
 
-    /// Runs `f` again while ZFS says the dataset is busy (bounded), then
-    /// reports [`ProviderError::Busy`] naming ZFS's message.
-    fn retry_busy<T>(
-        &self,
-        what: &str,
-        mut f: impl FnMut() -> Result<T, ProviderError>,
-    ) -> Result<T, ProviderError> {
-        fsutil::retry_busy(BUSY_ATTEMPTS, Duration::from_millis(100), is_busy, &mut f).unwrap_or_else(|still| {
-            Err(ProviderError::Busy {
-                what: what.to_owned(),
-                cause: format!(
-                    "{} (still busy after {} attempts: open files, a mount in another namespace, a concurrent receive or a hold)",
-                    stderr_of(&still.last).trim(),
-                    still.attempts
-                ),
-            })
-        })
-    }
-
-    /// Mounts filesystem `name` if it is not (bounded retries: a create may
-    /// report "created, but not mounted").
-    fn ensure_mounted(&self, name: &str) -> Result<Row, ProviderError> {
-        let mut last = None;
-        for attempt in 0..5u32 {
-            let row = self
-                .one(name)?
-                .ok_or_else(|| ProviderError::NotFound(name.to_owned()))?;
-            if row.mounted {
-                return Ok(row);
-            }
-            match Cmd::new("zfs").arg("mount").user_arg(name)?.run() {
-                Ok(_) => {}
-                Err(e) if stderr_of(&e).contains("already mounted") => {}
-                Err(e) => last = Some(e),
-            }
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
-            }
-        }
-        let row = self
-            .one(name)?
-            .ok_or_else(|| ProviderError::NotFound(name.to_owned()))?;
-        if row.mounted {
-            return Ok(row);
-        }
-        Err(last.unwrap_or_else(|| ProviderError::Other(format!("{name} does not mount"))))
-    }
-
     /// Runs a creating command (`create`, `clone`). Success means created
     /// and mounted (ZFS exits non-zero with "created, but not mounted"
     /// otherwise): nothing more to ask. "Not mounted" is finished by
@@ -357,7 +260,7 @@ impl ZfsProvider {
     /// from this very op, then mounted if it is not).
     fn make_fs(
         &self,
-        cmd: Cmd,
+        cmd: &Cmd,
         name: &str,
         spec: &VolumeSpec<'_>,
     ) -> Result<Created, ProviderError> {
@@ -376,7 +279,7 @@ impl ZfsProvider {
             }
             Err(e) => return Err(e),
         }
-        let row = self.ensure_mounted(name)?;
+        let row = Self::ensure_mounted(name)?;
         Ok(self.created_of(&row))
     }
 
@@ -408,8 +311,7 @@ impl ZfsProvider {
     /// An input volume: it must exist and be ours.
     fn require(&self, v: &VolumeRef<'_>) -> Result<(String, Row), ProviderError> {
         let name = self.name_of(v)?;
-        let row = self
-            .one(&name)?
+        let row = Self::one(&name)?
             .ok_or_else(|| ProviderError::NotFound(format!("{} {} ({name})", v.kind, v.id)))?;
         match self.tag_of(&row) {
             Some(t) if t.volume == v.id => Ok((name, row)),
@@ -418,34 +320,6 @@ impl ZfsProvider {
                 v.kind, v.id
             ))),
         }
-    }
-
-    fn set_props(&self, name: &str, props: &[String]) -> Result<(), ProviderError> {
-        let mut cmd = Cmd::new("zfs").arg("set");
-        for p in props {
-            cmd = cmd.user_arg(p)?;
-        }
-        cmd.user_arg(name)?.run().map(|_| ())
-    }
-
-    fn clear_receiving(&self, name: &str) -> Result<(), ProviderError> {
-        Cmd::new("zfs")
-            .arg("inherit")
-            .arg(P_RECEIVING)
-            .user_arg(name)?
-            .run()
-            .map(|_| ())
-    }
-
-    /// Discards the partial state of an interrupted `recv -s` on `name`.
-    fn recv_abort(&self, name: &str) -> Result<(), ProviderError> {
-        self.retry_busy(name, || {
-            match Cmd::new("zfs").arg("recv").arg("-A").user_arg(name)?.run() {
-                Ok(_) => Ok(()),
-                Err(e) if stderr_of(&e).contains("does not have any resumable") => Ok(()),
-                Err(e) => Err(e),
-            }
-        })
     }
 }
 
@@ -499,11 +373,11 @@ impl Provider for ZfsProvider {
             "mountpoint",
             &self.mountpoint(spec.id).to_string_lossy(),
         ))?;
-        for t in self.tags(spec, None) {
+        for t in Self::tags(spec, None) {
             cmd = cmd.arg("-o").user_arg(&t)?;
         }
         let cmd = cmd.user_arg(&name)?;
-        self.make_fs(cmd, &name, spec)
+        self.make_fs(&cmd, &name, spec)
     }
 
     fn create_snapshot(
@@ -521,7 +395,7 @@ impl Provider for ZfsProvider {
         let (src, _) = self.require(source)?;
         let name = format!("{src}@{}", spec.id);
         let mut cmd = Cmd::new("zfs").arg("snapshot");
-        for t in self.tags(spec, Some(source.id)) {
+        for t in Self::tags(spec, Some(source.id)) {
             cmd = cmd.arg("-o").user_arg(&t)?;
         }
         match cmd.user_arg(&name)?.run() {
@@ -536,9 +410,7 @@ impl Provider for ZfsProvider {
             Err(e) => return Err(e),
         }
         // Its guid, the snapshot's identity in transfers.
-        let row = self
-            .one(&name)?
-            .ok_or_else(|| ProviderError::NotFound(name.clone()))?;
+        let row = Self::one(&name)?.ok_or_else(|| ProviderError::NotFound(name.clone()))?;
         Ok(self.created_of(&row))
     }
 
@@ -560,11 +432,11 @@ impl Provider for ZfsProvider {
             "mountpoint",
             &self.mountpoint(spec.id).to_string_lossy(),
         ))?;
-        for t in self.tags(spec, Some(snapshot.id)) {
+        for t in Self::tags(spec, Some(snapshot.id)) {
             cmd = cmd.arg("-o").user_arg(&t)?;
         }
         let cmd = cmd.user_arg(&snap)?.user_arg(&name)?;
-        self.make_fs(cmd, &name, spec)
+        self.make_fs(&cmd, &name, spec)
     }
 
     fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
@@ -573,7 +445,7 @@ impl Provider for ZfsProvider {
             Err(ProviderError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let Some(row) = self.one(&name)? else {
+        let Some(row) = Self::one(&name)? else {
             return Ok(());
         };
         match self.tag_of(&row) {
@@ -586,9 +458,9 @@ impl Provider for ZfsProvider {
             }
         }
         if row.token.is_some() {
-            self.recv_abort(&name)?;
+            Self::recv_abort(&name)?;
         }
-        let result = self.retry_busy(&name, || {
+        let result = Self::retry_busy(&name, || {
             Cmd::new("zfs")
                 .arg("destroy")
                 .user_arg(&name)?
@@ -622,8 +494,7 @@ impl Provider for ZfsProvider {
                 });
             }
             Err(e) if stderr_of(&e).contains("has children") => {
-                let dependents = self
-                    .snapshots_of(&name)?
+                let dependents = Self::snapshots_of(&name)?
                     .into_iter()
                     .map(|r| r.name.rsplit('@').next().unwrap_or_default().to_owned())
                     .collect();
@@ -690,7 +561,7 @@ impl Provider for ZfsProvider {
     }
 
     fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
-        let rows = self.list(&self.dataset, true)?;
+        let rows = Self::list(&self.dataset, true)?;
         let data_root = self.data_root();
         Ok(rows
             .into_iter()
@@ -708,7 +579,7 @@ impl Provider for ZfsProvider {
                 let created = self.created_of(&r);
                 Found {
                     tag: self.tag_of(&r),
-                    partial: self.partial_of(&r),
+                    partial: Self::partial_of(&r),
                     name: r.name,
                     presence,
                     location: created.location,
@@ -725,31 +596,30 @@ impl Provider for ZfsProvider {
                 found.name
             )));
         };
-        let row = self
-            .one(&found.name)?
-            .ok_or_else(|| ProviderError::NotFound(found.name.clone()))?;
+        let row =
+            Self::one(&found.name)?.ok_or_else(|| ProviderError::NotFound(found.name.clone()))?;
         if row.is_snapshot {
             return Ok(self.created_of(&row));
         }
         let _ = tag;
-        let row = self.ensure_mounted(&found.name)?;
+        let row = Self::ensure_mounted(&found.name)?;
         Ok(self.created_of(&row))
     }
 
     fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
-        let rows = self.list(&self.dataset, true)?;
+        let rows = Self::list(&self.dataset, true)?;
         let prefix = format!("{op}:");
         for r in rows.iter().filter(|r| !r.is_snapshot) {
             let Some(guid) = r.receiving.as_deref().and_then(|v| v.strip_prefix(&prefix)) else {
                 continue;
             };
             if r.token.is_some() {
-                self.recv_abort(&r.name)?;
+                Self::recv_abort(&r.name)?;
             }
             // A snapshot that arrived but was never tagged as ours.
-            for s in self.snapshots_of(&r.name)? {
+            for s in Self::snapshots_of(&r.name)? {
                 if s.guid == guid && self.tag_of(&s).is_none() {
-                    self.retry_busy(&s.name, || {
+                    Self::retry_busy(&s.name, || {
                         Cmd::new("zfs")
                             .arg("destroy")
                             .user_arg(&s.name)?
@@ -758,10 +628,10 @@ impl Provider for ZfsProvider {
                     })?;
                 }
             }
-            self.clear_receiving(&r.name)?;
+            Self::clear_receiving(&r.name)?;
             // A receive killed mid-way leaves the target unmounted (the
             // receive unmounts it to swap or roll it back).
-            self.ensure_mounted(&r.name)?;
+            Self::ensure_mounted(&r.name)?;
         }
         Ok(())
     }
@@ -771,21 +641,21 @@ impl Provider for ZfsProvider {
         target: &VolumeRef<'_>,
     ) -> Result<Option<PartialReceive>, ProviderError> {
         let name = self.name_of(target)?;
-        Ok(self.one(&name)?.and_then(|r| self.partial_of(&r)))
+        Ok(Self::one(&name)?.and_then(|r| Self::partial_of(&r)))
     }
 
     fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
         let name = self.name_of(target)?;
-        let Some(row) = self.one(&name)? else {
+        let Some(row) = Self::one(&name)? else {
             return Ok(());
         };
         if row.token.is_some() {
-            self.recv_abort(&name)?;
+            Self::recv_abort(&name)?;
         }
         if row.receiving.is_some() {
-            self.clear_receiving(&name)?;
+            Self::clear_receiving(&name)?;
         }
-        self.ensure_mounted(&name).map(|_| ())
+        Self::ensure_mounted(&name).map(|_| ())
     }
 
     fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {

@@ -20,7 +20,7 @@ impl ZfsProvider {
             .map_err(|e| ProviderError::Stream(format!("reading the stream header: {e}")))?;
         let header = parse_begin(&head)?;
         let toguid = header.toguid.to_string();
-        let partial = self.one(tname)?.and_then(|r| self.partial_of(&r));
+        let partial = Self::one(tname)?.and_then(|r| Self::partial_of(&r));
         if header.resuming {
             // A resumed stream continues the partial receive the target holds,
             // or nothing: refused, the partial state is discarded so it can
@@ -32,7 +32,7 @@ impl ZfsProvider {
                         format!("a partial receive of guid {}", p.guid)
                     });
                     if other.is_some() {
-                        self.recv_abort(tname)?;
+                        Self::recv_abort(tname)?;
                     }
                     return Err(ProviderError::Stream(format!(
                         "resumed stream of guid {toguid}, but {tname} holds {held}"
@@ -42,15 +42,15 @@ impl ZfsProvider {
         }
         let fits = self.check_stream_fits(tname, spec, &header);
         if header.resuming && !matches!(fits, Ok(None)) {
-            self.recv_abort(tname)?;
+            Self::recv_abort(tname)?;
         }
         if let Some(created) = fits? {
             return Ok(created);
         }
         if !header.resuming && partial.is_some() {
-            self.recv_abort(tname)?;
+            Self::recv_abort(tname)?;
         }
-        self.set_props(tname, &[kv(P_RECEIVING, &format!("{}:{toguid}", spec.op))])?;
+        Self::set_props(tname, &[kv(P_RECEIVING, &format!("{}:{toguid}", spec.op))])?;
         let mut cmd = Cmd::new("zfs").arg("recv").arg("-F").arg("-s");
         for p in [P_OWNER, P_VOLUME, P_OP, P_KIND, P_PARENT, P_RECEIVING] {
             cmd = cmd.arg("-x").user_arg(p)?;
@@ -61,10 +61,14 @@ impl ZfsProvider {
         let cmd = cmd.user_arg(tname)?;
         let mut stream = std::io::Cursor::new(head).chain(input);
         if let Err(e) = cmd.run_from(&mut stream) {
-            return Err(self.after_failed_receive(tname, partial.as_ref(), header.resuming, e));
+            return Err(Self::after_failed_receive(
+                tname,
+                partial.as_ref(),
+                header.resuming,
+                e,
+            ));
         }
-        let arrived = self
-            .snapshots_of(tname)?
+        let arrived = Self::snapshots_of(tname)?
             .into_iter()
             .find(|r| r.guid == toguid)
             .ok_or_else(|| {
@@ -74,9 +78,9 @@ impl ZfsProvider {
                 ))
             })?;
         let want = format!("{tname}@{}", spec.id);
-        self.set_props(&arrived.name, &self.tags(spec, Some(target.id)))?;
+        Self::set_props(&arrived.name, &Self::tags(spec, Some(target.id)))?;
         if arrived.name != want {
-            self.retry_busy(&arrived.name, || {
+            Self::retry_busy(&arrived.name, || {
                 Cmd::new("zfs")
                     .arg("rename")
                     .user_arg(&arrived.name)?
@@ -85,11 +89,9 @@ impl ZfsProvider {
                     .map(|_| ())
             })?;
         }
-        self.clear_receiving(tname)?;
-        self.ensure_mounted(tname)?;
-        let row = self
-            .one(&want)?
-            .ok_or_else(|| ProviderError::NotFound(want.clone()))?;
+        Self::clear_receiving(tname)?;
+        Self::ensure_mounted(tname)?;
+        let row = Self::one(&want)?.ok_or_else(|| ProviderError::NotFound(want.clone()))?;
         if row.guid != toguid {
             return Err(ProviderError::Stream(format!(
                 "{want} has guid {} after the rename, expected {toguid}",
@@ -109,7 +111,7 @@ impl ZfsProvider {
         spec: &VolumeSpec<'_>,
         header: &StreamHeader,
     ) -> Result<Option<Created>, ProviderError> {
-        let snaps = self.snapshots_of(tname)?;
+        let snaps = Self::snapshots_of(tname)?;
         let toguid = header.toguid.to_string();
         if let Some(have) = snaps.iter().find(|r| r.guid == toguid) {
             if let Some(t) = self.tag_of(have)
@@ -148,18 +150,16 @@ impl ZfsProvider {
     /// token: ZFS refused it) is discarded, so a stuck partial receive never
     /// blocks the target; so is anything else, as before.
     pub(super) fn after_failed_receive(
-        &self,
         tname: &str,
         before: Option<&PartialReceive>,
         resuming: bool,
         error: ProviderError,
     ) -> ProviderError {
-        let now = self
-            .one(tname)
+        let now = Self::one(tname)
             .ok()
             .flatten()
-            .and_then(|r| self.partial_of(&r));
-        let _ = self.ensure_mounted(tname);
+            .and_then(|r| Self::partial_of(&r));
+        let _ = Self::ensure_mounted(tname);
         match now {
             Some(p) if !(resuming && before.is_some_and(|b| b.token == p.token)) => {
                 ProviderError::Suspended {
@@ -169,8 +169,8 @@ impl ZfsProvider {
                 }
             }
             Some(_) => {
-                let aborted = self.recv_abort(tname);
-                let _ = self.clear_receiving(tname);
+                let aborted = Self::recv_abort(tname);
+                let _ = Self::clear_receiving(tname);
                 ProviderError::Stream(format!(
                     "the resumed receive made no progress; partial state {}: {error}",
                     if aborted.is_ok() {
@@ -181,7 +181,7 @@ impl ZfsProvider {
                 ))
             }
             None => {
-                let _ = self.clear_receiving(tname);
+                let _ = Self::clear_receiving(tname);
                 error
             }
         }
@@ -196,17 +196,13 @@ impl ZfsProvider {
     ) -> Result<Option<TokenContents>, ProviderError> {
         check_token(token)?;
         let (snap, row) = self.require(snapshot)?;
-        Ok(self
-            .token_contents(token)?
+        Ok(Self::token_contents(token)?
             .filter(|c| c.toname == snap && c.toguid.to_string() == row.guid))
     }
 
     /// The contents of a resume token, by a dry run (`zfs send -nvP -t`).
     /// `None` if ZFS does not accept the token.
-    pub(super) fn token_contents(
-        &self,
-        token: &str,
-    ) -> Result<Option<TokenContents>, ProviderError> {
+    pub(super) fn token_contents(token: &str) -> Result<Option<TokenContents>, ProviderError> {
         let out = Cmd::new("zfs")
             .arg("send")
             .arg("-nvP")

@@ -76,14 +76,13 @@ impl ZfsProvider {
                     vdev.display()
                 )));
             }
-            p.ensure_pool(&pool, &vdev, size)?;
+            ZfsProvider::ensure_pool(&pool, &vdev, size)?;
         }
         p.ensure_root()?;
         Ok(p)
     }
 
     pub(super) fn ensure_pool(
-        &self,
         pool: &str,
         vdev: &Path,
         size: Option<u64>,
@@ -137,7 +136,7 @@ impl ZfsProvider {
 
     pub(super) fn ensure_root(&self) -> Result<(), ProviderError> {
         for name in [self.dataset.clone(), self.data_root()] {
-            if self.list(&name, false)?.is_empty() {
+            if Self::list(&name, false)?.is_empty() {
                 let mut cmd = Cmd::new("zfs").arg("create").arg("-p");
                 for prop in ["mountpoint=none", SETUID_OFF, DEVICES_OFF] {
                     cmd = cmd.arg("-o").arg(prop);
@@ -170,7 +169,7 @@ pub(super) fn default_pool_size(vdev: &Path) -> u64 {
     };
     // SAFETY: statvfs fills the zeroed struct; c is NUL-terminated.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+    if unsafe { libc::statvfs(c.as_ptr(), &raw mut st) } != 0 {
         return FALLBACK_POOL_SIZE;
     }
     let total = (st.f_blocks as u64).saturating_mul(st.f_frsize as u64);

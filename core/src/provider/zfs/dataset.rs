@@ -1,0 +1,134 @@
+//! The ZFS commands on datasets by name that need nothing of the provider's
+//! configuration: `zfs list` (one dataset, a tree, a filesystem's snapshots),
+//! `zfs set` and `zfs inherit` of properties, `zfs mount` until mounted,
+//! `zfs recv -A`, and the bounded retry while ZFS says a dataset is busy.
+
+use std::time::Duration;
+
+use super::parse::{Row, is_busy, is_not_found, parse_rows, stderr_of};
+use super::{BUSY_ATTEMPTS, COLUMNS, P_RECEIVING, ProviderError, ZfsProvider};
+use crate::fsutil;
+use crate::provider::cmd::Cmd;
+
+impl ZfsProvider {
+    /// `zfs list` of `name` (with `-r` when `recursive`); empty if absent.
+    pub(super) fn list(name: &str, recursive: bool) -> Result<Vec<Row>, ProviderError> {
+        let mut cmd = Cmd::new("zfs")
+            .arg("list")
+            .arg("-H")
+            .arg("-p")
+            .arg("-t")
+            .arg("filesystem,snapshot")
+            .arg("-o")
+            .arg(COLUMNS);
+        if recursive {
+            cmd = cmd.arg("-r");
+        }
+        match cmd.user_arg(name)?.run() {
+            Ok(out) => parse_rows(&out.stdout_str()),
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn one(name: &str) -> Result<Option<Row>, ProviderError> {
+        Ok(Self::list(name, false)?
+            .into_iter()
+            .find(|r| r.name == name))
+    }
+
+    /// Snapshots of filesystem `fs` (depth 1), oldest first by createtxg.
+    pub(super) fn snapshots_of(fs: &str) -> Result<Vec<Row>, ProviderError> {
+        let out = Cmd::new("zfs")
+            .arg("list")
+            .arg("-H")
+            .arg("-p")
+            .arg("-t")
+            .arg("snapshot")
+            .arg("-d")
+            .arg("1")
+            .arg("-o")
+            .arg(COLUMNS)
+            .user_arg(fs)?
+            .run();
+        let mut rows = match out {
+            Ok(out) => parse_rows(&out.stdout_str())?,
+            Err(e) if is_not_found(&e) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        rows.retain(|r| r.is_snapshot && r.name.split('@').next() == Some(fs));
+        rows.sort_by_key(|r| r.createtxg);
+        Ok(rows)
+    }
+
+    /// Runs `f` again while ZFS says the dataset is busy (bounded), then
+    /// reports [`ProviderError::Busy`] naming ZFS's message.
+    pub(super) fn retry_busy<T>(
+        what: &str,
+        mut f: impl FnMut() -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        fsutil::retry_busy(BUSY_ATTEMPTS, Duration::from_millis(100), is_busy, &mut f).unwrap_or_else(|still| {
+            Err(ProviderError::Busy {
+                what: what.to_owned(),
+                cause: format!(
+                    "{} (still busy after {} attempts: open files, a mount in another namespace, a concurrent receive or a hold)",
+                    stderr_of(&still.last).trim(),
+                    still.attempts
+                ),
+            })
+        })
+    }
+
+    /// Mounts filesystem `name` if it is not (bounded retries: a create may
+    /// report "created, but not mounted").
+    pub(super) fn ensure_mounted(name: &str) -> Result<Row, ProviderError> {
+        let mut last = None;
+        for attempt in 0..5u32 {
+            let row = Self::one(name)?.ok_or_else(|| ProviderError::NotFound(name.to_owned()))?;
+            if row.mounted {
+                return Ok(row);
+            }
+            match Cmd::new("zfs").arg("mount").user_arg(name)?.run() {
+                Ok(_) => {}
+                Err(e) if stderr_of(&e).contains("already mounted") => {}
+                Err(e) => last = Some(e),
+            }
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
+            }
+        }
+        let row = Self::one(name)?.ok_or_else(|| ProviderError::NotFound(name.to_owned()))?;
+        if row.mounted {
+            return Ok(row);
+        }
+        Err(last.unwrap_or_else(|| ProviderError::Other(format!("{name} does not mount"))))
+    }
+
+    pub(super) fn set_props(name: &str, props: &[String]) -> Result<(), ProviderError> {
+        let mut cmd = Cmd::new("zfs").arg("set");
+        for p in props {
+            cmd = cmd.user_arg(p)?;
+        }
+        cmd.user_arg(name)?.run().map(|_| ())
+    }
+
+    pub(super) fn clear_receiving(name: &str) -> Result<(), ProviderError> {
+        Cmd::new("zfs")
+            .arg("inherit")
+            .arg(P_RECEIVING)
+            .user_arg(name)?
+            .run()
+            .map(|_| ())
+    }
+
+    /// Discards the partial state of an interrupted `recv -s` on `name`.
+    pub(super) fn recv_abort(name: &str) -> Result<(), ProviderError> {
+        Self::retry_busy(name, || {
+            match Cmd::new("zfs").arg("recv").arg("-A").user_arg(name)?.run() {
+                Ok(_) => Ok(()),
+                Err(e) if stderr_of(&e).contains("does not have any resumable") => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}

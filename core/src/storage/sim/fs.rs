@@ -1,0 +1,327 @@
+//! The simulation's state behind its lock: the names reads see and the
+//! names a power cut keeps, every inode's visible and durable bytes with the
+//! changes not yet durable, the per-directory queues of unsynced renames,
+//! creates and removals, the sync-point counter with its armed crash or
+//! failure, and the capacity. [`Fs::cut`] and [`cut_file`] compute the file
+//! system a power cut leaves, under a [`CutPolicy`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::policy::{CutPolicy, DataLoss, DirLoss, SECTOR_LEN, SplitMix64};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Node {
+    File(u64),
+    Dir,
+}
+
+/// A change to a file not yet durable.
+#[derive(Debug, Clone)]
+pub(super) enum FileChange {
+    Write { offset: u64, bytes: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct Inode {
+    /// What reads see.
+    pub(super) data: Vec<u8>,
+    /// What survives a power cut.
+    pub(super) durable: Vec<u8>,
+    /// Changes since the last sync, in order.
+    pub(super) pending: Vec<FileChange>,
+}
+
+/// One atomic directory change: entries set (`Some`) or removed (`None`).
+pub(super) type DirChange = Vec<(PathBuf, Option<Node>)>;
+
+#[derive(Debug, Default)]
+pub(super) struct Fs {
+    /// The names reads see.
+    pub(super) names: BTreeMap<PathBuf, Node>,
+    /// The names a power cut keeps (before removing unreachable ones).
+    pub(super) durable_names: BTreeMap<PathBuf, Node>,
+    /// Per directory, changes a directory sync has not yet made durable.
+    pub(super) dir_pending: BTreeMap<PathBuf, Vec<DirChange>>,
+    pub(super) inodes: HashMap<u64, Inode>,
+    pub(super) next_ino: u64,
+    /// Locked paths and the token of the guard that holds each.
+    pub(super) locks: HashMap<PathBuf, u64>,
+    pub(super) next_lock_token: u64,
+    pub(super) sync_points: u64,
+    pub(super) crash_at: Option<u64>,
+    pub(super) fail_sync_at: Option<u64>,
+    pub(super) frozen: bool,
+    pub(super) capacity: Option<u64>,
+}
+
+/// A simulated file offset or length as an index into its bytes: they live
+/// in memory, so any length they reach fits in `usize`.
+pub(super) fn idx(n: u64) -> usize {
+    usize::try_from(n).expect("simulated file offsets fit in memory")
+}
+
+pub(super) fn parent_of(path: &Path) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+pub(super) fn is_root(path: &Path) -> bool {
+    path.as_os_str().is_empty() || path == Path::new("/") || path == Path::new(".")
+}
+
+fn eio(what: &str) -> io::Error {
+    io::Error::other(format!(
+        "simulated power cut: {what} at or after the crash point (EIO)"
+    ))
+}
+
+pub(super) fn not_found(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file or directory", path.display()),
+    )
+}
+
+impl Fs {
+    pub(super) fn check_live(&self, what: &str) -> io::Result<()> {
+        if self.frozen {
+            return Err(eio(what));
+        }
+        Ok(())
+    }
+
+    /// Counts a sync point; `Ok(false)` when it is the one armed to fail
+    /// the way Linux does after a write-back error (see
+    /// [`SimStorage::fail_sync_at`](super::SimStorage::fail_sync_at)): the
+    /// caller forgets what was pending.
+    pub(super) fn sync_point(&mut self, what: &str) -> io::Result<bool> {
+        self.check_live(what)?;
+        self.sync_points += 1;
+        if self.crash_at == Some(self.sync_points) {
+            self.frozen = true;
+            return Err(eio(what));
+        }
+        Ok(self.fail_sync_at != Some(self.sync_points))
+    }
+
+    pub(super) fn dir_exists(&self, path: &Path) -> bool {
+        is_root(path) || self.names.get(path) == Some(&Node::Dir)
+    }
+
+    pub(super) fn change(&mut self, dir: PathBuf, change: DirChange) {
+        for (path, node) in &change {
+            match node {
+                Some(n) => {
+                    self.names.insert(path.clone(), *n);
+                }
+                None => {
+                    self.names.remove(path);
+                }
+            }
+        }
+        self.dir_pending.entry(dir).or_default().push(change);
+    }
+
+    /// Bytes held by files some name reaches (an unlinked file's bytes are
+    /// free, even while it is open: close enough for a full-disk test).
+    pub(super) fn used(&self) -> u64 {
+        let inos: BTreeSet<u64> = self
+            .names
+            .values()
+            .filter_map(|n| match n {
+                Node::File(ino) => Some(*ino),
+                Node::Dir => None,
+            })
+            .collect();
+        inos.iter().map(|i| self.inodes[i].data.len() as u64).sum()
+    }
+
+    /// Refuses growth from `old_len` to `new_len` bytes past the capacity.
+    pub(super) fn charge(&self, old_len: usize, new_len: usize) -> io::Result<()> {
+        if new_len > old_len
+            && let Some(cap) = self.capacity
+            && self.used() + (new_len - old_len) as u64 > cap
+        {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+
+    pub(super) fn inode(&mut self, ino: u64) -> &mut Inode {
+        self.inodes
+            .get_mut(&ino)
+            .expect("open files keep their inode")
+    }
+
+    pub(super) fn write(&mut self, ino: u64, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.check_live("write")?;
+        let end = idx(offset) + buf.len();
+        let old_len = self.inode(ino).data.len();
+        self.charge(old_len, old_len.max(end))?;
+        let inode = self.inode(ino);
+        if inode.data.len() < end {
+            inode.data.resize(end, 0);
+        }
+        inode.data[idx(offset)..end].copy_from_slice(buf);
+        inode.pending.push(FileChange::Write {
+            offset,
+            bytes: buf.to_vec(),
+        });
+        Ok(())
+    }
+
+    pub(super) fn set_len(&mut self, ino: u64, len: u64) -> io::Result<()> {
+        self.check_live("set_len")?;
+        let old_len = self.inode(ino).data.len();
+        self.charge(old_len, idx(len))?;
+        let inode = self.inode(ino);
+        inode.data.resize(idx(len), 0);
+        inode.pending.push(FileChange::SetLen(len));
+        Ok(())
+    }
+
+    pub(super) fn sync_file(&mut self, ino: u64, what: &str) -> io::Result<()> {
+        let proceed = self.sync_point(what)?;
+        let inode = self.inode(ino);
+        if !proceed {
+            // The changes stay visible but will never be written back.
+            inode.pending.clear();
+            return Err(io::Error::other(format!(
+                "simulated write-back error: {what} (EIO; the unsynced changes are dropped)"
+            )));
+        }
+        // The pending changes, applied to the durable bytes (not a copy of
+        // what reads see: changes an earlier failed sync dropped stay lost).
+        let mut unused = SplitMix64::new(0);
+        inode.durable = cut_file(inode, &mut unused, DataLoss::KeepAll);
+        inode.pending.clear();
+        Ok(())
+    }
+
+    /// The names and file bytes a power cut leaves.
+    pub(super) fn cut(&self, seed: u64, policy: CutPolicy) -> Fs {
+        let mut rng = SplitMix64::new(seed);
+        let mut names = self.durable_names.clone();
+        for changes in self.dir_pending.values() {
+            let keep = match policy.dirs {
+                DirLoss::ForgetAll => 0,
+                DirLoss::KeepAll => changes.len(),
+                DirLoss::RandomPrefix => idx(rng.below(changes.len() as u64 + 1)),
+            };
+            for change in &changes[..keep] {
+                for (path, node) in change {
+                    match node {
+                        Some(n) => {
+                            names.insert(path.clone(), *n);
+                        }
+                        None => {
+                            names.remove(path);
+                        }
+                    }
+                }
+            }
+        }
+        // Everything under a directory that did not survive is gone.
+        let reachable = |path: &Path, names: &BTreeMap<PathBuf, Node>| {
+            let mut p = parent_of(path);
+            while !is_root(&p) {
+                if names.get(&p) != Some(&Node::Dir) {
+                    return false;
+                }
+                p = parent_of(&p);
+            }
+            true
+        };
+        let names: BTreeMap<PathBuf, Node> = names
+            .iter()
+            .filter(|(p, _)| reachable(p, &names))
+            .map(|(p, n)| (p.clone(), *n))
+            .collect();
+        let live: BTreeSet<u64> = names
+            .values()
+            .filter_map(|n| match n {
+                Node::File(ino) => Some(*ino),
+                Node::Dir => None,
+            })
+            .collect();
+        let mut inodes = HashMap::new();
+        // Sorted, so the generator is consumed in a reproducible order.
+        for ino in &live {
+            let inode = &self.inodes[ino];
+            let bytes = cut_file(inode, &mut rng, policy.data);
+            inodes.insert(
+                *ino,
+                Inode {
+                    data: bytes.clone(),
+                    durable: bytes,
+                    pending: Vec::new(),
+                },
+            );
+        }
+        Fs {
+            durable_names: names.clone(),
+            names,
+            dir_pending: BTreeMap::new(),
+            inodes,
+            next_ino: self.next_ino,
+            locks: HashMap::new(),
+            next_lock_token: self.next_lock_token,
+            sync_points: 0,
+            crash_at: None,
+            fail_sync_at: None,
+            frozen: false,
+            capacity: self.capacity,
+        }
+    }
+}
+
+/// A file's bytes after a power cut: its durable bytes, then each change
+/// not yet durable dropped, kept or garbled per sector piece.
+fn cut_file(inode: &Inode, rng: &mut SplitMix64, policy: DataLoss) -> Vec<u8> {
+    let mut bytes = inode.durable.clone();
+    for change in &inode.pending {
+        match change {
+            FileChange::SetLen(len) => {
+                let keep = match policy {
+                    DataLoss::DropAll => false,
+                    DataLoss::KeepAll => true,
+                    DataLoss::Random => rng.below(2) == 0,
+                };
+                if keep {
+                    bytes.resize(idx(*len), 0);
+                }
+            }
+            FileChange::Write {
+                offset,
+                bytes: written,
+            } => {
+                let mut pos = *offset;
+                let end = offset + written.len() as u64;
+                while pos < end {
+                    let piece_end = ((pos / SECTOR_LEN + 1) * SECTOR_LEN).min(end);
+                    let piece = &written[idx(pos - offset)..idx(piece_end - offset)];
+                    let choice = match policy {
+                        DataLoss::DropAll => 0,
+                        DataLoss::KeepAll => 1,
+                        DataLoss::Random => rng.below(3),
+                    };
+                    if choice != 0 {
+                        if bytes.len() < idx(piece_end) {
+                            bytes.resize(idx(piece_end), 0);
+                        }
+                        let target = &mut bytes[idx(pos)..idx(piece_end)];
+                        if choice == 1 {
+                            target.copy_from_slice(piece);
+                        } else {
+                            rng.fill(target);
+                        }
+                    }
+                    pos = piece_end;
+                }
+            }
+        }
+    }
+    bytes
+}

@@ -1,0 +1,408 @@
+//! A simulated file system for power-cut tests: [`SimStorage`].
+//!
+//! Named as such: it is a test seam, like SQLite's crash VFS, RocksDB's
+//! fault-injection file system and redb's crash backend. It implements
+//! [`Storage`] and [`StorageFile`] in memory and keeps, for every file, the
+//! bytes written (what reads see) apart from the bytes that are durable (what
+//! survives a power cut), and for every directory the creates, renames and
+//! removals a directory sync has not yet made durable.
+//!
+//! - `write_all_at`, `set_len`, `allocate` change what reads see at once and
+//!   queue the change as not yet durable on the file.
+//! - `sync_data` / `sync_all` make all of the file's queued changes durable
+//!   (the model does not tell them apart: the size is durable with the data).
+//! - `create`, `rename`, `remove_file`, `create_dir_all` and the lock file's
+//!   creation change the names reads see at once and queue the change on the
+//!   parent directory; `sync_dir` makes that directory's queue durable.
+//!   A rename within one directory is one atomic change.
+//! - [`SimStorage::power_cut`] builds the file system a machine would find
+//!   after losing power now: every write not yet durable is dropped, kept or
+//!   garbled per 512-byte sector (seeded), and directory changes not yet
+//!   synced are forgotten: a renamed file is back under its old name, a
+//!   created file is gone (with everything under a created directory), a
+//!   removed file is back. Files no name reaches are gone.
+//! - Sync points: every `sync_data`, `sync_all` and `sync_dir` call is one,
+//!   counted by [`SimStorage::sync_points`]. [`SimStorage::crash_at_sync`]
+//!   arms a cut at the Nth: that call fails with `EIO` without making
+//!   anything durable, and from then on every mutating call fails with `EIO`
+//!   too, so the state is frozen where the power went out; `power_cut` then
+//!   gives the image to reopen.
+//! - [`SimStorage::set_capacity`] bounds the bytes all files may hold, so a
+//!   write or allocation past it fails with `ENOSPC`, like a full disk.
+//! - Locks are an in-memory set: a second `lock_exclusive` of the same path
+//!   gets `WouldBlock` until the first guard is dropped. A power cut releases
+//!   every lock (the process is gone).
+//!
+//! **Assumption (powersafe overwrite):** a torn sector garbles only the bytes
+//! the unfinished write covered in that sector, never bytes of the sector that
+//! were already durable (SQLite's `SQLITE_IOCAP_POWERSAFE_OVERWRITE`; true of
+//! disks with atomic sector writes). Appending after durable bytes in the same
+//! sector therefore never damages them.
+//!
+//! Paths are used as given (no `..` resolution); a path without a parent, or
+//! with an empty one, lives in the root directory (`/`, `.` or the empty
+//! path), which always exists.
+//!
+//! Files: `policy` (what a cut does: [`CutPolicy`], [`SplitMix64`]), `fs`
+//! (the state behind the lock and the cut itself), `file` (open files and
+//! lock guards), this module ([`SimStorage`] and its [`Storage`] calls).
+
+mod file;
+mod fs;
+mod policy;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use self::file::{SimFile, SimLock};
+use self::fs::{Fs, Inode, Node, is_root, not_found, parent_of};
+pub use self::policy::{CutPolicy, DataLoss, DirLoss, SECTOR_LEN, SplitMix64};
+use super::{LockGuard, Storage, StorageFile};
+
+/// The simulated file system. Clones share one state; [`SimStorage::power_cut`]
+/// makes an independent one.
+#[derive(Clone, Default)]
+pub struct SimStorage {
+    fs: Arc<Mutex<Fs>>,
+}
+
+impl fmt::Debug for SimStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fs = self.lock();
+        f.debug_struct("SimStorage")
+            .field("names", &fs.names.len())
+            .field("sync_points", &fs.sync_points)
+            .field("frozen", &fs.frozen)
+            .finish()
+    }
+}
+
+impl SimStorage {
+    /// An empty file system (only the root directory).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Fs> {
+        self.fs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sync points (`sync_data`, `sync_all`, `sync_dir` calls) so far,
+    /// including the one a crash fired at.
+    pub fn sync_points(&self) -> u64 {
+        self.lock().sync_points
+    }
+
+    /// Arms a cut at sync point `n` (1-based, counted from the start of this
+    /// storage): that call fails with `EIO` and makes nothing durable, and
+    /// every later mutating call fails too. `None` disarms.
+    pub fn crash_at_sync(&self, n: Option<u64>) {
+        self.lock().crash_at = n;
+    }
+
+    /// Makes sync point `n` fail with `EIO`. For a file, the way Linux reports
+    /// a write-back error (the "fsyncgate" semantics PostgreSQL learned in
+    /// 2018): what the file had not yet made durable stays visible to reads
+    /// but is dropped from the write-back queue, so no later sync makes it
+    /// durable and a power cut reverts it. For a directory the changes stay
+    /// queued (a later directory sync may still make them durable). Nothing
+    /// freezes: the process may go on, and reopen, in the same boot. `None`
+    /// disarms.
+    pub fn fail_sync_at(&self, n: Option<u64>) {
+        self.lock().fail_sync_at = n;
+    }
+
+    /// True once an armed crash point was reached (the state is frozen).
+    pub fn crashed(&self) -> bool {
+        self.lock().frozen
+    }
+
+    /// Freezes the state now, as if the power went out between two calls.
+    pub fn freeze(&self) {
+        self.lock().frozen = true;
+    }
+
+    /// Bounds the bytes all files together may hold (`None`: unbounded).
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.lock().capacity = bytes;
+    }
+
+    /// Bytes all files hold now.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used()
+    }
+
+    /// The file system after a power cut now: random sectors, unsynced
+    /// directory changes forgotten. Deterministic for a given state and seed.
+    pub fn power_cut(&self, seed: u64) -> SimStorage {
+        self.power_cut_with(seed, CutPolicy::RANDOM)
+    }
+
+    /// Like [`SimStorage::power_cut`] with an explicit policy. This storage is
+    /// frozen afterwards (whatever still runs on it fails with `EIO`); the
+    /// returned one is independent, unlocked, with every byte durable.
+    pub fn power_cut_with(&self, seed: u64, policy: CutPolicy) -> SimStorage {
+        let mut fs = self.lock();
+        fs.frozen = true;
+        SimStorage {
+            fs: Arc::new(Mutex::new(fs.cut(seed, policy))),
+        }
+    }
+
+    /// The file system after the process dies (kill -9) without a power
+    /// loss: an independent copy where everything stays as it is, visible
+    /// and durable bytes and the queues of changes not yet durable (the page
+    /// cache survives the process), with every lock released. This storage is
+    /// frozen afterwards, so what still runs on it changes nothing. A later
+    /// [`SimStorage::power_cut`] of the copy loses what no one synced.
+    pub fn restart(&self) -> SimStorage {
+        let mut fs = self.lock();
+        fs.frozen = true;
+        SimStorage {
+            fs: Arc::new(Mutex::new(Fs {
+                names: fs.names.clone(),
+                durable_names: fs.durable_names.clone(),
+                dir_pending: fs.dir_pending.clone(),
+                inodes: fs.inodes.clone(),
+                next_ino: fs.next_ino,
+                locks: HashMap::new(),
+                next_lock_token: fs.next_lock_token,
+                sync_points: 0,
+                crash_at: None,
+                fail_sync_at: None,
+                frozen: false,
+                capacity: fs.capacity,
+            })),
+        }
+    }
+
+    /// The bytes a read of `path` would see now, if it is a file.
+    pub fn read(&self, path: &Path) -> Option<Vec<u8>> {
+        let fs = self.lock();
+        match fs.names.get(path)? {
+            Node::File(ino) => Some(fs.inodes[ino].data.clone()),
+            Node::Dir => None,
+        }
+    }
+
+    /// Every path (files and directories) reads see now, sorted.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.lock().names.keys().cloned().collect()
+    }
+
+    fn file(&self, ino: u64) -> Box<dyn StorageFile> {
+        Box::new(SimFile {
+            fs: self.fs.clone(),
+            ino,
+        })
+    }
+}
+
+impl Storage for SimStorage {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut fs = self.lock();
+        let mut missing = Vec::new();
+        let mut p = path.to_path_buf();
+        while !is_root(&p) {
+            match fs.names.get(&p) {
+                Some(Node::Dir) => break,
+                Some(Node::File(_)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} is a file", p.display()),
+                    ));
+                }
+                None => missing.push(p.clone()),
+            }
+            p = parent_of(&p);
+        }
+        if !missing.is_empty() {
+            fs.check_live("create_dir_all")?;
+        }
+        for dir in missing.into_iter().rev() {
+            let parent = parent_of(&dir);
+            fs.change(parent, vec![(dir, Some(Node::Dir))]);
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let fs = self.lock();
+        if !fs.dir_exists(path) {
+            return Err(not_found(path));
+        }
+        Ok(fs
+            .names
+            .keys()
+            .filter(|p| parent_of(p) == path)
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let ino = match self.lock().names.get(path) {
+            Some(Node::File(ino)) => *ino,
+            Some(Node::Dir) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    format!("{} is a directory", path.display()),
+                ));
+            }
+            None => return Err(not_found(path)),
+        };
+        Ok(self.file(ino))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let ino = {
+            let mut fs = self.lock();
+            fs.check_live("create")?;
+            let parent = parent_of(path);
+            if !fs.dir_exists(&parent) {
+                return Err(not_found(&parent));
+            }
+            match fs.names.get(path).copied() {
+                Some(Node::File(ino)) => {
+                    fs.set_len(ino, 0)?;
+                    ino
+                }
+                Some(Node::Dir) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::IsADirectory,
+                        format!("{} is a directory", path.display()),
+                    ));
+                }
+                None => {
+                    fs.next_ino += 1;
+                    let ino = fs.next_ino;
+                    fs.inodes.insert(ino, Inode::default());
+                    fs.change(parent, vec![(path.to_path_buf(), Some(Node::File(ino)))]);
+                    ino
+                }
+            }
+        };
+        Ok(self.file(ino))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut fs = self.lock();
+        fs.check_live("rename")?;
+        let node = match fs.names.get(from).copied() {
+            Some(n @ Node::File(_)) => n,
+            Some(Node::Dir) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the simulation renames files only",
+                ));
+            }
+            None => return Err(not_found(from)),
+        };
+        if from == to {
+            return Ok(());
+        }
+        let (from_dir, to_dir) = (parent_of(from), parent_of(to));
+        if !fs.dir_exists(&to_dir) {
+            return Err(not_found(&to_dir));
+        }
+        if fs.names.get(to) == Some(&Node::Dir) {
+            return Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                format!("{} is a directory", to.display()),
+            ));
+        }
+        if from_dir == to_dir {
+            fs.change(
+                from_dir,
+                vec![(to.to_path_buf(), Some(node)), (from.to_path_buf(), None)],
+            );
+        } else {
+            fs.change(to_dir, vec![(to.to_path_buf(), Some(node))]);
+            fs.change(from_dir, vec![(from.to_path_buf(), None)]);
+        }
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut fs = self.lock();
+        fs.check_live("remove_file")?;
+        match fs.names.get(path) {
+            Some(Node::File(_)) => {}
+            Some(Node::Dir) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    format!("{} is a directory", path.display()),
+                ));
+            }
+            None => return Err(not_found(path)),
+        }
+        fs.change(parent_of(path), vec![(path.to_path_buf(), None)]);
+        Ok(())
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let mut fs = self.lock();
+        if !fs.dir_exists(path) {
+            return Err(not_found(path));
+        }
+        if !fs.sync_point("sync_dir")? {
+            // Directory changes are metadata: they stay queued, and a later
+            // directory sync may still make them durable.
+            return Err(io::Error::other(
+                "simulated write-back error: sync_dir (EIO)",
+            ));
+        }
+        let changes = fs.dir_pending.remove(path).unwrap_or_default();
+        for change in changes {
+            for (p, node) in change {
+                match node {
+                    Some(n) => {
+                        fs.durable_names.insert(p, n);
+                    }
+                    None => {
+                        fs.durable_names.remove(&p);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
+        let token = {
+            let mut fs = self.lock();
+            fs.check_live("lock")?;
+            if fs.locks.contains_key(path) {
+                let current = match fs.names.get(path) {
+                    Some(Node::File(ino)) => String::from_utf8_lossy(&fs.inodes[ino].data)
+                        .trim()
+                        .to_owned(),
+                    _ => String::new(),
+                };
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, current));
+            }
+            fs.next_lock_token += 1;
+            let token = fs.next_lock_token;
+            fs.locks.insert(path.to_path_buf(), token);
+            token
+        };
+        let file = match self.open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.create(path)?,
+            Err(e) => return Err(e),
+        };
+        file.set_len(0)?;
+        file.write_all_at(holder.as_bytes(), 0)?;
+        Ok(Box::new(SimLock {
+            fs: self.fs.clone(),
+            path: path.to_path_buf(),
+            token,
+        }))
+    }
+}

@@ -1,0 +1,188 @@
+//! The simulation's own contract: what survives a power cut (synced bytes
+//! and names), what does not (unsynced creates, renames, removals, sectors),
+//! crash and failure points, restarts, capacity and locks.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{CutPolicy, DataLoss, DirLoss, SECTOR_LEN, SimStorage};
+use crate::storage::{Storage, StorageFile};
+
+fn write_file(s: &SimStorage, path: &str, bytes: &[u8]) -> Box<dyn StorageFile> {
+    let f = s.create(Path::new(path)).unwrap();
+    f.write_all_at(bytes, 0).unwrap();
+    f
+}
+
+#[test]
+fn synced_bytes_and_synced_names_survive_a_power_cut() {
+    let s = SimStorage::new();
+    s.create_dir_all(Path::new("/d")).unwrap();
+    s.sync_dir(Path::new("/")).unwrap();
+    let f = write_file(&s, "/d/a", &[7u8; 1500]);
+    f.sync_data().unwrap();
+    s.sync_dir(Path::new("/d")).unwrap();
+    for seed in 0..20 {
+        let after = s.power_cut(seed);
+        assert_eq!(after.read(Path::new("/d/a")).unwrap(), vec![7u8; 1500]);
+    }
+}
+
+#[test]
+fn unsynced_create_vanishes_and_unsynced_directory_takes_its_files_along() {
+    let s = SimStorage::new();
+    s.create_dir_all(Path::new("/d")).unwrap();
+    let f = write_file(&s, "/d/a", b"x");
+    f.sync_all().unwrap();
+    s.sync_dir(Path::new("/d")).unwrap();
+    // "/d" itself was never made durable in "/".
+    let after = s.power_cut(1);
+    assert!(after.paths().is_empty(), "{:?}", after.paths());
+}
+
+#[test]
+fn unsynced_rename_reverts_and_unsynced_remove_reappears() {
+    let s = SimStorage::new();
+    let a = write_file(&s, "/a", b"old");
+    a.sync_all().unwrap();
+    let b = write_file(&s, "/b", b"gone");
+    b.sync_all().unwrap();
+    s.sync_dir(Path::new("/")).unwrap();
+    s.rename(Path::new("/a"), Path::new("/c")).unwrap();
+    s.remove_file(Path::new("/b")).unwrap();
+    assert_eq!(s.paths(), vec![PathBuf::from("/c")]);
+    let after = s.power_cut(3);
+    assert_eq!(after.read(Path::new("/a")).unwrap(), b"old");
+    assert_eq!(after.read(Path::new("/b")).unwrap(), b"gone");
+    assert!(after.read(Path::new("/c")).is_none());
+    let kept = s.power_cut_with(
+        3,
+        CutPolicy {
+            data: DataLoss::DropAll,
+            dirs: DirLoss::KeepAll,
+        },
+    );
+    assert_eq!(kept.paths(), vec![PathBuf::from("/c")]);
+}
+
+#[test]
+fn unsynced_sectors_are_dropped_kept_or_garbled_independently() {
+    let s = SimStorage::new();
+    let f = write_file(&s, "/f", &[0u8; 2048]);
+    f.sync_all().unwrap();
+    s.sync_dir(Path::new("/")).unwrap();
+    f.write_all_at(&[1u8; 2048], 0).unwrap();
+    let mut seen = BTreeSet::new();
+    for seed in 0..64 {
+        let bytes = s.power_cut(seed).read(Path::new("/f")).unwrap();
+        for sector in bytes.chunks(usize::try_from(SECTOR_LEN).unwrap()) {
+            seen.insert(if sector.iter().all(|&b| b == 0) {
+                "dropped"
+            } else if sector.iter().all(|&b| b == 1) {
+                "kept"
+            } else {
+                "garbled"
+            });
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // Same state, same seed: same image.
+    assert_eq!(
+        s.power_cut(9).read(Path::new("/f")),
+        s.power_cut(9).read(Path::new("/f"))
+    );
+}
+
+#[test]
+fn crash_point_fails_that_sync_and_freezes_everything_after() {
+    let s = SimStorage::new();
+    s.crash_at_sync(Some(2));
+    let f = write_file(&s, "/f", b"one");
+    f.sync_data().unwrap();
+    f.write_all_at(b"two", 3).unwrap();
+    assert!(f.sync_data().is_err());
+    assert!(s.crashed());
+    assert!(f.write_all_at(b"x", 0).is_err());
+    assert!(s.create(Path::new("/g")).is_err());
+    assert_eq!(s.sync_points(), 2);
+    // The name of "/f" was never synced: it is gone after the cut.
+    assert!(s.power_cut(0).paths().is_empty());
+}
+
+#[test]
+fn a_failed_sync_drops_its_changes_for_good_like_linux_write_back_errors() {
+    let s = SimStorage::new();
+    let f = write_file(&s, "/f", &[0u8; 1024]);
+    f.sync_all().unwrap();
+    s.sync_dir(Path::new("/")).unwrap();
+    s.fail_sync_at(Some(3));
+    f.write_all_at(&[1u8; 512], 0).unwrap();
+    assert!(f.sync_data().is_err());
+    assert!(!s.crashed(), "the storage goes on");
+    f.write_all_at(&[2u8; 512], 512).unwrap();
+    f.sync_data().unwrap();
+    let mut seen = vec![0u8; 1024];
+    f.read_exact_at(&mut seen, 0).unwrap();
+    assert_eq!(
+        &seen[..512],
+        &[1u8; 512],
+        "reads still see the dropped write"
+    );
+    let after = s.power_cut(5).read(Path::new("/f")).unwrap();
+    assert_eq!(&after[..512], &[0u8; 512], "a later sync did not save it");
+    assert_eq!(&after[512..], &[2u8; 512]);
+}
+
+#[test]
+fn a_restart_keeps_what_is_not_durable_until_a_power_cut() {
+    let s = SimStorage::new();
+    let f = write_file(&s, "/f", b"unsynced");
+    let _guard = s.lock_exclusive(Path::new("/LOCK"), "pid 1").unwrap();
+    let after = s.restart();
+    assert!(s.crashed(), "the dead process's storage is frozen");
+    assert!(f.write_all_at(b"x", 0).is_err());
+    assert_eq!(after.read(Path::new("/f")).unwrap(), b"unsynced");
+    drop(after.lock_exclusive(Path::new("/LOCK"), "pid 2").unwrap());
+    let cut = after.power_cut_with(
+        0,
+        CutPolicy {
+            data: DataLoss::DropAll,
+            dirs: DirLoss::ForgetAll,
+        },
+    );
+    assert!(cut.read(Path::new("/f")).is_none());
+}
+
+#[test]
+fn capacity_turns_growth_into_enospc() {
+    let s = SimStorage::new();
+    s.set_capacity(Some(1000));
+    let f = s.create(Path::new("/f")).unwrap();
+    f.write_all_at(&[1u8; 900], 0).unwrap();
+    let err = f.allocate(2000).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    f.write_all_at(&[2u8; 100], 0).unwrap();
+    assert_eq!(s.used_bytes(), 900);
+    s.remove_file(Path::new("/f")).unwrap();
+    assert_eq!(s.used_bytes(), 0);
+}
+
+#[test]
+fn lock_is_exclusive_until_dropped_and_released_by_a_power_cut() {
+    let s = SimStorage::new();
+    let guard = s.lock_exclusive(Path::new("/LOCK"), "pid 1").unwrap();
+    let err = s.lock_exclusive(Path::new("/LOCK"), "pid 2").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    assert_eq!(err.to_string(), "pid 1");
+    drop(guard);
+    let guard = s.lock_exclusive(Path::new("/LOCK"), "pid 3").unwrap();
+    let after = s.power_cut(0);
+    let held = after.lock_exclusive(Path::new("/LOCK"), "pid 4").unwrap();
+    drop(guard);
+    let err = after
+        .lock_exclusive(Path::new("/LOCK"), "pid 5")
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    drop(held);
+}
