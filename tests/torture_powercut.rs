@@ -521,7 +521,7 @@ fn provider_cut(seed: u64, policy: CutPolicy) -> SimCut {
     match policy.data {
         DataLoss::DropAll => SimCut::DropUnsynced,
         DataLoss::KeepAll => SimCut::KeepUnsynced,
-        _ => SimCut::Random(seed ^ 0xC07),
+        DataLoss::Random => SimCut::Random(seed ^ 0xC07),
     }
 }
 

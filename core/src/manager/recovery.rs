@@ -311,7 +311,10 @@ impl super::Inner {
     /// Claims the volumes of every pending operation on provider `id`: they
     /// stay busy until a later open can decide them.
     fn claim_pending_of(&self, id: &str) {
-        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut core = self
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let volumes: Vec<String> = core
             .state
             .pending

@@ -104,7 +104,7 @@ impl Inner {
     pub(super) fn sync_group(&self, id: &str) -> Arc<SyncGroup> {
         self.sync_groups
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(id.to_owned())
             .or_default()
             .clone()
@@ -115,11 +115,11 @@ impl Inner {
         tracing::error!(provider = %id, %reason, "provider unavailable until the manager is reopened");
         self.providers
             .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(id);
         self.unavailable
             .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id.to_owned(), reason.to_owned());
     }
 
