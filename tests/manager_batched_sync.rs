@@ -6,10 +6,11 @@
 //! the provider before deciding anything from what it shows.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
-use volmgr::provider::sim::{SimCall, SimCut, SimFault, SimProvider, When};
+use volmgr::provider::sim::{Gate, SimCall, SimCut, SimFault, SimProvider, When};
 use volmgr::provider::{
     Created, Durability, Found, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef,
     VolumeSpec,
@@ -106,6 +107,16 @@ fn sim_config(sim: &SimProvider) -> ManagerConfig {
     config(Arc::new(sim.clone()))
 }
 
+/// Whether a provider sync entered `gate` within a deadline. The deadline
+/// only bounds a failure (a path that skips the sync fails the test instead
+/// of hanging it); a passing run returns as soon as the sync enters.
+async fn sync_entered(gate: &Arc<Gate>) -> bool {
+    let gate = gate.clone();
+    tokio::task::spawn_blocking(move || gate.wait_entered_for(Duration::from_secs(60)))
+        .await
+        .expect("the waiting thread does not panic")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outcome_is_journaled_only_after_the_sync_covering_its_side_effect() {
     let dir = tempfile::tempdir().unwrap();
@@ -117,15 +128,11 @@ async fn an_outcome_is_journaled_only_after_the_sync_covering_its_side_effect() 
         let m = m.clone();
         async move { m.create_volume("default", Some("v"), Meta::new()).await }
     });
-    let held = gate.clone();
-    // Bounded: a path that never syncs fails here instead of hanging.
-    tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || held.wait_entered()),
-    )
-    .await
-    .expect("the create's effect reached a provider sync")
-    .unwrap();
+    // A path that never syncs fails here instead of hanging.
+    assert!(
+        sync_entered(&gate).await,
+        "the create's effect reached a provider sync"
+    );
     // The side effect happened; its sync is held: only the intent is durable.
     assert!(sim.volume_ids().contains(&"v".to_owned()));
     assert_eq!(m.stats().durable_seq, before + 1, "the intent, no outcome");
@@ -152,7 +159,6 @@ async fn operations_whose_effects_finish_during_a_sync_share_the_next_one() {
     let m = Manager::open(dir.path(), config(provider)).await.unwrap();
     let acknowledged = m.stats().operations;
     let gate = sim.hold_next(SimCall::Sync);
-    let held = gate.clone();
     const N: usize = 16;
     let creates: Vec<_> = (0..N)
         .map(|i| {
@@ -167,13 +173,7 @@ async fn operations_whose_effects_finish_during_a_sync_share_the_next_one() {
     for _ in 0..N {
         finished.recv().await.unwrap();
     }
-    tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || held.wait_entered()),
-    )
-    .await
-    .expect("a provider sync started")
-    .unwrap();
+    assert!(sync_entered(&gate).await, "a provider sync started");
     assert_eq!(
         m.stats().operations,
         acknowledged,

@@ -101,6 +101,21 @@ impl Gate {
         }
     }
 
+    /// Blocks until a call has entered the gate or `limit` has passed;
+    /// `true` if a call entered. For tests that must fail, not hang, when
+    /// the call never comes.
+    pub fn wait_entered_for(&self, limit: std::time::Duration) -> bool {
+        let s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (s, _) = self
+            .cond
+            .wait_timeout_while(s, limit, |s| !s.0)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.0
+    }
+
     /// Lets the held call continue.
     pub fn release(&self) {
         let mut s = self
