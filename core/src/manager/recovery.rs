@@ -1,6 +1,11 @@
 //! Reconciliation at open: runs `reconcile::decide` against each provider's
-//! inventory, performs each decision's provider step, and journals the
-//! resolution records.
+//! inventory, performs every decision's provider step, syncs each batched
+//! provider a step touched ONCE (not once per step), and only then journals
+//! the resolution records, so that no record becomes durable before its
+//! effect is. A batched provider is also synced before its inventory (a
+//! killed process may have left effects visible but not durable). A failed
+//! sync journals none of that provider's resolutions and takes it out of
+//! service; its pending operations stay pending and claimed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +36,7 @@ impl Manager {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         providers.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut provider_of: HashMap<usize, (String, Arc<dyn Provider>)> = HashMap::new();
+        let mut provider_of: HashMap<usize, Owner> = HashMap::new();
         for (id, provider) in &providers {
             let p = provider.clone();
             let inventory_started = Instant::now();
@@ -83,56 +88,48 @@ impl Manager {
             inner.claim_pending_of(id);
         }
 
+        // Which decisions to perform: ignored items are only reported, and
+        // nothing is decided for an unavailable provider.
+        let mut todo = Vec::with_capacity(decisions.len());
         for (i, d) in decisions.into_iter().enumerate() {
             if let Step::Ignore { found } = &d.step {
                 tracing::info!(item = %found.name, "reconcile: foreign item left alone");
                 report.foreign.push((found.name.clone(), d.detail.clone()));
                 continue;
             }
-            let (provider_id, provider) = provider_of.get(&i).cloned().unzip();
-            if let Some(id) = provider_id.as_deref()
+            let provider = provider_of.get(&i).cloned();
+            if let Some((id, _)) = &provider
                 && report.unavailable.iter().any(|(p, _)| p == id)
             {
                 continue;
             }
-            let touches_provider = matches!(
-                d.step,
-                Step::FinishThenDone { .. }
-                    | Step::DestroyThenDone { .. }
-                    | Step::KeepResumable { .. }
-                    | Step::AbortReceiveThenDone { .. }
-                    | Step::UndoThenFail { .. }
-            );
-            let action = d
-                .step
-                .op()
-                .and_then(|op| state.pending.get(&op))
-                .map_or("operation", |p| p.action.name());
-            let effect = {
-                let step = d.step.clone();
-                let state = state.clone();
-                tokio::task::spawn_blocking(move || {
-                    let effect = resolve(step, provider.as_deref(), action, &state);
-                    // The step's side effects are durable before its record.
-                    let synced = match provider {
-                        Some(p) if touches_provider && p.durability() == Durability::Batched => {
-                            p.sync().map_err(|e| format!("provider sync failed: {e}"))
-                        }
-                        _ => Ok(()),
-                    };
-                    (effect, synced)
-                })
+            todo.push((d, provider));
+        }
+        // Every resolution's side effect first, then ONE sync per batched
+        // provider that a resolution touched, and only then the records:
+        // no record becomes durable before its effect is durable (with a
+        // provider durable on return, the effect is durable when it returns).
+        let performed = {
+            let steps: Vec<_> = todo
+                .iter()
+                .map(|(d, provider)| (d.step.clone(), provider.clone()))
+                .collect();
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || perform(steps, &state))
                 .await
                 .map_err(|e| ManagerError::Internal(e.to_string()))?
-            };
-            let (effect, synced) = effect;
-            if let Err(why) = synced {
-                // Nothing of this provider is journaled from here on; its
-                // pending operations stay pending (claimed) until a later open.
-                let id = provider_id.unwrap_or_default();
-                inner.set_unavailable(&id, &why);
-                inner.claim_pending_of(&id);
-                report.unavailable.push((id, why));
+        };
+        for (id, why) in &performed.sync_failures {
+            // Nothing of this provider is journaled; its pending operations
+            // stay pending (claimed) until a later open.
+            inner.set_unavailable(id, why);
+            inner.claim_pending_of(id);
+            report.unavailable.push((id.clone(), why.clone()));
+        }
+        for ((d, provider), effect) in todo.into_iter().zip(performed.effects) {
+            if let Some((id, _)) = &provider
+                && performed.sync_failures.contains_key(id)
+            {
                 continue;
             }
             let Some(effect) = effect else {
@@ -164,6 +161,72 @@ impl Manager {
         stored.phases.inventory = inventory_time;
         stored.phases.reconcile = started.elapsed().saturating_sub(inventory_time);
         Ok(())
+    }
+}
+
+/// A provider with its id: the provider a decision belongs to.
+type Owner = (String, Arc<dyn Provider>);
+
+/// What [`perform`] did: each step's effect to journal (in step order) and
+/// the batched providers whose closing sync failed.
+struct Performed {
+    effects: Vec<Option<Effect>>,
+    /// Provider id → why its sync failed: none of its effects may be
+    /// journaled.
+    sync_failures: HashMap<String, String>,
+}
+
+/// Whether a step changes what a provider holds (its effect needs the
+/// provider's sync before its record, on a batched provider).
+fn touches_provider(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::FinishThenDone { .. }
+            | Step::DestroyThenDone { .. }
+            | Step::KeepResumable { .. }
+            | Step::AbortReceiveThenDone { .. }
+            | Step::ReapplyThenDone { .. }
+            | Step::UndoThenFail { .. }
+    )
+}
+
+/// Performs every step's provider side effect, then syncs each batched
+/// provider that a step touched, once (not once per step: recovery with
+/// thousands of pending operations must not cost thousands of syncs).
+/// Runs on one blocking thread.
+fn perform(steps: Vec<(Step, Option<Owner>)>, state: &State) -> Performed {
+    let mut to_sync: Vec<Owner> = Vec::new();
+    let mut effects = Vec::with_capacity(steps.len());
+    for (step, provider) in steps {
+        let action = step
+            .op()
+            .and_then(|op| state.pending.get(&op))
+            .map_or("operation", |p| p.action.name());
+        if let Some((id, p)) = &provider
+            && touches_provider(&step)
+            && p.durability() == Durability::Batched
+            && !to_sync.iter().any(|(synced, _)| synced == id)
+        {
+            to_sync.push((id.clone(), p.clone()));
+        }
+        effects.push(resolve(
+            step,
+            provider.as_ref().map(|(_, p)| p.as_ref()),
+            action,
+            state,
+        ));
+    }
+    let sync_failures = to_sync
+        .into_iter()
+        .filter_map(|(id, p)| {
+            p.sync()
+                .err()
+                .map(|e| (id, format!("provider sync failed: {e}")))
+        })
+        .collect();
+    Performed {
+        effects,
+        sync_failures,
     }
 }
 

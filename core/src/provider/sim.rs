@@ -300,6 +300,15 @@ impl SimProvider {
         s.calls.clear();
     }
 
+    /// How many times `call` was entered since the last [`Self::set_fault`].
+    pub fn calls(&self, call: SimCall) -> u64 {
+        self.lock()
+            .calls
+            .get(&format!("{call:?}/{:?}", When::Before))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Writes a file into a volume (what a container would do).
     pub fn write_file(&self, volume: &str, name: &str, data: &[u8]) {
         let mut s = self.lock();
