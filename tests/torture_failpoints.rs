@@ -10,7 +10,11 @@
 //!    disk: `SimStorage` capacities from empty to the workload's peak.
 //! 2. The same storage failpoints under the manager, and every simulated
 //!    provider call (create, snapshot, fork, destroy, send, receive,
-//!    inventory) failing before or after its side effect.
+//!    inventory) failing before or after its side effect; all of it twice:
+//!    with the provider durable on return, and with batched provider
+//!    durability, where the shared provider sync fails too (before or after
+//!    it made the changes durable) and a power cut takes a seeded part of
+//!    what the provider had not synced.
 //!
 //! After each run the faults are disarmed (space freed) and the state
 //! directory is reopened twice: as the process left it (poison, then reopen
@@ -37,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use torture_support::manager_workload as mw;
 use volmgr::journal::{Journal, JournalConfig, JournalRecord};
-use volmgr::provider::sim::{SimCall, SimFault, SimProvider, When};
+use volmgr::provider::sim::{SimCall, SimCut, SimFault, SimProvider, When};
 use volmgr::storage::Storage;
 use volmgr::storage::fault::{FaultKind, FaultOp, FaultPlan, FaultyStorage};
 use volmgr::storage::sim::SimStorage;
@@ -414,6 +418,7 @@ enum Fault {
 async fn manager_run(
     fault: Option<&Fault>,
     seed: u64,
+    batched: bool,
 ) -> (
     Vec<String>,
     mw::Model,
@@ -424,6 +429,9 @@ async fn manager_run(
     let sim_storage = SimStorage::new();
     let faulty = FaultyStorage::new(Arc::new(sim_storage.clone()));
     let sim = SimProvider::new();
+    if batched {
+        sim.set_batched(None);
+    }
     let setup = mw::open(
         Arc::new(faulty.clone()),
         &mw::CountingProvider::new(sim.clone()),
@@ -459,7 +467,9 @@ async fn manager_run(
     sim_storage.fail_sync_at(None);
     // Reopen as the process left it (same boot), work, and lose power then;
     // and, against the provider as the run left it, after a power cut.
-    let provider_then = sim.deep_copy();
+    // A power cut takes what the provider had not synced (each change kept
+    // or lost by the seed); a provider durable on return keeps everything.
+    let provider_then = sim.power_cut_copy(SimCut::Random(seed));
     let same_boot = sim_storage.restart();
     let cut = sim_storage.power_cut(seed);
     let mut lives = vec![("as left", same_boot.clone(), sim.clone())];
@@ -476,7 +486,7 @@ async fn manager_run(
         lives = vec![(
             "as left, worked on, then a power cut",
             same_boot.power_cut(seed ^ 1),
-            sim,
+            sim.power_cut_copy(SimCut::Random(seed ^ 1)),
         )];
     }
     lives.push(("after a power cut", cut, provider_then));
@@ -497,9 +507,11 @@ async fn manager_run(
 
 const ROUNDS_MANAGER: u32 = 3;
 
-async fn manager_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
+/// The manager failpoints, with the provider durable on return or with
+/// batched durability (then its shared sync is a failpoint too).
+async fn manager_failpoints(tally: &mut Tally, base_seed: u64, scale: u64, batched: bool) {
     let (problems, model, storage_calls, provider, sync_points) =
-        manager_run(None, base_seed).await;
+        manager_run(None, base_seed, batched).await;
     assert!(problems.is_empty(), "dry run: {problems:?}");
     assert!(model.errors == 0 && model.acked > 0, "dry run: {model:?}");
     assert_eq!(
@@ -519,6 +531,7 @@ async fn manager_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
         SimCall::Send,
         SimCall::Receive,
         SimCall::Inventory,
+        SimCall::Sync,
     ] {
         for nth in 1..=provider.calls(call) {
             for when in [When::Before, When::After] {
@@ -532,11 +545,15 @@ async fn manager_failpoints(tally: &mut Tally, base_seed: u64, scale: u64) {
         for s in 0..scale {
             i += 1;
             let seed = base_seed ^ (i << 16) ^ s;
-            let (problems, model, _, _, _) = manager_run(Some(fault), seed).await;
+            let (problems, model, _, _, _) = manager_run(Some(fault), seed, batched).await;
             tally.attempted_after_failure += model.attempted_after_failure;
             tally.accepted_after_failure += model.accepted_after_failure;
             tally.fired += u64::from(model.errors > 0);
-            tally.record(&format!("manager {fault:?}, seed {seed:#x}"), &problems);
+            let which = if batched { "batched" } else { "on return" };
+            tally.record(
+                &format!("manager ({which}) {fault:?}, seed {seed:#x}"),
+                &problems,
+            );
         }
     }
 }
@@ -549,7 +566,8 @@ async fn every_failpoint_at_every_trigger_loses_nothing_acknowledged_and_poisons
     journal_failpoints(&mut tally, base_seed, scale).await;
     journal_write_back_errors(&mut tally, base_seed, scale).await;
     let journal_combinations = tally.combinations;
-    manager_failpoints(&mut tally, base_seed, scale).await;
+    manager_failpoints(&mut tally, base_seed, scale, false).await;
+    manager_failpoints(&mut tally, base_seed, scale, true).await;
     println!(
         "failpoints: combinations {}, violations {}",
         tally.combinations, tally.violations

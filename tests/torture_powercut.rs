@@ -28,13 +28,18 @@
 //! it is a separate durable system): after every cut, open reconciles, and
 //! the provider's tagged items must equal the state's volumes, nothing may
 //! stay pending, no acknowledged create or destroy may be undone, and the
-//! manager must take new operations. It prints `manager power-cut sweep: ...`. Each crash point gets 2 fixed policies and 6
+//! manager must take new operations. It prints `manager power-cut sweep: ...`.
+//! It runs twice: with the provider durable on return, and with batched
+//! provider durability (the manager's shared provider sync is then a sync
+//! point of the sweep like the journal's, and a cut keeps none, all, or a
+//! seeded part of what the provider had not synced), likewise the kill then
+//! power-cut sweep. Each crash point gets 2 fixed policies and 6
 //! seeded ones; `VOLMGR_TORTURE_SCALE` multiplies the seeded ones.
 
 mod torture_support;
 
 use torture_support::manager_workload as mw;
-use volmgr::provider::sim::SimProvider;
+use volmgr::provider::sim::{SimCut, SimProvider};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -42,6 +47,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use volmgr::journal::{Journal, JournalConfig, JournalRecord, LogEnd, Recovery};
+use volmgr::storage::Storage;
 use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage, SplitMix64};
 
 const STATE_DIR: &str = "/state";
@@ -492,8 +498,44 @@ async fn power_cut_at_every_sync_point_loses_no_acknowledged_record_and_open_nev
 /// Manager workload rounds per run.
 const MANAGER_ROUNDS: u32 = 6;
 
+/// The directory of the journal's `SimStorage` the batched simulated
+/// provider syncs through, so its syncs are sync points of the sweep too.
+const PROVIDER_SYNC_DIR: &str = "/provider";
+
+/// A simulated provider for a sweep over `storage`: durable on return, or
+/// with batched durability whose sync is one of `storage`'s sync points.
+fn sweep_provider(storage: &SimStorage, batched: bool) -> SimProvider {
+    let sim = SimProvider::new();
+    if batched {
+        storage
+            .create_dir_all(Path::new(PROVIDER_SYNC_DIR))
+            .expect("sim storage takes a directory");
+        sim.set_batched(Some((Arc::new(storage.clone()), PROVIDER_SYNC_DIR.into())));
+    }
+    sim
+}
+
+/// What a cut with journal policy `policy` (seeded `seed`) does to the
+/// provider's unsynced changes.
+fn provider_cut(seed: u64, policy: CutPolicy) -> SimCut {
+    match policy.data {
+        DataLoss::DropAll => SimCut::DropUnsynced,
+        DataLoss::KeepAll => SimCut::KeepUnsynced,
+        DataLoss::Random => SimCut::Random(seed ^ 0xC07),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manager_power_cut_at_every_sync_point_keeps_provider_and_state_in_agreement() {
+    for batched in [false, true] {
+        manager_power_cut_sweep(batched).await;
+    }
+}
+
+/// The manager sweep, with the provider durable on return or batched (its
+/// shared sync a sync point like the journal's; a cut keeps none, all, or a
+/// seeded part of what it had not synced).
+async fn manager_power_cut_sweep(batched: bool) {
     let scale = torture_support::scale();
     let base_seed = torture_support::seed(0x5EED_0002);
     let (mut points, mut images, mut lost, mut open_failures, mut disagreements) =
@@ -503,7 +545,7 @@ async fn manager_power_cut_at_every_sync_point_keeps_provider_and_state_in_agree
     for point in 1..=100_000u64 {
         let storage = SimStorage::new();
         storage.crash_at_sync(Some(point));
-        let sim = SimProvider::new();
+        let sim = sweep_provider(&storage, batched);
         let mut model = mw::Model::default();
         if let Ok(m) = mw::open(
             Arc::new(storage.clone()),
@@ -548,8 +590,15 @@ async fn manager_power_cut_at_every_sync_point_keeps_provider_and_state_in_agree
         for (seed, policy) in cuts {
             images += 1;
             let image = storage.power_cut_with(seed, policy);
-            let sim = sim.deep_copy();
-            let label = format!("crash point {point}, seed {seed:#x}, {policy:?}");
+            let sim = sim.power_cut_copy(provider_cut(seed, policy));
+            let label = format!(
+                "{} provider, crash point {point}, seed {seed:#x}, {policy:?}",
+                if batched {
+                    "batched"
+                } else {
+                    "durable-on-return"
+                }
+            );
             let m = match mw::open(Arc::new(image), &mw::CountingProvider::new(sim.clone())).await {
                 Ok(m) => m,
                 Err(e) => {
@@ -580,8 +629,13 @@ async fn manager_power_cut_at_every_sync_point_keeps_provider_and_state_in_agree
             break;
         }
     }
+    let which = if batched {
+        "batched provider sync"
+    } else {
+        "provider durable on return"
+    };
     println!(
-        "manager power-cut sweep: crash points {points} x seeds {seeds_per_point} = {images}, acknowledged operations lost {lost}, open failures {open_failures}, provider/state disagreements {disagreements}"
+        "manager power-cut sweep ({which}): crash points {points} x seeds {seeds_per_point} = {images}, acknowledged operations lost {lost}, open failures {open_failures}, provider/state disagreements {disagreements}"
     );
     println!(
         "manager power-cut sweep detail: seed {base_seed:#x}, scale {scale}, rounds {MANAGER_ROUNDS}"
@@ -701,6 +755,12 @@ async fn kill_then_reopen_in_the_same_boot_then_power_cut_loses_nothing_either_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manager_kill_then_power_cut_during_the_next_open_keeps_provider_and_state_in_agreement() {
+    for batched in [false, true] {
+        manager_kill_then_cut_sweep(batched).await;
+    }
+}
+
+async fn manager_kill_then_cut_sweep(batched: bool) {
     let scale = torture_support::scale();
     let base_seed = torture_support::seed(0x5EED_0005);
     let (mut kills, mut cuts, mut images, mut open_failures, mut disagreements) =
@@ -709,7 +769,7 @@ async fn manager_kill_then_power_cut_during_the_next_open_keeps_provider_and_sta
     for point in 1..=100_000u64 {
         let storage = SimStorage::new();
         storage.crash_at_sync(Some(point));
-        let sim = SimProvider::new();
+        let sim = sweep_provider(&storage, batched);
         let mut model = mw::Model::default();
         if let Ok(m) = mw::open(
             Arc::new(storage.clone()),
@@ -728,7 +788,11 @@ async fn manager_kill_then_power_cut_during_the_next_open_keeps_provider_and_sta
         for k in 1..=1_000u64 {
             let second = storage.restart();
             second.crash_at_sync(Some(k));
+            // Same boot: the provider keeps what it had not synced too.
             let sim2 = sim.deep_copy();
+            if batched {
+                sim2.set_sync_through(Some((Arc::new(second.clone()), PROVIDER_SYNC_DIR.into())));
+            }
             if let Ok(m) = mw::open(
                 Arc::new(second.clone()),
                 &mw::CountingProvider::new(sim2.clone()),
@@ -754,7 +818,7 @@ async fn manager_kill_then_power_cut_during_the_next_open_keeps_provider_and_sta
             for (seed, policy) in policies {
                 images += 1;
                 let image = second.power_cut_with(seed, policy);
-                let sim3 = sim2.deep_copy();
+                let sim3 = sim2.power_cut_copy(provider_cut(seed, policy));
                 let label = format!(
                     "kill at sync point {point}, cut at the next life's sync point {k}, seed {seed:#x}, {policy:?}"
                 );
@@ -782,7 +846,12 @@ async fn manager_kill_then_power_cut_during_the_next_open_keeps_provider_and_sta
         }
     }
     println!(
-        "manager kill then power-cut sweep: kill points {kills}, cuts in the next life {cuts}, images {images}, open failures {open_failures}, provider/state disagreements {disagreements}"
+        "manager kill then power-cut sweep ({}): kill points {kills}, cuts in the next life {cuts}, images {images}, open failures {open_failures}, provider/state disagreements {disagreements}",
+        if batched {
+            "batched provider sync"
+        } else {
+            "provider durable on return"
+        }
     );
     failures.truncate(10);
     assert!(

@@ -26,7 +26,8 @@ use volmgr::agent::{Agent, AgentError, Client, Peers, ServeOptions};
 use volmgr::manager::{Manager, ManagerConfig};
 use volmgr::provider::sim::SimProvider;
 use volmgr::provider::{
-    Created, Found, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef, VolumeSpec,
+    Created, Durability, Found, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef,
+    VolumeSpec,
 };
 use volmgr::state::OpId;
 
@@ -270,6 +271,12 @@ impl Provider for GateProvider {
     }
     fn config(&self) -> ProviderConfig {
         ProviderConfig::new()
+    }
+    fn durability(&self) -> Durability {
+        self.sim.durability()
+    }
+    fn sync(&self) -> Result<(), ProviderError> {
+        self.sim.sync()
     }
     fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
         self.sim.create_volume(spec)

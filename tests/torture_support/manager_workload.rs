@@ -13,8 +13,8 @@ use volmgr::journal::JournalConfig;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::sim::{SimCall, SimProvider};
 use volmgr::provider::{
-    Created, Found, PartialReceive, Provider, ProviderConfig, ProviderError, ProviderFactory,
-    SendStats, VolumeRef, VolumeSpec,
+    Created, Durability, Found, PartialReceive, Provider, ProviderConfig, ProviderError,
+    ProviderFactory, SendStats, VolumeRef, VolumeSpec,
 };
 use volmgr::state::{DETAIL_RESUME_TOKEN, Meta, OpId, VolumeStatus};
 use volmgr::storage::Storage;
@@ -69,6 +69,13 @@ impl Provider for CountingProvider {
     }
     fn config(&self) -> ProviderConfig {
         self.inner.config()
+    }
+    fn durability(&self) -> Durability {
+        self.inner.durability()
+    }
+    fn sync(&self) -> Result<(), ProviderError> {
+        self.count(SimCall::Sync);
+        self.inner.sync()
     }
     fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
         self.count(SimCall::Create);
@@ -231,7 +238,12 @@ impl Model {
                 // still have happened (its intent may be durable, the
                 // provider may have acted): the volume is no longer promised.
                 if let Some(id) = destroyed
-                    && matches!(e, ManagerError::Journal(_) | ManagerError::Provider { .. })
+                    && matches!(
+                        e,
+                        ManagerError::Journal(_)
+                            | ManagerError::Provider { .. }
+                            | ManagerError::ProviderUnavailable { .. }
+                    )
                 {
                     self.must_exist.remove(id);
                 }

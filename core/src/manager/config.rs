@@ -212,4 +212,7 @@ pub struct ManagerStats {
     /// Time the journal's commits spent writing and in `fdatasync` (each
     /// commit once, however many operations it carried).
     pub journal_sync_ns: u64,
+    /// Batched provider syncs run for operations (each shared by every
+    /// operation whose side effect completed before it started).
+    pub provider_syncs: u64,
 }

@@ -25,6 +25,7 @@ mod apply_props;
 mod attributes;
 mod config;
 mod overlap;
+mod provider_sync;
 mod recovery;
 mod replay;
 mod transfer;
@@ -102,6 +103,8 @@ pub(super) struct Inner {
     state_dir: PathBuf,
     report: Mutex<ReconcileReport>,
     counters: Counters,
+    /// The shared sync of each provider with batched durability.
+    sync_groups: Mutex<HashMap<String, Arc<provider_sync::SyncGroup>>>,
 }
 
 /// One page of [`Manager::volume_page`].
@@ -198,6 +201,7 @@ impl Manager {
             state_dir,
             report: Mutex::new(report),
             counters: Counters::default(),
+            sync_groups: Mutex::new(HashMap::new()),
         });
         let manager = Manager { inner };
 
@@ -293,6 +297,14 @@ impl Manager {
             journal_wait_ns: self.inner.counters.journal_wait_ns.load(Ordering::Relaxed),
             journal_sync_ns: u64::try_from(self.inner.journal.sync_time().as_nanos())
                 .unwrap_or(u64::MAX),
+            provider_syncs: self
+                .inner
+                .sync_groups
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .map(|g| g.syncs.load(Ordering::Relaxed))
+                .sum(),
         }
     }
 

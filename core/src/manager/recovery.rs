@@ -1,13 +1,18 @@
 //! Reconciliation at open: runs `reconcile::decide` against each provider's
-//! inventory, performs each decision's provider step, and journals the
-//! resolution records.
+//! inventory, performs every decision's provider step, syncs each batched
+//! provider a step touched ONCE (not once per step), and only then journals
+//! the resolution records, so that no record becomes durable before its
+//! effect is. A batched provider is also synced before its inventory (a
+//! killed process may have left effects visible but not durable). A failed
+//! sync journals none of that provider's resolutions and takes it out of
+//! service; its pending operations stay pending and claimed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Manager, ManagerError, ReconcileReport, done, found_ref, now_ms, volume_ref};
-use crate::provider::Provider;
+use crate::provider::{Durability, Provider};
 use crate::reconcile::{self, Step};
 use crate::state::{Action, Done, Effect, OpResult, Record, State, VolumeKind};
 
@@ -31,13 +36,22 @@ impl Manager {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         providers.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut provider_of: HashMap<usize, Arc<dyn Provider>> = HashMap::new();
+        let mut provider_of: HashMap<usize, Owner> = HashMap::new();
         for (id, provider) in &providers {
             let p = provider.clone();
             let inventory_started = Instant::now();
-            let found = tokio::task::spawn_blocking(move || p.inventory())
-                .await
-                .map_err(|e| ManagerError::Internal(e.to_string()))?;
+            // A provider with batched durability may hold side effects of the
+            // previous run that are visible but not durable (a killed process
+            // leaves them in the page cache): make them durable before
+            // anything is decided from them.
+            let found = tokio::task::spawn_blocking(move || {
+                if p.durability() == Durability::Batched {
+                    p.sync()?;
+                }
+                p.inventory()
+            })
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
             inventory_time += inventory_started.elapsed();
             let found = match found {
                 Ok(found) => found,
@@ -55,7 +69,7 @@ impl Manager {
             let start = decisions.len();
             decisions.extend(reconcile::decide(&state, Some(id), &found));
             for i in start..decisions.len() {
-                provider_of.insert(i, provider.clone());
+                provider_of.insert(i, (id.clone(), provider.clone()));
             }
         }
         for (id, reason) in inner
@@ -70,23 +84,13 @@ impl Manager {
         }
         // Pending operations on unavailable providers stay pending, and their
         // volumes stay claimed until a later open can decide them.
-        let unavailable: Vec<String> = report.unavailable.iter().map(|(p, _)| p.clone()).collect();
-        {
-            let mut core = inner
-                .core
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for p in core.state.pending.values().cloned().collect::<Vec<_>>() {
-                if reconcile::provider_of(&core.state, &p.action)
-                    .is_some_and(|id| unavailable.contains(&id))
-                {
-                    for v in p.action.volumes() {
-                        core.busy.insert(v.to_owned());
-                    }
-                }
-            }
+        for (id, _) in &report.unavailable {
+            inner.claim_pending_of(id);
         }
 
+        // Which decisions to perform: ignored items are only reported, and
+        // nothing is decided for an unavailable provider.
+        let mut todo = Vec::with_capacity(decisions.len());
         for (i, d) in decisions.into_iter().enumerate() {
             if let Step::Ignore { found } = &d.step {
                 tracing::info!(item = %found.name, "reconcile: foreign item left alone");
@@ -94,20 +98,40 @@ impl Manager {
                 continue;
             }
             let provider = provider_of.get(&i).cloned();
-            let action = d
-                .step
-                .op()
-                .and_then(|op| state.pending.get(&op))
-                .map_or("operation", |p| p.action.name());
-            let effect = {
-                let step = d.step.clone();
-                let state = state.clone();
-                tokio::task::spawn_blocking(move || {
-                    resolve(step, provider.as_deref(), action, &state)
-                })
+            if let Some((id, _)) = &provider
+                && report.unavailable.iter().any(|(p, _)| p == id)
+            {
+                continue;
+            }
+            todo.push((d, provider));
+        }
+        // Every resolution's side effect first, then ONE sync per batched
+        // provider that a resolution touched, and only then the records:
+        // no record becomes durable before its effect is durable (with a
+        // provider durable on return, the effect is durable when it returns).
+        let performed = {
+            let steps: Vec<_> = todo
+                .iter()
+                .map(|(d, provider)| (d.step.clone(), provider.clone()))
+                .collect();
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || perform(steps, &state))
                 .await
                 .map_err(|e| ManagerError::Internal(e.to_string()))?
-            };
+        };
+        for (id, why) in &performed.sync_failures {
+            // Nothing of this provider is journaled; its pending operations
+            // stay pending (claimed) until a later open.
+            inner.set_unavailable(id, why);
+            inner.claim_pending_of(id);
+            report.unavailable.push((id.clone(), why.clone()));
+        }
+        for ((d, provider), effect) in todo.into_iter().zip(performed.effects) {
+            if let Some((id, _)) = &provider
+                && performed.sync_failures.contains_key(id)
+            {
+                continue;
+            }
             let Some(effect) = effect else {
                 continue;
             };
@@ -137,6 +161,72 @@ impl Manager {
         stored.phases.inventory = inventory_time;
         stored.phases.reconcile = started.elapsed().saturating_sub(inventory_time);
         Ok(())
+    }
+}
+
+/// A provider with its id: the provider a decision belongs to.
+type Owner = (String, Arc<dyn Provider>);
+
+/// What [`perform`] did: each step's effect to journal (in step order) and
+/// the batched providers whose closing sync failed.
+struct Performed {
+    effects: Vec<Option<Effect>>,
+    /// Provider id → why its sync failed: none of its effects may be
+    /// journaled.
+    sync_failures: HashMap<String, String>,
+}
+
+/// Whether a step changes what a provider holds (its effect needs the
+/// provider's sync before its record, on a batched provider).
+fn touches_provider(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::FinishThenDone { .. }
+            | Step::DestroyThenDone { .. }
+            | Step::KeepResumable { .. }
+            | Step::AbortReceiveThenDone { .. }
+            | Step::ReapplyThenDone { .. }
+            | Step::UndoThenFail { .. }
+    )
+}
+
+/// Performs every step's provider side effect, then syncs each batched
+/// provider that a step touched, once (not once per step: recovery with
+/// thousands of pending operations must not cost thousands of syncs).
+/// Runs on one blocking thread.
+fn perform(steps: Vec<(Step, Option<Owner>)>, state: &State) -> Performed {
+    let mut to_sync: Vec<Owner> = Vec::new();
+    let mut effects = Vec::with_capacity(steps.len());
+    for (step, provider) in steps {
+        let action = step
+            .op()
+            .and_then(|op| state.pending.get(&op))
+            .map_or("operation", |p| p.action.name());
+        if let Some((id, p)) = &provider
+            && touches_provider(&step)
+            && p.durability() == Durability::Batched
+            && !to_sync.iter().any(|(synced, _)| synced == id)
+        {
+            to_sync.push((id.clone(), p.clone()));
+        }
+        effects.push(resolve(
+            step,
+            provider.as_ref().map(|(_, p)| p.as_ref()),
+            action,
+            state,
+        ));
+    }
+    let sync_failures = to_sync
+        .into_iter()
+        .filter_map(|(id, p)| {
+            p.sync()
+                .err()
+                .map(|e| (id, format!("provider sync failed: {e}")))
+        })
+        .collect();
+    Performed {
+        effects,
+        sync_failures,
     }
 }
 
@@ -278,4 +368,23 @@ fn resolve(
         Step::Ignore { .. } => return None,
     };
     Some(Effect::Resolve { op, result })
+}
+
+impl super::Inner {
+    /// Claims the volumes of every pending operation on provider `id`: they
+    /// stay busy until a later open can decide them.
+    fn claim_pending_of(&self, id: &str) {
+        let mut core = self
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let volumes: Vec<String> = core
+            .state
+            .pending
+            .values()
+            .filter(|p| reconcile::provider_of(&core.state, &p.action).as_deref() == Some(id))
+            .flat_map(|p| p.action.volumes().into_iter().map(str::to_owned))
+            .collect();
+        core.busy.extend(volumes);
+    }
 }

@@ -12,15 +12,17 @@
 //! **Invariant:** an id is either exclusively claimed once, or shared-claimed
 //! any number of times, never both.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use uuid::Uuid;
 
+use super::provider_sync::SyncGroup;
 use super::{Inner, ManagerError, now_ms};
 use crate::journal::{self};
-use crate::provider::{Provider, ProviderConfig, ProviderError};
+use crate::provider::{Durability, Provider, ProviderConfig, ProviderError};
 use crate::state::{Action, Done, OpId, OpResult, Record, State, Volume};
 
 /// Nanoseconds since `t`, saturating (a u64 holds 584 years of them).
@@ -96,6 +98,29 @@ impl Inner {
             });
         }
         Err(ManagerError::NoSuchProvider(id.to_owned()))
+    }
+
+    /// The shared sync of provider `id` (see `provider_sync`).
+    pub(super) fn sync_group(&self, id: &str) -> Arc<SyncGroup> {
+        self.sync_groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Takes provider `id` out of service until the next open.
+    pub(super) fn set_unavailable(&self, id: &str, reason: &str) {
+        tracing::error!(provider = %id, %reason, "provider unavailable until the manager is reopened");
+        self.providers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+        self.unavailable
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned(), reason.to_owned());
     }
 
     pub(super) fn volume(&self, id: &str) -> Result<Volume, ManagerError> {
@@ -194,10 +219,38 @@ impl Inner {
         let mut journal_ns = nanos_since(started);
         self.submit(seq, intent);
         self.wait_applied(seq).await?;
-        let result = tokio::task::spawn_blocking(move || effect(op))
-            .await
-            .map_err(|e| ProviderError::Other(format!("provider call panicked: {e}")))
-            .and_then(|r| r);
+        // The provider's batched durability step, if it has one: run on the
+        // effect's own thread right after it (no further hand-off).
+        let batched = self
+            .provider(provider_id)
+            .ok()
+            .filter(|p| p.durability() == Durability::Batched)
+            .map(|p| (p, self.sync_group(provider_id)));
+        let (result, synced) = tokio::task::spawn_blocking(move || {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(move || effect(op)))
+                .unwrap_or_else(|_| Err(ProviderError::Other("provider call panicked".into())));
+            // Whatever the effect did (or undid) is durable before its
+            // outcome may be: one sync shared with every operation whose
+            // effect completed before it started.
+            let synced = match &batched {
+                Some((provider, group)) => group.sync_after(provider.as_ref()),
+                None => Ok(()),
+            };
+            (result, synced)
+        })
+        .await
+        .map_err(|e| ManagerError::Internal(format!("provider task failed: {e}")))?;
+        if let Err(cause) = synced {
+            // Not known to be durable: no outcome may be journaled. The intent
+            // stays pending, its volumes claimed, and the provider is
+            // unavailable until a reopen reconciles what it really holds.
+            claim.keep = true;
+            self.set_unavailable(provider_id, &cause);
+            return Err(ManagerError::ProviderUnavailable {
+                provider: provider_id.to_owned(),
+                reason: cause,
+            });
+        }
         let (outcome, error) = match result {
             Ok(done) => (OpResult::Done(done), None),
             Err(e) => (

@@ -230,10 +230,37 @@ pub struct SendStats {
     pub resumed: bool,
 }
 
+/// When a provider's side effects are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A verb returns only once its side effect is durable (ZFS: `zfs create`
+    /// and `zfs snapshot` return after their transaction group synced).
+    OnReturn,
+    /// Verbs return before their side effects are durable, and
+    /// [`Provider::sync`] makes every side effect completed before it
+    /// durable. The manager runs one `sync` for all the operations whose
+    /// outcomes go into the next journal commit, and journals an outcome
+    /// only after the `sync` covering its side effect returned.
+    Batched,
+}
+
 /// A storage provider. All methods block; all side effects are idempotent.
 pub trait Provider: Send + Sync + fmt::Debug {
     /// `dir`, `btrfs`, `zfs`, ...
     fn kind(&self) -> &'static str;
+
+    /// When this provider's side effects are durable (see [`Durability`]).
+    fn durability(&self) -> Durability {
+        Durability::OnReturn
+    }
+
+    /// With [`Durability::Batched`]: makes every side effect that completed
+    /// before this call durable. A failure means some may not be: the
+    /// manager then journals none of their outcomes. `OnReturn` providers
+    /// have nothing to do.
+    fn sync(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
 
     /// The configuration to journal so the provider can be rebuilt at open.
     fn config(&self) -> ProviderConfig;

@@ -13,18 +13,29 @@
 //! receive with the token `1_<offset hex>_<guid>_<base guid or 0>`, and a
 //! sender continues a stream from such a token; [`SimProvider::cut_sends`]
 //! cuts a sender's streams short after N bytes.
+//!
+//! Batched durability, simulated: with [`SimProvider::set_batched`], side
+//! effects on items are visible at once but durable only after
+//! [`Provider::sync`] (partial receives, a ZFS feature, stay durable when
+//! their call returns, as on ZFS);
+//! [`SimProvider::power_cut_copy`] is the provider a power cut leaves (the
+//! state of the last sync, plus any unsynced change a seed chooses to keep).
+//! The sync can go through a [`Storage`] directory sync, so a power-cut sweep
+//! over that storage counts it as one of its sync points.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Created, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
+    Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
     ProviderFactory, SendStats, Tag, VolumeRef, VolumeSpec,
 };
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::storage::Storage;
 
 pub const KIND: &str = "sim";
 
@@ -38,6 +49,8 @@ pub enum SimCall {
     Send,
     Receive,
     Inventory,
+    /// The batched durability step ([`Provider::sync`]).
+    Sync,
 }
 
 /// Whether the injected failure comes before or after the side effect.
@@ -88,6 +101,21 @@ impl Gate {
         }
     }
 
+    /// Blocks until a call has entered the gate or `limit` has passed;
+    /// `true` if a call entered. For tests that must fail, not hang, when
+    /// the call never comes.
+    pub fn wait_entered_for(&self, limit: std::time::Duration) -> bool {
+        let s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (s, _) = self
+            .cond
+            .wait_timeout_while(s, limit, |s| !s.0)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.0
+    }
+
     /// Lets the held call continue.
     pub fn release(&self) {
         let mut s = self
@@ -130,6 +158,50 @@ struct Store {
     partial_bytes: BTreeMap<String, Vec<u8>>,
     resumable: bool,
     cut_sends: Option<usize>,
+    /// Batched durability: what the last sync made durable (`None`: every
+    /// side effect is durable when its call returns).
+    durable: Option<Persistent>,
+    /// A directory sync that stands for this provider's sync.
+    sync_through: Option<(Arc<dyn Storage>, PathBuf)>,
+}
+
+/// What a simulated power cut does to the changes made since the last sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimCut {
+    DropUnsynced,
+    KeepUnsynced,
+    /// Each changed item kept or lost as a seed decides.
+    Random(u64),
+}
+
+/// What a power cut takes back to the last sync: the tagged items. (Partial
+/// receives, a ZFS feature, are durable when their call returns, as on ZFS.)
+#[derive(Debug, Default, Clone)]
+struct Persistent {
+    items: BTreeMap<String, Item>,
+}
+
+impl Store {
+    fn persistent(&self) -> Persistent {
+        Persistent {
+            items: self.items.clone(),
+        }
+    }
+}
+
+/// Keeps, per key, the current value or the durable one (absent if absent).
+fn cut_map<V: Clone>(
+    now: &BTreeMap<String, V>,
+    durable: &BTreeMap<String, V>,
+    keep: &mut impl FnMut() -> bool,
+) -> BTreeMap<String, V> {
+    let keys: std::collections::BTreeSet<&String> = now.keys().chain(durable.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let pick = if keep() { now.get(k) } else { durable.get(k) };
+            pick.map(|v| (k.clone(), v.clone()))
+        })
+        .collect()
 }
 
 /// The simulated provider. Cheap to clone; clones share the store.
@@ -166,6 +238,56 @@ impl SimProvider {
         }
     }
 
+    /// From now on side effects are durable only after [`Provider::sync`]
+    /// (whatever exists now counts as durable). The sync first syncs
+    /// directory `through.1` of storage `through.0`, when given, and fails
+    /// if that fails.
+    pub fn set_batched(&self, through: Option<(Arc<dyn Storage>, PathBuf)>) {
+        let mut s = self.lock();
+        s.durable = Some(s.persistent());
+        s.sync_through = through;
+    }
+
+    /// Makes the sync go through directory `through.1` of storage
+    /// `through.0` (or through nothing): the same provider, on the storage
+    /// of the next life of a power-cut sweep.
+    pub fn set_sync_through(&self, through: Option<(Arc<dyn Storage>, PathBuf)>) {
+        self.lock().sync_through = through;
+    }
+
+    /// The provider a power cut leaves: a copy (faults, gate and sync path
+    /// cleared) holding what the last sync made durable, and of the changes
+    /// made since, none, all, or each as a seed decides. Without batched
+    /// durability, an exact copy. The copy keeps batched durability.
+    pub fn power_cut_copy(&self, cut: SimCut) -> SimProvider {
+        let mut copy = self.lock().clone();
+        copy.sync_through = None;
+        copy.gate = None;
+        copy.fault = None;
+        if let Some(durable) = copy.durable.take() {
+            let mut x = match cut {
+                SimCut::Random(seed) => seed | 1,
+                _ => 1,
+            };
+            let mut keep = || match cut {
+                SimCut::DropUnsynced => false,
+                SimCut::KeepUnsynced => true,
+                SimCut::Random(_) => {
+                    // xorshift64: deterministic per seed.
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x & 1 == 1
+                }
+            };
+            copy.items = cut_map(&copy.items, &durable.items, &mut keep);
+            copy.durable = Some(copy.persistent());
+        }
+        SimProvider {
+            store: Arc::new(Mutex::new(copy)),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store
             .lock()
@@ -176,6 +298,15 @@ impl SimProvider {
         let mut s = self.lock();
         s.fault = fault;
         s.calls.clear();
+    }
+
+    /// How many times `call` was entered since the last [`Self::set_fault`].
+    pub fn calls(&self, call: SimCall) -> u64 {
+        self.lock()
+            .calls
+            .get(&format!("{call:?}/{:?}", When::Before))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Writes a file into a volume (what a container would do).
@@ -514,6 +645,31 @@ impl Provider for SimProvider {
 
     fn config(&self) -> ProviderConfig {
         ProviderConfig::new()
+    }
+
+    fn durability(&self) -> Durability {
+        if self.lock().durable.is_some() {
+            Durability::Batched
+        } else {
+            Durability::OnReturn
+        }
+    }
+
+    fn sync(&self) -> Result<(), ProviderError> {
+        self.check(SimCall::Sync, When::Before)?;
+        let through = self.lock().sync_through.clone();
+        if let Some((storage, dir)) = through {
+            storage
+                .sync_dir(&dir)
+                .map_err(|e| ProviderError::io(format!("syncing {}", dir.display()), e))?;
+        }
+        {
+            let mut s = self.lock();
+            if s.durable.is_some() {
+                s.durable = Some(s.persistent());
+            }
+        }
+        self.check(SimCall::Sync, When::After)
     }
 
     fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {

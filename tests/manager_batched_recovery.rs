@@ -1,0 +1,200 @@
+//! Recovery on a provider with batched durability: at open, every
+//! resolution's side effect runs first, then ONE provider sync covers them
+//! all, and only then are the resolutions journaled. One sync per resolution
+//! would make a restart with many pending operations cost as many syncs; a
+//! record journaled before its effect's sync could, after a power cut, claim
+//! an effect the provider no longer holds.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use uuid::Uuid;
+use volmgr::journal::{Journal, JournalConfig};
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::provider::sim::{SimCall, SimCut, SimFault, SimProvider, When};
+use volmgr::provider::{Presence, Provider};
+use volmgr::state::{Action, Done, Meta, OpResult, ProviderRecord, Record, VolumeKind};
+
+const T0: u64 = 1_700_000_000_000;
+/// Pending creates whose volume the provider holds half-made (each is
+/// finished at open) and pending destroys of volumes it holds (each is
+/// destroyed at open): every one a resolution that changes the provider.
+const HALF_MADE: u128 = 6;
+const DESTROYING: u128 = 3;
+
+fn op(n: u128) -> Uuid {
+    Uuid::from_u128(n)
+}
+
+fn config(sim: &SimProvider) -> ManagerConfig {
+    let mut config = ManagerConfig::default();
+    config.factories.insert("sim".into(), sim.factory());
+    config
+}
+
+fn created(n: u128) -> String {
+    format!("c{n}")
+}
+
+fn destroyed(n: u128) -> String {
+    format!("d{n}")
+}
+
+/// A journal as a killed process leaves it (provider `p` registered, every
+/// operation pending), and a batched provider holding what those operations
+/// did before the kill, all of it durable.
+async fn killed_mid_operations(dir: &Path) -> SimProvider {
+    let sim = SimProvider::new();
+    let mut records = vec![
+        Record::Intent {
+            op: op(1),
+            at_ms: T0,
+            action: Action::AddProvider(ProviderRecord {
+                id: "p".into(),
+                kind: "sim".into(),
+                config: BTreeMap::new(),
+            }),
+        },
+        Record::Outcome {
+            op: op(1),
+            at_ms: T0,
+            result: OpResult::Done(Done::default()),
+        },
+    ];
+    for i in 0..HALF_MADE {
+        let n = 100 + i;
+        records.push(Record::Intent {
+            op: op(n),
+            at_ms: T0,
+            action: Action::CreateVolume {
+                provider: "p".into(),
+                volume: created(i),
+                meta: Meta::new(),
+            },
+        });
+        sim.plant_orphan(&created(i), op(n), VolumeKind::Data, false);
+    }
+    for i in 0..DESTROYING {
+        let (made, destroying) = (200 + i, 300 + i);
+        records.extend([
+            Record::Intent {
+                op: op(made),
+                at_ms: T0,
+                action: Action::CreateVolume {
+                    provider: "p".into(),
+                    volume: destroyed(i),
+                    meta: Meta::new(),
+                },
+            },
+            Record::Outcome {
+                op: op(made),
+                at_ms: T0,
+                result: OpResult::Done(Done {
+                    location: format!("sim://{}", destroyed(i)),
+                    details: BTreeMap::new(),
+                }),
+            },
+            Record::Intent {
+                op: op(destroying),
+                at_ms: T0,
+                action: Action::DestroyVolume {
+                    volume: destroyed(i),
+                },
+            },
+        ]);
+        sim.plant_orphan(&destroyed(i), op(made), VolumeKind::Data, true);
+    }
+    let (journal, _) = Journal::<Record>::open(dir, JournalConfig::default()).unwrap();
+    for r in &records {
+        journal.append(r).await.unwrap();
+    }
+    journal.close().await;
+    // What exists now is durable; from here on, changes wait for a sync.
+    sim.set_batched(None);
+    sim
+}
+
+/// The resolution records of the journal in `dir`.
+fn resolutions(dir: &Path) -> usize {
+    let (_journal, recovery) = Journal::<Record>::open(dir, JournalConfig::default()).unwrap();
+    recovery
+        .records
+        .iter()
+        .filter(|(_, r)| matches!(r, Record::Reconciled { .. }))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_syncs_a_batched_provider_once_for_all_its_resolutions() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = killed_mid_operations(dir.path()).await;
+    sim.set_fault(None); // counts calls from here
+    let m = Manager::open(dir.path(), config(&sim)).await.unwrap();
+    assert!(m.state().pending.is_empty(), "every operation resolved");
+    let resolved = HALF_MADE + DESTROYING;
+    assert_eq!(m.reconcile_report().resolutions.len() as u128, resolved);
+    assert_eq!(
+        sim.calls(SimCall::Sync),
+        2,
+        "one sync before the inventory and one for all {resolved} resolutions \
+         (one per resolution would be {})",
+        resolved + 1
+    );
+    m.close().await;
+    assert_eq!(resolutions(dir.path()) as u128, resolved);
+    // What the journal now says is durable on the provider: a power cut
+    // that takes every unsynced change leaves exactly the finished volumes,
+    // complete, and none of the destroyed ones.
+    let cut = sim.power_cut_copy(SimCut::DropUnsynced);
+    let found = cut.inventory().unwrap();
+    let mut names: Vec<String> = found
+        .iter()
+        .filter_map(|f| f.tag.as_ref().map(|t| t.volume.clone()))
+        .collect();
+    names.sort();
+    assert_eq!(names, (0..HALF_MADE).map(created).collect::<Vec<_>>());
+    assert!(
+        found.iter().all(|f| f.presence == Presence::Complete),
+        "finished before the sync: {found:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_after_the_resolutions_journals_none_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = killed_mid_operations(dir.path()).await;
+    // Sync #1 runs before the inventory; #2 is the one covering the
+    // resolutions' effects.
+    sim.set_fault(Some(SimFault {
+        call: SimCall::Sync,
+        when: When::Before,
+        nth: 2,
+    }));
+    let m = Manager::open(dir.path(), config(&sim)).await.unwrap();
+    assert_eq!(sim.calls(SimCall::Sync), 2);
+    assert_eq!(
+        m.state().pending.len() as u128,
+        HALF_MADE + DESTROYING,
+        "nothing resolved: the effects may not be durable"
+    );
+    assert!(m.reconcile_report().resolutions.is_empty());
+    let next = m.create_volume("p", Some("w"), Meta::new()).await;
+    assert!(
+        matches!(next, Err(ManagerError::ProviderUnavailable { .. })),
+        "the provider is out of service until a reopen: {next:?}"
+    );
+    m.close().await;
+    assert_eq!(resolutions(dir.path()), 0, "no resolution journaled");
+
+    // The next open decides from what the provider durably holds.
+    sim.set_fault(None);
+    let m = Manager::open(dir.path(), config(&sim)).await.unwrap();
+    assert!(m.state().pending.is_empty(), "every operation resolved");
+    let mut live: Vec<String> = m.state().volumes.keys().cloned().collect();
+    live.sort();
+    assert_eq!(live, (0..HALF_MADE).map(created).collect::<Vec<_>>());
+    m.create_volume("p", Some("w"), Meta::new())
+        .await
+        .expect("the provider serves again");
+    m.close().await;
+}

@@ -1,0 +1,245 @@
+//! Provider durability as a batched step (`Durability::Batched`): the path is
+//! intent → side effect → one provider sync shared by the operations whose
+//! effects completed before it → outcome. An outcome is journaled only after
+//! the sync covering its side effect returned; a failed sync journals no
+//! outcome and takes the provider out of service until a reopen, which syncs
+//! the provider before deciding anything from what it shows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::provider::sim::{Gate, SimCall, SimCut, SimFault, SimProvider, When};
+use volmgr::provider::{
+    Created, Durability, Found, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef,
+    VolumeSpec,
+};
+use volmgr::state::{Meta, OpId};
+
+/// A simulated provider with batched durability that reports each finished
+/// create (its side effect done, its sync not yet).
+#[derive(Debug, Clone)]
+struct Signalling {
+    sim: SimProvider,
+    created: mpsc::UnboundedSender<()>,
+}
+
+impl Provider for Signalling {
+    fn kind(&self) -> &'static str {
+        "sim"
+    }
+    fn config(&self) -> ProviderConfig {
+        ProviderConfig::new()
+    }
+    fn durability(&self) -> Durability {
+        self.sim.durability()
+    }
+    fn sync(&self) -> Result<(), ProviderError> {
+        self.sim.sync()
+    }
+    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
+        let created = self.sim.create_volume(spec);
+        let _ = self.created.send(());
+        created
+    }
+    fn create_snapshot(
+        &self,
+        source: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        self.sim.create_snapshot(source, spec)
+    }
+    fn fork_volume(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        self.sim.fork_volume(snapshot, spec)
+    }
+    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        self.sim.destroy(volume)
+    }
+    fn send_snapshot(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<SendStats, ProviderError> {
+        self.sim.send_snapshot(snapshot, base, out)
+    }
+    fn receive_snapshot(
+        &self,
+        target: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+        input: &mut dyn std::io::Read,
+    ) -> Result<Created, ProviderError> {
+        self.sim.receive_snapshot(target, spec, input)
+    }
+    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
+        self.sim.inventory()
+    }
+    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
+        self.sim.finish(found)
+    }
+    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
+        self.sim.abort_partial(op)
+    }
+}
+
+fn batched_sim() -> SimProvider {
+    let sim = SimProvider::new();
+    sim.set_batched(None);
+    sim
+}
+
+fn config(provider: Arc<dyn Provider>) -> ManagerConfig {
+    let mut config = ManagerConfig::default();
+    config.factories.insert(
+        "sim".into(),
+        Arc::new(move |_: &ProviderConfig| Ok(provider.clone())),
+    );
+    config.default_provider = Some(Box::new(|| Ok(("sim".into(), ProviderConfig::new()))));
+    config
+}
+
+fn sim_config(sim: &SimProvider) -> ManagerConfig {
+    config(Arc::new(sim.clone()))
+}
+
+/// Whether a provider sync entered `gate` within a deadline. The deadline
+/// only bounds a failure (a path that skips the sync fails the test instead
+/// of hanging it); a passing run returns as soon as the sync enters.
+async fn sync_entered(gate: &Arc<Gate>) -> bool {
+    let gate = gate.clone();
+    tokio::task::spawn_blocking(move || gate.wait_entered_for(Duration::from_secs(60)))
+        .await
+        .expect("the waiting thread does not panic")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_is_journaled_only_after_the_sync_covering_its_side_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = batched_sim();
+    let m = Manager::open(dir.path(), sim_config(&sim)).await.unwrap();
+    let before = m.stats().durable_seq;
+    let gate = sim.hold_next(SimCall::Sync);
+    let create = tokio::spawn({
+        let m = m.clone();
+        async move { m.create_volume("default", Some("v"), Meta::new()).await }
+    });
+    // A path that never syncs fails here instead of hanging.
+    assert!(
+        sync_entered(&gate).await,
+        "the create's effect reached a provider sync"
+    );
+    // The side effect happened; its sync is held: only the intent is durable.
+    assert!(sim.volume_ids().contains(&"v".to_owned()));
+    assert_eq!(m.stats().durable_seq, before + 1, "the intent, no outcome");
+    assert!(m.volume("v").is_err(), "not applied, not acknowledged");
+    gate.release();
+    create.await.unwrap().expect("acknowledged after the sync");
+    assert_eq!(m.stats().durable_seq, before + 2);
+    assert_eq!(m.stats().provider_syncs, 1);
+    // What was acknowledged survives a power cut that takes every unsynced change.
+    let cut = sim.power_cut_copy(SimCut::DropUnsynced);
+    assert!(cut.volume_ids().contains(&"v".to_owned()));
+    m.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_whose_effects_finish_during_a_sync_share_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = batched_sim();
+    let (created, mut finished) = mpsc::unbounded_channel();
+    let provider = Arc::new(Signalling {
+        sim: sim.clone(),
+        created,
+    });
+    let m = Manager::open(dir.path(), config(provider)).await.unwrap();
+    let acknowledged = m.stats().operations;
+    let gate = sim.hold_next(SimCall::Sync);
+    const N: usize = 16;
+    let creates: Vec<_> = (0..N)
+        .map(|i| {
+            let m = m.clone();
+            tokio::spawn(async move {
+                m.create_volume("default", Some(&format!("v{i}")), Meta::new())
+                    .await
+            })
+        })
+        .collect();
+    // Every side effect is done while the first sync is held.
+    for _ in 0..N {
+        finished.recv().await.unwrap();
+    }
+    assert!(sync_entered(&gate).await, "a provider sync started");
+    assert_eq!(
+        m.stats().operations,
+        acknowledged,
+        "nothing acknowledged before a sync"
+    );
+    gate.release();
+    for c in creates {
+        c.await.unwrap().expect("acknowledged");
+    }
+    let syncs = m.stats().provider_syncs;
+    // One held sync covered the first effect; the rest share the next one
+    // (a thread descheduled between its effect and its sync call may need
+    // one more). One sync per create would be N.
+    assert!(
+        (1..N as u64 / 2).contains(&syncs),
+        "{N} creates shared the syncs: {syncs} syncs"
+    );
+    let cut = sim.power_cut_copy(SimCut::DropUnsynced);
+    assert_eq!(
+        cut.volume_ids().len(),
+        N,
+        "every acknowledged create is durable"
+    );
+    m.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_journals_no_outcome_and_a_reopen_reconciles_the_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = batched_sim();
+    let m = Manager::open(dir.path(), sim_config(&sim)).await.unwrap();
+    let before = m.stats().durable_seq;
+    sim.set_fault(Some(SimFault {
+        call: SimCall::Sync,
+        when: When::Before,
+        nth: 1,
+    }));
+    let failed = m.create_volume("default", Some("v"), Meta::new()).await;
+    assert!(
+        matches!(failed, Err(ManagerError::ProviderUnavailable { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(m.stats().durable_seq, before + 1, "the intent only");
+    assert!(m.state().pending.len() == 1, "the operation stays pending");
+    let next = m.create_volume("default", Some("w"), Meta::new()).await;
+    assert!(
+        matches!(next, Err(ManagerError::ProviderUnavailable { .. })),
+        "the provider is out of service until a reopen: {next:?}"
+    );
+    m.close().await;
+
+    sim.set_fault(None);
+    let m = Manager::open(dir.path(), sim_config(&sim)).await.unwrap();
+    assert!(m.state().pending.is_empty());
+    assert!(
+        m.volume("v").is_ok(),
+        "rolled forward: the provider shows it"
+    );
+    // The reopen made what it decided from durable before deciding.
+    assert!(
+        sim.power_cut_copy(SimCut::DropUnsynced)
+            .volume_ids()
+            .contains(&"v".to_owned())
+    );
+    m.create_volume("default", Some("w"), Meta::new())
+        .await
+        .expect("the provider serves again");
+    m.close().await;
+}
