@@ -8,29 +8,21 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use uuid::Uuid;
 use volmgr::journal::{Journal, JournalConfig};
-use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::manager::{Manager, ManagerError};
 use volmgr::provider::sim::{SimCall, SimCut, SimFault, SimProvider, When};
 use volmgr::provider::{Presence, Provider};
-use volmgr::state::{Action, Done, Meta, OpResult, ProviderRecord, Record, VolumeKind};
+use volmgr::state::{Action, Done, Meta, OpResult, Record, VolumeKind};
 
-const T0: u64 = 1_700_000_000_000;
+#[path = "common/sim_journal.rs"]
+mod sim_journal;
+use sim_journal::{T0, config, op, provider_records};
+
 /// Pending creates whose volume the provider holds half-made (each is
 /// finished at open) and pending destroys of volumes it holds (each is
 /// destroyed at open): every one a resolution that changes the provider.
 const HALF_MADE: u128 = 6;
 const DESTROYING: u128 = 3;
-
-fn op(n: u128) -> Uuid {
-    Uuid::from_u128(n)
-}
-
-fn config(sim: &SimProvider) -> ManagerConfig {
-    let mut config = ManagerConfig::default();
-    config.factories.insert("sim".into(), sim.factory());
-    config
-}
 
 fn created(n: u128) -> String {
     format!("c{n}")
@@ -45,22 +37,7 @@ fn destroyed(n: u128) -> String {
 /// did before the kill, all of it durable.
 async fn killed_mid_operations(dir: &Path) -> SimProvider {
     let sim = SimProvider::new();
-    let mut records = vec![
-        Record::Intent {
-            op: op(1),
-            at_ms: T0,
-            action: Action::AddProvider(ProviderRecord {
-                id: "p".into(),
-                kind: "sim".into(),
-                config: BTreeMap::new(),
-            }),
-        },
-        Record::Outcome {
-            op: op(1),
-            at_ms: T0,
-            result: OpResult::Done(Done::default()),
-        },
-    ];
+    let mut records = provider_records();
     for i in 0..HALF_MADE {
         let n = 100 + i;
         records.push(Record::Intent {

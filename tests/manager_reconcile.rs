@@ -5,47 +5,18 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use uuid::Uuid;
 use volmgr::journal::{Journal, JournalConfig};
-use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::manager::Manager;
 use volmgr::provider::sim::SimProvider;
 use volmgr::state::{
     Action, Case, DETAIL_RESUME_GUID, DETAIL_RESUME_SNAPSHOT, DETAIL_RESUME_SOURCE,
     DETAIL_RESUME_TOKEN, Done, Effect, META_PULL_SNAPSHOT, META_PULL_SOURCE, Meta, OpResult,
-    ProviderRecord, Record, VolumeKind, VolumeStatus,
+    Record, VolumeKind, VolumeStatus,
 };
 
-const T0: u64 = 1_700_000_000_000;
-
-fn config(sim: &SimProvider) -> ManagerConfig {
-    let mut config = ManagerConfig::default();
-    config.factories.insert("sim".into(), sim.factory());
-    config
-}
-
-fn op(n: u128) -> Uuid {
-    Uuid::from_u128(n)
-}
-
-/// Provider `p` registered, as the journal would hold it.
-fn provider_records() -> Vec<Record> {
-    vec![
-        Record::Intent {
-            op: op(1),
-            at_ms: T0,
-            action: Action::AddProvider(ProviderRecord {
-                id: "p".into(),
-                kind: "sim".into(),
-                config: BTreeMap::new(),
-            }),
-        },
-        Record::Outcome {
-            op: op(1),
-            at_ms: T0,
-            result: OpResult::Done(Done::default()),
-        },
-    ]
-}
+#[path = "common/sim_journal.rs"]
+mod sim_journal;
+use sim_journal::{T0, config, op, provider_records};
 
 fn create_intent(n: u128, volume: &str) -> Record {
     Record::Intent {
