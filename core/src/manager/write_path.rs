@@ -206,9 +206,6 @@ impl Inner {
         let started = Instant::now();
         let op = Uuid::now_v7();
         let name = action.name();
-        let span = tracing::info_span!("op", %op, kind = name, volume = ?action.volumes().first());
-        let entered = span.enter();
-        drop(entered);
         let intent = Record::Intent {
             op,
             at_ms: now_ms(),

@@ -439,6 +439,41 @@ impl BtrfsProvider {
             partial: None,
         }
     }
+
+    /// A btrfs snapshot of the `from` subvolume `source` as the new volume of
+    /// `kind` (read-only for a snapshot, writable for a fork), tagged with
+    /// `source` as its parent: the one body of `create_snapshot` and
+    /// `fork_volume`.
+    fn snapshot_of(
+        &self,
+        from: VolumeKind,
+        source: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+        kind: VolumeKind,
+    ) -> Result<Created, ProviderError> {
+        check_id(source.id)?;
+        let src = self.location(from, source.id);
+        let tag = Tag {
+            volume: spec.id.to_string(),
+            op: spec.op,
+            kind,
+            parent: Some(source.id.to_string()),
+        };
+        self.make(&tag, |vol| {
+            if !is_subvolume(&src) {
+                let what = match from {
+                    VolumeKind::Data => "volume",
+                    VolumeKind::Snapshot => "snapshot",
+                };
+                return Err(ProviderError::NotFound(format!("{what} {}", source.id)));
+            }
+            let mut cmd = self.btrfs().arg("subvolume").arg("snapshot");
+            if kind == VolumeKind::Snapshot {
+                cmd = cmd.arg("-r");
+            }
+            cmd.path_arg(&src)?.path_arg(vol)?.run().map(drop)
+        })
+    }
 }
 
 impl Provider for BtrfsProvider {
@@ -527,27 +562,7 @@ impl Provider for BtrfsProvider {
         source: &VolumeRef<'_>,
         spec: &VolumeSpec<'_>,
     ) -> Result<Created, ProviderError> {
-        check_id(source.id)?;
-        let src = self.location(VolumeKind::Data, source.id);
-        let tag = Tag {
-            volume: spec.id.to_string(),
-            op: spec.op,
-            kind: VolumeKind::Snapshot,
-            parent: Some(source.id.to_string()),
-        };
-        self.make(&tag, |vol| {
-            if !is_subvolume(&src) {
-                return Err(ProviderError::NotFound(format!("volume {}", source.id)));
-            }
-            self.btrfs()
-                .arg("subvolume")
-                .arg("snapshot")
-                .arg("-r")
-                .path_arg(&src)?
-                .path_arg(vol)?
-                .run()
-                .map(drop)
-        })
+        self.snapshot_of(VolumeKind::Data, source, spec, VolumeKind::Snapshot)
     }
 
     fn fork_volume(
@@ -555,26 +570,7 @@ impl Provider for BtrfsProvider {
         snapshot: &VolumeRef<'_>,
         spec: &VolumeSpec<'_>,
     ) -> Result<Created, ProviderError> {
-        check_id(snapshot.id)?;
-        let src = self.location(VolumeKind::Snapshot, snapshot.id);
-        let tag = Tag {
-            volume: spec.id.to_string(),
-            op: spec.op,
-            kind: VolumeKind::Data,
-            parent: Some(snapshot.id.to_string()),
-        };
-        self.make(&tag, |vol| {
-            if !is_subvolume(&src) {
-                return Err(ProviderError::NotFound(format!("snapshot {}", snapshot.id)));
-            }
-            self.btrfs()
-                .arg("subvolume")
-                .arg("snapshot")
-                .path_arg(&src)?
-                .path_arg(vol)?
-                .run()
-                .map(drop)
-        })
+        self.snapshot_of(VolumeKind::Snapshot, snapshot, spec, VolumeKind::Data)
     }
 
     fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
