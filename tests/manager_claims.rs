@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::provider::SendStats;
 use volmgr::provider::sim::SimProvider;
 use volmgr::state::Meta;
 
@@ -23,37 +24,70 @@ async fn open(dir: &std::path::Path, sim: &SimProvider) -> Manager {
     manager
 }
 
-#[tokio::test]
-async fn a_snapshot_being_sent_cannot_be_destroyed_but_can_be_sent_and_forked_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let sim = SimProvider::new();
-    let m = open(dir.path(), &sim).await;
-    m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
-    sim.write_file("v", "f", &vec![7u8; 100_000]);
-    let s = m.create_snapshot("v", Meta::new()).await.unwrap();
+/// A manager whose volume `v` holds a 100,000-byte file of `fill`, its
+/// snapshot, and a send of that snapshot into a 64-byte pipe whose first 16
+/// bytes have been read: the send is in progress and holds its claim.
+struct SendInProgress {
+    m: Manager,
+    snapshot: String,
+    first: [u8; 16],
+    reader: tokio::io::DuplexStream,
+    sending: tokio::task::JoinHandle<Result<SendStats, ManagerError>>,
+}
 
-    // A send into a pipe nobody reads: it stays in progress.
+async fn send_in_progress(dir: &std::path::Path, fill: u8) -> SendInProgress {
+    let sim = SimProvider::new();
+    let m = open(dir, &sim).await;
+    m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    sim.write_file("v", "f", &vec![fill; 100_000]);
+    let s = m.create_snapshot("v", Meta::new()).await.unwrap();
     let (writer, mut reader) = tokio::io::duplex(64);
     let sending = tokio::spawn({
         let m = m.clone();
         let id = s.id.clone();
         async move { m.send_snapshot(&id, &[], writer).await }
     });
-    // The first bytes arrive: the send holds its claim now.
     let mut first = [0u8; 16];
     reader.read_exact(&mut first).await.unwrap();
+    SendInProgress {
+        m,
+        snapshot: s.id,
+        first,
+        reader,
+        sending,
+    }
+}
 
-    let err = m.destroy_volume(&s.id).await.unwrap_err();
+#[tokio::test]
+async fn a_snapshot_being_sent_cannot_be_destroyed_but_can_be_sent_and_forked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // A send into a pipe nobody reads stays in progress; its first bytes
+    // arrived, so it holds its claim now.
+    let SendInProgress {
+        m,
+        snapshot,
+        first,
+        mut reader,
+        sending,
+    } = send_in_progress(dir.path(), 7).await;
+
+    let err = m.destroy_volume(&snapshot).await.unwrap_err();
     assert!(
-        matches!(&err, ManagerError::Busy(id) if *id == s.id),
+        matches!(&err, ManagerError::Busy(id) if *id == snapshot),
         "{err}"
     );
     // Readers share it.
     let mut other = Vec::new();
-    m.send_snapshot(&s.id, &[], &mut other).await.unwrap();
+    m.send_snapshot(&snapshot, &[], &mut other).await.unwrap();
     assert!(other.len() > 100_000);
-    let fork = m.fork_volume(&s.id, Some("f"), Meta::new()).await.unwrap();
-    let fork2 = m.fork_volume(&s.id, Some("g"), Meta::new()).await.unwrap();
+    let fork = m
+        .fork_volume(&snapshot, Some("f"), Meta::new())
+        .await
+        .unwrap();
+    let fork2 = m
+        .fork_volume(&snapshot, Some("g"), Meta::new())
+        .await
+        .unwrap();
     // A snapshot of the volume (not the one being sent) is not held up.
     m.create_snapshot("v", Meta::new()).await.unwrap();
 
@@ -68,27 +102,21 @@ async fn a_snapshot_being_sent_cannot_be_destroyed_but_can_be_sent_and_forked_ag
     for id in [&fork.id, &fork2.id] {
         m.destroy_volume(id).await.unwrap();
     }
-    m.destroy_volume(&s.id).await.unwrap();
+    m.destroy_volume(&snapshot).await.unwrap();
 }
 
 #[tokio::test]
 async fn a_send_whose_receiver_goes_away_releases_its_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = SimProvider::new();
-    let m = open(dir.path(), &sim).await;
-    m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
-    sim.write_file("v", "f", &vec![1u8; 100_000]);
-    let s = m.create_snapshot("v", Meta::new()).await.unwrap();
-    let (writer, mut reader) = tokio::io::duplex(64);
-    let sending = tokio::spawn({
-        let m = m.clone();
-        let id = s.id.clone();
-        async move { m.send_snapshot(&id, &[], writer).await }
-    });
-    let mut first = [0u8; 16];
-    reader.read_exact(&mut first).await.unwrap();
+    let SendInProgress {
+        m,
+        snapshot,
+        reader,
+        sending,
+        ..
+    } = send_in_progress(dir.path(), 1).await;
     assert!(matches!(
-        m.destroy_volume(&s.id).await,
+        m.destroy_volume(&snapshot).await,
         Err(ManagerError::Busy(_))
     ));
     drop(reader);
@@ -98,5 +126,5 @@ async fn a_send_whose_receiver_goes_away_releases_its_snapshot() {
         .unwrap()
         .unwrap_err();
     assert!(matches!(err, ManagerError::Stream(_)), "{err}");
-    m.destroy_volume(&s.id).await.unwrap();
+    m.destroy_volume(&snapshot).await.unwrap();
 }
