@@ -124,6 +124,51 @@ fn code<T>(r: Result<T, tonic::Status>) -> Code {
     }
 }
 
+/// Connects to the unix socket `path` as user and group 65534 (nobody):
+/// `Ok` if the connection was made, else the connecting process's stderr.
+fn connect_as_nobody(path: &Path) -> Result<(), String> {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])",
+        ])
+        .arg(path)
+        .output()
+        .expect("setpriv and /usr/bin/python3 run (util-linux, python3)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A local user without root reaches the agent's CSI service only through
+/// its socket: the socket's own mode must keep them out even where the
+/// directory above it lets everyone through.
+#[tokio::test]
+async fn a_local_unprivileged_user_cannot_connect_to_the_csi_socket() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("VOLMGR_REQUIRE_ROOT").as_deref() != Ok("1"),
+            "VOLMGR_REQUIRE_ROOT=1 but this test needs root (setpriv to nobody)"
+        );
+        println!("SKIP a_local_unprivileged_user_cannot_connect_to_the_csi_socket: needs root");
+        return;
+    }
+    let p = plugin().await;
+    let parent = p.socket.parent().unwrap();
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let refused = connect_as_nobody(&p.socket).expect_err("nobody connected to a 0600 socket");
+    assert!(refused.contains("PermissionError"), "{refused}");
+    // The same attempt succeeds once the socket's mode lets others in: the
+    // refusal above comes from the socket's mode, not from the setup.
+    std::fs::set_permissions(&p.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    connect_as_nobody(&p.socket).expect("nobody connects to a 0666 socket");
+}
+
 #[tokio::test]
 async fn the_socket_is_owner_only_and_a_stale_socket_is_replaced_but_a_file_is_not() {
     let p = plugin().await;
