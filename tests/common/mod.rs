@@ -166,6 +166,83 @@ impl BtrfsFs {
     }
 }
 
+impl BtrfsFs {
+    /// Remounts with extra `options` (say `commit=600`, so no periodic
+    /// transaction commit happens during a test).
+    pub fn remount_with(&self, options: &str) {
+        run(
+            "mount",
+            &[
+                "-o",
+                &format!("remount,{options}"),
+                self.mnt.to_str().unwrap(),
+            ],
+        )
+        .expect("remount");
+    }
+
+    /// What a power cut at this instant leaves: a copy of the image holding
+    /// what btrfs has written to the device so far (its committed
+    /// transactions and log tree; nothing of the page cache), mounted
+    /// read-only elsewhere. Take it while nothing runs on the file system.
+    /// The kernel mounts such a clone of a mounted single-device btrfs under
+    /// a temporary fsid (Linux 6.7 and later).
+    pub fn power_cut_image(&self) -> PowerCutImage {
+        let n = self.dir.path().read_dir().unwrap().count();
+        let image = self.dir.path().join(format!("cut-{n}.img"));
+        let (from, to) = (self.dir.path().join("fs.img"), image.clone());
+        run(
+            "cp",
+            &["--sparse=always", from.to_str().unwrap(), to.to_str().unwrap()],
+        )
+        .expect("copy the image");
+        let dev = run("losetup", &["-f", "--show", image.to_str().unwrap()])
+            .expect("attach the copy");
+        let mnt = self.dir.path().join(format!("cut-{n}"));
+        fs::create_dir(&mnt).unwrap();
+        let mounted = run(
+            "mount",
+            &[
+                "-t",
+                "btrfs",
+                "-o",
+                "ro,nosuid,nodev",
+                &dev,
+                mnt.to_str().unwrap(),
+            ],
+        );
+        let cut = PowerCutImage { dev, mnt, image };
+        if let Err(e) = mounted {
+            drop(cut);
+            panic!("mounting the power-cut image (needs Linux 6.7+ for a clone's temporary fsid): {e}");
+        }
+        cut
+    }
+}
+
+/// A power-cut image of a [`BtrfsFs`], mounted read-only; unmounted,
+/// detached and deleted on drop.
+pub struct PowerCutImage {
+    dev: String,
+    mnt: PathBuf,
+    image: PathBuf,
+}
+
+impl PowerCutImage {
+    /// The mount point: the file system as the next boot would find it.
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+}
+
+impl Drop for PowerCutImage {
+    fn drop(&mut self) {
+        let _ = run("umount", &[self.mnt.to_str().unwrap_or_default()]);
+        let _ = run("losetup", &["-d", &self.dev]);
+        let _ = fs::remove_file(&self.image);
+    }
+}
+
 impl Drop for BtrfsFs {
     fn drop(&mut self) {
         let mnt = self.mnt.to_str().unwrap_or_default().to_owned();

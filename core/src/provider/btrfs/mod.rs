@@ -31,7 +31,8 @@
 //! # Ownership tags
 //!
 //! The tag is the one-line file `tag`: `volume=<id> op=<uuid> kind=<data|snapshot> parent=<id|->`,
-//! written temp + fsync + rename + directory fsync. Extended attributes on
+//! written temp + write-back + rename, with no sync (see "Durability": its
+//! content enters the running transaction first). Extended attributes on
 //! the subvolume root are not used on purpose: they travel with the data, so
 //! every snapshot, fork and *received copy* (send streams carry xattrs) would
 //! inherit a tag that lies about which volume it is; a read-only snapshot
@@ -65,10 +66,10 @@
 //!
 //! - create / snapshot / fork: stage `tag`, then `btrfs subvolume create`, or
 //!   `snapshot -r <root>/data/<src>/vol`, or `snapshot <root>/snapshot/<s>/vol`,
-//!   into `stage/<op>/vol`; `syncfs`; rename into place. Idempotent: the same
+//!   into `stage/<op>/vol`; rename into place. Idempotent: the same
 //!   op finds its item in place (done) or its stage (finished); another op
 //!   gets `AlreadyExists`.
-//! - destroy: `btrfs subvolume delete --commit-after` of `vol` (retried a few
+//! - destroy: `btrfs subvolume delete` of `vol` (retried a few
 //!   times while busy, then [`ProviderError::Busy`]), then the container goes
 //!   to trash. Succeeds if absent; refuses an untagged item. A snapshot with
 //!   forks can be deleted without harm (btrfs forks are independent
@@ -81,7 +82,7 @@
 //!   it to `in/vol` (same directory) and tag `in`; make a writable snapshot of
 //!   it and *exchange* it with the target's `vol` (`RENAME_EXCHANGE`, atomic);
 //!   rename `in` to `snapshot/<id>`; `syncfs`; commit by moving `stage/<op>` to
-//!   trash; `syncfs`; delete the old target content. The target's path stays
+//!   trash; delete the old target content. The target's path stays
 //!   the same; processes holding files of the old content open keep reading
 //!   the old content. If anything fails or the process dies before the commit,
 //!   [`Provider::abort_partial`] exchanges the target's old content back, so a
@@ -102,12 +103,69 @@
 //! volumes. The subvolume test is `st_ino == 256` (every subvolume root has
 //! that inode number).
 //!
+//! # Durability
+//!
+//! [`Durability::Batched`]: verbs return with their changes in the running
+//! btrfs transaction, and [`Provider::sync`] is `syncfs` of the root, which
+//! writes back dirty data and commits the transaction; the manager runs one
+//! for all the operations whose outcomes go into the next journal commit.
+//!
+//! The argument is the *transaction prefix*. Without `fsync`, btrfs persists
+//! metadata only by committing whole transactions, in order; a power cut
+//! leaves the state of the last committed one. The provider never `fsync`s
+//! (an `fsync` writes the log tree and can make one file's change durable
+//! ahead of earlier changes), so after a power cut the provider's namespace
+//! holds a *prefix* of the steps of its verbs, in the order they ran. File
+//! *data* is the exception: a commit does not include data still in the
+//! page cache (unless mounted `flushoncommit`); the provider writes two
+//! kinds of data, tags and received streams, and orders each below. Per verb,
+//! what runs without syncs, what a power cut before the batched sync can
+//! leave (every case is then resolved by reconciliation, since the outcome
+//! was not journaled), and what the batched sync makes durable:
+//!
+//! - **tags**: written, written back (`sync_file_range`, no flush), renamed:
+//!   the content is in the transaction before any later step, so a
+//!   container that reached the disk has its whole tag.
+//! - **create / snapshot / fork**: stage + tag, subvolume (a snapshot
+//!   commits a transaction by itself; a create does not on recent kernels),
+//!   rename into place. A power cut leaves nothing or an untagged stage (no
+//!   item: aborted), a tagged stage (incomplete: finished or aborted), or
+//!   the item in place with tag and subvolume (complete). The batched sync
+//!   makes the item in place durable.
+//! - **destroy**: subvolume deletion (no `--commit-after`), container to
+//!   trash. A power cut leaves the item complete (destroyed again), a stale
+//!   container (absent) or trash (purged at the next start). The batched
+//!   sync makes the deletion durable.
+//! - **receive**: everything up to placing the snapshot is metadata, except
+//!   the received files' data, which `btrfs receive` writes through the
+//!   page cache: one `syncfs` *inside* the verb writes it back and commits
+//!   before the commit point (moving the stage to trash), so a committed
+//!   receive never has missing content. Before it, a power cut leaves the
+//!   stage, which [`Provider::abort_partial`] undoes (exchanging the
+//!   target's old content back). The batched sync makes the commit point
+//!   and the deletion of the old content durable.
+//! - **abort_partial** (undo of a receive): the exchange back, then the
+//!   stage to trash, with no sync between: a transaction holding the latter
+//!   holds the former. **finish** (making a snapshot read-only, or a staged
+//!   create) and **set_capacity** (`qgroup limit`, in the running
+//!   transaction) are made durable by the batched sync as well (reconciliation
+//!   syncs each provider it touched before journaling its resolutions).
+//! - **send** changes nothing.
+//!
+//! The prefix holds for the provider's own directories. Writes and `fsync`s
+//! by users inside volumes go to those subvolumes' own log trees; the
+//! journal must live outside the root (its `fsync`s log its own files).
+//!
 //! # Limits
 //!
 //! Subvolumes a user creates *inside* a volume make its deletion fail (btrfs
 //! cannot delete a subvolume that contains another); the error is reported.
-//! `syncfs` after each creating step makes the result durable before the
-//! manager journals the outcome; deletions use `--commit-after`.
+//! A tag is inline metadata only while it fits `max_inline` (default 2048
+//! bytes; a tag is about 120): on a file system mounted `max_inline=0` its
+//! extent is recorded when the write completes, which a racing commit may
+//! miss, so a power cut could leave a staged or placed container with an
+//! empty tag (reported foreign, never destroyed). The batched sync writes
+//! back every dirty file of the file system, users' data included.
 
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsStr};
@@ -124,7 +182,7 @@ use uuid::Uuid;
 
 use super::cmd::Cmd;
 use super::{
-    Created, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory, SendStats,
+    Created, Durability, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory, SendStats,
     Tag, VolumeRef, VolumeSpec,
 };
 use crate::fsutil;
@@ -182,11 +240,8 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ProviderError
     move |e| ProviderError::io(context, e)
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), ProviderError> {
-    fsutil::fsync_dir(dir).map_err(io_err(format!("fsync {}", dir.display())))
-}
-
-/// Commits the file system's transaction (`syncfs`).
+/// Writes back every dirty file of the file system, then commits its
+/// transaction (`syncfs`): everything done on it before is durable.
 fn syncfs(path: &Path) -> Result<(), ProviderError> {
     fsutil::syncfs(path).map_err(io_err(format!("syncfs {}", path.display())))
 }
@@ -399,11 +454,13 @@ impl BtrfsProvider {
             write_tag(&stage, tag)?;
         }
         let vol = stage.join(VOL);
+        // No sync here: the tag's content is in the running transaction
+        // (see `write_tag`), so whatever transaction holds the rename below
+        // holds the tag and the subvolume too (module doc, "Durability").
         let result = (|| {
             if !is_subvolume(&vol) {
                 build(&vol)?;
             }
-            syncfs(&self.root)?;
             self.commit(&stage, tag.kind, &tag.volume)
         })();
         if let Err(e) = result {
@@ -424,8 +481,7 @@ impl BtrfsProvider {
             } else {
                 ProviderError::io(format!("rename into {}", place.display()), e)
             }
-        })?;
-        fsync_dir(&self.root.join(kind_dir(kind)))
+        })
     }
 
     fn foreign(path: &Path) -> Found {
@@ -479,6 +535,19 @@ impl BtrfsProvider {
 impl Provider for BtrfsProvider {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    /// Batched: verbs leave their changes in the running btrfs transaction
+    /// (module doc, "Durability").
+    fn durability(&self) -> Durability {
+        Durability::Batched
+    }
+
+    /// `syncfs` of the root: writes back dirty data and commits the
+    /// transaction, so every verb that returned before is durable, as a
+    /// whole.
+    fn sync(&self) -> Result<(), ProviderError> {
+        syncfs(&self.root)
     }
 
     fn enforces_capacity(&self) -> bool {
@@ -711,7 +780,6 @@ impl Provider for BtrfsProvider {
                         .arg("ro")
                         .arg("true")
                         .run()?;
-                    syncfs(&self.root)?;
                 }
                 return self.created(tag.kind, &tag.volume);
             }
@@ -766,9 +834,10 @@ impl Provider for BtrfsProvider {
             let target_vol = self.location(VolumeKind::Data, target);
             let received = subvol_info(&received)?;
             if subvol_info(&target_vol).is_ok_and(|t| t.parent_uuid == Some(received.uuid)) {
+                // No sync between the exchange and the trashing of the
+                // stage: a transaction holding the latter holds the former.
                 rename2(&fresh, &target_vol, libc::RENAME_EXCHANGE)
                     .map_err(io_err(format!("restore {}", target_vol.display())))?;
-                syncfs(&self.root)?;
             }
         }
         self.trash(&stage)

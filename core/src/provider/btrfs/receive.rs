@@ -82,12 +82,17 @@ impl BtrfsProvider {
         rename2(&fresh, &target_vol, libc::RENAME_EXCHANGE)
             .map_err(io_err(format!("exchange {}", target_vol.display())))?;
         self.commit(&incoming, VolumeKind::Snapshot, spec.id)?;
+        // The one barrier of a receive: the received files' data are
+        // written back by the kernel on its own schedule, and a transaction
+        // commit does not wait for them, so the commit point below must not
+        // reach the disk before they do. (The metadata steps above need no
+        // sync: any transaction holding the commit point holds them.)
         syncfs(&self.root)?;
-        // Commit: the stage (now holding the old content) leaves.
+        // Commit: the stage (now holding the old content) leaves. Durable
+        // with the manager's batched sync, which runs before the outcome.
         let trashed = self.trash_root().join(spec.op.to_string());
         fs::rename(&stage, &trashed)
             .map_err(io_err(format!("move {} to trash", stage.display())))?;
-        syncfs(&self.root)?;
         if let Err(e) = self.purge(&trashed) {
             tracing::warn!(path = %trashed.display(), error = %e, "old target content not deleted yet");
         }

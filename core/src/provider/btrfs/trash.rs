@@ -10,7 +10,9 @@ impl BtrfsProvider {
         if paths.is_empty() {
             return Ok(());
         }
-        let mut cmd = self.btrfs().arg("subvolume").arg("delete").arg("-c");
+        // No `--commit-after`: the deletion is in the running transaction,
+        // made durable by the batched sync (module doc, "Durability").
+        let mut cmd = self.btrfs().arg("subvolume").arg("delete");
         for p in paths {
             cmd = cmd.path_arg(p)?;
         }
@@ -50,9 +52,6 @@ impl BtrfsProvider {
     pub(super) fn trash(&self, path: &Path) -> Result<(), ProviderError> {
         let dest = self.trash_root().join(Uuid::new_v4().to_string());
         fs::rename(path, &dest).map_err(io_err(format!("move {} to trash", path.display())))?;
-        if let Some(parent) = path.parent() {
-            fsync_dir(parent)?;
-        }
         if let Err(e) = self.purge(&dest) {
             tracing::warn!(path = %dest.display(), error = %e, "trash not emptied; retried at next start");
         }
