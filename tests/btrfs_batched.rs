@@ -173,7 +173,8 @@ impl Provider for HeldFirstSync {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives_a_power_cut() {
-    let test = "concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives_a_power_cut";
+    let test =
+        "concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives_a_power_cut";
     let Some(fs) = BtrfsFs::for_test(test, 512) else {
         return;
     };
@@ -188,7 +189,9 @@ async fn concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives
         changed: Condvar::new(),
     });
     let mut config = ManagerConfig {
-        default_provider: Some(Box::new(|| Ok(("btrfs-held".into(), ProviderConfig::new())))),
+        default_provider: Some(Box::new(|| {
+            Ok(("btrfs-held".into(), ProviderConfig::new()))
+        })),
         ..ManagerConfig::default()
     };
     let factory = provider.clone();

@@ -193,11 +193,15 @@ impl BtrfsFs {
         let (from, to) = (self.dir.path().join("fs.img"), image.clone());
         run(
             "cp",
-            &["--sparse=always", from.to_str().unwrap(), to.to_str().unwrap()],
+            &[
+                "--sparse=always",
+                from.to_str().unwrap(),
+                to.to_str().unwrap(),
+            ],
         )
         .expect("copy the image");
-        let dev = run("losetup", &["-f", "--show", image.to_str().unwrap()])
-            .expect("attach the copy");
+        let dev =
+            run("losetup", &["-f", "--show", image.to_str().unwrap()]).expect("attach the copy");
         let mnt = self.dir.path().join(format!("cut-{n}"));
         fs::create_dir(&mnt).unwrap();
         let mounted = run(
@@ -214,7 +218,9 @@ impl BtrfsFs {
         let cut = PowerCutImage { dev, mnt, image };
         if let Err(e) = mounted {
             drop(cut);
-            panic!("mounting the power-cut image (needs Linux 6.7+ for a clone's temporary fsid): {e}");
+            panic!(
+                "mounting the power-cut image (needs Linux 6.7+ for a clone's temporary fsid): {e}"
+            );
         }
         cut
     }

@@ -182,12 +182,13 @@ use uuid::Uuid;
 
 use super::cmd::Cmd;
 use super::{
-    Created, Durability, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory, SendStats,
-    Tag, VolumeRef, VolumeSpec,
+    Created, Durability, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory,
+    SendStats, Tag, VolumeRef, VolumeSpec,
 };
 use crate::fsutil;
 
 mod inventory;
+mod make;
 mod receive;
 mod subvol;
 mod tag;
@@ -411,79 +412,6 @@ impl BtrfsProvider {
         })
     }
 
-    /// Stages (or resumes) the container of `tag`, builds its subvolume with
-    /// `build` unless present, and renames it into place.
-    fn make(
-        &self,
-        tag: &Tag,
-        build: impl FnOnce(&Path) -> Result<(), ProviderError>,
-    ) -> Result<Created, ProviderError> {
-        check_id(&tag.volume)?;
-        match self.in_place(tag.kind, &tag.volume) {
-            InPlace::Ours {
-                tag: t,
-                has_vol: true,
-            } => {
-                return if t.op == tag.op {
-                    self.created(tag.kind, &tag.volume)
-                } else {
-                    Err(ProviderError::AlreadyExists(format!(
-                        "{} {} (made by op {})",
-                        tag.kind, tag.volume, t.op
-                    )))
-                };
-            }
-            InPlace::Ours { has_vol: false, .. } => {
-                // A stale container whose subvolume is gone: replace it.
-                self.trash(&self.container(tag.kind, &tag.volume))?;
-            }
-            InPlace::Foreign => {
-                return Err(ProviderError::AlreadyExists(format!(
-                    "{} (not tagged as ours; left alone)",
-                    self.container(tag.kind, &tag.volume).display()
-                )));
-            }
-            InPlace::Absent => {}
-        }
-        let stage = self.stage(tag.op);
-        if stage.exists() && read_tag(&stage).as_ref() != Some(tag) {
-            self.trash(&stage)?;
-        }
-        if !stage.exists() {
-            fs::create_dir(&stage).map_err(io_err(format!("create {}", stage.display())))?;
-            write_tag(&stage, tag)?;
-        }
-        let vol = stage.join(VOL);
-        // No sync here: the tag's content is in the running transaction
-        // (see `write_tag`), so whatever transaction holds the rename below
-        // holds the tag and the subvolume too (module doc, "Durability").
-        let result = (|| {
-            if !is_subvolume(&vol) {
-                build(&vol)?;
-            }
-            self.commit(&stage, tag.kind, &tag.volume)
-        })();
-        if let Err(e) = result {
-            if stage.exists() {
-                let _ = self.trash(&stage);
-            }
-            return Err(e);
-        }
-        self.created(tag.kind, &tag.volume)
-    }
-
-    /// Renames a staged container into place (never over anything).
-    fn commit(&self, staged: &Path, kind: VolumeKind, id: &str) -> Result<(), ProviderError> {
-        let place = self.container(kind, id);
-        rename2(staged, &place, libc::RENAME_NOREPLACE).map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                ProviderError::AlreadyExists(place.display().to_string())
-            } else {
-                ProviderError::io(format!("rename into {}", place.display()), e)
-            }
-        })
-    }
-
     fn foreign(path: &Path) -> Found {
         let name = path.to_string_lossy().into_owned();
         Found {
@@ -494,41 +422,6 @@ impl BtrfsProvider {
             details: Details::new(),
             partial: None,
         }
-    }
-
-    /// A btrfs snapshot of the `from` subvolume `source` as the new volume of
-    /// `kind` (read-only for a snapshot, writable for a fork), tagged with
-    /// `source` as its parent: the one body of `create_snapshot` and
-    /// `fork_volume`.
-    fn snapshot_of(
-        &self,
-        from: VolumeKind,
-        source: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-        kind: VolumeKind,
-    ) -> Result<Created, ProviderError> {
-        check_id(source.id)?;
-        let src = self.location(from, source.id);
-        let tag = Tag {
-            volume: spec.id.to_string(),
-            op: spec.op,
-            kind,
-            parent: Some(source.id.to_string()),
-        };
-        self.make(&tag, |vol| {
-            if !is_subvolume(&src) {
-                let what = match from {
-                    VolumeKind::Data => "volume",
-                    VolumeKind::Snapshot => "snapshot",
-                };
-                return Err(ProviderError::NotFound(format!("{what} {}", source.id)));
-            }
-            let mut cmd = self.btrfs().arg("subvolume").arg("snapshot");
-            if kind == VolumeKind::Snapshot {
-                cmd = cmd.arg("-r");
-            }
-            cmd.path_arg(&src)?.path_arg(vol)?.run().map(drop)
-        })
     }
 }
 
