@@ -144,10 +144,10 @@
 //!   stage, which [`Provider::abort_partial`] undoes (exchanging the
 //!   target's old content back). The batched sync makes the commit point
 //!   and the deletion of the old content durable.
-//! - **abort_partial** (undo of a receive): the exchange back, then the
+//! - **`abort_partial`** (undo of a receive): the exchange back, then the
 //!   stage to trash, with no sync between: a transaction holding the latter
 //!   holds the former. **finish** (making a snapshot read-only, or a staged
-//!   create) and **set_capacity** (`qgroup limit`, in the running
+//!   create) and **`set_capacity`** (`qgroup limit`, in the running
 //!   transaction) are made durable by the batched sync as well (reconciliation
 //!   syncs each provider it touched before journaling its resolutions).
 //! - **send** changes nothing.
