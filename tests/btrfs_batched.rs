@@ -22,7 +22,7 @@ use volmgr::provider::{
     Created, Durability, Found, Presence, Provider, ProviderConfig, ProviderError, SendStats,
     VolumeRef, VolumeSpec,
 };
-use volmgr::state::{Meta, OpId, VolumeKind};
+use volmgr::state::{Details, Meta, OpId, VolumeKind};
 
 /// The complete items of the provider rooted at `root` (on a power-cut
 /// image): `(volume id, op)`.
@@ -77,6 +77,56 @@ async fn a_create_survives_a_power_cut_once_the_provider_synced_and_not_before()
         std::fs::read(image_root.join("data/a/vol/f")).unwrap(),
         b"content",
         "the sync wrote back the volume's data too"
+    );
+}
+
+/// A btrfs transaction commit does not write back file data (unless the
+/// file system is mounted `flushoncommit`), and a snapshot commits one by
+/// itself. A tag merely written before its container's rename into place
+/// would reach the disk empty with that rename: after a power cut, a
+/// container of ours without a valid tag, foreign for good. The tag's
+/// content is written back before the rename, so it never is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_between_syncs_never_leaves_a_placed_container_without_its_tag() {
+    let test = "a_commit_between_syncs_never_leaves_a_placed_container_without_its_tag";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    fs.remount_with("commit=600");
+    let root = fs.path().join("volumes");
+    let provider = BtrfsProvider::new(&root).unwrap();
+    provider.sync().unwrap();
+    let (op, snap_op) = (Uuid::now_v7(), Uuid::now_v7());
+    let a = VolumeId::new("a").unwrap();
+    let created = provider
+        .create_volume(&VolumeSpec {
+            id: a,
+            op,
+            kind: VolumeKind::Data,
+        })
+        .unwrap();
+    // The snapshot commits the transaction holding `a` in place; no sync.
+    provider
+        .create_snapshot(
+            &VolumeRef {
+                id: a,
+                kind: VolumeKind::Data,
+                parent: None,
+                location: &created.location,
+                details: &Details::new(),
+            },
+            &VolumeSpec {
+                id: VolumeId::new("s").unwrap(),
+                op: snap_op,
+                kind: VolumeKind::Snapshot,
+            },
+        )
+        .unwrap();
+    let cut = fs.power_cut_image();
+    // `complete_items` fails on a foreign item.
+    assert_eq!(
+        complete_items(&cut.path().join("volumes")),
+        vec![("a".to_owned(), op)]
     );
 }
 
