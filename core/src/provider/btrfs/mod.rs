@@ -152,9 +152,10 @@
 //!   syncs each provider it touched before journaling its resolutions).
 //! - **send** changes nothing.
 //!
-//! The prefix holds for the provider's own directories. Writes and `fsync`s
-//! by users inside volumes go to those subvolumes' own log trees; the
-//! journal must live outside the root (its `fsync`s log its own files).
+//! An `fsync` by someone else (a user inside a volume, the journal if it
+//! shares the file system) logs its own inodes and their new parent
+//! entries, none of the provider's, or falls back to committing the whole
+//! transaction, which keeps the prefix.
 //!
 //! # Limits
 //!
