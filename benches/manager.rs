@@ -66,7 +66,10 @@ fn main() {
             let volumes = dir.path().join("volumes").to_string_lossy().into_owned();
             let mut config = ManagerConfig {
                 default_provider: Some(Box::new(move || {
-                    Ok(("dir".into(), BTreeMap::from([(CONFIG_ROOT.into(), volumes)])))
+                    Ok((
+                        "dir".into(),
+                        BTreeMap::from([(CONFIG_ROOT.into(), volumes)]),
+                    ))
                 })),
                 ..ManagerConfig::default()
             };

@@ -147,23 +147,31 @@ async fn check(image: &SimStorage, durability: Durability, model: &Model) -> (u6
     let mut problems = Vec::new();
     let state = m.state();
     let in_state: BTreeSet<String> = state.volumes.keys().cloned().collect();
-    let lost = model.must_exist.difference(&in_state).count() as u64
-        + model.must_not_exist.intersection(&in_state).count() as u64;
+    // An acknowledged create is lost if its volume is gone from the state
+    // or marked lost there (the provider lost it); an acknowledged destroy
+    // if its volume is back.
+    let live = |id: &String| {
+        state
+            .volumes
+            .get(id)
+            .is_some_and(|v| v.status == VolumeStatus::Live)
+    };
+    let missing: Vec<&String> = model.must_exist.iter().filter(|id| !live(id)).collect();
+    let back: Vec<&String> = model.must_not_exist.intersection(&in_state).collect();
+    let lost = (missing.len() + back.len()) as u64;
     if lost > 0 {
         problems.push(format!(
-            "acknowledged creates missing {:?}, acknowledged destroys back {:?}",
-            model.must_exist.difference(&in_state).collect::<Vec<_>>(),
-            model
-                .must_not_exist
-                .intersection(&in_state)
-                .collect::<Vec<_>>()
+            "acknowledged creates missing or lost {missing:?}, acknowledged destroys back {back:?}"
         ));
     }
     if !state.pending.is_empty() {
         problems.push(format!("{} operations pending", state.pending.len()));
     }
     if !state.orphans.is_empty() {
-        problems.push(format!("orphans {:?}", state.orphans.keys().collect::<Vec<_>>()));
+        problems.push(format!(
+            "orphans {:?}",
+            state.orphans.keys().collect::<Vec<_>>()
+        ));
     }
     for v in state.volumes.values() {
         if v.status != VolumeStatus::Live {
@@ -260,7 +268,10 @@ async fn sweep(durability: Durability) {
         acked = acked.max(model.acked);
         points += 1;
         // A kill -9 at this point (nothing lost but the process) ...
-        let mut outcomes = vec![("kill -9".to_owned(), check(&storage.restart(), durability, &model).await)];
+        let mut outcomes = vec![(
+            "kill -9".to_owned(),
+            check(&storage.restart(), durability, &model).await,
+        )];
         // ... and power cuts.
         for (seed, policy) in cuts(point, base_seed, scale) {
             let image = storage.power_cut_with(seed, policy);
@@ -274,7 +285,10 @@ async fn sweep(durability: Durability) {
             lost += l;
             if !problems.is_empty() {
                 disagreements += 1;
-                failures.push(format!("crash point {point}, {what}: {}", problems.join("; ")));
+                failures.push(format!(
+                    "crash point {point}, {what}: {}",
+                    problems.join("; ")
+                ));
             }
         }
         if !fired {

@@ -192,8 +192,8 @@ use super::{
     VolumeSpec,
 };
 use crate::fsutil::GroupSync;
-use crate::storage::sim::SimStorage;
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
+use crate::storage::sim::SimStorage;
 
 /// The provider kind.
 pub const KIND: &str = "dir";

@@ -89,9 +89,8 @@ impl DirProvider {
         id: &str,
     ) -> Result<Option<Marker>, ProviderError> {
         let read = self.marker(kind, id);
-        let no_dir = || -> Result<bool, ProviderError> {
-            Ok(self.entry(&self.path(kind, id))?.is_none())
-        };
+        let no_dir =
+            || -> Result<bool, ProviderError> { Ok(self.entry(&self.path(kind, id))?.is_none()) };
         match read {
             Ok(Some(m)) if m.is_whole() && no_dir()? => {
                 tracing::info!(%kind, id, op = %m.op, "replacing the marker of an item whose directory is gone");

@@ -143,7 +143,12 @@ pub(crate) fn write(
         .map_err(|e| ProviderError::Other(format!("encoding marker: {e}")))?;
     layout
         .write_file(dir, &m.volume, &text, sync_file)
-        .map_err(|e| ProviderError::io(format!("writing marker {}", dir.join(&m.volume).display()), e))
+        .map_err(|e| {
+            ProviderError::io(
+                format!("writing marker {}", dir.join(&m.volume).display()),
+                e,
+            )
+        })
 }
 
 /// Writes a snapshot's mode exceptions durably (or removes a stale manifest

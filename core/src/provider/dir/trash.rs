@@ -131,9 +131,9 @@ impl DirProvider {
                 {
                     tracing::warn!(%kind, id, "removing an unreadable marker whose directory is absent (a marker write a power cut interrupted)");
                     let dir = self.marker_dir(kind);
-                    self.layout
-                        .remove_file(&dir.join(&id))
-                        .map_err(|e| ProviderError::io(format!("removing the marker of {id}"), e))?;
+                    self.layout.remove_file(&dir.join(&id)).map_err(|e| {
+                        ProviderError::io(format!("removing the marker of {id}"), e)
+                    })?;
                     self.settle_dir(&dir)?;
                 }
             }

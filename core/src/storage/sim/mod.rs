@@ -397,7 +397,10 @@ impl Storage for SimStorage {
             (Node::Dir, Some(_)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!("{} exists (the simulation renames a directory to a new name only)", to.display()),
+                    format!(
+                        "{} exists (the simulation renames a directory to a new name only)",
+                        to.display()
+                    ),
                 ));
             }
             _ => {}
