@@ -28,7 +28,12 @@
 //! it is a separate durable system): after every cut, open reconciles, and
 //! the provider's tagged items must equal the state's volumes, nothing may
 //! stay pending, no acknowledged create or destroy may be undone, and the
-//! manager must take new operations. It prints `manager power-cut sweep: ...`.
+//! manager must take new operations. It prints `manager power-cut sweep: ...`,
+//! whose `acknowledged operations lost` counts each acknowledged create whose
+//! volume the reopened manager lacks or marks lost (or the provider no longer
+//! holds), and each acknowledged destroy whose volume is back in the state or
+//! on the provider: an effect gone after the cut is a lost operation, not only
+//! a disagreement.
 //! It runs twice: with the provider durable on return, and with batched
 //! provider durability (the manager's shared provider sync is then a sync
 //! point of the sweep like the journal's, and a cut keeps none, all, or a
