@@ -249,7 +249,7 @@ async fn resolve_pending_in_few_journal_syncs(n: u128, limits: JournalConfig) {
     // Each run but the last leaves less than its largest record unused.
     let limit = limits
         .max_batch_bytes
-        .min(limits.segment_size as usize - format::SEGMENT_HEADER_LEN);
+        .min(usize::try_from(limits.segment_size).unwrap() - format::SEGMENT_HEADER_LEN);
     let runs = bytes.div_ceil(limit - largest) as u64 + 1;
     assert!(
         journal_syncs <= runs,
