@@ -2,10 +2,11 @@
 //! inventory, performs every decision's provider step, syncs each batched
 //! provider a step touched ONCE (not once per step), and only then journals
 //! the resolution records, so that no record becomes durable before its
-//! effect is. The records go to the journal in runs as large as its batch
-//! limit allows (one sync per run, not per record). A batched provider is also synced before its inventory (a
-//! killed process may have left effects visible but not durable). A failed
-//! sync journals none of that provider's resolutions and takes it out of
+//! effect is. The records go to the journal in decision order, in runs as
+//! large as its batch limit allows (one journal sync per run, not per
+//! record). A batched provider is also synced before its inventory (a killed
+//! process may have left effects visible but not durable). A failed sync
+//! journals none of that provider's resolutions and takes it out of
 //! service; its pending operations stay pending and claimed.
 
 use std::collections::HashMap;
