@@ -57,6 +57,40 @@
 //! target again: a killed receive leaves it unmounted), so a partial receive
 //! never blocks the dataset.
 //!
+//! # Durability and commands per verb
+//!
+//! The provider is [`Durability::OnReturn`]: `zfs create`, `snapshot`,
+//! `clone`, `destroy`, `set`, `inherit` and `recv` change the pool in a
+//! sync task (`dsl_sync_task`) and return only after the transaction group
+//! that carries the change has synced to disk. Their side effect is durable
+//! when the command returns, so the manager's shared provider sync (issue
+//! #13) has nothing to batch here: no `sync()` round, no `syncfs`.
+//!
+//! `zfs` commands per verb on the path where all goes well (counted by
+//! [`super::cmd::CommandCount`]; asserted by `tests/zfs.rs`, printed by
+//! `benches/providers.rs`), with a snapshot named with its parent (the
+//! manager always names it):
+//!
+//! | verb     | commands | which |
+//! |----------|----------|-------|
+//! | create   | 1 | `create -o mountpoint -o tags` (success means created and mounted) |
+//! | snapshot | 3 | `list` source (is it ours?), `snapshot -o tags`, `list` the snapshot (its guid) |
+//! | fork     | 2 | `list` snapshot (is it ours?), `clone -o mountpoint -o tags` |
+//! | destroy  | 2 | `list` (is it ours? a partial receive to abort?), `destroy` |
+//!
+//! Why not one each: the tag check must come *before* the command that
+//! acts, because no `zfs` command refuses to act on a dataset by its
+//! properties. A snapshot or clone of a foreign dataset made first and
+//! checked after would, if the manager died in between, be tagged ours with
+//! this operation's id, and recovery would adopt foreign data as a volume;
+//! a destroy cannot be checked after. The snapshot's guid (its identity in
+//! transfers, journaled in the outcome) exists only after `zfs snapshot`,
+//! which prints nothing, so it takes its own `list`. Create needs no check:
+//! `zfs create` itself refuses an existing name ("already exists", then
+//! settled by the tag). Send and receive run more (a receive checks the
+//! target's snapshots, marks it, receives, tags, renames, clears the mark):
+//! the bench prints them.
+//!
 //! # Errors
 //!
 //! "dataset is busy" is retried (bounded, growing back-off) then reported as
@@ -70,8 +104,8 @@ use std::path::{Path, PathBuf};
 use super::check_id;
 use super::cmd::Cmd;
 use super::{
-    Created, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError, SendStats,
-    Tag, VolumeRef, VolumeSpec,
+    Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
+    SendStats, Tag, VolumeRef, VolumeSpec,
 };
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
@@ -326,6 +360,12 @@ impl ZfsProvider {
 impl Provider for ZfsProvider {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    /// Every `zfs` command that changes the pool returns after its
+    /// transaction group synced (see the module documentation).
+    fn durability(&self) -> Durability {
+        Durability::OnReturn
     }
 
     fn enforces_capacity(&self) -> bool {
