@@ -596,8 +596,8 @@ impl Provider for ZfsProvider {
                 target.kind, target.id
             )));
         }
-        let (tname, _) = self.require(target)?;
-        self.receive_into(&tname, spec, target, input)
+        let (tname, row) = self.require(target)?;
+        self.receive_into(&tname, &row, spec, target, input)
     }
 
     fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
