@@ -117,7 +117,6 @@ impl ZfsProvider {
     pub(super) fn check_stream_fits(
         &self,
         tname: &str,
-        row: &Row,
         spec: &VolumeSpec<'_>,
         header: &StreamHeader,
     ) -> Result<Option<Created>, ProviderError> {
