@@ -362,16 +362,16 @@ impl ZfsProvider {
         &self,
         a: &VolumeRef<'_>,
         b: &VolumeRef<'_>,
-    ) -> Result<((String, Row), (String, Row)), ProviderError> {
+    ) -> Result<[(String, Row); 2], ProviderError> {
         let (name_a, name_b) = (self.name_of(a)?, self.name_of(b)?);
         let rows = Self::list_names(&[&name_a, &name_b], false)?;
         let row = |name: &str| rows.iter().find(|r| r.name == name).cloned();
         match (row(&name_a), row(&name_b)) {
-            (Some(row_a), Some(row_b)) => Ok((
+            (Some(row_a), Some(row_b)) => Ok([
                 self.ours(a, name_a, Some(row_a))?,
                 self.ours(b, name_b, Some(row_b))?,
-            )),
-            _ => Ok((self.require(a)?, self.require(b)?)),
+            ]),
+            _ => Ok([self.require(a)?, self.require(b)?]),
         }
     }
 
@@ -604,7 +604,7 @@ impl Provider for ZfsProvider {
         let (snap, base) = match base {
             None => (self.require(snapshot)?.0, None),
             Some(base) => {
-                let ((snap, _), (b, _)) = self.require_two(snapshot, base)?;
+                let [(snap, _), (b, _)] = self.require_two(snapshot, base)?;
                 (snap, Some(b))
             }
         };
