@@ -1,9 +1,11 @@
 //! Manager benchmark: `cargo bench --bench manager` (release build).
 //!
 //! Creates, then destroys, `BENCH_OPS` volumes on the directory provider
-//! through `Manager` (no HTTP) at concurrency 1 and 16, and prints per verb:
-//! operations/s, p50/p99 latency, journal `fdatasync`s per operation (group
-//! commit at work when it falls below 2), the share of each operation's wall
+//! through `Manager` (no HTTP) at concurrency 1 and 16, the provider batched
+//! (the default: one shared `syncfs` round) and durable on return (its own
+//! fsyncs per verb), and prints per verb: operations/s, p50/p99 latency,
+//! journal `fdatasync`s and provider syncs per operation (group commit at
+//! work when they fall below 2), the share of each operation's wall
 //! time spent awaiting durable journal appends, and, at concurrency 1 (where
 //! every commit carries one operation's record, so the attribution is exact),
 //! the journal's overhead: that wait minus the time its own writes and syncs
@@ -16,10 +18,14 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{Case, Latencies};
 use volmgr::manager::{Manager, ManagerConfig, ManagerStats};
+use volmgr::provider::dir::{CONFIG_ROOT, DirProvider};
+use volmgr::provider::{Durability, Provider, ProviderConfig};
 use volmgr::state::Meta;
 
 fn main() {
@@ -41,35 +47,50 @@ fn main() {
     );
     println!();
     println!(
-        "{:>11} {:<8} | {:>8} {:>9} {:>9} | {:>12} {:>14} {:>16}",
+        "{:>11} {:<9} {:<8} | {:>8} {:>9} {:>9} | {:>12} {:>9} {:>14} {:>16}",
         "concurrency",
+        "provider",
         "verb",
         "ops/s",
         "p50 us",
         "p99 us",
         "fdatasync/op",
+        "psync/op",
         "journal share",
         "journal overhead"
     );
     let mut summary = Vec::new();
     for &concurrency in &levels {
-        let dir = tempfile::tempdir_in(root.path()).unwrap();
-        let volumes = dir.path().join("volumes").to_string_lossy().into_owned();
-        let config = ManagerConfig {
-            default_provider: Some(Box::new(move || {
-                Ok(("dir".into(), BTreeMap::from([("root".into(), volumes)])))
-            })),
-            ..ManagerConfig::default()
-        };
-        let m = rt.block_on(Manager::open(dir.path(), config)).unwrap();
-        for verb in ["create", "destroy"] {
-            let before = m.stats();
-            let mut case = rt.block_on(run(&m, verb, concurrency, ops));
-            let after = m.stats();
-            let line = row(concurrency, verb, &mut case, &before, &after);
-            summary.push(line);
+        for durability in [Durability::Batched, Durability::OnReturn] {
+            let dir = tempfile::tempdir_in(root.path()).unwrap();
+            let volumes = dir.path().join("volumes").to_string_lossy().into_owned();
+            let mut config = ManagerConfig {
+                default_provider: Some(Box::new(move || {
+                    Ok((
+                        "dir".into(),
+                        BTreeMap::from([(CONFIG_ROOT.into(), volumes)]),
+                    ))
+                })),
+                ..ManagerConfig::default()
+            };
+            config.factories.insert(
+                "dir".into(),
+                Arc::new(move |c: &ProviderConfig| {
+                    let root = PathBuf::from(&c[CONFIG_ROOT]);
+                    Ok(Arc::new(DirProvider::with_durability(root, durability)?)
+                        as Arc<dyn Provider>)
+                }),
+            );
+            let m = rt.block_on(Manager::open(dir.path(), config)).unwrap();
+            for verb in ["create", "destroy"] {
+                let before = m.stats();
+                let mut case = rt.block_on(run(&m, verb, concurrency, ops));
+                let after = m.stats();
+                let line = row(concurrency, durability, verb, &mut case, &before, &after);
+                summary.push(line);
+            }
+            rt.block_on(m.close());
         }
-        rt.block_on(m.close());
     }
     println!();
     for line in &summary {
@@ -114,6 +135,7 @@ async fn run(m: &Manager, verb: &'static str, concurrency: usize, ops: usize) ->
 
 fn row(
     concurrency: usize,
+    durability: Durability,
     verb: &str,
     case: &mut Case,
     before: &ManagerStats,
@@ -121,6 +143,11 @@ fn row(
 ) -> String {
     let ops = (after.operations - before.operations).max(1) as f64;
     let syncs = (after.syncs - before.syncs) as f64;
+    let psyncs = (after.provider_syncs - before.provider_syncs) as f64;
+    let provider = match durability {
+        Durability::Batched => "batched",
+        Durability::OnReturn => "on-return",
+    };
     let op_ns = (after.operation_ns - before.operation_ns).max(1) as f64;
     let wait_ns = (after.journal_wait_ns - before.journal_wait_ns) as f64;
     let sync_ns = (after.journal_sync_ns - before.journal_sync_ns) as f64;
@@ -128,16 +155,18 @@ fn row(
     let overhead = (concurrency == 1).then(|| (wait_ns - sync_ns).max(0.0) / op_ns);
     let (p50, p99, _) = case.latencies.percentiles_us();
     println!(
-        "{concurrency:>11} {verb:<8} | {:>8.0} {p50:>9.0} {p99:>9.0} | {:>12.2} {:>13.1}% {:>16}",
+        "{concurrency:>11} {provider:<9} {verb:<8} | {:>8.0} {p50:>9.0} {p99:>9.0} | {:>12.2} {:>9.2} {:>13.1}% {:>16}",
         case.rate(),
         syncs / ops,
+        psyncs / ops,
         share * 100.0,
         overhead.map_or_else(|| "-".into(), |o| format!("{:.1}%", o * 100.0))
     );
     format!(
-        "{verb} at concurrency {concurrency}: {:.0}/s, {:.2} journal fdatasyncs/op, journal share {:.1}%{}",
+        "{verb} at concurrency {concurrency}, dir {provider}: {:.0}/s, {:.2} journal fdatasyncs/op, {:.2} provider syncs/op, journal share {:.1}%{}",
         case.rate(),
         syncs / ops,
+        psyncs / ops,
         share * 100.0,
         overhead.map_or_else(String::new, |o| format!(
             ", journal overhead beyond its syncs {:.1}%",

@@ -4,7 +4,7 @@
 
 mod agent_support;
 
-use agent_support::{Auth, GateProvider, TestAgent, assert_error, peers, raw, raw_as, sim_config};
+use agent_support::{Auth, TestAgent, assert_error, gate_provider, peers, raw, raw_as, sim_config};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use volmgr::agent::api::{Kind, VolumeEvent, VolumeInfo};
@@ -478,7 +478,7 @@ async fn conflicts_with_the_current_state_are_answered_409() {
 #[tokio::test]
 async fn a_volume_with_an_operation_in_flight_is_answered_409_busy() {
     let dir = tempfile::tempdir().unwrap();
-    let (gate, mut held) = GateProvider::new(SimProvider::new());
+    let (gate, mut held) = gate_provider(SimProvider::new());
     let mut config = ManagerConfig::default();
     config.factories.insert("gate".into(), gate.factory());
     config.default_provider = Some(Box::new(|| Ok(("gate".into(), BTreeMap::default()))));

@@ -1,11 +1,12 @@
-//! Quick end-to-end checks of the journal API: append, reopen, replay, lock, poison.
+//! Quick end-to-end checks of the journal API: append, reopen, replay, lock,
+//! poison, and many records appended in runs that fill the batch limit.
 
 mod journal_support;
 
 use std::sync::Arc;
 
 use journal_support::Rec;
-use volmgr::journal::{Journal, JournalConfig, JournalError, LogEnd};
+use volmgr::journal::{Journal, JournalConfig, JournalError, LogEnd, encode_record, format};
 use volmgr::storage::RealStorage;
 use volmgr::storage::fault::{FaultKind, FaultOp, FaultPlan, FaultyStorage};
 
@@ -87,4 +88,118 @@ async fn failed_sync_poisons_every_later_append() {
     journal.close().await;
     let (_j, recovery) = Journal::<Rec>::open(dir.path(), small()).unwrap();
     assert_eq!(recovery.records[0].1.n, 1);
+}
+
+/// Segments of 16 KiB, commits of at most 2 KiB.
+fn narrow() -> JournalConfig {
+    JournalConfig {
+        segment_size: 16 << 10,
+        max_batch_bytes: 2 << 10,
+        ..JournalConfig::default()
+    }
+}
+
+fn frame_bytes(records: &[Rec]) -> usize {
+    records
+        .iter()
+        .map(|r| format::frame_len(encode_record(r).unwrap().len()))
+        .sum()
+}
+
+#[tokio::test]
+async fn append_in_batches_commits_contiguous_runs_within_the_batch_limit_one_sync_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::<Rec>::open(dir.path(), narrow()).unwrap();
+    assert_eq!(journal.batch_limit(), 2 << 10);
+    let records: Vec<Rec> = (1..=400u64)
+        .map(|n| Rec::new(n, "y".repeat((n * 37 % 300) as usize)))
+        .collect();
+    let mut runs: Vec<(u64, Vec<Rec>)> = Vec::new();
+    let handed = journal
+        .append_in_batches(records.clone(), |first, run| {
+            runs.push((first, run));
+            true
+        })
+        .await
+        .unwrap();
+    assert_eq!(handed, records.len());
+    assert_eq!(journal.sync_count(), runs.len() as u64, "one sync per run");
+    let mut next = 1;
+    for (first, run) in &runs {
+        assert_eq!(*first, next, "runs are contiguous");
+        assert!(!run.is_empty());
+        assert!(
+            frame_bytes(run) <= journal.batch_limit(),
+            "a run fits the batch limit"
+        );
+        next += run.len() as u64;
+    }
+    // Greedy: a run and the next one's first record would not fit together.
+    for pair in runs.windows(2) {
+        let mut joined = pair[0].1.clone();
+        joined.push(pair[1].1[0].clone());
+        assert!(
+            frame_bytes(&joined) > journal.batch_limit(),
+            "runs are filled"
+        );
+    }
+    let handed_over: Vec<Rec> = runs.into_iter().flat_map(|(_, run)| run).collect();
+    assert_eq!(handed_over, records, "handed over in order");
+    journal.close().await;
+    let (_journal, recovery) = Journal::<Rec>::open(dir.path(), narrow()).unwrap();
+    let replayed: Vec<Rec> = recovery.records.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(replayed, records);
+}
+
+#[tokio::test]
+async fn append_in_batches_stops_after_the_run_its_caller_refuses_to_go_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::<Rec>::open(dir.path(), narrow()).unwrap();
+    let records: Vec<Rec> = (1..=200u64).map(|n| Rec::new(n, "z".repeat(100))).collect();
+    let mut first_run = Vec::new();
+    let handed = journal
+        .append_in_batches(records, |_, run| {
+            first_run = run;
+            false
+        })
+        .await
+        .unwrap();
+    assert!(
+        handed > 1 && handed < 200,
+        "one run of several records: {handed}"
+    );
+    assert_eq!(first_run.len(), handed);
+    journal.close().await;
+    let (_journal, recovery) = Journal::<Rec>::open(dir.path(), narrow()).unwrap();
+    let replayed: Vec<Rec> = recovery.records.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(replayed, first_run, "nothing after the refused run");
+}
+
+#[tokio::test]
+async fn append_in_batches_refuses_a_record_larger_than_a_segment_after_the_runs_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::<Rec>::open(dir.path(), narrow()).unwrap();
+    let mut records: Vec<Rec> = (1..=100u64).map(|n| Rec::new(n, "w".repeat(100))).collect();
+    records.push(Rec::new(101, "h".repeat(20 << 10)));
+    records.push(Rec::new(102, "after"));
+    let mut durable = Vec::new();
+    let result = journal
+        .append_in_batches(records.clone(), |_, run| {
+            durable.extend(run);
+            true
+        })
+        .await;
+    assert!(
+        matches!(result, Err(JournalError::RecordTooLarge { .. })),
+        "{result:?}"
+    );
+    assert!(
+        !durable.is_empty(),
+        "the full runs before it were committed"
+    );
+    assert_eq!(durable[..], records[..durable.len()]);
+    journal.close().await;
+    let (_journal, recovery) = Journal::<Rec>::open(dir.path(), narrow()).unwrap();
+    let replayed: Vec<Rec> = recovery.records.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(replayed, durable, "exactly what was handed over is durable");
 }

@@ -11,80 +11,21 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::sim::{Gate, SimCall, SimCut, SimFault, SimProvider, When};
-use volmgr::provider::{
-    Created, Durability, Found, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef,
-    VolumeSpec,
-};
-use volmgr::state::{Meta, OpId};
+use volmgr::provider::{Provider, ProviderConfig};
+use volmgr::state::Meta;
+
+#[path = "common/hooked_sim.rs"]
+mod hooked_sim;
+use hooked_sim::HookedSim;
 
 /// A simulated provider with batched durability that reports each finished
-/// create (its side effect done, its sync not yet).
-#[derive(Debug, Clone)]
-struct Signalling {
-    sim: SimProvider,
-    created: mpsc::UnboundedSender<()>,
-}
-
-impl Provider for Signalling {
-    fn kind(&self) -> &'static str {
-        "sim"
-    }
-    fn config(&self) -> ProviderConfig {
-        ProviderConfig::new()
-    }
-    fn durability(&self) -> Durability {
-        self.sim.durability()
-    }
-    fn sync(&self) -> Result<(), ProviderError> {
-        self.sim.sync()
-    }
-    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
-        let created = self.sim.create_volume(spec);
-        let _ = self.created.send(());
-        created
-    }
-    fn create_snapshot(
-        &self,
-        source: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-    ) -> Result<Created, ProviderError> {
-        self.sim.create_snapshot(source, spec)
-    }
-    fn fork_volume(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-    ) -> Result<Created, ProviderError> {
-        self.sim.fork_volume(snapshot, spec)
-    }
-    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
-        self.sim.destroy(volume)
-    }
-    fn send_snapshot(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        base: Option<&VolumeRef<'_>>,
-        out: &mut dyn std::io::Write,
-    ) -> Result<SendStats, ProviderError> {
-        self.sim.send_snapshot(snapshot, base, out)
-    }
-    fn receive_snapshot(
-        &self,
-        target: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-        input: &mut dyn std::io::Read,
-    ) -> Result<Created, ProviderError> {
-        self.sim.receive_snapshot(target, spec, input)
-    }
-    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
-        self.sim.inventory()
-    }
-    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
-        self.sim.finish(found)
-    }
-    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
-        self.sim.abort_partial(op)
-    }
+/// create on `created` (its side effect done, its sync not yet).
+fn signalling(sim: &SimProvider, created: mpsc::UnboundedSender<()>) -> HookedSim {
+    HookedSim::new(sim.clone(), "sim", move |call, when| {
+        if (call, when) == (SimCall::Create, When::After) {
+            let _ = created.send(());
+        }
+    })
 }
 
 fn batched_sim() -> SimProvider {
@@ -152,10 +93,7 @@ async fn operations_whose_effects_finish_during_a_sync_share_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
     let sim = batched_sim();
     let (created, mut finished) = mpsc::unbounded_channel();
-    let provider = Arc::new(Signalling {
-        sim: sim.clone(),
-        created,
-    });
+    let provider = Arc::new(signalling(&sim, created));
     let m = Manager::open(dir.path(), config(provider)).await.unwrap();
     let acknowledged = m.stats().operations;
     let gate = sim.hold_next(SimCall::Sync);

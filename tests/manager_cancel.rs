@@ -7,12 +7,13 @@ mod agent_support;
 
 use std::time::Duration;
 
-use agent_support::GateProvider;
+use agent_support::gate_provider;
+use agent_support::hooked_sim::HookedSim;
 use volmgr::manager::{Manager, ManagerConfig};
 use volmgr::provider::sim::SimProvider;
 use volmgr::state::{Event, Meta};
 
-fn gate_config(gate: &GateProvider) -> ManagerConfig {
+fn gate_config(gate: &HookedSim) -> ManagerConfig {
     let mut config = ManagerConfig::default();
     config.factories.insert("gate".into(), gate.factory());
     config.default_provider = Some(Box::new(|| {
@@ -24,7 +25,7 @@ fn gate_config(gate: &GateProvider) -> ManagerConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_whose_caller_gives_up_mid_way_still_completes_and_is_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let (gate, mut held) = GateProvider::new(SimProvider::new());
+    let (gate, mut held) = gate_provider(SimProvider::new());
     let m = Manager::open(dir.path(), gate_config(&gate)).await.unwrap();
     m.create_volume("default", Some("v"), Meta::new())
         .await

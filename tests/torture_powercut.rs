@@ -28,7 +28,12 @@
 //! it is a separate durable system): after every cut, open reconciles, and
 //! the provider's tagged items must equal the state's volumes, nothing may
 //! stay pending, no acknowledged create or destroy may be undone, and the
-//! manager must take new operations. It prints `manager power-cut sweep: ...`.
+//! manager must take new operations. It prints `manager power-cut sweep: ...`,
+//! whose `acknowledged operations lost` counts each acknowledged create whose
+//! volume the reopened manager lacks or marks lost (or the provider no longer
+//! holds), and each acknowledged destroy whose volume is back in the state or
+//! on the provider: an effect gone after the cut is a lost operation, not only
+//! a disagreement.
 //! It runs twice: with the provider durable on return, and with batched
 //! provider durability (the manager's shared provider sync is then a sync
 //! point of the sweep like the journal's, and a cut keeps none, all, or a
@@ -607,18 +612,11 @@ async fn manager_power_cut_sweep(batched: bool) {
                     continue;
                 }
             };
+            // Counted as the reopened manager reports them, before the probe
+            // touches anything: a volume it marks lost is lost.
+            // (The probe's agreement check lists them among the failures.)
+            lost += mw::lost_acknowledged(&m, &sim, &model).len() as u64;
             let problems = mw::probe(&m, &sim, &model).await;
-            let state = m.state();
-            lost += model
-                .must_exist
-                .iter()
-                .filter(|v| !state.volumes.contains_key(*v))
-                .count() as u64
-                + model
-                    .must_not_exist
-                    .iter()
-                    .filter(|v| state.volumes.contains_key(*v))
-                    .count() as u64;
             if !problems.is_empty() {
                 disagreements += 1;
                 failures.push(format!("{label}: {}", problems.join("; ")));
@@ -763,8 +761,8 @@ async fn manager_kill_then_power_cut_during_the_next_open_keeps_provider_and_sta
 async fn manager_kill_then_cut_sweep(batched: bool) {
     let scale = torture_support::scale();
     let base_seed = torture_support::seed(0x5EED_0005);
-    let (mut kills, mut cuts, mut images, mut open_failures, mut disagreements) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut kills, mut cuts, mut images, mut lost, mut open_failures, mut disagreements) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut failures: Vec<String> = Vec::new();
     for point in 1..=100_000u64 {
         let storage = SimStorage::new();
@@ -824,6 +822,7 @@ async fn manager_kill_then_cut_sweep(batched: bool) {
                 );
                 match mw::open(Arc::new(image), &mw::CountingProvider::new(sim3.clone())).await {
                     Ok(m) => {
+                        lost += mw::lost_acknowledged(&m, &sim3, &model).len() as u64;
                         let problems = mw::check_agreement(&m, &sim3, &model);
                         if !problems.is_empty() {
                             disagreements += 1;
@@ -846,7 +845,7 @@ async fn manager_kill_then_cut_sweep(batched: bool) {
         }
     }
     println!(
-        "manager kill then power-cut sweep ({}): kill points {kills}, cuts in the next life {cuts}, images {images}, open failures {open_failures}, provider/state disagreements {disagreements}",
+        "manager kill then power-cut sweep ({}): kill points {kills}, cuts in the next life {cuts}, images {images}, acknowledged operations lost {lost}, open failures {open_failures}, provider/state disagreements {disagreements}",
         if batched {
             "batched provider sync"
         } else {
@@ -855,7 +854,7 @@ async fn manager_kill_then_cut_sweep(batched: bool) {
     );
     failures.truncate(10);
     assert!(
-        open_failures == 0 && disagreements == 0,
+        lost == 0 && open_failures == 0 && disagreements == 0,
         "first failures:\n{}",
         failures.join("\n")
     );

@@ -4,7 +4,8 @@
 //! `tests/provider_contract.rs` (`VOLMGR_CONTRACT_PROVIDER=zfs`); this file
 //! holds what is ZFS-only: a crash test with SIGKILL, two pools standing in
 //! for two hosts, typed errors of real ZFS conditions (dependent clones, a
-//! busy dataset, an interrupted resumable receive) and the latency figures.
+//! busy dataset, an interrupted resumable receive), the number of `zfs`
+//! commands each verb runs, and the latency figures.
 
 mod common;
 
@@ -17,6 +18,7 @@ use common::{ZfsPool, noise, tree};
 use uuid::Uuid;
 use volmgr::manager::{Manager, ManagerConfig};
 use volmgr::model::VolumeId;
+use volmgr::provider::cmd::CommandCount;
 use volmgr::provider::zfs::{KIND, ZfsProvider};
 use volmgr::provider::{Presence, Provider, ProviderConfig, ProviderError, VolumeRef, VolumeSpec};
 use volmgr::state::{DETAIL_GUID, Details, Meta, VolumeKind};
@@ -469,5 +471,96 @@ async fn verbs_on_zfs_report_their_median_latency() {
         median(destroy)
     );
     assert!(m.volumes().is_empty());
+    m.close().await;
+}
+
+/// Commands run while `f` runs (nothing else in this test binary runs any:
+/// the guest runs it with `--test-threads=1`).
+async fn counted<T>(f: impl Future<Output = T>) -> (T, CommandCount) {
+    let before = CommandCount::snapshot();
+    let out = f.await;
+    (out, CommandCount::snapshot().since(before))
+}
+
+fn zfs_commands(n: u64) -> CommandCount {
+    CommandCount {
+        zfs: n,
+        ..CommandCount::default()
+    }
+}
+
+/// The `zfs` commands each verb runs through the manager are the table of
+/// the ZFS provider's `//!` documentation (create 1, snapshot 3, fork 2,
+/// destroy 2, send 2, receive 10): a change that adds a command to a verb
+/// fails here, and one that removes a command updates the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_verb_runs_exactly_its_documented_number_of_zfs_commands() {
+    let test = "each_verb_runs_exactly_its_documented_number_of_zfs_commands";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let m = Manager::open(state.path(), manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    let (v, create) = counted(m.create_volume("default", None, Meta::new())).await;
+    let v = v.unwrap();
+    std::fs::write(Path::new(&v.location).join("f"), b"x").unwrap();
+    let (s1, snapshot) = counted(m.create_snapshot(&v.id, Meta::new())).await;
+    let s1 = s1.unwrap();
+    let (f, fork) = counted(m.fork_volume(&s1.id, None, Meta::new())).await;
+    let f = f.unwrap();
+    std::fs::write(Path::new(&v.location).join("g"), b"y").unwrap();
+    let s2 = m.create_snapshot(&v.id, Meta::new()).await.unwrap();
+
+    // Transfers: a full stream of s1 and an incremental s1 -> s2 into `dst`.
+    let dst = m.create_volume("default", None, Meta::new()).await.unwrap();
+    let mut full = Vec::new();
+    let (sent, full_send) = counted(m.send_snapshot(&s1.id, &[], &mut full)).await;
+    assert!(!sent.unwrap().incremental);
+    let (r1, full_recv) = counted(m.receive_snapshot(&dst.id, full.as_slice())).await;
+    r1.unwrap();
+    let haves = m.list_haves(&dst.id).unwrap();
+    let mut inc = Vec::new();
+    let (sent, inc_send) = counted(m.send_snapshot(&s2.id, &haves, &mut inc)).await;
+    assert!(sent.unwrap().incremental, "dst has s1");
+    let (r2, inc_recv) = counted(m.receive_snapshot(&dst.id, inc.as_slice())).await;
+    r2.unwrap();
+
+    let (r, destroy_fork) = counted(m.destroy_volume(&f.id)).await;
+    r.unwrap();
+    let (r, destroy_snapshot) = counted(m.destroy_volume(&s1.id)).await;
+    r.unwrap();
+    let mut destroy_volume = Vec::new();
+    for id in [&s2.id, &v.id] {
+        let (r, n) = counted(m.destroy_volume(id)).await;
+        r.unwrap();
+        destroy_volume.push(n);
+    }
+    println!(
+        "FIGURE zfs commands per verb: create {}, snapshot {}, fork {}, destroy {}/{}/{} \
+         (fork/snapshot/volume), full send {}, full receive {}, incremental send {}, \
+         incremental receive {}",
+        create.zfs,
+        snapshot.zfs,
+        fork.zfs,
+        destroy_fork.zfs,
+        destroy_snapshot.zfs,
+        destroy_volume[1].zfs,
+        full_send.zfs,
+        full_recv.zfs,
+        inc_send.zfs,
+        inc_recv.zfs
+    );
+    assert_eq!(create, zfs_commands(1), "create");
+    assert_eq!(snapshot, zfs_commands(3), "snapshot");
+    assert_eq!(fork, zfs_commands(2), "fork");
+    assert_eq!(destroy_fork, zfs_commands(2), "destroy a fork");
+    assert_eq!(destroy_snapshot, zfs_commands(2), "destroy a snapshot");
+    assert_eq!(destroy_volume, [zfs_commands(2); 2], "destroy s2, then v");
+    assert_eq!(full_send, zfs_commands(2), "full send");
+    assert_eq!(inc_send, zfs_commands(2), "incremental send");
+    assert_eq!(full_recv, zfs_commands(10), "full receive");
+    assert_eq!(inc_recv, zfs_commands(10), "incremental receive");
     m.close().await;
 }

@@ -13,10 +13,13 @@ pub mod fake_peer;
 pub mod flynn;
 pub mod process;
 
+#[path = "../common/hooked_sim.rs"]
+pub mod hooked_sim;
+
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -24,12 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use volmgr::agent::{Agent, AgentError, Client, Peers, ServeOptions};
 use volmgr::manager::{Manager, ManagerConfig};
-use volmgr::provider::sim::SimProvider;
-use volmgr::provider::{
-    Created, Durability, Found, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef,
-    VolumeSpec,
-};
-use volmgr::state::OpId;
+use volmgr::provider::ProviderConfig;
+use volmgr::provider::sim::{SimCall, SimProvider, When};
+
+use hooked_sim::HookedSim;
 
 /// A manager configuration whose default provider is `sim` (kind "sim").
 pub fn sim_config(sim: &SimProvider) -> ManagerConfig {
@@ -227,102 +228,33 @@ pub fn assert_error(answer: &(u16, Value, Vec<u8>), status: u16, code: &str) {
     );
 }
 
-/// A provider delegating to a [`SimProvider`] whose snapshots wait until
-/// released, so a test can hold an operation in flight. It reports each
-/// held call on `entered`.
-#[derive(Debug, Clone)]
-pub struct GateProvider {
-    pub sim: SimProvider,
-    entered: mpsc::UnboundedSender<()>,
-    release: Arc<Mutex<std_mpsc::Receiver<()>>>,
-}
-
+/// Holds a provider call open: the provider reports each snapshot that
+/// reached it on `entered`, then waits for one `release` before running it.
 pub struct Gate {
     pub entered: mpsc::UnboundedReceiver<()>,
     pub release: std_mpsc::Sender<()>,
 }
 
-impl GateProvider {
-    pub fn new(sim: SimProvider) -> (GateProvider, Gate) {
-        let (entered_tx, entered_rx) = mpsc::unbounded_channel();
-        let (release_tx, release_rx) = std_mpsc::channel();
-        (
-            GateProvider {
-                sim,
-                entered: entered_tx,
-                release: Arc::new(Mutex::new(release_rx)),
-            },
-            Gate {
-                entered: entered_rx,
-                release: release_tx,
-            },
-        )
-    }
-
-    pub fn factory(&self) -> volmgr::provider::ProviderFactory {
-        let me = self.clone();
-        Arc::new(move |_config: &ProviderConfig| Ok(Arc::new(me.clone()) as Arc<dyn Provider>))
-    }
-}
-
-impl Provider for GateProvider {
-    fn kind(&self) -> &'static str {
-        "gate"
-    }
-    fn config(&self) -> ProviderConfig {
-        ProviderConfig::new()
-    }
-    fn durability(&self) -> Durability {
-        self.sim.durability()
-    }
-    fn sync(&self) -> Result<(), ProviderError> {
-        self.sim.sync()
-    }
-    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
-        self.sim.create_volume(spec)
-    }
-    fn create_snapshot(
-        &self,
-        source: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-    ) -> Result<Created, ProviderError> {
-        let _ = self.entered.send(());
-        let _ = self.release.lock().unwrap().recv();
-        self.sim.create_snapshot(source, spec)
-    }
-    fn fork_volume(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-    ) -> Result<Created, ProviderError> {
-        self.sim.fork_volume(snapshot, spec)
-    }
-    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
-        self.sim.destroy(volume)
-    }
-    fn send_snapshot(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        base: Option<&VolumeRef<'_>>,
-        out: &mut dyn std::io::Write,
-    ) -> Result<SendStats, ProviderError> {
-        self.sim.send_snapshot(snapshot, base, out)
-    }
-    fn receive_snapshot(
-        &self,
-        target: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-        input: &mut dyn std::io::Read,
-    ) -> Result<Created, ProviderError> {
-        self.sim.receive_snapshot(target, spec, input)
-    }
-    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
-        self.sim.inventory()
-    }
-    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
-        self.sim.finish(found)
-    }
-    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
-        self.sim.abort_partial(op)
-    }
+/// A provider of kind `gate` delegating to `sim`, whose snapshots wait until
+/// released (see [`Gate`]), so a test can hold an operation in flight.
+pub fn gate_provider(sim: SimProvider) -> (HookedSim, Gate) {
+    let (entered_tx, entered_rx) = mpsc::unbounded_channel();
+    let (release_tx, release_rx) = std_mpsc::channel();
+    let release = Mutex::new(release_rx);
+    let provider = HookedSim::new(sim, "gate", move |call, when| {
+        if (call, when) == (SimCall::Snapshot, When::Before) {
+            let _ = entered_tx.send(());
+            let _ = release
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .recv();
+        }
+    });
+    (
+        provider,
+        Gate {
+            entered: entered_rx,
+            release: release_tx,
+        },
+    )
 }

@@ -382,15 +382,41 @@ pub fn check_agreement(m: &Manager, sim: &SimProvider, model: &Model) -> Vec<Str
             ));
         }
     }
-    let missing: Vec<&String> = model.must_exist.difference(&in_state).collect();
-    if !missing.is_empty() {
-        problems.push(format!("acknowledged volumes missing: {missing:?}"));
-    }
-    let back: Vec<&String> = model.must_not_exist.intersection(&in_state).collect();
-    if !back.is_empty() {
-        problems.push(format!("acknowledged destroys undone: {back:?}"));
+    let lost = lost_acknowledged(m, sim, model);
+    if !lost.is_empty() {
+        problems.push(format!("acknowledged operations lost: {lost:?}"));
     }
     problems
+}
+
+/// The acknowledged operations whose effect a reopened manager no longer
+/// shows: a volume acknowledged created (and not destroyed) that the state
+/// lacks, marks lost, or the provider no longer holds; a volume acknowledged
+/// destroyed that the state or the provider holds again. One entry each.
+pub fn lost_acknowledged(m: &Manager, sim: &SimProvider, model: &Model) -> Vec<String> {
+    let state = m.state();
+    let held: BTreeSet<String> = sim.volume_ids().into_iter().collect();
+    let mut lost = Vec::new();
+    for id in &model.must_exist {
+        match state.volumes.get(id) {
+            None => lost.push(format!("created {id}: absent")),
+            Some(v) if v.status != VolumeStatus::Live => {
+                lost.push(format!("created {id}: {:?}", v.status));
+            }
+            Some(_) if !held.contains(id) => {
+                lost.push(format!("created {id}: not on the provider"));
+            }
+            Some(_) => {}
+        }
+    }
+    for id in &model.must_not_exist {
+        if state.volumes.contains_key(id) {
+            lost.push(format!("destroyed {id}: back in the state"));
+        } else if held.contains(id) {
+            lost.push(format!("destroyed {id}: back on the provider"));
+        }
+    }
+    lost
 }
 
 /// The reopened manager still works: a create and a destroy are

@@ -13,6 +13,7 @@
 //! volume's tree are never resolved from here: see [`dir`].
 
 pub mod dir;
+pub mod group_sync;
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -24,6 +25,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use dir::{Dir, Kind, Space, Stat};
+pub use group_sync::GroupSync;
 
 /// `fsync` of a directory: makes its entries (creations, renames, removals)
 /// durable.

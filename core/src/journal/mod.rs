@@ -92,6 +92,7 @@ pub struct Journal<R> {
     committer: Arc<Committer>,
     shared: Arc<Shared>,
     segment_size: u64,
+    max_batch_bytes: usize,
     state_dir: PathBuf,
     _record: PhantomData<fn() -> R>,
 }
@@ -275,6 +276,7 @@ impl<R: JournalRecord> Journal<R> {
                 committer,
                 shared,
                 segment_size: config.segment_size,
+                max_batch_bytes: config.max_batch_bytes,
                 state_dir: state_dir.to_owned(),
                 _record: PhantomData,
             },
@@ -300,30 +302,11 @@ impl<R: JournalRecord> Journal<R> {
         let mut encoded = Vec::with_capacity(records.len());
         let mut total = 0usize;
         for record in records {
-            let payload = codec::encode_record(record).map_err(JournalError::Encode)?;
-            if payload.len() > format::MAX_PAYLOAD_LEN {
-                return Err(JournalError::RecordTooLarge {
-                    len: payload.len(),
-                    max: format::MAX_PAYLOAD_LEN,
-                });
-            }
-            // Pair assertion: what is written must replay. bincode's limit
-            // counts integers at their in-memory width (a u64 is 8 bytes
-            // against the limit however few it takes on disk), so a payload
-            // under 1 MiB can still exceed the decode limit; such a record,
-            // once durable, would make the journal refuse to open.
-            if let Err(e) = codec::decode_record::<R>(&payload) {
-                return Err(JournalError::Encode(format!(
-                    "record of {} bytes would not decode on replay: {e}",
-                    payload.len()
-                )));
-            }
+            let (kind, payload) = encode_checked(record)?;
             total += format::frame_len(payload.len());
-            encoded.push((record.kind(), payload));
+            encoded.push((kind, payload));
         }
-        let capacity = usize::try_from(self.segment_size)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(format::SEGMENT_HEADER_LEN);
+        let capacity = self.segment_capacity();
         if total > capacity {
             return Err(JournalError::RecordTooLarge {
                 len: total,
@@ -334,6 +317,65 @@ impl<R: JournalRecord> Journal<R> {
             return Ok(self.durable_seq() + 1);
         }
         self.committer.append(encoded, total).await
+    }
+
+    /// Appends many records in order, in as few commits (syncs) as the
+    /// limits allow: consecutive runs of records, each as large as fits
+    /// [`Journal::batch_limit`] (a record larger than that goes alone), each
+    /// encoded once and committed like one [`Journal::append_all`]. After
+    /// each run is durable, `durable` receives its first sequence number and
+    /// its records, in order; it returns whether to go on. Returns how many
+    /// records were handed to `durable`. On `Err` every run before the
+    /// failing one was durable and handed over; of the failing run, recovery
+    /// may replay any prefix (as for `append_all`). Memory stays bounded by
+    /// one run's bytes, whatever the number of records.
+    pub async fn append_in_batches(
+        &self,
+        records: Vec<R>,
+        mut durable: impl FnMut(u64, Vec<R>) -> bool,
+    ) -> Result<usize, JournalError> {
+        let limit = self.batch_limit();
+        let capacity = self.segment_capacity();
+        let mut handed = 0usize;
+        let mut run: Vec<R> = Vec::new();
+        let mut encoded: writer::Encoded = Vec::new();
+        let mut bytes = 0usize;
+        for record in records {
+            let (kind, payload) = encode_checked(&record)?;
+            let len = format::frame_len(payload.len());
+            if len > capacity {
+                return Err(JournalError::RecordTooLarge { len, max: capacity });
+            }
+            if !run.is_empty() && bytes + len > limit {
+                let first = self.commit_run(std::mem::take(&mut encoded), bytes).await?;
+                handed += run.len();
+                if !durable(first, std::mem::take(&mut run)) {
+                    return Ok(handed);
+                }
+                bytes = 0;
+            }
+            bytes += len;
+            encoded.push((kind, payload));
+            run.push(record);
+        }
+        if !run.is_empty() {
+            let first = self.commit_run(encoded, bytes).await?;
+            handed += run.len();
+            durable(first, run);
+        }
+        Ok(handed)
+    }
+
+    /// Commits one run of [`Journal::append_in_batches`].
+    async fn commit_run(
+        &self,
+        encoded: writer::Encoded,
+        bytes: usize,
+    ) -> Result<u64, JournalError> {
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(JournalError::Poisoned { cause });
+        }
+        self.committer.append(encoded, bytes).await
     }
 
     /// Stores a snapshot of the caller's state as of sequence `seq` (which
@@ -357,6 +399,19 @@ impl<R: JournalRecord> Journal<R> {
 }
 
 impl<R> Journal<R> {
+    /// The most frame bytes one commit should carry: the configured batch
+    /// limit, and never more than an empty segment holds.
+    pub fn batch_limit(&self) -> usize {
+        self.max_batch_bytes.min(self.segment_capacity())
+    }
+
+    /// The frame bytes an empty segment holds.
+    fn segment_capacity(&self) -> usize {
+        usize::try_from(self.segment_size)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(format::SEGMENT_HEADER_LEN)
+    }
+
     /// Sequence number of the last durable record (0 when empty).
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable_seq.load(Ordering::Acquire)
@@ -399,6 +454,30 @@ impl<R> Drop for Journal<R> {
         // No append can be in flight: each borrows the handle.
         self.committer.close_now();
     }
+}
+
+/// Encodes one record for a frame: its kind and payload, refused if the
+/// payload exceeds the frame limit or would not decode on replay.
+fn encode_checked<R: JournalRecord>(record: &R) -> Result<(u8, Vec<u8>), JournalError> {
+    let payload = codec::encode_record(record).map_err(JournalError::Encode)?;
+    if payload.len() > format::MAX_PAYLOAD_LEN {
+        return Err(JournalError::RecordTooLarge {
+            len: payload.len(),
+            max: format::MAX_PAYLOAD_LEN,
+        });
+    }
+    // Pair assertion: what is written must replay. bincode's limit counts
+    // integers at their in-memory width (a u64 is 8 bytes against the limit
+    // however few it takes on disk), so a payload under 1 MiB can still
+    // exceed the decode limit; such a record, once durable, would make the
+    // journal refuse to open.
+    if let Err(e) = codec::decode_record::<R>(&payload) {
+        return Err(JournalError::Encode(format!(
+            "record of {} bytes would not decode on replay: {e}",
+            payload.len()
+        )));
+    }
+    Ok((record.kind(), payload))
 }
 
 /// Creates `dir` and its missing ancestors and syncs the parent of each, from

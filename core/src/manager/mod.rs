@@ -303,7 +303,7 @@ impl Manager {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .values()
-                .map(|g| g.syncs.load(Ordering::Relaxed))
+                .map(|g| g.syncs())
                 .sum(),
         }
     }

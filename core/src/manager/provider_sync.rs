@@ -18,36 +18,20 @@
 //! may not be durable and a retry could lie, so no later operation on that
 //! provider is acknowledged until a reopen reconciles what it holds.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
-
+use crate::fsutil::GroupSync;
 use crate::provider::Provider;
 
-#[derive(Debug, Default)]
-struct Round {
-    /// Syncs started (the generation of the latest).
-    started: u64,
-    /// Generation of the latest sync that returned.
-    finished: u64,
-    running: bool,
-    /// Why the group failed, once a sync failed.
-    failed: Option<String>,
-}
-
-/// The shared sync of one provider.
+/// The shared sync of one provider: a [`GroupSync`] running
+/// [`Provider::sync`].
 #[derive(Debug, Default)]
 pub(super) struct SyncGroup {
-    round: Mutex<Round>,
-    done: Condvar,
-    /// Syncs that returned `Ok`.
-    pub syncs: AtomicU64,
+    group: GroupSync,
 }
 
 impl SyncGroup {
-    fn lock(&self) -> MutexGuard<'_, Round> {
-        self.round
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Syncs that returned `Ok`.
+    pub fn syncs(&self) -> u64 {
+        self.group.flushes()
     }
 
     /// Blocks until a `provider.sync()` that started after this call has
@@ -55,40 +39,6 @@ impl SyncGroup {
     /// durable. `Err` (the failure's text) if that sync, or any earlier one,
     /// failed.
     pub fn sync_after(&self, provider: &dyn Provider) -> Result<(), String> {
-        let mut round = self.lock();
-        // A sync already running may have started before our side effect
-        // completed: only the next one counts.
-        let needed = round.started + 1;
-        loop {
-            if let Some(why) = &round.failed {
-                return Err(why.clone());
-            }
-            if round.finished >= needed {
-                return Ok(());
-            }
-            if round.running {
-                round = self
-                    .done
-                    .wait(round)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                continue;
-            }
-            round.running = true;
-            round.started += 1;
-            let generation = round.started;
-            drop(round);
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| provider.sync()));
-            round = self.lock();
-            round.running = false;
-            round.finished = generation;
-            match result {
-                Ok(Ok(())) => {
-                    self.syncs.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Err(e)) => round.failed = Some(format!("provider sync failed: {e}")),
-                Err(_) => round.failed = Some("provider sync panicked".into()),
-            }
-            self.done.notify_all();
-        }
+        self.group.sync_after("provider sync", || provider.sync())
     }
 }

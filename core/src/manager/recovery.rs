@@ -2,9 +2,11 @@
 //! inventory, performs every decision's provider step, syncs each batched
 //! provider a step touched ONCE (not once per step), and only then journals
 //! the resolution records, so that no record becomes durable before its
-//! effect is. A batched provider is also synced before its inventory (a
-//! killed process may have left effects visible but not durable). A failed
-//! sync journals none of that provider's resolutions and takes it out of
+//! effect is. The records go to the journal in decision order, in runs as
+//! large as its batch limit allows (one journal sync per run, not per
+//! record). A batched provider is also synced before its inventory (a killed
+//! process may have left effects visible but not durable). A failed sync
+//! journals none of that provider's resolutions and takes it out of
 //! service; its pending operations stay pending and claimed.
 
 use std::collections::HashMap;
@@ -126,6 +128,12 @@ impl Manager {
             inner.claim_pending_of(id);
             report.unavailable.push((id.clone(), why.clone()));
         }
+        // The records in decision order (the order `State::apply` saw when
+        // each had its own append), journaled in as few commits as the
+        // journal's batch limit allows: recovery with thousands of pending
+        // operations must not cost thousands of journal syncs either.
+        let mut records = Vec::with_capacity(todo.len());
+        let mut resolved = Vec::with_capacity(todo.len());
         for ((d, provider), effect) in todo.into_iter().zip(performed.effects) {
             if let Some((id, _)) = &provider
                 && performed.sync_failures.contains_key(id)
@@ -135,22 +143,32 @@ impl Manager {
             let Some(effect) = effect else {
                 continue;
             };
-            let record = Record::Reconciled {
+            records.push(Record::Reconciled {
                 at_ms: now_ms(),
                 case: d.case,
                 detail: d.detail.clone(),
                 effect,
-            };
-            let seq = inner.journal.append(&record).await?;
-            inner.submit(seq, record);
-            if let Some(e) = inner.poison() {
-                return Err(e);
-            }
-            tracing::warn!(case = %d.case, volume = ?d.volume, detail = %d.detail, "reconciled");
-            report
-                .resolutions
-                .push((d.case, d.volume.clone(), d.detail.clone()));
+            });
+            resolved.push((d.case, d.volume, d.detail));
         }
+        let mut resolved = resolved.into_iter();
+        let handed = inner
+            .journal
+            .append_in_batches(records, |first, run| {
+                for (seq, record) in (first..).zip(run) {
+                    inner.submit(seq, record);
+                    let (case, volume, detail) = resolved.next().expect("one per record");
+                    tracing::warn!(case = %case, volume = ?volume, detail = %detail, "reconciled");
+                    report.resolutions.push((case, volume, detail));
+                }
+                // A record the state refused stops the journaling here.
+                inner.poison().is_none()
+            })
+            .await?;
+        if let Some(e) = inner.poison() {
+            return Err(e);
+        }
+        debug_assert_eq!(handed, report.resolutions.len());
         let mut stored = inner
             .report
             .lock()

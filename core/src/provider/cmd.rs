@@ -21,6 +21,9 @@
 //! - Failures map to [`ProviderError::Command`] carrying the command line, the
 //!   exit status and the child's stderr; a program that cannot be started is a
 //!   `Command` error with status `not started`.
+//! - Every child started is counted by program name ([`CommandCount`]: one
+//!   relaxed atomic increment per command, process-wide), so benchmarks and
+//!   tests can read how many `zfs` or `btrfs` commands a verb ran.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
@@ -28,6 +31,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -57,6 +61,104 @@ pub fn guard(arg: &str) -> Result<&str, ProviderError> {
         )));
     }
     Ok(arg)
+}
+
+/// Children started so far in this process, by program: `btrfs`, `zfs`,
+/// `zpool`, then every other program (indexes of [`Program::slot`]).
+static STARTED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// The programs [`CommandCount`] tells apart, by the file name of the
+/// program run (`zfs` and `/usr/sbin/zfs` are both `Zfs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    Btrfs,
+    Zfs,
+    Zpool,
+    /// Anything else (`sh`, a test's helper).
+    Other,
+}
+
+impl Program {
+    /// The program `program` names, by its file name.
+    pub fn of(program: &OsStr) -> Program {
+        match Path::new(program).file_name().and_then(OsStr::to_str) {
+            Some("btrfs") => Program::Btrfs,
+            Some("zfs") => Program::Zfs,
+            Some("zpool") => Program::Zpool,
+            _ => Program::Other,
+        }
+    }
+
+    fn slot(self) -> usize {
+        match self {
+            Program::Btrfs => 0,
+            Program::Zfs => 1,
+            Program::Zpool => 2,
+            Program::Other => 3,
+        }
+    }
+}
+
+/// How many commands (children actually started: a program that cannot be
+/// started is not counted) the providers of this process ran, by program.
+///
+/// The count is process-wide, not per provider or per thread (the manager
+/// runs provider calls on tokio's blocking pool): read it before and after a
+/// call with nothing else running commands in the process, and
+/// [`CommandCount::since`] is what that call ran.
+///
+/// ```
+/// use volmgr_core::provider::cmd::CommandCount;
+/// let before = CommandCount::snapshot();
+/// // ... a provider call ...
+/// let ran = CommandCount::snapshot().since(before);
+/// assert_eq!(ran.zfs, 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommandCount {
+    pub btrfs: u64,
+    pub zfs: u64,
+    pub zpool: u64,
+    pub other: u64,
+}
+
+impl CommandCount {
+    /// The counts so far, since the process started.
+    pub fn snapshot() -> CommandCount {
+        let read = |p: Program| STARTED[p.slot()].load(Ordering::Relaxed);
+        CommandCount {
+            btrfs: read(Program::Btrfs),
+            zfs: read(Program::Zfs),
+            zpool: read(Program::Zpool),
+            other: read(Program::Other),
+        }
+    }
+
+    /// The commands run between `earlier` and `self` (two snapshots).
+    #[must_use]
+    pub fn since(self, earlier: CommandCount) -> CommandCount {
+        CommandCount {
+            btrfs: self.btrfs.saturating_sub(earlier.btrfs),
+            zfs: self.zfs.saturating_sub(earlier.zfs),
+            zpool: self.zpool.saturating_sub(earlier.zpool),
+            other: self.other.saturating_sub(earlier.other),
+        }
+    }
+
+    /// The count of one program.
+    pub fn of(&self, program: Program) -> u64 {
+        match program {
+            Program::Btrfs => self.btrfs,
+            Program::Zfs => self.zfs,
+            Program::Zpool => self.zpool,
+            Program::Other => self.other,
+        }
+    }
+
+    /// All commands, whatever the program.
+    pub fn total(&self) -> u64 {
+        self.btrfs + self.zfs + self.zpool + self.other
+    }
 }
 
 /// What a captured run produced.
@@ -156,11 +258,13 @@ impl Cmd {
             .stdin(stdin)
             .stdout(stdout)
             .stderr(Stdio::piped());
-        command.spawn().map_err(|e| ProviderError::Command {
+        let child = command.spawn().map_err(|e| ProviderError::Command {
             command: self.display(),
             status: "not started".into(),
             stderr: e.to_string(),
-        })
+        })?;
+        STARTED[Program::of(&self.program).slot()].fetch_add(1, Ordering::Relaxed);
+        Ok(child)
     }
 
     /// Runs to completion with stdout and stderr captured.
@@ -505,6 +609,48 @@ mod tests {
             matches!(err, ProviderError::Command { ref status, .. } if status == "exit status 4"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn programs_are_told_apart_by_file_name() {
+        for (program, want) in [
+            ("zfs", Program::Zfs),
+            ("/usr/sbin/zfs", Program::Zfs),
+            ("zpool", Program::Zpool),
+            ("/sbin/btrfs", Program::Btrfs),
+            ("zfs-helper", Program::Other),
+            ("/zfs/sh", Program::Other),
+            ("", Program::Other),
+        ] {
+            assert_eq!(Program::of(OsStr::new(program)), want, "{program:?}");
+        }
+    }
+
+    /// `zpool` is a program no other unit test of this library runs, so
+    /// its count moves only by this test's commands (the `other` count is
+    /// shared with the tests running `sh`, `printf`... beside it).
+    #[test]
+    fn every_started_child_is_counted_under_its_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let zpool = dir.path().join("zpool");
+        let truth = ["/bin/true", "/usr/bin/true"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("true(1) is installed");
+        std::os::unix::fs::symlink(truth, &zpool).unwrap();
+        let before = CommandCount::snapshot();
+        Cmd::new(&zpool).run().unwrap();
+        let err = Cmd::new(&zpool).arg("x").run_to(&mut io::sink());
+        assert!(err.is_ok(), "{err:?}");
+        Cmd::new(&zpool).run_from(&mut &b"in"[..]).unwrap();
+        // Not started: not counted.
+        let missing = dir.path().join("missing").join("zpool");
+        assert!(Cmd::new(&missing).run().is_err());
+        let ran = CommandCount::snapshot().since(before);
+        assert_eq!(ran.zpool, 3, "{ran:?}");
+        assert_eq!(ran.of(Program::Zpool), 3);
+        assert!(ran.total() >= 3);
+        assert_eq!(before.since(CommandCount::snapshot()).zpool, 0);
     }
 
     #[test]

@@ -35,15 +35,16 @@
 //! `guid` (snapshots only: 32 lowercase hex digits of a random `u128` chosen
 //! when the snapshot is taken; a received snapshot keeps the *sender's* guid)
 //! and a state: `complete`, or one of `creating`, `copying`, `receiving`,
-//! `swapping` (half-made). Markers are written with temp file,
-//! fsync, rename, fsync of the directory. A marker is always written *before*
+//! `swapping` (half-made; but a data volume's `creating` marker with its
+//! directory is whole, see "Durability"). Markers are written with temp
+//! file and rename (fsyncs as "Durability" says). A marker is always written *before*
 //! its directory appears and removed *after* it is gone, so the provider never
 //! leaves an untagged directory of its own behind, and a directory without a
 //! marker is foreign (reported with tag `None`, never touched, never destroyed).
 //!
-//! An item is [`Presence::Complete`](crate::provider::Presence::Complete) only if its marker says `complete` and its
-//! directory exists. A half-made marker is [`Presence::Incomplete`](crate::provider::Presence::Incomplete) with a
-//! reason. A `complete` marker whose directory is gone is left out of the
+//! An item is [`Presence::Complete`](crate::provider::Presence::Complete) only if its marker says `complete` (or
+//! `creating`, for a data volume) and its directory exists. A half-made marker is [`Presence::Incomplete`](crate::provider::Presence::Incomplete) with a
+//! reason. A whole marker whose directory is gone is left out of the
 //! inventory: the volume is absent (the manager reports it lost; destroying it
 //! removes the marker).
 //!
@@ -115,15 +116,58 @@
 //! inventory); the next start sweeps the trash and removes such a marker when
 //! it still carries the op of the trashed tree.
 //!
-//! # Durability cost
+//! # Durability
 //!
-//! A create is five fsyncs (marker `creating`: file and directory; the new
-//! directory's parent; marker `complete`: file and directory); a destroy is
-//! two (the parent after the rename into the trash, the marker directory),
-//! three for a snapshot with a mode manifest.
+//! The provider is [`Durability::Batched`] by default: its verbs return
+//! before their changes are durable, and [`Provider::sync`] (one `syncfs` of
+//! the root, shared by every operation waiting for one: a
+//! [`GroupSync`](crate::fsutil::GroupSync)) makes them durable before the
+//! manager journals their outcomes. `syncfs` rather than a set of fsyncs:
+//! the markers' *content* must be durable too, and only a writeback of the
+//! whole file system does that in one flush. The cost is that `syncfs`
+//! writes back whatever else is dirty on that file system (a root on its
+//! own file system keeps that predictable).
+//!
+//! Without fsyncs between them, a power cut may keep any subset of a
+//! round's changes, and a marker's content may be lost while its name
+//! stays. So the verbs place **barriers** (a wait for a shared `syncfs` that
+//! started after the call) where order matters, and never rewrite a marker
+//! after a barrier:
+//!
+//! - **create**: marker `creating` (no fsync) → barrier → `mkdir data/<id>`
+//!   → return; the shared step makes the directory durable. A `creating`
+//!   data-volume marker with its directory *is* a whole volume (an empty
+//!   directory is all a new volume has), so the marker is never rewritten.
+//!   A cut before the barrier leaves no marker, or one the next start finds
+//!   unreadable with no directory and removes; never a directory without
+//!   its marker. Per create: two shared `syncfs` rounds and no fsync of its
+//!   own (was five fsyncs).
+//! - **destroy**: rename into the trash → barrier → remove the marker (and
+//!   manifest) → barrier → remove the tree. A cut leaves the tree in place
+//!   with its marker, or in the trash (the start removes its marker and the
+//!   tree), or a marker whose tree is gone (absent; replaced by the next
+//!   create of that id).
+//! - **snapshot, fork, receive** keep their own fsyncs (every copied file,
+//!   the markers, `syncfs` for a receive): their content must be durable
+//!   before the marker says `complete`. The shared step adds one `syncfs`.
+//!
+//! [`DirProvider::with_durability`] with [`Durability::OnReturn`] keeps the
+//! old behaviour: every verb durable on return (a create is five fsyncs:
+//! marker `creating` file and directory, the new directory's parent, marker
+//! `complete` file and directory; a destroy two, three for a snapshot with
+//! a mode manifest).
+//!
+//! Every operation on the provider's own names goes through a
+//! [`layout::Layout`]: the kernel's file system, or a simulated one
+//! ([`DirProvider::simulated`]) on which the power-cut sweep
+//! (`tests/torture_dir_powercut.rs`) runs this code and cuts the power at
+//! every sync point. Creating a missing root fsyncs each new directory's
+//! parent, so a cut cannot take the root (and all under it) away.
 
 mod derive;
+mod durability;
 mod inventory;
+pub mod layout;
 mod marker;
 mod modes;
 mod receive;
@@ -134,18 +178,22 @@ mod trash;
 mod tree;
 pub mod wire;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, DirBuilder};
+use std::collections::BTreeMap;
+use std::fs;
 use std::io::Read;
-use std::os::unix::fs::DirBuilderExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use self::layout::{Entry, Layout, RealLayout, SimLayout};
 use self::marker::{MARKER_FORMAT, Marker, MarkerState};
-use self::tree::{Modes, Policy, lstat, remove_tree, sync_dir};
+use self::tree::{Modes, Policy, remove_tree};
 use super::{
-    Created, Found, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef, VolumeSpec,
+    Created, Durability, Found, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef,
+    VolumeSpec,
 };
+use crate::fsutil::GroupSync;
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
+use crate::storage::sim::SimStorage;
 
 /// The provider kind.
 pub const KIND: &str = "dir";
@@ -189,77 +237,40 @@ fn dir_name(kind: VolumeKind) -> &'static str {
 pub struct DirProvider {
     root: PathBuf,
     root_str: String,
+    /// The file operations on the provider's own names.
+    layout: Arc<dyn Layout>,
+    /// [`Durability::Batched`] (the default) or on return.
+    batched: bool,
+    /// The shared `syncfs` of the batched step (see `durability`).
+    flush: GroupSync,
 }
 
 impl DirProvider {
     /// Opens (creating if missing) the provider rooted at `root`, an absolute
-    /// path without `..`. Sweeps the trash left by interrupted removals.
+    /// path without `..`, with batched durability (the default: see
+    /// "Durability"). Sweeps the trash left by interrupted removals.
     pub fn new(root: PathBuf) -> Result<Self, ProviderError> {
-        let invalid = |why: &str| {
-            ProviderError::InvalidConfig(format!("{CONFIG_ROOT} {}: {why}", root.display()))
-        };
-        if !root.is_absolute() {
-            return Err(invalid("not an absolute path"));
-        }
-        if root.components().any(|c| c == Component::ParentDir) {
-            return Err(invalid("contains '..'"));
-        }
-        let Some(root_str) = root.to_str().map(str::to_owned) else {
-            return Err(invalid("not valid UTF-8"));
-        };
-        if root_str.contains('\0') {
-            return Err(invalid("contains NUL"));
-        }
-        root::refuse_nested_root(&root)?;
-        match fs::metadata(&root) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => return Err(invalid("not a directory")),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir_all(&root)
-                    .map_err(|e| ProviderError::io(format!("creating {}", root.display()), e))?;
-            }
-            Err(e) => {
-                return Err(ProviderError::io(
-                    format!("examining {}", root.display()),
-                    e,
-                ));
-            }
-        }
-        root::claim_root(&root)?;
-        let p = DirProvider { root, root_str };
-        let mut created = BTreeSet::new();
-        for sub in [
-            p.root.join("data"),
-            p.root.join("snapshot"),
-            p.root.join(MARKERS),
-            p.marker_dir(VolumeKind::Data),
-            p.marker_dir(VolumeKind::Snapshot),
-            p.modes_dir(),
-            p.root.join(STAGING),
-            p.trash(),
-        ] {
-            match DirBuilder::new().mode(0o755).create(&sub) {
-                Ok(()) => {
-                    created.insert(sub.parent().expect("has a parent").to_path_buf());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    if !tree::is_real_dir(&sub)? {
-                        return Err(ProviderError::InvalidConfig(format!(
-                            "{} exists and is not a directory",
-                            sub.display()
-                        )));
-                    }
-                }
-                Err(e) => {
-                    return Err(ProviderError::io(format!("creating {}", sub.display()), e));
-                }
-            }
-        }
-        for dir in created {
-            sync_dir(&dir)?;
-        }
-        p.sweep_trash();
-        Ok(p)
+        Self::open(root, Arc::new(RealLayout), Durability::Batched)
+    }
+
+    /// Like [`DirProvider::new`], with the given durability: `OnReturn`
+    /// makes every verb durable before it returns (five fsyncs per create),
+    /// as before batching; kept for comparison in benches and tests.
+    pub fn with_durability(root: PathBuf, durability: Durability) -> Result<Self, ProviderError> {
+        Self::open(root, Arc::new(RealLayout), durability)
+    }
+
+    /// The provider on a simulated file system: a test seam, named as such,
+    /// for power-cut sweeps of the real provider code (create, destroy,
+    /// inventory, finish, the trash). `root` is a path in `storage`. The
+    /// simulation has no volume content: snapshots, forks, sends and
+    /// receives need the real file system.
+    pub fn simulated(
+        root: PathBuf,
+        storage: SimStorage,
+        durability: Durability,
+    ) -> Result<Self, ProviderError> {
+        Self::open(root, Arc::new(SimLayout::new(storage)), durability)
     }
 
     /// Builds the provider from its journaled configuration: `root` (required,
@@ -313,11 +324,13 @@ impl DirProvider {
     }
 
     fn marker(&self, kind: VolumeKind, id: &str) -> Result<Option<Marker>, ProviderError> {
-        marker::read(&self.marker_dir(kind).join(id), kind, id)
+        marker::read(&*self.layout, &self.marker_dir(kind).join(id), kind, id)
     }
 
+    /// Writes a marker durably (file fsync, rename, directory fsync).
     fn put_marker(&self, m: &Marker) -> Result<(), ProviderError> {
-        marker::write(&self.marker_dir(m.kind), m)
+        marker::write(&*self.layout, &self.marker_dir(m.kind), m, true)?;
+        self.sync_dir(&self.marker_dir(m.kind))
     }
 
     fn created(&self, m: &Marker) -> Created {
@@ -338,7 +351,7 @@ impl DirProvider {
             ProviderError::NotFound(format!("{} {} (no ownership marker)", v.kind, v.id))
         })?;
         let path = self.path(v.kind, v.id);
-        if m.state != MarkerState::Complete {
+        if !m.is_whole() {
             return Err(ProviderError::Other(format!(
                 "{} {} is half-made: {}",
                 v.kind,
@@ -346,7 +359,7 @@ impl DirProvider {
                 m.state.describe(m.parent.as_deref())
             )));
         }
-        if !tree::is_real_dir(&path)? {
+        if !self.is_dir(&path)? {
             return Err(ProviderError::NotFound(format!(
                 "{} {} (directory {} missing)",
                 v.kind,
@@ -373,11 +386,15 @@ impl DirProvider {
         })
     }
 
-    /// Creates the directory of a `creating` data volume and marks it complete.
+    /// Creates the directory of a `creating` data volume (whose marker is
+    /// durable) and, durable on return, marks it complete. Batched, a
+    /// `creating` marker with its directory *is* complete (see
+    /// "Durability"): the directory's entry is made durable by the shared
+    /// step.
     fn finish_create(&self, m: &Marker) -> Result<Created, ProviderError> {
         let path = self.path(VolumeKind::Data, &m.volume);
-        match lstat(&path)? {
-            Some(md) if md.file_type().is_dir() => {}
+        match self.entry(&path)? {
+            Some(Entry::Dir { .. }) => {}
             Some(_) => {
                 return Err(ProviderError::Other(format!(
                     "{} exists and is not a directory",
@@ -385,14 +402,15 @@ impl DirProvider {
                 )));
             }
             None => {
-                DirBuilder::new()
-                    .mode(0o755)
-                    .create(&path)
+                self.layout
+                    .create_dir(&path, 0o755)
                     .map_err(|e| ProviderError::io(format!("creating {}", path.display()), e))?;
-                tree::chmod_dir(&path, 0o755)?;
             }
         }
-        sync_dir(&self.content_dir(VolumeKind::Data))?;
+        if self.batched {
+            return Ok(self.created(m));
+        }
+        self.sync_dir(&self.content_dir(VolumeKind::Data))?;
         let done = m.with_state(MarkerState::Complete);
         self.put_marker(&done)?;
         Ok(self.created(&done))
@@ -421,7 +439,7 @@ impl Provider for DirProvider {
             )));
         }
         let path = self.path(VolumeKind::Data, spec.id);
-        let m = match self.marker(VolumeKind::Data, spec.id)? {
+        let m = match self.live_marker(VolumeKind::Data, spec.id)? {
             Some(m) if m.op != spec.op => {
                 return Err(ProviderError::AlreadyExists(format!(
                     "volume {} (made by operation {})",
@@ -429,7 +447,7 @@ impl Provider for DirProvider {
                 )));
             }
             Some(m) if m.state == MarkerState::Complete => {
-                if tree::is_real_dir(&path)? {
+                if self.is_dir(&path)? {
                     return Ok(self.created(&m));
                 }
                 return Err(ProviderError::Other(format!(
@@ -438,7 +456,12 @@ impl Provider for DirProvider {
                     path.display()
                 )));
             }
-            Some(m) if m.state == MarkerState::Creating => m,
+            Some(m) if m.state == MarkerState::Creating => {
+                // Retried by the same operation: its marker must be durable
+                // before the directory appears.
+                self.barrier()?;
+                m
+            }
             Some(m) => {
                 return Err(ProviderError::Other(format!(
                     "volume {}: {}",
@@ -447,7 +470,7 @@ impl Provider for DirProvider {
                 )));
             }
             None => {
-                if lstat(&path)?.is_some() {
+                if self.entry(&path)?.is_some() {
                     return Err(ProviderError::AlreadyExists(format!(
                         "{} (not tagged as ours)",
                         path.display()
@@ -462,7 +485,7 @@ impl Provider for DirProvider {
                     guid: None,
                     state: MarkerState::Creating,
                 };
-                self.put_marker(&m)?;
+                self.put_marker_first(&m)?;
                 m
             }
         };
@@ -498,7 +521,7 @@ impl Provider for DirProvider {
             self.remove_item(&m)
         } else {
             let path = self.path(volume.kind, volume.id);
-            if lstat(&path)?.is_some() {
+            if self.entry(&path)?.is_some() {
                 return Err(ProviderError::Other(format!(
                     "refusing to destroy {}: it carries no ownership marker",
                     path.display()
@@ -593,7 +616,7 @@ impl Provider for DirProvider {
                     spec.id, m.op
                 )));
             }
-            Some(m) if m.state == MarkerState::Complete && tree::is_real_dir(&snap)? => {
+            Some(m) if m.state == MarkerState::Complete && self.is_dir(&snap)? => {
                 return Ok(self.created(&m));
             }
             Some(m)
@@ -613,7 +636,7 @@ impl Provider for DirProvider {
                 )));
             }
             None => {
-                if lstat(&snap)?.is_some() {
+                if self.entry(&snap)?.is_some() {
                     return Err(ProviderError::AlreadyExists(format!(
                         "{} (not tagged as ours)",
                         snap.display()
@@ -633,6 +656,20 @@ impl Provider for DirProvider {
                 }
                 self.discard(VolumeKind::Snapshot, spec.id, spec.op);
             })
+    }
+
+    fn durability(&self) -> Durability {
+        if self.batched {
+            Durability::Batched
+        } else {
+            Durability::OnReturn
+        }
+    }
+
+    /// The batched step: one `syncfs` of the root, shared by concurrent
+    /// callers (see "Durability").
+    fn sync(&self) -> Result<(), ProviderError> {
+        self.barrier()
     }
 
     fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
@@ -667,12 +704,14 @@ impl Provider for DirProvider {
         };
         match (&m.state, m.kind) {
             (MarkerState::Complete, _) => {
-                if tree::is_real_dir(&path)? {
+                if self.is_dir(&path)? {
                     Ok(self.created(&m))
                 } else {
                     refuse("its directory is missing")
                 }
             }
+            // Its marker is durable: recovery syncs a batched provider
+            // before taking its inventory.
             (MarkerState::Creating, VolumeKind::Data) => self.finish_create(&m),
             (MarkerState::Copying, VolumeKind::Data) => {
                 let Some(parent) = m.parent.as_deref() else {

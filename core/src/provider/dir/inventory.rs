@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
 
-use super::marker::{self, MarkerState};
-use super::tree::{self, lstat};
+use super::layout::Entry;
+use super::marker;
 use super::{DirProvider, check_id};
 use crate::model::{Details, VolumeKind};
 use crate::provider::{Found, Presence, ProviderError, Tag};
@@ -16,16 +16,21 @@ impl DirProvider {
         let mut found = Vec::new();
         for kind in [VolumeKind::Data, VolumeKind::Snapshot] {
             let content = self.content_dir(kind);
-            let mut names: BTreeSet<Vec<u8>> = tree::sorted_names(&content)?.into_iter().collect();
+            let mut names: BTreeSet<Vec<u8>> = self
+                .layout
+                .names(&content)
+                .map_err(|e| ProviderError::io(format!("listing {}", content.display()), e))?
+                .into_iter()
+                .collect();
             names.extend(
-                marker::list(&self.marker_dir(kind))?
+                marker::list(&*self.layout, &self.marker_dir(kind))?
                     .into_iter()
                     .map(String::into_bytes),
             );
             for name in names {
                 let path = content.join(std::ffi::OsStr::from_bytes(&name));
                 let shown = path.to_string_lossy().into_owned();
-                let present = lstat(&path)?;
+                let present = self.entry(&path)?;
                 let marker = match std::str::from_utf8(&name) {
                     Ok(id) if check_id(id).is_ok() => self.marker(kind, id).transpose(),
                     _ => None,
@@ -60,16 +65,16 @@ impl DirProvider {
                             kind: m.kind,
                             parent: m.parent.clone(),
                         });
-                        let presence = match (&m.state, &present) {
-                            (MarkerState::Complete, None) => continue,
-                            (MarkerState::Complete, Some(md)) if md.file_type().is_dir() => {
-                                Presence::Complete
-                            }
-                            (MarkerState::Complete, Some(_)) => Presence::Incomplete {
+                        let presence = match (m.is_whole(), &present) {
+                            // A whole item whose directory is gone: absent
+                            // (lost, if the journal holds it).
+                            (true, None) => continue,
+                            (true, Some(Entry::Dir { .. })) => Presence::Complete,
+                            (true, Some(_)) => Presence::Incomplete {
                                 reason: format!("{shown} is not a directory"),
                             },
-                            (state, _) => Presence::Incomplete {
-                                reason: state.describe(m.parent.as_deref()),
+                            (false, _) => Presence::Incomplete {
+                                reason: m.state.describe(m.parent.as_deref()),
                             },
                         };
                         found.push(Found {

@@ -1,17 +1,18 @@
 //! Ownership markers and snapshot mode manifests of the directory provider.
 //!
-//! A marker is a small JSON document, written atomically (temp file, fsync,
-//! rename, fsync of the directory). A mode manifest lists a snapshot's mode
+//! A marker is a small JSON document, written atomically (temp file,
+//! rename; fsyncs as the provider's durability says) through the
+//! [`Layout`] seam. A mode manifest lists a snapshot's mode
 //! exceptions (see [`super::tree::Policy::Snapshot`]) in a checksummed binary
 //! form: magic `VMGRMOD1`, `u64` count, then per entry `u16` path length, path
 //! bytes and `u32` mode, then the CRC-32 of everything before it; big-endian.
 
-use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::layout::Layout;
 use super::tree::{self, Modes, Policy};
 use crate::model::{OpId, VolumeKind};
 use crate::provider::ProviderError;
@@ -74,6 +75,18 @@ pub(crate) struct Marker {
 }
 
 impl Marker {
+    /// Whether the item is whole once its directory exists: `complete`, or
+    /// a data volume's `creating` (an empty directory is the whole of a new
+    /// volume; a batched create never rewrites its marker, see the parent
+    /// module's "Durability").
+    pub(crate) fn is_whole(&self) -> bool {
+        match self.state {
+            MarkerState::Complete => true,
+            MarkerState::Creating => self.kind == VolumeKind::Data,
+            _ => false,
+        }
+    }
+
     pub(crate) fn with_state(&self, state: MarkerState) -> Marker {
         Marker {
             state,
@@ -85,24 +98,17 @@ impl Marker {
 /// Reads the marker at `path`: `None` if absent; an error if it is not a
 /// well-formed marker for (`kind`, `id`).
 pub(crate) fn read(
+    layout: &dyn Layout,
     path: &Path,
     kind: VolumeKind,
     id: &str,
 ) -> Result<Option<Marker>, ProviderError> {
-    let file = match tree::open_file_nofollow(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(ProviderError::io(
-                format!("opening marker {}", path.display()),
-                e,
-            ));
-        }
+    let Some(text) = layout
+        .read_file(path, MAX_MARKER_BYTES)
+        .map_err(|e| ProviderError::io(format!("reading marker {}", path.display()), e))?
+    else {
+        return Ok(None);
     };
-    let mut text = Vec::new();
-    file.take(MAX_MARKER_BYTES + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| ProviderError::io(format!("reading marker {}", path.display()), e))?;
     let bad = |why: String| {
         ProviderError::Other(format!(
             "unreadable ownership marker {}: {why}",
@@ -125,11 +131,24 @@ pub(crate) fn read(
     Ok(Some(m))
 }
 
-/// Writes a marker durably.
-pub(crate) fn write(dir: &Path, m: &Marker) -> Result<(), ProviderError> {
+/// Writes a marker (temp file, fsynced if `sync_file`, renamed over the
+/// marker); the directory is not synced.
+pub(crate) fn write(
+    layout: &dyn Layout,
+    dir: &Path,
+    m: &Marker,
+    sync_file: bool,
+) -> Result<(), ProviderError> {
     let text = serde_json::to_vec_pretty(m)
         .map_err(|e| ProviderError::Other(format!("encoding marker: {e}")))?;
-    tree::write_atomic(dir, &m.volume, &text)
+    layout
+        .write_file(dir, &m.volume, &text, sync_file)
+        .map_err(|e| {
+            ProviderError::io(
+                format!("writing marker {}", dir.join(&m.volume).display()),
+                e,
+            )
+        })
 }
 
 /// Writes a snapshot's mode exceptions durably (or removes a stale manifest
@@ -206,18 +225,12 @@ pub(crate) fn read_manifest(dir: &Path, id: &str) -> Result<Modes, ProviderError
 }
 
 /// Lists the names in a marker directory (dot-names are temp files).
-pub(crate) fn list(dir: &Path) -> Result<Vec<String>, ProviderError> {
-    let mut names = Vec::new();
-    for entry in
-        fs::read_dir(dir).map_err(|e| ProviderError::io(format!("listing {}", dir.display()), e))?
-    {
-        let entry =
-            entry.map_err(|e| ProviderError::io(format!("listing {}", dir.display()), e))?;
-        if let Some(name) = entry.file_name().to_str()
-            && !name.starts_with('.')
-        {
-            names.push(name.to_owned());
-        }
-    }
-    Ok(names)
+pub(crate) fn list(layout: &dyn Layout, dir: &Path) -> Result<Vec<String>, ProviderError> {
+    Ok(layout
+        .names(dir)
+        .map_err(|e| ProviderError::io(format!("listing {}", dir.display()), e))?
+        .into_iter()
+        .filter_map(|name| String::from_utf8(name).ok())
+        .filter(|name| !name.starts_with('.'))
+        .collect())
 }

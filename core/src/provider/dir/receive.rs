@@ -26,7 +26,7 @@ impl DirProvider {
         guid: u128,
     ) -> Result<Option<String>, ProviderError> {
         let want = guid_hex(guid);
-        for id in marker::list(&self.marker_dir(VolumeKind::Snapshot))? {
+        for id in marker::list(&*self.layout, &self.marker_dir(VolumeKind::Snapshot))? {
             if check_id(&id).is_err() {
                 continue;
             }
@@ -168,7 +168,7 @@ impl DirProvider {
         let doomed = self.to_trash(staging, &format!("staging.{}", Uuid::new_v4().simple()))?;
         let done = m.with_state(MarkerState::Complete);
         self.put_marker(&done)?;
-        Self::empty_trash_entry(doomed);
+        self.empty_trash_entry(doomed);
         Ok(self.created(&done))
     }
 

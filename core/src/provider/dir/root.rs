@@ -3,17 +3,55 @@
 //! refusal of a root nested in another provider's tree (see the parent
 //! module's "Layout").
 
-use std::fs::{self, DirBuilder};
-use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
-use super::tree::{self, lstat, sync_dir};
-use super::{CONFIG_ROOT, MARKERS};
+use super::layout::{Entry, Layout};
+use super::tree;
+use super::{CONFIG_ROOT, DirProvider, MARKERS, STAGING};
+use crate::fsutil::GroupSync;
+use crate::model::VolumeKind;
+use crate::provider::Durability;
 use crate::provider::ProviderError;
 
 /// The ownership marker of a provider root: `<root>/.volmgr/provider`.
 pub(super) const ROOT_MARKER: &str = "provider";
 pub(super) const ROOT_MARKER_TEXT: &str = "volmgr dir provider root (format 1)\n";
+
+/// Creates `root` and its missing ancestors, each made durable in its
+/// parent: a power cut must not take the root away, and everything under it
+/// with it. An existing root is left as it is.
+fn create_root(layout: &dyn Layout, root: &Path) -> Result<(), ProviderError> {
+    let examine = |p: &Path| {
+        layout
+            .entry(p)
+            .map_err(|e| ProviderError::io(format!("examining {}", p.display()), e))
+    };
+    let mut missing = Vec::new();
+    let mut probe = Some(root);
+    while let Some(p) = probe
+        && examine(p)?.is_none()
+    {
+        missing.push(p);
+        probe = p.parent();
+    }
+    for dir in missing.into_iter().rev() {
+        match layout.create_dir(dir, 0o755) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(ProviderError::io(format!("creating {}", dir.display()), e)),
+        }
+        if let Some(parent) = dir.parent() {
+            layout.sync_dir(parent).map_err(|e| {
+                ProviderError::io(format!("syncing directory {}", parent.display()), e)
+            })?;
+        }
+    }
+    Ok(())
+}
 
 /// Refuses a root that lies inside the tree of a volmgr provider (its root,
 /// a volume, a snapshot, the staging area): any strict ancestor holding a
@@ -43,39 +81,131 @@ pub(super) fn refuse_nested_root(root: &Path) -> Result<(), ProviderError> {
     Ok(())
 }
 
-/// Makes sure `root` is ours before anything under it is touched: it carries
-/// our ownership marker, or it is empty (the marker is written first), or it
-/// is a root made by an earlier volmgr (a `.volmgr` directory, adopted).
-/// Anything else is refused: volmgr never takes over, let alone empties, a
-/// directory it did not create.
-pub(super) fn claim_root(root: &Path) -> Result<(), ProviderError> {
-    let markers = root.join(MARKERS);
-    let marker = markers.join(ROOT_MARKER);
-    if lstat(&marker)?.is_some_and(|md| md.file_type().is_file()) {
-        return Ok(());
+impl DirProvider {
+    /// Builds the provider on `layout` (see [`DirProvider::new`]): checks
+    /// the root's path, creates it if missing, claims it, creates the
+    /// layout's directories and sweeps what interrupted removals left.
+    pub(super) fn open(
+        root: PathBuf,
+        layout: Arc<dyn Layout>,
+        durability: Durability,
+    ) -> Result<Self, ProviderError> {
+        let invalid = |why: &str| {
+            ProviderError::InvalidConfig(format!("{CONFIG_ROOT} {}: {why}", root.display()))
+        };
+        if !root.is_absolute() {
+            return Err(invalid("not an absolute path"));
+        }
+        if root.components().any(|c| c == Component::ParentDir) {
+            return Err(invalid("contains '..'"));
+        }
+        let Some(root_str) = root.to_str().map(str::to_owned) else {
+            return Err(invalid("not valid UTF-8"));
+        };
+        if root_str.contains('\0') {
+            return Err(invalid("contains NUL"));
+        }
+        if layout.is_kernel() {
+            refuse_nested_root(&root)?;
+            match fs::metadata(&root) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => return Err(invalid("not a directory")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    create_root(&*layout, &root)?;
+                }
+                Err(e) => {
+                    return Err(ProviderError::io(
+                        format!("examining {}", root.display()),
+                        e,
+                    ));
+                }
+            }
+        } else {
+            create_root(&*layout, &root)?;
+        }
+        let p = DirProvider {
+            root,
+            root_str,
+            layout,
+            batched: durability == Durability::Batched,
+            flush: GroupSync::new(),
+        };
+        p.claim_root()?;
+        let mut created = BTreeSet::new();
+        for sub in [
+            p.root.join("data"),
+            p.root.join("snapshot"),
+            p.root.join(MARKERS),
+            p.marker_dir(VolumeKind::Data),
+            p.marker_dir(VolumeKind::Snapshot),
+            p.modes_dir(),
+            p.root.join(STAGING),
+            p.trash(),
+        ] {
+            match p.layout.create_dir(&sub, 0o755) {
+                Ok(()) => {
+                    created.insert(sub.parent().expect("has a parent").to_path_buf());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if !p.is_dir(&sub)? {
+                        return Err(ProviderError::InvalidConfig(format!(
+                            "{} exists and is not a directory",
+                            sub.display()
+                        )));
+                    }
+                }
+                Err(e) => {
+                    return Err(ProviderError::io(format!("creating {}", sub.display()), e));
+                }
+            }
+        }
+        for dir in created {
+            p.sync_dir(&dir)?;
+        }
+        p.sweep()?;
+        Ok(p)
     }
-    let names = tree::sorted_names(root)?;
-    let legacy = tree::is_real_dir(&markers)?;
-    if !names.is_empty() && !legacy {
-        let shown: Vec<String> = names
-            .iter()
-            .take(3)
-            .map(|n| String::from_utf8_lossy(n).into_owned())
-            .collect();
-        return Err(ProviderError::InvalidConfig(format!(
-            "{CONFIG_ROOT} {} is not empty ({}{}) and carries no volmgr ownership marker \
-             ({MARKERS}/{ROOT_MARKER}): volmgr only uses a new or empty directory",
-            root.display(),
-            shown.join(", "),
-            if names.len() > 3 { ", ..." } else { "" }
-        )));
+
+    /// Makes sure the root is ours before anything under it is touched: it
+    /// carries our ownership marker, or it is empty (the marker is written
+    /// first, durably), or it is a root made by an earlier volmgr (a
+    /// `.volmgr` directory, adopted). Anything else is refused: volmgr never
+    /// takes over, let alone empties, a directory it did not create.
+    pub(super) fn claim_root(&self) -> Result<(), ProviderError> {
+        let root = &self.root;
+        let markers = root.join(MARKERS);
+        let marker = markers.join(ROOT_MARKER);
+        if self.entry(&marker)? == Some(Entry::File) {
+            return Ok(());
+        }
+        let names = self
+            .layout
+            .names(root)
+            .map_err(|e| ProviderError::io(format!("listing {}", root.display()), e))?;
+        let legacy = self.is_dir(&markers)?;
+        if !names.is_empty() && !legacy {
+            let shown: Vec<String> = names
+                .iter()
+                .take(3)
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .collect();
+            return Err(ProviderError::InvalidConfig(format!(
+                "{CONFIG_ROOT} {} is not empty ({}{}) and carries no volmgr ownership marker \
+                 ({MARKERS}/{ROOT_MARKER}): volmgr only uses a new or empty directory",
+                root.display(),
+                shown.join(", "),
+                if names.len() > 3 { ", ..." } else { "" }
+            )));
+        }
+        if !legacy {
+            self.layout
+                .create_dir(&markers, 0o755)
+                .map_err(|e| ProviderError::io(format!("creating {}", markers.display()), e))?;
+            self.sync_dir(root)?;
+        }
+        self.layout
+            .write_file(&markers, ROOT_MARKER, ROOT_MARKER_TEXT.as_bytes(), true)
+            .map_err(|e| ProviderError::io(format!("writing {}", marker.display()), e))?;
+        self.sync_dir(&markers)
     }
-    if !legacy {
-        DirBuilder::new()
-            .mode(0o755)
-            .create(&markers)
-            .map_err(|e| ProviderError::io(format!("creating {}", markers.display()), e))?;
-        sync_dir(root)?;
-    }
-    tree::write_atomic(&markers, ROOT_MARKER, ROOT_MARKER_TEXT.as_bytes())
 }

@@ -1,14 +1,21 @@
 //! Removal of the directory provider's items: the trash (an atomic rename
 //! out of the namespace, then a removal by handle that never follows a
 //! symlink), its sweep at start, and the cleanup of half-made items.
+//!
+//! Order, whatever the durability: the tree leaves the namespace (rename
+//! into the trash), *then* its marker goes, *then* the tree is removed.
+//! Batched, a barrier separates each step from the next, so a power cut
+//! never leaves a tree of ours without its marker (foreign for ever) nor a
+//! marker whose tree vanished without a trace in the trash.
 
-use std::fs;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::marker::{Marker, MarkerState};
-use super::tree::{self, lstat, remove_tree, sync_dir};
+use super::layout::Entry;
+use super::marker::{self, Marker, MarkerState};
 use super::{DirProvider, check_id, dir_name};
 use crate::model::{OpId, VolumeKind};
 use crate::provider::ProviderError;
@@ -21,28 +28,35 @@ impl DirProvider {
         path: &Path,
         name: &str,
     ) -> Result<Option<PathBuf>, ProviderError> {
-        let Some(md) = lstat(path)? else {
+        let Some(entry) = self.entry(path)? else {
             return Ok(None);
         };
         let parent = path.parent().expect("not the root").to_path_buf();
-        if !md.file_type().is_dir() {
-            tree::remove_file_if_present(path)?;
-            sync_dir(&parent)?;
+        let Entry::Dir { mode } = entry else {
+            self.layout
+                .remove_file(path)
+                .map_err(|e| ProviderError::io(format!("removing {}", path.display()), e))?;
+            self.settle_dir(&parent)?;
             return Ok(None);
-        }
+        };
         // Moving a directory to another parent needs write permission on it.
-        tree::ensure_owner_rwx(path, &md)?;
+        if mode & 0o700 != 0o700 {
+            self.layout.set_dir_mode(path, mode | 0o700).map_err(|e| {
+                ProviderError::io(format!("setting the mode of {}", path.display()), e)
+            })?;
+        }
         let doomed = self.trash().join(name);
-        fs::rename(path, &doomed)
+        self.layout
+            .rename(path, &doomed)
             .map_err(|e| ProviderError::io(format!("moving {} to the trash", path.display()), e))?;
-        sync_dir(&parent)?;
+        self.settle_dir(&parent)?;
         Ok(Some(doomed))
     }
 
     /// Removes a tree from the trash; one that resists stays for the next start.
-    pub(super) fn empty_trash_entry(doomed: Option<PathBuf>) {
+    pub(super) fn empty_trash_entry(&self, doomed: Option<PathBuf>) {
         if let Some(doomed) = doomed
-            && let Err(e) = remove_tree(&doomed)
+            && let Err(e) = self.layout.remove_tree(&doomed)
         {
             tracing::warn!(path = %doomed.display(), error = %e, "could not empty the trash; retried at the next start");
         }
@@ -77,56 +91,92 @@ impl DirProvider {
         Some((kind, op, id))
     }
 
-    /// Empties the trash. An item moved there by a destroy that was
-    /// interrupted before its marker went loses its marker now (if the marker
-    /// is still that operation's and nothing took the item's place).
-    pub(super) fn sweep_trash(&self) {
-        let Ok(entries) = fs::read_dir(self.trash()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
+    /// Cleans up at start: removes the markers of items a destroy moved to
+    /// the trash but was interrupted before their marker went (if the marker
+    /// is still that operation's and nothing took the item's place), and
+    /// markers a power cut left unreadable with no directory (a marker
+    /// write that never became durable); then, once that is durable, empties
+    /// the trash.
+    pub(super) fn sweep(&self) -> Result<(), ProviderError> {
+        let trash = self.trash();
+        let names = self
+            .layout
+            .names(&trash)
+            .map_err(|e| ProviderError::io(format!("listing {}", trash.display()), e))?;
+        let mut doomed = Vec::new();
+        for name in names {
+            let path = trash.join(OsStr::from_bytes(&name));
+            let name = std::str::from_utf8(&name).ok();
             // Only what this provider put there (defence in depth: the root
             // carries our ownership marker, so the trash is ours anyway).
-            let ours = name
-                .to_str()
-                .is_some_and(|n| n.starts_with("item.") || n.starts_with("staging."));
-            if !ours {
-                tracing::warn!(path = %entry.path().display(), "leaving an entry of the trash that volmgr did not name");
+            if !name.is_some_and(|n| n.starts_with("item.") || n.starts_with("staging.")) {
+                tracing::warn!(path = %path.display(), "leaving an entry of the trash that volmgr did not name");
                 continue;
             }
-            if let Some((kind, op, id)) = name.to_str().and_then(Self::parse_item_trash_name)
+            if let Some((kind, op, id)) = name.and_then(Self::parse_item_trash_name)
                 && let Ok(Some(m)) = self.marker(kind, id)
                 && m.op == op
-                && matches!(lstat(&self.path(kind, id)), Ok(None))
+                && matches!(self.entry(&self.path(kind, id)), Ok(None))
                 && let Err(e) = self.forget(&m)
             {
                 tracing::warn!(%kind, id, error = %e, "could not remove the marker of a destroyed item");
             }
-            Self::empty_trash_entry(Some(entry.path()));
+            doomed.push(path);
         }
+        for kind in [VolumeKind::Data, VolumeKind::Snapshot] {
+            for id in marker::list(&*self.layout, &self.marker_dir(kind))? {
+                if check_id(&id).is_ok()
+                    && self.marker(kind, &id).is_err()
+                    && self.entry(&self.path(kind, &id))?.is_none()
+                {
+                    tracing::warn!(%kind, id, "removing an unreadable marker whose directory is absent (a marker write a power cut interrupted)");
+                    let dir = self.marker_dir(kind);
+                    self.layout.remove_file(&dir.join(&id)).map_err(|e| {
+                        ProviderError::io(format!("removing the marker of {id}"), e)
+                    })?;
+                    self.settle_dir(&dir)?;
+                }
+            }
+        }
+        if !doomed.is_empty() {
+            self.barrier()?;
+        }
+        for path in doomed {
+            self.empty_trash_entry(Some(path));
+        }
+        Ok(())
     }
 
     /// Removes an item's manifest and marker (its tree being gone).
     pub(super) fn forget(&self, m: &Marker) -> Result<(), ProviderError> {
-        if m.kind == VolumeKind::Snapshot
-            && tree::remove_file_if_present(&self.modes_dir().join(&m.volume))?
-        {
-            sync_dir(&self.modes_dir())?;
+        let remove = |path: &Path| {
+            self.layout
+                .remove_file(path)
+                .map_err(|e| ProviderError::io(format!("removing {}", path.display()), e))
+        };
+        if m.kind == VolumeKind::Snapshot && remove(&self.modes_dir().join(&m.volume))? {
+            self.settle_dir(&self.modes_dir())?;
         }
         let dir = self.marker_dir(m.kind);
-        tree::remove_file_if_present(&dir.join(&m.volume))?;
-        sync_dir(&dir)
+        remove(&dir.join(&m.volume))?;
+        self.settle_dir(&dir)
     }
 
     /// Removes an item that carries marker `m`: its tree into the trash
     /// (atomic, named after the item), then the manifest and the marker, then
-    /// the tree. A crash in between leaves a marker without a directory,
-    /// which the next start removes (see [`Self::sweep_trash`]).
+    /// the tree (see the module documentation for the order). A crash in
+    /// between leaves a marker without a directory, which the next start
+    /// removes (see [`Self::sweep`]).
     pub(super) fn remove_item(&self, m: &Marker) -> Result<(), ProviderError> {
         let doomed = self.to_trash(&self.path(m.kind, &m.volume), &Self::item_trash_name(m))?;
+        if doomed.is_some() {
+            self.barrier()?;
+        }
         self.forget(m)?;
-        Self::empty_trash_entry(doomed);
+        if doomed.is_some() {
+            self.barrier()?;
+        }
+        self.empty_trash_entry(doomed);
         Ok(())
     }
 

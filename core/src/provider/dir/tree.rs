@@ -143,14 +143,6 @@ pub(crate) fn ensure_owner_rwx(path: &Path, md: &fs::Metadata) -> Result<(), Pro
     Ok(())
 }
 
-/// Names of a directory's entries, sorted bytewise (the provider's own
-/// directories).
-pub(crate) fn sorted_names(dir: &Path) -> Result<Vec<Vec<u8>>, ProviderError> {
-    Dir::open(dir)
-        .and_then(|d| d.names())
-        .map_err(|e| io_err("listing", dir, e))
-}
-
 /// Atomically exchanges two directories of the provider's own. Returns
 /// `Ok(false)` if the file system does not support the exchange.
 pub(crate) fn exchange(a: &Path, b: &Path) -> Result<bool, ProviderError> {

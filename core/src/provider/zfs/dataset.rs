@@ -13,6 +13,12 @@ use crate::provider::cmd::Cmd;
 impl ZfsProvider {
     /// `zfs list` of `name` (with `-r` when `recursive`); empty if absent.
     pub(super) fn list(name: &str, recursive: bool) -> Result<Vec<Row>, ProviderError> {
+        Self::list_names(&[name], recursive)
+    }
+
+    /// `zfs list` of every dataset of `names` in one command (with `-r` when
+    /// `recursive`); empty if any is absent (ZFS then fails the command).
+    pub(super) fn list_names(names: &[&str], recursive: bool) -> Result<Vec<Row>, ProviderError> {
         let mut cmd = Cmd::new("zfs")
             .arg("list")
             .arg("-H")
@@ -24,7 +30,10 @@ impl ZfsProvider {
         if recursive {
             cmd = cmd.arg("-r");
         }
-        match cmd.user_arg(name)?.run() {
+        for name in names {
+            cmd = cmd.user_arg(name)?;
+        }
+        match cmd.run() {
             Ok(out) => parse_rows(&out.stdout_str()),
             Err(e) if is_not_found(&e) => Ok(Vec::new()),
             Err(e) => Err(e),

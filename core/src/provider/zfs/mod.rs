@@ -57,6 +57,44 @@
 //! target again: a killed receive leaves it unmounted), so a partial receive
 //! never blocks the dataset.
 //!
+//! # Durability and commands per verb
+//!
+//! The provider is [`Durability::OnReturn`]: `zfs create`, `snapshot`,
+//! `clone`, `destroy`, `set`, `inherit` and `recv` change the pool in a
+//! sync task (`dsl_sync_task`) and return only after the transaction group
+//! that carries the change has synced to disk. Their side effect is durable
+//! when the command returns, so the manager's shared provider sync (issue
+//! #13) has nothing to batch here: no `sync()` round, no `syncfs`.
+//!
+//! `zfs` commands per verb on the path where all goes well (counted by
+//! [`super::cmd::CommandCount`]; asserted by `tests/zfs.rs`, printed by
+//! `benches/providers.rs`), with a snapshot named with its parent (the
+//! manager always names it):
+//!
+//! | verb     | commands | which |
+//! |----------|----------|-------|
+//! | create   | 1 | `create -o mountpoint -o tags` (success means created and mounted) |
+//! | snapshot | 3 | `list` source (is it ours?), `snapshot -o tags`, `list` the snapshot (its guid) |
+//! | fork     | 2 | `list` snapshot (is it ours?), `clone -o mountpoint -o tags` |
+//! | destroy  | 2 | `list` (is it ours? a partial receive to abort?), `destroy` |
+//! | send     | 2 | `list` the snapshot, and its base for an incremental, in one command (ours?), `send` |
+//! | receive  | 10 | `list` target (ours? partial?), `list` its snapshots (does the stream fit?), `set` mark, `recv`, `list` snapshots (the arrival by guid), `set` tags, `rename`, `inherit` mark, `list` (mounted?), `list` the result (guid) |
+//!
+//! Why not one each: the tag check must come *before* the command that
+//! acts, because no `zfs` command refuses to act on a dataset by its
+//! properties. A snapshot or clone of a foreign dataset made first and
+//! checked after would, if the manager died in between, be tagged ours with
+//! this operation's id, and recovery would adopt foreign data as a volume;
+//! a destroy cannot be checked after. The snapshot's guid (its identity in
+//! transfers, journaled in the outcome) exists only after `zfs snapshot`,
+//! which prints nothing, so it takes its own `list`. Create needs no check:
+//! `zfs create` itself refuses an existing name ("already exists", then
+//! settled by the tag). A receive's steps each need their own command: the
+//! mark must be set before `recv` starts (so a crash mid-way is found), the
+//! arrival exists only after it, and tagging it (`set`), renaming it and
+//! clearing the target's mark (`inherit`) are three subcommands, none of
+//! which can do another's work.
+//!
 //! # Errors
 //!
 //! "dataset is busy" is retried (bounded, growing back-off) then reported as
@@ -70,8 +108,8 @@ use std::path::{Path, PathBuf};
 use super::check_id;
 use super::cmd::Cmd;
 use super::{
-    Created, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError, SendStats,
-    Tag, VolumeRef, VolumeSpec,
+    Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
+    SendStats, Tag, VolumeRef, VolumeSpec,
 };
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
@@ -311,8 +349,41 @@ impl ZfsProvider {
     /// An input volume: it must exist and be ours.
     fn require(&self, v: &VolumeRef<'_>) -> Result<(String, Row), ProviderError> {
         let name = self.name_of(v)?;
-        let row = Self::one(&name)?
-            .ok_or_else(|| ProviderError::NotFound(format!("{} {} ({name})", v.kind, v.id)))?;
+        let row = Self::one(&name)?;
+        self.ours(v, name, row)
+    }
+
+    /// Two input volumes, read by one `zfs list` naming both: the same
+    /// rows, checked by the same rule, as [`Self::require`] of each (one
+    /// command fewer for an incremental send). If either is absent, ZFS fails
+    /// the whole listing; then each is required on its own, for the error
+    /// that names the missing one.
+    fn require_two(
+        &self,
+        a: &VolumeRef<'_>,
+        b: &VolumeRef<'_>,
+    ) -> Result<[(String, Row); 2], ProviderError> {
+        let (name_a, name_b) = (self.name_of(a)?, self.name_of(b)?);
+        let rows = Self::list_names(&[&name_a, &name_b], false)?;
+        let row = |name: &str| rows.iter().find(|r| r.name == name).cloned();
+        match (row(&name_a), row(&name_b)) {
+            (Some(row_a), Some(row_b)) => Ok([
+                self.ours(a, name_a, Some(row_a))?,
+                self.ours(b, name_b, Some(row_b))?,
+            ]),
+            _ => Ok([self.require(a)?, self.require(b)?]),
+        }
+    }
+
+    /// The row of input volume `v` named `name`, if it exists and is ours.
+    fn ours(
+        &self,
+        v: &VolumeRef<'_>,
+        name: String,
+        row: Option<Row>,
+    ) -> Result<(String, Row), ProviderError> {
+        let row =
+            row.ok_or_else(|| ProviderError::NotFound(format!("{} {} ({name})", v.kind, v.id)))?;
         match self.tag_of(&row) {
             Some(t) if t.volume == v.id => Ok((name, row)),
             _ => Err(ProviderError::Other(format!(
@@ -326,6 +397,12 @@ impl ZfsProvider {
 impl Provider for ZfsProvider {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    /// Every `zfs` command that changes the pool returns after its
+    /// transaction group synced (see the module documentation).
+    fn durability(&self) -> Durability {
+        Durability::OnReturn
     }
 
     fn enforces_capacity(&self) -> bool {
@@ -524,16 +601,21 @@ impl Provider for ZfsProvider {
                 snapshot.kind, snapshot.id
             )));
         }
-        let (snap, _) = self.require(snapshot)?;
+        let (snap, base) = match base {
+            None => (self.require(snapshot)?.0, None),
+            Some(base) => {
+                let [(snap, _), (b, _)] = self.require_two(snapshot, base)?;
+                (snap, Some(b))
+            }
+        };
         let mut cmd = Cmd::new("zfs").arg("send");
-        if let Some(base) = base {
-            let (b, _) = self.require(base)?;
+        if let Some(b) = &base {
             if b.split('@').next() != snap.split('@').next() {
                 return Err(ProviderError::Other(format!(
                     "incremental base {b} is not a snapshot of the same volume as {snap}"
                 )));
             }
-            cmd = cmd.arg("-i").user_arg(&b)?;
+            cmd = cmd.arg("-i").user_arg(b)?;
         }
         let (bytes, _) = cmd.user_arg(&snap)?.run_to(out)?;
         Ok(SendStats {
@@ -556,8 +638,8 @@ impl Provider for ZfsProvider {
                 target.kind, target.id
             )));
         }
-        let (tname, _) = self.require(target)?;
-        self.receive_into(&tname, spec, target, input)
+        let (tname, row) = self.require(target)?;
+        self.receive_into(&tname, &row, spec, target, input)
     }
 
     fn inventory(&self) -> Result<Vec<Found>, ProviderError> {

@@ -10,6 +10,7 @@ impl ZfsProvider {
     pub(super) fn receive_into(
         &self,
         tname: &str,
+        row: &Row,
         spec: &VolumeSpec<'_>,
         target: &VolumeRef<'_>,
         input: &mut dyn Read,
@@ -20,7 +21,15 @@ impl ZfsProvider {
             .map_err(|e| ProviderError::Stream(format!("reading the stream header: {e}")))?;
         let header = parse_begin(&head)?;
         let toguid = header.toguid.to_string();
-        let partial = Self::one(tname)?.and_then(|r| Self::partial_of(&r));
+        // The partial receive the target holds, from the row `require` read
+        // (it was listed once per receive, then a second time here). Only a
+        // receive changes it, and the manager holds the target exclusively
+        // for this whole verb, so no receive of ours starts or ends between
+        // that read and this use; an outside `zfs recv` could change it just
+        // after either read alike, and `zfs recv` itself refuses a target
+        // with partial state it was not told about (reported as a failed
+        // receive, whose clean-up reads the target afresh).
+        let partial = Self::partial_of(row);
         if header.resuming {
             // A resumed stream continues the partial receive the target holds,
             // or nothing: refused, the partial state is discarded so it can

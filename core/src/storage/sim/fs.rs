@@ -110,6 +110,41 @@ impl Fs {
         is_root(path) || self.names.get(path) == Some(&Node::Dir)
     }
 
+    /// Whether a directory has entries now.
+    pub(super) fn has_children(&self, dir: &Path) -> bool {
+        self.names
+            .range(dir.to_path_buf()..)
+            .skip(1)
+            .take_while(|(p, _)| p.starts_with(dir))
+            .next()
+            .is_some()
+    }
+
+    /// Makes every pending file change and directory change durable (the
+    /// effect of a successful `syncfs`).
+    pub(super) fn make_all_durable(&mut self) {
+        let mut unused = SplitMix64::new(0);
+        for inode in self.inodes.values_mut() {
+            if !inode.pending.is_empty() {
+                inode.durable = cut_file(inode, &mut unused, DataLoss::KeepAll);
+                inode.pending.clear();
+            }
+        }
+        let queues = std::mem::take(&mut self.dir_pending);
+        for change in queues.into_values().flatten() {
+            for (p, node) in change {
+                match node {
+                    Some(n) => {
+                        self.durable_names.insert(p, n);
+                    }
+                    None => {
+                        self.durable_names.remove(&p);
+                    }
+                }
+            }
+        }
+    }
+
     pub(super) fn change(&mut self, dir: PathBuf, change: DirChange) {
         for (path, node) in &change {
             match node {

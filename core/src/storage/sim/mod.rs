@@ -14,7 +14,10 @@
 //! - `create`, `rename`, `remove_file`, `create_dir_all` and the lock file's
 //!   creation change the names reads see at once and queue the change on the
 //!   parent directory; `sync_dir` makes that directory's queue durable.
-//!   A rename within one directory is one atomic change.
+//!   A rename within one directory is one atomic change. Directories are
+//!   renamed only when empty and to a new name.
+//! - The directory provider's layout seam adds `create_dir`, `remove_dir`,
+//!   `is_dir` and `syncfs` (one sync point that makes everything durable).
 //! - [`SimStorage::power_cut`] builds the file system a machine would find
 //!   after losing power now: every write not yet durable is dropped, kept or
 //!   garbled per 512-byte sector (seeded), and directory changes not yet
@@ -197,6 +200,78 @@ impl SimStorage {
         self.lock().names.keys().cloned().collect()
     }
 
+    /// What `path` is now: `None` if absent, `Some(true)` for a directory,
+    /// `Some(false)` for a file (the `lstat` of the directory provider's
+    /// layout seam).
+    pub fn is_dir(&self, path: &Path) -> Option<bool> {
+        let fs = self.lock();
+        if is_root(path) {
+            return Some(true);
+        }
+        fs.names.get(path).map(|n| *n == Node::Dir)
+    }
+
+    /// `mkdir`: creates one directory (its parent must exist); an existing
+    /// name is `AlreadyExists`. Queued on the parent like any creation.
+    pub fn create_dir(&self, path: &Path) -> io::Result<()> {
+        let mut fs = self.lock();
+        fs.check_live("create_dir")?;
+        if is_root(path) || fs.names.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
+        }
+        let parent = parent_of(path);
+        if !fs.dir_exists(&parent) {
+            return Err(not_found(&parent));
+        }
+        fs.change(parent, vec![(path.to_path_buf(), Some(Node::Dir))]);
+        Ok(())
+    }
+
+    /// `rmdir`: removes an empty directory (`DirectoryNotEmpty` otherwise).
+    pub fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        let mut fs = self.lock();
+        fs.check_live("remove_dir")?;
+        match fs.names.get(path) {
+            Some(Node::Dir) => {}
+            Some(Node::File(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is a file", path.display()),
+                ));
+            }
+            None => return Err(not_found(path)),
+        }
+        if fs.has_children(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                format!("{} is not empty", path.display()),
+            ));
+        }
+        fs.change(parent_of(path), vec![(path.to_path_buf(), None)]);
+        Ok(())
+    }
+
+    /// `syncfs`: one sync point that makes everything durable, every file's
+    /// pending changes and every directory's queue. Armed to fail (see
+    /// [`SimStorage::fail_sync_at`]), it drops every file's pending changes
+    /// from the write-back queue and leaves the directory queues queued.
+    pub fn syncfs(&self) -> io::Result<()> {
+        let mut fs = self.lock();
+        if !fs.sync_point("syncfs")? {
+            for inode in fs.inodes.values_mut() {
+                inode.pending.clear();
+            }
+            return Err(io::Error::other(
+                "simulated write-back error: syncfs (EIO; the unsynced file changes are dropped)",
+            ));
+        }
+        fs.make_all_durable();
+        Ok(())
+    }
+
     fn file(&self, ino: u64) -> Box<dyn StorageFile> {
         Box::new(SimFile {
             fs: self.fs.clone(),
@@ -296,10 +371,11 @@ impl Storage for SimStorage {
         fs.check_live("rename")?;
         let node = match fs.names.get(from).copied() {
             Some(n @ Node::File(_)) => n,
+            Some(Node::Dir) if !fs.has_children(from) => Node::Dir,
             Some(Node::Dir) => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
-                    "the simulation renames files only",
+                    "the simulation renames files and empty directories only",
                 ));
             }
             None => return Err(not_found(from)),
@@ -311,11 +387,23 @@ impl Storage for SimStorage {
         if !fs.dir_exists(&to_dir) {
             return Err(not_found(&to_dir));
         }
-        if fs.names.get(to) == Some(&Node::Dir) {
-            return Err(io::Error::new(
-                io::ErrorKind::IsADirectory,
-                format!("{} is a directory", to.display()),
-            ));
+        match (node, fs.names.get(to)) {
+            (Node::File(_), Some(Node::Dir)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    format!("{} is a directory", to.display()),
+                ));
+            }
+            (Node::Dir, Some(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists (the simulation renames a directory to a new name only)",
+                        to.display()
+                    ),
+                ));
+            }
+            _ => {}
         }
         if from_dir == to_dir {
             fs.change(

@@ -1,0 +1,200 @@
+//! One flush shared by every caller that needs it: [`GroupSync`].
+//!
+//! A caller that needs "everything I did so far is durable" calls
+//! [`GroupSync::sync_after`] with the flush to run (`syncfs`, a provider's
+//! sync). The call returns once a flush that *started after the call* has
+//! returned. One caller runs the flush, on its own thread (no hand-off);
+//! callers that arrive while it runs wait for the next one, which the first
+//! of them runs for all. This is the group commit of the journal applied to
+//! any flush: concurrent callers share one instead of running one each.
+//!
+//! **Invariant:** `sync_after` returns `Ok` only after a flush that began
+//! after the call began has returned `Ok`. **Invariant:** a failed (or
+//! panicking) flush fails the group for good: what it should have made
+//! durable may not be, and a retried flush can lie (the "fsyncgate" lesson),
+//! so no later caller is told its work is durable.
+
+use std::fmt::Display;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+#[derive(Debug, Default)]
+struct Round {
+    /// Flushes started (the generation of the latest).
+    started: u64,
+    /// Generation of the latest flush that returned.
+    finished: u64,
+    running: bool,
+    /// Callers blocked behind a running flush.
+    waiting: usize,
+    /// Why the group failed, once a flush failed.
+    failed: Option<String>,
+}
+
+/// A flush shared by concurrent callers. See the module documentation.
+#[derive(Debug, Default)]
+pub struct GroupSync {
+    round: Mutex<Round>,
+    done: Condvar,
+    /// Flushes that returned `Ok`.
+    flushes: AtomicU64,
+}
+
+impl GroupSync {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Round> {
+        self.round
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Flushes that returned `Ok` so far.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Callers blocked behind a running flush now.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting
+    }
+
+    /// Why the group failed, if a flush failed.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+
+    /// Blocks until a `flush()` that started after this call has returned;
+    /// then everything the caller did before the call is durable. `Err`
+    /// (the failure's text, prefixed by `what`) if that flush, or any earlier
+    /// one, failed. Every caller passes the same flush.
+    pub fn sync_after<E: Display>(
+        &self,
+        what: &str,
+        flush: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), String> {
+        let mut flush = Some(flush);
+        let mut round = self.lock();
+        // A flush already running may have started before the caller's
+        // work completed: only the next one counts.
+        let needed = round.started + 1;
+        loop {
+            if let Some(why) = &round.failed {
+                return Err(why.clone());
+            }
+            if round.finished >= needed {
+                return Ok(());
+            }
+            if round.running {
+                round.waiting += 1;
+                round = self
+                    .done
+                    .wait(round)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                round.waiting -= 1;
+                continue;
+            }
+            // Not running and not yet done: this caller runs the flush. It
+            // runs at most once per caller: after it, `finished >= needed`
+            // or the group failed.
+            let Some(run) = flush.take() else {
+                unreachable!("a caller's flush finishes its round or fails the group");
+            };
+            round.running = true;
+            round.started += 1;
+            let generation = round.started;
+            drop(round);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+            round = self.lock();
+            round.running = false;
+            round.finished = generation;
+            match result {
+                Ok(Ok(())) => {
+                    self.flushes.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => round.failed = Some(format!("{what} failed: {e}")),
+                Err(_) => round.failed = Some(format!("{what} panicked")),
+            }
+            self.done.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::GroupSync;
+
+    #[test]
+    fn a_lone_caller_runs_its_own_flush() {
+        let g = GroupSync::new();
+        let ran = AtomicU64::new(0);
+        for _ in 0..3 {
+            g.sync_after("flush", || {
+                ran.fetch_add(1, Ordering::Relaxed);
+                Ok::<(), String>(())
+            })
+            .expect("flush succeeds");
+        }
+        assert_eq!(ran.load(Ordering::Relaxed), 3);
+        assert_eq!(g.flushes(), 3);
+    }
+
+    #[test]
+    fn callers_waiting_on_a_running_flush_share_the_next_one() {
+        // A flush is held open until 8 other callers wait on the group; they
+        // must then be served by fewer than 8 flushes (one each would be 8).
+        let g = Arc::new(GroupSync::new());
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                g.sync_after("flush", move || {
+                    entered_tx.send(()).expect("test alive");
+                    release_rx.recv().expect("released");
+                    Ok::<(), String>(())
+                })
+            })
+        };
+        entered_rx.recv().expect("the first flush started");
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || g.sync_after("flush", || Ok::<(), String>(())))
+            })
+            .collect();
+        // Wait until all 8 are blocked behind the held flush.
+        while g.waiting() < 8 {
+            std::thread::yield_now();
+        }
+        release_tx.send(()).expect("flush alive");
+        first.join().expect("no panic").expect("ok");
+        for w in waiters {
+            w.join().expect("no panic").expect("ok");
+        }
+        // The held flush, then one round run by the first waiter to wake
+        // for all 8 (one each would make 9).
+        assert_eq!(g.flushes(), 2, "flushes for 9 callers");
+    }
+
+    #[test]
+    fn a_failed_flush_fails_every_later_caller() {
+        let g = GroupSync::new();
+        let err = g
+            .sync_after("syncfs", || Err::<(), _>("EIO"))
+            .expect_err("the flush failed");
+        assert_eq!(err, "syncfs failed: EIO");
+        let ran = AtomicU64::new(0);
+        let later = g.sync_after("syncfs", || {
+            ran.fetch_add(1, Ordering::Relaxed);
+            Ok::<(), String>(())
+        });
+        assert_eq!(later, Err("syncfs failed: EIO".to_owned()));
+        assert_eq!(ran.load(Ordering::Relaxed), 0, "no flush after a failure");
+    }
+}

@@ -1,0 +1,107 @@
+//! When the directory provider's changes become durable: the batched step
+//! (one `syncfs` of the root shared by concurrent operations), the barriers
+//! a verb needs inside it, and the layout calls that sync or not as the
+//! provider's durability says. The protocol is described in the parent
+//! module's "Durability" section; this module holds its primitives.
+
+use std::path::Path;
+
+use super::DirProvider;
+use super::layout::Entry;
+use super::marker::{self, Marker};
+use crate::model::VolumeKind;
+use crate::provider::ProviderError;
+
+impl DirProvider {
+    /// `syncfs` rounds run so far (the batched step and the barriers; each
+    /// serves every operation waiting for it). For benches.
+    pub fn syncfs_rounds(&self) -> u64 {
+        self.flush.flushes()
+    }
+
+    /// `lstat` of one of the provider's own names.
+    pub(super) fn entry(&self, path: &Path) -> Result<Option<Entry>, ProviderError> {
+        self.layout
+            .entry(path)
+            .map_err(|e| ProviderError::io(format!("examining {}", path.display()), e))
+    }
+
+    /// Whether `path` is a real directory (not a symlink to one).
+    pub(super) fn is_dir(&self, path: &Path) -> Result<bool, ProviderError> {
+        Ok(matches!(self.entry(path)?, Some(Entry::Dir { .. })))
+    }
+
+    /// `fsync` of a directory, whatever the durability.
+    pub(super) fn sync_dir(&self, path: &Path) -> Result<(), ProviderError> {
+        self.layout
+            .sync_dir(path)
+            .map_err(|e| ProviderError::io(format!("syncing directory {}", path.display()), e))
+    }
+
+    /// After a change to `dir`'s entries: durable on return, `fsync` it now;
+    /// batched, nothing (a barrier or the shared step covers it).
+    pub(super) fn settle_dir(&self, dir: &Path) -> Result<(), ProviderError> {
+        if self.batched {
+            Ok(())
+        } else {
+            self.sync_dir(dir)
+        }
+    }
+
+    /// Batched: returns once a `syncfs` of the root that started after the
+    /// call has returned, so everything done before it is durable; one
+    /// `syncfs` serves every caller waiting at the time. A failed `syncfs`
+    /// fails every later call (see [`crate::fsutil::GroupSync`]). Durable on
+    /// return: nothing to do.
+    pub(super) fn barrier(&self) -> Result<(), ProviderError> {
+        if !self.batched {
+            return Ok(());
+        }
+        self.flush
+            .sync_after("syncfs of the provider root", || {
+                self.layout.syncfs(&self.root)
+            })
+            .map_err(ProviderError::Other)
+    }
+
+    /// Writes the first marker of a new item, durable before the item's
+    /// directory can appear: durable on return, with fsyncs; batched,
+    /// without, then a barrier (a power cut must never leave a directory
+    /// of ours without its marker: it would be foreign for ever).
+    pub(super) fn put_marker_first(&self, m: &Marker) -> Result<(), ProviderError> {
+        if !self.batched {
+            return self.put_marker(m);
+        }
+        marker::write(&*self.layout, &self.marker_dir(m.kind), m, false)?;
+        self.barrier()
+    }
+
+    /// The marker of `kind` `id`, unless it is stale: a marker whose
+    /// directory is absent, of another operation, or one a power cut left
+    /// unreadable with no directory (a marker write that never became
+    /// durable). The manager asks for a new item only under an id its state
+    /// does not hold, so such a marker names nothing anyone owns; it is
+    /// replaced. A half-made marker keeps its claim (the caller decides);
+    /// an unreadable marker whose directory exists is an error.
+    pub(super) fn live_marker(
+        &self,
+        kind: VolumeKind,
+        id: &str,
+    ) -> Result<Option<Marker>, ProviderError> {
+        let read = self.marker(kind, id);
+        let no_dir =
+            || -> Result<bool, ProviderError> { Ok(self.entry(&self.path(kind, id))?.is_none()) };
+        match read {
+            Ok(Some(m)) if m.is_whole() && no_dir()? => {
+                tracing::info!(%kind, id, op = %m.op, "replacing the marker of an item whose directory is gone");
+                Ok(None)
+            }
+            Ok(other) => Ok(other),
+            Err(e) if no_dir()? => {
+                tracing::warn!(%kind, id, error = %e, "replacing an unreadable marker whose directory is absent");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The seam under the directory provider's own layout: [`Layout`].
+//!
+//! Every file operation on the provider's *own* names (the root's
+//! sub-directories, the ownership markers and mode manifests, the content
+//! directories `data/<id>` and `snapshot/<id>` themselves, the trash) goes
+//! through a [`Layout`], like the journal's through
+//! [`Storage`](crate::storage::Storage). [`RealLayout`] maps them onto the
+//! kernel (never following a symlink where a name could be one);
+//! [`SimLayout`] maps them onto a [`SimStorage`], so the power-cut sweep can
+//! run the real provider's create and destroy and cut the power between any
+//! two of its syncs. What is *inside* a volume (a snapshot's copy, a send, a
+//! receive) is walked through [`Dir`](crate::fsutil::Dir) handles on the real
+//! file system only: the simulation has no content, so a simulated provider
+//! creates and destroys empty volumes.
+//!
+//! No call here syncs anything unless its name says so: the provider decides
+//! where a sync goes (on return, or in a shared batched round).
+
+use std::fmt::Debug;
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::tree;
+use crate::fsutil::{self, Dir};
+use crate::storage::Storage;
+use crate::storage::sim::SimStorage;
+
+/// What a name of the layout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A real directory (not a symlink to one), with its permission bits.
+    Dir { mode: u32 },
+    /// A regular file.
+    File,
+    /// Anything else (a symlink, a fifo, ...).
+    Other,
+}
+
+/// The file operations on the provider's own names. See the module
+/// documentation.
+pub(crate) trait Layout: Send + Sync + Debug {
+    /// Whether this is the kernel's file system (checks that probe the real
+    /// file system, like the refusal of nested roots, run only then).
+    fn is_kernel(&self) -> bool {
+        false
+    }
+    /// `lstat`: what `path` is, `None` if absent.
+    fn entry(&self, path: &Path) -> io::Result<Option<Entry>>;
+    /// Reads a regular file of at most `max_len` bytes (one more is read,
+    /// so a longer file shows as longer), never following a symlink and
+    /// never blocking on a fifo. `None` if absent.
+    fn read_file(&self, path: &Path, max_len: u64) -> io::Result<Option<Vec<u8>>>;
+    /// Replaces `dir/name` with `bytes`: a temp file `.<name>.tmp` (created
+    /// without following a symlink), fsynced if `sync_file`, renamed over
+    /// `name`. The directory is not synced.
+    fn write_file(&self, dir: &Path, name: &str, bytes: &[u8], sync_file: bool) -> io::Result<()>;
+    /// Removes a file; `Ok(false)` if it was absent.
+    fn remove_file(&self, path: &Path) -> io::Result<bool>;
+    /// `mkdir` with `mode` (then set exactly, whatever the umask).
+    fn create_dir(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Sets a directory's permission bits, never following a symlink.
+    fn set_dir_mode(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// `rename(2)` within the layout.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Names of a directory's entries, sorted bytewise.
+    fn names(&self, dir: &Path) -> io::Result<Vec<Vec<u8>>>;
+    /// `fsync` of a directory: its creations, renames and removals are
+    /// durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// `syncfs` of the file system holding `path`: everything done on it
+    /// before the call is durable.
+    fn syncfs(&self, path: &Path) -> io::Result<()>;
+    /// Removes the tree at `path` (absent is fine), never following a
+    /// symlink inside it.
+    fn remove_tree(&self, path: &Path) -> io::Result<()>;
+}
+
+/// The kernel's file system.
+#[derive(Debug, Default)]
+pub(crate) struct RealLayout;
+
+impl Layout for RealLayout {
+    fn is_kernel(&self) -> bool {
+        true
+    }
+
+    fn entry(&self, path: &Path) -> io::Result<Option<Entry>> {
+        match fs::symlink_metadata(path) {
+            Ok(md) => {
+                let t = md.file_type();
+                Ok(Some(if t.is_dir() {
+                    Entry::Dir {
+                        mode: md.mode() & tree::PERM_BITS,
+                    }
+                } else if t.is_file() {
+                    Entry::File
+                } else {
+                    Entry::Other
+                }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_file(&self, path: &Path, max_len: u64) -> io::Result<Option<Vec<u8>>> {
+        let file = match tree::open_file_nofollow(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = Vec::new();
+        file.take(max_len + 1).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    fn write_file(&self, dir: &Path, name: &str, bytes: &[u8], sync_file: bool) -> io::Result<()> {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if sync_file {
+            f.sync_all()?;
+        }
+        drop(f);
+        fs::rename(&tmp, dir.join(name))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<bool> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn create_dir(&self, path: &Path, mode: u32) -> io::Result<()> {
+        DirBuilder::new().mode(mode).create(path)?;
+        self.set_dir_mode(path, mode)
+    }
+
+    fn set_dir_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
+        let (parent, name) = split(path)?;
+        let d = Dir::open(parent)?;
+        match d.stat_at(name)? {
+            Some(st) if st.kind == fsutil::Kind::Dir => d.set_mode_at(name, mode),
+            Some(st) => Err(io::Error::other(format!("is {}", st.kind.describe()))),
+            None => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn names(&self, dir: &Path) -> io::Result<Vec<Vec<u8>>> {
+        Dir::open(dir)?.names()
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        fsutil::fsync_dir(path)
+    }
+
+    fn syncfs(&self, path: &Path) -> io::Result<()> {
+        fsutil::syncfs(path)
+    }
+
+    fn remove_tree(&self, path: &Path) -> io::Result<()> {
+        let (parent, name) = split(path)?;
+        let dir = match Dir::open(parent) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        tree::remove_entry(&dir, name)
+    }
+}
+
+fn split(path: &Path) -> io::Result<(&Path, &[u8])> {
+    match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) => Ok((p, n.as_bytes())),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a path with a parent and a file name is needed",
+        )),
+    }
+}
+
+/// A [`SimStorage`] as the provider's file system: a test seam, named as
+/// such, for power-cut sweeps of the real provider. Modes are not modelled
+/// (every directory reads as `0755`); a tree is removed entry by entry.
+#[derive(Debug, Clone)]
+pub struct SimLayout {
+    storage: SimStorage,
+}
+
+impl SimLayout {
+    pub fn new(storage: SimStorage) -> Self {
+        SimLayout { storage }
+    }
+}
+
+impl Layout for SimLayout {
+    fn entry(&self, path: &Path) -> io::Result<Option<Entry>> {
+        Ok(self.storage.is_dir(path).map(|dir| {
+            if dir {
+                Entry::Dir { mode: 0o755 }
+            } else {
+                Entry::File
+            }
+        }))
+    }
+
+    fn read_file(&self, path: &Path, max_len: u64) -> io::Result<Option<Vec<u8>>> {
+        if self.storage.is_dir(path).is_none() {
+            return Ok(None);
+        }
+        let f = self.storage.open(path)?;
+        let len = f.len()?.min(max_len + 1);
+        let mut bytes = vec![0; usize::try_from(len).map_err(io::Error::other)?];
+        f.read_exact_at(&mut bytes, 0)?;
+        Ok(Some(bytes))
+    }
+
+    fn write_file(&self, dir: &Path, name: &str, bytes: &[u8], sync_file: bool) -> io::Result<()> {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let f = self.storage.create(&tmp)?;
+        f.write_all_at(bytes, 0)?;
+        if sync_file {
+            f.sync_all()?;
+        }
+        drop(f);
+        self.storage.rename(&tmp, &dir.join(name))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<bool> {
+        match self.storage.remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn create_dir(&self, path: &Path, _mode: u32) -> io::Result<()> {
+        self.storage.create_dir(path)
+    }
+
+    fn set_dir_mode(&self, path: &Path, _mode: u32) -> io::Result<()> {
+        match self.storage.is_dir(path) {
+            Some(true) => Ok(()),
+            Some(false) => Err(io::Error::other("is a regular file")),
+            None => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.storage.rename(from, to)
+    }
+
+    fn names(&self, dir: &Path) -> io::Result<Vec<Vec<u8>>> {
+        let mut names: Vec<Vec<u8>> = self
+            .storage
+            .list_dir(dir)?
+            .into_iter()
+            .map(String::into_bytes)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.storage.sync_dir(path)
+    }
+
+    fn syncfs(&self, _path: &Path) -> io::Result<()> {
+        self.storage.syncfs()
+    }
+
+    fn remove_tree(&self, path: &Path) -> io::Result<()> {
+        match self.storage.is_dir(path) {
+            None => Ok(()),
+            Some(false) => self.storage.remove_file(path),
+            Some(true) => {
+                for name in self.names(path)? {
+                    let child: PathBuf = path.join(std::ffi::OsStr::from_bytes(&name));
+                    self.remove_tree(&child)?;
+                }
+                self.storage.remove_dir(path)
+            }
+        }
+    }
+}
