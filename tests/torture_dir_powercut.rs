@@ -27,7 +27,7 @@ use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::dir::DirProvider;
 use volmgr::provider::{Durability, Presence, Provider, ProviderConfig, ProviderFactory};
 use volmgr::state::{Meta, VolumeStatus};
-use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
+use volmgr::storage::sim::SimStorage;
 
 const STATE: &str = "/state";
 const ROOT: &str = "/p";
@@ -219,37 +219,6 @@ async fn check(image: &SimStorage, durability: Durability, model: &Model) -> (u6
     (lost, problems)
 }
 
-fn cuts(point: u64, base_seed: u64, scale: u64) -> Vec<(u64, CutPolicy)> {
-    let mut cuts = vec![
-        (
-            0,
-            CutPolicy {
-                data: DataLoss::DropAll,
-                dirs: DirLoss::ForgetAll,
-            },
-        ),
-        (
-            0,
-            CutPolicy {
-                data: DataLoss::KeepAll,
-                dirs: DirLoss::KeepAll,
-            },
-        ),
-    ];
-    for i in 0..3 * scale {
-        let seed = base_seed ^ (point << 20) ^ (i << 8);
-        cuts.push((seed, CutPolicy::RANDOM));
-        cuts.push((
-            seed ^ 1,
-            CutPolicy {
-                data: DataLoss::Random,
-                dirs: DirLoss::RandomPrefix,
-            },
-        ));
-    }
-    cuts
-}
-
 async fn sweep(durability: Durability) {
     let scale = torture_support::scale();
     let base_seed = torture_support::seed(0x5EED_D1D0);
@@ -273,7 +242,7 @@ async fn sweep(durability: Durability) {
             check(&storage.restart(), durability, &model).await,
         )];
         // ... and power cuts.
-        for (seed, policy) in cuts(point, base_seed, scale) {
+        for (seed, policy) in torture_support::cut_policies(base_seed, point, scale) {
             let image = storage.power_cut_with(seed, policy);
             outcomes.push((
                 format!("seed {seed:#x}, {policy:?}"),

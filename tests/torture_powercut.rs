@@ -400,38 +400,6 @@ async fn check_continues(
     }
 }
 
-/// The cut policies tried at each crash point.
-fn policies(base_seed: u64, point: u64, scale: u64) -> Vec<(u64, CutPolicy)> {
-    let mut out = vec![
-        (
-            0,
-            CutPolicy {
-                data: DataLoss::DropAll,
-                dirs: DirLoss::ForgetAll,
-            },
-        ),
-        (
-            0,
-            CutPolicy {
-                data: DataLoss::KeepAll,
-                dirs: DirLoss::KeepAll,
-            },
-        ),
-    ];
-    for i in 0..3 * scale {
-        let seed = base_seed ^ (point << 20) ^ (i << 8);
-        out.push((seed, CutPolicy::RANDOM));
-        out.push((
-            seed ^ 1,
-            CutPolicy {
-                data: DataLoss::Random,
-                dirs: DirLoss::RandomPrefix,
-            },
-        ));
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cut_at_every_sync_point_loses_no_acknowledged_record_and_open_never_fails() {
     let scale = torture_support::scale();
@@ -449,7 +417,7 @@ async fn power_cut_at_every_sync_point_loses_no_acknowledged_record_and_open_nev
         storage.freeze();
         max_checkpoints = max_checkpoints.max(run.checkpoints);
         points += 1;
-        let policies = policies(base_seed, point, scale);
+        let policies = torture_support::cut_policies(base_seed, point, scale);
         seeds_per_point = policies.len() as u64;
         for (seed, policy) in policies {
             tally.images += 1;
@@ -564,33 +532,7 @@ async fn manager_power_cut_sweep(batched: bool) {
         let fired = storage.crashed();
         storage.freeze();
         points += 1;
-        let mut cuts = vec![
-            (
-                0,
-                CutPolicy {
-                    data: DataLoss::DropAll,
-                    dirs: DirLoss::ForgetAll,
-                },
-            ),
-            (
-                0,
-                CutPolicy {
-                    data: DataLoss::KeepAll,
-                    dirs: DirLoss::KeepAll,
-                },
-            ),
-        ];
-        for i in 0..3 * scale {
-            let seed = base_seed ^ (point << 20) ^ (i << 8);
-            cuts.push((seed, CutPolicy::RANDOM));
-            cuts.push((
-                seed ^ 1,
-                CutPolicy {
-                    data: DataLoss::Random,
-                    dirs: DirLoss::RandomPrefix,
-                },
-            ));
-        }
+        let cuts = torture_support::cut_policies(base_seed, point, scale);
         seeds_per_point = cuts.len() as u64;
         for (seed, policy) in cuts {
             images += 1;
@@ -705,7 +647,7 @@ async fn kill_then_reopen_in_the_same_boot_then_power_cut_loses_nothing_either_l
         }
         let mut expected = replay.clone();
         expected.extend(acked.iter().map(|(_, id)| *id));
-        let policies = policies(base_seed, point, scale);
+        let policies = torture_support::cut_policies(base_seed, point, scale);
         seeds_per_point = policies.len() as u64;
         for (seed, policy) in policies {
             tally.images += 1;

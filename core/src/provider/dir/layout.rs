@@ -148,7 +148,7 @@ impl Layout for RealLayout {
     }
 
     fn set_dir_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
-        let (parent, name) = split(path)?;
+        let (parent, name) = tree::split(path)?;
         let d = Dir::open(parent)?;
         match d.stat_at(name)? {
             Some(st) if st.kind == fsutil::Kind::Dir => d.set_mode_at(name, mode),
@@ -174,23 +174,13 @@ impl Layout for RealLayout {
     }
 
     fn remove_tree(&self, path: &Path) -> io::Result<()> {
-        let (parent, name) = split(path)?;
+        let (parent, name) = tree::split(path)?;
         let dir = match Dir::open(parent) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
         tree::remove_entry(&dir, name)
-    }
-}
-
-fn split(path: &Path) -> io::Result<(&Path, &[u8])> {
-    match (path.parent(), path.file_name()) {
-        (Some(p), Some(n)) => Ok((p, n.as_bytes())),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "a path with a parent and a file name is needed",
-        )),
     }
 }
 

@@ -111,7 +111,8 @@ pub(crate) fn open_file_nofollow(path: &Path) -> io::Result<File> {
     Ok(Dir::open(parent)?.open_file(name)?.0)
 }
 
-fn split(path: &Path) -> io::Result<(&Path, &[u8])> {
+/// A provider path's parent and file name.
+pub(crate) fn split(path: &Path) -> io::Result<(&Path, &[u8])> {
     match (path.parent(), path.file_name()) {
         (Some(p), Some(n)) => Ok((p, n.as_bytes())),
         _ => Err(io::Error::new(

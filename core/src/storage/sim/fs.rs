@@ -131,7 +131,12 @@ impl Fs {
             }
         }
         let queues = std::mem::take(&mut self.dir_pending);
-        for change in queues.into_values().flatten() {
+        self.make_durable(queues.into_values().flatten());
+    }
+
+    /// Applies directory changes to the names a power cut keeps.
+    pub(super) fn make_durable(&mut self, changes: impl IntoIterator<Item = DirChange>) {
+        for change in changes {
             for (p, node) in change {
                 match node {
                     Some(n) => {

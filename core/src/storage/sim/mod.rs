@@ -447,18 +447,7 @@ impl Storage for SimStorage {
             ));
         }
         let changes = fs.dir_pending.remove(path).unwrap_or_default();
-        for change in changes {
-            for (p, node) in change {
-                match node {
-                    Some(n) => {
-                        fs.durable_names.insert(p, n);
-                    }
-                    None => {
-                        fs.durable_names.remove(&p);
-                    }
-                }
-            }
-        }
+        fs.make_durable(changes);
         Ok(())
     }
 
