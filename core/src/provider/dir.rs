@@ -121,7 +121,7 @@
 //! The provider is [`Durability::Batched`] by default: its verbs return
 //! before their changes are durable, and [`Provider::sync`] (one `syncfs` of
 //! the root, shared by every operation waiting for one: a
-//! [`GroupSync`](crate::fsutil::GroupSync)) makes them durable before the
+//! [`crate::fsutil::GroupSync`]) makes them durable before the
 //! manager journals their outcomes. `syncfs` rather than a set of fsyncs:
 //! the markers' *content* must be durable too, and only a writeback of the
 //! whole file system does that in one flush. The cost is that `syncfs`
@@ -158,7 +158,7 @@
 //! a mode manifest).
 //!
 //! Every operation on the provider's own names goes through a
-//! [`layout::Layout`]: the kernel's file system, or a simulated one
+//! `Layout` (`dir/layout.rs`): the kernel's file system, or a simulated one
 //! ([`DirProvider::simulated`]) on which the power-cut sweep
 //! (`tests/torture_dir_powercut.rs`) runs this code and cuts the power at
 //! every sync point. Creating a missing root fsyncs each new directory's
@@ -167,7 +167,7 @@
 mod derive;
 mod durability;
 mod inventory;
-pub mod layout;
+mod layout;
 mod marker;
 mod modes;
 mod receive;

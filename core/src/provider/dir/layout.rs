@@ -4,7 +4,7 @@
 //! sub-directories, the ownership markers and mode manifests, the content
 //! directories `data/<id>` and `snapshot/<id>` themselves, the trash) goes
 //! through a [`Layout`], like the journal's through
-//! [`Storage`](crate::storage::Storage). [`RealLayout`] maps them onto the
+//! [`crate::storage::Storage`]. [`RealLayout`] maps them onto the
 //! kernel (never following a symlink where a name could be one);
 //! [`SimLayout`] maps them onto a [`SimStorage`], so the power-cut sweep can
 //! run the real provider's create and destroy and cut the power between any
@@ -188,12 +188,12 @@ impl Layout for RealLayout {
 /// such, for power-cut sweeps of the real provider. Modes are not modelled
 /// (every directory reads as `0755`); a tree is removed entry by entry.
 #[derive(Debug, Clone)]
-pub struct SimLayout {
+pub(crate) struct SimLayout {
     storage: SimStorage,
 }
 
 impl SimLayout {
-    pub fn new(storage: SimStorage) -> Self {
+    pub(crate) fn new(storage: SimStorage) -> Self {
         SimLayout { storage }
     }
 }
