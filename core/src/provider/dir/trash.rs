@@ -125,9 +125,11 @@ impl DirProvider {
         }
         for kind in [VolumeKind::Data, VolumeKind::Snapshot] {
             for id in marker::list(&*self.layout, &self.marker_dir(kind))? {
+                // The `lstat` first: it is cheaper than reading the marker,
+                // and almost every marker has its directory.
                 if check_id(&id).is_ok()
-                    && self.marker(kind, &id).is_err()
                     && self.entry(&self.path(kind, &id))?.is_none()
+                    && self.marker(kind, &id).is_err()
                 {
                     tracing::warn!(%kind, id, "removing an unreadable marker whose directory is absent (a marker write a power cut interrupted)");
                     let dir = self.marker_dir(kind);
