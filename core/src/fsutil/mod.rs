@@ -48,18 +48,24 @@ pub fn syncfs(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Replaces `dir/name` with `bytes` durably: temp file `.<name>.tmp` (created
-/// without following a symlink), fsync, rename, fsync of `dir`. The temp name
-/// starts with a dot, so no listing of ours mistakes it for an entry.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = OpenOptions::new()
+/// Creates (or truncates) `path` for writing with `mode`, never through a
+/// symlink: the temp file of an atomic replace.
+pub fn create_nofollow(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)?;
+        .open(path)
+}
+
+/// Replaces `dir/name` with `bytes` durably: temp file `.<name>.tmp` (created
+/// without following a symlink), fsync, rename, fsync of `dir`. The temp name
+/// starts with a dot, so no listing of ours mistakes it for an entry.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = create_nofollow(&tmp, mode)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);

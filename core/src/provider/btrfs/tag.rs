@@ -91,14 +91,7 @@ pub(super) fn write_tag(container: &Path, tag: &Tag) -> Result<(), ProviderError
     let path = container.join(TAG_FILE);
     let tmp = container.join(format!(".{TAG_FILE}.tmp"));
     let context = || format!("write {}", path.display());
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(io_err(context()))?;
+    let mut f = crate::fsutil::create_nofollow(&tmp, 0o644).map_err(io_err(context()))?;
     f.write_all(format_tag(tag).as_bytes())
         .map_err(io_err(context()))?;
     write_back(&f).map_err(io_err(format!("write back {}", tmp.display())))?;

@@ -17,10 +17,10 @@
 //! where a sync goes (on return, or in a shared batched round).
 
 use std::fmt::Debug;
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::fs::{self, DirBuilder};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::tree;
@@ -119,13 +119,7 @@ impl Layout for RealLayout {
 
     fn write_file(&self, dir: &Path, name: &str, bytes: &[u8], sync_file: bool) -> io::Result<()> {
         let tmp = dir.join(format!(".{name}.tmp"));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
+        let mut f = fsutil::create_nofollow(&tmp, 0o644)?;
         f.write_all(bytes)?;
         if sync_file {
             f.sync_all()?;
