@@ -34,14 +34,16 @@ fn destroyed(n: u128) -> String {
     format!("d{n}")
 }
 
-/// A journal as a killed process leaves it (provider `p` registered, every
-/// operation pending), and a batched provider holding what those operations
-/// did before the kill, all of it durable.
-async fn killed_mid_operations(dir: &Path) -> SimProvider {
-    let sim = SimProvider::new();
-    let mut records = provider_records();
-    for i in 0..HALF_MADE {
-        let n = 100 + i;
+/// `n` pending creates (volumes `c0`.., ops from `first_op`) whose volume
+/// `sim` holds half-made: each is finished at open.
+fn pending_half_made_creates(
+    sim: &SimProvider,
+    records: &mut Vec<Record>,
+    n: u128,
+    first_op: u128,
+) {
+    for i in 0..n {
+        let n = first_op + i;
         records.push(Record::Intent {
             op: op(n),
             at_ms: T0,
@@ -53,6 +55,15 @@ async fn killed_mid_operations(dir: &Path) -> SimProvider {
         });
         sim.plant_orphan(&created(i), op(n), VolumeKind::Data, false);
     }
+}
+
+/// A journal as a killed process leaves it (provider `p` registered, every
+/// operation pending), and a batched provider holding what those operations
+/// did before the kill, all of it durable.
+async fn killed_mid_operations(dir: &Path) -> SimProvider {
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    pending_half_made_creates(&sim, &mut records, HALF_MADE, 100);
     for i in 0..DESTROYING {
         let (made, destroying) = (200 + i, 300 + i);
         records.extend([
@@ -183,19 +194,7 @@ async fn a_failed_sync_after_the_resolutions_journals_none_of_them() {
 async fn killed_with_pending_creates(dir: &Path, n: u128) -> SimProvider {
     let sim = SimProvider::new();
     let mut records = provider_records();
-    for i in 0..n {
-        let n = 1000 + i;
-        records.push(Record::Intent {
-            op: op(n),
-            at_ms: T0,
-            action: Action::CreateVolume {
-                provider: "p".into(),
-                volume: created(i),
-                meta: Meta::new(),
-            },
-        });
-        sim.plant_orphan(&created(i), op(n), VolumeKind::Data, false);
-    }
+    pending_half_made_creates(&sim, &mut records, n, 1000);
     let (journal, _) = Journal::<Record>::open(dir, JournalConfig::default()).unwrap();
     journal.append_all(&records).await.unwrap();
     journal.close().await;

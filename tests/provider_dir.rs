@@ -753,6 +753,8 @@ fn inventory_reports_tagged_foreign_and_incomplete_items() {
     // A damaged marker: not provably ours.
     fs::create_dir(root.join("data/damaged")).unwrap();
     fs::write(root.join(".volmgr/data/damaged"), b"{not json").unwrap();
+    // A marker a power cut garbled before its directory was made: absent.
+    fs::write(root.join(".volmgr/data/torn"), b"\0\0\0").unwrap();
     // A complete marker whose directory is gone: absent (lost), not listed.
     let gone = create(&p, "gone");
     fs::remove_dir(gone.path()).unwrap();
@@ -793,6 +795,9 @@ fn inventory_reports_tagged_foreign_and_incomplete_items() {
     );
     assert!(!inv.iter().any(|f| f.name.ends_with("data/gone")));
     assert_eq!(inv.len(), 6, "{inv:#?}");
+    assert!(!inv.iter().any(|f| f.name.ends_with("data/torn")));
+    // ... and a create of its id replaces it.
+    assert!(create(&p, "torn").path().is_dir());
 
     // A new create of the id replaces the stale marker of operation
     // `op_create`; a creating marker with its directory is whole.

@@ -138,9 +138,9 @@
 //!   → return; the shared step makes the directory durable. A `creating`
 //!   data-volume marker with its directory *is* a whole volume (an empty
 //!   directory is all a new volume has), so the marker is never rewritten.
-//!   A cut before the barrier leaves no marker, or one the next start finds
-//!   unreadable with no directory and removes; never a directory without
-//!   its marker. Per create: two shared `syncfs` rounds and no fsync of its
+//!   A cut before the barrier leaves no marker, or an unreadable one with
+//!   no directory (absent from the inventory, replaced by the next create
+//!   of the id); never a directory without its marker. Per create: two shared `syncfs` rounds and no fsync of its
 //!   own (was five fsyncs).
 //! - **destroy**: rename into the trash → barrier → remove the marker (and
 //!   manifest) → barrier → remove the tree. A cut leaves the tree in place

@@ -50,6 +50,10 @@ impl DirProvider {
                             found.push(item(None, Presence::Complete, Details::new()));
                         }
                     }
+                    // Unreadable with no directory: a marker write a power
+                    // cut interrupted before its barrier. Nothing is there;
+                    // the next create of the id replaces it.
+                    Some(Err(_)) if present.is_none() => {}
                     Some(Err(e)) => found.push(item(
                         None,
                         Presence::Incomplete {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use super::layout::Entry;
-use super::marker::{self, Marker, MarkerState};
+use super::marker::{Marker, MarkerState};
 use super::{DirProvider, check_id, dir_name};
 use crate::model::{OpId, VolumeKind};
 use crate::provider::ProviderError;
@@ -93,10 +93,8 @@ impl DirProvider {
 
     /// Cleans up at start: removes the markers of items a destroy moved to
     /// the trash but was interrupted before their marker went (if the marker
-    /// is still that operation's and nothing took the item's place), and
-    /// markers a power cut left unreadable with no directory (a marker
-    /// write that never became durable); then, once that is durable, empties
-    /// the trash.
+    /// is still that operation's and nothing took the item's place); then,
+    /// once that is durable, empties the trash.
     pub(super) fn sweep(&self) -> Result<(), ProviderError> {
         let trash = self.trash();
         let names = self
@@ -122,23 +120,6 @@ impl DirProvider {
                 tracing::warn!(%kind, id, error = %e, "could not remove the marker of a destroyed item");
             }
             doomed.push(path);
-        }
-        for kind in [VolumeKind::Data, VolumeKind::Snapshot] {
-            for id in marker::list(&*self.layout, &self.marker_dir(kind))? {
-                // The `lstat` first: it is cheaper than reading the marker,
-                // and almost every marker has its directory.
-                if check_id(&id).is_ok()
-                    && self.entry(&self.path(kind, &id))?.is_none()
-                    && self.marker(kind, &id).is_err()
-                {
-                    tracing::warn!(%kind, id, "removing an unreadable marker whose directory is absent (a marker write a power cut interrupted)");
-                    let dir = self.marker_dir(kind);
-                    self.layout.remove_file(&dir.join(&id)).map_err(|e| {
-                        ProviderError::io(format!("removing the marker of {id}"), e)
-                    })?;
-                    self.settle_dir(&dir)?;
-                }
-            }
         }
         if !doomed.is_empty() {
             self.barrier()?;
