@@ -7,7 +7,11 @@
 //! record). A batched provider is also synced before its inventory (a killed
 //! process may have left effects visible but not durable). A failed sync
 //! journals none of that provider's resolutions and takes it out of
-//! service; its pending operations stay pending and claimed.
+//! service; its pending operations stay pending and claimed. Before a
+//! provider's inventory, each of its pending creates gets
+//! [`Provider::clear_interrupted_create`]: what such a create may have left
+//! untagged (the dir provider's empty directory whose marker a power cut
+//! lost) would otherwise be reported foreign for ever.
 
 use std::collections::HashMap;
 use std::sync::Arc;
