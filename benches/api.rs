@@ -71,10 +71,11 @@ fn creates(agent: &AgentProcess, clients: usize, secs: Duration) -> (Case, f64, 
         }
         all
     });
-    let mut case = Case::default();
-    case.secs = start.elapsed().as_secs_f64();
-    case.ops = latencies.0.len() as u64;
-    case.latencies = latencies;
+    let case = Case {
+        secs: start.elapsed().as_secs_f64(),
+        ops: latencies.0.len() as u64,
+        latencies,
+    };
     let agent_cpu = support::cpu_secs_of(agent.child.id()) - agent_cpu;
     let own_cpu = support::cpu_secs() - own_cpu;
     assert_eq!(failures, 0, "every create succeeds");
