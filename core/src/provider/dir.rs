@@ -243,6 +243,9 @@ pub struct DirProvider {
     batched: bool,
     /// The shared `syncfs` of the batched step (see `durability`).
     flush: GroupSync,
+    /// Trees batched destroys left in the trash, removed by the next
+    /// [`Provider::sync`] (see `trash`).
+    doomed: trash::Doomed,
 }
 
 impl DirProvider {
@@ -667,9 +670,10 @@ impl Provider for DirProvider {
     }
 
     /// The batched step: one `syncfs` of the root, shared by concurrent
-    /// callers (see "Durability").
+    /// callers, then the removal of the trees destroys queued before it
+    /// (see "Durability").
     fn sync(&self) -> Result<(), ProviderError> {
-        self.barrier()
+        self.sync_and_empty_trash()
     }
 
     fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
