@@ -10,8 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use super::layout::{Entry, Layout};
-use super::{trash, tree};
 use super::{CONFIG_ROOT, DirProvider, MARKERS, STAGING};
+use super::{trash, tree};
 use crate::fsutil::GroupSync;
 use crate::model::VolumeKind;
 use crate::provider::Durability;

@@ -82,8 +82,11 @@ impl DirProvider {
         Ok(())
     }
 
-    /// Moves a tree into the trash under `name` (atomic; the parent is synced)
-    /// and returns where it went; a non-directory is simply removed.
+    /// Moves a tree into the trash under `name` (atomic) and returns where
+    /// it went; a non-directory is simply removed. Durable on return, the
+    /// trash directory is synced: the directory holding the new name makes
+    /// a rename durable (a journaling file system commits both names' change
+    /// in one transaction).
     pub(super) fn to_trash(
         &self,
         path: &Path,
@@ -110,7 +113,7 @@ impl DirProvider {
         self.layout
             .rename(path, &doomed)
             .map_err(|e| ProviderError::io(format!("moving {} to the trash", path.display()), e))?;
-        self.settle_dir(&parent)?;
+        self.settle_dir(&self.trash())?;
         Ok(Some(doomed))
     }
 
@@ -213,8 +216,7 @@ impl DirProvider {
     /// order). A crash in between leaves a marker without a directory, or a
     /// tree in the trash, which the next start removes (see [`Self::sweep`]).
     pub(super) fn remove_item(&self, m: &Marker) -> Result<(), ProviderError> {
-        let Some(tree) =
-            self.to_trash(&self.path(m.kind, &m.volume), &Self::item_trash_name(m))?
+        let Some(tree) = self.to_trash(&self.path(m.kind, &m.volume), &Self::item_trash_name(m))?
         else {
             return self.forget(m);
         };
