@@ -33,6 +33,9 @@ use super::{DirProvider, check_id, dir_name};
 use crate::model::{OpId, VolumeKind};
 use crate::provider::ProviderError;
 
+#[cfg(test)]
+mod tests;
+
 /// Trees batched destroys moved to the trash whose removal waits for the
 /// next shared `syncfs` (see the module documentation).
 #[derive(Debug, Default)]
