@@ -18,7 +18,9 @@
 //! runs that step itself. A tree still queued when the process dies, the
 //! provider is dropped or a `syncfs` fails, or whose removal fails, stays in
 //! the trash under its name (kind, op, id), and the next start's sweep
-//! finishes the destroy.
+//! finishes the destroy. The cleanup of a failed verb (a half-made item)
+//! does not defer: it runs the second barrier and removes the tree before
+//! the verb returns its error, so nothing it made is left behind.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -219,13 +221,9 @@ impl DirProvider {
     /// order). A crash in between leaves a marker without a directory, or a
     /// tree in the trash, which the next start removes (see [`Self::sweep`]).
     pub(super) fn remove_item(&self, m: &Marker) -> Result<(), ProviderError> {
-        let Some(tree) = self.to_trash(&self.path(m.kind, &m.volume), &Self::item_trash_name(m))?
-        else {
-            return self.forget(m);
+        let Some(tree) = self.retire(m)? else {
+            return Ok(());
         };
-        // The tree is out of the namespace, durably, before its marker goes.
-        self.barrier()?;
-        self.forget(m)?;
         if !self.batched {
             // `forget` synced the marker's removal.
             self.empty_trash_entry(Some(tree));
@@ -235,12 +233,38 @@ impl DirProvider {
         Ok(())
     }
 
+    /// Like [`Self::remove_item`], but the tree is gone on return, batched
+    /// too (one more barrier): the cleanup of a failed verb, which leaves
+    /// nothing behind when it returns its error.
+    fn remove_item_at_once(&self, m: &Marker) -> Result<(), ProviderError> {
+        let Some(tree) = self.retire(m)? else {
+            return Ok(());
+        };
+        // The marker's removal is durable before the tree goes.
+        self.barrier()?;
+        self.empty_trash_entry(Some(tree));
+        Ok(())
+    }
+
+    /// The first steps of a removal: the tree into the trash, durably
+    /// before the manifest and the marker go. Returns where the tree went.
+    fn retire(&self, m: &Marker) -> Result<Option<PathBuf>, ProviderError> {
+        let Some(tree) = self.to_trash(&self.path(m.kind, &m.volume), &Self::item_trash_name(m))?
+        else {
+            self.forget(m)?;
+            return Ok(None);
+        };
+        self.barrier()?;
+        self.forget(m)?;
+        Ok(Some(tree))
+    }
+
     /// Best-effort removal of a half-made item of operation `op` after a
     /// failure (the error being returned matters more than this one).
     pub(super) fn discard(&self, kind: VolumeKind, id: &str, op: OpId) {
         match self.marker(kind, id) {
             Ok(Some(m)) if m.op == op && m.state != MarkerState::Complete => {
-                if let Err(e) = self.remove_item(&m) {
+                if let Err(e) = self.remove_item_at_once(&m) {
                     tracing::warn!(%kind, id, error = %e, "could not remove a half-made item");
                 }
             }
