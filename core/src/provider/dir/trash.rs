@@ -87,11 +87,10 @@ impl DirProvider {
         Ok(())
     }
 
-    /// Moves a tree into the trash under `name` (atomic) and returns where
-    /// it went; a non-directory is simply removed. Durable on return, the
-    /// trash directory is synced: the directory holding the new name makes
-    /// a rename durable (a journaling file system commits both names' change
-    /// in one transaction).
+    /// Moves a tree into the trash under `name` (atomic; durable on return,
+    /// the parent is synced: a journaling file system commits both names'
+    /// change in one transaction) and returns where it went; a
+    /// non-directory is simply removed.
     pub(super) fn to_trash(
         &self,
         path: &Path,
@@ -118,7 +117,7 @@ impl DirProvider {
         self.layout
             .rename(path, &doomed)
             .map_err(|e| ProviderError::io(format!("moving {} to the trash", path.display()), e))?;
-        self.settle_dir(&self.trash())?;
+        self.settle_dir(&parent)?;
         Ok(Some(doomed))
     }
 

@@ -45,11 +45,12 @@
 //!
 //! **Assumption (atomic rename):** a rename, even across directories, is
 //! one change: after a cut the entry is under its old name or its new one,
-//! never both nor neither, as journaling file systems (ext4, xfs, btrfs)
-//! commit it in one transaction. It is queued on the destination's
-//! directory, so a sync of that directory (or `syncfs`) makes it durable and
-//! a cut keeps or drops it with that directory's other changes; a sync of
-//! the source directory alone does not (POSIX promises nothing more).
+//! never both nor neither, as journaling file systems (ext4 with its
+//! journal, xfs, btrfs) commit it in one transaction. It is queued on the
+//! destination's directory (a cut keeps or drops it with that directory's
+//! other changes, in order); a sync of either directory, or `syncfs`, makes
+//! it durable, with the changes queued before it on the destination's
+//! directory (the transaction commits after what preceded it).
 //!
 //! Paths are used as given (no `..` resolution); a path without a parent, or
 //! with an empty one, lives in the root directory (`/`, `.` or the empty
@@ -452,8 +453,7 @@ impl Storage for SimStorage {
                 "simulated write-back error: sync_dir (EIO)",
             ));
         }
-        let changes = fs.dir_pending.remove(path).unwrap_or_default();
-        fs.make_durable(changes);
+        fs.sync_dir_changes(path);
         Ok(())
     }
 

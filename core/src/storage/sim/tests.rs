@@ -187,13 +187,15 @@ fn lock_is_exclusive_until_dropped_and_released_by_a_power_cut() {
     drop(held);
 }
 
-/// `/a/x` (an empty directory, durable) renamed to `/b/x`, not yet synced.
+/// `/a/x` (an empty directory, durable) renamed to `/b/x` after `/b/before`
+/// was made, neither synced.
 fn renamed_across_directories() -> SimStorage {
     let s = SimStorage::new();
     for dir in ["/a", "/b", "/a/x"] {
         s.create_dir(Path::new(dir)).unwrap();
     }
     s.syncfs().unwrap();
+    s.create_dir(Path::new("/b/before")).unwrap();
     s.rename(Path::new("/a/x"), Path::new("/b/x")).unwrap();
     s
 }
@@ -220,12 +222,19 @@ fn a_rename_across_directories_survives_a_cut_whole_under_one_name() {
             assert_eq!(found.len(), 1, "{dirs:?}, seed {seed}: {found:?}");
         }
     }
-    // A sync of the source directory alone does not make it durable ...
-    let s = renamed_across_directories();
-    s.sync_dir(Path::new("/a")).unwrap();
-    assert_eq!(names_of_x(&s.power_cut(1)), vec![PathBuf::from("/a/x")]);
-    // ... a sync of the destination's does.
-    let s = renamed_across_directories();
-    s.sync_dir(Path::new("/b")).unwrap();
-    assert_eq!(names_of_x(&s.power_cut(1)), vec![PathBuf::from("/b/x")]);
+    // A sync of either directory makes it durable, with what the
+    // destination's directory had queued before it, not after.
+    for synced in ["/a", "/b"] {
+        let s = renamed_across_directories();
+        s.create_dir(Path::new("/b/after")).unwrap();
+        s.sync_dir(Path::new(synced)).unwrap();
+        let image = s.power_cut(1);
+        assert_eq!(names_of_x(&image), vec![PathBuf::from("/b/x")], "{synced}");
+        assert!(image.is_dir(Path::new("/b/before")).is_some(), "{synced}");
+        assert_eq!(
+            image.is_dir(Path::new("/b/after")).is_some(),
+            synced == "/b",
+            "{synced}"
+        );
+    }
 }
