@@ -1,6 +1,8 @@
-//! The deferred tree removal of a batched destroy against concurrent shared
-//! syncs, on a simulated file system whose `syncfs` a test can hold open
-//! after it has taken effect (as a real one that has begun writing back).
+//! The deferred tree removal of a batched destroy: against concurrent
+//! shared syncs, on a simulated file system whose `syncfs` a test can hold
+//! open after it has taken effect (as a real one that has begun writing
+//! back); under a power cut during the sync that would remove the tree; and
+//! its bound when no sync comes.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use super::super::DirProvider;
 use super::super::layout::{Entry, Layout, SimLayout};
 use crate::model::{Details, VolumeId, VolumeKind};
 use crate::provider::{Durability, Provider, VolumeRef, VolumeSpec};
-use crate::storage::sim::SimStorage;
+use crate::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
 
 #[derive(Debug, Default)]
 struct Held {
@@ -211,4 +213,42 @@ fn the_trees_queued_without_a_sync_stay_bounded() {
         p.doomed.take().is_empty(),
         "the last destroy emptied the queue"
     );
+}
+
+#[test]
+fn a_cut_during_the_sync_after_a_destroy_leaves_no_marker_without_its_tree() {
+    let marker = Path::new(ROOT).join(".volmgr/data/v");
+    for seed in 0..32 {
+        for (data, dirs) in [
+            (DataLoss::DropAll, DirLoss::ForgetAll),
+            (DataLoss::KeepAll, DirLoss::KeepAll),
+            (DataLoss::Random, DirLoss::RandomPrefix),
+        ] {
+            let storage = SimStorage::new();
+            let p =
+                DirProvider::simulated(PathBuf::from(ROOT), storage.clone(), Durability::Batched)
+                    .expect("the provider opens");
+            create(&p, "v");
+            p.sync().expect("the sync succeeds");
+            destroy(&p, "v");
+            // The power goes while the sync that would remove the tree runs.
+            storage.crash_at_sync(Some(storage.sync_points() + 1));
+            assert!(p.sync().is_err(), "the cut fails the sync");
+            let image = storage.power_cut_with(seed, CutPolicy { data, dirs });
+            let p = DirProvider::simulated(PathBuf::from(ROOT), image.clone(), Durability::Batched)
+                .expect("the provider reopens");
+            let what = format!("seed {seed}, {data:?}, {dirs:?}");
+            assert!(
+                image.is_dir(&marker).is_none(),
+                "{what}: the marker of v is left without its tree"
+            );
+            assert!(
+                in_trash(&image).is_empty(),
+                "{what}: {:?}",
+                in_trash(&image)
+            );
+            assert!(p.inventory().expect("inventory").is_empty(), "{what}");
+            create(&p, "v");
+        }
+    }
 }
