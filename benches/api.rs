@@ -2,8 +2,12 @@
 //!
 //! Starts the real agent (`volmgr serve`, the default directory provider
 //! under its state directory) and times `POST /storage/providers/default/volumes`
-//! (an empty body: the agent picks a UUID) from 1, 8 and 32 clients, each a
-//! thread with its own keep-alive connection, for `BENCH_SECS` per case. Each
+//! (an empty body: the agent picks a UUID) from 1, 8 and 32 clients, each
+//! with its own keep-alive connection, for `BENCH_SECS` per case. Every
+//! client is a task on one load-generator thread (a thread per client took
+//! about 44% of this 2-vCPU machine at 32 clients, starving the agent it
+//! measures); the CPU the agent and the load generator used per create is
+//! printed (from `/proc/<pid>/stat` and `getrusage`). Each
 //! case gets a fresh state directory. The raw reference (one thread of
 //! 200-byte `pwrite` + `fdatasync` on a preallocated file) runs before and
 //! after every case on the same disk; a case is compared with the mean of
@@ -15,45 +19,66 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{AgentProcess, Case, HttpConn, Latencies};
 
 const PATH: &str = "/storage/providers/default/volumes";
 
-fn creates(agent: &AgentProcess, clients: usize, secs: Duration) -> Case {
+/// One case: `clients` concurrent connections creating for `secs`, all
+/// driven by one load-generator thread. Returns the case and the CPU
+/// seconds the agent and the load generator used during it.
+fn creates(agent: &AgentProcess, clients: usize, secs: Duration) -> (Case, f64, f64) {
     let token = agent.token();
-    let failures = Arc::new(AtomicU64::new(0));
+    let addr = agent.addr;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let agent_cpu = support::cpu_secs_of(agent.child.id());
+    let own_cpu = support::cpu_secs();
     let start = Instant::now();
     let deadline = start + secs;
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let addr = agent.addr;
-            let token = token.clone();
-            let failures = failures.clone();
-            std::thread::spawn(move || {
-                let mut conn = HttpConn::connect(addr, token.as_deref()).expect("connects");
-                let mut lat = Latencies::default();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    match conn.request("POST", PATH, b"") {
-                        Ok(200) => lat.push(t.elapsed()),
-                        Ok(status) => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("create answered {status}");
+    let (latencies, failures) = runtime.block_on(async move {
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let mut conn = HttpConn::connect(addr, token.as_deref())
+                        .await
+                        .expect("connects");
+                    let (mut lat, mut failures) = (Latencies::default(), 0u64);
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        match conn.request("POST", PATH, b"").await {
+                            Ok(200) => lat.push(t.elapsed()),
+                            Ok(status) => {
+                                failures += 1;
+                                eprintln!("create answered {status}");
+                            }
+                            Err(e) => panic!("create failed: {e}"),
                         }
-                        Err(e) => panic!("create failed: {e}"),
                     }
-                }
-                lat
+                    (lat, failures)
+                })
             })
-        })
-        .collect();
-    let case = Case::join(threads, start);
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "every create succeeds");
-    case
+            .collect();
+        let mut all = (Latencies::default(), 0u64);
+        for t in tasks {
+            let (lat, failures) = t.await.expect("a client task panicked");
+            all.0.extend(lat);
+            all.1 += failures;
+        }
+        all
+    });
+    let mut case = Case::default();
+    case.secs = start.elapsed().as_secs_f64();
+    case.ops = latencies.0.len() as u64;
+    case.latencies = latencies;
+    let agent_cpu = support::cpu_secs_of(agent.child.id()) - agent_cpu;
+    let own_cpu = support::cpu_secs() - own_cpu;
+    assert_eq!(failures, 0, "every create succeeds");
+    (case, agent_cpu, own_cpu)
 }
 
 fn main() {
@@ -68,8 +93,17 @@ fn main() {
     );
     println!();
     println!(
-        "{:>7} | {:>10} {:>9} {:>9} {:>9} | {:>9} {:>8} | {:>9}",
-        "clients", "creates/s", "p50 us", "p99 us", "p999 us", "raw/s", "vs raw", "start ms"
+        "{:>7} | {:>10} {:>9} {:>9} {:>9} | {:>9} {:>8} | {:>11} {:>12} | {:>9}",
+        "clients",
+        "creates/s",
+        "p50 us",
+        "p99 us",
+        "p999 us",
+        "raw/s",
+        "vs raw",
+        "agent cpu/op",
+        "client cpu/op",
+        "start ms"
     );
     let raw_dir = root.path().join("raw");
     std::fs::create_dir_all(&raw_dir).unwrap();
@@ -78,7 +112,7 @@ fn main() {
     for (i, &n) in clients.iter().enumerate() {
         let state_dir = root.path().join(format!("state-{i}"));
         let (agent, started) = AgentProcess::start(&state_dir);
-        let mut case = creates(&agent, n, secs);
+        let (mut case, agent_cpu, client_cpu) = creates(&agent, n, secs);
         drop(agent);
         std::fs::remove_dir_all(&state_dir).unwrap();
         let raw_after = support::raw_fdatasync_loop(&raw_dir, secs).rate();
@@ -86,9 +120,11 @@ fn main() {
         raw_before = raw_after;
         let (p50, p99, p999) = case.latencies.percentiles_us();
         println!(
-            "{n:>7} | {:>10.0} {p50:>9.0} {p99:>9.0} {p999:>9.0} | {raw:>9.0} {:>7.3}x | {:>9.0}",
+            "{n:>7} | {:>10.0} {p50:>9.0} {p99:>9.0} {p999:>9.0} | {raw:>9.0} {:>7.3}x | {:>9.0}us {:>10.0}us | {:>9.0}",
             case.rate(),
             case.rate() / raw,
+            agent_cpu * 1e6 / case.ops.max(1) as f64,
+            client_cpu * 1e6 / case.ops.max(1) as f64,
             started.as_secs_f64() * 1e3
         );
         summary.push(format!(

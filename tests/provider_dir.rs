@@ -848,6 +848,72 @@ fn inventory_reports_tagged_foreign_and_incomplete_items() {
     assert!(!root.join(".volmgr/data/gone").exists());
 }
 
+/// What a batched create interrupted by a power cut may leave untagged (its
+/// marker and directory become durable in one round, so the cut may keep
+/// the directory alone, or with a garbled marker) is removed by
+/// `clear_interrupted_create` for that create's id and op; nothing else is:
+/// not a complete volume of that op, not another op's volume, not a
+/// directory with entries, not a non-directory.
+#[test]
+fn an_interrupted_create_leaves_nothing_untagged_but_foreign_items_stay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("p");
+    let p = provider(&root);
+    let op = Uuid::now_v7();
+    let marker = |id: &str| root.join(".volmgr/data").join(id);
+    let data = |id: &str| root.join("data").join(id);
+
+    // The directory alone, and the directory with a garbled marker.
+    fs::create_dir(data("alone")).unwrap();
+    fs::create_dir(data("garbled")).unwrap();
+    fs::write(marker("garbled"), b"{\"format\":1,\"vol").unwrap();
+    // A marker of this op whose directory never became durable.
+    hand_marker(&root, "data", "no-dir", op, None, "creating");
+    for id in ["alone", "garbled", "no-dir"] {
+        p.clear_interrupted_create(&spec(id, op, VolumeKind::Data))
+            .expect("cleared");
+        assert!(!data(id).exists(), "{id}: the untagged directory is gone");
+        assert!(!marker(id).exists(), "{id}: the stale marker is gone");
+        // Idempotent, and the id is free again.
+        p.clear_interrupted_create(&spec(id, op, VolumeKind::Data))
+            .expect("again");
+        create(&p, id);
+    }
+    assert!(
+        p.inventory().unwrap().iter().all(|f| f.tag.is_some()),
+        "nothing foreign is left"
+    );
+
+    // A whole volume of this op: the table rolls it forward; left alone.
+    let whole = Uuid::now_v7();
+    p.create_volume(&spec("whole", whole, VolumeKind::Data))
+        .unwrap();
+    p.clear_interrupted_create(&spec("whole", whole, VolumeKind::Data))
+        .unwrap();
+    assert!(data("whole").is_dir() && marker("whole").is_file());
+    // Another op's volume (made earlier, full): left alone.
+    p.clear_interrupted_create(&spec("whole", op, VolumeKind::Data))
+        .unwrap();
+    assert!(data("whole").is_dir() && marker("whole").is_file());
+    // Untagged content, and a non-directory: foreign, never touched.
+    write(&data("content").join("precious"), b"keep", 0o644);
+    fs::write(data("file"), b"keep").unwrap();
+    for id in ["content", "file"] {
+        p.clear_interrupted_create(&spec(id, op, VolumeKind::Data))
+            .unwrap();
+    }
+    assert_eq!(fs::read(data("content").join("precious")).unwrap(), b"keep");
+    assert_eq!(fs::read(data("file")).unwrap(), b"keep");
+    let foreign: Vec<_> = p
+        .inventory()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.tag.is_none())
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(foreign.len(), 2, "both still reported foreign: {foreign:?}");
+}
+
 fn by_name_in<'a>(inv: &'a [volmgr::provider::Found], n: &str) -> &'a volmgr::provider::Found {
     inv.iter().find(|f| f.name.ends_with(n)).unwrap()
 }

@@ -171,18 +171,22 @@ pub fn cpu_secs() -> f64 {
 }
 
 /// A keep-alive HTTP/1.1 connection speaking just enough to time requests.
+/// Async, so one load-generator thread drives every client (threads of
+/// their own would take the CPU of a small machine from the agent).
 pub struct HttpConn {
-    stream: std::net::TcpStream,
+    stream: tokio::net::TcpStream,
     buf: Vec<u8>,
     auth: String,
 }
 
 impl HttpConn {
     /// Connects to `addr`; `token` is sent as a bearer token when given.
-    pub fn connect(addr: std::net::SocketAddr, token: Option<&str>) -> std::io::Result<HttpConn> {
-        let stream = std::net::TcpStream::connect(addr)?;
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        token: Option<&str>,
+    ) -> std::io::Result<HttpConn> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         Ok(HttpConn {
             stream,
             buf: Vec::with_capacity(4096),
@@ -191,8 +195,8 @@ impl HttpConn {
     }
 
     /// Sends one request and reads the whole response; returns its status.
-    pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
-        use std::io::{Read, Write};
+    pub async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: bench\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.auth,
@@ -200,45 +204,77 @@ impl HttpConn {
         );
         let mut req = head.into_bytes();
         req.extend_from_slice(body);
-        self.stream.write_all(&req)?;
+        self.stream.write_all(&req).await?;
         self.buf.clear();
-        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
         let mut chunk = [0u8; 4096];
-        let header_end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
+        loop {
+            if let Some((status, end)) = parse_response(&self.buf)? {
+                if self.buf.len() >= end {
+                    return Ok(status);
+                }
             }
-            let n = self.stream.read(&mut chunk)?;
+            let n = tokio::time::timeout(Duration::from_secs(60), self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "no response in 60 s")
+                })??;
             if n == 0 {
-                return Err(bad("connection closed before the response"));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        };
-        let head =
-            std::str::from_utf8(&self.buf[..header_end]).map_err(|_| bad("head not UTF-8"))?;
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("no status"))?;
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())
-                    .flatten()
-            })
-            .ok_or_else(|| bad("no content-length"))?;
-        while self.buf.len() < header_end + len {
-            let n = self.stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(bad("connection closed inside the body"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed before the whole response",
+                ));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
-        Ok(status)
     }
+}
+
+/// The status and total length of the response at the start of `buf`, once
+/// its head is complete (`None` before).
+fn parse_response(buf: &[u8]) -> std::io::Result<Option<(u16, usize)>> {
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    let Some(header_end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..header_end]).map_err(|_| bad("head not UTF-8"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .ok_or_else(|| bad("no content-length"))?;
+    Ok(Some((status, header_end + len)))
+}
+
+/// User + system CPU seconds process `pid` has used so far (from
+/// `/proc/<pid>/stat`; 0 if unreadable).
+pub fn cpu_secs_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command (which may hold spaces) start after ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 
 /// A `volmgr serve` child on 127.0.0.1 with its state directory; stopped
@@ -276,12 +312,20 @@ impl AgentProcess {
             state_dir: state_dir.to_owned(),
         };
         let deadline = started + Duration::from_secs(120);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the health checks");
         loop {
             if let Some(status) = agent.child.try_wait().unwrap() {
                 panic!("volmgr serve exited early: {status}");
             }
-            let healthy = HttpConn::connect(addr, agent.token().as_deref())
-                .and_then(|mut c| c.request("GET", "/healthz", b""))
+            let token = agent.token();
+            let healthy = runtime
+                .block_on(async {
+                    let mut c = HttpConn::connect(addr, token.as_deref()).await?;
+                    c.request("GET", "/healthz", b"").await
+                })
                 .is_ok_and(|s| s == 200);
             if healthy {
                 return (agent, started.elapsed());

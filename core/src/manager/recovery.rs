@@ -7,14 +7,19 @@
 //! record). A batched provider is also synced before its inventory (a killed
 //! process may have left effects visible but not durable). A failed sync
 //! journals none of that provider's resolutions and takes it out of
-//! service; its pending operations stay pending and claimed.
+//! service; its pending operations stay pending and claimed. Before a
+//! provider's inventory, each of its pending creates gets
+//! [`Provider::clear_interrupted_create`]: what such a create may have left
+//! untagged (the dir provider's empty directory whose marker a power cut
+//! lost) would otherwise be reported foreign for ever.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Manager, ManagerError, ReconcileReport, done, found_ref, now_ms, volume_ref};
-use crate::provider::{Durability, Provider};
+use crate::model::VolumeId;
+use crate::provider::{Durability, Provider, VolumeSpec};
 use crate::reconcile::{self, Step};
 use crate::state::{Action, Done, Effect, OpResult, Record, State, VolumeKind};
 
@@ -46,7 +51,23 @@ impl Manager {
             // previous run that are visible but not durable (a killed process
             // leaves them in the page cache): make them durable before
             // anything is decided from them.
+            let creates = interrupted_creates(&state, id);
             let found = tokio::task::spawn_blocking(move || {
+                // What an interrupted create may have left untagged goes
+                // first, so the inventory sees only what the table decides.
+                for (volume, op) in &creates {
+                    let Ok(id) = VolumeId::new(volume) else {
+                        continue;
+                    };
+                    let spec = VolumeSpec {
+                        id,
+                        op: *op,
+                        kind: VolumeKind::Data,
+                    };
+                    if let Err(e) = p.clear_interrupted_create(&spec) {
+                        tracing::warn!(%volume, %op, error = %e, "could not clear what an interrupted create left; the inventory reports it");
+                    }
+                }
                 if p.durability() == Durability::Batched {
                     p.sync()?;
                 }
@@ -405,4 +426,21 @@ impl super::Inner {
             .collect();
         core.busy.extend(volumes);
     }
+}
+
+/// The creates on provider `provider` whose intent is durable and has no
+/// outcome: (volume id, op).
+fn interrupted_creates(state: &State, provider: &str) -> Vec<(String, crate::model::OpId)> {
+    state
+        .pending
+        .values()
+        .filter_map(|p| match &p.action {
+            Action::CreateVolume {
+                provider: of,
+                volume,
+                ..
+            } if of == provider => Some((volume.clone(), p.op)),
+            _ => None,
+        })
+        .collect()
 }

@@ -30,6 +30,27 @@ fn nanos_since(t: Instant) -> u64 {
     u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Runs blocking work (a provider's side effect and its shared sync) for
+/// the calling task. On a multi-thread runtime, on the task's own thread
+/// (`block_in_place`: the runtime hands this worker's other tasks to
+/// another thread), so the request path has no thread hand-off there and
+/// back; elsewhere (a current-thread runtime) on the blocking pool.
+async fn on_this_thread<T, F>(f: F) -> Result<T, ManagerError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        Ok(tokio::task::block_in_place(f))
+    } else {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| ManagerError::Internal(format!("provider task failed: {e}")))
+    }
+}
+
 /// Releases claimed volume ids when the operation ends (or its task panics).
 pub(super) struct Claim {
     inner: Arc<Inner>,
@@ -223,7 +244,7 @@ impl Inner {
             .ok()
             .filter(|p| p.durability() == Durability::Batched)
             .map(|p| (p, self.sync_group(provider_id)));
-        let (result, synced) = tokio::task::spawn_blocking(move || {
+        let (result, synced) = on_this_thread(move || {
             let result = std::panic::catch_unwind(AssertUnwindSafe(move || effect(op)))
                 .unwrap_or_else(|_| Err(ProviderError::Other("provider call panicked".into())));
             // Whatever the effect did (or undid) is durable before its
@@ -235,8 +256,7 @@ impl Inner {
             };
             (result, synced)
         })
-        .await
-        .map_err(|e| ManagerError::Internal(format!("provider task failed: {e}")))?;
+        .await?;
         if let Err(cause) = synced {
             // Not known to be durable: no outcome may be journaled. The intent
             // stays pending, its volumes claimed, and the provider is

@@ -41,6 +41,9 @@
 //! its directory appears and removed *after* it is gone, so the provider never
 //! leaves an untagged directory of its own behind, and a directory without a
 //! marker is foreign (reported with tag `None`, never touched, never destroyed).
+//! One exception, after a power cut only: the empty directory of a create
+//! the journal holds as interrupted, whose marker the cut lost (see
+//! "Durability"), is removed at the next open.
 //!
 //! An item is [`Presence::Complete`](crate::provider::Presence::Complete) only if its marker says `complete` (or
 //! `creating`, for a data volume) and its directory exists. A half-made marker is [`Presence::Incomplete`](crate::provider::Presence::Incomplete) with a
@@ -135,14 +138,19 @@
 //! started after the call) where order matters, and never rewrite a marker
 //! after a barrier:
 //!
-//! - **create**: marker `creating` (no fsync) → barrier → `mkdir data/<id>`
-//!   → return; the shared step makes the directory durable. A `creating`
+//! - **create**: marker `creating` (no fsync) → `mkdir data/<id>` →
+//!   return; the shared step makes both durable in one round. A `creating`
 //!   data-volume marker with its directory *is* a whole volume (an empty
 //!   directory is all a new volume has), so the marker is never rewritten.
-//!   A cut before the barrier leaves no marker, or an unreadable one with
-//!   no directory (absent from the inventory, replaced by the next create
-//!   of the id); never a directory without its marker. Per create: two shared `syncfs` rounds and no fsync of its
-//!   own (was five fsyncs).
+//!   A cut before the shared step may keep any part: no marker, a marker
+//!   (perhaps unreadable) without its directory (absent from the
+//!   inventory, replaced by the next create of the id), or the directory
+//!   without a readable marker. The create was never acknowledged, so its
+//!   intent is pending at the next open, and before the inventory the
+//!   manager calls [`Provider::clear_interrupted_create`] for it, which
+//!   removes that *empty* directory and the stale marker (an untagged
+//!   directory is otherwise foreign for ever). Per create: one shared
+//!   `syncfs` round and no fsync of its own (was five fsyncs).
 //! - **destroy**: rename into the trash → barrier → remove the marker (and
 //!   manifest) → queue the tree → return; the shared step ([`Provider::sync`])
 //!   takes the queued trees, runs its `syncfs`, then removes them: only
@@ -478,9 +486,9 @@ impl Provider for DirProvider {
                 )));
             }
             Some(m) if m.state == MarkerState::Creating => {
-                // Retried by the same operation: its marker must be durable
-                // before the directory appears.
-                self.barrier()?;
+                // Retried by the same operation. Durable on return, its
+                // marker already is; batched, marker and directory become
+                // durable in the same round (see "Durability").
                 m
             }
             Some(m) => {
@@ -768,5 +776,9 @@ impl Provider for DirProvider {
 
     fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
         remove_tree(&self.staging(op))
+    }
+
+    fn clear_interrupted_create(&self, spec: &VolumeSpec<'_>) -> Result<(), ProviderError> {
+        self.clear_create_remnant(spec)
     }
 }

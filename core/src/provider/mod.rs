@@ -326,6 +326,22 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// outside the inventory (staging areas, partial receives). Idempotent.
     fn abort_partial(&self, op: OpId) -> Result<(), ProviderError>;
 
+    /// Called at open, before the inventory, for each create whose intent
+    /// is durable and has no outcome: removes what that create (`spec`:
+    /// its id and op) may have left *without a readable tag*, which the
+    /// inventory could otherwise only report as foreign. For the directory
+    /// provider, whose batched create writes its marker and makes the
+    /// directory in one durability round, that is an empty directory at the
+    /// volume's path whose marker a power cut lost or garbled (and the
+    /// garbled marker, or a marker of this op without its directory). It
+    /// never touches an item tagged by another operation, a complete item
+    /// (rolled forward by the table), or a directory with entries.
+    /// Idempotent. Nothing by default: a provider whose creates tag
+    /// atomically leaves no such remnant.
+    fn clear_interrupted_create(&self, _spec: &VolumeSpec<'_>) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// The resumable partial receive data volume `target` holds, if any.
     /// Providers without resumable receives hold none.
     fn partial_receive(

@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
-use super::DirProvider;
 use super::layout::Entry;
 use super::marker::{self, Marker};
+use super::{DirProvider, check_id};
 use crate::model::VolumeKind;
-use crate::provider::ProviderError;
+use crate::provider::{ProviderError, VolumeSpec};
 
 impl DirProvider {
     /// `syncfs` rounds run so far (the batched step and the barriers; each
@@ -64,16 +64,75 @@ impl DirProvider {
             .map_err(ProviderError::Other)
     }
 
-    /// Writes the first marker of a new item, durable before the item's
-    /// directory can appear: durable on return, with fsyncs; batched,
-    /// without, then a barrier (a power cut must never leave a directory
-    /// of ours without its marker: it would be foreign for ever).
+    /// Writes the first marker of a new data volume, before its directory
+    /// is made: durable on return, with fsyncs; batched, without any (the
+    /// shared step makes marker and directory durable together; a power
+    /// cut before it may keep the directory without its marker, which
+    /// [`Self::clear_create_remnant`] removes at the next open).
     pub(super) fn put_marker_first(&self, m: &Marker) -> Result<(), ProviderError> {
         if !self.batched {
             return self.put_marker(m);
         }
-        marker::write(&*self.layout, &self.marker_dir(m.kind), m, false)?;
-        self.barrier()
+        marker::write(&*self.layout, &self.marker_dir(m.kind), m, false)
+    }
+
+    /// What a create of `spec` interrupted by a power cut (its intent
+    /// durable, no outcome) may have left that carries no readable marker:
+    /// an *empty* directory at the volume's path whose marker is absent or
+    /// unreadable is removed, with the unreadable marker; a marker of this
+    /// very op (or an unreadable one) without its directory is removed. A
+    /// marker of another op, a complete volume (marker and directory: rolled
+    /// forward), a directory with entries (foreign, reported) and anything
+    /// that is not a directory stay as they are. Idempotent.
+    ///
+    /// Why an empty directory without its marker is ours to remove: the
+    /// journal holds the durable intent to create exactly this path and no
+    /// outcome, no one was ever given the path (a create is acknowledged
+    /// only after its directory and marker are durable), and `rmdir`
+    /// removes nothing but an empty directory.
+    pub(super) fn clear_create_remnant(&self, spec: &VolumeSpec<'_>) -> Result<(), ProviderError> {
+        check_id(spec.id)?;
+        if spec.kind != VolumeKind::Data {
+            return Ok(());
+        }
+        let path = self.path(VolumeKind::Data, spec.id);
+        let marker_path = self.marker_dir(VolumeKind::Data).join(spec.id.as_str());
+        let readable = match self.marker(VolumeKind::Data, spec.id) {
+            Ok(Some(m)) if m.op != spec.op => return Ok(()),
+            Ok(m) => m,
+            Err(e) => {
+                tracing::info!(volume = %spec.id, error = %e, "an interrupted create left an unreadable marker");
+                None
+            }
+        };
+        let marker_present = self.entry(&marker_path)?.is_some();
+        match self.entry(&path)? {
+            // This op's marker with its directory: a whole volume, the
+            // table rolls it forward.
+            Some(Entry::Dir { .. }) if readable.is_some() => return Ok(()),
+            Some(Entry::Dir { .. }) => {
+                match self.layout.remove_empty_dir(&path) {
+                    Ok(()) => {
+                        tracing::info!(volume = %spec.id, path = %path.display(), "removed the empty directory of an interrupted create (its marker was lost)");
+                    }
+                    // Entries in it: not what a create leaves; foreign.
+                    Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => return Ok(()),
+                    Err(e) => {
+                        return Err(ProviderError::io(format!("removing {}", path.display()), e));
+                    }
+                }
+                self.settle_dir(&self.content_dir(VolumeKind::Data))?;
+            }
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        if marker_present {
+            self.layout.remove_file(&marker_path).map_err(|e| {
+                ProviderError::io(format!("removing marker {}", marker_path.display()), e)
+            })?;
+            self.settle_dir(&self.marker_dir(VolumeKind::Data))?;
+        }
+        Ok(())
     }
 
     /// The marker of `kind` `id`, unless it is stale: a marker whose

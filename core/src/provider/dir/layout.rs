@@ -61,6 +61,9 @@ pub(crate) trait Layout: Send + Sync + Debug {
     fn remove_file(&self, path: &Path) -> io::Result<bool>;
     /// `mkdir` with `mode` (then set exactly, whatever the umask).
     fn create_dir(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// `rmdir`: removes a directory only if it is empty (atomically: a
+    /// directory with entries is an error and stays as it is).
+    fn remove_empty_dir(&self, path: &Path) -> io::Result<()>;
     /// Sets a directory's permission bits, never following a symlink.
     fn set_dir_mode(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// `rename(2)` within the layout.
@@ -139,6 +142,10 @@ impl Layout for RealLayout {
     fn create_dir(&self, path: &Path, mode: u32) -> io::Result<()> {
         DirBuilder::new().mode(mode).create(path)?;
         self.set_dir_mode(path, mode)
+    }
+
+    fn remove_empty_dir(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir(path)
     }
 
     fn set_dir_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
@@ -235,6 +242,10 @@ impl Layout for SimLayout {
 
     fn create_dir(&self, path: &Path, _mode: u32) -> io::Result<()> {
         self.storage.create_dir(path)
+    }
+
+    fn remove_empty_dir(&self, path: &Path) -> io::Result<()> {
+        self.storage.remove_dir(path)
     }
 
     fn set_dir_mode(&self, path: &Path, _mode: u32) -> io::Result<()> {

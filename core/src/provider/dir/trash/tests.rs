@@ -72,6 +72,9 @@ impl Layout for GatedLayout {
     fn create_dir(&self, path: &Path, mode: u32) -> io::Result<()> {
         self.inner.create_dir(path, mode)
     }
+    fn remove_empty_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_empty_dir(path)
+    }
     fn set_dir_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
         self.inner.set_dir_mode(path, mode)
     }
