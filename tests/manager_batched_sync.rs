@@ -112,6 +112,18 @@ async fn operations_whose_effects_finish_during_a_sync_share_the_next_one() {
         finished.recv().await.unwrap();
     }
     assert!(sync_entered(&gate).await, "a provider sync started");
+    // And every other operation waits behind it (a condition, polled with
+    // a deadline: the last ones may still be on their way from the effect).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while m.stats().provider_sync_waiting < N - 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} operations wait for the next sync",
+            m.stats().provider_sync_waiting,
+            N - 1
+        );
+        tokio::task::yield_now().await;
+    }
     assert_eq!(
         m.stats().operations,
         acknowledged,
@@ -121,13 +133,12 @@ async fn operations_whose_effects_finish_during_a_sync_share_the_next_one() {
     for c in creates {
         c.await.unwrap().expect("acknowledged");
     }
-    let syncs = m.stats().provider_syncs;
-    // One held sync covered the first effect; the rest share the next one
-    // (a thread descheduled between its effect and its sync call may need
-    // one more). One sync per create would be N.
-    assert!(
-        (1..N as u64 / 2).contains(&syncs),
-        "{N} creates shared the syncs: {syncs} syncs"
+    // One held sync covered the first effect; the rest, all waiting behind
+    // it, share the next one. One sync per create would be N.
+    assert_eq!(
+        m.stats().provider_syncs,
+        2,
+        "{N} creates shared two provider syncs"
     );
     let cut = sim.power_cut_copy(SimCut::DropUnsynced);
     assert_eq!(

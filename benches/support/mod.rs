@@ -208,10 +208,10 @@ impl HttpConn {
         self.buf.clear();
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some((status, end)) = parse_response(&self.buf)? {
-                if self.buf.len() >= end {
-                    return Ok(status);
-                }
+            if let Some((status, end)) = parse_response(&self.buf)?
+                && self.buf.len() >= end
+            {
+                return Ok(status);
             }
             let n = tokio::time::timeout(Duration::from_secs(60), self.stream.read(&mut chunk))
                 .await

@@ -215,4 +215,7 @@ pub struct ManagerStats {
     /// Batched provider syncs run for operations (each shared by every
     /// operation whose side effect completed before it started).
     pub provider_syncs: u64,
+    /// Operations waiting now for a batched provider sync (their side
+    /// effect done, behind a sync that started before it).
+    pub provider_sync_waiting: usize,
 }

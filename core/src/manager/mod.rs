@@ -289,6 +289,13 @@ impl Manager {
     }
 
     pub fn stats(&self) -> ManagerStats {
+        let (provider_syncs, provider_sync_waiting) = self
+            .inner
+            .sync_groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .fold((0, 0), |(s, w), g| (s + g.syncs(), w + g.waiting()));
         ManagerStats {
             durable_seq: self.inner.journal.durable_seq(),
             syncs: self.inner.journal.sync_count(),
@@ -297,14 +304,8 @@ impl Manager {
             journal_wait_ns: self.inner.counters.journal_wait_ns.load(Ordering::Relaxed),
             journal_sync_ns: u64::try_from(self.inner.journal.sync_time().as_nanos())
                 .unwrap_or(u64::MAX),
-            provider_syncs: self
-                .inner
-                .sync_groups
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .values()
-                .map(|g| g.syncs())
-                .sum(),
+            provider_syncs,
+            provider_sync_waiting,
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use super::provider_sync::SyncGroup;
+use super::provider_sync::{SyncGroup, Ticket};
 use super::{Inner, ManagerError, now_ms};
 use crate::journal::{self};
 use crate::provider::{Durability, Provider, ProviderConfig, ProviderError};
@@ -35,7 +35,7 @@ fn nanos_since(t: Instant) -> u64 {
 /// (`block_in_place`: the runtime hands this worker's other tasks to
 /// another thread), so the request path has no thread hand-off there and
 /// back; elsewhere (a current-thread runtime) on the blocking pool.
-async fn on_this_thread<T, F>(f: F) -> Result<T, ManagerError>
+pub(super) async fn on_this_thread<T, F>(f: F) -> Result<T, ManagerError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -49,6 +49,14 @@ where
             .await
             .map_err(|e| ManagerError::Internal(format!("provider task failed: {e}")))
     }
+}
+
+/// Where an operation's provider sync stands when its effect returns.
+enum Synced {
+    /// Its own round ran (or the group had failed).
+    Decided(Result<(), String>),
+    /// A round was running: wait for the next one.
+    Wait(Arc<SyncGroup>, Ticket, Arc<dyn Provider>),
 }
 
 /// Releases claimed volume ids when the operation ends (or its task panics).
@@ -249,14 +257,23 @@ impl Inner {
                 .unwrap_or_else(|_| Err(ProviderError::Other("provider call panicked".into())));
             // Whatever the effect did (or undid) is durable before its
             // outcome may be: one sync shared with every operation whose
-            // effect completed before it started.
-            let synced = match &batched {
-                Some((provider, group)) => group.sync_after(provider.as_ref()),
-                None => Ok(()),
-            };
+            // effect completed before it started. Led right here if no round
+            // is running; else awaited below without holding this thread.
+            let synced = batched.map(|(provider, group)| {
+                let ticket = group.ticket();
+                match group.try_lead(ticket, provider.as_ref()) {
+                    Some(decided) => Synced::Decided(decided),
+                    None => Synced::Wait(group, ticket, provider),
+                }
+            });
             (result, synced)
         })
         .await?;
+        let synced = match synced {
+            None => Ok(()),
+            Some(Synced::Decided(decided)) => decided,
+            Some(Synced::Wait(group, ticket, provider)) => group.wait(ticket, provider).await,
+        };
         if let Err(cause) = synced {
             // Not known to be durable: no outcome may be journaled. The intent
             // stays pending, its volumes claimed, and the provider is
