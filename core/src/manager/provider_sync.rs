@@ -9,8 +9,8 @@
 //! the sync right there, for itself and every operation that took a ticket
 //! meanwhile (no hand-off). Otherwise it *awaits* ([`SyncGroup::wait`]) the
 //! end of the running round without holding a thread, and then the first
-//! waiter to see the group idle leads the next round (on its task's own
-//! thread, see `write_path::on_this_thread`). Only then does the operation
+//! waiter to see the group idle leads the next round (on the blocking
+//! pool, see `write_path::on_blocking_pool`). Only then does the operation
 //! append its outcome (intent → effect → shared provider sync → outcome), so
 //! invariants 1 and 2 of DESIGN.md hold with the syncs amortized. Waiting
 //! asynchronously matters under load: with a thread blocked per waiting
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
-use super::write_path::on_this_thread;
+use super::write_path::on_blocking_pool;
 use crate::provider::Provider;
 
 #[derive(Debug, Clone, Default)]
@@ -131,7 +131,7 @@ impl SyncGroup {
     }
 
     /// Waits, without holding a thread, until `ticket` is decided; leads a
-    /// round itself (on its task's own thread) when it finds the group
+    /// round itself (on the blocking pool) when it finds the group
     /// idle and the ticket still open.
     pub async fn wait(
         self: Arc<Self>,
@@ -149,7 +149,7 @@ impl SyncGroup {
                 return decided;
             }
             let (group, provider) = (self.clone(), provider.clone());
-            let led = on_this_thread(move || group.try_lead(ticket, provider.as_ref()))
+            let led = on_blocking_pool(move || group.try_lead(ticket, provider.as_ref()))
                 .await
                 .map_err(|e| e.to_string())?;
             if let Some(decided) = led {
