@@ -895,15 +895,20 @@ fn an_interrupted_create_leaves_nothing_untagged_but_foreign_items_stay() {
     p.clear_interrupted_create(&spec("whole", op, VolumeKind::Data))
         .unwrap();
     assert!(data("whole").is_dir() && marker("whole").is_file());
-    // Untagged content, and a non-directory: foreign, never touched.
+    // Untagged content, a non-directory, and a symlink to an empty
+    // directory elsewhere: foreign, never touched (nor followed).
     write(&data("content").join("precious"), b"keep", 0o644);
     fs::write(data("file"), b"keep").unwrap();
-    for id in ["content", "file"] {
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    symlink(&elsewhere, data("link")).unwrap();
+    for id in ["content", "file", "link"] {
         p.clear_interrupted_create(&spec(id, op, VolumeKind::Data))
             .unwrap();
     }
     assert_eq!(fs::read(data("content").join("precious")).unwrap(), b"keep");
     assert_eq!(fs::read(data("file")).unwrap(), b"keep");
+    assert!(elsewhere.is_dir() && data("link").is_symlink());
     let foreign: Vec<_> = p
         .inventory()
         .unwrap()
@@ -911,7 +916,7 @@ fn an_interrupted_create_leaves_nothing_untagged_but_foreign_items_stay() {
         .filter(|f| f.tag.is_none())
         .map(|f| f.name)
         .collect();
-    assert_eq!(foreign.len(), 2, "both still reported foreign: {foreign:?}");
+    assert_eq!(foreign.len(), 3, "all still reported foreign: {foreign:?}");
 }
 
 fn by_name_in<'a>(inv: &'a [volmgr::provider::Found], n: &str) -> &'a volmgr::provider::Found {

@@ -7,16 +7,22 @@
 //! callers that arrive while it runs wait for the next one, which the first
 //! of them runs for all. This is the group commit of the journal applied to
 //! any flush: concurrent callers share one instead of running one each.
+//! The same rounds serve async callers in parts: [`GroupSync::ticket`] once
+//! the work is done, [`GroupSync::try_lead`] on a thread that may block,
+//! and [`GroupSync::idle_or_decided`] to await a running flush without
+//! holding a thread (the manager's provider sync does this).
 //!
-//! **Invariant:** `sync_after` returns `Ok` only after a flush that began
-//! after the call began has returned `Ok`. **Invariant:** a failed (or
-//! panicking) flush fails the group for good: what it should have made
-//! durable may not be, and a retried flush can lie (the "fsyncgate" lesson),
-//! so no later caller is told its work is durable.
+//! **Invariant:** `sync_after` (and a ticket's fate) is `Ok` only after a
+//! flush that began after the call (the ticket) began has returned `Ok`.
+//! **Invariant:** a failed (or panicking) flush fails the group for good:
+//! what it should have made durable may not be, and a retried flush can lie
+//! (the "fsyncgate" lesson), so no later caller is told its work is durable.
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+
+use tokio::sync::watch;
 
 #[derive(Debug, Default)]
 struct Round {
@@ -31,13 +37,43 @@ struct Round {
     failed: Option<String>,
 }
 
+impl Round {
+    /// `Some` once `ticket` is decided: a flush at least as new returned,
+    /// or the group failed.
+    fn decided(&self, ticket: Ticket) -> Option<Result<(), String>> {
+        if let Some(why) = &self.failed {
+            return Some(Err(why.clone()));
+        }
+        (self.finished >= ticket.0).then_some(Ok(()))
+    }
+}
+
+/// The first flush a caller's durability needs: any flush of this
+/// generation or a later one. Taken once the caller's work is done.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket(u64);
+
 /// A flush shared by concurrent callers. See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GroupSync {
     round: Mutex<Round>,
+    /// Wakes blocked callers when a flush returns.
     done: Condvar,
+    /// Bumped when a flush returns: wakes async callers.
+    ended: watch::Sender<u64>,
     /// Flushes that returned `Ok`.
     flushes: AtomicU64,
+}
+
+impl Default for GroupSync {
+    fn default() -> Self {
+        GroupSync {
+            round: Mutex::default(),
+            done: Condvar::new(),
+            ended: watch::Sender::new(0),
+            flushes: AtomicU64::new(0),
+        }
+    }
 }
 
 impl GroupSync {
@@ -56,14 +92,84 @@ impl GroupSync {
         self.flushes.load(Ordering::Relaxed)
     }
 
-    /// Callers blocked behind a running flush now.
+    /// Callers waiting behind a running flush now (blocked or awaiting).
     pub fn waiting(&self) -> usize {
-        self.lock().waiting
+        self.lock().waiting + self.ended.receiver_count()
     }
 
     /// Why the group failed, if a flush failed.
     pub fn failure(&self) -> Option<String> {
         self.lock().failed.clone()
+    }
+
+    /// The ticket of a caller whose work is done: a flush already running
+    /// may have started before the work completed, so only the next counts.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.lock().started + 1)
+    }
+
+    /// Runs `flush` on this thread for `ticket` if none is running and the
+    /// ticket is still open; `Some` with the ticket's fate once decided
+    /// (by this flush, an earlier one, or a failure), `None` if a flush is
+    /// running (then wait: [`GroupSync::idle_or_decided`], or
+    /// [`GroupSync::sync_after`] which blocks).
+    pub fn try_lead<E: Display>(
+        &self,
+        ticket: Ticket,
+        what: &str,
+        flush: impl FnOnce() -> Result<(), E>,
+    ) -> Option<Result<(), String>> {
+        let mut round = self.lock();
+        if let Some(decided) = round.decided(ticket) {
+            return Some(decided);
+        }
+        if round.running {
+            return None;
+        }
+        round.running = true;
+        round.started += 1;
+        let generation = round.started;
+        // The flush starts after the ticket was taken: it covers it.
+        debug_assert!(generation >= ticket.0, "a flush older than its ticket");
+        drop(round);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(flush));
+        let mut round = self.lock();
+        round.running = false;
+        round.finished = generation;
+        match result {
+            Ok(Ok(())) => {
+                self.flushes.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => round.failed = Some(format!("{what} failed: {e}")),
+            Err(_) => round.failed = Some(format!("{what} panicked")),
+        }
+        let decided = round.decided(ticket);
+        drop(round);
+        self.done.notify_all();
+        self.ended.send_modify(|n| *n += 1);
+        decided
+    }
+
+    /// Awaits, without holding a thread, until `ticket` is decided (`Some`)
+    /// or no flush is running (`None`: lead one with
+    /// [`GroupSync::try_lead`], on a thread that may block).
+    pub async fn idle_or_decided(&self, ticket: Ticket) -> Option<Result<(), String>> {
+        // Subscribed before looking: a flush that returns after the look
+        // wakes this caller.
+        let mut ended = self.ended.subscribe();
+        loop {
+            {
+                let round = self.lock();
+                if let Some(decided) = round.decided(ticket) {
+                    return Some(decided);
+                }
+                if !round.running {
+                    return None;
+                }
+            }
+            // The sender lives as long as `self`: `changed` cannot fail here.
+            let _ = ended.changed().await;
+        }
     }
 
     /// Blocks until a `flush()` that started after this call has returned;
@@ -75,49 +181,27 @@ impl GroupSync {
         what: &str,
         flush: impl FnOnce() -> Result<(), E>,
     ) -> Result<(), String> {
+        let ticket = self.ticket();
         let mut flush = Some(flush);
-        let mut round = self.lock();
-        // A flush already running may have started before the caller's
-        // work completed: only the next one counts.
-        let needed = round.started + 1;
         loop {
-            if let Some(why) = &round.failed {
-                return Err(why.clone());
+            // Runs the flush at most once: after it the ticket is decided.
+            let lead = || {
+                flush
+                    .take()
+                    .map_or(Ok(()), |f| f().map_err(|e| e.to_string()))
+            };
+            if let Some(decided) = self.try_lead(ticket, what, lead) {
+                return decided;
             }
-            if round.finished >= needed {
-                return Ok(());
-            }
-            if round.running {
-                round.waiting += 1;
+            let mut round = self.lock();
+            round.waiting += 1;
+            while round.running && round.decided(ticket).is_none() {
                 round = self
                     .done
                     .wait(round)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                round.waiting -= 1;
-                continue;
             }
-            // Not running and not yet done: this caller runs the flush. It
-            // runs at most once per caller: after it, `finished >= needed`
-            // or the group failed.
-            let Some(run) = flush.take() else {
-                unreachable!("a caller's flush finishes its round or fails the group");
-            };
-            round.running = true;
-            round.started += 1;
-            let generation = round.started;
-            drop(round);
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
-            round = self.lock();
-            round.running = false;
-            round.finished = generation;
-            match result {
-                Ok(Ok(())) => {
-                    self.flushes.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Err(e)) => round.failed = Some(format!("{what} failed: {e}")),
-                Err(_) => round.failed = Some(format!("{what} panicked")),
-            }
-            self.done.notify_all();
+            round.waiting -= 1;
         }
     }
 }

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use dir::{Dir, Kind, Space, Stat};
-pub use group_sync::GroupSync;
+pub use group_sync::{GroupSync, Ticket};
 
 /// `fsync` of a directory: makes its entries (creations, renames, removals)
 /// durable.

@@ -15,7 +15,8 @@
 //! invariants 1 and 2 of DESIGN.md hold with the syncs amortized. Waiting
 //! asynchronously matters under load: with a thread blocked per waiting
 //! operation, tens of operations in flight cost tens of threads and a
-//! futex wake storm per round.
+//! futex wake storm per round. The rounds themselves are a
+//! [`GroupSync`]'s, the same the dir provider's barriers use.
 //!
 //! **Invariant:** `wait` (and `try_lead`) return `Ok` for a ticket only
 //! after a sync that began after the ticket was taken has returned `Ok`.
@@ -25,109 +26,40 @@
 //! acknowledged until a reopen reconciles what it holds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use tokio::sync::watch;
 
 use super::write_path::on_blocking_pool;
+use crate::fsutil::{GroupSync, Ticket};
 use crate::provider::Provider;
 
-#[derive(Debug, Clone, Default)]
-struct Rounds {
-    /// Rounds started (the number of the latest).
-    started: u64,
-    /// Number of the latest round that returned.
-    finished: u64,
-    running: bool,
-    /// Why the group failed, once a round failed.
-    failed: Option<String>,
-}
-
-/// The first round an operation's durability needs: any round numbered
-/// at least this. Taken after the operation's side effect returned.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Ticket(u64);
-
-/// The shared sync of one provider. See the module documentation.
-#[derive(Debug)]
+/// The shared sync of one provider: a [`GroupSync`] running
+/// [`Provider::sync`], led on the thread that ran an effect or awaited.
+#[derive(Debug, Default)]
 pub(super) struct SyncGroup {
-    rounds: watch::Sender<Rounds>,
-    /// Syncs that returned `Ok`.
-    syncs: AtomicU64,
-}
-
-impl Default for SyncGroup {
-    fn default() -> Self {
-        SyncGroup {
-            rounds: watch::Sender::new(Rounds::default()),
-            syncs: AtomicU64::new(0),
-        }
-    }
+    group: GroupSync,
 }
 
 impl SyncGroup {
     /// Syncs that returned `Ok`.
     pub fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
+        self.group.flushes()
     }
 
     /// Operations awaiting a round now (behind a running one).
     pub fn waiting(&self) -> usize {
-        self.rounds.receiver_count()
+        self.group.waiting()
     }
 
-    /// The ticket of a caller whose side effect has returned: a round
-    /// already running may have started before it, so only a later one
-    /// counts.
+    /// The ticket of a caller whose side effect has returned.
     pub fn ticket(&self) -> Ticket {
-        Ticket(self.rounds.borrow().started + 1)
-    }
-
-    /// Where `ticket` stands: `Some` once decided (its round returned, or
-    /// the group failed), `None` while it needs a round still to come.
-    fn decided(r: &Rounds, ticket: Ticket) -> Option<Result<(), String>> {
-        if let Some(why) = &r.failed {
-            return Some(Err(why.clone()));
-        }
-        (r.finished >= ticket.0).then_some(Ok(()))
+        self.group.ticket()
     }
 
     /// Runs the sync for `ticket` on this thread if no round is running
     /// (blocking it for the sync); `None` if one is running (then
     /// [`SyncGroup::wait`]). `Some` also when the ticket is already decided.
     pub fn try_lead(&self, ticket: Ticket, provider: &dyn Provider) -> Option<Result<(), String>> {
-        let mut number = None;
-        self.rounds.send_if_modified(|r| {
-            if Self::decided(r, ticket).is_some() || r.running {
-                return false;
-            }
-            r.running = true;
-            r.started += 1;
-            number = Some(r.started);
-            false
-        });
-        let Some(number) = number else {
-            return Self::decided(&self.rounds.borrow(), ticket);
-        };
-        // The round starts after the ticket was taken: it covers it.
-        debug_assert!(number >= ticket.0, "a round older than its ticket");
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| provider.sync()));
-        let failed = match result {
-            Ok(Ok(())) => {
-                self.syncs.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Ok(Err(e)) => Some(format!("provider sync failed: {e}")),
-            Err(_) => Some("provider sync panicked".to_owned()),
-        };
-        self.rounds.send_modify(|r| {
-            r.running = false;
-            r.finished = number;
-            if r.failed.is_none() {
-                r.failed = failed;
-            }
-        });
-        Self::decided(&self.rounds.borrow(), ticket)
+        self.group
+            .try_lead(ticket, "provider sync", || provider.sync())
     }
 
     /// Waits, without holding a thread, until `ticket` is decided; leads a
@@ -138,14 +70,8 @@ impl SyncGroup {
         ticket: Ticket,
         provider: Arc<dyn Provider>,
     ) -> Result<(), String> {
-        let mut rx = self.rounds.subscribe();
         loop {
-            let idle = rx
-                .wait_for(|r| Self::decided(r, ticket).is_some() || !r.running)
-                .await
-                .map(|r| Self::decided(&r, ticket))
-                .map_err(|_| "the provider's sync group is gone".to_owned())?;
-            if let Some(decided) = idle {
+            if let Some(decided) = self.group.idle_or_decided(ticket).await {
                 return decided;
             }
             let (group, provider) = (self.clone(), provider.clone());

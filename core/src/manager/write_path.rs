@@ -19,8 +19,9 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use super::provider_sync::{SyncGroup, Ticket};
+use super::provider_sync::SyncGroup;
 use super::{Inner, ManagerError, now_ms};
+use crate::fsutil::Ticket;
 use crate::journal::{self};
 use crate::provider::{Durability, Provider, ProviderConfig, ProviderError};
 use crate::state::{Action, Done, OpId, OpResult, Record, State, Volume};

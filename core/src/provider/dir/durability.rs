@@ -105,7 +105,6 @@ impl DirProvider {
                 None
             }
         };
-        let marker_present = self.entry(&marker_path)?.is_some();
         match self.entry(&path)? {
             // This op's marker with its directory: a whole volume, the
             // table rolls it forward.
@@ -126,10 +125,10 @@ impl DirProvider {
             Some(_) => return Ok(()),
             None => {}
         }
-        if marker_present {
-            self.layout.remove_file(&marker_path).map_err(|e| {
-                ProviderError::io(format!("removing marker {}", marker_path.display()), e)
-            })?;
+        let removed = self.layout.remove_file(&marker_path).map_err(|e| {
+            ProviderError::io(format!("removing marker {}", marker_path.display()), e)
+        })?;
+        if removed {
             self.settle_dir(&self.marker_dir(VolumeKind::Data))?;
         }
         Ok(())
