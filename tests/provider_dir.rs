@@ -15,7 +15,8 @@ use uuid::Uuid;
 use volmgr::model::VolumeId;
 use volmgr::provider::dir::{self, DirProvider};
 use volmgr::provider::{
-    Presence, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef, builtin_factories,
+    Durability, Presence, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef,
+    builtin_factories,
 };
 use volmgr::state::{DETAIL_GUID, OpId, VolumeKind};
 
@@ -194,6 +195,8 @@ fn create_and_destroy_are_idempotent() {
     );
     p.destroy(&v.r()).unwrap();
     assert!(p.inventory().unwrap().is_empty());
+    // Batched (the default), the tree leaves the trash at the next sync.
+    p.sync().unwrap();
     assert_eq!(
         fs::read_dir(tmp.path().join(".trash")).unwrap().count(),
         0,
@@ -1117,6 +1120,82 @@ fn a_destroy_interrupted_after_the_trash_rename_is_finished_at_the_next_start() 
     assert_eq!(inv.len(), 1, "{inv:#?}");
     assert_eq!(inv[0].tag.as_ref().unwrap().op, keep.op, "keep survives");
     // The id is free again.
+    create(&p, "vol");
+}
+
+/// The names in the provider's trash.
+fn trash_names(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(root.join(".trash"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_batched_destroy_leaves_its_tree_in_the_trash_until_the_next_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let p = provider(root);
+    let v = create(&p, "vol");
+    write(&v.path().join("d/f"), b"content", 0o444);
+    p.destroy(&v.r()).unwrap();
+    assert!(!v.path().exists(), "out of the namespace on return");
+    assert!(
+        !root.join(".volmgr/data/vol").exists(),
+        "marker removed on return"
+    );
+    assert!(p.inventory().unwrap().is_empty());
+    let names = trash_names(root);
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(
+        names[0].starts_with(&format!("item.data.{}.", v.op))
+            && names[0].rsplit('.').next() == Some("vol"),
+        "named after the item, for the start's sweep: {names:?}"
+    );
+    assert_eq!(
+        fs::read(root.join(".trash").join(&names[0]).join("d/f")).unwrap(),
+        b"content"
+    );
+    // The id is free at once, while the old tree waits.
+    let again = create(&p, "vol");
+    p.sync().unwrap();
+    assert_eq!(
+        trash_names(root),
+        Vec::<String>::new(),
+        "the sync removed it"
+    );
+    assert!(again.path().is_dir(), "the new volume is untouched");
+}
+
+#[test]
+fn a_destroy_durable_on_return_empties_the_trash_before_it_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let p = DirProvider::with_durability(root.to_path_buf(), Durability::OnReturn).unwrap();
+    let v = create(&p, "vol");
+    write(&v.path().join("f"), b"x", 0o644);
+    p.destroy(&v.r()).unwrap();
+    assert!(!v.path().exists());
+    assert!(!root.join(".volmgr/data/vol").exists());
+    assert_eq!(trash_names(root), Vec::<String>::new());
+}
+
+#[test]
+fn a_tree_a_batched_destroy_left_in_the_trash_is_removed_at_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let p = provider(root);
+    let v = create(&p, "vol");
+    write(&v.path().join("f"), b"x", 0o444);
+    p.destroy(&v.r()).unwrap();
+    // Dropped (or killed) before any sync: the tree stays in the trash.
+    drop(p);
+    assert_eq!(trash_names(root).len(), 1);
+    let p = provider(root);
+    assert_eq!(trash_names(root), Vec::<String>::new(), "swept at start");
+    assert!(p.inventory().unwrap().is_empty());
     create(&p, "vol");
 }
 

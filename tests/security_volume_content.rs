@@ -204,6 +204,8 @@ fn a_symlink_swap_race_never_makes_snapshot_fork_send_receive_or_destroy_act_out
         arm(&victim.path(), &out, 500);
         let racer = Racer::start(&victim.path(), "d", "s");
         let _ = p.destroy(&victim.r());
+        // Batched: the tree leaves the trash at the sync, racer still running.
+        let _ = p.sync();
         racer.stop();
         assert_outside_intact(&out);
     }
@@ -295,6 +297,8 @@ fn a_tree_deeper_than_the_limit_is_refused_by_snapshot_and_still_destroyed() {
     assert!(err.to_string().contains("directories deep"), "{err}");
     p.destroy(&v.r()).unwrap();
     assert!(!v.path().exists());
+    // Batched (the default): removed from the trash by the next sync.
+    p.sync().unwrap();
     assert!(
         fs::read_dir(tmp.path().join("root/.trash"))
             .unwrap()

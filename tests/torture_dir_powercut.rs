@@ -9,9 +9,13 @@
 //! Property: after any cut and a reopen, every acknowledged create is a
 //! whole volume in the state and on the provider, every acknowledged destroy
 //! is gone from both, nothing is pending, lost, orphaned, half-made or
-//! foreign (a directory of ours without its marker would be), and every id
-//! the run used can be destroyed and created again (no stale marker or
-//! leftover directory blocks it).
+//! foreign (a directory of ours without its marker would be), no marker is
+//! left of a volume whose create was acknowledged and which is gone (a
+//! destroy that removed the tree before its marker's removal was durable
+//! would leave one, unreachable by anything), the trash is empty, and every
+//! id the run used can be destroyed and created again (no stale marker or
+//! leftover directory blocks it), after which the trash is empty again (a
+//! destroy's deferred tree removal happens before it is acknowledged).
 //!
 //! Prints `dir power-cut sweep (...): crash points P x images I = N,
 //! acknowledged operations lost L, disagreements D`.
@@ -86,6 +90,8 @@ async fn open(
 struct Model {
     must_exist: BTreeSet<String>,
     must_not_exist: BTreeSet<String>,
+    /// Ids whose create was acknowledged.
+    created: BTreeSet<String>,
     used: BTreeSet<String>,
     acked: u64,
 }
@@ -96,6 +102,7 @@ impl Model {
         if r.is_ok() {
             self.acked += 1;
             self.must_exist.insert(id.to_owned());
+            self.created.insert(id.to_owned());
         }
     }
 
@@ -203,6 +210,21 @@ async fn check(image: &SimStorage, durability: Durability, model: &Model) -> (u6
             }
         }
     }
+    // A volume that was whole and is gone left no marker behind, and the
+    // trash holds nothing after the start's sweep and the reconciliation.
+    for id in model.created.difference(&in_state) {
+        let marker = marker_path(id);
+        if image.is_dir(&marker).is_some() {
+            problems.push(format!(
+                "{id} is gone but its marker {} is left",
+                marker.display()
+            ));
+        }
+    }
+    let trash = trash_entries(image);
+    if !trash.is_empty() {
+        problems.push(format!("the trash holds {trash:?} after the reopen"));
+    }
     // Every id the run used can be destroyed and made again.
     for id in &model.used {
         if in_state.contains(id)
@@ -215,8 +237,28 @@ async fn check(image: &SimStorage, durability: Durability, model: &Model) -> (u6
             problems.push(format!("creating {id} again after the reopen: {e}"));
         }
     }
+    let trash = trash_entries(image);
+    if !trash.is_empty() {
+        problems.push(format!(
+            "the trash holds {trash:?} after acknowledged destroys"
+        ));
+    }
     m.close().await;
     (lost, problems)
+}
+
+fn marker_path(id: &str) -> PathBuf {
+    Path::new(ROOT).join(".volmgr/data").join(id)
+}
+
+/// Every path under the provider's trash.
+fn trash_entries(storage: &SimStorage) -> Vec<PathBuf> {
+    let trash = Path::new(ROOT).join(".trash");
+    storage
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with(&trash) && *p != trash)
+        .collect()
 }
 
 async fn sweep(durability: Durability) {

@@ -113,11 +113,12 @@
 //! manifest, marker, staging) before returning the error. Destroy renames
 //! the tree into `.trash` under a name recording kind, op and id
 //! (`item.<kind>.<op>.<unique>.<id>`; atomic), removes the manifest and
-//! marker, then the tree; it restores owner `rwx` on read-only directories as
+//! marker, then the tree (batched: at the next [`Provider::sync`], see
+//! "Durability"); it restores owner `rwx` on read-only directories as
 //! it goes and never follows symlinks. If a crash interrupts it after the
 //! rename, the marker is left without its directory (absent from the
 //! inventory); the next start sweeps the trash and removes such a marker when
-//! it still carries the op of the trashed tree.
+//! it still carries the op of the trashed tree, then the tree.
 //!
 //! # Durability
 //!
@@ -151,10 +152,27 @@
 //!   directory is otherwise foreign for ever). Per create: one shared
 //!   `syncfs` round and no fsync of its own (was five fsyncs).
 //! - **destroy**: rename into the trash → barrier → remove the marker (and
-//!   manifest) → barrier → remove the tree. A cut leaves the tree in place
-//!   with its marker, or in the trash (the start removes its marker and the
-//!   tree), or a marker whose tree is gone (absent; replaced by the next
-//!   create of that id).
+//!   manifest) → queue the tree → return; the shared step ([`Provider::sync`])
+//!   takes the queued trees, runs its `syncfs`, then removes them: only
+//!   trees queued before its `syncfs` started, whose markers' removal it
+//!   made durable (a tree queued while it runs waits for the next one). So
+//!   the tree goes only once its marker's removal is durable, and the
+//!   manager journals the outcome after that step: an acknowledged destroy's
+//!   tree is removed (one whose removal fails stays in the trash for the
+//!   next start). The removal runs inside the shared step: a large tree
+//!   lengthens that step for every operation waiting on it. Per destroy: two
+//!   shared `syncfs` rounds (the barrier and the shared step; was three)
+//!   and no fsync. A cut leaves the tree in
+//!   place with its marker, or in the trash with or without its marker (the
+//!   start removes the marker if it is still that item's, then the tree);
+//!   never a tree of ours without its marker outside the trash, nor a marker
+//!   whose tree left no trace in the trash. Used without the manager, a
+//!   batched provider's destroyed trees wait in the trash for the next
+//!   `sync()` (which its caller runs anyway to make the destroy durable) or
+//!   the next start; at most [`DirProvider::MAX_DEFERRED_REMOVALS`] wait,
+//!   the destroy that would exceed them runs the step itself. The cleanup of
+//!   a failed verb keeps the second barrier and removes the tree before the
+//!   verb returns its error; so does every destroy durable on return.
 //! - **snapshot, fork, receive** keep their own fsyncs (every copied file,
 //!   the markers, `syncfs` for a receive): their content must be durable
 //!   before the marker says `complete`. The shared step adds one `syncfs`.
@@ -251,6 +269,9 @@ pub struct DirProvider {
     batched: bool,
     /// The shared `syncfs` of the batched step (see `durability`).
     flush: GroupSync,
+    /// Trees batched destroys left in the trash, removed by the next
+    /// [`Provider::sync`] (see `trash`).
+    doomed: trash::Doomed,
 }
 
 impl DirProvider {
@@ -675,9 +696,10 @@ impl Provider for DirProvider {
     }
 
     /// The batched step: one `syncfs` of the root, shared by concurrent
-    /// callers (see "Durability").
+    /// callers, then the removal of the trees destroys queued before it
+    /// (see "Durability").
     fn sync(&self) -> Result<(), ProviderError> {
-        self.barrier()
+        self.sync_and_empty_trash()
     }
 
     fn inventory(&self) -> Result<Vec<Found>, ProviderError> {

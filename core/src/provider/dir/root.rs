@@ -10,8 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use super::layout::{Entry, Layout};
-use super::tree;
 use super::{CONFIG_ROOT, DirProvider, MARKERS, STAGING};
+use super::{trash, tree};
 use crate::fsutil::GroupSync;
 use crate::model::VolumeKind;
 use crate::provider::Durability;
@@ -129,6 +129,7 @@ impl DirProvider {
             layout,
             batched: durability == Durability::Batched,
             flush: GroupSync::new(),
+            doomed: trash::Doomed::default(),
         };
         p.claim_root()?;
         let mut created = BTreeSet::new();

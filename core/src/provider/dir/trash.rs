@@ -3,14 +3,29 @@
 //! symlink), its sweep at start, and the cleanup of half-made items.
 //!
 //! Order, whatever the durability: the tree leaves the namespace (rename
-//! into the trash), *then* its marker goes, *then* the tree is removed.
-//! Batched, a barrier separates each step from the next, so a power cut
-//! never leaves a tree of ours without its marker (foreign for ever) nor a
-//! marker whose tree vanished without a trace in the trash.
+//! into the trash), *then* its marker goes, *then* the tree is removed, each
+//! step durable before the next one starts, so a power cut never leaves a
+//! tree of ours without its marker (foreign for ever) nor a marker whose
+//! tree vanished without a trace in the trash (nothing would remove it).
+//! Durable on return, fsyncs order the steps and a destroy removes its tree
+//! before it returns. Batched, a barrier orders the first two; the third
+//! waits for the shared step: the destroy queues its tree ([`Doomed`]) and
+//! returns, and the next [`Provider::sync`](crate::provider::Provider::sync)
+//! removes, once its `syncfs` has returned, the trees queued *before* it
+//! started (their markers' removals are then durable; a tree queued while
+//! a `syncfs` runs waits for the next one). The queue is bounded
+//! ([`DirProvider::MAX_DEFERRED_REMOVALS`]): the destroy that overfills it
+//! runs that step itself. A tree still queued when the process dies, the
+//! provider is dropped or a `syncfs` fails, or whose removal fails, stays in
+//! the trash under its name (kind, op, id), and the next start's sweep
+//! finishes the destroy. The cleanup of a failed verb (a half-made item)
+//! does not defer: it runs the second barrier and removes the tree before
+//! the verb returns its error, so nothing it made is left behind.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use uuid::Uuid;
 
@@ -20,9 +35,62 @@ use super::{DirProvider, check_id, dir_name};
 use crate::model::{OpId, VolumeKind};
 use crate::provider::ProviderError;
 
+#[cfg(test)]
+mod tests;
+
+/// Trees batched destroys moved to the trash whose removal waits for the
+/// next shared `syncfs` (see the module documentation).
+#[derive(Debug, Default)]
+pub(super) struct Doomed(Mutex<Vec<PathBuf>>);
+
+impl Doomed {
+    fn lock(&self) -> MutexGuard<'_, Vec<PathBuf>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues a tree whose marker removal has happened; returns how many
+    /// are queued now.
+    fn push(&self, tree: PathBuf) -> usize {
+        let mut queued = self.lock();
+        queued.push(tree);
+        queued.len()
+    }
+
+    /// Takes every tree queued so far.
+    fn take(&self) -> Vec<PathBuf> {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
 impl DirProvider {
-    /// Moves a tree into the trash under `name` (atomic; the parent is synced)
-    /// and returns where it went; a non-directory is simply removed.
+    /// Most trees batched destroys leave queued in the trash for the next
+    /// [`Provider::sync`](crate::provider::Provider::sync) (plus those of
+    /// destroys in flight): the destroy that queues one more runs the sync
+    /// itself. Nothing else bounds them when the provider is used without
+    /// its shared step (the manager runs one after every operation).
+    pub const MAX_DEFERRED_REMOVALS: usize = 64;
+
+    /// The batched step ([`Provider::sync`](crate::provider::Provider::sync)):
+    /// a barrier, then the removal of the trees queued before it started.
+    pub(super) fn sync_and_empty_trash(&self) -> Result<(), ProviderError> {
+        // Taken before the barrier: a tree queued from now on may have had
+        // its marker removed after the barrier's `syncfs` started, so it
+        // waits for the next one. Should the barrier fail, these stay in
+        // the trash for the next start's sweep.
+        let ready = self.doomed.take();
+        self.barrier()?;
+        for tree in ready {
+            self.empty_trash_entry(Some(tree));
+        }
+        Ok(())
+    }
+
+    /// Moves a tree into the trash under `name` (atomic; durable on return,
+    /// the parent is synced: a journaling file system commits both names'
+    /// change in one transaction) and returns where it went; a
+    /// non-directory is simply removed.
     pub(super) fn to_trash(
         &self,
         path: &Path,
@@ -147,20 +215,47 @@ impl DirProvider {
 
     /// Removes an item that carries marker `m`: its tree into the trash
     /// (atomic, named after the item), then the manifest and the marker, then
-    /// the tree (see the module documentation for the order). A crash in
-    /// between leaves a marker without a directory, which the next start
-    /// removes (see [`Self::sweep`]).
+    /// the tree: at once when durable on return; batched, by the next
+    /// [`Self::sync_and_empty_trash`] (see the module documentation for the
+    /// order). A crash in between leaves a marker without a directory, or a
+    /// tree in the trash, which the next start removes (see [`Self::sweep`]).
     pub(super) fn remove_item(&self, m: &Marker) -> Result<(), ProviderError> {
-        let doomed = self.to_trash(&self.path(m.kind, &m.volume), &Self::item_trash_name(m))?;
-        if doomed.is_some() {
-            self.barrier()?;
+        let Some(tree) = self.retire(m)? else {
+            return Ok(());
+        };
+        if !self.batched {
+            // `forget` synced the marker's removal.
+            self.empty_trash_entry(Some(tree));
+        } else if self.doomed.push(tree) > Self::MAX_DEFERRED_REMOVALS {
+            self.sync_and_empty_trash()?;
         }
-        self.forget(m)?;
-        if doomed.is_some() {
-            self.barrier()?;
-        }
-        self.empty_trash_entry(doomed);
         Ok(())
+    }
+
+    /// Like [`Self::remove_item`], but the tree is gone on return, batched
+    /// too (one more barrier): the cleanup of a failed verb, which leaves
+    /// nothing behind when it returns its error.
+    fn remove_item_at_once(&self, m: &Marker) -> Result<(), ProviderError> {
+        let Some(tree) = self.retire(m)? else {
+            return Ok(());
+        };
+        // The marker's removal is durable before the tree goes.
+        self.barrier()?;
+        self.empty_trash_entry(Some(tree));
+        Ok(())
+    }
+
+    /// The first steps of a removal: the tree into the trash, durably
+    /// before the manifest and the marker go. Returns where the tree went.
+    fn retire(&self, m: &Marker) -> Result<Option<PathBuf>, ProviderError> {
+        let Some(tree) = self.to_trash(&self.path(m.kind, &m.volume), &Self::item_trash_name(m))?
+        else {
+            self.forget(m)?;
+            return Ok(None);
+        };
+        self.barrier()?;
+        self.forget(m)?;
+        Ok(Some(tree))
     }
 
     /// Best-effort removal of a half-made item of operation `op` after a
@@ -168,7 +263,7 @@ impl DirProvider {
     pub(super) fn discard(&self, kind: VolumeKind, id: &str, op: OpId) {
         match self.marker(kind, id) {
             Ok(Some(m)) if m.op == op && m.state != MarkerState::Complete => {
-                if let Err(e) = self.remove_item(&m) {
+                if let Err(e) = self.remove_item_at_once(&m) {
                     tracing::warn!(%kind, id, error = %e, "could not remove a half-made item");
                 }
             }

@@ -150,6 +150,28 @@ impl Fs {
         }
     }
 
+    /// The effect of a successful `sync_dir(dir)`: its queue is durable,
+    /// and so is every rename out of it, queued on its destination's
+    /// directory, with the changes queued there before it (one journal
+    /// transaction commits a rename, after what preceded it).
+    pub(super) fn sync_dir_changes(&mut self, dir: &Path) {
+        let changes = self.dir_pending.remove(dir).unwrap_or_default();
+        self.make_durable(changes);
+        let renamed_out = |change: &DirChange| {
+            change
+                .iter()
+                .any(|(p, node)| node.is_none() && parent_of(p) == dir)
+        };
+        let mut committed = Vec::new();
+        for queue in self.dir_pending.values_mut() {
+            if let Some(last) = queue.iter().rposition(renamed_out) {
+                committed.extend(queue.drain(..=last));
+            }
+        }
+        self.dir_pending.retain(|_, queue| !queue.is_empty());
+        self.make_durable(committed);
+    }
+
     pub(super) fn change(&mut self, dir: PathBuf, change: DirChange) {
         for (path, node) in &change {
             match node {

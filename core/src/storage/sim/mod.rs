@@ -14,8 +14,9 @@
 //! - `create`, `rename`, `remove_file`, `create_dir_all` and the lock file's
 //!   creation change the names reads see at once and queue the change on the
 //!   parent directory; `sync_dir` makes that directory's queue durable.
-//!   A rename within one directory is one atomic change. Directories are
-//!   renamed only when empty and to a new name.
+//!   A rename is one atomic change, queued on the destination's directory
+//!   (see "atomic rename" below). Directories are renamed only when empty
+//!   and to a new name.
 //! - The directory provider's layout seam adds `create_dir`, `remove_dir`,
 //!   `is_dir` and `syncfs` (one sync point that makes everything durable).
 //! - [`SimStorage::power_cut`] builds the file system a machine would find
@@ -41,6 +42,15 @@
 //! were already durable (SQLite's `SQLITE_IOCAP_POWERSAFE_OVERWRITE`; true of
 //! disks with atomic sector writes). Appending after durable bytes in the same
 //! sector therefore never damages them.
+//!
+//! **Assumption (atomic rename):** a rename, even across directories, is
+//! one change: after a cut the entry is under its old name or its new one,
+//! never both nor neither, as journaling file systems (ext4 with its
+//! journal, xfs, btrfs) commit it in one transaction. It is queued on the
+//! destination's directory (a cut keeps or drops it with that directory's
+//! other changes, in order); a sync of either directory, or `syncfs`, makes
+//! it durable, with the changes queued before it on the destination's
+//! directory (the transaction commits after what preceded it).
 //!
 //! Paths are used as given (no `..` resolution); a path without a parent, or
 //! with an empty one, lives in the root directory (`/`, `.` or the empty
@@ -383,7 +393,7 @@ impl Storage for SimStorage {
         if from == to {
             return Ok(());
         }
-        let (from_dir, to_dir) = (parent_of(from), parent_of(to));
+        let to_dir = parent_of(to);
         if !fs.dir_exists(&to_dir) {
             return Err(not_found(&to_dir));
         }
@@ -405,15 +415,12 @@ impl Storage for SimStorage {
             }
             _ => {}
         }
-        if from_dir == to_dir {
-            fs.change(
-                from_dir,
-                vec![(to.to_path_buf(), Some(node)), (from.to_path_buf(), None)],
-            );
-        } else {
-            fs.change(to_dir, vec![(to.to_path_buf(), Some(node))]);
-            fs.change(from_dir, vec![(from.to_path_buf(), None)]);
-        }
+        // One change on the destination's directory, whatever the source's
+        // (see "atomic rename" in the module documentation).
+        fs.change(
+            to_dir,
+            vec![(to.to_path_buf(), Some(node)), (from.to_path_buf(), None)],
+        );
         Ok(())
     }
 
@@ -446,8 +453,7 @@ impl Storage for SimStorage {
                 "simulated write-back error: sync_dir (EIO)",
             ));
         }
-        let changes = fs.dir_pending.remove(path).unwrap_or_default();
-        fs.make_durable(changes);
+        fs.sync_dir_changes(path);
         Ok(())
     }
 

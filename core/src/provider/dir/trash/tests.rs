@@ -1,0 +1,257 @@
+//! The deferred tree removal of a batched destroy: against concurrent
+//! shared syncs, on a simulated file system whose `syncfs` a test can hold
+//! open after it has taken effect (as a real one that has begun writing
+//! back); under a power cut during the sync that would remove the tree; and
+//! its bound when no sync comes.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::super::DirProvider;
+use super::super::layout::{Entry, Layout, SimLayout};
+use crate::model::{Details, VolumeId, VolumeKind};
+use crate::provider::{Durability, Provider, VolumeRef, VolumeSpec};
+use crate::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
+
+#[derive(Debug, Default)]
+struct Held {
+    armed: bool,
+    /// Held `syncfs` calls so far.
+    entered: u64,
+    /// Held calls let go so far.
+    released: u64,
+}
+
+/// A [`SimLayout`] whose `syncfs`, while armed, takes effect and then
+/// waits for the test to let it return.
+#[derive(Debug)]
+struct GatedLayout {
+    inner: SimLayout,
+    held: Mutex<Held>,
+    changed: Condvar,
+}
+
+impl GatedLayout {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap()
+    }
+
+    fn arm(&self) {
+        self.lock().armed = true;
+    }
+
+    /// Waits until the `n`th held `syncfs` is in progress.
+    fn wait_entered(&self, n: u64) {
+        let mut held = self.lock();
+        while held.entered < n {
+            held = self.changed.wait(held).unwrap();
+        }
+    }
+
+    /// Lets the `n`th held `syncfs` return.
+    fn release(&self, n: u64) {
+        self.lock().released = n;
+        self.changed.notify_all();
+    }
+}
+
+impl Layout for GatedLayout {
+    fn entry(&self, path: &Path) -> io::Result<Option<Entry>> {
+        self.inner.entry(path)
+    }
+    fn read_file(&self, path: &Path, max_len: u64) -> io::Result<Option<Vec<u8>>> {
+        self.inner.read_file(path, max_len)
+    }
+    fn write_file(&self, dir: &Path, name: &str, bytes: &[u8], sync_file: bool) -> io::Result<()> {
+        self.inner.write_file(dir, name, bytes, sync_file)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<bool> {
+        self.inner.remove_file(path)
+    }
+    fn create_dir(&self, path: &Path, mode: u32) -> io::Result<()> {
+        self.inner.create_dir(path, mode)
+    }
+    fn remove_empty_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_empty_dir(path)
+    }
+    fn set_dir_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
+        self.inner.set_dir_mode(path, mode)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn names(&self, dir: &Path) -> io::Result<Vec<Vec<u8>>> {
+        self.inner.names(dir)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn syncfs(&self, path: &Path) -> io::Result<()> {
+        self.inner.syncfs(path)?;
+        let mut held = self.lock();
+        if held.armed {
+            held.entered += 1;
+            let n = held.entered;
+            self.changed.notify_all();
+            while held.released < n {
+                held = self.changed.wait(held).unwrap();
+            }
+        }
+        Ok(())
+    }
+    fn remove_tree(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_tree(path)
+    }
+}
+
+const ROOT: &str = "/p";
+
+fn provider() -> (Arc<DirProvider>, Arc<GatedLayout>, SimStorage) {
+    let storage = SimStorage::new();
+    let layout = Arc::new(GatedLayout {
+        inner: SimLayout::new(storage.clone()),
+        held: Mutex::default(),
+        changed: Condvar::new(),
+    });
+    let p = DirProvider::open(PathBuf::from(ROOT), layout.clone(), Durability::Batched)
+        .expect("the provider opens");
+    (Arc::new(p), layout, storage)
+}
+
+fn create(p: &DirProvider, id: &str) {
+    let spec = VolumeSpec {
+        id: VolumeId::new(id).unwrap(),
+        op: uuid::Uuid::now_v7(),
+        kind: VolumeKind::Data,
+    };
+    p.create_volume(&spec).expect("create");
+}
+
+fn destroy(p: &DirProvider, id: &str) {
+    let details = Details::new();
+    let v = VolumeRef {
+        id: VolumeId::new(id).unwrap(),
+        kind: VolumeKind::Data,
+        parent: None,
+        location: "",
+        details: &details,
+    };
+    p.destroy(&v).expect("destroy");
+}
+
+/// The volumes whose trees are in the trash now.
+fn in_trash(storage: &SimStorage) -> Vec<String> {
+    let trash = Path::new(ROOT).join(".trash");
+    storage
+        .paths()
+        .iter()
+        .filter(|p| p.parent() == Some(&trash))
+        .filter_map(|p| {
+            p.file_name()?
+                .to_str()?
+                .rsplit('.')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[test]
+fn a_sync_removes_only_the_trees_queued_before_it_started() {
+    let (p, gate, storage) = provider();
+    create(&p, "a");
+    create(&p, "b");
+    destroy(&p, "a");
+    assert_eq!(
+        in_trash(&storage),
+        ["a"],
+        "a destroy leaves its tree queued"
+    );
+    gate.arm();
+    // The destroy of b holds its barrier's `syncfs` (held call 1) ...
+    let b = std::thread::spawn({
+        let p = p.clone();
+        move || destroy(&p, "b")
+    });
+    gate.wait_entered(1);
+    // ... while a sync starts: it must wait for the next round.
+    let sync = std::thread::spawn({
+        let p = p.clone();
+        move || p.sync()
+    });
+    while p.flush.waiting() < 1 {
+        std::thread::yield_now();
+    }
+    gate.release(1);
+    // The sync's own round has taken effect (held call 2) when b's marker
+    // goes and its tree is queued: b's marker removal is not covered by it.
+    gate.wait_entered(2);
+    b.join().expect("no panic");
+    gate.release(2);
+    sync.join().expect("no panic").expect("the sync succeeds");
+    assert_eq!(
+        in_trash(&storage),
+        ["b"],
+        "the sync removed a's tree and kept b's, queued after it started"
+    );
+    // Every held call has returned: the next sync runs unheld.
+    gate.lock().armed = false;
+    p.sync().expect("the sync succeeds");
+    assert!(in_trash(&storage).is_empty(), "{:?}", in_trash(&storage));
+}
+
+#[test]
+fn the_trees_queued_without_a_sync_stay_bounded() {
+    let (p, _gate, storage) = provider();
+    let n = DirProvider::MAX_DEFERRED_REMOVALS + 1;
+    for i in 0..n {
+        create(&p, &format!("v{i}"));
+    }
+    for i in 0..n {
+        destroy(&p, &format!("v{i}"));
+        assert!(in_trash(&storage).len() <= DirProvider::MAX_DEFERRED_REMOVALS);
+    }
+    assert!(
+        p.doomed.take().is_empty(),
+        "the last destroy emptied the queue"
+    );
+}
+
+#[test]
+fn a_cut_during_the_sync_after_a_destroy_leaves_no_marker_without_its_tree() {
+    let marker = Path::new(ROOT).join(".volmgr/data/v");
+    for seed in 0..32 {
+        for (data, dirs) in [
+            (DataLoss::DropAll, DirLoss::ForgetAll),
+            (DataLoss::KeepAll, DirLoss::KeepAll),
+            (DataLoss::Random, DirLoss::RandomPrefix),
+        ] {
+            let storage = SimStorage::new();
+            let p =
+                DirProvider::simulated(PathBuf::from(ROOT), storage.clone(), Durability::Batched)
+                    .expect("the provider opens");
+            create(&p, "v");
+            p.sync().expect("the sync succeeds");
+            destroy(&p, "v");
+            // The power goes while the sync that would remove the tree runs.
+            storage.crash_at_sync(Some(storage.sync_points() + 1));
+            assert!(p.sync().is_err(), "the cut fails the sync");
+            let image = storage.power_cut_with(seed, CutPolicy { data, dirs });
+            let p = DirProvider::simulated(PathBuf::from(ROOT), image.clone(), Durability::Batched)
+                .expect("the provider reopens");
+            let what = format!("seed {seed}, {data:?}, {dirs:?}");
+            assert!(
+                image.is_dir(&marker).is_none(),
+                "{what}: the marker of v is left without its tree"
+            );
+            assert!(
+                in_trash(&image).is_empty(),
+                "{what}: {:?}",
+                in_trash(&image)
+            );
+            assert!(p.inventory().expect("inventory").is_empty(), "{what}");
+            create(&p, "v");
+        }
+    }
+}
