@@ -15,7 +15,9 @@
 //! ratio, and the machine's load. Not a test: nothing here asserts a speed.
 //!
 //! Environment: `BENCH_DIR` (scratch root, on the disk to measure),
-//! `BENCH_SECS` (default 4), `BENCH_CLIENTS` (default `1,8,32`).
+//! `BENCH_SECS` (default 4), `BENCH_CLIENTS` (default `1,8,32`),
+//! `VOLMGR_BENCH_AGENT` (another build's `volmgr` binary to run instead of
+//! this one: two versions compared back to back).
 
 mod support;
 

@@ -296,7 +296,12 @@ impl AgentProcess {
             .port();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let started = Instant::now();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_volmgr"))
+        // `VOLMGR_BENCH_AGENT`: another build's binary, to compare two
+        // versions back to back in one run of this bench.
+        let program = std::env::var_os("VOLMGR_BENCH_AGENT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_volmgr")));
+        let child = std::process::Command::new(program)
             .args(["serve", "--state-dir"])
             .arg(state_dir)
             .args(["--listen", &addr.to_string()])

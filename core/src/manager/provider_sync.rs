@@ -9,8 +9,8 @@
 //! the sync right there, for itself and every operation that took a ticket
 //! meanwhile (no hand-off). Otherwise it *awaits* ([`SyncGroup::wait`]) the
 //! end of the running round without holding a thread, and then the first
-//! waiter to see the group idle leads the next round (off its task, see
-//! `write_path::run_blocking`). Only then does the operation
+//! waiter to see the group idle leads the next round (on the blocking
+//! pool, see `write_path::on_blocking_pool`). Only then does the operation
 //! append its outcome (intent → effect → shared provider sync → outcome), so
 //! invariants 1 and 2 of DESIGN.md hold with the syncs amortized. Waiting
 //! asynchronously matters under load: with a thread blocked per waiting
@@ -27,7 +27,7 @@
 
 use std::sync::Arc;
 
-use super::write_path::run_blocking;
+use super::write_path::on_blocking_pool;
 use crate::fsutil::{GroupSync, Ticket};
 use crate::provider::Provider;
 
@@ -63,7 +63,7 @@ impl SyncGroup {
     }
 
     /// Waits, without holding a thread, until `ticket` is decided; leads a
-    /// round itself (off its task, see `write_path::run_blocking`) when it finds the group
+    /// round itself (on the blocking pool) when it finds the group
     /// idle and the ticket still open.
     pub async fn wait(
         self: Arc<Self>,
@@ -75,7 +75,7 @@ impl SyncGroup {
                 return decided;
             }
             let (group, provider) = (self.clone(), provider.clone());
-            let led = run_blocking(move || group.try_lead(ticket, provider.as_ref()))
+            let led = on_blocking_pool(move || group.try_lead(ticket, provider.as_ref()))
                 .await
                 .map_err(|e| e.to_string())?;
             if let Some(decided) = led {

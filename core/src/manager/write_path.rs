@@ -32,30 +32,24 @@ fn nanos_since(t: Instant) -> u64 {
 }
 
 /// Runs blocking work (a provider's side effect and its shared sync) for
-/// the calling task, off that task. On a multi-thread runtime the work runs
-/// in a task of its own that calls `block_in_place` (the runtime moves that
-/// worker's other tasks to another thread): the request itself never
-/// changes threads, which is about 20% more creates/s at 32 clients here
-/// than handing it to the blocking pool and back. It must be a task of its
-/// own: an operation's body is polled in its caller's task (see
-/// `Detached`), and `block_in_place` there would block that whole task
-/// (every other branch of a caller's `select!`, a timeout around the call)
-/// for the effect's duration; `tests/manager_cancel.rs` hangs that way. On
-/// a current-thread runtime, where `block_in_place` is not allowed, the work
-/// goes to the blocking pool.
-pub(super) async fn run_blocking<T, F>(f: F) -> Result<T, ManagerError>
+/// the calling task on the blocking pool. Not `block_in_place` in the
+/// caller's task: an operation's body is polled there (see `Detached`), and
+/// `block_in_place` would block that whole task (every other branch of a
+/// caller's `select!`, a timeout around the call) for the effect's duration;
+/// `tests/manager_cancel.rs` hangs with it. Nor `block_in_place` in a task
+/// of its own: measured back to back against this (`cargo bench --bench
+/// api`, `VOLMGR_BENCH_AGENT`, two rounds each), it was no faster (1,167 and
+/// 1,207 creates/s at one client against 1,278 and 1,258; 6,604 and 6,861 at
+/// 32 against 6,956 and 6,622): it hands the worker's core to another
+/// thread instead of the work.
+pub(super) async fn on_blocking_pool<T, F>(f: F) -> Result<T, ManagerError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let joined = if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        tokio::task::spawn(async move { tokio::task::block_in_place(f) }).await
-    } else {
-        tokio::task::spawn_blocking(f).await
-    };
-    joined.map_err(|e| ManagerError::Internal(format!("provider task failed: {e}")))
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ManagerError::Internal(format!("provider task failed: {e}")))
 }
 
 /// Where an operation's provider sync stands when its effect returns.
@@ -259,7 +253,7 @@ impl Inner {
             .ok()
             .filter(|p| p.durability() == Durability::Batched)
             .map(|p| (p, self.sync_group(provider_id)));
-        let (result, synced) = run_blocking(move || {
+        let (result, synced) = on_blocking_pool(move || {
             let result = std::panic::catch_unwind(AssertUnwindSafe(move || effect(op)))
                 .unwrap_or_else(|_| Err(ProviderError::Other("provider call panicked".into())));
             // Whatever the effect did (or undid) is durable before its

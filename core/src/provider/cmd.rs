@@ -103,7 +103,7 @@ impl Program {
 /// started is not counted) the providers of this process ran, by program.
 ///
 /// The count is process-wide, not per provider or per thread (the manager
-/// runs provider calls on whatever thread is free): read it before and after a
+/// runs provider calls on tokio's blocking pool): read it before and after a
 /// call with nothing else running commands in the process, and
 /// [`CommandCount::since`] is what that call ran.
 ///

@@ -4,8 +4,7 @@
 //! the state. Every side effect is idempotent and tagged with the volume id and
 //! the operation id that made it (the ownership tag), so reconciliation can
 //! tell done from not done and ours from foreign. Methods are blocking; the
-//! manager calls them off the async tasks (`block_in_place` in a task of
-//! their own, or the blocking pool). Implementations: [`dir`] (the
+//! manager calls them on the blocking pool. Implementations: [`dir`] (the
 //! embedded default, plain directories), btrfs and zfs.
 
 use std::collections::BTreeMap;
