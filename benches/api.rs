@@ -91,7 +91,7 @@ fn main() {
     println!("api bench: {}", support::machine_line(root.path()));
     println!(
         "POST {PATH} through `volmgr serve` (dir provider), {:.1} s per case, keep-alive \
-         connections, one thread per client; latencies in microseconds",
+         connections, every client on one load-generator thread; latencies in microseconds",
         secs.as_secs_f64()
     );
     println!();
