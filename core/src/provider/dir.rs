@@ -291,9 +291,10 @@ impl DirProvider {
 
     /// The provider on a simulated file system: a test seam, named as such,
     /// for power-cut sweeps of the real provider code (create, destroy,
-    /// inventory, finish, the trash). `root` is a path in `storage`. The
-    /// simulation has no volume content: snapshots, forks, sends and
-    /// receives need the real file system.
+    /// snapshot, fork, inventory, finish, the trash). `root` is a path in
+    /// `storage`. The simulation holds directories and regular files but
+    /// no modes or symlinks (a snapshot records no mode exceptions); sends
+    /// and receives need the real file system.
     pub fn simulated(
         root: PathBuf,
         storage: SimStorage,
@@ -402,7 +403,7 @@ impl DirProvider {
     fn modes_of(&self, kind: VolumeKind, id: &str) -> Result<Modes, ProviderError> {
         match kind {
             VolumeKind::Data => Ok(Modes::new(Policy::Plain)),
-            VolumeKind::Snapshot => marker::read_manifest(&self.modes_dir(), id),
+            VolumeKind::Snapshot => marker::read_manifest(&*self.layout, &self.modes_dir(), id),
         }
     }
 
@@ -760,7 +761,7 @@ impl Provider for DirProvider {
                 let Ok((_, src)) = self.require(&source) else {
                     return refuse("its source snapshot is not here any more");
                 };
-                remove_tree(&path)?;
+                self.remove_own_tree(&path)?;
                 self.copy_into(VolumeKind::Snapshot, parent, &src, &m)
             }
             (MarkerState::Copying, VolumeKind::Snapshot) => {
