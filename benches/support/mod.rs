@@ -298,9 +298,10 @@ impl AgentProcess {
         let started = Instant::now();
         // `VOLMGR_BENCH_AGENT`: another build's binary, to compare two
         // versions back to back in one run of this bench.
-        let program = std::env::var_os("VOLMGR_BENCH_AGENT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_volmgr")));
+        let program = std::env::var_os("VOLMGR_BENCH_AGENT").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_volmgr")),
+            PathBuf::from,
+        );
         let child = std::process::Command::new(program)
             .args(["serve", "--state-dir"])
             .arg(state_dir)
