@@ -183,11 +183,12 @@
 //! `complete` file and directory; a destroy two, three for a snapshot with
 //! a mode manifest).
 //!
-//! Every operation on the provider's own names goes through a
-//! `Layout` (`dir/layout.rs`): the kernel's file system, or a simulated one
-//! ([`DirProvider::simulated`]) on which the power-cut sweep
-//! (`tests/torture_dir_powercut.rs`) runs this code and cuts the power at
-//! every sync point. Creating a missing root fsyncs each new directory's
+//! Every operation on the provider's own names, and the copy of a
+//! snapshot or fork, goes through a `Layout` (`dir/layout.rs`): the
+//! kernel's file system, or a simulated one ([`DirProvider::simulated`]) on
+//! which the power-cut sweep (`tests/torture_dir_powercut.rs`) runs this
+//! code (create, destroy, snapshot, fork) and cuts the power at every sync
+//! point. Sends and receives walk the kernel's file system only. Creating a missing root fsyncs each new directory's
 //! parent, so a cut cannot take the root (and all under it) away.
 
 mod derive;
