@@ -1,36 +1,54 @@
 //! The real directory provider under power cuts. Its create and destroy,
-//! batched (no fsync of their own: barriers and one shared `syncfs`), run
-//! through the manager on a simulated file system that holds both the
-//! journal and the provider's root ([`DirProvider::simulated`]), with the
-//! power cut at every sync point (journal fdatasyncs, directory fsyncs, the
+//! batched (no fsync of their own: barriers and one shared `syncfs`), and
+//! its snapshot and fork (a copy under a `copying` marker, every copied file
+//! and directory fsynced before the marker says `complete`), run through
+//! the manager on a simulated file system that holds both the journal and
+//! the provider's root ([`DirProvider::simulated`]), with the power cut at
+//! every sync point (journal fdatasyncs, file and directory fsyncs, the
 //! provider's `syncfs`), each cut keeping none, all or a seeded part of what
 //! was not durable, and once more as a kill -9 (the page cache survives).
 //!
-//! Property: after any cut and a reopen, every acknowledged create is a
-//! whole volume in the state and on the provider, every acknowledged destroy
-//! is gone from both, nothing is pending, lost, orphaned, half-made or
-//! foreign (a directory of ours without its marker would be), no marker is
-//! left of a volume whose create was acknowledged and which is gone (a
-//! destroy that removed the tree before its marker's removal was durable
-//! would leave one, unreachable by anything), the trash is empty, and every
-//! id the run used can be destroyed and created again (no stale marker or
+//! The workload, per round: three concurrent creates; a file and a
+//! directory with a file written (and synced) into the first volume through
+//! the simulated file system; then, concurrently, a snapshot of that volume,
+//! a fork of the previous round's snapshot, and two destroys; the last
+//! round also destroys a fork and then its snapshot.
+//!
+//! Property: after any cut and a reopen, every acknowledged create,
+//! snapshot and fork is a whole item in the state and on the provider,
+//! every acknowledged destroy is gone from both, nothing is pending, lost,
+//! orphaned, half-made or foreign (a directory of ours without its marker
+//! would be), every snapshot or fork in the state (acknowledged, or rolled
+//! forward) holds exactly its source's content at snapshot time (no file
+//! missing, empty or torn), no marker or mode manifest is left of an item
+//! whose creation was acknowledged and which is gone (a destroy that
+//! removed the tree before its marker's removal was durable would leave
+//! one, unreachable by anything), the trash is empty, and every id the run
+//! used can be destroyed and made again with its kind (no stale marker or
 //! leftover directory blocks it), after which the trash is empty again (a
 //! destroy's deferred tree removal happens before it is acknowledged).
 //!
-//! Prints `dir power-cut sweep (...): crash points P x images I = N,
+//! Prints `dir power-cut sweep (...): crash points P, images I, ...,
 //! acknowledged operations lost L, disagreements D`.
+//!
+//! A third test fails one sync (`EIO`, no cut) inside a snapshot and a fork
+//! on the provider alone, at each of their sync points in turn (see
+//! `failed_copies`), and prints `dir failed-copy sweep (...): failure
+//! points N, problems P`.
 
 mod torture_support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use volmgr::journal::JournalConfig;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::model::VolumeKind;
 use volmgr::provider::dir::DirProvider;
 use volmgr::provider::{Durability, Presence, Provider, ProviderConfig, ProviderFactory};
 use volmgr::state::{Meta, VolumeStatus};
+use volmgr::storage::Storage;
 use volmgr::storage::sim::SimStorage;
 
 const STATE: &str = "/state";
@@ -85,25 +103,43 @@ async fn open(
     Ok(m)
 }
 
+/// A tree's content, relative path to the file's bytes (`None`: a
+/// directory).
+type Tree = BTreeMap<PathBuf, Option<Vec<u8>>>;
+
 /// What the acknowledgements promise.
 #[derive(Debug, Default)]
 struct Model {
     must_exist: BTreeSet<String>,
     must_not_exist: BTreeSet<String>,
-    /// Ids whose create was acknowledged.
+    /// Ids whose creation (create, snapshot, fork) was acknowledged.
     created: BTreeSet<String>,
-    used: BTreeSet<String>,
+    /// Every id the run used, with its kind.
+    used: BTreeMap<String, VolumeKind>,
+    /// The content a snapshot or fork must hold whenever it exists: its
+    /// source's at snapshot time.
+    content: BTreeMap<String, Tree>,
     acked: u64,
+    /// The operations that failed, for the message of a run that should
+    /// not have.
+    errors: Vec<String>,
 }
 
 impl Model {
-    fn created(&mut self, id: &str, r: &Result<impl Sized, ManagerError>) {
-        self.used.insert(id.to_owned());
-        if r.is_ok() {
-            self.acked += 1;
-            self.must_exist.insert(id.to_owned());
-            self.created.insert(id.to_owned());
+    fn made(&mut self, id: &str, kind: VolumeKind, r: &Result<impl Sized, ManagerError>) {
+        self.used.insert(id.to_owned(), kind);
+        match r {
+            Ok(_) => {
+                self.acked += 1;
+                self.must_exist.insert(id.to_owned());
+                self.created.insert(id.to_owned());
+            }
+            Err(e) => self.errors.push(format!("making {id}: {e}")),
         }
+    }
+
+    fn created(&mut self, id: &str, r: &Result<impl Sized, ManagerError>) {
+        self.made(id, VolumeKind::Data, r);
     }
 
     fn destroyed(&mut self, id: &str, r: &Result<impl Sized, ManagerError>) {
@@ -114,16 +150,68 @@ impl Model {
                 self.must_not_exist.insert(id.to_owned());
             }
             // It may have happened: no longer promised either way.
-            Err(_) => {
+            Err(e) => {
                 self.must_exist.remove(id);
+                self.errors.push(format!("destroying {id}: {e}"));
             }
         }
     }
 }
 
-/// Three concurrent creates per round (they share barriers and syncs),
-/// then two destroys: one of this round's, one of the previous round's.
-async fn run(m: &Manager, model: &mut Model) {
+/// Writes a file and a directory holding a file into data volume `id`
+/// through the simulated file system, durably (files, then directories,
+/// synced), as a user of the volume would. Returns the tree written, or
+/// `None` if the power went out meanwhile.
+fn fill(storage: &SimStorage, id: &str) -> Option<Tree> {
+    let root = Path::new(ROOT).join("data").join(id);
+    let files = [
+        (PathBuf::from("f"), format!("the content of {id}\n")),
+        (
+            PathBuf::from("d/g"),
+            format!("{id}: a file in a directory\n"),
+        ),
+    ];
+    let write = || -> std::io::Result<()> {
+        storage.create_dir(&root.join("d"))?;
+        for (rel, text) in &files {
+            let f = storage.create(&root.join(rel))?;
+            f.write_all_at(text.as_bytes(), 0)?;
+            f.sync_all()?;
+        }
+        storage.sync_dir(&root.join("d"))?;
+        storage.sync_dir(&root)
+    };
+    write().ok()?;
+    let mut tree = Tree::from([(PathBuf::from("d"), None)]);
+    for (rel, text) in files {
+        tree.insert(rel, Some(text.into_bytes()));
+    }
+    Some(tree)
+}
+
+/// What the tree at `location` holds in `image`.
+fn tree_of(image: &SimStorage, location: &str) -> Tree {
+    let root = Path::new(location);
+    image
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with(root) && p != root)
+        .map(|p| {
+            let content = image.read(&p);
+            (
+                p.strip_prefix(root).expect("under the root").to_owned(),
+                content,
+            )
+        })
+        .collect()
+}
+
+/// Per round: three concurrent creates; content written into the first;
+/// then, concurrently, a snapshot of it, a destroy of the second, and from
+/// the second round on a fork of the previous round's snapshot and a
+/// destroy of the previous round's third. The last round then destroys the
+/// previous round's fork and the snapshot it was forked from.
+async fn run(m: &Manager, storage: &SimStorage, model: &mut Model) {
     for r in 0..ROUNDS {
         let ids = [format!("v{r}a"), format!("v{r}b"), format!("v{r}c")];
         let (a, b, c) = tokio::join!(
@@ -134,12 +222,47 @@ async fn run(m: &Manager, model: &mut Model) {
         model.created(&ids[0], &a);
         model.created(&ids[1], &b);
         model.created(&ids[2], &c);
-        let gone = m.destroy_volume(&ids[1]).await;
+        let written = match a {
+            Ok(_) => fill(storage, &ids[0]),
+            Err(_) => None,
+        };
+        let snap = format!("s{r}");
+        model
+            .content
+            .insert(snap.clone(), written.unwrap_or_default());
+        let fork = format!("f{r}");
+        let forked_from = format!("s{}", r.wrapping_sub(1));
+        let old = format!("v{}c", r.wrapping_sub(1));
+        let (s, f, gone, gone_old) = tokio::join!(
+            m.create_snapshot_as(&ids[0], Some(&snap), Meta::new()),
+            async {
+                if r == 0 {
+                    return None;
+                }
+                Some(m.fork_volume(&forked_from, Some(&fork), Meta::new()).await)
+            },
+            m.destroy_volume(&ids[1]),
+            async {
+                if r == 0 {
+                    return None;
+                }
+                Some(m.destroy_volume(&old).await)
+            },
+        );
+        model.made(&snap, VolumeKind::Snapshot, &s);
         model.destroyed(&ids[1], &gone);
-        if r > 0 {
-            let old = format!("v{}c", r - 1);
-            let gone = m.destroy_volume(&old).await;
-            model.destroyed(&old, &gone);
+        if let (Some(f), Some(gone_old)) = (f, gone_old) {
+            let content = model.content[&forked_from].clone();
+            model.content.insert(fork.clone(), content);
+            model.made(&fork, VolumeKind::Data, &f);
+            model.destroyed(&old, &gone_old);
+        }
+        if r == ROUNDS - 1 {
+            let (fork, snap) = (format!("f{}", r - 1), format!("s{}", r - 2));
+            let gone = m.destroy_volume(&fork).await;
+            model.destroyed(&fork, &gone);
+            let gone = m.destroy_volume(&snap).await;
+            model.destroyed(&snap, &gone);
         }
     }
 }
@@ -210,33 +333,38 @@ async fn check(image: &SimStorage, durability: Durability, model: &Model) -> (u6
             }
         }
     }
-    // A volume that was whole and is gone left no marker behind, and the
-    // trash holds nothing after the start's sweep and the reconciliation.
+    // Every snapshot and fork there is holds its source's content at
+    // snapshot time: a copy is never torn, whether acknowledged or rolled
+    // forward.
+    for v in state.volumes.values() {
+        if let Some(want) = model.content.get(&v.id) {
+            let have = tree_of(image, &v.location);
+            if &have != want {
+                problems.push(format!(
+                    "{} holds {:?}, not its source's content {:?}",
+                    v.id,
+                    shown(&have),
+                    shown(want)
+                ));
+            }
+        }
+    }
+    // An item that was whole and is gone left no marker (nor mode manifest)
+    // behind, and the trash holds nothing after the start's sweep and the
+    // reconciliation.
     for id in model.created.difference(&in_state) {
-        let marker = marker_path(id);
-        if image.is_dir(&marker).is_some() {
-            problems.push(format!(
-                "{id} is gone but its marker {} is left",
-                marker.display()
-            ));
+        let kind = model.used[id];
+        for left in [marker_path(kind, id), manifest_path(id)] {
+            if image.is_dir(&left).is_some() {
+                problems.push(format!("{id} is gone but {} is left", left.display()));
+            }
         }
     }
     let trash = trash_entries(image);
     if !trash.is_empty() {
         problems.push(format!("the trash holds {trash:?} after the reopen"));
     }
-    // Every id the run used can be destroyed and made again.
-    for id in &model.used {
-        if in_state.contains(id)
-            && let Err(e) = m.destroy_volume(id).await
-        {
-            problems.push(format!("destroying {id} after the reopen: {e}"));
-            continue;
-        }
-        if let Err(e) = m.create_volume(PROVIDER, Some(id), Meta::new()).await {
-            problems.push(format!("creating {id} again after the reopen: {e}"));
-        }
-    }
+    problems.extend(reuse(&m, model).await);
     let trash = trash_entries(image);
     if !trash.is_empty() {
         problems.push(format!(
@@ -247,8 +375,71 @@ async fn check(image: &SimStorage, durability: Durability, model: &Model) -> (u6
     (lost, problems)
 }
 
-fn marker_path(id: &str) -> PathBuf {
-    Path::new(ROOT).join(".volmgr/data").join(id)
+/// Every id the run used can be destroyed (dependents first) and made
+/// again with its kind: data volumes created, snapshots taken of the first
+/// data volume.
+async fn reuse(m: &Manager, model: &Model) -> Vec<String> {
+    let mut problems = Vec::new();
+    // Forks, then snapshots, then data volumes: each pass destroys what no
+    // one depends on any more.
+    for _ in 0..3 {
+        let state = m.state();
+        for v in state.volumes.values() {
+            if model.used.contains_key(&v.id)
+                && state.dependents(&v.id).is_empty()
+                && let Err(e) = m.destroy_volume(&v.id).await
+            {
+                problems.push(format!("destroying {} after the reopen: {e}", v.id));
+            }
+        }
+    }
+    let left: Vec<String> = m.state().volumes.keys().cloned().collect();
+    if !left.is_empty() {
+        problems.push(format!("{left:?} still there after destroying everything"));
+    }
+    let kind_of = |kind: VolumeKind| {
+        model
+            .used
+            .iter()
+            .filter(move |(_, k)| **k == kind)
+            .map(|(id, _)| id)
+    };
+    for id in kind_of(VolumeKind::Data) {
+        if let Err(e) = m.create_volume(PROVIDER, Some(id), Meta::new()).await {
+            problems.push(format!("creating {id} again after the reopen: {e}"));
+        }
+    }
+    // (A run cut before its first create used no snapshot id.)
+    if let Some(source) = kind_of(VolumeKind::Data).next() {
+        for id in kind_of(VolumeKind::Snapshot) {
+            if let Err(e) = m.create_snapshot_as(source, Some(id), Meta::new()).await {
+                problems.push(format!("taking snapshot {id} again after the reopen: {e}"));
+            }
+        }
+    }
+    problems
+}
+
+/// A tree for messages: its paths and contents.
+fn shown(tree: &Tree) -> Vec<(String, Option<String>)> {
+    tree.iter()
+        .map(|(p, c)| {
+            let text = c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+            (p.display().to_string(), text)
+        })
+        .collect()
+}
+
+fn manifest_path(id: &str) -> PathBuf {
+    Path::new(ROOT).join(".volmgr/modes").join(id)
+}
+
+fn marker_path(kind: VolumeKind, id: &str) -> PathBuf {
+    let dir = match kind {
+        VolumeKind::Data => ".volmgr/data",
+        VolumeKind::Snapshot => ".volmgr/snapshot",
+    };
+    Path::new(ROOT).join(dir).join(id)
 }
 
 /// Every path under the provider's trash.
@@ -265,6 +456,7 @@ async fn sweep(durability: Durability) {
     let scale = torture_support::scale();
     let base_seed = torture_support::seed(0x5EED_D1D0);
     let (mut points, mut images, mut lost, mut disagreements, mut acked) = (0u64, 0u64, 0, 0, 0);
+    let mut whole_run_errors = Vec::new();
     let mut failures = Vec::new();
     for point in 1..=100_000u64 {
         let storage = SimStorage::new();
@@ -272,11 +464,14 @@ async fn sweep(durability: Durability) {
         let mut model = Model::default();
         let slot = Slot::default();
         if let Ok(m) = open(&storage, durability, &slot).await {
-            run(&m, &mut model).await;
+            run(&m, &storage, &mut model).await;
             m.close().await;
         }
         let fired = storage.crashed();
         acked = acked.max(model.acked);
+        if !fired {
+            whole_run_errors = model.errors.clone();
+        }
         points += 1;
         // A kill -9 at this point (nothing lost but the process) ...
         let mut outcomes = vec![(
@@ -312,8 +507,8 @@ async fn sweep(durability: Durability) {
          disagreements {disagreements} (seed {base_seed:#x}, scale {scale})"
     );
     assert!(
-        acked >= u64::from(ROUNDS) * 4,
-        "the whole run acknowledged only {acked} operations: the workload did not run"
+        acked >= u64::from(ROUNDS) * 7,
+        "the whole run acknowledged only {acked} operations: the workload did not run: {whole_run_errors:?}"
     );
     failures.truncate(10);
     assert!(
@@ -331,4 +526,131 @@ async fn batched_dir_provider_survives_a_power_cut_at_every_sync_point() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_on_return_dir_provider_survives_a_power_cut_at_every_sync_point() {
     sweep(Durability::OnReturn).await;
+}
+
+/// A snapshot and a fork whose copy meets a failing sync (`EIO`, the
+/// unsynced changes dropped, no power cut) at each sync point in turn, on
+/// the provider alone. Property: the failed verb leaves no untagged tree:
+/// after a restart the inventory shows only tagged items (the failed one
+/// complete, half-made or gone); destroying what the failed verb left
+/// leaves no marker, manifest or tree behind (the trash empty after a
+/// sync); and the same id is then made again, whole, with the source's
+/// content. Returns (failure points, problems).
+fn failed_copies(durability: Durability) -> (u64, Vec<String>) {
+    use volmgr::model::{Details, VolumeId};
+    use volmgr::provider::{VolumeRef, VolumeSpec};
+    let details = Details::new();
+    let vref = |id: &'static str, kind| VolumeRef {
+        id: VolumeId::new(id).unwrap(),
+        kind,
+        parent: None,
+        location: "",
+        details: &details,
+    };
+    let spec = |id: &'static str, kind| VolumeSpec {
+        id: VolumeId::new(id).unwrap(),
+        op: uuid::Uuid::now_v7(),
+        kind,
+    };
+    let (data, snap) = (VolumeKind::Data, VolumeKind::Snapshot);
+    let mut problems = Vec::new();
+    for n in 1..=1000u64 {
+        let storage = SimStorage::new();
+        let p = DirProvider::simulated(PathBuf::from(ROOT), storage.clone(), durability).unwrap();
+        p.create_volume(&spec("v0a", data)).unwrap();
+        p.sync().unwrap();
+        let want = fill(&storage, "v0a").expect("no failure armed yet");
+        p.create_snapshot(&vref("v0a", data), &spec("s0", snap))
+            .unwrap();
+        p.sync().unwrap();
+        let armed = storage.sync_points() + n;
+        storage.fail_sync_at(Some(armed));
+        let results = [
+            (
+                "s1",
+                snap,
+                p.create_snapshot(&vref("v0a", data), &spec("s1", snap)),
+            ),
+            (
+                "f1",
+                data,
+                p.fork_volume(&vref("s0", snap), &spec("f1", data)),
+            ),
+        ];
+        let _ = p.sync();
+        if storage.sync_points() < armed {
+            assert!(results.iter().all(|r| r.2.is_ok()), "{results:?}");
+            return (n - 1, problems);
+        }
+        let image = storage.restart();
+        let p = DirProvider::simulated(PathBuf::from(ROOT), image.clone(), durability).unwrap();
+        let mut bad = |what: String| problems.push(format!("failure at point {n}: {what}"));
+        match p.inventory() {
+            Err(e) => bad(format!("inventory: {e}")),
+            Ok(found) => {
+                for f in found.iter().filter(|f| f.tag.is_none()) {
+                    bad(format!("untagged {}", f.name));
+                }
+            }
+        }
+        for (id, kind, r) in &results {
+            if r.is_ok() {
+                continue;
+            }
+            if let Err(e) = p.destroy(&vref(id, *kind)) {
+                bad(format!("destroying what the failed {id} left: {e}"));
+            }
+            if let Err(e) = p.sync() {
+                bad(format!("sync after destroying {id}: {e}"));
+            }
+            let dir = if *kind == data { "data" } else { "snapshot" };
+            let left: Vec<PathBuf> = image
+                .paths()
+                .into_iter()
+                .filter(|q| {
+                    q.ends_with(id)
+                        && (q.starts_with(Path::new(ROOT).join(dir))
+                            || q.starts_with(Path::new(ROOT).join(".volmgr")))
+                })
+                .collect();
+            if !left.is_empty() {
+                bad(format!("{id} destroyed, but {left:?} left"));
+            }
+            let again = if *kind == data {
+                p.fork_volume(&vref("s0", snap), &spec(id, data))
+            } else {
+                p.create_snapshot(&vref("v0a", data), &spec(id, snap))
+            };
+            match again {
+                Err(e) => bad(format!("making {id} again: {e}")),
+                Ok(made) => {
+                    if tree_of(&image, &made.location) != want {
+                        bad(format!("{id} made again without its source's content"));
+                    }
+                }
+            }
+        }
+        let trash = trash_entries(&image);
+        if !trash.is_empty() {
+            bad(format!("the trash holds {trash:?}"));
+        }
+    }
+    panic!("the copies kept meeting the failure after 1000 sync points");
+}
+
+#[test]
+fn a_snapshot_or_fork_that_meets_a_failing_sync_leaves_nothing_untagged_or_stuck() {
+    for durability in [Durability::Batched, Durability::OnReturn] {
+        let (points, mut problems) = failed_copies(durability);
+        println!(
+            "dir failed-copy sweep ({durability:?}): failure points {points}, problems {}",
+            problems.len()
+        );
+        assert!(
+            points >= 10,
+            "only {points} sync points in a snapshot and a fork"
+        );
+        problems.truncate(10);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
 }

@@ -183,11 +183,12 @@
 //! `complete` file and directory; a destroy two, three for a snapshot with
 //! a mode manifest).
 //!
-//! Every operation on the provider's own names goes through a
-//! `Layout` (`dir/layout.rs`): the kernel's file system, or a simulated one
-//! ([`DirProvider::simulated`]) on which the power-cut sweep
-//! (`tests/torture_dir_powercut.rs`) runs this code and cuts the power at
-//! every sync point. Creating a missing root fsyncs each new directory's
+//! Every operation on the provider's own names, and the copy of a
+//! snapshot or fork, goes through a `Layout` (`dir/layout.rs`): the
+//! kernel's file system, or a simulated one ([`DirProvider::simulated`]) on
+//! which the power-cut sweep (`tests/torture_dir_powercut.rs`) runs this
+//! code (create, destroy, snapshot, fork) and cuts the power at every sync
+//! point. Sends and receives walk the kernel's file system only. Creating a missing root fsyncs each new directory's
 //! parent, so a cut cannot take the root (and all under it) away.
 
 mod derive;
@@ -291,9 +292,10 @@ impl DirProvider {
 
     /// The provider on a simulated file system: a test seam, named as such,
     /// for power-cut sweeps of the real provider code (create, destroy,
-    /// inventory, finish, the trash). `root` is a path in `storage`. The
-    /// simulation has no volume content: snapshots, forks, sends and
-    /// receives need the real file system.
+    /// snapshot, fork, inventory, finish, the trash). `root` is a path in
+    /// `storage`. The simulation holds directories and regular files but
+    /// no modes or symlinks (a snapshot records no mode exceptions); sends
+    /// and receives need the real file system.
     pub fn simulated(
         root: PathBuf,
         storage: SimStorage,
@@ -402,7 +404,7 @@ impl DirProvider {
     fn modes_of(&self, kind: VolumeKind, id: &str) -> Result<Modes, ProviderError> {
         match kind {
             VolumeKind::Data => Ok(Modes::new(Policy::Plain)),
-            VolumeKind::Snapshot => marker::read_manifest(&self.modes_dir(), id),
+            VolumeKind::Snapshot => marker::read_manifest(&*self.layout, &self.modes_dir(), id),
         }
     }
 
@@ -760,7 +762,7 @@ impl Provider for DirProvider {
                 let Ok((_, src)) = self.require(&source) else {
                     return refuse("its source snapshot is not here any more");
                 };
-                remove_tree(&path)?;
+                self.remove_own_tree(&path)?;
                 self.copy_into(VolumeKind::Snapshot, parent, &src, &m)
             }
             (MarkerState::Copying, VolumeKind::Snapshot) => {

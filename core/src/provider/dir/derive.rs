@@ -2,13 +2,27 @@
 //! `copying` marker written first (a retry by the same operation starts the
 //! copy over; an item of another operation, or foreign, is refused), marked
 //! `complete` once every copied file and directory is durable.
+//!
+//! Every file operation goes through the provider's `Layout` seam (the copy
+//! itself is [`Layout::copy_tree`](super::layout::Layout::copy_tree)), so
+//! the power-cut sweep (`tests/torture_dir_powercut.rs`) runs this code on
+//! the simulated file system. The order, each step durable before the next:
+//! marker `copying` (file and directory fsynced) → the copy (every file
+//! fsynced after its content, every directory after its entries) → a
+//! snapshot's mode manifest (fsynced with its directory; a stale one
+//! removed when there are no exceptions) → fsync of the content directory
+//! (the copy's own entry) → marker `complete` (fsynced). A failure removes
+//! the half-made item before returning (`discard`); a cut leaves a
+//! `copying` marker, which the next open finishes (a fork: the copy is
+//! redone from its immutable snapshot) or the manager's reconciliation
+//! removes (a snapshot: its source may have changed since).
 
 use std::path::Path;
 
 use uuid::Uuid;
 
 use super::marker::{self, MARKER_FORMAT, Marker, MarkerState};
-use super::tree::{self, Policy, lstat, remove_tree, sync_dir};
+use super::tree::Policy;
 use super::{DirProvider, check_id, guid_hex};
 use crate::model::VolumeKind;
 use crate::provider::{Created, ProviderError, VolumeRef, VolumeSpec};
@@ -29,11 +43,11 @@ impl DirProvider {
             VolumeKind::Data => Policy::Plain,
             VolumeKind::Snapshot => Policy::Snapshot,
         };
-        let modes = tree::copy_tree(src, &src_modes, &dst, policy, true)?;
+        let modes = self.layout.copy_tree(src, &src_modes, &dst, policy, true)?;
         if m.kind == VolumeKind::Snapshot {
-            marker::write_manifest(&self.modes_dir(), &m.volume, &modes)?;
+            marker::write_manifest(&*self.layout, &self.modes_dir(), &m.volume, &modes)?;
         }
-        sync_dir(&self.content_dir(m.kind))?;
+        self.sync_dir(&self.content_dir(m.kind))?;
         let done = m.with_state(MarkerState::Complete);
         self.put_marker(&done)?;
         Ok(self.created(&done))
@@ -63,7 +77,7 @@ impl DirProvider {
                 )));
             }
             Some(m) if m.state == MarkerState::Complete => {
-                if tree::is_real_dir(&dst)? {
+                if self.is_dir(&dst)? {
                     return Ok(self.created(&m));
                 }
                 return Err(ProviderError::Other(format!(
@@ -74,7 +88,7 @@ impl DirProvider {
             }
             Some(m) if m.state == MarkerState::Copying => {
                 // Retried by the same operation: start the copy over.
-                remove_tree(&dst)?;
+                self.remove_own_tree(&dst)?;
                 m
             }
             Some(m) => {
@@ -85,7 +99,7 @@ impl DirProvider {
                 )));
             }
             None => {
-                if lstat(&dst)?.is_some() {
+                if self.entry(&dst)?.is_some() {
                     return Err(ProviderError::AlreadyExists(format!(
                         "{} (not tagged as ours)",
                         dst.display()

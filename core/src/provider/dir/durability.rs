@@ -38,6 +38,14 @@ impl DirProvider {
             .map_err(|e| ProviderError::io(format!("syncing directory {}", path.display()), e))
     }
 
+    /// Removes the tree at one of the provider's own paths (absent is
+    /// fine), never following a symlink inside it.
+    pub(super) fn remove_own_tree(&self, path: &Path) -> Result<(), ProviderError> {
+        self.layout
+            .remove_tree(path)
+            .map_err(|e| ProviderError::io(format!("removing {}", path.display()), e))
+    }
+
     /// After a change to `dir`'s entries: durable on return, `fsync` it now;
     /// batched, nothing (a barrier or the shared step covers it).
     pub(super) fn settle_dir(&self, dir: &Path) -> Result<(), ProviderError> {

@@ -7,24 +7,32 @@
 //! [`crate::storage::Storage`]. [`RealLayout`] maps them onto the
 //! kernel (never following a symlink where a name could be one);
 //! [`SimLayout`] maps them onto a [`SimStorage`], so the power-cut sweep can
-//! run the real provider's create and destroy and cut the power between any
-//! two of its syncs. What is *inside* a volume (a snapshot's copy, a send, a
-//! receive) is walked through [`Dir`](crate::fsutil::Dir) handles on the real
-//! file system only: the simulation has no content, so a simulated provider
-//! creates and destroys empty volumes.
+//! run the real provider's create, destroy, snapshot and fork and cut the
+//! power between any two of their syncs.
+//!
+//! The copy of a snapshot or fork is one call, [`Layout::copy_tree`]: on the
+//! kernel it is [`tree::copy_tree`] (handles, reflinks, modes, space
+//! checks), unchanged; on the simulation a recursive copy of directories and
+//! regular files with the same sync points in the same order (each file
+//! synced after its content, each directory after its entries). The
+//! simulation models no modes, symlinks or free space: its copy records no
+//! mode exceptions. Sends and receives walk volumes through
+//! [`Dir`](crate::fsutil::Dir) handles on the real file system only.
 //!
 //! No call here syncs anything unless its name says so: the provider decides
 //! where a sync goes (on return, or in a shared batched round).
 
+use std::ffi::OsStr;
 use std::fmt::Debug;
 use std::fs::{self, DirBuilder};
-use std::io::{self, Read, Write};
+use std::io::{self, Cursor, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::tree;
+use super::tree::{self, Modes, Policy};
 use crate::fsutil::{self, Dir};
+use crate::provider::ProviderError;
 use crate::storage::Storage;
 use crate::storage::sim::SimStorage;
 
@@ -79,6 +87,22 @@ pub(crate) trait Layout: Send + Sync + Debug {
     /// Removes the tree at `path` (absent is fine), never following a
     /// symlink inside it.
     fn remove_tree(&self, path: &Path) -> io::Result<()>;
+    /// Opens a regular file for reading, never following a symlink nor
+    /// blocking on a fifo: the reader and the file's length, `None` if
+    /// absent. The caller bounds what it reads.
+    fn open_read(&self, path: &Path) -> io::Result<Option<(Box<dyn Read>, u64)>>;
+    /// Copies the tree `src` (true modes per `src_modes`) to the new
+    /// directory `dst` (absent; its parent exists), storing modes per
+    /// `dst_policy`, every file and directory synced if `durable`; returns
+    /// the copy's mode exceptions. See [`tree::copy_tree`].
+    fn copy_tree(
+        &self,
+        src: &Path,
+        src_modes: &Modes,
+        dst: &Path,
+        dst_policy: Policy,
+        durable: bool,
+    ) -> Result<Modes, ProviderError>;
 }
 
 /// The kernel's file system.
@@ -183,11 +207,33 @@ impl Layout for RealLayout {
         };
         tree::remove_entry(&dir, name)
     }
+
+    fn open_read(&self, path: &Path) -> io::Result<Option<(Box<dyn Read>, u64)>> {
+        let file = match tree::open_file_nofollow(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        Ok(Some((Box::new(file), len)))
+    }
+
+    fn copy_tree(
+        &self,
+        src: &Path,
+        src_modes: &Modes,
+        dst: &Path,
+        dst_policy: Policy,
+        durable: bool,
+    ) -> Result<Modes, ProviderError> {
+        tree::copy_tree(src, src_modes, dst, dst_policy, durable)
+    }
 }
 
 /// A [`SimStorage`] as the provider's file system: a test seam, named as
 /// such, for power-cut sweeps of the real provider. Modes are not modelled
-/// (every directory reads as `0755`); a tree is removed entry by entry.
+/// (every directory reads as `0755`, a copy records no mode exceptions);
+/// a tree is removed entry by entry and copied entry by entry.
 #[derive(Debug, Clone)]
 pub(crate) struct SimLayout {
     storage: SimStorage,
@@ -196,6 +242,43 @@ pub(crate) struct SimLayout {
 impl SimLayout {
     pub(crate) fn new(storage: SimStorage) -> Self {
         SimLayout { storage }
+    }
+
+    /// The whole content of the file at `path`.
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let f = self.storage.open(path)?;
+        let mut bytes = vec![0; usize::try_from(f.len()?).map_err(io::Error::other)?];
+        f.read_exact_at(&mut bytes, 0)?;
+        Ok(bytes)
+    }
+
+    /// The simulated copy: `mkdir dst`, then each entry of `src` in name
+    /// order (a directory copied the same way, depth first; a file created,
+    /// written and, if `durable`, synced), then, if `durable`, the sync of
+    /// `dst`: the sync points of [`tree::copy_tree`] in its order. An entry
+    /// that vanishes meanwhile is left out, as there.
+    fn copy_dir(&self, src: &Path, dst: &Path, durable: bool) -> io::Result<()> {
+        self.storage.create_dir(dst)?;
+        for name in self.names(src)? {
+            let name = OsStr::from_bytes(&name);
+            let (from, to) = (src.join(name), dst.join(name));
+            match self.storage.is_dir(&from) {
+                None => {}
+                Some(true) => self.copy_dir(&from, &to, durable)?,
+                Some(false) => {
+                    let bytes = self.read_all(&from)?;
+                    let f = self.storage.create(&to)?;
+                    f.write_all_at(&bytes, 0)?;
+                    if durable {
+                        f.sync_all()?;
+                    }
+                }
+            }
+        }
+        if durable {
+            self.storage.sync_dir(dst)?;
+        }
+        Ok(())
     }
 }
 
@@ -285,11 +368,39 @@ impl Layout for SimLayout {
             Some(false) => self.storage.remove_file(path),
             Some(true) => {
                 for name in self.names(path)? {
-                    let child: PathBuf = path.join(std::ffi::OsStr::from_bytes(&name));
+                    let child: PathBuf = path.join(OsStr::from_bytes(&name));
                     self.remove_tree(&child)?;
                 }
                 self.storage.remove_dir(path)
             }
         }
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Option<(Box<dyn Read>, u64)>> {
+        match self.storage.is_dir(path) {
+            None => Ok(None),
+            Some(true) => Err(io::Error::other("is a directory")),
+            Some(false) => {
+                let bytes = self.read_all(path)?;
+                let len = bytes.len() as u64;
+                Ok(Some((Box::new(Cursor::new(bytes)), len)))
+            }
+        }
+    }
+
+    fn copy_tree(
+        &self,
+        src: &Path,
+        _src_modes: &Modes,
+        dst: &Path,
+        dst_policy: Policy,
+        durable: bool,
+    ) -> Result<Modes, ProviderError> {
+        self.copy_dir(src, dst, durable).map_err(|e| {
+            ProviderError::io(format!("copying {} to {}", src.display(), dst.display()), e)
+        })?;
+        // No modes in the simulation: what the real copy records for a
+        // tree without exceptions.
+        Ok(Modes::new(dst_policy))
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A marker is a small JSON document, written atomically (temp file,
 //! rename; fsyncs as the provider's durability says) through the
-//! [`Layout`] seam. A mode manifest lists a snapshot's mode
+//! [`Layout`] seam, as manifests are written and read. A mode manifest lists a snapshot's mode
 //! exceptions (see [`super::tree::Policy::Snapshot`]) in a checksummed binary
 //! form: magic `VMGRMOD1`, `u64` count, then per entry `u16` path length, path
 //! bytes and `u32` mode, then the CRC-32 of everything before it; big-endian.
@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::layout::Layout;
-use super::tree::{self, Modes, Policy};
+use super::tree::{Modes, Policy};
 use crate::model::{OpId, VolumeKind};
 use crate::provider::ProviderError;
 use crate::provider::stream::{HashReader, HashWriter};
@@ -153,9 +153,17 @@ pub(crate) fn write(
 
 /// Writes a snapshot's mode exceptions durably (or removes a stale manifest
 /// when there are none).
-pub(crate) fn write_manifest(dir: &Path, id: &str, modes: &Modes) -> Result<(), ProviderError> {
+pub(crate) fn write_manifest(
+    layout: &dyn Layout,
+    dir: &Path,
+    id: &str,
+    modes: &Modes,
+) -> Result<(), ProviderError> {
+    let path = dir.join(id);
     if modes.exceptions.is_empty() {
-        tree::remove_file_if_present(&dir.join(id))?;
+        layout
+            .remove_file(&path)
+            .map_err(|e| ProviderError::io(format!("removing {}", path.display()), e))?;
         return Ok(());
     }
     let mut w = HashWriter::new(Vec::with_capacity(
@@ -179,22 +187,27 @@ pub(crate) fn write_manifest(dir: &Path, id: &str, modes: &Modes) -> Result<(), 
     let crc = w.crc();
     w.write_unhashed(&crc.to_be_bytes())
         .expect("writing to a Vec");
-    tree::write_atomic(dir, id, &w.into_inner())
+    // Temp file, fsynced, renamed over the manifest, directory fsynced.
+    layout
+        .write_file(dir, id, &w.into_inner(), true)
+        .and_then(|()| layout.sync_dir(dir))
+        .map_err(|e| ProviderError::io(format!("writing {}", path.display()), e))
 }
 
 /// Reads a snapshot's mode exceptions (none if there is no manifest).
-pub(crate) fn read_manifest(dir: &Path, id: &str) -> Result<Modes, ProviderError> {
+pub(crate) fn read_manifest(
+    layout: &dyn Layout,
+    dir: &Path,
+    id: &str,
+) -> Result<Modes, ProviderError> {
     let path = dir.join(id);
     let mut modes = Modes::new(Policy::Snapshot);
-    let file = match tree::open_file_nofollow(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(modes),
-        Err(e) => return Err(ProviderError::io(format!("opening {}", path.display()), e)),
+    let Some((file, len)) = layout
+        .open_read(&path)
+        .map_err(|e| ProviderError::io(format!("opening {}", path.display()), e))?
+    else {
+        return Ok(modes);
     };
-    let len = file
-        .metadata()
-        .map_err(|e| ProviderError::io(format!("examining {}", path.display()), e))?
-        .len();
     let bad = |e: ProviderError| {
         ProviderError::Other(format!("damaged mode manifest {}: {e}", path.display()))
     };

@@ -131,7 +131,7 @@ impl DirProvider {
         self.put_marker(&m)?;
         let snap = self.path(VolumeKind::Snapshot, spec.id);
         let smodes = tree::copy_tree(&new, &modes, &snap, Policy::Snapshot, false)?;
-        marker::write_manifest(&self.modes_dir(), spec.id, &smodes)?;
+        marker::write_manifest(&*self.layout, &self.modes_dir(), spec.id, &smodes)?;
         sync_dir(&self.content_dir(VolumeKind::Snapshot))?;
 
         // Then the target's content: true modes on the staged tree (its root

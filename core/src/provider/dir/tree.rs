@@ -90,20 +90,6 @@ pub(crate) fn sync_fs(path: &Path) -> Result<(), ProviderError> {
     fsutil::syncfs(path).map_err(|e| io_err("syncing the file system of", path, e))
 }
 
-/// Writes a small file durably (see [`fsutil::write_atomic`]).
-pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ProviderError> {
-    fsutil::write_atomic(dir, name, bytes, 0o644).map_err(|e| io_err("writing", &dir.join(name), e))
-}
-
-/// Removes a file, ignoring its absence. Returns whether it existed.
-pub(crate) fn remove_file_if_present(path: &Path) -> Result<bool, ProviderError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_err("removing", path, e)),
-    }
-}
-
 /// Opens a file of the provider's own without following a symlink or
 /// blocking: a non-regular file is an error.
 pub(crate) fn open_file_nofollow(path: &Path) -> io::Result<File> {

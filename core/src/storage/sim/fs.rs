@@ -45,6 +45,9 @@ pub(super) struct Fs {
     pub(super) durable_names: BTreeMap<PathBuf, Node>,
     /// Per directory, changes a directory sync has not yet made durable.
     pub(super) dir_pending: BTreeMap<PathBuf, Vec<DirChange>>,
+    /// New names of directories moved with their trees whose move is not
+    /// yet durable (see [`Fs::move_tree`]).
+    pub(super) moves: Vec<PathBuf>,
     pub(super) inodes: HashMap<u64, Inode>,
     pub(super) next_ino: u64,
     /// Locked paths and the token of the guard that holds each.
@@ -130,13 +133,91 @@ impl Fs {
                 inode.pending.clear();
             }
         }
+        // Parents sort before their entries: a move becomes durable before
+        // the changes queued inside its tree.
         let queues = std::mem::take(&mut self.dir_pending);
         self.make_durable(queues.into_values().flatten());
+    }
+
+    /// Renames directory `from`, which has entries, to the new name `to`
+    /// with its tree (see "directory rename" in the module documentation):
+    /// the names reads see move at once; one change queued on `to`'s
+    /// parent removes `from` and its durable tree and sets `to` with that
+    /// tree; the changes queued inside the tree are queued under `to`.
+    pub(super) fn move_tree(&mut self, from: &Path, to: &Path) {
+        let rebase = |p: &Path| -> PathBuf {
+            match p.strip_prefix(from) {
+                Ok(rest) if rest.as_os_str().is_empty() => to.to_path_buf(),
+                Ok(rest) => to.join(rest),
+                Err(_) => p.to_path_buf(),
+            }
+        };
+        let under = |names: &BTreeMap<PathBuf, Node>| -> Vec<(PathBuf, Node)> {
+            names
+                .range(from.to_path_buf()..)
+                .skip(1)
+                .take_while(|(p, _)| p.starts_with(from))
+                .map(|(p, n)| (p.clone(), *n))
+                .collect()
+        };
+        for (p, n) in under(&self.names) {
+            self.names.remove(&p);
+            self.names.insert(rebase(&p), n);
+        }
+        self.names.remove(from);
+        self.names.insert(to.to_path_buf(), Node::Dir);
+        let mut change: DirChange = vec![
+            (to.to_path_buf(), Some(Node::Dir)),
+            (from.to_path_buf(), None),
+        ];
+        for (p, n) in under(&self.durable_names) {
+            change.push((rebase(&p), Some(n)));
+            change.push((p, None));
+        }
+        let queues = std::mem::take(&mut self.dir_pending);
+        for (dir, queue) in queues {
+            let queue = queue
+                .into_iter()
+                .map(|c| c.into_iter().map(|(p, n)| (rebase(&p), n)).collect())
+                .collect();
+            self.dir_pending.insert(rebase(&dir), queue);
+        }
+        for m in &mut self.moves {
+            *m = rebase(m);
+        }
+        self.moves.push(to.to_path_buf());
+        self.dir_pending
+            .entry(parent_of(to))
+            .or_default()
+            .push(change);
+    }
+
+    /// Makes durable the pending moves whose trees hold `dir`, each with
+    /// the changes queued before it on its directory.
+    fn commit_moves_above(&mut self, dir: &Path) {
+        while let Some(i) = self.moves.iter().position(|m| dir.starts_with(m)) {
+            let to = self.moves.remove(i);
+            let parent = parent_of(&to);
+            let queue = self.dir_pending.remove(&parent).unwrap_or_default();
+            let is_move = |c: &DirChange| c.first() == Some(&(to.clone(), Some(Node::Dir)));
+            let mut queue = queue;
+            let committed: Vec<DirChange> = match queue.iter().position(is_move) {
+                Some(at) => queue.drain(..=at).collect(),
+                None => Vec::new(),
+            };
+            if !queue.is_empty() {
+                self.dir_pending.insert(parent, queue);
+            }
+            self.make_durable(committed);
+        }
     }
 
     /// Applies directory changes to the names a power cut keeps.
     pub(super) fn make_durable(&mut self, changes: impl IntoIterator<Item = DirChange>) {
         for change in changes {
+            if let Some((first, Some(Node::Dir))) = change.first() {
+                self.moves.retain(|m| m != first);
+            }
             for (p, node) in change {
                 match node {
                     Some(n) => {
@@ -155,6 +236,7 @@ impl Fs {
     /// directory, with the changes queued there before it (one journal
     /// transaction commits a rename, after what preceded it).
     pub(super) fn sync_dir_changes(&mut self, dir: &Path) {
+        self.commit_moves_above(dir);
         let changes = self.dir_pending.remove(dir).unwrap_or_default();
         self.make_durable(changes);
         let renamed_out = |change: &DirChange| {
@@ -326,6 +408,7 @@ impl Fs {
             durable_names: names.clone(),
             names,
             dir_pending: BTreeMap::new(),
+            moves: Vec::new(),
             inodes,
             next_ino: self.next_ino,
             locks: HashMap::new(),

@@ -15,8 +15,9 @@
 //!   creation change the names reads see at once and queue the change on the
 //!   parent directory; `sync_dir` makes that directory's queue durable.
 //!   A rename is one atomic change, queued on the destination's directory
-//!   (see "atomic rename" below). Directories are renamed only when empty
-//!   and to a new name.
+//!   (see "atomic rename" below). A directory is renamed only to a new
+//!   name; one with entries moves with its whole tree (see "directory
+//!   rename" below).
 //! - The directory provider's layout seam adds `create_dir`, `remove_dir`,
 //!   `is_dir` and `syncfs` (one sync point that makes everything durable).
 //! - [`SimStorage::power_cut`] builds the file system a machine would find
@@ -51,6 +52,18 @@
 //! other changes, in order); a sync of either directory, or `syncfs`, makes
 //! it durable, with the changes queued before it on the destination's
 //! directory (the transaction commits after what preceded it).
+//!
+//! **Directory rename:** renaming a directory that has entries moves its
+//! tree as one atomic change on the destination's directory: the entries
+//! durable at the time move with it when it becomes durable, and the
+//! changes queued inside the tree are queued under the new name from then
+//! on. Syncing a directory inside the moved tree first makes the move
+//! durable (the journal commits the rename before what follows it). If a
+//! cut loses the move, changes under the new name that the cut keeps are
+//! lost with it (in a real file system they would stay under the old
+//! name): the model loses more than a disk would there. A rename out of
+//! the tree queued elsewhere before the move is not followed exactly; the
+//! directory provider (the one user) moves trees into its trash only.
 //!
 //! Paths are used as given (no `..` resolution); a path without a parent, or
 //! with an empty one, lives in the root directory (`/`, `.` or the empty
@@ -183,6 +196,7 @@ impl SimStorage {
                 names: fs.names.clone(),
                 durable_names: fs.durable_names.clone(),
                 dir_pending: fs.dir_pending.clone(),
+                moves: fs.moves.clone(),
                 inodes: fs.inodes.clone(),
                 next_ino: fs.next_ino,
                 locks: HashMap::new(),
@@ -380,18 +394,21 @@ impl Storage for SimStorage {
         let mut fs = self.lock();
         fs.check_live("rename")?;
         let node = match fs.names.get(from).copied() {
-            Some(n @ Node::File(_)) => n,
-            Some(Node::Dir) if !fs.has_children(from) => Node::Dir,
-            Some(Node::Dir) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "the simulation renames files and empty directories only",
-                ));
-            }
+            Some(n) => n,
             None => return Err(not_found(from)),
         };
         if from == to {
             return Ok(());
+        }
+        if node == Node::Dir && to.starts_with(from) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} cannot move into itself ({})",
+                    from.display(),
+                    to.display()
+                ),
+            ));
         }
         let to_dir = parent_of(to);
         if !fs.dir_exists(&to_dir) {
@@ -414,6 +431,10 @@ impl Storage for SimStorage {
                 ));
             }
             _ => {}
+        }
+        if node == Node::Dir && fs.has_children(from) {
+            fs.move_tree(from, to);
+            return Ok(());
         }
         // One change on the destination's directory, whatever the source's
         // (see "atomic rename" in the module documentation).

@@ -10,8 +10,9 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use super::super::DirProvider;
 use super::super::layout::{Entry, Layout, SimLayout};
+use super::super::tree::{Modes, Policy};
 use crate::model::{Details, VolumeId, VolumeKind};
-use crate::provider::{Durability, Provider, VolumeRef, VolumeSpec};
+use crate::provider::{Durability, Provider, ProviderError, VolumeRef, VolumeSpec};
 use crate::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
 
 #[derive(Debug, Default)]
@@ -102,6 +103,20 @@ impl Layout for GatedLayout {
     }
     fn remove_tree(&self, path: &Path) -> io::Result<()> {
         self.inner.remove_tree(path)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Option<(Box<dyn io::Read>, u64)>> {
+        self.inner.open_read(path)
+    }
+    fn copy_tree(
+        &self,
+        src: &Path,
+        src_modes: &Modes,
+        dst: &Path,
+        dst_policy: Policy,
+        durable: bool,
+    ) -> Result<Modes, ProviderError> {
+        self.inner
+            .copy_tree(src, src_modes, dst, dst_policy, durable)
     }
 }
 
