@@ -2,6 +2,66 @@
 //! of an incremental stream, the decoder run into staging, the snapshot copy,
 //! the atomic swap into the target and its completion (also after a crash).
 //! See the parent module's "Receive".
+//!
+//! # File operations, in order
+//!
+//! `S` marks a sync point (what the power-cut sweep cuts at); `[L]` an
+//! operation already on the `Layout` seam, `[K]` one that still goes to the
+//! kernel directly (std::fs, `fsutil::Dir`, `tree::*`), with the Layout
+//! method it is to use. `T` is the target's `data/<target>`, `N` the staged
+//! tree `.staging/<op>/new`, `P` the snapshot `snapshot/<id>`.
+//!
+//! 1. Checks: the target's marker and directory, the snapshot's marker (a
+//!    retry of the same op with `receiving`/`swapping` removes `P` [K
+//!    `tree::remove_tree` → `remove_tree`]), else `P` must be absent [L].
+//! 2. Staging: remove `.staging/<op>` [K → `remove_tree`], `mkdir` it with
+//!    the default mode [K `fs::create_dir` → `create_dir_default`]. No sync.
+//! 3. Header read, then `N`: full, `mkdir N 0700` and its stored root mode
+//!    (`0755`) [K `DirBuilder`, `chmod_dir`]; incremental, the base found by
+//!    marker and guid [L, but `is_real_dir` K → `entry`] and copied to `N`
+//!    with `Policy::Staging`, no sync [K `tree::copy_tree` → `copy_tree`].
+//!    Both become one coarse `stage`.
+//! 4. The decoder (`wire::apply`) writes into `N`, every path opened beneath
+//!    `N`'s handle without following a symlink: `mkdirat 0700` + `fchmodat`,
+//!    file `0600` + content + `fchmod`, `symlinkat`, `fchmodat`, removal by
+//!    handle; free space checked per record (`statvfs`). No sync [K →
+//!    `apply_stream`: the real one is `wire::apply` unchanged; the
+//!    simulation gets the same parser with a sink of its own].
+//! 5. Space for the snapshot's copy (`statvfs`, reflink probe) [K; real
+//!    file system only, like the nested-root check (`is_kernel`)].
+//! 6. Marker `receiving`: temp file, `S` file, rename, `S` marker dir [L].
+//! 7. Copy `N` → `P` (`Policy::Snapshot`), no sync [K → `copy_tree`].
+//! 8. `P`'s mode manifest: temp file `S`, rename, `S` modes dir (or a stale
+//!    one removed) [L].
+//! 9. `S` `snapshot/` [K `tree::sync_dir` → `sync_dir`].
+//! 10. True modes on `N` except its root [K → `apply_true_modes`].
+//! 11. `S` `syncfs` of the root [K `tree::sync_fs` → `syncfs`]: `N` and `P`
+//!     with everything in them durable.
+//! 12. `N`'s device and inode [K `lstat` → `identity`]; marker `swapping`
+//!     with them: `S` file, `S` dir [L].
+//! 13. Swap: `T` given owner `rwx` if it lacks it [K → `entry` +
+//!     `set_dir_mode`]; `renameat2(N, T, RENAME_EXCHANGE)` [K → `exchange`],
+//!     where unsupported `rename T → .staging/<op>/old`, `rename N → T`
+//!     [K → `rename`]; `S` `data/`, `S` `.staging/<op>` [K → `sync_dir`].
+//! 14. Completion: `P`'s root mode [K `lstat` → `entry`] with its manifest
+//!     [L]; `T`'s root set to it [K `chmod_dir` → `set_dir_mode`]; `S` `T`
+//!     [K → `sync_dir`]; `.staging/<op>` renamed into the trash (`S`
+//!     `.staging` when durable on return) [L]; marker `complete`: `S` file,
+//!     `S` dir [L]; the trash entry removed [L].
+//!
+//! A failure removes `.staging/<op>` [K → `remove_tree`] and the half-made
+//! snapshot (`discard`) [L]. `finish` of a `swapping` marker: `T` and `N`
+//! compared by identity [K `lstat` → `identity`], `rename N → T` if `T` is
+//! absent [K → `rename`], `S` `data/` [K → `sync_dir`], then step 14.
+//! `abort_partial`: remove `.staging/<op>` [K → `remove_tree`].
+//!
+//! New `Layout` methods: `create_dir_default`, `stage`, `apply_stream`,
+//! `apply_true_modes`, `identity`, `exchange`; the others exist. On the
+//! kernel each delegates to exactly the code above (same flags, modes,
+//! syncs and no-follow rules). On the simulation: `exchange` is one atomic
+//! change of the two names (like its rename); `identity` needs directory
+//! inode numbers; modes, symlinks and free space are not modelled (a
+//! symlink record is an error there).
 
 use std::fs::{self, DirBuilder};
 use std::io::Read;
