@@ -83,7 +83,8 @@
 //! fsynced) → `syncfs` → marker `swapping` (with the staged directory's inode)
 //! → atomic exchange of the staged tree and the target's directory
 //! (`renameat2(RENAME_EXCHANGE)`, two renames where unsupported) → the old
-//! content goes to the trash → marker `complete`. A crash leaves either
+//! content goes to the trash, durably (batched: a barrier) → marker
+//! `complete`. A crash leaves either
 //! staging only (removed by [`Provider::abort_partial`]) or a snapshot whose
 //! marker is half-made. A crash in the `swapping` window may leave the target
 //! with the new content while the receive is reported failed (as with

@@ -44,8 +44,11 @@
 //!     (`rename`); `S` `data/`, `S` `.staging/<op>` (`sync_dir`).
 //! 14. Completion: `P`'s root mode (`entry`) with its manifest; `T`'s root
 //!     set to it (`set_dir_mode`); `S` `T` (`sync_dir`); `.staging/<op>`
-//!     renamed into the trash (`S` `.staging` when durable on return);
-//!     marker `complete`: `S` file, `S` dir; the trash entry removed.
+//!     renamed into the trash, durably (`S` `.staging` when durable on
+//!     return, `S` a `syncfs` barrier when batched: found missing by the
+//!     receive sweep, which left `.staging/<op>` behind a complete
+//!     receive); marker `complete`: `S` file, `S` dir; the trash entry
+//!     removed.
 //!
 //! A failure removes `.staging/<op>` (`remove_tree`) and the half-made
 //! snapshot (`discard`). `finish` of a `swapping` marker: `T` and `N`
@@ -265,6 +268,11 @@ impl DirProvider {
         self.set_dir_mode(tpath, root_mode)?;
         self.sync_dir(tpath)?;
         let doomed = self.to_trash(staging, &format!("staging.{}", Uuid::new_v4().simple()))?;
+        // The staging area leaves its name durably before the marker says
+        // `complete`: nothing removes the staging area of a complete
+        // receive (durable on return, `to_trash` synced `.staging`;
+        // batched, a barrier).
+        self.barrier()?;
         let done = m.with_state(MarkerState::Complete);
         self.put_marker(&done)?;
         self.empty_trash_entry(doomed);
