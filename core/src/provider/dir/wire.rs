@@ -1,5 +1,8 @@
 //! The directory provider's transfer stream: encoder (full and incremental)
-//! and the bounded decoder that applies a stream to a staging tree.
+//! and the bounded decoder that applies a stream to a staging tree. The
+//! decoder (`decode`) reads and checks every record and hands it to a
+//! `Sink`: the kernel's staging tree (`apply`) or, through the provider's
+//! layout seam, the simulated file system's.
 //!
 //! # Format (version 1)
 //!
