@@ -83,7 +83,8 @@
 //! fsynced) → `syncfs` → marker `swapping` (with the staged directory's inode)
 //! → atomic exchange of the staged tree and the target's directory
 //! (`renameat2(RENAME_EXCHANGE)`, two renames where unsupported) → the old
-//! content goes to the trash → marker `complete`. A crash leaves either
+//! content goes to the trash, durably (batched: a barrier) → marker
+//! `complete`. A crash leaves either
 //! staging only (removed by [`Provider::abort_partial`]) or a snapshot whose
 //! marker is half-made. A crash in the `swapping` window may leave the target
 //! with the new content while the receive is reported failed (as with
@@ -188,8 +189,11 @@
 //! kernel's file system, or a simulated one ([`DirProvider::simulated`]) on
 //! which the power-cut sweep (`tests/torture_dir_powercut.rs`) runs this
 //! code (create, destroy, snapshot, fork) and cuts the power at every sync
-//! point. Sends and receives walk the kernel's file system only. Creating a missing root fsyncs each new directory's
-//! parent, so a cut cannot take the root (and all under it) away.
+//! point, as `tests/torture_dir_receive.rs` does for a receive (full, then
+//! incremental; its order of operations is in `dir/receive.rs`). Sends walk
+//! the kernel's file system only. Creating a missing root fsyncs each new
+//! directory's parent, so a cut cannot take the root (and all under it)
+//! away.
 
 mod derive;
 mod durability;
@@ -206,14 +210,13 @@ mod tree;
 pub mod wire;
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use self::layout::{Entry, Layout, RealLayout, SimLayout};
 use self::marker::{MARKER_FORMAT, Marker, MarkerState};
-use self::tree::{Modes, Policy, remove_tree};
+use self::tree::{Modes, Policy};
 use super::{
     Created, Durability, Found, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef,
     VolumeSpec,
@@ -292,10 +295,11 @@ impl DirProvider {
 
     /// The provider on a simulated file system: a test seam, named as such,
     /// for power-cut sweeps of the real provider code (create, destroy,
-    /// snapshot, fork, inventory, finish, the trash). `root` is a path in
-    /// `storage`. The simulation holds directories and regular files but
-    /// no modes or symlinks (a snapshot records no mode exceptions); sends
-    /// and receives need the real file system.
+    /// snapshot, fork, receive, inventory, finish, the trash). `root` is a
+    /// path in `storage`. The simulation holds directories and regular
+    /// files but no modes or symlinks (a snapshot records no mode
+    /// exceptions; a stream with a symlink is refused); sends need the real
+    /// file system.
     pub fn simulated(
         root: PathBuf,
         storage: SimStorage,
@@ -657,7 +661,7 @@ impl Provider for DirProvider {
                 ) =>
             {
                 // Retried by the same operation: start over.
-                remove_tree(&snap)?;
+                self.remove_own_tree(&snap)?;
             }
             Some(m) => {
                 return Err(ProviderError::Other(format!(
@@ -676,13 +680,14 @@ impl Provider for DirProvider {
             }
         }
         let staging = self.staging(spec.op);
-        remove_tree(&staging)?;
-        fs::create_dir(&staging)
+        self.remove_own_tree(&staging)?;
+        self.layout
+            .mkdir(&staging, 0o777)
             .map_err(|e| ProviderError::io(format!("creating {}", staging.display()), e))?;
         self.receive_staged(target.id, &tpath, spec, &staging, input)
             .map_err(|e| e.or_no_space(&format!("the receive into {}", target.id)))
             .inspect_err(|_| {
-                if let Err(e) = remove_tree(&staging) {
+                if let Err(e) = self.remove_own_tree(&staging) {
                     tracing::warn!(path = %staging.display(), error = %e, "could not remove staging");
                 }
                 self.discard(VolumeKind::Snapshot, spec.id, spec.op);
@@ -777,7 +782,7 @@ impl Provider for DirProvider {
     }
 
     fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
-        remove_tree(&self.staging(op))
+        self.remove_own_tree(&self.staging(op))
     }
 
     fn clear_interrupted_create(&self, spec: &VolumeSpec<'_>) -> Result<(), ProviderError> {

@@ -2,13 +2,13 @@
 //!
 //! Every file operation on the provider's *own* names (the root's
 //! sub-directories, the ownership markers and mode manifests, the content
-//! directories `data/<id>` and `snapshot/<id>` themselves, the trash) goes
-//! through a [`Layout`], like the journal's through
+//! directories `data/<id>` and `snapshot/<id>` themselves, the trash, a
+//! receive's staging) goes through a [`Layout`], like the journal's through
 //! [`crate::storage::Storage`]. [`RealLayout`] maps them onto the
 //! kernel (never following a symlink where a name could be one);
-//! [`SimLayout`] maps them onto a [`SimStorage`], so the power-cut sweep can
-//! run the real provider's create, destroy, snapshot and fork and cut the
-//! power between any two of their syncs.
+//! [`SimLayout`] maps them onto a [`SimStorage`], so the power-cut sweeps
+//! can run the real provider's create, destroy, snapshot, fork and receive
+//! and cut the power between any two of their syncs.
 //!
 //! The copy of a snapshot or fork is one call, [`Layout::copy_tree`]: on the
 //! kernel it is [`tree::copy_tree`] (handles, reflinks, modes, space
@@ -16,8 +16,17 @@
 //! regular files with the same sync points in the same order (each file
 //! synced after its content, each directory after its entries). The
 //! simulation models no modes, symlinks or free space: its copy records no
-//! mode exceptions. Sends and receives walk volumes through
-//! [`Dir`](crate::fsutil::Dir) handles on the real file system only.
+//! mode exceptions.
+//!
+//! A receive writes its staging tree with [`Layout::apply_stream`]: on the
+//! kernel the stream decoder [`wire::apply`] unchanged (handles, no-follow,
+//! space checks); on the simulation the same decoder ([`wire::decode`],
+//! every record read and checked alike) with a sink that builds the tree
+//! entry by entry (`sim_sink`), holding no modes and refusing symlinks. Its
+//! swap is [`Layout::exchange`] (`renameat2(RENAME_EXCHANGE)`; on the
+//! simulation one atomic change of the two names) and [`Layout::identity`]
+//! tells the staged tree from the one it replaced. Sends walk volumes
+//! through [`Dir`](crate::fsutil::Dir) handles on the real file system only.
 //!
 //! No call here syncs anything unless its name says so: the provider decides
 //! where a sync goes (on return, or in a shared batched round).
@@ -30,9 +39,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+mod sim_sink;
+
 use super::tree::{self, Modes, Policy};
+use super::wire::{self, Applied};
 use crate::fsutil::{self, Dir};
 use crate::provider::ProviderError;
+use crate::provider::stream::HashReader;
 use crate::storage::Storage;
 use crate::storage::sim::SimStorage;
 
@@ -45,6 +58,14 @@ pub(crate) enum Entry {
     File,
     /// Anything else (a symlink, a fifo, ...).
     Other,
+}
+
+/// What identifies a file across renames: [`Layout::identity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub dir: bool,
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// The file operations on the provider's own names. See the module
@@ -91,6 +112,33 @@ pub(crate) trait Layout: Send + Sync + Debug {
     /// blocking on a fifo: the reader and the file's length, `None` if
     /// absent. The caller bounds what it reads.
     fn open_read(&self, path: &Path) -> io::Result<Option<(Box<dyn Read>, u64)>>;
+    /// `mkdir(2)` with `mode`, less the umask, not set afterwards.
+    fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Device and inode of `path` (never following a symlink), and whether
+    /// it is a directory; `None` if absent. What tells the staged tree of a
+    /// receive from the tree it replaces, across renames.
+    fn identity(&self, path: &Path) -> io::Result<Option<Identity>>;
+    /// Exchanges the names `a` and `b` of two directories as one atomic
+    /// change (`renameat2(RENAME_EXCHANGE)`); `Ok(false)` where the file
+    /// system does not support it (nothing changed).
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<bool>;
+    /// Applies the records of a stream (after its header) to the staging
+    /// tree `root`, whose modes `modes` tracks, through its end record: see
+    /// [`wire::apply`]. Nothing is synced.
+    fn apply_stream(
+        &self,
+        r: &mut HashReader<&mut dyn Read>,
+        root: &Path,
+        modes: &mut Modes,
+    ) -> Result<Applied, ProviderError>;
+    /// Sets the true modes `modes` holds on the staging tree `root`, its
+    /// root's too unless `skip_root`: see [`Modes::apply_true_modes`].
+    fn apply_true_modes(
+        &self,
+        root: &Path,
+        modes: &Modes,
+        skip_root: bool,
+    ) -> Result<(), ProviderError>;
     /// Copies the tree `src` (true modes per `src_modes`) to the new
     /// directory `dst` (absent; its parent exists), storing modes per
     /// `dst_policy`, every file and directory synced if `durable`; returns
@@ -216,6 +264,44 @@ impl Layout for RealLayout {
         };
         let len = file.metadata()?.len();
         Ok(Some((Box::new(file), len)))
+    }
+
+    fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()> {
+        DirBuilder::new().mode(mode).create(path)
+    }
+
+    fn identity(&self, path: &Path) -> io::Result<Option<Identity>> {
+        match fs::symlink_metadata(path) {
+            Ok(md) => Ok(Some(Identity {
+                dir: md.file_type().is_dir(),
+                dev: md.dev(),
+                ino: md.ino(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<bool> {
+        fsutil::exchange(a, b)
+    }
+
+    fn apply_stream(
+        &self,
+        r: &mut HashReader<&mut dyn Read>,
+        root: &Path,
+        modes: &mut Modes,
+    ) -> Result<Applied, ProviderError> {
+        wire::apply(r, root, modes)
+    }
+
+    fn apply_true_modes(
+        &self,
+        root: &Path,
+        modes: &Modes,
+        skip_root: bool,
+    ) -> Result<(), ProviderError> {
+        modes.apply_true_modes(root, skip_root)
     }
 
     fn copy_tree(
@@ -386,6 +472,47 @@ impl Layout for SimLayout {
                 Ok(Some((Box::new(Cursor::new(bytes)), len)))
             }
         }
+    }
+
+    fn mkdir(&self, path: &Path, _mode: u32) -> io::Result<()> {
+        self.storage.create_dir(path)
+    }
+
+    fn identity(&self, path: &Path) -> io::Result<Option<Identity>> {
+        Ok(self
+            .storage
+            .identity(path)
+            .map(|(dir, ino)| Identity { dir, dev: 0, ino }))
+    }
+
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<bool> {
+        self.storage.exchange(a, b).map(|()| true)
+    }
+
+    fn apply_stream(
+        &self,
+        r: &mut HashReader<&mut dyn Read>,
+        root: &Path,
+        modes: &mut Modes,
+    ) -> Result<Applied, ProviderError> {
+        let mut sink = sim_sink::SimSink {
+            layout: self,
+            root,
+            modes,
+            entries: 0,
+            bytes: 0,
+        };
+        wire::decode(r, &mut sink)
+    }
+
+    fn apply_true_modes(
+        &self,
+        _root: &Path,
+        _modes: &Modes,
+        _skip_root: bool,
+    ) -> Result<(), ProviderError> {
+        // No modes in the simulation.
+        Ok(())
     }
 
     fn copy_tree(

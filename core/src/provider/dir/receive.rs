@@ -2,16 +2,75 @@
 //! of an incremental stream, the decoder run into staging, the snapshot copy,
 //! the atomic swap into the target and its completion (also after a crash).
 //! See the parent module's "Receive".
+//!
+//! # File operations, in order
+//!
+//! `S` marks a sync point (where the power-cut sweep cuts). Every step goes
+//! through the provider's `Layout` seam, by the method in parentheses; on the
+//! kernel each is exactly the code that ran before the seam (same flags,
+//! modes, syncs and no-follow rules). `T` is the target's `data/<target>`,
+//! `N` the staged tree `.staging/<op>/new`, `P` the snapshot
+//! `snapshot/<id>`.
+//!
+//! 1. Checks: the target's marker and directory, the snapshot's marker (a
+//!    retry of the same op with `receiving`/`swapping` removes `P`
+//!    (`remove_tree`)), else `P` must be absent (`entry`).
+//! 2. Staging: remove `.staging/<op>` (`remove_tree`), `mkdir` it with the
+//!    default mode `0777` less the umask (`mkdir`). No sync.
+//! 3. Header read, then `N`: full, `mkdir N 0700` (`mkdir`) and its stored
+//!    root mode `0755` (`set_dir_mode`); incremental, the base found by
+//!    marker, guid and directory (`read_file`, `entry`) and copied to `N`
+//!    with `Policy::Staging`, no sync (`copy_tree`).
+//! 4. The decoder writes into `N` (`apply_stream`): on the kernel every
+//!    path opened beneath `N`'s handle without following a symlink,
+//!    `mkdirat 0700` + `fchmodat`, file `0600` + content + `fchmod`,
+//!    `symlinkat`, `fchmodat`, removal by handle, free space checked per
+//!    record (`statvfs`). No sync.
+//! 5. Space for the snapshot's copy (`statvfs`, reflink probe): on the
+//!    kernel only, like the nested-root check (`is_kernel`).
+//! 6. Marker `receiving`: temp file, `S` file, rename, `S` marker dir.
+//! 7. Copy `N` → `P` (`Policy::Snapshot`), no sync (`copy_tree`).
+//! 8. `P`'s mode manifest: temp file `S`, rename, `S` modes dir (or a stale
+//!    one removed).
+//! 9. `S` `snapshot/` (`sync_dir`).
+//! 10. True modes on `N` except its root (`apply_true_modes`).
+//! 11. `S` `syncfs` of the root (`syncfs`): `N` and `P` with everything in
+//!     them durable.
+//! 12. `N`'s device and inode (`identity`); marker `swapping` with them:
+//!     `S` file, `S` dir.
+//! 13. Swap: `T` given owner `rwx` if it lacks it (`entry`,
+//!     `set_dir_mode`); `renameat2(N, T, RENAME_EXCHANGE)` (`exchange`),
+//!     where unsupported `rename T → .staging/<op>/old`, `rename N → T`
+//!     (`rename`); `S` `data/`, `S` `.staging/<op>` (`sync_dir`).
+//! 14. Completion: `P`'s root mode (`entry`) with its manifest; `T`'s root
+//!     set to it (`set_dir_mode`); `S` `T` (`sync_dir`); `.staging/<op>`
+//!     renamed into the trash, durably (`S` `.staging` when durable on
+//!     return, `S` a `syncfs` barrier when batched: found missing by the
+//!     receive sweep, which left `.staging/<op>` behind a complete
+//!     receive); marker `complete`: `S` file, `S` dir; the trash entry
+//!     removed.
+//!
+//! A failure removes `.staging/<op>` (`remove_tree`) and the half-made
+//! snapshot (`discard`). `finish` of a `swapping` marker: `T` and `N`
+//! compared by identity (`identity`), `rename N → T` if `T` is absent
+//! (`rename`), `S` `data/`, then step 14. `abort_partial`: remove
+//! `.staging/<op>` (`remove_tree`).
+//!
+//! On the simulation (`SimLayout`): the decoder is the same
+//! (`wire::decode`) with a sink that builds `N` entry by entry; `exchange`
+//! is one atomic change of the two names (`SimStorage::exchange`, which
+//! takes settled trees only: step 11 settles them); `identity` is the
+//! simulated inode number; modes, symlinks and free space are not modelled
+//! (a symlink record is an error there).
 
-use std::fs::{self, DirBuilder};
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 
 use uuid::Uuid;
 
+use super::layout::{Entry, Identity};
 use super::marker::{self, MARKER_FORMAT, Marker, MarkerState};
-use super::tree::{self, Modes, Policy, lstat, sync_dir};
+use super::tree::{self, Modes, Policy};
 use super::{DirProvider, check_id, guid_hex, wire};
 use crate::fsutil;
 use crate::model::VolumeKind;
@@ -36,7 +95,7 @@ impl DirProvider {
             if m.state == MarkerState::Complete
                 && m.parent.as_deref() == Some(target)
                 && m.guid.as_deref() == Some(want.as_str())
-                && tree::is_real_dir(&self.path(VolumeKind::Snapshot, &id))?
+                && self.is_dir(&self.path(VolumeKind::Snapshot, &id))?
             {
                 return Ok(Some(id));
             }
@@ -47,23 +106,47 @@ impl DirProvider {
     /// Puts the staged tree `new` in place of the target directory `tpath`:
     /// an atomic exchange, or (unsupported) two renames. Afterwards `new`
     /// holds the old content (or is absent).
-    pub(super) fn swap_in(new: &Path, tpath: &Path) -> Result<(), ProviderError> {
-        if let Some(md) = lstat(tpath)? {
-            tree::ensure_owner_rwx(tpath, &md)?;
+    pub(super) fn swap_in(&self, new: &Path, tpath: &Path) -> Result<(), ProviderError> {
+        // Moving a directory to another parent needs write permission on it.
+        if let Some(Entry::Dir { mode }) = self.entry(tpath)?
+            && mode & 0o700 != 0o700
+        {
+            self.set_dir_mode(tpath, mode | 0o700)?;
         }
-        if !tree::exchange(new, tpath)? {
+        let exchanged = self.layout.exchange(new, tpath).map_err(|e| {
+            ProviderError::io(
+                format!("exchanging {} and {}", new.display(), tpath.display()),
+                e,
+            )
+        })?;
+        if !exchanged {
             let old = new.with_file_name("old");
-            fs::rename(tpath, &old)
+            self.layout
+                .rename(tpath, &old)
                 .map_err(|e| ProviderError::io(format!("moving {} aside", tpath.display()), e))?;
-            fs::rename(new, tpath).map_err(|e| {
+            self.layout.rename(new, tpath).map_err(|e| {
                 ProviderError::io(
                     format!("moving the received tree to {}", tpath.display()),
                     e,
                 )
             })?;
         }
-        sync_dir(tpath.parent().expect("has a parent"))?;
-        sync_dir(new.parent().expect("has a parent"))
+        self.sync_dir(tpath.parent().expect("has a parent"))?;
+        self.sync_dir(new.parent().expect("has a parent"))
+    }
+
+    /// Sets a directory's mode, never following a symlink.
+    fn set_dir_mode(&self, path: &Path, mode: u32) -> Result<(), ProviderError> {
+        self.layout
+            .set_dir_mode(path, mode)
+            .map_err(|e| ProviderError::io(format!("setting the mode of {}", path.display()), e))
+    }
+
+    /// Device and inode of one of the provider's own names.
+    fn identity(&self, path: &Path) -> Result<Option<Identity>, ProviderError> {
+        self.layout
+            .identity(path)
+            .map_err(|e| ProviderError::io(format!("examining {}", path.display()), e))
     }
 
     /// The steps of a receive after the staging area exists.
@@ -80,13 +163,12 @@ impl DirProvider {
         let new = staging.join("new");
         let mut modes = match header.base {
             None => {
-                DirBuilder::new()
-                    .mode(0o700)
-                    .create(&new)
+                self.layout
+                    .mkdir(&new, 0o700)
                     .map_err(|e| ProviderError::io(format!("creating {}", new.display()), e))?;
                 let mut modes = Modes::new(Policy::Staging);
                 let stored = modes.record(b"", 0o755, true);
-                tree::chmod_dir(&new, stored)?;
+                self.set_dir_mode(&new, stored)?;
                 modes
             }
             Some(base) => {
@@ -99,24 +181,28 @@ impl DirProvider {
                 };
                 let bpath = self.path(VolumeKind::Snapshot, &base_id);
                 let bmodes = self.modes_of(VolumeKind::Snapshot, &base_id)?;
-                tree::copy_tree(&bpath, &bmodes, &new, Policy::Staging, false)?
+                self.layout
+                    .copy_tree(&bpath, &bmodes, &new, Policy::Staging, false)?
             }
         };
-        let applied = wire::apply(&mut r, &new, &mut modes)?;
+        let applied = self.layout.apply_stream(&mut r, &new, &mut modes)?;
         // The snapshot is a copy of the staged tree: it must fit too (its
-        // content costs nothing where the file system reflinks).
-        let staged = fsutil::Dir::open(staging)
-            .map_err(|e| ProviderError::io(format!("opening {}", staging.display()), e))?;
-        let bytes = if tree::reflinks(&staged) {
-            0
-        } else {
-            applied.bytes
-        };
-        super::space::SpaceGuard::new(staged).check(
-            "the received snapshot",
-            applied.entries,
-            bytes,
-        )?;
+        // content costs nothing where the file system reflinks). The
+        // simulation models no free space (its writes fail when full).
+        if self.layout.is_kernel() {
+            let staged = fsutil::Dir::open(staging)
+                .map_err(|e| ProviderError::io(format!("opening {}", staging.display()), e))?;
+            let bytes = if tree::reflinks(&staged) {
+                0
+            } else {
+                applied.bytes
+            };
+            super::space::SpaceGuard::new(staged).check(
+                "the received snapshot",
+                applied.entries,
+                bytes,
+            )?;
+        }
 
         // The stream is whole and verified: make the snapshot.
         let m = Marker {
@@ -130,22 +216,30 @@ impl DirProvider {
         };
         self.put_marker(&m)?;
         let snap = self.path(VolumeKind::Snapshot, spec.id);
-        let smodes = tree::copy_tree(&new, &modes, &snap, Policy::Snapshot, false)?;
+        let smodes = self
+            .layout
+            .copy_tree(&new, &modes, &snap, Policy::Snapshot, false)?;
         marker::write_manifest(&*self.layout, &self.modes_dir(), spec.id, &smodes)?;
-        sync_dir(&self.content_dir(VolumeKind::Snapshot))?;
+        self.sync_dir(&self.content_dir(VolumeKind::Snapshot))?;
 
         // Then the target's content: true modes on the staged tree (its root
         // keeps owner rwx until it is in place), durable, swapped in.
-        modes.apply_true_modes(&new, true)?;
-        tree::sync_fs(&self.root)?;
-        let md = lstat(&new)?
+        self.layout.apply_true_modes(&new, &modes, true)?;
+        self.layout.syncfs(&self.root).map_err(|e| {
+            ProviderError::io(
+                format!("syncing the file system of {}", self.root.display()),
+                e,
+            )
+        })?;
+        let id = self
+            .identity(&new)?
             .ok_or_else(|| ProviderError::Other(format!("{} vanished", new.display())))?;
         let m = m.with_state(MarkerState::Swapping {
-            dev: md.dev(),
-            ino: md.ino(),
+            dev: id.dev,
+            ino: id.ino,
         });
         self.put_marker(&m)?;
-        Self::swap_in(&new, tpath)?;
+        self.swap_in(&new, tpath)?;
         self.complete_receive(&m, tpath, staging)
     }
 
@@ -158,14 +252,27 @@ impl DirProvider {
         staging: &Path,
     ) -> Result<Created, ProviderError> {
         let snap = self.path(VolumeKind::Snapshot, &m.volume);
-        let smd = lstat(&snap)?
-            .ok_or_else(|| ProviderError::Other(format!("{} vanished", snap.display())))?;
+        let stored = match self.entry(&snap)? {
+            Some(Entry::Dir { mode }) => mode,
+            Some(_) => {
+                return Err(ProviderError::Other(format!(
+                    "{} is not a directory",
+                    snap.display()
+                )));
+            }
+            None => return Err(ProviderError::Other(format!("{} vanished", snap.display()))),
+        };
         let root_mode = self
             .modes_of(VolumeKind::Snapshot, &m.volume)?
-            .true_mode(b"", smd.mode());
-        tree::chmod_dir(tpath, root_mode)?;
-        sync_dir(tpath)?;
+            .true_mode(b"", stored);
+        self.set_dir_mode(tpath, root_mode)?;
+        self.sync_dir(tpath)?;
         let doomed = self.to_trash(staging, &format!("staging.{}", Uuid::new_v4().simple()))?;
+        // The staging area leaves its name durably before the marker says
+        // `complete`: nothing removes the staging area of a complete
+        // receive (durable on return, `to_trash` synced `.staging`;
+        // batched, a barrier).
+        self.barrier()?;
         let done = m.with_state(MarkerState::Complete);
         self.put_marker(&done)?;
         self.empty_trash_entry(doomed);
@@ -186,18 +293,17 @@ impl DirProvider {
         let tpath = self.path(VolumeKind::Data, target);
         let staging = self.staging(m.op);
         let new = staging.join("new");
-        let is_staged =
-            |md: &fs::Metadata| md.file_type().is_dir() && md.dev() == dev && md.ino() == ino;
-        match lstat(&tpath)? {
-            Some(md) if is_staged(&md) => {}
-            None if lstat(&new)?.is_some_and(|md| is_staged(&md)) => {
-                fs::rename(&new, &tpath).map_err(|e| {
+        let is_staged = |id: &Identity| id.dir && id.dev == dev && id.ino == ino;
+        match self.identity(&tpath)? {
+            Some(id) if is_staged(&id) => {}
+            None if self.identity(&new)?.is_some_and(|id| is_staged(&id)) => {
+                self.layout.rename(&new, &tpath).map_err(|e| {
                     ProviderError::io(
                         format!("moving the received tree to {}", tpath.display()),
                         e,
                     )
                 })?;
-                sync_dir(&self.content_dir(VolumeKind::Data))?;
+                self.sync_dir(&self.content_dir(VolumeKind::Data))?;
             }
             _ => {
                 return Err(ProviderError::Other(format!(

@@ -13,13 +13,13 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 pub(crate) use super::modes::{KEPT_BITS, Modes, PERM_BITS, Policy};
 use super::space::SpaceGuard;
-use crate::fsutil::{self, Dir, Kind, Stat};
+use crate::fsutil::{Dir, Kind, Stat};
 use crate::provider::ProviderError;
 use crate::provider::stream::CHUNK;
 
@@ -80,16 +80,6 @@ pub(crate) fn is_real_dir(path: &Path) -> Result<bool, ProviderError> {
     Ok(lstat(path)?.is_some_and(|md| md.file_type().is_dir()))
 }
 
-/// `fsync` of a directory.
-pub(crate) fn sync_dir(path: &Path) -> Result<(), ProviderError> {
-    fsutil::fsync_dir(path).map_err(|e| io_err("syncing directory", path, e))
-}
-
-/// `syncfs` of the file system holding `path`.
-pub(crate) fn sync_fs(path: &Path) -> Result<(), ProviderError> {
-    fsutil::syncfs(path).map_err(|e| io_err("syncing the file system of", path, e))
-}
-
 /// Opens a file of the provider's own without following a symlink or
 /// blocking: a non-regular file is an error.
 pub(crate) fn open_file_nofollow(path: &Path) -> io::Result<File> {
@@ -120,24 +110,6 @@ pub(crate) fn chmod_dir(path: &Path, mode: u32) -> Result<(), ProviderError> {
         .map_err(|e| io_err("setting the mode of", path, e))
 }
 
-/// Gives the owner `rwx` on a directory if it lacks any of them (so its
-/// entries can be listed, removed, or the directory renamed to another parent).
-pub(crate) fn ensure_owner_rwx(path: &Path, md: &fs::Metadata) -> Result<(), ProviderError> {
-    let mode = md.mode() & PERM_BITS;
-    if mode & 0o700 != 0o700 {
-        chmod_dir(path, mode | 0o700)?;
-    }
-    Ok(())
-}
-
-/// Atomically exchanges two directories of the provider's own. Returns
-/// `Ok(false)` if the file system does not support the exchange.
-pub(crate) fn exchange(a: &Path, b: &Path) -> Result<bool, ProviderError> {
-    fsutil::exchange(a, b).map_err(|e| {
-        ProviderError::io(format!("exchanging {} and {}", a.display(), b.display()), e)
-    })
-}
-
 /// The error for an entry the provider cannot carry.
 pub(crate) fn unsupported(shown: &str, kind: Kind) -> ProviderError {
     ProviderError::Other(format!(
@@ -151,19 +123,6 @@ pub(crate) fn too_deep(shown: &str) -> ProviderError {
     ProviderError::Other(format!(
         "{shown} is more than {MAX_DEPTH} directories deep: the directory provider copies and sends at most that depth"
     ))
-}
-
-/// Removes the tree at `path` (a provider-owned path; whatever is inside is
-/// walked by handle, never following a symlink), coping with read-only
-/// directories and with content that changes during the walk. Absent is fine.
-pub(crate) fn remove_tree(path: &Path) -> Result<(), ProviderError> {
-    let (parent, name) = split(path).map_err(|e| io_err("removing", path, e))?;
-    let dir = match Dir::open(parent) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("opening", parent, e)),
-    };
-    remove_entry(&dir, name).map_err(|e| io_err("removing", path, e))
 }
 
 /// Gives the owner `rwx` on directory entry `name` of `dir` if it lacks any.
@@ -585,7 +544,8 @@ mod tests {
         }
         drop(d);
         symlink(t.path(), root.join("up")).unwrap();
-        remove_tree(&root).unwrap();
+        let (parent, name) = split(&root).unwrap();
+        remove_entry(&Dir::open(parent).unwrap(), name).unwrap();
         assert!(!root.exists());
         assert_eq!(std::fs::read(t.path().join("keep.txt")).unwrap(), b"keep");
     }

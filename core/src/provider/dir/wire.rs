@@ -1,5 +1,8 @@
 //! The directory provider's transfer stream: encoder (full and incremental)
-//! and the bounded decoder that applies a stream to a staging tree.
+//! and the bounded decoder that applies a stream to a staging tree. The
+//! decoder (`decode`) reads and checks every record and hands it to a
+//! `Sink`: the kernel's staging tree (`apply`) or, through the provider's
+//! layout seam, the simulated file system's.
 //!
 //! # Format (version 1)
 //!
@@ -194,6 +197,50 @@ fn parent_of(rel: &[u8]) -> Option<&[u8]> {
     rel.iter().rposition(|&b| b == b'/').map(|i| &rel[..i])
 }
 
+/// Where the decoder's records go, each already read and checked: the
+/// staging tree on the kernel ([`Apply`]) or on the simulated file system
+/// (the directory provider's layout seam). A record whose entry cannot be
+/// made there is an error; nothing is synced.
+pub(crate) trait Sink<R: Read> {
+    /// `D`: creates directory `rel` (or keeps it), with true mode `mode`.
+    fn dir(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError>;
+    /// `F`: replaces `rel` with a file of the next `len` bytes of `r`.
+    fn file(
+        &mut self,
+        r: &mut HashReader<R>,
+        rel: &[u8],
+        mode: u32,
+        len: u64,
+    ) -> Result<(), ProviderError>;
+    /// `L`: replaces `rel` with a symlink to `target`.
+    fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError>;
+    /// `P`: sets the true mode of the existing file or directory `rel`.
+    fn perm(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError>;
+    /// `X`: removes whatever is at `rel`.
+    fn delete(&mut self, rel: &[u8]) -> Result<(), ProviderError>;
+    /// The modes tracked so far (bounded by the decoder).
+    fn modes(&self) -> &Modes;
+    /// Entries created or replaced so far, and their content bytes.
+    fn totals(&self) -> (u64, u64);
+}
+
+/// The error for a mode change of something that is not a file or
+/// directory of the base.
+pub(crate) fn not_in_base(rel: &[u8]) -> ProviderError {
+    bad(format!(
+        "mode change for {}, which is not a file or directory of the base",
+        shown(rel)
+    ))
+}
+
+/// The error for a record whose parent is not a directory of the stream.
+pub(crate) fn no_parent(rel: &[u8]) -> ProviderError {
+    bad(format!(
+        "{}: its parent is not a directory of the stream",
+        shown(rel)
+    ))
+}
+
 /// Applies stream records to the staging tree, every path resolved beneath
 /// its root handle without following a symlink.
 struct Apply<'a> {
@@ -252,10 +299,7 @@ impl Apply<'_> {
             Some(d) => d
                 .try_clone()
                 .map_err(|e| ProviderError::io("duplicating a directory handle", e)),
-            None => Err(bad(format!(
-                "{}: its parent is not a directory of the stream",
-                shown(rel)
-            ))),
+            None => Err(no_parent(rel)),
         }
     }
 
@@ -287,7 +331,7 @@ impl Apply<'_> {
         }
     }
 
-    fn dir(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
+    fn dir_at(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
         self.space.entry(0)?;
         if rel.is_empty() {
             let stored = self.modes.record(rel, mode, true);
@@ -309,7 +353,7 @@ impl Apply<'_> {
             .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
-    fn file<R: Read>(
+    fn file_at<R: Read>(
         &mut self,
         r: &mut HashReader<R>,
         rel: &[u8],
@@ -329,7 +373,7 @@ impl Apply<'_> {
             .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
-    fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
+    fn link_at(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
         self.space.entry(0)?;
         let parent = self.need_parent(rel)?;
         let (_, name) = split_rel(rel);
@@ -339,7 +383,7 @@ impl Apply<'_> {
             .map_err(|e| self.io("creating symlink", rel, e))
     }
 
-    fn perm(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
+    fn perm_at(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
         if rel.is_empty() {
             let stored = self.modes.record(rel, mode, true);
             return self
@@ -357,12 +401,7 @@ impl Apply<'_> {
         let is_dir = match st.map(|s| s.kind) {
             Some(Kind::Dir) => true,
             Some(Kind::File) => false,
-            _ => {
-                return Err(bad(format!(
-                    "mode change for {}, which is not a file or directory of the base",
-                    shown(rel)
-                )));
-            }
+            _ => return Err(not_in_base(rel)),
         };
         let stored = self.modes.record(rel, mode, is_dir);
         let parent = self.need_parent(rel)?;
@@ -371,7 +410,7 @@ impl Apply<'_> {
             .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
-    fn delete(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
+    fn delete_at(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
         // Absent (or under something that is not a directory): nothing to do.
         if self.parent(rel)?.is_some() {
             let parent = self.need_parent(rel)?;
@@ -379,6 +418,36 @@ impl Apply<'_> {
             self.clear(&parent, name, rel, false)?;
         }
         Ok(())
+    }
+}
+
+impl<R: Read> Sink<R> for Apply<'_> {
+    fn dir(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
+        self.dir_at(rel, mode)
+    }
+    fn file(
+        &mut self,
+        r: &mut HashReader<R>,
+        rel: &[u8],
+        mode: u32,
+        len: u64,
+    ) -> Result<(), ProviderError> {
+        self.file_at(r, rel, mode, len)
+    }
+    fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
+        self.link_at(rel, target)
+    }
+    fn perm(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
+        self.perm_at(rel, mode)
+    }
+    fn delete(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
+        self.delete_at(rel)
+    }
+    fn modes(&self) -> &Modes {
+        self.modes
+    }
+    fn totals(&self) -> (u64, u64) {
+        (self.space.entries, self.space.bytes)
     }
 }
 
@@ -414,6 +483,16 @@ pub(crate) fn apply<R: Read>(
         cached: None,
         space,
     };
+    decode(r, &mut a)
+}
+
+/// The decoder: reads the records after the header, checks each, hands it
+/// to `a`, through the end record, whose entry count and checksum must
+/// hold.
+pub(crate) fn decode<R: Read, S: Sink<R> + ?Sized>(
+    r: &mut HashReader<R>,
+    a: &mut S,
+) -> Result<Applied, ProviderError> {
     let mut count = 0u64;
     loop {
         let at = r.bytes();
@@ -432,10 +511,11 @@ pub(crate) fn apply<R: Read>(
                     "checksum mismatch: the stream says {crc:#010x}, its bytes give {want:#010x}"
                 )));
             }
+            let (entries, bytes) = a.totals();
             return Ok(Applied {
                 records: count,
-                entries: a.space.entries,
-                bytes: a.space.bytes,
+                entries,
+                bytes,
             });
         }
         count += 1;
@@ -485,7 +565,7 @@ pub(crate) fn apply<R: Read>(
                 return Err(bad(format!("unknown record tag {other:#04x} at byte {at}")));
             }
         }
-        if a.modes.key_bytes() > MAX_MODE_EXCEPTION_BYTES {
+        if a.modes().key_bytes() > MAX_MODE_EXCEPTION_BYTES {
             return Err(bad(format!(
                 "more than {MAX_MODE_EXCEPTION_BYTES} bytes of paths with modes the staging area cannot hold directly"
             )));

@@ -13,8 +13,11 @@ use super::policy::{CutPolicy, DataLoss, DirLoss, SECTOR_LEN, SplitMix64};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Node {
+    /// A file and its inode.
     File(u64),
-    Dir,
+    /// A directory and its inode number (what tells one directory from
+    /// another across renames: [`SimStorage::identity`](super::SimStorage::identity)).
+    Dir(u64),
 }
 
 /// A change to a file not yet durable.
@@ -110,7 +113,7 @@ impl Fs {
     }
 
     pub(super) fn dir_exists(&self, path: &Path) -> bool {
-        is_root(path) || self.names.get(path) == Some(&Node::Dir)
+        is_root(path) || matches!(self.names.get(path), Some(Node::Dir(_)))
     }
 
     /// Whether a directory has entries now.
@@ -164,12 +167,10 @@ impl Fs {
             self.names.remove(&p);
             self.names.insert(rebase(&p), n);
         }
-        self.names.remove(from);
-        self.names.insert(to.to_path_buf(), Node::Dir);
-        let mut change: DirChange = vec![
-            (to.to_path_buf(), Some(Node::Dir)),
-            (from.to_path_buf(), None),
-        ];
+        let node = self.names.remove(from).expect("the moved directory exists");
+        self.names.insert(to.to_path_buf(), node);
+        let mut change: DirChange =
+            vec![(to.to_path_buf(), Some(node)), (from.to_path_buf(), None)];
         for (p, n) in under(&self.durable_names) {
             change.push((rebase(&p), Some(n)));
             change.push((p, None));
@@ -192,6 +193,49 @@ impl Fs {
             .push(change);
     }
 
+    /// Whether the directory `root` and every name under it are durable
+    /// as they are now, with no change queued inside it.
+    pub(super) fn is_durable_tree(&self, root: &Path) -> bool {
+        let subtree = |names: &BTreeMap<PathBuf, Node>| -> Vec<(PathBuf, Node)> {
+            names
+                .range(root.to_path_buf()..)
+                .take_while(|(p, _)| p.starts_with(root))
+                .map(|(p, n)| (p.clone(), *n))
+                .collect()
+        };
+        subtree(&self.names) == subtree(&self.durable_names)
+            && !self.dir_pending.keys().any(|d| d.starts_with(root))
+            && !self.moves.iter().any(|m| m.starts_with(root))
+    }
+
+    /// Exchanges the durable directories `a` and `b` with their trees (see
+    /// [`SimStorage::exchange`](super::SimStorage::exchange)): one change
+    /// queued on `b`'s parent that removes both trees' entries and sets
+    /// them under the other name.
+    pub(super) fn exchange_trees(&mut self, a: &Path, b: &Path) {
+        let under = |root: &Path| -> Vec<(PathBuf, Node)> {
+            self.names
+                .range(root.to_path_buf()..)
+                .skip(1)
+                .take_while(|(p, _)| p.starts_with(root))
+                .map(|(p, n)| (p.clone(), *n))
+                .collect()
+        };
+        let (in_a, in_b) = (under(a), under(b));
+        let rebase = |p: &Path, from: &Path, to: &Path| -> PathBuf {
+            to.join(p.strip_prefix(from).expect("under the tree"))
+        };
+        let (node_a, node_b) = (self.names[a], self.names[b]);
+        let mut change: DirChange = vec![
+            (b.to_path_buf(), Some(node_a)),
+            (a.to_path_buf(), Some(node_b)),
+        ];
+        change.extend(in_a.iter().chain(&in_b).map(|(p, _)| (p.clone(), None)));
+        change.extend(in_a.iter().map(|(p, n)| (rebase(p, a, b), Some(*n))));
+        change.extend(in_b.iter().map(|(p, n)| (rebase(p, b, a), Some(*n))));
+        self.change(parent_of(b), change);
+    }
+
     /// Makes durable the pending moves whose trees hold `dir`, each with
     /// the changes queued before it on its directory.
     fn commit_moves_above(&mut self, dir: &Path) {
@@ -199,7 +243,8 @@ impl Fs {
             let to = self.moves.remove(i);
             let parent = parent_of(&to);
             let queue = self.dir_pending.remove(&parent).unwrap_or_default();
-            let is_move = |c: &DirChange| c.first() == Some(&(to.clone(), Some(Node::Dir)));
+            let is_move =
+                |c: &DirChange| matches!(c.first(), Some((p, Some(Node::Dir(_)))) if *p == to);
             let mut queue = queue;
             let committed: Vec<DirChange> = match queue.iter().position(is_move) {
                 Some(at) => queue.drain(..=at).collect(),
@@ -215,7 +260,7 @@ impl Fs {
     /// Applies directory changes to the names a power cut keeps.
     pub(super) fn make_durable(&mut self, changes: impl IntoIterator<Item = DirChange>) {
         for change in changes {
-            if let Some((first, Some(Node::Dir))) = change.first() {
+            if let Some((first, Some(Node::Dir(_)))) = change.first() {
                 self.moves.retain(|m| m != first);
             }
             for (p, node) in change {
@@ -232,18 +277,15 @@ impl Fs {
     }
 
     /// The effect of a successful `sync_dir(dir)`: its queue is durable,
-    /// and so is every rename out of it, queued on its destination's
-    /// directory, with the changes queued there before it (one journal
-    /// transaction commits a rename, after what preceded it).
+    /// and so is every change queued elsewhere that names an entry of it
+    /// (a rename out of it, an exchange), with the changes queued there
+    /// before it (one journal transaction commits a rename, after what
+    /// preceded it).
     pub(super) fn sync_dir_changes(&mut self, dir: &Path) {
         self.commit_moves_above(dir);
         let changes = self.dir_pending.remove(dir).unwrap_or_default();
         self.make_durable(changes);
-        let renamed_out = |change: &DirChange| {
-            change
-                .iter()
-                .any(|(p, node)| node.is_none() && parent_of(p) == dir)
-        };
+        let renamed_out = |change: &DirChange| change.iter().any(|(p, _)| parent_of(p) == dir);
         let mut committed = Vec::new();
         for queue in self.dir_pending.values_mut() {
             if let Some(last) = queue.iter().rposition(renamed_out) {
@@ -276,7 +318,7 @@ impl Fs {
             .values()
             .filter_map(|n| match n {
                 Node::File(ino) => Some(*ino),
-                Node::Dir => None,
+                Node::Dir(_) => None,
             })
             .collect();
         inos.iter().map(|i| self.inodes[i].data.len() as u64).sum()
@@ -371,7 +413,7 @@ impl Fs {
         let reachable = |path: &Path, names: &BTreeMap<PathBuf, Node>| {
             let mut p = parent_of(path);
             while !is_root(&p) {
-                if names.get(&p) != Some(&Node::Dir) {
+                if !matches!(names.get(&p), Some(Node::Dir(_))) {
                     return false;
                 }
                 p = parent_of(&p);
@@ -387,7 +429,7 @@ impl Fs {
             .values()
             .filter_map(|n| match n {
                 Node::File(ino) => Some(*ino),
-                Node::Dir => None,
+                Node::Dir(_) => None,
             })
             .collect();
         let mut inodes = HashMap::new();

@@ -15,7 +15,8 @@
 //!   creation change the names reads see at once and queue the change on the
 //!   parent directory; `sync_dir` makes that directory's queue durable.
 //!   A rename is one atomic change, queued on the destination's directory
-//!   (see "atomic rename" below). A directory is renamed only to a new
+//!   (see "atomic rename" below); so is an exchange of two directories
+//!   (see "directory exchange" below). A directory is renamed only to a new
 //!   name; one with entries moves with its whole tree (see "directory
 //!   rename" below).
 //! - The directory provider's layout seam adds `create_dir`, `remove_dir`,
@@ -64,6 +65,16 @@
 //! name): the model loses more than a disk would there. A rename out of
 //! the tree queued elsewhere before the move is not followed exactly; the
 //! directory provider (the one user) moves trees into its trash only.
+//!
+//! **Directory exchange** ([`SimStorage::exchange`], the directory
+//! provider's `renameat2(RENAME_EXCHANGE)`): the two names swap their
+//! trees in one atomic change, queued on the second name's directory; a
+//! sync of either name's directory, or `syncfs`, makes it durable (like a
+//! rename, a journaling file system commits it in one transaction). After
+//! a cut both names hold their old trees or both the swapped ones. Only
+//! trees whose names are all durable are exchanged (so no change queued
+//! inside either tree has to follow it): the model's assumption, which the
+//! provider meets (it runs `syncfs` before its exchange).
 //!
 //! Paths are used as given (no `..` resolution); a path without a parent, or
 //! with an empty one, lives in the root directory (`/`, `.` or the empty
@@ -215,7 +226,7 @@ impl SimStorage {
         let fs = self.lock();
         match fs.names.get(path)? {
             Node::File(ino) => Some(fs.inodes[ino].data.clone()),
-            Node::Dir => None,
+            Node::Dir(_) => None,
         }
     }
 
@@ -232,7 +243,58 @@ impl SimStorage {
         if is_root(path) {
             return Some(true);
         }
-        fs.names.get(path).map(|n| *n == Node::Dir)
+        fs.names.get(path).map(|n| matches!(n, Node::Dir(_)))
+    }
+
+    /// The inode number of `path` and whether it is a directory (`None` if
+    /// absent; the root has none): a directory keeps its number across
+    /// renames and exchanges, like a real one (the `lstat` device and inode
+    /// of the directory provider's layout seam).
+    pub fn identity(&self, path: &Path) -> Option<(bool, u64)> {
+        match self.lock().names.get(path)? {
+            Node::Dir(ino) => Some((true, *ino)),
+            Node::File(ino) => Some((false, *ino)),
+        }
+    }
+
+    /// `renameat2(RENAME_EXCHANGE)` of two directories: one atomic change
+    /// (see "directory exchange" in the module documentation). Each tree
+    /// must be durable as a whole (the simulation exchanges only trees a
+    /// `syncfs` has settled, as the directory provider's receive does).
+    pub fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        let mut fs = self.lock();
+        fs.check_live("exchange")?;
+        for p in [a, b] {
+            match fs.names.get(p) {
+                Some(Node::Dir(_)) => {}
+                Some(Node::File(_)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        format!(
+                            "{} is a file (the simulation exchanges directories)",
+                            p.display()
+                        ),
+                    ));
+                }
+                None => return Err(not_found(p)),
+            }
+        }
+        if a.starts_with(b) || b.starts_with(a) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} and {} are nested", a.display(), b.display()),
+            ));
+        }
+        for p in [a, b] {
+            if !fs.is_durable_tree(p) {
+                return Err(io::Error::other(format!(
+                    "{} has changes not yet durable (the simulation exchanges settled trees only)",
+                    p.display()
+                )));
+            }
+        }
+        fs.exchange_trees(a, b);
+        Ok(())
     }
 
     /// `mkdir`: creates one directory (its parent must exist); an existing
@@ -250,7 +312,9 @@ impl SimStorage {
         if !fs.dir_exists(&parent) {
             return Err(not_found(&parent));
         }
-        fs.change(parent, vec![(path.to_path_buf(), Some(Node::Dir))]);
+        fs.next_ino += 1;
+        let ino = fs.next_ino;
+        fs.change(parent, vec![(path.to_path_buf(), Some(Node::Dir(ino)))]);
         Ok(())
     }
 
@@ -259,7 +323,7 @@ impl SimStorage {
         let mut fs = self.lock();
         fs.check_live("remove_dir")?;
         match fs.names.get(path) {
-            Some(Node::Dir) => {}
+            Some(Node::Dir(_)) => {}
             Some(Node::File(_)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::NotADirectory,
@@ -311,7 +375,7 @@ impl Storage for SimStorage {
         let mut p = path.to_path_buf();
         while !is_root(&p) {
             match fs.names.get(&p) {
-                Some(Node::Dir) => break,
+                Some(Node::Dir(_)) => break,
                 Some(Node::File(_)) => {
                     return Err(io::Error::new(
                         io::ErrorKind::AlreadyExists,
@@ -327,7 +391,9 @@ impl Storage for SimStorage {
         }
         for dir in missing.into_iter().rev() {
             let parent = parent_of(&dir);
-            fs.change(parent, vec![(dir, Some(Node::Dir))]);
+            fs.next_ino += 1;
+            let ino = fs.next_ino;
+            fs.change(parent, vec![(dir, Some(Node::Dir(ino)))]);
         }
         Ok(())
     }
@@ -348,7 +414,7 @@ impl Storage for SimStorage {
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let ino = match self.lock().names.get(path) {
             Some(Node::File(ino)) => *ino,
-            Some(Node::Dir) => {
+            Some(Node::Dir(_)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::IsADirectory,
                     format!("{} is a directory", path.display()),
@@ -372,7 +438,7 @@ impl Storage for SimStorage {
                     fs.set_len(ino, 0)?;
                     ino
                 }
-                Some(Node::Dir) => {
+                Some(Node::Dir(_)) => {
                     return Err(io::Error::new(
                         io::ErrorKind::IsADirectory,
                         format!("{} is a directory", path.display()),
@@ -400,7 +466,7 @@ impl Storage for SimStorage {
         if from == to {
             return Ok(());
         }
-        if node == Node::Dir && to.starts_with(from) {
+        if matches!(node, Node::Dir(_)) && to.starts_with(from) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -415,13 +481,13 @@ impl Storage for SimStorage {
             return Err(not_found(&to_dir));
         }
         match (node, fs.names.get(to)) {
-            (Node::File(_), Some(Node::Dir)) => {
+            (Node::File(_), Some(Node::Dir(_))) => {
                 return Err(io::Error::new(
                     io::ErrorKind::IsADirectory,
                     format!("{} is a directory", to.display()),
                 ));
             }
-            (Node::Dir, Some(_)) => {
+            (Node::Dir(_), Some(_)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
                     format!(
@@ -432,7 +498,7 @@ impl Storage for SimStorage {
             }
             _ => {}
         }
-        if node == Node::Dir && fs.has_children(from) {
+        if matches!(node, Node::Dir(_)) && fs.has_children(from) {
             fs.move_tree(from, to);
             return Ok(());
         }
@@ -450,7 +516,7 @@ impl Storage for SimStorage {
         fs.check_live("remove_file")?;
         match fs.names.get(path) {
             Some(Node::File(_)) => {}
-            Some(Node::Dir) => {
+            Some(Node::Dir(_)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::IsADirectory,
                     format!("{} is a directory", path.display()),

@@ -330,3 +330,105 @@ fn a_directory_with_entries_moves_with_its_tree_atomically() {
         .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
 }
+
+/// `/x/a` holding `f` and `/y/b` holding `d/g`, all durable, exchanged
+/// (the directory provider's receive swap), not synced.
+fn trees_exchanged() -> SimStorage {
+    let s = SimStorage::new();
+    for dir in ["/x", "/y", "/x/a", "/y/b", "/y/b/d"] {
+        s.create_dir(Path::new(dir)).unwrap();
+    }
+    write_file(&s, "/x/a/f", b"f");
+    write_file(&s, "/y/b/d/g", b"g");
+    s.syncfs().unwrap();
+    s.exchange(Path::new("/x/a"), Path::new("/y/b")).unwrap();
+    s
+}
+
+/// The tree holding `f` at `f_at` and the one holding `d/g` at `g_at`.
+fn exchanged_at(f_at: &str, g_at: &str) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut t = vec![
+        (PathBuf::from(f_at), None),
+        (Path::new(f_at).join("f"), Some(b"f".to_vec())),
+        (PathBuf::from(g_at), None),
+        (Path::new(g_at).join("d"), None),
+        (Path::new(g_at).join("d/g"), Some(b"g".to_vec())),
+    ];
+    t.sort();
+    t
+}
+
+#[test]
+fn an_exchange_of_two_directories_survives_a_cut_whole_and_keeps_their_identities() {
+    let before = SimStorage::new();
+    for dir in ["/x", "/y", "/x/a", "/y/b"] {
+        before.create_dir(Path::new(dir)).unwrap();
+    }
+    let (ia, ib) = (
+        before.identity(Path::new("/x/a")).unwrap(),
+        before.identity(Path::new("/y/b")).unwrap(),
+    );
+    assert!(ia.0 && ib.0 && ia.1 != ib.1, "{ia:?} {ib:?}");
+    before.syncfs().unwrap();
+    before
+        .exchange(Path::new("/x/a"), Path::new("/y/b"))
+        .unwrap();
+    assert_eq!(before.identity(Path::new("/x/a")), Some(ib));
+    assert_eq!(before.identity(Path::new("/y/b")), Some(ia));
+
+    let swapped = exchanged_at("/y/b", "/x/a");
+    let unswapped = exchanged_at("/x/a", "/y/b");
+    assert_eq!(
+        tree_of(&trees_exchanged()),
+        swapped,
+        "reads see the exchange"
+    );
+    // Not durable: both names keep their trees or both swap, never a mix.
+    for seed in 0..32 {
+        for dirs in [DirLoss::ForgetAll, DirLoss::KeepAll, DirLoss::RandomPrefix] {
+            let policy = CutPolicy {
+                data: DataLoss::Random,
+                dirs,
+            };
+            let found = tree_of(&trees_exchanged().power_cut_with(seed, policy));
+            assert!(
+                found == swapped || found == unswapped,
+                "{dirs:?}, seed {seed}: {found:?}"
+            );
+        }
+    }
+    let forgotten = CutPolicy {
+        data: DataLoss::KeepAll,
+        dirs: DirLoss::ForgetAll,
+    };
+    assert_eq!(
+        tree_of(&trees_exchanged().power_cut_with(0, forgotten)),
+        unswapped
+    );
+    // A sync of either name's directory makes it durable.
+    for dir in ["/x", "/y"] {
+        let s = trees_exchanged();
+        s.sync_dir(Path::new(dir)).unwrap();
+        assert_eq!(tree_of(&s.power_cut_with(0, forgotten)), swapped, "{dir}");
+    }
+    // Only settled trees are exchanged: one with a change not yet durable
+    // inside is refused, and nothing changes.
+    let s = trees_exchanged();
+    s.sync_dir(Path::new("/y")).unwrap();
+    write_file(&s, "/x/a/d/h", b"h");
+    let err = s
+        .exchange(Path::new("/x/a"), Path::new("/y/b"))
+        .unwrap_err();
+    assert!(err.to_string().contains("not yet durable"), "{err}");
+    assert!(s.read(Path::new("/x/a/d/h")).is_some());
+    // Nor nested names, nor a file.
+    let s = trees_exchanged();
+    let err = s
+        .exchange(Path::new("/x/a"), Path::new("/x/a/d"))
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    let err = s
+        .exchange(Path::new("/x/a/d/g"), Path::new("/y/b"))
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotADirectory);
+}

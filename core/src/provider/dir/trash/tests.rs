@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::super::DirProvider;
-use super::super::layout::{Entry, Layout, SimLayout};
+use super::super::layout::{Entry, Identity, Layout, SimLayout};
 use super::super::tree::{Modes, Policy};
+use super::super::wire::Applied;
 use crate::model::{Details, VolumeId, VolumeKind};
+use crate::provider::stream::HashReader;
 use crate::provider::{Durability, Provider, ProviderError, VolumeRef, VolumeSpec};
 use crate::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
 
@@ -106,6 +108,31 @@ impl Layout for GatedLayout {
     }
     fn open_read(&self, path: &Path) -> io::Result<Option<(Box<dyn io::Read>, u64)>> {
         self.inner.open_read(path)
+    }
+    fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()> {
+        self.inner.mkdir(path, mode)
+    }
+    fn identity(&self, path: &Path) -> io::Result<Option<Identity>> {
+        self.inner.identity(path)
+    }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<bool> {
+        self.inner.exchange(a, b)
+    }
+    fn apply_stream(
+        &self,
+        r: &mut HashReader<&mut dyn io::Read>,
+        root: &Path,
+        modes: &mut Modes,
+    ) -> Result<Applied, ProviderError> {
+        self.inner.apply_stream(r, root, modes)
+    }
+    fn apply_true_modes(
+        &self,
+        root: &Path,
+        modes: &Modes,
+        skip_root: bool,
+    ) -> Result<(), ProviderError> {
+        self.inner.apply_true_modes(root, modes, skip_root)
     }
     fn copy_tree(
         &self,

@@ -1,0 +1,360 @@
+//! A receive on the real directory provider over a simulated file system
+//! ([`DirProvider::simulated`]): the streams come from a real provider on a
+//! temporary directory (a full one, then an incremental one on top), the
+//! receive runs the provider's own code through its layout seam (the real
+//! decoder, the snapshot copy, `syncfs`, the atomic exchange, the
+//! completion).
+//!
+//! First, without a cut: both receives leave the target and the snapshot
+//! holding exactly the stream's content. Then the power is cut at every
+//! sync point of each receive (each cut keeping none, all or a seeded part
+//! of what was not durable), the provider reopened and the item handled as
+//! the manager's recovery does (`finish`, else `destroy` and
+//! `abort_partial`). Property: the received snapshot is either whole
+//! (complete, holding the stream's content, and the target holds it too) or
+//! gone; the target holds its old content or the new one, never a mix;
+//! nothing is left in staging or the trash, and nothing is foreign.
+//!
+//! Prints `dir receive power-cut sweep: crash points P, images I, problems N`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use volmgr::model::{Details, VolumeId, VolumeKind};
+use volmgr::provider::dir::DirProvider;
+use volmgr::provider::{Durability, Presence, Provider, VolumeRef, VolumeSpec};
+use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
+
+const ROOT: &str = "/p";
+
+/// A tree's content: relative path to the file's bytes (`None`: a
+/// directory).
+type Tree = BTreeMap<PathBuf, Option<Vec<u8>>>;
+
+fn id(s: &str) -> &VolumeId {
+    VolumeId::new(s).unwrap()
+}
+
+fn vref<'a>(id: &'a VolumeId, kind: VolumeKind, details: &'a Details) -> VolumeRef<'a> {
+    VolumeRef {
+        id,
+        kind,
+        parent: None,
+        location: "",
+        details,
+    }
+}
+
+/// The two streams a real provider sends: a full one of a volume holding
+/// `f` and `d/g`, then an incremental one on top of it (`f` changed, `d/g`
+/// removed, `e/h` added). With the tree each one leaves.
+fn streams() -> ((Vec<u8>, Tree), (Vec<u8>, Tree)) {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = DirProvider::new(tmp.path().join("src")).unwrap();
+    let (v, s1, s2) = (id("v"), id("s1"), id("s2"));
+    let none = Details::new();
+    let data = p
+        .create_volume(&VolumeSpec {
+            id: v,
+            op: uuid::Uuid::now_v7(),
+            kind: VolumeKind::Data,
+        })
+        .unwrap()
+        .location;
+    let data = Path::new(&data);
+    fs::create_dir(data.join("d")).unwrap();
+    fs::write(data.join("f"), b"first version of f\n").unwrap();
+    fs::write(data.join("d/g"), b"g, in a directory\n").unwrap();
+    let snap = |s: &VolumeId| {
+        p.create_snapshot(
+            &vref(v, VolumeKind::Data, &none),
+            &VolumeSpec {
+                id: s,
+                op: uuid::Uuid::now_v7(),
+                kind: VolumeKind::Snapshot,
+            },
+        )
+        .unwrap();
+    };
+    snap(s1);
+    fs::write(data.join("f"), b"second version of f, longer\n").unwrap();
+    fs::remove_file(data.join("d/g")).unwrap();
+    fs::create_dir(data.join("e")).unwrap();
+    fs::write(data.join("e/h"), b"h is new\n").unwrap();
+    snap(s2);
+    let mut full = Vec::new();
+    p.send_snapshot(&vref(s1, VolumeKind::Snapshot, &none), None, &mut full)
+        .unwrap();
+    let mut incr = Vec::new();
+    p.send_snapshot(
+        &vref(s2, VolumeKind::Snapshot, &none),
+        Some(&vref(s1, VolumeKind::Snapshot, &none)),
+        &mut incr,
+    )
+    .unwrap();
+    let tree = |entries: &[(&str, Option<&[u8]>)]| -> Tree {
+        entries
+            .iter()
+            .map(|(p, b)| (PathBuf::from(p), b.map(<[u8]>::to_vec)))
+            .collect()
+    };
+    (
+        (
+            full,
+            tree(&[
+                ("d", None),
+                ("d/g", Some(b"g, in a directory\n")),
+                ("f", Some(b"first version of f\n")),
+            ]),
+        ),
+        (
+            incr,
+            tree(&[
+                ("d", None),
+                ("e", None),
+                ("e/h", Some(b"h is new\n")),
+                ("f", Some(b"second version of f, longer\n")),
+            ]),
+        ),
+    )
+}
+
+/// What the tree at `root` holds in `image`.
+fn tree_of(image: &SimStorage, root: &Path) -> Tree {
+    image
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with(root) && p != root)
+        .map(|p| {
+            let bytes = image.read(&p);
+            (p.strip_prefix(root).unwrap().to_path_buf(), bytes)
+        })
+        .collect()
+}
+
+/// The names directly under `dir` in `image`.
+fn entries(image: &SimStorage, dir: &str) -> Vec<PathBuf> {
+    image
+        .paths()
+        .into_iter()
+        .filter(|p| p.parent() == Some(Path::new(dir)))
+        .collect()
+}
+
+fn open(storage: &SimStorage) -> DirProvider {
+    DirProvider::simulated(PathBuf::from(ROOT), storage.clone(), Durability::Batched).unwrap()
+}
+
+/// Receives `stream` into data volume `t` as snapshot `snap` (operation
+/// `op`).
+fn receive(
+    p: &DirProvider,
+    snap: &VolumeId,
+    op: uuid::Uuid,
+    stream: &[u8],
+) -> Result<(), volmgr::provider::ProviderError> {
+    let (t, none) = (id("t"), Details::new());
+    let spec = VolumeSpec {
+        id: snap,
+        op,
+        kind: VolumeKind::Snapshot,
+    };
+    let mut input = stream;
+    p.receive_snapshot(&vref(t, VolumeKind::Data, &none), &spec, &mut input)?;
+    p.sync()
+}
+
+/// A provider on a fresh simulated file system with the empty data volume
+/// `t`, durable; and, if `first` is given, the full stream received into it
+/// as `r1`.
+fn prepared(first: Option<&[u8]>) -> SimStorage {
+    let storage = SimStorage::new();
+    let p = open(&storage);
+    let t = id("t");
+    p.create_volume(&VolumeSpec {
+        id: t,
+        op: uuid::Uuid::now_v7(),
+        kind: VolumeKind::Data,
+    })
+    .unwrap();
+    p.sync().unwrap();
+    if let Some(stream) = first {
+        receive(&p, id("r1"), uuid::Uuid::now_v7(), stream).unwrap();
+    }
+    storage
+}
+
+#[test]
+fn a_full_then_an_incremental_receive_on_the_simulation_hold_the_streams_content() {
+    let ((full, t1), (incr, t2)) = streams();
+    let storage = prepared(Some(&full));
+    let data = Path::new(ROOT).join("data/t");
+    let snap = |s: &str| Path::new(ROOT).join("snapshot").join(s);
+    assert_eq!(
+        tree_of(&storage, &data),
+        t1,
+        "the target after the full stream"
+    );
+    assert_eq!(
+        tree_of(&storage, &snap("r1")),
+        t1,
+        "the full stream's snapshot"
+    );
+    let p = open(&storage);
+    receive(&p, id("r2"), uuid::Uuid::now_v7(), &incr).unwrap();
+    assert_eq!(
+        tree_of(&storage, &data),
+        t2,
+        "the target after the increment"
+    );
+    assert_eq!(
+        tree_of(&storage, &snap("r2")),
+        t2,
+        "the increment's snapshot"
+    );
+    assert_eq!(tree_of(&storage, &snap("r1")), t1, "the base is untouched");
+    let staging = format!("{ROOT}/.staging");
+    assert!(
+        entries(&storage, &staging).is_empty(),
+        "{:?}",
+        storage.paths()
+    );
+    assert!(entries(&storage, &format!("{ROOT}/.trash")).is_empty());
+}
+
+/// After a cut during the receive of snapshot `r` (operation `op`, never
+/// acknowledged) and a reopen: handles `r` as the manager's recovery does
+/// and returns what is wrong. `old` is the target's content before the
+/// receive, `new` the stream's.
+fn check_after_cut(image: &SimStorage, op: uuid::Uuid, old: &Tree, new: &Tree) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let p = match DirProvider::simulated(PathBuf::from(ROOT), image.clone(), Durability::Batched) {
+        Ok(p) => p,
+        Err(e) => return vec![format!("the provider does not reopen: {e}")],
+    };
+    let found = match p.inventory() {
+        Ok(f) => f,
+        Err(e) => return vec![format!("no inventory: {e}")],
+    };
+    let r = found
+        .iter()
+        .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == "r"));
+    let whole = match r {
+        Some(f) if f.presence == Presence::Complete => true,
+        Some(f) => {
+            if p.finish(f).is_ok() {
+                true
+            } else {
+                let _ = p.abort_partial(op);
+                let (rid, none) = (id("r"), Details::new());
+                if let Err(e) = p.destroy(&vref(rid, VolumeKind::Snapshot, &none)) {
+                    wrong.push(format!("the half-made snapshot cannot be destroyed: {e}"));
+                }
+                false
+            }
+        }
+        None => {
+            if let Err(e) = p.abort_partial(op) {
+                wrong.push(format!("abort_partial fails: {e}"));
+            }
+            false
+        }
+    };
+    if let Err(e) = p.sync() {
+        wrong.push(format!("the shared sync fails: {e}"));
+    }
+    drop(p);
+    // A second open sweeps the trash.
+    let p = open(image);
+    let found = p.inventory().unwrap_or_default();
+    for f in &found {
+        if f.tag.is_none() || f.presence != Presence::Complete {
+            wrong.push(format!("left over: {} ({:?})", f.name, f.presence));
+        }
+    }
+    let target = tree_of(image, &Path::new(ROOT).join("data/t"));
+    let snap = Path::new(ROOT).join("snapshot/r");
+    if whole {
+        if &tree_of(image, &snap) != new {
+            wrong.push(format!(
+                "the snapshot is whole but holds {:?}",
+                tree_of(image, &snap)
+            ));
+        }
+        if &target != new {
+            wrong.push(format!(
+                "the snapshot is whole but the target holds {target:?}"
+            ));
+        }
+    } else {
+        if image.identity(&snap).is_some() {
+            wrong.push("the undone snapshot's directory is still there".into());
+        }
+        if &target != old && &target != new {
+            wrong.push(format!("the target holds a mix: {target:?}"));
+        }
+    }
+    for dir in [".staging", ".trash"] {
+        let left = entries(image, &format!("{ROOT}/{dir}"));
+        if !left.is_empty() {
+            wrong.push(format!("{dir} holds {left:?}"));
+        }
+    }
+    wrong
+}
+
+#[test]
+fn a_receive_cut_at_any_sync_point_leaves_a_whole_snapshot_or_nothing_half_made() {
+    let ((full, t1), (incr, t2)) = streams();
+    let policies = [
+        (0, DirLoss::ForgetAll),
+        (0, DirLoss::KeepAll),
+        (1, DirLoss::RandomPrefix),
+        (2, DirLoss::RandomPrefix),
+    ];
+    let (mut points, mut images, mut problems) = (0u64, 0u64, Vec::new());
+    // Name, the stream received before (if any), the stream, the target's
+    // content before and after.
+    type Case<'a> = (&'a str, Option<&'a [u8]>, &'a [u8], Tree, &'a Tree);
+    let cases: [Case<'_>; 2] = [
+        ("full", None, &full, Tree::new(), &t1),
+        ("incremental", Some(&full), &incr, t1.clone(), &t2),
+    ];
+    for (name, first, stream, old, new) in cases {
+        // The receive's sync points, on a run without a cut.
+        let dry = prepared(first);
+        let start = dry.sync_points();
+        receive(&open(&dry), id("r"), uuid::Uuid::now_v7(), stream).unwrap();
+        let total = dry.sync_points() - start;
+        points += total;
+        for n in 1..=total {
+            for (seed, dirs) in policies {
+                let storage = prepared(first);
+                storage.crash_at_sync(Some(storage.sync_points() + n));
+                let op = uuid::Uuid::now_v7();
+                let p = open(&storage);
+                let r = receive(&p, id("r"), op, stream);
+                if r.is_ok() {
+                    problems.push(format!("{name}, sync point {n}: the cut receive succeeded"));
+                }
+                drop(p);
+                let policy = CutPolicy {
+                    data: DataLoss::Random,
+                    dirs,
+                };
+                let image = storage.power_cut_with(seed, policy);
+                images += 1;
+                problems.extend(check_after_cut(&image, op, &old, new).into_iter().map(|e| {
+                    format!("{name}, sync point {n}/{total}, seed {seed}, {dirs:?}: {e}")
+                }));
+            }
+        }
+    }
+    println!(
+        "dir receive power-cut sweep: crash points {points}, images {images}, problems {}",
+        problems.len()
+    );
+    assert!(points > 10, "the receives have sync points: {points}");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
