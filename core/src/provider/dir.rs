@@ -176,7 +176,10 @@
 //!   verb returns its error; so does every destroy durable on return.
 //! - **snapshot, fork, receive** keep their own fsyncs (every copied file,
 //!   the markers, `syncfs` for a receive): their content must be durable
-//!   before the marker says `complete`. The shared step adds one `syncfs`.
+//!   before the marker says `complete`. Batched, a receive also runs a
+//!   barrier between moving its staging area into the trash and that
+//!   marker (nothing removes the staging area of a complete receive; see
+//!   `receive.rs`). The shared step adds one `syncfs`.
 //!
 //! [`DirProvider::with_durability`] with [`Durability::OnReturn`] keeps the
 //! old behaviour: every verb durable on return (a create is five fsyncs:
