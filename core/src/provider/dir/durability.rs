@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::layout::Entry;
+use super::layout::{Entry, Identity};
 use super::marker::{self, Marker};
 use super::{DirProvider, check_id};
 use crate::model::VolumeKind;
@@ -38,6 +38,30 @@ impl DirProvider {
             .map_err(|e| ProviderError::io(format!("syncing directory {}", path.display()), e))
     }
 
+    /// Sets a directory's mode, never following a symlink.
+    pub(super) fn set_dir_mode(&self, path: &Path, mode: u32) -> Result<(), ProviderError> {
+        self.layout
+            .set_dir_mode(path, mode)
+            .map_err(|e| ProviderError::io(format!("setting the mode of {}", path.display()), e))
+    }
+
+    /// Gives the owner `rwx` on directory `path` (whose mode is `mode`) if
+    /// it lacks any: moving a directory to another parent needs write
+    /// permission on it.
+    pub(super) fn owner_rwx_for_move(&self, path: &Path, mode: u32) -> Result<(), ProviderError> {
+        if mode & 0o700 == 0o700 {
+            return Ok(());
+        }
+        self.set_dir_mode(path, mode | 0o700)
+    }
+
+    /// Device and inode of one of the provider's own names.
+    pub(super) fn identity(&self, path: &Path) -> Result<Option<Identity>, ProviderError> {
+        self.layout
+            .identity(path)
+            .map_err(|e| ProviderError::io(format!("examining {}", path.display()), e))
+    }
+
     /// Removes the tree at one of the provider's own paths (absent is
     /// fine), never following a symlink inside it.
     pub(super) fn remove_own_tree(&self, path: &Path) -> Result<(), ProviderError> {
@@ -65,6 +89,13 @@ impl DirProvider {
         if !self.batched {
             return Ok(());
         }
+        self.sync_root()
+    }
+
+    /// A `syncfs` of the root, whatever the durability, through the shared
+    /// rounds: concurrent callers share one, and a failed one fails every
+    /// later call (after a write-back error a retry could succeed and lie).
+    pub(super) fn sync_root(&self) -> Result<(), ProviderError> {
         self.flush
             .sync_after("syncfs of the provider root", || {
                 self.layout.syncfs(&self.root)

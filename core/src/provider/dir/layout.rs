@@ -153,6 +153,16 @@ pub(crate) trait Layout: Send + Sync + Debug {
     ) -> Result<Modes, ProviderError>;
 }
 
+/// One of the provider's own regular files, opened for reading without
+/// following a symlink nor blocking on a fifo; `None` if absent.
+fn open_if_present(path: &Path) -> io::Result<Option<fs::File>> {
+    match tree::open_file_nofollow(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The kernel's file system.
 #[derive(Debug, Default)]
 pub(crate) struct RealLayout;
@@ -182,10 +192,8 @@ impl Layout for RealLayout {
     }
 
     fn read_file(&self, path: &Path, max_len: u64) -> io::Result<Option<Vec<u8>>> {
-        let file = match tree::open_file_nofollow(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(file) = open_if_present(path)? else {
+            return Ok(None);
         };
         let mut bytes = Vec::new();
         file.take(max_len + 1).read_to_end(&mut bytes)?;
@@ -257,10 +265,8 @@ impl Layout for RealLayout {
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Option<(Box<dyn Read>, u64)>> {
-        let file = match tree::open_file_nofollow(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(file) = open_if_present(path)? else {
+            return Ok(None);
         };
         let len = file.metadata()?.len();
         Ok(Some((Box::new(file), len)))

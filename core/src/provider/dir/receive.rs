@@ -107,11 +107,8 @@ impl DirProvider {
     /// an atomic exchange, or (unsupported) two renames. Afterwards `new`
     /// holds the old content (or is absent).
     pub(super) fn swap_in(&self, new: &Path, tpath: &Path) -> Result<(), ProviderError> {
-        // Moving a directory to another parent needs write permission on it.
-        if let Some(Entry::Dir { mode }) = self.entry(tpath)?
-            && mode & 0o700 != 0o700
-        {
-            self.set_dir_mode(tpath, mode | 0o700)?;
+        if let Some(Entry::Dir { mode }) = self.entry(tpath)? {
+            self.owner_rwx_for_move(tpath, mode)?;
         }
         let exchanged = self.layout.exchange(new, tpath).map_err(|e| {
             ProviderError::io(
@@ -133,20 +130,6 @@ impl DirProvider {
         }
         self.sync_dir(tpath.parent().expect("has a parent"))?;
         self.sync_dir(new.parent().expect("has a parent"))
-    }
-
-    /// Sets a directory's mode, never following a symlink.
-    fn set_dir_mode(&self, path: &Path, mode: u32) -> Result<(), ProviderError> {
-        self.layout
-            .set_dir_mode(path, mode)
-            .map_err(|e| ProviderError::io(format!("setting the mode of {}", path.display()), e))
-    }
-
-    /// Device and inode of one of the provider's own names.
-    fn identity(&self, path: &Path) -> Result<Option<Identity>, ProviderError> {
-        self.layout
-            .identity(path)
-            .map_err(|e| ProviderError::io(format!("examining {}", path.display()), e))
     }
 
     /// The steps of a receive after the staging area exists.
@@ -225,12 +208,7 @@ impl DirProvider {
         // Then the target's content: true modes on the staged tree (its root
         // keeps owner rwx until it is in place), durable, swapped in.
         self.layout.apply_true_modes(&new, &modes, true)?;
-        self.layout.syncfs(&self.root).map_err(|e| {
-            ProviderError::io(
-                format!("syncing the file system of {}", self.root.display()),
-                e,
-            )
-        })?;
+        self.sync_root()?;
         let id = self
             .identity(&new)?
             .ok_or_else(|| ProviderError::Other(format!("{} vanished", new.display())))?;

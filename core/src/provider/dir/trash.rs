@@ -107,12 +107,7 @@ impl DirProvider {
             self.settle_dir(&parent)?;
             return Ok(None);
         };
-        // Moving a directory to another parent needs write permission on it.
-        if mode & 0o700 != 0o700 {
-            self.layout.set_dir_mode(path, mode | 0o700).map_err(|e| {
-                ProviderError::io(format!("setting the mode of {}", path.display()), e)
-            })?;
-        }
+        self.owner_rwx_for_move(path, mode)?;
         let doomed = self.trash().join(name);
         self.layout
             .rename(path, &doomed)

@@ -330,8 +330,10 @@ impl Apply<'_> {
             }
         }
     }
+}
 
-    fn dir_at(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
+impl<R: Read> Sink<R> for Apply<'_> {
+    fn dir(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
         self.space.entry(0)?;
         if rel.is_empty() {
             let stored = self.modes.record(rel, mode, true);
@@ -353,7 +355,7 @@ impl Apply<'_> {
             .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
-    fn file_at<R: Read>(
+    fn file(
         &mut self,
         r: &mut HashReader<R>,
         rel: &[u8],
@@ -373,7 +375,7 @@ impl Apply<'_> {
             .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
-    fn link_at(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
+    fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
         self.space.entry(0)?;
         let parent = self.need_parent(rel)?;
         let (_, name) = split_rel(rel);
@@ -383,7 +385,7 @@ impl Apply<'_> {
             .map_err(|e| self.io("creating symlink", rel, e))
     }
 
-    fn perm_at(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
+    fn perm(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
         if rel.is_empty() {
             let stored = self.modes.record(rel, mode, true);
             return self
@@ -410,7 +412,7 @@ impl Apply<'_> {
             .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
-    fn delete_at(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
+    fn delete(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
         // Absent (or under something that is not a directory): nothing to do.
         if self.parent(rel)?.is_some() {
             let parent = self.need_parent(rel)?;
@@ -419,30 +421,7 @@ impl Apply<'_> {
         }
         Ok(())
     }
-}
 
-impl<R: Read> Sink<R> for Apply<'_> {
-    fn dir(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
-        self.dir_at(rel, mode)
-    }
-    fn file(
-        &mut self,
-        r: &mut HashReader<R>,
-        rel: &[u8],
-        mode: u32,
-        len: u64,
-    ) -> Result<(), ProviderError> {
-        self.file_at(r, rel, mode, len)
-    }
-    fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
-        self.link_at(rel, target)
-    }
-    fn perm(&mut self, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
-        self.perm_at(rel, mode)
-    }
-    fn delete(&mut self, rel: &[u8]) -> Result<(), ProviderError> {
-        self.delete_at(rel)
-    }
     fn modes(&self) -> &Modes {
         self.modes
     }
