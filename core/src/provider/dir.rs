@@ -200,6 +200,7 @@
 
 mod derive;
 mod durability;
+pub use durability::BatchSync;
 mod inventory;
 mod layout;
 mod marker;
@@ -232,6 +233,9 @@ use crate::storage::sim::SimStorage;
 pub const KIND: &str = "dir";
 /// The configuration key of the root directory (required, absolute).
 pub const CONFIG_ROOT: &str = "root";
+/// The configuration key of what a batched round runs ([`BatchSync`]:
+/// `fsync`, the default, or `syncfs`).
+pub const CONFIG_BATCH_SYNC: &str = "batch_sync";
 /// Longest volume id accepted.
 pub use crate::model::MAX_ID_LEN;
 
@@ -274,8 +278,12 @@ pub struct DirProvider {
     layout: Arc<dyn Layout>,
     /// [`Durability::Batched`] (the default) or on return.
     batched: bool,
-    /// The shared `syncfs` of the batched step (see `durability`).
+    /// The shared rounds of the batched step (see `durability`).
     flush: GroupSync,
+    /// What a round runs.
+    batch_sync: BatchSync,
+    /// What the next round must sync.
+    dirty: durability::Dirty,
     /// Trees batched destroys left in the trash, removed by the next
     /// [`Provider::sync`] (see `trash`).
     doomed: trash::Doomed,
@@ -286,14 +294,19 @@ impl DirProvider {
     /// path without `..`, with batched durability (the default: see
     /// "Durability"). Sweeps the trash left by interrupted removals.
     pub fn new(root: PathBuf) -> Result<Self, ProviderError> {
-        Self::open(root, Arc::new(RealLayout), Durability::Batched)
+        Self::with_durability(root, Durability::Batched)
     }
 
     /// Like [`DirProvider::new`], with the given durability: `OnReturn`
     /// makes every verb durable before it returns (five fsyncs per create),
     /// as before batching; kept for comparison in benches and tests.
     pub fn with_durability(root: PathBuf, durability: Durability) -> Result<Self, ProviderError> {
-        Self::open(root, Arc::new(RealLayout), durability)
+        Self::open(root, Arc::new(RealLayout), durability, BatchSync::default())
+    }
+
+    /// Batched, with rounds that run `batch_sync` (see [`BatchSync`]).
+    pub fn with_batch_sync(root: PathBuf, batch_sync: BatchSync) -> Result<Self, ProviderError> {
+        Self::open(root, Arc::new(RealLayout), Durability::Batched, batch_sync)
     }
 
     /// The provider on a simulated file system: a test seam, named as such,
@@ -308,21 +321,48 @@ impl DirProvider {
         storage: SimStorage,
         durability: Durability,
     ) -> Result<Self, ProviderError> {
-        Self::open(root, Arc::new(SimLayout::new(storage)), durability)
+        Self::simulated_with(root, storage, durability, BatchSync::default())
+    }
+
+    /// Like [`DirProvider::simulated`], with rounds that run `batch_sync`.
+    pub fn simulated_with(
+        root: PathBuf,
+        storage: SimStorage,
+        durability: Durability,
+        batch_sync: BatchSync,
+    ) -> Result<Self, ProviderError> {
+        Self::open(
+            root,
+            Arc::new(SimLayout::new(storage)),
+            durability,
+            batch_sync,
+        )
     }
 
     /// Builds the provider from its journaled configuration: `root` (required,
-    /// absolute). Unknown keys are refused.
+    /// absolute) and `batch_sync` (optional: `fsync`, the default, or
+    /// `syncfs`; see [`BatchSync`]). Unknown keys are refused.
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
-        if let Some(key) = config.keys().find(|k| k.as_str() != CONFIG_ROOT) {
+        if let Some(key) = config
+            .keys()
+            .find(|k| k.as_str() != CONFIG_ROOT && k.as_str() != CONFIG_BATCH_SYNC)
+        {
             return Err(ProviderError::InvalidConfig(format!(
-                "unknown key {key:?} (the dir provider takes only {CONFIG_ROOT:?})"
+                "unknown key {key:?} (the dir provider takes {CONFIG_ROOT:?} and {CONFIG_BATCH_SYNC:?})"
             )));
         }
         let root = config.get(CONFIG_ROOT).ok_or_else(|| {
             ProviderError::InvalidConfig(format!("missing {CONFIG_ROOT:?} (an absolute path)"))
         })?;
-        DirProvider::new(PathBuf::from(root))
+        let batch_sync = match config.get(CONFIG_BATCH_SYNC) {
+            None => BatchSync::default(),
+            Some(v) => BatchSync::parse(v).ok_or_else(|| {
+                ProviderError::InvalidConfig(format!(
+                    "{CONFIG_BATCH_SYNC} {v:?}: not \"fsync\" or \"syncfs\""
+                ))
+            })?,
+        };
+        DirProvider::with_batch_sync(PathBuf::from(root), batch_sync)
     }
 
     pub fn root(&self) -> &Path {
@@ -446,6 +486,8 @@ impl DirProvider {
             }
         }
         if self.batched {
+            self.changed(&path);
+            self.changed(&self.content_dir(VolumeKind::Data));
             return Ok(self.created(m));
         }
         self.sync_dir(&self.content_dir(VolumeKind::Data))?;
@@ -465,7 +507,14 @@ impl Provider for DirProvider {
     }
 
     fn config(&self) -> ProviderConfig {
-        BTreeMap::from([(CONFIG_ROOT.to_owned(), self.root_str.clone())])
+        let mut config = BTreeMap::from([(CONFIG_ROOT.to_owned(), self.root_str.clone())]);
+        if self.batch_sync != BatchSync::default() {
+            config.insert(
+                CONFIG_BATCH_SYNC.to_owned(),
+                self.batch_sync.as_str().to_owned(),
+            );
+        }
+        config
     }
 
     fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {

@@ -112,6 +112,7 @@ impl DirProvider {
         self.layout
             .rename(path, &doomed)
             .map_err(|e| ProviderError::io(format!("moving {} to the trash", path.display()), e))?;
+        self.changed(&self.trash());
         self.settle_dir(&parent)?;
         Ok(Some(doomed))
     }
