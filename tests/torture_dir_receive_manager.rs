@@ -1,0 +1,698 @@
+//! A receive into the real directory provider, through the manager, on one
+//! simulated file system that holds both the journal and the provider's
+//! root ([`DirProvider::simulated`]); reopened through the manager's real
+//! recovery (start sweep, `clear_interrupted_create`, inventory, `finish`
+//! or destroy + `abort_partial`, the shared sync, the resolution records).
+//! The streams come from a real provider on a temporary directory (sends
+//! walk the kernel's file system only): a full one, then an incremental one
+//! on top of it.
+//!
+//! **Failed syncs** (`a_receive_that_meets_a_failing_sync_...`): one sync
+//! (`EIO`, no cut: Linux's write-back error semantics, see
+//! [`SimStorage::fail_sync_at`]) fails at each sync point of a full, then of
+//! an incremental receive in turn, counting every sync the operation makes:
+//! the journal's intent and outcome, the provider's own fsyncs and
+//! `syncfs`, the manager's shared provider sync. Property: the receive is
+//! never acknowledged; the manager reacts consistently in the same process
+//! (an intent left pending means its provider is out of service: a create
+//! there is refused; a journaled failure leaves nothing pending, and a
+//! create there is acknowledged and must survive); after a restart (the
+//! page cache survives) and a reopen: nothing pending, orphaned, half-made,
+//! untagged or lost, state and provider agree, the base snapshot of the
+//! incremental receive holds its content, the target holds its old content
+//! or exactly the stream's (never a mix), a snapshot rolled forward holds
+//! exactly the stream's content (and so does the target), `.staging` and
+//! the trash are empty, and the same stream is then received again, whole.
+//!
+//! **Power cuts** (`acknowledged_receives_survive_...`): the workload
+//! (create the target, receive the full stream, then the incremental one)
+//! is cut at every sync point, as a kill -9 and as power cuts (none, all or
+//! a seeded part of what was not durable kept, `torture_support::
+//! cut_policies`). Property after a reopen: 0 acknowledged operations lost;
+//! every acknowledged receive's snapshot is live and holds exactly the sent
+//! snapshot's content; every received snapshot in the state (acknowledged or
+//! rolled forward) holds exactly the content of the snapshot whose guid it
+//! carries; the target holds the content of the last receive made whole, or
+//! (while one was in flight) the stream's of the one in flight; nothing is
+//! pending, orphaned, half-made or foreign; `.staging` and the trash are
+//! empty; and a full stream is received again, whole.
+//!
+//! Prints `dir receive failed-sync sweep (...): failure points N,
+//! acknowledged 0, target replaced by a failed receive R, problems P` and
+//! `dir receive manager power-cut sweep (...): crash points P, images I,
+//! operations acknowledged by a whole run A, acknowledged operations lost
+//! L, disagreements D`.
+
+mod torture_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use volmgr::journal::JournalConfig;
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::model::{DETAIL_GUID, Details, VolumeId, VolumeKind};
+use volmgr::provider::dir::DirProvider;
+use volmgr::provider::{
+    Durability, Presence, Provider, ProviderConfig, ProviderFactory, VolumeRef, VolumeSpec,
+};
+use volmgr::state::{Meta, State, VolumeStatus};
+use volmgr::storage::sim::SimStorage;
+
+const STATE: &str = "/state";
+const ROOT: &str = "/p";
+const PROVIDER: &str = "p";
+/// The data volume every stream is received into.
+const TARGET: &str = "t";
+
+/// A tree's content: relative path to the file's bytes (`None`: a
+/// directory).
+type Tree = BTreeMap<PathBuf, Option<Vec<u8>>>;
+
+/// The provider each open builds, kept so the check can take its inventory.
+type Slot = Arc<Mutex<Option<Arc<DirProvider>>>>;
+
+/// A stream a real provider sent, the guid of the snapshot it carries and
+/// the tree that snapshot holds.
+#[derive(Clone)]
+struct Sent {
+    bytes: Vec<u8>,
+    guid: String,
+    tree: Tree,
+}
+
+/// The full stream of a snapshot holding `f` and `d/g`, and the incremental
+/// one on top of it (`f` changed, `d/g` removed, `e/h` added), sent by a real
+/// provider on a temporary directory.
+fn streams() -> (Sent, Sent) {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = DirProvider::new(tmp.path().join("src")).unwrap();
+    let none = Details::new();
+    let vref = |id: &'static str, kind| VolumeRef {
+        id: VolumeId::new(id).unwrap(),
+        kind,
+        parent: None,
+        location: "",
+        details: &none,
+    };
+    let spec = |id: &'static str, kind| VolumeSpec {
+        id: VolumeId::new(id).unwrap(),
+        op: uuid::Uuid::now_v7(),
+        kind,
+    };
+    let data = p.create_volume(&spec("v", VolumeKind::Data)).unwrap();
+    let data = Path::new(&data.location);
+    fs::create_dir(data.join("d")).unwrap();
+    fs::write(data.join("f"), b"first version of f\n").unwrap();
+    fs::write(data.join("d/g"), b"g, in a directory\n").unwrap();
+    let snap = |s: &'static str| -> String {
+        p.create_snapshot(&vref("v", VolumeKind::Data), &spec(s, VolumeKind::Snapshot))
+            .unwrap()
+            .details[DETAIL_GUID]
+            .clone()
+    };
+    let g1 = snap("s1");
+    fs::write(data.join("f"), b"second version of f, longer\n").unwrap();
+    fs::remove_file(data.join("d/g")).unwrap();
+    fs::create_dir(data.join("e")).unwrap();
+    fs::write(data.join("e/h"), b"h is new\n").unwrap();
+    let g2 = snap("s2");
+    let mut full = Vec::new();
+    p.send_snapshot(&vref("s1", VolumeKind::Snapshot), None, &mut full)
+        .unwrap();
+    let mut incr = Vec::new();
+    p.send_snapshot(
+        &vref("s2", VolumeKind::Snapshot),
+        Some(&vref("s1", VolumeKind::Snapshot)),
+        &mut incr,
+    )
+    .unwrap();
+    let tree = |entries: &[(&str, Option<&[u8]>)]| -> Tree {
+        entries
+            .iter()
+            .map(|(p, b)| (PathBuf::from(p), b.map(<[u8]>::to_vec)))
+            .collect()
+    };
+    (
+        Sent {
+            bytes: full,
+            guid: g1,
+            tree: tree(&[
+                ("d", None),
+                ("d/g", Some(b"g, in a directory\n")),
+                ("f", Some(b"first version of f\n")),
+            ]),
+        },
+        Sent {
+            bytes: incr,
+            guid: g2,
+            tree: tree(&[
+                ("d", None),
+                ("e", None),
+                ("e/h", Some(b"h is new\n")),
+                ("f", Some(b"second version of f, longer\n")),
+            ]),
+        },
+    )
+}
+
+fn factory(storage: &SimStorage, durability: Durability, slot: &Slot) -> ProviderFactory {
+    let (storage, slot) = (storage.clone(), slot.clone());
+    Arc::new(move |config: &ProviderConfig| {
+        let root = config.get("root").cloned().unwrap_or_default();
+        let p = Arc::new(DirProvider::simulated(
+            PathBuf::from(root),
+            storage.clone(),
+            durability,
+        )?);
+        *slot.lock().unwrap() = Some(p.clone());
+        Ok(p as Arc<dyn Provider>)
+    })
+}
+
+/// Opens the manager on `storage` (journal and provider root), adding the
+/// provider on a first open.
+async fn open(
+    storage: &SimStorage,
+    durability: Durability,
+    slot: &Slot,
+) -> Result<Manager, ManagerError> {
+    let mut config = ManagerConfig {
+        journal: JournalConfig {
+            segment_size: 4096,
+            max_batch_bytes: 2048,
+            queue_depth: 64,
+        },
+        checkpoint_every: 7,
+        storage: Some(Arc::new(storage.clone())),
+        ..ManagerConfig::default()
+    };
+    config
+        .factories
+        .insert("dir".into(), factory(storage, durability, slot));
+    let m = Manager::open(Path::new(STATE), config).await?;
+    if m.providers().is_empty() {
+        m.add_provider(
+            PROVIDER,
+            "dir",
+            ProviderConfig::from([("root".to_owned(), ROOT.to_owned())]),
+        )
+        .await?;
+    }
+    Ok(m)
+}
+
+/// What the tree at `location` holds in `image`.
+fn tree_of(image: &SimStorage, location: &str) -> Tree {
+    let root = Path::new(location);
+    image
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with(root) && p != root)
+        .map(|p| {
+            let content = image.read(&p);
+            (p.strip_prefix(root).expect("under the root").to_owned(), content)
+        })
+        .collect()
+}
+
+/// Every path under `<root>/<dir>`.
+fn left_in(image: &SimStorage, dir: &str) -> Vec<PathBuf> {
+    let top = Path::new(ROOT).join(dir);
+    image
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with(&top) && *p != top)
+        .collect()
+}
+
+/// A tree for messages: its paths and contents.
+fn shown(tree: &Tree) -> Vec<(String, Option<String>)> {
+    tree.iter()
+        .map(|(p, c)| {
+            let text = c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+            (p.display().to_string(), text)
+        })
+        .collect()
+}
+
+/// Receives `stream` into the target; the received snapshot's id.
+async fn receive(m: &Manager, stream: &Sent) -> Result<String, ManagerError> {
+    m.receive_snapshot(TARGET, stream.bytes.as_slice())
+        .await
+        .map(|v| v.id)
+}
+
+/// The checks every reopened image shares: nothing pending, orphaned or not
+/// live in the state; the provider's inventory all tagged, whole and equal
+/// to the state; every received snapshot of the target holding exactly the
+/// content of the sent snapshot whose guid it carries (`sent`); `.staging`
+/// and the trash empty.
+fn consistent(m: &Manager, image: &SimStorage, slot: &Slot, sent: &[&Sent]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let state = m.state();
+    if !state.pending.is_empty() {
+        problems.push(format!("{} operations pending", state.pending.len()));
+    }
+    if !state.orphans.is_empty() {
+        let orphans: Vec<&String> = state.orphans.keys().collect();
+        problems.push(format!("orphans {orphans:?}"));
+    }
+    for v in state.volumes.values() {
+        if v.status != VolumeStatus::Live {
+            problems.push(format!("{} is {:?}", v.id, v.status));
+        }
+    }
+    let in_state: BTreeSet<String> = state.volumes.keys().cloned().collect();
+    let provider = slot.lock().unwrap().clone().expect("the factory ran");
+    match provider.inventory() {
+        Err(e) => problems.push(format!("inventory failed: {e}")),
+        Ok(found) => {
+            let mut whole = BTreeSet::new();
+            for f in found {
+                match (&f.tag, &f.presence) {
+                    (None, _) => problems.push(format!("foreign item {}", f.name)),
+                    (Some(_), Presence::Incomplete { reason }) => {
+                        problems.push(format!("half-made item {}: {reason}", f.name));
+                    }
+                    (Some(tag), Presence::Complete) => {
+                        whole.insert(tag.volume.clone());
+                    }
+                }
+            }
+            if whole != in_state {
+                problems.push(format!(
+                    "state and provider disagree: only in state {:?}, only on the provider {:?}",
+                    in_state.difference(&whole).collect::<Vec<_>>(),
+                    whole.difference(&in_state).collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
+    for v in received(&state) {
+        let guid = v.details.get(DETAIL_GUID);
+        match sent.iter().find(|s| Some(&s.guid) == guid) {
+            None => problems.push(format!("received snapshot {} carries guid {guid:?}", v.id)),
+            Some(s) => {
+                let have = tree_of(image, &v.location);
+                if have != s.tree {
+                    problems.push(format!(
+                        "received snapshot {} holds {:?}, not the sent snapshot's {:?}",
+                        v.id,
+                        shown(&have),
+                        shown(&s.tree)
+                    ));
+                }
+            }
+        }
+    }
+    for dir in [".staging", ".trash"] {
+        let left = left_in(image, dir);
+        if !left.is_empty() {
+            problems.push(format!("{dir} holds {left:?}"));
+        }
+    }
+    problems
+}
+
+/// The snapshots received into the target, oldest first.
+fn received(state: &State) -> Vec<&volmgr::state::Volume> {
+    let mut v: Vec<_> = state
+        .volumes
+        .values()
+        .filter(|v| v.kind == VolumeKind::Snapshot && v.parent.as_deref() == Some(TARGET))
+        .collect();
+    v.sort_by_key(|v| (v.created_at_ms, v.id.clone()));
+    v
+}
+
+/// The target's content in `image`, per the state's location of it.
+fn target_tree(state: &State, image: &SimStorage) -> Option<Tree> {
+    state
+        .volumes
+        .get(TARGET)
+        .map(|t| tree_of(image, &t.location))
+}
+
+/// What one failure point of the failed-sync sweep found.
+#[derive(Default)]
+struct FailedSync {
+    /// The receive met the failure and was acknowledged anyway.
+    acknowledged: bool,
+    /// The receive failed but the target holds the stream's content.
+    replaced: bool,
+    problems: Vec<String>,
+}
+
+/// A manager with the target created and, for an incremental receive, the
+/// full stream received into it: its state directory and root on `storage`.
+/// Returns the manager and the id of the base snapshot (if any).
+async fn prepared(
+    storage: &SimStorage,
+    durability: Durability,
+    slot: &Slot,
+    base: Option<&Sent>,
+) -> (Manager, Option<String>) {
+    let m = open(storage, durability, slot).await.unwrap();
+    m.create_volume(PROVIDER, Some(TARGET), Meta::new())
+        .await
+        .unwrap();
+    let base_id = match base {
+        Some(s) => Some(receive(&m, s).await.unwrap()),
+        None => None,
+    };
+    (m, base_id)
+}
+
+/// Fails sync point `n` (counted from the receive's start) of a receive of
+/// `stream` into a target holding `base` (if any). `None` once the receive
+/// made fewer than `n` syncs (it then must have succeeded).
+async fn fail_one_sync(
+    durability: Durability,
+    n: u64,
+    base: Option<&Sent>,
+    stream: &Sent,
+) -> Option<FailedSync> {
+    let storage = SimStorage::new();
+    let slot = Slot::default();
+    let (m, base_id) = prepared(&storage, durability, &slot, base).await;
+    let armed = storage.sync_points() + n;
+    storage.fail_sync_at(Some(armed));
+    let r = receive(&m, stream).await;
+    if storage.sync_points() < armed {
+        r.expect("a receive that met no failure succeeds");
+        m.close().await;
+        return None;
+    }
+    let mut out = FailedSync::default();
+    let mut bad = |what: String| out.problems.push(what);
+    if let Ok(id) = &r {
+        out.acknowledged = true;
+        bad(format!("the receive met the failing sync and was acknowledged as {id}"));
+    }
+    // The manager's reaction in the same process. An intent left pending
+    // (its outcome could not be journaled after a failed provider or
+    // journal sync) means no later operation there is acknowledged until a
+    // reopen reconciles; a journaled failure leaves the provider in
+    // service.
+    let pending = !m.state().pending.is_empty();
+    let probe = m.create_volume(PROVIDER, Some("probe"), Meta::new()).await;
+    match (&r, pending, &probe) {
+        (Err(ManagerError::ProviderUnavailable { .. }), false, _) => {
+            bad("the provider is out of service but nothing is pending".into());
+        }
+        (_, true, Ok(_)) => bad(format!(
+            "an operation is pending after {r:?}, yet a create on its provider was acknowledged"
+        )),
+        (Err(ManagerError::Provider { .. }), false, Err(e)) => bad(format!(
+            "a receive failure was journaled, yet the next create fails: {e}"
+        )),
+        _ => {}
+    }
+    let probe_acked = probe.is_ok();
+    m.close().await;
+
+    // The restart (the page cache survives a process's death) and the
+    // manager's own recovery.
+    let image = storage.restart();
+    let slot = Slot::default();
+    let m = match open(&image, durability, &slot).await {
+        Ok(m) => m,
+        Err(e) => {
+            bad(format!("the reopen fails: {e}"));
+            return Some(out);
+        }
+    };
+    let sent: Vec<&Sent> = base.into_iter().chain([stream]).collect();
+    out.problems.extend(consistent(&m, &image, &slot, &sent));
+    let mut bad = |what: String| out.problems.push(what);
+    let state = m.state();
+    let live = |id: &str| {
+        state
+            .volumes
+            .get(id)
+            .is_some_and(|v| v.status == VolumeStatus::Live)
+    };
+    if !live(TARGET) {
+        bad("the target is gone".into());
+    }
+    if probe_acked && !live("probe") {
+        bad("the acknowledged create after the failure is lost".into());
+    }
+    if let Some(b) = &base_id
+        && !live(b)
+    {
+        bad(format!("the base snapshot {b} is gone"));
+    }
+    let rolled_forward = received(&state)
+        .iter()
+        .any(|v| v.details.get(DETAIL_GUID) == Some(&stream.guid));
+    let old = base.map(|b| b.tree.clone()).unwrap_or_default();
+    match target_tree(&state, &image) {
+        None => {}
+        Some(t) if rolled_forward && t != stream.tree => bad(format!(
+            "the receive was rolled forward, but the target holds {:?}",
+            shown(&t)
+        )),
+        Some(t) if t == stream.tree => out.replaced = !rolled_forward,
+        Some(t) if t != old => bad(format!("the target holds a mix: {:?}", shown(&t))),
+        Some(_) => {}
+    }
+    let mut bad = |what: String| out.problems.push(what);
+    // Nothing is stuck: the same stream is received again, whole (an
+    // incremental one needs its base, which is still there).
+    match receive(&m, stream).await {
+        Err(e) => bad(format!("receiving the stream again after the reopen: {e}")),
+        Ok(id) => {
+            let state = m.state();
+            let have = tree_of(&image, &state.volumes[&id].location);
+            if have != stream.tree {
+                bad(format!("received again, the snapshot holds {:?}", shown(&have)));
+            }
+            if target_tree(&state, &image).as_ref() != Some(&stream.tree) {
+                bad("received again, the target does not hold the stream's content".into());
+            }
+        }
+    }
+    m.close().await;
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_that_meets_a_failing_sync_is_never_acknowledged_and_reopens_clean() {
+    let (full, incr) = streams();
+    let mut all = Vec::new();
+    for durability in [Durability::Batched, Durability::OnReturn] {
+        for (name, base, stream) in [("full", None, &full), ("incremental", Some(&full), &incr)] {
+            let (mut points, mut acked, mut replaced, mut problems) = (0u64, 0, 0, Vec::new());
+            for n in 1..=1000u64 {
+                let Some(found) = fail_one_sync(durability, n, base, stream).await else {
+                    break;
+                };
+                points += 1;
+                acked += u64::from(found.acknowledged);
+                replaced += u64::from(found.replaced);
+                problems.extend(
+                    found
+                        .problems
+                        .into_iter()
+                        .map(|p| format!("{durability:?} {name}, failure at sync {n}: {p}")),
+                );
+            }
+            println!(
+                "dir receive failed-sync sweep ({durability:?}, {name}): failure points \
+                 {points}, acknowledged {acked}, target replaced by a failed receive \
+                 {replaced}, problems {}",
+                problems.len()
+            );
+            assert!(points >= 10, "only {points} sync points in a {name} receive");
+            all.extend(problems);
+        }
+    }
+    all.truncate(12);
+    assert!(all.is_empty(), "{}", all.join("\n"));
+}
+
+/// What the acknowledgements of the power-cut workload promise.
+#[derive(Debug, Default)]
+struct Model {
+    /// The target's create was acknowledged.
+    target: bool,
+    /// Acknowledged receives: the snapshot's id and the stream's index.
+    received: Vec<(String, usize)>,
+    /// The stream whose receive was in flight at the cut (never
+    /// acknowledged), if any.
+    in_flight: Option<usize>,
+    acked: u64,
+    errors: Vec<String>,
+}
+
+/// Creates the target, then receives each stream into it in turn; stops at
+/// the first failure (the cut).
+async fn workload(m: &Manager, streams: &[&Sent], model: &mut Model) {
+    match m.create_volume(PROVIDER, Some(TARGET), Meta::new()).await {
+        Ok(_) => {
+            model.target = true;
+            model.acked += 1;
+        }
+        Err(e) => {
+            model.errors.push(format!("creating the target: {e}"));
+            return;
+        }
+    }
+    for (i, s) in streams.iter().enumerate() {
+        model.in_flight = Some(i);
+        match receive(m, s).await {
+            Ok(id) => {
+                model.received.push((id, i));
+                model.acked += 1;
+                model.in_flight = None;
+            }
+            Err(e) => {
+                model.errors.push(format!("receive {i}: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// (acknowledged operations lost, problems) after a reopen of `image`.
+async fn check_cut(
+    image: &SimStorage,
+    durability: Durability,
+    streams: &[&Sent],
+    model: &Model,
+) -> (u64, Vec<String>) {
+    let slot = Slot::default();
+    let m = match open(image, durability, &slot).await {
+        Ok(m) => m,
+        Err(e) => return (0, vec![format!("open failed: {e}")]),
+    };
+    let mut problems = consistent(&m, image, &slot, streams);
+    let state = m.state();
+    let live = |id: &str| {
+        state
+            .volumes
+            .get(id)
+            .is_some_and(|v| v.status == VolumeStatus::Live)
+    };
+    let mut lost = 0;
+    if model.target && !live(TARGET) {
+        lost += 1;
+        problems.push("the acknowledged target is lost".into());
+    }
+    for (id, i) in &model.received {
+        if !live(id) {
+            lost += 1;
+            problems.push(format!("the acknowledged receive {id} (stream {i}) is lost"));
+        }
+    }
+    // The target holds the content of the last receive made whole (the
+    // stream in flight may have been rolled forward, or swapped in before
+    // its snapshot was undone), else its old content.
+    let last_whole = received(&state)
+        .last()
+        .and_then(|v| streams.iter().position(|s| v.details.get(DETAIL_GUID) == Some(&s.guid)));
+    let mut allowed: Vec<Tree> = vec![match last_whole {
+        Some(i) => streams[i].tree.clone(),
+        None => Tree::new(),
+    }];
+    if let Some(i) = model.in_flight {
+        allowed.push(streams[i].tree.clone());
+    }
+    if let Some(have) = target_tree(&state, image)
+        && !allowed.contains(&have)
+    {
+        problems.push(format!(
+            "the target holds {:?}, neither its last whole receive's content nor the one in flight",
+            shown(&have)
+        ));
+    }
+    // It accepts new work: the full stream is received again, whole.
+    if live(TARGET) {
+        match receive(&m, streams[0]).await {
+            Err(e) => problems.push(format!("receiving the full stream after the reopen: {e}")),
+            Ok(id) => {
+                let state = m.state();
+                if tree_of(image, &state.volumes[&id].location) != streams[0].tree
+                    || target_tree(&state, image).as_ref() != Some(&streams[0].tree)
+                {
+                    problems.push("the full stream received after the reopen is not whole".into());
+                }
+            }
+        }
+    }
+    m.close().await;
+    (lost, problems)
+}
+
+async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) {
+    let streams = [full, incr];
+    let scale = torture_support::scale();
+    let base_seed = torture_support::seed(0x5EED_2ECE);
+    let (mut points, mut images, mut lost, mut disagreements, mut acked) = (0u64, 0u64, 0, 0, 0);
+    let mut whole_run_errors = Vec::new();
+    let mut failures = Vec::new();
+    for point in 1..=10_000u64 {
+        let storage = SimStorage::new();
+        storage.crash_at_sync(Some(point));
+        let mut model = Model::default();
+        let slot = Slot::default();
+        if let Ok(m) = open(&storage, durability, &slot).await {
+            workload(&m, &streams, &mut model).await;
+            m.close().await;
+        }
+        let fired = storage.crashed();
+        acked = acked.max(model.acked);
+        if !fired {
+            whole_run_errors = model.errors.clone();
+        }
+        points += 1;
+        let mut outcomes = vec![(
+            "kill -9".to_owned(),
+            check_cut(&storage.restart(), durability, &streams, &model).await,
+        )];
+        for (seed, policy) in torture_support::cut_policies(base_seed, point, scale) {
+            let image = storage.power_cut_with(seed, policy);
+            outcomes.push((
+                format!("seed {seed:#x}, {policy:?}"),
+                check_cut(&image, durability, &streams, &model).await,
+            ));
+        }
+        for (what, (l, problems)) in outcomes {
+            images += 1;
+            lost += l;
+            if !problems.is_empty() {
+                disagreements += 1;
+                failures.push(format!("crash point {point}, {what}: {}", problems.join("; ")));
+            }
+        }
+        if !fired {
+            break;
+        }
+    }
+    println!(
+        "dir receive manager power-cut sweep ({durability:?}): crash points {points}, images \
+         {images}, operations acknowledged by a whole run {acked}, acknowledged operations lost \
+         {lost}, disagreements {disagreements} (seed {base_seed:#x}, scale {scale})"
+    );
+    assert_eq!(
+        acked, 3,
+        "a whole run acknowledges the create and both receives: {whole_run_errors:?}"
+    );
+    failures.truncate(10);
+    assert!(
+        lost == 0 && disagreements == 0,
+        "first failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_receives_survive_a_power_cut_at_every_sync_point_through_the_manager() {
+    let (full, incr) = streams();
+    for durability in [Durability::Batched, Durability::OnReturn] {
+        power_cut_sweep(durability, &full, &incr).await;
+    }
+}
