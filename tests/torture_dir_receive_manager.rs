@@ -65,6 +65,13 @@ const ROOT: &str = "/p";
 const PROVIDER: &str = "p";
 /// The data volume every stream is received into.
 const TARGET: &str = "t";
+/// The power-cut sweep writes checkpoints often, so that cuts also land in
+/// them (as `torture_dir_powercut` does).
+const CHECKPOINT_EVERY: u64 = 7;
+/// The failed-sync sweep writes none: a checkpoint is best-effort (the
+/// journal stays authoritative), so a failed sync in one fails no operation,
+/// and the sweep is about the receive's own syncs.
+const NO_CHECKPOINT: u64 = 1_000_000;
 
 /// A tree's content: relative path to the file's bytes (`None`: a
 /// directory).
@@ -172,11 +179,12 @@ fn factory(storage: &SimStorage, durability: Durability, slot: &Slot) -> Provide
 }
 
 /// Opens the manager on `storage` (journal and provider root), adding the
-/// provider on a first open.
+/// provider on a first open; a checkpoint every `checkpoint_every` records.
 async fn open(
     storage: &SimStorage,
     durability: Durability,
     slot: &Slot,
+    checkpoint_every: u64,
 ) -> Result<Manager, ManagerError> {
     let mut config = ManagerConfig {
         journal: JournalConfig {
@@ -184,7 +192,7 @@ async fn open(
             max_batch_bytes: 2048,
             queue_depth: 64,
         },
-        checkpoint_every: 7,
+        checkpoint_every,
         storage: Some(Arc::new(storage.clone())),
         ..ManagerConfig::default()
     };
@@ -354,7 +362,7 @@ async fn prepared(
     slot: &Slot,
     base: Option<&Sent>,
 ) -> (Manager, Option<String>) {
-    let m = open(storage, durability, slot).await.unwrap();
+    let m = open(storage, durability, slot, NO_CHECKPOINT).await.unwrap();
     m.create_volume(PROVIDER, Some(TARGET), Meta::new())
         .await
         .unwrap();
@@ -417,7 +425,7 @@ async fn fail_one_sync(
     // manager's own recovery.
     let image = storage.restart();
     let slot = Slot::default();
-    let m = match open(&image, durability, &slot).await {
+    let m = match open(&image, durability, &slot, NO_CHECKPOINT).await {
         Ok(m) => m,
         Err(e) => {
             bad(format!("the reopen fails: {e}"));
@@ -565,7 +573,7 @@ async fn check_cut(
     model: &Model,
 ) -> (u64, Vec<String>) {
     let slot = Slot::default();
-    let m = match open(image, durability, &slot).await {
+    let m = match open(image, durability, &slot, CHECKPOINT_EVERY).await {
         Ok(m) => m,
         Err(e) => return (0, vec![format!("open failed: {e}")]),
     };
@@ -639,7 +647,7 @@ async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) {
         storage.crash_at_sync(Some(point));
         let mut model = Model::default();
         let slot = Slot::default();
-        if let Ok(m) = open(&storage, durability, &slot).await {
+        if let Ok(m) = open(&storage, durability, &slot, CHECKPOINT_EVERY).await {
             workload(&m, &streams, &mut model).await;
             m.close().await;
         }
