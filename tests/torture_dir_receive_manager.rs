@@ -350,7 +350,18 @@ struct FailedSync {
     acknowledged: bool,
     /// The receive failed but the target holds the stream's content.
     replaced: bool,
+    /// How the manager took the failure: its provider out of service (the
+    /// intent pending), its journal failed, or the failure journaled.
+    reaction: Reaction,
     problems: Vec<String>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Reaction {
+    #[default]
+    OutOfService,
+    JournalFailed,
+    FailureJournaled,
 }
 
 /// A manager with the target created and, for an incremental receive, the
@@ -418,6 +429,11 @@ async fn fail_one_sync(
         )),
         _ => {}
     }
+    out.reaction = match &r {
+        Err(ManagerError::Journal(_)) => Reaction::JournalFailed,
+        Err(ManagerError::ProviderUnavailable { .. }) => Reaction::OutOfService,
+        _ => Reaction::FailureJournaled,
+    };
     let probe_acked = probe.is_ok();
     m.close().await;
 
@@ -494,6 +510,7 @@ async fn a_receive_that_meets_a_failing_sync_is_never_acknowledged_and_reopens_c
     for durability in [Durability::Batched, Durability::OnReturn] {
         for (name, base, stream) in [("full", None, &full), ("incremental", Some(&full), &incr)] {
             let (mut points, mut acked, mut replaced, mut problems) = (0u64, 0, 0, Vec::new());
+            let mut reactions = [0u64; 3];
             for n in 1..=1000u64 {
                 let Some(found) = fail_one_sync(durability, n, base, stream).await else {
                     break;
@@ -501,6 +518,7 @@ async fn a_receive_that_meets_a_failing_sync_is_never_acknowledged_and_reopens_c
                 points += 1;
                 acked += u64::from(found.acknowledged);
                 replaced += u64::from(found.replaced);
+                reactions[found.reaction as usize] += 1;
                 problems.extend(
                     found
                         .problems
@@ -510,8 +528,12 @@ async fn a_receive_that_meets_a_failing_sync_is_never_acknowledged_and_reopens_c
             }
             println!(
                 "dir receive failed-sync sweep ({durability:?}, {name}): failure points \
-                 {points}, acknowledged {acked}, target replaced by a failed receive \
-                 {replaced}, problems {}",
+                 {points} (provider out of service {}, journal failed {}, failure journaled \
+                 {}), acknowledged {acked}, target replaced by a failed receive {replaced}, \
+                 problems {}",
+                reactions[0],
+                reactions[1],
+                reactions[2],
                 problems.len()
             );
             assert!(points >= 10, "only {points} sync points in a {name} receive");
