@@ -220,7 +220,10 @@ fn tree_of(image: &SimStorage, location: &str) -> Tree {
         .filter(|p| p.starts_with(root) && p != root)
         .map(|p| {
             let content = image.read(&p);
-            (p.strip_prefix(root).expect("under the root").to_owned(), content)
+            (
+                p.strip_prefix(root).expect("under the root").to_owned(),
+                content,
+            )
         })
         .collect()
 }
@@ -324,15 +327,13 @@ fn consistent(m: &Manager, image: &SimStorage, slot: &Slot, sent: &[&Sent]) -> V
     problems
 }
 
-/// The snapshots received into the target, oldest first.
+/// The snapshots received into the target.
 fn received(state: &State) -> Vec<&volmgr::state::Volume> {
-    let mut v: Vec<_> = state
+    state
         .volumes
         .values()
         .filter(|v| v.kind == VolumeKind::Snapshot && v.parent.as_deref() == Some(TARGET))
-        .collect();
-    v.sort_by_key(|v| (v.created_at_ms, v.id.clone()));
-    v
+        .collect()
 }
 
 /// The target's content in `image`, per the state's location of it.
@@ -373,7 +374,9 @@ async fn prepared(
     slot: &Slot,
     base: Option<&Sent>,
 ) -> (Manager, Option<String>) {
-    let m = open(storage, durability, slot, NO_CHECKPOINT).await.unwrap();
+    let m = open(storage, durability, slot, NO_CHECKPOINT)
+        .await
+        .unwrap();
     m.create_volume(PROVIDER, Some(TARGET), Meta::new())
         .await
         .unwrap();
@@ -408,7 +411,9 @@ async fn fail_one_sync(
     let mut bad = |what: String| out.problems.push(what);
     if let Ok(id) = &r {
         out.acknowledged = true;
-        bad(format!("the receive met the failing sync and was acknowledged as {id}"));
+        bad(format!(
+            "the receive met the failing sync and was acknowledged as {id}"
+        ));
     }
     // The manager's reaction in the same process. An intent left pending
     // (its outcome could not be journaled after a failed provider or
@@ -492,7 +497,10 @@ async fn fail_one_sync(
             let state = m.state();
             let have = tree_of(&image, &state.volumes[&id].location);
             if have != stream.tree {
-                bad(format!("received again, the snapshot holds {:?}", shown(&have)));
+                bad(format!(
+                    "received again, the snapshot holds {:?}",
+                    shown(&have)
+                ));
             }
             if target_tree(&state, &image).as_ref() != Some(&stream.tree) {
                 bad("received again, the target does not hold the stream's content".into());
@@ -536,7 +544,10 @@ async fn a_receive_that_meets_a_failing_sync_is_never_acknowledged_and_reopens_c
                 reactions[2],
                 problems.len()
             );
-            assert!(points >= 10, "only {points} sync points in a {name} receive");
+            assert!(
+                points >= 10,
+                "only {points} sync points in a {name} receive"
+            );
             all.extend(problems);
         }
     }
@@ -615,15 +626,23 @@ async fn check_cut(
     for (id, i) in &model.received {
         if !live(id) {
             lost += 1;
-            problems.push(format!("the acknowledged receive {id} (stream {i}) is lost"));
+            problems.push(format!(
+                "the acknowledged receive {id} (stream {i}) is lost"
+            ));
         }
     }
     // The target holds the content of the last receive made whole (the
-    // stream in flight may have been rolled forward, or swapped in before
-    // its snapshot was undone), else its old content.
+    // streams go in order: the latest is the one with the highest index;
+    // two receives may carry the same millisecond), else its old content;
+    // or the stream's in flight (swapped in before its snapshot was undone).
     let last_whole = received(&state)
-        .last()
-        .and_then(|v| streams.iter().position(|s| v.details.get(DETAIL_GUID) == Some(&s.guid)));
+        .iter()
+        .filter_map(|v| {
+            streams
+                .iter()
+                .position(|s| v.details.get(DETAIL_GUID) == Some(&s.guid))
+        })
+        .max();
     let mut allowed: Vec<Tree> = vec![match last_whole {
         Some(i) => streams[i].tree.clone(),
         None => Tree::new(),
@@ -695,7 +714,10 @@ async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) {
             lost += l;
             if !problems.is_empty() {
                 disagreements += 1;
-                failures.push(format!("crash point {point}, {what}: {}", problems.join("; ")));
+                failures.push(format!(
+                    "crash point {point}, {what}: {}",
+                    problems.join("; ")
+                ));
             }
         }
         if !fired {
