@@ -58,7 +58,7 @@ use volmgr::provider::{
     Durability, Presence, Provider, ProviderConfig, ProviderFactory, VolumeRef, VolumeSpec,
 };
 use volmgr::state::{Meta, State, VolumeStatus};
-use volmgr::storage::sim::SimStorage;
+use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
 
 const STATE: &str = "/state";
 const ROOT: &str = "/p";
@@ -491,8 +491,11 @@ async fn fail_one_sync(
     let mut bad = |what: String| out.problems.push(what);
     // Nothing is stuck: the same stream is received again, whole (an
     // incremental one needs its base, which is still there).
-    match receive(&m, stream).await {
-        Err(e) => bad(format!("receiving the stream again after the reopen: {e}")),
+    let again = match receive(&m, stream).await {
+        Err(e) => {
+            bad(format!("receiving the stream again after the reopen: {e}"));
+            None
+        }
         Ok(id) => {
             let state = m.state();
             let have = tree_of(&image, &state.volumes[&id].location);
@@ -505,9 +508,50 @@ async fn fail_one_sync(
             if target_tree(&state, &image).as_ref() != Some(&stream.tree) {
                 bad("received again, the target does not hold the stream's content".into());
             }
+            Some(id)
+        }
+    };
+    m.close().await;
+    // What the reopened manager acknowledged is durable, although the
+    // failed sync dropped changes from the write-back queue for good (a
+    // later sync does not save them): after a power cut that keeps nothing
+    // unsynced, the acknowledged receive (and the base, the target, the
+    // create after the failure) are there, whole.
+    let cut = image.power_cut_with(
+        n,
+        CutPolicy {
+            data: DataLoss::DropAll,
+            dirs: DirLoss::ForgetAll,
+        },
+    );
+    let slot = Slot::default();
+    match open(&cut, durability, &slot, NO_CHECKPOINT).await {
+        Err(e) => out
+            .problems
+            .push(format!("the reopen after a later power cut fails: {e}")),
+        Ok(m) => {
+            let mut after = consistent(&m, &cut, &slot, &sent);
+            let state = m.state();
+            let acked = [Some(TARGET.to_owned()), base_id, again]
+                .into_iter()
+                .flatten()
+                .chain(probe_acked.then(|| "probe".to_owned()));
+            for id in acked {
+                if !state.volumes.contains_key(&id) {
+                    after.push(format!("the acknowledged {id} is lost"));
+                }
+            }
+            if target_tree(&state, &cut).as_ref() != Some(&stream.tree) {
+                after.push("the target does not hold the stream's content".into());
+            }
+            m.close().await;
+            out.problems.extend(
+                after
+                    .into_iter()
+                    .map(|p| format!("after a later power cut: {p}")),
+            );
         }
     }
-    m.close().await;
     Some(out)
 }
 
