@@ -720,7 +720,9 @@ async fn check_cut(
     (lost, problems)
 }
 
-async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) {
+/// The sweep for one durability; its first failures (lost acknowledged
+/// operations or disagreements), after printing its figures.
+async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) -> Vec<String> {
     let streams = [full, incr];
     let scale = torture_support::scale();
     let base_seed = torture_support::seed(0x5EED_2ECE);
@@ -777,18 +779,23 @@ async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) {
         acked, 3,
         "a whole run acknowledges the create and both receives: {whole_run_errors:?}"
     );
-    failures.truncate(10);
-    assert!(
-        lost == 0 && disagreements == 0,
-        "first failures:\n{}",
-        failures.join("\n")
-    );
+    failures.truncate(5);
+    failures
+        .into_iter()
+        .map(|f| format!("{durability:?}, {f}"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_receives_survive_a_power_cut_at_every_sync_point_through_the_manager() {
     let (full, incr) = streams();
+    let mut failures = Vec::new();
     for durability in [Durability::Batched, Durability::OnReturn] {
-        power_cut_sweep(durability, &full, &incr).await;
+        failures.extend(power_cut_sweep(durability, &full, &incr).await);
     }
+    assert!(
+        failures.is_empty(),
+        "first failures:\n{}",
+        failures.join("\n")
+    );
 }
