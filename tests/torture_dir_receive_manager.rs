@@ -642,12 +642,22 @@ struct Model {
     /// The stream whose receive was in flight at the cut (never
     /// acknowledged), if any.
     in_flight: Option<usize>,
+    /// The other volume's create was acknowledged, and its destroy not
+    /// tried.
+    other_must_exist: bool,
+    /// The other volume's destroy was acknowledged.
+    other_must_not_exist: bool,
     acked: u64,
     errors: Vec<String>,
 }
 
-/// Creates the target, then receives each stream into it in turn; stops at
-/// the first failure (the cut).
+/// A data volume made and destroyed while the receives run, so that they
+/// share the provider's sync rounds (and its trash) with other verbs.
+const OTHER: &str = "u";
+
+/// Creates the target; then receives the full stream while creating
+/// another volume, and the incremental one while destroying it; stops at
+/// the first failed receive (the cut).
 async fn workload(m: &Manager, streams: &[&Sent], model: &mut Model) {
     match m.create_volume(PROVIDER, Some(TARGET), Meta::new()).await {
         Ok(_) => {
@@ -661,7 +671,35 @@ async fn workload(m: &Manager, streams: &[&Sent], model: &mut Model) {
     }
     for (i, s) in streams.iter().enumerate() {
         model.in_flight = Some(i);
-        match receive(m, s).await {
+        let other = async {
+            if i == 0 {
+                m.create_volume(PROVIDER, Some(OTHER), Meta::new())
+                    .await
+                    .map(|_| ())
+            } else {
+                m.destroy_volume(OTHER).await
+            }
+        };
+        let (received, other) = tokio::join!(receive(m, s), other);
+        match (i, other) {
+            (0, Ok(())) => {
+                model.other_must_exist = true;
+                model.acked += 1;
+            }
+            (_, Ok(())) => {
+                model.other_must_exist = false;
+                model.other_must_not_exist = true;
+                model.acked += 1;
+            }
+            (_, Err(e)) => {
+                // A destroy that failed may have happened.
+                model.other_must_exist = false;
+                model
+                    .errors
+                    .push(format!("{OTHER} alongside receive {i}: {e}"));
+            }
+        }
+        match received {
             Ok(id) => {
                 model.received.push((id, i));
                 model.acked += 1;
@@ -699,6 +737,14 @@ async fn check_cut(
     if model.target && !live(TARGET) {
         lost += 1;
         problems.push("the acknowledged target is lost".into());
+    }
+    if model.other_must_exist && !live(OTHER) {
+        lost += 1;
+        problems.push(format!("the acknowledged create of {OTHER} is lost"));
+    }
+    if model.other_must_not_exist && state.volumes.contains_key(OTHER) {
+        lost += 1;
+        problems.push(format!("the acknowledged destroy of {OTHER} is undone"));
     }
     for (id, i) in &model.received {
         if !live(id) {
@@ -809,8 +855,9 @@ async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) -> Ve
          {lost}, disagreements {disagreements} (seed {base_seed:#x}, scale {scale})"
     );
     assert_eq!(
-        acked, 3,
-        "a whole run acknowledges the create and both receives: {whole_run_errors:?}"
+        acked, 5,
+        "a whole run acknowledges the creates, the destroy and both receives: \
+         {whole_run_errors:?}"
     );
     failures.truncate(5);
     failures
