@@ -1,8 +1,10 @@
 //! A receive into the real directory provider, through the manager, on one
 //! simulated file system that holds both the journal and the provider's
 //! root ([`DirProvider::simulated`]); reopened through the manager's real
-//! recovery (start sweep, `clear_interrupted_create`, inventory, `finish`
-//! or destroy + `abort_partial`, the shared sync, the resolution records).
+//! recovery (the provider's start sweep, its sync, the inventory, the
+//! reconciliation table: a half-made receive is undone, `abort_partial`
+//! then `destroy`, never finished; the shared sync, the resolution
+//! records).
 //! The streams come from a real provider on a temporary directory (sends
 //! walk the kernel's file system only): a full one, then an incremental one
 //! on top of it.
@@ -22,7 +24,10 @@
 //! incremental receive holds its content, the target holds its old content
 //! or exactly the stream's (never a mix), a snapshot rolled forward holds
 //! exactly the stream's content (and so does the target), `.staging` and
-//! the trash are empty, and the same stream is then received again, whole.
+//! the trash are empty, and the same stream is then received again, whole;
+//! and after a power cut then (nothing unsynced kept: a failed sync drops
+//! changes from the write-back queue for good) what the reopened manager
+//! acknowledged is all there.
 //!
 //! **Power cuts** (`acknowledged_receives_survive_...`): the workload
 //! (create the target; receive the full stream while another volume is
