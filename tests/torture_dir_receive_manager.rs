@@ -401,11 +401,18 @@ struct FailedSync {
     problems: Vec<String>,
 }
 
+/// How the manager took a receive that met a failing sync.
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
 enum Reaction {
+    /// A provider sync failed: the intent stays pending, the provider is
+    /// out of service until a reopen.
     #[default]
     OutOfService,
+    /// A journal sync failed: the journal refuses every append until a
+    /// reopen.
     JournalFailed,
+    /// The provider reported the error, cleaned up, and its outcome
+    /// `Failed` was journaled: nothing pending.
     FailureJournaled,
 }
 
@@ -522,15 +529,18 @@ async fn fail_one_sync(
         .iter()
         .any(|v| v.details.get(DETAIL_GUID) == Some(&stream.guid));
     let old = base.map(|b| b.tree.clone()).unwrap_or_default();
-    match target_tree(&state, &image) {
-        None => {}
-        Some(t) if rolled_forward && t != stream.tree => bad(format!(
-            "the receive was rolled forward, but the target holds {:?}",
-            shown(&t)
-        )),
-        Some(t) if t == stream.tree => out.replaced = !rolled_forward,
-        Some(t) if t != old => bad(format!("the target holds a mix: {:?}", shown(&t))),
-        Some(_) => {}
+    // (A target gone is reported above.)
+    if let Some(t) = target_tree(&state, &image) {
+        if rolled_forward && t != stream.tree {
+            bad(format!(
+                "the receive was rolled forward, but the target holds {:?}",
+                shown(&t)
+            ));
+        } else if t == stream.tree {
+            out.replaced = !rolled_forward;
+        } else if t != old {
+            bad(format!("the target holds a mix: {:?}", shown(&t)));
+        }
     }
     let mut bad = |what: String| out.problems.push(what);
     // Nothing is stuck: the same stream is received again, whole (an
