@@ -57,8 +57,9 @@
 //! and 12); 6 of them, those after the exchange, leave the target with the
 //! stream's content while the receive failed and its snapshot is gone (as
 //! `dir.rs` "Receive" documents: the old content was to be discarded). Power
-//! cuts: 59 crash points and 531 images batched, 65 and 585 durable on
-//! return (concurrent operations may vary the count by a few).
+//! cuts: 56 to 59 crash points and 504 to 531 images batched, 64 or 65 and
+//! 576 or 585 durable on return (the concurrent operations vary the count
+//! from run to run).
 //!
 //! Checked by hand, each mutation alone (problems with it; 0 without):
 //! - no barrier before the `complete` marker (`receive.rs`): 9
