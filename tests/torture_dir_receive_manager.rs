@@ -87,6 +87,13 @@
 //! a checkpoint (best-effort, the journal stays authoritative) fails no
 //! operation, and would show up there as a receive acknowledged after a
 //! failed sync that was not its own.
+//!
+//! Observed, not asserted: durable on return, a failed `syncfs` inside the
+//! receive (failure point 5) is journaled as the receive's failure and the
+//! provider stays in service, but its `syncfs` rounds stay failed (a retry
+//! could lie), so every later receive on it fails ("syncfs of the provider
+//! root failed") until a reopen, while creates go on; batched, the same
+//! failure takes the provider out of service (intent pending) at once.
 
 mod torture_support;
 
