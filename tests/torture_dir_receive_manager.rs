@@ -57,7 +57,7 @@
 //! and 12); 6 of them, those after the exchange, leave the target with the
 //! stream's content while the receive failed and its snapshot is gone (as
 //! `dir.rs` "Receive" documents: the old content was to be discarded). Power
-//! cuts: 56 to 59 crash points and 504 to 531 images batched, 64 or 65 and
+//! cuts: 55 to 59 crash points and 495 to 531 images batched, 64 or 65 and
 //! 576 or 585 durable on return (the concurrent operations vary the count
 //! from run to run).
 //!
@@ -66,8 +66,8 @@
 //!   disagreements in the batched power-cut sweep (`.staging/<op>` left
 //!   behind a complete receive); `torture_dir_receive` sees 4;
 //! - recovery undoes a half-made derived item without `abort_partial`
-//!   (`manager/recovery.rs`): 148 disagreements batched, 147 durable on
-//!   return (`.staging/<op>` left); `torture_dir_receive` and
+//!   (`manager/recovery.rs`): 124 to 148 disagreements batched, 144 to 147
+//!   durable on return (`.staging/<op>` left); `torture_dir_receive` and
 //!   `torture_dir_powercut` see nothing;
 //! - the inventory reports a `swapping` receive complete
 //!   (`dir/inventory.rs`): 68 disagreements batched, 74 durable on return
