@@ -124,23 +124,30 @@
 //! # Durability
 //!
 //! The provider is [`Durability::Batched`] by default: its verbs return
-//! before their changes are durable, and [`Provider::sync`] (one `syncfs` of
-//! the root, shared by every operation waiting for one: a
-//! [`crate::fsutil::GroupSync`]) makes them durable before the
-//! manager journals their outcomes. `syncfs` rather than a set of fsyncs:
-//! the markers' *content* must be durable too, and only a writeback of the
-//! whole file system does that in one flush. The cost is that `syncfs`
-//! writes back whatever else is dirty on that file system (a root on its
-//! own file system keeps that predictable).
+//! before their changes are durable, and [`Provider::sync`] (one *round*
+//! shared by every operation waiting for one: a
+//! [`crate::fsutil::GroupSync`]) makes them durable before the manager
+//! journals their outcomes. Each verb notes the files and directories it
+//! changed (a marker's file and directory, a new volume's directory and its
+//! parent, both directories of a rename); a round takes the paths noted
+//! before it started and `fsync`s each, deepest first ([`BatchSync::Fsync`],
+//! the default). A round used to be one `syncfs` of the root, one flush
+//! instead of about four for a lone create, but `syncfs` writes back every
+//! dirty page of the file system, the tenants' files in their volumes too:
+//! with a tenant writing flat out each create waited about 0.9 s (37 ms
+//! durable on return), so that is now the setting `batch_sync = "syncfs"`
+//! ([`BatchSync::Syncfs`]), for a root no tenant writes much into. A receive
+//! asks its round for a whole `syncfs` either way (its data is many files).
 //!
 //! Without fsyncs between them, a power cut may keep any subset of a
 //! round's changes, and a marker's content may be lost while its name
-//! stays. So the verbs place **barriers** (a wait for a shared `syncfs` that
+//! stays. So the verbs place **barriers** (a wait for a shared round that
 //! started after the call) where order matters, and never rewrite a marker
 //! after a barrier:
 //!
 //! - **create**: marker `creating` (no fsync) → `mkdir data/<id>` →
-//!   return; the shared step makes both durable in one round. A `creating`
+//!   return; the shared step makes both durable in one round (`fsync` of
+//!   the marker, the new directory and both parents). A `creating`
 //!   data-volume marker with its directory *is* a whole volume (an empty
 //!   directory is all a new volume has), so the marker is never rewritten.
 //!   A cut before the shared step may keep any part: no marker, a marker
@@ -151,18 +158,18 @@
 //!   manager calls [`Provider::clear_interrupted_create`] for it, which
 //!   removes that *empty* directory and the stale marker (an untagged
 //!   directory is otherwise foreign for ever). Per create: one shared
-//!   `syncfs` round and no fsync of its own (was five fsyncs).
+//!   round and no fsync of its own (was five fsyncs).
 //! - **destroy**: rename into the trash → barrier → remove the marker (and
 //!   manifest) → queue the tree → return; the shared step ([`Provider::sync`])
-//!   takes the queued trees, runs its `syncfs`, then removes them: only
-//!   trees queued before its `syncfs` started, whose markers' removal it
+//!   takes the queued trees, runs its round, then removes them: only
+//!   trees queued before its round started, whose markers' removal it
 //!   made durable (a tree queued while it runs waits for the next one). So
 //!   the tree goes only once its marker's removal is durable, and the
 //!   manager journals the outcome after that step: an acknowledged destroy's
 //!   tree is removed (one whose removal fails stays in the trash for the
 //!   next start). The removal runs inside the shared step: a large tree
 //!   lengthens that step for every operation waiting on it. Per destroy: two
-//!   shared `syncfs` rounds (the barrier and the shared step; was three)
+//!   shared rounds (the barrier and the shared step; was three)
 //!   and no fsync. A cut leaves the tree in
 //!   place with its marker, or in the trash with or without its marker (the
 //!   start removes the marker if it is still that item's, then the tree);
@@ -179,7 +186,7 @@
 //!   before the marker says `complete`. Batched, a receive also runs a
 //!   barrier between moving its staging area into the trash and that
 //!   marker (nothing removes the staging area of a complete receive; see
-//!   `receive.rs`). The shared step adds one `syncfs`.
+//!   `receive.rs`). The shared step adds one round.
 //!
 //! [`DirProvider::with_durability`] with [`Durability::OnReturn`] keeps the
 //! old behaviour: every verb durable on return (a create is five fsyncs:
@@ -754,8 +761,8 @@ impl Provider for DirProvider {
         }
     }
 
-    /// The batched step: one `syncfs` of the root, shared by concurrent
-    /// callers, then the removal of the trees destroys queued before it
+    /// The batched step: one round (see [`BatchSync`]), shared by
+    /// concurrent callers, then the removal of the trees destroys queued before it
     /// (see "Durability").
     fn sync(&self) -> Result<(), ProviderError> {
         self.sync_and_empty_trash()

@@ -1,5 +1,6 @@
 //! When the directory provider's changes become durable: the batched step
-//! (one `syncfs` of the root shared by concurrent operations), the barriers
+//! (one round shared by concurrent operations: an `fsync` of each path the
+//! provider changed, or a `syncfs` of the root, see [`BatchSync`]), the barriers
 //! a verb needs inside it, and the layout calls that sync or not as the
 //! provider's durability says. The protocol is described in the parent
 //! module's "Durability" section; this module holds its primitives.
@@ -89,8 +90,8 @@ impl Dirty {
 }
 
 impl DirProvider {
-    /// `syncfs` rounds run so far (the batched step and the barriers; each
-    /// serves every operation waiting for it). For benches.
+    /// Rounds run so far (the batched step and the barriers; each serves
+    /// every operation waiting for it). For benches.
     pub fn syncfs_rounds(&self) -> u64 {
         self.flush.flushes()
     }
