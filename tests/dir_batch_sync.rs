@@ -112,7 +112,11 @@ fn the_batch_sync_setting_is_validated_and_kept_in_the_providers_config() {
     drop(p);
     for default in [None, Some("fsync")] {
         let p = DirProvider::from_config(&config(&root, default)).expect("fsync accepted");
-        assert_eq!(p.config(), config(&root, None), "the default is not spelled out");
+        assert_eq!(
+            p.config(),
+            config(&root, None),
+            "the default is not spelled out"
+        );
     }
     for bad in ["", "FSYNC", "--help", "fsync ", "sync"] {
         match DirProvider::from_config(&config(&root, Some(bad))) {

@@ -78,11 +78,7 @@ fn factory(storage: &SimStorage, flavor: Flavor, slot: &Slot) -> ProviderFactory
     })
 }
 
-async fn open(
-    storage: &SimStorage,
-    flavor: Flavor,
-    slot: &Slot,
-) -> Result<Manager, ManagerError> {
+async fn open(storage: &SimStorage, flavor: Flavor, slot: &Slot) -> Result<Manager, ManagerError> {
     let mut config = ManagerConfig {
         journal: JournalConfig {
             segment_size: 4096,

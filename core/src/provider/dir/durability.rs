@@ -206,7 +206,9 @@ impl DirProvider {
     fn sync_changed(&self, path: &Path) -> io::Result<()> {
         match self.layout.sync_path(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            other => {
+                other.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+            }
         }
     }
 

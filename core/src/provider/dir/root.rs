@@ -131,7 +131,7 @@ impl DirProvider {
             batched: durability == Durability::Batched,
             flush: GroupSync::new(),
             batch_sync,
-            dirty: Default::default(),
+            dirty: super::durability::Dirty::default(),
             doomed: trash::Doomed::default(),
         };
         p.claim_root()?;

@@ -8,10 +8,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::super::{BatchSync, DirProvider};
 use super::super::layout::{Entry, Identity, Layout, SimLayout};
 use super::super::tree::{Modes, Policy};
 use super::super::wire::Applied;
+use super::super::{BatchSync, DirProvider};
 use crate::model::{Details, VolumeId, VolumeKind};
 use crate::provider::stream::HashReader;
 use crate::provider::{Durability, Provider, ProviderError, VolumeRef, VolumeSpec};
