@@ -4,8 +4,10 @@
 //! which writes back every dirty page on it, the tenants' too: with a
 //! tenant writing flat out into its volume, each create waited about 0.9 s
 //! for that tenant's data (`BENCH_TENANT=1 cargo bench --bench manager`).
-//! A round now `fsync`s what the provider itself changed (`BatchSync::Fsync`,
-//! the default); `syncfs` rounds stay available as `batch_sync = "syncfs"`.
+//! A round now `fsync`s what the provider itself changed (`BatchSync::Fsync`),
+//! unless little page cache is dirty on the machine, when one `syncfs` costs
+//! one flush and writes back little (`BatchSync::Auto`, the default);
+//! `batch_sync = "fsync"` or `"syncfs"` forces either.
 //!
 //! Properties: an `fsync` round makes the provider's change durable and
 //! leaves a tenant's unsynced file to the kernel's own write-back (on the
@@ -107,23 +109,41 @@ fn the_batch_sync_setting_is_validated_and_kept_in_the_providers_config() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("volumes");
 
-    let p = DirProvider::from_config(&config(&root, Some("syncfs"))).expect("syncfs accepted");
-    assert_eq!(p.config(), config(&root, Some("syncfs")));
-    drop(p);
-    for default in [None, Some("fsync")] {
-        let p = DirProvider::from_config(&config(&root, default)).expect("fsync accepted");
+    for set in ["syncfs", "fsync"] {
+        let p = DirProvider::from_config(&config(&root, Some(set))).expect("accepted");
+        assert_eq!(p.config(), config(&root, Some(set)));
+    }
+    for default in [None, Some("auto")] {
+        let p = DirProvider::from_config(&config(&root, default)).expect("auto accepted");
         assert_eq!(
             p.config(),
             config(&root, None),
             "the default is not spelled out"
         );
     }
-    for bad in ["", "FSYNC", "--help", "fsync ", "sync"] {
+    for bad in ["", "FSYNC", "--help", "fsync ", "sync", "Auto"] {
         match DirProvider::from_config(&config(&root, Some(bad))) {
             Err(ProviderError::InvalidConfig(why)) => {
                 assert!(why.contains(CONFIG_BATCH_SYNC), "{bad:?}: {why}");
             }
             other => panic!("batch_sync {bad:?} accepted: {other:?}"),
         }
+    }
+}
+
+#[test]
+fn auto_rounds_run_syncfs_only_while_little_page_cache_is_dirty() {
+    let max = BatchSync::AUTO_SYNCFS_MAX_DIRTY;
+    assert_eq!(BatchSync::default(), BatchSync::Auto);
+    for (dirty, syncfs) in [
+        (Some(0), true),
+        (Some(max), true),
+        (Some(max + 1), false),
+        (Some(u64::MAX), false),
+        (None, false),
+    ] {
+        assert_eq!(BatchSync::Auto.syncfs_with(dirty), syncfs, "{dirty:?}");
+        assert!(BatchSync::Syncfs.syncfs_with(dirty));
+        assert!(!BatchSync::Fsync.syncfs_with(dirty));
     }
 }

@@ -130,14 +130,17 @@
 //! journals their outcomes. Each verb notes the files and directories it
 //! changed (a marker's file and directory, a new volume's directory and its
 //! parent, both directories of a rename); a round takes the paths noted
-//! before it started and `fsync`s each, deepest first ([`BatchSync::Fsync`],
-//! the default). A round used to be one `syncfs` of the root, one flush
-//! instead of about four for a lone create, but `syncfs` writes back every
-//! dirty page of the file system, the tenants' files in their volumes too:
-//! with a tenant writing flat out each create waited about 0.9 s (37 ms
-//! durable on return), so that is now the setting `batch_sync = "syncfs"`
-//! ([`BatchSync::Syncfs`]), for a root no tenant writes much into. A receive
-//! asks its round for a whole `syncfs` either way (its data is many files).
+//! before it started and `fsync`s each, deepest first ([`BatchSync::Fsync`]),
+//! or runs one `syncfs` of the root ([`BatchSync::Syncfs`]): one flush
+//! instead of about four for a lone create, but it writes back every dirty
+//! page of the file system, the tenants' files in their volumes too (with a
+//! tenant writing flat out, each create waited about 0.9 s; 37 ms durable
+//! on return). The default, [`BatchSync::Auto`], runs the `syncfs` only
+//! while the machine's dirty page cache is at most
+//! [`BatchSync::AUTO_SYNCFS_MAX_DIRTY`] (2 MiB), the `fsync`s otherwise;
+//! the setting `batch_sync` (`auto`, `fsync`, `syncfs`) picks one. A
+//! receive asks its round for a whole `syncfs` either way (its data is many
+//! files).
 //!
 //! Without fsyncs between them, a power cut may keep any subset of a
 //! round's changes, and a marker's content may be lost while its name
@@ -241,7 +244,7 @@ pub const KIND: &str = "dir";
 /// The configuration key of the root directory (required, absolute).
 pub const CONFIG_ROOT: &str = "root";
 /// The configuration key of what a batched round runs ([`BatchSync`]:
-/// `fsync`, the default, or `syncfs`).
+/// `auto`, the default, `fsync` or `syncfs`).
 pub const CONFIG_BATCH_SYNC: &str = "batch_sync";
 /// Longest volume id accepted.
 pub use crate::model::MAX_ID_LEN;
@@ -347,7 +350,7 @@ impl DirProvider {
     }
 
     /// Builds the provider from its journaled configuration: `root` (required,
-    /// absolute) and `batch_sync` (optional: `fsync`, the default, or
+    /// absolute) and `batch_sync` (optional: `auto`, the default, `fsync` or
     /// `syncfs`; see [`BatchSync`]). Unknown keys are refused.
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
         if let Some(key) = config
@@ -365,7 +368,7 @@ impl DirProvider {
             None => BatchSync::default(),
             Some(v) => BatchSync::parse(v).ok_or_else(|| {
                 ProviderError::InvalidConfig(format!(
-                    "{CONFIG_BATCH_SYNC} {v:?}: not \"fsync\" or \"syncfs\""
+                    "{CONFIG_BATCH_SYNC} {v:?}: not \"auto\", \"fsync\" or \"syncfs\""
                 ))
             })?,
         };

@@ -18,14 +18,23 @@ use crate::model::VolumeKind;
 use crate::provider::{ProviderError, VolumeSpec};
 
 /// What one round of the batched step runs (see "Durability" in the
-/// parent module). Both make durable everything the provider changed
-/// before the round started; they differ in what *else* they write.
+/// parent module). Each makes durable everything the provider changed
+/// before the round started; they differ in what *else* they write and in
+/// how many flushes they cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BatchSync {
-    /// An `fsync` of each file and directory the provider changed since the
-    /// last round (deepest first), so a round writes nothing of what
-    /// tenants wrote into their volumes. The default.
+    /// A `syncfs` while the machine holds at most
+    /// [`BatchSync::AUTO_SYNCFS_MAX_DIRTY`] bytes of dirty page cache
+    /// (`nr_dirty` + `nr_writeback` of `/proc/vmstat`, every file system:
+    /// more than this one holds), else the `fsync`s of
+    /// [`BatchSync::Fsync`]: one flush per round on an idle disk, and a
+    /// bounded one when tenants are writing. The default.
     #[default]
+    Auto,
+    /// An `fsync` of each file and directory the provider changed since the
+    /// last round (deepest first): a round writes nothing of what tenants
+    /// wrote into their volumes, at one flush per path on a file system
+    /// without a journal (about four for a lone create).
     Fsync,
     /// One `syncfs` of the root: one flush per round, but it writes back
     /// every dirty page of the file system, the tenants' too (measured: a
@@ -34,9 +43,15 @@ pub enum BatchSync {
 }
 
 impl BatchSync {
+    /// The most dirty page cache (bytes, whole machine) under which an
+    /// [`BatchSync::Auto`] round runs a `syncfs`: writing back 2 MiB costs
+    /// a few milliseconds at worst.
+    pub const AUTO_SYNCFS_MAX_DIRTY: u64 = 2 << 20;
+
     /// The configuration value (`batch_sync`).
     pub fn as_str(self) -> &'static str {
         match self {
+            BatchSync::Auto => "auto",
             BatchSync::Fsync => "fsync",
             BatchSync::Syncfs => "syncfs",
         }
@@ -44,9 +59,19 @@ impl BatchSync {
 
     /// Parses a configuration value.
     pub fn parse(value: &str) -> Option<Self> {
-        [BatchSync::Fsync, BatchSync::Syncfs]
+        [BatchSync::Auto, BatchSync::Fsync, BatchSync::Syncfs]
             .into_iter()
             .find(|b| b.as_str() == value)
+    }
+
+    /// Whether a round runs a `syncfs` (else `fsync`s), with `dirty` the
+    /// machine's dirty page cache in bytes (`None`: unknown).
+    pub fn syncfs_with(self, dirty: Option<u64>) -> bool {
+        match self {
+            BatchSync::Syncfs => true,
+            BatchSync::Fsync => false,
+            BatchSync::Auto => dirty.is_some_and(|d| d <= Self::AUTO_SYNCFS_MAX_DIRTY),
+        }
     }
 }
 
@@ -77,11 +102,12 @@ impl Dirty {
 
     /// Takes what a round starting now must sync: `None` for a whole
     /// `syncfs`, else the paths, deepest first (a directory's entry is made
-    /// durable after what it names).
-    fn take(&self, mode: BatchSync) -> Option<Vec<PathBuf>> {
+    /// durable after what it names). `syncfs` decides, for a round no
+    /// caller asked a whole `syncfs` of, whether it runs one anyway.
+    fn take(&self, syncfs: impl FnOnce() -> bool) -> Option<Vec<PathBuf>> {
         let whole = self.whole.swap(false, Ordering::SeqCst);
         let mut paths: Vec<PathBuf> = std::mem::take(&mut *self.lock()).into_iter().collect();
-        if whole || mode == BatchSync::Syncfs {
+        if whole || syncfs() {
             return None;
         }
         paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -188,12 +214,13 @@ impl DirProvider {
     }
 
     /// Waits for a round that starts after the call: a `syncfs` if one was
-    /// asked for since the last round or the provider's rounds are
-    /// [`BatchSync::Syncfs`], else an `fsync` of each path changed since.
+    /// asked for since the last round or [`BatchSync::syncfs_with`] says
+    /// so, else an `fsync` of each path changed since.
     fn round(&self) -> Result<(), ProviderError> {
         self.flush
             .sync_after("sync of the provider's changes", || {
-                match self.dirty.take(self.batch_sync) {
+                let syncfs = || self.batch_sync.syncfs_with(self.layout.dirty_bytes());
+                match self.dirty.take(syncfs) {
                     None => self.layout.syncfs(&self.root),
                     Some(paths) => paths.iter().try_for_each(|p| self.sync_changed(p)),
                 }

@@ -108,6 +108,9 @@ pub(crate) trait Layout: Send + Sync + Debug {
     /// `fsync` of the regular file or directory at `path`, never following
     /// a symlink (an error) nor blocking on a fifo (an error).
     fn sync_path(&self, path: &Path) -> io::Result<()>;
+    /// The machine's dirty page cache in bytes (what a `syncfs` may have
+    /// to write back at most), `None` if unknown.
+    fn dirty_bytes(&self) -> Option<u64>;
     /// Removes the tree at `path` (absent is fine), never following a
     /// symlink inside it.
     fn remove_tree(&self, path: &Path) -> io::Result<()>;
@@ -267,6 +270,10 @@ impl Layout for RealLayout {
             return Err(io::Error::other("neither a regular file nor a directory"));
         }
         f.sync_all()
+    }
+
+    fn dirty_bytes(&self) -> Option<u64> {
+        fsutil::dirty_page_cache_bytes()
     }
 
     fn remove_tree(&self, path: &Path) -> io::Result<()> {
@@ -467,6 +474,12 @@ impl Layout for SimLayout {
 
     fn syncfs(&self, _path: &Path) -> io::Result<()> {
         self.storage.syncfs()
+    }
+
+    /// Unknown: an `Auto` provider runs `fsync` rounds on the simulation
+    /// (its sweeps run `syncfs` rounds by asking for them).
+    fn dirty_bytes(&self) -> Option<u64> {
+        None
     }
 
     fn sync_path(&self, path: &Path) -> io::Result<()> {

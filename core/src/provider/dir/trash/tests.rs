@@ -106,6 +106,9 @@ impl Layout for GatedLayout {
     fn sync_path(&self, path: &Path) -> io::Result<()> {
         self.inner.sync_path(path)
     }
+    fn dirty_bytes(&self) -> Option<u64> {
+        self.inner.dirty_bytes()
+    }
     fn remove_tree(&self, path: &Path) -> io::Result<()> {
         self.inner.remove_tree(path)
     }
