@@ -130,7 +130,7 @@
 //! journals their outcomes. Each verb notes the files and directories it
 //! changed (a marker's file and directory, a new volume's directory and its
 //! parent, both directories of a rename); a round takes the paths noted
-//! before it started and `fsync`s each, deepest first ([`BatchSync::Fsync`]),
+//! before it started and `fsync`s them, concurrently ([`BatchSync::Fsync`]),
 //! or runs one `syncfs` of the root ([`BatchSync::Syncfs`]): one flush
 //! instead of about four for a lone create, but it writes back every dirty
 //! page of the file system, the tenants' files in their volumes too (with a

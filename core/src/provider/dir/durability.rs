@@ -32,7 +32,7 @@ pub enum BatchSync {
     #[default]
     Auto,
     /// An `fsync` of each file and directory the provider changed since the
-    /// last round (deepest first): a round writes nothing of what tenants
+    /// last round (concurrently): a round writes nothing of what tenants
     /// wrote into their volumes, at one flush per path on a file system
     /// without a journal (about four for a lone create).
     Fsync,
@@ -101,16 +101,14 @@ impl Dirty {
     }
 
     /// Takes what a round starting now must sync: `None` for a whole
-    /// `syncfs`, else the paths, deepest first (a directory's entry is made
-    /// durable after what it names). `syncfs` decides, for a round no
+    /// `syncfs`, else the paths. `syncfs` decides, for a round no
     /// caller asked a whole `syncfs` of, whether it runs one anyway.
     fn take(&self, syncfs: impl FnOnce() -> bool) -> Option<Vec<PathBuf>> {
         let whole = self.whole.swap(false, Ordering::SeqCst);
-        let mut paths: Vec<PathBuf> = std::mem::take(&mut *self.lock()).into_iter().collect();
+        let paths: Vec<PathBuf> = std::mem::take(&mut *self.lock()).into_iter().collect();
         if whole || syncfs() {
             return None;
         }
-        paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         Some(paths)
     }
 }
@@ -222,11 +220,46 @@ impl DirProvider {
                 let syncfs = || self.batch_sync.syncfs_with(self.layout.dirty_bytes());
                 match self.dirty.take(syncfs) {
                     None => self.layout.syncfs(&self.root),
-                    Some(paths) => paths.iter().try_for_each(|p| self.sync_changed(p)),
+                    Some(paths) => self.sync_all_changed(&paths),
                 }
             })
             .map_err(ProviderError::Other)
     }
+
+    /// The `fsync`s of a round, on up to [`Self::ROUND_THREADS`] threads at
+    /// once: under a tenant's write-back each waits behind a queue of the
+    /// tenant's writes, and waiting together costs one wait, not one per
+    /// path. No order among them: a cut may keep any subset of a round's
+    /// changes (as with a `syncfs`), which the verbs' barriers allow for.
+    fn sync_all_changed(&self, paths: &[PathBuf]) -> io::Result<()> {
+        let threads = paths.len().min(Self::ROUND_THREADS);
+        if threads <= 1 {
+            return paths.iter().try_for_each(|p| self.sync_changed(p));
+        }
+        std::thread::scope(|scope| {
+            let share = |first: usize| {
+                paths
+                    .iter()
+                    .skip(first)
+                    .step_by(threads)
+                    .try_for_each(|p| self.sync_changed(p))
+            };
+            let others: Vec<_> = (1..threads)
+                .map(|first| scope.spawn(move || share(first)))
+                .collect();
+            let mut result = share(0);
+            for other in others {
+                let joined = other
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("an fsync thread panicked")));
+                result = result.and(joined);
+            }
+            result
+        })
+    }
+
+    /// Threads a round's `fsync`s run on at most.
+    const ROUND_THREADS: usize = 8;
 
     /// `fsync` of a changed path; one that is gone since was removed or
     /// renamed, which noted its parent.
