@@ -60,7 +60,7 @@ fn run(cmd: &mut Command) -> Result<String, String> {
         Err(format!(
             "{cmd:?} exited with {}: {}",
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ")
         ))
     }
 }
@@ -373,10 +373,10 @@ async fn later_operations_are_refused(m: &Manager) {
 /// Runs the scenario whose first operation on the failing device is
 /// `first`; see the module doc.
 async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(test: &str, first: First) {
+    let started = Instant::now();
     let Some(mut device) = Device::new(test) else {
         return;
     };
-    let started = Instant::now();
     // The journal on /tmp, off the failing device.
     let state_tmp = tempfile::tempdir().expect("state tempdir");
     let state_dir = state_tmp.path().join("state");
@@ -462,7 +462,14 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(test: &str, 
     let volumes: BTreeSet<String> = m.state().volumes.keys().cloned().collect();
     assert_eq!(volumes, acknowledged, "nothing applied after the failure");
     m.close().await;
-    let options_after_failure = device.mount_options();
+    let ext4_after_failure = format!(
+        "mounted {}, mkdir {}",
+        device.mount_options(),
+        match fs::create_dir(device.mount_point().join("probe")) {
+            Ok(()) => "works".to_owned(),
+            Err(e) => format!("fails: {e}"),
+        }
+    );
 
     // Reopened while the device still fails: nothing is decided.
     let still_failing = match open(&state_dir).await {
@@ -541,24 +548,38 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(test: &str, 
             "the attempted destroy was finished at the reopen"
         );
     }
-    let resolved = report.resolutions.len();
 
+    // The failed operations' items: rolled forward whole, or gone.
+    let failed_ids: Vec<String> = match first {
+        First::Creates => failed_creates(),
+        First::Destroy => vec![VICTIM.to_owned()],
+        First::Snapshot => vec![FAILED_SNAP.to_owned()],
+    };
+    let rolled_forward: Vec<&String> = failed_ids
+        .iter()
+        .filter(|id| m.volume(id).is_ok())
+        .collect();
+    let outcome_of_failed = format!(
+        "{} of {} failed operations' items present after reconcile ({})",
+        rolled_forward.len(),
+        failed_ids.len(),
+        report
+            .resolutions
+            .iter()
+            .map(|(case, volume, _)| format!("{} {}", case.name(), volume.as_deref().unwrap_or("-")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     // New operations work, on new ids and on those of the failed ones.
-    let mut reused = 0;
-    let mut retry = failed_creates();
-    retry.push(FAILED_SNAP.to_owned());
-    for id in &retry {
-        if m.volume(id).is_err() {
-            if id == FAILED_SNAP {
-                m.create_snapshot_as("keep-0", Some(id), Meta::new())
-                    .await
-                    .expect("snapshot under the failed snapshot's id");
-            } else {
-                m.create_volume(PROVIDER, Some(id), Meta::new())
-                    .await
-                    .expect("create under a failed create's id");
-            }
-            reused += 1;
+    for id in failed_ids.iter().filter(|id| m.volume(id).is_err()) {
+        if id == FAILED_SNAP {
+            m.create_snapshot_as("keep-0", Some(id), Meta::new())
+                .await
+                .expect("a snapshot under the failed snapshot's id");
+        } else {
+            m.create_volume(PROVIDER, Some(id), Meta::new())
+                .await
+                .expect("a create under a failed operation's id");
         }
     }
     m.create_volume(PROVIDER, Some("after"), Meta::new())
@@ -598,9 +619,9 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(test: &str, 
     device.unmount().expect("unmount");
     println!(
         "dir device errors, first {first:?}: acknowledged before {}, first error: {reason}; \
-         mount after the failure: {options_after_failure}; reopen while failing: \
-         {still_failing}; after restore: resolutions {resolved}, pending 0, acknowledged lost 0, \
-         failed ids free again {reused}, state and inventory agree ({} items); {:.1}s",
+         ext4 after the failure: {ext4_after_failure}; reopen while failing: \
+         {still_failing}; after restore: {outcome_of_failed}, pending 0, acknowledged lost 0, \
+         state and inventory agree ({} items); {:.1}s",
         acknowledged.len(),
         on_provider.len(),
         started.elapsed().as_secs_f64()
