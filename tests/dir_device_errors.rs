@@ -496,6 +496,7 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(test: &str, 
                 pending_after_failure,
                 "pending operations stay pending"
             );
+            let seq = m.stats().durable_seq;
             match m.create_volume(PROVIDER, Some("later-0"), Meta::new()).await {
                 Ok(v) => panic!("create acknowledged on a failing device after a reopen: {v:?}"),
                 Err(e) => assert!(
@@ -503,6 +504,11 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(test: &str, 
                     "refused as unavailable: {e}"
                 ),
             }
+            assert_eq!(
+                m.stats().durable_seq,
+                seq,
+                "a provider reported unavailable at open journals no intent"
+            );
             m.close().await;
             format!("reopened, provider unavailable ({why})")
         }
