@@ -41,9 +41,13 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
+use std::os::fd::AsRawFd;
+
+use uuid::Uuid;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::model::VolumeId;
 use volmgr::provider::dir::DirProvider;
-use volmgr::provider::{Presence, Provider, ProviderConfig};
+use volmgr::provider::{Presence, Provider, ProviderConfig, VolumeSpec};
 use volmgr::state::{Meta, VolumeKind, VolumeStatus};
 
 const REQUIRE: &str = "VOLMGR_REQUIRE_DM";
@@ -86,6 +90,8 @@ struct Device {
     loop_dev: Option<String>,
     /// The dm device's name, once created.
     name: Option<String>,
+    /// `mount -o` options.
+    options: String,
     mounted: bool,
 }
 
@@ -93,6 +99,11 @@ impl Device {
     /// Sets everything up, or explains why it cannot (a SKIP, or a failure
     /// under `VOLMGR_REQUIRE_DM=1`).
     fn new(test: &str) -> Option<Device> {
+        Device::with_options(test, "defaults")
+    }
+
+    /// Like [`Device::new`], mounted with `options`.
+    fn with_options(test: &str, options: &str) -> Option<Device> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return skip_or_fail(test, "not root");
@@ -116,6 +127,7 @@ impl Device {
             tmp,
             loop_dev: None,
             name: None,
+            options: options.to_owned(),
             mounted: false,
         };
         if let Err(e) = device.set_up() {
@@ -201,6 +213,7 @@ impl Device {
 
     fn mount(&mut self) -> Result<(), String> {
         run(Command::new("mount")
+            .args(["-o", &self.options])
             .arg(self.dev_path())
             .arg(self.mount_point()))?;
         self.mounted = true;
@@ -659,4 +672,79 @@ async fn a_snapshot_on_a_failing_device_is_never_acknowledged_and_a_reopen_recon
         First::Snapshot,
     )
     .await;
+}
+
+/// The provider's sync must report a write-back error even when another
+/// caller saw it first. The kernel reports a write-back error to `syncfs`
+/// through the file system's error sequence, to every descriptor opened
+/// before the error was first seen, and to none opened after: a `syncfs` on
+/// a descriptor opened afresh for each call (as the dir provider did) returns
+/// `Ok` once anyone else (another process, another provider on the same
+/// file system) has run a `syncfs` that saw the error. Mounted `nobarrier`,
+/// so that the cache flush (which dm-flakey also fails) does not mask that:
+/// a real disk's failed sectors with a working flush behave the same.
+#[test]
+fn a_write_error_another_syncfs_caller_saw_first_still_fails_the_providers_sync() {
+    let test = "a_write_error_another_syncfs_caller_saw_first_still_fails_the_providers_sync";
+    let started = Instant::now();
+    let Some(mut device) = Device::with_options(test, "nobarrier") else {
+        return;
+    };
+    let root = device.mount_point().join("root");
+    let provider = DirProvider::new(root.clone()).expect("the provider opens");
+    let (kept, lost) = (VolumeId::new("kept").unwrap(), VolumeId::new("lost").unwrap());
+    let spec = |id| VolumeSpec {
+        id,
+        op: Uuid::now_v7(),
+        kind: VolumeKind::Data,
+    };
+    provider.create_volume(&spec(&kept)).expect("create");
+    provider.sync().expect("a healthy sync");
+
+    device.fail_writes();
+    provider
+        .create_volume(&spec(&lost))
+        .expect("the create's effect lands in the page cache");
+    // Someone else's syncfs of the same file system meets the error first.
+    let other = File::open(device.mount_point()).expect("open the mount point");
+    // SAFETY: a valid descriptor, owned by `other` for the call.
+    let seen = unsafe { libc::syncfs(other.as_raw_fd()) };
+    let seen_by_other = if seen == 0 {
+        "returned 0".to_owned()
+    } else {
+        std::io::Error::last_os_error().to_string()
+    };
+    let r = provider.sync();
+    assert!(
+        r.is_err(),
+        "the provider's sync reported durable a create whose write-back failed \
+         (another caller's syncfs saw the error first: {seen_by_other})"
+    );
+
+    // Indeed not durable: gone once the device is restored and remounted.
+    drop(provider);
+    device.restore();
+    device.unmount().expect("unmount");
+    device.mount().expect("mount the restored device");
+    let provider = DirProvider::new(root).expect("the provider opens");
+    let found: BTreeSet<String> = provider
+        .inventory()
+        .expect("inventory")
+        .into_iter()
+        .filter(|f| f.presence == Presence::Complete)
+        .filter_map(|f| f.tag.map(|t| t.volume))
+        .collect();
+    assert!(found.contains("kept"), "the synced create is durable: {found:?}");
+    assert!(
+        !found.contains("lost"),
+        "the failed create never reached the disk: {found:?}"
+    );
+    drop(provider);
+    device.unmount().expect("unmount");
+    println!(
+        "dir device errors, error seen first by another syncfs ({seen_by_other}): the provider's \
+         sync failed: {}; {:.1}s",
+        r.map_or_else(|e| e.to_string(), |()| "no".into()),
+        started.elapsed().as_secs_f64()
+    );
 }
