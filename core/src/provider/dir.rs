@@ -270,6 +270,9 @@ fn dir_name(kind: VolumeKind) -> &'static str {
 pub struct DirProvider {
     root: PathBuf,
     root_str: String,
+    /// The root, held open since the provider was opened (the kernel's
+    /// file system only): the descriptor its `syncfs` runs on.
+    root_fd: Option<crate::fsutil::Dir>,
     /// The file operations on the provider's own names.
     layout: Arc<dyn Layout>,
     /// [`Durability::Batched`] (the default) or on return.
