@@ -64,7 +64,9 @@ fn run(cmd: &mut Command) -> Result<String, String> {
         Err(format!(
             "{cmd:?} exited with {}: {}",
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ")
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', "; ")
         ))
     }
 }
@@ -78,7 +80,9 @@ fn skip_or_fail(test: &str, why: &str) -> Option<Device> {
     if std::env::var(REQUIRE).as_deref() == Ok("1") {
         panic!("{REQUIRE}=1 but {test} cannot run: {why}");
     }
-    println!("SKIP {test}: {why} (needs root and device-mapper with dm-flakey; {REQUIRE}=1 makes this a failure)");
+    println!(
+        "SKIP {test}: {why} (needs root and device-mapper with dm-flakey; {REQUIRE}=1 makes this a failure)"
+    );
     None
 }
 
@@ -202,13 +206,15 @@ impl Device {
     }
 
     fn fail_writes(&self) {
-        self.switch(true).expect("switch the device to failing writes");
+        self.switch(true)
+            .expect("switch the device to failing writes");
         let live = dmsetup(&["table", self.name()]).expect("dmsetup table");
         assert!(live.contains("error_writes"), "live table: {live}");
     }
 
     fn restore(&self) {
-        self.switch(false).expect("switch the device back to linear");
+        self.switch(false)
+            .expect("switch the device back to linear");
     }
 
     fn mount(&mut self) -> Result<(), String> {
@@ -265,10 +271,15 @@ type Tree = BTreeMap<PathBuf, Vec<u8>>;
 /// `location`, durably (files and directories fsynced), as its user would.
 fn fill(location: &Path, id: &str) -> Tree {
     let tree = Tree::from([
-        (PathBuf::from("f"), format!("the content of {id}\n").into_bytes()),
+        (
+            PathBuf::from("f"),
+            format!("the content of {id}\n").into_bytes(),
+        ),
         (
             PathBuf::from("d/g"),
-            format!("{id}: a file in a directory\n").repeat(100).into_bytes(),
+            format!("{id}: a file in a directory\n")
+                .repeat(100)
+                .into_bytes(),
         ),
     ]);
     fs::create_dir(location.join("d")).expect("mkdir in the volume");
@@ -512,7 +523,10 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(test: &str, 
                 "pending operations stay pending"
             );
             let seq = m.stats().durable_seq;
-            match m.create_volume(PROVIDER, Some("later-0"), Meta::new()).await {
+            match m
+                .create_volume(PROVIDER, Some("later-0"), Meta::new())
+                .await
+            {
                 Ok(v) => panic!("create acknowledged on a failing device after a reopen: {v:?}"),
                 Err(e) => assert!(
                     matches!(e, ManagerError::ProviderUnavailable { .. }),
@@ -587,7 +601,11 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(test: &str, 
         report
             .resolutions
             .iter()
-            .map(|(case, volume, _)| format!("{} {}", case.name(), volume.as_deref().unwrap_or("-")))
+            .map(|(case, volume, _)| format!(
+                "{} {}",
+                case.name(),
+                volume.as_deref().unwrap_or("-")
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -695,7 +713,10 @@ fn a_write_error_another_syncfs_caller_saw_first_still_fails_the_providers_sync(
     };
     let root = device.mount_point().join("root");
     let provider = DirProvider::new(root.clone()).expect("the provider opens");
-    let (kept, lost) = (VolumeId::new("kept").unwrap(), VolumeId::new("lost").unwrap());
+    let (kept, lost) = (
+        VolumeId::new("kept").unwrap(),
+        VolumeId::new("lost").unwrap(),
+    );
     let spec = |id| VolumeSpec {
         id,
         op: Uuid::now_v7(),
@@ -737,7 +758,10 @@ fn a_write_error_another_syncfs_caller_saw_first_still_fails_the_providers_sync(
         .filter(|f| f.presence == Presence::Complete)
         .filter_map(|f| f.tag.map(|t| t.volume))
         .collect();
-    assert!(found.contains("kept"), "the synced create is durable: {found:?}");
+    assert!(
+        found.contains("kept"),
+        "the synced create is durable: {found:?}"
+    );
     assert!(
         !found.contains("lost"),
         "the failed create never reached the disk: {found:?}"
