@@ -506,17 +506,12 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(test: &str, 
                 "nothing resolved on a failing device: {:?}",
                 report.resolutions
             );
-            let why = report
-                .unavailable
-                .iter()
-                .find(|(p, _)| p == PROVIDER)
-                .map(|(_, why)| why.clone())
-                .unwrap_or_else(|| {
-                    panic!(
-                        "the provider is unavailable while its device fails: {:?}",
-                        report.unavailable
-                    )
-                });
+            let Some((_, why)) = report.unavailable.iter().find(|(p, _)| p == PROVIDER) else {
+                panic!(
+                    "the provider is unavailable while its device fails: {:?}",
+                    report.unavailable
+                );
+            };
             assert_eq!(
                 m.state().pending.len(),
                 pending_after_failure,
@@ -722,12 +717,12 @@ fn a_write_error_another_syncfs_caller_saw_first_still_fails_the_providers_sync(
         op: Uuid::now_v7(),
         kind: VolumeKind::Data,
     };
-    provider.create_volume(&spec(&kept)).expect("create");
+    provider.create_volume(&spec(kept)).expect("create");
     provider.sync().expect("a healthy sync");
 
     device.fail_writes();
     provider
-        .create_volume(&spec(&lost))
+        .create_volume(&spec(lost))
         .expect("the create's effect lands in the page cache");
     // Someone else's syncfs of the same file system meets the error first.
     let other = File::open(device.mount_point()).expect("open the mount point");
