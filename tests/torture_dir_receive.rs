@@ -8,9 +8,11 @@
 //! First, without a cut: both receives leave the target and the snapshot
 //! holding exactly the stream's content. Then the power is cut at every
 //! sync point of each receive (each cut keeping none, all or a seeded part
-//! of what was not durable), the provider reopened and the item handled as
-//! the manager's recovery does (`finish`, else `destroy` and
-//! `abort_partial`). Property: the received snapshot is either whole
+//! of what was not durable), the provider reopened and the item finished
+//! if it can be (`finish`), else undone (`destroy` and `abort_partial`).
+//! The manager's own recovery never calls `finish` for a half-made receive
+//! (it undoes it: `abort_partial`, then `destroy`);
+//! `torture_dir_receive_manager.rs` sweeps that path through the manager. Property: the received snapshot is either whole
 //! (complete, holding the stream's content, and the target holds it too) or
 //! gone; the target holds its old content or the new one, never a mix;
 //! nothing is left in staging or the trash, and nothing is foreign.
