@@ -131,7 +131,8 @@
 //! the markers' *content* must be durable too, and only a writeback of the
 //! whole file system does that in one flush. The cost is that `syncfs`
 //! writes back whatever else is dirty on that file system (a root on its
-//! own file system keeps that predictable).
+//! own file system keeps that predictable). It runs on the root's descriptor
+//! held since open: one opened afresh can miss a write-back error (`sync_root`).
 //!
 //! Without fsyncs between them, a power cut may keep any subset of a
 //! round's changes, and a marker's content may be lost while its name
@@ -270,6 +271,8 @@ fn dir_name(kind: VolumeKind) -> &'static str {
 pub struct DirProvider {
     root: PathBuf,
     root_str: String,
+    /// The root held open since open (kernel file system): `syncfs` runs on it.
+    root_fd: Option<crate::fsutil::Dir>,
     /// The file operations on the provider's own names.
     layout: Arc<dyn Layout>,
     /// [`Durability::Batched`] (the default) or on return.

@@ -95,10 +95,19 @@ impl DirProvider {
     /// A `syncfs` of the root, whatever the durability, through the shared
     /// rounds: concurrent callers share one, and a failed one fails every
     /// later call (after a write-back error a retry could succeed and lie).
+    ///
+    /// On the kernel's file system it runs on the root's descriptor opened
+    /// when the provider was: `syncfs` reports a write-back error (through
+    /// the file system's error sequence) only to descriptors opened before
+    /// anyone saw it, so on a descriptor opened afresh it returns `Ok` once
+    /// another caller's `syncfs` of the same file system (another process,
+    /// another provider) has seen the error first, and effects that never
+    /// reached the disk would be acknowledged (`tests/dir_device_errors.rs`).
     pub(super) fn sync_root(&self) -> Result<(), ProviderError> {
         self.flush
-            .sync_after("syncfs of the provider root", || {
-                self.layout.syncfs(&self.root)
+            .sync_after("syncfs of the provider root", || match &self.root_fd {
+                Some(root) => root.syncfs(),
+                None => self.layout.syncfs(&self.root),
             })
             .map_err(ProviderError::Other)
     }
