@@ -79,12 +79,11 @@ impl Manager {
             let found = match found {
                 Ok(found) => found,
                 Err(e) => {
-                    tracing::error!(provider = %id, error = %e, "inventory failed; provider unavailable");
-                    inner
-                        .unavailable
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(id.clone(), e.to_string());
+                    // Out of service, not just reported: no verb may journal
+                    // an intent for it or call it until a reopen decides its
+                    // pending operations.
+                    tracing::error!(provider = %id, error = %e, "inventory failed");
+                    inner.set_unavailable(id, &e.to_string());
                     report.unavailable.push((id.clone(), e.to_string()));
                     continue;
                 }

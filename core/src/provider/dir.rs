@@ -140,7 +140,8 @@
 //! [`BatchSync::AUTO_SYNCFS_MAX_DIRTY`] (2 MiB), the `fsync`s otherwise;
 //! the setting `batch_sync` (`auto`, `fsync`, `syncfs`) picks one. A
 //! receive asks its round for a whole `syncfs` either way (its data is many
-//! files).
+//! files). A `syncfs` runs on the root's descriptor held since open: one
+//! opened afresh can miss a write-back error (`sync_root`).
 //!
 //! Without fsyncs between them, a power cut may keep any subset of a
 //! round's changes, and a marker's content may be lost while its name
@@ -284,6 +285,8 @@ fn dir_name(kind: VolumeKind) -> &'static str {
 pub struct DirProvider {
     root: PathBuf,
     root_str: String,
+    /// The root held open since open (kernel file system): `syncfs` runs on it.
+    root_fd: Option<crate::fsutil::Dir>,
     /// The file operations on the provider's own names.
     layout: Arc<dyn Layout>,
     /// [`Durability::Batched`] (the default) or on return.
@@ -528,66 +531,68 @@ impl Provider for DirProvider {
     }
 
     fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
-        check_id(spec.id)?;
-        if spec.kind != VolumeKind::Data {
-            return Err(ProviderError::Other(format!(
-                "create_volume makes data volumes, not a {}",
-                spec.kind
-            )));
-        }
-        let path = self.path(VolumeKind::Data, spec.id);
-        let m = match self.live_marker(VolumeKind::Data, spec.id)? {
-            Some(m) if m.op != spec.op => {
-                return Err(ProviderError::AlreadyExists(format!(
-                    "volume {} (made by operation {})",
-                    spec.id, m.op
-                )));
-            }
-            Some(m) if m.state == MarkerState::Complete => {
-                if self.is_dir(&path)? {
-                    return Ok(self.created(&m));
-                }
+        self.note_failure((|| {
+            check_id(spec.id)?;
+            if spec.kind != VolumeKind::Data {
                 return Err(ProviderError::Other(format!(
-                    "volume {} is marked complete but {} is missing",
-                    spec.id,
-                    path.display()
+                    "create_volume makes data volumes, not a {}",
+                    spec.kind
                 )));
             }
-            Some(m) if m.state == MarkerState::Creating => {
-                // Retried by the same operation. Durable on return, its
-                // marker already is; batched, marker and directory become
-                // durable in the same round (see "Durability").
-                m
-            }
-            Some(m) => {
-                return Err(ProviderError::Other(format!(
-                    "volume {}: {}",
-                    spec.id,
-                    m.state.describe(m.parent.as_deref())
-                )));
-            }
-            None => {
-                if self.entry(&path)?.is_some() {
+            let path = self.path(VolumeKind::Data, spec.id);
+            let m = match self.live_marker(VolumeKind::Data, spec.id)? {
+                Some(m) if m.op != spec.op => {
                     return Err(ProviderError::AlreadyExists(format!(
-                        "{} (not tagged as ours)",
+                        "volume {} (made by operation {})",
+                        spec.id, m.op
+                    )));
+                }
+                Some(m) if m.state == MarkerState::Complete => {
+                    if self.is_dir(&path)? {
+                        return Ok(self.created(&m));
+                    }
+                    return Err(ProviderError::Other(format!(
+                        "volume {} is marked complete but {} is missing",
+                        spec.id,
                         path.display()
                     )));
                 }
-                let m = Marker {
-                    format: MARKER_FORMAT,
-                    volume: spec.id.to_string(),
-                    op: spec.op,
-                    kind: VolumeKind::Data,
-                    parent: None,
-                    guid: None,
-                    state: MarkerState::Creating,
-                };
-                self.put_marker_first(&m)?;
-                m
-            }
-        };
-        self.finish_create(&m)
-            .inspect_err(|_| self.discard(VolumeKind::Data, spec.id, spec.op))
+                Some(m) if m.state == MarkerState::Creating => {
+                    // Retried by the same operation. Durable on return, its
+                    // marker already is; batched, marker and directory become
+                    // durable in the same round (see "Durability").
+                    m
+                }
+                Some(m) => {
+                    return Err(ProviderError::Other(format!(
+                        "volume {}: {}",
+                        spec.id,
+                        m.state.describe(m.parent.as_deref())
+                    )));
+                }
+                None => {
+                    if self.entry(&path)?.is_some() {
+                        return Err(ProviderError::AlreadyExists(format!(
+                            "{} (not tagged as ours)",
+                            path.display()
+                        )));
+                    }
+                    let m = Marker {
+                        format: MARKER_FORMAT,
+                        volume: spec.id.to_string(),
+                        op: spec.op,
+                        kind: VolumeKind::Data,
+                        parent: None,
+                        guid: None,
+                        state: MarkerState::Creating,
+                    };
+                    self.put_marker_first(&m)?;
+                    m
+                }
+            };
+            self.finish_create(&m)
+                .inspect_err(|_| self.discard(VolumeKind::Data, spec.id, spec.op))
+        })())
     }
 
     fn create_snapshot(
@@ -595,7 +600,7 @@ impl Provider for DirProvider {
         source: &VolumeRef<'_>,
         spec: &VolumeSpec<'_>,
     ) -> Result<Created, ProviderError> {
-        self.derive(source, spec, VolumeKind::Snapshot)
+        self.note_failure(self.derive(source, spec, VolumeKind::Snapshot))
     }
 
     fn fork_volume(
@@ -609,23 +614,25 @@ impl Provider for DirProvider {
                 snapshot.id, snapshot.kind
             )));
         }
-        self.derive(snapshot, spec, VolumeKind::Data)
+        self.note_failure(self.derive(snapshot, spec, VolumeKind::Data))
     }
 
     fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
-        check_id(volume.id)?;
-        if let Some(m) = self.marker(volume.kind, volume.id)? {
-            self.remove_item(&m)
-        } else {
-            let path = self.path(volume.kind, volume.id);
-            if self.entry(&path)?.is_some() {
-                return Err(ProviderError::Other(format!(
-                    "refusing to destroy {}: it carries no ownership marker",
-                    path.display()
-                )));
+        self.note_failure((|| {
+            check_id(volume.id)?;
+            if let Some(m) = self.marker(volume.kind, volume.id)? {
+                self.remove_item(&m)
+            } else {
+                let path = self.path(volume.kind, volume.id);
+                if self.entry(&path)?.is_some() {
+                    return Err(ProviderError::Other(format!(
+                        "refusing to destroy {}: it carries no ownership marker",
+                        path.display()
+                    )));
+                }
+                Ok(())
             }
-            Ok(())
-        }
+        })())
     }
 
     /// Exact for a full stream (a walk of the snapshot's metadata); `None`

@@ -82,7 +82,10 @@ impl BatchSync {
 /// **Invariant:** a path is recorded (or `whole` set) *before* its caller
 /// takes its ticket, and a round takes the set when it starts: so the
 /// round that decides a ticket, or an earlier one that started after the
-/// recording, syncs it.
+/// recording, syncs it. A provider's first round is a whole `syncfs`
+/// ([`Dirty::at_open`]), and so is the round after a verb failed
+/// (`discard`: its cleanup may have stopped half way, on an I/O error that
+/// an `fsync` of the paths it noted would not meet again).
 #[derive(Debug, Default)]
 pub(super) struct Dirty {
     paths: Mutex<BTreeSet<PathBuf>>,
@@ -94,6 +97,21 @@ impl Dirty {
         self.paths
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What a provider starting now cannot know: the changes an earlier
+    /// instance (a killed process) left unsynced in the page cache, which
+    /// its inventory sees. So its first round is a whole `syncfs`.
+    pub(super) fn at_open() -> Dirty {
+        Dirty {
+            paths: Mutex::default(),
+            whole: AtomicBool::new(true),
+        }
+    }
+
+    /// Asks the next round for a whole `syncfs`.
+    pub(super) fn want_whole(&self) {
+        self.whole.store(true, Ordering::SeqCst);
     }
 
     fn record(&self, path: &Path) {
@@ -183,6 +201,19 @@ impl DirProvider {
         }
     }
 
+    /// Passes a verb's result on; a failure asks the next round for a
+    /// whole `syncfs` (see [`Dirty`]): the verb may have stopped half way
+    /// on an I/O error, leaving changes it never noted.
+    pub(super) fn note_failure<T>(
+        &self,
+        result: Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        if result.is_err() {
+            self.dirty.want_whole();
+        }
+        result
+    }
+
     /// Batched: notes that `path` (one of the provider's own files or
     /// directories) changed and must be synced by the next round.
     pub(super) fn changed(&self, path: &Path) {
@@ -206,8 +237,16 @@ impl DirProvider {
     /// A `syncfs` of the root, whatever the durability, through the shared
     /// rounds: concurrent callers share one, and a failed one fails every
     /// later call (after a write-back error a retry could succeed and lie).
+    ///
+    /// On the kernel's file system it runs on the root's descriptor opened
+    /// when the provider was: `syncfs` reports a write-back error (through
+    /// the file system's error sequence) only to descriptors opened before
+    /// anyone saw it, so on a descriptor opened afresh it returns `Ok` once
+    /// another caller's `syncfs` of the same file system (another process,
+    /// another provider) has seen the error first, and effects that never
+    /// reached the disk would be acknowledged (`tests/dir_device_errors.rs`).
     pub(super) fn sync_root(&self) -> Result<(), ProviderError> {
-        self.dirty.whole.store(true, Ordering::SeqCst);
+        self.dirty.want_whole();
         self.round()
     }
 
@@ -219,7 +258,13 @@ impl DirProvider {
             .sync_after("sync of the provider's changes", || {
                 let syncfs = || self.batch_sync.syncfs_with(self.layout.dirty_bytes());
                 match self.dirty.take(syncfs) {
-                    None => self.layout.syncfs(&self.root),
+                    None => match &self.root_fd {
+                        Some(root) => root.syncfs(),
+                        None => self.layout.syncfs(&self.root),
+                    }
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("syncfs of the provider root: {e}"))
+                    }),
                     Some(paths) => self.sync_all_changed(&paths),
                 }
             })
@@ -266,9 +311,8 @@ impl DirProvider {
     fn sync_changed(&self, path: &Path) -> io::Result<()> {
         match self.layout.sync_path(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => {
-                other.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
-            }
+            other => other
+                .map_err(|e| io::Error::new(e.kind(), format!("fsync of {}: {e}", path.display()))),
         }
     }
 

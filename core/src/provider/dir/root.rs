@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::layout::{Entry, Layout};
 use super::{BatchSync, CONFIG_ROOT, DirProvider, MARKERS, STAGING};
 use super::{trash, tree};
-use crate::fsutil::GroupSync;
+use crate::fsutil::{Dir, GroupSync};
 use crate::model::VolumeKind;
 use crate::provider::Durability;
 use crate::provider::ProviderError;
@@ -124,14 +124,27 @@ impl DirProvider {
         } else {
             create_root(&*layout, &root)?;
         }
+        // Opened before the provider changes anything, and kept: the
+        // kernel reports a write-back error to `syncfs` on a descriptor
+        // opened before the error was first seen, not on one opened after
+        // (see `DirProvider::sync_root`).
+        let root_fd = if layout.is_kernel() {
+            Some(
+                Dir::open(&root)
+                    .map_err(|e| ProviderError::io(format!("opening {}", root.display()), e))?,
+            )
+        } else {
+            None
+        };
         let p = DirProvider {
             root,
             root_str,
+            root_fd,
             layout,
             batched: durability == Durability::Batched,
             flush: GroupSync::new(),
             batch_sync,
-            dirty: super::durability::Dirty::default(),
+            dirty: super::durability::Dirty::at_open(),
             doomed: trash::Doomed::default(),
         };
         p.claim_root()?;

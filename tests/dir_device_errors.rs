@@ -1,0 +1,837 @@
+//! The directory provider on a real block device that starts failing writes.
+//!
+//! The dir provider is `Batched`: its side effects become durable through
+//! one shared `syncfs` of its root per round, and only then are their
+//! outcomes journaled. Until now a failing `syncfs` was only simulated
+//! (`SimStorage` returning `EIO`). Here the provider's root is an ext4 on a
+//! device-mapper device over a loop device (the manager's journal stays on
+//! another file system, so only the provider's sync can fail). Volumes are
+//! created and filled while the device is healthy; then the device's table
+//! is switched to `dm-flakey` with `error_writes` (every write fails with
+//! `EIO`, reads work) and the first operation runs: concurrent creates, a
+//! destroy, or a snapshot (one test each, since the first failure decides
+//! what the kernel reports). Properties:
+//!
+//! - no operation is acknowledged (never `Ok`) once the device fails writes:
+//!   the first fails with "provider unavailable" naming the failed `syncfs`
+//!   and the I/O error, and every later operation on the provider is
+//!   refused the same way without journaling an intent;
+//! - reopening while the device still fails resolves nothing: the
+//!   provider's pre-inventory sync fails, so it stays unavailable and its
+//!   pending operations stay pending;
+//! - once the device is restored and the file system remounted (ext4
+//!   aborts its journal and goes read-only on the first failed write: it
+//!   needs a remount, which replays its journal), a reopen reconciles:
+//!   nothing pending, every acknowledged volume and snapshot present with
+//!   its content, the attempted destroy finished, state and the provider's
+//!   inventory agree (no orphan, no foreign or half-made item), and new
+//!   operations work, including on the ids of the failed operations.
+//!
+//! Needs root, a kernel with device-mapper and dm-flakey, `dmsetup`,
+//! `losetup` and `mkfs.ext4`: that is the QEMU guest of `scripts/zfs-test`
+//! (which sets `VOLMGR_REQUIRE_DM=1`). Elsewhere each test prints a SKIP
+//! line and passes, unless `VOLMGR_REQUIRE_DM=1` makes it fail loudly. Every
+//! mount, device-mapper device and loop device is undone by a drop guard.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use std::os::fd::AsRawFd;
+
+use uuid::Uuid;
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::model::VolumeId;
+use volmgr::provider::dir::{BatchSync, CONFIG_BATCH_SYNC, DirProvider};
+use volmgr::provider::{Presence, Provider, ProviderConfig, VolumeSpec};
+use volmgr::state::{Meta, VolumeKind, VolumeStatus};
+
+const REQUIRE: &str = "VOLMGR_REQUIRE_DM";
+const PROVIDER: &str = "p";
+/// Size of the sparse image under the file system.
+const IMAGE_BYTES: u64 = 64 << 20;
+
+/// Runs `cmd`; its stdout, or an error naming the command and its stderr.
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd:?} exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', "; ")
+        ))
+    }
+}
+
+fn dmsetup(args: &[&str]) -> Result<String, String> {
+    run(Command::new("dmsetup").args(args))
+}
+
+/// Prints the SKIP line (or panics under `VOLMGR_REQUIRE_DM=1`).
+fn skip_or_fail(test: &str, why: &str) -> Option<Device> {
+    if std::env::var(REQUIRE).as_deref() == Ok("1") {
+        panic!("{REQUIRE}=1 but {test} cannot run: {why}");
+    }
+    println!(
+        "SKIP {test}: {why} (needs root and device-mapper with dm-flakey; {REQUIRE}=1 makes this a failure)"
+    );
+    None
+}
+
+/// An ext4 on a device-mapper device over a loop device over a sparse
+/// image; torn down on drop (unmount, remove the dm device, detach the
+/// loop device), whatever happened.
+struct Device {
+    tmp: tempfile::TempDir,
+    loop_dev: Option<String>,
+    /// The dm device's name, once created.
+    name: Option<String>,
+    /// `mount -o` options.
+    options: String,
+    mounted: bool,
+}
+
+impl Device {
+    /// Sets everything up, or explains why it cannot (a SKIP, or a failure
+    /// under `VOLMGR_REQUIRE_DM=1`).
+    fn new(test: &str) -> Option<Device> {
+        Device::with_options(test, "defaults")
+    }
+
+    /// Like [`Device::new`], mounted with `options`.
+    fn with_options(test: &str, options: &str) -> Option<Device> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return skip_or_fail(test, "not root");
+        }
+        // Loaded on demand; already there (or impossible) elsewhere.
+        for module in ["dm-flakey", "loop"] {
+            let _ = Command::new("modprobe").arg(module).output();
+        }
+        match dmsetup(&["targets"]) {
+            Ok(t) if t.lines().any(|l| l.starts_with("flakey")) => {}
+            Ok(t) => {
+                return skip_or_fail(
+                    test,
+                    &format!("device-mapper has no flakey target ({})", t.trim()),
+                );
+            }
+            Err(e) => return skip_or_fail(test, &format!("no device-mapper: {e}")),
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut device = Device {
+            tmp,
+            loop_dev: None,
+            name: None,
+            options: options.to_owned(),
+            mounted: false,
+        };
+        if let Err(e) = device.set_up() {
+            return skip_or_fail(test, &format!("setting up the device failed: {e}"));
+        }
+        Some(device)
+    }
+
+    fn set_up(&mut self) -> Result<(), String> {
+        let image = self.tmp.path().join("fs.img");
+        File::create(&image)
+            .and_then(|f| f.set_len(IMAGE_BYTES))
+            .map_err(|e| format!("sparse image: {e}"))?;
+        let loop_dev = run(Command::new("losetup").args(["-f", "--show"]).arg(&image))?;
+        self.loop_dev = Some(loop_dev.trim().to_owned());
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "volmgr-deverr-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        dmsetup(&[
+            "create",
+            "--noudevsync",
+            &name,
+            "--table",
+            &self.table(false),
+        ])?;
+        self.name = Some(name);
+        // The node, whether or not udev made it.
+        dmsetup(&["mknodes", self.name()])?;
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(self.dev_path()))?;
+        fs::create_dir(self.mount_point()).map_err(|e| format!("mount point: {e}"))?;
+        self.mount()
+    }
+
+    fn name(&self) -> &str {
+        self.name.as_deref().expect("the dm device exists")
+    }
+
+    fn dev_path(&self) -> PathBuf {
+        Path::new("/dev/mapper").join(self.name())
+    }
+
+    fn mount_point(&self) -> PathBuf {
+        self.tmp.path().join("mnt")
+    }
+
+    /// The dm table: the whole loop device, linear, or failing every write.
+    fn table(&self, failing: bool) -> String {
+        let sectors = IMAGE_BYTES / 512;
+        let dev = self.loop_dev.as_deref().expect("the loop device exists");
+        if failing {
+            // up 0 s, down 1 s: always down; reads pass, writes fail (EIO).
+            format!("0 {sectors} flakey {dev} 0 0 1 1 error_writes")
+        } else {
+            format!("0 {sectors} linear {dev} 0")
+        }
+    }
+
+    /// Replaces the live table: without freezing the file system first
+    /// (`--nolockfs`: whatever is dirty stays dirty, to fail later), and
+    /// without waiting for udev (the guest's udev handles no dm rules).
+    fn switch(&self, failing: bool) -> Result<(), String> {
+        let table = self.table(failing);
+        dmsetup(&["suspend", "--nolockfs", "--noudevsync", self.name()])?;
+        let loaded = dmsetup(&["load", self.name(), "--table", &table]);
+        let resumed = dmsetup(&["resume", "--noudevsync", self.name()]);
+        loaded.and(resumed).map(drop)
+    }
+
+    fn fail_writes(&self) {
+        self.switch(true)
+            .expect("switch the device to failing writes");
+        let live = dmsetup(&["table", self.name()]).expect("dmsetup table");
+        assert!(live.contains("error_writes"), "live table: {live}");
+    }
+
+    fn restore(&self) {
+        self.switch(false)
+            .expect("switch the device back to linear");
+    }
+
+    fn mount(&mut self) -> Result<(), String> {
+        run(Command::new("mount")
+            .args(["-o", &self.options])
+            .arg(self.dev_path())
+            .arg(self.mount_point()))?;
+        self.mounted = true;
+        Ok(())
+    }
+
+    fn unmount(&mut self) -> Result<(), String> {
+        run(Command::new("umount").arg(self.mount_point()))?;
+        self.mounted = false;
+        Ok(())
+    }
+
+    /// How the kernel mounts it now (`rw,...` or `ro,...`).
+    fn mount_options(&self) -> String {
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mp = self.mount_point();
+        mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(&*mp.to_string_lossy()))
+            .and_then(|l| l.split(' ').nth(3))
+            .unwrap_or("not mounted")
+            .to_owned()
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if self.mounted {
+            let mp = self.mount_point();
+            if run(Command::new("umount").arg(&mp)).is_err() {
+                let _ = run(Command::new("umount").arg("-l").arg(&mp));
+            }
+        }
+        if let Some(name) = &self.name
+            && dmsetup(&["remove", "--noudevsync", name]).is_err()
+        {
+            let _ = dmsetup(&["remove", "--noudevsync", "--force", name]);
+        }
+        if let Some(dev) = &self.loop_dev {
+            let _ = run(Command::new("losetup").arg("-d").arg(dev));
+        }
+    }
+}
+
+/// A tree's files: relative path to content.
+type Tree = BTreeMap<PathBuf, Vec<u8>>;
+
+/// Writes a file and a file in a subdirectory into the data volume at
+/// `location`, durably (files and directories fsynced), as its user would.
+fn fill(location: &Path, id: &str) -> Tree {
+    let tree = Tree::from([
+        (
+            PathBuf::from("f"),
+            format!("the content of {id}\n").into_bytes(),
+        ),
+        (
+            PathBuf::from("d/g"),
+            format!("{id}: a file in a directory\n")
+                .repeat(100)
+                .into_bytes(),
+        ),
+    ]);
+    fs::create_dir(location.join("d")).expect("mkdir in the volume");
+    for (rel, bytes) in &tree {
+        let mut f = File::create(location.join(rel)).expect("create in the volume");
+        f.write_all(bytes).expect("write");
+        f.sync_all().expect("fsync");
+    }
+    for dir in [location.join("d"), location.to_owned()] {
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .expect("fsync dir");
+    }
+    tree
+}
+
+/// The regular files under `root`, with their content.
+fn read_tree(root: &Path) -> Tree {
+    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
+        for entry in fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = fs::symlink_metadata(&path).expect("lstat");
+            if meta.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).expect("under root").to_owned();
+                out.insert(rel, fs::read(&path).expect("read"));
+            }
+        }
+    }
+    let mut out = Tree::new();
+    walk(root, root, &mut out);
+    out
+}
+
+async fn open(state_dir: &Path) -> Result<Manager, ManagerError> {
+    Manager::open(state_dir, ManagerConfig::default()).await
+}
+
+/// The operation that meets the failing device first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum First {
+    /// Four concurrent creates (one shared round for all of them).
+    Creates,
+    /// The destroy of an acknowledged volume.
+    Destroy,
+    /// A snapshot of an acknowledged volume that holds content.
+    Snapshot,
+}
+
+const KEPT: [&str; 3] = ["keep-0", "keep-1", "keep-2"];
+const VICTIM: &str = "victim";
+/// Taken while the device is healthy.
+const SNAP: &str = "snap-0";
+const FAILED_SNAP: &str = "snap-failed";
+
+fn failed_creates() -> Vec<String> {
+    (0..4).map(|i| format!("failed-{i}")).collect()
+}
+
+/// Whether `e` is "provider `p` unavailable" because its `syncfs` failed
+/// with an I/O error.
+fn unavailable_for_syncfs(e: &ManagerError) -> bool {
+    matches!(e, ManagerError::ProviderUnavailable { provider, reason }
+        if provider == PROVIDER
+            && (reason.contains("syncfs") || reason.contains("fsync of"))
+            && (reason.contains("Input/output error") || reason.contains("os error 5")))
+}
+
+/// Every operation after the first failure: all refused as unavailable,
+/// none journaling an intent.
+async fn later_operations_are_refused(m: &Manager) {
+    let pending = m.state().pending.len();
+    let mut outcomes = Vec::new();
+    for id in ["later-0", "later-1"] {
+        outcomes.push((
+            format!("create {id}"),
+            m.create_volume(PROVIDER, Some(id), Meta::new())
+                .await
+                .map(drop),
+        ));
+    }
+    outcomes.push((
+        "destroy keep-1".into(),
+        m.destroy_volume("keep-1").await.map(drop),
+    ));
+    outcomes.push((
+        "snapshot keep-2".into(),
+        m.create_snapshot_as("keep-2", Some("snap-later"), Meta::new())
+            .await
+            .map(drop),
+    ));
+    outcomes.push((
+        format!("fork {SNAP}"),
+        m.fork_volume(SNAP, Some("fork-later"), Meta::new())
+            .await
+            .map(drop),
+    ));
+    for (what, r) in outcomes {
+        match r {
+            Ok(()) => panic!("{what} acknowledged on a provider whose syncfs failed"),
+            Err(e) => assert!(
+                unavailable_for_syncfs(&e),
+                "{what} is refused as unavailable, naming the failed syncfs: {e}"
+            ),
+        }
+    }
+    assert_eq!(
+        m.state().pending.len(),
+        pending,
+        "a refused operation journals no intent"
+    );
+}
+
+/// Runs the scenario whose first operation on the failing device is
+/// `first`; see the module doc.
+async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
+    test: &str,
+    first: First,
+    batch_sync: BatchSync,
+) {
+    let started = Instant::now();
+    let Some(mut device) = Device::new(test) else {
+        return;
+    };
+    // The journal on /tmp, off the failing device.
+    let state_tmp = tempfile::tempdir().expect("state tempdir");
+    let state_dir = state_tmp.path().join("state");
+    let root = device.mount_point().join("root");
+
+    // Healthy: volumes acknowledged, filled durably; one snapshot.
+    let m = open(&state_dir).await.expect("open");
+    m.add_provider(
+        PROVIDER,
+        "dir",
+        ProviderConfig::from([
+            ("root".to_owned(), root.display().to_string()),
+            (CONFIG_BATCH_SYNC.to_owned(), batch_sync.as_str().to_owned()),
+        ]),
+    )
+    .await
+    .expect("add the dir provider");
+    let mut content: BTreeMap<String, Tree> = BTreeMap::new();
+    for id in KEPT.iter().chain([&VICTIM]) {
+        let v = m
+            .create_volume(PROVIDER, Some(id), Meta::new())
+            .await
+            .expect("create while healthy");
+        content.insert((*id).to_owned(), fill(Path::new(&v.location), id));
+    }
+    m.create_snapshot_as("keep-0", Some(SNAP), Meta::new())
+        .await
+        .expect("snapshot while healthy");
+    content.insert(SNAP.to_owned(), content["keep-0"].clone());
+    let acknowledged: BTreeSet<String> = m.state().volumes.keys().cloned().collect();
+    assert_eq!(acknowledged.len(), KEPT.len() + 2);
+
+    // The device fails every write from here on.
+    device.fail_writes();
+    let first_errors: Vec<(String, ManagerError)> = match first {
+        First::Creates => {
+            let tasks: Vec<_> = failed_creates()
+                .into_iter()
+                .map(|id| {
+                    let m = m.clone();
+                    tokio::spawn(async move {
+                        let r = m.create_volume(PROVIDER, Some(&id), Meta::new()).await;
+                        (id, r)
+                    })
+                })
+                .collect();
+            let mut errors = Vec::new();
+            for t in tasks {
+                let (id, r) = t.await.expect("no panic");
+                match r {
+                    Ok(v) => panic!("create {id} acknowledged on a failing device: {v:?}"),
+                    Err(e) => errors.push((format!("create {id}"), e)),
+                }
+            }
+            errors
+        }
+        First::Destroy => match m.destroy_volume(VICTIM).await {
+            Ok(()) => panic!("destroy of {VICTIM} acknowledged on a failing device"),
+            Err(e) => vec![(format!("destroy {VICTIM}"), e)],
+        },
+        First::Snapshot => {
+            match m
+                .create_snapshot_as("keep-0", Some(FAILED_SNAP), Meta::new())
+                .await
+            {
+                Ok(v) => panic!("snapshot acknowledged on a failing device: {v:?}"),
+                Err(e) => vec![(format!("snapshot {FAILED_SNAP}"), e)],
+            }
+        }
+    };
+    for (what, e) in &first_errors {
+        assert!(
+            unavailable_for_syncfs(e),
+            "{what}: the provider is taken out of service, the reason naming the failed \
+             syncfs and the I/O error: {e}"
+        );
+    }
+    let reason = first_errors[0].1.to_string();
+    let pending_after_failure = m.state().pending.len();
+    // A create that started after another's sync failed is refused before
+    // its intent; each of the others stays pending.
+    assert!(
+        (1..=first_errors.len()).contains(&pending_after_failure),
+        "the failed operations' intents stay pending: {pending_after_failure} of {}",
+        first_errors.len()
+    );
+    later_operations_are_refused(&m).await;
+    let volumes: BTreeSet<String> = m.state().volumes.keys().cloned().collect();
+    assert_eq!(volumes, acknowledged, "nothing applied after the failure");
+    m.close().await;
+    let ext4_after_failure = format!(
+        "mounted {}, mkdir {}",
+        device.mount_options(),
+        match fs::create_dir(device.mount_point().join("probe")) {
+            Ok(()) => "works".to_owned(),
+            Err(e) => format!("fails: {e}"),
+        }
+    );
+
+    // Reopened while the device still fails: nothing is decided.
+    let still_failing = match open(&state_dir).await {
+        Ok(m) => {
+            let report = m.reconcile_report();
+            assert!(
+                report.resolutions.is_empty(),
+                "nothing resolved on a failing device: {:?}",
+                report.resolutions
+            );
+            let Some((_, why)) = report.unavailable.iter().find(|(p, _)| p == PROVIDER) else {
+                panic!(
+                    "the provider is unavailable while its device fails: {:?}",
+                    report.unavailable
+                );
+            };
+            assert_eq!(
+                m.state().pending.len(),
+                pending_after_failure,
+                "pending operations stay pending"
+            );
+            let seq = m.stats().durable_seq;
+            match m
+                .create_volume(PROVIDER, Some("later-0"), Meta::new())
+                .await
+            {
+                Ok(v) => panic!("create acknowledged on a failing device after a reopen: {v:?}"),
+                Err(e) => assert!(
+                    matches!(e, ManagerError::ProviderUnavailable { .. }),
+                    "refused as unavailable: {e}"
+                ),
+            }
+            assert_eq!(
+                m.stats().durable_seq,
+                seq,
+                "a provider reported unavailable at open journals no intent"
+            );
+            m.close().await;
+            format!("reopened, provider unavailable ({why})")
+        }
+        Err(e) => format!("open refused ({e})"),
+    };
+
+    // Restored: the file system needs a remount (ext4 aborted its journal).
+    device.restore();
+    device.unmount().expect("unmount the failed file system");
+    device.mount().expect("mount the restored device");
+    let m = open(&state_dir).await.expect("reopen once restored");
+    let report = m.reconcile_report();
+    assert!(
+        report.unavailable.is_empty(),
+        "the provider serves again: {:?}",
+        report.unavailable
+    );
+    assert!(report.foreign.is_empty(), "foreign: {:?}", report.foreign);
+    let state = m.state();
+    assert!(
+        state.pending.is_empty(),
+        "nothing pending: {:?}",
+        state.pending
+    );
+    assert!(m.orphans().is_empty(), "orphans: {:?}", m.orphans());
+    for (id, tree) in &content {
+        if first == First::Destroy && id == VICTIM {
+            continue;
+        }
+        let v = m
+            .volume(id)
+            .unwrap_or_else(|e| panic!("acknowledged {id} is present: {e}"));
+        assert_eq!(v.status, VolumeStatus::Live, "{id} is live");
+        assert_eq!(
+            &read_tree(Path::new(&v.location)),
+            tree,
+            "{id} holds its content"
+        );
+    }
+    if first == First::Destroy {
+        assert!(
+            m.volume(VICTIM).is_err(),
+            "the attempted destroy was finished at the reopen"
+        );
+    }
+
+    // The failed operations' items: rolled forward whole, or gone.
+    let failed_ids: Vec<String> = match first {
+        First::Creates => failed_creates(),
+        First::Destroy => vec![VICTIM.to_owned()],
+        First::Snapshot => vec![FAILED_SNAP.to_owned()],
+    };
+    let rolled_forward: Vec<&String> = failed_ids
+        .iter()
+        .filter(|id| m.volume(id).is_ok())
+        .collect();
+    let outcome_of_failed = format!(
+        "{} of {} failed operations' items present after reconcile ({})",
+        rolled_forward.len(),
+        failed_ids.len(),
+        report
+            .resolutions
+            .iter()
+            .map(|(case, volume, _)| format!(
+                "{} {}",
+                case.name(),
+                volume.as_deref().unwrap_or("-")
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // New operations work, on new ids and on those of the failed ones.
+    for id in failed_ids.iter().filter(|id| m.volume(id).is_err()) {
+        if id == FAILED_SNAP {
+            m.create_snapshot_as("keep-0", Some(id), Meta::new())
+                .await
+                .expect("a snapshot under the failed snapshot's id");
+        } else {
+            m.create_volume(PROVIDER, Some(id), Meta::new())
+                .await
+                .expect("a create under a failed operation's id");
+        }
+    }
+    m.create_volume(PROVIDER, Some("after"), Meta::new())
+        .await
+        .expect("a new create");
+    m.create_snapshot_as("keep-2", Some("snap-after"), Meta::new())
+        .await
+        .expect("a new snapshot");
+    m.destroy_volume("keep-1")
+        .await
+        .expect("a destroy of an acknowledged volume");
+    let state = m.state();
+    m.close().await;
+
+    // State and the provider's own inventory agree.
+    let provider = DirProvider::new(root.clone()).expect("the provider opens");
+    let found = provider.inventory().expect("inventory");
+    let half_made: Vec<_> = found
+        .iter()
+        .filter(|f| f.presence != Presence::Complete || f.tag.is_none())
+        .collect();
+    assert!(
+        half_made.is_empty(),
+        "no half-made or foreign item: {half_made:?}"
+    );
+    let on_provider: BTreeMap<String, VolumeKind> = found
+        .iter()
+        .filter_map(|f| f.tag.as_ref().map(|t| (t.volume.clone(), t.kind)))
+        .collect();
+    let in_state: BTreeMap<String, VolumeKind> = state
+        .volumes
+        .values()
+        .map(|v| (v.id.clone(), v.kind))
+        .collect();
+    assert_eq!(on_provider, in_state, "state and inventory agree");
+    drop(provider);
+    device.unmount().expect("unmount");
+    println!(
+        "dir device errors, first {first:?}: acknowledged before {}, failed {} (intents journaled {pending_after_failure}), \
+         first error: {reason}; ext4 after the failure: {ext4_after_failure}; reopen while failing: \
+         {still_failing}; after restore: {outcome_of_failed}, pending 0, acknowledged lost 0, \
+         state and inventory agree ({} items); {:.1}s",
+        acknowledged.len(),
+        first_errors.len(),
+        on_provider.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_sharing_a_failed_syncfs_are_never_acknowledged_and_a_reopen_reconciles() {
+    failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
+        "creates_sharing_a_failed_syncfs_are_never_acknowledged_and_a_reopen_reconciles",
+        First::Creates,
+        BatchSync::Syncfs,
+    )
+    .await;
+}
+
+/// The same with rounds of `fsync`s (`batch_sync = "fsync"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_sharing_a_failed_syncfs_are_never_acknowledged_and_a_reopen_reconciles_with_fsync_rounds()
+ {
+    failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
+        "creates_sharing_a_failed_syncfs_are_never_acknowledged_and_a_reopen_reconciles_with_fsync_rounds",
+        First::Creates,
+        BatchSync::Fsync,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroy_on_a_failing_device_is_never_acknowledged_and_a_reopen_finishes_it() {
+    failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
+        "a_destroy_on_a_failing_device_is_never_acknowledged_and_a_reopen_finishes_it",
+        First::Destroy,
+        BatchSync::Syncfs,
+    )
+    .await;
+}
+
+/// The same with rounds of `fsync`s (`batch_sync = "fsync"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroy_on_a_failing_device_is_never_acknowledged_and_a_reopen_finishes_it_with_fsync_rounds()
+ {
+    failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
+        "a_destroy_on_a_failing_device_is_never_acknowledged_and_a_reopen_finishes_it_with_fsync_rounds",
+        First::Destroy,
+        BatchSync::Fsync,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_on_a_failing_device_is_never_acknowledged_and_a_reopen_reconciles() {
+    failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
+        "a_snapshot_on_a_failing_device_is_never_acknowledged_and_a_reopen_reconciles",
+        First::Snapshot,
+        BatchSync::Syncfs,
+    )
+    .await;
+}
+
+/// The same with rounds of `fsync`s (`batch_sync = "fsync"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_on_a_failing_device_is_never_acknowledged_and_a_reopen_reconciles_with_fsync_rounds()
+ {
+    failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
+        "a_snapshot_on_a_failing_device_is_never_acknowledged_and_a_reopen_reconciles_with_fsync_rounds",
+        First::Snapshot,
+        BatchSync::Fsync,
+    )
+    .await;
+}
+
+/// The provider's sync must report a write-back error even when another
+/// caller saw it first. The kernel reports a write-back error to `syncfs`
+/// through the file system's error sequence, to every descriptor opened
+/// before the error was first seen, and to none opened after: a `syncfs` on
+/// a descriptor opened afresh for each call (as the dir provider did) returns
+/// `Ok` once anyone else (another process, another provider on the same
+/// file system) has run a `syncfs` that saw the error. Mounted `nobarrier`,
+/// so that the cache flush (which dm-flakey also fails) does not mask that:
+/// a real disk's failed sectors with a working flush behave the same.
+#[test]
+fn a_write_error_another_syncfs_caller_saw_first_still_fails_the_providers_sync() {
+    error_seen_first_by_another_caller(
+        "a_write_error_another_syncfs_caller_saw_first_still_fails_the_providers_sync",
+        BatchSync::Syncfs,
+    );
+}
+
+/// The same with rounds of `fsync`s: each `fsync` runs on a descriptor
+/// opened for it, which still reports an error of its file that nobody saw
+/// through that file.
+#[test]
+fn a_write_error_another_syncfs_caller_saw_first_still_fails_an_fsync_round() {
+    error_seen_first_by_another_caller(
+        "a_write_error_another_syncfs_caller_saw_first_still_fails_an_fsync_round",
+        BatchSync::Fsync,
+    );
+}
+
+fn error_seen_first_by_another_caller(test: &str, batch_sync: BatchSync) {
+    let started = Instant::now();
+    let Some(mut device) = Device::with_options(test, "nobarrier") else {
+        return;
+    };
+    let root = device.mount_point().join("root");
+    let provider =
+        DirProvider::with_batch_sync(root.clone(), batch_sync).expect("the provider opens");
+    let (kept, lost) = (
+        VolumeId::new("kept").unwrap(),
+        VolumeId::new("lost").unwrap(),
+    );
+    let spec = |id| VolumeSpec {
+        id,
+        op: Uuid::now_v7(),
+        kind: VolumeKind::Data,
+    };
+    provider.create_volume(&spec(kept)).expect("create");
+    provider.sync().expect("a healthy sync");
+
+    device.fail_writes();
+    provider
+        .create_volume(&spec(lost))
+        .expect("the create's effect lands in the page cache");
+    // Someone else's syncfs of the same file system meets the error first.
+    let other = File::open(device.mount_point()).expect("open the mount point");
+    // SAFETY: a valid descriptor, owned by `other` for the call.
+    let seen = unsafe { libc::syncfs(other.as_raw_fd()) };
+    let seen_by_other = if seen == 0 {
+        "returned 0".to_owned()
+    } else {
+        std::io::Error::last_os_error().to_string()
+    };
+    let r = provider.sync();
+    assert!(
+        r.is_err(),
+        "the provider's sync reported durable a create whose write-back failed \
+         (another caller's syncfs saw the error first: {seen_by_other})"
+    );
+
+    // Indeed not durable: gone once the device is restored and remounted.
+    drop((provider, other));
+    device.restore();
+    device.unmount().expect("unmount");
+    device.mount().expect("mount the restored device");
+    let provider = DirProvider::new(root).expect("the provider opens");
+    let found: BTreeSet<String> = provider
+        .inventory()
+        .expect("inventory")
+        .into_iter()
+        .filter(|f| f.presence == Presence::Complete)
+        .filter_map(|f| f.tag.map(|t| t.volume))
+        .collect();
+    assert!(
+        found.contains("kept"),
+        "the synced create is durable: {found:?}"
+    );
+    assert!(
+        !found.contains("lost"),
+        "the failed create never reached the disk: {found:?}"
+    );
+    drop(provider);
+    device.unmount().expect("unmount");
+    println!(
+        "dir device errors, error seen first by another syncfs ({seen_by_other}), {} rounds: the \
+         provider's sync failed: {}; {:.1}s",
+        batch_sync.as_str(),
+        r.map_or_else(|e| e.to_string(), |()| "no".into()),
+        started.elapsed().as_secs_f64()
+    );
+}
