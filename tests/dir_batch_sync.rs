@@ -147,3 +147,53 @@ fn auto_rounds_run_syncfs_only_while_little_page_cache_is_dirty() {
         assert!(!BatchSync::Fsync.syncfs_with(dirty));
     }
 }
+
+/// A provider opened after a kill -9 sees, in the page cache, what the
+/// killed one left unsynced (here a whole create), and the manager rolls it
+/// forward from that inventory: the new provider's first round must make
+/// it durable although this provider noted none of it (a whole `syncfs`).
+#[test]
+fn the_first_round_after_a_restart_makes_what_an_earlier_instance_left_durable() {
+    for batch_sync in [BatchSync::Auto, BatchSync::Fsync, BatchSync::Syncfs] {
+        let storage = SimStorage::new();
+        let p = DirProvider::simulated_with(
+            PathBuf::from(ROOT),
+            storage.clone(),
+            Durability::Batched,
+            batch_sync,
+        )
+        .expect("the provider opens");
+        create(&p, "v");
+        drop(p);
+        // kill -9: the process is gone, the page cache is not.
+        let after_kill = storage.restart();
+        let p = DirProvider::simulated_with(
+            PathBuf::from(ROOT),
+            after_kill.clone(),
+            Durability::Batched,
+            batch_sync,
+        )
+        .expect("reopens");
+        p.sync().expect("the first round");
+        let image = after_kill.power_cut_with(
+            2,
+            CutPolicy {
+                data: DataLoss::DropAll,
+                dirs: DirLoss::ForgetAll,
+            },
+        );
+        let p = DirProvider::simulated(PathBuf::from(ROOT), image, Durability::Batched)
+            .expect("reopens after the cut");
+        let found: Vec<String> = p
+            .inventory()
+            .unwrap()
+            .into_iter()
+            .filter_map(|f| f.tag.map(|t| t.volume))
+            .collect();
+        assert_eq!(
+            found,
+            ["v"],
+            "{batch_sync:?}: the create seen after the restart was lost"
+        );
+    }
+}
