@@ -2,9 +2,12 @@
 //!
 //! Creates, then destroys, `BENCH_OPS` volumes on the directory provider
 //! through `Manager` (no HTTP) at concurrency 1 and 16, the provider batched
-//! (the default: one shared `syncfs` round) and durable on return (its own
-//! fsyncs per verb), and prints per verb: operations/s, p50/p99 latency,
-//! journal `fdatasync`s and provider `syncfs` rounds per operation (group
+//! (the default: shared rounds, `batch_sync = auto`), batched with rounds
+//! that fsync what the provider changed (`b-fsync`) or run one `syncfs` of
+//! the whole file system (`b-syncfs`), and durable on return (its own
+//! fsyncs per verb), and
+//! prints per verb: operations/s, p50/p99 latency, journal `fdatasync`s and
+//! provider rounds per operation (group
 //! commit at work when they fall below 2), the share of each operation's wall
 //! time spent awaiting durable journal appends, and, at concurrency 1 (where
 //! every commit carries one operation's record, so the attribution is exact),
@@ -13,7 +16,11 @@
 //! the cases for scale, and the machine's load is printed.
 //!
 //! Environment: `BENCH_DIR` (scratch root, on the disk to measure),
-//! `BENCH_OPS` (default 2000 per case), `BENCH_CONCURRENCY` (default `1,16`).
+//! `BENCH_OPS` (default 2000 per case), `BENCH_CONCURRENCY` (default `1,16`),
+//! `BENCH_TENANT=1`: a thread plays a tenant writing into a file on the same
+//! file system flat out (1 MiB buffered writes cycling over 1 GiB, no
+//! fsync) during every case, as containers do into their volumes; its rate
+//! is printed (use a small `BENCH_OPS`: `syncfs` rounds then take seconds).
 
 mod support;
 
@@ -24,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use support::{Case, Latencies};
 use volmgr::manager::{Manager, ManagerConfig, ManagerStats};
-use volmgr::provider::dir::{CONFIG_ROOT, DirProvider};
+use volmgr::provider::dir::{BatchSync, CONFIG_ROOT, DirProvider};
 use volmgr::provider::{Durability, Provider, ProviderConfig};
 use volmgr::state::Meta;
 
@@ -55,13 +62,19 @@ fn main() {
         "p50 us",
         "p99 us",
         "fdatasync/op",
-        "syncfs/op",
+        "rounds/op",
         "journal share",
         "journal overhead"
     );
+    let tenant = (support::env_or("BENCH_TENANT", 0u32) == 1).then(|| Tenant::start(root.path()));
     let mut summary = Vec::new();
     for &concurrency in &levels {
-        for durability in [Durability::Batched, Durability::OnReturn] {
+        for (provider_name, durability, batch_sync) in [
+            ("batched", Durability::Batched, BatchSync::Auto),
+            ("b-fsync", Durability::Batched, BatchSync::Fsync),
+            ("b-syncfs", Durability::Batched, BatchSync::Syncfs),
+            ("on-return", Durability::OnReturn, BatchSync::Auto),
+        ] {
             let dir = tempfile::tempdir_in(root.path()).unwrap();
             let volumes = dir.path().join("volumes").to_string_lossy().into_owned();
             let mut config = ManagerConfig {
@@ -79,7 +92,10 @@ fn main() {
                 "dir".into(),
                 Arc::new(move |c: &ProviderConfig| {
                     let root = PathBuf::from(&c[CONFIG_ROOT]);
-                    let p = Arc::new(DirProvider::with_durability(root, durability)?);
+                    let p = Arc::new(match durability {
+                        Durability::Batched => DirProvider::with_batch_sync(root, batch_sync)?,
+                        Durability::OnReturn => DirProvider::with_durability(root, durability)?,
+                    });
                     *slot.lock().unwrap() = Some(p.clone());
                     Ok(p as Arc<dyn Provider>)
                 }),
@@ -90,7 +106,7 @@ fn main() {
                 let before = (m.stats(), provider.syncfs_rounds());
                 let mut case = rt.block_on(run(&m, verb, concurrency, ops));
                 let after = (m.stats(), provider.syncfs_rounds());
-                let line = row(concurrency, durability, verb, &mut case, &before, &after);
+                let line = row(concurrency, provider_name, verb, &mut case, &before, &after);
                 summary.push(line);
             }
             rt.block_on(m.close());
@@ -100,7 +116,45 @@ fn main() {
     for line in &summary {
         println!("summary: {line}");
     }
+    if let Some(t) = tenant {
+        println!("tenant: {}", t.stop());
+    }
     println!("load average at the end: {}", support::load_avg());
+}
+
+/// A tenant writing flat out into a file on the measured file system.
+struct Tenant {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, f64)>,
+}
+
+impl Tenant {
+    fn start(dir: &std::path::Path) -> Tenant {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::create(dir.join("tenant.dat")).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let chunk = vec![0xab_u8; 1 << 20];
+            let started = Instant::now();
+            let mut written = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                file.write_all_at(&chunk, (written % 1024) << 20).unwrap();
+                written += 1;
+            }
+            (written, started.elapsed().as_secs_f64())
+        });
+        Tenant { stop, thread }
+    }
+
+    fn stop(self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mib, secs) = self.thread.join().unwrap();
+        format!(
+            "wrote {mib} MiB in {secs:.1} s ({:.0} MiB/s, buffered)",
+            mib as f64 / secs
+        )
+    }
 }
 
 async fn run(m: &Manager, verb: &'static str, concurrency: usize, ops: usize) -> Case {
@@ -139,7 +193,7 @@ async fn run(m: &Manager, verb: &'static str, concurrency: usize, ops: usize) ->
 
 fn row(
     concurrency: usize,
-    durability: Durability,
+    provider: &str,
     verb: &str,
     case: &mut Case,
     (before, syncfs_before): &(ManagerStats, u64),
@@ -150,10 +204,6 @@ fn row(
     // The provider's own syncfs rounds: its barriers and the manager's
     // shared sync (none when durable on return: it fsyncs instead).
     let psyncs = (syncfs_after - syncfs_before) as f64;
-    let provider = match durability {
-        Durability::Batched => "batched",
-        Durability::OnReturn => "on-return",
-    };
     let op_ns = (after.operation_ns - before.operation_ns).max(1) as f64;
     let wait_ns = (after.journal_wait_ns - before.journal_wait_ns) as f64;
     let sync_ns = (after.journal_sync_ns - before.journal_sync_ns) as f64;
@@ -169,7 +219,7 @@ fn row(
         overhead.map_or_else(|| "-".into(), |o| format!("{:.1}%", o * 100.0))
     );
     format!(
-        "{verb} at concurrency {concurrency}, dir {provider}: {:.0}/s, {:.2} journal fdatasyncs/op, {:.2} provider syncfs rounds/op, journal share {:.1}%{}",
+        "{verb} at concurrency {concurrency}, dir {provider}: {:.0}/s, {:.2} journal fdatasyncs/op, {:.2} provider rounds/op, journal share {:.1}%{}",
         case.rate(),
         syncs / ops,
         psyncs / ops,

@@ -46,7 +46,7 @@ use std::os::fd::AsRawFd;
 use uuid::Uuid;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::model::VolumeId;
-use volmgr::provider::dir::DirProvider;
+use volmgr::provider::dir::{BatchSync, CONFIG_BATCH_SYNC, DirProvider};
 use volmgr::provider::{Presence, Provider, ProviderConfig, VolumeSpec};
 use volmgr::state::{Meta, VolumeKind, VolumeStatus};
 
@@ -345,7 +345,7 @@ fn failed_creates() -> Vec<String> {
 fn unavailable_for_syncfs(e: &ManagerError) -> bool {
     matches!(e, ManagerError::ProviderUnavailable { provider, reason }
         if provider == PROVIDER
-            && reason.contains("syncfs")
+            && (reason.contains("syncfs") || reason.contains("fsync of"))
             && (reason.contains("Input/output error") || reason.contains("os error 5")))
 }
 
@@ -396,7 +396,11 @@ async fn later_operations_are_refused(m: &Manager) {
 
 /// Runs the scenario whose first operation on the failing device is
 /// `first`; see the module doc.
-async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(test: &str, first: First) {
+async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
+    test: &str,
+    first: First,
+    batch_sync: BatchSync,
+) {
     let started = Instant::now();
     let Some(mut device) = Device::new(test) else {
         return;
@@ -411,7 +415,10 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(test: &str, 
     m.add_provider(
         PROVIDER,
         "dir",
-        ProviderConfig::from([("root".to_owned(), root.display().to_string())]),
+        ProviderConfig::from([
+            ("root".to_owned(), root.display().to_string()),
+            (CONFIG_BATCH_SYNC.to_owned(), batch_sync.as_str().to_owned()),
+        ]),
     )
     .await
     .expect("add the dir provider");
@@ -668,6 +675,19 @@ async fn creates_sharing_a_failed_syncfs_are_never_acknowledged_and_a_reopen_rec
     failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
         "creates_sharing_a_failed_syncfs_are_never_acknowledged_and_a_reopen_reconciles",
         First::Creates,
+        BatchSync::Syncfs,
+    )
+    .await;
+}
+
+/// The same with rounds of `fsync`s (`batch_sync = "fsync"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_sharing_a_failed_syncfs_are_never_acknowledged_and_a_reopen_reconciles_with_fsync_rounds()
+ {
+    failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
+        "creates_sharing_a_failed_syncfs_are_never_acknowledged_and_a_reopen_reconciles_with_fsync_rounds",
+        First::Creates,
+        BatchSync::Fsync,
     )
     .await;
 }
@@ -677,6 +697,19 @@ async fn a_destroy_on_a_failing_device_is_never_acknowledged_and_a_reopen_finish
     failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
         "a_destroy_on_a_failing_device_is_never_acknowledged_and_a_reopen_finishes_it",
         First::Destroy,
+        BatchSync::Syncfs,
+    )
+    .await;
+}
+
+/// The same with rounds of `fsync`s (`batch_sync = "fsync"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroy_on_a_failing_device_is_never_acknowledged_and_a_reopen_finishes_it_with_fsync_rounds()
+ {
+    failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
+        "a_destroy_on_a_failing_device_is_never_acknowledged_and_a_reopen_finishes_it_with_fsync_rounds",
+        First::Destroy,
+        BatchSync::Fsync,
     )
     .await;
 }
@@ -686,6 +719,19 @@ async fn a_snapshot_on_a_failing_device_is_never_acknowledged_and_a_reopen_recon
     failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
         "a_snapshot_on_a_failing_device_is_never_acknowledged_and_a_reopen_reconciles",
         First::Snapshot,
+        BatchSync::Syncfs,
+    )
+    .await;
+}
+
+/// The same with rounds of `fsync`s (`batch_sync = "fsync"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_on_a_failing_device_is_never_acknowledged_and_a_reopen_reconciles_with_fsync_rounds()
+ {
+    failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
+        "a_snapshot_on_a_failing_device_is_never_acknowledged_and_a_reopen_reconciles_with_fsync_rounds",
+        First::Snapshot,
+        BatchSync::Fsync,
     )
     .await;
 }
@@ -701,13 +747,31 @@ async fn a_snapshot_on_a_failing_device_is_never_acknowledged_and_a_reopen_recon
 /// a real disk's failed sectors with a working flush behave the same.
 #[test]
 fn a_write_error_another_syncfs_caller_saw_first_still_fails_the_providers_sync() {
-    let test = "a_write_error_another_syncfs_caller_saw_first_still_fails_the_providers_sync";
+    error_seen_first_by_another_caller(
+        "a_write_error_another_syncfs_caller_saw_first_still_fails_the_providers_sync",
+        BatchSync::Syncfs,
+    );
+}
+
+/// The same with rounds of `fsync`s: each `fsync` runs on a descriptor
+/// opened for it, which still reports an error of its file that nobody saw
+/// through that file.
+#[test]
+fn a_write_error_another_syncfs_caller_saw_first_still_fails_an_fsync_round() {
+    error_seen_first_by_another_caller(
+        "a_write_error_another_syncfs_caller_saw_first_still_fails_an_fsync_round",
+        BatchSync::Fsync,
+    );
+}
+
+fn error_seen_first_by_another_caller(test: &str, batch_sync: BatchSync) {
     let started = Instant::now();
     let Some(mut device) = Device::with_options(test, "nobarrier") else {
         return;
     };
     let root = device.mount_point().join("root");
-    let provider = DirProvider::new(root.clone()).expect("the provider opens");
+    let provider =
+        DirProvider::with_batch_sync(root.clone(), batch_sync).expect("the provider opens");
     let (kept, lost) = (
         VolumeId::new("kept").unwrap(),
         VolumeId::new("lost").unwrap(),
@@ -764,8 +828,9 @@ fn a_write_error_another_syncfs_caller_saw_first_still_fails_the_providers_sync(
     drop(provider);
     device.unmount().expect("unmount");
     println!(
-        "dir device errors, error seen first by another syncfs ({seen_by_other}): the provider's \
-         sync failed: {}; {:.1}s",
+        "dir device errors, error seen first by another syncfs ({seen_by_other}), {} rounds: the \
+         provider's sync failed: {}; {:.1}s",
+        batch_sync.as_str(),
         r.map_or_else(|e| e.to_string(), |()| "no".into()),
         started.elapsed().as_secs_f64()
     );

@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use volmgr::journal::JournalConfig;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::model::VolumeKind;
-use volmgr::provider::dir::DirProvider;
+use volmgr::provider::dir::{BatchSync, DirProvider};
 use volmgr::provider::{Durability, Presence, Provider, ProviderConfig, ProviderFactory};
 use volmgr::state::{Meta, VolumeStatus};
 use volmgr::storage::Storage;
@@ -59,25 +59,26 @@ const ROUNDS: u32 = 3;
 /// The provider each open builds, kept so the check can take its inventory.
 type Slot = Arc<Mutex<Option<Arc<DirProvider>>>>;
 
-fn factory(storage: &SimStorage, durability: Durability, slot: &Slot) -> ProviderFactory {
+/// The provider's durability and, batched, what its rounds run.
+#[derive(Debug, Clone, Copy)]
+struct Flavor(Durability, BatchSync);
+
+fn factory(storage: &SimStorage, flavor: Flavor, slot: &Slot) -> ProviderFactory {
     let (storage, slot) = (storage.clone(), slot.clone());
     Arc::new(move |config: &ProviderConfig| {
         let root = config.get("root").cloned().unwrap_or_default();
-        let p = Arc::new(DirProvider::simulated(
+        let p = Arc::new(DirProvider::simulated_with(
             PathBuf::from(root),
             storage.clone(),
-            durability,
+            flavor.0,
+            flavor.1,
         )?);
         *slot.lock().unwrap() = Some(p.clone());
         Ok(p as Arc<dyn Provider>)
     })
 }
 
-async fn open(
-    storage: &SimStorage,
-    durability: Durability,
-    slot: &Slot,
-) -> Result<Manager, ManagerError> {
+async fn open(storage: &SimStorage, flavor: Flavor, slot: &Slot) -> Result<Manager, ManagerError> {
     let mut config = ManagerConfig {
         journal: JournalConfig {
             segment_size: 4096,
@@ -90,7 +91,7 @@ async fn open(
     };
     config
         .factories
-        .insert("dir".into(), factory(storage, durability, slot));
+        .insert("dir".into(), factory(storage, flavor, slot));
     let m = Manager::open(Path::new(STATE), config).await?;
     if m.providers().is_empty() {
         m.add_provider(
@@ -268,9 +269,9 @@ async fn run(m: &Manager, storage: &SimStorage, model: &mut Model) {
 }
 
 /// (lost acknowledged operations, disagreements) after a reopen of `image`.
-async fn check(image: &SimStorage, durability: Durability, model: &Model) -> (u64, Vec<String>) {
+async fn check(image: &SimStorage, flavor: Flavor, model: &Model) -> (u64, Vec<String>) {
     let slot = Slot::default();
-    let m = match open(image, durability, &slot).await {
+    let m = match open(image, flavor, &slot).await {
         Ok(m) => m,
         Err(e) => return (0, vec![format!("open failed: {e}")]),
     };
@@ -452,7 +453,7 @@ fn trash_entries(storage: &SimStorage) -> Vec<PathBuf> {
         .collect()
 }
 
-async fn sweep(durability: Durability) {
+async fn sweep(flavor: Flavor) {
     let scale = torture_support::scale();
     let base_seed = torture_support::seed(0x5EED_D1D0);
     let (mut points, mut images, mut lost, mut disagreements, mut acked) = (0u64, 0u64, 0, 0, 0);
@@ -463,7 +464,7 @@ async fn sweep(durability: Durability) {
         storage.crash_at_sync(Some(point));
         let mut model = Model::default();
         let slot = Slot::default();
-        if let Ok(m) = open(&storage, durability, &slot).await {
+        if let Ok(m) = open(&storage, flavor, &slot).await {
             run(&m, &storage, &mut model).await;
             m.close().await;
         }
@@ -476,14 +477,14 @@ async fn sweep(durability: Durability) {
         // A kill -9 at this point (nothing lost but the process) ...
         let mut outcomes = vec![(
             "kill -9".to_owned(),
-            check(&storage.restart(), durability, &model).await,
+            check(&storage.restart(), flavor, &model).await,
         )];
         // ... and power cuts.
         for (seed, policy) in torture_support::cut_policies(base_seed, point, scale) {
             let image = storage.power_cut_with(seed, policy);
             outcomes.push((
                 format!("seed {seed:#x}, {policy:?}"),
-                check(&image, durability, &model).await,
+                check(&image, flavor, &model).await,
             ));
         }
         for (what, (l, problems)) in outcomes {
@@ -502,7 +503,7 @@ async fn sweep(durability: Durability) {
         }
     }
     println!(
-        "dir power-cut sweep ({durability:?}): crash points {points}, images {images}, \
+        "dir power-cut sweep ({flavor:?}): crash points {points}, images {images}, \
          operations acknowledged by a whole run {acked}, acknowledged operations lost {lost}, \
          disagreements {disagreements} (seed {base_seed:#x}, scale {scale})"
     );
@@ -520,12 +521,17 @@ async fn sweep(durability: Durability) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_dir_provider_survives_a_power_cut_at_every_sync_point() {
-    sweep(Durability::Batched).await;
+    sweep(Flavor(Durability::Batched, BatchSync::Fsync)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_dir_provider_with_syncfs_rounds_survives_a_power_cut_at_every_sync_point() {
+    sweep(Flavor(Durability::Batched, BatchSync::Syncfs)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_on_return_dir_provider_survives_a_power_cut_at_every_sync_point() {
-    sweep(Durability::OnReturn).await;
+    sweep(Flavor(Durability::OnReturn, BatchSync::Fsync)).await;
 }
 
 /// A snapshot and a fork whose copy meets a failing sync (`EIO`, the

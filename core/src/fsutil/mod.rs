@@ -37,6 +37,44 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
         .sync_all()
 }
 
+/// The machine's dirty page cache in bytes: `nr_dirty` + `nr_writeback`
+/// pages of `/proc/vmstat` (every file system's), `None` if unreadable. An
+/// upper bound on what a `syncfs` of one file system may write back.
+pub fn dirty_page_cache_bytes() -> Option<u64> {
+    use std::io::Read;
+    // Bounded: /proc/vmstat is a few KiB (its length reads as 0).
+    let mut text = String::with_capacity(8 << 10);
+    File::open("/proc/vmstat")
+        .ok()?
+        .take(64 << 10)
+        .read_to_string(&mut text)
+        .ok()?;
+    dirty_pages_in_vmstat(&text).map(|pages| pages.saturating_mul(page_size()))
+}
+
+/// `nr_dirty` + `nr_writeback` from the text of `/proc/vmstat`; `None`
+/// unless both are there.
+fn dirty_pages_in_vmstat(text: &str) -> Option<u64> {
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    field("nr_dirty")?.checked_add(field("nr_writeback")?)
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|&p| p > 0)
+        .unwrap_or(4096)
+}
+
 /// `syncfs`: flushes the whole file system holding `path` (on btrfs, commits
 /// its transaction).
 pub fn syncfs(path: &Path) -> io::Result<()> {
@@ -172,6 +210,25 @@ pub fn retry_busy<T, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dirty_pages_are_read_from_vmstat_and_never_guessed() {
+        let text = "nr_free_pages 100\nnr_dirty 7194\nnr_writeback 6\nnr_dirty_threshold 1\n";
+        assert_eq!(dirty_pages_in_vmstat(text), Some(7200));
+        // A prefix of another field's name is not the field.
+        assert_eq!(
+            dirty_pages_in_vmstat("nr_dirty_threshold 5\nnr_writeback 1\n"),
+            None
+        );
+        assert_eq!(dirty_pages_in_vmstat("nr_dirty 1\n"), None);
+        assert_eq!(dirty_pages_in_vmstat("nr_dirty x\nnr_writeback 1\n"), None);
+        assert_eq!(
+            dirty_pages_in_vmstat(&format!("nr_dirty {}\nnr_writeback 1\n", u64::MAX)),
+            None
+        );
+        // This machine's kernel has both fields.
+        assert!(dirty_page_cache_bytes().is_some());
+    }
 
     #[test]
     fn retry_busy_stops_at_success_other_errors_and_the_bound() {

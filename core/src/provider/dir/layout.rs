@@ -36,7 +36,7 @@ use std::fmt::Debug;
 use std::fs::{self, DirBuilder};
 use std::io::{self, Cursor, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 mod sim_sink;
@@ -105,6 +105,12 @@ pub(crate) trait Layout: Send + Sync + Debug {
     /// `syncfs` of the file system holding `path`: everything done on it
     /// before the call is durable.
     fn syncfs(&self, path: &Path) -> io::Result<()>;
+    /// `fsync` of the regular file or directory at `path`, never following
+    /// a symlink (an error) nor blocking on a fifo (an error).
+    fn sync_path(&self, path: &Path) -> io::Result<()>;
+    /// The machine's dirty page cache in bytes (what a `syncfs` may have
+    /// to write back at most), `None` if unknown.
+    fn dirty_bytes(&self) -> Option<u64>;
     /// Removes the tree at `path` (absent is fine), never following a
     /// symlink inside it.
     fn remove_tree(&self, path: &Path) -> io::Result<()>;
@@ -252,6 +258,22 @@ impl Layout for RealLayout {
 
     fn syncfs(&self, path: &Path) -> io::Result<()> {
         fsutil::syncfs(path)
+    }
+
+    fn sync_path(&self, path: &Path) -> io::Result<()> {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)?;
+        let kind = f.metadata()?.file_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            return Err(io::Error::other("neither a regular file nor a directory"));
+        }
+        f.sync_all()
+    }
+
+    fn dirty_bytes(&self) -> Option<u64> {
+        fsutil::dirty_page_cache_bytes()
     }
 
     fn remove_tree(&self, path: &Path) -> io::Result<()> {
@@ -452,6 +474,20 @@ impl Layout for SimLayout {
 
     fn syncfs(&self, _path: &Path) -> io::Result<()> {
         self.storage.syncfs()
+    }
+
+    /// Unknown: an `Auto` provider runs `fsync` rounds on the simulation
+    /// (its sweeps run `syncfs` rounds by asking for them).
+    fn dirty_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    fn sync_path(&self, path: &Path) -> io::Result<()> {
+        match self.storage.is_dir(path) {
+            Some(true) => self.storage.sync_dir(path),
+            Some(false) => self.storage.open(path)?.sync_all(),
+            None => Err(io::ErrorKind::NotFound.into()),
+        }
     }
 
     fn remove_tree(&self, path: &Path) -> io::Result<()> {

@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use super::layout::{Entry, Layout};
-use super::{CONFIG_ROOT, DirProvider, MARKERS, STAGING};
+use super::{BatchSync, CONFIG_ROOT, DirProvider, MARKERS, STAGING};
 use super::{trash, tree};
 use crate::fsutil::{Dir, GroupSync};
 use crate::model::VolumeKind;
@@ -89,6 +89,7 @@ impl DirProvider {
         root: PathBuf,
         layout: Arc<dyn Layout>,
         durability: Durability,
+        batch_sync: BatchSync,
     ) -> Result<Self, ProviderError> {
         let invalid = |why: &str| {
             ProviderError::InvalidConfig(format!("{CONFIG_ROOT} {}: {why}", root.display()))
@@ -142,6 +143,8 @@ impl DirProvider {
             layout,
             batched: durability == Durability::Batched,
             flush: GroupSync::new(),
+            batch_sync,
+            dirty: super::durability::Dirty::at_open(),
             doomed: trash::Doomed::default(),
         };
         p.claim_root()?;

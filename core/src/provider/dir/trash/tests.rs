@@ -8,10 +8,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::super::DirProvider;
 use super::super::layout::{Entry, Identity, Layout, SimLayout};
 use super::super::tree::{Modes, Policy};
 use super::super::wire::Applied;
+use super::super::{BatchSync, DirProvider};
 use crate::model::{Details, VolumeId, VolumeKind};
 use crate::provider::stream::HashReader;
 use crate::provider::{Durability, Provider, ProviderError, VolumeRef, VolumeSpec};
@@ -103,6 +103,12 @@ impl Layout for GatedLayout {
         }
         Ok(())
     }
+    fn sync_path(&self, path: &Path) -> io::Result<()> {
+        self.inner.sync_path(path)
+    }
+    fn dirty_bytes(&self) -> Option<u64> {
+        self.inner.dirty_bytes()
+    }
     fn remove_tree(&self, path: &Path) -> io::Result<()> {
         self.inner.remove_tree(path)
     }
@@ -156,8 +162,14 @@ fn provider() -> (Arc<DirProvider>, Arc<GatedLayout>, SimStorage) {
         held: Mutex::default(),
         changed: Condvar::new(),
     });
-    let p = DirProvider::open(PathBuf::from(ROOT), layout.clone(), Durability::Batched)
-        .expect("the provider opens");
+    // Rounds of `syncfs`: what the gate holds.
+    let p = DirProvider::open(
+        PathBuf::from(ROOT),
+        layout.clone(),
+        Durability::Batched,
+        BatchSync::Syncfs,
+    )
+    .expect("the provider opens");
     (Arc::new(p), layout, storage)
 }
 
