@@ -13,7 +13,14 @@
 //! leaves a tenant's unsynced file to the kernel's own write-back (on the
 //! simulated file system, a power cut that keeps nothing unsynced loses it;
 //! with `syncfs` rounds the same cut keeps it: the check tells the two
-//! apart); the configuration value is validated and journaled as given.
+//! apart); the configuration value is validated and journaled as given;
+//! `auto` chooses `syncfs` exactly when the dirty page cache is known and
+//! small; a provider's first round makes durable what an earlier instance
+//! (a killed process) left unsynced, which it never noted (found on a real
+//! failing device by `tests/dir_device_errors.rs`, where a reopen rolled
+//! forward a create that never reached the disk), and so does the round
+//! after a failed verb. Each of the last two fails when its whole `syncfs`
+//! is removed (checked by mutation).
 
 use std::path::{Path, PathBuf};
 
@@ -196,4 +203,45 @@ fn the_first_round_after_a_restart_makes_what_an_earlier_instance_left_durable()
             "{batch_sync:?}: the create seen after the restart was lost"
         );
     }
+}
+
+/// A verb that failed may have stopped half way (on an I/O error, say)
+/// after changes it never noted: the next round is a whole `syncfs` (here
+/// seen by the tenant's unsynced file, which only a `syncfs` keeps).
+#[test]
+fn the_round_after_a_failed_verb_writes_back_the_whole_file_system() {
+    let storage = SimStorage::new();
+    let p = DirProvider::simulated_with(
+        PathBuf::from(ROOT),
+        storage.clone(),
+        Durability::Batched,
+        BatchSync::Fsync,
+    )
+    .expect("the provider opens");
+    create(&p, "v");
+    p.sync().expect("round");
+    let tenant = Path::new(ROOT).join("data/v/tenant.log");
+    storage
+        .create(&tenant)
+        .and_then(|f| f.write_all_at(b"the tenant's bytes", 0))
+        .expect("the tenant writes");
+    let refused = p.create_volume(&VolumeSpec {
+        id: VolumeId::new("s").unwrap(),
+        op: uuid::Uuid::now_v7(),
+        kind: VolumeKind::Snapshot,
+    });
+    assert!(refused.is_err(), "create_volume makes data volumes only");
+    p.sync().expect("round");
+    let image = storage.power_cut_with(
+        3,
+        CutPolicy {
+            data: DataLoss::DropAll,
+            dirs: DirLoss::ForgetAll,
+        },
+    );
+    assert_eq!(
+        image.is_dir(&tenant),
+        Some(false),
+        "the round after a failed verb was not a whole syncfs"
+    );
 }
