@@ -508,6 +508,87 @@ impl DirProvider {
         self.put_marker(&done)?;
         Ok(self.created(&done))
     }
+
+    /// [`Provider::create_volume`] (see "Durability").
+    fn create_data(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
+        check_id(spec.id)?;
+        if spec.kind != VolumeKind::Data {
+            return Err(ProviderError::Other(format!(
+                "create_volume makes data volumes, not a {}",
+                spec.kind
+            )));
+        }
+        let path = self.path(VolumeKind::Data, spec.id);
+        let m = match self.live_marker(VolumeKind::Data, spec.id)? {
+            Some(m) if m.op != spec.op => {
+                return Err(ProviderError::AlreadyExists(format!(
+                    "volume {} (made by operation {})",
+                    spec.id, m.op
+                )));
+            }
+            Some(m) if m.state == MarkerState::Complete => {
+                if self.is_dir(&path)? {
+                    return Ok(self.created(&m));
+                }
+                return Err(ProviderError::Other(format!(
+                    "volume {} is marked complete but {} is missing",
+                    spec.id,
+                    path.display()
+                )));
+            }
+            Some(m) if m.state == MarkerState::Creating => {
+                // Retried by the same operation. Durable on return, its
+                // marker already is; batched, marker and directory become
+                // durable in the same round (see "Durability").
+                m
+            }
+            Some(m) => {
+                return Err(ProviderError::Other(format!(
+                    "volume {}: {}",
+                    spec.id,
+                    m.state.describe(m.parent.as_deref())
+                )));
+            }
+            None => {
+                if self.entry(&path)?.is_some() {
+                    return Err(ProviderError::AlreadyExists(format!(
+                        "{} (not tagged as ours)",
+                        path.display()
+                    )));
+                }
+                let m = Marker {
+                    format: MARKER_FORMAT,
+                    volume: spec.id.to_string(),
+                    op: spec.op,
+                    kind: VolumeKind::Data,
+                    parent: None,
+                    guid: None,
+                    state: MarkerState::Creating,
+                };
+                self.put_marker_first(&m)?;
+                m
+            }
+        };
+        self.finish_create(&m)
+            .inspect_err(|_| self.discard(VolumeKind::Data, spec.id, spec.op))
+    }
+
+    /// [`Provider::destroy`].
+    fn destroy_item(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        check_id(volume.id)?;
+        if let Some(m) = self.marker(volume.kind, volume.id)? {
+            self.remove_item(&m)
+        } else {
+            let path = self.path(volume.kind, volume.id);
+            if self.entry(&path)?.is_some() {
+                return Err(ProviderError::Other(format!(
+                    "refusing to destroy {}: it carries no ownership marker",
+                    path.display()
+                )));
+            }
+            Ok(())
+        }
+    }
 }
 
 impl Provider for DirProvider {
@@ -531,68 +612,7 @@ impl Provider for DirProvider {
     }
 
     fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
-        self.note_failure((|| {
-            check_id(spec.id)?;
-            if spec.kind != VolumeKind::Data {
-                return Err(ProviderError::Other(format!(
-                    "create_volume makes data volumes, not a {}",
-                    spec.kind
-                )));
-            }
-            let path = self.path(VolumeKind::Data, spec.id);
-            let m = match self.live_marker(VolumeKind::Data, spec.id)? {
-                Some(m) if m.op != spec.op => {
-                    return Err(ProviderError::AlreadyExists(format!(
-                        "volume {} (made by operation {})",
-                        spec.id, m.op
-                    )));
-                }
-                Some(m) if m.state == MarkerState::Complete => {
-                    if self.is_dir(&path)? {
-                        return Ok(self.created(&m));
-                    }
-                    return Err(ProviderError::Other(format!(
-                        "volume {} is marked complete but {} is missing",
-                        spec.id,
-                        path.display()
-                    )));
-                }
-                Some(m) if m.state == MarkerState::Creating => {
-                    // Retried by the same operation. Durable on return, its
-                    // marker already is; batched, marker and directory become
-                    // durable in the same round (see "Durability").
-                    m
-                }
-                Some(m) => {
-                    return Err(ProviderError::Other(format!(
-                        "volume {}: {}",
-                        spec.id,
-                        m.state.describe(m.parent.as_deref())
-                    )));
-                }
-                None => {
-                    if self.entry(&path)?.is_some() {
-                        return Err(ProviderError::AlreadyExists(format!(
-                            "{} (not tagged as ours)",
-                            path.display()
-                        )));
-                    }
-                    let m = Marker {
-                        format: MARKER_FORMAT,
-                        volume: spec.id.to_string(),
-                        op: spec.op,
-                        kind: VolumeKind::Data,
-                        parent: None,
-                        guid: None,
-                        state: MarkerState::Creating,
-                    };
-                    self.put_marker_first(&m)?;
-                    m
-                }
-            };
-            self.finish_create(&m)
-                .inspect_err(|_| self.discard(VolumeKind::Data, spec.id, spec.op))
-        })())
+        self.note_failure(self.create_data(spec))
     }
 
     fn create_snapshot(
@@ -618,21 +638,7 @@ impl Provider for DirProvider {
     }
 
     fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
-        self.note_failure((|| {
-            check_id(volume.id)?;
-            if let Some(m) = self.marker(volume.kind, volume.id)? {
-                self.remove_item(&m)
-            } else {
-                let path = self.path(volume.kind, volume.id);
-                if self.entry(&path)?.is_some() {
-                    return Err(ProviderError::Other(format!(
-                        "refusing to destroy {}: it carries no ownership marker",
-                        path.display()
-                    )));
-                }
-                Ok(())
-            }
-        })())
+        self.note_failure(self.destroy_item(volume))
     }
 
     /// Exact for a full stream (a walk of the snapshot's metadata); `None`
@@ -753,14 +759,16 @@ impl Provider for DirProvider {
         self.layout
             .mkdir(&staging, 0o777)
             .map_err(|e| ProviderError::io(format!("creating {}", staging.display()), e))?;
-        self.receive_staged(target.id, &tpath, spec, &staging, input)
+        let received = self
+            .receive_staged(target.id, &tpath, spec, &staging, input)
             .map_err(|e| e.or_no_space(&format!("the receive into {}", target.id)))
             .inspect_err(|_| {
                 if let Err(e) = self.remove_own_tree(&staging) {
                     tracing::warn!(path = %staging.display(), error = %e, "could not remove staging");
                 }
                 self.discard(VolumeKind::Snapshot, spec.id, spec.op);
-            })
+            });
+        self.note_failure(received)
     }
 
     fn durability(&self) -> Durability {

@@ -84,9 +84,9 @@ impl BatchSync {
 /// round that decides a ticket, or an earlier one that started after the
 /// recording, syncs it. A provider's first round is a whole `syncfs`
 /// ([`Dirty::at_open`]), and so is the round after a verb failed
-/// (`discard`: its cleanup may have stopped half way, on an I/O error that
-/// an `fsync` of the paths it noted would not meet again).
-#[derive(Debug, Default)]
+/// ([`DirProvider::note_failure`]: it may have stopped half way on an I/O
+/// error that an `fsync` of the paths it noted would not meet again).
+#[derive(Debug)]
 pub(super) struct Dirty {
     paths: Mutex<BTreeSet<PathBuf>>,
     whole: AtomicBool,
@@ -217,7 +217,8 @@ impl DirProvider {
     /// Batched: notes that `path` (one of the provider's own files or
     /// directories) changed and must be synced by the next round.
     pub(super) fn changed(&self, path: &Path) {
-        if self.batched {
+        // `syncfs` rounds never read the notes.
+        if self.batched && self.batch_sync != BatchSync::Syncfs {
             self.dirty.record(path);
         }
     }

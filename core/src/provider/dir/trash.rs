@@ -257,9 +257,6 @@ impl DirProvider {
     /// Best-effort removal of a half-made item of operation `op` after a
     /// failure (the error being returned matters more than this one).
     pub(super) fn discard(&self, kind: VolumeKind, id: &str, op: OpId) {
-        // The verb failed, perhaps on an I/O error: the next round writes
-        // back the whole file system (see `durability::Dirty`).
-        self.dirty.want_whole();
         match self.marker(kind, id) {
             Ok(Some(m)) if m.op == op && m.state != MarkerState::Complete => {
                 if let Err(e) = self.remove_item_at_once(&m) {
