@@ -33,6 +33,28 @@ use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
 
 const ROOT: &str = "/p";
 
+/// The batched provider on `storage` with rounds of `batch_sync`.
+fn batched(storage: &SimStorage, batch_sync: BatchSync) -> DirProvider {
+    DirProvider::simulated_with(
+        PathBuf::from(ROOT),
+        storage.clone(),
+        Durability::Batched,
+        batch_sync,
+    )
+    .expect("the provider opens")
+}
+
+/// `storage` after a power cut that keeps nothing unsynced.
+fn keep_only_synced(storage: &SimStorage, seed: u64) -> SimStorage {
+    storage.power_cut_with(
+        seed,
+        CutPolicy {
+            data: DataLoss::DropAll,
+            dirs: DirLoss::ForgetAll,
+        },
+    )
+}
+
 fn create(p: &DirProvider, id: &str) {
     let spec = VolumeSpec {
         id: VolumeId::new(id).unwrap(),
@@ -47,13 +69,7 @@ fn create(p: &DirProvider, id: &str) {
 /// power cut that keeps nothing unsynced.
 fn tenant_write_then_round(batch_sync: BatchSync) -> SimStorage {
     let storage = SimStorage::new();
-    let p = DirProvider::simulated_with(
-        PathBuf::from(ROOT),
-        storage.clone(),
-        Durability::Batched,
-        batch_sync,
-    )
-    .expect("the provider opens");
+    let p = batched(&storage, batch_sync);
     create(&p, "v");
     p.sync().expect("round");
     let tenant = Path::new(ROOT).join("data/v/tenant.log");
@@ -63,13 +79,7 @@ fn tenant_write_then_round(batch_sync: BatchSync) -> SimStorage {
         .expect("the tenant writes");
     create(&p, "w");
     p.sync().expect("round");
-    storage.power_cut_with(
-        1,
-        CutPolicy {
-            data: DataLoss::DropAll,
-            dirs: DirLoss::ForgetAll,
-        },
-    )
+    keep_only_synced(&storage, 1)
 }
 
 #[test]
@@ -163,32 +173,14 @@ fn auto_rounds_run_syncfs_only_while_little_page_cache_is_dirty() {
 fn the_first_round_after_a_restart_makes_what_an_earlier_instance_left_durable() {
     for batch_sync in [BatchSync::Auto, BatchSync::Fsync, BatchSync::Syncfs] {
         let storage = SimStorage::new();
-        let p = DirProvider::simulated_with(
-            PathBuf::from(ROOT),
-            storage.clone(),
-            Durability::Batched,
-            batch_sync,
-        )
-        .expect("the provider opens");
+        let p = batched(&storage, batch_sync);
         create(&p, "v");
         drop(p);
         // kill -9: the process is gone, the page cache is not.
         let after_kill = storage.restart();
-        let p = DirProvider::simulated_with(
-            PathBuf::from(ROOT),
-            after_kill.clone(),
-            Durability::Batched,
-            batch_sync,
-        )
-        .expect("reopens");
+        let p = batched(&after_kill, batch_sync);
         p.sync().expect("the first round");
-        let image = after_kill.power_cut_with(
-            2,
-            CutPolicy {
-                data: DataLoss::DropAll,
-                dirs: DirLoss::ForgetAll,
-            },
-        );
+        let image = keep_only_synced(&after_kill, 2);
         let p = DirProvider::simulated(PathBuf::from(ROOT), image, Durability::Batched)
             .expect("reopens after the cut");
         let found: Vec<String> = p
@@ -211,13 +203,7 @@ fn the_first_round_after_a_restart_makes_what_an_earlier_instance_left_durable()
 #[test]
 fn the_round_after_a_failed_verb_writes_back_the_whole_file_system() {
     let storage = SimStorage::new();
-    let p = DirProvider::simulated_with(
-        PathBuf::from(ROOT),
-        storage.clone(),
-        Durability::Batched,
-        BatchSync::Fsync,
-    )
-    .expect("the provider opens");
+    let p = batched(&storage, BatchSync::Fsync);
     create(&p, "v");
     p.sync().expect("round");
     let tenant = Path::new(ROOT).join("data/v/tenant.log");
@@ -232,13 +218,7 @@ fn the_round_after_a_failed_verb_writes_back_the_whole_file_system() {
     });
     assert!(refused.is_err(), "create_volume makes data volumes only");
     p.sync().expect("round");
-    let image = storage.power_cut_with(
-        3,
-        CutPolicy {
-            data: DataLoss::DropAll,
-            dirs: DirLoss::ForgetAll,
-        },
-    );
+    let image = keep_only_synced(&storage, 3);
     assert_eq!(
         image.is_dir(&tenant),
         Some(false),
