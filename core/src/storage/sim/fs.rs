@@ -208,6 +208,46 @@ impl Fs {
             && !self.moves.iter().any(|m| m.starts_with(root))
     }
 
+    /// Whether the directory `root` and every name under it are settled
+    /// but for changes queued on directory `dir`: nothing is queued inside
+    /// the tree nor on any other directory about a name in it, no move of
+    /// it or in it is pending, and its names once `dir`'s queue is durable
+    /// are the names reads see. A tree an exchange (queued on `dir`) left
+    /// not yet durable is such a tree: exchanging it again queues the next
+    /// change behind the first on the same directory, so a cut keeps
+    /// neither, the first, or both, in order (the receive's exchange back).
+    pub(super) fn is_settled_tree_but_for(&self, root: &Path, dir: &Path) -> bool {
+        let under = |p: &Path| p.starts_with(root);
+        if self.dir_pending.keys().any(|d| under(d))
+            || self.moves.iter().any(|m| under(m))
+            || self
+                .dir_pending
+                .iter()
+                .filter(|(d, _)| d.as_path() != dir)
+                .flat_map(|(_, queue)| queue.iter().flatten())
+                .any(|(p, _)| under(p))
+        {
+            return false;
+        }
+        let subtree = |names: &BTreeMap<PathBuf, Node>| -> BTreeMap<PathBuf, Node> {
+            names
+                .range(root.to_path_buf()..)
+                .take_while(|(p, _)| under(p))
+                .map(|(p, n)| (p.clone(), *n))
+                .collect()
+        };
+        let mut durable = subtree(&self.durable_names);
+        for (p, node) in self.dir_pending.get(dir).into_iter().flatten().flatten() {
+            if under(p) {
+                match node {
+                    Some(n) => durable.insert(p.clone(), *n),
+                    None => durable.remove(p),
+                };
+            }
+        }
+        durable == subtree(&self.names)
+    }
+
     /// Exchanges the durable directories `a` and `b` with their trees (see
     /// [`SimStorage::exchange`](super::SimStorage::exchange)): one change
     /// queued on `b`'s parent that removes both trees' entries and sets

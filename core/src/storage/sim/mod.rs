@@ -74,7 +74,11 @@
 //! a cut both names hold their old trees or both the swapped ones. Only
 //! trees whose names are all durable are exchanged (so no change queued
 //! inside either tree has to follow it): the model's assumption, which the
-//! provider meets (it runs `syncfs` before its exchange).
+//! provider meets (it runs `syncfs` before its exchange). One exception: a
+//! tree whose only changes not yet durable are queued on the second
+//! name's directory (an exchange of the same two names that a failure
+//! undoes at once) may be exchanged again: the change queues behind the
+//! first, so a cut keeps neither, the first, or both.
 //!
 //! Paths are used as given (no `..` resolution); a path without a parent, or
 //! with an empty one, lives in the root directory (`/`, `.` or the empty
@@ -260,7 +264,9 @@ impl SimStorage {
     /// `renameat2(RENAME_EXCHANGE)` of two directories: one atomic change
     /// (see "directory exchange" in the module documentation). Each tree
     /// must be durable as a whole (the simulation exchanges only trees a
-    /// `syncfs` has settled, as the directory provider's receive does).
+    /// `syncfs` has settled, as the directory provider's receive does), or
+    /// settled but for changes queued on `b`'s directory (an exchange of
+    /// the same names not yet durable: the receive's exchange back).
     pub fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
         let mut fs = self.lock();
         fs.check_live("exchange")?;
@@ -285,8 +291,12 @@ impl SimStorage {
                 format!("{} and {} are nested", a.display(), b.display()),
             ));
         }
+        // An exchange is queued on `b`'s directory: a tree whose only
+        // changes not yet durable wait there (an exchange of the same
+        // names, undone) is settled enough.
+        let queue = parent_of(b);
         for p in [a, b] {
-            if !fs.is_durable_tree(p) {
+            if !fs.is_durable_tree(p) && !fs.is_settled_tree_but_for(p, &queue) {
                 return Err(io::Error::other(format!(
                     "{} has changes not yet durable (the simulation exchanges settled trees only)",
                     p.display()
