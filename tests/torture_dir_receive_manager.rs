@@ -122,7 +122,8 @@ const NO_CHECKPOINT: u64 = 1_000_000;
 struct FailedSync {
     /// The receive met the failure and was acknowledged anyway.
     acknowledged: bool,
-    /// The receive failed but the target holds the stream's content.
+    /// The receive failed (not rolled forward) but the target holds the
+    /// stream's content: its old content is lost (a problem).
     replaced: bool,
     /// How the manager took the failure: its provider out of service (the
     /// intent pending), its journal failed, or the failure journaled.
@@ -265,9 +266,15 @@ async fn fail_one_sync(
                 "the receive was rolled forward, but the target holds {:?}",
                 shown(&t)
             ));
-        } else if t == stream.tree {
-            out.replaced = !rolled_forward;
-        } else if t != old {
+        } else if t == stream.tree && !rolled_forward {
+            out.replaced = true;
+            bad(format!(
+                "the receive failed and was undone, but the target holds the stream's content \
+                 {:?}, not its old {:?}",
+                shown(&t),
+                shown(&old)
+            ));
+        } else if t != old && t != stream.tree {
             bad(format!("the target holds a mix: {:?}", shown(&t)));
         }
     }
@@ -375,6 +382,10 @@ async fn a_receive_that_meets_a_failing_sync_is_never_acknowledged_and_reopens_c
                 points >= 10,
                 "only {points} sync points in a {name} receive"
             );
+            assert_eq!(
+                replaced, 0,
+                "{durability:?} {name}: failed receives replaced the target's content"
+            );
             all.extend(problems);
         }
     }
@@ -389,9 +400,6 @@ struct Model {
     target: bool,
     /// Acknowledged receives: the snapshot's id and the stream's index.
     received: Vec<(String, usize)>,
-    /// The stream whose receive was in flight at the cut (never
-    /// acknowledged), if any.
-    in_flight: Option<usize>,
     /// The other volume's create was acknowledged, and its destroy not
     /// tried.
     other_must_exist: bool,
@@ -420,7 +428,6 @@ async fn workload(m: &Manager, streams: &[&Sent], model: &mut Model) {
         }
     }
     for (i, s) in streams.iter().enumerate() {
-        model.in_flight = Some(i);
         let other = async {
             if i == 0 {
                 m.create_volume(PROVIDER, Some(OTHER), Meta::new())
@@ -453,7 +460,6 @@ async fn workload(m: &Manager, streams: &[&Sent], model: &mut Model) {
             Ok(id) => {
                 model.received.push((id, i));
                 model.acked += 1;
-                model.in_flight = None;
             }
             Err(e) => {
                 model.errors.push(format!("receive {i}: {e}"));
@@ -506,8 +512,9 @@ async fn check_cut(
     }
     // The target holds the content of the last receive made whole (the
     // streams go in order: the latest is the one with the highest index;
-    // two receives may carry the same millisecond), else its old content;
-    // or the stream's in flight (swapped in before its snapshot was undone).
+    // two receives may carry the same millisecond), else its old content:
+    // a receive in flight at the cut is rolled forward (then it is the last
+    // whole one) or undone, its swap too.
     let last_whole = received(&state)
         .iter()
         .filter_map(|v| {
@@ -516,19 +523,17 @@ async fn check_cut(
                 .position(|s| v.details.get(DETAIL_GUID) == Some(&s.guid))
         })
         .max();
-    let mut allowed: Vec<Tree> = vec![match last_whole {
+    let want: Tree = match last_whole {
         Some(i) => streams[i].tree.clone(),
         None => Tree::new(),
-    }];
-    if let Some(i) = model.in_flight {
-        allowed.push(streams[i].tree.clone());
-    }
+    };
     if let Some(have) = target_tree(&state, image)
-        && !allowed.contains(&have)
+        && have != want
     {
         problems.push(format!(
-            "the target holds {:?}, neither its last whole receive's content nor the one in flight",
-            shown(&have)
+            "the target holds {:?}, not its last whole receive's content {:?}",
+            shown(&have),
+            shown(&want)
         ));
     }
     // It accepts new work: the full stream is received again, whole.

@@ -222,6 +222,7 @@ mod send;
 mod space;
 mod trash;
 mod tree;
+mod undo;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -735,7 +736,9 @@ impl Provider for DirProvider {
                     MarkerState::Receiving | MarkerState::Swapping { .. }
                 ) =>
             {
-                // Retried by the same operation: start over.
+                // Retried by the same operation: start over, the target's
+                // old content back first (see `undo.rs`).
+                self.abort_received(&m)?;
                 self.remove_own_tree(&snap)?;
             }
             Some(m) => {
@@ -761,12 +764,20 @@ impl Provider for DirProvider {
             .map_err(|e| ProviderError::io(format!("creating {}", staging.display()), e))?;
         let received = self
             .receive_staged(target.id, &tpath, spec, &staging, input)
-            .map_err(|e| e.or_no_space(&format!("the receive into {}", target.id)))
-            .inspect_err(|_| {
-                if let Err(e) = self.remove_own_tree(&staging) {
-                    tracing::warn!(path = %staging.display(), error = %e, "could not remove staging");
+            .map_err(|failed| {
+                // Kept: the staging area holds the target's old content,
+                // which could not be put back (see `undo.rs`).
+                if !failed.kept {
+                    if let Err(e) = self.remove_own_tree(&staging) {
+                        tracing::warn!(path = %staging.display(), error = %e, "could not remove staging");
+                    }
+                    // Whatever its state: a failed write of `complete` may
+                    // have renamed that marker in place.
+                    self.discard_any_state(VolumeKind::Snapshot, spec.id, spec.op);
                 }
-                self.discard(VolumeKind::Snapshot, spec.id, spec.op);
+                failed
+                    .error
+                    .or_no_space(&format!("the receive into {}", target.id))
             });
         self.note_failure(received)
     }
@@ -858,8 +869,12 @@ impl Provider for DirProvider {
         }
     }
 
+    /// Removes the staging area of `op`; for a receive whose marker says
+    /// `swapping`, after putting the target's old content back (see
+    /// `undo.rs`): what the manager's undo of a failed or interrupted
+    /// receive runs before destroying the half-made snapshot.
     fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
-        self.remove_own_tree(&self.staging(op))
+        self.abort_staging(op)
     }
 
     fn clear_interrupted_create(&self, spec: &VolumeSpec<'_>) -> Result<(), ProviderError> {

@@ -132,7 +132,9 @@ impl DirProvider {
         self.sync_dir(new.parent().expect("has a parent"))
     }
 
-    /// The steps of a receive after the staging area exists.
+    /// The steps of a receive after the staging area exists. A failure
+    /// after the swap puts the target's old content back first (see
+    /// [`Failed`]).
     pub(super) fn receive_staged(
         &self,
         target: &str,
@@ -140,7 +142,7 @@ impl DirProvider {
         spec: &VolumeSpec<'_>,
         staging: &Path,
         input: &mut dyn Read,
-    ) -> Result<Created, ProviderError> {
+    ) -> Result<Created, Failed> {
         let mut r = HashReader::new(input);
         let header = wire::read_header(&mut r)?;
         let new = staging.join("new");
@@ -160,7 +162,8 @@ impl DirProvider {
                         "incremental stream base {} not present on target {target}: no complete \
                          snapshot of {target} here has that guid (send a full stream)",
                         guid_hex(base)
-                    )));
+                    ))
+                    .into());
                 };
                 let bpath = self.path(VolumeKind::Snapshot, &base_id);
                 let bmodes = self.modes_of(VolumeKind::Snapshot, &base_id)?;
@@ -217,43 +220,118 @@ impl DirProvider {
             ino: id.ino,
         });
         self.put_marker(&m)?;
-        self.swap_in(&new, tpath)?;
-        self.complete_receive(&m, tpath, staging)
+        // The target's mode before `swap_in` gives its owner `rwx`: an
+        // undo sets it again.
+        let prior = match self.entry(tpath)? {
+            Some(Entry::Dir { mode }) => Some(mode),
+            _ => None,
+        };
+        self.swap_in(&new, tpath)
+            .map_err(Failed::from)
+            .and_then(|()| self.complete_receive(&m, tpath, staging))
+            .map_err(|f| {
+                if f.kept {
+                    f
+                } else {
+                    self.undo_swap(f.error, tpath, staging, &id, prior)
+                }
+            })
+    }
+
+    /// After `error` at or after the swap (the marker says `swapping`, with
+    /// the staged tree's identity `id`): the target's old content put back
+    /// ([`Self::unswap`]) and its mode `prior` set again. If putting back
+    /// fails, the staging area (holding the old content) and the marker
+    /// are kept, and the provider goes out of service
+    /// ([`Self::out_of_service`]).
+    fn undo_swap(
+        &self,
+        error: ProviderError,
+        tpath: &Path,
+        staging: &Path,
+        id: &Identity,
+        prior: Option<u32>,
+    ) -> Failed {
+        if let Err(e) = self.unswap(tpath, staging, id.dev, id.ino) {
+            let why = self.out_of_service(tpath, staging, &e);
+            return Failed {
+                error: ProviderError::Other(format!("{error}; then {why}")),
+                kept: true,
+            };
+        }
+        if let Some(mode) = prior
+            && let Err(e) = self.set_dir_mode(tpath, mode)
+        {
+            tracing::warn!(path = %tpath.display(), error = %e, "could not set the target's mode back");
+        }
+        Failed {
+            error,
+            kept: false,
+        }
     }
 
     /// After the swap: the target root's true mode (from the snapshot), the
-    /// old content to the trash, the marker complete.
+    /// marker complete (the receive is made), then the old content to the
+    /// trash and removed, best-effort and unsynced (a failure there is
+    /// logged, not returned: the start's sweep removes the staging area of
+    /// a complete receive, [`Self::sweep_staging`]). So nothing can fail a
+    /// receive after its marker says `complete`. A failed write of that
+    /// marker may have renamed it in place (its directory's sync failed):
+    /// the `swapping` marker is written again before anything is undone,
+    /// and if that fails too, nothing is undone (`kept`: whichever marker
+    /// the disk keeps, the next start finds the target and the staging
+    /// area consistent with it).
     pub(super) fn complete_receive(
         &self,
         m: &Marker,
         tpath: &Path,
         staging: &Path,
-    ) -> Result<Created, ProviderError> {
+    ) -> Result<Created, Failed> {
         let snap = self.path(VolumeKind::Snapshot, &m.volume);
         let stored = match self.entry(&snap)? {
             Some(Entry::Dir { mode }) => mode,
             Some(_) => {
-                return Err(ProviderError::Other(format!(
-                    "{} is not a directory",
-                    snap.display()
-                )));
+                return Err(
+                    ProviderError::Other(format!("{} is not a directory", snap.display())).into(),
+                );
             }
-            None => return Err(ProviderError::Other(format!("{} vanished", snap.display()))),
+            None => {
+                return Err(ProviderError::Other(format!("{} vanished", snap.display())).into());
+            }
         };
         let root_mode = self
             .modes_of(VolumeKind::Snapshot, &m.volume)?
             .true_mode(b"", stored);
         self.set_dir_mode(tpath, root_mode)?;
         self.sync_dir(tpath)?;
-        let doomed = self.to_trash(staging, &format!("staging.{}", Uuid::new_v4().simple()))?;
-        // The staging area leaves its name durably before the marker says
-        // `complete`: nothing removes the staging area of a complete
-        // receive (durable on return, `to_trash` synced `.staging`;
-        // batched, a barrier).
-        self.barrier()?;
         let done = m.with_state(MarkerState::Complete);
-        self.put_marker(&done)?;
-        self.empty_trash_entry(doomed);
+        if let Err(error) = self.put_marker(&done) {
+            if let Err(e) = self.put_marker(m) {
+                let why = self.out_of_service(tpath, staging, &e);
+                return Err(Failed {
+                    error: ProviderError::Other(format!(
+                        "{error}; then writing the `swapping` marker again failed, so the \
+                         receive is neither undone nor made: {why}"
+                    )),
+                    kept: true,
+                });
+            }
+            return Err(error.into());
+        }
+        // Made. The old content goes; nothing here may fail the receive.
+        let doomed = self
+            .trash()
+            .join(format!("staging.{}", Uuid::new_v4().simple()));
+        match self.layout.rename(staging, &doomed) {
+            Ok(()) => {
+                self.changed(&self.trash());
+                self.changed(staging.parent().expect("has a parent"));
+                self.empty_trash_entry(Some(doomed));
+            }
+            Err(e) => {
+                tracing::warn!(path = %staging.display(), error = %e, "could not remove the staging area of a complete receive; the next start does");
+            }
+        }
         Ok(self.created(&done))
     }
 
@@ -290,6 +368,24 @@ impl DirProvider {
                 )));
             }
         }
+        // A failure leaves the marker `swapping` and the staging area: an
+        // undo (`abort_partial`) or another `finish` still can.
         self.complete_receive(m, &tpath, &staging)
+            .map_err(|f| f.error)
+    }
+}
+
+/// A receive that failed: its error, and whether the staging area and the
+/// snapshot's marker must stay (`kept`: they hold the target's old content
+/// and what finds it, which could not be put back; see `undo.rs`). Else
+/// the caller removes the staging area and the half-made snapshot.
+pub(super) struct Failed {
+    pub(super) error: ProviderError,
+    pub(super) kept: bool,
+}
+
+impl From<ProviderError> for Failed {
+    fn from(error: ProviderError) -> Self {
+        Failed { error, kept: false }
     }
 }

@@ -180,6 +180,7 @@ impl DirProvider {
             p.sync_dir(&dir)?;
         }
         p.sweep()?;
+        p.sweep_staging()?;
         Ok(p)
     }
 
