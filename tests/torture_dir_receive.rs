@@ -9,7 +9,9 @@
 //! holding exactly the stream's content. Then the power is cut at every
 //! sync point of each receive (each cut keeping none, all or a seeded part
 //! of what was not durable), the provider reopened and the item finished
-//! if it can be (`finish`), else undone (`destroy` and `abort_partial`).
+//! if it can be (`finish`), else undone (`abort_partial` and `destroy`);
+//! and each image once more with the item undone whatever its state (no
+//! `finish`), as the manager's recovery does.
 //! The manager's own recovery never calls `finish` for a half-made receive
 //! (it undoes it: `abort_partial`, then `destroy`);
 //! `torture_dir_receive_manager.rs` sweeps that path through the manager.
@@ -227,10 +229,17 @@ fn a_full_then_an_incremental_receive_on_the_simulation_hold_the_streams_content
 }
 
 /// After a cut during the receive of snapshot `r` (operation `op`, never
-/// acknowledged) and a reopen: handles `r` as the manager's recovery does
-/// and returns what is wrong. `old` is the target's content before the
-/// receive, `new` the stream's.
-fn check_after_cut(image: &SimStorage, op: uuid::Uuid, old: &Tree, new: &Tree) -> Vec<String> {
+/// acknowledged) and a reopen: a half-made `r` is finished if `finish` and
+/// it can be, else undone (`abort_partial`, then `destroy`: what the
+/// manager's recovery does); returns what is wrong. `old` is the target's
+/// content before the receive, `new` the stream's.
+fn check_after_cut(
+    image: &SimStorage,
+    op: uuid::Uuid,
+    finish: bool,
+    old: &Tree,
+    new: &Tree,
+) -> Vec<String> {
     let mut wrong = Vec::new();
     let p = match DirProvider::simulated(PathBuf::from(ROOT), image.clone(), Durability::Batched) {
         Ok(p) => p,
@@ -246,7 +255,7 @@ fn check_after_cut(image: &SimStorage, op: uuid::Uuid, old: &Tree, new: &Tree) -
     let whole = match r {
         Some(f) if f.presence == Presence::Complete => true,
         Some(f) => {
-            if p.finish(f).is_ok() {
+            if finish && p.finish(f).is_ok() {
                 true
             } else {
                 let _ = p.abort_partial(op);
@@ -349,10 +358,16 @@ fn a_receive_cut_at_any_sync_point_leaves_a_whole_snapshot_or_nothing_half_made(
                     dirs,
                 };
                 let image = storage.power_cut_with(seed, policy);
-                images += 1;
-                problems.extend(check_after_cut(&image, op, &old, new).into_iter().map(|e| {
-                    format!("{name}, sync point {n}/{total}, seed {seed}, {dirs:?}: {e}")
-                }));
+                for finish in [true, false] {
+                    images += 1;
+                    let wrong = check_after_cut(&image.restart(), op, finish, &old, new);
+                    problems.extend(wrong.into_iter().map(|e| {
+                        format!(
+                            "{name}, sync point {n}/{total}, seed {seed}, {dirs:?}, finish \
+                             {finish}: {e}"
+                        )
+                    }));
+                }
             }
         }
     }
