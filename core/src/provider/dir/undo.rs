@@ -42,9 +42,6 @@ impl DirProvider {
         dev: u64,
         ino: u64,
     ) -> Result<bool, ProviderError> {
-        if std::env::var_os("MUTANT").is_some() {
-            return Ok(false);
-        }
         let new = staging.join("new");
         let old = staging.join("old");
         let is_staged = |id: &Option<Identity>| {
