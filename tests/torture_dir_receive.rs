@@ -11,7 +11,9 @@
 //! of what was not durable), the provider reopened and the item finished
 //! if it can be (`finish`), else undone (`abort_partial` and `destroy`);
 //! and each image once more with the item undone whatever its state (no
-//! `finish`), as the manager's recovery does.
+//! `finish`), as the manager's recovery does. All of it with the atomic
+//! exchange, then on a file system without it (the two renames,
+//! [`SimStorage::set_exchange_supported`]).
 //! The manager's own recovery never calls `finish` for a half-made receive
 //! (it undoes it: `abort_partial`, then `destroy`);
 //! `torture_dir_receive_manager.rs` sweeps that path through the manager.
@@ -335,7 +337,18 @@ fn a_receive_cut_at_any_sync_point_leaves_a_whole_snapshot_or_nothing_half_made(
         ("full", None, &full, Tree::new(), &t1),
         ("incremental", Some(&full), &incr, t1.clone(), &t2),
     ];
-    for (name, first, stream, old, new) in cases {
+    // With the atomic exchange, and without it (two renames).
+    let runs = [true, false]
+        .into_iter()
+        .flat_map(|exchange| cases.iter().map(move |case| (exchange, case)));
+    for (exchange, (name, first, stream, old, new)) in runs {
+        let (first, stream) = (*first, *stream);
+        let name = format!("{name}, exchange {exchange}");
+        let prepared = |first| {
+            let storage = prepared(first);
+            storage.set_exchange_supported(exchange);
+            storage
+        };
         // The receive's sync points, on a run without a cut.
         let dry = prepared(first);
         let start = dry.sync_points();
@@ -360,7 +373,7 @@ fn a_receive_cut_at_any_sync_point_leaves_a_whole_snapshot_or_nothing_half_made(
                 let image = storage.power_cut_with(seed, policy);
                 for finish in [true, false] {
                     images += 1;
-                    let wrong = check_after_cut(&image.restart(), op, finish, &old, new);
+                    let wrong = check_after_cut(&image.restart(), op, finish, old, new);
                     problems.extend(wrong.into_iter().map(|e| {
                         format!(
                             "{name}, sync point {n}/{total}, seed {seed}, {dirs:?}, finish \

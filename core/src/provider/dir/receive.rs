@@ -121,6 +121,10 @@ impl DirProvider {
             self.layout
                 .rename(tpath, &old)
                 .map_err(|e| ProviderError::io(format!("moving {} aside", tpath.display()), e))?;
+            // The old content is out of the target's name durably before
+            // anything takes that name: no cut keeps the second rename
+            // without the first (which would lose the old content).
+            self.sync_dir(new.parent().expect("has a parent"))?;
             self.layout.rename(new, tpath).map_err(|e| {
                 ProviderError::io(
                     format!("moving the received tree to {}", tpath.display()),

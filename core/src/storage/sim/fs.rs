@@ -61,6 +61,9 @@ pub(super) struct Fs {
     pub(super) fail_sync_at: Option<u64>,
     pub(super) frozen: bool,
     pub(super) capacity: Option<u64>,
+    /// The exchange of two directories is refused as unsupported (a file
+    /// system without `RENAME_EXCHANGE`).
+    pub(super) no_exchange: bool,
 }
 
 /// A simulated file offset or length as an index into its bytes: they live
@@ -500,6 +503,7 @@ impl Fs {
             fail_sync_at: None,
             frozen: false,
             capacity: self.capacity,
+            no_exchange: self.no_exchange,
         }
     }
 }

@@ -33,6 +33,8 @@
 //!   anything durable, and from then on every mutating call fails with `EIO`
 //!   too, so the state is frozen where the power went out; `power_cut` then
 //!   gives the image to reopen.
+//! - [`SimStorage::set_exchange_supported`] turns the exchange of two
+//!   directories off (the directory provider then falls back to renames).
 //! - [`SimStorage::set_capacity`] bounds the bytes all files may hold, so a
 //!   write or allocation past it fails with `ENOSPC`, like a full disk.
 //! - Locks are an in-memory set: a second `lock_exclusive` of the same path
@@ -175,6 +177,14 @@ impl SimStorage {
         self.lock().capacity = bytes;
     }
 
+    /// Makes [`SimStorage::exchange`] fail as unsupported
+    /// (`ErrorKind::Unsupported`, like `renameat2(RENAME_EXCHANGE)` on a
+    /// file system without it), or supported again; kept by
+    /// [`SimStorage::restart`] and [`SimStorage::power_cut`].
+    pub fn set_exchange_supported(&self, supported: bool) {
+        self.lock().no_exchange = !supported;
+    }
+
     /// Bytes all files hold now.
     pub fn used_bytes(&self) -> u64 {
         self.lock().used()
@@ -221,6 +231,7 @@ impl SimStorage {
                 fail_sync_at: None,
                 frozen: false,
                 capacity: fs.capacity,
+                no_exchange: fs.no_exchange,
             })),
         }
     }
@@ -270,6 +281,12 @@ impl SimStorage {
     pub fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
         let mut fs = self.lock();
         fs.check_live("exchange")?;
+        if fs.no_exchange {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the simulated file system does not support exchanging directories",
+            ));
+        }
         for p in [a, b] {
             match fs.names.get(p) {
                 Some(Node::Dir(_)) => {}
