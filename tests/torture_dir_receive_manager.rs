@@ -173,11 +173,13 @@ async fn prepared(
 /// made fewer than `n` syncs (it then must have succeeded).
 async fn fail_one_sync(
     durability: Durability,
+    exchange: bool,
     n: u64,
     base: Option<&Sent>,
     stream: &Sent,
 ) -> Option<FailedSync> {
     let storage = SimStorage::new();
+    storage.set_exchange_supported(exchange);
     let slot = Slot::default();
     let (m, base_id) = prepared(&storage, durability, &slot, base).await;
     let armed = storage.sync_points() + n;
@@ -350,12 +352,20 @@ async fn a_receive_that_meets_a_failing_sync_is_never_acknowledged_and_reopens_c
     let (full, incr) = streams();
     let mut all = Vec::new();
     let mut replaced_total = 0;
-    for durability in [Durability::Batched, Durability::OnReturn] {
+    let flavors = [Durability::Batched, Durability::OnReturn]
+        .into_iter()
+        .flat_map(|d| [(d, true), (d, false)]);
+    for (durability, exchange) in flavors {
         for (name, base, stream) in [("full", None, &full), ("incremental", Some(&full), &incr)] {
+            let name = if exchange {
+                name.to_owned()
+            } else {
+                format!("{name}, no exchange")
+            };
             let (mut points, mut acked, mut replaced, mut problems) = (0u64, 0, 0, Vec::new());
             let mut reactions = [0u64; 3];
             for n in 1..=1000u64 {
-                let Some(found) = fail_one_sync(durability, n, base, stream).await else {
+                let Some(found) = fail_one_sync(durability, exchange, n, base, stream).await else {
                     break;
                 };
                 points += 1;
@@ -558,7 +568,12 @@ async fn check_cut(
 
 /// The sweep for one durability; its first failures (lost acknowledged
 /// operations or disagreements), after printing its figures.
-async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) -> Vec<String> {
+async fn power_cut_sweep(
+    durability: Durability,
+    exchange: bool,
+    full: &Sent,
+    incr: &Sent,
+) -> Vec<String> {
     let streams = [full, incr];
     let scale = torture_support::scale();
     let base_seed = torture_support::seed(0x5EED_2ECE);
@@ -567,6 +582,7 @@ async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) -> Ve
     let mut failures = Vec::new();
     for point in 1..=10_000u64 {
         let storage = SimStorage::new();
+        storage.set_exchange_supported(exchange);
         storage.crash_at_sync(Some(point));
         let mut model = Model::default();
         let slot = Slot::default();
@@ -607,7 +623,8 @@ async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) -> Ve
         }
     }
     println!(
-        "dir receive manager power-cut sweep ({durability:?}): crash points {points}, images \
+        "dir receive manager power-cut sweep ({durability:?}, exchange {exchange}): crash \
+         points {points}, images \
          {images}, operations acknowledged by a whole run {acked}, acknowledged operations lost \
          {lost}, disagreements {disagreements} (seed {base_seed:#x}, scale {scale})"
     );
@@ -619,7 +636,7 @@ async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) -> Ve
     failures.truncate(5);
     failures
         .into_iter()
-        .map(|f| format!("{durability:?}, {f}"))
+        .map(|f| format!("{durability:?}, exchange {exchange}, {f}"))
         .collect()
 }
 
@@ -628,7 +645,9 @@ async fn acknowledged_receives_survive_a_power_cut_at_every_sync_point_through_t
     let (full, incr) = streams();
     let mut failures = Vec::new();
     for durability in [Durability::Batched, Durability::OnReturn] {
-        failures.extend(power_cut_sweep(durability, &full, &incr).await);
+        for exchange in [true, false] {
+            failures.extend(power_cut_sweep(durability, exchange, &full, &incr).await);
+        }
     }
     assert!(
         failures.is_empty(),

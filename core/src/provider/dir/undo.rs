@@ -181,7 +181,11 @@ impl DirProvider {
     /// At start: removes the staging areas of complete receives (the old
     /// content of a target, left when a crash or a failure came between
     /// the `complete` marker and the staging area's removal, which is not
-    /// synced). Any other staging area stays for `abort_partial`.
+    /// synced); and puts back the old content of a target whose name a
+    /// crash left empty between the two renames of a swap or of its undo
+    /// where exchange is unsupported (so the inventory does not report
+    /// the target lost; the receive stays half-made, for `abort_partial`).
+    /// Any other staging area stays for `abort_partial`.
     pub(super) fn sweep_staging(&self) -> Result<(), ProviderError> {
         let dir = self.root.join(super::STAGING);
         let names = self
@@ -195,11 +199,23 @@ impl DirProvider {
             else {
                 continue;
             };
-            if let Some(m) = self.receive_marker_of(op)?
-                && m.state == MarkerState::Complete
-                && let Err(e) = self.remove_own_tree(&self.staging(op))
-            {
-                tracing::warn!(%op, error = %e, "could not remove the staging area of a complete receive");
+            let Some(m) = self.receive_marker_of(op)? else {
+                continue;
+            };
+            let staging = self.staging(op);
+            match (&m.state, m.parent.as_deref()) {
+                (MarkerState::Complete, _) => {
+                    if let Err(e) = self.remove_own_tree(&staging) {
+                        tracing::warn!(%op, error = %e, "could not remove the staging area of a complete receive");
+                    }
+                }
+                (MarkerState::Swapping { dev, ino }, Some(target)) if check_id(target).is_ok() => {
+                    let tpath = self.path(VolumeKind::Data, target);
+                    if self.entry(&tpath)?.is_none() && self.is_dir(&staging.join("old"))? {
+                        self.unswap(&tpath, &staging, *dev, *ino)?;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())

@@ -46,8 +46,12 @@ pub(super) struct Fs {
     pub(super) names: BTreeMap<PathBuf, Node>,
     /// The names a power cut keeps (before removing unreachable ones).
     pub(super) durable_names: BTreeMap<PathBuf, Node>,
-    /// Per directory, changes a directory sync has not yet made durable.
-    pub(super) dir_pending: BTreeMap<PathBuf, Vec<DirChange>>,
+    /// Per directory, changes a directory sync has not yet made durable,
+    /// each with its place in the order all changes were made (a sync that
+    /// makes changes of several directories durable applies them in it).
+    pub(super) dir_pending: BTreeMap<PathBuf, Vec<(u64, DirChange)>>,
+    /// The place of the next directory change.
+    pub(super) next_change: u64,
     /// New names of directories moved with their trees whose move is not
     /// yet durable (see [`Fs::move_tree`]).
     pub(super) moves: Vec<PathBuf>,
@@ -142,7 +146,7 @@ impl Fs {
         // Parents sort before their entries: a move becomes durable before
         // the changes queued inside its tree.
         let queues = std::mem::take(&mut self.dir_pending);
-        self.make_durable(queues.into_values().flatten());
+        self.make_durable(queues.into_values().flatten().map(|(_, c)| c));
     }
 
     /// Renames directory `from`, which has entries, to the new name `to`
@@ -182,7 +186,7 @@ impl Fs {
         for (dir, queue) in queues {
             let queue = queue
                 .into_iter()
-                .map(|c| c.into_iter().map(|(p, n)| (rebase(&p), n)).collect())
+                .map(|(seq, c)| (seq, c.into_iter().map(|(p, n)| (rebase(&p), n)).collect()))
                 .collect();
             self.dir_pending.insert(rebase(&dir), queue);
         }
@@ -190,10 +194,7 @@ impl Fs {
             *m = rebase(m);
         }
         self.moves.push(to.to_path_buf());
-        self.dir_pending
-            .entry(parent_of(to))
-            .or_default()
-            .push(change);
+        self.queue(parent_of(to), change);
     }
 
     /// Whether the directory `root` and every name under it are durable
@@ -227,7 +228,7 @@ impl Fs {
                 .dir_pending
                 .iter()
                 .filter(|(d, _)| d.as_path() != dir)
-                .flat_map(|(_, queue)| queue.iter().flatten())
+                .flat_map(|(_, queue)| queue.iter().flat_map(|(_, c)| c))
                 .any(|(p, _)| under(p))
         {
             return false;
@@ -240,7 +241,8 @@ impl Fs {
                 .collect()
         };
         let mut durable = subtree(&self.durable_names);
-        for (p, node) in self.dir_pending.get(dir).into_iter().flatten().flatten() {
+        let queued = self.dir_pending.get(dir).into_iter().flatten();
+        for (p, node) in queued.flat_map(|(_, c)| c) {
             if under(p) {
                 match node {
                     Some(n) => durable.insert(p.clone(), *n),
@@ -286,11 +288,12 @@ impl Fs {
             let to = self.moves.remove(i);
             let parent = parent_of(&to);
             let queue = self.dir_pending.remove(&parent).unwrap_or_default();
-            let is_move =
-                |c: &DirChange| matches!(c.first(), Some((p, Some(Node::Dir(_)))) if *p == to);
+            let is_move = |(_, c): &(u64, DirChange)| {
+                matches!(c.first(), Some((p, Some(Node::Dir(_)))) if *p == to)
+            };
             let mut queue = queue;
             let committed: Vec<DirChange> = match queue.iter().position(is_move) {
-                Some(at) => queue.drain(..=at).collect(),
+                Some(at) => queue.drain(..=at).map(|(_, c)| c).collect(),
                 None => Vec::new(),
             };
             if !queue.is_empty() {
@@ -323,20 +326,22 @@ impl Fs {
     /// and so is every change queued elsewhere that names an entry of it
     /// (a rename out of it, an exchange), with the changes queued there
     /// before it (one journal transaction commits a rename, after what
-    /// preceded it).
+    /// preceded it); all of them in the order they were made (a rename out
+    /// of `dir` queued elsewhere before a rename into the same name here
+    /// is applied first).
     pub(super) fn sync_dir_changes(&mut self, dir: &Path) {
         self.commit_moves_above(dir);
-        let changes = self.dir_pending.remove(dir).unwrap_or_default();
-        self.make_durable(changes);
-        let renamed_out = |change: &DirChange| change.iter().any(|(p, _)| parent_of(p) == dir);
-        let mut committed = Vec::new();
+        let mut committed = self.dir_pending.remove(dir).unwrap_or_default();
+        let renamed_out =
+            |(_, change): &(u64, DirChange)| change.iter().any(|(p, _)| parent_of(p) == dir);
         for queue in self.dir_pending.values_mut() {
             if let Some(last) = queue.iter().rposition(renamed_out) {
                 committed.extend(queue.drain(..=last));
             }
         }
         self.dir_pending.retain(|_, queue| !queue.is_empty());
-        self.make_durable(committed);
+        committed.sort_by_key(|(seq, _)| *seq);
+        self.make_durable(committed.into_iter().map(|(_, c)| c));
     }
 
     pub(super) fn change(&mut self, dir: PathBuf, change: DirChange) {
@@ -350,7 +355,14 @@ impl Fs {
                 }
             }
         }
-        self.dir_pending.entry(dir).or_default().push(change);
+        self.queue(dir, change);
+    }
+
+    /// Queues a change on `dir`, in the order of all changes.
+    fn queue(&mut self, dir: PathBuf, change: DirChange) {
+        self.next_change += 1;
+        let seq = self.next_change;
+        self.dir_pending.entry(dir).or_default().push((seq, change));
     }
 
     /// Bytes held by files some name reaches (an unlinked file's bytes are
@@ -439,7 +451,7 @@ impl Fs {
                 DirLoss::KeepAll => changes.len(),
                 DirLoss::RandomPrefix => idx(rng.below(changes.len() as u64 + 1)),
             };
-            for change in &changes[..keep] {
+            for (_, change) in &changes[..keep] {
                 for (path, node) in change {
                     match node {
                         Some(n) => {
@@ -493,6 +505,7 @@ impl Fs {
             durable_names: names.clone(),
             names,
             dir_pending: BTreeMap::new(),
+            next_change: self.next_change,
             moves: Vec::new(),
             inodes,
             next_ino: self.next_ino,

@@ -221,6 +221,7 @@ impl SimStorage {
                 names: fs.names.clone(),
                 durable_names: fs.durable_names.clone(),
                 dir_pending: fs.dir_pending.clone(),
+                next_change: fs.next_change,
                 moves: fs.moves.clone(),
                 inodes: fs.inodes.clone(),
                 next_ino: fs.next_ino,
