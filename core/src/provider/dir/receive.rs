@@ -1,6 +1,7 @@
 //! The directory provider's receive after the staging area exists: the base
 //! of an incremental stream, the decoder run into staging, the snapshot copy,
-//! the atomic swap into the target and its completion (also after a crash).
+//! the atomic swap into the target and its completion (also after a crash),
+//! or, on a failure after the swap, its undo (`undo.rs`).
 //! See the parent module's "Receive".
 //!
 //! # File operations, in order
@@ -13,8 +14,8 @@
 //! `snapshot/<id>`.
 //!
 //! 1. Checks: the target's marker and directory, the snapshot's marker (a
-//!    retry of the same op with `receiving`/`swapping` removes `P`
-//!    (`remove_tree`)), else `P` must be absent (`entry`).
+//!    retry of the same op with `receiving`/`swapping` runs step 15, then
+//!    removes `P` (`remove_tree`)), else `P` must be absent (`entry`).
 //! 2. Staging: remove `.staging/<op>` (`remove_tree`), `mkdir` it with the
 //!    default mode `0777` less the umask (`mkdir`). No sync.
 //! 3. Header read, then `N`: full, `mkdir N 0700` (`mkdir`) and its stored
@@ -40,26 +41,54 @@
 //!     `S` file, `S` dir.
 //! 13. Swap: `T` given owner `rwx` if it lacks it (`entry`,
 //!     `set_dir_mode`); `renameat2(N, T, RENAME_EXCHANGE)` (`exchange`),
-//!     where unsupported `rename T → .staging/<op>/old`, `rename N → T`
-//!     (`rename`); `S` `data/`, `S` `.staging/<op>` (`sync_dir`).
+//!     where unsupported `rename T → .staging/<op>/old`, `S`
+//!     `.staging/<op>` (the old content leaves `T`'s name durably before
+//!     anything takes it), `rename N → T` (`rename`); `S` `data/`, `S`
+//!     `.staging/<op>` (`sync_dir`).
 //! 14. Completion: `P`'s root mode (`entry`) with its manifest; `T`'s root
-//!     set to it (`set_dir_mode`); `S` `T` (`sync_dir`); `.staging/<op>`
-//!     renamed into the trash, durably (`S` `.staging` when durable on
-//!     return, `S` a `syncfs` barrier when batched: found missing by the
-//!     receive sweep, which left `.staging/<op>` behind a complete
-//!     receive); marker `complete`: `S` file, `S` dir; the trash entry
-//!     removed.
+//!     set to it (`set_dir_mode`); `S` `T` (`sync_dir`); marker
+//!     `complete`: `S` file, `S` dir. The receive is made here. Then
+//!     `.staging/<op>` (the old content) renamed into the trash (`rename`,
+//!     not synced) and removed (`remove_tree`), best-effort: nothing after
+//!     the `complete` marker fails the receive; a staging area a crash or
+//!     a failure leaves behind a complete receive is removed by the next
+//!     start (`sweep_staging`).
+//! 15. Undo, on any error in 13 or 14 before the `complete` marker is
+//!     written (`undo.rs`, `unswap`, by identity): `T` is the staged tree
+//!     and `N` exists: `exchange(N, T)` back; `T` is the staged tree and
+//!     `.staging/<op>/old` exists: `rename T → N`, `rename old → T`; `T`
+//!     absent and `old` exists: `rename old → T`; then (if anything moved)
+//!     `S` `data/`, `S` `.staging/<op>`, and `T`'s mode from before 13
+//!     set again. Only then is `.staging/<op>` removed. A failed write of
+//!     `complete` (its rename may have happened, its directory's sync
+//!     failed) first writes `swapping` again (`S` file, `S` dir). If the
+//!     undo fails, nothing is removed: `.staging/<op>` and the `swapping`
+//!     marker stay, the provider's rounds fail from then on (out of
+//!     service until reopened) and the error says so.
 //!
 //! A failure removes `.staging/<op>` (`remove_tree`) and the half-made
-//! snapshot (`discard`). `finish` of a `swapping` marker: `T` and `N`
-//! compared by identity (`identity`), `rename N → T` if `T` is absent
-//! (`rename`), `S` `data/`, then step 14. `abort_partial`: remove
-//! `.staging/<op>` (`remove_tree`).
+//! snapshot (`discard`), after step 15 once the swap began. `finish` of a
+//! `swapping` marker: `T` and `N` compared by identity (`identity`),
+//! `rename N → T` if `T` is absent (`rename`), `S` `data/`, then step 14
+//! (a failure there leaves the marker `swapping`). `abort_partial`, a
+//! destroy of a snapshot whose marker says `swapping`, and a retry of the
+//! same operation run step 15 from the marker (`receive_marker_of`: a
+//! scan of the snapshot markers for the op, only when `.staging/<op>`
+//! exists), then remove `.staging/<op>`. At start (`sweep_staging`): the
+//! staging area of a complete receive is removed; a `swapping` one whose
+//! `T` is absent with `old` present (a crash between the fallback's
+//! renames) is put back, so the inventory does not find the target lost.
+//!
+//! Can a receive fail once its marker says `complete`? No: that marker's
+//! write is the last step that may fail it (then step 15 runs); what
+//! follows only logs.
 //!
 //! On the simulation (`SimLayout`): the decoder is the same
 //! (`wire::decode`) with a sink that builds `N` entry by entry; `exchange`
 //! is one atomic change of the two names (`SimStorage::exchange`, which
-//! takes settled trees only: step 11 settles them); `identity` is the
+//! takes settled trees only: step 11 settles them; an exchange back of the
+//! same names queues behind the first), or unsupported
+//! (`SimStorage::set_exchange_supported`: the two renames); `identity` is the
 //! simulated inode number; modes, symlinks and free space are not modelled
 //! (a symlink record is an error there).
 
