@@ -297,10 +297,7 @@ impl DirProvider {
         {
             tracing::warn!(path = %tpath.display(), error = %e, "could not set the target's mode back");
         }
-        Failed {
-            error,
-            kept: false,
-        }
+        Failed { error, kept: false }
     }
 
     /// After the swap: the target root's true mode (from the snapshot), the

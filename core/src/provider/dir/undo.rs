@@ -10,9 +10,9 @@
 
 use std::path::Path;
 
-use super::{DirProvider, check_id};
 use super::layout::Identity;
 use super::marker::{self, Marker, MarkerState};
+use super::{DirProvider, check_id};
 use crate::model::{OpId, VolumeKind};
 use crate::provider::ProviderError;
 
@@ -67,11 +67,7 @@ impl DirProvider {
             if self.is_dir(&new)? {
                 let exchanged = self.layout.exchange(&new, tpath).map_err(|e| {
                     ProviderError::io(
-                        format!(
-                            "exchanging {} back with {}",
-                            tpath.display(),
-                            new.display()
-                        ),
+                        format!("exchanging {} back with {}", tpath.display(), new.display()),
                         e,
                     )
                 })?;

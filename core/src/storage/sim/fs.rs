@@ -288,9 +288,7 @@ impl Fs {
             let to = self.moves.remove(i);
             let parent = parent_of(&to);
             let queue = self.dir_pending.remove(&parent).unwrap_or_default();
-            let is_move = |(_, c): &(u64, DirChange)| {
-                matches!(c.first(), Some((p, Some(Node::Dir(_)))) if *p == to)
-            };
+            let is_move = |(_, c): &(u64, DirChange)| matches!(c.first(), Some((p, Some(Node::Dir(_)))) if *p == to);
             let mut queue = queue;
             let committed: Vec<DirChange> = match queue.iter().position(is_move) {
                 Some(at) => queue.drain(..=at).map(|(_, c)| c).collect(),
