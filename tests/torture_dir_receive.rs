@@ -23,6 +23,13 @@
 //! nothing is left in staging or the trash, and nothing is foreign.
 //!
 //! Prints `dir receive power-cut sweep: crash points P, images I, problems N`.
+//!
+//! A third test takes an image cut right after a swap and makes the
+//! exchange back fail (the file system no longer supports it): nothing is
+//! removed, the undo and the destroy say so, the provider's rounds fail
+//! until a reopen, after which the undo puts the old content back (fails
+//! if the failed put-back does not take the provider out of service,
+//! checked by hand).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -390,4 +397,80 @@ fn a_receive_cut_at_any_sync_point_leaves_a_whole_snapshot_or_nothing_half_made(
     );
     assert!(points > 10, "the receives have sync points: {points}");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The image a power cut leaves right after the swap of an incremental
+/// receive (operation `op`) into a target holding `old`: the target holds
+/// `new`, the snapshot's marker says `swapping` (half-made). Cuts at each
+/// sync point in turn (keeping everything) until one leaves that.
+fn cut_after_swap(first: &[u8], stream: &[u8], new: &Tree) -> (SimStorage, uuid::Uuid) {
+    let target = Path::new(ROOT).join("data/t");
+    for n in 1..=100 {
+        let storage = prepared(Some(first));
+        storage.crash_at_sync(Some(storage.sync_points() + n));
+        let op = uuid::Uuid::now_v7();
+        let cut = receive(&open(&storage), id("r"), op, stream).is_err();
+        assert!(
+            cut,
+            "the receive ended before a cut left its swap half-made"
+        );
+        let image = storage.power_cut_with(
+            0,
+            CutPolicy {
+                data: DataLoss::KeepAll,
+                dirs: DirLoss::KeepAll,
+            },
+        );
+        let half_made = open(&image).inventory().unwrap().iter().any(|f| {
+            f.tag.as_ref().is_some_and(|t| t.volume == "r") && f.presence != Presence::Complete
+        });
+        if half_made && &tree_of(&image, &target) == new {
+            return (image, op);
+        }
+    }
+    panic!("no sync point between the swap and the `complete` marker");
+}
+
+/// A failing exchange back (here: the file system no longer supports
+/// `RENAME_EXCHANGE`) deletes nothing: `abort_partial` and a destroy of the
+/// half-made snapshot fail and say so, the target's old content stays in
+/// the staging area with the `swapping` marker, the provider's rounds fail
+/// (out of service) until it is reopened; then an undo puts the old
+/// content back.
+#[test]
+fn an_undo_that_cannot_put_the_target_back_removes_nothing_and_a_later_one_does() {
+    let ((full, t1), (incr, t2)) = streams();
+    let (image, op) = cut_after_swap(&full, &incr, &t2);
+    let target = Path::new(ROOT).join("data/t");
+    let staged = Path::new(ROOT).join(format!(".staging/{op}/new"));
+    let (r, none) = (id("r"), Details::new());
+    image.set_exchange_supported(false);
+    let p = open(&image);
+    let err = p.abort_partial(op).unwrap_err().to_string();
+    assert!(err.contains("could not be put back"), "{err}");
+    let err = p
+        .destroy(&vref(r, VolumeKind::Snapshot, &none))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("could not be put back"), "{err}");
+    assert!(p.sync().is_err(), "the provider stays in service");
+    assert_eq!(tree_of(&image, &target), t2, "the target changed");
+    assert_eq!(tree_of(&image, &staged), t1, "the old content is not kept");
+    let r_found = |p: &DirProvider| {
+        p.inventory()
+            .unwrap()
+            .into_iter()
+            .any(|f| f.tag.is_some_and(|t| t.volume == "r"))
+    };
+    assert!(r_found(&p), "the half-made snapshot's marker is gone");
+    drop(p);
+
+    image.set_exchange_supported(true);
+    let p = open(&image);
+    p.abort_partial(op).unwrap();
+    p.destroy(&vref(r, VolumeKind::Snapshot, &none)).unwrap();
+    p.sync().unwrap();
+    assert_eq!(tree_of(&image, &target), t1, "the old content is not back");
+    assert!(!r_found(&p));
+    assert!(entries(&image, &format!("{ROOT}/.staging")).is_empty());
 }
