@@ -18,7 +18,7 @@ use common::BtrfsFs;
 use uuid::Uuid;
 use volmgr::manager::{Manager, ManagerConfig};
 use volmgr::model::VolumeId;
-use volmgr::provider::btrfs::{BatchSync, BtrfsProvider};
+use volmgr::provider::btrfs::{BatchSync, BtrfsProvider, CONFIG_BATCH_SYNC, CONFIG_ROOT};
 use volmgr::provider::{
     Created, Durability, Found, Presence, Provider, ProviderConfig, ProviderError, SendStats,
     VolumeRef, VolumeSpec,
@@ -411,4 +411,44 @@ async fn concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives
         .collect();
     expected.sort();
     assert_eq!(ids, expected);
+}
+
+/// `batch_sync` is validated like every provider setting (exact values
+/// only: a flag-looking or misspelt value is refused, naming the key) and
+/// journaled only when it is not the default, so a configuration journaled
+/// before the setting existed reads the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_sync_is_validated_and_journaled_only_when_not_the_default() {
+    let test = "batch_sync_is_validated_and_journaled_only_when_not_the_default";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes").to_string_lossy().into_owned();
+    let config = |value: Option<&str>| {
+        let mut c = ProviderConfig::from([(CONFIG_ROOT.to_owned(), root.clone())]);
+        if let Some(v) = value {
+            c.insert(CONFIG_BATCH_SYNC.to_owned(), v.to_owned());
+        }
+        c
+    };
+    for bad in ["--help", "Commit", "fsync", "", " syncfs"] {
+        match BtrfsProvider::from_config(&config(Some(bad))) {
+            Err(ProviderError::InvalidConfig(msg)) => {
+                assert!(msg.contains(CONFIG_BATCH_SYNC), "{bad:?}: {msg}");
+            }
+            other => panic!("{bad:?} accepted or wrong error: {other:?}"),
+        }
+    }
+    let default = BtrfsProvider::from_config(&config(None)).unwrap();
+    assert_eq!(default.config(), config(None));
+    assert_eq!(
+        BtrfsProvider::from_config(&config(Some("commit")))
+            .unwrap()
+            .config(),
+        config(None),
+        "the default is not journaled"
+    );
+    let syncfs = BtrfsProvider::from_config(&config(Some("syncfs"))).unwrap();
+    assert_eq!(syncfs.config(), config(Some("syncfs")));
+    syncfs.sync().unwrap();
 }

@@ -201,14 +201,19 @@ impl DirProvider {
         }
     }
 
-    /// Passes a verb's result on; a failure asks the next round for a
-    /// whole `syncfs` (see [`Dirty`]): the verb may have stopped half way
-    /// on an I/O error, leaving changes it never noted.
+    /// Passes a verb's result on; a failure that may hide a failed write
+    /// asks the next round for a whole `syncfs` (see [`Dirty`]): the verb
+    /// may have stopped half way on an I/O error, leaving changes it never
+    /// noted. A refusal does not ([`may_hide_a_failed_write`]): a tenant
+    /// who can make a snapshot of its volume fail (a tree deeper than the
+    /// provider copies) must not buy a slow round per attempt.
     pub(super) fn note_failure<T>(
         &self,
         result: Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        if result.is_err() {
+        if let Err(e) = &result
+            && may_hide_a_failed_write(e)
+        {
             self.dirty.want_whole();
         }
         result
@@ -418,5 +423,27 @@ impl DirProvider {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Whether a verb that failed with `e` may have met a failed write (or may
+/// have stopped before noting what it changed because of one): an I/O
+/// error, a full file system, a failed command or a suspended receive. A
+/// refusal (not found, already exists, busy, dependents, a bad setting, a
+/// malformed stream, a tree or entry the provider will not copy: `Other`)
+/// is decided by checks, not by a write that failed.
+pub(super) fn may_hide_a_failed_write(e: &ProviderError) -> bool {
+    match e {
+        ProviderError::Io { .. }
+        | ProviderError::NoSpace { .. }
+        | ProviderError::Command { .. }
+        | ProviderError::Suspended { .. } => true,
+        ProviderError::NotFound(_)
+        | ProviderError::AlreadyExists(_)
+        | ProviderError::Busy { .. }
+        | ProviderError::HasDependents { .. }
+        | ProviderError::InvalidConfig(_)
+        | ProviderError::Stream(_)
+        | ProviderError::Other(_) => false,
     }
 }
