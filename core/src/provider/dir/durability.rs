@@ -83,9 +83,10 @@ impl BatchSync {
 /// takes its ticket, and a round takes the set when it starts: so the
 /// round that decides a ticket, or an earlier one that started after the
 /// recording, syncs it. A provider's first round is a whole `syncfs`
-/// ([`Dirty::at_open`]), and so is the round after a verb failed
-/// ([`DirProvider::note_failure`]: it may have stopped half way on an I/O
-/// error that an `fsync` of the paths it noted would not meet again).
+/// ([`Dirty::at_open`]), and so is the round after a verb failed on what
+/// may hide a failed write ([`DirProvider::note_failure`]: it may have
+/// stopped half way on an I/O error that an `fsync` of the paths it noted
+/// would not meet again).
 #[derive(Debug)]
 pub(super) struct Dirty {
     paths: Mutex<BTreeSet<PathBuf>>,
