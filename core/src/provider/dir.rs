@@ -327,6 +327,10 @@ pub struct DirProvider {
     /// Trees batched destroys left in the trash, removed by the next
     /// [`Provider::sync`] (see `trash`).
     doomed: trash::Doomed,
+    /// Set once a receive's target could not be put back (`undo.rs`):
+    /// until the provider is reopened, no receive's staging area is
+    /// removed, nor a snapshot that has one.
+    undo_stuck: std::sync::atomic::AtomicBool,
 }
 
 impl DirProvider {

@@ -62,9 +62,11 @@
 //!     set again. Only then is `.staging/<op>` removed. A failed write of
 //!     `complete` (its rename may have happened, its directory's sync
 //!     failed) first writes `swapping` again (`S` file, `S` dir). If the
-//!     undo fails, nothing is removed: `.staging/<op>` and the `swapping`
-//!     marker stay, the provider's rounds fail from then on (out of
-//!     service until reopened) and the error says so.
+//!     undo fails (or that second marker write does), nothing is removed:
+//!     `.staging/<op>` and the marker stay, the provider's rounds fail from
+//!     then on and no receive's staging area (nor a snapshot that has one)
+//!     is removed until it is reopened (`staging_removable`: the next
+//!     start judges by what the disk kept), and the error says so.
 //!
 //! A failure removes `.staging/<op>` (`remove_tree`) and the half-made
 //! snapshot (`discard`), after step 15 once the swap began. `finish` of a
@@ -337,12 +339,19 @@ impl DirProvider {
         let done = m.with_state(MarkerState::Complete);
         if let Err(error) = self.put_marker(&done) {
             if let Err(e) = self.put_marker(m) {
-                let why = self.out_of_service(tpath, staging, &e);
+                let why = format!(
+                    "{error}; then writing the `swapping` marker again failed ({e}), so the \
+                     receive of {} is neither undone nor made: {} holds the stream's content, \
+                     {} its old content, and the next start decides by the marker the disk \
+                     kept (`complete`: made; `swapping`: undone); the provider is out of \
+                     service until reopened",
+                    m.volume,
+                    tpath.display(),
+                    staging.display()
+                );
+                self.stop_undoing(&why);
                 return Err(Failed {
-                    error: ProviderError::Other(format!(
-                        "{error}; then writing the `swapping` marker again failed, so the \
-                         receive is neither undone nor made: {why}"
-                    )),
+                    error: ProviderError::Other(why),
                     kept: true,
                 });
             }

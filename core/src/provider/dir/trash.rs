@@ -246,7 +246,11 @@ impl DirProvider {
     fn retire(&self, m: &Marker) -> Result<Option<PathBuf>, ProviderError> {
         // A half-made receive whose swap may have happened: the target's
         // old content back (and the staging area gone) before the marker
-        // that finds it goes (see `undo.rs`).
+        // that finds it goes (see `undo.rs`); nothing of it while a
+        // put-back failed in this instance.
+        if m.kind == VolumeKind::Snapshot {
+            self.staging_removable(&self.staging(m.op))?;
+        }
         if matches!(m.state, MarkerState::Swapping { .. }) {
             self.abort_received(m)?;
         }

@@ -9,6 +9,7 @@
 //! See `receive.rs` (the steps) and the parent module's "Receive".
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use super::layout::Identity;
 use super::marker::{self, Marker, MarkerState};
@@ -121,6 +122,7 @@ impl DirProvider {
     /// ([`Self::out_of_service`]) and the error says where the old content is.
     pub(super) fn abort_received(&self, m: &Marker) -> Result<(), ProviderError> {
         let staging = self.staging(m.op);
+        self.staging_removable(&staging)?;
         if let MarkerState::Swapping { dev, ino } = m.state {
             let target = m.parent.as_deref().ok_or_else(|| {
                 ProviderError::Other(format!("received snapshot {} names no target", m.volume))
@@ -142,10 +144,27 @@ impl DirProvider {
         if self.entry(&staging)?.is_none() {
             return Ok(());
         }
+        self.staging_removable(&staging)?;
         match self.receive_marker_of(op)? {
             Some(m) => self.abort_received(&m),
             None => self.remove_own_tree(&staging),
         }
+    }
+
+    /// Refuses while a put-back failed in this instance
+    /// ([`Self::out_of_service`]) and `staging` exists: what the disk
+    /// holds then (which marker a failed write left durable, where the old
+    /// content is) is for the next start to judge, so nothing of a
+    /// receive's staging goes, nor the snapshot that finds it.
+    pub(super) fn staging_removable(&self, staging: &Path) -> Result<(), ProviderError> {
+        if self.undo_stuck.load(Ordering::SeqCst) && self.entry(staging)?.is_some() {
+            return Err(ProviderError::Other(format!(
+                "{} stays: a receive's target could not be put back, the provider is out of \
+                 service until reopened",
+                staging.display()
+            )));
+        }
+        Ok(())
     }
 
     /// After a failure to put a target's old content back: every later
@@ -168,10 +187,18 @@ impl DirProvider {
             tpath.display(),
             staging.display()
         );
+        self.stop_undoing(&why);
+        ProviderError::Other(why)
+    }
+
+    /// Fails every later round with `why` and keeps every receive's
+    /// staging area until the provider is reopened
+    /// ([`Self::staging_removable`]).
+    pub(super) fn stop_undoing(&self, why: &str) {
+        self.undo_stuck.store(true, Ordering::SeqCst);
         let _ = self
             .flush
-            .sync_after("putting a receive's target back", || Err(why.clone()));
-        ProviderError::Other(why)
+            .sync_after("putting a receive's target back", || Err(why.to_owned()));
     }
 
     /// At start: removes the staging areas of complete receives (the old
