@@ -39,9 +39,12 @@
 //! (create the target; receive the full stream while another volume is
 //! created, then the incremental one while that volume is destroyed: the
 //! receives share the provider's sync rounds and trash with other verbs)
-//! is cut at every sync point, as a kill -9 and as power cuts (none, all or
-//! a seeded part of what was not durable kept, `torture_support::
-//! cut_policies`). Property after a reopen: 0 acknowledged operations lost
+//! is cut at every sync point, as a kill -9, as a kill -9 followed by a
+//! reopen that reconciles and then a power cut (none or all of what the
+//! reopen left unsynced kept), and as power cuts (none, all or a seeded part
+//! of what was not durable kept, `torture_support::cut_policies`); the loop
+//! is `dir_sweep_support::sweep`, shared with `torture_dir_powercut`.
+//! Property after a reopen: 0 acknowledged operations lost
 //! (creates, destroy, receives); every acknowledged receive's snapshot is
 //! live and holds exactly the sent snapshot's content; every received
 //! snapshot in the state (acknowledged or rolled forward) holds exactly the
@@ -133,6 +136,7 @@
 //! pages another receive wrote before it were dropped.
 
 mod dir_receive_support;
+mod dir_sweep_support;
 mod torture_support;
 
 use volmgr::manager::{Manager, ManagerError};
@@ -141,10 +145,8 @@ use volmgr::provider::Durability;
 use volmgr::state::{Meta, VolumeStatus};
 use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
 
-use dir_receive_support::{
-    PROVIDER, Sent, Slot, TARGET, Tree, consistent, open, receive, received, shown, streams,
-    target_tree, tree_of,
-};
+use dir_receive_support::{Sent, TARGET, consistent, receive, received, streams, target_tree};
+use dir_sweep_support::{Flavor, PROVIDER, Slot, Tree, Workload, open, shown, tree_of};
 
 /// The power-cut sweep writes checkpoints often, so that cuts also land in
 /// them (as `torture_dir_powercut` does).
@@ -518,19 +520,16 @@ async fn workload(m: &Manager, streams: &[&Sent], model: &mut Model) {
     }
 }
 
-/// (acknowledged operations lost, problems) after a reopen of `image`.
+/// (acknowledged operations lost, problems) of `m`, just reopened on
+/// `image` (its provider in `slot`).
 async fn check_cut(
+    m: &Manager,
     image: &SimStorage,
-    durability: Durability,
+    slot: &Slot,
     streams: &[&Sent],
     model: &Model,
 ) -> (u64, Vec<String>) {
-    let slot = Slot::default();
-    let m = match open(image, durability, &slot, CHECKPOINT_EVERY).await {
-        Ok(m) => m,
-        Err(e) => return (0, vec![format!("open failed: {e}")]),
-    };
-    let mut problems = consistent(&m, image, &slot, streams);
+    let mut problems = consistent(m, image, slot, streams);
     let state = m.state();
     let live = |id: &str| {
         state
@@ -587,7 +586,7 @@ async fn check_cut(
     }
     // It accepts new work: the full stream is received again, whole.
     if live(TARGET) {
-        match receive(&m, streams[0]).await {
+        match receive(m, streams[0]).await {
             Err(e) => problems.push(format!("receiving the full stream after the reopen: {e}")),
             Ok(id) => {
                 let state = m.state();
@@ -599,8 +598,55 @@ async fn check_cut(
             }
         }
     }
-    m.close().await;
     (lost, problems)
+}
+
+/// The receive workload on one durability, with or without the atomic
+/// exchange.
+struct ReceiveSweep<'a> {
+    durability: Durability,
+    exchange: bool,
+    streams: [&'a Sent; 2],
+}
+
+impl Workload for ReceiveSweep<'_> {
+    type Model = Model;
+
+    fn flavor(&self) -> Flavor {
+        self.durability.into()
+    }
+
+    fn checkpoint_every(&self) -> u64 {
+        CHECKPOINT_EVERY
+    }
+
+    fn storage(&self) -> SimStorage {
+        let storage = SimStorage::new();
+        storage.set_exchange_supported(self.exchange);
+        storage
+    }
+
+    async fn run(&self, m: &Manager, _: &SimStorage, model: &mut Model) {
+        workload(m, &self.streams, model).await;
+    }
+
+    fn acked(model: &Model) -> u64 {
+        model.acked
+    }
+
+    fn errors(model: &Model) -> Vec<String> {
+        model.errors.clone()
+    }
+
+    async fn check(
+        &self,
+        m: &Manager,
+        image: &SimStorage,
+        slot: &Slot,
+        model: &Model,
+    ) -> (u64, Vec<String>) {
+        check_cut(m, image, slot, &self.streams, model).await
+    }
 }
 
 /// The sweep for one durability; its first failures (lost acknowledged
@@ -611,64 +657,23 @@ async fn power_cut_sweep(
     full: &Sent,
     incr: &Sent,
 ) -> Vec<String> {
-    let streams = [full, incr];
-    let scale = torture_support::scale();
-    let base_seed = torture_support::seed(0x5EED_2ECE);
-    let (mut points, mut images, mut lost, mut disagreements, mut acked) = (0u64, 0u64, 0, 0, 0);
-    let mut whole_run_errors = Vec::new();
-    let mut failures = Vec::new();
-    for point in 1..=10_000u64 {
-        let storage = SimStorage::new();
-        storage.set_exchange_supported(exchange);
-        storage.crash_at_sync(Some(point));
-        let mut model = Model::default();
-        let slot = Slot::default();
-        if let Ok(m) = open(&storage, durability, &slot, CHECKPOINT_EVERY).await {
-            workload(&m, &streams, &mut model).await;
-            m.close().await;
-        }
-        let fired = storage.crashed();
-        acked = acked.max(model.acked);
-        if !fired {
-            whole_run_errors = model.errors.clone();
-        }
-        points += 1;
-        let mut outcomes = vec![(
-            "kill -9".to_owned(),
-            check_cut(&storage.restart(), durability, &streams, &model).await,
-        )];
-        for (seed, policy) in torture_support::cut_policies(base_seed, point, scale) {
-            let image = storage.power_cut_with(seed, policy);
-            outcomes.push((
-                format!("seed {seed:#x}, {policy:?}"),
-                check_cut(&image, durability, &streams, &model).await,
-            ));
-        }
-        for (what, (l, problems)) in outcomes {
-            images += 1;
-            lost += l;
-            if !problems.is_empty() {
-                disagreements += 1;
-                failures.push(format!(
-                    "crash point {point}, {what}: {}",
-                    problems.join("; ")
-                ));
-            }
-        }
-        if !fired {
-            break;
-        }
-    }
+    let w = ReceiveSweep {
+        durability,
+        exchange,
+        streams: [full, incr],
+    };
+    let found = dir_sweep_support::sweep(&w, 0x5EED_2ECE).await;
+    let (acked, mut failures) = (found.acked, found.failures);
     println!(
         "dir receive manager power-cut sweep ({durability:?}, exchange {exchange}): crash \
-         points {points}, images \
-         {images}, operations acknowledged by a whole run {acked}, acknowledged operations lost \
-         {lost}, disagreements {disagreements} (seed {base_seed:#x}, scale {scale})"
+         points {}, images {}, operations acknowledged by a whole run {acked}, acknowledged \
+         operations lost {}, disagreements {} (seed {:#x}, scale {})",
+        found.points, found.images, found.lost, found.disagreements, found.base_seed, found.scale
     );
     assert_eq!(
         acked, 5,
-        "a whole run acknowledges the creates, the destroy and both receives: \
-         {whole_run_errors:?}"
+        "a whole run acknowledges the creates, the destroy and both receives: {:?}",
+        found.whole_run_errors
     );
     failures.truncate(5);
     failures
