@@ -10,7 +10,10 @@
 //! as a kill -9 followed by a reopen and then a power cut (keeping none or
 //! all of what the reopen left unsynced). That last cut catches a first
 //! round after open that is not a whole `syncfs` (mutation, fsync rounds:
-//! 40 disagreements, creates rolled forward by the reopen then lost) and
+//! 40 disagreements, creates rolled forward by the reopen then lost; since
+//! `sync_at_open` that mutation alone shows nothing, and with
+//! `sync_at_open` reduced to the ordinary round as well: 45 batched, 24
+//! durable on return) and
 //! found a real bug with durable-on-return providers: the manager synced
 //! only batched providers before their inventory, so a create a killed
 //! process left in the page cache (before its own fsyncs) was rolled
