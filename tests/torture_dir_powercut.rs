@@ -66,7 +66,7 @@ use volmgr::storage::Storage;
 use volmgr::storage::sim::SimStorage;
 
 use dir_sweep_support::{
-    Flavor, PROVIDER, ROOT, Slot, Tree, Workload, agrees, left_in, shown, tree_of,
+    Flavor, PROVIDER, ROOT, Reopened, Slot, Tally, Tree, Workload, agrees, left_in, shown, tree_of,
 };
 
 const ROUNDS: u32 = 3;
@@ -85,10 +85,7 @@ struct Model {
     /// The content a snapshot or fork must hold whenever it exists: its
     /// source's at snapshot time.
     content: BTreeMap<String, Tree>,
-    acked: u64,
-    /// The operations that failed, for the message of a run that should
-    /// not have.
-    errors: Vec<String>,
+    tally: Tally,
 }
 
 impl Model {
@@ -96,11 +93,11 @@ impl Model {
         self.used.insert(id.to_owned(), kind);
         match r {
             Ok(_) => {
-                self.acked += 1;
+                self.tally.acked += 1;
                 self.must_exist.insert(id.to_owned());
                 self.created.insert(id.to_owned());
             }
-            Err(e) => self.errors.push(format!("making {id}: {e}")),
+            Err(e) => self.tally.errors.push(format!("making {id}: {e}")),
         }
     }
 
@@ -111,14 +108,14 @@ impl Model {
     fn destroyed(&mut self, id: &str, r: &Result<impl Sized, ManagerError>) {
         match r {
             Ok(_) => {
-                self.acked += 1;
+                self.tally.acked += 1;
                 self.must_exist.remove(id);
                 self.must_not_exist.insert(id.to_owned());
             }
             // It may have happened: no longer promised either way.
             Err(e) => {
                 self.must_exist.remove(id);
-                self.errors.push(format!("destroying {id}: {e}"));
+                self.tally.errors.push(format!("destroying {id}: {e}"));
             }
         }
     }
@@ -358,22 +355,12 @@ impl Workload for Sweep {
         run(m, storage, model).await;
     }
 
-    fn acked(model: &Model) -> u64 {
-        model.acked
+    fn tally(model: &Model) -> &Tally {
+        &model.tally
     }
 
-    fn errors(model: &Model) -> Vec<String> {
-        model.errors.clone()
-    }
-
-    async fn check(
-        &self,
-        m: &Manager,
-        image: &SimStorage,
-        slot: &Slot,
-        model: &Model,
-    ) -> (u64, Vec<String>) {
-        check(m, image, slot, model).await
+    async fn check(&self, r: &Reopened<'_>, model: &Model) -> (u64, Vec<String>) {
+        check(r.m, r.image, r.slot, model).await
     }
 }
 

@@ -162,7 +162,9 @@ use volmgr::state::{Meta, VolumeStatus};
 use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
 
 use dir_receive_support::{Sent, TARGET, consistent, receive, received, streams, target_tree};
-use dir_sweep_support::{Flavor, PROVIDER, Slot, Tree, Workload, open, shown, tree_of};
+use dir_sweep_support::{
+    Flavor, PROVIDER, Reopened, Slot, Tally, Tree, Workload, open, shown, tree_of,
+};
 
 /// The power-cut sweep writes checkpoints often, so that cuts also land in
 /// them (as `torture_dir_powercut` does).
@@ -472,8 +474,7 @@ struct Model {
     other_must_exist: bool,
     /// The other volume's destroy was acknowledged.
     other_must_not_exist: bool,
-    acked: u64,
-    errors: Vec<String>,
+    tally: Tally,
 }
 
 /// A data volume made and destroyed while the receives run, so that they
@@ -487,10 +488,10 @@ async fn workload(m: &Manager, streams: &[&Sent], model: &mut Model) {
     match m.create_volume(PROVIDER, Some(TARGET), Meta::new()).await {
         Ok(_) => {
             model.target = true;
-            model.acked += 1;
+            model.tally.acked += 1;
         }
         Err(e) => {
-            model.errors.push(format!("creating the target: {e}"));
+            model.tally.errors.push(format!("creating the target: {e}"));
             return;
         }
     }
@@ -508,17 +509,18 @@ async fn workload(m: &Manager, streams: &[&Sent], model: &mut Model) {
         match (i, other) {
             (0, Ok(())) => {
                 model.other_must_exist = true;
-                model.acked += 1;
+                model.tally.acked += 1;
             }
             (_, Ok(())) => {
                 model.other_must_exist = false;
                 model.other_must_not_exist = true;
-                model.acked += 1;
+                model.tally.acked += 1;
             }
             (_, Err(e)) => {
                 // A destroy that failed may have happened.
                 model.other_must_exist = false;
                 model
+                    .tally
                     .errors
                     .push(format!("{OTHER} alongside receive {i}: {e}"));
             }
@@ -526,10 +528,10 @@ async fn workload(m: &Manager, streams: &[&Sent], model: &mut Model) {
         match received {
             Ok(id) => {
                 model.received.push((id, i));
-                model.acked += 1;
+                model.tally.acked += 1;
             }
             Err(e) => {
-                model.errors.push(format!("receive {i}: {e}"));
+                model.tally.errors.push(format!("receive {i}: {e}"));
                 return;
             }
         }
@@ -646,22 +648,12 @@ impl Workload for ReceiveSweep<'_> {
         workload(m, &self.streams, model).await;
     }
 
-    fn acked(model: &Model) -> u64 {
-        model.acked
+    fn tally(model: &Model) -> &Tally {
+        &model.tally
     }
 
-    fn errors(model: &Model) -> Vec<String> {
-        model.errors.clone()
-    }
-
-    async fn check(
-        &self,
-        m: &Manager,
-        image: &SimStorage,
-        slot: &Slot,
-        model: &Model,
-    ) -> (u64, Vec<String>) {
-        check_cut(m, image, slot, &self.streams, model).await
+    async fn check(&self, r: &Reopened<'_>, model: &Model) -> (u64, Vec<String>) {
+        check_cut(r.m, r.image, r.slot, &self.streams, model).await
     }
 }
 

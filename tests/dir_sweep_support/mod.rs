@@ -198,20 +198,26 @@ pub trait Workload {
     /// `model` what was acknowledged; it stops or goes on failing once the
     /// crash point fired.
     async fn run(&self, m: &Manager, storage: &SimStorage, model: &mut Self::Model);
-    /// Operations a run acknowledged.
-    fn acked(model: &Self::Model) -> u64;
-    /// The errors a run met (for the message of a whole run that should
-    /// have met none).
-    fn errors(model: &Self::Model) -> Vec<String>;
-    /// Checks `m`, just reopened on `image` (its provider in `slot`),
-    /// against `model`: (acknowledged operations lost, problems).
-    async fn check(
-        &self,
-        m: &Manager,
-        image: &SimStorage,
-        slot: &Slot,
-        model: &Self::Model,
-    ) -> (u64, Vec<String>);
+    /// What the run counted.
+    fn tally(model: &Self::Model) -> &Tally;
+    /// Checks a reopened image against `model`: (acknowledged operations
+    /// lost, problems).
+    async fn check(&self, r: &Reopened<'_>, model: &Self::Model) -> (u64, Vec<String>);
+}
+
+/// What a run counted: operations acknowledged, and the errors it met (for
+/// the message of a whole run that should have met none).
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub acked: u64,
+    pub errors: Vec<String>,
+}
+
+/// A manager just reopened on an image, and its provider.
+pub struct Reopened<'a> {
+    pub m: &'a Manager,
+    pub image: &'a SimStorage,
+    pub slot: &'a Slot,
 }
 
 /// What [`sweep`] found.
@@ -241,7 +247,12 @@ async fn reopened<W: Workload>(w: &W, image: &SimStorage, model: &W::Model) -> (
     match open(image, w.flavor(), &slot, w.checkpoint_every()).await {
         Err(e) => (0, vec![format!("open failed: {e}")]),
         Ok(m) => {
-            let found = w.check(&m, image, &slot, model).await;
+            let r = Reopened {
+                m: &m,
+                image,
+                slot: &slot,
+            };
+            let found = w.check(&r, model).await;
             m.close().await;
             found
         }
@@ -278,9 +289,10 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
             m.close().await;
         }
         let fired = storage.crashed();
-        out.acked = out.acked.max(W::acked(&model));
+        let tally = W::tally(&model);
+        out.acked = out.acked.max(tally.acked);
         if !fired {
-            out.whole_run_errors = W::errors(&model);
+            out.whole_run_errors = tally.errors.clone();
         }
         out.points += 1;
         // A kill -9 ...
