@@ -1,0 +1,701 @@
+//! The manager's journal on a real block device that starts failing writes.
+//!
+//! Until now a failing journal write or `fdatasync` was only simulated
+//! (`SimStorage` returning `EIO`) or met as `ENOSPC`. Here the manager's
+//! state directory (its journal) is on an ext4 over a device-mapper device
+//! over a loop device (`tests/device_support/`); the dir provider's root is
+//! either on another file system (`/tmp`) or on the same failing device (one
+//! disk, a host's default). Volumes are created and filled while the device
+//! is healthy; one create (`held`) is then held inside the provider, its
+//! intent durable; the device's table is switched to `dm-flakey` with
+//! `error_writes` (every write fails with `EIO`, reads work); then either
+//! the held create is released first, so the journal commit that meets the
+//! failure is its *outcome*, or concurrent creates and a destroy run first,
+//! so it is their *intents* (one test each). Properties:
+//!
+//! - no operation is acknowledged once the journal's write or `fdatasync`
+//!   fails: every caller gets `ManagerError::Journal(Poisoned)`, whose
+//!   message names the journal, the segment file, the failed call and the
+//!   I/O error, and says what to do ("journal poisoned by an earlier
+//!   write/sync failure (fdatasync of <state>/journal/<seq>.seg failed:
+//!   Input/output error (os error 5)); reopen to recover"); with the
+//!   provider on the same device, the held create may meet the provider's
+//!   failed sync first and be refused as "provider unavailable" instead;
+//! - every later operation is refused the same way, with nothing journaled
+//!   and no provider call: an operation on the held id too (it answered
+//!   "busy" before: `tests/manager_regression_poisoned_journal_is_named_first.rs`);
+//! - the held create's side effect is done (its intent was durable; the
+//!   provider ran it) while its outcome is not journaled: it stays pending;
+//! - nothing panics or hangs: every call returns, the manager closes;
+//! - reopening while the device still fails is refused: `Manager::open`
+//!   fails with a `Journal(Io)` error naming the directory on the failing
+//!   device whose `fsync` failed and the reason (ext4 has aborted its journal
+//!   and answers `EROFS`, or the `fsync` meets the write error itself);
+//!   nothing opens read-only, nothing is decided;
+//! - once the device is restored and the file system remounted (ext4 aborts
+//!   its journal on the first failed metadata write and stays read-only
+//!   until a remount, which replays its journal), a reopen reconciles: the
+//!   failed batch is not there (never written; the `FAILED-COMMIT` marker,
+//!   never synced, is gone with the page cache, and none is left after the
+//!   open), nothing pending, every acknowledged volume present with its
+//!   content, the held create rolled forward when its side effect reached
+//!   the disk (provider on `/tmp`) and gone otherwise, the failed creates
+//!   and destroy not done, state and the provider's inventory agree (no
+//!   orphan, no foreign or half-made item), `volmgr journal verify` exits 0,
+//!   and new operations work, including on the ids of the failed ones.
+//!
+//! Mount options: `data=ordered,errors=remount-ro`: ext4's default data mode
+//! and the error policy distributions put in fstab. A failed write of
+//! ext4's own journal aborts it whatever `errors=` says (`errors=` governs
+//! inconsistencies ext4 detects), so the file system is read-only from
+//! there on in either case; `data_err=ignore` (the default) keeps a failed
+//! *data* write-back from aborting it by itself.
+//!
+//! Needs root, a kernel with device-mapper and dm-flakey, `dmsetup`,
+//! `losetup` and `mkfs.ext4`: the QEMU guest of `scripts/zfs-test` (which
+//! sets `VOLMGR_REQUIRE_DM=1`). Elsewhere each test prints a SKIP line and
+//! passes, unless `VOLMGR_REQUIRE_DM=1` makes it fail loudly.
+
+mod device_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use volmgr::journal::{FAILED_COMMIT_FILE, JOURNAL_DIR, JournalError};
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::provider::dir::DirProvider;
+use volmgr::provider::{
+    Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
+    ProviderFactory, SendStats, VolumeRef, VolumeSpec,
+};
+use volmgr::state::{Meta, OpId, VolumeKind, VolumeStatus};
+
+use device_support::{Device, Tree, fill, read_tree};
+
+const PROVIDER: &str = "p";
+/// The dir provider with a hold (see [`HeldDir`]).
+const HELD_KIND: &str = "held-dir";
+/// The create held inside the provider while the device starts failing.
+const HELD: &str = "held";
+const KEPT: [&str; 3] = ["keep-0", "keep-1", "keep-2"];
+const VICTIM: &str = "victim";
+const MOUNT_OPTIONS: &str = "data=ordered,errors=remount-ro";
+
+fn failed_creates() -> Vec<String> {
+    (0..4).map(|i| format!("failed-{i}")).collect()
+}
+
+/// Holds the first create of [`HELD`] inside the provider, before its side
+/// effect, until the test releases it.
+#[derive(Debug)]
+struct Hold {
+    entered: Mutex<Option<mpsc::Sender<()>>>,
+    release: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl Hold {
+    /// The hold, the receiver told when the create enters, and the sender
+    /// that releases it (dropping it releases too).
+    fn new() -> (Arc<Hold>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let hold = Hold {
+            entered: Mutex::new(Some(entered_tx)),
+            release: Mutex::new(Some(release_rx)),
+        };
+        (Arc::new(hold), entered_rx, release_tx)
+    }
+
+    fn pass(&self) {
+        let entered = self.entered.lock().unwrap().take();
+        let release = self.release.lock().unwrap().take();
+        if let (Some(entered), Some(release)) = (entered, release) {
+            let _ = entered.send(());
+            let _ = release.recv();
+        }
+    }
+}
+
+/// The dir provider, forwarding every verb, with [`Hold`] on the create of
+/// [`HELD`]: how the test gets an operation whose intent is durable and
+/// whose side effect runs after the device failed.
+#[derive(Debug)]
+struct HeldDir {
+    dir: DirProvider,
+    hold: Arc<Hold>,
+}
+
+impl Provider for HeldDir {
+    fn kind(&self) -> &'static str {
+        HELD_KIND
+    }
+    fn durability(&self) -> Durability {
+        self.dir.durability()
+    }
+    fn sync(&self) -> Result<(), ProviderError> {
+        self.dir.sync()
+    }
+    fn config(&self) -> ProviderConfig {
+        self.dir.config()
+    }
+    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
+        if spec.id.as_str() == HELD {
+            self.hold.pass();
+        }
+        self.dir.create_volume(spec)
+    }
+    fn create_snapshot(
+        &self,
+        source: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        self.dir.create_snapshot(source, spec)
+    }
+    fn fork_volume(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        self.dir.fork_volume(snapshot, spec)
+    }
+    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        self.dir.destroy(volume)
+    }
+    fn send_snapshot(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+        out: &mut dyn Write,
+    ) -> Result<SendStats, ProviderError> {
+        self.dir.send_snapshot(snapshot, base, out)
+    }
+    fn send_size(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+    ) -> Result<Option<u64>, ProviderError> {
+        self.dir.send_size(snapshot, base)
+    }
+    fn receive_snapshot(
+        &self,
+        target: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+        input: &mut dyn Read,
+    ) -> Result<Created, ProviderError> {
+        self.dir.receive_snapshot(target, spec, input)
+    }
+    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
+        self.dir.inventory()
+    }
+    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
+        self.dir.finish(found)
+    }
+    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
+        self.dir.abort_partial(op)
+    }
+    fn clear_interrupted_create(&self, spec: &VolumeSpec<'_>) -> Result<(), ProviderError> {
+        self.dir.clear_interrupted_create(spec)
+    }
+    fn partial_receive(
+        &self,
+        target: &VolumeRef<'_>,
+    ) -> Result<Option<PartialReceive>, ProviderError> {
+        self.dir.partial_receive(target)
+    }
+    fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        self.dir.abort_receive(target)
+    }
+    fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {
+        self.dir.resume_fits(snapshot, token)
+    }
+    fn enforces_capacity(&self) -> bool {
+        self.dir.enforces_capacity()
+    }
+    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
+        self.dir.set_capacity(volume, bytes)
+    }
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        self.dir.free_bytes()
+    }
+    fn check_volume_options(&self, options: &ProviderConfig) -> Result<(), ProviderError> {
+        self.dir.check_volume_options(options)
+    }
+    fn set_volume_options(
+        &self,
+        volume: &VolumeRef<'_>,
+        options: &ProviderConfig,
+    ) -> Result<(), ProviderError> {
+        self.dir.set_volume_options(volume, options)
+    }
+    fn send_resumed(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        token: &str,
+        out: &mut dyn Write,
+    ) -> Result<Option<SendStats>, ProviderError> {
+        self.dir.send_resumed(snapshot, token, out)
+    }
+}
+
+fn config(hold: &Arc<Hold>) -> ManagerConfig {
+    let mut config = ManagerConfig::default();
+    let hold = hold.clone();
+    let factory: ProviderFactory = Arc::new(move |c: &ProviderConfig| {
+        Ok(Arc::new(HeldDir {
+            dir: DirProvider::from_config(c)?,
+            hold: hold.clone(),
+        }) as Arc<dyn Provider>)
+    });
+    config.factories.insert(HELD_KIND.into(), factory);
+    config
+}
+
+/// Where the provider's root lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// On `/tmp`, off the failing device.
+    Apart,
+    /// On the failing device, beside the journal.
+    Shared,
+}
+
+/// The journal commit that meets the failing device first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum First {
+    /// The outcome of the held create (its intent durable, its side effect
+    /// done).
+    Outcome,
+    /// The intents of concurrent creates and a destroy.
+    Intents,
+}
+
+/// The refusal of a poisoned journal whose write or `fdatasync` met the
+/// device's I/O error, its message naming the segment and saying what to
+/// do.
+fn journal_refused(e: &ManagerError, state_dir: &Path) -> bool {
+    let journal_dir = state_dir.join(JOURNAL_DIR);
+    let text = e.to_string();
+    matches!(e, ManagerError::Journal(JournalError::Poisoned { cause })
+        if (cause.starts_with("fdatasync of ") || cause.starts_with("write to "))
+            && cause.contains(&*journal_dir.to_string_lossy())
+            && cause.contains(".seg failed: ")
+            && (cause.contains("Input/output error") || cause.contains("os error 5")))
+        && text.starts_with("journal poisoned by an earlier write/sync failure (")
+        && text.ends_with("; reopen to recover")
+}
+
+/// Runs concurrent creates of [`failed_creates`] and the destroy of
+/// [`VICTIM`]; none may be acknowledged.
+async fn concurrent_operations(m: &Manager) -> Vec<(String, ManagerError)> {
+    let mut tasks: Vec<_> = failed_creates()
+        .into_iter()
+        .map(|id| {
+            let m = m.clone();
+            tokio::spawn(async move {
+                let r = m
+                    .create_volume(PROVIDER, Some(&id), Meta::new())
+                    .await
+                    .map(drop);
+                (format!("create {id}"), r)
+            })
+        })
+        .collect();
+    let destroy = m.clone();
+    tasks.push(tokio::spawn(async move {
+        (
+            format!("destroy {VICTIM}"),
+            destroy.destroy_volume(VICTIM).await,
+        )
+    }));
+    let mut errors = Vec::new();
+    for t in tasks {
+        let (what, r) = t.await.expect("no panic");
+        match r {
+            Ok(()) => panic!("{what} acknowledged after the journal's device failed"),
+            Err(e) => errors.push((what, e)),
+        }
+    }
+    errors
+}
+
+/// Every operation after the failure: refused by the journal (or, with
+/// `unavailable_too`, as provider unavailable: its sync failed on the same
+/// device), nothing journaled, nothing applied.
+async fn later_operations_are_refused(m: &Manager, state_dir: &Path, unavailable_too: bool) {
+    let seq = m.stats().durable_seq;
+    let pending = m.state().pending.len();
+    let volumes = m.state().volumes.len();
+    let mut outcomes = Vec::new();
+    for id in ["later-0", HELD] {
+        outcomes.push((
+            format!("create {id}"),
+            m.create_volume(PROVIDER, Some(id), Meta::new())
+                .await
+                .map(drop),
+        ));
+    }
+    for id in ["keep-1", HELD] {
+        outcomes.push((format!("destroy {id}"), m.destroy_volume(id).await));
+    }
+    outcomes.push((
+        "snapshot keep-2".into(),
+        m.create_snapshot_as("keep-2", Some("snap-later"), Meta::new())
+            .await
+            .map(drop),
+    ));
+    for (what, r) in outcomes {
+        match r {
+            Ok(()) => panic!("{what} acknowledged on a poisoned journal"),
+            Err(e) => assert!(
+                journal_refused(&e, state_dir)
+                    || (unavailable_too && matches!(e, ManagerError::ProviderUnavailable { .. })),
+                "{what} is refused naming the poisoned journal: {e}"
+            ),
+        }
+    }
+    assert_eq!(m.stats().durable_seq, seq, "nothing journaled");
+    assert_eq!(m.state().pending.len(), pending, "no intent applied");
+    assert_eq!(m.state().volumes.len(), volumes, "nothing applied");
+}
+
+/// The provider's complete, tagged items (volume id to kind); panics on a
+/// half-made or foreign item.
+fn inventory(root: &Path) -> BTreeMap<String, VolumeKind> {
+    let provider = DirProvider::new(root.to_owned()).expect("the provider opens");
+    let found = provider.inventory().expect("inventory");
+    let half_made: Vec<_> = found
+        .iter()
+        .filter(|f| f.presence != Presence::Complete || f.tag.is_none())
+        .collect();
+    assert!(
+        half_made.is_empty(),
+        "no half-made or foreign item: {half_made:?}"
+    );
+    found
+        .iter()
+        .filter_map(|f| f.tag.as_ref().map(|t| (t.volume.clone(), t.kind)))
+        .collect()
+}
+
+/// `volmgr journal verify STATE_DIR`: its exit code and output.
+fn journal_verify(state_dir: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_volmgr"))
+        .args(["journal", "verify"])
+        .arg(state_dir)
+        .output()
+        .expect("run volmgr journal verify");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Runs one scenario; see the module doc.
+async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
+    test: &str,
+    layout: Layout,
+    first: First,
+) {
+    let started = Instant::now();
+    let Some(mut device) = Device::with_options(test, MOUNT_OPTIONS) else {
+        return;
+    };
+    let state_dir = device.mount_point().join("state");
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let root: PathBuf = match layout {
+        Layout::Apart => elsewhere.path().join("root"),
+        Layout::Shared => device.mount_point().join("root"),
+    };
+    let (hold, entered, release) = Hold::new();
+
+    // Healthy: volumes acknowledged and filled durably.
+    let m = Manager::open(&state_dir, config(&hold))
+        .await
+        .expect("open");
+    m.add_provider(
+        PROVIDER,
+        HELD_KIND,
+        ProviderConfig::from([("root".to_owned(), root.display().to_string())]),
+    )
+    .await
+    .expect("add the provider");
+    let mut content: BTreeMap<String, Tree> = BTreeMap::new();
+    for id in KEPT.iter().chain([&VICTIM]) {
+        let v = m
+            .create_volume(PROVIDER, Some(id), Meta::new())
+            .await
+            .expect("create while healthy");
+        content.insert((*id).to_owned(), fill(Path::new(&v.location), id));
+    }
+    let acknowledged: BTreeSet<String> = m.state().volumes.keys().cloned().collect();
+
+    // The held create: its intent durable, the provider holding it.
+    let held = {
+        let m = m.clone();
+        tokio::spawn(async move { m.create_volume(PROVIDER, Some(HELD), Meta::new()).await })
+    };
+    tokio::task::spawn_blocking(move || entered.recv())
+        .await
+        .expect("no panic")
+        .expect("the held create reaches the provider");
+    assert_eq!(
+        m.state().pending.len(),
+        1,
+        "the held create's intent is durable and applied"
+    );
+    let durable_before = m.stats().durable_seq;
+
+    // The device fails every write from here on.
+    device.fail_writes();
+    let release_held = || async {
+        release.send(()).expect("the held create waits");
+        held.await.expect("no panic")
+    };
+    let (held_result, concurrent) = match first {
+        First::Outcome => {
+            let r = release_held().await;
+            (r, concurrent_operations(&m).await)
+        }
+        First::Intents => {
+            let errors = concurrent_operations(&m).await;
+            (release_held().await, errors)
+        }
+    };
+    let held_error = match held_result {
+        Ok(v) => panic!("the held create was acknowledged after the device failed: {v:?}"),
+        Err(e) => e,
+    };
+    match layout {
+        Layout::Apart => assert!(
+            journal_refused(&held_error, &state_dir),
+            "the held create's outcome commit is refused by the journal: {held_error}"
+        ),
+        // Its side effect and the provider's sync run on the failing device
+        // too: refused by whichever fails first.
+        Layout::Shared => assert!(
+            journal_refused(&held_error, &state_dir)
+                || matches!(&held_error, ManagerError::ProviderUnavailable { provider, .. } if provider == PROVIDER),
+            "the held create is refused by the journal or as provider unavailable: {held_error}"
+        ),
+    }
+    for (what, e) in &concurrent {
+        assert!(
+            journal_refused(e, &state_dir),
+            "{what} is refused by the poisoned journal, naming the segment and the I/O error: {e}"
+        );
+    }
+    assert_eq!(
+        m.stats().durable_seq,
+        durable_before,
+        "nothing became durable after the device failed"
+    );
+    assert_eq!(
+        m.state().pending.len(),
+        1,
+        "only the held create's intent is pending"
+    );
+    later_operations_are_refused(&m, &state_dir, layout == Layout::Shared).await;
+    let first_error = concurrent[0].1.to_string();
+    m.close().await;
+
+    let marker = state_dir.join(JOURNAL_DIR).join(FAILED_COMMIT_FILE);
+    let marker_after_failure = marker.exists();
+    let ext4_after_failure = device.mount_options();
+    // The provider was asked for nothing after the failure but the held
+    // create: on /tmp its side effect is there (and durable).
+    let held_side_effect = if layout == Layout::Apart {
+        let on_provider = inventory(&root);
+        let mut expected: BTreeMap<String, VolumeKind> = acknowledged
+            .iter()
+            .map(|id| (id.clone(), VolumeKind::Data))
+            .collect();
+        expected.insert(HELD.to_owned(), VolumeKind::Data);
+        assert_eq!(
+            on_provider, expected,
+            "the provider holds the acknowledged volumes and the held create's side effect, \
+             nothing of the refused operations"
+        );
+        "done"
+    } else {
+        "on the failing device"
+    };
+
+    // Reopened while the device still fails: refused, naming the file.
+    let reopen_while_failing = match Manager::open(&state_dir, config(&hold)).await {
+        Ok(m) => {
+            let report = m.reconcile_report();
+            m.close().await;
+            panic!(
+                "the manager opened on a journal whose device fails writes: {:?}",
+                report.resolutions
+            );
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let mount = device.mount_point();
+            assert!(
+                matches!(&e, ManagerError::Journal(JournalError::Io { path, .. }) if path.starts_with(&mount))
+                    && (text.contains("Read-only file system")
+                        || text.contains("Input/output error")),
+                "open refuses naming a file on the failing device and the reason: {text}"
+            );
+            text
+        }
+    };
+
+    // Restored: ext4 needs a remount (it aborted its journal).
+    device.restore();
+    device.unmount().expect("unmount the failed file system");
+    device.mount().expect("mount the restored device");
+    let marker_after_remount = marker.exists();
+    let m = Manager::open(&state_dir, config(&hold))
+        .await
+        .expect("reopen once restored");
+    assert!(
+        !marker.exists(),
+        "no failed-commit marker is left after the open"
+    );
+    let report = m.reconcile_report();
+    assert!(
+        report.unavailable.is_empty(),
+        "the provider serves again: {:?}",
+        report.unavailable
+    );
+    assert!(report.foreign.is_empty(), "foreign: {:?}", report.foreign);
+    let state = m.state();
+    assert!(
+        state.pending.is_empty(),
+        "nothing pending: {:?}",
+        state.pending
+    );
+    assert!(m.orphans().is_empty(), "orphans: {:?}", m.orphans());
+    for (id, tree) in &content {
+        let v = m
+            .volume(id)
+            .unwrap_or_else(|e| panic!("acknowledged {id} is present: {e}"));
+        assert_eq!(v.status, VolumeStatus::Live, "{id} is live");
+        assert_eq!(
+            &read_tree(Path::new(&v.location)),
+            tree,
+            "{id} holds its content"
+        );
+    }
+    for id in failed_creates() {
+        assert!(
+            m.volume(&id).is_err(),
+            "the refused create of {id} is not done"
+        );
+    }
+    let held_after = match m.volume(HELD) {
+        Ok(v) => {
+            assert_eq!(v.status, VolumeStatus::Live, "{HELD} is live");
+            "rolled forward"
+        }
+        Err(_) => "undone",
+    };
+    if layout == Layout::Apart {
+        assert_eq!(
+            held_after, "rolled forward",
+            "the held create's durable side effect is rolled forward"
+        );
+    }
+    let resolutions = report
+        .resolutions
+        .iter()
+        .map(|(case, volume, _)| format!("{} {}", case.name(), volume.as_deref().unwrap_or("-")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert_eq!(
+        report.resolutions.len(),
+        1,
+        "exactly the held create is resolved: {resolutions}"
+    );
+
+    // New operations work, on the failed ones' ids too.
+    for id in failed_creates()
+        .into_iter()
+        .chain((held_after == "undone").then(|| HELD.to_owned()))
+    {
+        m.create_volume(PROVIDER, Some(&id), Meta::new())
+            .await
+            .unwrap_or_else(|e| panic!("a create under the failed id {id}: {e}"));
+    }
+    m.destroy_volume(VICTIM)
+        .await
+        .expect("the destroy that failed, again");
+    m.create_volume(PROVIDER, Some("after"), Meta::new())
+        .await
+        .expect("a new create");
+    m.create_snapshot_as("keep-2", Some("snap-after"), Meta::new())
+        .await
+        .expect("a new snapshot");
+    let state = m.state();
+    m.close().await;
+
+    // The journal tool agrees, and state and the inventory agree.
+    let (code, verify) = journal_verify(&state_dir);
+    assert_eq!(code, 0, "volmgr journal verify passes:\n{verify}");
+    let in_state: BTreeMap<String, VolumeKind> = state
+        .volumes
+        .values()
+        .map(|v| (v.id.clone(), v.kind))
+        .collect();
+    assert_eq!(inventory(&root), in_state, "state and inventory agree");
+    device.unmount().expect("unmount");
+    println!(
+        "journal device errors, provider {layout:?}, first failing commit {first:?}: acknowledged \
+         before {}, refused {} + the held create ({held_error}); first error: {first_error}; held \
+         create's side effect {held_side_effect}; FAILED-COMMIT after the failure {marker_after_failure}, \
+         after the remount {marker_after_remount}; ext4 after the failure: {ext4_after_failure}; \
+         reopen while failing: {reopen_while_failing}; after restore: {resolutions}, held create \
+         {held_after}, pending 0, acknowledged lost 0, verify exit 0, state and inventory agree \
+         ({} items); {:.1}s",
+        acknowledged.len(),
+        concurrent.len(),
+        in_state.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_outcome_commit_is_never_acknowledged_and_a_reopen_rolls_its_side_effect_forward()
+{
+    failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
+        "a_failed_outcome_commit_is_never_acknowledged_and_a_reopen_rolls_its_side_effect_forward",
+        Layout::Apart,
+        First::Outcome,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_intents_whose_commit_failed_are_never_acknowledged_and_a_reopen_loses_nothing()
+{
+    failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
+        "concurrent_intents_whose_commit_failed_are_never_acknowledged_and_a_reopen_loses_nothing",
+        Layout::Apart,
+        First::Intents,
+    )
+    .await;
+}
+
+/// The journal and the provider's root on one failing disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_and_provider_sharing_a_failing_disk_acknowledge_nothing_and_a_reopen_loses_nothing()
+ {
+    failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
+        "a_journal_and_provider_sharing_a_failing_disk_acknowledge_nothing_and_a_reopen_loses_nothing",
+        Layout::Shared,
+        First::Intents,
+    )
+    .await;
+}
