@@ -66,14 +66,14 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use volmgr::journal::{FAILED_COMMIT_FILE, JOURNAL_DIR, JournalError};
+use volmgr::journal::{FAILED_COMMIT_FILE, JOURNAL_DIR, JournalError, format};
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::dir::DirProvider;
 use volmgr::provider::{
     Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
     ProviderFactory, SendStats, VolumeRef, VolumeSpec,
 };
-use volmgr::state::{Meta, OpId, VolumeKind, VolumeStatus};
+use volmgr::state::{Meta, OpId, Volume, VolumeKind, VolumeStatus};
 
 use device_support::{Device, Tree, fill, read_tree};
 
@@ -399,16 +399,30 @@ fn journal_verify(state_dir: &Path) -> (i32, String) {
     )
 }
 
-/// Runs one scenario; see the module doc.
-async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
-    test: &str,
-    layout: Layout,
-    first: First,
-) {
-    let started = Instant::now();
-    let Some(mut device) = Device::with_options(test, MOUNT_OPTIONS) else {
-        return;
-    };
+/// The device, the directories and what was acknowledged while healthy.
+struct Rig {
+    device: Device,
+    state_dir: PathBuf,
+    root: PathBuf,
+    /// Holds the root with [`Layout::Apart`].
+    _elsewhere: tempfile::TempDir,
+    hold: Arc<Hold>,
+    content: BTreeMap<String, Tree>,
+    acknowledged: BTreeSet<String>,
+}
+
+/// The manager with the create of [`HELD`] held inside the provider.
+struct Running {
+    m: Manager,
+    held: tokio::task::JoinHandle<Result<Volume, ManagerError>>,
+    release: mpsc::Sender<()>,
+}
+
+/// A manager on a healthy device: the provider added, volumes acknowledged
+/// and filled, the create of [`HELD`] held inside the provider with its
+/// intent durable.
+async fn healthy(test: &str, layout: Layout, options: &str) -> Option<(Rig, Running)> {
+    let device = Device::with_options(test, options)?;
     let state_dir = device.mount_point().join("state");
     let elsewhere = tempfile::tempdir().expect("tempdir");
     let root: PathBuf = match layout {
@@ -416,8 +430,6 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
         Layout::Shared => device.mount_point().join("root"),
     };
     let (hold, entered, release) = Hold::new();
-
-    // Healthy: volumes acknowledged and filled durably.
     let m = Manager::open(&state_dir, config(&hold))
         .await
         .expect("open");
@@ -437,8 +449,6 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
         content.insert((*id).to_owned(), fill(Path::new(&v.location), id));
     }
     let acknowledged: BTreeSet<String> = m.state().volumes.keys().cloned().collect();
-
-    // The held create: its intent durable, the provider holding it.
     let held = {
         let m = m.clone();
         tokio::spawn(async move { m.create_volume(PROVIDER, Some(HELD), Meta::new()).await })
@@ -452,10 +462,36 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
         1,
         "the held create's intent is durable and applied"
     );
-    let durable_before = m.stats().durable_seq;
+    let rig = Rig {
+        device,
+        state_dir,
+        root,
+        _elsewhere: elsewhere,
+        hold,
+        content,
+        acknowledged,
+    };
+    Some((rig, Running { m, held, release }))
+}
 
-    // The device fails every write from here on.
-    device.fail_writes();
+/// What the failure phase saw.
+struct Failed {
+    held_error: String,
+    refused: usize,
+    first_error: String,
+    held_side_effect: &'static str,
+    marker_after_failure: bool,
+    ext4_after_failure: String,
+}
+
+/// Fails the device's writes, runs the operations (`first` decides which
+/// commit meets the failure), checks every one is refused, closes the
+/// manager, and checks what the provider holds.
+async fn fail_and_refuse(rig: &Rig, running: Running, layout: Layout, first: First) -> Failed {
+    let Running { m, held, release } = running;
+    let state_dir = &rig.state_dir;
+    let durable_before = m.stats().durable_seq;
+    rig.device.fail_writes();
     let release_held = || async {
         release.send(()).expect("the held create waits");
         held.await.expect("no panic")
@@ -476,20 +512,20 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
     };
     match layout {
         Layout::Apart => assert!(
-            journal_refused(&held_error, &state_dir),
+            journal_refused(&held_error, state_dir),
             "the held create's outcome commit is refused by the journal: {held_error}"
         ),
         // Its side effect and the provider's sync run on the failing device
         // too: refused by whichever fails first.
         Layout::Shared => assert!(
-            journal_refused(&held_error, &state_dir)
+            journal_refused(&held_error, state_dir)
                 || matches!(&held_error, ManagerError::ProviderUnavailable { provider, .. } if provider == PROVIDER),
             "the held create is refused by the journal or as provider unavailable: {held_error}"
         ),
     }
     for (what, e) in &concurrent {
         assert!(
-            journal_refused(e, &state_dir),
+            journal_refused(e, state_dir),
             "{what} is refused by the poisoned journal, naming the segment and the I/O error: {e}"
         );
     }
@@ -503,24 +539,24 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
         1,
         "only the held create's intent is pending"
     );
-    later_operations_are_refused(&m, &state_dir, layout == Layout::Shared).await;
+    later_operations_are_refused(&m, state_dir, layout == Layout::Shared).await;
     let first_error = concurrent[0].1.to_string();
     m.close().await;
 
-    let marker = state_dir.join(JOURNAL_DIR).join(FAILED_COMMIT_FILE);
-    let marker_after_failure = marker.exists();
-    let ext4_after_failure = device.mount_options();
+    let marker_after_failure = marker(state_dir).exists();
+    let ext4_after_failure = rig.device.mount_options();
     // The provider was asked for nothing after the failure but the held
     // create: on /tmp its side effect is there (and durable).
     let held_side_effect = if layout == Layout::Apart {
-        let on_provider = inventory(&root);
-        let mut expected: BTreeMap<String, VolumeKind> = acknowledged
+        let mut expected: BTreeMap<String, VolumeKind> = rig
+            .acknowledged
             .iter()
             .map(|id| (id.clone(), VolumeKind::Data))
             .collect();
         expected.insert(HELD.to_owned(), VolumeKind::Data);
         assert_eq!(
-            on_provider, expected,
+            inventory(&rig.root),
+            expected,
             "the provider holds the acknowledged volumes and the held create's side effect, \
              nothing of the refused operations"
         );
@@ -528,40 +564,28 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
     } else {
         "on the failing device"
     };
+    Failed {
+        held_error: held_error.to_string(),
+        refused: concurrent.len(),
+        first_error,
+        held_side_effect,
+        marker_after_failure,
+        ext4_after_failure,
+    }
+}
 
-    // Reopened while the device still fails: refused, naming the file.
-    let reopen_while_failing = match Manager::open(&state_dir, config(&hold)).await {
-        Ok(m) => {
-            let report = m.reconcile_report();
-            m.close().await;
-            panic!(
-                "the manager opened on a journal whose device fails writes: {:?}",
-                report.resolutions
-            );
-        }
-        Err(e) => {
-            let text = e.to_string();
-            let mount = device.mount_point();
-            assert!(
-                matches!(&e, ManagerError::Journal(JournalError::Io { path, .. }) if path.starts_with(&mount))
-                    && (text.contains("Read-only file system")
-                        || text.contains("Input/output error")),
-                "open refuses naming a file on the failing device and the reason: {text}"
-            );
-            text
-        }
-    };
+fn marker(state_dir: &Path) -> PathBuf {
+    state_dir.join(JOURNAL_DIR).join(FAILED_COMMIT_FILE)
+}
 
-    // Restored: ext4 needs a remount (it aborted its journal).
-    device.restore();
-    device.unmount().expect("unmount the failed file system");
-    device.mount().expect("mount the restored device");
-    let marker_after_remount = marker.exists();
-    let m = Manager::open(&state_dir, config(&hold))
+/// Reopens the restored journal and checks the reconciliation; runs new
+/// operations; checks the journal tool and the inventory. Returns a summary.
+async fn reopen_reconciles(rig: &Rig, layout: Layout) -> String {
+    let m = Manager::open(&rig.state_dir, config(&rig.hold))
         .await
         .expect("reopen once restored");
     assert!(
-        !marker.exists(),
+        !marker(&rig.state_dir).exists(),
         "no failed-commit marker is left after the open"
     );
     let report = m.reconcile_report();
@@ -578,7 +602,7 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
         state.pending
     );
     assert!(m.orphans().is_empty(), "orphans: {:?}", m.orphans());
-    for (id, tree) in &content {
+    for (id, tree) in &rig.content {
         let v = m
             .volume(id)
             .unwrap_or_else(|e| panic!("acknowledged {id} is present: {e}"));
@@ -614,10 +638,10 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
         .map(|(case, volume, _)| format!("{} {}", case.name(), volume.as_deref().unwrap_or("-")))
         .collect::<Vec<_>>()
         .join(", ");
-    assert_eq!(
-        report.resolutions.len(),
-        1,
-        "exactly the held create is resolved: {resolutions}"
+    assert!(
+        report.resolutions.len() == 1 && report.resolutions[0].1.as_deref() == Some(HELD),
+        "exactly the held create is resolved (a refused operation's intent is not replayed): \
+         {resolutions}"
     );
 
     // New operations work, on the failed ones' ids too.
@@ -642,26 +666,155 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
     m.close().await;
 
     // The journal tool agrees, and state and the inventory agree.
-    let (code, verify) = journal_verify(&state_dir);
+    let (code, verify) = journal_verify(&rig.state_dir);
     assert_eq!(code, 0, "volmgr journal verify passes:\n{verify}");
     let in_state: BTreeMap<String, VolumeKind> = state
         .volumes
         .values()
         .map(|v| (v.id.clone(), v.kind))
         .collect();
-    assert_eq!(inventory(&root), in_state, "state and inventory agree");
-    device.unmount().expect("unmount");
+    assert_eq!(inventory(&rig.root), in_state, "state and inventory agree");
+    format!(
+        "{resolutions}, held create {held_after}, pending 0, acknowledged lost 0, verify exit 0, \
+         state and inventory agree ({} items)",
+        in_state.len()
+    )
+}
+
+/// Runs one scenario; see the module doc.
+async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
+    test: &str,
+    layout: Layout,
+    first: First,
+) {
+    let started = Instant::now();
+    let Some((mut rig, running)) = healthy(test, layout, MOUNT_OPTIONS).await else {
+        return;
+    };
+    let failed = fail_and_refuse(&rig, running, layout, first).await;
+
+    // Reopened while the device still fails: refused, naming the file.
+    let reopen_while_failing = match Manager::open(&rig.state_dir, config(&rig.hold)).await {
+        Ok(m) => {
+            let report = m.reconcile_report();
+            m.close().await;
+            panic!(
+                "the manager opened on a journal whose device fails writes: {:?}",
+                report.resolutions
+            );
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let mount = rig.device.mount_point();
+            assert!(
+                matches!(&e, ManagerError::Journal(JournalError::Io { path, .. }) if path.starts_with(&mount))
+                    && (text.contains("Read-only file system")
+                        || text.contains("Input/output error")),
+                "open refuses naming a file on the failing device and the reason: {text}"
+            );
+            text
+        }
+    };
+
+    // Restored: ext4 needs a remount (it aborted its journal).
+    rig.device.restore();
+    rig.device
+        .unmount()
+        .expect("unmount the failed file system");
+    rig.device.mount().expect("mount the restored device");
+    let marker_after_remount = marker(&rig.state_dir).exists();
+    let after = reopen_reconciles(&rig, layout).await;
+    rig.device.unmount().expect("unmount");
     println!(
         "journal device errors, provider {layout:?}, first failing commit {first:?}: acknowledged \
-         before {}, refused {} + the held create ({held_error}); first error: {first_error}; held \
-         create's side effect {held_side_effect}; FAILED-COMMIT after the failure {marker_after_failure}, \
-         after the remount {marker_after_remount}; ext4 after the failure: {ext4_after_failure}; \
-         reopen while failing: {reopen_while_failing}; after restore: {resolutions}, held create \
-         {held_after}, pending 0, acknowledged lost 0, verify exit 0, state and inventory agree \
-         ({} items); {:.1}s",
-        acknowledged.len(),
-        concurrent.len(),
-        in_state.len(),
+         before {}, refused {} + the held create ({}); first error: {}; held create's side effect \
+         {}; FAILED-COMMIT after the failure {}, after the remount {marker_after_remount}; ext4 \
+         after the failure: {}; reopen while failing: {reopen_while_failing}; after restore and \
+         remount: {after}; {:.1}s",
+        rig.acknowledged.len(),
+        failed.refused,
+        failed.held_error,
+        failed.first_error,
+        failed.held_side_effect,
+        failed.marker_after_failure,
+        failed.ext4_after_failure,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A failure that heals without a remount (a path that comes back, a thin
+/// pool that is extended): ext4 has not aborted (a failed data write-back
+/// does not abort it, and nothing forced a commit of its journal: mounted
+/// `commit=600` so that its periodic commit does not either), so the page
+/// cache survives, and with it the failed batch: reads return its bytes
+/// though they never reached the disk. The reopen must discard it (the
+/// `FAILED-COMMIT` marker), or it would replay intents that were never
+/// durable and build new records on bytes a power cut takes away.
+async fn healed_in_place_discards_the_failed_batch(test: &str, first: First) {
+    let started = Instant::now();
+    let options = format!("{MOUNT_OPTIONS},commit=600");
+    let Some((mut rig, running)) = healthy(test, Layout::Apart, &options).await else {
+        return;
+    };
+    let failed = fail_and_refuse(&rig, running, Layout::Apart, first).await;
+    rig.device.restore();
+    assert!(
+        rig.device.mount_options().starts_with("rw,"),
+        "ext4 did not abort: {}",
+        rig.device.mount_options()
+    );
+    // The marker names the failed batch; the page cache still returns it.
+    let text =
+        std::fs::read_to_string(marker(&rig.state_dir)).expect("the failed commit left its marker");
+    let mut fields = text.split_whitespace();
+    let (seq, offset): (u64, u64) = (
+        fields.next().and_then(|s| s.parse().ok()).expect("seq"),
+        fields.next().and_then(|s| s.parse().ok()).expect("offset"),
+    );
+    let segment = rig
+        .state_dir
+        .join(JOURNAL_DIR)
+        .join(format::segment_file_name(seq));
+    let bytes = std::fs::read(&segment).expect("read the segment");
+    let cached = usize::try_from(offset).expect("offset fits");
+    assert!(
+        bytes[cached..].iter().take(64).any(|&b| b != 0),
+        "the failed batch is readable from the page cache at offset {offset} of {}",
+        segment.display()
+    );
+    let after = reopen_reconciles(&rig, Layout::Apart).await;
+    // Durably: the same after the page cache is gone.
+    rig.device.unmount().expect("unmount");
+    rig.device.mount().expect("mount");
+    let m = Manager::open(&rig.state_dir, config(&rig.hold))
+        .await
+        .expect("reopen after a remount");
+    assert!(
+        m.reconcile_report().resolutions.is_empty() && m.state().pending.is_empty(),
+        "nothing left to decide"
+    );
+    for id in rig
+        .acknowledged
+        .iter()
+        .map(String::as_str)
+        .chain([HELD, "after"])
+    {
+        if id != VICTIM {
+            assert!(m.volume(id).is_ok(), "{id} is durable");
+        }
+    }
+    m.close().await;
+    let (code, verify) = journal_verify(&rig.state_dir);
+    assert_eq!(code, 0, "volmgr journal verify passes:\n{verify}");
+    rig.device.unmount().expect("unmount");
+    println!(
+        "journal device errors, healed in place, first failing commit {first:?}: refused {} + the \
+         held create ({}); failed batch at offset {offset} of {} still in the page cache; ext4 \
+         after the failure: {}; after the reopen: {after}; durable across a remount; {:.1}s",
+        failed.refused,
+        failed.held_error,
+        segment.display(),
+        failed.ext4_after_failure,
         started.elapsed().as_secs_f64()
     );
 }
@@ -696,6 +849,24 @@ async fn a_journal_and_provider_sharing_a_failing_disk_acknowledge_nothing_and_a
         "a_journal_and_provider_sharing_a_failing_disk_acknowledge_nothing_and_a_reopen_loses_nothing",
         Layout::Shared,
         First::Intents,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_healed_without_a_remount_discards_the_failed_intents_batch_at_reopen() {
+    healed_in_place_discards_the_failed_batch(
+        "a_failure_healed_without_a_remount_discards_the_failed_intents_batch_at_reopen",
+        First::Intents,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_healed_without_a_remount_discards_the_failed_outcome_batch_at_reopen() {
+    healed_in_place_discards_the_failed_batch(
+        "a_failure_healed_without_a_remount_discards_the_failed_outcome_batch_at_reopen",
+        First::Outcome,
     )
     .await;
 }
