@@ -60,6 +60,7 @@ mod device_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
@@ -272,6 +273,11 @@ enum First {
     Outcome,
     /// The intents of concurrent creates and a destroy.
     Intents,
+    /// The outcome of the held create, after another writer on the same
+    /// file system met the failure first: its `syncfs` made ext4 abort its
+    /// journal, so the journal's write lands in the page cache of a file
+    /// system that accepts nothing more, and its `fdatasync` must say so.
+    Aborted,
 }
 
 /// The refusal of a poisoned journal whose write or `fdatasync` met the
@@ -284,7 +290,7 @@ fn journal_refused(e: &ManagerError, state_dir: &Path) -> bool {
         if (cause.starts_with("fdatasync of ") || cause.starts_with("write to "))
             && cause.contains(&*journal_dir.to_string_lossy())
             && cause.contains(".seg failed: ")
-            && (cause.contains("Input/output error") || cause.contains("os error 5")))
+            && (cause.contains("(os error 5)") || cause.contains("(os error 30)")))
         && text.starts_with("journal poisoned by an earlier write/sync failure (")
         && text.ends_with("; reopen to recover")
 }
@@ -496,8 +502,11 @@ async fn fail_and_refuse(rig: &Rig, running: Running, layout: Layout, first: Fir
         release.send(()).expect("the held create waits");
         held.await.expect("no panic")
     };
+    if first == First::Aborted {
+        abort_by_another_writer(&rig.device);
+    }
     let (held_result, concurrent) = match first {
-        First::Outcome => {
+        First::Outcome | First::Aborted => {
             let r = release_held().await;
             (r, concurrent_operations(&m).await)
         }
@@ -571,6 +580,30 @@ async fn fail_and_refuse(rig: &Rig, running: Running, layout: Layout, first: Fir
         held_side_effect,
         marker_after_failure,
         ext4_after_failure,
+    }
+}
+
+/// Another writer on the device's file system meets the failure first: its
+/// `syncfs` fails and ext4 aborts its journal (from then on it refuses every
+/// change with `EROFS`, though `/proc/mounts` still says `rw`).
+fn abort_by_another_writer(device: &Device) {
+    let mount = device.mount_point();
+    std::fs::write(mount.join("another"), b"another writer's file")
+        .expect("a write to the page cache");
+    let dir = std::fs::File::open(&mount).expect("open the mount point");
+    // SAFETY: a valid descriptor, owned by `dir` for the call.
+    let synced = unsafe { libc::syncfs(dir.as_raw_fd()) };
+    assert_ne!(
+        synced, 0,
+        "another writer's syncfs fails on the failing device"
+    );
+    match std::fs::File::create(mount.join("probe")) {
+        Ok(_) => panic!("ext4 still accepts changes after a failed syncfs"),
+        Err(e) => assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EROFS),
+            "ext4 aborted its journal: {e}"
+        ),
     }
 }
 
@@ -867,6 +900,19 @@ async fn a_failure_healed_without_a_remount_discards_the_failed_outcome_batch_at
     healed_in_place_discards_the_failed_batch(
         "a_failure_healed_without_a_remount_discards_the_failed_outcome_batch_at_reopen",
         First::Outcome,
+    )
+    .await;
+}
+
+/// The journal on a file system that another writer's failure made abort
+/// its journal before the manager wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_on_a_file_system_another_writer_aborted_acknowledges_nothing_and_a_reopen_loses_nothing()
+ {
+    failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
+        "a_journal_on_a_file_system_another_writer_aborted_acknowledges_nothing_and_a_reopen_loses_nothing",
+        Layout::Apart,
+        First::Aborted,
     )
     .await;
 }
