@@ -74,7 +74,7 @@ use volmgr::provider::{
     Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
     ProviderFactory, SendStats, VolumeRef, VolumeSpec,
 };
-use volmgr::state::{Meta, OpId, Volume, VolumeKind, VolumeStatus};
+use volmgr::state::{Meta, OpId, VolumeKind, VolumeStatus};
 
 use device_support::{Device, Tree, fill, read_tree};
 
@@ -87,14 +87,43 @@ const KEPT: [&str; 3] = ["keep-0", "keep-1", "keep-2"];
 const VICTIM: &str = "victim";
 const MOUNT_OPTIONS: &str = "data=ordered,errors=remount-ro";
 
+/// The operation held inside the provider, its intent durable, while the
+/// device starts failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// The create of [`HELD`].
+    Create,
+    /// The destroy of [`VICTIM`].
+    Destroy,
+}
+
+impl Held {
+    /// The volume id it works on.
+    fn id(self) -> &'static str {
+        match self {
+            Held::Create => HELD,
+            Held::Destroy => VICTIM,
+        }
+    }
+
+    /// The volume the concurrent destroy (refused) aims at.
+    fn concurrent_destroy(self) -> &'static str {
+        match self {
+            Held::Create => VICTIM,
+            Held::Destroy => "keep-0",
+        }
+    }
+}
+
 fn failed_creates() -> Vec<String> {
     (0..4).map(|i| format!("failed-{i}")).collect()
 }
 
-/// Holds the first create of [`HELD`] inside the provider, before its side
+/// Holds the first `held` operation inside the provider, before its side
 /// effect, until the test releases it.
 #[derive(Debug)]
 struct Hold {
+    held: Held,
     entered: Mutex<Option<mpsc::Sender<()>>>,
     release: Mutex<Option<mpsc::Receiver<()>>>,
 }
@@ -102,17 +131,22 @@ struct Hold {
 impl Hold {
     /// The hold, the receiver told when the create enters, and the sender
     /// that releases it (dropping it releases too).
-    fn new() -> (Arc<Hold>, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    fn new(held: Held) -> (Arc<Hold>, mpsc::Receiver<()>, mpsc::Sender<()>) {
         let (entered_tx, entered_rx) = mpsc::channel();
         let (release_tx, release_rx) = mpsc::channel();
         let hold = Hold {
+            held,
             entered: Mutex::new(Some(entered_tx)),
             release: Mutex::new(Some(release_rx)),
         };
         (Arc::new(hold), entered_rx, release_tx)
     }
 
-    fn pass(&self) {
+    /// Holds `verb` of `id` if it is the held operation (once).
+    fn pass(&self, verb: Held, id: &str) {
+        if verb != self.held || id != self.held.id() {
+            return;
+        }
         let entered = self.entered.lock().unwrap().take();
         let release = self.release.lock().unwrap().take();
         if let (Some(entered), Some(release)) = (entered, release) {
@@ -122,8 +156,8 @@ impl Hold {
     }
 }
 
-/// The dir provider, forwarding every verb, with [`Hold`] on the create of
-/// [`HELD`]: how the test gets an operation whose intent is durable and
+/// The dir provider, forwarding every verb, with [`Hold`] on the held
+/// operation: how the test gets an operation whose intent is durable and
 /// whose side effect runs after the device failed.
 #[derive(Debug)]
 struct HeldDir {
@@ -145,9 +179,7 @@ impl Provider for HeldDir {
         self.dir.config()
     }
     fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
-        if spec.id.as_str() == HELD {
-            self.hold.pass();
-        }
+        self.hold.pass(Held::Create, spec.id.as_str());
         self.dir.create_volume(spec)
     }
     fn create_snapshot(
@@ -165,6 +197,7 @@ impl Provider for HeldDir {
         self.dir.fork_volume(snapshot, spec)
     }
     fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        self.hold.pass(Held::Destroy, volume.id.as_str());
         self.dir.destroy(volume)
     }
     fn send_snapshot(
@@ -296,8 +329,11 @@ fn journal_refused(e: &ManagerError, state_dir: &Path) -> bool {
 }
 
 /// Runs concurrent creates of [`failed_creates`] and the destroy of
-/// [`VICTIM`]; none may be acknowledged.
-async fn concurrent_operations(m: &Manager) -> Vec<(String, ManagerError)> {
+/// `destroy_id`; none may be acknowledged.
+async fn concurrent_operations(
+    m: &Manager,
+    destroy_id: &'static str,
+) -> Vec<(String, ManagerError)> {
     let mut tasks: Vec<_> = failed_creates()
         .into_iter()
         .map(|id| {
@@ -314,8 +350,8 @@ async fn concurrent_operations(m: &Manager) -> Vec<(String, ManagerError)> {
     let destroy = m.clone();
     tasks.push(tokio::spawn(async move {
         (
-            format!("destroy {VICTIM}"),
-            destroy.destroy_volume(VICTIM).await,
+            format!("destroy {destroy_id}"),
+            destroy.destroy_volume(destroy_id).await,
         )
     }));
     let mut errors = Vec::new();
@@ -332,12 +368,18 @@ async fn concurrent_operations(m: &Manager) -> Vec<(String, ManagerError)> {
 /// Every operation after the failure: refused by the journal (or, with
 /// `unavailable_too`, as provider unavailable: its sync failed on the same
 /// device), nothing journaled, nothing applied.
-async fn later_operations_are_refused(m: &Manager, state_dir: &Path, unavailable_too: bool) {
+async fn later_operations_are_refused(
+    m: &Manager,
+    state_dir: &Path,
+    unavailable_too: bool,
+    held_id: &str,
+) {
     let seq = m.stats().durable_seq;
+    let syncs = m.stats().syncs;
     let pending = m.state().pending.len();
     let volumes = m.state().volumes.len();
     let mut outcomes = Vec::new();
-    for id in ["later-0", HELD] {
+    for id in ["later-0", held_id] {
         outcomes.push((
             format!("create {id}"),
             m.create_volume(PROVIDER, Some(id), Meta::new())
@@ -345,7 +387,7 @@ async fn later_operations_are_refused(m: &Manager, state_dir: &Path, unavailable
                 .map(drop),
         ));
     }
-    for id in ["keep-1", HELD] {
+    for id in ["keep-1", held_id] {
         outcomes.push((format!("destroy {id}"), m.destroy_volume(id).await));
     }
     outcomes.push((
@@ -365,6 +407,11 @@ async fn later_operations_are_refused(m: &Manager, state_dir: &Path, unavailable
         }
     }
     assert_eq!(m.stats().durable_seq, seq, "nothing journaled");
+    assert_eq!(
+        m.stats().syncs,
+        syncs,
+        "no refused operation writes or syncs the journal (no retry of a failed sync)"
+    );
     assert_eq!(m.state().pending.len(), pending, "no intent applied");
     assert_eq!(m.state().volumes.len(), volumes, "nothing applied");
 }
@@ -413,21 +460,22 @@ struct Rig {
     /// Holds the root with [`Layout::Apart`].
     _elsewhere: tempfile::TempDir,
     hold: Arc<Hold>,
+    held: Held,
     content: BTreeMap<String, Tree>,
     acknowledged: BTreeSet<String>,
 }
 
-/// The manager with the create of [`HELD`] held inside the provider.
+/// The manager with the held operation held inside the provider.
 struct Running {
     m: Manager,
-    held: tokio::task::JoinHandle<Result<Volume, ManagerError>>,
+    held: tokio::task::JoinHandle<Result<(), ManagerError>>,
     release: mpsc::Sender<()>,
 }
 
 /// A manager on a healthy device: the provider added, volumes acknowledged
-/// and filled, the create of [`HELD`] held inside the provider with its
+/// and filled, the `held` operation held inside the provider with its
 /// intent durable.
-async fn healthy(test: &str, layout: Layout, options: &str) -> Option<(Rig, Running)> {
+async fn healthy(test: &str, layout: Layout, options: &str, held: Held) -> Option<(Rig, Running)> {
     let device = Device::with_options(test, options)?;
     let state_dir = device.mount_point().join("state");
     let elsewhere = tempfile::tempdir().expect("tempdir");
@@ -435,7 +483,7 @@ async fn healthy(test: &str, layout: Layout, options: &str) -> Option<(Rig, Runn
         Layout::Apart => elsewhere.path().join("root"),
         Layout::Shared => device.mount_point().join("root"),
     };
-    let (hold, entered, release) = Hold::new();
+    let (hold, entered, release) = Hold::new(held);
     let m = Manager::open(&state_dir, config(&hold))
         .await
         .expect("open");
@@ -455,18 +503,26 @@ async fn healthy(test: &str, layout: Layout, options: &str) -> Option<(Rig, Runn
         content.insert((*id).to_owned(), fill(Path::new(&v.location), id));
     }
     let acknowledged: BTreeSet<String> = m.state().volumes.keys().cloned().collect();
-    let held = {
+    let task = {
         let m = m.clone();
-        tokio::spawn(async move { m.create_volume(PROVIDER, Some(HELD), Meta::new()).await })
+        tokio::spawn(async move {
+            match held {
+                Held::Create => m
+                    .create_volume(PROVIDER, Some(HELD), Meta::new())
+                    .await
+                    .map(drop),
+                Held::Destroy => m.destroy_volume(VICTIM).await,
+            }
+        })
     };
     tokio::task::spawn_blocking(move || entered.recv())
         .await
         .expect("no panic")
-        .expect("the held create reaches the provider");
+        .expect("the held operation reaches the provider");
     assert_eq!(
         m.state().pending.len(),
         1,
-        "the held create's intent is durable and applied"
+        "the held operation's intent is durable and applied"
     );
     let rig = Rig {
         device,
@@ -474,10 +530,16 @@ async fn healthy(test: &str, layout: Layout, options: &str) -> Option<(Rig, Runn
         root,
         _elsewhere: elsewhere,
         hold,
+        held,
         content,
         acknowledged,
     };
-    Some((rig, Running { m, held, release }))
+    let running = Running {
+        m,
+        held: task,
+        release,
+    };
+    Some((rig, running))
 }
 
 /// What the failure phase saw.
@@ -508,10 +570,13 @@ async fn fail_and_refuse(rig: &Rig, running: Running, layout: Layout, first: Fir
     let (held_result, concurrent) = match first {
         First::Outcome | First::Aborted => {
             let r = release_held().await;
-            (r, concurrent_operations(&m).await)
+            (
+                r,
+                concurrent_operations(&m, rig.held.concurrent_destroy()).await,
+            )
         }
         First::Intents => {
-            let errors = concurrent_operations(&m).await;
+            let errors = concurrent_operations(&m, rig.held.concurrent_destroy()).await;
             (release_held().await, errors)
         }
     };
@@ -548,7 +613,7 @@ async fn fail_and_refuse(rig: &Rig, running: Running, layout: Layout, first: Fir
         1,
         "only the held create's intent is pending"
     );
-    later_operations_are_refused(&m, state_dir, layout == Layout::Shared).await;
+    later_operations_are_refused(&m, state_dir, layout == Layout::Shared, rig.held.id()).await;
     let first_error = concurrent[0].1.to_string();
     m.close().await;
 
@@ -562,7 +627,10 @@ async fn fail_and_refuse(rig: &Rig, running: Running, layout: Layout, first: Fir
             .iter()
             .map(|id| (id.clone(), VolumeKind::Data))
             .collect();
-        expected.insert(HELD.to_owned(), VolumeKind::Data);
+        match rig.held {
+            Held::Create => expected.insert(HELD.to_owned(), VolumeKind::Data),
+            Held::Destroy => expected.remove(VICTIM),
+        };
         assert_eq!(
             inventory(&rig.root),
             expected,
@@ -636,6 +704,9 @@ async fn reopen_reconciles(rig: &Rig, layout: Layout) -> String {
     );
     assert!(m.orphans().is_empty(), "orphans: {:?}", m.orphans());
     for (id, tree) in &rig.content {
+        if rig.held == Held::Destroy && id == VICTIM {
+            continue;
+        }
         let v = m
             .volume(id)
             .unwrap_or_else(|e| panic!("acknowledged {id} is present: {e}"));
@@ -652,14 +723,24 @@ async fn reopen_reconciles(rig: &Rig, layout: Layout) -> String {
             "the refused create of {id} is not done"
         );
     }
-    let held_after = match m.volume(HELD) {
-        Ok(v) => {
-            assert_eq!(v.status, VolumeStatus::Live, "{HELD} is live");
-            "rolled forward"
+    let held_after = match rig.held {
+        Held::Create => match m.volume(HELD) {
+            Ok(v) => {
+                assert_eq!(v.status, VolumeStatus::Live, "{HELD} is live");
+                "rolled forward"
+            }
+            Err(_) => "undone",
+        },
+        // Idempotent: finished whether or not its effect reached the disk.
+        Held::Destroy => {
+            assert!(
+                m.volume(VICTIM).is_err(),
+                "the held destroy is finished at the reopen"
+            );
+            "finished"
         }
-        Err(_) => "undone",
     };
-    if layout == Layout::Apart {
+    if layout == Layout::Apart && rig.held == Held::Create {
         assert_eq!(
             held_after, "rolled forward",
             "the held create's durable side effect is rolled forward"
@@ -672,8 +753,8 @@ async fn reopen_reconciles(rig: &Rig, layout: Layout) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     assert!(
-        report.resolutions.len() == 1 && report.resolutions[0].1.as_deref() == Some(HELD),
-        "exactly the held create is resolved (a refused operation's intent is not replayed): \
+        report.resolutions.len() == 1 && report.resolutions[0].1.as_deref() == Some(rig.held.id()),
+        "exactly the held operation is resolved (a refused operation's intent is not replayed): \
          {resolutions}"
     );
 
@@ -681,14 +762,16 @@ async fn reopen_reconciles(rig: &Rig, layout: Layout) -> String {
     for id in failed_creates()
         .into_iter()
         .chain((held_after == "undone").then(|| HELD.to_owned()))
+        .chain((held_after == "finished").then(|| VICTIM.to_owned()))
     {
         m.create_volume(PROVIDER, Some(&id), Meta::new())
             .await
             .unwrap_or_else(|e| panic!("a create under the failed id {id}: {e}"));
     }
-    m.destroy_volume(VICTIM)
+    let destroyed = rig.held.concurrent_destroy();
+    m.destroy_volume(destroyed)
         .await
-        .expect("the destroy that failed, again");
+        .unwrap_or_else(|e| panic!("the destroy of {destroyed} that failed, again: {e}"));
     m.create_volume(PROVIDER, Some("after"), Meta::new())
         .await
         .expect("a new create");
@@ -708,8 +791,9 @@ async fn reopen_reconciles(rig: &Rig, layout: Layout) -> String {
         .collect();
     assert_eq!(inventory(&rig.root), in_state, "state and inventory agree");
     format!(
-        "{resolutions}, held create {held_after}, pending 0, acknowledged lost 0, verify exit 0, \
+        "{resolutions}, held {:?} {held_after}, pending 0, acknowledged lost 0, verify exit 0, \
          state and inventory agree ({} items)",
+        rig.held,
         in_state.len()
     )
 }
@@ -719,9 +803,10 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
     test: &str,
     layout: Layout,
     first: First,
+    held: Held,
 ) {
     let started = Instant::now();
-    let Some((mut rig, running)) = healthy(test, layout, MOUNT_OPTIONS).await else {
+    let Some((mut rig, running)) = healthy(test, layout, MOUNT_OPTIONS, held).await else {
         return;
     };
     let failed = fail_and_refuse(&rig, running, layout, first).await;
@@ -759,8 +844,9 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
     let after = reopen_reconciles(&rig, layout).await;
     rig.device.unmount().expect("unmount");
     println!(
-        "journal device errors, provider {layout:?}, first failing commit {first:?}: acknowledged \
-         before {}, refused {} + the held create ({}); first error: {}; held create's side effect \
+        "journal device errors, provider {layout:?}, first failing commit {first:?}, held \
+         {held:?}: acknowledged before {}, refused {} + the held operation ({}); first error: {}; \
+         held operation's side effect \
          {}; FAILED-COMMIT after the failure {}, after the remount {marker_after_remount}; ext4 \
          after the failure: {}; reopen while failing: {reopen_while_failing}; after restore and \
          remount: {after}; {:.1}s",
@@ -786,7 +872,8 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
 async fn healed_in_place_discards_the_failed_batch(test: &str, first: First) {
     let started = Instant::now();
     let options = format!("{MOUNT_OPTIONS},commit=600");
-    let Some((mut rig, running)) = healthy(test, Layout::Apart, &options).await else {
+    let Some((mut rig, running)) = healthy(test, Layout::Apart, &options, Held::Create).await
+    else {
         return;
     };
     let failed = fail_and_refuse(&rig, running, Layout::Apart, first).await;
@@ -859,6 +946,7 @@ async fn a_failed_outcome_commit_is_never_acknowledged_and_a_reopen_rolls_its_si
         "a_failed_outcome_commit_is_never_acknowledged_and_a_reopen_rolls_its_side_effect_forward",
         Layout::Apart,
         First::Outcome,
+        Held::Create,
     )
     .await;
 }
@@ -870,6 +958,7 @@ async fn concurrent_intents_whose_commit_failed_are_never_acknowledged_and_a_reo
         "concurrent_intents_whose_commit_failed_are_never_acknowledged_and_a_reopen_loses_nothing",
         Layout::Apart,
         First::Intents,
+        Held::Create,
     )
     .await;
 }
@@ -882,6 +971,7 @@ async fn a_journal_and_provider_sharing_a_failing_disk_acknowledge_nothing_and_a
         "a_journal_and_provider_sharing_a_failing_disk_acknowledge_nothing_and_a_reopen_loses_nothing",
         Layout::Shared,
         First::Intents,
+        Held::Create,
     )
     .await;
 }
@@ -913,6 +1003,20 @@ async fn a_journal_on_a_file_system_another_writer_aborted_acknowledges_nothing_
         "a_journal_on_a_file_system_another_writer_aborted_acknowledges_nothing_and_a_reopen_loses_nothing",
         Layout::Apart,
         First::Aborted,
+        Held::Create,
+    )
+    .await;
+}
+
+/// The held operation is a destroy: its intent durable, the directory
+/// removed, its outcome commit failed; the reopen finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroy_whose_outcome_commit_failed_is_never_acknowledged_and_a_reopen_finishes_it() {
+    failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
+        "a_destroy_whose_outcome_commit_failed_is_never_acknowledged_and_a_reopen_finishes_it",
+        Layout::Apart,
+        First::Outcome,
+        Held::Destroy,
     )
     .await;
 }
