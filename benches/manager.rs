@@ -21,7 +21,14 @@
 //! file system flat out (1 MiB buffered writes cycling over 1 GiB, no
 //! fsync) during every case, as containers do into their volumes; its rate
 //! is printed (use a small `BENCH_OPS`: `syncfs` rounds then take seconds).
+//! `BENCH_BTRFS=1` (root, btrfs-progs, loop devices) adds the btrfs
+//! provider's cases on a loop-mounted 4 GiB btrfs image (journal on the
+//! bench disk): its batched sync a transaction commit (`btrfs commit`, the
+//! default) or `syncfs` (`btrfs syncfs`), with the tenant, if any, writing
+//! on the btrfs file system instead.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 mod support;
 
 use std::collections::BTreeMap;
@@ -49,12 +56,12 @@ fn main() {
     let mut raw = support::raw_fdatasync_loop(&raw_dir, Duration::from_secs(2));
     let (raw_p50, _, _) = raw.latencies.percentiles_us();
     println!(
-        "raw pwrite+fdatasync loop: {:.0}/s, p50 {raw_p50:.0} us; {ops} operations per case, dir provider",
+        "raw pwrite+fdatasync loop: {:.0}/s, p50 {raw_p50:.0} us; {ops} operations per case",
         raw.rate()
     );
     println!();
     println!(
-        "{:>11} {:<9} {:<8} | {:>8} {:>9} {:>9} | {:>12} {:>9} {:>14} {:>16}",
+        "{:>11} {:<15} {:<8} | {:>8} {:>9} {:>9} | {:>12} {:>9} {:>14} {:>16}",
         "concurrency",
         "provider",
         "verb",
@@ -66,7 +73,8 @@ fn main() {
         "journal share",
         "journal overhead"
     );
-    let tenant = (support::env_or("BENCH_TENANT", 0u32) == 1).then(|| Tenant::start(root.path()));
+    let with_tenant = support::env_or("BENCH_TENANT", 0u32) == 1;
+    let tenant = with_tenant.then(|| Tenant::start(root.path()));
     let mut summary = Vec::new();
     for &concurrency in &levels {
         for (provider_name, durability, batch_sync) in [
@@ -105,24 +113,99 @@ fn main() {
             // A provider's first round is a whole `syncfs` (what an earlier
             // instance may have left unsynced): once per open, not measured.
             provider.sync().unwrap();
-            for verb in ["create", "destroy"] {
-                let before = (m.stats(), provider.syncfs_rounds());
-                let mut case = rt.block_on(run(&m, verb, concurrency, ops));
-                let after = (m.stats(), provider.syncfs_rounds());
-                let line = row(concurrency, provider_name, verb, &mut case, &before, &after);
-                summary.push(line);
-            }
+            let rounds = || provider.syncfs_rounds();
+            let label = format!("dir {provider_name}");
+            summary.extend(rt.block_on(cases(&m, &label, concurrency, ops, &rounds)));
             rt.block_on(m.close());
         }
+    }
+    if let Some(t) = tenant {
+        println!("tenant (dir cases): {}", t.stop());
+    }
+    if support::env_or("BENCH_BTRFS", 0u32) == 1 {
+        summary.extend(btrfs_cases(&rt, root.path(), &levels, ops, with_tenant));
     }
     println!();
     for line in &summary {
         println!("summary: {line}");
     }
-    if let Some(t) = tenant {
-        println!("tenant: {}", t.stop());
-    }
     println!("load average at the end: {}", support::load_avg());
+}
+
+/// Creates, then destroys, `ops` volumes on `m`'s default provider at
+/// `concurrency`, printing a row per verb; `rounds` reads the provider's
+/// sync rounds so far.
+async fn cases(
+    m: &Manager,
+    label: &str,
+    concurrency: usize,
+    ops: usize,
+    rounds: &dyn Fn() -> u64,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for verb in ["create", "destroy"] {
+        let before = (m.stats(), rounds());
+        let mut case = run(m, verb, concurrency, ops).await;
+        let after = (m.stats(), rounds());
+        lines.push(row(concurrency, label, verb, &mut case, &before, &after));
+    }
+    lines
+}
+
+/// The btrfs provider's cases (`BENCH_BTRFS=1`): its batched sync a
+/// transaction commit (the default) or `syncfs`, on a loop-mounted btrfs
+/// image in the temporary directory (the journal on the bench disk), with a tenant writing on that file
+/// system when `tenant`.
+fn btrfs_cases(
+    rt: &tokio::runtime::Runtime,
+    state_root: &std::path::Path,
+    levels: &[usize],
+    ops: usize,
+    tenant: bool,
+) -> Vec<String> {
+    use volmgr::provider::btrfs;
+    let fs = common::BtrfsFs::create(4096)
+        .expect("BENCH_BTRFS=1 needs root, btrfs-progs and loop devices");
+    println!(
+        "btrfs cases: a 4 GiB btrfs image, loop-mounted on {}",
+        fs.device()
+    );
+    let tenant = tenant.then(|| Tenant::start(fs.path()));
+    let mut summary = Vec::new();
+    for &concurrency in levels {
+        for batch_sync in [btrfs::BatchSync::Commit, btrfs::BatchSync::Syncfs] {
+            // The journal on the bench disk, as for the dir cases; the
+            // volumes on the btrfs image.
+            let state = tempfile::tempdir_in(state_root).unwrap();
+            let volumes = fs
+                .path()
+                .join(format!("{}-{concurrency}", batch_sync.as_str()))
+                .to_string_lossy()
+                .into_owned();
+            let config = ManagerConfig {
+                default_provider: Some(Box::new(move || {
+                    Ok((
+                        btrfs::KIND.into(),
+                        BTreeMap::from([
+                            (btrfs::CONFIG_ROOT.into(), volumes),
+                            (btrfs::CONFIG_BATCH_SYNC.into(), batch_sync.as_str().into()),
+                        ]),
+                    ))
+                })),
+                ..ManagerConfig::default()
+            };
+            let m = rt.block_on(Manager::open(state.path(), config)).unwrap();
+            let stats = m.clone();
+            let rounds = move || stats.stats().provider_syncs;
+            let label = format!("btrfs {}", batch_sync.as_str());
+            summary.extend(rt.block_on(cases(&m, &label, concurrency, ops, &rounds)));
+            rt.block_on(m.close());
+        }
+    }
+    if let Some(t) = tenant {
+        println!("tenant (btrfs cases): {}", t.stop());
+    }
+    summary
 }
 
 /// A tenant writing flat out into a file on the measured file system.
@@ -217,7 +300,7 @@ fn row(
     let overhead = (concurrency == 1).then(|| (wait_ns - sync_ns).max(0.0) / op_ns);
     let (p50, p99, _) = case.latencies.percentiles_us();
     println!(
-        "{concurrency:>11} {provider:<9} {verb:<8} | {:>8.0} {p50:>9.0} {p99:>9.0} | {:>12.2} {:>9.2} {:>13.1}% {:>16}",
+        "{concurrency:>11} {provider:<15} {verb:<8} | {:>8.0} {p50:>9.0} {p99:>9.0} | {:>12.2} {:>9.2} {:>13.1}% {:>16}",
         case.rate(),
         syncs / ops,
         psyncs / ops,
@@ -225,7 +308,7 @@ fn row(
         overhead.map_or_else(|| "-".into(), |o| format!("{:.1}%", o * 100.0))
     );
     format!(
-        "{verb} at concurrency {concurrency}, dir {provider}: {:.0}/s, {:.2} journal fdatasyncs/op, {:.2} provider rounds/op, journal share {:.1}%{}",
+        "{verb} at concurrency {concurrency}, {provider}: {:.0}/s, {:.2} journal fdatasyncs/op, {:.2} provider rounds/op, journal share {:.1}%{}",
         case.rate(),
         syncs / ops,
         psyncs / ops,

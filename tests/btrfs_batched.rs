@@ -1,6 +1,7 @@
 //! The btrfs provider's batched durability, on a loop-mounted btrfs: its
 //! verbs leave their changes in the running btrfs transaction, and its
-//! `sync` (`syncfs`) is what commits them. A *power-cut image* (a copy of
+//! `sync` (a transaction commit, or `syncfs` when configured so) is what
+//! commits them. A *power-cut image* (a copy of
 //! the loop device's backing file: what btrfs wrote so far, nothing of the
 //! page cache), mounted read-only, shows what the next boot would find.
 //! Through the manager, concurrent creates share provider syncs: fewer than
@@ -17,7 +18,7 @@ use common::BtrfsFs;
 use uuid::Uuid;
 use volmgr::manager::{Manager, ManagerConfig};
 use volmgr::model::VolumeId;
-use volmgr::provider::btrfs::BtrfsProvider;
+use volmgr::provider::btrfs::{BatchSync, BtrfsProvider, CONFIG_BATCH_SYNC, CONFIG_ROOT};
 use volmgr::provider::{
     Created, Durability, Found, Presence, Provider, ProviderConfig, ProviderError, SendStats,
     VolumeRef, VolumeSpec,
@@ -60,8 +61,7 @@ async fn a_create_survives_a_power_cut_once_the_provider_synced_and_not_before()
         op,
         kind: VolumeKind::Data,
     };
-    let created = provider.create_volume(&spec).unwrap();
-    std::fs::write(Path::new(&created.location).join("f"), b"content").unwrap();
+    provider.create_volume(&spec).unwrap();
     {
         // The create synced nothing by itself: a power cut now loses it
         // (at most its stage remains, which reconciliation undoes).
@@ -71,12 +71,122 @@ async fn a_create_survives_a_power_cut_once_the_provider_synced_and_not_before()
     }
     provider.sync().unwrap();
     let cut = fs.power_cut_image();
-    let image_root = cut.path().join("volumes");
-    assert_eq!(complete_items(&image_root), vec![("a".to_owned(), op)]);
     assert_eq!(
-        std::fs::read(image_root.join("data/a/vol/f")).unwrap(),
-        b"content",
-        "the sync wrote back the volume's data too"
+        complete_items(&cut.path().join("volumes")),
+        vec![("a".to_owned(), op)]
+    );
+}
+
+/// The data volume `id`'s file `name` on a power-cut image, if it has
+/// content.
+fn content_on(image_root: &Path, id: &str, name: &str) -> Option<Vec<u8>> {
+    std::fs::read(image_root.join("data").join(id).join("vol").join(name))
+        .ok()
+        .filter(|c| !c.is_empty())
+}
+
+/// The batched sync is a transaction commit: the provider's items become
+/// durable and a tenant's buffered writes stay in the page cache (the
+/// tenant's to `fsync`), so a tenant writing flat out does not make every
+/// round wait for its data; `batch_sync = syncfs` writes them back too
+/// (the case beside it, so the test sees the difference it claims).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batched_commit_leaves_a_tenants_buffered_data_to_the_tenant_and_syncfs_writes_it() {
+    let test =
+        "the_batched_commit_leaves_a_tenants_buffered_data_to_the_tenant_and_syncfs_writes_it";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    fs.remount_with("commit=600");
+    let root = fs.path().join("volumes");
+    let commit = BtrfsProvider::new(&root).unwrap();
+    let syncfs = BtrfsProvider::with_batch_sync(&root, BatchSync::Syncfs).unwrap();
+    let create = |p: &BtrfsProvider, id: &str| {
+        let spec = VolumeSpec {
+            id: VolumeId::new(id).unwrap(),
+            op: Uuid::now_v7(),
+            kind: VolumeKind::Data,
+        };
+        p.create_volume(&spec).unwrap().location
+    };
+    let a = create(&commit, "a");
+    commit.sync().unwrap();
+    std::fs::write(Path::new(&a).join("f"), b"tenant data").unwrap();
+    create(&commit, "b");
+    commit.sync().unwrap();
+    let cut = fs.power_cut_image();
+    let image_root = cut.path().join("volumes");
+    let mut ids: Vec<String> = complete_items(&image_root)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b"], "the commit made both creates durable");
+    assert_eq!(
+        content_on(&image_root, "a", "f"),
+        None,
+        "the commit wrote back the tenant's buffered data"
+    );
+
+    create(&syncfs, "c");
+    syncfs.sync().unwrap();
+    let cut = fs.power_cut_image();
+    let image_root = cut.path().join("volumes");
+    assert_eq!(complete_items(&image_root).len(), 3);
+    assert_eq!(
+        content_on(&image_root, "a", "f").as_deref(),
+        Some(&b"tenant data"[..]),
+        "a syncfs round writes back every dirty page of the file system"
+    );
+}
+
+/// The commit no longer writes volumes' data back, so a snapshot must get
+/// its source's buffered data from somewhere else: btrfs flushes a
+/// subvolume's dirty data before snapshotting it. A snapshot taken after a
+/// tenant's unsynced write holds that write on the disk once synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synced_snapshot_holds_what_the_tenant_wrote_before_it_even_unsynced() {
+    let test = "a_synced_snapshot_holds_what_the_tenant_wrote_before_it_even_unsynced";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    fs.remount_with("commit=600");
+    let root = fs.path().join("volumes");
+    let provider = BtrfsProvider::new(&root).unwrap();
+    let a = VolumeId::new("a").unwrap();
+    let created = provider
+        .create_volume(&VolumeSpec {
+            id: a,
+            op: Uuid::now_v7(),
+            kind: VolumeKind::Data,
+        })
+        .unwrap();
+    provider.sync().unwrap();
+    let payload = vec![0x5a_u8; 3 << 20];
+    std::fs::write(Path::new(&created.location).join("f"), &payload).unwrap();
+    provider
+        .create_snapshot(
+            &VolumeRef {
+                id: a,
+                kind: VolumeKind::Data,
+                parent: None,
+                location: &created.location,
+                details: &Details::new(),
+            },
+            &VolumeSpec {
+                id: VolumeId::new("s").unwrap(),
+                op: Uuid::now_v7(),
+                kind: VolumeKind::Snapshot,
+            },
+        )
+        .unwrap();
+    provider.sync().unwrap();
+    let cut = fs.power_cut_image();
+    let image_root = cut.path().join("volumes");
+    assert_eq!(
+        std::fs::read(image_root.join("snapshot/s/vol/f")).unwrap(),
+        payload,
+        "the snapshot on the disk holds the tenant's write"
     );
 }
 
@@ -301,4 +411,44 @@ async fn concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives
         .collect();
     expected.sort();
     assert_eq!(ids, expected);
+}
+
+/// `batch_sync` is validated like every provider setting (exact values
+/// only: a flag-looking or misspelt value is refused, naming the key) and
+/// journaled only when it is not the default, so a configuration journaled
+/// before the setting existed reads the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_sync_is_validated_and_journaled_only_when_not_the_default() {
+    let test = "batch_sync_is_validated_and_journaled_only_when_not_the_default";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes").to_string_lossy().into_owned();
+    let config = |value: Option<&str>| {
+        let mut c = ProviderConfig::from([(CONFIG_ROOT.to_owned(), root.clone())]);
+        if let Some(v) = value {
+            c.insert(CONFIG_BATCH_SYNC.to_owned(), v.to_owned());
+        }
+        c
+    };
+    for bad in ["--help", "Commit", "fsync", "", " syncfs"] {
+        match BtrfsProvider::from_config(&config(Some(bad))) {
+            Err(ProviderError::InvalidConfig(msg)) => {
+                assert!(msg.contains(CONFIG_BATCH_SYNC), "{bad:?}: {msg}");
+            }
+            other => panic!("{bad:?} accepted or wrong error: {other:?}"),
+        }
+    }
+    let default = BtrfsProvider::from_config(&config(None)).unwrap();
+    assert_eq!(default.config(), config(None));
+    assert_eq!(
+        BtrfsProvider::from_config(&config(Some("commit")))
+            .unwrap()
+            .config(),
+        config(None),
+        "the default is not journaled"
+    );
+    let syncfs = BtrfsProvider::from_config(&config(Some("syncfs"))).unwrap();
+    assert_eq!(syncfs.config(), config(Some("syncfs")));
+    syncfs.sync().unwrap();
 }

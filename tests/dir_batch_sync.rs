@@ -26,8 +26,10 @@ use std::path::{Path, PathBuf};
 
 use volmgr::model::VolumeId;
 use volmgr::provider::dir::{BatchSync, CONFIG_BATCH_SYNC, CONFIG_ROOT, DirProvider};
-use volmgr::provider::{Durability, Provider, ProviderConfig, ProviderError, VolumeSpec};
-use volmgr::state::VolumeKind;
+use volmgr::provider::{
+    Durability, Provider, ProviderConfig, ProviderError, VolumeRef, VolumeSpec,
+};
+use volmgr::state::{Details, VolumeKind};
 use volmgr::storage::Storage;
 use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
 
@@ -55,13 +57,36 @@ fn keep_only_synced(storage: &SimStorage, seed: u64) -> SimStorage {
     )
 }
 
-fn create(p: &DirProvider, id: &str) {
+/// Creates data volume `id`; its location.
+fn create(p: &DirProvider, id: &str) -> String {
     let spec = VolumeSpec {
         id: VolumeId::new(id).unwrap(),
         op: uuid::Uuid::now_v7(),
         kind: VolumeKind::Data,
     };
-    p.create_volume(&spec).expect("create");
+    p.create_volume(&spec).expect("create").location
+}
+
+/// Data volume `id` at `location`, as the manager names it to a verb.
+fn volume_ref<'a>(id: &'a str, location: &'a str) -> VolumeRef<'a> {
+    static NO_DETAILS: std::sync::LazyLock<Details> = std::sync::LazyLock::new(Details::new);
+    VolumeRef {
+        id: VolumeId::new(id).unwrap(),
+        kind: VolumeKind::Data,
+        parent: None,
+        location,
+        details: &NO_DETAILS,
+    }
+}
+
+/// A tenant writes a file into volume `v` without syncing it; its path.
+fn tenant_writes(storage: &SimStorage) -> PathBuf {
+    let tenant = Path::new(ROOT).join("data/v/tenant.log");
+    storage
+        .create(&tenant)
+        .and_then(|f| f.write_all_at(b"the tenant's bytes", 0))
+        .expect("the tenant writes");
+    tenant
 }
 
 /// Creates `v`, lets a tenant write a file into it without syncing, then
@@ -72,11 +97,7 @@ fn tenant_write_then_round(batch_sync: BatchSync) -> SimStorage {
     let p = batched(&storage, batch_sync);
     create(&p, "v");
     p.sync().expect("round");
-    let tenant = Path::new(ROOT).join("data/v/tenant.log");
-    storage
-        .create(&tenant)
-        .and_then(|f| f.write_all_at(b"the tenant's bytes", 0))
-        .expect("the tenant writes");
+    tenant_writes(&storage);
     create(&p, "w");
     p.sync().expect("round");
     keep_only_synced(&storage, 1)
@@ -199,29 +220,89 @@ fn the_first_round_after_a_restart_makes_what_an_earlier_instance_left_durable()
 
 /// A verb that failed may have stopped half way (on an I/O error, say)
 /// after changes it never noted: the next round is a whole `syncfs` (here
-/// seen by the tenant's unsynced file, which only a `syncfs` keeps).
+/// seen by the tenant's unsynced file, which only a `syncfs` keeps). The
+/// failure is a full file system: the create's first write fails.
 #[test]
-fn the_round_after_a_failed_verb_writes_back_the_whole_file_system() {
+fn the_round_after_a_verb_failed_on_a_write_writes_back_the_whole_file_system() {
     let storage = SimStorage::new();
     let p = batched(&storage, BatchSync::Fsync);
     create(&p, "v");
     p.sync().expect("round");
-    let tenant = Path::new(ROOT).join("data/v/tenant.log");
-    storage
-        .create(&tenant)
-        .and_then(|f| f.write_all_at(b"the tenant's bytes", 0))
-        .expect("the tenant writes");
-    let refused = p.create_volume(&VolumeSpec {
-        id: VolumeId::new("s").unwrap(),
+    let tenant = tenant_writes(&storage);
+    storage.set_capacity(Some(storage.used_bytes()));
+    let failed = p.create_volume(&VolumeSpec {
+        id: VolumeId::new("w").unwrap(),
         op: uuid::Uuid::now_v7(),
-        kind: VolumeKind::Snapshot,
+        kind: VolumeKind::Data,
     });
-    assert!(refused.is_err(), "create_volume makes data volumes only");
+    assert!(
+        matches!(
+            failed,
+            Err(ProviderError::NoSpace { .. } | ProviderError::Io { .. })
+        ),
+        "the create must fail on its write: {failed:?}"
+    );
+    storage.set_capacity(None);
     p.sync().expect("round");
     let image = keep_only_synced(&storage, 3);
     assert_eq!(
         image.is_dir(&tenant),
         Some(false),
-        "the round after a failed verb was not a whole syncfs"
+        "the round after a failed write was not a whole syncfs"
+    );
+}
+
+/// A refusal is decided by checks, not by a failed write: the round after
+/// it stays an `fsync` round. Otherwise a tenant who can make a verb fail
+/// (here a tree in its volume deeper than the provider copies, which makes
+/// every snapshot of it fail) would buy one whole-file-system write-back,
+/// its own data included, per attempt.
+#[test]
+fn a_refused_verb_leaves_the_next_round_an_fsync_round() {
+    let storage = SimStorage::new();
+    let p = batched(&storage, BatchSync::Fsync);
+    let v = create(&p, "v");
+    p.sync().expect("round");
+    let mut deep = PathBuf::from(&v);
+    for _ in 0..=volmgr::provider::dir::MAX_DEPTH {
+        deep.push("d");
+        storage
+            .create_dir(&deep)
+            .expect("the tenant nests directories");
+    }
+    let tenant = tenant_writes(&storage);
+    let refusals = [
+        p.create_volume(&VolumeSpec {
+            id: VolumeId::new("s").unwrap(),
+            op: uuid::Uuid::now_v7(),
+            kind: VolumeKind::Snapshot,
+        })
+        .map(drop),
+        p.create_snapshot(
+            &volume_ref("v", &v),
+            &VolumeSpec {
+                id: VolumeId::new("s").unwrap(),
+                op: uuid::Uuid::now_v7(),
+                kind: VolumeKind::Snapshot,
+            },
+        )
+        .map(drop),
+    ];
+    for r in &refusals {
+        assert!(r.is_err(), "refused: {r:?}");
+    }
+    assert!(
+        refusals[1]
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("directories deep")),
+        "the snapshot is refused for the depth: {:?}",
+        refusals[1]
+    );
+    p.sync().expect("round");
+    let image = keep_only_synced(&storage, 3);
+    assert_eq!(
+        image.is_dir(&tenant),
+        None,
+        "a refusal made the next round write back the tenant's data"
     );
 }

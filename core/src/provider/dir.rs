@@ -212,6 +212,8 @@
 mod derive;
 mod durability;
 pub use durability::BatchSync;
+/// The deepest tree the provider copies, sends or snapshots.
+pub use tree::MAX_DEPTH;
 mod inventory;
 mod layout;
 mod marker;

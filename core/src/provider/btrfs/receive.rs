@@ -87,7 +87,7 @@ impl BtrfsProvider {
         // commit does not wait for them, so the commit point below must not
         // reach the disk before they do. (The metadata steps above need no
         // sync: any transaction holding the commit point holds them.)
-        syncfs(&self.root)?;
+        self.handle.sync_all()?;
         // Commit: the stage (now holding the old content) leaves. Durable
         // with the manager's batched sync, which runs before the outcome.
         let trashed = self.trash_root().join(spec.op.to_string());

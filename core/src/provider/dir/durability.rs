@@ -83,9 +83,10 @@ impl BatchSync {
 /// takes its ticket, and a round takes the set when it starts: so the
 /// round that decides a ticket, or an earlier one that started after the
 /// recording, syncs it. A provider's first round is a whole `syncfs`
-/// ([`Dirty::at_open`]), and so is the round after a verb failed
-/// ([`DirProvider::note_failure`]: it may have stopped half way on an I/O
-/// error that an `fsync` of the paths it noted would not meet again).
+/// ([`Dirty::at_open`]), and so is the round after a verb failed on what
+/// may hide a failed write ([`DirProvider::note_failure`]: it may have
+/// stopped half way on an I/O error that an `fsync` of the paths it noted
+/// would not meet again).
 #[derive(Debug)]
 pub(super) struct Dirty {
     paths: Mutex<BTreeSet<PathBuf>>,
@@ -201,14 +202,19 @@ impl DirProvider {
         }
     }
 
-    /// Passes a verb's result on; a failure asks the next round for a
-    /// whole `syncfs` (see [`Dirty`]): the verb may have stopped half way
-    /// on an I/O error, leaving changes it never noted.
+    /// Passes a verb's result on; a failure that may hide a failed write
+    /// asks the next round for a whole `syncfs` (see [`Dirty`]): the verb
+    /// may have stopped half way on an I/O error, leaving changes it never
+    /// noted. A refusal does not ([`may_hide_a_failed_write`]): a tenant
+    /// who can make a snapshot of its volume fail (a tree deeper than the
+    /// provider copies) must not buy a slow round per attempt.
     pub(super) fn note_failure<T>(
         &self,
         result: Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        if result.is_err() {
+        if let Err(e) = &result
+            && may_hide_a_failed_write(e)
+        {
             self.dirty.want_whole();
         }
         result
@@ -418,5 +424,27 @@ impl DirProvider {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Whether a verb that failed with `e` may have met a failed write (or may
+/// have stopped before noting what it changed because of one): an I/O
+/// error, a full file system, a failed command or a suspended receive. A
+/// refusal (not found, already exists, busy, dependents, a bad setting, a
+/// malformed stream, a tree or entry the provider will not copy: `Other`)
+/// is decided by checks, not by a write that failed.
+pub(super) fn may_hide_a_failed_write(e: &ProviderError) -> bool {
+    match e {
+        ProviderError::Io { .. }
+        | ProviderError::NoSpace { .. }
+        | ProviderError::Command { .. }
+        | ProviderError::Suspended { .. } => true,
+        ProviderError::NotFound(_)
+        | ProviderError::AlreadyExists(_)
+        | ProviderError::Busy { .. }
+        | ProviderError::HasDependents { .. }
+        | ProviderError::InvalidConfig(_)
+        | ProviderError::Stream(_)
+        | ProviderError::Other(_) => false,
     }
 }

@@ -370,27 +370,42 @@ impl SimLayout {
     /// order (a directory copied the same way, depth first; a file created,
     /// written and, if `durable`, synced), then, if `durable`, the sync of
     /// `dst`: the sync points of [`tree::copy_tree`] in its order. An entry
-    /// that vanishes meanwhile is left out, as there.
-    fn copy_dir(&self, src: &Path, dst: &Path, durable: bool) -> io::Result<()> {
-        self.storage.create_dir(dst)?;
-        for name in self.names(src)? {
+    /// that vanishes meanwhile is left out, and a directory nested deeper
+    /// than [`tree::MAX_DEPTH`] refused (`depth` counts `src` and its
+    /// ancestors in the copy), as there.
+    fn copy_dir(
+        &self,
+        src: &Path,
+        dst: &Path,
+        durable: bool,
+        depth: usize,
+    ) -> Result<(), ProviderError> {
+        let io =
+            |e| ProviderError::io(format!("copying {} to {}", src.display(), dst.display()), e);
+        self.storage.create_dir(dst).map_err(io)?;
+        for name in self.names(src).map_err(io)? {
             let name = OsStr::from_bytes(&name);
             let (from, to) = (src.join(name), dst.join(name));
             match self.storage.is_dir(&from) {
                 None => {}
-                Some(true) => self.copy_dir(&from, &to, durable)?,
+                Some(true) => {
+                    if depth >= tree::MAX_DEPTH {
+                        return Err(tree::too_deep(&from.display().to_string()));
+                    }
+                    self.copy_dir(&from, &to, durable, depth + 1)?;
+                }
                 Some(false) => {
-                    let bytes = self.read_all(&from)?;
-                    let f = self.storage.create(&to)?;
-                    f.write_all_at(&bytes, 0)?;
+                    let bytes = self.read_all(&from).map_err(io)?;
+                    let f = self.storage.create(&to).map_err(io)?;
+                    f.write_all_at(&bytes, 0).map_err(io)?;
                     if durable {
-                        f.sync_all()?;
+                        f.sync_all().map_err(io)?;
                     }
                 }
             }
         }
         if durable {
-            self.storage.sync_dir(dst)?;
+            self.storage.sync_dir(dst).map_err(io)?;
         }
         Ok(())
     }
@@ -565,9 +580,7 @@ impl Layout for SimLayout {
         dst_policy: Policy,
         durable: bool,
     ) -> Result<Modes, ProviderError> {
-        self.copy_dir(src, dst, durable).map_err(|e| {
-            ProviderError::io(format!("copying {} to {}", src.display(), dst.display()), e)
-        })?;
+        self.copy_dir(src, dst, durable, 1)?;
         // No modes in the simulation: what the real copy records for a
         // tree without exceptions.
         Ok(Modes::new(dst_policy))
