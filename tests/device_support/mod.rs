@@ -5,7 +5,9 @@
 //! sparse image; [`Device::fail_writes`] switches its table to `dm-flakey`
 //! with `error_writes` (every write fails with `EIO`, reads work) and
 //! [`Device::restore`] back to `linear`. Every mount, device-mapper device
-//! and loop device is undone by the guard's drop. Needs root, device-mapper
+//! and loop device is undone by the guard's drop. The file system is made
+//! without lazy initialisation, so no background writer of ext4's own
+//! (`ext4lazyinit`) meets the failure at a moment the test did not choose. Needs root, device-mapper
 //! with dm-flakey, `dmsetup`, `losetup` and `mkfs.ext4` (the QEMU guest of
 //! `scripts/zfs-test`); without them [`Device::new`] prints a SKIP line and
 //! returns `None`, or panics under `VOLMGR_REQUIRE_DM=1`. Also the helpers
@@ -134,8 +136,12 @@ impl Device {
         self.name = Some(name);
         // The node, whether or not udev made it.
         dmsetup(&["mknodes", self.name()])?;
+        // No lazy initialisation: `ext4lazyinit` would zero the inode tables
+        // in the background after the mount, and its write failing on the
+        // failed device aborts ext4's journal at a moment no test chose
+        // (seen: `dir_device_errors` flaked on it).
         run(Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
+            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
             .arg(self.dev_path()))?;
         fs::create_dir(self.mount_point()).map_err(|e| format!("mount point: {e}"))?;
         self.mount()
