@@ -7,12 +7,12 @@
 //! [`Device::restore`] back to `linear`. Every mount, device-mapper device
 //! and loop device is undone by the guard's drop. The file system is made
 //! without lazy initialisation, so no background writer of ext4's own
-//! (`ext4lazyinit`) meets the failure at a moment the test did not choose. Needs root, device-mapper
-//! with dm-flakey, `dmsetup`, `losetup` and `mkfs.ext4` (the QEMU guest of
-//! `scripts/zfs-test`); without them [`Device::new`] prints a SKIP line and
-//! returns `None`, or panics under `VOLMGR_REQUIRE_DM=1`. Also the helpers
-//! that fill a volume durably and read it back. Included with
-//! `mod device_support;`.
+//! (`ext4lazyinit`) meets the failure at a moment the test did not choose.
+//! Needs root, device-mapper with dm-flakey, `dmsetup`, `losetup` and
+//! `mkfs.ext4` (the QEMU guest of `scripts/zfs-test`); without them
+//! [`Device::new`] prints a SKIP line and returns `None`, or panics under
+//! `VOLMGR_REQUIRE_DM=1`. Also the helpers that fill a volume durably and
+//! read it back. Included with `mod device_support;`.
 
 #![allow(dead_code)]
 
