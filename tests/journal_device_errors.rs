@@ -567,6 +567,8 @@ struct Failed {
     first_error: String,
     held_side_effect: &'static str,
     marker_after_failure: bool,
+    /// The journal's durable sequence number when the device failed.
+    durable: u64,
     ext4_accepts_changes: bool,
     ext4_after_failure: String,
 }
@@ -673,9 +675,29 @@ async fn fail_and_refuse(rig: &Rig, running: Running, layout: Layout, first: Fir
         first_error,
         held_side_effect,
         marker_after_failure,
+        durable: durable_before,
         ext4_accepts_changes,
         ext4_after_failure,
     }
+}
+
+/// `volmgr journal verify` while the device fails (reads still work): what
+/// the next open will stand on, not the failed batch the page cache may
+/// still return (`tests/journal_regression_tool_reads_a_failed_commit_as_open_will.rs`).
+fn verify_reads_what_open_will(state_dir: &Path, failed: &Failed) {
+    let (code, verify) = journal_verify(state_dir);
+    assert_eq!(code, 0, "verify reads a clean journal:\n{verify}");
+    assert!(
+        verify.contains(&format!("opens at seq {}\n", failed.durable))
+            && verify.contains(", 1 pending,"),
+        "verify stands where open will (seq {}, the held operation pending):\n{verify}",
+        failed.durable
+    );
+    assert_eq!(
+        verify.contains(&format!("failed\t{FAILED_COMMIT_FILE}\tdiscard\t")),
+        failed.marker_after_failure,
+        "verify shows the failed-commit marker when there is one:\n{verify}"
+    );
 }
 
 /// Another writer on the device's file system meets the failure first: its
@@ -861,6 +883,8 @@ async fn failed_journal_acknowledges_nothing_and_a_reopen_loses_nothing(
         }
     };
 
+    verify_reads_what_open_will(&rig.state_dir, &failed);
+
     // Restored: ext4 needs a remount (it aborted its journal).
     rig.device.restore();
     rig.device
@@ -904,6 +928,7 @@ async fn healed_in_place_discards_the_failed_batch(test: &str, first: First) {
         return;
     };
     let failed = fail_and_refuse(&rig, running, Layout::Apart, first).await;
+    verify_reads_what_open_will(&rig.state_dir, &failed);
     rig.device.restore();
     assert!(
         failed.ext4_accepts_changes,
