@@ -33,6 +33,14 @@
 //!   provider ran it) while its outcome is not journaled: it stays pending,
 //!   and on `/tmp` the provider already holds the result;
 //! - nothing panics or hangs: every call returns, the manager closes;
+//! - `volmgr journal verify` while the device fails (reads work) exits 0
+//!   and, where the `FAILED-COMMIT` marker exists, stands where the next
+//!   open will (the last durable record, the held operation pending); it
+//!   counted the failed batch from the page cache before
+//!   (`tests/journal_regression_tool_reads_a_failed_commit_as_open_will.rs`).
+//!   Where ext4 had aborted before the commit, no marker could be created
+//!   and the tool reads the page cache's view until the remount that any
+//!   open needs drops it;
 //! - reopening while the device still fails is refused (never opened
 //!   read-only: opening writes and syncs before it replays), with a
 //!   `Journal(Io)` error naming a file on the failing device and the
