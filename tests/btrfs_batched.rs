@@ -43,6 +43,33 @@ fn complete_items(root: &Path) -> Vec<(String, OpId)> {
         .collect()
 }
 
+/// Creates data volume `id` by operation `op`; its location.
+fn create(p: &BtrfsProvider, id: &str, op: OpId) -> String {
+    let spec = VolumeSpec {
+        id: VolumeId::new(id).unwrap(),
+        op,
+        kind: VolumeKind::Data,
+    };
+    p.create_volume(&spec).unwrap().location
+}
+
+/// Snapshots data volume `id` (at `location`) as `snap`, by operation `op`.
+fn snapshot(p: &BtrfsProvider, id: &str, location: &str, snap: &str, op: OpId) {
+    let source = VolumeRef {
+        id: VolumeId::new(id).unwrap(),
+        kind: VolumeKind::Data,
+        parent: None,
+        location,
+        details: &Details::new(),
+    };
+    let spec = VolumeSpec {
+        id: VolumeId::new(snap).unwrap(),
+        op,
+        kind: VolumeKind::Snapshot,
+    };
+    p.create_snapshot(&source, &spec).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_survives_a_power_cut_once_the_provider_synced_and_not_before() {
     let test = "a_create_survives_a_power_cut_once_the_provider_synced_and_not_before";
@@ -56,12 +83,7 @@ async fn a_create_survives_a_power_cut_once_the_provider_synced_and_not_before()
     assert_eq!(provider.durability(), Durability::Batched);
     provider.sync().unwrap();
     let op = Uuid::now_v7();
-    let spec = VolumeSpec {
-        id: VolumeId::new("a").unwrap(),
-        op,
-        kind: VolumeKind::Data,
-    };
-    provider.create_volume(&spec).unwrap();
+    create(&provider, "a", op);
     {
         // The create synced nothing by itself: a power cut now loses it
         // (at most its stage remains, which reconciliation undoes).
@@ -101,18 +123,10 @@ async fn the_batched_commit_leaves_a_tenants_buffered_data_to_the_tenant_and_syn
     let root = fs.path().join("volumes");
     let commit = BtrfsProvider::new(&root).unwrap();
     let syncfs = BtrfsProvider::with_batch_sync(&root, BatchSync::Syncfs).unwrap();
-    let create = |p: &BtrfsProvider, id: &str| {
-        let spec = VolumeSpec {
-            id: VolumeId::new(id).unwrap(),
-            op: Uuid::now_v7(),
-            kind: VolumeKind::Data,
-        };
-        p.create_volume(&spec).unwrap().location
-    };
-    let a = create(&commit, "a");
+    let a = create(&commit, "a", Uuid::now_v7());
     commit.sync().unwrap();
     std::fs::write(Path::new(&a).join("f"), b"tenant data").unwrap();
-    create(&commit, "b");
+    create(&commit, "b", Uuid::now_v7());
     commit.sync().unwrap();
     let cut = fs.power_cut_image();
     let image_root = cut.path().join("volumes");
@@ -128,7 +142,7 @@ async fn the_batched_commit_leaves_a_tenants_buffered_data_to_the_tenant_and_syn
         "the commit wrote back the tenant's buffered data"
     );
 
-    create(&syncfs, "c");
+    create(&syncfs, "c", Uuid::now_v7());
     syncfs.sync().unwrap();
     let cut = fs.power_cut_image();
     let image_root = cut.path().join("volumes");
@@ -153,33 +167,11 @@ async fn a_synced_snapshot_holds_what_the_tenant_wrote_before_it_even_unsynced()
     fs.remount_with("commit=600");
     let root = fs.path().join("volumes");
     let provider = BtrfsProvider::new(&root).unwrap();
-    let a = VolumeId::new("a").unwrap();
-    let created = provider
-        .create_volume(&VolumeSpec {
-            id: a,
-            op: Uuid::now_v7(),
-            kind: VolumeKind::Data,
-        })
-        .unwrap();
+    let a = create(&provider, "a", Uuid::now_v7());
     provider.sync().unwrap();
     let payload = vec![0x5a_u8; 3 << 20];
-    std::fs::write(Path::new(&created.location).join("f"), &payload).unwrap();
-    provider
-        .create_snapshot(
-            &VolumeRef {
-                id: a,
-                kind: VolumeKind::Data,
-                parent: None,
-                location: &created.location,
-                details: &Details::new(),
-            },
-            &VolumeSpec {
-                id: VolumeId::new("s").unwrap(),
-                op: Uuid::now_v7(),
-                kind: VolumeKind::Snapshot,
-            },
-        )
-        .unwrap();
+    std::fs::write(Path::new(&a).join("f"), &payload).unwrap();
+    snapshot(&provider, "a", &a, "s", Uuid::now_v7());
     provider.sync().unwrap();
     let cut = fs.power_cut_image();
     let image_root = cut.path().join("volumes");
@@ -207,31 +199,9 @@ async fn a_commit_between_syncs_never_leaves_a_placed_container_without_its_tag(
     let provider = BtrfsProvider::new(&root).unwrap();
     provider.sync().unwrap();
     let (op, snap_op) = (Uuid::now_v7(), Uuid::now_v7());
-    let a = VolumeId::new("a").unwrap();
-    let created = provider
-        .create_volume(&VolumeSpec {
-            id: a,
-            op,
-            kind: VolumeKind::Data,
-        })
-        .unwrap();
+    let a = create(&provider, "a", op);
     // The snapshot commits the transaction holding `a` in place; no sync.
-    provider
-        .create_snapshot(
-            &VolumeRef {
-                id: a,
-                kind: VolumeKind::Data,
-                parent: None,
-                location: &created.location,
-                details: &Details::new(),
-            },
-            &VolumeSpec {
-                id: VolumeId::new("s").unwrap(),
-                op: snap_op,
-                kind: VolumeKind::Snapshot,
-            },
-        )
-        .unwrap();
+    snapshot(&provider, "a", &a, "s", snap_op);
     let cut = fs.power_cut_image();
     // `complete_items` fails on a foreign item.
     assert_eq!(

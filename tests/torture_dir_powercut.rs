@@ -6,7 +6,11 @@
 //! the provider's root ([`DirProvider::simulated`]), with the power cut at
 //! every sync point (journal fdatasyncs, file and directory fsyncs, the
 //! provider's `syncfs`), each cut keeping none, all or a seeded part of what
-//! was not durable, and once more as a kill -9 (the page cache survives).
+//! was not durable, once more as a kill -9 (the page cache survives), and
+//! as a kill -9 followed by a reopen and then a power cut (keeping none or
+//! all of what the reopen left unsynced). That last cut catches a first
+//! round after open that is not a whole `syncfs` (mutation, fsync rounds:
+//! 40 disagreements, creates rolled forward by the reopen then lost).
 //!
 //! The workload, per round: three concurrent creates; a file and a
 //! directory with a file written (and synced) into the first volume through
@@ -479,6 +483,29 @@ async fn sweep(flavor: Flavor) {
             "kill -9".to_owned(),
             check(&storage.restart(), flavor, &model).await,
         )];
+        // ... a kill -9, then a reopen that reconciles and journals what it
+        // resolved, then a power cut before anything else ran: what the
+        // reopen journaled must be on the disk with its effects (with fsync
+        // rounds, a reopen once journaled a create rolled forward whose
+        // directory an earlier instance had left in the page cache, which
+        // the new instance's first round never synced) ...
+        let reopened = storage.restart();
+        match open(&reopened, flavor, &Slot::default()).await {
+            Ok(m) => {
+                for (seed, policy) in torture_support::cut_policies(base_seed, point, 0) {
+                    let image = reopened.power_cut_with(seed, policy);
+                    outcomes.push((
+                        format!("kill -9, reopen, then a cut {policy:?}"),
+                        check(&image, flavor, &model).await,
+                    ));
+                }
+                m.close().await;
+            }
+            Err(e) => outcomes.push((
+                "kill -9, reopen".to_owned(),
+                (0, vec![format!("reopen failed: {e}")]),
+            )),
+        }
         // ... and power cuts.
         for (seed, policy) in torture_support::cut_policies(base_seed, point, scale) {
             let image = storage.power_cut_with(seed, policy);

@@ -9,6 +9,10 @@
 //! walk the kernel's file system only): a full one, then an incremental one
 //! on top of it.
 //!
+//! Every sweep runs twice: with the atomic exchange, and on a file system
+//! without it (`SimStorage::set_exchange_supported(false)`: the two-rename
+//! fallback and its undo).
+//!
 //! **Failed syncs** (`a_receive_that_meets_a_failing_sync_...`): one sync
 //! (`EIO`, no cut: Linux's write-back error semantics, see
 //! [`SimStorage::fail_sync_at`]) fails at each sync point of a full, then of
@@ -22,11 +26,13 @@
 //! page cache survives) and a reopen: nothing pending, orphaned, half-made,
 //! untagged or lost, state and provider agree, the base snapshot of the
 //! incremental receive holds its content, the target holds its old content
-//! or exactly the stream's (never a mix), a snapshot rolled forward holds
-//! exactly the stream's content (and so does the target), `.staging` and
-//! the trash are empty, and the same stream is then received again, whole;
-//! and after a power cut then (nothing unsynced kept: a failed sync drops
-//! changes from the write-back queue for good) what the reopened manager
+//! unless the receive was rolled forward, and then exactly the stream's
+//! (never a mix; a failure after the swap exchanges the old content back:
+//! "target replaced by a failed receive" must be 0), a snapshot rolled
+//! forward holds exactly the stream's content, `.staging` and the trash
+//! are empty, and the same stream is then received again, whole; and after
+//! a power cut then (nothing unsynced kept: a failed sync drops changes
+//! from the write-back queue for good) what the reopened manager
 //! acknowledged is all there.
 //!
 //! **Power cuts** (`acknowledged_receives_survive_...`): the workload
@@ -40,10 +46,11 @@
 //! live and holds exactly the sent snapshot's content; every received
 //! snapshot in the state (acknowledged or rolled forward) holds exactly the
 //! content of the snapshot whose guid it carries; the target holds the
-//! content of the last receive made whole, or (while one was in flight)
-//! the stream's of the one in flight; nothing is pending, orphaned,
-//! half-made or foreign; `.staging` and the trash are empty; and a full
-//! stream is received again, whole.
+//! content of the last receive made whole (a receive in flight at the cut
+//! is rolled forward or undone, its swap with it: the cuts between the
+//! swap and the `complete` marker are among the sync points swept);
+//! nothing is pending, orphaned, half-made or foreign; `.staging` and the
+//! trash are empty; and a full stream is received again, whole.
 //!
 //! Prints `dir receive failed-sync sweep (...): failure points N (...),
 //! acknowledged 0, target replaced by a failed receive R, problems P` and
@@ -51,49 +58,79 @@
 //! operations acknowledged by a whole run A, acknowledged operations lost
 //! L, disagreements D`.
 //!
-//! Figures (debug build, about 3 s for both tests): failed syncs at 15
+//! Figures (debug build, about 6 s for both tests): failed syncs at 15
 //! points of each receive batched (3 leave the provider out of service, 2
-//! fail the journal, 10 journal the failure) and 14 durable on return (2
-//! and 12); 6 of them, those after the exchange, leave the target with the
-//! stream's content while the receive failed and its snapshot is gone (as
-//! `dir.rs` "Receive" documents: the old content was to be discarded). Power
-//! cuts: 55 to 59 crash points and 495 to 531 images batched, 64 or 65 and
-//! 576 or 585 durable on return (the concurrent operations vary the count
-//! from run to run).
+//! fail the journal, 10 journal the failure), 16 without exchange (3, 2,
+//! 11); 13 durable on return (2 and 11), 14 without exchange (2 and 12);
+//! target replaced by a failed receive 0 everywhere. Power cuts: 62 or 63
+//! crash points and 558 or 567 images with exchange, 64 or 65 and 576 or
+//! 585 without (the concurrent operations vary the count from run to run).
 //!
 //! Checked by hand, each mutation alone (problems with it; 0 without):
-//! - no barrier before the `complete` marker (`receive.rs`): 9
-//!   disagreements in the batched power-cut sweep (`.staging/<op>` left
-//!   behind a complete receive); `torture_dir_receive` sees 4;
+//! - no exchange back after a failure past the swap (`dir/undo.rs`
+//!   `unswap` does nothing): target replaced by a failed receive 5 in each
+//!   of the 8 failed-sync cases (5 to 14 problems each); power cuts 34 to
+//!   58 disagreements batched, 69 to 113 durable on return, with 19 to 26
+//!   acknowledged operations lost without exchange (the old content
+//!   removed from `.staging/<op>`); `torture_dir_receive` 68 problems (its
+//!   undo-only pass);
+//! - the two-rename fallback without its sync between the renames
+//!   (`receive.rs` `swap_in`): 2 disagreements batched and 2 durable on
+//!   return without exchange (a cut keeps the staged tree's rename into
+//!   the target's name without the old content's rename out of it);
+//! - no start-time repair of a target a crash left nameless between the
+//!   fallback's renames (`dir/undo.rs` `sweep_staging`): 17 acknowledged
+//!   operations lost batched, 8 durable on return, without exchange (the
+//!   target reported lost); and no start-time removal of a complete
+//!   receive's staging area: with exchange, 9 disagreements batched, 57
+//!   durable on return, 13 problems in each failed-sync case durable on
+//!   return (the unsynced removal comes back after the power cut);
+//!   `torture_dir_receive` 12;
+//! - the simulation's directory sync applying its own queue before the
+//!   renames out of it queued elsewhere (`storage/sim/fs.rs`
+//!   `sync_dir_changes`, the order they were made): 4 problems in each
+//!   incremental failed-sync case without exchange (the undo's rename of
+//!   the staged tree out of the target's name applied after the old
+//!   content's rename back into it);
 //! - recovery undoes a half-made derived item without `abort_partial`
-//!   (`manager/recovery.rs`): 124 to 148 disagreements batched, 144 to 147
-//!   durable on return (`.staging/<op>` left); `torture_dir_receive` and
-//!   `torture_dir_powercut` see nothing;
+//!   (`manager/recovery.rs`): 73 and 71 disagreements batched, 67 and 78
+//!   durable on return (with and without exchange; `.staging/<op>` left);
+//!   `torture_dir_receive` and `torture_dir_powercut` see nothing;
 //! - the inventory reports a `swapping` receive complete
-//!   (`dir/inventory.rs`): 68 disagreements batched, 74 durable on return
-//!   (rolled forward with `.staging/<op>` left); `torture_dir_receive` 40;
-//! - the completion ignores a failed `fsync` of the target's directory: 4
-//!   problems in the failed-sync sweep (one acknowledged receive per case);
-//! - the manager journals an outcome after a failed shared provider sync
-//!   (`manager/write_path.rs`): 2 (batched, an acknowledged receive).
+//!   (`dir/inventory.rs`): 81 and 126 disagreements batched, 71 and 105
+//!   durable on return; `torture_dir_receive` 224;
+//! - (recorded before the undo, not re-run) the completion ignores a
+//!   failed `fsync` of the target's directory: 4 problems in the
+//!   failed-sync sweep; the manager journals an outcome after a failed
+//!   shared provider sync (`manager/write_path.rs`): 2.
 //!
 //! Not caught here, and why: ignoring a failed `syncfs` in the receive
 //! (the simulation's exchange refuses a tree with changes not yet durable,
 //! so the receive fails at the swap anyway); `finish` of a `swapping`
 //! marker without its inode comparison (the manager's reconciliation never
 //! calls `finish` for a half-made receive, it undoes it; the provider-level
-//! `torture_dir_receive` catches it, 8 problems). A checkpoint is written
-//! in the power-cut sweep but not in the failed-sync one: a failed sync in
-//! a checkpoint (best-effort, the journal stays authoritative) fails no
+//! `torture_dir_receive` catches it); writing `complete` again as
+//! `swapping` after a failed write of it (`receive.rs`
+//! `complete_receive`: without it, a crash between the undo and the
+//! snapshot's removal would let the next start roll forward a receive
+//! whose target got its old content back; one failure and one crash at
+//! once, which no sweep combines); a failing exchange back (the sweeps
+//! fail one sync, before the undo; the undo's own failure is reasoned in
+//! `dir/undo.rs`, `out_of_service`). A checkpoint is written in the
+//! power-cut sweep but not in the failed-sync one: a failed sync in a
+//! checkpoint (best-effort, the journal stays authoritative) fails no
 //! operation, and would show up there as a receive acknowledged after a
 //! failed sync that was not its own.
 //!
 //! Observed, not asserted: durable on return, a failed `syncfs` inside the
-//! receive (failure point 5) is journaled as the receive's failure and the
-//! provider stays in service, but its `syncfs` rounds stay failed (a retry
-//! could lie), so every later receive on it fails ("syncfs of the provider
-//! root failed") until a reopen, while creates go on; batched, the same
-//! failure takes the provider out of service (intent pending) at once.
+//! receive is journaled as the receive's failure and the provider stays in
+//! service, but its `syncfs` rounds stay failed, so every later receive on
+//! it fails ("syncfs of the provider root failed") until a reopen, while
+//! creates go on; batched, the same failure takes the provider out of
+//! service (intent pending) at once. Kept on purpose (`dir.rs`
+//! "Durability"): the root's descriptor is shared, and once one `syncfs`
+//! on it has reported a write-back error a later one returns `Ok` even if
+//! pages another receive wrote before it were dropped.
 
 mod dir_receive_support;
 mod torture_support;
@@ -122,7 +159,8 @@ const NO_CHECKPOINT: u64 = 1_000_000;
 struct FailedSync {
     /// The receive met the failure and was acknowledged anyway.
     acknowledged: bool,
-    /// The receive failed but the target holds the stream's content.
+    /// The receive failed (not rolled forward) but the target holds the
+    /// stream's content: its old content is lost (a problem).
     replaced: bool,
     /// How the manager took the failure: its provider out of service (the
     /// intent pending), its journal failed, or the failure journaled.
@@ -172,11 +210,13 @@ async fn prepared(
 /// made fewer than `n` syncs (it then must have succeeded).
 async fn fail_one_sync(
     durability: Durability,
+    exchange: bool,
     n: u64,
     base: Option<&Sent>,
     stream: &Sent,
 ) -> Option<FailedSync> {
     let storage = SimStorage::new();
+    storage.set_exchange_supported(exchange);
     let slot = Slot::default();
     let (m, base_id) = prepared(&storage, durability, &slot, base).await;
     let armed = storage.sync_points() + n;
@@ -265,9 +305,15 @@ async fn fail_one_sync(
                 "the receive was rolled forward, but the target holds {:?}",
                 shown(&t)
             ));
-        } else if t == stream.tree {
-            out.replaced = !rolled_forward;
-        } else if t != old {
+        } else if t == stream.tree && !rolled_forward {
+            out.replaced = true;
+            bad(format!(
+                "the receive failed and was undone, but the target holds the stream's content \
+                 {:?}, not its old {:?}",
+                shown(&t),
+                shown(&old)
+            ));
+        } else if t != old && t != stream.tree {
             bad(format!("the target holds a mix: {:?}", shown(&t)));
         }
     }
@@ -342,12 +388,21 @@ async fn fail_one_sync(
 async fn a_receive_that_meets_a_failing_sync_is_never_acknowledged_and_reopens_clean() {
     let (full, incr) = streams();
     let mut all = Vec::new();
-    for durability in [Durability::Batched, Durability::OnReturn] {
+    let mut replaced_total = 0;
+    let flavors = [Durability::Batched, Durability::OnReturn]
+        .into_iter()
+        .flat_map(|d| [(d, true), (d, false)]);
+    for (durability, exchange) in flavors {
         for (name, base, stream) in [("full", None, &full), ("incremental", Some(&full), &incr)] {
+            let name = if exchange {
+                name.to_owned()
+            } else {
+                format!("{name}, no exchange")
+            };
             let (mut points, mut acked, mut replaced, mut problems) = (0u64, 0, 0, Vec::new());
             let mut reactions = [0u64; 3];
             for n in 1..=1000u64 {
-                let Some(found) = fail_one_sync(durability, n, base, stream).await else {
+                let Some(found) = fail_one_sync(durability, exchange, n, base, stream).await else {
                     break;
                 };
                 points += 1;
@@ -375,9 +430,14 @@ async fn a_receive_that_meets_a_failing_sync_is_never_acknowledged_and_reopens_c
                 points >= 10,
                 "only {points} sync points in a {name} receive"
             );
+            replaced_total += replaced;
             all.extend(problems);
         }
     }
+    assert_eq!(
+        replaced_total, 0,
+        "failed receives left the target with the stream's content"
+    );
     all.truncate(12);
     assert!(all.is_empty(), "{}", all.join("\n"));
 }
@@ -389,9 +449,6 @@ struct Model {
     target: bool,
     /// Acknowledged receives: the snapshot's id and the stream's index.
     received: Vec<(String, usize)>,
-    /// The stream whose receive was in flight at the cut (never
-    /// acknowledged), if any.
-    in_flight: Option<usize>,
     /// The other volume's create was acknowledged, and its destroy not
     /// tried.
     other_must_exist: bool,
@@ -420,7 +477,6 @@ async fn workload(m: &Manager, streams: &[&Sent], model: &mut Model) {
         }
     }
     for (i, s) in streams.iter().enumerate() {
-        model.in_flight = Some(i);
         let other = async {
             if i == 0 {
                 m.create_volume(PROVIDER, Some(OTHER), Meta::new())
@@ -453,7 +509,6 @@ async fn workload(m: &Manager, streams: &[&Sent], model: &mut Model) {
             Ok(id) => {
                 model.received.push((id, i));
                 model.acked += 1;
-                model.in_flight = None;
             }
             Err(e) => {
                 model.errors.push(format!("receive {i}: {e}"));
@@ -506,8 +561,9 @@ async fn check_cut(
     }
     // The target holds the content of the last receive made whole (the
     // streams go in order: the latest is the one with the highest index;
-    // two receives may carry the same millisecond), else its old content;
-    // or the stream's in flight (swapped in before its snapshot was undone).
+    // two receives may carry the same millisecond), else its old content:
+    // a receive in flight at the cut is rolled forward (then it is the last
+    // whole one) or undone, its swap too.
     let last_whole = received(&state)
         .iter()
         .filter_map(|v| {
@@ -516,19 +572,17 @@ async fn check_cut(
                 .position(|s| v.details.get(DETAIL_GUID) == Some(&s.guid))
         })
         .max();
-    let mut allowed: Vec<Tree> = vec![match last_whole {
+    let want: Tree = match last_whole {
         Some(i) => streams[i].tree.clone(),
         None => Tree::new(),
-    }];
-    if let Some(i) = model.in_flight {
-        allowed.push(streams[i].tree.clone());
-    }
+    };
     if let Some(have) = target_tree(&state, image)
-        && !allowed.contains(&have)
+        && have != want
     {
         problems.push(format!(
-            "the target holds {:?}, neither its last whole receive's content nor the one in flight",
-            shown(&have)
+            "the target holds {:?}, not its last whole receive's content {:?}",
+            shown(&have),
+            shown(&want)
         ));
     }
     // It accepts new work: the full stream is received again, whole.
@@ -551,7 +605,12 @@ async fn check_cut(
 
 /// The sweep for one durability; its first failures (lost acknowledged
 /// operations or disagreements), after printing its figures.
-async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) -> Vec<String> {
+async fn power_cut_sweep(
+    durability: Durability,
+    exchange: bool,
+    full: &Sent,
+    incr: &Sent,
+) -> Vec<String> {
     let streams = [full, incr];
     let scale = torture_support::scale();
     let base_seed = torture_support::seed(0x5EED_2ECE);
@@ -560,6 +619,7 @@ async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) -> Ve
     let mut failures = Vec::new();
     for point in 1..=10_000u64 {
         let storage = SimStorage::new();
+        storage.set_exchange_supported(exchange);
         storage.crash_at_sync(Some(point));
         let mut model = Model::default();
         let slot = Slot::default();
@@ -600,7 +660,8 @@ async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) -> Ve
         }
     }
     println!(
-        "dir receive manager power-cut sweep ({durability:?}): crash points {points}, images \
+        "dir receive manager power-cut sweep ({durability:?}, exchange {exchange}): crash \
+         points {points}, images \
          {images}, operations acknowledged by a whole run {acked}, acknowledged operations lost \
          {lost}, disagreements {disagreements} (seed {base_seed:#x}, scale {scale})"
     );
@@ -612,7 +673,7 @@ async fn power_cut_sweep(durability: Durability, full: &Sent, incr: &Sent) -> Ve
     failures.truncate(5);
     failures
         .into_iter()
-        .map(|f| format!("{durability:?}, {f}"))
+        .map(|f| format!("{durability:?}, exchange {exchange}, {f}"))
         .collect()
 }
 
@@ -621,7 +682,9 @@ async fn acknowledged_receives_survive_a_power_cut_at_every_sync_point_through_t
     let (full, incr) = streams();
     let mut failures = Vec::new();
     for durability in [Durability::Batched, Durability::OnReturn] {
-        failures.extend(power_cut_sweep(durability, &full, &incr).await);
+        for exchange in [true, false] {
+            failures.extend(power_cut_sweep(durability, exchange, &full, &incr).await);
+        }
     }
     assert!(
         failures.is_empty(),

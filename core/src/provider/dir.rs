@@ -82,13 +82,27 @@
 //! marker `receiving` → copy the staged tree to `snapshot/<id>` (read-only,
 //! fsynced) → `syncfs` → marker `swapping` (with the staged directory's inode)
 //! → atomic exchange of the staged tree and the target's directory
-//! (`renameat2(RENAME_EXCHANGE)`, two renames where unsupported) → the old
-//! content goes to the trash, durably (batched: a barrier) → marker
-//! `complete`. A crash leaves either
-//! staging only (removed by [`Provider::abort_partial`]) or a snapshot whose
-//! marker is half-made. A crash in the `swapping` window may leave the target
-//! with the new content while the receive is reported failed (as with
-//! `zfs recv -F`, the target's prior content was to be discarded anyway).
+//! (`renameat2(RENAME_EXCHANGE)`, two renames where unsupported, the first
+//! durable before the second) → marker `complete` (the receive is made)
+//! → the old content, now in the staging area, goes to the trash
+//! (best-effort, not synced: the next start removes the staging area of a
+//! complete receive).
+//!
+//! Like `zfs recv -F` (and the btrfs provider), a receive that fails
+//! leaves the target as it was: an error after the exchange (a failed
+//! sync, the mode of the target's root, the write of `complete`)
+//! exchanges back before anything is removed (`dir/undo.rs`), so the
+//! staging area holds the stream's tree again when it goes. A crash
+//! leaves staging only (removed by [`Provider::abort_partial`]) or a
+//! snapshot whose marker is half-made; its undo (`abort_partial`, then
+//! `destroy`: what the manager's recovery runs) puts the target's old
+//! content back by the staged tree's identity, which the `swapping`
+//! marker records. If putting back fails (a failing device), nothing is
+//! removed: the old content waits in `.staging/<op>` with the marker, the
+//! provider's rounds fail until it is reopened (a batched provider goes
+//! out of service at the manager's next shared sync), and the next undo
+//! (the recovery at the next open, or a destroy of the snapshot) puts it
+//! back. Nothing after the `complete` marker can fail a receive.
 //!
 //! The exchange replaces the target's directory *inode*: a process holding
 //! the old directory open, or a bind mount of it, keeps seeing the old
@@ -102,7 +116,8 @@
 //!   redone if that snapshot is still complete here;
 //! - `swapping` of a receive: completes it if the target's directory is the
 //!   staged one (checked by device and inode) or the staged tree is still
-//!   waiting to be renamed in.
+//!   waiting to be renamed in. The manager never asks for this (its
+//!   recovery undoes a half-made receive); standalone users may.
 //!
 //! Everything else is refused with an error, so the manager treats it as not
 //! done: a `copying` snapshot (the source's content at the time of the request
@@ -111,7 +126,8 @@
 //! # Errors and cleanup
 //!
 //! A create, snapshot, fork or receive that fails removes what it made (tree,
-//! manifest, marker, staging) before returning the error. Destroy renames
+//! manifest, marker, staging) before returning the error; a receive puts
+//! the target's old content back first (see "Receive"). Destroy renames
 //! the tree into `.trash` under a name recording kind, op and id
 //! (`item.<kind>.<op>.<unique>.<id>`; atomic), removes the manifest and
 //! marker, then the tree (batched: at the next [`Provider::sync`], see
@@ -141,7 +157,15 @@
 //! the setting `batch_sync` (`auto`, `fsync`, `syncfs`) picks one. A
 //! receive asks its round for a whole `syncfs` either way (its data is many
 //! files). A `syncfs` runs on the root's descriptor held since open: one
-//! opened afresh can miss a write-back error (`sync_root`).
+//! opened afresh can miss a write-back error (`sync_root`). A failed
+//! round fails every later one until the provider is reopened, durable on
+//! return too (where only a receive runs rounds, its `syncfs`): the
+//! descriptor is shared, so once one `syncfs` has reported a write-back
+//! error, a later one returns `Ok` although pages another receive wrote
+//! before it may be among those dropped. So after a failed `syncfs`, a
+//! provider durable on return refuses receives until reopened while its
+//! creates and destroys (their own `fsync`s, per file) go on; batched,
+//! the manager takes it out of service at its next shared sync.
 //!
 //! Without fsyncs between them, a power cut may keep any subset of a
 //! round's changes, and a marker's content may be lost while its name
@@ -187,10 +211,10 @@
 //!   verb returns its error; so does every destroy durable on return.
 //! - **snapshot, fork, receive** keep their own fsyncs (every copied file,
 //!   the markers, `syncfs` for a receive): their content must be durable
-//!   before the marker says `complete`. Batched, a receive also runs a
-//!   barrier between moving its staging area into the trash and that
-//!   marker (nothing removes the staging area of a complete receive; see
-//!   `receive.rs`). The shared step adds one round.
+//!   before the marker says `complete`. A receive's staging area (the
+//!   target's old content) leaves after that marker, unsynced: a cut may
+//!   bring it back, and the next start removes it (see `receive.rs`). The
+//!   shared step adds one round.
 //!
 //! [`DirProvider::with_durability`] with [`Durability::OnReturn`] keeps the
 //! old behaviour: every verb durable on return (a create is five fsyncs:
@@ -224,6 +248,7 @@ mod send;
 mod space;
 mod trash;
 mod tree;
+mod undo;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -302,6 +327,10 @@ pub struct DirProvider {
     /// Trees batched destroys left in the trash, removed by the next
     /// [`Provider::sync`] (see `trash`).
     doomed: trash::Doomed,
+    /// Set once a receive's target could not be put back (`undo.rs`):
+    /// until the provider is reopened, no receive's staging area is
+    /// removed, nor a snapshot that has one.
+    undo_stuck: std::sync::atomic::AtomicBool,
 }
 
 impl DirProvider {
@@ -737,7 +766,9 @@ impl Provider for DirProvider {
                     MarkerState::Receiving | MarkerState::Swapping { .. }
                 ) =>
             {
-                // Retried by the same operation: start over.
+                // Retried by the same operation: start over, the target's
+                // old content back first (see `undo.rs`).
+                self.abort_received(&m)?;
                 self.remove_own_tree(&snap)?;
             }
             Some(m) => {
@@ -763,12 +794,20 @@ impl Provider for DirProvider {
             .map_err(|e| ProviderError::io(format!("creating {}", staging.display()), e))?;
         let received = self
             .receive_staged(target.id, &tpath, spec, &staging, input)
-            .map_err(|e| e.or_no_space(&format!("the receive into {}", target.id)))
-            .inspect_err(|_| {
-                if let Err(e) = self.remove_own_tree(&staging) {
-                    tracing::warn!(path = %staging.display(), error = %e, "could not remove staging");
+            .map_err(|failed| {
+                // Kept: the staging area holds the target's old content,
+                // which could not be put back (see `undo.rs`).
+                if !failed.kept {
+                    if let Err(e) = self.remove_own_tree(&staging) {
+                        tracing::warn!(path = %staging.display(), error = %e, "could not remove staging");
+                    }
+                    // Whatever its state: a failed write of `complete` may
+                    // have renamed that marker in place.
+                    self.discard_any_state(VolumeKind::Snapshot, spec.id, spec.op);
                 }
-                self.discard(VolumeKind::Snapshot, spec.id, spec.op);
+                failed
+                    .error
+                    .or_no_space(&format!("the receive into {}", target.id))
             });
         self.note_failure(received)
     }
@@ -860,8 +899,12 @@ impl Provider for DirProvider {
         }
     }
 
+    /// Removes the staging area of `op`; for a receive whose marker says
+    /// `swapping`, after putting the target's old content back (see
+    /// `undo.rs`): what the manager's undo of a failed or interrupted
+    /// receive runs before destroying the half-made snapshot.
     fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
-        self.remove_own_tree(&self.staging(op))
+        self.abort_staging(op)
     }
 
     fn clear_interrupted_create(&self, spec: &VolumeSpec<'_>) -> Result<(), ProviderError> {

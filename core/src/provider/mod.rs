@@ -308,7 +308,11 @@ pub trait Provider: Send + Sync + fmt::Debug {
 
     /// Receives a stream into data volume `target` (its content becomes the
     /// stream's) and records the result as snapshot `spec` of it. The
-    /// snapshot's `details[guid]` is the sender's snapshot identity.
+    /// snapshot's `details[guid]` is the sender's snapshot identity. On the
+    /// dir, btrfs and ZFS providers a receive that fails (other than
+    /// [`ProviderError::Suspended`]) leaves the target's content as it was,
+    /// like `zfs recv -F` (the simulated provider does not model this: its
+    /// target keeps what a failed receive wrote).
     fn receive_snapshot(
         &self,
         target: &VolumeRef<'_>,
@@ -319,11 +323,17 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Everything under the provider's root, in one call.
     fn inventory(&self) -> Result<Vec<Found>, ProviderError>;
 
-    /// Completes a half-made item found by [`Provider::inventory`].
+    /// Completes a half-made item found by [`Provider::inventory`]. (The
+    /// manager's recovery calls it for a half-made create, and for the
+    /// target of a suspended receive; a half-made snapshot, fork or receive
+    /// it undoes: [`Provider::abort_partial`], then [`Provider::destroy`].)
     fn finish(&self, found: &Found) -> Result<Created, ProviderError>;
 
     /// Removes partial state an interrupted operation `op` may have left
     /// outside the inventory (staging areas, partial receives). Idempotent.
+    /// For a receive that may have changed its target, the target's old
+    /// content is put back first; if that fails, nothing of it is removed
+    /// (an error, and the next call can still put it back).
     fn abort_partial(&self, op: OpId) -> Result<(), ProviderError>;
 
     /// Called at open, before the inventory, for each create whose intent

@@ -543,7 +543,11 @@ impl Layout for SimLayout {
     }
 
     fn exchange(&self, a: &Path, b: &Path) -> io::Result<bool> {
-        self.storage.exchange(a, b).map(|()| true)
+        match self.storage.exchange(a, b) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn apply_stream(

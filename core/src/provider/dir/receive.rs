@@ -1,6 +1,7 @@
 //! The directory provider's receive after the staging area exists: the base
 //! of an incremental stream, the decoder run into staging, the snapshot copy,
-//! the atomic swap into the target and its completion (also after a crash).
+//! the atomic swap into the target and its completion (also after a crash),
+//! or, on a failure after the swap, its undo (`undo.rs`).
 //! See the parent module's "Receive".
 //!
 //! # File operations, in order
@@ -13,8 +14,8 @@
 //! `snapshot/<id>`.
 //!
 //! 1. Checks: the target's marker and directory, the snapshot's marker (a
-//!    retry of the same op with `receiving`/`swapping` removes `P`
-//!    (`remove_tree`)), else `P` must be absent (`entry`).
+//!    retry of the same op with `receiving`/`swapping` runs step 15, then
+//!    removes `P` (`remove_tree`)), else `P` must be absent (`entry`).
 //! 2. Staging: remove `.staging/<op>` (`remove_tree`), `mkdir` it with the
 //!    default mode `0777` less the umask (`mkdir`). No sync.
 //! 3. Header read, then `N`: full, `mkdir N 0700` (`mkdir`) and its stored
@@ -40,26 +41,56 @@
 //!     `S` file, `S` dir.
 //! 13. Swap: `T` given owner `rwx` if it lacks it (`entry`,
 //!     `set_dir_mode`); `renameat2(N, T, RENAME_EXCHANGE)` (`exchange`),
-//!     where unsupported `rename T → .staging/<op>/old`, `rename N → T`
-//!     (`rename`); `S` `data/`, `S` `.staging/<op>` (`sync_dir`).
+//!     where unsupported `rename T → .staging/<op>/old`, `S`
+//!     `.staging/<op>` (the old content leaves `T`'s name durably before
+//!     anything takes it), `rename N → T` (`rename`); `S` `data/`, `S`
+//!     `.staging/<op>` (`sync_dir`).
 //! 14. Completion: `P`'s root mode (`entry`) with its manifest; `T`'s root
-//!     set to it (`set_dir_mode`); `S` `T` (`sync_dir`); `.staging/<op>`
-//!     renamed into the trash, durably (`S` `.staging` when durable on
-//!     return, `S` a `syncfs` barrier when batched: found missing by the
-//!     receive sweep, which left `.staging/<op>` behind a complete
-//!     receive); marker `complete`: `S` file, `S` dir; the trash entry
-//!     removed.
+//!     set to it (`set_dir_mode`); `S` `T` (`sync_dir`); marker
+//!     `complete`: `S` file, `S` dir. The receive is made here. Then
+//!     `.staging/<op>` (the old content) renamed into the trash (`rename`,
+//!     not synced) and removed (`remove_tree`), best-effort: nothing after
+//!     the `complete` marker fails the receive; a staging area a crash or
+//!     a failure leaves behind a complete receive is removed by the next
+//!     start (`sweep_staging`).
+//! 15. Undo, on any error in 13 or 14 before the `complete` marker is
+//!     written (`undo.rs`, `unswap`, by identity): `T` is the staged tree
+//!     and `N` exists: `exchange(N, T)` back; `T` is the staged tree and
+//!     `.staging/<op>/old` exists: `rename T → N`, `rename old → T`; `T`
+//!     absent and `old` exists: `rename old → T`; then (if anything moved)
+//!     `S` `data/`, `S` `.staging/<op>`, and `T`'s mode from before 13
+//!     set again. Only then is `.staging/<op>` removed. A failed write of
+//!     `complete` (its rename may have happened, its directory's sync
+//!     failed) first writes `swapping` again (`S` file, `S` dir). If the
+//!     undo fails (or that second marker write does), nothing is removed:
+//!     `.staging/<op>` and the marker stay, the provider's rounds fail from
+//!     then on and no receive's staging area (nor a snapshot that has one)
+//!     is removed until it is reopened (`staging_removable`: the next
+//!     start judges by what the disk kept), and the error says so.
 //!
 //! A failure removes `.staging/<op>` (`remove_tree`) and the half-made
-//! snapshot (`discard`). `finish` of a `swapping` marker: `T` and `N`
-//! compared by identity (`identity`), `rename N → T` if `T` is absent
-//! (`rename`), `S` `data/`, then step 14. `abort_partial`: remove
-//! `.staging/<op>` (`remove_tree`).
+//! snapshot (`discard`), after step 15 once the swap began. `finish` of a
+//! `swapping` marker: `T` and `N` compared by identity (`identity`),
+//! `rename N → T` if `T` is absent (`rename`), `S` `data/`, then step 14
+//! (a failure there leaves the marker `swapping`). `abort_partial`, a
+//! destroy of a snapshot whose marker says `swapping`, and a retry of the
+//! same operation run step 15 from the marker (`receive_marker_of`: a
+//! scan of the snapshot markers for the op, only when `.staging/<op>`
+//! exists), then remove `.staging/<op>`. At start (`sweep_staging`): the
+//! staging area of a complete receive is removed; a `swapping` one whose
+//! `T` is absent with `old` present (a crash between the fallback's
+//! renames) is put back, so the inventory does not find the target lost.
+//!
+//! Can a receive fail once its marker says `complete`? No: that marker's
+//! write is the last step that may fail it (then step 15 runs); what
+//! follows only logs.
 //!
 //! On the simulation (`SimLayout`): the decoder is the same
 //! (`wire::decode`) with a sink that builds `N` entry by entry; `exchange`
 //! is one atomic change of the two names (`SimStorage::exchange`, which
-//! takes settled trees only: step 11 settles them); `identity` is the
+//! takes settled trees only: step 11 settles them; an exchange back of the
+//! same names queues behind the first), or unsupported
+//! (`SimStorage::set_exchange_supported`: the two renames); `identity` is the
 //! simulated inode number; modes, symlinks and free space are not modelled
 //! (a symlink record is an error there).
 
@@ -121,6 +152,10 @@ impl DirProvider {
             self.layout
                 .rename(tpath, &old)
                 .map_err(|e| ProviderError::io(format!("moving {} aside", tpath.display()), e))?;
+            // The old content is out of the target's name durably before
+            // anything takes that name: no cut keeps the second rename
+            // without the first (which would lose the old content).
+            self.sync_dir(new.parent().expect("has a parent"))?;
             self.layout.rename(new, tpath).map_err(|e| {
                 ProviderError::io(
                     format!("moving the received tree to {}", tpath.display()),
@@ -132,7 +167,9 @@ impl DirProvider {
         self.sync_dir(new.parent().expect("has a parent"))
     }
 
-    /// The steps of a receive after the staging area exists.
+    /// The steps of a receive after the staging area exists. A failure
+    /// after the swap puts the target's old content back first (see
+    /// [`Failed`]).
     pub(super) fn receive_staged(
         &self,
         target: &str,
@@ -140,7 +177,7 @@ impl DirProvider {
         spec: &VolumeSpec<'_>,
         staging: &Path,
         input: &mut dyn Read,
-    ) -> Result<Created, ProviderError> {
+    ) -> Result<Created, Failed> {
         let mut r = HashReader::new(input);
         let header = wire::read_header(&mut r)?;
         let new = staging.join("new");
@@ -160,7 +197,8 @@ impl DirProvider {
                         "incremental stream base {} not present on target {target}: no complete \
                          snapshot of {target} here has that guid (send a full stream)",
                         guid_hex(base)
-                    )));
+                    ))
+                    .into());
                 };
                 let bpath = self.path(VolumeKind::Snapshot, &base_id);
                 let bmodes = self.modes_of(VolumeKind::Snapshot, &base_id)?;
@@ -217,43 +255,122 @@ impl DirProvider {
             ino: id.ino,
         });
         self.put_marker(&m)?;
-        self.swap_in(&new, tpath)?;
-        self.complete_receive(&m, tpath, staging)
+        // The target's mode before `swap_in` gives its owner `rwx`: an
+        // undo sets it again.
+        let prior = match self.entry(tpath)? {
+            Some(Entry::Dir { mode }) => Some(mode),
+            _ => None,
+        };
+        self.swap_in(&new, tpath)
+            .map_err(Failed::from)
+            .and_then(|()| self.complete_receive(&m, tpath, staging))
+            .map_err(|f| {
+                if f.kept {
+                    f
+                } else {
+                    self.undo_swap(f.error, tpath, staging, &id, prior)
+                }
+            })
+    }
+
+    /// After `error` at or after the swap (the marker says `swapping`, with
+    /// the staged tree's identity `id`): the target's old content put back
+    /// ([`Self::unswap`]) and its mode `prior` set again. If putting back
+    /// fails, the staging area (holding the old content) and the marker
+    /// are kept, and the provider goes out of service
+    /// ([`Self::out_of_service`]).
+    fn undo_swap(
+        &self,
+        error: ProviderError,
+        tpath: &Path,
+        staging: &Path,
+        id: &Identity,
+        prior: Option<u32>,
+    ) -> Failed {
+        if let Err(e) = self.unswap(tpath, staging, id.dev, id.ino) {
+            let why = self.out_of_service(tpath, staging, &e);
+            return Failed {
+                error: ProviderError::Other(format!("{error}; then {why}")),
+                kept: true,
+            };
+        }
+        if let Some(mode) = prior
+            && let Err(e) = self.set_dir_mode(tpath, mode)
+        {
+            tracing::warn!(path = %tpath.display(), error = %e, "could not set the target's mode back");
+        }
+        Failed { error, kept: false }
     }
 
     /// After the swap: the target root's true mode (from the snapshot), the
-    /// old content to the trash, the marker complete.
+    /// marker complete (the receive is made), then the old content to the
+    /// trash and removed, best-effort and unsynced (a failure there is
+    /// logged, not returned: the start's sweep removes the staging area of
+    /// a complete receive, [`Self::sweep_staging`]). So nothing can fail a
+    /// receive after its marker says `complete`. A failed write of that
+    /// marker may have renamed it in place (its directory's sync failed):
+    /// the `swapping` marker is written again before anything is undone,
+    /// and if that fails too, nothing is undone (`kept`: whichever marker
+    /// the disk keeps, the next start finds the target and the staging
+    /// area consistent with it).
     pub(super) fn complete_receive(
         &self,
         m: &Marker,
         tpath: &Path,
         staging: &Path,
-    ) -> Result<Created, ProviderError> {
+    ) -> Result<Created, Failed> {
         let snap = self.path(VolumeKind::Snapshot, &m.volume);
         let stored = match self.entry(&snap)? {
             Some(Entry::Dir { mode }) => mode,
             Some(_) => {
-                return Err(ProviderError::Other(format!(
-                    "{} is not a directory",
-                    snap.display()
-                )));
+                return Err(
+                    ProviderError::Other(format!("{} is not a directory", snap.display())).into(),
+                );
             }
-            None => return Err(ProviderError::Other(format!("{} vanished", snap.display()))),
+            None => {
+                return Err(ProviderError::Other(format!("{} vanished", snap.display())).into());
+            }
         };
         let root_mode = self
             .modes_of(VolumeKind::Snapshot, &m.volume)?
             .true_mode(b"", stored);
         self.set_dir_mode(tpath, root_mode)?;
         self.sync_dir(tpath)?;
-        let doomed = self.to_trash(staging, &format!("staging.{}", Uuid::new_v4().simple()))?;
-        // The staging area leaves its name durably before the marker says
-        // `complete`: nothing removes the staging area of a complete
-        // receive (durable on return, `to_trash` synced `.staging`;
-        // batched, a barrier).
-        self.barrier()?;
         let done = m.with_state(MarkerState::Complete);
-        self.put_marker(&done)?;
-        self.empty_trash_entry(doomed);
+        if let Err(error) = self.put_marker(&done) {
+            if let Err(e) = self.put_marker(m) {
+                let why = format!(
+                    "{error}; then writing the `swapping` marker again failed ({e}), so the \
+                     receive of {} is neither undone nor made: {} holds the stream's content, \
+                     {} its old content, and the next start decides by the marker the disk \
+                     kept (`complete`: made; `swapping`: undone); the provider is out of \
+                     service until reopened",
+                    m.volume,
+                    tpath.display(),
+                    staging.display()
+                );
+                self.stop_undoing(&why);
+                return Err(Failed {
+                    error: ProviderError::Other(why),
+                    kept: true,
+                });
+            }
+            return Err(error.into());
+        }
+        // Made. The old content goes; nothing here may fail the receive.
+        let doomed = self
+            .trash()
+            .join(format!("staging.{}", Uuid::new_v4().simple()));
+        match self.layout.rename(staging, &doomed) {
+            Ok(()) => {
+                self.changed(&self.trash());
+                self.changed(staging.parent().expect("has a parent"));
+                self.empty_trash_entry(Some(doomed));
+            }
+            Err(e) => {
+                tracing::warn!(path = %staging.display(), error = %e, "could not remove the staging area of a complete receive; the next start does");
+            }
+        }
         Ok(self.created(&done))
     }
 
@@ -290,6 +407,24 @@ impl DirProvider {
                 )));
             }
         }
+        // A failure leaves the marker `swapping` and the staging area: an
+        // undo (`abort_partial`) or another `finish` still can.
         self.complete_receive(m, &tpath, &staging)
+            .map_err(|f| f.error)
+    }
+}
+
+/// A receive that failed: its error, and whether the staging area and the
+/// snapshot's marker must stay (`kept`: they hold the target's old content
+/// and what finds it, which could not be put back; see `undo.rs`). Else
+/// the caller removes the staging area and the half-made snapshot.
+pub(super) struct Failed {
+    pub(super) error: ProviderError,
+    pub(super) kept: bool,
+}
+
+impl From<ProviderError> for Failed {
+    fn from(error: ProviderError) -> Self {
+        Failed { error, kept: false }
     }
 }

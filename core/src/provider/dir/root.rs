@@ -146,6 +146,7 @@ impl DirProvider {
             batch_sync,
             dirty: super::durability::Dirty::at_open(),
             doomed: trash::Doomed::default(),
+            undo_stuck: std::sync::atomic::AtomicBool::new(false),
         };
         p.claim_root()?;
         let mut created = BTreeSet::new();
@@ -180,6 +181,7 @@ impl DirProvider {
             p.sync_dir(&dir)?;
         }
         p.sweep()?;
+        p.sweep_staging()?;
         Ok(p)
     }
 

@@ -244,6 +244,16 @@ impl DirProvider {
     /// The first steps of a removal: the tree into the trash, durably
     /// before the manifest and the marker go. Returns where the tree went.
     fn retire(&self, m: &Marker) -> Result<Option<PathBuf>, ProviderError> {
+        // A half-made receive whose swap may have happened: the target's
+        // old content back (and the staging area gone) before the marker
+        // that finds it goes (see `undo.rs`); nothing of it while a
+        // put-back failed in this instance.
+        if m.kind == VolumeKind::Snapshot {
+            self.staging_removable(&self.staging(m.op))?;
+        }
+        if matches!(m.state, MarkerState::Swapping { .. }) {
+            self.abort_received(m)?;
+        }
         let Some(tree) = self.to_trash(&self.path(m.kind, &m.volume), &Self::item_trash_name(m))?
         else {
             self.forget(m)?;
@@ -257,8 +267,18 @@ impl DirProvider {
     /// Best-effort removal of a half-made item of operation `op` after a
     /// failure (the error being returned matters more than this one).
     pub(super) fn discard(&self, kind: VolumeKind, id: &str, op: OpId) {
+        self.discard_if(kind, id, op, |m| m.state != MarkerState::Complete);
+    }
+
+    /// Like [`Self::discard`], whatever the marker's state (a receive whose
+    /// write of `complete` failed after renaming it in place).
+    pub(super) fn discard_any_state(&self, kind: VolumeKind, id: &str, op: OpId) {
+        self.discard_if(kind, id, op, |_| true);
+    }
+
+    fn discard_if(&self, kind: VolumeKind, id: &str, op: OpId, wanted: impl Fn(&Marker) -> bool) {
         match self.marker(kind, id) {
-            Ok(Some(m)) if m.op == op && m.state != MarkerState::Complete => {
+            Ok(Some(m)) if m.op == op && wanted(&m) => {
                 if let Err(e) = self.remove_item_at_once(&m) {
                     tracing::warn!(%kind, id, error = %e, "could not remove a half-made item");
                 }

@@ -46,8 +46,12 @@ pub(super) struct Fs {
     pub(super) names: BTreeMap<PathBuf, Node>,
     /// The names a power cut keeps (before removing unreachable ones).
     pub(super) durable_names: BTreeMap<PathBuf, Node>,
-    /// Per directory, changes a directory sync has not yet made durable.
-    pub(super) dir_pending: BTreeMap<PathBuf, Vec<DirChange>>,
+    /// Per directory, changes a directory sync has not yet made durable,
+    /// each with its place in the order all changes were made (a sync that
+    /// makes changes of several directories durable applies them in it).
+    pub(super) dir_pending: BTreeMap<PathBuf, Vec<(u64, DirChange)>>,
+    /// The place of the next directory change.
+    pub(super) next_change: u64,
     /// New names of directories moved with their trees whose move is not
     /// yet durable (see [`Fs::move_tree`]).
     pub(super) moves: Vec<PathBuf>,
@@ -61,6 +65,9 @@ pub(super) struct Fs {
     pub(super) fail_sync_at: Option<u64>,
     pub(super) frozen: bool,
     pub(super) capacity: Option<u64>,
+    /// The exchange of two directories is refused as unsupported (a file
+    /// system without `RENAME_EXCHANGE`).
+    pub(super) no_exchange: bool,
 }
 
 /// A simulated file offset or length as an index into its bytes: they live
@@ -139,7 +146,7 @@ impl Fs {
         // Parents sort before their entries: a move becomes durable before
         // the changes queued inside its tree.
         let queues = std::mem::take(&mut self.dir_pending);
-        self.make_durable(queues.into_values().flatten());
+        self.make_durable(queues.into_values().flatten().map(|(_, c)| c));
     }
 
     /// Renames directory `from`, which has entries, to the new name `to`
@@ -179,7 +186,7 @@ impl Fs {
         for (dir, queue) in queues {
             let queue = queue
                 .into_iter()
-                .map(|c| c.into_iter().map(|(p, n)| (rebase(&p), n)).collect())
+                .map(|(seq, c)| (seq, c.into_iter().map(|(p, n)| (rebase(&p), n)).collect()))
                 .collect();
             self.dir_pending.insert(rebase(&dir), queue);
         }
@@ -187,10 +194,7 @@ impl Fs {
             *m = rebase(m);
         }
         self.moves.push(to.to_path_buf());
-        self.dir_pending
-            .entry(parent_of(to))
-            .or_default()
-            .push(change);
+        self.queue(parent_of(to), change);
     }
 
     /// Whether the directory `root` and every name under it are durable
@@ -206,6 +210,47 @@ impl Fs {
         subtree(&self.names) == subtree(&self.durable_names)
             && !self.dir_pending.keys().any(|d| d.starts_with(root))
             && !self.moves.iter().any(|m| m.starts_with(root))
+    }
+
+    /// Whether the directory `root` and every name under it are settled
+    /// but for changes queued on directory `dir`: nothing is queued inside
+    /// the tree nor on any other directory about a name in it, no move of
+    /// it or in it is pending, and its names once `dir`'s queue is durable
+    /// are the names reads see. A tree an exchange (queued on `dir`) left
+    /// not yet durable is such a tree: exchanging it again queues the next
+    /// change behind the first on the same directory, so a cut keeps
+    /// neither, the first, or both, in order (the receive's exchange back).
+    pub(super) fn is_settled_tree_but_for(&self, root: &Path, dir: &Path) -> bool {
+        let under = |p: &Path| p.starts_with(root);
+        if self.dir_pending.keys().any(|d| under(d))
+            || self.moves.iter().any(|m| under(m))
+            || self
+                .dir_pending
+                .iter()
+                .filter(|(d, _)| d.as_path() != dir)
+                .flat_map(|(_, queue)| queue.iter().flat_map(|(_, c)| c))
+                .any(|(p, _)| under(p))
+        {
+            return false;
+        }
+        let subtree = |names: &BTreeMap<PathBuf, Node>| -> BTreeMap<PathBuf, Node> {
+            names
+                .range(root.to_path_buf()..)
+                .take_while(|(p, _)| under(p))
+                .map(|(p, n)| (p.clone(), *n))
+                .collect()
+        };
+        let mut durable = subtree(&self.durable_names);
+        let queued = self.dir_pending.get(dir).into_iter().flatten();
+        for (p, node) in queued.flat_map(|(_, c)| c) {
+            if under(p) {
+                match node {
+                    Some(n) => durable.insert(p.clone(), *n),
+                    None => durable.remove(p),
+                };
+            }
+        }
+        durable == subtree(&self.names)
     }
 
     /// Exchanges the durable directories `a` and `b` with their trees (see
@@ -243,11 +288,10 @@ impl Fs {
             let to = self.moves.remove(i);
             let parent = parent_of(&to);
             let queue = self.dir_pending.remove(&parent).unwrap_or_default();
-            let is_move =
-                |c: &DirChange| matches!(c.first(), Some((p, Some(Node::Dir(_)))) if *p == to);
+            let is_move = |(_, c): &(u64, DirChange)| matches!(c.first(), Some((p, Some(Node::Dir(_)))) if *p == to);
             let mut queue = queue;
             let committed: Vec<DirChange> = match queue.iter().position(is_move) {
-                Some(at) => queue.drain(..=at).collect(),
+                Some(at) => queue.drain(..=at).map(|(_, c)| c).collect(),
                 None => Vec::new(),
             };
             if !queue.is_empty() {
@@ -280,20 +324,22 @@ impl Fs {
     /// and so is every change queued elsewhere that names an entry of it
     /// (a rename out of it, an exchange), with the changes queued there
     /// before it (one journal transaction commits a rename, after what
-    /// preceded it).
+    /// preceded it); all of them in the order they were made (a rename out
+    /// of `dir` queued elsewhere before a rename into the same name here
+    /// is applied first).
     pub(super) fn sync_dir_changes(&mut self, dir: &Path) {
         self.commit_moves_above(dir);
-        let changes = self.dir_pending.remove(dir).unwrap_or_default();
-        self.make_durable(changes);
-        let renamed_out = |change: &DirChange| change.iter().any(|(p, _)| parent_of(p) == dir);
-        let mut committed = Vec::new();
+        let mut committed = self.dir_pending.remove(dir).unwrap_or_default();
+        let renamed_out =
+            |(_, change): &(u64, DirChange)| change.iter().any(|(p, _)| parent_of(p) == dir);
         for queue in self.dir_pending.values_mut() {
             if let Some(last) = queue.iter().rposition(renamed_out) {
                 committed.extend(queue.drain(..=last));
             }
         }
         self.dir_pending.retain(|_, queue| !queue.is_empty());
-        self.make_durable(committed);
+        committed.sort_by_key(|(seq, _)| *seq);
+        self.make_durable(committed.into_iter().map(|(_, c)| c));
     }
 
     pub(super) fn change(&mut self, dir: PathBuf, change: DirChange) {
@@ -307,7 +353,14 @@ impl Fs {
                 }
             }
         }
-        self.dir_pending.entry(dir).or_default().push(change);
+        self.queue(dir, change);
+    }
+
+    /// Queues a change on `dir`, in the order of all changes.
+    fn queue(&mut self, dir: PathBuf, change: DirChange) {
+        self.next_change += 1;
+        let seq = self.next_change;
+        self.dir_pending.entry(dir).or_default().push((seq, change));
     }
 
     /// Bytes held by files some name reaches (an unlinked file's bytes are
@@ -396,7 +449,7 @@ impl Fs {
                 DirLoss::KeepAll => changes.len(),
                 DirLoss::RandomPrefix => idx(rng.below(changes.len() as u64 + 1)),
             };
-            for change in &changes[..keep] {
+            for (_, change) in &changes[..keep] {
                 for (path, node) in change {
                     match node {
                         Some(n) => {
@@ -450,6 +503,7 @@ impl Fs {
             durable_names: names.clone(),
             names,
             dir_pending: BTreeMap::new(),
+            next_change: self.next_change,
             moves: Vec::new(),
             inodes,
             next_ino: self.next_ino,
@@ -460,6 +514,7 @@ impl Fs {
             fail_sync_at: None,
             frozen: false,
             capacity: self.capacity,
+            no_exchange: self.no_exchange,
         }
     }
 }

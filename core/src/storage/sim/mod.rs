@@ -33,6 +33,8 @@
 //!   anything durable, and from then on every mutating call fails with `EIO`
 //!   too, so the state is frozen where the power went out; `power_cut` then
 //!   gives the image to reopen.
+//! - [`SimStorage::set_exchange_supported`] turns the exchange of two
+//!   directories off (the directory provider then falls back to renames).
 //! - [`SimStorage::set_capacity`] bounds the bytes all files may hold, so a
 //!   write or allocation past it fails with `ENOSPC`, like a full disk.
 //! - Locks are an in-memory set: a second `lock_exclusive` of the same path
@@ -74,7 +76,11 @@
 //! a cut both names hold their old trees or both the swapped ones. Only
 //! trees whose names are all durable are exchanged (so no change queued
 //! inside either tree has to follow it): the model's assumption, which the
-//! provider meets (it runs `syncfs` before its exchange).
+//! provider meets (it runs `syncfs` before its exchange). One exception: a
+//! tree whose only changes not yet durable are queued on the second
+//! name's directory (an exchange of the same two names that a failure
+//! undoes at once) may be exchanged again: the change queues behind the
+//! first, so a cut keeps neither, the first, or both.
 //!
 //! Paths are used as given (no `..` resolution); a path without a parent, or
 //! with an empty one, lives in the root directory (`/`, `.` or the empty
@@ -171,6 +177,14 @@ impl SimStorage {
         self.lock().capacity = bytes;
     }
 
+    /// Makes [`SimStorage::exchange`] fail as unsupported
+    /// (`ErrorKind::Unsupported`, like `renameat2(RENAME_EXCHANGE)` on a
+    /// file system without it), or supported again; kept by
+    /// [`SimStorage::restart`] and [`SimStorage::power_cut`].
+    pub fn set_exchange_supported(&self, supported: bool) {
+        self.lock().no_exchange = !supported;
+    }
+
     /// Bytes all files hold now.
     pub fn used_bytes(&self) -> u64 {
         self.lock().used()
@@ -207,6 +221,7 @@ impl SimStorage {
                 names: fs.names.clone(),
                 durable_names: fs.durable_names.clone(),
                 dir_pending: fs.dir_pending.clone(),
+                next_change: fs.next_change,
                 moves: fs.moves.clone(),
                 inodes: fs.inodes.clone(),
                 next_ino: fs.next_ino,
@@ -217,6 +232,7 @@ impl SimStorage {
                 fail_sync_at: None,
                 frozen: false,
                 capacity: fs.capacity,
+                no_exchange: fs.no_exchange,
             })),
         }
     }
@@ -260,10 +276,18 @@ impl SimStorage {
     /// `renameat2(RENAME_EXCHANGE)` of two directories: one atomic change
     /// (see "directory exchange" in the module documentation). Each tree
     /// must be durable as a whole (the simulation exchanges only trees a
-    /// `syncfs` has settled, as the directory provider's receive does).
+    /// `syncfs` has settled, as the directory provider's receive does), or
+    /// settled but for changes queued on `b`'s directory (an exchange of
+    /// the same names not yet durable: the receive's exchange back).
     pub fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
         let mut fs = self.lock();
         fs.check_live("exchange")?;
+        if fs.no_exchange {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the simulated file system does not support exchanging directories",
+            ));
+        }
         for p in [a, b] {
             match fs.names.get(p) {
                 Some(Node::Dir(_)) => {}
@@ -285,8 +309,12 @@ impl SimStorage {
                 format!("{} and {} are nested", a.display(), b.display()),
             ));
         }
+        // An exchange is queued on `b`'s directory: a tree whose only
+        // changes not yet durable wait there (an exchange of the same
+        // names, undone) is settled enough.
+        let queue = parent_of(b);
         for p in [a, b] {
-            if !fs.is_durable_tree(p) {
+            if !fs.is_durable_tree(p) && !fs.is_settled_tree_but_for(p, &queue) {
                 return Err(io::Error::other(format!(
                     "{} has changes not yet durable (the simulation exchanges settled trees only)",
                     p.display()

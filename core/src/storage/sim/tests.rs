@@ -411,6 +411,42 @@ fn an_exchange_of_two_directories_survives_a_cut_whole_and_keeps_their_identitie
         s.sync_dir(Path::new(dir)).unwrap();
         assert_eq!(tree_of(&s.power_cut_with(0, forgotten)), swapped, "{dir}");
     }
+    // Exchanged back before the first exchange is durable (a receive that
+    // fails after its swap): reads see the old trees at once, a cut keeps
+    // neither exchange, the first, or both (never the second alone), and a
+    // sync of either directory makes both durable.
+    let back = || {
+        let s = trees_exchanged();
+        s.exchange(Path::new("/x/a"), Path::new("/y/b")).unwrap();
+        s
+    };
+    assert_eq!(tree_of(&back()), unswapped, "reads see the exchange back");
+    for seed in 0..32 {
+        let found = tree_of(&back().power_cut_with(
+            seed,
+            CutPolicy {
+                data: DataLoss::Random,
+                dirs: DirLoss::RandomPrefix,
+            },
+        ));
+        assert!(
+            found == swapped || found == unswapped,
+            "seed {seed}: {found:?}"
+        );
+    }
+    for dir in ["/x", "/y"] {
+        let s = back();
+        s.sync_dir(Path::new(dir)).unwrap();
+        assert_eq!(tree_of(&s.power_cut_with(0, forgotten)), unswapped, "{dir}");
+    }
+    // Not when the first exchange waits on the other name's directory:
+    // exchanged with the names the other way round, the change would
+    // queue apart from it.
+    let s = trees_exchanged();
+    let err = s
+        .exchange(Path::new("/y/b"), Path::new("/x/a"))
+        .unwrap_err();
+    assert!(err.to_string().contains("not yet durable"), "{err}");
     // Only settled trees are exchanged: one with a change not yet durable
     // inside is refused, and nothing changes.
     let s = trees_exchanged();
