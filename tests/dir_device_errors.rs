@@ -79,13 +79,16 @@ fn failed_creates() -> Vec<String> {
     (0..4).map(|i| format!("failed-{i}")).collect()
 }
 
-/// Whether `e` is "provider `p` unavailable" because its `syncfs` failed
-/// with an I/O error.
+/// Whether `e` is "provider `p` unavailable" because its `syncfs` (or an
+/// `fsync` of its round) failed with an I/O error, or with `EROFS`: once one
+/// sync of the round has made ext4 abort its journal, a later `fsync` in the
+/// same round meets the aborted file system (seen in the guest, with fsync
+/// rounds: "fsync of <root>/.volmgr/data/failed-3: Read-only file system").
 fn unavailable_for_syncfs(e: &ManagerError) -> bool {
     matches!(e, ManagerError::ProviderUnavailable { provider, reason }
         if provider == PROVIDER
             && (reason.contains("syncfs") || reason.contains("fsync of"))
-            && (reason.contains("Input/output error") || reason.contains("os error 5")))
+            && (reason.contains("(os error 5)") || reason.contains("(os error 30)")))
 }
 
 /// Every operation after the first failure: all refused as unavailable,
