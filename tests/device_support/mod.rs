@@ -139,7 +139,7 @@ impl Device {
         // No lazy initialisation: `ext4lazyinit` would zero the inode tables
         // in the background after the mount, and its write failing on the
         // failed device aborts ext4's journal at a moment no test chose
-        // (seen: `dir_device_errors` flaked on it).
+        // (seen in the guest's kernel log after a failed write).
         run(Command::new("mkfs.ext4")
             .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
             .arg(self.dev_path()))?;
