@@ -4,8 +4,10 @@
 //! the resolution records, so that no record becomes durable before its
 //! effect is. The records go to the journal in decision order, in runs as
 //! large as its batch limit allows (one journal sync per run, not per
-//! record). A batched provider is also synced before its inventory (a killed
-//! process may have left effects visible but not durable). A failed sync
+//! record). Every provider makes its storage durable before its inventory
+//! ([`Provider::sync_at_open`]: a killed process may have left effects
+//! visible but not durable, batched or not; the dir provider runs a whole
+//! `syncfs` either way). A failed sync
 //! journals none of that provider's resolutions and takes it out of
 //! service; its pending operations stay pending and claimed. Before a
 //! provider's inventory, each of its pending creates gets
@@ -68,9 +70,7 @@ impl Manager {
                         tracing::warn!(%volume, %op, error = %e, "could not clear what an interrupted create left; the inventory reports it");
                     }
                 }
-                if p.durability() == Durability::Batched {
-                    p.sync()?;
-                }
+                p.sync_at_open()?;
                 p.inventory()
             })
             .await

@@ -262,6 +262,23 @@ pub trait Provider: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Called by the manager when it opens, before the inventory: makes
+    /// durable everything on the provider's storage, including what an
+    /// earlier instance (a killed process) left unsynced, so that whatever
+    /// the inventory finds and reconciliation journals (a create rolled
+    /// forward, say) is on the disk first. The default: [`Provider::sync`]
+    /// for a `Batched` provider (which must cover an earlier instance's
+    /// effects too), nothing for an `OnReturn` one whose effects are
+    /// durable when its calls return, even when the calling process dies
+    /// (ZFS: a `zfs` command finishes its transaction group itself).
+    fn sync_at_open(&self) -> Result<(), ProviderError> {
+        if self.durability() == Durability::Batched {
+            self.sync()
+        } else {
+            Ok(())
+        }
+    }
+
     /// The configuration to journal so the provider can be rebuilt at open.
     fn config(&self) -> ProviderConfig;
 
