@@ -201,6 +201,9 @@ impl Provider for HeldDir {
     fn sync(&self) -> Result<(), ProviderError> {
         self.dir.sync()
     }
+    fn sync_at_open(&self) -> Result<(), ProviderError> {
+        self.dir.sync_at_open()
+    }
     fn config(&self) -> ProviderConfig {
         self.dir.config()
     }
