@@ -1,15 +1,17 @@
 //! A real block device that can start failing writes, for the tests that
 //! put volmgr's files on one (`tests/dir_device_errors.rs`: a provider's
-//! root; `tests/journal_device_errors.rs`: the manager's journal). A
-//! [`Device`] is an ext4 on a device-mapper device over a loop device over a
-//! sparse image; [`Device::fail_writes`] switches its table to `dm-flakey`
+//! root; `tests/journal_device_errors.rs`: the manager's journal;
+//! `tests/btrfs_device_errors.rs`: a btrfs provider's file system). A
+//! [`Device`] is an ext4 (or a btrfs: [`Device::btrfs`]) on a
+//! device-mapper device over a loop device over a sparse image;
+//! [`Device::fail_writes`] switches its table to `dm-flakey`
 //! with `error_writes` (every write fails with `EIO`, reads work) and
 //! [`Device::restore`] back to `linear`. Every mount, device-mapper device
 //! and loop device is undone by the guard's drop. The file system is made
 //! without lazy initialisation, so no background writer of ext4's own
 //! (`ext4lazyinit`) meets the failure at a moment the test did not choose.
 //! Needs root, device-mapper with dm-flakey, `dmsetup`, `losetup` and
-//! `mkfs.ext4` (the QEMU guest of `scripts/zfs-test`); without them
+//! `mkfs.ext4` (`mkfs.btrfs` and the btrfs module for a btrfs) (the QEMU guest of `scripts/zfs-test`); without them
 //! [`Device::new`] prints a SKIP line and returns `None`, or panics under
 //! `VOLMGR_REQUIRE_DM=1`. Also the helpers that fill a volume durably and
 //! read it back. Included with `mod device_support;`.
@@ -25,8 +27,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Set to `1` (as `scripts/zfs-test` does), a missing facility fails the test.
 pub const REQUIRE: &str = "VOLMGR_REQUIRE_DM";
-/// Size of the sparse image under the file system.
+/// Size of the sparse image under an ext4.
 pub const IMAGE_BYTES: u64 = 64 << 20;
+/// Size of the sparse image under a btrfs (`mkfs.btrfs` refuses much less
+/// with its default profiles).
+pub const BTRFS_IMAGE_BYTES: u64 = 256 << 20;
+
+/// The file system made on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fs {
+    Ext4,
+    /// Mounted `nosuid,nodev` (the btrfs provider's receives need them).
+    Btrfs,
+}
 
 /// Runs `cmd`; its stdout, or an error naming the command and its stderr.
 pub fn run(cmd: &mut Command) -> Result<String, String> {
@@ -67,6 +80,7 @@ pub struct Device {
     loop_dev: Option<String>,
     /// The dm device's name, once created.
     name: Option<String>,
+    fs: Fs,
     /// `mount -o` options.
     options: String,
     mounted: bool,
@@ -81,12 +95,21 @@ impl Device {
 
     /// Like [`Device::new`], mounted with `options`.
     pub fn with_options(test: &str, options: &str) -> Option<Device> {
+        Device::make(test, Fs::Ext4, options)
+    }
+
+    /// A btrfs instead of an ext4, mounted `nosuid,nodev`.
+    pub fn btrfs(test: &str) -> Option<Device> {
+        Device::make(test, Fs::Btrfs, "nosuid,nodev")
+    }
+
+    fn make(test: &str, fs: Fs, options: &str) -> Option<Device> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return skip_or_fail(test, "not root");
         }
         // Loaded on demand; already there (or impossible) elsewhere.
-        for module in ["dm-flakey", "loop"] {
+        for module in ["dm-flakey", "loop", "btrfs"] {
             let _ = Command::new("modprobe").arg(module).output();
         }
         match dmsetup(&["targets"]) {
@@ -104,6 +127,7 @@ impl Device {
             tmp,
             loop_dev: None,
             name: None,
+            fs,
             options: options.to_owned(),
             mounted: false,
         };
@@ -116,7 +140,7 @@ impl Device {
     fn set_up(&mut self) -> Result<(), String> {
         let image = self.tmp.path().join("fs.img");
         File::create(&image)
-            .and_then(|f| f.set_len(IMAGE_BYTES))
+            .and_then(|f| f.set_len(self.image_bytes()))
             .map_err(|e| format!("sparse image: {e}"))?;
         let loop_dev = run(Command::new("losetup").args(["-f", "--show"]).arg(&image))?;
         self.loop_dev = Some(loop_dev.trim().to_owned());
@@ -136,13 +160,19 @@ impl Device {
         self.name = Some(name);
         // The node, whether or not udev made it.
         dmsetup(&["mknodes", self.name()])?;
-        // No lazy initialisation: `ext4lazyinit` would zero the inode tables
-        // in the background after the mount, and its write failing on the
-        // failed device aborts ext4's journal at a moment no test chose
-        // (seen in the guest's kernel log after a failed write).
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-            .arg(self.dev_path()))?;
+        match self.fs {
+            // No lazy initialisation: `ext4lazyinit` would zero the inode
+            // tables in the background after the mount, and its write
+            // failing on the failed device aborts ext4's journal at a moment
+            // no test chose (seen in the guest's kernel log after a failed
+            // write).
+            Fs::Ext4 => run(Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+                .arg(self.dev_path()))?,
+            Fs::Btrfs => run(Command::new("mkfs.btrfs")
+                .args(["-q", "-f"])
+                .arg(self.dev_path()))?,
+        };
         fs::create_dir(self.mount_point()).map_err(|e| format!("mount point: {e}"))?;
         self.mount()
     }
@@ -159,9 +189,16 @@ impl Device {
         self.tmp.path().join("mnt")
     }
 
+    fn image_bytes(&self) -> u64 {
+        match self.fs {
+            Fs::Ext4 => IMAGE_BYTES,
+            Fs::Btrfs => BTRFS_IMAGE_BYTES,
+        }
+    }
+
     /// The dm table: the whole loop device, linear, or failing every write.
     fn table(&self, failing: bool) -> String {
-        let sectors = IMAGE_BYTES / 512;
+        let sectors = self.image_bytes() / 512;
         let dev = self.loop_dev.as_deref().expect("the loop device exists");
         if failing {
             // up 0 s, down 1 s: always down; reads pass, writes fail (EIO).
