@@ -274,8 +274,29 @@ impl DirProvider {
                     }),
                     Some(paths) => self.sync_all_changed(&paths),
                 }
+                .and_then(|()| self.still_writable())
             })
             .map_err(ProviderError::Other)
+    }
+
+    /// After a round's syncs returned: the file system must still accept
+    /// changes. ext4 whose journal commit failed in the background (its
+    /// own periodic commit meeting a failed write) aborts and goes
+    /// read-only, and a later `syncfs` or `fsync` can then return success
+    /// without having written anything (no running transaction to wait
+    /// for): seen in the guest (`tests/dir_device_errors.rs`, a create
+    /// whose own marker write met the aborted file system while its round
+    /// succeeded). A read-only root fails the round instead.
+    fn still_writable(&self) -> io::Result<()> {
+        match &self.root_fd {
+            Some(root) if root.is_read_only()? => Err(io::Error::new(
+                io::ErrorKind::ReadOnlyFilesystem,
+                "the round's syncfs or fsyncs returned, but the file system holding the \
+                 provider root is read-only (it aborted after a failed write, or was \
+                 remounted read-only): Read-only file system (os error 30)",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The `fsync`s of a round, on up to [`Self::ROUND_THREADS`] threads at
