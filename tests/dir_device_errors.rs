@@ -27,6 +27,19 @@
 //!   inventory agree (no orphan, no foreign or half-made item), and new
 //!   operations work, including on the ids of the failed operations.
 //!
+//! Open (seen here, not closed): ext4 whose journal commit failed (its own
+//! background commit meeting the failed device) aborts its journal but
+//! stays mounted `rw` (`errors=continue`), refuses changes with `EROFS`,
+//! and can still answer a `syncfs` or a directory `fsync` with success when
+//! no data page's write-back failed (nothing left to wait for). In the
+//! concurrent-creates test one create then failed on its own marker write
+//! and its round succeeded (1 run in 3 to 8): harmless there, but a create
+//! whose data pages reached the disk before the journal commit failed
+//! could be acknowledged and lost. A round that also failed on a read-only
+//! root (`errors=remount-ro`, where `syncfs` returns 0 at once) is checked
+//! (`DirProvider`'s `still_writable`); an aborted `rw` ext4 is not yet
+//! detected.
+//!
 //! Needs root, a kernel with device-mapper and dm-flakey, `dmsetup`,
 //! `losetup` and `mkfs.ext4`: that is the QEMU guest of `scripts/zfs-test`
 //! (which sets `VOLMGR_REQUIRE_DM=1`). Elsewhere each test prints a SKIP
@@ -47,7 +60,7 @@ use uuid::Uuid;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::model::VolumeId;
 use volmgr::provider::dir::{BatchSync, CONFIG_BATCH_SYNC, DirProvider};
-use volmgr::provider::{Presence, Provider, ProviderConfig, VolumeSpec};
+use volmgr::provider::{Presence, Provider, ProviderConfig, ProviderError, VolumeSpec};
 use volmgr::state::{Meta, VolumeKind, VolumeStatus};
 
 use device_support::{Device, Tree, fill, read_tree};
@@ -89,6 +102,14 @@ fn unavailable_for_syncfs(e: &ManagerError) -> bool {
         if provider == PROVIDER
             && (reason.contains("syncfs") || reason.contains("fsync of"))
             && (reason.contains("(os error 5)") || reason.contains("(os error 30)")))
+}
+
+/// Whether `e` is a provider call that failed on its own write because
+/// the file system had failed (`EROFS` once ext4 aborted, or `EIO`).
+fn failed_on_its_own_write(e: &ManagerError) -> bool {
+    matches!(e, ManagerError::Provider { provider, error: ProviderError::Io { source, .. } }
+        if provider == PROVIDER
+            && matches!(source.raw_os_error(), Some(libc::EROFS | libc::EIO)))
 }
 
 /// Every operation after the first failure: all refused as unavailable,
@@ -218,13 +239,22 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
         }
     };
     for (what, e) in &first_errors {
+        // One of several concurrent creates may meet the file system after
+        // ext4 aborted (its own marker write fails with `EROFS`) and fail
+        // by itself, journaled as failed: not acknowledged either. (Its
+        // round may even succeed: an aborted ext4 can answer a `syncfs`
+        // with success; see "Open" in the module doc.)
         assert!(
-            unavailable_for_syncfs(e),
+            unavailable_for_syncfs(e) || (first == First::Creates && failed_on_its_own_write(e)),
             "{what}: the provider is taken out of service, the reason naming the failed \
              syncfs and the I/O error: {e}"
         );
     }
-    let reason = first_errors[0].1.to_string();
+    let reason = first_errors
+        .iter()
+        .find(|(_, e)| unavailable_for_syncfs(e))
+        .map(|(_, e)| e.to_string())
+        .expect("at least one operation met the failed sync");
     let pending_after_failure = m.state().pending.len();
     // A create that started after another's sync failed is refused before
     // its intent; each of the others stays pending.

@@ -279,14 +279,13 @@ impl DirProvider {
             .map_err(ProviderError::Other)
     }
 
-    /// After a round's syncs returned: the file system must still accept
-    /// changes. ext4 whose journal commit failed in the background (its
-    /// own periodic commit meeting a failed write) aborts and goes
-    /// read-only, and a later `syncfs` or `fsync` can then return success
-    /// without having written anything (no running transaction to wait
-    /// for): seen in the guest (`tests/dir_device_errors.rs`, a create
-    /// whose own marker write met the aborted file system while its round
-    /// succeeded). A read-only root fails the round instead.
+    /// After a round's syncs returned: the root's file system must not be
+    /// read-only. An ext4 mounted `errors=remount-ro` that aborted after a
+    /// failed write (its own background journal commit, say) is read-only,
+    /// and a `syncfs` of a read-only file system returns success at once
+    /// without writing anything: the round fails instead. (An aborted ext4
+    /// left `rw`, `errors=continue`, can also answer with success and is
+    /// not detected here: `tests/dir_device_errors.rs`, "Open".)
     fn still_writable(&self) -> io::Result<()> {
         match &self.root_fd {
             Some(root) if root.is_read_only()? => Err(io::Error::new(
