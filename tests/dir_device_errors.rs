@@ -27,18 +27,31 @@
 //!   inventory agree (no orphan, no foreign or half-made item), and new
 //!   operations work, including on the ids of the failed operations.
 //!
+//! Open (seen here, not closed): ext4 whose journal commit failed (its own
+//! background commit meeting the failed device) aborts its journal but
+//! stays mounted `rw` (`errors=continue`), refuses changes with `EROFS`,
+//! and can still answer a `syncfs` or a directory `fsync` with success when
+//! no data page's write-back failed (nothing left to wait for). In the
+//! concurrent-creates test one create then failed on its own marker write
+//! and its round succeeded (1 run in 3 to 8): harmless there, but a create
+//! whose data pages reached the disk before the journal commit failed
+//! could be acknowledged and lost. A round that also failed on a read-only
+//! root (`errors=remount-ro`, where `syncfs` returns 0 at once) is checked
+//! (`DirProvider`'s `still_writable`); an aborted `rw` ext4 is not yet
+//! detected.
+//!
 //! Needs root, a kernel with device-mapper and dm-flakey, `dmsetup`,
 //! `losetup` and `mkfs.ext4`: that is the QEMU guest of `scripts/zfs-test`
 //! (which sets `VOLMGR_REQUIRE_DM=1`). Elsewhere each test prints a SKIP
 //! line and passes, unless `VOLMGR_REQUIRE_DM=1` makes it fail loudly. Every
-//! mount, device-mapper device and loop device is undone by a drop guard.
+//! mount, device-mapper device and loop device is undone by a drop guard
+//! (`tests/device_support/`, shared with `tests/journal_device_errors.rs`).
+
+mod device_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::time::Instant;
 
 use std::os::fd::AsRawFd;
@@ -47,273 +60,12 @@ use uuid::Uuid;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::model::VolumeId;
 use volmgr::provider::dir::{BatchSync, CONFIG_BATCH_SYNC, DirProvider};
-use volmgr::provider::{Presence, Provider, ProviderConfig, VolumeSpec};
+use volmgr::provider::{Presence, Provider, ProviderConfig, ProviderError, VolumeSpec};
 use volmgr::state::{Meta, VolumeKind, VolumeStatus};
 
-const REQUIRE: &str = "VOLMGR_REQUIRE_DM";
+use device_support::{Device, Tree, fill, read_tree};
+
 const PROVIDER: &str = "p";
-/// Size of the sparse image under the file system.
-const IMAGE_BYTES: u64 = 64 << 20;
-
-/// Runs `cmd`; its stdout, or an error naming the command and its stderr.
-fn run(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{cmd:?} exited with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .replace('\n', "; ")
-        ))
-    }
-}
-
-fn dmsetup(args: &[&str]) -> Result<String, String> {
-    run(Command::new("dmsetup").args(args))
-}
-
-/// Prints the SKIP line (or panics under `VOLMGR_REQUIRE_DM=1`).
-fn skip_or_fail(test: &str, why: &str) -> Option<Device> {
-    if std::env::var(REQUIRE).as_deref() == Ok("1") {
-        panic!("{REQUIRE}=1 but {test} cannot run: {why}");
-    }
-    println!(
-        "SKIP {test}: {why} (needs root and device-mapper with dm-flakey; {REQUIRE}=1 makes this a failure)"
-    );
-    None
-}
-
-/// An ext4 on a device-mapper device over a loop device over a sparse
-/// image; torn down on drop (unmount, remove the dm device, detach the
-/// loop device), whatever happened.
-struct Device {
-    tmp: tempfile::TempDir,
-    loop_dev: Option<String>,
-    /// The dm device's name, once created.
-    name: Option<String>,
-    /// `mount -o` options.
-    options: String,
-    mounted: bool,
-}
-
-impl Device {
-    /// Sets everything up, or explains why it cannot (a SKIP, or a failure
-    /// under `VOLMGR_REQUIRE_DM=1`).
-    fn new(test: &str) -> Option<Device> {
-        Device::with_options(test, "defaults")
-    }
-
-    /// Like [`Device::new`], mounted with `options`.
-    fn with_options(test: &str, options: &str) -> Option<Device> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return skip_or_fail(test, "not root");
-        }
-        // Loaded on demand; already there (or impossible) elsewhere.
-        for module in ["dm-flakey", "loop"] {
-            let _ = Command::new("modprobe").arg(module).output();
-        }
-        match dmsetup(&["targets"]) {
-            Ok(t) if t.lines().any(|l| l.starts_with("flakey")) => {}
-            Ok(t) => {
-                return skip_or_fail(
-                    test,
-                    &format!("device-mapper has no flakey target ({})", t.trim()),
-                );
-            }
-            Err(e) => return skip_or_fail(test, &format!("no device-mapper: {e}")),
-        }
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let mut device = Device {
-            tmp,
-            loop_dev: None,
-            name: None,
-            options: options.to_owned(),
-            mounted: false,
-        };
-        if let Err(e) = device.set_up() {
-            return skip_or_fail(test, &format!("setting up the device failed: {e}"));
-        }
-        Some(device)
-    }
-
-    fn set_up(&mut self) -> Result<(), String> {
-        let image = self.tmp.path().join("fs.img");
-        File::create(&image)
-            .and_then(|f| f.set_len(IMAGE_BYTES))
-            .map_err(|e| format!("sparse image: {e}"))?;
-        let loop_dev = run(Command::new("losetup").args(["-f", "--show"]).arg(&image))?;
-        self.loop_dev = Some(loop_dev.trim().to_owned());
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "volmgr-deverr-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        dmsetup(&[
-            "create",
-            "--noudevsync",
-            &name,
-            "--table",
-            &self.table(false),
-        ])?;
-        self.name = Some(name);
-        // The node, whether or not udev made it.
-        dmsetup(&["mknodes", self.name()])?;
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(self.dev_path()))?;
-        fs::create_dir(self.mount_point()).map_err(|e| format!("mount point: {e}"))?;
-        self.mount()
-    }
-
-    fn name(&self) -> &str {
-        self.name.as_deref().expect("the dm device exists")
-    }
-
-    fn dev_path(&self) -> PathBuf {
-        Path::new("/dev/mapper").join(self.name())
-    }
-
-    fn mount_point(&self) -> PathBuf {
-        self.tmp.path().join("mnt")
-    }
-
-    /// The dm table: the whole loop device, linear, or failing every write.
-    fn table(&self, failing: bool) -> String {
-        let sectors = IMAGE_BYTES / 512;
-        let dev = self.loop_dev.as_deref().expect("the loop device exists");
-        if failing {
-            // up 0 s, down 1 s: always down; reads pass, writes fail (EIO).
-            format!("0 {sectors} flakey {dev} 0 0 1 1 error_writes")
-        } else {
-            format!("0 {sectors} linear {dev} 0")
-        }
-    }
-
-    /// Replaces the live table: without freezing the file system first
-    /// (`--nolockfs`: whatever is dirty stays dirty, to fail later), and
-    /// without waiting for udev (the guest's udev handles no dm rules).
-    fn switch(&self, failing: bool) -> Result<(), String> {
-        let table = self.table(failing);
-        dmsetup(&["suspend", "--nolockfs", "--noudevsync", self.name()])?;
-        let loaded = dmsetup(&["load", self.name(), "--table", &table]);
-        let resumed = dmsetup(&["resume", "--noudevsync", self.name()]);
-        loaded.and(resumed).map(drop)
-    }
-
-    fn fail_writes(&self) {
-        self.switch(true)
-            .expect("switch the device to failing writes");
-        let live = dmsetup(&["table", self.name()]).expect("dmsetup table");
-        assert!(live.contains("error_writes"), "live table: {live}");
-    }
-
-    fn restore(&self) {
-        self.switch(false)
-            .expect("switch the device back to linear");
-    }
-
-    fn mount(&mut self) -> Result<(), String> {
-        run(Command::new("mount")
-            .args(["-o", &self.options])
-            .arg(self.dev_path())
-            .arg(self.mount_point()))?;
-        self.mounted = true;
-        Ok(())
-    }
-
-    fn unmount(&mut self) -> Result<(), String> {
-        run(Command::new("umount").arg(self.mount_point()))?;
-        self.mounted = false;
-        Ok(())
-    }
-
-    /// How the kernel mounts it now (`rw,...` or `ro,...`).
-    fn mount_options(&self) -> String {
-        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mp = self.mount_point();
-        mounts
-            .lines()
-            .find(|l| l.split(' ').nth(1) == Some(&*mp.to_string_lossy()))
-            .and_then(|l| l.split(' ').nth(3))
-            .unwrap_or("not mounted")
-            .to_owned()
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        if self.mounted {
-            let mp = self.mount_point();
-            if run(Command::new("umount").arg(&mp)).is_err() {
-                let _ = run(Command::new("umount").arg("-l").arg(&mp));
-            }
-        }
-        if let Some(name) = &self.name
-            && dmsetup(&["remove", "--noudevsync", name]).is_err()
-        {
-            let _ = dmsetup(&["remove", "--noudevsync", "--force", name]);
-        }
-        if let Some(dev) = &self.loop_dev {
-            let _ = run(Command::new("losetup").arg("-d").arg(dev));
-        }
-    }
-}
-
-/// A tree's files: relative path to content.
-type Tree = BTreeMap<PathBuf, Vec<u8>>;
-
-/// Writes a file and a file in a subdirectory into the data volume at
-/// `location`, durably (files and directories fsynced), as its user would.
-fn fill(location: &Path, id: &str) -> Tree {
-    let tree = Tree::from([
-        (
-            PathBuf::from("f"),
-            format!("the content of {id}\n").into_bytes(),
-        ),
-        (
-            PathBuf::from("d/g"),
-            format!("{id}: a file in a directory\n")
-                .repeat(100)
-                .into_bytes(),
-        ),
-    ]);
-    fs::create_dir(location.join("d")).expect("mkdir in the volume");
-    for (rel, bytes) in &tree {
-        let mut f = File::create(location.join(rel)).expect("create in the volume");
-        f.write_all(bytes).expect("write");
-        f.sync_all().expect("fsync");
-    }
-    for dir in [location.join("d"), location.to_owned()] {
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .expect("fsync dir");
-    }
-    tree
-}
-
-/// The regular files under `root`, with their content.
-fn read_tree(root: &Path) -> Tree {
-    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
-        for entry in fs::read_dir(dir).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            let meta = fs::symlink_metadata(&path).expect("lstat");
-            if meta.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let rel = path.strip_prefix(root).expect("under root").to_owned();
-                out.insert(rel, fs::read(&path).expect("read"));
-            }
-        }
-    }
-    let mut out = Tree::new();
-    walk(root, root, &mut out);
-    out
-}
 
 async fn open(state_dir: &Path) -> Result<Manager, ManagerError> {
     Manager::open(state_dir, ManagerConfig::default()).await
@@ -340,13 +92,24 @@ fn failed_creates() -> Vec<String> {
     (0..4).map(|i| format!("failed-{i}")).collect()
 }
 
-/// Whether `e` is "provider `p` unavailable" because its `syncfs` failed
-/// with an I/O error.
+/// Whether `e` is "provider `p` unavailable" because its `syncfs` (or an
+/// `fsync` of its round) failed with an I/O error, or with `EROFS`: once one
+/// sync of the round has made ext4 abort its journal, a later `fsync` in the
+/// same round meets the aborted file system (seen in the guest, with fsync
+/// rounds: "fsync of <root>/.volmgr/data/failed-3: Read-only file system").
 fn unavailable_for_syncfs(e: &ManagerError) -> bool {
     matches!(e, ManagerError::ProviderUnavailable { provider, reason }
         if provider == PROVIDER
             && (reason.contains("syncfs") || reason.contains("fsync of"))
-            && (reason.contains("Input/output error") || reason.contains("os error 5")))
+            && (reason.contains("(os error 5)") || reason.contains("(os error 30)")))
+}
+
+/// Whether `e` is a provider call that failed on its own write because
+/// the file system had failed (`EROFS` once ext4 aborted, or `EIO`).
+fn failed_on_its_own_write(e: &ManagerError) -> bool {
+    matches!(e, ManagerError::Provider { provider, error: ProviderError::Io { source, .. } }
+        if provider == PROVIDER
+            && matches!(source.raw_os_error(), Some(libc::EROFS | libc::EIO)))
 }
 
 /// Every operation after the first failure: all refused as unavailable,
@@ -476,13 +239,22 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
         }
     };
     for (what, e) in &first_errors {
+        // One of several concurrent creates may meet the file system after
+        // ext4 aborted (its own marker write fails with `EROFS`) and fail
+        // by itself, journaled as failed: not acknowledged either. (Its
+        // round may even succeed: an aborted ext4 can answer a `syncfs`
+        // with success; see "Open" in the module doc.)
         assert!(
-            unavailable_for_syncfs(e),
+            unavailable_for_syncfs(e) || (first == First::Creates && failed_on_its_own_write(e)),
             "{what}: the provider is taken out of service, the reason naming the failed \
              syncfs and the I/O error: {e}"
         );
     }
-    let reason = first_errors[0].1.to_string();
+    let reason = first_errors
+        .iter()
+        .find(|(_, e)| unavailable_for_syncfs(e))
+        .map(|(_, e)| e.to_string())
+        .expect("at least one operation met the failed sync");
     let pending_after_failure = m.state().pending.len();
     // A create that started after another's sync failed is refused before
     // its intent; each of the others stays pending.

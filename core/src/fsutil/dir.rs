@@ -443,6 +443,18 @@ impl Dir {
         })
     }
 
+    /// Whether the file system holding this directory is read-only now
+    /// (`ST_RDONLY`: mounted so, or remounted so by the kernel after it
+    /// aborted on a failed write).
+    pub fn is_read_only(&self) -> io::Result<bool> {
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: valid descriptor and output buffer.
+        cvt(unsafe { libc::fstatvfs(self.raw(), st.as_mut_ptr()) })?;
+        // SAFETY: fstatvfs succeeded.
+        let st = unsafe { st.assume_init() };
+        Ok(st.f_flag & libc::ST_RDONLY != 0)
+    }
+
     /// Names of the entries (without `.` and `..`), sorted bytewise.
     pub fn names(&self) -> io::Result<Vec<Vec<u8>>> {
         // `fdopendir` takes ownership of its descriptor: give it a duplicate,

@@ -28,7 +28,7 @@ pub use error::JournalError;
 pub use format::Invalid;
 pub use reader::LogEnd;
 use repair::discard_failed_commit;
-pub use repair::truncate_torn_tail;
+pub use repair::{FailedCommit, read_failed_commit, truncate_torn_tail};
 
 use crate::storage::{RealStorage, Storage};
 use writer::{Committer, Shared, Writer};

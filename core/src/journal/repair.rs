@@ -30,27 +30,43 @@ fn zero_range(file: &dyn StorageFile, offset: u64, len: u64) -> std::io::Result<
     Ok(())
 }
 
-/// A commit whose write or sync failed left [`FAILED_COMMIT_FILE`]. Its batch
-/// was never acknowledged, but it may sit in the page cache without ever
-/// reaching the disk: Linux takes pages whose write-back failed off the dirty
-/// list, so no later fsync writes them, while reads still return them.
-/// Replaying it in this boot would build on bytes a power cut takes away
-/// (the records after it would then follow a hole and open would refuse).
-/// So the batch is zeroed durably (only bytes past the last durable one are
-/// written), then the marker goes.
-pub(crate) fn discard_failed_commit(
-    storage: &dyn Storage,
-    journal_dir: &Path,
-) -> Result<(), JournalError> {
+/// Where the batch of a failed commit starts, as its [`FAILED_COMMIT_FILE`]
+/// marker names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailedCommit {
+    /// The first sequence number of the segment (its file name).
+    pub segment_first_seq: u64,
+    /// The offset of the failed batch in that segment.
+    pub offset: u64,
+}
+
+impl FailedCommit {
+    /// Whether the marker applies to a segment of `len` bytes whose file name
+    /// says `first_seq`: the offset past the header and inside the file.
+    pub fn applies_to(&self, first_seq: u64, len: u64) -> bool {
+        first_seq == self.segment_first_seq
+            && self.offset >= format::SEGMENT_HEADER_LEN as u64
+            && self.offset < len
+    }
+}
+
+/// What the [`FAILED_COMMIT_FILE`] of a journal directory says.
+enum Marker {
+    Absent,
+    /// Its CRC does not match: a crash while writing it names nothing
+    /// reliable (whatever it pointed at then ends like any unfinished write).
+    Torn,
+    Names(FailedCommit),
+}
+
+fn read_marker(storage: &dyn Storage, journal_dir: &Path) -> Result<Marker, JournalError> {
     let marker = journal_dir.join(FAILED_COMMIT_FILE);
     let text = match crate::storage::read_bounded(storage, &marker, 64) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Marker::Absent),
         Err(e) => return Err(JournalError::io(&marker, "read failed-commit marker", e)),
     };
-    // `<seq> <offset> <crc32 of "<seq> <offset>", hex>`. A marker torn by a
-    // crash names nothing reliable: ignore it (whatever it pointed at then
-    // ends like any unfinished write).
+    // `<seq> <offset> <crc32 of "<seq> <offset>", hex>`.
     let parsed = std::str::from_utf8(&text).ok().and_then(|t| {
         let (fields, crc) = t.trim_end().rsplit_once(' ')?;
         if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(fields.as_bytes()) {
@@ -59,10 +75,49 @@ pub(crate) fn discard_failed_commit(
         let (seq, offset) = fields.split_once(' ')?;
         Some((seq.parse::<u64>().ok()?, offset.parse::<u64>().ok()?))
     });
-    if let Some((first_seq, offset)) = parsed
-        && (1..=format::MAX_SEQ).contains(&first_seq)
-    {
-        let segment = journal_dir.join(format::segment_file_name(first_seq));
+    Ok(parsed
+        .filter(|(seq, _)| (1..=format::MAX_SEQ).contains(seq))
+        .map_or(Marker::Torn, |(segment_first_seq, offset)| {
+            Marker::Names(FailedCommit {
+                segment_first_seq,
+                offset,
+            })
+        }))
+}
+
+/// Reads the [`FAILED_COMMIT_FILE`] marker of `journal_dir`: `None` when
+/// there is none or it is torn. Read-only; bounded (64 bytes).
+pub fn read_failed_commit(
+    storage: &dyn Storage,
+    journal_dir: &Path,
+) -> Result<Option<FailedCommit>, JournalError> {
+    Ok(match read_marker(storage, journal_dir)? {
+        Marker::Names(failed) => Some(failed),
+        Marker::Absent | Marker::Torn => None,
+    })
+}
+
+/// A commit whose write or sync failed left [`FAILED_COMMIT_FILE`]. Its batch
+/// was never acknowledged, but it may sit in the page cache without ever
+/// reaching the disk: Linux takes pages whose write-back failed off the dirty
+/// list, so no later fsync writes them, while reads still return them.
+/// Replaying it in this boot would build on bytes a power cut takes away
+/// (the records after it would then follow a hole and open would refuse).
+/// So the batch is zeroed durably (only bytes past the last durable one are
+/// written), then the marker goes. (The reader reads a marked batch as zeros
+/// already, so the tools show what this open will make of the journal.)
+pub(crate) fn discard_failed_commit(
+    storage: &dyn Storage,
+    journal_dir: &Path,
+) -> Result<(), JournalError> {
+    let marker = journal_dir.join(FAILED_COMMIT_FILE);
+    let failed = match read_marker(storage, journal_dir)? {
+        Marker::Absent => return Ok(()),
+        Marker::Torn => None,
+        Marker::Names(failed) => Some(failed),
+    };
+    if let Some(failed) = failed {
+        let segment = journal_dir.join(format::segment_file_name(failed.segment_first_seq));
         match storage.open(&segment) {
             Ok(file) => {
                 let len = file
@@ -79,7 +134,8 @@ pub(crate) fn discard_failed_commit(
                         },
                     });
                 }
-                if offset >= format::SEGMENT_HEADER_LEN as u64 && offset < len {
+                if failed.applies_to(failed.segment_first_seq, len) {
+                    let offset = failed.offset;
                     tracing::warn!(segment = %segment.display(), offset, "journal: discarding the batch of a failed commit");
                     zero_range(file.as_ref(), offset, len - offset)
                         .and_then(|()| file.sync_data())

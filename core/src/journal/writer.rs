@@ -494,14 +494,20 @@ impl Writer {
         }
         assert_eq!(buf.len(), bytes, "batch size computed before encoding");
         let started = std::time::Instant::now();
+        // The cause names the segment, so an operator sees which file (and
+        // so which device) failed.
+        let segment = || {
+            self.journal_dir
+                .join(format::segment_file_name(self.segment_first_seq))
+        };
         let written = self
             .file
             .write_all_at(&buf, self.offset)
-            .map_err(|e| format!("write failed: {e}"))
+            .map_err(|e| format!("write to {} failed: {e}", segment().display()))
             .and_then(|()| {
                 self.file
                     .sync_data()
-                    .map_err(|e| format!("fdatasync failed: {e}"))
+                    .map_err(|e| format!("fdatasync of {} failed: {e}", segment().display()))
             });
         if let Err(cause) = written {
             tracing::error!(%cause, "journal poisoned");

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::provider_sync::SyncGroup;
 use super::{Inner, ManagerError, now_ms};
 use crate::fsutil::Ticket;
-use crate::journal::{self};
+use crate::journal::{self, JournalError};
 use crate::provider::{Durability, Provider, ProviderConfig, ProviderError};
 use crate::state::{Action, Done, OpId, OpResult, Record, State, Volume};
 
@@ -190,6 +190,13 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(e) = &core.poisoned {
             return Err(ManagerError::RecordRejected(e.clone()));
+        }
+        // A failed journal write refuses everything with its own error,
+        // before any claim: an id left claimed by an operation whose outcome
+        // could not be journaled would otherwise answer "busy", pointing an
+        // operator at an operation that never ends instead of the journal.
+        if let Some(cause) = self.journal.poisoned() {
+            return Err(ManagerError::Journal(JournalError::Poisoned { cause }));
         }
         assert!(
             !ids.is_empty() || !shared.is_empty(),

@@ -2,9 +2,11 @@
 //! record payload, then a replay as opening does it, then what opening does
 //! (the `open` row: the verdict of the reader opening uses, with its file
 //! and offset). The exit code classifies the journal: clean, torn tail
-//! only, or corrupt.
+//! only, or corrupt. A `FAILED-COMMIT` marker gets a `failed` row: the batch
+//! it names is read as zeros (the next open zeroes it), so the `open` row
+//! says where opening will really stand.
 
-use crate::journal::LogEnd;
+use crate::journal::{FAILED_COMMIT_FILE, JOURNAL_DIR, LogEnd, format, read_failed_commit};
 use crate::state::State;
 
 use super::render::Out;
@@ -39,6 +41,22 @@ pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
             &file,
             if ok { "ok" } else { "CORRUPT" },
             &detail,
+        )?;
+    }
+    if let Some(failed) =
+        read_failed_commit(&storage, &state_dir.join(JOURNAL_DIR)).map_err(scan::journal_error)?
+    {
+        report.row(
+            "failed",
+            FAILED_COMMIT_FILE,
+            "discard",
+            &format!(
+                "a commit failed (write or fdatasync): its batch from offset {} of {} was never \
+                 acknowledged and may exist only in the page cache; read as zeros, the next open \
+                 zeroes it",
+                failed.offset,
+                format::segment_file_name(failed.segment_first_seq)
+            ),
         )?;
     }
     let base_seq = base.as_ref().map(|(seq, _)| *seq);

@@ -10,11 +10,14 @@
 //! and checks them too, and reports damage there, but it never changes the
 //! log's verdict. Segment headers, file names, the chain of first sequence
 //! numbers and the torn segment creation rule (journal-format.md) are judged
-//! here and nowhere else.
+//! here and nowhere else. The batch a `FAILED-COMMIT` marker names reads as
+//! zeros, as the next open will have made it (it zeroes that batch before it
+//! reads): it was never acknowledged, and may exist only in the page cache.
 
 use std::path::{Path, PathBuf};
 
 use super::super::format::{self, Invalid, SEG_FIRST_SEQ_OFFSET, SEGMENT_HEADER_LEN};
+use super::super::repair::{FailedCommit, read_failed_commit};
 use super::super::{JOURNAL_DIR, JournalError};
 use super::LogEnd;
 use super::files::{list_segments, read_segment_into};
@@ -195,6 +198,7 @@ pub fn read(
 ) -> Result<Walked, JournalError> {
     let journal_dir = state_dir.join(JOURNAL_DIR);
     let segments = list_segments(storage, &journal_dir)?;
+    let failed_commit = read_failed_commit(storage, &journal_dir)?;
     let (first, log_from, entry) = match &options.scope {
         Scope::From(seq) => (None, *seq, None),
         Scope::All { log_from } => (Some(0), *log_from, None),
@@ -226,6 +230,7 @@ pub fn read(
         log_from,
         log_next: None,
         visit,
+        failed_commit,
         walked: Walked {
             verdict: Ok(LogEnd::Clean),
             last_seq: log_from - 1,
@@ -340,6 +345,8 @@ struct Walker<'v> {
     /// The record after the log's valid prefix, once its last segment is read.
     log_next: Option<u64>,
     visit: &'v mut dyn FnMut(Event<'_>) -> Flow,
+    /// The batch of a failed commit, read as zeros.
+    failed_commit: Option<FailedCommit>,
     walked: Walked,
     /// Damage (torn or corrupt) was found in the log.
     log_damaged: bool,
@@ -417,6 +424,12 @@ impl Walker<'_> {
                 return Ok(Some(None));
             }
             Err(e) => return Err(e),
+        }
+        if let Some(failed) = self.failed_commit
+            && failed.applies_to(name_seq, buf.len() as u64)
+        {
+            let from = usize::try_from(failed.offset).expect("inside the buffer");
+            buf[from..].fill(0);
         }
         let bytes = &buf[..];
         let (start, search_from) = match entry {

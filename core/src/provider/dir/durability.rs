@@ -274,8 +274,28 @@ impl DirProvider {
                     }),
                     Some(paths) => self.sync_all_changed(&paths),
                 }
+                .and_then(|()| self.still_writable())
             })
             .map_err(ProviderError::Other)
+    }
+
+    /// After a round's syncs returned: the root's file system must not be
+    /// read-only. An ext4 mounted `errors=remount-ro` that aborted after a
+    /// failed write (its own background journal commit, say) is read-only,
+    /// and a `syncfs` of a read-only file system returns success at once
+    /// without writing anything: the round fails instead. (An aborted ext4
+    /// left `rw`, `errors=continue`, can also answer with success and is
+    /// not detected here: `tests/dir_device_errors.rs`, "Open".)
+    fn still_writable(&self) -> io::Result<()> {
+        match &self.root_fd {
+            Some(root) if root.is_read_only()? => Err(io::Error::new(
+                io::ErrorKind::ReadOnlyFilesystem,
+                "the round's syncfs or fsyncs returned, but the file system holding the \
+                 provider root is read-only (it aborted after a failed write, or was \
+                 remounted read-only): Read-only file system (os error 30)",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The `fsync`s of a round, on up to [`Self::ROUND_THREADS`] threads at
