@@ -66,7 +66,7 @@
 //! fail the journal, 10 journal the failure), 16 without exchange (3, 2,
 //! 11); 13 durable on return (2 and 11), 14 without exchange (2 and 12);
 //! target replaced by a failed receive 0 everywhere. Power cuts: 62 to 66
-//! crash points and 682 to 726 images with exchange, 65 to 68 and 715 to
+//! crash points and 682 to 726 images with exchange, 63 to 68 and 693 to
 //! 748 without (11 images a crash point; the concurrent operations vary the
 //! count from run to run).
 //!
