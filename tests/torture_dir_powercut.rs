@@ -10,12 +10,18 @@
 //! as a kill -9 followed by a reopen and then a power cut (keeping none or
 //! all of what the reopen left unsynced). That last cut catches a first
 //! round after open that is not a whole `syncfs` (mutation, fsync rounds:
-//! 40 disagreements, creates rolled forward by the reopen then lost) and
+//! 40 disagreements, creates rolled forward by the reopen then lost; since
+//! `sync_at_open` that mutation alone shows nothing, and with
+//! `sync_at_open` reduced to the ordinary round as well: 45 batched, 24
+//! durable on return) and
 //! found a real bug with durable-on-return providers: the manager synced
 //! only batched providers before their inventory, so a create a killed
 //! process left in the page cache (before its own fsyncs) was rolled
 //! forward and then lost (19 to 21 disagreements; now
-//! `Provider::sync_at_open`, a whole `syncfs` for the dir provider).
+//! `Provider::sync_at_open`, a whole `syncfs` for the dir provider). The
+//! loop and its images are `dir_sweep_support::sweep`, shared with
+//! `torture_dir_receive_manager`; this file holds the workload and its
+//! checks.
 //!
 //! The workload, per round: three concurrent creates; a file and a
 //! directory with a file written (and synced) into the first volume through
@@ -45,77 +51,27 @@
 //! `failed_copies`), and prints `dir failed-copy sweep (...): failure
 //! points N, problems P`.
 
+mod dir_sweep_support;
 mod torture_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use volmgr::journal::JournalConfig;
-use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::manager::{Manager, ManagerError};
 use volmgr::model::VolumeKind;
 use volmgr::provider::dir::{BatchSync, DirProvider};
-use volmgr::provider::{Durability, Presence, Provider, ProviderConfig, ProviderFactory};
+use volmgr::provider::{Durability, Provider};
 use volmgr::state::{Meta, VolumeStatus};
 use volmgr::storage::Storage;
 use volmgr::storage::sim::SimStorage;
 
-const STATE: &str = "/state";
-const ROOT: &str = "/p";
-const PROVIDER: &str = "p";
+use dir_sweep_support::{
+    Flavor, PROVIDER, ROOT, Reopened, Slot, Tally, Tree, Workload, agrees, left_in, shown, tree_of,
+};
+
 const ROUNDS: u32 = 3;
-
-/// The provider each open builds, kept so the check can take its inventory.
-type Slot = Arc<Mutex<Option<Arc<DirProvider>>>>;
-
-/// The provider's durability and, batched, what its rounds run.
-#[derive(Debug, Clone, Copy)]
-struct Flavor(Durability, BatchSync);
-
-fn factory(storage: &SimStorage, flavor: Flavor, slot: &Slot) -> ProviderFactory {
-    let (storage, slot) = (storage.clone(), slot.clone());
-    Arc::new(move |config: &ProviderConfig| {
-        let root = config.get("root").cloned().unwrap_or_default();
-        let p = Arc::new(DirProvider::simulated_with(
-            PathBuf::from(root),
-            storage.clone(),
-            flavor.0,
-            flavor.1,
-        )?);
-        *slot.lock().unwrap() = Some(p.clone());
-        Ok(p as Arc<dyn Provider>)
-    })
-}
-
-async fn open(storage: &SimStorage, flavor: Flavor, slot: &Slot) -> Result<Manager, ManagerError> {
-    let mut config = ManagerConfig {
-        journal: JournalConfig {
-            segment_size: 4096,
-            max_batch_bytes: 2048,
-            queue_depth: 64,
-        },
-        checkpoint_every: 7,
-        storage: Some(Arc::new(storage.clone())),
-        ..ManagerConfig::default()
-    };
-    config
-        .factories
-        .insert("dir".into(), factory(storage, flavor, slot));
-    let m = Manager::open(Path::new(STATE), config).await?;
-    if m.providers().is_empty() {
-        m.add_provider(
-            PROVIDER,
-            "dir",
-            ProviderConfig::from([("root".to_owned(), ROOT.to_owned())]),
-        )
-        .await?;
-    }
-    Ok(m)
-}
-
-/// A tree's content, relative path to the file's bytes (`None`: a
-/// directory).
-type Tree = BTreeMap<PathBuf, Option<Vec<u8>>>;
+/// Checkpoints often, so that cuts also land in them.
+const CHECKPOINT_EVERY: u64 = 7;
 
 /// What the acknowledgements promise.
 #[derive(Debug, Default)]
@@ -129,10 +85,7 @@ struct Model {
     /// The content a snapshot or fork must hold whenever it exists: its
     /// source's at snapshot time.
     content: BTreeMap<String, Tree>,
-    acked: u64,
-    /// The operations that failed, for the message of a run that should
-    /// not have.
-    errors: Vec<String>,
+    tally: Tally,
 }
 
 impl Model {
@@ -140,11 +93,11 @@ impl Model {
         self.used.insert(id.to_owned(), kind);
         match r {
             Ok(_) => {
-                self.acked += 1;
+                self.tally.acked += 1;
                 self.must_exist.insert(id.to_owned());
                 self.created.insert(id.to_owned());
             }
-            Err(e) => self.errors.push(format!("making {id}: {e}")),
+            Err(e) => self.tally.errors.push(format!("making {id}: {e}")),
         }
     }
 
@@ -155,14 +108,14 @@ impl Model {
     fn destroyed(&mut self, id: &str, r: &Result<impl Sized, ManagerError>) {
         match r {
             Ok(_) => {
-                self.acked += 1;
+                self.tally.acked += 1;
                 self.must_exist.remove(id);
                 self.must_not_exist.insert(id.to_owned());
             }
             // It may have happened: no longer promised either way.
             Err(e) => {
                 self.must_exist.remove(id);
-                self.errors.push(format!("destroying {id}: {e}"));
+                self.tally.errors.push(format!("destroying {id}: {e}"));
             }
         }
     }
@@ -197,23 +150,6 @@ fn fill(storage: &SimStorage, id: &str) -> Option<Tree> {
         tree.insert(rel, Some(text.into_bytes()));
     }
     Some(tree)
-}
-
-/// What the tree at `location` holds in `image`.
-fn tree_of(image: &SimStorage, location: &str) -> Tree {
-    let root = Path::new(location);
-    image
-        .paths()
-        .into_iter()
-        .filter(|p| p.starts_with(root) && p != root)
-        .map(|p| {
-            let content = image.read(&p);
-            (
-                p.strip_prefix(root).expect("under the root").to_owned(),
-                content,
-            )
-        })
-        .collect()
 }
 
 /// Per round: three concurrent creates; content written into the first;
@@ -277,13 +213,9 @@ async fn run(m: &Manager, storage: &SimStorage, model: &mut Model) {
     }
 }
 
-/// (lost acknowledged operations, disagreements) after a reopen of `image`.
-async fn check(image: &SimStorage, flavor: Flavor, model: &Model) -> (u64, Vec<String>) {
-    let slot = Slot::default();
-    let m = match open(image, flavor, &slot).await {
-        Ok(m) => m,
-        Err(e) => return (0, vec![format!("open failed: {e}")]),
-    };
+/// (lost acknowledged operations, disagreements) of `m`, just reopened on
+/// `image` (its provider in `slot`).
+async fn check(m: &Manager, image: &SimStorage, slot: &Slot, model: &Model) -> (u64, Vec<String>) {
     let mut problems = Vec::new();
     let state = m.state();
     let in_state: BTreeSet<String> = state.volumes.keys().cloned().collect();
@@ -304,45 +236,9 @@ async fn check(image: &SimStorage, flavor: Flavor, model: &Model) -> (u64, Vec<S
             "acknowledged creates missing or lost {missing:?}, acknowledged destroys back {back:?}"
         ));
     }
-    if !state.pending.is_empty() {
-        problems.push(format!("{} operations pending", state.pending.len()));
-    }
-    if !state.orphans.is_empty() {
-        problems.push(format!(
-            "orphans {:?}",
-            state.orphans.keys().collect::<Vec<_>>()
-        ));
-    }
-    for v in state.volumes.values() {
-        if v.status != VolumeStatus::Live {
-            problems.push(format!("{} is {:?}", v.id, v.status));
-        }
-    }
-    let provider = slot.lock().unwrap().clone().expect("the factory ran");
-    match provider.inventory() {
-        Err(e) => problems.push(format!("inventory failed: {e}")),
-        Ok(found) => {
-            let mut whole = BTreeSet::new();
-            for f in found {
-                match (&f.tag, &f.presence) {
-                    (None, _) => problems.push(format!("foreign item {}", f.name)),
-                    (Some(_), Presence::Incomplete { reason }) => {
-                        problems.push(format!("half-made item {}: {reason}", f.name));
-                    }
-                    (Some(tag), Presence::Complete) => {
-                        whole.insert(tag.volume.clone());
-                    }
-                }
-            }
-            if whole != in_state {
-                problems.push(format!(
-                    "state and provider disagree: only in state {:?}, only on the provider {:?}",
-                    in_state.difference(&whole).collect::<Vec<_>>(),
-                    whole.difference(&in_state).collect::<Vec<_>>()
-                ));
-            }
-        }
-    }
+    // Nothing pending, orphaned, not live, foreign or half-made; the
+    // provider's whole items are the state's.
+    problems.extend(agrees(m, slot));
     // Every snapshot and fork there is holds its source's content at
     // snapshot time: a copy is never torn, whether acknowledged or rolled
     // forward.
@@ -370,18 +266,17 @@ async fn check(image: &SimStorage, flavor: Flavor, model: &Model) -> (u64, Vec<S
             }
         }
     }
-    let trash = trash_entries(image);
+    let trash = left_in(image, ".trash");
     if !trash.is_empty() {
         problems.push(format!("the trash holds {trash:?} after the reopen"));
     }
-    problems.extend(reuse(&m, model).await);
-    let trash = trash_entries(image);
+    problems.extend(reuse(m, model).await);
+    let trash = left_in(image, ".trash");
     if !trash.is_empty() {
         problems.push(format!(
             "the trash holds {trash:?} after acknowledged destroys"
         ));
     }
-    m.close().await;
     (lost, problems)
 }
 
@@ -430,16 +325,6 @@ async fn reuse(m: &Manager, model: &Model) -> Vec<String> {
     problems
 }
 
-/// A tree for messages: its paths and contents.
-fn shown(tree: &Tree) -> Vec<(String, Option<String>)> {
-    tree.iter()
-        .map(|(p, c)| {
-            let text = c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-            (p.display().to_string(), text)
-        })
-        .collect()
-}
-
 fn manifest_path(id: &str) -> PathBuf {
     Path::new(ROOT).join(".volmgr/modes").join(id)
 }
@@ -452,100 +337,50 @@ fn marker_path(kind: VolumeKind, id: &str) -> PathBuf {
     Path::new(ROOT).join(dir).join(id)
 }
 
-/// Every path under the provider's trash.
-fn trash_entries(storage: &SimStorage) -> Vec<PathBuf> {
-    let trash = Path::new(ROOT).join(".trash");
-    storage
-        .paths()
-        .into_iter()
-        .filter(|p| p.starts_with(&trash) && *p != trash)
-        .collect()
+/// The create/destroy/snapshot/fork workload on one flavor.
+struct Sweep(Flavor);
+
+impl Workload for Sweep {
+    type Model = Model;
+
+    fn flavor(&self) -> Flavor {
+        self.0
+    }
+
+    fn checkpoint_every(&self) -> u64 {
+        CHECKPOINT_EVERY
+    }
+
+    async fn run(&self, m: &Manager, storage: &SimStorage, model: &mut Model) {
+        run(m, storage, model).await;
+    }
+
+    fn tally(model: &Model) -> &Tally {
+        &model.tally
+    }
+
+    async fn check(&self, r: &Reopened<'_>, model: &Model) -> (u64, Vec<String>) {
+        check(r.m, r.image, r.slot, model).await
+    }
 }
 
 async fn sweep(flavor: Flavor) {
-    let scale = torture_support::scale();
-    let base_seed = torture_support::seed(0x5EED_D1D0);
-    let (mut points, mut images, mut lost, mut disagreements, mut acked) = (0u64, 0u64, 0, 0, 0);
-    let mut whole_run_errors = Vec::new();
-    let mut failures = Vec::new();
-    for point in 1..=100_000u64 {
-        let storage = SimStorage::new();
-        storage.crash_at_sync(Some(point));
-        let mut model = Model::default();
-        let slot = Slot::default();
-        if let Ok(m) = open(&storage, flavor, &slot).await {
-            run(&m, &storage, &mut model).await;
-            m.close().await;
-        }
-        let fired = storage.crashed();
-        acked = acked.max(model.acked);
-        if !fired {
-            whole_run_errors = model.errors.clone();
-        }
-        points += 1;
-        // A kill -9 at this point (nothing lost but the process) ...
-        let mut outcomes = vec![(
-            "kill -9".to_owned(),
-            check(&storage.restart(), flavor, &model).await,
-        )];
-        // ... a kill -9, then a reopen that reconciles and journals what it
-        // resolved, then a power cut before anything else ran: what the
-        // reopen journaled must be on the disk with its effects (with fsync
-        // rounds, a reopen once journaled a create rolled forward whose
-        // directory an earlier instance had left in the page cache, which
-        // the new instance's first round never synced) ...
-        let reopened = storage.restart();
-        match open(&reopened, flavor, &Slot::default()).await {
-            Ok(m) => {
-                for (seed, policy) in torture_support::cut_policies(base_seed, point, 0) {
-                    let image = reopened.power_cut_with(seed, policy);
-                    outcomes.push((
-                        format!("kill -9, reopen, then a cut {policy:?}"),
-                        check(&image, flavor, &model).await,
-                    ));
-                }
-                m.close().await;
-            }
-            Err(e) => outcomes.push((
-                "kill -9, reopen".to_owned(),
-                (0, vec![format!("reopen failed: {e}")]),
-            )),
-        }
-        // ... and power cuts.
-        for (seed, policy) in torture_support::cut_policies(base_seed, point, scale) {
-            let image = storage.power_cut_with(seed, policy);
-            outcomes.push((
-                format!("seed {seed:#x}, {policy:?}"),
-                check(&image, flavor, &model).await,
-            ));
-        }
-        for (what, (l, problems)) in outcomes {
-            images += 1;
-            lost += l;
-            if !problems.is_empty() {
-                disagreements += 1;
-                failures.push(format!(
-                    "crash point {point}, {what}: {}",
-                    problems.join("; ")
-                ));
-            }
-        }
-        if !fired {
-            break;
-        }
-    }
+    let found = dir_sweep_support::sweep(&Sweep(flavor), 0x5EED_D1D0).await;
+    let (acked, mut failures) = (found.acked, found.failures);
     println!(
-        "dir power-cut sweep ({flavor:?}): crash points {points}, images {images}, \
-         operations acknowledged by a whole run {acked}, acknowledged operations lost {lost}, \
-         disagreements {disagreements} (seed {base_seed:#x}, scale {scale})"
+        "dir power-cut sweep ({flavor:?}): crash points {}, images {}, \
+         operations acknowledged by a whole run {acked}, acknowledged operations lost {}, \
+         disagreements {} (seed {:#x}, scale {})",
+        found.points, found.images, found.lost, found.disagreements, found.base_seed, found.scale
     );
     assert!(
         acked >= u64::from(ROUNDS) * 7,
-        "the whole run acknowledged only {acked} operations: the workload did not run: {whole_run_errors:?}"
+        "the whole run acknowledged only {acked} operations: the workload did not run: {:?}",
+        found.whole_run_errors
     );
     failures.truncate(10);
     assert!(
-        lost == 0 && disagreements == 0,
+        found.lost == 0 && found.disagreements == 0,
         "first failures:\n{}",
         failures.join("\n")
     );
@@ -668,7 +503,7 @@ fn failed_copies(durability: Durability) -> (u64, Vec<String>) {
                 }
             }
         }
-        let trash = trash_entries(&image);
+        let trash = left_in(&image, ".trash");
         if !trash.is_empty() {
             bad(format!("the trash holds {trash:?}"));
         }

@@ -1,36 +1,23 @@
 //! What the receive tests through the manager share
 //! (`tests/torture_dir_receive_manager.rs`): the streams a real provider
-//! sends (full, then incremental), a manager whose journal and dir provider
-//! live on one [`SimStorage`], and the checks every reopened image must
-//! pass.
+//! sends (full, then incremental) and the checks every reopened image
+//! must pass on top of `tests/dir_sweep_support`'s (which opens the manager
+//! whose journal and dir provider live on one [`SimStorage`]).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use volmgr::journal::JournalConfig;
-use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::manager::{Manager, ManagerError};
 use volmgr::model::{DETAIL_GUID, Details, VolumeId, VolumeKind};
 use volmgr::provider::dir::DirProvider;
-use volmgr::provider::{
-    Durability, Presence, Provider, ProviderConfig, ProviderFactory, VolumeRef, VolumeSpec,
-};
-use volmgr::state::{State, VolumeStatus};
+use volmgr::provider::{Provider, VolumeRef, VolumeSpec};
+use volmgr::state::State;
 use volmgr::storage::sim::SimStorage;
 
-pub const STATE: &str = "/state";
-pub const ROOT: &str = "/p";
-pub const PROVIDER: &str = "p";
+use crate::dir_sweep_support::{Slot, Tree, agrees, left_in, shown, tree_of};
+
 /// The data volume every stream is received into.
 pub const TARGET: &str = "t";
-
-/// A tree's content: relative path to the file's bytes (`None`: a
-/// directory).
-pub type Tree = BTreeMap<PathBuf, Option<Vec<u8>>>;
-
-/// The provider each open builds, kept so the check can take its inventory.
-pub type Slot = Arc<Mutex<Option<Arc<DirProvider>>>>;
 
 /// A stream a real provider sent, the guid of the snapshot it carries and
 /// the tree that snapshot holds.
@@ -116,90 +103,6 @@ pub fn streams() -> (Sent, Sent) {
     )
 }
 
-pub fn factory(storage: &SimStorage, durability: Durability, slot: &Slot) -> ProviderFactory {
-    let (storage, slot) = (storage.clone(), slot.clone());
-    Arc::new(move |config: &ProviderConfig| {
-        let root = config.get("root").cloned().unwrap_or_default();
-        let p = Arc::new(DirProvider::simulated(
-            PathBuf::from(root),
-            storage.clone(),
-            durability,
-        )?);
-        *slot.lock().unwrap() = Some(p.clone());
-        Ok(p as Arc<dyn Provider>)
-    })
-}
-
-/// Opens the manager on `storage` (journal and provider root), adding the
-/// provider on a first open; a checkpoint every `checkpoint_every` records.
-pub async fn open(
-    storage: &SimStorage,
-    durability: Durability,
-    slot: &Slot,
-    checkpoint_every: u64,
-) -> Result<Manager, ManagerError> {
-    let mut config = ManagerConfig {
-        journal: JournalConfig {
-            segment_size: 4096,
-            max_batch_bytes: 2048,
-            queue_depth: 64,
-        },
-        checkpoint_every,
-        storage: Some(Arc::new(storage.clone())),
-        ..ManagerConfig::default()
-    };
-    config
-        .factories
-        .insert("dir".into(), factory(storage, durability, slot));
-    let m = Manager::open(Path::new(STATE), config).await?;
-    if m.providers().is_empty() {
-        m.add_provider(
-            PROVIDER,
-            "dir",
-            ProviderConfig::from([("root".to_owned(), ROOT.to_owned())]),
-        )
-        .await?;
-    }
-    Ok(m)
-}
-
-/// What the tree at `location` holds in `image`.
-pub fn tree_of(image: &SimStorage, location: &str) -> Tree {
-    let root = Path::new(location);
-    image
-        .paths()
-        .into_iter()
-        .filter(|p| p.starts_with(root) && p != root)
-        .map(|p| {
-            let content = image.read(&p);
-            (
-                p.strip_prefix(root).expect("under the root").to_owned(),
-                content,
-            )
-        })
-        .collect()
-}
-
-/// Every path under `<root>/<dir>`.
-pub fn left_in(image: &SimStorage, dir: &str) -> Vec<PathBuf> {
-    let top = Path::new(ROOT).join(dir);
-    image
-        .paths()
-        .into_iter()
-        .filter(|p| p.starts_with(&top) && *p != top)
-        .collect()
-}
-
-/// A tree for messages: its paths and contents.
-pub fn shown(tree: &Tree) -> Vec<(String, Option<String>)> {
-    tree.iter()
-        .map(|(p, c)| {
-            let text = c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-            (p.display().to_string(), text)
-        })
-        .collect()
-}
-
 /// Receives `stream` into the target; the received snapshot's id.
 pub async fn receive(m: &Manager, stream: &Sent) -> Result<String, ManagerError> {
     m.receive_snapshot(TARGET, stream.bytes.as_slice())
@@ -213,46 +116,8 @@ pub async fn receive(m: &Manager, stream: &Sent) -> Result<String, ManagerError>
 /// content of the sent snapshot whose guid it carries (`sent`); `.staging`
 /// and the trash empty.
 pub fn consistent(m: &Manager, image: &SimStorage, slot: &Slot, sent: &[&Sent]) -> Vec<String> {
-    let mut problems = Vec::new();
+    let mut problems = agrees(m, slot);
     let state = m.state();
-    if !state.pending.is_empty() {
-        problems.push(format!("{} operations pending", state.pending.len()));
-    }
-    if !state.orphans.is_empty() {
-        let orphans: Vec<&String> = state.orphans.keys().collect();
-        problems.push(format!("orphans {orphans:?}"));
-    }
-    for v in state.volumes.values() {
-        if v.status != VolumeStatus::Live {
-            problems.push(format!("{} is {:?}", v.id, v.status));
-        }
-    }
-    let in_state: BTreeSet<String> = state.volumes.keys().cloned().collect();
-    let provider = slot.lock().unwrap().clone().expect("the factory ran");
-    match provider.inventory() {
-        Err(e) => problems.push(format!("inventory failed: {e}")),
-        Ok(found) => {
-            let mut whole = BTreeSet::new();
-            for f in found {
-                match (&f.tag, &f.presence) {
-                    (None, _) => problems.push(format!("foreign item {}", f.name)),
-                    (Some(_), Presence::Incomplete { reason }) => {
-                        problems.push(format!("half-made item {}: {reason}", f.name));
-                    }
-                    (Some(tag), Presence::Complete) => {
-                        whole.insert(tag.volume.clone());
-                    }
-                }
-            }
-            if whole != in_state {
-                problems.push(format!(
-                    "state and provider disagree: only in state {:?}, only on the provider {:?}",
-                    in_state.difference(&whole).collect::<Vec<_>>(),
-                    whole.difference(&in_state).collect::<Vec<_>>()
-                ));
-            }
-        }
-    }
     for v in received(&state) {
         let guid = v.details.get(DETAIL_GUID);
         match sent.iter().find(|s| Some(&s.guid) == guid) {

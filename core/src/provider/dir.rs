@@ -911,7 +911,9 @@ impl Provider for DirProvider {
     /// Removes the staging area of `op`; for a receive whose marker says
     /// `swapping`, after putting the target's old content back (see
     /// `undo.rs`): what the manager's undo of a failed or interrupted
-    /// receive runs before destroying the half-made snapshot.
+    /// receive runs before destroying the half-made snapshot. The removal
+    /// is settled like a destroy's (durable on return: now; batched: by the
+    /// next round), so no staging area outlives the marker that names it.
     fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
         self.abort_staging(op)
     }

@@ -133,7 +133,18 @@ impl DirProvider {
                 return Err(self.out_of_service(&tpath, &staging, &e));
             }
         }
-        self.remove_own_tree(&staging)
+        self.remove_staging(&staging)
+    }
+
+    /// Removes an undone receive's staging area and settles the removal
+    /// (durable on return: now; batched: in the round the manager runs
+    /// before it journals the undo). Unsettled, a power cut after the
+    /// snapshot's marker is gone would bring back a staging area that no
+    /// marker names, which nothing removes (found by the manager's sweep:
+    /// a kill -9 in a receive, a reopen that undoes it, then a power cut).
+    fn remove_staging(&self, staging: &Path) -> Result<(), ProviderError> {
+        self.remove_own_tree(staging)?;
+        self.settle_dir(&self.root.join(super::STAGING))
     }
 
     /// [`Provider::abort_partial`](crate::provider::Provider::abort_partial):
@@ -147,7 +158,7 @@ impl DirProvider {
         self.staging_removable(&staging)?;
         match self.receive_marker_of(op)? {
             Some(m) => self.abort_received(&m),
-            None => self.remove_own_tree(&staging),
+            None => self.remove_staging(&staging),
         }
     }
 

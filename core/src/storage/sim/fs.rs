@@ -186,7 +186,10 @@ impl Fs {
         for (dir, queue) in queues {
             let queue = queue
                 .into_iter()
-                .map(|(seq, c)| (seq, c.into_iter().map(|(p, n)| (rebase(&p), n)).collect()))
+                .map(|(seq, c)| {
+                    let c: DirChange = c.into_iter().map(|(p, n)| (rebase(&p), n)).collect();
+                    (seq, moved_back(c))
+                })
                 .collect();
             self.dir_pending.insert(rebase(&dir), queue);
         }
@@ -566,4 +569,22 @@ fn cut_file(inode: &Inode, rng: &mut SplitMix64, policy: DataLoss) -> Vec<u8> {
         }
     }
     bytes
+}
+
+/// A queued change whose names were rebased by a later move of their tree
+/// back to where that change had moved it from (a rename `t` → `old` not
+/// yet durable, then `old` → `t`): rebased, it sets and removes the same
+/// names (`t`, `t/f`: set as `old`'s, removed as `t`'s). The tree is where
+/// it was, so what the change sets stays; else a cut that keeps the change
+/// would drop every name of the tree, even once the move back is durable.
+fn moved_back(change: DirChange) -> DirChange {
+    let set: BTreeSet<PathBuf> = change
+        .iter()
+        .filter(|(_, n)| n.is_some())
+        .map(|(p, _)| p.clone())
+        .collect();
+    change
+        .into_iter()
+        .filter(|(p, n)| n.is_some() || !set.contains(p))
+        .collect()
 }

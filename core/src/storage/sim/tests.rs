@@ -468,3 +468,46 @@ fn an_exchange_of_two_directories_survives_a_cut_whole_and_keeps_their_identitie
         .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::NotADirectory);
 }
+
+/// A tree moved away (`/p/data/t` → `/p/st/op/old`, not synced: a process
+/// killed between a receive's two renames), then moved back and both
+/// parents synced (the reopen's undo): the tree is durable whole, whatever
+/// a cut keeps. Once, a cut dropped every name under `t` (the first move's
+/// queued change, rebased by the second, set and removed the same names).
+#[test]
+fn a_tree_moved_away_then_back_and_synced_survives_a_cut_whole() {
+    let s = SimStorage::new();
+    for dir in [
+        "/p",
+        "/p/data",
+        "/p/st",
+        "/p/st/op",
+        "/p/data/t",
+        "/p/data/t/d",
+    ] {
+        s.create_dir(Path::new(dir)).unwrap();
+    }
+    let f = s.create(Path::new("/p/data/t/f")).unwrap();
+    f.write_all_at(b"x", 0).unwrap();
+    s.syncfs().unwrap();
+    // The killed process: the fallback's first rename, not synced.
+    s.rename(Path::new("/p/data/t"), Path::new("/p/st/op/old"))
+        .unwrap();
+    let r = s.restart();
+    // The reopen puts it back and syncs both parents.
+    r.rename(Path::new("/p/st/op/old"), Path::new("/p/data/t"))
+        .unwrap();
+    r.sync_dir(Path::new("/p/data")).unwrap();
+    r.sync_dir(Path::new("/p/st/op")).unwrap();
+    let want = r.paths();
+    for seed in 0..8 {
+        for dirs in [DirLoss::ForgetAll, DirLoss::KeepAll, DirLoss::RandomPrefix] {
+            let policy = CutPolicy {
+                data: DataLoss::KeepAll,
+                dirs,
+            };
+            let cut = r.power_cut_with(seed, policy);
+            assert_eq!(cut.paths(), want, "{dirs:?}, seed {seed}");
+        }
+    }
+}

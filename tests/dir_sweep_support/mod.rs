@@ -1,0 +1,353 @@
+//! What the power-cut sweeps of the real dir provider through the manager
+//! share (`tests/torture_dir_powercut.rs`, `tests/torture_dir_receive_manager.rs`
+//! with `tests/dir_receive_support`): a manager whose journal and dir
+//! provider live on one [`SimStorage`], the checks every reopened image of
+//! either must pass (nothing pending, orphaned or not live; the provider's
+//! inventory tagged, whole and equal to the state), and the sweep loop
+//! itself ([`sweep`]): a crash at every sync point of a suite's workload,
+//! each crash point's images (a kill -9; a kill -9, a reopen that
+//! reconciles, then power cuts keeping none or all of what it left
+//! unsynced; power cuts by [`torture_support::cut_policies`]) reopened and
+//! checked by the suite against what its workload's acknowledgements
+//! promised. A suite brings its workload and its checks ([`Workload`]).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use volmgr::journal::JournalConfig;
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::provider::dir::{BatchSync, DirProvider};
+use volmgr::provider::{Durability, Presence, Provider, ProviderConfig, ProviderFactory};
+use volmgr::state::VolumeStatus;
+use volmgr::storage::sim::SimStorage;
+
+use crate::torture_support;
+
+pub const STATE: &str = "/state";
+pub const ROOT: &str = "/p";
+pub const PROVIDER: &str = "p";
+
+/// A tree's content: relative path to the file's bytes (`None`: a
+/// directory).
+pub type Tree = BTreeMap<PathBuf, Option<Vec<u8>>>;
+
+/// The provider each open builds, kept so the check can take its inventory.
+pub type Slot = Arc<Mutex<Option<Arc<DirProvider>>>>;
+
+/// The provider's durability and, batched, what its rounds run.
+#[derive(Debug, Clone, Copy)]
+pub struct Flavor(pub Durability, pub BatchSync);
+
+impl From<Durability> for Flavor {
+    /// `durability` with the default rounds.
+    fn from(durability: Durability) -> Self {
+        Flavor(durability, BatchSync::default())
+    }
+}
+
+pub fn factory(storage: &SimStorage, flavor: Flavor, slot: &Slot) -> ProviderFactory {
+    let (storage, slot) = (storage.clone(), slot.clone());
+    Arc::new(move |config: &ProviderConfig| {
+        let root = config.get("root").cloned().unwrap_or_default();
+        let p = Arc::new(DirProvider::simulated_with(
+            PathBuf::from(root),
+            storage.clone(),
+            flavor.0,
+            flavor.1,
+        )?);
+        *slot.lock().unwrap() = Some(p.clone());
+        Ok(p as Arc<dyn Provider>)
+    })
+}
+
+/// Opens the manager on `storage` (journal and provider root), adding the
+/// provider on a first open; a checkpoint every `checkpoint_every` records.
+pub async fn open(
+    storage: &SimStorage,
+    flavor: impl Into<Flavor>,
+    slot: &Slot,
+    checkpoint_every: u64,
+) -> Result<Manager, ManagerError> {
+    let mut config = ManagerConfig {
+        journal: JournalConfig {
+            segment_size: 4096,
+            max_batch_bytes: 2048,
+            queue_depth: 64,
+        },
+        checkpoint_every,
+        storage: Some(Arc::new(storage.clone())),
+        ..ManagerConfig::default()
+    };
+    config
+        .factories
+        .insert("dir".into(), factory(storage, flavor.into(), slot));
+    let m = Manager::open(Path::new(STATE), config).await?;
+    if m.providers().is_empty() {
+        m.add_provider(
+            PROVIDER,
+            "dir",
+            ProviderConfig::from([("root".to_owned(), ROOT.to_owned())]),
+        )
+        .await?;
+    }
+    Ok(m)
+}
+
+/// What the tree at `location` holds in `image`.
+pub fn tree_of(image: &SimStorage, location: &str) -> Tree {
+    let root = Path::new(location);
+    image
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with(root) && p != root)
+        .map(|p| {
+            let content = image.read(&p);
+            (
+                p.strip_prefix(root).expect("under the root").to_owned(),
+                content,
+            )
+        })
+        .collect()
+}
+
+/// Every path under `<root>/<dir>`.
+pub fn left_in(image: &SimStorage, dir: &str) -> Vec<PathBuf> {
+    let top = Path::new(ROOT).join(dir);
+    image
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with(&top) && *p != top)
+        .collect()
+}
+
+/// A tree for messages: its paths and contents.
+pub fn shown(tree: &Tree) -> Vec<(String, Option<String>)> {
+    tree.iter()
+        .map(|(p, c)| {
+            let text = c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+            (p.display().to_string(), text)
+        })
+        .collect()
+}
+
+/// The checks every reopened image shares: nothing pending, orphaned or not
+/// live in the state; the provider's inventory (of the provider `slot`
+/// holds) all tagged, whole and equal to the state.
+pub fn agrees(m: &Manager, slot: &Slot) -> Vec<String> {
+    let mut problems = Vec::new();
+    let state = m.state();
+    if !state.pending.is_empty() {
+        problems.push(format!("{} operations pending", state.pending.len()));
+    }
+    if !state.orphans.is_empty() {
+        let orphans: Vec<&String> = state.orphans.keys().collect();
+        problems.push(format!("orphans {orphans:?}"));
+    }
+    for v in state.volumes.values() {
+        if v.status != VolumeStatus::Live {
+            problems.push(format!("{} is {:?}", v.id, v.status));
+        }
+    }
+    let in_state: BTreeSet<String> = state.volumes.keys().cloned().collect();
+    let provider = slot.lock().unwrap().clone().expect("the factory ran");
+    match provider.inventory() {
+        Err(e) => problems.push(format!("inventory failed: {e}")),
+        Ok(found) => {
+            let mut whole = BTreeSet::new();
+            for f in found {
+                match (&f.tag, &f.presence) {
+                    (None, _) => problems.push(format!("foreign item {}", f.name)),
+                    (Some(_), Presence::Incomplete { reason }) => {
+                        problems.push(format!("half-made item {}: {reason}", f.name));
+                    }
+                    (Some(tag), Presence::Complete) => {
+                        whole.insert(tag.volume.clone());
+                    }
+                }
+            }
+            if whole != in_state {
+                problems.push(format!(
+                    "state and provider disagree: only in state {:?}, only on the provider {:?}",
+                    in_state.difference(&whole).collect::<Vec<_>>(),
+                    whole.difference(&in_state).collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// A suite's side of [`sweep`]: how its manager opens, its workload, what
+/// the workload's acknowledgements promise, and its check of a reopened
+/// image against that promise.
+pub trait Workload {
+    /// What the acknowledgements promise.
+    type Model: Default;
+    /// The provider every open of this sweep builds.
+    fn flavor(&self) -> Flavor;
+    /// The manager's checkpoint interval (records) at every open.
+    fn checkpoint_every(&self) -> u64;
+    /// A fresh, empty simulated file system for one run.
+    fn storage(&self) -> SimStorage {
+        SimStorage::new()
+    }
+    /// Runs the workload on `m` (its storage `storage`), recording in
+    /// `model` what was acknowledged; it stops or goes on failing once the
+    /// crash point fired.
+    async fn run(&self, m: &Manager, storage: &SimStorage, model: &mut Self::Model);
+    /// What the run counted.
+    fn tally(model: &Self::Model) -> &Tally;
+    /// Checks a reopened image against `model`: (acknowledged operations
+    /// lost, problems).
+    async fn check(&self, r: &Reopened<'_>, model: &Self::Model) -> (u64, Vec<String>);
+}
+
+/// What a run counted: operations acknowledged, and the errors it met (for
+/// the message of a whole run that should have met none).
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub acked: u64,
+    pub errors: Vec<String>,
+}
+
+/// A manager just reopened on an image, and its provider.
+pub struct Reopened<'a> {
+    pub m: &'a Manager,
+    pub image: &'a SimStorage,
+    pub slot: &'a Slot,
+}
+
+/// What [`sweep`] found.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Crash points, the last one the whole run (it never fired).
+    pub points: u64,
+    /// Images reopened and checked.
+    pub images: u64,
+    /// The most operations a run acknowledged (a whole run's).
+    pub acked: u64,
+    /// Acknowledged operations lost, over every image.
+    pub lost: u64,
+    /// Images with any problem.
+    pub disagreements: u64,
+    /// One line per image with a problem: crash point, image, problems.
+    pub failures: Vec<String>,
+    /// The errors the whole run met.
+    pub whole_run_errors: Vec<String>,
+    pub base_seed: u64,
+    pub scale: u64,
+}
+
+/// Reopens `image` with `workload`'s provider and checks it.
+async fn reopened<W: Workload>(w: &W, image: &SimStorage, model: &W::Model) -> (u64, Vec<String>) {
+    let slot = Slot::default();
+    match open(image, w.flavor(), &slot, w.checkpoint_every()).await {
+        Err(e) => (0, vec![format!("open failed: {e}")]),
+        Ok(m) => {
+            let r = Reopened {
+                m: &m,
+                image,
+                slot: &slot,
+            };
+            let found = w.check(&r, model).await;
+            m.close().await;
+            found
+        }
+    }
+}
+
+/// Crashes `w`'s workload at every sync point in turn (journal syncs, the
+/// provider's file, directory and `syncfs` syncs), until a run makes fewer
+/// syncs than the crash point (the whole run, the last point). Each crash
+/// point gives these images, each reopened and checked:
+/// - a kill -9 (the page cache survives, nothing lost but the process);
+/// - a kill -9, then a reopen that reconciles and journals what it
+///   resolved, then a power cut before anything else ran, keeping none or
+///   all of what the reopen left unsynced: what the reopen journaled must be
+///   on the disk with its effects (a reopen once rolled forward a create
+///   whose directory the killed process left in the page cache, which it
+///   never synced);
+/// - power cuts by [`torture_support::cut_policies`] (none, all or a seeded
+///   part of what was not durable kept).
+pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
+    let scale = torture_support::scale();
+    let base_seed = torture_support::seed(default_seed);
+    let mut out = Swept {
+        base_seed,
+        scale,
+        ..Swept::default()
+    };
+    for point in 1..=100_000u64 {
+        let storage = w.storage();
+        storage.crash_at_sync(Some(point));
+        let mut model = W::Model::default();
+        if let Ok(m) = open(&storage, w.flavor(), &Slot::default(), w.checkpoint_every()).await {
+            w.run(&m, &storage, &mut model).await;
+            m.close().await;
+        }
+        let fired = storage.crashed();
+        let tally = W::tally(&model);
+        out.acked = out.acked.max(tally.acked);
+        if !fired {
+            out.whole_run_errors = tally.errors.clone();
+        }
+        out.points += 1;
+        // A kill -9 ...
+        let mut outcomes = vec![(
+            "kill -9".to_owned(),
+            reopened(w, &storage.restart(), &model).await,
+        )];
+        // ... a kill -9, a reopen that reconciles, then a power cut (scale
+        // 0: the two fixed policies) ...
+        let restarted = storage.restart();
+        match open(
+            &restarted,
+            w.flavor(),
+            &Slot::default(),
+            w.checkpoint_every(),
+        )
+        .await
+        {
+            Ok(m) => {
+                for (seed, policy) in torture_support::cut_policies(base_seed, point, 0) {
+                    let image = restarted.power_cut_with(seed, policy);
+                    outcomes.push((
+                        format!("kill -9, reopen, then a cut {policy:?}"),
+                        reopened(w, &image, &model).await,
+                    ));
+                }
+                m.close().await;
+            }
+            Err(e) => outcomes.push((
+                "kill -9, reopen".to_owned(),
+                (0, vec![format!("reopen failed: {e}")]),
+            )),
+        }
+        // ... and power cuts.
+        for (seed, policy) in torture_support::cut_policies(base_seed, point, scale) {
+            let image = storage.power_cut_with(seed, policy);
+            outcomes.push((
+                format!("seed {seed:#x}, {policy:?}"),
+                reopened(w, &image, &model).await,
+            ));
+        }
+        for (what, (lost, problems)) in outcomes {
+            out.images += 1;
+            out.lost += lost;
+            if !problems.is_empty() {
+                out.disagreements += 1;
+                out.failures.push(format!(
+                    "crash point {point}, {what}: {}",
+                    problems.join("; ")
+                ));
+            }
+        }
+        if !fired {
+            return out;
+        }
+    }
+    panic!("the workload still met its crash point after 100000 sync points");
+}
