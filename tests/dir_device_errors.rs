@@ -35,10 +35,10 @@
 //! concurrent-creates test one create then failed on its own marker write
 //! and its round succeeded (1 run in 3 to 8): harmless there, but a create
 //! whose data pages reached the disk before the journal commit failed
-//! could be acknowledged and lost. A round that also failed on a read-only
-//! root (`errors=remount-ro`, where `syncfs` returns 0 at once) is checked
-//! (`DirProvider`'s `still_writable`); an aborted `rw` ext4 is not yet
-//! detected.
+//! could be acknowledged and lost. A round on a read-only root (where
+//! `syncfs` returns 0 at once) fails (`still_writable`), but the aborted
+//! ext4 stays `rw` on the guest's kernel, even `errors=remount-ro`: it is
+//! not yet detected.
 //!
 //! Needs root, a kernel with device-mapper and dm-flakey, `dmsetup`,
 //! `losetup` and `mkfs.ext4`: that is the QEMU guest of `scripts/zfs-test`

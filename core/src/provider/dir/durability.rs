@@ -280,12 +280,13 @@ impl DirProvider {
     }
 
     /// After a round's syncs returned: the root's file system must not be
-    /// read-only. An ext4 mounted `errors=remount-ro` that aborted after a
-    /// failed write (its own background journal commit, say) is read-only,
-    /// and a `syncfs` of a read-only file system returns success at once
-    /// without writing anything: the round fails instead. (An aborted ext4
-    /// left `rw`, `errors=continue`, can also answer with success and is
-    /// not detected here: `tests/dir_device_errors.rs`, "Open".)
+    /// read-only (`ST_RDONLY`: mounted or remounted so), since a `syncfs`
+    /// of a read-only super block returns success at once without writing
+    /// anything. This does not detect an ext4 that aborted on a failed
+    /// write: on the guest's 6.1 kernel it stays `rw` in `/proc/mounts`
+    /// even with `errors=remount-ro` (`tests/journal_device_errors.rs`)
+    /// while refusing changes, and can answer with success
+    /// (`tests/dir_device_errors.rs`, "Open").
     fn still_writable(&self) -> io::Result<()> {
         match &self.root_fd {
             Some(root) if root.is_read_only()? => Err(io::Error::new(
