@@ -39,10 +39,10 @@ use std::path::Path;
 
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::btrfs::{BtrfsProvider, CONFIG_ROOT};
-use volmgr::provider::{Presence, Provider, ProviderConfig};
-use volmgr::state::{Meta, VolumeKind, VolumeStatus};
+use volmgr::provider::{Provider, ProviderConfig};
+use volmgr::state::Meta;
 
-use device_support::{Device, Tree, fill, read_tree};
+use device_support::{Device, Tree, fill, reconciled_whole, state_kinds, whole_inventory};
 
 const PROVIDER: &str = "b";
 const KEPT: [&str; 3] = ["keep-0", "keep-1", "keep-2"];
@@ -178,26 +178,7 @@ async fn creates_on_a_failing_btrfs_are_never_acknowledged_and_a_reopen_reconcil
     device.unmount().expect("unmount the failed file system");
     device.mount().expect("mount the restored device");
     let m = open().await.expect("reopen once restored");
-    let report = m.reconcile_report();
-    assert!(
-        report.unavailable.is_empty(),
-        "the provider serves again: {:?}",
-        report.unavailable
-    );
-    assert!(report.foreign.is_empty(), "foreign: {:?}", report.foreign);
-    assert!(m.state().pending.is_empty(), "nothing pending");
-    assert!(m.orphans().is_empty(), "orphans: {:?}", m.orphans());
-    for (id, tree) in &content {
-        let v = m
-            .volume(id)
-            .unwrap_or_else(|e| panic!("acknowledged {id} is present: {e}"));
-        assert_eq!(v.status, VolumeStatus::Live, "{id} is live");
-        assert_eq!(
-            &read_tree(Path::new(&v.location)),
-            tree,
-            "{id} holds its content"
-        );
-    }
+    reconciled_whole(&m, &content, None);
     let rolled_forward = failed_creates()
         .iter()
         .filter(|id| m.volume(id).is_ok())
@@ -220,20 +201,8 @@ async fn creates_on_a_failing_btrfs_are_never_acknowledged_and_a_reopen_reconcil
     let provider = BtrfsProvider::new(&root).expect("the provider opens");
     let found = provider.inventory().expect("inventory");
     drop(provider);
-    let half_made: Vec<_> = found
-        .iter()
-        .filter(|f| f.presence != Presence::Complete || f.tag.is_none())
-        .collect();
-    assert!(half_made.is_empty(), "half-made or foreign: {half_made:?}");
-    let on_provider: BTreeMap<String, VolumeKind> = found
-        .iter()
-        .filter_map(|f| f.tag.as_ref().map(|t| (t.volume.clone(), t.kind)))
-        .collect();
-    let in_state: BTreeMap<String, VolumeKind> = state
-        .volumes
-        .values()
-        .map(|v| (v.id.clone(), v.kind))
-        .collect();
+    let on_provider = whole_inventory(&found);
+    let in_state = state_kinds(&state);
     assert_eq!(on_provider, in_state, "state and inventory agree");
     device.unmount().expect("unmount");
     println!(

@@ -61,9 +61,9 @@ use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::model::VolumeId;
 use volmgr::provider::dir::{BatchSync, CONFIG_BATCH_SYNC, DirProvider};
 use volmgr::provider::{Presence, Provider, ProviderConfig, ProviderError, VolumeSpec};
-use volmgr::state::{Meta, VolumeKind, VolumeStatus};
+use volmgr::state::{Meta, VolumeKind};
 
-use device_support::{Device, Tree, fill, read_tree};
+use device_support::{Device, Tree, fill, reconciled_whole, state_kinds, whole_inventory};
 
 const PROVIDER: &str = "p";
 
@@ -324,33 +324,7 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
     device.mount().expect("mount the restored device");
     let m = open(&state_dir).await.expect("reopen once restored");
     let report = m.reconcile_report();
-    assert!(
-        report.unavailable.is_empty(),
-        "the provider serves again: {:?}",
-        report.unavailable
-    );
-    assert!(report.foreign.is_empty(), "foreign: {:?}", report.foreign);
-    let state = m.state();
-    assert!(
-        state.pending.is_empty(),
-        "nothing pending: {:?}",
-        state.pending
-    );
-    assert!(m.orphans().is_empty(), "orphans: {:?}", m.orphans());
-    for (id, tree) in &content {
-        if first == First::Destroy && id == VICTIM {
-            continue;
-        }
-        let v = m
-            .volume(id)
-            .unwrap_or_else(|e| panic!("acknowledged {id} is present: {e}"));
-        assert_eq!(v.status, VolumeStatus::Live, "{id} is live");
-        assert_eq!(
-            &read_tree(Path::new(&v.location)),
-            tree,
-            "{id} holds its content"
-        );
-    }
+    reconciled_whole(&m, &content, (first == First::Destroy).then_some(VICTIM));
     if first == First::Destroy {
         assert!(
             m.volume(VICTIM).is_err(),
@@ -410,23 +384,8 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
     // State and the provider's own inventory agree.
     let provider = DirProvider::new(root.clone()).expect("the provider opens");
     let found = provider.inventory().expect("inventory");
-    let half_made: Vec<_> = found
-        .iter()
-        .filter(|f| f.presence != Presence::Complete || f.tag.is_none())
-        .collect();
-    assert!(
-        half_made.is_empty(),
-        "no half-made or foreign item: {half_made:?}"
-    );
-    let on_provider: BTreeMap<String, VolumeKind> = found
-        .iter()
-        .filter_map(|f| f.tag.as_ref().map(|t| (t.volume.clone(), t.kind)))
-        .collect();
-    let in_state: BTreeMap<String, VolumeKind> = state
-        .volumes
-        .values()
-        .map(|v| (v.id.clone(), v.kind))
-        .collect();
+    let on_provider = whole_inventory(&found);
+    let in_state = state_kinds(&state);
     assert_eq!(on_provider, in_state, "state and inventory agree");
     drop(provider);
     device.unmount().expect("unmount");

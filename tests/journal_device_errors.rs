@@ -97,12 +97,12 @@ use volmgr::journal::{FAILED_COMMIT_FILE, JOURNAL_DIR, JournalError, format};
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::dir::DirProvider;
 use volmgr::provider::{
-    Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
+    Created, Durability, Found, PartialReceive, Provider, ProviderConfig, ProviderError,
     ProviderFactory, SendStats, VolumeRef, VolumeSpec,
 };
 use volmgr::state::{Meta, OpId, VolumeKind, VolumeStatus};
 
-use device_support::{Device, Tree, fill, read_tree};
+use device_support::{Device, Tree, fill, reconciled_whole, state_kinds, whole_inventory};
 
 const PROVIDER: &str = "p";
 /// The dir provider with a hold (see [`HeldDir`]).
@@ -449,19 +449,7 @@ async fn later_operations_are_refused(
 /// half-made or foreign item.
 fn inventory(root: &Path) -> BTreeMap<String, VolumeKind> {
     let provider = DirProvider::new(root.to_owned()).expect("the provider opens");
-    let found = provider.inventory().expect("inventory");
-    let half_made: Vec<_> = found
-        .iter()
-        .filter(|f| f.presence != Presence::Complete || f.tag.is_none())
-        .collect();
-    assert!(
-        half_made.is_empty(),
-        "no half-made or foreign item: {half_made:?}"
-    );
-    found
-        .iter()
-        .filter_map(|f| f.tag.as_ref().map(|t| (t.volume.clone(), t.kind)))
-        .collect()
+    whole_inventory(&provider.inventory().expect("inventory"))
 }
 
 /// `volmgr journal verify STATE_DIR`: its exit code and output.
@@ -764,33 +752,11 @@ async fn reopen_reconciles(rig: &Rig, layout: Layout) -> String {
         "no failed-commit marker is left after the open"
     );
     let report = m.reconcile_report();
-    assert!(
-        report.unavailable.is_empty(),
-        "the provider serves again: {:?}",
-        report.unavailable
+    reconciled_whole(
+        &m,
+        &rig.content,
+        (rig.held == Held::Destroy).then_some(VICTIM),
     );
-    assert!(report.foreign.is_empty(), "foreign: {:?}", report.foreign);
-    let state = m.state();
-    assert!(
-        state.pending.is_empty(),
-        "nothing pending: {:?}",
-        state.pending
-    );
-    assert!(m.orphans().is_empty(), "orphans: {:?}", m.orphans());
-    for (id, tree) in &rig.content {
-        if rig.held == Held::Destroy && id == VICTIM {
-            continue;
-        }
-        let v = m
-            .volume(id)
-            .unwrap_or_else(|e| panic!("acknowledged {id} is present: {e}"));
-        assert_eq!(v.status, VolumeStatus::Live, "{id} is live");
-        assert_eq!(
-            &read_tree(Path::new(&v.location)),
-            tree,
-            "{id} holds its content"
-        );
-    }
     for id in failed_creates() {
         assert!(
             m.volume(&id).is_err(),
@@ -858,11 +824,7 @@ async fn reopen_reconciles(rig: &Rig, layout: Layout) -> String {
     // The journal tool agrees, and state and the inventory agree.
     let (code, verify) = journal_verify(&rig.state_dir);
     assert_eq!(code, 0, "volmgr journal verify passes:\n{verify}");
-    let in_state: BTreeMap<String, VolumeKind> = state
-        .volumes
-        .values()
-        .map(|v| (v.id.clone(), v.kind))
-        .collect();
+    let in_state = state_kinds(&state);
     assert_eq!(inventory(&rig.root), in_state, "state and inventory agree");
     format!(
         "{resolutions}, held {:?} {held_after}, pending 0, acknowledged lost 0, verify exit 0, \

@@ -328,3 +328,66 @@ pub fn read_tree(root: &Path) -> Tree {
     walk(root, root, &mut out);
     out
 }
+
+/// A reopened manager after the device was restored: the provider serves
+/// again and nothing is left to decide (nothing unavailable, foreign,
+/// pending or orphaned), and every volume of `content` but `gone` is live
+/// with its content.
+pub fn reconciled_whole(
+    m: &volmgr::manager::Manager,
+    content: &BTreeMap<String, Tree>,
+    gone: Option<&str>,
+) {
+    let report = m.reconcile_report();
+    assert!(
+        report.unavailable.is_empty(),
+        "the provider serves again: {:?}",
+        report.unavailable
+    );
+    assert!(report.foreign.is_empty(), "foreign: {:?}", report.foreign);
+    let pending = m.state().pending.clone();
+    assert!(pending.is_empty(), "nothing pending: {pending:?}");
+    assert!(m.orphans().is_empty(), "orphans: {:?}", m.orphans());
+    for (id, tree) in content {
+        if Some(id.as_str()) == gone {
+            continue;
+        }
+        let v = m
+            .volume(id)
+            .unwrap_or_else(|e| panic!("acknowledged {id} is present: {e}"));
+        assert_eq!(v.status, volmgr::state::VolumeStatus::Live, "{id} is live");
+        assert_eq!(
+            &read_tree(Path::new(&v.location)),
+            tree,
+            "{id} holds its content"
+        );
+    }
+}
+
+/// A provider's inventory as volume id to kind; panics on a half-made or
+/// foreign item.
+pub fn whole_inventory(
+    found: &[volmgr::provider::Found],
+) -> BTreeMap<String, volmgr::state::VolumeKind> {
+    let half_made: Vec<_> = found
+        .iter()
+        .filter(|f| f.presence != volmgr::provider::Presence::Complete || f.tag.is_none())
+        .collect();
+    assert!(
+        half_made.is_empty(),
+        "no half-made or foreign item: {half_made:?}"
+    );
+    found
+        .iter()
+        .filter_map(|f| f.tag.as_ref().map(|t| (t.volume.clone(), t.kind)))
+        .collect()
+}
+
+/// The state's volumes as volume id to kind.
+pub fn state_kinds(state: &volmgr::state::State) -> BTreeMap<String, volmgr::state::VolumeKind> {
+    state
+        .volumes
+        .values()
+        .map(|v| (v.id.clone(), v.kind))
+        .collect()
+}
