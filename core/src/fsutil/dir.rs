@@ -147,6 +147,13 @@ pub struct Dir {
     fd: OwnedFd,
 }
 
+/// For calls this module does not wrap (a file system's own `ioctl`s).
+impl AsRawFd for Dir {
+    fn as_raw_fd(&self) -> RawFd {
+        self.raw()
+    }
+}
+
 impl Dir {
     fn from_raw(fd: RawFd) -> Dir {
         // SAFETY: `fd` was just returned by a successful open and is owned by

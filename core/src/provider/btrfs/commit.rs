@@ -12,12 +12,11 @@
 //! included: a tenant writing flat out made each round take 0.2–5 s,
 //! against about 1 ms for a commit; measured by `benches/manager.rs`).
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::fsutil::Dir;
 use crate::provider::ProviderError;
 
 /// What the btrfs provider's batched sync runs (configuration key
@@ -64,29 +63,16 @@ const BTRFS_IOC_WAIT_SYNC: u64 = (1 << 30) | (8 << 16) | (0x94 << 8) | 0x16;
 #[derive(Debug)]
 pub(super) struct Root {
     path: PathBuf,
-    dir: File,
+    dir: Dir,
 }
 
 impl Root {
     /// Opens `path` (a directory, not through a final symlink).
     pub(super) fn open(path: &Path) -> io::Result<Root> {
-        let dir = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)?;
         Ok(Root {
             path: path.to_owned(),
-            dir,
+            dir: Dir::open(path)?,
         })
-    }
-
-    /// `syncfs` of the file system, on the held descriptor.
-    pub(super) fn syncfs(&self) -> io::Result<()> {
-        // SAFETY: a valid descriptor.
-        if unsafe { libc::syncfs(self.dir.as_raw_fd()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
     }
 
     /// Commits the running transaction and waits until it is on disk.
@@ -121,7 +107,7 @@ impl Root {
     pub(super) fn batch_sync(&self, how: BatchSync) -> Result<(), ProviderError> {
         let (what, r) = match how {
             BatchSync::Commit => ("committing the btrfs transaction", self.commit()),
-            BatchSync::Syncfs => ("syncfs", self.syncfs()),
+            BatchSync::Syncfs => ("syncfs", self.dir.syncfs()),
         };
         r.map_err(|e| ProviderError::io(format!("{what} of {}", self.path.display()), e))
     }
