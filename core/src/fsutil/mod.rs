@@ -14,6 +14,7 @@
 
 pub mod dir;
 pub mod group_sync;
+pub mod workers;
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 pub use dir::{Dir, Kind, Space, Stat};
 pub use group_sync::{GroupSync, Ticket};
+pub use workers::Workers;
 
 /// `fsync` of a directory: makes its entries (creations, renames, removals)
 /// durable.

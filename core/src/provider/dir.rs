@@ -324,6 +324,9 @@ pub struct DirProvider {
     batch_sync: BatchSync,
     /// What the next round must sync.
     dirty: durability::Dirty,
+    /// The threads a round's `fsync`s run on beside the round's own (kept
+    /// between rounds: spawning them per round cost more than the syncs).
+    round_workers: crate::fsutil::Workers,
     /// Trees batched destroys left in the trash, removed by the next
     /// [`Provider::sync`] (see `trash`).
     doomed: trash::Doomed,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::layout::{Entry, Identity};
+use super::layout::{Entry, Identity, Layout};
 use super::marker::{self, Marker};
 use super::{DirProvider, check_id};
 use crate::model::VolumeKind;
@@ -300,49 +300,40 @@ impl DirProvider {
     }
 
     /// The `fsync`s of a round, on up to [`Self::ROUND_THREADS`] threads at
-    /// once: under a tenant's write-back each waits behind a queue of the
-    /// tenant's writes, and waiting together costs one wait, not one per
-    /// path. No order among them: a cut may keep any subset of a round's
-    /// changes (as with a `syncfs`), which the verbs' barriers allow for.
+    /// once (this one and the provider's [`Workers`](crate::fsutil::Workers),
+    /// kept between rounds): under a tenant's write-back each waits behind
+    /// a queue of the tenant's writes, and waiting together costs one wait,
+    /// not one per path. No order among them: a cut may keep any subset of
+    /// a round's changes (as with a `syncfs`), which the verbs' barriers
+    /// allow for.
     fn sync_all_changed(&self, paths: &[PathBuf]) -> io::Result<()> {
         let threads = paths.len().min(Self::ROUND_THREADS);
         if threads <= 1 {
-            return paths.iter().try_for_each(|p| self.sync_changed(p));
+            return paths
+                .iter()
+                .try_for_each(|p| sync_changed(&*self.layout, p));
         }
-        std::thread::scope(|scope| {
-            let share = |first: usize| {
-                paths
-                    .iter()
-                    .skip(first)
-                    .step_by(threads)
-                    .try_for_each(|p| self.sync_changed(p))
-            };
-            let others: Vec<_> = (1..threads)
-                .map(|first| scope.spawn(move || share(first)))
-                .collect();
-            let mut result = share(0);
-            for other in others {
-                let joined = other
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("an fsync thread panicked")));
-                result = result.and(joined);
-            }
-            result
-        })
+        let share = |first: usize| -> Vec<PathBuf> {
+            paths.iter().skip(first).step_by(threads).cloned().collect()
+        };
+        let others: Vec<_> = (1..threads)
+            .map(|first| {
+                let (layout, mine) = (self.layout.clone(), share(first));
+                self.round_workers
+                    .spawn(move || mine.iter().try_for_each(|p| sync_changed(&*layout, p)))
+            })
+            .collect();
+        let mut result = share(0)
+            .iter()
+            .try_for_each(|p| sync_changed(&*self.layout, p));
+        for other in others {
+            result = result.and(other.join().and_then(|synced| synced));
+        }
+        result
     }
 
     /// Threads a round's `fsync`s run on at most.
-    const ROUND_THREADS: usize = 8;
-
-    /// `fsync` of a changed path; one that is gone since was removed or
-    /// renamed, which noted its parent.
-    fn sync_changed(&self, path: &Path) -> io::Result<()> {
-        match self.layout.sync_path(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other
-                .map_err(|e| io::Error::new(e.kind(), format!("fsync of {}: {e}", path.display()))),
-        }
-    }
+    pub(super) const ROUND_THREADS: usize = 8;
 
     /// Writes the first marker of a new data volume, before its directory
     /// is made: durable on return, with fsyncs; batched, without any (the
@@ -444,6 +435,17 @@ impl DirProvider {
                 Ok(None)
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// `fsync` of a path a round must make durable; one that is gone since was
+/// removed or renamed, which noted its parent.
+fn sync_changed(layout: &dyn Layout, path: &Path) -> io::Result<()> {
+    match layout.sync_path(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => {
+            other.map_err(|e| io::Error::new(e.kind(), format!("fsync of {}: {e}", path.display())))
         }
     }
 }

@@ -238,6 +238,11 @@ impl Layout for RealLayout {
         let (parent, name) = tree::split(path)?;
         let d = Dir::open(parent)?;
         match d.stat_at(name)? {
+            // Already exact (a `mkdir` the umask left alone, as usual): no
+            // `fchmodat`, which glibc runs as four system calls (an `O_PATH`
+            // open, `fstat`, `chmod` of its `/proc/self/fd` path, `close`)
+            // on every create.
+            Some(st) if st.kind == fsutil::Kind::Dir && st.mode == mode => Ok(()),
             Some(st) if st.kind == fsutil::Kind::Dir => d.set_mode_at(name, mode),
             Some(st) => Err(io::Error::other(format!("is {}", st.kind.describe()))),
             None => Err(io::ErrorKind::NotFound.into()),
@@ -588,5 +593,38 @@ impl Layout for SimLayout {
         // No modes in the simulation: what the real copy records for a
         // tree without exceptions.
         Ok(Modes::new(dst_policy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::{Layout, RealLayout};
+
+    fn mode_of(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// `mkdir` under a setgid directory gives the new one the setgid bit
+    /// too (and the umask may take bits away): `create_dir` ends with the
+    /// mode asked for, whatever `mkdir` left.
+    #[test]
+    fn create_dir_sets_the_exact_mode_when_mkdir_gives_other_bits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("setgid");
+        std::fs::create_dir(&parent).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o2755)).unwrap();
+        let layout = RealLayout;
+        let child = parent.join("v");
+        layout.create_dir(&child, 0o755).unwrap();
+        assert_eq!(
+            mode_of(&child),
+            0o755,
+            "the inherited setgid bit is cleared"
+        );
+        let plain = tmp.path().join("plain");
+        layout.create_dir(&plain, 0o700).unwrap();
+        assert_eq!(mode_of(&plain), 0o700);
     }
 }

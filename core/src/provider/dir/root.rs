@@ -145,6 +145,10 @@ impl DirProvider {
             flush: GroupSync::new(),
             batch_sync,
             dirty: super::durability::Dirty::at_open(),
+            round_workers: crate::fsutil::Workers::new(
+                "volmgr-fsync",
+                DirProvider::ROUND_THREADS - 1,
+            ),
             doomed: trash::Doomed::default(),
             undo_stuck: std::sync::atomic::AtomicBool::new(false),
         };
