@@ -4,6 +4,13 @@
 //! a verb needs inside it, and the layout calls that sync or not as the
 //! provider's durability says. The protocol is described in the parent
 //! module's "Durability" section; this module holds its primitives.
+//!
+//! A round's syncs returning success is not enough: an ext4 whose journal
+//! a failed commit aborted stays `rw` and answers them with success once
+//! the failed transaction (with the round's changes) is gone. So a round
+//! ends with two checks, after its syncs: the root's file system is not
+//! read-only, and it still takes a journaled change (a probe directory made
+//! and removed in `.volmgr`, [`DirProvider::still_accepts_changes`]).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -13,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::layout::{Entry, Identity};
 use super::marker::{self, Marker};
-use super::{DirProvider, check_id};
+use super::{DirProvider, MARKERS, check_id};
 use crate::model::VolumeKind;
 use crate::provider::{ProviderError, VolumeSpec};
 
@@ -74,6 +81,11 @@ impl BatchSync {
         }
     }
 }
+
+/// The name [`DirProvider::still_accepts_changes`] makes and removes in
+/// `<root>/.volmgr` after each round's syncs: a dot name, so no id can
+/// take it.
+pub(super) const ROUND_PROBE: &str = ".round-probe";
 
 /// What the next batched round must make durable: the provider's own files
 /// and directories changed since the last one, and whether a caller needs
@@ -275,6 +287,7 @@ impl DirProvider {
                     Some(paths) => self.sync_all_changed(&paths),
                 }
                 .and_then(|()| self.still_writable())
+                .and_then(|()| self.still_accepts_changes())
             })
             .map_err(ProviderError::Other)
     }
@@ -285,8 +298,7 @@ impl DirProvider {
     /// anything. This does not detect an ext4 that aborted on a failed
     /// write: on the guest's 6.1 kernel it stays `rw` in `/proc/mounts`
     /// even with `errors=remount-ro` (`tests/journal_device_errors.rs`)
-    /// while refusing changes, and can answer with success
-    /// (`tests/dir_device_errors.rs`, "Open").
+    /// while refusing changes; [`Self::still_accepts_changes`] does.
     fn still_writable(&self) -> io::Result<()> {
         match &self.root_fd {
             Some(root) if root.is_read_only()? => Err(io::Error::new(
@@ -295,6 +307,54 @@ impl DirProvider {
                  provider root is read-only (it aborted after a failed write, or was \
                  remounted read-only): Read-only file system (os error 30)",
             )),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a round's syncs returned: one journaled change (`mkdir` and
+    /// `rmdir` of [`ROUND_PROBE`] in the provider's own `.volmgr`), so the
+    /// file system proves it still commits changes. An ext4 whose journal a
+    /// failed commit aborted (`errors=continue`, or the guest's 6.1 kernel
+    /// with any `errors=`) stays `rw` and answers a `syncfs` or a directory
+    /// `fsync` with success once the failed transaction, which held the
+    /// round's changes, is gone (nothing left to commit or wait for): they
+    /// were lost, and only a new change meets the abort (`EROFS`). The probe
+    /// runs after the syncs returned, so the commit of every transaction
+    /// holding the round's changes has ended (a sync waits for a running or
+    /// committing one, or finds it ended); a failed commit aborts the
+    /// journal before it ends, and an aborted journal refuses every later
+    /// change. So a probe that succeeds proves those commits did not fail
+    /// (`tests/dir_device_errors.rs`). The probe's change itself is never
+    /// synced; a crash may leave the directory, which the next probe
+    /// removes (nothing else reads `.volmgr` itself: the inventory and the
+    /// start sweep list its `data`, `snapshot` and `modes`).
+    fn still_accepts_changes(&self) -> io::Result<()> {
+        let probe = self.root.join(MARKERS).join(ROUND_PROBE);
+        let failed = |what: &str, e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "the round's syncs returned, but the file system holding the provider root \
+                     refuses changes ({what} {}: {e}): its journal may have aborted after a \
+                     failed commit that held the round's changes",
+                    probe.display()
+                ),
+            )
+        };
+        match self.layout.mkdir(&probe, 0o700) {
+            Ok(()) => {}
+            // Left by a crash between the two calls: its removal is the
+            // journaled change.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return self
+                    .layout
+                    .remove_tree(&probe)
+                    .map_err(|e| failed("removing", e));
+            }
+            Err(e) => return Err(failed("mkdir", e)),
+        }
+        match self.layout.remove_empty_dir(&probe) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(failed("rmdir", e)),
             _ => Ok(()),
         }
     }
