@@ -573,6 +573,18 @@ fn error_seen_first_by_another_caller(test: &str, batch_sync: BatchSync) {
     );
 }
 
+/// What fails writes when ext4's journal aborts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bad {
+    /// The whole device: the journal's superblock write at the abort fails
+    /// too, which records a write-back error on the file system that a
+    /// `syncfs` on a descriptor opened before reports.
+    Device,
+    /// The journal's log only (a few bad sectors): the abort's superblock
+    /// write succeeds, nothing records an error, and a `syncfs` returns 0.
+    JournalLog,
+}
+
 /// The dir provider registered under this kind holds its next `sync()`
 /// once armed (see [`GatedSync`]).
 const GATED_KIND: &str = "gated-dir";
@@ -823,6 +835,7 @@ fn journal_aborts_logged(dev: &Path) -> usize {
 async fn create_lost_with_an_aborted_journal_is_never_acknowledged(
     test: &str,
     batch_sync: BatchSync,
+    bad: Bad,
 ) {
     let started = Instant::now();
     let Some(mut device) = Device::with_options(test, ABORT_OPTIONS) else {
@@ -858,6 +871,8 @@ async fn create_lost_with_an_aborted_journal_is_never_acknowledged(
     // written): the failed device meets only what follows.
     syncfs_of(&device.mount_point()).expect("a healthy syncfs");
 
+    let journal_log = device.ext4_journal_log();
+
     // The create's effect, its round held.
     let (entered, release) = gate.arm();
     let task = {
@@ -871,7 +886,13 @@ async fn create_lost_with_an_aborted_journal_is_never_acknowledged(
     // Its marker's data on the disk (the transaction that names it is not).
     write_back_data(&root.join(".volmgr/data").join(LOST)).expect("write back the marker");
     let aborts_before = journal_aborts_logged(&device.dev_path());
-    device.fail_writes();
+    match bad {
+        Bad::Device => device.fail_writes(),
+        Bad::JournalLog => {
+            let (first, sectors) = journal_log;
+            device.fail_writes_to(first, sectors);
+        }
+    }
     // Another caller forces the running transaction's commit: it fails,
     // and ext4's journal aborts.
     let other = syncfs_of(&device.mount_point());
@@ -971,7 +992,7 @@ async fn create_lost_with_an_aborted_journal_is_never_acknowledged(
     drop(provider);
     device.unmount().expect("unmount");
     println!(
-        "dir device errors, create lost with an aborted ext4 journal, {} rounds: the other \
+        "dir device errors, create lost with an aborted ext4 journal, {bad:?} failing, {} rounds: the other \
          syncfs {other:?}, mounted {mounted}; the create: {reason}; reopened while failing: \
          {while_failing}; a mkdir by the test then: {probe_by_test}; after restore: {} (resolutions: {}), state and inventory agree \
          ({} items); {:.1}s",
@@ -988,6 +1009,7 @@ async fn a_create_lost_with_an_aborted_ext4_journal_is_never_acknowledged() {
     create_lost_with_an_aborted_journal_is_never_acknowledged(
         "a_create_lost_with_an_aborted_ext4_journal_is_never_acknowledged",
         BatchSync::Syncfs,
+        Bad::JournalLog,
     )
     .await;
 }
@@ -998,6 +1020,31 @@ async fn a_create_lost_with_an_aborted_ext4_journal_is_never_acknowledged_with_f
     create_lost_with_an_aborted_journal_is_never_acknowledged(
         "a_create_lost_with_an_aborted_ext4_journal_is_never_acknowledged_with_fsync_rounds",
         BatchSync::Fsync,
+        Bad::JournalLog,
+    )
+    .await;
+}
+
+/// The same with the whole device failing writes (`syncfs` rounds: the
+/// failed write of the journal's superblock is reported to the round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_lost_with_an_aborted_ext4_journal_on_a_failed_device_is_never_acknowledged() {
+    create_lost_with_an_aborted_journal_is_never_acknowledged(
+        "a_create_lost_with_an_aborted_ext4_journal_on_a_failed_device_is_never_acknowledged",
+        BatchSync::Syncfs,
+        Bad::Device,
+    )
+    .await;
+}
+
+/// The same with rounds of `fsync`s, which hear of no such error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_lost_with_an_aborted_ext4_journal_on_a_failed_device_is_never_acknowledged_with_fsync_rounds()
+ {
+    create_lost_with_an_aborted_journal_is_never_acknowledged(
+        "a_create_lost_with_an_aborted_ext4_journal_on_a_failed_device_is_never_acknowledged_with_fsync_rounds",
+        BatchSync::Fsync,
+        Bad::Device,
     )
     .await;
 }
