@@ -27,18 +27,30 @@
 //!   inventory agree (no orphan, no foreign or half-made item), and new
 //!   operations work, including on the ids of the failed operations.
 //!
-//! Open (seen here, not closed): ext4 whose journal commit failed (its own
-//! background commit meeting the failed device) aborts its journal but
-//! stays mounted `rw` (`errors=continue`), refuses changes with `EROFS`,
-//! and can still answer a `syncfs` or a directory `fsync` with success when
-//! no data page's write-back failed (nothing left to wait for). In the
-//! concurrent-creates test one create then failed on its own marker write
-//! and its round succeeded (1 run in 3 to 8): harmless there, but a create
-//! whose data pages reached the disk before the journal commit failed
-//! could be acknowledged and lost. A round on a read-only root (where
-//! `syncfs` returns 0 at once) fails (`still_writable`), but the aborted
-//! ext4 stays `rw` on the guest's kernel, even `errors=remount-ro`: it is
-//! not yet detected.
+//! Aborted journal (the `a_create_lost_with_an_aborted_ext4_journal_*`
+//! tests): ext4 whose journal commit failed aborts its journal but stays
+//! mounted `rw` (`errors=continue`; on the guest's 6.1 kernel even
+//! `errors=remount-ro`) and refuses changes with `EROFS`, yet a later
+//! `syncfs` or `fsync` finds no transaction left to commit and can return
+//! 0. The test holds a create's round (a provider wrapper whose `sync`
+//! waits at a gate) after its effect, writes its marker's data back
+//! (`sync_file_range`: no journal commit), fails the device's writes, and
+//! makes another caller's `syncfs` force the commit of the transaction
+//! holding the create's `mkdir` and marker: it fails and the journal
+//! aborts (the kernel log says so); then the round runs. With the whole
+//! device failing, the abort's write of the journal's superblock fails too
+//! and a `syncfs` on the provider's descriptor reports it, but an `fsync`
+//! round returned 0; with only the journal's log failing (bad sectors),
+//! both kinds of round returned 0, and the create was acknowledged and
+//! gone after a remount. So a round ends with a probe, a change made after
+//! its syncs (a `rename` of the empty file `.volmgr/.round-probe.a` to
+//! `.round-probe.b` or back), which meets
+//! the aborted journal: the create is refused as "provider unavailable", a
+//! reopen while the device fails (a new descriptor, which hears of no
+//! write-back error) resolves nothing, and once restored and remounted a
+//! reopen undoes the create (`create-interrupted`), state and inventory
+//! agreeing. With the probe removed, three of the four tests fail ("create
+//! lost acknowledged by its own round ...; after a remount it is LOST").
 //!
 //! Needs root, a kernel with device-mapper and dm-flakey, `dmsetup`,
 //! `losetup` and `mkfs.ext4`: that is the QEMU guest of `scripts/zfs-test`
@@ -248,8 +260,9 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
         // One of several concurrent creates may meet the file system after
         // ext4 aborted (its own marker write fails with `EROFS`) and fail
         // by itself, journaled as failed: not acknowledged either. (Its
-        // round may even succeed: an aborted ext4 can answer a `syncfs`
-        // with success; see "Open" in the module doc.)
+        // round's sync may even succeed: an aborted ext4 can answer a
+        // `syncfs` with success; the round's probe fails it, see "Aborted
+        // journal" in the module doc.)
         assert!(
             unavailable_for_syncfs(e) || (first == First::Creates && failed_on_its_own_write(e)),
             "{what}: the provider is taken out of service, the reason naming the failed \
@@ -825,9 +838,10 @@ fn journal_aborts_logged(dev: &Path) -> usize {
 /// device starts failing writes and another caller's `syncfs` forces that
 /// transaction's commit, which fails and aborts ext4's journal (the
 /// transaction, with the create, is gone); then the create's round runs.
-/// Its `syncfs` or `fsync`s find nothing to commit and return success, and
-/// the file system stays `rw`; only the round's probe (a change after the
-/// syncs) meets the aborted journal. Properties: the create is never
+/// Its `fsync`s, or its `syncfs` when only the journal's log fails
+/// ([`Bad`]), find nothing to commit and return success, and the file
+/// system stays `rw`; only the round's probe (a change after the syncs)
+/// meets the aborted journal. Properties: the create is never
 /// acknowledged (the provider is taken out of service, its intent stays
 /// pending), and once the device is restored and remounted it is indeed
 /// gone, and a reopen reconciles: nothing pending, every acknowledged
@@ -931,13 +945,12 @@ async fn create_lost_with_an_aborted_journal_is_never_acknowledged(
     let report = m.reconcile_report();
     let while_failing = match report.unavailable.iter().find(|(p, _)| p == PROVIDER) {
         Some((_, why)) => format!("provider unavailable ({why})"),
-        None => format!(
-            "provider serving, resolutions: {}",
-            resolutions(&report)
-        ),
+        None => format!("provider serving, resolutions: {}", resolutions(&report)),
     };
     if created.is_err() && m.volume(LOST).is_ok() {
-        acknowledged_by.push(format!("the reopen while the device failed: {while_failing}"));
+        acknowledged_by.push(format!(
+            "the reopen while the device failed: {while_failing}"
+        ));
     }
     if acknowledged_by.is_empty() {
         assert!(
@@ -949,7 +962,11 @@ async fn create_lost_with_an_aborted_journal_is_never_acknowledged(
             "the provider is unavailable while its ext4 is aborted: {while_failing}"
         );
         assert_eq!(pending_after, 1, "the create's intent stays pending");
-        assert_eq!(m.state().pending.len(), 1, "and stays pending at the reopen");
+        assert_eq!(
+            m.state().pending.len(),
+            1,
+            "and stays pending at the reopen"
+        );
     }
     m.close().await;
     let probe_by_test = match fs::create_dir(device.mount_point().join("probe")) {
@@ -977,10 +994,15 @@ async fn create_lost_with_an_aborted_journal_is_never_acknowledged(
         "the create's transaction was lost with the aborted journal"
     );
 
-    let m = open_gated(&state_dir, &gate).await.expect("reopen once restored");
+    let m = open_gated(&state_dir, &gate)
+        .await
+        .expect("reopen once restored");
     let report = m.reconcile_report();
     reconciled_whole(&m, &content, None);
-    assert!(m.volume(LOST).is_err(), "the unacknowledged create is undone");
+    assert!(
+        m.volume(LOST).is_err(),
+        "the unacknowledged create is undone"
+    );
     m.create_volume(PROVIDER, Some(LOST), Meta::new())
         .await
         .expect("a create under the lost create's id");
@@ -988,7 +1010,11 @@ async fn create_lost_with_an_aborted_journal_is_never_acknowledged(
     m.close().await;
     let provider = DirProvider::new(root.clone()).expect("the provider opens");
     let on_provider = whole_inventory(&provider.inventory().expect("inventory"));
-    assert_eq!(on_provider, state_kinds(&state), "state and inventory agree");
+    assert_eq!(
+        on_provider,
+        state_kinds(&state),
+        "state and inventory agree"
+    );
     drop(provider);
     device.unmount().expect("unmount");
     println!(

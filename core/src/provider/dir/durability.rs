@@ -9,8 +9,8 @@
 //! a failed commit aborted stays `rw` and answers them with success once
 //! the failed transaction (with the round's changes) is gone. So a round
 //! ends with two checks, after its syncs: the root's file system is not
-//! read-only, and it still takes a journaled change (a probe directory made
-//! and removed in `.volmgr`, [`DirProvider::still_accepts_changes`]).
+//! read-only, and it still takes a journaled change (a probe file renamed
+//! in `.volmgr`, [`DirProvider::still_accepts_changes`]).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -82,10 +82,10 @@ impl BatchSync {
     }
 }
 
-/// The name [`DirProvider::still_accepts_changes`] makes and removes in
-/// `<root>/.volmgr` after each round's syncs: a dot name, so no id can
-/// take it.
-pub(super) const ROUND_PROBE: &str = ".round-probe";
+/// The two names of the empty file that [`DirProvider::still_accepts_changes`]
+/// renames in `<root>/.volmgr` after each round's syncs (from one to the
+/// other): dot names, so no id can take them.
+pub(super) const ROUND_PROBE: [&str; 2] = [".round-probe.a", ".round-probe.b"];
 
 /// What the next batched round must make durable: the provider's own files
 /// and directories changed since the last one, and whether a caller needs
@@ -311,51 +311,71 @@ impl DirProvider {
         }
     }
 
-    /// After a round's syncs returned: one journaled change (`mkdir` and
-    /// `rmdir` of [`ROUND_PROBE`] in the provider's own `.volmgr`), so the
-    /// file system proves it still commits changes. An ext4 whose journal a
-    /// failed commit aborted (`errors=continue`, or the guest's 6.1 kernel
-    /// with any `errors=`) stays `rw` and answers a `syncfs` or a directory
-    /// `fsync` with success once the failed transaction, which held the
-    /// round's changes, is gone (nothing left to commit or wait for): they
-    /// were lost, and only a new change meets the abort (`EROFS`). The probe
-    /// runs after the syncs returned, so the commit of every transaction
-    /// holding the round's changes has ended (a sync waits for a running or
-    /// committing one, or finds it ended); a failed commit aborts the
-    /// journal before it ends, and an aborted journal refuses every later
-    /// change. So a probe that succeeds proves those commits did not fail
-    /// (`tests/dir_device_errors.rs`). The probe's change itself is never
-    /// synced; a crash may leave the directory, which the next probe
-    /// removes (nothing else reads `.volmgr` itself: the inventory and the
-    /// start sweep list its `data`, `snapshot` and `modes`).
+    /// After a round's syncs returned: one journaled change, a `rename` of
+    /// the probe file in the provider's own `.volmgr` to its other name
+    /// ([`ROUND_PROBE`]), so the file system proves it still commits
+    /// changes. An ext4 whose journal a failed commit aborted
+    /// (`errors=continue`, or the guest's 6.1 kernel with any `errors=`)
+    /// stays `rw` and answers a `syncfs` or an `fsync` with success once
+    /// the failed transaction, which held the round's changes, is gone
+    /// (nothing left to commit or wait for): they were lost, and only a new
+    /// change meets the abort (`EROFS`). The probe runs after the syncs
+    /// returned, so the commit of every transaction holding the round's
+    /// changes has ended (a sync waits for a running or committing one, or
+    /// finds it ended); a failed commit aborts the journal before it ends,
+    /// and an aborted journal refuses every later change. So a probe that
+    /// succeeds proves those commits did not fail
+    /// (`tests/dir_device_errors.rs`, "Aborted journal"). The probe is
+    /// never synced: a crash may leave the file under either name, which
+    /// the next probe finds by trying the other (one `rename` a round, two
+    /// when the file is not where this provider left it); a missing one is
+    /// created, which is a journaled change too. Nothing else reads
+    /// `.volmgr` itself (the inventory and the start sweep list its
+    /// `data`, `snapshot` and `modes`). A `rename`: cheaper than a `mkdir`
+    /// and `rmdir`, which allocate and free an inode (measured on ext4:
+    /// about 10 µs against 150 µs or more).
     fn still_accepts_changes(&self) -> io::Result<()> {
-        let probe = self.root.join(MARKERS).join(ROUND_PROBE);
-        let failed = |what: &str, e: io::Error| {
+        let dir = self.root.join(MARKERS);
+        let at_second = self.probe_at_second.load(Ordering::Relaxed);
+        let (here, there) = if at_second {
+            (ROUND_PROBE[1], ROUND_PROBE[0])
+        } else {
+            (ROUND_PROBE[0], ROUND_PROBE[1])
+        };
+        let failed = |what: String, e: io::Error| {
             io::Error::new(
                 e.kind(),
                 format!(
                     "the round's syncs returned, but the file system holding the provider root \
-                     refuses changes ({what} {}: {e}): its journal may have aborted after a \
-                     failed commit that held the round's changes",
-                    probe.display()
+                     refuses changes ({what}: {e}): its journal may have aborted after a failed \
+                     commit that held the round's changes"
                 ),
             )
         };
-        match self.layout.mkdir(&probe, 0o700) {
-            Ok(()) => {}
-            // Left by a crash between the two calls: its removal is the
-            // journaled change.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return self
-                    .layout
-                    .remove_tree(&probe)
-                    .map_err(|e| failed("removing", e));
+        let rename = |from: &str, to: &str| {
+            let (from, to) = (dir.join(from), dir.join(to));
+            self.layout.rename(&from, &to).map_err(|e| {
+                let what = format!("rename {} to {}", from.display(), to.display());
+                (e.kind() == io::ErrorKind::NotFound, failed(what, e))
+            })
+        };
+        match rename(here, there) {
+            Ok(()) => {
+                self.probe_at_second.store(!at_second, Ordering::Relaxed);
+                return Ok(());
             }
-            Err(e) => return Err(failed("mkdir", e)),
+            Err((false, e)) => return Err(e),
+            Err((true, _)) => {}
         }
-        match self.layout.remove_empty_dir(&probe) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(failed("rmdir", e)),
-            _ => Ok(()),
+        // Not where this provider left it: under the other name (a crash,
+        // a new provider), or missing (a root's first round).
+        match rename(there, here) {
+            Ok(()) => Ok(()),
+            Err((false, e)) => Err(e),
+            Err((true, _)) => self
+                .layout
+                .write_file(&dir, here, b"", false)
+                .map_err(|e| failed(format!("creating {}", dir.join(here).display()), e)),
         }
     }
 
