@@ -20,7 +20,11 @@
 //! failing device by `tests/dir_device_errors.rs`, where a reopen rolled
 //! forward a create that never reached the disk), and so does the round
 //! after a failed verb. Each of the last two fails when its whole `syncfs`
-//! is removed (checked by mutation).
+//! is removed (checked by mutation). A round's probe (a `rename` in
+//! `.volmgr` after its syncs) moves its file each round, and a crash that
+//! left it under either name, or none, disturbs neither the open, the
+//! inventory nor the next round (fails without the probe's fallback to the
+//! other name: checked by mutation).
 
 use std::path::{Path, PathBuf};
 
