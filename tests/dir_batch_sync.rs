@@ -20,7 +20,11 @@
 //! failing device by `tests/dir_device_errors.rs`, where a reopen rolled
 //! forward a create that never reached the disk), and so does the round
 //! after a failed verb. Each of the last two fails when its whole `syncfs`
-//! is removed (checked by mutation).
+//! is removed (checked by mutation). A round's probe (a `rename` in
+//! `.volmgr` after its syncs) moves its file each round, and a crash that
+//! left it under either name, or none, disturbs neither the open, the
+//! inventory nor the next round (fails without the probe's fallback to the
+//! other name: checked by mutation).
 
 use std::path::{Path, PathBuf};
 
@@ -305,4 +309,84 @@ fn a_refused_verb_leaves_the_next_round_an_fsync_round() {
         None,
         "a refusal made the next round write back the tenant's data"
     );
+}
+
+/// A round ends with a probe, a change made after its syncs in the
+/// provider's own `.volmgr` (a `rename` of the empty file `.round-probe.a`
+/// to `.round-probe.b` or back: an ext4 whose journal aborted answers the
+/// syncs with success and refuses only new changes,
+/// `tests/dir_device_errors.rs`, "Aborted journal"). Each round moves the
+/// file to its other name; one a crash left under either name, or lost,
+/// neither stops a provider from opening nor shows in its inventory, and
+/// its next round renames or creates it.
+#[test]
+fn the_round_probe_moves_each_round_and_survives_a_crash_under_either_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    let names = [".round-probe.a", ".round-probe.b"];
+    let at = |root: &Path| -> Vec<&str> {
+        names
+            .into_iter()
+            .filter(|n| {
+                std::fs::symlink_metadata(root.join(".volmgr").join(n)).is_ok_and(|m| m.is_file())
+            })
+            .collect()
+    };
+    let p = DirProvider::with_batch_sync(root.clone(), BatchSync::Fsync).expect("opens");
+    create(&p, "v");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        p.sync().expect("a round");
+        let now = at(&root);
+        assert_eq!(now.len(), 1, "the probe file under one name: {now:?}");
+        seen.push(now[0]);
+    }
+    assert_eq!(
+        seen,
+        [
+            seen[0],
+            names.into_iter().find(|n| *n != seen[0]).unwrap(),
+            seen[0]
+        ],
+        "each round renames the probe to its other name"
+    );
+    drop(p);
+    // A crash may leave it under either name (the renames are never
+    // synced), or none (a root whose rounds never ran the probe).
+    for (what, keep) in [
+        ("under its first name", Some(names[0])),
+        ("under its second name", Some(names[1])),
+        ("missing", None),
+    ] {
+        for n in names {
+            let _ = std::fs::remove_file(root.join(".volmgr").join(n));
+        }
+        if let Some(n) = keep {
+            std::fs::write(root.join(".volmgr").join(n), b"").unwrap();
+        }
+        let p = DirProvider::with_batch_sync(root.clone(), BatchSync::Fsync)
+            .unwrap_or_else(|e| panic!("opens with the probe {what}: {e}"));
+        let found: Vec<(String, bool)> = p
+            .inventory()
+            .expect("inventory")
+            .into_iter()
+            .map(|f| (f.name, f.tag.is_some()))
+            .collect();
+        assert_eq!(
+            found,
+            [(root.join("data/v").display().to_string(), true)],
+            "with the probe {what}, the inventory holds the volume only"
+        );
+        p.sync()
+            .unwrap_or_else(|e| panic!("a round with the probe {what}: {e}"));
+        let now = at(&root);
+        assert_eq!(
+            now.len(),
+            1,
+            "with the probe {what}, a round leaves it under one name: {now:?}"
+        );
+        if let Some(n) = keep {
+            assert_ne!(now[0], n, "the round renamed the probe left {what}");
+        }
+    }
 }

@@ -27,18 +27,30 @@
 //!   inventory agree (no orphan, no foreign or half-made item), and new
 //!   operations work, including on the ids of the failed operations.
 //!
-//! Open (seen here, not closed): ext4 whose journal commit failed (its own
-//! background commit meeting the failed device) aborts its journal but
-//! stays mounted `rw` (`errors=continue`), refuses changes with `EROFS`,
-//! and can still answer a `syncfs` or a directory `fsync` with success when
-//! no data page's write-back failed (nothing left to wait for). In the
-//! concurrent-creates test one create then failed on its own marker write
-//! and its round succeeded (1 run in 3 to 8): harmless there, but a create
-//! whose data pages reached the disk before the journal commit failed
-//! could be acknowledged and lost. A round on a read-only root (where
-//! `syncfs` returns 0 at once) fails (`still_writable`), but the aborted
-//! ext4 stays `rw` on the guest's kernel, even `errors=remount-ro`: it is
-//! not yet detected.
+//! Aborted journal (the `a_create_lost_with_an_aborted_ext4_journal_*`
+//! tests): ext4 whose journal commit failed aborts its journal but stays
+//! mounted `rw` (`errors=continue`; on the guest's 6.1 kernel even
+//! `errors=remount-ro`) and refuses changes with `EROFS`, yet a later
+//! `syncfs` or `fsync` finds no transaction left to commit and can return
+//! 0. The test holds a create's round (a provider wrapper whose `sync`
+//! waits at a gate) after its effect, writes its marker's data back
+//! (`sync_file_range`: no journal commit), fails the device's writes, and
+//! makes another caller's `syncfs` force the commit of the transaction
+//! holding the create's `mkdir` and marker: it fails and the journal
+//! aborts (the kernel log says so); then the round runs. With the whole
+//! device failing, the abort's write of the journal's superblock fails too
+//! and a `syncfs` on the provider's descriptor reports it, but an `fsync`
+//! round returned 0; with only the journal's log failing (bad sectors),
+//! both kinds of round returned 0, and the create was acknowledged and
+//! gone after a remount. So a round ends with a probe, a change made after
+//! its syncs (a `rename` of the empty file `.volmgr/.round-probe.a` to
+//! `.round-probe.b` or back), which meets
+//! the aborted journal: the create is refused as "provider unavailable", a
+//! reopen while the device fails (a new descriptor, which hears of no
+//! write-back error) resolves nothing, and once restored and remounted a
+//! reopen undoes the create (`create-interrupted`), state and inventory
+//! agreeing. With the probe removed, three of the four tests fail ("create
+//! lost acknowledged by its own round ...; after a remount it is LOST").
 //!
 //! Needs root, a kernel with device-mapper and dm-flakey, `dmsetup`,
 //! `losetup` and `mkfs.ext4`: that is the QEMU guest of `scripts/zfs-test`
@@ -51,7 +63,10 @@ mod device_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 use std::os::fd::AsRawFd;
@@ -60,8 +75,11 @@ use uuid::Uuid;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::model::VolumeId;
 use volmgr::provider::dir::{BatchSync, CONFIG_BATCH_SYNC, DirProvider};
-use volmgr::provider::{Presence, Provider, ProviderConfig, ProviderError, VolumeSpec};
-use volmgr::state::{Meta, VolumeKind};
+use volmgr::provider::{
+    Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
+    ProviderFactory, SendStats, VolumeRef, VolumeSpec,
+};
+use volmgr::state::{Meta, OpId, VolumeKind};
 
 use device_support::{Device, Tree, fill, reconciled_whole, state_kinds, whole_inventory};
 
@@ -242,8 +260,9 @@ async fn failed_syncfs_acknowledges_nothing_and_a_reopen_reconciles(
         // One of several concurrent creates may meet the file system after
         // ext4 aborted (its own marker write fails with `EROFS`) and fail
         // by itself, journaled as failed: not acknowledged either. (Its
-        // round may even succeed: an aborted ext4 can answer a `syncfs`
-        // with success; see "Open" in the module doc.)
+        // round's sync may even succeed: an aborted ext4 can answer a
+        // `syncfs` with success; the round's probe fails it, see "Aborted
+        // journal" in the module doc.)
         assert!(
             unavailable_for_syncfs(e) || (first == First::Creates && failed_on_its_own_write(e)),
             "{what}: the provider is taken out of service, the reason naming the failed \
@@ -565,4 +584,493 @@ fn error_seen_first_by_another_caller(test: &str, batch_sync: BatchSync) {
         r.map_or_else(|e| e.to_string(), |()| "no".into()),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// What fails writes when ext4's journal aborts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bad {
+    /// The whole device: the journal's superblock write at the abort fails
+    /// too, which records a write-back error on the file system that a
+    /// `syncfs` on a descriptor opened before reports.
+    Device,
+    /// The journal's log only (a few bad sectors): the abort's superblock
+    /// write succeeds, nothing records an error, and a `syncfs` returns 0.
+    JournalLog,
+}
+
+/// The dir provider registered under this kind holds its next `sync()`
+/// once armed (see [`GatedSync`]).
+const GATED_KIND: &str = "gated-dir";
+/// The create whose journal transaction is lost before its round.
+const LOST: &str = "lost";
+/// ext4 options of the aborted-journal tests: `errors=continue` (ext4 stays
+/// `rw` after its journal aborts), `commit=600` (no periodic commit of the
+/// journal before the test forces one) and `nobarrier` (the cache flush,
+/// which dm-flakey fails too, does not report the failure: a disk whose
+/// failed sectors hold the journal while its flush works behaves so).
+const ABORT_OPTIONS: &str = "nobarrier,errors=continue,commit=600";
+
+/// Holds the next `sync()` after [`Gate::arm`] until the test releases it.
+#[derive(Debug, Default)]
+struct Gate {
+    armed: AtomicBool,
+    entered: Mutex<Option<mpsc::Sender<()>>>,
+    release: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl Gate {
+    /// Arms the gate: the receiver told when the next `sync()` enters, and
+    /// the sender that lets it run (dropping it does too).
+    fn arm(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        *self.entered.lock().unwrap() = Some(entered_tx);
+        *self.release.lock().unwrap() = Some(release_rx);
+        self.armed.store(true, Ordering::SeqCst);
+        (entered_rx, release_tx)
+    }
+
+    fn pass(&self) {
+        if !self.armed.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let entered = self.entered.lock().unwrap().take();
+        let release = self.release.lock().unwrap().take();
+        if let (Some(entered), Some(release)) = (entered, release) {
+            let _ = entered.send(());
+            let _ = release.recv();
+        }
+    }
+}
+
+/// The dir provider, forwarding every call, whose `sync()` waits at the
+/// [`Gate`] once armed: how the test runs a create's round at a moment it
+/// chose, after the create's side effect.
+#[derive(Debug)]
+struct GatedSync {
+    dir: DirProvider,
+    gate: Arc<Gate>,
+}
+
+impl Provider for GatedSync {
+    fn kind(&self) -> &'static str {
+        GATED_KIND
+    }
+    fn durability(&self) -> Durability {
+        self.dir.durability()
+    }
+    fn sync(&self) -> Result<(), ProviderError> {
+        self.gate.pass();
+        self.dir.sync()
+    }
+    fn sync_at_open(&self) -> Result<(), ProviderError> {
+        self.dir.sync_at_open()
+    }
+    fn config(&self) -> ProviderConfig {
+        self.dir.config()
+    }
+    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
+        self.dir.create_volume(spec)
+    }
+    fn create_snapshot(
+        &self,
+        source: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        self.dir.create_snapshot(source, spec)
+    }
+    fn fork_volume(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        self.dir.fork_volume(snapshot, spec)
+    }
+    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        self.dir.destroy(volume)
+    }
+    fn send_snapshot(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+        out: &mut dyn Write,
+    ) -> Result<SendStats, ProviderError> {
+        self.dir.send_snapshot(snapshot, base, out)
+    }
+    fn send_size(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+    ) -> Result<Option<u64>, ProviderError> {
+        self.dir.send_size(snapshot, base)
+    }
+    fn receive_snapshot(
+        &self,
+        target: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+        input: &mut dyn Read,
+    ) -> Result<Created, ProviderError> {
+        self.dir.receive_snapshot(target, spec, input)
+    }
+    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
+        self.dir.inventory()
+    }
+    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
+        self.dir.finish(found)
+    }
+    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
+        self.dir.abort_partial(op)
+    }
+    fn clear_interrupted_create(&self, spec: &VolumeSpec<'_>) -> Result<(), ProviderError> {
+        self.dir.clear_interrupted_create(spec)
+    }
+    fn partial_receive(
+        &self,
+        target: &VolumeRef<'_>,
+    ) -> Result<Option<PartialReceive>, ProviderError> {
+        self.dir.partial_receive(target)
+    }
+    fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        self.dir.abort_receive(target)
+    }
+    fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {
+        self.dir.resume_fits(snapshot, token)
+    }
+    fn enforces_capacity(&self) -> bool {
+        self.dir.enforces_capacity()
+    }
+    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
+        self.dir.set_capacity(volume, bytes)
+    }
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        self.dir.free_bytes()
+    }
+    fn check_volume_options(&self, options: &ProviderConfig) -> Result<(), ProviderError> {
+        self.dir.check_volume_options(options)
+    }
+    fn set_volume_options(
+        &self,
+        volume: &VolumeRef<'_>,
+        options: &ProviderConfig,
+    ) -> Result<(), ProviderError> {
+        self.dir.set_volume_options(volume, options)
+    }
+    fn send_resumed(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        token: &str,
+        out: &mut dyn Write,
+    ) -> Result<Option<SendStats>, ProviderError> {
+        self.dir.send_resumed(snapshot, token, out)
+    }
+}
+
+/// A manager whose factory for [`GATED_KIND`] builds a [`GatedSync`] on
+/// `gate`.
+async fn open_gated(state_dir: &Path, gate: &Arc<Gate>) -> Result<Manager, ManagerError> {
+    let mut config = ManagerConfig::default();
+    let gate = gate.clone();
+    let factory: ProviderFactory = Arc::new(move |c: &ProviderConfig| {
+        Ok(Arc::new(GatedSync {
+            dir: DirProvider::from_config(c)?,
+            gate: gate.clone(),
+        }) as Arc<dyn Provider>)
+    });
+    config.factories.insert(GATED_KIND.into(), factory);
+    Manager::open(state_dir, config).await
+}
+
+/// `syncfs` of the file system holding `path`, on a descriptor opened for
+/// the call (another caller than the provider).
+fn syncfs_of(path: &Path) -> std::io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: a valid descriptor, owned by `f` for the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Writes the file at `path`'s dirty pages to the disk and waits for
+/// them, without a journal commit (`sync_file_range`).
+fn write_back_data(path: &Path) -> std::io::Result<()> {
+    let f = File::open(path)?;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a valid descriptor, owned by `f` for the call.
+    if unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, flags) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A reconcile report's resolutions, as `case volume, ...`.
+fn resolutions(report: &volmgr::manager::ReconcileReport) -> String {
+    report
+        .resolutions
+        .iter()
+        .map(|(case, volume, _)| format!("{} {}", case.name(), volume.as_deref().unwrap_or("-")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Lines of the kernel log saying that the journal of the ext4 on `dev`
+/// (its internal journal, `<dm-N>-8`) aborted.
+fn journal_aborts_logged(dev: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = fs::metadata(dev).expect("stat the dm device").rdev();
+    // glibc's `minor()`: bits 0-7 and 20-31 of the device number.
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    let needle = format!("Aborting journal on device dm-{minor}-8");
+    device_support::run(&mut std::process::Command::new("dmesg"))
+        .expect("dmesg")
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// The hole an aborted ext4 opens under a batched round (see "Aborted
+/// journal" in the module doc): a create's `mkdir` and marker are in the
+/// running ext4 transaction, its marker's data already on the disk; the
+/// device starts failing writes and another caller's `syncfs` forces that
+/// transaction's commit, which fails and aborts ext4's journal (the
+/// transaction, with the create, is gone); then the create's round runs.
+/// Its `fsync`s, or its `syncfs` when only the journal's log fails
+/// ([`Bad`]), find nothing to commit and return success, and the file
+/// system stays `rw`; only the round's probe (a change after the syncs)
+/// meets the aborted journal. Properties: the create is never
+/// acknowledged (the provider is taken out of service, its intent stays
+/// pending), and once the device is restored and remounted it is indeed
+/// gone, and a reopen reconciles: nothing pending, every acknowledged
+/// volume present with its content, state and inventory agree.
+async fn create_lost_with_an_aborted_journal_is_never_acknowledged(
+    test: &str,
+    batch_sync: BatchSync,
+    bad: Bad,
+) {
+    let started = Instant::now();
+    let Some(mut device) = Device::with_options(test, ABORT_OPTIONS) else {
+        return;
+    };
+    // The journal on /tmp, off the failing device.
+    let state_tmp = tempfile::tempdir().expect("state tempdir");
+    let state_dir = state_tmp.path().join("state");
+    let root = device.mount_point().join("root");
+    let gate = Arc::new(Gate::default());
+
+    // Healthy: volumes acknowledged, filled durably.
+    let m = open_gated(&state_dir, &gate).await.expect("open");
+    m.add_provider(
+        PROVIDER,
+        GATED_KIND,
+        ProviderConfig::from([
+            ("root".to_owned(), root.display().to_string()),
+            (CONFIG_BATCH_SYNC.to_owned(), batch_sync.as_str().to_owned()),
+        ]),
+    )
+    .await
+    .expect("add the dir provider");
+    let mut content: BTreeMap<String, Tree> = BTreeMap::new();
+    for id in KEPT {
+        let v = m
+            .create_volume(PROVIDER, Some(id), Meta::new())
+            .await
+            .expect("create while healthy");
+        content.insert(id.to_owned(), fill(Path::new(&v.location), id));
+    }
+    // Everything on the disk (ext4's journal committed, its checkpoint
+    // written): the failed device meets only what follows.
+    syncfs_of(&device.mount_point()).expect("a healthy syncfs");
+
+    let journal_log = device.ext4_journal_log();
+
+    // The create's effect, its round held.
+    let (entered, release) = gate.arm();
+    let task = {
+        let m = m.clone();
+        tokio::spawn(async move { m.create_volume(PROVIDER, Some(LOST), Meta::new()).await })
+    };
+    tokio::task::spawn_blocking(move || entered.recv())
+        .await
+        .expect("no panic")
+        .expect("the create's round reaches the provider");
+    // Its marker's data on the disk (the transaction that names it is not).
+    write_back_data(&root.join(".volmgr/data").join(LOST)).expect("write back the marker");
+    let aborts_before = journal_aborts_logged(&device.dev_path());
+    match bad {
+        Bad::Device => device.fail_writes(),
+        Bad::JournalLog => {
+            let (first, sectors) = journal_log;
+            device.fail_writes_to(first, sectors);
+        }
+    }
+    // Another caller forces the running transaction's commit: it fails,
+    // and ext4's journal aborts.
+    let other = syncfs_of(&device.mount_point());
+    let aborts = journal_aborts_logged(&device.dev_path()) - aborts_before;
+    assert_eq!(
+        aborts, 1,
+        "the forced commit aborted ext4's journal (the other syncfs: {other:?})"
+    );
+    let mounted = device.mount_options();
+    drop(release);
+    let created = task.await.expect("no panic");
+    // How `lost` came to be acknowledged, if it did.
+    let mut acknowledged_by = Vec::new();
+    let reason = match &created {
+        Ok(_) => {
+            acknowledged_by.push("its own round".to_owned());
+            "acknowledged".to_owned()
+        }
+        Err(e) => {
+            assert!(
+                matches!(e, ManagerError::ProviderUnavailable { provider, .. } if provider == PROVIDER),
+                "the create's failed round takes the provider out of service: {e}"
+            );
+            e.to_string()
+        }
+    };
+    let pending_after = m.state().pending.len();
+    m.close().await;
+
+    // Reopened while the device still fails: a new provider, whose root
+    // descriptor, opened after the abort, hears of no write-back error;
+    // its round at open must not let the inventory roll the create forward.
+    let m = open_gated(&state_dir, &gate)
+        .await
+        .expect("reopen while failing");
+    let report = m.reconcile_report();
+    let while_failing = match report.unavailable.iter().find(|(p, _)| p == PROVIDER) {
+        Some((_, why)) => format!("provider unavailable ({why})"),
+        None => format!("provider serving, resolutions: {}", resolutions(&report)),
+    };
+    if created.is_err() && m.volume(LOST).is_ok() {
+        acknowledged_by.push(format!(
+            "the reopen while the device failed: {while_failing}"
+        ));
+    }
+    if acknowledged_by.is_empty() {
+        assert!(
+            report.resolutions.is_empty(),
+            "nothing resolved on an aborted ext4: {while_failing}"
+        );
+        assert!(
+            while_failing.starts_with("provider unavailable"),
+            "the provider is unavailable while its ext4 is aborted: {while_failing}"
+        );
+        assert_eq!(pending_after, 1, "the create's intent stays pending");
+        assert_eq!(
+            m.state().pending.len(),
+            1,
+            "and stays pending at the reopen"
+        );
+    }
+    m.close().await;
+    let probe_by_test = match fs::create_dir(device.mount_point().join("probe")) {
+        Ok(()) => "works".to_owned(),
+        Err(e) => format!("fails: {e}"),
+    };
+
+    // Restored and remounted (ext4 replays its journal): is the create there?
+    device.restore();
+    device.unmount().expect("unmount the aborted file system");
+    device.mount().expect("mount the restored device");
+    let lost_is_on_disk = {
+        let provider = DirProvider::new(root.clone()).expect("the provider opens");
+        let found = provider.inventory().expect("inventory");
+        whole_inventory(&found).contains_key(LOST)
+    };
+    assert!(
+        acknowledged_by.is_empty(),
+        "create {LOST} acknowledged by {acknowledged_by:?} on an ext4 whose journal had aborted \
+         (mounted {mounted}, the other syncfs: {other:?}); after a remount it is {}",
+        if lost_is_on_disk { "present" } else { "LOST" }
+    );
+    assert!(
+        !lost_is_on_disk,
+        "the create's transaction was lost with the aborted journal"
+    );
+
+    let m = open_gated(&state_dir, &gate)
+        .await
+        .expect("reopen once restored");
+    let report = m.reconcile_report();
+    reconciled_whole(&m, &content, None);
+    assert!(
+        m.volume(LOST).is_err(),
+        "the unacknowledged create is undone"
+    );
+    m.create_volume(PROVIDER, Some(LOST), Meta::new())
+        .await
+        .expect("a create under the lost create's id");
+    let state = m.state();
+    m.close().await;
+    let provider = DirProvider::new(root.clone()).expect("the provider opens");
+    let on_provider = whole_inventory(&provider.inventory().expect("inventory"));
+    assert_eq!(
+        on_provider,
+        state_kinds(&state),
+        "state and inventory agree"
+    );
+    drop(provider);
+    device.unmount().expect("unmount");
+    println!(
+        "dir device errors, create lost with an aborted ext4 journal, {bad:?} failing, {} rounds: the other \
+         syncfs {other:?}, mounted {mounted}; the create: {reason}; reopened while failing: \
+         {while_failing}; a mkdir by the test then: {probe_by_test}; after restore: {} (resolutions: {}), state and inventory agree \
+         ({} items); {:.1}s",
+        batch_sync.as_str(),
+        if lost_is_on_disk { "present" } else { "gone" },
+        resolutions(&report),
+        on_provider.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_lost_with_an_aborted_ext4_journal_is_never_acknowledged() {
+    create_lost_with_an_aborted_journal_is_never_acknowledged(
+        "a_create_lost_with_an_aborted_ext4_journal_is_never_acknowledged",
+        BatchSync::Syncfs,
+        Bad::JournalLog,
+    )
+    .await;
+}
+
+/// The same with rounds of `fsync`s (`batch_sync = "fsync"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_lost_with_an_aborted_ext4_journal_is_never_acknowledged_with_fsync_rounds() {
+    create_lost_with_an_aborted_journal_is_never_acknowledged(
+        "a_create_lost_with_an_aborted_ext4_journal_is_never_acknowledged_with_fsync_rounds",
+        BatchSync::Fsync,
+        Bad::JournalLog,
+    )
+    .await;
+}
+
+/// The same with the whole device failing writes (`syncfs` rounds: the
+/// failed write of the journal's superblock is reported to the round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_lost_with_an_aborted_ext4_journal_on_a_failed_device_is_never_acknowledged() {
+    create_lost_with_an_aborted_journal_is_never_acknowledged(
+        "a_create_lost_with_an_aborted_ext4_journal_on_a_failed_device_is_never_acknowledged",
+        BatchSync::Syncfs,
+        Bad::Device,
+    )
+    .await;
+}
+
+/// The same with rounds of `fsync`s, which hear of no such error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_lost_with_an_aborted_ext4_journal_on_a_failed_device_is_never_acknowledged_with_fsync_rounds()
+ {
+    create_lost_with_an_aborted_journal_is_never_acknowledged(
+        "a_create_lost_with_an_aborted_ext4_journal_on_a_failed_device_is_never_acknowledged_with_fsync_rounds",
+        BatchSync::Fsync,
+        Bad::Device,
+    )
+    .await;
 }

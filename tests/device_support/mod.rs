@@ -5,13 +5,14 @@
 //! [`Device`] is an ext4 (or a btrfs: [`Device::btrfs`]) on a
 //! device-mapper device over a loop device over a sparse image;
 //! [`Device::fail_writes`] switches its table to `dm-flakey`
-//! with `error_writes` (every write fails with `EIO`, reads work) and
-//! [`Device::restore`] back to `linear`. Every mount, device-mapper device
+//! with `error_writes` (every write fails with `EIO`, reads work),
+//! [`Device::fail_writes_to`] only a range of it (an ext4's journal log:
+//! [`Device::ext4_journal_log`]), and [`Device::restore`] back to `linear`. Every mount, device-mapper device
 //! and loop device is undone by the guard's drop. The file system is made
 //! without lazy initialisation, so no background writer of ext4's own
 //! (`ext4lazyinit`) meets the failure at a moment the test did not choose.
 //! Needs root, device-mapper with dm-flakey, `dmsetup`, `losetup` and
-//! `mkfs.ext4` (`mkfs.btrfs` and the btrfs module for a btrfs) (the QEMU guest of `scripts/zfs-test`); without them
+//! `mkfs.ext4` (`dumpe2fs` and `debugfs` for [`Device::ext4_journal_log`], `mkfs.btrfs` and the btrfs module for a btrfs) (the QEMU guest of `scripts/zfs-test`); without them
 //! [`Device::new`] prints a SKIP line and returns `None`, or panics under
 //! `VOLMGR_REQUIRE_DM=1`. Also the helpers that fill a volume durably and
 //! read it back. Included with `mod device_support;`.
@@ -212,9 +213,12 @@ impl Device {
     /// (`--nolockfs`: whatever is dirty stays dirty, to fail later), and
     /// without waiting for udev (the guest's udev handles no dm rules).
     fn switch(&self, failing: bool) -> Result<(), String> {
-        let table = self.table(failing);
+        self.load(&self.table(failing))
+    }
+
+    fn load(&self, table: &str) -> Result<(), String> {
         dmsetup(&["suspend", "--nolockfs", "--noudevsync", self.name()])?;
-        let loaded = dmsetup(&["load", self.name(), "--table", &table]);
+        let loaded = dmsetup(&["load", self.name(), "--table", table]);
         let resumed = dmsetup(&["resume", "--noudevsync", self.name()]);
         loaded.and(resumed).map(drop)
     }
@@ -224,6 +228,59 @@ impl Device {
             .expect("switch the device to failing writes");
         let live = dmsetup(&["table", self.name()]).expect("dmsetup table");
         assert!(live.contains("error_writes"), "live table: {live}");
+    }
+
+    /// Fails every write to the `sectors` sectors from `first` (reads
+    /// work); the rest of the device works: a disk with a few bad sectors.
+    pub fn fail_writes_to(&self, first: u64, sectors: u64) {
+        let total = self.image_bytes() / 512;
+        let dev = self.loop_dev.as_deref().expect("the loop device exists");
+        let end = first + sectors;
+        assert!(
+            first > 0 && end < total,
+            "{first}+{sectors} inside 0..{total}"
+        );
+        let table = format!(
+            "0 {first} linear {dev} 0\n{first} {sectors} flakey {dev} {first} 0 1 1 error_writes\n\
+             {end} {} linear {dev} {end}",
+            total - end
+        );
+        self.load(&table)
+            .expect("switch part of the device to failing writes");
+    }
+
+    /// The sectors of an ext4's journal log: the blocks of its journal
+    /// (inode 8, one extent on a new file system) after the first, which
+    /// holds the journal's own superblock. `(first sector, sectors)`.
+    pub fn ext4_journal_log(&self) -> (u64, u64) {
+        let dev = self.dev_path();
+        let head = run(Command::new("dumpe2fs").arg("-h").arg(&dev)).expect("dumpe2fs");
+        let block: u64 = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Block size:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no block size in {head}"));
+        let stat =
+            run(Command::new("debugfs").args(["-R", "stat <8>"]).arg(&dev)).expect("debugfs");
+        // `(0-4095):16385-20480`
+        let extents = stat
+            .lines()
+            .skip_while(|l| !l.starts_with("EXTENTS:"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no extents in {stat}"))
+            .trim();
+        let physical = extents
+            .split_once("):")
+            .map(|(_, p)| p)
+            .filter(|p| !p.contains(','))
+            .and_then(|p| p.split_once('-'))
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+            .unwrap_or_else(|| panic!("the journal is not one extent: {extents}"));
+        let per_block = block / 512;
+        (
+            (physical.0 + 1) * per_block,
+            (physical.1 - physical.0) * per_block,
+        )
     }
 
     pub fn restore(&self) {

@@ -11,6 +11,8 @@
 //!   .volmgr/data/<id>        ownership marker of data volume <id>
 //!   .volmgr/snapshot/<id>    ownership marker of snapshot <id>
 //!   .volmgr/modes/<id>       a snapshot's mode manifest (only if it has exceptions)
+//!   .volmgr/.round-probe.a   an empty file renamed to .round-probe.b and back, one
+//!                            rename after each round's syncs (see "Durability")
 //!   .staging/<op>/           receive staging of operation <op>
 //!   .trash/                  trees being removed (swept when the provider starts)
 //! ```
@@ -165,7 +167,13 @@
 //! before it may be among those dropped. So after a failed `syncfs`, a
 //! provider durable on return refuses receives until reopened while its
 //! creates and destroys (their own `fsync`s, per file) go on; batched,
-//! the manager takes it out of service at its next shared sync.
+//! the manager takes it out of service at its next shared sync. A round
+//! whose syncs returned fails too if the root's file system is read-only
+//! or refuses a probe change made after them (a rename of the empty file
+//! `.volmgr/.round-probe.a` to `.round-probe.b` or back): an ext4 whose
+//! journal aborted on a failed commit stays `rw` and answers a `syncfs`
+//! or `fsync` with success once the failed transaction, with the round's
+//! changes, is gone.
 //!
 //! Without fsyncs between them, a power cut may keep any subset of a
 //! round's changes, and a marker's content may be lost while its name
@@ -334,6 +342,9 @@ pub struct DirProvider {
     /// until the provider is reopened, no receive's staging area is
     /// removed, nor a snapshot that has one.
     undo_stuck: std::sync::atomic::AtomicBool,
+    /// Which of its two names the round's probe file has, as far as this
+    /// provider knows (see `durability`).
+    probe_at_second: std::sync::atomic::AtomicBool,
 }
 
 impl DirProvider {

@@ -4,6 +4,13 @@
 //! a verb needs inside it, and the layout calls that sync or not as the
 //! provider's durability says. The protocol is described in the parent
 //! module's "Durability" section; this module holds its primitives.
+//!
+//! A round's syncs returning success is not enough: an ext4 whose journal
+//! a failed commit aborted stays `rw` and answers them with success once
+//! the failed transaction (with the round's changes) is gone. So a round
+//! ends with two checks, after its syncs: the root's file system is not
+//! read-only, and it still takes a journaled change (a probe file renamed
+//! in `.volmgr`, [`DirProvider::still_accepts_changes`]).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -13,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::layout::{Entry, Identity, Layout};
 use super::marker::{self, Marker};
-use super::{DirProvider, check_id};
+use super::{DirProvider, MARKERS, check_id};
 use crate::model::VolumeKind;
 use crate::provider::{ProviderError, VolumeSpec};
 
@@ -74,6 +81,11 @@ impl BatchSync {
         }
     }
 }
+
+/// The two names of the empty file that [`DirProvider::still_accepts_changes`]
+/// renames in `<root>/.volmgr` after each round's syncs (from one to the
+/// other): dot names, so no id can take them.
+pub(super) const ROUND_PROBE: [&str; 2] = [".round-probe.a", ".round-probe.b"];
 
 /// What the next batched round must make durable: the provider's own files
 /// and directories changed since the last one, and whether a caller needs
@@ -275,6 +287,7 @@ impl DirProvider {
                     Some(paths) => self.sync_all_changed(&paths),
                 }
                 .and_then(|()| self.still_writable())
+                .and_then(|()| self.still_accepts_changes())
             })
             .map_err(ProviderError::Other)
     }
@@ -285,8 +298,7 @@ impl DirProvider {
     /// anything. This does not detect an ext4 that aborted on a failed
     /// write: on the guest's 6.1 kernel it stays `rw` in `/proc/mounts`
     /// even with `errors=remount-ro` (`tests/journal_device_errors.rs`)
-    /// while refusing changes, and can answer with success
-    /// (`tests/dir_device_errors.rs`, "Open").
+    /// while refusing changes; [`Self::still_accepts_changes`] does.
     fn still_writable(&self) -> io::Result<()> {
         match &self.root_fd {
             Some(root) if root.is_read_only()? => Err(io::Error::new(
@@ -296,6 +308,74 @@ impl DirProvider {
                  remounted read-only): Read-only file system (os error 30)",
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// After a round's syncs returned: one journaled change, a `rename` of
+    /// the probe file in the provider's own `.volmgr` to its other name
+    /// ([`ROUND_PROBE`]), so the file system proves it still commits
+    /// changes. An ext4 whose journal a failed commit aborted
+    /// (`errors=continue`, or the guest's 6.1 kernel with any `errors=`)
+    /// stays `rw` and answers a `syncfs` or an `fsync` with success once
+    /// the failed transaction, which held the round's changes, is gone
+    /// (nothing left to commit or wait for): they were lost, and only a new
+    /// change meets the abort (`EROFS`). The probe runs after the syncs
+    /// returned, so the commit of every transaction holding the round's
+    /// changes has ended (a sync waits for a running or committing one, or
+    /// finds it ended); a failed commit aborts the journal before it ends,
+    /// and an aborted journal refuses every later change. So a probe that
+    /// succeeds proves those commits did not fail
+    /// (`tests/dir_device_errors.rs`, "Aborted journal"). The probe is
+    /// never synced: a crash may leave the file under either name, which
+    /// the next probe finds by trying the other (one `rename` a round, two
+    /// when the file is not where this provider left it); a missing one is
+    /// created, which is a journaled change too. Nothing else reads
+    /// `.volmgr` itself (the inventory and the start sweep list its
+    /// `data`, `snapshot` and `modes`). A `rename`: cheaper than a `mkdir`
+    /// and `rmdir`, which allocate and free an inode (measured on ext4:
+    /// about 10 µs against 150 µs or more).
+    fn still_accepts_changes(&self) -> io::Result<()> {
+        let dir = self.root.join(MARKERS);
+        let at_second = self.probe_at_second.load(Ordering::Relaxed);
+        let (here, there) = if at_second {
+            (ROUND_PROBE[1], ROUND_PROBE[0])
+        } else {
+            (ROUND_PROBE[0], ROUND_PROBE[1])
+        };
+        let failed = |what: String, e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "the round's syncs returned, but the file system holding the provider root \
+                     refuses changes ({what}: {e}): its journal may have aborted after a failed \
+                     commit that held the round's changes"
+                ),
+            )
+        };
+        let rename = |from: &str, to: &str| {
+            let (from, to) = (dir.join(from), dir.join(to));
+            self.layout.rename(&from, &to).map_err(|e| {
+                let what = format!("rename {} to {}", from.display(), to.display());
+                (e.kind() == io::ErrorKind::NotFound, failed(what, e))
+            })
+        };
+        match rename(here, there) {
+            Ok(()) => {
+                self.probe_at_second.store(!at_second, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err((false, e)) => return Err(e),
+            Err((true, _)) => {}
+        }
+        // Not where this provider left it: under the other name (a crash,
+        // a new provider), or missing (a root's first round).
+        match rename(there, here) {
+            Ok(()) => Ok(()),
+            Err((false, e)) => Err(e),
+            Err((true, _)) => self
+                .layout
+                .write_file(&dir, here, b"", false)
+                .map_err(|e| failed(format!("creating {}", dir.join(here).display()), e)),
         }
     }
 

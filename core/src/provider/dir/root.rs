@@ -151,6 +151,7 @@ impl DirProvider {
             ),
             doomed: trash::Doomed::default(),
             undo_stuck: std::sync::atomic::AtomicBool::new(false),
+            probe_at_second: std::sync::atomic::AtomicBool::new(false),
         };
         p.claim_root()?;
         let mut created = BTreeSet::new();
