@@ -194,7 +194,10 @@ mod tests {
         let pool = Workers::new("test-worker", 4);
         for round in 0..50 {
             let handles: Vec<_> = (0..3).map(|i| pool.spawn(move || round * 10 + i)).collect();
-            let got: Vec<_> = handles.into_iter().map(|h| h.join_within_a_minute().unwrap()).collect();
+            let got: Vec<_> = handles
+                .into_iter()
+                .map(|h| h.join_within_a_minute().unwrap())
+                .collect();
             assert_eq!(got, vec![round * 10, round * 10 + 1, round * 10 + 2]);
         }
         // 150 jobs; a thread per job would be 150 threads. (Three at a
@@ -231,7 +234,10 @@ mod tests {
     fn more_jobs_than_threads_all_run() {
         let pool = Workers::new("test-worker", 2);
         let handles: Vec<_> = (0..64).map(|i| pool.spawn(move || i * 2)).collect();
-        let sum: usize = handles.into_iter().map(|h| h.join_within_a_minute().unwrap()).sum();
+        let sum: usize = handles
+            .into_iter()
+            .map(|h| h.join_within_a_minute().unwrap())
+            .sum();
         assert_eq!(sum, (0..64).map(|i| i * 2).sum::<usize>());
         assert!(pool.spawned() <= 2);
     }
@@ -239,7 +245,10 @@ mod tests {
     #[test]
     fn a_panicking_job_is_an_error_and_the_pool_goes_on() {
         let pool = Workers::new("test-worker", 1);
-        let err = pool.spawn(|| panic!("boom")).join_within_a_minute().unwrap_err();
+        let err = pool
+            .spawn(|| panic!("boom"))
+            .join_within_a_minute()
+            .unwrap_err();
         assert!(err.to_string().contains("panicked"), "{err}");
         assert_eq!(pool.spawn(|| 7).join_within_a_minute().unwrap(), 7);
         assert_eq!(pool.spawned(), 1, "the thread survived its job's panic");
