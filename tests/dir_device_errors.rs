@@ -63,7 +63,6 @@ mod device_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -75,13 +74,12 @@ use uuid::Uuid;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::model::VolumeId;
 use volmgr::provider::dir::{BatchSync, CONFIG_BATCH_SYNC, DirProvider};
-use volmgr::provider::{
-    Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
-    ProviderFactory, SendStats, VolumeRef, VolumeSpec,
-};
-use volmgr::state::{Meta, OpId, VolumeKind};
+use volmgr::provider::{Presence, Provider, ProviderConfig, ProviderError, VolumeSpec};
+use volmgr::state::{Meta, VolumeKind};
 
-use device_support::{Device, Tree, fill, reconciled_whole, state_kinds, whole_inventory};
+use device_support::{
+    Device, DirHooks, HookedDir, Tree, fill, reconciled_whole, state_kinds, whole_inventory,
+};
 
 const PROVIDER: &str = "p";
 
@@ -599,7 +597,7 @@ enum Bad {
 }
 
 /// The dir provider registered under this kind holds its next `sync()`
-/// once armed (see [`GatedSync`]).
+/// once armed (see [`Gate`]).
 const GATED_KIND: &str = "gated-dir";
 /// The create whose journal transaction is lost before its round.
 const LOST: &str = "lost";
@@ -616,6 +614,12 @@ struct Gate {
     armed: AtomicBool,
     entered: Mutex<Option<mpsc::Sender<()>>>,
     release: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl DirHooks for Gate {
+    fn before_sync(&self) {
+        self.pass();
+    }
 }
 
 impl Gate {
@@ -643,140 +647,13 @@ impl Gate {
     }
 }
 
-/// The dir provider, forwarding every call, whose `sync()` waits at the
-/// [`Gate`] once armed: how the test runs a create's round at a moment it
-/// chose, after the create's side effect.
-#[derive(Debug)]
-struct GatedSync {
-    dir: DirProvider,
-    gate: Arc<Gate>,
-}
-
-impl Provider for GatedSync {
-    fn kind(&self) -> &'static str {
-        GATED_KIND
-    }
-    fn durability(&self) -> Durability {
-        self.dir.durability()
-    }
-    fn sync(&self) -> Result<(), ProviderError> {
-        self.gate.pass();
-        self.dir.sync()
-    }
-    fn sync_at_open(&self) -> Result<(), ProviderError> {
-        self.dir.sync_at_open()
-    }
-    fn config(&self) -> ProviderConfig {
-        self.dir.config()
-    }
-    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
-        self.dir.create_volume(spec)
-    }
-    fn create_snapshot(
-        &self,
-        source: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-    ) -> Result<Created, ProviderError> {
-        self.dir.create_snapshot(source, spec)
-    }
-    fn fork_volume(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-    ) -> Result<Created, ProviderError> {
-        self.dir.fork_volume(snapshot, spec)
-    }
-    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
-        self.dir.destroy(volume)
-    }
-    fn send_snapshot(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        base: Option<&VolumeRef<'_>>,
-        out: &mut dyn Write,
-    ) -> Result<SendStats, ProviderError> {
-        self.dir.send_snapshot(snapshot, base, out)
-    }
-    fn send_size(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        base: Option<&VolumeRef<'_>>,
-    ) -> Result<Option<u64>, ProviderError> {
-        self.dir.send_size(snapshot, base)
-    }
-    fn receive_snapshot(
-        &self,
-        target: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-        input: &mut dyn Read,
-    ) -> Result<Created, ProviderError> {
-        self.dir.receive_snapshot(target, spec, input)
-    }
-    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
-        self.dir.inventory()
-    }
-    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
-        self.dir.finish(found)
-    }
-    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
-        self.dir.abort_partial(op)
-    }
-    fn clear_interrupted_create(&self, spec: &VolumeSpec<'_>) -> Result<(), ProviderError> {
-        self.dir.clear_interrupted_create(spec)
-    }
-    fn partial_receive(
-        &self,
-        target: &VolumeRef<'_>,
-    ) -> Result<Option<PartialReceive>, ProviderError> {
-        self.dir.partial_receive(target)
-    }
-    fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
-        self.dir.abort_receive(target)
-    }
-    fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {
-        self.dir.resume_fits(snapshot, token)
-    }
-    fn enforces_capacity(&self) -> bool {
-        self.dir.enforces_capacity()
-    }
-    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
-        self.dir.set_capacity(volume, bytes)
-    }
-    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
-        self.dir.free_bytes()
-    }
-    fn check_volume_options(&self, options: &ProviderConfig) -> Result<(), ProviderError> {
-        self.dir.check_volume_options(options)
-    }
-    fn set_volume_options(
-        &self,
-        volume: &VolumeRef<'_>,
-        options: &ProviderConfig,
-    ) -> Result<(), ProviderError> {
-        self.dir.set_volume_options(volume, options)
-    }
-    fn send_resumed(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        token: &str,
-        out: &mut dyn Write,
-    ) -> Result<Option<SendStats>, ProviderError> {
-        self.dir.send_resumed(snapshot, token, out)
-    }
-}
-
-/// A manager whose factory for [`GATED_KIND`] builds a [`GatedSync`] on
-/// `gate`.
+/// A manager whose factory for [`GATED_KIND`] builds the dir provider
+/// whose `sync()` waits at `gate` once armed.
 async fn open_gated(state_dir: &Path, gate: &Arc<Gate>) -> Result<Manager, ManagerError> {
     let mut config = ManagerConfig::default();
-    let gate = gate.clone();
-    let factory: ProviderFactory = Arc::new(move |c: &ProviderConfig| {
-        Ok(Arc::new(GatedSync {
-            dir: DirProvider::from_config(c)?,
-            gate: gate.clone(),
-        }) as Arc<dyn Provider>)
-    });
-    config.factories.insert(GATED_KIND.into(), factory);
+    config
+        .factories
+        .insert(GATED_KIND.into(), HookedDir::factory(GATED_KIND, gate));
     Manager::open(state_dir, config).await
 }
 

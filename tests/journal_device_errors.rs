@@ -85,7 +85,6 @@
 mod device_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,16 +95,15 @@ use std::time::Instant;
 use volmgr::journal::{FAILED_COMMIT_FILE, JOURNAL_DIR, JournalError, format};
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::dir::DirProvider;
-use volmgr::provider::{
-    Created, Durability, Found, PartialReceive, Provider, ProviderConfig, ProviderError,
-    ProviderFactory, SendStats, VolumeRef, VolumeSpec,
-};
-use volmgr::state::{Meta, OpId, VolumeKind, VolumeStatus};
+use volmgr::provider::{Provider, ProviderConfig};
+use volmgr::state::{Meta, VolumeKind, VolumeStatus};
 
-use device_support::{Device, Tree, fill, reconciled_whole, state_kinds, whole_inventory};
+use device_support::{
+    Device, DirHooks, HookedDir, Tree, fill, reconciled_whole, state_kinds, whole_inventory,
+};
 
 const PROVIDER: &str = "p";
-/// The dir provider with a hold (see [`HeldDir`]).
+/// The dir provider with a hold (see [`Hold`]).
 const HELD_KIND: &str = "held-dir";
 /// The create held inside the provider while the device starts failing.
 const HELD: &str = "held";
@@ -154,6 +152,15 @@ struct Hold {
     release: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
+impl DirHooks for Hold {
+    fn before_create(&self, id: &str) {
+        self.pass(Held::Create, id);
+    }
+    fn before_destroy(&self, id: &str) {
+        self.pass(Held::Destroy, id);
+    }
+}
+
 impl Hold {
     /// The hold, the receiver told when the create enters, and the sender
     /// that releases it (dropping it releases too).
@@ -182,139 +189,11 @@ impl Hold {
     }
 }
 
-/// The dir provider, forwarding every verb, with [`Hold`] on the held
-/// operation: how the test gets an operation whose intent is durable and
-/// whose side effect runs after the device failed.
-#[derive(Debug)]
-struct HeldDir {
-    dir: DirProvider,
-    hold: Arc<Hold>,
-}
-
-impl Provider for HeldDir {
-    fn kind(&self) -> &'static str {
-        HELD_KIND
-    }
-    fn durability(&self) -> Durability {
-        self.dir.durability()
-    }
-    fn sync(&self) -> Result<(), ProviderError> {
-        self.dir.sync()
-    }
-    fn sync_at_open(&self) -> Result<(), ProviderError> {
-        self.dir.sync_at_open()
-    }
-    fn config(&self) -> ProviderConfig {
-        self.dir.config()
-    }
-    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
-        self.hold.pass(Held::Create, spec.id.as_str());
-        self.dir.create_volume(spec)
-    }
-    fn create_snapshot(
-        &self,
-        source: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-    ) -> Result<Created, ProviderError> {
-        self.dir.create_snapshot(source, spec)
-    }
-    fn fork_volume(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-    ) -> Result<Created, ProviderError> {
-        self.dir.fork_volume(snapshot, spec)
-    }
-    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
-        self.hold.pass(Held::Destroy, volume.id.as_str());
-        self.dir.destroy(volume)
-    }
-    fn send_snapshot(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        base: Option<&VolumeRef<'_>>,
-        out: &mut dyn Write,
-    ) -> Result<SendStats, ProviderError> {
-        self.dir.send_snapshot(snapshot, base, out)
-    }
-    fn send_size(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        base: Option<&VolumeRef<'_>>,
-    ) -> Result<Option<u64>, ProviderError> {
-        self.dir.send_size(snapshot, base)
-    }
-    fn receive_snapshot(
-        &self,
-        target: &VolumeRef<'_>,
-        spec: &VolumeSpec<'_>,
-        input: &mut dyn Read,
-    ) -> Result<Created, ProviderError> {
-        self.dir.receive_snapshot(target, spec, input)
-    }
-    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
-        self.dir.inventory()
-    }
-    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
-        self.dir.finish(found)
-    }
-    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
-        self.dir.abort_partial(op)
-    }
-    fn clear_interrupted_create(&self, spec: &VolumeSpec<'_>) -> Result<(), ProviderError> {
-        self.dir.clear_interrupted_create(spec)
-    }
-    fn partial_receive(
-        &self,
-        target: &VolumeRef<'_>,
-    ) -> Result<Option<PartialReceive>, ProviderError> {
-        self.dir.partial_receive(target)
-    }
-    fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
-        self.dir.abort_receive(target)
-    }
-    fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {
-        self.dir.resume_fits(snapshot, token)
-    }
-    fn enforces_capacity(&self) -> bool {
-        self.dir.enforces_capacity()
-    }
-    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
-        self.dir.set_capacity(volume, bytes)
-    }
-    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
-        self.dir.free_bytes()
-    }
-    fn check_volume_options(&self, options: &ProviderConfig) -> Result<(), ProviderError> {
-        self.dir.check_volume_options(options)
-    }
-    fn set_volume_options(
-        &self,
-        volume: &VolumeRef<'_>,
-        options: &ProviderConfig,
-    ) -> Result<(), ProviderError> {
-        self.dir.set_volume_options(volume, options)
-    }
-    fn send_resumed(
-        &self,
-        snapshot: &VolumeRef<'_>,
-        token: &str,
-        out: &mut dyn Write,
-    ) -> Result<Option<SendStats>, ProviderError> {
-        self.dir.send_resumed(snapshot, token, out)
-    }
-}
-
 fn config(hold: &Arc<Hold>) -> ManagerConfig {
     let mut config = ManagerConfig::default();
-    let hold = hold.clone();
-    let factory: ProviderFactory = Arc::new(move |c: &ProviderConfig| {
-        Ok(Arc::new(HeldDir {
-            dir: DirProvider::from_config(c)?,
-            hold: hold.clone(),
-        }) as Arc<dyn Provider>)
-    });
-    config.factories.insert(HELD_KIND.into(), factory);
+    config
+        .factories
+        .insert(HELD_KIND.into(), HookedDir::factory(HELD_KIND, hold));
     config
 }
 

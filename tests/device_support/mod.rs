@@ -21,10 +21,18 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use volmgr::model::OpId;
+use volmgr::provider::dir::DirProvider;
+use volmgr::provider::{
+    Created, Durability, Found, PartialReceive, Provider, ProviderConfig, ProviderError,
+    ProviderFactory, SendStats, VolumeRef, VolumeSpec,
+};
 
 /// Set to `1` (as `scripts/zfs-test` does), a missing facility fails the test.
 pub const REQUIRE: &str = "VOLMGR_REQUIRE_DM";
@@ -447,4 +455,155 @@ pub fn state_kinds(state: &volmgr::state::State) -> BTreeMap<String, volmgr::sta
         .values()
         .map(|v| (v.id.clone(), v.kind))
         .collect()
+}
+
+/// What a [`HookedDir`] runs before it forwards a call to the dir provider
+/// (nothing, unless implemented): how a test stops an operation at a moment
+/// it chooses.
+pub trait DirHooks: std::fmt::Debug + Send + Sync + 'static {
+    /// Before `sync` (a batched round).
+    fn before_sync(&self) {}
+    /// Before `create_volume` of volume `id`.
+    fn before_create(&self, _id: &str) {}
+    /// Before `destroy` of volume `id`.
+    fn before_destroy(&self, _id: &str) {}
+}
+
+/// The dir provider under provider kind `kind`, forwarding every call,
+/// after its [`DirHooks`].
+#[derive(Debug)]
+pub struct HookedDir<H> {
+    kind: &'static str,
+    dir: DirProvider,
+    hooks: Arc<H>,
+}
+
+impl<H: DirHooks> HookedDir<H> {
+    /// The factory a manager registers for `kind`: a dir provider built from
+    /// its configuration, with `hooks`.
+    pub fn factory(kind: &'static str, hooks: &Arc<H>) -> ProviderFactory {
+        let hooks = hooks.clone();
+        Arc::new(move |c: &ProviderConfig| {
+            Ok(Arc::new(HookedDir {
+                kind,
+                dir: DirProvider::from_config(c)?,
+                hooks: hooks.clone(),
+            }) as Arc<dyn Provider>)
+        })
+    }
+}
+
+impl<H: DirHooks> Provider for HookedDir<H> {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn durability(&self) -> Durability {
+        self.dir.durability()
+    }
+    fn sync(&self) -> Result<(), ProviderError> {
+        self.hooks.before_sync();
+        self.dir.sync()
+    }
+    fn sync_at_open(&self) -> Result<(), ProviderError> {
+        self.dir.sync_at_open()
+    }
+    fn config(&self) -> ProviderConfig {
+        self.dir.config()
+    }
+    fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
+        self.hooks.before_create(spec.id.as_str());
+        self.dir.create_volume(spec)
+    }
+    fn create_snapshot(
+        &self,
+        source: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        self.dir.create_snapshot(source, spec)
+    }
+    fn fork_volume(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        self.dir.fork_volume(snapshot, spec)
+    }
+    fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        self.hooks.before_destroy(volume.id.as_str());
+        self.dir.destroy(volume)
+    }
+    fn send_snapshot(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+        out: &mut dyn Write,
+    ) -> Result<SendStats, ProviderError> {
+        self.dir.send_snapshot(snapshot, base, out)
+    }
+    fn send_size(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        base: Option<&VolumeRef<'_>>,
+    ) -> Result<Option<u64>, ProviderError> {
+        self.dir.send_size(snapshot, base)
+    }
+    fn receive_snapshot(
+        &self,
+        target: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+        input: &mut dyn Read,
+    ) -> Result<Created, ProviderError> {
+        self.dir.receive_snapshot(target, spec, input)
+    }
+    fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
+        self.dir.inventory()
+    }
+    fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
+        self.dir.finish(found)
+    }
+    fn abort_partial(&self, op: OpId) -> Result<(), ProviderError> {
+        self.dir.abort_partial(op)
+    }
+    fn clear_interrupted_create(&self, spec: &VolumeSpec<'_>) -> Result<(), ProviderError> {
+        self.dir.clear_interrupted_create(spec)
+    }
+    fn partial_receive(
+        &self,
+        target: &VolumeRef<'_>,
+    ) -> Result<Option<PartialReceive>, ProviderError> {
+        self.dir.partial_receive(target)
+    }
+    fn abort_receive(&self, target: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        self.dir.abort_receive(target)
+    }
+    fn resume_fits(&self, snapshot: &VolumeRef<'_>, token: &str) -> Result<bool, ProviderError> {
+        self.dir.resume_fits(snapshot, token)
+    }
+    fn enforces_capacity(&self) -> bool {
+        self.dir.enforces_capacity()
+    }
+    fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
+        self.dir.set_capacity(volume, bytes)
+    }
+    fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        self.dir.free_bytes()
+    }
+    fn check_volume_options(&self, options: &ProviderConfig) -> Result<(), ProviderError> {
+        self.dir.check_volume_options(options)
+    }
+    fn set_volume_options(
+        &self,
+        volume: &VolumeRef<'_>,
+        options: &ProviderConfig,
+    ) -> Result<(), ProviderError> {
+        self.dir.set_volume_options(volume, options)
+    }
+    fn send_resumed(
+        &self,
+        snapshot: &VolumeRef<'_>,
+        token: &str,
+        out: &mut dyn Write,
+    ) -> Result<Option<SendStats>, ProviderError> {
+        self.dir.send_resumed(snapshot, token, out)
+    }
 }
