@@ -172,8 +172,10 @@
 //!   failed-sync sweep; the manager journals an outcome after a failed
 //!   shared provider sync (`manager/write_path.rs`): 2.
 //!
-//! The double-fault sweeps (release build, 2 cores; the failed-sync-then-
-//! crash one about 30 s, the failed-move one 2 s): failed sync then crash,
+//! The double-fault sweeps (2 cores: release, the failed-sync-then-crash
+//! one about 27 s, the failed-move one 2 s, the regressions 4 s; debug, as
+//! CI's `cargo test` runs them, 76 s for the whole file, the crash sweep
+//! the longest): failed sync then crash,
 //! 8 failure points (syncs 8 to 15) batched with exchange, 9 without; 6
 //! and 7 durable on return; 118 to 168 crash points and 1364 to 1947
 //! images a case; rolled forward 87 images a case batched, 54 durable on
