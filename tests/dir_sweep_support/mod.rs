@@ -4,7 +4,8 @@
 //! provider live on one [`SimStorage`], the checks every reopened image of
 //! either must pass (nothing pending, orphaned or not live; the provider's
 //! inventory tagged, whole and equal to the state), and the sweep loop
-//! itself ([`sweep`]): a crash at every sync point of a suite's workload,
+//! itself ([`sweep`]): a crash at every sync point of a suite's workload
+//! (or at every point the suite counts, [`Workload::arm`]),
 //! each crash point's images (a kill -9; a kill -9, a reopen that
 //! reconciles, then power cuts keeping none or all of what it left
 //! unsynced; power cuts by [`torture_support::cut_policies`]) reopened and
@@ -194,6 +195,16 @@ pub trait Workload {
     fn storage(&self) -> SimStorage {
         SimStorage::new()
     }
+    /// Arms crash point `point` (1-based) on a run's fresh `storage`:
+    /// by default a cut at its `point`th sync
+    /// ([`SimStorage::crash_at_sync`]); a suite may count its crash points
+    /// otherwise (the undo sweep of `torture_dir_receive_manager`: the
+    /// `point`th mutating call after a failed sync,
+    /// [`SimStorage::second_fault`]). A run whose crash point never fired
+    /// is the last.
+    fn arm(&self, storage: &SimStorage, point: u64) {
+        storage.crash_at_sync(Some(point));
+    }
     /// Runs the workload on `m` (its storage `storage`), recording in
     /// `model` what was acknowledged; it stops or goes on failing once the
     /// crash point fired.
@@ -260,8 +271,9 @@ async fn reopened<W: Workload>(w: &W, image: &SimStorage, model: &W::Model) -> (
 }
 
 /// Crashes `w`'s workload at every sync point in turn (journal syncs, the
-/// provider's file, directory and `syncfs` syncs), until a run makes fewer
-/// syncs than the crash point (the whole run, the last point). Each crash
+/// provider's file, directory and `syncfs` syncs; or at the crash points
+/// [`Workload::arm`] counts), until a run makes fewer syncs than the crash
+/// point (the whole run, the last point). Each crash
 /// point gives these images, each reopened and checked:
 /// - a kill -9 (the page cache survives, nothing lost but the process);
 /// - a kill -9, then a reopen that reconciles and journals what it
@@ -282,7 +294,7 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
     };
     for point in 1..=100_000u64 {
         let storage = w.storage();
-        storage.crash_at_sync(Some(point));
+        w.arm(&storage, point);
         let mut model = W::Model::default();
         if let Ok(m) = open(&storage, w.flavor(), &Slot::default(), w.checkpoint_every()).await {
             w.run(&m, &storage, &mut model).await;

@@ -2,6 +2,16 @@
 //! provider side effect → outcome, and the reorder buffer that applies
 //! durable records to the state in sequence order.
 //!
+//! No outcome is journaled after a failed shared provider sync, nor after
+//! an effect that failed with [`ProviderError::OutOfService`] (a provider
+//! that left what only a reopen may judge, such as the dir provider's
+//! receive whose undo could not put the target's old content back): the
+//! intent stays pending and the provider is out of service until a reopen
+//! reconciles it, whatever its durability. Journaled as failed, such a
+//! receive would leave its half-made snapshot an orphan at the reopen and
+//! the old content in its staging area, with nothing to put it back
+//! (`tests/torture_dir_receive_manager.rs`, durable on return).
+//!
 //! Claims come in two strengths. An exclusive claim (every mutating verb on
 //! the volumes it changes) excludes every other claim on the id. A shared
 //! claim (a send of a snapshot, a fork from it: they only read it) excludes
@@ -282,6 +292,15 @@ impl Inner {
             Some(Synced::Decided(decided)) => decided,
             Some(Synced::Wait(group, ticket, provider)) => group.wait(ticket, provider).await,
         };
+        // A provider that went out of service in the effect (it left what
+        // only a reopen may judge: a receive whose undo failed) is taken
+        // like a failed sync, whatever its durability: a journaled failure
+        // would leave what it kept to no one (an orphan at the reopen, the
+        // target's old content in its staging area).
+        let synced = synced.and(match &result {
+            Err(ProviderError::OutOfService(cause)) => Err(cause.clone()),
+            _ => Ok(()),
+        });
         if let Err(cause) = synced {
             // Not known to be durable: no outcome may be journaled. The intent
             // stays pending, its volumes claimed, and the provider is

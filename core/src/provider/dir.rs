@@ -812,7 +812,12 @@ impl Provider for DirProvider {
                 // Kept: the staging area holds the target's old content,
                 // which could not be put back (see `undo.rs`).
                 if !failed.kept {
-                    if let Err(e) = self.remove_own_tree(&staging) {
+                    // Settled before the marker goes (`remove_staging`): a
+                    // staging area a cut brings back without a marker
+                    // naming it is removed by nothing (found by the sweep
+                    // of a failed sync then a power cut, durable on
+                    // return).
+                    if let Err(e) = self.remove_staging(&staging) {
                         tracing::warn!(path = %staging.display(), error = %e, "could not remove staging");
                     }
                     // Whatever its state: a failed write of `complete` may

@@ -149,6 +149,15 @@ pub enum ProviderError {
         what: String,
         detail: String,
     },
+    /// The provider left its storage in a state only a reopen may judge
+    /// (the dir provider: a receive whose target's old content could not
+    /// be put back, kept in its staging area with the marker that finds
+    /// it) and fails its rounds until it is reopened. The manager treats
+    /// it like a failed shared sync, whatever the durability: no outcome
+    /// is journaled (the intent stays pending, for the reopen's recovery
+    /// to reconcile), and the provider is out of service until then. The
+    /// message says where what could not be put back waits.
+    OutOfService(String),
     /// Anything else the provider reports.
     Other(String),
 }
@@ -207,7 +216,7 @@ impl fmt::Display for ProviderError {
             ProviderError::NoSpace { what, detail } => {
                 write!(f, "not enough space for {what}: {detail}")
             }
-            ProviderError::Other(e) => f.write_str(e),
+            ProviderError::OutOfService(e) | ProviderError::Other(e) => f.write_str(e),
         }
     }
 }

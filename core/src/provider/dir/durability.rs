@@ -541,7 +541,8 @@ pub(super) fn may_hide_a_failed_write(e: &ProviderError) -> bool {
         ProviderError::Io { .. }
         | ProviderError::NoSpace { .. }
         | ProviderError::Command { .. }
-        | ProviderError::Suspended { .. } => true,
+        | ProviderError::Suspended { .. }
+        | ProviderError::OutOfService(_) => true,
         ProviderError::NotFound(_)
         | ProviderError::AlreadyExists(_)
         | ProviderError::Busy { .. }

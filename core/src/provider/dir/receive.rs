@@ -56,7 +56,8 @@
 //! 15. Undo, on any error in 13 or 14 before the `complete` marker is
 //!     written (`undo.rs`, `unswap`, by identity): `T` is the staged tree
 //!     and `N` exists: `exchange(N, T)` back; `T` is the staged tree and
-//!     `.staging/<op>/old` exists: `rename T → N`, `rename old → T`; `T`
+//!     `.staging/<op>/old` exists: `rename T → N`, `S` `.staging/<op>`,
+//!     `rename old → T`; `T`
 //!     absent and `old` exists: `rename old → T`; then (if anything moved)
 //!     `S` `data/`, `S` `.staging/<op>`, and `T`'s mode from before 13
 //!     set again. Only then is `.staging/<op>` removed. A failed write of
@@ -66,10 +67,26 @@
 //!     `.staging/<op>` and the marker stay, the provider's rounds fail from
 //!     then on and no receive's staging area (nor a snapshot that has one)
 //!     is removed until it is reopened (`staging_removable`: the next
-//!     start judges by what the disk kept), and the error says so.
+//!     start judges by what the disk kept), and the error says so: it is
+//!     `ProviderError::OutOfService`, on which the manager journals no
+//!     outcome, whatever the durability (the intent stays pending for the
+//!     reopen's recovery, which puts the old content back; journaled as
+//!     failed, durable on return, the half-made snapshot was an orphan at
+//!     the reopen and the old content stayed in `.staging/<op>`: found by
+//!     the manager's sweep of a failed sync then a failing move back).
+//!     The undo's two renames have a sync of `.staging/<op>` between them,
+//!     like the swap's: the staged tree leaves `T`'s name durably before
+//!     the old content takes it (without it, a cut keeping the second
+//!     rename and not the first merged the two trees under `T` in the
+//!     simulation: found by the sweep of a failed sync then a power cut).
 //!
-//! A failure removes `.staging/<op>` (`remove_tree`) and the half-made
-//! snapshot (`discard`), after step 15 once the swap began. `finish` of a
+//! A failure removes `.staging/<op>` (`remove_tree`) and settles that
+//! removal (`S` `.staging` durable on return; batched, the round the
+//! manager runs before it journals the failure) before the half-made
+//! snapshot goes (`discard`): a cut that brought back a staging area its
+//! marker no longer names would leave it to nothing (found by the sweep of
+//! a failed sync before the swap, then a power cut in the cleanup, durable
+//! on return). All after step 15 once the swap began. `finish` of a
 //! `swapping` marker: `T` and `N` compared by identity (`identity`),
 //! `rename N → T` if `T` is absent (`rename`), `S` `data/`, then step 14
 //! (a failure there leaves the marker `swapping`). `abort_partial`, a
@@ -290,7 +307,7 @@ impl DirProvider {
         if let Err(e) = self.unswap(tpath, staging, id.dev, id.ino) {
             let why = self.out_of_service(tpath, staging, &e);
             return Failed {
-                error: ProviderError::Other(format!("{error}; then {why}")),
+                error: ProviderError::OutOfService(format!("{error}; then {why}")),
                 kept: true,
             };
         }
@@ -351,7 +368,7 @@ impl DirProvider {
                 );
                 self.stop_undoing(&why);
                 return Err(Failed {
-                    error: ProviderError::Other(why),
+                    error: ProviderError::OutOfService(why),
                     kept: true,
                 });
             }

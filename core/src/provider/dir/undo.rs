@@ -6,6 +6,9 @@
 //! receives left behind. The rule throughout: the old content is never
 //! removed while it is not back in place (durably), and a `swapping`
 //! marker stays as long as it is not, so a later undo can still find it.
+//! An undo that cannot put the old content back takes the provider out of
+//! service ([`ProviderError::OutOfService`]: the manager journals no outcome
+//! for it, whatever the durability, and the reopen's recovery undoes it).
 //! See `receive.rs` (the steps) and the parent module's "Receive".
 
 use std::path::Path;
@@ -29,7 +32,7 @@ impl DirProvider {
     ///   old content after an exchange): exchanged back;
     /// - `tpath` is the staged tree and `staging/old` exists (the two
     ///   renames where exchange is unsupported): `tpath` → `staging/new`,
-    ///   `staging/old` → `tpath`;
+    ///   `fsync` of `staging`, `staging/old` → `tpath`;
     /// - `tpath` is absent and `staging/old` exists (between those two
     ///   renames, either way): `staging/old` → `tpath`;
     /// - anything else: not swapped, or already back; nothing moves (and
@@ -82,6 +85,13 @@ impl DirProvider {
                 }
             } else if self.is_dir(&old)? {
                 rename(tpath, &new)?;
+                // The staged tree leaves the target's name durably before
+                // the old content takes it (as in the swap, `swap_in`): a
+                // cut that kept the second rename without the first would
+                // put the old content under a name the disk still gives
+                // the staged tree (the power-cut sweep after a failed sync
+                // saw the two trees merged under the target's name).
+                self.sync_dir(staging)?;
                 rename(&old, tpath)?;
             } else {
                 tracing::warn!(target = %tpath.display(), staging = %staging.display(),
@@ -142,7 +152,7 @@ impl DirProvider {
     /// snapshot's marker is gone would bring back a staging area that no
     /// marker names, which nothing removes (found by the manager's sweep:
     /// a kill -9 in a receive, a reopen that undoes it, then a power cut).
-    fn remove_staging(&self, staging: &Path) -> Result<(), ProviderError> {
+    pub(super) fn remove_staging(&self, staging: &Path) -> Result<(), ProviderError> {
         self.remove_own_tree(staging)?;
         self.settle_dir(&self.root.join(super::STAGING))
     }
@@ -199,7 +209,7 @@ impl DirProvider {
             staging.display()
         );
         self.stop_undoing(&why);
-        ProviderError::Other(why)
+        ProviderError::OutOfService(why)
     }
 
     /// Fails every later round with `why` and keeps every receive's

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::SecondFault;
 use super::policy::{CutPolicy, DataLoss, DirLoss, SECTOR_LEN, SplitMix64};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,14 @@ pub(super) struct Fs {
     pub(super) sync_points: u64,
     pub(super) crash_at: Option<u64>,
     pub(super) fail_sync_at: Option<u64>,
+    /// What strikes after the sync armed by `fail_sync_at` failed (see
+    /// [`SimStorage::second_fault`](super::SimStorage::second_fault)).
+    pub(super) second_fault: Option<SecondFault>,
+    /// Since the armed failed sync fired: mutating calls and moves
+    /// (renames, exchanges) made or tried.
+    pub(super) since_failure: Option<(u64, u64)>,
+    /// The move a [`SecondFault::FailMove`] failed: from, to.
+    pub(super) failed_move: Option<(PathBuf, PathBuf)>,
     pub(super) frozen: bool,
     pub(super) capacity: Option<u64>,
     /// The exchange of two directories is refused as unsupported (a file
@@ -98,9 +107,37 @@ pub(super) fn not_found(path: &Path) -> io::Error {
 }
 
 impl Fs {
-    pub(super) fn check_live(&self, what: &str) -> io::Result<()> {
+    /// Refuses a mutating call once the state is frozen; after the armed
+    /// failed sync, counts the call and freezes the state at the one a
+    /// [`SecondFault::CrashAt`] names (the power goes out before it).
+    pub(super) fn check_live(&mut self, what: &str) -> io::Result<()> {
         if self.frozen {
             return Err(eio(what));
+        }
+        if let Some((calls, _)) = &mut self.since_failure {
+            *calls += 1;
+            if self.second_fault == Some(SecondFault::CrashAt(*calls)) {
+                self.frozen = true;
+                return Err(eio(what));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a move (a rename or an exchange, about to be made) after the
+    /// armed failed sync, and fails the one a [`SecondFault::FailMove`]
+    /// names with `EIO`, changing nothing.
+    pub(super) fn check_move(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        if let Some((_, moves)) = &mut self.since_failure {
+            *moves += 1;
+            if self.second_fault == Some(SecondFault::FailMove(*moves)) {
+                self.failed_move = Some((from.to_path_buf(), to.to_path_buf()));
+                return Err(io::Error::other(format!(
+                    "simulated I/O error: moving {} to {} (EIO)",
+                    from.display(),
+                    to.display()
+                )));
+            }
         }
         Ok(())
     }
@@ -116,7 +153,11 @@ impl Fs {
             self.frozen = true;
             return Err(eio(what));
         }
-        Ok(self.fail_sync_at != Some(self.sync_points))
+        if self.fail_sync_at == Some(self.sync_points) {
+            self.since_failure = Some((0, 0));
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     pub(super) fn dir_exists(&self, path: &Path) -> bool {
@@ -515,6 +556,9 @@ impl Fs {
             sync_points: 0,
             crash_at: None,
             fail_sync_at: None,
+            second_fault: None,
+            since_failure: None,
+            failed_move: None,
             frozen: false,
             capacity: self.capacity,
             no_exchange: self.no_exchange,

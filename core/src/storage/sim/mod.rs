@@ -33,6 +33,14 @@
 //!   anything durable, and from then on every mutating call fails with `EIO`
 //!   too, so the state is frozen where the power went out; `power_cut` then
 //!   gives the image to reopen.
+//! - [`SimStorage::second_fault`] arms the second fault of a double
+//!   fault, counted from the sync [`SimStorage::fail_sync_at`] failed: a
+//!   power cut at the Nth mutating call after it
+//!   ([`SecondFault::CrashAt`], frozen like a crash point), or the Nth
+//!   rename or exchange after it failing with `EIO` and changing nothing
+//!   ([`SecondFault::FailMove`], a move the disk refuses; the process goes
+//!   on). Counted from the failure, not from the start, so the second
+//!   fault lands at the same place after the first whatever ran before it.
 //! - [`SimStorage::set_exchange_supported`] turns the exchange of two
 //!   directories off (the directory provider then falls back to renames).
 //! - [`SimStorage::set_capacity`] bounds the bytes all files may hold, so a
@@ -107,6 +115,22 @@ use self::fs::{Fs, Inode, Node, is_root, not_found, parent_of};
 pub use self::policy::{CutPolicy, DataLoss, DirLoss, SECTOR_LEN, SplitMix64};
 use super::{LockGuard, Storage, StorageFile};
 
+/// The second fault of a double fault ([`SimStorage::second_fault`]),
+/// counted from the sync armed by [`SimStorage::fail_sync_at`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondFault {
+    /// The power goes out at the Nth mutating call after the failed sync
+    /// (1: the first one; a sync is a mutating call): that call fails with
+    /// `EIO` and changes nothing, and so does every later one (the state
+    /// is frozen, as at [`SimStorage::crash_at_sync`]).
+    CrashAt(u64),
+    /// The Nth move after the failed sync (a `rename` or an `exchange`
+    /// that would succeed; 1: the first one) fails with `EIO` and changes
+    /// nothing; nothing freezes and later moves succeed
+    /// ([`SimStorage::failed_move`] says which one failed).
+    FailMove(u64),
+}
+
 /// The simulated file system. Clones share one state; [`SimStorage::power_cut`]
 /// makes an independent one.
 #[derive(Clone, Default)]
@@ -160,6 +184,20 @@ impl SimStorage {
     /// disarms.
     pub fn fail_sync_at(&self, n: Option<u64>) {
         self.lock().fail_sync_at = n;
+    }
+
+    /// Arms the second fault of a double fault (see [`SecondFault`]); it
+    /// strikes only after the sync armed by [`SimStorage::fail_sync_at`]
+    /// failed, counted from that failure. Cleared by
+    /// [`SimStorage::restart`] and [`SimStorage::power_cut`] (the faulty
+    /// disk replaced, or the fault gone with the boot). `None` disarms.
+    pub fn second_fault(&self, fault: Option<SecondFault>) {
+        self.lock().second_fault = fault;
+    }
+
+    /// The move (from, to) a [`SecondFault::FailMove`] failed, if it struck.
+    pub fn failed_move(&self) -> Option<(PathBuf, PathBuf)> {
+        self.lock().failed_move.clone()
     }
 
     /// True once an armed crash point was reached (the state is frozen).
@@ -230,6 +268,9 @@ impl SimStorage {
                 sync_points: 0,
                 crash_at: None,
                 fail_sync_at: None,
+                second_fault: None,
+                since_failure: None,
+                failed_move: None,
                 frozen: false,
                 capacity: fs.capacity,
                 no_exchange: fs.no_exchange,
@@ -321,6 +362,7 @@ impl SimStorage {
                 )));
             }
         }
+        fs.check_move(a, b)?;
         fs.exchange_trees(a, b);
         Ok(())
     }
@@ -526,6 +568,7 @@ impl Storage for SimStorage {
             }
             _ => {}
         }
+        fs.check_move(from, to)?;
         if matches!(node, Node::Dir(_)) && fs.has_children(from) {
             fs.move_tree(from, to);
             return Ok(());

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{CutPolicy, DataLoss, DirLoss, SECTOR_LEN, SimStorage};
+use super::{CutPolicy, DataLoss, DirLoss, SECTOR_LEN, SecondFault, SimStorage};
 use crate::storage::{Storage, StorageFile};
 
 fn write_file(s: &SimStorage, path: &str, bytes: &[u8]) -> Box<dyn StorageFile> {
@@ -132,6 +132,73 @@ fn a_failed_sync_drops_its_changes_for_good_like_linux_write_back_errors() {
     let after = s.power_cut(5).read(Path::new("/f")).unwrap();
     assert_eq!(&after[..512], &[0u8; 512], "a later sync did not save it");
     assert_eq!(&after[512..], &[2u8; 512]);
+}
+
+#[test]
+fn a_second_fault_crash_strikes_at_the_nth_mutating_call_after_the_failed_sync() {
+    let s = SimStorage::new();
+    s.second_fault(Some(SecondFault::CrashAt(2)));
+    // Before the failed sync nothing counts.
+    let f = write_file(&s, "/f", b"one");
+    f.sync_all().unwrap();
+    s.sync_dir(Path::new("/")).unwrap();
+    write_file(&s, "/g", b"g");
+    s.fail_sync_at(Some(s.sync_points() + 1));
+    assert!(f.sync_data().is_err(), "the armed sync fails");
+    assert!(!s.crashed(), "a failed sync freezes nothing");
+    // Call 1 after it goes through; call 2 (a rename) is where the power
+    // goes out: refused, and everything after it too.
+    f.write_all_at(b"two", 0).unwrap();
+    let renamed = s.rename(Path::new("/g"), Path::new("/h"));
+    assert!(renamed.is_err());
+    assert!(s.crashed());
+    assert!(s.create(Path::new("/i")).is_err());
+    assert!(s.sync_dir(Path::new("/")).is_err());
+    let names: Vec<PathBuf> = s.paths();
+    assert_eq!(names, vec![PathBuf::from("/f"), PathBuf::from("/g")]);
+    // Cleared by a restart: the next boot's calls run.
+    let after = s.restart();
+    after.rename(Path::new("/g"), Path::new("/h")).unwrap();
+    assert!(!after.crashed());
+}
+
+#[test]
+fn a_second_fault_fails_the_nth_move_after_the_failed_sync_and_changes_nothing() {
+    let s = SimStorage::new();
+    for dir in ["/x", "/y", "/x/a", "/y/b"] {
+        s.create_dir(Path::new(dir)).unwrap();
+    }
+    s.second_fault(Some(SecondFault::FailMove(2)));
+    // A move before the failed sync does not count.
+    s.rename(Path::new("/x/a"), Path::new("/x/c")).unwrap();
+    s.syncfs().unwrap();
+    s.fail_sync_at(Some(s.sync_points() + 1));
+    assert!(s.sync_dir(Path::new("/x")).is_err());
+    // Move 1 goes through; move 2 (an exchange) fails and changes nothing.
+    s.rename(Path::new("/x/c"), Path::new("/x/a")).unwrap();
+    s.syncfs().unwrap();
+    let before = s.paths();
+    let (x, y) = (Path::new("/x/a"), Path::new("/y/b"));
+    let err = s.exchange(x, y).unwrap_err();
+    assert!(err.to_string().contains("EIO"), "{err}");
+    assert_eq!(s.paths(), before);
+    assert_eq!(s.failed_move(), Some((x.to_path_buf(), y.to_path_buf())));
+    assert!(!s.crashed(), "the process goes on");
+    // One-shot: the same exchange then succeeds, and so does a rename.
+    s.exchange(x, y).unwrap();
+    s.rename(Path::new("/y/b"), Path::new("/y/e")).unwrap();
+    // A failing rename, armed again: the name stays where it was.
+    let t = SimStorage::new();
+    write_file(&t, "/f", b"f");
+    t.second_fault(Some(SecondFault::FailMove(1)));
+    t.fail_sync_at(Some(1));
+    assert!(t.sync_dir(Path::new("/")).is_err());
+    assert!(t.rename(Path::new("/f"), Path::new("/g")).is_err());
+    assert_eq!(t.paths(), vec![PathBuf::from("/f")]);
+    // Cleared by a restart (and by a power cut).
+    let after = t.restart();
+    assert_eq!(after.failed_move(), None);
+    after.rename(Path::new("/f"), Path::new("/g")).unwrap();
 }
 
 #[test]
