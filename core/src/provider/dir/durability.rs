@@ -311,6 +311,29 @@ impl DirProvider {
         }
     }
 
+    /// At open: the round probe's file under one of its names ([`ROUND_PROBE`]),
+    /// made empty under the first if neither exists (not synced: a round
+    /// makes it again if a cut took it), and where it is noted. So a round
+    /// only renames it and never needs a new inode: on a file system out of
+    /// inodes the open fails, not a round.
+    pub(super) fn place_round_probe(&self) -> Result<(), ProviderError> {
+        let dir = self.root.join(MARKERS);
+        for (i, name) in ROUND_PROBE.iter().enumerate() {
+            if self.entry(&dir.join(name))?.is_some() {
+                self.probe_at_second.store(i == 1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        self.layout
+            .write_file(&dir, ROUND_PROBE[0], b"", false)
+            .map_err(|e| {
+                ProviderError::io(
+                    format!("creating {}", dir.join(ROUND_PROBE[0]).display()),
+                    e,
+                )
+            })
+    }
+
     /// After a round's syncs returned: one journaled change, a `rename` of
     /// the probe file in the provider's own `.volmgr` to its other name
     /// ([`ROUND_PROBE`]), so the file system proves it still commits

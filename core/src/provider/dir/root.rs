@@ -185,6 +185,7 @@ impl DirProvider {
         for dir in created {
             p.sync_dir(&dir)?;
         }
+        p.place_round_probe()?;
         p.sweep()?;
         p.sweep_staging()?;
         Ok(p)
