@@ -426,8 +426,10 @@ impl DirProvider {
                     .spawn(move || mine.iter().try_for_each(|p| sync_changed(&*layout, p)))
             })
             .collect();
-        let mut result = share(0)
+        // This thread's share, in place (the others' are moved to them).
+        let mut result = paths
             .iter()
+            .step_by(threads)
             .try_for_each(|p| sync_changed(&*self.layout, p));
         for other in others {
             result = result.and(other.join().and_then(|synced| synced));
