@@ -43,15 +43,36 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
 /// pages of `/proc/vmstat` (every file system's), `None` if unreadable. An
 /// upper bound on what a `syncfs` of one file system may write back.
 pub fn dirty_page_cache_bytes() -> Option<u64> {
-    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    use std::sync::OnceLock;
+    // Opened once: a round reads it with one `pread` instead of an open, two
+    // reads and a close (the fields come early in the file; a read stops as
+    // soon as both are found, and only whole lines are parsed).
+    static VMSTAT: OnceLock<Option<File>> = OnceLock::new();
+    let file = VMSTAT
+        .get_or_init(|| File::open("/proc/vmstat").ok())
+        .as_ref()?;
     // Bounded: /proc/vmstat is a few KiB (its length reads as 0).
-    let mut text = String::with_capacity(8 << 10);
-    File::open("/proc/vmstat")
-        .ok()?
-        .take(64 << 10)
-        .read_to_string(&mut text)
-        .ok()?;
-    dirty_pages_in_vmstat(&text).map(|pages| pages.saturating_mul(page_size()))
+    let mut buf = vec![0u8; 64 << 10];
+    let mut len = 0;
+    loop {
+        let n = file.read_at(&mut buf[len..], len as u64).ok()?;
+        len += n;
+        if let Some(pages) = dirty_pages_in_whole_lines(&buf[..len]) {
+            return Some(pages.saturating_mul(page_size()));
+        }
+        if n == 0 || len == buf.len() {
+            return None;
+        }
+    }
+}
+
+/// [`dirty_pages_in_vmstat`] of the whole lines of a prefix of
+/// `/proc/vmstat` (a line cut by the end of a read is not parsed: `nr_dirty
+/// 12` cut after its `1` is not 1 page).
+fn dirty_pages_in_whole_lines(prefix: &[u8]) -> Option<u64> {
+    let end = prefix.iter().rposition(|&b| b == b'\n')?;
+    dirty_pages_in_vmstat(std::str::from_utf8(&prefix[..=end]).ok()?)
 }
 
 /// `nr_dirty` + `nr_writeback` from the text of `/proc/vmstat`; `None`
@@ -228,8 +249,20 @@ mod tests {
             dirty_pages_in_vmstat(&format!("nr_dirty {}\nnr_writeback 1\n", u64::MAX)),
             None
         );
-        // This machine's kernel has both fields.
+        // This machine's kernel has both fields (read twice: the file stays
+        // open and is read again from its start).
         assert!(dirty_page_cache_bytes().is_some());
+        assert!(dirty_page_cache_bytes().is_some());
+    }
+
+    #[test]
+    fn a_read_that_ends_inside_a_line_never_parses_that_line() {
+        let text = b"nr_dirty 12\nnr_writeback 3\n";
+        assert_eq!(dirty_pages_in_whole_lines(text), Some(15));
+        // Cut inside `3`'s line, then inside `12`: no guess from a part.
+        assert_eq!(dirty_pages_in_whole_lines(&text[..text.len() - 1]), None);
+        assert_eq!(dirty_pages_in_whole_lines(&text[..10]), None);
+        assert_eq!(dirty_pages_in_whole_lines(b""), None);
     }
 
     #[test]

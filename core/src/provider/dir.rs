@@ -527,9 +527,12 @@ impl DirProvider {
     /// `creating` marker with its directory *is* complete (see
     /// "Durability"): the directory's entry is made durable by the shared
     /// step.
-    fn finish_create(&self, m: &Marker) -> Result<Created, ProviderError> {
+    /// `absent`: the caller has just seen no entry at the volume's path (a
+    /// new create), so it is not examined again; a `mkdir` over an entry
+    /// that appeared since fails.
+    fn finish_create(&self, m: &Marker, absent: bool) -> Result<Created, ProviderError> {
         let path = self.path(VolumeKind::Data, &m.volume);
-        match self.entry(&path)? {
+        match if absent { None } else { self.entry(&path)? } {
             Some(Entry::Dir { .. }) => {}
             Some(_) => {
                 return Err(ProviderError::Other(format!(
@@ -564,6 +567,7 @@ impl DirProvider {
             )));
         }
         let path = self.path(VolumeKind::Data, spec.id);
+        let mut absent = false;
         let m = match self.live_marker(VolumeKind::Data, spec.id)? {
             Some(m) if m.op != spec.op => {
                 return Err(ProviderError::AlreadyExists(format!(
@@ -611,10 +615,11 @@ impl DirProvider {
                     state: MarkerState::Creating,
                 };
                 self.put_marker_first(&m)?;
+                absent = true;
                 m
             }
         };
-        self.finish_create(&m)
+        self.finish_create(&m, absent)
             .inspect_err(|_| self.discard(VolumeKind::Data, spec.id, spec.op))
     }
 
@@ -895,7 +900,7 @@ impl Provider for DirProvider {
             }
             // Its marker is durable: recovery syncs a batched provider
             // before taking its inventory.
-            (MarkerState::Creating, VolumeKind::Data) => self.finish_create(&m),
+            (MarkerState::Creating, VolumeKind::Data) => self.finish_create(&m, false),
             (MarkerState::Copying, VolumeKind::Data) => {
                 let Some(parent) = m.parent.as_deref() else {
                     return refuse("it names no source snapshot");

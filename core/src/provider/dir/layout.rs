@@ -235,6 +235,15 @@ impl Layout for RealLayout {
     }
 
     fn set_dir_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
+        // The usual case first, in one `lstat` (the provider's own path; the
+        // last component is not followed): a directory whose mode is
+        // already exact needs nothing, so no parent is opened.
+        if let Ok(md) = fs::symlink_metadata(path)
+            && md.file_type().is_dir()
+            && md.mode() & tree::PERM_BITS == mode
+        {
+            return Ok(());
+        }
         let (parent, name) = tree::split(path)?;
         let d = Dir::open(parent)?;
         match d.stat_at(name)? {
