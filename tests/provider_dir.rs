@@ -848,6 +848,50 @@ fn inventory_reports_tagged_foreign_and_incomplete_items() {
     assert!(!root.join(".volmgr/data/gone").exists());
 }
 
+/// A create's first marker is made in place, and a stale one under its
+/// name (empty or cut short as a crash leaves a new file, or whole but
+/// naming another op whose directory is gone) is replaced, not kept:
+/// batched and durable on return alike, the new volume's marker names the
+/// new op and the inventory reports it whole.
+#[test]
+fn a_create_replaces_a_stale_marker_left_under_its_name() {
+    for durability in [Durability::Batched, Durability::OnReturn] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let p = DirProvider::with_durability(root.to_path_buf(), durability).unwrap();
+        let marker = |id: &str| root.join(".volmgr/data").join(id);
+        fs::write(marker("empty"), b"").unwrap();
+        fs::write(marker("cut"), b"{\n  \"format\": 1,\n  \"vol").unwrap();
+        hand_marker(root, "data", "gone", Uuid::now_v7(), None, "complete");
+        for id in ["empty", "cut", "gone", "new"] {
+            let v = create(&p, id);
+            let text = fs::read_to_string(marker(id)).unwrap();
+            assert!(
+                text.contains(&v.op.to_string()),
+                "{durability:?} {id}: the marker names the new op: {text}"
+            );
+            assert!(v.path().is_dir(), "{durability:?} {id}");
+        }
+        p.sync().unwrap();
+        let inv = p.inventory().unwrap();
+        assert_eq!(inv.len(), 4, "{durability:?}: {inv:?}");
+        assert!(
+            inv.iter()
+                .all(|f| f.tag.is_some() && f.presence == Presence::Complete),
+            "{durability:?}: {inv:?}"
+        );
+        let names: Vec<_> = fs::read_dir(root.join(".volmgr/data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names.len(),
+            4,
+            "{durability:?}: no temp file left: {names:?}"
+        );
+    }
+}
+
 /// What a batched create interrupted by a power cut may leave untagged (its
 /// marker and directory become durable in one round, so the cut may keep
 /// the directory alone, or with a garbled marker) is removed by

@@ -39,7 +39,10 @@
 //! and a state: `complete`, or one of `creating`, `copying`, `receiving`,
 //! `swapping` (half-made; but a data volume's `creating` marker with its
 //! directory is whole, see "Durability"). Markers are written with temp
-//! file and rename (fsyncs as "Durability" says). A marker is always written *before*
+//! file and rename (fsyncs as "Durability" says), except a new data
+//! volume's first one, created in place (a cut before its create's round may
+//! leave it empty or cut short: unreadable, which recovery handles like a
+//! lost marker). A marker is always written *before*
 //! its directory appears and removed *after* it is gone, so the provider never
 //! leaves an untagged directory of its own behind, and a directory without a
 //! marker is foreign (reported with tag `None`, never touched, never destroyed).

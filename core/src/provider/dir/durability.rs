@@ -443,14 +443,17 @@ impl DirProvider {
     /// Writes the first marker of a new data volume, before its directory
     /// is made: durable on return, with fsyncs; batched, without any (the
     /// shared step makes marker and directory durable together; a power
-    /// cut before it may keep the directory without its marker, which
-    /// [`Self::clear_create_remnant`] removes at the next open).
+    /// cut before it may keep the directory without its marker, or the
+    /// marker's name without all of its bytes, which
+    /// [`Self::clear_create_remnant`] removes at the next open). The marker
+    /// is created in place ([`marker::write_first`]).
     pub(super) fn put_marker_first(&self, m: &Marker) -> Result<(), ProviderError> {
-        if !self.batched {
-            return self.put_marker(m);
-        }
         let dir = self.marker_dir(m.kind);
-        marker::write(&*self.layout, &dir, m, false)?;
+        if !self.batched {
+            marker::write_first(&*self.layout, &dir, m, true)?;
+            return self.sync_dir(&dir);
+        }
+        marker::write_first(&*self.layout, &dir, m, false)?;
         self.changed(&dir.join(&m.volume));
         self.changed(&dir);
         Ok(())

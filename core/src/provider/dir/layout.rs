@@ -86,6 +86,18 @@ pub(crate) trait Layout: Send + Sync + Debug {
     /// without following a symlink), fsynced if `sync_file`, renamed over
     /// `name`. The directory is not synced.
     fn write_file(&self, dir: &Path, name: &str, bytes: &[u8], sync_file: bool) -> io::Result<()>;
+    /// Creates `dir/name` with `bytes`, fsynced if `sync_file`, never over
+    /// an existing entry (`AlreadyExists`) nor through a symlink. Not
+    /// atomic: a crash may leave the file empty or with part of `bytes`
+    /// (what only a reader that treats such a file as unreadable may use).
+    /// A failed write removes the file. The directory is not synced.
+    fn write_new_file(
+        &self,
+        dir: &Path,
+        name: &str,
+        bytes: &[u8],
+        sync_file: bool,
+    ) -> io::Result<()>;
     /// Removes a file; `Ok(false)` if it was absent.
     fn remove_file(&self, path: &Path) -> io::Result<bool>;
     /// `mkdir` with `mode` (then set exactly, whatever the umask).
@@ -215,6 +227,30 @@ impl Layout for RealLayout {
         }
         drop(f);
         fs::rename(&tmp, dir.join(name))
+    }
+
+    fn write_new_file(
+        &self,
+        dir: &Path,
+        name: &str,
+        bytes: &[u8],
+        sync_file: bool,
+    ) -> io::Result<()> {
+        let path = dir.join(name);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        let written = f
+            .write_all(bytes)
+            .and_then(|()| if sync_file { f.sync_all() } else { Ok(()) });
+        if written.is_err() {
+            drop(f);
+            let _ = fs::remove_file(&path);
+        }
+        written
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<bool> {
@@ -458,6 +494,31 @@ impl Layout for SimLayout {
         self.storage.rename(&tmp, &dir.join(name))
     }
 
+    fn write_new_file(
+        &self,
+        dir: &Path,
+        name: &str,
+        bytes: &[u8],
+        sync_file: bool,
+    ) -> io::Result<()> {
+        let path = dir.join(name);
+        if self.storage.is_dir(&path).is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
+        }
+        let f = self.storage.create(&path)?;
+        let written = f
+            .write_all_at(bytes, 0)
+            .and_then(|()| if sync_file { f.sync_all() } else { Ok(()) });
+        if written.is_err() {
+            drop(f);
+            let _ = self.storage.remove_file(&path);
+        }
+        written
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<bool> {
         match self.storage.remove_file(path) {
             Ok(()) => Ok(true),
@@ -635,5 +696,31 @@ mod tests {
         let plain = tmp.path().join("plain");
         layout.create_dir(&plain, 0o700).unwrap();
         assert_eq!(mode_of(&plain), 0o700);
+    }
+
+    /// A new file is created in place and never over what is there: not an
+    /// existing file (its bytes stay), not a symlink (not followed: its
+    /// target is not created), and a directory's sync is the caller's.
+    #[test]
+    fn write_new_file_never_replaces_nor_follows_an_existing_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let layout = RealLayout;
+        layout.write_new_file(dir, "m", b"first", false).unwrap();
+        assert_eq!(std::fs::read(dir.join("m")).unwrap(), b"first");
+        let again = layout
+            .write_new_file(dir, "m", b"second", true)
+            .unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(dir.join("m")).unwrap(), b"first");
+        std::os::unix::fs::symlink(dir.join("target"), dir.join("link")).unwrap();
+        let link = layout.write_new_file(dir, "link", b"x", false).unwrap_err();
+        assert_eq!(link.kind(), std::io::ErrorKind::AlreadyExists);
+        assert!(!dir.join("target").exists(), "the symlink was followed");
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            2,
+            "no temp file is left"
+        );
     }
 }

@@ -151,6 +151,32 @@ pub(crate) fn write(
         })
 }
 
+/// Writes the first marker of a new data volume: created in place (no temp
+/// file, no rename: a create's marker is new, and the rename cost a create
+/// about as much as the file's creation), fsynced if `sync_file`; over a
+/// stale marker (one [`read`]'s caller has decided to replace) by [`write`].
+/// A crash may leave the new file empty or cut short: [`read`] calls it
+/// unreadable, which is what a create interrupted before its round is
+/// allowed to leave (`DirProvider::clear_create_remnant`, `live_marker`).
+pub(crate) fn write_first(
+    layout: &dyn Layout,
+    dir: &Path,
+    m: &Marker,
+    sync_file: bool,
+) -> Result<(), ProviderError> {
+    let text = serde_json::to_vec_pretty(m)
+        .map_err(|e| ProviderError::Other(format!("encoding marker: {e}")))?;
+    match layout.write_new_file(dir, &m.volume, &text, sync_file) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => write(layout, dir, m, sync_file),
+        other => other.map_err(|e| {
+            ProviderError::io(
+                format!("writing marker {}", dir.join(&m.volume).display()),
+                e,
+            )
+        }),
+    }
+}
+
 /// Writes a snapshot's mode exceptions durably (or removes a stale manifest
 /// when there are none).
 pub(crate) fn write_manifest(

@@ -69,6 +69,15 @@ impl Layout for GatedLayout {
     fn write_file(&self, dir: &Path, name: &str, bytes: &[u8], sync_file: bool) -> io::Result<()> {
         self.inner.write_file(dir, name, bytes, sync_file)
     }
+    fn write_new_file(
+        &self,
+        dir: &Path,
+        name: &str,
+        bytes: &[u8],
+        sync_file: bool,
+    ) -> io::Result<()> {
+        self.inner.write_new_file(dir, name, bytes, sync_file)
+    }
     fn remove_file(&self, path: &Path) -> io::Result<bool> {
         self.inner.remove_file(path)
     }
