@@ -264,8 +264,10 @@
 //! and a cut: the journal refuses to open ("a valid frame of a later write
 //! follows": the reopen built on the batch the failed sync dropped), 4
 //! images a case (the only disagreements left at every point: 4 in each
-//! of the 8 cases). The other finding of that run, a snapshot's directory
-//! left without its marker, is fixed (above).
+//! of the 8 cases; every point, release, 44 s: 13 to 16 failure points,
+//! 209 to 292 crash points and 2442 to 3388 images a case, rolled forward
+//! 92 batched and 59 durable on return, 0 lost). The other finding of that
+//! run, a snapshot's directory left without its marker, is fixed (above).
 //!
 //! Not caught here, and why: ignoring a failed `syncfs` in the receive
 //! (the simulation's exchange refuses a tree with changes not yet durable,
