@@ -7,6 +7,17 @@
 //! step durable before the next one starts, so a power cut never leaves a
 //! tree of ours without its marker (foreign for ever) nor a marker whose
 //! tree vanished without a trace in the trash (nothing would remove it).
+//! That holds when the tree is no longer at its name when the removal
+//! starts too (an earlier removal of the item whose barrier failed after
+//! its move, or a destroy killed after its move, found by the start's
+//! sweep): its absence is settled first (its parent directory noted or
+//! synced, then a barrier), since that move may still be only in the page
+//! cache. Found by the manager's sweep of a failed `syncfs` in a receive
+//! then a power cut: the receive's cleanup moved the half-made snapshot
+//! into the trash and its barrier failed; the manager's destroy of the
+//! same item found no tree and removed the marker, and a cut keeping that
+//! removal without the move left the snapshot's directory marker-less. A
+//! success path never meets an absent tree, so this costs it nothing.
 //! Durable on return, fsyncs order the steps and a destroy removes its tree
 //! before it returns. Batched, a barrier orders the first two; the third
 //! waits for the shared step: the destroy queues its tree ([`Doomed`]) and
@@ -22,6 +33,7 @@
 //! does not defer: it runs the second barrier and removes the tree before
 //! the verb returns its error, so nothing it made is left behind.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -157,8 +169,9 @@ impl DirProvider {
 
     /// Cleans up at start: removes the markers of items a destroy moved to
     /// the trash but was interrupted before their marker went (if the marker
-    /// is still that operation's and nothing took the item's place); then,
-    /// once that is durable, empties the trash.
+    /// is still that operation's and nothing took the item's place), once
+    /// those moves are durable (the destroy may have been killed before its
+    /// barrier); then, once the removals are durable, empties the trash.
     pub(super) fn sweep(&self) -> Result<(), ProviderError> {
         let trash = self.trash();
         let names = self
@@ -166,6 +179,7 @@ impl DirProvider {
             .names(&trash)
             .map_err(|e| ProviderError::io(format!("listing {}", trash.display()), e))?;
         let mut doomed = Vec::new();
+        let mut markers = Vec::new();
         for name in names {
             let path = trash.join(OsStr::from_bytes(&name));
             let name = std::str::from_utf8(&name).ok();
@@ -179,11 +193,26 @@ impl DirProvider {
                 && let Ok(Some(m)) = self.marker(kind, id)
                 && m.op == op
                 && matches!(self.entry(&self.path(kind, id)), Ok(None))
-                && let Err(e) = self.forget(&m)
             {
-                tracing::warn!(%kind, id, error = %e, "could not remove the marker of a destroyed item");
+                markers.push(m);
             }
             doomed.push(path);
+        }
+        // The trees' moves into the trash durable before their markers go:
+        // a destroy killed after its move left it in the page cache, and a
+        // cut keeping a marker's removal without it would leave the tree
+        // at its name without its marker (foreign).
+        let kinds: BTreeSet<VolumeKind> = markers.iter().map(|m| m.kind).collect();
+        for kind in kinds {
+            self.settle_dir(&self.content_dir(kind))?;
+        }
+        if !markers.is_empty() {
+            self.barrier()?;
+        }
+        for m in markers {
+            if let Err(e) = self.forget(&m) {
+                tracing::warn!(kind = %m.kind, id = %m.volume, error = %e, "could not remove the marker of a destroyed item");
+            }
         }
         if !doomed.is_empty() {
             self.barrier()?;
@@ -254,8 +283,18 @@ impl DirProvider {
         if matches!(m.state, MarkerState::Swapping { .. }) {
             self.abort_received(m)?;
         }
-        let Some(tree) = self.to_trash(&self.path(m.kind, &m.volume), &Self::item_trash_name(m))?
-        else {
+        let path = self.path(m.kind, &m.volume);
+        let Some(tree) = self.to_trash(&path, &Self::item_trash_name(m))? else {
+            // No tree at its name: its absence durable before the marker
+            // goes, as after a move into the trash. An earlier removal
+            // whose barrier failed (the cleanup of a receive after a
+            // failed `syncfs`, then the manager's destroy of the same
+            // item) left its move unsynced, and a cut keeping the
+            // marker's removal without that move left the directory
+            // marker-less: foreign (found by the sweep of a failed sync
+            // then a power cut, batched, at every point).
+            self.settle_dir(path.parent().expect("not the root"))?;
+            self.barrier()?;
             self.forget(m)?;
             return Ok(None);
         };
