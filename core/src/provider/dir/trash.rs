@@ -293,7 +293,7 @@ impl DirProvider {
             // marker's removal without that move left the directory
             // marker-less: foreign (found by the sweep of a failed sync
             // then a power cut, batched, at every point).
-            self.settle_dir(path.parent().expect("not the root"))?;
+            self.settle_dir(&self.content_dir(m.kind))?;
             self.barrier()?;
             self.forget(m)?;
             return Ok(None);
