@@ -222,13 +222,21 @@
 //! - the failed receive's staging removed unsettled (`dir.rs`): every
 //!   point, 12 disagreements in each durable-on-return case instead of 4.
 //!
-//! Open (every point, `VOLMGR_UNDO_SWEEP_EVERY_POINT=1`, not fixed here:
-//! neither is an undo of a swap): a failed `fdatasync` of the journal's
-//! intent, then a crash at the first or second call after it (the
-//! journal's `FAILED-COMMIT` marker not yet written), a kill -9, a reopen
-//! and a cut: the journal refuses to open ("a valid frame of a later write
-//! follows": the reopen built on the batch the failed sync dropped), 4
-//! images a case; batched, a failed `syncfs` before the swap, then a crash
+//! Found with every point (`VOLMGR_UNDO_SWEEP_EVERY_POINT=1`), fixed: a
+//! failed `fdatasync` of the journal's intent, then a crash at the first or
+//! second call after it (the journal's `FAILED-COMMIT` marker not yet
+//! written), a kill -9, a reopen and a cut: the journal refused to open ("a
+//! valid frame of a later write follows": the reopen replayed the batch the
+//! failed sync dropped, from the page cache, and appended after it), 4
+//! images a case. Fix: opening syncs the newest segment, then reads it
+//! after dropping its cached pages, so it reads what the disk holds
+//! (`journal/reader/walk.rs`;
+//! `torture_regression_failed_commit_without_marker_is_read_from_disk`);
+//! with it the every-point sweep prints the same crash points and images,
+//! 0 such images.
+//!
+//! Open (every point, not fixed here: not an undo of a swap): batched, a
+//! failed `syncfs` before the swap, then a crash
 //! at the 9th call of the cleanup and a cut keeping a random prefix of each
 //! directory: the snapshot's directory left without its marker (a foreign
 //! item), 1 image with exchange, 1 without (full only).
