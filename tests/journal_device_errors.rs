@@ -812,14 +812,14 @@ async fn healed_in_place_discards_the_failed_batch(test: &str, first: First) {
         return;
     };
     let failed = fail_and_refuse(&rig, running, Layout::Apart, first).await;
-    let verify_while_failing = verify_reads_what_open_will(&rig.state_dir, &failed);
-    rig.device.restore();
     assert!(
         failed.ext4_accepts_changes,
         "ext4 did not abort its journal: {}",
         failed.ext4_after_failure
     );
-    // The marker names the failed batch; the page cache still returns it.
+    // The marker names the failed batch; the page cache still returns it
+    // (looked at before the tool runs: it drops the segment's clean cached
+    // pages, as an open does, and the batch with them).
     let text =
         std::fs::read_to_string(marker(&rig.state_dir)).expect("the failed commit left its marker");
     let mut fields = text.split_whitespace();
@@ -838,6 +838,8 @@ async fn healed_in_place_discards_the_failed_batch(test: &str, first: First) {
         "the failed batch is readable from the page cache at offset {offset} of {}",
         segment.display()
     );
+    let verify_while_failing = verify_reads_what_open_will(&rig.state_dir, &failed);
+    rig.device.restore();
     let after = reopen_reconciles(&rig, Layout::Apart).await;
     // Durably: the same after the page cache is gone.
     rig.device.unmount().expect("unmount");
