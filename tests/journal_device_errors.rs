@@ -62,9 +62,13 @@
 //!   batch readable from the page cache though it never reached the disk;
 //!   the reopen discards it (the marker), so no never-durable intent or
 //!   outcome is replayed, and the result survives a remount. Both heal-in-
-//!   place tests fail with the discard's zeroing disabled (checked: the
-//!   refused create's intent comes back as `create-interrupted failed-0`,
-//!   the held create's outcome as already done).
+//!   place tests failed with the discard's zeroing disabled (the refused
+//!   create's intent came back as `create-interrupted failed-0`, the held
+//!   create's outcome as already done) until opening (and the tool, which
+//!   runs before the reopen here) read the last segment after dropping its
+//!   cached pages: now they pass with the zeroing disabled too (checked),
+//!   and `torture_regression_failed_commit_is_discarded_at_reopen` guards
+//!   the zeroing with the drops ignored;
 //! - a failed batch whose process died before it left its marker (the
 //!   marker removed, as if never created), the device healed in place, a
 //!   new handle that reopens and acknowledges more, then the page cache

@@ -19,6 +19,10 @@
 //! cached pages (`StorageFile::drop_cache`, `posix_fadvise(DONTNEED)`): the
 //! batch reads as what the disk holds (zeros here), never as records. The
 //! read-only tool drops them too, so it reads the journal as open will.
+//! Checked by mutation (the walk reading the last segment through the
+//! cache): 152 problems, every one of the 144 images (the journal refuses
+//! to open) and, in each of the 4 cases, the tool and the reopen reading
+//! the failed batch as records.
 
 use std::path::Path;
 use std::sync::Arc;

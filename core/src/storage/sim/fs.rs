@@ -77,6 +77,9 @@ pub(super) struct Fs {
     /// The exchange of two directories is refused as unsupported (a file
     /// system without `RENAME_EXCHANGE`).
     pub(super) no_exchange: bool,
+    /// `drop_cache` keeps every page (see
+    /// [`SimStorage::set_cache_drops_ignored`](super::SimStorage::set_cache_drops_ignored)).
+    pub(super) cache_drops_ignored: bool,
 }
 
 /// A simulated file offset or length as an index into its bytes: they live
@@ -495,7 +498,7 @@ impl Fs {
     /// never drops more than the kernel would. Not a mutating call (the
     /// disk is not written); nothing happens once the state is frozen.
     pub(super) fn drop_cache(&mut self, ino: u64) {
-        if self.frozen {
+        if self.frozen || self.cache_drops_ignored {
             return;
         }
         let inode = self.inode(ino);
@@ -605,6 +608,7 @@ impl Fs {
             frozen: false,
             capacity: self.capacity,
             no_exchange: self.no_exchange,
+            cache_drops_ignored: self.cache_drops_ignored,
         }
     }
 }

@@ -228,6 +228,15 @@ impl SimStorage {
         self.lock().no_exchange = !supported;
     }
 
+    /// Makes `drop_cache` keep every page (`true`), like a file system
+    /// that ignores `POSIX_FADV_DONTNEED` or pages another process pins at
+    /// that instant, or drop clean pages again (`false`, the default); kept
+    /// by [`SimStorage::restart`] and [`SimStorage::power_cut`]. What tests
+    /// the defences that do not rely on the advice.
+    pub fn set_cache_drops_ignored(&self, ignored: bool) {
+        self.lock().cache_drops_ignored = ignored;
+    }
+
     /// Bytes all files hold now.
     pub fn used_bytes(&self) -> u64 {
         self.lock().used()
@@ -279,6 +288,7 @@ impl SimStorage {
                 frozen: false,
                 capacity: fs.capacity,
                 no_exchange: fs.no_exchange,
+                cache_drops_ignored: fs.cache_drops_ignored,
             })),
         }
     }
