@@ -62,9 +62,26 @@
 //!   batch readable from the page cache though it never reached the disk;
 //!   the reopen discards it (the marker), so no never-durable intent or
 //!   outcome is replayed, and the result survives a remount. Both heal-in-
-//!   place tests fail with the discard's zeroing disabled (checked: the
-//!   refused create's intent comes back as `create-interrupted failed-0`,
-//!   the held create's outcome as already done).
+//!   place tests failed with the discard's zeroing disabled (the refused
+//!   create's intent came back as `create-interrupted failed-0`, the held
+//!   create's outcome as already done) until opening (and the tool, which
+//!   runs before the reopen here) read the last segment after dropping its
+//!   cached pages: now they pass with the zeroing disabled too (checked),
+//!   and `torture_regression_failed_commit_is_discarded_at_reopen` guards
+//!   the zeroing with the drops ignored;
+//! - a failed batch whose process died before it left its marker (the
+//!   marker removed, as if never created), the device healed in place, a
+//!   new handle that reopens and acknowledges more, then the page cache
+//!   gone (unmount, mount): the reopen and the read-only reader read the
+//!   batch as the disk holds it (not there: the last segment's cached
+//!   pages are dropped before it is read), and the journal opens with every
+//!   acknowledged record. Without the drop (checked: the walk reading
+//!   through the cache) the reopen replayed the 4 failed records from the
+//!   page cache (6 records, 2 durable) and, after the remount, the journal
+//!   refused to open: "corrupt at offset 112: nonzero bytes after the end
+//!   of the log, and a valid frame of a later write follows at offset
+//!   24272" (the batch's pages wholly inside it never reached the disk;
+//!   the page it shares with the next append was written with it).
 //!
 //! What the guest's kernel (Debian 12, 6.1) does, as seen here: the failed
 //! `fdatasync` of the segment does not by itself abort ext4 (the marker is
@@ -92,11 +109,15 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use volmgr::journal::{FAILED_COMMIT_FILE, JOURNAL_DIR, JournalError, format};
+use serde::{Deserialize, Serialize};
+use volmgr::journal::{
+    FAILED_COMMIT_FILE, JOURNAL_DIR, Journal, JournalConfig, JournalError, JournalRecord, format,
+};
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::dir::DirProvider;
 use volmgr::provider::{Provider, ProviderConfig};
 use volmgr::state::{Meta, VolumeKind, VolumeStatus};
+use volmgr::storage::RealStorage;
 
 use device_support::{
     Device, DirHooks, HookedDir, Tree, fill, reconciled_whole, state_kinds, whole_inventory,
@@ -795,14 +816,14 @@ async fn healed_in_place_discards_the_failed_batch(test: &str, first: First) {
         return;
     };
     let failed = fail_and_refuse(&rig, running, Layout::Apart, first).await;
-    let verify_while_failing = verify_reads_what_open_will(&rig.state_dir, &failed);
-    rig.device.restore();
     assert!(
         failed.ext4_accepts_changes,
         "ext4 did not abort its journal: {}",
         failed.ext4_after_failure
     );
-    // The marker names the failed batch; the page cache still returns it.
+    // The marker names the failed batch; the page cache still returns it
+    // (looked at before the tool runs: it drops the segment's clean cached
+    // pages, as an open does, and the batch with them).
     let text =
         std::fs::read_to_string(marker(&rig.state_dir)).expect("the failed commit left its marker");
     let mut fields = text.split_whitespace();
@@ -821,6 +842,8 @@ async fn healed_in_place_discards_the_failed_batch(test: &str, first: First) {
         "the failed batch is readable from the page cache at offset {offset} of {}",
         segment.display()
     );
+    let verify_while_failing = verify_reads_what_open_will(&rig.state_dir, &failed);
+    rig.device.restore();
     let after = reopen_reconciles(&rig, Layout::Apart).await;
     // Durably: the same after the page cache is gone.
     rig.device.unmount().expect("unmount");
@@ -939,4 +962,146 @@ async fn a_destroy_whose_outcome_commit_failed_is_never_acknowledged_and_a_reope
         Held::Destroy,
     )
     .await;
+}
+
+/// A record of the journal alone (no manager): the test writes batches of
+/// several pages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Rec(String);
+
+impl JournalRecord for Rec {
+    fn kind(&self) -> u8 {
+        0
+    }
+}
+
+/// Records as an assertion shows them: a failed batch's 6000-byte ones cut
+/// to their first bytes and length.
+fn short(records: &[String]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| match r.get(..8) {
+            Some(head) if r.len() > 8 => format!("{head}... ({} bytes)", r.len()),
+            _ => r.clone(),
+        })
+        .collect()
+}
+
+/// The records a journal handle replays at open, or why it refused.
+fn open_journal(state_dir: &Path) -> Result<(Journal<Rec>, Vec<String>), JournalError> {
+    let (journal, recovery) = Journal::<Rec>::open(state_dir, JournalConfig::default())?;
+    let replayed = recovery.records.into_iter().map(|(_, r)| r.0).collect();
+    Ok((journal, replayed))
+}
+
+/// The real attack behind
+/// `tests/torture_regression_failed_commit_without_marker_is_read_from_disk.rs`.
+/// The journal on an ext4 mounted `commit=600` (so that nothing commits
+/// ext4's own journal while the device fails: it does not abort, the page
+/// cache survives); the device fails writes during a batch's `fdatasync`
+/// (a batch of several pages: a later append rewrites the page it shares
+/// with the batch, so only pages wholly inside it can be lost); the process
+/// that saw the failure dies before it writes anything else (its
+/// `FAILED-COMMIT` marker removed, as if it had never been created: the
+/// unlink stays in memory like the creation did); the device heals in place;
+/// a new handle reopens (the failed `fdatasync` has already reported the
+/// error, so a new descriptor's sync reports none), appends and
+/// acknowledges records; then the page cache goes as a power cut takes it
+/// (unmount, which writes what is dirty and drops every page, and mount).
+/// Properties: the read-only reader and the reopen read the batch as the
+/// disk holds it (not there); the journal opens after the remount with
+/// every acknowledged record, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_whose_process_died_before_its_marker_is_read_from_disk_and_acknowledged_records_survive_the_page_cache()
+ {
+    let test = "a_failed_batch_whose_process_died_before_its_marker_is_read_from_disk_and_acknowledged_records_survive_the_page_cache";
+    let started = Instant::now();
+    let options = format!("{MOUNT_OPTIONS},commit=600");
+    let Some(mut device) = Device::with_options(test, &options) else {
+        return;
+    };
+    let state_dir = device.mount_point().join("state");
+    let (journal, _) = open_journal(&state_dir).expect("opens on the healthy device");
+    for r in ["a", "b"] {
+        journal.append(&Rec(r.into())).await.expect("acknowledged");
+    }
+    let durable = journal.durable_seq();
+    device.fail_writes();
+    // Four records of 6000 bytes: about 24 KiB, pages wholly inside it.
+    let batch: Vec<Rec> = (0..4)
+        .map(|i| Rec(char::from(b'w' + i).to_string().repeat(6000)))
+        .collect();
+    let failed = journal
+        .append_all(&batch)
+        .await
+        .expect_err("the commit fails");
+    assert!(
+        matches!(failed, JournalError::Poisoned { ref cause } if cause.contains("fdatasync")),
+        "the batch's fdatasync failed: {failed}"
+    );
+    drop(journal);
+    // The process dies before its marker: none is left.
+    std::fs::remove_file(marker(&state_dir)).expect("the failed commit left its marker");
+    let segment = state_dir
+        .join(JOURNAL_DIR)
+        .join(format::segment_file_name(1));
+    let cached = std::fs::read(&segment).expect("read the segment");
+    let batch_text = "x".repeat(6000);
+    assert!(
+        cached
+            .windows(batch_text.len())
+            .any(|w| w == batch_text.as_bytes()),
+        "the failed batch is readable from the page cache"
+    );
+    device.restore();
+
+    // What the read-only reader (the tool's) makes of it now.
+    let mut tool = Vec::new();
+    let read = volmgr::journal::reader::read_log::<Rec>(&RealStorage, &state_dir, |_, r| {
+        tool.push(r.0);
+    })
+    .expect("the reader reads");
+    let tool_end = read.walked.verdict.clone();
+    // A new handle in the same boot reopens and acknowledges more.
+    let (journal, replayed) = open_journal(&state_dir).expect("reopens once restored");
+    let mut acknowledged: Vec<String> = replayed.clone();
+    for r in ["c", "d"] {
+        journal.append(&Rec(r.into())).await.expect("acknowledged");
+        acknowledged.push(r.into());
+    }
+    journal.close().await;
+
+    // The page cache goes, as a power cut takes it.
+    device.unmount().expect("unmount");
+    device.mount().expect("mount");
+    let after = open_journal(&state_dir).map(|(_, records)| records);
+    println!(
+        "journal device errors, a failed batch whose process died before its marker: the tool \
+         read {} records ({tool_end:?}), the reopen replayed {} (durable {durable}), acknowledged \
+         after it {:?}; after a remount: {}; {:.1}s",
+        tool.len(),
+        replayed.len(),
+        &acknowledged[replayed.len()..],
+        match &after {
+            Ok(records) => format!("opens with {} records", records.len()),
+            Err(e) => format!("refuses to open: {e}"),
+        },
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        short(&tool),
+        ["a", "b"],
+        "the tool reads what the disk holds"
+    );
+    assert_eq!(
+        short(&replayed),
+        ["a", "b"],
+        "the failed batch is not replayed"
+    );
+    assert_eq!(
+        short(&after.expect("opens after the page cache went")),
+        ["a", "b", "c", "d"],
+        "every acknowledged record, in order"
+    );
+    device.unmount().expect("unmount");
 }

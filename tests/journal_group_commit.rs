@@ -160,6 +160,9 @@ impl StorageFile for GatedFile {
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.inner.allocate(len)
     }
+    fn drop_cache(&self) -> io::Result<()> {
+        self.inner.drop_cache()
+    }
 }
 
 fn open(dir: &Path, gate: &Arc<Gate>) -> Journal<Rec> {

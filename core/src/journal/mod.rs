@@ -4,9 +4,12 @@
 //! The journal is generic over its record type ([`JournalRecord`]): it knows
 //! sequence numbers, bytes and a one-byte record kind, never volumes. Opening
 //! takes the state directory's exclusive lock, loads the newest valid
-//! checkpoint (falling back to the previous one), replays the segments after
-//! it, truncates a torn tail (copying it to a `.broken` file first) and refuses
-//! anything else. See `journal-format.md` for the bytes.
+//! checkpoint (falling back to the previous one), syncs the newest segment,
+//! replays the segments after the checkpoint (the newest as the disk holds
+//! it: its cached pages are dropped first, so a batch whose write-back failed
+//! is never replayed from the page cache), truncates a torn tail (copying it
+//! to a `.broken` file first) and refuses anything else. See
+//! `journal-format.md` for the bytes.
 
 mod codec;
 mod error;
@@ -169,6 +172,14 @@ impl<R: JournalRecord> Journal<R> {
         writer::sync_dir(storage.as_ref(), &journal_dir)?;
         writer::sync_dir(storage.as_ref(), &checkpoint_dir)?;
         discard_failed_commit(storage.as_ref(), &journal_dir)?;
+        // What replay is about to trust may exist only in the page cache (a
+        // killed process wrote it without a sync): make the last segment
+        // durable before it is read. The read then drops the segment's
+        // cached pages (all clean now) and reads what the disk holds: a batch
+        // whose write-back failed, its process killed before it could leave
+        // its marker, is not on the disk, and Linux keeps such pages cached
+        // as clean (no sync writes them again) while reads return them.
+        let synced = sync_last_segment(storage.as_ref(), &journal_dir)?;
 
         let mut records = Vec::new();
         let read = reader::read_log::<R>(storage.as_ref(), state_dir, |seq, record| {
@@ -210,11 +221,13 @@ impl<R: JournalRecord> Journal<R> {
             let file = storage
                 .open(path)
                 .map_err(|e| JournalError::io(path, "open segment", e))?;
-            // What replay just trusted may exist only in the page cache
-            // (a killed process wrote it without a sync): make it durable
-            // before anything acts on it or is appended after it.
-            file.sync_data()
-                .map_err(|e| JournalError::io(path, "fsync segment", e))?;
+            // Pair assertion: the tail is the last segment, synced before
+            // the read (appends go to the newest segment only).
+            assert_eq!(
+                synced.as_deref(),
+                Some(path.as_path()),
+                "the log's tail is the segment synced before replay"
+            );
             (file, *first, *offset, segs)
         } else {
             let file = writer::create_segment(
@@ -478,6 +491,26 @@ fn encode_checked<R: JournalRecord>(record: &R) -> Result<(u8, Vec<u8>), Journal
         )));
     }
     Ok((record.kind(), payload))
+}
+
+/// Syncs (`fdatasync`) the newest segment of `journal_dir`, if there is one,
+/// and returns its path.
+fn sync_last_segment(
+    storage: &dyn Storage,
+    journal_dir: &Path,
+) -> Result<Option<PathBuf>, JournalError> {
+    let Some((_, path)) = reader::list_segments(storage, journal_dir)?.pop() else {
+        return Ok(None);
+    };
+    let file = match storage.open(&path) {
+        Ok(file) => file,
+        // Not a regular file: the reader refuses it, naming it.
+        Err(e) if crate::storage::NotRegularFile::of(&e).is_some() => return Ok(None),
+        Err(e) => return Err(JournalError::io(&path, "open segment", e)),
+    };
+    file.sync_data()
+        .map_err(|e| JournalError::io(&path, "fsync segment", e))?;
+    Ok(Some(path))
 }
 
 /// Creates `dir` and its missing ancestors and syncs the parent of each, from

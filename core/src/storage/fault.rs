@@ -208,4 +208,7 @@ impl StorageFile for FaultyFile {
         check(&self.injector, FaultOp::Allocate)?;
         self.inner.allocate(len)
     }
+    fn drop_cache(&self) -> io::Result<()> {
+        self.inner.drop_cache()
+    }
 }

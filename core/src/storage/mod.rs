@@ -62,6 +62,14 @@ pub trait StorageFile: Send + Sync + Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Reserves `len` bytes of zeros (fallocate), falling back to `set_len`.
     fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Drops the file's clean cached pages (`posix_fadvise(POSIX_FADV_DONTNEED)`
+    /// over the whole file), so the next reads return what the disk holds.
+    /// After a failed write-back Linux keeps the pages it could not write,
+    /// marked clean, in the page cache: reads return bytes that were never
+    /// durable, and no later sync writes them. Pages not yet written back
+    /// (dirty, or under write-back) are kept: sync first to have every page
+    /// dropped. Reads only, never writes the file.
+    fn drop_cache(&self) -> io::Result<()>;
 }
 
 /// Why a journal file was refused: it is not a regular file. A FIFO in place
@@ -115,8 +123,18 @@ pub fn open_regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> 
 /// Reads a whole file, refusing (before allocating) one longer than `max_len`.
 pub fn read_bounded(storage: &dyn Storage, path: &Path, max_len: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    read_bounded_into(storage, path, max_len, &mut buf)?;
+    read_bounded_into(storage, path, max_len, Cache::Keep, &mut buf)?;
     Ok(buf)
+}
+
+/// Whether a read first drops the file's clean cached pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// Read through the page cache as it is.
+    Keep,
+    /// [`StorageFile::drop_cache`] first: the read returns what the disk
+    /// holds, and what is not yet written back (dirty pages stay cached).
+    Drop,
 }
 
 /// Like [`read_bounded`], into a caller's buffer (replaced, not appended to),
@@ -126,9 +144,13 @@ pub fn read_bounded_into(
     storage: &dyn Storage,
     path: &Path,
     max_len: u64,
+    cache: Cache,
     buf: &mut Vec<u8>,
 ) -> io::Result<()> {
     let file = storage.open(path)?;
+    if cache == Cache::Drop {
+        file.drop_cache()?;
+    }
     let len = file.len()?;
     if len > max_len {
         return Err(io::Error::new(
@@ -280,5 +302,26 @@ impl StorageFile for RealFile {
             Some(libc::EOPNOTSUPP | libc::ENOSYS) => self.0.set_len(len),
             _ => Err(err),
         }
+    }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        drop_cached_pages(&self.0)
+    }
+}
+
+/// `posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`: the whole file (offset 0
+/// and length 0, to its end, so no partial page at either end is kept).
+/// Linux starts the write-back of dirty pages, then drops every cached page
+/// that is clean, unmapped, unlocked and not under write-back (draining the
+/// per-CPU LRU caches and trying again for those it missed).
+pub fn drop_cached_pages(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise on a valid, owned file descriptor with plain
+    // integers; it returns the error number instead of setting errno.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
     }
 }

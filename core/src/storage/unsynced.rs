@@ -76,4 +76,7 @@ impl StorageFile for UnsyncedFile {
     fn allocate(&self, len: u64) -> io::Result<()> {
         self.0.allocate(len)
     }
+    fn drop_cache(&self) -> io::Result<()> {
+        self.0.drop_cache()
+    }
 }

@@ -109,6 +109,14 @@ impl StorageFile for ReadOnlyFile {
     fn allocate(&self, _len: u64) -> io::Result<()> {
         Err(denied("allocate"))
     }
+    /// Not a write: the tool drops the clean pages of the segment it reads
+    /// last as opening does, so it reads what the disk holds (a failed
+    /// write-back's pages would otherwise show a batch that never reached
+    /// it). Pages not yet written back stay (their write-back is started),
+    /// as they would for the open, which syncs them before it reads.
+    fn drop_cache(&self) -> io::Result<()> {
+        storage::drop_cached_pages(&self.0)
+    }
 }
 
 // ---------------------------------------------------------------- paths

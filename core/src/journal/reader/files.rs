@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::super::JournalError;
 use super::super::format::{self, Invalid, MAX_SEGMENT_LEN};
-use crate::storage::{self, NotRegularFile, Storage};
+use crate::storage::{self, Cache, NotRegularFile, Storage};
 
 /// Segment files of a journal directory, sorted by the first sequence number
 /// in their names. Other files (temp files, `.broken` copies) are ignored.
@@ -48,19 +48,22 @@ fn list_numbered(
 /// Reads one segment file, bounded.
 pub fn read_segment(storage: &dyn Storage, path: &Path) -> Result<Vec<u8>, JournalError> {
     let mut buf = Vec::new();
-    read_segment_into(storage, path, &mut buf)?;
+    read_segment_into(storage, path, Cache::Keep, &mut buf)?;
     Ok(buf)
 }
 
-/// Reads one segment file, bounded, into `buf` (its old content is replaced).
-/// A file over 1 GiB, or one that is not a regular file, is corruption at
-/// offset 0; other failures are I/O errors.
+/// Reads one segment file, bounded, into `buf` (its old content is replaced),
+/// after dropping its clean cached pages if `cache` says so (what the walk
+/// does for the last segment: see [`super::walk::read`]). A file over 1 GiB,
+/// or one that is not a regular file, is corruption at offset 0; other
+/// failures are I/O errors.
 pub fn read_segment_into(
     storage: &dyn Storage,
     path: &Path,
+    cache: Cache,
     buf: &mut Vec<u8>,
 ) -> Result<(), JournalError> {
-    storage::read_bounded_into(storage, path, MAX_SEGMENT_LEN, buf).map_err(|e| {
+    storage::read_bounded_into(storage, path, MAX_SEGMENT_LEN, cache, buf).map_err(|e| {
         let reason = if let Some(refused) = NotRegularFile::of(&e) {
             Invalid::NotRegularFile(refused.what)
         } else if e.kind() == std::io::ErrorKind::InvalidData {

@@ -13,6 +13,17 @@
 //! here and nowhere else. The batch a `FAILED-COMMIT` marker names reads as
 //! zeros, as the next open will have made it (it zeroes that batch before it
 //! reads): it was never acknowledged, and may exist only in the page cache.
+//!
+//! The last segment (the only one a commit can have failed in: a batch goes
+//! to the active segment, the newest, and a failed one poisons the journal)
+//! is read after dropping its clean cached pages
+//! ([`crate::storage::StorageFile::drop_cache`]), so a failed commit whose
+//! process died before it could leave its marker reads as what the disk
+//! holds, never as the batch the page cache kept after the failed
+//! write-back: opening syncs that segment first, so every page it replays
+//! is on the disk; the read-only tool does not sync, and what it keeps
+//! cached is what that sync would write. `dump --follow` (a position to
+//! poll from) reads through the cache.
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +35,7 @@ use super::files::{list_segments, read_segment_into};
 use super::segment::{
     Cursor, Flow, Frame, FramesRead, Item, dirty_end, find_next_valid_frame, read_frames,
 };
-use crate::storage::Storage;
+use crate::storage::{Cache, Storage};
 
 /// Which segments a walk reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +279,13 @@ pub fn read(
         let (name_seq, path) = w.walked.segments[i].clone();
         let history = i < w.walked.log_start;
         let is_last = !history && i + 1 == w.walked.segments.len();
+        // The last segment is read as the disk holds it (see the module
+        // documentation), except by `dump --follow`, which polls a live one.
+        let cache = if i + 1 == w.walked.segments.len() && entry.is_none() {
+            Cache::Drop
+        } else {
+            Cache::Keep
+        };
         if i == w.walked.log_start && !history {
             // The end of the history must meet the log (a fallback to an
             // older checkpoint reads across); the log itself starts afresh.
@@ -300,6 +318,7 @@ pub fn read(
             chain,
             expected_next,
             (i == first).then_some(entry).flatten(),
+            cache,
             &mut buf,
         )? {
             Some(next) => chain = next,
@@ -403,6 +422,7 @@ impl Walker<'_> {
         chain: Option<u64>,
         expected_next: u64,
         entry: Option<Cursor>,
+        cache: Cache,
         buf: &mut Vec<u8>,
     ) -> Result<Option<Option<u64>>, JournalError> {
         self.walked.read += 1;
@@ -414,7 +434,7 @@ impl Walker<'_> {
             d.history = history;
             d
         };
-        match read_segment_into(storage, path, buf) {
+        match read_segment_into(storage, path, cache, buf) {
             Ok(()) => {}
             Err(JournalError::Corrupt { offset, reason, .. }) => {
                 let d = with_history(Damage::corrupt(path, offset, reason, Some(expected_next)));

@@ -89,6 +89,11 @@ impl StorageFile for SimFile {
         self.lock().set_len(self.ino, len)
     }
 
+    fn drop_cache(&self) -> io::Result<()> {
+        self.lock().drop_cache(self.ino);
+        Ok(())
+    }
+
     fn allocate(&self, len: u64) -> io::Result<()> {
         let mut fs = self.lock();
         let current = fs.inode(self.ino).data.len() as u64;

@@ -10,7 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::SecondFault;
-use super::policy::{CutPolicy, DataLoss, DirLoss, SECTOR_LEN, SplitMix64};
+use super::policy::{CutPolicy, DataLoss, DirLoss, PAGE_LEN, SECTOR_LEN, SplitMix64};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Node {
@@ -77,6 +77,9 @@ pub(super) struct Fs {
     /// The exchange of two directories is refused as unsupported (a file
     /// system without `RENAME_EXCHANGE`).
     pub(super) no_exchange: bool,
+    /// `drop_cache` keeps every page (see
+    /// [`SimStorage::set_cache_drops_ignored`](super::SimStorage::set_cache_drops_ignored)).
+    pub(super) cache_drops_ignored: bool,
 }
 
 /// A simulated file offset or length as an index into its bytes: they live
@@ -483,6 +486,49 @@ impl Fs {
         Ok(())
     }
 
+    /// `posix_fadvise(POSIX_FADV_DONTNEED)` of a whole file: every page
+    /// ([`PAGE_LEN`]) no pending change touches is clean, and reads of it
+    /// return its durable bytes from then on (zeros past them: a
+    /// preallocated range never written back reads as zeros), so bytes a
+    /// failed sync dropped from the write-back queue are gone from what
+    /// reads see. A page a pending change touches is dirty and kept (Linux
+    /// starts its write-back and does not drop it); a pending size change
+    /// keeps every page from the smaller of that size and the durable
+    /// length on. Kept pages are the conservative side: the simulation
+    /// never drops more than the kernel would. Not a mutating call (the
+    /// disk is not written); nothing happens once the state is frozen.
+    pub(super) fn drop_cache(&mut self, ino: u64) {
+        if self.frozen || self.cache_drops_ignored {
+            return;
+        }
+        let inode = self.inode(ino);
+        let len = inode.data.len() as u64;
+        let pages = len.div_ceil(PAGE_LEN);
+        let mut dirty = vec![false; idx(pages)];
+        let mut mark = |from: u64, to: u64| {
+            for page in from / PAGE_LEN..to.div_ceil(PAGE_LEN).min(pages) {
+                dirty[idx(page)] = true;
+            }
+        };
+        for change in &inode.pending {
+            match change {
+                FileChange::Write { offset, bytes } => {
+                    mark(*offset, offset + bytes.len() as u64);
+                }
+                FileChange::SetLen(new_len) => {
+                    mark((*new_len).min(inode.durable.len() as u64), len);
+                }
+            }
+        }
+        for page in (0..pages).filter(|p| !dirty[idx(*p)]) {
+            let start = idx(page * PAGE_LEN);
+            let end = idx(((page + 1) * PAGE_LEN).min(len));
+            for at in start..end {
+                inode.data[at] = inode.durable.get(at).copied().unwrap_or(0);
+            }
+        }
+    }
+
     /// The names and file bytes a power cut leaves.
     pub(super) fn cut(&self, seed: u64, policy: CutPolicy) -> Fs {
         let mut rng = SplitMix64::new(seed);
@@ -562,6 +608,7 @@ impl Fs {
             frozen: false,
             capacity: self.capacity,
             no_exchange: self.no_exchange,
+            cache_drops_ignored: self.cache_drops_ignored,
         }
     }
 }

@@ -27,6 +27,11 @@
 //!   synced are forgotten: a renamed file is back under its old name, a
 //!   created file is gone (with everything under a created directory), a
 //!   removed file is back. Files no name reaches are gone.
+//! - `drop_cache` (`posix_fadvise(POSIX_FADV_DONTNEED)`) makes what reads
+//!   see of every clean page of a file (one no pending change touches) its
+//!   durable bytes: after a failed sync, the bytes the sync dropped from the
+//!   write-back queue vanish from reads, as they do from Linux's page cache
+//!   once its clean pages are dropped.
 //! - Sync points: every `sync_data`, `sync_all` and `sync_dir` call is one,
 //!   counted by [`SimStorage::sync_points`]. [`SimStorage::crash_at_sync`]
 //!   arms a cut at the Nth: that call fails with `EIO` without making
@@ -112,7 +117,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use self::file::{SimFile, SimLock};
 use self::fs::{Fs, Inode, Node, is_root, not_found, parent_of};
-pub use self::policy::{CutPolicy, DataLoss, DirLoss, SECTOR_LEN, SplitMix64};
+pub use self::policy::{CutPolicy, DataLoss, DirLoss, PAGE_LEN, SECTOR_LEN, SplitMix64};
 use super::{LockGuard, Storage, StorageFile};
 
 /// The second fault of a double fault ([`SimStorage::second_fault`]),
@@ -223,6 +228,15 @@ impl SimStorage {
         self.lock().no_exchange = !supported;
     }
 
+    /// Makes `drop_cache` keep every page (`true`), like a file system
+    /// that ignores `POSIX_FADV_DONTNEED` or pages another process pins at
+    /// that instant, or drop clean pages again (`false`, the default); kept
+    /// by [`SimStorage::restart`] and [`SimStorage::power_cut`]. What tests
+    /// the defences that do not rely on the advice.
+    pub fn set_cache_drops_ignored(&self, ignored: bool) {
+        self.lock().cache_drops_ignored = ignored;
+    }
+
     /// Bytes all files hold now.
     pub fn used_bytes(&self) -> u64 {
         self.lock().used()
@@ -274,6 +288,7 @@ impl SimStorage {
                 frozen: false,
                 capacity: fs.capacity,
                 no_exchange: fs.no_exchange,
+                cache_drops_ignored: fs.cache_drops_ignored,
             })),
         }
     }

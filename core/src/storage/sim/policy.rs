@@ -6,6 +6,10 @@
 /// Size of the unit a power cut drops, keeps or garbles.
 pub const SECTOR_LEN: u64 = 512;
 
+/// Size of the unit the page cache keeps and drops (`StorageFile::drop_cache`):
+/// Linux's page on x86-64 and, by default, arm64.
+pub const PAGE_LEN: u64 = 4096;
+
 /// A small seeded generator (splitmix64): reproducible power cuts without a
 /// dependency.
 #[derive(Debug, Clone)]

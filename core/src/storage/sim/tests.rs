@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{CutPolicy, DataLoss, DirLoss, SECTOR_LEN, SecondFault, SimStorage};
+use super::{CutPolicy, DataLoss, DirLoss, PAGE_LEN, SECTOR_LEN, SecondFault, SimStorage};
 use crate::storage::{Storage, StorageFile};
 
 fn write_file(s: &SimStorage, path: &str, bytes: &[u8]) -> Box<dyn StorageFile> {
@@ -577,4 +577,47 @@ fn a_tree_moved_away_then_back_and_synced_survives_a_cut_whole() {
             assert_eq!(cut.paths(), want, "{dirs:?}, seed {seed}");
         }
     }
+}
+
+#[test]
+fn dropping_the_cache_reads_durable_bytes_in_clean_pages_and_keeps_dirty_pages() {
+    let page = usize::try_from(PAGE_LEN).unwrap();
+    let s = SimStorage::new();
+    let f = write_file(&s, "/a", &vec![1u8; 3 * page]);
+    f.sync_data().unwrap();
+    // A write whose sync fails: visible, never durable (fsyncgate).
+    f.write_all_at(&vec![2u8; page + 10], 10).unwrap();
+    s.fail_sync_at(Some(s.sync_points() + 1));
+    f.sync_data().unwrap_err();
+    // A later write not yet synced: its page is dirty.
+    f.write_all_at(&[3u8; 4], 2 * PAGE_LEN + 5).unwrap();
+    assert_eq!(
+        s.read(Path::new("/a")).unwrap()[page],
+        2,
+        "the failed bytes read back"
+    );
+    f.drop_cache().unwrap();
+    let seen = s.read(Path::new("/a")).unwrap();
+    assert_eq!(seen.len(), 3 * page);
+    assert!(
+        seen[..2 * page].iter().all(|&b| b == 1),
+        "clean pages read as durable"
+    );
+    assert_eq!(
+        &seen[2 * page..2 * page + 10],
+        &[1, 1, 1, 1, 1, 3, 3, 3, 3, 1]
+    );
+    // A file longer than its durable bytes (a failed sync of an extension)
+    // reads zeros past them once dropped.
+    let g = write_file(&s, "/b", &[5u8; 100]);
+    g.sync_data().unwrap();
+    g.write_all_at(&[6u8; 50], 100).unwrap();
+    s.fail_sync_at(Some(s.sync_points() + 1));
+    g.sync_data().unwrap_err();
+    g.drop_cache().unwrap();
+    let seen = s.read(Path::new("/b")).unwrap();
+    assert_eq!(
+        (&seen[..100], &seen[100..]),
+        (&[5u8; 100][..], &[0u8; 50][..])
+    );
 }
