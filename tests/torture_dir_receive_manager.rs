@@ -77,7 +77,7 @@
 //! before the undo began: then exactly the stream's, and so does the
 //! snapshot); the same stream is then received again, whole.
 //! `VOLMGR_UNDO_SWEEP_EVERY_POINT=1` takes every sync point of the receive
-//! instead (see "Open" below). Two regressions run the same sweep on fewer
+//! instead (it found the two bugs "Found with every point" below names). Two regressions run the same sweep on fewer
 //! cases: the undo by two renames (`an_undo_by_two_renames_...`), and the
 //! cleanup of a receive failed before its swap, durable on return
 //! (`a_receive_failed_before_its_swap_...`, failure points from the second
@@ -1294,7 +1294,8 @@ async fn undo_crash_sweep(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_receive_cut_at_any_point_of_its_undo_reopens_with_the_targets_old_content() {
     // Every failure point with `VOLMGR_UNDO_SWEEP_EVERY_POINT=1` (see the
-    // module doc: the journal's intent and the cleanup before the swap).
+    // module doc: it adds the journal's intent and the cleanup before the
+    // swap).
     let which = if std::env::var("VOLMGR_UNDO_SWEEP_EVERY_POINT").is_ok_and(|v| v == "1") {
         FailurePoints::Every
     } else {
