@@ -81,4 +81,21 @@ impl CutPolicy {
         data: DataLoss::Random,
         dirs: DirLoss::ForgetAll,
     };
+    /// Nothing that was not durable survives.
+    pub const KEEP_NOTHING: CutPolicy = CutPolicy {
+        data: DataLoss::DropAll,
+        dirs: DirLoss::ForgetAll,
+    };
+    /// Everything survives, as if the page cache had been written back.
+    pub const KEEP_ALL: CutPolicy = CutPolicy {
+        data: DataLoss::KeepAll,
+        dirs: DirLoss::KeepAll,
+    };
+    /// Random sectors, and a seeded random prefix of each directory's
+    /// changes (a file system without a journal writing blocks back in any
+    /// order across directories).
+    pub const RANDOM_PREFIX: CutPolicy = CutPolicy {
+        data: DataLoss::Random,
+        dirs: DirLoss::RandomPrefix,
+    };
 }

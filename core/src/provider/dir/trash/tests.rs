@@ -334,30 +334,33 @@ fn try_destroy(p: &DirProvider, id: &str) -> Result<(), ProviderError> {
 /// The cuts the two regressions below take: none, all, and 32 seeded
 /// random prefixes of each directory's changes kept.
 fn cuts() -> Vec<(u64, CutPolicy)> {
-    let mut out = vec![
-        (
-            0,
-            CutPolicy {
-                data: DataLoss::DropAll,
-                dirs: DirLoss::ForgetAll,
-            },
-        ),
-        (
-            0,
-            CutPolicy {
-                data: DataLoss::KeepAll,
-                dirs: DirLoss::KeepAll,
-            },
-        ),
-    ];
-    out.extend((0..32).map(|seed| {
-        let policy = CutPolicy {
-            data: DataLoss::Random,
-            dirs: DirLoss::RandomPrefix,
-        };
-        (seed, policy)
-    }));
+    let mut out = vec![(0, CutPolicy::KEEP_NOTHING), (0, CutPolicy::KEEP_ALL)];
+    out.extend((0..32).map(|seed| (seed, CutPolicy::RANDOM_PREFIX)));
     out
+}
+
+/// Runs `case` (which returns the storage to cut) once for each of
+/// [`cuts`], cuts it, and asserts that the reopened provider finds no item
+/// without its marker after any of them.
+fn assert_no_cut_leaves_a_marker_less_item(
+    durability: Durability,
+    mut case: impl FnMut() -> SimStorage,
+) {
+    let mut failures = Vec::new();
+    for (seed, policy) in cuts() {
+        let image = case().power_cut_with(seed, policy);
+        let foreign = marker_less(&image, durability);
+        if !foreign.is_empty() {
+            failures.push(format!("seed {seed}, {policy:?}: foreign {foreign:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cuts:\n{}",
+        failures.len(),
+        cuts().len(),
+        failures.join("\n")
+    );
 }
 
 /// The items of the provider on `image` that carry no marker (foreign).
@@ -382,8 +385,7 @@ fn marker_less(image: &SimStorage, durability: Durability) -> Vec<String> {
 /// marker: foreign (12 of these 34 cuts, all random prefixes).
 #[test]
 fn a_removal_that_finds_no_tree_keeps_the_marker_until_that_absence_is_durable() {
-    let mut failures = Vec::new();
-    for (seed, policy) in cuts() {
+    assert_no_cut_leaves_a_marker_less_item(Durability::Batched, || {
         let storage = SimStorage::new();
         let p = DirProvider::simulated_with(
             PathBuf::from(ROOT),
@@ -399,19 +401,8 @@ fn a_removal_that_finds_no_tree_keeps_the_marker_until_that_absence_is_durable()
         // The second removal (it fails: a failed round fails every later
         // barrier, so nothing is settled and the marker stays).
         let _ = try_destroy(&p, "v");
-        let image = storage.power_cut_with(seed, policy);
-        let foreign = marker_less(&image, Durability::Batched);
-        if !foreign.is_empty() {
-            failures.push(format!("seed {seed}, {policy:?}: foreign {foreign:?}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cuts:\n{}",
-        failures.len(),
-        cuts().len(),
-        failures.join("\n")
-    );
+        storage
+    });
 }
 
 /// Regression (`sweep`: the moves of destroyed items' trees into the trash
@@ -423,8 +414,7 @@ fn a_removal_that_finds_no_tree_keeps_the_marker_until_that_absence_is_durable()
 /// volume's directory without its marker: foreign.
 #[test]
 fn the_start_removes_a_killed_destroys_marker_only_once_its_move_into_the_trash_is_durable() {
-    let mut failures = Vec::new();
-    for (seed, policy) in cuts() {
+    assert_no_cut_leaves_a_marker_less_item(Durability::OnReturn, || {
         let storage = SimStorage::new();
         let p = DirProvider::simulated(PathBuf::from(ROOT), storage.clone(), Durability::OnReturn)
             .expect("the provider opens");
@@ -437,17 +427,6 @@ fn the_start_removes_a_killed_destroys_marker_only_once_its_move_into_the_trash_
             DirProvider::simulated(PathBuf::from(ROOT), restarted.clone(), Durability::OnReturn)
                 .expect("the provider reopens");
         assert!(p.inventory().expect("inventory").is_empty());
-        let image = restarted.power_cut_with(seed, policy);
-        let foreign = marker_less(&image, Durability::OnReturn);
-        if !foreign.is_empty() {
-            failures.push(format!("seed {seed}, {policy:?}: foreign {foreign:?}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cuts:\n{}",
-        failures.len(),
-        cuts().len(),
-        failures.join("\n")
-    );
+        restarted
+    });
 }
