@@ -139,16 +139,10 @@ pub(crate) fn write(
     m: &Marker,
     sync_file: bool,
 ) -> Result<(), ProviderError> {
-    let text = serde_json::to_vec_pretty(m)
-        .map_err(|e| ProviderError::Other(format!("encoding marker: {e}")))?;
+    let text = encode(m)?;
     layout
         .write_file(dir, &m.volume, &text, sync_file)
-        .map_err(|e| {
-            ProviderError::io(
-                format!("writing marker {}", dir.join(&m.volume).display()),
-                e,
-            )
-        })
+        .map_err(|e| write_error(dir, m, e))
 }
 
 /// Writes the first marker of a new data volume: created in place (no temp
@@ -164,17 +158,22 @@ pub(crate) fn write_first(
     m: &Marker,
     sync_file: bool,
 ) -> Result<(), ProviderError> {
-    let text = serde_json::to_vec_pretty(m)
-        .map_err(|e| ProviderError::Other(format!("encoding marker: {e}")))?;
+    let text = encode(m)?;
     match layout.write_new_file(dir, &m.volume, &text, sync_file) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => write(layout, dir, m, sync_file),
-        other => other.map_err(|e| {
-            ProviderError::io(
-                format!("writing marker {}", dir.join(&m.volume).display()),
-                e,
-            )
-        }),
+        other => other.map_err(|e| write_error(dir, m, e)),
     }
+}
+
+fn encode(m: &Marker) -> Result<Vec<u8>, ProviderError> {
+    serde_json::to_vec_pretty(m).map_err(|e| ProviderError::Other(format!("encoding marker: {e}")))
+}
+
+fn write_error(dir: &Path, m: &Marker, e: std::io::Error) -> ProviderError {
+    ProviderError::io(
+        format!("writing marker {}", dir.join(&m.volume).display()),
+        e,
+    )
 }
 
 /// Writes a snapshot's mode exceptions durably (or removes a stale manifest
