@@ -313,9 +313,12 @@ async fn reopened<W: Workload>(w: &W, image: &SimStorage, model: &W::Model) -> (
 ///   made it all durable): the trash sweep removing a killed destroy's
 ///   marker before its move into the trash was durable
 ///   (`dir/trash.rs` `sweep`) gives 0 disagreements under the cuts after
-///   the reopen, 10 under these (durable on return, all at the reopen's
-///   7th sync, nothing kept: the destroyed volume's directory back
-///   without its marker);
+///   the reopen, 4 and 10 (two runs; the concurrent workload moves the
+///   crash points) in `torture_dir_powercut` under these, and 1 in
+///   `torture_dir_receive_manager`'s power-cut sweep (durable on return
+///   only, all at the reopen's 7th sync, nothing kept: the destroyed
+///   volume's directory back without its marker; batched, the sweep's
+///   marker removal only waits for the barrier's whole `syncfs`);
 /// - power cuts by [`torture_support::cut_policies`] (none, all or a seeded
 ///   part of what was not durable kept).
 pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
