@@ -7,8 +7,9 @@
 //! itself ([`sweep`]): a crash at every sync point of a suite's workload
 //! (or at every point the suite counts, [`Workload::arm`]),
 //! each crash point's images (a kill -9; a kill -9, a reopen that
-//! reconciles, then power cuts keeping none or all of what it left
-//! unsynced; power cuts by [`torture_support::cut_policies`]) reopened and
+//! reconciles, then power cuts keeping none, all or a seeded part of what
+//! it left unsynced; a kill -9, then a power cut at each sync point of the
+//! reopen; power cuts by [`torture_support::cut_policies`]) reopened and
 //! checked by the suite against what its workload's acknowledgements
 //! promised. A suite brings its workload and its checks ([`Workload`]).
 
@@ -30,6 +31,9 @@ use crate::torture_support;
 pub const STATE: &str = "/state";
 pub const ROOT: &str = "/p";
 pub const PROVIDER: &str = "p";
+/// Mixed into the base seed for the cuts after a kill -9 and a reopen, so
+/// that their seeded cuts draw other choices than the plain power cuts'.
+const REOPEN_SEED_SALT: u64 = 0x2E0B_E4ED;
 
 /// A tree's content: relative path to the file's bytes (`None`: a
 /// directory).
@@ -205,6 +209,12 @@ pub trait Workload {
     fn arm(&self, storage: &SimStorage, point: u64) {
         storage.crash_at_sync(Some(point));
     }
+    /// Whether each crash point also gives the images of a power cut at
+    /// each sync point of the reopen after a kill -9 (by default; a sweep
+    /// with many crash points may take them only under a switch).
+    fn reopen_crashes(&self) -> bool {
+        true
+    }
     /// Runs the workload on `m` (its storage `storage`), recording in
     /// `model` what was acknowledged; it stops or goes on failing once the
     /// crash point fired.
@@ -238,6 +248,9 @@ pub struct Swept {
     pub points: u64,
     /// Images reopened and checked.
     pub images: u64,
+    /// Sync points of the reopens after a kill -9 cut (over every crash
+    /// point).
+    pub reopen_points: u64,
     /// The most operations a run acknowledged (a whole run's).
     pub acked: u64,
     /// Acknowledged operations lost, over every image.
@@ -250,6 +263,13 @@ pub struct Swept {
     pub whole_run_errors: Vec<String>,
     pub base_seed: u64,
     pub scale: u64,
+}
+
+/// `VOLMGR_REOPEN_CUTS_ALL=1`: after a kill -9 and a reopen, every cut of
+/// [`torture_support::cut_policies`] (`3 * scale` seeded ones of each
+/// directory policy), not only the first seeded one of each.
+fn every_reopen_cut() -> bool {
+    std::env::var("VOLMGR_REOPEN_CUTS_ALL").is_ok_and(|v| v == "1")
 }
 
 /// Reopens `image` with `workload`'s provider and checks it.
@@ -277,11 +297,28 @@ async fn reopened<W: Workload>(w: &W, image: &SimStorage, model: &W::Model) -> (
 /// point gives these images, each reopened and checked:
 /// - a kill -9 (the page cache survives, nothing lost but the process);
 /// - a kill -9, then a reopen that reconciles and journals what it
-///   resolved, then a power cut before anything else ran, keeping none or
-///   all of what the reopen left unsynced: what the reopen journaled must be
-///   on the disk with its effects (a reopen once rolled forward a create
-///   whose directory the killed process left in the page cache, which it
-///   never synced);
+///   resolved, then a power cut before anything else ran, keeping none,
+///   all, or (one seed of each directory policy of
+///   [`torture_support::cut_policies`]; all of its seeds with
+///   `VOLMGR_REOPEN_CUTS_ALL=1`) a seeded part of what the reopen left
+///   unsynced: what the reopen journaled must be on the disk with its
+///   effects (a reopen once rolled forward a create whose directory the
+///   killed process left in the page cache, which it never synced);
+/// - a kill -9, then a power cut at each sync point of the reopen (its
+///   recovery and its close; [`Workload::reopen_crashes`]), keeping none
+///   or all of what was not durable: a hole in the order of the reopen's
+///   own steps (the start's trash sweep, staging, the reconciliation's undo
+///   and destroys, the resolution records) before its first whole sync.
+///   A cut after the reopen cannot show one (the reopen's whole `syncfs`
+///   made it all durable): the trash sweep removing a killed destroy's
+///   marker before its move into the trash was durable
+///   (`dir/trash.rs` `sweep`) gives 0 disagreements under the cuts after
+///   the reopen, 4 and 10 (two runs; the concurrent workload moves the
+///   crash points) in `torture_dir_powercut` under these, and 1 in
+///   `torture_dir_receive_manager`'s power-cut sweep (durable on return
+///   only, all at the reopen's 7th sync, nothing kept: the destroyed
+///   volume's directory back without its marker; batched, the sweep's
+///   marker removal only waits for the barrier's whole `syncfs`);
 /// - power cuts by [`torture_support::cut_policies`] (none, all or a seeded
 ///   part of what was not durable kept).
 pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
@@ -324,10 +361,19 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
         .await
         {
             Ok(m) => {
-                for (seed, policy) in torture_support::cut_policies(base_seed, point, 0) {
+                // Seeds apart from the plain cuts' (another image, the same
+                // policies).
+                let seeds = base_seed ^ REOPEN_SEED_SALT;
+                let mut cuts = torture_support::cut_policies(seeds, point, scale);
+                if !every_reopen_cut() {
+                    // None, all, then one seeded cut of each directory
+                    // policy.
+                    cuts.truncate(4);
+                }
+                for (seed, policy) in cuts {
                     let image = restarted.power_cut_with(seed, policy);
                     outcomes.push((
-                        format!("kill -9, reopen, then a cut {policy:?}"),
+                        format!("kill -9, reopen, then a cut (seed {seed:#x}, {policy:?})"),
                         reopened(w, &image, &model).await,
                     ));
                 }
@@ -337,6 +383,34 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
                 "kill -9, reopen".to_owned(),
                 (0, vec![format!("reopen failed: {e}")]),
             )),
+        }
+        // ... a kill -9, then a power cut at each sync point of the reopen
+        // (its recovery, then its close): none or all of what was not
+        // durable kept ...
+        for k in 1..=if w.reopen_crashes() { 1000u64 } else { 0 } {
+            let restarted = storage.restart();
+            restarted.crash_at_sync(Some(k));
+            if let Ok(m) = open(
+                &restarted,
+                w.flavor(),
+                &Slot::default(),
+                w.checkpoint_every(),
+            )
+            .await
+            {
+                m.close().await;
+            }
+            if !restarted.crashed() {
+                break;
+            }
+            out.reopen_points += 1;
+            for (seed, policy) in torture_support::cut_policies(base_seed, point, 0) {
+                let image = restarted.power_cut_with(seed, policy);
+                outcomes.push((
+                    format!("kill -9, a cut at sync {k} of the reopen {policy:?}"),
+                    reopened(w, &image, &model).await,
+                ));
+            }
         }
         // ... and power cuts.
         for (seed, policy) in torture_support::cut_policies(base_seed, point, scale) {
