@@ -78,8 +78,9 @@
 //! receive was rolled forward (its `complete` marker reached the disk
 //! before the undo began: then exactly the stream's, and so does the
 //! snapshot); the same stream is then received again, whole.
-//! `VOLMGR_UNDO_SWEEP_EVERY_POINT=1` takes every sync point of the receive
-//! instead (it found the two bugs "Found with every point" below names). Two regressions run the same sweep on fewer
+//! It takes every sync point of the receive (those before the swap were
+//! once only under a switch, `VOLMGR_UNDO_SWEEP_EVERY_POINT=1`, and found
+//! the bugs "Found with every point" below names). Two regressions run the same sweep on fewer
 //! cases: the undo by two renames (`an_undo_by_two_renames_...`), and the
 //! cleanup of a receive failed before its swap, durable on return
 //! (`a_receive_failed_before_its_swap_...`, failure points from the second
@@ -125,8 +126,9 @@
 //! to 2225 without (about 33 images a crash point, most of them cuts in
 //! the reopen; the concurrent operations vary the count from run to run);
 //! 0 lost, 0 disagreements. The double-fault sweep below takes the cuts
-//! inside the reopen only with `VOLMGR_UNDO_SWEEP_EVERY_POINT=1` (they
-//! take the file from 53 s to 162 s debug; 68 s without them).
+//! inside the reopen only with `VOLMGR_UNDO_SWEEP_REOPEN_CUTS=1` (release,
+//! with them: 70 s for the file, 2817 to 9642 images a case, 0
+//! disagreements; debug without them: 82 s).
 //!
 //! Checked by hand, each mutation alone (problems with it; 0 without):
 //! - an undone receive's staging area removed without settling `.staging`
@@ -181,14 +183,12 @@
 //!   failed-sync sweep; the manager journals an outcome after a failed
 //!   shared provider sync (`manager/write_path.rs`): 2.
 //!
-//! The double-fault sweeps (2 cores: release, the failed-sync-then-crash
-//! one about 27 s, the failed-move one 2 s, the regressions 4 s; debug, as
-//! CI's `cargo test` runs them, 68 s for the whole file, the crash sweep
-//! the longest): failed sync then crash,
-//! 8 failure points (syncs 8 to 15) batched with exchange, 9 without; 6
-//! and 7 durable on return; 118 to 168 crash points and 1364 to 1947
-//! images a case; rolled forward 87 images a case batched, 54 durable on
-//! return; 0 lost, 0 disagreements. Failed sync then failed move: 15 and
+//! The double-fault sweeps (2 cores: release, the whole file about 32 s;
+//! debug, as CI's `cargo test` runs them, 82 s for the whole file, the
+//! crash sweep the longest): failed sync then crash, every failure point:
+//! 15 batched with exchange, 16 without; 13 and 14 durable on return; 209
+//! to 292 crash points and 2886 to 4004 images a case; rolled forward 112
+//! images a case batched, 73 durable on return; 0 lost, 0 disagreements. Failed sync then failed move: 15 and
 //! 16 failure points batched (13 and 14 durable on return), 16 moves
 //! failed with exchange (the undo's own 5), 23 without (11); 0 problems.
 //! They found, each fixed:
@@ -203,12 +203,12 @@
 //!   keeping the second without the first merged the trees under the
 //!   target (3 disagreements in each case without exchange, batched and
 //!   durable on return). Fix: `S` `.staging/<op>` between them (`undo.rs`);
-//! - (with `VOLMGR_UNDO_SWEEP_EVERY_POINT=1`) a failed receive's staging
+//! - (with every point) a failed receive's staging
 //!   area removed without settling `.staging` before its marker went:
 //!   durable on return, 12 disagreements a case, 8 of them `.staging/<op>`
 //!   back after a cut with no marker naming it. Fix: `remove_staging`
 //!   (`dir.rs`);
-//! - (with `VOLMGR_UNDO_SWEEP_EVERY_POINT=1`) batched, the failed `syncfs`
+//! - (with every point) batched, the failed `syncfs`
 //!   before the swap (sync 5 of a full receive), the receive's cleanup run
 //!   to its end (the crash point past it, 9), then a cut keeping a random
 //!   prefix of each directory's changes: the snapshot's directory left
@@ -262,7 +262,7 @@
 //!   12 problems in 384 images (6 of the 32 cuts at the failed `syncfs`,
 //!   with and without exchange); `dir/trash/tests.rs` 12 of 34 cuts.
 //!
-//! Found with every point (`VOLMGR_UNDO_SWEEP_EVERY_POINT=1`), fixed: a
+//! Found with every point (then `VOLMGR_UNDO_SWEEP_EVERY_POINT=1`), fixed: a
 //! failed `fdatasync` of the journal's intent, then a crash at the first or
 //! second call after it (the journal's `FAILED-COMMIT` marker not yet
 //! written), a kill -9, a reopen and a cut: the journal refused to open ("a
@@ -1079,10 +1079,9 @@ impl Workload for UndoCrashSweep<'_> {
     }
 
     /// A cut at each sync point of the reopen after a kill -9 triples
-    /// this file's time (53 s to 162 s debug): only with
-    /// `VOLMGR_UNDO_SWEEP_EVERY_POINT=1`.
+    /// this sweep's time: only with `VOLMGR_UNDO_SWEEP_REOPEN_CUTS=1`.
     fn reopen_crashes(&self) -> bool {
-        std::env::var("VOLMGR_UNDO_SWEEP_EVERY_POINT").is_ok_and(|v| v == "1")
+        std::env::var("VOLMGR_UNDO_SWEEP_REOPEN_CUTS").is_ok_and(|v| v == "1")
     }
 
     async fn run(&self, m: &Manager, storage: &SimStorage, model: &mut UndoModel) {
@@ -1305,16 +1304,12 @@ async fn undo_crash_sweep(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_receive_cut_at_any_point_of_its_undo_reopens_with_the_targets_old_content() {
-    // Every failure point with `VOLMGR_UNDO_SWEEP_EVERY_POINT=1` (see the
-    // module doc: it adds the journal's intent and the cleanup before the
-    // swap).
-    let which = if std::env::var("VOLMGR_UNDO_SWEEP_EVERY_POINT").is_ok_and(|v| v == "1") {
-        FailurePoints::Every
-    } else {
-        FailurePoints::AfterTheSwap
-    };
+    // Every failure point: those before the swap (the journal's intent,
+    // the cleanup of a receive failed before its swap) found the two bugs
+    // the module doc's "Found with every point" names.
     let (full, incr) = streams();
-    let (points, failures) = undo_crash_sweep(receive_cases(&full, &incr), which).await;
+    let (points, failures) =
+        undo_crash_sweep(receive_cases(&full, &incr), FailurePoints::Every).await;
     assert!(
         points >= 100,
         "only {points} crash points after a failed sync"

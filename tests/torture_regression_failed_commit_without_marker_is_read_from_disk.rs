@@ -12,7 +12,7 @@
 //! open-time sync wrote nothing (the pages were clean), and it appended new
 //! acknowledged records after the batch; the power cut took the batch, not
 //! the records after it: a hole before acknowledged records. Found by
-//! `torture_dir_receive_manager` with `VOLMGR_UNDO_SWEEP_EVERY_POINT=1` (a
+//! `torture_dir_receive_manager`'s sweep at every failure point (a
 //! failed sync of the journal's intent, then a crash at the first or
 //! second call after it: 4 images a case).
 //! Fix: opening syncs the newest segment, then reads it after dropping its
