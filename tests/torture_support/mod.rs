@@ -40,38 +40,17 @@ pub fn seed(default: u64) -> u64 {
 
 pub mod manager_workload;
 
-use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss};
+use volmgr::storage::sim::CutPolicy;
 
 /// The cut policies tried at each crash point, with their seeds: nothing
 /// unsynced kept, everything kept, then `3 * scale` seeded random cuts of
 /// each directory policy (forget all, keep a random prefix).
 pub fn cut_policies(base_seed: u64, point: u64, scale: u64) -> Vec<(u64, CutPolicy)> {
-    let mut out = vec![
-        (
-            0,
-            CutPolicy {
-                data: DataLoss::DropAll,
-                dirs: DirLoss::ForgetAll,
-            },
-        ),
-        (
-            0,
-            CutPolicy {
-                data: DataLoss::KeepAll,
-                dirs: DirLoss::KeepAll,
-            },
-        ),
-    ];
+    let mut out = vec![(0, CutPolicy::KEEP_NOTHING), (0, CutPolicy::KEEP_ALL)];
     for i in 0..3 * scale {
         let seed = base_seed ^ (point << 20) ^ (i << 8);
         out.push((seed, CutPolicy::RANDOM));
-        out.push((
-            seed ^ 1,
-            CutPolicy {
-                data: DataLoss::Random,
-                dirs: DirLoss::RandomPrefix,
-            },
-        ));
+        out.push((seed ^ 1, CutPolicy::RANDOM_PREFIX));
     }
     out
 }
