@@ -325,7 +325,7 @@ impl DirProvider {
             }
         }
         self.layout
-            .write_file(&dir, ROUND_PROBE[0], b"", false)
+            .write_new_file(&dir, ROUND_PROBE[0], b"", false)
             .map_err(|e| {
                 ProviderError::io(
                     format!("creating {}", dir.join(ROUND_PROBE[0]).display()),
