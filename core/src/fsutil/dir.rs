@@ -301,15 +301,30 @@ impl Dir {
     /// and `O_NOFOLLOW` and checked with `fstat` after the open: a symlink,
     /// FIFO, socket or device is refused without blocking or reading.
     pub fn open_file(&self, name: &[u8]) -> io::Result<(File, Stat)> {
+        self.open_listed_file(name, None)
+    }
+
+    /// [`Dir::open_file`] for an entry that a listing ([`Dir::entries`])
+    /// gave as `listed`: a listed regular file is opened without the
+    /// `fstatat` before the open (the `fstat` after it still refuses
+    /// anything else swapped in since), a listed other type is refused
+    /// without a system call; `None` (type not given) examines it first as
+    /// [`Dir::open_file`] does.
+    pub fn open_listed_file(&self, name: &[u8], listed: Option<Kind>) -> io::Result<(File, Stat)> {
         let c = cname(name)?;
         // Refuse what is visibly not a regular file before opening it (an
         // open of a device node can have effects of its own).
         // Nothing there: `NotFound` as the open would say (one system call
         // fewer on the common path of a lookup that finds nothing).
-        match self.stat_at(name)? {
-            None => return Err(io::ErrorKind::NotFound.into()),
-            Some(st) if st.kind != Kind::File => return Err(wrong_kind(st.kind, "a regular file")),
-            Some(_) => {}
+        let kind = match listed {
+            Some(kind) => kind,
+            None => match self.stat_at(name)? {
+                None => return Err(io::ErrorKind::NotFound.into()),
+                Some(st) => st.kind,
+            },
+        };
+        if kind != Kind::File {
+            return Err(wrong_kind(kind, "a regular file"));
         }
         let flags =
             libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
@@ -466,6 +481,15 @@ impl Dir {
 
     /// Names of the entries (without `.` and `..`), sorted bytewise.
     pub fn names(&self) -> io::Result<Vec<Vec<u8>>> {
+        Ok(self.entries()?.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// Names of the entries (without `.` and `..`), sorted bytewise, each
+    /// with the type the listing itself gives (`d_type`; `None` where the
+    /// file system does not say). Costs no system call per entry; the type
+    /// is as of the listing, so a caller that acts on it still checks the
+    /// entry it opens.
+    pub fn entries(&self) -> io::Result<Vec<(Vec<u8>, Option<Kind>)>> {
         // `fdopendir` takes ownership of its descriptor: give it a duplicate,
         // rewound, so this handle stays usable and listable again.
         // SAFETY: valid descriptor.
@@ -497,13 +521,24 @@ impl Dir {
             // SAFETY: readdir returned a valid entry with a NUL-terminated name.
             let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
             if name != b"." && name != b".." {
-                names.push(name.to_vec());
+                // SAFETY: as above.
+                let kind = match unsafe { (*ent).d_type } {
+                    libc::DT_DIR => Some(Kind::Dir),
+                    libc::DT_REG => Some(Kind::File),
+                    libc::DT_LNK => Some(Kind::Symlink),
+                    libc::DT_FIFO => Some(Kind::Fifo),
+                    libc::DT_SOCK => Some(Kind::Socket),
+                    libc::DT_BLK => Some(Kind::BlockDevice),
+                    libc::DT_CHR => Some(Kind::CharDevice),
+                    _ => None,
+                };
+                names.push((name.to_vec(), kind));
             }
         };
         // SAFETY: valid stream, closed once (this also closes `dup`).
         unsafe { libc::closedir(dirp) };
         result?;
-        names.sort_unstable();
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(names)
     }
 }
@@ -592,5 +627,48 @@ mod tests {
         a.remove_dir(b"b").unwrap();
         assert_eq!(a.names().unwrap(), [&b"up"[..]]);
         assert!(a.stat_at(b"b").unwrap().is_none());
+    }
+
+    /// A listing's entry types come from the listing itself, and a file
+    /// opened on the listing's word is still checked after the open: a fifo
+    /// swapped in for a listed regular file is refused (not blocked on), a
+    /// listed symlink refused without being opened.
+    #[test]
+    fn a_listed_file_is_checked_after_its_open_whatever_the_listing_said() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        symlink("f", tmp.path().join("l")).unwrap();
+        let fifo =
+            std::ffi::CString::new(tmp.path().join("p").into_os_string().into_encoded_bytes())
+                .unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let d = Dir::open(tmp.path()).unwrap();
+        let entries = d.entries().unwrap();
+        let kinds: Vec<(&[u8], Option<Kind>)> =
+            entries.iter().map(|(n, k)| (n.as_slice(), *k)).collect();
+        // tmpfs and ext4 give every entry's type.
+        assert_eq!(
+            kinds,
+            vec![
+                (&b"d"[..], Some(Kind::Dir)),
+                (&b"f"[..], Some(Kind::File)),
+                (&b"l"[..], Some(Kind::Symlink)),
+                (&b"p"[..], Some(Kind::Fifo)),
+            ]
+        );
+        assert_eq!(
+            d.names().unwrap(),
+            vec![b"d".to_vec(), b"f".to_vec(), b"l".to_vec(), b"p".to_vec()]
+        );
+        let (_, st) = d.open_listed_file(b"f", Some(Kind::File)).unwrap();
+        assert_eq!(st.len, 1);
+        let lied = d.open_listed_file(b"p", Some(Kind::File)).unwrap_err();
+        assert!(lied.to_string().contains("is a fifo"), "{lied}");
+        let link = d.open_listed_file(b"l", Some(Kind::Symlink)).unwrap_err();
+        assert!(link.to_string().contains("is a symlink"), "{link}");
+        let unknown = d.open_listed_file(b"l", None).unwrap_err();
+        assert!(unknown.to_string().contains("is a symlink"), "{unknown}");
     }
 }

@@ -1,12 +1,10 @@
 //! The directory provider's inventory: one scan of the content and marker
 //! directories; untagged entries are foreign, half-made markers incomplete.
 
-use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt;
 
-use super::layout::Entry;
+use super::DirProvider;
 use super::marker;
-use super::{DirProvider, check_id};
 use crate::model::{Details, VolumeKind};
 use crate::provider::{Found, Presence, ProviderError, Tag};
 
@@ -16,25 +14,20 @@ impl DirProvider {
         let mut found = Vec::new();
         for kind in [VolumeKind::Data, VolumeKind::Snapshot] {
             let content = self.content_dir(kind);
-            let mut names: BTreeSet<Vec<u8>> = self
+            // Two listings and one read a marker, each through one open
+            // directory: no path resolved a volume, no `stat` where the
+            // listing gives the entry's type. Both come sorted by name.
+            let listed = self
                 .layout
-                .names(&content)
-                .map_err(|e| ProviderError::io(format!("listing {}", content.display()), e))?
+                .listing(&content)
+                .map_err(|e| ProviderError::io(format!("listing {}", content.display()), e))?;
+            let markers = marker::read_all(&*self.layout, &self.marker_dir(kind), kind)?
                 .into_iter()
+                .map(|(id, m)| (id.into_bytes(), m))
                 .collect();
-            names.extend(
-                marker::list(&*self.layout, &self.marker_dir(kind))?
-                    .into_iter()
-                    .map(String::into_bytes),
-            );
-            for name in names {
+            for (name, present, marker) in join_by_name(listed, markers) {
                 let path = content.join(std::ffi::OsStr::from_bytes(&name));
                 let shown = path.to_string_lossy().into_owned();
-                let present = self.entry(&path)?;
-                let marker = match std::str::from_utf8(&name) {
-                    Ok(id) if check_id(id).is_ok() => self.marker(kind, id).transpose(),
-                    _ => None,
-                };
                 let item = |tag, presence, details| Found {
                     name: shown.clone(),
                     tag,
@@ -73,8 +66,8 @@ impl DirProvider {
                             // A whole item whose directory is gone: absent
                             // (lost, if the journal holds it).
                             (true, None) => continue,
-                            (true, Some(Entry::Dir { .. })) => Presence::Complete,
-                            (true, Some(_)) => Presence::Incomplete {
+                            (true, Some(true)) => Presence::Complete,
+                            (true, Some(false)) => Presence::Incomplete {
                                 reason: format!("{shown} is not a directory"),
                             },
                             (false, _) => Presence::Incomplete {
@@ -94,5 +87,69 @@ impl DirProvider {
             }
         }
         Ok(found)
+    }
+}
+
+/// The full outer join of two lists sorted by name (each name at most once
+/// in each): every name of either, with what each list holds for it.
+fn join_by_name<A, B>(
+    a: Vec<(Vec<u8>, A)>,
+    b: Vec<(Vec<u8>, B)>,
+) -> Vec<(Vec<u8>, Option<A>, Option<B>)> {
+    debug_assert!(a.windows(2).all(|w| w[0].0 < w[1].0), "unsorted listing");
+    debug_assert!(b.windows(2).all(|w| w[0].0 < w[1].0), "unsorted markers");
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let mut a = a.into_iter().peekable();
+    let mut b = b.into_iter().peekable();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => x.0.cmp(&y.0),
+        };
+        out.push(match order {
+            std::cmp::Ordering::Less => {
+                let (name, x) = a.next().expect("peeked");
+                (name, Some(x), None)
+            }
+            std::cmp::Ordering::Greater => {
+                let (name, y) = b.next().expect("peeked");
+                (name, None, Some(y))
+            }
+            std::cmp::Ordering::Equal => {
+                let (name, x) = a.next().expect("peeked");
+                let (_, y) = b.next().expect("peeked");
+                (name, Some(x), Some(y))
+            }
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join_by_name;
+
+    #[test]
+    fn join_by_name_gives_every_name_of_either_list_once_in_order() {
+        let a = vec![(b"a".to_vec(), 1), (b"c".to_vec(), 3), (b"d".to_vec(), 4)];
+        let b = vec![
+            (b"b".to_vec(), 'b'),
+            (b"c".to_vec(), 'c'),
+            (b"e".to_vec(), 'e'),
+        ];
+        let joined = join_by_name(a, b);
+        assert_eq!(
+            joined,
+            vec![
+                (b"a".to_vec(), Some(1), None),
+                (b"b".to_vec(), None, Some('b')),
+                (b"c".to_vec(), Some(3), Some('c')),
+                (b"d".to_vec(), Some(4), None),
+                (b"e".to_vec(), None, Some('e')),
+            ]
+        );
+        assert!(join_by_name::<u8, u8>(Vec::new(), Vec::new()).is_empty());
     }
 }

@@ -60,6 +60,10 @@ pub(crate) enum Entry {
     Other,
 }
 
+/// What [`Layout::read_files`] gives: each name read, with its content or
+/// why it could not be read.
+pub(crate) type FileReads = Vec<(Vec<u8>, io::Result<Vec<u8>>)>;
+
 /// What identifies a file across renames: [`Layout::identity`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Identity {
@@ -111,6 +115,29 @@ pub(crate) trait Layout: Send + Sync + Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Names of a directory's entries, sorted bytewise.
     fn names(&self, dir: &Path) -> io::Result<Vec<Vec<u8>>>;
+    /// The entries of `dir`, sorted bytewise, each with whether it is a
+    /// real directory (not a symlink to one). On the kernel one listing,
+    /// no system call per entry where the file system gives each entry's
+    /// type (`d_type`); by default [`Layout::names`] and an
+    /// [`Layout::entry`] each.
+    fn listing(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, bool)>> {
+        listing_by_entry(self, dir)
+    }
+    /// Reads, through one handle of `dir`, each entry whose name `wanted`
+    /// accepts: sorted by name, with its content (at most `max_len` bytes;
+    /// one more is read, so a longer file shows as longer) or why it could
+    /// not be read (not a regular file, say). Never follows a symlink nor
+    /// blocks on a fifo, as [`Layout::read_file`]; an entry gone since the
+    /// listing is left out. By default [`Layout::names`] and an
+    /// [`Layout::entry`] and [`Layout::read_file`] each.
+    fn read_files(
+        &self,
+        dir: &Path,
+        wanted: &dyn Fn(&[u8]) -> bool,
+        max_len: u64,
+    ) -> io::Result<FileReads> {
+        read_files_by_entry(self, dir, wanted, max_len)
+    }
     /// `fsync` of a directory: its creations, renames and removals are
     /// durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
@@ -180,6 +207,77 @@ fn open_if_present(path: &Path) -> io::Result<Option<fs::File>> {
         Err(e) => Err(e),
     }
 }
+/// [`Layout::listing`] by [`Layout::names`] and an [`Layout::entry`] each.
+fn listing_by_entry<L: Layout + ?Sized>(
+    layout: &L,
+    dir: &Path,
+) -> io::Result<Vec<(Vec<u8>, bool)>> {
+    let mut out = Vec::new();
+    for name in layout.names(dir)? {
+        match layout.entry(&dir.join(OsStr::from_bytes(&name)))? {
+            Some(entry) => out.push((name, matches!(entry, Entry::Dir { .. }))),
+            None => continue,
+        }
+    }
+    Ok(out)
+}
+
+/// [`Layout::read_files`] by [`Layout::names`] and an [`Layout::entry`] and
+/// [`Layout::read_file`] each.
+fn read_files_by_entry<L: Layout + ?Sized>(
+    layout: &L,
+    dir: &Path,
+    wanted: &dyn Fn(&[u8]) -> bool,
+    max_len: u64,
+) -> io::Result<FileReads> {
+    let mut out = Vec::new();
+    for name in layout.names(dir)? {
+        if !wanted(&name) {
+            continue;
+        }
+        let path = dir.join(OsStr::from_bytes(&name));
+        let read = match layout.entry(&path) {
+            Ok(None) => continue,
+            Ok(Some(Entry::File)) => match layout.read_file(&path, max_len) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => continue,
+                Err(e) => Err(e),
+            },
+            Ok(Some(_)) => Err(io::Error::other("not a regular file")),
+            Err(e) => Err(e),
+        };
+        out.push((name, read));
+    }
+    Ok(out)
+}
+
+/// Reads at most `max_len + 1` bytes of `file`, whose length `len` says how
+/// big a buffer to take (a file that grew since is still read up to the cap:
+/// the reads go on until the buffer is full or one returns nothing).
+fn read_capped(mut file: fs::File, len: u64, max_len: u64) -> io::Result<Vec<u8>> {
+    let cap = usize::try_from(len.min(max_len) + 1).map_err(io::Error::other)?;
+    let limit = usize::try_from(max_len.saturating_add(1)).unwrap_or(usize::MAX);
+    let mut bytes = vec![0; cap];
+    let mut filled = 0;
+    loop {
+        if filled == bytes.len() {
+            if bytes.len() >= limit {
+                break;
+            }
+            // Grew since its `fstat`: read on, still within the cap.
+            let more = bytes.len().min(limit - bytes.len());
+            bytes.resize(bytes.len() + more, 0);
+        }
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    bytes.truncate(filled);
+    Ok(bytes)
+}
 
 /// The kernel's file system.
 #[derive(Debug, Default)]
@@ -210,12 +308,12 @@ impl Layout for RealLayout {
     }
 
     fn read_file(&self, path: &Path, max_len: u64) -> io::Result<Option<Vec<u8>>> {
-        let Some(file) = open_if_present(path)? else {
-            return Ok(None);
-        };
-        let mut bytes = Vec::new();
-        file.take(max_len + 1).read_to_end(&mut bytes)?;
-        Ok(Some(bytes))
+        let (parent, name) = tree::split(path)?;
+        match Dir::open(parent).and_then(|d| d.open_file(name)) {
+            Ok((file, st)) => read_capped(file, st.len, max_len).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn write_file(&self, dir: &Path, name: &str, bytes: &[u8], sync_file: bool) -> io::Result<()> {
@@ -300,6 +398,46 @@ impl Layout for RealLayout {
 
     fn names(&self, dir: &Path) -> io::Result<Vec<Vec<u8>>> {
         Dir::open(dir)?.names()
+    }
+
+    fn listing(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, bool)>> {
+        let d = Dir::open(dir)?;
+        let mut out = Vec::new();
+        for (name, kind) in d.entries()? {
+            let kind = match kind {
+                Some(kind) => kind,
+                // The file system did not say: examine it (gone since: left out).
+                None => match d.stat_at(&name)? {
+                    Some(st) => st.kind,
+                    None => continue,
+                },
+            };
+            out.push((name, kind == fsutil::Kind::Dir));
+        }
+        Ok(out)
+    }
+
+    fn read_files(
+        &self,
+        dir: &Path,
+        wanted: &dyn Fn(&[u8]) -> bool,
+        max_len: u64,
+    ) -> io::Result<FileReads> {
+        let d = Dir::open(dir)?;
+        let mut out = Vec::new();
+        for (name, kind) in d.entries()? {
+            if !wanted(&name) {
+                continue;
+            }
+            let read = d
+                .open_listed_file(&name, kind)
+                .and_then(|(file, st)| read_capped(file, st.len, max_len));
+            match read {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                read => out.push((name, read)),
+            }
+        }
+        Ok(out)
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
@@ -670,7 +808,7 @@ impl Layout for SimLayout {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use super::{Layout, RealLayout};
+    use super::{Layout, RealLayout, listing_by_entry, read_files_by_entry};
 
     fn mode_of(path: &std::path::Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
@@ -721,6 +859,71 @@ mod tests {
             std::fs::read_dir(dir).unwrap().count(),
             2,
             "no temp file is left"
+        );
+    }
+
+    /// The kernel's one-handle scan ([`Layout::listing`],
+    /// [`Layout::read_files`], which trust the listing's entry types) gives
+    /// what a lookup of each name by path gives, over every kind of entry:
+    /// a file read whole, an empty one, one longer than the cap (read to one
+    /// byte past it), and a directory, symlinks and a fifo refused (never
+    /// followed, never blocked on).
+    #[test]
+    fn the_one_handle_scan_agrees_with_a_lookup_of_each_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("small"), b"{\"a\":1}").unwrap();
+        std::fs::write(dir.join("empty"), b"").unwrap();
+        std::fs::write(dir.join("long"), vec![b'x'; 100]).unwrap();
+        std::fs::write(dir.join(".hidden"), b"temp").unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        std::os::unix::fs::symlink(dir.join("small"), dir.join("to-file")).unwrap();
+        std::os::unix::fs::symlink(dir.join("sub"), dir.join("to-dir")).unwrap();
+        let fifo =
+            std::ffi::CString::new(dir.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let layout = RealLayout;
+        let wanted = |name: &[u8]| !name.starts_with(b".");
+        let scanned = layout.read_files(dir, &wanted, 10).unwrap();
+        let looked_up = read_files_by_entry(&layout, dir, &wanted, 10).unwrap();
+        let shown = |reads: &super::FileReads| -> Vec<(String, Option<Vec<u8>>)> {
+            reads
+                .iter()
+                .map(|(name, read)| {
+                    (
+                        String::from_utf8(name.clone()).unwrap(),
+                        read.as_ref().ok().cloned(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(shown(&scanned), shown(&looked_up));
+        let expected: Vec<(String, Option<Vec<u8>>)> = vec![
+            ("empty".into(), Some(Vec::new())),
+            ("fifo".into(), None),
+            ("long".into(), Some(vec![b'x'; 11])),
+            ("small".into(), Some(b"{\"a\":1}".to_vec())),
+            ("sub".into(), None),
+            ("to-dir".into(), None),
+            ("to-file".into(), None),
+        ];
+        assert_eq!(shown(&scanned), expected);
+        assert_eq!(
+            layout.listing(dir).unwrap(),
+            listing_by_entry(&layout, dir).unwrap()
+        );
+        let dirs: Vec<Vec<u8>> = layout
+            .listing(dir)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, is_dir)| *is_dir)
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(
+            dirs,
+            vec![b"sub".to_vec()],
+            "a symlink to a directory is none"
         );
     }
 }
