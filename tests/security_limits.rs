@@ -226,7 +226,11 @@ fn closed_by_server(conn: &mut TcpStream) -> bool {
             Ok(0) => return true,
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("closed_by_server: the read failed otherwise: {e:?}");
+                return false;
+            }
         }
     }
 }
