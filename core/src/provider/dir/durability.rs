@@ -459,13 +459,30 @@ impl DirProvider {
     /// is created in place ([`marker::write_first`]).
     pub(super) fn put_marker_first(&self, m: &Marker) -> Result<(), ProviderError> {
         let dir = self.marker_dir(m.kind);
-        if !self.batched {
-            marker::write_first(&*self.layout, &dir, m, true)?;
-            return self.sync_dir(&dir);
+        marker::write_first(&*self.layout, &dir, m, !self.batched)?;
+        self.settle_first_marker(&dir, m)
+    }
+
+    /// [`Self::put_marker_first`] where no entry has the marker's name (a
+    /// new id: the common case, with no lookup first); `false`, nothing
+    /// written, if one has.
+    pub(super) fn put_marker_new(&self, m: &Marker) -> Result<bool, ProviderError> {
+        let dir = self.marker_dir(m.kind);
+        if !marker::write_new(&*self.layout, &dir, m, !self.batched)? {
+            return Ok(false);
         }
-        marker::write_first(&*self.layout, &dir, m, false)?;
+        self.settle_first_marker(&dir, m)?;
+        Ok(true)
+    }
+
+    /// After a first marker was written: durable on return, `fsync` its
+    /// directory; batched, notes for the next round.
+    fn settle_first_marker(&self, dir: &Path, m: &Marker) -> Result<(), ProviderError> {
+        if !self.batched {
+            return self.sync_dir(dir);
+        }
         self.changed(&dir.join(&m.volume));
-        self.changed(&dir);
+        self.changed(dir);
         Ok(())
     }
 
