@@ -892,6 +892,47 @@ fn a_create_replaces_a_stale_marker_left_under_its_name() {
     }
 }
 
+#[test]
+fn a_create_over_an_entry_it_did_not_make_is_refused_and_tags_nothing() {
+    for durability in [Durability::Batched, Durability::OnReturn] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let p = DirProvider::with_durability(root.to_path_buf(), durability).unwrap();
+        let marker = |id: &str| root.join(".volmgr/data").join(id);
+        // Untagged entries at the volume's path: a directory, a file.
+        fs::create_dir(root.join("data/dir")).unwrap();
+        fs::write(root.join("data/dir/tenant"), b"theirs").unwrap();
+        fs::write(root.join("data/file"), b"theirs").unwrap();
+        for id in ["dir", "file"] {
+            let made = p.create_volume(&spec(id, Uuid::now_v7(), VolumeKind::Data));
+            assert!(
+                matches!(made, Err(ProviderError::AlreadyExists(_))),
+                "{durability:?} {id}: {made:?}"
+            );
+            assert!(
+                fs::symlink_metadata(marker(id)).is_err(),
+                "{durability:?} {id}: no marker for an entry the provider did not make"
+            );
+        }
+        assert_eq!(fs::read(root.join("data/dir/tenant")).unwrap(), b"theirs");
+        assert_eq!(fs::read(root.join("data/file")).unwrap(), b"theirs");
+        // A whole volume of another operation: refused, its marker unchanged.
+        let v = create(&p, "taken");
+        let before = fs::read(marker("taken")).unwrap();
+        let again = p.create_volume(&spec("taken", Uuid::now_v7(), VolumeKind::Data));
+        assert!(
+            matches!(again, Err(ProviderError::AlreadyExists(_))),
+            "{durability:?}: {again:?}"
+        );
+        assert_eq!(fs::read(marker("taken")).unwrap(), before, "{durability:?}");
+        // Its own operation's retry answers as the first call did.
+        let retried = p
+            .create_volume(&spec("taken", v.op, VolumeKind::Data))
+            .unwrap();
+        assert_eq!(retried.location, v.c.location, "{durability:?}");
+    }
+}
+
 /// What a batched create interrupted by a power cut may leave untagged (its
 /// marker and directory become durable in one round, so the cut may keep
 /// the directory alone, or with a garbled marker) is removed by

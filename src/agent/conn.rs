@@ -28,7 +28,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -66,7 +66,19 @@ struct ConnState {
     evict: CancellationToken,
     /// The task that last waited to read: woken when the connection turns
     /// idle, so its idle deadline is armed even if nothing arrives.
-    reader: Mutex<Option<Waker>>,
+    reader: Mutex<Option<Reader>>,
+    /// The connection turned idle inside its reader's own task, which was
+    /// not woken (see [`InFlight`]): its next write or flush arms the idle
+    /// deadline.
+    rearm: AtomicBool,
+}
+
+/// A task waiting to read without a deadline (the connection was busy).
+#[derive(Debug)]
+struct Reader {
+    waker: Waker,
+    /// Its tokio task, if it runs in one.
+    task: Option<tokio::task::Id>,
 }
 
 impl ConnState {
@@ -76,6 +88,7 @@ impl ConnState {
             idle_since: Mutex::new(Instant::now()),
             evict: CancellationToken::new(),
             reader: Mutex::new(None),
+            rearm: AtomicBool::new(false),
         }
     }
 
@@ -114,15 +127,24 @@ impl Drop for InFlight {
             *since = Instant::now();
             drop(since);
             // The reader may wait without a deadline (it was busy): let it
-            // arm the idle one.
-            let waker = self
+            // arm the idle one. Dropped in the reader's own task (hyper
+            // drops a response body in the connection's task, after writing
+            // it), it is running now: a wake would reschedule it as a task
+            // that yielded, and tokio wakes another worker thread for that,
+            // once a request. Its flush of that response, in this same
+            // poll, arms the deadline instead.
+            let reader = self
                 .0
                 .reader
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
-            if let Some(waker) = waker {
-                waker.wake();
+            match reader {
+                Some(r) if r.task.is_some() && r.task == tokio::task::try_id() => {
+                    self.0.rearm.store(true, Ordering::Release);
+                }
+                Some(r) => r.waker.wake(),
+                None => {}
             }
         }
     }
@@ -405,11 +427,27 @@ impl Guarded {
         }
     }
 
+    /// Arms the idle deadline for a connection that turned idle in this
+    /// task without waking it (see [`InFlight`]); the deadline's timer
+    /// wakes this task, whose read then times out.
+    fn rearm_idle(&mut self, cx: &mut Context<'_>) {
+        if !self.state.rearm.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(deadline) = self.read_deadline()
+            && Self::wait_until(&mut self.read_timer, deadline, cx, "idle").is_ready()
+        {
+            // Already past: the read reports it.
+            cx.waker().wake_by_ref();
+        }
+    }
+
     fn on_write<T>(
         &mut self,
         cx: &mut Context<'_>,
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
+        self.rearm_idle(cx);
         match polled {
             Poll::Ready(r) => {
                 self.write_stalled = None;
@@ -460,13 +498,17 @@ impl AsyncRead for Guarded {
                     *me.state
                         .reader
                         .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        Some(cx.waker().clone());
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Reader {
+                        waker: cx.waker().clone(),
+                        task: tokio::task::try_id(),
+                    });
                     match me.read_deadline() {
                         Some(d) => d,
                         None => return Poll::Pending,
                     }
                 };
+                // Armed here: nothing left for a write to arm.
+                me.state.rearm.store(false, Ordering::Release);
                 let what = if me.head_started.is_some() {
                     "request head timed out"
                 } else {

@@ -144,8 +144,14 @@ impl GroupSync {
             Err(_) => round.failed = Some(format!("{what} panicked")),
         }
         let decided = round.decided(ticket);
+        // Blocked callers count themselves under the lock before they wait
+        // and look at the round again before each wait, so none can be
+        // missed; a lone caller makes no `futex` call to wake nobody.
+        let blocked = round.waiting > 0;
         drop(round);
-        self.done.notify_all();
+        if blocked {
+            self.done.notify_all();
+        }
         self.ended.send_modify(|n| *n += 1);
         decided
     }

@@ -570,6 +570,24 @@ impl DirProvider {
             )));
         }
         let path = self.path(VolumeKind::Data, spec.id);
+        let new = Marker {
+            format: MARKER_FORMAT,
+            volume: spec.id.to_string(),
+            op: spec.op,
+            kind: VolumeKind::Data,
+            parent: None,
+            guid: None,
+            state: MarkerState::Creating,
+        };
+        // A new id, the common case: nothing at the volume's path, and the
+        // marker created where no entry has its name (`O_EXCL`), with no
+        // lookup of it first. Anything found at either name takes the
+        // examination below (a retry, a stale marker, a foreign entry).
+        if self.entry(&path)?.is_none() && self.put_marker_new(&new)? {
+            return self
+                .finish_create(&new, true)
+                .inspect_err(|_| self.discard(VolumeKind::Data, spec.id, spec.op));
+        }
         let mut absent = false;
         let m = match self.live_marker(VolumeKind::Data, spec.id)? {
             Some(m) if m.op != spec.op => {
@@ -608,18 +626,9 @@ impl DirProvider {
                         path.display()
                     )));
                 }
-                let m = Marker {
-                    format: MARKER_FORMAT,
-                    volume: spec.id.to_string(),
-                    op: spec.op,
-                    kind: VolumeKind::Data,
-                    parent: None,
-                    guid: None,
-                    state: MarkerState::Creating,
-                };
-                self.put_marker_first(&m)?;
+                self.put_marker_first(&new)?;
                 absent = true;
-                m
+                new
             }
         };
         self.finish_create(&m, absent)

@@ -80,6 +80,16 @@ impl BatchSync {
             BatchSync::Auto => dirty.is_some_and(|d| d <= Self::AUTO_SYNCFS_MAX_DIRTY),
         }
     }
+
+    /// [`BatchSync::syncfs_with`], calling `dirty` only for
+    /// [`BatchSync::Auto`]: a forced choice reads no `/proc/vmstat` (a
+    /// `pread` that costs a round tens of microseconds of kernel time).
+    pub(crate) fn syncfs_reading(self, dirty: impl FnOnce() -> Option<u64>) -> bool {
+        match self {
+            BatchSync::Auto => self.syncfs_with(dirty()),
+            BatchSync::Syncfs | BatchSync::Fsync => self.syncfs_with(None),
+        }
+    }
 }
 
 /// The two names of the empty file that [`DirProvider::still_accepts_changes`]
@@ -275,7 +285,7 @@ impl DirProvider {
     fn round(&self) -> Result<(), ProviderError> {
         self.flush
             .sync_after("sync of the provider's changes", || {
-                let syncfs = || self.batch_sync.syncfs_with(self.layout.dirty_bytes());
+                let syncfs = || self.batch_sync.syncfs_reading(|| self.layout.dirty_bytes());
                 match self.dirty.take(syncfs) {
                     None => match &self.root_fd {
                         Some(root) => root.syncfs(),
@@ -449,13 +459,30 @@ impl DirProvider {
     /// is created in place ([`marker::write_first`]).
     pub(super) fn put_marker_first(&self, m: &Marker) -> Result<(), ProviderError> {
         let dir = self.marker_dir(m.kind);
-        if !self.batched {
-            marker::write_first(&*self.layout, &dir, m, true)?;
-            return self.sync_dir(&dir);
+        marker::write_first(&*self.layout, &dir, m, !self.batched)?;
+        self.settle_first_marker(&dir, m)
+    }
+
+    /// [`Self::put_marker_first`] where no entry has the marker's name (a
+    /// new id: the common case, with no lookup first); `false`, nothing
+    /// written, if one has.
+    pub(super) fn put_marker_new(&self, m: &Marker) -> Result<bool, ProviderError> {
+        let dir = self.marker_dir(m.kind);
+        if !marker::write_new(&*self.layout, &dir, m, !self.batched)? {
+            return Ok(false);
         }
-        marker::write_first(&*self.layout, &dir, m, false)?;
+        self.settle_first_marker(&dir, m)?;
+        Ok(true)
+    }
+
+    /// After a first marker was written: durable on return, `fsync` its
+    /// directory; batched, notes for the next round.
+    fn settle_first_marker(&self, dir: &Path, m: &Marker) -> Result<(), ProviderError> {
+        if !self.batched {
+            return self.sync_dir(dir);
+        }
         self.changed(&dir.join(&m.volume));
-        self.changed(&dir);
+        self.changed(dir);
         Ok(())
     }
 
@@ -578,5 +605,25 @@ pub(super) fn may_hide_a_failed_write(e: &ProviderError) -> bool {
         | ProviderError::InvalidConfig(_)
         | ProviderError::Stream(_)
         | ProviderError::Other(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BatchSync;
+
+    #[test]
+    fn only_auto_reads_the_dirty_page_cache() {
+        let unread = || -> Option<u64> { panic!("a forced batch_sync read /proc/vmstat") };
+        assert!(BatchSync::Syncfs.syncfs_reading(unread));
+        assert!(!BatchSync::Fsync.syncfs_reading(unread));
+        let mut reads = 0;
+        let clean = BatchSync::Auto.syncfs_reading(|| {
+            reads += 1;
+            Some(0)
+        });
+        assert!(clean, "auto runs a syncfs over a clean page cache");
+        assert_eq!(reads, 1, "auto reads the page cache once a round");
+        assert!(!BatchSync::Auto.syncfs_reading(|| Some(BatchSync::AUTO_SYNCFS_MAX_DIRTY + 1)));
     }
 }

@@ -200,10 +200,25 @@ pub(crate) fn write_first(
     m: &Marker,
     sync_file: bool,
 ) -> Result<(), ProviderError> {
+    if write_new(layout, dir, m, sync_file)? {
+        return Ok(());
+    }
+    write(layout, dir, m, sync_file)
+}
+
+/// Creates a marker in place as [`write_first`] does, but only where no
+/// entry has its name: `false` (nothing written) if one has.
+pub(crate) fn write_new(
+    layout: &dyn Layout,
+    dir: &Path,
+    m: &Marker,
+    sync_file: bool,
+) -> Result<bool, ProviderError> {
     let text = encode(m)?;
     match layout.write_new_file(dir, &m.volume, &text, sync_file) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => write(layout, dir, m, sync_file),
-        other => other.map_err(|e| write_error(dir, m, e)),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(write_error(dir, m, e)),
     }
 }
 
