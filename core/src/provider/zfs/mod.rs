@@ -49,18 +49,18 @@
 //! be the target's newest snapshot, by GUID; a full stream needs a target
 //! without snapshots; a GUID already present is refused), marks the target
 //! `volmgr:receiving=<op>:<toguid>`, runs `zfs recv -F -s -x volmgr:...
-//! <target>@<spec.id>` (`zfs recv` names the snapshot as told, so it
-//! arrives under its final name; a resumed stream is received by the
-//! filesystem and renamed after), then finds the arrived snapshot BY GUID,
-//! tags it and clears the mark. Until it is tagged the arrival is not ours,
-//! final name or not: it inherits the target's tags, which name the target,
-//! kind `data`, so it is foreign to [`Provider::inventory`], refused (never
-//! adopted) by a retry, and removed by [`Provider::abort_partial`]. A failed receive with a resume
-//! token is aborted at once (`zfs recv -A`; the token is named in the error),
-//! and [`Provider::abort_partial`] does the same after a crash (plus removing
-//! an arrived-but-untagged snapshot of that operation, and mounting the
-//! target again: a killed receive leaves it unmounted), so a partial receive
-//! never blocks the dataset.
+//! <target>@<spec.id>` (`zfs recv` names the snapshot as told, a resumed
+//! stream's too, so it arrives under its final name), then finds the arrived
+//! snapshot BY GUID, tags it and clears the mark. Until it is tagged the
+//! arrival is not ours, final name or not: it inherits the target's tags,
+//! which name the target, kind `data`; so it is foreign to
+//! [`Provider::inventory`], refused (never adopted) by a retry, and removed
+//! by [`Provider::abort_partial`]. A failed receive with a resume token is
+//! aborted at once (`zfs recv -A`; the token is named in the error), and
+//! [`Provider::abort_partial`] does the same after a crash (plus removing an
+//! arrived-but-untagged snapshot of that operation, and mounting the target
+//! again: a killed receive leaves it unmounted), so a partial receive never
+//! blocks the dataset.
 //!
 //! # Durability and commands per verb
 //!
@@ -96,12 +96,13 @@
 //! `zfs create` itself refuses an existing name ("already exists", then
 //! settled by the tag). A receive had 10: the target and its snapshots were
 //! two listings, the arrival, the target's `mounted` and the renamed result
-//! three, and a `rename` gave the arrival its name. Each listing pair is now
-//! one `list -d 1` (a filesystem, its snapshots and its children, which are
-//! left out), and `recv` itself names the snapshot. The six left each need
-//! their own command: the mark must be on disk before `recv` starts (so a
-//! crash mid-way is found), and our properties are kept out of the receive
-//! (`-x`), so `recv -o` does not carry it; the arrival exists only after
+//! three more, and a `rename` gave the arrival its name. The first two are
+//! now one `list -d 1` (a filesystem, its snapshots, and its children, which
+//! are left out), the last three another, and `recv` itself names the
+//! snapshot. The six left each need their own command: the mark must be on
+//! disk before `recv` starts (so a crash mid-way is found), and `recv -o`
+//! would set it within the receive itself, whose failure paths do not say
+//! what stays set, so it keeps its own `set`; the arrival exists only after
 //! `recv`; its tags are the snapshot's own properties, which `recv -o`
 //! cannot set (it sets the filesystem's); clearing the mark is `inherit`
 //! (`set` cannot remove a property), and it must come after the tags, so

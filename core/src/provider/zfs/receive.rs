@@ -71,10 +71,9 @@ impl ZfsProvider {
         // Whatever the stream says (a `send -p` stream carries properties),
         // nothing received runs setuid or opens a device.
         cmd = cmd.arg("-o").arg(SETUID_OFF).arg("-o").arg(DEVICES_OFF);
-        // A new stream is received straight under its final name (`zfs recv`
-        // names the snapshot as told), so no rename follows. A resumed one
-        // is received by its filesystem, as it always was, and renamed below.
-        let cmd = cmd.user_arg(if header.resuming { tname } else { &want })?;
+        // Received straight under its final name (`zfs recv` names the
+        // snapshot as told, a resumed stream too), so no rename follows.
+        let cmd = cmd.user_arg(&want)?;
         let mut stream = std::io::Cursor::new(head).chain(input);
         if let Err(e) = cmd.run_from(&mut stream) {
             return Err(Self::after_failed_receive(
@@ -97,6 +96,8 @@ impl ZfsProvider {
                 ))
             })?;
         Self::set_props(&arrived.name, &Self::tags(spec, Some(target.id)))?;
+        // Only if a `zfs recv` named it otherwise: renamed, and its guid
+        // checked under the new name.
         if arrived.name != want {
             Self::retry_busy(&arrived.name, || {
                 Cmd::new("zfs")
