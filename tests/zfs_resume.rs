@@ -22,6 +22,7 @@ use agent_support::TestAgent;
 use common::{ZfsPool, noise, tree};
 use volmgr::agent::ServeOptions;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
+use volmgr::provider::cmd::CommandCount;
 use volmgr::provider::zfs::ZfsProvider;
 use volmgr::provider::{Provider, ProviderConfig, ProviderError};
 use volmgr::state::{
@@ -148,8 +149,14 @@ async fn interrupted_receive_is_journaled_resumable_and_the_resume_sends_only_th
         rest.len(),
         whole.bytes
     );
+    let before = CommandCount::snapshot();
     let r = b.receive_snapshot(&dst.id, rest.as_slice()).await.unwrap();
     let took = t.elapsed();
+    assert_eq!(
+        CommandCount::snapshot().since(before).zfs,
+        6,
+        "a resumed receive runs the commands of a new one: `zfs recv` names its snapshot too, no rename"
+    );
     assert_eq!(r.details[DETAIL_GUID], s.details[DETAIL_GUID]);
     assert_eq!(tree(Path::new(&r.location)), tree(Path::new(&s.location)));
     assert_eq!(tree(Path::new(&dst.location)), tree(Path::new(&s.location)));

@@ -1,7 +1,8 @@
 //! The ZFS commands on datasets by name that need nothing of the provider's
-//! configuration: `zfs list` (one dataset, a tree, a filesystem's snapshots),
-//! `zfs set` and `zfs inherit` of properties, `zfs mount` until mounted,
-//! `zfs recv -A`, and the bounded retry while ZFS says a dataset is busy.
+//! configuration: `zfs list` (one dataset, a tree, a filesystem with or
+//! without its snapshots), `zfs set` and `zfs inherit` of properties,
+//! `zfs mount` until mounted, `zfs recv -A`, and the bounded retry while ZFS
+//! says a dataset is busy.
 
 use std::time::Duration;
 
@@ -48,26 +49,45 @@ impl ZfsProvider {
 
     /// Snapshots of filesystem `fs` (depth 1), oldest first by createtxg.
     pub(super) fn snapshots_of(fs: &str) -> Result<Vec<Row>, ProviderError> {
+        Ok(Self::depth_one(fs, "snapshot")?.1)
+    }
+
+    /// Filesystem `fs` itself and its snapshots (oldest first by
+    /// createtxg), read by one `zfs list -d 1` (its child filesystems, also
+    /// at depth 1, are left out); `(None, [])` if `fs` is absent.
+    pub(super) fn with_snapshots(fs: &str) -> Result<(Option<Row>, Vec<Row>), ProviderError> {
+        Self::depth_one(fs, "filesystem,snapshot")
+    }
+
+    fn depth_one(fs: &str, types: &'static str) -> Result<(Option<Row>, Vec<Row>), ProviderError> {
         let out = Cmd::new("zfs")
             .arg("list")
             .arg("-H")
             .arg("-p")
             .arg("-t")
-            .arg("snapshot")
+            .arg(types)
             .arg("-d")
             .arg("1")
             .arg("-o")
             .arg(COLUMNS)
             .user_arg(fs)?
             .run();
-        let mut rows = match out {
+        let rows = match out {
             Ok(out) => parse_rows(&out.stdout_str())?,
             Err(e) if is_not_found(&e) => Vec::new(),
             Err(e) => return Err(e),
         };
-        rows.retain(|r| r.is_snapshot && r.name.split('@').next() == Some(fs));
-        rows.sort_by_key(|r| r.createtxg);
-        Ok(rows)
+        let mut own = None;
+        let mut snaps = Vec::new();
+        for r in rows {
+            if r.is_snapshot && r.name.split('@').next() == Some(fs) {
+                snaps.push(r);
+            } else if !r.is_snapshot && r.name == fs {
+                own = Some(r);
+            }
+        }
+        snaps.sort_by_key(|r| r.createtxg);
+        Ok((own, snaps))
     }
 
     /// Runs `f` again while ZFS says the dataset is busy (bounded), then

@@ -48,14 +48,19 @@
 //! toname), checks it against the target first (an incremental's base must
 //! be the target's newest snapshot, by GUID; a full stream needs a target
 //! without snapshots; a GUID already present is refused), marks the target
-//! `volmgr:receiving=<op>:<toguid>`, runs `zfs recv -F -s -x volmgr:...`,
-//! then finds the arrived snapshot BY GUID, tags it and renames it to
-//! `<target>@<spec.id>`, and clears the mark. A failed receive with a resume
-//! token is aborted at once (`zfs recv -A`; the token is named in the error),
-//! and [`Provider::abort_partial`] does the same after a crash (plus removing
-//! an arrived-but-untagged snapshot of that operation, and mounting the
-//! target again: a killed receive leaves it unmounted), so a partial receive
-//! never blocks the dataset.
+//! `volmgr:receiving=<op>:<toguid>`, runs `zfs recv -F -s -x volmgr:...
+//! <target>@<spec.id>` (`zfs recv` names the snapshot as told, a resumed
+//! stream's too, so it arrives under its final name), then finds the arrived
+//! snapshot BY GUID, tags it and clears the mark. Until it is tagged the
+//! arrival is not ours, final name or not: it inherits the target's tags,
+//! which name the target, kind `data`; so it is foreign to
+//! [`Provider::inventory`], refused (never adopted) by a retry, and removed
+//! by [`Provider::abort_partial`]. A failed receive with a resume token is
+//! aborted at once (`zfs recv -A`; the token is named in the error), and
+//! [`Provider::abort_partial`] does the same after a crash (plus removing an
+//! arrived-but-untagged snapshot of that operation, and mounting the target
+//! again: a killed receive leaves it unmounted), so a partial receive never
+//! blocks the dataset.
 //!
 //! # Durability and commands per verb
 //!
@@ -78,7 +83,7 @@
 //! | fork     | 2 | `list` snapshot (is it ours?), `clone -o mountpoint -o tags` |
 //! | destroy  | 2 | `list` (is it ours? a partial receive to abort?), `destroy` |
 //! | send     | 2 | `list` the snapshot, and its base for an incremental, in one command (ours?), `send` |
-//! | receive  | 10 | `list` target (ours? partial?), `list` its snapshots (does the stream fit?), `set` mark, `recv`, `list` snapshots (the arrival by guid), `set` tags, `rename`, `inherit` mark, `list` (mounted?), `list` the result (guid) |
+//! | receive  | 6 | `list -d 1` the target and its snapshots (ours? partial? does the stream fit?), `set` mark, `recv` into `<target>@<id>`, `list -d 1` again (the arrival by guid; the target mounted?), `set` tags, `inherit` mark |
 //!
 //! Why not one each: the tag check must come *before* the command that
 //! acts, because no `zfs` command refuses to act on a dataset by its
@@ -89,11 +94,19 @@
 //! transfers, journaled in the outcome) exists only after `zfs snapshot`,
 //! which prints nothing, so it takes its own `list`. Create needs no check:
 //! `zfs create` itself refuses an existing name ("already exists", then
-//! settled by the tag). A receive's steps each need their own command: the
-//! mark must be set before `recv` starts (so a crash mid-way is found), the
-//! arrival exists only after it, and tagging it (`set`), renaming it and
-//! clearing the target's mark (`inherit`) are three subcommands, none of
-//! which can do another's work.
+//! settled by the tag). A receive had 10: the target and its snapshots were
+//! two listings, the arrival, the target's `mounted` and the renamed result
+//! three more, and a `rename` gave the arrival its name. The first two are
+//! now one `list -d 1` (a filesystem, its snapshots, and its children, which
+//! are left out), the last three another, and `recv` itself names the
+//! snapshot. The six left each need their own command: the mark must be on
+//! disk before `recv` starts (so a crash mid-way is found), and `recv -o`
+//! would set it within the receive itself, whose failure paths do not say
+//! what stays set, so it keeps its own `set`; the arrival exists only after
+//! `recv`; its tags are the snapshot's own properties, which `recv -o`
+//! cannot set (it sets the filesystem's); clearing the mark is `inherit`
+//! (`set` cannot remove a property), and it must come after the tags, so
+//! that a crash in between still finds the untagged arrival by the mark.
 //!
 //! # Errors
 //!
@@ -638,8 +651,12 @@ impl Provider for ZfsProvider {
                 target.kind, target.id
             )));
         }
-        let (tname, row) = self.require(target)?;
-        self.receive_into(&tname, &row, spec, target, input)
+        // The target (ours? a partial receive?) and its snapshots (does the
+        // stream fit?) in one listing.
+        let tname = self.name_of(target)?;
+        let (row, snaps) = Self::with_snapshots(&tname)?;
+        let (tname, row) = self.ours(target, tname, row)?;
+        self.receive_into(&tname, &row, &snaps, spec, target, input)
     }
 
     fn inventory(&self) -> Result<Vec<Found>, ProviderError> {

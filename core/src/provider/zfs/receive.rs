@@ -1,7 +1,9 @@
 //! The receive of the ZFS provider: the stream's header checked against the
-//! target first, `zfs recv -F -s` with our properties excluded and
-//! `setuid=off devices=off` forced, then the arrived snapshot found by GUID,
-//! tagged and renamed; and what a failed or resumable receive leaves.
+//! target and its snapshots (one listing) first, `zfs recv -F -s` into the
+//! final snapshot name with our properties excluded and `setuid=off
+//! devices=off` forced, then the arrived snapshot found by GUID (one listing,
+//! which also says if the target is mounted) and tagged; and what a failed or
+//! resumable receive leaves.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -11,6 +13,7 @@ impl ZfsProvider {
         &self,
         tname: &str,
         row: &Row,
+        snaps: &[Row],
         spec: &VolumeSpec<'_>,
         target: &VolumeRef<'_>,
         input: &mut dyn Read,
@@ -21,12 +24,12 @@ impl ZfsProvider {
             .map_err(|e| ProviderError::Stream(format!("reading the stream header: {e}")))?;
         let header = parse_begin(&head)?;
         let toguid = header.toguid.to_string();
-        // The partial receive the target holds, from the row `require` read
-        // (it was listed once per receive, then a second time here). Only a
-        // receive changes it, and the manager holds the target exclusively
-        // for this whole verb, so no receive of ours starts or ends between
-        // that read and this use; an outside `zfs recv` could change it just
-        // after either read alike, and `zfs recv` itself refuses a target
+        // The partial receive the target holds and the target's snapshots,
+        // from the one listing the caller made. Only a receive changes them,
+        // and the manager holds the target exclusively for this whole verb,
+        // so no receive of ours starts or ends between that read and this
+        // use; an outside `zfs recv` could change them just after the read
+        // as well as before this use, and `zfs recv` itself refuses a target
         // with partial state it was not told about (reported as a failed
         // receive, whose clean-up reads the target afresh).
         let partial = Self::partial_of(row);
@@ -49,7 +52,7 @@ impl ZfsProvider {
                 }
             }
         }
-        let fits = self.check_stream_fits(tname, spec, &header);
+        let fits = self.check_stream_fits(tname, snaps, spec, &header);
         if header.resuming && !matches!(fits, Ok(None)) {
             Self::recv_abort(tname)?;
         }
@@ -60,6 +63,7 @@ impl ZfsProvider {
             Self::recv_abort(tname)?;
         }
         Self::set_props(tname, &[kv(P_RECEIVING, &format!("{}:{toguid}", spec.op))])?;
+        let want = format!("{tname}@{}", spec.id);
         let mut cmd = Cmd::new("zfs").arg("recv").arg("-F").arg("-s");
         for p in [P_OWNER, P_VOLUME, P_OP, P_KIND, P_PARENT, P_RECEIVING] {
             cmd = cmd.arg("-x").user_arg(p)?;
@@ -67,7 +71,9 @@ impl ZfsProvider {
         // Whatever the stream says (a `send -p` stream carries properties),
         // nothing received runs setuid or opens a device.
         cmd = cmd.arg("-o").arg(SETUID_OFF).arg("-o").arg(DEVICES_OFF);
-        let cmd = cmd.user_arg(tname)?;
+        // Received straight under its final name (`zfs recv` names the
+        // snapshot as told, a resumed stream too), so no rename follows.
+        let cmd = cmd.user_arg(&want)?;
         let mut stream = std::io::Cursor::new(head).chain(input);
         if let Err(e) = cmd.run_from(&mut stream) {
             return Err(Self::after_failed_receive(
@@ -77,7 +83,10 @@ impl ZfsProvider {
                 e,
             ));
         }
-        let arrived = Self::snapshots_of(tname)?
+        // One listing after the receive: the arrival (by guid) and whether
+        // the target is mounted (set, rename and inherit do not change it).
+        let (now, snaps) = Self::with_snapshots(tname)?;
+        let mut arrived = snaps
             .into_iter()
             .find(|r| r.guid == toguid)
             .ok_or_else(|| {
@@ -86,8 +95,9 @@ impl ZfsProvider {
                     header.toname
                 ))
             })?;
-        let want = format!("{tname}@{}", spec.id);
         Self::set_props(&arrived.name, &Self::tags(spec, Some(target.id)))?;
+        // Only if a `zfs recv` named it otherwise: renamed, and its guid
+        // checked under the new name.
         if arrived.name != want {
             Self::retry_busy(&arrived.name, || {
                 Cmd::new("zfs")
@@ -97,17 +107,20 @@ impl ZfsProvider {
                     .run()
                     .map(|_| ())
             })?;
+            let row = Self::one(&want)?.ok_or_else(|| ProviderError::NotFound(want.clone()))?;
+            if row.guid != toguid {
+                return Err(ProviderError::Stream(format!(
+                    "{want} has guid {} after the rename, expected {toguid}",
+                    row.guid
+                )));
+            }
+            arrived = row;
         }
         Self::clear_receiving(tname)?;
-        Self::ensure_mounted(tname)?;
-        let row = Self::one(&want)?.ok_or_else(|| ProviderError::NotFound(want.clone()))?;
-        if row.guid != toguid {
-            return Err(ProviderError::Stream(format!(
-                "{want} has guid {} after the rename, expected {toguid}",
-                row.guid
-            )));
+        if !now.is_some_and(|r| r.mounted) {
+            Self::ensure_mounted(tname)?;
         }
-        Ok(self.created_of(&row))
+        Ok(self.created_of(&arrived))
     }
 
     /// Checks a stream's header against the target before anything changes:
@@ -117,10 +130,10 @@ impl ZfsProvider {
     pub(super) fn check_stream_fits(
         &self,
         tname: &str,
+        snaps: &[Row],
         spec: &VolumeSpec<'_>,
         header: &StreamHeader,
     ) -> Result<Option<Created>, ProviderError> {
-        let snaps = Self::snapshots_of(tname)?;
         let toguid = header.toguid.to_string();
         if let Some(have) = snaps.iter().find(|r| r.guid == toguid) {
             if let Some(t) = self.tag_of(have)
