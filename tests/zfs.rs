@@ -20,7 +20,9 @@ use volmgr::manager::{Manager, ManagerConfig};
 use volmgr::model::VolumeId;
 use volmgr::provider::cmd::CommandCount;
 use volmgr::provider::zfs::{KIND, ZfsProvider};
-use volmgr::provider::{Presence, Provider, ProviderConfig, ProviderError, VolumeRef, VolumeSpec};
+use volmgr::provider::{
+    Created, Presence, Provider, ProviderConfig, ProviderError, VolumeRef, VolumeSpec,
+};
 use volmgr::state::{DETAIL_GUID, Details, Meta, VolumeKind};
 
 fn manager_config(provider: ProviderConfig) -> ManagerConfig {
@@ -406,21 +408,9 @@ async fn partial_receive_of_an_operation_is_found_by_its_mark_and_aborted() {
     );
 }
 
-/// A receive names its snapshot with its final name in `zfs recv` itself
-/// (no rename follows), so a manager killed after `recv` and before the
-/// tags leaves `<target>@<id>` untagged (it inherits the target's tags,
-/// which name the target, kind data). It is not ours: the inventory shows
-/// it foreign, a retry of the same stream refuses it rather than adopt it,
-/// and the operation's mark on the target finds it for `abort_partial`,
-/// which destroys it, clears the mark and leaves the target mounted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_arrived_untagged_under_its_final_name_is_not_adopted_and_abort_partial_removes_it()
- {
-    let test = "snapshot_arrived_untagged_under_its_final_name_is_not_adopted_and_abort_partial_removes_it";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
-        return;
-    };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
+/// Volume `src` holding file `f` (`data`), its snapshot `s`, and the full
+/// stream of `s`.
+fn full_stream_of_a_snapshot(p: &ZfsProvider) -> (Created, Vec<u8>) {
     let none = Details::new();
     let src = p.create_volume(&data_spec("src", Uuid::now_v7())).unwrap();
     std::fs::write(Path::new(&src.location).join("f"), b"data").unwrap();
@@ -441,6 +431,26 @@ async fn snapshot_arrived_untagged_under_its_final_name_is_not_adopted_and_abort
         &mut stream,
     )
     .unwrap();
+    (s, stream)
+}
+
+/// A receive names its snapshot with its final name in `zfs recv` itself
+/// (no rename follows), so a manager killed after `recv` and before the
+/// tags leaves `<target>@<id>` untagged (it inherits the target's tags,
+/// which name the target, kind data). It is not ours: the inventory shows
+/// it foreign, a retry of the same stream refuses it rather than adopt it,
+/// and the operation's mark on the target finds it for `abort_partial`,
+/// which destroys it, clears the mark and leaves the target mounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_arrived_untagged_under_its_final_name_is_not_adopted_and_abort_partial_removes_it()
+ {
+    let test = "snapshot_arrived_untagged_under_its_final_name_is_not_adopted_and_abort_partial_removes_it";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
+    let none = Details::new();
+    let (s, stream) = full_stream_of_a_snapshot(&p);
     let t = p.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
     let target = format!("{}/data/t", pool.dataset());
     let arrived = format!("{target}@r");
@@ -524,25 +534,7 @@ async fn receive_into_an_untagged_filesystem_is_refused_after_one_listing() {
     };
     let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
-    let src = p.create_volume(&data_spec("src", Uuid::now_v7())).unwrap();
-    std::fs::write(Path::new(&src.location).join("f"), b"data").unwrap();
-    let s = p
-        .create_snapshot(
-            &vref("src", VolumeKind::Data, None, &none),
-            &VolumeSpec {
-                id: VolumeId::new("s").unwrap(),
-                op: Uuid::now_v7(),
-                kind: VolumeKind::Snapshot,
-            },
-        )
-        .unwrap();
-    let mut stream = Vec::new();
-    p.send_snapshot(
-        &vref("s", VolumeKind::Snapshot, Some("src"), &s.details),
-        None,
-        &mut stream,
-    )
-    .unwrap();
+    let (_, stream) = full_stream_of_a_snapshot(&p);
     let foreign = format!("{}/data/x", pool.dataset());
     zfs_out(&["create", "-o", "mountpoint=none", &foreign]);
     let spec = VolumeSpec {
