@@ -583,52 +583,49 @@ impl DirProvider {
         // marker created where no entry has its name (`O_EXCL`), with no
         // lookup of it first. Anything found at either name takes the
         // examination below (a retry, a stale marker, a foreign entry).
-        if self.entry(&path)?.is_none() && self.put_marker_new(&new)? {
-            return self
-                .finish_create(&new, true)
-                .inspect_err(|_| self.discard(VolumeKind::Data, spec.id, spec.op));
-        }
-        let mut absent = false;
-        let m = match self.live_marker(VolumeKind::Data, spec.id)? {
-            Some(m) if m.op != spec.op => {
-                return Err(ProviderError::AlreadyExists(format!(
-                    "volume {} (made by operation {})",
-                    spec.id, m.op
-                )));
-            }
-            Some(m) if m.state == MarkerState::Complete => {
-                if self.is_dir(&path)? {
-                    return Ok(self.created(&m));
-                }
-                return Err(ProviderError::Other(format!(
-                    "volume {} is marked complete but {} is missing",
-                    spec.id,
-                    path.display()
-                )));
-            }
-            Some(m) if m.state == MarkerState::Creating => {
-                // Retried by the same operation. Durable on return, its
-                // marker already is; batched, marker and directory become
-                // durable in the same round (see "Durability").
-                m
-            }
-            Some(m) => {
-                return Err(ProviderError::Other(format!(
-                    "volume {}: {}",
-                    spec.id,
-                    m.state.describe(m.parent.as_deref())
-                )));
-            }
-            None => {
-                if self.entry(&path)?.is_some() {
+        let (m, absent) = if self.entry(&path)?.is_none() && self.put_marker_new(&new)? {
+            (new, true)
+        } else {
+            match self.live_marker(VolumeKind::Data, spec.id)? {
+                Some(m) if m.op != spec.op => {
                     return Err(ProviderError::AlreadyExists(format!(
-                        "{} (not tagged as ours)",
+                        "volume {} (made by operation {})",
+                        spec.id, m.op
+                    )));
+                }
+                Some(m) if m.state == MarkerState::Complete => {
+                    if self.is_dir(&path)? {
+                        return Ok(self.created(&m));
+                    }
+                    return Err(ProviderError::Other(format!(
+                        "volume {} is marked complete but {} is missing",
+                        spec.id,
                         path.display()
                     )));
                 }
-                self.put_marker_first(&new)?;
-                absent = true;
-                new
+                Some(m) if m.state == MarkerState::Creating => {
+                    // Retried by the same operation. Durable on return, its
+                    // marker already is; batched, marker and directory become
+                    // durable in the same round (see "Durability").
+                    (m, false)
+                }
+                Some(m) => {
+                    return Err(ProviderError::Other(format!(
+                        "volume {}: {}",
+                        spec.id,
+                        m.state.describe(m.parent.as_deref())
+                    )));
+                }
+                None => {
+                    if self.entry(&path)?.is_some() {
+                        return Err(ProviderError::AlreadyExists(format!(
+                            "{} (not tagged as ours)",
+                            path.display()
+                        )));
+                    }
+                    self.put_marker_first(&new)?;
+                    (new, true)
+                }
             }
         };
         self.finish_create(&m, absent)

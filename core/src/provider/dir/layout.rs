@@ -251,31 +251,15 @@ fn read_files_by_entry<L: Layout + ?Sized>(
     Ok(out)
 }
 
-/// Reads at most `max_len + 1` bytes of `file`, whose length `len` says how
-/// big a buffer to take (a file that grew since is still read up to the cap:
-/// the reads go on until the buffer is full or one returns nothing).
-fn read_capped(mut file: fs::File, len: u64, max_len: u64) -> io::Result<Vec<u8>> {
+/// Reads at most `max_len + 1` bytes of `file` (one more than allowed, so
+/// a longer file shows as longer) into a buffer its length `len` sizes: one
+/// read of the content and one that finds its end, where an empty buffer
+/// would take a probe and growing reads.
+fn read_capped(file: fs::File, len: u64, max_len: u64) -> io::Result<Vec<u8>> {
     let cap = usize::try_from(len.min(max_len) + 1).map_err(io::Error::other)?;
-    let limit = usize::try_from(max_len.saturating_add(1)).unwrap_or(usize::MAX);
-    let mut bytes = vec![0; cap];
-    let mut filled = 0;
-    loop {
-        if filled == bytes.len() {
-            if bytes.len() >= limit {
-                break;
-            }
-            // Grew since its `fstat`: read on, still within the cap.
-            let more = bytes.len().min(limit - bytes.len());
-            bytes.resize(bytes.len() + more, 0);
-        }
-        match file.read(&mut bytes[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    bytes.truncate(filled);
+    let mut bytes = Vec::with_capacity(cap);
+    file.take(max_len.saturating_add(1))
+        .read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
