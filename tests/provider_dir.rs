@@ -1390,3 +1390,53 @@ fn restrictive_modes_survive_receive_send_and_fork_even_unprivileged() {
     }
     assert!(p.inventory().unwrap().is_empty());
 }
+
+/// The inventory reads every marker through one handle of its directory,
+/// trusting the listing's entry type to skip a `stat` before each open. A
+/// marker replaced by a fifo is refused without blocking the scan (so a
+/// start never hangs on it), and one replaced by a symlink to a valid
+/// marker of the same volume elsewhere is not followed: both volumes show
+/// as incomplete, untagged, naming what their marker is; the others stay
+/// whole.
+#[test]
+fn the_inventory_never_blocks_on_nor_follows_a_marker_that_is_no_regular_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let p = provider(&root);
+    create(&p, "whole");
+    create(&p, "piped");
+    create(&p, "linked");
+    let markers = root.join(".volmgr/data");
+    // A copy of `linked`'s own marker outside the marker directory.
+    let elsewhere = tmp.path().join("linked-marker");
+    fs::copy(markers.join("linked"), &elsewhere).unwrap();
+    fs::remove_file(markers.join("linked")).unwrap();
+    symlink(&elsewhere, markers.join("linked")).unwrap();
+    fs::remove_file(markers.join("piped")).unwrap();
+    let fifo = std::ffi::CString::new(markers.join("piped").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(p.inventory());
+    });
+    let inv = rx
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .expect("the inventory returns: it never blocks on a fifo")
+        .unwrap();
+    let by_name = |suffix: &str| {
+        inv.iter()
+            .find(|f| f.name.ends_with(suffix))
+            .unwrap_or_else(|| panic!("{suffix} in {inv:#?}"))
+    };
+    assert_eq!(by_name("data/whole").presence, Presence::Complete);
+    for (name, what) in [("data/piped", "is a fifo"), ("data/linked", "is a symlink")] {
+        let f = by_name(name);
+        assert_eq!(f.tag, None, "{name}: no tag taken from it");
+        assert!(
+            matches!(&f.presence, Presence::Incomplete { reason } if reason.contains(what)),
+            "{name}: {f:?}"
+        );
+    }
+    assert_eq!(inv.len(), 3, "{inv:#?}");
+}
