@@ -387,7 +387,7 @@ async fn sweep(flavor: Flavor) {
         found.scale
     );
     assert!(
-        acked >= u64::from(ROUNDS) * 7,
+        acked >= u64::from(ROUNDS) * 7 || found.one_point,
         "the whole run acknowledged only {acked} operations: the workload did not run: {:?}",
         found.whole_run_errors
     );

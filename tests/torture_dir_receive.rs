@@ -358,16 +358,18 @@ fn a_receive_cut_at_any_sync_point_leaves_a_whole_snapshot_or_nothing_half_made(
         };
         // The receive's sync points, on a run without a cut.
         let dry = prepared(first);
+        let p = open(&dry);
         let start = dry.sync_points();
-        receive(&open(&dry), id("r"), uuid::Uuid::now_v7(), stream).unwrap();
+        receive(&p, id("r"), uuid::Uuid::now_v7(), stream).unwrap();
+        drop(p);
         let total = dry.sync_points() - start;
         points += total;
         for n in 1..=total {
             for (seed, dirs) in policies {
                 let storage = prepared(first);
+                let p = open(&storage);
                 storage.crash_at_sync(Some(storage.sync_points() + n));
                 let op = uuid::Uuid::now_v7();
-                let p = open(&storage);
                 let r = receive(&p, id("r"), op, stream);
                 if r.is_ok() {
                     problems.push(format!("{name}, sync point {n}: the cut receive succeeded"));
@@ -407,9 +409,11 @@ fn cut_after_swap(first: &[u8], stream: &[u8], new: &Tree) -> (SimStorage, uuid:
     let target = Path::new(ROOT).join("data/t");
     for n in 1..=100 {
         let storage = prepared(Some(first));
+        let p = open(&storage);
         storage.crash_at_sync(Some(storage.sync_points() + n));
         let op = uuid::Uuid::now_v7();
-        let cut = receive(&open(&storage), id("r"), op, stream).is_err();
+        let cut = receive(&p, id("r"), op, stream).is_err();
+        drop(p);
         assert!(
             cut,
             "the receive ended before a cut left its swap half-made"

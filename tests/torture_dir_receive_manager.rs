@@ -921,9 +921,9 @@ async fn power_cut_sweep(
          operations lost {}, disagreements {} (seed {:#x}, scale {})",
         found.points, found.images, found.lost, found.disagreements, found.base_seed, found.scale
     );
-    assert_eq!(
-        acked, 5,
-        "a whole run acknowledges the creates, the destroy and both receives: {:?}",
+    assert!(
+        acked == 5 || found.one_point,
+        "a whole run acknowledges the creates, the destroy and both receives, not {acked}: {:?}",
         found.whole_run_errors
     );
     failures.truncate(5);

@@ -24,7 +24,7 @@ use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::dir::{BatchSync, DirProvider};
 use volmgr::provider::{Durability, Presence, Provider, ProviderConfig, ProviderFactory};
 use volmgr::state::VolumeStatus;
-use volmgr::storage::sim::SimStorage;
+use volmgr::storage::sim::{CutPolicy, SimStorage};
 
 use crate::torture_support;
 
@@ -34,6 +34,9 @@ pub const PROVIDER: &str = "p";
 /// Mixed into the base seed for the cuts after a kill -9 and a reopen, so
 /// that their seeded cuts draw other choices than the plain power cuts'.
 const REOPEN_SEED_SALT: u64 = 0x2E0B_E4ED;
+/// Mixed into the base seed (with the reopen's sync point) for the cuts at
+/// a sync point of the reopen itself: other choices again.
+const REOPEN_SYNC_SEED_SALT: u64 = 0x5_C0DE_7E1F;
 
 /// A tree's content: relative path to the file's bytes (`None`: a
 /// directory).
@@ -263,6 +266,8 @@ pub struct Swept {
     pub whole_run_errors: Vec<String>,
     pub base_seed: u64,
     pub scale: u64,
+    /// Only one crash point ran (`VOLMGR_SWEEP_POINT`): no whole run.
+    pub one_point: bool,
 }
 
 /// `VOLMGR_REOPEN_CUTS_ALL=1`: after a kill -9 and a reopen, every cut of
@@ -270,6 +275,30 @@ pub struct Swept {
 /// directory policy), not only the first seeded one of each.
 fn every_reopen_cut() -> bool {
     std::env::var("VOLMGR_REOPEN_CUTS_ALL").is_ok_and(|v| v == "1")
+}
+
+/// `VOLMGR_SWEEP_POINT=N`: only crash point `N` (to reproduce a failure
+/// the sweep printed; its images and seeds are the same as in the whole
+/// sweep).
+fn only_point() -> Option<u64> {
+    let v = std::env::var("VOLMGR_SWEEP_POINT").ok()?;
+    Some(
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("VOLMGR_SWEEP_POINT={v:?} is not a crash point")),
+    )
+}
+
+/// The cuts after, or at a sync point of, a reopen that followed a kill -9:
+/// none, all, then one seeded cut of each directory policy (every one of
+/// [`torture_support::cut_policies`] at `scale` with
+/// `VOLMGR_REOPEN_CUTS_ALL=1`).
+fn reopen_cuts(seeds: u64, point: u64, scale: u64) -> Vec<(u64, CutPolicy)> {
+    let mut cuts = torture_support::cut_policies(seeds, point, scale);
+    if !every_reopen_cut() {
+        cuts.truncate(4);
+    }
+    cuts
 }
 
 /// Reopens `image` with `workload`'s provider and checks it.
@@ -305,8 +334,9 @@ async fn reopened<W: Workload>(w: &W, image: &SimStorage, model: &W::Model) -> (
 ///   effects (a reopen once rolled forward a create whose directory the
 ///   killed process left in the page cache, which it never synced);
 /// - a kill -9, then a power cut at each sync point of the reopen (its
-///   recovery and its close; [`Workload::reopen_crashes`]), keeping none
-///   or all of what was not durable: a hole in the order of the reopen's
+///   recovery and its close; [`Workload::reopen_crashes`]), keeping none,
+///   all, or a seeded part (the same choice of policies as above, other
+///   seeds) of what was not durable: a hole in the order of the reopen's
 ///   own steps (the start's trash sweep, staging, the reconciliation's undo
 ///   and destroys, the resolution records) before its first whole sync.
 ///   A cut after the reopen cannot show one (the reopen's whole `syncfs`
@@ -329,7 +359,20 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
         scale,
         ..Swept::default()
     };
+    let only = only_point();
     for point in 1..=100_000u64 {
+        if only.is_some_and(|p| p != point) {
+            if only.is_some_and(|p| p < point) {
+                // The test's checks of a whole run cannot hold: show what
+                // this point found.
+                for f in &out.failures {
+                    eprintln!("{f}");
+                }
+                out.one_point = true;
+                return out;
+            }
+            continue;
+        }
         let storage = w.storage();
         w.arm(&storage, point);
         let mut model = W::Model::default();
@@ -364,13 +407,7 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
                 // Seeds apart from the plain cuts' (another image, the same
                 // policies).
                 let seeds = base_seed ^ REOPEN_SEED_SALT;
-                let mut cuts = torture_support::cut_policies(seeds, point, scale);
-                if !every_reopen_cut() {
-                    // None, all, then one seeded cut of each directory
-                    // policy.
-                    cuts.truncate(4);
-                }
-                for (seed, policy) in cuts {
+                for (seed, policy) in reopen_cuts(seeds, point, scale) {
                     let image = restarted.power_cut_with(seed, policy);
                     outcomes.push((
                         format!("kill -9, reopen, then a cut (seed {seed:#x}, {policy:?})"),
@@ -385,7 +422,7 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
             )),
         }
         // ... a kill -9, then a power cut at each sync point of the reopen
-        // (its recovery, then its close): none or all of what was not
+        // (its recovery, then its close): none, all or a seeded part of what was not
         // durable kept ...
         for k in 1..=if w.reopen_crashes() { 1000u64 } else { 0 } {
             let restarted = storage.restart();
@@ -404,10 +441,13 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
                 break;
             }
             out.reopen_points += 1;
-            for (seed, policy) in torture_support::cut_policies(base_seed, point, 0) {
+            let seeds = base_seed ^ REOPEN_SYNC_SEED_SALT ^ (k << 40);
+            for (seed, policy) in reopen_cuts(seeds, point, scale) {
                 let image = restarted.power_cut_with(seed, policy);
                 outcomes.push((
-                    format!("kill -9, a cut at sync {k} of the reopen {policy:?}"),
+                    format!(
+                        "kill -9, a cut at sync {k} of the reopen (seed {seed:#x}, {policy:?})"
+                    ),
                     reopened(w, &image, &model).await,
                 ));
             }

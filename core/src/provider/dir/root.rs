@@ -186,6 +186,16 @@ impl DirProvider {
             p.sync_dir(&dir)?;
         }
         p.place_round_probe()?;
+        // What an earlier instance left unsynced (a killed process's last
+        // changes, in the page cache) is durable before the sweeps act on
+        // what they read: else a cut could keep their removals without it,
+        // such as a trash item's tree gone while the removal of its marker
+        // was lost (the marker of a volume that is gone), or a receive's
+        // staging area with the target's old content removed while its
+        // marker's `complete` was lost (an undo with nothing to put back).
+        // Batched, this is the provider's first round, a whole `syncfs`
+        // (`Dirty::at_open`) anyway.
+        p.sync_root()?;
         p.sweep()?;
         p.sweep_staging()?;
         Ok(p)

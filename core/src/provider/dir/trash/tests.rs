@@ -430,3 +430,77 @@ fn the_start_removes_a_killed_destroys_marker_only_once_its_move_into_the_trash_
         restarted
     });
 }
+
+/// Regression (`DirProvider::open`: one `syncfs` before the start's
+/// sweeps). Durable on return, a destroy killed at its sync of the marker
+/// directory leaves its marker's removal in the page cache; the next start
+/// saw no marker, so it emptied the trash (the tree's removal) with
+/// nothing synced in between, and a cut keeping the trash's change and not
+/// the marker directory's left the marker of a volume that is gone, for
+/// ever: no tree in the trash names it any more. Cut at each sync point of
+/// the start and after it, by each of [`cuts`]. Without the fix: 6 of the
+/// 34 cuts after the start (the start then has no sync point).
+#[test]
+fn the_start_empties_the_trash_only_once_a_killed_destroys_marker_removal_is_durable() {
+    let marker = Path::new(ROOT).join(".volmgr/data/v");
+    let mut failures = Vec::new();
+    let mut images = 0;
+    for k in 1..=100 {
+        let mut started_whole = false;
+        for (seed, policy) in cuts() {
+            let storage = SimStorage::new();
+            let p =
+                DirProvider::simulated(PathBuf::from(ROOT), storage.clone(), Durability::OnReturn)
+                    .expect("the provider opens");
+            create(&p, "v");
+            storage.crash_at_sync(Some(storage.sync_points() + 2));
+            assert!(
+                try_destroy(&p, "v").is_err(),
+                "killed at its sync of the marker directory"
+            );
+            assert!(
+                storage.is_dir(&marker).is_none(),
+                "reads no longer see the marker"
+            );
+            // A kill -9, then a start cut at its `k`th sync point, or after
+            // it if it has fewer.
+            let restarted = storage.restart();
+            restarted.crash_at_sync(Some(k));
+            let started = DirProvider::simulated(
+                PathBuf::from(ROOT),
+                restarted.clone(),
+                Durability::OnReturn,
+            );
+            let cut = if restarted.crashed() {
+                format!("cut at sync {k} of the start")
+            } else {
+                started.expect("the start ends without a cut");
+                started_whole = true;
+                "cut after the start".to_owned()
+            };
+            let image = restarted.power_cut_with(seed, policy);
+            images += 1;
+            let p =
+                DirProvider::simulated(PathBuf::from(ROOT), image.clone(), Durability::OnReturn)
+                    .expect("the provider reopens");
+            let what = format!("{cut}, seed {seed}, {policy:?}");
+            if image.is_dir(&marker).is_some() || !in_trash(&image).is_empty() {
+                failures.push(format!(
+                    "{what}: marker left {}, in the trash {:?}",
+                    image.is_dir(&marker).is_some(),
+                    in_trash(&image)
+                ));
+            }
+            assert!(p.inventory().expect("inventory").is_empty(), "{what}");
+        }
+        if started_whole {
+            break;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {images} cuts:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
