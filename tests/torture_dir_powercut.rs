@@ -9,13 +9,19 @@
 //! was not durable, once more as a kill -9 (the page cache survives), and
 //! as a kill -9 followed by a reopen and then a power cut (keeping none,
 //! all or a seeded part of what the reopen left unsynced), and as a kill
-//! -9 followed by a power cut at each sync point of the reopen (none or
-//! all kept; see `dir_sweep_support::sweep`). Figures (debug, 2 cores,
-//! about 122 s for the file; 73 s before the reopen's seeded cuts and
-//! crash points, 110 s with every seeded cut after the reopen and no
-//! crash points in it): 166 to 197 crash points, 1425 to 1703 crash
-//! points of the reopen, 5008 to 5967 images per flavor; 0 lost, 0
-//! disagreements. The cut after the reopen catches a first
+//! -9 followed by a power cut at each sync point of the reopen (none, all
+//! or a seeded part kept; see `dir_sweep_support::sweep`). Figures (debug,
+//! 2 cores, about 122 s for the file with none or all kept at the reopen's
+//! sync points; 73 s before the reopen's seeded cuts and crash points, 110
+//! s with every seeded cut after the reopen and no crash points in it):
+//! 166 to 197 crash points, 1425 to 1703 crash points of the reopen, 5008
+//! to 5967 images per flavor; 0 lost, 0 disagreements. With seeded parts
+//! at the reopen's sync points (2026-12-06; 332 s on a machine busy with a
+//! QEMU guest and another sweep): 165 to 198 crash points, 1567 to 1880 of
+//! the reopen, 8413 to 10094 images per flavor, 0 and 0; they found that
+//! the start's sweeps acted on what a killed process left in the page
+//! cache (2 disagreements durable on return before the fix, see the
+//! README). The cut after the reopen catches a first
 //! round after open that is not a whole `syncfs` (mutation, fsync rounds:
 //! 40 disagreements, creates rolled forward by the reopen then lost; since
 //! `sync_at_open` that mutation alone shows nothing, and with
