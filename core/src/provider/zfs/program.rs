@@ -13,7 +13,9 @@
 //! checked ids (each through [`Cmd::user_arg`]), after a `--` that ends
 //! `zfs`'s options (glibc's getopt would otherwise read an argument after
 //! the script as a flag); the scripts read them as strings and never
-//! evaluate them. `-j` prints the returned table as JSON.
+//! evaluate them. `-j` prints the returned table as JSON. Channel programs
+//! run as root only (zfs-program(8); `zfs allow` cannot delegate them): the
+//! provider needs root anyway, for its pool, mounts and receives.
 //!
 //! The scripts check tags by `lua/tagged.lua`, the rule of
 //! [`ZfsProvider::tag_of`] (owner, volume id, kind, operation id), with the
