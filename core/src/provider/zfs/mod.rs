@@ -29,7 +29,9 @@
 //! Every dataset, clone and snapshot we make carries the user properties
 //! `volmgr:owner=volmgr`, `volmgr:volume-id`, `volmgr:op`, `volmgr:kind`
 //! and (snapshots, forks) `volmgr:parent`, set atomically by `create -o`,
-//! `snapshot -o`, `clone -o` (clones do not inherit the origin's properties).
+//! `clone -o` (clones do not inherit the origin's properties), and for a
+//! snapshot by the channel program that takes it, in the same sync task
+//! (`program.rs`).
 //! User properties are inherited by children and snapshots, so an item counts
 //! as ours only if its *own* name matches its tag: a filesystem
 //! `<dataset>/data/<id>` tagged volume `<id>` kind `data`, a snapshot
@@ -64,10 +66,11 @@
 //!
 //! # Durability and commands per verb
 //!
-//! The provider is [`Durability::OnReturn`]: `zfs create`, `snapshot`,
-//! `clone`, `destroy`, `set`, `inherit` and `recv` change the pool in a
-//! sync task (`dsl_sync_task`) and return only after the transaction group
-//! that carries the change has synced to disk. Their side effect is durable
+//! The provider is [`Durability::OnReturn`]: `zfs create`, `clone`,
+//! `destroy`, `set`, `inherit`, `recv` and `program` (a channel program:
+//! the snapshot, and a snapshot's destroy) change the pool in a sync task
+//! (`dsl_sync_task`) and return only after the transaction group that
+//! carries the change has synced to disk. Their side effect is durable
 //! when the command returns, so the manager's shared provider sync (issue
 //! #13) has nothing to batch here: no `sync()` round, no `syncfs`.
 //!
@@ -79,20 +82,29 @@
 //! | verb     | commands | which |
 //! |----------|----------|-------|
 //! | create   | 1 | `create -o mountpoint -o tags` (success means created and mounted) |
-//! | snapshot | 3 | `list` source (is it ours?), `snapshot -o tags`, `list` the snapshot (its guid) |
+//! | snapshot | 1 | `program`: is the source ours? the snapshot, its tags, its guid (an existing one's tags, for idempotence) |
 //! | fork     | 2 | `list` snapshot (is it ours?), `clone -o mountpoint -o tags` |
-//! | destroy  | 2 | `list` (is it ours? a partial receive to abort?), `destroy` |
+//! | destroy  | 2 / 1 | a filesystem: `list` (is it ours? a partial receive to abort?), `destroy`; a snapshot: `program` (is it ours? destroy; its clones if it has any), then `destroy` only if it was mounted (`EBUSY`) |
 //! | send     | 2 | `list` the snapshot, and its base for an incremental, in one command (ours?), `send` |
 //! | receive  | 6 | `list -d 1` the target and its snapshots (ours? partial? does the stream fit?), `set` mark, `recv` into `<target>@<id>`, `list -d 1` again (the arrival by guid; the target mounted?), `set` tags, `inherit` mark |
 //!
-//! Why not one each: the tag check must come *before* the command that
-//! acts, because no `zfs` command refuses to act on a dataset by its
-//! properties. A snapshot or clone of a foreign dataset made first and
-//! checked after would, if the manager died in between, be tagged ours with
-//! this operation's id, and recovery would adopt foreign data as a volume;
-//! a destroy cannot be checked after. The snapshot's guid (its identity in
-//! transfers, journaled in the outcome) exists only after `zfs snapshot`,
-//! which prints nothing, so it takes its own `list`. Create needs no check:
+//! Why not one each: the tag check must come *before* the act, because no
+//! `zfs` command refuses to act on a dataset by its properties. A snapshot
+//! or clone of a foreign dataset made first and checked after would, if the
+//! manager died in between, be tagged ours with this operation's id, and
+//! recovery would adopt foreign data as a volume; a destroy cannot be
+//! checked after. A channel program (`zfs program`, zfs-program(8); the
+//! guest's ZFS, 2.1.11, has `zfs.get_prop`, `zfs.exists`,
+//! `zfs.sync.snapshot`, `zfs.sync.set_prop` of user properties,
+//! `zfs.sync.destroy` and `zfs.list.clones`) runs the check and the act in
+//! one sync task, so the snapshot is one command (the check, the snapshot,
+//! its tags, and its guid, which `zfs snapshot` did not print and a `list`
+//! had to read: 3 before) and so is a snapshot's destroy (2 before). The
+//! others cannot be: a channel program cannot clone (fork: `list` and
+//! `clone`), nor unmount (a filesystem's destroy: `list` and `destroy`;
+//! a snapshot mounted under `.zfs/snapshot` makes the program's destroy
+//! fail with `EBUSY`, and `zfs destroy`, which unmounts it, follows), nor
+//! read `mounted`, nor receive. Create needs no check:
 //! `zfs create` itself refuses an existing name ("already exists", then
 //! settled by the tag). A receive had 10: the target and its snapshots were
 //! two listings, the arrival, the target's `mounted` and the renamed result
@@ -111,9 +123,15 @@
 //! # Errors
 //!
 //! "dataset is busy" is retried (bounded, growing back-off) then reported as
-//! [`ProviderError::Busy`] with ZFS's message as the cause; destroying a
-//! snapshot with clones or a volume with snapshots is
-//! [`ProviderError::HasDependents`]; destroying something absent succeeds.
+//! [`ProviderError::Busy`] with ZFS's message as the cause (so is a
+//! snapshot's `EAGAIN`: another snapshot of its filesystem in the same
+//! transaction group, which `zfs snapshot` retried itself and a channel
+//! program reports); destroying a snapshot with clones or a volume with
+//! snapshots is [`ProviderError::HasDependents`]; destroying something
+//! absent succeeds. A channel program that fails is a
+//! [`ProviderError::Command`]: with `zfs program`'s status and stderr, or,
+//! if a `zfs.sync` call inside it was refused (nothing made), with that
+//! call and its errno.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -126,10 +144,12 @@ use super::{
 };
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
+use program::DestroySnapshot;
 
 mod attributes;
 mod dataset;
 mod parse;
+mod program;
 mod receive;
 mod setup;
 
@@ -388,6 +408,74 @@ impl ZfsProvider {
         }
     }
 
+    fn refuse_destroy(name: &str, volume: &VolumeRef<'_>) -> ProviderError {
+        ProviderError::Other(format!(
+            "{name} is not tagged as {} {}: refusing to destroy it",
+            volume.kind, volume.id
+        ))
+    }
+
+    /// [`ProviderError::HasDependents`] of snapshot `name` whose clones are
+    /// `clones` (full names, comma separated): the clones' volume ids.
+    fn has_clones(name: String, clones: &str) -> ProviderError {
+        let dependents = clones
+            .trim()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.rsplit('/').next().unwrap_or(s).to_owned())
+            .collect();
+        ProviderError::HasDependents {
+            what: name,
+            dependents,
+        }
+    }
+
+    /// `zfs destroy` of `name`, checked ours as `volume` (busy retried;
+    /// dependents typed; absent is success).
+    fn destroy_checked(&self, name: String, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
+        let result = Self::retry_busy(&name, || {
+            Cmd::new("zfs")
+                .arg("destroy")
+                .user_arg(&name)?
+                .run()
+                .map(|_| ())
+        });
+        match result {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) if stderr_of(&e).contains("dependent clones") => {
+                let clones = Cmd::new("zfs")
+                    .arg("get")
+                    .arg("-H")
+                    .arg("-p")
+                    .arg("-o")
+                    .arg("value")
+                    .arg("clones")
+                    .user_arg(&name)?
+                    .run()
+                    .map(|o| o.stdout_str())
+                    .unwrap_or_default();
+                return Err(Self::has_clones(name, &clones));
+            }
+            Err(e) if stderr_of(&e).contains("has children") => {
+                let dependents = Self::snapshots_of(&name)?
+                    .into_iter()
+                    .map(|r| r.name.rsplit('@').next().unwrap_or_default().to_owned())
+                    .collect();
+                return Err(ProviderError::HasDependents {
+                    what: name,
+                    dependents,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        if volume.kind == VolumeKind::Data {
+            // The empty mountpoint directory; never anything with content.
+            let _ = std::fs::remove_dir(self.mountpoint(volume.id));
+        }
+        Ok(())
+    }
+
     /// The row of input volume `v` named `name`, if it exists and is ours.
     fn ours(
         &self,
@@ -482,26 +570,11 @@ impl Provider for ZfsProvider {
                 source.kind, source.id
             )));
         }
-        let (src, _) = self.require(source)?;
+        // One channel program: the source's tag check, the snapshot with
+        // its tags, its guid (see `program.rs`).
+        let src = self.name_of(source)?;
         let name = format!("{src}@{}", spec.id);
-        let mut cmd = Cmd::new("zfs").arg("snapshot");
-        for t in Self::tags(spec, Some(source.id)) {
-            cmd = cmd.arg("-o").user_arg(&t)?;
-        }
-        match cmd.user_arg(&name)?.run() {
-            Ok(_) => {}
-            // Idempotent: this very operation made it before.
-            Err(e) if stderr_of(&e).contains("already exists") => {
-                if let Some(row) = self.existing(&name, spec)? {
-                    return Ok(self.created_of(&row));
-                }
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        }
-        // Its guid, the snapshot's identity in transfers.
-        let row = Self::one(&name)?.ok_or_else(|| ProviderError::NotFound(name.clone()))?;
-        Ok(self.created_of(&row))
+        self.snapshot_by_program(source, &src, &name, spec)
     }
 
     fn fork_volume(
@@ -535,71 +608,30 @@ impl Provider for ZfsProvider {
             Err(ProviderError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        if volume.kind == VolumeKind::Snapshot {
+            // One channel program: the tag check and the destroy.
+            match self.destroy_snapshot_by_program(&name, volume.id)? {
+                DestroySnapshot::Destroyed | DestroySnapshot::Absent => return Ok(()),
+                DestroySnapshot::Foreign => return Err(Self::refuse_destroy(&name, volume)),
+                DestroySnapshot::Clones { clones } => {
+                    return Err(Self::has_clones(name, &clones));
+                }
+                // Mounted under `.zfs/snapshot` (or held): `zfs destroy`
+                // unmounts it first, and retries or reports a hold as busy.
+                DestroySnapshot::Busy => return self.destroy_checked(name, volume),
+            }
+        }
         let Some(row) = Self::one(&name)? else {
             return Ok(());
         };
         match self.tag_of(&row) {
             Some(t) if t.volume == volume.id => {}
-            _ => {
-                return Err(ProviderError::Other(format!(
-                    "{name} is not tagged as {} {}: refusing to destroy it",
-                    volume.kind, volume.id
-                )));
-            }
+            _ => return Err(Self::refuse_destroy(&name, volume)),
         }
         if row.token.is_some() {
             Self::recv_abort(&name)?;
         }
-        let result = Self::retry_busy(&name, || {
-            Cmd::new("zfs")
-                .arg("destroy")
-                .user_arg(&name)?
-                .run()
-                .map(|_| ())
-        });
-        match result {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) if stderr_of(&e).contains("dependent clones") => {
-                let clones = Cmd::new("zfs")
-                    .arg("get")
-                    .arg("-H")
-                    .arg("-p")
-                    .arg("-o")
-                    .arg("value")
-                    .arg("clones")
-                    .user_arg(&name)?
-                    .run()
-                    .map(|o| o.stdout_str())
-                    .unwrap_or_default();
-                let dependents = clones
-                    .trim()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.rsplit('/').next().unwrap_or(s).to_owned())
-                    .collect();
-                return Err(ProviderError::HasDependents {
-                    what: name,
-                    dependents,
-                });
-            }
-            Err(e) if stderr_of(&e).contains("has children") => {
-                let dependents = Self::snapshots_of(&name)?
-                    .into_iter()
-                    .map(|r| r.name.rsplit('@').next().unwrap_or_default().to_owned())
-                    .collect();
-                return Err(ProviderError::HasDependents {
-                    what: name,
-                    dependents,
-                });
-            }
-            Err(e) => return Err(e),
-        }
-        if volume.kind == VolumeKind::Data {
-            // The empty mountpoint directory; never anything with content.
-            let _ = std::fs::remove_dir(self.mountpoint(volume.id));
-        }
-        Ok(())
+        self.destroy_checked(name, volume)
     }
 
     fn send_snapshot(

@@ -69,6 +69,33 @@ pub(super) struct Row {
     pub(super) receiving: Option<String>,
 }
 
+impl Row {
+    /// A snapshot's row from its name and the tags a channel program read
+    /// (the columns the tag rule needs; the others empty).
+    pub(super) fn snapshot(
+        name: &str,
+        owner: Option<String>,
+        volume: Option<String>,
+        op: Option<String>,
+        kind: Option<String>,
+    ) -> Row {
+        Row {
+            name: name.to_owned(),
+            is_snapshot: true,
+            guid: String::new(),
+            createtxg: 0,
+            mounted: false,
+            token: None,
+            owner,
+            volume,
+            op,
+            kind,
+            parent: None,
+            receiving: None,
+        }
+    }
+}
+
 pub(super) fn prop(v: &str) -> Option<String> {
     (v != "-" && !v.is_empty()).then(|| v.to_owned())
 }

@@ -1,0 +1,293 @@
+//! ZFS channel programs (`zfs program`, zfs-program(8)): the verbs that can
+//! check our tags and act in one command. A channel program runs as one
+//! sync task in one transaction group, with no other administrative
+//! operation in between, and `zfs program` returns once that group has
+//! synced: a snapshot is taken and tagged together (never visible, nor left
+//! by a crash, untagged), and a tag check is never separated from the
+//! destroy it guards.
+//!
+//! The scripts (`lua/*.lua`) are compiled into the binary and given to
+//! `zfs program` on its standard input (the script argument `-`): there is
+//! no script file that a local user could replace or race between its
+//! check and its use. Every argument is a dataset name or a tag built from
+//! checked ids (each through [`Cmd::user_arg`]), after a `--` that ends
+//! `zfs`'s options (glibc's getopt would otherwise read an argument after
+//! the script as a flag); the scripts read them as strings and never
+//! evaluate them. `-j` prints the returned table as JSON. Channel programs
+//! run as root only (zfs-program(8); `zfs allow` cannot delegate them): the
+//! provider needs root anyway, for its pool, mounts and receives.
+//!
+//! The scripts check tags by `lua/tagged.lua`, the rule of
+//! [`ZfsProvider::tag_of`] (owner, volume id, kind, operation id), with the
+//! operation id in hyphenated UUID form only, as the provider writes it (the
+//! Rust rule also parses other UUID forms: the script is the stricter).
+//! Within one program, a tag that ZFS refuses after the snapshot was taken
+//! destroys the snapshot again in the same sync task, so no outcome leaves
+//! an untagged snapshot; a program's fatal error, as zfs-program(8) warns,
+//! may leave what it did so far, and these scripts make none after their
+//! first `zfs.sync` call.
+
+use serde::Deserialize;
+
+use super::parse::Row;
+use super::{Cmd, Created, Details, ProviderError, VolumeRef, VolumeSpec, ZfsProvider};
+use crate::model::DETAIL_GUID;
+
+/// Tag check, snapshot and its tags, and its guid.
+const SNAPSHOT: &str = concat!(
+    include_str!("lua/tagged.lua"),
+    include_str!("lua/snapshot.lua")
+);
+/// Tag check and destroy of a snapshot (its clones if it has any).
+const DESTROY_SNAPSHOT: &str = concat!(
+    include_str!("lua/tagged.lua"),
+    include_str!("lua/destroy_snapshot.lua")
+);
+
+/// `EAGAIN`: a snapshot of the same filesystem was taken in the same
+/// transaction group (the `zfs snapshot` command retries this itself; a
+/// channel program's `zfs.sync.snapshot` returns it).
+const EAGAIN: i64 = 11;
+
+/// What `zfs program -j` prints: `{"return": VALUE}`.
+#[derive(Deserialize)]
+struct Reply<T> {
+    #[serde(rename = "return")]
+    value: T,
+}
+
+/// What `lua/snapshot.lua` returns.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+enum Snapshot {
+    Made {
+        guid: String,
+    },
+    Absent,
+    Foreign,
+    Exists {
+        guid: String,
+        owner: Option<String>,
+        volume: Option<String>,
+        op: Option<String>,
+        kind: Option<String>,
+    },
+    Failed {
+        errno: i64,
+        step: String,
+    },
+}
+
+/// What `lua/destroy_snapshot.lua` returns.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+enum DestroyReply {
+    Destroyed,
+    Absent,
+    Foreign,
+    Clones { clones: String },
+    Busy,
+    Failed { errno: i64, step: String },
+}
+
+/// How a snapshot's destroy by channel program ended (its failures are
+/// errors).
+#[derive(Debug)]
+pub(super) enum DestroySnapshot {
+    Destroyed,
+    Absent,
+    /// Not tagged as the snapshot named: untouched.
+    Foreign,
+    /// It has clones (full names, comma separated): untouched.
+    Clones {
+        clones: String,
+    },
+    /// `EBUSY`: mounted under `.zfs/snapshot`, or held.
+    Busy,
+}
+
+/// A `zfs.sync` call's error number as a command failure naming it.
+fn sync_failure(command: &Cmd, step: &str, errno: i64) -> ProviderError {
+    let text = i32::try_from(errno).map_or_else(
+        |_| format!("errno {errno}"),
+        |e| std::io::Error::from_raw_os_error(e).to_string(),
+    );
+    ProviderError::Command {
+        command: command.display(),
+        status: format!("channel program returned errno {errno}"),
+        stderr: format!("zfs.sync.{step}: {text}"),
+    }
+}
+
+/// A guid as a channel program prints it (a Lua integer: signed 64 bits,
+/// so a guid above `i64::MAX` is negative) as ZFS prints it (unsigned).
+fn unsigned_guid(lua: &str) -> Result<String, ProviderError> {
+    lua.parse::<i64>()
+        .map(|g| g.cast_unsigned().to_string())
+        .map_err(|_| ProviderError::Other(format!("channel program returned guid {lua:?}")))
+}
+
+impl ZfsProvider {
+    /// The pool the root dataset is in (where the programs run).
+    fn pool(&self) -> &str {
+        self.dataset.split('/').next().unwrap_or(&self.dataset)
+    }
+
+    /// `zfs program -j -- POOL - ARGS...` with `script` on stdin; its
+    /// returned table. A script's fatal error (or one `zfs program` reports
+    /// itself) is the [`ProviderError::Command`] carrying its stderr.
+    fn program<T: for<'de> Deserialize<'de>>(
+        &self,
+        script: &str,
+        args: &[&str],
+    ) -> Result<(T, Cmd), ProviderError> {
+        let mut cmd = Cmd::new("zfs")
+            .arg("program")
+            .arg("-j")
+            .arg("--")
+            .user_arg(self.pool())?
+            .arg("-");
+        for a in args {
+            cmd = cmd.user_arg(a)?;
+        }
+        let (out, _) = cmd.run_from(&mut script.as_bytes())?;
+        let text = out.stdout_str();
+        let reply: Reply<T> = serde_json::from_str(&text).map_err(|e| {
+            ProviderError::Other(format!(
+                "`{}` printed {text:?} (expected the JSON of the script's result: {e})",
+                cmd.display()
+            ))
+        })?;
+        Ok((reply.value, cmd))
+    }
+
+    /// Snapshot `name` (`<src>@<id>`) of data volume `source`, by one
+    /// channel program (see `lua/snapshot.lua`); retried while ZFS answers
+    /// `EAGAIN`, then [`ProviderError::Busy`].
+    pub(super) fn snapshot_by_program(
+        &self,
+        source: &VolumeRef<'_>,
+        src: &str,
+        name: &str,
+        spec: &VolumeSpec<'_>,
+    ) -> Result<Created, ProviderError> {
+        let tags = Self::tags(spec, Some(source.id));
+        let mut args = vec![src, source.id.as_str(), name];
+        args.extend(tags.iter().map(String::as_str));
+        let (outcome, cmd) = Self::retry_busy(name, || {
+            let (outcome, cmd) = self.program::<Snapshot>(SNAPSHOT, &args)?;
+            match outcome {
+                // `is_busy` matches this stderr: nothing was made, try again.
+                Snapshot::Failed { errno: EAGAIN, .. } => Err(ProviderError::Command {
+                    command: cmd.display(),
+                    status: format!("channel program returned errno {EAGAIN}"),
+                    stderr: format!(
+                        "{src} is busy: another snapshot of it in this transaction group (EAGAIN)"
+                    ),
+                }),
+                other => Ok((other, cmd)),
+            }
+        })?;
+        let created = |guid: &str| -> Result<Created, ProviderError> {
+            let mut details = Details::new();
+            details.insert(DETAIL_GUID.to_owned(), unsigned_guid(guid)?);
+            Ok(Created {
+                location: self.snap_location(source.id, spec.id),
+                details,
+            })
+        };
+        match outcome {
+            Snapshot::Made { guid } => created(&guid),
+            Snapshot::Absent => Err(ProviderError::NotFound(format!(
+                "{} {} ({src})",
+                source.kind, source.id
+            ))),
+            Snapshot::Foreign => Err(ProviderError::Other(format!(
+                "{src} is not tagged as {} {}: refusing to use it",
+                source.kind, source.id
+            ))),
+            // Idempotent: this very operation made it before.
+            Snapshot::Exists {
+                guid,
+                owner,
+                volume,
+                op,
+                kind,
+            } => {
+                let row = Row::snapshot(name, owner, volume, op, kind);
+                match self.tag_of(&row) {
+                    Some(t) if t.op == spec.op => created(&guid),
+                    Some(t) => Err(ProviderError::AlreadyExists(format!(
+                        "{name} (made by operation {})",
+                        t.op
+                    ))),
+                    None => Err(ProviderError::AlreadyExists(format!(
+                        "{name} (not tagged as ours)"
+                    ))),
+                }
+            }
+            Snapshot::Failed { errno, step } => Err(sync_failure(&cmd, &step, errno)),
+        }
+    }
+
+    /// Destroys snapshot `name` if it is tagged as snapshot `id`, by one
+    /// channel program (see `lua/destroy_snapshot.lua`). `Busy` is left to
+    /// the caller (`zfs destroy` unmounts a snapshot mounted under
+    /// `.zfs/snapshot`, which a channel program cannot).
+    pub(super) fn destroy_snapshot_by_program(
+        &self,
+        name: &str,
+        id: &str,
+    ) -> Result<DestroySnapshot, ProviderError> {
+        let (outcome, cmd) = self.program::<DestroyReply>(DESTROY_SNAPSHOT, &[name, id])?;
+        Ok(match outcome {
+            DestroyReply::Destroyed => DestroySnapshot::Destroyed,
+            DestroyReply::Absent => DestroySnapshot::Absent,
+            DestroyReply::Foreign => DestroySnapshot::Foreign,
+            DestroyReply::Clones { clones } => DestroySnapshot::Clones { clones },
+            DestroyReply::Busy => DestroySnapshot::Busy,
+            DestroyReply::Failed { errno, step } => return Err(sync_failure(&cmd, &step, errno)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guids_above_i64_max_are_printed_unsigned() {
+        assert_eq!(
+            unsigned_guid("-3611531173648224048").unwrap(),
+            "14835212900061327568"
+        );
+        assert_eq!(unsigned_guid("42").unwrap(), "42");
+        assert!(unsigned_guid("x").is_err());
+    }
+
+    #[test]
+    fn the_scripts_share_one_tag_rule_written_before_them() {
+        for script in [SNAPSHOT, DESTROY_SNAPSHOT] {
+            assert!(script.starts_with(include_str!("lua/tagged.lua")));
+            assert_eq!(script.matches("local function tagged").count(), 1);
+        }
+    }
+
+    #[test]
+    fn script_results_parse_as_zfs_program_prints_them() {
+        let made: Reply<Snapshot> =
+            serde_json::from_str(r#"{"return":{"result":"made","guid":"-5"}}"#).unwrap();
+        assert!(matches!(made.value, Snapshot::Made { guid } if guid == "-5"));
+        let exists: Reply<Snapshot> = serde_json::from_str(
+            r#"{"return":{"result":"exists","guid":"7","owner":"volmgr","kind":"data"}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(exists.value, Snapshot::Exists { volume: None, ref kind, .. } if kind.as_deref() == Some("data"))
+        );
+        let clones: Reply<DestroyReply> =
+            serde_json::from_str(r#"{"return":{"result":"clones","clones":"p/d/a,p/d/b"}}"#)
+                .unwrap();
+        assert!(matches!(clones.value, DestroyReply::Clones { .. }));
+    }
+}
