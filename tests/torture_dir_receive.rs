@@ -331,6 +331,15 @@ fn check_after_cut(
     wrong
 }
 
+/// The sync points of a receive of `stream` on `storage` (opened first),
+/// on a run without a cut.
+fn receive_sync_points(storage: &SimStorage, stream: &[u8]) -> u64 {
+    let p = open(storage);
+    let start = storage.sync_points();
+    receive(&p, id("r"), uuid::Uuid::now_v7(), stream).unwrap();
+    storage.sync_points() - start
+}
+
 #[test]
 fn a_receive_cut_at_any_sync_point_leaves_a_whole_snapshot_or_nothing_half_made() {
     let ((full, t1), (incr, t2)) = streams();
@@ -360,13 +369,7 @@ fn a_receive_cut_at_any_sync_point_leaves_a_whole_snapshot_or_nothing_half_made(
             storage.set_exchange_supported(exchange);
             storage
         };
-        // The receive's sync points, on a run without a cut.
-        let dry = prepared(first);
-        let p = open(&dry);
-        let start = dry.sync_points();
-        receive(&p, id("r"), uuid::Uuid::now_v7(), stream).unwrap();
-        drop(p);
-        let total = dry.sync_points() - start;
+        let total = receive_sync_points(&prepared(first), stream);
         points += total;
         for n in 1..=total {
             for (seed, dirs) in policies {
@@ -426,12 +429,7 @@ fn a_receive_killed_at_any_sync_point_then_cut_during_or_after_the_next_start_is
         ("full", None, &full, &Tree::new(), &t1),
         ("incremental", Some(full.as_slice()), &incr, &t1, &t2),
     ] {
-        let dry = prepared(first);
-        let p = open(&dry);
-        let start = dry.sync_points();
-        receive(&p, id("r"), uuid::Uuid::now_v7(), stream).unwrap();
-        drop(p);
-        let total = dry.sync_points() - start;
+        let total = receive_sync_points(&prepared(first), stream);
         for n in 1..=total {
             for k in 1..=100u64 {
                 let mut started_whole = false;
