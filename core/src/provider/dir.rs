@@ -140,7 +140,11 @@
 //! it goes and never follows symlinks. If a crash interrupts it after the
 //! rename, the marker is left without its directory (absent from the
 //! inventory); the next start sweeps the trash and removes such a marker when
-//! it still carries the op of the trashed tree, then the tree.
+//! it still carries the op of the trashed tree, then the tree. Before its
+//! sweeps a start runs one `syncfs`: what a killed process left in the page
+//! cache (a marker's removal, a receive's `complete`) is then durable
+//! before a sweep removes what it read as done with (found by cuts at the
+//! reopen's sync points keeping a seeded part of what was not durable).
 //!
 //! # Durability
 //!
