@@ -235,6 +235,37 @@ fn closed_by_server(conn: &mut TcpStream) -> bool {
     }
 }
 
+/// A log reader that stops reading (a stalled journald, a pipe nobody
+/// drains) does not stop the agent. Its stderr was written from the worker
+/// threads, so once the 64 KiB pipe was full (237 creates, one request line
+/// each) every request and `/healthz` hung. Here the test stops reading the
+/// agent's stderr, 1,500 creates (each logging a line of about 400 bytes:
+/// about 9 times the pipe, more than the agent's queue of lines) and a
+/// health probe all answer, and once the reading resumes the agent reports
+/// how many lines it dropped.
+#[test]
+fn a_log_reader_that_stops_reading_never_stops_the_agent() {
+    let state = tempfile::tempdir().unwrap();
+    let agent = ServeProcess::start(state.path(), &[]);
+    let endpoint = Endpoint::of(&agent);
+    let stalled = agent.stall_logs();
+    for i in 0..1500 {
+        let (status, body) = call(
+            &endpoint,
+            "POST",
+            "/storage/providers/default/volumes",
+            Some(json!({ "id": format!("v{i}") })),
+        );
+        assert_eq!(status, 200, "create {i} while stderr is not read: {body}");
+    }
+    healthy(&agent, "after-the-stall");
+    drop(stalled);
+    let report = agent.wait_for("log lines dropped: stderr was not read fast enough");
+    let dropped = report["fields"]["dropped"].as_u64().unwrap_or(0);
+    assert!(dropped > 0, "{report}");
+    healthy(&agent, "after-the-resume");
+}
+
 #[test]
 fn a_flood_of_idle_connections_cannot_lock_out_health_probes_or_creates() {
     let state = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@
 use std::io::{self, IsTerminal, Write};
 
 pub mod journal;
+pub mod log_sink;
 pub mod serve;
 mod state_lock;
 pub mod volume;

@@ -27,7 +27,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, eprintln_safe, key_values, state_lock};
+use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, eprintln_safe, key_values, log_sink, state_lock};
 use crate::agent::credential::{self, CredentialError};
 use crate::agent::limits::{parse_bytes, parse_duration};
 use crate::agent::peers::MAX_PEERS_FILE_BYTES;
@@ -233,7 +233,9 @@ pub fn run(args: ServeArgs) -> i32 {
             return EXIT_FAILURE;
         }
     };
-    runtime.block_on(serve(args, token, peers))
+    let code = runtime.block_on(serve(args, token, peers));
+    log_sink::flush();
+    code
 }
 
 /// Whether logs are JSON (a fatal error is then a log line, not a plain
@@ -246,6 +248,8 @@ fn fatal(e: &str) {
     if JSON_LOGS.load(Ordering::Relaxed) {
         tracing::error!("{e}");
     } else {
+        // After the lines logged before it.
+        log_sink::flush();
         eprintln_safe(&format!("volmgr serve: {e}"));
     }
 }
@@ -299,11 +303,18 @@ fn raise_file_limit(max_connections: usize) {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = format == LogFormat::Json;
+    // Lines go through a bounded queue to their own thread: a log reader
+    // that stops reading must not stop the agent (`log_sink`); straight to
+    // stderr only if that thread cannot start.
+    let writer = log_sink::stderr_sink(json)
+        .map_or_else(|| BoxMakeWriter::new(std::io::stderr), BoxMakeWriter::new);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
@@ -439,6 +450,7 @@ fn watch_signals(token: CancellationToken) -> Result<(), String> {
             _ = int.recv() => "SIGINT",
         };
         tracing::warn!(signal = name, "second signal: exiting without waiting");
+        log_sink::flush();
         std::process::exit(EXIT_FAILURE);
     });
     Ok(())

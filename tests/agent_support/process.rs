@@ -11,8 +11,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::Mutex;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -26,6 +26,9 @@ const LOG_WAIT: Duration = Duration::from_secs(120);
 pub struct ServeProcess {
     pub child: Child,
     logs: std_mpsc::Receiver<Value>,
+    /// Held by the thread reading the agent's stderr after each line it
+    /// reads: [`ServeProcess::stall_logs`] holds it to stop the reading.
+    reading: Arc<Mutex<()>>,
     /// Every log line read so far.
     seen: Mutex<Vec<Value>>,
     pub url: String,
@@ -52,9 +55,15 @@ impl ServeProcess {
             .expect("spawn volmgr serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, logs) = std_mpsc::channel();
+        let reading = Arc::new(Mutex::new(()));
+        let gate = reading.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                drop(
+                    gate.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
                 let value = serde_json::from_str(&line)
                     .unwrap_or_else(|_| serde_json::json!({"fields": {"message": line}}));
                 if tx.send(value).is_err() {
@@ -65,6 +74,7 @@ impl ServeProcess {
         let mut p = ServeProcess {
             child,
             logs,
+            reading,
             seen: Mutex::new(Vec::new()),
             url: String::new(),
             state_dir: state_dir.to_owned(),
@@ -90,6 +100,14 @@ impl ServeProcess {
                 return line;
             }
         }
+    }
+
+    /// Stops reading the agent's stderr (after at most the line being
+    /// read) until the guard is dropped: a log reader that does not read.
+    pub fn stall_logs(&self) -> MutexGuard<'_, ()> {
+        self.reading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every log line received so far.
