@@ -5,10 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
+use super::write_path::Claim;
 use super::{
     Manager, ManagerError, check_id, done, find, found_ref, live_kind, noted_orphan, volume_ref,
 };
-use crate::provider::{Created, Provider, ProviderConfig, ProviderError, VolumeSpec, volume_id};
+use crate::provider::{
+    Created, Provider, ProviderConfig, ProviderError, VolumeRef, VolumeSpec, volume_id,
+};
 use crate::state::{Action, Done, Meta, ProviderRecord, Volume, VolumeKind};
 use crate::validate;
 
@@ -185,29 +188,19 @@ impl Manager {
             }
             Ok(source.clone())
         })?;
-        let provider = self.inner.provider(&source.provider)?;
         let action = Action::CreateSnapshot {
             source: id.to_owned(),
             snapshot: snap_id.clone(),
             meta,
         };
-        let inner = self.inner.clone();
-        self.spawn(async move {
-            let sid = snap_id.clone();
-            let provider_id = source.provider.clone();
-            inner
-                .run(claim, action, &provider_id, move |op| {
-                    let spec = VolumeSpec {
-                        id: volume_id(&sid)?,
-                        op,
-                        kind: VolumeKind::Snapshot,
-                    };
-                    let created = provider.create_snapshot(&volume_ref(&source)?, &spec);
-                    undo_on_error(provider.as_ref(), &spec, created)
-                })
-                .await?;
-            inner.volume(&snap_id)
-        })
+        self.derive(
+            claim,
+            action,
+            source,
+            snap_id,
+            VolumeKind::Snapshot,
+            |p, from, spec| p.create_snapshot(from, spec),
+        )
         .await
     }
 
@@ -230,28 +223,52 @@ impl Manager {
             }
             Ok(v.clone())
         })?;
-        let provider = self.inner.provider(&snapshot.provider)?;
         let action = Action::ForkVolume {
             snapshot: snapshot_id.to_owned(),
             volume: id.clone(),
             meta,
         };
+        self.derive(
+            claim,
+            action,
+            snapshot,
+            id,
+            VolumeKind::Data,
+            |p, from, spec| p.fork_volume(from, spec),
+        )
+        .await
+    }
+
+    /// The write path of a verb that makes item `new_id` of `kind` from
+    /// `from` with `make` (a snapshot of a data volume, a fork of a
+    /// snapshot); whatever a failed `make` left tagged with the operation is
+    /// removed ([`undo_on_error`]). Answers the new item.
+    async fn derive(
+        &self,
+        claim: Claim,
+        action: Action,
+        from: Volume,
+        new_id: String,
+        kind: VolumeKind,
+        make: fn(&dyn Provider, &VolumeRef<'_>, &VolumeSpec<'_>) -> Result<Created, ProviderError>,
+    ) -> Result<Volume, ManagerError> {
+        let provider = self.inner.provider(&from.provider)?;
         let inner = self.inner.clone();
         self.spawn(async move {
-            let vid = id.clone();
-            let provider_id = snapshot.provider.clone();
+            let id = new_id.clone();
+            let provider_id = from.provider.clone();
             inner
                 .run(claim, action, &provider_id, move |op| {
                     let spec = VolumeSpec {
-                        id: volume_id(&vid)?,
+                        id: volume_id(&id)?,
                         op,
-                        kind: VolumeKind::Data,
+                        kind,
                     };
-                    let created = provider.fork_volume(&volume_ref(&snapshot)?, &spec);
+                    let created = make(provider.as_ref(), &volume_ref(&from)?, &spec);
                     undo_on_error(provider.as_ref(), &spec, created)
                 })
                 .await?;
-            inner.volume(&id)
+            inner.volume(&new_id)
         })
         .await
     }
