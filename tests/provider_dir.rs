@@ -718,6 +718,82 @@ fn hostile_streams_fail_cleanly_without_touching_anything_outside_the_root() {
     assert_eq!(fs::read(outside.join("precious")).unwrap(), b"do not touch");
 }
 
+/// `Provider::lookup` of each id (the manager's question after a failed
+/// call) gives exactly what the inventory reports as tagged with it, or
+/// nothing when the inventory has nothing tagged so.
+#[track_caller]
+fn the_lookup_of_each_id_agrees_with_the_inventory(p: &DirProvider, ids: &[&str]) {
+    let inv = p.inventory().unwrap();
+    for id in ids {
+        let from_inventory = inv
+            .iter()
+            .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == *id));
+        let looked_up = p.lookup(VolumeId::new(id).unwrap()).unwrap();
+        assert_eq!(looked_up.as_ref(), from_inventory, "lookup of {id}");
+    }
+}
+
+#[test]
+fn a_lookup_judges_a_marker_beside_a_file_a_symlink_or_nothing_as_the_inventory_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let p = provider(root);
+    let vol = create(&p, "vol");
+    let _snap = snapshot(&p, &vol, "snap").expect("snapshot");
+    // Whole markers whose path holds a file, a symlink to a directory, or
+    // nothing; half-made markers with and without their directory.
+    for (id, state) in [
+        ("file", "complete"),
+        ("link", "complete"),
+        ("nothing", "complete"),
+        ("creating-bare", "creating"),
+        ("receiving-bare", "receiving"),
+    ] {
+        hand_marker(root, "data", id, Uuid::now_v7(), None, state);
+    }
+    fs::write(root.join("data/file"), b"not a directory").unwrap();
+    symlink(root.join("data/vol"), root.join("data/link")).unwrap();
+    // A snapshot marker copying beside a directory, and one with the id of
+    // a data volume (the data one is reported first, by both).
+    hand_marker(
+        root,
+        "snapshot",
+        "copying",
+        Uuid::now_v7(),
+        Some("vol"),
+        "copying",
+    );
+    fs::create_dir(root.join("snapshot/copying")).unwrap();
+    hand_marker(
+        root,
+        "snapshot",
+        "vol",
+        Uuid::now_v7(),
+        Some("vol"),
+        "copying",
+    );
+    let inv = p.inventory().unwrap();
+    assert!(
+        inv.iter().any(|f| f.name.ends_with("data/file")
+            && matches!(&f.presence, Presence::Incomplete { reason } if reason.contains("not a directory"))),
+        "{inv:#?}"
+    );
+    the_lookup_of_each_id_agrees_with_the_inventory(
+        &p,
+        &[
+            "vol",
+            "snap",
+            "file",
+            "link",
+            "nothing",
+            "creating-bare",
+            "receiving-bare",
+            "copying",
+            "absent",
+        ],
+    );
+}
+
 /// Writes a marker by hand (the documented JSON), as a crash would leave it.
 fn hand_marker(root: &Path, kind: &str, id: &str, op: OpId, parent: Option<&str>, state: &str) {
     let parent = parent.map_or("null".to_owned(), |p| format!("\"{p}\""));
@@ -799,6 +875,21 @@ fn inventory_reports_tagged_foreign_and_incomplete_items() {
     assert!(!inv.iter().any(|f| f.name.ends_with("data/gone")));
     assert_eq!(inv.len(), 6, "{inv:#?}");
     assert!(!inv.iter().any(|f| f.name.ends_with("data/torn")));
+    the_lookup_of_each_id_agrees_with_the_inventory(
+        &p,
+        &[
+            "vol",
+            "snap",
+            "foreign",
+            "stray-file",
+            "damaged",
+            "torn",
+            "half",
+            "mid-copy",
+            "gone",
+            "never",
+        ],
+    );
     // ... and a create of its id replaces it.
     assert!(create(&p, "torn").path().is_dir());
 

@@ -541,9 +541,7 @@ pub(super) fn found_ref<'a>(
     })
 }
 
+/// The item `provider` holds tagged as `volume` ([`Provider::lookup`]).
 pub(super) fn find(provider: &dyn Provider, volume: &str) -> Result<Option<Found>, ProviderError> {
-    Ok(provider
-        .inventory()?
-        .into_iter()
-        .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == volume)))
+    provider.lookup(volume_id(volume)?)
 }

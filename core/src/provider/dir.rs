@@ -877,6 +877,10 @@ impl Provider for DirProvider {
         self.inventory_items()
     }
 
+    fn lookup(&self, id: &VolumeId) -> Result<Option<Found>, ProviderError> {
+        self.lookup_item(id)
+    }
+
     fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
         let tag = found.tag.as_ref().ok_or_else(|| {
             ProviderError::Other(format!(

@@ -349,6 +349,20 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Everything under the provider's root, in one call.
     fn inventory(&self) -> Result<Vec<Found>, ProviderError>;
 
+    /// The item tagged as volume `id` (data volume or snapshot), exactly as
+    /// [`Provider::inventory`] would report it, or `None`. What the manager
+    /// asks after a failed call (did the destroy happen? what did the failed
+    /// create leave?): a provider that can read one item without listing
+    /// all overrides it (the directory provider: two `lstat`s and two marker
+    /// reads, where its inventory reads every marker). By default the
+    /// inventory, filtered.
+    fn lookup(&self, id: &VolumeId) -> Result<Option<Found>, ProviderError> {
+        Ok(self
+            .inventory()?
+            .into_iter()
+            .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == id.as_str())))
+    }
+
     /// Completes a half-made item found by [`Provider::inventory`]. (The
     /// manager's recovery calls it for a half-made create, and for the
     /// target of a suspended receive; a half-made snapshot, fork or receive

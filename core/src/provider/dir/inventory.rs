@@ -1,11 +1,14 @@
 //! The directory provider's inventory: one scan of the content and marker
 //! directories; untagged entries are foreign, half-made markers incomplete.
+//! One item's lookup judges its directory and marker by the same rule.
 
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
-use super::DirProvider;
-use super::marker;
-use crate::model::{Details, VolumeKind};
+use super::layout::Entry;
+use super::marker::{self, Marker};
+use super::{DirProvider, check_id};
+use crate::model::{Details, VolumeId, VolumeKind};
 use crate::provider::{Found, Presence, ProviderError, Tag};
 
 impl DirProvider {
@@ -27,66 +30,93 @@ impl DirProvider {
                 .collect();
             for (name, present, marker) in join_by_name(listed, markers) {
                 let path = content.join(std::ffi::OsStr::from_bytes(&name));
-                let shown = path.to_string_lossy().into_owned();
-                let item = |tag, presence, details| Found {
-                    name: shown.clone(),
-                    tag,
-                    presence,
-                    location: shown.clone(),
-                    details,
-                    partial: None,
-                };
-                match marker {
-                    None => {
-                        // Untagged: foreign. Reported, never touched.
-                        if present.is_some() {
-                            found.push(item(None, Presence::Complete, Details::new()));
-                        }
-                    }
-                    // Unreadable with no directory: a marker write a power
-                    // cut interrupted before its barrier. Nothing is there;
-                    // the next create of the id replaces it.
-                    Some(Err(_)) if present.is_none() => {}
-                    Some(Err(e)) => found.push(item(
-                        None,
-                        Presence::Incomplete {
-                            reason: e.to_string(),
-                        },
-                        Details::new(),
-                    )),
-                    Some(Ok(m)) => {
-                        let created = self.created(&m);
-                        let tag = Some(Tag {
-                            volume: m.volume.clone(),
-                            op: m.op,
-                            kind: m.kind,
-                            parent: m.parent.clone(),
-                        });
-                        let presence = match (m.is_whole(), &present) {
-                            // A whole item whose directory is gone: absent
-                            // (lost, if the journal holds it).
-                            (true, None) => continue,
-                            (true, Some(true)) => Presence::Complete,
-                            (true, Some(false)) => Presence::Incomplete {
-                                reason: format!("{shown} is not a directory"),
-                            },
-                            (false, _) => Presence::Incomplete {
-                                reason: m.state.describe(m.parent.as_deref()),
-                            },
-                        };
-                        found.push(Found {
-                            name: shown.clone(),
-                            tag,
-                            presence,
-                            location: created.location,
-                            details: created.details,
-                            partial: None,
-                        });
-                    }
-                }
+                found.extend(self.classify(&path, present, marker));
             }
         }
         Ok(found)
+    }
+
+    /// The item tagged as `id`, as [`Self::inventory_items`] reports it
+    /// (see [`crate::provider::Provider::lookup`]): for each kind, an
+    /// `lstat` of its directory and a read of its marker, judged by the
+    /// same [`Self::classify`].
+    pub(super) fn lookup_item(&self, id: &VolumeId) -> Result<Option<Found>, ProviderError> {
+        check_id(id.as_str())?;
+        for kind in [VolumeKind::Data, VolumeKind::Snapshot] {
+            let path = self.path(kind, id.as_str());
+            let present = self.entry(&path)?.map(|e| matches!(e, Entry::Dir { .. }));
+            let marker = self.marker(kind, id.as_str()).transpose();
+            if let Some(f) = self.classify(&path, present, marker)
+                && f.tag.as_ref().is_some_and(|t| t.volume == id.as_str())
+            {
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What the inventory reports for the entry at `path` (`present`:
+    /// whether it exists, and is a directory) with its marker (absent,
+    /// unreadable, or read): `None` when nothing is there to report.
+    fn classify(
+        &self,
+        path: &Path,
+        present: Option<bool>,
+        marker: Option<Result<Marker, ProviderError>>,
+    ) -> Option<Found> {
+        let shown = path.to_string_lossy().into_owned();
+        let item = |tag, presence, details| Found {
+            name: shown.clone(),
+            tag,
+            presence,
+            location: shown.clone(),
+            details,
+            partial: None,
+        };
+        match marker {
+            // Untagged: foreign. Reported, never touched.
+            None => present.map(|_| item(None, Presence::Complete, Details::new())),
+            // Unreadable with no directory: a marker write a power cut
+            // interrupted before its barrier. Nothing is there; the next
+            // create of the id replaces it.
+            Some(Err(_)) if present.is_none() => None,
+            Some(Err(e)) => Some(item(
+                None,
+                Presence::Incomplete {
+                    reason: e.to_string(),
+                },
+                Details::new(),
+            )),
+            Some(Ok(m)) => {
+                let created = self.created(&m);
+                let tag = Some(Tag {
+                    volume: m.volume.clone(),
+                    op: m.op,
+                    kind: m.kind,
+                    parent: m.parent.clone(),
+                });
+                let presence = match (m.is_whole(), present) {
+                    // A whole item whose directory is gone: absent (lost,
+                    // if the journal holds it).
+                    (true, None) => return None,
+                    (true, Some(true)) => Presence::Complete,
+                    (true, Some(false)) => Presence::Incomplete {
+                        reason: format!("{shown} is not a directory"),
+                    },
+                    (false, _) => Presence::Incomplete {
+                        reason: m.state.describe(m.parent.as_deref()),
+                    },
+                };
+                Some(Found {
+                    name: shown,
+                    tag,
+                    presence,
+                    location: created.location,
+                    details: created.details,
+                    partial: None,
+                })
+            }
+        }
     }
 }
 
