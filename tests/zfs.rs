@@ -1052,6 +1052,90 @@ fn a_tag_refused_inside_the_snapshot_program_undoes_the_snapshot() {
     assert_eq!(snapshots_under(&pool), "", "undone");
 }
 
+/// The provider's receive program, run by hand after a `zfs recv` with a
+/// last tag ZFS refuses (a user property value over its 8 KiB limit): every
+/// change is checked before the first is made, so it returns the refusal
+/// and changes nothing, not even the tags before the refused one: the
+/// arrival stays untagged and the target marked, what `abort_partial`
+/// removes.
+#[test]
+fn a_tag_refused_inside_the_receive_program_changes_nothing() {
+    let test = "a_tag_refused_inside_the_receive_program_changes_nothing";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
+    let (s, stream) = full_stream_of_a_snapshot(&p);
+    p.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
+    let target = format!("{}/data/t", pool.dataset());
+    let arrived = format!("{target}@r");
+    let op = Uuid::now_v7();
+    let guid = &s.details[DETAIL_GUID];
+    let mark = format!("{op}:{guid}");
+    zfs_out(&["set", &format!("volmgr:receiving={mark}"), &target]);
+    let mut recv = Command::new("zfs")
+        .args(["recv", "-F", "-s", "-x", "volmgr:receiving", &arrived])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        recv.stdin.take().unwrap().write_all(&stream).unwrap();
+    }
+    assert!(recv.wait().unwrap().success());
+
+    let script = include_str!("../core/src/provider/zfs/lua/received.lua");
+    let signed = format!("guid={}", guid.parse::<u64>().unwrap().cast_signed());
+    let big = format!("volmgr:big={}", "x".repeat(9000));
+    let mut child = Command::new("zfs")
+        .args(["program", "-j", "--", &pool.pool, "-", &target, &arrived])
+        .args([signed.as_str(), "volmgr:receiving"])
+        .args([
+            "volmgr:owner=volmgr",
+            "volmgr:volume-id=r",
+            "volmgr:kind=snapshot",
+        ])
+        .arg(&big)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        printed.contains(r#""result":"failed""#) && printed.contains("set_prop volmgr:big"),
+        "{printed}"
+    );
+    assert_eq!(own_props(&arrived), Vec::new(), "no tag set");
+    assert_eq!(
+        zfs_out(&[
+            "get",
+            "-H",
+            "-o",
+            "source,value",
+            "volmgr:receiving",
+            &target
+        ]),
+        format!("local\t{mark}"),
+        "still marked"
+    );
+    p.abort_partial(op).unwrap();
+    assert!(
+        p.inventory().unwrap().iter().all(|f| f.name != arrived),
+        "abort_partial removed the arrival"
+    );
+}
+
 /// Snapshots of one volume taken at once all succeed with distinct guids:
 /// two channel programs in one transaction group cannot both snapshot the
 /// same filesystem (`zfs.sync.snapshot` answers `EAGAIN`, which the `zfs
