@@ -40,6 +40,15 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// A pool of 256 MB for `test` and a provider on it (root dataset
+/// `<pool>/volmgr`); `None` where ZFS is unusable (the pool's own SKIP line,
+/// or its failure under `VOLMGR_REQUIRE_ZFS=1`), and the test returns.
+fn pool_and_provider(test: &str) -> Option<(ZfsPool, ZfsProvider)> {
+    let pool = ZfsPool::for_test(test, 256)?;
+    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
+    Some((pool, p))
+}
+
 fn data_spec(id: &str, op: Uuid) -> VolumeSpec<'_> {
     VolumeSpec {
         id: VolumeId::new(id).unwrap(),
@@ -248,10 +257,9 @@ async fn incremental_stream_between_two_pools_is_small_and_carries_the_data() {
 #[test]
 fn snapshot_with_a_clone_is_refused_as_has_dependents_and_absent_destroy_succeeds() {
     let test = "snapshot_with_a_clone_is_refused_as_has_dependents_and_absent_destroy_succeeds";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((_pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     p.create_volume(&data_spec("v", Uuid::now_v7())).unwrap();
     let snap_spec = VolumeSpec {
@@ -297,10 +305,9 @@ fn snapshot_with_a_clone_is_refused_as_has_dependents_and_absent_destroy_succeed
 #[test]
 fn destroy_of_a_volume_in_use_retries_then_reports_busy_with_the_cause() {
     let test = "destroy_of_a_volume_in_use_retries_then_reports_busy_with_the_cause";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((_pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     let v = p.create_volume(&data_spec("v", Uuid::now_v7())).unwrap();
     // A process whose working directory is inside the volume keeps it busy.
@@ -445,10 +452,9 @@ fn full_stream_of_a_snapshot(p: &ZfsProvider) -> (Created, Vec<u8>) {
 async fn snapshot_arrived_untagged_under_its_final_name_is_not_adopted_and_abort_partial_removes_it()
  {
     let test = "snapshot_arrived_untagged_under_its_final_name_is_not_adopted_and_abort_partial_removes_it";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     let (s, stream) = full_stream_of_a_snapshot(&p);
     let t = p.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
@@ -566,10 +572,9 @@ fn arrival_tags(id: &str, op: Uuid, target: &str) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_tags_its_arrival_and_clears_the_mark_in_one_program_after_recv() {
     let test = "receive_tags_its_arrival_and_clears_the_mark_in_one_program_after_recv";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     let (s, stream) = full_stream_of_a_snapshot(&p);
     let t = p.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
@@ -638,10 +643,9 @@ async fn receive_tags_its_arrival_and_clears_the_mark_in_one_program_after_recv(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_program_that_finds_no_arrival_changes_nothing_and_abort_partial_removes_it() {
     let test = "receive_program_that_finds_no_arrival_changes_nothing_and_abort_partial_removes_it";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     let (s, stream) = full_stream_of_a_snapshot(&p);
     p.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
@@ -712,10 +716,9 @@ async fn receive_program_that_finds_no_arrival_changes_nothing_and_abort_partial
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_into_an_untagged_filesystem_is_refused_after_one_listing() {
     let test = "receive_into_an_untagged_filesystem_is_refused_after_one_listing";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     let (_, stream) = full_stream_of_a_snapshot(&p);
     let foreign = format!("{}/data/x", pool.dataset());
@@ -751,10 +754,9 @@ async fn receive_into_an_untagged_filesystem_is_refused_after_one_listing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_names_never_become_zfs_flags() {
     let test = "hostile_names_never_become_zfs_flags";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     for bad in ["-r", "a/b", "a@b", "..", "a b"] {
         // The provider interface takes a `VolumeId`, which cannot hold a
         // flag-like or path-like id; the providers' check refuses it too.
@@ -803,10 +805,9 @@ async fn snapshot_of_a_source_not_tagged_as_itself_is_refused_by_its_one_command
 {
     let test =
         "snapshot_of_a_source_not_tagged_as_itself_is_refused_by_its_one_command_and_makes_nothing";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     let foreign = format!("{}/data/x", pool.dataset());
     zfs_out(&["create", "-o", "mountpoint=none", &foreign]);
@@ -850,10 +851,9 @@ async fn snapshot_of_a_source_not_tagged_as_itself_is_refused_by_its_one_command
 async fn snapshot_retried_by_its_operation_returns_the_same_guid_and_another_operations_is_already_exists()
  {
     let test = "snapshot_retried_by_its_operation_returns_the_same_guid_and_another_operations_is_already_exists";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     let v = p.create_volume(&data_spec("v", Uuid::now_v7())).unwrap();
     std::fs::write(Path::new(&v.location).join("f"), b"one").unwrap();
@@ -922,10 +922,9 @@ async fn snapshot_retried_by_its_operation_returns_the_same_guid_and_another_ope
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_refused_inside_the_program_is_a_command_error_naming_the_call_and_errno() {
     let test = "snapshot_refused_inside_the_program_is_a_command_error_naming_the_call_and_errno";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     let long = "a".repeat(volmgr::provider::dir::MAX_ID_LEN);
     p.create_volume(&data_spec(&long, Uuid::now_v7())).unwrap();
@@ -961,10 +960,9 @@ async fn snapshot_refused_inside_the_program_is_a_command_error_naming_the_call_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_program_failure_is_a_command_error_with_the_zfs_stderr() {
     let test = "snapshot_program_failure_is_a_command_error_with_the_zfs_stderr";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     p.create_volume(&data_spec("v", Uuid::now_v7())).unwrap();
     let vdev = pool.vdev.to_string_lossy().into_owned();
@@ -1014,10 +1012,9 @@ fn zfs_import(args: &[&str]) {
 #[test]
 fn a_tag_refused_inside_the_snapshot_program_undoes_the_snapshot() {
     let test = "a_tag_refused_inside_the_snapshot_program_undoes_the_snapshot";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     p.create_volume(&data_spec("v", Uuid::now_v7())).unwrap();
     let script = concat!(
         include_str!("../core/src/provider/zfs/lua/tagged.lua"),
@@ -1061,10 +1058,9 @@ fn a_tag_refused_inside_the_snapshot_program_undoes_the_snapshot() {
 #[test]
 fn a_tag_refused_inside_the_receive_program_changes_nothing() {
     let test = "a_tag_refused_inside_the_receive_program_changes_nothing";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let (s, stream) = full_stream_of_a_snapshot(&p);
     p.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
     let target = format!("{}/data/t", pool.dataset());
@@ -1144,10 +1140,9 @@ fn a_tag_refused_inside_the_receive_program_changes_nothing() {
 #[test]
 fn concurrent_snapshots_of_one_volume_all_succeed() {
     let test = "concurrent_snapshots_of_one_volume_all_succeed";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((_pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     p.create_volume(&data_spec("v", Uuid::now_v7())).unwrap();
     let ids: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
@@ -1183,10 +1178,9 @@ fn concurrent_snapshots_of_one_volume_all_succeed() {
 async fn snapshot_destroy_is_one_command_refuses_an_untagged_snapshot_and_unmounts_a_mounted_one() {
     let test =
         "snapshot_destroy_is_one_command_refuses_an_untagged_snapshot_and_unmounts_a_mounted_one";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, p)) = pool_and_provider(test) else {
         return;
     };
-    let p = ZfsProvider::from_config(&pool.provider_config()).unwrap();
     let none = Details::new();
     let v = p.create_volume(&data_spec("v", Uuid::now_v7())).unwrap();
     std::fs::write(Path::new(&v.location).join("f"), b"x").unwrap();
