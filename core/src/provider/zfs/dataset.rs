@@ -133,6 +133,15 @@ impl ZfsProvider {
         Err(last.unwrap_or_else(|| ProviderError::Other(format!("{name} does not mount"))))
     }
 
+    /// Whether filesystem `name` is mounted in this process's mount
+    /// namespace, read from `/proc/self/mountinfo` (where libzfs reads the
+    /// `mounted` property from too): a file read instead of a `zfs list`.
+    /// `None` if the file cannot be read (the caller then asks ZFS).
+    pub(super) fn mounted_here(name: &str) -> Option<bool> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        Some(mounted_in(&text, name))
+    }
+
     pub(super) fn set_props(name: &str, props: &[String]) -> Result<(), ProviderError> {
         let mut cmd = Cmd::new("zfs").arg("set");
         for p in props {
@@ -159,5 +168,39 @@ impl ZfsProvider {
                 Err(e) => Err(e),
             }
         })
+    }
+}
+
+/// Whether `mountinfo` (proc(5): `... - FSTYPE SOURCE OPTIONS` per line)
+/// has a `zfs` mount of dataset `name`. Our dataset names need none of
+/// mountinfo's octal escapes (no space, tab, newline or backslash).
+fn mounted_in(mountinfo: &str, name: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        line.split_once(" - ").is_some_and(|(_, tail)| {
+            let mut f = tail.split(' ');
+            f.next() == Some("zfs") && f.next() == Some(name)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mounted_in;
+
+    #[test]
+    fn a_dataset_is_mounted_when_mountinfo_has_a_zfs_mount_of_it() {
+        let info = "\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+93 22 0:45 / /var/lib/volmgr/zfs/mnt/data/t rw,nosuid,nodev shared:50 - zfs tank/volmgr/data/t rw,xattr,posixacl
+94 22 0:46 / /mnt/x rw shared:51 master:3 - zfs tank/volmgr/data/tt rw
+";
+        assert!(mounted_in(info, "tank/volmgr/data/t"));
+        assert!(mounted_in(info, "tank/volmgr/data/tt"));
+        assert!(!mounted_in(info, "tank/volmgr/data/u"), "absent");
+        assert!(
+            !mounted_in(info, "tank/volmgr/data"),
+            "a prefix is not a mount"
+        );
+        assert!(!mounted_in(info, "/dev/vda1"), "not zfs");
     }
 }

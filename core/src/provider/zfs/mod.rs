@@ -52,8 +52,9 @@
 //! without snapshots; a GUID already present is refused), marks the target
 //! `volmgr:receiving=<op>:<toguid>`, runs `zfs recv -F -s -x volmgr:...
 //! <target>@<spec.id>` (`zfs recv` names the snapshot as told, a resumed
-//! stream's too, so it arrives under its final name), then finds the arrived
-//! snapshot BY GUID, tags it and clears the mark. Until it is tagged the
+//! stream's too, so it arrives under its final name), then one channel
+//! program finds the arrived snapshot BY GUID, tags it and clears the mark
+//! in one sync task (`receive.rs`). Until it is tagged the
 //! arrival is not ours, final name or not: it inherits the target's tags,
 //! which name the target, kind `data`; so it is foreign to
 //! [`Provider::inventory`], refused (never adopted) by a retry, and removed
@@ -68,7 +69,7 @@
 //!
 //! The provider is [`Durability::OnReturn`]: `zfs create`, `clone`,
 //! `destroy`, `set`, `inherit`, `recv` and `program` (a channel program:
-//! the snapshot, and a snapshot's destroy) change the pool in a sync task
+//! the snapshot, a snapshot's destroy, a receive's tags) change the pool in a sync task
 //! (`dsl_sync_task`) and return only after the transaction group that
 //! carries the change has synced to disk. Their side effect is durable
 //! when the command returns, so the manager's shared provider sync (issue
@@ -86,7 +87,7 @@
 //! | fork     | 2 | `list` snapshot (is it ours?), `clone -o mountpoint -o tags` |
 //! | destroy  | 2 / 1 | a filesystem: `list` (is it ours? a partial receive to abort?), `destroy`; a snapshot: `program` (is it ours? destroy; its clones if it has any), then `destroy` only if it was mounted (`EBUSY`) |
 //! | send     | 2 | `list` the snapshot, and its base for an incremental, in one command (ours?), `send` |
-//! | receive  | 6 | `list -d 1` the target and its snapshots (ours? partial? does the stream fit?), `set` mark, `recv` into `<target>@<id>`, `list -d 1` again (the arrival by guid; the target mounted?), `set` tags, `inherit` mark |
+//! | receive  | 4 | `list -d 1` the target and its snapshots (ours? partial? does the stream fit?), `set` mark, `recv` into `<target>@<id>`, `program`: the arrival by guid, its tags, the mark cleared (the target mounted? `/proc/self/mountinfo`, no command; `mount` only if not) |
 //!
 //! Why not one each: the tag check must come *before* the act, because no
 //! `zfs` command refuses to act on a dataset by its properties. A snapshot
@@ -95,30 +96,36 @@
 //! recovery would adopt foreign data as a volume; a destroy cannot be
 //! checked after. A channel program (`zfs program`, zfs-program(8); the
 //! guest's ZFS, 2.1.11, has `zfs.get_prop`, `zfs.exists`,
-//! `zfs.sync.snapshot`, `zfs.sync.set_prop` of user properties,
-//! `zfs.sync.destroy` and `zfs.list.clones`) runs the check and the act in
-//! one sync task, so the snapshot is one command (the check, the snapshot,
-//! its tags, and its guid, which `zfs snapshot` did not print and a `list`
-//! had to read: 3 before) and so is a snapshot's destroy (2 before). The
-//! others cannot be: a channel program cannot clone (fork: `list` and
-//! `clone`), nor unmount (a filesystem's destroy: `list` and `destroy`;
-//! a snapshot mounted under `.zfs/snapshot` makes the program's destroy
-//! fail with `EBUSY`, and `zfs destroy`, which unmounts it, follows), nor
-//! read `mounted`, nor receive. Create needs no check:
+//! `zfs.list.snapshots`, `zfs.sync.snapshot`, `zfs.sync.set_prop` of user
+//! properties, `zfs.sync.inherit`, `zfs.sync.destroy`, `zfs.list.clones`
+//! and a `zfs.check.*` twin of each `zfs.sync.*`) runs the check and the
+//! act in one sync task, so the snapshot is one command (the check, the
+//! snapshot, its tags, and its guid, which `zfs snapshot` did not print and
+//! a `list` had to read: 3 before) and so is a snapshot's destroy (2
+//! before). The others cannot be: a channel program cannot clone (fork:
+//! `list` and `clone`), nor unmount (a filesystem's destroy: `list` and
+//! `destroy`; a snapshot mounted under `.zfs/snapshot` makes the program's
+//! destroy fail with `EBUSY`, and `zfs destroy`, which unmounts it,
+//! follows), nor read `mounted`, nor receive. Create needs no check:
 //! `zfs create` itself refuses an existing name ("already exists", then
 //! settled by the tag). A receive had 10: the target and its snapshots were
 //! two listings, the arrival, the target's `mounted` and the renamed result
-//! three more, and a `rename` gave the arrival its name. The first two are
-//! now one `list -d 1` (a filesystem, its snapshots, and its children, which
-//! are left out), the last three another, and `recv` itself names the
-//! snapshot. The six left each need their own command: the mark must be on
-//! disk before `recv` starts (so a crash mid-way is found), and `recv -o`
-//! would set it within the receive itself, whose failure paths do not say
-//! what stays set, so it keeps its own `set`; the arrival exists only after
-//! `recv`; its tags are the snapshot's own properties, which `recv -o`
-//! cannot set (it sets the filesystem's); clearing the mark is `inherit`
-//! (`set` cannot remove a property), and it must come after the tags, so
-//! that a crash in between still finds the untagged arrival by the mark.
+//! three more, and a `rename` gave the arrival its name. The first two
+//! became one `list -d 1` (a filesystem, its snapshots, and its children,
+//! which are left out), the last three another, and `recv` itself names the
+//! snapshot: 6. Then the listing after `recv`, the tags' `set` and the
+//! mark's `inherit` became one channel program (the arrival found by guid
+//! with `zfs.list.snapshots`, its tags and the mark's inherit checked by
+//! `zfs.check.*` before the first change, then made: one sync task, so the
+//! arrival is never tagged while the mark is still set), and the target's
+//! `mounted` is read from `/proc/self/mountinfo`, where libzfs reads it
+//! too: 4. Those four each need their own command: the listing is the tag
+//! check, before anything changes; the mark must be on disk before `recv`
+//! starts (so a crash mid-way is found), and `recv -o` would set it within
+//! the receive itself, whose failure paths do not say what stays set, so it
+//! keeps its own `set`; a channel program cannot receive; the arrival
+//! exists only after `recv`, and its tags are the snapshot's own
+//! properties, which `recv -o` cannot set (it sets the filesystem's).
 //!
 //! # Errors
 //!

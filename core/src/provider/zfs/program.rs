@@ -1,5 +1,6 @@
 //! ZFS channel programs (`zfs program`, zfs-program(8)): the verbs that can
-//! check our tags and act in one command. A channel program runs as one
+//! check our tags and act in one command, and the end of a receive (the
+//! arrival tagged and the target's mark cleared). A channel program runs as one
 //! sync task in one transaction group, with no other administrative
 //! operation in between, and `zfs program` returns once that group has
 //! synced: a snapshot is taken and tagged together (never visible, nor left
@@ -23,9 +24,12 @@
 //! Rust rule also parses other UUID forms: the script is the stricter).
 //! Within one program, a tag that ZFS refuses after the snapshot was taken
 //! destroys the snapshot again in the same sync task, so no outcome leaves
-//! an untagged snapshot; a program's fatal error, as zfs-program(8) warns,
-//! may leave what it did so far, and these scripts make none after their
-//! first `zfs.sync` call.
+//! an untagged snapshot; the receive's script checks each change
+//! (`zfs.check.*`) before it makes the first, and undoes its tags if a
+//! later change is refused, so it tags the arrival and clears the mark
+//! together or changes nothing. A program's fatal error, as zfs-program(8)
+//! warns, may leave what it did so far, and these scripts make none after
+//! their first `zfs.sync` call.
 
 use serde::Deserialize;
 
@@ -43,6 +47,11 @@ const DESTROY_SNAPSHOT: &str = concat!(
     include_str!("lua/tagged.lua"),
     include_str!("lua/destroy_snapshot.lua")
 );
+
+/// After `zfs recv`: the arrival found by guid, tagged, and the target's
+/// receiving mark cleared (no tag check: the target's was made before the
+/// receive, and the arrival is found by the stream's guid).
+const RECEIVED: &str = include_str!("lua/received.lua");
 
 /// `EAGAIN`: a snapshot of the same filesystem was taken in the same
 /// transaction group (the `zfs snapshot` command retries this itself; a
@@ -106,6 +115,31 @@ pub(super) enum DestroySnapshot {
     Busy,
 }
 
+/// What `lua/received.lua` returns.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+enum ReceivedReply {
+    Done { name: String, guid: String },
+    Absent,
+    Missing,
+    Elsewhere { name: String },
+    Failed { errno: i64, step: String },
+}
+
+/// How the program after `zfs recv` ended (its failures are errors).
+#[derive(Debug)]
+pub(super) enum Received {
+    /// Tagged under its final name, the mark cleared; its guid as ZFS
+    /// prints it.
+    Done { guid: String },
+    /// It arrived under another name: untouched (tagged, renamed and the
+    /// mark cleared by separate commands).
+    Elsewhere { name: String },
+}
+
+/// `EBUSY`.
+const EBUSY: i64 = 16;
+
 /// A `zfs.sync` call's error number as a command failure naming it.
 fn sync_failure(command: &Cmd, step: &str, errno: i64) -> ProviderError {
     let text = i32::try_from(errno).map_or_else(
@@ -125,6 +159,12 @@ fn unsigned_guid(lua: &str) -> Result<String, ProviderError> {
     lua.parse::<i64>()
         .map(|g| g.cast_unsigned().to_string())
         .map_err(|_| ProviderError::Other(format!("channel program returned guid {lua:?}")))
+}
+
+/// The argument `lua/received.lua` compares with `"guid=" ..
+/// tostring(zfs.get_prop(snap, "guid"))`.
+fn guid_arg(guid: u64) -> String {
+    format!("guid={}", guid.cast_signed())
 }
 
 impl ZfsProvider {
@@ -249,6 +289,67 @@ impl ZfsProvider {
             DestroyReply::Failed { errno, step } => return Err(sync_failure(&cmd, &step, errno)),
         })
     }
+
+    /// After `zfs recv` into `target` (filesystem `tname`) succeeded: one
+    /// channel program (see `lua/received.lua`) finds the snapshot of guid
+    /// `toguid` among the target's, and if it is `want`, sets `tags` on it
+    /// and clears the receiving mark `mark` of the target, in one sync task.
+    /// Retried while ZFS answers `EAGAIN` or `EBUSY` (nothing changed), then
+    /// [`ProviderError::Busy`]. No arrival of that guid is a
+    /// [`ProviderError::Stream`]; a change ZFS refused, the
+    /// [`ProviderError::Command`] naming it; neither changes anything (the
+    /// arrival stays untagged, the mark set).
+    pub(super) fn received_by_program(
+        &self,
+        tname: &str,
+        want: &str,
+        toguid: u64,
+        mark: &str,
+        tags: &[String],
+    ) -> Result<Received, ProviderError> {
+        // As the script compares it: the guid as a channel program prints
+        // one (signed), after `guid=` (a command argument never starts with
+        // `-`).
+        let guid = guid_arg(toguid);
+        let mut args = vec![tname, want, guid.as_str(), mark];
+        args.extend(tags.iter().map(String::as_str));
+        let (outcome, cmd) = Self::retry_busy(tname, || {
+            let (outcome, cmd) = self.program::<ReceivedReply>(RECEIVED, &args)?;
+            match outcome {
+                // `is_busy` matches this stderr: nothing changed, try again.
+                ReceivedReply::Failed {
+                    errno: errno @ (EAGAIN | EBUSY),
+                    step,
+                } => Err(ProviderError::Command {
+                    command: cmd.display(),
+                    status: format!("channel program returned errno {errno}"),
+                    stderr: format!("zfs.sync.{step}: {tname} is busy (errno {errno})"),
+                }),
+                other => Ok((other, cmd)),
+            }
+        })?;
+        match outcome {
+            ReceivedReply::Done { name, guid } => {
+                let guid = unsigned_guid(&guid)?;
+                if name != want || guid != toguid.to_string() {
+                    return Err(ProviderError::Other(format!(
+                        "`{}` tagged {name} (guid {guid}), expected {want} (guid {toguid})",
+                        cmd.display()
+                    )));
+                }
+                Ok(Received::Done { guid })
+            }
+            ReceivedReply::Elsewhere { name } => Ok(Received::Elsewhere { name }),
+            ReceivedReply::Absent => Err(ProviderError::NotFound(format!(
+                "{tname} (gone after `zfs recv` into it)"
+            ))),
+            ReceivedReply::Missing => Err(ProviderError::Stream(format!(
+                "`zfs recv` succeeded but no snapshot with the stream's guid {toguid} is in {tname}: \
+                 nothing tagged, {tname} still marked"
+            ))),
+            ReceivedReply::Failed { errno, step } => Err(sync_failure(&cmd, &step, errno)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -289,5 +390,40 @@ mod tests {
             serde_json::from_str(r#"{"return":{"result":"clones","clones":"p/d/a,p/d/b"}}"#)
                 .unwrap();
         assert!(matches!(clones.value, DestroyReply::Clones { .. }));
+        let done: Reply<ReceivedReply> = serde_json::from_str(
+            r#"{"return":{"result":"done","name":"p/d/t@r","guid":"-3611531173648224048"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(done.value, ReceivedReply::Done { ref name, .. } if name == "p/d/t@r"));
+        let failed: Reply<ReceivedReply> = serde_json::from_str(
+            r#"{"return":{"result":"failed","errno":28,"step":"set_prop volmgr:op"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            failed.value,
+            ReceivedReply::Failed { errno: 28, .. }
+        ));
+        let missing: Reply<ReceivedReply> =
+            serde_json::from_str(r#"{"return":{"result":"missing"}}"#).unwrap();
+        assert!(matches!(missing.value, ReceivedReply::Missing));
+    }
+
+    #[test]
+    fn the_guid_argument_is_signed_as_lua_prints_it_and_never_flag_like() {
+        // The guid argument is what `tostring(zfs.get_prop(snap, "guid"))`
+        // prints for the same guid: signed, and back to ZFS's form unsigned.
+        let toguid: u64 = 14_835_212_900_061_327_568;
+        assert_eq!(guid_arg(toguid), "guid=-3611531173648224048");
+        assert_eq!(guid_arg(42), "guid=42");
+        assert_eq!(
+            unsigned_guid("-3611531173648224048").unwrap(),
+            toguid.to_string()
+        );
+        // Never flag-like, whatever the guid's sign.
+        assert!(
+            crate::provider::cmd::Cmd::new("zfs")
+                .user_arg(&guid_arg(toguid))
+                .is_ok()
+        );
     }
 }

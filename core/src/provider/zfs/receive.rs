@@ -1,12 +1,20 @@
 //! The receive of the ZFS provider: the stream's header checked against the
-//! target and its snapshots (one listing) first, `zfs recv -F -s` into the
+//! target and its snapshots (one listing) first, the target marked
+//! (`zfs set`, on disk before the receive starts), `zfs recv -F -s` into the
 //! final snapshot name with our properties excluded and `setuid=off
-//! devices=off` forced, then the arrived snapshot found by GUID (one listing,
-//! which also says if the target is mounted) and tagged; and what a failed or
-//! resumable receive leaves.
+//! devices=off` forced, then one channel program (`lua/received.lua`) that
+//! finds the arrived snapshot by GUID, tags it and clears the mark in one
+//! sync task: 4 commands. Whether the target is still mounted is read from
+//! `/proc/self/mountinfo` (not a command); it is mounted again only if not.
+//! And what a failed or resumable receive leaves: a crash between `zfs recv`
+//! and the program leaves the arrival untagged and the mark set (a retry
+//! refuses the arrival, `abort_partial` removes it), a crash after it the
+//! finished receive (a retry returns it); no state has the one without the
+//! other.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use program::Received;
 
 impl ZfsProvider {
     pub(super) fn receive_into(
@@ -83,44 +91,69 @@ impl ZfsProvider {
                 e,
             ));
         }
-        // One listing after the receive: the arrival (by guid) and whether
-        // the target is mounted (set, rename and inherit do not change it).
-        let (now, snaps) = Self::with_snapshots(tname)?;
-        let mut arrived = snaps
-            .into_iter()
-            .find(|r| r.guid == toguid)
-            .ok_or_else(|| {
-                ProviderError::Stream(format!(
-                    "`zfs recv` succeeded but no snapshot with the stream's guid {toguid} ({}) is in {tname}",
-                    header.toname
-                ))
-            })?;
-        Self::set_props(&arrived.name, &Self::tags(spec, Some(target.id)))?;
-        // Only if a `zfs recv` named it otherwise: renamed, and its guid
-        // checked under the new name.
-        if arrived.name != want {
-            Self::retry_busy(&arrived.name, || {
-                Cmd::new("zfs")
-                    .arg("rename")
-                    .user_arg(&arrived.name)?
-                    .user_arg(&want)?
-                    .run()
-                    .map(|_| ())
-            })?;
-            let row = Self::one(&want)?.ok_or_else(|| ProviderError::NotFound(want.clone()))?;
-            if row.guid != toguid {
-                return Err(ProviderError::Stream(format!(
-                    "{want} has guid {} after the rename, expected {toguid}",
-                    row.guid
-                )));
+        self.finish_receive(target, spec, header.toguid)
+    }
+
+    /// The step of a receive after `zfs recv` into `target` succeeded: one
+    /// channel program finds the arrival by the stream's guid `toguid`, tags
+    /// it and clears the target's receiving mark, in one sync task; then
+    /// the target is mounted again only if `/proc/self/mountinfo` does not
+    /// show it mounted (a file read, not a `zfs` command). An arrival under
+    /// another name (which `zfs recv`, told the name, never gives) is
+    /// tagged, renamed, checked by guid and the mark cleared, one command
+    /// each, as before the program. Its errors change nothing: the arrival
+    /// stays untagged and the mark set, what [`Provider::abort_partial`]
+    /// removes (the manager runs it after a failed receive).
+    ///
+    /// Public, and hidden from the documentation, only so that the guest
+    /// tests reach this step after a `zfs recv` of their own (the state a
+    /// crash between the two leaves); [`Provider::receive_snapshot`] is the
+    /// API.
+    #[doc(hidden)]
+    pub fn finish_receive(
+        &self,
+        target: &VolumeRef<'_>,
+        spec: &VolumeSpec<'_>,
+        toguid: u64,
+    ) -> Result<Created, ProviderError> {
+        check_id(spec.id)?;
+        let tname = self.name_of(target)?;
+        let want = format!("{tname}@{}", spec.id);
+        let tags = Self::tags(spec, Some(target.id));
+        let guid = match self.received_by_program(&tname, &want, toguid, P_RECEIVING, &tags)? {
+            Received::Done { guid } => guid,
+            Received::Elsewhere { name } => {
+                Self::set_props(&name, &tags)?;
+                Self::retry_busy(&name, || {
+                    Cmd::new("zfs")
+                        .arg("rename")
+                        .user_arg(&name)?
+                        .user_arg(&want)?
+                        .run()
+                        .map(|_| ())
+                })?;
+                let row = Self::one(&want)?.ok_or_else(|| ProviderError::NotFound(want.clone()))?;
+                if row.guid != toguid.to_string() {
+                    return Err(ProviderError::Stream(format!(
+                        "{want} has guid {} after the rename, expected {toguid}",
+                        row.guid
+                    )));
+                }
+                Self::clear_receiving(&tname)?;
+                row.guid
             }
-            arrived = row;
+        };
+        // `zfs recv` unmounts the target to swap or roll it back, and mounts
+        // it again; the program neither mounts nor unmounts.
+        if Self::mounted_here(&tname) != Some(true) {
+            Self::ensure_mounted(&tname)?;
         }
-        Self::clear_receiving(tname)?;
-        if !now.is_some_and(|r| r.mounted) {
-            Self::ensure_mounted(tname)?;
-        }
-        Ok(self.created_of(&arrived))
+        let mut details = Details::new();
+        details.insert(DETAIL_GUID.to_owned(), guid);
+        Ok(Created {
+            location: self.snap_location(target.id, spec.id),
+            details,
+        })
     }
 
     /// Checks a stream's header against the target before anything changes:
