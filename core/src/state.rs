@@ -8,7 +8,7 @@
 //! `flatten`, `skip`, `tag` or `untagged` attributes here, and new fields or
 //! variants only at the end (see journal-format.md, "Version changes").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -413,7 +413,17 @@ impl fmt::Display for ApplyError {
 impl std::error::Error for ApplyError {}
 
 /// The manager's whole state, rebuilt from checkpoint plus records.
+///
+/// **Invariant:** `children` is derived from `volumes` and never serialized
+/// (a checkpoint holds the same bytes as without it; decoding rebuilds it):
+/// for every volume with a parent `p`, its id is in `children[p]`, and
+/// nothing else is. [`State::apply`] keeps it, so [`State::dependents`]
+/// (asked by every destroy, with the state locked) reads one entry instead
+/// of every volume: at 100,000 volumes that scan was half the agent's CPU
+/// in a run of destroys. A state whose `volumes` a caller changes by hand
+/// answers `dependents` from what `apply` and the decoding saw.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "StateFields")]
 pub struct State {
     /// Sequence number of the last applied record.
     pub seq: u64,
@@ -422,16 +432,91 @@ pub struct State {
     pub pending: BTreeMap<OpId, Pending>,
     /// Keyed by [`orphan_key`].
     pub orphans: BTreeMap<String, Orphan>,
+    /// Ids of the volumes whose parent is each id (see the invariant).
+    #[serde(skip)]
+    children: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// What a checkpoint holds of a [`State`]: its fields but the derived index,
+/// in the same order (the encoding of a `State`).
+#[derive(Deserialize)]
+struct StateFields {
+    seq: u64,
+    providers: BTreeMap<String, ProviderRecord>,
+    volumes: BTreeMap<String, Volume>,
+    pending: BTreeMap<OpId, Pending>,
+    orphans: BTreeMap<String, Orphan>,
+}
+
+impl From<StateFields> for State {
+    fn from(f: StateFields) -> State {
+        let mut children: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for v in f.volumes.values() {
+            if let Some(parent) = &v.parent {
+                children
+                    .entry(parent.clone())
+                    .or_default()
+                    .insert(v.id.clone());
+            }
+        }
+        State {
+            seq: f.seq,
+            providers: f.providers,
+            volumes: f.volumes,
+            pending: f.pending,
+            orphans: f.orphans,
+            children,
+        }
+    }
 }
 
 impl State {
-    /// Ids of volumes whose parent is `id` (snapshots of it, forks of it).
+    /// Ids of volumes whose parent is `id` (snapshots of it, forks of it),
+    /// sorted.
     pub fn dependents(&self, id: &str) -> Vec<String> {
-        self.volumes
-            .values()
-            .filter(|v| v.parent.as_deref() == Some(id))
-            .map(|v| v.id.clone())
-            .collect()
+        self.children
+            .get(id)
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds volume `v` to `volumes`, and to its parent's children.
+    fn insert_volume(&mut self, v: Volume) {
+        if let Some(parent) = &v.parent {
+            self.children
+                .entry(parent.clone())
+                .or_default()
+                .insert(v.id.clone());
+        }
+        if let Some(old) = self.volumes.insert(v.id.clone(), v) {
+            self.forget_child(&old);
+        }
+    }
+
+    /// Removes volume `id` from `volumes`, and from its parent's children.
+    fn remove_volume(&mut self, id: &str) -> Option<Volume> {
+        let gone = self.volumes.remove(id)?;
+        self.forget_child(&gone);
+        Some(gone)
+    }
+
+    /// Drops `v` from its parent's children (unless a volume of the same
+    /// id with the same parent is in `volumes`).
+    fn forget_child(&mut self, v: &Volume) {
+        let Some(parent) = &v.parent else { return };
+        if self
+            .volumes
+            .get(&v.id)
+            .is_some_and(|now| now.parent.as_ref() == Some(parent))
+        {
+            return;
+        }
+        if let Some(c) = self.children.get_mut(parent) {
+            c.remove(&v.id);
+            if c.is_empty() {
+                self.children.remove(parent);
+            }
+        }
     }
 
     /// Volume ids named by pending operations.

@@ -328,8 +328,7 @@ impl State {
                     }
                     // The volume as it was (subscribers want its info).
                     Finished::Destroy(volume) => self
-                        .volumes
-                        .remove(&volume)
+                        .remove_volume(&volume)
                         .map(|gone| Event::Destroyed {
                             id: volume,
                             volume: Box::new(gone),
@@ -350,7 +349,7 @@ impl State {
                         if let Some(key) = forget {
                             self.orphans.remove(&key);
                         }
-                        self.volumes.insert(created.id.clone(), created.clone());
+                        self.insert_volume(created.clone());
                         vec![Event::Created(created)]
                     }
                 }

@@ -243,3 +243,113 @@ fn a_refused_record_leaves_the_state_exactly_as_it_was() {
     assert_eq!(s, before);
     assert_eq!(s.volumes["v"].details[DETAIL_RESUME_TOKEN], "1-ab");
 }
+
+/// Dependents by the scan the index replaced: every volume whose parent is
+/// `id`, sorted.
+fn dependents_by_scan(s: &State, id: &str) -> Vec<String> {
+    s.volumes
+        .values()
+        .filter(|v| v.parent.as_deref() == Some(id))
+        .map(|v| v.id.clone())
+        .collect()
+}
+
+#[track_caller]
+fn assert_dependents_as_a_scan(s: &State) {
+    for id in s.volumes.keys().map(String::as_str).chain(["absent"]) {
+        assert_eq!(
+            s.dependents(id),
+            dependents_by_scan(s, id),
+            "dependents of {id}"
+        );
+    }
+}
+
+#[test]
+fn dependents_kept_by_apply_always_equal_a_scan_of_every_volume_and_survive_a_checkpoint() {
+    let mut s = State::default();
+    let mut seq = 0u64;
+    let mut n = 0u128;
+    let mut run = |s: &mut State, action: Action, done: bool| {
+        n += 1;
+        seq += 1;
+        s.apply(
+            seq,
+            &Record::Intent {
+                op: op(n),
+                at_ms: 1,
+                action,
+            },
+        )
+        .unwrap();
+        seq += 1;
+        let result = if done {
+            OpResult::Done(Done::default())
+        } else {
+            OpResult::Failed { error: "no".into() }
+        };
+        s.apply(
+            seq,
+            &Record::Outcome {
+                op: op(n),
+                at_ms: 1,
+                result,
+            },
+        )
+        .unwrap();
+    };
+    run(
+        &mut s,
+        Action::AddProvider(ProviderRecord {
+            id: "p".into(),
+            kind: "sim".into(),
+            config: BTreeMap::new(),
+        }),
+        true,
+    );
+    let create = |v: &str| Action::CreateVolume {
+        provider: "p".into(),
+        volume: v.into(),
+        meta: Meta::new(),
+    };
+    let snapshot = |of: &str, snap: &str| Action::CreateSnapshot {
+        source: of.into(),
+        snapshot: snap.into(),
+        meta: Meta::new(),
+    };
+    let fork = |snap: &str, v: &str| Action::ForkVolume {
+        snapshot: snap.into(),
+        volume: v.into(),
+        meta: Meta::new(),
+    };
+    let destroy = |v: &str| Action::DestroyVolume { volume: v.into() };
+    let steps = [
+        (create("a"), true),
+        (create("b"), true),
+        (snapshot("a", "a1"), true),
+        (snapshot("a", "a2"), true),
+        (snapshot("b", "b1"), true),
+        (snapshot("a", "a3"), false),
+        (fork("a1", "f1"), true),
+        (fork("a1", "f2"), true),
+        (snapshot("f1", "f1s"), true),
+        (destroy("f2"), true),
+        (destroy("a2"), true),
+        (destroy("f1s"), false),
+        (destroy("f1s"), true),
+        (fork("a1", "f2"), true),
+        (destroy("b1"), true),
+    ];
+    for (action, done) in steps {
+        run(&mut s, action, done);
+        assert_dependents_as_a_scan(&s);
+    }
+    assert_eq!(s.dependents("a"), ["a1"]);
+    assert_eq!(s.dependents("a1"), ["f1", "f2"]);
+    assert!(s.dependents("b").is_empty());
+    // A checkpoint holds no index; decoding rebuilds the same one.
+    let bytes = crate::journal::encode_checkpoint(&s).unwrap();
+    let decoded: State = crate::journal::decode_checkpoint(&bytes).unwrap();
+    assert_eq!(decoded, s, "the index rebuilt from the volumes");
+    assert_dependents_as_a_scan(&decoded);
+}
