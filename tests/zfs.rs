@@ -1023,30 +1023,45 @@ fn a_tag_refused_inside_the_snapshot_program_undoes_the_snapshot() {
     let src = format!("{}/data/v", pool.dataset());
     let snap = format!("{src}@s");
     let big = format!("volmgr:big={}", "x".repeat(9000));
-    let mut child = Command::new("zfs")
-        .args(["program", "-j", "--", &pool.pool, "-", &src, "v", &snap])
-        .args(["volmgr:owner=volmgr", "volmgr:kind=snapshot", &big])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
+    let printed = run_program(
+        &pool,
+        script,
+        &[
+            &src,
+            "v",
+            &snap,
+            "volmgr:owner=volmgr",
+            "volmgr:kind=snapshot",
+            &big,
+        ],
+    );
     assert!(
         printed.contains(r#""result":"failed""#) && printed.contains("set_prop volmgr:big"),
         "{printed}"
     );
     assert_eq!(snapshots_under(&pool), "", "undone");
+}
+
+/// Runs channel program `script` (on stdin, as the provider does) in
+/// `pool`'s pool with `args`; it must succeed. Its JSON output.
+fn run_program(pool: &ZfsPool, script: &str, args: &[&str]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("zfs")
+        .args(["program", "-j", "--", &pool.pool, "-"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The provider's receive program, run by hand after a `zfs recv` with a
@@ -1083,31 +1098,20 @@ fn a_tag_refused_inside_the_receive_program_changes_nothing() {
     let script = include_str!("../core/src/provider/zfs/lua/received.lua");
     let signed = format!("guid={}", guid.parse::<u64>().unwrap().cast_signed());
     let big = format!("volmgr:big={}", "x".repeat(9000));
-    let mut child = Command::new("zfs")
-        .args(["program", "-j", "--", &pool.pool, "-", &target, &arrived])
-        .args([signed.as_str(), "volmgr:receiving"])
-        .args([
+    let printed = run_program(
+        &pool,
+        script,
+        &[
+            &target,
+            &arrived,
+            &signed,
+            "volmgr:receiving",
             "volmgr:owner=volmgr",
             "volmgr:volume-id=r",
             "volmgr:kind=snapshot",
-        ])
-        .arg(&big)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
+            &big,
+        ],
+    );
     assert!(
         printed.contains(r#""result":"failed""#) && printed.contains("set_prop volmgr:big"),
         "{printed}"
