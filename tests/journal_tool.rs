@@ -918,6 +918,7 @@ fn tools_read_the_journal_the_manager_writes_while_it_runs() {
     mc.factories.insert("sim".into(), sim.factory());
     mc.journal = config();
     mc.checkpoint_every = 7;
+    mc.checkpoint_grows_with_state = false;
     let manager = rt.block_on(async {
         let m = Manager::open(dir.path(), mc).await.unwrap();
         m.add_provider("p", "sim", BTreeMap::default())

@@ -234,6 +234,7 @@ async fn replay_rebuilds_the_same_state_byte_for_byte_with_checkpoints() {
     let sim = SimProvider::new();
     let mut cfg = config(&sim);
     cfg.checkpoint_every = 7;
+    cfg.checkpoint_grows_with_state = false;
     cfg.journal = JournalConfig {
         segment_size: 8192,
         ..JournalConfig::default()
@@ -265,6 +266,7 @@ async fn replay_rebuilds_the_same_state_byte_for_byte_with_checkpoints() {
     for _ in 0..2 {
         let mut cfg = config(&sim);
         cfg.checkpoint_every = 7;
+        cfg.checkpoint_grows_with_state = false;
         let m = Manager::open(dir.path(), cfg).await.unwrap();
         assert!(
             m.reconcile_report().checkpoint_seq.is_some(),
@@ -275,6 +277,91 @@ async fn replay_rebuilds_the_same_state_byte_for_byte_with_checkpoints() {
         m.close().await;
     }
     assert_eq!(bytes[0], bytes[1], "two replays, identical bytes");
+}
+
+/// Creates `n` volumes one after the other on a manager opened with
+/// `config`; returns the checkpoints it requested and its entries after.
+async fn checkpoints_over_creates(config: ManagerConfig, n: usize) -> (u64, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::open(dir.path(), config).await.unwrap();
+    m.add_provider("p", "sim", BTreeMap::default())
+        .await
+        .unwrap();
+    for i in 0..n {
+        m.create_volume("p", Some(&format!("v{i}")), Meta::new())
+            .await
+            .unwrap();
+    }
+    let stats = m.stats();
+    assert_eq!(
+        stats.durable_seq,
+        2 + 2 * n as u64,
+        "intent and outcome each"
+    );
+    let entries = m.state().entries();
+    m.close().await;
+    (stats.checkpoints, entries)
+}
+
+/// Encoding a checkpoint is linear in the state and done with it locked; a
+/// fixed interval makes its cost per record grow with the state. With the
+/// interval grown to the state's entries, 200 creates (402 records) from an
+/// interval floor of 4 take a checkpoint each time the state has grown by
+/// about half (8 of them), where the fixed interval takes 100.
+#[tokio::test]
+async fn checkpoints_grow_apart_with_the_state_so_their_cost_per_record_stays_flat() {
+    let mut grown = config(&SimProvider::new());
+    grown.checkpoint_every = 4;
+    let (grown_checkpoints, entries) = checkpoints_over_creates(grown, 200).await;
+    assert_eq!(entries, 200);
+    let mut fixed = config(&SimProvider::new());
+    fixed.checkpoint_every = 4;
+    fixed.checkpoint_grows_with_state = false;
+    let (fixed_checkpoints, _) = checkpoints_over_creates(fixed, 200).await;
+    assert_eq!(fixed_checkpoints, 402 / 4, "one every 4 records");
+    // Each checkpoint at e entries is followed by the next after e records
+    // (e / 2 creates): about log base 1.5 of 200 / 4 = 10 at most.
+    assert!(
+        (1..=10).contains(&grown_checkpoints),
+        "a checkpoint each time the state grew by half: {grown_checkpoints}"
+    );
+}
+
+/// The records an open replays after its checkpoint count toward the next
+/// one, so a journal reopened again and again still checkpoints within one
+/// interval: here 22 records left unreplayed by a first manager (its
+/// interval not reached), reopened with an interval of 23, make the next
+/// create's intent due for a checkpoint, whose write `close` waits for.
+#[tokio::test]
+async fn the_tail_an_open_replays_counts_toward_the_next_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let m = open(dir.path(), &sim).await;
+    for i in 0..10 {
+        m.create_volume("p", Some(&format!("v{i}")), Meta::new())
+            .await
+            .unwrap();
+    }
+    assert_eq!(m.stats().checkpoints, 0, "10,000 records not reached");
+    m.close().await;
+
+    let mut cfg = config(&sim);
+    cfg.checkpoint_every = 23;
+    cfg.checkpoint_grows_with_state = false;
+    let m = Manager::open(dir.path(), cfg).await.unwrap();
+    assert_eq!(m.reconcile_report().replayed_records, 22);
+    assert_eq!(m.stats().checkpoints, 0);
+    m.create_volume("p", Some("v10"), Meta::new())
+        .await
+        .unwrap();
+    assert_eq!(m.stats().checkpoints, 1, "22 replayed + the intent = 23");
+    m.close().await;
+
+    // `close` waited for that checkpoint's write.
+    let m = Manager::open(dir.path(), config(&sim)).await.unwrap();
+    assert_eq!(m.reconcile_report().checkpoint_seq, Some(23));
+    assert_eq!(m.reconcile_report().replayed_records, 1, "the outcome");
+    m.close().await;
 }
 
 /// A journal holding a record the state machine refuses (here an outcome of

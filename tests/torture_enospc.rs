@@ -140,6 +140,7 @@ fn config(sim: &SimProvider) -> ManagerConfig {
             ..JournalConfig::default()
         },
         checkpoint_every: 100,
+        checkpoint_grows_with_state: false,
         ..ManagerConfig::default()
     };
     config.factories.insert(

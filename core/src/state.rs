@@ -471,6 +471,13 @@ impl From<StateFields> for State {
 }
 
 impl State {
+    /// How many entries a checkpoint of this state holds (volumes, pending
+    /// operations, orphans): what the size of its encoding, and so the cost
+    /// of writing one, grows with.
+    pub fn entries(&self) -> usize {
+        self.volumes.len() + self.pending.len() + self.orphans.len()
+    }
+
     /// Ids of volumes whose parent is `id` (snapshots of it, forks of it),
     /// sorted.
     pub fn dependents(&self, id: &str) -> Vec<String> {

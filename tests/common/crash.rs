@@ -112,6 +112,7 @@ struct ChildSpec {
 pub fn manager_config(kind: &str, config: ProviderConfig) -> ManagerConfig {
     ManagerConfig {
         checkpoint_every: 50,
+        checkpoint_grows_with_state: false,
         ..super::config::with_default_provider(kind, config)
     }
 }

@@ -86,6 +86,7 @@ pub async fn open(
             queue_depth: 64,
         },
         checkpoint_every,
+        checkpoint_grows_with_state: false,
         storage: Some(Arc::new(storage.clone())),
         ..ManagerConfig::default()
     };

@@ -162,6 +162,7 @@ pub fn config(storage: Arc<dyn Storage>, provider: &CountingProvider) -> Manager
             queue_depth: 64,
         },
         checkpoint_every: 7,
+        checkpoint_grows_with_state: false,
         storage: Some(storage),
         ..ManagerConfig::default()
     };

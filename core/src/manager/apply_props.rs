@@ -217,6 +217,7 @@ fn records(moves: &[Move], inject: Option<usize>) -> Vec<Record> {
 fn config(storage: &Arc<UnsyncedStorage>) -> ManagerConfig {
     ManagerConfig {
         checkpoint_every: 2,
+        checkpoint_grows_with_state: false,
         storage: Some(storage.clone()),
         ..ManagerConfig::default()
     }

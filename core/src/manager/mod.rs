@@ -67,6 +67,8 @@ struct Counters {
     operations: AtomicU64,
     operation_ns: AtomicU64,
     journal_wait_ns: AtomicU64,
+    checkpoints: AtomicU64,
+    checkpoint_encode_ns: AtomicU64,
 }
 
 struct Core {
@@ -100,11 +102,15 @@ pub(super) struct Inner {
     factories: BTreeMap<String, ProviderFactory>,
     events: broadcast::Sender<Event>,
     checkpoint_every: u64,
+    checkpoint_grows_with_state: bool,
     state_dir: PathBuf,
     report: Mutex<ReconcileReport>,
     counters: Counters,
     /// The shared sync of each provider with batched durability.
     sync_groups: Mutex<HashMap<String, Arc<provider_sync::SyncGroup>>>,
+    /// Checkpoint writes requested and maybe not finished: `close` awaits
+    /// them, so a clean stop never leaves its last checkpoint unwritten.
+    checkpoint_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// One page of [`Manager::volume_page`].
@@ -189,7 +195,9 @@ impl Manager {
                 waiting: BTreeMap::new(),
                 busy: BTreeSet::new(),
                 readers: BTreeMap::new(),
-                since_checkpoint: 0,
+                // The records replayed after the checkpoint count toward the
+                // next one: the tail an open replays stays within one interval.
+                since_checkpoint: report.replayed_records as u64,
                 poisoned: None,
             }),
             applied,
@@ -198,10 +206,12 @@ impl Manager {
             factories: config.factories,
             events,
             checkpoint_every: config.checkpoint_every.max(1),
+            checkpoint_grows_with_state: config.checkpoint_grows_with_state,
             state_dir,
             report: Mutex::new(report),
             counters: Counters::default(),
             sync_groups: Mutex::new(HashMap::new()),
+            checkpoint_tasks: Mutex::new(Vec::new()),
         });
         let manager = Manager { inner };
 
@@ -306,6 +316,12 @@ impl Manager {
                 .unwrap_or(u64::MAX),
             provider_syncs,
             provider_sync_waiting,
+            checkpoints: self.inner.counters.checkpoints.load(Ordering::Relaxed),
+            checkpoint_encode_ns: self
+                .inner
+                .counters
+                .checkpoint_encode_ns
+                .load(Ordering::Relaxed),
         }
     }
 
@@ -388,6 +404,19 @@ impl Manager {
     /// fail with a journal `Closed` error; their intents are reconciled at the
     /// next open. A host agent stops accepting requests before calling this.
     pub async fn close(self) {
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .checkpoint_tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for task in tasks {
+            // A failed write was logged by the task; a panic is logged here.
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "checkpoint task failed");
+            }
+        }
         self.inner.journal.shutdown().await;
     }
 

@@ -412,17 +412,39 @@ impl Inner {
         debug_assert!(!core.waiting.contains_key(&(core.state.seq + 1)) || core.poisoned.is_some());
         if applied_any || core.poisoned.is_some() {
             let seq = core.state.seq;
-            self.applied.send_replace(super::Applied {
-                seq,
-                poisoned: core.poisoned.clone(),
-            });
-            if core.poisoned.is_none() && core.since_checkpoint >= self.checkpoint_every {
+            // Before waking the waiters: whoever sees `seq` applied also
+            // sees the checkpoint it made due counted in the stats.
+            if core.poisoned.is_none()
+                && core.since_checkpoint >= self.checkpoint_interval(&core.state)
+            {
                 core.since_checkpoint = 0;
-                match journal::encode_checkpoint(&core.state) {
+                let started = Instant::now();
+                let encoded = journal::encode_checkpoint(&core.state);
+                self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.counters.checkpoint_encode_ns.fetch_add(
+                    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+                match encoded {
                     Ok(payload) => self.checkpoint_later(seq, payload),
                     Err(e) => tracing::error!(error = %e, "state does not encode for a checkpoint"),
                 }
             }
+            self.applied.send_replace(super::Applied {
+                seq,
+                poisoned: core.poisoned.clone(),
+            });
+        }
+    }
+
+    /// Records between two checkpoints of `state`: `checkpoint_every`, or
+    /// as many as the state has entries when that is more and the interval
+    /// grows with the state (see `ManagerConfig::checkpoint_grows_with_state`).
+    pub(super) fn checkpoint_interval(&self, state: &State) -> u64 {
+        if self.checkpoint_grows_with_state {
+            self.checkpoint_every.max(state.entries() as u64)
+        } else {
+            self.checkpoint_every
         }
     }
 
@@ -439,11 +461,18 @@ impl Inner {
         // The journal accepts checkpoint requests through its queue; the send
         // happens on a task so `submit` never awaits under the state lock.
         let journal = self.journal.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = journal.checkpoint(seq, payload).await {
                 tracing::error!(error = %e, seq, "checkpoint failed");
             }
         });
+        let mut tasks = self
+            .checkpoint_tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: finished tasks are dropped at every request.
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 
     /// Waits until record `seq` is applied; fails if the manager was
