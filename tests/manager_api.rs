@@ -345,10 +345,13 @@ async fn the_tail_an_open_replays_counts_toward_the_next_checkpoint() {
     assert_eq!(m.stats().checkpoints, 0, "10,000 records not reached");
     m.close().await;
 
-    let mut cfg = config(&sim);
-    cfg.checkpoint_every = 23;
-    cfg.checkpoint_grows_with_state = false;
-    let m = Manager::open(dir.path(), cfg).await.unwrap();
+    let reopen = |every: u64| {
+        let mut cfg = config(&sim);
+        cfg.checkpoint_every = every;
+        cfg.checkpoint_grows_with_state = false;
+        Manager::open(dir.path(), cfg)
+    };
+    let m = reopen(23).await.unwrap();
     assert_eq!(m.reconcile_report().replayed_records, 22);
     assert_eq!(m.stats().checkpoints, 0);
     m.create_volume("p", Some("v10"), Meta::new())
@@ -357,11 +360,22 @@ async fn the_tail_an_open_replays_counts_toward_the_next_checkpoint() {
     assert_eq!(m.stats().checkpoints, 1, "22 replayed + the intent = 23");
     m.close().await;
 
-    // `close` waited for that checkpoint's write.
-    let m = Manager::open(dir.path(), config(&sim)).await.unwrap();
-    assert_eq!(m.reconcile_report().checkpoint_seq, Some(23));
-    assert_eq!(m.reconcile_report().replayed_records, 1, "the outcome");
-    m.close().await;
+    // `close` waited for that checkpoint's write. Then the same again, with
+    // the outcome replayed and the next intent due: whether a write `close`
+    // did not wait for would land first is a race, so several rounds.
+    let mut seq = 23;
+    for round in 11..17 {
+        let m = reopen(2).await.unwrap();
+        let report = m.reconcile_report();
+        assert_eq!(report.checkpoint_seq, Some(seq), "round {round}");
+        assert_eq!(report.replayed_records, 1, "the outcome");
+        m.create_volume("p", Some(&format!("v{round}")), Meta::new())
+            .await
+            .unwrap();
+        assert_eq!(m.stats().checkpoints, 1, "1 replayed + the intent = 2");
+        m.close().await;
+        seq += 2;
+    }
 }
 
 /// A journal holding a record the state machine refuses (here an outcome of
