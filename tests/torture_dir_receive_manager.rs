@@ -1083,7 +1083,8 @@ impl Workload for UndoCrashSweep<'_> {
     }
 
     /// A cut at each sync point of the reopen after a kill -9 triples
-    /// this sweep's time: only with `VOLMGR_UNDO_SWEEP_REOPEN_CUTS=1`.
+    /// this sweep's time: only with `VOLMGR_UNDO_SWEEP_REOPEN_CUTS=1`
+    /// (`.ci/run` sets it).
     fn reopen_crashes(&self) -> bool {
         std::env::var("VOLMGR_UNDO_SWEEP_REOPEN_CUTS").is_ok_and(|v| v == "1")
     }
