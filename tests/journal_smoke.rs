@@ -6,7 +6,10 @@ mod journal_support;
 use std::sync::Arc;
 
 use journal_support::Rec;
-use volmgr::journal::{Journal, JournalConfig, JournalError, LogEnd, encode_record, format};
+use volmgr::journal::{
+    Journal, JournalConfig, JournalError, LogEnd, decode_checkpoint, encode_checkpoint,
+    encode_record, format,
+};
 use volmgr::storage::RealStorage;
 use volmgr::storage::fault::{FaultKind, FaultOp, FaultPlan, FaultyStorage};
 
@@ -202,4 +205,72 @@ async fn append_in_batches_refuses_a_record_larger_than_a_segment_after_the_runs
     let (_journal, recovery) = Journal::<Rec>::open(dir.path(), narrow()).unwrap();
     let replayed: Vec<Rec> = recovery.records.into_iter().map(|(_, r)| r).collect();
     assert_eq!(replayed, durable, "exactly what was handed over is durable");
+}
+
+/// The bytes `encode_checkpoint` writes for `n` (at least 65,536) zeros
+/// of `u64`: the length as a varint (`0xfc`, then a `u32`), then one byte
+/// an element.
+fn zeros(n: u32) -> Vec<u8> {
+    assert!(n >= 1 << 16);
+    let mut payload = vec![0xfc];
+    payload.extend_from_slice(&n.to_le_bytes());
+    payload.resize(5 + n as usize, 0);
+    payload
+}
+
+/// bincode's decode limit counts each integer at its in-memory width and
+/// encoding checks no limit: 34 million zeros of `u64` encode in 34 MB (a
+/// byte each, far under the 256 MiB checkpoint limit) but decoding them
+/// claims 8 bytes each, 272 MB. Stored, such a checkpoint would make the
+/// journal unopenable for its owner. `checkpoint_of` decodes first:
+/// refused with a typed error, nothing stored; one that decodes is stored.
+#[tokio::test]
+async fn a_checkpoint_that_would_not_decode_on_open_is_refused_and_not_stored() {
+    type Payload = Vec<u64>;
+    assert_eq!(
+        encode_checkpoint(&vec![0u64; 70_000]).unwrap(),
+        zeros(70_000),
+        "the hand-made bytes are what encoding writes"
+    );
+    let refused = zeros(34_000_000);
+    assert!((refused.len() as u64) < format::MAX_CHECKPOINT_PAYLOAD_LEN);
+    assert!(decode_checkpoint::<Payload>(&refused).is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::<Rec>::open(dir.path(), small()).unwrap();
+    journal.append(&Rec::new(1, String::new())).await.unwrap();
+    journal.append(&Rec::new(2, String::new())).await.unwrap();
+    let err = journal
+        .checkpoint_of::<Payload>(1, refused)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            JournalError::CheckpointUndecodable {
+                seq: 1,
+                len: 34_000_005,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("would not decode on open"),
+        "{err}"
+    );
+    journal.close().await;
+    let (journal, recovery) = Journal::<Rec>::open(dir.path(), small()).unwrap();
+    assert_eq!(recovery.checkpoint, None, "nothing stored");
+    assert_eq!(recovery.records.len(), 2);
+
+    let accepted = zeros(70_000);
+    journal
+        .checkpoint_of::<Payload>(2, accepted.clone())
+        .await
+        .unwrap();
+    journal.close().await;
+    let (journal, recovery) = Journal::<Rec>::open(dir.path(), small()).unwrap();
+    assert_eq!(recovery.checkpoint, Some((2, accepted)));
+    journal.close().await;
 }

@@ -35,6 +35,13 @@ pub enum JournalError {
     Config(String),
     /// A checkpoint was requested for a sequence number not yet durable.
     CheckpointAhead { seq: u64, durable: u64 },
+    /// A checkpoint payload that open could not decode (see
+    /// [`super::Journal::checkpoint_of`]): refused, nothing stored.
+    CheckpointUndecodable {
+        seq: u64,
+        len: usize,
+        reason: String,
+    },
     /// The journal was closed.
     Closed,
 }
@@ -94,6 +101,10 @@ impl fmt::Display for JournalError {
             JournalError::CheckpointAhead { seq, durable } => write!(
                 f,
                 "checkpoint at sequence {seq} requested but only {durable} is durable"
+            ),
+            JournalError::CheckpointUndecodable { seq, len, reason } => write!(
+                f,
+                "checkpoint at sequence {seq} ({len} bytes) refused: it would not decode on open: {reason}"
             ),
             JournalError::Closed => write!(f, "journal is closed"),
         }

@@ -462,7 +462,7 @@ impl Inner {
         // happens on a task so `submit` never awaits under the state lock.
         let journal = self.journal.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = journal.checkpoint(seq, payload).await {
+            if let Err(e) = journal.checkpoint_of::<State>(seq, payload).await {
                 tracing::error!(error = %e, seq, "checkpoint failed");
             }
         });
