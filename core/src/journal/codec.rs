@@ -9,8 +9,9 @@
 //! in-memory width (8 for a u64, also for a length prefix) and a string's or
 //! byte vector's bytes, not the bytes read: a payload smaller than the limit
 //! may still exceed it. Encoding does not check the limit at all. So
-//! `Journal::append_all` decodes every record before writing it, and
-//! [`encode_checkpoint`] checks the encoded size.
+//! `Journal::append_all` decodes every record before writing it,
+//! [`encode_checkpoint`] checks the encoded size and `Journal::checkpoint_of`
+//! decodes a checkpoint before storing it.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -56,8 +57,8 @@ pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 }
 
 /// Encodes a checkpoint payload (the caller's state).
-/// The caller should decode the result once ([`decode_checkpoint`]) before
-/// handing it to `Journal::checkpoint`, for the reason in the module doc.
+/// Store the result through `Journal::checkpoint_of`, which decodes it once
+/// ([`decode_checkpoint`]) first, for the reason in the module doc.
 pub fn encode_checkpoint<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     let bytes =
         bincode::serde::encode_to_vec(value, CHECKPOINT_CONFIG).map_err(|e| e.to_string())?;

@@ -395,7 +395,9 @@ impl<R: JournalRecord> Journal<R> {
     /// must be durable), then removes what it makes unnecessary: checkpoints
     /// but the newest two, and segments wholly covered by the older of those.
     /// A checkpoint at or before the newest stored one is a no-op. The file
-    /// is written on the blocking pool; appends go on meanwhile.
+    /// is written on the blocking pool; appends go on meanwhile. The payload
+    /// is stored as given: a caller's encoded state goes through
+    /// [`Journal::checkpoint_of`], which checks that it decodes.
     pub async fn checkpoint(&self, seq: u64, payload: Vec<u8>) -> Result<(), JournalError> {
         let committer = self.committer.clone();
         tokio::task::spawn_blocking(move || committer.checkpoint(seq, &payload))
