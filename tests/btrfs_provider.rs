@@ -1,7 +1,8 @@
 //! btrfs-only properties of the btrfs provider, on a loop-mounted btrfs:
 //! crash states of a receive and of a create built by hand (exactly what a
 //! process killed at that step leaves) and resolved by reconciliation;
-//! snapshot identities as btrfs sees them; ownership refusals.
+//! snapshot identities as btrfs sees them; ownership refusals; the lookup
+//! of one id against the inventory, in odd states.
 
 mod common;
 
@@ -16,7 +17,7 @@ use volmgr::journal::{Journal, JournalConfig};
 use volmgr::manager::{Manager, ManagerConfig};
 use volmgr::model::VolumeId;
 use volmgr::provider::btrfs::BtrfsProvider;
-use volmgr::provider::{Presence, Provider, VolumeRef};
+use volmgr::provider::{Presence, Provider, VolumeRef, VolumeSpec};
 use volmgr::state::{Action, Case, DETAIL_GUID, Details, Meta, Record, VolumeKind};
 
 fn btrfs(args: &[&str], paths: &[&Path]) -> String {
@@ -386,4 +387,181 @@ async fn a_receive_is_refused_on_a_btrfs_mounted_without_nosuid_and_nodev() {
     remount("nosuid,nodev");
     m.receive_snapshot("dst", stream.as_slice()).await.unwrap();
     m.close().await;
+}
+
+/// Story: after a failed call the manager asks `lookup` for one id, which
+/// reads only the two containers that id can be and the stage. In every odd
+/// state a crash or a user can leave (a stale container, a writable
+/// snapshot, an item staged but not in place, a placed item whose receive
+/// has not committed, a staged leftover shadowed by the item in place, one
+/// id in both `data/` and `snapshot/`, tags naming another id or kind,
+/// untagged subvolumes, stages without a tag or tagged by another op), the
+/// lookup of each id, nothing included, is exactly the inventory's first
+/// item tagged with it.
+#[test]
+fn the_lookup_of_each_id_is_the_inventory_item_tagged_with_it_in_every_odd_state() {
+    let test = "the_lookup_of_each_id_is_the_inventory_item_tagged_with_it_in_every_odd_state";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let p = BtrfsProvider::new(&root).unwrap();
+    let id = |s: &'static str| VolumeId::new(s).unwrap();
+    let no_details = Details::new();
+    let at = |s: &'static str, kind| VolumeRef {
+        id: id(s),
+        kind,
+        parent: None,
+        location: "",
+        details: &no_details,
+    };
+    let spec = |s: &'static str, kind| VolumeSpec {
+        id: id(s),
+        op: Uuid::now_v7(),
+        kind,
+    };
+    let (data, snapshot) = (VolumeKind::Data, VolumeKind::Snapshot);
+    let stage_root = root.join(".volmgr/stage");
+    let stage = |op: Uuid, tag: Option<String>| {
+        let dir = stage_root.join(op.to_string());
+        std::fs::create_dir(&dir).unwrap();
+        if let Some(tag) = tag {
+            std::fs::write(dir.join("tag"), tag).unwrap();
+        }
+        dir
+    };
+    let container = |kind: &str, name: &str, tag: String| {
+        let dir = root.join(kind).join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("tag"), tag).unwrap();
+        btrfs(&["subvolume", "create"], &[&dir.join("vol")]);
+    };
+
+    // Complete: a volume, its snapshot, a fork of the snapshot.
+    p.create_volume(&spec("vol", data)).unwrap();
+    p.create_snapshot(&at("vol", data), &spec("snap", snapshot))
+        .unwrap();
+    p.fork_volume(&at("snap", snapshot), &spec("fork", data))
+        .unwrap();
+    // Stale: a tagged container whose subvolume is gone (absent).
+    p.create_volume(&spec("stale", data)).unwrap();
+    btrfs(&["subvolume", "delete"], &[&root.join("data/stale/vol")]);
+    // A snapshot left writable (incomplete).
+    let writable = p
+        .create_snapshot(&at("vol", data), &spec("writable", snapshot))
+        .unwrap();
+    let made_writable = Command::new("btrfs")
+        .args(["property", "set", "-ts"])
+        .arg(&writable.location)
+        .args(["ro", "false"])
+        .status()
+        .unwrap();
+    assert!(made_writable.success());
+    // Staged by an op in flight, not yet in place: a create with its
+    // subvolume built, and one of an id whose container in place is stale
+    // (which hides nothing).
+    let staged_op = Uuid::now_v7();
+    let staged = stage(staged_op, Some(tag_line("staged", staged_op, "data", "-")));
+    btrfs(&["subvolume", "create"], &[&staged.join("vol")]);
+    p.create_volume(&spec("restaged", data)).unwrap();
+    btrfs(&["subvolume", "delete"], &[&root.join("data/restaged/vol")]);
+    let restaged_op = Uuid::now_v7();
+    stage(
+        restaged_op,
+        Some(tag_line("restaged", restaged_op, "data", "-")),
+    );
+    // A snapshot in place whose op still has its stage (a receive that has
+    // not committed): incomplete, and its staged tag is hidden by it.
+    let uncommitted = spec("uncommitted", snapshot);
+    p.create_snapshot(&at("vol", data), &uncommitted).unwrap();
+    stage(
+        uncommitted.op,
+        Some(tag_line("uncommitted", uncommitted.op, "snapshot", "vol")),
+    );
+    // A leftover stage of another op tagged as `vol`: hidden by `vol`.
+    let shadow_op = Uuid::now_v7();
+    stage(shadow_op, Some(tag_line("vol", shadow_op, "data", "-")));
+    // One id as a data volume and as a snapshot: the data one comes first.
+    p.create_volume(&spec("twin", data)).unwrap();
+    p.create_snapshot(&at("vol", data), &spec("twin", snapshot))
+        .unwrap();
+    // Tags naming another id, or another kind, than their container's:
+    // foreign.
+    container(
+        "data",
+        "misnamed",
+        tag_line("elsewhere", Uuid::now_v7(), "data", "-"),
+    );
+    container(
+        "snapshot",
+        "wrongkind",
+        tag_line("wrongkind", Uuid::now_v7(), "data", "-"),
+    );
+    // Untagged: a bare subvolume, and a file.
+    btrfs(&["subvolume", "create"], &[&root.join("data/theirs")]);
+    std::fs::write(root.join("snapshot/a-file"), b"?").unwrap();
+    // Stages that are no item: without a tag, and tagged by another op.
+    stage(Uuid::now_v7(), None);
+    stage(
+        Uuid::now_v7(),
+        Some(tag_line("mislabelled", Uuid::now_v7(), "data", "-")),
+    );
+
+    let inv = p.inventory().unwrap();
+    let tagged = |id: &str| {
+        inv.iter()
+            .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == id))
+    };
+    let reason = |id: &str| match tagged(id).map(|f| &f.presence) {
+        Some(Presence::Incomplete { reason }) => reason.clone(),
+        other => panic!("{id}: {other:?} in {inv:#?}"),
+    };
+    // The fixture holds what it says (the inventory's own rule).
+    for complete in ["vol", "snap", "fork", "twin"] {
+        assert_eq!(
+            tagged(complete).map(|f| &f.presence),
+            Some(&Presence::Complete),
+            "{complete}"
+        );
+    }
+    assert_eq!(
+        tagged("twin").unwrap().tag.as_ref().unwrap().kind,
+        VolumeKind::Data
+    );
+    assert!(tagged("stale").is_none(), "{inv:#?}");
+    assert!(reason("writable").contains("not read-only"));
+    assert!(reason("staged").contains("not yet in place"));
+    assert!(reason("restaged").contains("not yet in place"));
+    assert!(reason("uncommitted").contains("not committed"));
+    for nothing in [
+        "misnamed",
+        "elsewhere",
+        "wrongkind",
+        "theirs",
+        "mislabelled",
+    ] {
+        assert!(tagged(nothing).is_none(), "{nothing}: {inv:#?}");
+    }
+
+    for id in [
+        "vol",
+        "snap",
+        "fork",
+        "stale",
+        "writable",
+        "staged",
+        "restaged",
+        "uncommitted",
+        "twin",
+        "misnamed",
+        "elsewhere",
+        "wrongkind",
+        "theirs",
+        "a-file",
+        "mislabelled",
+        "nothing",
+    ] {
+        let looked_up = p.lookup(VolumeId::new(id).unwrap()).unwrap();
+        assert_eq!(looked_up.as_ref(), tagged(id), "lookup of {id}");
+    }
 }

@@ -354,7 +354,8 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// asks after a failed call (did the destroy happen? what did the failed
     /// create leave?): a provider that can read one item without listing
     /// all overrides it (the directory provider: two `lstat`s and two marker
-    /// reads, where its inventory reads every marker). By default the
+    /// reads, where its inventory reads every marker; btrfs: two `lstat`s
+    /// and the stage, where its inventory lists every item). By default the
     /// inventory, filtered.
     fn lookup(&self, id: &VolumeId) -> Result<Option<Found>, ProviderError> {
         Ok(self

@@ -101,7 +101,8 @@
 //! read per tag, and one `BTRFS_IOC_GET_SUBVOL_INFO` ioctl per subvolume
 //! (UUIDs, read-only flag): no process is started, whatever the number of
 //! volumes. The subvolume test is `st_ino == 256` (every subvolume root has
-//! that inode number).
+//! that inode number). [`Provider::lookup`] of one id reads the stage and
+//! the id's two possible containers only, judged by the inventory's rule.
 //!
 //! # Durability
 //!
@@ -212,7 +213,7 @@ mod tag;
 mod trash;
 
 use crate::fsutil::rename2;
-use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::model::{DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
 pub use commit::BatchSync;
 use subvol::is_subvolume;
 pub use subvol::{SubvolInfo, fs_type, subvol_info};
@@ -695,6 +696,12 @@ impl Provider for BtrfsProvider {
 
     fn inventory(&self) -> Result<Vec<Found>, ProviderError> {
         self.inventory_items()
+    }
+
+    /// The stage's listing and two `lstat`s, then a tag read and one
+    /// ioctl per candidate: never a scan of `data/` or `snapshot/`.
+    fn lookup(&self, id: &VolumeId) -> Result<Option<Found>, ProviderError> {
+        self.lookup_item(id)
     }
 
     fn finish(&self, found: &Found) -> Result<Created, ProviderError> {
