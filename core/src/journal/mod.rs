@@ -399,17 +399,7 @@ impl<R: JournalRecord> Journal<R> {
     /// is stored as given: a caller's encoded state goes through
     /// [`Journal::checkpoint_of`], which checks that it decodes.
     pub async fn checkpoint(&self, seq: u64, payload: Vec<u8>) -> Result<(), JournalError> {
-        let committer = self.committer.clone();
-        tokio::task::spawn_blocking(move || committer.checkpoint(seq, &payload))
-            .await
-            .map_err(|e| {
-                JournalError::io(
-                    &self.state_dir,
-                    "write checkpoint",
-                    std::io::Error::other(e),
-                )
-            })?
-            .map(|_| ())
+        self.store_checkpoint(seq, payload, |_| Ok(())).await
     }
 }
 
@@ -423,20 +413,31 @@ impl<R> Journal<R> {
     /// The decode runs on the blocking pool with the write, off the
     /// caller's locks (for volmgr's state, about as long as an open's
     /// checkpoint decode: 0.1 s at 100,000 volumes).
-    pub async fn checkpoint_of<T: DeserializeOwned>(
+    pub async fn checkpoint_of<T: DeserializeOwned + 'static>(
         &self,
         seq: u64,
         payload: Vec<u8>,
     ) -> Result<(), JournalError> {
+        self.store_checkpoint(seq, payload, |p| {
+            codec::decode_checkpoint::<T>(p).map(|_| ())
+        })
+        .await
+    }
+
+    /// Stores `payload` if `check` accepts it, on the blocking pool.
+    async fn store_checkpoint(
+        &self,
+        seq: u64,
+        payload: Vec<u8>,
+        check: impl FnOnce(&[u8]) -> Result<(), String> + Send + 'static,
+    ) -> Result<(), JournalError> {
         let committer = self.committer.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(reason) = codec::decode_checkpoint::<T>(&payload) {
-                return Err(JournalError::CheckpointUndecodable {
-                    seq,
-                    len: payload.len(),
-                    reason,
-                });
-            }
+            check(&payload).map_err(|reason| JournalError::CheckpointUndecodable {
+                seq,
+                len: payload.len(),
+                reason,
+            })?;
             committer.checkpoint(seq, &payload)
         })
         .await
