@@ -1016,16 +1016,12 @@ fn a_tag_refused_inside_the_snapshot_program_undoes_the_snapshot() {
         return;
     };
     p.create_volume(&data_spec("v", Uuid::now_v7())).unwrap();
-    let script = concat!(
-        include_str!("../core/src/provider/zfs/lua/tagged.lua"),
-        include_str!("../core/src/provider/zfs/lua/snapshot.lua")
-    );
     let src = format!("{}/data/v", pool.dataset());
     let snap = format!("{src}@s");
     let big = format!("volmgr:big={}", "x".repeat(9000));
     let printed = run_program(
         &pool,
-        script,
+        SNAPSHOT_PROGRAM,
         &[
             &src,
             "v",
@@ -1042,15 +1038,38 @@ fn a_tag_refused_inside_the_snapshot_program_undoes_the_snapshot() {
     assert_eq!(snapshots_under(&pool), "", "undone");
 }
 
+/// The provider's snapshot program, as `core/src/provider/zfs/program.rs`
+/// builds it: its shared prefixes, then its own script.
+const SNAPSHOT_PROGRAM: &str = concat!(
+    include_str!("../core/src/provider/zfs/lua/tagged.lua"),
+    include_str!("../core/src/provider/zfs/lua/props.lua"),
+    include_str!("../core/src/provider/zfs/lua/snapshot.lua")
+);
+
+/// The provider's receive program, as `program.rs` builds it.
+const RECEIVED_PROGRAM: &str = concat!(
+    include_str!("../core/src/provider/zfs/lua/props.lua"),
+    include_str!("../core/src/provider/zfs/lua/received.lua")
+);
+
 /// Runs channel program `script` (on stdin, as the provider does) in
 /// `pool`'s pool with `args`; it must succeed. Its JSON output.
 fn run_program(pool: &ZfsPool, script: &str, args: &[&str]) -> String {
+    let out = program_output(pool, script, args);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs channel program `script` as [`run_program`] does, whatever its
+/// outcome: `zfs program`'s exit status and output.
+fn program_output(pool: &ZfsPool, script: &str, args: &[&str]) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new("zfs")
         .args(["program", "-j", "--", &pool.pool, "-"])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     child
@@ -1059,9 +1078,52 @@ fn run_program(pool: &ZfsPool, script: &str, args: &[&str]) -> String {
         .unwrap()
         .write_all(script.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    child.wait_with_output().unwrap()
+}
+
+/// The snapshot's and the receive's programs share one tag parser
+/// (`lua/props.lua`): a tag argument without a property name (no `=`, or
+/// nothing before it) is a fatal error naming it, raised before either
+/// program changes anything, so no snapshot is made and no snapshot
+/// lookup answers instead.
+#[test]
+fn a_tag_argument_without_a_property_name_fails_both_programs_before_any_change() {
+    let test = "a_tag_argument_without_a_property_name_fails_both_programs_before_any_change";
+    let Some((pool, p)) = pool_and_provider(test) else {
+        return;
+    };
+    p.create_volume(&data_spec("v", Uuid::now_v7())).unwrap();
+    let src = format!("{}/data/v", pool.dataset());
+    let snap = format!("{src}@s");
+    for bad in ["volmgr:owner", "=volmgr"] {
+        let calls: [(&str, &[&str]); 2] = [
+            (
+                SNAPSHOT_PROGRAM,
+                &[&src, "v", &snap, "volmgr:kind=snapshot", bad],
+            ),
+            (
+                RECEIVED_PROGRAM,
+                &[
+                    &src,
+                    &snap,
+                    "guid=1",
+                    "volmgr:receiving",
+                    "volmgr:kind=snapshot",
+                    bad,
+                ],
+            ),
+        ];
+        for (script, args) in calls {
+            let out = program_output(&pool, script, args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{bad}: {out:?}");
+            assert!(
+                stderr.contains(&format!("tag argument without a property name: {bad}")),
+                "{bad}: {stderr}"
+            );
+        }
+    }
+    assert_eq!(snapshots_under(&pool), "", "nothing made");
 }
 
 /// The provider's receive program, run by hand after a `zfs recv` with a
@@ -1095,12 +1157,11 @@ fn a_tag_refused_inside_the_receive_program_changes_nothing() {
     }
     assert!(recv.wait().unwrap().success());
 
-    let script = include_str!("../core/src/provider/zfs/lua/received.lua");
     let signed = format!("guid={}", guid.parse::<u64>().unwrap().cast_signed());
     let big = format!("volmgr:big={}", "x".repeat(9000));
     let printed = run_program(
         &pool,
-        script,
+        RECEIVED_PROGRAM,
         &[
             &target,
             &arrived,

@@ -22,6 +22,11 @@
 //! [`ZfsProvider::tag_of`] (owner, volume id, kind, operation id), with the
 //! operation id in hyphenated UUID form only, as the provider writes it (the
 //! Rust rule also parses other UUID forms: the script is the stricter).
+//! The scripts that take tags (the snapshot's and the receive's) split
+//! their trailing `property=value` arguments by `lua/props.lua`
+//! (`tag_args`), before their first change. Each shared part is a prefix
+//! the program is concatenated from (`concat!`), ahead of the script that
+//! uses it.
 //! Within one program, a tag that ZFS refuses after the snapshot was taken
 //! destroys the snapshot again in the same sync task, so no outcome leaves
 //! an untagged snapshot; the receive's script checks each change
@@ -40,6 +45,7 @@ use crate::model::DETAIL_GUID;
 /// Tag check, snapshot and its tags, and its guid.
 const SNAPSHOT: &str = concat!(
     include_str!("lua/tagged.lua"),
+    include_str!("lua/props.lua"),
     include_str!("lua/snapshot.lua")
 );
 /// Tag check and destroy of a snapshot (its clones if it has any).
@@ -51,7 +57,10 @@ const DESTROY_SNAPSHOT: &str = concat!(
 /// After `zfs recv`: the arrival found by guid, tagged, and the target's
 /// receiving mark cleared (no tag check: the target's was made before the
 /// receive, and the arrival is found by the stream's guid).
-const RECEIVED: &str = include_str!("lua/received.lua");
+const RECEIVED: &str = concat!(
+    include_str!("lua/props.lua"),
+    include_str!("lua/received.lua")
+);
 
 /// `EAGAIN`: a snapshot of the same filesystem was taken in the same
 /// transaction group (the `zfs snapshot` command retries this itself; a
@@ -372,6 +381,31 @@ mod tests {
             assert!(script.starts_with(include_str!("lua/tagged.lua")));
             assert_eq!(script.matches("local function tagged").count(), 1);
         }
+    }
+
+    /// Every program whose own script calls `tag_args` is its shared
+    /// prefixes, the last of them `lua/props.lua` (so `tag_args` is defined
+    /// once, before its use), then that script; no script splits its
+    /// arguments itself.
+    #[test]
+    fn the_scripts_that_take_tags_share_one_argument_parser_written_before_them() {
+        let props = include_str!("lua/props.lua");
+        let programs = [
+            (SNAPSHOT, include_str!("lua/snapshot.lua")),
+            (DESTROY_SNAPSHOT, include_str!("lua/destroy_snapshot.lua")),
+            (RECEIVED, include_str!("lua/received.lua")),
+        ];
+        let mut taking_tags = 0;
+        for (program, own) in programs {
+            let prefixes = program.strip_suffix(own).expect("the script comes last");
+            assert!(!own.contains("string.find(argv"), "{own}");
+            if own.contains("tag_args(") {
+                taking_tags += 1;
+                assert!(prefixes.ends_with(props), "{prefixes}");
+                assert_eq!(program.matches("local function tag_args").count(), 1);
+            }
+        }
+        assert_eq!(taking_tags, 2, "the snapshot's and the receive's");
     }
 
     #[test]

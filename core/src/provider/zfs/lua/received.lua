@@ -1,3 +1,4 @@
+
 -- Finishes a receive into filesystem TARGET after `zfs recv` returned, in
 -- one sync task: finds the snapshot that arrived by its guid among
 -- TARGET's snapshots, sets its tags and clears TARGET's receiving mark
@@ -6,7 +7,8 @@
 -- argv: TARGET, WANT (the arrival's name: TARGET@ID), "guid=GUID" (the
 -- stream's guid as a channel program prints one: a signed 64-bit decimal,
 -- after "guid=" so that a negative one never starts with "-"), MARK (the
--- mark's property), then the arrival's tags as "property=value".
+-- mark's property), then the arrival's tags as "property=value" (split by
+-- tag_args, lua/props.lua).
 -- Returns {result = "done", name, guid} (tagged, mark cleared)
 -- | {result = "absent"} (no filesystem TARGET)
 -- | {result = "missing"} (no snapshot of TARGET has GUID)
@@ -20,14 +22,8 @@
 local argv = (...)["argv"]
 local target, want, guid, mark = argv[1], argv[2], argv[3], argv[4]
 
-local props = {}
-for i = 5, #argv do
-    local eq = string.find(argv[i], "=", 1, true)
-    if eq == nil or eq == 1 then
-        error("tag argument without a property name: " .. argv[i])
-    end
-    props[#props + 1] = {string.sub(argv[i], 1, eq - 1), string.sub(argv[i], eq + 1)}
-end
+-- The tags (lua/props.lua), split before anything is changed.
+local props = tag_args(argv, 5)
 
 if not zfs.exists(target) or zfs.get_prop(target, "type") ~= "filesystem" then
     return {result = "absent"}

@@ -2,7 +2,7 @@
 -- Takes snapshot SNAP of filesystem SRC, tagged, in one sync task (one
 -- transaction group: no crash leaves it untagged).
 -- argv: SRC, SRC_ID (the volume SRC must be tagged as), SNAP, then the
--- snapshot's tags as "property=value".
+-- snapshot's tags as "property=value" (split by tag_args, lua/props.lua).
 -- Returns {result = "made", guid} | {result = "absent"} (no filesystem SRC)
 -- | {result = "foreign"} (SRC not tagged as SRC_ID: nothing made)
 -- | {result = "exists", guid, owner, volume, op, kind} (SNAP exists: its
@@ -11,16 +11,9 @@
 local argv = (...)["argv"]
 local src, src_id, snap = argv[1], argv[2], argv[3]
 
--- The tags, split before anything is made (nothing below can fail fatally
--- after the snapshot).
-local props = {}
-for i = 4, #argv do
-    local eq = string.find(argv[i], "=", 1, true)
-    if eq == nil or eq == 1 then
-        error("tag argument without a property name: " .. argv[i])
-    end
-    props[#props + 1] = {string.sub(argv[i], 1, eq - 1), string.sub(argv[i], eq + 1)}
-end
+-- The tags (lua/props.lua), split before anything is made (nothing below
+-- can fail fatally after the snapshot).
+local props = tag_args(argv, 4)
 
 if not zfs.exists(src) or zfs.get_prop(src, "type") ~= "filesystem" then
     return {result = "absent"}
