@@ -26,11 +26,12 @@ pub struct ManagerConfig {
     /// Whether the interval also grows with the state: a checkpoint after
     /// `max(checkpoint_every, entries)` records, where `entries` is what a
     /// checkpoint holds (volumes, pending operations, orphans; see
-    /// [`State::entries`](crate::state::State::entries)). Encoding the state, done with it locked, is
-    /// linear in its entries; spread over as many records it costs O(1) per
-    /// record however large the state, and the records an open replays after
-    /// the checkpoint stay fewer than the entries it decodes. Default `true`;
-    /// the crash suites set `false` to checkpoint often on purpose.
+    /// [`State::entries`](crate::state::State::entries)). Encoding the
+    /// state, done with it locked, is linear in its entries; spread over as
+    /// many records it costs O(1) per record however large the state, and
+    /// the records an open replays after the checkpoint stay fewer than the
+    /// entries it decodes. Default `true`; the crash suites set `false` to
+    /// checkpoint often on purpose.
     pub checkpoint_grows_with_state: bool,
     /// Runs only when the journal holds no provider; registers `default`.
     pub default_provider: Option<DefaultProviderFactory>,
