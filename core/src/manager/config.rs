@@ -29,8 +29,9 @@ pub struct ManagerConfig {
     /// [`State::entries`](crate::state::State::entries)). Encoding the
     /// state, done with it locked, is linear in its entries; spread over as
     /// many records it costs O(1) per record however large the state, and
-    /// the records an open replays after the checkpoint stay fewer than the
-    /// entries it decodes. Default `true`; the crash suites set `false` to
+    /// the records an open replays after the checkpoint stay within one
+    /// interval (about as many as the entries it decodes, or
+    /// `checkpoint_every`). Default `true`; the crash suites set `false` to
     /// checkpoint often on purpose.
     pub checkpoint_grows_with_state: bool,
     /// Runs only when the journal holds no provider; registers `default`.
