@@ -19,7 +19,7 @@ use uuid::Uuid;
 use volmgr::manager::{Manager, ManagerConfig};
 use volmgr::model::VolumeId;
 use volmgr::provider::cmd::CommandCount;
-use volmgr::provider::zfs::{KIND, ZfsProvider};
+use volmgr::provider::zfs::{KIND, RECEIVED_PROGRAM, SNAPSHOT_PROGRAM, ZfsProvider};
 use volmgr::provider::{
     Created, Presence, Provider, ProviderConfig, ProviderError, VolumeRef, VolumeSpec,
 };
@@ -1037,20 +1037,6 @@ fn a_tag_refused_inside_the_snapshot_program_undoes_the_snapshot() {
     );
     assert_eq!(snapshots_under(&pool), "", "undone");
 }
-
-/// The provider's snapshot program, as `core/src/provider/zfs/program.rs`
-/// builds it: its shared prefixes, then its own script.
-const SNAPSHOT_PROGRAM: &str = concat!(
-    include_str!("../core/src/provider/zfs/lua/tagged.lua"),
-    include_str!("../core/src/provider/zfs/lua/props.lua"),
-    include_str!("../core/src/provider/zfs/lua/snapshot.lua")
-);
-
-/// The provider's receive program, as `program.rs` builds it.
-const RECEIVED_PROGRAM: &str = concat!(
-    include_str!("../core/src/provider/zfs/lua/props.lua"),
-    include_str!("../core/src/provider/zfs/lua/received.lua")
-);
 
 /// Runs channel program `script` (on stdin, as the provider does) in
 /// `pool`'s pool with `args`; it must succeed. Its JSON output.

@@ -167,6 +167,10 @@ pub use parse::{
     StreamHeader, TokenContents, check_dataset, check_token, parse_begin, parse_size,
     parse_token_contents,
 };
+/// The snapshot's and the receive's channel programs as the provider runs
+/// them, for the guest tests that run them by hand (`tests/zfs.rs`).
+#[doc(hidden)]
+pub use program::{RECEIVED as RECEIVED_PROGRAM, SNAPSHOT as SNAPSHOT_PROGRAM};
 
 /// The provider kind.
 pub const KIND: &str = "zfs";

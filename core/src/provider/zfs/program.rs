@@ -43,7 +43,7 @@ use super::{Cmd, Created, Details, ProviderError, VolumeRef, VolumeSpec, ZfsProv
 use crate::model::DETAIL_GUID;
 
 /// Tag check, snapshot and its tags, and its guid.
-const SNAPSHOT: &str = concat!(
+pub const SNAPSHOT: &str = concat!(
     include_str!("lua/tagged.lua"),
     include_str!("lua/props.lua"),
     include_str!("lua/snapshot.lua")
@@ -57,7 +57,7 @@ const DESTROY_SNAPSHOT: &str = concat!(
 /// After `zfs recv`: the arrival found by guid, tagged, and the target's
 /// receiving mark cleared (no tag check: the target's was made before the
 /// receive, and the arrival is found by the stream's guid).
-const RECEIVED: &str = concat!(
+pub const RECEIVED: &str = concat!(
     include_str!("lua/props.lua"),
     include_str!("lua/received.lua")
 );
