@@ -214,6 +214,29 @@ async fn every_route_answers_its_success_status_with_the_documented_json() {
     )
     .await;
     assert_error(&gone, 404, "no_such_volume");
+
+    let stats = raw("GET", &format!("{url}/stats"), None, None).await;
+    // Ten writes: the default provider added at open, then the provider,
+    // three creates, two snapshots, the fork, the pull and the destroy
+    // above; an intent and an outcome each, each its own commit. No
+    // checkpoint yet (one comes after 10,000 records).
+    assert_eq!(
+        (stats.0, &stats.1),
+        (
+            200,
+            &json!({
+                "durable_seq": 20,
+                "checkpoint_seq": 0,
+                "checkpoints": 0,
+                "checkpoint_failures": 0,
+                "operations": 10,
+                "journal_syncs": 20,
+                "provider_syncs": 0,
+            })
+        )
+    );
+    let typed = agent.client.stats().await.unwrap();
+    assert_eq!((typed.durable_seq, typed.operations), (20, 10));
     agent.shutdown().await;
 }
 
@@ -656,6 +679,7 @@ async fn with_a_token_every_route_refuses_requests_without_it_401() {
     let url = &agent.url;
     for (method, path) in [
         ("GET", "/healthz"),
+        ("GET", "/stats"),
         ("POST", "/storage/providers"),
         ("POST", "/storage/providers/default/volumes"),
         ("GET", "/storage/volumes"),

@@ -432,3 +432,69 @@ async fn open_refuses_a_journal_whose_record_the_state_machine_refuses_naming_it
         Ok(_) => panic!("opened a journal that contradicts the state machine"),
     }
 }
+
+/// A checkpoint whose write fails is counted in the stats, and the
+/// checkpoint an open would start from stays where it was: an operator
+/// sees `checkpoint_failures` rise and `durable_seq - checkpoint_seq` (the
+/// records a restart replays) grow. Once writes succeed again the next
+/// checkpoint is stored and the stats show its sequence number, the one the
+/// next open starts from.
+#[tokio::test]
+async fn a_checkpoint_that_fails_to_write_is_counted_and_the_replayed_tail_keeps_growing() {
+    use volmgr::storage::RealStorage;
+    use volmgr::storage::fault::{FaultKind, FaultOp, FaultPlan, FaultyStorage};
+
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let faulty = Arc::new(FaultyStorage::new(Arc::new(RealStorage)));
+    let open_every_4 = || {
+        let mut cfg = config(&sim);
+        cfg.checkpoint_every = 4;
+        cfg.checkpoint_grows_with_state = false;
+        cfg.storage = Some(faulty.clone());
+        Manager::open(dir.path(), cfg)
+    };
+    let m = open_every_4().await.unwrap();
+    m.add_provider("p", "sim", BTreeMap::default())
+        .await
+        .unwrap();
+    // Every checkpoint's file is written under a temporary name and renamed
+    // into place; the journal renames nothing else while one segment lasts.
+    faulty.set_plan(Some(FaultPlan {
+        op: FaultOp::Rename,
+        nth: 1,
+        sticky: true,
+        kind: FaultKind::Io,
+    }));
+    for i in 0..6 {
+        m.create_volume("p", Some(&format!("v{i}")), Meta::new())
+            .await
+            .unwrap();
+    }
+    m.clone().close().await;
+    let stats = m.stats();
+    assert_eq!(stats.durable_seq, 14, "the provider and 6 creates");
+    assert_eq!(stats.checkpoints, 3, "one every 4 records");
+    assert_eq!(stats.checkpoint_failures, 3, "{stats:?}");
+    assert_eq!(stats.checkpoint_seq, 0, "nothing stored");
+    assert!(faulty.fired() >= 3);
+
+    faulty.set_plan(None);
+    let m = open_every_4().await.unwrap();
+    assert_eq!(m.reconcile_report().replayed_records, 14, "the whole log");
+    assert_eq!(m.stats().checkpoint_seq, 0);
+    m.create_volume("p", Some("v6"), Meta::new()).await.unwrap();
+    m.clone().close().await;
+    let stats = m.stats();
+    assert_eq!((stats.checkpoints, stats.checkpoint_failures), (1, 0));
+    assert_eq!(stats.checkpoint_seq, 15, "14 replayed + the intent");
+
+    let m = open_every_4().await.unwrap();
+    assert_eq!(
+        m.stats().checkpoint_seq,
+        15,
+        "the checkpoint this open used"
+    );
+    assert_eq!(m.reconcile_report().checkpoint_seq, Some(15));
+    m.close().await;
+}

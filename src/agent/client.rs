@@ -382,6 +382,12 @@ impl Client {
             .map(drop)
     }
 
+    /// `GET /stats`.
+    pub async fn stats(&self) -> Result<super::api::Stats, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/stats"))
+            .await
+    }
+
     /// `POST /storage/providers`.
     pub async fn add_provider(
         &self,

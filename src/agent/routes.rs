@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::api::{
     AddProviderRequest, CreateVolumeRequest, ForkRequest, Health, ProviderInfo, SendRequest,
-    SnapshotRequest, VOLUME_TYPE_DATA, VolumeInfo,
+    SnapshotRequest, Stats, VOLUME_TYPE_DATA, VolumeInfo,
 };
 use super::conn::{ClientAddr, StallLimited};
 use super::error::ApiError;
@@ -41,6 +41,7 @@ type AppState = State<Arc<Shared>>;
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/stats", get(stats))
         .route("/storage/providers", post(add_provider))
         .route(
             "/storage/providers/{provider_id}/volumes",
@@ -239,6 +240,19 @@ async fn healthz(State(shared): AppState) -> Result<Json<Health>, ApiError> {
             status: "ok".into(),
         })),
     }
+}
+
+async fn stats(State(shared): AppState) -> Result<Json<Stats>, ApiError> {
+    let s = shared.manager()?.stats();
+    Ok(Json(Stats {
+        durable_seq: s.durable_seq,
+        checkpoint_seq: s.checkpoint_seq,
+        checkpoints: s.checkpoints,
+        checkpoint_failures: s.checkpoint_failures,
+        operations: s.operations,
+        journal_syncs: s.syncs,
+        provider_syncs: s.provider_syncs,
+    }))
 }
 
 /// Flynn's `ProviderSpec`: an empty id gets a UUID, the kind is required.

@@ -252,6 +252,8 @@ impl<R: JournalRecord> Journal<R> {
 
         let shared = Arc::new(Shared::default());
         shared.durable_seq.store(walked.last_seq, Ordering::Release);
+        let used = read.checkpoint.as_ref().map_or(0, |c| c.seq);
+        shared.checkpoint_seq.store(used, Ordering::Release);
         let writer = Writer {
             storage: storage.clone(),
             journal_dir,
@@ -467,6 +469,13 @@ impl<R> Journal<R> {
     /// Sequence number of the last durable record (0 when empty).
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// Sequence number of the checkpoint an open would start from (0 when
+    /// none): the one this open used, then each one stored. An open would
+    /// replay the records after it, `durable_seq() - checkpoint_seq()`.
+    pub fn checkpoint_seq(&self) -> u64 {
+        self.shared.checkpoint_seq.load(Ordering::Acquire)
     }
 
     /// Number of `fdatasync` calls made for appends since open.

@@ -45,6 +45,9 @@ pub(crate) struct Shared {
     pub syncs: AtomicU64,
     /// Wall time of the commits' writes and syncs, summed.
     pub sync_ns: AtomicU64,
+    /// Sequence number of the checkpoint an open would start from: the one
+    /// this open used, then each one stored (0: none).
+    pub checkpoint_seq: AtomicU64,
     pub poison: Mutex<Option<String>>,
 }
 
@@ -417,6 +420,7 @@ impl Committer {
         let name = format::checkpoint_file_name(seq);
         write_new_file(storage, &self.checkpoint_dir, &name, &bytes)?;
         checkpoints.push(seq);
+        self.shared.checkpoint_seq.store(seq, Ordering::Release);
         // Keep the newest two; segments wholly covered by the older of them
         // can go (invariant: deleted only after a covering checkpoint is durable).
         while checkpoints.len() > 2 {

@@ -69,6 +69,8 @@ struct Counters {
     journal_wait_ns: AtomicU64,
     checkpoints: AtomicU64,
     checkpoint_encode_ns: AtomicU64,
+    /// Checkpoints that did not encode, were refused or failed to write.
+    checkpoint_failures: AtomicU64,
 }
 
 struct Core {
@@ -105,7 +107,7 @@ pub(super) struct Inner {
     checkpoint_grows_with_state: bool,
     state_dir: PathBuf,
     report: Mutex<ReconcileReport>,
-    counters: Counters,
+    counters: Arc<Counters>,
     /// The shared sync of each provider with batched durability.
     sync_groups: Mutex<HashMap<String, Arc<provider_sync::SyncGroup>>>,
     /// Checkpoint writes requested and maybe not finished: `close` awaits
@@ -209,7 +211,7 @@ impl Manager {
             checkpoint_grows_with_state: config.checkpoint_grows_with_state,
             state_dir,
             report: Mutex::new(report),
-            counters: Counters::default(),
+            counters: Arc::default(),
             sync_groups: Mutex::new(HashMap::new()),
             checkpoint_tasks: Mutex::new(Vec::new()),
         });
@@ -322,6 +324,12 @@ impl Manager {
                 .counters
                 .checkpoint_encode_ns
                 .load(Ordering::Relaxed),
+            checkpoint_failures: self
+                .inner
+                .counters
+                .checkpoint_failures
+                .load(Ordering::Relaxed),
+            checkpoint_seq: self.inner.journal.checkpoint_seq(),
         }
     }
 

@@ -427,7 +427,12 @@ impl Inner {
                 );
                 match encoded {
                     Ok(payload) => self.checkpoint_later(seq, payload),
-                    Err(e) => tracing::error!(error = %e, "state does not encode for a checkpoint"),
+                    Err(e) => {
+                        self.counters
+                            .checkpoint_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "state does not encode for a checkpoint");
+                    }
                 }
             }
             self.applied.send_replace(super::Applied {
@@ -461,8 +466,10 @@ impl Inner {
         // The journal accepts checkpoint requests through its queue; the send
         // happens on a task so `submit` never awaits under the state lock.
         let journal = self.journal.clone();
+        let counters = self.counters.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = journal.checkpoint_of::<State>(seq, payload).await {
+                counters.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, seq, "checkpoint failed");
             }
         });
