@@ -274,17 +274,16 @@ pub struct Health {
 
 /// `GET /stats`: the manager's counters since the agent opened it, and
 /// the journal's position. `durable_seq - checkpoint_seq` records are what
-/// a restart would replay; `checkpoint_failures` above zero means
-/// checkpoints are not being stored (see the agent's log) and that number
-/// keeps growing.
+/// a restart would replay; while checkpoints fail (`checkpoint_failures`,
+/// reasons in the agent's log) that number keeps growing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Sequence number of the last durable journal record.
     pub durable_seq: u64,
     /// The checkpoint a restart would start from (0: none).
     pub checkpoint_seq: u64,
-    /// Checkpoints requested, and those not stored (did not encode, would
-    /// not decode, or the write failed).
+    /// Checkpoints requested, and those that failed (see
+    /// `ManagerStats::checkpoint_failures`).
     pub checkpoints: u64,
     pub checkpoint_failures: u64,
     /// Mutating operations completed through the write path.

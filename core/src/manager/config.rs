@@ -238,11 +238,12 @@ pub struct ManagerStats {
     /// (with the state locked: every operation waits that long).
     pub checkpoints: u64,
     pub checkpoint_encode_ns: u64,
-    /// Checkpoints requested since open that were not stored: the state did
-    /// not encode, the payload would not decode on open
-    /// (`JournalError::CheckpointUndecodable`), or the write failed. Each is
-    /// logged; while they go on, no segment is deleted and the records an
-    /// open replays (`durable_seq - checkpoint_seq`) keep growing.
+    /// Checkpoints requested since open that failed, each logged: not
+    /// stored (the state did not encode, the payload would not decode on
+    /// open, `JournalError::CheckpointUndecodable`, or its write failed), or
+    /// stored but the files it made unnecessary were not all removed. While
+    /// they go on, the records an open replays (`durable_seq -
+    /// checkpoint_seq`) and the segments on disk keep growing.
     pub checkpoint_failures: u64,
     /// The checkpoint an open would start from (0: none).
     pub checkpoint_seq: u64,
