@@ -21,7 +21,7 @@ use volmgr::model::VolumeId;
 use volmgr::provider::cmd::CommandCount;
 use volmgr::provider::zfs::{KIND, RECEIVED_PROGRAM, SNAPSHOT_PROGRAM, ZfsProvider};
 use volmgr::provider::{
-    Created, Presence, Provider, ProviderConfig, ProviderError, VolumeRef, VolumeSpec,
+    Created, Presence, Provider, ProviderConfig, ProviderError, Tag, VolumeRef, VolumeSpec,
 };
 use volmgr::state::{DETAIL_GUID, Details, Meta, VolumeKind};
 
@@ -441,6 +441,113 @@ fn full_stream_of_a_snapshot(p: &ZfsProvider) -> (Created, Vec<u8>) {
     (s, stream)
 }
 
+/// The receive the tests below take apart: a pool and its provider, the
+/// full stream of snapshot `s` of volume `src` (file `f` holding `data`),
+/// the empty volume `t` (dataset `target`), and operation `op` that
+/// receives the stream into `t` as snapshot `r`.
+struct ReceiveFixture {
+    pool: ZfsPool,
+    p: ZfsProvider,
+    none: Details,
+    /// The sent snapshot.
+    s: Created,
+    stream: Vec<u8>,
+    /// The target volume.
+    t: Created,
+    target: String,
+    op: Uuid,
+}
+
+impl ReceiveFixture {
+    /// `None` where ZFS is unusable, as [`pool_and_provider`].
+    fn new(test: &str) -> Option<Self> {
+        let (pool, p) = pool_and_provider(test)?;
+        let (s, stream) = full_stream_of_a_snapshot(&p);
+        let t = p.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
+        let target = format!("{}/data/t", pool.dataset());
+        Some(Self {
+            pool,
+            p,
+            none: Details::new(),
+            s,
+            stream,
+            t,
+            target,
+            op: Uuid::now_v7(),
+        })
+    }
+
+    /// The target, as the provider is given it.
+    fn t_ref(&self) -> VolumeRef<'_> {
+        vref("t", VolumeKind::Data, None, &self.none)
+    }
+
+    /// Operation `op`'s receive, as snapshot `r`.
+    fn spec(&self) -> VolumeSpec<'_> {
+        snap_spec("r", self.op)
+    }
+
+    /// The stream's guid, as ZFS prints it.
+    fn guid(&self) -> &str {
+        &self.s.details[DETAIL_GUID]
+    }
+
+    /// The stream's guid as `finish_receive` takes it.
+    fn toguid(&self) -> u64 {
+        self.guid().parse().unwrap()
+    }
+
+    /// The receiving mark the provider sets on the target for `op`.
+    fn mark(&self) -> String {
+        format!("{}:{}", self.op, self.guid())
+    }
+
+    /// `<target>@<snapshot>`.
+    fn snapshot(&self, snapshot: &str) -> String {
+        format!("{}@{snapshot}", self.target)
+    }
+
+    /// The target's receiving mark: its source (`local`, or `-` when
+    /// cleared) and value.
+    fn marked(&self) -> (String, String) {
+        (
+            zfs_out(&[
+                "get",
+                "-H",
+                "-o",
+                "source",
+                "volmgr:receiving",
+                &self.target,
+            ]),
+            zfs_out(&["get", "-H", "-o", "value", "volmgr:receiving", &self.target]),
+        )
+    }
+
+    /// What a receive killed between `zfs recv` and the program after it
+    /// leaves: the target marked with `mark` (set before the receive, as
+    /// the provider does), then `stream` received by a `zfs recv` of the
+    /// test's own as `<target>@<snapshot>`.
+    fn recv_marked(&self, mark: &str, stream: &[u8], snapshot: &str) {
+        zfs_out(&["set", &format!("volmgr:receiving={mark}"), &self.target]);
+        let mut recv = Command::new("zfs")
+            .args(["recv", "-F", "-s", "-x", "volmgr:receiving"])
+            .arg(self.snapshot(snapshot))
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            recv.stdin.take().unwrap().write_all(stream).unwrap();
+        }
+        assert!(recv.wait().unwrap().success());
+    }
+
+    /// [`Self::recv_marked`] of `op`'s stream, with `op`'s mark.
+    fn recv_by_hand(&self, snapshot: &str) {
+        self.recv_marked(&self.mark(), &self.stream, snapshot);
+    }
+}
+
 /// A receive names its snapshot with its final name in `zfs recv` itself
 /// (no rename follows), so a manager killed after `recv` and before the
 /// tags leaves `<target>@<id>` untagged (it inherits the target's tags,
@@ -452,79 +559,47 @@ fn full_stream_of_a_snapshot(p: &ZfsProvider) -> (Created, Vec<u8>) {
 async fn snapshot_arrived_untagged_under_its_final_name_is_not_adopted_and_abort_partial_removes_it()
  {
     let test = "snapshot_arrived_untagged_under_its_final_name_is_not_adopted_and_abort_partial_removes_it";
-    let Some((pool, p)) = pool_and_provider(test) else {
+    let Some(f) = ReceiveFixture::new(test) else {
         return;
     };
-    let none = Details::new();
-    let (s, stream) = full_stream_of_a_snapshot(&p);
-    let t = p.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
-    let target = format!("{}/data/t", pool.dataset());
-    let arrived = format!("{target}@r");
-    let op = Uuid::now_v7();
-    let spec = VolumeSpec {
-        id: VolumeId::new("r").unwrap(),
-        op,
-        kind: VolumeKind::Snapshot,
-    };
+    let p = &f.p;
+    let arrived = f.snapshot("r");
 
     // What the receive leaves when killed between `zfs recv` and `zfs set`:
     // the mark set before the receive, the snapshot under its final name.
-    let guid = &s.details[DETAIL_GUID];
-    zfs_out(&["set", &format!("volmgr:receiving={op}:{guid}"), &target]);
-    let mut recv = Command::new("zfs")
-        .args(["recv", "-F", "-s", "-x", "volmgr:receiving", &arrived])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        recv.stdin.take().unwrap().write_all(&stream).unwrap();
-    }
-    assert!(recv.wait().unwrap().success());
+    f.recv_by_hand("r");
     assert_eq!(
         zfs_out(&["get", "-H", "-o", "value", "guid", &arrived]),
-        *guid
+        f.guid()
     );
 
     let found = p.inventory().unwrap();
-    let item = found.iter().find(|f| f.name == arrived).unwrap();
+    let item = found.iter().find(|i| i.name == arrived).unwrap();
     assert!(item.tag.is_none(), "not ours by its name alone: {item:?}");
-    let retry = p.receive_snapshot(
-        &vref("t", VolumeKind::Data, None, &none),
-        &spec,
-        &mut stream.as_slice(),
-    );
+    let retry = p.receive_snapshot(&f.t_ref(), &f.spec(), &mut f.stream.as_slice());
     assert!(
         matches!(retry, Err(ProviderError::AlreadyExists(_))),
         "the untagged arrival is refused, never adopted: {retry:?}"
     );
 
-    p.abort_partial(op).unwrap();
+    p.abort_partial(f.op).unwrap();
     let after = p.inventory().unwrap();
     assert!(
-        after.iter().all(|f| f.name != arrived && f.tag.is_some()),
+        after.iter().all(|i| i.name != arrived && i.tag.is_some()),
         "removed: {after:?}"
     );
+    assert_eq!(f.marked().0, "-", "mark cleared");
     assert_eq!(
-        zfs_out(&["get", "-H", "-o", "source", "volmgr:receiving", &target]),
-        "-",
-        "mark cleared"
-    );
-    assert_eq!(
-        zfs_out(&["get", "-H", "-o", "value", "mounted", &target]),
+        zfs_out(&["get", "-H", "-o", "value", "mounted", &f.target]),
         "yes"
     );
     // The target takes the receive again, under the same name.
     let got = p
-        .receive_snapshot(
-            &vref("t", VolumeKind::Data, None, &none),
-            &spec,
-            &mut stream.as_slice(),
-        )
+        .receive_snapshot(&f.t_ref(), &f.spec(), &mut f.stream.as_slice())
         .unwrap();
-    assert_eq!(got.details[DETAIL_GUID], *guid);
+    assert_eq!(got.details[DETAIL_GUID], f.guid());
     assert_eq!(
-        std::fs::read(Path::new(&t.location).join("f")).unwrap(),
+        std::fs::read(Path::new(&f.t.location).join("f")).unwrap(),
         b"data"
     );
 }
@@ -572,64 +647,38 @@ fn arrival_tags(id: &str, op: Uuid, target: &str) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_tags_its_arrival_and_clears_the_mark_in_one_program_after_recv() {
     let test = "receive_tags_its_arrival_and_clears_the_mark_in_one_program_after_recv";
-    let Some((pool, p)) = pool_and_provider(test) else {
+    let Some(f) = ReceiveFixture::new(test) else {
         return;
     };
-    let none = Details::new();
-    let (s, stream) = full_stream_of_a_snapshot(&p);
-    let t = p.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
-    let target = format!("{}/data/t", pool.dataset());
-    let op = Uuid::now_v7();
-    let spec = VolumeSpec {
-        id: VolumeId::new("r").unwrap(),
-        op,
-        kind: VolumeKind::Snapshot,
-    };
-    let (got, n) = counted(async {
-        p.receive_snapshot(
-            &vref("t", VolumeKind::Data, None, &none),
-            &spec,
-            &mut stream.as_slice(),
-        )
-    })
-    .await;
+    let (p, op) = (&f.p, f.op);
+    let (got, n) =
+        counted(async { p.receive_snapshot(&f.t_ref(), &f.spec(), &mut f.stream.as_slice()) })
+            .await;
     let got = got.unwrap();
     assert_eq!(n, zfs_commands(4), "list, mark, recv, program");
-    assert_eq!(got.details[DETAIL_GUID], s.details[DETAIL_GUID]);
+    assert_eq!(got.details[DETAIL_GUID], f.guid());
     assert_eq!(
-        own_props(&format!("{target}@r")),
+        own_props(&f.snapshot("r")),
         arrival_tags("r", op, "t"),
         "the arrival carries its own tags"
     );
+    assert_eq!(f.marked().0, "-", "the mark is cleared");
     assert_eq!(
-        zfs_out(&["get", "-H", "-o", "source", "volmgr:receiving", &target]),
-        "-",
-        "the mark is cleared"
-    );
-    assert_eq!(
-        zfs_out(&["get", "-H", "-o", "value", "mounted", &target]),
+        zfs_out(&["get", "-H", "-o", "value", "mounted", &f.target]),
         "yes"
     );
     assert_eq!(
-        std::fs::read(Path::new(&t.location).join("f")).unwrap(),
+        std::fs::read(Path::new(&f.t.location).join("f")).unwrap(),
         b"data"
     );
     let found = p.inventory().unwrap();
-    let item = found
-        .iter()
-        .find(|f| f.name == format!("{target}@r"))
-        .unwrap();
+    let item = found.iter().find(|i| i.name == f.snapshot("r")).unwrap();
     assert_eq!(item.tag.as_ref().map(|t| t.op), Some(op), "{item:?}");
     // A retry of the same operation is its result, from the first listing.
-    let (again, n) = counted(async {
-        p.receive_snapshot(
-            &vref("t", VolumeKind::Data, None, &none),
-            &spec,
-            &mut stream.as_slice(),
-        )
-    })
-    .await;
-    assert_eq!(again.unwrap().details[DETAIL_GUID], s.details[DETAIL_GUID]);
+    let (again, n) =
+        counted(async { p.receive_snapshot(&f.t_ref(), &f.spec(), &mut f.stream.as_slice()) })
+            .await;
+    assert_eq!(again.unwrap().details[DETAIL_GUID], f.guid());
     assert_eq!(n, zfs_commands(1), "idempotent: the listing finds it");
 }
 
@@ -643,45 +692,14 @@ async fn receive_tags_its_arrival_and_clears_the_mark_in_one_program_after_recv(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_program_that_finds_no_arrival_changes_nothing_and_abort_partial_removes_it() {
     let test = "receive_program_that_finds_no_arrival_changes_nothing_and_abort_partial_removes_it";
-    let Some((pool, p)) = pool_and_provider(test) else {
+    let Some(f) = ReceiveFixture::new(test) else {
         return;
     };
-    let none = Details::new();
-    let (s, stream) = full_stream_of_a_snapshot(&p);
-    p.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
-    let target = format!("{}/data/t", pool.dataset());
-    let arrived = format!("{target}@r");
-    let op = Uuid::now_v7();
-    let spec = VolumeSpec {
-        id: VolumeId::new("r").unwrap(),
-        op,
-        kind: VolumeKind::Snapshot,
-    };
-    let guid = &s.details[DETAIL_GUID];
-    let toguid: u64 = guid.parse().unwrap();
-    let mark = format!("{op}:{guid}");
-    let recv_raw = || {
-        zfs_out(&["set", &format!("volmgr:receiving={mark}"), &target]);
-        let mut recv = Command::new("zfs")
-            .args(["recv", "-F", "-s", "-x", "volmgr:receiving", &arrived])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            recv.stdin.take().unwrap().write_all(&stream).unwrap();
-        }
-        assert!(recv.wait().unwrap().success());
-    };
-    let marked = || {
-        (
-            zfs_out(&["get", "-H", "-o", "source", "volmgr:receiving", &target]),
-            zfs_out(&["get", "-H", "-o", "value", "volmgr:receiving", &target]),
-        )
-    };
-    let t = vref("t", VolumeKind::Data, None, &none);
+    let (p, op) = (&f.p, f.op);
+    let (t, spec, toguid) = (f.t_ref(), f.spec(), f.toguid());
+    let arrived = f.snapshot("r");
 
-    recv_raw();
+    f.recv_by_hand("r");
     let (err, n) = counted(async { p.finish_receive(&t, &spec, toguid.wrapping_add(1)) }).await;
     match err {
         Err(ProviderError::Stream(m)) => {
@@ -691,23 +709,169 @@ async fn receive_program_that_finds_no_arrival_changes_nothing_and_abort_partial
     }
     assert_eq!(n, zfs_commands(1), "the program alone");
     assert_eq!(own_props(&arrived), Vec::new(), "the arrival is untagged");
-    assert_eq!(marked(), ("local".to_owned(), mark.clone()), "still marked");
+    assert_eq!(f.marked(), ("local".to_owned(), f.mark()), "still marked");
     p.abort_partial(op).unwrap();
     assert!(
-        p.inventory().unwrap().iter().all(|f| f.name != arrived),
+        p.inventory().unwrap().iter().all(|i| i.name != arrived),
         "abort_partial removed the arrival"
     );
-    assert_eq!(marked().0, "-", "and the mark");
+    assert_eq!(f.marked().0, "-", "and the mark");
 
-    recv_raw();
+    f.recv_by_hand("r");
     let got = p.finish_receive(&t, &spec, toguid).unwrap();
-    assert_eq!(got.details[DETAIL_GUID], *guid);
+    assert_eq!(got.details[DETAIL_GUID], f.guid());
     assert_eq!(own_props(&arrived), arrival_tags("r", op, "t"));
-    assert_eq!(marked().0, "-", "the mark is cleared with the tags");
+    assert_eq!(f.marked().0, "-", "the mark is cleared with the tags");
     let again = p.finish_receive(&t, &spec, toguid).unwrap();
-    assert_eq!(again.details[DETAIL_GUID], *guid);
+    assert_eq!(again.details[DETAIL_GUID], f.guid());
     assert_eq!(own_props(&arrived), arrival_tags("r", op, "t"));
-    assert_eq!(marked().0, "-");
+    assert_eq!(f.marked().0, "-");
+}
+
+/// The snapshots of dataset `ds` (only its own, not its children's), by
+/// name, one a line.
+fn snapshots_of(ds: &str) -> String {
+    zfs_out(&["list", "-H", "-o", "name", "-t", "snapshot", "-d", "1", ds])
+}
+
+/// An arrival under another name than `<target>@<id>` (which `zfs recv`,
+/// told the final name, never gives; here a `zfs recv` of the test's own
+/// names it `other`) is finished by `finish_receive` in separate commands:
+/// it is tagged, renamed to `<target>@r` (where it keeps the stream's
+/// guid), and the mark cleared; the inventory then reports it as snapshot
+/// `r` of operation `op`, and nothing remains under the other name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrival_under_another_name_is_tagged_renamed_to_its_id_and_the_mark_cleared() {
+    let test = "arrival_under_another_name_is_tagged_renamed_to_its_id_and_the_mark_cleared";
+    let Some(f) = ReceiveFixture::new(test) else {
+        return;
+    };
+    let (p, op) = (&f.p, f.op);
+    let (other, want) = (f.snapshot("other"), f.snapshot("r"));
+    f.recv_by_hand("other");
+    assert_eq!(
+        snapshots_of(&f.target),
+        other,
+        "arrived under the other name"
+    );
+    assert_eq!(f.marked(), ("local".to_owned(), f.mark()), "marked");
+
+    let got = p.finish_receive(&f.t_ref(), &f.spec(), f.toguid()).unwrap();
+    assert_eq!(got.details[DETAIL_GUID], f.guid());
+    assert_eq!(
+        snapshots_of(&f.target),
+        want,
+        "renamed: none left as `other`"
+    );
+    assert_eq!(
+        zfs_out(&["get", "-H", "-p", "-o", "value", "guid", &want]),
+        f.guid(),
+        "the stream's snapshot, by guid"
+    );
+    assert_eq!(own_props(&want), arrival_tags("r", op, "t"), "tagged");
+    assert_eq!(f.marked().0, "-", "the mark is cleared");
+    let found = p.inventory().unwrap();
+    let item = found.iter().find(|i| i.name == want).unwrap();
+    assert_eq!(
+        item.tag,
+        Some(Tag {
+            volume: "r".to_owned(),
+            op,
+            kind: VolumeKind::Snapshot,
+            parent: Some("t".to_owned()),
+        }),
+        "ours, as snapshot r: {item:?}"
+    );
+    assert_eq!(item.details[DETAIL_GUID], f.guid());
+    assert_eq!(item.location, got.location);
+    assert_eq!(
+        std::fs::read(Path::new(&got.location).join("f")).unwrap(),
+        b"data"
+    );
+    // Finished: run again, the program finds it under its id.
+    let again = p.finish_receive(&f.t_ref(), &f.spec(), f.toguid()).unwrap();
+    assert_eq!(again.details[DETAIL_GUID], f.guid());
+    assert_eq!(snapshots_of(&f.target), want);
+}
+
+/// When the rename of an arrival under another name is refused (here its
+/// id, `r`, is taken by the snapshot the incremental stream starts from),
+/// `finish_receive` fails with ZFS's refusal and leaves what
+/// `abort_partial` removes: the arrival not ours (tags naming `r` do not
+/// make `<target>@other` ours) and the target still marked. The snapshot
+/// under the id is untouched, before and after `abort_partial`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrival_whose_rename_is_refused_stays_not_ours_and_marked_for_abort_partial() {
+    let test = "arrival_whose_rename_is_refused_stays_not_ours_and_marked_for_abort_partial";
+    let Some(f) = ReceiveFixture::new(test) else {
+        return;
+    };
+    let p = &f.p;
+    let (other, want) = (f.snapshot("other"), f.snapshot("r"));
+    // `t@r`: the full stream of `s`, received by the provider.
+    p.receive_snapshot(&f.t_ref(), &f.spec(), &mut f.stream.as_slice())
+        .unwrap();
+    // The snapshot under the id: its guid and tags.
+    let under_id = || {
+        (
+            zfs_out(&["get", "-H", "-p", "-o", "value", "guid", &want]),
+            own_props(&want),
+        )
+    };
+    let r_before = under_id();
+    assert_eq!(r_before.0, f.guid());
+    // The incremental stream `s` -> `s2` of `src`, received by hand as
+    // `t@other` for a second operation that would name it `r` too.
+    let s2 = p
+        .create_snapshot(
+            &vref("src", VolumeKind::Data, None, &f.none),
+            &snap_spec("s2", Uuid::now_v7()),
+        )
+        .unwrap();
+    let mut inc = Vec::new();
+    let sent = p
+        .send_snapshot(
+            &vref("s2", VolumeKind::Snapshot, Some("src"), &s2.details),
+            Some(&vref("s", VolumeKind::Snapshot, Some("src"), &f.s.details)),
+            &mut inc,
+        )
+        .unwrap();
+    assert!(sent.incremental);
+    let guid2 = &s2.details[DETAIL_GUID];
+    let op2 = Uuid::now_v7();
+    let mark2 = format!("{op2}:{guid2}");
+    f.recv_marked(&mark2, &inc, "other");
+
+    let err = p
+        .finish_receive(&f.t_ref(), &snap_spec("r", op2), guid2.parse().unwrap())
+        .unwrap_err();
+    match &err {
+        ProviderError::Command {
+            command, stderr, ..
+        } => {
+            assert!(command.starts_with("zfs rename "), "{command}");
+            assert!(stderr.contains("exists"), "{stderr}");
+        }
+        other => panic!("expected the refused rename, got {other:?}"),
+    }
+    assert_eq!(f.marked(), ("local".to_owned(), mark2), "still marked");
+    let found = p.inventory().unwrap();
+    let item = found.iter().find(|i| i.name == other).unwrap();
+    assert!(item.tag.is_none(), "not ours: {item:?}");
+    assert_eq!(
+        under_id(),
+        r_before,
+        "the snapshot under the id is untouched"
+    );
+
+    p.abort_partial(op2).unwrap();
+    assert_eq!(
+        snapshots_of(&f.target),
+        want,
+        "abort_partial removed the arrival"
+    );
+    assert_eq!(f.marked().0, "-", "and the mark");
+    assert_eq!(under_id(), r_before, "and kept the snapshot under the id");
 }
 
 /// A receive into a filesystem under the root that is not tagged ours is
@@ -1121,35 +1285,19 @@ fn a_tag_argument_without_a_property_name_fails_both_programs_before_any_change(
 #[test]
 fn a_tag_refused_inside_the_receive_program_changes_nothing() {
     let test = "a_tag_refused_inside_the_receive_program_changes_nothing";
-    let Some((pool, p)) = pool_and_provider(test) else {
+    let Some(f) = ReceiveFixture::new(test) else {
         return;
     };
-    let (s, stream) = full_stream_of_a_snapshot(&p);
-    p.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
-    let target = format!("{}/data/t", pool.dataset());
-    let arrived = format!("{target}@r");
-    let op = Uuid::now_v7();
-    let guid = &s.details[DETAIL_GUID];
-    let mark = format!("{op}:{guid}");
-    zfs_out(&["set", &format!("volmgr:receiving={mark}"), &target]);
-    let mut recv = Command::new("zfs")
-        .args(["recv", "-F", "-s", "-x", "volmgr:receiving", &arrived])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        recv.stdin.take().unwrap().write_all(&stream).unwrap();
-    }
-    assert!(recv.wait().unwrap().success());
+    let arrived = f.snapshot("r");
+    f.recv_by_hand("r");
 
-    let signed = format!("guid={}", guid.parse::<u64>().unwrap().cast_signed());
+    let signed = format!("guid={}", f.toguid().cast_signed());
     let big = format!("volmgr:big={}", "x".repeat(9000));
     let printed = run_program(
-        &pool,
+        &f.pool,
         RECEIVED_PROGRAM,
         &[
-            &target,
+            &f.target,
             &arrived,
             &signed,
             "volmgr:receiving",
@@ -1164,21 +1312,10 @@ fn a_tag_refused_inside_the_receive_program_changes_nothing() {
         "{printed}"
     );
     assert_eq!(own_props(&arrived), Vec::new(), "no tag set");
-    assert_eq!(
-        zfs_out(&[
-            "get",
-            "-H",
-            "-o",
-            "source,value",
-            "volmgr:receiving",
-            &target
-        ]),
-        format!("local\t{mark}"),
-        "still marked"
-    );
-    p.abort_partial(op).unwrap();
+    assert_eq!(f.marked(), ("local".to_owned(), f.mark()), "still marked");
+    f.p.abort_partial(f.op).unwrap();
     assert!(
-        p.inventory().unwrap().iter().all(|f| f.name != arrived),
+        f.p.inventory().unwrap().iter().all(|i| i.name != arrived),
         "abort_partial removed the arrival"
     );
 }
