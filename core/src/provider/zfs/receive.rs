@@ -101,9 +101,12 @@ impl ZfsProvider {
     /// show it mounted (a file read, not a `zfs` command). An arrival under
     /// another name (which `zfs recv`, told the name, never gives) is
     /// tagged, renamed, checked by guid and the mark cleared, one command
-    /// each, as before the program. Its errors change nothing: the arrival
-    /// stays untagged and the mark set, what [`Provider::abort_partial`]
-    /// removes (the manager runs it after a failed receive).
+    /// each, as before the program. Its errors leave the arrival not ours
+    /// and the mark set, what [`Provider::abort_partial`] removes (the
+    /// manager runs it after a failed receive): untagged, or, when the
+    /// rename of an arrival under another name fails, tagged with a
+    /// snapshot id its name does not carry, which the inventory does not
+    /// count as ours.
     ///
     /// Public, and hidden from the documentation, only so that the guest
     /// tests reach this step after a `zfs recv` of their own (the state a
