@@ -948,3 +948,41 @@ async fn abort_receive_discards_the_partial_receive_and_a_token_that_does_not_fi
     assert_error(&hostile, 400, "invalid_input");
     agent.shutdown().await;
 }
+
+/// Go encodes a nil map as `null`, so a client's `{"meta": null}` means no
+/// metadata. Create took it; snapshot and fork answered 400 `bad_body`
+/// ("invalid type: null, expected a map").
+#[tokio::test]
+async fn a_null_meta_is_no_metadata_on_create_snapshot_and_fork() {
+    let (_dir, _sim, agent) = sim_agent().await;
+    let url = &agent.url;
+    let created = raw(
+        "POST",
+        &format!("{url}/storage/providers/default/volumes"),
+        Some(r#"{"id": "v", "meta": null}"#),
+        None,
+    )
+    .await;
+    assert_eq!(created.0, 200, "{}", String::from_utf8_lossy(&created.2));
+    let snapshot = raw(
+        "PUT",
+        &format!("{url}/storage/volumes/v/snapshot"),
+        Some(r#"{"meta": null}"#),
+        None,
+    )
+    .await;
+    assert_eq!(snapshot.0, 200, "{}", String::from_utf8_lossy(&snapshot.2));
+    let snapshot = volume(&snapshot.1);
+    let fork = raw(
+        "POST",
+        &format!("{url}/storage/volumes/{}/fork", snapshot.id),
+        Some(r#"{"id": "f", "meta": null}"#),
+        None,
+    )
+    .await;
+    assert_eq!(fork.0, 200, "{}", String::from_utf8_lossy(&fork.2));
+    for v in [volume(&created.1), snapshot, volume(&fork.1)] {
+        assert!(v.meta.is_empty(), "{v:?}");
+    }
+    agent.shutdown().await;
+}
