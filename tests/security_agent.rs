@@ -436,3 +436,34 @@ async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
     );
     b.shutdown().await;
 }
+
+/// A client without the token put raw bytes of its request path into the
+/// agent's log: U+202E (right-to-left override), U+2028 (line separator),
+/// U+0085 (next line), which the agent refuses in any metadata because they
+/// make displayed text lie. The logged path keeps printable ASCII and
+/// percent-encodes every other byte.
+#[test]
+fn a_request_path_is_logged_as_printable_ascii_whatever_bytes_it_holds() {
+    use std::io::{Read, Write};
+    let state = tempfile::tempdir().unwrap();
+    let agent = ServeProcess::start(state.path(), &[]);
+    let addr = agent.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut request =
+        b"GET /storage/volumes/a\xe2\x80\xaeb\xe2\x80\xa8c\xc2\x85d HTTP/1.1\r\n".to_vec();
+    request.extend_from_slice(b"Host: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(&request).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let done = agent.wait_for("request done");
+    assert_eq!(
+        done["span"]["path"].as_str(),
+        Some("/storage/volumes/a%E2%80%AEb%E2%80%A8c%C2%85d"),
+        "{done}"
+    );
+}
