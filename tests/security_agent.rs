@@ -467,3 +467,43 @@ fn a_request_path_is_logged_as_printable_ascii_whatever_bytes_it_holds() {
         "{done}"
     );
 }
+
+/// The log line of an error answer, by its volmgr code.
+fn logged_error(agent: &ServeProcess, code: &str) -> serde_json::Value {
+    // `request done` follows the error's own line.
+    agent.wait_for("request done");
+    agent
+        .logs()
+        .into_iter()
+        .find(|l| l["fields"]["code"] == code)
+        .unwrap_or_else(|| panic!("no log line of {code}: {:?}", agent.logs()))
+}
+
+/// An error answer was logged with the error's text in a field named
+/// `message`, the name of the event's own message: a JSON log line held
+/// `"message"` twice, and a JSON reader kept the error's text, losing
+/// `request refused` (a filter on it found nothing). The text is `error`.
+#[test]
+fn an_error_answer_is_logged_with_one_message_and_its_text_under_error() {
+    use std::io::{Read, Write};
+    let state = tempfile::tempdir().unwrap();
+    let agent = ServeProcess::start(state.path(), &[]);
+    let addr = agent.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "GET /storage/volumes/nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Connection: close\r\n\r\n",
+        agent.token
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 404"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let line = logged_error(&agent, "no_such_volume");
+    assert_eq!(line["fields"]["message"], "request refused", "{line}");
+    assert_eq!(line["fields"]["error"], "no such volume: nope", "{line}");
+}

@@ -132,9 +132,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = (self.status.as_u16(), self.code, &self.message);
         match log_level(self.status) {
-            tracing::Level::ERROR => tracing::error!(status, code, %message, "request failed"),
-            tracing::Level::WARN => tracing::warn!(status, code, %message, "request failed"),
-            _ => tracing::info!(status, code, %message, "request refused"),
+            tracing::Level::ERROR => {
+                tracing::error!(status, code, error = %message, "request failed")
+            }
+            tracing::Level::WARN => {
+                tracing::warn!(status, code, error = %message, "request failed")
+            }
+            _ => tracing::info!(status, code, error = %message, "request refused"),
         }
         let mut response = (self.status, Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
