@@ -507,3 +507,40 @@ fn an_error_answer_is_logged_with_one_message_and_its_text_under_error() {
     assert_eq!(line["fields"]["message"], "request refused", "{line}");
     assert_eq!(line["fields"]["error"], "no such volume: nope", "{line}");
 }
+
+/// An error's text can quote the caller's input (serde names an unknown
+/// field as it was sent), so a caller put U+2028, U+202E and U+0085 into
+/// the log through it. The logged text escapes controls, bidirectional
+/// controls and line separators (the answer itself is the caller's own).
+#[test]
+fn an_error_text_quoting_the_callers_input_is_logged_escaped() {
+    use std::io::{Read, Write};
+    let state = tempfile::tempdir().unwrap();
+    let agent = ServeProcess::start(state.path(), &[]);
+    let addr = agent.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let body = "{\"a\u{2028}b\u{202e}c\u{85}d\": 1}";
+    let request = format!(
+        "POST /storage/providers/default/volumes HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        agent.token,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let line = logged_error(&agent, "bad_body");
+    let error = line["fields"]["error"].as_str().unwrap();
+    assert!(error.contains(r"a\u{2028}b\u{202e}c\u{85}d"), "{line}");
+    assert!(
+        !error
+            .chars()
+            .any(|c| c.is_control() || volmgr::validate::is_deceptive(c)),
+        "{line}"
+    );
+}
