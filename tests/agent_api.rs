@@ -972,3 +972,86 @@ async fn abort_receive_discards_the_partial_receive_and_a_token_that_does_not_fi
     assert_error(&hostile, 400, "invalid_input");
     agent.shutdown().await;
 }
+
+/// Go encodes a nil map as `null`, so a client's `{"meta": null}` means no
+/// metadata. Create took it; snapshot and fork answered 400 `bad_body`
+/// ("invalid type: null, expected a map").
+#[tokio::test]
+async fn a_null_meta_is_no_metadata_on_create_snapshot_and_fork() {
+    let (_dir, _sim, agent) = sim_agent().await;
+    let url = &agent.url;
+    let created = raw(
+        "POST",
+        &format!("{url}/storage/providers/default/volumes"),
+        Some(r#"{"id": "v", "meta": null}"#),
+        None,
+    )
+    .await;
+    assert_eq!(created.0, 200, "{}", String::from_utf8_lossy(&created.2));
+    let snapshot = raw(
+        "PUT",
+        &format!("{url}/storage/volumes/v/snapshot"),
+        Some(r#"{"meta": null}"#),
+        None,
+    )
+    .await;
+    assert_eq!(snapshot.0, 200, "{}", String::from_utf8_lossy(&snapshot.2));
+    let snapshot = volume(&snapshot.1);
+    let fork = raw(
+        "POST",
+        &format!("{url}/storage/volumes/{}/fork", snapshot.id),
+        Some(r#"{"id": "f", "meta": null}"#),
+        None,
+    )
+    .await;
+    assert_eq!(fork.0, 200, "{}", String::from_utf8_lossy(&fork.2));
+    for v in [volume(&created.1), snapshot, volume(&fork.1)] {
+        assert!(v.meta.is_empty(), "{v:?}");
+    }
+    agent.shutdown().await;
+}
+
+/// Sends a request head declaring a body of `len` bytes (none of it sent)
+/// and returns the first line of the agent's first answer.
+async fn first_answer_to_a_declared_body(url: &str, len: usize, expect: bool) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let token = agent_support::token_for(url).unwrap_or_default();
+    let head = format!(
+        "POST /storage/providers/default/volumes HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: {len}\r\n{}\r\n",
+        if expect {
+            "Expect: 100-continue\r\n"
+        } else {
+            ""
+        }
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).await.unwrap();
+    line.trim_end().to_owned()
+}
+
+/// A body declared larger than the limit was read (and, with `Expect:
+/// 100-continue`, invited: `100 Continue`) until 64 KiB of it arrived, or
+/// answered 408 `body_timeout` after `--header-read-timeout` if the client
+/// waited for a go-ahead: the 413 is answered from the head alone.
+#[tokio::test]
+async fn a_body_declared_over_the_limit_is_answered_413_before_any_of_it_is_sent() {
+    let (_dir, _sim, agent) = sim_agent().await;
+    let over = volmgr::agent::MAX_JSON_BODY_BYTES + 1;
+    for expect in [true, false] {
+        assert_eq!(
+            first_answer_to_a_declared_body(&agent.url, over, expect).await,
+            "HTTP/1.1 413 Payload Too Large",
+            "Expect: 100-continue {expect}"
+        );
+    }
+    // At the limit, the body is invited.
+    assert_eq!(
+        first_answer_to_a_declared_body(&agent.url, volmgr::agent::MAX_JSON_BODY_BYTES, true).await,
+        "HTTP/1.1 100 Continue"
+    );
+    agent.shutdown().await;
+}

@@ -1531,3 +1531,24 @@ fn the_inventory_never_blocks_on_nor_follows_a_marker_that_is_no_regular_file() 
     }
     assert_eq!(inv.len(), 3, "{inv:#?}");
 }
+
+/// A root that is a symlink to a directory passed the configuration check
+/// (which followed it), then failed to open (`O_NOFOLLOW`): 500
+/// `provider_failed`, "Not a directory", for a configuration mistake. It is
+/// refused as invalid configuration, saying it is a symlink, and nothing is
+/// created where it points.
+#[test]
+fn a_root_that_is_a_symlink_is_invalid_configuration_naming_the_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("target");
+    fs::create_dir(&target).unwrap();
+    let link = tmp.path().join("link");
+    symlink(&target, &link).unwrap();
+    let err = DirProvider::new(link.clone()).expect_err("a symlink root");
+    assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("symlink"), "{err}");
+    assert!(
+        fs::read_dir(&target).unwrap().next().is_none(),
+        "nothing made where the symlink points"
+    );
+}

@@ -436,3 +436,111 @@ async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
     );
     b.shutdown().await;
 }
+
+/// A client without the token put raw bytes of its request path into the
+/// agent's log: U+202E (right-to-left override), U+2028 (line separator),
+/// U+0085 (next line), which the agent refuses in any metadata because they
+/// make displayed text lie. The logged path keeps printable ASCII and
+/// percent-encodes every other byte.
+#[test]
+fn a_request_path_is_logged_as_printable_ascii_whatever_bytes_it_holds() {
+    use std::io::{Read, Write};
+    let state = tempfile::tempdir().unwrap();
+    let agent = ServeProcess::start(state.path(), &[]);
+    let addr = agent.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut request =
+        b"GET /storage/volumes/a\xe2\x80\xaeb\xe2\x80\xa8c\xc2\x85d HTTP/1.1\r\n".to_vec();
+    request.extend_from_slice(b"Host: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(&request).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let done = agent.wait_for("request done");
+    assert_eq!(
+        done["span"]["path"].as_str(),
+        Some("/storage/volumes/a%E2%80%AEb%E2%80%A8c%C2%85d"),
+        "{done}"
+    );
+}
+
+/// The log line of an error answer, by its volmgr code.
+fn logged_error(agent: &ServeProcess, code: &str) -> serde_json::Value {
+    // `request done` follows the error's own line.
+    agent.wait_for("request done");
+    agent
+        .logs()
+        .into_iter()
+        .find(|l| l["fields"]["code"] == code)
+        .unwrap_or_else(|| panic!("no log line of {code}: {:?}", agent.logs()))
+}
+
+/// An error answer was logged with the error's text in a field named
+/// `message`, the name of the event's own message: a JSON log line held
+/// `"message"` twice, and a JSON reader kept the error's text, losing
+/// `request refused` (a filter on it found nothing). The text is `error`.
+#[test]
+fn an_error_answer_is_logged_with_one_message_and_its_text_under_error() {
+    use std::io::{Read, Write};
+    let state = tempfile::tempdir().unwrap();
+    let agent = ServeProcess::start(state.path(), &[]);
+    let addr = agent.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "GET /storage/volumes/nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Connection: close\r\n\r\n",
+        agent.token
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 404"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let line = logged_error(&agent, "no_such_volume");
+    assert_eq!(line["fields"]["message"], "request refused", "{line}");
+    assert_eq!(line["fields"]["error"], "no such volume: nope", "{line}");
+}
+
+/// An error's text can quote the caller's input (serde names an unknown
+/// field as it was sent), so a caller put U+2028, U+202E and U+0085 into
+/// the log through it. The logged text escapes controls, bidirectional
+/// controls and line separators (the answer itself is the caller's own).
+#[test]
+fn an_error_text_quoting_the_callers_input_is_logged_escaped() {
+    use std::io::{Read, Write};
+    let state = tempfile::tempdir().unwrap();
+    let agent = ServeProcess::start(state.path(), &[]);
+    let addr = agent.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let body = "{\"a\u{2028}b\u{202e}c\u{85}d\": 1}";
+    let request = format!(
+        "POST /storage/providers/default/volumes HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        agent.token,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let line = logged_error(&agent, "bad_body");
+    let error = line["fields"]["error"].as_str().unwrap();
+    assert!(error.contains(r"a\u{2028}b\u{202e}c\u{85}d"), "{line}");
+    assert!(
+        !error
+            .chars()
+            .any(|c| c.is_control() || volmgr::validate::is_deceptive(c)),
+        "{line}"
+    );
+}

@@ -346,6 +346,49 @@ fn hard_links_cannot_make_a_snapshot_fill_the_disk() {
     snapshot(&p, &v, "s").unwrap();
 }
 
+/// Story: the copy assumed a reflink until a clone failed, so on a file
+/// system that cannot clone (ext4) the first file it copied had no space
+/// check: a volume holding one sparse file (`truncate -s 100G`, no blocks)
+/// made a snapshot write zeros until the host's disk was full (4 minutes,
+/// 44 GB, then `ENOSPC`). A file whose clone fails is checked before its
+/// bytes are copied, like every other, so the copy is refused up front by
+/// the guard (its detail names the reserve), not by a full disk.
+#[test]
+fn a_file_that_is_not_cloned_is_checked_for_space_before_its_bytes_are_copied() {
+    if !have_root("loop-mounted ext4") {
+        return;
+    }
+    let small = SmallFs::new(64, 4096);
+    let p = provider(&small.mnt.join("root"));
+    let v = create(&p, "v");
+    fs::File::create(v.path().join("sparse"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let (bytes0, inodes0) = small.free();
+    match snapshot(&p, &v, "s") {
+        Err(ProviderError::NoSpace { what, detail }) => assert!(
+            detail.contains("kept in reserve"),
+            "refused by a full disk, not before the copy: {what}: {detail}"
+        ),
+        Err(other) => panic!("wanted NoSpace, got {other:?}"),
+        Ok(_) => panic!("a 1 GiB copy fit on a 64 MB file system"),
+    }
+    let (bytes1, inodes1) = small.free();
+    assert_eq!(inodes1, inodes0, "the refused snapshot left inodes in use");
+    assert!(
+        bytes1 + (1 << 20) >= bytes0,
+        "space left behind: {bytes0} -> {bytes1}"
+    );
+    assert!(!small.mnt.join("root/snapshot/s").exists());
+    // A file that fits is still copied.
+    fs::File::create(v.path().join("sparse"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    snapshot(&p, &v, "s").unwrap();
+}
+
 #[test]
 fn a_provider_never_deletes_files_it_did_not_create() {
     let tmp = tempfile::tempdir().unwrap();

@@ -351,3 +351,66 @@ async fn destroy_recursive_takes_the_snapshots_along_and_refuses_when_forks_depe
     assert_eq!(ids.len(), 3, "b, its snapshot and the fork remain: {ids:?}");
     agent.shutdown().await;
 }
+
+/// `volmgr volume abort-receive .` sent `DELETE /storage/volumes/./receive`,
+/// which URL parsing turns into `DELETE /storage/volumes/receive`: the
+/// destroy of the volume named `receive` (exit 0). A `.` or `..` id names
+/// another route whatever its encoding (`%2e` is a dot to the URL parser
+/// too), so the client refuses it, as a usage error, before sending.
+#[tokio::test]
+async fn a_dot_segment_id_is_refused_by_the_client_and_never_reaches_another_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let agent = TestAgent::open(dir.path(), sim_config(&sim), ServeOptions::default()).await;
+    let c = &agent.client;
+    for id in ["receive", "snapshot", "fork", "volumes"] {
+        c.create_volume("default", Some(id), BTreeMap::default())
+            .await
+            .unwrap();
+    }
+    let url = agent.url.clone();
+    let o = tokio::task::spawn_blocking(move || {
+        volmgr_command()
+            .args(["volume", "--agent", url.as_str(), "abort-receive", "."])
+            .env("VOLMGR_TOKEN", agent_support::TEST_TOKEN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(EXIT_USAGE), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("invalid id \".\""),
+        "{}",
+        text(&o)
+    );
+    for id in [".", ".."] {
+        let refused = |r: Result<(), volmgr::agent::ClientError>, verb: &str| {
+            let e = r.expect_err(verb);
+            assert!(
+                matches!(e, volmgr::agent::ClientError::Invalid(_)),
+                "{verb} {id:?}: {e:?}"
+            );
+        };
+        let none = BTreeMap::default;
+        refused(c.abort_receive(id).await, "abort-receive");
+        refused(c.destroy(id).await, "destroy");
+        refused(c.get(id).await.map(drop), "get");
+        refused(c.snapshot(id, none()).await.map(drop), "snapshot");
+        refused(c.fork(id, None, none()).await.map(drop), "fork");
+        refused(c.send(id, &[]).await.map(drop), "send");
+        refused(c.pull(id, PullFrom::Host("a"), "s").await.map(drop), "pull");
+        refused(
+            c.create_volume(id, None, none()).await.map(drop),
+            "create on provider",
+        );
+    }
+    let mut ids: Vec<String> = c.list().await.unwrap().into_iter().map(|v| v.id).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["fork", "receive", "snapshot", "volumes"],
+        "nothing destroyed or made"
+    );
+    agent.shutdown().await;
+}

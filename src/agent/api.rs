@@ -191,7 +191,7 @@ where
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: StringMap,
 }
 
@@ -201,7 +201,7 @@ pub struct SnapshotRequest {
 pub struct ForkRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: StringMap,
 }
 

@@ -428,7 +428,7 @@ impl Client {
             capacity_bytes,
             ..CreateVolumeRequest::default()
         };
-        let path = format!("/storage/providers/{}/volumes", segment(provider));
+        let path = format!("/storage/providers/{}/volumes", segment(provider)?);
         self.json(self.with_json(reqwest::Method::POST, &path, &body))
             .await
     }
@@ -449,13 +449,13 @@ impl Client {
 
     /// `GET /storage/volumes/{id}`.
     pub async fn get(&self, id: &str) -> Result<VolumeInfo, ClientError> {
-        let path = format!("/storage/volumes/{}", segment(id));
+        let path = format!("/storage/volumes/{}", segment(id)?);
         self.json(self.request(reqwest::Method::GET, &path)).await
     }
 
     /// `DELETE /storage/volumes/{id}`.
     pub async fn destroy(&self, id: &str) -> Result<(), ClientError> {
-        let path = format!("/storage/volumes/{}", segment(id));
+        let path = format!("/storage/volumes/{}", segment(id)?);
         self.execute(self.request(reqwest::Method::DELETE, &path))
             .await
             .map(drop)
@@ -463,7 +463,7 @@ impl Client {
 
     /// `DELETE /storage/volumes/{id}/receive`: discards a partial receive.
     pub async fn abort_receive(&self, id: &str) -> Result<(), ClientError> {
-        let path = format!("/storage/volumes/{}/receive", segment(id));
+        let path = format!("/storage/volumes/{}/receive", segment(id)?);
         self.execute(self.request(reqwest::Method::DELETE, &path))
             .await
             .map(drop)
@@ -471,7 +471,7 @@ impl Client {
 
     /// `PUT /storage/volumes/{id}/snapshot`.
     pub async fn snapshot(&self, id: &str, meta: StringMap) -> Result<VolumeInfo, ClientError> {
-        let path = format!("/storage/volumes/{}/snapshot", segment(id));
+        let path = format!("/storage/volumes/{}/snapshot", segment(id)?);
         let body = SnapshotRequest { meta };
         self.json(self.with_json(reqwest::Method::PUT, &path, &body))
             .await
@@ -484,7 +484,7 @@ impl Client {
         id: Option<&str>,
         meta: StringMap,
     ) -> Result<VolumeInfo, ClientError> {
-        let path = format!("/storage/volumes/{}/fork", segment(snapshot));
+        let path = format!("/storage/volumes/{}/fork", segment(snapshot)?);
         let body = ForkRequest {
             id: id.map(str::to_owned),
             meta,
@@ -496,7 +496,7 @@ impl Client {
     /// `POST /storage/volumes/{id}/send`: the whole stream, in memory (for
     /// tests and small snapshots; agents pull with [`Client::pull`]).
     pub async fn send(&self, id: &str, haves: &[String]) -> Result<Bytes, ClientError> {
-        let path = format!("/storage/volumes/{}/send", segment(id));
+        let path = format!("/storage/volumes/{}/send", segment(id)?);
         let body = SendRequest {
             haves: haves.to_vec(),
             resume_token: None,
@@ -514,7 +514,7 @@ impl Client {
         from: PullFrom<'_>,
         snapshot_id: &str,
     ) -> Result<PullResponse, ClientError> {
-        let path = format!("/storage/volumes/{}/pull_snapshot", segment(target));
+        let path = format!("/storage/volumes/{}/pull_snapshot", segment(target)?);
         let body = from.request(snapshot_id);
         self.json(self.with_json(reqwest::Method::POST, &path, &body))
             .await
@@ -530,7 +530,7 @@ impl Client {
         snapshot_id: &str,
         mut progress: impl FnMut(PullProgress),
     ) -> Result<PullResponse, ClientError> {
-        let path = format!("/storage/volumes/{}/pull_snapshot", segment(target));
+        let path = format!("/storage/volumes/{}/pull_snapshot", segment(target)?);
         let body = from.request(snapshot_id);
         let request = self
             .with_json(reqwest::Method::POST, &path, &body)
@@ -571,8 +571,15 @@ impl Client {
 }
 
 /// Percent-encodes a path segment (ids are validated by the agent; this
-/// keeps a hostile one from changing the route).
-fn segment(s: &str) -> String {
+/// keeps a hostile one from changing the route). `.` and `..` are refused:
+/// URL parsing removes them (and `%2e`, a dot to it too), so they would
+/// name another route: `DELETE /storage/volumes/./receive` is
+/// `DELETE /storage/volumes/receive`, the destroy of volume `receive`.
+fn segment(s: &str) -> Result<String, ClientError> {
+    if s == "." || s == ".." {
+        let why = crate::validate::id(s).err().unwrap_or_default();
+        return Err(ClientError::Invalid(format!("invalid id {s:?}: {why}")));
+    }
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -581,5 +588,5 @@ fn segment(s: &str) -> String {
             let _ = write!(out, "%{b:02X}");
         }
     }
-    out
+    Ok(out)
 }

@@ -132,9 +132,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = (self.status.as_u16(), self.code, &self.message);
         match log_level(self.status) {
-            tracing::Level::ERROR => tracing::error!(status, code, %message, "request failed"),
-            tracing::Level::WARN => tracing::warn!(status, code, %message, "request failed"),
-            _ => tracing::info!(status, code, %message, "request refused"),
+            tracing::Level::ERROR => {
+                tracing::error!(status, code, error = %LogSafe(message), "request failed");
+            }
+            tracing::Level::WARN => {
+                tracing::warn!(status, code, error = %LogSafe(message), "request failed");
+            }
+            _ => tracing::info!(status, code, error = %LogSafe(message), "request refused"),
         }
         let mut response = (self.status, Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
@@ -144,6 +148,25 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// An error's text as logged: it may quote the caller's input (serde names
+/// an unknown field as it was sent), so controls, bidirectional controls
+/// and line separators are escaped (`\u{2028}`).
+struct LogSafe<'a>(&'a str);
+
+impl std::fmt::Display for LogSafe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            if c.is_control() || crate::validate::is_deceptive(c) {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 

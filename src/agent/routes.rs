@@ -112,18 +112,32 @@ impl FromRequest<Arc<Shared>> for RawBody {
 
     async fn from_request(req: Request, shared: &Arc<Shared>) -> Result<Self, Self::Rejection> {
         let limit = shared.options.max_body_bytes;
-        let timeout = shared.options.limits.header_read_timeout;
-        let read = tokio::time::timeout(timeout, Bytes::from_request(req, shared)).await;
-        match read {
-            Ok(Ok(bytes)) => Ok(RawBody(bytes)),
-            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+        let too_large = || {
+            ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 format!(
                     "the request body is larger than the limit of {}",
                     byte_size(limit)
                 ),
-            )),
+            )
+        };
+        // A declared length over the limit is refused from the head alone:
+        // reading the body would invite it (hyper answers `Expect:
+        // 100-continue` once the body is read) or wait for it (408).
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(too_large());
+        }
+        let timeout = shared.options.limits.header_read_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, shared)).await;
+        match read {
+            Ok(Ok(bytes)) => Ok(RawBody(bytes)),
+            Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large()),
             Ok(Err(e)) => Err(ApiError::bad_request(
                 "bad_body",
                 format!("the request body could not be read: {}", e.body_text()),

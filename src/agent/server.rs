@@ -406,13 +406,31 @@ where
     agent.serve(listener, shutdown).await
 }
 
+/// A request path as logged: printable ASCII kept, every other byte
+/// percent-encoded, so no client (one without the token included) puts
+/// controls, bidirectional overrides or line separators into the log.
+fn logged_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.bytes().all(|b| b.is_ascii_graphic()) {
+        return path.into();
+    }
+    let mut out = String::with_capacity(path.len() * 3);
+    for b in path.bytes() {
+        if b.is_ascii_graphic() {
+            out.push(char::from(b));
+        } else {
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("%{b:02X}"));
+        }
+    }
+    out.into()
+}
+
 async fn log_request(req: Request, next: Next) -> Response {
     let req_id = Uuid::new_v4();
     let span = tracing::info_span!(
         "request",
         %req_id,
         method = %req.method(),
-        path = %req.uri().path(),
+        path = %logged_path(req.uri().path()),
         op = tracing::field::Empty,
         volume = tracing::field::Empty,
     );

@@ -21,7 +21,7 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Create, list, snapshot, fork, destroy and pull volumes on a running agent
     Volume(cli::volume::VolumeArgs),
-    /// Inspect and repair a journal directory offline
+    /// Inspect, verify and repair a state directory's journal (dump, verify, stats and state also beside a running agent)
     Journal(cli::journal::JournalArgs),
 }
 

@@ -108,8 +108,17 @@ impl DirProvider {
         }
         if layout.is_kernel() {
             refuse_nested_root(&root)?;
-            match fs::metadata(&root) {
+            // Not followed: the root is opened without following a
+            // symlink (`Dir::open`), so a symlink would fail there as "Not
+            // a directory", an I/O error for a configuration mistake.
+            match fs::symlink_metadata(&root) {
                 Ok(md) if md.is_dir() => {}
+                Ok(md) if md.file_type().is_symlink() => {
+                    return Err(invalid(
+                        "is a symlink: name the directory itself (the root is never reached \
+                         through a symlink)",
+                    ));
+                }
                 Ok(_) => return Err(invalid("not a directory")),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     create_root(&*layout, &root)?;

@@ -264,26 +264,28 @@ fn empty_dir(top: &Dir) -> io::Result<()> {
     Ok(())
 }
 
-/// Copies a regular file's content: `FICLONE` (reflink) where the file system
-/// supports it, else a kernel-side copy, never buffering the whole file.
-pub(crate) fn clone_or_copy(src: &mut File, dst: &mut File, reflink: &mut bool) -> io::Result<()> {
-    if *reflink {
-        // SAFETY: both descriptors are open for the duration of the call.
-        let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if let Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EXDEV | libc::EINVAL | libc::ENOSYS) =
-            e.raw_os_error()
-        {
-            // This file system (or pair) cannot clone: stop trying.
-            *reflink = false;
-        }
-        dst.set_len(0)?;
+/// Clones a regular file's content with `FICLONE` where the file system
+/// supports it. `Ok(false)`: not cloned, `dst` left empty for a byte copy
+/// (after an error saying this file system cannot clone, `*reflink` is
+/// false and later files are not tried).
+pub(crate) fn try_clone(src: &File, dst: &File, reflink: &mut bool) -> io::Result<bool> {
+    if !*reflink {
+        return Ok(false);
     }
-    io::copy(src, dst)?;
-    Ok(())
+    // SAFETY: both descriptors are open for the duration of the call.
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if let Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EXDEV | libc::EINVAL | libc::ENOSYS) =
+        e.raw_os_error()
+    {
+        // This file system (or pair) cannot clone: stop trying.
+        *reflink = false;
+    }
+    dst.set_len(0)?;
+    Ok(false)
 }
 
 /// Whether the file system holding `dir` clones files (`FICLONE`), so a
@@ -442,14 +444,22 @@ impl TreeCopy<'_> {
                         .dst
                         .create_file(&name, 0o600)
                         .map_err(|e| self.err("creating the copy of", &rel, e))?;
+                    let cloned = try_clone(&s, &d, &mut self.reflink)
+                        .map_err(|e| self.err("copying", &rel, e))?;
+                    if !cloned {
+                        // The check before this entry counted no bytes if
+                        // it expected a clone: the bytes must fit now.
+                        if cost == 0 {
+                            self.space.check("the copy", 0, st.len)?;
+                        }
+                        io::copy(&mut s, &mut d).map_err(|e| self.err("copying", &rel, e))?;
+                    }
                     let durable = self.durable;
-                    let reflink = &mut self.reflink;
-                    let copied = (|| -> io::Result<()> {
-                        clone_or_copy(&mut s, &mut d, reflink)?;
+                    let finished = (|| -> io::Result<()> {
                         d.set_permissions(fs::Permissions::from_mode(stored))?;
                         if durable { d.sync_all() } else { Ok(()) }
                     })();
-                    copied.map_err(|e| self.err("copying", &rel, e))?;
+                    finished.map_err(|e| self.err("copying", &rel, e))?;
                 }
                 Kind::Symlink => {
                     let frame = stack.last().expect("a frame");
