@@ -544,3 +544,44 @@ fn an_error_text_quoting_the_callers_input_is_logged_escaped() {
         "{line}"
     );
 }
+
+/// What a tenant puts in its volume is not the agent's failure: a snapshot
+/// of a volume holding a FIFO was a 500 `provider_failed` logged at ERROR.
+/// It is a 409 `unsupported_content` naming the entry (the CLI's exit 5,
+/// conflict), logged at INFO like any refusal, and the volume is
+/// snapshotted once the FIFO is gone.
+#[test]
+fn content_the_provider_cannot_carry_is_a_409_refusal_not_a_server_failure() {
+    use std::os::unix::ffi::OsStrExt;
+    let state = tempfile::tempdir().unwrap();
+    let agent = ServeProcess::start(state.path(), &[]);
+    let cli = |args: &[&str]| {
+        volmgr_command()
+            .args(["volume", "--agent", &agent.url, "--token", &agent.token])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let created = cli(&["create", "--id", "v"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let fifo = state.path().join("volumes/data/v/pipe");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+
+    let refused = cli(&["snapshot", "v"]);
+    assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("pipe is a fifo") && stderr.contains("409 unsupported_content"),
+        "{}",
+        text(&refused)
+    );
+    let line = logged_error(&agent, "unsupported_content");
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["fields"]["status"], 409, "{line}");
+
+    std::fs::remove_file(&fifo).unwrap();
+    let snapped = cli(&["snapshot", "v"]);
+    assert!(snapped.status.success(), "{}", text(&snapped));
+}

@@ -253,6 +253,10 @@ fn a_fifo_swapped_in_for_a_regular_file_never_blocks_a_snapshot_and_is_refused_c
     })
     .expect("a fifo cannot be snapshotted");
     assert!(err.to_string().contains("is a fifo"), "{err}");
+    assert!(
+        matches!(err, ProviderError::UnsupportedContent(_)),
+        "the tenant's content, not a provider failure: {err:?}"
+    );
 
     // Swapped in and out for the regular file while snapshots run.
     let racer = Racer::start(&v.path(), "r", "p");
@@ -295,6 +299,10 @@ fn a_tree_deeper_than_the_limit_is_refused_by_snapshot_and_still_destroyed() {
     drop(d);
     let err = snapshot(&p, &v, "s").err().expect("too deep to copy");
     assert!(err.to_string().contains("directories deep"), "{err}");
+    assert!(
+        matches!(err, ProviderError::UnsupportedContent(_)),
+        "{err:?}"
+    );
     p.destroy(&v.r()).unwrap();
     assert!(!v.path().exists());
     // Batched (the default): removed from the trash by the next sync.

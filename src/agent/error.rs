@@ -211,6 +211,8 @@ impl From<ManagerError> for ApiError {
                 // Stream bytes come from a source agent (a pull): its fault.
                 ProviderError::Stream(_) => (S::BAD_GATEWAY, "bad_stream", None),
                 ProviderError::NoSpace { .. } => (S::INSUFFICIENT_STORAGE, "no_space", None),
+                // What a tenant put in the volume, not the agent's failure.
+                ProviderError::UnsupportedContent(_) => (S::CONFLICT, "unsupported_content", None),
                 _ => (S::INTERNAL_SERVER_ERROR, "provider_failed", None),
             },
             ManagerError::ProviderUnavailable { .. } => {

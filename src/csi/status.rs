@@ -1,8 +1,8 @@
 //! Manager errors to the gRPC codes the CSI spec prescribes.
 //!
 //! `NOT_FOUND` for a missing volume, `ALREADY_EXISTS` for a taken name,
-//! `INVALID_ARGUMENT` for bad input, `FAILED_PRECONDITION` for dependents and
-//! lost volumes, ABORTED while another operation on the volume is in flight,
+//! `INVALID_ARGUMENT` for bad input, `FAILED_PRECONDITION` for dependents,
+//! lost volumes and content the provider cannot carry, ABORTED while another operation on the volume is in flight,
 //! `RESOURCE_EXHAUSTED` when the provider is out of space, UNAVAILABLE when
 //! the provider or journal is, INTERNAL for the rest. Messages carry the
 //! manager's own text.
@@ -46,9 +46,12 @@ pub fn from_manager(e: ManagerError) -> Status {
         | ManagerError::InvalidInput(_)
         | ManagerError::WrongKind { .. } => Status::invalid_argument(message),
         ManagerError::AlreadyExists(_) => Status::already_exists(message),
-        ManagerError::HasDependents { .. } | ManagerError::VolumeLost(_) => {
-            Status::failed_precondition(message)
-        }
+        ManagerError::HasDependents { .. }
+        | ManagerError::VolumeLost(_)
+        | ManagerError::Provider {
+            error: ProviderError::UnsupportedContent(_),
+            ..
+        } => Status::failed_precondition(message),
         ManagerError::Busy(_) => Status::aborted(message),
         ManagerError::Provider { ref error, .. } if out_of_space(error) => {
             Status::resource_exhausted(message)

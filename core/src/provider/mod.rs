@@ -158,6 +158,11 @@ pub enum ProviderError {
     /// to reconcile), and the provider is out of service until then. The
     /// message says where what could not be put back waits.
     OutOfService(String),
+    /// The volume holds what the provider cannot carry (the directory
+    /// provider: a FIFO, device or socket, or a tree deeper than its
+    /// limit). The content's owner can change it; the provider did not
+    /// fail. (HTTP: 409 `unsupported_content`; CSI: `FAILED_PRECONDITION`.)
+    UnsupportedContent(String),
     /// Anything else the provider reports.
     Other(String),
 }
@@ -216,7 +221,9 @@ impl fmt::Display for ProviderError {
             ProviderError::NoSpace { what, detail } => {
                 write!(f, "not enough space for {what}: {detail}")
             }
-            ProviderError::OutOfService(e) | ProviderError::Other(e) => f.write_str(e),
+            ProviderError::OutOfService(e)
+            | ProviderError::UnsupportedContent(e)
+            | ProviderError::Other(e) => f.write_str(e),
         }
     }
 }

@@ -589,8 +589,8 @@ fn sync_changed(layout: &dyn Layout, path: &Path) -> io::Result<()> {
 /// have stopped before noting what it changed because of one): an I/O
 /// error, a full file system, a failed command or a suspended receive. A
 /// refusal (not found, already exists, busy, dependents, a bad setting, a
-/// malformed stream, a tree or entry the provider will not copy: `Other`)
-/// is decided by checks, not by a write that failed.
+/// malformed stream, a tree or entry the provider will not copy:
+/// `UnsupportedContent`) is decided by checks, not by a write that failed.
 pub(super) fn may_hide_a_failed_write(e: &ProviderError) -> bool {
     match e {
         ProviderError::Io { .. }
@@ -604,6 +604,7 @@ pub(super) fn may_hide_a_failed_write(e: &ProviderError) -> bool {
         | ProviderError::HasDependents { .. }
         | ProviderError::InvalidConfig(_)
         | ProviderError::Stream(_)
+        | ProviderError::UnsupportedContent(_)
         | ProviderError::Other(_) => false,
     }
 }

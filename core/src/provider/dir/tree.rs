@@ -112,7 +112,7 @@ pub(crate) fn chmod_dir(path: &Path, mode: u32) -> Result<(), ProviderError> {
 
 /// The error for an entry the provider cannot carry.
 pub(crate) fn unsupported(shown: &str, kind: Kind) -> ProviderError {
-    ProviderError::Other(format!(
+    ProviderError::UnsupportedContent(format!(
         "{shown} is {}: the directory provider carries only directories, regular files and symlinks",
         kind.describe()
     ))
@@ -120,7 +120,7 @@ pub(crate) fn unsupported(shown: &str, kind: Kind) -> ProviderError {
 
 /// The error for a tree deeper than [`MAX_DEPTH`].
 pub(crate) fn too_deep(shown: &str) -> ProviderError {
-    ProviderError::Other(format!(
+    ProviderError::UnsupportedContent(format!(
         "{shown} is more than {MAX_DEPTH} directories deep: the directory provider copies and sends at most that depth"
     ))
 }
