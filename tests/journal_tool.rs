@@ -1275,6 +1275,34 @@ fn state_at_seq_past_the_end_of_the_journal_exits_1() {
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
 
+/// A range past the journal's end printed nothing and said nothing, like
+/// a journal with no record in it.
+#[test]
+fn dump_of_a_range_past_the_end_says_where_the_records_end() {
+    let dir = story_journal();
+    let last = story().len();
+    let from = (last + 5).to_string();
+    let run = journal_cmd(dir.path(), "dump", &["--from-seq", &from]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(
+        run.stderr.contains(&format!(
+            "no record matches sequence numbers {from}.. (the journal's records end at seq {last}) (nothing printed)"
+        )),
+        "{}",
+        run.stderr
+    );
+    // A range holding records prints them and says nothing on stderr.
+    let run = journal_cmd(dir.path(), "dump", &["--from-seq", "2", "--to-seq", "3"]);
+    assert_eq!(
+        run.stdout.lines().count(),
+        2,
+        "two records (piped: no header): {}",
+        run.stdout
+    );
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+}
+
 #[test]
 fn dump_filtered_on_a_volume_no_record_names_says_so_on_stderr() {
     let dir = story_journal();

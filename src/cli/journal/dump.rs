@@ -47,6 +47,7 @@ pub(super) fn run(args: &DumpArgs, out: &mut Out) -> Result<i32, CliError> {
         out,
         json: args.output.format == Format::Json,
         matched: 0,
+        last_seq: None,
     };
     if args.follow {
         install_stop_handlers();
@@ -256,6 +257,8 @@ struct Printer<'o> {
     json: bool,
     /// Records printed.
     matched: u64,
+    /// The sequence number of the last record read, filtered or not.
+    last_seq: Option<u64>,
 }
 
 const SEQ_WIDTH: usize = 6;
@@ -293,6 +296,7 @@ impl Printer<'_> {
         filter: &Filter,
         ops: &mut OpIndex,
     ) -> Result<(), CliError> {
+        self.last_seq = Some(found.seq);
         let described = ops.describe(&found.record);
         if filter.matches(found.seq, found.kind, &described) {
             let line = Line {
@@ -308,14 +312,32 @@ impl Printer<'_> {
         Ok(())
     }
 
-    /// Says on stderr when `--volume` (or another filter naming something)
-    /// matched no record at all.
+    /// Says on stderr when `--volume`, `--op` or a sequence range matched
+    /// no record at all (with the range, where the journal's records end).
     fn no_match_note(&mut self, filter: &Filter) -> Result<(), CliError> {
-        if self.matched > 0 || (filter.volumes.is_empty() && filter.op_prefix.is_none()) {
+        let ranged = filter.from > 0 || filter.to < u64::MAX;
+        if self.matched > 0 || (filter.volumes.is_empty() && filter.op_prefix.is_none() && !ranged)
+        {
             return Ok(());
         }
         self.out.flush()?;
         let mut named = Vec::new();
+        if ranged {
+            let to = if filter.to == u64::MAX {
+                String::new()
+            } else {
+                filter.to.to_string()
+            };
+            // Past the end: say where the records end.
+            let ends = match self.last_seq {
+                Some(last) if last < filter.from => {
+                    format!(" (the journal's records end at seq {last})")
+                }
+                None => " (the journal holds no record)".to_owned(),
+                Some(_) => String::new(),
+            };
+            named.push(format!("sequence numbers {}..{to}{ends}", filter.from));
+        }
         if !filter.volumes.is_empty() {
             let list: Vec<String> = filter
                 .volumes
