@@ -102,7 +102,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>], aligned: bool) -> String {
     out
 }
 
-/// Parses repeated `KEY=VALUE` flags into a map.
+/// Parses repeated `KEY=VALUE` flags into a map; a key given twice is
+/// refused (which value was meant cannot be known).
 pub fn key_values(
     pairs: &[String],
     flag: &str,
@@ -115,7 +116,11 @@ pub fn key_values(
         if k.is_empty() {
             return Err(format!("{flag} {pair:?}: empty key"));
         }
-        map.insert(k.to_owned(), v.to_owned());
+        if let Some(first) = map.insert(k.to_owned(), v.to_owned()) {
+            return Err(format!(
+                "{flag} {k:?} given twice ({first:?} and {v:?}): give each key once"
+            ));
+        }
     }
     Ok(map)
 }
@@ -150,5 +155,14 @@ mod tests {
         );
         assert!(key_values(&["novalue".into()], "--meta").is_err());
         assert!(key_values(&["=v".into()], "--meta").is_err());
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_naming_both_values() {
+        let err = key_values(&["a=b".into(), "c=d".into(), "a=e".into()], "--meta").unwrap_err();
+        assert_eq!(
+            err,
+            r#"--meta "a" given twice ("b" and "e"): give each key once"#
+        );
     }
 }
