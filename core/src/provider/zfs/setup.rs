@@ -5,6 +5,23 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
+/// The device every `zfs` and `zpool` command opens: missing when the
+/// kernel module is not loaded.
+const ZFS_DEVICE: &str = "/dev/zfs";
+
+/// Refuses a ZFS provider on a host without ZFS (`device` missing), naming
+/// the cause, before any command runs: a request for a provider this host
+/// cannot serve (400 `invalid_config`), not a failed command (a 500).
+pub(super) fn zfs_available(device: &Path) -> Result<(), ProviderError> {
+    if device.exists() {
+        return Ok(());
+    }
+    Err(ProviderError::InvalidConfig(format!(
+        "ZFS is not available on this host: {} is missing (the zfs kernel module is not loaded)",
+        device.display()
+    )))
+}
+
 impl ZfsProvider {
     /// Builds the provider from its configuration (see the module docs):
     /// imports or creates the pool if a vdev is configured, creates the root
@@ -63,6 +80,7 @@ impl ZfsProvider {
             })?),
             None => None,
         };
+        zfs_available(Path::new(ZFS_DEVICE))?;
         let p = ZfsProvider {
             config: config.clone(),
             dataset,

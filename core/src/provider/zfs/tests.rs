@@ -128,3 +128,22 @@ fn unknown_and_bad_configuration_is_refused_before_any_command() {
         );
     }
 }
+
+/// On a host without ZFS, adding a zfs provider ran `zpool`/`zfs` and
+/// answered their failure as a 500. It is refused as configuration the host
+/// cannot serve, naming the missing device.
+#[test]
+fn a_host_without_the_zfs_device_is_refused_as_configuration_naming_it() {
+    let missing = Path::new("/nonexistent/dev/zfs");
+    match setup::zfs_available(missing) {
+        Err(ProviderError::InvalidConfig(m)) => {
+            assert!(
+                m.contains("/nonexistent/dev/zfs is missing") && m.contains("kernel module"),
+                "{m}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let present = tempfile::NamedTempFile::new().unwrap();
+    assert!(setup::zfs_available(present.path()).is_ok());
+}
