@@ -437,6 +437,18 @@ async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
     b.shutdown().await;
 }
 
+/// Sends `request` as raw bytes on a new connection to `agent` and returns
+/// the whole answer (the request asks the agent to close the connection).
+fn exchange(agent: &ServeProcess, request: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let addr = agent.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    answer
+}
+
 /// A client without the token put raw bytes of its request path into the
 /// agent's log: U+202E (right-to-left override), U+2028 (line separator),
 /// U+0085 (next line), which the agent refuses in any metadata because they
@@ -444,17 +456,12 @@ async fn a_sources_claim_of_a_resumed_stream_is_not_echoed() {
 /// percent-encodes every other byte.
 #[test]
 fn a_request_path_is_logged_as_printable_ascii_whatever_bytes_it_holds() {
-    use std::io::{Read, Write};
     let state = tempfile::tempdir().unwrap();
     let agent = ServeProcess::start(state.path(), &[]);
-    let addr = agent.url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let mut request =
         b"GET /storage/volumes/a\xe2\x80\xaeb\xe2\x80\xa8c\xc2\x85d HTTP/1.1\r\n".to_vec();
     request.extend_from_slice(b"Host: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(&request).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
+    let answer = exchange(&agent, &request);
     assert!(
         answer.starts_with(b"HTTP/1.1 401"),
         "{}",
@@ -485,19 +492,14 @@ fn logged_error(agent: &ServeProcess, code: &str) -> serde_json::Value {
 /// `request refused` (a filter on it found nothing). The text is `error`.
 #[test]
 fn an_error_answer_is_logged_with_one_message_and_its_text_under_error() {
-    use std::io::{Read, Write};
     let state = tempfile::tempdir().unwrap();
     let agent = ServeProcess::start(state.path(), &[]);
-    let addr = agent.url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let request = format!(
         "GET /storage/volumes/nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
          Connection: close\r\n\r\n",
         agent.token
     );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
+    let answer = exchange(&agent, request.as_bytes());
     assert!(
         answer.starts_with(b"HTTP/1.1 404"),
         "{}",
@@ -514,11 +516,8 @@ fn an_error_answer_is_logged_with_one_message_and_its_text_under_error() {
 /// controls and line separators (the answer itself is the caller's own).
 #[test]
 fn an_error_text_quoting_the_callers_input_is_logged_escaped() {
-    use std::io::{Read, Write};
     let state = tempfile::tempdir().unwrap();
     let agent = ServeProcess::start(state.path(), &[]);
-    let addr = agent.url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let body = "{\"a\u{2028}b\u{202e}c\u{85}d\": 1}";
     let request = format!(
         "POST /storage/providers/default/volumes HTTP/1.1\r\nHost: x\r\n\
@@ -526,9 +525,7 @@ fn an_error_text_quoting_the_callers_input_is_logged_escaped() {
         agent.token,
         body.len()
     );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
+    let answer = exchange(&agent, request.as_bytes());
     assert!(
         answer.starts_with(b"HTTP/1.1 400"),
         "{}",

@@ -320,6 +320,26 @@ fn a_tree_deeper_than_the_limit_is_refused_by_snapshot_and_still_destroyed() {
 /// linked 100 times is 800 MB of copy. The copy checks free space as it
 /// goes and is refused with `NoSpace` before the disk is full, leaving
 /// nothing behind.
+/// Snapshot `s` of `v` is refused as `NoSpace` on `small` and leaves no
+/// inode, no space (1 MiB of slack) and no snapshot behind; returns the
+/// refusal's text.
+fn snapshot_refused_for_space_leaving_nothing(small: &SmallFs, p: &DirProvider, v: &Vol) -> String {
+    let (bytes0, inodes0) = small.free();
+    let detail = match snapshot(p, v, "s") {
+        Err(ProviderError::NoSpace { what, detail }) => format!("{what}: {detail}"),
+        Err(other) => panic!("wanted NoSpace, got {other:?}"),
+        Ok(_) => panic!("the copy fit on a 64 MB file system"),
+    };
+    let (bytes1, inodes1) = small.free();
+    assert_eq!(inodes1, inodes0, "the refused snapshot left inodes in use");
+    assert!(
+        bytes1 + (1 << 20) >= bytes0,
+        "space left behind: {bytes0} -> {bytes1}"
+    );
+    assert!(!small.mnt.join("root/snapshot/s").exists());
+    detail
+}
+
 #[test]
 fn hard_links_cannot_make_a_snapshot_fill_the_disk() {
     if !have_root("loop-mounted ext4") {
@@ -332,21 +352,8 @@ fn hard_links_cannot_make_a_snapshot_fill_the_disk() {
     for i in 0..100 {
         fs::hard_link(v.path().join("big"), v.path().join(format!("link{i}"))).unwrap();
     }
-    let (bytes0, inodes0) = small.free();
-    match snapshot(&p, &v, "s") {
-        Err(ProviderError::NoSpace { what, detail }) => {
-            eprintln!("refused: not enough space for {what}: {detail}");
-        }
-        Err(other) => panic!("wanted NoSpace, got {other:?}"),
-        Ok(_) => panic!("an 800 MB copy fit on a 64 MB file system"),
-    }
-    let (bytes1, inodes1) = small.free();
-    assert_eq!(inodes1, inodes0, "the refused snapshot left inodes in use");
-    assert!(
-        bytes1 + (1 << 20) >= bytes0,
-        "space left behind: {bytes0} -> {bytes1}"
-    );
-    assert!(!small.mnt.join("root/snapshot/s").exists());
+    let detail = snapshot_refused_for_space_leaving_nothing(&small, &p, &v);
+    eprintln!("refused: {detail}");
     // A snapshot of what fits still works.
     for i in 0..100 {
         fs::remove_file(v.path().join(format!("link{i}"))).unwrap();
@@ -373,22 +380,11 @@ fn a_file_that_is_not_cloned_is_checked_for_space_before_its_bytes_are_copied() 
         .unwrap()
         .set_len(1 << 30)
         .unwrap();
-    let (bytes0, inodes0) = small.free();
-    match snapshot(&p, &v, "s") {
-        Err(ProviderError::NoSpace { what, detail }) => assert!(
-            detail.contains("kept in reserve"),
-            "refused by a full disk, not before the copy: {what}: {detail}"
-        ),
-        Err(other) => panic!("wanted NoSpace, got {other:?}"),
-        Ok(_) => panic!("a 1 GiB copy fit on a 64 MB file system"),
-    }
-    let (bytes1, inodes1) = small.free();
-    assert_eq!(inodes1, inodes0, "the refused snapshot left inodes in use");
+    let detail = snapshot_refused_for_space_leaving_nothing(&small, &p, &v);
     assert!(
-        bytes1 + (1 << 20) >= bytes0,
-        "space left behind: {bytes0} -> {bytes1}"
+        detail.contains("kept in reserve"),
+        "refused by a full disk, not before the copy: {detail}"
     );
-    assert!(!small.mnt.join("root/snapshot/s").exists());
     // A file that fits is still copied.
     fs::File::create(v.path().join("sparse"))
         .unwrap()
