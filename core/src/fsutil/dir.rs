@@ -78,6 +78,9 @@ pub struct Stat {
     /// Permission bits (`0o7777`).
     pub mode: u32,
     pub len: u64,
+    /// Bytes the file system allocated for it (`st_blocks` × 512): less
+    /// than `len` for a sparse file.
+    pub allocated: u64,
     pub dev: u64,
     pub ino: u64,
 }
@@ -88,6 +91,7 @@ impl Stat {
             kind: Kind::of(st.st_mode),
             mode: st.st_mode & 0o7777,
             len: u64::try_from(st.st_size).unwrap_or(0),
+            allocated: u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
             dev: st.st_dev,
             ino: st.st_ino,
         }

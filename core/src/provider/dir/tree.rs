@@ -288,6 +288,111 @@ pub(crate) fn try_clone(src: &File, dst: &File, reflink: &mut bool) -> io::Resul
     Ok(false)
 }
 
+/// The bytes a copy of the file `st` writes: its allocated bytes, at most
+/// its length (a sparse file's holes stay holes, see [`copy_data`]).
+fn data_bytes(st: &Stat) -> u64 {
+    st.allocated.min(st.len)
+}
+
+/// Copies the first `len` bytes of `src` into the empty `dst`, holes kept:
+/// only the ranges `SEEK_DATA`/`SEEK_HOLE` report as data are written,
+/// then `dst` is given length `len` (a trailing hole). A file system
+/// without those seeks has no holes to keep: all of it is data. The copy
+/// is of the length `src` had when examined: what a writer appends meanwhile
+/// is not copied, and if it shrinks, the rest reads as a hole.
+pub(crate) fn copy_data(src: &File, dst: &File, len: u64) -> io::Result<()> {
+    let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: lseek on a descriptor open for the duration of the call.
+        let at = unsafe { libc::lseek(src.as_raw_fd(), offset, whence) };
+        if at < 0 {
+            let e = io::Error::last_os_error();
+            // ENXIO: no data at or after `offset` (the rest is a hole).
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(u64::try_from(at).unwrap_or(0)))
+    };
+    let mut pos = 0;
+    // Bounded: each round moves `pos` forward (a data range is not empty:
+    // `SEEK_HOLE` from data is past it) or ends the loop.
+    while pos < len {
+        let (start, end) = match seek(pos, libc::SEEK_DATA) {
+            Ok(None) => break,
+            Ok(Some(start)) => {
+                let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(len);
+                (start, end.min(len))
+            }
+            // No hole support: the whole rest is data.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (pos, len),
+            Err(e) => return Err(e),
+        };
+        if start >= len || end <= start {
+            break;
+        }
+        let copied = copy_range(src, dst, start, end)?;
+        if copied < end {
+            // Shrunk since examined: the rest stays a hole.
+            break;
+        }
+        pos = end;
+    }
+    dst.set_len(len)
+}
+
+/// Copies bytes `[at, end)` of `src` to the same offsets of `dst`, in the
+/// kernel (`copy_file_range`) where it can, else through a buffer; returns
+/// where it stopped (before `end` only if `src` ended first).
+fn copy_range(src: &File, dst: &File, mut at: u64, end: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    while at < end {
+        let mut off_in = libc::loff_t::try_from(at).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let mut off_out = off_in;
+        let want = usize::try_from(end - at).unwrap_or(usize::MAX).min(1 << 30);
+        // SAFETY: both descriptors are open and the offsets are ours.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &raw mut off_in,
+                dst.as_raw_fd(),
+                &raw mut off_out,
+                want,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if let Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) =
+                e.raw_os_error()
+            {
+                break;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(at);
+        }
+        at += n as u64;
+    }
+    // Without `copy_file_range` (or after it refused): a buffered copy.
+    let mut buf = Vec::new();
+    while at < end {
+        if buf.is_empty() {
+            buf = vec![0u8; CHUNK];
+        }
+        let want = usize::try_from(end - at).unwrap_or(CHUNK).min(CHUNK);
+        let n = src.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Ok(at);
+        }
+        dst.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    Ok(at)
+}
+
 /// Whether the file system holding `dir` clones files (`FICLONE`), so a
 /// copy's content costs no space: tried on two empty scratch files in `dir`
 /// (removed again). Any failure answers `false`.
@@ -398,7 +503,7 @@ impl TreeCopy<'_> {
                 continue;
             };
             let cost = if st.kind == Kind::File && !self.reflink {
-                st.len
+                data_bytes(&st)
             } else {
                 0
             };
@@ -434,13 +539,13 @@ impl TreeCopy<'_> {
                 }
                 Kind::File => {
                     let frame = stack.last().expect("a frame");
-                    let (mut s, st) = frame
+                    let (s, st) = frame
                         .src
                         .open_file(&name)
                         .map_err(|e| self.err("opening", &rel, e))?;
                     let true_mode = self.src_modes.true_mode(&rel, st.mode);
                     let stored = self.dst_modes.record(&rel, true_mode, false);
-                    let mut d = frame
+                    let d = frame
                         .dst
                         .create_file(&name, 0o600)
                         .map_err(|e| self.err("creating the copy of", &rel, e))?;
@@ -450,9 +555,9 @@ impl TreeCopy<'_> {
                         // The check before this entry counted no bytes if
                         // it expected a clone: the bytes must fit now.
                         if cost == 0 {
-                            self.space.check("the copy", 0, st.len)?;
+                            self.space.check("the copy", 0, data_bytes(&st))?;
                         }
-                        io::copy(&mut s, &mut d).map_err(|e| self.err("copying", &rel, e))?;
+                        copy_data(&s, &d, st.len).map_err(|e| self.err("copying", &rel, e))?;
                     }
                     let durable = self.durable;
                     let finished = (|| -> io::Result<()> {
@@ -558,6 +663,50 @@ mod tests {
         remove_entry(&Dir::open(parent).unwrap(), name).unwrap();
         assert!(!root.exists());
         assert_eq!(std::fs::read(t.path().join("keep.txt")).unwrap(), b"keep");
+    }
+
+    /// `copy_data` of files with holes in every place, dense and empty
+    /// files, and a source shorter than the length asked (it shrank after
+    /// it was examined): the copy reads as the source does up to its end,
+    /// zeros after it, and has exactly the length asked.
+    #[test]
+    fn a_data_copy_reads_as_its_source_for_every_layout_of_holes() {
+        use std::os::unix::fs::FileExt;
+        let t = tempfile::tempdir().unwrap();
+        let mib = 1u64 << 20;
+        // (file length, written ranges, length asked)
+        let cases: &[(u64, &[(u64, u64)], u64)] = &[
+            (0, &[], 0),
+            (5, &[(0, 5)], 5),
+            (3 * mib, &[(0, 3 * mib)], 3 * mib),
+            (8 * mib, &[], 8 * mib),
+            (8 * mib, &[(0, 10)], 8 * mib),
+            (8 * mib, &[(8 * mib - 10, 10)], 8 * mib),
+            (8 * mib, &[(mib, 100), (5 * mib + 7, mib)], 8 * mib),
+            (2 * mib, &[(0, 2 * mib)], 3 * mib),
+            (4 * mib, &[(mib, 4096)], 2 * mib),
+        ];
+        for (i, &(len, ranges, asked)) in cases.iter().enumerate() {
+            let src_path = t.path().join(format!("src{i}"));
+            let src = File::create(&src_path).unwrap();
+            src.set_len(len).unwrap();
+            for (n, &(at, size)) in ranges.iter().enumerate() {
+                let byte = u8::try_from(n + 1).unwrap();
+                src.write_all_at(&vec![byte; usize::try_from(size).unwrap()], at)
+                    .unwrap();
+            }
+            let src = File::open(&src_path).unwrap();
+            let dst_path = t.path().join(format!("dst{i}"));
+            let dst = File::create(&dst_path).unwrap();
+            copy_data(&src, &dst, asked).unwrap();
+            let want = {
+                let mut b = fs::read(&src_path).unwrap();
+                b.resize(usize::try_from(asked).unwrap(), 0);
+                b
+            };
+            let got = fs::read(&dst_path).unwrap();
+            assert!(got == want, "case {i}: the copy differs from its source");
+        }
     }
 
     #[test]
