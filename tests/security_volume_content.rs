@@ -406,9 +406,12 @@ fn a_sparse_file_is_copied_with_its_holes_kept() {
     let path = v.path().join("image");
     let f = fs::File::create(&path).unwrap();
     f.set_len(1 << 30).unwrap();
-    for (at, byte) in [(0u64, 1u8), (300 << 20, 2), ((1 << 30) - 5000, 3)] {
-        f.write_all_at(&vec![byte; 70_000.min(((1u64 << 30) - at) as usize)], at)
-            .unwrap();
+    for (at, len, byte) in [
+        (0u64, 70_000, 1u8),
+        (300 << 20, 70_000, 2),
+        ((1 << 30) - 5000, 5000, 3),
+    ] {
+        f.write_all_at(&vec![byte; len], at).unwrap();
     }
     drop(f);
     let snap = snapshot(&p, &v, "s").expect("holes cost nothing");

@@ -374,7 +374,7 @@ fn copy_range(src: &File, dst: &File, mut at: u64, end: u64) -> io::Result<u64> 
         if n == 0 {
             return Ok(at);
         }
-        at += n as u64;
+        at += u64::try_from(n).expect("checked non-negative");
     }
     // Without `copy_file_range` (or after it refused): a buffered copy.
     let mut buf = Vec::new();
@@ -673,18 +673,19 @@ mod tests {
     fn a_data_copy_reads_as_its_source_for_every_layout_of_holes() {
         use std::os::unix::fs::FileExt;
         let t = tempfile::tempdir().unwrap();
-        let mib = 1u64 << 20;
+        const MIB: u64 = 1 << 20;
         // (file length, written ranges, length asked)
-        let cases: &[(u64, &[(u64, u64)], u64)] = &[
+        type Case = (u64, &'static [(u64, u64)], u64);
+        let cases: &[Case] = &[
             (0, &[], 0),
             (5, &[(0, 5)], 5),
-            (3 * mib, &[(0, 3 * mib)], 3 * mib),
-            (8 * mib, &[], 8 * mib),
-            (8 * mib, &[(0, 10)], 8 * mib),
-            (8 * mib, &[(8 * mib - 10, 10)], 8 * mib),
-            (8 * mib, &[(mib, 100), (5 * mib + 7, mib)], 8 * mib),
-            (2 * mib, &[(0, 2 * mib)], 3 * mib),
-            (4 * mib, &[(mib, 4096)], 2 * mib),
+            (3 * MIB, &[(0, 3 * MIB)], 3 * MIB),
+            (8 * MIB, &[], 8 * MIB),
+            (8 * MIB, &[(0, 10)], 8 * MIB),
+            (8 * MIB, &[(8 * MIB - 10, 10)], 8 * MIB),
+            (8 * MIB, &[(MIB, 100), (5 * MIB + 7, MIB)], 8 * MIB),
+            (2 * MIB, &[(0, 2 * MIB)], 3 * MIB),
+            (4 * MIB, &[(MIB, 4096)], 2 * MIB),
         ];
         for (i, &(len, ranges, asked)) in cases.iter().enumerate() {
             let src_path = t.path().join(format!("src{i}"));
