@@ -743,6 +743,54 @@ async fn a_target_under_a_symlinked_directory_is_published_once_and_unpublished(
     p.stop.cancel();
 }
 
+/// The spec's `NodePublishVolume`: published alike is OK, published with
+/// another capability is `ALREADY_EXISTS`; the mount flags are part of the
+/// capability, not only `readonly`.
+#[tokio::test]
+async fn republishing_with_other_mount_flags_is_already_exists_and_alike_is_ok() {
+    let test = "republishing_with_other_mount_flags_is_already_exists_and_alike_is_ok";
+    if !csi_root(test) {
+        return;
+    }
+    let mut p = plugin().await;
+    p.c.controller
+        .create_volume(create_req("pub"))
+        .await
+        .unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let target = std::fs::canonicalize(mnt.path()).unwrap().join("target");
+    let _cleanup = Unmount(target.clone());
+    let publish = |flags: &[&str]| NodePublishVolumeRequest {
+        volume_id: "pub".into(),
+        target_path: target.to_string_lossy().into_owned(),
+        volume_capability: Some(mount_cap("", flags)),
+        ..Default::default()
+    };
+    p.c.node
+        .node_publish_volume(publish(&["noexec"]))
+        .await
+        .unwrap();
+    p.c.node
+        .node_publish_volume(publish(&["noexec", "rw"]))
+        .await
+        .unwrap();
+    for other in [&[][..], &["exec"], &["noexec", "noatime"]] {
+        let r = p.c.node.node_publish_volume(publish(other)).await;
+        assert_eq!(code(r), Code::AlreadyExists, "{other:?}");
+    }
+    assert_eq!(mounts_at(&target), 1);
+    let opts = mount_options(&target).unwrap();
+    assert!(opts.split(',').any(|o| o == "noexec"), "{opts}");
+    p.c.node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: "pub".into(),
+            target_path: target.to_string_lossy().into_owned(),
+        })
+        .await
+        .unwrap();
+    p.stop.cancel();
+}
+
 fn csi_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {

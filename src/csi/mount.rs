@@ -178,6 +178,8 @@ pub struct FsStats {
     pub inodes_available: u64,
     pub inodes_used: u64,
     pub readonly: bool,
+    pub noexec: bool,
+    pub noatime: bool,
 }
 
 pub fn stats(path: &Path) -> io::Result<FsStats> {
@@ -197,6 +199,8 @@ pub fn stats(path: &Path) -> io::Result<FsStats> {
         inodes_available: s.f_favail as u64,
         inodes_used: (s.f_files as u64).saturating_sub(s.f_ffree as u64),
         readonly: s.f_flag & libc::ST_RDONLY != 0,
+        noexec: s.f_flag & libc::ST_NOEXEC != 0,
+        noatime: s.f_flag & libc::ST_NOATIME != 0,
     })
 }
 

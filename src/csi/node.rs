@@ -105,10 +105,13 @@ fn publish(
     if mount::is_mount_point(target).map_err(|e| internal("reading the mount table", e))? {
         let same =
             mount::same_dir(target, location).map_err(|e| internal("examining the target", e))?;
-        let readonly = mount::stats(target)
-            .map_err(|e| internal("examining the target", e))?
-            .readonly;
-        if same && readonly == options.readonly {
+        let s = mount::stats(target).map_err(|e| internal("examining the target", e))?;
+        let mounted = BindOptions {
+            readonly: s.readonly,
+            noexec: s.noexec,
+            noatime: s.noatime,
+        };
+        if same && mounted == options {
             return Ok(()); // published already, alike (idempotent)
         }
         return Err(Status::already_exists(format!(
