@@ -19,8 +19,8 @@ use volmgr::csi::proto::{
     CapacityRange, ControllerExpandVolumeRequest, ControllerGetCapabilitiesRequest,
     CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest, DeleteVolumeRequest,
     ListSnapshotsRequest, ListVolumesRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
-    ProbeRequest, VolumeCapability, VolumeContentSource, controller_service_capability,
-    volume_capability, volume_content_source,
+    ProbeRequest, ValidateVolumeCapabilitiesRequest, VolumeCapability, VolumeContentSource,
+    controller_service_capability, volume_capability, volume_content_source,
 };
 use volmgr::csi::{CsiOptions, CsiServer, names};
 use volmgr::manager::Manager;
@@ -788,6 +788,39 @@ async fn republishing_with_other_mount_flags_is_already_exists_and_alike_is_ok()
         })
         .await
         .unwrap();
+    p.stop.cancel();
+}
+
+/// `ValidateVolumeCapabilities` confirms a capability only if `NodePublishVolume`
+/// would honour it: an fs type other than the volume's file system is not
+/// confirmed (Nomad validates at `volume register` and claims later).
+#[tokio::test]
+async fn validation_confirms_no_fs_type_that_publish_refuses() {
+    let mut p = plugin().await;
+    p.c.controller
+        .create_volume(create_req("pvc-v"))
+        .await
+        .unwrap();
+    let validate = |fs: &str| ValidateVolumeCapabilitiesRequest {
+        volume_id: "pvc-v".into(),
+        volume_capabilities: vec![mount_cap("", &[]), mount_cap(fs, &[])],
+        ..Default::default()
+    };
+    let any =
+        p.c.controller
+            .validate_volume_capabilities(validate(""))
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(any.confirmed.is_some(), "{}", any.message);
+    let foreign =
+        p.c.controller
+            .validate_volume_capabilities(validate("vfat"))
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(foreign.confirmed.is_none(), "vfat confirmed");
+    assert!(foreign.message.contains("vfat"), "{}", foreign.message);
     p.stop.cancel();
 }
 
