@@ -19,8 +19,8 @@ use volmgr::csi::proto::{
     CapacityRange, ControllerExpandVolumeRequest, ControllerGetCapabilitiesRequest,
     CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest, DeleteVolumeRequest,
     ListSnapshotsRequest, ListVolumesRequest, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
-    ProbeRequest, VolumeCapability, VolumeContentSource, controller_service_capability,
-    volume_capability, volume_content_source,
+    ProbeRequest, ValidateVolumeCapabilitiesRequest, VolumeCapability, VolumeContentSource,
+    controller_service_capability, volume_capability, volume_content_source,
 };
 use volmgr::csi::{CsiOptions, CsiServer, names};
 use volmgr::manager::Manager;
@@ -673,6 +673,154 @@ async fn published_volumes_are_nosuid_nodev_bind_mounts_and_honour_readonly() {
         })
         .await
         .unwrap();
+    p.stop.cancel();
+}
+
+/// Mounts stacked at `path` (as the mount table names it: resolved).
+fn mounts_at(path: &Path) -> usize {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4) == path.to_str())
+        .count()
+}
+
+/// Detaches whatever a failed test left mounted at its path.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        while mounts_at(&self.0) > 0 {
+            // SAFETY: a valid NUL-terminated path.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// A target under a symlinked directory (a kubelet root or Nomad data
+/// directory that is a symlink): the mount table names the resolved path,
+/// and the plugin still sees its own mount there, so a second publish is
+/// the idempotent OK without stacking a mount and unpublish removes it.
+#[tokio::test]
+async fn a_target_under_a_symlinked_directory_is_published_once_and_unpublished() {
+    let test = "a_target_under_a_symlinked_directory_is_published_once_and_unpublished";
+    if !csi_root(test) {
+        return;
+    }
+    let mut p = plugin().await;
+    p.c.controller
+        .create_volume(create_req("pub"))
+        .await
+        .unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let real = std::fs::canonicalize(mnt.path()).unwrap().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, mnt.path().join("link")).unwrap();
+    let target = mnt.path().join("link").join("target");
+    let resolved = real.join("target");
+    let _cleanup = Unmount(resolved.clone());
+    let publish = NodePublishVolumeRequest {
+        volume_id: "pub".into(),
+        target_path: target.to_string_lossy().into_owned(),
+        volume_capability: Some(mount_cap("", &[])),
+        ..Default::default()
+    };
+    p.c.node.node_publish_volume(publish.clone()).await.unwrap();
+    p.c.node.node_publish_volume(publish).await.unwrap();
+    assert_eq!(mounts_at(&resolved), 1, "a second publish stacked a mount");
+
+    p.c.node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: "pub".into(),
+            target_path: target.to_string_lossy().into_owned(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(mounts_at(&resolved), 0);
+    assert!(!resolved.exists(), "the target is removed");
+    p.stop.cancel();
+}
+
+/// The spec's `NodePublishVolume`: published alike is OK, published with
+/// another capability is `ALREADY_EXISTS`; the mount flags are part of the
+/// capability, not only `readonly`.
+#[tokio::test]
+async fn republishing_with_other_mount_flags_is_already_exists_and_alike_is_ok() {
+    let test = "republishing_with_other_mount_flags_is_already_exists_and_alike_is_ok";
+    if !csi_root(test) {
+        return;
+    }
+    let mut p = plugin().await;
+    p.c.controller
+        .create_volume(create_req("pub"))
+        .await
+        .unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let target = std::fs::canonicalize(mnt.path()).unwrap().join("target");
+    let _cleanup = Unmount(target.clone());
+    let publish = |flags: &[&str]| NodePublishVolumeRequest {
+        volume_id: "pub".into(),
+        target_path: target.to_string_lossy().into_owned(),
+        volume_capability: Some(mount_cap("", flags)),
+        ..Default::default()
+    };
+    p.c.node
+        .node_publish_volume(publish(&["noexec"]))
+        .await
+        .unwrap();
+    p.c.node
+        .node_publish_volume(publish(&["noexec", "rw"]))
+        .await
+        .unwrap();
+    for other in [&[][..], &["exec"], &["noexec", "noatime"]] {
+        let r = p.c.node.node_publish_volume(publish(other)).await;
+        assert_eq!(code(r), Code::AlreadyExists, "{other:?}");
+    }
+    assert_eq!(mounts_at(&target), 1);
+    let opts = mount_options(&target).unwrap();
+    assert!(opts.split(',').any(|o| o == "noexec"), "{opts}");
+    p.c.node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: "pub".into(),
+            target_path: target.to_string_lossy().into_owned(),
+        })
+        .await
+        .unwrap();
+    p.stop.cancel();
+}
+
+/// `ValidateVolumeCapabilities` confirms a capability only if `NodePublishVolume`
+/// would honour it: an fs type other than the volume's file system is not
+/// confirmed (Nomad validates at `volume register` and claims later).
+#[tokio::test]
+async fn validation_confirms_no_fs_type_that_publish_refuses() {
+    let mut p = plugin().await;
+    p.c.controller
+        .create_volume(create_req("pvc-v"))
+        .await
+        .unwrap();
+    let validate = |fs: &str| ValidateVolumeCapabilitiesRequest {
+        volume_id: "pvc-v".into(),
+        volume_capabilities: vec![mount_cap("", &[]), mount_cap(fs, &[])],
+        ..Default::default()
+    };
+    let any =
+        p.c.controller
+            .validate_volume_capabilities(validate(""))
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(any.confirmed.is_some(), "{}", any.message);
+    let foreign =
+        p.c.controller
+            .validate_volume_capabilities(validate("vfat"))
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(foreign.confirmed.is_none(), "vfat confirmed");
+    assert!(foreign.message.contains("vfat"), "{}", foreign.message);
     p.stop.cancel();
 }
 

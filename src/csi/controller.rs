@@ -31,7 +31,7 @@ use super::proto::{
     list_volumes_response, validate_volume_capabilities_response,
 };
 use super::status::from_manager;
-use super::{Plugin, snapshots};
+use super::{Plugin, node, snapshots};
 use crate::manager::{Manager, ManagerError};
 use crate::provider::ProviderConfig;
 use crate::state::{DETAIL_CAPACITY, DETAIL_OPTION_PREFIX, Volume, VolumeKind, VolumeStatus};
@@ -421,8 +421,27 @@ impl proto::controller_server::Controller for Controller {
         if r.volume_capabilities.is_empty() {
             return Err(Status::invalid_argument("volume_capabilities are required"));
         }
-        data_volume(m, &r.volume_id)?;
-        let answer = match checks::capabilities(&r.volume_capabilities) {
+        let v = data_volume(m, &r.volume_id)?;
+        // Confirmed only if NodePublishVolume would honour each one, fs type
+        // included (the volume's own file system).
+        let fs_types: Vec<String> = r
+            .volume_capabilities
+            .iter()
+            .map(|c| checks::fs_type(c).to_owned())
+            .collect();
+        let location = std::path::PathBuf::from(&v.location);
+        let supported = match checks::capabilities(&r.volume_capabilities) {
+            Ok(()) => {
+                node::blocking(move || {
+                    fs_types
+                        .iter()
+                        .try_for_each(|fs| node::check_fs_type(&location, fs))
+                })
+                .await
+            }
+            Err(why) => Err(why),
+        };
+        let answer = match supported {
             Ok(()) => ValidateVolumeCapabilitiesResponse {
                 confirmed: Some(validate_volume_capabilities_response::Confirmed {
                     volume_context: r.volume_context,
@@ -432,10 +451,13 @@ impl proto::controller_server::Controller for Controller {
                 }),
                 message: String::new(),
             },
-            Err(why) => ValidateVolumeCapabilitiesResponse {
-                confirmed: None,
-                message: why.message().to_owned(),
-            },
+            Err(why) if why.code() == tonic::Code::InvalidArgument => {
+                ValidateVolumeCapabilitiesResponse {
+                    confirmed: None,
+                    message: why.message().to_owned(),
+                }
+            }
+            Err(e) => return Err(e),
         };
         Ok(Response::new(answer))
     }

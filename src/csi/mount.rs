@@ -129,9 +129,36 @@ fn parse_mount_points(text: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Whether `path` is a mount point.
+/// Whether `path` is a mount point. The mount table names mount points by
+/// their resolved paths, so `path`'s parent directories are resolved first
+/// (a target under a symlinked directory, such as a kubelet root or Nomad
+/// data directory that is a symlink, is found); its last component is not
+/// followed (a symlink there is no mount point).
 pub fn is_mount_point(path: &Path) -> io::Result<bool> {
-    Ok(mount_points()?.iter().any(|m| m == path))
+    let Some(resolved) = resolve_parent(path)? else {
+        return Ok(false);
+    };
+    Ok(mount_points()?.contains(&resolved))
+}
+
+/// `path` with its parent directories resolved (symlinks followed), its
+/// last component kept; `None` if the parent does not exist.
+fn resolve_parent(path: &Path) -> io::Result<Option<PathBuf>> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(Some(path.to_owned())); // the root
+    };
+    match std::fs::canonicalize(parent) {
+        Ok(p) => Ok(Some(p.join(name))),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether `a` and `b` are the same directory (a bind mount's root is the
@@ -151,6 +178,8 @@ pub struct FsStats {
     pub inodes_available: u64,
     pub inodes_used: u64,
     pub readonly: bool,
+    pub noexec: bool,
+    pub noatime: bool,
 }
 
 pub fn stats(path: &Path) -> io::Result<FsStats> {
@@ -170,6 +199,8 @@ pub fn stats(path: &Path) -> io::Result<FsStats> {
         inodes_available: s.f_favail as u64,
         inodes_used: (s.f_files as u64).saturating_sub(s.f_ffree as u64),
         readonly: s.f_flag & libc::ST_RDONLY != 0,
+        noexec: s.f_flag & libc::ST_NOEXEC != 0,
+        noatime: s.f_flag & libc::ST_NOATIME != 0,
     })
 }
 
@@ -214,6 +245,23 @@ mod tests {
                 PathBuf::from("/end\\04"),
             ]
         );
+    }
+
+    #[test]
+    fn a_path_resolves_through_symlinked_parents_but_not_its_last_component() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let under = dir.path().join("link").join("target");
+        assert_eq!(resolve_parent(&under).unwrap(), Some(real.join("target")));
+        let last = dir.path().join("link");
+        assert_eq!(
+            resolve_parent(&last).unwrap(),
+            Some(real.parent().unwrap().join("link"))
+        );
+        assert_eq!(resolve_parent(&real.join("gone/target")).unwrap(), None);
+        assert_eq!(resolve_parent(Path::new("/")).unwrap(), Some("/".into()));
     }
 
     #[test]

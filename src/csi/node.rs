@@ -68,12 +68,29 @@ fn internal(what: &str, e: io::Error) -> Status {
 }
 
 /// Runs blocking node work on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(format!("node task failed: {e}")))?
+}
+
+/// Whether a mount capability's fs type can be honoured for the volume at
+/// `location`: unset, or the type of the file system the volume lives on
+/// (`INVALID_ARGUMENT` saying why not). Blocking (a `statfs`).
+pub(crate) fn check_fs_type(location: &Path, fs_type: &str) -> Result<(), Status> {
+    if fs_type.is_empty() {
+        return Ok(());
+    }
+    let actual = mount::fs_type(location).map_err(|e| internal("examining the volume", e))?;
+    if Some(fs_type) != actual {
+        return Err(Status::invalid_argument(format!(
+            "fs type {fs_type:?} cannot be honoured: the volume is a directory on {}",
+            actual.unwrap_or("an unnamed file system")
+        )));
+    }
+    Ok(())
 }
 
 fn publish(
@@ -82,13 +99,7 @@ fn publish(
     fs_type: &str,
     options: BindOptions,
 ) -> Result<(), Status> {
-    let actual = mount::fs_type(location).map_err(|e| internal("examining the volume", e))?;
-    if !fs_type.is_empty() && Some(fs_type) != actual {
-        return Err(Status::invalid_argument(format!(
-            "fs type {fs_type:?} cannot be honoured: the volume is a directory on {}",
-            actual.unwrap_or("an unnamed file system")
-        )));
-    }
+    check_fs_type(location, fs_type)?;
     match std::fs::symlink_metadata(target) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -105,10 +116,13 @@ fn publish(
     if mount::is_mount_point(target).map_err(|e| internal("reading the mount table", e))? {
         let same =
             mount::same_dir(target, location).map_err(|e| internal("examining the target", e))?;
-        let readonly = mount::stats(target)
-            .map_err(|e| internal("examining the target", e))?
-            .readonly;
-        if same && readonly == options.readonly {
+        let s = mount::stats(target).map_err(|e| internal("examining the target", e))?;
+        let mounted = BindOptions {
+            readonly: s.readonly,
+            noexec: s.noexec,
+            noatime: s.noatime,
+        };
+        if same && mounted == options {
             return Ok(()); // published already, alike (idempotent)
         }
         return Err(Status::already_exists(format!(
