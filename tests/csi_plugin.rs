@@ -573,11 +573,7 @@ async fn published_volumes_are_nosuid_nodev_bind_mounts_and_honour_readonly() {
     if !csi_root(test) {
         return;
     }
-    let mut p = plugin().await;
-    p.c.controller
-        .create_volume(create_req("pub"))
-        .await
-        .unwrap();
+    let mut p = plugin_with_volume("pub").await;
     p.c.controller
         .create_volume(create_req("other"))
         .await
@@ -666,14 +662,29 @@ async fn published_volumes_are_nosuid_nodev_bind_mounts_and_honour_readonly() {
     assert_eq!(std::fs::read(loc.join("hello")).unwrap(), b"hi");
     let opts = mount_options(&target).unwrap();
     assert!(opts.split(',').any(|o| o == "noexec"), "{opts}");
+    unpublish_ok(&mut p, "pub", &target).await;
+    p.stop.cancel();
+}
+
+/// A plugin on the directory provider with data volume `name` created.
+async fn plugin_with_volume(name: &str) -> Plugin {
+    let mut p = plugin().await;
+    p.c.controller
+        .create_volume(create_req(name))
+        .await
+        .unwrap();
+    p
+}
+
+/// Unpublishes volume `id` from `target`; it must succeed.
+async fn unpublish_ok(p: &mut Plugin, id: &str, target: &Path) {
     p.c.node
         .node_unpublish_volume(NodeUnpublishVolumeRequest {
-            volume_id: "pub".into(),
+            volume_id: id.into(),
             target_path: target.to_string_lossy().into_owned(),
         })
         .await
         .unwrap();
-    p.stop.cancel();
 }
 
 /// Mounts stacked at `path` (as the mount table names it: resolved).
@@ -709,11 +720,7 @@ async fn a_target_under_a_symlinked_directory_is_published_once_and_unpublished(
     if !csi_root(test) {
         return;
     }
-    let mut p = plugin().await;
-    p.c.controller
-        .create_volume(create_req("pub"))
-        .await
-        .unwrap();
+    let mut p = plugin_with_volume("pub").await;
     let mnt = tempfile::tempdir().unwrap();
     let real = std::fs::canonicalize(mnt.path()).unwrap().join("real");
     std::fs::create_dir(&real).unwrap();
@@ -731,13 +738,7 @@ async fn a_target_under_a_symlinked_directory_is_published_once_and_unpublished(
     p.c.node.node_publish_volume(publish).await.unwrap();
     assert_eq!(mounts_at(&resolved), 1, "a second publish stacked a mount");
 
-    p.c.node
-        .node_unpublish_volume(NodeUnpublishVolumeRequest {
-            volume_id: "pub".into(),
-            target_path: target.to_string_lossy().into_owned(),
-        })
-        .await
-        .unwrap();
+    unpublish_ok(&mut p, "pub", &target).await;
     assert_eq!(mounts_at(&resolved), 0);
     assert!(!resolved.exists(), "the target is removed");
     p.stop.cancel();
@@ -752,11 +753,7 @@ async fn republishing_with_other_mount_flags_is_already_exists_and_alike_is_ok()
     if !csi_root(test) {
         return;
     }
-    let mut p = plugin().await;
-    p.c.controller
-        .create_volume(create_req("pub"))
-        .await
-        .unwrap();
+    let mut p = plugin_with_volume("pub").await;
     let mnt = tempfile::tempdir().unwrap();
     let target = std::fs::canonicalize(mnt.path()).unwrap().join("target");
     let _cleanup = Unmount(target.clone());
@@ -781,13 +778,7 @@ async fn republishing_with_other_mount_flags_is_already_exists_and_alike_is_ok()
     assert_eq!(mounts_at(&target), 1);
     let opts = mount_options(&target).unwrap();
     assert!(opts.split(',').any(|o| o == "noexec"), "{opts}");
-    p.c.node
-        .node_unpublish_volume(NodeUnpublishVolumeRequest {
-            volume_id: "pub".into(),
-            target_path: target.to_string_lossy().into_owned(),
-        })
-        .await
-        .unwrap();
+    unpublish_ok(&mut p, "pub", &target).await;
     p.stop.cancel();
 }
 
