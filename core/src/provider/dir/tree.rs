@@ -294,13 +294,36 @@ fn data_bytes(st: &Stat) -> u64 {
     st.allocated.min(st.len)
 }
 
+/// Why [`copy_data`] stopped: an I/O error, or the caller's `fits` refused.
+pub(crate) enum CopyFailed<E> {
+    Io(io::Error),
+    Refused(E),
+}
+
+impl<E> From<io::Error> for CopyFailed<E> {
+    fn from(e: io::Error) -> Self {
+        CopyFailed::Io(e)
+    }
+}
+
 /// Copies the first `len` bytes of `src` into the empty `dst`, holes kept:
 /// only the ranges `SEEK_DATA`/`SEEK_HOLE` report as data are written,
 /// then `dst` is given length `len` (a trailing hole). A file system
 /// without those seeks has no holes to keep: all of it is data. The copy
 /// is of the length `src` had when examined: what a writer appends meanwhile
 /// is not copied, and if it shrinks, the rest reads as a hole.
-pub(crate) fn copy_data(src: &File, dst: &File, len: u64) -> io::Result<()> {
+///
+/// `counted` bytes were found to fit before the copy (the file's allocated
+/// bytes); a writer filling holes meanwhile can make the data ranges
+/// larger, so each byte beyond `counted` is asked of `fits` before it is
+/// written, range by range.
+pub(crate) fn copy_data<E>(
+    src: &File,
+    dst: &File,
+    len: u64,
+    counted: u64,
+    fits: &mut dyn FnMut(u64) -> Result<(), E>,
+) -> Result<(), CopyFailed<E>> {
     let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
         let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
         // SAFETY: lseek on a descriptor open for the duration of the call.
@@ -316,6 +339,7 @@ pub(crate) fn copy_data(src: &File, dst: &File, len: u64) -> io::Result<()> {
         Ok(Some(u64::try_from(at).unwrap_or(0)))
     };
     let mut pos = 0;
+    let mut written = 0u64;
     // Bounded: each round moves `pos` forward (a data range is not empty:
     // `SEEK_HOLE` from data is past it) or ends the loop.
     while pos < len {
@@ -327,11 +351,16 @@ pub(crate) fn copy_data(src: &File, dst: &File, len: u64) -> io::Result<()> {
             }
             // No hole support: the whole rest is data.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (pos, len),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         if start >= len || end <= start {
             break;
         }
+        let beyond = (written + (end - start)).saturating_sub(counted.max(written));
+        if beyond > 0 {
+            fits(beyond).map_err(CopyFailed::Refused)?;
+        }
+        written += end - start;
         let copied = copy_range(src, dst, start, end)?;
         if copied < end {
             // Shrunk since examined: the rest stays a hole.
@@ -339,7 +368,7 @@ pub(crate) fn copy_data(src: &File, dst: &File, len: u64) -> io::Result<()> {
         }
         pos = end;
     }
-    dst.set_len(len)
+    Ok(dst.set_len(len)?)
 }
 
 /// Copies bytes `[at, end)` of `src` to the same offsets of `dst`, in the
@@ -557,7 +586,13 @@ impl TreeCopy<'_> {
                         if cost == 0 {
                             self.space.check("the copy", 0, data_bytes(&st))?;
                         }
-                        copy_data(&s, &d, st.len).map_err(|e| self.err("copying", &rel, e))?;
+                        let space = &self.space;
+                        let mut fits = |bytes| space.check("the copy", 0, bytes);
+                        match copy_data(&s, &d, st.len, data_bytes(&st), &mut fits) {
+                            Ok(()) => {}
+                            Err(CopyFailed::Io(e)) => return Err(self.err("copying", &rel, e)),
+                            Err(CopyFailed::Refused(e)) => return Err(e),
+                        }
                     }
                     let durable = self.durable;
                     let finished = (|| -> io::Result<()> {
@@ -699,7 +734,12 @@ mod tests {
             let src = File::open(&src_path).unwrap();
             let dst_path = t.path().join(format!("dst{i}"));
             let dst = File::create(&dst_path).unwrap();
-            copy_data(&src, &dst, asked).unwrap();
+            let mut fits = |_| -> Result<(), ()> { panic!("the data was counted") };
+            let counted = u64::MAX;
+            assert!(
+                copy_data(&src, &dst, asked, counted, &mut fits).is_ok(),
+                "case {i}"
+            );
             let want = {
                 let mut b = fs::read(&src_path).unwrap();
                 b.resize(usize::try_from(asked).unwrap(), 0);
@@ -708,6 +748,43 @@ mod tests {
             let got = fs::read(&dst_path).unwrap();
             assert!(got == want, "case {i}: the copy differs from its source");
         }
+    }
+
+    /// A writer filling a file's holes during a copy makes its data larger
+    /// than the allocated bytes the space check counted: every byte beyond
+    /// them is asked of `fits` before it is written, and a refusal writes
+    /// nothing of that range.
+    #[test]
+    fn data_beyond_what_was_counted_is_asked_of_the_space_check_before_it_is_written() {
+        use std::os::unix::fs::FileExt;
+        const MIB: u64 = 1 << 20;
+        let t = tempfile::tempdir().unwrap();
+        let src_path = t.path().join("src");
+        let src = File::create(&src_path).unwrap();
+        src.set_len(8 * MIB).unwrap();
+        src.write_all_at(&vec![1; 1 << 20], 0).unwrap();
+        src.write_all_at(&vec![2; 2 << 20], 4 * MIB).unwrap();
+        let src = File::open(&src_path).unwrap();
+
+        // Counted: the first range. Asked: the second, once, before it is written.
+        let dst = File::create(t.path().join("a")).unwrap();
+        let mut asked = Vec::new();
+        let mut fits = |bytes| -> Result<(), ()> {
+            asked.push(bytes);
+            Ok(())
+        };
+        assert!(copy_data(&src, &dst, 8 * MIB, MIB, &mut fits).is_ok());
+        assert_eq!(asked, [2 * MIB]);
+        assert!(fs::read(t.path().join("a")).unwrap() == fs::read(&src_path).unwrap());
+
+        // Nothing counted and refused: nothing written.
+        let dst = File::create(t.path().join("b")).unwrap();
+        let mut refuse = |_| Err("full");
+        match copy_data(&src, &dst, 8 * MIB, 0, &mut refuse) {
+            Err(CopyFailed::Refused("full")) => {}
+            _ => panic!("the refusal is returned"),
+        }
+        assert_eq!(dst.metadata().unwrap().len(), 0, "nothing written");
     }
 
     #[test]
