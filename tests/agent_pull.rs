@@ -184,6 +184,31 @@ async fn a_second_pull_between_dir_agents_is_incremental_and_the_trees_match() {
         tree(Path::new(&full.snapshot.location)),
         tree(Path::new(&snap1.location))
     );
+
+    // Pulling either snapshot again (a retry after a lost answer, say) is a
+    // conflict that changes nothing: the replica holds them already. (It
+    // made a second snapshot of the same identity, or put the replica's
+    // content back to the older one.)
+    std::fs::write(replica.location.clone() + "/mine.txt", "local\n").unwrap();
+    let listed = b.client.list().await.unwrap();
+    for snap in [&snap2, &snap1] {
+        let err = b
+            .client
+            .pull(&replica.id, PullFrom::Host("a"), &snap.id)
+            .await
+            .expect_err("a pull of a snapshot the target holds");
+        assert_eq!(
+            (err.status(), err.code()),
+            (Some(409), Some("stream_does_not_fit")),
+            "{err}"
+        );
+    }
+    assert_eq!(b.client.list().await.unwrap(), listed);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&replica.location).join("mine.txt")).unwrap(),
+        "local\n",
+        "the replica's content is untouched"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -41,6 +41,7 @@ macro_rules! contract_suite {
                 snapshot_is_a_frozen_read_only_copy_and_fork_a_writable_one,
                 provider_calls_are_idempotent_and_tagged_with_their_operation,
                 full_then_incremental_transfer_carries_the_data,
+                a_stream_fits_only_a_target_whose_newest_snapshot_is_its_base,
                 volumes_with_dependents_refuse_destroy_until_they_are_gone,
                 operation_in_flight_makes_its_volume_busy_but_not_others,
                 bad_input_gets_typed_errors_and_creates_or_journals_nothing,
@@ -392,7 +393,10 @@ pub async fn full_then_incremental_transfer_carries_the_data(b: Box<dyn Backend>
         .receive_snapshot("other", inc.as_slice())
         .await
         .unwrap_err();
-    assert!(matches!(err, ManagerError::Provider { .. }), "{err}");
+    assert!(
+        matches!(err, ManagerError::StreamDoesNotFit { .. }),
+        "{err}"
+    );
     assert_eq!(read(&other.location, "mine").as_deref(), Some(&b"keep"[..]));
     let err = m
         .receive_snapshot("other", &b"not a stream"[..])
@@ -415,6 +419,94 @@ pub async fn full_then_incremental_transfer_carries_the_data(b: Box<dyn Backend>
         "failed receives leave nothing on the provider"
     );
     m.close().await;
+}
+
+/// One rule on every provider (the one `zfs recv` applies): a target takes
+/// a stream only on top of its newest snapshot. A second pull of a snapshot
+/// it holds, a pull of an older snapshot (which would put its content back
+/// behind newer snapshots), and a full stream into a target with snapshots
+/// are refused before anything is journaled or changed.
+pub async fn a_stream_fits_only_a_target_whose_newest_snapshot_is_its_base(b: Box<dyn Backend>) {
+    let state = tempfile::tempdir().unwrap();
+    let m = open(state.path(), &*b).await;
+    let src = m
+        .create_volume(PROVIDER, Some("src"), Meta::new())
+        .await
+        .unwrap();
+    let mut snaps = Vec::new();
+    for version in [&b"v1"[..], b"v2", b"v3"] {
+        write(&src.location, "f", version);
+        snaps.push(m.create_snapshot("src", Meta::new()).await.unwrap());
+    }
+    let dst = m
+        .create_volume(PROVIDER, Some("dst"), Meta::new())
+        .await
+        .unwrap();
+    // dst takes v1 in full, then v3 on top of it.
+    for s in [&snaps[0], &snaps[2]] {
+        let (stream, _) = send_to_vec(&m, &s.id, &m.list_haves("dst").unwrap()).await;
+        m.receive_snapshot("dst", stream.as_slice()).await.unwrap();
+    }
+    write(&dst.location, "local", b"written after the last pull");
+    let before = (m.volumes(), m.stats().operations);
+    let refused = |err: ManagerError, why: &str| {
+        assert!(
+            matches!(&err, ManagerError::StreamDoesNotFit { target, .. } if target == "dst"),
+            "{why}: {err}"
+        );
+    };
+
+    // v3 again (incremental from v1, which dst has): dst holds its guid.
+    let (again, incremental) = send_to_vec(&m, &snaps[2].id, &m.list_haves("dst").unwrap()).await;
+    assert!(incremental);
+    let err = m
+        .receive_snapshot("dst", again.as_slice())
+        .await
+        .unwrap_err();
+    refused(err, "a second pull of a held snapshot");
+    // v2 (incremental from v1): dst's newest snapshot is v3, not v1.
+    let (older, incremental) = send_to_vec(&m, &snaps[1].id, &m.list_haves("dst").unwrap()).await;
+    assert!(incremental);
+    let err = m
+        .receive_snapshot("dst", older.as_slice())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    refused(err, "an older snapshot");
+    assert!(
+        text.contains(&snaps[2].details[DETAIL_GUID]),
+        "the message names the newest snapshot's guid: {text}"
+    );
+    // v2 in full: dst has snapshots.
+    let (full, incremental) = send_to_vec(&m, &snaps[1].id, &[]).await;
+    assert!(!incremental);
+    let err = m
+        .receive_snapshot("dst", full.as_slice())
+        .await
+        .unwrap_err();
+    refused(err, "a full stream into a target with snapshots");
+
+    assert_eq!(
+        (m.volumes(), m.stats().operations),
+        before,
+        "nothing was journaled or recorded"
+    );
+    assert_eq!(read(&dst.location, "f").as_deref(), Some(&b"v3"[..]));
+    assert_eq!(
+        read(&dst.location, "local").as_deref(),
+        Some(&b"written after the last pull"[..]),
+        "the target's content is untouched"
+    );
+    // The rule is about the target, not the stream: v2 in full still goes
+    // into a new volume.
+    m.create_volume(PROVIDER, Some("fresh"), Meta::new())
+        .await
+        .unwrap();
+    let r = m.receive_snapshot("fresh", full.as_slice()).await.unwrap();
+    assert_eq!(
+        r.details.get(DETAIL_GUID),
+        snaps[1].details.get(DETAIL_GUID)
+    );
 }
 
 pub async fn volumes_with_dependents_refuse_destroy_until_they_are_gone(b: Box<dyn Backend>) {

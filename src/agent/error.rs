@@ -225,6 +225,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::RecordRejected(_) => {
                 (S::SERVICE_UNAVAILABLE, "journal_unavailable", None)
             }
+            ManagerError::StreamDoesNotFit { .. } => (S::CONFLICT, "stream_does_not_fit", None),
             ManagerError::Stream(_) => (S::BAD_GATEWAY, "stream_failed", None),
             _ => (S::INTERNAL_SERVER_ERROR, "internal", None),
         };

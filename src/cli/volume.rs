@@ -41,8 +41,9 @@ Exit codes:
   3  the agent is unreachable (connection refused, timed out, no such host), or
      answered 503 (starting, stopping, provider or journal unavailable, too many)
   4  not found (404)
-  5  conflict (409: exists, has dependents, busy, wrong kind, lost; destroy
-     --recursive refused because forks depend on a snapshot)";
+  5  conflict (409: exists, has dependents, busy, wrong kind, lost, a pulled
+     stream that does not fit its target; destroy --recursive refused because
+     forks depend on a snapshot)";
 
 /// Arguments of `volmgr volume`.
 // The field docs are the `--help` text, written for a terminal: no

@@ -48,6 +48,7 @@ pub fn from_manager(e: ManagerError) -> Status {
         ManagerError::AlreadyExists(_) => Status::already_exists(message),
         ManagerError::HasDependents { .. }
         | ManagerError::VolumeLost(_)
+        | ManagerError::StreamDoesNotFit { .. }
         | ManagerError::Provider {
             error: ProviderError::UnsupportedContent(_),
             ..

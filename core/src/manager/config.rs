@@ -126,6 +126,13 @@ pub enum ManagerError {
     /// meets it stops and refuses every further operation with it, so the
     /// live state never goes where replay cannot follow.
     RecordRejected(ApplyError),
+    /// A stream does not fit its target (it holds the stream's snapshot
+    /// already, or the stream does not continue its newest snapshot);
+    /// refused before anything was journaled or changed.
+    StreamDoesNotFit {
+        target: String,
+        reason: String,
+    },
     /// A transfer stream failed on our side.
     Stream(String),
     Internal(String),
@@ -165,6 +172,9 @@ impl fmt::Display for ManagerError {
                  (`volmgr journal verify` shows the record, `volmgr journal repair --truncate-at` \
                  can cut it off)"
             ),
+            ManagerError::StreamDoesNotFit { target, reason } => {
+                write!(f, "the stream does not fit volume {target}: {reason}")
+            }
             ManagerError::Stream(e) => write!(f, "transfer failed: {e}"),
             ManagerError::Internal(e) => write!(f, "internal error: {e}"),
         }

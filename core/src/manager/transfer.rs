@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::provider::{ProviderError, SendStats, VolumeSpec, volume_id};
+use crate::provider::{ProviderError, SendStats, StreamIdentity, VolumeSpec, volume_id};
 use crate::state::{Action, DETAIL_GUID, Done, Meta, State, Volume, VolumeKind, VolumeStatus};
 use crate::validate;
 
@@ -209,6 +209,19 @@ impl Manager {
             live_kind(s, id, VolumeKind::Data).cloned()
         })?;
         let provider = self.inner.provider(&target.provider)?;
+        // The stream's head: what it declares it carries must fit the
+        // target (checked before anything is journaled or changed). A read
+        // error goes to the provider after the head, as any read error does.
+        let mut head = Vec::new();
+        let head_read = (&mut input)
+            .take(provider.stream_head_len() as u64)
+            .read_to_end(&mut head)
+            .await;
+        if head_read.is_ok()
+            && let Some(identity) = provider.stream_identity(&head)
+        {
+            self.with_state(|s| stream_fits(s, &target, &identity))?;
+        }
         let action = Action::ReceiveSnapshot {
             target: id.to_owned(),
             snapshot: snap_id.clone(),
@@ -242,22 +255,30 @@ impl Manager {
         // provider sees a short stream and the operation fails cleanly.
         let mut chunk = vec![0u8; 256 * 1024];
         let mut read_error = None;
-        loop {
-            match input.read(&mut chunk).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    if tx.send(Ok(chunk[..n].to_vec())).await.is_err() {
+        // A failed read of the head is the loop's first read.
+        let mut head_failed = head_read.err();
+        if head.is_empty() || tx.send(Ok(head)).await.is_ok() {
+            loop {
+                let read = match head_failed.take() {
+                    Some(e) => Err(e),
+                    None => input.read(&mut chunk).await,
+                };
+                match read {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx.send(Ok(chunk[..n].to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        // The provider must see a failed read, not the end of
+                        // a stream that may parse as complete.
+                        let _ = tx
+                            .send(Err(std::io::Error::new(e.kind(), e.to_string())))
+                            .await;
+                        read_error = Some(e);
                         break;
                     }
-                }
-                Err(e) => {
-                    // The provider must see a failed read, not the end of a
-                    // stream that may parse as complete.
-                    let _ = tx
-                        .send(Err(std::io::Error::new(e.kind(), e.to_string())))
-                        .await;
-                    read_error = Some(e);
-                    break;
                 }
             }
         }
@@ -308,6 +329,67 @@ impl Manager {
                 .await
         })
         .await
+    }
+}
+
+/// Whether a stream declaring `identity` fits data volume `target`, by the
+/// rule ZFS applies (the one rule of every provider, checked here so that
+/// the dir, btrfs and ZFS providers answer alike): the target must not hold
+/// the stream's snapshot already (a second pull of it), an incremental
+/// stream's base must be the target's newest live snapshot (pulling an older
+/// snapshot would put the target's content back behind its newer
+/// snapshots), and a full stream needs a target without snapshots.
+fn stream_fits(s: &State, target: &Volume, identity: &StreamIdentity) -> Result<(), ManagerError> {
+    let snaps: Vec<&Volume> = {
+        let mut v: Vec<&Volume> = s
+            .volumes
+            .values()
+            .filter(|v| {
+                v.kind == VolumeKind::Snapshot
+                    && v.status == VolumeStatus::Live
+                    && v.parent.as_deref() == Some(target.id.as_str())
+            })
+            .collect();
+        v.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        v
+    };
+    let guid_of = |v: &Volume| v.details.get(DETAIL_GUID).cloned();
+    let refuse = |reason: String| {
+        Err(ManagerError::StreamDoesNotFit {
+            target: target.id.clone(),
+            reason,
+        })
+    };
+    if let Some(held) = snaps
+        .iter()
+        .find(|v| guid_of(v).as_deref() == Some(identity.guid.as_str()))
+    {
+        return refuse(format!(
+            "it already holds the stream's snapshot (guid {}) as snapshot {}",
+            identity.guid, held.id
+        ));
+    }
+    let newest = snaps.last().map(|v| {
+        format!(
+            "{} (guid {})",
+            v.id,
+            guid_of(v).unwrap_or_else(|| "unknown".into())
+        )
+    });
+    match (&identity.base, snaps.last()) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => refuse(format!(
+            "a full stream needs a target without snapshots; it has {} (newest {}): \
+             destroy them first, or pull into a new volume",
+            snaps.len(),
+            newest.unwrap_or_default()
+        )),
+        (Some(base), Some(last)) if guid_of(last).as_deref() == Some(base.as_str()) => Ok(()),
+        (Some(base), _) => refuse(format!(
+            "an incremental stream from guid {base} applies on top of the target's newest \
+             snapshot, which is {}",
+            newest.unwrap_or_else(|| "none".into())
+        )),
     }
 }
 

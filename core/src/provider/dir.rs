@@ -275,8 +275,8 @@ use self::layout::{Entry, Layout, RealLayout, SimLayout};
 use self::marker::{MARKER_FORMAT, Marker, MarkerState};
 use self::tree::{Modes, Policy};
 use super::{
-    Created, Durability, Found, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef,
-    VolumeSpec,
+    Created, Durability, Found, Provider, ProviderConfig, ProviderError, SendStats, StreamIdentity,
+    VolumeRef, VolumeSpec,
 };
 use crate::fsutil::GroupSync;
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
@@ -759,6 +759,18 @@ impl Provider for DirProvider {
             base.as_ref().map(|(p, m, g)| (p.as_path(), m, *g)),
             out,
         )
+    }
+
+    fn stream_head_len(&self) -> usize {
+        wire::HEADER_LEN
+    }
+
+    fn stream_identity(&self, head: &[u8]) -> Option<StreamIdentity> {
+        let header = wire::header_of(head).ok()?;
+        Some(StreamIdentity {
+            guid: guid_hex(header.guid),
+            base: header.base.map(guid_hex),
+        })
     }
 
     fn receive_snapshot(

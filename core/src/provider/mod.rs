@@ -107,6 +107,18 @@ pub struct PartialReceive {
     pub op: Option<OpId>,
 }
 
+/// What a stream's first bytes declare it carries, in the form of the
+/// provider's `details[guid]`: the snapshot's identity and, for an
+/// incremental stream, its base's. The manager checks it against the
+/// target's snapshots before a receive begins (see
+/// [`Provider::stream_identity`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamIdentity {
+    pub guid: String,
+    /// `None` for a full stream.
+    pub base: Option<String>,
+}
+
 /// A provider failure, carrying the provider's own message.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -345,7 +357,10 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// dir, btrfs and ZFS providers a receive that fails (other than
     /// [`ProviderError::Suspended`]) leaves the target's content as it was,
     /// like `zfs recv -F` (the simulated provider does not model this: its
-    /// target keeps what a failed receive wrote).
+    /// target keeps what a failed receive wrote). Whether the stream fits
+    /// the target (not a snapshot it holds, on top of its newest snapshot)
+    /// the manager checks before it calls, from
+    /// [`Provider::stream_identity`].
     fn receive_snapshot(
         &self,
         target: &VolumeRef<'_>,
@@ -418,6 +433,24 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// stream of `snapshot`, so [`Provider::send_resumed`] can serve it.
     fn resume_fits(&self, _snapshot: &VolumeRef<'_>, _token: &str) -> Result<bool, ProviderError> {
         Ok(false)
+    }
+
+    /// The most leading bytes of a stream [`Provider::stream_identity`]
+    /// needs (0: the provider cannot tell a stream's identity from its
+    /// head, and the manager reads none ahead).
+    fn stream_head_len(&self) -> usize {
+        0
+    }
+
+    /// The identity a stream's head declares (`head`: its first
+    /// [`Provider::stream_head_len`] bytes, fewer if the stream is shorter),
+    /// or `None` where the head does not tell (a resumed ZFS stream, which
+    /// continues a partial receive, or a head that is not a valid stream:
+    /// the receive itself then refuses it, as it always did). The bytes are
+    /// hostile: this never panics and reads nothing past `head`.
+    fn stream_identity(&self, head: &[u8]) -> Option<StreamIdentity> {
+        let _ = head;
+        None
     }
 
     /// Whether this provider enforces a data volume's capacity (a write past

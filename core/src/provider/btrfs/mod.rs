@@ -200,7 +200,7 @@ use uuid::Uuid;
 use super::cmd::Cmd;
 use super::{
     Created, Durability, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory,
-    SendStats, Tag, VolumeRef, VolumeSpec,
+    SendStats, StreamIdentity, Tag, VolumeRef, VolumeSpec,
 };
 use crate::fsutil;
 
@@ -644,6 +644,14 @@ impl Provider for BtrfsProvider {
             incremental: base.is_some(),
             resumed: false,
         })
+    }
+
+    fn stream_head_len(&self) -> usize {
+        receive::STREAM_HEAD_LEN
+    }
+
+    fn stream_identity(&self, head: &[u8]) -> Option<StreamIdentity> {
+        receive::stream_identity(head)
     }
 
     fn receive_snapshot(

@@ -141,3 +141,55 @@ impl BtrfsProvider {
         }
     }
 }
+
+/// `btrfs send`'s stream magic (with its NUL), then a little-endian `u32`
+/// version.
+const STREAM_MAGIC: &[u8; 13] = b"btrfs-stream\0";
+/// Stream header (17) and one command header (`u32` length, `u16` command,
+/// `u32` CRC), then the first command's attributes: the subvolume's name,
+/// its UUID and transid, and, for an incremental stream, its base's.
+/// Names are at most 255 bytes, so 1 KiB holds any first command.
+pub(super) const STREAM_HEAD_LEN: usize = 17 + 10 + 1024;
+const CMD_SUBVOL: u16 = 1;
+const CMD_SNAPSHOT: u16 = 2;
+const ATTR_UUID: u16 = 1;
+const ATTR_CLONE_UUID: u16 = 20;
+
+/// The identity the first command of a `btrfs send` stream declares: its
+/// `UUID` attribute (the sent subvolume's received UUID if it has one, else
+/// its own: the form of [`SubvolInfo::guid`]) and, for a `SNAPSHOT`
+/// command (an incremental stream), its `CLONE_UUID` (the base's, in the
+/// same form). `None` for anything else; `btrfs receive` judges those.
+pub(super) fn stream_identity(head: &[u8]) -> Option<StreamIdentity> {
+    let rest = head.strip_prefix(STREAM_MAGIC)?;
+    let version = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+    if !(1..=3).contains(&version) {
+        return None;
+    }
+    let cmd = rest.get(4..14)?;
+    let len = u32::from_le_bytes(cmd[..4].try_into().ok()?) as usize;
+    let kind = u16::from_le_bytes(cmd[4..6].try_into().ok()?);
+    let mut attrs = rest.get(14..14usize.checked_add(len)?)?;
+    let (mut uuid, mut clone) = (None, None);
+    while !attrs.is_empty() {
+        let t = u16::from_le_bytes(attrs.get(..2)?.try_into().ok()?);
+        let l = u16::from_le_bytes(attrs.get(2..4)?.try_into().ok()?) as usize;
+        let value = attrs.get(4..4 + l)?;
+        let as_uuid = || Some(Uuid::from_bytes(value.try_into().ok()?));
+        match t {
+            ATTR_UUID => uuid = Some(as_uuid()?),
+            ATTR_CLONE_UUID => clone = Some(as_uuid()?),
+            _ => {}
+        }
+        attrs = &attrs[4 + l..];
+    }
+    let guid = uuid?.to_string();
+    match kind {
+        CMD_SUBVOL => Some(StreamIdentity { guid, base: None }),
+        CMD_SNAPSHOT => Some(StreamIdentity {
+            guid,
+            base: Some(clone?.to_string()),
+        }),
+        _ => None,
+    }
+}

@@ -42,3 +42,65 @@ fn a_root_that_is_not_btrfs_is_refused() {
     let err = BtrfsProvider::new("relative/root").unwrap_err();
     assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err}");
 }
+
+/// A `btrfs send` head: stream header, then one command of `kind` with a
+/// name, a UUID, a transid and, given `clone`, a clone UUID and transid.
+fn send_head(kind: u16, uuid: Uuid, clone: Option<Uuid>) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    let mut attr = |t: u16, v: &[u8]| {
+        attrs.extend_from_slice(&t.to_le_bytes());
+        attrs.extend_from_slice(&u16::try_from(v.len()).unwrap().to_le_bytes());
+        attrs.extend_from_slice(v);
+    };
+    attr(15, b"vol");
+    attr(1, uuid.as_bytes());
+    attr(2, &9u64.to_le_bytes());
+    if let Some(c) = clone {
+        attr(20, c.as_bytes());
+        attr(21, &8u64.to_le_bytes());
+    }
+    let mut head = b"btrfs-stream\0".to_vec();
+    head.extend_from_slice(&1u32.to_le_bytes());
+    head.extend_from_slice(&u32::try_from(attrs.len()).unwrap().to_le_bytes());
+    head.extend_from_slice(&kind.to_le_bytes());
+    head.extend_from_slice(&0u32.to_le_bytes());
+    head.extend_from_slice(&attrs);
+    head
+}
+
+#[test]
+fn a_send_streams_first_command_declares_its_snapshot_and_base() {
+    let (to, from) = (Uuid::from_u128(0x1234), Uuid::from_u128(0x5678));
+    assert_eq!(
+        receive::stream_identity(&send_head(1, to, None)),
+        Some(StreamIdentity {
+            guid: to.to_string(),
+            base: None
+        })
+    );
+    let incremental = send_head(2, to, Some(from));
+    assert_eq!(
+        receive::stream_identity(&incremental),
+        Some(StreamIdentity {
+            guid: to.to_string(),
+            base: Some(from.to_string())
+        })
+    );
+    // Every cut of the head, and every byte of it damaged, declares
+    // nothing or something, and never panics or reads past the head.
+    for cut in 0..incremental.len() {
+        assert_eq!(receive::stream_identity(&incremental[..cut]), None, "{cut}");
+    }
+    for at in 0..incremental.len() {
+        let mut bad = incremental.clone();
+        bad[at] ^= 0xff;
+        let _ = receive::stream_identity(&bad);
+    }
+    // A SNAPSHOT command without its clone UUID, another first command,
+    // and a command longer than its head declare nothing.
+    assert_eq!(receive::stream_identity(&send_head(2, to, None)), None);
+    assert_eq!(receive::stream_identity(&send_head(3, to, None)), None);
+    let mut long = send_head(1, to, None);
+    long[17..21].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(receive::stream_identity(&long), None);
+}

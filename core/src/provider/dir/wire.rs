@@ -127,6 +127,14 @@ pub(crate) fn read_header<R: Read>(r: &mut HashReader<R>) -> Result<Header, Prov
     })
 }
 
+/// Bytes of the header: magic, version, flags, reserved, two guids.
+pub(crate) const HEADER_LEN: usize = 8 + 2 + 2 + 4 + 16 + 16;
+
+/// The header at the start of `head`, checked as [`read_header`] checks it.
+pub(crate) fn header_of(head: &[u8]) -> Result<Header, ProviderError> {
+    read_header(&mut HashReader::new(head))
+}
+
 fn shown(rel: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(rel))
 }

@@ -147,7 +147,7 @@ use super::check_id;
 use super::cmd::Cmd;
 use super::{
     Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
-    SendStats, Tag, VolumeRef, VolumeSpec,
+    SendStats, StreamIdentity, Tag, VolumeRef, VolumeSpec,
 };
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
@@ -678,6 +678,20 @@ impl Provider for ZfsProvider {
             bytes,
             incremental: base.is_some(),
             resumed: false,
+        })
+    }
+
+    fn stream_head_len(&self) -> usize {
+        parse::BEGIN_LEN
+    }
+
+    /// A resumed stream continues the partial receive its target holds:
+    /// `receive_into` checks it against that, so it declares nothing here.
+    fn stream_identity(&self, head: &[u8]) -> Option<StreamIdentity> {
+        let header = parse_begin(head).ok().filter(|h| !h.resuming)?;
+        Some(StreamIdentity {
+            guid: header.toguid.to_string(),
+            base: (header.fromguid != 0).then(|| header.fromguid.to_string()),
         })
     }
 
