@@ -173,6 +173,49 @@ impl<R: Read> HashReader<R> {
         Ok(buf)
     }
 
+    /// Copies exactly `len` bytes into the new, empty file `out`, leaving a
+    /// hole where a whole [`CHUNK`]-aligned piece is zeros (a sparse file
+    /// stays sparse: a stream carries holes as zeros). Before each piece it
+    /// writes, `fits(n, left)` is asked (`n` bytes to write, `left` bytes of
+    /// the file from there to its end, both as declared); its refusal stops
+    /// the copy. Returns the bytes written, holes not counted.
+    pub fn copy_exact_sparse(
+        &mut self,
+        len: u64,
+        out: &mut std::fs::File,
+        what: &str,
+        fits: &mut dyn FnMut(u64, u64) -> Result<(), ProviderError>,
+    ) -> Result<u64, ProviderError> {
+        use std::io::{Seek, SeekFrom};
+        let mut buf = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
+        let mut left = len;
+        let mut written = 0;
+        let mut hole = false;
+        while left > 0 {
+            let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+            self.read_exact_or(&mut buf[..n], what)?;
+            if buf[..n].iter().all(|&b| b == 0) {
+                let skip = i64::try_from(n).expect("a chunk fits an i64");
+                out.seek(SeekFrom::Current(skip))
+                    .map_err(|e| ProviderError::io(format!("writing {what}"), e))?;
+                hole = true;
+            } else {
+                fits(n as u64, left)?;
+                out.write_all(&buf[..n])
+                    .map_err(|e| ProviderError::io(format!("writing {what}"), e))?;
+                written += n as u64;
+                hole = false;
+            }
+            left -= n as u64;
+        }
+        // A file that ends in a hole gets its length from the hole's end.
+        if hole {
+            out.set_len(len)
+                .map_err(|e| ProviderError::io(format!("writing {what}"), e))?;
+        }
+        Ok(written)
+    }
+
     /// Copies exactly `len` bytes to `out` in [`CHUNK`]-sized pieces.
     pub fn copy_exact(
         &mut self,
@@ -196,6 +239,79 @@ impl<R: Read> HashReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every layout of data and holes (none, leading, trailing, all, a
+    /// partial last chunk) reads back as the stream's bytes, with the
+    /// stream's length; only data chunks are asked of `fits` and written.
+    #[test]
+    fn a_sparse_copy_reads_as_its_stream_and_writes_only_its_data() {
+        use std::os::unix::fs::MetadataExt;
+        let c = CHUNK;
+        let layouts: [&[(usize, u8)]; 6] = [
+            &[(c, 1), (c, 2)],
+            &[(3 * c, 0), (c, 7)],
+            &[(c, 7), (5 * c, 0)],
+            &[(4 * c, 0)],
+            &[(c, 0), (c / 2, 9)],
+            &[(c, 5), (2 * c, 0), (c + 17, 0)],
+        ];
+        for (i, layout) in layouts.iter().enumerate() {
+            let content: Vec<u8> = layout
+                .iter()
+                .flat_map(|&(n, b)| std::iter::repeat_n(b, n))
+                .collect();
+            let len = content.len() as u64;
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join("f");
+            let mut out = std::fs::File::create(&path).unwrap();
+            let mut asked = Vec::new();
+            let written = HashReader::new(content.as_slice())
+                .copy_exact_sparse(len, &mut out, "content", &mut |n, left| {
+                    asked.push((n, left));
+                    Ok(())
+                })
+                .unwrap();
+            drop(out);
+            let data_chunks: Vec<u64> = content
+                .chunks(c)
+                .enumerate()
+                .filter(|(_, ch)| ch.iter().any(|&b| b != 0))
+                .map(|(k, ch)| {
+                    assert_eq!(
+                        asked.iter().find(|a| a.1 == len - (k * c) as u64),
+                        Some(&(ch.len() as u64, len - (k * c) as u64)),
+                        "layout {i}: chunk {k} asked with its size and what is left"
+                    );
+                    ch.len() as u64
+                })
+                .collect();
+            assert_eq!(asked.len(), data_chunks.len(), "layout {i}");
+            assert_eq!(written, data_chunks.iter().sum::<u64>(), "layout {i}");
+            assert_eq!(std::fs::read(&path).unwrap(), content, "layout {i}");
+            let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+            assert!(
+                allocated <= written + 4096 * 4,
+                "layout {i}: {allocated} allocated"
+            );
+        }
+        // A refusal stops the copy before the refused chunk is written.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = std::fs::File::create(tmp.path().join("f")).unwrap();
+        let content = vec![1u8; 2 * c];
+        let mut calls = 0;
+        let err = HashReader::new(content.as_slice())
+            .copy_exact_sparse(2 * c as u64, &mut out, "content", &mut |_, _| {
+                calls += 1;
+                if calls == 2 {
+                    Err(ProviderError::Other("refused".into()))
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+        assert_eq!(out.metadata().unwrap().len(), c as u64);
+    }
 
     #[test]
     fn reader_and_writer_agree_on_crc_and_length() {

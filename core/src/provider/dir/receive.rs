@@ -24,9 +24,11 @@
 //!    with `Policy::Staging`, no sync (`copy_tree`).
 //! 4. The decoder writes into `N` (`apply_stream`): on the kernel every
 //!    path opened beneath `N`'s handle without following a symlink,
-//!    `mkdirat 0700` + `fchmodat`, file `0600` + content + `fchmod`,
-//!    `symlinkat`, `fchmodat`, removal by handle, free space checked per
-//!    record (`statvfs`). No sync.
+//!    `mkdirat 0700` + `fchmodat`, file `0600` + content (a chunk of
+//!    zeros skipped with `lseek`, a trailing hole by `ftruncate`) +
+//!    `fchmod`, `symlinkat`, `fchmodat`, removal by handle, free space
+//!    checked every 64 records and per 8 MiB of written data (`statvfs`).
+//!    No sync.
 //! 5. Space for the snapshot's copy (`statvfs`, reflink probe): on the
 //!    kernel only, like the nested-root check (`is_kernel`).
 //! 6. Marker `receiving`: temp file, `S` file, rename, `S` marker dir.

@@ -18,10 +18,15 @@ pub(crate) struct SpaceGuard {
     /// Entries and content bytes the stream staged so far.
     pub(crate) entries: u64,
     pub(crate) bytes: u64,
+    /// Content bytes the last check found room for, not written yet
+    /// ([`Self::content`]).
+    granted: u64,
 }
 
 /// Entries between two inode checks (a file's content is checked every time).
 pub const SPACE_CHECK_EVERY: u32 = 64;
+/// Content bytes of a received file one free-space check covers.
+pub const CONTENT_WINDOW: u64 = 8 << 20;
 /// Least number of inodes a receive leaves free.
 pub const MIN_RESERVE_INODES: u64 = 2 * SPACE_CHECK_EVERY as u64;
 
@@ -32,6 +37,7 @@ impl SpaceGuard {
             since_check: SPACE_CHECK_EVERY,
             entries: 0,
             bytes: 0,
+            granted: 0,
         }
     }
 
@@ -63,6 +69,22 @@ impl SpaceGuard {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Before `n` more content bytes of a file whose declared content has
+    /// `left` bytes from there to its end: written data, not declared
+    /// length, is what costs space (a received file's holes cost none).
+    /// Free space is checked for the next [`CONTENT_WINDOW`] bytes of the
+    /// file at a time (at most `left`), not for every chunk.
+    pub(crate) fn content(&mut self, n: u64, left: u64) -> Result<(), ProviderError> {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.granted < n {
+            let window = left.min(CONTENT_WINDOW).max(n);
+            self.check("the received stream", 0, window)?;
+            self.granted = window;
+        }
+        self.granted -= n;
         Ok(())
     }
 

@@ -37,7 +37,8 @@
 //! tree being built (never a symlink), so nothing is created, changed or
 //! removed outside the staging tree; link targets are 1..=4096 bytes without
 //! NUL (they are stored, never followed); a file declares at most 2^44 bytes
-//! and its content is copied in 128 KiB chunks; a stream holds at most 2^26
+//! and its content is copied in 128 KiB chunks (a chunk of zeros is left a
+//! hole: a sparse file arrives sparse); a stream holds at most 2^26
 //! records; the end record's count and CRC must hold. Any violation, and any
 //! short read, is a [`ProviderError::Stream`] and the staging area is removed.
 //! The receiver stops reading at the end record (it does not require EOF).
@@ -370,14 +371,17 @@ impl<R: Read> Sink<R> for Apply<'_> {
         mode: u32,
         len: u64,
     ) -> Result<(), ProviderError> {
-        self.space.entry(len)?;
+        self.space.entry(0)?;
         let parent = self.need_parent(rel)?;
         let (_, name) = split_rel(rel);
         self.clear(&parent, name, rel, false)?;
         let mut f = parent
             .create_file(name, 0o600)
             .map_err(|e| self.io("creating", rel, e))?;
-        r.copy_exact(len, &mut f, "file content")?;
+        let space = &mut self.space;
+        r.copy_exact_sparse(len, &mut f, "file content", &mut |n, left| {
+            space.content(n, left)
+        })?;
         let stored = self.modes.record(rel, mode, false);
         f.set_permissions(fs::Permissions::from_mode(stored))
             .map_err(|e| self.io("setting the mode of", rel, e))
