@@ -218,6 +218,24 @@ fn empty_dir(top: &Dir) -> io::Result<()> {
             match frame.dir.remove_file(&name) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // EPERM on the very file examined: it refuses removal (an
+                // immutable or append-only file), no race.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EPERM)
+                        && frame
+                            .dir
+                            .stat_at(&name)?
+                            .is_some_and(|now| now.kind == st.kind && now.ino == st.ino) =>
+                {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{} cannot be removed: {e} (an immutable or append-only file: \
+                             `lsattr` shows it, `chattr -i -a` clears it)",
+                            String::from_utf8_lossy(&name).escape_debug()
+                        ),
+                    ));
+                }
                 // EISDIR / EPERM: it became a directory; look again.
                 Err(e) => {
                     race(e)?;
@@ -675,6 +693,49 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::unix::fs::symlink;
+
+    /// An immutable file (which a tenant's root can make inside its volume)
+    /// is not a race: the removal stops at once and names it and why,
+    /// instead of retrying [`REMOVE_RACES`] times and then blaming a tree
+    /// that keeps changing.
+    #[test]
+    fn an_immutable_file_stops_a_removal_with_its_name_and_the_reason() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("VOLMGR_REQUIRE_ROOT").is_none(),
+                "VOLMGR_REQUIRE_ROOT is set but this test does not run as root"
+            );
+            eprintln!("SKIP: chattr +i needs root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("doomed");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        let stuck = root.join("sub/stuck");
+        fs::write(&stuck, b"x").unwrap();
+        let chattr = |flag: &str| {
+            let out = std::process::Command::new("chattr")
+                .arg(flag)
+                .arg(&stuck)
+                .output()
+                .expect("chattr (e2fsprogs)");
+            assert!(out.status.success(), "chattr {flag}: {out:?}");
+        };
+        chattr("+i");
+        let parent = Dir::open(t.path()).unwrap();
+        let err = remove_entry(&parent, b"doomed").unwrap_err();
+        chattr("-i");
+        let text = err.to_string();
+        assert!(
+            text.contains("\"stuck\"") || text.contains("stuck cannot"),
+            "names the file: {text}"
+        );
+        assert!(text.contains("immutable"), "says why: {text}");
+        assert!(!text.contains("keeps changing"), "{text}");
+        remove_entry(&parent, b"doomed").unwrap();
+        assert!(!root.exists());
+    }
 
     #[test]
     fn removal_of_a_deep_tree_holds_few_handles_and_keeps_what_is_outside() {
