@@ -73,8 +73,13 @@ async fn a_snapshot_being_sent_cannot_be_destroyed_but_can_be_sent_and_forked_ag
 
     let err = m.destroy_volume(&snapshot).await.unwrap_err();
     assert!(
-        matches!(&err, ManagerError::Busy(id) if *id == snapshot),
+        matches!(&err, ManagerError::BeingRead { id, readers: 1 } if *id == snapshot),
         "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("being read by 1 send(s) or fork(s)"),
+        "the refusal says what holds the snapshot: {err}"
     );
     // Readers share it.
     let mut other = Vec::new();
@@ -117,7 +122,7 @@ async fn a_send_whose_receiver_goes_away_releases_its_snapshot() {
     } = send_in_progress(dir.path(), 1).await;
     assert!(matches!(
         m.destroy_volume(&snapshot).await,
-        Err(ManagerError::Busy(_))
+        Err(ManagerError::BeingRead { .. })
     ));
     drop(reader);
     let err = tokio::time::timeout(Duration::from_secs(60), sending)

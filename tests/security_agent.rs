@@ -477,13 +477,18 @@ fn a_request_path_is_logged_as_printable_ascii_whatever_bytes_it_holds() {
 
 /// The log line of an error answer, by its volmgr code.
 fn logged_error(agent: &ServeProcess, code: &str) -> serde_json::Value {
-    // `request done` follows the error's own line.
-    agent.wait_for("request done");
-    agent
-        .logs()
-        .into_iter()
-        .find(|l| l["fields"]["code"] == code)
-        .unwrap_or_else(|| panic!("no log line of {code}: {:?}", agent.logs()))
+    loop {
+        if let Some(line) = agent
+            .logs()
+            .into_iter()
+            .find(|l| l["fields"]["code"] == code)
+        {
+            return line;
+        }
+        // Each request's `request done` follows its error line; an earlier
+        // request's may come first (panics if none comes in time).
+        agent.wait_for("request done");
+    }
 }
 
 /// An error answer was logged with the error's text in a field named

@@ -196,7 +196,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::InvalidMeta(_) => (S::BAD_REQUEST, "invalid_meta", Some("meta")),
             ManagerError::InvalidInput(_) => (S::BAD_REQUEST, "invalid_input", None),
             ManagerError::HasDependents { .. } => (S::CONFLICT, "has_dependents", None),
-            ManagerError::Busy(_) => (S::CONFLICT, "busy", None),
+            ManagerError::Busy(_) | ManagerError::BeingRead { .. } => (S::CONFLICT, "busy", None),
             ManagerError::WrongKind { .. } => (S::CONFLICT, "wrong_kind", None),
             ManagerError::VolumeLost(_) => (S::CONFLICT, "volume_lost", None),
             ManagerError::Provider { error, .. } => match error {

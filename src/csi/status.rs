@@ -53,7 +53,7 @@ pub fn from_manager(e: ManagerError) -> Status {
             error: ProviderError::UnsupportedContent(_),
             ..
         } => Status::failed_precondition(message),
-        ManagerError::Busy(_) => Status::aborted(message),
+        ManagerError::Busy(_) | ManagerError::BeingRead { .. } => Status::aborted(message),
         ManagerError::Provider { ref error, .. } if out_of_space(error) => {
             Status::resource_exhausted(message)
         }

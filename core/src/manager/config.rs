@@ -100,6 +100,13 @@ pub enum ManagerError {
     },
     /// Another operation on that volume is in flight.
     Busy(String),
+    /// Sends or forks in flight read the snapshot (`readers` of them),
+    /// which an operation that changes it waits for: asked again after
+    /// they end, it can go ahead.
+    BeingRead {
+        id: String,
+        readers: usize,
+    },
     /// The operation needs a snapshot (fork, send) or a data volume.
     WrongKind {
         id: String,
@@ -154,6 +161,11 @@ impl fmt::Display for ManagerError {
                 write!(f, "{id} has dependents: {}", dependents.join(", "))
             }
             ManagerError::Busy(id) => write!(f, "volume {id} is busy with another operation"),
+            ManagerError::BeingRead { id, readers } => write!(
+                f,
+                "snapshot {id} is being read by {readers} send(s) or fork(s) in flight: \
+                 ask again when they end"
+            ),
             ManagerError::WrongKind { id, expected } => {
                 write!(f, "{id} is not a {expected} volume")
             }

@@ -212,9 +212,17 @@ impl Inner {
             !ids.is_empty() || !shared.is_empty(),
             "an operation claims the volume ids it touches"
         );
-        let taken = |id: &&&str| core.busy.contains(**id) || core.readers.contains_key(**id);
-        if let Some(id) = ids.iter().find(taken) {
+        if let Some(id) = ids.iter().find(|id| core.busy.contains(**id)) {
             return Err(ManagerError::Busy((*id).to_owned()));
+        }
+        if let Some((id, readers)) = ids
+            .iter()
+            .find_map(|id| core.readers.get(*id).map(|n| (id, *n)))
+        {
+            return Err(ManagerError::BeingRead {
+                id: (*id).to_owned(),
+                readers,
+            });
         }
         if let Some(id) = shared.iter().find(|id| core.busy.contains(**id)) {
             return Err(ManagerError::Busy((*id).to_owned()));
