@@ -414,3 +414,57 @@ async fn a_dot_segment_id_is_refused_by_the_client_and_never_reaches_another_rou
     );
     agent.shutdown().await;
 }
+
+/// A request's text log line names its operation and volume once each
+/// (a create recorded them twice: `op="create" volume="web" op="create"
+/// volume="web"`), with the id given or chosen by the agent.
+#[tokio::test]
+async fn a_text_log_line_names_the_operation_and_volume_once() {
+    use std::io::{BufRead, BufReader};
+    let state = tempfile::tempdir().unwrap();
+    let mut child = volmgr_command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state.path())
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut next_line = || lines.next().expect("the agent logs").unwrap();
+    let mut addr = None;
+    loop {
+        let line = next_line();
+        if let Some(rest) = line.split(" serving addr=").nth(1) {
+            addr = rest.split(' ').next().map(str::to_owned);
+        }
+        if line.ends_with(" ready") {
+            break;
+        }
+    }
+    let url = format!("http://{}", addr.expect("a serving line"));
+    let token = volmgr::agent::credential::read_token_file(&state.path().join("token")).unwrap();
+    for body in [r#"{"id": "web"}"#, "{}"] {
+        let (status, _, _) = raw(
+            "POST",
+            &format!("{url}/storage/providers/default/volumes"),
+            Some(body),
+            Some(&token),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let done = loop {
+            let line = next_line();
+            if line.contains("request done") {
+                break line;
+            }
+        };
+        for field in ["op=", "volume="] {
+            assert_eq!(done.matches(field).count(), 1, "{field} once: {done}");
+        }
+        assert!(done.contains(r#"op="create""#), "{done}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -339,7 +339,11 @@ async fn create_volume(
                 .await?
         }
     };
-    note("create", &v.id);
+    if id.is_none() {
+        // The id the manager chose; only then (a text log line shows a
+        // field recorded again twice).
+        tracing::Span::current().record("volume", v.id.as_str());
+    }
     Ok(Json(VolumeInfo::from(&v)))
 }
 
