@@ -7,7 +7,9 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::provider::{ProviderError, SendStats, StreamIdentity, VolumeSpec, volume_id};
-use crate::state::{Action, DETAIL_GUID, Done, Meta, State, Volume, VolumeKind, VolumeStatus};
+use crate::state::{
+    Action, DETAIL_GUID, Done, Meta, OpId, State, Volume, VolumeKind, VolumeStatus,
+};
 use crate::validate;
 
 use super::verbs::undo_on_error;
@@ -25,7 +27,7 @@ impl Manager {
                 .values()
                 .filter(|v| v.kind == VolumeKind::Snapshot && v.parent.as_deref() == Some(id))
                 .collect();
-            snaps.sort_by_key(|v| (v.created_at_ms, v.id.clone()));
+            snaps.sort_by(|a, b| age(a).cmp(&age(b)));
             Ok(snaps
                 .iter()
                 .filter_map(|v| v.details.get(DETAIL_GUID).cloned())
@@ -350,7 +352,7 @@ fn stream_fits(s: &State, target: &Volume, identity: &StreamIdentity) -> Result<
                     && v.parent.as_deref() == Some(target.id.as_str())
             })
             .collect();
-        v.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        v.sort_by(|a, b| age(a).cmp(&age(b)));
         v
     };
     let guid_of = |v: &Volume| v.details.get(DETAIL_GUID).cloned();
@@ -405,13 +407,21 @@ fn send_base(s: &State, snap: &Volume, haves: &[String]) -> Option<Volume> {
                 && v.status == VolumeStatus::Live
                 && v.parent == snap.parent
                 && v.provider == snap.provider
-                && (v.created_at_ms, &v.id) < (snap.created_at_ms, &snap.id)
+                && age(v) < age(snap)
                 && v.details
                     .get(DETAIL_GUID)
                     .is_some_and(|g| haves.contains(g))
         })
-        .max_by_key(|v| (v.created_at_ms, v.id.clone()))
+        .max_by(|a, b| age(a).cmp(&age(b)))
         .cloned()
+}
+
+/// The order in which a volume's snapshots were made: by creation time,
+/// then by creating operation (a version 7 UUID: ordered by creation within
+/// a process, so two snapshots made in the same millisecond keep their
+/// order; a random id could not), then by id.
+fn age(v: &Volume) -> (u64, OpId, &str) {
+    (v.created_at_ms, v.op, v.id.as_str())
 }
 
 struct ChannelWriter {
@@ -463,5 +473,66 @@ impl std::io::Read for ChannelReader {
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(id: &str, at_ms: u64, op: u128, guid: &str) -> Volume {
+        Volume {
+            id: id.into(),
+            provider: "p".into(),
+            kind: VolumeKind::Snapshot,
+            parent: Some("v".into()),
+            meta: Meta::new(),
+            created_at_ms: at_ms,
+            location: String::new(),
+            status: VolumeStatus::Live,
+            op: OpId::from_u128(op),
+            details: [(DETAIL_GUID.to_owned(), guid.to_owned())].into(),
+        }
+    }
+
+    /// Two snapshots made in the same millisecond keep the order of their
+    /// operations, whatever their ids: the base of a send, and the newest
+    /// snapshot a stream must continue, are the ones made last.
+    #[test]
+    fn snapshots_of_one_millisecond_are_ordered_by_their_operations() {
+        let mut s = State::default();
+        // "z-first" was made first (smaller op) though its id sorts last.
+        for v in [
+            snapshot("z-first", 7, 1, "g1"),
+            snapshot("a-second", 7, 2, "g2"),
+            snapshot("m-third", 8, 3, "g3"),
+        ] {
+            s.volumes.insert(v.id.clone(), v);
+        }
+        let third = s.volumes["m-third"].clone();
+        let haves = ["g1".to_owned(), "g2".to_owned()];
+        assert_eq!(
+            send_base(&s, &third, &haves).map(|v| v.id),
+            Some("a-second".to_owned())
+        );
+        let mut target = third.clone();
+        target.id = "v".into();
+        target.kind = VolumeKind::Data;
+        s.volumes.remove("m-third");
+        let fits = |base: &str| {
+            stream_fits(
+                &s,
+                &target,
+                &StreamIdentity {
+                    guid: "g9".into(),
+                    base: Some(base.into()),
+                },
+            )
+        };
+        assert!(fits("g2").is_ok(), "the newest snapshot is a-second");
+        assert!(matches!(
+            fits("g1"),
+            Err(ManagerError::StreamDoesNotFit { .. })
+        ));
     }
 }
