@@ -1145,6 +1145,98 @@ async fn btrfs_enforces_the_requested_capacity_and_expansion_raises_it() {
     p.stop.cancel();
 }
 
+/// A capacity is never set below what a volume already holds (a limit
+/// under its data would leave every write failing): a volume made without
+/// one (unlimited) and holding 8 MiB is not limited to 4 MiB by a
+/// ControllerExpandVolume, a CreateVolume retry or a clone asking 4 MiB
+/// (each OUT_OF_RANGE, as the spec answers a capacity smaller than the
+/// source; the volume stays unlimited and writable, no clone is left);
+/// 64 MiB is set.
+#[tokio::test]
+async fn btrfs_never_sets_a_capacity_below_what_the_volume_holds() {
+    let test = "btrfs_never_sets_a_capacity_below_what_the_volume_holds";
+    let Some(fs) = common::BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let mut p = plugin_on(Some(("btrfs", common::config::root_config(&root)))).await;
+    p.c.controller
+        .create_volume(create_req("pvc-u"))
+        .await
+        .unwrap();
+    let loc = PathBuf::from(p.manager.volume("pvc-u").unwrap().location);
+    let write = |name: &str, mb: usize| -> std::io::Result<()> {
+        let f = std::fs::File::create(loc.join(name))?;
+        std::io::Write::write_all(&mut &f, &vec![7u8; mb << 20])?;
+        f.sync_all()
+    };
+    write("data", 8).unwrap();
+    let range = |bytes: i64| {
+        Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        })
+    };
+    let expand = |bytes: i64| ControllerExpandVolumeRequest {
+        volume_id: "pvc-u".into(),
+        capacity_range: range(bytes),
+        ..Default::default()
+    };
+
+    let r =
+        p.c.controller
+            .controller_expand_volume(expand(4 << 20))
+            .await;
+    assert_eq!(code(r), Code::OutOfRange, "expand");
+    let retry = CreateVolumeRequest {
+        capacity_range: range(4 << 20),
+        ..create_req("pvc-u")
+    };
+    let r = p.c.controller.create_volume(retry).await;
+    assert_eq!(code(r), Code::OutOfRange, "CreateVolume retry");
+    let clone = CreateVolumeRequest {
+        capacity_range: range(4 << 20),
+        volume_content_source: Some(VolumeContentSource {
+            r#type: Some(volume_content_source::Type::Volume(
+                volume_content_source::VolumeSource {
+                    volume_id: "pvc-u".into(),
+                },
+            )),
+        }),
+        ..create_req("pvc-clone")
+    };
+    let r = p.c.controller.create_volume(clone).await;
+    assert_eq!(code(r), Code::OutOfRange, "clone");
+    assert_eq!(
+        p.manager
+            .volumes()
+            .iter()
+            .map(|v| v.id.as_str())
+            .collect::<Vec<_>>(),
+        ["pvc-u"],
+        "no clone or clone source is left"
+    );
+    assert_eq!(
+        p.manager
+            .volume("pvc-u")
+            .unwrap()
+            .details
+            .get("capacity-bytes"),
+        None,
+        "still unlimited"
+    );
+    write("more", 8).expect("the volume is still writable past 4 MiB");
+
+    let r =
+        p.c.controller
+            .controller_expand_volume(expand(64 << 20))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(r.capacity_bytes, 64 << 20);
+    p.stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_a_volume_with_an_operation_in_flight_are_aborted() {
     let sim = SimProvider::new();

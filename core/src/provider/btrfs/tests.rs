@@ -42,3 +42,13 @@ fn a_root_that_is_not_btrfs_is_refused() {
     let err = BtrfsProvider::new("relative/root").unwrap_err();
     assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err}");
 }
+
+#[test]
+fn the_referenced_bytes_are_read_from_the_subvolumes_own_qgroup() {
+    let text = "Qgroupid    Referenced    Exclusive   Path \n\
+                --------    ----------    ---------   ---- \n\
+                0/256          8404992      8404992   volumes/data/v\n";
+    assert_eq!(parse_referenced(text), Some(8_404_992));
+    assert_eq!(parse_referenced("1/0 5 5 -\n0/257 x 1 v\n"), None);
+    assert_eq!(parse_referenced(""), None);
+}
