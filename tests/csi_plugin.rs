@@ -1148,8 +1148,8 @@ async fn btrfs_enforces_the_requested_capacity_and_expansion_raises_it() {
 /// A capacity is never set below what a volume already holds (a limit
 /// under its data would leave every write failing): a volume made without
 /// one (unlimited) and holding 8 MiB is not limited to 4 MiB by a
-/// ControllerExpandVolume, a CreateVolume retry or a clone asking 4 MiB
-/// (each OUT_OF_RANGE, as the spec answers a capacity smaller than the
+/// `ControllerExpandVolume`, a `CreateVolume` retry or a clone asking 4 MiB
+/// (each `OUT_OF_RANGE`, as the spec answers a capacity smaller than the
 /// source; the volume stays unlimited and writable, no clone is left);
 /// 64 MiB is set.
 #[tokio::test]
