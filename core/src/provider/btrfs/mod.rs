@@ -547,9 +547,9 @@ impl Provider for BtrfsProvider {
     /// never below what the subvolume already references
     /// ([`ProviderError::CapacityBelowUsage`]: a volume made without a
     /// capacity, or forked from a fuller snapshot, keeps its data writable).
-    /// Quotas are enabled on the file system the first time (see
-    /// [`BtrfsProvider::referenced_bytes`]). A write racing the call may still take
-    /// the volume past the new limit; further writes then fail (`EDQUOT`).
+    /// Quotas are enabled on the file system the first time (then their
+    /// rescan is waited for). A write racing the call may still take the
+    /// volume past the new limit; further writes then fail (`EDQUOT`).
     fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
         check_id(volume.id)?;
         if volume.kind != VolumeKind::Data {
