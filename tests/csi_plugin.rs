@@ -25,6 +25,7 @@ use volmgr::csi::proto::{
 use volmgr::csi::{CsiOptions, CsiServer, names};
 use volmgr::manager::Manager;
 use volmgr::provider::sim::{SimCall, SimProvider};
+use volmgr::state::VolumeStatus;
 
 struct Plugin {
     _dir: tempfile::TempDir,
@@ -54,10 +55,21 @@ async fn plugin_with(
     if let Some(sim) = sim {
         manager_config.factories.insert("sim".into(), sim.factory());
     }
+    serve_plugin(dir, root, manager_config, "csi.sock").await
+}
+
+/// Opens the manager of `dir`'s state and serves the plugin over it on
+/// the socket `socket` in `dir`.
+async fn serve_plugin(
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    manager_config: volmgr::manager::ManagerConfig,
+    socket: &str,
+) -> Plugin {
     let manager = Manager::open(dir.path().join("state"), manager_config)
         .await
         .unwrap();
-    let socket = dir.path().join("csi.sock");
+    let socket = dir.path().join(socket);
     let server = CsiServer::new(CsiOptions::new("n1").unwrap());
     server.ready(manager.clone()).unwrap();
     let listener = CsiServer::bind(&socket).unwrap();
@@ -72,6 +84,23 @@ async fn plugin_with(
         manager,
         stop,
     }
+}
+
+/// Stops the plugin of [`plugin`] (the dir provider), closes its manager
+/// and opens it again, reconciling with the provider (a volume whose
+/// directory was removed is marked lost), serving on a new socket.
+async fn reopen(p: Plugin) -> Plugin {
+    let Plugin {
+        _dir: dir,
+        root,
+        manager,
+        stop,
+        ..
+    } = p;
+    stop.cancel();
+    manager.close().await;
+    let config = common::config::with_default_provider("dir", common::config::root_config(&root));
+    serve_plugin(dir, root, config, "csi-reopened.sock").await
 }
 
 async fn plugin() -> Plugin {
@@ -744,6 +773,129 @@ async fn a_target_under_a_symlinked_directory_is_published_once_and_unpublished(
     p.stop.cancel();
 }
 
+/// Bind-mounts `source` at `target` (the test's stand-in for a mount the
+/// plugin did not make).
+fn bind_mount(source: &Path, target: &Path) {
+    let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let (src, dst) = (c(source), c(target));
+    // SAFETY: valid NUL-terminated paths; null fs type and data for MS_BIND.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// Publishes volume `id` at `target` with a plain mount capability.
+async fn publish_ok(p: &mut Plugin, id: &str, target: &Path) {
+    p.c.node
+        .node_publish_volume(NodePublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: target.to_string_lossy().into_owned(),
+            volume_capability: Some(mount_cap("", &[])),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// A volume lost while published (its directory removed behind the
+/// manager's back, marked `Lost` at the next open) is still unpublished:
+/// its directory is gone, but the mount table shows the mount's device and
+/// root, which are the volume location's. Else the CO would retry forever
+/// and the pod would never end.
+#[tokio::test]
+async fn a_lost_volume_that_is_still_published_is_unpublished() {
+    let test = "a_lost_volume_that_is_still_published_is_unpublished";
+    if !csi_root(test) {
+        return;
+    }
+    let mut p = plugin_with_volume("pub").await;
+    let mnt = tempfile::tempdir().unwrap();
+    let target = std::fs::canonicalize(mnt.path()).unwrap().join("target");
+    let _cleanup = Unmount(target.clone());
+    publish_ok(&mut p, "pub", &target).await;
+    let location = PathBuf::from(p.manager.volume("pub").unwrap().location);
+    std::fs::remove_dir(&location).unwrap();
+
+    let mut p = reopen(p).await;
+    assert_eq!(
+        p.manager.volume("pub").unwrap().status,
+        VolumeStatus::Lost,
+        "reconciliation marks it lost"
+    );
+    unpublish_ok(&mut p, "pub", &target).await;
+    assert_eq!(mounts_at(&target), 0);
+    assert!(!target.exists(), "the target is removed");
+    unpublish_ok(&mut p, "pub", &target).await;
+    p.stop.cancel();
+}
+
+/// A mount at the target that is not the volume's (another directory bind
+/// mounted there) is never unmounted by the volume's unpublish, whether the
+/// volume is live or lost, nor when that directory was removed too.
+#[tokio::test]
+async fn unpublish_refuses_a_foreign_mount_at_the_target_even_for_a_lost_volume() {
+    let test = "unpublish_refuses_a_foreign_mount_at_the_target_even_for_a_lost_volume";
+    if !csi_root(test) {
+        return;
+    }
+    let mut p = plugin_with_volume("pub").await;
+    let mnt = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(mnt.path()).unwrap();
+    let (foreign, target) = (base.join("foreign"), base.join("target"));
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::create_dir(&target).unwrap();
+    let _cleanup = Unmount(target.clone());
+    bind_mount(&foreign, &target);
+    let unpublish = NodeUnpublishVolumeRequest {
+        volume_id: "pub".into(),
+        target_path: target.to_string_lossy().into_owned(),
+    };
+    let r = p.c.node.node_unpublish_volume(unpublish.clone()).await;
+    assert_eq!(code(r), Code::FailedPrecondition, "live volume");
+    assert_eq!(mounts_at(&target), 1);
+
+    let location = PathBuf::from(p.manager.volume("pub").unwrap().location);
+    std::fs::remove_dir(&location).unwrap();
+    std::fs::remove_dir(&foreign).unwrap();
+    let mut p = reopen(p).await;
+    assert_eq!(p.manager.volume("pub").unwrap().status, VolumeStatus::Lost);
+    let r = p.c.node.node_unpublish_volume(unpublish).await;
+    assert_eq!(code(r), Code::FailedPrecondition, "lost volume");
+    assert_eq!(mounts_at(&target), 1, "the foreign mount stays");
+    p.stop.cancel();
+}
+
+/// The spec has the SP delete only the file or directory it created at the
+/// target, and publish only ever creates a directory: a regular file or a
+/// symlink at the target (the operator's or the CO's) is left as it is,
+/// and the unpublish answers OK (nothing of the volume is published there).
+#[tokio::test]
+async fn unpublish_leaves_a_file_or_symlink_it_did_not_create_at_the_target() {
+    let mut p = plugin_with_volume("pub").await;
+    let mnt = tempfile::tempdir().unwrap();
+    let (file, link) = (mnt.path().join("file"), mnt.path().join("link"));
+    std::fs::write(&file, b"not the plugin's").unwrap();
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    for target in [&file, &link] {
+        unpublish_ok(&mut p, "pub", target).await;
+        assert!(
+            target.symlink_metadata().is_ok(),
+            "{} was removed",
+            target.display()
+        );
+    }
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&file).unwrap(), b"not the plugin's");
+    p.stop.cancel();
+}
+
 /// The spec's `NodePublishVolume`: published alike is OK, published with
 /// another capability is `ALREADY_EXISTS`; the mount flags are part of the
 /// capability, not only `readonly`.
@@ -812,6 +964,93 @@ async fn validation_confirms_no_fs_type_that_publish_refuses() {
             .into_inner();
     assert!(foreign.confirmed.is_none(), "vfat confirmed");
     assert!(foreign.message.contains("vfat"), "{}", foreign.message);
+    p.stop.cancel();
+}
+
+/// `ValidateVolumeCapabilities` checks `parameters` as `CreateVolume` does
+/// and confirms only those it accepts and the volume has: an option the
+/// provider refuses, an unknown provider, another provider than the
+/// volume's, a malformed key, or mutable parameters are not confirmed (the
+/// message says why); the volume's own provider and the sidecars' keys are.
+#[tokio::test]
+async fn validation_confirms_only_parameters_that_create_volume_accepts() {
+    let mut p = plugin().await;
+    p.c.controller
+        .create_volume(create_req("pvc-v"))
+        .await
+        .unwrap();
+    let pairs = |kv: &[(&str, &str)]| -> HashMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let validate = |parameters: HashMap<String, String>, mutable: HashMap<String, String>| {
+        ValidateVolumeCapabilitiesRequest {
+            volume_id: "pvc-v".into(),
+            volume_capabilities: vec![mount_cap("", &[])],
+            parameters,
+            mutable_parameters: mutable,
+            ..Default::default()
+        }
+    };
+    let refused = [
+        (
+            pairs(&[("compression", "lz4")]),
+            HashMap::new(),
+            "compression",
+        ),
+        (pairs(&[("provider", "nope")]), HashMap::new(), "nope"),
+        (pairs(&[("-o", "x")]), HashMap::new(), "\"-o\""),
+        (HashMap::new(), pairs(&[("iops", "10")]), "mutable"),
+    ];
+    for (parameters, mutable, why) in refused {
+        let asked = format!("{parameters:?} {mutable:?}");
+        let create = CreateVolumeRequest {
+            parameters: parameters.clone(),
+            mutable_parameters: mutable.clone(),
+            ..create_req("pvc-other")
+        };
+        let r = p.c.controller.create_volume(create).await;
+        assert_eq!(code(r), Code::InvalidArgument, "create {asked}");
+        let answer =
+            p.c.controller
+                .validate_volume_capabilities(validate(parameters, mutable))
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(answer.confirmed.is_none(), "{asked} confirmed");
+        assert!(answer.message.contains(why), "{asked}: {}", answer.message);
+    }
+    // Parameters CreateVolume accepts, but not for this volume.
+    let other_root = p.root.with_file_name("other-volumes");
+    p.manager
+        .add_provider("other", "dir", common::config::root_config(&other_root))
+        .await
+        .unwrap();
+    let answer =
+        p.c.controller
+            .validate_volume_capabilities(validate(pairs(&[("provider", "other")]), HashMap::new()))
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(answer.confirmed.is_none(), "another provider confirmed");
+    assert!(answer.message.contains("other"), "{}", answer.message);
+    for parameters in [
+        HashMap::new(),
+        pairs(&[
+            ("provider", "default"),
+            ("csi.storage.k8s.io/pvc/name", "x"),
+        ]),
+    ] {
+        let answer =
+            p.c.controller
+                .validate_volume_capabilities(validate(parameters.clone(), HashMap::new()))
+                .await
+                .unwrap()
+                .into_inner();
+        let confirmed = answer.confirmed.expect(&answer.message);
+        assert_eq!(confirmed.parameters, parameters);
+    }
     p.stop.cancel();
 }
 
@@ -903,6 +1142,98 @@ async fn btrfs_enforces_the_requested_capacity_and_expansion_raises_it() {
         p.manager.volume("pvc-q").unwrap().details["capacity-bytes"],
         (64u64 << 20).to_string()
     );
+    p.stop.cancel();
+}
+
+/// A capacity is never set below what a volume already holds (a limit
+/// under its data would leave every write failing): a volume made without
+/// one (unlimited) and holding 8 MiB is not limited to 4 MiB by a
+/// `ControllerExpandVolume`, a `CreateVolume` retry or a clone asking 4 MiB
+/// (each `OUT_OF_RANGE`, as the spec answers a capacity smaller than the
+/// source; the volume stays unlimited and writable, no clone is left);
+/// 64 MiB is set.
+#[tokio::test]
+async fn btrfs_never_sets_a_capacity_below_what_the_volume_holds() {
+    let test = "btrfs_never_sets_a_capacity_below_what_the_volume_holds";
+    let Some(fs) = common::BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let mut p = plugin_on(Some(("btrfs", common::config::root_config(&root)))).await;
+    p.c.controller
+        .create_volume(create_req("pvc-u"))
+        .await
+        .unwrap();
+    let loc = PathBuf::from(p.manager.volume("pvc-u").unwrap().location);
+    let write = |name: &str, mb: usize| -> std::io::Result<()> {
+        let f = std::fs::File::create(loc.join(name))?;
+        std::io::Write::write_all(&mut &f, &vec![7u8; mb << 20])?;
+        f.sync_all()
+    };
+    write("data", 8).unwrap();
+    let range = |bytes: i64| {
+        Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        })
+    };
+    let expand = |bytes: i64| ControllerExpandVolumeRequest {
+        volume_id: "pvc-u".into(),
+        capacity_range: range(bytes),
+        ..Default::default()
+    };
+
+    let r =
+        p.c.controller
+            .controller_expand_volume(expand(4 << 20))
+            .await;
+    assert_eq!(code(r), Code::OutOfRange, "expand");
+    let retry = CreateVolumeRequest {
+        capacity_range: range(4 << 20),
+        ..create_req("pvc-u")
+    };
+    let r = p.c.controller.create_volume(retry).await;
+    assert_eq!(code(r), Code::OutOfRange, "CreateVolume retry");
+    let clone = CreateVolumeRequest {
+        capacity_range: range(4 << 20),
+        volume_content_source: Some(VolumeContentSource {
+            r#type: Some(volume_content_source::Type::Volume(
+                volume_content_source::VolumeSource {
+                    volume_id: "pvc-u".into(),
+                },
+            )),
+        }),
+        ..create_req("pvc-clone")
+    };
+    let r = p.c.controller.create_volume(clone).await;
+    assert_eq!(code(r), Code::OutOfRange, "clone");
+    assert_eq!(
+        p.manager
+            .volumes()
+            .iter()
+            .map(|v| v.id.as_str())
+            .collect::<Vec<_>>(),
+        ["pvc-u"],
+        "no clone or clone source is left"
+    );
+    assert_eq!(
+        p.manager
+            .volume("pvc-u")
+            .unwrap()
+            .details
+            .get("capacity-bytes"),
+        None,
+        "still unlimited"
+    );
+    write("more", 8).expect("the volume is still writable past 4 MiB");
+
+    let r =
+        p.c.controller
+            .controller_expand_volume(expand(64 << 20))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(r.capacity_bytes, 64 << 20);
     p.stop.cancel();
 }
 

@@ -332,6 +332,49 @@ fn destroy_of_a_volume_in_use_retries_then_reports_busy_with_the_cause() {
         .unwrap();
 }
 
+/// ZFS refuses a `refquota` below what the dataset references: the
+/// provider reports it as `CapacityBelowUsage` naming the referenced bytes
+/// (CSI `OUT_OF_RANGE`, HTTP 409 `capacity_below_usage`) and the volume keeps
+/// no quota; a capacity above its data is set.
+#[test]
+fn a_capacity_below_what_the_volume_holds_is_capacity_below_usage() {
+    let test = "a_capacity_below_what_the_volume_holds_is_capacity_below_usage";
+    let Some((pool, p)) = pool_and_provider(test) else {
+        return;
+    };
+    let none = Details::new();
+    let v = p.create_volume(&data_spec("v", Uuid::now_v7())).unwrap();
+    std::fs::write(Path::new(&v.location).join("data"), noise(7, 8 << 20)).unwrap();
+    let synced = Command::new("zpool")
+        .args(["sync", &pool.pool])
+        .status()
+        .unwrap();
+    assert!(synced.success());
+    let dataset = format!("{}/data/v", pool.dataset());
+    let r = vref("v", VolumeKind::Data, None, &none);
+    match p.set_capacity(&r, 4 << 20).unwrap_err() {
+        ProviderError::CapacityBelowUsage {
+            what,
+            used,
+            capacity,
+        } => {
+            assert_eq!(what, "data volume v");
+            assert!(used >= 8 << 20, "{used}");
+            assert_eq!(capacity, 4 << 20);
+        }
+        other => panic!("expected CapacityBelowUsage, got {other:?}"),
+    }
+    assert_eq!(
+        zfs_out(&["get", "-Hpo", "value", "refquota", &dataset]),
+        "0"
+    );
+    p.set_capacity(&r, 64 << 20).unwrap();
+    assert_eq!(
+        zfs_out(&["get", "-Hpo", "value", "refquota", &dataset]),
+        (64u64 << 20).to_string()
+    );
+}
+
 /// What reconciliation runs for a receive it cannot keep resumable (and
 /// what undoes a failed receive): the partial state of operation `op` is
 /// found by its mark and discarded, and the target takes a receive again.

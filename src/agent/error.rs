@@ -213,6 +213,10 @@ impl From<ManagerError> for ApiError {
                 ProviderError::NoSpace { .. } => (S::INSUFFICIENT_STORAGE, "no_space", None),
                 // What a tenant put in the volume, not the agent's failure.
                 ProviderError::UnsupportedContent(_) => (S::CONFLICT, "unsupported_content", None),
+                // The volume's data, not the agent's failure.
+                ProviderError::CapacityBelowUsage { .. } => {
+                    (S::CONFLICT, "capacity_below_usage", None)
+                }
                 _ => (S::INTERNAL_SERVER_ERROR, "provider_failed", None),
             },
             ManagerError::ProviderUnavailable { .. } => {

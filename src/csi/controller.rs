@@ -32,7 +32,7 @@ use super::proto::{
 };
 use super::status::from_manager;
 use super::{Plugin, node, snapshots};
-use crate::manager::{Manager, ManagerError};
+use crate::manager::{Manager, ManagerError, ProviderTraits};
 use crate::provider::ProviderConfig;
 use crate::state::{DETAIL_CAPACITY, DETAIL_OPTION_PREFIX, Volume, VolumeKind, VolumeStatus};
 
@@ -100,6 +100,69 @@ fn needs_attributes(v: &Volume, capacity: Option<u64>, options: &ProviderConfig)
             .any(|(k, val)| v.details.get(&format!("{DETAIL_OPTION_PREFIX}{k}")) != Some(val))
 }
 
+/// What a `CreateVolume`'s parameters ask for.
+struct Parameters {
+    provider: String,
+    options: ProviderConfig,
+    traits: ProviderTraits,
+}
+
+/// The provider and options `parameters` name, checked as `CreateVolume`
+/// and `ValidateVolumeCapabilities` both check them: no mutable parameters
+/// (no `MODIFY_VOLUME`), well-formed keys and values, a known provider, and
+/// options that provider accepts. `INVALID_ARGUMENT` saying why not.
+fn parameters(
+    plugin: &Plugin,
+    parameters: &HashMap<String, String>,
+    mutable_parameters: &HashMap<String, String>,
+) -> Result<Parameters, Status> {
+    let m = plugin.manager()?;
+    if !mutable_parameters.is_empty() {
+        return Err(Status::invalid_argument(
+            "mutable parameters are not supported (no MODIFY_VOLUME)",
+        ));
+    }
+    let (provider, options) = checks::parameters(parameters, &plugin.options.default_provider)?;
+    let traits = m.provider_traits(&provider).map_err(from_manager)?;
+    m.check_volume_options(&provider, &options)
+        .map_err(from_manager)?;
+    Ok(Parameters {
+        provider,
+        options,
+        traits,
+    })
+}
+
+/// Whether volume `v` is what `parameters` ask for: on their provider,
+/// with each of their options set as they say (`INVALID_ARGUMENT` saying
+/// why not). No parameters ask for nothing.
+fn has_parameters(
+    plugin: &Plugin,
+    v: &Volume,
+    parameters: &HashMap<String, String>,
+    mutable_parameters: &HashMap<String, String>,
+) -> Result<(), Status> {
+    if parameters.is_empty() && mutable_parameters.is_empty() {
+        return Ok(());
+    }
+    let asked = self::parameters(plugin, parameters, mutable_parameters)?;
+    if asked.provider != v.provider {
+        return Err(Status::invalid_argument(format!(
+            "volume {} is on provider {}, not {}",
+            v.id, v.provider, asked.provider
+        )));
+    }
+    for (k, val) in &asked.options {
+        if v.details.get(&format!("{DETAIL_OPTION_PREFIX}{k}")) != Some(val) {
+            return Err(Status::invalid_argument(format!(
+                "volume {} was not made with {k}={val}",
+                v.id
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn rpc_capability(t: rpc::Type) -> ControllerServiceCapability {
     ControllerServiceCapability {
         r#type: Some(controller_service_capability::Type::Rpc(
@@ -153,16 +216,11 @@ impl Controller {
         let m = plugin.manager()?;
         checks::name(&r.name)?;
         checks::capabilities(&r.volume_capabilities)?;
-        if !r.mutable_parameters.is_empty() {
-            return Err(Status::invalid_argument(
-                "mutable parameters are not supported (no MODIFY_VOLUME)",
-            ));
-        }
-        let (provider, options) =
-            checks::parameters(&r.parameters, &plugin.options.default_provider)?;
-        let traits = m.provider_traits(&provider).map_err(from_manager)?;
-        m.check_volume_options(&provider, &options)
-            .map_err(from_manager)?;
+        let Parameters {
+            provider,
+            options,
+            traits,
+        } = parameters(plugin, &r.parameters, &r.mutable_parameters)?;
         let options_text = checks::encode_options(&options);
         let requested = Requested::from_proto(r.capacity_range.as_ref())?;
         checks::topology_admits(
@@ -430,7 +488,11 @@ impl proto::controller_server::Controller for Controller {
             .map(|c| checks::fs_type(c).to_owned())
             .collect();
         let location = std::path::PathBuf::from(&v.location);
-        let supported = match checks::capabilities(&r.volume_capabilities) {
+        // Confirmed also only for parameters CreateVolume accepts and the
+        // volume has.
+        let checked = checks::capabilities(&r.volume_capabilities)
+            .and_then(|()| has_parameters(&self.plugin, &v, &r.parameters, &r.mutable_parameters));
+        let supported = match checked {
             Ok(()) => {
                 node::blocking(move || {
                     fs_types

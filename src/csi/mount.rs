@@ -7,7 +7,7 @@
 
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -113,20 +113,122 @@ fn unescape(field: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsStr::from_bytes(&out))
 }
 
-/// Mount points of this mount namespace, from `/proc/self/mountinfo`
-/// (the fifth field of each line).
-pub fn mount_points() -> io::Result<Vec<PathBuf>> {
+/// One line of `/proc/self/mountinfo`: the mount's id and its parent's,
+/// the device (`major:minor`) of the file system it shows, the path within
+/// that file system that is the mount's root, and where it is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MountEntry {
+    id: u64,
+    parent: u64,
+    dev: String,
+    /// As the kernel prints it: a root whose directory was removed since
+    /// carries the suffix `//deleted`.
+    root: Vec<u8>,
+    point: PathBuf,
+}
+
+/// The mount table of this mount namespace.
+fn mount_table() -> io::Result<Vec<MountEntry>> {
     let mut text = String::new();
     std::fs::File::open("/proc/self/mountinfo")?
         .take(MAX_MOUNTINFO_BYTES)
         .read_to_string(&mut text)?;
-    Ok(parse_mount_points(&text))
+    Ok(parse_mount_table(&text))
 }
 
-fn parse_mount_points(text: &str) -> Vec<PathBuf> {
+/// The lines of a mount table; short or malformed lines are skipped.
+fn parse_mount_table(text: &str) -> Vec<MountEntry> {
     text.lines()
-        .filter_map(|line| line.split(' ').nth(4).map(unescape))
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            let id = f.next()?.parse().ok()?;
+            let parent = f.next()?.parse().ok()?;
+            let dev = f.next()?.to_owned();
+            let root = unescape(f.next()?).into_os_string().into_vec();
+            let point = unescape(f.next()?);
+            Some(MountEntry {
+                id,
+                parent,
+                dev,
+                root,
+                point,
+            })
+        })
         .collect()
+}
+
+/// Mount points of this mount namespace (the fifth field of each line).
+pub fn mount_points() -> io::Result<Vec<PathBuf>> {
+    Ok(mount_table()?.into_iter().map(|e| e.point).collect())
+}
+
+/// The topmost of the mounts at `point` (the one no other mount there is
+/// stacked on), if any.
+fn topmost<'a>(table: &'a [MountEntry], point: &Path) -> Option<&'a MountEntry> {
+    let at: Vec<&MountEntry> = table.iter().filter(|e| e.point == point).collect();
+    at.iter()
+        .rev()
+        .find(|e| !at.iter().any(|o| o.parent == e.id))
+        .or_else(|| at.last())
+        .copied()
+}
+
+/// What a bind mount of a directory shows in the mount table: the device of
+/// its file system and the directory's path within that file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BindSource {
+    dev: String,
+    root: PathBuf,
+}
+
+/// What a bind mount of `path` (resolved, as the mount table names paths)
+/// shows: the device of the topmost mount holding `path` and `path` within
+/// it. `path` itself need not exist.
+fn bind_source_of(table: &[MountEntry], path: &Path) -> Option<BindSource> {
+    let point = table
+        .iter()
+        .map(|e| &e.point)
+        .filter(|p| path.starts_with(p))
+        .max_by_key(|p| p.components().count())?;
+    let holder = topmost(table, point)?;
+    let within = path.strip_prefix(&holder.point).ok()?;
+    let root = PathBuf::from(std::ffi::OsStr::from_bytes(&holder.root));
+    Some(BindSource {
+        dev: holder.dev.clone(),
+        root: if within.as_os_str().is_empty() {
+            root
+        } else {
+            root.join(within)
+        },
+    })
+}
+
+/// What the mount `e` is a bind mount of: its device and root, the root
+/// taken as it was before its directory was removed.
+fn mounted_source(e: &MountEntry) -> BindSource {
+    let root = e.root.strip_suffix(b"//deleted").unwrap_or(&e.root);
+    BindSource {
+        dev: e.dev.clone(),
+        root: PathBuf::from(std::ffi::OsStr::from_bytes(root)),
+    }
+}
+
+/// Whether the topmost mount at `target` is a bind mount of the directory
+/// at `location`, or of the one that was there and has been removed since
+/// (a lost volume's): the mount shows the same device, and as its root the
+/// path `location` has within that device's file system. Needs no file at
+/// `location`, only its parent directory; `false` when either path's parent
+/// is gone or nothing is mounted at `target`.
+pub fn holds_bind_of(target: &Path, location: &Path) -> io::Result<bool> {
+    let (Some(target), Some(location)) = (resolve_parent(target)?, resolve_parent(location)?)
+    else {
+        return Ok(false);
+    };
+    let table = mount_table()?;
+    let Some(mounted) = topmost(&table, &target) else {
+        return Ok(false);
+    };
+    Ok(bind_source_of(&table, &location).is_some_and(|s| s == mounted_source(mounted)))
 }
 
 /// Whether `path` is a mount point. The mount table names mount points by
@@ -236,8 +338,12 @@ mod tests {
                     37 35 98:0 / / rw - ext4 /dev/sda rw\n\
                     38 35 0:1 / /x\\134y rw - tmpfs t rw\n\
                     39 35 0:1 / /end\\04 rw - tmpfs t rw\n";
+        let points: Vec<PathBuf> = parse_mount_table(text)
+            .into_iter()
+            .map(|e| e.point)
+            .collect();
         assert_eq!(
-            parse_mount_points(text),
+            points,
             vec![
                 PathBuf::from("/mnt/a b"),
                 PathBuf::from("/"),
@@ -245,6 +351,42 @@ mod tests {
                 PathBuf::from("/end\\04"),
             ]
         );
+    }
+
+    /// A bind mount of a directory of a file system mounted with a root of
+    /// its own (`subvol=`): the mount shows the file system's device and
+    /// the directory's path in it, removed or not; another directory, or
+    /// the same path on another device, is not that mount.
+    #[test]
+    fn a_bind_mount_is_matched_by_device_and_root_even_after_its_directory_is_removed() {
+        let text = "20 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+                    30 20 0:50 /@vols /srv rw - btrfs /dev/loop0 rw\n\
+                    40 20 0:50 /@vols/data/v1 /k/t1 rw - btrfs /dev/loop0 rw\n\
+                    41 20 0:50 /@vols/data/v2//deleted /k/t2 rw - btrfs /dev/loop0 rw\n\
+                    42 20 8:1 /srv/data/v1 /k/t3 rw - ext4 /dev/sda1 rw\n\
+                    43 40 8:1 /tmp /k/t1 rw - ext4 /dev/sda1 rw\n";
+        let table = parse_mount_table(text);
+        let source = |p: &str| bind_source_of(&table, Path::new(p)).unwrap();
+        let at = |p: &str| mounted_source(topmost(&table, Path::new(p)).unwrap());
+        assert_eq!(
+            source("/srv/data/v2"),
+            BindSource {
+                dev: "0:50".into(),
+                root: "/@vols/data/v2".into()
+            }
+        );
+        assert_eq!(at("/k/t2"), source("/srv/data/v2"), "removed since");
+        assert_ne!(at("/k/t3"), source("/srv/data/v1"), "another device");
+        assert_eq!(
+            at("/k/t1"),
+            BindSource {
+                dev: "8:1".into(),
+                root: "/tmp".into()
+            },
+            "the mount stacked on top counts"
+        );
+        assert_eq!(source("/srv"), at("/srv"));
+        assert!(topmost(&table, Path::new("/k")).is_none());
     }
 
     #[test]

@@ -133,6 +133,18 @@ fn publish(
     mount::bind(location, target, options).map_err(|e| internal("bind mount", e))
 }
 
+/// Whether the topmost mount at `target` is the volume's bind mount: the
+/// same directory as `location`, or, when that directory is gone (a lost
+/// volume, removed or replaced behind the manager's back), a mount whose
+/// device and root in the mount table are what a bind mount of `location`
+/// showed (see [`mount::holds_bind_of`]).
+fn holds_volume(target: &Path, location: &Path) -> Result<bool, Status> {
+    if mount::same_dir(target, location).unwrap_or(false) {
+        return Ok(true);
+    }
+    mount::holds_bind_of(target, location).map_err(|e| internal("reading the mount table", e))
+}
+
 fn unpublish(location: Option<&Path>, target: &Path) -> Result<(), Status> {
     match std::fs::symlink_metadata(target) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -144,11 +156,12 @@ fn unpublish(location: Option<&Path>, target: &Path) -> Result<(), Status> {
             break;
         }
         if let Some(location) = location
-            && !mount::same_dir(target, location).unwrap_or(false)
+            && !holds_volume(target, location)?
         {
             return Err(Status::failed_precondition(format!(
-                "{} holds another volume's mount",
-                target.display()
+                "{} holds a mount that is not of this volume ({})",
+                target.display(),
+                location.display()
             )));
         }
         mount::unmount(target).map_err(|e| internal("unmount", e))?;
@@ -159,10 +172,14 @@ fn unpublish(location: Option<&Path>, target: &Path) -> Result<(), Status> {
             target.display()
         )));
     }
-    // Only an empty directory or a file is removed: never a tree.
+    // The spec: the SP deletes the file or directory *it created*. Publish
+    // only ever creates a directory (a target that is anything else is
+    // refused), so only a directory, and only an empty one, is removed:
+    // never a tree, and never a file, symlink or device the operator or
+    // the CO put there (nothing of this volume is published at it: OK).
     let removed = match std::fs::symlink_metadata(target) {
         Ok(m) if m.is_dir() => std::fs::remove_dir(target),
-        Ok(_) => std::fs::remove_file(target),
+        Ok(_) => Ok(()),
         Err(e) => Err(e),
     };
     match removed {

@@ -1,7 +1,8 @@
 //! Manager errors to the gRPC codes the CSI spec prescribes.
 //!
 //! `NOT_FOUND` for a missing volume, `ALREADY_EXISTS` for a taken name,
-//! `INVALID_ARGUMENT` for bad input, `FAILED_PRECONDITION` for dependents,
+//! `INVALID_ARGUMENT` for bad input, `OUT_OF_RANGE` for a capacity below
+//! what the volume holds, `FAILED_PRECONDITION` for dependents,
 //! lost volumes and content the provider cannot carry, ABORTED while another operation on the volume is in flight,
 //! `RESOURCE_EXHAUSTED` when the provider is out of space, UNAVAILABLE when
 //! the provider or journal is, INTERNAL for the rest. Messages carry the
@@ -54,6 +55,10 @@ pub fn from_manager(e: ManagerError) -> Status {
             ..
         } => Status::failed_precondition(message),
         ManagerError::Busy(_) | ManagerError::BeingRead { .. } => Status::aborted(message),
+        ManagerError::Provider {
+            error: ProviderError::CapacityBelowUsage { .. },
+            ..
+        } => Status::out_of_range(message),
         ManagerError::Provider { ref error, .. } if out_of_space(error) => {
             Status::resource_exhausted(message)
         }
@@ -110,6 +115,17 @@ mod tests {
                     error: ProviderError::Other("boom".into()),
                 },
                 Code::Internal,
+            ),
+            (
+                ManagerError::Provider {
+                    provider: "p".into(),
+                    error: ProviderError::CapacityBelowUsage {
+                        what: "data volume v".into(),
+                        used: 2,
+                        capacity: 1,
+                    },
+                },
+                Code::OutOfRange,
             ),
             (ManagerError::Internal("x".into()), Code::Internal),
         ];

@@ -175,6 +175,14 @@ pub enum ProviderError {
     /// limit). The content's owner can change it; the provider did not
     /// fail. (HTTP: 409 `unsupported_content`; CSI: `FAILED_PRECONDITION`.)
     UnsupportedContent(String),
+    /// A capacity below what the volume already holds: refused, nothing
+    /// changed (a limit under the data would leave every write failing).
+    /// (HTTP: 409 `capacity_below_usage`; CSI: `OUT_OF_RANGE`.)
+    CapacityBelowUsage {
+        what: String,
+        used: u64,
+        capacity: u64,
+    },
     /// Anything else the provider reports.
     Other(String),
 }
@@ -233,6 +241,14 @@ impl fmt::Display for ProviderError {
             ProviderError::NoSpace { what, detail } => {
                 write!(f, "not enough space for {what}: {detail}")
             }
+            ProviderError::CapacityBelowUsage {
+                what,
+                used,
+                capacity,
+            } => write!(
+                f,
+                "{what} holds {used} bytes, more than the capacity of {capacity} bytes asked"
+            ),
             ProviderError::OutOfService(e)
             | ProviderError::UnsupportedContent(e)
             | ProviderError::Other(e) => f.write_str(e),
@@ -460,7 +476,9 @@ pub trait Provider: Send + Sync + fmt::Debug {
     }
 
     /// Sets (or raises) the capacity limit of data volume `volume` to
-    /// `bytes`. Idempotent. Providers that do not enforce capacity refuse.
+    /// `bytes`. Idempotent. Providers that do not enforce capacity refuse;
+    /// those that do refuse a capacity below what the volume already holds
+    /// ([`ProviderError::CapacityBelowUsage`]).
     fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
         let _ = bytes;
         Err(ProviderError::Other(format!(

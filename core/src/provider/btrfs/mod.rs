@@ -406,6 +406,58 @@ impl BtrfsProvider {
         Cmd::new(&self.program)
     }
 
+    /// The bytes subvolume `path` references (its qgroup's `rfer`, what a
+    /// qgroup limit is held against), the running transaction committed
+    /// first so that recent writes count (`qgroup show --sync`). Quotas are
+    /// enabled on the file system if they are not yet, and a rescan counts
+    /// what the subvolumes already hold (waited for; likewise when btrfs
+    /// reports its numbers inconsistent).
+    fn referenced_bytes(&self, path: &Path) -> Result<u64, ProviderError> {
+        let show = || {
+            self.btrfs()
+                .arg("qgroup")
+                .arg("show")
+                .arg("--raw")
+                .arg("--sync")
+                .arg("-f")
+                .path_arg(path)?
+                .run()
+        };
+        let rescan = || {
+            self.btrfs()
+                .arg("quota")
+                .arg("rescan")
+                .arg("-w")
+                .path_arg(&self.root)?
+                .run()
+        };
+        let mut out = match show() {
+            Ok(out) => out,
+            Err(ProviderError::Command { ref stderr, .. }) if stderr.contains("not enabled") => {
+                self.btrfs()
+                    .arg("quota")
+                    .arg("enable")
+                    .path_arg(&self.root)?
+                    .run()?;
+                rescan()?;
+                show()?
+            }
+            Err(e) => return Err(e),
+        };
+        if out.stderr.contains("inconsistent") {
+            rescan()?;
+            out = show()?;
+        }
+        let text = out.stdout_str();
+        parse_referenced(&text).ok_or_else(|| {
+            ProviderError::Other(format!(
+                "`btrfs qgroup show` named no qgroup of {}: {:?}",
+                path.display(),
+                text.chars().take(512).collect::<String>()
+            ))
+        })
+    }
+
     fn stage_root(&self) -> PathBuf {
         self.root.join(META_DIR).join("stage")
     }
@@ -491,8 +543,13 @@ impl Provider for BtrfsProvider {
         true
     }
 
-    /// The subvolume's qgroup limit (`btrfs qgroup limit BYTES PATH`);
-    /// quotas are enabled on the file system the first time one is set.
+    /// The subvolume's qgroup limit (`btrfs qgroup limit BYTES PATH`),
+    /// never below what the subvolume already references
+    /// ([`ProviderError::CapacityBelowUsage`]: a volume made without a
+    /// capacity, or forked from a fuller snapshot, keeps its data writable).
+    /// Quotas are enabled on the file system the first time (then their
+    /// rescan is waited for). A write racing the call may still take the
+    /// volume past the new limit; further writes then fail (`EDQUOT`).
     fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
         check_id(volume.id)?;
         if volume.kind != VolumeKind::Data {
@@ -511,28 +568,21 @@ impl Provider for BtrfsProvider {
             )));
         }
         let path = self.location(VolumeKind::Data, volume.id);
-        let limit = || {
-            self.btrfs()
-                .arg("qgroup")
-                .arg("limit")
-                .user_arg(&bytes.to_string())?
-                .path_arg(&path)?
-                .run()
-        };
-        match limit() {
-            Ok(_) => Ok(()),
-            Err(ProviderError::Command { ref stderr, .. })
-                if stderr.contains("quota") || stderr.contains("not enabled") =>
-            {
-                self.btrfs()
-                    .arg("quota")
-                    .arg("enable")
-                    .path_arg(&self.root)?
-                    .run()?;
-                limit().map(|_| ())
-            }
-            Err(e) => Err(e),
+        let used = self.referenced_bytes(&path)?;
+        if used > bytes {
+            return Err(ProviderError::CapacityBelowUsage {
+                what: format!("data volume {}", volume.id),
+                used,
+                capacity: bytes,
+            });
         }
+        self.btrfs()
+            .arg("qgroup")
+            .arg("limit")
+            .user_arg(&bytes.to_string())?
+            .path_arg(&path)?
+            .run()
+            .map(|_| ())
     }
 
     fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
@@ -802,6 +852,18 @@ impl Provider for BtrfsProvider {
         }
         self.trash(&stage)
     }
+}
+
+/// The referenced bytes of the subvolume's own qgroup (`0/<id>`, its
+/// second column) in `btrfs qgroup show --raw -f` output.
+fn parse_referenced(text: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        fields
+            .next()
+            .filter(|id| id.starts_with("0/"))
+            .and_then(|_| fields.next()?.parse().ok())
+    })
 }
 
 #[cfg(test)]

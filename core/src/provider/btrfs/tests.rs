@@ -104,3 +104,13 @@ fn a_send_streams_first_command_declares_its_snapshot_and_base() {
     long[17..21].copy_from_slice(&u32::MAX.to_le_bytes());
     assert_eq!(receive::stream_identity(&long), None);
 }
+
+#[test]
+fn the_referenced_bytes_are_read_from_the_subvolumes_own_qgroup() {
+    let text = "Qgroupid    Referenced    Exclusive   Path \n\
+                --------    ----------    ---------   ---- \n\
+                0/256          8404992      8404992   volumes/data/v\n";
+    assert_eq!(parse_referenced(text), Some(8_404_992));
+    assert_eq!(parse_referenced("1/0 5 5 -\n0/257 x 1 v\n"), None);
+    assert_eq!(parse_referenced(""), None);
+}

@@ -605,6 +605,7 @@ pub(super) fn may_hide_a_failed_write(e: &ProviderError) -> bool {
         | ProviderError::InvalidConfig(_)
         | ProviderError::Stream(_)
         | ProviderError::UnsupportedContent(_)
+        | ProviderError::CapacityBelowUsage { .. }
         | ProviderError::Other(_) => false,
     }
 }

@@ -2,6 +2,7 @@
 //! its own data, snapshots not counted), its dataset options (`compression`,
 //! `recordsize`, checked before any command) and the pool's free space.
 
+use super::parse::stderr_of;
 use super::{Cmd, ProviderConfig, ProviderError, VolumeKind, VolumeRef, ZfsProvider, parse_size};
 
 /// ZFS `compression` values a volume may ask for.
@@ -57,7 +58,11 @@ pub fn check_volume_option(key: &str, value: &str) -> Result<(), ProviderError> 
 }
 
 impl ZfsProvider {
-    /// `zfs set refquota=BYTES` on data volume `volume`.
+    /// `zfs set refquota=BYTES` on data volume `volume`. ZFS itself refuses
+    /// a `refquota` below what the dataset references ("size is less than
+    /// current used or reserved space"): that is
+    /// [`ProviderError::CapacityBelowUsage`], with the `referenced` bytes
+    /// read after the refusal (one more command, only then).
     pub(super) fn set_refquota(
         &self,
         volume: &VolumeRef<'_>,
@@ -70,7 +75,33 @@ impl ZfsProvider {
             )));
         }
         let (name, _) = self.require(volume)?;
-        Self::set_props(&name, &[format!("refquota={bytes}")])
+        match Self::set_props(&name, &[format!("refquota={bytes}")]) {
+            Err(e) if stderr_of(&e).contains("less than current used") => {
+                Err(ProviderError::CapacityBelowUsage {
+                    what: format!("data volume {}", volume.id),
+                    used: Self::referenced_bytes(&name)?,
+                    capacity: bytes,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// The `referenced` bytes of dataset `name`.
+    fn referenced_bytes(name: &str) -> Result<u64, ProviderError> {
+        let out = Cmd::new("zfs")
+            .arg("get")
+            .arg("-H")
+            .arg("-p")
+            .arg("-o")
+            .arg("value")
+            .arg("referenced")
+            .user_arg(name)?
+            .run()?;
+        let text = out.stdout_str();
+        text.trim()
+            .parse::<u64>()
+            .map_err(|_| ProviderError::Other(format!("zfs get referenced: {text:?}")))
     }
 
     /// The provider dataset's `available` bytes.
