@@ -30,7 +30,9 @@
 //! (never a mix; a failure after the swap exchanges the old content back:
 //! "target replaced by a failed receive" must be 0), a snapshot rolled
 //! forward holds exactly the stream's content, `.staging` and the trash
-//! are empty, and the same stream is then received again, whole; and after
+//! are empty, and the same stream is then received again, whole (a
+//! snapshot rolled forward destroyed first: a target takes a stream only on
+//! top of its newest snapshot); and after
 //! a power cut then (nothing unsynced kept: a failed sync drops changes
 //! from the write-back queue for good) what the reopened manager
 //! acknowledged is all there.
@@ -55,7 +57,8 @@
 //! is rolled forward or undone, its swap with it: the cuts between the
 //! swap and the `complete` marker are among the sync points swept);
 //! nothing is pending, orphaned, half-made or foreign; `.staging` and the
-//! trash are empty; and a full stream is received again, whole.
+//! trash are empty; and a full stream is received again, whole (the
+//! target's snapshots destroyed first).
 //!
 //! **A failed sync, then a crash in the undo**
 //! (`a_failed_receive_cut_at_any_point_of_its_undo_...`): a double fault.
@@ -77,7 +80,8 @@
 //! base are there; the target holds exactly its old content, unless the
 //! receive was rolled forward (its `complete` marker reached the disk
 //! before the undo began: then exactly the stream's, and so does the
-//! snapshot); the same stream is then received again, whole.
+//! snapshot); the same stream is then received again, whole (a snapshot
+//! rolled forward destroyed first).
 //! It takes every sync point of the receive (those before the swap were
 //! once only under a switch, `VOLMGR_UNDO_SWEEP_EVERY_POINT=1`, and found
 //! the bugs "Found with every point" below names). Two regressions run the same sweep on fewer
@@ -317,7 +321,9 @@ use volmgr::provider::{Durability, Presence, Provider};
 use volmgr::state::{Meta, VolumeStatus};
 use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss, SecondFault, SimStorage};
 
-use dir_receive_support::{Sent, TARGET, consistent, receive, received, streams, target_tree};
+use dir_receive_support::{
+    Sent, TARGET, consistent, receive, receive_again, received, streams, target_tree,
+};
 use dir_sweep_support::{
     Flavor, PROVIDER, ROOT, Reopened, Slot, Tally, Tree, Workload, open, shown, tree_of,
 };
@@ -533,8 +539,9 @@ async fn fail_one_sync(
     }
     let mut bad = |what: String| out.problems.push(what);
     // Nothing is stuck: the same stream is received again, whole (an
-    // incremental one needs its base, which is still there).
-    let again = match receive(&m, stream).await {
+    // incremental one needs its base, which is still there; a receive
+    // rolled forward at the reopen is destroyed first).
+    let again = match receive_again(&m, base, stream).await {
         Err(e) => {
             bad(format!("receiving the stream again after the reopen: {e}"));
             None
@@ -849,9 +856,10 @@ async fn check_cut(
             shown(&want)
         ));
     }
-    // It accepts new work: the full stream is received again, whole.
+    // It accepts new work: the full stream is received again, whole (the
+    // target's snapshots destroyed first).
     if live(TARGET) {
-        match receive(m, streams[0]).await {
+        match receive_again(m, None, streams[0]).await {
             Err(e) => problems.push(format!("receiving the full stream after the reopen: {e}")),
             Ok(id) => {
                 let state = m.state();
@@ -1178,9 +1186,10 @@ impl Workload for UndoCrashSweep<'_> {
                 ));
             }
         }
-        // Nothing is stuck: the same stream is received again, whole.
+        // Nothing is stuck: the same stream is received again, whole (a
+        // receive rolled forward is destroyed first).
         if live(TARGET) {
-            match receive(r.m, self.stream).await {
+            match receive_again(r.m, self.base, self.stream).await {
                 Err(e) => problems.push(format!("receiving the stream again: {e}")),
                 Ok(id) => {
                     let state = r.m.state();

@@ -110,6 +110,29 @@ pub async fn receive(m: &Manager, stream: &Sent) -> Result<String, ManagerError>
         .map(|v| v.id)
 }
 
+/// Receives `stream` into the target again, after destroying the target's
+/// received snapshots other than `base` (the stream's base, `None` for a
+/// full stream), newest first: a target takes a stream only on top of its
+/// newest snapshot, and holds the stream's own snapshot already if an
+/// earlier receive of it rolled forward; an operator makes room the same
+/// way. The received snapshot's id.
+pub async fn receive_again(
+    m: &Manager,
+    base: Option<&Sent>,
+    stream: &Sent,
+) -> Result<String, ManagerError> {
+    let state = m.state();
+    let mut newer: Vec<&volmgr::state::Volume> = received(&state)
+        .into_iter()
+        .filter(|v| base.is_none_or(|b| v.details.get(DETAIL_GUID) != Some(&b.guid)))
+        .collect();
+    newer.sort_by_key(|v| std::cmp::Reverse((v.created_at_ms, v.op)));
+    for v in newer {
+        m.destroy_volume(&v.id).await?;
+    }
+    receive(m, stream).await
+}
+
 /// The checks every reopened image shares: nothing pending, orphaned or not
 /// live in the state; the provider's inventory all tagged, whole and equal
 /// to the state; every received snapshot of the target holding exactly the
