@@ -98,7 +98,7 @@ fn main() {
             let slot = built.clone();
             config.factories.insert(
                 "dir".into(),
-                Arc::new(move |c: &ProviderConfig| {
+                Arc::new(move |c: &ProviderConfig, _owner: &volmgr::provider::AgentId| {
                     let root = PathBuf::from(&c[CONFIG_ROOT]);
                     let p = Arc::new(match durability {
                         Durability::Batched => DirProvider::with_batch_sync(root, batch_sync)?,

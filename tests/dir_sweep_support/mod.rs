@@ -58,7 +58,7 @@ impl From<Durability> for Flavor {
 
 pub fn factory(storage: &SimStorage, flavor: Flavor, slot: &Slot) -> ProviderFactory {
     let (storage, slot) = (storage.clone(), slot.clone());
-    Arc::new(move |config: &ProviderConfig| {
+    Arc::new(move |config: &ProviderConfig, _owner: &volmgr::provider::AgentId| {
         let root = config.get("root").cloned().unwrap_or_default();
         let p = Arc::new(DirProvider::simulated_with(
             PathBuf::from(root),

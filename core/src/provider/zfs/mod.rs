@@ -215,7 +215,7 @@ pub struct ZfsProvider {
 impl ZfsProvider {
     /// The factory for [`super::builtin_factories`].
     pub fn factory() -> super::ProviderFactory {
-        std::sync::Arc::new(|config: &ProviderConfig| {
+        std::sync::Arc::new(|config: &ProviderConfig, _owner: &super::AgentId| {
             Ok(std::sync::Arc::new(ZfsProvider::from_config(config)?)
                 as std::sync::Arc<dyn Provider>)
         })
