@@ -61,7 +61,10 @@ pub fn decode_identity(bytes: &[u8]) -> Result<Uuid, String> {
 
 /// Reads the identity of `state_dir`: `Ok(None)` if the file is absent.
 /// Writes nothing (the offline journal tool reads it through this too).
-pub fn read_identity(storage: &dyn Storage, state_dir: &Path) -> Result<Option<Uuid>, JournalError> {
+pub fn read_identity(
+    storage: &dyn Storage,
+    state_dir: &Path,
+) -> Result<Option<Uuid>, JournalError> {
     let path = state_dir.join(IDENTITY_FILE);
     let damaged = |reason: String| JournalError::Identity {
         file: path.clone(),
@@ -73,6 +76,9 @@ pub fn read_identity(storage: &dyn Storage, state_dir: &Path) -> Result<Option<U
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(damaged(e.to_string())),
         Err(e) if NotRegularFile::of(&e).is_some() => return Err(damaged(e.to_string())),
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
+            return Err(damaged("a directory".into()));
+        }
         Err(e) => return Err(JournalError::io(&path, "read", e)),
     };
     decode_identity(&bytes).map(Some).map_err(damaged)

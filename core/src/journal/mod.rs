@@ -32,9 +32,7 @@ use serde::de::DeserializeOwned;
 pub use codec::{decode_checkpoint, decode_record, encode_checkpoint, encode_record};
 pub use error::JournalError;
 pub use format::Invalid;
-pub use identity::{
-    IDENTITY_FILE, IDENTITY_LEN, decode_identity, encode_identity, read_identity,
-};
+pub use identity::{IDENTITY_FILE, IDENTITY_LEN, decode_identity, encode_identity, read_identity};
 pub use reader::LogEnd;
 use repair::discard_failed_commit;
 pub use repair::{FailedCommit, read_failed_commit, truncate_torn_tail};

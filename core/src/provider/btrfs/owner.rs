@@ -138,9 +138,15 @@ mod tests {
         let id = AgentId::generate().to_string();
         let cases = [
             (String::new(), "not"),
-            (format!("{ROOT_MARKER_HEAD}owner {id}"), "followed by one line"),
+            (
+                format!("{ROOT_MARKER_HEAD}owner {id}"),
+                "followed by one line",
+            ),
             (format!("{ROOT_MARKER_HEAD}owner {id}\nx\n"), "owner \""),
-            (format!("{ROOT_MARKER_HEAD}owner {}\n", id.to_uppercase()), "canonical"),
+            (
+                format!("{ROOT_MARKER_HEAD}owner {}\n", id.to_uppercase()),
+                "canonical",
+            ),
             ("volmgr dir provider root (format 1)\n".to_owned(), "not"),
         ];
         for (text, why) in cases {

@@ -49,7 +49,10 @@ fn encode_root_marker(owner: Option<AgentId>) -> Vec<u8> {
         Some(id) => format!("{ROOT_MARKER_V2_HEAD}{OWNER_PREFIX}{id}\n"),
     };
     // Pair assertion: what is written is what `decode_root_marker` reads.
-    debug_assert_eq!(decode_root_marker(text.as_bytes()), Ok(owner.map_or(RootOwner::Unnamed, RootOwner::Named)));
+    debug_assert_eq!(
+        decode_root_marker(text.as_bytes()),
+        Ok(owner.map_or(RootOwner::Unnamed, RootOwner::Named))
+    );
     text.into_bytes()
 }
 
@@ -385,10 +388,19 @@ mod tests {
         let id = AgentId::generate().to_string();
         let cases = [
             (String::new(), "neither format 1"),
-            ("volmgr dir provider root (format 3)\n".to_owned(), "neither format 1"),
+            (
+                "volmgr dir provider root (format 3)\n".to_owned(),
+                "neither format 1",
+            ),
             (format!("{ROOT_MARKER_V2_HEAD}owner {id}"), "one line"),
-            (format!("{ROOT_MARKER_V2_HEAD}owner {id}\nmore\n"), "owner \""),
-            (format!("{ROOT_MARKER_V2_HEAD}owner {}\n", id.to_uppercase()), "canonical"),
+            (
+                format!("{ROOT_MARKER_V2_HEAD}owner {id}\nmore\n"),
+                "owner \"",
+            ),
+            (
+                format!("{ROOT_MARKER_V2_HEAD}owner {}\n", id.to_uppercase()),
+                "canonical",
+            ),
             (format!("{ROOT_MARKER_V2_HEAD}owner -x\n"), "36 bytes"),
         ];
         for (text, why) in cases {
