@@ -496,3 +496,40 @@ async fn a_second_agent_process_is_refused_a_dir_root_the_first_one_owns() {
         b"A's data"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_dir_root_marker_is_refused_naming_the_file_and_left_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("volumes");
+    drop(DirProvider::new(root.clone()).unwrap());
+    let path = root.join(".volmgr/provider");
+    std::fs::write(
+        &path,
+        b"volmgr dir provider root (format 2)\nowner nobody\n",
+    )
+    .unwrap();
+    let image = entry_image(&root);
+    let m = Manager::open(tmp.path().join("state"), ManagerConfig::default())
+        .await
+        .unwrap();
+    let err = m
+        .add_provider("p", "dir", dir_config(&root))
+        .await
+        .expect_err("a damaged marker");
+    assert!(
+        matches!(
+            &err,
+            ManagerError::Provider {
+                error: ProviderError::InvalidConfig(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    for part in [path.to_str().unwrap(), "is damaged", "\"nobody\""] {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+    assert_eq!(entry_image(&root), image, "nothing under the root changed");
+    m.close().await;
+}

@@ -38,7 +38,7 @@ const ROOT_MARKER_MAX: u64 = 256;
 enum RootOwner {
     /// Format 1: no owner named.
     Unnamed,
-    /// Format 2: this agent.
+    /// Format 2: the agent it names.
     Named(AgentId),
 }
 
