@@ -98,15 +98,17 @@ fn main() {
             let slot = built.clone();
             config.factories.insert(
                 "dir".into(),
-                Arc::new(move |c: &ProviderConfig| {
-                    let root = PathBuf::from(&c[CONFIG_ROOT]);
-                    let p = Arc::new(match durability {
-                        Durability::Batched => DirProvider::with_batch_sync(root, batch_sync)?,
-                        Durability::OnReturn => DirProvider::with_durability(root, durability)?,
-                    });
-                    *slot.lock().unwrap() = Some(p.clone());
-                    Ok(p as Arc<dyn Provider>)
-                }),
+                Arc::new(
+                    move |c: &ProviderConfig, _owner: &volmgr::provider::AgentId| {
+                        let root = PathBuf::from(&c[CONFIG_ROOT]);
+                        let p = Arc::new(match durability {
+                            Durability::Batched => DirProvider::with_batch_sync(root, batch_sync)?,
+                            Durability::OnReturn => DirProvider::with_durability(root, durability)?,
+                        });
+                        *slot.lock().unwrap() = Some(p.clone());
+                        Ok(p as Arc<dyn Provider>)
+                    },
+                ),
             );
             let m = rt.block_on(Manager::open(dir.path(), config)).unwrap();
             let provider = built.lock().unwrap().clone().expect("the factory ran");

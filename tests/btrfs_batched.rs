@@ -327,7 +327,9 @@ async fn concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives
     let factory = provider.clone();
     config.factories.insert(
         "btrfs-held".into(),
-        Arc::new(move |_: &ProviderConfig| Ok(factory.clone() as Arc<dyn Provider>)),
+        Arc::new(move |_: &ProviderConfig, _: &volmgr::provider::AgentId| {
+            Ok(factory.clone() as Arc<dyn Provider>)
+        }),
     );
     let state = tempfile::tempdir().unwrap();
     let m = Manager::open(state.path(), config).await.unwrap();

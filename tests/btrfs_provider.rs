@@ -565,3 +565,181 @@ fn the_lookup_of_each_id_is_the_inventory_item_tagged_with_it_in_every_odd_state
         assert_eq!(looked_up.as_ref(), tagged(id), "lookup of {id}");
     }
 }
+
+/// The btrfs root marker naming `owner`, byte for byte.
+fn btrfs_root_marker(owner: volmgr::provider::AgentId) -> Vec<u8> {
+    format!("volmgr btrfs provider root (format 1)\nowner {owner}\n").into_bytes()
+}
+
+/// Asserts `err` refuses `root` as owned by agent `owner`, and says so.
+#[track_caller]
+fn assert_foreign_root(
+    err: &volmgr::manager::ManagerError,
+    root: &Path,
+    owner: volmgr::provider::AgentId,
+) {
+    assert!(
+        matches!(
+            err,
+            volmgr::manager::ManagerError::Provider {
+                error: volmgr::provider::ProviderError::ForeignRoot { root: r, owner: o },
+                ..
+            } if r == root.to_str().unwrap() && *o == owner.to_string()
+        ),
+        "expected ForeignRoot of {}: {err:?}",
+        root.display()
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("belongs to another volmgr agent") && text.contains(&owner.to_string()),
+        "{text}"
+    );
+}
+
+/// A btrfs root belongs to one agent (story and property: `tests/root_owner.rs`,
+/// there for the directory provider): a second agent's add of the root,
+/// and a second agent configured with it, are refused, and nothing under
+/// the root changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_cannot_add_or_open_on_a_btrfs_root_another_agent_owns() {
+    let test = "a_second_agent_cannot_add_or_open_on_a_btrfs_root_another_agent_owns";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let states = tempfile::tempdir().unwrap();
+    let a = open_with_provider(&states.path().join("a"), &root).await;
+    let v = a.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    std::fs::write(Path::new(&v.location).join("precious"), b"A's data").unwrap();
+    a.create_snapshot_as("v", Some("s"), Meta::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(root.join(".volmgr/provider")).unwrap(),
+        btrfs_root_marker(a.agent_id())
+    );
+    let image = common::entry_image(&root);
+
+    let b = Manager::open(states.path().join("b"), ManagerConfig::default())
+        .await
+        .unwrap();
+    let err = b
+        .add_provider("p", "btrfs", common::config::root_config(&root))
+        .await
+        .expect_err("a root A owns");
+    assert_foreign_root(&err, &root, a.agent_id());
+    assert!(b.providers().is_empty());
+    b.close().await;
+    let config = common::config::root_config(&root);
+    let err = Manager::open(
+        states.path().join("c"),
+        ManagerConfig {
+            default_provider: Some(Box::new(move || Ok(("btrfs".into(), config)))),
+            ..ManagerConfig::default()
+        },
+    )
+    .await
+    .expect_err("C's default provider is A's root");
+    assert_foreign_root(&err, &root, a.agent_id());
+    assert_eq!(
+        common::entry_image(&root),
+        image,
+        "nothing under the root changed"
+    );
+
+    let ids: Vec<String> = a.volumes().into_iter().map(|v| v.id).collect();
+    assert_eq!(ids, ["s", "v"], "A's volumes as they were");
+    assert_eq!(
+        std::fs::read(Path::new(&v.location).join("precious")).unwrap(),
+        b"A's data"
+    );
+    a.close().await;
+}
+
+/// Two agents from before owners shared a btrfs root (no marker): the first
+/// to open claims it, and the other, whose journal holds the provider too,
+/// finds it unavailable at open and touches nothing (not the first's stage
+/// and trash, which its start would purge, not its volumes); the same agent
+/// reopens its root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journaled_btrfs_root_another_agent_claimed_is_unavailable_at_open_and_untouched() {
+    let test = "a_journaled_btrfs_root_another_agent_claimed_is_unavailable_at_open_and_untouched";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    drop(BtrfsProvider::new(&root).unwrap());
+    assert!(!root.join(".volmgr/provider").exists(), "an old root");
+    let states = tempfile::tempdir().unwrap();
+    let (state_a, state_b) = (states.path().join("a"), states.path().join("b"));
+    let add = Uuid::from_u128(1);
+    append(
+        &state_b,
+        Record::Intent {
+            op: add,
+            at_ms: 1,
+            action: Action::AddProvider(volmgr::state::ProviderRecord {
+                id: "p".into(),
+                kind: "btrfs".into(),
+                config: common::config::root_config(&root),
+            }),
+        },
+    )
+    .await;
+    append(
+        &state_b,
+        Record::Outcome {
+            op: add,
+            at_ms: 1,
+            result: volmgr::state::OpResult::Done(volmgr::state::Done::default()),
+        },
+    )
+    .await;
+
+    let a = open_with_provider(&state_a, &root).await;
+    assert_eq!(
+        std::fs::read(root.join(".volmgr/provider")).unwrap(),
+        btrfs_root_marker(a.agent_id()),
+        "claimed by A"
+    );
+    let v = a.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    std::fs::write(Path::new(&v.location).join("precious"), b"A's data").unwrap();
+    // What A's operations in flight would hold: B's start would purge both.
+    std::fs::create_dir_all(root.join(".volmgr/stage").join(Uuid::now_v7().to_string())).unwrap();
+    std::fs::create_dir_all(root.join(".volmgr/trash/in-flight/f")).unwrap();
+    let image = common::entry_image(&root);
+
+    let b = Manager::open(&state_b, ManagerConfig::default())
+        .await
+        .unwrap();
+    let report = b.reconcile_report();
+    assert!(
+        report
+            .unavailable
+            .iter()
+            .any(|(p, why)| p == "p" && why.contains(&a.agent_id().to_string())),
+        "{report:?}"
+    );
+    assert!(
+        report.resolutions.is_empty() && b.orphans().is_empty(),
+        "{report:?}"
+    );
+    b.close().await;
+    assert_eq!(
+        common::entry_image(&root),
+        image,
+        "nothing under the root changed"
+    );
+
+    let agent = a.agent_id();
+    a.close().await;
+    let a = Manager::open(&state_a, ManagerConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(a.agent_id(), agent);
+    assert!(a.reconcile_report().unavailable.is_empty());
+    a.create_volume("p", Some("w"), Meta::new())
+        .await
+        .expect("A reopens its root");
+    a.close().await;
+}

@@ -793,6 +793,47 @@ fn verify_damaged_checkpoint_exits_7() {
     );
 }
 
+/// The state directory's identity (`IDENTITY`) is read by opening, which
+/// refuses a damaged one: `verify` says so (exit 7, an `identity` row, the
+/// `open` row `REFUSES`) and still checks the whole journal; the other
+/// read-only commands go on as without it; a sound identity adds no row.
+#[test]
+fn verify_names_a_damaged_identity_that_opening_refuses_and_reads_the_journal_still() {
+    let dir = story_journal();
+    let path = dir.path().join("IDENTITY");
+    assert_eq!(fs::read(&path).unwrap().len(), 37, "made by the first open");
+    let sound = journal_cmd(dir.path(), "verify", &["--align", "never"]);
+    assert_eq!(sound.code, 0, "{}", sound.stdout);
+    assert!(!sound.stdout.contains("identity"), "{}", sound.stdout);
+
+    fs::write(&path, b"garbage\n").unwrap();
+    let before = snapshot(dir.path());
+    let run = journal_cmd(dir.path(), "verify", &["--align", "never"]);
+    assert_eq!(run.code, 7, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("identity\tIDENTITY\tDAMAGED\t8 bytes, not 37"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("open\t-\tREFUSES\tstate directory identity IDENTITY: 8 bytes"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("replay\t-\tok\t"),
+        "the journal is checked still: {}",
+        run.stdout
+    );
+    for sub in ["dump", "stats", "state"] {
+        let run = journal_cmd(dir.path(), sub, &[]);
+        assert_eq!(run.code, 0, "{sub}: {}", run.stderr);
+    }
+    assert_eq!(snapshot(dir.path()), before, "the tool changed nothing");
+}
+
 #[test]
 fn verify_of_a_missing_or_foreign_directory_is_a_usage_error_exit_2() {
     let dir = tempfile::tempdir().unwrap();

@@ -38,7 +38,7 @@ fn config(provider: Arc<dyn Provider>) -> ManagerConfig {
     let mut config = ManagerConfig::default();
     config.factories.insert(
         "sim".into(),
-        Arc::new(move |_: &ProviderConfig| Ok(provider.clone())),
+        Arc::new(move |_: &ProviderConfig, _: &volmgr::provider::AgentId| Ok(provider.clone())),
     );
     config.default_provider = Some(Box::new(|| Ok(("sim".into(), ProviderConfig::new()))));
     config

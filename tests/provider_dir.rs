@@ -1239,7 +1239,7 @@ fn config_requires_one_absolute_root_and_round_trips() {
     let factory = builtin_factories()
         .remove(dir::KIND)
         .expect("dir is a built-in");
-    let built = factory(&cfg).unwrap();
+    let built = factory(&cfg, &volmgr::provider::AgentId::generate()).unwrap();
     assert_eq!(built.config(), cfg);
 
     for bad in [

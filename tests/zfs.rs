@@ -1587,3 +1587,142 @@ async fn each_verb_runs_exactly_its_documented_number_of_zfs_commands() {
     assert_eq!(inc_recv, zfs_commands(4), "incremental receive");
     m.close().await;
 }
+
+/// Asserts `err` refuses root dataset `dataset` as owned by agent `owner`.
+#[track_caller]
+fn assert_foreign_dataset(
+    err: &volmgr::manager::ManagerError,
+    dataset: &str,
+    owner: volmgr::provider::AgentId,
+) {
+    assert!(
+        matches!(
+            err,
+            volmgr::manager::ManagerError::Provider {
+                error: ProviderError::ForeignRoot { root, owner: o },
+                ..
+            } if root == dataset && *o == owner.to_string()
+        ),
+        "expected ForeignRoot of {dataset}: {err:?}"
+    );
+    assert!(
+        err.to_string().contains("belongs to another volmgr agent"),
+        "{err}"
+    );
+}
+
+/// A ZFS root dataset belongs to one agent (story and property:
+/// `tests/root_owner.rs`, there for the directory provider): a root from
+/// before owners is claimed by the first agent (`volmgr:root-owner`, set
+/// locally); a second agent's add of it and a third agent configured with it
+/// are refused, and no dataset under it changes; a damaged owner is refused
+/// as such; the owner's reopen works, and `zfs inherit` (the documented
+/// handover) lets the root be claimed anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_cannot_add_or_open_on_a_zfs_root_another_agent_owns() {
+    let test = "a_second_agent_cannot_add_or_open_on_a_zfs_root_another_agent_owns";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let dataset = pool.dataset();
+    let owner_of = || {
+        zfs_out(&[
+            "get",
+            "-H",
+            "-o",
+            "value,source",
+            "volmgr:root-owner",
+            &dataset,
+        ])
+    };
+    drop(ZfsProvider::from_config(&pool.provider_config()).unwrap());
+    assert_eq!(owner_of(), "-\t-", "a root from before owners");
+    let states = tempfile::tempdir().unwrap();
+    let state_a = states.path().join("a");
+
+    let a = Manager::open(&state_a, manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    assert_eq!(
+        owner_of(),
+        format!("{}\tlocal", a.agent_id()),
+        "claimed by A"
+    );
+    let v = a
+        .create_volume("default", Some("v"), Meta::new())
+        .await
+        .unwrap();
+    std::fs::write(Path::new(&v.location).join("precious"), b"A's data").unwrap();
+    a.create_snapshot_as("v", Some("s"), Meta::new())
+        .await
+        .unwrap();
+    let image = || {
+        zfs_out(&[
+            "get",
+            "-H",
+            "-p",
+            "-r",
+            "-t",
+            "all",
+            "-o",
+            "name,property,value,source",
+            "all",
+            &dataset,
+        ])
+    };
+    let before = image();
+
+    let b = Manager::open(states.path().join("b"), ManagerConfig::default())
+        .await
+        .unwrap();
+    let err = b
+        .add_provider("p", KIND, pool.provider_config())
+        .await
+        .expect_err("a root A owns");
+    assert_foreign_dataset(&err, &dataset, a.agent_id());
+    assert!(b.providers().is_empty());
+    b.close().await;
+    let err = Manager::open(
+        states.path().join("c"),
+        manager_config(pool.provider_config()),
+    )
+    .await
+    .expect_err("C's default provider is A's root");
+    assert_foreign_dataset(&err, &dataset, a.agent_id());
+    assert_eq!(image(), before, "no dataset under the root changed");
+    let ids: Vec<String> = a.volumes().into_iter().map(|v| v.id).collect();
+    assert_eq!(ids, ["s", "v"]);
+    assert_eq!(
+        std::fs::read(Path::new(&v.location).join("precious")).unwrap(),
+        b"A's data"
+    );
+    let agent = a.agent_id();
+    a.close().await;
+
+    // A damaged owner is refused as such, naming the property.
+    zfs_out(&["set", "volmgr:root-owner=not-an-agent", &dataset]);
+    let a = Manager::open(&state_a, manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    let unavailable = a.reconcile_report().unavailable;
+    assert!(
+        unavailable.iter().any(|(p, why)| p == "default"
+            && why.contains("volmgr:root-owner")
+            && why.contains("no agent id")),
+        "{unavailable:?}"
+    );
+    a.close().await;
+    // The handover: the property removed with the agents stopped; the next
+    // agent to open claims the root.
+    zfs_out(&["inherit", "volmgr:root-owner", &dataset]);
+    let a = Manager::open(&state_a, manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    assert_eq!(a.agent_id(), agent);
+    assert!(a.reconcile_report().unavailable.is_empty());
+    assert_eq!(owner_of(), format!("{agent}\tlocal"));
+    a.create_volume("default", Some("w"), Meta::new())
+        .await
+        .expect("A reopens its root");
+    a.close().await;
+}

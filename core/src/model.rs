@@ -17,6 +17,58 @@ pub type Details = std::collections::BTreeMap<String, String>;
 /// Detail key of a snapshot's identity, used as a "have" in transfers.
 pub const DETAIL_GUID: &str = "guid";
 
+/// The identity of an agent: the random id of its state directory (the file
+/// `IDENTITY` there, see `journal-format.md`), made once and kept for good.
+/// A provider built by that agent's manager writes it into its root as the
+/// root's owner, and refuses a root that names another owner: two agents
+/// never act on one provider root. Written and read only in its canonical
+/// text, a lowercase hyphenated UUID (36 bytes); never the nil UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AgentId(Uuid);
+
+impl AgentId {
+    /// Length of the canonical text, in bytes.
+    pub const TEXT_LEN: usize = 36;
+
+    /// A new random identity (UUID version 4).
+    pub fn generate() -> AgentId {
+        AgentId(Uuid::new_v4())
+    }
+
+    /// `uuid` as an identity; `None` for the nil UUID.
+    pub fn from_uuid(uuid: Uuid) -> Option<AgentId> {
+        (!uuid.is_nil()).then_some(AgentId(uuid))
+    }
+
+    /// Parses the canonical text only (lowercase, hyphenated, 36 bytes):
+    /// the one spelling volmgr writes, so a marker or file holding any other
+    /// spelling was not written by volmgr and is refused as damaged.
+    pub fn parse(text: &str) -> Result<AgentId, String> {
+        if text.len() != Self::TEXT_LEN {
+            return Err(format!(
+                "an agent id is {} bytes (a lowercase hyphenated UUID), not {}",
+                Self::TEXT_LEN,
+                text.len()
+            ));
+        }
+        let uuid = Uuid::try_parse(text).map_err(|e| format!("not a UUID: {e}"))?;
+        if uuid.hyphenated().to_string() != text {
+            return Err("not in canonical form (lowercase, hyphenated)".into());
+        }
+        AgentId::from_uuid(uuid).ok_or_else(|| "the nil UUID is no agent id".into())
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
 /// Longest volume or provider id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 

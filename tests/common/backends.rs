@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use volmgr::provider::btrfs::BtrfsProvider;
 use volmgr::provider::dir::DirProvider;
-use volmgr::provider::{Provider, ProviderConfig, ProviderFactory};
+use volmgr::provider::{AgentId, Provider, ProviderConfig, ProviderFactory};
 
 use super::BtrfsFs;
 
@@ -39,10 +39,10 @@ pub trait Backend: Send + Sync {
     /// The factory of the kind.
     fn factory(&self) -> ProviderFactory;
     /// A provider instance on the same root, for calls behind the manager's
-    /// back.
-    fn provider(&self) -> Arc<dyn Provider> {
-        (self.factory())(&self.config()).expect("provider builds from its config")
-    }
+    /// back: built without an owner, as a tool outside a manager (it checks
+    /// no owner, and a dir root it makes gets a format-1 marker, which the
+    /// manager's provider adopts).
+    fn provider(&self) -> Arc<dyn Provider>;
     /// Puts an item under the provider's root that carries no ownership tag.
     fn plant_foreign(&self, name: &str);
     /// Whether that item is still there, untouched.
@@ -99,9 +99,12 @@ impl Backend for Dir {
         )])
     }
     fn factory(&self) -> ProviderFactory {
-        Arc::new(|config: &ProviderConfig| {
-            Ok(Arc::new(DirProvider::from_config(config)?) as Arc<dyn Provider>)
+        Arc::new(|config: &ProviderConfig, owner: &AgentId| {
+            Ok(Arc::new(DirProvider::for_owner(config, owner)?) as Arc<dyn Provider>)
         })
+    }
+    fn provider(&self) -> Arc<dyn Provider> {
+        Arc::new(DirProvider::from_config(&self.config()).expect("provider builds"))
     }
     fn plant_foreign(&self, name: &str) {
         // A directory without an ownership marker where a data volume of
@@ -160,6 +163,9 @@ impl Backend for Btrfs {
     fn factory(&self) -> ProviderFactory {
         BtrfsProvider::factory()
     }
+    fn provider(&self) -> Arc<dyn Provider> {
+        Arc::new(BtrfsProvider::from_config(&self.config()).expect("provider builds"))
+    }
     fn plant_foreign(&self, name: &str) {
         // The most tempting kind of foreign item: an untagged subvolume right
         // where a data volume of that name would live.
@@ -207,6 +213,12 @@ impl Backend for super::ZfsPool {
     }
     fn factory(&self) -> ProviderFactory {
         volmgr::provider::zfs::ZfsProvider::factory()
+    }
+    fn provider(&self) -> Arc<dyn Provider> {
+        Arc::new(
+            volmgr::provider::zfs::ZfsProvider::from_config(&self.config())
+                .expect("provider builds"),
+        )
     }
     fn plant_foreign(&self, name: &str) {
         // An untagged dataset right where a data volume of that name would live.

@@ -236,9 +236,10 @@ impl CrashTest<'_> {
                 now.orphans.keys().collect::<Vec<_>>()
             ));
         }
+        let agent = manager.agent_id();
         manager.close().await;
         let factory = &builtin_factories()[self.kind];
-        let inventory = factory(&self.config).unwrap().inventory().unwrap();
+        let inventory = factory(&self.config, &agent).unwrap().inventory().unwrap();
         let found: BTreeSet<String> = inventory
             .iter()
             .filter_map(|f| f.tag.as_ref().map(|t| t.volume.clone()))

@@ -50,7 +50,11 @@ impl HookedSim {
     /// A factory that always returns this same provider.
     pub fn factory(&self) -> ProviderFactory {
         let me = self.clone();
-        Arc::new(move |_config: &ProviderConfig| Ok(Arc::new(me.clone()) as Arc<dyn Provider>))
+        Arc::new(
+            move |_config: &ProviderConfig, _owner: &volmgr::provider::AgentId| {
+                Ok(Arc::new(me.clone()) as Arc<dyn Provider>)
+            },
+        )
     }
 
     fn around<T>(&self, call: SimCall, verb: impl FnOnce() -> T) -> T {

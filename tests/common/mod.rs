@@ -287,6 +287,54 @@ pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Every entry under `root` (directories, files, symlinks, anything),
+/// by relative path, as one line of what a change to it would alter: type,
+/// mode, owner, inode, size, modification and change times (ns), and a
+/// regular file's content. Two equal images mean nothing under `root` was
+/// created, removed, renamed, written or chmod-ed in between (reads and
+/// access times aside). Symlinks are not followed.
+pub fn entry_image(root: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(path) = stack.pop() {
+        let md = fs::symlink_metadata(&path)
+            .unwrap_or_else(|e| panic!("examine {}: {e}", path.display()));
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let content = if md.is_file() {
+            format!("{:?}", fs::read(&path).unwrap())
+        } else {
+            String::new()
+        };
+        out.insert(
+            rel,
+            format!(
+                "type={:?} mode={:o} uid={} gid={} ino={} size={} mtime={}.{} ctime={}.{} {content}",
+                md.file_type(),
+                md.mode(),
+                md.uid(),
+                md.gid(),
+                md.ino(),
+                md.size(),
+                md.mtime(),
+                md.mtime_nsec(),
+                md.ctime(),
+                md.ctime_nsec()
+            ),
+        );
+        if md.is_dir() {
+            for entry in fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
 /// Deterministic incompressible bytes (splitmix64).
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed;

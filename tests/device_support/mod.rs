@@ -483,13 +483,15 @@ impl<H: DirHooks> HookedDir<H> {
     /// its configuration, with `hooks`.
     pub fn factory(kind: &'static str, hooks: &Arc<H>) -> ProviderFactory {
         let hooks = hooks.clone();
-        Arc::new(move |c: &ProviderConfig| {
-            Ok(Arc::new(HookedDir {
-                kind,
-                dir: DirProvider::from_config(c)?,
-                hooks: hooks.clone(),
-            }) as Arc<dyn Provider>)
-        })
+        Arc::new(
+            move |c: &ProviderConfig, owner: &volmgr::provider::AgentId| {
+                Ok(Arc::new(HookedDir {
+                    kind,
+                    dir: DirProvider::for_owner(c, owner)?,
+                    hooks: hooks.clone(),
+                }) as Arc<dyn Provider>)
+            },
+        )
     }
 }
 

@@ -58,17 +58,19 @@ impl From<Durability> for Flavor {
 
 pub fn factory(storage: &SimStorage, flavor: Flavor, slot: &Slot) -> ProviderFactory {
     let (storage, slot) = (storage.clone(), slot.clone());
-    Arc::new(move |config: &ProviderConfig| {
-        let root = config.get("root").cloned().unwrap_or_default();
-        let p = Arc::new(DirProvider::simulated_with(
-            PathBuf::from(root),
-            storage.clone(),
-            flavor.0,
-            flavor.1,
-        )?);
-        *slot.lock().unwrap() = Some(p.clone());
-        Ok(p as Arc<dyn Provider>)
-    })
+    Arc::new(
+        move |config: &ProviderConfig, _owner: &volmgr::provider::AgentId| {
+            let root = config.get("root").cloned().unwrap_or_default();
+            let p = Arc::new(DirProvider::simulated_with(
+                PathBuf::from(root),
+                storage.clone(),
+                flavor.0,
+                flavor.1,
+            )?);
+            *slot.lock().unwrap() = Some(p.clone());
+            Ok(p as Arc<dyn Provider>)
+        },
+    )
 }
 
 /// Opens the manager on `storage` (journal and provider root), adding the

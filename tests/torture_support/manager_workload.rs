@@ -59,7 +59,11 @@ impl CountingProvider {
 
     pub fn factory(&self) -> ProviderFactory {
         let me = self.clone();
-        Arc::new(move |_config: &ProviderConfig| Ok(Arc::new(me.clone()) as Arc<dyn Provider>))
+        Arc::new(
+            move |_config: &ProviderConfig, _owner: &volmgr::provider::AgentId| {
+                Ok(Arc::new(me.clone()) as Arc<dyn Provider>)
+            },
+        )
     }
 }
 

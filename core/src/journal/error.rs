@@ -42,6 +42,10 @@ pub enum JournalError {
         len: usize,
         reason: String,
     },
+    /// The state directory's identity file (`IDENTITY`) is not one this
+    /// journal wrote: another length or spelling, or not a regular file.
+    /// Open refuses; the file is never replaced (see `journal/identity.rs`).
+    Identity { file: PathBuf, reason: String },
     /// The journal was closed.
     Closed,
 }
@@ -105,6 +109,14 @@ impl fmt::Display for JournalError {
             JournalError::CheckpointUndecodable { seq, len, reason } => write!(
                 f,
                 "checkpoint at sequence {seq} ({len} bytes) refused: it would not decode on open: {reason}"
+            ),
+            JournalError::Identity { file, reason } => write!(
+                f,
+                "state directory identity {} is damaged: {reason}; it is never replaced, \
+                 since it names this agent's provider roots as theirs: restore it (the \
+                 `owner` line of one of those roots' markers holds it; README, \
+                 \"Agent identity\")",
+                file.display()
             ),
             JournalError::Closed => write!(f, "journal is closed"),
         }

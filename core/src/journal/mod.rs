@@ -8,12 +8,15 @@
 //! replays the segments after the checkpoint (the newest as the disk holds
 //! it: its cached pages are dropped first, so a batch whose write-back failed
 //! is never replayed from the page cache), truncates a torn tail (copying it
-//! to a `.broken` file first) and refuses anything else. See
+//! to a `.broken` file first) and refuses anything else. The first open
+//! also makes the state directory's identity (`IDENTITY`, module
+//! `identity`), which every later open reads. See
 //! `journal-format.md` for the bytes.
 
 mod codec;
 mod error;
 pub mod format;
+mod identity;
 pub mod reader;
 mod repair;
 mod writer;
@@ -29,6 +32,7 @@ use serde::de::DeserializeOwned;
 pub use codec::{decode_checkpoint, decode_record, encode_checkpoint, encode_record};
 pub use error::JournalError;
 pub use format::Invalid;
+pub use identity::{IDENTITY_FILE, IDENTITY_LEN, decode_identity, encode_identity, read_identity};
 pub use reader::LogEnd;
 use repair::discard_failed_commit;
 pub use repair::{FailedCommit, read_failed_commit, truncate_torn_tail};
@@ -97,6 +101,7 @@ pub struct Journal<R> {
     segment_size: u64,
     max_batch_bytes: usize,
     state_dir: PathBuf,
+    identity: uuid::Uuid,
     _record: PhantomData<fn() -> R>,
 }
 
@@ -166,6 +171,8 @@ impl<R: JournalRecord> Journal<R> {
                 },
                 _ => JournalError::io(&lock_path, "lock", e),
             })?;
+        // Under the lock: two first opens cannot make two identities.
+        let identity = identity::open_identity(storage.as_ref(), state_dir)?;
         remove_temp_files(storage.as_ref(), &journal_dir)?;
         remove_temp_files(storage.as_ref(), &checkpoint_dir)?;
         // Likewise a rename or removal a killed process did not sync.
@@ -293,6 +300,7 @@ impl<R: JournalRecord> Journal<R> {
                 segment_size: config.segment_size,
                 max_batch_bytes: config.max_batch_bytes,
                 state_dir: state_dir.to_owned(),
+                identity,
                 _record: PhantomData,
             },
             recovery,
@@ -464,6 +472,12 @@ impl<R> Journal<R> {
         usize::try_from(self.segment_size)
             .unwrap_or(usize::MAX)
             .saturating_sub(format::SEGMENT_HEADER_LEN)
+    }
+
+    /// The state directory's identity (`IDENTITY`, made by the first open
+    /// and durable before open returned; see `journal/identity.rs`).
+    pub fn identity(&self) -> uuid::Uuid {
+        self.identity
     }
 
     /// Sequence number of the last durable record (0 when empty).

@@ -52,6 +52,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 
 use crate::journal::Journal;
+use crate::model::AgentId;
 use crate::provider::{
     Created, Found, Provider, ProviderError, ProviderFactory, VolumeRef, volume_id,
 };
@@ -106,6 +107,9 @@ pub(super) struct Inner {
     checkpoint_every: u64,
     checkpoint_grows_with_state: bool,
     state_dir: PathBuf,
+    /// This agent's identity (the state directory's `IDENTITY`): every
+    /// provider is built for it and claims its root for it.
+    agent: AgentId,
     report: Mutex<ReconcileReport>,
     counters: Arc<Counters>,
     /// The shared sync of each provider with batched durability.
@@ -175,6 +179,9 @@ impl Manager {
         .await
         .map_err(|e| ManagerError::Internal(e.to_string()))??;
         phases.journal_open = started.elapsed();
+        let agent = AgentId::from_uuid(journal.identity()).ok_or_else(|| {
+            ManagerError::Internal("the journal returned the nil UUID as its identity".into())
+        })?;
 
         let state = replay::replay_timed(&recovery, &mut phases)?;
         let report = ReconcileReport {
@@ -210,6 +217,7 @@ impl Manager {
             checkpoint_every: config.checkpoint_every.max(1),
             checkpoint_grows_with_state: config.checkpoint_grows_with_state,
             state_dir,
+            agent,
             report: Mutex::new(report),
             counters: Arc::default(),
             sync_groups: Mutex::new(HashMap::new()),
@@ -335,6 +343,13 @@ impl Manager {
 
     pub fn state_dir(&self) -> &Path {
         &self.inner.state_dir
+    }
+
+    /// This agent's identity: the state directory's `IDENTITY`, made by
+    /// its first open. Every provider this manager builds claims its root
+    /// for it, and refuses a root another agent owns.
+    pub fn agent_id(&self) -> AgentId {
+        self.inner.agent
     }
 
     /// One volume's info.

@@ -114,7 +114,7 @@ impl Inner {
         let factory = self.factories.get(kind).ok_or_else(|| {
             ProviderError::InvalidConfig(format!("unknown provider kind {kind:?}"))
         })?;
-        factory(config)
+        factory(config, &self.agent)
     }
 
     pub(super) fn provider(&self, id: &str) -> Result<Arc<dyn Provider>, ManagerError> {

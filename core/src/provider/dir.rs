@@ -24,6 +24,33 @@
 //! another provider (any ancestor holding `.volmgr`) is refused too; the
 //! manager also refuses overlapping roots and roots inside volumes.
 //!
+//! # The root's owner
+//!
+//! A root belongs to one agent (one state directory). A provider built by a
+//! manager ([`DirProvider::for_owner`]) knows that agent's identity
+//! ([`AgentId`]) and the root marker names it, byte for byte (format 2, 79
+//! bytes):
+//!
+//! ```text
+//! volmgr dir provider root (format 2)\n
+//! owner <agent id: 36 bytes, lowercase hyphenated UUID>\n
+//! ```
+//!
+//! Before anything under the root is touched (no directory made, no sweep),
+//! the provider reads the marker: its own owner goes on; another owner is
+//! refused ([`ProviderError::ForeignRoot`]), so two agents never act on one
+//! tree (each would take the other's volumes for orphans, and sweep the
+//! other's staging areas and trash while its operations run). A format-1
+//! marker (`volmgr dir provider root (format 1)\n`, no owner: before owners
+//! existed one agent could only have meant itself) and a marker-less root of
+//! an earlier volmgr are adopted: the format-2 marker is written over them
+//! durably (temp file, fsync, rename, fsync of `.volmgr`). A marker that is
+//! neither is refused as damaged, naming the file. A provider built without
+//! an owner (the other constructors: tools and tests outside a manager)
+//! writes a format-1 marker on a new root and checks no owner. Handing a root
+//! to another agent is the operator's deliberate act: README, "Handing a
+//! provider root to another agent".
+//!
 //! Ids are single safe path components (`[A-Za-z0-9._-]`, not starting with
 //! `.` or `-`, at most 128 bytes; the manager's rule, checked again here), so
 //! no id can name a file outside its directory or one of the dot-directories.
@@ -279,7 +306,7 @@ use super::{
     VolumeRef, VolumeSpec,
 };
 use crate::fsutil::GroupSync;
-use crate::model::{DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
+use crate::model::{AgentId, DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
 use crate::storage::sim::SimStorage;
 
 /// The provider kind.
@@ -345,6 +372,9 @@ pub struct DirProvider {
     /// Trees batched destroys left in the trash, removed by the next
     /// [`Provider::sync`] (see `trash`).
     doomed: trash::Doomed,
+    /// The agent the root belongs to (`None`: built outside a manager,
+    /// no owner checked or written; see "The root's owner").
+    owner: Option<AgentId>,
     /// Set once a receive's target could not be put back (`undo.rs`):
     /// until the provider is reopened, no receive's staging area is
     /// removed, nor a snapshot that has one.
@@ -366,12 +396,24 @@ impl DirProvider {
     /// makes every verb durable before it returns (five fsyncs per create),
     /// as before batching; kept for comparison in benches and tests.
     pub fn with_durability(root: PathBuf, durability: Durability) -> Result<Self, ProviderError> {
-        Self::open(root, Arc::new(RealLayout), durability, BatchSync::default())
+        Self::open(
+            root,
+            Arc::new(RealLayout),
+            durability,
+            BatchSync::default(),
+            None,
+        )
     }
 
     /// Batched, with rounds that run `batch_sync` (see [`BatchSync`]).
     pub fn with_batch_sync(root: PathBuf, batch_sync: BatchSync) -> Result<Self, ProviderError> {
-        Self::open(root, Arc::new(RealLayout), Durability::Batched, batch_sync)
+        Self::open(
+            root,
+            Arc::new(RealLayout),
+            Durability::Batched,
+            batch_sync,
+            None,
+        )
     }
 
     /// The provider on a simulated file system: a test seam, named as such,
@@ -401,13 +443,36 @@ impl DirProvider {
             Arc::new(SimLayout::new(storage)),
             durability,
             batch_sync,
+            None,
         )
     }
 
     /// Builds the provider from its journaled configuration: `root` (required,
     /// absolute) and `batch_sync` (optional: `auto`, the default, `fsync` or
-    /// `syncfs`; see [`BatchSync`]). Unknown keys are refused.
+    /// `syncfs`; see [`BatchSync`]). Unknown keys are refused. No owner:
+    /// see [`DirProvider::for_owner`].
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
+        let (root, batch_sync) = Self::parse_config(config)?;
+        DirProvider::with_batch_sync(root, batch_sync)
+    }
+
+    /// [`DirProvider::from_config`] for the agent `owner` (what the
+    /// manager's factory builds): the root is claimed for `owner`, and a
+    /// root another agent owns is refused with
+    /// [`ProviderError::ForeignRoot`] before anything under it is touched
+    /// (see "The root's owner").
+    pub fn for_owner(config: &ProviderConfig, owner: &AgentId) -> Result<Self, ProviderError> {
+        let (root, batch_sync) = Self::parse_config(config)?;
+        Self::open(
+            root,
+            Arc::new(RealLayout),
+            Durability::Batched,
+            batch_sync,
+            Some(*owner),
+        )
+    }
+
+    fn parse_config(config: &ProviderConfig) -> Result<(PathBuf, BatchSync), ProviderError> {
         if let Some(key) = config
             .keys()
             .find(|k| k.as_str() != CONFIG_ROOT && k.as_str() != CONFIG_BATCH_SYNC)
@@ -427,7 +492,7 @@ impl DirProvider {
                 ))
             })?,
         };
-        DirProvider::with_batch_sync(PathBuf::from(root), batch_sync)
+        Ok((PathBuf::from(root), batch_sync))
     }
 
     pub fn root(&self) -> &Path {

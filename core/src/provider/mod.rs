@@ -12,7 +12,7 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-pub use crate::model::VolumeId;
+pub use crate::model::{AgentId, VolumeId};
 use crate::model::{Details, OpId, VolumeKind};
 
 pub mod btrfs;
@@ -135,6 +135,17 @@ pub enum ProviderError {
         dependents: Vec<String>,
     },
     InvalidConfig(String),
+    /// The provider's root belongs to another volmgr agent: its root marker
+    /// (a dir or btrfs root) or root dataset (ZFS) names `owner`, another
+    /// agent's identity. Nothing under it was touched. A root changes hands
+    /// only by an operator's deliberate act (README, "Handing a provider
+    /// root to another agent"). (HTTP: 400 `invalid_config`.)
+    ForeignRoot {
+        /// The root directory or dataset.
+        root: String,
+        /// The identity its marker names.
+        owner: String,
+    },
     Io {
         context: String,
         source: std::io::Error,
@@ -222,6 +233,13 @@ impl fmt::Display for ProviderError {
                 write!(f, "{what} has dependents: {}", dependents.join(", "))
             }
             ProviderError::InvalidConfig(e) => write!(f, "invalid provider configuration: {e}"),
+            ProviderError::ForeignRoot { root, owner } => write!(
+                f,
+                "invalid provider configuration: {root} belongs to another volmgr agent \
+                 (owner {owner}): an agent never acts on a root another one owns; nothing \
+                 under it was touched (to hand the root over, see README, \"Handing a \
+                 provider root to another agent\")"
+            ),
             ProviderError::Io { context, source } => write!(f, "{context}: {source}"),
             ProviderError::Command {
                 command,
@@ -548,17 +566,21 @@ pub fn statvfs_available(path: &std::path::Path) -> Result<u64, ProviderError> {
     Ok((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
 }
 
-/// Builds a provider of a kind from its journaled configuration.
-pub type ProviderFactory =
-    Arc<dyn Fn(&ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> + Send + Sync>;
+/// Builds a provider of a kind from its journaled configuration, for the
+/// agent whose identity is given: a built-in provider claims its root for
+/// that agent and refuses a root another agent owns
+/// ([`ProviderError::ForeignRoot`]).
+pub type ProviderFactory = Arc<
+    dyn Fn(&ProviderConfig, &AgentId) -> Result<Arc<dyn Provider>, ProviderError> + Send + Sync,
+>;
 
 /// The factories of the built-in provider kinds.
 pub fn builtin_factories() -> BTreeMap<String, ProviderFactory> {
     let mut factories: BTreeMap<String, ProviderFactory> = BTreeMap::new();
     factories.insert(
         dir::KIND.to_owned(),
-        Arc::new(|config: &ProviderConfig| {
-            Ok(Arc::new(dir::DirProvider::from_config(config)?) as Arc<dyn Provider>)
+        Arc::new(|config: &ProviderConfig, owner: &AgentId| {
+            Ok(Arc::new(dir::DirProvider::for_owner(config, owner)?) as Arc<dyn Provider>)
         }),
     );
     factories.insert(btrfs::KIND.to_owned(), btrfs::BtrfsProvider::factory());

@@ -4,9 +4,15 @@
 //! and offset). The exit code classifies the journal: clean, torn tail
 //! only, or corrupt. A `FAILED-COMMIT` marker gets a `failed` row: the batch
 //! it names is read as zeros (the next open zeroes it), so the `open` row
-//! says where opening will really stand.
+//! says where opening will really stand. A damaged `IDENTITY` (the state
+//! directory's identity, which opening reads and never replaces) gets an
+//! `identity` row and makes the `open` row `REFUSES`; a sound or absent one
+//! (an older state directory: the next open makes it) says nothing.
 
-use crate::journal::{FAILED_COMMIT_FILE, JOURNAL_DIR, LogEnd, format, read_failed_commit};
+use crate::journal::{
+    FAILED_COMMIT_FILE, IDENTITY_FILE, JOURNAL_DIR, JournalError, LogEnd, format,
+    read_failed_commit, read_identity,
+};
 use crate::state::State;
 
 use super::render::Out;
@@ -57,6 +63,21 @@ pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
                 failed.offset,
                 format::segment_file_name(failed.segment_first_seq)
             ),
+        )?;
+    }
+    // Opening reads the identity before the log: a damaged one refuses it.
+    let identity_refuses = match read_identity(&storage, state_dir) {
+        Ok(_) => None,
+        Err(JournalError::Identity { reason, .. }) => Some(reason),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(why) = &identity_refuses {
+        report.corrupt += 1;
+        report.row(
+            "identity",
+            IDENTITY_FILE,
+            "DAMAGED",
+            &format!("{why}; opening refuses it and never replaces it"),
         )?;
     }
     let base_seq = base.as_ref().map(|(seq, _)| *seq);
@@ -125,16 +146,19 @@ pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
     // The replay, and what opening does: the log's verdict first (open
     // refuses corruption before replaying), then the replay's.
     let log_corrupt = end.verdict.is_err();
-    let mut open_refuses = None;
+    let identity_damaged = identity_refuses.is_some();
+    let mut open_refuses =
+        identity_refuses.map(|why| format!("state directory identity {IDENTITY_FILE}: {why}"));
     if let Some(why) = &base_failed {
         report.corrupt += 1;
         report.row("replay", "-", "FAILED", why)?;
-        open_refuses = Some(format!("replay failed: {why}"));
+        open_refuses.get_or_insert_with(|| format!("replay failed: {why}"));
     } else if let Some(r) = &replayer {
         if let Some(e) = &r.failed {
             report.corrupt += 1;
             report.row("replay", "-", "FAILED", &e.to_string())?;
-            open_refuses = Some(format!("the journal contradicts the state machine: {e}"));
+            open_refuses
+                .get_or_insert_with(|| format!("the journal contradicts the state machine: {e}"));
         } else {
             let detail = format!(
                 "state at seq {} ({}): {}",
@@ -148,6 +172,8 @@ pub(super) fn run(args: &VerifyArgs, out: &mut Out) -> Result<i32, CliError> {
     }
     let seq_after = replayer.as_ref().map_or(0, |r| r.state.seq);
     let (status, detail) = match (&end.verdict, open_refuses) {
+        // Opening reads the identity before the log.
+        (_, Some(why)) if identity_damaged => ("REFUSES", why),
         (Err(c), _) => (
             "REFUSES",
             format!(

@@ -15,6 +15,7 @@
 //! <root>/data/<id>/vol          its subvolume (writable): the volume's location
 //! <root>/snapshot/<id>/tag      ownership tag of snapshot <id>
 //! <root>/snapshot/<id>/vol      its read-only subvolume: the snapshot's location
+//! <root>/.volmgr/provider       the root marker: the agent the root belongs to
 //! <root>/.volmgr/stage/<op>/    an item being built by operation <op>
 //! <root>/.volmgr/trash/<name>/  removed from the namespace, being deleted
 //! ```
@@ -27,6 +28,30 @@
 //! read-only snapshot, which is what makes the rename possible: btrfs refuses
 //! to move a read-only subvolume to another directory (`EROFS`), but moving
 //! the writable directory above it is fine.
+//!
+//! # The root's owner
+//!
+//! A root belongs to one agent (one state directory). A provider built by a
+//! manager ([`BtrfsProvider::for_owner`]) knows that agent's identity
+//! ([`AgentId`]) and claims the root before anything under it is touched
+//! (no directory made, no trash purged): the root marker
+//! `<root>/.volmgr/provider` names it, byte for byte (81 bytes):
+//!
+//! ```text
+//! volmgr btrfs provider root (format 1)\n
+//! owner <agent id: 36 bytes, lowercase hyphenated UUID>\n
+//! ```
+//!
+//! A marker naming this agent goes on; one naming another agent is refused
+//! ([`ProviderError::ForeignRoot`]: two agents on one root would each take
+//! the other's items for orphans and purge the other's stage and trash); a
+//! damaged one is refused naming the file. A root without a marker (new, or
+//! used by a volmgr from before owners, when one agent could only have meant
+//! itself) gets one: written like a tag (temp file, write-back, rename),
+//! then the btrfs transaction committed. A provider built without an owner
+//! ([`BtrfsProvider::new`]: tools and tests outside a manager) neither
+//! checks nor writes it. Handing a root to another agent is the operator's
+//! deliberate act: README, "Handing a provider root to another agent".
 //!
 //! # Ownership tags
 //!
@@ -207,13 +232,14 @@ use crate::fsutil;
 mod commit;
 mod inventory;
 mod make;
+mod owner;
 mod receive;
 mod subvol;
 mod tag;
 mod trash;
 
 use crate::fsutil::rename2;
-use crate::model::{DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
+use crate::model::{AgentId, DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
 pub use commit::BatchSync;
 use subvol::is_subvolume;
 pub use subvol::{SubvolInfo, fs_type, subvol_info};
@@ -289,7 +315,16 @@ impl BtrfsProvider {
         root: impl Into<PathBuf>,
         batch_sync: BatchSync,
     ) -> Result<Self, ProviderError> {
-        let root: PathBuf = root.into();
+        Self::open(root.into(), batch_sync, None)
+    }
+
+    /// Opens the provider; with an `owner`, claims the root for it before
+    /// anything under the root is touched (see "The root's owner").
+    fn open(
+        root: PathBuf,
+        batch_sync: BatchSync,
+        owner: Option<AgentId>,
+    ) -> Result<Self, ProviderError> {
         if !root.is_absolute() {
             return Err(ProviderError::InvalidConfig(format!(
                 "btrfs root {} is not an absolute path",
@@ -327,6 +362,9 @@ impl BtrfsProvider {
             .arg("--version")
             .run()
             .map_err(|e| ProviderError::InvalidConfig(format!("btrfs-progs is not usable: {e}")))?;
+        if let Some(owner) = owner {
+            provider.claim_root(owner)?;
+        }
         for dir in [
             provider.root.join("data"),
             provider.root.join("snapshot"),
@@ -366,8 +404,23 @@ impl BtrfsProvider {
         )))
     }
 
-    /// Builds the provider from its journaled configuration.
+    /// Builds the provider from its journaled configuration. No owner:
+    /// see [`BtrfsProvider::for_owner`].
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
+        let (root, batch_sync) = Self::parse_config(config)?;
+        Self::with_batch_sync(root, batch_sync)
+    }
+
+    /// [`BtrfsProvider::from_config`] for the agent `owner` (what the
+    /// manager's factory builds): the root is claimed for `owner`, and a
+    /// root another agent owns is refused with
+    /// [`ProviderError::ForeignRoot`] before anything under it is touched.
+    pub fn for_owner(config: &ProviderConfig, owner: &AgentId) -> Result<Self, ProviderError> {
+        let (root, batch_sync) = Self::parse_config(config)?;
+        Self::open(PathBuf::from(root), batch_sync, Some(*owner))
+    }
+
+    fn parse_config(config: &ProviderConfig) -> Result<(&str, BatchSync), ProviderError> {
         let root = config.get(CONFIG_ROOT).ok_or_else(|| {
             ProviderError::InvalidConfig(format!("btrfs provider needs {CONFIG_ROOT:?}"))
         })?;
@@ -388,13 +441,13 @@ impl BtrfsProvider {
                 ))
             })?,
         };
-        Self::with_batch_sync(root, batch_sync)
+        Ok((root.as_str(), batch_sync))
     }
 
     /// The factory of kind `btrfs`.
     pub fn factory() -> ProviderFactory {
-        Arc::new(|config: &ProviderConfig| {
-            Ok(Arc::new(BtrfsProvider::from_config(config)?) as Arc<dyn Provider>)
+        Arc::new(|config: &ProviderConfig, owner: &AgentId| {
+            Ok(Arc::new(BtrfsProvider::for_owner(config, owner)?) as Arc<dyn Provider>)
         })
     }
 

@@ -101,7 +101,7 @@ pub(super) fn write_tag(container: &Path, tag: &Tag) -> Result<(), ProviderError
 
 /// `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` of the whole file:
 /// its dirty pages are written back (no cache flush, no metadata sync).
-fn write_back(file: &File) -> io::Result<()> {
+pub(super) fn write_back(file: &File) -> io::Result<()> {
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
         | libc::SYNC_FILE_RANGE_WRITE
         | libc::SYNC_FILE_RANGE_WAIT_AFTER;

@@ -603,6 +603,7 @@ pub(super) fn may_hide_a_failed_write(e: &ProviderError) -> bool {
         | ProviderError::Busy { .. }
         | ProviderError::HasDependents { .. }
         | ProviderError::InvalidConfig(_)
+        | ProviderError::ForeignRoot { .. }
         | ProviderError::Stream(_)
         | ProviderError::UnsupportedContent(_)
         | ProviderError::CapacityBelowUsage { .. }

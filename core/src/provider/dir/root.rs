@@ -13,13 +13,70 @@ use super::layout::{Entry, Layout};
 use super::{BatchSync, CONFIG_ROOT, DirProvider, MARKERS, STAGING};
 use super::{trash, tree};
 use crate::fsutil::{Dir, GroupSync};
-use crate::model::VolumeKind;
+use crate::model::{AgentId, VolumeKind};
 use crate::provider::Durability;
 use crate::provider::ProviderError;
 
 /// The ownership marker of a provider root: `<root>/.volmgr/provider`.
 pub(super) const ROOT_MARKER: &str = "provider";
+/// A root marker of format 1: no owner (written before agents had
+/// identities, and still by a provider built without an owner).
 pub(super) const ROOT_MARKER_TEXT: &str = "volmgr dir provider root (format 1)\n";
+/// The first line of a root marker of format 2; the second is
+/// `owner <agent id>\n` (see the parent module's "The root's owner").
+const ROOT_MARKER_V2_HEAD: &str = "volmgr dir provider root (format 2)\n";
+const OWNER_PREFIX: &str = "owner ";
+/// Length of a format-2 marker.
+const ROOT_MARKER_V2_LEN: usize =
+    ROOT_MARKER_V2_HEAD.len() + OWNER_PREFIX.len() + AgentId::TEXT_LEN + 1;
+const _: () = assert!(ROOT_MARKER_V2_LEN == 79);
+/// Longest root marker read: more is damage, reported as such.
+const ROOT_MARKER_MAX: u64 = 256;
+
+/// What a root marker says about the root's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RootOwner {
+    /// Format 1: no owner named.
+    Unnamed,
+    /// Format 2: the agent it names.
+    Named(AgentId),
+}
+
+/// The bytes of the root marker for `owner` (format 1 without one).
+fn encode_root_marker(owner: Option<AgentId>) -> Vec<u8> {
+    let text = match owner {
+        None => ROOT_MARKER_TEXT.to_owned(),
+        Some(id) => format!("{ROOT_MARKER_V2_HEAD}{OWNER_PREFIX}{id}\n"),
+    };
+    // Pair assertion: what is written is what `decode_root_marker` reads.
+    debug_assert_eq!(
+        decode_root_marker(text.as_bytes()),
+        Ok(owner.map_or(RootOwner::Unnamed, RootOwner::Named))
+    );
+    text.into_bytes()
+}
+
+/// What a root marker's `bytes` say, or why they are not a marker.
+fn decode_root_marker(bytes: &[u8]) -> Result<RootOwner, String> {
+    if bytes == ROOT_MARKER_TEXT.as_bytes() {
+        return Ok(RootOwner::Unnamed);
+    }
+    let Some(rest) = bytes.strip_prefix(ROOT_MARKER_V2_HEAD.as_bytes()) else {
+        return Err(format!(
+            "{} bytes that are neither format 1 ({ROOT_MARKER_TEXT:?}) nor format 2 \
+             ({ROOT_MARKER_V2_HEAD:?} then an owner line)",
+            bytes.len()
+        ));
+    };
+    let line = rest
+        .strip_prefix(OWNER_PREFIX.as_bytes())
+        .and_then(|r| r.strip_suffix(b"\n"))
+        .ok_or_else(|| "format 2 without its one line \"owner <agent id>\"".to_owned())?;
+    let text = std::str::from_utf8(line).map_err(|_| "its owner is not UTF-8".to_owned())?;
+    AgentId::parse(text)
+        .map(RootOwner::Named)
+        .map_err(|e| format!("its owner {text:?}: {e}"))
+}
 
 /// Creates `root` and its missing ancestors, each made durable in its
 /// parent: a power cut must not take the root away, and everything under it
@@ -90,6 +147,7 @@ impl DirProvider {
         layout: Arc<dyn Layout>,
         durability: Durability,
         batch_sync: BatchSync,
+        owner: Option<AgentId>,
     ) -> Result<Self, ProviderError> {
         let invalid = |why: &str| {
             ProviderError::InvalidConfig(format!("{CONFIG_ROOT} {}: {why}", root.display()))
@@ -159,6 +217,7 @@ impl DirProvider {
                 DirProvider::ROUND_THREADS - 1,
             ),
             doomed: trash::Doomed::default(),
+            owner,
             undo_stuck: std::sync::atomic::AtomicBool::new(false),
             probe_at_second: std::sync::atomic::AtomicBool::new(false),
         };
@@ -214,13 +273,29 @@ impl DirProvider {
     /// carries our ownership marker, or it is empty (the marker is written
     /// first, durably), or it is a root made by an earlier volmgr (a
     /// `.volmgr` directory, adopted). Anything else is refused: volmgr never
-    /// takes over, let alone empties, a directory it did not create.
+    /// takes over, let alone empties, a directory it did not create. With an
+    /// owner, a marker naming another agent is refused
+    /// ([`ProviderError::ForeignRoot`]) and one naming none (format 1) is
+    /// adopted (see the parent module's "The root's owner").
     pub(super) fn claim_root(&self) -> Result<(), ProviderError> {
         let root = &self.root;
         let markers = root.join(MARKERS);
         let marker = markers.join(ROOT_MARKER);
         if self.entry(&marker)? == Some(Entry::File) {
-            return Ok(());
+            let found = self.read_root_marker(&marker)?;
+            return match (found, self.owner) {
+                (_, None) => Ok(()),
+                (RootOwner::Named(named), Some(me)) if named == me => Ok(()),
+                (RootOwner::Named(named), Some(_)) => Err(ProviderError::ForeignRoot {
+                    root: root.display().to_string(),
+                    owner: named.to_string(),
+                }),
+                (RootOwner::Unnamed, Some(me)) => {
+                    self.write_root_marker(&markers, Some(me))?;
+                    tracing::info!(root = %root.display(), owner = %me, "dir provider: format-1 root marker adopted for this agent");
+                    Ok(())
+                }
+            };
         }
         let names = self
             .layout
@@ -247,9 +322,90 @@ impl DirProvider {
                 .map_err(|e| ProviderError::io(format!("creating {}", markers.display()), e))?;
             self.sync_dir(root)?;
         }
+        self.write_root_marker(&markers, self.owner)
+    }
+
+    /// Reads the root marker at `marker`; damage is a configuration error
+    /// naming the file and why.
+    fn read_root_marker(&self, marker: &Path) -> Result<RootOwner, ProviderError> {
+        let bytes = self
+            .layout
+            .read_file(marker, ROOT_MARKER_MAX)
+            .map_err(|e| ProviderError::io(format!("reading {}", marker.display()), e))?
+            .ok_or_else(|| {
+                ProviderError::io(
+                    format!("reading {}", marker.display()),
+                    io::Error::from(io::ErrorKind::NotFound),
+                )
+            })?;
+        decode_root_marker(&bytes).map_err(|why| {
+            ProviderError::InvalidConfig(format!(
+                "{CONFIG_ROOT} {}: its ownership marker {} is damaged: {why}; nothing under \
+                 the root was touched",
+                self.root.display(),
+                marker.display()
+            ))
+        })
+    }
+
+    /// Writes the root marker for `owner` durably: temp file, fsync,
+    /// rename (over a format-1 marker being adopted), fsync of `markers`.
+    fn write_root_marker(
+        &self,
+        markers: &Path,
+        owner: Option<AgentId>,
+    ) -> Result<(), ProviderError> {
         self.layout
-            .write_file(&markers, ROOT_MARKER, ROOT_MARKER_TEXT.as_bytes(), true)
-            .map_err(|e| ProviderError::io(format!("writing {}", marker.display()), e))?;
-        self.sync_dir(&markers)
+            .write_file(markers, ROOT_MARKER, &encode_root_marker(owner), true)
+            .map_err(|e| {
+                ProviderError::io(
+                    format!("writing {}", markers.join(ROOT_MARKER).display()),
+                    e,
+                )
+            })?;
+        self.sync_dir(markers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_marker_reads_back_what_was_written() {
+        let id = AgentId::generate();
+        let v2 = encode_root_marker(Some(id));
+        assert_eq!(v2.len(), ROOT_MARKER_V2_LEN);
+        assert_eq!(decode_root_marker(&v2), Ok(RootOwner::Named(id)));
+        assert_eq!(
+            decode_root_marker(&encode_root_marker(None)),
+            Ok(RootOwner::Unnamed)
+        );
+    }
+
+    #[test]
+    fn a_damaged_root_marker_is_refused_with_its_reason() {
+        let id = AgentId::generate().to_string();
+        let cases = [
+            (String::new(), "neither format 1"),
+            (
+                "volmgr dir provider root (format 3)\n".to_owned(),
+                "neither format 1",
+            ),
+            (format!("{ROOT_MARKER_V2_HEAD}owner {id}"), "one line"),
+            (
+                format!("{ROOT_MARKER_V2_HEAD}owner {id}\nmore\n"),
+                "owner \"",
+            ),
+            (
+                format!("{ROOT_MARKER_V2_HEAD}owner {}\n", id.to_uppercase()),
+                "canonical",
+            ),
+            (format!("{ROOT_MARKER_V2_HEAD}owner -x\n"), "36 bytes"),
+        ];
+        for (text, why) in cases {
+            let err = decode_root_marker(text.as_bytes()).expect_err("refused");
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
     }
 }

@@ -168,7 +168,11 @@ impl SimProvider {
     /// A factory that always returns this same instance.
     pub fn factory(&self) -> ProviderFactory {
         let me = self.clone();
-        Arc::new(move |_config: &ProviderConfig| Ok(Arc::new(me.clone()) as Arc<dyn Provider>))
+        Arc::new(
+            move |_config: &ProviderConfig, _owner: &crate::model::AgentId| {
+                Ok(Arc::new(me.clone()) as Arc<dyn Provider>)
+            },
+        )
     }
 
     /// An independent copy of the store as it is now (faults and call counts

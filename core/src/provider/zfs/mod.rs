@@ -21,6 +21,7 @@
 //! ```text
 //! <dataset>                   mountpoint=none setuid=off devices=off (created if missing; the two
 //!                             are set on an existing one too, and every receive passes them with -o)
+//!                             volmgr:root-owner=<agent id> (see "The root's owner")
 //! <dataset>/data              mountpoint=none
 //! <dataset>/data/<id>         data volume (or fork: a clone), mounted at <workdir>/mnt/data/<id>
 //! <dataset>/data/<src>@<id>   snapshot <id> of data volume <src>
@@ -37,6 +38,27 @@
 //! `<dataset>/data/<id>` tagged volume `<id>` kind `data`, a snapshot
 //! `...@<id>` tagged volume `<id>` kind `snapshot`. Everything else under the
 //! root is foreign (tag `None`): reported, never touched.
+//!
+//! # The root's owner
+//!
+//! A root dataset belongs to one agent (one state directory). A provider
+//! built by a manager ([`ZfsProvider::for_owner`]) knows that agent's
+//! identity ([`AgentId`]) and claims the root dataset before anything in it
+//! is changed (no `data` child made, no property set): its user property
+//! `volmgr:root-owner` holds the agent id (36 bytes, lowercase hyphenated
+//! UUID), set by the `create -o` that makes a new root, else by one `zfs set`
+//! when it is unset (a root from before owners: one agent could only have
+//! meant itself). One `zfs get -H -p -o value,source` reads it at every
+//! open: naming this agent goes on; naming another, locally or inherited
+//! from a dataset above (a root inside another agent's tree), is refused
+//! ([`ProviderError::ForeignRoot`]: two agents on one dataset would each take
+//! the other's datasets for orphans); anything else is refused as damaged.
+//! Children inherit the property, which nothing reads below the root. A
+//! provider built without an owner ([`ZfsProvider::from_config`]: tools and
+//! tests outside a manager) neither reads nor sets it. Handing a root to
+//! another agent is the operator's deliberate act (`zfs inherit
+//! volmgr:root-owner <dataset>` with both agents stopped: README, "Handing a
+//! provider root to another agent").
 //!
 //! A snapshot's `location` is `<mountpoint of its volume>/.zfs/snapshot/<id>`:
 //! ZFS mounts it read-only on first access and it needs no mount state of
@@ -149,7 +171,7 @@ use super::{
     Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
     SendStats, StreamIdentity, Tag, VolumeRef, VolumeSpec,
 };
-use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::model::{AgentId, DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
 use program::DestroySnapshot;
 
@@ -191,6 +213,8 @@ const DEVICES_OFF: &str = "devices=off";
 pub const FALLBACK_POOL_SIZE: u64 = 100 * 1000 * 1000 * 1000;
 
 const P_OWNER: &str = "volmgr:owner";
+/// The agent the root dataset belongs to (see "The root's owner").
+const P_ROOT_OWNER: &str = "volmgr:root-owner";
 const P_VOLUME: &str = "volmgr:volume-id";
 const P_OP: &str = "volmgr:op";
 const P_KIND: &str = "volmgr:kind";
@@ -215,8 +239,8 @@ pub struct ZfsProvider {
 impl ZfsProvider {
     /// The factory for [`super::builtin_factories`].
     pub fn factory() -> super::ProviderFactory {
-        std::sync::Arc::new(|config: &ProviderConfig| {
-            Ok(std::sync::Arc::new(ZfsProvider::from_config(config)?)
+        std::sync::Arc::new(|config: &ProviderConfig, owner: &AgentId| {
+            Ok(std::sync::Arc::new(ZfsProvider::for_owner(config, owner)?)
                 as std::sync::Arc<dyn Provider>)
         })
     }

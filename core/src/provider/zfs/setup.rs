@@ -25,8 +25,21 @@ pub(super) fn zfs_available(device: &Path) -> Result<(), ProviderError> {
 impl ZfsProvider {
     /// Builds the provider from its configuration (see the module docs):
     /// imports or creates the pool if a vdev is configured, creates the root
-    /// datasets if missing.
+    /// datasets if missing. No owner: see [`ZfsProvider::for_owner`].
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
+        Self::open(config, None)
+    }
+
+    /// [`ZfsProvider::from_config`] for the agent `owner` (what the
+    /// manager's factory builds): the root dataset is claimed for `owner`
+    /// (`volmgr:root-owner`), and one another agent owns is refused with
+    /// [`ProviderError::ForeignRoot`] before anything in it is changed (see
+    /// "The root's owner").
+    pub fn for_owner(config: &ProviderConfig, owner: &AgentId) -> Result<Self, ProviderError> {
+        Self::open(config, Some(*owner))
+    }
+
+    fn open(config: &ProviderConfig, owner: Option<AgentId>) -> Result<Self, ProviderError> {
         let known = [
             CONFIG_DATASET,
             CONFIG_WORKDIR,
@@ -96,7 +109,7 @@ impl ZfsProvider {
             }
             ZfsProvider::ensure_pool(&pool, &vdev, size)?;
         }
-        p.ensure_root()?;
+        p.ensure_root(owner)?;
         Ok(p)
     }
 
@@ -152,12 +165,21 @@ impl ZfsProvider {
         Ok(())
     }
 
-    pub(super) fn ensure_root(&self) -> Result<(), ProviderError> {
-        for name in [self.dataset.clone(), self.data_root()] {
+    /// Creates the root datasets if missing and sets `setuid=off
+    /// devices=off` on the root; with an `owner`, claims the root dataset
+    /// first (a new one is created naming it), so a root another agent owns
+    /// is refused before anything in it is changed.
+    pub(super) fn ensure_root(&self, owner: Option<AgentId>) -> Result<(), ProviderError> {
+        let owned = owner.map(|o| format!("{P_ROOT_OWNER}={o}"));
+        for (name, is_root) in [(self.dataset.clone(), true), (self.data_root(), false)] {
             if Self::list(&name, false)?.is_empty() {
                 let mut cmd = Cmd::new("zfs").arg("create").arg("-p");
                 for prop in ["mountpoint=none", SETUID_OFF, DEVICES_OFF] {
                     cmd = cmd.arg("-o").arg(prop);
+                }
+                if is_root && let Some(owned) = &owned {
+                    // Built from a parsed agent id: never a flag.
+                    cmd = cmd.arg("-o").user_arg(owned)?;
                 }
                 let made = cmd.user_arg(&name)?.run();
                 if let Err(e) = made
@@ -165,6 +187,9 @@ impl ZfsProvider {
                 {
                     return Err(e);
                 }
+            }
+            if is_root && let Some(owner) = owner {
+                self.claim_root(owner)?;
             }
         }
         // An existing root (made by an earlier version, or by the operator)
@@ -176,6 +201,67 @@ impl ZfsProvider {
             .user_arg(&self.dataset)?
             .run()?;
         Ok(())
+    }
+}
+
+impl ZfsProvider {
+    /// Claims the root dataset for `owner`: `volmgr:root-owner` naming
+    /// `owner` goes on (set locally if only inherited); naming another
+    /// agent, locally or inherited from a dataset above (a root inside
+    /// another agent's tree), is [`ProviderError::ForeignRoot`]; a value
+    /// that is no agent id is a configuration error naming the dataset and
+    /// the property; unset, it is set (a root from before owners, when one
+    /// agent could only have meant itself). One `zfs get`, and one `zfs set`
+    /// only when it sets.
+    pub(super) fn claim_root(&self, owner: AgentId) -> Result<(), ProviderError> {
+        let out = Cmd::new("zfs")
+            .arg("get")
+            .arg("-H")
+            .arg("-p")
+            .arg("-o")
+            .arg("value,source")
+            .arg(P_ROOT_OWNER)
+            .user_arg(&self.dataset)?
+            .run()?;
+        let text = out.stdout_str();
+        let line = text.strip_suffix('\n').unwrap_or(&text);
+        let (value, source) = line.split_once('\t').ok_or_else(|| {
+            ProviderError::Other(format!(
+                "`zfs get {P_ROOT_OWNER} {}` answered {line:?}, not value and source",
+                self.dataset
+            ))
+        })?;
+        if value == "-" && source == "-" {
+            self.set_root_owner(owner)?;
+            tracing::info!(dataset = %self.dataset, %owner, "zfs provider: root dataset claimed for this agent");
+            return Ok(());
+        }
+        let named = AgentId::parse(value).map_err(|why| {
+            ProviderError::InvalidConfig(format!(
+                "zfs root dataset {}: its property {P_ROOT_OWNER} ({source}) is {value:?}, no \
+                 agent id: {why}; nothing in the dataset was changed",
+                self.dataset
+            ))
+        })?;
+        if named != owner {
+            return Err(ProviderError::ForeignRoot {
+                root: self.dataset.clone(),
+                owner: named.to_string(),
+            });
+        }
+        if source != "local" {
+            self.set_root_owner(owner)?;
+        }
+        Ok(())
+    }
+
+    fn set_root_owner(&self, owner: AgentId) -> Result<(), ProviderError> {
+        Cmd::new("zfs")
+            .arg("set")
+            .user_arg(&format!("{P_ROOT_OWNER}={owner}"))?
+            .user_arg(&self.dataset)?
+            .run()
+            .map(drop)
     }
 }
 

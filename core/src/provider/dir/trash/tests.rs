@@ -177,6 +177,7 @@ fn provider() -> (Arc<DirProvider>, Arc<GatedLayout>, SimStorage) {
         layout.clone(),
         Durability::Batched,
         BatchSync::Syncfs,
+        None,
     )
     .expect("the provider opens");
     (Arc::new(p), layout, storage)
