@@ -25,10 +25,9 @@ mod process;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Stdio;
 
 use common::entry_image;
-use process::{BIN, ServeProcess};
+use process::{ServeProcess, serve_command};
 use uuid::Uuid;
 use volmgr::journal::{IDENTITY_FILE, IDENTITY_LEN, Journal, JournalConfig, decode_identity};
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
@@ -388,18 +387,7 @@ async fn a_damaged_identity_file_is_refused_naming_the_file_and_never_replaced()
 /// Runs `volmgr serve` with `args` until it exits by itself; fails (after
 /// killing it) if it gets ready instead. Returns its log messages.
 fn serve_until_exit(state: &Path, args: &[&str]) -> (std::process::ExitStatus, Vec<String>) {
-    let mut child = std::process::Command::new(BIN)
-        .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .env_remove("VOLMGR_TOKEN")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve_command(state, "json", args).spawn().unwrap();
     let mut messages = Vec::new();
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         let line = line.unwrap();

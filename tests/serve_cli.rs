@@ -16,7 +16,7 @@ mod config;
 use std::collections::BTreeMap;
 use std::process::Output;
 
-use agent_support::process::{ServeProcess, describe as text, volmgr_command};
+use agent_support::process::{ServeProcess, describe as text, serve_command, volmgr_command};
 use agent_support::{TestAgent, assert_error, peers, raw, sim_config};
 use serde_json::json;
 use volmgr::agent::{PullFrom, ServeOptions};
@@ -422,15 +422,7 @@ async fn a_dot_segment_id_is_refused_by_the_client_and_never_reaches_another_rou
 async fn a_text_log_line_names_the_operation_and_volume_once() {
     use std::io::{BufRead, BufReader};
     let state = tempfile::tempdir().unwrap();
-    let mut child = volmgr_command()
-        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(state.path())
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve_command(state.path(), "text", &[]).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut next_line = || lines.next().expect("the agent logs").unwrap();
     let mut addr = None;

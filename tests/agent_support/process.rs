@@ -41,16 +41,7 @@ impl ServeProcess {
     /// Starts `volmgr serve --state-dir DIR --listen 127.0.0.1:0 ARGS...`
     /// and waits for `ready`.
     pub fn start(state_dir: &Path, args: &[&str]) -> ServeProcess {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
-            .arg("--state-dir")
-            .arg(state_dir)
-            .args(args)
-            .env_remove("VOLMGR_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+        let mut child = serve_command(state_dir, "json", args)
             .spawn()
             .expect("spawn volmgr serve");
         let stderr = child.stderr.take().unwrap();
@@ -143,6 +134,28 @@ impl ServeProcess {
 
 /// `volmgr` with none of the environment that points it at an agent, a
 /// token or a state directory, and no stdin.
+/// `volmgr serve --log-format FORMAT --listen 127.0.0.1:0 --state-dir DIR
+/// ARGS...` at `RUST_LOG=info`, its stderr piped (where it logs), stdout
+/// discarded: what [`ServeProcess::start`] and every test that reads a real
+/// agent's log start.
+pub fn serve_command(state_dir: &Path, log_format: &str, args: &[&str]) -> Command {
+    let mut cmd = volmgr_command();
+    cmd.args([
+        "serve",
+        "--log-format",
+        log_format,
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--state-dir")
+    .arg(state_dir)
+    .args(args)
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    cmd
+}
+
 pub fn volmgr_command() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_remove("VOLMGR_TOKEN")
