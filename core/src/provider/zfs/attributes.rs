@@ -89,37 +89,29 @@ impl ZfsProvider {
 
     /// The `referenced` bytes of dataset `name`.
     fn referenced_bytes(name: &str) -> Result<u64, ProviderError> {
+        Self::numeric_prop(name, "referenced")
+    }
+
+    /// The provider dataset's `available` bytes.
+    pub(super) fn available_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        Self::numeric_prop(&self.dataset, "available").map(Some)
+    }
+
+    /// Numeric property `prop` of dataset `name`, exact (`zfs get -Hp`).
+    fn numeric_prop(name: &str, prop: &'static str) -> Result<u64, ProviderError> {
         let out = Cmd::new("zfs")
             .arg("get")
             .arg("-H")
             .arg("-p")
             .arg("-o")
             .arg("value")
-            .arg("referenced")
+            .arg(prop)
             .user_arg(name)?
             .run()?;
         let text = out.stdout_str();
         text.trim()
             .parse::<u64>()
-            .map_err(|_| ProviderError::Other(format!("zfs get referenced: {text:?}")))
-    }
-
-    /// The provider dataset's `available` bytes.
-    pub(super) fn available_bytes(&self) -> Result<Option<u64>, ProviderError> {
-        let out = Cmd::new("zfs")
-            .arg("get")
-            .arg("-H")
-            .arg("-p")
-            .arg("-o")
-            .arg("value")
-            .arg("available")
-            .user_arg(&self.dataset)?
-            .run()?;
-        let text = out.stdout_str();
-        text.trim()
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| ProviderError::Other(format!("zfs get available: {text:?}")))
+            .map_err(|_| ProviderError::Other(format!("zfs get {prop}: {text:?}")))
     }
 
     /// `zfs set` of checked options on data volume `volume`.
