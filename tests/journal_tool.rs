@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use journal_support::{Run, T0_MS, op, run_bounded};
@@ -25,6 +25,7 @@ use volmgr::state::{
     Action, Case, Done, Effect, Meta, OpResult, Orphan, ProviderRecord, Record, State, VolumeKind,
 };
 use volmgr::storage::RealStorage;
+use volmgr::storage::fault::FaultyStorage;
 
 // ---------------------------------------------------------------- fixtures
 
@@ -1434,4 +1435,69 @@ fn a_record_the_state_machine_refuses_stops_the_tool_where_it_stops_open() {
     let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(v["state"]["seq"], 4);
     assert_eq!(v["state"]["error"], reason.as_str());
+}
+
+/// The journal tool reads a journal its agent is writing (`verify` on a
+/// live agent): a checkpoint or a covered segment that the writer removes
+/// after the reader listed it is read as if it had been listed afterwards,
+/// never reported as damage or an I/O failure. (A live `verify` failed
+/// once this way under load.)
+#[test]
+fn a_reader_of_a_live_journal_reads_past_files_its_writer_removed_after_listing_them() {
+    // Two checkpoints, the newer past the end of the first segment: that
+    // segment is history to a reader replaying from the newer one.
+    let probe = long_journal();
+    let listed = reader::list_segments(&RealStorage, &probe.path().join("journal")).unwrap();
+    assert!(listed.len() >= 3, "{listed:?}");
+    let newer = listed[1].0;
+    let dir = tempfile::tempdir().unwrap();
+    write_journal(dir.path(), &long_records(), &[STORY_CHECKPOINT, newer]);
+    let checkpoint = |seq: u64| {
+        dir.path()
+            .join("checkpoints")
+            .join(format!("{seq:020}.ckpt"))
+    };
+    let first_segment = segments(dir.path())[0].clone();
+
+    // The older checkpoint and the segment it covers go once listed.
+    let storage = FaultyStorage::new(Arc::new(RealStorage));
+    storage.remove_once_listed([checkpoint(STORY_CHECKPOINT), first_segment]);
+    let (chosen, attempts) = reader::choose_checkpoint(&storage, dir.path(), None).unwrap();
+    assert_eq!(chosen.map(|c| c.seq), Some(newer));
+    assert!(
+        attempts.iter().all(|a| a.rejected.is_none()),
+        "{attempts:?}"
+    );
+    let options = reader::Options {
+        scope: reader::Scope::All {
+            log_from: newer + 1,
+        },
+        raw: false,
+    };
+    let walked = reader::read(&storage, dir.path(), &options, &mut |_| {
+        reader::Flow::Continue
+    })
+    .expect("a history segment removed after the listing is no I/O failure");
+    assert!(
+        matches!(walked.verdict, Ok(LogEnd::Clean)),
+        "{:?}",
+        walked.verdict
+    );
+    assert_eq!(walked.corrupt, 0);
+
+    // The newest checkpoint goes once listed (the writer stored two more):
+    // the reader lists again and takes what is there, rejecting nothing.
+    let dir = tempfile::tempdir().unwrap();
+    write_journal(dir.path(), &long_records(), &[STORY_CHECKPOINT, newer]);
+    let storage = FaultyStorage::new(Arc::new(RealStorage));
+    storage.remove_once_listed([dir
+        .path()
+        .join("checkpoints")
+        .join(format!("{newer:020}.ckpt"))]);
+    let (chosen, attempts) = reader::choose_checkpoint(&storage, dir.path(), None).unwrap();
+    assert_eq!(chosen.map(|c| c.seq), Some(STORY_CHECKPOINT));
+    assert!(
+        attempts.iter().all(|a| a.rejected.is_none()),
+        "{attempts:?}"
+    );
 }

@@ -2,8 +2,10 @@
 //!
 //! A [`FaultPlan`] names an operation kind and the 1-based occurrence of that
 //! kind to fail (and, with `sticky`, every later one too). The wrapper counts
-//! calls across all files it opened. It is a test seam, named as such; the real
-//! journal code paths run unchanged above it.
+//! calls across all files it opened. It also plays a concurrent writer's
+//! removals ([`FaultyStorage::remove_once_listed`]): what a reader of a live
+//! journal meets. It is a test seam, named as such; the real journal code
+//! paths run unchanged above it.
 
 use super::{LockGuard, Storage, StorageFile};
 use std::collections::HashMap;
@@ -98,6 +100,9 @@ fn check(injector: &Shared, op: FaultOp) -> io::Result<()> {
 pub struct FaultyStorage {
     inner: Arc<dyn Storage>,
     injector: Shared,
+    /// Files removed (through `inner`) the moment a listing of their
+    /// directory has named them.
+    doomed: Arc<Mutex<Vec<std::path::PathBuf>>>,
 }
 
 impl FaultyStorage {
@@ -105,7 +110,19 @@ impl FaultyStorage {
         FaultyStorage {
             inner,
             injector: Arc::default(),
+            doomed: Arc::default(),
         }
+    }
+
+    /// Removes each of `paths` right after the next listing of its
+    /// directory has named it: a live journal's writer removing an older
+    /// checkpoint and the segments it covers while a reader goes through
+    /// what it listed.
+    pub fn remove_once_listed(&self, paths: impl IntoIterator<Item = std::path::PathBuf>) {
+        self.doomed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(paths);
     }
 
     /// Arms (or with `None`, disarms) the plan; call counts restart at zero.
@@ -156,7 +173,22 @@ impl Storage for FaultyStorage {
         self.inner.create_dir_all(path)
     }
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        self.inner.list_dir(path)
+        let names = self.inner.list_dir(path)?;
+        let mut doomed = self
+            .doomed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut failed = None;
+        doomed.retain(|d| {
+            if d.parent() != Some(path) {
+                return true;
+            }
+            if let Err(e) = self.inner.remove_file(d) {
+                failed = Some(e);
+            }
+            false
+        });
+        failed.map_or(Ok(names), Err)
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         Ok(self.wrap(self.inner.open(path)?))

@@ -205,6 +205,11 @@ pub(crate) fn each_checkpoint(
     {
         let size = storage.open(&path).and_then(|f| f.len()).unwrap_or(0);
         let read = reader::read_checkpoint(storage, &path, seq);
+        // Removed since the listing by a live journal's writer (it keeps
+        // the newest two): not damage, and not there any more.
+        if read.is_err() && reader::is_gone(storage, &path) {
+            continue;
+        }
         let bytes_ok = read.is_ok();
         let state = read.and_then(|payload| checkpoint_state(seq, &payload));
         each(Checkpoint {
@@ -563,4 +568,35 @@ pub(crate) fn segment_path(state_dir: &Path, first: u64) -> PathBuf {
     state_dir
         .join(JOURNAL_DIR)
         .join(crate::journal::format::segment_file_name(first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::format::checkpoint_file_name;
+    use crate::storage::RealStorage;
+    use crate::storage::fault::FaultyStorage;
+    use std::sync::Arc;
+
+    /// A checkpoint that a live journal's writer removed after the listing
+    /// named it is not handed on as an unreadable (damaged) checkpoint: it
+    /// is simply not there any more.
+    #[test]
+    fn a_checkpoint_removed_after_the_listing_is_not_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoints = dir.path().join(CHECKPOINT_DIR);
+        fs::create_dir(&checkpoints).unwrap();
+        for seq in [7, 14] {
+            fs::write(checkpoints.join(checkpoint_file_name(seq)), b"whatever").unwrap();
+        }
+        let storage = FaultyStorage::new(Arc::new(RealStorage));
+        storage.remove_once_listed([checkpoints.join(checkpoint_file_name(7))]);
+        let mut seen = Vec::new();
+        each_checkpoint(&storage, dir.path(), |c| {
+            seen.push(c.seq);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [14], "the one still there, damaged, is reported");
+    }
 }

@@ -146,25 +146,47 @@ pub fn choose_checkpoint(
 ) -> Result<(Option<Chosen>, Vec<CheckpointAttempt>), JournalError> {
     let dir = state_dir.join(super::super::CHECKPOINT_DIR);
     let mut attempts = Vec::new();
-    for (seq, path) in list_checkpoints(storage, &dir)?.into_iter().rev() {
-        if at_most.is_some_and(|limit| seq > limit) {
-            continue;
-        }
-        match read_checkpoint(storage, &path, seq) {
-            Ok(payload) => {
-                attempts.push(CheckpointAttempt {
-                    path: path.clone(),
-                    seq,
-                    rejected: None,
-                });
-                return Ok((Some(Chosen { seq, path, payload }), attempts));
+    // A live journal's writer stores a newer checkpoint and removes older
+    // ones while this reads: a listed file that is gone means "list again"
+    // (bounded: each round the writer must have stored another checkpoint).
+    let mut listings = 0;
+    'listing: loop {
+        listings += 1;
+        attempts.clear();
+        for (seq, path) in list_checkpoints(storage, &dir)?.into_iter().rev() {
+            if at_most.is_some_and(|limit| seq > limit) {
+                continue;
             }
-            Err(why) => attempts.push(CheckpointAttempt {
-                path,
-                seq,
-                rejected: Some(why),
-            }),
+            let read = read_checkpoint(storage, &path, seq);
+            if read.is_err() && listings < MAX_LISTINGS && is_gone(storage, &path) {
+                continue 'listing;
+            }
+            match read {
+                Ok(payload) => {
+                    attempts.push(CheckpointAttempt {
+                        path: path.clone(),
+                        seq,
+                        rejected: None,
+                    });
+                    return Ok((Some(Chosen { seq, path, payload }), attempts));
+                }
+                Err(why) => attempts.push(CheckpointAttempt {
+                    path,
+                    seq,
+                    rejected: Some(why),
+                }),
+            }
         }
+        return Ok((None, attempts));
     }
-    Ok((None, attempts))
+}
+
+/// Listings of the checkpoints a reader makes at most when listed files
+/// keep disappearing under it.
+const MAX_LISTINGS: u32 = 4;
+
+/// Whether `path`, listed a moment ago, is gone now (removed by a live
+/// journal's writer), as opposed to present but unreadable or damaged.
+pub fn is_gone(storage: &dyn Storage, path: &Path) -> bool {
+    matches!(storage.open(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }

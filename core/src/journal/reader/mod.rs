@@ -25,8 +25,8 @@ mod walk;
 use std::path::{Path, PathBuf};
 
 pub use files::{
-    CheckpointAttempt, Chosen, MAX_CHECKPOINT_FILE_LEN, choose_checkpoint, list_checkpoints,
-    list_segments, read_checkpoint, read_segment, read_segment_into,
+    CheckpointAttempt, Chosen, MAX_CHECKPOINT_FILE_LEN, choose_checkpoint, is_gone,
+    list_checkpoints, list_segments, read_checkpoint, read_segment, read_segment_into,
 };
 pub use segment::{
     Cursor, Flow, Frame, FramesRead, Item, ScannedFrame, SegmentEnd, SegmentScan, Spot,

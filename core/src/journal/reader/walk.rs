@@ -443,6 +443,16 @@ impl Walker<'_> {
                 }
                 return Ok(Some(None));
             }
+            // A segment of the history removed since the listing: a live
+            // journal's writer removes the segments a newer checkpoint
+            // covers (the oldest ones, always history to a reader that
+            // chose an older checkpoint). Read as if listed afterwards.
+            Err(JournalError::Io { source, .. })
+                if history && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                self.walked.read -= 1;
+                return Ok(Some(None));
+            }
             Err(e) => return Err(e),
         }
         if let Some(failed) = self.failed_commit
