@@ -61,6 +61,28 @@ impl AgentId {
     pub fn as_uuid(&self) -> Uuid {
         self.0
     }
+
+    /// Length of [`AgentId::owner_line`].
+    pub const OWNER_LINE_LEN: usize = "owner ".len() + Self::TEXT_LEN + 1;
+
+    /// The line `owner <id>\n` that ends a provider root marker (the dir
+    /// and btrfs providers'), naming this agent as the root's owner.
+    pub fn owner_line(&self) -> String {
+        format!("owner {self}\n")
+    }
+
+    /// The agent an owner line names: `line` must be exactly one
+    /// [`AgentId::owner_line`], or why it is not.
+    pub fn from_owner_line(line: &[u8]) -> Result<AgentId, String> {
+        let text = line
+            .strip_prefix(b"owner ")
+            .and_then(|r| r.strip_suffix(b"\n"))
+            .ok_or_else(|| {
+                "the head is not followed by one line \"owner <agent id>\"".to_owned()
+            })?;
+        let text = std::str::from_utf8(text).map_err(|_| "its owner is not UTF-8".to_owned())?;
+        AgentId::parse(text).map_err(|e| format!("its owner {text:?}: {e}"))
+    }
 }
 
 impl fmt::Display for AgentId {

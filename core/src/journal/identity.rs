@@ -20,13 +20,13 @@ use uuid::Uuid;
 
 use super::JournalError;
 use super::writer::{sync_dir, write_new_file};
+use crate::model::AgentId;
 use crate::storage::{NotRegularFile, Storage, read_bounded};
 
 /// The identity file, under the state directory.
 pub const IDENTITY_FILE: &str = "IDENTITY";
 /// Length of the identity file: 36 bytes of UUID and a line feed.
-pub const IDENTITY_LEN: usize = UUID_TEXT_LEN + 1;
-const UUID_TEXT_LEN: usize = 36;
+pub const IDENTITY_LEN: usize = AgentId::TEXT_LEN + 1;
 
 /// The bytes of the identity file holding `id`.
 pub fn encode_identity(id: Uuid) -> Vec<u8> {
@@ -44,19 +44,12 @@ pub fn decode_identity(bytes: &[u8]) -> Result<Uuid, String> {
             bytes.len()
         ));
     }
-    let (text, end) = bytes.split_at(UUID_TEXT_LEN);
+    let (text, end) = bytes.split_at(AgentId::TEXT_LEN);
     if end != b"\n" {
         return Err("the UUID is not followed by a line feed".into());
     }
     let text = std::str::from_utf8(text).map_err(|_| "not UTF-8 text".to_owned())?;
-    let id = Uuid::try_parse(text).map_err(|e| format!("not a UUID: {e}"))?;
-    if id.hyphenated().to_string() != text {
-        return Err("the UUID is not in canonical form (lowercase, hyphenated)".into());
-    }
-    if id.is_nil() {
-        return Err("the nil UUID".into());
-    }
-    Ok(id)
+    AgentId::parse(text).map(|id| id.as_uuid())
 }
 
 /// Reads the identity of `state_dir`: `Ok(None)` if the file is absent.

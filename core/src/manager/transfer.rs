@@ -22,14 +22,7 @@ impl Manager {
         check_id(id)?;
         self.with_state(|s| {
             live(s, id)?;
-            let mut snaps: Vec<&Volume> = s
-                .volumes
-                .values()
-                .filter(|v| v.kind == VolumeKind::Snapshot && v.parent.as_deref() == Some(id))
-                .collect();
-            snaps.sort_by(|a, b| age(a).cmp(&age(b)));
-            Ok(snaps
-                .iter()
+            Ok(snapshots_of(s, id)
                 .filter_map(|v| v.details.get(DETAIL_GUID).cloned())
                 .collect())
         })
@@ -342,19 +335,9 @@ impl Manager {
 /// snapshot would put the target's content back behind its newer
 /// snapshots), and a full stream needs a target without snapshots.
 fn stream_fits(s: &State, target: &Volume, identity: &StreamIdentity) -> Result<(), ManagerError> {
-    let snaps: Vec<&Volume> = {
-        let mut v: Vec<&Volume> = s
-            .volumes
-            .values()
-            .filter(|v| {
-                v.kind == VolumeKind::Snapshot
-                    && v.status == VolumeStatus::Live
-                    && v.parent.as_deref() == Some(target.id.as_str())
-            })
-            .collect();
-        v.sort_by(|a, b| age(a).cmp(&age(b)));
-        v
-    };
+    let snaps: Vec<&Volume> = snapshots_of(s, &target.id)
+        .filter(|v| v.status == VolumeStatus::Live)
+        .collect();
     let guid_of = |v: &Volume| v.details.get(DETAIL_GUID).cloned();
     let refuse = |reason: String| {
         Err(ManagerError::StreamDoesNotFit {
@@ -414,6 +397,17 @@ fn send_base(s: &State, snap: &Volume, haves: &[String]) -> Option<Volume> {
         })
         .max_by(|a, b| age(a).cmp(&age(b)))
         .cloned()
+}
+
+/// The snapshots of data volume `id`, oldest first (by [`age`]).
+fn snapshots_of<'s>(s: &'s State, id: &str) -> impl Iterator<Item = &'s Volume> {
+    let mut snaps: Vec<&Volume> = s
+        .volumes
+        .values()
+        .filter(|v| v.kind == VolumeKind::Snapshot && v.parent.as_deref() == Some(id))
+        .collect();
+    snaps.sort_by(|a, b| age(a).cmp(&age(b)));
+    snaps.into_iter()
 }
 
 /// The order in which a volume's snapshots were made: by creation time,

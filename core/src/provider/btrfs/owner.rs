@@ -11,16 +11,15 @@ use crate::model::AgentId;
 const ROOT_MARKER: &str = "provider";
 /// Its first line; the second is `owner <agent id>\n`.
 const ROOT_MARKER_HEAD: &str = "volmgr btrfs provider root (format 1)\n";
-const OWNER_PREFIX: &str = "owner ";
 /// Length of a root marker.
-const ROOT_MARKER_LEN: usize = ROOT_MARKER_HEAD.len() + OWNER_PREFIX.len() + AgentId::TEXT_LEN + 1;
+const ROOT_MARKER_LEN: usize = ROOT_MARKER_HEAD.len() + AgentId::OWNER_LINE_LEN;
 const _: () = assert!(ROOT_MARKER_LEN == 81);
 /// Longest marker read: more is damage, reported as such.
 const ROOT_MARKER_MAX: u64 = 256;
 
 /// The bytes of the root marker naming `owner`.
 fn encode_root_marker(owner: AgentId) -> Vec<u8> {
-    let text = format!("{ROOT_MARKER_HEAD}{OWNER_PREFIX}{owner}\n");
+    let text = format!("{ROOT_MARKER_HEAD}{}", owner.owner_line());
     // Pair assertion: what is written is what `decode_root_marker` reads.
     debug_assert_eq!(decode_root_marker(text.as_bytes()), Ok(owner));
     text.into_bytes()
@@ -28,19 +27,16 @@ fn encode_root_marker(owner: AgentId) -> Vec<u8> {
 
 /// The owner a root marker's `bytes` name, or why they are not a marker.
 fn decode_root_marker(bytes: &[u8]) -> Result<AgentId, String> {
-    let line = bytes
+    let rest = bytes
         .strip_prefix(ROOT_MARKER_HEAD.as_bytes())
-        .and_then(|r| r.strip_prefix(OWNER_PREFIX.as_bytes()))
-        .and_then(|r| r.strip_suffix(b"\n"))
         .ok_or_else(|| {
             format!(
                 "{} bytes that are not {ROOT_MARKER_HEAD:?} followed by one line \
-                 \"owner <agent id>\"",
+             \"owner <agent id>\"",
                 bytes.len()
             )
         })?;
-    let text = std::str::from_utf8(line).map_err(|_| "its owner is not UTF-8".to_owned())?;
-    AgentId::parse(text).map_err(|e| format!("its owner {text:?}: {e}"))
+    AgentId::from_owner_line(rest)
 }
 
 impl BtrfsProvider {

@@ -25,10 +25,8 @@ pub(super) const ROOT_MARKER_TEXT: &str = "volmgr dir provider root (format 1)\n
 /// The first line of a root marker of format 2; the second is
 /// `owner <agent id>\n` (see the parent module's "The root's owner").
 const ROOT_MARKER_V2_HEAD: &str = "volmgr dir provider root (format 2)\n";
-const OWNER_PREFIX: &str = "owner ";
 /// Length of a format-2 marker.
-const ROOT_MARKER_V2_LEN: usize =
-    ROOT_MARKER_V2_HEAD.len() + OWNER_PREFIX.len() + AgentId::TEXT_LEN + 1;
+const ROOT_MARKER_V2_LEN: usize = ROOT_MARKER_V2_HEAD.len() + AgentId::OWNER_LINE_LEN;
 const _: () = assert!(ROOT_MARKER_V2_LEN == 79);
 /// Longest root marker read: more is damage, reported as such.
 const ROOT_MARKER_MAX: u64 = 256;
@@ -46,7 +44,7 @@ enum RootOwner {
 fn encode_root_marker(owner: Option<AgentId>) -> Vec<u8> {
     let text = match owner {
         None => ROOT_MARKER_TEXT.to_owned(),
-        Some(id) => format!("{ROOT_MARKER_V2_HEAD}{OWNER_PREFIX}{id}\n"),
+        Some(id) => format!("{ROOT_MARKER_V2_HEAD}{}", id.owner_line()),
     };
     // Pair assertion: what is written is what `decode_root_marker` reads.
     debug_assert_eq!(
@@ -68,14 +66,7 @@ fn decode_root_marker(bytes: &[u8]) -> Result<RootOwner, String> {
             bytes.len()
         ));
     };
-    let line = rest
-        .strip_prefix(OWNER_PREFIX.as_bytes())
-        .and_then(|r| r.strip_suffix(b"\n"))
-        .ok_or_else(|| "format 2 without its one line \"owner <agent id>\"".to_owned())?;
-    let text = std::str::from_utf8(line).map_err(|_| "its owner is not UTF-8".to_owned())?;
-    AgentId::parse(text)
-        .map(RootOwner::Named)
-        .map_err(|e| format!("its owner {text:?}: {e}"))
+    AgentId::from_owner_line(rest).map(RootOwner::Named)
 }
 
 /// Creates `root` and its missing ancestors, each made durable in its
