@@ -106,6 +106,10 @@ what opening does (the `open` row): open cleanly, truncate a torn tail, or
 refuse, naming the segment and offset. Segments a checkpoint already covers,
 and older checkpoints, are checked too: damage there counts as corruption
 (opening does not read it, but a fallback to an older checkpoint would).
+A damaged IDENTITY (the state directory's identity, which opening reads and
+never replaces) gets an `identity` row and makes opening refuse (exit 7). It
+may run while the agent writes: a checkpoint or covered segment the agent
+removes meanwhile is read as never there, not as damage.
 
 Examples:
   volmgr journal verify /var/lib/volmgr
