@@ -20,8 +20,8 @@ use volmgr::manager::{Manager, ManagerConfig};
 use volmgr::model::VolumeId;
 use volmgr::provider::btrfs::{BatchSync, BtrfsProvider, CONFIG_BATCH_SYNC, CONFIG_ROOT};
 use volmgr::provider::{
-    Created, Durability, Found, Presence, Provider, ProviderConfig, ProviderError, SendStats,
-    VolumeRef, VolumeSpec,
+    Created, Durability, Found, Presence, Provider, ProviderConfig, ProviderError, SendOptions,
+    SendStats, VolumeRef, VolumeSpec,
 };
 use volmgr::state::{Details, Meta, OpId, VolumeKind};
 
@@ -278,9 +278,10 @@ impl Provider for HeldFirstSync {
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        options: &SendOptions,
         out: &mut dyn std::io::Write,
     ) -> Result<SendStats, ProviderError> {
-        self.inner.send_snapshot(snapshot, base, out)
+        self.inner.send_snapshot(snapshot, base, options, out)
     }
     fn receive_snapshot(
         &self,

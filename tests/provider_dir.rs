@@ -15,8 +15,8 @@ use uuid::Uuid;
 use volmgr::model::VolumeId;
 use volmgr::provider::dir::{self, DirProvider};
 use volmgr::provider::{
-    Durability, Presence, Provider, ProviderConfig, ProviderError, SendStats, VolumeRef,
-    builtin_factories,
+    Durability, Presence, Provider, ProviderConfig, ProviderError, SendOptions, SendStats,
+    VolumeRef, builtin_factories,
 };
 use volmgr::state::{DETAIL_GUID, OpId, VolumeKind};
 
@@ -36,7 +36,12 @@ fn send(p: &DirProvider, snap: &Vol, base: Option<&Vol>) -> (Vec<u8>, SendStats)
     let mut out = Vec::new();
     let base_ref = base.map(Vol::r);
     let stats = p
-        .send_snapshot(&snap.r(), base_ref.as_ref(), &mut out)
+        .send_snapshot(
+            &snap.r(),
+            base_ref.as_ref(),
+            &SendOptions::default(),
+            &mut out,
+        )
         .expect("send");
     assert_eq!(stats.bytes, out.len() as u64, "stats count every byte");
     (out, stats)

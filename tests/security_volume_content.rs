@@ -19,7 +19,7 @@ use std::time::Duration;
 use security_support::*;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::dir::DirProvider;
-use volmgr::provider::{Provider, ProviderError};
+use volmgr::provider::{Provider, ProviderError, SendOptions};
 use volmgr::state::Meta;
 
 const SECRET: &[u8] = b"TOPSECRET-do-not-copy";
@@ -172,7 +172,9 @@ fn a_symlink_swap_race_never_makes_snapshot_fork_send_receive_or_destroy_act_out
             p.destroy(&f.r()).unwrap();
         }
         let mut stream = Vec::new();
-        if p.send_snapshot(&clean.r(), None, &mut stream).is_ok() {
+        if p.send_snapshot(&clean.r(), None, &SendOptions::default(), &mut stream)
+            .is_ok()
+        {
             streams.push(stream);
         }
     }
@@ -188,7 +190,8 @@ fn a_symlink_swap_race_never_makes_snapshot_fork_send_receive_or_destroy_act_out
     // Receives into a volume whose old content races (the old content goes
     // to the trash and is removed while the racer swaps inside it).
     let mut stream = Vec::new();
-    p.send_snapshot(&clean.r(), None, &mut stream).unwrap();
+    p.send_snapshot(&clean.r(), None, &SendOptions::default(), &mut stream)
+        .unwrap();
     for i in 0..ROUNDS / 4 {
         let t = create(&p, &format!("t{i}"));
         arm(&t.path(), &out, 200);
@@ -424,7 +427,9 @@ fn a_sparse_file_is_received_with_its_holes_kept() {
     write_sparse_image(&path);
     let snap = snapshot(&source, &v, "s").unwrap();
     let mut stream = Vec::new();
-    source.send_snapshot(&snap.r(), None, &mut stream).unwrap();
+    source
+        .send_snapshot(&snap.r(), None, &SendOptions::default(), &mut stream)
+        .unwrap();
     assert!(
         stream.len() > 1 << 30,
         "the stream carries the holes as zeros"

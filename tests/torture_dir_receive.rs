@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 
 use volmgr::model::{Details, VolumeId, VolumeKind};
 use volmgr::provider::dir::DirProvider;
-use volmgr::provider::{Durability, Presence, Provider, VolumeRef, VolumeSpec};
+use volmgr::provider::{Durability, Presence, Provider, SendOptions, VolumeRef, VolumeSpec};
 use volmgr::storage::sim::{CutPolicy, DataLoss, DirLoss, SimStorage};
 
 const ROOT: &str = "/p";
@@ -102,12 +102,18 @@ fn streams() -> ((Vec<u8>, Tree), (Vec<u8>, Tree)) {
     fs::write(data.join("e/h"), b"h is new\n").unwrap();
     snap(s2);
     let mut full = Vec::new();
-    p.send_snapshot(&vref(s1, VolumeKind::Snapshot, &none), None, &mut full)
-        .unwrap();
+    p.send_snapshot(
+        &vref(s1, VolumeKind::Snapshot, &none),
+        None,
+        &SendOptions::default(),
+        &mut full,
+    )
+    .unwrap();
     let mut incr = Vec::new();
     p.send_snapshot(
         &vref(s2, VolumeKind::Snapshot, &none),
         Some(&vref(s1, VolumeKind::Snapshot, &none)),
+        &SendOptions::default(),
         &mut incr,
     )
     .unwrap();

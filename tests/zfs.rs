@@ -21,7 +21,8 @@ use volmgr::model::VolumeId;
 use volmgr::provider::cmd::CommandCount;
 use volmgr::provider::zfs::{KIND, RECEIVED_PROGRAM, SNAPSHOT_PROGRAM, ZfsProvider};
 use volmgr::provider::{
-    Created, Presence, Provider, ProviderConfig, ProviderError, Tag, VolumeRef, VolumeSpec,
+    Created, Presence, Provider, ProviderConfig, ProviderError, SendOptions, Tag, VolumeRef,
+    VolumeSpec,
 };
 use volmgr::state::{DETAIL_GUID, Details, Meta, VolumeKind};
 
@@ -478,6 +479,7 @@ fn full_stream_of_a_snapshot(p: &ZfsProvider) -> (Created, Vec<u8>) {
     p.send_snapshot(
         &vref("s", VolumeKind::Snapshot, Some("src"), &s.details),
         None,
+        &SendOptions::default(),
         &mut stream,
     )
     .unwrap();
@@ -876,6 +878,7 @@ async fn arrival_whose_rename_is_refused_stays_not_ours_and_marked_for_abort_par
         .send_snapshot(
             &vref("s2", VolumeKind::Snapshot, Some("src"), &s2.details),
             Some(&vref("s", VolumeKind::Snapshot, Some("src"), &f.s.details)),
+            &SendOptions::default(),
             &mut inc,
         )
         .unwrap();

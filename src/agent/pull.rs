@@ -35,7 +35,8 @@ use super::events::frame_named;
 use super::peers::base_url;
 use super::pull_watch::Watch;
 use super::routes::{
-    Id, RESUMED_HEADER, RawBody, STREAM_SIZE_HEADER, note, require, wants_event_stream,
+    FEATURE_SPARSE, Id, RESUMED_HEADER, RawBody, STREAM_FEATURES_HEADER, STREAM_SIZE_HEADER, note,
+    require, wants_event_stream,
 };
 use super::server::Shared;
 use crate::manager::{Manager, ManagerError};
@@ -233,10 +234,16 @@ pub(crate) async fn run_pull(
         .cloned();
     let handed_token = resume_token.is_some();
     tracing::info!(%url, peer = ?source.peer, haves = haves.len(), resume = handed_token, "pulling");
-    let mut request = shared.http.post(&url).json(&SendRequest {
-        haves,
-        resume_token,
-    });
+    // The source sends holes as holes only if asked (an older source
+    // ignores the header; either form is read here).
+    let mut request = shared
+        .http
+        .post(&url)
+        .header(STREAM_FEATURES_HEADER, FEATURE_SPARSE)
+        .json(&SendRequest {
+            haves,
+            resume_token,
+        });
     if source.peer.is_some()
         && let Some(token) = &shared.options.token
     {

@@ -33,6 +33,7 @@ use super::pull::pull_snapshot;
 use super::server::Shared;
 use super::slots::Full;
 use crate::manager::{Manager, ManagerError};
+use crate::provider::SendOptions;
 use crate::state::{VolumeKind, VolumeStatus};
 use crate::validate;
 
@@ -489,6 +490,12 @@ pub(crate) fn require(manager: &Manager, id: &str, kind: VolumeKind) -> Result<(
 /// JSON answers; a failure mid-stream aborts the response, so the receiver
 /// sees a broken transfer, never a short one.
 ///
+/// The stream's form is the provider's oldest unless the request's
+/// `x-volmgr-stream-features` header ([`STREAM_FEATURES_HEADER`]) names
+/// more the caller reads: `sparse` (the directory provider's version 2,
+/// holes sent as holes). Flynn's client sends no such header and gets the
+/// stream it always got, byte for byte.
+///
 /// A send holds a slot (`--max-sends`, `--max-sends-per-client`) and a
 /// shared claim on its snapshot (a destroy of it is 409 `busy` meanwhile)
 /// for as long as its body lives; a client that stops reading for
@@ -497,6 +504,7 @@ async fn send(
     State(shared): AppState,
     Id(id): Id,
     Client(client): Client,
+    headers: HeaderMap,
     body: RawBody,
 ) -> Result<Response, ApiError> {
     note("send", &id);
@@ -504,6 +512,7 @@ async fn send(
         haves,
         resume_token,
     } = parse_send(&body)?;
+    let options = stream_features(&headers);
     let manager = shared.manager()?;
     require(&manager, &id, VolumeKind::Snapshot)?;
     let limits = &shared.options.limits;
@@ -533,7 +542,10 @@ async fn send(
     // The stream's size, if the provider knows it before sending (a hint
     // for progress: the receiver never relies on it).
     let size = match &resume_token {
-        None => manager.send_size(&id, &haves).await.unwrap_or(None),
+        None => manager
+            .send_size_with(&id, &haves, &options)
+            .await
+            .unwrap_or(None),
         Some(_) => None,
     };
     let (writer, reader) = tokio::io::duplex(256 * 1024);
@@ -543,7 +555,7 @@ async fn send(
     let task = shared.tracker.spawn(
         async move {
             manager
-                .send_snapshot_resuming(&send_id, &haves, resume_token.as_deref(), writer)
+                .send_snapshot_with(&send_id, &haves, resume_token.as_deref(), &options, writer)
                 .await
         }
         .instrument(tracing::Span::current()),
@@ -630,6 +642,27 @@ async fn send(
         );
     }
     Ok(response)
+}
+
+/// Request header of a send: the stream features the caller reads, a
+/// comma-separated list (`sparse`); names this agent does not know are
+/// ignored, so a newer caller can ask an older source.
+pub const STREAM_FEATURES_HEADER: &str = "x-volmgr-stream-features";
+
+/// The stream feature of [`STREAM_FEATURES_HEADER`]: holes sent as holes.
+pub const FEATURE_SPARSE: &str = "sparse";
+
+/// The send options a request's [`STREAM_FEATURES_HEADER`] asks for
+/// (every value of the header, each a comma-separated list of names,
+/// compared without case or surrounding blanks).
+pub(crate) fn stream_features(headers: &HeaderMap) -> SendOptions {
+    let sparse = headers
+        .get_all(STREAM_FEATURES_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| name.trim().eq_ignore_ascii_case(FEATURE_SPARSE));
+    SendOptions::default().with_sparse(sparse)
 }
 
 /// Answer header of a send: the stream's size in bytes, when the provider

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use volmgr::provider::sim::{SimCall, SimProvider, When};
 use volmgr::provider::{
     Created, Durability, Found, Provider, ProviderConfig, ProviderError, ProviderFactory,
-    SendStats, VolumeRef, VolumeSpec,
+    SendOptions, SendStats, VolumeRef, VolumeSpec,
 };
 use volmgr::state::OpId;
 
@@ -102,10 +102,11 @@ impl Provider for HookedSim {
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        options: &SendOptions,
         out: &mut dyn std::io::Write,
     ) -> Result<SendStats, ProviderError> {
         self.around(SimCall::Send, || {
-            self.sim.send_snapshot(snapshot, base, out)
+            self.sim.send_snapshot(snapshot, base, options, out)
         })
     }
     fn receive_snapshot(

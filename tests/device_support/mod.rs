@@ -31,7 +31,7 @@ use volmgr::model::OpId;
 use volmgr::provider::dir::DirProvider;
 use volmgr::provider::{
     Created, Durability, Found, PartialReceive, Provider, ProviderConfig, ProviderError,
-    ProviderFactory, SendStats, VolumeRef, VolumeSpec,
+    ProviderFactory, SendOptions, SendStats, VolumeRef, VolumeSpec,
 };
 
 /// Set to `1` (as `scripts/zfs-test` does), a missing facility fails the test.
@@ -538,16 +538,18 @@ impl<H: DirHooks> Provider for HookedDir<H> {
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        options: &SendOptions,
         out: &mut dyn Write,
     ) -> Result<SendStats, ProviderError> {
-        self.dir.send_snapshot(snapshot, base, out)
+        self.dir.send_snapshot(snapshot, base, options, out)
     }
     fn send_size(
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        options: &SendOptions,
     ) -> Result<Option<u64>, ProviderError> {
-        self.dir.send_size(snapshot, base)
+        self.dir.send_size(snapshot, base, options)
     }
     fn receive_snapshot(
         &self,

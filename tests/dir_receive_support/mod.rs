@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use volmgr::manager::{Manager, ManagerError};
 use volmgr::model::{DETAIL_GUID, Details, VolumeId, VolumeKind};
 use volmgr::provider::dir::DirProvider;
-use volmgr::provider::{Provider, VolumeRef, VolumeSpec};
+use volmgr::provider::{Provider, SendOptions, VolumeRef, VolumeSpec};
 use volmgr::state::State;
 use volmgr::storage::sim::SimStorage;
 
@@ -65,12 +65,18 @@ pub fn streams() -> (Sent, Sent) {
     fs::write(data.join("e/h"), b"h is new\n").unwrap();
     let g2 = snap("s2");
     let mut full = Vec::new();
-    p.send_snapshot(&vref("s1", VolumeKind::Snapshot), None, &mut full)
-        .unwrap();
+    p.send_snapshot(
+        &vref("s1", VolumeKind::Snapshot),
+        None,
+        &SendOptions::default(),
+        &mut full,
+    )
+    .unwrap();
     let mut incr = Vec::new();
     p.send_snapshot(
         &vref("s2", VolumeKind::Snapshot),
         Some(&vref("s1", VolumeKind::Snapshot)),
+        &SendOptions::default(),
         &mut incr,
     )
     .unwrap();

@@ -14,7 +14,7 @@ use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::sim::{SimCall, SimProvider};
 use volmgr::provider::{
     Created, Durability, Found, PartialReceive, Provider, ProviderConfig, ProviderError,
-    ProviderFactory, SendStats, VolumeRef, VolumeSpec,
+    ProviderFactory, SendOptions, SendStats, VolumeRef, VolumeSpec,
 };
 use volmgr::state::{DETAIL_RESUME_TOKEN, Meta, OpId, VolumeStatus};
 use volmgr::storage::Storage;
@@ -109,10 +109,11 @@ impl Provider for CountingProvider {
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        options: &SendOptions,
         out: &mut dyn Write,
     ) -> Result<SendStats, ProviderError> {
         self.count(SimCall::Send);
-        self.inner.send_snapshot(snapshot, base, out)
+        self.inner.send_snapshot(snapshot, base, options, out)
     }
     fn receive_snapshot(
         &self,

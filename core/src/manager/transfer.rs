@@ -6,7 +6,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::provider::{ProviderError, SendStats, StreamIdentity, VolumeSpec, volume_id};
+use crate::provider::{
+    ProviderError, SendOptions, SendStats, StreamIdentity, VolumeSpec, volume_id,
+};
 use crate::state::{
     Action, DETAIL_GUID, Done, Meta, OpId, State, Volume, VolumeKind, VolumeStatus,
 };
@@ -29,7 +31,9 @@ impl Manager {
     }
 
     /// Streams snapshot `id` to `out`: incremental from the newest older
-    /// snapshot of the same volume whose GUID is among `haves`, else full.
+    /// snapshot of the same volume whose GUID is among `haves`, else full;
+    /// in the form every receiver reads ([`SendOptions::default`]; see
+    /// [`Manager::send_snapshot_with`]).
     pub async fn send_snapshot<W>(
         &self,
         id: &str,
@@ -39,7 +43,8 @@ impl Manager {
     where
         W: AsyncWrite + Unpin + Send,
     {
-        self.send_snapshot_resuming(id, haves, None, out).await
+        self.send_snapshot_with(id, haves, None, &SendOptions::default(), out)
+            .await
     }
 
     /// Whether the provider can continue a stream of snapshot `id` from a
@@ -72,12 +77,33 @@ impl Manager {
         id: &str,
         haves: &[String],
         resume_token: Option<&str>,
+        out: W,
+    ) -> Result<SendStats, ManagerError>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        self.send_snapshot_with(id, haves, resume_token, &SendOptions::default(), out)
+            .await
+    }
+
+    /// As [`Manager::send_snapshot_resuming`], in the form `options` says
+    /// the receiver reads (holes as holes: [`SendOptions::sparse`]). Ask
+    /// only for what the receiver said it reads: Flynn's client and older
+    /// volmgr agents read the default form only. A resumed stream is the
+    /// provider's own continuation, whatever the options.
+    pub async fn send_snapshot_with<W>(
+        &self,
+        id: &str,
+        haves: &[String],
+        resume_token: Option<&str>,
+        options: &SendOptions,
         mut out: W,
     ) -> Result<SendStats, ManagerError>
     where
         W: AsyncWrite + Unpin + Send,
     {
         check_id(id)?;
+        let options = *options;
         if let Some(token) = resume_token {
             validate::resume_token(token).map_err(ManagerError::InvalidInput)?;
         }
@@ -114,7 +140,7 @@ impl Manager {
             };
             let stats = match resumed {
                 Some(stats) => stats,
-                None => provider.send_snapshot(&snap, base.as_ref(), &mut writer)?,
+                None => provider.send_snapshot(&snap, base.as_ref(), &options, &mut writer)?,
             };
             std::io::Write::flush(&mut writer).map_err(|e| ProviderError::io("send", e))?;
             Ok::<_, ProviderError>(stats)
@@ -149,7 +175,21 @@ impl Manager {
     /// (`None` otherwise). A hint for progress displays: the stream may
     /// still differ if the state changes meanwhile.
     pub async fn send_size(&self, id: &str, haves: &[String]) -> Result<Option<u64>, ManagerError> {
+        self.send_size_with(id, haves, &SendOptions::default())
+            .await
+    }
+
+    /// As [`Manager::send_size`], for the stream
+    /// [`Manager::send_snapshot_with`] writes with `options` (a sparse
+    /// stream is smaller than the files' lengths).
+    pub async fn send_size_with(
+        &self,
+        id: &str,
+        haves: &[String],
+        options: &SendOptions,
+    ) -> Result<Option<u64>, ManagerError> {
         check_id(id)?;
+        let options = *options;
         let (snapshot, base) = self.with_state(|s| {
             let snap = live_kind(s, id, VolumeKind::Snapshot)?.clone();
             let base = send_base(s, &snap, haves);
@@ -160,7 +200,7 @@ impl Manager {
         tokio::task::spawn_blocking(move || {
             let snap = volume_ref(&snapshot)?;
             let base = base.as_ref().map(volume_ref).transpose()?;
-            provider.send_size(&snap, base.as_ref())
+            provider.send_size(&snap, base.as_ref(), &options)
         })
         .await
         .map_err(|e| ManagerError::Internal(e.to_string()))?

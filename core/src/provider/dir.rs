@@ -302,8 +302,8 @@ use self::layout::{Entry, Layout, RealLayout, SimLayout};
 use self::marker::{MARKER_FORMAT, Marker, MarkerState};
 use self::tree::{Modes, Policy};
 use super::{
-    Created, Durability, Found, Provider, ProviderConfig, ProviderError, SendStats, StreamIdentity,
-    VolumeRef, VolumeSpec,
+    Created, Durability, Found, Provider, ProviderConfig, ProviderError, SendOptions, SendStats,
+    StreamIdentity, VolumeRef, VolumeSpec,
 };
 use crate::fsutil::GroupSync;
 use crate::model::{AgentId, DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
@@ -769,12 +769,16 @@ impl Provider for DirProvider {
         self.note_failure(self.destroy_item(volume))
     }
 
-    /// Exact for a full stream (a walk of the snapshot's metadata); `None`
-    /// for an incremental one (its size is known only by comparing contents).
+    /// Exact for a full stream (a walk of the snapshot's metadata and, for
+    /// a sparse stream, of its files' data extents: `SEEK_DATA`/`SEEK_HOLE`,
+    /// no content read); `None` for an incremental one (its size is known
+    /// only by comparing contents). Exact if the snapshot does not change
+    /// meanwhile.
     fn send_size(
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        options: &SendOptions,
     ) -> Result<Option<u64>, ProviderError> {
         if base.is_some() || snapshot.kind != VolumeKind::Snapshot {
             return Ok(None);
@@ -782,13 +786,14 @@ impl Provider for DirProvider {
         let (m, path) = self.require(snapshot)?;
         let guid = Self::guid_of(&m)?;
         let modes = self.modes_of(VolumeKind::Snapshot, snapshot.id)?;
-        send::stream_size(&path, &modes, guid).map(Some)
+        send::stream_size(&path, &modes, guid, options).map(Some)
     }
 
     fn send_snapshot(
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        options: &SendOptions,
         out: &mut dyn std::io::Write,
     ) -> Result<SendStats, ProviderError> {
         if snapshot.kind != VolumeKind::Snapshot {
@@ -822,6 +827,7 @@ impl Provider for DirProvider {
             &modes,
             guid,
             base.as_ref().map(|(p, m, g)| (p.as_path(), m, *g)),
+            options,
             out,
         )
     }

@@ -283,6 +283,30 @@ impl std::error::Error for ProviderError {
     }
 }
 
+/// What the receiver of a send can read beyond a provider's oldest stream
+/// format (negotiated by the caller: volmgr's puller asks with the
+/// `x-volmgr-stream-features` request header, Flynn's client never does).
+/// The default asks for nothing new: the stream is exactly what a receiver
+/// that predates every option reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// The receiver reads holes as holes: the directory provider writes
+    /// version 2 of its stream, where a file with holes is an `S` record
+    /// carrying only its data extents. btrfs, ZFS and the simulation ignore
+    /// it (their tools' streams are sparse-aware already).
+    pub sparse: bool,
+}
+
+impl SendOptions {
+    /// With holes sent as holes ([`SendOptions::sparse`]) or not.
+    #[must_use]
+    pub fn with_sparse(mut self, sparse: bool) -> Self {
+        self.sparse = sparse;
+        self
+    }
+}
+
 /// Statistics of one send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SendStats {
@@ -366,21 +390,24 @@ pub trait Provider: Send + Sync + fmt::Debug {
     fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError>;
 
     /// Writes a stream of `snapshot`; incremental from `base` when given (a
-    /// snapshot the receiver also has, found by the manager from its haves).
+    /// snapshot the receiver also has, found by the manager from its haves),
+    /// in the form `options` says the receiver reads.
     fn send_snapshot(
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        options: &SendOptions,
         out: &mut dyn Write,
     ) -> Result<SendStats, ProviderError>;
 
     /// The size in bytes of the stream [`Provider::send_snapshot`] would
-    /// write, if known before sending (progress displays show a total and a
-    /// percentage then). `None` by default.
+    /// write with the same arguments, if known before sending (progress
+    /// displays show a total and a percentage then). `None` by default.
     fn send_size(
         &self,
         _snapshot: &VolumeRef<'_>,
         _base: Option<&VolumeRef<'_>>,
+        _options: &SendOptions,
     ) -> Result<Option<u64>, ProviderError> {
         Ok(None)
     }

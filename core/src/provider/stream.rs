@@ -173,9 +173,12 @@ impl<R: Read> HashReader<R> {
         Ok(buf)
     }
 
-    /// Copies exactly `len` bytes into the new, empty file `out`, leaving a
-    /// hole where a whole [`CHUNK`]-aligned piece is zeros (a sparse file
-    /// stays sparse: a stream carries holes as zeros). Before each piece it
+    /// Copies exactly `len` bytes into the file `out` from its current
+    /// position on (a new, empty file, or past everything written to it),
+    /// leaving a hole where a whole [`CHUNK`]-aligned piece is zeros (a
+    /// sparse file stays sparse: a version 1 stream carries holes as
+    /// zeros). A copy that ends in a hole extends the file to the copy's
+    /// end, never shortens it. Before each piece it
     /// writes, `fits(n, left)` is asked (`n` bytes to write, `left` bytes of
     /// the file from there to its end, both as declared); its refusal stops
     /// the copy. Returns the bytes written, holes not counted.
@@ -187,6 +190,9 @@ impl<R: Read> HashReader<R> {
         fits: &mut dyn FnMut(u64, u64) -> Result<(), ProviderError>,
     ) -> Result<u64, ProviderError> {
         use std::io::{Seek, SeekFrom};
+        let start = out
+            .stream_position()
+            .map_err(|e| ProviderError::io(format!("writing {what}"), e))?;
         let mut buf = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
         let mut left = len;
         let mut written = 0;
@@ -208,10 +214,18 @@ impl<R: Read> HashReader<R> {
             }
             left -= n as u64;
         }
-        // A file that ends in a hole gets its length from the hole's end.
+        // A copy that ends in a hole gets the file's length to the hole's
+        // end (a copy into the middle of a file leaves its length alone).
         if hole {
-            out.set_len(len)
-                .map_err(|e| ProviderError::io(format!("writing {what}"), e))?;
+            let end = start.saturating_add(len);
+            let now = out
+                .metadata()
+                .map_err(|e| ProviderError::io(format!("writing {what}"), e))?
+                .len();
+            if now < end {
+                out.set_len(end)
+                    .map_err(|e| ProviderError::io(format!("writing {what}"), e))?;
+            }
         }
         Ok(written)
     }

@@ -225,7 +225,7 @@ use uuid::Uuid;
 use super::cmd::Cmd;
 use super::{
     Created, Durability, Found, Presence, Provider, ProviderConfig, ProviderError, ProviderFactory,
-    SendStats, StreamIdentity, Tag, VolumeRef, VolumeSpec,
+    SendOptions, SendStats, StreamIdentity, Tag, VolumeRef, VolumeSpec,
 };
 use crate::fsutil;
 
@@ -722,6 +722,7 @@ impl Provider for BtrfsProvider {
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        _options: &SendOptions,
         out: &mut dyn Write,
     ) -> Result<SendStats, ProviderError> {
         check_id(snapshot.id)?;

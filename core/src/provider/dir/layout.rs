@@ -173,6 +173,7 @@ pub(crate) trait Layout: Send + Sync + Debug {
     fn apply_stream(
         &self,
         r: &mut HashReader<&mut dyn Read>,
+        header: &wire::Header,
         root: &Path,
         modes: &mut Modes,
     ) -> Result<Applied, ProviderError>;
@@ -489,10 +490,11 @@ impl Layout for RealLayout {
     fn apply_stream(
         &self,
         r: &mut HashReader<&mut dyn Read>,
+        header: &wire::Header,
         root: &Path,
         modes: &mut Modes,
     ) -> Result<Applied, ProviderError> {
-        wire::apply(r, root, modes)
+        wire::apply(r, header, root, modes)
     }
 
     fn apply_true_modes(
@@ -750,6 +752,7 @@ impl Layout for SimLayout {
     fn apply_stream(
         &self,
         r: &mut HashReader<&mut dyn Read>,
+        header: &wire::Header,
         root: &Path,
         modes: &mut Modes,
     ) -> Result<Applied, ProviderError> {
@@ -760,7 +763,7 @@ impl Layout for SimLayout {
             entries: 0,
             bytes: 0,
         };
-        wire::decode(r, &mut sink)
+        wire::decode(r, header, &mut sink)
     }
 
     fn apply_true_modes(

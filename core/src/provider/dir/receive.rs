@@ -225,7 +225,9 @@ impl DirProvider {
                     .copy_tree(&bpath, &bmodes, &new, Policy::Staging, false)?
             }
         };
-        let applied = self.layout.apply_stream(&mut r, &new, &mut modes)?;
+        let applied = self
+            .layout
+            .apply_stream(&mut r, &header, &new, &mut modes)?;
         // The snapshot is a copy of the staged tree: it must fit too (its
         // content costs nothing where the file system reflinks). The
         // simulation models no free space (its writes fail when full).

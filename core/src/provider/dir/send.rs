@@ -8,12 +8,12 @@ use std::path::Path;
 
 use super::tree::{self, MAX_DEPTH, Modes};
 use super::wire::{
-    FLAG_INCREMENTAL, MAGIC, MAX_LINK, MAX_PATH, TAG_DELETE, TAG_DIR, TAG_END, TAG_FILE, TAG_LINK,
-    TAG_PERM, VERSION,
+    FLAG_INCREMENTAL, MAGIC, MAX_EXTENTS, MAX_LINK, MAX_PATH, TAG_DELETE, TAG_DIR, TAG_END,
+    TAG_FILE, TAG_LINK, TAG_PERM, TAG_SPARSE, VERSION, VERSION_SPARSE,
 };
 use crate::fsutil::{Dir, Kind};
 use crate::provider::stream::{CHUNK, HashWriter};
-use crate::provider::{ProviderError, SendStats};
+use crate::provider::{ProviderError, SendOptions, SendStats};
 
 fn wio(e: std::io::Error) -> ProviderError {
     ProviderError::io("writing the stream", e)
@@ -29,6 +29,10 @@ struct Enc<'a> {
     /// `skipped`, never read.
     dry: bool,
     skipped: u64,
+    /// Version 2: a file with holes is an `S` record of its data extents.
+    sparse: bool,
+    /// Data extents sent so far (at most [`MAX_EXTENTS`]).
+    extents: u64,
 }
 
 /// A directory being sent: its handle, relative path, names left (reversed).
@@ -88,9 +92,61 @@ impl Enc<'_> {
         self.put(target)
     }
 
+    fn changed_under(&self, rel: &[u8], how: &str) -> ProviderError {
+        ProviderError::Other(format!(
+            "{} {how} while being sent",
+            tree::shown_in(self.root, rel)
+        ))
+    }
+
+    /// The first data extent `[start, end)` of the open file `f` at or
+    /// after `pos`, clipped to `len` (its length when opened); `None` when
+    /// only a hole is left. A file system without `SEEK_DATA` has no holes:
+    /// the whole rest is data.
+    fn next_extent(
+        &self,
+        f: &File,
+        pos: u64,
+        len: u64,
+        rel: &[u8],
+    ) -> Result<Option<(u64, u64)>, ProviderError> {
+        if pos >= len {
+            return Ok(None);
+        }
+        let start = match tree::seek_data(f, pos, libc::SEEK_DATA) {
+            Ok(None) => return Ok(None),
+            Ok(Some(start)) => start,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Some((pos, len))),
+            Err(e) => return Err(self.err("finding the data of", rel, e)),
+        };
+        if start >= len {
+            return Ok(None);
+        }
+        let end = match tree::seek_data(f, start, libc::SEEK_HOLE) {
+            Ok(Some(end)) => end.min(len),
+            // Shrunk between the two seeks: its reads will say so.
+            Ok(None) => len,
+            Err(e) => return Err(self.err("finding the holes of", rel, e)),
+        };
+        if end <= start {
+            // Data at `start` turned into a hole between the two seeks.
+            return Err(self.changed_under(rel, "changed"));
+        }
+        Ok(Some((start, end)))
+    }
+
     /// A file record with the content of the open file `f` (`len` bytes, as
-    /// `fstat` said when it was opened).
+    /// `fstat` said when it was opened): an `S` record of its data extents
+    /// if the stream is sparse and the file has a hole, else an `F` record.
     fn file(&mut self, rel: &[u8], mode: u32, f: &mut File, len: u64) -> Result<(), ProviderError> {
+        if self.sparse && self.next_extent(f, 0, len, rel)? != Some((0, len)) {
+            return self.sparse_file(rel, mode, f, len);
+        }
+        if self.sparse {
+            // The seeks moved the file's offset.
+            f.seek(SeekFrom::Start(0))
+                .map_err(|e| self.err("rewinding", rel, e))?;
+        }
         self.record(TAG_FILE, rel)?;
         self.put(&mode.to_be_bytes())?;
         self.put(&len.to_be_bytes())?;
@@ -117,6 +173,63 @@ impl Enc<'_> {
             left -= n as u64;
         }
         Ok(())
+    }
+
+    /// An `S` record of the open file `f` (`len` bytes as opened): each
+    /// data extent `SEEK_DATA`/`SEEK_HOLE` find, read where it is. The
+    /// record holds whatever the file changes into meanwhile: each extent
+    /// is looked for from the end of the one before (increasing, not
+    /// overlapping, within `len`, not empty) and its bytes are read at its
+    /// offset; a file that shrinks under an extent is an error, as for an
+    /// `F` record.
+    fn sparse_file(
+        &mut self,
+        rel: &[u8],
+        mode: u32,
+        f: &File,
+        len: u64,
+    ) -> Result<(), ProviderError> {
+        use std::os::unix::fs::FileExt;
+        self.record(TAG_SPARSE, rel)?;
+        self.put(&mode.to_be_bytes())?;
+        self.put(&len.to_be_bytes())?;
+        let mut pos = 0;
+        // Bounded: `pos` moves forward every round (an extent is not empty).
+        while let Some((start, end)) = self.next_extent(f, pos, len, rel)? {
+            debug_assert!(pos <= start && start < end && end <= len);
+            self.extents += 1;
+            if self.extents > MAX_EXTENTS {
+                return Err(ProviderError::Other(format!(
+                    "cannot send {}: the stream would carry more than {MAX_EXTENTS} data extents",
+                    tree::shown_in(self.root, rel)
+                )));
+            }
+            self.put(&start.to_be_bytes())?;
+            self.put(&(end - start).to_be_bytes())?;
+            if self.dry {
+                self.skipped += end - start;
+            } else {
+                if self.buf.is_empty() {
+                    self.buf = vec![0u8; CHUNK];
+                }
+                let mut at = start;
+                while at < end {
+                    let want = usize::try_from(end - at).map_or(CHUNK, |l| l.min(CHUNK));
+                    let n = f
+                        .read_at(&mut self.buf[..want], at)
+                        .map_err(|e| self.err("reading", rel, e))?;
+                    if n == 0 {
+                        return Err(self.changed_under(rel, "shrank"));
+                    }
+                    self.w.write_all(&self.buf[..n]).map_err(wio)?;
+                    at += n as u64;
+                }
+            }
+            pos = end;
+        }
+        // The terminator: an empty extent at offset 0.
+        self.put(&0u64.to_be_bytes())?;
+        self.put(&0u64.to_be_bytes())
     }
 
     /// Sends entry `name` of `parent` (at `rel`), in full; a directory is
@@ -343,23 +456,31 @@ impl Enc<'_> {
 }
 
 /// Writes a stream of the snapshot tree `snap` (identity `guid`), in full or,
-/// with `base`, incremental from it. Both trees are walked by handle.
+/// with `base`, incremental from it: version 1, or version 2 (holes as
+/// holes) if `options` ask for it. Both trees are walked by handle.
 pub(crate) fn send(
     snap: &Path,
     smodes: &Modes,
     guid: u128,
     base: Option<(&Path, &Modes, u128)>,
+    options: &SendOptions,
     out: &mut dyn Write,
 ) -> Result<SendStats, ProviderError> {
-    encode(snap, smodes, guid, base, out, false)
+    encode(snap, smodes, guid, base, options, out, false)
 }
 
 /// The exact size of a full stream of `snap` (what [`send`] would write
-/// without a base, if the tree does not change meanwhile), from a walk of
-/// its metadata: file contents are counted, never read.
-pub(crate) fn stream_size(snap: &Path, smodes: &Modes, guid: u128) -> Result<u64, ProviderError> {
+/// without a base and with `options`, if the tree does not change
+/// meanwhile), from a walk of its metadata (and, for a sparse stream, of its
+/// files' data extents): file contents are counted, never read.
+pub(crate) fn stream_size(
+    snap: &Path,
+    smodes: &Modes,
+    guid: u128,
+    options: &SendOptions,
+) -> Result<u64, ProviderError> {
     let mut sink = std::io::sink();
-    let stats = encode(snap, smodes, guid, None, &mut sink, true)?;
+    let stats = encode(snap, smodes, guid, None, options, &mut sink, true)?;
     Ok(stats.bytes)
 }
 
@@ -368,6 +489,7 @@ fn encode(
     smodes: &Modes,
     guid: u128,
     base: Option<(&Path, &Modes, u128)>,
+    options: &SendOptions,
     out: &mut dyn Write,
     dry: bool,
 ) -> Result<SendStats, ProviderError> {
@@ -382,10 +504,17 @@ fn encode(
         root: snap,
         dry,
         skipped: 0,
+        sparse: options.sparse,
+        extents: 0,
     };
     let flags = if base.is_some() { FLAG_INCREMENTAL } else { 0 };
+    let version = if options.sparse {
+        VERSION_SPARSE
+    } else {
+        VERSION
+    };
     enc.put(MAGIC)?;
-    enc.put(&VERSION.to_be_bytes())?;
+    enc.put(&version.to_be_bytes())?;
     enc.put(&flags.to_be_bytes())?;
     enc.put(&0u32.to_be_bytes())?;
     enc.put(&guid.to_be_bytes())?;

@@ -324,6 +324,24 @@ impl<E> From<io::Error> for CopyFailed<E> {
     }
 }
 
+/// `lseek(file, offset, whence)` for `SEEK_DATA` or `SEEK_HOLE` on the
+/// open `file`: `None` where `ENXIO` says there is no data at or after
+/// `offset` (the rest is a hole). `EINVAL` is a file system without those
+/// seeks (or an offset beyond the end).
+pub(crate) fn seek_data(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: lseek on a descriptor open for the duration of the call.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if at < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(u64::try_from(at).unwrap_or(0)))
+}
+
 /// Copies the first `len` bytes of `src` into the empty `dst`, holes kept:
 /// only the ranges `SEEK_DATA`/`SEEK_HOLE` report as data are written,
 /// then `dst` is given length `len` (a trailing hole). A file system
@@ -342,20 +360,7 @@ pub(crate) fn copy_data<E>(
     counted: u64,
     fits: &mut dyn FnMut(u64) -> Result<(), E>,
 ) -> Result<(), CopyFailed<E>> {
-    let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
-        let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-        // SAFETY: lseek on a descriptor open for the duration of the call.
-        let at = unsafe { libc::lseek(src.as_raw_fd(), offset, whence) };
-        if at < 0 {
-            let e = io::Error::last_os_error();
-            // ENXIO: no data at or after `offset` (the rest is a hole).
-            return match e.raw_os_error() {
-                Some(libc::ENXIO) => Ok(None),
-                _ => Err(e),
-            };
-        }
-        Ok(Some(u64::try_from(at).unwrap_or(0)))
-    };
+    let seek = |offset: u64, whence: libc::c_int| seek_data(src, offset, whence);
     let mut pos = 0;
     let mut written = 0u64;
     // Bounded: each round moves `pos` forward (a data range is not empty:

@@ -56,7 +56,12 @@ use crate::provider::ProviderError;
 use crate::provider::stream::HashReader;
 
 pub(crate) const MAGIC: &[u8; 8] = b"VMGRDIRS";
+/// The version a sender writes by default: no `S` record (what every
+/// receiver reads, Flynn's included).
 pub(crate) const VERSION: u16 = 1;
+/// The version with `S` records (holes sent as holes), written only when
+/// the receiver asked for it ([`crate::provider::SendOptions::sparse`]).
+pub(crate) const VERSION_SPARSE: u16 = 2;
 pub(crate) const FLAG_INCREMENTAL: u16 = 1;
 
 pub(crate) const TAG_DIR: u8 = b'D';
@@ -64,6 +69,7 @@ pub(crate) const TAG_FILE: u8 = b'F';
 pub(crate) const TAG_LINK: u8 = b'L';
 pub(crate) const TAG_PERM: u8 = b'P';
 pub(crate) const TAG_DELETE: u8 = b'X';
+pub(crate) const TAG_SPARSE: u8 = b'S';
 pub(crate) const TAG_END: u8 = b'E';
 
 /// Longest relative path (bytes) a stream may carry.
@@ -77,6 +83,10 @@ pub const MAX_NAME: usize = 255;
 pub const MAX_ENTRIES: u64 = 1 << 26;
 /// Largest file (bytes) one record may declare.
 pub const MAX_FILE_LEN: u64 = 1 << 44;
+/// Most data extents (`S` record extents, not counting their terminators)
+/// one stream may carry. Nothing is held per extent; this bounds the work
+/// (a seek and a write each) a stream can ask for beyond its bytes.
+pub const MAX_EXTENTS: u64 = 1 << 32;
 /// Bound on the memory held for modes the staging tree cannot store directly
 /// (directories without owner `rwx`, files without owner `rw`).
 pub const MAX_MODE_EXCEPTION_BYTES: usize = 64 << 20;
@@ -84,6 +94,8 @@ pub const MAX_MODE_EXCEPTION_BYTES: usize = 64 << 20;
 /// The stream header's identities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
+    /// [`VERSION`] or [`VERSION_SPARSE`].
+    pub version: u16,
     pub guid: u128,
     pub base: Option<u128>,
 }
@@ -103,9 +115,9 @@ pub(crate) fn read_header<R: Read>(r: &mut HashReader<R>) -> Result<Header, Prov
         )));
     }
     let version = r.read_u16("the version")?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_SPARSE {
         return Err(bad(format!(
-            "unsupported stream version {version} (this build reads {VERSION})"
+            "unsupported stream version {version} (this build reads {VERSION} and {VERSION_SPARSE})"
         )));
     }
     let flags = r.read_u16("the flags")?;
@@ -123,6 +135,7 @@ pub(crate) fn read_header<R: Read>(r: &mut HashReader<R>) -> Result<Header, Prov
         return Err(bad("a full stream names a base guid".into()));
     }
     Ok(Header {
+        version,
         guid,
         base: incremental.then_some(base),
     })
@@ -221,6 +234,18 @@ pub(crate) trait Sink<R: Read> {
         mode: u32,
         len: u64,
     ) -> Result<(), ProviderError>;
+    /// `S`: replaces `rel` with a file of `len` bytes whose data are the
+    /// extents `extents` reads from `r` (each checked there), holes
+    /// elsewhere. The sink reads every extent, through the terminator
+    /// (`extents.next` answers `None`).
+    fn sparse(
+        &mut self,
+        r: &mut HashReader<R>,
+        rel: &[u8],
+        mode: u32,
+        len: u64,
+        extents: &mut Extents<'_>,
+    ) -> Result<(), ProviderError>;
     /// `L`: replaces `rel` with a symlink to `target`.
     fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError>;
     /// `P`: sets the true mode of the existing file or directory `rel`.
@@ -231,6 +256,73 @@ pub(crate) trait Sink<R: Read> {
     fn modes(&self) -> &Modes;
     /// Entries created or replaced so far, and their content bytes.
     fn totals(&self) -> (u64, u64);
+}
+
+/// The extents of one `S` record, read and checked one at a time: each
+/// starts at or after the end of the one before (increasing, not
+/// overlapping), is not empty, and ends within the file's length (no
+/// overflow); the stream carries at most [`MAX_EXTENTS`] of them in all.
+/// Nothing is held per extent.
+pub(crate) struct Extents<'a> {
+    rel: &'a [u8],
+    len: u64,
+    /// End of the last extent read (0 before the first).
+    end: u64,
+    /// The terminator was read.
+    done: bool,
+    /// Extents of the stream so far.
+    total: &'a mut u64,
+}
+
+impl Extents<'_> {
+    /// The next extent `(offset, n)`, its `n` content bytes next in `r`;
+    /// `None` once the terminator is read.
+    pub(crate) fn next<R: Read>(
+        &mut self,
+        r: &mut HashReader<R>,
+    ) -> Result<Option<(u64, u64)>, ProviderError> {
+        if self.done {
+            return Ok(None);
+        }
+        let at = r.bytes();
+        let offset = r.read_u64("an extent offset")?;
+        let n = r.read_u64("an extent length")?;
+        let rel = shown(self.rel);
+        if n == 0 {
+            if offset != 0 {
+                return Err(bad(format!(
+                    "{rel}: the extents' terminator at byte {at} has offset {offset}, not 0"
+                )));
+            }
+            self.done = true;
+            return Ok(None);
+        }
+        *self.total += 1;
+        if *self.total > MAX_EXTENTS {
+            return Err(bad(format!(
+                "more than {MAX_EXTENTS} data extents in the stream (byte {at})"
+            )));
+        }
+        if offset < self.end {
+            return Err(bad(format!(
+                "{rel}: extent at byte {at} starts at offset {offset}, before the end {} of \
+                 the one before (extents must increase and not overlap)",
+                self.end
+            )));
+        }
+        let end = offset
+            .checked_add(n)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{rel}: extent at byte {at} ({n} bytes at offset {offset}) ends beyond the \
+                 file's length {}",
+                    self.len
+                ))
+            })?;
+        self.end = end;
+        Ok(Some((offset, n)))
+    }
 }
 
 /// The error for a mode change of something that is not a file or
@@ -387,6 +479,39 @@ impl<R: Read> Sink<R> for Apply<'_> {
             .map_err(|e| self.io("setting the mode of", rel, e))
     }
 
+    fn sparse(
+        &mut self,
+        r: &mut HashReader<R>,
+        rel: &[u8],
+        mode: u32,
+        len: u64,
+        extents: &mut Extents<'_>,
+    ) -> Result<(), ProviderError> {
+        use std::io::{Seek, SeekFrom};
+        self.space.entry(0)?;
+        let parent = self.need_parent(rel)?;
+        let (_, name) = split_rel(rel);
+        self.clear(&parent, name, rel, false)?;
+        let mut f = parent
+            .create_file(name, 0o600)
+            .map_err(|e| self.io("creating", rel, e))?;
+        while let Some((offset, n)) = extents.next(r)? {
+            f.seek(SeekFrom::Start(offset))
+                .map_err(|e| self.io("writing", rel, e))?;
+            // What is left of the file from a piece on, as declared:
+            // the extent's rest and everything after the extent.
+            let after = len - offset - n;
+            let space = &mut self.space;
+            r.copy_exact_sparse(n, &mut f, "file content", &mut |k, left| {
+                space.content(k, left + after)
+            })?;
+        }
+        f.set_len(len).map_err(|e| self.io("writing", rel, e))?;
+        let stored = self.modes.record(rel, mode, false);
+        f.set_permissions(fs::Permissions::from_mode(stored))
+            .map_err(|e| self.io("setting the mode of", rel, e))
+    }
+
     fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
         self.space.entry(0)?;
         let parent = self.need_parent(rel)?;
@@ -457,6 +582,7 @@ pub(crate) struct Applied {
 /// number of records.
 pub(crate) fn apply<R: Read>(
     r: &mut HashReader<R>,
+    header: &Header,
     root: &Path,
     modes: &mut Modes,
 ) -> Result<Applied, ProviderError> {
@@ -474,17 +600,19 @@ pub(crate) fn apply<R: Read>(
         cached: None,
         space,
     };
-    decode(r, &mut a)
+    decode(r, header, &mut a)
 }
 
-/// The decoder: reads the records after the header, checks each, hands it
+/// The decoder: reads the records after `header`, checks each, hands it
 /// to `a`, through the end record, whose entry count and checksum must
-/// hold.
+/// hold. `S` records only in a [`VERSION_SPARSE`] stream.
 pub(crate) fn decode<R: Read, S: Sink<R> + ?Sized>(
     r: &mut HashReader<R>,
+    header: &Header,
     a: &mut S,
 ) -> Result<Applied, ProviderError> {
     let mut count = 0u64;
+    let mut extents_total = 0u64;
     loop {
         let at = r.bytes();
         let tag = r.read_u8("a record tag")?;
@@ -531,6 +659,39 @@ pub(crate) fn decode<R: Read, S: Sink<R> + ?Sized>(
                 }
                 a.file(r, &rel, mode, len)?;
             }
+            TAG_SPARSE if header.version >= VERSION_SPARSE => {
+                let rel = read_path(r, false)?;
+                let mode = read_mode(r)?;
+                let len = r.read_u64("a file length")?;
+                if len > MAX_FILE_LEN {
+                    return Err(bad(format!(
+                        "{} declares {len} bytes, more than the limit of {MAX_FILE_LEN}",
+                        shown(&rel)
+                    )));
+                }
+                let mut extents = Extents {
+                    rel: &rel,
+                    len,
+                    end: 0,
+                    done: false,
+                    total: &mut extents_total,
+                };
+                a.sparse(r, &rel, mode, len, &mut extents)?;
+                // Pair assertion: the sink read the record to its end.
+                if !extents.done {
+                    return Err(ProviderError::Other(format!(
+                        "{}: the sparse file's extents were not all read (a bug of the sink)",
+                        shown(&rel)
+                    )));
+                }
+            }
+            TAG_SPARSE => {
+                return Err(bad(format!(
+                    "sparse file record at byte {at} in a version {} stream (only version \
+                     {VERSION_SPARSE} carries them)",
+                    header.version
+                )));
+            }
             TAG_LINK => {
                 let rel = read_path(r, false)?;
                 let n = r.read_u16("a link target length")? as usize;
@@ -571,9 +732,9 @@ pub(crate) fn decode<R: Read, S: Sink<R> + ?Sized>(
 /// for tools and fuzzing. Returns the number of records applied.
 pub fn apply_stream(input: &mut dyn Read, dir: &Path) -> Result<u64, ProviderError> {
     let mut r = HashReader::new(input);
-    read_header(&mut r)?;
+    let header = read_header(&mut r)?;
     let mut modes = Modes::new(tree::Policy::Staging);
-    let applied = apply(&mut r, dir, &mut modes)?;
+    let applied = apply(&mut r, &header, dir, &mut modes)?;
     modes.apply_true_modes(dir, false)?;
     Ok(applied.records)
 }

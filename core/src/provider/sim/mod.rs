@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
-    ProviderFactory, SendStats, Tag, VolumeRef, VolumeSpec,
+    ProviderFactory, SendOptions, SendStats, Tag, VolumeRef, VolumeSpec,
 };
 use crate::model::{DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::storage::Storage;
@@ -479,6 +479,7 @@ impl Provider for SimProvider {
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        _options: &SendOptions,
         out: &mut dyn Write,
     ) -> Result<SendStats, ProviderError> {
         self.check(SimCall::Send, When::Before)?;
@@ -496,6 +497,7 @@ impl Provider for SimProvider {
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        _options: &SendOptions,
     ) -> Result<Option<u64>, ProviderError> {
         let (bytes, _) = self.stream_bytes(snapshot.id, base.map(|b| b.id.as_str()))?;
         Ok(Some(bytes.len() as u64))

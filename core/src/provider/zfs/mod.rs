@@ -169,7 +169,7 @@ use super::check_id;
 use super::cmd::Cmd;
 use super::{
     Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
-    SendStats, StreamIdentity, Tag, VolumeRef, VolumeSpec,
+    SendOptions, SendStats, StreamIdentity, Tag, VolumeRef, VolumeSpec,
 };
 use crate::model::{AgentId, DETAIL_GUID, Details, OpId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
@@ -673,6 +673,7 @@ impl Provider for ZfsProvider {
         &self,
         snapshot: &VolumeRef<'_>,
         base: Option<&VolumeRef<'_>>,
+        _options: &SendOptions,
         out: &mut dyn Write,
     ) -> Result<SendStats, ProviderError> {
         if snapshot.kind != VolumeKind::Snapshot {

@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::super::tree::Modes;
-use super::super::wire::{self, Sink};
+use super::super::wire::{self, Extents, Sink};
 use super::SimLayout;
 use crate::provider::ProviderError;
 use crate::provider::stream::HashReader;
@@ -131,6 +131,36 @@ impl<R: Read> Sink<R> for SimSink<'_> {
             .create(&self.path(rel))
             .map_err(|e| self.io("creating", rel, e))?;
         r.copy_exact(len, &mut Appender { file, at: 0 }, "file content")?;
+        self.modes.record(rel, mode, false);
+        Ok(())
+    }
+
+    fn sparse(
+        &mut self,
+        r: &mut HashReader<R>,
+        rel: &[u8],
+        mode: u32,
+        len: u64,
+        extents: &mut Extents<'_>,
+    ) -> Result<(), ProviderError> {
+        self.count(0);
+        self.need_parent(rel)?;
+        self.clear(rel, false)?;
+        let file = self
+            .layout
+            .storage
+            .create(&self.path(rel))
+            .map_err(|e| self.io("creating", rel, e))?;
+        let mut out = Appender { file, at: 0 };
+        while let Some((offset, n)) = extents.next(r)? {
+            out.at = offset;
+            r.copy_exact(n, &mut out, "file content")?;
+            // Data written, not declared length, is what costs space.
+            self.bytes = self.bytes.saturating_add(n);
+        }
+        out.file
+            .set_len(len)
+            .map_err(|e| self.io("writing", rel, e))?;
         self.modes.record(rel, mode, false);
         Ok(())
     }

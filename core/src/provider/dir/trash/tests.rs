@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use super::super::layout::{Entry, Identity, Layout, SimLayout};
 use super::super::tree::{Modes, Policy};
-use super::super::wire::Applied;
+use super::super::wire::{self, Applied};
 use super::super::{BatchSync, DirProvider};
 use crate::model::{Details, VolumeId, VolumeKind};
 use crate::provider::stream::HashReader;
@@ -136,10 +136,11 @@ impl Layout for GatedLayout {
     fn apply_stream(
         &self,
         r: &mut HashReader<&mut dyn io::Read>,
+        header: &wire::Header,
         root: &Path,
         modes: &mut Modes,
     ) -> Result<Applied, ProviderError> {
-        self.inner.apply_stream(r, root, modes)
+        self.inner.apply_stream(r, header, root, modes)
     }
     fn apply_true_modes(
         &self,
