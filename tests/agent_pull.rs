@@ -288,6 +288,202 @@ async fn a_second_pull_between_simulated_agents_is_incremental_and_the_data_matc
     b.shutdown().await;
 }
 
+/// Two directory-provider agents, `b` with `a` as peer `a`.
+async fn two_dir_agents() -> (tempfile::TempDir, tempfile::TempDir, TestAgent, TestAgent) {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestAgent::open(
+        dir_a.path(),
+        config::serve_default(dir_a.path()),
+        ServeOptions::default(),
+    )
+    .await;
+    let b = TestAgent::open(
+        dir_b.path(),
+        config::serve_default(dir_b.path()),
+        peer_a(&a),
+    )
+    .await;
+    (dir_a, dir_b, a, b)
+}
+
+/// The data ranges of the file at `path` (`SEEK_DATA`/`SEEK_HOLE`).
+fn data_map(path: &Path) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let seek = |at: u64, whence| {
+        // SAFETY: lseek on a descriptor open for the call.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), i64::try_from(at).unwrap(), whence) };
+        u64::try_from(r).ok()
+    };
+    let mut map = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let Some(start) = seek(pos, libc::SEEK_DATA) else {
+            break;
+        };
+        let end = seek(start, libc::SEEK_HOLE).unwrap_or(len).min(len);
+        map.push((start, end));
+        pos = end;
+    }
+    map
+}
+
+/// Whether two files hold the same bytes, compared a MiB at a time.
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        let mut m = 0;
+        while m < n {
+            let k = fb.read(&mut bb[m..n]).unwrap();
+            if k == 0 {
+                return false;
+            }
+            m += k;
+        }
+        if ba[..n] != bb[..n] {
+            return false;
+        }
+        if n == 0 {
+            return fb.read(&mut bb).unwrap() == 0;
+        }
+    }
+}
+
+/// A 1 GiB file holding 1 MiB of data crosses between two directory
+/// agents as about 1 MiB (the puller asks for holes as holes), arrives
+/// byte-identical and as sparse as it was, and the size the source
+/// announced is the size it sent.
+#[tokio::test]
+async fn a_pull_of_a_sparse_file_carries_its_data_not_its_holes() {
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+    let (_da, _db, a, b) = two_dir_agents().await;
+    let v = a
+        .client
+        .create_volume("default", Some("v"), BTreeMap::default())
+        .await
+        .unwrap();
+    let file = Path::new(&v.location).join("disk.img");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(&file).unwrap();
+        let half = noise(7, usize::try_from(MIB / 2).unwrap());
+        f.write_all_at(&half, 100 * MIB).unwrap();
+        f.write_all_at(&half, GIB - MIB / 2).unwrap();
+        f.set_len(GIB).unwrap();
+    }
+    let sent_map = data_map(&file);
+    assert_eq!(
+        sent_map,
+        vec![(100 * MIB, 100 * MIB + MIB / 2), (GIB - MIB / 2, GIB)]
+    );
+    let snap = a.client.snapshot("v", BTreeMap::default()).await.unwrap();
+    let t = b
+        .client
+        .create_volume("default", Some("t"), BTreeMap::default())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let done = b
+        .client
+        .pull_with_progress("t", PullFrom::Host("a"), &snap.id, |p| seen.push(p))
+        .await
+        .unwrap();
+    eprintln!(
+        "a 1 GiB file with 1 MiB of data: {} bytes crossed",
+        done.bytes
+    );
+    assert!(
+        done.bytes >= MIB && done.bytes < MIB + 64 * 1024,
+        "{} bytes crossed for 1 MiB of data",
+        done.bytes
+    );
+    assert_eq!(
+        seen.last().unwrap().total,
+        Some(done.bytes),
+        "the announced size is the sent size"
+    );
+    for got in [
+        Path::new(&t.location).join("disk.img"),
+        Path::new(&done.snapshot.location).join("disk.img"),
+    ] {
+        assert_eq!(std::fs::metadata(&got).unwrap().len(), GIB);
+        assert_eq!(data_map(&got), sent_map, "{} is as sparse", got.display());
+        assert!(
+            same_bytes(&got, &file),
+            "{} is byte-identical",
+            got.display()
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A send asked without `x-volmgr-stream-features` (Flynn's client) is a
+/// version 1 stream with the holes as zeros; asked with `sparse`, a version
+/// 2 stream with the data only. Each announces its exact size.
+#[tokio::test]
+async fn a_send_is_sparse_only_when_the_request_asks_for_it() {
+    let (_da, _db, a, b) = two_dir_agents().await;
+    let v = a
+        .client
+        .create_volume("default", Some("v"), BTreeMap::default())
+        .await
+        .unwrap();
+    let file = Path::new(&v.location).join("holey");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(&file).unwrap();
+        f.write_all_at(b"data", 1 << 20).unwrap();
+        f.set_len(4 << 20).unwrap();
+    }
+    let snap = a.client.snapshot("v", BTreeMap::default()).await.unwrap();
+    let url = format!("{}/storage/volumes/{}/send", a.url, snap.id);
+    let token = agent_support::token_for(&a.url);
+    for features in [None, Some("sparse"), Some("other, SPARSE")] {
+        let mut request = reqwest::Client::new().post(&url).body("null");
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(f) = features {
+            request = request.header("x-volmgr-stream-features", f);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let size: u64 = response.headers()["x-volmgr-stream-size"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = response.bytes().await.unwrap();
+        assert_eq!(size, body.len() as u64, "{features:?}: announced size");
+        assert_eq!(&body[..8], b"VMGRDIRS");
+        let version = u16::from_be_bytes([body[8], body[9]]);
+        match features {
+            None => {
+                assert_eq!(version, 1, "no features asked: version 1");
+                assert!(body.len() > 4 << 20, "holes as zeros: {}", body.len());
+            }
+            Some(_) => {
+                assert_eq!(version, 2, "{features:?}");
+                assert!(body.len() < 64 * 1024, "{features:?}: {}", body.len());
+            }
+        }
+    }
+    // volmgr's client's send (as Flynn's: no such header) is version 1 too.
+    let flynn = a.client.send(&snap.id, &[]).await.unwrap();
+    assert_eq!(u16::from_be_bytes([flynn[8], flynn[9]]), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_pull_streams_progress_events_then_its_result() {
     let Pair {

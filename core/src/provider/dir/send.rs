@@ -139,7 +139,7 @@ impl Enc<'_> {
     /// `fstat` said when it was opened): an `S` record of its data extents
     /// if the stream is sparse and the file has a hole, else an `F` record.
     fn file(&mut self, rel: &[u8], mode: u32, f: &mut File, len: u64) -> Result<(), ProviderError> {
-        if self.sparse && self.next_extent(f, 0, len, rel)? != Some((0, len)) {
+        if self.sparse && len > 0 && self.next_extent(f, 0, len, rel)? != Some((0, len)) {
             return self.sparse_file(rel, mode, f, len);
         }
         if self.sparse {

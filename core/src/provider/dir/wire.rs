@@ -738,3 +738,6 @@ pub fn apply_stream(input: &mut dyn Read, dir: &Path) -> Result<u64, ProviderErr
     modes.apply_true_modes(dir, false)?;
     Ok(applied.records)
 }
+
+#[cfg(test)]
+mod tests;
