@@ -26,14 +26,23 @@ fn pattern(offset: u64, n: u64) -> Vec<u8> {
 }
 
 /// A file of `len` bytes with data at `extents` (`[start, end)`), holes
-/// elsewhere.
+/// elsewhere. An extent of [`ZEROS_AT`] has written zeros from there on (data
+/// to `SEEK_DATA`, a hole to the receiver).
 fn holey(path: &Path, len: u64, extents: &[(u64, u64)]) {
     let f = File::create(path).unwrap();
     for &(start, end) in extents {
-        f.write_all_at(&pattern(start, end - start), start).unwrap();
+        let mut data = pattern(start, end - start);
+        if start == ZEROS_AT {
+            data[usize::try_from(CHUNK_LEN).unwrap()..].fill(0);
+        }
+        f.write_all_at(&data, start).unwrap();
     }
     f.set_len(len).unwrap();
 }
+
+const CHUNK_LEN: u64 = crate::provider::stream::CHUNK as u64;
+/// The offset of the extent that ends in a chunk of written zeros.
+const ZEROS_AT: u64 = 3 * CHUNK_LEN;
 
 /// The file's data ranges as `SEEK_DATA`/`SEEK_HOLE` report them.
 fn data_map(path: &Path) -> Vec<(u64, u64)> {
@@ -167,6 +176,12 @@ fn layouts() -> Vec<(&'static str, u64, Vec<(u64, u64)>)> {
         ("all_hole", 64 * b, vec![]),
         ("no_hole", 64 * b, vec![(0, 64 * b)]),
         ("empty", 0, vec![]),
+        // The receiver leaves the zeros a hole, and keeps what came before.
+        (
+            "zeros_ending_a_late_extent",
+            8 * CHUNK_LEN,
+            vec![(0, b), (ZEROS_AT, ZEROS_AT + 2 * CHUNK_LEN)],
+        ),
         (
             "many_extents",
             64 * b,
@@ -213,7 +228,12 @@ fn sparse_layouts_round_trip_through_version_2_with_their_data_maps() {
         let want = fs::read(src.path().join(name)).unwrap();
         assert_eq!(fs::metadata(&got).unwrap().len(), len, "{name}: length");
         assert!(fs::read(&got).unwrap() == want, "{name}: content");
-        assert_eq!(data_map(&got), extents, "{name}: data map");
+        let map = if name == "zeros_ending_a_late_extent" {
+            vec![(0, BLOCK), (ZEROS_AT, ZEROS_AT + CHUNK_LEN)]
+        } else {
+            extents
+        };
+        assert_eq!(data_map(&got), map, "{name}: data map");
     }
 }
 
