@@ -171,11 +171,15 @@ fn a_symlink_swap_race_never_makes_snapshot_fork_send_receive_or_destroy_act_out
             assert_no_secret(&f.path());
             p.destroy(&f.r()).unwrap();
         }
-        let mut stream = Vec::new();
-        if p.send_snapshot(&clean.r(), None, &SendOptions::default(), &mut stream)
-            .is_ok()
-        {
-            streams.push(stream);
+        // Both stream versions (version 2 finds extents by `SEEK_DATA`).
+        for sparse in [false, true] {
+            let mut stream = Vec::new();
+            let options = SendOptions::default().with_sparse(sparse);
+            if p.send_snapshot(&clean.r(), None, &options, &mut stream)
+                .is_ok()
+            {
+                streams.push(stream);
+            }
         }
     }
     racer.stop();
@@ -411,8 +415,8 @@ fn a_sparse_file_is_copied_with_its_holes_kept() {
     assert_same_sparse_file(&path, &snap.path().join("image"));
 }
 
-/// A stream carries a file's holes as zeros; the receiver writes them as
-/// holes again: the 1 GiB sparse file of the test above, sent from one
+/// A version 1 stream carries a file's holes as zeros; the receiver writes
+/// them as holes again (a version 2 stream carries the data only): the 1 GiB sparse file of the test above, sent from one
 /// provider, is received by another on a 64 MB file system (twice its
 /// data: the target and the snapshot), byte for byte, its holes kept.
 #[test]
@@ -441,6 +445,22 @@ fn a_sparse_file_is_received_with_its_holes_kept() {
     let got = receive(&target, &t, "r", &mut stream.as_slice()).expect("holes cost nothing");
     assert_same_sparse_file(&path, &got.path().join("image"));
     assert_same_sparse_file(&path, &t.path().join("image"));
+
+    // Version 2 (asked for): the data ranges only, the same file received.
+    let mut sparse = Vec::new();
+    let options = SendOptions::default().with_sparse(true);
+    source
+        .send_snapshot(&snap.r(), None, &options, &mut sparse)
+        .unwrap();
+    assert!(
+        sparse.len() < 1 << 20,
+        "a version 2 stream carries the data only: {} bytes",
+        sparse.len()
+    );
+    let t2 = create(&target, "t2");
+    let got = receive(&target, &t2, "r2", &mut sparse.as_slice()).expect("holes cost nothing");
+    assert_same_sparse_file(&path, &got.path().join("image"));
+    assert_same_sparse_file(&path, &t2.path().join("image"));
 }
 
 /// A 1 GiB file of three small data ranges (one at each end) and holes.

@@ -1,4 +1,5 @@
-//! Feeds arbitrary bytes to the directory provider's stream decoder, applied
+//! Feeds arbitrary bytes to the directory provider's stream decoder
+//! (versions 1 and 2: `S` sparse-file records with their extents), applied
 //! into a scratch directory that holds a base tree (with symlinks pointing
 //! out of it, a read-only directory and a FIFO), as a receive would.
 //!

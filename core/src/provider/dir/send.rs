@@ -551,3 +551,60 @@ fn encode(
         resumed: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// The `S` record of a file that grew after it was opened (`len`, what
+    /// `fstat` said then, is less than its length now, with data across
+    /// it) stops at `len`: a receiver refuses an extent beyond it.
+    #[test]
+    fn a_sparse_record_stays_within_the_length_the_file_had_when_opened() {
+        const B: u64 = 4096;
+        let tmp = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(tmp.path().join("f"))
+            .unwrap();
+        f.write_all_at(&[1u8; 4096], 0).unwrap();
+        f.write_all_at(&[2u8; 4096 * 4], 4 * B).unwrap();
+        let opened_len = 6 * B;
+        let mut out = Vec::new();
+        {
+            let sink: &mut dyn Write = &mut out;
+            let mut enc = Enc {
+                w: HashWriter::new(BufWriter::new(sink)),
+                count: 0,
+                buf: Vec::new(),
+                root: tmp.path(),
+                dry: false,
+                skipped: 0,
+                sparse: true,
+                extents: 0,
+            };
+            enc.sparse_file(b"f", 0o644, &f, opened_len).unwrap();
+            enc.w.flush().unwrap();
+        }
+        // tag, path (2 + 1), mode, len; then the extents.
+        let mut at = 1 + 3 + 4;
+        let u64_at = |at: usize| u64::from_be_bytes(out[at..at + 8].try_into().unwrap());
+        assert_eq!(u64_at(at), opened_len);
+        at += 8;
+        let mut extents = Vec::new();
+        loop {
+            let (offset, n) = (u64_at(at), u64_at(at + 8));
+            at += 16;
+            if n == 0 {
+                break;
+            }
+            extents.push((offset, n));
+            at += usize::try_from(n).unwrap();
+        }
+        assert_eq!(extents, vec![(0, B), (4 * B, 2 * B)]);
+        assert_eq!(at, out.len(), "nothing after the terminator");
+    }
+}

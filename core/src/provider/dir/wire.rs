@@ -4,17 +4,22 @@
 //! `Sink`: the kernel's staging tree (`apply`) or, through the provider's
 //! layout seam, the simulated file system's.
 //!
-//! # Format (version 1)
+//! # Format (versions 1 and 2)
 //!
 //! All integers big-endian. Paths are relative, `/`-separated bytes; the empty
 //! path is the volume's root.
 //!
 //! ```text
-//! header   magic "VMGRDIRS" (8) | version u16 = 1 | flags u16 (bit 0: incremental)
+//! header   magic "VMGRDIRS" (8) | version u16 (1 or 2) | flags u16 (bit 0: incremental)
 //!          | reserved u32 = 0 | guid u128 (the snapshot's) | base guid u128 (0 if full)
 //! records  tag u8, then:
 //!   'D' directory     path | mode u32            (creates it, or sets its mode)
 //!   'F' regular file  path | mode u32 | len u64 | len bytes of content
+//!   'S' sparse file   path | mode u32 | len u64 | extent* | end of extents
+//!                     (version 2 only; a file of len bytes, holes where no
+//!                     extent is)
+//!       extent          offset u64 | n u64 (> 0) | n bytes of content at offset
+//!       end of extents  offset u64 = 0 | n u64 = 0
 //!   'L' symlink       path | target len u16 | target bytes
 //!   'P' mode change   path | mode u32            (existing file or directory)
 //!   'X' deletion      path                       (whatever is there, recursively)
@@ -22,10 +27,37 @@
 //! path     len u16 | bytes
 //! ```
 //!
+//! ## Version changes
+//!
+//! - Version 1: `D`, `F`, `L`, `P`, `X`. A file's holes travel as zeros.
+//! - Version 2: version 1 plus `S`, a file's data extents only (holes as
+//!   holes: a 1 GiB file holding 1 MiB of data costs about 1 MiB on the
+//!   wire). A sender writes it only when the receiver asked for it
+//!   ([`crate::provider::SendOptions::sparse`]; over HTTP the send request's
+//!   `x-volmgr-stream-features: sparse` header, which volmgr's puller sends
+//!   and Flynn's client never does): the default stream is version 1, byte
+//!   for byte what it was before version 2 existed. A version 2 sender
+//!   writes `S` only for a file with a hole (`SEEK_DATA`/`SEEK_HOLE` on the
+//!   open file say it is not one data range from 0 to its length); an empty
+//!   file or one without holes is an `F` record. The receiver reads both
+//!   versions; `S` in a version 1 stream is an error.
+//!
+//! The sender finds a file's extents with `lseek(SEEK_DATA/SEEK_HOLE)` on
+//! the descriptor it opened (by handle, as every entry), each looked for
+//! from the end of the one before and clipped to the length the file had
+//! when opened, and reads each at its offset: whatever a writer does to the
+//! file meanwhile, the record is well formed (extents increasing, not
+//! overlapping, not empty, within `len`), and a file that shrinks under an
+//! extent, or whose data turns into a hole between the two seeks, fails the
+//! send ("changed while being sent"), as a file that shrinks under an `F`
+//! record does. A file system without those seeks has no holes: `F`.
+//!
 //! A full stream carries the whole tree in pre-order (a directory before its
 //! entries, names in byte order). An incremental stream carries, relative to
 //! the base snapshot: new entries in full; files whose size or content differs
-//! (compared byte by byte; timestamps are unreliable after copies) in full; a
+//! (compared byte by byte, holes read as zeros, whatever the version;
+//! timestamps are unreliable after copies) in full (`F`, or `S` in a version
+//! 2 stream); a
 //! `P` record for a file whose only change is its mode; a `D` record for a
 //! directory whose mode changed; changed symlinks; entries whose type changed
 //! (in full: the receiver replaces them); and an `X` record per path present
@@ -36,12 +68,23 @@
 //! `.` or `..` components, and every ancestor must be a real directory of the
 //! tree being built (never a symlink), so nothing is created, changed or
 //! removed outside the staging tree; link targets are 1..=4096 bytes without
-//! NUL (they are stored, never followed); a file declares at most 2^44 bytes
-//! and its content is copied in 128 KiB chunks (a chunk of zeros is left a
-//! hole: a sparse file arrives sparse); a stream holds at most 2^26
-//! records; the end record's count and CRC must hold. Any violation, and any
-//! short read, is a [`ProviderError::Stream`] and the staging area is removed.
-//! The receiver stops reading at the end record (it does not require EOF).
+//! NUL (they are stored, never followed); a file (`F` or `S`) declares at
+//! most 2^44 bytes and its content is copied in 128 KiB chunks (a chunk of
+//! zeros is left a hole: a sparse file arrives sparse from a version 1
+//! stream too); an `S` record's extents each start at or after the end of
+//! the one before, are not empty and end within its length (`offset + n`
+//! checked for overflow), its terminator's offset is 0, and a stream holds
+//! at most 2^32 extents in all (nothing is held per extent); the free-space
+//! guard counts the data written, never a declared length; a stream holds
+//! at most 2^26 records; the end record's count and CRC must hold. Any
+//! violation, and any short read, is a [`ProviderError::Stream`] and the
+//! staging area is removed. The receiver stops reading at the end record
+//! (it does not require EOF).
+//!
+//! The size a sender announces before a full stream (`Provider::send_size`,
+//! the agent's `x-volmgr-stream-size`) is exact for either version: a dry
+//! run of the encoder over the snapshot's metadata (and, for version 2, its
+//! files' extents), counting content without reading it.
 //!
 
 use std::fs;

@@ -468,3 +468,68 @@ fn a_huge_sparse_file_costs_its_data_not_its_length_in_the_space_guard() {
         ]
     );
 }
+
+/// A writer races the sender: it fills, punches, shortens and lengthens the
+/// file while version 2 streams of it are sent. Every send either fails
+/// saying the file changed, or gives a stream the decoder accepts (extents
+/// in order, within the length the file had when opened).
+#[test]
+fn a_file_changing_under_a_sparse_send_gives_a_well_formed_stream_or_a_clear_error() {
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("f");
+    let len = 64 * BLOCK;
+    holey(&path, len, &[(0, BLOCK), (32 * BLOCK, 40 * BLOCK)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let at = (i * 7 % 64) * BLOCK;
+                match i % 4 {
+                    0 => f.write_all_at(&pattern(at, BLOCK), at).unwrap(),
+                    1 => {
+                        // SAFETY: fallocate on a descriptor open for the call.
+                        let r = unsafe {
+                            libc::fallocate(
+                                f.as_raw_fd(),
+                                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                                i64::try_from(at).unwrap(),
+                                i64::try_from(8 * BLOCK).unwrap(),
+                            )
+                        };
+                        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+                    }
+                    2 => f.set_len(at).unwrap(),
+                    _ => f.set_len(len + at).unwrap(),
+                }
+                i += 1;
+            }
+            i
+        })
+    };
+    let (mut sent, mut refused) = (0, 0);
+    for _ in 0..300 {
+        let mut out = Vec::new();
+        let modes = Modes::new(Policy::Plain);
+        match send::send(src.path(), &modes, GUID, None, &options(true), &mut out) {
+            Ok(_) => {
+                let (_tmp, applied) = receive(&out);
+                applied.unwrap_or_else(|e| panic!("a sent stream is refused: {e}"));
+                sent += 1;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("while being sent"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let changes = writer.join().unwrap();
+    assert!(changes > 0, "the writer never ran");
+    eprintln!("{sent} sent, {refused} refused, {changes} changes");
+}
