@@ -786,7 +786,7 @@ impl Provider for DirProvider {
         let (m, path) = self.require(snapshot)?;
         let guid = Self::guid_of(&m)?;
         let modes = self.modes_of(VolumeKind::Snapshot, snapshot.id)?;
-        send::stream_size(&path, &modes, guid, options).map(Some)
+        send::stream_size(&path, &modes, guid, *options).map(Some)
     }
 
     fn send_snapshot(
@@ -827,7 +827,7 @@ impl Provider for DirProvider {
             &modes,
             guid,
             base.as_ref().map(|(p, m, g)| (p.as_path(), m, *g)),
-            options,
+            *options,
             out,
         )
     }

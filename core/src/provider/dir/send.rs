@@ -463,7 +463,7 @@ pub(crate) fn send(
     smodes: &Modes,
     guid: u128,
     base: Option<(&Path, &Modes, u128)>,
-    options: &SendOptions,
+    options: SendOptions,
     out: &mut dyn Write,
 ) -> Result<SendStats, ProviderError> {
     encode(snap, smodes, guid, base, options, out, false)
@@ -477,7 +477,7 @@ pub(crate) fn stream_size(
     snap: &Path,
     smodes: &Modes,
     guid: u128,
-    options: &SendOptions,
+    options: SendOptions,
 ) -> Result<u64, ProviderError> {
     let mut sink = std::io::sink();
     let stats = encode(snap, smodes, guid, None, options, &mut sink, true)?;
@@ -489,7 +489,7 @@ fn encode(
     smodes: &Modes,
     guid: u128,
     base: Option<(&Path, &Modes, u128)>,
-    options: &SendOptions,
+    options: SendOptions,
     out: &mut dyn Write,
     dry: bool,
 ) -> Result<SendStats, ProviderError> {

@@ -73,9 +73,9 @@ fn options(sparse: bool) -> SendOptions {
 fn stream_of(src: &Path, sparse: bool) -> Vec<u8> {
     let modes = Modes::new(Policy::Plain);
     let mut out = Vec::new();
-    let stats = send::send(src, &modes, GUID, None, &options(sparse), &mut out).unwrap();
+    let stats = send::send(src, &modes, GUID, None, options(sparse), &mut out).unwrap();
     assert_eq!(stats.bytes, out.len() as u64, "stats count every byte");
-    let size = send::stream_size(src, &modes, GUID, &options(sparse)).unwrap();
+    let size = send::stream_size(src, &modes, GUID, options(sparse)).unwrap();
     assert_eq!(
         size,
         out.len() as u64,
@@ -165,8 +165,11 @@ fn tags_of(stream: &[u8]) -> (u16, Tags) {
     (header.version, tags)
 }
 
-/// The layouts: name, length, data extents.
-fn layouts() -> Vec<(&'static str, u64, Vec<(u64, u64)>)> {
+/// The layouts of the round trip.
+/// A layout: name, length, data extents `[start, end)`.
+type Layout = (&'static str, u64, Vec<(u64, u64)>);
+
+fn layouts() -> Vec<Layout> {
     let b = BLOCK;
     vec![
         ("hole_at_start", 64 * b, vec![(32 * b, 64 * b)]),
@@ -266,7 +269,7 @@ fn a_version_1_request_gets_version_1_byte_for_byte_with_holes_as_zeros() {
     w.write_all(&len.to_be_bytes()).unwrap();
     w.write_all(&fs::read(src.path().join("f")).unwrap())
         .unwrap();
-    w.write_all(&[b'E']).unwrap();
+    w.write_all(b"E").unwrap();
     w.write_all(&2u64.to_be_bytes()).unwrap();
     let crc = w.crc();
     w.write_unhashed(&crc.to_be_bytes()).unwrap();
@@ -516,7 +519,7 @@ fn a_file_changing_under_a_sparse_send_gives_a_well_formed_stream_or_a_clear_err
     for _ in 0..300 {
         let mut out = Vec::new();
         let modes = Modes::new(Policy::Plain);
-        match send::send(src.path(), &modes, GUID, None, &options(true), &mut out) {
+        match send::send(src.path(), &modes, GUID, None, options(true), &mut out) {
             Ok(_) => {
                 let (_tmp, applied) = receive(&out);
                 applied.unwrap_or_else(|e| panic!("a sent stream is refused: {e}"));
