@@ -536,3 +536,44 @@ fn a_file_changing_under_a_sparse_send_gives_a_well_formed_stream_or_a_clear_err
     assert!(changes > 0, "the writer never ran");
     eprintln!("{sent} sent, {refused} refused, {changes} changes");
 }
+
+/// The simulated file system's sink reads version 2 as the kernel's does:
+/// each layout arrives with its length and content.
+#[test]
+fn the_simulated_sink_reads_sparse_records_with_their_content() {
+    use super::super::layout::{Layout, SimLayout};
+    use crate::storage::Storage;
+    use crate::storage::sim::SimStorage;
+    let src = tempfile::tempdir().unwrap();
+    for (name, len, extents) in layouts() {
+        holey(&src.path().join(name), len, &extents);
+    }
+    let stream = stream_of(src.path(), true);
+    let storage = SimStorage::new();
+    let root = Path::new("/staged");
+    storage.create_dir_all(root).unwrap();
+    let layout = SimLayout::new(storage.clone());
+    let mut bytes: &[u8] = &stream;
+    let input: &mut dyn Read = &mut bytes;
+    let mut r = HashReader::new(input);
+    let header = read_header(&mut r).unwrap();
+    let mut modes = Modes::new(Policy::Staging);
+    let applied = layout
+        .apply_stream(&mut r, &header, root, &mut modes)
+        .unwrap();
+    let data: u64 = layouts()
+        .iter()
+        .flat_map(|(_, _, e)| e.iter().map(|(s, e)| e - s))
+        .sum();
+    assert_eq!(applied.bytes, data, "data counted, not lengths");
+    for (name, len, _) in layouts() {
+        let f = storage.open(&root.join(name)).unwrap();
+        assert_eq!(f.len().unwrap(), len, "{name}: length");
+        let mut got = vec![0u8; usize::try_from(len).unwrap()];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert!(
+            got == fs::read(src.path().join(name)).unwrap(),
+            "{name}: content"
+        );
+    }
+}
