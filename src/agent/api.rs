@@ -209,7 +209,9 @@ pub struct ForkRequest {
 /// the caller already has. The body is Flynn's bare JSON array of haves
 /// (raw JSON values: strings are GUIDs, anything else matches nothing),
 /// `null` or empty (none: a full stream), or this object (volmgr's form,
-/// with a resume token).
+/// with a resume token). The stream's form (holes as holes) is asked with
+/// the `x-volmgr-stream-features` request header, not here: an older
+/// agent refuses an unknown field but ignores an unknown header.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
