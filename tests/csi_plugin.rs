@@ -1054,6 +1054,49 @@ async fn validation_confirms_only_parameters_that_create_volume_accepts() {
     p.stop.cancel();
 }
 
+/// `ValidateVolumeCapabilities` confirms no `volume_context`: `CreateVolume`
+/// returns none and nothing reads one, so a context the caller brings (a
+/// Nomad volume registered with `context`) is not echoed back as confirmed;
+/// the message names its keys. Without one, the same request is confirmed.
+#[tokio::test]
+async fn validation_confirms_no_volume_context_the_plugin_never_gave() {
+    let mut p = plugin().await;
+    p.c.controller
+        .create_volume(create_req("pvc-c"))
+        .await
+        .unwrap();
+    let validate = |context: &[(&str, &str)]| ValidateVolumeCapabilitiesRequest {
+        volume_id: "pvc-c".into(),
+        volume_capabilities: vec![mount_cap("", &[])],
+        volume_context: context
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Default::default()
+    };
+    let foreign =
+        p.c.controller
+            .validate_volume_capabilities(validate(&[("server", "10.0.0.1"), ("share", "/x")]))
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(foreign.confirmed.is_none(), "a context was confirmed");
+    assert!(
+        foreign.message.contains("\"server\"") && foreign.message.contains("\"share\""),
+        "{}",
+        foreign.message
+    );
+    let plain =
+        p.c.controller
+            .validate_volume_capabilities(validate(&[]))
+            .await
+            .unwrap()
+            .into_inner();
+    let confirmed = plain.confirmed.expect(&plain.message);
+    assert!(confirmed.volume_context.is_empty());
+    p.stop.cancel();
+}
+
 fn csi_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {

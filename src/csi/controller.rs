@@ -491,7 +491,8 @@ impl proto::controller_server::Controller for Controller {
         // Confirmed also only for parameters CreateVolume accepts and the
         // volume has.
         let checked = checks::capabilities(&r.volume_capabilities)
-            .and_then(|()| has_parameters(&self.plugin, &v, &r.parameters, &r.mutable_parameters));
+            .and_then(|()| has_parameters(&self.plugin, &v, &r.parameters, &r.mutable_parameters))
+            .and_then(|()| no_volume_context(&r.volume_context));
         let supported = match checked {
             Ok(()) => {
                 node::blocking(move || {
@@ -648,4 +649,19 @@ impl proto::controller_server::Controller for Controller {
             node_expansion_required: false,
         }))
     }
+}
+
+/// Confirms a `volume_context` only if it is empty: `CreateVolume` returns
+/// none and nothing here reads one, so a context (a Nomad volume registered
+/// with `context`, say) is something this plugin cannot honour, and
+/// `ValidateVolumeCapabilities` says so instead of echoing it as confirmed.
+fn no_volume_context(context: &HashMap<String, String>) -> Result<(), Status> {
+    if context.is_empty() {
+        return Ok(());
+    }
+    let mut keys: Vec<&str> = context.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    Err(Status::invalid_argument(format!(
+        "volume_context {keys:?} is not one this plugin gave: its volumes have no context"
+    )))
 }
