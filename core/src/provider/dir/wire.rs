@@ -474,6 +474,26 @@ impl Apply<'_> {
             }
         }
     }
+
+    /// A new, empty file at `rel` (mode 0600 until [`Apply::set_file_mode`]),
+    /// whatever was there removed; one entry for the space guard.
+    fn new_file(&mut self, rel: &[u8]) -> Result<fs::File, ProviderError> {
+        self.space.entry(0)?;
+        let parent = self.need_parent(rel)?;
+        let (_, name) = split_rel(rel);
+        self.clear(&parent, name, rel, false)?;
+        parent
+            .create_file(name, 0o600)
+            .map_err(|e| self.io("creating", rel, e))
+    }
+
+    /// Gives the file `f` at `rel`, written, the mode the tree stores for
+    /// true mode `mode` (the true one recorded when they differ).
+    fn set_file_mode(&mut self, f: &fs::File, rel: &[u8], mode: u32) -> Result<(), ProviderError> {
+        let stored = self.modes.record(rel, mode, false);
+        f.set_permissions(fs::Permissions::from_mode(stored))
+            .map_err(|e| self.io("setting the mode of", rel, e))
+    }
 }
 
 impl<R: Read> Sink<R> for Apply<'_> {
@@ -506,20 +526,12 @@ impl<R: Read> Sink<R> for Apply<'_> {
         mode: u32,
         len: u64,
     ) -> Result<(), ProviderError> {
-        self.space.entry(0)?;
-        let parent = self.need_parent(rel)?;
-        let (_, name) = split_rel(rel);
-        self.clear(&parent, name, rel, false)?;
-        let mut f = parent
-            .create_file(name, 0o600)
-            .map_err(|e| self.io("creating", rel, e))?;
+        let mut f = self.new_file(rel)?;
         let space = &mut self.space;
         r.copy_exact_sparse(len, &mut f, "file content", &mut |n, left| {
             space.content(n, left)
         })?;
-        let stored = self.modes.record(rel, mode, false);
-        f.set_permissions(fs::Permissions::from_mode(stored))
-            .map_err(|e| self.io("setting the mode of", rel, e))
+        self.set_file_mode(&f, rel, mode)
     }
 
     fn sparse(
@@ -531,13 +543,7 @@ impl<R: Read> Sink<R> for Apply<'_> {
         extents: &mut Extents<'_>,
     ) -> Result<(), ProviderError> {
         use std::io::{Seek, SeekFrom};
-        self.space.entry(0)?;
-        let parent = self.need_parent(rel)?;
-        let (_, name) = split_rel(rel);
-        self.clear(&parent, name, rel, false)?;
-        let mut f = parent
-            .create_file(name, 0o600)
-            .map_err(|e| self.io("creating", rel, e))?;
+        let mut f = self.new_file(rel)?;
         while let Some((offset, n)) = extents.next(r)? {
             f.seek(SeekFrom::Start(offset))
                 .map_err(|e| self.io("writing", rel, e))?;
@@ -550,9 +556,7 @@ impl<R: Read> Sink<R> for Apply<'_> {
             })?;
         }
         f.set_len(len).map_err(|e| self.io("writing", rel, e))?;
-        let stored = self.modes.record(rel, mode, false);
-        f.set_permissions(fs::Permissions::from_mode(stored))
-            .map_err(|e| self.io("setting the mode of", rel, e))
+        self.set_file_mode(&f, rel, mode)
     }
 
     fn link(&mut self, rel: &[u8], target: &[u8]) -> Result<(), ProviderError> {
