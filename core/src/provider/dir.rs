@@ -382,6 +382,10 @@ pub struct DirProvider {
     /// Which of its two names the round's probe file has, as far as this
     /// provider knows (see `durability`).
     probe_at_second: std::sync::atomic::AtomicBool,
+    /// The root's lock, held for the provider's life (with an owner, on
+    /// the kernel's file system; see "The root's owner"): released when the
+    /// provider is dropped.
+    root_lock: Option<crate::fsutil::HeldLock>,
 }
 
 impl DirProvider {

@@ -271,6 +271,9 @@ pub struct BtrfsProvider {
     /// The root's descriptor, held for every sync (see `commit`).
     handle: Arc<commit::Root>,
     batch_sync: BatchSync,
+    /// The root's lock, held as long as the provider (and every clone of
+    /// it) lives; `None` without an owner (see "The root's owner").
+    root_lock: Option<Arc<crate::fsutil::HeldLock>>,
 }
 
 fn kind_dir(kind: VolumeKind) -> &'static str {
@@ -351,11 +354,12 @@ impl BtrfsProvider {
         on_btrfs(&root)?;
         let handle =
             commit::Root::open(&root).map_err(io_err(format!("open {}", root.display())))?;
-        let provider = BtrfsProvider {
+        let mut provider = BtrfsProvider {
             root,
             program: "btrfs".into(),
             handle: Arc::new(handle),
             batch_sync,
+            root_lock: None,
         };
         provider
             .btrfs()
@@ -363,7 +367,7 @@ impl BtrfsProvider {
             .run()
             .map_err(|e| ProviderError::InvalidConfig(format!("btrfs-progs is not usable: {e}")))?;
         if let Some(owner) = owner {
-            provider.claim_root(owner)?;
+            provider.root_lock = Some(Arc::new(provider.claim_root(owner)?));
         }
         for dir in [
             provider.root.join("data"),

@@ -234,6 +234,11 @@ pub struct ZfsProvider {
     config: ProviderConfig,
     dataset: String,
     workdir: PathBuf,
+    /// The root dataset's host-local lock, held as long as the provider
+    /// lives; `None` without an owner (see "The root's owner"). Never
+    /// read: dropping it releases the lock.
+    #[allow(dead_code)]
+    root_lock: Option<crate::fsutil::HeldLock>,
 }
 
 impl ZfsProvider {
