@@ -16,6 +16,7 @@
 //! <root>/snapshot/<id>/tag      ownership tag of snapshot <id>
 //! <root>/snapshot/<id>/vol      its read-only subvolume: the snapshot's location
 //! <root>/.volmgr/provider       the root marker: the agent the root belongs to
+//! <root>/.volmgr/lock           the root's lock, held by the agent running on it
 //! <root>/.volmgr/stage/<op>/    an item being built by operation <op>
 //! <root>/.volmgr/trash/<name>/  removed from the namespace, being deleted
 //! ```
@@ -52,6 +53,16 @@
 //! ([`BtrfsProvider::new`]: tools and tests outside a manager) neither
 //! checks nor writes it. Handing a root to another agent is the operator's
 //! deliberate act: README, "Handing a provider root to another agent".
+//!
+//! The claim runs under the root's lock, so two agents starting together
+//! on a root without a marker cannot both read "none" and both claim it:
+//! an exclusive `flock` ([`crate::fsutil::hold_lock`]) on `.volmgr/lock`
+//! (empty, mode 0600, created without following a symlink, never renamed:
+//! the marker is replaced by rename, so it cannot carry the lock), taken
+//! before the marker is judged and held until the provider and all its
+//! clones are dropped. Held by another agent: [`ProviderError::RootInUse`],
+//! nothing changed. A marker naming another agent is refused before the
+//! lock file is made, and judged again under the lock.
 //!
 //! # Ownership tags
 //!

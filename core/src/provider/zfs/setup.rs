@@ -171,17 +171,11 @@ impl ZfsProvider {
             None => None,
         };
         zfs_available(Path::new(ZFS_DEVICE))?;
-        // Taken before any command that could change the pool, and held
-        // as long as the provider lives (see "The root's owner").
-        let root_lock = match owner {
-            Some(_) => Some(lock_root_dataset(Path::new(ROOT_LOCK_DIR), &dataset)?),
-            None => None,
-        };
-        let p = ZfsProvider {
+        let mut p = ZfsProvider {
             config: config.clone(),
             dataset,
             workdir,
-            root_lock,
+            root_lock: None,
         };
         if let Some(vdev) = config.get(CONFIG_POOL_VDEV) {
             let vdev = PathBuf::from(vdev);
@@ -192,6 +186,14 @@ impl ZfsProvider {
                 )));
             }
             ZfsProvider::ensure_pool(&pool, &vdev, size)?;
+        }
+        if let Some(owner) = owner {
+            // A root another agent owns is refused as such (naming it)
+            // before the lock; judged again under it (`ensure_root`).
+            p.refuse_foreign_root(owner)?;
+            // Held as long as the provider lives, taken before the root's
+            // owner is judged (see "The root's owner").
+            p.root_lock = Some(lock_root_dataset(Path::new(ROOT_LOCK_DIR), &p.dataset)?);
         }
         p.ensure_root(owner)?;
         Ok(p)
@@ -321,6 +323,23 @@ impl ZfsProvider {
             self.set_root_owner(owner)?;
         }
         Ok(())
+    }
+
+    /// [`ProviderError::ForeignRoot`] if the root dataset exists and
+    /// `volmgr:root-owner` names another agent; anything else (no dataset
+    /// yet, unset, ours, damaged) is left to [`ZfsProvider::claim_root`],
+    /// under the lock.
+    fn refuse_foreign_root(&self, owner: AgentId) -> Result<(), ProviderError> {
+        let Ok((value, _)) = self.root_owner() else {
+            return Ok(());
+        };
+        match AgentId::parse(&value) {
+            Ok(named) if named != owner => Err(ProviderError::ForeignRoot {
+                root: self.dataset.clone(),
+                owner: named.to_string(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// `volmgr:root-owner` of the root dataset: its value and source, as
