@@ -596,6 +596,77 @@ fn assert_foreign_root(
     );
 }
 
+/// Two agents starting together on one unowned btrfs root (story:
+/// `tests/root_owner.rs`, for the directory provider): the claim was
+/// read-check-write, so both could read "no marker" and both claim it.
+/// An agent's provider holds `.volmgr/lock` from before it reads the marker
+/// until it is dropped: a second agent is refused while the first runs,
+/// whatever the marker says at that instant, and changes nothing. The
+/// instant between the first agent's read of "no marker" and its write is
+/// made deterministic by removing the marker under the running first agent.
+#[test]
+fn a_second_agent_cannot_claim_an_unowned_btrfs_root_the_first_one_is_claiming() {
+    use std::os::unix::fs::MetadataExt;
+    let test = "a_second_agent_cannot_claim_an_unowned_btrfs_root_the_first_one_is_claiming";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let config = common::config::root_config(&root);
+    let marker = root.join(".volmgr/provider");
+    let (agent_a, agent_b) = (
+        volmgr::provider::AgentId::generate(),
+        volmgr::provider::AgentId::generate(),
+    );
+    let a = BtrfsProvider::for_owner(&config, &agent_a).unwrap();
+    assert_eq!(std::fs::read(&marker).unwrap(), btrfs_root_marker(agent_a));
+    let lock = root.join(".volmgr/lock");
+    let md = std::fs::symlink_metadata(&lock).expect("the lock file");
+    assert!(md.is_file() && md.mode() & 0o7777 == 0o600, "{md:?}");
+    // A has read "no marker" and not written yet: what B would read.
+    std::fs::remove_file(&marker).unwrap();
+    let image = common::entry_image(&root);
+
+    let err = BtrfsProvider::for_owner(&config, &agent_b).expect_err("A runs on the root");
+    assert!(
+        matches!(
+            &err,
+            volmgr::provider::ProviderError::RootInUse { root: r, lock: l }
+                if r == root.to_str().unwrap() && l == lock.to_str().unwrap()
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("in use by another volmgr agent") && text.contains(lock.to_str().unwrap()),
+        "{text}"
+    );
+    assert!(!marker.exists(), "B wrote no marker");
+    assert_eq!(
+        common::entry_image(&root),
+        image,
+        "nothing under the root changed"
+    );
+
+    // A stops: its lock goes with it (every clone of the provider shares
+    // it), and the unowned root is B's.
+    let clone = a.clone();
+    drop(a);
+    assert!(
+        BtrfsProvider::for_owner(&config, &agent_b).is_err(),
+        "a clone of A still holds it"
+    );
+    drop(clone);
+    let b = BtrfsProvider::for_owner(&config, &agent_b).expect("A stopped");
+    assert_eq!(std::fs::read(&marker).unwrap(), btrfs_root_marker(agent_b));
+    drop(b);
+    let err = BtrfsProvider::for_owner(&config, &agent_a).expect_err("B's root now");
+    assert!(
+        matches!(&err, volmgr::provider::ProviderError::ForeignRoot { owner, .. } if *owner == agent_b.to_string()),
+        "{err:?}"
+    );
+}
+
 /// A btrfs root belongs to one agent (story and property: `tests/root_owner.rs`,
 /// there for the directory provider): a second agent's add of the root,
 /// and a second agent configured with it, are refused, and nothing under

@@ -1280,6 +1280,102 @@ async fn btrfs_never_sets_a_capacity_below_what_the_volume_holds() {
     p.stop.cancel();
 }
 
+/// Story: a `CreateVolume` from a snapshot (or a clone) makes the volume,
+/// then sets its limit: two journaled operations. A create that died
+/// between them, retried with a capacity below what the snapshot holds,
+/// answered `OUT_OF_RANGE` and left the volume behind with no limit at all
+/// (never answered to the CO, which then fixes the capacity and finds an
+/// unlimited volume under the name, or gives up and leaks it).
+///
+/// Property: a retry that cannot set the limit of a volume its create never
+/// limited removes it, as the first attempt does when its limit fails:
+/// `OUT_OF_RANGE`, nothing left; the next create with a capacity that fits
+/// makes it afresh, limited. (A volume made without a limit and answered
+/// stays: `btrfs_never_sets_a_capacity_below_what_the_volume_holds`.)
+#[tokio::test]
+async fn a_create_retry_that_cannot_limit_a_half_made_volume_leaves_no_unlimited_volume() {
+    let test = "a_create_retry_that_cannot_limit_a_half_made_volume_leaves_no_unlimited_volume";
+    let Some(fs) = common::BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let mut p = plugin_on(Some(("btrfs", common::config::root_config(&root)))).await;
+    p.c.controller
+        .create_volume(create_req("pvc-src"))
+        .await
+        .unwrap();
+    let loc = PathBuf::from(p.manager.volume("pvc-src").unwrap().location);
+    let f = std::fs::File::create(loc.join("data")).unwrap();
+    std::io::Write::write_all(&mut &f, &vec![7u8; 8 << 20]).unwrap();
+    f.sync_all().unwrap();
+    let snap =
+        p.c.controller
+            .create_snapshot(CreateSnapshotRequest {
+                name: "snap-8m".into(),
+                source_volume_id: "pvc-src".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap()
+            .snapshot_id;
+    let request = |bytes: i64| CreateVolumeRequest {
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_content_source: Some(VolumeContentSource {
+            r#type: Some(volume_content_source::Type::Snapshot(
+                volume_content_source::SnapshotSource {
+                    snapshot_id: snap.clone(),
+                },
+            )),
+        }),
+        ..create_req("pvc-c")
+    };
+    // What the first attempt, asking 4 MiB, journaled before it died: the
+    // volume made from the snapshot, with the meta the plugin writes, and
+    // no limit yet.
+    let mut meta = names::meta_for("pvc-c");
+    meta.insert(names::META_SOURCE.into(), format!("snapshot:{snap}"));
+    meta.insert(names::META_REQUESTED_BYTES.into(), (4u64 << 20).to_string());
+    p.manager
+        .fork_volume(&snap, Some("pvc-c"), meta)
+        .await
+        .unwrap();
+
+    let r = p.c.controller.create_volume(request(4 << 20)).await;
+    assert_eq!(code(r), Code::OutOfRange, "4 MiB cannot hold the snapshot");
+    assert!(
+        p.manager.volume("pvc-c").is_err(),
+        "no volume is left without its limit: {:?}",
+        p.manager.volume("pvc-c")
+    );
+
+    let v =
+        p.c.controller
+            .create_volume(request(64 << 20))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+    assert_eq!(v.capacity_bytes, 64 << 20);
+    let made = p.manager.volume("pvc-c").unwrap();
+    assert_eq!(made.details["capacity-bytes"], (64u64 << 20).to_string());
+    // The meta the plugin writes is the meta the half-made volume above had.
+    let mut expected = names::meta_for("pvc-c");
+    expected.insert(names::META_SOURCE.into(), format!("snapshot:{snap}"));
+    expected.insert(
+        names::META_REQUESTED_BYTES.into(),
+        (64u64 << 20).to_string(),
+    );
+    assert_eq!(made.meta, expected);
+    p.stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_a_volume_with_an_operation_in_flight_are_aborted() {
     let sim = SimProvider::new();

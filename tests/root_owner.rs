@@ -521,3 +521,166 @@ async fn a_damaged_dir_root_marker_is_refused_naming_the_file_and_left_as_it_is(
     assert_eq!(entry_image(&root), image, "nothing under the root changed");
     m.close().await;
 }
+
+/// Asserts `err` refuses `root` as in use by another agent (its lock held),
+/// and says so.
+#[track_caller]
+fn assert_root_in_use(err: &ProviderError, root: &Path) {
+    let lock = root.join(".volmgr/lock");
+    match err {
+        ProviderError::RootInUse { root: r, lock: l } => assert_eq!(
+            (r.as_str(), l.as_str()),
+            (root.to_str().unwrap(), lock.to_str().unwrap())
+        ),
+        other => panic!("expected RootInUse of {}: {other:?}", root.display()),
+    }
+    let text = err.to_string();
+    for part in [
+        root.to_str().unwrap(),
+        "in use by another volmgr agent",
+        lock.to_str().unwrap(),
+        "nothing under it was touched",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+}
+
+/// Story: the claim of a root was read-check-write. Two agents starting
+/// together on one unowned root (format 1, or new) could both read "no
+/// owner", both write their marker, the last rename winning, and both run
+/// on the root, each taking the other's volumes for orphans.
+///
+/// Property: an agent's provider holds the root's lock (`.volmgr/lock`)
+/// from before it reads the marker until it is dropped, so a second agent
+/// is refused while the first runs, whatever the marker says at that
+/// instant, and changes nothing. The instant between the first agent's
+/// read of "no owner" and its write is made deterministic here by putting
+/// the format-1 marker back under the running first agent.
+#[test]
+fn a_second_agent_cannot_claim_an_unowned_dir_root_the_first_one_is_claiming() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("shared");
+    drop(DirProvider::new(root.clone()).unwrap());
+    let config = dir_config(&root);
+    let (agent_a, agent_b) = (AgentId::generate(), AgentId::generate());
+    let a = DirProvider::for_owner(&config, &agent_a).unwrap();
+    assert_eq!(marker(&root), format_2(agent_a), "A adopted the root");
+    // A has read "no owner" and not written yet: what B would read.
+    std::fs::write(root.join(".volmgr/provider"), FORMAT_1).unwrap();
+    let image = entry_image(&root);
+
+    let err = DirProvider::for_owner(&config, &agent_b).expect_err("A runs on the root");
+    assert_root_in_use(&err, &root);
+    assert_eq!(marker(&root), FORMAT_1, "B wrote no marker");
+    assert_eq!(entry_image(&root), image, "nothing under the root changed");
+
+    // A stops: its lock goes with it, and the unowned root is B's to adopt.
+    drop(a);
+    let b = DirProvider::for_owner(&config, &agent_b).expect("A stopped");
+    assert_eq!(marker(&root), format_2(agent_b), "B adopted the root");
+    drop(b);
+    // The ownership itself is unchanged by the lock: A's former root is
+    // now B's (handed over only by removing the marker).
+    let err = DirProvider::for_owner(&config, &agent_a).expect_err("B's root");
+    assert!(
+        matches!(&err, ProviderError::ForeignRoot { owner, .. } if *owner == agent_b.to_string()),
+        "{err:?}"
+    );
+}
+
+/// Two agents starting together on one new, empty root: exactly one gets
+/// it, whichever runs first; the other is refused (the root is in use, or
+/// already owned) and the marker names the winner.
+#[test]
+fn of_two_agents_starting_together_on_a_new_dir_root_exactly_one_wins() {
+    for round in 0..3 {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("new");
+        let config = dir_config(&root);
+        let barrier = std::sync::Barrier::new(2);
+        let agents = [AgentId::generate(), AgentId::generate()];
+        let results: Vec<_> = std::thread::scope(|s| {
+            let threads: Vec<_> = agents
+                .iter()
+                .map(|id| {
+                    let (barrier, config) = (&barrier, &config);
+                    s.spawn(move || {
+                        barrier.wait();
+                        DirProvider::for_owner(config, id)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let winners: Vec<AgentId> = agents
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        assert_eq!(marker(&root), format_2(winners[0]), "round {round}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(
+                        e,
+                        ProviderError::RootInUse { .. } | ProviderError::ForeignRoot { .. }
+                    ),
+                    "round {round}: {e:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The lock file is the provider's own, out of every tenant's reach: under
+/// `.volmgr`, in no volume or snapshot directory, readable and writable by
+/// root only (no local user can open it, so none can hold its lock and keep
+/// the agent off its root), and never reached through a symlink: one
+/// planted in its place is refused and its target left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dir_root_lock_is_out_of_every_volume_and_never_followed() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("shared");
+    let a = first_agent(&tmp.path().join("a"), &root).await;
+    let lock = root.join(".volmgr/lock");
+    let md = std::fs::symlink_metadata(&lock).expect("the lock file");
+    assert!(md.is_file());
+    assert_eq!(md.mode() & 0o7777, 0o600, "root's only");
+    let lock = std::fs::canonicalize(&lock).unwrap();
+    for v in a.volumes() {
+        let location = std::fs::canonicalize(&v.location).unwrap();
+        assert!(
+            !lock.starts_with(&location),
+            "{} lies in volume {}",
+            lock.display(),
+            v.id
+        );
+    }
+    a.close().await;
+
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::write(&elsewhere, b"not volmgr's").unwrap();
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &lock).unwrap();
+    let config = dir_config(&root);
+    let a = Manager::open(tmp.path().join("a"), ManagerConfig::default())
+        .await
+        .unwrap();
+    let unavailable = a.reconcile_report().unavailable;
+    assert!(
+        unavailable
+            .iter()
+            .any(|(p, why)| p == "p" && why.contains(lock.to_str().unwrap())),
+        "{unavailable:?}"
+    );
+    a.close().await;
+    assert!(DirProvider::for_owner(&config, &AgentId::generate()).is_err());
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not volmgr's");
+    assert_eq!(
+        std::fs::symlink_metadata(&elsewhere).unwrap().mode() & 0o7777,
+        0o644
+    );
+}

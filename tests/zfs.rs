@@ -1729,3 +1729,91 @@ async fn a_second_agent_cannot_add_or_open_on_a_zfs_root_another_agent_owns() {
         .expect("A reopens its root");
     a.close().await;
 }
+
+/// Two agents of one host starting together on one unowned root dataset
+/// (story: `tests/root_owner.rs`, for the directory provider): the claim
+/// was `zfs get`, then `zfs set`, so both could read "unset" and both set
+/// `volmgr:root-owner`, the last one winning while both ran on the root.
+/// An agent's provider holds a host-local lock of the root dataset
+/// (`/run/volmgr/zfs-roots/<dataset with / as %>.lock`) from before its
+/// `zfs get` until it is dropped: a second agent is refused while the first
+/// runs, whatever the property says at that instant, and changes nothing.
+/// The instant between the first agent's read of "unset" and its `zfs set`
+/// is made deterministic by `zfs inherit` under the running first agent.
+#[test]
+fn a_second_agent_cannot_claim_an_unowned_zfs_root_the_first_one_is_claiming() {
+    use std::os::unix::fs::MetadataExt;
+    let test = "a_second_agent_cannot_claim_an_unowned_zfs_root_the_first_one_is_claiming";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let dataset = pool.dataset();
+    let config = pool.provider_config();
+    let owner_of = || {
+        zfs_out(&[
+            "get",
+            "-H",
+            "-o",
+            "value,source",
+            "volmgr:root-owner",
+            &dataset,
+        ])
+    };
+    drop(ZfsProvider::from_config(&config).unwrap());
+    let (agent_a, agent_b) = (
+        volmgr::provider::AgentId::generate(),
+        volmgr::provider::AgentId::generate(),
+    );
+    let a = ZfsProvider::for_owner(&config, &agent_a).unwrap();
+    assert_eq!(owner_of(), format!("{agent_a}\tlocal"), "claimed by A");
+    let lock = PathBuf::from(format!(
+        "/run/volmgr/zfs-roots/{}.lock",
+        dataset.replace('/', "%")
+    ));
+    let md = std::fs::symlink_metadata(&lock).expect("the lock file");
+    assert!(md.is_file() && md.mode() & 0o7777 == 0o600, "{md:?}");
+    // A has read "unset" and not set it yet: what B would read.
+    zfs_out(&["inherit", "volmgr:root-owner", &dataset]);
+    let image = || {
+        zfs_out(&[
+            "get",
+            "-H",
+            "-p",
+            "-r",
+            "-t",
+            "all",
+            "-o",
+            "name,property,value,source",
+            "all",
+            &dataset,
+        ])
+    };
+    let before = image();
+
+    let err = ZfsProvider::for_owner(&config, &agent_b).expect_err("A runs on the root");
+    assert!(
+        matches!(
+            &err,
+            ProviderError::RootInUse { root, lock: l }
+                if *root == dataset && l == lock.to_str().unwrap()
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("in use by another volmgr agent"),
+        "{err}"
+    );
+    assert_eq!(owner_of(), "-\t-", "B set nothing");
+    assert_eq!(image(), before, "no dataset under the root changed");
+
+    // A stops: its lock goes with it, and the unowned root is B's.
+    drop(a);
+    let b = ZfsProvider::for_owner(&config, &agent_b).expect("A stopped");
+    assert_eq!(owner_of(), format!("{agent_b}\tlocal"), "claimed by B");
+    drop(b);
+    let err = ZfsProvider::for_owner(&config, &agent_a).expect_err("B's root now");
+    assert!(
+        matches!(&err, ProviderError::ForeignRoot { owner, .. } if *owner == agent_b.to_string()),
+        "{err:?}"
+    );
+}

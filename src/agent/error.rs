@@ -204,9 +204,11 @@ impl From<ManagerError> for ApiError {
                 ProviderError::AlreadyExists(_) => (S::CONFLICT, "already_exists", None),
                 ProviderError::Busy { .. } => (S::CONFLICT, "busy", None),
                 ProviderError::HasDependents { .. } => (S::CONFLICT, "has_dependents", None),
-                // A root another agent owns: the configuration names the
-                // wrong root, like any other refused configuration.
-                ProviderError::InvalidConfig(_) | ProviderError::ForeignRoot { .. } => {
+                // A root another agent owns or runs on: the configuration
+                // names the wrong root, like any other refused configuration.
+                ProviderError::InvalidConfig(_)
+                | ProviderError::ForeignRoot { .. }
+                | ProviderError::RootInUse { .. } => {
                     (S::BAD_REQUEST, "invalid_config", Some("metadata"))
                 }
                 ProviderError::Suspended { .. } => (S::BAD_GATEWAY, "transfer_interrupted", None),

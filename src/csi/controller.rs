@@ -92,6 +92,15 @@ fn recorded_capacity(v: &Volume) -> Option<u64> {
         })
 }
 
+/// Whether `v` is a volume whose `CreateVolume` (asking `capacity`, which
+/// the provider enforces) made it and never set its limit: a limit once set
+/// is never removed, and the create is answered only once it is set, so
+/// such a volume was never answered (nor published). One made without a
+/// capacity asked (no [`META_REQUESTED_BYTES`]) was answered unlimited.
+fn limit_never_set(v: &Volume, capacity: Option<u64>) -> bool {
+    capacity.is_some() && capacity_of(v).is_none() && v.meta.contains_key(META_REQUESTED_BYTES)
+}
+
 /// Whether `v` still lacks the capacity or an option a `CreateVolume` asked for.
 fn needs_attributes(v: &Volume, capacity: Option<u64>, options: &ProviderConfig) -> bool {
     (capacity.is_some() && capacity_of(v).is_none())
@@ -235,7 +244,8 @@ impl Controller {
         let id = names::id_for_name(&r.name);
 
         // The capacity the provider enforces; elsewhere it is only recorded
-        // (reported as 0, "unknown", never promised).
+        // (reported as 0, "unknown", never promised). The capacity asked for
+        // is recorded in meta either way (`META_REQUESTED_BYTES`).
         let capacity = requested.bytes().filter(|_| traits.enforces_capacity);
 
         if let Ok(v) = m.volume(&id) {
@@ -251,21 +261,31 @@ impl Controller {
             }
             // An earlier attempt may have died between making the volume and
             // setting its attributes: finish it.
-            let v = if needs_attributes(&v, capacity, &options) {
-                m.set_volume_attributes(&id, capacity, options)
-                    .await
-                    .map_err(from_manager)?
-            } else {
-                v
+            if !needs_attributes(&v, capacity, &options) {
+                return Ok(plugin.csi_volume(&v));
+            }
+            return match m.set_volume_attributes(&id, capacity, options).await {
+                Ok(v) => Ok(plugin.csi_volume(&v)),
+                Err(e) => {
+                    // A volume whose create died before its limit was set
+                    // was never answered: it goes, as the first attempt's
+                    // does when its attributes fail (no volume without the
+                    // limit asked for stays behind, e.g. a capacity below
+                    // what a clone holds: OUT_OF_RANGE). One made without
+                    // a limit, and answered, stays as it is.
+                    if limit_never_set(&v, capacity) {
+                        self.delete(&id).await?;
+                    }
+                    Err(from_manager(e))
+                }
             };
-            return Ok(plugin.csi_volume(&v));
         }
 
         let mut meta = names::meta_for(&r.name);
         if !options_text.is_empty() {
             meta.insert(META_OPTIONS.to_owned(), options_text);
         }
-        if let (Some(bytes), None) = (requested.bytes(), capacity) {
+        if let Some(bytes) = requested.bytes() {
             meta.insert(META_REQUESTED_BYTES.to_owned(), bytes.to_string());
         }
         if let Some(s) = &source {

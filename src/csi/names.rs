@@ -19,8 +19,12 @@ pub const META_SOURCE: &str = "csi.volmgr/source";
 /// Meta key: the canonical provider options of the `CreateVolume` parameters
 /// (`key=value` pairs joined by `,`), compared on a retry.
 pub const META_OPTIONS: &str = "csi.volmgr/options";
-/// Meta key: the capacity the `CreateVolume` asked for, in bytes, where the
-/// provider cannot enforce it (kept to judge a retry's compatibility).
+/// Meta key: the capacity the `CreateVolume` asked for, in bytes: where
+/// the provider cannot enforce it, kept to judge a retry's compatibility;
+/// where it can, it tells a volume whose create died before its limit was
+/// set (removed by a retry that cannot set it) from one made without a
+/// limit (volumes made before this key was written for such providers are
+/// taken for the latter).
 pub const META_REQUESTED_BYTES: &str = "csi.volmgr/requested-bytes";
 /// Meta key on the plugin's internal snapshots (the source of a clone):
 /// the clone's volume id. They are hidden from `ListSnapshots`.

@@ -355,6 +355,29 @@ impl Dir {
         Ok(unsafe { File::from_raw_fd(fd) })
     }
 
+    /// Opens the regular file `name` for reading and writing, creating it
+    /// with `mode` if absent (never through a symlink, never blocking: a
+    /// FIFO, socket or device found there is refused by the `fstat` after
+    /// the open). For a lock file, which is never renamed or replaced.
+    pub fn open_or_create_file(&self, name: &[u8], mode: u32) -> io::Result<File> {
+        let c = cname(name)?;
+        let flags = libc::O_RDWR
+            | libc::O_CREAT
+            | libc::O_NOFOLLOW
+            | libc::O_NONBLOCK
+            | libc::O_NOCTTY
+            | libc::O_CLOEXEC;
+        // SAFETY: valid descriptor and name.
+        let fd = cvt(unsafe { libc::openat(self.raw(), c.as_ptr(), flags, mode as libc::c_uint) })?;
+        // SAFETY: just opened, owned by no one else.
+        let f = unsafe { File::from_raw_fd(fd) };
+        let st = fstat(fd)?;
+        if st.kind != Kind::File {
+            return Err(wrong_kind(st.kind, "a regular file"));
+        }
+        Ok(f)
+    }
+
     /// `mkdirat(name, mode)`.
     pub fn create_dir(&self, name: &[u8], mode: u32) -> io::Result<()> {
         let c = cname(name)?;

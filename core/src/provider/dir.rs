@@ -6,6 +6,7 @@
 //! ```text
 //! <root>/
 //!   .volmgr/provider         ownership marker of the root (written first)
+//!   .volmgr/lock             the root's lock, held by the agent running on it
 //!   data/<id>/               a data volume (its `location`)
 //!   snapshot/<id>/           a snapshot: a read-only copy
 //!   .volmgr/data/<id>        ownership marker of data volume <id>
@@ -50,6 +51,21 @@
 //! writes a format-1 marker on a new root and checks no owner. Handing a root
 //! to another agent is the operator's deliberate act: README, "Handing a
 //! provider root to another agent".
+//!
+//! Reading the marker, then writing it, would let two agents starting
+//! together on one unowned root both read "no owner" and both claim it. So
+//! a provider with an owner takes the root's lock first: an exclusive
+//! `flock` ([`crate::fsutil::hold_lock`]) on `.volmgr/lock`, an empty file
+//! created mode 0600 without following a symlink and never renamed (the
+//! marker itself is replaced by rename, so a lock on it would be on an
+//! inode the next opener no longer finds). The provider holds it until it
+//! is dropped; another open of it (another agent, or another provider of
+//! this process) is refused with [`ProviderError::RootInUse`] and changes
+//! nothing. A marker naming another agent is refused before the lock, so a
+//! foreign root gets no lock file either; the marker is judged again under
+//! the lock. The lock lives in `.volmgr`, outside every volume, and only
+//! root can open it, so neither a tenant nor a local user can hold it. On
+//! the simulated layout (one process, power-cut sweeps) there is no lock.
 //!
 //! Ids are single safe path components (`[A-Za-z0-9._-]`, not starting with
 //! `.` or `-`, at most 128 bytes; the manager's rule, checked again here), so
@@ -382,6 +398,10 @@ pub struct DirProvider {
     /// Which of its two names the round's probe file has, as far as this
     /// provider knows (see `durability`).
     probe_at_second: std::sync::atomic::AtomicBool,
+    /// The root's lock, held for the provider's life (with an owner, on
+    /// the kernel's file system; see "The root's owner"): released when the
+    /// provider is dropped.
+    root_lock: Option<crate::fsutil::HeldLock>,
 }
 
 impl DirProvider {

@@ -146,6 +146,19 @@ pub enum ProviderError {
         /// The identity its marker names.
         owner: String,
     },
+    /// Another volmgr agent on this host is running a provider on this
+    /// root: it holds the root's lock (a dir or btrfs root:
+    /// `<root>/.volmgr/lock`; ZFS: a host-local lock file of the root
+    /// dataset), held for a provider's whole life. Checked before the root
+    /// marker is read, so two agents starting together on an unowned root
+    /// cannot both claim it. Nothing under it was touched. (HTTP: 400
+    /// `invalid_config`, like [`ProviderError::ForeignRoot`].)
+    RootInUse {
+        /// The root directory or dataset.
+        root: String,
+        /// The lock file another agent holds.
+        lock: String,
+    },
     Io {
         context: String,
         source: std::io::Error,
@@ -239,6 +252,12 @@ impl fmt::Display for ProviderError {
                  (owner {owner}): an agent never acts on a root another one owns; nothing \
                  under it was touched (to hand the root over, see README, \"Handing a \
                  provider root to another agent\")"
+            ),
+            ProviderError::RootInUse { root, lock } => write!(
+                f,
+                "invalid provider configuration: {root} is in use by another volmgr agent on \
+                 this host (it holds the lock {lock}): two agents never run on one root; \
+                 nothing under it was touched"
             ),
             ProviderError::Io { context, source } => write!(f, "{context}: {source}"),
             ProviderError::Command {

@@ -44,11 +44,6 @@ pub trait Storage: Send + Sync + Debug + 'static {
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard>;
 }
 
-/// Tries, and the pause between them, before a held lock is reported as held
-/// (see `RealStorage::lock_exclusive`): 2 s in all.
-const LOCK_CONFIRM_TRIES: u32 = 100;
-const LOCK_CONFIRM_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
-
 /// An open file: positioned I/O only, so concurrent readers need no cursor.
 #[allow(clippy::len_without_is_empty)]
 pub trait StorageFile: Send + Sync + Debug {
@@ -226,25 +221,9 @@ impl Storage for RealStorage {
             .create(true)
             .truncate(false)
             .open(path)?;
-        // A process that forks (to run a command) while we hold the lock
-        // shares the lock's open file until its child calls exec: a just
-        // released lock can look held for that instant, and on a loaded
-        // machine the child may wait a second or more for a CPU before it
-        // execs (seen: 32 of 300 reopens refused under a 100 ms window). So
-        // contention is confirmed over a bounded window (LOCK_CONFIRM_TRIES
-        // tries, LOCK_CONFIRM_PAUSE apart, 2 s in all) before it is reported; a
-        // real holder keeps the lock far longer, and its second opener is told
-        // after that window.
-        let mut attempt = 0;
-        let locked = loop {
-            match file.try_lock() {
-                Err(fs::TryLockError::WouldBlock) if attempt < LOCK_CONFIRM_TRIES => {
-                    attempt += 1;
-                    std::thread::sleep(LOCK_CONFIRM_PAUSE);
-                }
-                other => break other,
-            }
-        };
+        // Contention confirmed over a bounded window: a lock just released
+        // can look held while a forked child has not exec'd yet.
+        let locked = crate::fsutil::try_lock_confirmed(&file);
         match locked {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {

@@ -16,6 +16,7 @@
 //! <root>/snapshot/<id>/tag      ownership tag of snapshot <id>
 //! <root>/snapshot/<id>/vol      its read-only subvolume: the snapshot's location
 //! <root>/.volmgr/provider       the root marker: the agent the root belongs to
+//! <root>/.volmgr/lock           the root's lock, held by the agent running on it
 //! <root>/.volmgr/stage/<op>/    an item being built by operation <op>
 //! <root>/.volmgr/trash/<name>/  removed from the namespace, being deleted
 //! ```
@@ -52,6 +53,16 @@
 //! ([`BtrfsProvider::new`]: tools and tests outside a manager) neither
 //! checks nor writes it. Handing a root to another agent is the operator's
 //! deliberate act: README, "Handing a provider root to another agent".
+//!
+//! The claim runs under the root's lock, so two agents starting together
+//! on a root without a marker cannot both read "none" and both claim it:
+//! an exclusive `flock` ([`crate::fsutil::hold_lock`]) on `.volmgr/lock`
+//! (empty, mode 0600, created without following a symlink, never renamed:
+//! the marker is replaced by rename, so it cannot carry the lock), taken
+//! before the marker is judged and held until the provider and all its
+//! clones are dropped. Held by another agent: [`ProviderError::RootInUse`],
+//! nothing changed. A marker naming another agent is refused before the
+//! lock file is made, and judged again under the lock.
 //!
 //! # Ownership tags
 //!
@@ -271,6 +282,9 @@ pub struct BtrfsProvider {
     /// The root's descriptor, held for every sync (see `commit`).
     handle: Arc<commit::Root>,
     batch_sync: BatchSync,
+    /// The root's lock, held as long as the provider (and every clone of
+    /// it) lives; `None` without an owner (see "The root's owner").
+    root_lock: Option<Arc<crate::fsutil::HeldLock>>,
 }
 
 fn kind_dir(kind: VolumeKind) -> &'static str {
@@ -351,11 +365,12 @@ impl BtrfsProvider {
         on_btrfs(&root)?;
         let handle =
             commit::Root::open(&root).map_err(io_err(format!("open {}", root.display())))?;
-        let provider = BtrfsProvider {
+        let mut provider = BtrfsProvider {
             root,
             program: "btrfs".into(),
             handle: Arc::new(handle),
             batch_sync,
+            root_lock: None,
         };
         provider
             .btrfs()
@@ -363,7 +378,7 @@ impl BtrfsProvider {
             .run()
             .map_err(|e| ProviderError::InvalidConfig(format!("btrfs-progs is not usable: {e}")))?;
         if let Some(owner) = owner {
-            provider.claim_root(owner)?;
+            provider.root_lock = Some(Arc::new(provider.claim_root(owner)?));
         }
         for dir in [
             provider.root.join("data"),

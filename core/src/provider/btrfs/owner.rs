@@ -5,10 +5,15 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::fsutil::HeldLock;
 use crate::model::AgentId;
 
 /// The root marker's name, under `.volmgr`.
 const ROOT_MARKER: &str = "provider";
+/// The root's lock file, under `.volmgr`: locked (`flock`) by a provider
+/// with an owner for as long as it lives, never renamed or replaced (see
+/// the parent module's "The root's owner").
+const ROOT_LOCK: &str = "lock";
 /// Its first line; the second is `owner <agent id>\n`.
 const ROOT_MARKER_HEAD: &str = "volmgr btrfs provider root (format 1)\n";
 /// Length of a root marker.
@@ -45,10 +50,13 @@ impl BtrfsProvider {
     /// is a configuration error naming the file; no marker (a new root, or
     /// one an earlier volmgr used, when one agent could only have meant
     /// itself) gets one, committed with the btrfs transaction before
-    /// anything else happens under the root.
-    pub(super) fn claim_root(&self, owner: AgentId) -> Result<(), ProviderError> {
+    /// anything else happens under the root. The root's lock
+    /// (`.volmgr/lock`) is taken before the marker is judged and returned,
+    /// for the provider to hold as long as it lives: held by another agent
+    /// running on the root, it is [`ProviderError::RootInUse`], even while
+    /// the marker still names no one (two agents starting together).
+    pub(super) fn claim_root(&self, owner: AgentId) -> Result<HeldLock, ProviderError> {
         let meta = self.root.join(META_DIR);
-        let marker = meta.join(ROOT_MARKER);
         match fs::symlink_metadata(&meta) {
             Ok(md) if md.is_dir() => {}
             Ok(_) => {
@@ -59,12 +67,43 @@ impl BtrfsProvider {
                 )));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&meta).map_err(io_err(format!("create {}", meta.display())))?;
+                match fs::create_dir(&meta) {
+                    Ok(()) => {}
+                    // Another agent starting on the same new root made it:
+                    // the lock below decides which of the two goes on.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(ProviderError::io(format!("create {}", meta.display()), e));
+                    }
+                }
             }
             Err(e) => return Err(ProviderError::io(format!("examine {}", meta.display()), e)),
         }
         let dir = fsutil::Dir::open(&meta).map_err(io_err(format!("open {}", meta.display())))?;
-        match dir.open_file(ROOT_MARKER.as_bytes()) {
+        // A root another agent owns is refused before anything is made in
+        // it, even the lock file; judged again under the lock.
+        self.judge_root_marker(&dir, owner)?;
+        let lock_path = meta.join(ROOT_LOCK);
+        let lock = fsutil::hold_lock(&dir, ROOT_LOCK.as_bytes())
+            .map_err(io_err(format!("lock {}", lock_path.display())))?
+            .ok_or_else(|| ProviderError::RootInUse {
+                root: self.root.display().to_string(),
+                lock: lock_path.display().to_string(),
+            })?;
+        if !self.judge_root_marker(&dir, owner)? {
+            self.write_root_marker(&meta, owner)?;
+            tracing::info!(root = %self.root.display(), %owner, "btrfs provider: root claimed for this agent");
+        }
+        Ok(lock)
+    }
+
+    /// Judges the root marker in `meta` for `owner`: `Ok(true)` if it
+    /// names `owner`, `Ok(false)` if there is none; another agent's is
+    /// [`ProviderError::ForeignRoot`], a damaged or unreadable one a
+    /// configuration error naming the file.
+    fn judge_root_marker(&self, meta: &fsutil::Dir, owner: AgentId) -> Result<bool, ProviderError> {
+        let marker = self.root.join(META_DIR).join(ROOT_MARKER);
+        match meta.open_file(ROOT_MARKER.as_bytes()) {
             Ok((file, _)) => {
                 let mut bytes = Vec::new();
                 file.take(ROOT_MARKER_MAX + 1)
@@ -84,13 +123,9 @@ impl BtrfsProvider {
                         owner: named.to_string(),
                     });
                 }
-                Ok(())
+                Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.write_root_marker(&meta, owner)?;
-                tracing::info!(root = %self.root.display(), %owner, "btrfs provider: root claimed for this agent");
-                Ok(())
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(ProviderError::InvalidConfig(format!(
                 "btrfs root {}: its ownership marker {} cannot be read: {e}; nothing under the \
                  root was touched",

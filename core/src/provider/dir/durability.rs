@@ -604,6 +604,7 @@ pub(super) fn may_hide_a_failed_write(e: &ProviderError) -> bool {
         | ProviderError::HasDependents { .. }
         | ProviderError::InvalidConfig(_)
         | ProviderError::ForeignRoot { .. }
+        | ProviderError::RootInUse { .. }
         | ProviderError::Stream(_)
         | ProviderError::UnsupportedContent(_)
         | ProviderError::CapacityBelowUsage { .. }

@@ -12,13 +12,17 @@ use std::sync::Arc;
 use super::layout::{Entry, Layout};
 use super::{BatchSync, CONFIG_ROOT, DirProvider, MARKERS, STAGING};
 use super::{trash, tree};
-use crate::fsutil::{Dir, GroupSync};
+use crate::fsutil::{Dir, GroupSync, HeldLock};
 use crate::model::{AgentId, VolumeKind};
 use crate::provider::Durability;
 use crate::provider::ProviderError;
 
 /// The ownership marker of a provider root: `<root>/.volmgr/provider`.
 pub(super) const ROOT_MARKER: &str = "provider";
+/// The root's lock file, `<root>/.volmgr/lock`: locked (`flock`) by a
+/// provider with an owner for as long as it lives, never renamed or
+/// replaced (see the parent module's "The root's owner").
+pub(super) const ROOT_LOCK: &str = "lock";
 /// A root marker of format 1: no owner (written before agents had
 /// identities, and still by a provider built without an owner).
 pub(super) const ROOT_MARKER_TEXT: &str = "volmgr dir provider root (format 1)\n";
@@ -194,7 +198,7 @@ impl DirProvider {
         } else {
             None
         };
-        let p = DirProvider {
+        let mut p = DirProvider {
             root,
             root_str,
             root_fd,
@@ -211,8 +215,9 @@ impl DirProvider {
             owner,
             undo_stuck: std::sync::atomic::AtomicBool::new(false),
             probe_at_second: std::sync::atomic::AtomicBool::new(false),
+            root_lock: None,
         };
-        p.claim_root()?;
+        p.root_lock = p.claim_root()?;
         let mut created = BTreeSet::new();
         for sub in [
             p.root.join("data"),
@@ -267,53 +272,104 @@ impl DirProvider {
     /// takes over, let alone empties, a directory it did not create. With an
     /// owner, a marker naming another agent is refused
     /// ([`ProviderError::ForeignRoot`]) and one naming none (format 1) is
-    /// adopted (see the parent module's "The root's owner").
-    pub(super) fn claim_root(&self) -> Result<(), ProviderError> {
+    /// adopted (see the parent module's "The root's owner"); and the root's
+    /// lock ([`ROOT_LOCK`]) is taken before the marker is judged and
+    /// returned, for the provider to hold as long as it lives: an agent
+    /// running on the root holds it, so a second one is refused
+    /// ([`ProviderError::RootInUse`]) even while the marker it would read
+    /// still names no one.
+    pub(super) fn claim_root(&self) -> Result<Option<HeldLock>, ProviderError> {
         let root = &self.root;
         let markers = root.join(MARKERS);
         let marker = markers.join(ROOT_MARKER);
-        if self.entry(&marker)? == Some(Entry::File) {
-            let found = self.read_root_marker(&marker)?;
-            return match (found, self.owner) {
-                (_, None) => Ok(()),
-                (RootOwner::Named(named), Some(me)) if named == me => Ok(()),
-                (RootOwner::Named(named), Some(_)) => Err(ProviderError::ForeignRoot {
-                    root: root.display().to_string(),
-                    owner: named.to_string(),
-                }),
-                (RootOwner::Unnamed, Some(me)) => {
-                    self.write_root_marker(&markers, Some(me))?;
-                    tracing::info!(root = %root.display(), owner = %me, "dir provider: format-1 root marker adopted for this agent");
-                    Ok(())
+        // A root another agent owns is refused before anything is made in
+        // it, even the lock file. Judged again under the lock: the marker
+        // read here may be changing.
+        if self.owner.is_some() && self.entry(&marker)? == Some(Entry::File) {
+            self.judge_root_marker(&marker)?;
+        }
+        if !self.is_dir(&markers)? {
+            let names = self
+                .layout
+                .names(root)
+                .map_err(|e| ProviderError::io(format!("listing {}", root.display()), e))?;
+            if !names.is_empty() {
+                let shown: Vec<String> = names
+                    .iter()
+                    .take(3)
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .collect();
+                return Err(ProviderError::InvalidConfig(format!(
+                    "{CONFIG_ROOT} {} is not empty ({}{}) and carries no volmgr ownership \
+                     marker ({MARKERS}/{ROOT_MARKER}): volmgr only uses a new or empty directory",
+                    root.display(),
+                    shown.join(", "),
+                    if names.len() > 3 { ", ..." } else { "" }
+                )));
+            }
+            match self.layout.create_dir(&markers, 0o755) {
+                Ok(()) => {}
+                // Another agent starting on the same empty root made it:
+                // the lock below decides which of the two goes on.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && self.is_dir(&markers)? => {}
+                Err(e) => {
+                    return Err(ProviderError::io(
+                        format!("creating {}", markers.display()),
+                        e,
+                    ));
                 }
-            };
-        }
-        let names = self
-            .layout
-            .names(root)
-            .map_err(|e| ProviderError::io(format!("listing {}", root.display()), e))?;
-        let legacy = self.is_dir(&markers)?;
-        if !names.is_empty() && !legacy {
-            let shown: Vec<String> = names
-                .iter()
-                .take(3)
-                .map(|n| String::from_utf8_lossy(n).into_owned())
-                .collect();
-            return Err(ProviderError::InvalidConfig(format!(
-                "{CONFIG_ROOT} {} is not empty ({}{}) and carries no volmgr ownership marker \
-                 ({MARKERS}/{ROOT_MARKER}): volmgr only uses a new or empty directory",
-                root.display(),
-                shown.join(", "),
-                if names.len() > 3 { ", ..." } else { "" }
-            )));
-        }
-        if !legacy {
-            self.layout
-                .create_dir(&markers, 0o755)
-                .map_err(|e| ProviderError::io(format!("creating {}", markers.display()), e))?;
+            }
             self.sync_dir(root)?;
         }
-        self.write_root_marker(&markers, self.owner)
+        let lock = self.lock_root(&markers)?;
+        if self.entry(&marker)? == Some(Entry::File) {
+            if let Some(me) = self.judge_root_marker(&marker)? {
+                self.write_root_marker(&markers, Some(me))?;
+                tracing::info!(root = %root.display(), owner = %me, "dir provider: format-1 root marker adopted for this agent");
+            }
+            return Ok(lock);
+        }
+        self.write_root_marker(&markers, self.owner)?;
+        Ok(lock)
+    }
+
+    /// Judges the root marker at `marker` for this provider's owner: ours
+    /// or no owner checked (`Ok(None)`), format 1 to adopt (`Ok(Some(owner))`),
+    /// another agent's ([`ProviderError::ForeignRoot`]) or damaged.
+    fn judge_root_marker(&self, marker: &Path) -> Result<Option<AgentId>, ProviderError> {
+        let found = self.read_root_marker(marker)?;
+        match (found, self.owner) {
+            (_, None) => Ok(None),
+            (RootOwner::Named(named), Some(me)) if named == me => Ok(None),
+            (RootOwner::Named(named), Some(_)) => Err(ProviderError::ForeignRoot {
+                root: self.root.display().to_string(),
+                owner: named.to_string(),
+            }),
+            (RootOwner::Unnamed, Some(me)) => Ok(Some(me)),
+        }
+    }
+
+    /// Takes the root's lock (`<root>/.volmgr/lock`, see "The root's
+    /// owner") for a provider with an owner on the kernel's file system;
+    /// `None` without an owner (no claim, no lock) or on the simulation
+    /// (one process). Held by another open (another agent, or another
+    /// provider of this process): [`ProviderError::RootInUse`], nothing
+    /// changed.
+    fn lock_root(&self, markers: &Path) -> Result<Option<HeldLock>, ProviderError> {
+        if self.owner.is_none() || !self.layout.is_kernel() {
+            return Ok(None);
+        }
+        let path = markers.join(ROOT_LOCK);
+        let dir = Dir::open(markers)
+            .map_err(|e| ProviderError::io(format!("opening {}", markers.display()), e))?;
+        match crate::fsutil::hold_lock(&dir, ROOT_LOCK.as_bytes()) {
+            Ok(Some(lock)) => Ok(Some(lock)),
+            Ok(None) => Err(ProviderError::RootInUse {
+                root: self.root.display().to_string(),
+                lock: path.display().to_string(),
+            }),
+            Err(e) => Err(ProviderError::io(format!("locking {}", path.display()), e)),
+        }
     }
 
     /// Reads the root marker at `marker`; damage is a configuration error

@@ -60,6 +60,22 @@
 //! volmgr:root-owner <dataset>` with both agents stopped: README, "Handing a
 //! provider root to another agent").
 //!
+//! `zfs get` then `zfs set` would let two agents starting together on an
+//! unowned root both read "unset" and both claim it, and a user property
+//! cannot be locked. So a provider with an owner first takes a host-local
+//! lock of its root dataset, held until it is dropped: an exclusive `flock`
+//! ([`crate::fsutil::hold_lock`]) on
+//! `/run/volmgr/zfs-roots/<dataset, each / written %>.lock` (a dataset name
+//! never holds `%`, so one dataset, one file name; always one plain path
+//! component). The directories are made mode 0700 and refused if another
+//! user owns them or can write them, or if they are symlinks; the lock
+//! file is mode 0600, opened without following a symlink. Held by another
+//! agent of this host: [`ProviderError::RootInUse`], nothing changed. A
+//! root another agent owns is refused as such before the lock (one more
+//! `zfs get` per open), and judged again under it. Agents of other hosts cannot share an imported pool, but as a
+//! last check the property is read back after every `zfs set`: another
+//! agent's id there is [`ProviderError::ForeignRoot`].
+//!
 //! A snapshot's `location` is `<mountpoint of its volume>/.zfs/snapshot/<id>`:
 //! ZFS mounts it read-only on first access and it needs no mount state of
 //! ours (it survives export/import). Its identity, `details[guid]`, is the
@@ -234,6 +250,11 @@ pub struct ZfsProvider {
     config: ProviderConfig,
     dataset: String,
     workdir: PathBuf,
+    /// The root dataset's host-local lock, held as long as the provider
+    /// lives; `None` without an owner (see "The root's owner"). Never
+    /// read: dropping it releases the lock.
+    #[allow(dead_code)]
+    root_lock: Option<crate::fsutil::HeldLock>,
 }
 
 impl ZfsProvider {

@@ -22,6 +22,83 @@ pub(super) fn zfs_available(device: &Path) -> Result<(), ProviderError> {
     )))
 }
 
+/// The host-local directory of the root datasets' locks (see "The root's
+/// owner"): made by root, mode 0700, on `/run` (a tmpfs: nothing stale
+/// outlives a boot).
+pub(super) const ROOT_LOCK_DIR: &str = "/run/volmgr/zfs-roots";
+
+/// The name of the lock file of root dataset `dataset` in
+/// [`ROOT_LOCK_DIR`]: the name with every `/` written `%`, then `.lock`.
+/// One-to-one, since a valid dataset name ([`check_dataset`]) holds no
+/// `%`, and always one plain path component (no `/`, never `.` or `..`,
+/// at most 205 bytes); checked here again, so a name that somehow is not
+/// valid never becomes a path.
+pub(super) fn root_lock_name(dataset: &str) -> Result<String, ProviderError> {
+    check_dataset(dataset)?;
+    if dataset.contains('%') {
+        return Err(ProviderError::InvalidConfig(format!(
+            "{CONFIG_DATASET} {dataset:?}: contains '%'"
+        )));
+    }
+    let name = format!("{}.lock", dataset.replace('/', "%"));
+    // Pair assertion: one component, as `Dir` will check again.
+    debug_assert!(!name.contains(['/', '\0']) && name != "." && name != "..");
+    Ok(name)
+}
+
+/// Makes `dir` (and its parent) if missing, mode 0700, and checks that
+/// each is a real directory (not a symlink) of this user that no one
+/// else can write: a lock directory another user could change would let
+/// that user replace a lock file under an agent's feet.
+fn private_lock_dir(dir: &Path) -> Result<crate::fsutil::Dir, ProviderError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    // SAFETY: no arguments, cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for d in [dir.parent(), Some(dir)].into_iter().flatten() {
+        match std::fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(ProviderError::io(format!("creating {}", d.display()), e)),
+        }
+        let md = std::fs::symlink_metadata(d)
+            .map_err(|e| ProviderError::io(format!("examining {}", d.display()), e))?;
+        if !md.is_dir() || md.uid() != me || md.mode() & 0o022 != 0 {
+            return Err(ProviderError::InvalidConfig(format!(
+                "the ZFS root lock directory {} is not a directory of uid {me} that only it \
+                 can write (found uid {}, mode {:o}{}): remove it, volmgr makes it",
+                d.display(),
+                md.uid(),
+                md.mode() & 0o7777,
+                if md.file_type().is_symlink() {
+                    ", a symlink"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    crate::fsutil::Dir::open(dir)
+        .map_err(|e| ProviderError::io(format!("opening {}", dir.display()), e))
+}
+
+/// Takes the host-local lock of root dataset `dataset` in `dir` (see
+/// "The root's owner"): another agent of this host running on it holds
+/// it, [`ProviderError::RootInUse`].
+pub(super) fn lock_root_dataset(
+    dir: &Path,
+    dataset: &str,
+) -> Result<crate::fsutil::HeldLock, ProviderError> {
+    let name = root_lock_name(dataset)?;
+    let path = dir.join(&name);
+    let handle = private_lock_dir(dir)?;
+    crate::fsutil::hold_lock(&handle, name.as_bytes())
+        .map_err(|e| ProviderError::io(format!("locking {}", path.display()), e))?
+        .ok_or_else(|| ProviderError::RootInUse {
+            root: dataset.to_owned(),
+            lock: path.display().to_string(),
+        })
+}
+
 impl ZfsProvider {
     /// Builds the provider from its configuration (see the module docs):
     /// imports or creates the pool if a vdev is configured, creates the root
@@ -94,10 +171,11 @@ impl ZfsProvider {
             None => None,
         };
         zfs_available(Path::new(ZFS_DEVICE))?;
-        let p = ZfsProvider {
+        let mut p = ZfsProvider {
             config: config.clone(),
             dataset,
             workdir,
+            root_lock: None,
         };
         if let Some(vdev) = config.get(CONFIG_POOL_VDEV) {
             let vdev = PathBuf::from(vdev);
@@ -108,6 +186,14 @@ impl ZfsProvider {
                 )));
             }
             ZfsProvider::ensure_pool(&pool, &vdev, size)?;
+        }
+        if let Some(owner) = owner {
+            // A root another agent owns is refused as such (naming it)
+            // before the lock; judged again under it (`ensure_root`).
+            p.refuse_foreign_root(owner)?;
+            // Held as long as the provider lives, taken before the root's
+            // owner is judged (see "The root's owner").
+            p.root_lock = Some(lock_root_dataset(Path::new(ROOT_LOCK_DIR), &p.dataset)?);
         }
         p.ensure_root(owner)?;
         Ok(p)
@@ -214,29 +300,13 @@ impl ZfsProvider {
     /// agent could only have meant itself). One `zfs get`, and one `zfs set`
     /// only when it sets.
     pub(super) fn claim_root(&self, owner: AgentId) -> Result<(), ProviderError> {
-        let out = Cmd::new("zfs")
-            .arg("get")
-            .arg("-H")
-            .arg("-p")
-            .arg("-o")
-            .arg("value,source")
-            .arg(P_ROOT_OWNER)
-            .user_arg(&self.dataset)?
-            .run()?;
-        let text = out.stdout_str();
-        let line = text.strip_suffix('\n').unwrap_or(&text);
-        let (value, source) = line.split_once('\t').ok_or_else(|| {
-            ProviderError::Other(format!(
-                "`zfs get {P_ROOT_OWNER} {}` answered {line:?}, not value and source",
-                self.dataset
-            ))
-        })?;
+        let (value, source) = self.root_owner()?;
         if value == "-" && source == "-" {
             self.set_root_owner(owner)?;
             tracing::info!(dataset = %self.dataset, %owner, "zfs provider: root dataset claimed for this agent");
             return Ok(());
         }
-        let named = AgentId::parse(value).map_err(|why| {
+        let named = AgentId::parse(&value).map_err(|why| {
             ProviderError::InvalidConfig(format!(
                 "zfs root dataset {}: its property {P_ROOT_OWNER} ({source}) is {value:?}, no \
                  agent id: {why}; nothing in the dataset was changed",
@@ -255,13 +325,70 @@ impl ZfsProvider {
         Ok(())
     }
 
+    /// [`ProviderError::ForeignRoot`] if the root dataset exists and
+    /// `volmgr:root-owner` names another agent; anything else (no dataset
+    /// yet, unset, ours, damaged) is left to [`ZfsProvider::claim_root`],
+    /// under the lock.
+    fn refuse_foreign_root(&self, owner: AgentId) -> Result<(), ProviderError> {
+        let Ok((value, _)) = self.root_owner() else {
+            return Ok(());
+        };
+        match AgentId::parse(&value) {
+            Ok(named) if named != owner => Err(ProviderError::ForeignRoot {
+                root: self.dataset.clone(),
+                owner: named.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// `volmgr:root-owner` of the root dataset: its value and source, as
+    /// `zfs get -H -p -o value,source` prints them (`-`, `-` when unset).
+    fn root_owner(&self) -> Result<(String, String), ProviderError> {
+        let out = Cmd::new("zfs")
+            .arg("get")
+            .arg("-H")
+            .arg("-p")
+            .arg("-o")
+            .arg("value,source")
+            .arg(P_ROOT_OWNER)
+            .user_arg(&self.dataset)?
+            .run()?;
+        let text = out.stdout_str();
+        let line = text.strip_suffix('\n').unwrap_or(&text);
+        let (value, source) = line.split_once('\t').ok_or_else(|| {
+            ProviderError::Other(format!(
+                "`zfs get {P_ROOT_OWNER} {}` answered {line:?}, not value and source",
+                self.dataset
+            ))
+        })?;
+        Ok((value.to_owned(), source.to_owned()))
+    }
+
+    /// Sets `volmgr:root-owner` to `owner` on the root dataset and reads it
+    /// back: another agent's id set meanwhile (by an agent of another host
+    /// sharing the pool, which the host-local lock cannot see) is
+    /// [`ProviderError::ForeignRoot`], anything else but `owner` (local)
+    /// an error saying what was read.
     fn set_root_owner(&self, owner: AgentId) -> Result<(), ProviderError> {
         Cmd::new("zfs")
             .arg("set")
             .user_arg(&format!("{P_ROOT_OWNER}={owner}"))?
             .user_arg(&self.dataset)?
-            .run()
-            .map(drop)
+            .run()?;
+        let (value, source) = self.root_owner()?;
+        match AgentId::parse(&value) {
+            Ok(named) if named == owner && source == "local" => Ok(()),
+            Ok(named) if named != owner => Err(ProviderError::ForeignRoot {
+                root: self.dataset.clone(),
+                owner: named.to_string(),
+            }),
+            _ => Err(ProviderError::Other(format!(
+                "zfs root dataset {}: {P_ROOT_OWNER} set to {owner} reads back as {value:?} \
+                 ({source})",
+                self.dataset
+            ))),
+        }
     }
 }
 

@@ -147,3 +147,82 @@ fn a_host_without_the_zfs_device_is_refused_as_configuration_naming_it() {
     let present = tempfile::NamedTempFile::new().unwrap();
     assert!(setup::zfs_available(present.path()).is_ok());
 }
+
+#[test]
+fn a_root_lock_name_is_one_plain_component_one_to_one_with_the_dataset() {
+    let cases = [
+        ("tank", "tank.lock"),
+        ("tank/volmgr", "tank%volmgr.lock"),
+        ("tank/a.b/c", "tank%a.b%c.lock"),
+        ("t_1/a.b:c-d", "t_1%a.b:c-d.lock"),
+    ];
+    for (dataset, name) in cases {
+        assert_eq!(setup::root_lock_name(dataset).unwrap(), name);
+    }
+    // Names that are no dataset never become a path.
+    for bad in ["", "tank/../x", "..", "tank/.", "a%b", "tank/a\0b", "/tank"] {
+        assert!(setup::root_lock_name(bad).is_err(), "{bad:?}");
+    }
+    let longest = format!("{}/{}", "a".repeat(99), "b".repeat(100));
+    let name = setup::root_lock_name(&longest).unwrap();
+    assert!(name.len() <= 255 && !name.contains('/'), "{name}");
+}
+
+#[test]
+fn a_root_dataset_lock_is_refused_to_a_second_holder_until_the_first_drops_it() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("volmgr/zfs-roots");
+    let first = setup::lock_root_dataset(&dir, "tank/a").unwrap();
+    for d in [dir.parent().unwrap(), &dir] {
+        let md = std::fs::symlink_metadata(d).unwrap();
+        assert!(md.is_dir() && md.mode() & 0o7777 == 0o700, "{md:?}");
+    }
+    let lock = dir.join("tank%a.lock");
+    assert_eq!(
+        std::fs::symlink_metadata(&lock).unwrap().mode() & 0o7777,
+        0o600
+    );
+    match setup::lock_root_dataset(&dir, "tank/a") {
+        Err(ProviderError::RootInUse { root, lock: l }) => {
+            assert_eq!(
+                (root.as_str(), l.as_str()),
+                ("tank/a", lock.to_str().unwrap())
+            );
+        }
+        other => panic!("expected RootInUse: {other:?}"),
+    }
+    // Another root dataset, even one below it, has a lock of its own.
+    let other = setup::lock_root_dataset(&dir, "tank/a/b").unwrap();
+    drop(first);
+    let again = setup::lock_root_dataset(&dir, "tank/a").expect("released on drop");
+    drop((again, other));
+}
+
+#[test]
+fn a_root_lock_directory_others_could_change_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = setup::lock_root_dataset(&open.join("zfs-roots"), "tank").unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::InvalidConfig(m) if m.contains(open.to_str().unwrap())),
+        "{err:?}"
+    );
+    assert!(!open.join("zfs-roots").exists(), "nothing made below it");
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let err = setup::lock_root_dataset(&link.join("zfs-roots"), "tank").unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::InvalidConfig(m) if m.contains("a symlink")),
+        "{err:?}"
+    );
+    assert!(
+        !elsewhere.join("zfs-roots").exists(),
+        "nothing made through it"
+    );
+}
