@@ -407,6 +407,10 @@ fn serve_until_exit(state: &Path, args: &[&str]) -> (std::process::ExitStatus, V
     (child.wait().unwrap(), messages)
 }
 
+/// Real `volmgr serve` processes: B, asked over HTTP to add A's root, gets
+/// 400 `invalid_config` whether the marker names A (another agent's root)
+/// or, the instant A would read it, no one (A's lock: in use); C, started
+/// on A's root, does not open; nothing under the root changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_agent_process_is_refused_a_dir_root_the_first_one_owns() {
     let tmp = tempfile::tempdir().unwrap();
@@ -452,6 +456,38 @@ async fn a_second_agent_process_is_refused_a_dir_root_the_first_one_owns() {
         "{message}"
     );
     assert_eq!(entry_image(&root), image, "nothing under the root changed");
+
+    // The instant A would have read "no owner" (its marker put back to
+    // format 1 under it): B is refused by A's lock, the same answer.
+    let a_marker = marker(&root);
+    std::fs::write(root.join(".volmgr/provider"), FORMAT_1).unwrap();
+    let unowned = entry_image(&root);
+    let answer = reqwest::Client::new()
+        .post(format!("{}/storage/providers", b.url))
+        .bearer_auth(&b.token)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let json: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(
+        (status, json["volmgr_code"].as_str()),
+        (400, Some("invalid_config")),
+        "{json}"
+    );
+    let message = json["message"].as_str().unwrap();
+    assert!(
+        message.contains(root_s) && message.contains("in use by another volmgr agent"),
+        "{message}"
+    );
+    assert_eq!(
+        entry_image(&root),
+        unowned,
+        "B wrote no marker, changed nothing"
+    );
+    std::fs::write(root.join(".volmgr/provider"), a_marker).unwrap();
+    let image = entry_image(&root);
 
     // C is started with A's root as its default provider: it does not open.
     let (status, messages) = serve_until_exit(
