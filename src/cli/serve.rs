@@ -35,6 +35,7 @@ use crate::agent::{Agent, DEFAULT_LISTEN, Limits, Peers, ServeOptions};
 use crate::csi::{CsiOptions, CsiServer};
 use crate::manager::{DEFAULT_PROVIDER_ID, Manager, ManagerConfig, ReconcileReport};
 use crate::provider::ProviderConfig;
+use crate::storage::RealStorage;
 
 /// Environment variable holding the bearer token (when no `--token-file`).
 pub const ENV_TOKEN: &str = "VOLMGR_TOKEN";
@@ -488,6 +489,12 @@ fn log_report(report: &ReconcileReport, manager: &Manager) {
 }
 
 async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
+    // Before anything is created or read there: a state directory (or a
+    // parent) another user can change is refused, and again once made
+    // (README, "State directory").
+    if let Err(e) = crate::journal::check_state_dir(&RealStorage, &args.state_dir) {
+        return failure(&e.to_string());
+    }
     if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
         return failure(&format!(
             "creating the state directory {}: {e}",
@@ -498,6 +505,9 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
         Ok(d) => d,
         Err(e) => return failure(&format!("{}: {e}", args.state_dir.display())),
     };
+    if let Err(e) = crate::journal::check_state_dir(&RealStorage, &state_dir) {
+        return failure(&e.to_string());
+    }
     let (kind, config) = match default_provider(&args, &state_dir) {
         Ok(p) => p,
         Err(e) => return usage(&e),
