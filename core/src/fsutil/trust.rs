@@ -243,9 +243,7 @@ impl Walker {
             .collect();
         let mut cur = PathBuf::from("/");
         let root = lstat_if_present(&cur)?.expect("/ exists");
-        let only_root = components
-            .iter()
-            .all(|c| matches!(c, Component::RootDir));
+        let only_root = components.iter().all(|c| matches!(c, Component::RootDir));
         self.check_dir(&cur, &root, if only_root { last } else { None })?;
         let end = components.len().saturating_sub(1);
         for (i, component) in components.iter().enumerate() {
@@ -418,7 +416,10 @@ mod tests {
         chmod(tmp.path(), 0o1777);
         let e = walk(tmp.path(), euid(), Last::Euid).unwrap_err();
         assert_eq!(e.path, tmp.path());
-        assert!(e.reason.contains("1777") && e.reason.contains("sticky"), "{e}");
+        assert!(
+            e.reason.contains("1777") && e.reason.contains("sticky"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -430,7 +431,10 @@ mod tests {
         chmod(&parent, 0o777);
         let e = walk(&state, euid(), Last::Euid).unwrap_err();
         assert_eq!(e.path, parent);
-        assert!(e.reason.contains("777") && e.reason.contains("chmod go-w"), "{e}");
+        assert!(
+            e.reason.contains("777") && e.reason.contains("chmod go-w"),
+            "{e}"
+        );
         // Group-writable is refused alike; a missing state directory too,
         // since its parent is what volmgr would create it in.
         chmod(&parent, 0o775);
@@ -449,7 +453,10 @@ mod tests {
         let me = foreign(&state);
         let e = walk(&state, me, Last::Euid).unwrap_err();
         assert_eq!(e.path, state);
-        assert!(e.reason.contains("owned by uid") && e.reason.contains("remove it"), "{e}");
+        assert!(
+            e.reason.contains("owned by uid") && e.reason.contains("remove it"),
+            "{e}"
+        );
         assert!(walk(&state, me, Last::RootOrEuid).is_err());
         // As an ancestor, too.
         let inner = state.join("inner");
@@ -525,15 +532,29 @@ mod tests {
         assert!(check_own_file_as(&file, euid()).is_err());
         let link = tmp.path().join("IDENTITY");
         symlink(&file, &link).unwrap();
-        assert!(check_own_file_as(&link, euid()).unwrap_err().reason.contains("symlink"));
+        assert!(
+            check_own_file_as(&link, euid())
+                .unwrap_err()
+                .reason
+                .contains("symlink")
+        );
         let me = foreign(&file);
-        assert!(check_own_file_as(&file, me).unwrap_err().reason.contains("owned by uid"));
+        assert!(
+            check_own_file_as(&file, me)
+                .unwrap_err()
+                .reason
+                .contains("owned by uid")
+        );
 
         let dir = tmp.path().join("journal");
         fs::create_dir(&dir).unwrap();
         chmod(&dir, 0o755);
         assert_eq!(restrict_own_dir_as(&dir, euid()), Ok(true));
-        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700, "made private");
+        assert_eq!(
+            fs::metadata(&dir).unwrap().mode() & 0o7777,
+            0o700,
+            "made private"
+        );
         let dlink = tmp.path().join("checkpoints");
         symlink(&dir, &dlink).unwrap();
         assert!(restrict_own_dir_as(&dlink, euid()).is_err());
