@@ -112,8 +112,10 @@ pub fn check_dir_path_to_create(path: &Path, last: Last) -> Result<Walked, Untru
 }
 
 /// Checks a file volmgr keeps in a directory that passed: not a symlink
-/// (never followed), a regular file, owned by the effective uid, not group-
-/// or other-writable. `Ok(false)` if absent.
+/// (never followed), owned by the effective uid, and (a regular file) not
+/// group- or other-writable. `Ok(false)` if absent. Something else of ours
+/// in its place (a directory, a FIFO) passes: its reader refuses it, naming
+/// what it is.
 pub fn check_own_file(path: &Path) -> Result<bool, Untrusted> {
     check_own_file_as(path, euid())
 }
@@ -132,12 +134,6 @@ fn check_own_file_as(path: &Path, me: u32) -> Result<bool, Untrusted> {
                 .into(),
         ));
     }
-    if !md.is_file() {
-        return Err(refuse(format!(
-            "is not a regular file (mode {:o}): remove it (volmgr creates the file)",
-            md.mode()
-        )));
-    }
     if md.uid() != me {
         return Err(refuse(format!(
             "is owned by uid {}, not uid {me} (the user volmgr runs as): another user made it; \
@@ -145,7 +141,7 @@ fn check_own_file_as(path: &Path, me: u32) -> Result<bool, Untrusted> {
             md.uid()
         )));
     }
-    if md.mode() & GROUP_OTHER_WRITE != 0 {
+    if md.is_file() && md.mode() & GROUP_OTHER_WRITE != 0 {
         return Err(refuse(format!(
             "has mode {:o}: group or others may write it; `chmod go-w` it",
             md.mode() & 0o7777
@@ -545,6 +541,11 @@ mod tests {
                 .reason
                 .contains("owned by uid")
         );
+
+        // Ours but not a file: left to its reader, which names what it is.
+        let not_a_file = tmp.path().join("not-a-file");
+        fs::create_dir(&not_a_file).unwrap();
+        assert_eq!(check_own_file_as(&not_a_file, euid()), Ok(true));
 
         let dir = tmp.path().join("journal");
         fs::create_dir(&dir).unwrap();
