@@ -53,8 +53,9 @@ pub enum LogFormat {
 pub const SERVE_EXIT_CODES: &str = "\
 Exit codes:
   0  clean shutdown (SIGINT or SIGTERM)
-  1  could not start (the state directory is locked by another agent or cannot be
-     opened, its token file is exposed, the address cannot be bound), or serving failed
+  1  could not start (the state directory is locked by another agent, cannot be
+     opened, or another user could change it; its token file is exposed; the address
+     cannot be bound), or serving failed
   2  usage: bad flags or arguments (e.g. --listen not HOST:PORT, a zero limit), an
      unreadable token file, a bad --peer or peers file, --insecure-no-auth on a
      non-loopback address";
