@@ -318,7 +318,11 @@ impl DirProvider {
                 .layout
                 .names(root)
                 .map_err(|e| ProviderError::io(format!("listing {}", root.display()), e))?;
-            if !names.is_empty() {
+            // Another agent starting on the same empty root may have made
+            // `.volmgr` since it was looked for: the lock below decides.
+            let raced = names.iter().all(|n| n.as_slice() == MARKERS.as_bytes())
+                && self.is_dir(&markers)?;
+            if !names.is_empty() && !raced {
                 let shown: Vec<String> = names
                     .iter()
                     .take(3)
