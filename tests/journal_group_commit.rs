@@ -17,7 +17,7 @@ use std::thread::ThreadId;
 
 use serde::{Deserialize, Serialize};
 use volmgr::journal::{Journal, JournalConfig, JournalError, JournalRecord};
-use volmgr::storage::{LockGuard, RealStorage, Storage, StorageFile};
+use volmgr::storage::{LockGuard, RealStorage, Storage, StorageFile, Trusted};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Rec(String);
@@ -134,6 +134,9 @@ impl Storage for GatedStorage {
     }
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
         RealStorage.lock_exclusive(path, holder)
+    }
+    fn check_trusted(&self, path: &Path, entry: Trusted) -> io::Result<()> {
+        RealStorage.check_trusted(path, entry)
     }
 }
 

@@ -35,6 +35,7 @@ use crate::agent::{Agent, DEFAULT_LISTEN, Limits, Peers, ServeOptions};
 use crate::csi::{CsiOptions, CsiServer};
 use crate::manager::{DEFAULT_PROVIDER_ID, Manager, ManagerConfig, ReconcileReport};
 use crate::provider::ProviderConfig;
+use crate::storage::RealStorage;
 
 /// Environment variable holding the bearer token (when no `--token-file`).
 pub const ENV_TOKEN: &str = "VOLMGR_TOKEN";
@@ -52,8 +53,9 @@ pub enum LogFormat {
 pub const SERVE_EXIT_CODES: &str = "\
 Exit codes:
   0  clean shutdown (SIGINT or SIGTERM)
-  1  could not start (the state directory is locked by another agent or cannot be
-     opened, its token file is exposed, the address cannot be bound), or serving failed
+  1  could not start (the state directory is locked by another agent, cannot be
+     opened, or another user could change it; its token file is exposed; the address
+     cannot be bound), or serving failed
   2  usage: bad flags or arguments (e.g. --listen not HOST:PORT, a zero limit), an
      unreadable token file, a bad --peer or peers file, --insecure-no-auth on a
      non-loopback address";
@@ -488,6 +490,12 @@ fn log_report(report: &ReconcileReport, manager: &Manager) {
 }
 
 async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
+    // Before anything is created or read there: a state directory (or a
+    // parent) another user can change is refused, and again once made
+    // (README, "State directory").
+    if let Err(e) = crate::journal::check_state_dir(&RealStorage, &args.state_dir) {
+        return failure(&e.to_string());
+    }
     if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
         return failure(&format!(
             "creating the state directory {}: {e}",
@@ -498,6 +506,9 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
         Ok(d) => d,
         Err(e) => return failure(&format!("{}: {e}", args.state_dir.display())),
     };
+    if let Err(e) = crate::journal::check_state_dir(&RealStorage, &state_dir) {
+        return failure(&e.to_string());
+    }
     let (kind, config) = match default_provider(&args, &state_dir) {
         Ok(p) => p,
         Err(e) => return usage(&e),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::journal::LOCK_FILE;
-use crate::storage::{LockGuard, RealStorage, Storage, StorageFile};
+use crate::storage::{LockGuard, RealStorage, Storage, StorageFile, Trusted};
 
 /// Takes `<state_dir>/LOCK` as the journal would; the error names the
 /// holder.
@@ -38,7 +38,7 @@ pub fn take(state_dir: &Path) -> Result<Arc<Prelocked>, String> {
                 state_dir.display()
             ))
         }
-        Err(e) => Err(format!("locking {}: {e}", path.display())),
+        Err(e) => Err(crate::journal::JournalError::from_io(&path, "lock", e).to_string()),
     }
 }
 
@@ -79,6 +79,9 @@ impl Storage for Prelocked {
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.inner.sync_dir(path)
+    }
+    fn check_trusted(&self, path: &Path, entry: Trusted) -> io::Result<()> {
+        self.inner.check_trusted(path, entry)
     }
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
         if path == self.path

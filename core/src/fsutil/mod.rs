@@ -14,6 +14,7 @@
 
 pub mod dir;
 pub mod group_sync;
+pub mod trust;
 pub mod workers;
 
 use std::ffi::CString;

@@ -46,12 +46,30 @@ pub enum JournalError {
     /// journal wrote: another length or spelling, or not a regular file.
     /// Open refuses; the file is never replaced (see `journal/identity.rs`).
     Identity { file: PathBuf, reason: String },
+    /// The state directory, an ancestor of it, or what volmgr keeps in it
+    /// (`journal/`, `checkpoints/`, `LOCK`, `IDENTITY`) could be changed by
+    /// another user (`fsutil::trust` has the rule): open refuses before it
+    /// creates or reads anything there.
+    Untrusted { path: PathBuf, reason: String },
     /// The journal was closed.
     Closed,
 }
 
 impl JournalError {
+    /// [`JournalError::Io`] of `action` on `path`, or
+    /// [`JournalError::Untrusted`] if `source` is a trust refusal (see
+    /// [`crate::storage::Storage::check_trusted`]).
+    pub fn from_io(path: impl Into<PathBuf>, action: &'static str, source: io::Error) -> Self {
+        Self::io(path, action, source)
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: io::Error) -> Self {
+        if let Some(u) = crate::fsutil::trust::Untrusted::of(&source) {
+            return JournalError::Untrusted {
+                path: u.path.clone(),
+                reason: u.reason.clone(),
+            };
+        }
         JournalError::Io {
             path: path.into(),
             action,
@@ -117,6 +135,13 @@ impl fmt::Display for JournalError {
                  `owner` line of one of those roots' markers holds it; README, \
                  \"Agent identity\")",
                 file.display()
+            ),
+            JournalError::Untrusted { path, reason } => write!(
+                f,
+                "refusing an untrusted state directory: {} {reason} (volmgr runs as root: \
+                 the state directory and every directory above it must be changeable by \
+                 root and the agent's user only; README, \"State directory\")",
+                path.display()
             ),
             JournalError::Closed => write!(f, "journal is closed"),
         }

@@ -37,7 +37,7 @@ pub use reader::LogEnd;
 use repair::discard_failed_commit;
 pub use repair::{FailedCommit, read_failed_commit, truncate_torn_tail};
 
-use crate::storage::{RealStorage, Storage};
+use crate::storage::{RealStorage, Storage, Trusted};
 use writer::{Committer, Shared, Writer};
 
 /// Directory of the segments, under the state directory.
@@ -149,16 +149,24 @@ impl<R: JournalRecord> Journal<R> {
         }
         let journal_dir = state_dir.join(JOURNAL_DIR);
         let checkpoint_dir = state_dir.join(CHECKPOINT_DIR);
+        // Before anything is created or read: a state directory another
+        // user can change is theirs (they plant segments, or make
+        // `journal/` a symlink to where we then create and remove files).
+        // Checked again after each creation: what was missing may have
+        // been made by someone else meanwhile (in a sticky parent).
+        check_state_dir(storage.as_ref(), state_dir)?;
         // Directories are entries of their parents: make them durable too, or
         // a power cut can take the whole journal along (invariant 5). Always,
         // not only when this open creates them: a process killed before its
         // directory sync leaves entries that are visible but not durable.
         create_dir_durable(storage.as_ref(), state_dir)?;
+        check_state_dir(storage.as_ref(), state_dir)?;
         for dir in [&journal_dir, &checkpoint_dir] {
             storage
                 .create_dir_all(dir)
                 .map_err(|e| JournalError::io(dir, "create directory", e))?;
         }
+        check_state_dir(storage.as_ref(), state_dir)?;
         writer::sync_dir(storage.as_ref(), state_dir)?;
         let lock_path = state_dir.join(LOCK_FILE);
         let holder = format!("pid {}", std::process::id());
@@ -553,6 +561,29 @@ fn encode_checked<R: JournalRecord>(record: &R) -> Result<(u8, Vec<u8>), Journal
         )));
     }
     Ok((record.kind(), payload))
+}
+
+/// Refuses a state directory another user could change: the directory and
+/// every ancestor ([`Trusted::StateDir`]), `journal/` and `checkpoints/`
+/// ([`Trusted::PrivateDir`]: made 0700), `LOCK` and `IDENTITY`
+/// ([`Trusted::OwnFile`]), through the storage (simulations accept). An
+/// absent entry passes: check again once it is made. The agent and
+/// `volmgr journal repair` call this before they create or read anything
+/// there; [`Journal::open`] calls it itself.
+pub fn check_state_dir(storage: &dyn Storage, state_dir: &Path) -> Result<(), JournalError> {
+    let check = |path: &Path, entry: Trusted| {
+        storage
+            .check_trusted(path, entry)
+            .map_err(|e| JournalError::io(path, "check", e))
+    };
+    check(state_dir, Trusted::StateDir)?;
+    for dir in [JOURNAL_DIR, CHECKPOINT_DIR] {
+        check(&state_dir.join(dir), Trusted::PrivateDir)?;
+    }
+    for file in [LOCK_FILE, IDENTITY_FILE] {
+        check(&state_dir.join(file), Trusted::OwnFile)?;
+    }
+    Ok(())
 }
 
 /// Syncs (`fdatasync`) the newest segment of `journal_dir`, if there is one,

@@ -7,7 +7,7 @@
 //! journal meets. It is a test seam, named as such; the real journal code
 //! paths run unchanged above it.
 
-use super::{LockGuard, Storage, StorageFile};
+use super::{LockGuard, Storage, StorageFile, Trusted};
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
@@ -211,6 +211,9 @@ impl Storage for FaultyStorage {
     }
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
         self.inner.lock_exclusive(path, holder)
+    }
+    fn check_trusted(&self, path: &Path, entry: Trusted) -> io::Result<()> {
+        self.inner.check_trusted(path, entry)
     }
 }
 

@@ -42,6 +42,26 @@ pub trait Storage: Send + Sync + Debug + 'static {
     /// records `holder` in it. On contention returns `WouldBlock` and the
     /// current holder's text as the error message.
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard>;
+    /// Refuses `path` if another user could change it (the state directory
+    /// and what volmgr keeps in it; `crate::fsutil::trust` has the rule),
+    /// with a [`crate::fsutil::trust::Untrusted`] error. An absent entry
+    /// passes (the caller creates it, then checks again). Storages that
+    /// model no owners (simulations) accept; wrappers delegate.
+    fn check_trusted(&self, path: &Path, entry: Trusted) -> io::Result<()>;
+}
+
+/// What [`Storage::check_trusted`] checks `path` as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trusted {
+    /// The state directory: it and every ancestor (the walk of
+    /// `fsutil::trust`), the directory itself owned by the effective uid.
+    StateDir,
+    /// A directory volmgr keeps private in the state directory (`journal/`,
+    /// `checkpoints/`): never a symlink, ours, made 0700 if more open.
+    PrivateDir,
+    /// A file volmgr keeps in the state directory (`LOCK`, `IDENTITY`):
+    /// never a symlink, a regular file, ours, not group/other-writable.
+    OwnFile,
 }
 
 /// An open file: positioned I/O only, so concurrent readers need no cursor.
@@ -172,8 +192,14 @@ pub struct RealStorage;
 struct RealFile(File);
 
 impl Storage for RealStorage {
+    /// Directories are made 0700 (before the umask): the journal's
+    /// directories are private ([`Trusted::PrivateDir`]).
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        fs::create_dir_all(path)
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
@@ -192,12 +218,15 @@ impl Storage for RealStorage {
         Ok(Box::new(RealFile(file)))
     }
 
+    /// Files are made 0600: segments and checkpoints hold every volume's
+    /// configuration, for root's eyes only.
     fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(path)?;
         Ok(Box::new(RealFile(file)))
     }
@@ -214,13 +243,58 @@ impl Storage for RealStorage {
         File::open(path)?.sync_all()
     }
 
+    fn check_trusted(&self, path: &Path, entry: Trusted) -> io::Result<()> {
+        use crate::fsutil::trust;
+        match entry {
+            Trusted::StateDir => trust::check_dir_path_to_create(path, trust::Last::Euid).map(drop),
+            Trusted::PrivateDir => trust::restrict_own_dir(path).map(drop),
+            Trusted::OwnFile => trust::check_own_file(path).map(drop),
+        }
+        .map_err(trust::Untrusted::into_io)
+    }
+
+    /// The lock file is made 0600 and never opened through a symlink: a
+    /// user who could open it could hold its `flock` and keep every agent
+    /// out. An existing one (older versions made it 0644) must be a
+    /// regular file of ours, and is made 0600 once the lock is held.
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let untrusted = |reason: String| {
+            crate::fsutil::trust::Untrusted {
+                path: path.to_owned(),
+                reason,
+            }
+            .into_io()
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(path)?;
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    untrusted("is a symlink, and volmgr never follows one here: remove it (volmgr creates the file)".into())
+                } else {
+                    e
+                }
+            })?;
+        let md = file.metadata()?;
+        if !md.is_file() {
+            return Err(untrusted(format!(
+                "is not a regular file (mode {:o}): remove it (volmgr creates the file)",
+                md.mode()
+            )));
+        }
+        let me = crate::fsutil::trust::euid();
+        if md.uid() != me {
+            return Err(untrusted(format!(
+                "is owned by uid {}, not uid {me} (the user volmgr runs as): another user made                  it and can hold its lock; remove it (volmgr creates it)",
+                md.uid()
+            )));
+        }
         // Contention confirmed over a bounded window: a lock just released
         // can look held while a forked child has not exec'd yet.
         let locked = crate::fsutil::try_lock_confirmed(&file);
@@ -234,6 +308,9 @@ impl Storage for RealStorage {
                 ));
             }
             Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        if md.mode() & 0o7777 != 0o600 {
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
         }
         // Write, then cut to length: truncating to zero first would make
         // ext4 (auto_da_alloc) flush the file when it is closed.

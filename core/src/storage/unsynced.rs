@@ -7,7 +7,7 @@
 //! the code paths above the seam are the same. It is a test seam, named as
 //! such: state kept through it is not crash-safe.
 
-use super::{LockGuard, Storage, StorageFile};
+use super::{LockGuard, Storage, StorageFile, Trusted};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -51,6 +51,9 @@ impl Storage for UnsyncedStorage {
     }
     fn lock_exclusive(&self, path: &Path, holder: &str) -> io::Result<LockGuard> {
         self.inner.lock_exclusive(path, holder)
+    }
+    fn check_trusted(&self, path: &Path, entry: Trusted) -> io::Result<()> {
+        self.inner.check_trusted(path, entry)
     }
 }
 

@@ -25,6 +25,9 @@ use super::{CliError, EXIT_OK, RepairArgs};
 pub(super) fn run(args: &RepairArgs, out: &mut Out) -> Result<i32, CliError> {
     let state_dir = args.state_dir.as_path();
     scan::check_state_dir(state_dir)?;
+    // It writes (truncates, copies aside, removes): only in a state
+    // directory no other user can change (as the agent's open checks).
+    journal::check_state_dir(&RealStorage, state_dir).map_err(journal_error)?;
     match (args.truncate_torn_tail, args.truncate_at) {
         (true, None) => {
             let _lock = lock(state_dir)?;

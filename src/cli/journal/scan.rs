@@ -20,7 +20,7 @@ use crate::journal::reader::{self, Event, Options, Scope, Tail};
 use crate::journal::{CHECKPOINT_DIR, JOURNAL_DIR, JournalError, LogEnd};
 use crate::manager::checkpoint_state;
 use crate::state::{ApplyError, Record, State};
-use crate::storage::{self, LockGuard, Storage, StorageFile};
+use crate::storage::{self, LockGuard, Storage, StorageFile, Trusted};
 
 use super::CliError;
 
@@ -78,6 +78,12 @@ impl Storage for ReadOnlyStorage {
 
     fn lock_exclusive(&self, _path: &Path, _holder: &str) -> io::Result<LockGuard> {
         Err(denied("lock"))
+    }
+    /// The read-only tools read through bounded decoders and change
+    /// nothing: they need no trusted path (`repair`, which writes, checks
+    /// through [`crate::storage::RealStorage`]).
+    fn check_trusted(&self, _path: &Path, _entry: Trusted) -> io::Result<()> {
+        Ok(())
     }
 }
 

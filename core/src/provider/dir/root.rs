@@ -133,6 +133,27 @@ pub(super) fn refuse_nested_root(root: &Path) -> Result<(), ProviderError> {
     Ok(())
 }
 
+/// Refuses a root whose path another user could change (the rule of
+/// `fsutil::trust`, the one the state directory passes; the root itself
+/// owned by root or the effective uid): volmgr, as root, creates, renames
+/// and removes volumes there, so a user who can swap a directory on the way
+/// could point that at any place. A missing root passes if its existing
+/// ancestors do (it is then created and checked again). Every open checks:
+/// an existing root that fails is refused too.
+fn refuse_untrusted_root(root: &Path) -> Result<(), ProviderError> {
+    use crate::fsutil::trust::{Last, check_dir_path_to_create};
+    check_dir_path_to_create(root, Last::RootOrEuid)
+        .map(drop)
+        .map_err(|u| {
+            ProviderError::InvalidConfig(format!(
+                "{CONFIG_ROOT} {}: another user could change its path: {u} (an existing root \
+                 is refused too: fix the owner or mode named, or choose another root; README, \
+                 \"State directory\")",
+                root.display()
+            ))
+        })
+}
+
 impl DirProvider {
     /// Builds the provider on `layout` (see [`DirProvider::new`]): checks
     /// the root's path, creates it if missing, claims it, creates the
@@ -161,6 +182,7 @@ impl DirProvider {
         }
         if layout.is_kernel() {
             refuse_nested_root(&root)?;
+            refuse_untrusted_root(&root)?;
             // Not followed: the root is opened without following a
             // symlink (`Dir::open`), so a symlink would fail there as "Not
             // a directory", an I/O error for a configuration mistake.
@@ -175,6 +197,9 @@ impl DirProvider {
                 Ok(_) => return Err(invalid("not a directory")),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     create_root(&*layout, &root)?;
+                    // What was missing may have been made by another user
+                    // meanwhile (in a sticky parent).
+                    refuse_untrusted_root(&root)?;
                 }
                 Err(e) => {
                     return Err(ProviderError::io(
@@ -293,7 +318,11 @@ impl DirProvider {
                 .layout
                 .names(root)
                 .map_err(|e| ProviderError::io(format!("listing {}", root.display()), e))?;
-            if !names.is_empty() {
+            // Another agent starting on the same empty root may have made
+            // `.volmgr` since it was looked for: the lock below decides.
+            let raced = names.iter().all(|n| n.as_slice() == MARKERS.as_bytes())
+                && self.is_dir(&markers)?;
+            if !names.is_empty() && !raced {
                 let shown: Vec<String> = names
                     .iter()
                     .take(3)

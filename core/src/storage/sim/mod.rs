@@ -118,7 +118,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use self::file::{SimFile, SimLock};
 use self::fs::{Fs, Inode, Node, is_root, not_found, parent_of};
 pub use self::policy::{CutPolicy, DataLoss, DirLoss, PAGE_LEN, SECTOR_LEN, SplitMix64};
-use super::{LockGuard, Storage, StorageFile};
+use super::{LockGuard, Storage, StorageFile, Trusted};
 
 /// The second fault of a double fault ([`SimStorage::second_fault`]),
 /// counted from the sync armed by [`SimStorage::fail_sync_at`] that failed.
@@ -627,6 +627,11 @@ impl Storage for SimStorage {
             ));
         }
         fs.sync_dir_changes(path);
+        Ok(())
+    }
+
+    /// The simulation models no owners or modes: everything passes.
+    fn check_trusted(&self, _path: &Path, _entry: Trusted) -> io::Result<()> {
         Ok(())
     }
 

@@ -1,0 +1,373 @@
+//! The state directory's trust boundary, attacked by a local user (issue:
+//! the agent runs as root with `--state-dir DIR`, the README's command uses
+//! `/tmp/volmgr`, and nothing checked who owns the state directory or its
+//! parents; LOCK was made 0644 and the journal world-readable).
+//!
+//! - A user who made the state directory (or can write its parent) owns
+//!   everything root then trusts: they plant segments (root replays a state
+//!   of their choosing) or make `journal/` a symlink to /etc (root creates,
+//!   truncates and removes files there). Refused before anything is created
+//!   or read, by the agent, the library and `volmgr journal repair`.
+//! - Any user could open LOCK read-only and hold its `flock`: no agent could
+//!   ever start again. LOCK is 0600.
+//! - Any user could read every segment and checkpoint (every volume's id,
+//!   meta and provider configuration). `journal/` and `checkpoints/` are
+//!   0700.
+//! - A dir provider root in a directory another user can change is refused
+//!   like the state directory.
+//!
+//! Each test performs the attack for real, as user `nobody` (65534) where
+//! the attacker acts (`setpriv`), so each needs root: without it a test
+//! prints a SKIP line, and fails with `VOLMGR_REQUIRE_ROOT=1` (CI).
+
+mod common;
+#[path = "agent_support/process.rs"]
+mod process;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use process::{describe, serve_command, volmgr_command};
+use volmgr::journal::{Journal, JournalConfig, JournalError};
+use volmgr::provider::ProviderError;
+use volmgr::provider::dir::DirProvider;
+use volmgr::state::Record;
+
+const NOBODY: u32 = 65534;
+
+fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    common::skip_or_fail(
+        test,
+        "root",
+        "the attacks act as another user (chown, setpriv)",
+        "VOLMGR_REQUIRE_ROOT",
+    );
+    false
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn give_to_nobody(path: &Path) {
+    chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+fn open(state: &Path) -> Result<Journal<Record>, JournalError> {
+    Journal::<Record>::open(state, JournalConfig::default()).map(|(journal, _)| journal)
+}
+
+/// The names in `dir`, sorted (empty if it does not exist).
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Runs `argv` as user and group nobody, no supplementary groups.
+fn as_nobody(argv: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(argv)
+        .output()
+        .expect("setpriv runs (util-linux)")
+}
+
+fn untrusted(e: &JournalError) -> (&Path, &str) {
+    match e {
+        JournalError::Untrusted { path, reason } => (path, reason),
+        other => panic!("expected Untrusted, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_state_directory_another_user_made_is_refused_before_anything_is_read_or_created() {
+    if !root_or_skip("a_state_directory_another_user_made_is_refused") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // As in /tmp: sticky and world-writable, so nobody could make it first.
+    chmod(tmp.path(), 0o1777);
+    let state = tmp.path().join("volmgr");
+    fs::create_dir(&state).unwrap();
+    // The attacker's planted journal: an empty directory is enough to show
+    // root would read it.
+    fs::create_dir(state.join("journal")).unwrap();
+    give_to_nobody(&state.join("journal"));
+    give_to_nobody(&state);
+
+    let e = open(&state).expect_err("a state directory nobody made");
+    let (path, reason) = untrusted(&e);
+    assert_eq!(path, state);
+    assert!(
+        reason.contains("owned by uid 65534") && reason.contains("remove it"),
+        "{e}"
+    );
+    assert!(e.to_string().contains(&state.display().to_string()), "{e}");
+    assert_eq!(names(&state), ["journal"], "nothing created");
+
+    // The agent exits 1 with it, having bound nothing and made nothing.
+    let out = serve_command(&state, "text", &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("untrusted state directory") && stderr.contains("uid 65534"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!stderr.contains("serving"), "{}", describe(&out));
+    assert_eq!(names(&state), ["journal"], "nothing created");
+
+    // Made fresh by root in the same sticky directory, it is trusted (the
+    // README's `--state-dir /tmp/volmgr` on a fresh machine).
+    let fresh = tmp.path().join("fresh");
+    open(&fresh).expect("a state directory root makes in a sticky one");
+}
+
+#[test]
+fn a_state_directory_whose_parent_others_can_write_is_refused() {
+    if !root_or_skip("a_state_directory_whose_parent_others_can_write_is_refused") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path().join("shared");
+    fs::create_dir(&parent).unwrap();
+    chmod(&parent, 0o777); // not sticky: anyone can rename our state away
+    let state = parent.join("state");
+    for exists in [false, true] {
+        if exists {
+            fs::create_dir(&state).unwrap();
+        }
+        let e = open(&state).expect_err("an other-writable parent");
+        let (path, reason) = untrusted(&e);
+        assert_eq!(path, parent, "{e}");
+        assert!(
+            reason.contains("777") && reason.contains("chmod go-w"),
+            "{e}"
+        );
+        assert_eq!(names(&state), Vec::<String>::new(), "nothing created");
+    }
+}
+
+#[test]
+fn a_journal_directory_that_is_a_symlink_is_refused_and_its_target_untouched() {
+    if !root_or_skip("a_journal_directory_that_is_a_symlink_is_refused") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let etc = tmp.path().join("etc");
+    fs::create_dir(&state).unwrap();
+    fs::create_dir(&etc).unwrap();
+    // What root would remove there as one of its temporary files.
+    fs::write(etc.join(".passwd.tmp"), b"keep").unwrap();
+    for dir in ["journal", "checkpoints"] {
+        let link = state.join(dir);
+        symlink(&etc, &link).unwrap();
+        let e = open(&state).expect_err("a symlinked journal directory");
+        let (path, reason) = untrusted(&e);
+        assert_eq!(path, link);
+        assert!(reason.contains("symlink"), "{e}");
+        assert_eq!(
+            names(&etc),
+            [".passwd.tmp"],
+            "nothing made or removed there"
+        );
+        fs::remove_file(&link).unwrap();
+        fs::create_dir(&link).unwrap();
+    }
+    // LOCK and IDENTITY are never followed either.
+    for file in ["LOCK", "IDENTITY"] {
+        let link = state.join(file);
+        symlink(etc.join(".passwd.tmp"), &link).unwrap();
+        let e = open(&state).expect_err("a symlinked state file");
+        assert_eq!(untrusted(&e).0, link, "{e}");
+        assert_eq!(fs::read(etc.join(".passwd.tmp")).unwrap(), b"keep");
+        fs::remove_file(&link).unwrap();
+    }
+    open(&state).expect("the repaired state directory opens");
+}
+
+/// Opens LOCK read-only as nobody and tries to hold its `flock`; prints
+/// `held` and keeps it until stdin closes.
+const SQUAT: &str = "import fcntl, sys
+f = open(sys.argv[1], 'rb')
+fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print('held', flush=True)
+sys.stdin.read()";
+
+#[test]
+fn a_local_user_cannot_hold_the_state_directory_lock() {
+    if !root_or_skip("a_local_user_cannot_hold_the_state_directory_lock") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    fs::create_dir(&state).unwrap();
+    // Others may traverse it: only LOCK's own mode keeps them out.
+    chmod(&state, 0o755);
+    drop(open(&state).unwrap());
+    assert_eq!(mode(&state.join("LOCK")), 0o600);
+
+    let lock = state.join("LOCK");
+    let mut squatter = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", SQUAT])
+        .arg(&lock)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv and python3 run");
+    let mut line = String::new();
+    BufReader::new(squatter.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.trim() == "held" {
+        // The attack worked: show what it does to the agent.
+        let out = serve_command(&state, "text", &[]).output().unwrap();
+        drop(squatter.stdin.take());
+        let _ = squatter.wait();
+        panic!(
+            "nobody holds the flock of {}; the agent then: {}",
+            lock.display(),
+            describe(&out)
+        );
+    }
+    let out = squatter.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PermissionError"), "{stderr}");
+
+    // A LOCK an older version made 0644 is made 0600 once held.
+    chmod(&lock, 0o644);
+    let journal = open(&state).unwrap();
+    assert_eq!(mode(&lock), 0o600);
+    drop(journal);
+}
+
+#[test]
+fn a_local_user_cannot_list_or_read_the_journal() {
+    if !root_or_skip("a_local_user_cannot_list_or_read_the_journal") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    fs::create_dir(&state).unwrap();
+    chmod(&state, 0o755);
+    drop(open(&state).unwrap());
+    let journal = state.join("journal");
+    let segment = journal.join(&names(&journal)[0]);
+    for (dir, argv) in [
+        (&journal, vec!["ls", journal.to_str().unwrap()]),
+        (&journal, vec!["cat", segment.to_str().unwrap()]),
+        (
+            &state.join("checkpoints"),
+            vec!["ls", state.join("checkpoints").to_str().unwrap()],
+        ),
+    ] {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        let out = as_nobody(&argv);
+        assert!(!out.status.success(), "{argv:?}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{argv:?}: {}",
+            describe(&out)
+        );
+    }
+    assert_eq!(mode(&segment), 0o600, "the segment itself is private too");
+
+    // Directories an older version made 0755 are made 0700 at the next open.
+    chmod(&journal, 0o755);
+    chmod(&state.join("checkpoints"), 0o755);
+    drop(open(&state).unwrap());
+    assert_eq!(mode(&journal), 0o700);
+    assert_eq!(mode(&state.join("checkpoints")), 0o700);
+}
+
+#[test]
+fn journal_repair_refuses_a_state_directory_another_user_owns() {
+    if !root_or_skip("journal_repair_refuses_a_state_directory_another_user_owns") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    drop(open(&state).unwrap());
+    give_to_nobody(&state);
+    let before = names(&state.join("journal"));
+    let out = volmgr_command()
+        .args(["journal", "repair", "--truncate-torn-tail"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("untrusted state directory") && stderr.contains("uid 65534"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(names(&state.join("journal")), before);
+    // The read-only tools still read it.
+    let out = volmgr_command()
+        .args(["journal", "verify"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn a_dir_provider_root_another_user_can_change_is_refused() {
+    if !root_or_skip("a_dir_provider_root_another_user_can_change_is_refused") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // A root to be made in a directory anyone can write (not sticky).
+    let shared = tmp.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o777);
+    let root = shared.join("volumes");
+    let err = DirProvider::new(root.clone()).expect_err("an other-writable parent");
+    assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&shared.display().to_string()) && text.contains("777"),
+        "{text}"
+    );
+    assert!(!root.exists(), "nothing created");
+
+    // An existing root another user owns is refused too, and says so.
+    let theirs = tmp.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    give_to_nobody(&theirs);
+    let err = DirProvider::new(theirs.clone()).expect_err("a root nobody owns");
+    assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("uid 65534") && text.contains("existing root is refused too"),
+        "{text}"
+    );
+    assert_eq!(names(&theirs), Vec::<String>::new(), "nothing created");
+
+    // Root's own, in a sticky directory: accepted.
+    chmod(tmp.path(), 0o1777);
+    DirProvider::new(tmp.path().join("ours")).expect("a root of ours");
+}
