@@ -23,11 +23,10 @@ mod common;
 mod process;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use common::entry_image;
-use process::{ServeProcess, serve_command};
+use process::{ServeProcess, serve_until_exit};
 use uuid::Uuid;
 use volmgr::journal::{IDENTITY_FILE, IDENTITY_LEN, Journal, JournalConfig, decode_identity};
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
@@ -382,29 +381,6 @@ async fn a_damaged_identity_file_is_refused_naming_the_file_and_never_replaced()
         err.to_string().contains("is damaged") && err.to_string().contains("a directory"),
         "{err}"
     );
-}
-
-/// Runs `volmgr serve` with `args` until it exits by itself; fails (after
-/// killing it) if it gets ready instead. Returns its log messages.
-fn serve_until_exit(state: &Path, args: &[&str]) -> (std::process::ExitStatus, Vec<String>) {
-    let mut child = serve_command(state, "json", args).spawn().unwrap();
-    let mut messages = Vec::new();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let value: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|_| serde_json::json!({"fields": {"message": line}}));
-        let message = value["fields"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if message == "ready" {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the agent got ready on a root another agent owns: {messages:?}");
-        }
-        messages.push(format!("{message} {}", value["fields"]));
-    }
-    (child.wait().unwrap(), messages)
 }
 
 /// Real `volmgr serve` processes: B, asked over HTTP to add A's root, gets

@@ -30,7 +30,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use process::{describe, serve_command, volmgr_command};
+use process::{describe, serve_command, serve_until_exit, volmgr_command};
 use volmgr::journal::{Journal, JournalConfig, JournalError};
 use volmgr::provider::ProviderError;
 use volmgr::provider::dir::DirProvider;
@@ -124,21 +124,63 @@ fn a_state_directory_another_user_made_is_refused_before_anything_is_read_or_cre
     assert_eq!(names(&state), ["journal"], "nothing created");
 
     // The agent exits 1 with it, having bound nothing and made nothing.
-    let out = serve_command(&state, "text", &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, messages) = serve_until_exit(&state, &[]);
+    assert_eq!(status.code(), Some(1), "{messages:?}");
+    let stderr = messages.join("\n");
     assert!(
         stderr.contains("untrusted state directory") && stderr.contains("uid 65534"),
-        "{}",
-        describe(&out)
+        "{stderr}"
     );
-    assert!(!stderr.contains("serving"), "{}", describe(&out));
+    assert!(!stderr.contains("serving"), "{stderr}");
     assert_eq!(names(&state), ["journal"], "nothing created");
 
     // Made fresh by root in the same sticky directory, it is trusted (the
     // README's `--state-dir /tmp/volmgr` on a fresh machine).
     let fresh = tmp.path().join("fresh");
     open(&fresh).expect("a state directory root makes in a sticky one");
+}
+
+/// Another user's symlink at the state directory's name (free in a sticky
+/// directory such as /tmp, so anyone may plant it, before the agent's
+/// first start or between its check and its `mkdir`), pointing at a
+/// directory root trusts (here a fresh root-owned 0755 one, in the attack
+/// /etc): the agent refuses the path as given, never the symlink's
+/// target, and creates nothing there.
+#[test]
+fn a_symlink_another_user_planted_at_the_state_directory_name_is_refused() {
+    if !root_or_skip("a_symlink_another_user_planted_at_the_state_directory_name_is_refused") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    chmod(tmp.path(), 0o1777);
+    let target = tmp.path().join("etc");
+    fs::create_dir(&target).unwrap();
+    chmod(&target, 0o755);
+    let state = tmp.path().join("volmgr");
+    let out = as_nobody(&[
+        "ln",
+        "-s",
+        target.to_str().unwrap(),
+        state.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(fs::symlink_metadata(&state).unwrap().uid(), NOBODY);
+
+    let e = open(&state).expect_err("another user's symlink");
+    let (path, _) = untrusted(&e);
+    assert_eq!(path, state, "{e}");
+    let (status, messages) = serve_until_exit(&state, &[]);
+    assert_eq!(status.code(), Some(1), "{messages:?}");
+    let stderr = messages.join("\n");
+    assert!(
+        stderr.contains("untrusted state directory") && stderr.contains("uid 65534"),
+        "{stderr}"
+    );
+    assert_eq!(
+        names(&target),
+        Vec::<String>::new(),
+        "nothing created in the target"
+    );
 }
 
 #[test]

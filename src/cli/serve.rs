@@ -502,6 +502,13 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
             args.state_dir.display()
         ));
     }
+    // The path as given, again: a name that was free at the first check
+    // may have become another user's symlink meanwhile (in a sticky
+    // directory such as /tmp), which `create_dir_all` follows and
+    // `canonicalize` would hide (its target, say /etc, passes the check).
+    if let Err(e) = crate::journal::check_state_dir(&RealStorage, &args.state_dir) {
+        return failure(&e.to_string());
+    }
     let state_dir = match std::fs::canonicalize(&args.state_dir) {
         Ok(d) => d,
         Err(e) => return failure(&format!("{}: {e}", args.state_dir.display())),

@@ -156,6 +156,32 @@ pub fn serve_command(state_dir: &Path, log_format: &str, args: &[&str]) -> Comma
     cmd
 }
 
+/// Runs `volmgr serve` with `args` until it exits by itself; fails (after
+/// killing it) if it gets ready instead: a test of a refusal fails, never
+/// hangs, when the agent starts after all. Returns its log messages (JSON
+/// log lines by their message and fields, other lines as they are).
+#[allow(dead_code)]
+pub fn serve_until_exit(state: &Path, args: &[&str]) -> (ExitStatus, Vec<String>) {
+    let mut child = serve_command(state, "json", args).spawn().unwrap();
+    let mut messages = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| serde_json::json!({"fields": {"message": line}}));
+        let message = value["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if message == "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent got ready: {messages:?}");
+        }
+        messages.push(format!("{message} {}", value["fields"]));
+    }
+    (child.wait().unwrap(), messages)
+}
+
 pub fn volmgr_command() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_remove("VOLMGR_TOKEN")
