@@ -30,13 +30,17 @@ struct Scratch {
     fingerprint: Vec<(PathBuf, u32, Vec<u8>)>,
 }
 
-fn fingerprint(root: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+/// Every entry under `root` with its mode and, if `content`, a regular
+/// file's bytes. The inside tree is walked without content: an `S` record
+/// may leave a file of up to 2^44 bytes there that is all hole, which the
+/// decoder rightly accepts and no harness should read whole.
+fn walk(root: &Path, content: bool) -> Vec<(PathBuf, u32, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).unwrap().flatten() {
             let md = e.path().symlink_metadata().unwrap();
-            let content = if md.is_file() {
+            let content = if content && md.is_file() {
                 fs::read(e.path()).unwrap()
             } else {
                 Vec::new()
@@ -61,7 +65,7 @@ fn scratch() -> &'static Scratch {
         fs::write(outside.join("canary"), b"canary").unwrap();
         fs::write(outside.join("d/f"), b"f").unwrap();
         let inside = tmp.join("in");
-        let fp = fingerprint(&outside);
+        let fp = walk(&outside, true);
         Scratch {
             _tmp: tmp,
             outside,
@@ -108,12 +112,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut input = data;
     let _ = wire::apply_stream(&mut input, &s.inside);
-    assert!(fingerprint(&s.outside) == s.fingerprint, "something outside the scratch tree changed");
+    assert!(walk(&s.outside, true) == s.fingerprint, "something outside the scratch tree changed");
     if data.len() <= 48 || !data.starts_with(b"VMGRDIRS") {
         return;
     }
     DIRTY.store(true, Ordering::Relaxed);
-    for (path, mode, _) in fingerprint(&s.inside) {
+    for (path, mode, _) in walk(&s.inside, false) {
         assert_eq!(mode & 0o6000, 0, "{} is setuid or setgid", path.display());
         let t = mode & libc::S_IFMT;
         assert!(

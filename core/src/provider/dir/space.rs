@@ -78,13 +78,27 @@ impl SpaceGuard {
     /// Free space is checked for the next [`CONTENT_WINDOW`] bytes of the
     /// file at a time (at most `left`), not for every chunk.
     pub(crate) fn content(&mut self, n: u64, left: u64) -> Result<(), ProviderError> {
+        self.content_taking(n, n, left)
+    }
+
+    /// [`Self::content`] for `n` bytes that take `footprint` bytes of the
+    /// file system: the whole blocks a piece of a sparse file is the first
+    /// to touch (a byte alone in its block costs the block). The footprint,
+    /// not `n`, is what the free-space checks count down, so data spread
+    /// thin over holes is checked as often as the disk it takes.
+    pub(crate) fn content_taking(
+        &mut self,
+        n: u64,
+        footprint: u64,
+        left: u64,
+    ) -> Result<(), ProviderError> {
         self.bytes = self.bytes.saturating_add(n);
-        if self.granted < n {
-            let window = left.min(CONTENT_WINDOW).max(n);
+        if self.granted < footprint {
+            let window = left.min(CONTENT_WINDOW).max(footprint);
             self.check("the received stream", 0, window)?;
             self.granted = window;
         }
-        self.granted -= n;
+        self.granted -= footprint;
         Ok(())
     }
 
