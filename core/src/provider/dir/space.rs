@@ -15,7 +15,8 @@ use crate::provider::ProviderError;
 pub(crate) struct SpaceGuard {
     dir: Dir,
     since_check: u32,
-    /// Entries and content bytes the stream staged so far.
+    /// Entries and content bytes the stream staged so far (for a sparse
+    /// file's pieces, the blocks they take: [`Self::content_taking`]).
     pub(crate) entries: u64,
     pub(crate) bytes: u64,
     /// Content bytes the last check found room for, not written yet
@@ -84,15 +85,17 @@ impl SpaceGuard {
     /// [`Self::content`] for `n` bytes that take `footprint` bytes of the
     /// file system: the whole blocks a piece of a sparse file is the first
     /// to touch (a byte alone in its block costs the block). The footprint,
-    /// not `n`, is what the free-space checks count down, so data spread
-    /// thin over holes is checked as often as the disk it takes.
+    /// not `n`, is what the free-space checks count down and what is added
+    /// to [`Self::bytes`], so data spread thin over holes is checked as
+    /// often as the disk it takes, and a copy of the staged tree is
+    /// expected to need that disk too.
     pub(crate) fn content_taking(
         &mut self,
         n: u64,
         footprint: u64,
         left: u64,
     ) -> Result<(), ProviderError> {
-        self.bytes = self.bytes.saturating_add(n);
+        self.bytes = self.bytes.saturating_add(footprint);
         if self.granted < footprint {
             let window = left.min(CONTENT_WINDOW).max(footprint);
             self.check("the received stream", 0, window)?;

@@ -78,7 +78,8 @@
 //! guard counts the data written, never a declared length, and for an `S`
 //! record the whole blocks its pieces are the first to touch (the file's
 //! block size, at least [`MIN_BLOCK`]: extents of one byte a block apart
-//! are checked as the blocks they take, not as bytes); a stream holds
+//! are counted as the blocks they take, not as bytes, both for the checks
+//! during the receive and for the one before the snapshot copy); a stream holds
 //! at most 2^26 records; the end record's count and CRC must hold. Any
 //! violation, and any short read, is a [`ProviderError::Stream`] and the
 //! staging area is removed. The receiver stops reading at the end record
