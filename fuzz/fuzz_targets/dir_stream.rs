@@ -58,7 +58,8 @@ fn walk(root: &Path, content: bool) -> Vec<(PathBuf, u32, Vec<u8>)> {
 fn scratch() -> &'static Scratch {
     static S: OnceLock<Scratch> = OnceLock::new();
     S.get_or_init(|| {
-        let tmp = std::env::temp_dir().join(format!("volmgr-fuzz-dir-stream-{}", std::process::id()));
+        let tmp =
+            std::env::temp_dir().join(format!("volmgr-fuzz-dir-stream-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         let outside = tmp.join("outside");
         fs::create_dir_all(outside.join("d")).unwrap();
@@ -96,7 +97,8 @@ fn lay_base(s: &Scratch) {
     symlink("../../outside/d", i.join("a/up")).unwrap();
     fs::create_dir(i.join("ro")).unwrap();
     fs::set_permissions(i.join("ro"), fs::Permissions::from_mode(0o500)).unwrap();
-    let fifo = std::ffi::CString::new(i.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    let fifo =
+        std::ffi::CString::new(i.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
     // SAFETY: valid path.
     unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) };
 }
@@ -112,7 +114,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut input = data;
     let _ = wire::apply_stream(&mut input, &s.inside);
-    assert!(walk(&s.outside, true) == s.fingerprint, "something outside the scratch tree changed");
+    assert!(
+        walk(&s.outside, true) == s.fingerprint,
+        "something outside the scratch tree changed"
+    );
     if data.len() <= 48 || !data.starts_with(b"VMGRDIRS") {
         return;
     }
@@ -121,7 +126,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(mode & 0o6000, 0, "{} is setuid or setgid", path.display());
         let t = mode & libc::S_IFMT;
         assert!(
-            t == libc::S_IFDIR || t == libc::S_IFREG || t == libc::S_IFLNK || path.ends_with("fifo"),
+            t == libc::S_IFDIR
+                || t == libc::S_IFREG
+                || t == libc::S_IFLNK
+                || path.ends_with("fifo"),
             "{} has type {t:o}",
             path.display()
         );

@@ -135,9 +135,13 @@ pub const MAX_FILE_LEN: u64 = 1 << 44;
 /// (a seek and a write each) a stream can ask for beyond its bytes.
 pub const MAX_EXTENTS: u64 = 1 << 32;
 /// The least block size the free-space guard charges a sparse file's data
-/// pieces in (the file's `st_blksize` if larger): a piece of one byte in a
-/// hole costs a block of the file system.
+/// pieces in (the file's `st_blksize` if larger, up to [`MAX_BLOCK`]): a
+/// piece of one byte in a hole costs a block of the file system.
 pub const MIN_BLOCK: u64 = 4096;
+/// The largest block size the guard charges in (ZFS's largest record):
+/// a file system reporting more is charged this, and the arithmetic on
+/// offsets below 2^44 cannot overflow.
+pub const MAX_BLOCK: u64 = 16 << 20;
 /// Bound on the memory held for modes the staging tree cannot store directly
 /// (directories without owner `rwx`, files without owner `rw`).
 pub const MAX_MODE_EXCEPTION_BYTES: usize = 64 << 20;
@@ -554,7 +558,7 @@ impl<R: Read> Sink<R> for Apply<'_> {
             .metadata()
             .map_err(|e| self.io("examining", rel, e))?
             .blksize()
-            .max(MIN_BLOCK);
+            .clamp(MIN_BLOCK, MAX_BLOCK);
         let mut charged_to = 0u64;
         while let Some((offset, n)) = extents.next(r)? {
             f.seek(SeekFrom::Start(offset))

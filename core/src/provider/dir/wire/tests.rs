@@ -460,7 +460,10 @@ fn a_huge_sparse_file_costs_its_data_not_its_length_in_the_space_guard() {
     let applied = apply(&mut r, &header, &dir, &mut modes).unwrap();
     let block = {
         use std::os::unix::fs::MetadataExt;
-        fs::metadata(dir.join("f")).unwrap().blksize().max(MIN_BLOCK)
+        fs::metadata(dir.join("f"))
+            .unwrap()
+            .blksize()
+            .clamp(MIN_BLOCK, MAX_BLOCK)
     };
     assert_eq!(
         applied.bytes,
@@ -676,10 +679,22 @@ fn write_dir_stream_fuzz_seeds() {
     for (name, sparse) in [("v1_incremental", false), ("v2_incremental", true)] {
         let (bm, sm) = (Modes::new(Policy::Plain), Modes::new(Policy::Plain));
         let mut stream = Vec::new();
-        send::send(sp, &sm, GUID, Some((bp, &bm, 1)), options(sparse), &mut stream).unwrap();
+        send::send(
+            sp,
+            &sm,
+            GUID,
+            Some((bp, &bm, 1)),
+            options(sparse),
+            &mut stream,
+        )
+        .unwrap();
         let (_, tags) = tags_of(&stream);
         for t in [TAG_DELETE, TAG_PERM, TAG_DIR, TAG_FILE, TAG_LINK] {
-            assert!(tags.tags.iter().any(|(g, _)| *g == t), "{name} has {}", t as char);
+            assert!(
+                tags.tags.iter().any(|(g, _)| *g == t),
+                "{name} has {}",
+                t as char
+            );
         }
         assert_eq!(
             tags.tags.iter().any(|(g, _)| *g == TAG_SPARSE),
