@@ -79,19 +79,18 @@ impl SpaceGuard {
     /// Free space is checked for the next [`CONTENT_WINDOW`] bytes of the
     /// file at a time (at most `left`), not for every chunk.
     pub(crate) fn content(&mut self, n: u64, left: u64) -> Result<(), ProviderError> {
-        self.content_taking(n, n, left)
+        self.content_taking(n, left)
     }
 
-    /// [`Self::content`] for `n` bytes that take `footprint` bytes of the
+    /// [`Self::content`] for content that takes `footprint` bytes of the
     /// file system: the whole blocks a piece of a sparse file is the first
     /// to touch (a byte alone in its block costs the block). The footprint,
-    /// not `n`, is what the free-space checks count down and what is added
-    /// to [`Self::bytes`], so data spread thin over holes is checked as
-    /// often as the disk it takes, and a copy of the staged tree is
-    /// expected to need that disk too.
+    /// not the piece's length, is what the free-space checks count down and
+    /// what is added to [`Self::bytes`], so data spread thin over holes is
+    /// checked as often as the disk it takes, and a copy of the staged tree
+    /// is expected to need that disk too.
     pub(crate) fn content_taking(
         &mut self,
-        n: u64,
         footprint: u64,
         left: u64,
     ) -> Result<(), ProviderError> {

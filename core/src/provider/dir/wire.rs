@@ -575,7 +575,7 @@ impl<R: Read> Sink<R> for Apply<'_> {
                 let end = (start + k).div_ceil(block) * block;
                 let first = (start / block * block).max(*charged);
                 *charged = end.max(*charged);
-                space.content_taking(k, end.saturating_sub(first), left + after)
+                space.content_taking(end.saturating_sub(first), left + after)
             })?;
         }
         f.set_len(len).map_err(|e| self.io("writing", rel, e))?;

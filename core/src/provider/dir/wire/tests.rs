@@ -443,7 +443,7 @@ fn hostile_sparse_records_are_refused_with_their_reasons() {
 }
 
 #[test]
-fn a_huge_sparse_file_costs_its_data_not_its_length_in_the_space_guard() {
+fn a_huge_sparse_file_costs_its_data_blocks_not_its_length_in_the_space_guard() {
     // 1 TiB declared, 4 KiB of data: far more than the file system holds
     // if its length were counted.
     let len = 1u64 << 40;
