@@ -15,7 +15,8 @@ use crate::provider::ProviderError;
 pub(crate) struct SpaceGuard {
     dir: Dir,
     since_check: u32,
-    /// Entries and content bytes the stream staged so far.
+    /// Entries and content bytes the stream staged so far (for a sparse
+    /// file's pieces, the blocks they take: [`Self::content_taking`]).
     pub(crate) entries: u64,
     pub(crate) bytes: u64,
     /// Content bytes the last check found room for, not written yet
@@ -78,13 +79,28 @@ impl SpaceGuard {
     /// Free space is checked for the next [`CONTENT_WINDOW`] bytes of the
     /// file at a time (at most `left`), not for every chunk.
     pub(crate) fn content(&mut self, n: u64, left: u64) -> Result<(), ProviderError> {
-        self.bytes = self.bytes.saturating_add(n);
-        if self.granted < n {
-            let window = left.min(CONTENT_WINDOW).max(n);
+        self.content_taking(n, left)
+    }
+
+    /// [`Self::content`] for content that takes `footprint` bytes of the
+    /// file system: the whole blocks a piece of a sparse file is the first
+    /// to touch (a byte alone in its block costs the block). The footprint,
+    /// not the piece's length, is what the free-space checks count down and
+    /// what is added to [`Self::bytes`], so data spread thin over holes is
+    /// checked as often as the disk it takes, and a copy of the staged tree
+    /// is expected to need that disk too.
+    pub(crate) fn content_taking(
+        &mut self,
+        footprint: u64,
+        left: u64,
+    ) -> Result<(), ProviderError> {
+        self.bytes = self.bytes.saturating_add(footprint);
+        if self.granted < footprint {
+            let window = left.min(CONTENT_WINDOW).max(footprint);
             self.check("the received stream", 0, window)?;
             self.granted = window;
         }
-        self.granted -= n;
+        self.granted -= footprint;
         Ok(())
     }
 

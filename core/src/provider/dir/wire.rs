@@ -75,7 +75,11 @@
 //! the one before, are not empty and end within its length (`offset + n`
 //! checked for overflow), its terminator's offset is 0, and a stream holds
 //! at most 2^32 extents in all (nothing is held per extent); the free-space
-//! guard counts the data written, never a declared length; a stream holds
+//! guard counts the data written, never a declared length, and for an `S`
+//! record the whole blocks its pieces are the first to touch (the file's
+//! block size, at least [`MIN_BLOCK`]: extents of one byte a block apart
+//! are counted as the blocks they take, not as bytes, both for the checks
+//! during the receive and for the one before the snapshot copy); a stream holds
 //! at most 2^26 records; the end record's count and CRC must hold. Any
 //! violation, and any short read, is a [`ProviderError::Stream`] and the
 //! staging area is removed. The receiver stops reading at the end record
@@ -89,7 +93,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::space::SpaceGuard;
@@ -130,6 +134,14 @@ pub const MAX_FILE_LEN: u64 = 1 << 44;
 /// one stream may carry. Nothing is held per extent; this bounds the work
 /// (a seek and a write each) a stream can ask for beyond its bytes.
 pub const MAX_EXTENTS: u64 = 1 << 32;
+/// The least block size the free-space guard charges a sparse file's data
+/// pieces in (the file's `st_blksize` if larger, up to [`MAX_BLOCK`]): a
+/// piece of one byte in a hole costs a block of the file system.
+pub const MIN_BLOCK: u64 = 4096;
+/// The largest block size the guard charges in (ZFS's largest record):
+/// a file system reporting more is charged this, and the arithmetic on
+/// offsets below 2^44 cannot overflow.
+pub const MAX_BLOCK: u64 = 16 << 20;
 /// Bound on the memory held for modes the staging tree cannot store directly
 /// (directories without owner `rwx`, files without owner `rw`).
 pub const MAX_MODE_EXCEPTION_BYTES: usize = 64 << 20;
@@ -544,6 +556,16 @@ impl<R: Read> Sink<R> for Apply<'_> {
     ) -> Result<(), ProviderError> {
         use std::io::{Seek, SeekFrom};
         let mut f = self.new_file(rel)?;
+        // The file system allocates whole blocks: each data piece is charged
+        // the blocks it is the first to touch (the file is new and written
+        // in increasing order), so extents of a byte, a block apart, cost
+        // the guard what they cost the disk (4 KiB each, not 1 byte).
+        let block = f
+            .metadata()
+            .map_err(|e| self.io("examining", rel, e))?
+            .blksize()
+            .clamp(MIN_BLOCK, MAX_BLOCK);
+        let mut charged_to = 0u64;
         while let Some((offset, n)) = extents.next(r)? {
             f.seek(SeekFrom::Start(offset))
                 .map_err(|e| self.io("writing", rel, e))?;
@@ -551,8 +573,15 @@ impl<R: Read> Sink<R> for Apply<'_> {
             // the extent's rest and everything after the extent.
             let after = len - offset - n;
             let space = &mut self.space;
+            let charged = &mut charged_to;
             r.copy_exact_sparse(n, &mut f, "file content", &mut |k, left| {
-                space.content(k, left + after)
+                // `left` counts this piece: it starts at `offset + n - left`
+                // (and ends within `len`, at most 2^44: no overflow).
+                let start = offset + (n - left);
+                let end = (start + k).div_ceil(block) * block;
+                let first = (start / block * block).max(*charged);
+                *charged = end.max(*charged);
+                space.content_taking(end.saturating_sub(first), left + after)
             })?;
         }
         f.set_len(len).map_err(|e| self.io("writing", rel, e))?;

@@ -443,7 +443,7 @@ fn hostile_sparse_records_are_refused_with_their_reasons() {
 }
 
 #[test]
-fn a_huge_sparse_file_costs_its_data_not_its_length_in_the_space_guard() {
+fn a_huge_sparse_file_costs_its_data_blocks_not_its_length_in_the_space_guard() {
     // 1 TiB declared, 4 KiB of data: far more than the file system holds
     // if its length were counted.
     let len = 1u64 << 40;
@@ -458,9 +458,17 @@ fn a_huge_sparse_file_costs_its_data_not_its_length_in_the_space_guard() {
     let header = read_header(&mut r).unwrap();
     let mut modes = Modes::new(Policy::Staging);
     let applied = apply(&mut r, &header, &dir, &mut modes).unwrap();
+    let block = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(dir.join("f"))
+            .unwrap()
+            .blksize()
+            .clamp(MIN_BLOCK, MAX_BLOCK)
+    };
     assert_eq!(
-        applied.bytes, 128,
-        "the data written, not the declared length"
+        applied.bytes,
+        2 * block,
+        "the blocks the two 64-byte extents take, not the declared length"
     );
     assert_eq!(fs::metadata(dir.join("f")).unwrap().len(), len);
     assert_eq!(
@@ -576,4 +584,202 @@ fn the_simulated_sink_reads_sparse_records_with_their_content() {
             "{name}: content"
         );
     }
+}
+
+/// Writes the `dir_stream` fuzz target's seeds into the directory named by
+/// `VOLMGR_FUZZ_SEEDS` (see `fuzz/README.md`): a version 1 full stream with
+/// every record type a full stream has, version 1 and 2 incremental streams
+/// over a tree laid like the target's base (every record type), a version 2
+/// full stream whose `S` records have holes at the start, middle and end and
+/// several extents, and a hand-made version 2 stream with byte-sized
+/// extents (small, so the fuzzer mutates it cheaply). Each is checked to
+/// apply before it is written.
+#[test]
+#[ignore = "writes fuzz seeds; run with VOLMGR_FUZZ_SEEDS=DIR"]
+fn write_dir_stream_fuzz_seeds() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let out = std::path::PathBuf::from(
+        std::env::var_os("VOLMGR_FUZZ_SEEDS").expect("VOLMGR_FUZZ_SEEDS names the corpus dir"),
+    );
+    fs::create_dir_all(&out).unwrap();
+    let mode = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    // The incremental streams' base (and the snapshot's starting point).
+    let lay_base = |bp: &Path| {
+        fs::create_dir_all(bp.join("a/b")).unwrap();
+        fs::write(bp.join("a/file"), b"base").unwrap();
+        fs::write(bp.join("a/gone"), b"gone").unwrap();
+        fs::create_dir(bp.join("ro")).unwrap();
+        mode(&bp.join("ro"), 0o500);
+    };
+    let save = |name: &str, stream: &[u8], incremental: bool| {
+        let (_tmp, applied) = if incremental {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("r");
+            lay_base(&dir);
+            let applied = apply_stream(&mut &stream[..], &dir);
+            mode(&dir.join("ro"), 0o755);
+            (tmp, applied)
+        } else {
+            receive(stream)
+        };
+        applied.unwrap_or_else(|e| panic!("seed {name} does not apply: {e}"));
+        fs::write(out.join(name), stream).unwrap();
+    };
+    let b = BLOCK;
+
+    // Version 1, full: directories (one without owner write), files (empty,
+    // read-only), a symlink, nesting.
+    let full = tempfile::tempdir().unwrap();
+    let f = full.path();
+    fs::create_dir_all(f.join("a/b")).unwrap();
+    fs::write(f.join("a/file"), b"some content").unwrap();
+    fs::write(f.join("a/b/empty"), b"").unwrap();
+    fs::write(f.join("ro_file"), b"read only").unwrap();
+    mode(&f.join("ro_file"), 0o400);
+    symlink("a/file", f.join("link")).unwrap();
+    fs::create_dir(f.join("ro")).unwrap();
+    fs::write(f.join("ro/inner"), b"x").unwrap();
+    mode(&f.join("ro"), 0o555);
+    save("v1_full", &stream_of(f, false), false);
+
+    // Version 2, full: holes at the start, middle and end; several extents.
+    let sparse = tempfile::tempdir().unwrap();
+    let s = sparse.path();
+    fs::create_dir(s.join("d")).unwrap();
+    holey(&s.join("d/holes"), 6 * b, &[(b, b + 8), (3 * b, 3 * b + 8)]);
+    holey(
+        &s.join("many"),
+        5 * b + 5,
+        &[(0, 8), (2 * b, 2 * b + 8), (4 * b, 4 * b + 8)],
+    );
+    fs::write(s.join("plain"), b"plain").unwrap();
+    fs::write(s.join("empty"), b"").unwrap();
+    symlink("plain", s.join("l")).unwrap();
+    let v2 = stream_of(s, true);
+    assert_eq!(tags_of(&v2).0, VERSION_SPARSE);
+    save("v2_full_sparse", &v2, false);
+
+    // Incremental, over a base laid like the fuzz target's (without its
+    // symlinks out and FIFO, which a sender refuses): `X`, `P`, `D`, `F`,
+    // `L`, a type change, and (version 2) `S`.
+    let base = tempfile::tempdir().unwrap();
+    let bp = base.path();
+    lay_base(bp);
+    let snap = tempfile::tempdir().unwrap();
+    let sp = snap.path();
+    fs::create_dir_all(sp.join("a")).unwrap();
+    fs::write(sp.join("a/b"), b"was a directory").unwrap();
+    fs::write(sp.join("a/file"), b"base").unwrap();
+    mode(&sp.join("a/file"), 0o600);
+    fs::write(sp.join("new"), b"new").unwrap();
+    holey(&sp.join("a/sparse"), 2 * b + 16, &[(b, b + 8)]);
+    symlink("new", sp.join("l")).unwrap();
+    fs::create_dir(sp.join("ro")).unwrap();
+    mode(&sp.join("ro"), 0o755);
+    for (name, sparse) in [("v1_incremental", false), ("v2_incremental", true)] {
+        let (bm, sm) = (Modes::new(Policy::Plain), Modes::new(Policy::Plain));
+        let mut stream = Vec::new();
+        send::send(
+            sp,
+            &sm,
+            GUID,
+            Some((bp, &bm, 1)),
+            options(sparse),
+            &mut stream,
+        )
+        .unwrap();
+        let (_, tags) = tags_of(&stream);
+        for t in [TAG_DELETE, TAG_PERM, TAG_DIR, TAG_FILE, TAG_LINK] {
+            assert!(
+                tags.tags.iter().any(|(g, _)| *g == t),
+                "{name} has {}",
+                t as char
+            );
+        }
+        assert_eq!(
+            tags.tags.iter().any(|(g, _)| *g == TAG_SPARSE),
+            sparse,
+            "{name}"
+        );
+        save(name, &stream, true);
+    }
+
+    // Version 2 by hand: byte-sized extents, holes at start, middle, end.
+    save(
+        "v2_small_extents",
+        &with_sparse_record(VERSION_SPARSE, &body(100, &[(2, 3), (10, 5), (60, 4)], 0)),
+        false,
+    );
+    mode(&f.join("ro"), 0o755);
+    mode(&bp.join("ro"), 0o755);
+    mode(&sp.join("ro"), 0o755);
+}
+
+/// A tmpfs of `size` (root only), unmounted on drop; `None` (a skip line)
+/// when not root, a failure then under `VOLMGR_REQUIRE_ROOT=1`.
+struct SmallFs {
+    dir: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(test: &str, size: &str) -> Option<SmallFs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("VOLMGR_REQUIRE_ROOT").is_none(),
+                "VOLMGR_REQUIRE_ROOT is set but {test} does not run as root"
+            );
+            eprintln!("SKIP {test}: mounting a tmpfs needs root");
+            return None;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("mnt");
+        fs::create_dir(&dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs on {}", dir.display());
+        Some(SmallFs { dir, _tmp: tmp })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// Extents of one byte, a block apart, take a block of the disk each: the
+/// free-space guard counts those blocks, not the bytes, so a stream of
+/// them is refused with `NoSpace` while the file system still has its
+/// reserve, instead of filling it (16 MiB of tmpfs, 32 MiB of blocks
+/// asked for by 8192 one-byte extents, 136 KiB of stream).
+#[test]
+fn one_byte_extents_a_block_apart_are_charged_their_blocks_and_refused_before_the_disk_fills() {
+    use std::os::unix::fs::MetadataExt;
+    let test = "one_byte_extents_a_block_apart_are_charged_their_blocks";
+    let Some(small) = SmallFs::mount(test, "16m") else {
+        return;
+    };
+    let n = 8192u64;
+    let extents: Vec<(u64, u64)> = (0..n).map(|i| (i * BLOCK, 1)).collect();
+    let stream = with_sparse_record(VERSION_SPARSE, &body(n * BLOCK, &extents, 0));
+    let dir = small.dir.join("r");
+    fs::create_dir(&dir).unwrap();
+    let err = apply_stream(&mut &stream[..], &dir).unwrap_err();
+    assert!(
+        matches!(err, ProviderError::NoSpace { .. }),
+        "the guard refuses before the file system is full, not ENOSPC: {err}"
+    );
+    let allocated = fs::metadata(dir.join("f")).unwrap().blocks() * 512;
+    assert!(
+        allocated <= 8 << 20,
+        "at most one check window was written: {allocated} bytes allocated"
+    );
 }
