@@ -68,6 +68,16 @@ fn open(state: &Path) -> Result<Journal<Record>, JournalError> {
     Journal::<Record>::open(state, JournalConfig::default()).map(|(journal, _)| journal)
 }
 
+/// `<dir>/state`, opened once by root, mode 0755: others may traverse it,
+/// so only the modes of what volmgr made in it keep them out.
+fn traversable_state(dir: &Path) -> std::path::PathBuf {
+    let state = dir.join("state");
+    fs::create_dir(&state).unwrap();
+    chmod(&state, 0o755);
+    drop(open(&state).unwrap());
+    state
+}
+
 /// The names in `dir`, sorted (empty if it does not exist).
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
@@ -261,11 +271,7 @@ fn a_local_user_cannot_hold_the_state_directory_lock() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    fs::create_dir(&state).unwrap();
-    // Others may traverse it: only LOCK's own mode keeps them out.
-    chmod(&state, 0o755);
-    drop(open(&state).unwrap());
+    let state = traversable_state(tmp.path());
     assert_eq!(mode(&state.join("LOCK")), 0o600);
 
     let lock = state.join("LOCK");
@@ -311,10 +317,7 @@ fn a_local_user_cannot_list_or_read_the_journal() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    fs::create_dir(&state).unwrap();
-    chmod(&state, 0o755);
-    drop(open(&state).unwrap());
+    let state = traversable_state(tmp.path());
     let journal = state.join("journal");
     let segment = journal.join(&names(&journal)[0]);
     for (dir, argv) in [

@@ -121,19 +121,13 @@ pub fn check_own_file(path: &Path) -> Result<bool, Untrusted> {
 }
 
 fn check_own_file_as(path: &Path, me: u32) -> Result<bool, Untrusted> {
-    let Some(md) = lstat_if_present(path)? else {
+    let Some(md) = lstat_not_symlink(path, "file")? else {
         return Ok(false);
     };
     let refuse = |reason: String| Untrusted {
         path: path.to_owned(),
         reason,
     };
-    if md.file_type().is_symlink() {
-        return Err(refuse(
-            "is a symlink, and volmgr never follows one here: remove it (volmgr creates the file)"
-                .into(),
-        ));
-    }
     if md.uid() != me {
         return Err(refuse(format!(
             "is owned by uid {}, not uid {me} (the user volmgr runs as): another user made it; \
@@ -159,20 +153,13 @@ pub fn restrict_own_dir(path: &Path) -> Result<bool, Untrusted> {
 }
 
 fn restrict_own_dir_as(path: &Path, me: u32) -> Result<bool, Untrusted> {
-    let Some(md) = lstat_if_present(path)? else {
+    let Some(md) = lstat_not_symlink(path, "directory")? else {
         return Ok(false);
     };
     let refuse = |reason: String| Untrusted {
         path: path.to_owned(),
         reason,
     };
-    if md.file_type().is_symlink() {
-        return Err(refuse(
-            "is a symlink, and volmgr never follows one here: remove it (volmgr creates the \
-             directory)"
-                .into(),
-        ));
-    }
     if !md.is_dir() {
         return Err(refuse(format!(
             "is not a directory (mode {:o}): remove it (volmgr creates the directory)",
@@ -195,6 +182,22 @@ fn restrict_own_dir_as(path: &Path, me: u32) -> Result<bool, Untrusted> {
         })?;
     }
     Ok(true)
+}
+
+/// `path`'s own metadata if present; a symlink there (where volmgr makes
+/// a `makes`, never through a link) is refused.
+fn lstat_not_symlink(path: &Path, makes: &str) -> Result<Option<Metadata>, Untrusted> {
+    let md = lstat_if_present(path)?;
+    if md.as_ref().is_some_and(|md| md.file_type().is_symlink()) {
+        return Err(Untrusted {
+            path: path.to_owned(),
+            reason: format!(
+                "is a symlink, and volmgr never follows one here: remove it (volmgr creates the \
+                 {makes})"
+            ),
+        });
+    }
+    Ok(md)
 }
 
 fn lstat_if_present(path: &Path) -> Result<Option<Metadata>, Untrusted> {

@@ -318,11 +318,11 @@ impl DirProvider {
                 .layout
                 .names(root)
                 .map_err(|e| ProviderError::io(format!("listing {}", root.display()), e))?;
-            // Another agent starting on the same empty root may have made
-            // `.volmgr` since it was looked for: the lock below decides.
-            let raced = names.iter().all(|n| n.as_slice() == MARKERS.as_bytes())
-                && self.is_dir(&markers)?;
-            if !names.is_empty() && !raced {
+            // A `.volmgr` there now (another agent starting on the same
+            // empty root made it, and maybe more, since it was looked for)
+            // makes this a volmgr root like any other: the lock below
+            // decides which agent goes on.
+            if !names.is_empty() && !self.is_dir(&markers)? {
                 let shown: Vec<String> = names
                     .iter()
                     .take(3)
