@@ -50,8 +50,9 @@ macro_rules! exit_codes {
         "
 Exit codes:
   0  success (verify: a clean journal; repair: repaired or nothing to do)
-  1  an I/O error, the state directory is locked, or the request cannot be met
-     (e.g. state --at-seq N past the end, or before compacted history)
+  1  an I/O error, the state directory is locked or (repair) another user could
+     change it, or the request cannot be met (e.g. state --at-seq N past the
+     end, or before compacted history)
   2  usage: bad flags or arguments, a path that is not a state directory,
      a missing --yes-destroy-records-after
   6  verify: the only problem is a torn tail (opening the journal truncates it)
