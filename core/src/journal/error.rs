@@ -42,6 +42,11 @@ pub enum JournalError {
         len: usize,
         reason: String,
     },
+    /// Rebuilding the state at record `seq` from the journal for a
+    /// checkpoint ([`super::Journal::checkpoint_rebuilt`]) failed: the
+    /// caller refused a record or the checkpoint it started from, or the
+    /// log ended before `seq`. Nothing is stored.
+    Rebuild { seq: u64, reason: String },
     /// The state directory's identity file (`IDENTITY`) is not one this
     /// journal wrote: another length or spelling, or not a regular file.
     /// Open refuses; the file is never replaced (see `journal/identity.rs`).
@@ -127,6 +132,10 @@ impl fmt::Display for JournalError {
             JournalError::CheckpointUndecodable { seq, len, reason } => write!(
                 f,
                 "checkpoint at sequence {seq} ({len} bytes) refused: it would not decode on open: {reason}"
+            ),
+            JournalError::Rebuild { seq, reason } => write!(
+                f,
+                "rebuilding the state at sequence {seq} from the journal for a checkpoint failed: {reason}"
             ),
             JournalError::Identity { file, reason } => write!(
                 f,

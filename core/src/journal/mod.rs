@@ -421,6 +421,58 @@ impl<R: JournalRecord> Journal<R> {
     }
 }
 
+impl<R: JournalRecord> Journal<R> {
+    /// Stores a checkpoint of the state at durable record `seq` that the
+    /// journal itself rebuilds the way an open builds it
+    /// ([`reader::read_prefix`]): `state` starts from the newest checkpoint
+    /// that checks and folds in every record after it up to `seq`, read
+    /// back from the segments; its payload is then checked as by
+    /// [`Journal::checkpoint_of`] with `T`. The caller hands over no copy of
+    /// its live state and holds none of its locks: the whole build runs on
+    /// the blocking pool while appends go on, one checkpoint at a time
+    /// (retention waits for it). What an open would refuse (a record the
+    /// fold refuses, a log that ends before `seq`) is
+    /// [`JournalError::Rebuild`] and nothing is stored.
+    pub async fn checkpoint_rebuilt<T, S>(&self, seq: u64, mut state: S) -> Result<(), JournalError>
+    where
+        T: DeserializeOwned + 'static,
+        S: Rebuild<R>,
+    {
+        let committer = self.committer.clone();
+        let state_dir = self.state_dir.clone();
+        self.on_blocking_pool(move || {
+            let storage = committer.storage();
+            committer.checkpoint_with(seq, || {
+                reader::read_prefix::<R>(storage.as_ref(), &state_dir, seq, &mut state)?;
+                let payload = state
+                    .finish()
+                    .map_err(|reason| JournalError::Rebuild { seq, reason })?;
+                codec::decode_checkpoint::<T>(&payload).map_err(|reason| {
+                    JournalError::CheckpointUndecodable {
+                        seq,
+                        len: payload.len(),
+                        reason,
+                    }
+                })?;
+                Ok(payload)
+            })
+        })
+        .await
+    }
+}
+
+/// A caller's state, rebuilt from the journal for a checkpoint
+/// ([`Journal::checkpoint_rebuilt`]).
+pub trait Rebuild<R>: Send + 'static {
+    /// Starts from a checkpoint's sequence number and payload, or from
+    /// nothing.
+    fn start(&mut self, checkpoint: Option<(u64, &[u8])>) -> Result<(), String>;
+    /// Folds in record `seq` (in order, each once).
+    fn record(&mut self, seq: u64, record: R) -> Result<(), String>;
+    /// The checkpoint payload of the state reached.
+    fn finish(self) -> Result<Vec<u8>, String>;
+}
+
 impl<R> Journal<R> {
     /// [`Journal::checkpoint`] of a payload that is first decoded as a `T`,
     /// as open will decode it: one that would not decode is refused
@@ -450,23 +502,34 @@ impl<R> Journal<R> {
         check: impl FnOnce(&[u8]) -> Result<(), String> + Send + 'static,
     ) -> Result<(), JournalError> {
         let committer = self.committer.clone();
-        tokio::task::spawn_blocking(move || {
-            check(&payload).map_err(|reason| JournalError::CheckpointUndecodable {
-                seq,
-                len: payload.len(),
-                reason,
-            })?;
-            committer.checkpoint(seq, &payload)
+        self.on_blocking_pool(move || {
+            committer.checkpoint_with(seq, || {
+                check(&payload).map_err(|reason| JournalError::CheckpointUndecodable {
+                    seq,
+                    len: payload.len(),
+                    reason,
+                })?;
+                Ok(payload)
+            })
         })
         .await
-        .map_err(|e| {
-            JournalError::io(
-                &self.state_dir,
-                "write checkpoint",
-                std::io::Error::other(e),
-            )
-        })?
-        .map(|_| ())
+    }
+
+    /// Runs a checkpoint's `work` on the blocking pool.
+    async fn on_blocking_pool(
+        &self,
+        work: impl FnOnce() -> Result<u64, JournalError> + Send + 'static,
+    ) -> Result<(), JournalError> {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| {
+                JournalError::io(
+                    &self.state_dir,
+                    "write checkpoint",
+                    std::io::Error::other(e),
+                )
+            })?
+            .map(|_| ())
     }
 
     /// The most frame bytes one commit should carry: the configured batch

@@ -380,6 +380,11 @@ impl Committer {
         self.permits.close();
     }
 
+    /// The storage the journal reads and writes through.
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
+    }
+
     /// Closes at once: for `Drop`, when no append can be in flight.
     pub fn close_now(&self) {
         let mut writer = lock(&self.writer);
@@ -397,7 +402,15 @@ impl Committer {
     /// Stores a checkpoint of the caller's state as of durable `seq`, then
     /// removes what it makes unnecessary (see `Journal::checkpoint`). Blocking;
     /// appends go on meanwhile.
-    pub fn checkpoint(&self, seq: u64, payload: &[u8]) -> Result<u64, JournalError> {
+    /// The payload is what `build` returns, built with the checkpoints
+    /// locked: no other checkpoint is stored, and no segment removed, while
+    /// it reads the journal (`Journal::checkpoint_rebuilt`). Nothing is
+    /// built for a checkpoint that would not be stored.
+    pub fn checkpoint_with(
+        &self,
+        seq: u64,
+        build: impl FnOnce() -> Result<Vec<u8>, JournalError>,
+    ) -> Result<u64, JournalError> {
         let mut checkpoints = lock(&self.checkpoints);
         if let Some(cause) = self.shared.poisoned() {
             return Err(JournalError::Poisoned { cause });
@@ -415,8 +428,9 @@ impl Committer {
         if checkpoints.last().is_some_and(|&newest| seq <= newest) {
             return Ok(seq);
         }
+        let payload = build()?;
         let storage = self.storage.as_ref();
-        let bytes = format::encode_checkpoint(seq, payload);
+        let bytes = format::encode_checkpoint(seq, &payload);
         let name = format::checkpoint_file_name(seq);
         write_new_file(storage, &self.checkpoint_dir, &name, &bytes)?;
         checkpoints.push(seq);

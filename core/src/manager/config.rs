@@ -256,10 +256,11 @@ pub struct ManagerStats {
     /// Operations waiting now for a batched provider sync (their side
     /// effect done, behind a sync that started before it).
     pub provider_sync_waiting: usize,
-    /// Checkpoints requested since open, and the time spent encoding them
-    /// (with the state locked: every operation waits that long).
+    /// Checkpoints requested since open, and the time spent building them:
+    /// the journal rebuilds each from its checkpoint and records and encodes
+    /// it, on the blocking pool; no operation waits for it.
     pub checkpoints: u64,
-    pub checkpoint_encode_ns: u64,
+    pub checkpoint_build_ns: u64,
     /// Checkpoints requested since open that failed, each logged: not
     /// stored (the state did not encode, the payload would not decode on
     /// open, `JournalError::CheckpointUndecodable`, or its write failed), or

@@ -69,7 +69,7 @@ struct Counters {
     operation_ns: AtomicU64,
     journal_wait_ns: AtomicU64,
     checkpoints: AtomicU64,
-    checkpoint_encode_ns: AtomicU64,
+    checkpoint_build_ns: AtomicU64,
     /// Checkpoints that did not encode, were refused or failed to write.
     checkpoint_failures: AtomicU64,
 }
@@ -327,10 +327,10 @@ impl Manager {
             provider_syncs,
             provider_sync_waiting,
             checkpoints: self.inner.counters.checkpoints.load(Ordering::Relaxed),
-            checkpoint_encode_ns: self
+            checkpoint_build_ns: self
                 .inner
                 .counters
-                .checkpoint_encode_ns
+                .checkpoint_build_ns
                 .load(Ordering::Relaxed),
             checkpoint_failures: self
                 .inner

@@ -9,12 +9,14 @@
 //! way (it is poisoned with the same error), so the state it serves is
 //! always one replay reaches.
 
-use crate::journal::{self, Recovery};
+use crate::journal::{self, Rebuild, Recovery};
 use crate::state::{ApplyError, Record, State};
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{ManagerError, OpenPhases};
+use super::{Counters, ManagerError, OpenPhases};
 
 /// The state a checkpoint payload holds, checked against the checkpoint's
 /// sequence number.
@@ -61,4 +63,68 @@ pub(super) fn replay_timed(
     apply_all(&mut state, &recovery.records).map_err(ManagerError::RecordRejected)?;
     phases.replay = started.elapsed();
     Ok(state)
+}
+
+/// The state a checkpoint stores, rebuilt by the journal from its own
+/// records ([`journal::Journal::checkpoint_rebuilt`]) with this module's one
+/// policy: the checkpoint's state, checked against its sequence number, then
+/// every record after it, the first refused one ending the rebuild.
+pub(super) struct Rebuilt {
+    state: State,
+    /// The live state's encoding at the same record (debug builds).
+    live: Option<Result<Vec<u8>, String>>,
+    started: Option<Instant>,
+    counters: Arc<Counters>,
+}
+
+impl Rebuilt {
+    pub(super) fn new(live: Option<Result<Vec<u8>, String>>, counters: Arc<Counters>) -> Rebuilt {
+        Rebuilt {
+            state: State::default(),
+            live,
+            started: None,
+            counters,
+        }
+    }
+}
+
+impl Rebuild<Record> for Rebuilt {
+    fn start(&mut self, checkpoint: Option<(u64, &[u8])>) -> Result<(), String> {
+        self.started = Some(Instant::now());
+        self.state = match checkpoint {
+            Some((seq, payload)) => checkpoint_state(seq, payload)?,
+            None => State::default(),
+        };
+        Ok(())
+    }
+
+    fn record(&mut self, seq: u64, record: Record) -> Result<(), String> {
+        self.state
+            .apply(seq, &record)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn finish(self) -> Result<Vec<u8>, String> {
+        let payload = journal::encode_checkpoint(&self.state)
+            .map_err(|e| format!("the state does not encode: {e}"));
+        if let Some(started) = self.started {
+            self.counters.checkpoint_build_ns.fetch_add(
+                u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
+        let payload = payload?;
+        // Invariant 3 (replay == live application), checked where debug
+        // builds have the live state's encoding.
+        match self.live {
+            Some(Ok(live)) if live != payload => Err(format!(
+                "the state rebuilt at sequence {} ({} bytes) differs from the live state ({} bytes)",
+                self.state.seq,
+                payload.len(),
+                live.len()
+            )),
+            _ => Ok(payload),
+        }
+    }
 }

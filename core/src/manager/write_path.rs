@@ -426,22 +426,13 @@ impl Inner {
                 && core.since_checkpoint >= self.checkpoint_interval(&core.state)
             {
                 core.since_checkpoint = 0;
-                let started = Instant::now();
-                let encoded = journal::encode_checkpoint(&core.state);
                 self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-                self.counters.checkpoint_encode_ns.fetch_add(
-                    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                    Ordering::Relaxed,
-                );
-                match encoded {
-                    Ok(payload) => self.checkpoint_later(seq, payload),
-                    Err(e) => {
-                        self.counters
-                            .checkpoint_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, "state does not encode for a checkpoint");
-                    }
-                }
+                // The journal rebuilds the state at `seq` from its own
+                // records, off this lock. Debug builds also encode the live
+                // state here, and the rebuilt one must match it byte for
+                // byte (invariant 3: replay == live application).
+                let live = cfg!(debug_assertions).then(|| journal::encode_checkpoint(&core.state));
+                self.checkpoint_later(seq, live);
             }
             self.applied.send_replace(super::Applied {
                 seq,
@@ -470,13 +461,18 @@ impl Inner {
         core.poisoned.clone().map(ManagerError::RecordRejected)
     }
 
-    pub(super) fn checkpoint_later(&self, seq: u64, payload: Vec<u8>) {
-        // The journal accepts checkpoint requests through its queue; the send
-        // happens on a task so `submit` never awaits under the state lock.
+    /// Has the journal store a checkpoint of the state at durable record
+    /// `seq`, rebuilt from the journal on the blocking pool (see
+    /// [`replay::Rebuilt`]): the operation that made it due waits for
+    /// nothing, however large the state. `live`: the live state's
+    /// encoding at `seq`, which the rebuilt one must equal (debug builds).
+    pub(super) fn checkpoint_later(&self, seq: u64, live: Option<Result<Vec<u8>, String>>) {
+        // A task of its own: `submit` never awaits under the state lock.
         let journal = self.journal.clone();
         let counters = self.counters.clone();
+        let rebuilt = super::replay::Rebuilt::new(live, counters.clone());
         let task = tokio::spawn(async move {
-            if let Err(e) = journal.checkpoint_of::<State>(seq, payload).await {
+            if let Err(e) = journal.checkpoint_rebuilt::<State, _>(seq, rebuilt).await {
                 counters.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, seq, "checkpoint failed");
             }

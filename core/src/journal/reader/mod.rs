@@ -35,7 +35,7 @@ pub use segment::{
 pub use walk::{Corruption, Damage, Event, Options, Scope, SegmentDone, Tail, Walked, read};
 
 use super::format::Invalid;
-use super::{JournalError, JournalRecord, codec};
+use super::{JournalError, JournalRecord, Rebuild, codec};
 use crate::storage::Storage;
 
 /// The end of the log as recovery found it.
@@ -111,6 +111,71 @@ pub fn read_log<R: JournalRecord>(
         checkpoint_attempts,
         walked,
     })
+}
+
+/// Reads the journal up to record `upto` as opening would read it: the
+/// newest checkpoint at or before `upto` that checks, handed to
+/// [`Rebuild::start`] (`None` without one), then every record after it up
+/// to `upto`, in order, each decoded as an `R`, to [`Rebuild::record`]. Works on
+/// a live journal as long as `upto` is durable: every frame up to it is
+/// whole on the disk, and nothing after it is read (the writer may be in
+/// the middle of it). A callback's refusal, or a log that ends before
+/// `upto`, is [`JournalError::Rebuild`]; damage is the walk's verdict.
+/// Read-only: it never repairs, locks or writes.
+pub fn read_prefix<R: JournalRecord>(
+    storage: &dyn Storage,
+    state_dir: &Path,
+    upto: u64,
+    state: &mut impl Rebuild<R>,
+) -> Result<(), JournalError> {
+    let refused = |reason: String| JournalError::Rebuild { seq: upto, reason };
+    let (checkpoint, _) = choose_checkpoint(storage, state_dir, Some(upto))?;
+    let covered = checkpoint.as_ref().map_or(0, |c| c.seq);
+    state
+        .start(checkpoint.as_ref().map(|c| (c.seq, c.payload.as_slice())))
+        .map_err(refused)?;
+    if covered == upto {
+        return Ok(());
+    }
+    let options = Options {
+        scope: Scope::From(covered + 1),
+        raw: false,
+    };
+    let mut last = covered;
+    let mut failed = None;
+    let walked = read(storage, state_dir, &options, &mut |event| match event {
+        Event::Frame { frame, .. } if frame.header.seq > covered => {
+            let seq = frame.header.seq;
+            // Precondition of the walk: frames come in sequence order.
+            debug_assert_eq!(seq, last + 1, "the walk hands records in order");
+            match decode_frame_record::<R>(&frame) {
+                Ok(record) => {
+                    last = seq;
+                    if let Err(reason) = state.record(seq, record) {
+                        failed = Some(reason);
+                        return Flow::Stop;
+                    }
+                    if seq >= upto {
+                        Flow::Stop
+                    } else {
+                        Flow::Continue
+                    }
+                }
+                Err(reason) => Flow::Reject(reason),
+            }
+        }
+        _ => Flow::Continue,
+    })?;
+    if let Some(reason) = failed {
+        return Err(refused(reason));
+    }
+    if last == upto {
+        return Ok(());
+    }
+    walked.verdict.map_err(JournalError::from)?;
+    Err(refused(format!(
+        "the log ends at record {last}, before record {upto}"
+    )))
 }
 
 /// What [`walk`] found, before any repair.
