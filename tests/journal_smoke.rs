@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use journal_support::Rec;
 use volmgr::journal::{
-    Journal, JournalConfig, JournalError, LogEnd, decode_checkpoint, encode_checkpoint,
+    Journal, JournalConfig, JournalError, LogEnd, Rebuild, decode_checkpoint, encode_checkpoint,
     encode_record, format,
 };
 use volmgr::storage::RealStorage;
@@ -272,5 +272,102 @@ async fn a_checkpoint_that_would_not_decode_on_open_is_refused_and_not_stored() 
     journal.close().await;
     let (journal, recovery) = Journal::<Rec>::open(dir.path(), small()).unwrap();
     assert_eq!(recovery.checkpoint, Some((2, accepted)));
+    journal.close().await;
+}
+
+/// A fold for `checkpoint_rebuilt`: the checkpoint holds the sum of the
+/// records' `n` and how many were folded. It refuses record `refuse`.
+struct Sum {
+    sum: u64,
+    count: u64,
+    last: u64,
+    refuse: u64,
+}
+
+impl Rebuild<Rec> for Sum {
+    fn start(&mut self, checkpoint: Option<(u64, &[u8])>) -> Result<(), String> {
+        if let Some((seq, payload)) = checkpoint {
+            (self.sum, self.count) = decode_checkpoint(payload)?;
+            self.last = seq;
+        }
+        Ok(())
+    }
+    fn record(&mut self, seq: u64, record: Rec) -> Result<(), String> {
+        assert_eq!(seq, self.last + 1, "records in order, each once");
+        if seq == self.refuse {
+            return Err(format!("record {seq} refused"));
+        }
+        self.last = seq;
+        self.sum += record.n;
+        self.count += 1;
+        Ok(())
+    }
+    fn finish(self) -> Result<Vec<u8>, String> {
+        encode_checkpoint(&(self.sum, self.count))
+    }
+}
+
+/// `checkpoint_rebuilt` reads what an open would (the newest checkpoint,
+/// then the records after it) up to a durable record of a live journal,
+/// across rotations, while other appends go on: each checkpoint holds the
+/// fold of exactly the records up to its sequence number, and an open
+/// starts from the last. A fold that refuses a record stores nothing
+/// (`JournalError::Rebuild`, naming the record), and a record not yet
+/// durable is refused before anything is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_checkpoint_folds_exactly_the_records_up_to_its_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::<Rec>::open(dir.path(), small()).unwrap();
+    let journal = Arc::new(journal);
+    let fold = |refuse| Sum {
+        sum: 0,
+        count: 0,
+        last: 0,
+        refuse,
+    };
+    for n in 1..=400u64 {
+        let appender = {
+            let journal = journal.clone();
+            tokio::spawn(async move { journal.append(&Rec::new(n, "y".repeat(40))).await })
+        };
+        if n % 50 == 0 && n < 400 {
+            let durable = journal.durable_seq();
+            journal
+                .checkpoint_rebuilt::<(u64, u64), _>(durable, fold(0))
+                .await
+                .unwrap();
+        }
+        appender.await.unwrap().unwrap();
+    }
+    let err = journal
+        .checkpoint_rebuilt::<(u64, u64), _>(400, fold(390))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, JournalError::Rebuild { seq: 400, reason } if reason.contains("record 390")),
+        "{err}"
+    );
+    let err = journal
+        .checkpoint_rebuilt::<(u64, u64), _>(401, fold(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, JournalError::CheckpointAhead { seq: 401, .. }),
+        "{err}"
+    );
+    let checkpoint = journal.checkpoint_seq();
+    assert!((349..=350).contains(&checkpoint), "{checkpoint}");
+    Arc::into_inner(journal).unwrap().close().await;
+
+    let (journal, recovery) = Journal::<Rec>::open(dir.path(), small()).unwrap();
+    let (seq, payload) = recovery.checkpoint.expect("the last rebuilt checkpoint");
+    assert_eq!(seq, checkpoint, "the refused one stored nothing");
+    let (sum, count): (u64, u64) = decode_checkpoint(&payload).unwrap();
+    assert_eq!(
+        (sum, count),
+        (seq * (seq + 1) / 2, seq),
+        "records 1..={seq}, each once"
+    );
+    assert_eq!(recovery.records.len() as u64, 400 - seq);
     journal.close().await;
 }
