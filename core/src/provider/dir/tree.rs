@@ -758,6 +758,76 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::symlink;
 
+    /// Two files compare by content, whatever their holes: a hole equals
+    /// written zeros (read from the data side only), a byte differing in a
+    /// range that is data in one and a hole in the other is found, and a
+    /// range that is a hole in both is never read.
+    #[test]
+    fn files_compare_by_content_whatever_their_holes() {
+        use std::os::unix::fs::FileExt;
+        const LEN: u64 = 64 << 20;
+        const B: u64 = 4096;
+        let t = tempfile::tempdir().unwrap();
+        let make = |name: &str, writes: &[(u64, &[u8])]| {
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(t.path().join(name))
+                .unwrap();
+            f.set_len(LEN).unwrap();
+            for (at, bytes) in writes {
+                f.write_all_at(bytes, *at).unwrap();
+            }
+            f
+        };
+        let ones = vec![1u8; B as usize];
+        let zeros = vec![0u8; 1 << 20];
+        // Data at 0 and at 32 MiB, holes elsewhere.
+        let sparse = make("sparse", &[(0, &ones), (32 << 20, &ones)]);
+        // The same content, with 1 MiB of written zeros after each piece.
+        let dense = make(
+            "dense",
+            &[
+                (0, &ones),
+                (B, &zeros),
+                (32 << 20, &ones),
+                ((32 << 20) + B, &zeros),
+            ],
+        );
+        let mut read = 0;
+        assert!(same_content(&sparse, &dense, LEN, &mut read).unwrap());
+        assert!(
+            read <= 4 * (B + (1 << 20)),
+            "{read} bytes read: holes in both were read"
+        );
+        let mut read = 0;
+        assert!(same_content(&sparse, &sparse, LEN, &mut read).unwrap());
+        assert!(read <= 4 * B, "{read} bytes read of {} of data", 2 * B);
+
+        // A byte in the written zeros (a hole of the other file) differs.
+        let other = make(
+            "other",
+            &[
+                (0, &ones),
+                (B, &zeros),
+                (32 << 20, &ones),
+                ((32 << 20) + B, &zeros),
+            ],
+        );
+        other.write_all_at(&[7], (32 << 20) + B + 5).unwrap();
+        assert!(!same_content(&sparse, &other, LEN, &mut 0).unwrap());
+        assert!(!same_content(&other, &sparse, LEN, &mut 0).unwrap());
+        // Data moved from one place to another: different.
+        let moved = make("moved", &[(B, &ones), (32 << 20, &ones)]);
+        assert!(!same_content(&sparse, &moved, LEN, &mut 0).unwrap());
+        // A difference in the last byte is found.
+        let last = make("last", &[(0, &ones), (32 << 20, &ones), (LEN - 1, &[9])]);
+        assert!(!same_content(&sparse, &last, LEN, &mut 0).unwrap());
+        assert!(same_content(&sparse, &last, LEN - 1, &mut 0).unwrap());
+        assert!(same_content(&sparse, &moved, 0, &mut 0).unwrap());
+    }
+
     /// An immutable file (which a tenant's root can make inside its volume)
     /// is not a race: the removal stops at once and names it and why,
     /// instead of retrying [`REMOVE_RACES`] times and then blaming a tree
