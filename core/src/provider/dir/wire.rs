@@ -397,6 +397,27 @@ pub(crate) fn no_parent(rel: &[u8]) -> ProviderError {
     ))
 }
 
+/// `e`, an error writing the content of file `rel` (declared `len` bytes,
+/// at most [`MAX_FILE_LEN`]), as the stream's fault if it says the length
+/// or an offset is beyond what the staging file system holds (ext4 with
+/// 4 KiB blocks holds 2^44 - 4096 bytes, less than the format allows):
+/// `EFBIG` from a write or `ftruncate`, `EINVAL` from a seek (every offset
+/// sought is below 2^44, within `off_t`). Anything else is left as it is.
+fn too_large(rel: &[u8], len: u64, e: ProviderError) -> ProviderError {
+    match e {
+        ProviderError::Io { context, source }
+            if matches!(source.raw_os_error(), Some(libc::EFBIG | libc::EINVAL)) =>
+        {
+            bad(format!(
+                "{} declares {len} bytes, more than the file system receiving it holds \
+                 ({context}: {source})",
+                shown(rel)
+            ))
+        }
+        other => other,
+    }
+}
+
 /// Applies stream records to the staging tree, every path resolved beneath
 /// its root handle without following a symlink.
 struct Apply<'a> {
@@ -542,7 +563,8 @@ impl<R: Read> Sink<R> for Apply<'_> {
         let space = &mut self.space;
         r.copy_exact_sparse(len, &mut f, "file content", &mut |n, left| {
             space.content(n, left)
-        })?;
+        })
+        .map_err(|e| too_large(rel, len, e))?;
         self.set_file_mode(&f, rel, mode)
     }
 
@@ -568,7 +590,7 @@ impl<R: Read> Sink<R> for Apply<'_> {
         let mut charged_to = 0u64;
         while let Some((offset, n)) = extents.next(r)? {
             f.seek(SeekFrom::Start(offset))
-                .map_err(|e| self.io("writing", rel, e))?;
+                .map_err(|e| too_large(rel, len, self.io("writing", rel, e)))?;
             // What is left of the file from a piece on, as declared:
             // the extent's rest and everything after the extent.
             let after = len - offset - n;
@@ -582,9 +604,11 @@ impl<R: Read> Sink<R> for Apply<'_> {
                 let first = (start / block * block).max(*charged);
                 *charged = end.max(*charged);
                 space.content_taking(end.saturating_sub(first), left + after)
-            })?;
+            })
+            .map_err(|e| too_large(rel, len, e))?;
         }
-        f.set_len(len).map_err(|e| self.io("writing", rel, e))?;
+        f.set_len(len)
+            .map_err(|e| too_large(rel, len, self.io("writing", rel, e)))?;
         self.set_file_mode(&f, rel, mode)
     }
 
