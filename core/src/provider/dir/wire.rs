@@ -52,13 +52,30 @@
 //! send ("changed while being sent"), as a file that shrinks under an `F`
 //! record does. A file system without those seeks has no holes: `F`.
 //!
+//! What the sender reads: only data, never a hole, whatever the version.
+//! An `F` record's holes are written as zeros without being read (its
+//! data extents, found as for `S`, are read at their offsets; a file that
+//! shrinks under one, or under its trailing hole, fails the send); the
+//! size announced before a stream is counted without reading any content;
+//! and an incremental stream compares a file present in both snapshots
+//! with its base by their extent maps (`tree::same_content`): a range that
+//! is a hole in both is equal unread, a range that is data in both is read
+//! from both and compared, and a range that is data in one and a hole in
+//! the other is read from the data side and compared with zeros (a hole
+//! equals written zeros: content decides, not layout, so an unchanged file
+//! is not sent again because a copy filled or punched its holes). A file
+//! of 16 TiB holding 1 MiB of data costs about 1 MiB of reads to compare
+//! ([`crate::provider::SendStats::read_bytes`] counts them). Seeks that
+//! contradict each other, or a read that comes up short, while comparing
+//! (a file changing meanwhile) count as "changed": the file is sent in
+//! full, which the receiver applies right whether or not it changed.
+//!
 //! A full stream carries the whole tree in pre-order (a directory before its
 //! entries, names in byte order). An incremental stream carries, relative to
 //! the base snapshot: new entries in full; files whose size or content differs
-//! (compared byte by byte, holes read as zeros, whatever the version;
-//! timestamps are unreliable after copies) in full (`F`, or `S` in a version
-//! 2 stream); a
-//! `P` record for a file whose only change is its mode; a `D` record for a
+//! (compared by content, holes equal to zeros but never read, whatever the
+//! version; timestamps are unreliable after copies) in full (`F`, or `S`
+//! in a version 2 stream); a `P` record for a file whose only change is its mode; a `D` record for a
 //! directory whose mode changed; changed symlinks; entries whose type changed
 //! (in full: the receiver replaces them); and an `X` record per path present
 //! in the base but not in the snapshot. Modes are the true modes (`0o7777`).
@@ -82,7 +99,11 @@
 //! during the receive and for the one before the snapshot copy); a stream holds
 //! at most 2^26 records; the end record's count and CRC must hold. Any
 //! violation, and any short read, is a [`ProviderError::Stream`] and the
-//! staging area is removed. The receiver stops reading at the end record
+//! staging area is removed. So is a file whose declared length, or an
+//! extent's offset, is beyond what the staging file system holds though
+//! within 2^44 (ext4 with 4 KiB blocks holds 2^44 - 4096 bytes): the
+//! kernel's `EFBIG` (a write or `ftruncate`) or `EINVAL` (the seek to an
+//! extent) while writing its content names the file and its length. The receiver stops reading at the end record
 //! (it does not require EOF).
 //!
 //! The size a sender announces before a full stream (`Provider::send_size`,
