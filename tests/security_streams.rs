@@ -194,7 +194,9 @@ fn a_file_longer_than_the_file_system_holds_is_a_bad_stream_naming_it_and_its_le
     drop(probe);
     fs::remove_file(small.mnt.join("probe")).unwrap();
     assert!(max < LEN, "this ext4 holds files of {max} bytes");
-    let cases: [(&str, &[(u64, &[u8])]); 4] = [
+    // (what, the extents: offset and content)
+    type Case<'a> = (&'a str, &'a [(u64, &'a [u8])]);
+    let cases: [Case; 4] = [
         ("only a hole", &[]),
         ("a byte at the limit", &[(max, b"x")]),
         ("a byte sought past the limit", &[(max + 1, b"x")]),

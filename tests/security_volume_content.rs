@@ -534,7 +534,12 @@ fn an_incremental_send_of_a_huge_sparse_file_reads_only_its_data() {
         f.set_len(HUGE).unwrap();
         for (j, at) in DATA.into_iter().enumerate() {
             let byte = u8::try_from(1 + i * 3 + j).unwrap();
-            std::os::unix::fs::FileExt::write_all_at(&f, &vec![byte; PIECE as usize], at).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(
+                &f,
+                &vec![byte; usize::try_from(PIECE).unwrap()],
+                at,
+            )
+            .unwrap();
         }
     }
     let s1 = snapshot(&src, &v, "s1").expect("holes cost nothing to copy");
@@ -606,24 +611,32 @@ fn an_incremental_send_of_a_huge_sparse_file_reads_only_its_data() {
 
 /// `copy` has `original`'s length, the same data extents and the same
 /// bytes in them (holes elsewhere in both), found by `SEEK_DATA` and
-/// `SEEK_HOLE`: a file of TiBs is compared by its data only.
+/// `SEEK_HOLE`: a file of terabytes is compared by its data only.
 fn assert_same_data_and_holes(original: &Path, copy: &Path) {
     use std::os::unix::fs::FileExt;
     use std::os::unix::io::AsRawFd;
     fn extents(f: &fs::File, len: u64) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         let mut pos = 0i64;
-        while (pos as u64) < len {
+        while u64::try_from(pos).unwrap() < len {
             // SAFETY: lseek on an open descriptor.
             let start = unsafe { libc::lseek(f.as_raw_fd(), pos, libc::SEEK_DATA) };
-            if start < 0 {
+            // ENXIO: only a hole is left.
+            let Ok(start) = u64::try_from(start) else {
                 break;
-            }
+            };
             // SAFETY: as above.
-            let end = unsafe { libc::lseek(f.as_raw_fd(), start, libc::SEEK_HOLE) };
+            let end = unsafe {
+                libc::lseek(
+                    f.as_raw_fd(),
+                    i64::try_from(start).unwrap(),
+                    libc::SEEK_HOLE,
+                )
+            };
+            let end = u64::try_from(end).expect("SEEK_HOLE after data");
             assert!(end > start, "a data extent at {start} ends at {end}");
-            out.push((start as u64, end as u64));
-            pos = end;
+            out.push((start, end));
+            pos = i64::try_from(end).unwrap();
         }
         out
     }

@@ -692,7 +692,7 @@ fn region_at(f: &File, pos: u64, len: u64) -> io::Result<Option<(bool, u64)>> {
 /// range that is data in both is read from both and compared; a range
 /// that is data in one and a hole in the other is read from the data side
 /// and compared with zeros. Only data is read (`read` counts it), so a
-/// file of TiBs holding KiBs costs KiBs. Each round moves forward (every
+/// file of terabytes holding kilobytes costs kilobytes. Each round moves forward (every
 /// range is non-empty): at most one round per extent boundary of either
 /// file. `false` when the files differ, and whenever the seeks contradict
 /// each other or a read comes up short (a file changing meanwhile): a file
@@ -781,7 +781,7 @@ mod tests {
             }
             f
         };
-        let ones = vec![1u8; B as usize];
+        let ones = vec![1u8; usize::try_from(B).unwrap()];
         let zeros = vec![0u8; 1 << 20];
         // Data at 0 and at 32 MiB, holes elsewhere.
         let sparse = make("sparse", &[(0, &ones), (32 << 20, &ones)]);
