@@ -593,6 +593,11 @@ fn an_incremental_send_of_a_huge_sparse_file_reads_only_its_data() {
         istats.read_bytes,
         2 * DATA_BYTES
     );
+    eprintln!(
+        "files of {HUGE} bytes holding {DATA_BYTES} of data: a full send read {} bytes, \
+         an incremental one {}",
+        fstats.read_bytes, istats.read_bytes
+    );
     assert!(
         (incr.len() as u64) < DATA_BYTES + 4096,
         "only the changed file travels: {} bytes",
