@@ -160,6 +160,77 @@ fn names_the_kernel_refuses_are_a_bad_stream_not_an_internal_error() {
     );
 }
 
+/// Story: a peer's stream declaring a file of 2^44 bytes (the format's
+/// limit) got `EFBIG` from ext4, whose files hold at most 2^44 - 4096
+/// bytes with 4 KiB blocks (fewer with 1 KiB blocks), and the receive
+/// failed with an I/O error (HTTP 500, "provider failed"): the agent's
+/// fault, though the stream asked for what the file system cannot hold.
+/// It is a bad stream (HTTP 502 `bad_stream`, as any refused stream)
+/// naming the file and its length, and leaves nothing behind: whether the
+/// length is set past the limit, an extent sought past it, or written
+/// across it.
+#[test]
+fn a_file_longer_than_the_file_system_holds_is_a_bad_stream_naming_it_and_its_length() {
+    if !have_root("loop-mounted ext4") {
+        return;
+    }
+    let small = SmallFs::new(64, 4096);
+    let p = provider(&small.mnt.join("root"));
+    let target = create(&p, "t");
+    fs::write(target.path().join("mine"), b"kept").unwrap();
+    const LEN: u64 = 1 << 44;
+    // The longest file this ext4 holds (its block size decides): the
+    // largest length `ftruncate` accepts.
+    let probe = fs::File::create(small.mnt.join("probe")).unwrap();
+    let (mut max, mut over) = (0u64, LEN);
+    while over - max > 1 {
+        let mid = max + (over - max) / 2;
+        if probe.set_len(mid).is_ok() {
+            max = mid;
+        } else {
+            over = mid;
+        }
+    }
+    drop(probe);
+    fs::remove_file(small.mnt.join("probe")).unwrap();
+    assert!(max < LEN, "this ext4 holds files of {max} bytes");
+    // (what, the extents: offset and content)
+    type Case<'a> = (&'a str, &'a [(u64, &'a [u8])]);
+    let cases: [Case; 4] = [
+        ("only a hole", &[]),
+        ("a byte at the limit", &[(max, b"x")]),
+        ("a byte sought past the limit", &[(max + 1, b"x")]),
+        ("data written across the limit", &[(max - 1, b"xy")]),
+    ];
+    for (i, (what, extents)) in cases.into_iter().enumerate() {
+        let s = Craft::new(0xb16_0000 + i as u128)
+            .version(2)
+            .dir(b"", 0o755)
+            .file(b"small", 0o644, b"fits")
+            .sparse(b"huge", 0o644, LEN, extents)
+            .end();
+        match receive(&p, &target, &format!("s{i}"), &mut s.as_slice()) {
+            Err(ProviderError::Stream(msg)) => {
+                eprintln!("{what}: refused: {msg}");
+                assert!(
+                    msg.contains("\"huge\"") && msg.contains(&LEN.to_string()),
+                    "{what}: the refusal names neither the file nor its length: {msg}"
+                );
+            }
+            Err(other) => panic!("{what}: wanted a bad-stream error, got {other:?}"),
+            Ok(_) => panic!("{what}: accepted"),
+        }
+    }
+    assert_eq!(fs::read(target.path().join("mine")).unwrap(), b"kept");
+    assert!(
+        fs::read_dir(small.mnt.join("root/.staging"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the staging area is removed"
+    );
+}
+
 fn expect_no_space(r: Result<Vol, ProviderError>, what: &str) {
     match r {
         Err(ProviderError::NoSpace { what: w, detail }) => {

@@ -169,6 +169,28 @@ impl Craft {
             .raw(&len.to_be_bytes())
     }
 
+    /// The header's version set to `version` (2 carries `S` records).
+    pub fn version(mut self, version: u16) -> Self {
+        self.b[8..10].copy_from_slice(&version.to_be_bytes());
+        self
+    }
+
+    /// An `S` record (version 2): a file of `len` bytes whose data are
+    /// `extents` (offset, content), holes elsewhere, then the terminator.
+    pub fn sparse(mut self, path: &[u8], mode: u32, len: u64, extents: &[(u64, &[u8])]) -> Self {
+        self = self
+            .rec(b'S', path)
+            .raw(&mode.to_be_bytes())
+            .raw(&len.to_be_bytes());
+        for (offset, content) in extents {
+            self = self
+                .raw(&offset.to_be_bytes())
+                .raw(&(content.len() as u64).to_be_bytes())
+                .raw(content);
+        }
+        self.raw(&[0u8; 16])
+    }
+
     pub fn end(self) -> Vec<u8> {
         let n = self.n;
         let mut b = self.raw(b"E").raw(&n.to_be_bytes()).b;

@@ -333,6 +333,12 @@ pub struct SendStats {
     pub incremental: bool,
     /// The stream continues an interrupted one ([`Provider::send_resumed`]).
     pub resumed: bool,
+    /// File content bytes the provider read to make the stream: the data
+    /// it sent and the data it compared with the base. The directory
+    /// provider never reads a hole (so a huge sparse file costs its data,
+    /// not its length); 0 where a tool makes the stream (btrfs, ZFS) and
+    /// in the simulation.
+    pub read_bytes: u64,
 }
 
 /// When a provider's side effects are durable.

@@ -762,6 +762,7 @@ impl Provider for BtrfsProvider {
             bytes,
             incremental: base.is_some(),
             resumed: false,
+            read_bytes: 0,
         })
     }
 

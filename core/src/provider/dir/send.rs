@@ -3,7 +3,7 @@
 //! trees are walked by handle ([`crate::fsutil::Dir`]), never by path.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use super::tree::{self, MAX_DEPTH, Modes};
@@ -23,6 +23,8 @@ struct Enc<'a> {
     w: HashWriter<BufWriter<&'a mut dyn Write>>,
     count: u64,
     buf: Vec<u8>,
+    /// [`CHUNK`] zeros (an `F` record's holes), allocated when first needed.
+    zeros: Vec<u8>,
     /// The snapshot's path, for messages.
     root: &'a Path,
     /// Sizing only ([`stream_size`]): file contents are counted in
@@ -33,6 +35,8 @@ struct Enc<'a> {
     sparse: bool,
     /// Data extents sent so far (at most [`MAX_EXTENTS`]).
     extents: u64,
+    /// File content bytes read (sent or compared): [`SendStats::read_bytes`].
+    read: u64,
 }
 
 /// A directory being sent: its handle, relative path, names left (reversed).
@@ -137,15 +141,12 @@ impl Enc<'_> {
 
     /// A file record with the content of the open file `f` (`len` bytes, as
     /// `fstat` said when it was opened): an `S` record of its data extents
-    /// if the stream is sparse and the file has a hole, else an `F` record.
-    fn file(&mut self, rel: &[u8], mode: u32, f: &mut File, len: u64) -> Result<(), ProviderError> {
+    /// if the stream is sparse and the file has a hole, else an `F` record,
+    /// whose holes are written as zeros without being read (only the data
+    /// extents are read, at their offsets).
+    fn file(&mut self, rel: &[u8], mode: u32, f: &File, len: u64) -> Result<(), ProviderError> {
         if self.sparse && len > 0 && self.next_extent(f, 0, len, rel)? != Some((0, len)) {
             return self.sparse_file(rel, mode, f, len);
-        }
-        if self.sparse {
-            // The seeks moved the file's offset.
-            f.seek(SeekFrom::Start(0))
-                .map_err(|e| self.err("rewinding", rel, e))?;
         }
         self.record(TAG_FILE, rel)?;
         self.put(&mode.to_be_bytes())?;
@@ -154,23 +155,60 @@ impl Enc<'_> {
             self.skipped += len;
             return Ok(());
         }
-        if self.buf.is_empty() {
+        let mut pos = 0;
+        // Bounded: `pos` moves forward every round (an extent is not empty).
+        while pos < len {
+            let (start, end) = self.next_extent(f, pos, len, rel)?.unwrap_or((len, len));
+            debug_assert!(pos <= start && start <= end && end <= len);
+            self.zeros(start - pos)?;
+            self.data(rel, f, start, end)?;
+            pos = end;
+        }
+        // A file that shrank under a trailing hole (its zeros were not read).
+        let now = f
+            .metadata()
+            .map_err(|e| self.err("examining", rel, e))?
+            .len();
+        if now < len {
+            return Err(self.changed_under(rel, "shrank"));
+        }
+        Ok(())
+    }
+
+    /// Writes `n` zeros (a hole of an `F` record), never read from the file.
+    fn zeros(&mut self, mut n: u64) -> Result<(), ProviderError> {
+        if n > 0 && self.zeros.is_empty() {
+            self.zeros = vec![0u8; CHUNK];
+        }
+        while n > 0 {
+            let k = usize::try_from(n).map_or(CHUNK, |l| l.min(CHUNK));
+            self.w.write_all(&self.zeros[..k]).map_err(wio)?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes the bytes `[start, end)` of the open file `f`, read at their
+    /// offset; a file that ends first "shrank while being sent".
+    fn data(&mut self, rel: &[u8], f: &File, start: u64, end: u64) -> Result<(), ProviderError> {
+        use std::os::unix::fs::FileExt;
+        if start < end && self.buf.is_empty() {
             self.buf = vec![0u8; CHUNK];
         }
-        let mut left = len;
-        while left > 0 {
-            let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
-            let n = f
-                .read(&mut self.buf[..want])
-                .map_err(|e| self.err("reading", rel, e))?;
+        let mut at = start;
+        while at < end {
+            let want = usize::try_from(end - at).map_or(CHUNK, |l| l.min(CHUNK));
+            let n = match f.read_at(&mut self.buf[..want], at) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.err("reading", rel, e)),
+            };
             if n == 0 {
-                return Err(ProviderError::Other(format!(
-                    "{} shrank while being sent",
-                    tree::shown_in(self.root, rel)
-                )));
+                return Err(self.changed_under(rel, "shrank"));
             }
+            self.read += n as u64;
             self.w.write_all(&self.buf[..n]).map_err(wio)?;
-            left -= n as u64;
+            at += n as u64;
         }
         Ok(())
     }
@@ -189,7 +227,6 @@ impl Enc<'_> {
         f: &File,
         len: u64,
     ) -> Result<(), ProviderError> {
-        use std::os::unix::fs::FileExt;
         self.record(TAG_SPARSE, rel)?;
         self.put(&mode.to_be_bytes())?;
         self.put(&len.to_be_bytes())?;
@@ -209,21 +246,7 @@ impl Enc<'_> {
             if self.dry {
                 self.skipped += end - start;
             } else {
-                if self.buf.is_empty() {
-                    self.buf = vec![0u8; CHUNK];
-                }
-                let mut at = start;
-                while at < end {
-                    let want = usize::try_from(end - at).map_or(CHUNK, |l| l.min(CHUNK));
-                    let n = f
-                        .read_at(&mut self.buf[..want], at)
-                        .map_err(|e| self.err("reading", rel, e))?;
-                    if n == 0 {
-                        return Err(self.changed_under(rel, "shrank"));
-                    }
-                    self.w.write_all(&self.buf[..n]).map_err(wio)?;
-                    at += n as u64;
-                }
+                self.data(rel, f, start, end)?;
             }
             pos = end;
         }
@@ -260,10 +283,10 @@ impl Enc<'_> {
                 Ok(Some(d))
             }
             Kind::File => {
-                let (mut f, st) = parent
+                let (f, st) = parent
                     .open_file(name)
                     .map_err(|e| self.err("opening", rel, e))?;
-                self.file(rel, modes.true_mode(rel, st.mode), &mut f, st.len)?;
+                self.file(rel, modes.true_mode(rel, st.mode), &f, st.len)?;
                 Ok(None)
             }
             Kind::Symlink => {
@@ -416,19 +439,18 @@ impl Enc<'_> {
                 Ok(Some((s, b)))
             }
             (Kind::File, Kind::File) => {
-                let (mut sf, sst) = sd.open_file(name).map_err(|e| self.err("opening", c, e))?;
-                let (mut bf, bst) = bd
+                let (sf, sst) = sd.open_file(name).map_err(|e| self.err("opening", c, e))?;
+                let (bf, bst) = bd
                     .open_file(name)
                     .map_err(|e| self.err("opening the base of", c, e))?;
                 let smode = smodes.true_mode(c, sst.mode);
                 let bmode = bmodes.true_mode(c, bst.mode);
+                // By extent maps: holes in both are never read.
                 let same = sst.len == bst.len
-                    && tree::same_content(&mut sf, &mut bf)
+                    && tree::same_content(&sf, &bf, sst.len, &mut self.read)
                         .map_err(|e| self.err("comparing", c, e))?;
                 if !same {
-                    sf.seek(SeekFrom::Start(0))
-                        .map_err(|e| self.err("rewinding", c, e))?;
-                    self.file(c, smode, &mut sf, sst.len)?;
+                    self.file(c, smode, &sf, sst.len)?;
                 } else if smode != bmode {
                     self.perm(c, smode)?;
                 }
@@ -501,11 +523,13 @@ fn encode(
         w: HashWriter::new(BufWriter::with_capacity(CHUNK, out)),
         count: 0,
         buf: Vec::new(),
+        zeros: Vec::new(),
         root: snap,
         dry,
         skipped: 0,
         sparse: options.sparse,
         extents: 0,
+        read: 0,
     };
     let flags = if base.is_some() { FLAG_INCREMENTAL } else { 0 };
     let version = if options.sparse {
@@ -549,6 +573,7 @@ fn encode(
         bytes: enc.w.bytes() + enc.skipped,
         incremental: base.is_some(),
         resumed: false,
+        read_bytes: enc.read,
     })
 }
 
@@ -580,11 +605,13 @@ mod tests {
                 w: HashWriter::new(BufWriter::new(sink)),
                 count: 0,
                 buf: Vec::new(),
+                zeros: Vec::new(),
                 root: tmp.path(),
                 dry: false,
                 skipped: 0,
                 sparse: true,
                 extents: 0,
+                read: 0,
             };
             enc.sparse_file(b"f", 0o644, &f, opened_len).unwrap();
             enc.w.flush().unwrap();

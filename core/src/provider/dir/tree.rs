@@ -11,7 +11,7 @@
 //! components separated by `/`, the empty path being the tree's root.
 
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
@@ -663,34 +663,93 @@ impl TreeCopy<'_> {
     }
 }
 
-/// Compares two open regular files' contents, chunk by chunk.
-pub(crate) fn same_content(fa: &mut File, fb: &mut File) -> io::Result<bool> {
-    let mut ba = vec![0u8; CHUNK];
-    let mut bb = vec![0u8; CHUNK];
-    loop {
-        let na = fill(fa, &mut ba)?;
-        let nb = fill(fb, &mut bb)?;
-        if na != nb || ba[..na] != bb[..nb] {
-            return Ok(false);
-        }
-        if na < ba.len() {
-            return Ok(true);
-        }
+/// What `SEEK_DATA`/`SEEK_HOLE` say of the open file `f` from `pos` on
+/// (clipped to `len`): `Some((data, end))`, the range `[pos, end)` being
+/// all data or all hole, `end > pos`; `None` if the answers contradict each
+/// other (the file changes meanwhile). A file system without those seeks
+/// has no holes: the rest is data.
+fn region_at(f: &File, pos: u64, len: u64) -> io::Result<Option<(bool, u64)>> {
+    match seek_data(f, pos, libc::SEEK_DATA) {
+        // Only a hole is left (or the file shrank: its reads will say).
+        Ok(None) => Ok(Some((false, len))),
+        Ok(Some(start)) if start > pos => Ok(Some((false, start.min(len)))),
+        Ok(Some(start)) if start == pos => match seek_data(f, pos, libc::SEEK_HOLE) {
+            Ok(Some(end)) if end > pos => Ok(Some((true, end.min(len)))),
+            // The data at `pos` turned into a hole between the two seeks.
+            Ok(Some(_)) => Ok(None),
+            Ok(None) => Ok(Some((true, len))),
+            Err(e) => Err(e),
+        },
+        Ok(Some(_)) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Some((true, len))),
+        Err(e) => Err(e),
     }
 }
 
-/// Reads until `buf` is full or EOF; returns the bytes read.
-fn fill(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+/// Whether the first `len` bytes of the open regular files `fa` and `fb`
+/// (both `len` bytes long when opened) are equal, found by their extent
+/// maps: a range that is a hole in both is equal without being read; a
+/// range that is data in both is read from both and compared; a range
+/// that is data in one and a hole in the other is read from the data side
+/// and compared with zeros. Only data is read (`read` counts it), so a
+/// file of terabytes holding kilobytes costs kilobytes. Each round moves forward (every
+/// range is non-empty): at most one round per extent boundary of either
+/// file. `false` when the files differ, and whenever the seeks contradict
+/// each other or a read comes up short (a file changing meanwhile): a file
+/// sent as changed when it was not is still received right.
+pub(crate) fn same_content(fa: &File, fb: &File, len: u64, read: &mut u64) -> io::Result<bool> {
+    let mut ba = Vec::new();
+    let mut bb = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let (Some((da, ea)), Some((db, eb))) = (region_at(fa, pos, len)?, region_at(fb, pos, len)?)
+        else {
+            return Ok(false);
+        };
+        let end = ea.min(eb);
+        debug_assert!(pos < end && end <= len);
+        if da || db {
+            if ba.is_empty() {
+                ba = vec![0u8; CHUNK];
+                bb = vec![0u8; CHUNK];
+            }
+            let mut at = pos;
+            while at < end {
+                let n = usize::try_from(end - at).map_or(CHUNK, |l| l.min(CHUNK));
+                for (data, f, buf) in [(da, fa, &mut ba), (db, fb, &mut bb)] {
+                    if data {
+                        if !read_exact_at(f, &mut buf[..n], at)? {
+                            return Ok(false);
+                        }
+                        *read += n as u64;
+                    } else {
+                        buf[..n].fill(0);
+                    }
+                }
+                if ba[..n] != bb[..n] {
+                    return Ok(false);
+                }
+                at += n as u64;
+            }
+        }
+        pos = end;
+    }
+    Ok(true)
+}
+
+/// Fills `buf` from `f` at `offset`; `false` if the file ends first.
+fn read_exact_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
     let mut n = 0;
     while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
+        match f.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => return Ok(false),
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(n)
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -698,6 +757,76 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::unix::fs::symlink;
+
+    /// Two files compare by content, whatever their holes: a hole equals
+    /// written zeros (read from the data side only), a byte differing in a
+    /// range that is data in one and a hole in the other is found, and a
+    /// range that is a hole in both is never read.
+    #[test]
+    fn files_compare_by_content_whatever_their_holes() {
+        use std::os::unix::fs::FileExt;
+        const LEN: u64 = 64 << 20;
+        const B: u64 = 4096;
+        let t = tempfile::tempdir().unwrap();
+        let make = |name: &str, writes: &[(u64, &[u8])]| {
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(t.path().join(name))
+                .unwrap();
+            f.set_len(LEN).unwrap();
+            for (at, bytes) in writes {
+                f.write_all_at(bytes, *at).unwrap();
+            }
+            f
+        };
+        let ones = vec![1u8; usize::try_from(B).unwrap()];
+        let zeros = vec![0u8; 1 << 20];
+        // Data at 0 and at 32 MiB, holes elsewhere.
+        let sparse = make("sparse", &[(0, &ones), (32 << 20, &ones)]);
+        // The same content, with 1 MiB of written zeros after each piece.
+        let dense = make(
+            "dense",
+            &[
+                (0, &ones),
+                (B, &zeros),
+                (32 << 20, &ones),
+                ((32 << 20) + B, &zeros),
+            ],
+        );
+        let mut read = 0;
+        assert!(same_content(&sparse, &dense, LEN, &mut read).unwrap());
+        assert!(
+            read <= 4 * (B + (1 << 20)),
+            "{read} bytes read: holes in both were read"
+        );
+        let mut read = 0;
+        assert!(same_content(&sparse, &sparse, LEN, &mut read).unwrap());
+        assert!(read <= 4 * B, "{read} bytes read of {} of data", 2 * B);
+
+        // A byte in the written zeros (a hole of the other file) differs.
+        let other = make(
+            "other",
+            &[
+                (0, &ones),
+                (B, &zeros),
+                (32 << 20, &ones),
+                ((32 << 20) + B, &zeros),
+            ],
+        );
+        other.write_all_at(&[7], (32 << 20) + B + 5).unwrap();
+        assert!(!same_content(&sparse, &other, LEN, &mut 0).unwrap());
+        assert!(!same_content(&other, &sparse, LEN, &mut 0).unwrap());
+        // Data moved from one place to another: different.
+        let moved = make("moved", &[(B, &ones), (32 << 20, &ones)]);
+        assert!(!same_content(&sparse, &moved, LEN, &mut 0).unwrap());
+        // A difference in the last byte is found.
+        let last = make("last", &[(0, &ones), (32 << 20, &ones), (LEN - 1, &[9])]);
+        assert!(!same_content(&sparse, &last, LEN, &mut 0).unwrap());
+        assert!(same_content(&sparse, &last, LEN - 1, &mut 0).unwrap());
+        assert!(same_content(&sparse, &moved, 0, &mut 0).unwrap());
+    }
 
     /// An immutable file (which a tenant's root can make inside its volume)
     /// is not a race: the removal stops at once and names it and why,

@@ -52,13 +52,30 @@
 //! send ("changed while being sent"), as a file that shrinks under an `F`
 //! record does. A file system without those seeks has no holes: `F`.
 //!
+//! What the sender reads: only data, never a hole, whatever the version.
+//! An `F` record's holes are written as zeros without being read (its
+//! data extents, found as for `S`, are read at their offsets; a file that
+//! shrinks under one, or under its trailing hole, fails the send); the
+//! size announced before a stream is counted without reading any content;
+//! and an incremental stream compares a file present in both snapshots
+//! with its base by their extent maps (`tree::same_content`): a range that
+//! is a hole in both is equal unread, a range that is data in both is read
+//! from both and compared, and a range that is data in one and a hole in
+//! the other is read from the data side and compared with zeros (a hole
+//! equals written zeros: content decides, not layout, so an unchanged file
+//! is not sent again because a copy filled or punched its holes). A file
+//! of 16 TiB holding 1 MiB of data costs about 1 MiB of reads to compare
+//! ([`crate::provider::SendStats::read_bytes`] counts them). Seeks that
+//! contradict each other, or a read that comes up short, while comparing
+//! (a file changing meanwhile) count as "changed": the file is sent in
+//! full, which the receiver applies right whether or not it changed.
+//!
 //! A full stream carries the whole tree in pre-order (a directory before its
 //! entries, names in byte order). An incremental stream carries, relative to
 //! the base snapshot: new entries in full; files whose size or content differs
-//! (compared byte by byte, holes read as zeros, whatever the version;
-//! timestamps are unreliable after copies) in full (`F`, or `S` in a version
-//! 2 stream); a
-//! `P` record for a file whose only change is its mode; a `D` record for a
+//! (compared by content, holes equal to zeros but never read, whatever the
+//! version; timestamps are unreliable after copies) in full (`F`, or `S`
+//! in a version 2 stream); a `P` record for a file whose only change is its mode; a `D` record for a
 //! directory whose mode changed; changed symlinks; entries whose type changed
 //! (in full: the receiver replaces them); and an `X` record per path present
 //! in the base but not in the snapshot. Modes are the true modes (`0o7777`).
@@ -82,7 +99,11 @@
 //! during the receive and for the one before the snapshot copy); a stream holds
 //! at most 2^26 records; the end record's count and CRC must hold. Any
 //! violation, and any short read, is a [`ProviderError::Stream`] and the
-//! staging area is removed. The receiver stops reading at the end record
+//! staging area is removed. So is a file whose declared length, or an
+//! extent's offset, is beyond what the staging file system holds though
+//! within 2^44 (ext4 with 4 KiB blocks holds 2^44 - 4096 bytes): the
+//! kernel's `EFBIG` (a write or `ftruncate`) or `EINVAL` (the seek to an
+//! extent) while writing its content names the file and its length. The receiver stops reading at the end record
 //! (it does not require EOF).
 //!
 //! The size a sender announces before a full stream (`Provider::send_size`,
@@ -397,6 +418,27 @@ pub(crate) fn no_parent(rel: &[u8]) -> ProviderError {
     ))
 }
 
+/// `e`, an error writing the content of file `rel` (declared `len` bytes,
+/// at most [`MAX_FILE_LEN`]), as the stream's fault if it says the length
+/// or an offset is beyond what the staging file system holds (ext4 with
+/// 4 KiB blocks holds 2^44 - 4096 bytes, less than the format allows):
+/// `EFBIG` from a write or `ftruncate`, `EINVAL` from a seek (every offset
+/// sought is below 2^44, within `off_t`). Anything else is left as it is.
+fn too_large(rel: &[u8], len: u64, e: ProviderError) -> ProviderError {
+    match e {
+        ProviderError::Io { context, source }
+            if matches!(source.raw_os_error(), Some(libc::EFBIG | libc::EINVAL)) =>
+        {
+            bad(format!(
+                "{} declares {len} bytes, more than the file system receiving it holds \
+                 ({context}: {source})",
+                shown(rel)
+            ))
+        }
+        other => other,
+    }
+}
+
 /// Applies stream records to the staging tree, every path resolved beneath
 /// its root handle without following a symlink.
 struct Apply<'a> {
@@ -542,7 +584,8 @@ impl<R: Read> Sink<R> for Apply<'_> {
         let space = &mut self.space;
         r.copy_exact_sparse(len, &mut f, "file content", &mut |n, left| {
             space.content(n, left)
-        })?;
+        })
+        .map_err(|e| too_large(rel, len, e))?;
         self.set_file_mode(&f, rel, mode)
     }
 
@@ -568,7 +611,7 @@ impl<R: Read> Sink<R> for Apply<'_> {
         let mut charged_to = 0u64;
         while let Some((offset, n)) = extents.next(r)? {
             f.seek(SeekFrom::Start(offset))
-                .map_err(|e| self.io("writing", rel, e))?;
+                .map_err(|e| too_large(rel, len, self.io("writing", rel, e)))?;
             // What is left of the file from a piece on, as declared:
             // the extent's rest and everything after the extent.
             let after = len - offset - n;
@@ -582,9 +625,11 @@ impl<R: Read> Sink<R> for Apply<'_> {
                 let first = (start / block * block).max(*charged);
                 *charged = end.max(*charged);
                 space.content_taking(end.saturating_sub(first), left + after)
-            })?;
+            })
+            .map_err(|e| too_large(rel, len, e))?;
         }
-        f.set_len(len).map_err(|e| self.io("writing", rel, e))?;
+        f.set_len(len)
+            .map_err(|e| too_large(rel, len, self.io("writing", rel, e)))?;
         self.set_file_mode(&f, rel, mode)
     }
 

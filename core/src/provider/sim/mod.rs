@@ -490,6 +490,7 @@ impl Provider for SimProvider {
             bytes: written,
             incremental: base_guid.is_some(),
             resumed: false,
+            read_bytes: 0,
         })
     }
 
@@ -544,6 +545,7 @@ impl Provider for SimProvider {
             bytes: written,
             incremental: base_guid.is_some(),
             resumed: true,
+            read_bytes: 0,
         }))
     }
 

@@ -724,6 +724,7 @@ impl Provider for ZfsProvider {
             bytes,
             incremental: base.is_some(),
             resumed: false,
+            read_bytes: 0,
         })
     }
 
@@ -882,6 +883,7 @@ impl Provider for ZfsProvider {
             bytes,
             incremental: contents.fromguid.is_some(),
             resumed: true,
+            read_bytes: 0,
         }))
     }
 }
