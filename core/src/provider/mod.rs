@@ -328,6 +328,7 @@ impl SendOptions {
 
 /// Statistics of one send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct SendStats {
     pub bytes: u64,
     pub incremental: bool,
