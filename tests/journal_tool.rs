@@ -1473,6 +1473,7 @@ fn a_reader_of_a_live_journal_reads_past_files_its_writer_removed_after_listing_
             log_from: newer + 1,
         },
         raw: false,
+        through_cache: false,
     };
     let walked = reader::read(&storage, dir.path(), &options, &mut |_| {
         reader::Flow::Continue

@@ -701,7 +701,11 @@ fn walk(
     printer: &mut Printer<'_>,
 ) -> Result<Look, CliError> {
     let mut last: Option<Tail> = None;
-    let options = Options { scope, raw };
+    let options = Options {
+        scope,
+        raw,
+        through_cache: false,
+    };
     let end = scan::scan(storage, state_dir, &options, &mut |item| {
         match item {
             Item::Record(found) => {

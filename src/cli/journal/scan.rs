@@ -499,6 +499,7 @@ pub(crate) fn all(base: Option<u64>, raw: bool) -> Options {
             log_from: base.map_or(1, |b| b + 1),
         },
         raw,
+        through_cache: false,
     }
 }
 

@@ -48,6 +48,7 @@ pub(super) fn run(args: &StateArgs, out: &mut Out) -> Result<i32, CliError> {
     let options = Options {
         scope: Scope::From(log_from),
         raw: false,
+        through_cache: false,
     };
     let end = scan::scan(&storage, state_dir, &options, &mut |item| {
         Ok(match item {

@@ -93,6 +93,7 @@ pub fn read_log<R: JournalRecord>(
     let options = Options {
         scope: Scope::From(covered + 1),
         raw: false,
+        through_cache: false,
     };
     let walked = read(storage, state_dir, &options, &mut |event| match event {
         Event::Frame { frame, .. } => match decode_frame_record::<R>(&frame) {
@@ -140,6 +141,7 @@ pub fn read_prefix<R: JournalRecord>(
     let options = Options {
         scope: Scope::From(covered + 1),
         raw: false,
+        through_cache: true,
     };
     let mut last = covered;
     let mut failed = None;
@@ -212,6 +214,7 @@ pub fn walk(
     let options = Options {
         scope: Scope::From(covered + 1),
         raw: false,
+        through_cache: false,
     };
     let mut failed = None;
     let walked = read(storage, state_dir, &options, &mut |event| match event {

@@ -58,6 +58,12 @@ pub struct Options {
     /// Continue past damage at the next valid frame (`dump --raw`,
     /// `verify --raw`). The verdict stays the first problem's.
     pub raw: bool,
+    /// Read the last segment through the page cache rather than as the
+    /// disk holds it: for a reader of a live journal that stops at a durable
+    /// record (`read_prefix`), whose pages are on the disk already; dropping
+    /// the active segment's cache would make it read up to a whole segment
+    /// from the disk, beside the writer's syncs.
+    pub through_cache: bool,
 }
 
 /// A position in a named segment.
@@ -281,7 +287,8 @@ pub fn read(
         let is_last = !history && i + 1 == w.walked.segments.len();
         // The last segment is read as the disk holds it (see the module
         // documentation), except by `dump --follow`, which polls a live one.
-        let cache = if i + 1 == w.walked.segments.len() && entry.is_none() {
+        let cache = if i + 1 == w.walked.segments.len() && entry.is_none() && !options.through_cache
+        {
             Cache::Drop
         } else {
             Cache::Keep
