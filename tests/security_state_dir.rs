@@ -416,3 +416,123 @@ fn a_dir_provider_root_another_user_can_change_is_refused() {
     chmod(tmp.path(), 0o1777);
     DirProvider::new(tmp.path().join("ours")).expect("a root of ours");
 }
+
+/// Asserts that `argv`, run as nobody, is refused by a mode (a volume's
+/// content seen through the host path).
+#[track_caller]
+fn refused_to_nobody(argv: &[&str]) {
+    let out = as_nobody(argv);
+    assert!(
+        !out.status.success(),
+        "{argv:?} as nobody: {}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{argv:?}: {}",
+        describe(&out)
+    );
+}
+
+/// Every way into the content of `v` (holding `secret`) and of its snapshot
+/// `s` through `root`, and the provider's own areas (markers, staging of
+/// received streams, trash), refused to nobody.
+fn assert_volumes_hidden_from_nobody(root: &Path, v: &Path, s: &Path) {
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    for dir in [v, s] {
+        refused_to_nobody(&["ls", &path(dir)]);
+        refused_to_nobody(&["cat", &path(&dir.join("secret"))]);
+    }
+    for own in ["data", "snapshot", ".volmgr", ".staging", ".trash"] {
+        refused_to_nobody(&["ls", &path(&root.join(own))]);
+    }
+}
+
+/// A local user listed and read every volume and snapshot through the host
+/// path: the state directory was made 0755 by the agent, and the dir
+/// provider's root and all its directories (`data/`, `snapshot/`,
+/// `.volmgr/`, `.staging/`, `.trash/`) 0755 too. Containers reach a volume
+/// through the bind mount root makes, so nobody needs to traverse them: the
+/// provider makes its directories 0700 (and tightens those an older version
+/// made looser once it holds the root), and a root it creates 0700.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_user_cannot_list_or_read_a_volume_or_snapshot_through_the_host_path() {
+    use volmgr::manager::{Manager, ManagerConfig};
+    use volmgr::state::Meta;
+    if !root_or_skip("a_local_user_cannot_list_or_read_a_volume_or_snapshot_through_the_host_path")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    chmod(tmp.path(), 0o755);
+    // A state directory others may traverse (the operator's choice, or
+    // made by an older agent): only the provider's own modes protect.
+    let state = traversable_state(tmp.path());
+    let root = state.join("volumes");
+    let config = [("root".to_owned(), root.to_str().unwrap().to_owned())]
+        .into_iter()
+        .collect();
+    let m = Manager::open(&state, ManagerConfig::default())
+        .await
+        .unwrap();
+    m.add_provider("p", "dir", config).await.unwrap();
+    let v = m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    let v = std::path::PathBuf::from(&v.location);
+    fs::write(v.join("secret"), b"tenant data").unwrap();
+    chmod(&v.join("secret"), 0o644);
+    let s = m
+        .create_snapshot_as("v", Some("s"), Meta::new())
+        .await
+        .unwrap();
+    let s = std::path::PathBuf::from(&s.location);
+    assert_eq!(fs::read(s.join("secret")).unwrap(), b"tenant data");
+    assert_volumes_hidden_from_nobody(&root, &v, &s);
+    assert_eq!(mode(&root), 0o700, "a root the provider made");
+    m.close().await;
+
+    // What an older version left: every directory 0755. The root is the
+    // operator's to set; the provider's own directories are tightened.
+    for dir in [
+        "",
+        "data",
+        "snapshot",
+        ".volmgr",
+        ".volmgr/data",
+        ".volmgr/snapshot",
+        ".volmgr/modes",
+        ".staging",
+        ".trash",
+    ] {
+        chmod(&root.join(dir), 0o755);
+    }
+    let m = Manager::open(&state, ManagerConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(mode(&root), 0o755, "an existing root is left as it is");
+    for dir in ["data", "snapshot", ".volmgr", ".staging", ".trash"] {
+        assert_eq!(mode(&root.join(dir)), 0o700, "{dir}");
+    }
+    assert_volumes_hidden_from_nobody(&root, &v, &s);
+    // Root still reaches it all (a bind mount's source, a CSI publish).
+    assert_eq!(fs::read(v.join("secret")).unwrap(), b"tenant data");
+    m.close().await;
+}
+
+/// The agent made its state directory 0755 (`create_dir_all`), where the
+/// library makes it 0700: with the default provider root under it, every
+/// volume was one `ls` away. Made 0700 like the library's.
+#[test]
+fn the_agent_makes_its_state_directory_private() {
+    if !root_or_skip("the_agent_makes_its_state_directory_private") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    chmod(tmp.path(), 0o1777);
+    let state = tmp.path().join("volmgr");
+    let mut agent = process::ServeProcess::start(&state, &[]);
+    refused_to_nobody(&["ls", state.to_str().unwrap()]);
+    refused_to_nobody(&["ls", state.join("volumes/data").to_str().unwrap()]);
+    assert_eq!(mode(&state), 0o700, "the state directory");
+    assert_eq!(mode(&state.join("volumes")), 0o700, "the default root");
+    assert!(agent.terminate().success());
+}
