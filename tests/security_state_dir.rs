@@ -536,3 +536,61 @@ fn the_agent_makes_its_state_directory_private() {
     assert_eq!(mode(&state.join("volumes")), 0o700, "the default root");
     assert!(agent.terminate().success());
 }
+
+/// Segments and checkpoints written before files were made 0600 stayed
+/// 0644 for good (only new files got 0600): any user who could reach them
+/// (a `journal/` an older version left 0755, or one an operator opened)
+/// read every volume's id, meta and provider configuration. Opening the
+/// journal for writing makes every file in `journal/` and `checkpoints/`
+/// 0600, once it holds the lock.
+#[tokio::test]
+async fn segments_and_checkpoints_an_older_version_left_readable_are_made_private_at_open() {
+    use volmgr::state::{Done, OpResult};
+    if !root_or_skip(
+        "segments_and_checkpoints_an_older_version_left_readable_are_made_private_at_open",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    chmod(tmp.path(), 0o755);
+    let state = traversable_state(tmp.path());
+    let journal = open(&state).unwrap();
+    let record = Record::Outcome {
+        op: uuid::Uuid::from_u128(1),
+        at_ms: 1,
+        result: OpResult::Done(Done::default()),
+    };
+    let seq = journal.append(&record).await.unwrap();
+    journal.checkpoint(seq, vec![1, 2, 3]).await.unwrap();
+    journal.close().await;
+    let files: Vec<std::path::PathBuf> = ["journal", "checkpoints"]
+        .iter()
+        .flat_map(|dir| {
+            let dir = state.join(dir);
+            names(&dir).into_iter().map(move |n| dir.join(n))
+        })
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "ckpt")),
+        "{files:?}"
+    );
+    // What an older version left.
+    for file in &files {
+        chmod(file, 0o644);
+    }
+    chmod(&state.join("journal"), 0o755);
+    chmod(&state.join("checkpoints"), 0o755);
+
+    let journal = open(&state).unwrap();
+    // Reachable again (an operator's `chmod`, a backup tool's copy of the
+    // directory modes): the files' own modes keep others out.
+    chmod(&state.join("journal"), 0o755);
+    chmod(&state.join("checkpoints"), 0o755);
+    for file in &files {
+        refused_to_nobody(&["cat", file.to_str().unwrap()]);
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    journal.close().await;
+}

@@ -7,8 +7,15 @@
 //! `root` (required): an absolute directory inside a mounted btrfs file system
 //! (checked with `statfs`, magic `0x9123683E`). It is created if missing, but
 //! only when its parent is already on btrfs (so an unmounted file system is an
-//! error, not a directory silently made on the disk below it). Everything the
-//! provider owns lives under it:
+//! error, not a directory silently made on the disk below it). Its path
+//! (the mount point and every directory above it on the way) must be one no
+//! other user can change, the walk of `fsutil::trust` a `dir` root passes:
+//! else [`ProviderError::InvalidConfig`], before anything is created, on
+//! every open. A root the provider creates is 0700, and so are `data/`,
+//! `snapshot/` and `.volmgr/` (with `stage/` and `trash/`), tightened at
+//! every open if an older version left them 0755: no other user lists or
+//! reads a volume through the host path (containers reach it through the
+//! bind mount root makes). Everything the provider owns lives under it:
 //!
 //! ```text
 //! <root>/data/<id>/tag          ownership tag of data volume <id>
