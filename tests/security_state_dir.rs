@@ -513,9 +513,38 @@ async fn a_local_user_cannot_list_or_read_a_volume_or_snapshot_through_the_host_
         assert_eq!(mode(&root.join(dir)), 0o700, "{dir}");
     }
     assert_volumes_hidden_from_nobody(&root, &v, &s);
-    // Root still reaches it all (a bind mount's source, a CSI publish).
-    assert_eq!(fs::read(v.join("secret")).unwrap(), b"tenant data");
+    // Through a bind mount root makes (a container's, a CSI publish), any
+    // user the volume's own modes let in still reads it.
+    let target = tmp.path().join("target");
+    fs::create_dir(&target).unwrap();
+    let mounted = BindMount::new(&v, &target);
+    let out = as_nobody(&["cat", target.join("secret").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(out.stdout, b"tenant data");
+    drop(mounted);
     m.close().await;
+}
+
+/// A bind mount of `source` at `target`, unmounted on drop.
+struct BindMount(std::path::PathBuf);
+
+impl BindMount {
+    fn new(source: &Path, target: &Path) -> BindMount {
+        let out = Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(target)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        BindMount(target.to_owned())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
 
 /// The agent made its state directory 0755 (`create_dir_all`), where the
