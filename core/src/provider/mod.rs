@@ -602,7 +602,7 @@ pub trait Provider: Send + Sync + fmt::Debug {
 /// A missing root passes if its existing ancestors do (the provider then
 /// creates it and checks again). Every open checks: an existing root that
 /// fails is refused too. `label` names the root in the error (`root`,
-/// `btrfs root`).
+/// `btrfs root`, `zfs workdir`).
 pub(crate) fn refuse_untrusted_root(
     label: &str,
     root: &std::path::Path,
@@ -612,8 +612,8 @@ pub(crate) fn refuse_untrusted_root(
         .map(drop)
         .map_err(|u| {
             ProviderError::InvalidConfig(format!(
-                "{label} {}: another user could change its path: {u} (an existing root is \
-                 refused too: fix the owner or mode named, or choose another root; README, \
+                "{label} {}: another user could change its path: {u} (an existing {label} is \
+                 refused too: fix the owner or mode named, or choose another {label}; README, \
                  \"State directory\")",
                 root.display()
             ))
