@@ -814,3 +814,164 @@ async fn a_journaled_btrfs_root_another_agent_claimed_is_unavailable_at_open_and
         .expect("A reopens its root");
     a.close().await;
 }
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Runs `argv` as user and group nobody (65534), no supplementary groups.
+fn as_nobody(argv: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(argv)
+        .output()
+        .expect("setpriv runs (util-linux)")
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A btrfs root in a directory another user can write, or on a mount
+/// point whose parent another user can write, was accepted (only `dir`
+/// roots were walked): that user swaps the root for a symlink to a
+/// directory of root's (here on the same btrfs, as `/etc` would be on a
+/// root file system), and the agent, as root, makes its directories and
+/// subvolumes there. Refused now like a `dir` root, naming the directory
+/// and its mode, before anything is created.
+#[test]
+fn a_btrfs_root_another_user_could_change_is_refused() {
+    let test = "a_btrfs_root_another_user_could_change_is_refused";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let mnt = fs.path().to_owned();
+    let above = mnt.parent().unwrap().to_owned();
+    chmod(&above, 0o755); // nobody may reach the mount
+    let shared = mnt.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o777); // not sticky
+    let target = mnt.join("etc");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("passwd"), b"root:x:0:0").unwrap();
+    let root = shared.join("volumes");
+    let out = as_nobody(&["ln", "-s", target.to_str().unwrap(), root.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+
+    let refused = |root: &Path, culprit: &Path, shown_mode: &str| {
+        let err = BtrfsProvider::new(root).expect_err("an untrusted btrfs root");
+        assert!(
+            matches!(err, volmgr::provider::ProviderError::InvalidConfig(_)),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        for part in [
+            &*format!("btrfs root {}", root.display()),
+            &*format!("{}: has mode {shown_mode}", culprit.display()),
+            "chmod go-w",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from: {text}");
+        }
+    };
+    refused(&root, &shared, "777");
+    assert_eq!(names(&target), ["passwd"], "nothing made where it led");
+
+    // The mount point's own parent, writable by others: refused for a new
+    // root and for one that exists (made while it was not).
+    let existing = mnt.join("volumes");
+    drop(BtrfsProvider::new(&existing).expect("a trusted root"));
+    chmod(&above, 0o777);
+    refused(&existing, &above, "777");
+    refused(&mnt.join("new"), &above, "777");
+    assert!(!mnt.join("new").exists(), "nothing created");
+    chmod(&above, 0o700);
+}
+
+/// The btrfs twin of `security_state_dir`'s
+/// `a_local_user_cannot_list_or_read_a_volume_or_snapshot_through_the_host_path`:
+/// `data/`, `snapshot/` and `.volmgr/` (stage, trash) were 0755, so any
+/// local user listed and read every volume and snapshot through the host
+/// path. They are 0700, and one an older version made 0755 is made 0700 at
+/// the next open; a root the provider creates is 0700.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_user_cannot_list_or_read_a_btrfs_volume_or_snapshot_through_the_host_path() {
+    let test = "a_local_user_cannot_list_or_read_a_btrfs_volume_or_snapshot_through_the_host_path";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    // Everything above the root traversable by others: only the
+    // provider's own modes keep them out.
+    chmod(fs.path().parent().unwrap(), 0o755);
+    chmod(fs.path(), 0o755);
+    let root = fs.path().join("volumes");
+    let state = tempfile::tempdir().unwrap();
+    let hidden = |v: &Path, s: &Path| {
+        for dir in [v, s] {
+            for argv in [
+                vec!["ls", dir.to_str().unwrap()],
+                vec!["cat", &*format!("{}/secret", dir.display())],
+            ] {
+                let out = as_nobody(&argv);
+                assert!(
+                    !out.status.success()
+                        && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+                    "{argv:?} as nobody: {out:?}"
+                );
+            }
+        }
+        for own in ["data", "snapshot", ".volmgr"] {
+            let out = as_nobody(&["ls", root.join(own).to_str().unwrap()]);
+            assert!(!out.status.success(), "ls {own} as nobody: {out:?}");
+        }
+    };
+    let m = open_with_provider(state.path(), &root).await;
+    let v = m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    let v = PathBuf::from(v.location);
+    std::fs::write(v.join("secret"), b"tenant data").unwrap();
+    chmod(&v.join("secret"), 0o644);
+    let s = m
+        .create_snapshot_as("v", Some("s"), Meta::new())
+        .await
+        .unwrap();
+    let s = PathBuf::from(s.location);
+    hidden(&v, &s);
+    assert_eq!(mode(&root), 0o700, "a root the provider made");
+    m.close().await;
+
+    for dir in [
+        "",
+        "data",
+        "snapshot",
+        ".volmgr",
+        ".volmgr/stage",
+        ".volmgr/trash",
+    ] {
+        chmod(&root.join(dir), 0o755);
+    }
+    let m = open_with_provider(state.path(), &root).await;
+    for dir in [
+        "data",
+        "snapshot",
+        ".volmgr",
+        ".volmgr/stage",
+        ".volmgr/trash",
+    ] {
+        assert_eq!(mode(&root.join(dir)), 0o700, "{dir}");
+    }
+    assert_eq!(mode(&root), 0o755, "an existing root is left as it is");
+    hidden(&v, &s);
+    assert_eq!(std::fs::read(v.join("secret")).unwrap(), b"tenant data");
+    m.close().await;
+}

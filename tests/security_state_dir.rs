@@ -416,3 +416,210 @@ fn a_dir_provider_root_another_user_can_change_is_refused() {
     chmod(tmp.path(), 0o1777);
     DirProvider::new(tmp.path().join("ours")).expect("a root of ours");
 }
+
+/// Asserts that `argv`, run as nobody, is refused by a mode (a volume's
+/// content seen through the host path).
+#[track_caller]
+fn refused_to_nobody(argv: &[&str]) {
+    let out = as_nobody(argv);
+    assert!(
+        !out.status.success(),
+        "{argv:?} as nobody: {}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{argv:?}: {}",
+        describe(&out)
+    );
+}
+
+/// Every way into the content of `v` (holding `secret`) and of its snapshot
+/// `s` through `root`, and the provider's own areas (markers, staging of
+/// received streams, trash), refused to nobody.
+fn assert_volumes_hidden_from_nobody(root: &Path, v: &Path, s: &Path) {
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    for dir in [v, s] {
+        refused_to_nobody(&["ls", &path(dir)]);
+        refused_to_nobody(&["cat", &path(&dir.join("secret"))]);
+    }
+    for own in ["data", "snapshot", ".volmgr", ".staging", ".trash"] {
+        refused_to_nobody(&["ls", &path(&root.join(own))]);
+    }
+}
+
+/// A local user listed and read every volume and snapshot through the host
+/// path: the state directory was made 0755 by the agent, and the dir
+/// provider's root and all its directories (`data/`, `snapshot/`,
+/// `.volmgr/`, `.staging/`, `.trash/`) 0755 too. Containers reach a volume
+/// through the bind mount root makes, so nobody needs to traverse them: the
+/// provider makes its directories 0700 (and tightens those an older version
+/// made looser once it holds the root), and a root it creates 0700.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_user_cannot_list_or_read_a_volume_or_snapshot_through_the_host_path() {
+    use volmgr::manager::{Manager, ManagerConfig};
+    use volmgr::state::Meta;
+    if !root_or_skip("a_local_user_cannot_list_or_read_a_volume_or_snapshot_through_the_host_path")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    chmod(tmp.path(), 0o755);
+    // A state directory others may traverse (the operator's choice, or
+    // made by an older agent): only the provider's own modes protect.
+    let state = traversable_state(tmp.path());
+    let root = state.join("volumes");
+    let config = [("root".to_owned(), root.to_str().unwrap().to_owned())]
+        .into_iter()
+        .collect();
+    let m = Manager::open(&state, ManagerConfig::default())
+        .await
+        .unwrap();
+    m.add_provider("p", "dir", config).await.unwrap();
+    let v = m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    let v = std::path::PathBuf::from(&v.location);
+    fs::write(v.join("secret"), b"tenant data").unwrap();
+    chmod(&v.join("secret"), 0o644);
+    let s = m
+        .create_snapshot_as("v", Some("s"), Meta::new())
+        .await
+        .unwrap();
+    let s = std::path::PathBuf::from(&s.location);
+    assert_eq!(fs::read(s.join("secret")).unwrap(), b"tenant data");
+    assert_volumes_hidden_from_nobody(&root, &v, &s);
+    assert_eq!(mode(&root), 0o700, "a root the provider made");
+    m.close().await;
+
+    // What an older version left: every directory 0755. The root is the
+    // operator's to set; the provider's own directories are tightened.
+    for dir in [
+        "",
+        "data",
+        "snapshot",
+        ".volmgr",
+        ".volmgr/data",
+        ".volmgr/snapshot",
+        ".volmgr/modes",
+        ".staging",
+        ".trash",
+    ] {
+        chmod(&root.join(dir), 0o755);
+    }
+    let m = Manager::open(&state, ManagerConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(mode(&root), 0o755, "an existing root is left as it is");
+    for dir in ["data", "snapshot", ".volmgr", ".staging", ".trash"] {
+        assert_eq!(mode(&root.join(dir)), 0o700, "{dir}");
+    }
+    assert_volumes_hidden_from_nobody(&root, &v, &s);
+    // Through a bind mount root makes (a container's, a CSI publish), any
+    // user the volume's own modes let in still reads it.
+    let target = tmp.path().join("target");
+    fs::create_dir(&target).unwrap();
+    let mounted = BindMount::new(&v, &target);
+    let out = as_nobody(&["cat", target.join("secret").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(out.stdout, b"tenant data");
+    drop(mounted);
+    m.close().await;
+}
+
+/// A bind mount of `source` at `target`, unmounted on drop.
+struct BindMount(std::path::PathBuf);
+
+impl BindMount {
+    fn new(source: &Path, target: &Path) -> BindMount {
+        let out = Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(target)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        BindMount(target.to_owned())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The agent made its state directory 0755 (`create_dir_all`), where the
+/// library makes it 0700: with the default provider root under it, every
+/// volume was one `ls` away. Made 0700 like the library's.
+#[test]
+fn the_agent_makes_its_state_directory_private() {
+    if !root_or_skip("the_agent_makes_its_state_directory_private") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    chmod(tmp.path(), 0o1777);
+    let state = tmp.path().join("volmgr");
+    let mut agent = process::ServeProcess::start(&state, &[]);
+    refused_to_nobody(&["ls", state.to_str().unwrap()]);
+    refused_to_nobody(&["ls", state.join("volumes/data").to_str().unwrap()]);
+    assert_eq!(mode(&state), 0o700, "the state directory");
+    assert_eq!(mode(&state.join("volumes")), 0o700, "the default root");
+    assert!(agent.terminate().success());
+}
+
+/// Segments and checkpoints written before files were made 0600 stayed
+/// 0644 for good (only new files got 0600): any user who could reach them
+/// (a `journal/` an older version left 0755, or one an operator opened)
+/// read every volume's id, meta and provider configuration. Opening the
+/// journal for writing makes every file in `journal/` and `checkpoints/`
+/// 0600, once it holds the lock.
+#[tokio::test]
+async fn segments_and_checkpoints_an_older_version_left_readable_are_made_private_at_open() {
+    use volmgr::state::{Done, OpResult};
+    if !root_or_skip(
+        "segments_and_checkpoints_an_older_version_left_readable_are_made_private_at_open",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    chmod(tmp.path(), 0o755);
+    let state = traversable_state(tmp.path());
+    let journal = open(&state).unwrap();
+    let record = Record::Outcome {
+        op: uuid::Uuid::from_u128(1),
+        at_ms: 1,
+        result: OpResult::Done(Done::default()),
+    };
+    let seq = journal.append(&record).await.unwrap();
+    journal.checkpoint(seq, vec![1, 2, 3]).await.unwrap();
+    journal.close().await;
+    let files: Vec<std::path::PathBuf> = ["journal", "checkpoints"]
+        .iter()
+        .flat_map(|dir| {
+            let dir = state.join(dir);
+            names(&dir).into_iter().map(move |n| dir.join(n))
+        })
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "ckpt")),
+        "{files:?}"
+    );
+    // What an older version left.
+    for file in &files {
+        chmod(file, 0o644);
+    }
+    chmod(&state.join("journal"), 0o755);
+    chmod(&state.join("checkpoints"), 0o755);
+
+    let journal = open(&state).unwrap();
+    // Reachable again (an operator's `chmod`, a backup tool's copy of the
+    // directory modes): the files' own modes keep others out.
+    chmod(&state.join("journal"), 0o755);
+    chmod(&state.join("checkpoints"), 0o755);
+    for file in &files {
+        refused_to_nobody(&["cat", file.to_str().unwrap()]);
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    journal.close().await;
+}

@@ -103,3 +103,106 @@ async fn received_and_created_datasets_run_no_setuid_binary_and_open_no_device()
     a.close().await;
     b.close().await;
 }
+
+/// Runs `argv` as user and group nobody (65534), no supplementary groups.
+fn as_nobody(argv: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(argv)
+        .output()
+        .expect("setpriv runs (util-linux)")
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Story: `zfs mount` made the mount points' parents under the provider's
+/// workdir 0755 (`<workdir>/mnt/data/<id>`; by default under
+/// `/var/lib/volmgr/zfs`), so any local user listed and read every data
+/// volume, and every snapshot through its `.zfs/snapshot/<id>`, through
+/// the host path; and the workdir's path was not checked at all (root
+/// mounts volumes there). The dir and btrfs twins:
+/// `security_state_dir`'s and `btrfs_provider`'s
+/// `a_local_user_cannot_list_or_read_..._through_the_host_path`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_user_cannot_list_or_read_a_zfs_volume_or_snapshot_through_the_host_path() {
+    let test = "a_local_user_cannot_list_or_read_a_zfs_volume_or_snapshot_through_the_host_path";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let m = Manager::open(state.path(), manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    let v = m.create_volume("default", None, Meta::new()).await.unwrap();
+    let v_dir = Path::new(&v.location).to_owned();
+    std::fs::write(v_dir.join("secret"), b"tenant data").unwrap();
+    std::fs::set_permissions(v_dir.join("secret"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = m.create_snapshot(&v.id, Meta::new()).await.unwrap();
+    let s_dir = Path::new(&s.location).to_owned();
+    assert_eq!(std::fs::read(s_dir.join("secret")).unwrap(), b"tenant data");
+    // Every directory from the workdir up traversable by others (o+rx
+    // added, nothing taken: /tmp stays 1777): only the mounts directory's
+    // own mode keeps them out.
+    let mounts = pool.workdir.join("mnt");
+    for dir in pool.workdir.ancestors() {
+        let m = mode(dir);
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(m | 0o005)).unwrap();
+    }
+    let hidden = || {
+        for dir in [&v_dir, &s_dir] {
+            for argv in [
+                vec!["ls", dir.to_str().unwrap()],
+                vec!["cat", &*format!("{}/secret", dir.display())],
+            ] {
+                let out = as_nobody(&argv);
+                assert!(
+                    !out.status.success()
+                        && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+                    "{argv:?} as nobody: {out:?}"
+                );
+            }
+        }
+        let out = as_nobody(&["ls", mounts.to_str().unwrap()]);
+        assert!(
+            !out.status.success(),
+            "ls {} as nobody: {out:?}",
+            mounts.display()
+        );
+    };
+    hidden();
+    assert_eq!(mode(&mounts), 0o700);
+    m.close().await;
+
+    // What an older version left (`zfs mount` made it 0755): made private
+    // at the next open.
+    std::fs::set_permissions(&mounts, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let m = Manager::open(state.path(), manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    assert_eq!(mode(&mounts), 0o700);
+    hidden();
+    m.close().await;
+
+    // A workdir in a directory another user can write (not sticky) is
+    // refused, naming it, before anything is made there.
+    let shared = pool.workdir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut config = pool.provider_config();
+    config.insert(
+        "workdir".to_owned(),
+        shared.join("work").to_str().unwrap().to_owned(),
+    );
+    let err = volmgr::provider::zfs::ZfsProvider::from_config(&config)
+        .expect_err("a workdir another user can change");
+    let text = err.to_string();
+    assert!(
+        text.contains("zfs workdir")
+            && text.contains(&format!("{}: has mode 777", shared.display())),
+        "{text}"
+    );
+    assert!(!shared.join("work").exists(), "nothing made");
+}

@@ -35,7 +35,7 @@ use crate::agent::{Agent, DEFAULT_LISTEN, Limits, Peers, ServeOptions};
 use crate::csi::{CsiOptions, CsiServer};
 use crate::manager::{DEFAULT_PROVIDER_ID, Manager, ManagerConfig, ReconcileReport};
 use crate::provider::ProviderConfig;
-use crate::storage::RealStorage;
+use crate::storage::{RealStorage, Storage};
 
 /// Environment variable holding the bearer token (when no `--token-file`).
 pub const ENV_TOKEN: &str = "VOLMGR_TOKEN";
@@ -496,7 +496,10 @@ async fn serve(args: ServeArgs, given: Option<String>, peers: Peers) -> i32 {
     if let Err(e) = crate::journal::check_state_dir(&RealStorage, &args.state_dir) {
         return failure(&e.to_string());
     }
-    if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
+    // Made 0700, like the library's `Journal::open` makes it (and any
+    // missing parent): the default provider root lies inside, and nothing
+    // in it is any other user's business (README, "State directory").
+    if let Err(e) = RealStorage.create_dir_all(&args.state_dir) {
         return failure(&format!(
             "creating the state directory {}: {e}",
             args.state_dir.display()

@@ -184,6 +184,32 @@ fn restrict_own_dir_as(path: &Path, me: u32) -> Result<bool, Untrusted> {
     Ok(true)
 }
 
+/// Makes a file volmgr keeps in a private directory of its own (a journal
+/// segment, a checkpoint) 0600 if its mode differs: older versions wrote
+/// them 0644. Only a regular file is changed; anything else there (a
+/// symlink, never followed; a FIFO) is left to its reader, which refuses
+/// it naming what it is. `Ok(true)` if a regular file is there. The
+/// directory passed [`restrict_own_dir`], so no other user can swap the
+/// entry between the `lstat` and the `chmod`.
+pub fn restrict_own_file(path: &Path) -> Result<bool, Untrusted> {
+    let Some(md) = lstat_if_present(path)? else {
+        return Ok(false);
+    };
+    if !md.is_file() {
+        return Ok(false);
+    }
+    if md.mode() & 0o7777 != 0o600 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| Untrusted {
+            path: path.to_owned(),
+            reason: format!(
+                "has mode {:o} and cannot be made 0600: {e}",
+                md.mode() & 0o7777
+            ),
+        })?;
+    }
+    Ok(true)
+}
+
 /// `path`'s own metadata if present; a symlink there (where volmgr makes
 /// a `makes`, never through a link) is refused.
 fn lstat_not_symlink(path: &Path, makes: &str) -> Result<Option<Metadata>, Untrusted> {
@@ -559,6 +585,17 @@ mod tests {
             0o700,
             "made private"
         );
+        let segment = dir.join("00000000000000000001.seg");
+        assert_eq!(restrict_own_file(&segment), Ok(false));
+        fs::write(&segment, b"").unwrap();
+        chmod(&segment, 0o644);
+        assert_eq!(restrict_own_file(&segment), Ok(true));
+        assert_eq!(fs::metadata(&segment).unwrap().mode() & 0o7777, 0o600);
+        let slink = dir.join("00000000000000000002.seg");
+        symlink(&file, &slink).unwrap();
+        chmod(&file, 0o644);
+        assert_eq!(restrict_own_file(&slink), Ok(false), "never followed");
+        assert_eq!(fs::metadata(&file).unwrap().mode() & 0o7777, 0o644);
         let dlink = tmp.path().join("checkpoints");
         symlink(&dir, &dlink).unwrap();
         assert!(restrict_own_dir_as(&dlink, euid()).is_err());

@@ -183,6 +183,9 @@ impl<R: JournalRecord> Journal<R> {
         let identity = identity::open_identity(storage.as_ref(), state_dir)?;
         remove_temp_files(storage.as_ref(), &journal_dir)?;
         remove_temp_files(storage.as_ref(), &checkpoint_dir)?;
+        // Under the lock: what an older version wrote 0644 is made 0600.
+        restrict_files(storage.as_ref(), &journal_dir)?;
+        restrict_files(storage.as_ref(), &checkpoint_dir)?;
         // Likewise a rename or removal a killed process did not sync.
         writer::sync_dir(storage.as_ref(), &journal_dir)?;
         writer::sync_dir(storage.as_ref(), &checkpoint_dir)?;
@@ -695,6 +698,24 @@ fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> Result<(), JournalEr
         }
         Err(e) => Err(JournalError::io(parent, "fsync directory", e)),
     }
+}
+
+/// Makes every regular file in `dir` (`journal/` or `checkpoints/`, which
+/// passed [`check_state_dir`]) 0600 if its mode differs
+/// ([`Trusted::PrivateFile`]): segments and checkpoints hold every volume's
+/// id, meta and provider configuration, and versions before 0600 wrote
+/// them 0644. One `lstat` a file, at each open that holds the lock.
+fn restrict_files(storage: &dyn Storage, dir: &Path) -> Result<(), JournalError> {
+    let names = storage
+        .list_dir(dir)
+        .map_err(|e| JournalError::io(dir, "list directory", e))?;
+    for name in names {
+        let path = dir.join(name);
+        storage
+            .check_trusted(&path, Trusted::PrivateFile)
+            .map_err(|e| JournalError::io(&path, "make private", e))?;
+    }
+    Ok(())
 }
 
 // Our own temporary names, `.<name>.tmp`: lowercase by construction.

@@ -25,6 +25,21 @@
 //! another provider (any ancestor holding `.volmgr`) is refused too; the
 //! manager also refuses overlapping roots and roots inside volumes.
 //!
+//! # Modes
+//!
+//! A local user must not list or read a volume through the host path, and
+//! nobody needs to: containers reach a volume through the bind mount root
+//! makes of its location (a CSI publish is such a bind mount too), which
+//! needs no traversal of the parents by anyone else. So every directory
+//! the provider keeps under the root (`data/`, `snapshot/`, `.volmgr/` and
+//! its directories, `.staging/` with each receive's area, `.trash/`) is
+//! 0700, made so when created and, at every open once the root is claimed
+//! (under its lock), when an older version left it looser: they are ours.
+//! A root the provider creates is 0700 too (its missing ancestors 0755);
+//! an existing root is the operator's and keeps its mode. A volume's own
+//! directory keeps the mode its tenant gives it (0755 when created): it is
+//! what the container sees at the mount point.
+//!
 //! # The root's owner
 //!
 //! A root belongs to one agent (one state directory). A provider built by a
@@ -925,7 +940,7 @@ impl Provider for DirProvider {
         let staging = self.staging(spec.op);
         self.remove_own_tree(&staging)?;
         self.layout
-            .mkdir(&staging, 0o777)
+            .mkdir(&staging, root::PRIVATE_DIR_MODE)
             .map_err(|e| ProviderError::io(format!("creating {}", staging.display()), e))?;
         let received = self
             .receive_staged(target.id, &tpath, spec, &staging, input)

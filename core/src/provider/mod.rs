@@ -601,6 +601,32 @@ pub trait Provider: Send + Sync + fmt::Debug {
     }
 }
 
+/// Refuses a provider root whose path another user could change (the rule
+/// of `fsutil::trust`, the one the state directory passes; the root itself
+/// owned by root or the effective uid): volmgr, as root, creates, renames
+/// and removes volumes there, so a user who can swap a directory on the
+/// way (a btrfs mount point's parent, say) could point that at any place.
+/// A missing root passes if its existing ancestors do (the provider then
+/// creates it and checks again). Every open checks: an existing root that
+/// fails is refused too. `label` names the root in the error (`root`,
+/// `btrfs root`, `zfs workdir`).
+pub(crate) fn refuse_untrusted_root(
+    label: &str,
+    root: &std::path::Path,
+) -> Result<(), ProviderError> {
+    use crate::fsutil::trust::{Last, check_dir_path_to_create};
+    check_dir_path_to_create(root, Last::RootOrEuid)
+        .map(drop)
+        .map_err(|u| {
+            ProviderError::InvalidConfig(format!(
+                "{label} {}: another user could change its path: {u} (an existing {label} is \
+                 refused too: fix the owner or mode named, or choose another {label}; README, \
+                 \"State directory\")",
+                root.display()
+            ))
+        })
+}
+
 /// Bytes available to an unprivileged writer on the file system holding
 /// `path` (statvfs `f_bavail * f_frsize`).
 pub fn statvfs_available(path: &std::path::Path) -> Result<u64, ProviderError> {

@@ -62,6 +62,11 @@ pub enum Trusted {
     /// A file volmgr keeps in the state directory (`LOCK`, `IDENTITY`):
     /// never a symlink, a regular file, ours, not group/other-writable.
     OwnFile,
+    /// A file in a private directory (a segment in `journal/`, a
+    /// checkpoint): a regular file is made 0600 if its mode differs (older
+    /// versions wrote them 0644); anything else is left to its reader.
+    /// Checked by an open that holds the lock.
+    PrivateFile,
 }
 
 /// An open file: positioned I/O only, so concurrent readers need no cursor.
@@ -249,6 +254,7 @@ impl Storage for RealStorage {
             Trusted::StateDir => trust::check_dir_path_to_create(path, trust::Last::Euid).map(drop),
             Trusted::PrivateDir => trust::restrict_own_dir(path).map(drop),
             Trusted::OwnFile => trust::check_own_file(path).map(drop),
+            Trusted::PrivateFile => trust::restrict_own_file(path).map(drop),
         }
         .map_err(trust::Untrusted::into_io)
     }

@@ -7,8 +7,15 @@
 //! `root` (required): an absolute directory inside a mounted btrfs file system
 //! (checked with `statfs`, magic `0x9123683E`). It is created if missing, but
 //! only when its parent is already on btrfs (so an unmounted file system is an
-//! error, not a directory silently made on the disk below it). Everything the
-//! provider owns lives under it:
+//! error, not a directory silently made on the disk below it). Its path
+//! (the mount point and every directory above it on the way) must be one no
+//! other user can change, the walk of `fsutil::trust` a `dir` root passes:
+//! else [`ProviderError::InvalidConfig`], before anything is created, on
+//! every open. A root the provider creates is 0700, and so are `data/`,
+//! `snapshot/` and `.volmgr/` (with `stage/` and `trash/`), tightened at
+//! every open if an older version left them 0755: no other user lists or
+//! reads a volume through the host path (containers reach it through the
+//! bind mount root makes). Everything the provider owns lives under it:
 //!
 //! ```text
 //! <root>/data/<id>/tag          ownership tag of data volume <id>
@@ -301,6 +308,31 @@ fn stderr_text(e: &ProviderError) -> String {
     }
 }
 
+/// Mode of the directories the provider keeps under its root (`data/`,
+/// `snapshot/`, `.volmgr/` with `stage/` and `trash/`) and of a root it
+/// creates: no other user lists or traverses them, so a volume is reached
+/// only through the bind mounts root makes (README, "State directory").
+const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` ([`PRIVATE_DIR_MODE`]; with `recursive`, its missing
+/// parents too, and an existing one is no error), then makes an existing
+/// directory of ours that is more open private. Never through a symlink:
+/// one at `dir` is left to the caller's later open, which refuses it.
+fn make_private_dir(dir: &Path, recursive: bool) -> Result<(), ProviderError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(recursive)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .map_err(io_err(format!("create {}", dir.display())))?;
+    let md = fs::symlink_metadata(dir).map_err(io_err(format!("examine {}", dir.display())))?;
+    if md.is_dir() && md.mode() & 0o7777 != PRIVATE_DIR_MODE {
+        fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+            .map_err(io_err(format!("make {} private (0700)", dir.display())))?;
+    }
+    Ok(())
+}
+
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ProviderError {
     let context = context.into();
     move |e| ProviderError::io(context, e)
@@ -355,12 +387,19 @@ impl BtrfsProvider {
             }
             Ok(())
         };
+        // Before anything is created or read there: the root, the mount
+        // point and every ancestor must be beyond other users' reach, as a
+        // `dir` root's are (the agent, as root, creates and deletes
+        // subvolumes there). Again once made: what was missing may have
+        // been made by another user meanwhile (in a sticky parent).
+        super::refuse_untrusted_root("btrfs root", &root)?;
         if !root.exists() {
             let parent = root.parent().ok_or_else(|| {
                 ProviderError::InvalidConfig(format!("btrfs root {} has no parent", root.display()))
             })?;
             on_btrfs(parent)?;
-            fs::create_dir(&root).map_err(io_err(format!("create {}", root.display())))?;
+            make_private_dir(&root, false)?;
+            super::refuse_untrusted_root("btrfs root", &root)?;
         }
         on_btrfs(&root)?;
         let handle =
@@ -386,8 +425,11 @@ impl BtrfsProvider {
             provider.stage_root(),
             provider.trash_root(),
         ] {
-            fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+            make_private_dir(&dir, true)?;
         }
+        // Ours (the root is claimed): made private however an older
+        // version left them (README, "State directory").
+        make_private_dir(&provider.root.join(META_DIR), true)?;
         if let Err(e) = provider.refuse_unsafe_mount() {
             tracing::warn!(error = %e, "receives into this btrfs provider are refused");
         }

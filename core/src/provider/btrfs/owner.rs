@@ -5,6 +5,8 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use std::os::unix::fs::DirBuilderExt;
+
 use crate::fsutil::HeldLock;
 use crate::model::AgentId;
 
@@ -67,7 +69,10 @@ impl BtrfsProvider {
                 )));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match fs::create_dir(&meta) {
+                match fs::DirBuilder::new()
+                    .mode(super::PRIVATE_DIR_MODE)
+                    .create(&meta)
+                {
                     Ok(()) => {}
                     // Another agent starting on the same new root made it:
                     // the lock below decides which of the two goes on.

@@ -73,9 +73,17 @@ fn decode_root_marker(bytes: &[u8]) -> Result<RootOwner, String> {
     AgentId::from_owner_line(rest).map(RootOwner::Named)
 }
 
-/// Creates `root` and its missing ancestors, each made durable in its
-/// parent: a power cut must not take the root away, and everything under it
-/// with it. An existing root is left as it is.
+/// Mode of every directory the provider keeps (`data/`, `snapshot/`,
+/// `.volmgr/` and its directories, `.staging/`, `.trash/`), and of a root
+/// it creates: no other user may list or traverse them, so a volume's
+/// content is reached only through the bind mounts root makes (see the
+/// parent module's "Modes").
+pub(super) const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `root` (mode [`PRIVATE_DIR_MODE`]) and its missing ancestors
+/// (0755: they only lead to it), each made durable in its parent: a power
+/// cut must not take the root away, and everything under it with it. An
+/// existing root is left as it is (its mode is the operator's).
 fn create_root(layout: &dyn Layout, root: &Path) -> Result<(), ProviderError> {
     let examine = |p: &Path| {
         layout
@@ -91,7 +99,8 @@ fn create_root(layout: &dyn Layout, root: &Path) -> Result<(), ProviderError> {
         probe = p.parent();
     }
     for dir in missing.into_iter().rev() {
-        match layout.create_dir(dir, 0o755) {
+        let mode = if dir == root { PRIVATE_DIR_MODE } else { 0o755 };
+        match layout.create_dir(dir, mode) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(ProviderError::io(format!("creating {}", dir.display()), e)),
@@ -133,27 +142,6 @@ pub(super) fn refuse_nested_root(root: &Path) -> Result<(), ProviderError> {
     Ok(())
 }
 
-/// Refuses a root whose path another user could change (the rule of
-/// `fsutil::trust`, the one the state directory passes; the root itself
-/// owned by root or the effective uid): volmgr, as root, creates, renames
-/// and removes volumes there, so a user who can swap a directory on the way
-/// could point that at any place. A missing root passes if its existing
-/// ancestors do (it is then created and checked again). Every open checks:
-/// an existing root that fails is refused too.
-fn refuse_untrusted_root(root: &Path) -> Result<(), ProviderError> {
-    use crate::fsutil::trust::{Last, check_dir_path_to_create};
-    check_dir_path_to_create(root, Last::RootOrEuid)
-        .map(drop)
-        .map_err(|u| {
-            ProviderError::InvalidConfig(format!(
-                "{CONFIG_ROOT} {}: another user could change its path: {u} (an existing root \
-                 is refused too: fix the owner or mode named, or choose another root; README, \
-                 \"State directory\")",
-                root.display()
-            ))
-        })
-}
-
 impl DirProvider {
     /// Builds the provider on `layout` (see [`DirProvider::new`]): checks
     /// the root's path, creates it if missing, claims it, creates the
@@ -182,7 +170,7 @@ impl DirProvider {
         }
         if layout.is_kernel() {
             refuse_nested_root(&root)?;
-            refuse_untrusted_root(&root)?;
+            crate::provider::refuse_untrusted_root(CONFIG_ROOT, &root)?;
             // Not followed: the root is opened without following a
             // symlink (`Dir::open`), so a symlink would fail there as "Not
             // a directory", an I/O error for a configuration mistake.
@@ -199,7 +187,7 @@ impl DirProvider {
                     create_root(&*layout, &root)?;
                     // What was missing may have been made by another user
                     // meanwhile (in a sticky parent).
-                    refuse_untrusted_root(&root)?;
+                    crate::provider::refuse_untrusted_root(CONFIG_ROOT, &root)?;
                 }
                 Err(e) => {
                     return Err(ProviderError::io(
@@ -254,7 +242,7 @@ impl DirProvider {
             p.root.join(STAGING),
             p.trash(),
         ] {
-            match p.layout.create_dir(&sub, 0o755) {
+            match p.layout.create_dir(&sub, PRIVATE_DIR_MODE) {
                 Ok(()) => {
                     created.insert(sub.parent().expect("has a parent").to_path_buf());
                 }
@@ -265,6 +253,11 @@ impl DirProvider {
                             sub.display()
                         )));
                     }
+                    // Ours (the root is claimed): one an older version
+                    // made 0755 is made private, as a new one is.
+                    p.layout.set_dir_mode(&sub, PRIVATE_DIR_MODE).map_err(|e| {
+                        ProviderError::io(format!("making {} private", sub.display()), e)
+                    })?;
                 }
                 Err(e) => {
                     return Err(ProviderError::io(format!("creating {}", sub.display()), e));
@@ -336,7 +329,7 @@ impl DirProvider {
                     if names.len() > 3 { ", ..." } else { "" }
                 )));
             }
-            match self.layout.create_dir(&markers, 0o755) {
+            match self.layout.create_dir(&markers, PRIVATE_DIR_MODE) {
                 Ok(()) => {}
                 // Another agent starting on the same empty root made it:
                 // the lock below decides which of the two goes on.

@@ -8,6 +8,12 @@
 //!   `[A-Za-z0-9_.:/-]`, components non-empty, not `.`/`..`, no leading `-`.
 //! - `workdir` (default `/var/lib/volmgr/zfs`): data volumes are mounted at
 //!   `<workdir>/mnt/data/<id>` (`mountpoint_base` is accepted as its alias).
+//!   At every open, `<workdir>/mnt` and every directory above it pass the
+//!   walk a `dir` root passes (`fsutil::trust`: root mounts volumes there),
+//!   else [`ProviderError::InvalidConfig`]; it is made 0700 (a missing
+//!   workdir too), or made so if looser (`zfs mount` made it 0755 before),
+//!   so no other user lists or reads a volume, or a snapshot through its
+//!   `.zfs/snapshot`, through the host path (`setup::private_mounts`).
 //! - `pool_vdev` (optional, absolute path): a sparse file vdev. If the pool
 //!   (the dataset's first component) is not imported, an existing file is
 //!   imported (`zpool import -d FILE POOL`), never overwritten; a missing one

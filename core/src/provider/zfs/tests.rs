@@ -226,3 +226,41 @@ fn a_root_lock_directory_others_could_change_is_refused() {
         "nothing made through it"
     );
 }
+
+#[test]
+fn the_mounts_directory_is_private_and_its_path_beyond_other_users() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    let chmod = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let workdir = tmp.path().join("work");
+    setup::private_mounts(&workdir).unwrap();
+    assert_eq!(mode(&workdir.join("mnt")), 0o700, "made private");
+    // `zfs mount` made it 0755 before: made private at the next open.
+    chmod(&workdir.join("mnt"), 0o755);
+    setup::private_mounts(&workdir).unwrap();
+    assert_eq!(mode(&workdir.join("mnt")), 0o700, "tightened");
+
+    // A workdir in a directory anyone can write (not sticky): refused,
+    // naming it, existing or not, and nothing made.
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    for exists in [false, true] {
+        let workdir = open.join("work");
+        if exists {
+            std::fs::create_dir(&workdir).unwrap();
+        }
+        let err = setup::private_mounts(&workdir).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, ProviderError::InvalidConfig(_))
+                && text.contains("zfs workdir")
+                && text.contains(&format!("{}: has mode 777", open.display())),
+            "{err:?}"
+        );
+        assert!(!workdir.join("mnt").exists(), "nothing made");
+    }
+}
