@@ -420,7 +420,7 @@ impl<R: JournalRecord> Journal<R> {
     /// is stored as given: a caller's encoded state goes through
     /// [`Journal::checkpoint_of`], which checks that it decodes.
     pub async fn checkpoint(&self, seq: u64, payload: Vec<u8>) -> Result<(), JournalError> {
-        self.store_checkpoint(seq, payload, |_| Ok(())).await
+        self.store_checkpoint(seq, payload, Ok).await
     }
 }
 
@@ -450,17 +450,23 @@ impl<R: JournalRecord> Journal<R> {
                 let payload = state
                     .finish()
                     .map_err(|reason| JournalError::Rebuild { seq, reason })?;
-                codec::decode_checkpoint::<T>(&payload).map_err(|reason| {
-                    JournalError::CheckpointUndecodable {
-                        seq,
-                        len: payload.len(),
-                        reason,
-                    }
-                })?;
-                Ok(payload)
+                decoding_as::<T>(seq, payload)
             })
         })
         .await
+    }
+}
+
+/// `payload` if it decodes as a `T`, as open will decode it; else
+/// [`JournalError::CheckpointUndecodable`] (see [`Journal::checkpoint_of`]).
+fn decoding_as<T: DeserializeOwned>(seq: u64, payload: Vec<u8>) -> Result<Vec<u8>, JournalError> {
+    match codec::decode_checkpoint::<T>(&payload) {
+        Ok(_) => Ok(payload),
+        Err(reason) => Err(JournalError::CheckpointUndecodable {
+            seq,
+            len: payload.len(),
+            reason,
+        }),
     }
 }
 
@@ -491,31 +497,20 @@ impl<R> Journal<R> {
         seq: u64,
         payload: Vec<u8>,
     ) -> Result<(), JournalError> {
-        self.store_checkpoint(seq, payload, |p| {
-            codec::decode_checkpoint::<T>(p).map(|_| ())
-        })
-        .await
+        self.store_checkpoint(seq, payload, move |p| decoding_as::<T>(seq, p))
+            .await
     }
 
-    /// Stores `payload` if `check` accepts it, on the blocking pool.
+    /// Stores what `check` makes of `payload`, on the blocking pool.
     async fn store_checkpoint(
         &self,
         seq: u64,
         payload: Vec<u8>,
-        check: impl FnOnce(&[u8]) -> Result<(), String> + Send + 'static,
+        check: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, JournalError> + Send + 'static,
     ) -> Result<(), JournalError> {
         let committer = self.committer.clone();
-        self.on_blocking_pool(move || {
-            committer.checkpoint_with(seq, || {
-                check(&payload).map_err(|reason| JournalError::CheckpointUndecodable {
-                    seq,
-                    len: payload.len(),
-                    reason,
-                })?;
-                Ok(payload)
-            })
-        })
-        .await
+        self.on_blocking_pool(move || committer.checkpoint_with(seq, || check(payload)))
+            .await
     }
 
     /// Runs a checkpoint's `work` on the blocking pool.
