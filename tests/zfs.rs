@@ -1730,6 +1730,63 @@ async fn a_second_agent_cannot_add_or_open_on_a_zfs_root_another_agent_owns() {
     a.close().await;
 }
 
+/// A root dataset inside another agent's tree is refused: with A owning
+/// `<pool>/volmgr`, B configured with `<pool>/volmgr/inner/b` (missing, like
+/// `inner`) would have created it with its own `volmgr:root-owner` set
+/// locally, hiding the one it inherits from A's root, and claimed it. It is
+/// refused before anything is created, naming A; an existing dataset there
+/// inheriting A's owner is refused too (`claim_root`), and A's own nested
+/// root is no other agent's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_inside_another_agents_tree_is_refused_before_it_is_made() {
+    let test = "a_root_inside_another_agents_tree_is_refused_before_it_is_made";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let states = tempfile::tempdir().unwrap();
+    let a = Manager::open(
+        states.path().join("a"),
+        manager_config(pool.provider_config()),
+    )
+    .await
+    .unwrap();
+    let nested = format!("{}/inner/b", pool.dataset());
+    let mut config = pool.provider_config();
+    config.insert("dataset".into(), nested.clone());
+    let exists = |name: &str| {
+        Command::new("zfs")
+            .args(["list", "-H", name])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let b = Manager::open(states.path().join("b"), ManagerConfig::default())
+        .await
+        .unwrap();
+    let err = b
+        .add_provider("p", KIND, config.clone())
+        .await
+        .expect_err("inside A's root");
+    assert_foreign_dataset(&err, &nested, a.agent_id());
+    assert!(!exists(&nested) && !exists(&format!("{}/inner", pool.dataset())));
+    // Made by someone else meanwhile: it inherits A's owner, refused as such.
+    zfs_out(&["create", "-p", &nested]);
+    let err = b
+        .add_provider("p", KIND, config.clone())
+        .await
+        .expect_err("inherits A's owner");
+    assert_foreign_dataset(&err, &nested, a.agent_id());
+    b.close().await;
+    // A itself may keep a second root in its own tree (its own workdir).
+    let work = tempfile::tempdir().unwrap();
+    config.insert("workdir".into(), work.path().to_string_lossy().into_owned());
+    a.add_provider("nested", KIND, config)
+        .await
+        .expect("A's own tree");
+    a.close().await;
+}
+
 /// Two agents of one host starting together on one unowned root dataset
 /// (story: `tests/root_owner.rs`, for the directory provider): the claim
 /// was `zfs get`, then `zfs set`, so both could read "unset" and both set

@@ -59,6 +59,11 @@
 //! from a dataset above (a root inside another agent's tree), is refused
 //! ([`ProviderError::ForeignRoot`]: two agents on one dataset would each take
 //! the other's datasets for orphans); anything else is refused as damaged.
+//! A missing root is refused the same way before it is made when the
+//! nearest existing dataset above it names another agent (set there or
+//! inherited): the `create -o` would set ours locally and hide the owner
+//! it inherits. (Two agents creating nested roots at the same instant, each
+//! finding nothing above, are not yet caught: a per-pool claim lock would.)
 //! Children inherit the property, which nothing reads below the root. A
 //! provider built without an owner ([`ZfsProvider::from_config`]: tools and
 //! tests outside a manager) neither reads nor sets it. Handing a root to

@@ -296,6 +296,12 @@ impl ZfsProvider {
         let owned = owner.map(|o| format!("{P_ROOT_OWNER}={o}"));
         for (name, is_root) in [(self.dataset.clone(), true), (self.data_root(), false)] {
             if Self::list(&name, false)?.is_empty() {
+                if is_root && let Some(owner) = owner {
+                    // Created with our owner set locally, the new root
+                    // would hide the owner it inherits: a root inside
+                    // another agent's tree is refused before it is made.
+                    self.refuse_root_in_foreign_tree(owner)?;
+                }
                 let mut cmd = Cmd::new("zfs").arg("create").arg("-p");
                 for prop in ["mountpoint=none", SETUID_OFF, DEVICES_OFF] {
                     cmd = cmd.arg("-o").arg(prop);
@@ -379,9 +385,42 @@ impl ZfsProvider {
         }
     }
 
+    /// [`ProviderError::ForeignRoot`] if the nearest existing dataset above
+    /// the (missing) root dataset has `volmgr:root-owner` naming another
+    /// agent, set there or inherited: the root would be made inside that
+    /// agent's tree. One `zfs get` per missing level above the root, and
+    /// one for the first existing one (its value holds what it inherits).
+    /// An unset or unreadable value there is no owner: nothing to refuse.
+    fn refuse_root_in_foreign_tree(&self, owner: AgentId) -> Result<(), ProviderError> {
+        let mut above = self.dataset.as_str();
+        // Bounded: each round drops one component; the pool has none left.
+        while let Some((parent, _)) = above.rsplit_once('/') {
+            above = parent;
+            match Self::owner_of(above) {
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(e),
+                Ok((value, _)) => {
+                    return match AgentId::parse(&value) {
+                        Ok(named) if named != owner => Err(ProviderError::ForeignRoot {
+                            root: self.dataset.clone(),
+                            owner: named.to_string(),
+                        }),
+                        _ => Ok(()),
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `volmgr:root-owner` of the root dataset: its value and source, as
     /// `zfs get -H -p -o value,source` prints them (`-`, `-` when unset).
     fn root_owner(&self) -> Result<(String, String), ProviderError> {
+        Self::owner_of(&self.dataset)
+    }
+
+    /// `volmgr:root-owner` of dataset `name` (see [`ZfsProvider::root_owner`]).
+    fn owner_of(name: &str) -> Result<(String, String), ProviderError> {
         let out = Cmd::new("zfs")
             .arg("get")
             .arg("-H")
@@ -389,14 +428,13 @@ impl ZfsProvider {
             .arg("-o")
             .arg("value,source")
             .arg(P_ROOT_OWNER)
-            .user_arg(&self.dataset)?
+            .user_arg(name)?
             .run()?;
         let text = out.stdout_str();
         let line = text.strip_suffix('\n').unwrap_or(&text);
         let (value, source) = line.split_once('\t').ok_or_else(|| {
             ProviderError::Other(format!(
-                "`zfs get {P_ROOT_OWNER} {}` answered {line:?}, not value and source",
-                self.dataset
+                "`zfs get {P_ROOT_OWNER} {name}` answered {line:?}, not value and source"
             ))
         })?;
         Ok((value.to_owned(), source.to_owned()))
