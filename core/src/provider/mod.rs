@@ -601,6 +601,50 @@ pub trait Provider: Send + Sync + fmt::Debug {
     }
 }
 
+/// Mode of the directories a provider keeps (and of a root it creates): no
+/// other user lists or traverses them, so a volume is reached only through
+/// the bind mounts root makes (README, "State directory").
+pub(crate) const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` ([`PRIVATE_DIR_MODE`]; with `recursive`, its missing
+/// parents too, and an existing one is no error), then makes an existing
+/// directory that is more open private, through a handle opened without
+/// following a symlink (`O_NOFOLLOW | O_DIRECTORY`, then `fstat` and
+/// `fchmod`): a directory swapped for a symlink meanwhile is never
+/// followed. A symlink or anything else at `dir` is left as it is, to the
+/// caller's later open, which refuses it.
+pub(crate) fn make_private_dir(
+    dir: &std::path::Path,
+    recursive: bool,
+) -> Result<(), ProviderError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    let failed = |action: &str| {
+        let context = format!("{action} {}", dir.display());
+        move |e| ProviderError::io(context, e)
+    };
+    std::fs::DirBuilder::new()
+        .recursive(recursive)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .map_err(failed("create"))?;
+    let handle = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(dir)
+    {
+        Ok(handle) => handle,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => return Ok(()),
+        Err(e) => return Err(failed("open")(e)),
+    };
+    let md = handle.metadata().map_err(failed("examine"))?;
+    if md.mode() & 0o7777 != PRIVATE_DIR_MODE {
+        handle
+            .set_permissions(std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+            .map_err(failed("make private (0700)"))?;
+    }
+    Ok(())
+}
+
 /// Refuses a provider root whose path another user could change (the rule
 /// of `fsutil::trust`, the one the state directory passes; the root itself
 /// owned by root or the effective uid): volmgr, as root, creates, renames
@@ -665,4 +709,43 @@ pub fn builtin_factories() -> BTreeMap<String, ProviderFactory> {
     factories.insert(btrfs::KIND.to_owned(), btrfs::BtrfsProvider::factory());
     factories.insert(zfs::KIND.to_owned(), zfs::ZfsProvider::factory());
     factories
+}
+
+#[cfg(test)]
+mod private_dir_tests {
+    use super::make_private_dir;
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+
+    fn mode(p: &std::path::Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// A directory is made 0700, an existing looser one is tightened, and a
+    /// symlink at the name (say, swapped in by whoever could) is never
+    /// followed: its target keeps its mode.
+    #[test]
+    fn a_private_dir_is_tightened_but_a_symlink_at_its_name_is_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let made = tmp.path().join("a/b");
+        make_private_dir(&made, true).unwrap();
+        assert_eq!(mode(&made), 0o700);
+        fs::set_permissions(&made, fs::Permissions::from_mode(0o755)).unwrap();
+        make_private_dir(&made, true).unwrap();
+        assert_eq!(mode(&made), 0o700, "tightened");
+
+        let target = tmp.path().join("elsewhere");
+        fs::create_dir(&target).unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
+        let link = tmp.path().join("link");
+        symlink(&target, &link).unwrap();
+        make_private_dir(&link, true).unwrap();
+        assert_eq!(mode(&target), 0o755, "the symlink's target untouched");
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
 }

@@ -308,30 +308,10 @@ fn stderr_text(e: &ProviderError) -> String {
     }
 }
 
-/// Mode of the directories the provider keeps under its root (`data/`,
-/// `snapshot/`, `.volmgr/` with `stage/` and `trash/`) and of a root it
-/// creates: no other user lists or traverses them, so a volume is reached
-/// only through the bind mounts root makes (README, "State directory").
-const PRIVATE_DIR_MODE: u32 = 0o700;
-
-/// Creates `dir` ([`PRIVATE_DIR_MODE`]; with `recursive`, its missing
-/// parents too, and an existing one is no error), then makes an existing
-/// directory of ours that is more open private. Never through a symlink:
-/// one at `dir` is left to the caller's later open, which refuses it.
-fn make_private_dir(dir: &Path, recursive: bool) -> Result<(), ProviderError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    fs::DirBuilder::new()
-        .recursive(recursive)
-        .mode(PRIVATE_DIR_MODE)
-        .create(dir)
-        .map_err(io_err(format!("create {}", dir.display())))?;
-    let md = fs::symlink_metadata(dir).map_err(io_err(format!("examine {}", dir.display())))?;
-    if md.is_dir() && md.mode() & 0o7777 != PRIVATE_DIR_MODE {
-        fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
-            .map_err(io_err(format!("make {} private (0700)", dir.display())))?;
-    }
-    Ok(())
-}
+// The directories the provider keeps under its root (`data/`, `snapshot/`,
+// `.volmgr/` with `stage/` and `trash/`) and a root it creates are
+// `PRIVATE_DIR_MODE`, made with `make_private_dir`.
+use super::{PRIVATE_DIR_MODE, make_private_dir};
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ProviderError {
     let context = context.into();

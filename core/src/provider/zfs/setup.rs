@@ -81,40 +81,19 @@ fn private_lock_dir(dir: &Path) -> Result<crate::fsutil::Dir, ProviderError> {
         .map_err(|e| ProviderError::io(format!("opening {}", dir.display()), e))
 }
 
-/// Mode of `<workdir>/mnt`, above every mount point of the provider's
-/// volumes (and so of their snapshots' `.zfs/snapshot`): no other user
-/// lists or reads a volume through the host path (containers reach it
-/// through the bind mount root makes; README, "State directory").
-const PRIVATE_MOUNTS_MODE: u32 = 0o700;
-
 /// Checks `<workdir>/mnt` and every directory above it with the walk a
 /// `dir` root passes (root mounts volumes there: a user who could swap a
 /// directory on the way could have them mounted anywhere), makes it (and a
-/// missing workdir) [`PRIVATE_MOUNTS_MODE`], or makes an existing one so
+/// missing workdir) [`PRIVATE_DIR_MODE`](crate::provider::PRIVATE_DIR_MODE), or makes an existing one so
 /// if looser (the provider's own: `zfs mount` made it 0755 before), then
 /// checks again (what was missing may have been made by another user
 /// meanwhile, in a sticky parent).
 pub(super) fn private_mounts(workdir: &Path) -> Result<(), ProviderError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     const LABEL: &str = "zfs workdir";
     let mounts = workdir.join("mnt");
     crate::provider::refuse_untrusted_root(LABEL, &mounts)?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(PRIVATE_MOUNTS_MODE)
-        .create(&mounts)
-        .map_err(|e| ProviderError::io(format!("creating {}", mounts.display()), e))?;
-    crate::provider::refuse_untrusted_root(LABEL, &mounts)?;
-    let md = std::fs::metadata(&mounts)
-        .map_err(|e| ProviderError::io(format!("examining {}", mounts.display()), e))?;
-    if md.mode() & 0o7777 != PRIVATE_MOUNTS_MODE {
-        std::fs::set_permissions(
-            &mounts,
-            std::fs::Permissions::from_mode(PRIVATE_MOUNTS_MODE),
-        )
-        .map_err(|e| ProviderError::io(format!("making {} private", mounts.display()), e))?;
-    }
-    Ok(())
+    crate::provider::make_private_dir(&mounts, true)?;
+    crate::provider::refuse_untrusted_root(LABEL, &mounts)
 }
 
 /// Takes the host-local lock of root dataset `dataset` in `dir` (see
