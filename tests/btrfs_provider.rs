@@ -825,15 +825,6 @@ fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
 }
 
-/// Runs `argv` as user and group nobody (65534), no supplementary groups.
-fn as_nobody(argv: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(argv)
-        .output()
-        .expect("setpriv runs (util-linux)")
-}
-
 /// The names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -867,7 +858,7 @@ fn a_btrfs_root_another_user_could_change_is_refused() {
     std::fs::create_dir(&target).unwrap();
     std::fs::write(target.join("passwd"), b"root:x:0:0").unwrap();
     let root = shared.join("volumes");
-    let out = as_nobody(&["ln", "-s", target.to_str().unwrap(), root.to_str().unwrap()]);
+    let out = common::as_nobody(&["ln", "-s", target.to_str().unwrap(), root.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
 
     let refused = |root: &Path, culprit: &Path, shown_mode: &str| {
@@ -918,21 +909,9 @@ async fn a_local_user_cannot_list_or_read_a_btrfs_volume_or_snapshot_through_the
     let root = fs.path().join("volumes");
     let state = tempfile::tempdir().unwrap();
     let hidden = |v: &Path, s: &Path| {
-        for dir in [v, s] {
-            for argv in [
-                vec!["ls", dir.to_str().unwrap()],
-                vec!["cat", &*format!("{}/secret", dir.display())],
-            ] {
-                let out = as_nobody(&argv);
-                assert!(
-                    !out.status.success()
-                        && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-                    "{argv:?} as nobody: {out:?}"
-                );
-            }
-        }
+        common::content_hidden_from_nobody(&[v, s]);
         for own in ["data", "snapshot", ".volmgr"] {
-            let out = as_nobody(&["ls", root.join(own).to_str().unwrap()]);
+            let out = common::as_nobody(&["ls", root.join(own).to_str().unwrap()]);
             assert!(!out.status.success(), "ls {own} as nobody: {out:?}");
         }
     };

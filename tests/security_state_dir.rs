@@ -28,7 +28,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use process::{describe, serve_command, serve_until_exit, volmgr_command};
 use volmgr::journal::{Journal, JournalConfig, JournalError};
@@ -89,15 +89,6 @@ fn names(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-/// Runs `argv` as user and group nobody, no supplementary groups.
-fn as_nobody(argv: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(argv)
-        .output()
-        .expect("setpriv runs (util-linux)")
 }
 
 fn untrusted(e: &JournalError) -> (&Path, &str) {
@@ -167,7 +158,7 @@ fn a_symlink_another_user_planted_at_the_state_directory_name_is_refused() {
     fs::create_dir(&target).unwrap();
     chmod(&target, 0o755);
     let state = tmp.path().join("volmgr");
-    let out = as_nobody(&[
+    let out = common::as_nobody(&[
         "ln",
         "-s",
         target.to_str().unwrap(),
@@ -329,7 +320,7 @@ fn a_local_user_cannot_list_or_read_the_journal() {
         ),
     ] {
         assert_eq!(mode(dir), 0o700, "{}", dir.display());
-        let out = as_nobody(&argv);
+        let out = common::as_nobody(&argv);
         assert!(!out.status.success(), "{argv:?}: {}", describe(&out));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
@@ -417,34 +408,13 @@ fn a_dir_provider_root_another_user_can_change_is_refused() {
     DirProvider::new(tmp.path().join("ours")).expect("a root of ours");
 }
 
-/// Asserts that `argv`, run as nobody, is refused by a mode (a volume's
-/// content seen through the host path).
-#[track_caller]
-fn refused_to_nobody(argv: &[&str]) {
-    let out = as_nobody(argv);
-    assert!(
-        !out.status.success(),
-        "{argv:?} as nobody: {}",
-        describe(&out)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "{argv:?}: {}",
-        describe(&out)
-    );
-}
-
 /// Every way into the content of `v` (holding `secret`) and of its snapshot
 /// `s` through `root`, and the provider's own areas (markers, staging of
 /// received streams, trash), refused to nobody.
 fn assert_volumes_hidden_from_nobody(root: &Path, v: &Path, s: &Path) {
-    let path = |p: &Path| p.to_str().unwrap().to_owned();
-    for dir in [v, s] {
-        refused_to_nobody(&["ls", &path(dir)]);
-        refused_to_nobody(&["cat", &path(&dir.join("secret"))]);
-    }
+    common::content_hidden_from_nobody(&[v, s]);
     for own in ["data", "snapshot", ".volmgr", ".staging", ".trash"] {
-        refused_to_nobody(&["ls", &path(&root.join(own))]);
+        common::refused_to_nobody(&["ls", root.join(own).to_str().unwrap()]);
     }
 }
 
@@ -518,7 +488,7 @@ async fn a_local_user_cannot_list_or_read_a_volume_or_snapshot_through_the_host_
     let target = tmp.path().join("target");
     fs::create_dir(&target).unwrap();
     let mounted = BindMount::new(&v, &target);
-    let out = as_nobody(&["cat", target.join("secret").to_str().unwrap()]);
+    let out = common::as_nobody(&["cat", target.join("secret").to_str().unwrap()]);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(out.stdout, b"tenant data");
     drop(mounted);
@@ -559,8 +529,8 @@ fn the_agent_makes_its_state_directory_private() {
     chmod(tmp.path(), 0o1777);
     let state = tmp.path().join("volmgr");
     let mut agent = process::ServeProcess::start(&state, &[]);
-    refused_to_nobody(&["ls", state.to_str().unwrap()]);
-    refused_to_nobody(&["ls", state.join("volumes/data").to_str().unwrap()]);
+    common::refused_to_nobody(&["ls", state.to_str().unwrap()]);
+    common::refused_to_nobody(&["ls", state.join("volumes/data").to_str().unwrap()]);
     assert_eq!(mode(&state), 0o700, "the state directory");
     assert_eq!(mode(&state.join("volumes")), 0o700, "the default root");
     assert!(agent.terminate().success());
@@ -618,7 +588,7 @@ async fn segments_and_checkpoints_an_older_version_left_readable_are_made_privat
     chmod(&state.join("journal"), 0o755);
     chmod(&state.join("checkpoints"), 0o755);
     for file in &files {
-        refused_to_nobody(&["cat", file.to_str().unwrap()]);
+        common::refused_to_nobody(&["cat", file.to_str().unwrap()]);
         assert_eq!(mode(file), 0o600, "{}", file.display());
     }
     journal.close().await;

@@ -104,15 +104,6 @@ async fn received_and_created_datasets_run_no_setuid_binary_and_open_no_device()
     b.close().await;
 }
 
-/// Runs `argv` as user and group nobody (65534), no supplementary groups.
-fn as_nobody(argv: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(argv)
-        .output()
-        .expect("setpriv runs (util-linux)")
-}
-
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().mode() & 0o7777
@@ -152,20 +143,8 @@ async fn a_local_user_cannot_list_or_read_a_zfs_volume_or_snapshot_through_the_h
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(m | 0o005)).unwrap();
     }
     let hidden = || {
-        for dir in [&v_dir, &s_dir] {
-            for argv in [
-                vec!["ls", dir.to_str().unwrap()],
-                vec!["cat", &*format!("{}/secret", dir.display())],
-            ] {
-                let out = as_nobody(&argv);
-                assert!(
-                    !out.status.success()
-                        && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-                    "{argv:?} as nobody: {out:?}"
-                );
-            }
-        }
-        let out = as_nobody(&["ls", mounts.to_str().unwrap()]);
+        common::content_hidden_from_nobody(&[&v_dir, &s_dir]);
+        let out = common::as_nobody(&["ls", mounts.to_str().unwrap()]);
         assert!(
             !out.status.success(),
             "ls {} as nobody: {out:?}",

@@ -1591,6 +1591,35 @@ async fn each_verb_runs_exactly_its_documented_number_of_zfs_commands() {
     m.close().await;
 }
 
+/// Every property of `dataset` and everything under it, with its source:
+/// what a refused agent must leave unchanged.
+fn dataset_image(dataset: &str) -> String {
+    zfs_out(&[
+        "get",
+        "-H",
+        "-p",
+        "-r",
+        "-t",
+        "all",
+        "-o",
+        "name,property,value,source",
+        "all",
+        dataset,
+    ])
+}
+
+/// `volmgr:root-owner` of `dataset`: value and source, tab-separated.
+fn root_owner_of(dataset: &str) -> String {
+    zfs_out(&[
+        "get",
+        "-H",
+        "-o",
+        "value,source",
+        "volmgr:root-owner",
+        dataset,
+    ])
+}
+
 /// Asserts `err` refuses root dataset `dataset` as owned by agent `owner`.
 #[track_caller]
 fn assert_foreign_dataset(
@@ -1628,16 +1657,7 @@ async fn a_second_agent_cannot_add_or_open_on_a_zfs_root_another_agent_owns() {
         return;
     };
     let dataset = pool.dataset();
-    let owner_of = || {
-        zfs_out(&[
-            "get",
-            "-H",
-            "-o",
-            "value,source",
-            "volmgr:root-owner",
-            &dataset,
-        ])
-    };
+    let owner_of = || root_owner_of(&dataset);
     drop(ZfsProvider::from_config(&pool.provider_config()).unwrap());
     assert_eq!(owner_of(), "-\t-", "a root from before owners");
     let states = tempfile::tempdir().unwrap();
@@ -1659,20 +1679,7 @@ async fn a_second_agent_cannot_add_or_open_on_a_zfs_root_another_agent_owns() {
     a.create_snapshot_as("v", Some("s"), Meta::new())
         .await
         .unwrap();
-    let image = || {
-        zfs_out(&[
-            "get",
-            "-H",
-            "-p",
-            "-r",
-            "-t",
-            "all",
-            "-o",
-            "name,property,value,source",
-            "all",
-            &dataset,
-        ])
-    };
+    let image = || dataset_image(&dataset);
     let before = image();
 
     let b = Manager::open(states.path().join("b"), ManagerConfig::default())
@@ -1806,16 +1813,7 @@ fn a_second_agent_cannot_claim_an_unowned_zfs_root_the_first_one_is_claiming() {
     };
     let dataset = pool.dataset();
     let config = pool.provider_config();
-    let owner_of = || {
-        zfs_out(&[
-            "get",
-            "-H",
-            "-o",
-            "value,source",
-            "volmgr:root-owner",
-            &dataset,
-        ])
-    };
+    let owner_of = || root_owner_of(&dataset);
     drop(ZfsProvider::from_config(&config).unwrap());
     let (agent_a, agent_b) = (
         volmgr::provider::AgentId::generate(),
@@ -1831,20 +1829,7 @@ fn a_second_agent_cannot_claim_an_unowned_zfs_root_the_first_one_is_claiming() {
     assert!(md.is_file() && md.mode() & 0o7777 == 0o600, "{md:?}");
     // A has read "unset" and not set it yet: what B would read.
     zfs_out(&["inherit", "volmgr:root-owner", &dataset]);
-    let image = || {
-        zfs_out(&[
-            "get",
-            "-H",
-            "-p",
-            "-r",
-            "-t",
-            "all",
-            "-o",
-            "name,property,value,source",
-            "all",
-            &dataset,
-        ])
-    };
+    let image = || dataset_image(&dataset);
     let before = image();
 
     let err = ZfsProvider::for_owner(&config, &agent_b).expect_err("A runs on the root");

@@ -489,3 +489,35 @@ impl Drop for ZfsPool {
         self.cleanup();
     }
 }
+
+/// Runs `argv` as user and group nobody (65534), no supplementary groups:
+/// a local user without the credential.
+pub fn as_nobody(argv: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(argv)
+        .output()
+        .expect("setpriv runs (util-linux)")
+}
+
+/// Asserts that `argv`, run as nobody, is refused by a mode ("Permission
+/// denied").
+#[track_caller]
+pub fn refused_to_nobody(argv: &[&str]) {
+    let out = as_nobody(argv);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{argv:?} as nobody: {out:?}"
+    );
+}
+
+/// Asserts that nobody can neither list any of `dirs` (a volume, a
+/// snapshot) nor read the file `secret` in it through the host path.
+#[track_caller]
+pub fn content_hidden_from_nobody(dirs: &[&Path]) {
+    for dir in dirs {
+        let dir = dir.to_str().expect("a UTF-8 path");
+        refused_to_nobody(&["ls", dir]);
+        refused_to_nobody(&["cat", &format!("{dir}/secret")]);
+    }
+}
