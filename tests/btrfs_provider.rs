@@ -954,3 +954,161 @@ async fn a_local_user_cannot_list_or_read_a_btrfs_volume_or_snapshot_through_the
     assert_eq!(std::fs::read(v.join("secret")).unwrap(), b"tenant data");
     m.close().await;
 }
+
+/// A container's view of its volume: `volume` bind-mounted at a path that
+/// `nobody` can reach (the provider's own directories are 0700, as they
+/// should be); unmounted on drop.
+struct Bound {
+    at: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Bound {
+    fn new(volume: &Path) -> Bound {
+        let dir = tempfile::tempdir().unwrap();
+        chmod(dir.path(), 0o755);
+        let at = dir.path().join("mnt");
+        std::fs::create_dir(&at).unwrap();
+        let ok = Command::new("mount")
+            .arg("--bind")
+            .arg(volume)
+            .arg(&at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "bind mount of {}", volume.display());
+        Bound { at, _dir: dir }
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.at).status();
+    }
+}
+
+/// Makes, as `nobody` owning the volume's root and reaching it through a
+/// bind mount (as a container does), three subvolumes inside volume
+/// `v`: `inner`, `inner/deeper` (holding a file) and `dir/side`.
+fn nest_subvolumes_as_a_tenant(v: &Path) {
+    std::os::unix::fs::chown(v, Some(65534), Some(65534)).unwrap();
+    let bound = Bound::new(v);
+    let inside = |rel: &str| bound.at.join(rel).to_str().unwrap().to_owned();
+    for (argv, what) in [
+        (
+            vec!["btrfs", "subvolume", "create", &inside("inner")],
+            "inner",
+        ),
+        (
+            vec!["btrfs", "subvolume", "create", &inside("inner/deeper")],
+            "deeper",
+        ),
+        (vec!["mkdir", &inside("dir")], "dir"),
+        (
+            vec!["btrfs", "subvolume", "create", &inside("dir/side")],
+            "side",
+        ),
+        (
+            vec![
+                "sh",
+                "-c",
+                &format!("echo data > {}", inside("inner/deeper/f")),
+            ],
+            "a file in deeper",
+        ),
+    ] {
+        let out = common::as_nobody(&argv);
+        assert!(out.status.success(), "nobody made {what}: {out:?}");
+    }
+}
+
+/// The paths of every subvolume on `fs` (`btrfs subvolume list`).
+fn subvolume_paths(fs: &BtrfsFs) -> Vec<String> {
+    btrfs(&["subvolume", "list"], &[fs.path()])
+        .lines()
+        .filter_map(|l| l.split(" path ").nth(1).map(str::to_owned))
+        .collect()
+}
+
+/// Any user who may write a directory on btrfs may create a subvolume
+/// there, so a tenant can nest subvolumes in its volume. btrfs deletes no
+/// subvolume that holds another, so the volume's destroy failed for good
+/// ("Directory not empty"), as did a receive into it (its old content
+/// stayed in the trash), and a snapshot held an empty directory in place
+/// of each nested subvolume, its content silently missing from the
+/// snapshot and from every transfer of it. Now a destroy, and the purge of
+/// a receive's old content, delete them first, by id, never through a
+/// path inside the volume; a snapshot is refused, naming how many it would
+/// leave out, and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subvolumes_a_tenant_nests_in_its_volume_neither_block_its_destroy_nor_vanish_from_a_snapshot()
+ {
+    let test = "subvolumes_a_tenant_nests_in_its_volume_neither_block_its_destroy_nor_vanish_from_a_snapshot";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let state = tempfile::tempdir().unwrap();
+    let m = open_with_provider(state.path(), &root).await;
+    let v = m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    let v = PathBuf::from(v.location);
+    nest_subvolumes_as_a_tenant(&v);
+    let nested = |fs: &BtrfsFs| {
+        subvolume_paths(fs)
+            .into_iter()
+            .filter(|p| p.contains("inner") || p.contains("side"))
+            .count()
+    };
+    assert_eq!(nested(&fs), 3, "{:?}", subvolume_paths(&fs));
+    let before = subvolume_paths(&fs);
+
+    let err = m
+        .create_snapshot_as("v", Some("s"), Meta::new())
+        .await
+        .expect_err("a snapshot would leave the nested subvolumes out");
+    let text = err.to_string();
+    assert!(
+        text.contains("2 btrfs subvolume(s) made inside it"),
+        "the two directly inside v: {text}"
+    );
+    assert!(m.volume("s").is_err(), "no snapshot recorded");
+    assert_eq!(
+        subvolume_paths(&fs),
+        before,
+        "the refused snapshot left nothing"
+    );
+
+    // A receive replaces v's content: the old content, nested subvolumes
+    // and all, is deleted.
+    m.create_volume("p", Some("w"), Meta::new()).await.unwrap();
+    m.create_snapshot_as("w", Some("sw"), Meta::new())
+        .await
+        .unwrap();
+    let mut stream = Vec::new();
+    m.send_snapshot("sw", &[], &mut stream).await.unwrap();
+    let received = m.receive_snapshot("v", stream.as_slice()).await.unwrap();
+    assert_eq!(nested(&fs), 0, "{:?}", subvolume_paths(&fs));
+    assert!(!v.join("inner").exists());
+
+    // More than one search of the root tree returns (about 60 a call).
+    nest_subvolumes_as_a_tenant(&v);
+    std::fs::create_dir(v.join("many")).unwrap();
+    for i in 0..150 {
+        let sub = v.join("many").join(format!("inner-{i}"));
+        btrfs(&["subvolume", "create"], &[&sub]);
+    }
+    assert_eq!(nested(&fs), 153);
+    let err = m
+        .create_snapshot_as("v", Some("s"), Meta::new())
+        .await
+        .expect_err("refused again");
+    assert!(
+        err.to_string().contains("152 btrfs subvolume(s) made inside it"),
+        "{err}"
+    );
+    m.destroy_volume(&received.id).await.unwrap();
+    m.destroy_volume("v").await.unwrap();
+    assert!(!v.exists());
+    assert_eq!(nested(&fs), 0, "{:?}", subvolume_paths(&fs));
+    m.close().await;
+}

@@ -75,6 +75,12 @@ impl Root {
         })
     }
 
+    /// The descriptor, for ioctls that name their object by id
+    /// ([`super::nested`]).
+    pub(super) fn fd(&self) -> std::os::unix::io::RawFd {
+        self.dir.as_raw_fd()
+    }
+
     /// Commits the running transaction and waits until it is on disk.
     pub(super) fn commit(&self) -> io::Result<()> {
         let mut transid: u64 = 0;

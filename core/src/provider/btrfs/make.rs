@@ -104,19 +104,23 @@ impl BtrfsProvider {
             kind,
             parent: Some(source.id.to_string()),
         };
+        let what = match from {
+            VolumeKind::Data => "volume",
+            VolumeKind::Snapshot => "snapshot",
+        };
         self.make(&tag, |vol| {
             if !is_subvolume(&src) {
-                let what = match from {
-                    VolumeKind::Data => "volume",
-                    VolumeKind::Snapshot => "snapshot",
-                };
                 return Err(ProviderError::NotFound(format!("{what} {}", source.id)));
             }
             let mut cmd = self.btrfs().arg("subvolume").arg("snapshot");
             if kind == VolumeKind::Snapshot {
                 cmd = cmd.arg("-r");
             }
-            cmd.path_arg(&src)?.path_arg(vol)?.run().map(drop)
+            cmd.path_arg(&src)?.path_arg(vol)?.run()?;
+            // After the snapshot, so that a subvolume made just before it
+            // is seen; on refusal `make` moves the stage, snapshot
+            // included, to the trash.
+            self.refuse_nested(&src, &format!("{what} {}", source.id))
         })
     }
 }

@@ -212,8 +212,18 @@
 //!
 //! # Limits
 //!
-//! Subvolumes a user creates *inside* a volume make its deletion fail (btrfs
-//! cannot delete a subvolume that contains another); the error is reported.
+//! Any user who may write a directory may create a subvolume there, so a
+//! tenant can nest subvolumes *inside* its volume (`nested.rs`). btrfs
+//! deletes no subvolume holding another, and a snapshot holds an empty
+//! directory in place of each: a destroy (and the purge of a receive's old
+//! content, or of the trash) deletes them first, by id through the root's
+//! descriptor, never by a path inside the volume; a snapshot or fork of a
+//! volume holding one is refused (`UnsupportedContent`, HTTP 409
+//! `unsupported_content`), so none is silently left out of a snapshot or a
+//! transfer. A capacity does not bound them: each has a qgroup of its own,
+//! outside the volume's limit (measured: 20 MiB written in a nested
+//! subvolume of a volume limited to 1 MiB); the kernel offers no way to
+//! forbid their creation.
 //! A tag is inline metadata only while it fits `max_inline` (default 2048
 //! bytes; a tag is about 120): on a file system mounted `max_inline=0` its
 //! extent is recorded when the write completes, which a racing commit may
@@ -250,6 +260,7 @@ use crate::fsutil;
 mod commit;
 mod inventory;
 mod make;
+mod nested;
 mod owner;
 mod receive;
 mod subvol;
@@ -748,6 +759,9 @@ impl Provider for BtrfsProvider {
             ))),
             InPlace::Ours { has_vol, .. } => {
                 if has_vol {
+                    // Subvolumes a tenant made inside it first: btrfs
+                    // deletes no subvolume that holds another.
+                    self.remove_nested(&place.join(VOL))?;
                     self.delete_subvolumes(&[place.join(VOL)])?;
                 }
                 self.trash(&place)

@@ -11,6 +11,8 @@ pub(super) fn is_subvolume(path: &Path) -> bool {
 /// Facts about one subvolume, from `BTRFS_IOC_GET_SUBVOL_INFO`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubvolInfo {
+    /// The subvolume's id (its tree's objectid).
+    pub tree_id: u64,
     pub uuid: Uuid,
     pub parent_uuid: Option<Uuid>,
     pub received_uuid: Option<Uuid>,
@@ -90,6 +92,7 @@ pub fn subvol_info(path: &Path) -> Result<SubvolInfo, ProviderError> {
     }
     let opt = |b: [u8; 16]| (b != [0u8; 16]).then(|| Uuid::from_bytes(b));
     Ok(SubvolInfo {
+        tree_id: args.treeid,
         uuid: Uuid::from_bytes(args.uuid),
         parent_uuid: opt(args.parent_uuid),
         received_uuid: opt(args.received_uuid),

@@ -78,6 +78,9 @@ impl BtrfsProvider {
                 }
             }
         }
+        for subvolume in &subvolumes {
+            self.remove_nested(subvolume)?;
+        }
         self.delete_subvolumes(&subvolumes)?;
         match fs::remove_dir_all(dir) {
             Ok(()) => Ok(()),

@@ -1,0 +1,281 @@
+//! Subvolumes a tenant makes inside a volume. Any user who may write a
+//! directory on btrfs may create a subvolume there (`btrfs subvolume
+//! create`, no capability needed), so a container can nest subvolumes in
+//! its volume, and btrfs then refuses to delete the volume's subvolume
+//! ("Directory not empty") and leaves the nested ones out of every snapshot
+//! of it (each appears there as an empty directory). The provider finds
+//! them by the volume's subvolume id in the root tree (`ROOT_REF` items,
+//! `BTRFS_IOC_TREE_SEARCH`) and deletes them by id
+//! (`BTRFS_IOC_SNAP_DESTROY_V2` with `BTRFS_SUBVOL_SPEC_BY_ID`) through the
+//! provider root's descriptor: no path inside the volume, which the tenant
+//! controls and may change under the agent, is resolved (invariant 9).
+
+use std::io;
+use std::os::unix::io::RawFd;
+use std::path::Path;
+
+use super::subvol::subvol_info;
+use crate::provider::ProviderError;
+
+/// `BTRFS_ROOT_TREE_OBJECTID`: the tree of trees, holding `ROOT_REF` items.
+const ROOT_TREE: u64 = 1;
+/// `BTRFS_ROOT_REF_KEY`: `(parent tree id, ROOT_REF, child tree id)`.
+const ROOT_REF_KEY: u32 = 156;
+/// `BTRFS_FIRST_FREE_OBJECTID`: the lowest id of a subvolume.
+const FIRST_FREE_OBJECTID: u64 = 256;
+/// Rounds of "list, delete deepest first" before a tenant still creating
+/// subvolumes makes [`remove_descendants`] give up.
+const ROUNDS: usize = 4;
+
+/// `struct btrfs_ioctl_search_key` (linux/btrfs.h).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SearchKey {
+    tree_id: u64,
+    min_objectid: u64,
+    max_objectid: u64,
+    min_offset: u64,
+    max_offset: u64,
+    min_transid: u64,
+    max_transid: u64,
+    min_type: u32,
+    max_type: u32,
+    nr_items: u32,
+    unused: u32,
+    unused1: [u64; 4],
+}
+
+const SEARCH_KEY_SIZE: usize = 104;
+const _: () = assert!(std::mem::size_of::<SearchKey>() == SEARCH_KEY_SIZE);
+
+/// `struct btrfs_ioctl_search_args`: the key, then the items found, each a
+/// `struct btrfs_ioctl_search_header` and its data.
+#[repr(C)]
+struct SearchArgs {
+    key: SearchKey,
+    buf: [u8; 4096 - SEARCH_KEY_SIZE],
+}
+
+const _: () = assert!(std::mem::size_of::<SearchArgs>() == 4096);
+/// `sizeof(struct btrfs_ioctl_search_header)`: transid, objectid, offset
+/// (u64 each), type, len (u32 each).
+const SEARCH_HEADER_SIZE: usize = 32;
+/// `_IOWR(BTRFS_IOCTL_MAGIC, 17, struct btrfs_ioctl_search_args)` (17 is `0x11`).
+const BTRFS_IOC_TREE_SEARCH: u64 = (3 << 30) | (4096 << 16) | (0x94 << 8) | 0x11;
+
+/// `struct btrfs_ioctl_vol_args_v2` with its last union as `subvolid`.
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    subvolid: u64,
+    name_rest: [u8; 4040 - 8],
+}
+
+const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
+/// `BTRFS_SUBVOL_SPEC_BY_ID`: the subvolume is named by `subvolid`.
+const SUBVOL_SPEC_BY_ID: u64 = 1 << 4;
+/// `_IOW(BTRFS_IOCTL_MAGIC, 63, struct btrfs_ioctl_vol_args_v2)` (63 is `0x3f`).
+const BTRFS_IOC_SNAP_DESTROY_V2: u64 = (1 << 30) | (4096 << 16) | (0x94 << 8) | 0x3f;
+
+/// The ids of the subvolumes directly inside subvolume `tree_id`, read
+/// through `fd` (any descriptor on the file system; `CAP_SYS_ADMIN`).
+pub(super) fn children(fd: RawFd, tree_id: u64) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let mut from = 0u64;
+    loop {
+        // SAFETY: plain data; zero is valid for every field.
+        let mut args: SearchArgs = unsafe { std::mem::zeroed() };
+        args.key = SearchKey {
+            tree_id: ROOT_TREE,
+            min_objectid: tree_id,
+            max_objectid: tree_id,
+            min_offset: from,
+            max_offset: u64::MAX,
+            min_transid: 0,
+            max_transid: u64::MAX,
+            min_type: ROOT_REF_KEY,
+            max_type: ROOT_REF_KEY,
+            nr_items: 4096,
+            unused: 0,
+            unused1: [0; 4],
+        };
+        // SAFETY: the request matches the struct's size and layout
+        // (asserted); the kernel writes at most `buf.len()` bytes of items.
+        if unsafe { libc::ioctl(fd, BTRFS_IOC_TREE_SEARCH as _, &raw mut args) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let found = args.key.nr_items as usize;
+        if found == 0 {
+            return Ok(out);
+        }
+        let mut at = 0usize;
+        let mut last = None;
+        for _ in 0..found {
+            let Some(header) = args.buf.get(at..at + SEARCH_HEADER_SIZE) else {
+                return Err(io::Error::other(
+                    "BTRFS_IOC_TREE_SEARCH: an item header past the buffer",
+                ));
+            };
+            let u64_at = |i: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&header[i..i + 8]);
+                u64::from_ne_bytes(b)
+            };
+            let u32_at = |i: usize| {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(&header[i..i + 4]);
+                u32::from_ne_bytes(b)
+            };
+            let (objectid, offset, kind, len) = (u64_at(8), u64_at(16), u32_at(24), u32_at(28));
+            at += SEARCH_HEADER_SIZE + len as usize;
+            if objectid == tree_id && kind == ROOT_REF_KEY && offset >= FIRST_FREE_OBJECTID {
+                out.push(offset);
+            }
+            last = Some(offset);
+        }
+        match last.and_then(|o| o.checked_add(1)) {
+            Some(next) if next > from => from = next,
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Every subvolume below `tree_id`, each listed after all of its own
+/// descendants (the order in which they can be deleted).
+pub(super) fn descendants_deepest_first(fd: RawFd, tree_id: u64) -> io::Result<Vec<u64>> {
+    // Breadth first: a parent before its children; reversed, every child
+    // before its parent.
+    let mut order = Vec::new();
+    let mut next = 0;
+    let mut level = children(fd, tree_id)?;
+    order.append(&mut level);
+    while next < order.len() {
+        let mut below = children(fd, order[next])?;
+        order.append(&mut below);
+        next += 1;
+    }
+    order.reverse();
+    Ok(order)
+}
+
+/// Deletes subvolume `id` (which must hold no subvolume) through `fd`, a
+/// descriptor on the same file system.
+pub(super) fn delete_by_id(fd: RawFd, id: u64) -> io::Result<()> {
+    // SAFETY: plain data; zero is valid for every field.
+    let mut args: VolArgsV2 = unsafe { std::mem::zeroed() };
+    args.flags = SUBVOL_SPEC_BY_ID;
+    args.subvolid = id;
+    // SAFETY: the request matches the struct's size and layout (asserted).
+    if unsafe { libc::ioctl(fd, BTRFS_IOC_SNAP_DESTROY_V2 as _, &raw const args) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Deletes every subvolume below `tree_id`, deepest first, through `fd`;
+/// returns how many. A tenant still creating subvolumes meanwhile makes a
+/// deletion fail with `ENOTEMPTY`: the listing is read again, up to
+/// [`ROUNDS`] times, then the last error is returned.
+pub(super) fn remove_descendants(fd: RawFd, tree_id: u64) -> io::Result<usize> {
+    let mut removed = 0;
+    let mut last_error = None;
+    for _ in 0..ROUNDS {
+        let found = descendants_deepest_first(fd, tree_id)?;
+        if found.is_empty() {
+            return Ok(removed);
+        }
+        last_error = None;
+        for id in found {
+            match delete_by_id(fd, id) {
+                Ok(()) => removed += 1,
+                // Deleted meanwhile (by the operator, or a racing call).
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    last_error = Some((id, e));
+                    break;
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("deleting subvolume id {id}: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+    match last_error {
+        Some((id, e)) => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "deleting subvolume id {id}: {e} (subvolumes were still being created \
+                 inside it after {ROUNDS} rounds)"
+            ),
+        )),
+        None if descendants_deepest_first(fd, tree_id)?.is_empty() => Ok(removed),
+        None => Err(io::Error::other(format!(
+            "subvolumes were still being created after {ROUNDS} rounds of deletion"
+        ))),
+    }
+}
+
+impl super::BtrfsProvider {
+    /// Deletes every subvolume a tenant made inside subvolume `subvol`
+    /// (ours: a volume's `vol`), by id; returns how many.
+    pub(super) fn remove_nested(&self, subvol: &Path) -> Result<usize, ProviderError> {
+        let tree_id = subvol_info(subvol)?.tree_id;
+        let removed = remove_descendants(self.handle.fd(), tree_id).map_err(|e| {
+            ProviderError::io(
+                format!(
+                    "deleting the subvolumes made inside {} (subvolume id {tree_id})",
+                    subvol.display()
+                ),
+                e,
+            )
+        })?;
+        if removed > 0 {
+            tracing::info!(
+                subvolume = %subvol.display(),
+                removed,
+                "deleted subvolumes made inside a volume"
+            );
+        }
+        Ok(removed)
+    }
+
+    /// Refuses (`UnsupportedContent`) when subvolume `source` holds a
+    /// subvolume of its own: a btrfs snapshot of it would hold an empty
+    /// directory in its place, the content silently left out of the
+    /// snapshot and of every transfer of it. Called after the snapshot is
+    /// taken, so a subvolume made just before it is seen.
+    pub(super) fn refuse_nested(&self, source: &Path, what: &str) -> Result<(), ProviderError> {
+        let tree_id = subvol_info(source)?.tree_id;
+        let found = children(self.handle.fd(), tree_id).map_err(|e| {
+            ProviderError::io(
+                format!(
+                    "listing the subvolumes inside {} (subvolume id {tree_id})",
+                    source.display()
+                ),
+                e,
+            )
+        })?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<String> = found.iter().take(8).map(u64::to_string).collect();
+        Err(ProviderError::UnsupportedContent(format!(
+            "{what} holds {} btrfs subvolume(s) made inside it (subvolume id {}{}), which a \
+             btrfs snapshot leaves out (each would be an empty directory in it): delete or \
+             move them out of the volume first",
+            found.len(),
+            shown.join(", "),
+            if found.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        )))
+    }
+}
