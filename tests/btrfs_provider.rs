@@ -1103,7 +1103,8 @@ async fn subvolumes_a_tenant_nests_in_its_volume_neither_block_its_destroy_nor_v
         .await
         .expect_err("refused again");
     assert!(
-        err.to_string().contains("152 btrfs subvolume(s) made inside it"),
+        err.to_string()
+            .contains("152 btrfs subvolume(s) made inside it"),
         "{err}"
     );
     m.destroy_volume(&received.id).await.unwrap();

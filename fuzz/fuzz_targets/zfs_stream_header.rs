@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(h) = zfs::parse_begin(data) {
         assert!(data.len() >= BEGIN_LEN);
         assert!(zfs::parse_begin(&data[..BEGIN_LEN - 1]).is_err());
-        assert!(h.toname.len() <= 256 * 3, "lossy UTF-8 of at most 256 bytes");
+        assert!(
+            h.toname.len() <= 256 * 3,
+            "lossy UTF-8 of at most 256 bytes"
+        );
         assert_eq!(zfs::parse_begin(&data[..BEGIN_LEN]).unwrap(), h);
     }
 });

@@ -270,6 +270,10 @@ mod trash;
 use crate::fsutil::rename2;
 use crate::model::{AgentId, DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
 pub use commit::BatchSync;
+/// The parser of a `btrfs send` stream's first command, which a receive
+/// reads from the peer before anything runs (exposed for the fuzz target
+/// `btrfs_stream_header`), and how many bytes of the stream it is given.
+pub use receive::{STREAM_HEAD_LEN, stream_identity};
 use subvol::is_subvolume;
 pub use subvol::{SubvolInfo, fs_type, subvol_info};
 use tag::{check_id, read_tag, write_tag};

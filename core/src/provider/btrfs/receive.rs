@@ -149,7 +149,7 @@ const STREAM_MAGIC: &[u8; 13] = b"btrfs-stream\0";
 /// `u32` CRC), then the first command's attributes: the subvolume's name,
 /// its UUID and transid, and, for an incremental stream, its base's.
 /// Names are at most 255 bytes, so 1 KiB holds any first command.
-pub(super) const STREAM_HEAD_LEN: usize = 17 + 10 + 1024;
+pub const STREAM_HEAD_LEN: usize = 17 + 10 + 1024;
 const CMD_SUBVOL: u16 = 1;
 const CMD_SNAPSHOT: u16 = 2;
 const ATTR_UUID: u16 = 1;
@@ -160,7 +160,7 @@ const ATTR_CLONE_UUID: u16 = 20;
 /// its own: the form of [`SubvolInfo::guid`]) and, for a `SNAPSHOT`
 /// command (an incremental stream), its `CLONE_UUID` (the base's, in the
 /// same form). `None` for anything else; `btrfs receive` judges those.
-pub(super) fn stream_identity(head: &[u8]) -> Option<StreamIdentity> {
+pub fn stream_identity(head: &[u8]) -> Option<StreamIdentity> {
     let rest = head.strip_prefix(STREAM_MAGIC)?;
     let version = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
     if !(1..=3).contains(&version) {
