@@ -1859,3 +1859,260 @@ fn a_second_agent_cannot_claim_an_unowned_zfs_root_the_first_one_is_claiming() {
         "{err:?}"
     );
 }
+
+// --- lookup of one id ---------------------------------------------------------
+
+/// `-o` arguments tagging a dataset as volume `id` of `kind` (what the
+/// provider writes), by hand.
+fn tag_args(id: &str, kind: &str) -> Vec<String> {
+    [
+        "volmgr:owner=volmgr".to_owned(),
+        format!("volmgr:volume-id={id}"),
+        format!("volmgr:kind={kind}"),
+        format!("volmgr:op={}", Uuid::now_v7()),
+    ]
+    .into_iter()
+    .flat_map(|t| ["-o".to_owned(), t])
+    .collect()
+}
+
+/// `zfs VERB <tags of id, kind> NAME` (`create`, `snapshot`).
+fn zfs_tagged(verb: &str, extra: &[&str], id: &str, kind: &str, name: &str) {
+    let tags = tag_args(id, kind);
+    let mut args = vec![verb];
+    args.extend_from_slice(extra);
+    args.extend(tags.iter().map(String::as_str));
+    args.push(name);
+    zfs_out(&args);
+}
+
+/// Story: `lookup` (what the manager asks after a failed call) was the
+/// trait's default on ZFS: the whole inventory listed, every dataset and
+/// snapshot of the root, to find one item (issue #13). It is now one
+/// read-only channel program naming the datasets that can carry the id's
+/// tag (`<data>/<id>`, and `<data>/<child>@<id>` found by name under each
+/// child), then one `zfs list` of those. In every odd state (a half-made
+/// create, a partial receive, an arrival not yet tagged, untagged and
+/// misnamed datasets, a tag of the wrong kind, nested datasets tagged as
+/// if ours, a zvol and its snapshot, one id on a filesystem and on a
+/// snapshot that sorts before it, a name too long for ZFS next to a long
+/// child, an absent id) the lookup of each id is exactly the inventory's
+/// first item tagged with it, in one command when nothing can be tagged
+/// with it and two otherwise; and a failing ZFS is an error, never "none".
+#[test]
+fn the_lookup_of_each_id_is_the_inventory_item_tagged_with_it_in_every_odd_state() {
+    let test = "zfs_lookup_of_each_id_is_the_inventory_item_tagged_with_it";
+    let Some((pool, p)) = pool_and_provider(test) else {
+        return;
+    };
+    let data = format!("{}/data", pool.dataset());
+    let none = Details::new();
+    let at = |name: &str| format!("{data}/{name}");
+    // A data volume, its snapshot, a fork of that.
+    p.create_volume(&data_spec("vol", Uuid::now_v7())).unwrap();
+    p.create_snapshot(
+        &vref("vol", VolumeKind::Data, None, &none),
+        &snap_spec("snap", Uuid::now_v7()),
+    )
+    .unwrap();
+    p.fork_volume(
+        &vref("snap", VolumeKind::Snapshot, Some("vol"), &none),
+        &data_spec("fork", Uuid::now_v7()),
+    )
+    .unwrap();
+    // A half-made create: tagged, not mounted.
+    p.create_volume(&data_spec("half", Uuid::now_v7())).unwrap();
+    zfs_out(&["unmount", &at("half")]);
+    // A partial receive: a cut stream into `target`, marked by its op.
+    let (s, stream) = full_stream_of_a_snapshot(&p);
+    p.create_volume(&data_spec("target", Uuid::now_v7()))
+        .unwrap();
+    let op = Uuid::now_v7();
+    zfs_out(&[
+        "set",
+        &format!("volmgr:receiving={op}:{}", s.details[DETAIL_GUID]),
+        &at("target"),
+    ]);
+    let mut recv = Command::new("zfs")
+        .args(["recv", "-F", "-s", &at("target")])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = recv.stdin.take().unwrap();
+        let _ = stdin.write_all(&stream[..stream.len() / 2]);
+    }
+    assert!(!recv.wait().unwrap().success());
+    // An arrival under its final name, not yet tagged (it inherits the
+    // target's tags, which name `landing`, kind data): foreign.
+    p.create_volume(&data_spec("landing", Uuid::now_v7()))
+        .unwrap();
+    let mut recv = Command::new("zfs")
+        .args(["recv", "-F", &format!("{}@arrived", at("landing"))])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        recv.stdin.take().unwrap().write_all(&stream).unwrap();
+    }
+    assert!(recv.wait().unwrap().success());
+    // Foreign: untagged; tagged as another id; a snapshot tagged with the
+    // wrong kind; datasets below a volume tagged as if ours.
+    zfs_out(&["create", &at("foreign")]);
+    zfs_tagged("create", &[], "other", "data", &at("misnamed"));
+    zfs_tagged(
+        "snapshot",
+        &[],
+        "wrongkind",
+        "data",
+        &format!("{}@wrongkind", at("vol")),
+    );
+    zfs_tagged("create", &[], "nested", "data", &at("vol/nested"));
+    zfs_tagged(
+        "snapshot",
+        &[],
+        "deep",
+        "snapshot",
+        &format!("{}@deep", at("vol/nested")),
+    );
+    // A zvol tagged as data volume `zv` (the inventory lists filesystems and
+    // snapshots only) and its snapshot tagged as snapshot `zvsnap`.
+    zfs_tagged("create", &["-s", "-V", "16M"], "zv", "data", &at("zv"));
+    zfs_tagged(
+        "snapshot",
+        &[],
+        "zvsnap",
+        "snapshot",
+        &format!("{}@zvsnap", at("zv")),
+    );
+    // One id on a filesystem and on a snapshot of `fork`, which sorts first.
+    p.create_volume(&data_spec("zdup", Uuid::now_v7())).unwrap();
+    zfs_tagged(
+        "snapshot",
+        &[],
+        "zdup",
+        "snapshot",
+        &format!("{}@zdup", at("fork")),
+    );
+    // A child with a long name: with a long id, its snapshot's name would
+    // be longer than ZFS allows (255 bytes).
+    let long_child = "c".repeat(120);
+    zfs_out(&["create", &at(&long_child)]);
+    let long_id = "i".repeat(volmgr::model::MAX_ID_LEN);
+    assert!(at(&long_child).len() + 1 + long_id.len() > 255);
+
+    let inventory = p.inventory().unwrap();
+    let tagged = |id: &str| {
+        inventory
+            .iter()
+            .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == id))
+            .cloned()
+    };
+    // The states are what they claim to be.
+    let item = |name: &str| inventory.iter().find(|f| f.name == name);
+    assert!(matches!(
+        item(&at("half")).unwrap().presence,
+        Presence::Incomplete { .. }
+    ));
+    assert!(item(&at("target")).unwrap().partial.is_some());
+    assert!(
+        item(&format!("{}@arrived", at("landing")))
+            .unwrap()
+            .tag
+            .is_none()
+    );
+    assert!(item(&at("zv")).is_none(), "zvols are not listed");
+    assert_eq!(
+        tagged("zdup").unwrap().name,
+        format!("{}@zdup", at("fork")),
+        "the snapshot sorts before the filesystem"
+    );
+
+    let mut ids: Vec<String> = [
+        "vol",
+        "snap",
+        "fork",
+        "half",
+        "target",
+        "landing",
+        "arrived",
+        "src",
+        "s",
+        "foreign",
+        "misnamed",
+        "other",
+        "wrongkind",
+        "nested",
+        "deep",
+        "zv",
+        "zvsnap",
+        "zdup",
+        "nothing",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([long_child.clone(), long_id.clone()])
+    .collect();
+    for f in &inventory {
+        ids.extend(f.tag.as_ref().map(|t| t.volume.clone()));
+        let last = f.name.rsplit(['/', '@']).next().unwrap();
+        ids.extend(VolumeId::new(last).ok().map(|_| last.to_owned()));
+    }
+    ids.sort();
+    ids.dedup();
+    let mut wrong = Vec::new();
+    for id in &ids {
+        let before = CommandCount::snapshot();
+        let looked_up = p.lookup(VolumeId::new(id).unwrap());
+        let ran = CommandCount::snapshot().since(before);
+        let want = tagged(id);
+        match looked_up {
+            Ok(got) if got == want => {}
+            other => wrong.push(format!(
+                "lookup of {id}: {other:?}, the inventory: {want:?}"
+            )),
+        }
+        // One command when nothing can carry the tag (the program names
+        // nothing), two when a filesystem `<data>/<id>` or a snapshot
+        // `<data>/<child>@<id>` exists, ours or not.
+        let can = [
+            "vol",
+            "snap",
+            "fork",
+            "half",
+            "target",
+            "landing",
+            "arrived",
+            "src",
+            "s",
+            "foreign",
+            "misnamed",
+            "wrongkind",
+            "zvsnap",
+            "zdup",
+        ]
+        .contains(&id.as_str())
+            || *id == long_child;
+        let commands = if can { 2 } else { 1 };
+        if ran != zfs_commands(commands) {
+            wrong.push(format!(
+                "lookup of {id} ran {ran:?}, expected {commands} zfs commands"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(ids.len() > 20, "{ids:?}");
+
+    // A failing ZFS (here the pool gone) is an error, never "none".
+    pool.export();
+    let err = p.lookup(VolumeId::new("vol").unwrap());
+    assert!(err.is_err(), "lookup with the pool exported: {err:?}");
+    pool.import();
+    assert_eq!(
+        p.lookup(VolumeId::new("vol").unwrap()).unwrap(),
+        tagged("vol")
+    );
+}

@@ -464,8 +464,11 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// create leave?): a provider that can read one item without listing
     /// all overrides it (the directory provider: two `lstat`s and two marker
     /// reads, where its inventory reads every marker; btrfs: two `lstat`s
-    /// and the stage, where its inventory lists every item). By default the
-    /// inventory, filtered.
+    /// and the stage, where its inventory lists every item; ZFS: one
+    /// read-only channel program naming the datasets that can carry the
+    /// id's tag, then one `zfs list` of those, where its inventory lists
+    /// every dataset and snapshot). A failure to read is an error, never
+    /// `None`. By default the inventory, filtered.
     fn lookup(&self, id: &VolumeId) -> Result<Option<Found>, ProviderError> {
         Ok(self
             .inventory()?
