@@ -137,9 +137,12 @@ pub enum ProviderError {
     InvalidConfig(String),
     /// The provider's root belongs to another volmgr agent: its root marker
     /// (a dir or btrfs root) or root dataset (ZFS) names `owner`, another
-    /// agent's identity. Nothing under it was touched. A root changes hands
-    /// only by an operator's deliberate act (README, "Handing a provider
-    /// root to another agent"). (HTTP: 400 `invalid_config`.)
+    /// agent's identity. (ZFS also refuses a root dataset that would
+    /// contain another agent's root: then `root` is that dataset below the
+    /// configured one, and `owner` its agent.) Nothing under it was
+    /// touched. A root changes hands only by an operator's deliberate act
+    /// (README, "Handing a provider root to another agent"). (HTTP: 400
+    /// `invalid_config`.)
     ForeignRoot {
         /// The root directory or dataset.
         root: String,

@@ -88,8 +88,18 @@
 //! A missing root is refused the same way before it is made when the
 //! nearest existing dataset above it names another agent (set there or
 //! inherited): the `create -o` would set ours locally and hide the owner
-//! it inherits. (Two agents creating nested roots at the same instant, each
-//! finding nothing above, are not yet caught: a per-pool claim lock would.)
+//! it inherits. A root that would *contain* another agent's root is
+//! refused too: before the owner is set on an existing root (unset, or
+//! only inherited), one `zfs get -r -t filesystem -s local` of the property
+//! walks the root's filesystems, and one below naming another agent is
+//! [`ProviderError::ForeignRoot`] naming that dataset and its agent (a
+//! value there that is no agent id, a configuration error). That walk runs
+//! once per root, when it is first claimed; never at a reopen of a root
+//! that already names us, and never for a root just made. (The two data
+//! roots would not overlap, but the outer agent's inventory lists its
+//! whole tree: every dataset of the inner agent's would be reported as a
+//! foreign item of it, and an operator's `zfs destroy -r` or handover of
+//! the outer root would take the inner one along.)
 //! Children inherit the property, which nothing reads below the root. A
 //! provider built without an owner ([`ZfsProvider::from_config`]: tools and
 //! tests outside a manager) neither reads nor sets it. Handing a root to
@@ -112,6 +122,26 @@
 //! `zfs get` per open), and judged again under it. Agents of other hosts cannot share an imported pool, but as a
 //! last check the property is read back after every `zfs set`: another
 //! agent's id there is [`ProviderError::ForeignRoot`].
+//!
+//! # Nested roots
+//!
+//! The root lock is per root dataset, so it does not order two agents
+//! claiming *nested* roots (A `tank/a`, B `tank/a/b`): each could read the
+//! owners around its root before the other made or claimed its own, find
+//! nothing, and go on. So the claim itself (the owners above and below
+//! read, then the root made with `create -o` or its owner set) runs under
+//! a second host-local lock, of the pool:
+//! `/run/volmgr/zfs-pools/<pool>.lock` (a pool name is one plain path
+//! component; the directory made and checked like the roots'), an
+//! exclusive `flock` that a second claimer *waits* for
+//! ([`crate::fsutil::wait_lock`]). One host suffices: a pool is imported on
+//! one host at a time. It is taken after the root's own lock (always in
+//! that order, so two claimers never wait for each other crosswise) and
+//! released as soon as the claim is done, before the data root is made:
+//! held for the provider's life it would make every other agent of the
+//! pool wait (or be refused) until this one stopped. A wait lasts one
+//! claim: a few `zfs` commands (`get` above, `create` or `get` and `set`
+//! and its read-back, and the walk below on a first claim).
 //!
 //! A snapshot's `location` is `<mountpoint of its volume>/.zfs/snapshot/<id>`:
 //! ZFS mounts it read-only on first access and it needs no mount state of
