@@ -77,14 +77,12 @@ async fn received_and_created_datasets_run_no_setuid_binary_and_open_no_device()
     }
 
     let dst_dir = Path::new(&dst.location);
-    // Traversable by the unprivileged user.
-    let mut p = dst_dir.to_path_buf();
-    while p.pop() {
-        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
-        if p == Path::new("/") {
-            break;
-        }
-    }
+    // Traversable by the unprivileged user: o+rx added, nothing taken (this
+    // set every directory above 0755 before, and the guest's /tmp lost its
+    // sticky bit for every test after this one).
+    let tmp = mode(Path::new("/tmp"));
+    open_to_others(dst_dir);
+    assert_eq!(mode(Path::new("/tmp")), tmp | 0o005, "/tmp keeps its mode");
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(dst_dir.join("id"))
@@ -107,6 +105,15 @@ async fn received_and_created_datasets_run_no_setuid_binary_and_open_no_device()
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Adds o+rx to every directory above `path` (its own mode kept, the
+/// sticky bit of /tmp too), so the unprivileged user can reach it.
+fn open_to_others(path: &Path) {
+    for dir in path.ancestors().skip(1) {
+        let m = mode(dir);
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(m | 0o005)).unwrap();
+    }
 }
 
 /// Story: `zfs mount` made the mount points' parents under the provider's
@@ -138,10 +145,7 @@ async fn a_local_user_cannot_list_or_read_a_zfs_volume_or_snapshot_through_the_h
     // added, nothing taken: /tmp stays 1777): only the mounts directory's
     // own mode keeps them out.
     let mounts = pool.workdir.join("mnt");
-    for dir in pool.workdir.ancestors() {
-        let m = mode(dir);
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(m | 0o005)).unwrap();
-    }
+    open_to_others(&mounts);
     let hidden = || {
         common::content_hidden_from_nobody(&[&v_dir, &s_dir]);
         let out = common::as_nobody(&["ls", mounts.to_str().unwrap()]);

@@ -1859,3 +1859,482 @@ fn a_second_agent_cannot_claim_an_unowned_zfs_root_the_first_one_is_claiming() {
         "{err:?}"
     );
 }
+
+// --- lookup of one id ---------------------------------------------------------
+
+/// `-o` arguments tagging a dataset as volume `id` of `kind` (what the
+/// provider writes), by hand.
+fn tag_args(id: &str, kind: &str) -> Vec<String> {
+    [
+        "volmgr:owner=volmgr".to_owned(),
+        format!("volmgr:volume-id={id}"),
+        format!("volmgr:kind={kind}"),
+        format!("volmgr:op={}", Uuid::now_v7()),
+    ]
+    .into_iter()
+    .flat_map(|t| ["-o".to_owned(), t])
+    .collect()
+}
+
+/// `zfs VERB <tags of id, kind> NAME` (`create`, `snapshot`).
+fn zfs_tagged(verb: &str, extra: &[&str], id: &str, kind: &str, name: &str) {
+    let tags = tag_args(id, kind);
+    let mut args = vec![verb];
+    args.extend_from_slice(extra);
+    args.extend(tags.iter().map(String::as_str));
+    args.push(name);
+    zfs_out(&args);
+}
+
+/// Story: `lookup` (what the manager asks after a failed call) was the
+/// trait's default on ZFS: the whole inventory listed, every dataset and
+/// snapshot of the root, to find one item (issue #13). It is now one
+/// read-only channel program naming the datasets that can carry the id's
+/// tag (`<data>/<id>`, and `<data>/<child>@<id>` found by name under each
+/// child), then one `zfs list` of those. In every odd state (a half-made
+/// create, a partial receive, an arrival not yet tagged, untagged and
+/// misnamed datasets, a tag of the wrong kind, nested datasets tagged as
+/// if ours, a zvol and its snapshot, one id on a filesystem and on a
+/// snapshot that sorts before it, a name too long for ZFS next to a long
+/// child, an absent id) the lookup of each id is exactly the inventory's
+/// first item tagged with it, in one command when nothing can be tagged
+/// with it and two otherwise; and a failing ZFS is an error, never "none".
+#[test]
+fn the_lookup_of_each_id_is_the_inventory_item_tagged_with_it_in_every_odd_state() {
+    let test = "zfs_lookup_of_each_id_is_the_inventory_item_tagged_with_it";
+    let Some((pool, p)) = pool_and_provider(test) else {
+        return;
+    };
+    let data = format!("{}/data", pool.dataset());
+    let none = Details::new();
+    let at = |name: &str| format!("{data}/{name}");
+    // A data volume, its snapshot, a fork of that.
+    p.create_volume(&data_spec("vol", Uuid::now_v7())).unwrap();
+    p.create_snapshot(
+        &vref("vol", VolumeKind::Data, None, &none),
+        &snap_spec("snap", Uuid::now_v7()),
+    )
+    .unwrap();
+    p.fork_volume(
+        &vref("snap", VolumeKind::Snapshot, Some("vol"), &none),
+        &data_spec("fork", Uuid::now_v7()),
+    )
+    .unwrap();
+    // A half-made create: tagged, not mounted.
+    p.create_volume(&data_spec("half", Uuid::now_v7())).unwrap();
+    zfs_out(&["unmount", &at("half")]);
+    // A partial receive: a cut stream into `target`, marked by its op.
+    let (s, stream) = full_stream_of_a_snapshot(&p);
+    p.create_volume(&data_spec("target", Uuid::now_v7()))
+        .unwrap();
+    let op = Uuid::now_v7();
+    zfs_out(&[
+        "set",
+        &format!("volmgr:receiving={op}:{}", s.details[DETAIL_GUID]),
+        &at("target"),
+    ]);
+    let mut recv = Command::new("zfs")
+        .args(["recv", "-F", "-s", &at("target")])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = recv.stdin.take().unwrap();
+        let _ = stdin.write_all(&stream[..stream.len() / 2]);
+    }
+    assert!(!recv.wait().unwrap().success());
+    // An arrival under its final name, not yet tagged (it inherits the
+    // target's tags, which name `landing`, kind data): foreign.
+    p.create_volume(&data_spec("landing", Uuid::now_v7()))
+        .unwrap();
+    let mut recv = Command::new("zfs")
+        .args(["recv", "-F", &format!("{}@arrived", at("landing"))])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        recv.stdin.take().unwrap().write_all(&stream).unwrap();
+    }
+    assert!(recv.wait().unwrap().success());
+    // Foreign: untagged; tagged as another id; a snapshot tagged with the
+    // wrong kind; datasets below a volume tagged as if ours.
+    zfs_out(&["create", &at("foreign")]);
+    zfs_tagged("create", &[], "other", "data", &at("misnamed"));
+    zfs_tagged(
+        "snapshot",
+        &[],
+        "wrongkind",
+        "data",
+        &format!("{}@wrongkind", at("vol")),
+    );
+    zfs_tagged("create", &[], "nested", "data", &at("vol/nested"));
+    zfs_tagged(
+        "snapshot",
+        &[],
+        "deep",
+        "snapshot",
+        &format!("{}@deep", at("vol/nested")),
+    );
+    // A zvol tagged as data volume `zv` (the inventory lists filesystems and
+    // snapshots only) and its snapshot tagged as snapshot `zvsnap`.
+    zfs_tagged("create", &["-s", "-V", "16M"], "zv", "data", &at("zv"));
+    zfs_tagged(
+        "snapshot",
+        &[],
+        "zvsnap",
+        "snapshot",
+        &format!("{}@zvsnap", at("zv")),
+    );
+    // One id on a filesystem and on a snapshot of `fork`, which sorts first.
+    p.create_volume(&data_spec("zdup", Uuid::now_v7())).unwrap();
+    zfs_tagged(
+        "snapshot",
+        &[],
+        "zdup",
+        "snapshot",
+        &format!("{}@zdup", at("fork")),
+    );
+    // A child with a long name: with a long id, its snapshot's name would
+    // be longer than ZFS allows (255 bytes).
+    let long_child = "c".repeat(120);
+    zfs_out(&["create", &at(&long_child)]);
+    let long_id = "i".repeat(volmgr::model::MAX_ID_LEN);
+    assert!(at(&long_child).len() + 1 + long_id.len() > 255);
+
+    let inventory = p.inventory().unwrap();
+    let tagged = |id: &str| {
+        inventory
+            .iter()
+            .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == id))
+            .cloned()
+    };
+    // The states are what they claim to be.
+    let item = |name: &str| inventory.iter().find(|f| f.name == name);
+    assert!(matches!(
+        item(&at("half")).unwrap().presence,
+        Presence::Incomplete { .. }
+    ));
+    assert!(item(&at("target")).unwrap().partial.is_some());
+    assert!(
+        item(&format!("{}@arrived", at("landing")))
+            .unwrap()
+            .tag
+            .is_none()
+    );
+    assert!(item(&at("zv")).is_none(), "zvols are not listed");
+    assert_eq!(
+        tagged("zdup").unwrap().name,
+        format!("{}@zdup", at("fork")),
+        "the snapshot sorts before the filesystem"
+    );
+
+    let mut ids: Vec<String> = [
+        "vol",
+        "snap",
+        "fork",
+        "half",
+        "target",
+        "landing",
+        "arrived",
+        "src",
+        "s",
+        "foreign",
+        "misnamed",
+        "other",
+        "wrongkind",
+        "nested",
+        "deep",
+        "zv",
+        "zvsnap",
+        "zdup",
+        "nothing",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([long_child.clone(), long_id.clone()])
+    .collect();
+    for f in &inventory {
+        ids.extend(f.tag.as_ref().map(|t| t.volume.clone()));
+        let last = f.name.rsplit(['/', '@']).next().unwrap();
+        ids.extend(VolumeId::new(last).ok().map(|_| last.to_owned()));
+    }
+    ids.sort();
+    ids.dedup();
+    let mut wrong = Vec::new();
+    for id in &ids {
+        let before = CommandCount::snapshot();
+        let looked_up = p.lookup(VolumeId::new(id).unwrap());
+        let ran = CommandCount::snapshot().since(before);
+        let want = tagged(id);
+        match looked_up {
+            Ok(got) if got == want => {}
+            other => wrong.push(format!(
+                "lookup of {id}: {other:?}, the inventory: {want:?}"
+            )),
+        }
+        // One command when nothing can carry the tag (the program names
+        // nothing), two when a filesystem `<data>/<id>` or a snapshot
+        // `<data>/<child>@<id>` exists, ours or not.
+        let can = [
+            "vol",
+            "snap",
+            "fork",
+            "half",
+            "target",
+            "landing",
+            "arrived",
+            "src",
+            "s",
+            "foreign",
+            "misnamed",
+            "wrongkind",
+            "zvsnap",
+            "zdup",
+        ]
+        .contains(&id.as_str())
+            || *id == long_child;
+        let commands = if can { 2 } else { 1 };
+        if ran != zfs_commands(commands) {
+            wrong.push(format!(
+                "lookup of {id} ran {ran:?}, expected {commands} zfs commands"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(ids.len() > 20, "{ids:?}");
+
+    // A failing ZFS (here the pool gone) is an error, never "none".
+    pool.export();
+    let err = p.lookup(VolumeId::new("vol").unwrap());
+    assert!(err.is_err(), "lookup with the pool exported: {err:?}");
+    pool.import();
+    assert_eq!(
+        p.lookup(VolumeId::new("vol").unwrap()).unwrap(),
+        tagged("vol")
+    );
+}
+
+// --- nested roots ---------------------------------------------------------------
+
+/// `config` with root dataset `dataset`.
+fn with_dataset(config: &ProviderConfig, dataset: &str) -> ProviderConfig {
+    let mut c = config.clone();
+    c.insert("dataset".into(), dataset.to_owned());
+    c
+}
+
+/// Holds pool `pool`'s claim lock (`/run/volmgr/zfs-pools/<pool>.lock`, an
+/// exclusive `flock`) as another agent's claim in progress would, until
+/// the file is dropped.
+fn hold_pool_claim_lock(pool: &str) -> std::fs::File {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = PathBuf::from(format!("/run/volmgr/zfs-pools/{pool}.lock"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path.parent().unwrap())
+        .unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    file.lock().unwrap();
+    file
+}
+
+/// Waits until another `flock` waits for `held`'s lock (a blocked request
+/// on its inode in `/proc/locks`: an agent is at its claim, waiting), and
+/// returns `None`; or until `done` delivers, which the agent does only if
+/// it got through without waiting: `Some` of what it returned.
+fn until_waiting_for<T>(held: &std::fs::File, done: &std::sync::mpsc::Receiver<T>) -> Option<T> {
+    use std::os::unix::fs::MetadataExt;
+    let md = held.metadata().unwrap();
+    let inode = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(md.dev()),
+        libc::minor(md.dev()),
+        md.ino()
+    );
+    // A bound for a hung test only: each round checks the two outcomes.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Ok(result) = done.try_recv() {
+            return Some(result);
+        }
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        if locks
+            .lines()
+            .any(|l| l.contains("->") && l.split_whitespace().any(|w| w == inode))
+        {
+            return None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent neither waited for the claim lock nor finished: {locks}"
+        );
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `ZfsProvider::for_owner(config, owner)` on a thread of its own; its
+/// result (the provider dropped) on the channel.
+fn open_on_a_thread(
+    config: ProviderConfig,
+    owner: volmgr::provider::AgentId,
+) -> (
+    std::sync::mpsc::Receiver<Result<(), ProviderError>>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let _ = tx.send(ZfsProvider::for_owner(&config, &owner).map(drop));
+    });
+    (rx, thread)
+}
+
+#[track_caller]
+fn assert_foreign_root(err: &ProviderError, root: &str, owner: volmgr::provider::AgentId) {
+    assert!(
+        matches!(err, ProviderError::ForeignRoot { root: r, owner: o }
+            if r == root && *o == owner.to_string()),
+        "expected ForeignRoot of {root} owned by {owner}: {err:?}"
+    );
+}
+
+/// Story: each agent's claim of a missing root read the owners above it,
+/// then created it; two agents of one host claiming nested roots at the
+/// same instant (A `<pool>/volmgr`, B `<pool>/volmgr/inner/b`) could each
+/// find nothing above, and B's root ended inside A's tree. A claim (the
+/// owners above and below read, the root made or its owner set) now runs
+/// under the pool's host-local claim lock, and only it. The instant is
+/// made deterministic: the test holds the lock (A's claim in progress),
+/// waits until B is waiting for it, makes A's root, releases: B is then
+/// refused, naming A, and made nothing. The other way round, C claiming
+/// `<pool>/outer` while D's root `<pool>/outer/inner/d` is made meanwhile,
+/// C is refused naming D and sets nothing. Without the lock each agent
+/// got through without waiting (and claimed its root).
+#[test]
+fn nested_roots_claimed_at_the_same_instant_are_judged_one_after_the_other() {
+    use volmgr::provider::AgentId;
+    let test = "nested_roots_claimed_at_the_same_instant_are_judged_one_after_the_other";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let config = pool.provider_config();
+    let base = format!("{}/base", pool.pool);
+    drop(ZfsProvider::from_config(&with_dataset(&config, &base)).unwrap());
+    let exists = |name: &str| {
+        Command::new("zfs")
+            .args(["list", "-H", name])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+
+    // B's root inside A's, A's made while B waits.
+    let (agent_a, agent_b) = (AgentId::generate(), AgentId::generate());
+    let outer = pool.dataset();
+    let inner = format!("{outer}/inner/b");
+    let held = hold_pool_claim_lock(&pool.pool);
+    let (done, b) = open_on_a_thread(with_dataset(&config, &inner), agent_b);
+    if let Some(got) = until_waiting_for(&held, &done) {
+        panic!("B's claim of {inner} did not wait for the pool's claim lock: {got:?}");
+    }
+    zfs_out(&[
+        "create",
+        "-o",
+        &format!("volmgr:root-owner={agent_a}"),
+        &outer,
+    ]);
+    drop(held);
+    let err = done.recv().unwrap().expect_err("inside A's root");
+    b.join().unwrap();
+    assert_foreign_root(&err, &inner, agent_a);
+    assert!(!exists(&format!("{outer}/inner")), "B made nothing");
+
+    // C's root around D's, D's made while C waits.
+    let (agent_c, agent_d) = (AgentId::generate(), AgentId::generate());
+    let outer = format!("{}/outer", pool.pool);
+    let inner = format!("{outer}/inner/d");
+    let held = hold_pool_claim_lock(&pool.pool);
+    let (done, c) = open_on_a_thread(with_dataset(&config, &outer), agent_c);
+    if let Some(got) = until_waiting_for(&held, &done) {
+        panic!("C's claim of {outer} did not wait for the pool's claim lock: {got:?}");
+    }
+    zfs_out(&[
+        "create",
+        "-p",
+        "-o",
+        &format!("volmgr:root-owner={agent_d}"),
+        &inner,
+    ]);
+    drop(held);
+    let err = done.recv().unwrap().expect_err("around D's root");
+    c.join().unwrap();
+    assert_foreign_root(&err, &inner, agent_d);
+    assert_eq!(root_owner_of(&outer), "-\t-", "C set nothing");
+    assert!(!exists(&format!("{outer}/data")), "C made nothing");
+}
+
+/// A root dataset that would contain another agent's root is refused:
+/// with B owning `<pool>/volmgr/inner/b` (whose `zfs create -p` made
+/// `<pool>/volmgr`, unowned), A's claim of `<pool>/volmgr` would have set
+/// its owner there and taken B's root, data and all, into A's tree. It is
+/// refused naming B's root and B, nothing changed; a root containing the
+/// agent's own root is claimed; a damaged owner below is refused as such.
+#[test]
+fn a_root_containing_another_agents_root_is_refused_and_one_containing_its_own_is_not() {
+    use volmgr::provider::AgentId;
+    let test = "a_root_containing_another_agents_root_is_refused_and_one_containing_its_own";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let config = pool.provider_config();
+    let (agent_a, agent_b) = (AgentId::generate(), AgentId::generate());
+    let outer = pool.dataset();
+    let inner = format!("{outer}/inner/b");
+    drop(ZfsProvider::for_owner(&with_dataset(&config, &inner), &agent_b).unwrap());
+    let before = dataset_image(&outer);
+    assert_eq!(root_owner_of(&outer), "-\t-");
+    let err = ZfsProvider::for_owner(&config, &agent_a).expect_err("around B's root");
+    assert_foreign_root(&err, &inner, agent_b);
+    assert!(
+        err.to_string().contains("belongs to another volmgr agent"),
+        "{err}"
+    );
+    assert_eq!(dataset_image(&outer), before, "nothing changed");
+
+    // A's own root inside: A claims the one around it.
+    let mine = format!("{}/mine", pool.pool);
+    drop(
+        ZfsProvider::for_owner(&with_dataset(&config, &format!("{mine}/inner")), &agent_a).unwrap(),
+    );
+    drop(ZfsProvider::for_owner(&with_dataset(&config, &mine), &agent_a).expect("its own"));
+    assert_eq!(root_owner_of(&mine), format!("{agent_a}\tlocal"));
+
+    // A damaged owner below.
+    let odd = format!("{}/odd", pool.pool);
+    zfs_out(&[
+        "create",
+        "-p",
+        "-o",
+        "volmgr:root-owner=garbage",
+        &format!("{odd}/x"),
+    ]);
+    let err = ZfsProvider::for_owner(&with_dataset(&config, &odd), &agent_a)
+        .expect_err("a damaged owner below");
+    assert!(
+        matches!(&err, ProviderError::InvalidConfig(why) if why.contains(&format!("{odd}/x")) && why.contains("no agent id")),
+        "{err:?}"
+    );
+    assert_eq!(root_owner_of(&odd), "-\t-");
+}

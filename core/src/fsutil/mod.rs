@@ -89,6 +89,16 @@ pub fn hold_lock(dir: &Dir, name: &[u8]) -> io::Result<Option<HeldLock>> {
     }
 }
 
+/// Takes the exclusive lock of the lock file `name` in `dir` as
+/// [`hold_lock`] does, but waits while another open file description holds
+/// it (a blocking `flock`): for a lock held only across a few steps, which
+/// a second taker must wait out rather than be refused by.
+pub fn wait_lock(dir: &Dir, name: &[u8]) -> io::Result<HeldLock> {
+    let file = dir.open_or_create_file(name, 0o600)?;
+    file.lock()?;
+    Ok(HeldLock { _file: file })
+}
+
 /// The machine's dirty page cache in bytes: `nr_dirty` + `nr_writeback`
 /// pages of `/proc/vmstat` (every file system's), `None` if unreadable. An
 /// upper bound on what a `syncfs` of one file system may write back.

@@ -137,9 +137,12 @@ pub enum ProviderError {
     InvalidConfig(String),
     /// The provider's root belongs to another volmgr agent: its root marker
     /// (a dir or btrfs root) or root dataset (ZFS) names `owner`, another
-    /// agent's identity. Nothing under it was touched. A root changes hands
-    /// only by an operator's deliberate act (README, "Handing a provider
-    /// root to another agent"). (HTTP: 400 `invalid_config`.)
+    /// agent's identity. (ZFS also refuses a root dataset that would
+    /// contain another agent's root: then `root` is that dataset below the
+    /// configured one, and `owner` its agent.) Nothing under it was
+    /// touched. A root changes hands only by an operator's deliberate act
+    /// (README, "Handing a provider root to another agent"). (HTTP: 400
+    /// `invalid_config`.)
     ForeignRoot {
         /// The root directory or dataset.
         root: String,
@@ -464,8 +467,11 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// create leave?): a provider that can read one item without listing
     /// all overrides it (the directory provider: two `lstat`s and two marker
     /// reads, where its inventory reads every marker; btrfs: two `lstat`s
-    /// and the stage, where its inventory lists every item). By default the
-    /// inventory, filtered.
+    /// and the stage, where its inventory lists every item; ZFS: one
+    /// read-only channel program naming the datasets that can carry the
+    /// id's tag, then one `zfs list` of those, where its inventory lists
+    /// every dataset and snapshot). A failure to read is an error, never
+    /// `None`. By default the inventory, filtered.
     fn lookup(&self, id: &VolumeId) -> Result<Option<Found>, ProviderError> {
         Ok(self
             .inventory()?

@@ -20,6 +20,17 @@ impl ZfsProvider {
     /// `zfs list` of every dataset of `names` in one command (with `-r` when
     /// `recursive`); empty if any is absent (ZFS then fails the command).
     pub(super) fn list_names(names: &[&str], recursive: bool) -> Result<Vec<Row>, ProviderError> {
+        match Self::list_exact(names, recursive) {
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// `zfs list` of every dataset of `names` in one command (with `-r` when
+    /// `recursive`), in `zfs list`'s own order (the inventory's: by name, a
+    /// filesystem before its snapshots, snapshots by `createtxg`); any
+    /// failure, an absent dataset's included, is the error.
+    pub(super) fn list_exact(names: &[&str], recursive: bool) -> Result<Vec<Row>, ProviderError> {
         let mut cmd = Cmd::new("zfs")
             .arg("list")
             .arg("-H")
@@ -34,11 +45,7 @@ impl ZfsProvider {
         for name in names {
             cmd = cmd.user_arg(name)?;
         }
-        match cmd.run() {
-            Ok(out) => parse_rows(&out.stdout_str()),
-            Err(e) if is_not_found(&e) => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
+        parse_rows(&cmd.run()?.stdout_str())
     }
 
     pub(super) fn one(name: &str) -> Result<Option<Row>, ProviderError> {

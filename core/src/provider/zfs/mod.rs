@@ -45,6 +45,32 @@
 //! `...@<id>` tagged volume `<id>` kind `snapshot`. Everything else under the
 //! root is foreign (tag `None`): reported, never touched.
 //!
+//! # Lookup of one id
+//!
+//! [`Provider::lookup`] (what the manager asks after a failed call) reads
+//! only what can carry the tag of volume `<id>`: by the rule above, the
+//! filesystem `<dataset>/data/<id>` and the snapshots
+//! `<dataset>/data/<src>@<id>`, and the id alone does not give `<src>`. No
+//! `zfs list` finds a snapshot by its short name without listing every
+//! snapshot of the root (`-t snapshot -r`), so one read-only channel
+//! program (`zfs program -n`, `lua/lookup.lua`: no sync task, no wait for a
+//! transaction group) asks `zfs.exists` of `<data>/<id>` and of
+//! `<child>@<id>` for each child of `<data>`, in the kernel, and returns the
+//! names that exist with that type (a zvol is no volume of ours; hidden
+//! `%` datasets are skipped as `zfs list` skips them). Nothing found: one
+//! command, `None`. Else one `zfs list` of exactly those names reads their
+//! rows, judged by the inventory's own code (`found_of`, `tag_of`),
+//! and the first tagged as `<id>` in `zfs list`'s order (the inventory's:
+//! by name, a filesystem before its snapshots) is the answer: two commands.
+//! Its cost is one `zfs.exists` per volume in the kernel, and one row
+//! printed, where the inventory prints a row per dataset and snapshot. The
+//! program is bounded by `zfs program`'s default limits (10 million Lua
+//! instructions, a few tens per child; 10 MB): past them it fails naming
+//! the limit. Every failure is an error, never `None`: the program's, and
+//! the listing's, except that a name destroyed between the two commands
+//! makes both run again (three times at most). A snapshot named without
+//! its parent (`VolumeRef::parent` `None`) is found the same way.
+//!
 //! # The root's owner
 //!
 //! A root dataset belongs to one agent (one state directory). A provider
@@ -62,8 +88,18 @@
 //! A missing root is refused the same way before it is made when the
 //! nearest existing dataset above it names another agent (set there or
 //! inherited): the `create -o` would set ours locally and hide the owner
-//! it inherits. (Two agents creating nested roots at the same instant, each
-//! finding nothing above, are not yet caught: a per-pool claim lock would.)
+//! it inherits. A root that would *contain* another agent's root is
+//! refused too: before the owner is set on an existing root (unset, or
+//! only inherited), one `zfs get -r -t filesystem -s local` of the property
+//! walks the root's filesystems, and one below naming another agent is
+//! [`ProviderError::ForeignRoot`] naming that dataset and its agent (a
+//! value there that is no agent id, a configuration error). That walk runs
+//! once per root, when it is first claimed; never at a reopen of a root
+//! that already names us, and never for a root just made. (The two data
+//! roots would not overlap, but the outer agent's inventory lists its
+//! whole tree: every dataset of the inner agent's would be reported as a
+//! foreign item of it, and an operator's `zfs destroy -r` or handover of
+//! the outer root would take the inner one along.)
 //! Children inherit the property, which nothing reads below the root. A
 //! provider built without an owner ([`ZfsProvider::from_config`]: tools and
 //! tests outside a manager) neither reads nor sets it. Handing a root to
@@ -86,6 +122,26 @@
 //! `zfs get` per open), and judged again under it. Agents of other hosts cannot share an imported pool, but as a
 //! last check the property is read back after every `zfs set`: another
 //! agent's id there is [`ProviderError::ForeignRoot`].
+//!
+//! # Nested roots
+//!
+//! The root lock is per root dataset, so it does not order two agents
+//! claiming *nested* roots (A `tank/a`, B `tank/a/b`): each could read the
+//! owners around its root before the other made or claimed its own, find
+//! nothing, and go on. So the claim itself (the owners above and below
+//! read, then the root made with `create -o` or its owner set) runs under
+//! a second host-local lock, of the pool:
+//! `/run/volmgr/zfs-pools/<pool>.lock` (a pool name is one plain path
+//! component; the directory made and checked like the roots'), an
+//! exclusive `flock` that a second claimer *waits* for
+//! ([`crate::fsutil::wait_lock`]). One host suffices: a pool is imported on
+//! one host at a time. It is taken after the root's own lock (always in
+//! that order, so two claimers never wait for each other crosswise) and
+//! released as soon as the claim is done, before the data root is made:
+//! held for the provider's life it would make every other agent of the
+//! pool wait (or be refused) until this one stopped. A wait lasts one
+//! claim: a few `zfs` commands (`get` above, `create` or `get` and `set`
+//! and its read-back, and the walk below on a first claim).
 //!
 //! A snapshot's `location` is `<mountpoint of its volume>/.zfs/snapshot/<id>`:
 //! ZFS mounts it read-only on first access and it needs no mount state of
@@ -137,6 +193,7 @@
 //! | destroy  | 2 / 1 | a filesystem: `list` (is it ours? a partial receive to abort?), `destroy`; a snapshot: `program` (is it ours? destroy; its clones if it has any), then `destroy` only if it was mounted (`EBUSY`) |
 //! | send     | 2 | `list` the snapshot, and its base for an incremental, in one command (ours?), `send` |
 //! | receive  | 4 | `list -d 1` the target and its snapshots (ours? partial? does the stream fit?), `set` mark, `recv` into `<target>@<id>`, `program`: the arrival by guid, its tags, the mark cleared (the target mounted? `/proc/self/mountinfo`, no command; `mount` only if not) |
+//! | lookup   | 2 / 1 | `program -n`: the names that can carry the id's tag; `list` of them (none: the program only) (see "Lookup of one id") |
 //!
 //! Why not one each: the tag check must come *before* the act, because no
 //! `zfs` command refuses to act on a dataset by its properties. A snapshot
@@ -198,7 +255,7 @@ use super::{
     Created, Durability, Found, PartialReceive, Presence, Provider, ProviderConfig, ProviderError,
     SendOptions, SendStats, StreamIdentity, Tag, VolumeRef, VolumeSpec,
 };
-use crate::model::{AgentId, DETAIL_GUID, Details, OpId, VolumeKind};
+use crate::model::{AgentId, DETAIL_GUID, Details, OpId, VolumeId, VolumeKind};
 use crate::validate::MAX_RESUME_TOKEN_LEN;
 use program::DestroySnapshot;
 
@@ -254,6 +311,10 @@ const COLUMNS: &str = "name,type,guid,createtxg,origin,mounted,receive_resume_to
 
 /// How often a busy dataset is retried.
 const BUSY_ATTEMPTS: u32 = 8;
+
+/// How often a lookup reads its names again when one of them was
+/// destroyed between its two commands ([`ZfsProvider::tagged_as`]).
+const LOOKUP_ATTEMPTS: u32 = 3;
 
 /// ZFS datasets under a root dataset. See the module documentation.
 #[derive(Debug)]
@@ -325,6 +386,62 @@ impl ZfsProvider {
             kind,
             parent: row.parent.clone(),
         })
+    }
+
+    /// What the inventory reports for row `r`: ours only under its own name
+    /// ([`Self::tag_of`]), else foreign.
+    fn found_of(&self, r: Row) -> Found {
+        // A partial receive leaves its target whole (it is reported as
+        // `partial`); a killed receive may leave it unmounted.
+        let presence = if !r.is_snapshot && !r.mounted {
+            Presence::Incomplete {
+                reason: "not mounted".into(),
+            }
+        } else {
+            Presence::Complete
+        };
+        let created = self.created_of(&r);
+        Found {
+            tag: self.tag_of(&r),
+            partial: Self::partial_of(&r),
+            name: r.name,
+            presence,
+            location: created.location,
+            details: created.details,
+        }
+    }
+
+    /// Every item tagged as volume `id`, as [`Provider::inventory`] reports
+    /// it and in its order, without listing the inventory: only
+    /// `<data>/<id>` and the snapshots `<data>/<child>@<id>` can be tagged
+    /// as `id` ([`Self::tag_of`]). One read-only channel program names
+    /// those that exist ([`Self::names_tagged_by`]; none: done, one
+    /// command), then one `zfs list` of them reads their rows, judged by the
+    /// inventory's own [`Self::found_of`], in `zfs list`'s order, which is
+    /// the inventory's (two commands). A dataset destroyed between the two
+    /// makes the listing fail as absent: both run again (bounded), and any
+    /// other failure is the error, never "none".
+    fn tagged_as(&self, id: &str) -> Result<Vec<Found>, ProviderError> {
+        check_id(id)?;
+        let mut attempt = 1;
+        loop {
+            let names = self.names_tagged_by(id)?;
+            if names.is_empty() {
+                return Ok(Vec::new());
+            }
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            match Self::list_exact(&names, false) {
+                Ok(rows) => {
+                    return Ok(rows
+                        .into_iter()
+                        .map(|r| self.found_of(r))
+                        .filter(|f| f.tag.as_ref().is_some_and(|t| t.volume == id))
+                        .collect());
+                }
+                Err(e) if is_not_found(&e) && attempt < LOOKUP_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The resumable partial receive a filesystem row holds: its token, and
@@ -433,12 +550,12 @@ impl ZfsProvider {
                     Ok(format!("{}@{}", self.fs_name(p), v.id))
                 }
                 None => self
-                    .inventory()?
+                    .tagged_as(v.id)?
                     .into_iter()
                     .find(|f| {
                         f.tag
                             .as_ref()
-                            .is_some_and(|t| t.volume == v.id && t.kind == VolumeKind::Snapshot)
+                            .is_some_and(|t| t.kind == VolumeKind::Snapshot)
                     })
                     .map(|f| f.name)
                     .ok_or_else(|| ProviderError::NotFound(format!("snapshot {}", v.id))),
@@ -780,27 +897,16 @@ impl Provider for ZfsProvider {
         Ok(rows
             .into_iter()
             .filter(|r| r.name != self.dataset && r.name != data_root)
-            .map(|r| {
-                // A partial receive leaves its target whole (it is reported as
-                // `partial`); a killed receive may leave it unmounted.
-                let presence = if !r.is_snapshot && !r.mounted {
-                    Presence::Incomplete {
-                        reason: "not mounted".into(),
-                    }
-                } else {
-                    Presence::Complete
-                };
-                let created = self.created_of(&r);
-                Found {
-                    tag: self.tag_of(&r),
-                    partial: Self::partial_of(&r),
-                    name: r.name,
-                    presence,
-                    location: created.location,
-                    details: created.details,
-                }
-            })
+            .map(|r| self.found_of(r))
             .collect())
+    }
+
+    /// Two commands when a dataset that can carry the tag of `id` exists
+    /// (ours or not), one when none does: a read-only channel program
+    /// names those datasets, then one `zfs list` of them reads them as the
+    /// inventory does (see the module documentation, "Lookup of one id").
+    fn lookup(&self, id: &VolumeId) -> Result<Option<Found>, ProviderError> {
+        Ok(self.tagged_as(id.as_str())?.into_iter().next())
     }
 
     fn finish(&self, found: &Found) -> Result<Created, ProviderError> {

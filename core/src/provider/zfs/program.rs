@@ -1,6 +1,9 @@
 //! ZFS channel programs (`zfs program`, zfs-program(8)): the verbs that can
-//! check our tags and act in one command, and the end of a receive (the
-//! arrival tagged and the target's mark cleared). A channel program runs as one
+//! check our tags and act in one command, the end of a receive (the
+//! arrival tagged and the target's mark cleared), and, read-only (`zfs
+//! program -n`, which runs in open context, changes nothing and waits for
+//! no transaction group), a lookup's search for the names that can carry
+//! one id's tag (`lua/lookup.lua`). A channel program that changes runs as one
 //! sync task in one transaction group, with no other administrative
 //! operation in between, and `zfs program` returns once that group has
 //! synced: a snapshot is taken and tagged together (never visible, nor left
@@ -61,6 +64,10 @@ pub const RECEIVED: &str = concat!(
     include_str!("lua/props.lua"),
     include_str!("lua/received.lua")
 );
+
+/// The names that can carry one volume id's tag, read without a change
+/// (`zfs program -n`; see [`ZfsProvider::names_tagged_by`]).
+const LOOKUP: &str = include_str!("lua/lookup.lua");
 
 /// `EAGAIN`: a snapshot of the same filesystem was taken in the same
 /// transaction group (the `zfs snapshot` command retries this itself; a
@@ -146,6 +153,13 @@ pub(super) enum Received {
     Elsewhere { name: String },
 }
 
+/// What `lua/lookup.lua` returns.
+#[derive(Debug, Deserialize)]
+struct LookupReply {
+    /// Comma separated, empty if none.
+    names: String,
+}
+
 /// `EBUSY`.
 const EBUSY: i64 = 16;
 
@@ -178,7 +192,7 @@ fn guid_arg(guid: u64) -> String {
 
 impl ZfsProvider {
     /// The pool the root dataset is in (where the programs run).
-    fn pool(&self) -> &str {
+    pub(super) fn pool(&self) -> &str {
         self.dataset.split('/').next().unwrap_or(&self.dataset)
     }
 
@@ -190,12 +204,27 @@ impl ZfsProvider {
         script: &str,
         args: &[&str],
     ) -> Result<(T, Cmd), ProviderError> {
-        let mut cmd = Cmd::new("zfs")
-            .arg("program")
-            .arg("-j")
-            .arg("--")
-            .user_arg(self.pool())?
-            .arg("-");
+        self.run_program(Cmd::new("zfs").arg("program").arg("-j"), script, args)
+    }
+
+    /// [`Self::program`] read-only (`zfs program -n`): the script runs in
+    /// open context, changes nothing, and waits for no transaction group.
+    fn read_program<T: for<'de> Deserialize<'de>>(
+        &self,
+        script: &str,
+        args: &[&str],
+    ) -> Result<(T, Cmd), ProviderError> {
+        let cmd = Cmd::new("zfs").arg("program").arg("-j").arg("-n");
+        self.run_program(cmd, script, args)
+    }
+
+    fn run_program<T: for<'de> Deserialize<'de>>(
+        &self,
+        cmd: Cmd,
+        script: &str,
+        args: &[&str],
+    ) -> Result<(T, Cmd), ProviderError> {
+        let mut cmd = cmd.arg("--").user_arg(self.pool())?.arg("-");
         for a in args {
             cmd = cmd.user_arg(a)?;
         }
@@ -208,6 +237,26 @@ impl ZfsProvider {
             ))
         })?;
         Ok((reply.value, cmd))
+    }
+
+    /// The datasets whose own name can carry the tag of volume `id` (the
+    /// filesystem `<data>/<id>` and the snapshots `<data>/<child>@<id>`,
+    /// the only names [`ZfsProvider::tag_of`] can match with `id`), those
+    /// that exist with that type, by one read-only channel program (see
+    /// `lua/lookup.lua`): one `zfs.exists` per child of the data root, in
+    /// the kernel, and nothing listed. Bounded by `zfs program`'s default
+    /// limits (10 million Lua instructions, a few tens per child; 10 MB of
+    /// memory): beyond them it fails, naming the limit, and never answers
+    /// "none". Any failure is an error.
+    pub(super) fn names_tagged_by(&self, id: &str) -> Result<Vec<String>, ProviderError> {
+        let data = self.data_root();
+        let (reply, _) = self.read_program::<LookupReply>(LOOKUP, &[&data, id])?;
+        Ok(reply
+            .names
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect())
     }
 
     /// Snapshot `name` (`<src>@<id>`) of data volume `source`, by one
@@ -440,6 +489,15 @@ mod tests {
         let missing: Reply<ReceivedReply> =
             serde_json::from_str(r#"{"return":{"result":"missing"}}"#).unwrap();
         assert!(matches!(missing.value, ReceivedReply::Missing));
+    }
+
+    #[test]
+    fn the_lookup_programs_names_parse_as_zfs_program_prints_them() {
+        let none: Reply<LookupReply> = serde_json::from_str(r#"{"return":{"names":""}}"#).unwrap();
+        assert!(none.value.names.is_empty());
+        let two: Reply<LookupReply> =
+            serde_json::from_str(r#"{"return":{"names":"p/d/a,p/d/b@a"}}"#).unwrap();
+        assert_eq!(two.value.names, "p/d/a,p/d/b@a");
     }
 
     #[test]

@@ -46,6 +46,38 @@ pub(super) fn root_lock_name(dataset: &str) -> Result<String, ProviderError> {
     Ok(name)
 }
 
+/// The host-local directory of the pools' claim locks (see "Nested
+/// roots"), beside [`ROOT_LOCK_DIR`] and made the same way.
+pub(super) const POOL_CLAIM_DIR: &str = "/run/volmgr/zfs-pools";
+
+/// The name of the claim lock file of pool `pool` in [`POOL_CLAIM_DIR`]:
+/// `<pool>.lock`, one plain path component (a pool name is one valid
+/// dataset component: no `/`, never `.` or `..`).
+pub(super) fn pool_claim_lock_name(pool: &str) -> Result<String, ProviderError> {
+    check_dataset(pool)?;
+    if pool.contains('/') {
+        return Err(ProviderError::InvalidConfig(format!(
+            "pool {pool:?}: contains '/'"
+        )));
+    }
+    let name = format!("{pool}.lock");
+    debug_assert!(!name.contains(['/', '\0']) && name != "." && name != "..");
+    Ok(name)
+}
+
+/// Takes the host-local claim lock of pool `pool` in `dir` (see "Nested
+/// roots"), waiting while another agent of this host claims a root in the
+/// same pool: it holds it only across its claim's few `zfs` commands.
+pub(super) fn lock_pool_claim(
+    dir: &Path,
+    pool: &str,
+) -> Result<crate::fsutil::HeldLock, ProviderError> {
+    let name = pool_claim_lock_name(pool)?;
+    let handle = private_lock_dir(dir)?;
+    crate::fsutil::wait_lock(&handle, name.as_bytes())
+        .map_err(|e| ProviderError::io(format!("locking {}", dir.join(&name).display()), e))
+}
+
 /// Makes `dir` (and its parent) if missing, mode 0700, and checks that
 /// each is a real directory (not a symlink) of this user that no one
 /// else can write: a lock directory another user could change would let
@@ -270,35 +302,27 @@ impl ZfsProvider {
     /// Creates the root datasets if missing and sets `setuid=off
     /// devices=off` on the root; with an `owner`, claims the root dataset
     /// first (a new one is created naming it), so a root another agent owns
-    /// is refused before anything in it is changed.
+    /// is refused before anything in it is changed. The claim (the owners
+    /// above and below read, then the root made or its owner set) runs
+    /// under the pool's claim lock, and only it (see "Nested roots").
     pub(super) fn ensure_root(&self, owner: Option<AgentId>) -> Result<(), ProviderError> {
-        let owned = owner.map(|o| format!("{P_ROOT_OWNER}={o}"));
-        for (name, is_root) in [(self.dataset.clone(), true), (self.data_root(), false)] {
-            if Self::list(&name, false)?.is_empty() {
-                if is_root && let Some(owner) = owner {
-                    // Created with our owner set locally, the new root
-                    // would hide the owner it inherits: a root inside
-                    // another agent's tree is refused before it is made.
-                    self.refuse_root_in_foreign_tree(owner)?;
-                }
-                let mut cmd = Cmd::new("zfs").arg("create").arg("-p");
-                for prop in ["mountpoint=none", SETUID_OFF, DEVICES_OFF] {
-                    cmd = cmd.arg("-o").arg(prop);
-                }
-                if is_root && let Some(owned) = &owned {
-                    // Built from a parsed agent id: never a flag.
-                    cmd = cmd.arg("-o").user_arg(owned)?;
-                }
-                let made = cmd.user_arg(&name)?.run();
-                if let Err(e) = made
-                    && !stderr_of(&e).contains("already exists")
-                {
-                    return Err(e);
-                }
+        if let Some(owner) = owner {
+            let _claim = lock_pool_claim(Path::new(POOL_CLAIM_DIR), self.pool())?;
+            if !Self::exists(&self.dataset)? {
+                // Created with our owner set locally, the new root would
+                // hide the owner it inherits: a root inside another
+                // agent's tree is refused before it is made.
+                self.refuse_root_in_foreign_tree(owner)?;
+                // Built from a parsed agent id: never a flag.
+                Self::create_if_missing(&self.dataset, Some(&format!("{P_ROOT_OWNER}={owner}")))?;
             }
-            if is_root && let Some(owner) = owner {
-                self.claim_root(owner)?;
-            }
+            self.claim_root(owner)?;
+        } else if !Self::exists(&self.dataset)? {
+            Self::create_if_missing(&self.dataset, None)?;
+        }
+        let data_root = self.data_root();
+        if !Self::exists(&data_root)? {
+            Self::create_if_missing(&data_root, None)?;
         }
         // An existing root (made by an earlier version, or by the operator)
         // gets them too: every dataset below inherits them.
@@ -309,6 +333,28 @@ impl ZfsProvider {
             .user_arg(&self.dataset)?
             .run()?;
         Ok(())
+    }
+
+    /// Whether dataset `name` exists (a filesystem or snapshot).
+    fn exists(name: &str) -> Result<bool, ProviderError> {
+        Ok(!Self::list(name, false)?.is_empty())
+    }
+
+    /// `zfs create -p` of `name` with `mountpoint=none setuid=off
+    /// devices=off` and `owned` (the root owner's `property=value`), if
+    /// another did not make it meanwhile.
+    fn create_if_missing(name: &str, owned: Option<&str>) -> Result<(), ProviderError> {
+        let mut cmd = Cmd::new("zfs").arg("create").arg("-p");
+        for prop in ["mountpoint=none", SETUID_OFF, DEVICES_OFF] {
+            cmd = cmd.arg("-o").arg(prop);
+        }
+        if let Some(owned) = owned {
+            cmd = cmd.arg("-o").user_arg(owned)?;
+        }
+        match cmd.user_arg(name)?.run() {
+            Err(e) if !stderr_of(&e).contains("already exists") => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -324,6 +370,7 @@ impl ZfsProvider {
     pub(super) fn claim_root(&self, owner: AgentId) -> Result<(), ProviderError> {
         let (value, source) = self.root_owner()?;
         if value == "-" && source == "-" {
+            self.refuse_foreign_roots_below(owner)?;
             self.set_root_owner(owner)?;
             tracing::info!(dataset = %self.dataset, %owner, "zfs provider: root dataset claimed for this agent");
             return Ok(());
@@ -342,7 +389,63 @@ impl ZfsProvider {
             });
         }
         if source != "local" {
+            self.refuse_foreign_roots_below(owner)?;
             self.set_root_owner(owner)?;
+        }
+        Ok(())
+    }
+
+    /// [`ProviderError::ForeignRoot`] naming a filesystem below the root
+    /// dataset whose own (local) `volmgr:root-owner` names another agent:
+    /// that agent's root, which claiming this one would put inside our
+    /// tree. A local value there that is no agent id is refused as
+    /// damaged. One `zfs get -r -t filesystem -s local`, a walk of the
+    /// root's tree (no snapshot): run only when the owner is about to be
+    /// set ([`ZfsProvider::claim_root`]: a root from before owners, or
+    /// one whose owner is only inherited), never at a reopen, and never
+    /// for a root just made (nothing below it).
+    fn refuse_foreign_roots_below(&self, owner: AgentId) -> Result<(), ProviderError> {
+        let out = Cmd::new("zfs")
+            .arg("get")
+            .arg("-H")
+            .arg("-p")
+            .arg("-r")
+            .arg("-t")
+            .arg("filesystem")
+            .arg("-s")
+            .arg("local")
+            .arg("-o")
+            .arg("name,value")
+            .arg(P_ROOT_OWNER)
+            .user_arg(&self.dataset)?
+            .run()?;
+        for line in out.stdout_str().lines().filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once('\t').ok_or_else(|| {
+                ProviderError::Other(format!(
+                    "`zfs get -r {P_ROOT_OWNER} {}` answered {line:?}, not name and value",
+                    self.dataset
+                ))
+            })?;
+            if name == self.dataset {
+                continue;
+            }
+            match AgentId::parse(value) {
+                Ok(named) if named == owner => {}
+                Ok(named) => {
+                    return Err(ProviderError::ForeignRoot {
+                        root: name.to_owned(),
+                        owner: named.to_string(),
+                    });
+                }
+                Err(why) => {
+                    return Err(ProviderError::InvalidConfig(format!(
+                        "zfs root dataset {}: {name} below it has {P_ROOT_OWNER} {value:?}, no \
+                         agent id: {why}; the root is not claimed over another agent's root, \
+                         nothing in it was changed",
+                        self.dataset
+                    )));
+                }
+            }
         }
         Ok(())
     }

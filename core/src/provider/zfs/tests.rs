@@ -200,6 +200,31 @@ fn a_root_dataset_lock_is_refused_to_a_second_holder_until_the_first_drops_it() 
 }
 
 #[test]
+fn a_pool_claim_lock_is_one_plain_component_per_pool_and_released_after_the_claim() {
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(setup::pool_claim_lock_name("tank").unwrap(), "tank.lock");
+    assert_eq!(
+        setup::pool_claim_lock_name("t_1.a:b-c").unwrap(),
+        "t_1.a:b-c.lock"
+    );
+    for bad in ["", "tank/a", "..", "a%b", "-x", "a\0b"] {
+        assert!(setup::pool_claim_lock_name(bad).is_err(), "{bad:?}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("volmgr/zfs-pools");
+    let claim = setup::lock_pool_claim(&dir, "tank").unwrap();
+    let md = std::fs::symlink_metadata(dir.join("tank.lock")).unwrap();
+    assert!(md.is_file() && md.mode() & 0o7777 == 0o600, "{md:?}");
+    // Held: no one else takes it; dropped: the next claim takes it.
+    let file = std::fs::File::open(dir.join("tank.lock")).unwrap();
+    assert!(file.try_lock().is_err(), "held during the claim");
+    drop(claim);
+    assert!(file.try_lock().is_ok(), "released after it");
+    drop(file);
+    drop(setup::lock_pool_claim(&dir, "tank").unwrap());
+}
+
+#[test]
 fn a_root_lock_directory_others_could_change_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
