@@ -381,12 +381,14 @@ async fn sweep(flavor: Flavor) {
     let found = dir_sweep_support::sweep(&Sweep(flavor), 0x5EED_D1D0).await;
     let (acked, mut failures) = (found.acked, found.failures);
     println!(
-        "dir power-cut sweep ({flavor:?}): crash points {}, reopen crash points {}, images {}, \
-         operations acknowledged by a whole run {acked}, acknowledged operations lost {}, \
-         disagreements {} (seed {:#x}, scale {})",
+        "dir power-cut sweep ({flavor:?}): crash points {}, reopen crash points {}, images {} \
+         (unique {}, skipped {}), operations acknowledged by a whole run {acked}, acknowledged \
+         operations lost {}, disagreements {} (seed {:#x}, scale {})",
         found.points,
         found.reopen_points,
         found.images,
+        found.unique,
+        found.skipped,
         found.lost,
         found.disagreements,
         found.base_seed,

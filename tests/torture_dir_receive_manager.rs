@@ -929,9 +929,16 @@ async fn power_cut_sweep(
     let (acked, mut failures) = (found.acked, found.failures);
     println!(
         "dir receive manager power-cut sweep ({durability:?}, exchange {exchange}): crash \
-         points {}, images {}, operations acknowledged by a whole run {acked}, acknowledged \
-         operations lost {}, disagreements {} (seed {:#x}, scale {})",
-        found.points, found.images, found.lost, found.disagreements, found.base_seed, found.scale
+         points {}, images {} (unique {}, skipped {}), operations acknowledged by a whole run \
+         {acked}, acknowledged operations lost {}, disagreements {} (seed {:#x}, scale {})",
+        found.points,
+        found.images,
+        found.unique,
+        found.skipped,
+        found.lost,
+        found.disagreements,
+        found.base_seed,
+        found.scale
     );
     assert!(
         acked == 5 || found.one_point,
@@ -1273,6 +1280,7 @@ async fn undo_crash_sweep(
             FailurePoints::Every => 1..=syncs,
         };
         let (mut points, mut images, mut lost, mut disagreements) = (0, 0, 0, 0);
+        let (mut unique, mut skipped) = (0, 0);
         let mut rolled_forward = 0;
         for fail_at in range.clone() {
             let w = UndoCrashSweep {
@@ -1288,6 +1296,8 @@ async fn undo_crash_sweep(
             // failed, and reopens clean: checked too).
             points += found.points - 1;
             images += found.images;
+            unique += found.unique;
+            skipped += found.skipped;
             lost += found.lost;
             disagreements += found.disagreements;
             rolled_forward += w.rolled_forward.load(Ordering::Relaxed);
@@ -1300,8 +1310,9 @@ async fn undo_crash_sweep(
         println!(
             "dir receive failed-sync-then-crash sweep ({durability:?}, {name}, exchange \
              {exchange}): failure points {} ({} to {} of {syncs}), crash points {points}, \
-             images {images}, rolled forward {rolled_forward}, acknowledged operations lost \
-             {lost}, disagreements {disagreements}",
+             images {images} (unique {unique}, skipped {skipped}), rolled forward \
+             {rolled_forward} (of the unique), acknowledged operations lost {lost}, \
+             disagreements {disagreements}",
             range.clone().count(),
             range.start(),
             range.end(),
