@@ -138,6 +138,23 @@
 //! to 29,748 images a case, 0 disagreements; the power-cut sweep 6,456 to
 //! 7,115 images a flavor, 0).
 //!
+//! Since 2026-12-07 the sweeps reopen each distinct image of a crash
+//! point once (`dir_sweep_support::sweep`, `SimStorage::fingerprint`): an
+//! image identical to one already checked there takes its verdict, and
+//! the summaries print `images I (unique U, skipped S)`; `rolled forward`
+//! counts distinct images. Debug, 2 cores shared with other builds: with
+//! both switches (`VOLMGR_UNDO_SWEEP_REOPEN_CUTS=1` and
+//! `VOLMGR_REOPEN_CUTS_ALL=1`, as CI runs it) 9,463 to 32,212 images a
+//! double-fault case, 3,380 to 9,871 distinct, and 7,818 to 8,404 images a
+//! power-cut flavor, 3,223 to 3,387 distinct: 438 s for the file at load 6
+//! to 10; with the first switch alone 5,159 to 17,492 images a case, 1,909
+//! to 5,852 distinct, and 4,066 to 4,531 a flavor, 1,849 to 2,020
+//! distinct: 392 s at load 8 to 10, 549 s at load 5 to 8 reopening every
+//! image; 0 lost, 0 disagreements. The first mutation below gives 155,
+//! 162, 160 and 158 power-cut disagreements with the skipping, 136, 137,
+//! 134 and 156 reopening every image (`VOLMGR_SWEEP_EVERY_IMAGE=1`, where
+//! none of about 9,500 twins got another verdict than its first).
+//!
 //! Checked by hand, each mutation alone (problems with it; 0 without):
 //! - an undone receive's staging area removed without settling `.staging`
 //!   (`dir/undo.rs` `remove_staging`): 21 and 26 disagreements batched, 19

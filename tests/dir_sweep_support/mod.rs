@@ -285,7 +285,9 @@ pub struct Swept {
 
 /// `VOLMGR_REOPEN_CUTS_ALL=1`: after a kill -9 and a reopen, every cut of
 /// [`torture_support::cut_policies`] (`3 * scale` seeded ones of each
-/// directory policy), not only the first seeded one of each.
+/// directory policy), not only the first seeded one of each (CI sets it:
+/// most of the images it adds are identical to one already checked, which
+/// [`sweep`] does not reopen again).
 fn every_reopen_cut() -> bool {
     std::env::var("VOLMGR_REOPEN_CUTS_ALL").is_ok_and(|v| v == "1")
 }
@@ -364,13 +366,16 @@ struct Checked {
     /// Each image checked at this crash point: what it was, its verdict.
     verdicts: HashMap<Fingerprint, (String, Verdict)>,
     every_image: bool,
+    /// The crash point, for messages.
+    point: u64,
 }
 
 impl Checked {
-    fn new() -> Self {
+    fn new(point: u64) -> Self {
         Checked {
             verdicts: HashMap::new(),
             every_image: every_image(),
+            point,
         }
     }
 
@@ -403,9 +408,10 @@ impl Checked {
             return (twin, verdict);
         }
         let (lost, mut problems) = verdict;
-        problems.push(format!(
-            "its verdict differs from that of the same image ({first}): {earlier:?}"
-        ));
+        let differs =
+            format!("its verdict differs from that of the same image ({first}): {earlier:?}");
+        eprintln!("crash point {}, {twin}: {differs}", self.point);
+        problems.push(differs);
         (twin, (lost, problems))
     }
 }
@@ -503,7 +509,7 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
             out.whole_run_errors = tally.errors.clone();
         }
         out.points += 1;
-        let mut checked = Checked::new();
+        let mut checked = Checked::new(point);
         // A kill -9 ...
         let mut outcomes = vec![
             checked
