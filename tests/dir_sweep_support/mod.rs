@@ -11,11 +11,12 @@
 //! it left unsynced; a kill -9, then a power cut at each sync point of the
 //! reopen; power cuts by [`torture_support::cut_policies`]) reopened and
 //! checked by the suite against what its workload's acknowledgements
-//! promised. A suite brings its workload and its checks ([`Workload`]).
+//! promised, each distinct image of a crash point once. A suite brings its
+//! workload and its checks ([`Workload`]).
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +25,7 @@ use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::dir::{BatchSync, DirProvider};
 use volmgr::provider::{Durability, Presence, Provider, ProviderConfig, ProviderFactory};
 use volmgr::state::VolumeStatus;
-use volmgr::storage::sim::{CutPolicy, SimStorage};
+use volmgr::storage::sim::{CutPolicy, Fingerprint, SimStorage};
 
 use crate::torture_support;
 
@@ -252,8 +253,17 @@ pub struct Reopened<'a> {
 pub struct Swept {
     /// Crash points, the last one the whole run (it never fired).
     pub points: u64,
-    /// Images reopened and checked.
+    /// Images (each reopened and checked, or identical to one already
+    /// checked at its crash point: [`Swept::skipped`]).
     pub images: u64,
+    /// Images no earlier image of the same crash point was identical to
+    /// (what was reopened and checked, but with
+    /// `VOLMGR_SWEEP_EVERY_IMAGE=1`, which reopens every one).
+    pub unique: u64,
+    /// Images not reopened: identical to one already checked at the same
+    /// crash point, whose verdict they take (0 with
+    /// `VOLMGR_SWEEP_EVERY_IMAGE=1`).
+    pub skipped: u64,
     /// Sync points of the reopens after a kill -9 cut (over every crash
     /// point).
     pub reopen_points: u64,
@@ -275,9 +285,19 @@ pub struct Swept {
 
 /// `VOLMGR_REOPEN_CUTS_ALL=1`: after a kill -9 and a reopen, every cut of
 /// [`torture_support::cut_policies`] (`3 * scale` seeded ones of each
-/// directory policy), not only the first seeded one of each.
+/// directory policy), not only the first seeded one of each (CI sets it:
+/// most of the images it adds are identical to one already checked, which
+/// [`sweep`] does not reopen again).
 fn every_reopen_cut() -> bool {
     std::env::var("VOLMGR_REOPEN_CUTS_ALL").is_ok_and(|v| v == "1")
+}
+
+/// `VOLMGR_SWEEP_EVERY_IMAGE=1`: reopen and check every image, also one
+/// identical to an image already checked at the same crash point, and
+/// count a disagreement wherever its verdict differs from that image's
+/// (the check of the argument at [`Checked`]; none seen).
+fn every_image() -> bool {
+    std::env::var("VOLMGR_SWEEP_EVERY_IMAGE").is_ok_and(|v| v == "1")
 }
 
 /// `VOLMGR_SWEEP_POINT=N`: only crash point `N` (to reproduce a failure
@@ -302,6 +322,98 @@ fn reopen_cuts(seeds: u64, point: u64, scale: u64) -> Vec<(u64, CutPolicy)> {
         cuts.truncate(4);
     }
     cuts
+}
+
+/// A reopened image's verdict: (acknowledged operations lost, problems).
+type Verdict = (u64, Vec<String>);
+
+/// The images of one crash point checked so far, by [`Fingerprint`], with
+/// their verdicts: an image identical to one of them is not reopened
+/// again and takes its verdict (unless `VOLMGR_SWEEP_EVERY_IMAGE=1`).
+///
+/// Why an identical image under the same expectations gets the same
+/// verdict, so that skipping it loses nothing:
+/// - the same expectations: one `Checked` serves one crash point of one
+///   sweep, and every image of a crash point is checked against the same
+///   model (what that one run acknowledged) by the same workload (its
+///   provider flavor, checkpoint interval, streams); a new crash point, a
+///   new run, starts an empty one, so nothing is compared across runs
+///   whose acknowledgements differ;
+/// - the same input: equal fingerprints are equal simulated file systems
+///   (every name, inode number, byte, durable or not, queue, switch; see
+///   [`Fingerprint`]), and the reopen reads nothing else: the manager's
+///   journal and the provider's root are both on that storage, the
+///   provider's configuration comes from the journal, and no state
+///   outlives a reopen ([`reopened`] builds a new manager and provider on
+///   the image);
+/// - a deterministic reopen and check: recovery runs its steps one after
+///   another (each provider in name order, decisions in order, one
+///   blocking task at a time), and the checks run one verb at a time, so
+///   the simulation sees the same calls in the same order. What differs
+///   from one reopen to the next is no input to a verdict: fresh v4 UUIDs
+///   (a trash entry's name, a receive's staging name, a journal identity
+///   a cut lost), which name things that are renamed or removed as wholes
+///   whatever their names, and clock readings (a record's `at_ms`, phase
+///   timings) that no check reads. The only work a reopen runs side by
+///   side is a batched round's `fsync`s on a few threads: a sync changes
+///   what is durable, never what reads see, every one succeeds (nothing
+///   is armed on an image) and the round waits for all of them, and no
+///   check cuts the power after its reopen, so their order shows nowhere.
+///
+/// `VOLMGR_SWEEP_EVERY_IMAGE=1` tests that argument: every image is
+/// reopened and a verdict that differs from its twin's is a disagreement.
+struct Checked {
+    /// Each image checked at this crash point: what it was, its verdict.
+    verdicts: HashMap<Fingerprint, (String, Verdict)>,
+    every_image: bool,
+    /// The crash point, for messages.
+    point: u64,
+}
+
+impl Checked {
+    fn new(point: u64) -> Self {
+        Checked {
+            verdicts: HashMap::new(),
+            every_image: every_image(),
+            point,
+        }
+    }
+
+    /// The verdict on `image` (`what` names it in messages): reopened and
+    /// checked if it is the first of its kind at this crash point; else
+    /// the earlier twin's, with `what` saying so. Counts into `out`.
+    async fn verdict<W: Workload>(
+        &mut self,
+        w: &W,
+        image: &SimStorage,
+        model: &W::Model,
+        what: String,
+        out: &mut Swept,
+    ) -> (String, Verdict) {
+        let print = image.fingerprint();
+        let Some((first, earlier)) = self.verdicts.get(&print) else {
+            out.unique += 1;
+            let verdict = reopened(w, image, model).await;
+            self.verdicts.insert(print, (what.clone(), verdict.clone()));
+            return (what, verdict);
+        };
+        let twin = format!("{what} (the same image as {first})");
+        if !self.every_image {
+            out.skipped += 1;
+            return (twin, earlier.clone());
+        }
+        let (first, earlier) = (first.clone(), earlier.clone());
+        let verdict = reopened(w, image, model).await;
+        if verdict == earlier {
+            return (twin, verdict);
+        }
+        let (lost, mut problems) = verdict;
+        let differs =
+            format!("its verdict differs from that of the same image ({first}): {earlier:?}");
+        eprintln!("crash point {}, {twin}: {differs}", self.point);
+        problems.push(differs);
+        (twin, (lost, problems))
+    }
 }
 
 /// Reopens `image` with `workload`'s provider and checks it.
@@ -354,6 +466,13 @@ async fn reopened<W: Workload>(w: &W, image: &SimStorage, model: &W::Model) -> (
 ///   marker removal only waits for the barrier's whole `syncfs`);
 /// - power cuts by [`torture_support::cut_policies`] (none, all or a seeded
 ///   part of what was not durable kept).
+///
+/// An image identical to one already checked at the same crash point (a
+/// seeded cut that drew the same choices, or had nothing not durable to
+/// choose from: [`SimStorage::fingerprint`]) is not reopened again: it
+/// takes that image's verdict ([`Checked`] says why that is sound;
+/// `VOLMGR_SWEEP_EVERY_IMAGE=1` reopens it anyway and compares). Counted
+/// in [`Swept::images`] all the same, and in [`Swept::skipped`].
 pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
     let scale = torture_support::scale();
     let base_seed = torture_support::seed(default_seed);
@@ -390,11 +509,19 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
             out.whole_run_errors = tally.errors.clone();
         }
         out.points += 1;
+        let mut checked = Checked::new(point);
         // A kill -9 ...
-        let mut outcomes = vec![(
-            "kill -9".to_owned(),
-            reopened(w, &storage.restart(), &model).await,
-        )];
+        let mut outcomes = vec![
+            checked
+                .verdict(
+                    w,
+                    &storage.restart(),
+                    &model,
+                    "kill -9".to_owned(),
+                    &mut out,
+                )
+                .await,
+        ];
         // ... a kill -9, a reopen that reconciles, then a power cut (scale
         // 0: the two fixed policies) ...
         let restarted = storage.restart();
@@ -412,10 +539,8 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
                 let seeds = base_seed ^ REOPEN_SEED_SALT;
                 for (seed, policy) in reopen_cuts(seeds, point, scale) {
                     let image = restarted.power_cut_with(seed, policy);
-                    outcomes.push((
-                        format!("kill -9, reopen, then a cut (seed {seed:#x}, {policy:?})"),
-                        reopened(w, &image, &model).await,
-                    ));
+                    let what = format!("kill -9, reopen, then a cut (seed {seed:#x}, {policy:?})");
+                    outcomes.push(checked.verdict(w, &image, &model, what, &mut out).await);
                 }
                 m.close().await;
             }
@@ -447,21 +572,17 @@ pub async fn sweep<W: Workload>(w: &W, default_seed: u64) -> Swept {
             let seeds = base_seed ^ REOPEN_SYNC_SEED_SALT ^ (k << 40);
             for (seed, policy) in reopen_cuts(seeds, point, scale) {
                 let image = restarted.power_cut_with(seed, policy);
-                outcomes.push((
-                    format!(
-                        "kill -9, a cut at sync {k} of the reopen (seed {seed:#x}, {policy:?})"
-                    ),
-                    reopened(w, &image, &model).await,
-                ));
+                let what = format!(
+                    "kill -9, a cut at sync {k} of the reopen (seed {seed:#x}, {policy:?})"
+                );
+                outcomes.push(checked.verdict(w, &image, &model, what, &mut out).await);
             }
         }
         // ... and power cuts.
         for (seed, policy) in torture_support::cut_policies(base_seed, point, scale) {
             let image = storage.power_cut_with(seed, policy);
-            outcomes.push((
-                format!("seed {seed:#x}, {policy:?}"),
-                reopened(w, &image, &model).await,
-            ));
+            let what = format!("seed {seed:#x}, {policy:?}");
+            outcomes.push(checked.verdict(w, &image, &model, what, &mut out).await);
         }
         for (what, (lost, problems)) in outcomes {
             out.images += 1;

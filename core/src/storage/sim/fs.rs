@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::SecondFault;
 use super::policy::{CutPolicy, DataLoss, DirLoss, PAGE_LEN, SECTOR_LEN, SplitMix64};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Node {
     /// A file and its inode.
     File(u64),
@@ -22,13 +22,13 @@ pub(super) enum Node {
 }
 
 /// A change to a file not yet durable.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum FileChange {
     Write { offset: u64, bytes: Vec<u8> },
     SetLen(u64),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub(super) struct Inode {
     /// What reads see.
     pub(super) data: Vec<u8>,

@@ -99,11 +99,18 @@
 //! with an empty one, lives in the root directory (`/`, `.` or the empty
 //! path), which always exists.
 //!
+//! - [`SimStorage::fingerprint`] is the state as a later run can observe
+//!   it, as one comparable value ([`Fingerprint`]): two power cuts that
+//!   left the same image have equal fingerprints, so a sweep reopens and
+//!   checks it once.
+//!
 //! Files: `policy` (what a cut does: [`CutPolicy`], [`SplitMix64`]), `fs`
 //! (the state behind the lock and the cut itself), `file` (open files and
-//! lock guards), this module ([`SimStorage`] and its [`Storage`] calls).
+//! lock guards), `fingerprint` ([`Fingerprint`]), this module
+//! ([`SimStorage`] and its [`Storage`] calls).
 
 mod file;
+mod fingerprint;
 mod fs;
 mod policy;
 #[cfg(test)]
@@ -116,13 +123,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use self::file::{SimFile, SimLock};
+pub use self::fingerprint::Fingerprint;
 use self::fs::{Fs, Inode, Node, is_root, not_found, parent_of};
 pub use self::policy::{CutPolicy, DataLoss, DirLoss, PAGE_LEN, SECTOR_LEN, SplitMix64};
 use super::{LockGuard, Storage, StorageFile, Trusted};
 
 /// The second fault of a double fault ([`SimStorage::second_fault`]),
 /// counted from the sync armed by [`SimStorage::fail_sync_at`] that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SecondFault {
     /// The power goes out at the Nth mutating call after the failed sync
     /// (1: the first one; a sync is a mutating call): that call fails with
@@ -235,6 +243,14 @@ impl SimStorage {
     /// the defences that do not rely on the advice.
     pub fn set_cache_drops_ignored(&self, ignored: bool) {
         self.lock().cache_drops_ignored = ignored;
+    }
+
+    /// What a later run can observe of this file system now (see
+    /// [`Fingerprint`]): equal for two states exactly when they are the
+    /// same; the power-cut sweeps check one image once however many cuts
+    /// left it.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.lock())
     }
 
     /// Bytes all files hold now.

@@ -621,3 +621,107 @@ fn dropping_the_cache_reads_durable_bytes_in_clean_pages_and_keeps_dirty_pages()
         (&[5u8; 100][..], &[0u8; 50][..])
     );
 }
+
+/// A state with a durable file, an unsynced write to it and an unsynced
+/// create: what the fingerprint tests cut.
+fn half_synced() -> SimStorage {
+    let s = SimStorage::new();
+    s.create_dir_all(Path::new("/d")).unwrap();
+    let f = write_file(&s, "/d/a", b"durable");
+    f.sync_all().unwrap();
+    s.sync_dir(Path::new("/")).unwrap();
+    s.sync_dir(Path::new("/d")).unwrap();
+    f.write_all_at(b"DUR", 0).unwrap();
+    write_file(&s, "/d/b", b"new");
+    s
+}
+
+#[test]
+fn equal_fingerprints_exactly_when_two_cuts_leave_the_same_file_system() {
+    let s = half_synced();
+    // The two fixed policies, twice each: the same image each time.
+    for policy in [CutPolicy::KEEP_NOTHING, CutPolicy::KEEP_ALL] {
+        assert_eq!(
+            s.power_cut_with(1, policy).fingerprint(),
+            s.power_cut_with(2, policy).fingerprint(),
+            "{policy:?}"
+        );
+    }
+    let nothing = s.power_cut_with(0, CutPolicy::KEEP_NOTHING);
+    let all = s.power_cut_with(0, CutPolicy::KEEP_ALL);
+    assert_ne!(nothing.fingerprint(), all.fingerprint());
+    // Seeded cuts: equal fingerprints exactly when every name and byte is.
+    let mut distinct = BTreeSet::new();
+    for seed in 0..64 {
+        let cut = s.power_cut_with(seed, CutPolicy::RANDOM_PREFIX);
+        let seen: Vec<(PathBuf, Option<Vec<u8>>)> = cut
+            .paths()
+            .into_iter()
+            .map(|p| (p.clone(), cut.read(&p)))
+            .collect();
+        for other in [&nothing, &all] {
+            let other_seen: Vec<(PathBuf, Option<Vec<u8>>)> = other
+                .paths()
+                .into_iter()
+                .map(|p| (p.clone(), other.read(&p)))
+                .collect();
+            assert_eq!(
+                cut.fingerprint() == other.fingerprint(),
+                seen == other_seen,
+                "seed {seed}"
+            );
+        }
+        distinct.insert(seen);
+    }
+    assert!(distinct.len() > 2, "the seeded cuts drew only {distinct:?}");
+}
+
+#[test]
+fn a_fingerprint_sees_every_byte_name_inode_and_switch_a_reopen_can_observe() {
+    let base = || half_synced().power_cut_with(0, CutPolicy::KEEP_ALL);
+    let print = base().fingerprint();
+    assert_eq!(base().fingerprint(), print, "deterministic");
+    // One byte of a file.
+    let s = base();
+    s.open(Path::new("/d/a"))
+        .unwrap()
+        .write_all_at(b"x", 6)
+        .unwrap();
+    assert_ne!(s.fingerprint(), print, "a byte");
+    // A name, an empty directory.
+    let s = base();
+    s.create_dir(Path::new("/e")).unwrap();
+    assert_ne!(s.fingerprint(), print, "a directory");
+    // The same names and bytes under other inode numbers (a directory's
+    // number is its identity across renames).
+    let other = SimStorage::new();
+    other.create_dir_all(Path::new("/scratch")).unwrap();
+    other.remove_dir(Path::new("/scratch")).unwrap();
+    other.create_dir_all(Path::new("/d")).unwrap();
+    let f = write_file(&other, "/d/a", b"DURable");
+    f.sync_all().unwrap();
+    write_file(&other, "/d/b", b"new").sync_all().unwrap();
+    let other = other.power_cut_with(0, CutPolicy::KEEP_ALL);
+    let names = |s: &SimStorage| -> Vec<(PathBuf, Option<Vec<u8>>)> {
+        s.paths()
+            .into_iter()
+            .map(|p| (p.clone(), s.read(&p)))
+            .collect()
+    };
+    assert_eq!(names(&other), names(&base()));
+    assert_ne!(other.fingerprint(), print, "inode numbers");
+    // The switches a reopen meets.
+    let s = base();
+    s.set_exchange_supported(false);
+    assert_ne!(s.fingerprint(), print, "no exchange");
+    let s = base();
+    s.set_capacity(Some(1 << 20));
+    assert_ne!(s.fingerprint(), print, "a capacity");
+    // What is not yet durable (a kill -9 keeps it): the same names and
+    // bytes to reads, another image after a cut.
+    let s = base();
+    let f = s.open(Path::new("/d/a")).unwrap();
+    f.write_all_at(b"DUR", 0).unwrap();
+    assert_eq!(names(&s), names(&base()), "the same bytes rewritten");
+    assert_ne!(s.fingerprint(), print, "a write not yet durable");
+}
