@@ -1113,3 +1113,77 @@ async fn subvolumes_a_tenant_nests_in_its_volume_neither_block_its_destroy_nor_v
     assert_eq!(nested(&fs), 0, "{:?}", subvolume_paths(&fs));
     m.close().await;
 }
+
+/// Sets the received UUID of the subvolume at `path` to `uuid`, as
+/// `nobody` (`BTRFS_IOC_SET_RECEIVED_SUBVOL`, which needs only ownership of
+/// the subvolume's root): what a tenant owning its volume can do from
+/// inside it.
+fn set_received_uuid_as_nobody(path: &Path, uuid: Uuid) {
+    const SCRIPT: &str = "import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+buf = bytearray(200)
+buf[0:16] = bytes.fromhex(sys.argv[2])
+struct.pack_into('<QQ', buf, 16, 5, 0)
+fcntl.ioctl(fd, (3 << 30) | (200 << 16) | (0x94 << 8) | 37, buf)
+";
+    let hex = uuid.simple().to_string();
+    let out = common::as_nobody(&[
+        "/usr/bin/python3",
+        "-c",
+        SCRIPT,
+        path.to_str().unwrap(),
+        &hex,
+    ]);
+    assert!(out.status.success(), "set the received UUID: {out:?}");
+}
+
+/// A read-only btrfs snapshot keeps its source's received UUID, and the
+/// owner of a subvolume's root may set one (`BTRFS_IOC_SET_RECEIVED_SUBVOL`):
+/// a tenant owning its volume chose the identity (`details[guid]`, what a
+/// send declares and what pulls and receives match on) of every snapshot
+/// volmgr took of it. A snapshot is now taken writable (which drops a
+/// received UUID) and then made read-only: its identity is its own UUID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_choose_the_identity_of_a_snapshot_of_its_volume() {
+    let test = "a_tenant_cannot_choose_the_identity_of_a_snapshot_of_its_volume";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    let root = fs.path().join("volumes");
+    let state = tempfile::tempdir().unwrap();
+    let m = open_with_provider(state.path(), &root).await;
+    let v = m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    let v = PathBuf::from(v.location);
+    std::os::unix::fs::chown(&v, Some(65534), Some(65534)).unwrap();
+    let chosen = Uuid::from_u128(0x1122_3344_5566_7788_9900_aabb_ccdd_eeff);
+    {
+        let bound = Bound::new(&v);
+        set_received_uuid_as_nobody(&bound.at, chosen);
+    }
+    assert_eq!(
+        show_field(&v, "Received UUID:"),
+        chosen.to_string(),
+        "the tenant set it"
+    );
+    let s = m
+        .create_snapshot_as("v", Some("s"), Meta::new())
+        .await
+        .unwrap();
+    let s_path = PathBuf::from(&s.location);
+    assert_eq!(s.details[DETAIL_GUID], show_field(&s_path, "UUID:"));
+    assert_ne!(s.details[DETAIL_GUID], chosen.to_string());
+    assert_eq!(show_field(&s_path, "Received UUID:"), "-");
+    assert_eq!(
+        btrfs(&["property", "get", "-ts"], &[&s_path]).trim(),
+        "ro=true"
+    );
+    let mut stream = Vec::new();
+    m.send_snapshot("s", &[], &mut stream).await.unwrap();
+    assert!(
+        !stream
+            .windows(16)
+            .any(|w| w == chosen.as_bytes().as_slice()),
+        "the stream does not declare the tenant's UUID"
+    );
+    m.close().await;
+}

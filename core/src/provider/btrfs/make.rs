@@ -112,11 +112,22 @@ impl BtrfsProvider {
             if !is_subvolume(&src) {
                 return Err(ProviderError::NotFound(format!("{what} {}", source.id)));
             }
-            let mut cmd = self.btrfs().arg("subvolume").arg("snapshot");
+            // Writable first, then read-only for a snapshot: btrfs keeps
+            // the source's received UUID in a read-only snapshot and drops
+            // it in a writable one, and the owner of a volume's root can set
+            // one from inside it (`BTRFS_IOC_SET_RECEIVED_SUBVOL` needs only
+            // ownership), which would make the tenant choose the snapshot's
+            // identity (`SubvolInfo::guid`). The stage is ours alone: no one
+            // writes it in between, and a crash leaves it to be aborted.
+            self.btrfs()
+                .arg("subvolume")
+                .arg("snapshot")
+                .path_arg(&src)?
+                .path_arg(vol)?
+                .run()?;
             if kind == VolumeKind::Snapshot {
-                cmd = cmd.arg("-r");
+                subvol::make_read_only(vol)?;
             }
-            cmd.path_arg(&src)?.path_arg(vol)?.run()?;
             // After the snapshot, so that a subvolume made just before it
             // is seen; on refusal `make` moves the stage, snapshot
             // included, to the trash.

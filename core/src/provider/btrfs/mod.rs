@@ -108,7 +108,10 @@
 //! # Verbs
 //!
 //! - create / snapshot / fork: stage `tag`, then `btrfs subvolume create`, or
-//!   `snapshot -r <root>/data/<src>/vol`, or `snapshot <root>/snapshot/<s>/vol`,
+//!   `snapshot <root>/data/<src>/vol` made read-only after
+//!   (`BTRFS_IOC_SUBVOL_SETFLAGS`: a writable snapshot drops a received UUID
+//!   the volume's owner may have set from inside it, which a read-only one
+//!   would keep as its identity), or `snapshot <root>/snapshot/<s>/vol`,
 //!   into `stage/<op>/vol`; rename into place. Idempotent: the same
 //!   op finds its item in place (done) or its stage (finished); another op
 //!   gets `AlreadyExists`.

@@ -100,6 +100,37 @@ pub fn subvol_info(path: &Path) -> Result<SubvolInfo, ProviderError> {
     })
 }
 
+/// `_IOW(BTRFS_IOCTL_MAGIC, 26, __u64)` (26 is `0x1a`): sets a subvolume's
+/// flags.
+const BTRFS_IOC_SUBVOL_SETFLAGS: u64 = (1 << 30) | (8 << 16) | (0x94 << 8) | 0x1a;
+/// `BTRFS_SUBVOL_RDONLY` in those flags.
+const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
+
+/// Makes subvolume `path` read-only (one ioctl, no process).
+pub fn make_read_only(path: &Path) -> Result<(), ProviderError> {
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(format!("open {}", path.display())))?;
+    let flags: u64 = BTRFS_SUBVOL_RDONLY;
+    // SAFETY: the request reads one u64 from `flags`.
+    if unsafe {
+        libc::ioctl(
+            dir.as_raw_fd(),
+            BTRFS_IOC_SUBVOL_SETFLAGS as _,
+            &raw const flags,
+        )
+    } < 0
+    {
+        return Err(ProviderError::io(
+            format!("making {} read-only", path.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// The `statfs` type of the file system holding `path`.
 pub fn fs_type(path: &Path) -> io::Result<i64> {
     let c = CString::new(path.as_os_str().as_bytes())
