@@ -987,6 +987,17 @@ impl Drop for Bound {
     }
 }
 
+/// A manager on a fresh btrfs (provider `p`) holding data volume `v`,
+/// and `v`'s path; `None` when the test is skipped.
+async fn one_volume(test: &str) -> Option<(BtrfsFs, tempfile::TempDir, Manager, PathBuf)> {
+    let fs = BtrfsFs::for_test(test, 512)?;
+    let state = tempfile::tempdir().unwrap();
+    let m = open_with_provider(state.path(), &fs.path().join("volumes")).await;
+    let v = m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
+    let v = PathBuf::from(v.location);
+    Some((fs, state, m, v))
+}
+
 /// Makes, as `nobody` owning the volume's root and reaching it through a
 /// bind mount (as a container does), three subvolumes inside volume
 /// `v`: `inner`, `inner/deeper` (holding a file) and `dir/side`.
@@ -1044,14 +1055,9 @@ fn subvolume_paths(fs: &BtrfsFs) -> Vec<String> {
 async fn subvolumes_a_tenant_nests_in_its_volume_neither_block_its_destroy_nor_vanish_from_a_snapshot()
  {
     let test = "subvolumes_a_tenant_nests_in_its_volume_neither_block_its_destroy_nor_vanish_from_a_snapshot";
-    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+    let Some((fs, _state, m, v)) = one_volume(test).await else {
         return;
     };
-    let root = fs.path().join("volumes");
-    let state = tempfile::tempdir().unwrap();
-    let m = open_with_provider(state.path(), &root).await;
-    let v = m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
-    let v = PathBuf::from(v.location);
     nest_subvolumes_as_a_tenant(&v);
     let nested = |fs: &BtrfsFs| {
         subvolume_paths(fs)
@@ -1146,14 +1152,9 @@ fcntl.ioctl(fd, (3 << 30) | (200 << 16) | (0x94 << 8) | 37, buf)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_cannot_choose_the_identity_of_a_snapshot_of_its_volume() {
     let test = "a_tenant_cannot_choose_the_identity_of_a_snapshot_of_its_volume";
-    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+    let Some((_fs, _state, m, v)) = one_volume(test).await else {
         return;
     };
-    let root = fs.path().join("volumes");
-    let state = tempfile::tempdir().unwrap();
-    let m = open_with_provider(state.path(), &root).await;
-    let v = m.create_volume("p", Some("v"), Meta::new()).await.unwrap();
-    let v = PathBuf::from(v.location);
     std::os::unix::fs::chown(&v, Some(65534), Some(65534)).unwrap();
     let chosen = Uuid::from_u128(0x1122_3344_5566_7788_9900_aabb_ccdd_eeff);
     {
