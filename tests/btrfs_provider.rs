@@ -1188,3 +1188,34 @@ async fn a_tenant_cannot_choose_the_identity_of_a_snapshot_of_its_volume() {
     );
     m.close().await;
 }
+
+/// A snapshot is built writable and made read-only before it is placed
+/// (see `a_tenant_cannot_choose_the_identity_of_a_snapshot_of_its_volume`);
+/// a process killed in between leaves a staged writable snapshot. Whatever
+/// places it (here `finish` of the staged item) makes it read-only first:
+/// a snapshot is never in place writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_writable_snapshot_is_made_read_only_before_it_is_placed() {
+    let test = "a_staged_writable_snapshot_is_made_read_only_before_it_is_placed";
+    let Some((_fs, _state, m, v)) = one_volume(test).await else {
+        return;
+    };
+    m.close().await;
+    let root = v.parent().unwrap().parent().unwrap().parent().unwrap();
+    let op = Uuid::now_v7();
+    let stage = root.join(".volmgr/stage").join(op.to_string());
+    std::fs::create_dir(&stage).unwrap();
+    std::fs::write(stage.join("tag"), tag_line("s", op, "snapshot", "v")).unwrap();
+    btrfs(&["subvolume", "snapshot"], &[&v, &stage.join("vol")]);
+    let p = BtrfsProvider::new(root).unwrap();
+    let found = p
+        .inventory()
+        .unwrap()
+        .into_iter()
+        .find(|f| f.tag.as_ref().is_some_and(|t| t.volume == "s"))
+        .expect("the staged snapshot is in the inventory");
+    let placed = p.finish(&found).unwrap();
+    let s = Path::new(&placed.location);
+    assert_eq!(btrfs(&["property", "get", "-ts"], &[s]).trim(), "ro=true");
+    assert_eq!(placed.details[DETAIL_GUID], show_field(s, "UUID:"));
+}

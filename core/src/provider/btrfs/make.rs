@@ -57,6 +57,12 @@ impl BtrfsProvider {
             if !is_subvolume(&vol) {
                 build(&vol)?;
             }
+            // A snapshot is placed read-only, however it was built (a
+            // stage resumed after a crash between its snapshot and this
+            // flag included).
+            if tag.kind == VolumeKind::Snapshot && !subvol::subvol_info(&vol)?.read_only {
+                subvol::make_read_only(&vol)?;
+            }
             self.commit(&stage, tag.kind, &tag.volume)
         })();
         if let Err(e) = result {
@@ -112,22 +118,20 @@ impl BtrfsProvider {
             if !is_subvolume(&src) {
                 return Err(ProviderError::NotFound(format!("{what} {}", source.id)));
             }
-            // Writable first, then read-only for a snapshot: btrfs keeps
-            // the source's received UUID in a read-only snapshot and drops
-            // it in a writable one, and the owner of a volume's root can set
-            // one from inside it (`BTRFS_IOC_SET_RECEIVED_SUBVOL` needs only
-            // ownership), which would make the tenant choose the snapshot's
-            // identity (`SubvolInfo::guid`). The stage is ours alone: no one
-            // writes it in between, and a crash leaves it to be aborted.
+            // Writable, for a snapshot too (`make` makes it read-only
+            // before placing it): btrfs keeps the source's received UUID in
+            // a read-only snapshot and drops it in a writable one, and the
+            // owner of a volume's root can set one from inside it
+            // (`BTRFS_IOC_SET_RECEIVED_SUBVOL` needs only ownership), which
+            // would make the tenant choose the snapshot's identity
+            // (`SubvolInfo::guid`). The stage is ours alone: no one writes
+            // it in between, and a crash leaves it to be aborted.
             self.btrfs()
                 .arg("subvolume")
                 .arg("snapshot")
                 .path_arg(&src)?
                 .path_arg(vol)?
                 .run()?;
-            if kind == VolumeKind::Snapshot {
-                subvol::make_read_only(vol)?;
-            }
             // After the snapshot, so that a subvolume made just before it
             // is seen; on refusal `make` moves the stage, snapshot
             // included, to the trash.
