@@ -766,9 +766,6 @@ impl Provider for BtrfsProvider {
             ))),
             InPlace::Ours { has_vol, .. } => {
                 if has_vol {
-                    // Subvolumes a tenant made inside it first: btrfs
-                    // deletes no subvolume that holds another.
-                    self.remove_nested(&place.join(VOL))?;
                     self.delete_subvolumes(&[place.join(VOL)])?;
                 }
                 self.trash(&place)

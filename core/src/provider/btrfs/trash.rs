@@ -5,10 +5,15 @@
 use super::*;
 
 impl BtrfsProvider {
-    /// Deletes subvolumes in one command, retrying while busy.
+    /// Deletes subvolumes in one command, retrying while busy; first, by
+    /// id, the subvolumes a tenant made inside them (btrfs deletes no
+    /// subvolume that holds another: `nested.rs`).
     pub(super) fn delete_subvolumes(&self, paths: &[PathBuf]) -> Result<(), ProviderError> {
         if paths.is_empty() {
             return Ok(());
+        }
+        for path in paths {
+            self.remove_nested(path)?;
         }
         // No `--commit-after`: the deletion is in the running transaction,
         // made durable by the batched sync (module doc, "Durability").
@@ -77,9 +82,6 @@ impl BtrfsProvider {
                     stack.push(p);
                 }
             }
-        }
-        for subvolume in &subvolumes {
-            self.remove_nested(subvolume)?;
         }
         self.delete_subvolumes(&subvolumes)?;
         match fs::remove_dir_all(dir) {
