@@ -87,12 +87,20 @@ fn cases(m: &Manager) -> Vec<(Case, Option<String>)> {
 
 /// Builds, by hand, what a receive of `stream` into `target` by op `op`
 /// leaves when killed after exchanging the target's content (and, if
-/// `placed`, after renaming the snapshot into place), then reopens.
-async fn receive_killed_after_exchange(placed: bool) {
-    let test = if placed {
-        "receive_killed_after_placing_its_snapshot_is_undone_and_target_restored"
-    } else {
-        "receive_killed_after_exchanging_target_content_is_undone_and_target_restored"
+/// `placed`, after renaming the snapshot into place), then reopens. With
+/// `read_only`, the tenant then made both contents read-only (the new one
+/// through the target's path, the old one through a bind mount taken
+/// before the exchange): btrfs moves no read-only subvolume to another
+/// directory.
+async fn receive_killed_after_exchange(placed: bool, read_only: bool) {
+    let test = match (placed, read_only) {
+        (true, _) => "receive_killed_after_placing_its_snapshot_is_undone_and_target_restored",
+        (false, false) => {
+            "receive_killed_after_exchanging_target_content_is_undone_and_target_restored"
+        }
+        (false, true) => {
+            "receive_killed_after_exchange_is_undone_whatever_the_tenant_made_read_only"
+        }
     };
     let Some(fs) = BtrfsFs::for_test(test, 512) else {
         return;
@@ -152,6 +160,14 @@ async fn receive_killed_after_exchange(placed: bool) {
     let fresh = stage.join("new");
     btrfs(&["subvolume", "snapshot"], &[&incoming.join("vol"), &fresh]);
     exchange(&fresh, Path::new(&t.location));
+    if read_only {
+        for side in [&fresh, &PathBuf::from(&t.location)] {
+            btrfs(
+                &["property", "set", "-ts"],
+                &[side, Path::new("ro"), Path::new("true")],
+            );
+        }
+    }
     if placed {
         std::fs::rename(&incoming, root.join("snapshot/r")).unwrap();
     }
@@ -191,12 +207,17 @@ async fn receive_killed_after_exchange(placed: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_killed_after_exchanging_target_content_is_undone_and_target_restored() {
-    receive_killed_after_exchange(false).await;
+    receive_killed_after_exchange(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_killed_after_exchange_is_undone_whatever_the_tenant_made_read_only() {
+    receive_killed_after_exchange(false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_killed_after_placing_its_snapshot_is_undone_and_target_restored() {
-    receive_killed_after_exchange(true).await;
+    receive_killed_after_exchange(true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1220,4 +1241,106 @@ async fn a_staged_writable_snapshot_is_made_read_only_before_it_is_placed() {
     let s = Path::new(&placed.location);
     assert_eq!(btrfs(&["property", "get", "-ts"], &[s]).trim(), "ro=true");
     assert_eq!(placed.details[DETAIL_GUID], show_field(s, "UUID:"));
+}
+
+/// Sets (or clears) the read-only flag of the subvolume at `path`, as
+/// `nobody` (`BTRFS_IOC_SUBVOL_SETFLAGS`, which needs only ownership of the
+/// subvolume's root): what a tenant owning its volume can do from inside it.
+fn set_read_only_as_nobody(path: &Path, ro: bool) {
+    const SCRIPT: &str = "import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+flags = (2 if sys.argv[2] == '1' else 0).to_bytes(8, 'little')
+fcntl.ioctl(fd, (1 << 30) | (8 << 16) | (0x94 << 8) | 26, flags)
+";
+    let out = common::as_nobody(&[
+        "/usr/bin/python3",
+        "-c",
+        SCRIPT,
+        path.to_str().unwrap(),
+        if ro { "1" } else { "0" },
+    ]);
+    assert!(out.status.success(), "set the read-only flag: {out:?}");
+}
+
+/// The owner of a volume's root may make its subvolume read-only from
+/// inside (`BTRFS_IOC_SUBVOL_SETFLAGS`), and btrfs moves no read-only
+/// subvolume to another directory: a receive into such a volume failed
+/// with an internal `EROFS` at the exchange of its content, for as long as
+/// the tenant kept it so. The content (and the flag set on it) is being
+/// replaced: the receive makes it writable and goes on. Snapshot, fork,
+/// send and destroy of such a volume need nothing of the kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_its_tenant_made_read_only_still_takes_a_receive() {
+    let test = "a_volume_its_tenant_made_read_only_still_takes_a_receive";
+    let Some((_fs, _state, m, v)) = one_volume(test).await else {
+        return;
+    };
+    std::fs::write(v.join("f"), b"old").unwrap();
+    let src = m
+        .create_volume("p", Some("src"), Meta::new())
+        .await
+        .unwrap();
+    std::fs::write(Path::new(&src.location).join("f"), b"new").unwrap();
+    m.create_snapshot_as("src", Some("ss"), Meta::new())
+        .await
+        .unwrap();
+    let mut stream = Vec::new();
+    m.send_snapshot("ss", &[], &mut stream).await.unwrap();
+    std::os::unix::fs::chown(&v, Some(65534), Some(65534)).unwrap();
+    {
+        let bound = Bound::new(&v);
+        set_read_only_as_nobody(&bound.at, true);
+    }
+    assert_eq!(btrfs(&["property", "get", "-ts"], &[&v]).trim(), "ro=true");
+    let r = m.receive_snapshot("v", stream.as_slice()).await.unwrap();
+    assert_eq!(std::fs::read(v.join("f")).unwrap(), b"new");
+    assert_eq!(btrfs(&["property", "get", "-ts"], &[&v]).trim(), "ro=false");
+    // And the volume goes on like any other.
+    let s = m
+        .create_snapshot_as("v", Some("s"), Meta::new())
+        .await
+        .unwrap();
+    m.fork_volume("s", Some("f"), Meta::new()).await.unwrap();
+    for id in ["f", "s", &r.id, "v"] {
+        m.destroy_volume(id).await.unwrap();
+    }
+    assert!(m.volume(&s.id).is_err());
+    m.close().await;
+}
+
+/// btrfs deletes no subvolume inside a read-only one (`EROFS`), and a
+/// tenant may make read-only both its volume and a subvolume it nested in
+/// it: the volume's destroy failed for good (an internal error at every
+/// try). The parent of each nested subvolume is made writable, by id, and
+/// the destroy completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_make_its_volume_undestroyable_by_making_subvolumes_read_only() {
+    let test = "a_tenant_cannot_make_its_volume_undestroyable_by_making_subvolumes_read_only";
+    let Some((fs, _state, m, v)) = one_volume(test).await else {
+        return;
+    };
+    let before = fs.subvolume_count();
+    nest_subvolumes_as_a_tenant(&v);
+    {
+        let bound = Bound::new(&v);
+        // `inner` holds `deeper`; the volume holds `inner` and `dir/side`.
+        set_read_only_as_nobody(&bound.at.join("inner"), true);
+        set_read_only_as_nobody(&bound.at, true);
+    }
+    assert_eq!(fs.subvolume_count(), before + 3);
+    m.destroy_volume("v").await.unwrap();
+    assert!(m.volume("v").is_err());
+    assert_eq!(
+        fs.subvolume_count(),
+        before - 1,
+        "the volume and all three nested are gone"
+    );
+    let root = v.ancestors().nth(3).unwrap();
+    assert_eq!(
+        std::fs::read_dir(root.join(".volmgr/trash"))
+            .unwrap()
+            .count(),
+        0
+    );
+    m.close().await;
 }

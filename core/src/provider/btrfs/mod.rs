@@ -227,6 +227,14 @@
 //! outside the volume's limit (measured: 20 MiB written in a nested
 //! subvolume of a volume limited to 1 MiB); the kernel offers no way to
 //! forbid their creation.
+//! The owner of a subvolume's root may also make it read-only (no
+//! capability needed), and btrfs neither deletes a subvolume inside a
+//! read-only one nor moves a read-only subvolume to another directory
+//! (`EROFS`): the deletion of nested subvolumes makes a read-only parent
+//! writable (opened by its file handle, by id: `nested.rs`), and a receive
+//! makes the target's content writable before exchanging it, and both
+//! contents before an undo exchanges them back (`exchange_subvolumes`). The
+//! flag was the tenant's, on content being replaced or deleted.
 //! A tag is inline metadata only while it fits `max_inline` (default 2048
 //! bytes; a tag is about 120): on a file system mounted `max_inline=0` its
 //! extent is recorded when the write completes, which a racing commit may
@@ -956,7 +964,7 @@ impl Provider for BtrfsProvider {
             if subvol_info(&target_vol).is_ok_and(|t| t.parent_uuid == Some(received.uuid)) {
                 // No sync between the exchange and the trashing of the
                 // stage: a transaction holding the latter holds the former.
-                rename2(&fresh, &target_vol, libc::RENAME_EXCHANGE)
+                receive::exchange_subvolumes(&fresh, &target_vol)
                     .map_err(io_err(format!("restore {}", target_vol.display())))?;
             }
         }

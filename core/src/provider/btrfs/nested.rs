@@ -9,12 +9,23 @@
 //! (`BTRFS_IOC_SNAP_DESTROY_V2` with `BTRFS_SUBVOL_SPEC_BY_ID`) through the
 //! provider root's descriptor: no path inside the volume, which the tenant
 //! controls and may change under the agent, is resolved (invariant 9).
+//!
+//! The owner of a subvolume's root may also make it read-only
+//! (`BTRFS_IOC_SUBVOL_SETFLAGS` needs ownership, no capability), and btrfs
+//! deletes no subvolume whose parent is read-only (`EROFS`): a tenant that
+//! nests a subvolume and then flips its volume (or a nested subvolume
+//! holding another) read-only would make the volume impossible to destroy.
+//! So a deletion refused with `EROFS` makes the parent writable again and is
+//! retried; the parent is opened by its file handle (`open_by_handle_at`
+//! of its root directory, inode 256 of its tree, with that inode's
+//! generation read from the tree): again no path inside the volume.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::io::RawFd;
 use std::path::Path;
 
-use super::subvol::subvol_info;
+use super::subvol::{set_read_only_fd, subvol_info};
 use crate::provider::ProviderError;
 
 /// `BTRFS_ROOT_TREE_OBJECTID`: the tree of trees, holding `ROOT_REF` items.
@@ -23,6 +34,8 @@ const ROOT_TREE: u64 = 1;
 const ROOT_REF_KEY: u32 = 156;
 /// `BTRFS_FIRST_FREE_OBJECTID`: the lowest id of a subvolume.
 const FIRST_FREE_OBJECTID: u64 = 256;
+/// `BTRFS_INODE_ITEM_KEY`: `(inode number, INODE_ITEM, 0)`.
+const INODE_ITEM_KEY: u32 = 1;
 /// Rounds of "list, delete deepest first" before a tenant still creating
 /// subvolumes makes [`remove_descendants`] give up.
 const ROUNDS: usize = 4;
@@ -143,22 +156,111 @@ pub(super) fn children(fd: RawFd, tree_id: u64) -> io::Result<Vec<u64>> {
     }
 }
 
-/// Every subvolume below `tree_id`, each listed after all of its own
-/// descendants (the order in which they can be deleted).
-pub(super) fn descendants_deepest_first(fd: RawFd, tree_id: u64) -> io::Result<Vec<u64>> {
+/// Every subvolume below `tree_id` with its parent's id, each listed after
+/// all of its own descendants (the order in which they can be deleted).
+pub(super) fn descendants_deepest_first(fd: RawFd, tree_id: u64) -> io::Result<Vec<(u64, u64)>> {
     // Breadth first: a parent before its children; reversed, every child
     // before its parent.
-    let mut order = Vec::new();
+    let mut order: Vec<(u64, u64)> = children(fd, tree_id)?
+        .into_iter()
+        .map(|id| (id, tree_id))
+        .collect();
     let mut next = 0;
-    let mut level = children(fd, tree_id)?;
-    order.append(&mut level);
     while next < order.len() {
-        let mut below = children(fd, order[next])?;
-        order.append(&mut below);
+        let parent = order[next].0;
+        order.extend(children(fd, parent)?.into_iter().map(|id| (id, parent)));
         next += 1;
     }
     order.reverse();
     Ok(order)
+}
+
+/// The generation of the root directory (inode 256) of subvolume
+/// `tree_id`, read from its tree through `fd`: what a file handle of it
+/// must carry.
+fn root_dir_generation(fd: RawFd, tree_id: u64) -> io::Result<u32> {
+    // SAFETY: plain data; zero is valid for every field.
+    let mut args: SearchArgs = unsafe { std::mem::zeroed() };
+    args.key = SearchKey {
+        tree_id,
+        min_objectid: FIRST_FREE_OBJECTID,
+        max_objectid: FIRST_FREE_OBJECTID,
+        min_offset: 0,
+        max_offset: 0,
+        min_transid: 0,
+        max_transid: u64::MAX,
+        min_type: INODE_ITEM_KEY,
+        max_type: INODE_ITEM_KEY,
+        nr_items: 1,
+        unused: 0,
+        unused1: [0; 4],
+    };
+    // SAFETY: as in `children`.
+    if unsafe { libc::ioctl(fd, BTRFS_IOC_TREE_SEARCH as _, &raw mut args) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The item's header, then its data, whose first field is the inode's
+    // generation (`struct btrfs_inode_item`, little-endian on disk).
+    let data = (args.key.nr_items == 1)
+        .then(|| args.buf.get(SEARCH_HEADER_SIZE..SEARCH_HEADER_SIZE + 8))
+        .flatten()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("subvolume id {tree_id} has no root directory inode"),
+            )
+        })?;
+    // A file handle carries its low 32 bits (`struct btrfs_fid`'s `gen`,
+    // the inode's `i_generation`): the first four bytes, little-endian.
+    Ok(u32::from_le_bytes(data[..4].try_into().expect("4 bytes")))
+}
+
+/// `FILEID_BTRFS_WITHOUT_PARENT`: a handle of `struct btrfs_fid`'s first
+/// three fields (object id, root id, generation: 20 bytes).
+const FILEID_BTRFS_WITHOUT_PARENT: i32 = 0x4d;
+
+/// `struct file_handle` holding a `FILEID_BTRFS_WITHOUT_PARENT` handle.
+#[repr(C)]
+struct BtrfsHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; 20],
+}
+
+/// Opens the root directory of subvolume `tree_id` by its file handle,
+/// through `fd` (a descriptor on the same mount; `CAP_DAC_READ_SEARCH`):
+/// no path is resolved.
+fn open_subvolume_by_id(fd: RawFd, tree_id: u64) -> io::Result<OwnedFd> {
+    let generation = root_dir_generation(fd, tree_id)?;
+    let mut handle = BtrfsHandle {
+        handle_bytes: 20,
+        handle_type: FILEID_BTRFS_WITHOUT_PARENT,
+        f_handle: [0; 20],
+    };
+    handle.f_handle[0..8].copy_from_slice(&FIRST_FREE_OBJECTID.to_ne_bytes());
+    handle.f_handle[8..16].copy_from_slice(&tree_id.to_ne_bytes());
+    handle.f_handle[16..20].copy_from_slice(&generation.to_ne_bytes());
+    // SAFETY: `handle` is a `struct file_handle` whose `handle_bytes` match
+    // the bytes that follow it; the kernel only reads it.
+    let opened = unsafe {
+        libc::open_by_handle_at(
+            fd,
+            (&raw mut handle).cast::<libc::file_handle>(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if opened < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the call just opened, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(opened) })
+}
+
+/// Makes subvolume `tree_id` writable (clears its read-only flag) through
+/// `fd`, so that the subvolumes inside it can be deleted.
+fn make_writable_by_id(fd: RawFd, tree_id: u64) -> io::Result<()> {
+    let dir = open_subvolume_by_id(fd, tree_id)?;
+    set_read_only_fd(dir.as_raw_fd(), false)
 }
 
 /// Deletes subvolume `id` (which must hold no subvolume) through `fd`, a
@@ -178,7 +280,9 @@ pub(super) fn delete_by_id(fd: RawFd, id: u64) -> io::Result<()> {
 /// Deletes every subvolume below `tree_id`, deepest first, through `fd`;
 /// returns how many. A tenant still creating subvolumes meanwhile makes a
 /// deletion fail with `ENOTEMPTY`: the listing is read again, up to
-/// [`ROUNDS`] times, then the last error is returned.
+/// [`ROUNDS`] times, then the last error is returned. A deletion refused
+/// with `EROFS` (its parent made read-only by the tenant) makes the parent
+/// writable and is tried again in the same round.
 pub(super) fn remove_descendants(fd: RawFd, tree_id: u64) -> io::Result<usize> {
     let mut removed = 0;
     let mut last_error = None;
@@ -188,12 +292,30 @@ pub(super) fn remove_descendants(fd: RawFd, tree_id: u64) -> io::Result<usize> {
             return Ok(removed);
         }
         last_error = None;
-        for id in found {
-            match delete_by_id(fd, id) {
+        for (id, parent) in found {
+            let mut deleted = delete_by_id(fd, id);
+            if deleted
+                .as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(libc::EROFS))
+            {
+                make_writable_by_id(fd, parent).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "making subvolume id {parent} writable to delete subvolume id {id} \
+                             inside it: {e}"
+                        ),
+                    )
+                })?;
+                deleted = delete_by_id(fd, id);
+            }
+            match deleted {
                 Ok(()) => removed += 1,
                 // Deleted meanwhile (by the operator, or a racing call).
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                // Created inside meanwhile, or the parent made read-only
+                // again: the next round.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EROFS)) => {
                     last_error = Some((id, e));
                     break;
                 }
@@ -211,7 +333,7 @@ pub(super) fn remove_descendants(fd: RawFd, tree_id: u64) -> io::Result<usize> {
             e.kind(),
             format!(
                 "deleting subvolume id {id}: {e} (subvolumes were still being created \
-                 inside it after {ROUNDS} rounds)"
+                 inside it, or it made read-only, after {ROUNDS} rounds)"
             ),
         )),
         None if descendants_deepest_first(fd, tree_id)?.is_empty() => Ok(removed),

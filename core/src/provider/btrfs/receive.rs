@@ -79,7 +79,7 @@ impl BtrfsProvider {
             .path_arg(&fresh)?
             .run()?;
         let target_vol = self.location(VolumeKind::Data, target);
-        rename2(&fresh, &target_vol, libc::RENAME_EXCHANGE)
+        exchange_subvolumes(&fresh, &target_vol)
             .map_err(io_err(format!("exchange {}", target_vol.display())))?;
         self.commit(&incoming, VolumeKind::Snapshot, spec.id)?;
         // The one barrier of a receive: the received files' data are
@@ -191,5 +191,26 @@ pub fn stream_identity(head: &[u8]) -> Option<StreamIdentity> {
             base: Some(clone?.to_string()),
         }),
         _ => None,
+    }
+}
+
+/// Exchanges subvolumes `a` and `b` (`RENAME_EXCHANGE`; each is the only
+/// entry of its own container directory). btrfs moves no read-only
+/// subvolume to another directory (`EROFS`), and the owner of a volume's
+/// root may make it read-only from inside (`BTRFS_IOC_SUBVOL_SETFLAGS`
+/// needs only ownership): both are made writable first (one ioctl each, a
+/// no-op when already writable), again if the tenant flips one back
+/// meanwhile, a few times. Only data volumes' contents are exchanged: the
+/// flag is the tenant's, and the content it was set on is being replaced.
+pub(super) fn exchange_subvolumes(a: &Path, b: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        for side in [a, b] {
+            subvol::set_read_only(side, false).map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        match rename2(a, b, libc::RENAME_EXCHANGE) {
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) && tries < 3 => tries += 1,
+            done => return done,
+        }
     }
 }

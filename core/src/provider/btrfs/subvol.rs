@@ -108,25 +108,36 @@ const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
 
 /// Makes subvolume `path` read-only (one ioctl, no process).
 pub fn make_read_only(path: &Path) -> Result<(), ProviderError> {
+    set_read_only(path, true)
+}
+
+/// Sets (`true`) or clears the read-only flag of subvolume `path` (one
+/// ioctl, no process). `path` is one of the provider's own, never one
+/// inside a volume.
+pub fn set_read_only(path: &Path, read_only: bool) -> Result<(), ProviderError> {
     let dir = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .open(path)
         .map_err(io_err(format!("open {}", path.display())))?;
-    let flags: u64 = BTRFS_SUBVOL_RDONLY;
-    // SAFETY: the request reads one u64 from `flags`.
-    if unsafe {
-        libc::ioctl(
-            dir.as_raw_fd(),
-            BTRFS_IOC_SUBVOL_SETFLAGS as _,
-            &raw const flags,
+    set_read_only_fd(dir.as_raw_fd(), read_only).map_err(|e| {
+        ProviderError::io(
+            format!(
+                "making {} {}",
+                path.display(),
+                if read_only { "read-only" } else { "writable" }
+            ),
+            e,
         )
-    } < 0
-    {
-        return Err(ProviderError::io(
-            format!("making {} read-only", path.display()),
-            io::Error::last_os_error(),
-        ));
+    })
+}
+
+/// [`set_read_only`] of the subvolume whose root directory `fd` is.
+pub(super) fn set_read_only_fd(fd: std::os::fd::RawFd, read_only: bool) -> io::Result<()> {
+    let flags: u64 = if read_only { BTRFS_SUBVOL_RDONLY } else { 0 };
+    // SAFETY: the request reads one u64 from `flags`.
+    if unsafe { libc::ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS as _, &raw const flags) } < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
