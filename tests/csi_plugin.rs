@@ -872,6 +872,70 @@ async fn unpublish_refuses_a_foreign_mount_at_the_target_even_for_a_lost_volume(
     p.stop.cancel();
 }
 
+/// `NodeUnpublishVolume` of a volume id the manager has no record of used to
+/// unmount whatever was mounted at the target: a caller naming an unknown
+/// id and another driver's volume, a `/proc`, any mount point, had it
+/// unmounted as root. Now only a bind mount of something below a
+/// provider's directory is removed for an unrecorded id (a volume deleted
+/// while still published: the next test); anything else is
+/// `FAILED_PRECONDITION` and stays mounted.
+#[tokio::test]
+async fn unpublish_of_an_unrecorded_volume_id_never_unmounts_a_mount_no_provider_made() {
+    let test = "unpublish_of_an_unrecorded_volume_id_never_unmounts_a_mount_no_provider_made";
+    if !csi_root(test) {
+        return;
+    }
+    let mut p = plugin_with_volume("pub").await;
+    let mnt = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(mnt.path()).unwrap();
+    let (foreign, target) = (base.join("foreign"), base.join("target"));
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::create_dir(&target).unwrap();
+    let _cleanup = Unmount(target.clone());
+    bind_mount(&foreign, &target);
+    let r =
+        p.c.node
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: "pvc-5b7c6a52-7f0e-4a8e-9d2c-3f1e2d4c5b6a".into(),
+                target_path: target.to_string_lossy().into_owned(),
+            })
+            .await;
+    assert_eq!(code(r), Code::FailedPrecondition);
+    assert_eq!(mounts_at(&target), 1, "the foreign mount stays");
+    p.stop.cancel();
+}
+
+/// A volume deleted while still published (`DeleteVolume` does not look at
+/// the node's mounts, and the CO may force it) leaves no record, but its
+/// bind mount, of a directory since moved to the provider's trash and
+/// removed, is below the provider's directory: the unpublish removes it,
+/// else the CO would retry forever.
+#[tokio::test]
+async fn a_volume_deleted_while_published_is_still_unpublished() {
+    let test = "a_volume_deleted_while_published_is_still_unpublished";
+    if !csi_root(test) {
+        return;
+    }
+    let mut p = plugin_with_volume("pub").await;
+    let mnt = tempfile::tempdir().unwrap();
+    let target = std::fs::canonicalize(mnt.path()).unwrap().join("target");
+    let _cleanup = Unmount(target.clone());
+    publish_ok(&mut p, "pub", &target).await;
+    p.c.controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: "pub".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(p.manager.volume("pub").is_err(), "no record left");
+    assert_eq!(mounts_at(&target), 1);
+    unpublish_ok(&mut p, "pub", &target).await;
+    assert_eq!(mounts_at(&target), 0);
+    assert!(!target.exists(), "the target is removed");
+    p.stop.cancel();
+}
+
 /// The spec has the SP delete only the file or directory it created at the
 /// target, and publish only ever creates a directory: a regular file or a
 /// symlink at the target (the operator's or the CO's) is left as it is,

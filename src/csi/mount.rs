@@ -231,6 +231,25 @@ pub fn holds_bind_of(target: &Path, location: &Path) -> io::Result<bool> {
     Ok(bind_source_of(&table, &location).is_some_and(|s| s == mounted_source(mounted)))
 }
 
+/// Whether the topmost mount at `target` is a bind mount of a directory
+/// at or below `dir` (a volume under a provider's directory), including one
+/// moved or removed since (the mount table shows a moved directory's new
+/// path, and a removed one's with `//deleted` after it): same device, and
+/// a root within `dir`'s path on it. `false` when nothing is mounted at
+/// `target` or either path's parent is gone.
+pub fn holds_bind_below(target: &Path, dir: &Path) -> io::Result<bool> {
+    let (Some(target), Some(dir)) = (resolve_parent(target)?, resolve_parent(dir)?) else {
+        return Ok(false);
+    };
+    let table = mount_table()?;
+    let (Some(mounted), Some(below)) = (topmost(&table, &target), bind_source_of(&table, &dir))
+    else {
+        return Ok(false);
+    };
+    let mounted = mounted_source(mounted);
+    Ok(mounted.dev == below.dev && mounted.root.starts_with(&below.root))
+}
+
 /// Whether `path` is a mount point. The mount table names mount points by
 /// their resolved paths, so `path`'s parent directories are resolved first
 /// (a target under a symlinked directory, such as a kubelet root or Nomad

@@ -145,7 +145,50 @@ fn holds_volume(target: &Path, location: &Path) -> Result<bool, Status> {
     mount::holds_bind_of(target, location).map_err(|e| internal("reading the mount table", e))
 }
 
-fn unpublish(location: Option<&Path>, target: &Path) -> Result<(), Status> {
+/// What an unpublish may unmount at its target.
+enum Published {
+    /// A recorded volume's bind mount: of its location (or of what was
+    /// there, for a lost volume).
+    Volume(PathBuf),
+    /// A volume id the manager has no record of (destroyed while still
+    /// published, say): a bind mount of something below one of these
+    /// provider directories, and nothing else. Without a record there is
+    /// no location to match; but a mount that is not a provider's (a
+    /// `/proc`, another driver's volume, whatever a confused caller names
+    /// as the target) is never the plugin's to remove.
+    Unrecorded(Vec<PathBuf>),
+}
+
+impl Published {
+    fn holds(&self, target: &Path) -> Result<bool, Status> {
+        match self {
+            Published::Volume(location) => holds_volume(target, location),
+            Published::Unrecorded(dirs) => {
+                for dir in dirs {
+                    if mount::holds_bind_below(target, dir)
+                        .map_err(|e| internal("reading the mount table", e))?
+                    {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Published::Volume(location) => format!("this volume ({})", location.display()),
+            Published::Unrecorded(_) => {
+                "a volume (the volume id is not recorded, and the mount is of nothing below a \
+                 provider's directory)"
+                    .to_owned()
+            }
+        }
+    }
+}
+
+fn unpublish(published: &Published, target: &Path) -> Result<(), Status> {
     match std::fs::symlink_metadata(target) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(internal("examining the target", e)),
@@ -155,13 +198,11 @@ fn unpublish(location: Option<&Path>, target: &Path) -> Result<(), Status> {
         if !mount::is_mount_point(target).map_err(|e| internal("reading the mount table", e))? {
             break;
         }
-        if let Some(location) = location
-            && !holds_volume(target, location)?
-        {
+        if !published.holds(target)? {
             return Err(Status::failed_precondition(format!(
-                "{} holds a mount that is not of this volume ({})",
+                "{} holds a mount that is not of {}",
                 target.display(),
-                location.display()
+                published.describe()
             )));
         }
         mount::unmount(target).map_err(|e| internal("unmount", e))?;
@@ -239,12 +280,12 @@ impl proto::node_server::Node for Node {
         let r = request.into_inner();
         checks::volume_id(&r.volume_id)?;
         let target = target_path(&r.target_path, "target_path")?;
-        let location = m
-            .volume(&r.volume_id)
-            .ok()
-            .map(|v| PathBuf::from(v.location));
+        let published = m.volume(&r.volume_id).map_or_else(
+            |_| Published::Unrecorded(m.provider_dirs()),
+            |v| Published::Volume(PathBuf::from(v.location)),
+        );
         let _guard = self.plugin.node_lock.lock().await;
-        blocking(move || unpublish(location.as_deref(), &target)).await?;
+        blocking(move || unpublish(&published, &target)).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 

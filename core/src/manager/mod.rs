@@ -410,6 +410,18 @@ impl Manager {
         self.with_state(|s| s.providers.values().cloned().collect())
     }
 
+    /// The directories the recorded providers own (dir and btrfs `root`,
+    /// ZFS `workdir`), absolute, with symlinks resolved where they exist:
+    /// everything of theirs, volumes included, lies below one of them.
+    pub fn provider_dirs(&self) -> Vec<PathBuf> {
+        self.with_state(|s| {
+            s.providers
+                .values()
+                .flat_map(|p| overlap::paths_of(&p.config))
+                .collect()
+        })
+    }
+
     /// Orphans reconciliation reported and no command has resolved yet.
     pub fn orphans(&self) -> Vec<Orphan> {
         self.with_state(|s| s.orphans.values().cloned().collect())

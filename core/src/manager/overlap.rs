@@ -49,7 +49,7 @@ fn normal(path: &Path) -> PathBuf {
     }
 }
 
-fn paths_of(config: &ProviderConfig) -> Vec<PathBuf> {
+pub(super) fn paths_of(config: &ProviderConfig) -> Vec<PathBuf> {
     PATH_KEYS
         .iter()
         .filter_map(|k| config.get(*k))
