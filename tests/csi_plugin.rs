@@ -216,6 +216,61 @@ async fn the_socket_is_owner_only_and_a_stale_socket_is_replaced_but_a_file_is_n
     p.stop.cancel();
 }
 
+/// In a directory another user can change, a local user could put a socket
+/// of its own at the plugin's path before the agent starts (or between two
+/// runs) and take the CO's calls, or swap the socket for a symlink while
+/// the agent set its mode by path (a chmod that followed it). The socket's
+/// directory must pass the state directory's walk: `/tmp` itself (sticky,
+/// world-writable), a group- or other-writable directory, one another user
+/// owns, or a missing directory below one of those, is refused before
+/// anything is created or removed there.
+#[tokio::test]
+async fn a_socket_directory_another_user_could_change_is_refused_before_anything_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let planted = open.join("planted.sock");
+    drop(std::os::unix::net::UnixListener::bind(&planted).unwrap());
+    let in_tmp = std::env::temp_dir().join(format!("volmgr-csi-{}.sock", std::process::id()));
+    for path in [
+        in_tmp.clone(),
+        open.join("csi.sock"),
+        planted.clone(),
+        open.join("missing").join("csi.sock"),
+    ] {
+        let e = CsiServer::bind(&path).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{path:?}: {e}"
+        );
+        assert!(
+            e.to_string().contains("another user could change"),
+            "{path:?}: {e}"
+        );
+    }
+    assert!(!in_tmp.exists());
+    assert!(!open.join("csi.sock").exists());
+    assert!(!open.join("missing").exists(), "nothing created below it");
+    assert!(
+        planted.exists(),
+        "a socket found there is not removed either"
+    );
+    // A directory another user owns, however narrow its mode.
+    if volmgr::fsutil::trust::euid() == 0 {
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = CsiServer::bind(&theirs.join("csi.sock")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    }
+    // A private directory, created if missing, is fine.
+    let ok = dir.path().join("private").join("csi.sock");
+    assert!(CsiServer::bind(&ok).is_ok());
+}
+
 #[tokio::test]
 async fn before_the_manager_is_open_probe_is_not_ready_and_calls_are_unavailable() {
     let dir = tempfile::tempdir().unwrap();

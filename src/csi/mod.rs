@@ -26,7 +26,6 @@ mod snapshots;
 mod status;
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -154,9 +153,40 @@ impl CsiServer {
 
     /// Binds `path` as a unix socket readable and writable by its owner only
     /// (0600), replacing a stale socket file left by a killed agent. Refuses a
-    /// path that exists and is not a socket.
+    /// path that exists and is not a socket, and a socket directory another
+    /// user could change (the walk of `fsutil::trust`, the state directory's
+    /// rule: every directory on the way owned by root or us and not group- or
+    /// other-writable, a sticky one like `/tmp` as an ancestor only). In such
+    /// a directory a local user could put a socket of its own at the path
+    /// before the agent starts, or between two runs, and take the CO's calls
+    /// (with whatever secrets it sends), or swap the path for a symlink
+    /// while the agent sets the socket's mode.
     pub fn bind(path: &Path) -> io::Result<UnixListener> {
-        use std::os::unix::fs::FileTypeExt;
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        use volmgr_core::fsutil::trust::{Last, Walked, check_dir_path, check_dir_path_to_create};
+        let parent = path
+            .parent()
+            .filter(|p| path.is_absolute() && !p.as_os_str().is_empty())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: the socket path must be absolute", path.display()),
+                )
+            })?;
+        let untrusted = |e: volmgr_core::fsutil::trust::Untrusted| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the CSI socket's directory is one another user could change: {e}; \
+                     put the socket in a directory only root can write"
+                ),
+            )
+        };
+        if check_dir_path_to_create(parent, Last::RootOrEuid).map_err(untrusted)? == Walked::Missing
+        {
+            std::fs::create_dir_all(parent)?;
+            check_dir_path(parent, Last::RootOrEuid).map_err(untrusted)?;
+        }
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
             Ok(_) => {
@@ -168,18 +198,27 @@ impl CsiServer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        // The socket is created with the umask's mode; narrow the umask
-        // around bind so no other user can ever connect, then chmod to be sure.
+        // The socket is created with the umask's mode: narrowed around bind
+        // so no other user can ever connect. Then checked without following
+        // a symlink (no chmod by path, which would follow one).
         // SAFETY: umask only swaps the process mask; restored right after.
         let old = unsafe { libc::umask(0o177) };
         let listener = UnixListener::bind(path);
         // SAFETY: as above.
         unsafe { libc::umask(old) };
         let listener = listener?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let m = std::fs::symlink_metadata(path)?;
+        if !m.file_type().is_socket()
+            || m.uid() != volmgr_core::fsutil::trust::euid()
+            || m.mode() & 0o777 != 0o600
+        {
+            return Err(io::Error::other(format!(
+                "{} is not the owner-only socket just bound (uid {}, mode {:o})",
+                path.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            )));
+        }
         Ok(listener)
     }
 
