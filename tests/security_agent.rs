@@ -166,6 +166,76 @@ fn the_token_file_is_created_private_and_an_exposed_one_is_refused() {
     );
 }
 
+/// `serve --token-file` and `--peers-file` are files the operator gives the
+/// root agent: a token file others can read hands its credential to every
+/// local user, and a peers file (or a token file) others can write, or
+/// one in a directory they can change, lets them name a peer of their own,
+/// to which the agent presents its token. Each was read as it was. Now
+/// each is refused at start (exit 2, nothing bound), naming the file and
+/// why; a private token file and a peers file only root can write start.
+#[test]
+fn a_token_or_peers_file_others_could_read_or_change_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = |name: &str, content: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let token = private("token", "a-shared-cluster-token\n", 0o600);
+    let peers = private("peers", "a = http://127.0.0.1:9\n", 0o644);
+    let open_dir = dir.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let in_open = open_dir.join("token");
+    std::fs::write(&in_open, "a-shared-cluster-token\n").unwrap();
+    std::fs::set_permissions(&in_open, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&in_open, &link).unwrap();
+    let readable = private("readable", "a-shared-cluster-token\n", 0o644);
+    let writable_peers = private("writable-peers", "a = http://127.0.0.1:9\n", 0o666);
+    let serve = |extra: &[&std::ffi::OsStr]| {
+        let state = tempfile::tempdir().unwrap();
+        volmgr_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (flag, file, why) in [
+        ("--token-file", &readable, "lets group or others in"),
+        ("--token-file", &in_open, "another user could change"),
+        ("--token-file", &link, "another user could change"),
+        ("--peers-file", &writable_peers, "lets group or others write it"),
+    ] {
+        let o = serve(&[flag.as_ref(), file.as_os_str()]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {file:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(why) && err.contains(file.to_str().unwrap()),
+            "{flag} {file:?}: {}",
+            text(&o)
+        );
+    }
+    // The same files, kept private, start an agent that takes the token.
+    let state = tempfile::tempdir().unwrap();
+    let agent = ServeProcess::start(
+        state.path(),
+        &[
+            "--token-file",
+            token.to_str().unwrap(),
+            "--peers-file",
+            peers.to_str().unwrap(),
+        ],
+    );
+    assert!(!agent.url.is_empty());
+    assert!(
+        !state.path().join("token").exists(),
+        "the given token is used, none generated"
+    );
+}
+
 #[test]
 fn serving_without_auth_takes_an_explicit_flag_and_warns_at_every_start() {
     let state = tempfile::tempdir().unwrap();

@@ -99,7 +99,73 @@ pub fn check_token(token: &str) -> Result<&str, String> {
     Ok(t)
 }
 
-/// Reads a token file (as `--token-file` does): its trimmed content.
+/// Opens a file the operator gives the agent (`serve --token-file`,
+/// `--peers-file`), which runs as root, refusing one another user could
+/// have read (when `secret`) or changed: every directory on the way to it
+/// and to where its symlinks lead must pass the state directory's walk
+/// (`fsutil::trust`: owned by root or this user, not group- or
+/// other-writable, a sticky one like `/tmp` as an ancestor only), and the
+/// file be a regular file owned by root or this user that group and others
+/// cannot write (nor read, when `secret`). A token others can read is the
+/// agent's credential handed to every local user; a peers file others can
+/// write names where the agent sends that token (a peer of theirs).
+/// Symlinks are followed only through directories that pass.
+pub fn open_operator_file(path: &Path, secret: bool) -> Result<File, String> {
+    use volmgr_core::fsutil::trust::{Last, check_dir_path, euid};
+    let shown = path.display();
+    let abs = std::path::absolute(path).map_err(|e| format!("{shown}: {e}"))?;
+    let walk = |p: &Path| {
+        let dir = p.parent().unwrap_or(Path::new("/"));
+        check_dir_path(dir, Last::RootOrEuid).map(drop).map_err(|e| {
+            format!(
+                "{shown}: a directory on its way is one another user could change ({e}); \
+                 keep it in a directory only root can write"
+            )
+        })
+    };
+    walk(&abs)?;
+    let real = std::fs::canonicalize(&abs).map_err(|e| format!("{shown}: {e}"))?;
+    walk(&real)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&real)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
+    let me = euid();
+    let refused = if !meta.file_type().is_file() {
+        Some("not a regular file".to_owned())
+    } else if meta.uid() != 0 && meta.uid() != me {
+        Some(format!("owned by uid {}, neither root nor this user", meta.uid()))
+    } else if meta.mode() & if secret { 0o077 } else { 0o022 } != 0 {
+        Some(format!(
+            "mode {:04o} lets group or others {}",
+            meta.mode() & 0o7777,
+            if secret { "in" } else { "write it" }
+        ))
+    } else {
+        None
+    };
+    match refused {
+        Some(why) => Err(format!(
+            "{shown}: {why}; refusing a {} others may have {} (chmod {} it)",
+            if secret { "credential" } else { "file" },
+            if secret { "read" } else { "changed" },
+            if secret { "600" } else { "644" },
+        )),
+        None => Ok(file),
+    }
+}
+
+/// Reads the token `volmgr serve --token-file` names, as
+/// [`open_operator_file`] allows (a secret): its trimmed content.
+pub fn read_agent_token_file(path: &Path) -> Result<String, String> {
+    let file = open_operator_file(path, true).map_err(|e| format!("token file {e}"))?;
+    read_token(file, path).map_err(|e| e.to_string())
+}
+
+/// Reads a token file (as the CLI's `--token-file` does): its trimmed
+/// content.
 pub fn read_token_file(path: &Path) -> Result<String, CredentialError> {
     let file = File::open(path).map_err(|error| CredentialError::Io {
         path: path.to_owned(),

@@ -334,9 +334,7 @@ fn given_token(args: &ServeArgs) -> Result<Option<String>, String> {
         .ok()
         .filter(|t| !t.trim().is_empty());
     if let Some(path) = &args.token_file {
-        return credential::read_token_file(path)
-            .map(Some)
-            .map_err(|e| e.to_string());
+        return credential::read_agent_token_file(path).map(Some);
     }
     match env {
         Some(_) if args.insecure_no_auth => Err(format!(
@@ -380,8 +378,10 @@ fn peers(args: &ServeArgs) -> Result<Peers, String> {
     }
     if let Some(path) = &args.peers_file {
         let mut text = String::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_PEERS_FILE_BYTES + 1).read_to_string(&mut text))
+        credential::open_operator_file(path, false)
+            .map_err(|e| format!("peers file {e}"))?
+            .take(MAX_PEERS_FILE_BYTES + 1)
+            .read_to_string(&mut text)
             .map_err(|e| format!("peers file {}: {e}", path.display()))?;
         if text.len() as u64 > MAX_PEERS_FILE_BYTES {
             return Err(format!(
