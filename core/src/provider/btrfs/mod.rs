@@ -266,6 +266,7 @@ mod make;
 mod nested;
 mod owner;
 mod receive;
+mod stream;
 mod subvol;
 mod tag;
 mod trash;
@@ -277,6 +278,9 @@ pub use commit::BatchSync;
 /// reads from the peer before anything runs (exposed for the fuzz target
 /// `btrfs_stream_header`), and how many bytes of the stream it is given.
 pub use receive::{STREAM_HEAD_LEN, stream_identity};
+/// The guard of a received stream's commands (exposed for the fuzz target
+/// `btrfs_stream_commands`; module doc, "A receive cannot fill the disk").
+pub use stream::{StreamGuard, command_charge};
 use subvol::is_subvolume;
 pub use subvol::{SubvolInfo, fs_type, subvol_info};
 use tag::{check_id, read_tag, write_tag};
@@ -310,6 +314,9 @@ pub struct BtrfsProvider {
     /// The root's lock, held as long as the provider (and every clone of
     /// it) lives; `None` without an owner (see "The root's owner").
     root_lock: Option<Arc<crate::fsutil::HeldLock>>,
+    /// What the receives in progress were granted of the free space
+    /// (shared by clones: "A receive cannot fill the disk").
+    receiving: Arc<stream::Ledger>,
 }
 
 fn kind_dir(kind: VolumeKind) -> &'static str {
@@ -408,6 +415,7 @@ impl BtrfsProvider {
             handle: Arc::new(handle),
             batch_sync,
             root_lock: None,
+            receiving: Arc::default(),
         };
         provider
             .btrfs()
