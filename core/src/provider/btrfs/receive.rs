@@ -157,7 +157,7 @@ impl BtrfsProvider {
 
 /// A failure of `btrfs receive` that reports a full file system or quota
 /// (`ENOSPC`, `EDQUOT` in its message) as [`ProviderError::NoSpace`].
-fn no_space_reported(e: ProviderError) -> ProviderError {
+pub(super) fn no_space_reported(e: ProviderError) -> ProviderError {
     match e {
         ProviderError::Command { ref stderr, .. }
             if stderr.contains("No space left on device")

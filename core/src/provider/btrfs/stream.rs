@@ -506,6 +506,7 @@ pub(super) struct ReceiveBudget {
     reserve: u64,
     granted: u64,
     left: u64,
+    charged: u64,
     pub(super) block: u64,
 }
 
@@ -520,6 +521,7 @@ impl ReceiveBudget {
             reserve: reserve_bytes(now.total_bytes),
             granted: 0,
             left: 0,
+            charged: 0,
             block: now.block_bytes.max(4096),
         })
     }
@@ -527,6 +529,7 @@ impl ReceiveBudget {
     /// Takes `bytes` of the budget, checking the free space first when they
     /// exceed what the last check granted.
     pub(super) fn charge(&mut self, bytes: u64) -> Result<(), ProviderError> {
+        self.charged = self.charged.saturating_add(bytes);
         if bytes <= self.left {
             self.left -= bytes;
             return Ok(());
@@ -543,9 +546,11 @@ impl ReceiveBudget {
             return Err(ProviderError::NoSpace {
                 what: "the received stream".into(),
                 detail: format!(
-                    "its commands may make btrfs use {} bytes, {} were free when it began, \
-                     {others} are promised to other receives, {} kept in reserve",
-                    self.granted.saturating_add(self.left.max(bytes)),
+                    "its commands so far may make btrfs use {} bytes ({} with the window \
+                     checked ahead), {} were free when it began, {others} are promised to \
+                     other receives, {} kept in reserve",
+                    self.charged,
+                    self.granted.saturating_add(window),
                     self.free_at_start,
                     self.reserve
                 ),
@@ -738,5 +743,32 @@ mod tests {
                 "{name}: {refusal:?}"
             );
         }
+    }
+
+    /// Two receives in progress on one provider share the free space: the
+    /// second is refused what the first was granted, and gets it once the
+    /// first is over.
+    #[test]
+    fn concurrent_receives_are_granted_the_free_space_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::default());
+        let budget = || ReceiveBudget::new(Dir::open(dir.path()).unwrap(), ledger.clone()).unwrap();
+        let mut first = budget();
+        let usable = first.free_at_start - first.reserve;
+        // Three fifths of the free space: each alone fits, both do not.
+        let share = usable / 5 * 3;
+        first.charge(share).unwrap();
+        let mut second = budget();
+        let err = second.charge(share).unwrap_err();
+        assert!(
+            matches!(err, ProviderError::NoSpace { ref detail, .. } if detail.contains("promised to other receives")),
+            "{err:?}"
+        );
+        drop(first);
+        let mut third = budget();
+        third.charge(share).unwrap();
+        // Within a window already granted, no new check is needed.
+        third.charge(third.left).unwrap();
+        assert_eq!(third.left, 0);
     }
 }
