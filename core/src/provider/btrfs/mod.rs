@@ -338,7 +338,7 @@ mod make;
 mod nested;
 mod owner;
 mod receive;
-mod stream;
+pub mod stream;
 mod subvol;
 mod tag;
 mod trash;

@@ -577,13 +577,13 @@ mod tests {
 
     fn attr(ty: u16, value: &[u8]) -> Vec<u8> {
         let mut v = ty.to_le_bytes().to_vec();
-        v.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        v.extend_from_slice(&u16::try_from(value.len()).unwrap().to_le_bytes());
         v.extend_from_slice(value);
         v
     }
 
     fn command(cmd: u16, attrs: &[u8]) -> Vec<u8> {
-        let mut v = (attrs.len() as u32).to_le_bytes().to_vec();
+        let mut v = u32::try_from(attrs.len()).unwrap().to_le_bytes().to_vec();
         v.extend_from_slice(&cmd.to_le_bytes());
         v.extend_from_slice(&0u32.to_le_bytes());
         v.extend_from_slice(attrs);
@@ -689,7 +689,7 @@ mod tests {
     fn malformed_streams_are_refused_as_bad_streams() {
         let ok = command(1, &attr(15, b"s"));
         let mut long = command(1, &[]);
-        long[..4].copy_from_slice(&(MAX_COMMAND_V1 as u32).to_le_bytes());
+        long[..4].copy_from_slice(&u32::try_from(MAX_COMMAND_V1).unwrap().to_le_bytes());
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("empty", Vec::new()),
             ("no magic", b"btrfs-strean\0\x01\0\0\0".to_vec()),
