@@ -244,6 +244,7 @@ fn blocks_touched(offset: u64, len: u64, block: u64) -> u64 {
 pub fn command_charge(version: u32, cmd: u16, attrs: &[u8], block: u64) -> Result<u64, String> {
     let block = block.max(1);
     let a = Attrs::parse(version, attrs)?;
+    let mut extent_meta = 0;
     let data = match cmd {
         0 => return Err("command 0 (unspecified)".into()),
         CMD_ENABLE_VERITY => {
@@ -275,16 +276,20 @@ pub fn command_charge(version: u32, cmd: u16, attrs: &[u8], block: u64) -> Resul
             }
         }
         CMD_CLONE => {
+            // It shares data and allocates none but an inline extent's
+            // copy; the metadata of one extent per block of its range, as
+            // for data.
             let len = a.u64(ATTR_CLONE_LEN, cmd)?;
-            // One extent item per block of the range, as for data.
-            block.saturating_add(len.div_ceil(block).saturating_mul(block) / DATA_META_DIVISOR)
+            extent_meta = len.div_ceil(block).saturating_mul(block) / DATA_META_DIVISOR;
+            block
         }
         _ => 0,
     };
     Ok(META_PER_COMMAND
         .saturating_add(a.other_bytes.saturating_mul(META_PER_ATTR_BYTE))
         .saturating_add(data)
-        .saturating_add(data / DATA_META_DIVISOR))
+        .saturating_add(data / DATA_META_DIVISOR)
+        .saturating_add(extent_meta))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -659,6 +664,16 @@ mod tests {
         // An offset near the end of the u64 range saturates, never wraps.
         let a = &fallocate(0, u64::MAX - 1, u64::MAX)[COMMAND_HEADER_LEN..];
         assert!(command_charge(2, CMD_FALLOCATE, a, 4096).unwrap() >= 4096);
+    }
+
+    #[test]
+    fn a_clone_is_charged_one_block_and_an_extents_metadata_per_block() {
+        let mut a = attr(15, b"f");
+        a.extend(attr(ATTR_FILE_OFFSET, &0u64.to_le_bytes()));
+        a.extend(attr(ATTR_CLONE_LEN, &(1u64 << 30).to_le_bytes()));
+        let c = command_charge(1, CMD_CLONE, &a, 4096).unwrap();
+        let meta = META_PER_COMMAND + 12 * (5 + 12 + 12);
+        assert_eq!(c, meta + 4096 + 4096 / 8 + (1 << 30) / DATA_META_DIVISOR);
     }
 
     #[test]
