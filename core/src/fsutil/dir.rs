@@ -112,6 +112,8 @@ pub struct Space {
     /// `None` when the file system has no fixed inode count (btrfs, ZFS).
     pub total_inodes: Option<u64>,
     pub free_inodes: Option<u64>,
+    /// The file system's block size (`f_bsize`; btrfs: its sector size).
+    pub block_bytes: u64,
 }
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -479,7 +481,8 @@ impl Dir {
         // SAFETY: fstatvfs succeeded.
         let st = unsafe { st.assume_init() };
         #[allow(clippy::unnecessary_cast)]
-        let (frsize, blocks, bavail, files, favail) = (
+        let (bsize, frsize, blocks, bavail, files, favail) = (
+            st.f_bsize as u64,
             st.f_frsize as u64,
             st.f_blocks as u64,
             st.f_bavail as u64,
@@ -491,6 +494,7 @@ impl Dir {
             free_bytes: bavail.saturating_mul(frsize),
             total_inodes: (files != 0).then_some(files),
             free_inodes: (files != 0).then_some(favail),
+            block_bytes: bsize,
         })
     }
 

@@ -318,7 +318,7 @@ mod modes;
 mod receive;
 mod root;
 mod send;
-mod space;
+pub(crate) mod space;
 mod trash;
 mod tree;
 mod undo;

@@ -122,8 +122,11 @@
 //!   copy-on-write subvolumes); refusing it is the manager's job.
 //! - send: `btrfs send [-p <base>/vol] <snapshot>/vol` streamed to the writer.
 //! - receive: like `zfs recv -F`. `btrfs receive --chroot stage/<op>/in` from
-//!   the reader (an incremental stream finds its parent by received UUID,
-//!   which is why received snapshots are never moved or made writable); check
+//!   the reader, through the disk guard ("A receive cannot fill the
+//!   disk": each command is charged before it passes, and a shortfall
+//!   kills `btrfs receive`); an incremental stream finds its parent by
+//!   received UUID, which is why received snapshots are never moved or
+//!   made writable. Check
 //!   that exactly one read-only subvolume with a received UUID arrived; rename
 //!   it to `in/vol` (same directory) and tag `in`; make a writable snapshot of
 //!   it and *exchange* it with the target's `vol` (`RENAME_EXCHANGE`, atomic);
@@ -133,6 +136,75 @@
 //!   the old content. If anything fails or the process dies before the commit,
 //!   [`Provider::abort_partial`] exchanges the target's old content back, so a
 //!   failed receive leaves the target as it was.
+//!
+//! # A receive cannot fill the disk
+//!
+//! Every byte of a received stream is hostile, and the file system it
+//! lands on holds every other volume. The stream passes through a guard
+//! (module `stream`, [`StreamGuard`]) on its way into `btrfs receive`: its
+//! header (magic, version 1 to 3), then one command at a time, read whole
+//! into a buffer of fixed size (a command is at most 64 KiB in version 1
+//! and 144 KiB from version 2, the most `btrfs receive` reads; nothing is
+//! allocated from a length in the stream). Each command is charged an upper
+//! bound of the free space btrfs may use for it ([`command_charge`])
+//! *before any byte of it passes* (`btrfs receive` runs no command before
+//! it has all of it):
+//!
+//! - 2 KiB of metadata for the command, and 12 bytes for each byte of its
+//!   attributes other than `DATA`: the items one command adds (inode item
+//!   and ref, directory item and index entry, file extent item and back
+//!   reference, checksum item) are under 512 bytes with their leaf headers,
+//!   a name is stored at most three times, and each is counted twice for
+//!   DUP metadata (the default on one device) and twice again for leaves
+//!   only half full;
+//! - `WRITE`: the whole blocks (the file system's sector size, at least
+//!   4 KiB) its data touches, so one byte in each block costs the block;
+//!   `ENCODED_WRITE`: the blocks of the larger of its data and its
+//!   unencoded file length (`btrfs receive` writes that much if it falls
+//!   back to decompressing; an unencoded length over 128 KiB is refused);
+//!   `FALLOCATE`: the blocks of its range (the send-stream v2 command
+//!   `btrfs receive` 6.2 runs as `fallocate(2)`: a command of under 50
+//!   bytes would otherwise reserve all the free space), nothing if it punches a hole;
+//!   `CLONE`: one block (an inline extent the kernel copies) and the
+//!   metadata of one extent per block of its length (it shares data, it
+//!   allocates none); and for all those blocks an eighth more, for their
+//!   extent items and checksums;
+//! - every other command allocates metadata only (`TRUNCATE` makes a hole,
+//!   `btrfs receive` ignores `UPDATE_EXTENT`, removals free space).
+//!
+//! Refused as [`ProviderError::Stream`] (502): `ENABLE_VERITY` (its Merkle
+//! tree grows with the file's length, holes included, which a `TRUNCATE`
+//! sets at will), unknown commands and attributes, an attribute twice in a
+//! command (the guard and `btrfs receive` must read the same values), a
+//! missing or mis-sized attribute the charge needs, a command longer than
+//! `btrfs receive` reads, a stream that ends before its `END` command or
+//! goes on after it.
+//!
+//! Charges are granted by windows of 8 MiB (a larger command is its own
+//! window). Before each, with a reserve of 2% of the file system (the `dir`
+//! provider's rule), both must hold: (1) what this receive was granted,
+//! the new window, and what the provider's other receives in progress were
+//! granted fit the free bytes `fstatvfs` of the root reported when this
+//! receive began, less the reserve; (2) the free bytes now, less the
+//! reserve, hold the window. Rule (1) is the bound: btrfs's `statvfs` does
+//! not count data still in the page cache (150 MiB written and not yet
+//! written back left the free space unchanged, measured), so the free space
+//! seen during a receive lags its writes; rule (2) sees what others wrote
+//! and was written back meanwhile. A shortfall stops the pump, kills
+//! `btrfs receive`, and the receive fails with [`ProviderError::NoSpace`]
+//! (HTTP 507) naming the bytes charged, free and reserved; its stage is
+//! undone like any failed receive's ([`Provider::abort_partial`]: the
+//! target keeps its content, the stage goes to trash and is deleted). An
+//! `ENOSPC` or `EDQUOT` that `btrfs receive` reports is `NoSpace` as well.
+//!
+//! Not bounded: writes by others during a receive (tenants in their
+//! volumes, within their capacities; other users of the file system) as
+//! far as `statvfs` does not show them yet, at the receive's start as
+//! later; metadata profiles keeping more than two copies (`raid1c3`,
+//! `raid1c4`), which cost more than the allowance. The charges are upper
+//! bounds, not estimates: data is charged an eighth more than it takes,
+//! and a tree of many small files several times its size, so a receive
+//! that would just fit may be refused.
 //!
 //! # Identities (haves)
 //!
@@ -274,6 +346,7 @@ mod make;
 mod nested;
 mod owner;
 mod receive;
+pub mod stream;
 mod subvol;
 mod tag;
 mod trash;
@@ -285,6 +358,9 @@ pub use commit::BatchSync;
 /// reads from the peer before anything runs (exposed for the fuzz target
 /// `btrfs_stream_header`), and how many bytes of the stream it is given.
 pub use receive::{STREAM_HEAD_LEN, stream_identity};
+/// The guard of a received stream's commands (exposed for the fuzz target
+/// `btrfs_stream_commands`; module doc, "A receive cannot fill the disk").
+pub use stream::{StreamGuard, command_charge};
 use subvol::is_subvolume;
 pub use subvol::{SubvolInfo, fs_type, subvol_info};
 use tag::{check_id, read_tag, write_tag};
@@ -318,6 +394,9 @@ pub struct BtrfsProvider {
     /// The root's lock, held as long as the provider (and every clone of
     /// it) lives; `None` without an owner (see "The root's owner").
     root_lock: Option<Arc<crate::fsutil::HeldLock>>,
+    /// What the receives in progress were granted of the free space
+    /// (shared by clones: "A receive cannot fill the disk").
+    receiving: Arc<stream::Ledger>,
 }
 
 fn kind_dir(kind: VolumeKind) -> &'static str {
@@ -416,6 +495,7 @@ impl BtrfsProvider {
             handle: Arc::new(handle),
             batch_sync,
             root_lock: None,
+            receiving: Arc::default(),
         };
         provider
             .btrfs()

@@ -4,6 +4,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::fsutil::Dir;
 
 impl BtrfsProvider {
     /// The received subvolume of receive `op`: still staged, or in place.
@@ -37,11 +38,23 @@ impl BtrfsProvider {
         write_tag(&stage, &tag)?;
         let incoming = stage.join("in");
         fs::create_dir(&incoming).map_err(io_err(format!("create {}", incoming.display())))?;
-        self.btrfs()
+        // Every command is charged before it passes (module doc, "A
+        // receive cannot fill the disk"); a refusal kills `btrfs receive`.
+        let root =
+            Dir::open(&self.root).map_err(io_err(format!("open {}", self.root.display())))?;
+        let mut budget = stream::ReceiveBudget::new(root, self.receiving.clone())?;
+        let block = budget.block;
+        let mut guarded = stream::StreamGuard::new(input, block, |n| budget.charge(n));
+        let received = self
+            .btrfs()
             .arg("receive")
             .arg("--chroot")
             .path_arg(&incoming)?
-            .run_from(input)?;
+            .run_from(&mut guarded);
+        if let Some(refusal) = guarded.take_refusal() {
+            return Err(refusal);
+        }
+        received.map_err(no_space_reported)?;
         // Exactly one read-only subvolume with a received UUID must be there.
         let entries: Vec<_> = fs::read_dir(&incoming)
             .map_err(io_err(format!("read {}", incoming.display())))?
@@ -139,6 +152,23 @@ impl BtrfsProvider {
                 "incremental stream applied on subvolume {base}, which is none of our snapshots"
             ))),
         }
+    }
+}
+
+/// A failure of `btrfs receive` that reports a full file system or quota
+/// (`ENOSPC`, `EDQUOT` in its message) as [`ProviderError::NoSpace`].
+pub(super) fn no_space_reported(e: ProviderError) -> ProviderError {
+    match e {
+        ProviderError::Command { ref stderr, .. }
+            if stderr.contains("No space left on device")
+                || stderr.contains("Disk quota exceeded") =>
+        {
+            ProviderError::NoSpace {
+                what: "the received stream".into(),
+                detail: format!("btrfs receive: {}", stderr.trim()),
+            }
+        }
+        other => other,
     }
 }
 

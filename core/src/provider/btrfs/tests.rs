@@ -114,3 +114,24 @@ fn the_referenced_bytes_are_read_from_the_subvolumes_own_qgroup() {
     assert_eq!(parse_referenced("1/0 5 5 -\n0/257 x 1 v\n"), None);
     assert_eq!(parse_referenced(""), None);
 }
+
+#[test]
+fn btrfs_receive_reporting_a_full_file_system_or_quota_is_no_space() {
+    let failed = |stderr: &str| ProviderError::Command {
+        command: "btrfs receive".into(),
+        status: "exit status 1".into(),
+        stderr: stderr.into(),
+    };
+    for full in [
+        "ERROR: writing to f failed: No space left on device",
+        "ERROR: fallocate: fallocate on f failed: Disk quota exceeded",
+    ] {
+        let e = receive::no_space_reported(failed(full));
+        assert!(
+            matches!(e, ProviderError::NoSpace { ref detail, .. } if detail.contains(full)),
+            "{e:?}"
+        );
+    }
+    let e = receive::no_space_reported(failed("ERROR: crc mismatch"));
+    assert!(matches!(e, ProviderError::Command { .. }), "{e:?}");
+}

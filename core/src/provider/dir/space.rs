@@ -3,7 +3,7 @@
 //! thousand times becomes a thousand files), is refused with
 //! [`ProviderError::NoSpace`] before it fills the file system.
 
-use crate::fsutil::Dir;
+use crate::fsutil::{Dir, Space};
 use crate::provider::ProviderError;
 
 /// Keeps a receive from filling its file system: before each entry, the
@@ -28,6 +28,12 @@ pub(crate) struct SpaceGuard {
 pub const SPACE_CHECK_EVERY: u32 = 64;
 /// Content bytes of a received file one free-space check covers.
 pub const CONTENT_WINDOW: u64 = 8 << 20;
+/// The bytes a receive or copy leaves free on a file system of
+/// `total_bytes`: 2% of it.
+pub(crate) fn reserve_bytes(total_bytes: u64) -> u64 {
+    total_bytes / 50
+}
+
 /// Least number of inodes a receive leaves free.
 pub const MIN_RESERVE_INODES: u64 = 2 * SPACE_CHECK_EVERY as u64;
 
@@ -42,14 +48,18 @@ impl SpaceGuard {
         }
     }
 
+    /// The file system's space now.
+    pub(crate) fn space(&self) -> Result<Space, ProviderError> {
+        self.dir
+            .space()
+            .map_err(|e| ProviderError::io("examining free space", e))
+    }
+
     /// Checks that `entries` more entries holding `bytes` more bytes fit,
     /// leaving the reserve free.
     pub(crate) fn check(&self, what: &str, entries: u64, bytes: u64) -> Result<(), ProviderError> {
-        let sp = self
-            .dir
-            .space()
-            .map_err(|e| ProviderError::io("examining free space", e))?;
-        let reserve_bytes = sp.total_bytes / 50;
+        let sp = self.space()?;
+        let reserve_bytes = reserve_bytes(sp.total_bytes);
         if sp.free_bytes < bytes.saturating_add(reserve_bytes) {
             return Err(ProviderError::NoSpace {
                 what: what.to_owned(),
