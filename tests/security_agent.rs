@@ -207,7 +207,11 @@ fn a_token_or_peers_file_others_could_read_or_change_is_refused_at_start() {
         ("--token-file", &readable, "lets group or others in"),
         ("--token-file", &in_open, "another user could change"),
         ("--token-file", &link, "another user could change"),
-        ("--peers-file", &writable_peers, "lets group or others write it"),
+        (
+            "--peers-file",
+            &writable_peers,
+            "lets group or others write it",
+        ),
     ] {
         let o = serve(&[flag.as_ref(), file.as_os_str()]);
         assert_eq!(o.status.code(), Some(2), "{flag} {file:?}: {}", text(&o));

@@ -116,12 +116,14 @@ pub fn open_operator_file(path: &Path, secret: bool) -> Result<File, String> {
     let abs = std::path::absolute(path).map_err(|e| format!("{shown}: {e}"))?;
     let walk = |p: &Path| {
         let dir = p.parent().unwrap_or(Path::new("/"));
-        check_dir_path(dir, Last::RootOrEuid).map(drop).map_err(|e| {
-            format!(
-                "{shown}: a directory on its way is one another user could change ({e}); \
+        check_dir_path(dir, Last::RootOrEuid)
+            .map(drop)
+            .map_err(|e| {
+                format!(
+                    "{shown}: a directory on its way is one another user could change ({e}); \
                  keep it in a directory only root can write"
-            )
-        })
+                )
+            })
     };
     walk(&abs)?;
     let real = std::fs::canonicalize(&abs).map_err(|e| format!("{shown}: {e}"))?;
@@ -136,7 +138,10 @@ pub fn open_operator_file(path: &Path, secret: bool) -> Result<File, String> {
     let refused = if !meta.file_type().is_file() {
         Some("not a regular file".to_owned())
     } else if meta.uid() != 0 && meta.uid() != me {
-        Some(format!("owned by uid {}, neither root nor this user", meta.uid()))
+        Some(format!(
+            "owned by uid {}, neither root nor this user",
+            meta.uid()
+        ))
     } else if meta.mode() & if secret { 0o077 } else { 0o022 } != 0 {
         Some(format!(
             "mode {:04o} lets group or others {}",
