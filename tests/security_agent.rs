@@ -194,14 +194,38 @@ fn a_token_or_peers_file_others_could_read_or_change_is_refused_at_start() {
     std::os::unix::fs::symlink(&in_open, &link).unwrap();
     let readable = private("readable", "a-shared-cluster-token\n", 0o644);
     let writable_peers = private("writable-peers", "a = http://127.0.0.1:9\n", 0o666);
+    // An agent that starts anyway is killed as soon as it says it serves
+    // (and the test fails), rather than served until the test times out.
     let serve = |extra: &[&std::ffi::OsStr]| {
+        use std::io::BufRead;
         let state = tempfile::tempdir().unwrap();
-        volmgr_command()
+        let mut child = volmgr_command()
             .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state.path())
             .args(extra)
-            .output()
-            .unwrap()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = Vec::new();
+        for line in std::io::BufReader::new(child.stderr.take().unwrap()).split(b'\n') {
+            let line = line.unwrap();
+            if String::from_utf8_lossy(&line).contains("serving") {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!(
+                    "{extra:?}: the agent started: {}",
+                    String::from_utf8_lossy(&line)
+                );
+            }
+            stderr.extend_from_slice(&line);
+            stderr.push(b'\n');
+        }
+        Output {
+            status: child.wait().unwrap(),
+            stdout: Vec::new(),
+            stderr,
+        }
     };
     for (flag, file, why) in [
         ("--token-file", &readable, "lets group or others in"),
