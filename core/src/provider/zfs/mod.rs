@@ -265,6 +265,8 @@ mod parse;
 mod program;
 mod receive;
 mod setup;
+mod space;
+pub mod stream;
 
 pub use attributes::{COMPRESSION_VALUES, check_volume_option};
 #[allow(clippy::wildcard_imports)]
