@@ -83,8 +83,11 @@ impl ZfsProvider {
             PoolMeasure {
                 pool: self.pool().to_owned(),
             },
-            big_endian,
-            begin_payload,
+            stream::StreamAccount::new(
+                big_endian,
+                begin_payload,
+                header.fromguid != 0 || header.resuming,
+            ),
             space::recv_queue_bytes(),
         );
         if let Err(e) = bound.start() {

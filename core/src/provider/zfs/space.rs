@@ -86,13 +86,12 @@ pub struct SpaceBound<M> {
 }
 
 impl<M: Measure> SpaceBound<M> {
-    /// A bound for the records after a begin record (`big_endian` stream,
-    /// begin payload of `begin_payload` bytes); `recv_queue` stream bytes
-    /// may wait in the kernel's receive queue.
-    pub fn new(measure: M, big_endian: bool, begin_payload: u64, recv_queue: u64) -> Self {
+    /// A bound for the records `account` follows; `recv_queue` stream
+    /// bytes may wait in the kernel's receive queue.
+    pub fn new(measure: M, account: StreamAccount, recv_queue: u64) -> Self {
         SpaceBound {
             measure,
-            account: StreamAccount::new(big_endian, begin_payload),
+            account,
             refusal: None,
             granted: 0,
             passed: 0,
@@ -368,7 +367,11 @@ mod tests {
         let mut pool = FakePool::new(0, GIB);
         let written = pool.written.clone();
         let s = writes(100, 128 << 10);
-        let mut bound = SpaceBound::new(&mut pool, false, 0, DEFAULT_RECV_QUEUE);
+        let mut bound = SpaceBound::new(
+            &mut pool,
+            StreamAccount::new(false, 0, false),
+            DEFAULT_RECV_QUEUE,
+        );
         bound.start().unwrap();
         let (n, r) = pass_all(&s, &mut bound, &written);
         r.unwrap();
@@ -382,7 +385,11 @@ mod tests {
     fn a_pool_without_room_beyond_the_reserve_is_refused_before_any_byte() {
         let free = RESERVE + MIN_ROOM - 1;
         let mut pool = FakePool::new(GIB - free, free);
-        let mut bound = SpaceBound::new(&mut pool, false, 0, DEFAULT_RECV_QUEUE);
+        let mut bound = SpaceBound::new(
+            &mut pool,
+            StreamAccount::new(false, 0, false),
+            DEFAULT_RECV_QUEUE,
+        );
         match bound.start() {
             Err(ProviderError::NoSpace { detail, .. }) => assert!(detail.contains("reserve")),
             other => panic!("{other:?}"),
@@ -395,7 +402,11 @@ mod tests {
         let mut pool = FakePool::new(GIB - RESERVE - room, RESERVE + room);
         let written = pool.written.clone();
         let s = writes(1000, 128 << 10);
-        let mut bound = SpaceBound::new(&mut pool, false, 0, DEFAULT_RECV_QUEUE);
+        let mut bound = SpaceBound::new(
+            &mut pool,
+            StreamAccount::new(false, 0, false),
+            DEFAULT_RECV_QUEUE,
+        );
         bound.start().unwrap();
         let (n, r) = pass_all(&s, &mut bound, &written);
         assert!(r.is_err());
@@ -423,7 +434,11 @@ mod tests {
         let never = std::cell::Cell::new(0);
         let block = 128u64 << 10;
         let s = writes(1000, block);
-        let mut bound = SpaceBound::new(&mut pool, false, 0, DEFAULT_RECV_QUEUE);
+        let mut bound = SpaceBound::new(
+            &mut pool,
+            StreamAccount::new(false, 0, false),
+            DEFAULT_RECV_QUEUE,
+        );
         bound.start().unwrap();
         let (_, r) = pass_all(&s, &mut bound, &never);
         assert!(r.is_ok(), "with nothing written, the room lasts");

@@ -172,7 +172,13 @@ fn bounded(payload: u64, what: &str) -> Result<u64, ProviderError> {
 
 /// Judges one record header (not the begin record): its payload's length,
 /// as the kernel derives it, and its charge (see the module documentation).
-pub fn record(b: &[u8; RECORD_LEN], big_endian: bool) -> Result<Record, ProviderError> {
+/// `rewrites`: the stream changes existing objects (an incremental or a
+/// resumed stream), so a `FREE` may rewrite a block.
+pub fn record(
+    b: &[u8; RECORD_LEN],
+    big_endian: bool,
+    rewrites: bool,
+) -> Result<Record, ProviderError> {
     let f = Fields { b, big_endian };
     let drr_type = f.u32_at(TYPE_AT);
     let header = RECORD_LEN as u64;
@@ -211,7 +217,8 @@ pub fn record(b: &[u8; RECORD_LEN], big_endian: bool) -> Result<Record, Provider
             let payload = u64::from(f.u32_at(EMBEDDED_PSIZE_AT)).next_multiple_of(8);
             (bounded(payload, "WRITE_EMBEDDED")?, BLOCK_ALLOWANCE)
         }
-        DRR_FREE => (0, FREE_ALLOWANCE),
+        DRR_FREE if rewrites => (0, FREE_ALLOWANCE),
+        DRR_FREE => (0, 0),
         DRR_FREEOBJECTS | DRR_OBJECT_RANGE | DRR_REDACT | DRR_END => (0, 0),
         DRR_WRITE_BYREF => {
             return Err(ProviderError::Stream(
@@ -252,6 +259,7 @@ enum At {
 #[derive(Debug, Clone)]
 pub struct StreamAccount {
     big_endian: bool,
+    rewrites: bool,
     at: At,
     header: [u8; RECORD_LEN],
     /// Records judged so far.
@@ -259,10 +267,12 @@ pub struct StreamAccount {
 }
 
 impl StreamAccount {
-    /// After a begin record whose payload is `begin_payload` bytes long.
-    pub fn new(big_endian: bool, begin_payload: u64) -> Self {
+    /// After a begin record whose payload is `begin_payload` bytes long;
+    /// `rewrites` as [`record`] takes it.
+    pub fn new(big_endian: bool, begin_payload: u64, rewrites: bool) -> Self {
         StreamAccount {
             big_endian,
+            rewrites,
             at: if begin_payload > 0 {
                 At::Payload {
                     left: begin_payload,
@@ -302,7 +312,7 @@ impl StreamAccount {
                 if have + n < RECORD_LEN {
                     return Ok((n, 0));
                 }
-                let r = record(&self.header, self.big_endian)?;
+                let r = record(&self.header, self.big_endian, self.rewrites)?;
                 Ok((n, r.charge))
             }
         }
@@ -322,7 +332,7 @@ impl StreamAccount {
             }
             At::Header { have } if have + n < RECORD_LEN => At::Header { have: have + n },
             At::Header { .. } => {
-                let r = record(&self.header, self.big_endian)?;
+                let r = record(&self.header, self.big_endian, self.rewrites)?;
                 self.records += 1;
                 if r.drr_type == DRR_END {
                     At::Ended
@@ -341,8 +351,13 @@ impl StreamAccount {
 /// [`StreamAccount`] counts them fed in chunks of `chunk` bytes (at least
 /// 1); for tests and the fuzz target.
 #[doc(hidden)]
-pub fn charge_of(bytes: &[u8], big_endian: bool, chunk: usize) -> Result<u64, ProviderError> {
-    let mut a = StreamAccount::new(big_endian, 0);
+pub fn charge_of(
+    bytes: &[u8],
+    big_endian: bool,
+    rewrites: bool,
+    chunk: usize,
+) -> Result<u64, ProviderError> {
+    let mut a = StreamAccount::new(big_endian, 0, rewrites);
     let mut total = 0u64;
     for piece in bytes.chunks(chunk.max(1)) {
         let mut rest = piece;
@@ -396,7 +411,7 @@ mod tests {
         let h = RECORD_LEN as u64;
         let object = rec(DRR_OBJECT, &[(28, &13u32.to_le_bytes()), (34, &[2])]);
         assert_eq!(
-            record(&object, false).unwrap(),
+            record(&object, false, true).unwrap(),
             Record {
                 drr_type: DRR_OBJECT,
                 payload: 16,
@@ -408,33 +423,45 @@ mod tests {
             DRR_OBJECT,
             &[(28, &13u32.to_le_bytes()), (36, &21u32.to_le_bytes())],
         );
-        assert_eq!(record(&raw, false).unwrap().payload, 21, "raw bonus as is");
-        assert_eq!(record(&write(4096, None), false).unwrap().payload, 4096);
         assert_eq!(
-            record(&write(131072, Some(700)), false).unwrap().payload,
+            record(&raw, false, true).unwrap().payload,
+            21,
+            "raw bonus as is"
+        );
+        assert_eq!(
+            record(&write(4096, None), false, true).unwrap().payload,
+            4096
+        );
+        assert_eq!(
+            record(&write(131072, Some(700)), false, true).unwrap().payload,
             700,
             "a compressed block is sent, and written, at its compressed size"
         );
         let spill = rec(DRR_SPILL, &[(16, &512u64.to_le_bytes())]);
-        assert_eq!(record(&spill, false).unwrap().payload, 512);
+        assert_eq!(record(&spill, false, true).unwrap().payload, 512);
         let spill_c = rec(
             DRR_SPILL,
             &[(16, &512u64.to_le_bytes()), (40, &100u64.to_le_bytes())],
         );
-        assert_eq!(record(&spill_c, false).unwrap().payload, 100);
+        assert_eq!(record(&spill_c, false, true).unwrap().payload, 100);
         let embedded = rec(DRR_WRITE_EMBEDDED, &[(52, &13u32.to_le_bytes())]);
-        assert_eq!(record(&embedded, false).unwrap().payload, 16);
+        assert_eq!(record(&embedded, false, true).unwrap().payload, 16);
         let free = rec(DRR_FREE, &[(24, &u64::MAX.to_le_bytes())]);
         assert_eq!(
-            record(&free, false).unwrap(),
+            record(&free, false, true).unwrap(),
             Record {
                 drr_type: DRR_FREE,
                 payload: 0,
                 charge: h + FREE_ALLOWANCE
             }
         );
+        assert_eq!(
+            record(&free, false, false).unwrap().charge,
+            h,
+            "a full stream's objects are new: a FREE rewrites nothing"
+        );
         for t in [DRR_FREEOBJECTS, DRR_OBJECT_RANGE, DRR_REDACT, DRR_END] {
-            assert_eq!(record(&rec(t, &[]), false).unwrap().charge, h);
+            assert_eq!(record(&rec(t, &[]), false, true).unwrap().charge, h);
         }
     }
 
@@ -443,9 +470,9 @@ mod tests {
         let mut b = [0u8; RECORD_LEN];
         b[..4].copy_from_slice(&DRR_WRITE.to_be_bytes());
         b[32..40].copy_from_slice(&4096u64.to_be_bytes());
-        assert_eq!(record(&b, true).unwrap().payload, 4096);
+        assert_eq!(record(&b, true, true).unwrap().payload, 4096);
         assert!(
-            record(&b, false).is_err(),
+            record(&b, false, true).is_err(),
             "type read little-endian: unknown"
         );
         let mut begin = vec![0u8; RECORD_LEN];
@@ -467,7 +494,7 @@ mod tests {
             (rec(DRR_SPILL, &[(16, &u64::MAX.to_le_bytes())]), "payload"),
         ];
         for (b, want) in cases {
-            match record(&b, false) {
+            match record(&b, false, true) {
                 Err(ProviderError::Stream(m)) => assert!(m.contains(want), "{m}"),
                 other => panic!("{want}: {other:?}"),
             }
@@ -508,14 +535,18 @@ mod tests {
     fn the_charge_of_a_stream_does_not_depend_on_how_it_is_chunked() {
         let (s, want) = sample();
         for chunk in [1, 7, 311, 312, 313, 4096, s.len()] {
-            assert_eq!(charge_of(&s, false, chunk).unwrap(), want, "chunk {chunk}");
+            assert_eq!(
+                charge_of(&s, false, true, chunk).unwrap(),
+                want,
+                "chunk {chunk}"
+            );
         }
     }
 
     #[test]
     fn bytes_after_end_are_counted_not_parsed() {
         let (s, want) = sample();
-        let mut a = StreamAccount::new(false, 0);
+        let mut a = StreamAccount::new(false, 0, true);
         let (mut rest, mut total) = (&s[..], 0);
         while !rest.is_empty() {
             let (n, c) = a.next_step(rest).unwrap();
@@ -532,7 +563,7 @@ mod tests {
     fn a_begin_payload_is_passed_before_the_first_record() {
         let mut s = vec![0u8; 40];
         s.extend(rec(DRR_END, &[]));
-        let mut a = StreamAccount::new(false, 40);
+        let mut a = StreamAccount::new(false, 40, true);
         let (n, c) = a.next_step(&s).unwrap();
         assert_eq!((n, c), (40, 0));
         a.advance(n).unwrap();
