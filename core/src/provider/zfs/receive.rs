@@ -1,10 +1,18 @@
 //! The receive of the ZFS provider: the stream's header checked against the
-//! target and its snapshots (one listing) first, the target marked
+//! target and its snapshots (one listing) first, the pool's space measured
+//! for the stream's bound (`zfs get`; [`super::space`]: the records are
+//! charged as they pass into `zfs recv`, refused as
+//! [`ProviderError::NoSpace`] before the pool's last 2%), the target marked
 //! (`zfs set`, on disk before the receive starts), `zfs recv -F -s` into the
 //! final snapshot name with our properties excluded and `setuid=off
 //! devices=off` forced, then one channel program (`lua/received.lua`) that
 //! finds the arrived snapshot by GUID, tags it and clears the mark in one
-//! sync task: 4 commands. Whether the target is still mounted is read from
+//! sync task: 5 commands (plus a `zpool sync` and a `zfs get` per further
+//! grant of the bound, at most 256 MiB of charges each). A refusal of the
+//! bound (or ZFS's own `ENOSPC`/`EDQUOT`, or a record the bound cannot
+//! read) is ours: the partial receive is discarded (`zfs recv -A`), never
+//! left resumable, the mark cleared and the target mounted again
+//! ([`ZfsProvider::after_refused_receive`]). Whether the target is still mounted is read from
 //! `/proc/self/mountinfo` (not a command); it is mounted again only if not.
 //! And what a failed or resumable receive leaves: a crash between `zfs recv`
 //! and the program leaves the arrival untagged and the mark set (a retry

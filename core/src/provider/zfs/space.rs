@@ -303,7 +303,7 @@ mod tests {
             FakePool {
                 used,
                 available,
-                written: Default::default(),
+                written: std::rc::Rc::default(),
                 seen: 0,
                 calls: vec![],
             }
@@ -331,7 +331,7 @@ mod tests {
             h[..4].copy_from_slice(&3u32.to_le_bytes());
             h[32..40].copy_from_slice(&block.to_le_bytes());
             s.extend(h);
-            s.extend(std::iter::repeat_n(1u8, block as usize));
+            s.extend(std::iter::repeat_n(1u8, usize::try_from(block).unwrap()));
         }
         s
     }

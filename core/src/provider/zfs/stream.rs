@@ -1,5 +1,5 @@
 //! The records of a send stream after its `DRR_BEGIN`, framed as the
-//! kernel frames them (OpenZFS 2.1 `dmu_recv.c`, `receive_read_record`),
+//! kernel frames them (`OpenZFS` 2.1 `dmu_recv.c`, `receive_read_record`),
 //! and what each may cost the receiving pool: the *charge* the receive's
 //! space bound ([`super::space`]) counts before it lets the record through.
 //!
@@ -20,7 +20,7 @@
 //! | `FREEOBJECTS` (2), `FREE` (4), `OBJECT_RANGE` (9), `REDACT` (10), `END` (5) | none |
 //!
 //! `BEGIN` (0) after the first record, `WRITE_BYREF` (6: a deduplicated
-//! stream, which OpenZFS 2.1 no longer receives and whose records write
+//! stream, which `OpenZFS` 2.1 no longer receives and whose records write
 //! data the stream does not carry) and any other type are refused, and so
 //! is a payload above [`MAX_PAYLOAD`] (`SPA_MAXBLOCKSIZE`, more than any
 //! block): [`ProviderError::Stream`], never a panic. Bytes after `END` are
@@ -218,8 +218,7 @@ pub fn record(
             (bounded(payload, "WRITE_EMBEDDED")?, BLOCK_ALLOWANCE)
         }
         DRR_FREE if rewrites => (0, FREE_ALLOWANCE),
-        DRR_FREE => (0, 0),
-        DRR_FREEOBJECTS | DRR_OBJECT_RANGE | DRR_REDACT | DRR_END => (0, 0),
+        DRR_FREE | DRR_FREEOBJECTS | DRR_OBJECT_RANGE | DRR_REDACT | DRR_END => (0, 0),
         DRR_WRITE_BYREF => {
             return Err(ProviderError::Stream(
                 "deduplicated stream (WRITE_BYREF record): not accepted".into(),
@@ -433,7 +432,9 @@ mod tests {
             4096
         );
         assert_eq!(
-            record(&write(131072, Some(700)), false, true).unwrap().payload,
+            record(&write(131_072, Some(700)), false, true)
+                .unwrap()
+                .payload,
             700,
             "a compressed block is sent, and written, at its compressed size"
         );
@@ -506,7 +507,7 @@ mod tests {
         assert_eq!(begin_payload(&begin, false).unwrap(), 100);
     }
 
-    /// OBJECT (bonus 8), WRITE 4096, FREE, WRITE_EMBEDDED 8, END, then
+    /// `OBJECT` (bonus 8), `WRITE` 4096, `FREE`, `WRITE_EMBEDDED` 8, `END`, then
     /// trailing bytes; and its total charge.
     fn sample() -> (Vec<u8>, u64) {
         let h = RECORD_LEN as u64;
