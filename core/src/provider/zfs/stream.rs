@@ -1,7 +1,7 @@
 //! The records of a send stream after its `DRR_BEGIN`, framed as the
 //! kernel frames them (`OpenZFS` 2.1 `dmu_recv.c`, `receive_read_record`),
 //! and what each may cost the receiving pool: the *charge* the receive's
-//! space bound ([`super::space`]) counts before it lets the record through.
+//! space bound (`zfs/space.rs`) counts before it lets the record through.
 //!
 //! # Framing
 //!
@@ -43,7 +43,7 @@
 //! The charge is a bound of the record's cost only as far as those
 //! allowances go: a `FREE` cutting into blocks larger than 128 KiB costs
 //! more than it is charged. What the pool really has free is measured
-//! again after every window of charges (see [`super::space`]), so an
+//! again after every window of charges (see `zfs/space.rs`), so an
 //! undercharge is seen one window later, not never.
 
 use super::parse::BACKUP_MAGIC;
