@@ -2408,21 +2408,29 @@ impl SpaceFixture {
     /// `zfs send FLAGS <snapshot>` piped into the provider's receive into
     /// `t` as snapshot `r`.
     fn receive(&self, flags: &[&str]) -> Result<Created, ProviderError> {
+        let mut args = vec!["send"];
+        args.extend(flags);
+        args.push(&self.snapshot);
+        self.receive_of(&args, u64::MAX)
+    }
+
+    /// The first `limit` bytes of `zfs ARGS` piped into the provider's
+    /// receive into `t` as snapshot `r`.
+    fn receive_of(&self, args: &[&str], limit: u64) -> Result<Created, ProviderError> {
+        use std::io::Read;
         let mut send = Command::new("zfs")
-            .arg("send")
-            .args(flags)
-            .arg(&self.snapshot)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut out = send.stdout.take().unwrap();
+        let out = send.stdout.take().unwrap();
         let r = self.dst.receive_snapshot(
             &vref("t", VolumeKind::Data, None, &self.none),
             &snap_spec("r", Uuid::now_v7()),
-            &mut out,
+            &mut out.take(limit),
         );
-        drop(out);
+        let _ = send.kill();
         let _ = send.wait();
         r
     }
@@ -2570,6 +2578,39 @@ fn a_compressed_stream_of_sparse_blocks_costing_more_than_its_bytes_is_refused()
     };
     let before = f.available_settled();
     let r = f.receive(&["-c"]);
+    SpaceFixture::assert_refused_by_the_bound(r);
+    f.assert_left_unchanged(before);
+}
+
+/// A resumed stream is bounded as a new one: the partial receive a cut
+/// transfer left (resumable, `Suspended`) is continued with `zfs send -t`,
+/// the rest does not fit, and the refusal discards the partial state
+/// instead of leaving it resumable and holding its space.
+#[test]
+fn a_resumed_stream_past_the_pools_free_space_is_refused_and_its_partial_state_discarded() {
+    let test =
+        "a_resumed_stream_past_the_pools_free_space_is_refused_and_its_partial_state_discarded";
+    let Some(f) = SpaceFixture::new(test, |dir, _, available| {
+        write_noise(dir, available + (20 << 20));
+    }) else {
+        return;
+    };
+    let before = f.available_settled();
+    let cut = f.receive_of(&["send", &f.snapshot], 30 << 20);
+    assert!(
+        matches!(cut, Err(ProviderError::Suspended { .. })),
+        "a cut stream is suspended: {cut:?}"
+    );
+    let token = zfs_out(&[
+        "get",
+        "-H",
+        "-o",
+        "value",
+        "receive_resume_token",
+        &f.target,
+    ]);
+    assert_ne!(token, "-");
+    let r = f.receive_of(&["send", "-t", &token], u64::MAX);
     SpaceFixture::assert_refused_by_the_bound(r);
     f.assert_left_unchanged(before);
 }
