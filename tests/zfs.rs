@@ -684,7 +684,8 @@ fn arrival_tags(id: &str, op: Uuid, target: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-/// A receive is 4 `zfs` commands: the listing of the target, the mark,
+/// A receive is 5 `zfs` commands: the listing of the target, the pool's
+/// space (`zfs get used,available`: the space bound's first grant), the mark,
 /// `zfs recv`, and one channel program that finds the arrival by guid, tags
 /// it and clears the mark in one sync task (whether the target is still
 /// mounted is read from `/proc/self/mountinfo`). After it the arrival
@@ -700,7 +701,7 @@ async fn receive_tags_its_arrival_and_clears_the_mark_in_one_program_after_recv(
         counted(async { p.receive_snapshot(&f.t_ref(), &f.spec(), &mut f.stream.as_slice()) })
             .await;
     let got = got.unwrap();
-    assert_eq!(n, zfs_commands(4), "list, mark, recv, program");
+    assert_eq!(n, zfs_commands(5), "list, space, mark, recv, program");
     assert_eq!(got.details[DETAIL_GUID], f.guid());
     assert_eq!(
         own_props(&f.snapshot("r")),
@@ -1513,7 +1514,7 @@ fn zfs_commands(n: u64) -> CommandCount {
 
 /// The `zfs` commands each verb runs through the manager are the table of
 /// the ZFS provider's `//!` documentation (create 1, snapshot 1, fork 2,
-/// destroy 2 for a filesystem and 1 for a snapshot, send 2, receive 4): a change that adds a command to a verb
+/// destroy 2 for a filesystem and 1 for a snapshot, send 2, receive 5): a change that adds a command to a verb
 /// fails here, and one that removes a command updates the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_verb_runs_exactly_its_documented_number_of_zfs_commands() {
@@ -1586,8 +1587,8 @@ async fn each_verb_runs_exactly_its_documented_number_of_zfs_commands() {
     );
     assert_eq!(full_send, zfs_commands(2), "full send");
     assert_eq!(inc_send, zfs_commands(2), "incremental send");
-    assert_eq!(full_recv, zfs_commands(4), "full receive");
-    assert_eq!(inc_recv, zfs_commands(4), "incremental receive");
+    assert_eq!(full_recv, zfs_commands(5), "full receive");
+    assert_eq!(inc_recv, zfs_commands(5), "incremental receive");
     m.close().await;
 }
 
@@ -2337,4 +2338,279 @@ fn a_root_containing_another_agents_root_is_refused_and_one_containing_its_own_i
         "{err:?}"
     );
     assert_eq!(root_owner_of(&odd), "-\t-");
+}
+
+// --- the receive's space bound ---------------------------------------------------
+
+/// A target pool of 256 MB (4 KiB sectors) with volume `t` (file `keep`), and a source
+/// pool of 512 MB (lz4) with volume `src` holding what `fill` writes
+/// (given the target pool's `used` and `available` bytes), snapshotted as
+/// `src@s`.
+struct SpaceFixture {
+    dst_pool: ZfsPool,
+    dst: ZfsProvider,
+    _src_pool: ZfsPool,
+    _src: ZfsProvider,
+    /// `<src dataset>@s`.
+    snapshot: String,
+    /// The target's dataset and mountpoint.
+    target: String,
+    t: Created,
+    none: Details,
+}
+
+fn zfs_u64(args: &[&str]) -> u64 {
+    zfs_out(args).parse().unwrap()
+}
+
+impl SpaceFixture {
+    fn new(test: &str, fill: impl FnOnce(&Path, u64, u64)) -> Option<Self> {
+        let dst_pool = ZfsPool::for_test(&format!("{test}-dst"), 256)?;
+        // Sectors of 4 KiB, as on most disks (a file vdev gets 512 B): a
+        // sparse block's indirect blocks cost what they would there.
+        std::fs::create_dir_all(dst_pool.vdev.parent().unwrap()).unwrap();
+        std::fs::File::create(&dst_pool.vdev)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        let st = Command::new("zpool")
+            .args(["create", "-o", "ashift=12", "-m", "none", &dst_pool.pool])
+            .arg(&dst_pool.vdev)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let dst = ZfsProvider::from_config(&dst_pool.provider_config()).unwrap();
+        let src_pool = ZfsPool::for_test(&format!("{test}-src"), 512)?;
+        let src = ZfsProvider::from_config(&src_pool.provider_config()).unwrap();
+        let t = dst.create_volume(&data_spec("t", Uuid::now_v7())).unwrap();
+        std::fs::write(Path::new(&t.location).join("keep"), b"kept").unwrap();
+        // Sparse blocks compress to almost nothing (the noise does not).
+        zfs_out(&["set", "compression=lz4", &src_pool.pool]);
+        let s = src
+            .create_volume(&data_spec("src", Uuid::now_v7()))
+            .unwrap();
+        let get = |p: &str| zfs_u64(&["get", "-H", "-p", "-o", "value", p, &dst_pool.pool]);
+        fill(Path::new(&s.location), get("used"), get("available"));
+        let snapshot = format!("{}/data/src@s", src_pool.dataset());
+        zfs_out(&["snapshot", &snapshot]);
+        Some(SpaceFixture {
+            target: format!("{}/data/t", dst_pool.dataset()),
+            dst_pool,
+            dst,
+            _src_pool: src_pool,
+            _src: src,
+            snapshot,
+            t,
+            none: Details::new(),
+        })
+    }
+
+    /// `zfs send FLAGS <snapshot>` piped into the provider's receive into
+    /// `t` as snapshot `r`.
+    fn receive(&self, flags: &[&str]) -> Result<Created, ProviderError> {
+        let mut args = vec!["send"];
+        args.extend(flags);
+        args.push(&self.snapshot);
+        self.receive_of(&args, u64::MAX)
+    }
+
+    /// The first `limit` bytes of `zfs ARGS` piped into the provider's
+    /// receive into `t` as snapshot `r`.
+    fn receive_of(&self, args: &[&str], limit: u64) -> Result<Created, ProviderError> {
+        use std::io::Read;
+        let mut send = Command::new("zfs")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = send.stdout.take().unwrap();
+        let r = self.dst.receive_snapshot(
+            &vref("t", VolumeKind::Data, None, &self.none),
+            &snap_spec("r", Uuid::now_v7()),
+            &mut out.take(limit),
+        );
+        let _ = send.kill();
+        let _ = send.wait();
+        r
+    }
+
+    /// The target pool's `available` once every free has been done.
+    fn available_settled(&self) -> u64 {
+        let st = Command::new("zpool")
+            .args(["wait", "-t", "free", &self.dst_pool.pool])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        zfs_u64(&[
+            "get",
+            "-H",
+            "-p",
+            "-o",
+            "value",
+            "available",
+            &self.dst_pool.pool,
+        ])
+    }
+
+    /// The receive's refusal: no space, said by the bound (its reserve).
+    fn assert_refused_by_the_bound(r: Result<Created, ProviderError>) {
+        match r {
+            Err(ProviderError::NoSpace { what, detail }) => {
+                assert!(
+                    detail.contains("kept in reserve"),
+                    "refused by the bound, not by ZFS: {what}: {detail}"
+                );
+            }
+            other => panic!("expected NoSpace from the bound, got {other:?}"),
+        }
+    }
+
+    /// What any failed receive leaves: the target as it was (its file, no
+    /// snapshot, no partial receive, no mark, mounted), and the pool's
+    /// free space back to `before`.
+    fn assert_left_unchanged(&self, before: u64) {
+        let get = |prop: &str| zfs_out(&["get", "-H", "-o", "value", prop, &self.target]);
+        assert_eq!(get("receive_resume_token"), "-", "no resumable state");
+        assert_eq!(get("volmgr:receiving"), "-", "mark cleared");
+        assert_eq!(get("mounted"), "yes");
+        assert_eq!(
+            zfs_out(&[
+                "list",
+                "-H",
+                "-o",
+                "name",
+                "-t",
+                "snapshot",
+                "-r",
+                &self.target
+            ]),
+            "",
+            "no snapshot arrived"
+        );
+        assert_eq!(
+            std::fs::read(Path::new(&self.t.location).join("keep")).unwrap(),
+            b"kept"
+        );
+        let after = self.available_settled();
+        assert!(
+            after + (2 << 20) >= before,
+            "the pool's free space returns: {before} before, {after} after"
+        );
+    }
+}
+
+/// `bytes` of noise in file `f` under `dir`, written in 8 MiB pieces.
+fn write_noise(dir: &Path, bytes: u64) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("f")).unwrap();
+    let mut left = bytes;
+    let mut seed = 1;
+    while left > 0 {
+        let n = left.min(8 << 20);
+        f.write_all(&noise(seed, n as usize)).unwrap();
+        left -= n;
+        seed += 1;
+    }
+    f.sync_all().unwrap();
+}
+
+/// A peer's stream of more data than the receiving pool has free is
+/// refused by the space bound (not left to fill the pool until ZFS itself
+/// fails, leaving a resumable partial receive that holds the space): a
+/// `NoSpace` naming the reserve, and nothing left.
+#[test]
+fn a_stream_larger_than_the_pools_free_space_is_refused_as_no_space_and_leaves_nothing() {
+    let test =
+        "a_stream_larger_than_the_pools_free_space_is_refused_as_no_space_and_leaves_nothing";
+    let Some(f) = SpaceFixture::new(test, |dir, _, available| {
+        write_noise(dir, available + (20 << 20));
+    }) else {
+        return;
+    };
+    let before = f.available_settled();
+    let r = f.receive(&[]);
+    SpaceFixture::assert_refused_by_the_bound(r);
+    f.assert_left_unchanged(before);
+}
+
+/// A stream the pool could hold, but only by giving up its last 2%: ZFS
+/// alone receives it (the pool left with less than the reserve free);
+/// the bound refuses it.
+#[test]
+fn a_stream_that_fits_only_by_taking_the_pools_last_two_percent_is_refused() {
+    let test = "a_stream_that_fits_only_by_taking_the_pools_last_two_percent_is_refused";
+    let Some(f) = SpaceFixture::new(test, |dir, used, available| {
+        // Would leave half the reserve (2% of the pool) free.
+        let reserve = (used + available) / 50;
+        write_noise(dir, available - reserve / 2);
+    }) else {
+        return;
+    };
+    let before = f.available_settled();
+    let r = f.receive(&[]);
+    SpaceFixture::assert_refused_by_the_bound(r);
+    f.assert_left_unchanged(before);
+}
+
+/// Files of one byte each, far into a sparse file, sent compressed: each
+/// costs a data block and a chain of indirect blocks, about five times
+/// its bytes of stream (measured on 4 KiB sectors: 11.2 MB of stream for
+/// 2000 files took 58 MB), and these take twice the pool's free space in
+/// a stream of about a fifth of it. The bound charges each record what it
+/// may allocate, so this stream is refused by it (ZFS alone would fail
+/// only when the pool is full, "out of space").
+#[test]
+fn a_compressed_stream_of_sparse_blocks_costing_more_than_its_bytes_is_refused() {
+    let test = "a_compressed_stream_of_sparse_blocks_costing_more_than_its_bytes_is_refused";
+    let Some(f) = SpaceFixture::new(test, |dir, _, available| {
+        use std::io::{Seek, SeekFrom, Write};
+        // About 30 KB of pool per file: twice the pool's free space.
+        let files = 2 * available / (30 << 10);
+        for i in 0..files {
+            let mut file = std::fs::File::create(dir.join(format!("f{i}"))).unwrap();
+            file.seek(SeekFrom::Start((1 << 40) + (i << 30))).unwrap();
+            file.write_all(&[u8::try_from(i % 255).unwrap() | 1])
+                .unwrap();
+        }
+    }) else {
+        return;
+    };
+    let before = f.available_settled();
+    let r = f.receive(&["-c"]);
+    SpaceFixture::assert_refused_by_the_bound(r);
+    f.assert_left_unchanged(before);
+}
+
+/// A resumed stream is bounded as a new one: the partial receive a cut
+/// transfer left (resumable, `Suspended`) is continued with `zfs send -t`,
+/// the rest does not fit, and the refusal discards the partial state
+/// instead of leaving it resumable and holding its space.
+#[test]
+fn a_resumed_stream_past_the_pools_free_space_is_refused_and_its_partial_state_discarded() {
+    let test =
+        "a_resumed_stream_past_the_pools_free_space_is_refused_and_its_partial_state_discarded";
+    let Some(f) = SpaceFixture::new(test, |dir, _, available| {
+        write_noise(dir, available + (20 << 20));
+    }) else {
+        return;
+    };
+    let before = f.available_settled();
+    let cut = f.receive_of(&["send", &f.snapshot], 30 << 20);
+    assert!(
+        matches!(cut, Err(ProviderError::Suspended { .. })),
+        "a cut stream is suspended: {cut:?}"
+    );
+    let token = zfs_out(&[
+        "get",
+        "-H",
+        "-o",
+        "value",
+        "receive_resume_token",
+        &f.target,
+    ]);
+    assert_ne!(token, "-");
+    let r = f.receive_of(&["send", "-t", &token], u64::MAX);
+    SpaceFixture::assert_refused_by_the_bound(r);
+    f.assert_left_unchanged(before);
 }

@@ -154,7 +154,7 @@ async fn interrupted_receive_is_journaled_resumable_and_the_resume_sends_only_th
     let took = t.elapsed();
     assert_eq!(
         CommandCount::snapshot().since(before).zfs,
-        4,
+        5,
         "a resumed receive runs the commands of a new one: `zfs recv` names its snapshot too, no rename"
     );
     assert_eq!(r.details[DETAIL_GUID], s.details[DETAIL_GUID]);

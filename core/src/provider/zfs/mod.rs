@@ -159,7 +159,17 @@
 //! <target>@<spec.id>` (`zfs recv` names the snapshot as told, a resumed
 //! stream's too, so it arrives under its final name), then one channel
 //! program finds the arrived snapshot BY GUID, tags it and clears the mark
-//! in one sync task (`receive.rs`). Until it is tagged the
+//! in one sync task (`receive.rs`). The stream is bounded on the pool's
+//! space as it passes (`space.rs`, `stream.rs`): its records are framed as
+//! the kernel frames them and charged their bytes plus what they may
+//! allocate; the pool's root dataset's `available` is measured before the
+//! first byte and again (after `zpool sync`) whenever the charges pass the
+//! last grant, and a room under 8 MiB beyond a reserve of 2% of the pool
+//! (`used + available`), less the charges the kernel may not have written
+//! yet, is [`ProviderError::NoSpace`]: the partial receive is discarded,
+//! not left resumable (so are ZFS's own `ENOSPC`/`EDQUOT` and a stream the
+//! bound cannot frame, [`ProviderError::Stream`]). A deduplicated stream
+//! (`send -D`) is refused by its header. Until it is tagged the
 //! arrival is not ours, final name or not: it inherits the target's tags,
 //! which name the target, kind `data`; so it is foreign to
 //! [`Provider::inventory`], refused (never adopted) by a retry, and removed
@@ -192,7 +202,7 @@
 //! | fork     | 2 | `list` snapshot (is it ours?), `clone -o mountpoint -o tags` |
 //! | destroy  | 2 / 1 | a filesystem: `list` (is it ours? a partial receive to abort?), `destroy`; a snapshot: `program` (is it ours? destroy; its clones if it has any), then `destroy` only if it was mounted (`EBUSY`) |
 //! | send     | 2 | `list` the snapshot, and its base for an incremental, in one command (ours?), `send` |
-//! | receive  | 4 | `list -d 1` the target and its snapshots (ours? partial? does the stream fit?), `set` mark, `recv` into `<target>@<id>`, `program`: the arrival by guid, its tags, the mark cleared (the target mounted? `/proc/self/mountinfo`, no command; `mount` only if not) |
+//! | receive  | 5 | `list -d 1` the target and its snapshots (ours? partial? does the stream fit?), `get used,available` of the pool (the space bound's first grant; a `zpool sync` and a `get` per further grant of at most 256 MiB of charges), `set` mark, `recv` into `<target>@<id>`, `program`: the arrival by guid, its tags, the mark cleared (the target mounted? `/proc/self/mountinfo`, no command; `mount` only if not) |
 //! | lookup   | 2 / 1 | `program -n`: the names that can carry the id's tag; `list` of them (none: the program only) (see "Lookup of one id") |
 //!
 //! Why not one each: the tag check must come *before* the act, because no
@@ -225,7 +235,9 @@
 //! `zfs.check.*` before the first change, then made: one sync task, so the
 //! arrival is never tagged while the mark is still set), and the target's
 //! `mounted` is read from `/proc/self/mountinfo`, where libzfs reads it
-//! too: 4. Those four each need their own command: the listing is the tag
+//! too: 4. The space bound's first measurement made it 5 (a read of the
+//! pool, before anything changes, so a full pool refuses with nothing
+//! done). The four others each need their own command: the listing is the tag
 //! check, before anything changes; the mark must be on disk before `recv`
 //! starts (so a crash mid-way is found), and `recv -o` would set it within
 //! the receive itself, whose failure paths do not say what stays set, so it
@@ -265,6 +277,8 @@ mod parse;
 mod program;
 mod receive;
 mod setup;
+mod space;
+pub mod stream;
 
 pub use attributes::{COMPRESSION_VALUES, check_volume_option};
 #[allow(clippy::wildcard_imports)]

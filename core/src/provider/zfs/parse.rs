@@ -140,6 +140,13 @@ pub(super) fn is_not_found(e: &ProviderError) -> bool {
     s.contains("does not exist") || s.contains("no such pool or dataset")
 }
 
+/// Whether a failed command said the pool or a quota had no room
+/// (`ENOSPC`: "out of space"; `EDQUOT`: "quota exceeded").
+pub(super) fn is_no_space(e: &ProviderError) -> bool {
+    let s = stderr_of(e);
+    s.contains("out of space") || s.contains("quota exceeded")
+}
+
 pub(super) fn is_busy(e: &ProviderError) -> bool {
     stderr_of(e).contains("is busy")
 }
@@ -161,6 +168,9 @@ pub struct StreamHeader {
 /// `DMU_BACKUP_FEATURE_RESUMING` as a bit of the begin record's versioninfo
 /// (feature flags start at bit 2).
 pub(super) const FEATURE_RESUMING: u64 = 1 << 22;
+
+/// `DMU_BACKUP_FEATURE_DEDUP` as a bit of the begin record's versioninfo.
+pub(super) const FEATURE_DEDUP: u64 = 1 << 2;
 
 /// Checks a resume token from a caller: `<version>-<hex>-<hex>-<hex>`, ASCII
 /// hex digits and dashes only, bounded, never flag-like.
@@ -240,6 +250,13 @@ pub fn parse_begin(b: &[u8]) -> Result<StreamHeader, ProviderError> {
     if u64_at(16) & 0x3 == 2 {
         return Err(ProviderError::Stream(
             "compound (send -R) streams are not accepted".into(),
+        ));
+    }
+    if u64_at(16) & FEATURE_DEDUP != 0 {
+        return Err(ProviderError::Stream(
+            "deduplicated (send -D) streams are not accepted: their WRITE_BYREF records \
+             write data the stream does not carry"
+                .into(),
         ));
     }
     let name = &b[56..56 + 256];

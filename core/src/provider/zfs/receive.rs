@@ -1,10 +1,18 @@
 //! The receive of the ZFS provider: the stream's header checked against the
-//! target and its snapshots (one listing) first, the target marked
+//! target and its snapshots (one listing) first, the pool's space measured
+//! for the stream's bound (`zfs get`; [`super::space`]: the records are
+//! charged as they pass into `zfs recv`, refused as
+//! [`ProviderError::NoSpace`] before the pool's last 2%), the target marked
 //! (`zfs set`, on disk before the receive starts), `zfs recv -F -s` into the
 //! final snapshot name with our properties excluded and `setuid=off
 //! devices=off` forced, then one channel program (`lua/received.lua`) that
 //! finds the arrived snapshot by GUID, tags it and clears the mark in one
-//! sync task: 4 commands. Whether the target is still mounted is read from
+//! sync task: 5 commands (plus a `zpool sync` and a `zfs get` per further
+//! grant of the bound, at most 256 MiB of charges each). A refusal of the
+//! bound (or ZFS's own `ENOSPC`/`EDQUOT`, or a record the bound cannot
+//! read) is ours: the partial receive is discarded (`zfs recv -A`), never
+//! left resumable, the mark cleared and the target mounted again
+//! ([`ZfsProvider::after_refused_receive`]). Whether the target is still mounted is read from
 //! `/proc/self/mountinfo` (not a command); it is mounted again only if not.
 //! And what a failed or resumable receive leaves: a crash between `zfs recv`
 //! and the program leaves the arrival untagged and the mark set (a retry
@@ -15,6 +23,7 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 use program::Received;
+use space::{Bounded, PoolMeasure, SpaceBound};
 
 impl ZfsProvider {
     pub(super) fn receive_into(
@@ -31,6 +40,11 @@ impl ZfsProvider {
             .read_exact(&mut head)
             .map_err(|e| ProviderError::Stream(format!("reading the stream header: {e}")))?;
         let header = parse_begin(&head)?;
+        let big_endian = stream::big_endian_of(&head);
+        let begin: &[u8; stream::RECORD_LEN] = head[..]
+            .try_into()
+            .map_err(|_| ProviderError::Stream("begin record of the wrong size".into()))?;
+        let begin_payload = stream::begin_payload(begin, big_endian)?;
         let toguid = header.toguid.to_string();
         // The partial receive the target holds and the target's snapshots,
         // from the one listing the caller made. Only a receive changes them,
@@ -70,6 +84,26 @@ impl ZfsProvider {
         if !header.resuming && partial.is_some() {
             Self::recv_abort(tname)?;
         }
+        // Room for the stream, measured before anything changes: a pool
+        // without room refuses it here (a resumed stream's partial state is
+        // discarded, as when the stream does not fit).
+        let mut bound = SpaceBound::new(
+            PoolMeasure {
+                pool: self.pool().to_owned(),
+            },
+            stream::StreamAccount::new(
+                big_endian,
+                begin_payload,
+                header.fromguid != 0 || header.resuming,
+            ),
+            space::recv_queue_bytes(),
+        );
+        if let Err(e) = bound.start() {
+            if header.resuming {
+                Self::recv_abort(tname)?;
+            }
+            return Err(e);
+        }
         Self::set_props(tname, &[kv(P_RECEIVING, &format!("{}:{toguid}", spec.op))])?;
         let want = format!("{tname}@{}", spec.id);
         let mut cmd = Cmd::new("zfs").arg("recv").arg("-F").arg("-s");
@@ -82,8 +116,22 @@ impl ZfsProvider {
         // Received straight under its final name (`zfs recv` names the
         // snapshot as told, a resumed stream too), so no rename follows.
         let cmd = cmd.user_arg(&want)?;
-        let mut stream = std::io::Cursor::new(head).chain(input);
-        if let Err(e) = cmd.run_from(&mut stream) {
+        let result = {
+            let mut bounded = Bounded::new(input, &mut bound);
+            let mut stream = std::io::Cursor::new(head).chain(&mut bounded);
+            cmd.run_from(&mut stream)
+        };
+        if let Err(e) = result {
+            if let Some(refusal) = bound.refusal.take() {
+                return Err(Self::after_refused_receive(tname, refusal));
+            }
+            if is_no_space(&e) {
+                let refusal = ProviderError::NoSpace {
+                    what: "the received stream".into(),
+                    detail: format!("zfs recv: {}", stderr_of(&e).trim()),
+                };
+                return Err(Self::after_refused_receive(tname, refusal));
+            }
             return Err(Self::after_failed_receive(
                 tname,
                 partial.as_ref(),
@@ -241,6 +289,40 @@ impl ZfsProvider {
             None => {
                 let _ = Self::clear_receiving(tname);
                 error
+            }
+        }
+    }
+
+    /// Settles a receive refused for want of space (by the space bound, or
+    /// by ZFS itself: `ENOSPC`, `EDQUOT`) or for a record the bound could
+    /// not read: the refusal is ours, so nothing of it stays, resumable or
+    /// not: the partial state is discarded (`zfs recv -A`, which frees its
+    /// space), the mark cleared, the target mounted again. Returns the
+    /// refusal, noting a clean-up that failed (`abort_partial` finds the
+    /// mark and finishes it).
+    pub(super) fn after_refused_receive(tname: &str, refusal: ProviderError) -> ProviderError {
+        let aborted = Self::recv_abort(tname);
+        let cleared = Self::clear_receiving(tname);
+        let mounted = Self::ensure_mounted(tname);
+        match (aborted, cleared, mounted) {
+            (Ok(()), Ok(()), Ok(_)) => refusal,
+            (a, c, m) => {
+                let why = [a.err(), c.err(), m.err()]
+                    .into_iter()
+                    .flatten()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                match refusal {
+                    ProviderError::NoSpace { what, detail } => ProviderError::NoSpace {
+                        what,
+                        detail: format!("{detail} (clean-up of {tname} incomplete: {why})"),
+                    },
+                    ProviderError::Stream(s) => ProviderError::Stream(format!(
+                        "{s} (clean-up of {tname} incomplete: {why})"
+                    )),
+                    other => other,
+                }
             }
         }
     }

@@ -84,6 +84,19 @@ fn a_resumed_stream_is_told_by_its_header_feature_flag() {
 }
 
 #[test]
+fn a_deduplicated_stream_is_refused_by_its_header() {
+    let mut b = vec![0u8; BEGIN_LEN];
+    b[8..16].copy_from_slice(&BACKUP_MAGIC.to_le_bytes());
+    // A substream (1) with DMU_BACKUP_FEATURE_DEDUP (bit 0 of the
+    // features, bit 2 of versioninfo).
+    b[16..24].copy_from_slice(&(0x0000_0011u64 | FEATURE_DEDUP).to_le_bytes());
+    match parse_begin(&b) {
+        Err(ProviderError::Stream(m)) => assert!(m.contains("deduplicated"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn token_contents_are_read_from_the_dry_run_and_junk_tokens_refused() {
     // As `zfs send -nvP -t` prints it (OpenZFS 2.1.11).
     let out = "resume token contents:\nnvlist version: 0\n\tfromguid = 0xdf70feb473014f96\n\tobject = 0x80\n\toffset = 0x2a0000\n\tbytes = 0x2c3c20\n\ttoguid = 0xcdd3b5a9c1c885cc\n\ttoname = tank/src@s2\nincremental\ttank/src@s1\ttank/src@s2\t7613904\nsize\t7613904\n";
