@@ -891,6 +891,20 @@ async fn a_lost_volume_that_is_still_published_is_unpublished() {
     p.stop.cancel();
 }
 
+/// A target with a mount no provider made: directory `foreign` bind
+/// mounted at `target`, both in a fresh temporary directory (returned, with
+/// the guard that unmounts whatever a failed test leaves).
+fn foreign_mount_at_a_target() -> (tempfile::TempDir, PathBuf, PathBuf, Unmount) {
+    let mnt = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(mnt.path()).unwrap();
+    let (foreign, target) = (base.join("foreign"), base.join("target"));
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::create_dir(&target).unwrap();
+    let cleanup = Unmount(target.clone());
+    bind_mount(&foreign, &target);
+    (mnt, foreign, target, cleanup)
+}
+
 /// A mount at the target that is not the volume's (another directory bind
 /// mounted there) is never unmounted by the volume's unpublish, whether the
 /// volume is live or lost, nor when that directory was removed too.
@@ -901,13 +915,7 @@ async fn unpublish_refuses_a_foreign_mount_at_the_target_even_for_a_lost_volume(
         return;
     }
     let mut p = plugin_with_volume("pub").await;
-    let mnt = tempfile::tempdir().unwrap();
-    let base = std::fs::canonicalize(mnt.path()).unwrap();
-    let (foreign, target) = (base.join("foreign"), base.join("target"));
-    std::fs::create_dir(&foreign).unwrap();
-    std::fs::create_dir(&target).unwrap();
-    let _cleanup = Unmount(target.clone());
-    bind_mount(&foreign, &target);
+    let (_mnt, foreign, target, _cleanup) = foreign_mount_at_a_target();
     let unpublish = NodeUnpublishVolumeRequest {
         volume_id: "pub".into(),
         target_path: target.to_string_lossy().into_owned(),
@@ -941,13 +949,7 @@ async fn unpublish_of_an_unrecorded_volume_id_never_unmounts_a_mount_no_provider
         return;
     }
     let mut p = plugin_with_volume("pub").await;
-    let mnt = tempfile::tempdir().unwrap();
-    let base = std::fs::canonicalize(mnt.path()).unwrap();
-    let (foreign, target) = (base.join("foreign"), base.join("target"));
-    std::fs::create_dir(&foreign).unwrap();
-    std::fs::create_dir(&target).unwrap();
-    let _cleanup = Unmount(target.clone());
-    bind_mount(&foreign, &target);
+    let (_mnt, _foreign, target, _cleanup) = foreign_mount_at_a_target();
     let r =
         p.c.node
             .node_unpublish_volume(NodeUnpublishVolumeRequest {
