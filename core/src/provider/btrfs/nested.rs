@@ -93,33 +93,49 @@ const SUBVOL_SPEC_BY_ID: u64 = 1 << 4;
 /// `_IOW(BTRFS_IOCTL_MAGIC, 63, struct btrfs_ioctl_vol_args_v2)` (63 is `0x3f`).
 const BTRFS_IOC_SNAP_DESTROY_V2: u64 = (1 << 30) | (4096 << 16) | (0x94 << 8) | 0x3f;
 
+/// `BTRFS_IOC_TREE_SEARCH` through `fd` for up to `nr_items` items of
+/// tree `tree_id` keyed `(objectid, kind, offset in offsets)`
+/// (`CAP_SYS_ADMIN`); the items found follow the key in `buf`, and
+/// `key.nr_items` says how many.
+fn search(
+    fd: RawFd,
+    tree_id: u64,
+    objectid: u64,
+    kind: u32,
+    offsets: std::ops::RangeInclusive<u64>,
+    nr_items: u32,
+) -> io::Result<SearchArgs> {
+    // SAFETY: plain data; zero is valid for every field.
+    let mut args: SearchArgs = unsafe { std::mem::zeroed() };
+    args.key = SearchKey {
+        tree_id,
+        min_objectid: objectid,
+        max_objectid: objectid,
+        min_offset: *offsets.start(),
+        max_offset: *offsets.end(),
+        min_transid: 0,
+        max_transid: u64::MAX,
+        min_type: kind,
+        max_type: kind,
+        nr_items,
+        unused: 0,
+        unused1: [0; 4],
+    };
+    // SAFETY: the request matches the struct's size and layout
+    // (asserted); the kernel writes at most `buf.len()` bytes of items.
+    if unsafe { libc::ioctl(fd, BTRFS_IOC_TREE_SEARCH as _, &raw mut args) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(args)
+}
+
 /// The ids of the subvolumes directly inside subvolume `tree_id`, read
 /// through `fd` (any descriptor on the file system; `CAP_SYS_ADMIN`).
 pub(super) fn children(fd: RawFd, tree_id: u64) -> io::Result<Vec<u64>> {
     let mut out = Vec::new();
     let mut from = 0u64;
     loop {
-        // SAFETY: plain data; zero is valid for every field.
-        let mut args: SearchArgs = unsafe { std::mem::zeroed() };
-        args.key = SearchKey {
-            tree_id: ROOT_TREE,
-            min_objectid: tree_id,
-            max_objectid: tree_id,
-            min_offset: from,
-            max_offset: u64::MAX,
-            min_transid: 0,
-            max_transid: u64::MAX,
-            min_type: ROOT_REF_KEY,
-            max_type: ROOT_REF_KEY,
-            nr_items: 4096,
-            unused: 0,
-            unused1: [0; 4],
-        };
-        // SAFETY: the request matches the struct's size and layout
-        // (asserted); the kernel writes at most `buf.len()` bytes of items.
-        if unsafe { libc::ioctl(fd, BTRFS_IOC_TREE_SEARCH as _, &raw mut args) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let args = search(fd, ROOT_TREE, tree_id, ROOT_REF_KEY, from..=u64::MAX, 4096)?;
         let found = args.key.nr_items as usize;
         if found == 0 {
             return Ok(out);
@@ -179,26 +195,7 @@ pub(super) fn descendants_deepest_first(fd: RawFd, tree_id: u64) -> io::Result<V
 /// `tree_id`, read from its tree through `fd`: what a file handle of it
 /// must carry.
 fn root_dir_generation(fd: RawFd, tree_id: u64) -> io::Result<u32> {
-    // SAFETY: plain data; zero is valid for every field.
-    let mut args: SearchArgs = unsafe { std::mem::zeroed() };
-    args.key = SearchKey {
-        tree_id,
-        min_objectid: FIRST_FREE_OBJECTID,
-        max_objectid: FIRST_FREE_OBJECTID,
-        min_offset: 0,
-        max_offset: 0,
-        min_transid: 0,
-        max_transid: u64::MAX,
-        min_type: INODE_ITEM_KEY,
-        max_type: INODE_ITEM_KEY,
-        nr_items: 1,
-        unused: 0,
-        unused1: [0; 4],
-    };
-    // SAFETY: as in `children`.
-    if unsafe { libc::ioctl(fd, BTRFS_IOC_TREE_SEARCH as _, &raw mut args) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let args = search(fd, tree_id, FIRST_FREE_OBJECTID, INODE_ITEM_KEY, 0..=0, 1)?;
     // The item's header, then its data, whose first field is the inode's
     // generation (`struct btrfs_inode_item`, little-endian on disk).
     let data = (args.key.nr_items == 1)
