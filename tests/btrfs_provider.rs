@@ -1141,29 +1141,42 @@ async fn subvolumes_a_tenant_nests_in_its_volume_neither_block_its_destroy_nor_v
     m.close().await;
 }
 
-/// Sets the received UUID of the subvolume at `path` to `uuid`, as
-/// `nobody` (`BTRFS_IOC_SET_RECEIVED_SUBVOL`, which needs only ownership of
-/// the subvolume's root): what a tenant owning its volume can do from
-/// inside it.
-fn set_received_uuid_as_nobody(path: &Path, uuid: Uuid) {
-    // Only modules python3-minimal carries (fcntl is built in): stransid 5
-    // written by hand, little-endian.
+/// Runs ioctl `request` on directory `path` with argument `arg` (bytes,
+/// written back by the kernel and discarded), as `nobody`: what a tenant
+/// owning its volume can do from inside it. Only modules python3-minimal
+/// carries (fcntl is built in).
+fn ioctl_as_nobody(path: &Path, request: u64, arg: &[u8], what: &str) {
     const SCRIPT: &str = "import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
-buf = bytearray(200)
-buf[0:16] = bytes.fromhex(sys.argv[2])
-buf[16:24] = (5).to_bytes(8, 'little')
-fcntl.ioctl(fd, (3 << 30) | (200 << 16) | (0x94 << 8) | 37, buf)
+fcntl.ioctl(fd, int(sys.argv[2]), bytearray.fromhex(sys.argv[3]))
 ";
-    let hex = uuid.simple().to_string();
+    let hex = arg.iter().fold(String::new(), |mut hex, b| {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{b:02x}");
+        hex
+    });
     let out = common::as_nobody(&[
         "/usr/bin/python3",
         "-c",
         SCRIPT,
         path.to_str().unwrap(),
+        &request.to_string(),
         &hex,
     ]);
-    assert!(out.status.success(), "set the received UUID: {out:?}");
+    assert!(out.status.success(), "{what}: {out:?}");
+}
+
+/// Sets the received UUID of the subvolume at `path` to `uuid`, as
+/// `nobody` (`BTRFS_IOC_SET_RECEIVED_SUBVOL`, which needs only ownership of
+/// the subvolume's root).
+fn set_received_uuid_as_nobody(path: &Path, uuid: Uuid) {
+    // `struct btrfs_ioctl_received_subvol_args` (200 bytes): the UUID,
+    // then stransid 5.
+    let mut arg = [0u8; 200];
+    arg[0..16].copy_from_slice(uuid.as_bytes());
+    arg[16..24].copy_from_slice(&5u64.to_le_bytes());
+    let request = (3 << 30) | (0xc8 << 16) | (0x94 << 8) | 0x25;
+    ioctl_as_nobody(path, request, &arg, "set the received UUID");
 }
 
 /// A read-only btrfs snapshot keeps its source's received UUID, and the
@@ -1245,21 +1258,16 @@ async fn a_staged_writable_snapshot_is_made_read_only_before_it_is_placed() {
 
 /// Sets (or clears) the read-only flag of the subvolume at `path`, as
 /// `nobody` (`BTRFS_IOC_SUBVOL_SETFLAGS`, which needs only ownership of the
-/// subvolume's root): what a tenant owning its volume can do from inside it.
+/// subvolume's root).
 fn set_read_only_as_nobody(path: &Path, ro: bool) {
-    const SCRIPT: &str = "import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
-flags = (2 if sys.argv[2] == '1' else 0).to_bytes(8, 'little')
-fcntl.ioctl(fd, (1 << 30) | (8 << 16) | (0x94 << 8) | 26, flags)
-";
-    let out = common::as_nobody(&[
-        "/usr/bin/python3",
-        "-c",
-        SCRIPT,
-        path.to_str().unwrap(),
-        if ro { "1" } else { "0" },
-    ]);
-    assert!(out.status.success(), "set the read-only flag: {out:?}");
+    let flags: u64 = if ro { 2 } else { 0 };
+    let request = (1 << 30) | (0x8 << 16) | (0x94 << 8) | 0x1a;
+    ioctl_as_nobody(
+        path,
+        request,
+        &flags.to_le_bytes(),
+        "set the read-only flag",
+    );
 }
 
 /// The owner of a volume's root may make its subvolume read-only from

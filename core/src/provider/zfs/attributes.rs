@@ -97,18 +97,24 @@ impl ZfsProvider {
         Self::numeric_prop(&self.dataset, "available").map(Some)
     }
 
-    /// Numeric property `prop` of dataset `name`, exact (`zfs get -Hp`).
-    fn numeric_prop(name: &str, prop: &'static str) -> Result<u64, ProviderError> {
+    /// The exact values of properties `props` (comma-separated) of dataset
+    /// `name`, one a line (`zfs get -Hp -o value`).
+    pub(super) fn prop_values(name: &str, props: &'static str) -> Result<String, ProviderError> {
         let out = Cmd::new("zfs")
             .arg("get")
             .arg("-H")
             .arg("-p")
             .arg("-o")
             .arg("value")
-            .arg(prop)
+            .arg(props)
             .user_arg(name)?
             .run()?;
-        let text = out.stdout_str();
+        Ok(out.stdout_str())
+    }
+
+    /// Numeric property `prop` of dataset `name`, exact (`zfs get -Hp`).
+    fn numeric_prop(name: &str, prop: &'static str) -> Result<u64, ProviderError> {
+        let text = Self::prop_values(name, prop)?;
         text.trim()
             .parse::<u64>()
             .map_err(|_| ProviderError::Other(format!("zfs get {prop}: {text:?}")))

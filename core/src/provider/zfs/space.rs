@@ -254,20 +254,11 @@ pub struct PoolMeasure {
 
 impl Measure for PoolMeasure {
     fn measure(&mut self, synced: bool) -> Result<PoolSpace, ProviderError> {
-        use super::Cmd;
+        use super::{Cmd, ZfsProvider};
         if synced {
             Cmd::new("zpool").arg("sync").user_arg(&self.pool)?.run()?;
         }
-        let out = Cmd::new("zfs")
-            .arg("get")
-            .arg("-H")
-            .arg("-p")
-            .arg("-o")
-            .arg("value")
-            .arg("used,available")
-            .user_arg(&self.pool)?
-            .run()?;
-        parse_pool_space(&out.stdout_str())
+        parse_pool_space(&ZfsProvider::prop_values(&self.pool, "used,available")?)
     }
 }
 
@@ -359,6 +350,15 @@ mod tests {
         }
     }
 
+    /// The bound of a full stream on `pool`, with the default receive queue.
+    fn full_stream_bound(pool: &mut FakePool) -> SpaceBound<&mut FakePool> {
+        SpaceBound::new(
+            pool,
+            StreamAccount::new(false, 0, false),
+            DEFAULT_RECV_QUEUE,
+        )
+    }
+
     const GIB: u64 = 1 << 30;
     const RESERVE: u64 = GIB / 50;
 
@@ -367,11 +367,7 @@ mod tests {
         let mut pool = FakePool::new(0, GIB);
         let written = pool.written.clone();
         let s = writes(100, 128 << 10);
-        let mut bound = SpaceBound::new(
-            &mut pool,
-            StreamAccount::new(false, 0, false),
-            DEFAULT_RECV_QUEUE,
-        );
+        let mut bound = full_stream_bound(&mut pool);
         bound.start().unwrap();
         let (n, r) = pass_all(&s, &mut bound, &written);
         r.unwrap();
@@ -385,11 +381,7 @@ mod tests {
     fn a_pool_without_room_beyond_the_reserve_is_refused_before_any_byte() {
         let free = RESERVE + MIN_ROOM - 1;
         let mut pool = FakePool::new(GIB - free, free);
-        let mut bound = SpaceBound::new(
-            &mut pool,
-            StreamAccount::new(false, 0, false),
-            DEFAULT_RECV_QUEUE,
-        );
+        let mut bound = full_stream_bound(&mut pool);
         match bound.start() {
             Err(ProviderError::NoSpace { detail, .. }) => assert!(detail.contains("reserve")),
             other => panic!("{other:?}"),
@@ -402,11 +394,7 @@ mod tests {
         let mut pool = FakePool::new(GIB - RESERVE - room, RESERVE + room);
         let written = pool.written.clone();
         let s = writes(1000, 128 << 10);
-        let mut bound = SpaceBound::new(
-            &mut pool,
-            StreamAccount::new(false, 0, false),
-            DEFAULT_RECV_QUEUE,
-        );
+        let mut bound = full_stream_bound(&mut pool);
         bound.start().unwrap();
         let (n, r) = pass_all(&s, &mut bound, &written);
         assert!(r.is_err());
@@ -434,11 +422,7 @@ mod tests {
         let never = std::cell::Cell::new(0);
         let block = 128u64 << 10;
         let s = writes(1000, block);
-        let mut bound = SpaceBound::new(
-            &mut pool,
-            StreamAccount::new(false, 0, false),
-            DEFAULT_RECV_QUEUE,
-        );
+        let mut bound = full_stream_bound(&mut pool);
         bound.start().unwrap();
         let (_, r) = pass_all(&s, &mut bound, &never);
         assert!(r.is_ok(), "with nothing written, the room lasts");
