@@ -75,8 +75,9 @@ pub struct ServeArgs {
     /// Address to listen on
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN, value_parser = listen_address)]
     pub listen: String,
-    /// File holding the token every request must carry [else env: VOLMGR_TOKEN, else
-    /// <state-dir>/token, generated on first start with mode 0600]
+    /// File holding the token every request must carry (readable by its owner only, in a
+    /// directory only root can write) [else env: VOLMGR_TOKEN, else <state-dir>/token,
+    /// generated on first start with mode 0600]
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Serve without a token (loopback only; any local process can then drive the agent,
@@ -87,7 +88,8 @@ pub struct ServeArgs {
     /// `host_id` names it
     #[arg(long = "peer", value_name = "HOST_ID=URL")]
     pub peers: Vec<String>,
-    /// File of peers: one HOST_ID=URL a line, `#` comments
+    /// File of peers: one HOST_ID=URL a line, `#` comments (writable by its owner only, in a
+    /// directory only root can write)
     #[arg(long, value_name = "FILE")]
     pub peers_file: Option<PathBuf>,
     /// Also pull from a `source` URL that is not a configured peer (it never gets the token)
@@ -103,7 +105,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "KEY=VALUE", requires = "provider_kind")]
     pub provider_config: Vec<String>,
     /// Also serve the CSI plugin (Identity, Controller, Node) on this unix
-    /// socket (mode 0600), e.g. unix:///run/volmgr/csi.sock
+    /// socket (mode 0600, in a directory only root can write), e.g. unix:///run/volmgr/csi.sock
     #[arg(long, value_name = "ENDPOINT")]
     pub csi_endpoint: Option<String>,
     /// The CSI node id (topology) [default: the host name]
