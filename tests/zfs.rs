@@ -4,7 +4,8 @@
 //! `tests/provider_contract.rs` (`VOLMGR_CONTRACT_PROVIDER=zfs`); this file
 //! holds what is ZFS-only: a crash test with SIGKILL, two pools standing in
 //! for two hosts, typed errors of real ZFS conditions (dependent clones, a
-//! busy dataset, an interrupted resumable receive), the number of `zfs`
+//! busy dataset, a tenant keeping a volume or snapshot busy, an interrupted
+//! resumable receive), the number of `zfs`
 //! commands each verb runs, and the latency figures.
 
 mod common;

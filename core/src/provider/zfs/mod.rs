@@ -251,7 +251,10 @@
 //! [`ProviderError::Busy`] with ZFS's message as the cause (so is a
 //! snapshot's `EAGAIN`: another snapshot of its filesystem in the same
 //! transaction group, which `zfs snapshot` retried itself and a channel
-//! program reports); destroying a snapshot with clones or a volume with
+//! program reports); a destroy's names the volume or snapshot, its
+//! location and what can hold it (a process inside it: see
+//! `ZfsProvider::in_use`), and a volume `zfs destroy` unmounted before it
+//! failed is mounted again; destroying a snapshot with clones or a volume with
 //! snapshots is [`ProviderError::HasDependents`]; destroying something
 //! absent succeeds. A channel program that fails is a
 //! [`ProviderError::Command`]: with `zfs program`'s status and stderr, or,
