@@ -437,7 +437,7 @@ fn assert_in_use(err: ManagerError, kind: VolumeKind, id: &str, location: &str) 
         } => {
             let kind = match kind {
                 VolumeKind::Snapshot => "snapshot",
-                _ => "volume",
+                VolumeKind::Data => "volume",
             };
             assert!(what.starts_with(&format!("{kind} {id} (")), "{what}");
             assert!(

@@ -685,7 +685,7 @@ impl ZfsProvider {
     /// the volume mounted again at its location if `zfs destroy` had
     /// unmounted it: nothing destroyed, nothing changed, no process touched.
     ///
-    /// What keeps it busy (measured in the guest, OpenZFS 2.1.11): a process
+    /// What keeps it busy (measured in the guest, `OpenZFS` 2.1.11): a process
     /// with its working directory or an open file in the volume or in the
     /// snapshot's `.zfs/snapshot/<id>` (a tenant can enter that from inside
     /// its volume), as root or not; for a data volume also a bind mount of
@@ -707,7 +707,7 @@ impl ZfsProvider {
         };
         let kind = match volume.kind {
             VolumeKind::Snapshot => "snapshot",
-            _ => "volume",
+            VolumeKind::Data => "volume",
         };
         let what = format!("{kind} {} ({name})", volume.id);
         if volume.kind == VolumeKind::Data && Self::mounted_here(name) != Some(true) {
@@ -725,7 +725,7 @@ impl ZfsProvider {
                 "a process has its working directory or an open file in it, or the \
                  snapshot has a `zfs hold` or is being sent"
             }
-            _ => {
+            VolumeKind::Data => {
                 "a process has its working directory or an open file in it, or it is \
                  mounted elsewhere too (a bind mount, a container's mount namespace)"
             }
