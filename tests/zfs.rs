@@ -4,7 +4,8 @@
 //! `tests/provider_contract.rs` (`VOLMGR_CONTRACT_PROVIDER=zfs`); this file
 //! holds what is ZFS-only: a crash test with SIGKILL, two pools standing in
 //! for two hosts, typed errors of real ZFS conditions (dependent clones, a
-//! busy dataset, an interrupted resumable receive), the number of `zfs`
+//! busy dataset, a tenant keeping a volume or snapshot busy, an interrupted
+//! resumable receive), the number of `zfs`
 //! commands each verb runs, and the latency figures.
 
 mod common;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::crash::{CrashTest, Reopened, child_workload};
 use common::{ZfsPool, noise, tree};
 use uuid::Uuid;
-use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::model::VolumeId;
 use volmgr::provider::cmd::CommandCount;
 use volmgr::provider::zfs::{KIND, RECEIVED_PROGRAM, SNAPSHOT_PROGRAM, ZfsProvider};
@@ -324,13 +325,335 @@ fn destroy_of_a_volume_in_use_retries_then_reports_busy_with_the_cause() {
     let _ = holder.wait();
     match &err {
         ProviderError::Busy { what, cause } => {
-            assert!(what.ends_with("/data/v"), "{what}");
+            assert!(
+                what.starts_with("volume v (") && what.ends_with("/data/v)"),
+                "{what}"
+            );
             assert!(cause.contains("busy"), "{cause}");
         }
         other => panic!("expected Busy, got {other:?}"),
     }
     p.destroy(&vref("v", VolumeKind::Data, None, &none))
         .unwrap();
+}
+
+// --- tenants keeping a dataset busy -------------------------------------------
+
+/// A tenant process holding a volume or snapshot busy, started by `cmd`
+/// (a `sh -c '...; echo ready; exec sleep 600'` that prints `ready` once
+/// it holds it: no sleep synchronises the test); it leaves when dropped.
+struct Tenant(std::process::Child);
+
+impl Tenant {
+    fn start(mut cmd: Command) -> Tenant {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("tenant starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n", "tenant {cmd:?}");
+        Tenant(child)
+    }
+
+    /// User nobody (setpriv, no capability) with its working directory in
+    /// `dir`, entered before it dropped root (the mounts directory is 0700).
+    fn nobody_inside(dir: &str) -> Tenant {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["sh", "-c", "echo ready; exec sleep 600"])
+            .current_dir(dir);
+        Tenant::start(cmd)
+    }
+
+    /// As [`Tenant::nobody_inside`], in a mount namespace of its own (a
+    /// container's): it holds its copy of the mount, not the host's.
+    fn nobody_inside_its_own_namespace(dir: &str) -> Tenant {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--"])
+            .args([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+            ])
+            .args(["sh", "-c", "echo ready; exec sleep 600"])
+            .current_dir(dir);
+        Tenant::start(cmd)
+    }
+
+    /// Root with `file` open (its working directory elsewhere).
+    fn root_with_open(file: &Path) -> Tenant {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exec 3<\"$1\" && echo ready && exec sleep 600", "sh"])
+            .arg(file)
+            .current_dir("/");
+        Tenant::start(cmd)
+    }
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The CSI plugin serving `m` on a socket in `dir` (stopped with the token).
+async fn csi_plugin(
+    m: &Manager,
+    dir: &Path,
+) -> (
+    volmgr::csi::client::CsiClients,
+    tokio_util::sync::CancellationToken,
+) {
+    use volmgr::csi::{CsiOptions, CsiServer};
+    let socket = dir.join("csi.sock");
+    let server = CsiServer::new(CsiOptions::new("n1").unwrap());
+    server.ready(m.clone()).unwrap();
+    let listener = CsiServer::bind(&socket).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(server.serve(listener, stop.clone().cancelled_owned()));
+    let c = volmgr::csi::client::CsiClients::connect(&socket)
+        .await
+        .unwrap();
+    (c, stop)
+}
+
+/// Asserts that `err` is the provider's busy error of `kind` `id` naming
+/// its `location` and what holds it, and that the agent answers it 409
+/// `busy` (not a 500); returns the message.
+#[track_caller]
+fn assert_in_use(err: ManagerError, kind: VolumeKind, id: &str, location: &str) -> String {
+    match &err {
+        ManagerError::Provider {
+            error: ProviderError::Busy { what, cause },
+            ..
+        } => {
+            let kind = match kind {
+                VolumeKind::Snapshot => "snapshot",
+                VolumeKind::Data => "volume",
+            };
+            assert!(what.starts_with(&format!("{kind} {id} (")), "{what}");
+            assert!(
+                cause.contains(&format!("in use at {location}: a process has its working directory or an open file in it")),
+                "{cause}"
+            );
+            assert!(cause.contains("nothing was destroyed"), "{cause}");
+            assert!(
+                cause.contains("dataset is busy"),
+                "ZFS's own words: {cause}"
+            );
+        }
+        other => panic!("expected the provider's Busy, got {other:?}"),
+    }
+    let api = volmgr::agent::error::ApiError::from(err);
+    assert_eq!(
+        (api.status.as_u16(), api.code),
+        (409, "busy"),
+        "{}",
+        api.message
+    );
+    api.message
+}
+
+/// The outcomes the journal of `state` holds for volume `id`, in order
+/// (`volmgr journal dump`: "done ..." / "failed error=... action=...").
+fn outcomes_of(state: &Path, id: &str) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_volmgr"))
+        .args(["journal", "dump"])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.len() == 7 && f[3] == "outcome" && f[4] == id).then(|| f[6].to_owned())
+        })
+        .collect()
+}
+
+/// Story: a tenant can enter `.zfs/snapshot/<id>` from inside its volume
+/// (or hold a file of the snapshot open), which mounts the snapshot and
+/// keeps it busy; `zfs destroy` of it then fails "dataset is busy" (so do
+/// `-f` and a lazy unmount, measured in the guest: the lazily unmounted
+/// `.zfs/snapshot/<id>` then fails ELOOP for everyone else). The operator
+/// gets a busy conflict naming the location and the holder (agent 409
+/// `busy`, CSI `FAILED_PRECONDITION`, which were 500 and `INTERNAL` with
+/// ZFS's bare message), the journal a Failed outcome, and the snapshot
+/// stays as it was: listed, readable, forkable, sendable. Once the tenant
+/// has left, the destroy goes through, and the next open finds nothing to
+/// resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_inside_a_snapshot_makes_its_destroy_a_busy_conflict_that_changes_nothing_until_it_leaves()
+ {
+    let test = "a_tenant_inside_a_snapshot_makes_its_destroy_a_busy_conflict_that_changes_nothing_until_it_leaves";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let m = Manager::open(&state, manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    let v = m.create_volume("default", None, Meta::new()).await.unwrap();
+    std::fs::write(Path::new(&v.location).join("f"), b"tenant data").unwrap();
+    let s = m.create_snapshot(&v.id, Meta::new()).await.unwrap();
+    let (mut csi, stop) = csi_plugin(&m, dir.path()).await;
+
+    // Unprivileged, its working directory in the snapshot.
+    let tenant = Tenant::nobody_inside(&s.location);
+    let err = m.destroy_volume(&s.id).await.unwrap_err();
+    assert_in_use(err, VolumeKind::Snapshot, &s.id, &s.location);
+    // Everything else the snapshot serves goes on.
+    assert_eq!(m.volume(&s.id).unwrap(), s, "state unchanged");
+    assert_eq!(
+        std::fs::read(Path::new(&s.location).join("f")).unwrap(),
+        b"tenant data",
+        "still readable at its location"
+    );
+    let fork = m.fork_volume(&s.id, None, Meta::new()).await.unwrap();
+    m.destroy_volume(&fork.id).await.unwrap();
+    let mut stream = Vec::new();
+    m.send_snapshot(&s.id, &[], &mut stream).await.unwrap();
+    assert!(!stream.is_empty());
+    assert!(matches!(
+        m.destroy_volume(&v.id).await.unwrap_err(),
+        ManagerError::HasDependents { .. }
+    ));
+    drop(tenant);
+
+    // Root, a file of the snapshot open; through CSI.
+    let tenant = Tenant::root_with_open(&Path::new(&s.location).join("f"));
+    let status = csi
+        .controller
+        .delete_snapshot(volmgr::csi::proto::DeleteSnapshotRequest {
+            snapshot_id: s.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("in use at"), "{status:?}");
+    assert_eq!(m.volume(&s.id).unwrap(), s, "state unchanged");
+    drop(tenant);
+
+    // Gone: the destroy goes through.
+    m.destroy_volume(&s.id).await.unwrap();
+    stop.cancel();
+    m.close().await;
+    let outcomes = outcomes_of(&state, &s.id);
+    let destroys: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.ends_with("action=destroy"))
+        .map(|o| o.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(destroys, ["failed", "failed", "done"], "{outcomes:#?}");
+
+    let m = Manager::open(&state, manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    let report = m.reconcile_report();
+    assert!(report.resolutions.is_empty(), "{:?}", report.resolutions);
+    assert!(report.foreign.is_empty(), "{:?}", report.foreign);
+    assert!(m.volume(&s.id).is_err());
+    assert_eq!(m.volume(&v.id).unwrap().location, v.location);
+    m.close().await;
+}
+
+/// Story: a tenant with its working directory in a data volume keeps it
+/// busy: `zfs destroy` fails "cannot unmount ...: pool or dataset is busy"
+/// when the tenant is in the host's mount namespace, and "dataset is
+/// busy" *after unmounting the volume* when the tenant is in a namespace
+/// of its own (a container holds its copy of the mount): the volume
+/// stayed listed, its location an empty directory on the host's file
+/// system, where the next tenant would have written. Now the volume is
+/// mounted again (ZFS gives it the superblock the tenant still uses), the
+/// operator gets a busy conflict naming the location and the holder (409
+/// `busy`, CSI `FAILED_PRECONDITION`), the journal a Failed outcome, and
+/// once the tenant has left the destroy goes through. No tenant process
+/// is ever stopped by volmgr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_inside_a_volume_makes_its_destroy_a_busy_conflict_that_leaves_it_mounted_until_it_leaves()
+ {
+    let test = "a_tenant_inside_a_volume_makes_its_destroy_a_busy_conflict_that_leaves_it_mounted_until_it_leaves";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let m = Manager::open(&state, manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    let v = m.create_volume("default", None, Meta::new()).await.unwrap();
+    let dataset = format!("{}/data/{}", pool.dataset(), v.id);
+    let f = Path::new(&v.location).join("f");
+    std::fs::write(&f, b"tenant data").unwrap();
+    let (mut csi, stop) = csi_plugin(&m, dir.path()).await;
+    let still_mounted = |why: &str| {
+        assert_eq!(
+            zfs_out(&["get", "-Hpo", "value", "mounted", &dataset]),
+            "yes",
+            "{why}"
+        );
+        assert_eq!(std::fs::read(&f).unwrap(), b"tenant data", "{why}");
+    };
+
+    let tenant = Tenant::nobody_inside(&v.location);
+    let err = m.destroy_volume(&v.id).await.unwrap_err();
+    let message = assert_in_use(err, VolumeKind::Data, &v.id, &v.location);
+    assert!(message.contains("cannot unmount"), "{message}");
+    still_mounted("tenant in the host's namespace");
+    drop(tenant);
+
+    let tenant = Tenant::nobody_inside_its_own_namespace(&v.location);
+    let err = m.destroy_volume(&v.id).await.unwrap_err();
+    assert_in_use(err, VolumeKind::Data, &v.id, &v.location);
+    still_mounted("tenant in a namespace of its own");
+    let status = csi
+        .controller
+        .delete_volume(volmgr::csi::proto::DeleteVolumeRequest {
+            volume_id: v.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    still_mounted("after CSI's DeleteVolume");
+    assert_eq!(m.volume(&v.id).unwrap(), v, "state unchanged");
+    drop(tenant);
+
+    m.destroy_volume(&v.id).await.unwrap();
+    assert!(!Path::new(&v.location).exists(), "its mountpoint removed");
+    stop.cancel();
+    m.close().await;
+    let outcomes = outcomes_of(&state, &v.id);
+    let destroys: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.ends_with("action=destroy"))
+        .map(|o| o.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        destroys,
+        ["failed", "failed", "failed", "done"],
+        "{outcomes:#?}"
+    );
+
+    let m = Manager::open(&state, manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    let report = m.reconcile_report();
+    assert!(report.resolutions.is_empty(), "{:?}", report.resolutions);
+    assert!(report.foreign.is_empty(), "{:?}", report.foreign);
+    assert!(m.volumes().is_empty());
+    m.close().await;
 }
 
 /// ZFS refuses a `refquota` below what the dataset references: the

@@ -3,7 +3,10 @@
 //! `NOT_FOUND` for a missing volume, `ALREADY_EXISTS` for a taken name,
 //! `INVALID_ARGUMENT` for bad input, `OUT_OF_RANGE` for a capacity below
 //! what the volume holds, `FAILED_PRECONDITION` for dependents,
-//! lost volumes and content the provider cannot carry, ABORTED while another operation on the volume is in flight,
+//! lost volumes, content the provider cannot carry and a volume or snapshot
+//! the provider found in use (the spec's "Volume in use" and "Snapshot in
+//! use": a process inside it; it may go once the process has left),
+//! ABORTED while another operation on the volume is in flight,
 //! `RESOURCE_EXHAUSTED` when the provider is out of space, UNAVAILABLE when
 //! the provider or journal is, INTERNAL for the rest. Messages carry the
 //! manager's own text.
@@ -51,7 +54,7 @@ pub fn from_manager(e: ManagerError) -> Status {
         | ManagerError::VolumeLost(_)
         | ManagerError::StreamDoesNotFit { .. }
         | ManagerError::Provider {
-            error: ProviderError::UnsupportedContent(_),
+            error: ProviderError::UnsupportedContent(_) | ProviderError::Busy { .. },
             ..
         } => Status::failed_precondition(message),
         ManagerError::Busy(_) | ManagerError::BeingRead { .. } => Status::aborted(message),
@@ -126,6 +129,16 @@ mod tests {
                     },
                 },
                 Code::OutOfRange,
+            ),
+            (
+                ManagerError::Provider {
+                    provider: "p".into(),
+                    error: ProviderError::Busy {
+                        what: "snapshot s".into(),
+                        cause: "in use".into(),
+                    },
+                },
+                Code::FailedPrecondition,
             ),
             (ManagerError::Internal("x".into()), Code::Internal),
         ];

@@ -251,7 +251,10 @@
 //! [`ProviderError::Busy`] with ZFS's message as the cause (so is a
 //! snapshot's `EAGAIN`: another snapshot of its filesystem in the same
 //! transaction group, which `zfs snapshot` retried itself and a channel
-//! program reports); destroying a snapshot with clones or a volume with
+//! program reports); a destroy's names the volume or snapshot, its
+//! location and what can hold it (a process inside it: see
+//! `ZfsProvider::in_use`), and a volume `zfs destroy` unmounted before it
+//! failed is mounted again; destroying a snapshot with clones or a volume with
 //! snapshots is [`ProviderError::HasDependents`]; destroying something
 //! absent succeeds. A channel program that fails is a
 //! [`ProviderError::Command`]: with `zfs program`'s status and stderr, or,
@@ -665,6 +668,9 @@ impl ZfsProvider {
                     dependents,
                 });
             }
+            Err(ProviderError::Busy { cause, .. }) => {
+                return Err(self.in_use(&name, volume, &cause));
+            }
             Err(e) => return Err(e),
         }
         if volume.kind == VolumeKind::Data {
@@ -672,6 +678,65 @@ impl ZfsProvider {
             let _ = std::fs::remove_dir(self.mountpoint(volume.id));
         }
         Ok(())
+    }
+
+    /// The error of a destroy of `name` (input `volume`) that ZFS found
+    /// busy after every attempt (`zfs`: [`Self::retry_busy`]'s cause), with
+    /// the volume mounted again at its location if `zfs destroy` had
+    /// unmounted it: nothing destroyed, nothing changed, no process touched.
+    ///
+    /// What keeps it busy (measured in the guest, `OpenZFS` 2.1.11): a process
+    /// with its working directory or an open file in the volume or in the
+    /// snapshot's `.zfs/snapshot/<id>` (a tenant can enter that from inside
+    /// its volume), as root or not; for a data volume also a bind mount of
+    /// it or a mount namespace holding a copy of its mount (a container's),
+    /// where `zfs destroy` unmounts the host's mount first, then fails
+    /// "dataset is busy" and leaves the volume unmounted, its location an
+    /// empty directory a new tenant would write into; for a snapshot also a
+    /// `zfs hold` or a send. Neither `zfs destroy -f` nor a lazy unmount
+    /// helps: the dataset stays busy until the last holder has left, and a
+    /// lazily unmounted snapshot's `.zfs/snapshot/<id>` then fails `ELOOP`
+    /// for everyone else.
+    fn in_use(&self, name: &str, volume: &VolumeRef<'_>, zfs: &str) -> ProviderError {
+        let location = match name.split_once('@') {
+            Some((fs, snap)) => {
+                let fs = fs.rsplit('/').next().unwrap_or(fs);
+                self.snap_location(fs, snap)
+            }
+            None => self.mountpoint(volume.id).to_string_lossy().into_owned(),
+        };
+        let kind = match volume.kind {
+            VolumeKind::Snapshot => "snapshot",
+            VolumeKind::Data => "volume",
+        };
+        let what = format!("{kind} {} ({name})", volume.id);
+        if volume.kind == VolumeKind::Data && Self::mounted_here(name) != Some(true) {
+            // `zfs destroy` unmounted it before ZFS refused: mount it again
+            // (ZFS gives it the superblock the holders still use).
+            if let Err(e) = Self::ensure_mounted(name) {
+                return ProviderError::Other(format!(
+                    "{what} is busy ({zfs}) and was left unmounted by `zfs destroy`: \
+                     mounting it again at {location} failed: {e}"
+                ));
+            }
+        }
+        let holders = match volume.kind {
+            VolumeKind::Snapshot => {
+                "a process has its working directory or an open file in it, or the \
+                 snapshot has a `zfs hold` or is being sent"
+            }
+            VolumeKind::Data => {
+                "a process has its working directory or an open file in it, or it is \
+                 mounted elsewhere too (a bind mount, a container's mount namespace)"
+            }
+        };
+        ProviderError::Busy {
+            what,
+            cause: format!(
+                "in use at {location}: {holders}; nothing was destroyed and no process \
+                 was stopped: destroy it again once it is released (zfs: {zfs})"
+            ),
+        }
     }
 
     /// The row of input volume `v` named `name`, if it exists and is ours.
