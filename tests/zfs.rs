@@ -481,6 +481,19 @@ fn outcomes_of(state: &Path, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The destroy of `id` that a tenant keeps busy, and the `zfs` commands it
+/// ran; prints them and the time it took (`FIGURE`, no bound on it).
+async fn busy_destroy(m: &Manager, id: &str, what: &str) -> (ManagerError, CommandCount) {
+    let started = Instant::now();
+    let (result, ran) = counted(m.destroy_volume(id)).await;
+    println!(
+        "FIGURE busy destroy of a {what}: {} zfs commands, {:?}",
+        ran.zfs,
+        started.elapsed()
+    );
+    (result.unwrap_err(), ran)
+}
+
 /// Story: a tenant can enter `.zfs/snapshot/<id>` from inside its volume
 /// (or hold a file of the snapshot open), which mounts the snapshot and
 /// keeps it busy; `zfs destroy` of it then fails "dataset is busy" (so do
@@ -511,8 +524,12 @@ async fn a_tenant_inside_a_snapshot_makes_its_destroy_a_busy_conflict_that_chang
 
     // Unprivileged, its working directory in the snapshot.
     let tenant = Tenant::nobody_inside(&s.location);
-    let err = m.destroy_volume(&s.id).await.unwrap_err();
+    let (err, ran) = busy_destroy(&m, &s.id, "snapshot, a tenant inside").await;
     assert_in_use(err, VolumeKind::Snapshot, &s.id, &s.location);
+    // The program (EBUSY: mounted), one `zfs destroy` (the snapshot still
+    // mounted after it: a process holds it, no retry; there were 8), and
+    // the manager's lookup after a failed destroy (2).
+    assert_eq!(ran, zfs_commands(4), "snapshot held by a tenant");
     // Everything else the snapshot serves goes on.
     assert_eq!(m.volume(&s.id).unwrap(), s, "state unchanged");
     assert_eq!(
@@ -608,15 +625,23 @@ async fn a_tenant_inside_a_volume_makes_its_destroy_a_busy_conflict_that_leaves_
     };
 
     let tenant = Tenant::nobody_inside(&v.location);
-    let err = m.destroy_volume(&v.id).await.unwrap_err();
+    let (err, ran) = busy_destroy(&m, &v.id, "volume, a tenant inside").await;
     let message = assert_in_use(err, VolumeKind::Data, &v.id, &v.location);
+    // The listing, one `zfs destroy` ("cannot unmount": no retry; there
+    // were 8), the manager's lookup after a failed destroy (2).
+    assert_eq!(ran, zfs_commands(4), "volume held in the host's namespace");
     assert!(message.contains("cannot unmount"), "{message}");
     still_mounted("tenant in the host's namespace");
     drop(tenant);
 
     let tenant = Tenant::nobody_inside_its_own_namespace(&v.location);
-    let err = m.destroy_volume(&v.id).await.unwrap_err();
+    let (err, ran) = busy_destroy(&m, &v.id, "volume, a tenant inside its own namespace").await;
     assert_in_use(err, VolumeKind::Data, &v.id, &v.location);
+    // The listing, two `zfs destroy` (the first unmounts it, both busy: the
+    // second, on the unmounted volume, tells a mount elsewhere from a
+    // passing state; there were 8), `list`, `mount`, `list` to mount it
+    // again, the manager's lookup after a failed destroy (2).
+    assert_eq!(ran, zfs_commands(8), "volume held from another namespace");
     still_mounted("tenant in a namespace of its own");
     let status = csi
         .controller

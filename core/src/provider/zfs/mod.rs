@@ -295,6 +295,28 @@ pub use parse::{
 #[doc(hidden)]
 pub use program::{RECEIVED as RECEIVED_PROGRAM, SNAPSHOT as SNAPSHOT_PROGRAM};
 
+/// Why attempt `attempt` (from 1) of `zfs destroy` of `name`, which failed
+/// busy with `e`, shows a holder that retries cannot outwait (measured in
+/// the guest, `OpenZFS` 2.1.11), or `None` (retried):
+/// - "cannot unmount": the unmount of the volume failed, a process is in it;
+/// - a snapshot still mounted here: its unmount under `.zfs/snapshot`
+///   failed, a process is in it (a `zfs hold` or a send is retried);
+/// - a volume busy while unmounted here, on a second attempt: `zfs destroy`
+///   unmounted it (or a killed one did), so it is mounted elsewhere (a
+///   container's mount namespace, a bind mount). The first such answer is
+///   retried once, for a mount being torn down.
+fn destroy_held(name: &str, e: &ProviderError, attempt: u32) -> Option<&'static str> {
+    if stderr_of(e).contains("cannot unmount") {
+        return Some("it could not be unmounted: a process is inside it");
+    }
+    let mounted = ZfsProvider::mounted_here(name)?;
+    if name.contains('@') {
+        return mounted
+            .then_some("it is still mounted under .zfs/snapshot: a process is inside it");
+    }
+    (!mounted && attempt >= 2).then_some("busy while unmounted here: it is mounted elsewhere")
+}
+
 /// The provider kind.
 pub const KIND: &str = "zfs";
 pub const CONFIG_DATASET: &str = "dataset";
@@ -631,16 +653,21 @@ impl ZfsProvider {
         }
     }
 
-    /// `zfs destroy` of `name`, checked ours as `volume` (busy retried;
-    /// dependents typed; absent is success).
+    /// `zfs destroy` of `name`, checked ours as `volume` (busy retried
+    /// unless a process or mount holds it: [`destroy_held`]; dependents
+    /// typed; absent is success).
     fn destroy_checked(&self, name: String, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
-        let result = Self::retry_busy(&name, || {
-            Cmd::new("zfs")
-                .arg("destroy")
-                .user_arg(&name)?
-                .run()
-                .map(|_| ())
-        });
+        let result = Self::retry_busy_unless_held(
+            &name,
+            |e, attempt| destroy_held(&name, e, attempt),
+            || {
+                Cmd::new("zfs")
+                    .arg("destroy")
+                    .user_arg(&name)?
+                    .run()
+                    .map(|_| ())
+            },
+        );
         match result {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
