@@ -828,7 +828,7 @@ async fn a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_f
     assert!(report.resolutions.is_empty(), "{:?}", report.resolutions);
     assert!(report.foreign.is_empty(), "{:?}", report.foreign);
     let ids: Vec<String> = m.volumes().into_iter().map(|x| x.id).collect();
-    assert_eq!(ids, [v.id.clone()]);
+    assert_eq!(ids, [v.id.as_str()]);
     m.close().await;
 }
 

@@ -247,7 +247,9 @@
 //!
 //! # Errors
 //!
-//! "dataset is busy" is retried (bounded, growing back-off) then reported as
+//! "dataset is busy" is retried (bounded, growing back-off; a destroy stops
+//! at once when a process or a mount elsewhere holds the dataset, which
+//! waiting cannot outlast: `destroy_held`) then reported as
 //! [`ProviderError::Busy`] with ZFS's message as the cause (so is a
 //! snapshot's `EAGAIN`: another snapshot of its filesystem in the same
 //! transaction group, which `zfs snapshot` retried itself and a channel
@@ -708,7 +710,8 @@ impl ZfsProvider {
     }
 
     /// The error of a destroy of `name` (input `volume`) that ZFS found
-    /// busy after every attempt (`zfs`: [`Self::retry_busy`]'s cause), with
+    /// busy after every attempt, or held (`zfs`:
+    /// [`Self::retry_busy_unless_held`]'s cause), with
     /// the volume mounted again at its location if `zfs destroy` had
     /// unmounted it: nothing destroyed, nothing changed, no process touched.
     ///
