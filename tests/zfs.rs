@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use common::crash::{CrashTest, Reopened, child_workload};
 use common::{ZfsPool, noise, tree};
 use uuid::Uuid;
+use volmgr::journal::{Journal, JournalConfig};
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::model::VolumeId;
 use volmgr::provider::cmd::CommandCount;
@@ -25,7 +26,7 @@ use volmgr::provider::{
     Created, Presence, Provider, ProviderConfig, ProviderError, SendOptions, Tag, VolumeRef,
     VolumeSpec,
 };
-use volmgr::state::{DETAIL_GUID, Details, Meta, VolumeKind};
+use volmgr::state::{Action, Case, DETAIL_GUID, Details, Meta, Record, VolumeKind};
 
 fn manager_config(provider: ProviderConfig) -> ManagerConfig {
     common::crash::manager_config(KIND, provider)
@@ -480,6 +481,19 @@ fn outcomes_of(state: &Path, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// The destroy of `id` that a tenant keeps busy, and the `zfs` commands it
+/// ran; prints them and the time it took (`FIGURE`, no bound on it).
+async fn busy_destroy(m: &Manager, id: &str, what: &str) -> (ManagerError, CommandCount) {
+    let started = Instant::now();
+    let (result, ran) = counted(m.destroy_volume(id)).await;
+    println!(
+        "FIGURE busy destroy of a {what}: {} zfs commands, {:?}",
+        ran.zfs,
+        started.elapsed()
+    );
+    (result.unwrap_err(), ran)
+}
+
 /// Story: a tenant can enter `.zfs/snapshot/<id>` from inside its volume
 /// (or hold a file of the snapshot open), which mounts the snapshot and
 /// keeps it busy; `zfs destroy` of it then fails "dataset is busy" (so do
@@ -510,8 +524,12 @@ async fn a_tenant_inside_a_snapshot_makes_its_destroy_a_busy_conflict_that_chang
 
     // Unprivileged, its working directory in the snapshot.
     let tenant = Tenant::nobody_inside(&s.location);
-    let err = m.destroy_volume(&s.id).await.unwrap_err();
+    let (err, ran) = busy_destroy(&m, &s.id, "snapshot, a tenant inside").await;
     assert_in_use(err, VolumeKind::Snapshot, &s.id, &s.location);
+    // The program (EBUSY: mounted), one `zfs destroy` (the snapshot still
+    // mounted after it: a process holds it, no retry; there were 8), and
+    // the manager's lookup after a failed destroy (2).
+    assert_eq!(ran, zfs_commands(4), "snapshot held by a tenant");
     // Everything else the snapshot serves goes on.
     assert_eq!(m.volume(&s.id).unwrap(), s, "state unchanged");
     assert_eq!(
@@ -607,15 +625,23 @@ async fn a_tenant_inside_a_volume_makes_its_destroy_a_busy_conflict_that_leaves_
     };
 
     let tenant = Tenant::nobody_inside(&v.location);
-    let err = m.destroy_volume(&v.id).await.unwrap_err();
+    let (err, ran) = busy_destroy(&m, &v.id, "volume, a tenant inside").await;
     let message = assert_in_use(err, VolumeKind::Data, &v.id, &v.location);
+    // The listing, one `zfs destroy` ("cannot unmount": no retry; there
+    // were 8), the manager's lookup after a failed destroy (2).
+    assert_eq!(ran, zfs_commands(4), "volume held in the host's namespace");
     assert!(message.contains("cannot unmount"), "{message}");
     still_mounted("tenant in the host's namespace");
     drop(tenant);
 
     let tenant = Tenant::nobody_inside_its_own_namespace(&v.location);
-    let err = m.destroy_volume(&v.id).await.unwrap_err();
+    let (err, ran) = busy_destroy(&m, &v.id, "volume, a tenant inside its own namespace").await;
     assert_in_use(err, VolumeKind::Data, &v.id, &v.location);
+    // The listing, two `zfs destroy` (the first unmounts it, both busy: the
+    // second, on the unmounted volume, tells a mount elsewhere from a
+    // passing state; there were 8), `list`, `mount`, `list` to mount it
+    // again, the manager's lookup after a failed destroy (2).
+    assert_eq!(ran, zfs_commands(8), "volume held from another namespace");
     still_mounted("tenant in a namespace of its own");
     let status = csi
         .controller
@@ -653,6 +679,156 @@ async fn a_tenant_inside_a_volume_makes_its_destroy_a_busy_conflict_that_leaves_
     assert!(report.resolutions.is_empty(), "{:?}", report.resolutions);
     assert!(report.foreign.is_empty(), "{:?}", report.foreign);
     assert!(m.volumes().is_empty());
+    m.close().await;
+}
+
+/// The summaries `volmgr journal dump` gives the reconciliation records of
+/// volume `id` in the journal of `state`, in order ("case=... effect=resolve
+/// failed error=... action=destroy ...").
+fn reconciled_of(state: &Path, id: &str) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_volmgr"))
+        .args(["journal", "dump"])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.len() == 7 && f[3] == "reconciled" && f[4] == id).then(|| f[6].to_owned())
+        })
+        .collect()
+}
+
+/// Journals the intent to destroy `volume` in the closed manager's `state`
+/// with no outcome after it: what a manager killed during that destroy
+/// leaves in its journal.
+async fn journal_destroy_intent(state: &Path, volume: &str) {
+    let (journal, _) = Journal::<Record>::open(state, JournalConfig::default()).unwrap();
+    journal
+        .append(&Record::Intent {
+            op: Uuid::now_v7(),
+            at_ms: 1,
+            action: Action::DestroyVolume {
+                volume: volume.to_owned(),
+            },
+        })
+        .await
+        .unwrap();
+    journal.close().await;
+}
+
+/// Story: the manager is killed during a destroy that a tenant keeps busy
+/// (the intent durable, no outcome): of a snapshot the tenant is inside,
+/// before any `zfs` command ran, and of a volume a container (a mount
+/// namespace of its own) holds, after `zfs destroy` had unmounted it from
+/// the host and failed "dataset is busy" (the volume's location an empty
+/// directory on the host's file system). The next open retries both
+/// destroys while the tenants are still there: each is journaled as a
+/// Failed resolution naming the busy location, the manager opens, both stay
+/// listed, live and readable (the volume mounted again where the killed
+/// destroy left it unmounted), nothing is foreign or lost; once the tenants
+/// have left, the same destroys go through and the open after that has
+/// nothing to resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_failure_that_changes_nothing()
+ {
+    let test = "a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_failure_that_changes_nothing";
+    let Some(pool) = ZfsPool::for_test(test, 256) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let m = Manager::open(&state, manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    let v = m.create_volume("default", None, Meta::new()).await.unwrap();
+    std::fs::write(Path::new(&v.location).join("f"), b"in v").unwrap();
+    let s = m.create_snapshot(&v.id, Meta::new()).await.unwrap();
+    let w = m.create_volume("default", None, Meta::new()).await.unwrap();
+    let w_file = Path::new(&w.location).join("f");
+    std::fs::write(&w_file, b"in w").unwrap();
+    let w_dataset = format!("{}/data/{}", pool.dataset(), w.id);
+    m.close().await;
+
+    let in_s = Tenant::nobody_inside(&s.location);
+    let in_w = Tenant::nobody_inside_its_own_namespace(&w.location);
+    // The kills: both intents durable, no outcome; w's `zfs destroy` had
+    // run (the killed manager's own command, run here by hand).
+    journal_destroy_intent(&state, &s.id).await;
+    journal_destroy_intent(&state, &w.id).await;
+    let out = Command::new("zfs")
+        .args(["destroy", &w_dataset])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("dataset is busy"),
+        "{out:?}"
+    );
+    assert_eq!(
+        zfs_out(&["get", "-Hpo", "value", "mounted", &w_dataset]),
+        "no",
+        "what the killed destroy left: w unmounted from the host"
+    );
+
+    let m = Manager::open(&state, manager_config(pool.provider_config()))
+        .await
+        .expect("the manager opens while the tenants hold what it was destroying");
+    let report = m.reconcile_report();
+    assert!(report.foreign.is_empty(), "{:?}", report.foreign);
+    let mut resolved: Vec<(Case, Option<String>)> = report
+        .resolutions
+        .iter()
+        .map(|(c, v, _)| (*c, v.clone()))
+        .collect();
+    resolved.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut expected = vec![
+        (Case::DestroyFinished, Some(s.id.clone())),
+        (Case::DestroyFinished, Some(w.id.clone())),
+    ];
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(resolved, expected, "the two pending destroys, nothing else");
+    for (id, location) in [(&s.id, &s.location), (&w.id, &w.location)] {
+        let records = reconciled_of(&state, id);
+        assert_eq!(records.len(), 1, "{records:#?}");
+        let r = &records[0];
+        assert!(
+            r.contains("effect=resolve failed error=")
+                && r.contains("destroy during recovery failed")
+                && r.contains(&format!("is busy: in use at {location}"))
+                && r.contains("dataset is busy")
+                && r.contains("action=destroy"),
+            "{r}"
+        );
+    }
+    assert_eq!(m.volume(&s.id).unwrap(), s, "the snapshot unchanged");
+    assert_eq!(m.volume(&w.id).unwrap(), w, "the volume unchanged");
+    assert_eq!(m.volumes().len(), 3);
+    assert_eq!(
+        std::fs::read(Path::new(&s.location).join("f")).unwrap(),
+        b"in v"
+    );
+    assert_eq!(
+        zfs_out(&["get", "-Hpo", "value", "mounted", &w_dataset]),
+        "yes",
+        "mounted again at its location by the retried destroy"
+    );
+    assert_eq!(std::fs::read(&w_file).unwrap(), b"in w");
+
+    drop(in_s);
+    drop(in_w);
+    m.destroy_volume(&s.id).await.unwrap();
+    m.destroy_volume(&w.id).await.unwrap();
+    m.close().await;
+    let m = Manager::open(&state, manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    let report = m.reconcile_report();
+    assert!(report.resolutions.is_empty(), "{:?}", report.resolutions);
+    assert!(report.foreign.is_empty(), "{:?}", report.foreign);
+    let ids: Vec<String> = m.volumes().into_iter().map(|x| x.id).collect();
+    assert_eq!(ids, [v.id.as_str()]);
     m.close().await;
 }
 

@@ -101,18 +101,54 @@ impl ZfsProvider {
     /// reports [`ProviderError::Busy`] naming ZFS's message.
     pub(super) fn retry_busy<T>(
         what: &str,
+        f: impl FnMut() -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        Self::retry_busy_unless_held(what, |_, _| None, f)
+    }
+
+    /// As [`Self::retry_busy`], but stops at the first busy answer that
+    /// `held` (given that answer and its attempt, from 1) says a process or
+    /// a mount holds, with why: retrying cannot help until it leaves, and
+    /// each retry would keep the caller (and its claim) waiting. The retries
+    /// are for what passes by itself (a concurrent receive or send, a hold
+    /// being released, a mount being torn down).
+    pub(super) fn retry_busy_unless_held<T>(
+        what: &str,
+        held: impl Fn(&ProviderError, u32) -> Option<&'static str>,
         mut f: impl FnMut() -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        fsutil::retry_busy(BUSY_ATTEMPTS, Duration::from_millis(100), is_busy, &mut f).unwrap_or_else(|still| {
-            Err(ProviderError::Busy {
+        let attempt = std::cell::Cell::new(0u32);
+        let why = std::cell::Cell::new(None);
+        let busy = |e: &ProviderError| {
+            if !is_busy(e) {
+                return false;
+            }
+            why.set(held(e, attempt.get()));
+            why.get().is_none()
+        };
+        let counted = || {
+            attempt.set(attempt.get() + 1);
+            f()
+        };
+        match fsutil::retry_busy(BUSY_ATTEMPTS, Duration::from_millis(100), busy, counted) {
+            Ok(Err(e)) if let Some(why) = why.get() => Err(ProviderError::Busy {
+                what: what.to_owned(),
+                cause: format!(
+                    "{} (held: {why}; not retried after {} attempt(s))",
+                    stderr_of(&e).trim(),
+                    attempt.get()
+                ),
+            }),
+            Ok(other) => other,
+            Err(still) => Err(ProviderError::Busy {
                 what: what.to_owned(),
                 cause: format!(
                     "{} (still busy after {} attempts: open files, a mount in another namespace, a concurrent receive or a hold)",
                     stderr_of(&still.last).trim(),
                     still.attempts
                 ),
-            })
-        })
+            }),
+        }
     }
 
     /// Mounts filesystem `name` if it is not (bounded retries: a create may
@@ -192,7 +228,67 @@ fn mounted_in(mountinfo: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::mounted_in;
+    use super::{ProviderError, ZfsProvider, mounted_in};
+
+    fn busy(stderr: &str) -> ProviderError {
+        ProviderError::Command {
+            command: "zfs destroy tank/v".into(),
+            status: "exit status: 1".into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn a_busy_destroy_is_retried_until_it_passes_unless_a_holder_shows() {
+        // A passing busy state: retried, and the third attempt succeeds.
+        let mut calls = 0;
+        let r = ZfsProvider::retry_busy_unless_held(
+            "tank/v",
+            |_, _| None,
+            || {
+                calls += 1;
+                if calls < 3 {
+                    Err(busy("cannot destroy 'tank/v': dataset is busy"))
+                } else {
+                    Ok(calls)
+                }
+            },
+        );
+        assert_eq!(r.unwrap(), 3);
+
+        // A holder shown at the second attempt: no third one.
+        let mut calls = 0;
+        let err = ZfsProvider::retry_busy_unless_held(
+            "tank/v",
+            |_, attempt| (attempt >= 2).then_some("mounted elsewhere"),
+            || -> Result<(), _> {
+                calls += 1;
+                Err(busy("cannot destroy 'tank/v': dataset is busy"))
+            },
+        )
+        .unwrap_err();
+        assert_eq!(calls, 2);
+        match err {
+            ProviderError::Busy { what, cause } => {
+                assert_eq!(what, "tank/v");
+                assert_eq!(
+                    cause,
+                    "cannot destroy 'tank/v': dataset is busy \
+                     (held: mounted elsewhere; not retried after 2 attempt(s))"
+                );
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        }
+
+        // Not busy: returned as it is, whatever `held` would say.
+        let err = ZfsProvider::retry_busy_unless_held(
+            "tank/v",
+            |_, _| Some("never asked"),
+            || -> Result<(), _> { Err(busy("permission denied")) },
+        )
+        .unwrap_err();
+        assert!(matches!(err, ProviderError::Command { .. }), "{err:?}");
+    }
 
     #[test]
     fn a_dataset_is_mounted_when_mountinfo_has_a_zfs_mount_of_it() {

@@ -247,7 +247,9 @@
 //!
 //! # Errors
 //!
-//! "dataset is busy" is retried (bounded, growing back-off) then reported as
+//! "dataset is busy" is retried (bounded, growing back-off; a destroy stops
+//! at once when a process or a mount elsewhere holds the dataset, which
+//! waiting cannot outlast: `destroy_held`) then reported as
 //! [`ProviderError::Busy`] with ZFS's message as the cause (so is a
 //! snapshot's `EAGAIN`: another snapshot of its filesystem in the same
 //! transaction group, which `zfs snapshot` retried itself and a channel
@@ -294,6 +296,28 @@ pub use parse::{
 /// them, for the guest tests that run them by hand (`tests/zfs.rs`).
 #[doc(hidden)]
 pub use program::{RECEIVED as RECEIVED_PROGRAM, SNAPSHOT as SNAPSHOT_PROGRAM};
+
+/// Why attempt `attempt` (from 1) of `zfs destroy` of `name`, which failed
+/// busy with `e`, shows a holder that retries cannot outwait (measured in
+/// the guest, `OpenZFS` 2.1.11), or `None` (retried):
+/// - "cannot unmount": the unmount of the volume failed, a process is in it;
+/// - a snapshot still mounted here: its unmount under `.zfs/snapshot`
+///   failed, a process is in it (a `zfs hold` or a send is retried);
+/// - a volume busy while unmounted here, on a second attempt: `zfs destroy`
+///   unmounted it (or a killed one did), so it is mounted elsewhere (a
+///   container's mount namespace, a bind mount). The first such answer is
+///   retried once, for a mount being torn down.
+fn destroy_held(name: &str, e: &ProviderError, attempt: u32) -> Option<&'static str> {
+    if stderr_of(e).contains("cannot unmount") {
+        return Some("it could not be unmounted: a process is inside it");
+    }
+    let mounted = ZfsProvider::mounted_here(name)?;
+    if name.contains('@') {
+        return mounted
+            .then_some("it is still mounted under .zfs/snapshot: a process is inside it");
+    }
+    (!mounted && attempt >= 2).then_some("busy while unmounted here: it is mounted elsewhere")
+}
 
 /// The provider kind.
 pub const KIND: &str = "zfs";
@@ -631,16 +655,21 @@ impl ZfsProvider {
         }
     }
 
-    /// `zfs destroy` of `name`, checked ours as `volume` (busy retried;
-    /// dependents typed; absent is success).
+    /// `zfs destroy` of `name`, checked ours as `volume` (busy retried
+    /// unless a process or mount holds it: [`destroy_held`]; dependents
+    /// typed; absent is success).
     fn destroy_checked(&self, name: String, volume: &VolumeRef<'_>) -> Result<(), ProviderError> {
-        let result = Self::retry_busy(&name, || {
-            Cmd::new("zfs")
-                .arg("destroy")
-                .user_arg(&name)?
-                .run()
-                .map(|_| ())
-        });
+        let result = Self::retry_busy_unless_held(
+            &name,
+            |e, attempt| destroy_held(&name, e, attempt),
+            || {
+                Cmd::new("zfs")
+                    .arg("destroy")
+                    .user_arg(&name)?
+                    .run()
+                    .map(|_| ())
+            },
+        );
         match result {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
@@ -681,7 +710,8 @@ impl ZfsProvider {
     }
 
     /// The error of a destroy of `name` (input `volume`) that ZFS found
-    /// busy after every attempt (`zfs`: [`Self::retry_busy`]'s cause), with
+    /// busy after every attempt, or held (`zfs`:
+    /// [`Self::retry_busy_unless_held`]'s cause), with
     /// the volume mounted again at its location if `zfs destroy` had
     /// unmounted it: nothing destroyed, nothing changed, no process touched.
     ///
