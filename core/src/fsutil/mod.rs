@@ -261,14 +261,15 @@ pub struct StillBusy<E> {
     pub attempts: u32,
 }
 
-/// Runs `f` up to `attempts` times while `is_busy` says its error is a
-/// transient "busy", sleeping `first_delay`, then twice as long each time (at
-/// most 16 times `first_delay`) between attempts. Any other outcome is
-/// returned at once; the last busy error comes back as [`StillBusy`].
+/// Runs `f` up to `attempts` times while `is_busy` (given the error and the
+/// attempt that returned it, from 1) says its error is a transient "busy",
+/// sleeping `first_delay`, then twice as long each time (at most 16 times
+/// `first_delay`) between attempts. Any other outcome is returned at once;
+/// the last busy error comes back as [`StillBusy`].
 pub fn retry_busy<T, E>(
     attempts: u32,
     first_delay: Duration,
-    is_busy: impl Fn(&E) -> bool,
+    mut is_busy: impl FnMut(&E, u32) -> bool,
     mut f: impl FnMut() -> Result<T, E>,
 ) -> Result<Result<T, E>, StillBusy<E>> {
     assert!(attempts > 0, "retry_busy needs at least one attempt");
@@ -276,7 +277,7 @@ pub fn retry_busy<T, E>(
     loop {
         attempt += 1;
         match f() {
-            Err(e) if is_busy(&e) => {
+            Err(e) if is_busy(&e, attempt) => {
                 if attempt >= attempts {
                     return Err(StillBusy {
                         last: e,
@@ -331,7 +332,7 @@ mod tests {
         let r: Result<Result<u32, &str>, _> = retry_busy(
             5,
             Duration::ZERO,
-            |e: &&str| *e == "busy",
+            |e: &&str, _| *e == "busy",
             || {
                 calls += 1;
                 if calls < 3 { Err("busy") } else { Ok(calls) }
@@ -340,14 +341,14 @@ mod tests {
         assert_eq!(r.unwrap().unwrap(), 3);
 
         let r: Result<Result<(), &str>, _> =
-            retry_busy(5, Duration::ZERO, |e: &&str| *e == "busy", || Err("no"));
+            retry_busy(5, Duration::ZERO, |e: &&str, _| *e == "busy", || Err("no"));
         assert_eq!(r.unwrap().unwrap_err(), "no");
 
         let mut calls = 0;
         let r: Result<Result<(), &str>, _> = retry_busy(
             2,
             Duration::ZERO,
-            |e: &&str| *e == "busy",
+            |e: &&str, _| *e == "busy",
             || {
                 calls += 1;
                 Err("busy")

@@ -21,7 +21,7 @@ impl BtrfsProvider {
         for p in paths {
             cmd = cmd.path_arg(p)?;
         }
-        let busy = |e: &ProviderError| matches!(e, ProviderError::Command { stderr, .. } if stderr.contains("busy"));
+        let busy = |e: &ProviderError, _| matches!(e, ProviderError::Command { stderr, .. } if stderr.contains("busy"));
         let still = match fsutil::retry_busy(BUSY_ATTEMPTS, Duration::from_millis(20), busy, || {
             cmd.run()
         }) {

@@ -115,28 +115,23 @@ impl ZfsProvider {
     pub(super) fn retry_busy_unless_held<T>(
         what: &str,
         held: impl Fn(&ProviderError, u32) -> Option<&'static str>,
-        mut f: impl FnMut() -> Result<T, ProviderError>,
+        f: impl FnMut() -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        let attempt = std::cell::Cell::new(0u32);
-        let why = std::cell::Cell::new(None);
-        let busy = |e: &ProviderError| {
+        // The holder seen, and at which attempt: the retries stop there.
+        let mut held_at = None;
+        let busy = |e: &ProviderError, attempt: u32| {
             if !is_busy(e) {
                 return false;
             }
-            why.set(held(e, attempt.get()));
-            why.get().is_none()
+            held_at = held(e, attempt).map(|why| (why, attempt));
+            held_at.is_none()
         };
-        let counted = || {
-            attempt.set(attempt.get() + 1);
-            f()
-        };
-        match fsutil::retry_busy(BUSY_ATTEMPTS, Duration::from_millis(100), busy, counted) {
-            Ok(Err(e)) if let Some(why) = why.get() => Err(ProviderError::Busy {
+        match fsutil::retry_busy(BUSY_ATTEMPTS, Duration::from_millis(100), busy, f) {
+            Ok(Err(e)) if let Some((why, attempt)) = held_at => Err(ProviderError::Busy {
                 what: what.to_owned(),
                 cause: format!(
-                    "{} (held: {why}; not retried after {} attempt(s))",
+                    "{} (held: {why}; not retried after {attempt} attempt(s))",
                     stderr_of(&e).trim(),
-                    attempt.get()
                 ),
             }),
             Ok(other) => other,

@@ -497,10 +497,15 @@ impl ZfsProvider {
     }
 
     fn location_of(&self, row: &Row) -> String {
-        let rest = row
-            .name
+        self.location_of_name(&row.name)
+    }
+
+    /// Where dataset or snapshot `name` (under the data root) is seen: its
+    /// mountpoint, or `.zfs/snapshot/<id>` under its volume's.
+    fn location_of_name(&self, name: &str) -> String {
+        let rest = name
             .strip_prefix(&format!("{}/", self.data_root()))
-            .unwrap_or(&row.name);
+            .unwrap_or(name);
         match rest.split_once('@') {
             Some((fs, snap)) => self.snap_location(fs, snap),
             None => self.mountpoint(rest).to_string_lossy().into_owned(),
@@ -728,13 +733,7 @@ impl ZfsProvider {
     /// lazily unmounted snapshot's `.zfs/snapshot/<id>` then fails `ELOOP`
     /// for everyone else.
     fn in_use(&self, name: &str, volume: &VolumeRef<'_>, zfs: &str) -> ProviderError {
-        let location = match name.split_once('@') {
-            Some((fs, snap)) => {
-                let fs = fs.rsplit('/').next().unwrap_or(fs);
-                self.snap_location(fs, snap)
-            }
-            None => self.mountpoint(volume.id).to_string_lossy().into_owned(),
-        };
+        let location = self.location_of_name(name);
         let kind = match volume.kind {
             VolumeKind::Snapshot => "snapshot",
             VolumeKind::Data => "volume",
