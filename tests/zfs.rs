@@ -463,9 +463,11 @@ fn assert_in_use(err: ManagerError, kind: VolumeKind, id: &str, location: &str) 
     api.message
 }
 
-/// The outcomes the journal of `state` holds for volume `id`, in order
-/// (`volmgr journal dump`: "done ..." / "failed error=... action=...").
-fn outcomes_of(state: &Path, id: &str) -> Vec<String> {
+/// The summaries `volmgr journal dump` gives the records of type `record`
+/// ("outcome", "reconciled") of volume `id` in the journal of `state`, in
+/// order ("done ..." / "failed error=... action=...", "case=...
+/// effect=resolve failed error=... action=destroy ...").
+fn dumped(state: &Path, record: &str, id: &str) -> Vec<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_volmgr"))
         .args(["journal", "dump"])
         .arg(state)
@@ -476,9 +478,48 @@ fn outcomes_of(state: &Path, id: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            (f.len() == 7 && f[3] == "outcome" && f[4] == id).then(|| f[6].to_owned())
+            (f.len() == 7 && f[3] == record && f[4] == id).then(|| f[6].to_owned())
         })
         .collect()
+}
+
+/// How each destroy of `id` journaled in `state` ended ("failed", "done"),
+/// in order.
+fn destroy_results(state: &Path, id: &str) -> Vec<String> {
+    dumped(state, "outcome", id)
+        .iter()
+        .filter(|o| o.ends_with("action=destroy"))
+        .map(|o| o.split(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+/// A pool for `test` and a manager on it, its state directory in the
+/// returned temporary directory.
+async fn managed_pool(test: &str) -> Option<(ZfsPool, tempfile::TempDir, PathBuf, Manager)> {
+    let pool = ZfsPool::for_test(test, 256)?;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let m = Manager::open(&state, manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    Some((pool, dir, state, m))
+}
+
+/// Reopens `state`: the open must find nothing to resolve and nothing
+/// foreign.
+async fn reopen_clean(state: &Path, pool: &ZfsPool) -> Manager {
+    let m = Manager::open(state, manager_config(pool.provider_config()))
+        .await
+        .unwrap();
+    let report = m.reconcile_report();
+    assert!(report.resolutions.is_empty(), "{:?}", report.resolutions);
+    assert!(report.foreign.is_empty(), "{:?}", report.foreign);
+    m
+}
+
+/// ZFS's `mounted` property of `dataset` ("yes", "no").
+fn zfs_mounted(dataset: &str) -> String {
+    zfs_out(&["get", "-Hpo", "value", "mounted", dataset])
 }
 
 /// The destroy of `id` that a tenant keeps busy, and the `zfs` commands it
@@ -508,15 +549,9 @@ async fn busy_destroy(m: &Manager, id: &str, what: &str) -> (ManagerError, Comma
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_inside_a_snapshot_makes_its_destroy_a_busy_conflict_that_changes_nothing_until_it_leaves()
  {
-    let test = "a_tenant_inside_a_snapshot_makes_its_destroy_a_busy_conflict_that_changes_nothing_until_it_leaves";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, dir, state, m)) = managed_pool("a_tenant_inside_a_snapshot_makes_its_destroy_a_busy_conflict_that_changes_nothing_until_it_leaves").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let m = Manager::open(&state, manager_config(pool.provider_config()))
-        .await
-        .unwrap();
     let v = m.create_volume("default", None, Meta::new()).await.unwrap();
     std::fs::write(Path::new(&v.location).join("f"), b"tenant data").unwrap();
     let s = m.create_snapshot(&v.id, Meta::new()).await.unwrap();
@@ -567,20 +602,10 @@ async fn a_tenant_inside_a_snapshot_makes_its_destroy_a_busy_conflict_that_chang
     m.destroy_volume(&s.id).await.unwrap();
     stop.cancel();
     m.close().await;
-    let outcomes = outcomes_of(&state, &s.id);
-    let destroys: Vec<&str> = outcomes
-        .iter()
-        .filter(|o| o.ends_with("action=destroy"))
-        .map(|o| o.split(' ').next().unwrap())
-        .collect();
-    assert_eq!(destroys, ["failed", "failed", "done"], "{outcomes:#?}");
+    let destroys = destroy_results(&state, &s.id);
+    assert_eq!(destroys, ["failed", "failed", "done"]);
 
-    let m = Manager::open(&state, manager_config(pool.provider_config()))
-        .await
-        .unwrap();
-    let report = m.reconcile_report();
-    assert!(report.resolutions.is_empty(), "{:?}", report.resolutions);
-    assert!(report.foreign.is_empty(), "{:?}", report.foreign);
+    let m = reopen_clean(&state, &pool).await;
     assert!(m.volume(&s.id).is_err());
     assert_eq!(m.volume(&v.id).unwrap().location, v.location);
     m.close().await;
@@ -601,26 +626,16 @@ async fn a_tenant_inside_a_snapshot_makes_its_destroy_a_busy_conflict_that_chang
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_inside_a_volume_makes_its_destroy_a_busy_conflict_that_leaves_it_mounted_until_it_leaves()
  {
-    let test = "a_tenant_inside_a_volume_makes_its_destroy_a_busy_conflict_that_leaves_it_mounted_until_it_leaves";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, dir, state, m)) = managed_pool("a_tenant_inside_a_volume_makes_its_destroy_a_busy_conflict_that_leaves_it_mounted_until_it_leaves").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let m = Manager::open(&state, manager_config(pool.provider_config()))
-        .await
-        .unwrap();
     let v = m.create_volume("default", None, Meta::new()).await.unwrap();
     let dataset = format!("{}/data/{}", pool.dataset(), v.id);
     let f = Path::new(&v.location).join("f");
     std::fs::write(&f, b"tenant data").unwrap();
     let (mut csi, stop) = csi_plugin(&m, dir.path()).await;
     let still_mounted = |why: &str| {
-        assert_eq!(
-            zfs_out(&["get", "-Hpo", "value", "mounted", &dataset]),
-            "yes",
-            "{why}"
-        );
+        assert_eq!(zfs_mounted(&dataset), "yes", "{why}");
         assert_eq!(std::fs::read(&f).unwrap(), b"tenant data", "{why}");
     };
 
@@ -660,45 +675,12 @@ async fn a_tenant_inside_a_volume_makes_its_destroy_a_busy_conflict_that_leaves_
     assert!(!Path::new(&v.location).exists(), "its mountpoint removed");
     stop.cancel();
     m.close().await;
-    let outcomes = outcomes_of(&state, &v.id);
-    let destroys: Vec<&str> = outcomes
-        .iter()
-        .filter(|o| o.ends_with("action=destroy"))
-        .map(|o| o.split(' ').next().unwrap())
-        .collect();
-    assert_eq!(
-        destroys,
-        ["failed", "failed", "failed", "done"],
-        "{outcomes:#?}"
-    );
+    let destroys = destroy_results(&state, &v.id);
+    assert_eq!(destroys, ["failed", "failed", "failed", "done"]);
 
-    let m = Manager::open(&state, manager_config(pool.provider_config()))
-        .await
-        .unwrap();
-    let report = m.reconcile_report();
-    assert!(report.resolutions.is_empty(), "{:?}", report.resolutions);
-    assert!(report.foreign.is_empty(), "{:?}", report.foreign);
+    let m = reopen_clean(&state, &pool).await;
     assert!(m.volumes().is_empty());
     m.close().await;
-}
-
-/// The summaries `volmgr journal dump` gives the reconciliation records of
-/// volume `id` in the journal of `state`, in order ("case=... effect=resolve
-/// failed error=... action=destroy ...").
-fn reconciled_of(state: &Path, id: &str) -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_volmgr"))
-        .args(["journal", "dump"])
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f.len() == 7 && f[3] == "reconciled" && f[4] == id).then(|| f[6].to_owned())
-        })
-        .collect()
 }
 
 /// Journals the intent to destroy `volume` in the closed manager's `state`
@@ -734,15 +716,9 @@ async fn journal_destroy_intent(state: &Path, volume: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_failure_that_changes_nothing()
  {
-    let test = "a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_failure_that_changes_nothing";
-    let Some(pool) = ZfsPool::for_test(test, 256) else {
+    let Some((pool, _dir, state, m)) = managed_pool("a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_failure_that_changes_nothing").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let m = Manager::open(&state, manager_config(pool.provider_config()))
-        .await
-        .unwrap();
     let v = m.create_volume("default", None, Meta::new()).await.unwrap();
     std::fs::write(Path::new(&v.location).join("f"), b"in v").unwrap();
     let s = m.create_snapshot(&v.id, Meta::new()).await.unwrap();
@@ -767,7 +743,7 @@ async fn a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_f
         "{out:?}"
     );
     assert_eq!(
-        zfs_out(&["get", "-Hpo", "value", "mounted", &w_dataset]),
+        zfs_mounted(&w_dataset),
         "no",
         "what the killed destroy left: w unmounted from the host"
     );
@@ -790,7 +766,7 @@ async fn a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_f
     expected.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(resolved, expected, "the two pending destroys, nothing else");
     for (id, location) in [(&s.id, &s.location), (&w.id, &w.location)] {
-        let records = reconciled_of(&state, id);
+        let records = dumped(&state, "reconciled", id);
         assert_eq!(records.len(), 1, "{records:#?}");
         let r = &records[0];
         assert!(
@@ -810,7 +786,7 @@ async fn a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_f
         b"in v"
     );
     assert_eq!(
-        zfs_out(&["get", "-Hpo", "value", "mounted", &w_dataset]),
+        zfs_mounted(&w_dataset),
         "yes",
         "mounted again at its location by the retried destroy"
     );
@@ -821,12 +797,7 @@ async fn a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_f
     m.destroy_volume(&s.id).await.unwrap();
     m.destroy_volume(&w.id).await.unwrap();
     m.close().await;
-    let m = Manager::open(&state, manager_config(pool.provider_config()))
-        .await
-        .unwrap();
-    let report = m.reconcile_report();
-    assert!(report.resolutions.is_empty(), "{:?}", report.resolutions);
-    assert!(report.foreign.is_empty(), "{:?}", report.foreign);
+    let m = reopen_clean(&state, &pool).await;
     let ids: Vec<String> = m.volumes().into_iter().map(|x| x.id).collect();
     assert_eq!(ids, [v.id.as_str()]);
     m.close().await;
