@@ -345,6 +345,7 @@ mod inventory;
 mod make;
 mod nested;
 mod owner;
+mod quota;
 mod receive;
 pub mod stream;
 mod subvol;
@@ -519,6 +520,7 @@ impl BtrfsProvider {
         if let Err(e) = provider.refuse_unsafe_mount() {
             tracing::warn!(error = %e, "receives into this btrfs provider are refused");
         }
+        provider.prepare_quotas();
         provider.purge_trash();
         Ok(provider)
     }
@@ -600,58 +602,6 @@ impl BtrfsProvider {
 
     fn btrfs(&self) -> Cmd {
         Cmd::new(&self.program)
-    }
-
-    /// The bytes subvolume `path` references (its qgroup's `rfer`, what a
-    /// qgroup limit is held against), the running transaction committed
-    /// first so that recent writes count (`qgroup show --sync`). Quotas are
-    /// enabled on the file system if they are not yet, and a rescan counts
-    /// what the subvolumes already hold (waited for; likewise when btrfs
-    /// reports its numbers inconsistent).
-    fn referenced_bytes(&self, path: &Path) -> Result<u64, ProviderError> {
-        let show = || {
-            self.btrfs()
-                .arg("qgroup")
-                .arg("show")
-                .arg("--raw")
-                .arg("--sync")
-                .arg("-f")
-                .path_arg(path)?
-                .run()
-        };
-        let rescan = || {
-            self.btrfs()
-                .arg("quota")
-                .arg("rescan")
-                .arg("-w")
-                .path_arg(&self.root)?
-                .run()
-        };
-        let mut out = match show() {
-            Ok(out) => out,
-            Err(ProviderError::Command { ref stderr, .. }) if stderr.contains("not enabled") => {
-                self.btrfs()
-                    .arg("quota")
-                    .arg("enable")
-                    .path_arg(&self.root)?
-                    .run()?;
-                rescan()?;
-                show()?
-            }
-            Err(e) => return Err(e),
-        };
-        if out.stderr.contains("inconsistent") {
-            rescan()?;
-            out = show()?;
-        }
-        let text = out.stdout_str();
-        parse_referenced(&text).ok_or_else(|| {
-            ProviderError::Other(format!(
-                "`btrfs qgroup show` named no qgroup of {}: {:?}",
-                path.display(),
-                text.chars().take(512).collect::<String>()
-            ))
-        })
     }
 
     fn stage_root(&self) -> PathBuf {
@@ -739,13 +689,13 @@ impl Provider for BtrfsProvider {
         true
     }
 
-    /// The subvolume's qgroup limit (`btrfs qgroup limit BYTES PATH`),
-    /// never below what the subvolume already references
+    /// A limit on the volume's level-1 qgroup `1/<subvolume id>`, whose
+    /// members are the volume's qgroup and those of the subvolumes nested
+    /// in it (module `quota`), never below what the volume holds
     /// ([`ProviderError::CapacityBelowUsage`]: a volume made without a
-    /// capacity, or forked from a fuller snapshot, keeps its data writable).
-    /// Quotas are enabled on the file system the first time (then their
-    /// rescan is waited for). A write racing the call may still take the
-    /// volume past the new limit; further writes then fail (`EDQUOT`).
+    /// capacity, or forked from a fuller snapshot, keeps its data
+    /// writable). A write racing the call may still take the volume past
+    /// the new limit; further writes then fail (`EDQUOT`).
     fn set_capacity(&self, volume: &VolumeRef<'_>, bytes: u64) -> Result<(), ProviderError> {
         check_id(volume.id)?;
         if volume.kind != VolumeKind::Data {
@@ -764,21 +714,7 @@ impl Provider for BtrfsProvider {
             )));
         }
         let path = self.location(VolumeKind::Data, volume.id);
-        let used = self.referenced_bytes(&path)?;
-        if used > bytes {
-            return Err(ProviderError::CapacityBelowUsage {
-                what: format!("data volume {}", volume.id),
-                used,
-                capacity: bytes,
-            });
-        }
-        self.btrfs()
-            .arg("qgroup")
-            .arg("limit")
-            .user_arg(&bytes.to_string())?
-            .path_arg(&path)?
-            .run()
-            .map(|_| ())
+        self.limit_volume(&format!("data volume {}", volume.id), &path, bytes)
     }
 
     fn free_bytes(&self) -> Result<Option<u64>, ProviderError> {
@@ -1050,18 +986,6 @@ impl Provider for BtrfsProvider {
         }
         self.trash(&stage)
     }
-}
-
-/// The referenced bytes of the subvolume's own qgroup (`0/<id>`, its
-/// second column) in `btrfs qgroup show --raw -f` output.
-fn parse_referenced(text: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        fields
-            .next()
-            .filter(|id| id.starts_with("0/"))
-            .and_then(|_| fields.next()?.parse().ok())
-    })
 }
 
 #[cfg(test)]

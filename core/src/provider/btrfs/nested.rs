@@ -93,30 +93,32 @@ const SUBVOL_SPEC_BY_ID: u64 = 1 << 4;
 /// `_IOW(BTRFS_IOCTL_MAGIC, 63, struct btrfs_ioctl_vol_args_v2)` (63 is `0x3f`).
 const BTRFS_IOC_SNAP_DESTROY_V2: u64 = (1 << 30) | (4096 << 16) | (0x94 << 8) | 0x3f;
 
+/// A btrfs key: `(objectid, type, offset)`, ordered as btrfs orders them.
+pub(super) type Key = (u64, u32, u64);
+
 /// `BTRFS_IOC_TREE_SEARCH` through `fd` for up to `nr_items` items of
-/// tree `tree_id` keyed `(objectid, kind, offset in offsets)`
-/// (`CAP_SYS_ADMIN`); the items found follow the key in `buf`, and
-/// `key.nr_items` says how many.
-fn search(
+/// tree `tree_id` whose keys lie from `min` to `max` (compound keys, as
+/// btrfs orders them; `CAP_SYS_ADMIN`); the items found follow the key in
+/// `buf`, and `key.nr_items` says how many.
+fn search_keys(
     fd: RawFd,
     tree_id: u64,
-    objectid: u64,
-    kind: u32,
-    offsets: std::ops::RangeInclusive<u64>,
+    min: Key,
+    max: Key,
     nr_items: u32,
 ) -> io::Result<SearchArgs> {
     // SAFETY: plain data; zero is valid for every field.
     let mut args: SearchArgs = unsafe { std::mem::zeroed() };
     args.key = SearchKey {
         tree_id,
-        min_objectid: objectid,
-        max_objectid: objectid,
-        min_offset: *offsets.start(),
-        max_offset: *offsets.end(),
+        min_objectid: min.0,
+        max_objectid: max.0,
+        min_offset: min.2,
+        max_offset: max.2,
         min_transid: 0,
         max_transid: u64::MAX,
-        min_type: kind,
-        max_type: kind,
+        min_type: min.1,
+        max_type: max.1,
         nr_items,
         unused: 0,
         unused1: [0; 4],
@@ -127,6 +129,84 @@ fn search(
         return Err(io::Error::last_os_error());
     }
     Ok(args)
+}
+
+/// [`search_keys`] of the items keyed `(objectid, kind, offset in offsets)`.
+fn search(
+    fd: RawFd,
+    tree_id: u64,
+    objectid: u64,
+    kind: u32,
+    offsets: std::ops::RangeInclusive<u64>,
+    nr_items: u32,
+) -> io::Result<SearchArgs> {
+    search_keys(
+        fd,
+        tree_id,
+        (objectid, kind, *offsets.start()),
+        (objectid, kind, *offsets.end()),
+        nr_items,
+    )
+}
+
+/// The key right after `key`, if any.
+fn next_key(key: Key) -> Option<Key> {
+    let (objectid, kind, offset) = key;
+    if offset < u64::MAX {
+        Some((objectid, kind, offset + 1))
+    } else if kind < u32::from(u8::MAX) {
+        Some((objectid, kind + 1, 0))
+    } else {
+        objectid.checked_add(1).map(|o| (o, 0, 0))
+    }
+}
+
+/// Calls `each` with the key and data of every item of tree `tree_id`
+/// from key `min` to key `max`, in key order, through `fd`
+/// (`CAP_SYS_ADMIN`). One fixed buffer, read again from the key after the
+/// last one returned until the range is done: nothing is allocated from
+/// what the tree holds, and every round moves past at least one item.
+pub(super) fn for_each_item(
+    fd: RawFd,
+    tree_id: u64,
+    min: Key,
+    max: Key,
+    mut each: impl FnMut(Key, &[u8]),
+) -> io::Result<()> {
+    let mut from = min;
+    loop {
+        let args = search_keys(fd, tree_id, from, max, 4096)?;
+        let found = args.key.nr_items as usize;
+        if found == 0 {
+            return Ok(());
+        }
+        let mut at = 0usize;
+        let mut last = None;
+        for _ in 0..found {
+            let Some(header) = args.buf.get(at..at + SEARCH_HEADER_SIZE) else {
+                return Err(io::Error::other(
+                    "BTRFS_IOC_TREE_SEARCH: an item header past the buffer",
+                ));
+            };
+            let u64_at = |i: usize| u64::from_ne_bytes(header[i..i + 8].try_into().expect("8"));
+            let u32_at = |i: usize| u32::from_ne_bytes(header[i..i + 4].try_into().expect("4"));
+            let key = (u64_at(8), u32_at(24), u64_at(16));
+            let len = u32_at(28) as usize;
+            let start = at + SEARCH_HEADER_SIZE;
+            let Some(data) = args.buf.get(start..start + len) else {
+                return Err(io::Error::other(
+                    "BTRFS_IOC_TREE_SEARCH: an item's data past the buffer",
+                ));
+            };
+            each(key, data);
+            at = start + len;
+            last = Some(key);
+        }
+        match last.and_then(next_key) {
+            Some(next) if next > from && next <= max => from = next,
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// The ids of the subvolumes directly inside subvolume `tree_id`, read

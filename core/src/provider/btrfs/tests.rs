@@ -106,16 +106,6 @@ fn a_send_streams_first_command_declares_its_snapshot_and_base() {
 }
 
 #[test]
-fn the_referenced_bytes_are_read_from_the_subvolumes_own_qgroup() {
-    let text = "Qgroupid    Referenced    Exclusive   Path \n\
-                --------    ----------    ---------   ---- \n\
-                0/256          8404992      8404992   volumes/data/v\n";
-    assert_eq!(parse_referenced(text), Some(8_404_992));
-    assert_eq!(parse_referenced("1/0 5 5 -\n0/257 x 1 v\n"), None);
-    assert_eq!(parse_referenced(""), None);
-}
-
-#[test]
 fn btrfs_receive_reporting_a_full_file_system_or_quota_is_no_space() {
     let failed = |stderr: &str| ProviderError::Command {
         command: "btrfs receive".into(),

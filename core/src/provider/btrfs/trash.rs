@@ -5,14 +5,16 @@
 use super::*;
 
 impl BtrfsProvider {
-    /// Deletes subvolumes in one command, retrying while busy; first, by
-    /// id, the subvolumes a tenant made inside them (btrfs deletes no
-    /// subvolume that holds another: `nested.rs`).
+    /// Deletes subvolumes in one command, retrying while busy; first
+    /// their capacity groups (module `quota`: removed while their ids are
+    /// known) and, by id, the subvolumes a tenant made inside them (btrfs
+    /// deletes no subvolume that holds another: `nested.rs`).
     pub(super) fn delete_subvolumes(&self, paths: &[PathBuf]) -> Result<(), ProviderError> {
         if paths.is_empty() {
             return Ok(());
         }
         for path in paths {
+            self.release_group(path)?;
             self.remove_nested(path)?;
         }
         // No `--commit-after`: the deletion is in the running transaction,
