@@ -115,9 +115,18 @@
 //!   into `stage/<op>/vol`; rename into place. Idempotent: the same
 //!   op finds its item in place (done) or its stage (finished); another op
 //!   gets `AlreadyExists`.
-//! - destroy: `btrfs subvolume delete` of `vol` (retried a few
-//!   times while busy, then [`ProviderError::Busy`]), then the container goes
-//!   to trash. Succeeds if absent; refuses an untagged item. A snapshot with
+//! - destroy: the limit of the volume's capacity group `1/<subvolume id>`
+//!   lifted (module `quota`: deleting nested subvolumes needs room in the
+//!   volume), then `btrfs subvolume delete` of `vol` (retried a few times
+//!   while busy, then [`ProviderError::Busy`], the limit set again), then
+//!   the group removed (members first), then the container goes to trash.
+//!   Every deletion (a receive's old content, the trash) does the same. A
+//!   process killed after the lift leaves the volume unlimited with its
+//!   destroy intent pending, which reconciliation runs again; killed
+//!   after the deletion, an empty group with a limit, charged nothing
+//!   (the deleted subvolume's qgroup leaves it when btrfs drops it): should
+//!   btrfs give that id to a new subvolume after a remount, the group is
+//!   taken over by its first capacity (members and limit set anew). Succeeds if absent; refuses an untagged item. A snapshot with
 //!   forks can be deleted without harm (btrfs forks are independent
 //!   copy-on-write subvolumes); refusing it is the manager's job.
 //! - send: `btrfs send [-p <base>/vol] <snapshot>/vol` streamed to the writer.
@@ -275,8 +284,9 @@
 //! - **`abort_partial`** (undo of a receive): the exchange back, then the
 //!   stage to trash, with no sync between: a transaction holding the latter
 //!   holds the former. **finish** (making a snapshot read-only, or a staged
-//!   create) and **`set_capacity`** (`qgroup limit`, in the running
-//!   transaction) are made durable by the batched sync as well (reconciliation
+//!   create) and **`set_capacity`** (qgroup create, assign and limit
+//!   ioctls, in the running transaction, which it commits once to read the
+//!   qgroup's numbers) are made durable by the batched sync as well (reconciliation
 //!   syncs each provider it touched before journaling its resolutions).
 //! - **send** changes nothing.
 //!
@@ -295,10 +305,20 @@
 //! descriptor, never by a path inside the volume; a snapshot or fork of a
 //! volume holding one is refused (`UnsupportedContent`, HTTP 409
 //! `unsupported_content`), so none is silently left out of a snapshot or a
-//! transfer. A capacity does not bound them: each has a qgroup of its own,
-//! outside the volume's limit (measured: 20 MiB written in a nested
-//! subvolume of a volume limited to 1 MiB); the kernel offers no way to
-//! forbid their creation.
+//! transfer. A capacity bounds them: it is a limit on the volume's level-1
+//! qgroup `1/<subvolume id>`, of which, under *simple quotas* (Linux 6.7
+//! and later; the provider enables them when it opens a file system
+//! whose quotas are off), the kernel makes every subvolume nested in the
+//! volume a member (module `quota`; before, with the limit on the
+//! volume's own qgroup, 20 MiB were written in a nested subvolume of a
+//! volume limited to 1 MiB). Where the kernel cannot do it, it is said:
+//! full quotas already enabled (kept, never switched) or a kernel without
+//! simple quotas bound only the subvolumes nested when the capacity was
+//! set (a warning at open and at each capacity); and a tenant that gives
+//! its own qgroup inheritance list when it creates a subvolume
+//! (`btrfs subvolume create -i`) places it outside until the next capacity
+//! set on the volume moves it back: only the container runtime can
+//! forbid that (a seccomp filter on the subvolume-creating ioctls).
 //! The owner of a subvolume's root may also make it read-only (no
 //! capability needed), and btrfs neither deletes a subvolume inside a
 //! read-only one nor moves a read-only subvolume to another directory

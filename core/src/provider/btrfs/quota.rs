@@ -49,8 +49,13 @@
 //!
 //! The group `1/<id>` is the provider's: created when a capacity is first
 //! set, removed (members first: btrfs destroys no qgroup with members,
-//! `EBUSY`) right before the subvolume is deleted, by every deletion
-//! (destroy, the purge of a receive's old content, the trash).
+//! `EBUSY`) right after the subvolume is deleted, by every deletion
+//! (destroy, the purge of a receive's old content, the trash). Its limit
+//! is lifted first: deleting the subvolumes nested in a volume at its
+//! capacity needs room in the volume (`EDQUOT`, measured), and set again
+//! if the deletion fails (busy, say): the volume lives on, bounded. A receive replaces the
+//! volume's subvolume by another (a new id): the capacity stays with the
+//! old content, removed with it, as the limit on `0/<id>` did before.
 
 use std::io;
 use std::os::unix::io::RawFd;
@@ -462,13 +467,52 @@ impl super::BtrfsProvider {
         Ok(())
     }
 
-    /// Removes the group of subvolume `path` (members first), if it has
-    /// one: before the subvolume is deleted, while its id is known.
-    pub(super) fn release_group(&self, path: &Path) -> Result<(), ProviderError> {
+    /// Lifts the limit of the group of subvolume `tree_id`, before its
+    /// deletion: deleting the subvolumes nested in a volume at its capacity
+    /// needs room in it (measured: `EDQUOT`, the volume undestroyable).
+    /// Returns the limit lifted, for [`BtrfsProvider::restore_limit`] if
+    /// the deletion is refused.
+    ///
+    /// [`BtrfsProvider::restore_limit`]: super::BtrfsProvider::restore_limit
+    pub(super) fn lift_limit(&self, tree_id: u64) -> Result<Option<u64>, ProviderError> {
         let fd = self.handle.fd();
-        let tree_id = subvol_info(path)?.tree_id;
         let group = group_of(tree_id);
-        let at = |doing: String| format!("{doing} of {} (subvolume id {tree_id})", path.display());
+        let at = |doing: String| format!("{doing} (subvolume id {tree_id}, to delete it)");
+        if status(fd)
+            .map_err(self.quota_err(at("reading the btrfs quota status".into())))?
+            .mode
+            == QuotaMode::Off
+        {
+            return Ok(None);
+        }
+        let lifted = max_referenced(fd, group)
+            .map_err(self.quota_err(at(format!("reading qgroup {}", show(group)))))?;
+        if lifted.is_some() {
+            limit(fd, group, None)
+                .map_err(self.quota_err(at(format!("lifting the limit of {}", show(group)))))?;
+        }
+        Ok(lifted)
+    }
+
+    /// Sets again a limit [`BtrfsProvider::lift_limit`] lifted (the
+    /// deletion was refused: the volume lives on, bounded).
+    ///
+    /// [`BtrfsProvider::lift_limit`]: super::BtrfsProvider::lift_limit
+    pub(super) fn restore_limit(&self, tree_id: u64, bytes: u64) -> Result<(), ProviderError> {
+        let group = group_of(tree_id);
+        limit(self.handle.fd(), group, Some(bytes)).map_err(self.quota_err(format!(
+            "setting the limit of {} again (subvolume id {tree_id}, whose deletion failed)",
+            show(group)
+        )))
+    }
+
+    /// Removes the group of the subvolume whose id was `tree_id` (members
+    /// first), if it has one: right after the subvolume is deleted (a
+    /// deletion refused, busy say, leaves the volume its limit).
+    pub(super) fn release_group(&self, tree_id: u64) -> Result<(), ProviderError> {
+        let fd = self.handle.fd();
+        let group = group_of(tree_id);
+        let at = |doing: String| format!("{doing} (of deleted subvolume id {tree_id})");
         if status(fd)
             .map_err(self.quota_err(at("reading the btrfs quota status".into())))?
             .mode

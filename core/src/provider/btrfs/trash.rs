@@ -5,18 +5,50 @@
 use super::*;
 
 impl BtrfsProvider {
-    /// Deletes subvolumes in one command, retrying while busy; first
-    /// their capacity groups (module `quota`: removed while their ids are
-    /// known) and, by id, the subvolumes a tenant made inside them (btrfs
-    /// deletes no subvolume that holds another: `nested.rs`).
+    /// Deletes subvolumes in one command, retrying while busy: first the
+    /// limits of their capacity groups are lifted (module `quota`) and, by
+    /// id, the subvolumes a tenant made inside them deleted (btrfs deletes
+    /// no subvolume that holds another: `nested.rs`); after, their groups
+    /// are removed (by the ids read before). A failure sets the lifted
+    /// limits again.
     pub(super) fn delete_subvolumes(&self, paths: &[PathBuf]) -> Result<(), ProviderError> {
         if paths.is_empty() {
             return Ok(());
         }
-        for path in paths {
-            self.release_group(path)?;
-            self.remove_nested(path)?;
+        let mut ids = Vec::with_capacity(paths.len());
+        let mut lifted = Vec::new();
+        let result = (|| {
+            for path in paths {
+                let id = subvol_info(path)?.tree_id;
+                ids.push(id);
+                if let Some(bytes) = self.lift_limit(id)? {
+                    lifted.push((id, bytes));
+                }
+                self.remove_nested(path)?;
+            }
+            self.delete_now(paths)
+        })();
+        match result {
+            Ok(()) => {
+                for id in ids {
+                    self.release_group(id)?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for (id, bytes) in lifted {
+                    if let Err(again) = self.restore_limit(id, bytes) {
+                        tracing::warn!(error = %again, "a volume whose deletion failed is unlimited");
+                    }
+                }
+                Err(e)
+            }
         }
+    }
+
+    /// `btrfs subvolume delete` of `paths` (holding no subvolume), retried
+    /// while busy.
+    fn delete_now(&self, paths: &[PathBuf]) -> Result<(), ProviderError> {
         // No `--commit-after`: the deletion is in the running transaction,
         // made durable by the batched sync (module doc, "Durability").
         let mut cmd = self.btrfs().arg("subvolume").arg("delete");
