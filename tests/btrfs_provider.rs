@@ -1366,18 +1366,20 @@ fn qgroups(fs: &BtrfsFs) -> Vec<(String, u64, String)> {
         .collect()
 }
 
-/// Writes zeros into `file` as `nobody`, 64 KiB at a time and synced, up
-/// to `mib` MiB or until a write fails; returns the bytes the file then
-/// holds and `dd`'s complaint.
-fn fill_as_nobody(file: &Path, mib: usize) -> (u64, String) {
-    let out = common::as_nobody(&[
-        "dd",
-        "if=/dev/zero",
-        &format!("of={}", file.display()),
-        "bs=64K",
-        &format!("count={}", mib * 16),
-        "conv=fsync",
-    ]);
+/// Writes zeros into `file` (as `nobody` if `tenant`), 64 KiB at a time
+/// and synced, up to `mib` MiB or until a write fails; returns the bytes
+/// the file then holds and `dd`'s complaint.
+fn fill(file: &Path, mib: usize, tenant: bool) -> (u64, String) {
+    let (of, count) = (
+        format!("of={}", file.display()),
+        format!("count={}", mib * 16),
+    );
+    let argv = ["dd", "if=/dev/zero", &of, "bs=64K", &count, "conv=fsync"];
+    let out = if tenant {
+        common::as_nobody(&argv)
+    } else {
+        Command::new(argv[0]).args(&argv[1..]).output().unwrap()
+    };
     let written = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     (written, String::from_utf8_lossy(&out.stderr).into_owned())
 }
@@ -1412,13 +1414,13 @@ async fn a_capacity_bounds_the_subvolumes_a_tenant_nests_in_its_volume() {
         let out = common::as_nobody(&["btrfs", "subvolume", "create", path.to_str().unwrap()]);
         assert!(out.status.success(), "nobody made {sub}: {out:?}");
     }
-    let (deep, complaint) = fill_as_nobody(&bound.at.join("inner/deeper/f"), 20);
+    let (deep, complaint) = fill(&bound.at.join("inner/deeper/f"), 20, true);
     assert!(
         complaint.contains("Disk quota exceeded"),
         "writes in a subvolume nested twice stop at the volume's capacity: {deep} bytes \
          written, {complaint}"
     );
-    let (inner, complaint) = fill_as_nobody(&bound.at.join("inner/f"), 20);
+    let (inner, complaint) = fill(&bound.at.join("inner/f"), 20, true);
     assert!(complaint.contains("Disk quota exceeded"), "{complaint}");
     // btrfs reserves data before it writes it (the qgroup's reservation is
     // checked in the write), so what is written never passes the limit:
@@ -1468,5 +1470,167 @@ async fn a_capacity_bounds_the_subvolumes_a_tenant_nests_in_its_volume() {
     let m = open_with_provider(state.path(), &fs.path().join("volumes")).await;
     assert_eq!(cases(&m), [], "a clean reopen");
     assert!(m.volume("v").is_err());
+    m.close().await;
+}
+
+/// How the kernel accounts quotas on `fs`: `squota` (simple), `qgroup`
+/// (full) or `none` (`/sys/fs/btrfs/<uuid>/qgroups/mode`).
+fn quota_mode(fs: &BtrfsFs) -> String {
+    let uuid = btrfs(&["filesystem", "show"], &[fs.path()])
+        .split("uuid: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .expect("a uuid")
+        .to_owned();
+    std::fs::read_to_string(format!("/sys/fs/btrfs/{uuid}/qgroups/mode"))
+        .map_or_else(|_| "none".into(), |m| m.trim().to_owned())
+}
+
+/// The members of qgroup `group` (`btrfs qgroup show -c`).
+fn members(fs: &BtrfsFs, group: &str) -> Vec<String> {
+    qgroups(fs)
+        .into_iter()
+        .find(|(q, _, _)| q == group)
+        .map(|(_, _, m)| {
+            m.split(',')
+                .filter(|m| *m != "-")
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The kernel takes an inheritance list from any creator of a subvolume,
+/// and an explicit one replaces the automatic membership of simple quotas:
+/// a tenant (`nobody`) naming another volume's group with `btrfs subvolume
+/// create -i` places its nested subvolume outside its own group, charged
+/// to the other volume. The kernel cannot refuse it (module doc); the
+/// volume's next capacity change moves the subvolume back into the
+/// volume's group and out of the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_subvolume_placed_in_another_group_is_moved_back_by_the_next_capacity_change() {
+    let test =
+        "a_nested_subvolume_placed_in_another_group_is_moved_back_by_the_next_capacity_change";
+    let Some((fs, _state, m, v)) = one_volume(test).await else {
+        return;
+    };
+    assert_eq!(
+        quota_mode(&fs),
+        "squota",
+        "enabled when the provider opened"
+    );
+    let w = PathBuf::from(
+        m.create_volume("p", Some("w"), Meta::new())
+            .await
+            .unwrap()
+            .location,
+    );
+    for volume in ["v", "w"] {
+        m.set_volume_attributes(volume, Some(8 << 20), Default::default())
+            .await
+            .unwrap();
+    }
+    let (v_group, w_group) = (
+        format!("1/{}", show_field(&v, "Subvolume ID:")),
+        format!("1/{}", show_field(&w, "Subvolume ID:")),
+    );
+    std::os::unix::fs::chown(&v, Some(65534), Some(65534)).unwrap();
+    let bound = Bound::new(&v);
+    let inner = bound.at.join("inner");
+    let out = common::as_nobody(&[
+        "btrfs",
+        "subvolume",
+        "create",
+        "-i",
+        &w_group,
+        inner.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let inner_qgroup = format!("0/{}", show_field(&v.join("inner"), "Subvolume ID:"));
+    assert!(
+        members(&fs, &w_group).contains(&inner_qgroup),
+        "{:?}",
+        qgroups(&fs)
+    );
+    assert!(!members(&fs, &v_group).contains(&inner_qgroup));
+
+    m.set_volume_attributes("v", Some(16 << 20), Default::default())
+        .await
+        .unwrap();
+    assert!(
+        members(&fs, &v_group).contains(&inner_qgroup),
+        "{:?}",
+        qgroups(&fs)
+    );
+    assert!(
+        !members(&fs, &w_group).contains(&inner_qgroup),
+        "{:?}",
+        qgroups(&fs)
+    );
+    drop(bound);
+    m.close().await;
+}
+
+/// Full quotas an operator (or a volmgr before groups) enabled are kept:
+/// the provider never switches the mode. A capacity then bounds the
+/// subvolumes nested in the volume when it is set (made members of its
+/// group), and a limit the old provider left on the volume's own qgroup
+/// is cleared so it cannot cap the new capacity; a subvolume nested later
+/// is outside the group, which full quotas never extend (documented, and
+/// warned at open and at each capacity).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_quotas_are_kept_and_bound_what_was_nested_when_the_capacity_was_set() {
+    let test = "full_quotas_are_kept_and_bound_what_was_nested_when_the_capacity_was_set";
+    let Some(fs) = BtrfsFs::for_test(test, 512) else {
+        return;
+    };
+    btrfs(&["quota", "enable"], &[fs.path()]);
+    let state = tempfile::tempdir().unwrap();
+    let m = open_with_provider(state.path(), &fs.path().join("volumes")).await;
+    assert_eq!(quota_mode(&fs), "qgroup", "full quotas kept");
+    let v = PathBuf::from(
+        m.create_volume("p", Some("v"), Meta::new())
+            .await
+            .unwrap()
+            .location,
+    );
+    btrfs(&["subvolume", "create"], &[&v.join("inner")]);
+    // What the provider before groups set: a limit on 0/<id>.
+    btrfs(&["qgroup", "limit", "1M"], &[&v]);
+    const CAPACITY: u64 = 4 << 20;
+    m.set_volume_attributes("v", Some(CAPACITY), Default::default())
+        .await
+        .unwrap();
+    let own = format!("0/{}", show_field(&v, "Subvolume ID:"));
+    let limits = btrfs(&["qgroup", "show", "--raw", "-r"], &[fs.path()]);
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with(&format!("{own} ")) && l.contains("none")),
+        "the old limit on {own} is cleared: {limits}"
+    );
+    btrfs(&["subvolume", "create"], &[&v.join("later")]);
+    let group = format!("1/{}", show_field(&v, "Subvolume ID:"));
+    let later = format!("0/{}", show_field(&v.join("later"), "Subvolume ID:"));
+    assert!(
+        !members(&fs, &group).contains(&later),
+        "full quotas do not extend the group: {:?}",
+        qgroups(&fs)
+    );
+    let (written, complaint) = fill(&v.join("inner/f"), 8, false);
+    assert!(
+        complaint.contains("Disk quota exceeded"),
+        "{written}: {complaint}"
+    );
+    assert!(
+        written <= CAPACITY,
+        "{written} bytes in a volume of {CAPACITY}"
+    );
+    m.destroy_volume("v").await.unwrap();
+    assert!(
+        qgroups(&fs).iter().all(|(q, _, _)| *q != group),
+        "{:?}",
+        qgroups(&fs)
+    );
     m.close().await;
 }
