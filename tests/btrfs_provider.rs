@@ -14,10 +14,10 @@ use std::process::{Command, Stdio};
 use common::BtrfsFs;
 use uuid::Uuid;
 use volmgr::journal::{Journal, JournalConfig};
-use volmgr::manager::{Manager, ManagerConfig};
+use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::model::VolumeId;
 use volmgr::provider::btrfs::BtrfsProvider;
-use volmgr::provider::{Presence, Provider, VolumeRef, VolumeSpec};
+use volmgr::provider::{Presence, Provider, ProviderConfig, VolumeRef, VolumeSpec};
 use volmgr::state::{Action, Case, DETAIL_GUID, Details, Meta, Record, VolumeKind};
 
 fn btrfs(args: &[&str], paths: &[&Path]) -> String {
@@ -1353,6 +1353,13 @@ async fn a_tenant_cannot_make_its_volume_undestroyable_by_making_subvolumes_read
     m.close().await;
 }
 
+/// Sets data volume `id`'s capacity through the manager.
+async fn set_capacity(m: &Manager, id: &str, bytes: u64) -> Result<(), ManagerError> {
+    m.set_volume_attributes(id, Some(bytes), ProviderConfig::new())
+        .await
+        .map(drop)
+}
+
 /// The qgroups `btrfs qgroup show` lists, as `(id, referenced bytes,
 /// members)`.
 fn qgroups(fs: &BtrfsFs) -> Vec<(String, u64, String)> {
@@ -1380,7 +1387,7 @@ fn fill(file: &Path, mib: usize, tenant: bool) -> (u64, String) {
     } else {
         Command::new(argv[0]).args(&argv[1..]).output().unwrap()
     };
-    let written = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let written = std::fs::metadata(file).map_or(0, |m| m.len());
     (written, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -1404,9 +1411,7 @@ async fn a_capacity_bounds_the_subvolumes_a_tenant_nests_in_its_volume() {
         return;
     };
     const CAPACITY: u64 = 1 << 20;
-    m.set_volume_attributes("v", Some(CAPACITY), Default::default())
-        .await
-        .unwrap();
+    set_capacity(&m, "v", CAPACITY).await.unwrap();
     std::os::unix::fs::chown(&v, Some(65534), Some(65534)).unwrap();
     let bound = Bound::new(&v);
     for sub in ["inner", "inner/deeper"] {
@@ -1432,8 +1437,7 @@ async fn a_capacity_bounds_the_subvolumes_a_tenant_nests_in_its_volume() {
     );
 
     // The volume's usage counts what its nested subvolumes hold.
-    let err = m
-        .set_volume_attributes("v", Some(64 << 10), Default::default())
+    let err = set_capacity(&m, "v", 64 << 10)
         .await
         .expect_err("below what the nested subvolumes hold");
     let text = err.to_string();
@@ -1526,9 +1530,7 @@ async fn a_nested_subvolume_placed_in_another_group_is_moved_back_by_the_next_ca
             .location,
     );
     for volume in ["v", "w"] {
-        m.set_volume_attributes(volume, Some(8 << 20), Default::default())
-            .await
-            .unwrap();
+        set_capacity(&m, volume, 8 << 20).await.unwrap();
     }
     let (v_group, w_group) = (
         format!("1/{}", show_field(&v, "Subvolume ID:")),
@@ -1554,9 +1556,7 @@ async fn a_nested_subvolume_placed_in_another_group_is_moved_back_by_the_next_ca
     );
     assert!(!members(&fs, &v_group).contains(&inner_qgroup));
 
-    m.set_volume_attributes("v", Some(16 << 20), Default::default())
-        .await
-        .unwrap();
+    set_capacity(&m, "v", 16 << 20).await.unwrap();
     assert!(
         members(&fs, &v_group).contains(&inner_qgroup),
         "{:?}",
@@ -1598,9 +1598,7 @@ async fn full_quotas_are_kept_and_bound_what_was_nested_when_the_capacity_was_se
     // What the provider before groups set: a limit on 0/<id>.
     btrfs(&["qgroup", "limit", "1M"], &[&v]);
     const CAPACITY: u64 = 4 << 20;
-    m.set_volume_attributes("v", Some(CAPACITY), Default::default())
-        .await
-        .unwrap();
+    set_capacity(&m, "v", CAPACITY).await.unwrap();
     let own = format!("0/{}", show_field(&v, "Subvolume ID:"));
     let limits = btrfs(&["qgroup", "show", "--raw", "-r"], &[fs.path()]);
     assert!(
@@ -1631,6 +1629,49 @@ async fn full_quotas_are_kept_and_bound_what_was_nested_when_the_capacity_was_se
         qgroups(&fs).iter().all(|(q, _, _)| *q != group),
         "{:?}",
         qgroups(&fs)
+    );
+    m.close().await;
+}
+
+/// Story: a receive replaces a volume's subvolume by a new one (a new
+/// subvolume id), and the capacity was a limit on the old subvolume's
+/// qgroup: after a receive the volume was unlimited (its journal still
+/// saying otherwise).
+///
+/// Property: the new content gets the capacity (a group of its own, with
+/// the same limit) before it is exchanged in; the old content's group goes
+/// with it; writes in the volume, and in a subvolume nested in it, stop at
+/// the capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capacity_survives_a_receive_into_its_volume() {
+    let test = "a_capacity_survives_a_receive_into_its_volume";
+    let Some((fs, _state, m, v)) = one_volume(test).await else {
+        return;
+    };
+    const CAPACITY: u64 = 1 << 20;
+    set_capacity(&m, "v", CAPACITY).await.unwrap();
+    let before = format!("1/{}", show_field(&v, "Subvolume ID:"));
+    m.create_volume("p", Some("w"), Meta::new()).await.unwrap();
+    m.create_snapshot_as("w", Some("sw"), Meta::new())
+        .await
+        .unwrap();
+    let mut stream = Vec::new();
+    m.send_snapshot("sw", &[], &mut stream).await.unwrap();
+    m.receive_snapshot("v", stream.as_slice()).await.unwrap();
+    let after = format!("1/{}", show_field(&v, "Subvolume ID:"));
+    assert_ne!(before, after, "a receive gives the volume a new subvolume");
+    let groups: Vec<String> = qgroups(&fs)
+        .into_iter()
+        .map(|(q, _, _)| q)
+        .filter(|q| q.starts_with("1/"))
+        .collect();
+    assert_eq!(groups, [after], "the old content's group went with it");
+
+    btrfs(&["subvolume", "create"], &[&v.join("inner")]);
+    let (written, complaint) = fill(&v.join("inner/f"), 4, false);
+    assert!(
+        complaint.contains("Disk quota exceeded") && written <= CAPACITY,
+        "{written} bytes written after a receive into a volume of {CAPACITY}: {complaint}"
     );
     m.close().await;
 }

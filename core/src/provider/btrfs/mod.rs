@@ -138,7 +138,9 @@
 //!   made writable. Check
 //!   that exactly one read-only subvolume with a received UUID arrived; rename
 //!   it to `in/vol` (same directory) and tag `in`; make a writable snapshot of
-//!   it and *exchange* it with the target's `vol` (`RENAME_EXCHANGE`, atomic);
+//!   it, give it the target's capacity (a group of its own with the same
+//!   limit: module `quota`) and *exchange* it with the target's `vol`
+//!   (`RENAME_EXCHANGE`, atomic);
 //!   rename `in` to `snapshot/<id>`; `syncfs`; commit by moving `stage/<op>` to
 //!   trash; delete the old target content. The target's path stays
 //!   the same; processes holding files of the old content open keep reading

@@ -53,14 +53,19 @@
 //! (destroy, the purge of a receive's old content, the trash). Its limit
 //! is lifted first: deleting the subvolumes nested in a volume at its
 //! capacity needs room in the volume (`EDQUOT`, measured), and set again
-//! if the deletion fails (busy, say): the volume lives on, bounded. A receive replaces the
-//! volume's subvolume by another (a new id): the capacity stays with the
-//! old content, removed with it, as the limit on `0/<id>` did before.
+//! if the deletion fails (busy, say): the volume lives on, bounded. A
+//! receive replaces the volume's subvolume by another (a new id): the new
+//! content gets a group with the same limit before the exchange
+//! ([`BtrfsProvider::carry_capacity`]; the limit on `0/<id>` before groups
+//! was lost there).
+//!
+//! [`BtrfsProvider::carry_capacity`]: super::BtrfsProvider::carry_capacity
 
 use std::io;
 use std::os::unix::io::RawFd;
 use std::path::Path;
 
+use super::io_err;
 use super::nested::{Key, descendants_deepest_first, for_each_item};
 use super::subvol::subvol_info;
 use crate::provider::ProviderError;
@@ -88,17 +93,20 @@ const FIRST_FREE_OBJECTID: u64 = 256;
 /// `BTRFS_FILE_EXTENT_INLINE`.
 const FILE_EXTENT_INLINE: u8 = 0;
 
-/// `_IOWR(BTRFS_IOCTL_MAGIC, 40, struct btrfs_ioctl_quota_ctl_args)`.
-const BTRFS_IOC_QUOTA_CTL: u64 = (3 << 30) | (16 << 16) | (0x94 << 8) | 40;
+/// `_IOWR(BTRFS_IOCTL_MAGIC, 40, struct btrfs_ioctl_quota_ctl_args)` (40
+/// is `0x28`).
+const BTRFS_IOC_QUOTA_CTL: u64 = (3 << 30) | (16 << 16) | (0x94 << 8) | 0x28;
 /// `BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA`.
 const QUOTA_CTL_ENABLE_SIMPLE_QUOTA: u64 = 4;
-/// `_IOW(BTRFS_IOCTL_MAGIC, 41, struct btrfs_ioctl_qgroup_assign_args)`.
-const BTRFS_IOC_QGROUP_ASSIGN: u64 = (1 << 30) | (24 << 16) | (0x94 << 8) | 41;
-/// `_IOW(BTRFS_IOCTL_MAGIC, 42, struct btrfs_ioctl_qgroup_create_args)`.
-const BTRFS_IOC_QGROUP_CREATE: u64 = (1 << 30) | (16 << 16) | (0x94 << 8) | 42;
+/// `_IOW(BTRFS_IOCTL_MAGIC, 41, struct btrfs_ioctl_qgroup_assign_args)`
+/// (41 is `0x29`).
+const BTRFS_IOC_QGROUP_ASSIGN: u64 = (1 << 30) | (24 << 16) | (0x94 << 8) | 0x29;
+/// `_IOW(BTRFS_IOCTL_MAGIC, 42, struct btrfs_ioctl_qgroup_create_args)`
+/// (42 is `0x2a`).
+const BTRFS_IOC_QGROUP_CREATE: u64 = (1 << 30) | (16 << 16) | (0x94 << 8) | 0x2a;
 /// `_IOR(BTRFS_IOCTL_MAGIC, 43, struct btrfs_ioctl_qgroup_limit_args)`
-/// (`_IOR` in linux/btrfs.h, though the kernel reads it).
-const BTRFS_IOC_QGROUP_LIMIT: u64 = (2 << 30) | (48 << 16) | (0x94 << 8) | 43;
+/// (43 is `0x2b`; `_IOR` in linux/btrfs.h, though the kernel reads it).
+const BTRFS_IOC_QGROUP_LIMIT: u64 = (2 << 30) | (48 << 16) | (0x94 << 8) | 0x2b;
 
 /// How quotas are accounted on the file system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,10 +357,6 @@ impl super::BtrfsProvider {
         }
     }
 
-    fn quota_err(&self, what: String) -> impl FnOnce(io::Error) -> ProviderError {
-        move |e| ProviderError::io(what, e)
-    }
-
     /// Waits for a rescan of the quota numbers (full quotas).
     fn rescan(&self) -> Result<(), ProviderError> {
         self.btrfs()
@@ -381,7 +385,7 @@ impl super::BtrfsProvider {
         let group = group_of(tree_id);
         let at = |doing: &str| format!("{doing} ({what}, subvolume id {tree_id})");
         let mut mode = status(fd)
-            .map_err(self.quota_err(at("reading the btrfs quota status")))?
+            .map_err(io_err(at("reading the btrfs quota status")))?
             .mode;
         if mode == QuotaMode::Off {
             // A kernel without simple quotas (the open tried them).
@@ -400,49 +404,51 @@ impl super::BtrfsProvider {
                  volume from now on (module doc of btrfs/quota.rs)"
             );
         }
-        create(fd, group)
-            .map_err(self.quota_err(at(&format!("creating qgroup {}", show(group)))))?;
+        create(fd, group).map_err(io_err(at(&format!("creating qgroup {}", show(group)))))?;
         let nested: Vec<u64> = descendants_deepest_first(fd, tree_id)
-            .map_err(self.quota_err(at("listing the subvolumes inside")))?
+            .map_err(io_err(at("listing the subvolumes inside")))?
             .into_iter()
             .map(|(id, _)| qgroupid(0, id))
             .collect();
         let mut inconsistent = false;
         for member in std::iter::once(qgroupid(0, tree_id)).chain(nested.iter().copied()) {
-            inconsistent |= relate(fd, member, group, true).map_err(self.quota_err(at(
-                &format!("assigning qgroup {} to {}", show(member), show(group)),
-            )))?;
+            inconsistent |= relate(fd, member, group, true).map_err(io_err(at(&format!(
+                "assigning qgroup {} to {}",
+                show(member),
+                show(group)
+            ))))?;
         }
         // A creator's inheritance list may have put a nested subvolume in
         // another group (module doc): out of it.
         for &member in &nested {
             let (_, groups) = related(fd, member)
-                .map_err(self.quota_err(at(&format!("reading qgroup {}", show(member)))))?;
+                .map_err(io_err(at(&format!("reading qgroup {}", show(member)))))?;
             for other in groups.into_iter().filter(|&g| g != group) {
-                inconsistent |= relate(fd, member, other, false).map_err(self.quota_err(at(
-                    &format!("removing qgroup {} from {}", show(member), show(other)),
-                )))?;
+                inconsistent |= relate(fd, member, other, false).map_err(io_err(at(&format!(
+                    "removing qgroup {} from {}",
+                    show(member),
+                    show(other)
+                ))))?;
             }
         }
         // The info items are written at a commit.
         self.handle
             .commit()
-            .map_err(self.quota_err(at("committing the btrfs transaction")))?;
+            .map_err(io_err(at("committing the btrfs transaction")))?;
         if mode == QuotaMode::Full
             && (inconsistent
                 || status(fd)
-                    .map_err(self.quota_err(at("reading the btrfs quota status")))?
+                    .map_err(io_err(at("reading the btrfs quota status")))?
                     .inconsistent)
         {
             self.rescan()?;
         }
         let charged = referenced(fd, group)
-            .map_err(self.quota_err(at(&format!("reading qgroup {}", show(group)))))?
+            .map_err(io_err(at(&format!("reading qgroup {}", show(group)))))?
             .unwrap_or(0);
         let used = if mode == QuotaMode::Simple {
             charged.max(
-                referenced_by_trees(fd, tree_id)
-                    .map_err(self.quota_err(at("reading the file extents")))?,
+                referenced_by_trees(fd, tree_id).map_err(io_err(at("reading the file extents")))?,
             )
         } else {
             charged
@@ -455,16 +461,50 @@ impl super::BtrfsProvider {
             });
         }
         limit(fd, group, Some(bytes))
-            .map_err(self.quota_err(at(&format!("limiting qgroup {}", show(group)))))?;
+            .map_err(io_err(at(&format!("limiting qgroup {}", show(group)))))?;
         let own = qgroupid(0, tree_id);
         if max_referenced(fd, own)
-            .map_err(self.quota_err(at(&format!("reading qgroup {}", show(own)))))?
+            .map_err(io_err(at(&format!("reading qgroup {}", show(own)))))?
             .is_some()
         {
             limit(fd, own, None)
-                .map_err(self.quota_err(at(&format!("clearing the limit of {}", show(own)))))?;
+                .map_err(io_err(at(&format!("clearing the limit of {}", show(own)))))?;
         }
         Ok(())
+    }
+
+    /// Gives subvolume `to` (a volume's next content: a receive's writable
+    /// snapshot, not yet in place) the capacity of subvolume `from` (the
+    /// content it replaces), if it has one: a group of its own with the
+    /// same limit. Not checked against what `to` holds (the receive
+    /// brought it; writes beyond the limit then fail, `EDQUOT`). Undone
+    /// with `to` if the receive is: every deletion removes the group.
+    pub(super) fn carry_capacity(&self, from: &Path, to: &Path) -> Result<(), ProviderError> {
+        let fd = self.handle.fd();
+        let (from_id, to_id) = (subvol_info(from)?.tree_id, subvol_info(to)?.tree_id);
+        let at = |doing: String| {
+            format!("{doing} (carrying the capacity of subvolume id {from_id} to {to_id})")
+        };
+        if status(fd)
+            .map_err(io_err(at("reading the btrfs quota status".into())))?
+            .mode
+            == QuotaMode::Off
+        {
+            return Ok(());
+        }
+        let Some(bytes) = max_referenced(fd, group_of(from_id)).map_err(io_err(at(format!(
+            "reading qgroup {}",
+            show(group_of(from_id))
+        ))))?
+        else {
+            return Ok(());
+        };
+        let group = group_of(to_id);
+        create(fd, group).map_err(io_err(at(format!("creating qgroup {}", show(group)))))?;
+        relate(fd, qgroupid(0, to_id), group, true)
+            .map_err(io_err(at(format!("assigning qgroup 0/{to_id}"))))?;
+        limit(fd, group, Some(bytes))
+            .map_err(io_err(at(format!("limiting qgroup {}", show(group)))))
     }
 
     /// Lifts the limit of the group of subvolume `tree_id`, before its
@@ -479,17 +519,17 @@ impl super::BtrfsProvider {
         let group = group_of(tree_id);
         let at = |doing: String| format!("{doing} (subvolume id {tree_id}, to delete it)");
         if status(fd)
-            .map_err(self.quota_err(at("reading the btrfs quota status".into())))?
+            .map_err(io_err(at("reading the btrfs quota status".into())))?
             .mode
             == QuotaMode::Off
         {
             return Ok(None);
         }
         let lifted = max_referenced(fd, group)
-            .map_err(self.quota_err(at(format!("reading qgroup {}", show(group)))))?;
+            .map_err(io_err(at(format!("reading qgroup {}", show(group)))))?;
         if lifted.is_some() {
             limit(fd, group, None)
-                .map_err(self.quota_err(at(format!("lifting the limit of {}", show(group)))))?;
+                .map_err(io_err(at(format!("lifting the limit of {}", show(group)))))?;
         }
         Ok(lifted)
     }
@@ -500,7 +540,7 @@ impl super::BtrfsProvider {
     /// [`BtrfsProvider::lift_limit`]: super::BtrfsProvider::lift_limit
     pub(super) fn restore_limit(&self, tree_id: u64, bytes: u64) -> Result<(), ProviderError> {
         let group = group_of(tree_id);
-        limit(self.handle.fd(), group, Some(bytes)).map_err(self.quota_err(format!(
+        limit(self.handle.fd(), group, Some(bytes)).map_err(io_err(format!(
             "setting the limit of {} again (subvolume id {tree_id}, whose deletion failed)",
             show(group)
         )))
@@ -514,22 +554,22 @@ impl super::BtrfsProvider {
         let group = group_of(tree_id);
         let at = |doing: String| format!("{doing} (of deleted subvolume id {tree_id})");
         if status(fd)
-            .map_err(self.quota_err(at("reading the btrfs quota status".into())))?
+            .map_err(io_err(at("reading the btrfs quota status".into())))?
             .mode
             == QuotaMode::Off
         {
             return Ok(());
         }
-        let (members, _) = related(fd, group)
-            .map_err(self.quota_err(at(format!("reading qgroup {}", show(group)))))?;
+        let (members, _) =
+            related(fd, group).map_err(io_err(at(format!("reading qgroup {}", show(group)))))?;
         for member in members {
-            relate(fd, member, group, false).map_err(self.quota_err(at(format!(
+            relate(fd, member, group, false).map_err(io_err(at(format!(
                 "removing qgroup {} from {}",
                 show(member),
                 show(group)
             ))))?;
         }
-        destroy(fd, group).map_err(self.quota_err(at(format!("destroying qgroup {}", show(group)))))
+        destroy(fd, group).map_err(io_err(at(format!("destroying qgroup {}", show(group)))))
     }
 }
 

@@ -92,6 +92,7 @@ impl BtrfsProvider {
             .path_arg(&fresh)?
             .run()?;
         let target_vol = self.location(VolumeKind::Data, target);
+        self.carry_capacity(&target_vol, &fresh)?;
         exchange_subvolumes(&fresh, &target_vol)
             .map_err(io_err(format!("exchange {}", target_vol.display())))?;
         self.commit(&incoming, VolumeKind::Snapshot, spec.id)?;
