@@ -19,6 +19,9 @@
 //! retried; the parent is opened by its file handle (`open_by_handle_at`
 //! of its root directory, inode 256 of its tree, with that inode's
 //! generation read from the tree): again no path inside the volume.
+//!
+//! The tree search by key range ([`for_each_item`]) also serves module
+//! `quota`, which reads the quota tree and a volume's file extents with it.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
