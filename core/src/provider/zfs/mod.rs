@@ -278,6 +278,7 @@ use program::DestroySnapshot;
 
 mod attributes;
 mod dataset;
+mod holds;
 mod parse;
 mod program;
 mod receive;
@@ -768,6 +769,25 @@ impl ZfsProvider {
         }
     }
 
+    /// The error of a destroy of snapshot `name` (input `volume`) that
+    /// its destroy program found busy with user `holds` that waiting does
+    /// not release ([`holds::Holds::lasting`]): [`ProviderError::Busy`]
+    /// naming its location and those holds (tags escaped and cut short).
+    /// Nothing was destroyed, nothing else was run.
+    fn held(&self, name: &str, volume: &VolumeRef<'_>, holds: &holds::Holds) -> ProviderError {
+        let location = self.location_of_name(name);
+        ProviderError::Busy {
+            what: format!("snapshot {} ({name})", volume.id),
+            cause: format!(
+                "held at {location}: it has user holds (`zfs holds`), which stay until \
+                 released: {}; nothing was destroyed: destroy it again once they are \
+                 released (`zfs release <tag> {name}`) (zfs: zfs.sync.destroy returned \
+                 EBUSY, dataset is busy)",
+                holds.describe()
+            ),
+        }
+    }
+
     /// The row of input volume `v` named `name`, if it exists and is ours.
     fn ours(
         &self,
@@ -908,9 +928,14 @@ impl Provider for ZfsProvider {
                 DestroySnapshot::Clones { clones } => {
                     return Err(Self::has_clones(name, &clones));
                 }
-                // Mounted under `.zfs/snapshot` (or held): `zfs destroy`
-                // unmounts it first, and retries or reports a hold as busy.
-                DestroySnapshot::Busy => return self.destroy_checked(name, volume),
+                // A user hold that waiting does not release: busy now, with
+                // no `zfs destroy` and no retry (there were 8, ~6.3 s).
+                DestroySnapshot::Busy { holds } if !holds.lasting().is_empty() => {
+                    return Err(self.held(&name, volume, &holds));
+                }
+                // Mounted under `.zfs/snapshot` (or a send's passing
+                // hold): `zfs destroy` unmounts it first, and retries.
+                DestroySnapshot::Busy { .. } => return self.destroy_checked(name, volume),
             }
         }
         let Some(row) = Self::one(&name)? else {
