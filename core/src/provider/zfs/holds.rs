@@ -117,7 +117,7 @@ fn shown(tag: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.is_empty() || s.len() % 2 != 0 || s.len() > 2 * 255 {
+    if s.is_empty() || !s.len().is_multiple_of(2) || s.len() > 2 * 255 {
         return None;
     }
     s.as_bytes()
@@ -131,7 +131,11 @@ mod tests {
     use super::*;
 
     fn hex(tag: &[u8]) -> String {
-        tag.iter().map(|b| format!("{b:02x}")).collect()
+        use std::fmt::Write;
+        tag.iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
     }
 
     #[test]
