@@ -286,3 +286,72 @@ fn record_decoder_refuses_lengths_over_the_limit_before_allocating() {
     bytes.extend_from_slice(&((1u32 << 20) + 1).to_le_bytes());
     assert!(volmgr::journal::decode_record::<Vec<u8>>(&bytes).is_err());
 }
+
+/// The reconciliation cases are `Case`'s variant indices on disk (spec:
+/// "Record schema changes"): `DestroyFailed`, added for a destroy refused
+/// at open, is index 18, one byte `0x12` where the record's `case` field
+/// is, and every older case keeps its index, so a journal written before
+/// reads as before.
+#[test]
+fn a_destroy_failed_reconciliation_is_case_18_and_the_older_cases_keep_their_bytes() {
+    use volmgr::state::{Case, Effect, OpId, OpResult, Record};
+    let older = [
+        Case::CreateRolledForward,
+        Case::CreateInterrupted,
+        Case::CreateFinished,
+        Case::DestroyFinished,
+        Case::DestroyAlreadyGone,
+        Case::DerivedRolledForward,
+        Case::DerivedUndone,
+        Case::VolumeLost,
+        Case::LostVolumeFound,
+        Case::OrphanReported,
+        Case::OrphanGone,
+        Case::ForeignIgnored,
+        Case::ProviderAddInterrupted,
+        Case::AdoptInterrupted,
+        Case::ReceiveSuspended,
+        Case::AbortReceiveFinished,
+        Case::AttributesReapplied,
+        Case::AttributesInterrupted,
+    ];
+    for (index, case) in (0u8..).zip(older) {
+        assert_eq!(volmgr::journal::encode_record(&case).unwrap(), [index]);
+    }
+    assert_eq!(
+        volmgr::journal::encode_record(&Case::DestroyFailed).unwrap(),
+        [18]
+    );
+    let op = OpId::from_u128(1);
+    let record = |case| Record::Reconciled {
+        at_ms: 5,
+        case,
+        detail: "d".into(),
+        effect: Effect::Resolve {
+            op,
+            result: OpResult::Failed { error: "e".into() },
+        },
+    };
+    // Record variant 2 (Reconciled), at_ms, case, detail, effect Resolve
+    // (0), op (a UUID: its 16 bytes with their length), Failed (1), error.
+    let mut bytes = vec![2, 5, 18, 1, b'd', 0, 16];
+    bytes.extend_from_slice(op.as_bytes());
+    bytes.extend_from_slice(&[1, 1, b'e']);
+    assert_eq!(
+        volmgr::journal::encode_record(&record(Case::DestroyFailed)).unwrap(),
+        bytes
+    );
+    assert_eq!(
+        volmgr::journal::decode_record::<Record>(&bytes).unwrap(),
+        record(Case::DestroyFailed)
+    );
+    // The same record as an older volmgr wrote it: byte 3, destroy-finished.
+    bytes[2] = 3;
+    assert_eq!(
+        volmgr::journal::decode_record::<Record>(&bytes).unwrap(),
+        record(Case::DestroyFinished)
+    );
+    // One past the last case is refused (what an older volmgr does with 18).
+    bytes[2] = 19;
+    assert!(volmgr::journal::decode_record::<Record>(&bytes).is_err());
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use volmgr::journal::{Journal, JournalConfig};
 use volmgr::manager::Manager;
-use volmgr::provider::sim::SimProvider;
+use volmgr::provider::sim::{SimCall, SimFault, SimProvider, When};
 use volmgr::state::{
     Action, Case, DETAIL_RESUME_GUID, DETAIL_RESUME_SNAPSHOT, DETAIL_RESUME_SOURCE,
     DETAIL_RESUME_TOKEN, Done, Effect, META_PULL_SNAPSHOT, META_PULL_SOURCE, Meta, OpResult,
@@ -157,6 +157,48 @@ async fn pending_destroy_of_present_volume_destroys_it_then_done() {
     assert!(matches!(effect, Effect::Resolve { op: o, result: OpResult::Done(_) } if o == op(3)));
     assert!(sim.volume_ids().is_empty(), "the volume was destroyed");
     assert!(!state.volumes.contains_key("v"));
+}
+
+/// Story: a destroy killed mid-way is retried at open; when the provider
+/// refuses it again (on ZFS: busy, a user hold), recovery journaled the
+/// Failed resolution under `case=destroy-finished`, so `volmgr journal
+/// dump` told the operator the destroy had finished above a volume that
+/// stayed. The record now says `destroy-failed`; the volume stays live.
+#[tokio::test]
+async fn pending_destroy_the_provider_refuses_at_open_is_journaled_destroy_failed_and_keeps_the_volume()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProvider::new();
+    let mut records = provider_records();
+    records.extend([
+        create_intent(2, "v"),
+        done(2, "v"),
+        Record::Intent {
+            op: op(3),
+            at_ms: T0 + 3,
+            action: Action::DestroyVolume { volume: "v".into() },
+        },
+    ]);
+    write_journal(dir.path(), &records).await;
+    sim.plant_orphan("v", op(2), VolumeKind::Data, true);
+    sim.set_fault(Some(SimFault {
+        call: SimCall::Destroy,
+        when: When::Before,
+        nth: 1,
+    }));
+
+    let (res, state) = reconcile(dir.path(), &sim).await;
+    let (case, effect) = only(&res);
+    assert_eq!(case, Case::DestroyFailed);
+    assert_eq!(case.name(), "destroy-failed");
+    assert!(
+        matches!(&effect, Effect::Resolve { op: o, result: OpResult::Failed { error } }
+            if *o == op(3) && error.contains("destroy during recovery failed")),
+        "{effect:?}"
+    );
+    assert_eq!(sim.volume_ids(), vec!["v".to_string()], "nothing destroyed");
+    assert_eq!(state.volumes["v"].status, VolumeStatus::Live);
+    assert!(state.pending.is_empty());
 }
 
 #[tokio::test]

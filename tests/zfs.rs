@@ -561,10 +561,10 @@ async fn a_tenant_inside_a_snapshot_makes_its_destroy_a_busy_conflict_that_chang
     let tenant = Tenant::nobody_inside(&s.location);
     let (err, ran) = busy_destroy(&m, &s.id, "snapshot, a tenant inside").await;
     assert_in_use(err, VolumeKind::Snapshot, &s.id, &s.location);
-    // The program (EBUSY: mounted), one `zfs destroy` (the snapshot still
-    // mounted after it: a process holds it, no retry; there were 8), and
-    // the manager's lookup after a failed destroy (2).
-    assert_eq!(ran, zfs_commands(4), "snapshot held by a tenant");
+    // The program (EBUSY: mounted, no user hold), one `zfs destroy` (the
+    // snapshot still mounted after it: a process holds it, no retry; there
+    // were 8), and no lookup after it (Busy: nothing destroyed; it was 2).
+    assert_eq!(ran, zfs_commands(2), "snapshot held by a tenant");
     // Everything else the snapshot serves goes on.
     assert_eq!(m.volume(&s.id).unwrap(), s, "state unchanged");
     assert_eq!(
@@ -643,8 +643,8 @@ async fn a_tenant_inside_a_volume_makes_its_destroy_a_busy_conflict_that_leaves_
     let (err, ran) = busy_destroy(&m, &v.id, "volume, a tenant inside").await;
     let message = assert_in_use(err, VolumeKind::Data, &v.id, &v.location);
     // The listing, one `zfs destroy` ("cannot unmount": no retry; there
-    // were 8), the manager's lookup after a failed destroy (2).
-    assert_eq!(ran, zfs_commands(4), "volume held in the host's namespace");
+    // were 8), no lookup after it (Busy; it was 2).
+    assert_eq!(ran, zfs_commands(2), "volume held in the host's namespace");
     assert!(message.contains("cannot unmount"), "{message}");
     still_mounted("tenant in the host's namespace");
     drop(tenant);
@@ -655,8 +655,8 @@ async fn a_tenant_inside_a_volume_makes_its_destroy_a_busy_conflict_that_leaves_
     // The listing, two `zfs destroy` (the first unmounts it, both busy: the
     // second, on the unmounted volume, tells a mount elsewhere from a
     // passing state; there were 8), `list`, `mount`, `list` to mount it
-    // again, the manager's lookup after a failed destroy (2).
-    assert_eq!(ran, zfs_commands(8), "volume held from another namespace");
+    // again, no lookup after it (Busy; it was 2).
+    assert_eq!(ran, zfs_commands(6), "volume held from another namespace");
     still_mounted("tenant in a namespace of its own");
     let status = csi
         .controller
@@ -708,7 +708,9 @@ async fn journal_destroy_intent(state: &Path, volume: &str) {
 /// the host and failed "dataset is busy" (the volume's location an empty
 /// directory on the host's file system). The next open retries both
 /// destroys while the tenants are still there: each is journaled as a
-/// Failed resolution naming the busy location, the manager opens, both stay
+/// Failed resolution naming the busy location, under the case
+/// `destroy-failed` (it was `destroy-finished`, which told an operator
+/// reading `volmgr journal dump` the destroy had finished), the manager opens, both stay
 /// listed, live and readable (the volume mounted again where the killed
 /// destroy left it unmounted), nothing is foreign or lost; once the tenants
 /// have left, the same destroys go through and the open after that has
@@ -760,8 +762,8 @@ async fn a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_f
         .collect();
     resolved.sort_by(|a, b| a.1.cmp(&b.1));
     let mut expected = vec![
-        (Case::DestroyFinished, Some(s.id.clone())),
-        (Case::DestroyFinished, Some(w.id.clone())),
+        (Case::DestroyFailed, Some(s.id.clone())),
+        (Case::DestroyFailed, Some(w.id.clone())),
     ];
     expected.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(resolved, expected, "the two pending destroys, nothing else");
@@ -770,7 +772,7 @@ async fn a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_f
         assert_eq!(records.len(), 1, "{records:#?}");
         let r = &records[0];
         assert!(
-            r.contains("effect=resolve failed error=")
+            r.starts_with("case=destroy-failed effect=resolve failed error=")
                 && r.contains("destroy during recovery failed")
                 && r.contains(&format!("is busy: in use at {location}"))
                 && r.contains("dataset is busy")
@@ -796,6 +798,241 @@ async fn a_destroy_killed_while_a_tenant_holds_it_is_retried_at_open_as_a_busy_f
     drop(in_w);
     m.destroy_volume(&s.id).await.unwrap();
     m.destroy_volume(&w.id).await.unwrap();
+    m.close().await;
+    let m = reopen_clean(&state, &pool).await;
+    let ids: Vec<String> = m.volumes().into_iter().map(|x| x.id).collect();
+    assert_eq!(ids, [v.id.as_str()]);
+    m.close().await;
+}
+
+// --- user holds (`zfs hold`) ---------------------------------------------------
+
+/// `zfs hold`/`zfs release` (`verb`) of `tag` on `snapshot`, by hand (the
+/// operator's act; after `--`, as a tag may look like a flag).
+fn zfs_hold(verb: &str, tag: &str, snapshot: &str) {
+    let out = Command::new("zfs")
+        .args([verb, "--", tag, snapshot])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "zfs {verb} {tag:?} {snapshot}: {out:?}"
+    );
+}
+
+/// The ZFS name of snapshot `s` of volume `v` in `pool`.
+fn snapshot_dataset(pool: &ZfsPool, v: &str, s: &str) -> String {
+    format!("{}/data/{v}@{s}", pool.dataset())
+}
+
+/// Asserts that `err` is the provider's busy error of snapshot `id` held
+/// at `location` by user holds naming each of `tags` (quoted, escaped),
+/// and that the agent answers it 409 `busy`; returns the message.
+#[track_caller]
+fn assert_held(err: ManagerError, id: &str, location: &str, tags: &[&str]) -> String {
+    match &err {
+        ManagerError::Provider {
+            error: ProviderError::Busy { what, cause },
+            ..
+        } => {
+            assert!(what.starts_with(&format!("snapshot {id} (")), "{what}");
+            assert!(
+                cause.contains(&format!("held at {location}: it has user holds")),
+                "{cause}"
+            );
+            for tag in tags {
+                assert!(cause.contains(&format!("{tag:?}")), "{tag:?}: {cause}");
+            }
+            assert!(cause.contains("nothing was destroyed"), "{cause}");
+            assert!(cause.contains("zfs release"), "{cause}");
+        }
+        other => panic!("expected the provider's Busy, got {other:?}"),
+    }
+    let api = volmgr::agent::error::ApiError::from(err);
+    assert_eq!(
+        (api.status.as_u16(), api.code),
+        (409, "busy"),
+        "{}",
+        api.message
+    );
+    api.message
+}
+
+/// Story: an operator's `zfs hold TAG SNAPSHOT` keeps the snapshot from
+/// being destroyed until `zfs release`; ZFS says only "dataset is busy".
+/// The destroy was retried as a passing busy state: the program, 8 `zfs
+/// destroy` runs (about 6.3 s of back-off, the snapshot's claim held) and
+/// the manager's 2-command lookup after it, 11 commands, for an answer
+/// that waiting never changes, and the error did not say what held it.
+/// Now the destroy program reads the holds in the sync task that found it
+/// busy: one command, a busy conflict naming the hold tags (409 `busy`,
+/// CSI `FAILED_PRECONDITION`), the snapshot unchanged; once the holds are
+/// released the destroy goes through and the next open finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_hold_makes_a_snapshot_destroy_a_one_command_busy_conflict_naming_it_until_released()
+{
+    let Some((pool, dir, state, m)) = managed_pool(
+        "a_user_hold_makes_a_snapshot_destroy_a_one_command_busy_conflict_naming_it_until_released",
+    )
+    .await
+    else {
+        return;
+    };
+    let v = m.create_volume("default", None, Meta::new()).await.unwrap();
+    std::fs::write(Path::new(&v.location).join("f"), b"kept").unwrap();
+    let s = m.create_snapshot(&v.id, Meta::new()).await.unwrap();
+    let snap = snapshot_dataset(&pool, &v.id, &s.id);
+    let (mut csi, stop) = csi_plugin(&m, dir.path()).await;
+    // Tags are the operator's data: a space, a leading `-`.
+    let tags = ["audit 2026-12", "-r keep"];
+    for tag in tags {
+        zfs_hold("hold", tag, &snap);
+    }
+
+    let (err, ran) = busy_destroy(&m, &s.id, "snapshot with two user holds").await;
+    // The program only: its EBUSY with the holds (no `zfs destroy`, no
+    // retry: there were 8), no lookup after it (Busy): 11 before.
+    assert_eq!(ran, zfs_commands(1), "snapshot with user holds");
+    assert_held(err, &s.id, &s.location, &tags);
+    let status = csi
+        .controller
+        .delete_snapshot(volmgr::csi::proto::DeleteSnapshotRequest {
+            snapshot_id: s.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("audit 2026-12"), "{status:?}");
+    assert_eq!(m.volume(&s.id).unwrap(), s, "state unchanged");
+    assert_eq!(
+        std::fs::read(Path::new(&s.location).join("f")).unwrap(),
+        b"kept",
+        "still readable at its location"
+    );
+    let held = zfs_out(&["holds", "-H", &snap]);
+    assert!(tags.iter().all(|t| held.contains(t)), "{held}");
+
+    // One released, the other still named.
+    zfs_hold("release", tags[0], &snap);
+    let (err, ran) = busy_destroy(&m, &s.id, "snapshot with one user hold").await;
+    assert_eq!(ran, zfs_commands(1), "snapshot with a user hold");
+    let message = assert_held(err, &s.id, &s.location, &tags[1..]);
+    assert!(!message.contains(tags[0]), "{message}");
+
+    zfs_hold("release", tags[1], &snap);
+    let (done, ran) = counted(m.destroy_volume(&s.id)).await;
+    done.unwrap();
+    assert_eq!(ran, zfs_commands(1), "released: the program destroys it");
+    stop.cancel();
+    m.close().await;
+    assert_eq!(
+        destroy_results(&state, &s.id),
+        ["failed", "failed", "failed", "done"]
+    );
+    let m = reopen_clean(&state, &pool).await;
+    assert!(m.volume(&s.id).is_err());
+    assert_eq!(m.volume(&v.id).unwrap().location, v.location);
+    m.close().await;
+}
+
+/// Story: the manager is killed during destroys of snapshots that user
+/// holds keep (intents durable, no outcome). The next open retried each
+/// pending destroy as a passing busy state, one after another: 9 `zfs`
+/// commands and about 6.3 s each (N of them: N × 6.3 s before the agent
+/// serves), and journaled each as `case=destroy-finished`. Now each costs
+/// the destroy program alone, is journaled `case=destroy-failed` with the
+/// hold named, and the snapshots stay, unchanged; once released, they are
+/// destroyed and the open after that has nothing to resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroys_killed_while_user_holds_keep_their_snapshots_fail_at_open_in_one_command_each() {
+    const N: u64 = 4;
+    let Some((pool, _dir, state, m)) = managed_pool(
+        "destroys_killed_while_user_holds_keep_their_snapshots_fail_at_open_in_one_command_each",
+    )
+    .await
+    else {
+        return;
+    };
+    let v = m.create_volume("default", None, Meta::new()).await.unwrap();
+    std::fs::write(Path::new(&v.location).join("f"), b"in v").unwrap();
+    let mut snaps = Vec::new();
+    for _ in 0..N {
+        let s = m.create_snapshot(&v.id, Meta::new()).await.unwrap();
+        zfs_hold("hold", "keep", &snapshot_dataset(&pool, &v.id, &s.id));
+        snaps.push(s);
+    }
+    m.close().await;
+    // What an open costs with nothing to resolve.
+    let started = Instant::now();
+    let (m, clean) = counted(reopen_clean(&state, &pool)).await;
+    let clean_time = started.elapsed();
+    m.close().await;
+
+    for s in &snaps {
+        journal_destroy_intent(&state, &s.id).await;
+    }
+    let started = Instant::now();
+    let (m, ran) = counted(Manager::open(
+        &state,
+        manager_config(pool.provider_config()),
+    ))
+    .await;
+    let m = m.expect("the manager opens while holds keep what it was destroying");
+    println!(
+        "FIGURE open with {N} pending destroys of held snapshots: {} zfs commands, {:?} (with nothing pending: {}, {clean_time:?})",
+        ran.zfs,
+        started.elapsed(),
+        clean.zfs,
+    );
+    // One destroy program per pending destroy (there were 9 each: the
+    // program, then 8 `zfs destroy`).
+    assert_eq!(
+        ran,
+        CommandCount {
+            zfs: clean.zfs + N,
+            ..clean
+        },
+        "one command per pending destroy of a held snapshot"
+    );
+    let report = m.reconcile_report();
+    assert!(report.foreign.is_empty(), "{:?}", report.foreign);
+    let mut resolved: Vec<(Case, Option<String>)> = report
+        .resolutions
+        .iter()
+        .map(|(c, v, _)| (*c, v.clone()))
+        .collect();
+    resolved.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut expected: Vec<(Case, Option<String>)> = snaps
+        .iter()
+        .map(|s| (Case::DestroyFailed, Some(s.id.clone())))
+        .collect();
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(resolved, expected, "the pending destroys, nothing else");
+    for s in &snaps {
+        let records = dumped(&state, "reconciled", &s.id);
+        assert_eq!(records.len(), 1, "{records:#?}");
+        let r = &records[0];
+        assert!(
+            r.starts_with("case=destroy-failed effect=resolve failed error=")
+                && r.contains("destroy during recovery failed")
+                && r.contains(&format!("held at {}: it has user holds", s.location))
+                && r.contains("keep")
+                && r.contains("action=destroy"),
+            "{r}"
+        );
+        assert_eq!(m.volume(&s.id).unwrap(), *s, "the snapshot unchanged");
+    }
+    assert_eq!(m.volumes().len(), 1 + snaps.len());
+    m.close().await;
+
+    for s in &snaps {
+        zfs_hold("release", "keep", &snapshot_dataset(&pool, &v.id, &s.id));
+    }
+    let m = reopen_clean(&state, &pool).await;
+    for s in &snaps {
+        m.destroy_volume(&s.id).await.unwrap();
+    }
     m.close().await;
     let m = reopen_clean(&state, &pool).await;
     let ids: Vec<String> = m.volumes().into_iter().map(|x| x.id).collect();

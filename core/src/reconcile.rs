@@ -61,7 +61,8 @@ pub enum Resolution {
     FailInterrupted,
     /// Finish the half-made item, then Done (Failed if finishing fails).
     FinishThenDone,
-    /// Destroy it, then Done.
+    /// Destroy it, then Done (Failed if the provider refuses, journaled as
+    /// [`Case::DestroyFailed`]: see [`FAILED_AS`]).
     DestroyThenDone,
     /// Already as intended: Done.
     Done,
@@ -219,6 +220,26 @@ pub const TABLE: &[Row] = &[
     row(Case::ForeignIgnored, J::NoRecord, P::Untagged, R::Ignore),
 ];
 
+/// The rows whose provider step can fail, each with the case its record
+/// is journaled under when it does: a row's case names what recovery set
+/// out to do, and a record must say what happened (an operator reading
+/// `volmgr journal dump` after a destroy refused at open, busy or held,
+/// must not read `destroy-finished` above a kept volume).
+pub const FAILED_AS: &[(Case, Case)] = &[(Case::DestroyFinished, Case::DestroyFailed)];
+
+/// The case a performed decision of `decided` is journaled under: its
+/// row's, or, when its step ended in a Failed resolution (`failed`), the
+/// case [`FAILED_AS`] names for that row.
+pub fn performed_case(decided: Case, failed: bool) -> Case {
+    if !failed {
+        return decided;
+    }
+    FAILED_AS
+        .iter()
+        .find(|(row, _)| *row == decided)
+        .map_or(decided, |(_, as_failed)| *as_failed)
+}
+
 /// Looks a pair up in [`TABLE`].
 pub fn lookup(journal: JournalSays, provider: ProviderShows) -> Option<&'static Row> {
     TABLE.iter().find(|r| {
@@ -255,7 +276,7 @@ pub enum Step {
         volume: String,
         found: Found,
     },
-    /// Destroy it, then Done.
+    /// Destroy it, then Done (Failed if the provider refuses).
     DestroyThenDone {
         op: OpId,
         volume: String,
@@ -656,6 +677,29 @@ mod tests {
             lookup(J::Live, P::Complete).is_none(),
             "a present live volume needs nothing"
         );
+    }
+
+    #[test]
+    fn a_destroy_refused_at_open_is_journaled_as_failed_and_nothing_else_changes_case() {
+        assert_eq!(
+            performed_case(Case::DestroyFinished, true),
+            Case::DestroyFailed
+        );
+        assert_eq!(
+            performed_case(Case::DestroyFinished, false),
+            Case::DestroyFinished
+        );
+        // A row whose failure is its own case keeps it (an interrupted
+        // create is recorded Failed by design).
+        assert_eq!(
+            performed_case(Case::CreateInterrupted, true),
+            Case::CreateInterrupted
+        );
+        // Every failure case is a row's, and is no row's case itself.
+        for (row, failed) in FAILED_AS {
+            assert!(TABLE.iter().any(|r| r.case == *row), "{row}");
+            assert!(!TABLE.iter().any(|r| r.case == *failed), "{failed}");
+        }
     }
 
     #[test]

@@ -229,6 +229,11 @@ pub enum Case {
     AttributesReapplied,
     /// A pending set-attributes whose volume is gone: Failed.
     AttributesInterrupted,
+    /// A pending destroy whose volume is there, retried at open, that the
+    /// provider refused (busy, held, dependents): Failed, the volume kept.
+    /// The row's case is [`Case::DestroyFinished`]; its record says this
+    /// one ([`crate::reconcile::performed_case`]).
+    DestroyFailed,
 }
 
 impl Case {
@@ -252,6 +257,7 @@ impl Case {
             Case::AbortReceiveFinished => "abort-receive-finished",
             Case::AttributesReapplied => "attributes-reapplied",
             Case::AttributesInterrupted => "attributes-interrupted",
+            Case::DestroyFailed => "destroy-failed",
         }
     }
 }
@@ -308,7 +314,9 @@ pub enum Record {
         at_ms: u64,
         result: OpResult,
     },
-    /// What recovery decided at open, with the table row that decided it.
+    /// What recovery decided at open, with the table row that decided it
+    /// (or, if that row's provider step failed, the case saying so:
+    /// [`crate::reconcile::performed_case`]).
     Reconciled {
         at_ms: u64,
         case: Case,

@@ -163,13 +163,23 @@ impl Manager {
             let Some(effect) = effect else {
                 continue;
             };
+            // What happened, not only what was set out: a destroy the
+            // provider refused is `destroy-failed`.
+            let failed = matches!(
+                effect,
+                Effect::Resolve {
+                    result: OpResult::Failed { .. },
+                    ..
+                }
+            );
+            let case = reconcile::performed_case(d.case, failed);
             records.push(Record::Reconciled {
                 at_ms: now_ms(),
-                case: d.case,
+                case,
                 detail: d.detail.clone(),
                 effect,
             });
-            resolved.push((d.case, d.volume, d.detail));
+            resolved.push((case, d.volume, d.detail));
         }
         let mut resolved = resolved.into_iter();
         let handed = inner

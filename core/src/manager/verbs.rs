@@ -149,6 +149,10 @@ impl Manager {
                 .run(claim, action, &provider_id, move |_op| {
                     match provider.destroy(&volume_ref(&volume)?) {
                         Ok(()) => Ok(Done::default()),
+                        // Busy: nothing was destroyed, the volume is there
+                        // (the contract of `Provider::destroy`): no lookup
+                        // (two `zfs` commands on ZFS) to find that out.
+                        Err(e @ ProviderError::Busy { .. }) => Err(e),
                         // Failed after its side effect? If the volume is gone
                         // the destroy happened: journal Done, not Failed, or
                         // the state would keep a volume the provider lost.

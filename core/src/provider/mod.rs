@@ -416,6 +416,9 @@ pub trait Provider: Send + Sync + fmt::Debug {
     ) -> Result<Created, ProviderError>;
 
     /// Destroys a volume or snapshot. Succeeds if it is already gone.
+    /// [`ProviderError::Busy`] means nothing was destroyed: the item is
+    /// still there, as it was (the manager then looks nothing up; any other
+    /// error may come after a side effect, and it looks the item up).
     fn destroy(&self, volume: &VolumeRef<'_>) -> Result<(), ProviderError>;
 
     /// Writes a stream of `snapshot`; incremental from `base` when given (a

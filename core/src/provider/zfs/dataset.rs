@@ -110,8 +110,10 @@ impl ZfsProvider {
     /// `held` (given that answer and its attempt, from 1) says a process or
     /// a mount holds, with why: retrying cannot help until it leaves, and
     /// each retry would keep the caller (and its claim) waiting. The retries
-    /// are for what passes by itself (a concurrent receive or send, a hold
-    /// being released, a mount being torn down).
+    /// are for what passes by itself (a concurrent receive or send, a
+    /// running `zfs send -R`'s temporary hold, a mount being torn down; a
+    /// snapshot's lasting user hold is found by its destroy program
+    /// before any retry: `holds.rs`).
     pub(super) fn retry_busy_unless_held<T>(
         what: &str,
         held: impl Fn(&ProviderError, u32) -> Option<&'static str>,

@@ -200,7 +200,7 @@
 //! | create   | 1 | `create -o mountpoint -o tags` (success means created and mounted) |
 //! | snapshot | 1 | `program`: is the source ours? the snapshot, its tags, its guid (an existing one's tags, for idempotence) |
 //! | fork     | 2 | `list` snapshot (is it ours?), `clone -o mountpoint -o tags` |
-//! | destroy  | 2 / 1 | a filesystem: `list` (is it ours? a partial receive to abort?), `destroy`; a snapshot: `program` (is it ours? destroy; its clones if it has any), then `destroy` only if it was mounted (`EBUSY`) |
+//! | destroy  | 2 / 1 | a filesystem: `list` (is it ours? a partial receive to abort?), `destroy`; a snapshot: `program` (is it ours? destroy; its clones if it has any; its user holds if busy), then `destroy` only if it was busy without a hold that lasts (mounted, `EBUSY`) |
 //! | send     | 2 | `list` the snapshot, and its base for an incremental, in one command (ours?), `send` |
 //! | receive  | 5 | `list -d 1` the target and its snapshots (ours? partial? does the stream fit?), `get used,available` of the pool (the space bound's first grant; a `zpool sync` and a `get` per further grant of at most 256 MiB of charges), `set` mark, `recv` into `<target>@<id>`, `program`: the arrival by guid, its tags, the mark cleared (the target mounted? `/proc/self/mountinfo`, no command; `mount` only if not) |
 //! | lookup   | 2 / 1 | `program -n`: the names that can carry the id's tag; `list` of them (none: the program only) (see "Lookup of one id") |
@@ -249,7 +249,10 @@
 //!
 //! "dataset is busy" is retried (bounded, growing back-off; a destroy stops
 //! at once when a process or a mount elsewhere holds the dataset, which
-//! waiting cannot outlast: `destroy_held`) then reported as
+//! waiting cannot outlast: `destroy_held`; a snapshot with a user hold
+//! other than a running `zfs send -R`'s is not retried at all: its destroy
+//! program reads the holds in the sync task that found it busy, and the
+//! error names them, `holds.rs`) then reported as
 //! [`ProviderError::Busy`] with ZFS's message as the cause (so is a
 //! snapshot's `EAGAIN`: another snapshot of its filesystem in the same
 //! transaction group, which `zfs snapshot` retried itself and a channel
@@ -278,6 +281,7 @@ use program::DestroySnapshot;
 
 mod attributes;
 mod dataset;
+mod holds;
 mod parse;
 mod program;
 mod receive;
@@ -302,7 +306,9 @@ pub use program::{RECEIVED as RECEIVED_PROGRAM, SNAPSHOT as SNAPSHOT_PROGRAM};
 /// the guest, `OpenZFS` 2.1.11), or `None` (retried):
 /// - "cannot unmount": the unmount of the volume failed, a process is in it;
 /// - a snapshot still mounted here: its unmount under `.zfs/snapshot`
-///   failed, a process is in it (a `zfs hold` or a send is retried);
+///   failed, a process is in it (a send is retried, and so is a running
+///   `zfs send -R`'s hold; a lasting user hold stopped the destroy before
+///   any `zfs destroy`: [`holds`]);
 /// - a volume busy while unmounted here, on a second attempt: `zfs destroy`
 ///   unmounted it (or a killed one did), so it is mounted elsewhere (a
 ///   container's mount namespace, a bind mount). The first such answer is
@@ -728,7 +734,9 @@ impl ZfsProvider {
     /// where `zfs destroy` unmounts the host's mount first, then fails
     /// "dataset is busy" and leaves the volume unmounted, its location an
     /// empty directory a new tenant would write into; for a snapshot also a
-    /// `zfs hold` or a send. Neither `zfs destroy -f` nor a lazy unmount
+    /// send (a user hold is named by [`Self::held`] instead, before any
+    /// `zfs destroy`; one placed after the destroy program ran ends
+    /// here). Neither `zfs destroy -f` nor a lazy unmount
     /// helps: the dataset stays busy until the last holder has left, and a
     /// lazily unmounted snapshot's `.zfs/snapshot/<id>` then fails `ELOOP`
     /// for everyone else.
@@ -764,6 +772,25 @@ impl ZfsProvider {
             cause: format!(
                 "in use at {location}: {holders}; nothing was destroyed and no process \
                  was stopped: destroy it again once it is released (zfs: {zfs})"
+            ),
+        }
+    }
+
+    /// The error of a destroy of snapshot `name` (input `volume`) that
+    /// its destroy program found busy with user `holds` that waiting does
+    /// not release ([`holds::Holds::lasting`]): [`ProviderError::Busy`]
+    /// naming its location and those holds (tags escaped and cut short).
+    /// Nothing was destroyed, nothing else was run.
+    fn held(&self, name: &str, volume: &VolumeRef<'_>, holds: &holds::Holds) -> ProviderError {
+        let location = self.location_of_name(name);
+        ProviderError::Busy {
+            what: format!("snapshot {} ({name})", volume.id),
+            cause: format!(
+                "held at {location}: it has user holds (`zfs holds`), which stay until \
+                 released: {}; nothing was destroyed: destroy it again once they are \
+                 released (`zfs release <tag> {name}`) (zfs: zfs.sync.destroy returned \
+                 EBUSY, dataset is busy)",
+                holds.describe()
             ),
         }
     }
@@ -908,9 +935,14 @@ impl Provider for ZfsProvider {
                 DestroySnapshot::Clones { clones } => {
                     return Err(Self::has_clones(name, &clones));
                 }
-                // Mounted under `.zfs/snapshot` (or held): `zfs destroy`
-                // unmounts it first, and retries or reports a hold as busy.
-                DestroySnapshot::Busy => return self.destroy_checked(name, volume),
+                // A user hold that waiting does not release: busy now, with
+                // no `zfs destroy` and no retry (there were 8, ~6.3 s).
+                DestroySnapshot::Busy { holds } if !holds.lasting().is_empty() => {
+                    return Err(self.held(&name, volume, &holds));
+                }
+                // Mounted under `.zfs/snapshot` (or a send's passing
+                // hold): `zfs destroy` unmounts it first, and retries.
+                DestroySnapshot::Busy { .. } => return self.destroy_checked(name, volume),
             }
         }
         let Some(row) = Self::one(&name)? else {

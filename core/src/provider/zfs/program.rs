@@ -41,6 +41,7 @@
 
 use serde::Deserialize;
 
+use super::holds::Holds;
 use super::parse::Row;
 use super::{Cmd, Created, Details, ProviderError, VolumeRef, VolumeSpec, ZfsProvider};
 use crate::model::DETAIL_GUID;
@@ -110,9 +111,19 @@ enum DestroyReply {
     Destroyed,
     Absent,
     Foreign,
-    Clones { clones: String },
-    Busy,
-    Failed { errno: i64, step: String },
+    Clones {
+        clones: String,
+    },
+    /// Its user holds: the first tags in hex, comma separated, and how
+    /// many there are (see `holds.rs`).
+    Busy {
+        holds: String,
+        count: u64,
+    },
+    Failed {
+        errno: i64,
+        step: String,
+    },
 }
 
 /// How a snapshot's destroy by channel program ended (its failures are
@@ -127,8 +138,11 @@ pub(super) enum DestroySnapshot {
     Clones {
         clones: String,
     },
-    /// `EBUSY`: mounted under `.zfs/snapshot`, or held.
-    Busy,
+    /// `EBUSY`: mounted under `.zfs/snapshot`, or held; its user holds
+    /// (none when it is only mounted, or being sent without `-R`).
+    Busy {
+        holds: Holds,
+    },
 }
 
 /// What `lua/received.lua` returns.
@@ -330,8 +344,10 @@ impl ZfsProvider {
 
     /// Destroys snapshot `name` if it is tagged as snapshot `id`, by one
     /// channel program (see `lua/destroy_snapshot.lua`). `Busy` is left to
-    /// the caller (`zfs destroy` unmounts a snapshot mounted under
-    /// `.zfs/snapshot`, which a channel program cannot).
+    /// the caller, with the snapshot's user holds read in the same sync
+    /// task (`zfs destroy` unmounts a snapshot mounted under
+    /// `.zfs/snapshot`, which a channel program cannot; a hold that waiting
+    /// does not release makes that pointless).
     pub(super) fn destroy_snapshot_by_program(
         &self,
         name: &str,
@@ -343,7 +359,9 @@ impl ZfsProvider {
             DestroyReply::Absent => DestroySnapshot::Absent,
             DestroyReply::Foreign => DestroySnapshot::Foreign,
             DestroyReply::Clones { clones } => DestroySnapshot::Clones { clones },
-            DestroyReply::Busy => DestroySnapshot::Busy,
+            DestroyReply::Busy { holds, count } => DestroySnapshot::Busy {
+                holds: Holds::parse(&holds, count)?,
+            },
             DestroyReply::Failed { errno, step } => return Err(sync_failure(&cmd, &step, errno)),
         })
     }
