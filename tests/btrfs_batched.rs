@@ -211,20 +211,24 @@ async fn a_commit_between_syncs_never_leaves_a_placed_container_without_its_tag(
 }
 
 /// The btrfs provider, whose first sync after [`HeldFirstSync::arm`] waits
-/// until `creates` creates have finished their side effects.
+/// until [`HeldFirstSync::release`].
 #[derive(Debug)]
 struct HeldFirstSync {
     inner: BtrfsProvider,
-    creates: usize,
     armed: AtomicBool,
-    done: Mutex<usize>,
+    released: Mutex<bool>,
     changed: Condvar,
 }
 
 impl HeldFirstSync {
     fn arm(&self) {
-        *self.done.lock().unwrap() = 0;
+        *self.released.lock().unwrap() = false;
         self.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        *self.released.lock().unwrap() = true;
+        self.changed.notify_all();
     }
 }
 
@@ -237,14 +241,14 @@ impl Provider for HeldFirstSync {
     }
     fn sync(&self) -> Result<(), ProviderError> {
         if self.armed.swap(false, Ordering::SeqCst) {
-            // The timeout only bounds a failure (a path that never finishes
-            // its creates); a passing run goes on when the last one is done.
-            let done = self.done.lock().unwrap();
-            let (done, _) = self
+            // The timeout only bounds a failure (a test that never releases
+            // it); a passing run goes on when the test releases it.
+            let released = self.released.lock().unwrap();
+            let (released, _) = self
                 .changed
-                .wait_timeout_while(done, Duration::from_secs(60), |n| *n < self.creates)
+                .wait_timeout_while(released, Duration::from_secs(60), |r| !*r)
                 .unwrap();
-            assert_eq!(*done, self.creates, "every create's effect finished");
+            assert!(*released, "the held sync was released");
         }
         self.inner.sync()
     }
@@ -252,10 +256,7 @@ impl Provider for HeldFirstSync {
         self.inner.config()
     }
     fn create_volume(&self, spec: &VolumeSpec<'_>) -> Result<Created, ProviderError> {
-        let created = self.inner.create_volume(spec);
-        *self.done.lock().unwrap() += 1;
-        self.changed.notify_all();
-        created
+        self.inner.create_volume(spec)
     }
     fn create_snapshot(
         &self,
@@ -314,9 +315,8 @@ async fn concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives
     const N: usize = 16;
     let provider = Arc::new(HeldFirstSync {
         inner: BtrfsProvider::new(fs.path().join("volumes")).unwrap(),
-        creates: N,
         armed: AtomicBool::new(false),
-        done: Mutex::new(0),
+        released: Mutex::new(false),
         changed: Condvar::new(),
     });
     let mut config = ManagerConfig {
@@ -345,8 +345,8 @@ async fn concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives
         assert_eq!(m.stats().provider_syncs, before + 1, "create s{i}");
     }
 
-    // Concurrent creates: the first sync is held until every create's
-    // effect is done, so the others find it running and share the next one.
+    // Concurrent creates: the first round is held until every create waits
+    // in it or is queued behind it, so the queued ones share the next one.
     let before = m.stats().provider_syncs;
     provider.arm();
     let creates: Vec<_> = (0..N)
@@ -358,16 +358,26 @@ async fn concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives
             })
         })
         .collect();
+    // A condition polled with a deadline (the deadline bounds a failure).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while m.stats().provider_sync_waiting < N {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {N} creates wait for a provider round",
+            m.stats().provider_sync_waiting
+        );
+        tokio::task::yield_now().await;
+    }
+    provider.release();
     for c in creates {
         c.await.unwrap().expect("acknowledged");
     }
-    let syncs = m.stats().provider_syncs - before;
-    // The held sync covered the first effect, the next one the rest (a
-    // thread descheduled between its effect and its sync may need one
-    // more). One sync per create would be N.
-    assert!(
-        (1..N as u64 / 2).contains(&syncs),
-        "{N} concurrent creates ran {syncs} provider syncs"
+    // The held round covered the first cycle's creates, the next one every
+    // queued create. One sync per create would be N.
+    assert_eq!(
+        m.stats().provider_syncs - before,
+        2,
+        "{N} concurrent creates shared two provider syncs"
     );
     m.close().await;
 

@@ -3,30 +3,17 @@
 //! effects completed before it → outcome. An outcome is journaled only after
 //! the sync covering its side effect returned; a failed sync journals no
 //! outcome and takes the provider out of service until a reopen, which syncs
-//! the provider before deciding anything from what it shows.
+//! the provider before deciding anything from what it shows. Creates and
+//! destroys go through the provider's write cycle (`manager/cycle.rs`): the
+//! operations queued during a cycle share the next one's commit and round.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use volmgr::manager::{Manager, ManagerConfig, ManagerError};
 use volmgr::provider::sim::{Gate, SimCall, SimCut, SimFault, SimProvider, When};
 use volmgr::provider::{Provider, ProviderConfig};
 use volmgr::state::Meta;
-
-#[path = "common/hooked_sim.rs"]
-mod hooked_sim;
-use hooked_sim::HookedSim;
-
-/// A simulated provider with batched durability that reports each finished
-/// create on `created` (its side effect done, its sync not yet).
-fn signalling(sim: &SimProvider, created: mpsc::UnboundedSender<()>) -> HookedSim {
-    HookedSim::new(sim.clone(), "sim", move |call, when| {
-        if (call, when) == (SimCall::Create, When::After) {
-            let _ = created.send(());
-        }
-    })
-}
 
 fn batched_sim() -> SimProvider {
     let sim = SimProvider::new();
@@ -89,13 +76,12 @@ async fn an_outcome_is_journaled_only_after_the_sync_covering_its_side_effect() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operations_whose_effects_finish_during_a_sync_share_the_next_one() {
+async fn creates_queued_during_a_provider_round_share_one_commit_and_one_round_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let sim = batched_sim();
-    let (created, mut finished) = mpsc::unbounded_channel();
-    let provider = Arc::new(signalling(&sim, created));
-    let m = Manager::open(dir.path(), config(provider)).await.unwrap();
+    let m = Manager::open(dir.path(), sim_config(&sim)).await.unwrap();
     let acknowledged = m.stats().operations;
+    let (journal_commits, provider_rounds) = (m.stats().syncs, m.stats().provider_syncs);
     let gate = sim.hold_next(SimCall::Sync);
     const N: usize = 16;
     let creates: Vec<_> = (0..N)
@@ -107,38 +93,40 @@ async fn operations_whose_effects_finish_during_a_sync_share_the_next_one() {
             })
         })
         .collect();
-    // Every side effect is done while the first sync is held.
-    for _ in 0..N {
-        finished.recv().await.unwrap();
-    }
-    assert!(sync_entered(&gate).await, "a provider sync started");
-    // And every other operation waits behind it (a condition, polled with
-    // a deadline: the last ones may still be on their way from the effect).
+    // The first cycle's round is held: its creates wait in it, every other
+    // one is queued for the next cycle (a condition, polled with a
+    // deadline: the last ones may still be on their way to the queue).
+    assert!(sync_entered(&gate).await, "a provider round started");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while m.stats().provider_sync_waiting < N - 1 {
+    while m.stats().provider_sync_waiting < N {
         assert!(
             std::time::Instant::now() < deadline,
-            "{} of {} operations wait for the next sync",
+            "{} of {N} creates wait for a provider round",
             m.stats().provider_sync_waiting,
-            N - 1
         );
         tokio::task::yield_now().await;
     }
     assert_eq!(
         m.stats().operations,
         acknowledged,
-        "nothing acknowledged before a sync"
+        "nothing acknowledged before its round"
     );
     gate.release();
     for c in creates {
         c.await.unwrap().expect("acknowledged");
     }
-    // One held sync covered the first effect; the rest, all waiting behind
-    // it, share the next one. One sync per create would be N.
+    // Three cycles: the first's intents; its outcomes with every queued
+    // intent; their outcomes. Two rounds: the held one and one for all the
+    // queued creates. Two commits and one round per create would be 32 and 16.
     assert_eq!(
-        m.stats().provider_syncs,
+        m.stats().syncs - journal_commits,
+        3,
+        "{N} creates shared three journal commits"
+    );
+    assert_eq!(
+        m.stats().provider_syncs - provider_rounds,
         2,
-        "{N} creates shared two provider syncs"
+        "{N} creates shared two provider rounds"
     );
     let cut = sim.power_cut_copy(SimCut::DropUnsynced);
     assert_eq!(

@@ -253,8 +253,10 @@ pub struct ManagerStats {
     /// Batched provider syncs run for operations (each shared by every
     /// operation whose side effect completed before it started).
     pub provider_syncs: u64,
-    /// Operations waiting now for a batched provider sync (their side
-    /// effect done, behind a sync that started before it).
+    /// Operations waiting now for a batched provider sync: their side
+    /// effect done, behind a sync that started before it or in their write
+    /// cycle's round, or queued for the next write cycle (a create or
+    /// destroy on a batched provider).
     pub provider_sync_waiting: usize,
     /// Checkpoints requested since open, and the time spent building them:
     /// the journal rebuilds each from its checkpoint and records and encodes

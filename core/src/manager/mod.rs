@@ -24,6 +24,7 @@
 mod apply_props;
 mod attributes;
 mod config;
+mod cycle;
 mod overlap;
 mod provider_sync;
 mod recovery;
@@ -114,6 +115,8 @@ pub(super) struct Inner {
     counters: Arc<Counters>,
     /// The shared sync of each provider with batched durability.
     sync_groups: Mutex<HashMap<String, Arc<provider_sync::SyncGroup>>>,
+    /// The cycle driver of each provider with batched durability.
+    cycles: Mutex<HashMap<String, Arc<cycle::Cycle>>>,
     /// Checkpoint writes requested and maybe not finished: `close` awaits
     /// them, so a clean stop never leaves its last checkpoint unwritten.
     checkpoint_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -221,6 +224,7 @@ impl Manager {
             report: Mutex::new(report),
             counters: Arc::default(),
             sync_groups: Mutex::new(HashMap::new()),
+            cycles: Mutex::new(HashMap::new()),
             checkpoint_tasks: Mutex::new(Vec::new()),
         });
         let manager = Manager { inner };
@@ -316,6 +320,15 @@ impl Manager {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .fold((0, 0), |(s, w), g| (s + g.syncs(), w + g.waiting()));
+        let provider_sync_waiting = provider_sync_waiting
+            + self
+                .inner
+                .cycles
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .map(|c| c.waiting())
+                .sum::<usize>();
         ManagerStats {
             durable_seq: self.inner.journal.durable_seq(),
             syncs: self.inner.journal.sync_count(),

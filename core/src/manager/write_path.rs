@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
+use super::cycle::{Cycle, Entry, Reply};
 use super::provider_sync::SyncGroup;
 use super::{Inner, ManagerError, now_ms};
 use crate::fsutil::Ticket;
@@ -37,7 +38,7 @@ use crate::provider::{Durability, Provider, ProviderConfig, ProviderError};
 use crate::state::{Action, Done, OpId, OpResult, Record, State, Volume};
 
 /// Nanoseconds since `t`, saturating (a u64 holds 584 years of them).
-fn nanos_since(t: Instant) -> u64 {
+pub(super) fn nanos_since(t: Instant) -> u64 {
     u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -261,11 +262,27 @@ impl Inner {
         let started = Instant::now();
         let op = Uuid::now_v7();
         let name = action.name();
+        // Creates and destroys on a batched provider go through its write
+        // cycle (`cycle`): one commit and one round per cycle, shared.
+        let cycled = matches!(
+            action,
+            Action::CreateVolume { .. } | Action::DestroyVolume { .. }
+        );
         let intent = Record::Intent {
             op,
             at_ms: now_ms(),
             action,
         };
+        if cycled
+            && let Some(provider) = self
+                .provider(provider_id)
+                .ok()
+                .filter(|p| p.durability() == Durability::Batched)
+        {
+            return self
+                .run_cycled(claim, op, intent, provider_id, provider, effect, started)
+                .await;
+        }
         // Invariant 1: the intent is durable before the provider is touched.
         let seq = self.journal.append(&intent).await?;
         let mut journal_ns = nanos_since(started);
@@ -369,6 +386,80 @@ impl Inner {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// The write path of a short verb on a batched provider: handed to the
+    /// provider's cycle driver (see `cycle`).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_cycled<F>(
+        self: &Arc<Self>,
+        mut claim: Claim,
+        op: OpId,
+        intent: Record,
+        provider_id: &str,
+        provider: Arc<dyn Provider>,
+        effect: F,
+        started: Instant,
+    ) -> Result<(), ManagerError>
+    where
+        F: FnOnce(OpId) -> Result<Done, ProviderError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.cycle(provider_id).submit(
+            self,
+            provider_id,
+            provider,
+            Entry {
+                op,
+                intent,
+                effect: Box::new(effect),
+                reply,
+            },
+        );
+        let answer = answer
+            .await
+            .map_err(|_| ManagerError::Internal("the cycle driver went away".into()))?;
+        match answer {
+            Reply::IntentFailed(e) | Reply::Refused(e) => Err(e),
+            Reply::Unsynced(cause) => {
+                claim.keep = true;
+                Err(ManagerError::ProviderUnavailable {
+                    provider: provider_id.to_owned(),
+                    reason: cause,
+                })
+            }
+            Reply::OutcomeFailed(cause) => {
+                claim.keep = true;
+                Err(ManagerError::Journal(JournalError::Poisoned { cause }))
+            }
+            Reply::Finished {
+                result,
+                seq,
+                journal_ns,
+            } => {
+                self.wait_applied(seq).await?;
+                let c = &self.counters;
+                c.operations.fetch_add(1, Ordering::Relaxed);
+                c.operation_ns
+                    .fetch_add(nanos_since(started), Ordering::Relaxed);
+                c.journal_wait_ns.fetch_add(journal_ns, Ordering::Relaxed);
+                tracing::debug!(%op, seq, "operation done (write cycle)");
+                result.map(|_| ()).map_err(|error| ManagerError::Provider {
+                    provider: provider_id.to_owned(),
+                    error,
+                })
+            }
+        }
+    }
+
+    /// The cycle driver of provider `id` (see `cycle`).
+    fn cycle(&self, id: &str) -> Arc<Cycle> {
+        self.cycles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Hands a durable record to the state; applies every record that is now
@@ -488,7 +579,7 @@ impl Inner {
 
     /// Waits until record `seq` is applied; fails if the manager was
     /// poisoned before it.
-    async fn wait_applied(&self, seq: u64) -> Result<(), ManagerError> {
+    pub(super) async fn wait_applied(&self, seq: u64) -> Result<(), ManagerError> {
         let mut rx = self.applied.subscribe();
         let applied = rx
             .wait_for(|a| a.seq >= seq || a.poisoned.is_some())
