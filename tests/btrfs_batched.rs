@@ -210,12 +210,23 @@ async fn a_commit_between_syncs_never_leaves_a_placed_container_without_its_tag(
     );
 }
 
+/// Polls `done` until it holds; the deadline only bounds a failure.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The btrfs provider, whose first sync after [`HeldFirstSync::arm`] waits
 /// until [`HeldFirstSync::release`].
 #[derive(Debug)]
 struct HeldFirstSync {
     inner: BtrfsProvider,
     armed: AtomicBool,
+    /// Whether the held sync is waiting for [`HeldFirstSync::release`].
+    held: AtomicBool,
     released: Mutex<bool>,
     changed: Condvar,
 }
@@ -244,6 +255,7 @@ impl Provider for HeldFirstSync {
             // The timeout only bounds a failure (a test that never releases
             // it); a passing run goes on when the test releases it.
             let released = self.released.lock().unwrap();
+            self.held.store(true, Ordering::SeqCst);
             let (released, _) = self
                 .changed
                 .wait_timeout_while(released, Duration::from_secs(60), |r| !*r)
@@ -316,6 +328,7 @@ async fn concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives
     let provider = Arc::new(HeldFirstSync {
         inner: BtrfsProvider::new(fs.path().join("volumes")).unwrap(),
         armed: AtomicBool::new(false),
+        held: AtomicBool::new(false),
         released: Mutex::new(false),
         changed: Condvar::new(),
     });
@@ -349,31 +362,31 @@ async fn concurrent_creates_share_btrfs_syncs_and_each_acknowledged_one_survives
     // in it or is queued behind it, so the queued ones share the next one.
     let before = m.stats().provider_syncs;
     provider.arm();
-    let creates: Vec<_> = (0..N)
-        .map(|i| {
-            let m = m.clone();
-            tokio::spawn(async move {
-                m.create_volume("default", Some(&format!("c{i}")), Meta::new())
-                    .await
-            })
+    let create = |i: usize| {
+        let m = m.clone();
+        tokio::spawn(async move {
+            m.create_volume("default", Some(&format!("c{i}")), Meta::new())
+                .await
         })
-        .collect();
-    // A condition polled with a deadline (the deadline bounds a failure).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while m.stats().provider_sync_waiting < N {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {N} creates wait for a provider round",
-            m.stats().provider_sync_waiting
-        );
-        tokio::task::yield_now().await;
-    }
+    };
+    // The first create waits in its held round, then every other one is
+    // queued behind it.
+    let mut creates = vec![create(0)];
+    wait_until("the first round is held", || {
+        provider.held.load(Ordering::SeqCst)
+    })
+    .await;
+    creates.extend((1..N).map(create));
+    wait_until("every create waits for a provider round", || {
+        m.stats().provider_sync_waiting >= N
+    })
+    .await;
     provider.release();
     for c in creates {
         c.await.unwrap().expect("acknowledged");
     }
-    // The held round covered the first cycle's creates, the next one every
-    // queued create. One sync per create would be N.
+    // The held round covered the first create, the next one every queued
+    // create. One sync a create would be N.
     assert_eq!(
         m.stats().provider_syncs - before,
         2,

@@ -84,19 +84,19 @@ async fn creates_queued_during_a_provider_round_share_one_commit_and_one_round_a
     let (journal_commits, provider_rounds) = (m.stats().syncs, m.stats().provider_syncs);
     let gate = sim.hold_next(SimCall::Sync);
     const N: usize = 16;
-    let creates: Vec<_> = (0..N)
-        .map(|i| {
-            let m = m.clone();
-            tokio::spawn(async move {
-                m.create_volume("default", Some(&format!("v{i}")), Meta::new())
-                    .await
-            })
+    let create = |i: usize| {
+        let m = m.clone();
+        tokio::spawn(async move {
+            m.create_volume("default", Some(&format!("v{i}")), Meta::new())
+                .await
         })
-        .collect();
-    // The first cycle's round is held: its creates wait in it, every other
-    // one is queued for the next cycle (a condition, polled with a
-    // deadline: the last ones may still be on their way to the queue).
+    };
+    // The first create's cycle holds its round; every other create is
+    // queued behind it (a condition, polled with a deadline: the last ones
+    // may still be on their way to the queue).
+    let mut creates = vec![create(0)];
     assert!(sync_entered(&gate).await, "a provider round started");
+    creates.extend((1..N).map(create));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while m.stats().provider_sync_waiting < N {
         assert!(
@@ -115,9 +115,10 @@ async fn creates_queued_during_a_provider_round_share_one_commit_and_one_round_a
     for c in creates {
         c.await.unwrap().expect("acknowledged");
     }
-    // Three cycles: the first's intents; its outcomes with every queued
-    // intent; their outcomes. Two rounds: the held one and one for all the
-    // queued creates. Two commits and one round per create would be 32 and 16.
+    // Three commits: the first create's intent; its outcome with every
+    // queued intent; their outcomes. Two rounds: the held one and one for
+    // all the queued creates. Two commits and one round a create would be
+    // 32 and 16.
     assert_eq!(
         m.stats().syncs - journal_commits,
         3,
