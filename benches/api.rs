@@ -29,6 +29,7 @@
 //!
 //! Environment: `BENCH_DIR` (scratch root, on the disk to measure),
 //! `BENCH_SECS` (default 4), `BENCH_CLIENTS` (default `1,8,32`),
+//! `BENCH_WRITE_CYCLE=1` (the agent runs with `--write-cycle`),
 //! `VOLMGR_BENCH_AGENT` (another build's `volmgr` binary to run instead of
 //! this one: two versions compared back to back).
 

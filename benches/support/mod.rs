@@ -302,10 +302,13 @@ impl AgentProcess {
             || PathBuf::from(env!("CARGO_BIN_EXE_volmgr")),
             PathBuf::from,
         );
+        // `BENCH_WRITE_CYCLE=1`: the agent runs with `--write-cycle`.
+        let cycle = std::env::var_os("BENCH_WRITE_CYCLE").is_some_and(|v| v == "1");
         let child = std::process::Command::new(program)
             .args(["serve", "--state-dir"])
             .arg(state_dir)
             .args(["--listen", &addr.to_string()])
+            .args(cycle.then_some("--write-cycle"))
             .env("RUST_LOG", "off")
             .env_remove("VOLMGR_TOKEN")
             .stdout(std::process::Stdio::null())

@@ -149,6 +149,24 @@ impl Cycle {
                 let n = queue.entries.len().min(MAX_PER_CYCLE);
                 queue.entries.drain(..n).collect()
             };
+            // A provider a failed round took out of service journals no
+            // intent: what was queued is refused, as a verb arriving now
+            // would be (the outcomes of rounds that succeeded still commit).
+            let new: Vec<Entry> = if inner.provider(&provider_id).is_ok() {
+                new
+            } else {
+                for n in new {
+                    let refused = match inner.provider(&provider_id) {
+                        Err(e) => e,
+                        Ok(_) => ManagerError::Internal("provider back in service".into()),
+                    };
+                    let _ = n.reply.send(Reply::Refused(refused));
+                }
+                Vec::new()
+            };
+            if new.is_empty() && pending.is_empty() {
+                continue;
+            }
             let mut records = Vec::with_capacity(pending.len() + new.len());
             for p in &pending {
                 records.push(Record::Outcome {

@@ -117,6 +117,8 @@ pub(super) struct Inner {
     sync_groups: Mutex<HashMap<String, Arc<provider_sync::SyncGroup>>>,
     /// The cycle driver of each provider with batched durability.
     cycles: Mutex<HashMap<String, Arc<cycle::Cycle>>>,
+    /// [`ManagerConfig::write_cycle`].
+    write_cycle: bool,
     /// Checkpoint writes requested and maybe not finished: `close` awaits
     /// them, so a clean stop never leaves its last checkpoint unwritten.
     checkpoint_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -225,6 +227,7 @@ impl Manager {
             counters: Arc::default(),
             sync_groups: Mutex::new(HashMap::new()),
             cycles: Mutex::new(HashMap::new()),
+            write_cycle: config.write_cycle,
             checkpoint_tasks: Mutex::new(Vec::new()),
         });
         let manager = Manager { inner };

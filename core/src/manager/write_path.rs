@@ -263,11 +263,12 @@ impl Inner {
         let op = Uuid::now_v7();
         let name = action.name();
         // Creates and destroys on a batched provider go through its write
-        // cycle (`cycle`): one commit and one round per cycle, shared.
-        let cycled = matches!(
-            action,
-            Action::CreateVolume { .. } | Action::DestroyVolume { .. }
-        );
+        // cycle (`cycle`) if configured: one commit and one round a cycle.
+        let cycled = self.write_cycle
+            && matches!(
+                action,
+                Action::CreateVolume { .. } | Action::DestroyVolume { .. }
+            );
         let intent = Record::Intent {
             op,
             at_ms: now_ms(),
