@@ -61,6 +61,21 @@ async fn sync_entered(gate: &Arc<Gate>) -> bool {
         .expect("the waiting thread does not panic")
 }
 
+/// Polls until `n` operations wait for a provider round (queued for a
+/// write cycle or behind a running round). The deadline only bounds a
+/// failure: the last ones may still be on their way.
+async fn until_waiting(m: &Manager, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while m.stats().provider_sync_waiting < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} operations wait for a provider round",
+            m.stats().provider_sync_waiting,
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outcome_is_journaled_only_after_the_sync_covering_its_side_effect() {
     let dir = tempfile::tempdir().unwrap();
@@ -115,18 +130,8 @@ async fn operations_whose_effects_finish_during_a_sync_share_the_next_one() {
         finished.recv().await.unwrap();
     }
     assert!(sync_entered(&gate).await, "a provider sync started");
-    // And every other operation waits behind it (a condition, polled with
-    // a deadline: the last ones may still be on their way from the effect).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while m.stats().provider_sync_waiting < N - 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {} operations wait for the next sync",
-            m.stats().provider_sync_waiting,
-            N - 1
-        );
-        tokio::task::yield_now().await;
-    }
+    // And every other operation waits behind it.
+    until_waiting(&m, N - 1).await;
     assert_eq!(
         m.stats().operations,
         acknowledged,
@@ -223,15 +228,7 @@ async fn with_the_write_cycle_creates_queued_during_a_round_share_one_commit_and
     let mut creates = vec![create(0)];
     assert!(sync_entered(&gate).await, "a provider round started");
     creates.extend((1..N).map(create));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while m.stats().provider_sync_waiting < N {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {N} creates wait for a provider round",
-            m.stats().provider_sync_waiting,
-        );
-        tokio::task::yield_now().await;
-    }
+    until_waiting(&m, N).await;
     assert_eq!(
         m.stats().operations,
         acknowledged,
@@ -293,11 +290,7 @@ async fn with_the_write_cycle_a_failed_round_answers_its_creates_unavailable_and
     let first = create(0);
     assert!(sync_entered(&gate).await, "a provider round started");
     let queued: Vec<_> = (1..N).map(create).collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while m.stats().provider_sync_waiting < N {
-        assert!(std::time::Instant::now() < deadline, "every create waits");
-        tokio::task::yield_now().await;
-    }
+    until_waiting(&m, N).await;
     gate.release();
     let failed = first.await.unwrap();
     assert!(

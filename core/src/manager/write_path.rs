@@ -377,11 +377,7 @@ impl Inner {
         };
         self.submit(seq, record);
         self.wait_applied(seq).await?;
-        let c = &self.counters;
-        c.operations.fetch_add(1, Ordering::Relaxed);
-        c.operation_ns
-            .fetch_add(nanos_since(started), Ordering::Relaxed);
-        c.journal_wait_ns.fetch_add(journal_ns, Ordering::Relaxed);
+        self.count_done(started, journal_ns);
         tracing::debug!(%op, kind = name, seq, "operation done");
         match error {
             Some(e) => Err(e),
@@ -439,11 +435,7 @@ impl Inner {
                 journal_ns,
             } => {
                 self.wait_applied(seq).await?;
-                let c = &self.counters;
-                c.operations.fetch_add(1, Ordering::Relaxed);
-                c.operation_ns
-                    .fetch_add(nanos_since(started), Ordering::Relaxed);
-                c.journal_wait_ns.fetch_add(journal_ns, Ordering::Relaxed);
+                self.count_done(started, journal_ns);
                 tracing::debug!(%op, seq, "operation done (write cycle)");
                 result.map(|_| ()).map_err(|error| ManagerError::Provider {
                     provider: provider_id.to_owned(),
@@ -451,6 +443,16 @@ impl Inner {
                 })
             }
         }
+    }
+
+    /// Counts an operation answered after its durable outcome: its wall
+    /// time since `started` and the part spent awaiting appends.
+    fn count_done(&self, started: Instant, journal_ns: u64) {
+        let c = &self.counters;
+        c.operations.fetch_add(1, Ordering::Relaxed);
+        c.operation_ns
+            .fetch_add(nanos_since(started), Ordering::Relaxed);
+        c.journal_wait_ns.fetch_add(journal_ns, Ordering::Relaxed);
     }
 
     /// The cycle driver of provider `id` (see `cycle`).
