@@ -48,9 +48,9 @@ pub struct ManagerConfig {
     /// one journal commit and one provider round a cycle for every
     /// operation queued since the last. Fewer flushes a create (at 8 HTTP
     /// clients on dir, 0.25 journal `fdatasync`s and 0.25 `syncfs` rounds
-    /// against 0.8 and 0.4), but on the disk it was measured on not faster
-    /// below 32 clients (README, "The write cycle"), and the kill -9 and
-    /// power-cut suites do not run it yet.
+    /// against 0.8 and 0.4), but not faster on the disk it was measured on
+    /// (README, "The write cycle"), and the kill -9 and power-cut suites
+    /// do not run it yet.
     pub write_cycle: bool,
 }
 

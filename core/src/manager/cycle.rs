@@ -1,26 +1,24 @@
-//! One cycle driver per batched provider: the write path of its creates and
-//! destroys as one loop, instead of three stages (journal commit, effect,
-//! provider round) that batch independently. Snapshots and forks keep the
-//! path of one operation: on dir they copy a tree, and a cycle lasts as long
-//! as its slowest effect.
+//! One cycle driver per batched provider (with `ManagerConfig::write_cycle`
+//! only; experimental): the write path of its creates and destroys as one
+//! loop, instead of three stages (journal commit, effect, provider round)
+//! that batch independently. Snapshots and forks keep the path of one
+//! operation: on dir they copy a tree, and a cycle lasts as long as its
+//! slowest effect.
 //!
-//! A cycle commits, in one journal append, the outcomes of the previous
-//! cycle's operations and the intents of every operation queued since; it
-//! answers the previous cycle's operations (their outcomes are durable);
-//! runs the new operations' side effects, all at once on the blocking
-//! pool; then runs one provider round ([`SyncGroup`]) for all of them, and
-//! keeps their outcomes for the next cycle's commit. So a cycle is one
-//! journal flush and one provider flush, shared by every operation in it,
-//! and the path of each operation is still intent → effect → shared
-//! provider sync → outcome (invariants 1 and 2 of DESIGN.md). The driver
-//! is a task spawned when work arrives and none is running; it ends when
-//! it has nothing queued and no outcome to commit.
-//!
-//! Per cycle: one journal commit (the previous cycle's outcomes with this
-//! one's intents) and one provider round, whatever the number of its
-//! operations (at most [`MAX_PER_CYCLE`]). A create alone costs what it did
-//! (two commits, one round); under load the cost per create tends to one
-//! commit and one round per cycle, shared.
+//! Each turn drains what was queued and runs two stages at once: a commit,
+//! one journal append of the outcomes of the operations whose round just
+//! ended and of the intents just drained (which answers the former); and,
+//! for the operations whose intents the previous turn's commit made
+//! durable, their side effects, all at once on the blocking pool, then one
+//! provider round ([`SyncGroup`]) for all of them, their outcomes kept for
+//! the next turn's commit. So an operation takes three turns (intent;
+//! effect and round; outcome), the path of each is still intent → effect →
+//! shared provider sync → outcome (invariants 1 and 2 of DESIGN.md), and a
+//! journal flush runs during a provider round. A turn is at most one
+//! journal flush and one provider flush, shared by every operation in it
+//! (at most [`MAX_PER_CYCLE`] new ones). The driver is a task spawned when
+//! work arrives and none is running; it ends when it has nothing queued,
+//! nothing to run and no outcome to commit.
 //!
 //! **Invariant:** an operation's outcome is appended only after a round
 //! that began after its effect returned has returned `Ok`, and it is
@@ -32,6 +30,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::provider_sync::SyncGroup;
 use super::write_path::{nanos_since, on_blocking_pool};
 use super::{Inner, ManagerError, now_ms};
 use crate::journal::JournalError;
@@ -129,6 +128,11 @@ impl Cycle {
         }
     }
 
+    /// The driver: each turn drains the queue, then runs two stages at
+    /// once, the commit (outcomes of the last round's operations with the
+    /// intents just drained) and the effects and round of the operations
+    /// whose intents the previous turn's commit made durable. So a journal
+    /// flush runs during a provider round, as on the path of one operation.
     async fn drive(
         self: Arc<Self>,
         inner: Arc<Inner>,
@@ -138,156 +142,207 @@ impl Cycle {
         let group = inner.sync_group(&provider_id);
         let _stopped = Stopped(&self);
         let mut pending: Vec<Pending> = Vec::new();
+        let mut ready: Vec<Ready> = Vec::new();
         loop {
             let new: Vec<Entry> = {
                 let mut queue = self.lock();
                 queue.in_round = 0;
-                if queue.entries.is_empty() && pending.is_empty() {
+                if queue.entries.is_empty() && pending.is_empty() && ready.is_empty() {
                     queue.running = false;
                     return;
                 }
                 let n = queue.entries.len().min(MAX_PER_CYCLE);
                 queue.entries.drain(..n).collect()
             };
-            // A provider a failed round took out of service journals no
-            // intent: what was queued is refused, as a verb arriving now
-            // would be (the outcomes of rounds that succeeded still commit).
-            let new: Vec<Entry> = if inner.provider(&provider_id).is_ok() {
-                new
-            } else {
-                for n in new {
-                    let refused = match inner.provider(&provider_id) {
-                        Err(e) => e,
-                        Ok(_) => ManagerError::Internal("provider back in service".into()),
-                    };
-                    let _ = n.reply.send(Reply::Refused(refused));
-                }
-                Vec::new()
-            };
-            if new.is_empty() && pending.is_empty() {
-                continue;
-            }
-            let mut records = Vec::with_capacity(pending.len() + new.len());
-            for p in &pending {
-                records.push(Record::Outcome {
-                    op: p.op,
-                    at_ms: now_ms(),
-                    result: match &p.result {
-                        Ok(done) => OpResult::Done(done.clone()),
-                        Err(ProviderError::Suspended { partial, cause, .. }) => {
-                            OpResult::Suspended {
-                                error: cause.clone(),
-                                token: partial.token.clone(),
-                                guid: partial.guid.clone(),
-                            }
-                        }
-                        Err(e) => OpResult::Failed {
-                            error: e.to_string(),
-                        },
-                    },
-                });
-            }
-            records.extend(new.iter().map(|e| e.intent.clone()));
-            let started = Instant::now();
-            let appended = inner.journal.append_all(&records).await;
-            let commit_ns = nanos_since(started);
-            let first = match appended {
-                Ok(first) => first,
-                Err(e) => {
-                    // The journal is poisoned by this failure: every later
-                    // append would say so. One caller gets the error itself.
-                    let cause = e.to_string();
-                    let mut error = Some(ManagerError::from(e));
-                    for p in pending.drain(..) {
-                        let _ = p.reply.send(Reply::OutcomeFailed(cause.clone()));
-                    }
-                    for n in new {
-                        let e = error.take().unwrap_or_else(|| {
-                            ManagerError::Journal(JournalError::Poisoned {
-                                cause: cause.clone(),
-                            })
-                        });
-                        let _ = n.reply.send(Reply::IntentFailed(e));
-                    }
-                    continue;
-                }
-            };
-            let count = records.len() as u64;
-            for (i, record) in records.into_iter().enumerate() {
-                inner.submit(first + i as u64, record);
-            }
-            for (i, p) in pending.drain(..).enumerate() {
-                let _ = p.reply.send(Reply::Finished {
-                    result: p.result,
-                    seq: first + i as u64,
-                    journal_ns: p.intent_ns + commit_ns,
-                });
-            }
-            if new.is_empty() {
-                continue;
-            }
-            // The intents are applied before any effect runs, as on the
-            // path of one operation.
-            if let Err(e) = inner.wait_applied(first + count - 1).await {
+            let new = refuse_if_out_of_service(&inner, &provider_id, new);
+            let (to_commit, to_run) = (std::mem::take(&mut pending), std::mem::take(&mut ready));
+            let commit = self.commit(&inner, to_commit, new);
+            let round = self.round(&inner, &group, &provider, &provider_id, to_run);
+            (ready, pending) = tokio::join!(commit, round);
+        }
+    }
+
+    /// One journal append of `pending`'s outcomes and `new`'s intents;
+    /// answers `pending`; returns `new` once its intents are applied.
+    async fn commit(&self, inner: &Inner, pending: Vec<Pending>, new: Vec<Entry>) -> Vec<Ready> {
+        if pending.is_empty() && new.is_empty() {
+            return Vec::new();
+        }
+        let mut records = Vec::with_capacity(pending.len() + new.len());
+        records.extend(pending.iter().map(Pending::outcome));
+        records.extend(new.iter().map(|e| e.intent.clone()));
+        let started = Instant::now();
+        let appended = inner.journal.append_all(&records).await;
+        let commit_ns = nanos_since(started);
+        let first = match appended {
+            Ok(first) => first,
+            Err(e) => {
+                // The journal is poisoned by this failure: every later
+                // append would say so. One caller gets the error itself.
                 let cause = e.to_string();
-                for n in new {
-                    let refused = inner
-                        .poison()
-                        .unwrap_or_else(|| ManagerError::Internal(cause.clone()));
-                    let _ = n.reply.send(Reply::Refused(refused));
+                let mut error = Some(ManagerError::from(e));
+                for p in pending {
+                    let _ = p.reply.send(Reply::OutcomeFailed(cause.clone()));
                 }
+                for n in new {
+                    let e = error.take().unwrap_or_else(|| {
+                        ManagerError::Journal(JournalError::Poisoned {
+                            cause: cause.clone(),
+                        })
+                    });
+                    let _ = n.reply.send(Reply::IntentFailed(e));
+                }
+                return Vec::new();
+            }
+        };
+        let count = records.len() as u64;
+        for (i, record) in records.into_iter().enumerate() {
+            inner.submit(first + i as u64, record);
+        }
+        for (i, p) in pending.into_iter().enumerate() {
+            let _ = p.reply.send(Reply::Finished {
+                result: p.result,
+                seq: first + i as u64,
+                journal_ns: p.intent_ns + commit_ns,
+            });
+        }
+        if new.is_empty() {
+            return Vec::new();
+        }
+        // The intents are applied before any effect runs, as on the path of
+        // one operation.
+        if let Err(e) = inner.wait_applied(first + count - 1).await {
+            let cause = e.to_string();
+            for n in new {
+                let refused = inner
+                    .poison()
+                    .unwrap_or_else(|| ManagerError::Internal(cause.clone()));
+                let _ = n.reply.send(Reply::Refused(refused));
+            }
+            return Vec::new();
+        }
+        new.into_iter()
+            .map(|entry| Ready { entry, commit_ns })
+            .collect()
+    }
+
+    /// Runs `ready`'s effects at once, then one provider round for all of
+    /// them; returns those whose outcome may be journaled.
+    async fn round(
+        &self,
+        inner: &Inner,
+        group: &Arc<SyncGroup>,
+        provider: &Arc<dyn Provider>,
+        provider_id: &str,
+        ready: Vec<Ready>,
+    ) -> Vec<Pending> {
+        if ready.is_empty() {
+            return Vec::new();
+        }
+        // A round that failed while these intents were committed took the
+        // provider out of service: their effects do not run, their intents
+        // stay pending for the next open.
+        if let Err(e) = inner.provider(provider_id) {
+            let cause = e.to_string();
+            for r in ready {
+                let _ = r.entry.reply.send(Reply::Unsynced(cause.clone()));
+            }
+            return Vec::new();
+        }
+        let running: Vec<_> = ready
+            .into_iter()
+            .map(|r| {
+                let Entry {
+                    op, effect, reply, ..
+                } = r.entry;
+                let task = tokio::task::spawn_blocking(move || {
+                    std::panic::catch_unwind(AssertUnwindSafe(move || effect(op))).unwrap_or_else(
+                        |_| Err(ProviderError::Other("provider call panicked".into())),
+                    )
+                });
+                (op, reply, r.commit_ns, task)
+            })
+            .collect();
+        let mut done = Vec::with_capacity(running.len());
+        for (op, reply, commit_ns, task) in running {
+            let result = task.await.unwrap_or_else(|e| {
+                Err(ProviderError::Other(format!("provider task failed: {e}")))
+            });
+            done.push((op, reply, commit_ns, result));
+        }
+        // One round for every effect of this cycle.
+        self.set_in_round(done.len());
+        let ticket = group.ticket();
+        let (g, p) = (group.clone(), provider.clone());
+        let synced = match on_blocking_pool(move || g.try_lead(ticket, p.as_ref())).await {
+            Ok(Some(decided)) => decided,
+            Ok(None) => group.clone().wait(ticket, provider.clone()).await,
+            Err(e) => Err(e.to_string()),
+        };
+        let mut pending = Vec::with_capacity(done.len());
+        for (op, reply, intent_ns, result) in done {
+            let unsynced = match (&synced, &result) {
+                (Err(cause), _) | (_, Err(ProviderError::OutOfService(cause))) => {
+                    Some(cause.clone())
+                }
+                _ => None,
+            };
+            if let Some(cause) = unsynced {
+                inner.set_unavailable(provider_id, &cause);
+                let _ = reply.send(Reply::Unsynced(cause));
                 continue;
             }
-            let running: Vec<_> = new
-                .into_iter()
-                .map(|n| {
-                    let Entry {
-                        op, effect, reply, ..
-                    } = n;
-                    let task = tokio::task::spawn_blocking(move || {
-                        std::panic::catch_unwind(AssertUnwindSafe(move || effect(op)))
-                            .unwrap_or_else(|_| {
-                                Err(ProviderError::Other("provider call panicked".into()))
-                            })
-                    });
-                    (op, reply, task)
-                })
-                .collect();
-            let mut done = Vec::with_capacity(running.len());
-            for (op, reply, task) in running {
-                let result = task.await.unwrap_or_else(|e| {
-                    Err(ProviderError::Other(format!("provider task failed: {e}")))
-                });
-                done.push((op, reply, result));
-            }
-            // One round for every effect of this cycle.
-            self.set_in_round(done.len());
-            let ticket = group.ticket();
-            let (g, p) = (group.clone(), provider.clone());
-            let synced = match on_blocking_pool(move || g.try_lead(ticket, p.as_ref())).await {
-                Ok(Some(decided)) => decided,
-                Ok(None) => group.clone().wait(ticket, provider.clone()).await,
-                Err(e) => Err(e.to_string()),
-            };
-            for (op, reply, result) in done {
-                let unsynced = match (&synced, &result) {
-                    (Err(cause), _) | (_, Err(ProviderError::OutOfService(cause))) => {
-                        Some(cause.clone())
-                    }
-                    _ => None,
-                };
-                if let Some(cause) = unsynced {
-                    inner.set_unavailable(&provider_id, &cause);
-                    let _ = reply.send(Reply::Unsynced(cause));
-                    continue;
-                }
-                pending.push(Pending {
-                    op,
-                    result,
-                    reply,
-                    intent_ns: commit_ns,
-                });
-            }
+            pending.push(Pending {
+                op,
+                result,
+                reply,
+                intent_ns,
+            });
+        }
+        pending
+    }
+}
+
+/// Refuses `new` if a failed round took the provider out of service: no
+/// intent is journaled for it, as for a verb arriving now.
+fn refuse_if_out_of_service(inner: &Inner, provider_id: &str, new: Vec<Entry>) -> Vec<Entry> {
+    if inner.provider(provider_id).is_ok() {
+        return new;
+    }
+    for n in new {
+        let refused = match inner.provider(provider_id) {
+            Err(e) => e,
+            Ok(_) => ManagerError::Internal("provider back in service".into()),
+        };
+        let _ = n.reply.send(Reply::Refused(refused));
+    }
+    Vec::new()
+}
+
+/// An operation whose intent is durable and applied, its effect not run.
+struct Ready {
+    entry: Entry,
+    /// The commit that made its intent durable.
+    commit_ns: u64,
+}
+
+impl Pending {
+    /// Its outcome record.
+    fn outcome(&self) -> Record {
+        Record::Outcome {
+            op: self.op,
+            at_ms: now_ms(),
+            result: match &self.result {
+                Ok(done) => OpResult::Done(done.clone()),
+                Err(ProviderError::Suspended { partial, cause, .. }) => OpResult::Suspended {
+                    error: cause.clone(),
+                    token: partial.token.clone(),
+                    guid: partial.guid.clone(),
+                },
+                Err(e) => OpResult::Failed {
+                    error: e.to_string(),
+                },
+            },
         }
     }
 }
