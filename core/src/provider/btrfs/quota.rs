@@ -357,6 +357,15 @@ impl super::BtrfsProvider {
         }
     }
 
+    /// Whether quotas are off on the file system (no capacity was ever
+    /// set, nor groups made); `context` ends the error's message.
+    fn quotas_off(&self, context: &str) -> Result<bool, ProviderError> {
+        let mode = status(self.handle.fd())
+            .map_err(io_err(format!("reading the btrfs quota status{context}")))?
+            .mode;
+        Ok(mode == QuotaMode::Off)
+    }
+
     /// Waits for a rescan of the quota numbers (full quotas).
     fn rescan(&self) -> Result<(), ProviderError> {
         self.btrfs()
@@ -485,11 +494,7 @@ impl super::BtrfsProvider {
         let at = |doing: String| {
             format!("{doing} (carrying the capacity of subvolume id {from_id} to {to_id})")
         };
-        if status(fd)
-            .map_err(io_err(at("reading the btrfs quota status".into())))?
-            .mode
-            == QuotaMode::Off
-        {
+        if self.quotas_off(&at(String::new()))? {
             return Ok(());
         }
         let Some(bytes) = max_referenced(fd, group_of(from_id)).map_err(io_err(at(format!(
@@ -518,11 +523,7 @@ impl super::BtrfsProvider {
         let fd = self.handle.fd();
         let group = group_of(tree_id);
         let at = |doing: String| format!("{doing} (subvolume id {tree_id}, to delete it)");
-        if status(fd)
-            .map_err(io_err(at("reading the btrfs quota status".into())))?
-            .mode
-            == QuotaMode::Off
-        {
+        if self.quotas_off(&at(String::new()))? {
             return Ok(None);
         }
         let lifted = max_referenced(fd, group)
@@ -553,11 +554,7 @@ impl super::BtrfsProvider {
         let fd = self.handle.fd();
         let group = group_of(tree_id);
         let at = |doing: String| format!("{doing} (of deleted subvolume id {tree_id})");
-        if status(fd)
-            .map_err(io_err(at("reading the btrfs quota status".into())))?
-            .mode
-            == QuotaMode::Off
-        {
+        if self.quotas_off(&at(String::new()))? {
             return Ok(());
         }
         let (members, _) =

@@ -1,13 +1,15 @@
 //! Removal in the btrfs provider: subvolume deletion with the bounded
 //! busy retry, the trash (an atomic rename out of the namespace) and its purge.
 
+use super::nested::children;
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
 impl BtrfsProvider {
-    /// Deletes subvolumes in one command, retrying while busy: first the
-    /// limits of their capacity groups are lifted (module `quota`) and, by
-    /// id, the subvolumes a tenant made inside them deleted (btrfs deletes
+    /// Deletes subvolumes in one command, retrying while busy: first, for
+    /// those holding subvolumes a tenant made inside them, the limits of
+    /// their capacity groups are lifted (module `quota`) and, by id, those
+    /// nested subvolumes deleted (btrfs deletes
     /// no subvolume that holds another: `nested.rs`); after, their groups
     /// are removed (by the ids read before). A failure sets the lifted
     /// limits again.
@@ -21,6 +23,17 @@ impl BtrfsProvider {
             for path in paths {
                 let id = subvol_info(path)?.tree_id;
                 ids.push(id);
+                // Only deleting nested subvolumes needs room in the volume
+                // (the volume's own entry is in the provider's directory):
+                // with none, the limit stays, so a tenant writing while the
+                // deletion is refused (busy) stays bounded.
+                let nested = children(self.handle.fd(), id).map_err(io_err(format!(
+                    "listing the subvolumes inside {} (subvolume id {id})",
+                    path.display()
+                )))?;
+                if nested.is_empty() {
+                    continue;
+                }
                 if let Some(bytes) = self.lift_limit(id)? {
                     lifted.push((id, bytes));
                 }
