@@ -115,9 +115,9 @@
 //!   into `stage/<op>/vol`; rename into place. Idempotent: the same
 //!   op finds its item in place (done) or its stage (finished); another op
 //!   gets `AlreadyExists`.
-//! - destroy: the limit of the volume's capacity group `1/<subvolume id>`
-//!   lifted (module `quota`: deleting nested subvolumes needs room in the
-//!   volume), then `btrfs subvolume delete` of `vol` (retried a few times
+//! - destroy: if the volume holds nested subvolumes, the limit of its
+//!   capacity group `1/<subvolume id>` lifted (module `quota`: deleting
+//!   them needs room in the volume), then `btrfs subvolume delete` of `vol` (retried a few times
 //!   while busy, then [`ProviderError::Busy`], the limit set again), then
 //!   the group removed (members first), then the container goes to trash.
 //!   Every deletion (a receive's old content, the trash) does the same. A

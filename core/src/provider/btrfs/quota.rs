@@ -50,10 +50,12 @@
 //! The group `1/<id>` is the provider's: created when a capacity is first
 //! set, removed (members first: btrfs destroys no qgroup with members,
 //! `EBUSY`) right after the subvolume is deleted, by every deletion
-//! (destroy, the purge of a receive's old content, the trash). Its limit
-//! is lifted first: deleting the subvolumes nested in a volume at its
-//! capacity needs room in the volume (`EDQUOT`, measured), and set again
-//! if the deletion fails (busy, say): the volume lives on, bounded. A
+//! (destroy, the purge of a receive's old content, the trash). If the
+//! volume holds nested subvolumes its limit is lifted first: deleting
+//! them in a volume at its capacity needs room in the volume (`EDQUOT`,
+//! measured); it is set again if the deletion fails (busy, say): the
+//! volume lives on, bounded. A volume with none keeps its limit
+//! throughout (its own entry is in the provider's directory). A
 //! receive replaces the volume's subvolume by another (a new id): the new
 //! content gets a group with the same limit before the exchange
 //! ([`BtrfsProvider::carry_capacity`]; the limit on `0/<id>` before groups
